@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need, by Debian and PyPI package names.
+# Skips anything already present; needs root (or sudo) only when something is missing.
+set -euo pipefail
+apt_pkgs=(build-essential clang pkg-config cmake python3 python3-pip)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+py_pkgs=(numpy)
+for p in "${py_pkgs[@]}"; do
+    python3 -c "import $p" >/dev/null 2>&1 || python3 -m pip install -q "$p"
+done

@@ -1,0 +1,147 @@
+/*
+ * runner.c - runs every registered test, each in its own process so that a crash
+ * counts as one failure, and ends with "N passed, N failed, N skipped".
+ * Usage: kvq-tests [SUBSTRING...]   (run only tests whose names contain one of them)
+ * KVQ_TEST_NOFORK=1 runs in-process (for debuggers).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "test.h"
+
+#define KVQ_TEST_ENTRY(name) void kvq_test_##name(kvqt_ctx *);
+#include "registry.h"
+#undef KVQ_TEST_ENTRY
+
+typedef struct {
+    const char *name;
+    void (*fn)(kvqt_ctx *);
+} test_entry;
+
+static const test_entry g_tests[] = {
+#define KVQ_TEST_ENTRY(name) {#name, kvq_test_##name},
+#include "registry.h"
+#undef KVQ_TEST_ENTRY
+};
+
+#define EXIT_PASS 0
+#define EXIT_FAIL 1
+#define EXIT_SKIP 77
+
+static char g_tmpdir[512];
+
+void kvqt_fail(kvqt_ctx *t, const char *file, int line, const char *fmt, ...) {
+    va_list ap;
+    t->failures++;
+    if (t->failures > 20) return; /* enough said */
+    fprintf(stdout, "    %s:%d: ", file, line);
+    va_start(ap, fmt);
+    vfprintf(stdout, fmt, ap);
+    va_end(ap);
+    fputc('\n', stdout);
+    fflush(stdout);
+}
+
+void kvqt_skip(kvqt_ctx *t, const char *reason) {
+    t->skipped = 1;
+    fprintf(stdout, "    skipped: %s\n", reason);
+    fflush(stdout);
+}
+
+const char *kvqt_cli_path(void) {
+    const char *p = getenv("KVQ_CLI");
+    return (p && *p) ? p : "build/kvq";
+}
+
+const char *kvqt_tmpdir(kvqt_ctx *t) {
+    if (!g_tmpdir[0]) {
+        const char *base = getenv("TMPDIR");
+        snprintf(g_tmpdir, sizeof g_tmpdir, "%s/kvq-test-%s-XXXXXX", (base && *base) ? base : "/tmp",
+                 t->name);
+        if (!mkdtemp(g_tmpdir)) {
+            kvqt_fail(t, __FILE__, __LINE__, "mkdtemp: %s", strerror(errno));
+            snprintf(g_tmpdir, sizeof g_tmpdir, ".");
+        }
+    }
+    return g_tmpdir;
+}
+
+static int run_one(const test_entry *e) {
+    kvqt_ctx ctx = {e->name, 0, 0};
+    g_tmpdir[0] = '\0';
+    e->fn(&ctx);
+    if (ctx.failures) return EXIT_FAIL;
+    if (g_tmpdir[0] && strcmp(g_tmpdir, ".") != 0) {
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmpdir);
+        if (system(cmd) != 0) { /* best effort */
+        }
+    }
+    return ctx.skipped ? EXIT_SKIP : EXIT_PASS;
+}
+
+static double now_s(void) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (double)tv.tv_sec + tv.tv_usec * 1e-6;
+}
+
+static int selected(const char *name, int argc, char **argv) {
+    if (argc <= 1) return 1;
+    for (int i = 1; i < argc; i++)
+        if (strstr(name, argv[i])) return 1;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    size_t n = sizeof g_tests / sizeof g_tests[0];
+    int passed = 0, failed = 0, skipped = 0;
+    const char *nofork = getenv("KVQ_TEST_NOFORK");
+    int fork_each = !(nofork && *nofork == '1');
+    printf("kvq %s tests, ISA %s\n", kvq_version_string(), kvq_cpu_isa());
+    for (size_t i = 0; i < n; i++) {
+        const test_entry *e = &g_tests[i];
+        if (!selected(e->name, argc, argv)) continue;
+        printf("%s ...\n", e->name);
+        fflush(stdout);
+        double t0 = now_s();
+        int rc;
+        if (fork_each) {
+            pid_t pid = fork();
+            if (pid < 0) {
+                perror("fork");
+                return 2;
+            }
+            if (pid == 0) _exit(run_one(e));
+            int st = 0;
+            while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+            }
+            if (WIFEXITED(st)) {
+                rc = WEXITSTATUS(st);
+            } else {
+                printf("    crashed: signal %d\n", WIFSIGNALED(st) ? WTERMSIG(st) : -1);
+                rc = EXIT_FAIL;
+            }
+        } else {
+            rc = run_one(e);
+        }
+        double dt = now_s() - t0;
+        const char *word = rc == EXIT_PASS ? "ok" : rc == EXIT_SKIP ? "SKIP" : "FAIL";
+        printf("  %-4s %s (%.2f s)\n", word, e->name, dt);
+        if (rc == EXIT_PASS) passed++;
+        else if (rc == EXIT_SKIP) skipped++;
+        else failed++;
+        fflush(stdout);
+    }
+    printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+    return failed ? 1 : 0;
+}
