@@ -497,6 +497,16 @@ TEST(core_lloydmax_laplace_beta) {
         REQUIRE_OK(kvqi_lloyd_max(KVQI_DIST_BETA, 128, b, c, t, &mse));
         CHECK_NEAR(mse * 128, gm, 0.03 * gm);
     }
+    /* very large d: the O(1/d) gap shrinks and nothing cancels away (the normalizers are
+     * ratios of huge Gamma values) */
+    for (unsigned b = 2; b <= 8; b += 6) {
+        float g[256];
+        double gm;
+        REQUIRE_OK(kvqi_lloyd_max(KVQI_DIST_GAUSSIAN, 0, b, g, NULL, &gm));
+        REQUIRE_OK(kvqi_lloyd_max(KVQI_DIST_BETA, 1e6, b, c, t, &mse));
+        for (unsigned j = 0; j < (1u << b); j++) CHECK_NEAR(c[j] * 1000.0, g[j], 1e-4 * (1 + fabs(g[j])));
+        CHECKF(fabs(mse * 1e6 / gm - 1) < 1e-4, "b=%u d=1e6: mse*d %.8g vs gaussian %.8g", b, mse * 1e6, gm);
+    }
     /* d = 2 (arcsine density, singular at +-1) still converges to an ordered codebook */
     REQUIRE_OK(kvqi_lloyd_max(KVQI_DIST_BETA, 2, 4, c, t, &mse));
     for (unsigned j = 0; j + 1 < 16; j++) CHECK(c[j] < c[j + 1]);
