@@ -255,7 +255,7 @@ TEST(quant_codes_identical_across_runs_and_isas) {
             uint32_t d = k_dims[di];
             gaussian(x, (size_t)N * d, 31 + d);
             gaussian(qv, d, 37 + d);
-            for (int i = 0; i < d; i++) x[i] = 0.0f; /* an all-zero row */
+            for (uint32_t i = 0; i < d; i++) x[i] = 0.0f; /* an all-zero row */
             kvq_quantizer *ref;
             REQUIRE_OK(make(k_specs[s], d, KVQ_ISA_SCALAR, &ref));
             size_t cs = kvq_code_size(ref);
@@ -436,7 +436,10 @@ TEST(quant_q8_0_q4_0_match_llama_reference) {
 /* ------------------------------------------------------- TurboQuant MSE */
 
 TEST(quant_mse_unit_vector_distortion) {
-    static const double expect[] = {0.36, 0.117, 0.030, 0.009};
+    /* The paper's rounded figures; at b = 3 the Lloyd-Max optimum for N(0,1) is 0.03454
+     * (Max 1960, ALGORITHMS.md), 15 % above "0.03": no 3-bit scalar code reaches 0.030,
+     * so b = 3 is held to 10 % of the optimum (and 15 % of the paper's rounding). */
+    static const double expect[] = {0.36, 0.117, 0.03454, 0.009};
     enum { N = 2000, D = 128 };
     static float x[N * D], y[N * D];
     static uint8_t codes[N * 66];
@@ -457,8 +460,10 @@ TEST(quant_mse_unit_vector_distortion) {
         double mse = 0;
         for (int i = 0; i < N * D; i++) mse += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
         mse /= N;
-        CHECKF(fabs(mse - expect[b - 1]) <= 0.10 * expect[b - 1], "b=%u: unit-vector MSE %.5f, paper %.3f",
+        CHECKF(fabs(mse - expect[b - 1]) <= 0.10 * expect[b - 1], "b=%u: unit-vector MSE %.5f, want %.4f",
                b, mse, expect[b - 1]);
+        if (b == 3) CHECKF(fabs(mse - 0.030) <= 0.15 * 0.030, "b=3: MSE %.5f vs paper 0.030", mse);
+        printf("    turboquant_mse b=%u d=%d: unit-vector MSE %.5f\n", b, D, mse);
         kvq_quantizer_free(q);
     }
 }
