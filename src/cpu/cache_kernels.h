@@ -30,6 +30,9 @@ typedef struct kvqi_rot_layout {
  * Same on every ISA (the scalar reference uses it too). */
 uint32_t kvqi_rot_lane_coordinate(uint32_t bits, uint32_t lane);
 
+/* The accum kernels take at most this many tokens per call (the attend block). */
+#define KVQI_MAX_BLOCK_TOKENS 64u
+
 typedef struct kvqi_cache_kernels {
     kvq_isa isa;
     /* scores[h * ld + t] = <q[h], k_t> for h < G, t < n. Rows of k are `stride` bytes
