@@ -153,7 +153,7 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < sizeof default_configs / sizeof default_configs[0]; i++)
             configs[n_configs++] = default_configs[i];
     kvq_threadpool *pool2 = NULL;
-    if (kvq_threadpool_create(1, &pool2) != KVQ_OK) return 1;
+    if (kvq_threadpool_create(2, &pool2) != KVQ_OK) return 1;
     float scale = 1.0f / sqrtf((float)HEAD_DIM);
     if (!json)
         printf("bench_attention: one decode step, %u query heads over %u KV heads x %u, %s "

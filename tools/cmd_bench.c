@@ -408,8 +408,8 @@ int kvq_cmd_bench(int argc, char **argv) {
         goto done;
     }
     if (threads != 1) {
-        /* the pool's workers join the calling thread: threads - 1 of them */
-        kvq_status st = kvq_threadpool_create(threads ? (unsigned)threads - 1 : 0, &pool);
+        /* the pool counts the calling thread; 0 = one per CPU */
+        kvq_status st = kvq_threadpool_create((unsigned)threads, &pool);
         if (st != KVQ_OK) {
             rc = kvq_cli_fail("bench", "thread pool", st);
             goto done;
@@ -423,7 +423,7 @@ int kvq_cmd_bench(int argc, char **argv) {
         printf("kvq bench: %zu tokens, %u KV heads x %u dims, %u query heads, %s kernels, "
                "%llu thread(s)\n",
                n, N_KV, HEAD_DIM, N_Q_HEADS, kvq_cpu_isa(),
-               (unsigned long long)(pool ? kvq_threadpool_size(pool) + 1 : 1));
+               (unsigned long long)(pool ? kvq_threadpool_size(pool) : 1));
         printf("%-36s %6s %6s %6s %6s %7s %9s %8s %9s %9s\n", "keys / values", "K bit", "V bit",
                "bits", "vs f16", "K cos", "attn err", "enc M/s", "attend ms", "ctx@8GiB");
     }

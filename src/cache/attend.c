@@ -270,7 +270,7 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
     size_t check;
     if (kvqi_mul_size(n_queries * c->n_kv, (size_t)G * c->dim, &check) != KVQ_OK)
         return KVQ_ERR_OVERFLOW;
-    unsigned n_threads = pool ? kvq_threadpool_size(pool) + 1 : 1;
+    unsigned n_threads = pool ? kvq_threadpool_size(pool) : 1;
     kvq_status st = ensure_scratch(c, G, n_threads);
     if (st != KVQ_OK) return st;
     attend_ctx A = {c, q, out, n_q_heads, G, n_queries, scale};

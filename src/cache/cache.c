@@ -46,6 +46,23 @@ static void probe_vectors(float *x, uint32_t dim, uint32_t n) {
     }
 }
 
+static float fp16_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return kvqi_fp16_to_fp32(h);
+}
+
+static uint32_t rot_index_at(const uint8_t *idx, uint32_t bits, uint32_t coord) {
+    size_t bit = (size_t)coord * bits;
+    return (uint32_t)(idx[bit / 8] >> (bit % 8)) & ((1u << bits) - 1u);
+}
+
+static void rot_set_index(uint8_t *idx, uint32_t bits, uint32_t coord, uint32_t v) {
+    size_t bit = (size_t)coord * bits;
+    uint8_t mask = (uint8_t)(((1u << bits) - 1u) << (bit % 8));
+    idx[bit / 8] = (uint8_t)((idx[bit / 8] & ~mask) | ((v << (bit % 8)) & mask));
+}
+
 /* Decodes one code in a known layout (the reference the kernels follow). */
 static void decode_known(kvqi_code_path path, const kvqi_rot_layout *rot, const float *rotation,
                          uint32_t dim, const uint8_t *code, float *x) {
@@ -79,24 +96,103 @@ static void decode_known(kvqi_code_path path, const kvqi_rot_layout *rot, const 
         }
         break;
     case KVQI_PATH_ROT: {
-        uint16_t h;
-        memcpy(&h, code + rot->norm_offset, 2);
-        float norm = kvqi_fp16_to_fp32(h);
-        const uint8_t *idx = code + rot->index_offset;
+        float norm = fp16_at(code + rot->norm_offset);
         for (uint32_t i = 0; i < dim; i++) x[i] = 0.0f;
         for (uint32_t r = 0; r < dim; r++) {
-            size_t bit = (size_t)r * rot->bits;
-            uint32_t v = (uint32_t)(idx[bit / 8] >> (bit % 8));
-            if (rot->bits > 8 - bit % 8 && bit / 8 + 1 < rot->code_size)
-                v |= (uint32_t)idx[bit / 8 + 1] << (8 - bit % 8);
-            float c = norm * rot->centroids[v & ((1u << rot->bits) - 1)];
+            float u = rot->centroids[0][rot_index_at(code + rot->index_offset[0], rot->bits, r)];
+            for (uint32_t p = 1; p < rot->n_pass; p++)
+                u += fp16_at(code + rot->scale_offset[p]) *
+                     rot->centroids[p][rot_index_at(code + rot->index_offset[p], rot->bits, r)];
             /* x = R^T u: row r of R scaled by u_r */
-            for (uint32_t i = 0; i < dim; i++) x[i] += rotation[(size_t)r * dim + i] * c;
+            for (uint32_t i = 0; i < dim; i++) x[i] += rotation[(size_t)r * dim + i] * u * norm;
         }
         break;
     }
     default: break;
     }
+}
+
+/* The rotated-code layout of turboquant_mse (fp16 norm, one pass of indices into the
+ * Beta(d) Lloyd-Max codebook) and turboquant_rvq (fp16 norm, fp16 spreads of passes
+ * 2..R, R passes: Gaussian then Laplacian codebooks, all scaled by norm / sqrt(d)), as
+ * docs/METHODS.md gives them. The codebooks come from the same core routine the
+ * quantizer uses; the rotation is read back through kvq_decode (below). */
+static int rot_layout_for(const kvq_config *qc, size_t code_size, kvqi_rot_layout *L) {
+    uint32_t d = qc->dim, b = qc->bits;
+    if (!(b == 1 || b == 2 || b == 4 || b == 8) || d % (b == 2 ? 64 : 32)) return 0;
+    memset(L, 0, sizeof *L);
+    L->dim = d;
+    L->bits = b;
+    L->code_size = (uint32_t)code_size;
+    size_t idx_bytes = kvqi_packed_size(d, b);
+    double mse;
+    float thr[255];
+    if (qc->method == KVQ_METHOD_TURBOQUANT_MSE) {
+        if (code_size != 2 + idx_bytes) return 0;
+        if (kvqi_lloyd_max(KVQI_DIST_BETA, (double)d, b, L->centroids[0], thr, &mse) != KVQ_OK)
+            return 0;
+        L->n_pass = 1;
+        L->index_offset[0] = 2;
+        return 1;
+    }
+    if (qc->method == KVQ_METHOD_TURBOQUANT_RVQ) {
+        uint32_t R = qc->residuals;
+        if (b > 4 || R < 1 || R > KVQI_ROT_MAX_PASSES || code_size != 2 * R + R * idx_bytes)
+            return 0;
+        float lap[256];
+        if (kvqi_lloyd_max(KVQI_DIST_GAUSSIAN, 0.0, b, L->centroids[0], thr, &mse) != KVQ_OK ||
+            kvqi_lloyd_max(KVQI_DIST_LAPLACE, 0.0, b, lap, thr, &mse) != KVQ_OK)
+            return 0;
+        float inv_sqrt_d = 1.0f / sqrtf((float)d);
+        L->n_pass = R;
+        for (uint32_t p = 0; p < R; p++) {
+            L->scale_offset[p] = p ? 2 * p : 0;
+            L->index_offset[p] = (uint32_t)(2 * R + p * idx_bytes);
+            for (uint32_t i = 0; i < (1u << b); i++)
+                L->centroids[p][i] = (p ? lap[i] : L->centroids[0][i]) * (p ? inv_sqrt_d : 1.0f);
+        }
+        for (uint32_t i = 0; i < (1u << b); i++) L->centroids[0][i] *= inv_sqrt_d;
+        return 1;
+    }
+    return 0;
+}
+
+/* Reads the rotation R (row r = R^T e_r) back through kvq_decode: with norm 1 and unit
+ * pass scales, moving coordinate r of pass 0 from index 0 to 1 changes the decoded
+ * vector by (c[1] - c[0]) R^T e_r. */
+static kvq_status extract_rotation(kvqi_side *s, uint32_t dim) {
+    const kvqi_rot_layout *L = &s->rot;
+    float delta = L->centroids[0][1] - L->centroids[0][0];
+    if (!(delta != 0.0f)) return KVQ_ERR_STATE;
+    size_t cs = s->code_size, batch = 32;
+    uint8_t *codes = kvqi_calloc_array(batch + 1, cs);
+    float *dec = kvqi_alloc_array((batch + 1) * dim, sizeof(float));
+    s->rotation = kvqi_alloc_array((size_t)dim * dim, sizeof(float));
+    if (!codes || !dec || !s->rotation) {
+        kvqi_free(codes);
+        kvqi_free(dec);
+        return KVQ_ERR_NOMEM;
+    }
+    uint16_t one = kvqi_fp32_to_fp16(1.0f);
+    uint8_t *base = codes + batch * cs;
+    memcpy(base + L->norm_offset, &one, 2);
+    for (uint32_t p = 1; p < L->n_pass; p++) memcpy(base + L->scale_offset[p], &one, 2);
+    kvq_status st = kvq_decode(s->quant, base, 1, dec + batch * dim);
+    for (uint32_t r0 = 0; r0 < dim && st == KVQ_OK; r0 += (uint32_t)batch) {
+        uint32_t nb = KVQI_MIN((uint32_t)batch, dim - r0);
+        for (uint32_t i = 0; i < nb; i++) {
+            memcpy(codes + i * cs, base, cs);
+            rot_set_index(codes + i * cs + L->index_offset[0], L->bits, r0 + i, 1);
+        }
+        st = kvq_decode(s->quant, codes, nb, dec);
+        for (uint32_t i = 0; i < nb && st == KVQ_OK; i++)
+            for (uint32_t j = 0; j < dim; j++)
+                s->rotation[(size_t)(r0 + i) * dim + j] =
+                    (dec[(size_t)i * dim + j] - dec[batch * dim + j]) / delta;
+    }
+    kvqi_free(codes);
+    kvqi_free(dec);
+    return st;
 }
 
 /* Picks a fused path when the quantizer's codes are in a layout the kernels know, and
@@ -115,7 +211,16 @@ static kvq_status choose_path(kvqi_side *s, uint32_t dim) {
         if (qc.method == KVQ_METHOD_Q4_0 && s->code_size == 18 * (size_t)(dim / 32))
             want = KVQI_PATH_Q4_0;
     }
-    if (want == KVQI_PATH_GENERIC) return KVQ_OK;
+    if (want == KVQI_PATH_GENERIC && rot_layout_for(&qc, s->code_size, &s->rot)) {
+        st = extract_rotation(s, dim);
+        if (st == KVQ_ERR_NOMEM) return st;
+        if (st == KVQ_OK) want = KVQI_PATH_ROT;
+    }
+    if (want == KVQI_PATH_GENERIC) {
+        kvqi_free(s->rotation);
+        s->rotation = NULL;
+        return KVQ_OK;
+    }
     enum { N_PROBE = 4 };
     float *x = kvqi_alloc_array((size_t)3 * N_PROBE * dim, sizeof(float));
     uint8_t *codes = kvqi_alloc_array(N_PROBE, s->code_size);
@@ -142,6 +247,10 @@ static kvq_status choose_path(kvqi_side *s, uint32_t dim) {
             }
         }
         if (same) s->path = want;
+    }
+    if (s->path != KVQI_PATH_ROT) {
+        kvqi_free(s->rotation);
+        s->rotation = NULL;
     }
     kvqi_free(x);
     kvqi_free(codes);

@@ -13,7 +13,7 @@
  * were split into append calls. */
 #define KVQI_OUTLIER_PROBE_TOKENS 32u
 /* Tokens per softmax block inside a chunk: scores for G heads, one rescale per block. */
-#define KVQI_ATTEND_BLOCK 64u
+#define KVQI_ATTEND_BLOCK KVQI_MAX_BLOCK_TOKENS
 
 /* How a side of the cache (keys or values) is scored / decoded at attention time. */
 typedef enum kvqi_code_path {

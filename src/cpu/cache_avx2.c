@@ -143,63 +143,81 @@ DEFINE_ROW_KERNELS(q4_0, dec_q4_0, score_q4_0, accum_q4_0)
 /* ------------------------------------------------------- rotated codes */
 
 typedef struct rot_tabs {
-    __m256 lo, hi, c0, c1;
+    __m256 lo[KVQI_ROT_MAX_PASSES], hi[KVQI_ROT_MAX_PASSES];
+    __m256 c0[KVQI_ROT_MAX_PASSES], c1[KVQI_ROT_MAX_PASSES];
 } rot_tabs;
 
-static inline __m256 lookup16(const rot_tabs *T, __m256i idx) {
-    __m256 a = _mm256_permutevar8x32_ps(T->lo, idx), b = _mm256_permutevar8x32_ps(T->hi, idx);
+static void load_tabs(const kvqi_rot_layout *L, rot_tabs *T) {
+    for (uint32_t p = 0; p < L->n_pass; p++) {
+        T->lo[p] = _mm256_loadu_ps(L->centroids[p]);
+        T->hi[p] = _mm256_loadu_ps(L->centroids[p] + 8);
+        T->c0[p] = _mm256_set1_ps(L->centroids[p][0]);
+        T->c1[p] = _mm256_set1_ps(L->centroids[p][1]);
+    }
+}
+
+static inline __m256 lookup16(__m256 lo, __m256 hi, __m256i idx) {
+    __m256 a = _mm256_permutevar8x32_ps(lo, idx), b = _mm256_permutevar8x32_ps(hi, idx);
     return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
 }
 
-static inline __m256 blend_bits(const rot_tabs *T, uint32_t bits8) {
+static inline __m256 blend_bits(__m256 c0, __m256 c1, uint32_t bits8) {
     __m256i sel = _mm256_set_epi32(128, 64, 32, 16, 8, 4, 2, 1);
     __m256i m = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)bits8), sel), sel);
-    return _mm256_blendv_ps(T->c0, T->c1, _mm256_castsi256_ps(m));
+    return _mm256_blendv_ps(c0, c1, _mm256_castsi256_ps(m));
 }
 
-/* Lanes [16g, 16g+16) of a rotated code in the kernels' lane order. */
-static inline void dec_rot(const kvqi_rot_layout *L, const rot_tabs *T, const uint8_t *idx,
-                           uint32_t g, __m256 *x0, __m256 *x1) {
+/* Lanes [16g, 16g+16) of one pass in the kernels' lane order. */
+static inline void dec_pass(const kvqi_rot_layout *L, const rot_tabs *T, uint32_t p,
+                            const uint8_t *idx, uint32_t g, __m256 *x0, __m256 *x1) {
     switch (L->bits) {
     case 4: {
-        const uint8_t *p = idx + 16 * (g / 2);
+        const uint8_t *b = idx + 16 * (g / 2);
         int s = (g % 2) * 4;
         __m256i m = _mm256_set1_epi32(15);
-        __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
-        __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8)));
-        *x0 = lookup16(T, _mm256_and_si256(_mm256_srli_epi32(v0, s), m));
-        *x1 = lookup16(T, _mm256_and_si256(_mm256_srli_epi32(v1, s), m));
+        __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b));
+        __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 8)));
+        *x0 = lookup16(T->lo[p], T->hi[p], _mm256_and_si256(_mm256_srli_epi32(v0, s), m));
+        *x1 = lookup16(T->lo[p], T->hi[p], _mm256_and_si256(_mm256_srli_epi32(v1, s), m));
         break;
     }
     case 2: {
-        const uint8_t *p = idx + 16 * (g / 4);
+        const uint8_t *b = idx + 16 * (g / 4);
         int s = (g % 4) * 2;
         __m256i m = _mm256_set1_epi32(3);
-        __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
-        __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8)));
-        *x0 = _mm256_permutevar8x32_ps(T->lo, _mm256_and_si256(_mm256_srli_epi32(v0, s), m));
-        *x1 = _mm256_permutevar8x32_ps(T->lo, _mm256_and_si256(_mm256_srli_epi32(v1, s), m));
+        __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b));
+        __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 8)));
+        *x0 = _mm256_permutevar8x32_ps(T->lo[p], _mm256_and_si256(_mm256_srli_epi32(v0, s), m));
+        *x1 = _mm256_permutevar8x32_ps(T->lo[p], _mm256_and_si256(_mm256_srli_epi32(v1, s), m));
         break;
     }
     case 1:
-        *x0 = blend_bits(T, idx[2 * g]);
-        *x1 = blend_bits(T, idx[2 * g + 1]);
+        *x0 = blend_bits(T->c0[p], T->c1[p], idx[2 * g]);
+        *x1 = blend_bits(T->c0[p], T->c1[p], idx[2 * g + 1]);
         break;
     default: {
         __m256i i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(idx + 16 * g)));
         __m256i i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(idx + 16 * g + 8)));
-        *x0 = _mm256_i32gather_ps(L->centroids, i0, 4);
-        *x1 = _mm256_i32gather_ps(L->centroids, i1, 4);
+        *x0 = _mm256_i32gather_ps(L->centroids[p], i0, 4);
+        *x1 = _mm256_i32gather_ps(L->centroids[p], i1, 4);
         break;
     }
     }
 }
 
-static void load_tabs(const kvqi_rot_layout *L, rot_tabs *T) {
-    T->lo = _mm256_loadu_ps(L->centroids);
-    T->hi = _mm256_loadu_ps(L->centroids + 8);
-    T->c0 = _mm256_set1_ps(L->centroids[0]);
-    T->c1 = _mm256_set1_ps(L->centroids[1]);
+static inline void dec_rot(const kvqi_rot_layout *L, const rot_tabs *T, const uint8_t *code,
+                           const float *sp, uint32_t g, __m256 *x0, __m256 *x1) {
+    dec_pass(L, T, 0, code + L->index_offset[0], g, x0, x1);
+    for (uint32_t p = 1; p < L->n_pass; p++) {
+        __m256 y0, y1, s = _mm256_set1_ps(sp[p]);
+        dec_pass(L, T, p, code + L->index_offset[p], g, &y0, &y1);
+        *x0 = _mm256_fmadd_ps(s, y0, *x0);
+        *x1 = _mm256_fmadd_ps(s, y1, *x1);
+    }
+}
+
+static inline void pass_scales(const kvqi_rot_layout *L, const uint8_t *code, float *sp) {
+    for (uint32_t p = 1; p < L->n_pass; p++) sp[p] = fp16_scalar(code + L->scale_offset[p]);
 }
 
 static void score_rot(const kvqi_rot_layout *L, const float *q, uint32_t G, const uint8_t *k,
@@ -211,11 +229,13 @@ static void score_rot(const kvqi_rot_layout *L, const float *q, uint32_t G, cons
         const float *qh[HG];
         for (uint32_t h = 0; h < HG; h++) qh[h] = q + (size_t)(h0 + h < G ? h0 + h : h0) * dim;
         for (size_t t = 0; t < n; t++) {
-            const uint8_t *code = k + t * L->code_size, *idx = code + L->index_offset;
+            const uint8_t *code = k + t * L->code_size;
+            float sp[KVQI_ROT_MAX_PASSES];
+            pass_scales(L, code, sp);
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (uint32_t g = 0; g < dim / 16; g++) {
                 __m256 x0, x1;
-                dec_rot(L, &T, idx, g, &x0, &x1);
+                dec_rot(L, &T, code, sp, g, &x0, &x1);
                 a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[0] + 16 * g), x0, a0);
                 a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[1] + 16 * g), x0, a1);
                 a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[2] + 16 * g), x0, a2);
@@ -254,8 +274,11 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
             __m256 r[8];
             for (int i = 0; i < 8; i++) r[i] = _mm256_setzero_ps();
             for (size_t t = 0; t < n; t++) {
+                const uint8_t *code = v + t * L->code_size;
+                float sp[KVQI_ROT_MAX_PASSES];
                 __m256 x0, x1;
-                dec_rot(L, &T, v + t * L->code_size + L->index_offset, g, &x0, &x1);
+                pass_scales(L, code, sp);
+                dec_rot(L, &T, code, sp, g, &x0, &x1);
                 for (int h = 0; h < HG; h++) {
                     __m256 wv = _mm256_broadcast_ss(&wn[h][t]);
                     r[2 * h] = _mm256_fmadd_ps(wv, x0, r[2 * h]);
@@ -279,14 +302,15 @@ static inline __m256 exp_neg8(__m256 x) {
     __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
     __m256 fi = _mm256_round_ps(_mm256_sub_ps(t, _mm256_set1_ps(0.5f)),
                                 _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
-    __m256 f = _mm256_sub_ps(t, fi);
+    __m256 r = _mm256_fnmadd_ps(fi, _mm256_set1_ps(KVQI_EXP_LN2_HI), x);
+    r = _mm256_fnmadd_ps(fi, _mm256_set1_ps(KVQI_EXP_LN2_LO), r);
     __m256 p = _mm256_set1_ps(KVQI_EXP_C6);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(KVQI_EXP_C5));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(KVQI_EXP_C4));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(KVQI_EXP_C3));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(KVQI_EXP_C2));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(KVQI_EXP_C1));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVQI_EXP_C5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVQI_EXP_C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVQI_EXP_C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVQI_EXP_C2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fi), _mm256_set1_epi32(127)), 23);
     return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
 }

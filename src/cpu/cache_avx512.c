@@ -148,14 +148,26 @@ DEFINE_ROW_KERNELS(q4_0, dec_q4_0, score_q4_0, accum_q4_0)
 
 /* ------------------------------------------------------- rotated codes */
 
-/* The 32 lanes [32b, 32b+32) of a rotated code's centroid values, in lane order. */
-static inline void dec_rot(const kvqi_rot_layout *L, __m512 tab, __m512 c0, __m512 c1,
-                           const uint8_t *idx, uint32_t b, __m512 *x0, __m512 *x1) {
+typedef struct rot_tabs {
+    __m512 tab[KVQI_ROT_MAX_PASSES], c0[KVQI_ROT_MAX_PASSES], c1[KVQI_ROT_MAX_PASSES];
+} rot_tabs;
+
+static void load_tabs(const kvqi_rot_layout *L, rot_tabs *T) {
+    for (uint32_t p = 0; p < L->n_pass; p++) {
+        T->tab[p] = _mm512_loadu_ps(L->centroids[p]);
+        T->c0[p] = _mm512_set1_ps(L->centroids[p][0]);
+        T->c1[p] = _mm512_set1_ps(L->centroids[p][1]);
+    }
+}
+
+/* The 32 lanes [32b, 32b+32) of one pass's centroid values, in lane order. */
+static inline void dec_pass(const kvqi_rot_layout *L, const rot_tabs *T, uint32_t p,
+                            const uint8_t *idx, uint32_t b, __m512 *x0, __m512 *x1) {
     switch (L->bits) {
     case 4: {
         __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(idx + 16 * b)));
-        *x0 = _mm512_permutexvar_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)), tab);
-        *x1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tab);
+        *x0 = _mm512_permutexvar_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)), T->tab[p]);
+        *x1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), T->tab[p]);
         break;
     }
     case 2: {
@@ -163,41 +175,60 @@ static inline void dec_rot(const kvqi_rot_layout *L, __m512 tab, __m512 c0, __m5
         __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(idx + 16 * (b / 2))));
         __m512i m3 = _mm512_set1_epi32(3);
         unsigned s = (b % 2) * 4;
-        *x0 = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srli_epi32(v, s), m3), tab);
-        *x1 = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srli_epi32(v, s + 2), m3), tab);
+        *x0 = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srli_epi32(v, s), m3), T->tab[p]);
+        *x1 = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srli_epi32(v, s + 2), m3), T->tab[p]);
         break;
     }
     case 1: {
         uint32_t bits;
         memcpy(&bits, idx + 4 * b, 4);
-        *x0 = _mm512_mask_blend_ps((__mmask16)(bits & 0xffff), c0, c1);
-        *x1 = _mm512_mask_blend_ps((__mmask16)(bits >> 16), c0, c1);
+        *x0 = _mm512_mask_blend_ps((__mmask16)(bits & 0xffff), T->c0[p], T->c1[p]);
+        *x1 = _mm512_mask_blend_ps((__mmask16)(bits >> 16), T->c0[p], T->c1[p]);
         break;
     }
     default: { /* 8 bits: a gather from the 256-entry table */
         __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(idx + 32 * b)));
         __m512i i1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(idx + 32 * b + 16)));
-        *x0 = _mm512_i32gather_ps(i0, L->centroids, 4);
-        *x1 = _mm512_i32gather_ps(i1, L->centroids, 4);
+        *x0 = _mm512_i32gather_ps(i0, L->centroids[p], 4);
+        *x1 = _mm512_i32gather_ps(i1, L->centroids[p], 4);
         break;
     }
     }
 }
 
+/* All passes of one code combined: u = sum_p s_p * c_p[idx_p]. */
+static inline void dec_rot(const kvqi_rot_layout *L, const rot_tabs *T, const uint8_t *code,
+                           const __m512 *sp, uint32_t b, __m512 *x0, __m512 *x1) {
+    dec_pass(L, T, 0, code + L->index_offset[0], b, x0, x1);
+    for (uint32_t p = 1; p < L->n_pass; p++) {
+        __m512 y0, y1;
+        dec_pass(L, T, p, code + L->index_offset[p], b, &y0, &y1);
+        *x0 = _mm512_fmadd_ps(sp[p], y0, *x0);
+        *x1 = _mm512_fmadd_ps(sp[p], y1, *x1);
+    }
+}
+
+static inline void pass_scales(const kvqi_rot_layout *L, const uint8_t *code, __m512 *sp) {
+    for (uint32_t p = 1; p < L->n_pass; p++)
+        sp[p] = _mm512_set1_ps(fp16_scalar(code + L->scale_offset[p]));
+}
+
 static void score_rot(const kvqi_rot_layout *L, const float *q, uint32_t G, const uint8_t *k,
                       size_t n, float *scores, size_t ld) {
     uint32_t dim = L->dim, nb = dim / 32;
-    __m512 tab = _mm512_loadu_ps(L->centroids);
-    __m512 c0 = _mm512_set1_ps(L->centroids[0]), c1 = _mm512_set1_ps(L->centroids[1]);
+    rot_tabs T;
+    load_tabs(L, &T);
     for (uint32_t h0 = 0; h0 < G; h0 += HG) {
         const float *qh[HG];
         for (uint32_t h = 0; h < HG; h++) qh[h] = q + (size_t)(h0 + h < G ? h0 + h : h0) * dim;
         for (size_t t = 0; t < n; t++) {
-            const uint8_t *code = k + t * L->code_size, *idx = code + L->index_offset;
+            const uint8_t *code = k + t * L->code_size;
+            __m512 sp[KVQI_ROT_MAX_PASSES];
+            pass_scales(L, code, sp);
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (uint32_t b = 0; b < nb; b++) {
                 __m512 x0, x1;
-                dec_rot(L, tab, c0, c1, idx, b, &x0, &x1);
+                dec_rot(L, &T, code, sp, b, &x0, &x1);
                 a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[0] + 32 * b), x0, a0);
                 a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[1] + 32 * b), x0, a1);
                 a2 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[2] + 32 * b), x0, a2);
@@ -218,8 +249,8 @@ static void score_rot(const kvqi_rot_layout *L, const float *q, uint32_t G, cons
 static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
                       const uint8_t *v, size_t n, float *acc) {
     uint32_t dim = L->dim;
-    __m512 tab = _mm512_loadu_ps(L->centroids);
-    __m512 c0 = _mm512_set1_ps(L->centroids[0]), c1 = _mm512_set1_ps(L->centroids[1]);
+    rot_tabs T;
+    load_tabs(L, &T);
     float zero_w[KVQI_MAX_BLOCK_TOKENS], dummy[32];
     if (G % HG) memset(zero_w, 0, sizeof zero_w);
     float norms[KVQI_MAX_BLOCK_TOKENS];
@@ -237,8 +268,10 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
             __m512 r[8];
             for (int i = 0; i < 8; i++) r[i] = _mm512_setzero_ps();
             for (size_t t = 0; t < n; t++) {
-                __m512 x0, x1;
-                dec_rot(L, tab, c0, c1, v + t * L->code_size + L->index_offset, b, &x0, &x1);
+                const uint8_t *code = v + t * L->code_size;
+                __m512 sp[KVQI_ROT_MAX_PASSES], x0, x1;
+                pass_scales(L, code, sp);
+                dec_rot(L, &T, code, sp, b, &x0, &x1);
                 __m512 w0 = _mm512_set1_ps(wn[0][t]), w1 = _mm512_set1_ps(wn[1][t]);
                 __m512 w2 = _mm512_set1_ps(wn[2][t]), w3 = _mm512_set1_ps(wn[3][t]);
                 r[0] = _mm512_fmadd_ps(w0, x0, r[0]);
@@ -267,14 +300,15 @@ static inline __m512 exp_neg16(__m512 x) {
     __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
     __m512 fi = _mm512_roundscale_ps(_mm512_sub_ps(t, _mm512_set1_ps(0.5f)),
                                      _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(t, fi);
+    __m512 r = _mm512_fnmadd_ps(fi, _mm512_set1_ps(KVQI_EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(fi, _mm512_set1_ps(KVQI_EXP_LN2_LO), r);
     __m512 p = _mm512_set1_ps(KVQI_EXP_C6);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(KVQI_EXP_C5));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(KVQI_EXP_C4));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(KVQI_EXP_C3));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(KVQI_EXP_C2));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(KVQI_EXP_C1));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(KVQI_EXP_C5));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(KVQI_EXP_C4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(KVQI_EXP_C3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(KVQI_EXP_C2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fi), _mm512_set1_epi32(127)), 23);
     return _mm512_maskz_mul_ps(live, p, _mm512_castsi512_ps(e));
 }

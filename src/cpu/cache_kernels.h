@@ -13,17 +13,23 @@
 
 #include "kvq.h"
 
-/* Rotated scalar code: the fp16 norm sits at norm_offset, the b-bit indices (LSB-first
- * bit stream) at index_offset. The kernels read the indices of 32-coordinate blocks in
- * the order the unpacking leaves them (kvqi_rot_lane_order), so the query and the
- * accumulator live in that permuted order and no shuffle is spent per token. */
+/* Rotated scalar code: x = norm * R^T u with u_r = sum_p s_p * centroids[p][index_p(r)]
+ * over n_pass passes of b-bit indices (turboquant_mse: one pass; turboquant_rvq: a
+ * Gaussian pass then Laplacian residual passes). norm is fp16 at norm_offset; s_0 = 1 and
+ * s_p (p > 0) is fp16 at scale_offset[p]; pass p's indices are an LSB-first bit stream at
+ * index_offset[p]. The kernels read the indices of 32-coordinate blocks in the order the
+ * unpacking leaves them (kvqi_rot_lane_coordinate), so the query and the accumulator live
+ * in that permuted order and no shuffle is spent per token. */
+#define KVQI_ROT_MAX_PASSES 4
 typedef struct kvqi_rot_layout {
-    uint32_t dim;          /* multiple of 32 */
-    uint32_t bits;         /* 1, 2, 4 or 8 */
-    uint32_t code_size;    /* bytes per vector (stride) */
-    uint32_t norm_offset;  /* byte offset of the fp16 norm */
-    uint32_t index_offset; /* byte offset of the packed indices */
-    float centroids[256];  /* decoded coordinate = norm * centroids[index] */
+    uint32_t dim;       /* multiple of 32 (of 64 for 2 bits) */
+    uint32_t bits;      /* 1, 2, 4, or 8 (8: one pass) */
+    uint32_t n_pass;    /* 1..KVQI_ROT_MAX_PASSES */
+    uint32_t code_size; /* bytes per vector (stride) */
+    uint32_t norm_offset;
+    uint32_t scale_offset[KVQI_ROT_MAX_PASSES]; /* [0] unused */
+    uint32_t index_offset[KVQI_ROT_MAX_PASSES];
+    float centroids[KVQI_ROT_MAX_PASSES][256];
 } kvqi_rot_layout;
 
 /* lane -> coordinate: the coordinate that lane p of the kernels' permuted order holds.
@@ -72,29 +78,30 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k);
 void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k);
 #endif
 
-/* exp(x) for x <= 0: x log2(e) = i + f with i = ceil(t - 1/2), |f| <= 1/2, and 2^f by its
- * degree-6 Taylor polynomial (relative error < 2e-7). Every ISA uses this reduction and
- * these coefficients; below -87 it returns 0 (the softmax weight underflows anyway). */
-#define KVQI_EXP_C6 1.5403530e-4f
-#define KVQI_EXP_C5 1.3333558e-3f
-#define KVQI_EXP_C4 9.6181291e-3f
-#define KVQI_EXP_C3 5.5504109e-2f
-#define KVQI_EXP_C2 2.4022651e-1f
-#define KVQI_EXP_C1 6.9314718e-1f
+/* exp(x) for x <= 0: i = ceil(x log2(e) - 1/2), r = x - i ln2 in two steps (Cody-Waite,
+ * |r| <= ln2/2), e^r by its degree-6 Taylor polynomial, times 2^i. Relative error about
+ * 2e-7. Every ISA uses this reduction and these coefficients; below -87 it returns 0
+ * (the softmax weight underflows anyway). */
+#define KVQI_EXP_LN2_HI 0.693145751953125f
+#define KVQI_EXP_LN2_LO 1.428606765330187e-06f
+#define KVQI_EXP_C6 1.3888889e-3f
+#define KVQI_EXP_C5 8.3333333e-3f
+#define KVQI_EXP_C4 4.1666668e-2f
+#define KVQI_EXP_C3 1.6666667e-1f
+#define KVQI_EXP_C2 0.5f
 static inline float kvqi_exp_neg(float x) {
     if (!(x >= -87.0f)) return 0.0f;
-    float t = x * 1.44269504088896341f;
-    float u = t - 0.5f;
+    float u = x * 1.44269504088896341f - 0.5f;
     float fi = (float)(int32_t)u; /* u <= 0: truncation is ceil */
-    if (fi < u) fi += 1.0f;
-    float f = t - fi;
+    float r = x - fi * KVQI_EXP_LN2_HI;
+    r = r - fi * KVQI_EXP_LN2_LO;
     float p = KVQI_EXP_C6;
-    p = p * f + KVQI_EXP_C5;
-    p = p * f + KVQI_EXP_C4;
-    p = p * f + KVQI_EXP_C3;
-    p = p * f + KVQI_EXP_C2;
-    p = p * f + KVQI_EXP_C1;
-    p = p * f + 1.0f;
+    p = p * r + KVQI_EXP_C5;
+    p = p * r + KVQI_EXP_C4;
+    p = p * r + KVQI_EXP_C3;
+    p = p * r + KVQI_EXP_C2;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
     union { float f; int32_t i; } bits;
     bits.i = ((int32_t)fi + 127) << 23;
     return p * bits.f;

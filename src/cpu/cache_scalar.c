@@ -121,15 +121,25 @@ static void accum_q4_0(const float *w, size_t ld, uint32_t G, uint32_t dim, cons
     accum_rows(4, w, ld, G, dim, v, stride, n, acc);
 }
 
+/* u[p] for every lane p of one code (lane order), s_p folded in */
+static void rot_lanes(const kvqi_rot_layout *L, const uint8_t *code, float *u) {
+    for (uint32_t p = 0; p < L->dim; p++) {
+        uint32_t r = kvqi_rot_lane_coordinate(L->bits, p);
+        float x = L->centroids[0][rot_index(code + L->index_offset[0], L->bits, r)];
+        for (uint32_t k = 1; k < L->n_pass; k++)
+            x += fp16_at(code + L->scale_offset[k]) *
+                 L->centroids[k][rot_index(code + L->index_offset[k], L->bits, r)];
+        u[p] = x;
+    }
+}
+
 /* q and acc are in the lane order: lane p pairs with coordinate kvqi_rot_lane_coordinate */
 static void score_rot(const kvqi_rot_layout *L, const float *q, uint32_t G, const uint8_t *k,
                       size_t n, float *scores, size_t ld) {
     float u[4096];
     for (size_t t = 0; t < n; t++) {
         const uint8_t *code = k + t * L->code_size;
-        const uint8_t *idx = code + L->index_offset;
-        for (uint32_t p = 0; p < L->dim; p++)
-            u[p] = L->centroids[rot_index(idx, L->bits, kvqi_rot_lane_coordinate(L->bits, p))];
+        rot_lanes(L, code, u);
         float norm = fp16_at(code + L->norm_offset);
         for (uint32_t h = 0; h < G; h++) {
             const float *qh = q + (size_t)h * L->dim;
@@ -145,9 +155,7 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
     float u[4096];
     for (size_t t = 0; t < n; t++) {
         const uint8_t *code = v + t * L->code_size;
-        const uint8_t *idx = code + L->index_offset;
-        for (uint32_t p = 0; p < L->dim; p++)
-            u[p] = L->centroids[rot_index(idx, L->bits, kvqi_rot_lane_coordinate(L->bits, p))];
+        rot_lanes(L, code, u);
         float norm = fp16_at(code + L->norm_offset);
         for (uint32_t h = 0; h < G; h++) {
             float wt = w[h * ld + t] * norm, *a = acc + (size_t)h * L->dim;
