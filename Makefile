@@ -92,7 +92,7 @@ CLI := $(BUILD)/kvq
 TEST_BIN := $(BUILD)/kvq-tests
 
 .PHONY: all lib test test-asan test-tsan bench install uninstall clean help check-werror
-all: $(STATIC_LIB) $(SHARED_LIB) $(CLI) $(BUILD)/kvq.pc
+all: $(STATIC_LIB) $(SHARED_LIB) $(CLI) $(BUILD)/kvq.pc $(BUILD)/kvqConfig.cmake $(BUILD)/kvqConfigVersion.cmake
 
 lib: $(STATIC_LIB) $(SHARED_LIB)
 
@@ -131,17 +131,24 @@ $(STATIC_LIB): $(LIB_OBJ)
 	$(AR) rcs $@ $^
 
 $(SHARED_LIB): $(LIB_OBJ)
-	$(CC) -shared -Wl,-soname,$(SONAME) $(LDFLAGS) -o $@ $^ $(LDLIBS_ALL)
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=src/kvq.map $(LDFLAGS) -o $@ $^ $(LDLIBS_ALL)
 	ln -sf libkvq.so.$(VERSION) $(BUILD)/$(SONAME)
 	ln -sf $(SONAME) $(BUILD)/libkvq.so
 
 $(CLI): $(TOOL_OBJ) $(STATIC_LIB)
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(STATIC_LIB) $(LDLIBS_ALL)
 
+PRIVATE_LIBS := $(if $(CUDA_OBJ),-L$(CUDA_HOME)/lib64 -lcudart,)
+SUBST := sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	    -e 's|@VERSION_MAJOR@|$(VERSION_MAJOR)|g' -e 's|@PRIVATE_LIBS@|$(PRIVATE_LIBS)|g' \
+	    -e 's|@CMAKE_PRIVATE_LIBS@|$(if $(CUDA_OBJ),$(CUDA_HOME)/lib64/libcudart.so,)|g'
 $(BUILD)/kvq.pc: kvq.pc.in Makefile
 	@mkdir -p $(dir $@)
-	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
-	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
+	$(SUBST) $< > $@
+$(BUILD)/%.cmake: cmake/%.cmake.in Makefile
+	@mkdir -p $(dir $@)
+	$(SUBST) $< > $@
 
 # The test runner: every `TEST(name)` at the start of a line in tests/*.c is registered.
 $(BUILD)/tests/registry.h: $(TEST_SRC)
@@ -179,10 +186,13 @@ install: all
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libkvq.so
 	install -m 644 $(BUILD)/kvq.pc $(DESTDIR)$(LIBDIR)/pkgconfig/kvq.pc
 	install -m 755 $(CLI) $(DESTDIR)$(BINDIR)/kvq
+	install -d $(DESTDIR)$(LIBDIR)/cmake/kvq
+	install -m 644 $(BUILD)/kvqConfig.cmake $(BUILD)/kvqConfigVersion.cmake $(DESTDIR)$(LIBDIR)/cmake/kvq/
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/kvq.h $(DESTDIR)$(LIBDIR)/libkvq.a \
 	  $(DESTDIR)$(LIBDIR)/libkvq.so* $(DESTDIR)$(LIBDIR)/pkgconfig/kvq.pc $(DESTDIR)$(BINDIR)/kvq
+	rm -rf $(DESTDIR)$(LIBDIR)/cmake/kvq
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan
@@ -197,3 +207,12 @@ deps:
 check: deps
 	$(MAKE) test
 	$(MAKE) test-asan
+
+# The whole suite cross-built for AArch64 (NEON kernels) and run under qemu-user.
+# Needs Debian's gcc-aarch64-linux-gnu and qemu-user (scripts/deps.sh --arm64).
+ARM64_CC ?= aarch64-linux-gnu-gcc
+QEMU_ARM64 ?= qemu-aarch64 -L /usr/aarch64-linux-gnu
+.PHONY: test-arm64
+test-arm64:
+	$(MAKE) BUILD=build-arm64 CC=$(ARM64_CC) NO_CUDA=1 build-arm64/kvq-tests build-arm64/kvq
+	KVQ_CLI="$(QEMU_ARM64) build-arm64/kvq" $(QEMU_ARM64) build-arm64/kvq-tests $(TESTS)
