@@ -5,9 +5,12 @@
  * every RoPE rotation, so RoPE_p(sum of codewords) = sum of RoPE_p(codeword): decode can
  * apply RoPE at the stored position, and a score can rotate the query instead of the key.
  * Training: residual k-means to start, then EM - E: greedy residual assignment; M: per
- * codeword and pair the least-squares 2x2 operator mapping the position phasor
- * (cos phi, sin phi) to the RoPE'd residual, over seeded random positions, then projected
- * onto the commuting set (a = (G00 + G11)/2, b = (G10 - G01)/2).
+ * codeword and pair, the operator W mapping the position phasor u = (cos phi, sin phi) to
+ * the RoPE'd residual t, over seeded random positions: the moments sum t u^T are projected
+ * onto the commuting set (P(A) = [[a, -b], [b, a]], a = (A00 + A11)/2, b = (A10 - A01)/2)
+ * before solving, which is the least squares constrained to that set. The unconstrained
+ * 2x2 solution is not used: with few points or slow pairs (phi ~ 0 for every position)
+ * its normal equations are singular.
  * Code: n_codebooks indices of `bits` bits (LSB-first), then the int32 position.
  * 4 one-byte codes at dim 128: 4 bytes of codes (64x below fp16) + 4 of position (32x
  * counted whole). Shared: the codebooks, n_codebooks x 2^bits x dim floats.
@@ -188,8 +191,8 @@ static kvq_status cv_fit(kvq_quantizer *q, const float *x, size_t n) {
     uint8_t *codes = kvqi_alloc_array(rows, M);
     uint32_t *assign = kvqi_alloc_array(rows, sizeof(uint32_t));
     int32_t *pos = kvqi_alloc_array(rows, sizeof(int32_t));
-    /* per codeword and pair: sum t u^T (4) and sum u u^T (3: symmetric) */
-    size_t acc_n = (size_t)K * s->n_pairs * 7;
+    /* per codeword and pair: sum t u^T (4) and sum |u|^2 */
+    size_t acc_n = (size_t)K * s->n_pairs * 5;
     double *acc = kvqi_alloc_array(acc_n, sizeof(double));
     uint32_t *count = kvqi_alloc_array(K, sizeof(uint32_t));
     kvq_status st = (data && res && codes && assign && pos && acc && count) ? KVQ_OK : KVQ_ERR_NOMEM;
@@ -227,8 +230,8 @@ static kvq_status cv_fit(kvq_quantizer *q, const float *x, size_t n) {
                 }
                 uint32_t c = cr[m];
                 count[c]++;
-                double *a = acc + (size_t)c * s->n_pairs * 7;
-                for (uint32_t j = 0; j < s->n_pairs; j++, a += 7) {
+                double *a = acc + (size_t)c * s->n_pairs * 5;
+                for (uint32_t j = 0; j < s->n_pairs; j++, a += 5) {
                     double phi = (double)pos[r] * s->freq[j], u0 = cos(phi), u1 = sin(phi);
                     double ra = t[s->pair_a[j]], rb = t[s->pair_b[j]];
                     double t0 = ra * u0 - rb * u1, t1 = ra * u1 + rb * u0; /* RoPE'd target */
@@ -236,25 +239,18 @@ static kvq_status cv_fit(kvq_quantizer *q, const float *x, size_t n) {
                     a[1] += t0 * u1;
                     a[2] += t1 * u0;
                     a[3] += t1 * u1;
-                    a[4] += u0 * u0;
-                    a[5] += u0 * u1;
-                    a[6] += u1 * u1;
+                    a[4] += u0 * u0 + u1 * u1;
                 }
             }
             for (uint32_t c = 0; c < K; c++) {
                 if (!count[c]) continue; /* unused codeword: keep it */
                 float *w = s->cw + ((size_t)m * K + c) * d;
-                const double *a = acc + (size_t)c * s->n_pairs * 7;
-                for (uint32_t j = 0; j < s->n_pairs; j++, a += 7) {
-                    /* G = S_tu (S_uu + eps I)^-1, then the nearest scaled rotation */
-                    double eps = 1e-9 * (a[4] + a[6]) + 1e-30;
-                    double u00 = a[4] + eps, u01 = a[5], u11 = a[6] + eps;
-                    double det = u00 * u11 - u01 * u01;
-                    double i00 = u11 / det, i01 = -u01 / det, i11 = u00 / det;
-                    double g00 = a[0] * i00 + a[1] * i01, g01 = a[0] * i01 + a[1] * i11;
-                    double g10 = a[2] * i00 + a[3] * i01, g11 = a[2] * i01 + a[3] * i11;
-                    w[s->pair_a[j]] = (float)(0.5 * (g00 + g11));
-                    w[s->pair_b[j]] = (float)(0.5 * (g10 - g01));
+                const double *a = acc + (size_t)c * s->n_pairs * 5;
+                for (uint32_t j = 0; j < s->n_pairs; j++, a += 5) {
+                    /* least squares over W = [[a, -b], [b, a]]: sum |u|^2 (a, b) = 2 P(sum t u^T),
+                     * P the projection of a 2x2 matrix onto the commuting set */
+                    w[s->pair_a[j]] = (float)((a[0] + a[3]) / a[4]);
+                    w[s->pair_b[j]] = (float)((a[2] - a[1]) / a[4]);
                 }
             }
         }
