@@ -105,7 +105,7 @@ static kvq_status make_fitted(const char *spec, uint32_t d, kvq_isa isa, const f
 /* ------------------------------------------------------------------ vecinfer */
 
 TEST(calib_vecinfer_scores_match_decode_and_beat_mse_1bit) {
-    enum { N = 1024, D = 64, T = 256 };
+    enum { N = 512, D = 64, T = 256 };
     static float x[N * D], y[T * D], qv[D], sc[T];
     static uint8_t codes[T * 64];
     outlier_keys(x, N, D, 11);
@@ -139,27 +139,36 @@ TEST(calib_vecinfer_scores_match_decode_and_beat_mse_1bit) {
 }
 
 TEST(calib_vecinfer_simd_matches_scalar) {
-    enum { N = 512, D = 128, T = 37 };
+    enum { N = 256, D = 128, T = 37 };
     static float x[N * D], qv[D], s_ref[T], s_isa[T];
     static uint8_t c_ref[T * 16], c_isa[T * 16];
+    const char *dir = kvqt_tmpdir(kvqt_);
+    REQUIRE(dir);
+    char path[512], spec[700];
+    snprintf(path, sizeof path, "%s/vi.safetensors", dir);
     outlier_keys(x, N, D, 21);
     gaussian(qv, D, 22);
     kvq_quantizer *ref;
     REQUIRE_OK(make_fitted("vecinfer", D, KVQ_ISA_SCALAR, x, N, &ref));
     REQUIRE_OK(kvq_encode(ref, x, T, c_ref));
     REQUIRE_OK(kvq_score(ref, qv, c_ref, T, s_ref));
+    REQUIRE_OK(kvq_quantizer_save(ref, path));
     const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512};
     int tested = 0;
     for (size_t k = 0; k < 2; k++) {
         if (!kvq_isa_available(isas[k])) continue;
         tested++;
         kvq_quantizer *q;
-        REQUIRE_OK(make_fitted("vecinfer", D, isas[k], x, N, &q));
+        kvq_config c;
+        snprintf(spec, sizeof spec, "vecinfer:artifact=%s", path);
+        REQUIRE_OK(kvq_config_parse(spec, D, &c, NULL, 0));
+        c.isa = isas[k];
+        REQUIRE_OK(kvq_quantizer_create(&c, &q));
         REQUIRE_OK(kvq_encode(q, x, T, c_isa));
         CHECKF(memcmp(c_ref, c_isa, sizeof c_ref) == 0, "isa %d: codes differ from scalar", isas[k]);
         REQUIRE_OK(kvq_score(q, qv, c_ref, T, s_isa));
         CHECKF(memcmp(s_ref, s_isa, sizeof s_ref) == 0, "isa %d: scores differ from scalar", isas[k]);
-        /* the kernels alone, odd sizes: a table of 3 sub-spaces x 256, 21 keys */
+        /* the kernels alone, odd sizes: a table of 7 sub-spaces x 256, 21 keys */
         const kvqi_vecinfer_kernels *kr = &kvqi_vecinfer_scalar, *ki = kvqi_vecinfer_kernels_for(isas[k]);
         static float cb_t[8 * 256], lut_r[7 * 256], lut_i[7 * 256], sub[8 * 7];
         static uint8_t codes[21 * 7];
@@ -293,17 +302,17 @@ static void lowrank_keys(float *x, size_t n, uint32_t d, uint64_t seed) {
 }
 
 TEST(calib_comm_vq_decode_commutes_with_rope) {
-    enum { N = 1024, D = 64, T = 64 };
+    enum { N = 512, D = 64, T = 64 };
     static float x[N * D], y[T * D], y0[T * D], ref[T * D], qv[D], sc[T];
     static uint8_t codes[T * 16], codes0[T * 16];
-    const char *specs[] = {"comm_vq:bits=6,n_codebooks=4", "comm_vq:bits=6,n_codebooks=3,rope=neox,rope_base=500000"};
+    const char *specs[] = {"comm_vq:bits=5,n_codebooks=4", "comm_vq:bits=5,n_codebooks=3,rope=neox,rope_base=500000"};
     lowrank_keys(x, N, D, 51);
     for (int s = 0; s < 2; s++) {
         kvq_quantizer *q;
         REQUIRE_OK(make_fitted(specs[s], D, KVQ_ISA_AUTO, x, N, &q));
         kvq_config c;
         REQUIRE_OK(kvq_quantizer_config(q, &c));
-        CHECK(kvq_code_size(q) == kvqi_packed_size(c.n_codebooks, 6) + 4);
+        CHECK(kvq_code_size(q) == kvqi_packed_size(c.n_codebooks, 5) + 4);
         const int32_t positions[] = {0, 100, 10000};
         double err[3];
         REQUIRE_OK(kvq_encode(q, x, T, codes0));
@@ -480,7 +489,7 @@ static kvq_status rewrite(const char *src, const char *dst, const char *tensor, 
 }
 
 TEST(calib_artifacts_roundtrip_and_rejects) {
-    enum { N = 1024, D = 64 };
+    enum { N = 512, D = 64 };
     static float x[N * D], y1[64 * D], y2[64 * D];
     static uint8_t c1[64 * 64], c2[64 * 64];
     const char *dir = kvqt_tmpdir(kvqt_);
