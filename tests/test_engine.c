@@ -1,0 +1,374 @@
+/* test_engine.c - the GGUF engine: logits against the numpy reference (tests/ref_forward.py)
+ * on the tiny model in tests/data, SIMD row kernels against the scalar ones, the BPE
+ * tokenizer against the `tokenizers` package's ids, and corrupt files rejected cleanly. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "test.h"
+
+#define TINY "tests/data/tiny-llama.gguf"
+#define TINY_REF "tests/data/tiny-llama.ref"
+#define TINY_TOK "tests/data/tiny-llama.tok"
+
+static uint8_t *read_all(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    *size = (size_t)n;
+    return buf;
+}
+
+typedef struct ref_logits {
+    uint32_t n_tok, n_vocab;
+    int32_t *tokens;
+    float *logits;
+    uint8_t *raw;
+} ref_logits;
+
+static int load_ref(ref_logits *r) {
+    size_t size;
+    r->raw = read_all(TINY_REF, &size);
+    if (!r->raw || size < 16 || memcmp(r->raw, "KVQREF1", 8)) return 0;
+    memcpy(&r->n_tok, r->raw + 8, 4);
+    memcpy(&r->n_vocab, r->raw + 12, 4);
+    if (size != 16 + 4 * (size_t)r->n_tok * (1 + r->n_vocab)) return 0;
+    r->tokens = (int32_t *)(r->raw + 16);
+    r->logits = (float *)(r->raw + 16 + 4 * (size_t)r->n_tok);
+    return 1;
+}
+
+/* max |a - ref| / max |ref| over one row of logits */
+static double rel_err(const float *a, const float *ref, size_t n) {
+    double md = 0, mr = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - ref[i]);
+        if (d > md) md = d;
+        if (fabs(ref[i]) > mr) mr = fabs(ref[i]);
+    }
+    return md / (mr > 0 ? mr : 1);
+}
+
+TEST(engine_tiny_model_info) {
+    kvq_model *m;
+    char msg[256] = "";
+    kvq_status st = kvq_model_load(TINY, &m, msg, sizeof msg);
+    CHECKF(st == KVQ_OK, "load: %s", msg);
+    if (st) return;
+    kvq_model_info in;
+    REQUIRE_OK(kvq_model_get_info(m, &in));
+    CHECK(!strcmp(in.arch, "llama"));
+    CHECK(in.n_layers == 2 && in.n_embd == 256 && in.n_heads == 4 && in.n_kv_heads == 2);
+    CHECK(in.head_dim == 64 && in.n_ff == 256 && in.n_vocab == 379);
+    CHECK(!in.tied_output && !in.rope_neox);
+    CHECK(in.type_count[KVQI_T_Q4_K] == 2 && in.type_count[KVQI_T_Q6_K] == 3 && in.type_count[KVQI_T_BF16] == 1);
+    CHECK(!strcmp(kvq_tensor_type_name(KVQI_T_Q4_1), "Q4_1"));
+    CHECK(kvq_tensor_type_name(4) == NULL);
+    kvq_model_free(m);
+}
+
+/* Logits of 16 tokens, in one batch and one token at a time, against float64 numpy. */
+TEST(engine_logits_match_reference) {
+    ref_logits ref = {0};
+    REQUIRE(load_ref(&ref));
+    kvq_model *m;
+    REQUIRE_OK(kvq_model_load(TINY, &m, NULL, 0));
+    kvq_context_params p;
+    kvq_context_params_init(&p);
+    p.n_ctx = 64;
+    p.n_threads = 2;
+    kvq_context *c;
+    REQUIRE_OK(kvq_context_create(m, &p, &c));
+    float *logits = malloc(sizeof(float) * ref.n_tok * ref.n_vocab);
+    REQUIRE(logits);
+    CHECK_OK(kvq_context_eval(c, ref.tokens, ref.n_tok, logits, 1));
+    double worst = 0;
+    for (uint32_t t = 0; t < ref.n_tok; t++) {
+        double e = rel_err(logits + (size_t)t * ref.n_vocab, ref.logits + (size_t)t * ref.n_vocab, ref.n_vocab);
+        if (e > worst) worst = e;
+    }
+    CHECKF(worst < 1e-3, "batch: worst relative error %g", worst);
+    if (getenv("KVQ_TEST_VERBOSE")) printf("    batch worst relative error %g\n", worst);
+    size_t len;
+    CHECK_OK(kvq_context_length(c, &len));
+    CHECK(len == ref.n_tok);
+    CHECK_OK(kvq_context_reset(c));
+    worst = 0;
+    for (uint32_t t = 0; t < ref.n_tok; t++) {
+        CHECK_OK(kvq_context_eval(c, ref.tokens + t, 1, logits, 0));
+        double e = rel_err(logits, ref.logits + (size_t)t * ref.n_vocab, ref.n_vocab);
+        if (e > worst) worst = e;
+    }
+    CHECKF(worst < 1e-3, "incremental: worst relative error %g", worst);
+    /* out-of-range tokens and a full context are refused */
+    int32_t bad = (int32_t)ref.n_vocab;
+    CHECK_STATUS(kvq_context_eval(c, &bad, 1, logits, 0), KVQ_ERR_INVALID_ARG);
+    for (int i = 0; i < 64; i++) kvq_context_eval(c, ref.tokens, 1, NULL, 0);
+    CHECK_STATUS(kvq_context_eval(c, ref.tokens, 1, logits, 0), KVQ_ERR_CAPACITY);
+    free(logits);
+    kvq_context_free(c);
+    kvq_model_free(m);
+    free(ref.raw);
+}
+
+/* Every type's row kernel (SIMD where there is one) against dequantize-then-dot in double. */
+TEST(engine_row_kernels_match_scalar) {
+    kvqi_gguf *g;
+    REQUIRE_OK(kvqi_gguf_open(TINY, &g, NULL, 0));
+    kvqi_engine_kernels scalar, best;
+    kvqi_engine_kernels_scalar(&scalar);
+    REQUIRE_OK(kvqi_engine_kernels_init(KVQ_ISA_AUTO, &best));
+    float x[512], w[512];
+    for (int i = 0; i < 512; i++) x[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+    int types_seen = 0;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const kvqi_gguf_tensor *t = &g->tensors[i];
+        if (t->n_dims != 2) continue;
+        const kvqi_type_traits *tt = kvqi_type(t->type);
+        REQUIRE(tt->to_float && scalar.row_dot[t->type] && best.row_dot[t->type]);
+        size_t n = (size_t)t->ne[0];
+        REQUIRE(n <= 512);
+        types_seen++;
+        for (uint64_t r = 0; r < t->n_rows; r += 7) {
+            const uint8_t *row = t->data + r * t->row_bytes;
+            tt->to_float(row, w, n);
+            double exact = 0, mag = 0;
+            for (size_t k = 0; k < n; k++) {
+                exact += (double)w[k] * x[k];
+                mag += fabs((double)w[k] * x[k]);
+            }
+            float a = scalar.row_dot[t->type](row, x, n), b = best.row_dot[t->type](row, x, n);
+            CHECKF(fabs(a - exact) <= 1e-5 * mag + 1e-7, "%s scalar row %llu: %g vs %g", t->name,
+                   (unsigned long long)r, a, exact);
+            CHECKF(fabs(b - exact) <= 1e-5 * mag + 1e-7, "%s %s row %llu: %g vs %g", t->name,
+                   kvq_cpu_isa(), (unsigned long long)r, b, exact);
+        }
+    }
+    CHECK(types_seen == 16);
+    float a[77], b[77];
+    for (int i = 0; i < 77; i++) {
+        a[i] = x[i];
+        b[i] = x[i + 100];
+    }
+    CHECK_NEAR(scalar.dot_f32(a, b, 77), best.dot_f32(a, b, 77), 1e-4);
+    kvqi_gguf_close(g);
+}
+
+static int hexval(char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Ids from the `tokenizers` package on the same vocabulary, and exact round trips. */
+TEST(engine_tokenizer_matches_reference) {
+    size_t size;
+    char *txt = (char *)read_all(TINY_TOK, &size);
+    REQUIRE(txt);
+    txt = realloc(txt, size + 1);
+    txt[size] = 0;
+    kvq_model *m;
+    REQUIRE_OK(kvq_model_load(TINY, &m, NULL, 0));
+    int cases = 0;
+    char *save = NULL;
+    char *line = strtok_r(txt, "\n", &save);
+    while (line) {
+        if (line[0] == '#') {
+            line = strtok_r(NULL, "\n", &save);
+            continue;
+        }
+        char text[512];
+        size_t tl = 0;
+        /* an empty text is an empty hex line, which strtok skips: handle "ids" lines
+         * that follow directly by checking for spaces or digits only */
+        for (size_t i = 0; line[i] && line[i + 1] && tl + 1 < sizeof text; i += 2)
+            text[tl++] = (char)(hexval(line[i]) * 16 + hexval(line[i + 1]));
+        text[tl] = 0;
+        char *ids = strtok_r(NULL, "\n", &save);
+        if (!ids) break;
+        int32_t want[256], got[256];
+        size_t nw = 0, ng = 0;
+        for (char *p = ids; *p && nw < 256;) {
+            char *end;
+            long v = strtol(p, &end, 10);
+            if (end == p) break;
+            want[nw++] = (int32_t)v;
+            p = end;
+        }
+        kvq_status st = kvq_tokenize(m, text, 0, got, 256, &ng);
+        CHECK_OK(st);
+        int same = ng == nw && !memcmp(got, want, nw * sizeof *got);
+        CHECKF(same, "tokens differ for \"%s\" (%zu vs %zu tokens)", text, ng, nw);
+        char back[1024];
+        size_t bl;
+        CHECK_OK(kvq_detokenize(m, got, ng, back, sizeof back, &bl));
+        CHECKF(bl == tl && !memcmp(back, text, tl), "round trip of \"%s\" gave \"%s\"", text, back);
+        cases++;
+        line = strtok_r(NULL, "\n", &save);
+    }
+    CHECK(cases >= 6);
+    /* capacity: the count needed comes back */
+    int32_t few[2];
+    size_t need;
+    CHECK_STATUS(kvq_tokenize(m, "The quick brown fox", 0, few, 2, &need), KVQ_ERR_CAPACITY);
+    CHECK(need > 2);
+    int32_t bos[4];
+    CHECK_OK(kvq_tokenize(m, "a", 1, bos, 4, &need));
+    CHECK(need == 2 && bos[0] == 1);
+    kvq_model_free(m);
+    free(txt);
+}
+
+/* ------------------------------------------------------------ corrupt files */
+
+static kvq_status open_mem(const uint8_t *buf, size_t n) {
+    kvqi_gguf *g = NULL;
+    char msg[256];
+    kvq_status st = kvqi_gguf_open_mem(buf, n, &g, msg, sizeof msg);
+    kvqi_gguf_close(g);
+    return st;
+}
+
+static void put_u64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Offset of the tensor info named name: its u64 length then the bytes. */
+static size_t find_tensor_info(const uint8_t *buf, size_t n, const char *name) {
+    size_t l = strlen(name);
+    for (size_t i = 8; i + l < n; i++)
+        if (!memcmp(buf + i, name, l) && buf[i - 8] == l && buf[i + l] <= 4 && buf[i + l] >= 1) return i - 8;
+    return 0;
+}
+
+TEST(engine_gguf_rejects_corrupt_files) {
+    size_t n;
+    uint8_t *orig = read_all(TINY, &n);
+    REQUIRE(orig);
+    uint8_t *buf = malloc(n);
+    REQUIRE(buf);
+    CHECK_OK(open_mem(orig, n));
+    /* truncated anywhere: header, metadata, tensor infos, data */
+    for (size_t cut = 0; cut < n; cut += (cut < 4096 ? 13 : 4999))
+        CHECKF(open_mem(orig, cut) == KVQ_ERR_FORMAT, "truncated at %zu accepted", cut);
+#define MUTATE(desc, ...)                                                        \
+    do {                                                                         \
+        memcpy(buf, orig, n);                                                    \
+        __VA_ARGS__;                                                             \
+        CHECKF(open_mem(buf, n) == KVQ_ERR_FORMAT, "%s accepted", desc);         \
+    } while (0)
+    MUTATE("bad magic", buf[0] = 'X');
+    MUTATE("version 1", put_u32(buf + 4, 1));
+    MUTATE("version 4", put_u32(buf + 4, 4));
+    MUTATE("huge tensor count", put_u64(buf + 8, UINT64_MAX / 2));
+    MUTATE("huge metadata count", put_u64(buf + 16, UINT64_MAX / 2));
+    MUTATE("one metadata more", put_u64(buf + 16, orig[16] + 1u));
+    MUTATE("one tensor more", put_u64(buf + 8, orig[8] + 1u));
+    MUTATE("first key length past the end", put_u64(buf + 24, n));
+    MUTATE("first key length 2^63", put_u64(buf + 24, 1ull << 63));
+    MUTATE("bad value type", put_u32(buf + 24 + 8 + orig[24], 77));
+    size_t ti = find_tensor_info(orig, n, "blk.0.attn_q.weight");
+    REQUIRE(ti > 0);
+    size_t after = ti + 8 + strlen("blk.0.attn_q.weight"); /* n_dims */
+    CHECK(orig[after] == 2);
+    MUTATE("5 dims", put_u32(buf + after, 5));
+    MUTATE("0 dims", put_u32(buf + after, 0));
+    MUTATE("zero dim", put_u64(buf + after + 4, 0));
+    MUTATE("huge dims", put_u64(buf + after + 4, 1ull << 40); put_u64(buf + after + 12, 1ull << 40));
+    MUTATE("dims product overflow", put_u64(buf + after + 4, 1ull << 32); put_u64(buf + after + 12, 1ull << 33));
+    MUTATE("row not a block multiple", put_u64(buf + after + 4, 255));
+    MUTATE("unknown type", put_u32(buf + after + 20, 4));
+    MUTATE("type past the table", put_u32(buf + after + 20, 1000));
+    MUTATE("offset past the end", put_u64(buf + after + 24, n));
+    MUTATE("offset near 2^64", put_u64(buf + after + 24, UINT64_MAX - 31));
+    uint64_t off = 0;
+    for (int i = 0; i < 8; i++) off |= (uint64_t)orig[after + 24 + i] << (8 * i);
+    MUTATE("misaligned offset", put_u64(buf + after + 24, off + 1));
+#undef MUTATE
+    /* random byte damage must never crash (the sanitizer build checks memory safety) */
+    uint64_t s = 99;
+    for (int iter = 0; iter < 300; iter++) {
+        memcpy(buf, orig, n);
+        for (int k = 0; k < 4; k++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            size_t at = (size_t)(s >> 33) % (iter % 2 ? n : 2048);
+            buf[at] = (uint8_t)(s >> 13);
+        }
+        kvqi_gguf *g = NULL;
+        if (kvqi_gguf_open_mem(buf, n, &g, NULL, 0) == KVQ_OK) kvqi_gguf_close(g);
+    }
+    /* the same through the public loader on files */
+    const char *dir = kvqt_tmpdir(kvqt_);
+    REQUIRE(dir);
+    char path[512];
+    snprintf(path, sizeof path, "%s/bad.gguf", dir);
+    FILE *f = fopen(path, "wb");
+    REQUIRE(f);
+    fwrite(orig, 1, n / 2, f);
+    fclose(f);
+    kvq_model *m = NULL;
+    char msg[256] = "";
+    CHECK_STATUS(kvq_model_load(path, &m, msg, sizeof msg), KVQ_ERR_FORMAT);
+    CHECK(m == NULL && strlen(msg) > 0);
+    CHECK_STATUS(kvq_model_load("tests/data/does-not-exist.gguf", &m, NULL, 0), KVQ_ERR_IO);
+    free(buf);
+    free(orig);
+}
+
+/* Sampling: greedy is the argmax, the same seed gives the same draws, top_p near 0 is greedy. */
+TEST(engine_sampling) {
+    kvq_model *m;
+    REQUIRE_OK(kvq_model_load(TINY, &m, NULL, 0));
+    kvq_context_params p;
+    kvq_context_params_init(&p);
+    p.n_ctx = 16;
+    p.n_threads = 1;
+    p.seed = 7;
+    kvq_context *a, *b;
+    REQUIRE_OK(kvq_context_create(m, &p, &a));
+    REQUIRE_OK(kvq_context_create(m, &p, &b));
+    float logits[379];
+    for (int i = 0; i < 379; i++) logits[i] = (float)((i * 7919) % 379) / 100.0f;
+    int32_t best = 0;
+    for (int i = 1; i < 379; i++)
+        if (logits[i] > logits[best]) best = i;
+    int32_t t1, t2;
+    CHECK_OK(kvq_sample(a, logits, 0.0f, 1.0f, &t1));
+    CHECK(t1 == best);
+    CHECK_OK(kvq_sample(a, logits, 1.0f, 1e-6f, &t1));
+    CHECK(t1 == best);
+    CHECK_OK(kvq_sample(b, logits, 1.0f, 1e-6f, &t2)); /* keep b's stream in step with a's */
+    int differs = 0, hist_top = 0;
+    for (int i = 0; i < 200; i++) {
+        CHECK_OK(kvq_sample(a, logits, 1.0f, 0.9f, &t1));
+        CHECK_OK(kvq_sample(b, logits, 1.0f, 0.9f, &t2));
+        CHECK(t1 == t2);
+        CHECK(t1 >= 0 && t1 < 379);
+        if (t1 != best) differs++;
+        if (logits[t1] >= 2.0f) hist_top++;
+    }
+    CHECK(differs > 0);
+    CHECK(hist_top > 100); /* draws follow the distribution's heavy end */
+    kvq_context_free(a);
+    kvq_context_free(b);
+    kvq_model_free(m);
+}
+
+TEST(engine_cli_info) {
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s info " TINY " > /dev/null", kvqt_cli_path());
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "%s info tests/data/tiny-llama.ref 2> /dev/null", kvqt_cli_path());
+    CHECK(system(cmd) != 0);
+}
