@@ -120,7 +120,56 @@ static float row_dot_q8_0_avx2(const void *row, const float *x, size_t n) {
     return hsum256(acc);
 }
 
+static void q4_to_float(const uint8_t *qs, float d, float m, float *out) {
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    __m128i q = _mm_loadu_si128((const __m128i *)qs);
+    __m128i lo = _mm_and_si128(q, mask);
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+    __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m);
+    _mm256_storeu_ps(out, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), vd, vm));
+    _mm256_storeu_ps(out + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), vd, vm));
+    _mm256_storeu_ps(out + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), vd, vm));
+    _mm256_storeu_ps(out + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), vd, vm));
+}
+
+static void q4_0_to_float_avx2(const void *row, float *out, size_t n) {
+    const uint8_t *b = row;
+    for (size_t i = 0; i < n / 32; i++, b += 18, out += 32) {
+        float d = h2f(b);
+        q4_to_float(b + 2, d, -8.0f * d, out);
+    }
+}
+
+static void q4_1_to_float_avx2(const void *row, float *out, size_t n) {
+    const uint8_t *b = row;
+    for (size_t i = 0; i < n / 32; i++, b += 20, out += 32) q4_to_float(b + 4, h2f(b), h2f(b + 2), out);
+}
+
+static void q8_0_to_float_avx2(const void *row, float *out, size_t n) {
+    const uint8_t *b = row;
+    for (size_t i = 0; i < n / 32; i++, b += 34, out += 32) {
+        __m256 vd = _mm256_set1_ps(h2f(b));
+        __m128i q0 = _mm_loadu_si128((const __m128i *)(b + 2));
+        __m128i q1 = _mm_loadu_si128((const __m128i *)(b + 18));
+        _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)), vd));
+        _mm256_storeu_ps(out + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))), vd));
+        _mm256_storeu_ps(out + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)), vd));
+        _mm256_storeu_ps(out + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))), vd));
+    }
+}
+
+static void f16_to_float_avx2(const void *row, float *out, size_t n) {
+    const uint8_t *p = row;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
+    for (; i < n; i++) out[i] = h2f(p + 2 * i);
+}
+
 void kvqi_engine_kernels_avx2(kvqi_engine_kernels *k) {
+    k->to_float[KVQI_T_F16] = f16_to_float_avx2;
+    k->to_float[KVQI_T_Q4_0] = q4_0_to_float_avx2;
+    k->to_float[KVQI_T_Q4_1] = q4_1_to_float_avx2;
+    k->to_float[KVQI_T_Q8_0] = q8_0_to_float_avx2;
     k->isa = KVQ_ISA_AVX2;
     k->dot_f32 = dot_f32_avx2;
     k->row_dot[KVQI_T_F32] = row_dot_f32_avx2;

@@ -347,6 +347,7 @@ void kvqi_engine_kernels_scalar(kvqi_engine_kernels *k) {
     k->row_dot[KVQI_T_Q4_K] = row_dot_q4_k;
     k->row_dot[KVQI_T_Q5_K] = row_dot_q5_k;
     k->row_dot[KVQI_T_Q6_K] = row_dot_q6_k;
+    for (uint32_t t = 0; t < KVQI_T_COUNT; t++) k->to_float[t] = type_table[t].to_float;
 }
 
 /* The table lives in the caller's handle: no global state beyond the CPU detection. */

@@ -130,6 +130,8 @@ typedef float (*kvqi_row_dot_fn)(const void *row, const float *x, size_t n);
 typedef struct kvqi_engine_kernels {
     kvq_isa isa;
     kvqi_row_dot_fn row_dot[KVQI_T_COUNT]; /* NULL: go through to_float + dot */
+    /* row dequantization (the traits' scalar one where no SIMD version exists) */
+    void (*to_float[KVQI_T_COUNT])(const void *row, float *out, size_t n);
     float (*dot_f32)(const float *a, const float *b, size_t n);
 } kvqi_engine_kernels;
 

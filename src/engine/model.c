@@ -10,12 +10,9 @@
 
 #include "engine/engine.h"
 
-/* The compressed cache and the thread pool come from src/cache and src/core. */
+/* The compressed cache comes from src/cache. */
 #ifndef KVQ_ENGINE_HAVE_CACHE
 #define KVQ_ENGINE_HAVE_CACHE 0
-#endif
-#ifndef KVQ_ENGINE_HAVE_POOL
-#define KVQ_ENGINE_HAVE_POOL 0
 #endif
 
 typedef struct weight {
@@ -365,9 +362,7 @@ KVQ_API void kvq_context_free(kvq_context *c) {
         for (uint32_t l = 0; l < c->model->info.n_layers; l++) kvq_cache_free(c->caches[l]);
     free(c->caches);
 #endif
-#if KVQ_ENGINE_HAVE_POOL
     kvq_threadpool_free(c->pool);
-#endif
     float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up, c->logits_tmp,
                      c->rope_freq, c->k_cache, c->v_cache};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kvqi_free(bufs[i]);
@@ -411,19 +406,16 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
     c->rng = p.seed;
     kvq_status st = kvqi_engine_kernels_init(KVQ_ISA_AUTO, &c->kern);
     if (st) goto fail;
-#if KVQ_ENGINE_HAVE_POOL
     {
         unsigned nt = p.n_threads;
         if (nt == 0) {
             long n = sysconf(_SC_NPROCESSORS_ONLN);
             nt = n > 0 ? (unsigned)n : 1;
         }
-        if (nt > 1 && (st = kvq_threadpool_create(nt - 1, &c->pool))) goto fail;
-        c->n_slots = (c->pool ? kvq_threadpool_size(c->pool) : 0) + 1;
+        /* the pool counts the calling thread */
+        if (nt > 1 && (st = kvq_threadpool_create(nt, &c->pool))) goto fail;
+        c->n_slots = c->pool ? kvq_threadpool_size(c->pool) : 1;
     }
-#else
-    c->n_slots = 1;
-#endif
     size_t B = p.n_batch;
     size_t q_dim = (size_t)I->n_heads * I->head_dim, kv_dim = (size_t)I->n_kv_heads * I->head_dim;
     size_t row_max = KVQI_MAX(KVQI_MAX((size_t)I->n_embd, (size_t)I->n_ff), q_dim);
@@ -524,15 +516,8 @@ KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *c, uint64_t *bytes, 
 
 /* ------------------------------------------------------------ kernels */
 
-typedef void (*task_fn)(void *arg, size_t task, unsigned thread);
-
-static void run_tasks(kvq_context *c, size_t n_tasks, task_fn fn, void *arg) {
-#if KVQ_ENGINE_HAVE_POOL
+static void run_tasks(kvq_context *c, size_t n_tasks, kvqi_task_fn fn, void *arg) {
     kvqi_parallel_for(c->pool, n_tasks, fn, arg);
-#else
-    (void)c;
-    for (size_t i = 0; i < n_tasks; i++) fn(arg, i, 0);
-#endif
 }
 
 typedef struct matmul_job {
@@ -546,6 +531,8 @@ typedef struct matmul_job {
 } matmul_job;
 
 #define MATMUL_ROWS 16
+/* below this many tokens the fused row kernels beat dequantize-once-then-dot */
+#define MATMUL_DEQUANT_MIN_TOKENS 4
 
 static void matmul_task(void *arg, size_t task, unsigned thread) {
     matmul_job *j = arg;
@@ -553,17 +540,19 @@ static void matmul_task(void *arg, size_t task, unsigned thread) {
     size_t n_in = (size_t)w->ne[0];
     size_t r0 = task * j->rows_per_task, r1 = KVQI_MIN(r0 + j->rows_per_task, (size_t)w->n_rows);
     kvqi_row_dot_fn row_dot = j->c->kern.row_dot[w->type];
-    if (j->n_tok == 1 && row_dot) {
-        for (size_t r = r0; r < r1; r++) j->y[r] = row_dot(w->data + r * w->row_bytes, j->x, n_in);
+    if (j->n_tok < MATMUL_DEQUANT_MIN_TOKENS && row_dot) {
+        for (size_t t = 0; t < j->n_tok; t++)
+            for (size_t r = r0; r < r1; r++)
+                j->y[t * j->y_stride + r] = row_dot(w->data + r * w->row_bytes, j->x + t * n_in, n_in);
         return;
     }
-    /* several tokens: dequantize each row once and reuse it for all of them */
+    /* many tokens: dequantize each row once and reuse it for all of them */
     float *row = j->c->scratch[thread].row;
-    void (*to_float)(const void *, float *, size_t) = kvqi_type(w->type)->to_float;
+    void (*to_float)(const void *, float *, size_t) = j->c->kern.to_float[w->type];
+    float (*dot)(const float *, const float *, size_t) = j->c->kern.dot_f32;
     for (size_t r = r0; r < r1; r++) {
         to_float(w->data + r * w->row_bytes, row, n_in);
-        for (size_t t = 0; t < j->n_tok; t++)
-            j->y[t * j->y_stride + r] = j->c->kern.dot_f32(row, j->x + t * n_in, n_in);
+        for (size_t t = 0; t < j->n_tok; t++) j->y[t * j->y_stride + r] = dot(row, j->x + t * n_in, n_in);
     }
 }
 
