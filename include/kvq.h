@@ -328,8 +328,9 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *ctx, const int32_t *tokens, siz
  * probability reaches top_p (top_p >= 1: all), drawn with the context's seeded rng. */
 KVQ_API kvq_status kvq_sample(kvq_context *ctx, const float *logits, float temperature,
                               float top_p, int32_t *token);
-/* Bytes the KV cache holds now, and what fp16 keys and values would take. */
-KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *ctx, uint64_t *bytes,
+/* Bytes the KV caches of all layers hold now (summed; exact float KV counts as
+ * key_codes/value_codes of 4 bytes a number), and what fp16 keys and values would take. */
+KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *ctx, kvq_cache_memory_info *info,
                                          uint64_t *fp16_bytes);
 
 /* -------------------------------------------------------------------- cuda */

@@ -10,10 +10,6 @@
 
 #include "engine/engine.h"
 
-/* The compressed cache comes from src/cache. */
-#ifndef KVQ_ENGINE_HAVE_CACHE
-#define KVQ_ENGINE_HAVE_CACHE 0
-#endif
 
 typedef struct weight {
     const kvqi_gguf_tensor *t; /* NULL: absent (optional tensors) */
@@ -330,9 +326,7 @@ struct kvq_context {
     float *rope_freq;           /* [n_rot / 2] */
     /* exact float KV: [layer][n_ctx][kv_dim] */
     float *k_cache, *v_cache;
-#if KVQ_ENGINE_HAVE_CACHE
     kvq_cache **caches;         /* one per layer, NULL entries when exact */
-#endif
     /* sampler scratch */
     struct prob_idx *probs;
 };
@@ -357,11 +351,9 @@ KVQ_API void kvq_context_free(kvq_context *c) {
             kvqi_free(c->scratch[i].scores);
         }
     free(c->scratch);
-#if KVQ_ENGINE_HAVE_CACHE
     if (c->caches)
         for (uint32_t l = 0; l < c->model->info.n_layers; l++) kvq_cache_free(c->caches[l]);
     free(c->caches);
-#endif
     kvq_threadpool_free(c->pool);
     float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up, c->logits_tmp,
                      c->rope_freq, c->k_cache, c->v_cache};
@@ -395,9 +387,6 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
     if (p.n_batch > p.n_ctx) p.n_batch = p.n_ctx;
     if (p.n_ctx > (1u << 24)) return KVQ_ERR_INVALID_ARG;
     if (p.cache && p.n_cache_configs != 1 && p.n_cache_configs != I->n_layers) return KVQ_ERR_INVALID_ARG;
-#if !KVQ_ENGINE_HAVE_CACHE
-    if (p.cache) return KVQ_ERR_UNSUPPORTED;
-#endif
     kvq_context *c = calloc(1, sizeof *c);
     if (!c) return KVQ_ERR_NOMEM;
     c->model = model;
@@ -450,7 +439,6 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
         if (model->rope_freq_factors) f /= model->rope_freq_factors[i];
         c->rope_freq[i] = (float)f;
     }
-#if KVQ_ENGINE_HAVE_CACHE
     if (params && params->cache) {
         c->caches = calloc(I->n_layers, sizeof *c->caches);
         if (!c->caches) {
@@ -466,7 +454,6 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
             if ((st = kvq_cache_create(&cc, &c->caches[l]))) goto fail;
         }
     }
-#endif
     *out = c;
     return KVQ_OK;
 fail:
@@ -477,13 +464,11 @@ fail:
 KVQ_API kvq_status kvq_context_reset(kvq_context *c) {
     if (!c) return KVQ_ERR_INVALID_ARG;
     c->n_past = 0;
-#if KVQ_ENGINE_HAVE_CACHE
     if (c->caches)
         for (uint32_t l = 0; l < c->model->info.n_layers; l++) {
             kvq_status st = kvq_cache_reset(c->caches[l]);
             if (st) return st;
         }
-#endif
     return KVQ_OK;
 }
 
@@ -493,24 +478,33 @@ KVQ_API kvq_status kvq_context_length(const kvq_context *c, size_t *n) {
     return KVQ_OK;
 }
 
-KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *c, uint64_t *bytes, uint64_t *fp16_bytes) {
+KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *c, kvq_cache_memory_info *info,
+                                         uint64_t *fp16_bytes) {
     if (!c) return KVQ_ERR_INVALID_ARG;
     const kvq_model_info *I = &c->model->info;
-    uint64_t per_token = 2ull * I->n_layers * I->n_kv_heads * I->head_dim;
-    uint64_t b = c->n_past * per_token * 4;
-#if KVQ_ENGINE_HAVE_CACHE
+    uint64_t per_side = (uint64_t)I->n_layers * I->n_kv_heads * I->head_dim; /* numbers per token */
+    kvq_cache_memory_info sum;
+    memset(&sum, 0, sizeof sum);
+    sum.n_tokens = c->n_past;
     if (c->caches) {
-        b = 0;
         for (uint32_t l = 0; l < I->n_layers; l++) {
             kvq_cache_memory_info mi;
             kvq_status st = kvq_cache_memory(c->caches[l], &mi);
             if (st) return st;
-            b += mi.total;
+            sum.key_codes += mi.key_codes;
+            sum.value_codes += mi.value_codes;
+            sum.window += mi.window;
+            sum.outliers += mi.outliers;
+            sum.shared += mi.shared;
+            sum.overhead += mi.overhead;
+            sum.total += mi.total;
         }
+    } else {
+        sum.key_codes = sum.value_codes = c->n_past * per_side * 4;
+        sum.total = sum.key_codes + sum.value_codes;
     }
-#endif
-    if (bytes) *bytes = b;
-    if (fp16_bytes) *fp16_bytes = c->n_past * per_token * 2;
+    if (info) *info = sum;
+    if (fp16_bytes) *fp16_bytes = c->n_past * per_side * 2 * 2;
     return KVQ_OK;
 }
 
@@ -629,14 +623,12 @@ static void attend_task(void *arg, size_t task, unsigned thread) {
 static kvq_status attention(kvq_context *c, uint32_t layer, size_t n_tok) {
     const kvq_model_info *I = &c->model->info;
     size_t kv_dim = (size_t)I->n_kv_heads * I->head_dim;
-#if KVQ_ENGINE_HAVE_CACHE
     if (c->caches) {
         kvq_status st = kvq_cache_append(c->caches[layer], c->k, c->v, n_tok);
         if (st) return st;
         return kvq_cache_attend(c->caches[layer], c->q, I->n_heads, n_tok, 1.0f / sqrtf((float)I->head_dim),
                                 c->pool, c->att);
     }
-#endif
     float *kc = c->k_cache + ((size_t)layer * c->params.n_ctx + c->n_past) * kv_dim;
     float *vc = c->v_cache + ((size_t)layer * c->params.n_ctx + c->n_past) * kv_dim;
     memcpy(kc, c->k, n_tok * kv_dim * sizeof(float));
