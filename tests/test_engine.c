@@ -372,3 +372,104 @@ TEST(engine_cli_info) {
     snprintf(cmd, sizeof cmd, "%s info tests/data/tiny-llama.ref 2> /dev/null", kvqt_cli_path());
     CHECK(system(cmd) != 0);
 }
+
+/* Greedy decoding through the fp16 kvq_cache picks the same tokens as exact float KV,
+ * and lower-precision caches stay close in logits. */
+static int greedy_run(kvq_model *m, const kvq_cache_config *cc, int32_t *out, int n_gen, float *first_logits) {
+    kvq_context_params p;
+    kvq_context_params_init(&p);
+    p.n_ctx = 128;
+    p.n_threads = 2;
+    p.cache = cc;
+    p.n_cache_configs = cc ? 1 : 0;
+    kvq_context *c;
+    if (kvq_context_create(m, &p, &c)) return 0;
+    int32_t prompt[8] = {40, 7, 300, 12, 99, 250, 3, 61};
+    float logits[379];
+    int ok = kvq_context_eval(c, prompt, 8, logits, 0) == KVQ_OK;
+    if (first_logits) memcpy(first_logits, logits, sizeof logits);
+    for (int i = 0; ok && i < n_gen; i++) {
+        ok = kvq_sample(c, logits, 0.0f, 1.0f, &out[i]) == KVQ_OK;
+        ok = ok && kvq_context_eval(c, &out[i], 1, logits, 0) == KVQ_OK;
+    }
+    kvq_context_free(c);
+    return ok;
+}
+
+TEST(engine_fp16_cache_matches_exact_kv) {
+    kvq_model *m;
+    REQUIRE_OK(kvq_model_load(TINY, &m, NULL, 0));
+    enum { N = 40 };
+    int32_t exact[N], half[N], q8[N];
+    float l_exact[379], l_half[379], l_q8[379];
+    REQUIRE(greedy_run(m, NULL, exact, N, l_exact));
+    kvq_cache_config cc;
+    char msg[256] = "";
+    REQUIRE_OK(kvq_cache_config_init(&cc, 2, 64, "fp16", "fp16", msg, sizeof msg));
+    REQUIRE(greedy_run(m, &cc, half, N, l_half));
+    CHECK(memcmp(exact, half, sizeof exact) == 0);
+    int distinct = 0;
+    for (int i = 0; i < N; i++) {
+        int seen = 0;
+        for (int j = 0; j < i; j++) seen |= exact[j] == exact[i];
+        distinct += !seen;
+    }
+    CHECKF(distinct >= 4, "greedy run too repetitive to compare (%d distinct tokens)", distinct);
+    CHECKF(rel_err(l_half, l_exact, 379) < 1e-3, "fp16 cache logits off by %g", rel_err(l_half, l_exact, 379));
+    REQUIRE_OK(kvq_cache_config_init(&cc, 2, 64, "q8_0", "q8_0", msg, sizeof msg));
+    REQUIRE(greedy_run(m, &cc, q8, N, l_q8));
+    CHECKF(rel_err(l_q8, l_exact, 379) < 2e-2, "q8_0 cache logits off by %g", rel_err(l_q8, l_exact, 379));
+    /* a config for another shape is refused */
+    kvq_context_params p;
+    kvq_context_params_init(&p);
+    REQUIRE_OK(kvq_cache_config_init(&cc, 3, 64, "fp16", "fp16", msg, sizeof msg));
+    p.cache = &cc;
+    p.n_cache_configs = 1;
+    kvq_context *c = NULL;
+    CHECK_STATUS(kvq_context_create(m, &p, &c), KVQ_ERR_MISMATCH);
+    p.n_cache_configs = 5;
+    CHECK_STATUS(kvq_context_create(m, &p, &c), KVQ_ERR_INVALID_ARG);
+    kvq_model_free(m);
+}
+
+TEST(engine_cli_generate_and_perplexity) {
+    char cmd[1024];
+    const char *dir = kvqt_tmpdir(kvqt_);
+    REQUIRE(dir);
+    snprintf(cmd, sizeof cmd, "%s generate -m " TINY " -p 'The quick brown fox' -n 8 --cache-k q8_0 "
+             "--cache-v q4_0 --threads 1 --temp 0.8 --seed 3 > %s/gen.txt 2>&1", kvqt_cli_path(), dir);
+    CHECK(system(cmd) == 0);
+    /* perplexity on a text of the model's own vocabulary: every config gives a finite value */
+    snprintf(cmd, sizeof cmd, "%s/text.txt", dir);
+    FILE *f = fopen(cmd, "w");
+    REQUIRE(f);
+    for (int i = 0; i < 20; i++) fprintf(f, "The quick brown fox jumps over the lazy dog %d times. ", i);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s perplexity -m " TINY " -f %s/text.txt --ctx 64 --chunks 2 --threads 1 "
+             "--configs f32,fp16,q8_0 > %s/ppl.txt 2> /dev/null", kvqt_cli_path(), dir, dir);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "%s/ppl.txt", dir);
+    f = fopen(cmd, "r");
+    REQUIRE(f);
+    char line[512];
+    int rows = 0;
+    double ppl_f32 = 0, ppl_fp16 = 0;
+    while (fgets(line, sizeof line, f)) {
+        char name[64];
+        double ppl;
+        if (sscanf(line, "%63s %lf", name, &ppl) == 2) {
+            rows++;
+            CHECK(ppl > 1.0 && ppl < 379.0 * 10);
+            if (!strcmp(name, "f32")) ppl_f32 = ppl;
+            if (!strcmp(name, "fp16")) ppl_fp16 = ppl;
+        }
+    }
+    fclose(f);
+    CHECK(rows == 3);
+    CHECK(fabs(ppl_f32 - ppl_fp16) < 1e-2 * ppl_f32);
+    snprintf(cmd, sizeof cmd, "%s generate --help > /dev/null && %s perplexity --help > /dev/null && "
+             "%s info --help > /dev/null", kvqt_cli_path(), kvqt_cli_path(), kvqt_cli_path());
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "%s generate -m " TINY " -p x --cache-k nosuch > /dev/null 2>&1", kvqt_cli_path());
+    CHECK(system(cmd) != 0);
+}
