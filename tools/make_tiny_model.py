@@ -12,6 +12,10 @@ Q4_K, Q5_K, Q6_K (K-quant blocks are written directly as random fields, since th
 writes tiny-llama.gguf, tiny-llama.ref (numpy reference logits of 16 tokens, see
 tests/ref_forward.py) and tiny-llama.tok (reference token ids from the `tokenizers`
 package, when it is installed).
+
+    python3 tools/make_tiny_model.py --fuzz-seeds fuzz/corpus/gguf
+
+writes the small seed files of the GGUF fuzz target.
 """
 import os
 import re
@@ -219,5 +223,66 @@ def write_token_refs(path, vocab, merges):
             f.write(" ".join(str(i) for i in ids) + "\n")
 
 
+def fuzz_seeds(out_dir, seed=5):
+    """Small seed files for fuzz/fuzz_gguf.c: every metadata type, and a whole minimal model."""
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(os.path.join(out_dir, "kv-types.gguf"), arch="llama")
+    w.add_uint8("t.u8", 7)
+    w.add_int8("t.i8", -7)
+    w.add_uint16("t.u16", 700)
+    w.add_int16("t.i16", -700)
+    w.add_uint32("t.u32", 70000)
+    w.add_int32("t.i32", -70000)
+    w.add_float32("t.f32", 0.5)
+    w.add_bool("t.bool", True)
+    w.add_string("t.str", "text")
+    w.add_uint64("t.u64", 1 << 40)
+    w.add_int64("t.i64", -(1 << 40))
+    w.add_float64("t.f64", 0.25)
+    w.add_array("t.arr_i32", [1, 2, 3])
+    w.add_array("t.arr_str", ["a", "bc", ""])
+    w.add_tensor("x", np.arange(8, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    vocab, merges = train_bpe("ab ab abc 12", 4)
+    E, F = 32, 32
+    w = gguf.GGUFWriter(os.path.join(out_dir, "min-llama.gguf"), arch="llama")
+    w.add_block_count(1)
+    w.add_context_length(16)
+    w.add_embedding_length(E)
+    w.add_feed_forward_length(F)
+    w.add_head_count(2)
+    w.add_head_count_kv(1)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(vocab)
+    w.add_token_types([3 if t in SPECIALS else 1 for t in vocab])
+    w.add_token_merges([f"{a} {b}" for a, b in merges])
+    V = len(vocab)
+    for name, shape in [("token_embd.weight", (V, E)), ("output_norm.weight", (E,)),
+                        ("blk.0.attn_norm.weight", (E,)), ("blk.0.ffn_norm.weight", (E,)),
+                        ("blk.0.attn_q.weight", (E, E)), ("blk.0.attn_k.weight", (E // 2, E)),
+                        ("blk.0.attn_v.weight", (E // 2, E)), ("blk.0.attn_output.weight", (E, E)),
+                        ("blk.0.ffn_gate.weight", (F, E)), ("blk.0.ffn_up.weight", (F, E)),
+                        ("blk.0.ffn_down.weight", (E, F))]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        if len(shape) == 2 and name.endswith("q.weight"):
+            w.add_tensor(name, quants.quantize(x, T.Q8_0), raw_dtype=T.Q8_0)
+        elif len(shape) == 2:
+            w.add_tensor(name, x.astype(np.float16))
+        else:
+            w.add_tensor(name, x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 if __name__ == "__main__":
-    make(sys.argv[1] if len(sys.argv) > 1 else "tests/data")
+    if len(sys.argv) > 2 and sys.argv[1] == "--fuzz-seeds":
+        fuzz_seeds(sys.argv[2])
+    else:
+        make(sys.argv[1] if len(sys.argv) > 1 else "tests/data")

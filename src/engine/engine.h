@@ -179,4 +179,9 @@ int32_t kvqi_tokenizer_bos(const kvqi_tokenizer *t);
 int32_t kvqi_tokenizer_eos(const kvqi_tokenizer *t);
 int kvqi_tokenizer_add_bos(const kvqi_tokenizer *t);
 
+/* ------------------------------------------------------------------ model */
+
+/* A model from an opened file; takes ownership of g (closed on failure too). */
+kvq_status kvqi_model_from_gguf(kvqi_gguf *g, kvq_model **out, char *msg, size_t msg_size);
+
 #endif /* KVQ_ENGINE_H */

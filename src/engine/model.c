@@ -211,10 +211,21 @@ static kvq_status load_hparams(kvq_model *m, char *msg, size_t msg_size) {
 KVQ_API kvq_status kvq_model_load(const char *path, kvq_model **out, char *msg, size_t msg_size) {
     if (!path || !out) return KVQ_ERR_INVALID_ARG;
     *out = NULL;
+    kvqi_gguf *g;
+    kvq_status st = kvqi_gguf_open(path, &g, msg, msg_size);
+    if (st) return st;
+    return kvqi_model_from_gguf(g, out, msg, msg_size);
+}
+
+kvq_status kvqi_model_from_gguf(kvqi_gguf *g, kvq_model **out, char *msg, size_t msg_size) {
+    *out = NULL;
     kvq_model *m = calloc(1, sizeof *m);
-    if (!m) return KVQ_ERR_NOMEM;
-    kvq_status st = kvqi_gguf_open(path, &m->gguf, msg, msg_size);
-    if (st) goto fail;
+    if (!m) {
+        kvqi_gguf_close(g);
+        return KVQ_ERR_NOMEM;
+    }
+    m->gguf = g;
+    kvq_status st;
     kvq_model_info *I = &m->info;
     I->gguf_version = m->gguf->version;
     I->n_tensors = m->gguf->n_tensors;
@@ -419,7 +430,7 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
     c->logits_tmp = alloc2(1, I->n_vocab, &st);
     c->rope_freq = alloc2(1, model->n_rot / 2, &st);
     if (!p.cache) {
-        size_t per_layer;
+        size_t per_layer = 0;
         if (!st && kvqi_mul_size(p.n_ctx, kv_dim, &per_layer)) st = KVQ_ERR_OVERFLOW;
         c->k_cache = alloc2(I->n_layers, per_layer, &st);
         c->v_cache = alloc2(I->n_layers, per_layer, &st);
