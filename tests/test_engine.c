@@ -168,27 +168,26 @@ static int hexval(char c) {
     return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
-/* Ids from the `tokenizers` package on the same vocabulary, and exact round trips. */
-TEST(engine_tokenizer_matches_reference) {
+/* Reference ids from a file of (hex text, ids) line pairs; the text must tokenize to
+ * exactly those ids and detokenize back to itself (after prefix, for SentencePiece's
+ * leading space). Returns the number of cases. */
+static int check_token_refs(kvqt_ctx *kvqt_, kvq_model *m, const char *ref_path, const char *prefix) {
     size_t size;
-    char *txt = (char *)read_all(TINY_TOK, &size);
-    REQUIRE(txt);
-    txt = realloc(txt, size + 1);
+    char *txt = (char *)read_all(ref_path, &size);
+    if (!txt) return 0;
+    char *t2 = realloc(txt, size + 1);
+    if (!t2) {
+        free(txt);
+        return 0;
+    }
+    txt = t2;
     txt[size] = 0;
-    kvq_model *m;
-    REQUIRE_OK(kvq_model_load(TINY, &m, NULL, 0));
     int cases = 0;
     char *save = NULL;
-    char *line = strtok_r(txt, "\n", &save);
-    while (line) {
-        if (line[0] == '#') {
-            line = strtok_r(NULL, "\n", &save);
-            continue;
-        }
+    for (char *line = strtok_r(txt, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (line[0] == '#') continue;
         char text[512];
         size_t tl = 0;
-        /* an empty text is an empty hex line, which strtok skips: handle "ids" lines
-         * that follow directly by checking for spaces or digits only */
         for (size_t i = 0; line[i] && line[i + 1] && tl + 1 < sizeof text; i += 2)
             text[tl++] = (char)(hexval(line[i]) * 16 + hexval(line[i + 1]));
         text[tl] = 0;
@@ -203,18 +202,30 @@ TEST(engine_tokenizer_matches_reference) {
             want[nw++] = (int32_t)v;
             p = end;
         }
-        kvq_status st = kvq_tokenize(m, text, 0, got, 256, &ng);
-        CHECK_OK(st);
+        CHECK_OK(kvq_tokenize(m, text, 0, got, 256, &ng));
         int same = ng == nw && !memcmp(got, want, nw * sizeof *got);
-        CHECKF(same, "tokens differ for \"%s\" (%zu vs %zu tokens)", text, ng, nw);
-        char back[1024];
+        CHECKF(same, "%s: tokens differ for \"%s\" (%zu vs %zu tokens)", ref_path, text, ng, nw);
+        for (size_t i = 0; !same && i < ng && i < nw; i++)
+            if (got[i] != want[i]) {
+                CHECKF(0, "  first difference at %zu: %d vs %d", i, got[i], want[i]);
+                break;
+            }
+        char back[1024], expect[600];
         size_t bl;
+        snprintf(expect, sizeof expect, "%s%s", prefix, text);
         CHECK_OK(kvq_detokenize(m, got, ng, back, sizeof back, &bl));
-        CHECKF(bl == tl && !memcmp(back, text, tl), "round trip of \"%s\" gave \"%s\"", text, back);
+        CHECKF(bl == strlen(expect) && !memcmp(back, expect, bl), "round trip of \"%s\" gave \"%s\"", text, back);
         cases++;
-        line = strtok_r(NULL, "\n", &save);
     }
-    CHECK(cases >= 6);
+    free(txt);
+    return cases;
+}
+
+/* Byte-level BPE: ids from the `tokenizers` package on the same vocabulary and merges. */
+TEST(engine_tokenizer_matches_reference) {
+    kvq_model *m;
+    REQUIRE_OK(kvq_model_load(TINY, &m, NULL, 0));
+    CHECK(check_token_refs(kvqt_, m, TINY_TOK, "") >= 6);
     /* capacity: the count needed comes back */
     int32_t few[2];
     size_t need;
@@ -223,8 +234,24 @@ TEST(engine_tokenizer_matches_reference) {
     int32_t bos[4];
     CHECK_OK(kvq_tokenize(m, "a", 1, bos, 4, &need));
     CHECK(need == 2 && bos[0] == 1);
+    CHECK_OK(kvq_tokenize(m, "", 0, bos, 4, &need));
+    CHECK(need == 0);
     kvq_model_free(m);
-    free(txt);
+}
+
+/* SentencePiece BPE with byte fallback: ids from the `sentencepiece` package. */
+TEST(engine_tokenizer_spm_matches_reference) {
+    kvq_model *m;
+    REQUIRE_OK(kvq_model_load("tests/data/tiny-spm.gguf", &m, NULL, 0));
+    kvq_model_info in;
+    REQUIRE_OK(kvq_model_get_info(m, &in));
+    CHECK(!strcmp(in.tokenizer, "llama") && in.add_bos == 1);
+    CHECK(check_token_refs(kvqt_, m, "tests/data/tiny-spm.tok", " ") >= 4);
+    int32_t t[64];
+    size_t n;
+    CHECK_OK(kvq_tokenize(m, "the", -1, t, 64, &n));
+    CHECK(n >= 2 && t[0] == in.bos_token);
+    kvq_model_free(m);
 }
 
 /* ------------------------------------------------------------ corrupt files */

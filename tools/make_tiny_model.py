@@ -190,6 +190,7 @@ def make(out_dir, seed=1234):
     hp, weights = ref_forward.load(path)
     ref_forward.write_ref(os.path.join(out_dir, "tiny-llama.ref"), tokens, ref_forward.forward(hp, weights, tokens))
     write_token_refs(os.path.join(out_dir, "tiny-llama.tok"), vocab, merges)
+    make_spm(out_dir)
 
 
 SAMPLES = [
@@ -221,6 +222,70 @@ def write_token_refs(path, vocab, merges):
             ids = tok.encode(s).ids
             f.write(s.encode("utf-8").hex() + "\n")
             f.write(" ".join(str(i) for i in ids) + "\n")
+
+
+SPM_SAMPLES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "In 2024 the cache held 12345 keys; they're compressed to 3 bits.",
+    "Unicode: café, naïve, 東京, emoji 🙂 and symbols €100 ±5.",
+    "Words, words, words: the the the and and of of to to in in is is that that it it.",
+    "x",
+]
+
+
+def make_spm(out_dir, seed=99):
+    """A SentencePiece-BPE ("llama") tokenizer on a one-layer model, with reference ids
+    from the `sentencepiece` package (identity normalization, as llama.cpp does none)."""
+    try:
+        import io
+        import sentencepiece as spm
+    except ImportError:
+        print("sentencepiece not installed: no SentencePiece model written", file=sys.stderr)
+        return
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS.split("\n") * 4), model_writer=buf, vocab_size=330, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, split_digits=True, add_dummy_prefix=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, hard_vocab_limit=False,
+        num_threads=1, minloglevel=2, seed_sentencepiece_size=1000)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    n = sp.get_piece_size()
+    pieces = [sp.id_to_piece(i) for i in range(n)]
+    scores = [float(sp.get_score(i)) for i in range(n)]
+    types = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1 for i in range(n)]
+    rng = np.random.default_rng(seed)
+    E = 32
+    w = gguf.GGUFWriter(os.path.join(out_dir, "tiny-spm.gguf"), arch="llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(E)
+    w.add_feed_forward_length(E)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(pieces)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_unk_token_id(sp.unk_id())
+    for name, shape in [("token_embd.weight", (n, E)), ("output_norm.weight", (E,)),
+                        ("blk.0.attn_norm.weight", (E,)), ("blk.0.ffn_norm.weight", (E,)),
+                        ("blk.0.attn_q.weight", (E, E)), ("blk.0.attn_k.weight", (E, E)),
+                        ("blk.0.attn_v.weight", (E, E)), ("blk.0.attn_output.weight", (E, E)),
+                        ("blk.0.ffn_gate.weight", (E, E)), ("blk.0.ffn_up.weight", (E, E)),
+                        ("blk.0.ffn_down.weight", (E, E))]:
+        x = (rng.standard_normal(shape) * 0.2).astype(np.float32)
+        w.add_tensor(name, x.astype(np.float16) if len(shape) == 2 else x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with open(os.path.join(out_dir, "tiny-spm.tok"), "w") as f:
+        f.write("# hex of the UTF-8 text, then the token ids (sentencepiece package, same model)\n")
+        for s in SPM_SAMPLES:
+            f.write(s.encode("utf-8").hex() + "\n")
+            f.write(" ".join(str(i) for i in sp.encode(s)) + "\n")
 
 
 def fuzz_seeds(out_dir, seed=5):
