@@ -161,6 +161,31 @@ TEST(engine_row_kernels_match_scalar) {
         b[i] = x[i + 100];
     }
     CHECK_NEAR(scalar.dot_f32(a, b, 77), best.dot_f32(a, b, 77), 1e-4);
+    /* the 4-row block product, with a length that leaves a tail and 7 tokens (3 + 3 + 1) */
+    for (size_t len = 77; len <= 96; len += 19) {
+        float wr[4 * 96], xs[7 * 96], y1[7 * 5], y2[7 * 5];
+        for (size_t i = 0; i < 4 * len; i++) wr[i] = x[(i * 7) % 512];
+        for (size_t i = 0; i < 7 * len; i++) xs[i] = x[(i * 13 + 5) % 512];
+        scalar.gemm4_f32(wr, len, xs, 7, y1, 5);
+        best.gemm4_f32(wr, len, xs, 7, y2, 5);
+        for (int t = 0; t < 7; t++)
+            for (int r = 0; r < 4; r++) {
+                float d = scalar.dot_f32(wr + r * len, xs + t * len, len);
+                CHECK_NEAR(y1[t * 5 + r], d, 1e-5);
+                CHECK_NEAR(y2[t * 5 + r], d, 1e-4);
+            }
+    }
+    /* SIMD row dequantization against the scalar one */
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const kvqi_gguf_tensor *t = &g->tensors[i];
+        size_t n = (size_t)t->ne[0];
+        float w2[512];
+        kvqi_type(t->type)->to_float(t->data, w, n);
+        best.to_float[t->type](t->data, w2, n);
+        double worst = 0;
+        for (size_t k = 0; k < n; k++) worst = fmax(worst, fabs((double)w[k] - w2[k]) / (fabs((double)w[k]) + 1e-6));
+        CHECKF(worst < 1e-6, "%s: %s dequantization differs by %g", t->name, kvq_cpu_isa(), worst);
+    }
     kvqi_gguf_close(g);
 }
 

@@ -332,10 +332,16 @@ static float row_dot_bf16(const void *row, const float *x, size_t n) {
     return sum;
 }
 
+static void gemm4_f32_scalar(const float *w, size_t n, const float *x, size_t n_tok, float *y, size_t y_stride) {
+    for (size_t t = 0; t < n_tok; t++)
+        for (size_t r = 0; r < 4; r++) y[t * y_stride + r] = dot_f32_scalar(w + r * n, x + t * n, n);
+}
+
 void kvqi_engine_kernels_scalar(kvqi_engine_kernels *k) {
     memset(k, 0, sizeof *k);
     k->isa = KVQ_ISA_SCALAR;
     k->dot_f32 = dot_f32_scalar;
+    k->gemm4_f32 = gemm4_f32_scalar;
     k->row_dot[KVQI_T_F32] = row_dot_f32;
     k->row_dot[KVQI_T_F16] = row_dot_f16;
     k->row_dot[KVQI_T_BF16] = row_dot_bf16;

@@ -319,7 +319,7 @@ KVQ_API kvq_status kvq_detokenize(const kvq_model *model, const int32_t *tokens,
 /* ------------------------------------------------------------ context */
 
 typedef struct thread_scratch {
-    float *row;    /* a dequantized weight row: max(n_embd, n_ff, q_dim) */
+    float *row;    /* four dequantized weight rows of up to max(n_embd, n_ff, q_dim) */
     float *scores; /* attention scores: n_ctx */
 } thread_scratch;
 
@@ -441,7 +441,7 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
         if (!c->probs || !c->scratch) st = KVQ_ERR_NOMEM;
     }
     for (unsigned i = 0; !st && i < c->n_slots; i++) {
-        c->scratch[i].row = alloc2(1, row_max, &st);
+        c->scratch[i].row = alloc2(4, row_max, &st);
         c->scratch[i].scores = alloc2(1, p.n_ctx, &st);
     }
     if (st) goto fail;
@@ -551,13 +551,18 @@ static void matmul_task(void *arg, size_t task, unsigned thread) {
                 j->y[t * j->y_stride + r] = row_dot(w->data + r * w->row_bytes, j->x + t * n_in, n_in);
         return;
     }
-    /* many tokens: dequantize each row once and reuse it for all of them */
-    float *row = j->c->scratch[thread].row;
+    /* many tokens: dequantize rows once (four at a time) and reuse them for all tokens */
+    float *rows = j->c->scratch[thread].row;
     void (*to_float)(const void *, float *, size_t) = j->c->kern.to_float[w->type];
     float (*dot)(const float *, const float *, size_t) = j->c->kern.dot_f32;
-    for (size_t r = r0; r < r1; r++) {
-        to_float(w->data + r * w->row_bytes, row, n_in);
-        for (size_t t = 0; t < j->n_tok; t++) j->y[t * j->y_stride + r] = dot(row, j->x + t * n_in, n_in);
+    size_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        for (size_t k = 0; k < 4; k++) to_float(w->data + (r + k) * w->row_bytes, rows + k * n_in, n_in);
+        j->c->kern.gemm4_f32(rows, n_in, j->x, j->n_tok, j->y + r, j->y_stride);
+    }
+    for (; r < r1; r++) {
+        to_float(w->data + r * w->row_bytes, rows, n_in);
+        for (size_t t = 0; t < j->n_tok; t++) j->y[t * j->y_stride + r] = dot(rows, j->x + t * n_in, n_in);
     }
 }
 
