@@ -525,3 +525,50 @@ TEST(engine_cli_generate_and_perplexity) {
     snprintf(cmd, sizeof cmd, "%s generate -m " TINY " -p x --cache-k nosuch > /dev/null 2>&1", kvqt_cli_path());
     CHECK(system(cmd) != 0);
 }
+
+/* The real model's tokenizer on the real text, against the `tokenizers` package
+ * (tests/ref_tokens.py); skipped until `make model` has fetched the model. */
+TEST(engine_tokenizer_smollm2_text) {
+    const char *model_path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    FILE *probe = fopen(model_path, "rb");
+    if (!probe) {
+        SKIP("models/ has no SmolLM2 (make model)");
+        return;
+    }
+    fclose(probe);
+    size_t text_len, ref_len;
+    char *text = (char *)read_all("data/fortunes-science.txt", &text_len);
+    char *ref = (char *)read_all("tests/data/smollm2-fortunes-science.tokref", &ref_len);
+    REQUIRE(text && ref);
+    char *t2 = realloc(text, text_len + 1);
+    REQUIRE(t2);
+    text = t2;
+    text[text_len] = 0;
+    unsigned long long want_n = 0, want_hash = 0;
+    REQUIRE(sscanf(ref, "%llu %llx", &want_n, &want_hash) == 2);
+    kvq_model *m;
+    REQUIRE_OK(kvq_model_load(model_path, &m, NULL, 0));
+    size_t n = 0;
+    kvq_tokenize(m, text, 0, NULL, 0, &n);
+    int32_t *ids = malloc(n * sizeof *ids);
+    REQUIRE(ids);
+    REQUIRE_OK(kvq_tokenize(m, text, 0, ids, n, &n));
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++)
+        for (int b = 0; b < 4; b++) {
+            h ^= (uint8_t)((uint32_t)ids[i] >> (8 * b));
+            h *= 0x100000001b3ull;
+        }
+    CHECKF(n == want_n && h == want_hash, "%zu tokens (hash %016llx), reference %llu (%016llx)", n,
+           (unsigned long long)h, want_n, want_hash);
+    char *back = malloc(text_len + 1);
+    size_t bl;
+    REQUIRE(back);
+    CHECK_OK(kvq_detokenize(m, ids, n, back, text_len + 1, &bl));
+    CHECK(bl == text_len && !memcmp(back, text, text_len));
+    free(back);
+    free(ids);
+    kvq_model_free(m);
+    free(text);
+    free(ref);
+}
