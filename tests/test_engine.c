@@ -264,6 +264,18 @@ TEST(engine_tokenizer_matches_reference) {
     kvq_model_free(m);
 }
 
+/* The llama3 pre-tokenizer regex (case-insensitive contractions, digits in threes,
+ * newline runs), against the `tokenizers` package running that regex. */
+TEST(engine_tokenizer_llama3_matches_reference) {
+    kvq_model *m;
+    REQUIRE_OK(kvq_model_load("tests/data/tiny-llama3.gguf", &m, NULL, 0));
+    kvq_model_info in;
+    REQUIRE_OK(kvq_model_get_info(m, &in));
+    CHECK(!strcmp(in.pre_tokenizer, "llama-bpe"));
+    CHECK(check_token_refs(kvqt_, m, "tests/data/tiny-llama3.tok", "") >= 5);
+    kvq_model_free(m);
+}
+
 /* SentencePiece BPE with byte fallback: ids from the `sentencepiece` package. */
 TEST(engine_tokenizer_spm_matches_reference) {
     kvq_model *m;

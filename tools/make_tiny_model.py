@@ -191,6 +191,7 @@ def make(out_dir, seed=1234):
     ref_forward.write_ref(os.path.join(out_dir, "tiny-llama.ref"), tokens, ref_forward.forward(hp, weights, tokens))
     write_token_refs(os.path.join(out_dir, "tiny-llama.tok"), vocab, merges)
     make_spm(out_dir)
+    make_llama3(out_dir, vocab, merges)
 
 
 SAMPLES = [
@@ -224,6 +225,73 @@ def write_token_refs(path, vocab, merges):
             f.write(" ".join(str(i) for i in ids) + "\n")
 
 
+def write_min_model(path, n_vocab, add_tokenizer, seed, E=32):
+    """A one-layer F16 model whose only purpose is to carry a tokenizer."""
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(path, arch="llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(E)
+    w.add_feed_forward_length(E)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    add_tokenizer(w)
+    for name, shape in [("token_embd.weight", (n_vocab, E)), ("output_norm.weight", (E,)),
+                        ("blk.0.attn_norm.weight", (E,)), ("blk.0.ffn_norm.weight", (E,)),
+                        ("blk.0.attn_q.weight", (E, E)), ("blk.0.attn_k.weight", (E, E)),
+                        ("blk.0.attn_v.weight", (E, E)), ("blk.0.attn_output.weight", (E, E)),
+                        ("blk.0.ffn_gate.weight", (E, E)), ("blk.0.ffn_up.weight", (E, E)),
+                        ("blk.0.ffn_down.weight", (E, E))]:
+        x = (rng.standard_normal(shape) * 0.2).astype(np.float32)
+        w.add_tensor(name, x.astype(np.float16) if len(shape) == 2 else x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SAMPLES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "In 2024 the cache held 1234567 keys; THEY'RE compressed, it'S done.",
+    "a.\n\nb  \n  c\r\n\td",
+    "¡Hola! café «quoted» — dash, 東京 🙂🙂 x",
+    "<|im_start|>user\nHello there<|im_end|>",
+]
+
+
+def make_llama3(out_dir, vocab, merges, seed=77):
+    """The tiny BPE vocabulary under the llama3 pre-tokenizer, with reference ids from
+    the `tokenizers` package running the llama3 regex."""
+    try:
+        from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers
+    except ImportError:
+        return
+
+    def tokenizer(w):
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("llama-bpe")
+        w.add_token_list(vocab)
+        w.add_token_types([3 if t in SPECIALS else 1 for t in vocab])
+        w.add_token_merges([f"{a} {b}" for a, b in merges])
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+
+    write_min_model(os.path.join(out_dir, "tiny-llama3.gguf"), len(vocab), tokenizer, seed)
+    tok = Tokenizer(models.BPE({t: i for i, t in enumerate(vocab)}, list(merges)))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated", invert=False),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
+    with open(os.path.join(out_dir, "tiny-llama3.tok"), "w") as f:
+        f.write("# hex of the UTF-8 text, then the token ids (tokenizers package, llama3 regex)\n")
+        for s in LLAMA3_SAMPLES:
+            f.write(s.encode("utf-8").hex() + "\n")
+            f.write(" ".join(str(i) for i in tok.encode(s).ids) + "\n")
+
+
 SPM_SAMPLES = [
     "The quick brown fox jumps over the lazy dog.",
     "In 2024 the cache held 12345 keys; they're compressed to 3 bits.",
@@ -253,34 +321,16 @@ def make_spm(out_dir, seed=99):
     pieces = [sp.id_to_piece(i) for i in range(n)]
     scores = [float(sp.get_score(i)) for i in range(n)]
     types = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1 for i in range(n)]
-    rng = np.random.default_rng(seed)
-    E = 32
-    w = gguf.GGUFWriter(os.path.join(out_dir, "tiny-spm.gguf"), arch="llama")
-    w.add_block_count(1)
-    w.add_context_length(64)
-    w.add_embedding_length(E)
-    w.add_feed_forward_length(E)
-    w.add_head_count(2)
-    w.add_head_count_kv(2)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(pieces)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(sp.bos_id())
-    w.add_eos_token_id(sp.eos_id())
-    w.add_unk_token_id(sp.unk_id())
-    for name, shape in [("token_embd.weight", (n, E)), ("output_norm.weight", (E,)),
-                        ("blk.0.attn_norm.weight", (E,)), ("blk.0.ffn_norm.weight", (E,)),
-                        ("blk.0.attn_q.weight", (E, E)), ("blk.0.attn_k.weight", (E, E)),
-                        ("blk.0.attn_v.weight", (E, E)), ("blk.0.attn_output.weight", (E, E)),
-                        ("blk.0.ffn_gate.weight", (E, E)), ("blk.0.ffn_up.weight", (E, E)),
-                        ("blk.0.ffn_down.weight", (E, E))]:
-        x = (rng.standard_normal(shape) * 0.2).astype(np.float32)
-        w.add_tensor(name, x.astype(np.float16) if len(shape) == 2 else x)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    def tokenizer(w):
+        w.add_tokenizer_model("llama")
+        w.add_token_list(pieces)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(sp.bos_id())
+        w.add_eos_token_id(sp.eos_id())
+        w.add_unk_token_id(sp.unk_id())
+
+    write_min_model(os.path.join(out_dir, "tiny-spm.gguf"), n, tokenizer, seed)
     with open(os.path.join(out_dir, "tiny-spm.tok"), "w") as f:
         f.write("# hex of the UTF-8 text, then the token ids (sentencepiece package, same model)\n")
         for s in SPM_SAMPLES:

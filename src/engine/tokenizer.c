@@ -215,11 +215,12 @@ static kvq_status load_merges(kvqi_tokenizer *t, const kvqi_gguf_kv *kv, char *m
         /* "left right": the first space after the first character separates them */
         uint32_t sp = 1;
         while (sp < len && s[sp] != ' ') sp++;
-        if (sp >= len || len - 1 >= sizeof buf) {
+        if (sp >= len) {
             kvqi_set_msg(msg, msg_size, "tokenizer: merge %zu is not two tokens", r);
             st = KVQ_ERR_FORMAT;
             goto done;
         }
+        if (len - 1 >= sizeof buf) continue; /* no token is that long: the merge never applies */
         int32_t a = lookup(t, s, sp), b = lookup(t, s + sp + 1, len - sp - 1);
         memcpy(buf, s, sp);
         memcpy(buf + sp, s + sp + 1, len - sp - 1);
