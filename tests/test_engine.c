@@ -161,6 +161,12 @@ TEST(engine_row_kernels_match_scalar) {
         b[i] = x[i + 100];
     }
     CHECK_NEAR(scalar.dot_f32(a, b, 77), best.dot_f32(a, b, 77), 1e-4);
+    float ya[77], yb[77];
+    memcpy(ya, a, sizeof ya);
+    memcpy(yb, a, sizeof yb);
+    scalar.axpy_f32(ya, b, 0.37f, 77);
+    best.axpy_f32(yb, b, 0.37f, 77);
+    for (int i = 0; i < 77; i++) CHECK_NEAR(ya[i], yb[i], 1e-6);
     /* the 4-row block product, with a length that leaves a tail and 7 tokens (3 + 3 + 1) */
     for (size_t len = 77; len <= 96; len += 19) {
         float wr[4 * 96], xs[7 * 96], y1[7 * 5], y2[7 * 5];

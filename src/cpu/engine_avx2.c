@@ -210,8 +210,16 @@ static void gemm4_f32_avx2(const float *w, size_t n, const float *x, size_t n_to
         for (int r = 0; r < 4; r++) y[t * y_stride + r] = dot_f32_avx2(w + r * n, x + t * n, n);
 }
 
+static void axpy_f32_avx2(float *y, const float *x, float a, size_t n) {
+    __m256 va = _mm256_set1_ps(a);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
 void kvqi_engine_kernels_avx2(kvqi_engine_kernels *k) {
     k->gemm4_f32 = gemm4_f32_avx2;
+    k->axpy_f32 = axpy_f32_avx2;
     k->to_float[KVQI_T_F16] = f16_to_float_avx2;
     k->to_float[KVQI_T_Q4_0] = q4_0_to_float_avx2;
     k->to_float[KVQI_T_Q4_1] = q4_1_to_float_avx2;

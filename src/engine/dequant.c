@@ -337,10 +337,15 @@ static void gemm4_f32_scalar(const float *w, size_t n, const float *x, size_t n_
         for (size_t r = 0; r < 4; r++) y[t * y_stride + r] = dot_f32_scalar(w + r * n, x + t * n, n);
 }
 
+static void axpy_f32_scalar(float *y, const float *x, float a, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
 void kvqi_engine_kernels_scalar(kvqi_engine_kernels *k) {
     memset(k, 0, sizeof *k);
     k->isa = KVQ_ISA_SCALAR;
     k->dot_f32 = dot_f32_scalar;
+    k->axpy_f32 = axpy_f32_scalar;
     k->gemm4_f32 = gemm4_f32_scalar;
     k->row_dot[KVQI_T_F32] = row_dot_f32;
     k->row_dot[KVQI_T_F16] = row_dot_f16;

@@ -133,6 +133,7 @@ typedef struct kvqi_engine_kernels {
     /* row dequantization (the traits' scalar one where no SIMD version exists) */
     void (*to_float[KVQI_T_COUNT])(const void *row, float *out, size_t n);
     float (*dot_f32)(const float *a, const float *b, size_t n);
+    void (*axpy_f32)(float *y, const float *x, float a, size_t n); /* y += a x */
     /* Four dequantized rows w[4][n] against n_tok vectors x[n_tok][n]:
      * y[t * y_stride + r] = w[r] . x[t] for r < 4. */
     void (*gemm4_f32)(const float *w, size_t n, const float *x, size_t n_tok, float *y, size_t y_stride);

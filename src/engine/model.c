@@ -629,11 +629,7 @@ static void attend_task(void *arg, size_t task, unsigned thread) {
     float inv = (float)(1.0 / sum);
     float *o = c->att + t * (size_t)I->n_heads * hd + h * hd;
     for (size_t d = 0; d < hd; d++) o[d] = 0;
-    for (size_t p = 0; p <= pos; p++) {
-        float w = s[p] * inv;
-        const float *vr = vc + p * kv_dim;
-        for (size_t d = 0; d < hd; d++) o[d] += w * vr[d];
-    }
+    for (size_t p = 0; p <= pos; p++) c->kern.axpy_f32(o, vc + p * kv_dim, s[p] * inv, hd);
 }
 
 static kvq_status attention(kvq_context *c, uint32_t layer, size_t n_tok) {
