@@ -299,6 +299,11 @@ KVQ_API kvq_status kvq_detokenize(const kvq_model *model, const int32_t *tokens,
  * pool and the sampler's random state. */
 typedef struct kvq_context kvq_context;
 
+/* Sees every layer's keys (after RoPE) and values as they enter the cache:
+ * k, v: [n_tokens][n_kv_heads][head_dim] at positions pos..pos+n_tokens-1. */
+typedef void (*kvq_kv_observer)(void *user, uint32_t layer, size_t pos, const float *k,
+                                const float *v, size_t n_tokens);
+
 typedef struct kvq_context_params {
     uint32_t n_ctx;        /* positions the context holds (0 = min(model ctx_len, 4096)) */
     uint32_t n_batch;      /* most tokens per kvq_context_eval call (0 = 512) */
@@ -308,6 +313,8 @@ typedef struct kvq_context_params {
      * else n_cache_configs configs: 1 (every layer the same) or n_layers. */
     const kvq_cache_config *cache;
     uint32_t n_cache_configs;
+    kvq_kv_observer kv_observer; /* NULL = none */
+    void *kv_observer_user;
 } kvq_context_params;
 
 KVQ_API kvq_status kvq_context_params_init(kvq_context_params *params);

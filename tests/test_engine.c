@@ -590,3 +590,52 @@ TEST(engine_tokenizer_smollm2_text) {
     free(text);
     free(ref);
 }
+
+/* The KV observer sees each layer's keys and values once per eval, at the right
+ * positions, and batched and one-at-a-time evaluation give the same keys. */
+typedef struct kv_seen {
+    int calls;
+    size_t last_pos, last_n;
+    float k0[16][128]; /* layer 0 keys by position */
+} kv_seen;
+
+static void observe(void *user, uint32_t layer, size_t pos, const float *k, const float *v, size_t n) {
+    kv_seen *s = user;
+    (void)v;
+    s->calls++;
+    s->last_pos = pos;
+    s->last_n = n;
+    if (layer == 0)
+        for (size_t t = 0; t < n && pos + t < 16; t++) memcpy(s->k0[pos + t], k + t * 128, sizeof s->k0[0]);
+}
+
+TEST(engine_kv_observer) {
+    kvq_model *m;
+    REQUIRE_OK(kvq_model_load(TINY, &m, NULL, 0));
+    kv_seen *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
+    REQUIRE(a && b);
+    kvq_context_params p;
+    kvq_context_params_init(&p);
+    p.n_ctx = 16;
+    p.n_threads = 1;
+    p.kv_observer = observe;
+    p.kv_observer_user = a;
+    kvq_context *ca, *cb;
+    REQUIRE_OK(kvq_context_create(m, &p, &ca));
+    p.kv_observer_user = b;
+    REQUIRE_OK(kvq_context_create(m, &p, &cb));
+    int32_t toks[8] = {5, 80, 200, 31, 7, 300, 12, 9};
+    REQUIRE_OK(kvq_context_eval(ca, toks, 8, NULL, 0));
+    CHECK(a->calls == 2 && a->last_pos == 0 && a->last_n == 8);
+    for (int i = 0; i < 8; i++) REQUIRE_OK(kvq_context_eval(cb, toks + i, 1, NULL, 0));
+    CHECK(b->calls == 16 && b->last_pos == 7 && b->last_n == 1);
+    double worst = 0;
+    for (int t = 0; t < 8; t++)
+        for (int i = 0; i < 128; i++) worst = fmax(worst, fabs((double)a->k0[t][i] - b->k0[t][i]));
+    CHECKF(worst < 1e-4, "batched and incremental keys differ by %g", worst);
+    kvq_context_free(ca);
+    kvq_context_free(cb);
+    free(a);
+    free(b);
+    kvq_model_free(m);
+}

@@ -25,8 +25,46 @@ static int gen_usage(FILE *f) {
             "  --temp T           temperature, 0 = greedy (default 0)\n"
             "  --top-p P          nucleus sampling mass (default 0.95)\n"
             "  --no-bos           never put the BOS token first\n"
-            "  --quiet            print only the generated text\n");
+            "  --quiet            print only the generated text\n"
+            "  --dump-kv DIR      write every layer's keys (after RoPE) and values as\n"
+            "                     DIR/keys_LL.npy and DIR/values_LL.npy, float32 [tokens][kv_heads][head_dim]\n");
     return f == stderr ? 1 : 0;
+}
+
+/* Keys and values of every layer kept for --dump-kv: [layer][position][kv_dim]. */
+typedef struct kv_dump {
+    float *k, *v;
+    size_t kv_dim, cap, n_layers, n_tokens;
+} kv_dump;
+
+static void dump_observer(void *user, uint32_t layer, size_t pos, const float *k, const float *v, size_t n) {
+    kv_dump *d = user;
+    if (layer >= d->n_layers || pos + n > d->cap) return;
+    memcpy(d->k + ((size_t)layer * d->cap + pos) * d->kv_dim, k, n * d->kv_dim * sizeof(float));
+    memcpy(d->v + ((size_t)layer * d->cap + pos) * d->kv_dim, v, n * d->kv_dim * sizeof(float));
+    if (pos + n > d->n_tokens) d->n_tokens = pos + n;
+}
+
+/* numpy's .npy v1.0: magic, header length, a Python dict padded to 64 bytes, the data */
+static int write_npy(const char *path, const float *data, size_t n0, size_t n1, size_t n2) {
+    char header[128];
+    int len = snprintf(header, sizeof header, "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %zu, %zu), }",
+                       n0, n1, n2);
+    if (len < 0 || len > 100) return -1;
+    size_t total = 10 + (size_t)len + 1;
+    size_t pad = (64 - total % 64) % 64;
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    unsigned hl = (unsigned)(len + pad + 1);
+    fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+    fputc((int)(hl & 0xff), f);
+    fputc((int)(hl >> 8), f);
+    fwrite(header, 1, (size_t)len, f);
+    for (size_t i = 0; i < pad; i++) fputc(' ', f);
+    fputc('\n', f);
+    size_t count = n0 * n1 * n2;
+    int ok = fwrite(data, sizeof(float), count, f) == count; /* little-endian hosts */
+    return fclose(f) == 0 && ok ? 0 : -1;
 }
 
 static double now_s(void) {
@@ -36,7 +74,8 @@ static double now_s(void) {
 }
 
 int kvq_cmd_generate(int argc, char **argv) {
-    const char *model_path = NULL, *prompt = NULL, *kspec = "fp16", *vspec = NULL;
+    const char *model_path = NULL, *prompt = NULL, *kspec = "fp16", *vspec = NULL, *dump_dir = NULL;
+    kv_dump dump = {0};
     long n_gen = 64, n_ctx = 0, threads = 0, window = 0, outliers = 0;
     unsigned long long seed = 0;
     double temp = 0.0, top_p = 0.95;
@@ -58,6 +97,7 @@ int kvq_cmd_generate(int argc, char **argv) {
         else if (TAKES("--seed")) seed = strtoull(v, NULL, 10);
         else if (TAKES("--temp")) temp = strtod(v, NULL);
         else if (TAKES("--top-p")) top_p = strtod(v, NULL);
+        else if (TAKES("--dump-kv")) dump_dir = v;
         else if (!strcmp(a, "--no-bos")) no_bos = 1;
         else if (!strcmp(a, "--quiet")) quiet = 1;
         else {
@@ -123,6 +163,19 @@ int kvq_cmd_generate(int argc, char **argv) {
         p.cache = &cc;
         p.n_cache_configs = 1;
     }
+    if (dump_dir) {
+        dump.kv_dim = (size_t)info.n_kv_heads * info.head_dim;
+        dump.cap = p.n_ctx;
+        dump.n_layers = info.n_layers;
+        dump.k = calloc(dump.n_layers * dump.cap * dump.kv_dim, sizeof(float));
+        dump.v = calloc(dump.n_layers * dump.cap * dump.kv_dim, sizeof(float));
+        if (!dump.k || !dump.v) {
+            rc = kvq_cli_fail("generate", "--dump-kv memory", KVQ_ERR_NOMEM);
+            goto done;
+        }
+        p.kv_observer = dump_observer;
+        p.kv_observer_user = &dump;
+    }
     if ((st = kvq_context_create(model, &p, &ctx))) {
         rc = kvq_cli_fail("generate", "context", st);
         goto done;
@@ -177,7 +230,23 @@ int kvq_cmd_generate(int argc, char **argv) {
                 per_token ? (double)kv_fp16 / (double)per_token : 0.0, mem.total);
     }
     rc = 0;
+    for (size_t l = 0; dump_dir && l < dump.n_layers; l++) {
+        char path[4096];
+        const float *src[2] = {dump.k + l * dump.cap * dump.kv_dim, dump.v + l * dump.cap * dump.kv_dim};
+        for (int side = 0; side < 2; side++) {
+            snprintf(path, sizeof path, "%s/%s_%02zu.npy", dump_dir, side ? "values" : "keys", l);
+            if (write_npy(path, src[side], dump.n_tokens, info.n_kv_heads, info.head_dim)) {
+                fprintf(stderr, "kvq generate: cannot write %s\n", path);
+                rc = 1;
+            }
+        }
+    }
+    if (dump_dir && !rc && !quiet)
+        fprintf(stderr, "kvq generate: keys and values of %zu tokens x %zu layers written to %s\n", dump.n_tokens,
+                dump.n_layers, dump_dir);
 done:
+    free(dump.k);
+    free(dump.v);
     kvq_context_free(ctx);
     free(tokens);
     free(logits);
