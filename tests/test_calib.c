@@ -584,3 +584,63 @@ TEST(calib_keys_tensor_file_roundtrip) {
     REQUIRE_OK(kvq_tensor_write_f32(path, "keys", x, 100, 32));
     CHECK_STATUS(kvq_tensor_read_f32(path, NULL, &y, &rows, &cols, msg, sizeof msg), KVQ_ERR_FORMAT);
 }
+
+/* ----------------------------------------------------------------------- CLI */
+
+TEST(calib_cli_keys_file_and_tiny_model) {
+    const char *dir = kvqt_tmpdir(kvqt_);
+    REQUIRE(dir);
+    char keys[512], art[512], plan[512], text[512], cmd[2400], spec[1200], msg[512];
+    snprintf(keys, sizeof keys, "%s/keys.safetensors", dir);
+    snprintf(art, sizeof art, "%s/sp.safetensors", dir);
+    snprintf(plan, sizeof plan, "%s/plan.safetensors", dir);
+    snprintf(text, sizeof text, "%s/text.txt", dir);
+    static float x[600 * 32];
+    double ev[32];
+    for (int i = 0; i < 32; i++) ev[i] = pow(0.7, i);
+    REQUIRE_OK(spectrum_keys(x, 600, 32, ev, 3));
+    REQUIRE_OK(kvq_tensor_write_f32(keys, "keys", x, 600, 32));
+    snprintf(cmd, sizeof cmd, "%s calibrate --help > /dev/null", kvqt_cli_path());
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "%s calibrate --keys %s --method spectral --bits 2 -o %s > /dev/null 2>&1",
+             kvqt_cli_path(), keys, art);
+    CHECK(system(cmd) == 0);
+    kvq_quantizer *q;
+    REQUIRE_OK(kvq_quantizer_load(art, &q));
+    kvq_config c;
+    REQUIRE_OK(kvq_quantizer_config(q, &c));
+    CHECK(c.method == KVQ_METHOD_SPECTRAL && c.dim == 32 && c.bits == 2);
+    kvq_quantizer_free(q);
+    snprintf(spec, sizeof spec, "spectral:bits=2,artifact=%s", art);
+    REQUIRE_OK(kvq_config_parse(spec, 32, &c, msg, sizeof msg));
+    /* wrong method for --keys, no output, ratequant without a model: refused */
+    snprintf(cmd, sizeof cmd, "%s calibrate --keys %s --method nope -o %s 2> /dev/null", kvqt_cli_path(), keys, art);
+    CHECK(system(cmd) != 0);
+    snprintf(cmd, sizeof cmd, "%s calibrate --keys %s --method ratequant -o %s 2> /dev/null", kvqt_cli_path(), keys, plan);
+    CHECK(system(cmd) != 0);
+    /* the tiny model: keys of layer 1 for vecinfer, and a RateQuant plan for its 2 layers */
+    FILE *f = fopen(text, "w");
+    REQUIRE(f);
+    fputs("The quick brown fox jumps over the lazy dog. A stitch in time saves nine; "
+          "the early bird catches the worm, and every cloud has a silver lining.", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd,
+             "%s calibrate -m tests/data/tiny-llama.gguf -f %s --method vecinfer --bits 4 --layer 1 "
+             "--tokens 64 --threads 1 -o %s > /dev/null 2>&1",
+             kvqt_cli_path(), text, art);
+    CHECK(system(cmd) == 0);
+    REQUIRE_OK(kvq_quantizer_load(art, &q));
+    REQUIRE_OK(kvq_quantizer_config(q, &c));
+    CHECK(c.method == KVQ_METHOD_VECINFER && c.dim == 64 && c.bits == 4);
+    kvq_quantizer_free(q);
+    snprintf(cmd, sizeof cmd,
+             "%s calibrate -m tests/data/tiny-llama.gguf -f %s --method ratequant --target 2 "
+             "--tokens 32 --threads 1 -o %s > /dev/null 2>&1",
+             kvqt_cli_path(), text, plan);
+    CHECK(system(cmd) == 0);
+    kvq_cache_config base, per[2];
+    REQUIRE_OK(kvq_cache_config_init(&base, 2, 64, "fp16", "fp16", msg, sizeof msg));
+    REQUIRE_OK(kvq_ratequant_cache_configs(plan, &base, 2, per, msg, sizeof msg));
+    CHECK(per[0].key.bits + per[1].key.bits == 4);
+    CHECK(per[0].key.method == KVQ_METHOD_TURBOQUANT_RVQ);
+}
