@@ -32,6 +32,7 @@ static int cal_usage(FILE *f) {
             "  --tokens N         tokens of the text the model reads (default 512)\n"
             "  --layer L|all      model layer whose keys are used (default all: every layer, every head)\n"
             "  --holdout PCT      rows kept out of the fit to measure quality (default 10)\n"
+            "  --save-keys FILE   also write the captured keys [rows][head_dim] as safetensors\n"
             "  --threads N        model threads (default 0 = one per CPU)\n"
             "ratequant only (needs -m):\n"
             "  --key-spec SPEC    key quantizer the plan sets bits of (default turboquant_rvq)\n"
@@ -172,7 +173,7 @@ static double mean_kl(const float *ref, const float *lg, size_t n, uint32_t n_vo
 /* ------------------------------------------------------------------ main */
 
 typedef struct cal_opts {
-    const char *method, *out, *model, *text, *keys, *tensor, *spec_extra, *key_spec, *choices;
+    const char *method, *out, *model, *text, *keys, *tensor, *spec_extra, *key_spec, *choices, *save_keys;
     long bits, tokens, layer, holdout, threads;
     unsigned long long seed;
     double target;
@@ -386,6 +387,7 @@ int kvq_cmd_calibrate(int argc, char **argv) {
         else if (TAKES("--key-spec")) o.key_spec = v;
         else if (TAKES("--choices")) o.choices = v;
         else if (TAKES("--target")) o.target = strtod(v, NULL);
+        else if (TAKES("--save-keys")) o.save_keys = v;
         else {
             fprintf(stderr, "kvq calibrate: unknown or incomplete option %s\n", a);
             return cal_usage(stderr);
@@ -475,6 +477,10 @@ int kvq_cmd_calibrate(int argc, char **argv) {
     }
     fprintf(stderr, "kvq calibrate: %zu key rows (%u kv heads x %zu tokens%s) in %.2f s\n", cap.n_rows,
             info.n_kv_heads, n_tok, o.layer < 0 ? " x layers" : "", now_s() - t0);
+    if (o.save_keys && (st = kvq_tensor_write_f32(o.save_keys, "keys", cap.rows, cap.n_rows, info.head_dim))) {
+        kvq_cli_fail("calibrate", o.save_keys, st);
+        goto done;
+    }
     rc = fit_method(&o, &info, cap.rows, cap.n_rows, info.head_dim);
 done:
     free(cap.rows);
