@@ -555,6 +555,21 @@ TEST(calib_artifacts_roundtrip_and_rejects) {
             REQUIRE_OK(rewrite(a, bad, "spectral.signal_codebooks", 0, 1e30f));
             CHECK_STATUS(kvq_quantizer_load(bad, &viaspec), KVQ_ERR_FORMAT);
         }
+        /* single-byte flips anywhere: refused or, when they land in a float that stays
+         * valid, a usable quantizer - never a crash */
+        kvqi_rng fr;
+        kvqi_rng_seed(&fr, 1234 + (uint64_t)s);
+        for (int k = 0; k < 60; k++) {
+            size_t at = k < 30 ? kvqi_rng_below(&fr, (uint32_t)KVQI_MIN(na, 400)) : kvqi_rng_below(&fr, (uint32_t)na);
+            uint8_t saved = ba[at];
+            ba[at] ^= (uint8_t)(1u << kvqi_rng_below(&fr, 8));
+            REQUIRE_OK(spit(bad, ba, na));
+            ba[at] = saved;
+            if (kvq_quantizer_load(bad, &viaspec) == KVQ_OK) {
+                CHECK_OK(kvq_encode(viaspec, x, 4, c2));
+                kvq_quantizer_free(viaspec);
+            }
+        }
         snprintf(other, sizeof other, "%s:artifact=%s/missing.safetensors", name, dir);
         CHECK_FAILS(kvq_config_parse(other, D, &c, msg, sizeof msg));
         free(ba);

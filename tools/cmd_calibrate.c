@@ -179,6 +179,22 @@ typedef struct cal_opts {
     double target;
 } cal_opts;
 
+/* Mean KL of the model's output with every layer's keys at bits[l] against ref. */
+static kvq_status plan_kl(kvq_model *model, const kvq_model_info *info, const int32_t *tokens, size_t n,
+                          const char *key_spec, const uint32_t *bits, long threads, const float *ref,
+                          float *lg, kvq_cache_config *per, double *kl) {
+    char spec[320], msg[256];
+    for (uint32_t l = 0; l < info->n_layers; l++) {
+        snprintf(spec, sizeof spec, "%s%sbits=%u", key_spec, strchr(key_spec, ':') ? "," : ":", bits[l]);
+        kvq_status st = kvq_cache_config_init(&per[l], info->n_kv_heads, info->head_dim, spec, "fp16", msg,
+                                              sizeof msg);
+        if (st) return st;
+    }
+    kvq_status st = run_text(model, info, tokens, n, per, NULL, NULL, threads, lg);
+    if (st == KVQ_OK) *kl = mean_kl(ref, lg, n, info->n_vocab);
+    return st;
+}
+
 static int ratequant(const cal_opts *o, kvq_model *model, const kvq_model_info *info,
                      const int32_t *tokens, size_t n) {
     uint32_t choices[CAL_MAX_CHOICES], n_choices = 0;
@@ -231,6 +247,22 @@ static int ratequant(const cal_opts *o, kvq_model *model, const kvq_model_info *
         goto done;
     }
     if ((st = kvq_ratequant_save(o->out, o->key_spec, sens, bits, L, o->target))) goto done;
+    double probe_s = now_s() - t0;
+    /* the plan against the same total spread without the sensitivities (equal weights: the
+     * extra bits go to the first layers) */
+    double kl_plan = 0, kl_flat = 0;
+    uint32_t *flat = malloc(L * sizeof(uint32_t));
+    double *ones = malloc(L * sizeof(double));
+    if (!flat || !ones) st = KVQ_ERR_NOMEM;
+    for (uint32_t l = 0; st == KVQ_OK && l < L; l++) ones[l] = 1.0;
+    if (st == KVQ_OK) st = kvq_ratequant_allocate(ones, L, choices, n_choices, o->target, flat);
+    if (st == KVQ_OK)
+        st = plan_kl(model, info, tokens, n, o->key_spec, bits, o->threads, ref, lg, per, &kl_plan);
+    if (st == KVQ_OK)
+        st = plan_kl(model, info, tokens, n, o->key_spec, flat, o->threads, ref, lg, per, &kl_flat);
+    free(flat);
+    free(ones);
+    if (st) goto done;
     double smin = sens[0], smax = sens[0], total = 0;
     printf("layer  sensitivity(KL)  bits\n");
     for (uint32_t l = 0; l < L; l++) {
@@ -239,8 +271,10 @@ static int ratequant(const cal_opts *o, kvq_model *model, const kvq_model_info *
         smax = fmax(smax, sens[l]);
         total += bits[l];
     }
-    printf("ratequant: %u layers, average %.4f bits (target %.4g), sensitivity ratio %.2f, %.1f s -> %s\n",
-           L, total / L, o->target, smin > 0 ? smax / smin : INFINITY, now_s() - t0, o->out);
+    printf("ratequant: %u layers, average %.4f bits (target %.4g), sensitivity ratio %.2f, probe %.1f s -> %s\n",
+           L, total / L, o->target, smin > 0 ? smax / smin : INFINITY, probe_s, o->out);
+    printf("output KL vs fp16 keys: RateQuant plan %.5f, same bits without sensitivities %.5f\n", kl_plan,
+           kl_flat);
     rc = 0;
 done:
     if (rc && st) kvq_cli_fail("calibrate", "ratequant", st);
