@@ -33,6 +33,11 @@ static int cal_usage(FILE *f) {
             "  --layer L|all      model layer whose keys are used (default all: every layer, every head)\n"
             "  --holdout PCT      rows kept out of the fit to measure quality (default 10)\n"
             "  --save-keys FILE   also write the captured keys [rows][head_dim] as safetensors\n"
+            "  --per-layer        one artifact per layer: OUT.layerNN.safetensors\n"
+            "  --eval N           then run the next N tokens of the text with these keys in every layer\n"
+            "                     (values fp16) and print the output's KL divergence from fp16 keys,\n"
+            "                     beside turboquant_mse at the same bits (not comm_vq: the cache\n"
+            "                     hands keys after RoPE)\n"
             "  --threads N        model threads (default 0 = one per CPU)\n"
             "ratequant only (needs -m):\n"
             "  --key-spec SPEC    key quantizer the plan sets bits of (default turboquant_rvq)\n"
@@ -82,6 +87,7 @@ typedef struct capture {
     int neox;
     double rope_base;
     float *rows;        /* [n_rows][head_dim] */
+    uint32_t *row_layer; /* [n_rows] */
     size_t n_rows, cap_rows;
     int failed;
 } capture;
@@ -106,11 +112,13 @@ static void observe(void *user, uint32_t layer, size_t pos, const float *k, cons
         size_t cap = c->cap_rows ? c->cap_rows : 4096;
         while (cap < c->n_rows + add) cap *= 2;
         float *nr = realloc(c->rows, cap * c->head_dim * sizeof(float));
-        if (!nr) {
+        if (nr) c->rows = nr;
+        uint32_t *nl = nr ? realloc(c->row_layer, cap * sizeof(uint32_t)) : NULL;
+        if (!nl) {
             c->failed = 1;
             return;
         }
-        c->rows = nr;
+        c->row_layer = nl;
         c->cap_rows = cap;
     }
     for (size_t t = 0; t < n_tokens; t++)
@@ -118,7 +126,7 @@ static void observe(void *user, uint32_t layer, size_t pos, const float *k, cons
             float *dst = c->rows + c->n_rows * c->head_dim;
             memcpy(dst, k + (t * c->n_kv_heads + h) * c->head_dim, c->head_dim * sizeof(float));
             if (c->unrope) unrope(dst, c->head_dim, c->neox, c->rope_base, pos + t);
-            c->n_rows++;
+            c->row_layer[c->n_rows++] = layer;
         }
 }
 
@@ -174,7 +182,8 @@ static double mean_kl(const float *ref, const float *lg, size_t n, uint32_t n_vo
 
 typedef struct cal_opts {
     const char *method, *out, *model, *text, *keys, *tensor, *spec_extra, *key_spec, *choices, *save_keys;
-    long bits, tokens, layer, holdout, threads;
+    long bits, tokens, layer, holdout, threads, eval;
+    int per_layer;
     unsigned long long seed;
     double target;
 } cal_opts;
@@ -315,8 +324,10 @@ static kvq_status quality(const kvq_quantizer *q, const float *x, size_t n, uint
     return st;
 }
 
+/* Fit on rows (reordered: held-out rows move to the end), save to out, print quality;
+ * spec_out receives the spec that loads the artifact. quiet: one line (per-layer runs). */
 static int fit_method(const cal_opts *o, const kvq_model_info *info, float *rows, size_t n_rows,
-                      uint32_t dim) {
+                      uint32_t dim, const char *out, int quiet, char *spec_out, size_t spec_out_size) {
     char spec[1024], msg[512];
     int w = snprintf(spec, sizeof spec, "%s:seed=%llu", o->method, o->seed);
     if (o->bits > 0) w += snprintf(spec + w, sizeof spec - (size_t)w, ",bits=%ld", o->bits);
@@ -357,7 +368,9 @@ static int fit_method(const cal_opts *o, const kvq_model_info *info, float *rows
     kvq_quantizer *q;
     if ((st = kvq_quantizer_create(&cfg, &q))) return kvq_cli_fail("calibrate", spec, st);
     kvq_config_format(&cfg, spec, sizeof spec);
-    fprintf(stderr, "kvq calibrate: fitting %s on %zu rows of %u (%zu held out)...\n", spec, n_fit, dim, n_test);
+    if (!quiet)
+        fprintf(stderr, "kvq calibrate: fitting %s on %zu rows of %u (%zu held out)...\n", spec, n_fit, dim,
+                n_test);
     double t0 = now_s();
     st = kvq_quantizer_fit(q, rows, n_fit);
     double fit_s = now_s() - t0;
@@ -365,12 +378,18 @@ static int fit_method(const cal_opts *o, const kvq_model_info *info, float *rows
         kvq_quantizer_free(q);
         return kvq_cli_fail("calibrate", "fit", st);
     }
-    if ((st = kvq_quantizer_save(q, o->out))) {
+    if ((st = kvq_quantizer_save(q, out))) {
         kvq_quantizer_free(q);
-        return kvq_cli_fail("calibrate", o->out, st);
+        return kvq_cli_fail("calibrate", out, st);
     }
+    if (spec_out) snprintf(spec_out, spec_out_size, "%s,artifact=%s", spec, out);
     double mse = 0, ip = 0;
     if (n_test) st = quality(q, rows + n_fit * dim, n_test, dim, &mse, &ip);
+    if (quiet) {
+        printf("  %-28s %7zu rows  fit %6.2f s  rel sq err %.5f  ip err %.5f\n", out, n_fit, fit_s, mse, ip);
+        kvq_quantizer_free(q);
+        return st ? kvq_cli_fail("calibrate", "quality", st) : 0;
+    }
     printf("%s: dim %u, %zu rows, fit %.2f s, code %zu bytes/vector (%.3f bits/element, fp16 %u bytes), "
            "shared %zu bytes\n",
            spec, dim, n_fit, fit_s, kvq_code_size(q), 8.0 * (double)kvq_code_size(q) / dim, 2 * dim,
@@ -392,9 +411,67 @@ static int fit_method(const cal_opts *o, const kvq_model_info *info, float *rows
             kvq_quantizer_free(r);
         }
     }
-    printf("artifact: %s (use --cache-k %s,artifact=%s)\n", o->out, spec, o->out);
+    printf("artifact: %s (use --cache-k %s,artifact=%s)\n", out, spec, out);
     kvq_quantizer_free(q);
     return st ? kvq_cli_fail("calibrate", "quality", st) : 0;
+}
+
+/* Output KL from fp16 keys over the tokens after the calibration ones, with the calibrated
+ * keys in every layer and with turboquant_mse at the nearest bits. */
+static int eval_kl(const cal_opts *o, kvq_model *model, const kvq_model_info *info, const int32_t *tokens,
+                   size_t n_all, size_t n_calib, char (*specs)[1400]) {
+    if (!strcmp(o->method, "comm_vq")) {
+        fprintf(stderr, "kvq calibrate: --eval: the cache encodes keys after RoPE; comm_vq needs kvq_encode_at\n");
+        return 1;
+    }
+    size_t n = n_all > n_calib ? n_all - n_calib : 0;
+    if (n > (size_t)o->eval) n = (size_t)o->eval;
+    if (n > info->ctx_len) n = info->ctx_len;
+    if (n < 2) {
+        fprintf(stderr, "kvq calibrate: --eval: the text has no tokens left after the %zu calibration ones\n",
+                n_calib);
+        return 1;
+    }
+    const uint32_t L = info->n_layers;
+    kvq_cache_config *per = malloc(L * sizeof *per);
+    float *ref = malloc(n * info->n_vocab * sizeof(float)), *lg = malloc(n * info->n_vocab * sizeof(float));
+    char msg[512], tq[64];
+    kvq_status st = per && ref && lg ? KVQ_OK : KVQ_ERR_NOMEM;
+    double kl_cal = 0, kl_tq = 0;
+    size_t bytes = 0;
+    for (uint32_t l = 0; st == KVQ_OK && l < L; l++) {
+        st = kvq_cache_config_init(&per[l], info->n_kv_heads, info->head_dim, "fp16", "fp16", msg, sizeof msg);
+    }
+    fprintf(stderr, "kvq calibrate: eval on %zu tokens after the calibration ones\n", n);
+    if (st == KVQ_OK) st = run_text(model, info, tokens + n_calib, n, per, NULL, NULL, o->threads, ref);
+    for (uint32_t l = 0; st == KVQ_OK && l < L; l++) {
+        st = kvq_cache_config_init(&per[l], info->n_kv_heads, info->head_dim, specs[l], "fp16", msg, sizeof msg);
+        if (st == KVQ_OK && l == 0) {
+            kvq_quantizer *q;
+            if (kvq_quantizer_create(&per[0].key, &q) == KVQ_OK) {
+                bytes = kvq_code_size(q);
+                kvq_quantizer_free(q);
+            }
+        }
+    }
+    if (st == KVQ_OK) st = run_text(model, info, tokens + n_calib, n, per, NULL, NULL, o->threads, lg);
+    if (st == KVQ_OK) kl_cal = mean_kl(ref, lg, n, info->n_vocab);
+    long b = lround(8.0 * (double)bytes / info->head_dim);
+    snprintf(tq, sizeof tq, "turboquant_mse:bits=%ld", b < 1 ? 1 : b > 8 ? 8 : b);
+    for (uint32_t l = 0; st == KVQ_OK && l < L; l++)
+        st = kvq_cache_config_init(&per[l], info->n_kv_heads, info->head_dim, tq, "fp16", msg, sizeof msg);
+    if (st == KVQ_OK) st = run_text(model, info, tokens + n_calib, n, per, NULL, NULL, o->threads, lg);
+    if (st == KVQ_OK) kl_tq = mean_kl(ref, lg, n, info->n_vocab);
+    free(per);
+    free(ref);
+    free(lg);
+    if (st) {
+        fprintf(stderr, "kvq calibrate: eval: %s%s%s\n", kvq_strerror(st), msg[0] ? ": " : "", msg);
+        return 1;
+    }
+    printf("eval, %zu tokens, keys in every layer (values fp16), output KL from fp16 keys: %s%s %.5f, %s %.5f\n",
+           n, o->method, o->per_layer ? " (per layer)" : "", kl_cal, tq, kl_tq);
+    return 0;
 }
 
 int kvq_cmd_calibrate(int argc, char **argv) {
@@ -422,6 +499,8 @@ int kvq_cmd_calibrate(int argc, char **argv) {
         else if (TAKES("--choices")) o.choices = v;
         else if (TAKES("--target")) o.target = strtod(v, NULL);
         else if (TAKES("--save-keys")) o.save_keys = v;
+        else if (TAKES("--eval")) o.eval = strtol(v, NULL, 10);
+        else if (!strcmp(a, "--per-layer")) o.per_layer = 1;
         else {
             fprintf(stderr, "kvq calibrate: unknown or incomplete option %s\n", a);
             return cal_usage(stderr);
@@ -440,8 +519,10 @@ int kvq_cmd_calibrate(int argc, char **argv) {
         return 1;
     }
     if (o.bits < 0 || o.bits > 16 || o.tokens < 2 || o.tokens > 65536 || o.holdout < 0 || o.holdout > 50 ||
-        o.threads < 0 || o.layer < -1) {
-        fprintf(stderr, "kvq calibrate: --bits 0..16, --tokens 2..65536, --holdout 0..50, counts non-negative\n");
+        o.threads < 0 || o.layer < -1 || o.eval < 0 || ((o.eval || o.per_layer) && !o.model) ||
+        (o.per_layer && o.layer >= 0)) {
+        fprintf(stderr, "kvq calibrate: --bits 0..16, --tokens 2..65536, --holdout 0..50, counts non-negative;\n"
+                        "  --eval and --per-layer need -m (and --per-layer no --layer)\n");
         return 1;
     }
     char msg[512] = "";
@@ -454,7 +535,7 @@ int kvq_cmd_calibrate(int argc, char **argv) {
             return 1;
         }
         fprintf(stderr, "kvq calibrate: %s: %zu keys of dim %zu\n", o.keys, n_rows, dim);
-        int rc = dim > UINT32_MAX ? 1 : fit_method(&o, NULL, rows, n_rows, (uint32_t)dim);
+        int rc = dim > UINT32_MAX ? 1 : fit_method(&o, NULL, rows, n_rows, (uint32_t)dim, o.out, 0, NULL, 0);
         kvq_buffer_free(rows);
         return rc;
     }
@@ -469,6 +550,8 @@ int kvq_cmd_calibrate(int argc, char **argv) {
     int rc = 1;
     size_t n_tok = 0;
     int32_t *tokens = NULL;
+    size_t n_all = 0;
+    char (*specs)[1400] = NULL;
     char *text = read_text(o.text);
     capture cap = {.layer = o.layer, .n_kv_heads = info.n_kv_heads, .head_dim = info.head_dim,
                    .unrope = !strcmp(o.method, "comm_vq"), .neox = info.rope_neox,
@@ -492,6 +575,7 @@ int kvq_cmd_calibrate(int argc, char **argv) {
         kvq_cli_fail("calibrate", "tokenize", tokens ? st : KVQ_ERR_NOMEM);
         goto done;
     }
+    n_all = n_tok;
     if (n_tok > (size_t)o.tokens) n_tok = (size_t)o.tokens;
     if (n_tok < 2) {
         fprintf(stderr, "kvq calibrate: %s gives only %zu tokens\n", o.text, n_tok);
@@ -515,8 +599,36 @@ int kvq_cmd_calibrate(int argc, char **argv) {
         kvq_cli_fail("calibrate", o.save_keys, st);
         goto done;
     }
-    rc = fit_method(&o, &info, cap.rows, cap.n_rows, info.head_dim);
+    specs = calloc(info.n_layers, sizeof *specs);
+    if (!specs) {
+        kvq_cli_fail("calibrate", "memory", KVQ_ERR_NOMEM);
+        goto done;
+    }
+    if (!o.per_layer) {
+        rc = fit_method(&o, &info, cap.rows, cap.n_rows, info.head_dim, o.out, 0, specs[0], sizeof specs[0]);
+        for (uint32_t l = 1; l < info.n_layers; l++) memcpy(specs[l], specs[0], sizeof specs[0]);
+    } else {
+        /* gather each layer's rows to the front in turn */
+        const size_t row_bytes = info.head_dim * sizeof(float);
+        float *tmp = malloc(cap.n_rows * row_bytes);
+        rc = tmp ? 0 : kvq_cli_fail("calibrate", "memory", KVQ_ERR_NOMEM);
+        printf("%s per layer (%s):\n", o.method, o.out);
+        for (uint32_t l = 0; rc == 0 && l < info.n_layers; l++) {
+            size_t m = 0;
+            for (size_t i = 0; i < cap.n_rows; i++)
+                if (cap.row_layer[i] == l) memcpy(tmp + m++ * info.head_dim, cap.rows + i * info.head_dim, row_bytes);
+            char path[1100];
+            size_t len = strlen(o.out);
+            const char *ext = len > 12 && !strcmp(o.out + len - 12, ".safetensors") ? o.out + len - 12 : o.out + len;
+            snprintf(path, sizeof path, "%.*s.layer%02u.safetensors", (int)(ext - o.out), o.out, l);
+            rc = fit_method(&o, &info, tmp, m, info.head_dim, path, 1, specs[l], sizeof specs[l]);
+        }
+        free(tmp);
+    }
+    if (rc == 0 && o.eval > 0) rc = eval_kl(&o, model, &info, tokens, n_all, n_tok, specs);
 done:
+    free(specs);
+    free(cap.row_layer);
     free(cap.rows);
     free(tokens);
     free(text);
