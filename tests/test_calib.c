@@ -648,6 +648,19 @@ TEST(calib_cli_keys_file_and_tiny_model) {
     REQUIRE_OK(kvq_quantizer_config(q, &c));
     CHECK(c.method == KVQ_METHOD_VECINFER && c.dim == 64 && c.bits == 4);
     kvq_quantizer_free(q);
+    /* one artifact per layer, then the model runs with them in its cache */
+    char base_out[520], layer1[540];
+    snprintf(base_out, sizeof base_out, "%s/sp.safetensors", dir);
+    snprintf(layer1, sizeof layer1, "%s/sp.layer01.safetensors", dir);
+    snprintf(cmd, sizeof cmd,
+             "%s calibrate -m tests/data/tiny-llama.gguf -f %s --method spectral --bits 3 --per-layer "
+             "--tokens 24 --eval 16 --threads 1 -o %s > %s/eval.txt 2>&1",
+             kvqt_cli_path(), text, base_out, dir);
+    CHECK(system(cmd) == 0);
+    REQUIRE_OK(kvq_quantizer_load(layer1, &q));
+    kvq_quantizer_free(q);
+    snprintf(cmd, sizeof cmd, "grep -q 'output KL from fp16 keys: spectral (per layer)' %s/eval.txt", dir);
+    CHECK(system(cmd) == 0);
     snprintf(cmd, sizeof cmd,
              "%s calibrate -m tests/data/tiny-llama.gguf -f %s --method ratequant --target 2 "
              "--tokens 32 --threads 1 -o %s > /dev/null 2>&1",
