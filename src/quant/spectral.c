@@ -4,7 +4,8 @@
  * "signal" directions hold most of the variance. Bits per eigen-direction by reverse
  * water-filling (b_i = max(0, 1/2 log2(lambda_i / theta)), integer, summing exactly to
  * bits x dim); each direction is coded with the Gaussian Lloyd-Max codebook of its
- * bit-width scaled by sqrt(lambda_i). The signal directions (the first d_s = round of the
+ * bit-width scaled by sqrt(lambda_i), refined by Lloyd iterations on its calibration
+ * coordinates. The signal directions (the first d_s = round of the
  * participation ratio (sum lambda)^2 / sum lambda^2) and the noise directions keep
  * separate codebook tables. Code: the variable-width indices, LSB-first, bits x dim bits
  * in all, no norm. Shared: mean, eigenvalues, basis (dim x dim), bits and codebooks.
@@ -169,6 +170,52 @@ static void sp_set_thresholds(sp_state *s, uint32_t d) {
     }
 }
 
+/* Lloyd iterations on each direction's calibration coordinates, starting from its scaled
+ * Gaussian codebook: never worse than it on the calibration data, and it follows the
+ * coordinates where they are not Gaussian (skewed or heavy-tailed directions of keys). */
+#define SP_LLOYD_ITERS 25
+static kvq_status sp_refine(kvq_quantizer *q, const float *x, size_t n) {
+    sp_state *s = q->state;
+    const uint32_t d = q->cfg.dim;
+    float *y = kvqi_alloc_array(n, sizeof(float)), c[KVQI_QUANT_MAX_DIM];
+    double *sum = kvqi_alloc_array(SP_K, sizeof(double));
+    size_t *cnt = kvqi_alloc_array(SP_K, sizeof(size_t));
+    kvq_status st = y && sum && cnt ? KVQ_OK : KVQ_ERR_NOMEM;
+    for (uint32_t r = 0; st == KVQ_OK && r < d; r++) {
+        unsigned b = s->bits[r];
+        if (!b) continue;
+        const uint32_t K = 1u << b;
+        for (size_t i = 0; i < n; i++) {
+            for (uint32_t j = 0; j < d; j++) c[j] = x[i * d + j] - s->mean[j];
+            y[i] = q->base->dot(s->basis + (size_t)r * d, c, d);
+        }
+        float *cb = s->cb + (size_t)r * SP_K, *thr = s->thr + (size_t)r * SP_K;
+        for (int it = 0; it < SP_LLOYD_ITERS; it++) {
+            memset(sum, 0, K * sizeof(double));
+            memset(cnt, 0, K * sizeof(size_t));
+            for (size_t i = 0; i < n; i++) {
+                uint32_t lo = 0, hi = K - 1; /* the cell: first threshold >= y */
+                while (lo < hi) {
+                    uint32_t mid = (lo + hi) / 2;
+                    if (y[i] > thr[mid]) lo = mid + 1;
+                    else hi = mid;
+                }
+                sum[lo] += y[i];
+                cnt[lo]++;
+            }
+            for (uint32_t k = 0; k < K; k++)
+                if (cnt[k]) cb[k] = (float)(sum[k] / (double)cnt[k]);
+            for (uint32_t k = 0; k + 1 < K; k++) /* an empty cell may leave the order broken */
+                if (cb[k + 1] < cb[k]) cb[k + 1] = cb[k];
+            for (uint32_t k = 0; k + 1 < K; k++) thr[k] = 0.5f * (cb[k] + cb[k + 1]);
+        }
+    }
+    kvqi_free(y);
+    kvqi_free(sum);
+    kvqi_free(cnt);
+    return st;
+}
+
 static kvq_status sp_fit(kvq_quantizer *q, const float *x, size_t n) {
     sp_state *s = q->state;
     const uint32_t d = q->cfg.dim;
@@ -219,7 +266,8 @@ static kvq_status sp_fit(kvq_quantizer *q, const float *x, size_t n) {
         for (size_t i = 0; i < dd; i++) s->basis[i] = (float)evecs[i];
         sp_set_tables(s, d);
         sp_set_thresholds(s, d);
-        q->fitted = 1;
+        st = sp_refine(q, x, n);
+        if (st == KVQ_OK) q->fitted = 1;
     }
     kvqi_free(mean);
     kvqi_free(cov);
