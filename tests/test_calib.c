@@ -358,6 +358,41 @@ TEST(calib_comm_vq_decode_commutes_with_rope) {
     }
 }
 
+TEST(calib_comm_vq_codes_identical_across_isas) {
+    enum { N = 256, D = 64, T = 50 };
+    static float x[N * D], y_ref[T * D], y_isa[T * D];
+    static uint8_t c_ref[T * 16], c_isa[T * 16];
+    const char *dir = kvqt_tmpdir(kvqt_);
+    REQUIRE(dir);
+    char path[512], spec[700];
+    snprintf(path, sizeof path, "%s/cv.safetensors", dir);
+    lowrank_keys(x, N, D, 52);
+    kvq_quantizer *ref;
+    REQUIRE_OK(make_fitted("comm_vq:bits=5,n_codebooks=3", D, KVQ_ISA_SCALAR, x, N, &ref));
+    REQUIRE_OK(kvq_encode(ref, x, T, c_ref));
+    REQUIRE_OK(kvq_decode(ref, c_ref, T, y_ref));
+    REQUIRE_OK(kvq_quantizer_save(ref, path));
+    const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512};
+    int tested = 0;
+    for (size_t k = 0; k < 2; k++) {
+        if (!kvq_isa_available(isas[k])) continue;
+        tested++;
+        kvq_config c;
+        kvq_quantizer *q;
+        snprintf(spec, sizeof spec, "comm_vq:bits=5,n_codebooks=3,artifact=%s", path);
+        REQUIRE_OK(kvq_config_parse(spec, D, &c, NULL, 0));
+        c.isa = isas[k];
+        REQUIRE_OK(kvq_quantizer_create(&c, &q));
+        REQUIRE_OK(kvq_encode(q, x, T, c_isa));
+        CHECKF(memcmp(c_ref, c_isa, T * kvq_code_size(q)) == 0, "isa %d: codes differ", isas[k]);
+        REQUIRE_OK(kvq_decode(q, c_ref, T, y_isa));
+        CHECK(memcmp(y_ref, y_isa, sizeof y_ref) == 0);
+        kvq_quantizer_free(q);
+    }
+    kvq_quantizer_free(ref);
+    if (!tested) SKIP("no SIMD ISA on this CPU");
+}
+
 TEST(calib_position_free_methods_ignore_positions) {
     enum { D = 64, N = 8 };
     static float x[N * D], y1[N * D], y2[N * D], qv[D], s1[N], s2[N];

@@ -18,6 +18,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "cpu/vecinfer_kernels.h"
 #include "quant/calib.h"
 #include "quant/quant.h"
 
@@ -31,6 +32,8 @@ typedef struct cv_state {
     uint32_t *pair_a, *pair_b; /* coordinates of pair j */
     double *freq;              /* base^(-2j/dim) */
     float *cw;                 /* m x k x dim, pre-RoPE, key layout */
+    float *cw_t;               /* m x dim x k: each codebook transposed for the search kernel */
+    const kvqi_vecinfer_kernels *kern; /* nearest codeword (shared with vecinfer) */
 } cv_state;
 
 static kvq_status cv_validate(const kvq_config *c, char *why, size_t n) {
@@ -82,6 +85,7 @@ static void cv_destroy(kvq_quantizer *q) {
     kvqi_free(s->pair_b);
     kvqi_free(s->freq);
     kvqi_free(s->cw);
+    kvqi_free(s->cw_t);
     free(s);
     q->state = NULL;
 }
@@ -108,7 +112,9 @@ static kvq_status cv_init(kvq_quantizer *q) {
     s->pair_b = kvqi_alloc_array(s->n_pairs, sizeof(uint32_t));
     s->freq = kvqi_alloc_array(s->n_pairs, sizeof(double));
     s->cw = kvqi_calloc_array((size_t)s->m * s->k, (size_t)d * sizeof(float));
-    kvq_status st = (s->pair_a && s->pair_b && s->freq && s->cw) ? KVQ_OK : KVQ_ERR_NOMEM;
+    s->cw_t = kvqi_calloc_array((size_t)s->m * s->k, (size_t)d * sizeof(float));
+    s->kern = kvqi_vecinfer_kernels_for(s->k % 16 == 0 ? q->isa : KVQ_ISA_SCALAR);
+    kvq_status st = (s->pair_a && s->pair_b && s->freq && s->cw && s->cw_t) ? KVQ_OK : KVQ_ERR_NOMEM;
     for (uint32_t j = 0; st == KVQ_OK && j < s->n_pairs; j++) {
         pair_coords(d, q->cfg.rope_pairing, j, &s->pair_a[j], &s->pair_b[j]);
         s->freq[j] = pow((double)q->cfg.rope_base, -2.0 * j / d);
@@ -134,28 +140,19 @@ static const float *codeword(const cv_state *s, uint32_t dim, uint32_t m, uint32
     return s->cw + ((size_t)m * s->k + c) * dim;
 }
 
-static float dist2(const float *a, const float *b, uint32_t d) {
-    float acc = 0.0f;
-    for (uint32_t j = 0; j < d; j++) {
-        float e = a[j] - b[j];
-        acc = acc + e * e;
-    }
-    return acc;
+static void cv_transpose(cv_state *s, uint32_t d) {
+    for (uint32_t m = 0; m < s->m; m++)
+        for (uint32_t c = 0; c < s->k; c++)
+            for (uint32_t j = 0; j < d; j++)
+                s->cw_t[((size_t)m * d + j) * s->k + c] = s->cw[((size_t)m * s->k + c) * d + j];
 }
 
-/* Greedy residual assignment: codebook by codebook, the codeword nearest the residual. */
+/* Greedy residual assignment: codebook by codebook, the codeword nearest the residual
+ * (squared distances summed in coordinate order on every ISA: the same codes). */
 static void cv_assign(const cv_state *s, uint32_t d, const float *x, uint8_t *idx, float *r) {
     memcpy(r, x, d * sizeof(float));
     for (uint32_t m = 0; m < s->m; m++) {
-        uint32_t best = 0;
-        float bd = 0.0f;
-        for (uint32_t c = 0; c < s->k; c++) {
-            float dc = dist2(r, codeword(s, d, m, c), d);
-            if (c == 0 || dc < bd) {
-                bd = dc;
-                best = c;
-            }
-        }
+        uint32_t best = s->kern->nearest(r, d, s->cw_t + (size_t)m * d * s->k, s->k);
         idx[m] = (uint8_t)best;
         const float *w = codeword(s, d, m, best);
         for (uint32_t j = 0; j < d; j++) r[j] -= w[j];
@@ -212,6 +209,7 @@ static kvq_status cv_fit(kvq_quantizer *q, const float *x, size_t n) {
             for (uint32_t j = 0; j < d; j++) res[r * d + j] -= cb[(size_t)assign[r] * d + j];
     }
     for (uint32_t it = 0; st == KVQ_OK && it < CV_EM_ITERS; it++) {
+        cv_transpose(s, d);
         /* E-step */
         for (size_t r = 0; r < rows; r++) cv_assign(s, d, data + r * d, codes + r * M, res + r * d);
         for (size_t r = 0; r < rows; r++) pos[r] = (int32_t)kvqi_rng_below(&rng, CV_TRAIN_POSITIONS);
@@ -255,6 +253,7 @@ static kvq_status cv_fit(kvq_quantizer *q, const float *x, size_t n) {
             }
         }
     }
+    cv_transpose(s, d);
     kvqi_free(data);
     kvqi_free(res);
     kvqi_free(codes);
@@ -359,6 +358,7 @@ static kvq_status cv_load(kvq_quantizer *q, const kvqi_st_file *f) {
     memcpy(s->cw, t->data, t->nbytes);
     for (size_t i = 0; i < n; i++)
         if (!isfinite(s->cw[i])) return KVQ_ERR_FORMAT;
+    cv_transpose(s, q->cfg.dim);
     q->fitted = 1;
     return KVQ_OK;
 }
