@@ -284,11 +284,16 @@ static void put_bits(uint8_t *out, size_t *pos, uint32_t v, unsigned b) {
         if ((v >> k) & 1u) out[*pos >> 3] |= (uint8_t)(1u << (*pos & 7));
 }
 
-static uint32_t get_bits(const uint8_t *in, size_t *pos, unsigned b) {
-    uint32_t v = 0;
-    for (unsigned k = 0; k < b; k++, (*pos)++) v |= (uint32_t)((in[*pos >> 3] >> (*pos & 7)) & 1u) << k;
+/* Reads from a copy of the code padded with 8 zero bytes, a little-endian word at a time. */
+static uint32_t get_bits(const uint8_t *padded, size_t *pos, unsigned b) {
+    const uint8_t *p = padded + (*pos >> 3);
+    uint64_t w = (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24;
+    uint32_t v = (uint32_t)(w >> (*pos & 7)) & ((1u << b) - 1u);
+    *pos += b;
     return v;
 }
+
+#define SP_MAX_CODE (KVQI_SPECTRAL_MAX_BITS * KVQI_QUANT_MAX_DIM / 8)
 
 static kvq_status sp_encode(const kvq_quantizer *q, const float *x, size_t n, uint8_t *codes) {
     const sp_state *s = q->state;
@@ -314,7 +319,10 @@ static kvq_status sp_encode(const kvq_quantizer *q, const float *x, size_t n, ui
 }
 
 /* y_hat: the coded coordinates in the eigenbasis */
-static void sp_coords(const sp_state *s, uint32_t d, const uint8_t *code, float *y) {
+static void sp_coords(const sp_state *s, uint32_t d, size_t code_size, const uint8_t *code, float *y) {
+    uint8_t padded[SP_MAX_CODE + 8] = {0};
+    memcpy(padded, code, code_size);
+    code = padded;
     size_t pos = 0;
     for (uint32_t r = 0; r < d; r++) {
         unsigned b = s->bits[r];
@@ -329,7 +337,7 @@ static kvq_status sp_decode(const kvq_quantizer *q, const uint8_t *codes, size_t
     float y[KVQI_QUANT_MAX_DIM];
     for (size_t i = 0; i < n; i++) {
         float *xi = x + i * d;
-        sp_coords(s, d, codes + i * q->code_size, y);
+        sp_coords(s, d, q->code_size, codes + i * q->code_size, y);
         memcpy(xi, s->mean, d * sizeof(float));
         for (uint32_t r = 0; r < d; r++) {
             if (y[r] == 0.0f) continue;
@@ -350,8 +358,9 @@ static kvq_status sp_score(const kvq_quantizer *q, const float *query, const uin
     float qv[KVQI_QUANT_MAX_DIM];
     for (uint32_t r = 0; r < d; r++) qv[r] = q->base->dot(s->basis + (size_t)r * d, query, d);
     float qm = q->base->dot(query, s->mean, d);
+    uint8_t code[SP_MAX_CODE + 8] = {0};
     for (size_t i = 0; i < n; i++) {
-        const uint8_t *code = codes + i * q->code_size;
+        memcpy(code, codes + i * q->code_size, q->code_size);
         size_t pos = 0;
         float acc = 0.0f;
         for (uint32_t r = 0; r < d; r++) {
