@@ -554,8 +554,8 @@ TEST(cache_simd_kernels_match_scalar) {
                     tested++;
                 }
                 /* rotated codes, one to three passes */
-                static const uint32_t bitss[] = {1, 2, 4, 8};
-                for (size_t bi = 0; bi < 4; bi++) {
+                static const uint32_t bitss[] = {1, 2, 3, 4, 8};
+                for (size_t bi = 0; bi < 5; bi++) {
                     for (uint32_t passes = 1; passes <= (bitss[bi] == 8 ? 1u : 3u); passes++) {
                         uint32_t bits = bitss[bi];
                         if (dim % (bits == 2 ? 64 : 32)) continue;
@@ -657,7 +657,10 @@ TEST(cache_fused_paths_match_generic) {
     float *q = make_kv(nq, H, dim, 83, 0, 1);
     float *o1 = malloc(nq * H * dim * sizeof(float)), *o2 = malloc(nq * H * dim * sizeof(float));
     REQUIRE(k && v && q && o1 && o2);
-    static const char *specs[] = {"fp16", "q8_0", "q4_0", "mse:bits=1", "mse:bits=2", "mse:bits=4"};
+    static const char *specs[] = {"fp16",       "q8_0",       "q4_0",
+                                  "mse:bits=1", "mse:bits=2", "mse:bits=3",
+                                  "mse:bits=4", "mse:bits=8", "turboquant_rvq:bits=1,residuals=2",
+                                  "turboquant_rvq:bits=3,residuals=3"};
     int fused = 0;
     for (size_t s = 0; s < sizeof specs / sizeof specs[0]; s++) {
         kvq_cache *c;
@@ -671,6 +674,7 @@ TEST(cache_fused_paths_match_generic) {
         CHECKF(e < 1e-5, "%s: fused vs generic %.3g", specs[s], e);
         kvq_cache_free(c);
     }
-    CHECKF(fused >= 3, "only %d configs took a fused path", fused);
+    CHECKF(fused == (int)(sizeof specs / sizeof specs[0]), "only %d configs took a fused path",
+           fused);
     free(k), free(v), free(q), free(o1), free(o2);
 }

@@ -52,15 +52,20 @@ static float fp16_at(const uint8_t *p) {
     return kvqi_fp16_to_fp32(h);
 }
 
+/* b-bit index `coord` of an LSB-first stream (3-bit indices may straddle two bytes) */
 static uint32_t rot_index_at(const uint8_t *idx, uint32_t bits, uint32_t coord) {
     size_t bit = (size_t)coord * bits;
-    return (uint32_t)(idx[bit / 8] >> (bit % 8)) & ((1u << bits) - 1u);
+    uint32_t v = idx[bit / 8];
+    if (bit % 8 + bits > 8) v |= (uint32_t)idx[bit / 8 + 1] << 8;
+    return (v >> (bit % 8)) & ((1u << bits) - 1u);
 }
 
 static void rot_set_index(uint8_t *idx, uint32_t bits, uint32_t coord, uint32_t v) {
-    size_t bit = (size_t)coord * bits;
-    uint8_t mask = (uint8_t)(((1u << bits) - 1u) << (bit % 8));
-    idx[bit / 8] = (uint8_t)((idx[bit / 8] & ~mask) | ((v << (bit % 8)) & mask));
+    for (uint32_t i = 0; i < bits; i++) {
+        size_t bit = (size_t)coord * bits + i;
+        uint8_t m = (uint8_t)(1u << (bit % 8));
+        idx[bit / 8] = (uint8_t)(((v >> i) & 1u) ? (idx[bit / 8] | m) : (idx[bit / 8] & ~m));
+    }
 }
 
 /* Decodes one code in a known layout (the reference the kernels follow). */
@@ -119,7 +124,8 @@ static void decode_known(kvqi_code_path path, const kvqi_rot_layout *rot, const 
  * quantizer uses; the rotation is read back through kvq_decode (below). */
 static int rot_layout_for(const kvq_config *qc, size_t code_size, kvqi_rot_layout *L) {
     uint32_t d = qc->dim, b = qc->bits;
-    if (!(b == 1 || b == 2 || b == 4 || b == 8) || d % (b == 2 ? 64 : 32)) return 0;
+    if (!(b >= 1 && b <= 4) && b != 8) return 0;
+    if (d % (b == 2 ? 64 : 32)) return 0;
     memset(L, 0, sizeof *L);
     L->dim = d;
     L->bits = b;

@@ -191,6 +191,19 @@ static inline void dec_pass(const kvqi_rot_layout *L, const rot_tabs *T, uint32_
         *x1 = _mm256_permutevar8x32_ps(T->lo[p], _mm256_and_si256(_mm256_srli_epi32(v1, s), m));
         break;
     }
+    case 3: {
+        /* 16 indices in 6 bytes, natural order: each lane shifts its 3 bits out */
+        uint32_t a, b;
+        memcpy(&a, idx + 6 * g, 4);
+        memcpy(&b, idx + 6 * g + 2, 4);
+        const __m256i sh = _mm256_set_epi32(21, 18, 15, 12, 9, 6, 3, 0);
+        const __m256i m7 = _mm256_set1_epi32(7);
+        __m256i i0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)(a & 0xffffff)), sh), m7);
+        __m256i i1 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)(b >> 8)), sh), m7);
+        *x0 = _mm256_permutevar8x32_ps(T->lo[p], i0);
+        *x1 = _mm256_permutevar8x32_ps(T->lo[p], i1);
+        break;
+    }
     case 1:
         *x0 = blend_bits(T->c0[p], T->c1[p], idx[2 * g]);
         *x1 = blend_bits(T->c0[p], T->c1[p], idx[2 * g + 1]);

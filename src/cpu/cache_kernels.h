@@ -23,7 +23,7 @@
 #define KVQI_ROT_MAX_PASSES 4
 typedef struct kvqi_rot_layout {
     uint32_t dim;       /* multiple of 32 (of 64 for 2 bits) */
-    uint32_t bits;      /* 1, 2, 4, or 8 (8: one pass) */
+    uint32_t bits;      /* 1, 2, 3, 4, or 8 (8: one pass) */
     uint32_t n_pass;    /* 1..KVQI_ROT_MAX_PASSES */
     uint32_t code_size; /* bytes per vector (stride) */
     uint32_t norm_offset;

@@ -10,8 +10,8 @@
 #include "cpu/cpu.h"
 
 /* Rotated codes of b = 2 or 4 bits are unpacked 16 bytes at a time into 16 lanes, one
- * shift per index in a byte: a block of 16 * (8 / b) coordinates where lane p holds
- * coordinate 16-lane-row * ... as below. 1- and 8-bit codes keep the natural order. */
+ * shift per index in a byte: in a block of 16 * (8 / b) coordinates, lane 16 s + i holds
+ * coordinate (8 / b) i + s. 1-, 3- and 8-bit codes keep the natural order. */
 uint32_t kvqi_rot_lane_coordinate(uint32_t bits, uint32_t p) {
     if (bits != 2 && bits != 4) return p;
     uint32_t per = 8 / bits, block = 16 * per;
@@ -21,7 +21,9 @@ uint32_t kvqi_rot_lane_coordinate(uint32_t bits, uint32_t p) {
 
 static inline uint32_t rot_index(const uint8_t *idx, uint32_t bits, uint32_t coord) {
     size_t bit = (size_t)coord * bits;
-    return (uint32_t)(idx[bit / 8] >> (bit % 8)) & ((1u << bits) - 1u);
+    uint32_t v = idx[bit / 8];
+    if (bit % 8 + bits > 8) v |= (uint32_t)idx[bit / 8 + 1] << 8; /* 3 bits straddle bytes */
+    return (v >> (bit % 8)) & ((1u << bits) - 1u);
 }
 
 static inline float fp16_at(const uint8_t *p) {
