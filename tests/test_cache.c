@@ -318,10 +318,12 @@ static int same_arena(const kvq_cache *a, const kvq_cache *b) {
         size_t cnt = KVQI_MIN(C, n - ch * C);
         for (uint32_t g = 0; g < a->n_kv; g++) {
             size_t ko = (size_t)g * C * a->key.code_size, vo = a->off_value + (size_t)g * C * a->value.code_size;
-            size_t oo = a->off_outliers + (size_t)g * C * a->n_out * 2;
             if (memcmp(a->chunks[ch] + ko, b->chunks[ch] + ko, cnt * a->key.code_size)) return 0;
             if (memcmp(a->chunks[ch] + vo, b->chunks[ch] + vo, cnt * a->value.code_size)) return 0;
-            if (memcmp(a->chunks[ch] + oo, b->chunks[ch] + oo, cnt * a->n_out * 2)) return 0;
+            for (uint32_t o = 0; o < a->n_out; o++) {
+                size_t oo = a->off_outliers + ((size_t)g * a->n_out + o) * C * 2;
+                if (memcmp(a->chunks[ch] + oo, b->chunks[ch] + oo, cnt * 2)) return 0;
+            }
         }
     }
     return 1;
@@ -595,6 +597,18 @@ TEST(cache_simd_kernels_match_scalar) {
                     }
                 }
             }
+        }
+        /* outlier channels */
+        for (uint32_t G = 1; G <= 5; G += 2) {
+            uint16_t vals[3 * 40];
+            float qo[5 * 3], sc1[5 * 64], sc2[5 * 64];
+            for (size_t i = 0; i < 3 * 40; i++) vals[i] = kvqi_fp32_to_fp16((float)i * 0.37f - 20.0f);
+            fill_uniform(qo, 5 * 3, 1000 + G);
+            fill_uniform(sc1, 5 * 64, 1100);
+            memcpy(sc2, sc1, sizeof sc1);
+            S->outlier_add(vals, 40, qo, G, 3, 37, sc1, 64);
+            K->outlier_add(vals, 40, qo, G, 3, 37, sc2, 64);
+            CHECKF(close_arrays(sc2, sc1, 5 * 64, 1e-5), "%s outlier_add G %u", kvqi_isa_name((kvq_isa)isa), G);
         }
         /* rotations of queries and outputs */
         for (uint32_t rows = 1; rows <= 9; rows += 4) {

@@ -67,9 +67,10 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->l = s->m + G;
 }
 
-/* Scores of one block of coded tokens, scaled, outlier channels added. */
+/* Scores of one block of coded tokens (the query carries the scale), outlier channels
+ * added. */
 static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32_t G,
-                        uint32_t g, const uint8_t *chunk, size_t in, size_t nb, float scale) {
+                        uint32_t g, const uint8_t *chunk, size_t in, size_t nb) {
     size_t C = c->cfg.chunk_tokens, B = KVQI_ATTEND_BLOCK;
     const kvqi_side *K = &c->key;
     const uint8_t *codes = chunk + ((size_t)g * C + in) * K->code_size;
@@ -93,26 +94,10 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
                 for (size_t t = 0; t < nb; t++) s->scores[h * B + t] = 0.0f;
         break;
     }
-    if (c->n_out) {
-        const uint16_t *ov =
-            (const uint16_t *)(chunk + c->off_outliers + ((size_t)g * C + in) * c->n_out * 2);
-        for (size_t t = 0; t < nb; t++) {
-            float kx[64];
-            const uint16_t *row = ov + t * c->n_out;
-            for (uint32_t o0 = 0; o0 < c->n_out; o0 += 64) {
-                uint32_t no = KVQI_MIN(64u, c->n_out - o0);
-                for (uint32_t o = 0; o < no; o++) kx[o] = kvqi_fp16_to_fp32(row[o0 + o]);
-                for (uint32_t h = 0; h < G; h++) {
-                    const float *qo = s->q_out + (size_t)h * c->n_out + o0;
-                    float sum = 0.0f;
-                    for (uint32_t o = 0; o < no; o++) sum += qo[o] * kx[o];
-                    s->scores[h * B + t] += sum;
-                }
-            }
-        }
-    }
-    for (uint32_t h = 0; h < G; h++)
-        for (size_t t = 0; t < nb; t++) s->scores[h * B + t] *= scale;
+    if (c->n_out)
+        c->kern->outlier_add((const uint16_t *)(chunk + c->off_outliers +
+                                                ((size_t)g * c->n_out * C + in) * 2),
+                             C, s->q_out, G, c->n_out, nb, s->scores, B);
 }
 
 /* Online softmax step: scores -> weights relative to the new running max; both
@@ -176,15 +161,16 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
     carve(s, c, G);
 
     for (uint32_t h = 0; h < G; h++) {
+        /* the softmax scale rides on the query: every score comes out scaled */
         const float *qh = A->q + (i * A->n_q_heads + (size_t)g * G + h) * d;
-        float *qk = s->q + (size_t)h * d;
-        memcpy(s->q_raw + (size_t)h * d, qh, d * sizeof(float));
+        float *qk = s->q + (size_t)h * d, *qr = s->q_raw + (size_t)h * d;
+        for (uint32_t j = 0; j < d; j++) qr[j] = qh[j] * A->scale;
         float *tmp = s->vdec; /* free until the first block */
-        memcpy(tmp, qh, d * sizeof(float));
+        memcpy(tmp, qr, d * sizeof(float));
         if (c->n_out && c->coded) {
             const uint16_t *idx = c->outlier_idx + (size_t)g * c->n_out;
             for (uint32_t o = 0; o < c->n_out; o++) {
-                s->q_out[(size_t)h * c->n_out + o] = qh[idx[o]];
+                s->q_out[(size_t)h * c->n_out + o] = qr[idx[o]];
                 tmp[idx[o]] = 0.0f;
             }
         }
@@ -214,7 +200,7 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
     for (size_t t0 = 0; t0 < coded_end;) {
         size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_end - t0, C - in));
         const uint8_t *chunk = c->chunks[t0 / C];
-        score_coded(c, s, G, g, chunk, in, nb, A->scale);
+        score_coded(c, s, G, g, chunk, in, nb);
         softmax_block(c, s, G, nb);
         accum_coded(c, s, G, g, chunk, in, nb);
         t0 += nb;
@@ -226,8 +212,6 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
         const uint8_t *kr = (const uint8_t *)(ek + slot * row + (size_t)g * d);
         const uint8_t *vr = (const uint8_t *)(ev + slot * row + (size_t)g * d);
         c->kern->score_f32(s->q_raw, G, d, kr, row * sizeof(float), nb, s->scores, B);
-        for (uint32_t h = 0; h < G; h++)
-            for (size_t t = 0; t < nb; t++) s->scores[h * B + t] *= A->scale;
         softmax_block(c, s, G, nb);
         c->kern->accum_f32(s->scores, B, G, d, vr, row * sizeof(float), nb, s->acc_x);
         t0 += nb;

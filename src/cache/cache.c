@@ -518,7 +518,7 @@ static kvq_status encode_tokens(kvq_cache *c, const float *k, const float *v, si
                 memcpy(dst, k + t * row + (size_t)g * c->dim, c->dim * sizeof(float));
                 if (mask) {
                     for (uint32_t o = 0; o < c->n_out; o++) {
-                        c->out_buf[t * c->n_out + o] = kvqi_fp32_to_fp16(dst[idx[o]]);
+                        c->out_buf[o * C + t] = kvqi_fp32_to_fp16(dst[idx[o]]);
                         dst[idx[o]] = 0.0f;
                     }
                 }
@@ -526,9 +526,9 @@ static kvq_status encode_tokens(kvq_cache *c, const float *k, const float *v, si
             kvq_status st =
                 kvq_encode(c->key.quant, c->enc_buf, cnt, ch + ((size_t)g * C + in_chunk) * ks);
             if (st != KVQ_OK) return st;
-            if (c->n_out)
-                memcpy(ch + c->off_outliers + ((size_t)g * C + in_chunk) * c->n_out * 2,
-                       c->out_buf, cnt * c->n_out * 2);
+            for (uint32_t o = 0; o < c->n_out; o++) /* channel-major: a block is contiguous */
+                memcpy(ch + c->off_outliers + (((size_t)g * c->n_out + o) * C + in_chunk) * 2,
+                       c->out_buf + (size_t)o * C, cnt * 2);
             for (size_t t = 0; t < cnt; t++)
                 memcpy(c->enc_buf + t * c->dim, v + t * row + (size_t)g * c->dim,
                        c->dim * sizeof(float));

@@ -56,7 +56,7 @@ struct kvq_cache {
     int coded;       /* 1 once tokens are encoded (always, without outliers) */
 
     /* arena: chunk c holds tokens [c*C, (c+1)*C): key codes [head][C][key.code_size],
-     * then value codes [head][C][value.code_size], then outliers [head][C][n_out] fp16 */
+     * then value codes [head][C][value.code_size], then outliers [head][n_out][C] fp16 */
     uint8_t **chunks;
     size_t n_chunks, chunk_table_cap;
     size_t chunk_bytes, off_value, off_outliers;

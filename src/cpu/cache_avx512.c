@@ -381,6 +381,27 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
     else kvqi_cache_kernels_scalar.accum_rot(L, w, ld, G, v, n, acc);
 }
 
+/* outlier channels: sixteen (eight) tokens of one channel per conversion */
+static void outlier_add(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
+                        uint32_t n_out, size_t n, float *scores, size_t ld) {
+    size_t nv = n - n % 16;
+    for (uint32_t o = 0; o < n_out; o++) {
+        const uint16_t *v = vals + o * stride;
+        for (size_t t = 0; t < nv; t += 16) {
+            __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + t)));
+            for (uint32_t h = 0; h < G; h++) {
+                float *s = scores + h * ld + t;
+                _mm512_storeu_ps(s, _mm512_fmadd_ps(_mm512_set1_ps(q_out[(size_t)h * n_out + o]), x,
+                                                  _mm512_loadu_ps(s)));
+            }
+        }
+        for (size_t t = nv; t < n; t++) {
+            float x = _cvtsh_ss(v[t]);
+            for (uint32_t h = 0; h < G; h++) scores[h * ld + t] += q_out[(size_t)h * n_out + o] * x;
+        }
+    }
+}
+
 /* y += sum_r x[r] M[r]: four rows per pass over y */
 static void axpy_rows(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y) {
     if (dim % 16) {
@@ -458,6 +479,7 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
     k->accum_q8_0 = accum_q8_0;
     k->accum_q4_0 = accum_q4_0;
     k->accum_rot = accum_rot;
+    k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;
     k->exp_sum = exp_sum;
 }

@@ -166,6 +166,15 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
     }
 }
 
+static void outlier_add(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
+                        uint32_t n_out, size_t n, float *scores, size_t ld) {
+    for (uint32_t o = 0; o < n_out; o++)
+        for (size_t t = 0; t < n; t++) {
+            float x = kvqi_fp16_to_fp32(vals[o * stride + t]);
+            for (uint32_t h = 0; h < G; h++) scores[h * ld + t] += q_out[(size_t)h * n_out + o] * x;
+        }
+}
+
 static void axpy_rows(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y) {
     for (uint32_t r = 0; r < rows; r++) {
         const float *row = M + (size_t)r * dim;
@@ -185,7 +194,7 @@ static float exp_sum(float *s, size_t n, float m) {
 
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
-    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  axpy_rows, exp_sum,
+    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  outlier_add, axpy_rows, exp_sum,
 };
 
 static kvqi_cache_kernels g_avx2, g_avx512;
