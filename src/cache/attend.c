@@ -6,6 +6,7 @@
  * sum_i p_i R^T u_i = R^T sum_i p_i u_i, so the rotation runs once per query head.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +19,7 @@ typedef struct attend_ctx {
     uint32_t n_q_heads, G;
     size_t n_queries;
     float scale;
+    atomic_int status; /* first failure of a quantizer call in any task */
 } attend_ctx;
 
 static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
@@ -70,7 +72,8 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
 /* Scores of one block of coded tokens (the query carries the scale), outlier channels
  * added. */
 static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32_t G,
-                        uint32_t g, const uint8_t *chunk, size_t in, size_t nb) {
+                        uint32_t g, const uint8_t *chunk, size_t in, size_t nb,
+                        atomic_int *status) {
     size_t C = c->cfg.chunk_tokens, B = KVQI_ATTEND_BLOCK;
     const kvqi_side *K = &c->key;
     const uint8_t *codes = chunk + ((size_t)g * C + in) * K->code_size;
@@ -88,10 +91,15 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
         c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
         break;
     default:
-        for (uint32_t h = 0; h < G; h++)
-            if (kvq_score(K->quant, s->q + (size_t)h * c->dim, codes, nb, s->scores + h * B) !=
-                KVQ_OK)
+        for (uint32_t h = 0; h < G; h++) {
+            kvq_status st = kvq_score(K->quant, s->q + (size_t)h * c->dim, codes, nb,
+                                      s->scores + h * B);
+            if (st != KVQ_OK) {
+                int ok = KVQ_OK;
+                atomic_compare_exchange_strong(status, &ok, (int)st);
                 for (size_t t = 0; t < nb; t++) s->scores[h * B + t] = 0.0f;
+            }
+        }
         break;
     }
     if (c->n_out)
@@ -124,7 +132,7 @@ static void softmax_block(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G
 }
 
 static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, uint32_t g,
-                        const uint8_t *chunk, size_t in, size_t nb) {
+                        const uint8_t *chunk, size_t in, size_t nb, atomic_int *status) {
     size_t C = c->cfg.chunk_tokens, B = KVQI_ATTEND_BLOCK;
     const kvqi_side *V = &c->value;
     const uint8_t *codes = chunk + c->off_value + ((size_t)g * C + in) * V->code_size;
@@ -142,8 +150,12 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
         c->kern->accum_rot(&V->rot, s->scores, B, G, codes, nb, s->acc);
         break;
     default:
-        if (kvq_decode(V->quant, codes, nb, s->vdec) != KVQ_OK)
+        kvq_status st = kvq_decode(V->quant, codes, nb, s->vdec);
+        if (st != KVQ_OK) {
+            int ok = KVQ_OK;
+            atomic_compare_exchange_strong(status, &ok, (int)st);
             memset(s->vdec, 0, nb * c->dim * sizeof(float));
+        }
         c->kern->accum_f32(s->scores, B, G, c->dim, (const uint8_t *)s->vdec,
                            c->dim * sizeof(float), nb, s->acc);
         break;
@@ -151,7 +163,7 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
 }
 
 static void attend_task(void *vctx, size_t task, unsigned thread) {
-    const attend_ctx *A = vctx;
+    attend_ctx *A = vctx;
     kvq_cache *c = A->c;
     uint32_t G = A->G, d = c->dim, g = (uint32_t)(task % c->n_kv);
     size_t i = task / c->n_kv, B = KVQI_ATTEND_BLOCK, C = c->cfg.chunk_tokens;
@@ -200,9 +212,9 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
     for (size_t t0 = 0; t0 < coded_end;) {
         size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_end - t0, C - in));
         const uint8_t *chunk = c->chunks[t0 / C];
-        score_coded(c, s, G, g, chunk, in, nb);
+        score_coded(c, s, G, g, chunk, in, nb, &A->status);
         softmax_block(c, s, G, nb);
-        accum_coded(c, s, G, g, chunk, in, nb);
+        accum_coded(c, s, G, g, chunk, in, nb, &A->status);
         t0 += nb;
     }
     for (size_t t0 = exact_begin; t0 < visible;) {
@@ -241,7 +253,8 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
     unsigned n_threads = pool ? kvq_threadpool_size(pool) : 1;
     kvq_status st = ensure_scratch(c, G, n_threads);
     if (st != KVQ_OK) return st;
-    attend_ctx A = {c, q, out, n_q_heads, G, n_queries, scale};
+    attend_ctx A = {c, q, out, n_q_heads, G, n_queries, scale, KVQ_OK};
+    atomic_init(&A.status, KVQ_OK);
     kvqi_parallel_for(pool, n_tasks, attend_task, &A);
-    return KVQ_OK;
+    return (kvq_status)atomic_load(&A.status);
 }
