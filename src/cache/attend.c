@@ -24,7 +24,9 @@ typedef struct attend_ctx {
 
 static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     size_t d = c->dim, B = KVQI_ATTEND_BLOCK;
-    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16;
+    /* the generic key path scores a whole chunk span per kvq_score call */
+    size_t span = c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0;
+    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16 + span;
 }
 
 /* Grows the per-thread scratch the first time a larger pool or group size is seen;
@@ -67,13 +69,13 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->q_out = s->scores + G * B;
     s->m = s->q_out + G * c->n_out;
     s->l = s->m + G;
+    s->kspan = s->l + G;
 }
 
 /* Scores of one block of coded tokens (the query carries the scale), outlier channels
  * added. */
 static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32_t G,
-                        uint32_t g, const uint8_t *chunk, size_t in, size_t nb,
-                        atomic_int *status) {
+                        uint32_t g, const uint8_t *chunk, size_t in, size_t nb) {
     size_t C = c->cfg.chunk_tokens, B = KVQI_ATTEND_BLOCK;
     const kvqi_side *K = &c->key;
     const uint8_t *codes = chunk + ((size_t)g * C + in) * K->code_size;
@@ -90,22 +92,33 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
     case KVQI_PATH_ROT:
         c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
         break;
-    default:
-        for (uint32_t h = 0; h < G; h++) {
-            kvq_status st = kvq_score(K->quant, s->q + (size_t)h * c->dim, codes, nb,
-                                      s->scores + h * B);
-            if (st != KVQ_OK) {
-                int ok = KVQ_OK;
-                atomic_compare_exchange_strong(status, &ok, (int)st);
-                for (size_t t = 0; t < nb; t++) s->scores[h * B + t] = 0.0f;
-            }
-        }
+    default: /* scored ahead by score_span */
+        for (uint32_t h = 0; h < G; h++)
+            memcpy(s->scores + h * B, s->kspan + h * C + in, nb * sizeof(float));
         break;
     }
     if (c->n_out)
         c->kern->outlier_add((const uint16_t *)(chunk + c->off_outliers +
                                                 ((size_t)g * c->n_out * C + in) * 2),
                              C, s->q_out, G, c->n_out, nb, s->scores, B);
+}
+
+/* Generic keys: kvq_score over tokens [in, in + n) of a chunk for every head at once,
+ * so a method's per-call query preparation is paid once per chunk, not per block. */
+static void score_span(const kvq_cache *c, const kvqi_attend_scratch *s, uint32_t G,
+                       uint32_t g, const uint8_t *chunk, size_t in, size_t n,
+                       atomic_int *status) {
+    size_t C = c->cfg.chunk_tokens;
+    const uint8_t *codes = chunk + ((size_t)g * C + in) * c->key.code_size;
+    for (uint32_t h = 0; h < G; h++) {
+        kvq_status st =
+            kvq_score(c->key.quant, s->q + (size_t)h * c->dim, codes, n, s->kspan + h * C + in);
+        if (st != KVQ_OK) {
+            int ok = KVQ_OK;
+            atomic_compare_exchange_strong(status, &ok, (int)st);
+            memset(s->kspan + h * C + in, 0, n * sizeof(float));
+        }
+    }
 }
 
 /* Online softmax step: scores -> weights relative to the new running max; both
@@ -212,7 +225,9 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
     for (size_t t0 = 0; t0 < coded_end;) {
         size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_end - t0, C - in));
         const uint8_t *chunk = c->chunks[t0 / C];
-        score_coded(c, s, G, g, chunk, in, nb, &A->status);
+        if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == 0))
+            score_span(c, s, G, g, chunk, in, KVQI_MIN(coded_end - t0, C - in), &A->status);
+        score_coded(c, s, G, g, chunk, in, nb);
         softmax_block(c, s, G, nb);
         accum_coded(c, s, G, g, chunk, in, nb, &A->status);
         t0 += nb;

@@ -44,6 +44,7 @@ typedef struct kvqi_attend_scratch {
     float *acc_x;  /* [G][dim] weighted sum of exact values */
     float *vdec;   /* [BLOCK][dim] decoded values (generic path) */
     float *m, *l;  /* [G] running max and sum */
+    float *kspan;  /* [G][chunk_tokens] generic key scores of the current chunk span */
 } kvqi_attend_scratch;
 
 struct kvq_cache {
