@@ -210,6 +210,21 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
     }
 }
 
+/* Asks for the next block's key and value codes while this one is computed: the codes
+ * of one head are contiguous only within a chunk, so the hardware prefetcher loses the
+ * stream at every chunk boundary. */
+static void prefetch_block(const kvq_cache *c, uint32_t g, size_t t0, size_t end) {
+    if (t0 >= end) return;
+    size_t C = c->cfg.chunk_tokens, in = t0 % C;
+    size_t nb = KVQI_MIN((size_t)KVQI_ATTEND_BLOCK, KVQI_MIN(end - t0, C - in));
+    const uint8_t *chunk = c->chunks[t0 / C];
+    const uint8_t *k = chunk + ((size_t)g * C + in) * c->key.code_size;
+    const uint8_t *v = chunk + c->off_value + ((size_t)g * C + in) * c->value.code_size;
+    size_t kb = nb * c->key.code_size, vb = nb * c->value.code_size;
+    for (size_t o = 0; o < kb; o += 64) __builtin_prefetch(k + o);
+    for (size_t o = 0; o < vb; o += 64) __builtin_prefetch(v + o);
+}
+
 static void attend_task(void *vctx, size_t task, unsigned thread) {
     attend_ctx *A = vctx;
     kvq_cache *c = A->c;
@@ -261,6 +276,7 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
     for (size_t t0 = 0; t0 < coded_end;) {
         size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_end - t0, C - in));
         const uint8_t *chunk = c->chunks[t0 / C];
+        prefetch_block(c, g, t0 + nb, coded_end);
         if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == 0))
             score_span(c, s, G, g, chunk, in, KVQI_MIN(coded_end - t0, C - in), &A->status);
         score_coded(c, s, G, g, chunk, in, nb);
