@@ -224,33 +224,31 @@ static inline float fold16(__m512 acc) {
     return _mm_cvtss_f32(s1);
 }
 
-static inline __m512 bfly(__m512 v, __m512 s, __mmask16 upper) {
-    return _mm512_mask_blend_ps(upper, _mm512_add_ps(v, s), _mm512_sub_ps(s, v));
+/* Butterfly with the partner p: lower lanes v + p, upper lanes p - v (= a - b). */
+static inline __m512 bfly2(__m512 v, __m512 p, __mmask16 upper) {
+    return _mm512_mask_sub_ps(_mm512_add_ps(v, p), upper, p, v);
 }
 
-/* The four in-register butterfly stages (h = 1, 2, 4, 8), as kvqi_fwht_scalar does them. */
+/* The four in-register butterfly stages (h = 1, 2, 4, 8), as kvqi_fwht_scalar does them.
+ * h = 1: fmsubadd(p, 1, v) is p + v on even lanes and p - v on odd ones, each rounded
+ * once (p * 1 is exact), so it equals the scalar add/sub bit for bit. */
 static inline __m512 fwht16(__m512 v) {
-    v = bfly(v, _mm512_permute_ps(v, 0xB1), 0xAAAA);
-    v = bfly(v, _mm512_permute_ps(v, 0x4E), 0xCCCC);
-    v = bfly(v, _mm512_shuffle_f32x4(v, v, 0xB1), 0xF0F0);
-    v = bfly(v, _mm512_shuffle_f32x4(v, v, 0x4E), 0xFF00);
+    v = _mm512_fmsubadd_ps(_mm512_permute_ps(v, 0xB1), _mm512_set1_ps(1.0f), v);
+    v = bfly2(v, _mm512_permute_ps(v, 0x4E), 0xCCCC);
+    v = bfly2(v, _mm512_shuffle_f32x4(v, v, 0xB1), 0xF0F0);
+    v = bfly2(v, _mm512_shuffle_f32x4(v, v, 0x4E), 0xFF00);
     return v;
 }
 
-/* Whole rows in registers: up to 64 zmm-wide chunks (dim <= 1024). */
-static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim,
-                                       const float *sign, uint8_t *bits_out, size_t bits_stride,
-                                       float *norm_out, float *abs_sum_out) {
-    if (dim < 16) {
-        kvqi_quant_scalar.hadamard_sign_batch(x, rows, dim, sign, bits_out, bits_stride, norm_out,
-                                              abs_sum_out);
-        return;
-    }
-    const uint32_t nv = dim / 16;
+/* Whole rows in registers; instantiated with a constant chunk count so the compiler
+ * unrolls the butterflies and keeps the row in zmm registers (d = 64, 128, 256). */
+static inline __attribute__((always_inline)) void had_sign_rows(
+    const float *x, size_t rows, const uint32_t nv, const float *sign, uint8_t *bits_out,
+    size_t bits_stride, float *norm_out, float *abs_sum_out) {
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
     __m512 v[64];
     for (size_t r = 0; r < rows; r++) {
-        const float *xr = x + r * dim;
+        const float *xr = x + r * nv * 16;
         __m512 nacc = _mm512_setzero_ps();
         for (uint32_t j = 0; j < nv; j++) {
             __m512 a = _mm512_loadu_ps(xr + 16 * j);
@@ -270,9 +268,26 @@ static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim
         for (uint32_t j = 0; j < nv; j++) {
             __mmask16 m = _mm512_cmp_ps_mask(v[j], _mm512_setzero_ps(), _CMP_GT_OQ);
             memcpy(out + 2 * j, &m, 2);
-            sacc = _mm512_add_ps(sacc, _mm512_and_ps(v[j], absmask));
+            if (abs_sum_out) sacc = _mm512_add_ps(sacc, _mm512_and_ps(v[j], absmask));
         }
         if (abs_sum_out) abs_sum_out[r] = fold16(sacc);
+    }
+}
+
+static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim,
+                                       const float *sign, uint8_t *bits_out, size_t bits_stride,
+                                       float *norm_out, float *abs_sum_out) {
+    switch (dim) {
+    case 64: had_sign_rows(x, rows, 4, sign, bits_out, bits_stride, norm_out, abs_sum_out); return;
+    case 128: had_sign_rows(x, rows, 8, sign, bits_out, bits_stride, norm_out, abs_sum_out); return;
+    case 256: had_sign_rows(x, rows, 16, sign, bits_out, bits_stride, norm_out, abs_sum_out); return;
+    default:
+        if (dim < 16 || dim > 1024) {
+            kvqi_quant_scalar.hadamard_sign_batch(x, rows, dim, sign, bits_out, bits_stride,
+                                                  norm_out, abs_sum_out);
+            return;
+        }
+        had_sign_rows(x, rows, dim / 16, sign, bits_out, bits_stride, norm_out, abs_sum_out);
     }
 }
 
