@@ -200,4 +200,5 @@ const kvqi_quant_kernels kvqi_quant_avx2 = {
     KVQ_ISA_AVX2,       quantize_pack_avx2, sign_pack_avx2,    lut_decode_avx2,
     lut_dot_avx2,       masked_sum_avx2,    and_popcount_avx2, fp16_from_f32_avx2,
     fp16_to_f32_avx2,   fp16_dot_avx2,      hadamard_sign_batch_avx2,
+    kvqi_rvq1_batch_scalar,
 };

@@ -291,8 +291,86 @@ static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim
     }
 }
 
+/* turboquant_rvq, 1 bit per pass: the row stays in registers from load to packed bits. */
+static inline __attribute__((always_inline)) void rvq1_rows(
+    const float *x, size_t rows, const uint32_t nv, const kvqi_hadamard *had, const float *cb_g,
+    const float *thr_g, const float *cb_l, const float *thr_l, unsigned residuals, uint8_t *codes,
+    size_t code_size) {
+    const uint32_t d = nv * 16;
+    const float sqrt_d = sqrtf((float)d), inv_d = 1.0f / (float)d;
+    const __m512 s_b = _mm512_set1_ps((float)(1.0 / sqrt((double)d)));
+    const __m512 tg = _mm512_set1_ps(thr_g[0]), g0 = _mm512_set1_ps(cb_g[0]), g1 = _mm512_set1_ps(cb_g[1]);
+    const __m512 tl = _mm512_set1_ps(thr_l[0]), l0 = _mm512_set1_ps(cb_l[0]), l1 = _mm512_set1_ps(cb_l[1]);
+    (void)inv_d;
+    __m512 v[64], sg[64];
+    for (uint32_t j = 0; j < nv; j++) sg[j] = _mm512_mul_ps(_mm512_loadu_ps(had->sign1 + 16 * j), s_b);
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * d;
+        uint8_t *c = codes + r * code_size, *bits = c + 2 * residuals;
+        __m512 nacc = _mm512_setzero_ps();
+        for (uint32_t j = 0; j < nv; j++) {
+            __m512 a = _mm512_loadu_ps(xr + 16 * j);
+            nacc = _mm512_add_ps(nacc, _mm512_mul_ps(a, a));
+            v[j] = fwht16(_mm512_mul_ps(a, sg[j]));
+        }
+        float norm = sqrtf(fold16(nacc));
+        uint16_t h = kvqi_fp32_to_fp16(norm);
+        c[0] = (uint8_t)h;
+        c[1] = (uint8_t)(h >> 8);
+        for (uint32_t hh = 1; hh < nv; hh <<= 1)
+            for (uint32_t i = 0; i < nv; i += hh << 1)
+                for (uint32_t j = i; j < i + hh; j++) {
+                    __m512 a = v[j], b = v[j + hh];
+                    v[j] = _mm512_add_ps(a, b);
+                    v[j + hh] = _mm512_sub_ps(a, b);
+                }
+        const __m512 av = _mm512_set1_ps(norm > 0.0f ? sqrt_d / norm : 0.0f);
+        for (uint32_t j = 0; j < nv; j++) {
+            __m512 t = _mm512_mul_ps(v[j], av);
+            __mmask16 m = _mm512_cmp_ps_mask(t, tg, _CMP_GT_OQ);
+            memcpy(bits + 2 * j, &m, 2);
+            v[j] = _mm512_sub_ps(t, _mm512_mask_blend_ps(m, g0, g1));
+        }
+        for (unsigned st = 1; st < residuals; st++) {
+            __m512 acc = _mm512_setzero_ps();
+            for (uint32_t j = 0; j < nv; j++) acc = _mm512_add_ps(acc, _mm512_mul_ps(v[j], v[j]));
+            float spread = sqrtf(fold16(acc) / (float)d);
+            h = kvqi_fp32_to_fp16(spread);
+            c[2 * st] = (uint8_t)h;
+            c[2 * st + 1] = (uint8_t)(h >> 8);
+            float shf = kvqi_fp16_to_fp32(h);
+            const __m512 sh = _mm512_set1_ps(shf), inv = _mm512_set1_ps(shf > 0.0f ? 1.0f / shf : 0.0f);
+            const __m512 r0 = _mm512_mul_ps(l0, sh), r1 = _mm512_mul_ps(l1, sh);
+            uint8_t *pb = bits + st * (d / 8);
+            for (uint32_t j = 0; j < nv; j++) {
+                __mmask16 m = _mm512_cmp_ps_mask(_mm512_mul_ps(v[j], inv), tl, _CMP_GT_OQ);
+                memcpy(pb + 2 * j, &m, 2);
+                v[j] = _mm512_sub_ps(v[j], _mm512_mask_blend_ps(m, r0, r1));
+            }
+        }
+    }
+}
+
+static void rvq1_batch_avx512(const float *x, size_t rows, const kvqi_hadamard *had,
+                              const float *cb_g, const float *thr_g, const float *cb_l,
+                              const float *thr_l, unsigned residuals, uint8_t *codes,
+                              size_t code_size) {
+    switch (had->dim) {
+    case 64: rvq1_rows(x, rows, 4, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size); return;
+    case 128: rvq1_rows(x, rows, 8, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size); return;
+    case 256: rvq1_rows(x, rows, 16, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size); return;
+    default:
+        if (had->two_pass || had->dim < 16 || had->dim > 1024) {
+            kvqi_rvq1_batch_scalar(x, rows, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size);
+            return;
+        }
+        rvq1_rows(x, rows, had->dim / 16, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size);
+    }
+}
+
 const kvqi_quant_kernels kvqi_quant_avx512 = {
     KVQ_ISA_AVX512,       quantize_pack_avx512, sign_pack_avx512,     lut_decode_avx512,
     lut_dot_avx512,       masked_sum_avx512,    and_popcount_avx512,  fp16_from_f32_avx512,
     fp16_to_f32_avx512,   fp16_dot_avx512,      hadamard_sign_batch_avx512,
+    rvq1_batch_avx512,
 };

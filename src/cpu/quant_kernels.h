@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/core.h"
 #include "kvq.h"
 
 /* Packed indices are LSB-first little-endian bit streams (core's kvqi_pack_bits layout):
@@ -42,7 +43,20 @@ typedef struct kvqi_quant_kernels {
     void (*hadamard_sign_batch)(const float *x, size_t rows, uint32_t dim, const float *sign,
                                 uint8_t *bits_out, size_t bits_stride, float *norm_out,
                                 float *abs_sum_out);
+    /* Fused batch encoder for turboquant_rvq with 1 bit per pass on a power-of-two dim
+     * with the Hadamard rotation (had: single pass): whole codes, code_size apart, in
+     * turboquant_rvq.c's layout and exactly its arithmetic (rotation as core's
+     * kvqi_hadamard_apply, x * sqrt(d)/||x||, stage scales rounded to fp16). */
+    void (*rvq1_batch)(const float *x, size_t rows, const kvqi_hadamard *had, const float *cb_g,
+                       const float *thr_g, const float *cb_l, const float *thr_l,
+                       unsigned residuals, uint8_t *codes, size_t code_size);
 } kvqi_quant_kernels;
+
+/* The scalar reference of rvq1_batch (the AVX2 table uses it too). */
+void kvqi_rvq1_batch_scalar(const float *x, size_t rows, const kvqi_hadamard *had,
+                            const float *cb_g, const float *thr_g, const float *cb_l,
+                            const float *thr_l, unsigned residuals, uint8_t *codes,
+                            size_t code_size);
 
 /* The table for a resolved ISA (never NULL: falls back to scalar). */
 const kvqi_quant_kernels *kvqi_quant_kernels_for(kvq_isa resolved);

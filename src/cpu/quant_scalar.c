@@ -103,10 +103,51 @@ static void hadamard_sign_batch_scalar(const float *x, size_t rows, uint32_t dim
     }
 }
 
+void kvqi_rvq1_batch_scalar(const float *x, size_t rows, const kvqi_hadamard *had,
+                            const float *cb_g, const float *thr_g, const float *cb_l,
+                            const float *thr_l, unsigned residuals, uint8_t *codes,
+                            size_t code_size) {
+    const uint32_t d = had->dim, plane = d / 8;
+    const float sqrt_d = sqrtf((float)d);
+    float y[4096];
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * d;
+        uint8_t *c = codes + r * code_size, *bits = c + 2 * residuals;
+        float norm = sqrtf(kvqi_dot_scalar(xr, xr, d));
+        uint16_t h = kvqi_fp32_to_fp16(norm);
+        c[0] = (uint8_t)h;
+        c[1] = (uint8_t)(h >> 8);
+        float a = norm > 0.0f ? sqrt_d / norm : 0.0f;
+        memcpy(y, xr, d * sizeof(float));
+        kvqi_hadamard_apply(had, y, KVQ_ISA_SCALAR);
+        memset(bits, 0, (size_t)residuals * plane);
+        for (uint32_t i = 0; i < d; i++) {
+            float v = y[i] * a;
+            unsigned b = v > thr_g[0];
+            bits[i >> 3] |= (uint8_t)(b << (i & 7));
+            y[i] = v - cb_g[b];
+        }
+        for (unsigned st = 1; st < residuals; st++) {
+            float spread = sqrtf(kvqi_dot_scalar(y, y, d) / (float)d);
+            h = kvqi_fp32_to_fp16(spread);
+            c[2 * st] = (uint8_t)h;
+            c[2 * st + 1] = (uint8_t)(h >> 8);
+            float sh = kvqi_fp16_to_fp32(h), inv = sh > 0.0f ? 1.0f / sh : 0.0f;
+            uint8_t *pb = bits + st * plane;
+            for (uint32_t i = 0; i < d; i++) {
+                unsigned b = y[i] * inv > thr_l[0];
+                pb[i >> 3] |= (uint8_t)(b << (i & 7));
+                y[i] = y[i] - cb_l[b] * sh;
+            }
+        }
+    }
+}
+
 const kvqi_quant_kernels kvqi_quant_scalar = {
     KVQ_ISA_SCALAR,       quantize_pack_scalar, sign_pack_scalar,     lut_decode_scalar,
     lut_dot_scalar,       masked_sum_scalar,    and_popcount_scalar,  fp16_from_f32_scalar,
     fp16_to_f32_scalar,   fp16_dot_scalar,      hadamard_sign_batch_scalar,
+    kvqi_rvq1_batch_scalar,
 };
 
 #if defined(KVQ_HAVE_X86_SIMD)
