@@ -122,6 +122,22 @@ static void sign_pack_avx512(const float *x, uint32_t n, uint8_t *out) {
         if (x[i] > 0.0f) out[i >> 3] |= (uint8_t)(1u << (i & 7));
 }
 
+/* The 16 indices i0 .. i0+15 (i0 a multiple of 16) of a b-bit stream, b <= 4: their 16b
+ * bits start on a byte boundary and fit one 64-bit word (loaded with a byte mask, so
+ * nothing past the stream is touched). */
+static inline __m512i idx16_packed(const uint8_t *p, uint32_t i0, unsigned b) {
+    const __mmask16 m = (__mmask16)((1u << (2 * b)) - 1u);
+    __m128i w = _mm_maskz_loadu_epi8(m, p + (size_t)i0 * b / 8);
+    __m512i v = _mm512_broadcastq_epi64(w);
+    const __m512i step = _mm512_set1_epi64((long long)b);
+    const __m512i lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    __m512i lo = _mm512_srlv_epi64(v, _mm512_mullo_epi64(lanes, step));
+    __m512i hi = _mm512_srlv_epi64(v, _mm512_mullo_epi64(_mm512_add_epi64(lanes, _mm512_set1_epi64(8)), step));
+    __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)),
+                                      _mm512_cvtepi64_epi32(hi), 1);
+    return _mm512_and_si512(both, _mm512_set1_epi32((1 << b) - 1));
+}
+
 /* 16 table entries from 16 byte indices */
 static inline __m512 lut16(const uint8_t *idx, const float *cb, unsigned bits, __m512 table) {
     __m512i i32 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)idx));
@@ -131,6 +147,14 @@ static inline __m512 lut16(const uint8_t *idx, const float *cb, unsigned bits, _
 
 static void lut_decode_avx512(const uint8_t *packed, uint32_t n, unsigned bits, const float *cb,
                               float scale, float *out) {
+    if (bits <= 4 && n % 16 == 0) {
+        float tab[16] = {0};
+        memcpy(tab, cb, sizeof(float) * (1u << bits));
+        const __m512 table = _mm512_loadu_ps(tab), s = _mm512_set1_ps(scale);
+        for (uint32_t i = 0; i < n; i += 16)
+            _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_permutexvar_ps(idx16_packed(packed, i, bits), table), s));
+        return;
+    }
     uint8_t idx[4096 + 16];
     unpack_idx(packed, n, bits, idx);
     memset(idx + n, 0, 16);
@@ -144,6 +168,16 @@ static void lut_decode_avx512(const uint8_t *packed, uint32_t n, unsigned bits, 
 
 static float lut_dot_avx512(const float *q, const uint8_t *packed, uint32_t n, unsigned bits,
                             const float *cb) {
+    if (bits <= 4 && n % 16 == 0) {
+        float tab[16] = {0};
+        memcpy(tab, cb, sizeof(float) * (1u << bits));
+        const __m512 table = _mm512_loadu_ps(tab);
+        __m512 acc = _mm512_setzero_ps();
+        for (uint32_t i = 0; i < n; i += 16)
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i),
+                                  _mm512_permutexvar_ps(idx16_packed(packed, i, bits), table), acc);
+        return _mm512_reduce_add_ps(acc);
+    }
     uint8_t idx[4096 + 16];
     unpack_idx(packed, n, bits, idx);
     memset(idx + n, 0, 16);
