@@ -124,18 +124,34 @@ static void sign_pack_avx512(const float *x, uint32_t n, uint8_t *out) {
 
 /* The 16 indices i0 .. i0+15 (i0 a multiple of 16) of a b-bit stream, b <= 4: their 16b
  * bits start on a byte boundary and fit one 64-bit word (loaded with a byte mask, so
- * nothing past the stream is touched). */
-static inline __m512i idx16_packed(const uint8_t *p, uint32_t i0, unsigned b) {
-    const __mmask16 m = (__mmask16)((1u << (2 * b)) - 1u);
-    __m128i w = _mm_maskz_loadu_epi8(m, p + (size_t)i0 * b / 8);
-    __m512i v = _mm512_broadcastq_epi64(w);
-    const __m512i step = _mm512_set1_epi64((long long)b);
+ * nothing past the stream is touched). sh_lo/sh_hi: lane shifts j*b and (j+8)*b. */
+typedef struct idx_unpacker {
+    __m512i sh_lo, sh_hi, mask;
+    __mmask16 bytes;
+    unsigned b;
+} idx_unpacker;
+
+static inline idx_unpacker idx_unpacker_make(unsigned b) {
+    idx_unpacker u;
     const __m512i lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-    __m512i lo = _mm512_srlv_epi64(v, _mm512_mullo_epi64(lanes, step));
-    __m512i hi = _mm512_srlv_epi64(v, _mm512_mullo_epi64(_mm512_add_epi64(lanes, _mm512_set1_epi64(8)), step));
-    __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)),
-                                      _mm512_cvtepi64_epi32(hi), 1);
-    return _mm512_and_si512(both, _mm512_set1_epi32((1 << b) - 1));
+    const __m512i step = _mm512_set1_epi64((long long)b);
+    u.sh_lo = _mm512_mullo_epi64(lanes, step);
+    u.sh_hi = _mm512_mullo_epi64(_mm512_add_epi64(lanes, _mm512_set1_epi64(8)), step);
+    u.mask = _mm512_set1_epi32((1 << b) - 1);
+    u.bytes = (__mmask16)((1u << (2 * b)) - 1u);
+    u.b = b;
+    return u;
+}
+
+static inline __m512i idx16_packed(const idx_unpacker *u, const uint8_t *p, uint32_t i0) {
+    __m512i v = _mm512_broadcastq_epi64(_mm_maskz_loadu_epi8(u->bytes, p + (size_t)i0 * u->b / 8));
+    __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srlv_epi64(v, u->sh_lo))),
+                                      _mm512_cvtepi64_epi32(_mm512_srlv_epi64(v, u->sh_hi)), 1);
+    return _mm512_and_si512(both, u->mask);
+}
+
+static inline __mmask16 bits16(const uint8_t *p, uint32_t i0) {
+    return (__mmask16)(p[i0 / 8] | (p[i0 / 8 + 1] << 8));
 }
 
 /* 16 table entries from 16 byte indices */
@@ -147,12 +163,19 @@ static inline __m512 lut16(const uint8_t *idx, const float *cb, unsigned bits, _
 
 static void lut_decode_avx512(const uint8_t *packed, uint32_t n, unsigned bits, const float *cb,
                               float scale, float *out) {
+    if (bits == 1 && n % 16 == 0) {
+        const __m512 c0 = _mm512_set1_ps(cb[0] * scale), c1 = _mm512_set1_ps(cb[1] * scale);
+        for (uint32_t i = 0; i < n; i += 16)
+            _mm512_storeu_ps(out + i, _mm512_mask_blend_ps(bits16(packed, i), c0, c1));
+        return;
+    }
     if (bits <= 4 && n % 16 == 0) {
         float tab[16] = {0};
         memcpy(tab, cb, sizeof(float) * (1u << bits));
         const __m512 table = _mm512_loadu_ps(tab), s = _mm512_set1_ps(scale);
+        const idx_unpacker u = idx_unpacker_make(bits);
         for (uint32_t i = 0; i < n; i += 16)
-            _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_permutexvar_ps(idx16_packed(packed, i, bits), table), s));
+            _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_permutexvar_ps(idx16_packed(&u, packed, i), table), s));
         return;
     }
     uint8_t idx[4096 + 16];
@@ -168,14 +191,22 @@ static void lut_decode_avx512(const uint8_t *packed, uint32_t n, unsigned bits, 
 
 static float lut_dot_avx512(const float *q, const uint8_t *packed, uint32_t n, unsigned bits,
                             const float *cb) {
+    if (bits == 1 && n % 16 == 0) {
+        const __m512 c0 = _mm512_set1_ps(cb[0]), c1 = _mm512_set1_ps(cb[1]);
+        __m512 acc = _mm512_setzero_ps();
+        for (uint32_t i = 0; i < n; i += 16)
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_mask_blend_ps(bits16(packed, i), c0, c1), acc);
+        return _mm512_reduce_add_ps(acc);
+    }
     if (bits <= 4 && n % 16 == 0) {
         float tab[16] = {0};
         memcpy(tab, cb, sizeof(float) * (1u << bits));
         const __m512 table = _mm512_loadu_ps(tab);
+        const idx_unpacker u = idx_unpacker_make(bits);
         __m512 acc = _mm512_setzero_ps();
         for (uint32_t i = 0; i < n; i += 16)
             acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i),
-                                  _mm512_permutexvar_ps(idx16_packed(packed, i, bits), table), acc);
+                                  _mm512_permutexvar_ps(idx16_packed(&u, packed, i), table), acc);
         return _mm512_reduce_add_ps(acc);
     }
     uint8_t idx[4096 + 16];
@@ -402,9 +433,114 @@ static void rvq1_batch_avx512(const float *x, size_t rows, const kvqi_hadamard *
     }
 }
 
+/* ------------------------------------------------- llama.cpp q8_0 / q4_0 */
+
+static inline float load_half(const uint8_t *p) { return _cvtsh_ss((unsigned short)(p[0] | p[1] << 8)); }
+
+/* roundf: half away from zero, exactly (v - trunc(v) is exact) */
+static inline __m512 round_away(__m512 v) {
+    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+    __mmask16 up = _mm512_cmp_ps_mask(_mm512_and_ps(_mm512_sub_ps(v, t), absmask), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m512 one = _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_andnot_ps(absmask, v));
+    return _mm512_mask_add_ps(t, up, t, one);
+}
+
+static void q8_0_encode_avx512(const float *x, uint32_t nb, uint8_t *out) {
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+    for (uint32_t b = 0; b < nb; b++, x += 32, out += 34) {
+        __m512 a = _mm512_loadu_ps(x), c = _mm512_loadu_ps(x + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(a, absmask), _mm512_and_ps(c, absmask)));
+        const float d = amax / ((1 << 7) - 1);
+        const float id = d ? 1.0f / d : 0.0f;
+        const uint16_t h = kvqi_fp32_to_fp16(d);
+        out[0] = (uint8_t)h;
+        out[1] = (uint8_t)(h >> 8);
+        const __m512 iv = _mm512_set1_ps(id);
+        __m512i qa = _mm512_cvttps_epi32(round_away(_mm512_mul_ps(a, iv)));
+        __m512i qc = _mm512_cvttps_epi32(round_away(_mm512_mul_ps(c, iv)));
+        _mm_storeu_si128((__m128i *)(out + 2), _mm512_cvtepi32_epi8(qa));
+        _mm_storeu_si128((__m128i *)(out + 18), _mm512_cvtepi32_epi8(qc));
+    }
+}
+
+static void q8_0_decode_avx512(const uint8_t *in, uint32_t nb, float *out) {
+    for (uint32_t b = 0; b < nb; b++, in += 34, out += 32) {
+        const __m512 d = _mm512_set1_ps(load_half(in));
+        __m512i lo = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(in + 2)));
+        __m512i hi = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(in + 18)));
+        _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d));
+        _mm512_storeu_ps(out + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d));
+    }
+}
+
+static float q8_0_dot_avx512(const float *q, const uint8_t *in, uint32_t nb) {
+    __m512 acc = _mm512_setzero_ps();
+    for (uint32_t b = 0; b < nb; b++, in += 34, q += 32) {
+        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(in + 2))));
+        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(in + 18))));
+        __m512 s = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16), hi, _mm512_mul_ps(_mm512_loadu_ps(q), lo));
+        acc = _mm512_fmadd_ps(s, _mm512_set1_ps(load_half(in)), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static void q4_0_encode_avx512(const float *x, uint32_t nb, uint8_t *out) {
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+    for (uint32_t b = 0; b < nb; b++, x += 32, out += 18) {
+        __m512 a = _mm512_loadu_ps(x), c = _mm512_loadu_ps(x + 16);
+        __m512 aa = _mm512_and_ps(a, absmask), ac = _mm512_and_ps(c, absmask);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(aa, ac));
+        /* the first element of largest magnitude, signed (the reference's strict <) */
+        uint32_t hit = (uint32_t)_mm512_cmp_ps_mask(aa, _mm512_set1_ps(amax), _CMP_EQ_OQ) |
+                       (uint32_t)_mm512_cmp_ps_mask(ac, _mm512_set1_ps(amax), _CMP_EQ_OQ) << 16;
+        const float max = amax > 0.0f ? x[__builtin_ctz(hit)] : 0.0f;
+        const float d = max / -8;
+        const float id = d ? 1.0f / d : 0.0f;
+        const uint16_t h = kvqi_fp32_to_fp16(d);
+        out[0] = (uint8_t)h;
+        out[1] = (uint8_t)(h >> 8);
+        const __m512 iv = _mm512_set1_ps(id), half8 = _mm512_set1_ps(8.5f);
+        const __m512i fifteen = _mm512_set1_epi32(15);
+        __m512i q0 = _mm512_min_epi32(_mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(a, iv), half8)), fifteen);
+        __m512i q1 = _mm512_min_epi32(_mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(c, iv), half8)), fifteen);
+        _mm_storeu_si128((__m128i *)(out + 2), _mm512_cvtepi32_epi8(_mm512_or_si512(q0, _mm512_slli_epi32(q1, 4))));
+    }
+}
+
+static inline void q4_block_values(const uint8_t *in, __m512 *lo, __m512 *hi) {
+    __m128i b = _mm_loadu_si128((const __m128i *)(in + 2));
+    __m512i v = _mm512_cvtepu8_epi32(b);
+    const __m512i eight = _mm512_set1_epi32(8), mask = _mm512_set1_epi32(15);
+    *lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(v, mask), eight));
+    *hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(v, 4), eight));
+}
+
+static void q4_0_decode_avx512(const uint8_t *in, uint32_t nb, float *out) {
+    for (uint32_t b = 0; b < nb; b++, in += 18, out += 32) {
+        const __m512 d = _mm512_set1_ps(load_half(in));
+        __m512 lo, hi;
+        q4_block_values(in, &lo, &hi);
+        _mm512_storeu_ps(out, _mm512_mul_ps(lo, d));
+        _mm512_storeu_ps(out + 16, _mm512_mul_ps(hi, d));
+    }
+}
+
+static float q4_0_dot_avx512(const float *q, const uint8_t *in, uint32_t nb) {
+    __m512 acc = _mm512_setzero_ps();
+    for (uint32_t b = 0; b < nb; b++, in += 18, q += 32) {
+        __m512 lo, hi;
+        q4_block_values(in, &lo, &hi);
+        __m512 s = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16), hi, _mm512_mul_ps(_mm512_loadu_ps(q), lo));
+        acc = _mm512_fmadd_ps(s, _mm512_set1_ps(load_half(in)), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
 const kvqi_quant_kernels kvqi_quant_avx512 = {
     KVQ_ISA_AVX512,       quantize_pack_avx512, sign_pack_avx512,     lut_decode_avx512,
     lut_dot_avx512,       masked_sum_avx512,    and_popcount_avx512,  fp16_from_f32_avx512,
     fp16_to_f32_avx512,   fp16_dot_avx512,      hadamard_sign_batch_avx512,
-    rvq1_batch_avx512,
+    rvq1_batch_avx512,    q8_0_encode_avx512,   q8_0_decode_avx512,   q8_0_dot_avx512,
+    q4_0_encode_avx512,   q4_0_decode_avx512,   q4_0_dot_avx512,
 };

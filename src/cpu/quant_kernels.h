@@ -50,8 +50,19 @@ typedef struct kvqi_quant_kernels {
     void (*rvq1_batch)(const float *x, size_t rows, const kvqi_hadamard *had, const float *cb_g,
                        const float *thr_g, const float *cb_l, const float *thr_l,
                        unsigned residuals, uint8_t *codes, size_t code_size);
+    /* llama.cpp blocks of 32 (ggml-quants.c reference formulas, byte for byte):
+     * q8_0 = fp16 d + 32 int8 (34 bytes), q4_0 = fp16 d + 16 nibble bytes (18 bytes). */
+    void (*q8_0_encode)(const float *x, uint32_t n_blocks, uint8_t *out);
+    void (*q8_0_decode)(const uint8_t *in, uint32_t n_blocks, float *out);
+    float (*q8_0_dot)(const float *q, const uint8_t *in, uint32_t n_blocks);
+    void (*q4_0_encode)(const float *x, uint32_t n_blocks, uint8_t *out);
+    void (*q4_0_decode)(const uint8_t *in, uint32_t n_blocks, float *out);
+    float (*q4_0_dot)(const float *q, const uint8_t *in, uint32_t n_blocks);
 } kvqi_quant_kernels;
 
+/* Scalar references the AVX2 table shares (encoders whose cost is not in AVX2 arithmetic). */
+void kvqi_q8_0_encode_scalar(const float *x, uint32_t n_blocks, uint8_t *out);
+void kvqi_q4_0_encode_scalar(const float *x, uint32_t n_blocks, uint8_t *out);
 /* The scalar reference of rvq1_batch (the AVX2 table uses it too). */
 void kvqi_rvq1_batch_scalar(const float *x, size_t rows, const kvqi_hadamard *had,
                             const float *cb_g, const float *thr_g, const float *cb_l,
