@@ -100,6 +100,25 @@ static void quantize_pack_avx512(const float *x, uint32_t n, float scale, const 
             if (x[i] * scale > thr[0]) out[i >> 3] |= (uint8_t)(1u << (i & 7));
         return;
     }
+    if ((bits == 2 || bits == 4) && n % 16 == 0) {
+        /* 16 indices -> 16 bytes -> 2b bytes: pairs (and quads) combined by
+         * multiply-add of small integers, exact */
+        const __m128i w_pair = bits == 4 ? _mm_set1_epi16(0x1001) : _mm_set1_epi16(0x0401);
+        for (uint32_t i = 0; i < n; i += 16) {
+            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), s);
+            __m128i b8 = _mm512_cvtepi32_epi8(count_above(v, thr, n_thr));
+            __m128i p16 = _mm_maddubs_epi16(b8, w_pair); /* a + 2^b c per pair */
+            if (bits == 4) {
+                _mm_storel_epi64((__m128i *)(out + i / 2), _mm_packus_epi16(p16, p16));
+            } else {
+                __m128i p32 = _mm_madd_epi16(p16, _mm_set1_epi32(0x00100001)); /* + 16 * next */
+                __m128i p8 = _mm_packus_epi16(_mm_packus_epi32(p32, p32), _mm_setzero_si128());
+                uint32_t w = (uint32_t)_mm_cvtsi128_si32(p8);
+                memcpy(out + i / 4, &w, 4);
+            }
+        }
+        return;
+    }
     uint8_t idx[4096 + 16];
     uint32_t i = 0;
     for (; i < n; i += 16) {
@@ -500,6 +519,41 @@ static void rvq1_batch_avx512(const float *x, size_t rows, const kvqi_hadamard *
         kvqi_rvq1_batch_scalar(x, rows, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size);
 }
 
+/* core's randomized Hadamard for one power-of-two block, in registers: forward scales by
+ * sign_i * (1/sqrt(d)) then runs the butterflies; inverse runs them then scales. */
+#define HAD_POW2(NV)                                                                          \
+    static void had_pow2_##NV(const float *sign, const float *in, float *out, int inverse) { \
+        const __m512 s_b = _mm512_set1_ps((float)(1.0 / sqrt((double)(NV * 16))));           \
+        __m512 v[NV];                                                                        \
+        _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                         \
+            __m512 a = _mm512_loadu_ps(in + 16 * j);                                         \
+            if (!inverse) a = _mm512_mul_ps(a, _mm512_mul_ps(_mm512_loadu_ps(sign + 16 * j), s_b)); \
+            v[j] = fwht16(a);                                                                \
+        }                                                                                    \
+        _Pragma("GCC unroll 16") for (uint32_t hh = 1; hh < NV; hh <<= 1)                    \
+            _Pragma("GCC unroll 16") for (uint32_t k = 0; k < NV / 2; k++) {                 \
+            const uint32_t j = (k / hh) * 2 * hh + k % hh;                                   \
+            __m512 a = v[j], b = v[(j + hh) % NV];                                           \
+            v[j] = _mm512_add_ps(a, b);                                                      \
+            v[(j + hh) % NV] = _mm512_sub_ps(a, b);                                          \
+        }                                                                                    \
+        _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                         \
+            __m512 a = v[j];                                                                 \
+            if (inverse) a = _mm512_mul_ps(a, _mm512_mul_ps(_mm512_loadu_ps(sign + 16 * j), s_b)); \
+            _mm512_storeu_ps(out + 16 * j, a);                                               \
+        }                                                                                    \
+    }
+HAD_POW2(4)
+HAD_POW2(8)
+HAD_POW2(16)
+
+static void hadamard_pow2_avx512(const kvqi_hadamard *had, const float *in, float *out, int inverse) {
+    if (!had->two_pass && had->dim == 64) had_pow2_4(had->sign1, in, out, inverse);
+    else if (!had->two_pass && had->dim == 128) had_pow2_8(had->sign1, in, out, inverse);
+    else if (!had->two_pass && had->dim == 256) had_pow2_16(had->sign1, in, out, inverse);
+    else kvqi_hadamard_pow2_scalar(had, in, out, inverse);
+}
+
 /* ------------------------------------------------- llama.cpp q8_0 / q4_0 */
 
 static inline float load_half(const uint8_t *p) { return _cvtsh_ss((unsigned short)(p[0] | p[1] << 8)); }
@@ -608,6 +662,6 @@ const kvqi_quant_kernels kvqi_quant_avx512 = {
     KVQ_ISA_AVX512,       quantize_pack_avx512, sign_pack_avx512,     lut_decode_avx512,
     lut_dot_avx512,       masked_sum_avx512,    and_popcount_avx512,  fp16_from_f32_avx512,
     fp16_to_f32_avx512,   fp16_dot_avx512,      hadamard_sign_batch_avx512,
-    rvq1_batch_avx512,    q8_0_encode_avx512,   q8_0_decode_avx512,   q8_0_dot_avx512,
+    rvq1_batch_avx512,    hadamard_pow2_avx512, q8_0_encode_avx512,   q8_0_decode_avx512,   q8_0_dot_avx512,
     q4_0_encode_avx512,   q4_0_decode_avx512,   q4_0_dot_avx512,
 };

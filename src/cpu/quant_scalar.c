@@ -143,6 +143,12 @@ void kvqi_rvq1_batch_scalar(const float *x, size_t rows, const kvqi_hadamard *ha
     }
 }
 
+void kvqi_hadamard_pow2_scalar(const kvqi_hadamard *had, const float *in, float *out, int inverse) {
+    if (out != in) memcpy(out, in, had->dim * sizeof(float));
+    if (inverse) kvqi_hadamard_inverse(had, out, KVQ_ISA_SCALAR);
+    else kvqi_hadamard_apply(had, out, KVQ_ISA_SCALAR);
+}
+
 /* ------------------------------------------------- llama.cpp q8_0 / q4_0 */
 
 void kvqi_q8_0_encode_scalar(const float *x, uint32_t nb, uint8_t *out) {
@@ -227,7 +233,7 @@ const kvqi_quant_kernels kvqi_quant_scalar = {
     KVQ_ISA_SCALAR,       quantize_pack_scalar, sign_pack_scalar,     lut_decode_scalar,
     lut_dot_scalar,       masked_sum_scalar,    and_popcount_scalar,  fp16_from_f32_scalar,
     fp16_to_f32_scalar,   fp16_dot_scalar,      hadamard_sign_batch_scalar,
-    kvqi_rvq1_batch_scalar, kvqi_q8_0_encode_scalar,  q8_0_decode_scalar,   q8_0_dot_scalar,
+    kvqi_rvq1_batch_scalar, kvqi_hadamard_pow2_scalar, kvqi_q8_0_encode_scalar,  q8_0_decode_scalar,   q8_0_dot_scalar,
     kvqi_q4_0_encode_scalar, q4_0_decode_scalar,  q4_0_dot_scalar,
 };
 
