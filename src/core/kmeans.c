@@ -62,7 +62,7 @@ kvq_status kvqi_kmeans(const float *x, size_t n, uint32_t d, uint32_t k, uint32_
     kvqi_rng_seed(&rng, seed);
 
     /* k-means++: first centre uniform, then each with probability proportional to D^2 */
-    size_t first = n <= UINT32_MAX ? kvqi_rng_below(&rng, (uint32_t)n) : 0;
+    const size_t first = kvqi_rng_below(&rng, (uint32_t)n); /* n <= UINT32_MAX, checked */
     memcpy(centroids, x + first * d, d * sizeof(float));
     for (size_t i = 0; i < n; i++) d2[i] = dist2(x + i * d, centroids, d);
     for (uint32_t c = 1; c < k; c++) {
