@@ -1054,6 +1054,41 @@ TEST(core_kmeans_recovers_clusters) {
     }
 }
 
+/* the lane-parallel assignment step against a plain scalar argmin with the same
+ * summation order: labels identical, ties to the lowest index */
+TEST(core_kmeans_assignment_matches_scalar) {
+    enum { N = 3000, D = 5, K = 37 };
+    static float x[N * D];
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 23);
+    for (int i = 0; i < N * D; i++) x[i] = (float)kvqi_rng_normal(&r);
+    for (int i = 0; i < 40; i++) memcpy(x + (N - 1 - i) * D, x + i * D, D * sizeof(float)); /* exact ties */
+    for (uint32_t iters = 0; iters <= 3; iters += 3) {
+        float c[K * D];
+        uint32_t a[N];
+        REQUIRE_OK(kvqi_kmeans(x, N, D, K, iters, 5, c, a));
+        for (int i = 0; i < N; i++) {
+            uint32_t best = 0;
+            float bd = 0;
+            for (uint32_t k = 0; k < K; k++) {
+                float s = 0.0f;
+                for (int j = 0; j < D; j++) {
+                    float t = x[i * D + j] - c[k * D + j];
+                    s += t * t;
+                }
+                if (k == 0 || s < bd) {
+                    bd = s;
+                    best = k;
+                }
+            }
+            if (a[i] != best) {
+                CHECKF(0, "iters %u point %d: label %u, scalar %u", iters, i, a[i], best);
+                break;
+            }
+        }
+    }
+}
+
 TEST(core_kmeans_duplicates_and_empty_clusters) {
     /* 6 points, only 2 distinct: k = 4 forces duplicate seeds, empty clusters get re-seeded
      * and nothing goes NaN */
