@@ -126,6 +126,10 @@ KVQ_API kvq_status kvq_config_parse(const char *spec, uint32_t dim, kvq_config *
                                     char *msg, size_t msg_size);
 /* The canonical spec string of a config (parses back to the same config). */
 KVQ_API kvq_status kvq_config_format(const kvq_config *cfg, char *buf, size_t buf_size);
+/* KVQ_OK if a quantizer can be created from cfg; else the status create would return
+ * (KVQ_ERR_UNSUPPORTED for a dim or bits the method cannot take) and, in msg, one line
+ * saying why. kvq_config_parse runs it too when given a nonzero dim. */
+KVQ_API kvq_status kvq_config_validate(const kvq_config *cfg, char *msg, size_t msg_size);
 /* "turboquant_rvq", ...; NULL for an unknown method. */
 KVQ_API const char *kvq_method_name(kvq_method method);
 
@@ -210,6 +214,18 @@ KVQ_API kvq_status kvq_cache_memory(const kvq_cache *cache, kvq_cache_memory_inf
 /* How many tokens of context fit in budget_bytes for n_layers caches of this config. */
 KVQ_API kvq_status kvq_cache_tokens_fit(const kvq_cache_config *cfg, uint32_t n_layers,
                                         uint64_t budget_bytes, uint64_t *n_tokens);
+
+/* One cache per layer of a model, each with its own config (layers may use different
+ * methods and bits: per_layer[n_layers]). */
+typedef struct kvq_cache_set kvq_cache_set;
+KVQ_API kvq_status kvq_cache_set_create(uint32_t n_layers, const kvq_cache_config *per_layer,
+                                        kvq_cache_set **out);
+KVQ_API void kvq_cache_set_free(kvq_cache_set *set);
+/* The cache of one layer (owned by the set). */
+KVQ_API kvq_status kvq_cache_set_layer(kvq_cache_set *set, uint32_t layer, kvq_cache **out);
+KVQ_API kvq_status kvq_cache_set_reset(kvq_cache_set *set);
+/* Sums of every layer's kvq_cache_memory (n_tokens: the longest layer). */
+KVQ_API kvq_status kvq_cache_set_memory(const kvq_cache_set *set, kvq_cache_memory_info *info);
 
 /* ------------------------------------------------------------------- index */
 /* (section filled by the index: kvq_index_*) */
