@@ -71,8 +71,9 @@ KVQ_API int kvq_isa_available(kvq_isa isa);
 /* --------------------------------------------------------------- threadpool */
 
 /* A fixed pool of worker threads shared by caches, indexes and the engine.
- * n_threads = 0 means one per online CPU. Work is split statically; calls that take
- * a pool run on the calling thread plus the workers. */
+ * n_threads = 0 means one per online CPU; the count includes the calling thread.
+ * Work is handed out dynamically; calls that take a pool run on the calling thread
+ * plus the workers. */
 typedef struct kvq_threadpool kvq_threadpool;
 KVQ_API kvq_status kvq_threadpool_create(unsigned n_threads, kvq_threadpool **out);
 KVQ_API void kvq_threadpool_free(kvq_threadpool *pool);
@@ -214,6 +215,18 @@ KVQ_API kvq_status kvq_cache_memory(const kvq_cache *cache, kvq_cache_memory_inf
 /* How many tokens of context fit in budget_bytes for n_layers caches of this config. */
 KVQ_API kvq_status kvq_cache_tokens_fit(const kvq_cache_config *cfg, uint32_t n_layers,
                                         uint64_t budget_bytes, uint64_t *n_tokens);
+
+/* One cache per layer of a model, each with its own config (layers may use different
+ * methods and bits: per_layer[n_layers]). */
+typedef struct kvq_cache_set kvq_cache_set;
+KVQ_API kvq_status kvq_cache_set_create(uint32_t n_layers, const kvq_cache_config *per_layer,
+                                        kvq_cache_set **out);
+KVQ_API void kvq_cache_set_free(kvq_cache_set *set);
+/* The cache of one layer (owned by the set). */
+KVQ_API kvq_status kvq_cache_set_layer(kvq_cache_set *set, uint32_t layer, kvq_cache **out);
+KVQ_API kvq_status kvq_cache_set_reset(kvq_cache_set *set);
+/* Sums of every layer's kvq_cache_memory (n_tokens: the longest layer). */
+KVQ_API kvq_status kvq_cache_set_memory(const kvq_cache_set *set, kvq_cache_memory_info *info);
 
 /* ------------------------------------------------------------------- index */
 /* (section filled by the index: kvq_index_*) */
