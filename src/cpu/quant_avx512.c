@@ -443,6 +443,7 @@ static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim
                      l1 = _mm512_set1_ps(cb_l[1]);                                            \
         __m512 sg[NV];                                                                        \
         __m512 y[RVQ_GROUP][NV];                                                              \
+        float sumsq[RVQ_GROUP];                                                               \
         _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) sg[j] =                    \
             _mm512_mul_ps(_mm512_loadu_ps(had->sign1 + 16 * j), s_b);                         \
         for (size_t r0 = 0; r0 < rows; r0 += RVQ_GROUP) {                                     \
@@ -470,20 +471,22 @@ static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim
                 c[1] = (uint8_t)(h >> 8);                                                     \
                 const __m512 av = _mm512_set1_ps(norm > 0.0f ? sqrt_d / norm : 0.0f);         \
                 uint8_t *bits = c + 2 * residuals;                                            \
+                __m512 acc = _mm512_setzero_ps();                                             \
                 _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                  \
                     __m512 t = _mm512_mul_ps(v[j], av);                                       \
                     __mmask16 m = _mm512_cmp_ps_mask(t, tg, _CMP_GT_OQ);                      \
                     memcpy(bits + 2 * j, &m, 2);                                              \
-                    y[g][j] = _mm512_sub_ps(t, _mm512_mask_blend_ps(m, g0, g1));              \
+                    __m512 yj = _mm512_sub_ps(t, _mm512_mask_blend_ps(m, g0, g1));            \
+                    acc = _mm512_add_ps(acc, _mm512_mul_ps(yj, yj));                          \
+                    y[g][j] = yj;                                                             \
                 }                                                                             \
+                sumsq[g] = fold16(acc);                                                       \
             }                                                                                 \
             for (unsigned st = 1; st < residuals; st++)                                       \
                 for (size_t g = 0; g < nr; g++) {                                             \
                     uint8_t *c = codes + (r0 + g) * code_size;                                \
                     __m512 acc = _mm512_setzero_ps();                                         \
-                    _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) acc =          \
-                        _mm512_add_ps(acc, _mm512_mul_ps(y[g][j], y[g][j]));                  \
-                    float spread = sqrt_ss(fold16(acc) / (float)d);                           \
+                    float spread = sqrt_ss(sumsq[g] / (float)d);                              \
                     uint16_t h = half_from(spread);                                           \
                     c[2 * st] = (uint8_t)h;                                                   \
                     c[2 * st + 1] = (uint8_t)(h >> 8);                                        \
@@ -492,12 +495,18 @@ static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim
                                  inv = _mm512_set1_ps(shf > 0.0f ? 1.0f / shf : 0.0f);        \
                     const __m512 q0 = _mm512_mul_ps(l0, sh), q1 = _mm512_mul_ps(l1, sh);      \
                     uint8_t *pb = c + 2 * residuals + st * (d / 8);                           \
+                    const int last = st + 1 == residuals;                                     \
                     _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {              \
                         __mmask16 m = _mm512_cmp_ps_mask(_mm512_mul_ps(y[g][j], inv), tl,     \
                                                          _CMP_GT_OQ);                         \
                         memcpy(pb + 2 * j, &m, 2);                                            \
-                        y[g][j] = _mm512_sub_ps(y[g][j], _mm512_mask_blend_ps(m, q0, q1));    \
+                        if (!last) { /* the last residual is never read */                   \
+                            __m512 yj = _mm512_sub_ps(y[g][j], _mm512_mask_blend_ps(m, q0, q1)); \
+                            acc = _mm512_add_ps(acc, _mm512_mul_ps(yj, yj));                  \
+                            y[g][j] = yj;                                                     \
+                        }                                                                     \
                     }                                                                         \
+                    if (!last) sumsq[g] = fold16(acc);                                        \
                 }                                                                             \
         }                                                                                     \
     }
