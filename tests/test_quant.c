@@ -488,6 +488,9 @@ TEST(quant_rabitq_ivf_fit_encode_save) {
     CHECK(kvq_code_size(ivf) == kvq_code_size(flat) + 2); /* + u16 cluster id */
     CHECK(kvq_shared_size(ivf) >= kvq_shared_size(flat) + NL * D * sizeof(float));
     CHECK_STATUS(kvq_encode(ivf, x, N, codes), KVQ_ERR_STATE);
+    char early[512];
+    snprintf(early, sizeof early, "%s/unfitted.safetensors", kvqt_tmpdir(kvqt_));
+    CHECK_STATUS(kvq_quantizer_save(ivf, early), KVQ_ERR_STATE);
     CHECK_STATUS(kvq_quantizer_fit(ivf, x, NL - 1), KVQ_ERR_INVALID_ARG);
     REQUIRE_OK(kvq_quantizer_fit(ivf, x, N));
     REQUIRE_OK(kvq_encode(ivf, x, N, codes));
@@ -572,5 +575,33 @@ TEST(quant_shared_quantizer_is_thread_safe) {
         CHECKF(memcmp(c_ref, c_thr, (size_t)T * N * cs) == 0, "%s: threaded codes differ", specs[s]);
         CHECKF(memcmp(s_ref, s_thr, sizeof(float) * T * N) == 0, "%s: threaded scores differ", specs[s]);
         kvq_quantizer_free(q);
+    }
+}
+
+/* Rows of NaN, infinities and huge or tiny values: every method encodes, decodes and
+ * scores them without crashing (codes for such rows are unspecified). */
+TEST(quant_hostile_values_do_not_crash) {
+    enum { N = 8, D = 96 };
+    static float x[N * D], y[N * D], qv[128], sc[N];
+    static uint8_t codes[N * 1024];
+    gaussian(x, N * D, 1);
+    gaussian(qv, 128, 2);
+    x[3] = NAN;
+    x[D + 5] = INFINITY;
+    x[2 * D + 7] = -INFINITY;
+    for (int i = 0; i < D; i++) x[3 * D + i] = 3e38f * (i % 2 ? 1 : -1);
+    for (int i = 0; i < D; i++) x[4 * D + i] = 1e-42f;
+    for (int i = 0; i < D; i++) x[5 * D + i] = 0.0f;
+    for (int isa = KVQ_ISA_SCALAR; isa <= KVQ_ISA_NEON; isa++) {
+        if (!kvq_isa_available((kvq_isa)isa)) continue;
+        for (size_t s = 0; s < N_SPECS; s++)
+            for (uint32_t d = 96; d <= 128; d += 32) {
+                kvq_quantizer *q;
+                REQUIRE_OK(make(k_specs[s], d, (kvq_isa)isa, &q));
+                CHECK_OK(kvq_encode(q, x, N * D / d, codes));
+                CHECK_OK(kvq_decode(q, codes, N * D / d, y));
+                CHECK_OK(kvq_score(q, qv, codes, N * D / d, sc));
+                kvq_quantizer_free(q);
+            }
     }
 }
