@@ -87,12 +87,14 @@ def test_score_matches_decode_dot_for_fp16():
 
 
 def test_qjl_score_tracks_true_inner_products():
-    q = kvq.Quantizer("qjl", DIM, seed=4)
+    # QJL's estimator has variance about (pi/2) |q|^2 |x|^2 / m: with m = 8 * dim sign
+    # bits the expected correlation with the truth is about 0.92.
+    q = kvq.Quantizer("qjl:proj_dim=%d" % (8 * DIM), DIM, seed=4)
     x = gaussian(400, seed=6)
     query = gaussian(1, seed=8)[0]
     s = q.score(query, q.encode(x))
     truth = x @ query
-    assert np.corrcoef(s, truth)[0, 1] > 0.6
+    assert np.corrcoef(s, truth)[0, 1] > 0.8
 
 
 def test_save_load_gives_identical_codes(tmp_path):
