@@ -74,7 +74,7 @@ static int config_corpus(const char *dir) {
 /* A saved quantizer of every method, at small dims (including one that is not a power
  * of two) so the seeds stay small and the fuzzer runs fast. */
 static int quantizer_corpus(const char *qdir, const char *stdir) {
-    static const uint32_t dims[] = {16, 24};
+    static const uint32_t dims[] = {32, 24};
     enum { CALIB = 256 };
     float *calib = malloc(sizeof(float) * CALIB * 24);
     if (!calib) return 0;
