@@ -218,6 +218,11 @@ test-arm64:
 	$(MAKE) BUILD=build-arm64 CC=$(ARM64_CC) NO_CUDA=1 build-arm64/kvq-tests build-arm64/kvq
 	KVQ_CLI="$(QEMU_ARM64) build-arm64/kvq" $(QEMU_ARM64) build-arm64/kvq-tests $(TESTS)
 
+# Same seed, same bytes on every platform: no compiler may fuse a*b+c behind the code's
+# back (GCC's -std=c11 already implies this; clang's default contracts, and on AArch64 or
+# in *_avx2.c files an FMA is at hand). Kernels that want FMA call it by intrinsic.
+CFLAGS_ALL += -ffp-contract=off
+
 # libFuzzer targets: every fuzz/fuzz_*.c becomes build-fuzz/fuzz_<name>, built with clang,
 # the library instrumented with -fsanitize=fuzzer-no-link,address,undefined.
 # `make fuzz-smoke` runs each for FUZZ_SECONDS from its seed corpus fuzz/corpus/<name>/
