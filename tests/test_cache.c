@@ -596,6 +596,17 @@ TEST(cache_simd_kernels_match_scalar) {
                 }
             }
         }
+        /* rotations of queries and outputs */
+        for (uint32_t rows = 1; rows <= 9; rows += 4) {
+            float M[9 * 64], x[9], y1[64], y2[64];
+            fill_uniform(M, sizeof M / sizeof M[0], 700 + rows);
+            fill_uniform(x, 9, 800 + rows);
+            fill_uniform(y1, 64, 900);
+            memcpy(y2, y1, sizeof y1);
+            S->axpy_rows(M, x, rows, 64, y1);
+            K->axpy_rows(M, x, rows, 64, y2);
+            CHECKF(close_arrays(y2, y1, 64, 1e-5), "%s axpy_rows %u", kvqi_isa_name((kvq_isa)isa), rows);
+        }
         /* exp: every length mod the vector width, arguments down to underflow */
         float e1[100], e2[100];
         for (size_t n = 1; n <= 100; n += 7) {

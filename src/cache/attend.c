@@ -165,27 +165,6 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
     }
 }
 
-/* y = R x (rows of R), written in the kernels' lane order */
-static void rotate_permute(const kvqi_side *S, uint32_t dim, const float *x, float *y) {
-    for (uint32_t p = 0; p < dim; p++) {
-        uint32_t r = kvqi_rot_lane_coordinate(S->rot.bits, p);
-        const float *row = S->rotation + (size_t)r * dim;
-        float sum = 0.0f;
-        for (uint32_t j = 0; j < dim; j++) sum += row[j] * x[j];
-        y[p] = sum;
-    }
-}
-
-/* y += R^T x for x in the kernels' lane order */
-static void unpermute_unrotate_add(const kvqi_side *S, uint32_t dim, const float *x, float *y) {
-    for (uint32_t p = 0; p < dim; p++) {
-        uint32_t r = kvqi_rot_lane_coordinate(S->rot.bits, p);
-        const float *row = S->rotation + (size_t)r * dim;
-        float xp = x[p];
-        for (uint32_t j = 0; j < dim; j++) y[j] += row[j] * xp;
-    }
-}
-
 static void attend_task(void *vctx, size_t task, unsigned thread) {
     const attend_ctx *A = vctx;
     kvq_cache *c = A->c;
@@ -209,8 +188,13 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
                 tmp[idx[o]] = 0.0f;
             }
         }
-        if (c->key.path == KVQI_PATH_ROT) rotate_permute(&c->key, d, tmp, qk);
-        else memcpy(qk, tmp, d * sizeof(float));
+        if (c->key.path == KVQI_PATH_ROT) {
+            /* the rotated query in lane order: sum_j x_j (column j of R) */
+            memset(qk, 0, d * sizeof(float));
+            c->kern->axpy_rows(c->key.rotation_t, tmp, d, d, qk);
+        } else {
+            memcpy(qk, tmp, d * sizeof(float));
+        }
         s->m[h] = -INFINITY;
         s->l[h] = 0.0f;
         memset(s->acc + (size_t)h * d, 0, d * sizeof(float));
@@ -252,8 +236,8 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
     for (uint32_t h = 0; h < G; h++) {
         float *o = A->out + (i * A->n_q_heads + (size_t)g * G + h) * d;
         float *ax = s->acc_x + (size_t)h * d;
-        if (c->value.path == KVQI_PATH_ROT)
-            unpermute_unrotate_add(&c->value, d, s->acc + (size_t)h * d, ax);
+        if (c->value.path == KVQI_PATH_ROT) /* R^T acc = sum_p acc_p (row p of R) */
+            c->kern->axpy_rows(c->value.rotation, s->acc + (size_t)h * d, d, d, ax);
         else
             for (uint32_t j = 0; j < d; j++) ax[j] += s->acc[(size_t)h * d + j];
         float inv = s->l[h] > 0.0f ? 1.0f / s->l[h] : 0.0f;

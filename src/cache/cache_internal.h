@@ -29,7 +29,9 @@ typedef struct kvqi_side {
     size_t code_size;
     kvqi_code_path path;
     kvqi_rot_layout rot;     /* PATH_ROT */
-    float *rotation;         /* PATH_ROT: dim x dim, row i = the rotation's i-th output */
+    float *rotation;         /* PATH_ROT: dim x dim, row p = output lane p of the rotation
+                                (rows in the kernels' lane order) */
+    float *rotation_t;       /* its transpose */
 } kvqi_side;
 
 /* Per-thread scratch of attend, sized once for the cache's shape. */

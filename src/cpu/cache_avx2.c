@@ -295,6 +295,34 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
     }
 }
 
+/* y += sum_r x[r] M[r]: four rows per pass over y */
+static void axpy_rows(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y) {
+    if (dim % 8) {
+        kvqi_cache_kernels_scalar.axpy_rows(M, x, rows, dim, y);
+        return;
+    }
+    uint32_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        __m256 x0 = _mm256_set1_ps(x[r]), x1 = _mm256_set1_ps(x[r + 1]);
+        __m256 x2 = _mm256_set1_ps(x[r + 2]), x3 = _mm256_set1_ps(x[r + 3]);
+        const float *m0 = M + (size_t)r * dim;
+        for (uint32_t j = 0; j < dim; j += 8) {
+            __m256 a = _mm256_loadu_ps(y + j);
+            a = _mm256_fmadd_ps(x0, _mm256_loadu_ps(m0 + j), a);
+            a = _mm256_fmadd_ps(x1, _mm256_loadu_ps(m0 + dim + j), a);
+            a = _mm256_fmadd_ps(x2, _mm256_loadu_ps(m0 + 2 * dim + j), a);
+            a = _mm256_fmadd_ps(x3, _mm256_loadu_ps(m0 + 3 * dim + j), a);
+            _mm256_storeu_ps(y + j, a);
+        }
+    }
+    for (; r < rows; r++) {
+        __m256 xr = _mm256_set1_ps(x[r]);
+        const float *m0 = M + (size_t)r * dim;
+        for (uint32_t j = 0; j < dim; j += 8)
+            _mm256_storeu_ps(y + j, _mm256_fmadd_ps(xr, _mm256_loadu_ps(m0 + j), _mm256_loadu_ps(y + j)));
+    }
+}
+
 /* ----------------------------------------------------------------- exp */
 
 static inline __m256 exp_neg8(__m256 x) {
@@ -342,5 +370,6 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->accum_q8_0 = accum_q8_0;
     k->accum_q4_0 = accum_q4_0;
     k->accum_rot = accum_rot;
+    k->axpy_rows = axpy_rows;
     k->exp_sum = exp_sum;
 }

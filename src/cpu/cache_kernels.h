@@ -64,6 +64,8 @@ typedef struct kvqi_cache_kernels {
                        size_t stride, size_t n, float *acc);
     void (*accum_rot)(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
                       const uint8_t *v, size_t n, float *acc);
+    /* y[dim] += sum_r x[r] * M[r][dim] for r < rows (rotations of queries and outputs) */
+    void (*axpy_rows)(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y);
     /* s[t] = exp(s[t] - m) for t < n; returns the sum. Same polynomial on every ISA. */
     float (*exp_sum)(float *s, size_t n, float m);
 } kvqi_cache_kernels;

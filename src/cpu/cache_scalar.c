@@ -164,6 +164,14 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
     }
 }
 
+static void axpy_rows(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y) {
+    for (uint32_t r = 0; r < rows; r++) {
+        const float *row = M + (size_t)r * dim;
+        float xr = x[r];
+        for (uint32_t j = 0; j < dim; j++) y[j] += xr * row[j];
+    }
+}
+
 static float exp_sum(float *s, size_t n, float m) {
     float sum = 0.0f;
     for (size_t t = 0; t < n; t++) {
@@ -175,7 +183,7 @@ static float exp_sum(float *s, size_t n, float m) {
 
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
-    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  exp_sum,
+    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  axpy_rows, exp_sum,
 };
 
 static kvqi_cache_kernels g_avx2, g_avx512, g_neon;
