@@ -318,10 +318,12 @@ static int same_arena(const kvq_cache *a, const kvq_cache *b) {
         size_t cnt = KVQI_MIN(C, n - ch * C);
         for (uint32_t g = 0; g < a->n_kv; g++) {
             size_t ko = (size_t)g * C * a->key.code_size, vo = a->off_value + (size_t)g * C * a->value.code_size;
-            size_t oo = a->off_outliers + (size_t)g * C * a->n_out * 2;
             if (memcmp(a->chunks[ch] + ko, b->chunks[ch] + ko, cnt * a->key.code_size)) return 0;
             if (memcmp(a->chunks[ch] + vo, b->chunks[ch] + vo, cnt * a->value.code_size)) return 0;
-            if (memcmp(a->chunks[ch] + oo, b->chunks[ch] + oo, cnt * a->n_out * 2)) return 0;
+            for (uint32_t o = 0; o < a->n_out; o++) {
+                size_t oo = a->off_outliers + ((size_t)g * a->n_out + o) * C * 2;
+                if (memcmp(a->chunks[ch] + oo, b->chunks[ch] + oo, cnt * 2)) return 0;
+            }
         }
     }
     return 1;
@@ -554,8 +556,8 @@ TEST(cache_simd_kernels_match_scalar) {
                     tested++;
                 }
                 /* rotated codes, one to three passes */
-                static const uint32_t bitss[] = {1, 2, 4, 8};
-                for (size_t bi = 0; bi < 4; bi++) {
+                static const uint32_t bitss[] = {1, 2, 3, 4, 8};
+                for (size_t bi = 0; bi < 5; bi++) {
                     for (uint32_t passes = 1; passes <= (bitss[bi] == 8 ? 1u : 3u); passes++) {
                         uint32_t bits = bitss[bi];
                         if (dim % (bits == 2 ? 64 : 32)) continue;
@@ -595,6 +597,18 @@ TEST(cache_simd_kernels_match_scalar) {
                     }
                 }
             }
+        }
+        /* outlier channels */
+        for (uint32_t G = 1; G <= 5; G += 2) {
+            uint16_t vals[3 * 40];
+            float qo[5 * 3], sc1[5 * 64], sc2[5 * 64];
+            for (size_t i = 0; i < 3 * 40; i++) vals[i] = kvqi_fp32_to_fp16((float)i * 0.37f - 20.0f);
+            fill_uniform(qo, 5 * 3, 1000 + G);
+            fill_uniform(sc1, 5 * 64, 1100);
+            memcpy(sc2, sc1, sizeof sc1);
+            S->outlier_add(vals, 40, qo, G, 3, 37, sc1, 64);
+            K->outlier_add(vals, 40, qo, G, 3, 37, sc2, 64);
+            CHECKF(close_arrays(sc2, sc1, 5 * 64, 1e-5), "%s outlier_add G %u", kvqi_isa_name((kvq_isa)isa), G);
         }
         /* rotations of queries and outputs */
         for (uint32_t rows = 1; rows <= 9; rows += 4) {
@@ -657,7 +671,10 @@ TEST(cache_fused_paths_match_generic) {
     float *q = make_kv(nq, H, dim, 83, 0, 1);
     float *o1 = malloc(nq * H * dim * sizeof(float)), *o2 = malloc(nq * H * dim * sizeof(float));
     REQUIRE(k && v && q && o1 && o2);
-    static const char *specs[] = {"fp16", "q8_0", "q4_0", "mse:bits=1", "mse:bits=2", "mse:bits=4"};
+    static const char *specs[] = {"fp16",       "q8_0",       "q4_0",
+                                  "mse:bits=1", "mse:bits=2", "mse:bits=3",
+                                  "mse:bits=4", "mse:bits=8", "turboquant_rvq:bits=1,residuals=2",
+                                  "turboquant_rvq:bits=3,residuals=3"};
     int fused = 0;
     for (size_t s = 0; s < sizeof specs / sizeof specs[0]; s++) {
         kvq_cache *c;
@@ -671,6 +688,7 @@ TEST(cache_fused_paths_match_generic) {
         CHECKF(e < 1e-5, "%s: fused vs generic %.3g", specs[s], e);
         kvq_cache_free(c);
     }
-    CHECKF(fused >= 3, "only %d configs took a fused path", fused);
+    CHECKF(fused == (int)(sizeof specs / sizeof specs[0]), "only %d configs took a fused path",
+           fused);
     free(k), free(v), free(q), free(o1), free(o2);
 }

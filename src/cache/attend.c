@@ -6,6 +6,7 @@
  * sum_i p_i R^T u_i = R^T sum_i p_i u_i, so the rotation runs once per query head.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,11 +19,14 @@ typedef struct attend_ctx {
     uint32_t n_q_heads, G;
     size_t n_queries;
     float scale;
+    atomic_int status; /* first failure of a quantizer call in any task */
 } attend_ctx;
 
 static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     size_t d = c->dim, B = KVQI_ATTEND_BLOCK;
-    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16;
+    /* the generic key path scores a whole chunk span per kvq_score call */
+    size_t span = c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0;
+    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16 + span;
 }
 
 /* Grows the per-thread scratch the first time a larger pool or group size is seen;
@@ -65,11 +69,13 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->q_out = s->scores + G * B;
     s->m = s->q_out + G * c->n_out;
     s->l = s->m + G;
+    s->kspan = s->l + G;
 }
 
-/* Scores of one block of coded tokens, scaled, outlier channels added. */
+/* Scores of one block of coded tokens (the query carries the scale), outlier channels
+ * added. */
 static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32_t G,
-                        uint32_t g, const uint8_t *chunk, size_t in, size_t nb, float scale) {
+                        uint32_t g, const uint8_t *chunk, size_t in, size_t nb) {
     size_t C = c->cfg.chunk_tokens, B = KVQI_ATTEND_BLOCK;
     const kvqi_side *K = &c->key;
     const uint8_t *codes = chunk + ((size_t)g * C + in) * K->code_size;
@@ -86,33 +92,33 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
     case KVQI_PATH_ROT:
         c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
         break;
-    default:
+    default: /* scored ahead by score_span */
         for (uint32_t h = 0; h < G; h++)
-            if (kvq_score(K->quant, s->q + (size_t)h * c->dim, codes, nb, s->scores + h * B) !=
-                KVQ_OK)
-                for (size_t t = 0; t < nb; t++) s->scores[h * B + t] = 0.0f;
+            memcpy(s->scores + h * B, s->kspan + h * C + in, nb * sizeof(float));
         break;
     }
-    if (c->n_out) {
-        const uint16_t *ov =
-            (const uint16_t *)(chunk + c->off_outliers + ((size_t)g * C + in) * c->n_out * 2);
-        for (size_t t = 0; t < nb; t++) {
-            float kx[64];
-            const uint16_t *row = ov + t * c->n_out;
-            for (uint32_t o0 = 0; o0 < c->n_out; o0 += 64) {
-                uint32_t no = KVQI_MIN(64u, c->n_out - o0);
-                for (uint32_t o = 0; o < no; o++) kx[o] = kvqi_fp16_to_fp32(row[o0 + o]);
-                for (uint32_t h = 0; h < G; h++) {
-                    const float *qo = s->q_out + (size_t)h * c->n_out + o0;
-                    float sum = 0.0f;
-                    for (uint32_t o = 0; o < no; o++) sum += qo[o] * kx[o];
-                    s->scores[h * B + t] += sum;
-                }
-            }
+    if (c->n_out)
+        c->kern->outlier_add((const uint16_t *)(chunk + c->off_outliers +
+                                                ((size_t)g * c->n_out * C + in) * 2),
+                             C, s->q_out, G, c->n_out, nb, s->scores, B);
+}
+
+/* Generic keys: kvq_score over tokens [in, in + n) of a chunk for every head at once,
+ * so a method's per-call query preparation is paid once per chunk, not per block. */
+static void score_span(const kvq_cache *c, const kvqi_attend_scratch *s, uint32_t G,
+                       uint32_t g, const uint8_t *chunk, size_t in, size_t n,
+                       atomic_int *status) {
+    size_t C = c->cfg.chunk_tokens;
+    const uint8_t *codes = chunk + ((size_t)g * C + in) * c->key.code_size;
+    for (uint32_t h = 0; h < G; h++) {
+        kvq_status st =
+            kvq_score(c->key.quant, s->q + (size_t)h * c->dim, codes, n, s->kspan + h * C + in);
+        if (st != KVQ_OK) {
+            int ok = KVQ_OK;
+            atomic_compare_exchange_strong(status, &ok, (int)st);
+            memset(s->kspan + h * C + in, 0, n * sizeof(float));
         }
     }
-    for (uint32_t h = 0; h < G; h++)
-        for (size_t t = 0; t < nb; t++) s->scores[h * B + t] *= scale;
 }
 
 /* Online softmax step: scores -> weights relative to the new running max; both
@@ -139,7 +145,7 @@ static void softmax_block(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G
 }
 
 static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, uint32_t g,
-                        const uint8_t *chunk, size_t in, size_t nb) {
+                        const uint8_t *chunk, size_t in, size_t nb, atomic_int *status) {
     size_t C = c->cfg.chunk_tokens, B = KVQI_ATTEND_BLOCK;
     const kvqi_side *V = &c->value;
     const uint8_t *codes = chunk + c->off_value + ((size_t)g * C + in) * V->code_size;
@@ -157,8 +163,12 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
         c->kern->accum_rot(&V->rot, s->scores, B, G, codes, nb, s->acc);
         break;
     default:
-        if (kvq_decode(V->quant, codes, nb, s->vdec) != KVQ_OK)
+        kvq_status st = kvq_decode(V->quant, codes, nb, s->vdec);
+        if (st != KVQ_OK) {
+            int ok = KVQ_OK;
+            atomic_compare_exchange_strong(status, &ok, (int)st);
             memset(s->vdec, 0, nb * c->dim * sizeof(float));
+        }
         c->kern->accum_f32(s->scores, B, G, c->dim, (const uint8_t *)s->vdec,
                            c->dim * sizeof(float), nb, s->acc);
         break;
@@ -166,7 +176,7 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
 }
 
 static void attend_task(void *vctx, size_t task, unsigned thread) {
-    const attend_ctx *A = vctx;
+    attend_ctx *A = vctx;
     kvq_cache *c = A->c;
     uint32_t G = A->G, d = c->dim, g = (uint32_t)(task % c->n_kv);
     size_t i = task / c->n_kv, B = KVQI_ATTEND_BLOCK, C = c->cfg.chunk_tokens;
@@ -176,15 +186,16 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
     carve(s, c, G);
 
     for (uint32_t h = 0; h < G; h++) {
+        /* the softmax scale rides on the query: every score comes out scaled */
         const float *qh = A->q + (i * A->n_q_heads + (size_t)g * G + h) * d;
-        float *qk = s->q + (size_t)h * d;
-        memcpy(s->q_raw + (size_t)h * d, qh, d * sizeof(float));
+        float *qk = s->q + (size_t)h * d, *qr = s->q_raw + (size_t)h * d;
+        for (uint32_t j = 0; j < d; j++) qr[j] = qh[j] * A->scale;
         float *tmp = s->vdec; /* free until the first block */
-        memcpy(tmp, qh, d * sizeof(float));
+        memcpy(tmp, qr, d * sizeof(float));
         if (c->n_out && c->coded) {
             const uint16_t *idx = c->outlier_idx + (size_t)g * c->n_out;
             for (uint32_t o = 0; o < c->n_out; o++) {
-                s->q_out[(size_t)h * c->n_out + o] = qh[idx[o]];
+                s->q_out[(size_t)h * c->n_out + o] = qr[idx[o]];
                 tmp[idx[o]] = 0.0f;
             }
         }
@@ -214,9 +225,11 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
     for (size_t t0 = 0; t0 < coded_end;) {
         size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_end - t0, C - in));
         const uint8_t *chunk = c->chunks[t0 / C];
-        score_coded(c, s, G, g, chunk, in, nb, A->scale);
+        if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == 0))
+            score_span(c, s, G, g, chunk, in, KVQI_MIN(coded_end - t0, C - in), &A->status);
+        score_coded(c, s, G, g, chunk, in, nb);
         softmax_block(c, s, G, nb);
-        accum_coded(c, s, G, g, chunk, in, nb);
+        accum_coded(c, s, G, g, chunk, in, nb, &A->status);
         t0 += nb;
     }
     for (size_t t0 = exact_begin; t0 < visible;) {
@@ -226,8 +239,6 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
         const uint8_t *kr = (const uint8_t *)(ek + slot * row + (size_t)g * d);
         const uint8_t *vr = (const uint8_t *)(ev + slot * row + (size_t)g * d);
         c->kern->score_f32(s->q_raw, G, d, kr, row * sizeof(float), nb, s->scores, B);
-        for (uint32_t h = 0; h < G; h++)
-            for (size_t t = 0; t < nb; t++) s->scores[h * B + t] *= A->scale;
         softmax_block(c, s, G, nb);
         c->kern->accum_f32(s->scores, B, G, d, vr, row * sizeof(float), nb, s->acc_x);
         t0 += nb;
@@ -257,7 +268,8 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
     unsigned n_threads = pool ? kvq_threadpool_size(pool) : 1;
     kvq_status st = ensure_scratch(c, G, n_threads);
     if (st != KVQ_OK) return st;
-    attend_ctx A = {c, q, out, n_q_heads, G, n_queries, scale};
+    attend_ctx A = {c, q, out, n_q_heads, G, n_queries, scale, KVQ_OK};
+    atomic_init(&A.status, KVQ_OK);
     kvqi_parallel_for(pool, n_tasks, attend_task, &A);
-    return KVQ_OK;
+    return (kvq_status)atomic_load(&A.status);
 }

@@ -178,6 +178,20 @@ KVQI_INLINE void dec_pass(const uint32_t BITS, const rot_regs *T, uint32_t p, co
         unsigned s = (b % 2) * 4;
         *x0 = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srli_epi32(v, s), m3), T->tab[p]);
         *x1 = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srli_epi32(v, s + 2), m3), T->tab[p]);
+    } else if (BITS == 3) {
+        /* 32 indices in 12 bytes, natural order: two overlapping 8-byte reads, each lane
+         * shifts its own 3 bits out of a 24-bit group */
+        uint64_t lo, hi;
+        memcpy(&lo, idx + 12 * b, 8);
+        memcpy(&hi, idx + 12 * b + 4, 8);
+        const __m512i sh = _mm512_set_epi32(21, 18, 15, 12, 9, 6, 3, 0, 21, 18, 15, 12, 9, 6, 3, 0);
+        const __m512i m7 = _mm512_set1_epi32(7);
+        __m512i v0 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32((int)(lo & 0xffffff))),
+                                        _mm256_set1_epi32((int)((lo >> 24) & 0xffffff)), 1);
+        __m512i v1 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32((int)((hi >> 16) & 0xffffff))),
+                                        _mm256_set1_epi32((int)((hi >> 40) & 0xffffff)), 1);
+        *x0 = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srlv_epi32(v0, sh), m7), T->tab[p]);
+        *x1 = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srlv_epi32(v1, sh), m7), T->tab[p]);
     } else if (BITS == 1) {
         uint32_t bits;
         memcpy(&bits, idx + 4 * b, 4);
@@ -324,6 +338,10 @@ ROT_VARIANT(2, 1)
 ROT_VARIANT(2, 2)
 ROT_VARIANT(2, 3)
 ROT_VARIANT(2, 4)
+ROT_VARIANT(3, 1)
+ROT_VARIANT(3, 2)
+ROT_VARIANT(3, 3)
+ROT_VARIANT(3, 4)
 ROT_VARIANT(4, 1)
 ROT_VARIANT(4, 2)
 ROT_VARIANT(4, 3)
@@ -334,18 +352,20 @@ typedef void (*score_rot_fn)(const kvqi_rot_layout *, const float *, uint32_t, c
                              size_t, float *, size_t);
 typedef void (*accum_rot_fn)(const kvqi_rot_layout *, const float *, size_t, uint32_t,
                              const uint8_t *, size_t, float *);
-static const score_rot_fn score_rot_table[4][4] = {
+static const score_rot_fn score_rot_table[5][4] = {
     {score_rot_1_1, score_rot_1_2, score_rot_1_3, score_rot_1_4},
     {score_rot_2_1, score_rot_2_2, score_rot_2_3, score_rot_2_4},
+    {score_rot_3_1, score_rot_3_2, score_rot_3_3, score_rot_3_4},
     {score_rot_4_1, score_rot_4_2, score_rot_4_3, score_rot_4_4},
     {score_rot_8_1, NULL, NULL, NULL}};
-static const accum_rot_fn accum_rot_table[4][4] = {
+static const accum_rot_fn accum_rot_table[5][4] = {
     {accum_rot_1_1, accum_rot_1_2, accum_rot_1_3, accum_rot_1_4},
     {accum_rot_2_1, accum_rot_2_2, accum_rot_2_3, accum_rot_2_4},
+    {accum_rot_3_1, accum_rot_3_2, accum_rot_3_3, accum_rot_3_4},
     {accum_rot_4_1, accum_rot_4_2, accum_rot_4_3, accum_rot_4_4},
     {accum_rot_8_1, NULL, NULL, NULL}};
 
-static int bits_slot(uint32_t bits) { return bits == 1 ? 0 : bits == 2 ? 1 : bits == 4 ? 2 : 3; }
+static int bits_slot(uint32_t bits) { return bits <= 4 ? (int)bits - 1 : 4; }
 
 static void score_rot(const kvqi_rot_layout *L, const float *q, uint32_t G, const uint8_t *k,
                       size_t n, float *scores, size_t ld) {
@@ -359,6 +379,27 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
     accum_rot_fn f = accum_rot_table[bits_slot(L->bits)][L->n_pass - 1];
     if (f) f(L, w, ld, G, v, n, acc);
     else kvqi_cache_kernels_scalar.accum_rot(L, w, ld, G, v, n, acc);
+}
+
+/* outlier channels: sixteen (eight) tokens of one channel per conversion */
+static void outlier_add(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
+                        uint32_t n_out, size_t n, float *scores, size_t ld) {
+    size_t nv = n - n % 16;
+    for (uint32_t o = 0; o < n_out; o++) {
+        const uint16_t *v = vals + o * stride;
+        for (size_t t = 0; t < nv; t += 16) {
+            __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + t)));
+            for (uint32_t h = 0; h < G; h++) {
+                float *s = scores + h * ld + t;
+                _mm512_storeu_ps(s, _mm512_fmadd_ps(_mm512_set1_ps(q_out[(size_t)h * n_out + o]), x,
+                                                  _mm512_loadu_ps(s)));
+            }
+        }
+        for (size_t t = nv; t < n; t++) {
+            float x = _cvtsh_ss(v[t]);
+            for (uint32_t h = 0; h < G; h++) scores[h * ld + t] += q_out[(size_t)h * n_out + o] * x;
+        }
+    }
 }
 
 /* y += sum_r x[r] M[r]: four rows per pass over y */
@@ -438,6 +479,7 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
     k->accum_q8_0 = accum_q8_0;
     k->accum_q4_0 = accum_q4_0;
     k->accum_rot = accum_rot;
+    k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;
     k->exp_sum = exp_sum;
 }

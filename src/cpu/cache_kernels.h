@@ -23,7 +23,7 @@
 #define KVQI_ROT_MAX_PASSES 4
 typedef struct kvqi_rot_layout {
     uint32_t dim;       /* multiple of 32 (of 64 for 2 bits) */
-    uint32_t bits;      /* 1, 2, 4, or 8 (8: one pass) */
+    uint32_t bits;      /* 1, 2, 3, 4, or 8 (8: one pass) */
     uint32_t n_pass;    /* 1..KVQI_ROT_MAX_PASSES */
     uint32_t code_size; /* bytes per vector (stride) */
     uint32_t norm_offset;
@@ -64,6 +64,10 @@ typedef struct kvqi_cache_kernels {
                        size_t stride, size_t n, float *acc);
     void (*accum_rot)(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
                       const uint8_t *v, size_t n, float *acc);
+    /* scores[h * ld + t] += sum_o q_out[h][o] * vals[o * stride + t]: the fp16 outlier
+     * channels kept apart from the key codes, channel-major */
+    void (*outlier_add)(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
+                        uint32_t n_out, size_t n, float *scores, size_t ld);
     /* y[dim] += sum_r x[r] * M[r][dim] for r < rows (rotations of queries and outputs) */
     void (*axpy_rows)(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y);
     /* s[t] = exp(s[t] - m) for t < n; returns the sum. Same polynomial on every ISA. */
