@@ -105,6 +105,9 @@ void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, con
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k);
 void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k);
 #endif
+#if defined(KVQ_HAVE_NEON)
+void kvqi_cache_kernels_fill_neon(kvqi_cache_kernels *k);
+#endif
 
 /* exp(x) for x <= 0: i = ceil(x log2(e) - 1/2), r = x - i ln2 in two steps (Cody-Waite,
  * |r| <= ln2/2), e^r by its degree-6 Taylor polynomial, times 2^i. Relative error about

@@ -214,7 +214,7 @@ const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, outlier_add, axpy_rows, exp_sum,
 };
 
-static kvqi_cache_kernels g_avx2, g_avx512;
+static kvqi_cache_kernels g_avx2, g_avx512, g_neon;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void build_tables(void) {
@@ -227,6 +227,11 @@ static void build_tables(void) {
     g_avx512.isa = KVQ_ISA_AVX512;
     kvqi_cache_kernels_fill_avx512(&g_avx512);
 #endif
+    g_neon = kvqi_cache_kernels_scalar;
+#if defined(KVQ_HAVE_NEON)
+    g_neon.isa = KVQ_ISA_NEON;
+    kvqi_cache_kernels_fill_neon(&g_neon);
+#endif
 }
 
 const kvqi_cache_kernels *kvqi_cache_kernels_for(kvq_isa resolved) {
@@ -234,6 +239,9 @@ const kvqi_cache_kernels *kvqi_cache_kernels_for(kvq_isa resolved) {
 #if defined(KVQ_HAVE_X86_SIMD)
     if (resolved == KVQ_ISA_AVX512) return &g_avx512;
     if (resolved == KVQ_ISA_AVX2) return &g_avx2;
+#endif
+#if defined(KVQ_HAVE_NEON)
+    if (resolved == KVQ_ISA_NEON) return &g_neon;
 #endif
     return &kvqi_cache_kernels_scalar;
 }
