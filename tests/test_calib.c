@@ -198,6 +198,7 @@ TEST(calib_vecinfer_unfitted_and_bad_configs) {
     REQUIRE_OK(kvq_config_parse("vecinfer", 64, &c, NULL, 0));
     REQUIRE_OK(kvq_quantizer_create(&c, &q));
     CHECK_STATUS(kvq_encode(q, x, 1, code), KVQ_ERR_STATE);
+    CHECK_STATUS(kvq_quantizer_save(q, "unfitted.safetensors"), KVQ_ERR_STATE);
     CHECK_STATUS(kvq_quantizer_fit(q, x, 1), KVQ_ERR_INVALID_ARG); /* 8 sub-vectors < 256 */
     kvq_quantizer_free(q);
     char msg[256];
