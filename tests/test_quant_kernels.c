@@ -55,6 +55,14 @@ TEST(quant_kernels_match_scalar) {
                    "%s masked_sum d=%u", name, d);
             ref->sign_pack(x + d, d, p2);
             CHECK(k->and_popcount(p1, p2, (d + 7) / 8) == ref->and_popcount(p1, p2, (d + 7) / 8));
+            {
+                static uint8_t planes[4][512];
+                for (int j = 0; j < 4; j++) ref->sign_pack(x + (size_t)j * 7, d, planes[j]);
+                uint32_t pa, pb2;
+                uint32_t ra = ref->popcount_planes(p1, planes[0], sizeof planes[0], 4, (d + 7) / 8, &pa);
+                uint32_t rb = k->popcount_planes(p1, planes[0], sizeof planes[0], 4, (d + 7) / 8, &pb2);
+                CHECKF(ra == rb && pa == pb2, "%s popcount_planes d=%u", name, d);
+            }
             uint16_t h1[512], h2[512];
             ref->fp16_from_f32(x, d, h1);
             k->fp16_from_f32(x, d, h2);

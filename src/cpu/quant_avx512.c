@@ -315,6 +315,24 @@ static uint32_t and_popcount_avx512(const uint8_t *a, const uint8_t *b, size_t n
     return (uint32_t)_mm512_reduce_add_epi64(acc);
 }
 
+/* Codes of up to 64 bytes (d <= 512) in one register; longer ones chunk by chunk. */
+static uint32_t popcount_planes_avx512(const uint8_t *code, const uint8_t *planes,
+                                       size_t plane_stride, unsigned n_planes, size_t nbytes,
+                                       uint32_t *pop_code) {
+    __m512i acc = _mm512_setzero_si512(), pc = _mm512_setzero_si512();
+    for (size_t i = 0; i < nbytes; i += 64) {
+        const __mmask64 m = nbytes - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (nbytes - i)) - 1);
+        const __m512i c = _mm512_maskz_loadu_epi8(m, code + i);
+        pc = _mm512_add_epi64(pc, _mm512_popcnt_epi64(c));
+        for (unsigned j = 0; j < n_planes; j++) {
+            __m512i p = _mm512_maskz_loadu_epi8(m, planes + j * plane_stride + i);
+            acc = _mm512_add_epi64(acc, _mm512_slli_epi64(_mm512_popcnt_epi64(_mm512_and_si512(c, p)), j));
+        }
+    }
+    *pop_code = (uint32_t)_mm512_reduce_add_epi64(pc);
+    return (uint32_t)_mm512_reduce_add_epi64(acc);
+}
+
 static void fp16_from_f32_avx512(const float *x, size_t n, uint16_t *out) {
     size_t i = 0;
     for (; i + 16 <= n; i += 16)
@@ -712,7 +730,8 @@ static float q4_0_dot_avx512(const float *q, const uint8_t *in, uint32_t nb) {
 
 const kvqi_quant_kernels kvqi_quant_avx512 = {
     KVQ_ISA_AVX512,       quantize_pack_avx512, sign_pack_avx512,     lut_decode_avx512,
-    lut_dot_avx512,       masked_sum_avx512,    and_popcount_avx512,  fp16_from_f32_avx512,
+    lut_dot_avx512,       masked_sum_avx512,    and_popcount_avx512,  popcount_planes_avx512,
+    fp16_from_f32_avx512,
     fp16_to_f32_avx512,   fp16_dot_avx512,      hadamard_sign_batch_avx512,
     rvq1_batch_avx512,    hadamard_pow2_avx512, q8_0_encode_avx512,   q8_0_decode_avx512,   q8_0_dot_avx512,
     q4_0_encode_avx512,   q4_0_decode_avx512,   q4_0_dot_avx512,

@@ -499,9 +499,9 @@ static kvq_status rabitq_score(const kvq_quantizer *q, const float *query, const
         if (s->B == 1) {
             float sel, tot;
             if (s->qb == 4) {
-                uint32_t acc = 0;
-                for (int j = 0; j < 4; j++) acc += q->k->and_popcount(pay, Q->planes[j], s->plane_bytes) << j;
-                uint32_t pc = q->k->and_popcount(pay, pay, s->plane_bytes);
+                uint32_t pc;
+                uint32_t acc = q->k->popcount_planes(pay, Q->planes[0], sizeof Q->planes[0], 4,
+                                                     s->plane_bytes, &pc);
                 sel = Q->lo * (float)pc + Q->delta * (float)acc;
                 tot = total4;
             } else {
