@@ -327,7 +327,8 @@ KVQ_API kvq_status kvq_context_reset(kvq_context *ctx);
 KVQ_API kvq_status kvq_context_length(const kvq_context *ctx, size_t *n_tokens);
 /* Run n tokens (n <= n_batch) at the next positions. logits (may be NULL) receives
  * n_vocab floats for the last token, or n * n_vocab (one row per token) if all_logits.
- * KVQ_ERR_CAPACITY when the context is full. */
+ * KVQ_ERR_CAPACITY when the context is full. After any other error the caches may hold
+ * part of the batch: kvq_context_reset before reusing the context. */
 KVQ_API kvq_status kvq_context_eval(kvq_context *ctx, const int32_t *tokens, size_t n,
                                     float *logits, int all_logits);
 /* Pick a token from logits: temperature <= 0 is greedy (argmax, lowest id on ties);

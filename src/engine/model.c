@@ -10,11 +10,6 @@
 
 #include "engine/engine.h"
 
-
-typedef struct weight {
-    const kvqi_gguf_tensor *t; /* NULL: absent (optional tensors) */
-} weight;
-
 typedef struct layer_weights {
     float *attn_norm, *ffn_norm; /* dequantized at load: [n_embd] */
     float *bq, *bk, *bv;         /* optional biases (qwen2) */
@@ -333,7 +328,7 @@ struct kvq_context {
     size_t n_past;
     uint64_t rng;
     /* activations, [n_batch][...] */
-    float *x, *xn, *q, *k, *v, *att, *gate, *up, *logits_tmp;
+    float *x, *xn, *q, *k, *v, *att, *gate, *up;
     float *rope_freq;           /* [n_rot / 2] */
     /* exact float KV: [layer][n_ctx][kv_dim] */
     float *k_cache, *v_cache;
@@ -366,7 +361,7 @@ KVQ_API void kvq_context_free(kvq_context *c) {
         for (uint32_t l = 0; l < c->model->info.n_layers; l++) kvq_cache_free(c->caches[l]);
     free(c->caches);
     kvq_threadpool_free(c->pool);
-    float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up, c->logits_tmp,
+    float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up,
                      c->rope_freq, c->k_cache, c->v_cache};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kvqi_free(bufs[i]);
     kvqi_free(c->probs);
@@ -427,7 +422,6 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
     c->att = alloc2(B, q_dim, &st);
     c->gate = alloc2(B, I->n_ff, &st);
     c->up = alloc2(B, I->n_ff, &st);
-    c->logits_tmp = alloc2(1, I->n_vocab, &st);
     c->rope_freq = alloc2(1, model->n_rot / 2, &st);
     if (!p.cache) {
         size_t per_layer = 0;
