@@ -71,8 +71,9 @@ KVQ_API int kvq_isa_available(kvq_isa isa);
 /* --------------------------------------------------------------- threadpool */
 
 /* A fixed pool of worker threads shared by caches, indexes and the engine.
- * n_threads = 0 means one per online CPU. Work is split statically; calls that take
- * a pool run on the calling thread plus the workers. */
+ * n_threads = 0 means one per online CPU; the count includes the calling thread.
+ * Work is handed out dynamically; calls that take a pool run on the calling thread
+ * plus the workers. */
 typedef struct kvq_threadpool kvq_threadpool;
 KVQ_API kvq_status kvq_threadpool_create(unsigned n_threads, kvq_threadpool **out);
 KVQ_API void kvq_threadpool_free(kvq_threadpool *pool);
@@ -174,14 +175,19 @@ typedef struct kvq_cache_config {
     kvq_config key;          /* key quantizer (dim is set to head_dim) */
     kvq_config value;        /* value quantizer (dim is set to head_dim) */
     uint32_t window;         /* most recent tokens also kept exact (fp32) (0 = none) */
-    uint32_t n_outliers;     /* key channels per head kept apart in fp16 (0 = none) */
+    uint32_t n_outliers;     /* key channels per head kept apart in fp16 (0 = none): the
+                                largest by RMS over the first 32 tokens, then fixed */
     uint32_t chunk_tokens;   /* arena chunk length in tokens (0 = 256) */
     uint32_t max_tokens;     /* hard capacity (0 = grow without bound) */
 } kvq_cache_config;
 
 typedef struct kvq_cache kvq_cache;
 
-/* Exact bytes held by a cache. total == codes + window + outliers + shared + overhead. */
+/* Exact bytes held by a cache. total == codes + window + outliers + shared + overhead.
+ * key_codes / value_codes are code_size x n_kv_heads x tokens once tokens are encoded;
+ * with outlier channels the first 32 tokens stay exact (staged, counted in outliers)
+ * until the channels are chosen from them. The arena grows in whole chunks: the unused
+ * tail of the last chunk is overhead. */
 typedef struct kvq_cache_memory_info {
     uint64_t key_codes;      /* per-token key codes (norms, scales included) */
     uint64_t value_codes;    /* per-token value codes */
@@ -206,12 +212,18 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *cache, const float *k, const floa
 /* Causal grouped-query attention of n_queries new positions against the cache.
  * q: [n_queries][n_q_heads][head_dim]; out: same shape. Query i sits at position
  * length - n_queries + i and sees tokens 0..that position. n_q_heads must be a
- * multiple of n_kv_heads. pool may be NULL (run on the calling thread). */
+ * multiple of n_kv_heads. pool may be NULL (run on the calling thread).
+ * Softmax weights are scale * <q, k>; scores, softmax and the weighted sum of values
+ * are fused per block of tokens, so no decoded copy of the cache is ever built.
+ * One attend at a time per cache: it works in the cache's own per-thread scratch, which
+ * is allocated on the first call that brings a larger pool or more query heads per KV
+ * head (the only allocation attend makes). */
 KVQ_API kvq_status kvq_cache_attend(kvq_cache *cache, const float *q, uint32_t n_q_heads,
                                     size_t n_queries, float scale, kvq_threadpool *pool,
                                     float *out);
 KVQ_API kvq_status kvq_cache_memory(const kvq_cache *cache, kvq_cache_memory_info *info);
-/* How many tokens of context fit in budget_bytes for n_layers caches of this config. */
+/* How many tokens of context fit in budget_bytes for n_layers caches of this config
+ * (whole chunks; attend's per-thread scratch, tens of KB, is not counted). */
 KVQ_API kvq_status kvq_cache_tokens_fit(const kvq_cache_config *cfg, uint32_t n_layers,
                                         uint64_t budget_bytes, uint64_t *n_tokens);
 

@@ -1,6 +1,7 @@
 /* test_quant.c - the quantizer API: config strings, argument checks, every method at
  * every dim, byte-identical codes across runs and ISAs, save/load, the llama.cpp blocks
  * and TurboQuant's MSE figures (arXiv 2504.19874, Table/Thm 1). */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -464,6 +465,143 @@ TEST(quant_mse_unit_vector_distortion) {
                b, mse, expect[b - 1]);
         if (b == 3) CHECKF(fabs(mse - 0.030) <= 0.15 * 0.030, "b=3: MSE %.5f vs paper 0.030", mse);
         printf("    turboquant_mse b=%u d=%d: unit-vector MSE %.5f\n", b, D, mse);
+        fflush(stdout);
         kvq_quantizer_free(q);
+    }
+}
+
+/* ------------------------------------------------------------- RaBitQ IVF */
+
+TEST(quant_rabitq_ivf_fit_encode_save) {
+    enum { N = 2000, D = 64, NL = 8 };
+    static float x[N * D], cen[NL * D], y[N * D], y2[N * D], qv[D], s1[N], s2[N];
+    static uint8_t codes[N * 64], codes2[N * 64];
+    /* clustered data: 8 far-apart centres plus unit noise */
+    gaussian(cen, NL * D, 11);
+    gaussian(x, N * D, 12);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < D; j++) x[i * D + j] += 4.0f * cen[(i % NL) * D + j];
+    gaussian(qv, D, 13);
+    kvq_quantizer *flat, *ivf, *loaded;
+    REQUIRE_OK(make("rabitq", D, KVQ_ISA_AUTO, &flat));
+    REQUIRE_OK(make("rabitq:nlist=8", D, KVQ_ISA_AUTO, &ivf));
+    CHECK(kvq_code_size(ivf) == kvq_code_size(flat) + 2); /* + u16 cluster id */
+    CHECK(kvq_shared_size(ivf) >= kvq_shared_size(flat) + NL * D * sizeof(float));
+    CHECK_STATUS(kvq_encode(ivf, x, N, codes), KVQ_ERR_STATE);
+    char early[512];
+    snprintf(early, sizeof early, "%s/unfitted.safetensors", kvqt_tmpdir(kvqt_));
+    CHECK_STATUS(kvq_quantizer_save(ivf, early), KVQ_ERR_STATE);
+    CHECK_STATUS(kvq_quantizer_fit(ivf, x, NL - 1), KVQ_ERR_INVALID_ARG);
+    REQUIRE_OK(kvq_quantizer_fit(ivf, x, N));
+    REQUIRE_OK(kvq_encode(ivf, x, N, codes));
+    REQUIRE_OK(kvq_encode(flat, x, N, codes2));
+    REQUIRE_OK(kvq_score(ivf, qv, codes, N, s1));
+    REQUIRE_OK(kvq_score(flat, qv, codes2, N, s2));
+    double e_ivf = 0, e_flat = 0;
+    for (int i = 0; i < N; i++) {
+        double t = dotd(qv, x + i * D, D);
+        e_ivf += (s1[i] - t) * (s1[i] - t);
+        e_flat += (s2[i] - t) * (s2[i] - t);
+    }
+    /* the residual to the centroid is ~ 1/4 of x here: IVF errors are far smaller */
+    CHECKF(e_ivf < 0.25 * e_flat, "IVF squared error %.3g not below flat %.3g / 4", e_ivf, e_flat);
+    char path[512];
+    snprintf(path, sizeof path, "%s/ivf.safetensors", kvqt_tmpdir(kvqt_));
+    REQUIRE_OK(kvq_quantizer_save(ivf, path));
+    REQUIRE_OK(kvq_quantizer_load(path, &loaded));
+    REQUIRE_OK(kvq_decode(ivf, codes, N, y));
+    REQUIRE_OK(kvq_decode(loaded, codes, N, y2));
+    CHECK(memcmp(y, y2, sizeof y) == 0);
+    REQUIRE_OK(kvq_encode(loaded, x, N, codes2));
+    CHECK(memcmp(codes, codes2, N * kvq_code_size(ivf)) == 0);
+    /* a code naming a cluster that does not exist is refused */
+    size_t cs = kvq_code_size(ivf);
+    codes[4] = 0xFF;
+    codes[5] = 0xFF;
+    CHECK_STATUS(kvq_decode(ivf, codes, 1, y), KVQ_ERR_FORMAT);
+    CHECK_STATUS(kvq_score(ivf, qv, codes, 1, s1), KVQ_ERR_FORMAT);
+    (void)cs;
+    kvq_quantizer_free(loaded);
+    kvq_quantizer_free(ivf);
+    kvq_quantizer_free(flat);
+}
+
+/* ------------------------------------------------------------- threads */
+
+typedef struct thread_job {
+    const kvq_quantizer *q;
+    const float *x, *qv;
+    size_t n;
+    uint8_t *codes;
+    float *scores;
+    kvq_status st;
+} thread_job;
+
+static void *thread_run(void *arg) {
+    thread_job *j = arg;
+    for (int rep = 0; rep < 20 && j->st == KVQ_OK; rep++) {
+        j->st = kvq_encode(j->q, j->x, j->n, j->codes);
+        if (j->st == KVQ_OK) j->st = kvq_score(j->q, j->qv, j->codes, j->n, j->scores);
+    }
+    return NULL;
+}
+
+/* One quantizer shared by 4 threads: same codes and scores as one thread alone. */
+TEST(quant_shared_quantizer_is_thread_safe) {
+    static const char *const specs[] = {"rvq", "mse:bits=4", "rabitq:query_bits=4", "prod:bits=3",
+                                        "polar", "qjl", "q4_0", "rabitq:bits=4"};
+    enum { T = 4, N = 64, D = 128 };
+    static float x[T * N * D], qv[D], s_ref[T * N], s_thr[T * N];
+    static uint8_t c_ref[T * N * 128], c_thr[T * N * 128];
+    gaussian(x, T * N * D, 8);
+    gaussian(qv, D, 9);
+    for (size_t s = 0; s < sizeof specs / sizeof specs[0]; s++) {
+        kvq_quantizer *q;
+        REQUIRE_OK(make(specs[s], D, KVQ_ISA_AUTO, &q));
+        size_t cs = kvq_code_size(q);
+        REQUIRE_OK(kvq_encode(q, x, T * N, c_ref));
+        REQUIRE_OK(kvq_score(q, qv, c_ref, T * N, s_ref));
+        pthread_t th[T];
+        thread_job jobs[T];
+        for (int t = 0; t < T; t++) {
+            jobs[t] = (thread_job){q, x + (size_t)t * N * D, qv, N, c_thr + (size_t)t * N * cs,
+                                   s_thr + t * N, KVQ_OK};
+            REQUIRE(pthread_create(&th[t], NULL, thread_run, &jobs[t]) == 0);
+        }
+        for (int t = 0; t < T; t++) {
+            pthread_join(th[t], NULL);
+            CHECK_OK(jobs[t].st);
+        }
+        CHECKF(memcmp(c_ref, c_thr, (size_t)T * N * cs) == 0, "%s: threaded codes differ", specs[s]);
+        CHECKF(memcmp(s_ref, s_thr, sizeof(float) * T * N) == 0, "%s: threaded scores differ", specs[s]);
+        kvq_quantizer_free(q);
+    }
+}
+
+/* Rows of NaN, infinities and huge or tiny values: every method encodes, decodes and
+ * scores them without crashing (codes for such rows are unspecified). */
+TEST(quant_hostile_values_do_not_crash) {
+    enum { N = 8, D = 96 };
+    static float x[N * D], y[N * D], qv[128], sc[N];
+    static uint8_t codes[N * 1024];
+    gaussian(x, N * D, 1);
+    gaussian(qv, 128, 2);
+    x[3] = NAN;
+    x[D + 5] = INFINITY;
+    x[2 * D + 7] = -INFINITY;
+    for (int i = 0; i < D; i++) x[3 * D + i] = 3e38f * (i % 2 ? 1 : -1);
+    for (int i = 0; i < D; i++) x[4 * D + i] = 1e-42f;
+    for (int i = 0; i < D; i++) x[5 * D + i] = 0.0f;
+    for (int isa = KVQ_ISA_SCALAR; isa <= KVQ_ISA_NEON; isa++) {
+        if (!kvq_isa_available((kvq_isa)isa)) continue;
+        for (size_t s = 0; s < N_SPECS; s++)
+            for (uint32_t d = 96; d <= 128; d += 32) {
+                kvq_quantizer *q;
+                REQUIRE_OK(make(k_specs[s], d, (kvq_isa)isa, &q));
+                CHECK_OK(kvq_encode(q, x, N * D / d, codes));
+                CHECK_OK(kvq_decode(q, codes, N * D / d, y));
+                CHECK_OK(kvq_score(q, qv, codes, N * D / d, sc));
+                kvq_quantizer_free(q);
+            }
     }
 }

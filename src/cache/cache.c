@@ -52,15 +52,20 @@ static float fp16_at(const uint8_t *p) {
     return kvqi_fp16_to_fp32(h);
 }
 
+/* b-bit index `coord` of an LSB-first stream (3-bit indices may straddle two bytes) */
 static uint32_t rot_index_at(const uint8_t *idx, uint32_t bits, uint32_t coord) {
     size_t bit = (size_t)coord * bits;
-    return (uint32_t)(idx[bit / 8] >> (bit % 8)) & ((1u << bits) - 1u);
+    uint32_t v = idx[bit / 8];
+    if (bit % 8 + bits > 8) v |= (uint32_t)idx[bit / 8 + 1] << 8;
+    return (v >> (bit % 8)) & ((1u << bits) - 1u);
 }
 
 static void rot_set_index(uint8_t *idx, uint32_t bits, uint32_t coord, uint32_t v) {
-    size_t bit = (size_t)coord * bits;
-    uint8_t mask = (uint8_t)(((1u << bits) - 1u) << (bit % 8));
-    idx[bit / 8] = (uint8_t)((idx[bit / 8] & ~mask) | ((v << (bit % 8)) & mask));
+    for (uint32_t i = 0; i < bits; i++) {
+        size_t bit = (size_t)coord * bits + i;
+        uint8_t m = (uint8_t)(1u << (bit % 8));
+        idx[bit / 8] = (uint8_t)(((v >> i) & 1u) ? (idx[bit / 8] | m) : (idx[bit / 8] & ~m));
+    }
 }
 
 /* Decodes one code in a known layout (the reference the kernels follow). */
@@ -119,7 +124,8 @@ static void decode_known(kvqi_code_path path, const kvqi_rot_layout *rot, const 
  * quantizer uses; the rotation is read back through kvq_decode (below). */
 static int rot_layout_for(const kvq_config *qc, size_t code_size, kvqi_rot_layout *L) {
     uint32_t d = qc->dim, b = qc->bits;
-    if (!(b == 1 || b == 2 || b == 4 || b == 8) || d % (b == 2 ? 64 : 32)) return 0;
+    if (!(b >= 1 && b <= 4) && b != 8) return 0;
+    if (d % (b == 2 ? 64 : 32)) return 0;
     memset(L, 0, sizeof *L);
     L->dim = d;
     L->bits = b;
@@ -133,6 +139,17 @@ static int rot_layout_for(const kvq_config *qc, size_t code_size, kvqi_rot_layou
             return 0;
         L->n_pass = 1;
         L->index_offset[0] = 2;
+        if (b == 4) {
+            /* 8-bit centroids for the integer key path: symmetric scale, offset 128 */
+            float cmax = 0.0f;
+            for (uint32_t i = 0; i < 16; i++) cmax = fmaxf(cmax, fabsf(L->centroids[0][i]));
+            if (cmax > 0.0f) {
+                L->has_u8 = 1;
+                L->cent_scale = cmax / 127.0f;
+                for (uint32_t i = 0; i < 16; i++)
+                    L->cent_u8[i] = (uint8_t)(128 + (int)lrintf(L->centroids[0][i] / L->cent_scale));
+            }
+        }
         return 1;
     }
     if (qc->method == KVQ_METHOD_TURBOQUANT_RVQ) {
@@ -158,11 +175,24 @@ static int rot_layout_for(const kvq_config *qc, size_t code_size, kvqi_rot_layou
 }
 
 /* Reads the rotation R (row r = R^T e_r) back through kvq_decode: with norm 1 and unit
- * pass scales, moving coordinate r of pass 0 from index 0 to 1 changes the decoded
- * vector by (c[1] - c[0]) R^T e_r. */
+ * pass scales, moving coordinate r of pass 0 from index lo to hi changes the decoded
+ * vector by (c[hi] - c[lo]) R^T e_r. lo is the centroid nearest zero (a small base
+ * vector) and hi the one farthest from it (a large step), for precision. */
+static uint32_t nearest_zero(const float *c, uint32_t k) {
+    uint32_t best = 0;
+    for (uint32_t i = 1; i < k; i++)
+        if (fabsf(c[i]) < fabsf(c[best])) best = i;
+    return best;
+}
+
 static kvq_status extract_rotation(kvqi_side *s, uint32_t dim) {
     const kvqi_rot_layout *L = &s->rot;
-    float delta = L->centroids[0][1] - L->centroids[0][0];
+    uint32_t k = 1u << L->bits, lo = nearest_zero(L->centroids[0], k), hi = lo;
+    for (uint32_t i = 0; i < k; i++)
+        if (fabsf(L->centroids[0][i] - L->centroids[0][lo]) >
+            fabsf(L->centroids[0][hi] - L->centroids[0][lo]))
+            hi = i;
+    float delta = L->centroids[0][hi] - L->centroids[0][lo];
     if (!(delta != 0.0f)) return KVQ_ERR_STATE;
     size_t cs = s->code_size, batch = 32;
     uint8_t *codes = kvqi_calloc_array(batch + 1, cs);
@@ -176,13 +206,17 @@ static kvq_status extract_rotation(kvqi_side *s, uint32_t dim) {
     uint16_t one = kvqi_fp32_to_fp16(1.0f);
     uint8_t *base = codes + batch * cs;
     memcpy(base + L->norm_offset, &one, 2);
-    for (uint32_t p = 1; p < L->n_pass; p++) memcpy(base + L->scale_offset[p], &one, 2);
+    for (uint32_t p = 0; p < L->n_pass; p++) {
+        if (p) memcpy(base + L->scale_offset[p], &one, 2);
+        uint32_t z = p ? nearest_zero(L->centroids[p], k) : lo;
+        for (uint32_t r = 0; r < dim; r++) rot_set_index(base + L->index_offset[p], L->bits, r, z);
+    }
     kvq_status st = kvq_decode(s->quant, base, 1, dec + batch * dim);
     for (uint32_t r0 = 0; r0 < dim && st == KVQ_OK; r0 += (uint32_t)batch) {
         uint32_t nb = KVQI_MIN((uint32_t)batch, dim - r0);
         for (uint32_t i = 0; i < nb; i++) {
             memcpy(codes + i * cs, base, cs);
-            rot_set_index(codes + i * cs + L->index_offset[0], L->bits, r0 + i, 1);
+            rot_set_index(codes + i * cs + L->index_offset[0], L->bits, r0 + i, hi);
         }
         st = kvq_decode(s->quant, codes, nb, dec);
         for (uint32_t i = 0; i < nb && st == KVQ_OK; i++)
@@ -235,12 +269,15 @@ static kvq_status choose_path(kvqi_side *s, uint32_t dim) {
     if (st == KVQ_OK) st = kvq_decode(s->quant, codes, N_PROBE, ref);
     if (st == KVQ_OK) {
         int same = 1;
+        /* a wrong layout is off by the size of the vector; float rounding by 1e-6 of it */
         for (uint32_t i = 0; i < N_PROBE && same; i++) {
             decode_known(want, &s->rot, s->rotation, dim, codes + i * s->code_size,
                          mine + (size_t)i * dim);
+            float amax = 0.0f;
+            for (uint32_t j = 0; j < dim; j++) amax = fmaxf(amax, fabsf(ref[(size_t)i * dim + j]));
             for (uint32_t j = 0; j < dim; j++) {
                 float a = ref[(size_t)i * dim + j], b = mine[(size_t)i * dim + j];
-                if (!(fabsf(a - b) <= 1e-5f * (1.0f + fabsf(a)))) {
+                if (!(fabsf(a - b) <= 1e-4f * amax)) {
                     same = 0;
                     break;
                 }
@@ -251,6 +288,24 @@ static kvq_status choose_path(kvqi_side *s, uint32_t dim) {
     if (s->path != KVQI_PATH_ROT) {
         kvqi_free(s->rotation);
         s->rotation = NULL;
+    } else {
+        /* rows into the kernels' lane order, and the transpose for rotating queries */
+        float *perm = kvqi_alloc_array((size_t)dim * dim, sizeof(float));
+        s->rotation_t = kvqi_alloc_array((size_t)dim * dim, sizeof(float));
+        if (!perm || !s->rotation_t) {
+            kvqi_free(perm);
+            st = KVQ_ERR_NOMEM;
+        } else {
+            for (uint32_t p = 0; p < dim; p++)
+                memcpy(perm + (size_t)p * dim,
+                       s->rotation + (size_t)kvqi_rot_lane_coordinate(s->rot.bits, p) * dim,
+                       dim * sizeof(float));
+            for (uint32_t p = 0; p < dim; p++)
+                for (uint32_t j = 0; j < dim; j++)
+                    s->rotation_t[(size_t)j * dim + p] = perm[(size_t)p * dim + j];
+            kvqi_free(s->rotation);
+            s->rotation = perm;
+        }
     }
     kvqi_free(x);
     kvqi_free(codes);
@@ -283,6 +338,7 @@ static kvq_status side_create(kvqi_side *s, const kvq_config *qc, uint32_t dim) 
 static void side_free(kvqi_side *s) {
     kvq_quantizer_free(s->quant);
     kvqi_free(s->rotation);
+    kvqi_free(s->rotation_t);
     memset(s, 0, sizeof *s);
 }
 
@@ -473,7 +529,7 @@ static kvq_status encode_tokens(kvq_cache *c, const float *k, const float *v, si
                 memcpy(dst, k + t * row + (size_t)g * c->dim, c->dim * sizeof(float));
                 if (mask) {
                     for (uint32_t o = 0; o < c->n_out; o++) {
-                        c->out_buf[t * c->n_out + o] = kvqi_fp32_to_fp16(dst[idx[o]]);
+                        c->out_buf[o * C + t] = kvqi_fp32_to_fp16(dst[idx[o]]);
                         dst[idx[o]] = 0.0f;
                     }
                 }
@@ -481,9 +537,9 @@ static kvq_status encode_tokens(kvq_cache *c, const float *k, const float *v, si
             kvq_status st =
                 kvq_encode(c->key.quant, c->enc_buf, cnt, ch + ((size_t)g * C + in_chunk) * ks);
             if (st != KVQ_OK) return st;
-            if (c->n_out)
-                memcpy(ch + c->off_outliers + ((size_t)g * C + in_chunk) * c->n_out * 2,
-                       c->out_buf, cnt * c->n_out * 2);
+            for (uint32_t o = 0; o < c->n_out; o++) /* channel-major: a block is contiguous */
+                memcpy(ch + c->off_outliers + (((size_t)g * c->n_out + o) * C + in_chunk) * 2,
+                       c->out_buf + (size_t)o * C, cnt * 2);
             for (size_t t = 0; t < cnt; t++)
                 memcpy(c->enc_buf + t * c->dim, v + t * row + (size_t)g * c->dim,
                        c->dim * sizeof(float));
@@ -564,8 +620,9 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
         m->outliers += (uint64_t)c->cfg.chunk_tokens * c->n_out * sizeof(uint16_t);
     }
     m->shared = kvq_shared_size(c->key.quant) + kvq_shared_size(c->value.quant);
-    if (c->key.rotation) m->shared += (uint64_t)c->dim * c->dim * sizeof(float);
-    if (c->value.rotation) m->shared += (uint64_t)c->dim * c->dim * sizeof(float);
+    /* the rotations read back for the fused path, and their transposes */
+    if (c->key.rotation) m->shared += (uint64_t)2 * c->dim * c->dim * sizeof(float);
+    if (c->value.rotation) m->shared += (uint64_t)2 * c->dim * c->dim * sizeof(float);
     m->overhead = sizeof *c + (uint64_t)c->chunk_table_cap * sizeof(uint8_t *) +
                   (uint64_t)c->cfg.chunk_tokens * c->dim * sizeof(float) +
                   (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each);
