@@ -533,73 +533,102 @@ static void run_tasks(kvq_context *c, size_t n_tasks, kvqi_task_fn fn, void *arg
     kvqi_parallel_for(c->pool, n_tasks, fn, arg);
 }
 
-typedef struct matmul_job {
-    kvq_context *c;
+/* Up to three products sharing one input (q, k, v; gate, up) run as one parallel
+ * loop: one pool barrier instead of three, one quantization of the activations. */
+#define MATMUL_MAX_PARTS 3
+
+typedef struct matmul_part {
     const kvqi_gguf_tensor *w;
-    const float *x;     /* [n_tok][w->ne[0]] */
     float *y;           /* [n_tok][y_stride], columns 0..n_rows-1 */
     size_t y_stride;
+    size_t first_task;  /* tasks before this part's */
+    int int8;           /* rows meet c->qx in integer dot products */
+} matmul_part;
+
+typedef struct matmul_job {
+    kvq_context *c;
+    const float *x;     /* [n_tok][n_in] */
     size_t n_tok;
-    size_t rows_per_task;
-    int int8; /* activations were quantized into c->qx */
+    size_t n_parts;
+    matmul_part part[MATMUL_MAX_PARTS];
 } matmul_job;
 
+static size_t act_stride(const kvq_model_info *I) {
+    return KVQI_MAX(KVQI_MAX((size_t)I->n_embd, (size_t)I->n_ff), (size_t)I->n_heads * I->head_dim);
+}
 
 static void matmul_task(void *arg, size_t task, unsigned thread) {
     matmul_job *j = arg;
-    const kvqi_gguf_tensor *w = j->w;
+    kvq_context *c = j->c;
+    size_t pi = j->n_parts - 1;
+    while (pi > 0 && task < j->part[pi].first_task) pi--;
+    const matmul_part *P = &j->part[pi];
+    const kvqi_gguf_tensor *w = P->w;
     size_t n_in = (size_t)w->ne[0];
-    size_t r0 = task * j->rows_per_task, r1 = KVQI_MIN(r0 + j->rows_per_task, (size_t)w->n_rows);
-    kvqi_row_dot_fn row_dot = j->c->kern.row_dot[w->type];
-    if (j->int8) {
-        const kvq_context *c = j->c;
-        size_t stride = KVQI_MAX(KVQI_MAX((size_t)c->model->info.n_embd, (size_t)c->model->info.n_ff),
-                                 (size_t)c->model->info.n_heads * c->model->info.head_dim);
+    size_t r0 = (task - P->first_task) * MATMUL_ROWS, r1 = KVQI_MIN(r0 + MATMUL_ROWS, (size_t)w->n_rows);
+    if (P->int8) {
+        size_t stride = act_stride(&c->model->info), nb = stride / 32 + 1;
         for (size_t t = 0; t < j->n_tok; t++) {
             const int8_t *q = c->qx + t * stride;
-            const float *d = c->qx_d + t * (stride / 32 + 1), *s = c->qx_s + t * (stride / 32 + 1);
+            const float *d = c->qx_d + t * nb, *s = c->qx_s + t * nb;
             for (size_t r = r0; r < r1; r++)
-                j->y[t * j->y_stride + r] = c->kern.dot_q8[w->type](w->data + r * w->row_bytes, q, d, s, n_in);
+                P->y[t * P->y_stride + r] = c->kern.dot_q8[w->type](w->data + r * w->row_bytes, q, d, s, n_in);
         }
         return;
     }
+    kvqi_row_dot_fn row_dot = c->kern.row_dot[w->type];
     if (j->n_tok < MATMUL_DEQUANT_MIN_TOKENS && row_dot) {
         for (size_t t = 0; t < j->n_tok; t++)
             for (size_t r = r0; r < r1; r++)
-                j->y[t * j->y_stride + r] = row_dot(w->data + r * w->row_bytes, j->x + t * n_in, n_in);
+                P->y[t * P->y_stride + r] = row_dot(w->data + r * w->row_bytes, j->x + t * n_in, n_in);
         return;
     }
     /* many tokens: dequantize rows once (four at a time) and reuse them for all tokens */
-    float *rows = j->c->scratch[thread].row;
-    void (*to_float)(const void *, float *, size_t) = j->c->kern.to_float[w->type];
-    float (*dot)(const float *, const float *, size_t) = j->c->kern.dot_f32;
+    float *rows = c->scratch[thread].row;
+    void (*to_float)(const void *, float *, size_t) = c->kern.to_float[w->type];
     size_t r = r0;
     for (; r + 4 <= r1; r += 4) {
         for (size_t k = 0; k < 4; k++) to_float(w->data + (r + k) * w->row_bytes, rows + k * n_in, n_in);
-        j->c->kern.gemm4_f32(rows, n_in, j->x, j->n_tok, j->y + r, j->y_stride);
+        c->kern.gemm4_f32(rows, n_in, j->x, j->n_tok, P->y + r, P->y_stride);
     }
     for (; r < r1; r++) {
         to_float(w->data + r * w->row_bytes, rows, n_in);
-        for (size_t t = 0; t < j->n_tok; t++) j->y[t * j->y_stride + r] = dot(rows, j->x + t * n_in, n_in);
+        for (size_t t = 0; t < j->n_tok; t++) P->y[t * P->y_stride + r] = c->kern.dot_f32(rows, j->x + t * n_in, n_in);
     }
 }
 
-/* y[t][r] = W[r] . x[t] */
+/* y_i[t][r] = W_i[r] . x[t] for n_parts weights of the same row length */
+static void matmul_multi(kvq_context *c, const float *x, size_t n_tok, size_t n_parts,
+                         const kvqi_gguf_tensor *const *w, float *const *y, const size_t *y_stride) {
+    matmul_job j;
+    j.c = c;
+    j.x = x;
+    j.n_tok = n_tok;
+    j.n_parts = n_parts;
+    size_t n_tasks = 0;
+    int any_int8 = 0;
+    for (size_t i = 0; i < n_parts; i++) {
+        matmul_part *P = &j.part[i];
+        P->w = w[i];
+        P->y = y[i];
+        P->y_stride = y_stride[i];
+        P->first_task = n_tasks;
+        P->int8 = !c->params.float_activations && n_tok < MATMUL_DEQUANT_MIN_TOKENS && c->kern.dot_q8[w[i]->type];
+        any_int8 |= P->int8;
+        n_tasks += ((size_t)w[i]->n_rows + MATMUL_ROWS - 1) / MATMUL_ROWS;
+    }
+    if (any_int8) {
+        /* quantize each token's activations once, here, for every row task to share */
+        size_t stride = act_stride(&c->model->info), nb = stride / 32 + 1, n_in = (size_t)w[0]->ne[0];
+        for (size_t t = 0; t < n_tok; t++)
+            c->kern.quantize_q8(x + t * n_in, n_in, c->qx + t * stride, c->qx_d + t * nb, c->qx_s + t * nb);
+    }
+    run_tasks(c, n_tasks, matmul_task, &j);
+}
+
 static void matmul(kvq_context *c, const kvqi_gguf_tensor *w, const float *x, size_t n_tok, float *y,
                    size_t y_stride) {
-    matmul_job j = {c, w, x, y, y_stride, n_tok, MATMUL_ROWS, 0};
-    if (!c->params.float_activations && n_tok < MATMUL_DEQUANT_MIN_TOKENS && c->kern.dot_q8[w->type]) {
-        /* quantize each token's activations once, here, for every row task to share */
-        const kvq_model_info *I = &c->model->info;
-        size_t stride = KVQI_MAX(KVQI_MAX((size_t)I->n_embd, (size_t)I->n_ff), (size_t)I->n_heads * I->head_dim);
-        size_t n_in = (size_t)w->ne[0];
-        for (size_t t = 0; t < n_tok; t++)
-            c->kern.quantize_q8(x + t * n_in, n_in, c->qx + t * stride, c->qx_d + t * (stride / 32 + 1),
-                                c->qx_s + t * (stride / 32 + 1));
-        j.int8 = 1;
-    }
-    size_t n_tasks = ((size_t)w->n_rows + MATMUL_ROWS - 1) / MATMUL_ROWS;
-    run_tasks(c, n_tasks, matmul_task, &j);
+    matmul_multi(c, x, n_tok, 1, &w, &y, &y_stride);
 }
 
 static void rmsnorm(float *out, const float *x, const float *w, size_t n, float eps) {
@@ -702,9 +731,12 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
     for (uint32_t l = 0; l < I->n_layers; l++) {
         const layer_weights *L = &m->layers[l];
         for (size_t t = 0; t < n; t++) rmsnorm(c->xn + t * E, c->x + t * E, L->attn_norm, E, I->norm_eps);
-        matmul(c, L->wq, c->xn, n, c->q, q_dim);
-        matmul(c, L->wk, c->xn, n, c->k, kv_dim);
-        matmul(c, L->wv, c->xn, n, c->v, kv_dim);
+        {
+            const kvqi_gguf_tensor *w[3] = {L->wq, L->wk, L->wv};
+            float *y[3] = {c->q, c->k, c->v};
+            size_t stride[3] = {q_dim, kv_dim, kv_dim};
+            matmul_multi(c, c->xn, n, 3, w, y, stride);
+        }
         add_bias(c->q, L->bq, n, q_dim);
         add_bias(c->k, L->bk, n, kv_dim);
         add_bias(c->v, L->bv, n, kv_dim);
@@ -718,8 +750,12 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
         matmul(c, L->wo, c->att, n, c->xn, E);
         for (size_t i = 0; i < n * E; i++) c->x[i] += c->xn[i];
         for (size_t t = 0; t < n; t++) rmsnorm(c->xn + t * E, c->x + t * E, L->ffn_norm, E, I->norm_eps);
-        matmul(c, L->w_gate, c->xn, n, c->gate, F);
-        matmul(c, L->w_up, c->xn, n, c->up, F);
+        {
+            const kvqi_gguf_tensor *w[2] = {L->w_gate, L->w_up};
+            float *y[2] = {c->gate, c->up};
+            size_t stride[2] = {F, F};
+            matmul_multi(c, c->xn, n, 2, w, y, stride);
+        }
         for (size_t i = 0; i < n * F; i++) {
             float g = c->gate[i];
             c->gate[i] = g / (1.0f + expf(-g)) * c->up[i];
