@@ -1,0 +1,143 @@
+/* index_avx2.c - RaBitQ index kernels with AVX2: fast-scan of two 16-byte code groups
+ * per vpshufb, u8/fp16 dot and L2 with two 8-lane accumulators in the canonical
+ * 16-lane order, bit-identical to index_scalar.c. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "cpu/cpu.h"
+#include "cpu/index_kernels.h"
+
+/* Sum the two 128-bit lanes of 8 u16 counters each into 8 u32 and add to out. */
+static inline void fold_lanes(__m256i acc, uint32_t *out) {
+    __m256i s = _mm256_add_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(acc)),
+                                 _mm256_cvtepu16_epi32(_mm256_extracti128_si256(acc, 1)));
+    __m256i o = _mm256_loadu_si256((const __m256i *)out);
+    _mm256_storeu_si256((__m256i *)out, _mm256_add_epi32(o, s));
+}
+
+static void fastscan_avx2(const uint8_t *block, const uint8_t *lut, uint32_t n_groups,
+                          uint32_t out[KVQI_FS_BLOCK]) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    for (unsigned v = 0; v < KVQI_FS_BLOCK; v++) out[v] = 0;
+    /* a chunk of 1024 groups puts at most 512 * 60 in each 16-bit counter */
+    for (uint32_t g0 = 0; g0 < n_groups; g0 += 1024) {
+        uint32_t g1 = n_groups - g0 < 1024 ? n_groups : g0 + 1024;
+        __m256i lo_all = _mm256_setzero_si256(), lo_odd = _mm256_setzero_si256();
+        __m256i hi_all = _mm256_setzero_si256(), hi_odd = _mm256_setzero_si256();
+        for (uint32_t g = g0; g < g1; g += 2) {
+            __m256i c = _mm256_loadu_si256((const __m256i *)(block + (size_t)g * 16));
+            __m256i t = _mm256_loadu_si256((const __m256i *)(lut + (size_t)g * 16));
+            __m256i rl = _mm256_shuffle_epi8(t, _mm256_and_si256(c, low4));
+            __m256i rh = _mm256_shuffle_epi8(t, _mm256_and_si256(_mm256_srli_epi16(c, 4), low4));
+            lo_all = _mm256_add_epi16(lo_all, rl);
+            lo_odd = _mm256_add_epi16(lo_odd, _mm256_srli_epi16(rl, 8));
+            hi_all = _mm256_add_epi16(hi_all, rh);
+            hi_odd = _mm256_add_epi16(hi_odd, _mm256_srli_epi16(rh, 8));
+        }
+        fold_lanes(_mm256_sub_epi16(lo_all, _mm256_slli_epi16(lo_odd, 8)), out);
+        fold_lanes(lo_odd, out + 8);
+        fold_lanes(_mm256_sub_epi16(hi_all, _mm256_slli_epi16(hi_odd, 8)), out + 16);
+        fold_lanes(hi_odd, out + 24);
+    }
+}
+
+static inline float hsum(__m256 a0, __m256 a1) {
+    __m256 s8 = _mm256_add_ps(a0, a1);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 0x55));
+    return _mm_cvtss_f32(s1);
+}
+
+/* Each kernel runs full 16-element steps; the tail is copied into zero-padded buffers
+ * (adding 0 to a lane leaves it unchanged, so the order stays canonical). */
+#define TAIL_PAD(T, dst, src, left)              \
+    T dst[16];                                   \
+    memset(dst, 0, sizeof dst);                  \
+    memcpy(dst, src, (left) * sizeof(T))
+
+static inline __m256 cvt_u8(const uint8_t *c) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)c)));
+}
+
+static float dot_u8_avx2(const uint8_t *code, const float *q, size_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_add_ps(a0, _mm256_mul_ps(cvt_u8(code + i), _mm256_loadu_ps(q + i)));
+        a1 = _mm256_add_ps(a1, _mm256_mul_ps(cvt_u8(code + i + 8), _mm256_loadu_ps(q + i + 8)));
+    }
+    if (i < n) {
+        TAIL_PAD(uint8_t, c, code + i, n - i);
+        TAIL_PAD(float, x, q + i, n - i);
+        a0 = _mm256_add_ps(a0, _mm256_mul_ps(cvt_u8(c), _mm256_loadu_ps(x)));
+        a1 = _mm256_add_ps(a1, _mm256_mul_ps(cvt_u8(c + 8), _mm256_loadu_ps(x + 8)));
+    }
+    return hsum(a0, a1);
+}
+
+static inline __m256 sqdiff(__m256 a, __m256 b) {
+    __m256 d = _mm256_sub_ps(a, b);
+    return _mm256_mul_ps(d, d);
+}
+
+static float l2sq_avx2(const float *a, const float *b, size_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_add_ps(a0, sqdiff(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+        a1 = _mm256_add_ps(a1, sqdiff(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8)));
+    }
+    if (i < n) {
+        TAIL_PAD(float, x, a + i, n - i);
+        TAIL_PAD(float, y, b + i, n - i);
+        a0 = _mm256_add_ps(a0, sqdiff(_mm256_loadu_ps(x), _mm256_loadu_ps(y)));
+        a1 = _mm256_add_ps(a1, sqdiff(_mm256_loadu_ps(x + 8), _mm256_loadu_ps(y + 8)));
+    }
+    return hsum(a0, a1);
+}
+
+static inline __m256 cvt_f16(const uint16_t *a) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)a));
+}
+
+static float l2sq_f16_avx2(const uint16_t *a, const float *b, size_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_add_ps(a0, sqdiff(cvt_f16(a + i), _mm256_loadu_ps(b + i)));
+        a1 = _mm256_add_ps(a1, sqdiff(cvt_f16(a + i + 8), _mm256_loadu_ps(b + i + 8)));
+    }
+    if (i < n) {
+        TAIL_PAD(uint16_t, x, a + i, n - i);
+        TAIL_PAD(float, y, b + i, n - i);
+        a0 = _mm256_add_ps(a0, sqdiff(cvt_f16(x), _mm256_loadu_ps(y)));
+        a1 = _mm256_add_ps(a1, sqdiff(cvt_f16(x + 8), _mm256_loadu_ps(y + 8)));
+    }
+    return hsum(a0, a1);
+}
+
+static float dot_f16_avx2(const uint16_t *a, const float *b, size_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_add_ps(a0, _mm256_mul_ps(cvt_f16(a + i), _mm256_loadu_ps(b + i)));
+        a1 = _mm256_add_ps(a1, _mm256_mul_ps(cvt_f16(a + i + 8), _mm256_loadu_ps(b + i + 8)));
+    }
+    if (i < n) {
+        TAIL_PAD(uint16_t, x, a + i, n - i);
+        TAIL_PAD(float, y, b + i, n - i);
+        a0 = _mm256_add_ps(a0, _mm256_mul_ps(cvt_f16(x), _mm256_loadu_ps(y)));
+        a1 = _mm256_add_ps(a1, _mm256_mul_ps(cvt_f16(x + 8), _mm256_loadu_ps(y + 8)));
+    }
+    return hsum(a0, a1);
+}
+
+static float dot_avx2(const float *a, const float *b, size_t n) {
+    return kvqi_base_kernels_for(KVQ_ISA_AVX2)->dot(a, b, n);
+}
+
+const kvqi_index_kernels kvqi_index_avx2 = {
+    KVQ_ISA_AVX2,  fastscan_avx2, dot_u8_avx2,  l2sq_avx2,
+    l2sq_f16_avx2, dot_avx2,      dot_f16_avx2,
+};
