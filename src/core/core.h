@@ -45,7 +45,9 @@ void kvqi_set_msg(char *msg, size_t msg_size, const char *fmt, ...)
 /* ------------------------------------------------------------- threadpool */
 
 /* Runs fn(ctx, task, thread) for task = 0..n_tasks-1 on the pool's threads and the
- * caller (thread = 0..kvq_threadpool_size(pool)), returns when all are done. Tasks are
+ * caller (thread = 0..kvq_threadpool_size(pool)-1, the caller is 0; the size counts the
+ * caller, so per-thread scratch needs kvq_threadpool_size(pool) slots; size(NULL) = 1),
+ * returns when all are done. Tasks are
  * handed out dynamically (an atomic counter). pool == NULL runs them serially with
  * thread 0. No allocation per call. Not reentrant for one pool: one parallel_for at a time. */
 typedef void (*kvqi_task_fn)(void *ctx, size_t task, unsigned thread);
