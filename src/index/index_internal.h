@@ -90,6 +90,14 @@ static inline unsigned kvqi_list_nibble(const kvq_index *ix, const kvqi_ivf_list
 void kvqi_list_free(kvqi_ivf_list *l);
 size_t kvqi_list_bytes(const kvq_index *ix, const kvqi_ivf_list *l);
 
+/* io.c: CRC-32 (IEEE 802.3, reflected 0xEDB88320), continuing from crc. */
+uint32_t kvqi_crc32(uint32_t crc, const void *buf, size_t n);
+
+/* search.c: for tests, the estimate and bound half-width of every stored vector
+ * against query q (1-bit code, or the extended code when use_ex), in list order. */
+kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_ex, float eps0,
+                                   float *est, float *err, int64_t *ids);
+
 /* ivf.c */
 uint32_t kvqi_nearest_centroid(const kvq_index *ix, const float *z);
 
