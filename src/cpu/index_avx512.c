@@ -44,6 +44,76 @@ static void fastscan_avx512(const uint8_t *block, const uint8_t *lut, uint32_t n
     }
 }
 
+static inline __m512i lane_ctrl(int t) { /* lane L: every byte = 4L + t */
+#define R(x) ((int)(0x01010101u * (unsigned)(x)))
+    return _mm512_set_epi32(R(12 + t), R(12 + t), R(12 + t), R(12 + t), R(8 + t), R(8 + t),
+                            R(8 + t), R(8 + t), R(4 + t), R(4 + t), R(4 + t), R(4 + t), R(t),
+                            R(t), R(t), R(t));
+#undef R
+}
+
+static void build_lut4_avx512(const float *q, uint32_t d, uint32_t d_pad, uint8_t *qu,
+                              uint8_t *lut, float *vmin_out, float *delta_out) {
+    __m512 mn = _mm512_set1_ps(q[0]), mx = mn;
+    uint32_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        __m512 v = _mm512_loadu_ps(q + i);
+        mn = _mm512_min_ps(mn, v);
+        mx = _mm512_max_ps(mx, v);
+    }
+    if (i < d) {
+        __mmask16 m = (__mmask16)((1u << (d - i)) - 1u);
+        mn = _mm512_min_ps(mn, _mm512_mask_loadu_ps(mn, m, q + i));
+        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, m, q + i));
+    }
+    float vmin = _mm512_reduce_min_ps(mn), vmax = _mm512_reduce_max_ps(mx);
+    float delta = (vmax - vmin) / 15.0f, inv = delta > 0.0f ? 1.0f / delta : 0.0f;
+    const __m512 vmn = _mm512_set1_ps(vmin), vinv = _mm512_set1_ps(inv), half = _mm512_set1_ps(0.5f);
+    const __m512i fifteen = _mm512_set1_epi32(15);
+    for (i = 0; i < d_pad; i += 16) {
+        __m512 v = _mm512_loadu_ps(q + i);
+        __m512i u = _mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v, vmn), vinv), half));
+        u = _mm512_min_epi32(u, fifteen);
+        __mmask16 valid = d >= i + 16 ? (__mmask16)0xffff
+                                      : (d > i ? (__mmask16)((1u << (d - i)) - 1u) : (__mmask16)0);
+        _mm_storeu_si128((__m128i *)(qu + i), _mm512_cvtepi32_epi8(_mm512_maskz_mov_epi32(valid, u)));
+    }
+    const __m512i c0 = lane_ctrl(0), c1 = lane_ctrl(1), c2 = lane_ctrl(2), c3 = lane_ctrl(3);
+    for (uint32_t g = 0; g < d_pad / 4; g += 4) {
+        __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(qu + 4 * g)));
+        __m512i acc = _mm512_maskz_shuffle_epi8(0xAAAAAAAAAAAAAAAAull, b, c0);
+        acc = _mm512_add_epi8(acc, _mm512_maskz_shuffle_epi8(0xCCCCCCCCCCCCCCCCull, b, c1));
+        acc = _mm512_add_epi8(acc, _mm512_maskz_shuffle_epi8(0xF0F0F0F0F0F0F0F0ull, b, c2));
+        acc = _mm512_add_epi8(acc, _mm512_maskz_shuffle_epi8(0xFF00FF00FF00FF00ull, b, c3));
+        _mm512_storeu_si512((void *)(lut + (size_t)g * 16), acc);
+    }
+    *vmin_out = vmin;
+    *delta_out = delta;
+}
+
+static uint32_t estimate_block_avx512(const uint32_t *S, const float *fa, const float *fr,
+                                      const float *fe, const float *fp, const kvqi_block_consts *c,
+                                      float *dist, float *err) {
+    const __m512 delta = _mm512_set1_ps(c->delta), vmin = _mm512_set1_ps(c->vmin),
+                 sum_q = _mm512_set1_ps(c->sum_q), K = _mm512_set1_ps(c->K),
+                 alpha = _mm512_set1_ps(c->alpha), ferr = _mm512_set1_ps(c->ferr),
+                 qerr = _mm512_set1_ps(c->qerr), tau = _mm512_set1_ps(c->tau), two = _mm512_set1_ps(2.0f);
+    uint32_t mask = 0;
+    for (unsigned h = 0; h < KVQI_FS_BLOCK; h += 16) {
+        __m512 s = _mm512_cvtepi32_ps(_mm512_loadu_si512((const void *)(S + h)));
+        __m512 r = _mm512_loadu_ps(fr + h);
+        __m512 sbq = _mm512_add_ps(_mm512_mul_ps(delta, s), _mm512_mul_ps(vmin, _mm512_loadu_ps(fp + h)));
+        __m512 ip = _mm512_mul_ps(r, _mm512_sub_ps(_mm512_mul_ps(two, sbq), sum_q));
+        __m512 dd = _mm512_sub_ps(_mm512_add_ps(_mm512_loadu_ps(fa + h), K), _mm512_mul_ps(alpha, ip));
+        __m512 e1 = _mm512_mul_ps(_mm512_loadu_ps(fe + h), ferr), e2 = _mm512_mul_ps(r, qerr);
+        __m512 e = _mm512_sqrt_ps(_mm512_add_ps(_mm512_mul_ps(e1, e1), _mm512_mul_ps(e2, e2)));
+        _mm512_storeu_ps(dist + h, dd);
+        _mm512_storeu_ps(err + h, e);
+        mask |= (uint32_t)_mm512_cmp_ps_mask(_mm512_sub_ps(dd, e), tau, _CMP_LT_OQ) << h;
+    }
+    return mask;
+}
+
 static inline float hsum16(__m512 acc) {
     __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc),
                               _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
@@ -124,6 +194,7 @@ static float dot_avx512(const float *a, const float *b, size_t n) {
 }
 
 const kvqi_index_kernels kvqi_index_avx512 = {
-    KVQ_ISA_AVX512,  fastscan_avx512, dot_u8_avx512,  l2sq_avx512,
-    l2sq_f16_avx512, dot_avx512,      dot_f16_avx512,
+    KVQ_ISA_AVX512,        fastscan_avx512, build_lut4_avx512, estimate_block_avx512,
+    dot_u8_avx512,         l2sq_avx512,     l2sq_f16_avx512,   dot_avx512,
+    dot_f16_avx512,
 };

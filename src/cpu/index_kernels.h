@@ -27,12 +27,32 @@ static inline void kvqi_fs_slot(unsigned v, unsigned *byte, unsigned *shift) {
     *shift = half * 4;
 }
 
+/* Query-side constants of one list for the 1-bit estimate of a block:
+ *   sum_i b_i q'_i  ~= delta * S + vmin * popcount
+ *   dist = (f_add + K) - alpha * f_rescale * (2 * that - sum_q)
+ *   err  = sqrt((f_err * ferr)^2 + (f_rescale * qerr)^2)
+ * (the code's error and the query's rounding error are independent, so their spreads
+ * add in quadrature) and a vector is kept when dist - err < tau. */
+typedef struct kvqi_block_consts {
+    float delta, vmin, sum_q, K, alpha, ferr, qerr, tau;
+} kvqi_block_consts;
+
 typedef struct kvqi_index_kernels {
     kvq_isa isa;
     /* out[v] = sum over groups g of lut[g*16 + nibble(v, g)] for the 32 vectors of one
      * block. n_groups is a multiple of 4; lut entries are at most 60 (4-bit query). */
     void (*fastscan)(const uint8_t *block, const uint8_t *lut, uint32_t n_groups,
                      uint32_t out[KVQI_FS_BLOCK]);
+    /* q[d_pad] (zero past d) -> 4-bit levels u_i = (int)((q_i - vmin) / delta + 1/2)
+     * (0 past d) and for each group the 16 sums of its levels selected by the nibble
+     * bits: lut[g * 16 + m] = sum_t bit_t(m) u_{4g+t}. qu is scratch of d_pad bytes. */
+    void (*build_lut4)(const float *q, uint32_t d, uint32_t d_pad, uint8_t *qu, uint8_t *lut,
+                       float *vmin, float *delta);
+    /* The estimates of a full block of 32 (formula above): writes dist[32], err[32] and
+     * returns the bit mask of the vectors whose lower bound is below tau. */
+    uint32_t (*estimate_block)(const uint32_t *S, const float *f_add, const float *f_rescale,
+                               const float *f_err, const float *f_pop,
+                               const kvqi_block_consts *c, float *dist, float *err);
     /* sum_i code[i] * q[i] in the canonical 16-lane order (see cpu.h). */
     float (*dot_u8)(const uint8_t *code, const float *q, size_t n);
     /* sum_i (a[i] - b[i])^2, canonical order; a as fp32 or fp16 bits. */
@@ -48,6 +68,11 @@ const kvqi_index_kernels *kvqi_index_kernels_for(kvq_isa resolved);
 /* Scalar references (the tests compare every ISA against them). */
 void kvqi_fastscan_scalar(const uint8_t *block, const uint8_t *lut, uint32_t n_groups,
                           uint32_t out[KVQI_FS_BLOCK]);
+void kvqi_build_lut4_scalar(const float *q, uint32_t d, uint32_t d_pad, uint8_t *qu, uint8_t *lut,
+                            float *vmin, float *delta);
+uint32_t kvqi_estimate_block_scalar(const uint32_t *S, const float *f_add, const float *f_rescale,
+                                    const float *f_err, const float *f_pop,
+                                    const kvqi_block_consts *c, float *dist, float *err);
 float kvqi_dot_u8_scalar(const uint8_t *code, const float *q, size_t n);
 float kvqi_l2sq_scalar(const float *a, const float *b, size_t n);
 float kvqi_l2sq_f16_scalar(const uint16_t *a, const float *b, size_t n);

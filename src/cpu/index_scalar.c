@@ -1,6 +1,8 @@
 /* index_scalar.c - plain-C references of the RaBitQ index kernels (fast-scan of 1-bit
  * codes, u8/fp16 dot and L2) and the dispatch table. The SIMD files must match these
  * bit for bit: integer sums are exact, float sums follow the 16-lane order of cpu.h. */
+#include <math.h>
+
 #include "core/core.h"
 #include "cpu/cpu.h"
 #include "cpu/index_kernels.h"
@@ -17,6 +19,48 @@ void kvqi_fastscan_scalar(const uint8_t *block, const uint8_t *lut, uint32_t n_g
         }
         out[v] = acc;
     }
+}
+
+void kvqi_build_lut4_scalar(const float *q, uint32_t d, uint32_t d_pad, uint8_t *qu, uint8_t *lut,
+                            float *vmin_out, float *delta_out) {
+    float vmin = q[0], vmax = q[0];
+    for (uint32_t i = 1; i < d; i++) {
+        vmin = q[i] < vmin ? q[i] : vmin;
+        vmax = q[i] > vmax ? q[i] : vmax;
+    }
+    float delta = (vmax - vmin) / 15.0f, inv = delta > 0.0f ? 1.0f / delta : 0.0f;
+    /* q - vmin >= 0, so truncation after + 1/2 rounds to nearest */
+    for (uint32_t i = 0; i < d; i++) {
+        int u = (int)((q[i] - vmin) * inv + 0.5f);
+        qu[i] = (uint8_t)(u > 15 ? 15 : u);
+    }
+    for (uint32_t i = d; i < d_pad; i++) qu[i] = 0;
+    for (uint32_t g = 0; g < d_pad / 4; g++) {
+        const uint8_t *u = qu + 4 * g;
+        uint8_t *l = lut + (size_t)g * 16;
+        for (unsigned m = 0; m < 16; m++)
+            l[m] = (uint8_t)((m & 1 ? u[0] : 0) + (m & 2 ? u[1] : 0) + (m & 4 ? u[2] : 0) +
+                             (m & 8 ? u[3] : 0));
+    }
+    *vmin_out = vmin;
+    *delta_out = delta;
+}
+
+uint32_t kvqi_estimate_block_scalar(const uint32_t *S, const float *fa, const float *fr,
+                                    const float *fe, const float *fp, const kvqi_block_consts *c,
+                                    float *dist, float *err) {
+    uint32_t mask = 0;
+    for (unsigned v = 0; v < KVQI_FS_BLOCK; v++) {
+        float sbq = c->delta * (float)S[v] + c->vmin * fp[v];
+        float ip = fr[v] * (2.0f * sbq - c->sum_q);
+        float dd = (fa[v] + c->K) - c->alpha * ip;
+        float e1 = fe[v] * c->ferr, e2 = fr[v] * c->qerr;
+        float e = sqrtf(e1 * e1 + e2 * e2);
+        dist[v] = dd;
+        err[v] = e;
+        if (dd - e < c->tau) mask |= 1u << v;
+    }
+    return mask;
 }
 
 /* The canonical reduction: lane j takes elements j, j+16, ...; then a pairwise fold. */
@@ -59,8 +103,9 @@ float kvqi_dot_f16_scalar(const uint16_t *a, const float *b, size_t n) {
 }
 
 static const kvqi_index_kernels k_scalar = {
-    KVQ_ISA_SCALAR,        kvqi_fastscan_scalar, kvqi_dot_u8_scalar,  kvqi_l2sq_scalar,
-    kvqi_l2sq_f16_scalar,  kvqi_dot_scalar,      kvqi_dot_f16_scalar,
+    KVQ_ISA_SCALAR,         kvqi_fastscan_scalar, kvqi_build_lut4_scalar,
+    kvqi_estimate_block_scalar, kvqi_dot_u8_scalar, kvqi_l2sq_scalar,
+    kvqi_l2sq_f16_scalar,   kvqi_dot_scalar,      kvqi_dot_f16_scalar,
 };
 
 #if defined(KVQ_HAVE_X86_SIMD)

@@ -54,6 +54,12 @@ kvq_status kvqi_list_reserve(kvq_index *ix, kvqi_ivf_list *l, uint32_t need) {
         (st = grow((void **)&l->f_pop, cap, sizeof(float))) != KVQ_OK ||
         (st = grow((void **)&l->rows, cap, sizeof(uint32_t))) != KVQ_OK)
         return st;
+    /* block kernels read whole blocks: the slots past n hold zeros, not garbage */
+    size_t fresh = (size_t)(cap - l->cap) * sizeof(float);
+    memset(l->f_add + l->cap, 0, fresh);
+    memset(l->f_rescale + l->cap, 0, fresh);
+    memset(l->f_err + l->cap, 0, fresh);
+    memset(l->f_pop + l->cap, 0, fresh);
     if (ix->cfg.bits > 1) {
         if ((st = grow((void **)&l->ex_codes, cap, ix->d_pad)) != KVQ_OK ||
             (st = grow((void **)&l->ex_rescale, cap, sizeof(float))) != KVQ_OK ||

@@ -88,8 +88,10 @@ KVQ_API kvq_status kvq_index_create(const kvq_index_config *cfg, kvq_index **out
 kvq_status kvqi_index_alloc_trained(kvq_index *ix) {
     ix->centroids = kvqi_calloc_array((size_t)ix->nlist * ix->d, sizeof(float));
     ix->centroids_rot = kvqi_calloc_array((size_t)ix->nlist * ix->d_pad, sizeof(float));
+    ix->centroids_rot_sum = kvqi_calloc_array(ix->nlist, sizeof(float));
     ix->lists = calloc(ix->nlist, sizeof *ix->lists);
-    if (!ix->centroids || !ix->centroids_rot || !ix->lists) return KVQ_ERR_NOMEM;
+    if (!ix->centroids || !ix->centroids_rot || !ix->centroids_rot_sum || !ix->lists)
+        return KVQ_ERR_NOMEM;
     return KVQ_OK;
 }
 
@@ -101,6 +103,7 @@ KVQ_API void kvq_index_free(kvq_index *ix) {
     kvqi_free(ix->rot_dense);
     kvqi_free(ix->centroids);
     kvqi_free(ix->centroids_rot);
+    kvqi_free(ix->centroids_rot_sum);
     if (ix->lists)
         for (uint32_t i = 0; i < ix->nlist; i++) kvqi_list_free(&ix->lists[i]);
     free(ix->lists);
@@ -132,6 +135,18 @@ void kvqi_index_to_space(const kvq_index *ix, const float *x, int center, float 
         out[j] = ix->kern->dot(ix->pca_proj + (size_t)j * ix->dim, src, ix->dim);
 }
 
+void kvqi_index_finish_centroids(kvq_index *ix) {
+    for (uint32_t c = 0; c < ix->nlist; c++) {
+        float *cr = ix->centroids_rot + (size_t)c * ix->d_pad;
+        kvqi_index_rotate(ix, ix->centroids + (size_t)c * ix->d, cr);
+        float acc[KVQI_DOT_LANES] = {0}; /* the canonical order, as kern->dot */
+        for (uint32_t i = 0; i < ix->d_pad; i++) acc[i % KVQI_DOT_LANES] += cr[i];
+        for (int w = KVQI_DOT_LANES / 2; w >= 1; w >>= 1)
+            for (int j = 0; j < w; j++) acc[j] += acc[j + w];
+        ix->centroids_rot_sum[c] = acc[0];
+    }
+}
+
 void kvqi_index_rotate(const kvq_index *ix, const float *x, float *y) {
     if (ix->rot_dense) {
         kvqi_matvec(ix->rot_dense, ix->d, x, y);
@@ -161,7 +176,7 @@ KVQ_API kvq_status kvq_index_size_bytes(const kvq_index *ix, uint64_t *bytes) {
     if (ix->rot_dense) b += (uint64_t)ix->d * ix->d * 4;
     else b += (uint64_t)ix->d * 4 * (ix->had.two_pass ? 2 : 1);
     if (ix->lists) {
-        b += (uint64_t)ix->nlist * (ix->d + ix->d_pad) * 4 + (uint64_t)ix->nlist * sizeof(kvqi_ivf_list);
+        b += (uint64_t)ix->nlist * (ix->d + ix->d_pad + 1) * 4 + (uint64_t)ix->nlist * sizeof(kvqi_ivf_list);
         for (uint32_t i = 0; i < ix->nlist; i++) b += kvqi_list_bytes(ix, &ix->lists[i]);
     }
     b += ix->n * sizeof(int64_t);

@@ -50,6 +50,7 @@ struct kvq_index {
     uint32_t nlist;
     float *centroids;     /* [nlist][d] */
     float *centroids_rot; /* [nlist][d_pad] rotated, zero padded */
+    float *centroids_rot_sum; /* [nlist] sum of each rotated centroid's coordinates */
     kvqi_ivf_list *lists;
 
     uint64_t n, cap_rows;
@@ -63,6 +64,8 @@ kvq_status kvqi_index_validate_config(const kvq_index_config *cfg);
 kvq_status kvqi_index_init_rotation(kvq_index *ix);
 /* Allocate what a trained index needs once nlist and the PCA basis are known. */
 kvq_status kvqi_index_alloc_trained(kvq_index *ix);
+/* Rotated centroids and their coordinate sums, from the centroids. */
+void kvqi_index_finish_centroids(kvq_index *ix);
 /* Input vector -> coded space (normalize for cosine, PCA). out[d]; tmp[dim]. For ip,
  * PCA projects without centering (the caller adds <mean, q>). */
 void kvqi_index_to_space(const kvq_index *ix, const float *x, int center, float *tmp,

@@ -213,9 +213,7 @@ static kvq_status load_body(reader *r, kvq_index **out) {
     }
     if (kvqi_index_alloc_trained(ix) != KVQ_OK) goto nomem;
     if (!get_array(r, ix->centroids, (size_t)ix->nlist * ix->d, 4)) goto fail;
-    for (uint32_t c = 0; c < ix->nlist; c++)
-        kvqi_index_rotate(ix, ix->centroids + (size_t)c * ix->d,
-                          ix->centroids_rot + (size_t)c * ix->d_pad);
+    kvqi_index_finish_centroids(ix);
     ix->trained = 1;
     if (n) {
         size_t row_bytes = cfg.reorder == KVQ_REORDER_FP32 ? 4 : (cfg.reorder == KVQ_REORDER_FP16 ? 2 : 0);

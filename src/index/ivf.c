@@ -107,9 +107,7 @@ KVQ_API kvq_status kvq_index_train(kvq_index *ix, const float *x, size_t n) {
                          kvqi_seed_mix(ix->cfg.seed, 0x6b6d /* "km" */), ix->centroids, NULL);
         if (st != KVQ_OK) goto done;
     }
-    for (uint32_t c = 0; c < ix->nlist; c++)
-        kvqi_index_rotate(ix, ix->centroids + (size_t)c * ix->d,
-                          ix->centroids_rot + (size_t)c * ix->d_pad);
+    kvqi_index_finish_centroids(ix);
     ix->trained = 1;
 done:
     if (st != KVQ_OK && !ix->trained) {
@@ -117,6 +115,8 @@ done:
         kvqi_free(ix->pca_proj);
         kvqi_free(ix->centroids);
         kvqi_free(ix->centroids_rot);
+        kvqi_free(ix->centroids_rot_sum);
+        ix->centroids_rot_sum = NULL;
         free(ix->lists);
         ix->pca_mean = ix->pca_proj = ix->centroids = ix->centroids_rot = NULL;
         ix->lists = NULL;

@@ -5,6 +5,7 @@
  * (arXiv 2409.09913), then rerank exactly only those whose lower bound can still
  * enter the top k. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,7 +77,7 @@ typedef struct search_ctx {
 
 /* Per-thread scratch, carved from one slot. */
 typedef struct scratch {
-    float *tmp, *zq, *qrot, *qp, *lutf;
+    float *tmp, *zq, *qrot, *qp, *lutf, *ones, *probe_d;
     uint8_t *lut;
     uint32_t *probe_i;
     cand *cands;
@@ -98,6 +99,8 @@ static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, unsigned c
     TAKE(qrot, float, ix->d_pad);
     TAKE(qp, float, ix->d_pad);
     TAKE(lutf, float, (size_t)ix->n_groups * 16);
+    TAKE(ones, float, ix->d_pad);
+    TAKE(probe_d, float, ix->nlist);
     TAKE(lut, uint8_t, (size_t)ix->n_groups * 16);
     TAKE(probe_i, uint32_t, ix->nlist);
     TAKE(cands, cand, cand_cap);
@@ -115,48 +118,49 @@ typedef struct list_query {
     float vmin, delta, qerr; /* 4-bit query quantization */
 } list_query;
 
-static void prepare_list(const kvq_index *ix, uint32_t c, const scratch *s, float const_ip,
-                         list_query *lq) {
+/* Query-side numbers shared by every list of one query. */
+typedef struct query_consts {
+    float const_ip;  /* ip with PCA: <mean, q> */
+    float qrot_sum;  /* sum of the rotated query's coordinates */
+    float qrot_n2;   /* its squared norm */
+} query_consts;
+
+/* probe_dist is the query's distance to the centroid as the probe measured it:
+ * ||z_q - c||^2 for l2 (= ||q'||^2, the rotation keeps norms), -<c, z_q> for ip. */
+static void prepare_list(const kvq_index *ix, uint32_t c, const scratch *s, float probe_dist,
+                         const query_consts *qc, list_query *lq) {
     const uint32_t dp = ix->d_pad;
+    float n2;
     if (ix->cfg.metric == KVQ_METRIC_L2) {
         const float *cr = ix->centroids_rot + (size_t)c * dp;
         for (uint32_t i = 0; i < dp; i++) s->qp[i] = s->qrot[i] - cr[i];
         lq->qp = s->qp;
-        lq->K = ix->kern->dot(s->qp, s->qp, dp);
+        n2 = probe_dist;
+        lq->K = probe_dist;
+        lq->sum_q = qc->qrot_sum - ix->centroids_rot_sum[c];
     } else {
         lq->qp = s->qrot;
-        lq->K = -(const_ip + ix->kern->dot(ix->centroids + (size_t)c * ix->d, s->zq, ix->d));
+        n2 = qc->qrot_n2;
+        lq->K = probe_dist - qc->const_ip;
+        lq->sum_q = qc->qrot_sum;
     }
-    float n2 = ix->kern->dot(lq->qp, lq->qp, dp), sum = 0.0f;
-    for (uint32_t i = 0; i < dp; i++) sum += lq->qp[i];
-    lq->qnorm = sqrtf(n2);
-    lq->sum_q = sum;
+    lq->qnorm = sqrtf(n2 > 0.0f ? n2 : 0.0f);
+}
+
+static float probe_distance(const kvq_index *ix, uint32_t c, const float *zq) {
+    const float *cen = ix->centroids + (size_t)c * ix->d;
+    return ix->cfg.metric == KVQ_METRIC_L2 ? ix->kern->l2sq(cen, zq, ix->d)
+                                           : -ix->kern->dot(cen, zq, ix->d);
 }
 
 static void build_lut4(const kvq_index *ix, const scratch *s, list_query *lq) {
-    const float *q = lq->qp;
-    float vmin = q[0], vmax = q[0];
-    for (uint32_t i = 1; i < ix->d; i++) {
-        vmin = q[i] < vmin ? q[i] : vmin;
-        vmax = q[i] > vmax ? q[i] : vmax;
-    }
-    float delta = (vmax - vmin) / 15.0f, inv = delta > 0.0f ? 1.0f / delta : 0.0f;
-    uint8_t qu[4];
-    for (uint32_t g = 0; g < ix->n_groups; g++) {
-        for (unsigned t = 0; t < 4; t++) {
-            uint32_t i = 4 * g + t;
-            float u = i < ix->d ? floorf((q[i] - vmin) * inv + 0.5f) : 0.0f;
-            qu[t] = (uint8_t)(u < 0.0f ? 0 : (u > 15.0f ? 15 : u));
-        }
-        uint8_t *l = s->lut + (size_t)g * 16;
-        l[0] = 0;
-        for (unsigned m = 1; m < 16; m++) l[m] = (uint8_t)(l[m & (m - 1)] + qu[__builtin_ctz(m)]);
-    }
-    lq->vmin = vmin;
-    lq->delta = delta;
-    /* rounding each q'_i by at most delta/2 moves sum_i b_i q'_i with a spread of about
-     * delta sqrt(d / 24) (d/2 one bits, uniform error); the bound takes twice that */
-    lq->qerr = delta * sqrtf((float)ix->d / 6.0f);
+    /* the 4-bit levels borrow the float LUT area (4 * d_pad floats >= d_pad bytes) */
+    ix->kern->build_lut4(lq->qp, ix->d, ix->d_pad, (uint8_t *)(void *)s->lutf, s->lut, &lq->vmin,
+                         &lq->delta);
+    /* rounding each q'_i by at most delta/2 moves sum_i b_i q'_i by a spread of about
+     * delta sqrt(d / 24) (d/2 one bits, uniform error), and the estimate of <r, q'> by
+     * twice that (times f_rescale) */
+    lq->qerr = lq->delta * sqrtf((float)ix->d / 6.0f);
 }
 
 static void build_lutf(const kvq_index *ix, const scratch *s, const list_query *lq) {
@@ -172,6 +176,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     const kvq_index *ix = ctx->ix;
     scratch s;
     carve(ix, ctx->k, ctx->cand_cap, ctx->scratch + (size_t)thread * ctx->slot_bytes, &s);
+    for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
     const float *q = ctx->queries + qi * ix->dim;
     const int l2 = ix->cfg.metric == KVQ_METRIC_L2;
     const float alpha = l2 ? 2.0f : 1.0f;
@@ -182,34 +187,35 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     /* the exact-space query (normalized for cosine: to_space leaves it in tmp) */
     kvqi_index_to_space(ix, q, l2, s.tmp, s.zq);
     const float *qx = ix->cfg.metric == KVQ_METRIC_COSINE ? s.tmp : q;
-    float const_ip = 0.0f;
-    if (!l2 && ix->pca_mean) const_ip = ix->kern->dot(ix->pca_mean, qx, ix->dim);
+    query_consts qc = {0.0f, 0.0f, 0.0f};
+    if (!l2 && ix->pca_mean) qc.const_ip = ix->kern->dot(ix->pca_mean, qx, ix->dim);
     kvqi_index_rotate(ix, s.zq, s.qrot);
+    qc.qrot_sum = ix->kern->dot(s.qrot, s.ones, ix->d_pad);
+    qc.qrot_n2 = ix->kern->dot(s.qrot, s.qrot, ix->d_pad);
 
     /* the nprobe nearest centroids, nearest first */
     uint32_t np = ctx->nprobe < ix->nlist ? ctx->nprobe : ix->nlist, nh = 0;
     {
         /* the probe heap borrows the candidate area (sized for it), filled only later */
         heap_item *h = (heap_item *)(void *)s.cands;
-        for (uint32_t c = 0; c < ix->nlist; c++) {
-            const float *cen = ix->centroids + (size_t)c * ix->d;
-            float dist = l2 ? ix->kern->l2sq(cen, s.zq, ix->d) : -ix->kern->dot(cen, s.zq, ix->d);
-            heap_push(h, &nh, np, (heap_item){dist, c});
-        }
+        for (uint32_t c = 0; c < ix->nlist; c++)
+            heap_push(h, &nh, np, (heap_item){probe_distance(ix, c, s.zq), c});
         qsort(h, nh, sizeof *h, cmp_item);
-        for (uint32_t i = 0; i < nh; i++) s.probe_i[i] = (uint32_t)h[i].id;
+        for (uint32_t i = 0; i < nh; i++) {
+            s.probe_i[i] = (uint32_t)h[i].id;
+            s.probe_d[i] = h[i].d;
+        }
     }
 
     uint32_t n_cand = 0, n_ub = 0;
     float tau = INFINITY;
     list_query lq;
     uint32_t S[KVQI_FS_BLOCK];
-    float Sf[KVQI_FS_BLOCK];
     for (uint32_t pi = 0; pi < nh; pi++) {
         uint32_t c = s.probe_i[pi];
         const kvqi_ivf_list *L = &ix->lists[c];
         if (L->n == 0) continue;
-        prepare_list(ix, c, &s, const_ip, &lq);
+        prepare_list(ix, c, &s, s.probe_d[pi], &qc, &lq);
         const int q4 = ix->cfg.query_bits == 4;
         if (q4) build_lut4(ix, &s, &lq);
         else build_lutf(ix, &s, &lq);
@@ -223,30 +229,42 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                     s.cands[n_cand++] = (cand){c, b0 + v, 0.0f, INFINITY};
                 continue;
             }
+            float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
+            uint32_t keep;
             if (q4) {
                 ix->kern->fastscan(blk, s.lut, ix->n_groups, S);
-                for (uint32_t v = 0; v < nv; v++)
-                    Sf[v] = lq.delta * (float)S[v] + lq.vmin * L->f_pop[b0 + v];
+                kvqi_block_consts bc = {lq.delta, lq.vmin, lq.sum_q, lq.K, alpha,
+                                        full ? 0.0f : ferr_scale, full ? 0.0f : qerr_scale,
+                                        full ? INFINITY : tau};
+                keep = ix->kern->estimate_block(S, L->f_add + b0, L->f_rescale + b0, L->f_err + b0,
+                                                L->f_pop + b0, &bc, dist, err);
             } else {
+                keep = 0;
                 for (uint32_t v = 0; v < nv; v++) {
                     unsigned byte, shift;
                     kvqi_fs_slot(v, &byte, &shift);
                     float acc = 0.0f;
                     for (uint32_t g = 0; g < ix->n_groups; g++)
                         acc += s.lutf[(size_t)g * 16 + ((blk[(size_t)g * 16 + byte] >> shift) & 15u)];
-                    Sf[v] = acc;
+                    uint32_t pos = b0 + v;
+                    float fr = L->f_rescale[pos];
+                    dist[v] = (L->f_add[pos] + lq.K) - alpha * (fr * (2.0f * acc - lq.sum_q));
+                    err[v] = full ? 0.0f : L->f_err[pos] * ferr_scale;
+                    if (full || dist[v] - err[v] < tau) keep |= 1u << v;
                 }
             }
-            for (uint32_t v = 0; v < nv; v++) {
-                uint32_t pos = b0 + v;
-                float F = L->f_rescale[pos];
-                float ip = F * (2.0f * Sf[v] - lq.sum_q);
-                float dist = L->f_add[pos] + lq.K - alpha * ip;
-                float err = full ? INFINITY : L->f_err[pos] * ferr_scale + F * qerr_scale;
-                if (dist - err >= tau) continue;
-                s.cands[n_cand++] = (cand){c, pos, dist, err};
+            if (nv < KVQI_FS_BLOCK) keep &= (1u << nv) - 1u;
+            while (keep) {
+                unsigned v = (unsigned)__builtin_ctz(keep);
+                keep &= keep - 1;
+                if (full) {
+                    s.cands[n_cand++] = (cand){c, b0 + v, dist[v], INFINITY};
+                    continue;
+                }
+                if (dist[v] - err[v] >= tau) continue; /* tau shrank inside this block */
+                s.cands[n_cand++] = (cand){c, b0 + v, dist[v], err[v]};
                 if (!ex) {
-                    heap_push(s.ubheap, &n_ub, k, (heap_item){dist + err, 0});
+                    heap_push(s.ubheap, &n_ub, k, (heap_item){dist[v] + err[v], 0});
                     if (n_ub == k) tau = s.ubheap[0].d;
                 }
             }
@@ -262,7 +280,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             cand *cd = &s.cands[i];
             if (cd->list != cur) {
                 cur = cd->list;
-                prepare_list(ix, cur, &s, const_ip, &lq);
+                prepare_list(ix, cur, &s, probe_distance(ix, cur, s.zq), &qc, &lq);
             }
             const kvqi_ivf_list *L = &ix->lists[cur];
             float yq = ix->kern->dot_u8(L->ex_codes + (size_t)cd->pos * ix->d_pad, lq.qp, ix->d_pad) -
@@ -275,6 +293,11 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     }
 
     uint32_t n_res = 0;
+#ifdef KVQ_INDEX_STATS
+    static uint64_t st_cand, st_q, st_exact;
+    st_cand += n_cand;
+    st_q++;
+#endif
     if (ix->cfg.reorder != KVQ_REORDER_NONE) {
         uint32_t m = 0;
         for (uint32_t i = 0; i < n_cand; i++)
@@ -295,6 +318,9 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 dist = l2 ? ix->kern->l2sq_f16(v, qx, ix->dim) : -ix->kern->dot_f16(v, qx, ix->dim);
             }
             n_exact++;
+#ifdef KVQ_INDEX_STATS
+            st_exact++;
+#endif
             heap_push(s.res, &n_res, k, (heap_item){dist, ix->ids[row]});
         }
     } else {
@@ -304,6 +330,10 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             heap_push(s.res, &n_res, k, (heap_item){cd->dist, ix->ids[row]});
         }
     }
+#ifdef KVQ_INDEX_STATS
+    if (st_q % 1000 == 0)
+        fprintf(stderr, "cand/q %.1f exact/q %.1f\n", (double)st_cand / st_q, (double)st_exact / st_q);
+#endif
     qsort(s.res, n_res, sizeof(heap_item), cmp_item);
     int64_t *oi = ctx->out_ids + qi * k;
     float *od = ctx->out_dists ? ctx->out_dists + qi * k : NULL;
@@ -385,19 +415,23 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
     if (!base) return KVQ_ERR_NOMEM;
     scratch s;
     carve(ix, 1, 1, base, &s);
+    for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
     const int l2 = ix->cfg.metric == KVQ_METRIC_L2;
     const float alpha = l2 ? 2.0f : 1.0f;
     kvqi_index_to_space(ix, q, l2, s.tmp, s.zq);
     const float *qx = ix->cfg.metric == KVQ_METRIC_COSINE ? s.tmp : q;
-    float const_ip = (!l2 && ix->pca_mean) ? ix->kern->dot(ix->pca_mean, qx, ix->dim) : 0.0f;
+    query_consts qc = {0.0f, 0.0f, 0.0f};
+    if (!l2 && ix->pca_mean) qc.const_ip = ix->kern->dot(ix->pca_mean, qx, ix->dim);
     kvqi_index_rotate(ix, s.zq, s.qrot);
+    qc.qrot_sum = ix->kern->dot(s.qrot, s.ones, ix->d_pad);
+    qc.qrot_n2 = ix->kern->dot(s.qrot, s.qrot, ix->d_pad);
     size_t o = 0;
     uint32_t S[KVQI_FS_BLOCK];
     for (uint32_t c = 0; c < ix->nlist; c++) {
         const kvqi_ivf_list *L = &ix->lists[c];
         if (!L->n) continue;
         list_query lq;
-        prepare_list(ix, c, &s, const_ip, &lq);
+        prepare_list(ix, c, &s, probe_distance(ix, c, s.zq), &qc, &lq);
         const int q4 = ix->cfg.query_bits == 4;
         if (q4) build_lut4(ix, &s, &lq);
         else build_lutf(ix, &s, &lq);
@@ -423,7 +457,8 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
             }
             float F = L->f_rescale[pos];
             est[o] = L->f_add[pos] + lq.K - alpha * F * (2.0f * sbq - lq.sum_q);
-            err[o] = alpha * eps0 * (L->f_err[pos] * lq.qnorm + F * (q4 ? lq.qerr : 0.0f));
+            float e1 = L->f_err[pos] * lq.qnorm, e2 = F * (q4 ? lq.qerr : 0.0f);
+            err[o] = alpha * eps0 * sqrtf(e1 * e1 + e2 * e2);
         }
     }
     kvqi_free(base);
