@@ -287,7 +287,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 if (dist[v] - err[v] >= tau) continue; /* tau shrank inside this block */
                 s.cands[n_cand++] = (cand){c, b0 + v, dist[v], err[v]};
                 float ub = dist[v] + err[v];
-                if (!ex && (n_ub < k || ub < tau)) {
+                if (n_ub < k || ub < tau) { /* the 1-bit bound holds in split mode too */
                     heap_push(s.ubheap, &n_ub, k, (heap_item){ub, 0});
                     if (n_ub == k) tau = s.ubheap[0].d;
                 }
@@ -296,10 +296,16 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     }
 
     if (ex && n_cand) { /* extended code: tighter estimate and bound for the survivors */
+        if (prune_1bit && !full) { /* drop what the final 1-bit threshold already rules out */
+            uint32_t m = 0;
+            for (uint32_t i = 0; i < n_cand; i++)
+                if (s.cands[i].dist - s.cands[i].err < tau) s.cands[m++] = s.cands[i];
+            n_cand = m;
+        }
         uint32_t cur = UINT32_MAX;
         const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
+        const float tau_1bit = tau;
         n_ub = 0;
-        tau = INFINITY;
         for (uint32_t i = 0; i < n_cand; i++) {
             cand *cd = &s.cands[i];
             if (cd->list != cur) {
@@ -313,7 +319,8 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             cd->err = full ? INFINITY : alpha * ctx->eps0 * L->ex_err[cd->pos] * lq.qnorm;
             heap_push(s.ubheap, &n_ub, k, (heap_item){cd->dist + cd->err, 0});
         }
-        if (n_ub == k) tau = s.ubheap[0].d;
+        /* both thresholds bound the k-th true distance: keep the tighter */
+        tau = n_ub == k && s.ubheap[0].d < tau_1bit ? s.ubheap[0].d : tau_1bit;
     }
 
     uint32_t n_res = 0;
