@@ -3,6 +3,15 @@
 # Skips anything already present; needs root (or sudo) only when something is missing.
 set -euo pipefail
 apt_pkgs=(build-essential clang pkg-config cmake python3 python3-pip)
+# --arm64: the AArch64 cross compiler and qemu-user for `make test-arm64`
+# --fuzz: clang's libFuzzer runtime for `make fuzz-smoke`
+for a in "$@"; do
+    case "$a" in
+    --arm64) apt_pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user) ;;
+    --fuzz) apt_pkgs+=(libclang-rt-14-dev) ;;
+    *) echo "deps.sh: unknown option $a" >&2; exit 2 ;;
+    esac
+done
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -13,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-py_pkgs=(numpy)
+py_pkgs=(numpy pytest)
 for p in "${py_pkgs[@]}"; do
     python3 -c "import $p" >/dev/null 2>&1 || python3 -m pip install -q "$p"
 done

@@ -43,6 +43,23 @@ TEST(core_rng_matches_reference) {
     CHECK(kvqi_rng_uniform(&r) == 0x1.1d70f6593d20ap-2);
 }
 
+/* normals bit for bit against the Python reference (IEEE doubles there too) */
+TEST(core_rng_normals_match_reference) {
+    static const double first[6] = {0x1.9356a7a1bbe22p-1, -0x1.45648f30d6b8ep-1,
+                                    0x1.430bd816b81ecp-4, 0x1.48298177b4179p-3,
+                                    0x1.bc6e210b757c2p-1, 0x1.2750fef4397fdp-1};
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 2024);
+    for (int i = 0; i < 6; i++) {
+        double z = kvqi_rng_normal(&r);
+        CHECKF(memcmp(&z, &first[i], sizeof z) == 0, "normal %d: %a want %a", i, z, first[i]);
+    }
+    kvqi_rng_seed(&r, 2024);
+    double acc = 0.0;
+    for (int i = 0; i < 10000; i++) acc += kvqi_rng_normal(&r);
+    CHECKF(acc == 0x1.501cee329fee3p+5, "sum of 10000 normals %a", acc);
+}
+
 TEST(core_rng_det_log_accurate) {
     kvqi_rng r;
     kvqi_rng_seed(&r, 1);
@@ -497,6 +514,16 @@ TEST(core_lloydmax_laplace_beta) {
         REQUIRE_OK(kvqi_lloyd_max(KVQI_DIST_BETA, 128, b, c, t, &mse));
         CHECK_NEAR(mse * 128, gm, 0.03 * gm);
     }
+    /* very large d: the O(1/d) gap shrinks and nothing cancels away (the normalizers are
+     * ratios of huge Gamma values) */
+    for (unsigned b = 2; b <= 8; b += 6) {
+        float g[256];
+        double gm;
+        REQUIRE_OK(kvqi_lloyd_max(KVQI_DIST_GAUSSIAN, 0, b, g, NULL, &gm));
+        REQUIRE_OK(kvqi_lloyd_max(KVQI_DIST_BETA, 1e6, b, c, t, &mse));
+        for (unsigned j = 0; j < (1u << b); j++) CHECK_NEAR(c[j] * 1000.0, g[j], 1e-4 * (1 + fabs(g[j])));
+        CHECKF(fabs(mse * 1e6 / gm - 1) < 1e-4, "b=%u d=1e6: mse*d %.8g vs gaussian %.8g", b, mse * 1e6, gm);
+    }
     /* d = 2 (arcsine density, singular at +-1) still converges to an ordered codebook */
     REQUIRE_OK(kvqi_lloyd_max(KVQI_DIST_BETA, 2, 4, c, t, &mse));
     for (unsigned j = 0; j + 1 < 16; j++) CHECK(c[j] < c[j + 1]);
@@ -524,6 +551,7 @@ static void make_sample(st_sample *s) {
     s->i64[1] = 1LL << 40;
     s->f64 = 3.25;
     kvqi_st_tensor *t = s->t;
+    /* the U8 tensor of 5 bytes comes before wider ones, to test the layout */
     strcpy(t[0].name, "layer.0.rot");
     t[0].dtype = KVQI_F32, t[0].ndim = 2, t[0].shape[0] = 2, t[0].shape[1] = 3;
     t[0].data = s->f32, t[0].nbytes = sizeof s->f32;
@@ -582,8 +610,12 @@ static void check_sample(kvqt_ctx *kvqt_, const kvqi_st_file *f, const st_sample
         CHECKF(v && strcmp(v, s->meta[i].value) == 0, "metadata %s", s->meta[i].key);
     }
     CHECK(kvqi_st_meta_get(f, "nope") == NULL);
-    /* the data area is 64-byte aligned in memory, so the first tensor is */
-    CHECK(((uintptr_t)kvqi_st_at(f, 0)->data & 63) == 0);
+    /* the data area is 64-byte aligned in memory and the writer lays tensors out by
+     * element size, so each starts aligned to its element size */
+    for (size_t i = 0; i < 5; i++) {
+        const kvqi_st_tensor *t = kvqi_st_at(f, i);
+        CHECKF(((uintptr_t)t->data % kvqi_dtype_size(t->dtype)) == 0, "%s misaligned", t->name);
+    }
 }
 
 TEST(core_safetensors_round_trip) {
@@ -1024,6 +1056,41 @@ TEST(core_kmeans_recovers_clusters) {
         for (int k = 0; k < 4; k++) hit += memcmp(c + k * D, x + i * D, D * sizeof(float)) == 0;
         CHECK(hit == 1);
         CHECK(memcmp(c + assign[i] * D, x + i * D, D * sizeof(float)) == 0);
+    }
+}
+
+/* the lane-parallel assignment step against a plain scalar argmin with the same
+ * summation order: labels identical, ties to the lowest index */
+TEST(core_kmeans_assignment_matches_scalar) {
+    enum { N = 3000, D = 5, K = 37 };
+    static float x[N * D];
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 23);
+    for (int i = 0; i < N * D; i++) x[i] = (float)kvqi_rng_normal(&r);
+    for (int i = 0; i < 40; i++) memcpy(x + (N - 1 - i) * D, x + i * D, D * sizeof(float)); /* exact ties */
+    for (uint32_t iters = 0; iters <= 3; iters += 3) {
+        float c[K * D];
+        uint32_t a[N];
+        REQUIRE_OK(kvqi_kmeans(x, N, D, K, iters, 5, c, a));
+        for (int i = 0; i < N; i++) {
+            uint32_t best = 0;
+            float bd = 0;
+            for (uint32_t k = 0; k < K; k++) {
+                float s = 0.0f;
+                for (int j = 0; j < D; j++) {
+                    float t = x[i * D + j] - c[k * D + j];
+                    s += t * t;
+                }
+                if (k == 0 || s < bd) {
+                    bd = s;
+                    best = k;
+                }
+            }
+            if (a[i] != best) {
+                CHECKF(0, "iters %u point %d: label %u, scalar %u", iters, i, a[i], best);
+                break;
+            }
+        }
     }
 }
 

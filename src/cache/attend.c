@@ -1,0 +1,360 @@
+/*
+ * attend.c - fused decode attention over the compressed cache: per block of tokens,
+ * scores for every query head of a KV group, an online numerically-stable softmax
+ * (FlashAttention's running max and sum), and the weighted sum of decoded values.
+ * Rotated codes are scored and summed in the rotated domain: <q, R^T u> = <R q, u> and
+ * sum_i p_i R^T u_i = R^T sum_i p_i u_i, so the rotation runs once per query head.
+ */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache/cache_internal.h"
+
+typedef struct attend_ctx {
+    kvq_cache *c;
+    const float *q;
+    float *out;
+    uint32_t n_q_heads, G;
+    size_t n_queries;
+    uint32_t qb; /* queries per task: they share every decoded code */
+    float scale;
+    atomic_int status; /* first failure of a quantizer call in any task */
+} attend_ctx;
+
+static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
+    size_t d = c->dim, B = KVQI_ATTEND_BLOCK;
+    /* the generic key path scores a whole chunk span per kvq_score call */
+    size_t span = c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0;
+    /* integer key path: G x d int8 query, its scales and sums */
+    size_t i8 = (size_t)G * d / 4 + 2 * G + 16;
+    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16 + span + i8;
+}
+
+/* The integer key path applies: 4-bit one-pass rotated keys and a CPU with the kernel. */
+static int use_i8(const kvq_cache *c) {
+    return c->key.path == KVQI_PATH_ROT && c->key.rot.has_u8 && c->kern->score_rot_i8 &&
+           c->dim % 128 == 0;
+}
+
+/* int8 query for the integer path: symmetric scale max|q|/127, in code-byte order */
+static void quantize_query(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t h,
+                           const float *q_lanes) {
+    uint32_t d = c->dim;
+    float *nat = s->vdec + d; /* natural order; vdec is free until the first block */
+    for (uint32_t p = 0; p < d; p++) nat[kvqi_rot_lane_coordinate(c->key.rot.bits, p)] = q_lanes[p];
+    float qmax = 0.0f;
+    for (uint32_t j = 0; j < d; j++) qmax = fmaxf(qmax, fabsf(nat[j]));
+    float qs = qmax > 0.0f ? qmax / 127.0f : 1.0f;
+    int32_t sum = 0;
+    int8_t *q8 = s->q8 + (size_t)h * d;
+    for (uint32_t b = 0; b < d; b++) {
+        int v = (int)lrintf(nat[kvqi_rot_i8_coordinate(b)] / qs);
+        q8[b] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        sum += q8[b];
+    }
+    s->q8_scale[h] = qs * c->key.rot.cent_scale;
+    s->q8_sum[h] = 128 * sum;
+}
+
+/* Grows the per-thread scratch the first time a larger pool or group size is seen;
+ * steady-state decoding never allocates. */
+static kvq_status ensure_scratch(kvq_cache *c, uint32_t G, unsigned n_threads) {
+    size_t need = scratch_floats(c, G) * sizeof(float);
+    if (c->n_scratch >= n_threads && c->scratch_bytes_each >= need) return KVQ_OK;
+    unsigned n = KVQI_MAX(n_threads, c->n_scratch);
+    size_t bytes = KVQI_MAX(need, c->scratch_bytes_each);
+    kvqi_attend_scratch *s = kvqi_calloc_array(n, sizeof *s);
+    if (!s) return KVQ_ERR_NOMEM;
+    for (unsigned i = 0; i < n; i++) {
+        float *p = kvqi_alloc_array(bytes, 1);
+        if (!p) {
+            for (unsigned j = 0; j < i; j++) kvqi_free(s[j].q);
+            kvqi_free(s);
+            return KVQ_ERR_NOMEM;
+        }
+        s[i].q = p;
+    }
+    if (c->scratch) {
+        for (unsigned i = 0; i < c->n_scratch; i++) kvqi_free(c->scratch[i].q);
+        kvqi_free(c->scratch);
+    }
+    c->scratch = s;
+    c->n_scratch = n;
+    c->scratch_bytes_each = bytes;
+    return KVQ_OK;
+}
+
+static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
+    size_t d = c->dim, B = KVQI_ATTEND_BLOCK;
+    float *p = s->q;
+    /* blocks of 16 floats keep every array 64-byte aligned for dim % 16 == 0 */
+    s->q_raw = p + G * d;
+    s->acc = s->q_raw + G * d;
+    s->acc_x = s->acc + G * d;
+    s->vdec = s->acc_x + G * d;
+    s->scores = s->vdec + B * d;
+    s->q_out = s->scores + G * B;
+    s->m = s->q_out + G * c->n_out;
+    s->l = s->m + G;
+    s->kspan = s->l + G;
+    s->q8_scale = s->kspan + (c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0);
+    s->q8_sum = (int32_t *)(void *)(s->q8_scale + G);
+    s->q8 = (int8_t *)(void *)(s->q8_sum + G);
+}
+
+/* Scores of one block of coded tokens (the query carries the scale), outlier channels
+ * added. */
+static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32_t G,
+                        uint32_t g, const uint8_t *chunk, size_t in, size_t nb) {
+    size_t C = c->cfg.chunk_tokens, B = KVQI_ATTEND_BLOCK;
+    const kvqi_side *K = &c->key;
+    const uint8_t *codes = chunk + ((size_t)g * C + in) * K->code_size;
+    switch (K->path) {
+    case KVQI_PATH_F16:
+        c->kern->score_f16(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
+        break;
+    case KVQI_PATH_Q8_0:
+        c->kern->score_q8_0(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
+        break;
+    case KVQI_PATH_Q4_0:
+        c->kern->score_q4_0(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
+        break;
+    case KVQI_PATH_ROT:
+        if (use_i8(c))
+            c->kern->score_rot_i8(&K->rot, s->q8, s->q8_scale, s->q8_sum, G, codes, nb,
+                                  s->scores, B);
+        else
+            c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
+        break;
+    default: /* scored ahead by score_span */
+        for (uint32_t h = 0; h < G; h++)
+            memcpy(s->scores + h * B, s->kspan + h * C + in, nb * sizeof(float));
+        break;
+    }
+    if (c->n_out)
+        c->kern->outlier_add((const uint16_t *)(chunk + c->off_outliers +
+                                                ((size_t)g * c->n_out * C + in) * 2),
+                             C, s->q_out, G, c->n_out, nb, s->scores, B);
+}
+
+/* Generic keys: kvq_score over tokens [in, in + n) of a chunk for every head at once,
+ * so a method's per-call query preparation is paid once per chunk, not per block. */
+static void score_span(const kvq_cache *c, const kvqi_attend_scratch *s, uint32_t G,
+                       uint32_t g, const uint8_t *chunk, size_t in, size_t n,
+                       atomic_int *status) {
+    size_t C = c->cfg.chunk_tokens;
+    const uint8_t *codes = chunk + ((size_t)g * C + in) * c->key.code_size;
+    for (uint32_t h = 0; h < G; h++) {
+        kvq_status st =
+            kvq_score(c->key.quant, s->q + (size_t)h * c->dim, codes, n, s->kspan + h * C + in);
+        if (st != KVQ_OK) {
+            int ok = KVQ_OK;
+            atomic_compare_exchange_strong(status, &ok, (int)st);
+            memset(s->kspan + h * C + in, 0, n * sizeof(float));
+        }
+    }
+}
+
+/* Online softmax step: scores -> weights relative to the new running max; both
+ * accumulators and sums rescaled when the max moves. */
+static void softmax_block(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, size_t nb) {
+    size_t B = KVQI_ATTEND_BLOCK, d = c->dim;
+    for (uint32_t h = 0; h < G; h++) {
+        float *sc = s->scores + h * B;
+        float bm = sc[0];
+        for (size_t t = 1; t < nb; t++) bm = sc[t] > bm ? sc[t] : bm;
+        float m_new = bm > s->m[h] ? bm : s->m[h];
+        if (m_new == -INFINITY) { /* every token so far is past this query: no weight */
+            for (size_t t = 0; t < nb; t++) sc[t] = 0.0f;
+            continue;
+        }
+        if (m_new > s->m[h]) {
+            float alpha = s->m[h] == -INFINITY ? 0.0f : kvqi_exp_neg(s->m[h] - m_new);
+            s->l[h] *= alpha;
+            float *a = s->acc + h * d, *ax = s->acc_x + h * d;
+            for (size_t j = 0; j < d; j++) {
+                a[j] *= alpha;
+                ax[j] *= alpha;
+            }
+            s->m[h] = m_new;
+        }
+        s->l[h] += c->kern->exp_sum(sc, nb, m_new);
+    }
+}
+
+static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, uint32_t g,
+                        const uint8_t *chunk, size_t in, size_t nb, atomic_int *status) {
+    size_t C = c->cfg.chunk_tokens, B = KVQI_ATTEND_BLOCK;
+    const kvqi_side *V = &c->value;
+    const uint8_t *codes = chunk + c->off_value + ((size_t)g * C + in) * V->code_size;
+    switch (V->path) {
+    case KVQI_PATH_F16:
+        c->kern->accum_f16(s->scores, B, G, c->dim, codes, V->code_size, nb, s->acc);
+        break;
+    case KVQI_PATH_Q8_0:
+        c->kern->accum_q8_0(s->scores, B, G, c->dim, codes, V->code_size, nb, s->acc);
+        break;
+    case KVQI_PATH_Q4_0:
+        c->kern->accum_q4_0(s->scores, B, G, c->dim, codes, V->code_size, nb, s->acc);
+        break;
+    case KVQI_PATH_ROT:
+        c->kern->accum_rot(&V->rot, s->scores, B, G, codes, nb, s->acc);
+        break;
+    default:
+        kvq_status st = kvq_decode(V->quant, codes, nb, s->vdec);
+        if (st != KVQ_OK) {
+            int ok = KVQ_OK;
+            atomic_compare_exchange_strong(status, &ok, (int)st);
+            memset(s->vdec, 0, nb * c->dim * sizeof(float));
+        }
+        c->kern->accum_f32(s->scores, B, G, c->dim, (const uint8_t *)s->vdec,
+                           c->dim * sizeof(float), nb, s->acc);
+        break;
+    }
+}
+
+/* Asks for the next block's key and value codes while this one is computed: the codes
+ * of one head are contiguous only within a chunk, so the hardware prefetcher loses the
+ * stream at every chunk boundary. */
+static void prefetch_block(const kvq_cache *c, uint32_t g, size_t t0, size_t end) {
+    if (t0 >= end) return;
+    size_t C = c->cfg.chunk_tokens, in = t0 % C;
+    size_t nb = KVQI_MIN((size_t)KVQI_ATTEND_BLOCK, KVQI_MIN(end - t0, C - in));
+    const uint8_t *chunk = c->chunks[t0 / C];
+    const uint8_t *k = chunk + ((size_t)g * C + in) * c->key.code_size;
+    const uint8_t *v = chunk + c->off_value + ((size_t)g * C + in) * c->value.code_size;
+    size_t kb = nb * c->key.code_size, vb = nb * c->value.code_size;
+    for (size_t o = 0; o < kb; o += 64) __builtin_prefetch(k + o);
+    for (size_t o = 0; o < vb; o += 64) __builtin_prefetch(v + o);
+}
+
+/* Scores of tokens a query of the block may not see yet (causal) become -inf. */
+static void mask_block(const attend_ctx *A, kvqi_attend_scratch *s, size_t first_visible_end,
+                       uint32_t nqb, size_t t0, size_t nb) {
+    if (t0 + nb <= first_visible_end) return;
+    size_t B = KVQI_ATTEND_BLOCK;
+    for (uint32_t qi = 0; qi < nqb; qi++) {
+        size_t lim = first_visible_end + qi; /* query qi sees tokens < lim */
+        for (uint32_t h = 0; h < A->G; h++) {
+            float *sc = s->scores + ((size_t)qi * A->G + h) * B;
+            for (size_t t = lim > t0 ? lim - t0 : 0; t < nb; t++) sc[t] = -INFINITY;
+        }
+    }
+}
+
+/* One KV head and a block of up to qb queries: the block's query heads act as G * qb
+ * heads of one group, so each code is decoded once for all of them. */
+static void attend_task(void *vctx, size_t task, unsigned thread) {
+    attend_ctx *A = vctx;
+    kvq_cache *c = A->c;
+    uint32_t d = c->dim, g = (uint32_t)(task % c->n_kv);
+    size_t i0 = (task / c->n_kv) * A->qb, B = KVQI_ATTEND_BLOCK, C = c->cfg.chunk_tokens;
+    uint32_t nqb = (uint32_t)KVQI_MIN((size_t)A->qb, A->n_queries - i0), G = A->G * nqb;
+    size_t row = (size_t)c->n_kv * d;
+    size_t first_visible = c->n_tokens - A->n_queries + i0 + 1; /* tokens query i0 sees */
+    size_t visible = first_visible + nqb - 1;                   /* tokens the last one sees */
+    kvqi_attend_scratch *s = &c->scratch[thread];
+    carve(s, c, G);
+
+    for (uint32_t v = 0; v < G; v++) {
+        /* the softmax scale rides on the query: every score comes out scaled */
+        size_t qi = v / A->G, h = v % A->G;
+        const float *qh = A->q + ((i0 + qi) * A->n_q_heads + (size_t)g * A->G + h) * d;
+        float *qk = s->q + (size_t)v * d, *qr = s->q_raw + (size_t)v * d;
+        for (uint32_t j = 0; j < d; j++) qr[j] = qh[j] * A->scale;
+        float *tmp = s->vdec; /* free until the first block */
+        memcpy(tmp, qr, d * sizeof(float));
+        if (c->n_out && c->coded) {
+            const uint16_t *idx = c->outlier_idx + (size_t)g * c->n_out;
+            for (uint32_t o = 0; o < c->n_out; o++) {
+                s->q_out[(size_t)v * c->n_out + o] = qr[idx[o]];
+                tmp[idx[o]] = 0.0f;
+            }
+        }
+        if (c->key.path == KVQI_PATH_ROT) {
+            /* the rotated query in lane order: sum_j x_j (column j of R) */
+            memset(qk, 0, d * sizeof(float));
+            c->kern->axpy_rows(c->key.rotation_t, tmp, d, d, qk);
+            if (use_i8(c)) quantize_query(c, s, v, qk);
+        } else {
+            memcpy(qk, tmp, d * sizeof(float));
+        }
+        s->m[v] = -INFINITY;
+        s->l[v] = 0.0f;
+        memset(s->acc + (size_t)v * d, 0, d * sizeof(float));
+        memset(s->acc_x + (size_t)v * d, 0, d * sizeof(float));
+    }
+
+    size_t coded_end = 0, exact_begin = 0, ring = 0;
+    const float *ek = c->stage_k, *ev = c->stage_v;
+    if (c->coded) {
+        size_t W = c->cfg.window;
+        exact_begin = (W && c->n_tokens > W) ? c->n_tokens - W : (W ? 0 : c->n_tokens);
+        coded_end = KVQI_MIN(visible, exact_begin);
+        ek = c->win_k;
+        ev = c->win_v;
+        ring = W;
+    }
+    for (size_t t0 = 0; t0 < coded_end;) {
+        size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_end - t0, C - in));
+        const uint8_t *chunk = c->chunks[t0 / C];
+        prefetch_block(c, g, t0 + nb, coded_end);
+        if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == 0))
+            score_span(c, s, G, g, chunk, in, KVQI_MIN(coded_end - t0, C - in), &A->status);
+        score_coded(c, s, G, g, chunk, in, nb);
+        mask_block(A, s, first_visible, nqb, t0, nb);
+        softmax_block(c, s, G, nb);
+        accum_coded(c, s, G, g, chunk, in, nb, &A->status);
+        t0 += nb;
+    }
+    for (size_t t0 = exact_begin; t0 < visible;) {
+        size_t slot = ring ? t0 % ring : t0;
+        size_t nb = KVQI_MIN(B, visible - t0);
+        if (ring) nb = KVQI_MIN(nb, ring - slot);
+        const uint8_t *kr = (const uint8_t *)(ek + slot * row + (size_t)g * d);
+        const uint8_t *vr = (const uint8_t *)(ev + slot * row + (size_t)g * d);
+        c->kern->score_f32(s->q_raw, G, d, kr, row * sizeof(float), nb, s->scores, B);
+        mask_block(A, s, first_visible, nqb, t0, nb);
+        softmax_block(c, s, G, nb);
+        c->kern->accum_f32(s->scores, B, G, d, vr, row * sizeof(float), nb, s->acc_x);
+        t0 += nb;
+    }
+
+    for (uint32_t v = 0; v < G; v++) {
+        size_t qi = v / A->G, h = v % A->G;
+        float *o = A->out + ((i0 + qi) * A->n_q_heads + (size_t)g * A->G + h) * d;
+        float *ax = s->acc_x + (size_t)v * d;
+        if (c->value.path == KVQI_PATH_ROT) /* R^T acc = sum_p acc_p (row p of R) */
+            c->kern->axpy_rows(c->value.rotation, s->acc + (size_t)v * d, d, d, ax);
+        else
+            for (uint32_t j = 0; j < d; j++) ax[j] += s->acc[(size_t)v * d + j];
+        float inv = s->l[v] > 0.0f ? 1.0f / s->l[v] : 0.0f;
+        for (uint32_t j = 0; j < d; j++) o[j] = ax[j] * inv;
+    }
+}
+
+kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_heads,
+                                  size_t n_queries, float scale, kvq_threadpool *pool,
+                                  float *out) {
+    uint32_t G = n_q_heads / c->n_kv;
+    size_t n_tasks;
+    if (kvqi_mul_size(n_queries, c->n_kv, &n_tasks) != KVQ_OK) return KVQ_ERR_OVERFLOW;
+    size_t check;
+    if (kvqi_mul_size(n_queries * c->n_kv, (size_t)G * c->dim, &check) != KVQ_OK)
+        return KVQ_ERR_OVERFLOW;
+    unsigned n_threads = pool ? kvq_threadpool_size(pool) : 1;
+    /* prefill: blocks of up to 4 queries share the decoding of every code, as long as
+     * that leaves two tasks per thread; the grouping does not change any result */
+    uint32_t qb = n_queries >= 4 ? 4 : (uint32_t)n_queries;
+    while (qb > 1 && c->n_kv * ((n_queries + qb - 1) / qb) < 2 * (size_t)n_threads) qb /= 2;
+    n_tasks = c->n_kv * ((n_queries + qb - 1) / qb);
+    kvq_status st = ensure_scratch(c, G * qb, n_threads);
+    if (st != KVQ_OK) return st;
+    attend_ctx A = {.c = c, .q = q, .out = out, .n_q_heads = n_q_heads, .G = G,
+                    .n_queries = n_queries, .qb = qb, .scale = scale};
+    atomic_init(&A.status, KVQ_OK);
+    kvqi_parallel_for(pool, n_tasks, attend_task, &A);
+    return (kvq_status)atomic_load(&A.status);
+}
