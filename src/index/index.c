@@ -60,6 +60,10 @@ kvq_status kvqi_index_init_rotation(kvq_index *ix) {
 }
 
 KVQ_API kvq_status kvq_index_create(const kvq_index_config *cfg, kvq_index **out) {
+    return kvqi_index_new(cfg, 1, out);
+}
+
+kvq_status kvqi_index_new(const kvq_index_config *cfg, int init_rotation, kvq_index **out) {
     if (!out) return KVQ_ERR_INVALID_ARG;
     *out = NULL;
     kvq_status st = kvqi_index_validate_config(cfg);
@@ -80,6 +84,10 @@ KVQ_API kvq_status kvq_index_create(const kvq_index_config *cfg, kvq_index **out
     ix->n_groups = ix->d_pad / 4;
     ix->nlist = cfg->nlist;
     ix->kern = kvqi_index_kernels_for(isa);
+    if (!init_rotation && cfg->rotation == KVQ_ROTATION_DENSE) {
+        *out = ix; /* the loader reads the matrix from the file */
+        return KVQ_OK;
+    }
     if ((st = kvqi_index_init_rotation(ix)) != KVQ_OK) {
         kvq_index_free(ix);
         return st;

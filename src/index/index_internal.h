@@ -62,6 +62,8 @@ struct kvq_index {
 
 /* index.c */
 kvq_status kvqi_index_validate_config(const kvq_index_config *cfg);
+/* kvq_index_create; with init_rotation 0 a dense rotation is left for the caller. */
+kvq_status kvqi_index_new(const kvq_index_config *cfg, int init_rotation, kvq_index **out);
 kvq_status kvqi_index_init_rotation(kvq_index *ix);
 /* Allocate what a trained index needs once nlist and the PCA basis are known. */
 kvq_status kvqi_index_alloc_trained(kvq_index *ix);

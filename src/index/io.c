@@ -4,9 +4,11 @@
  * whole and validated field by field before use (little-endian hosts). */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "index/index_internal.h"
@@ -70,6 +72,9 @@ static void put_body(writer *w, const kvq_index *ix) {
     put_config(w, &ix->cfg);
     put_u32(w, (uint32_t)ix->trained);
     put_u64(w, ix->n);
+    /* a dense rotation is stored, not rebuilt: loading costs no O(d^3) work, and its
+     * size is backed by the file's own bytes */
+    if (ix->rot_dense) put(w, ix->rot_dense, (size_t)ix->d * ix->d * 4);
     if (!ix->trained) return;
     if (ix->cfg.pca_dim) {
         put(w, ix->pca_mean, (size_t)ix->dim * 4);
@@ -111,6 +116,7 @@ KVQ_API kvq_status kvq_index_save(const kvq_index *ix, const char *path) {
         free(tmp);
         return KVQ_ERR_IO;
     }
+    (void)fchmod(fd, 0644); /* mkstemp makes 0600; an index is a data file like any other */
     writer w = {fdopen(fd, "wb"), 0, 0};
     if (!w.f) {
         close(fd);
@@ -152,6 +158,21 @@ static int get_array(reader *r, void *dst, size_t count, size_t size) {
     if (kvqi_mul_size(count, size, &bytes) != KVQ_OK) return 0;
     return get(r, dst, bytes);
 }
+/* n floats read from a file, all finite (a NaN would poison every comparison) */
+static int finite_f32(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+static int finite_f16(const uint16_t *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if ((x[i] & 0x7c00u) == 0x7c00u) return 0;
+    return 1;
+}
+static int get_f32(reader *r, float *dst, size_t count) {
+    return get_array(r, dst, count, 4) && finite_f32(dst, count);
+}
+
 static int has_bytes(const reader *r, size_t count, size_t size) {
     size_t bytes;
     return kvqi_mul_size(count, size, &bytes) == KVQ_OK && bytes <= r->left;
@@ -189,14 +210,19 @@ static kvq_status load_body(reader *r, kvq_index **out) {
         cfg.max_train_points == 0)
         return KVQ_ERR_FORMAT;
     if (n > UINT32_MAX || (!trained && n)) return KVQ_ERR_FORMAT;
-    /* a dense rotation costs O(d^3) to rebuild: refuse sizes the file cannot back up */
-    if (!has_bytes(r, cfg.nlist, (size_t)(cfg.pca_dim ? cfg.pca_dim : cfg.dim) * 4) && trained)
-        return KVQ_ERR_FORMAT;
+    const size_t d = cfg.pca_dim ? cfg.pca_dim : cfg.dim;
+    if (cfg.rotation == KVQ_ROTATION_DENSE && !has_bytes(r, d * d, 4)) return KVQ_ERR_FORMAT;
+    if (trained && !has_bytes(r, cfg.nlist, d * 4)) return KVQ_ERR_FORMAT;
     kvq_index *ix = NULL;
-    kvq_status st = kvq_index_create(&cfg, &ix);
+    kvq_status st = kvqi_index_new(&cfg, 0, &ix);
     if (st != KVQ_OK) return st == KVQ_ERR_NOMEM ? st : KVQ_ERR_FORMAT;
     ix->cfg = cfg;
     st = KVQ_ERR_FORMAT;
+    if (cfg.rotation == KVQ_ROTATION_DENSE) {
+        ix->rot_dense = kvqi_alloc_array(d * d, sizeof(float));
+        if (!ix->rot_dense) goto nomem;
+        if (!get_f32(r, ix->rot_dense, d * d)) goto fail;
+    }
     if (!trained) {
         if (r->left) goto fail;
         *out = ix;
@@ -207,12 +233,11 @@ static kvq_status load_body(reader *r, kvq_index **out) {
         ix->pca_mean = kvqi_alloc_array(ix->dim, sizeof(float));
         ix->pca_proj = kvqi_alloc_array((size_t)ix->d * ix->dim, sizeof(float));
         if (!ix->pca_mean || !ix->pca_proj) goto nomem;
-        if (!get_array(r, ix->pca_mean, ix->dim, 4) ||
-            !get_array(r, ix->pca_proj, (size_t)ix->d * ix->dim, 4))
+        if (!get_f32(r, ix->pca_mean, ix->dim) || !get_f32(r, ix->pca_proj, (size_t)ix->d * ix->dim))
             goto fail;
     }
     if (kvqi_index_alloc_trained(ix) != KVQ_OK) goto nomem;
-    if (!get_array(r, ix->centroids, (size_t)ix->nlist * ix->d, 4)) goto fail;
+    if (!get_f32(r, ix->centroids, (size_t)ix->nlist * ix->d)) goto fail;
     kvqi_index_finish_centroids(ix);
     ix->trained = 1;
     if (n) {
@@ -227,6 +252,8 @@ static kvq_status load_body(reader *r, kvq_index **out) {
             if (row_bytes == 4) ix->reorder_f32 = re;
             else ix->reorder_f16 = re;
             if (!get_array(r, re, (size_t)n, (size_t)ix->dim * row_bytes)) goto fail;
+            size_t cells = (size_t)n * ix->dim;
+            if (row_bytes == 4 ? !finite_f32(re, cells) : !finite_f16(re, cells)) goto fail;
         }
         ix->cap_rows = n;
     }
@@ -245,11 +272,11 @@ static kvq_status load_body(reader *r, kvq_index **out) {
         st = KVQ_ERR_FORMAT;
         l->n = ln;
         if (!get_array(r, l->rows, ln, 4) || !get_array(r, l->codes, blocks, (size_t)ix->n_groups * 16) ||
-            !get_array(r, l->f_add, ln, 4) || !get_array(r, l->f_rescale, ln, 4) ||
-            !get_array(r, l->f_err, ln, 4) || !get_array(r, l->f_pop, ln, 4))
+            !get_f32(r, l->f_add, ln) || !get_f32(r, l->f_rescale, ln) ||
+            !get_f32(r, l->f_err, ln) || !get_f32(r, l->f_pop, ln))
             goto fail;
         if (cfg.bits > 1 && (!get_array(r, l->ex_codes, ln, ix->d_pad) ||
-                             !get_array(r, l->ex_rescale, ln, 4) || !get_array(r, l->ex_err, ln, 4)))
+                             !get_f32(r, l->ex_rescale, ln) || !get_f32(r, l->ex_err, ln)))
             goto fail;
         for (uint32_t i = 0; i < ln; i++)
             if (l->rows[i] >= n) goto fail;

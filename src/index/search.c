@@ -197,7 +197,8 @@ static uint32_t probe(const kvq_index *ix, const float *zq, uint32_t np, heap_it
     float d16[16];
     for (uint32_t c0 = 0; c0 < ix->nlist; c0 += 16) {
         ix->kern->probe16(ix->centroids_t + (size_t)(c0 / 16) * ix->d * 16, zq, ix->d, ip, d16);
-        for (uint32_t c = c0; c < c0 + 16 && c < ix->nlist; c++) all[c] = (heap_item){d16[c - c0], c};
+        for (uint32_t c = c0; c < c0 + 16 && c < ix->nlist; c++) /* NaN sorts last */
+            all[c] = (heap_item){d16[c - c0] == d16[c - c0] ? d16[c - c0] : INFINITY, c};
     }
     uint32_t lo = 0, hi = ix->nlist; /* select: all[0..np) ends up holding the np smallest */
     while (hi - lo > 1) {
@@ -407,13 +408,13 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
 #ifdef KVQ_INDEX_STATS
             st_exact++;
 #endif
-            heap_push(s.res, &n_res, k, (heap_item){dist, ix->ids[row]});
+            heap_push(s.res, &n_res, k, (heap_item){dist == dist ? dist : INFINITY, ix->ids[row]});
         }
     } else {
         for (uint32_t i = 0; i < n_cand; i++) {
             const cand *cd = &s.cands[i];
             uint32_t row = ix->lists[cd->list].rows[cd->pos];
-            heap_push(s.res, &n_res, k, (heap_item){cd->dist, ix->ids[row]});
+            heap_push(s.res, &n_res, k, (heap_item){cd->dist == cd->dist ? cd->dist : INFINITY, ix->ids[row]});
         }
     }
 #ifdef KVQ_INDEX_STATS
