@@ -172,7 +172,7 @@ def main():
     faiss.omp_set_num_threads(1)
     xb, xq, gt = read_fvecs(a.base), read_fvecs(a.query), read_ivecs(a.gt)
     print(f"{len(xb)} base, {len(xq)} queries, dim {xb.shape[1]}; {cpu_model()}", file=sys.stderr)
-    nprobes = [16, 24, 32, 48, 64, 96]
+    nprobes = [16, 24, 32, 40, 48, 64, 96]
     rows = []
     nl = ["--nlist", str(a.nlist)]
     if "kvq" in only:
