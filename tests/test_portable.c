@@ -218,3 +218,70 @@ TEST(portable_hadamard_sign_batch_bit_identical) {
         }
     }
 }
+
+TEST(portable_block_and_rvq_kernels_bit_identical) {
+    const kvqi_quant_kernels *T[4];
+    int nt = n_simd_tables(T);
+    if (nt == 0) SKIP("no SIMD ISA on this CPU");
+    const kvqi_quant_kernels *S = &kvqi_quant_scalar;
+    enum { NB = 24 };
+    static float x[NB * 32], y_ref[NB * 32], y_simd[NB * 32], q[NB * 32];
+    static uint8_t c_ref[NB * 34], c_simd[NB * 34];
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 21);
+    for (size_t i = 0; i < NB * 32; i++) {
+        x[i] = (float)kvqi_rng_normal(&r) * (float)(1 + i / 32);
+        q[i] = (float)kvqi_rng_normal(&r);
+    }
+    /* blocks that pick the scale differently: all zero, -0 first, |max| tied with opposite
+     * signs (the first wins), a lone large value, subnormals */
+    memset(x, 0, 32 * sizeof(float));
+    x[32] = -0.0f;
+    x[64 + 3] = -5.0f;
+    x[64 + 9] = 5.0f;
+    x[96 + 31] = 3e4f; /* the scale stays inside fp16 */
+    for (int j = 0; j < 32; j++) x[128 + j] = f32_from_bits(0x00000100u + (uint32_t)j) * (j % 2 ? -1.0f : 1.0f);
+    for (int t = 0; t < nt; t++) {
+        const char *isa = kvqi_isa_name(T[t]->isa);
+        S->q8_0_encode(x, NB, c_ref);
+        T[t]->q8_0_encode(x, NB, c_simd);
+        CHECKF(memcmp(c_ref, c_simd, NB * 34) == 0, "%s q8_0_encode", isa);
+        S->q8_0_decode(c_ref, NB, y_ref);
+        T[t]->q8_0_decode(c_ref, NB, y_simd);
+        CHECKF(memcmp(y_ref, y_simd, sizeof y_ref) == 0, "%s q8_0_decode", isa);
+        float a = S->q8_0_dot(q, c_ref, NB), b = T[t]->q8_0_dot(q, c_ref, NB);
+        CHECKF(fabsf(a - b) <= 1e-4f * (1.0f + fabsf(a)) + 1e-3f, "%s q8_0_dot %.9g vs %.9g", isa, b, a);
+        S->q4_0_encode(x, NB, c_ref);
+        T[t]->q4_0_encode(x, NB, c_simd);
+        CHECKF(memcmp(c_ref, c_simd, NB * 18) == 0, "%s q4_0_encode", isa);
+        S->q4_0_decode(c_ref, NB, y_ref);
+        T[t]->q4_0_decode(c_ref, NB, y_simd);
+        CHECKF(memcmp(y_ref, y_simd, sizeof y_ref) == 0, "%s q4_0_decode", isa);
+        a = S->q4_0_dot(q, c_ref, NB);
+        b = T[t]->q4_0_dot(q, c_ref, NB);
+        CHECKF(fabsf(a - b) <= 1e-4f * (1.0f + fabsf(a)) + 1e-3f, "%s q4_0_dot %.9g vs %.9g", isa, b, a);
+    }
+    /* 1-bit RVQ: Gaussian then Laplacian 1-bit codebooks (their exact values do not
+     * matter here, only that every table computes the same codes from them) */
+    static const float cb_g[2] = {-0.7978846f, 0.7978846f}, thr_g[1] = {0.0f};
+    static const float cb_l[2] = {-0.7071068f, 0.7071068f}, thr_l[1] = {0.0f};
+    enum { ROWS = 6 };
+    static float xr[ROWS * 1024];
+    static uint8_t r_ref[ROWS * (8 + 4 * 128)], r_simd[ROWS * (8 + 4 * 128)];
+    for (size_t i = 0; i < ROWS * 1024; i++) xr[i] = (float)kvqi_rng_normal(&r);
+    for (uint32_t dim = 16; dim <= 1024; dim *= 4)
+        for (unsigned res = 1; res <= 3; res++) {
+            kvqi_hadamard had;
+            REQUIRE_OK(kvqi_hadamard_init(&had, dim, 1000 + dim));
+            size_t cs = 2 * res + res * dim / 8;
+            S->rvq1_batch(xr, ROWS, &had, cb_g, thr_g, cb_l, thr_l, res, r_ref, cs);
+            for (int t = 0; t < nt; t++) {
+                if (!T[t]->rvq1_batch) continue;
+                memset(r_simd, 0x5A, sizeof r_simd);
+                T[t]->rvq1_batch(xr, ROWS, &had, cb_g, thr_g, cb_l, thr_l, res, r_simd, cs);
+                CHECKF(memcmp(r_ref, r_simd, ROWS * cs) == 0, "%s rvq1_batch dim %u residuals %u",
+                       kvqi_isa_name(T[t]->isa), dim, res);
+            }
+            kvqi_hadamard_free(&had);
+        }
+}
