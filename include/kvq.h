@@ -240,7 +240,89 @@ KVQ_API kvq_status kvq_cache_set_reset(kvq_cache_set *set);
 KVQ_API kvq_status kvq_cache_set_memory(const kvq_cache_set *set, kvq_cache_memory_info *info);
 
 /* ------------------------------------------------------------------- index */
-/* (section filled by the index: kvq_index_*) */
+/* An approximate nearest-neighbour index over float vectors: IVF clusters (k-means),
+ * RaBitQ codes of each vector's rotated residual (1-bit signs in 32-vector fast-scan
+ * blocks, plus b-1 extra bits per coordinate for extended RaBitQ), and an optional
+ * exact reorder store. Search estimates every distance from the codes with a
+ * confidence bound and reranks exactly only the vectors whose lower bound can still
+ * enter the top k. Ids are int64; distances are squared L2 for KVQ_METRIC_L2 and
+ * -<q, x> for ip and cosine (smaller is nearer in every metric). */
+typedef enum kvq_metric {
+    KVQ_METRIC_L2 = 0,     /* squared Euclidean distance */
+    KVQ_METRIC_IP = 1,     /* maximum inner product; reported distance = -<q, x> */
+    KVQ_METRIC_COSINE = 2  /* vectors and queries normalized, then as ip */
+} kvq_metric;
+
+typedef enum kvq_index_rotation {
+    KVQ_ROTATION_FHT = 0,   /* randomized Hadamard, O(d log d) */
+    KVQ_ROTATION_DENSE = 1  /* Haar-random orthogonal matrix, O(d^2) */
+} kvq_index_rotation;
+
+typedef enum kvq_index_reorder {
+    KVQ_REORDER_FP32 = 0,  /* exact vectors kept for reranking (4 bytes per coordinate) */
+    KVQ_REORDER_FP16 = 1,  /* half precision (2 bytes per coordinate) */
+    KVQ_REORDER_NONE = 2   /* codes only: results ranked by the estimator */
+} kvq_index_reorder;
+
+typedef struct kvq_index_config {
+    uint32_t dim;                /* input vector length */
+    kvq_metric metric;
+    uint32_t nlist;              /* IVF clusters; 1 = flat (one list around the mean) */
+    uint32_t bits;               /* bits per coordinate of the base code, 1..8 */
+    uint32_t split;              /* 1: the 1-bit pass prunes before the b-bit estimate
+                                    (VSAG's split 1 + 7 layout when bits = 8) */
+    uint32_t query_bits;         /* 4: query quantized to 4 bits, integer fast scan;
+                                    32: float query (slower, no query rounding error) */
+    kvq_index_rotation rotation;
+    uint32_t pca_dim;            /* 0 = none; else project to this many principal axes */
+    kvq_index_reorder reorder;
+    uint64_t seed;               /* rotation, k-means, sampling: same seed, same index */
+    uint32_t train_iters;        /* k-means iterations (0 = 20) */
+    uint32_t max_train_points;   /* training sample cap (0 = 256 * nlist, at least 10000) */
+} kvq_index_config;
+
+/* Defaults: l2, nlist 1, bits 1, split 0, query_bits 4, fht, no pca, fp32 reorder. */
+KVQ_API kvq_status kvq_index_config_init(kvq_index_config *cfg, uint32_t dim);
+
+typedef struct kvq_index_search_params {
+    uint32_t nprobe;        /* clusters visited per query (0 = 1; capped at nlist) */
+    uint32_t rerank;        /* at most this many exact distances per query (0 = as many
+                               as the error bound asks for) */
+    float eps0;             /* confidence of the bound (0 = 1.9; larger = more reranks,
+                               INFINITY reranks every scanned vector) */
+    uint32_t n_threads;     /* used when pool is NULL: 0 or 1 = the calling thread */
+    kvq_threadpool *pool;   /* optional: queries are spread over its threads */
+} kvq_index_search_params;
+
+KVQ_API kvq_status kvq_index_search_params_init(kvq_index_search_params *p);
+
+typedef struct kvq_index kvq_index;
+
+KVQ_API kvq_status kvq_index_create(const kvq_index_config *cfg, kvq_index **out);
+KVQ_API void kvq_index_free(kvq_index *index);
+/* k-means (and PCA) on a seeded sample of x[n][dim]; must precede add. Flat indexes
+ * (nlist 1) need at least one vector, to take the mean. */
+KVQ_API kvq_status kvq_index_train(kvq_index *index, const float *x, size_t n);
+/* Append n vectors. ids may be NULL: then ids continue from kvq_index_count(). */
+KVQ_API kvq_status kvq_index_add(kvq_index *index, const float *x, size_t n,
+                                 const int64_t *ids);
+/* For each query, the k nearest: out_ids[n_queries][k], out_dists[n_queries][k] (may be
+ * NULL), ascending distance; slots past the number of vectors found hold id -1. */
+KVQ_API kvq_status kvq_index_search(const kvq_index *index, const float *queries,
+                                    size_t n_queries, uint32_t k,
+                                    const kvq_index_search_params *params, int64_t *out_ids,
+                                    float *out_dists);
+/* One file: versioned header, sections, CRC-32 trailer; written to a temp file,
+ * fsynced and renamed into place. Load refuses truncated, corrupt or foreign files
+ * with KVQ_ERR_FORMAT. */
+KVQ_API kvq_status kvq_index_save(const kvq_index *index, const char *path);
+KVQ_API kvq_status kvq_index_load(const char *path, kvq_index **out);
+KVQ_API kvq_status kvq_index_load_buffer(const void *buf, size_t size, kvq_index **out);
+/* Bytes the index holds in memory (codes, factors, ids, lists, reorder store, centroids,
+ * rotation, PCA). */
+KVQ_API kvq_status kvq_index_size_bytes(const kvq_index *index, uint64_t *bytes);
+KVQ_API kvq_status kvq_index_count(const kvq_index *index, uint64_t *count);
+KVQ_API kvq_status kvq_index_get_config(const kvq_index *index, kvq_index_config *out);
 
 /* ------------------------------------------------------------------ engine */
 /* (section filled by the engine: kvq_model_*, kvq_context_*) */
