@@ -11,6 +11,7 @@
 
 #include "core/core.h"
 #include "cpu/cpu.h"
+#include "cpu/index_kernels.h"
 #include "cpu/quant_kernels.h"
 #include "test.h"
 
@@ -284,4 +285,79 @@ TEST(portable_block_and_rvq_kernels_bit_identical) {
             }
             kvqi_hadamard_free(&had);
         }
+}
+
+/* The index's kernels: fast-scan sums are integers and the float kernels follow the
+ * canonical order, so every ISA must equal the reference exactly. */
+TEST(portable_index_kernels_bit_identical) {
+    int tested = 0;
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 171);
+    enum { G = 1100 }; /* past one 1024-group chunk of 16-bit counters */
+    static uint8_t block[G * 16], lut[G * 16], lut_ref[G * 16], lut_simd[G * 16];
+    static uint8_t qu_ref[4500], qu_simd[4500], c8[4500];
+    static float a[4500], b[4500];
+    static uint16_t h[4500];
+    for (size_t i = 0; i < sizeof block; i++) block[i] = (uint8_t)kvqi_rng_below(&r, 256);
+    for (size_t i = 0; i < sizeof lut; i++) lut[i] = (uint8_t)(i % 97 == 0 ? 60 : kvqi_rng_below(&r, 61));
+    for (size_t i = 0; i < 4500; i++) {
+        a[i] = (float)kvqi_rng_normal(&r);
+        b[i] = (float)kvqi_rng_normal(&r);
+        c8[i] = (uint8_t)kvqi_rng_below(&r, 256);
+        h[i] = kvqi_fp32_to_fp16((float)kvqi_rng_normal(&r));
+    }
+    const kvqi_index_kernels *S = kvqi_index_kernels_for(KVQ_ISA_SCALAR);
+    for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_NEON; isa++) {
+        if (!kvq_isa_available((kvq_isa)isa)) continue;
+        tested++;
+        const kvqi_index_kernels *K = kvqi_index_kernels_for((kvq_isa)isa);
+        const char *name = kvqi_isa_name((kvq_isa)isa);
+        uint32_t ref[32], got[32];
+        static const uint32_t groups[] = {4, 8, 100, 1024, 1028, G - G % 4};
+        for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++) {
+            S->fastscan(block, lut, groups[gi], ref);
+            K->fastscan(block, lut, groups[gi], got);
+            CHECKF(memcmp(ref, got, sizeof ref) == 0, "%s fastscan groups=%u", name, groups[gi]);
+        }
+        static const uint32_t dims[] = {3, 4, 17, 64, 127, 384, 4096};
+        for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+            uint32_t d = dims[di], d_pad = (d + 63) / 64 * 64;
+            float q[4160], vmin_r, delta_r, vmin_s, delta_s;
+            memcpy(q, a, d * sizeof(float));
+            memset(q + d, 0, (d_pad - d) * sizeof(float));
+            S->build_lut4(q, d, d_pad, qu_ref, lut_ref, &vmin_r, &delta_r);
+            K->build_lut4(q, d, d_pad, qu_simd, lut_simd, &vmin_s, &delta_s);
+            CHECKF(memcmp(qu_ref, qu_simd, d_pad) == 0 && memcmp(lut_ref, lut_simd, d_pad * 4) == 0 &&
+                       vmin_r == vmin_s && delta_r == delta_s,
+                   "%s build_lut4 d=%u", name, d);
+        }
+        uint32_t Sv[32];
+        float fa[32], fr[32], fe[32], fp[32], d_ref[32], e_ref[32], d_simd[32], e_simd[32];
+        for (int v = 0; v < 32; v++) {
+            Sv[v] = kvqi_rng_below(&r, 4000);
+            fa[v] = (float)kvqi_rng_uniform(&r) * 4.0f;
+            fr[v] = (float)kvqi_rng_normal(&r);
+            fe[v] = (float)kvqi_rng_uniform(&r);
+            fp[v] = (float)kvqi_rng_below(&r, 128);
+        }
+        kvqi_block_consts c = {0.013f, -0.41f, 2.5f, 1.75f, 0.9f, 1.9f, 0.02f, 3.0f};
+        uint32_t m_ref = S->estimate_block(Sv, fa, fr, fe, fp, &c, d_ref, e_ref);
+        uint32_t m_simd = K->estimate_block(Sv, fa, fr, fe, fp, &c, d_simd, e_simd);
+        CHECKF(m_ref == m_simd && memcmp(d_ref, d_simd, sizeof d_ref) == 0 &&
+                   memcmp(e_ref, e_simd, sizeof e_ref) == 0,
+               "%s estimate_block (mask 0x%08x vs 0x%08x)", name, m_simd, m_ref);
+        CHECKF(m_ref != 0 && m_ref != 0xffffffffu, "estimate_block test constants select nothing apart");
+        static const size_t lens[] = {0, 1, 7, 15, 16, 17, 64, 100, 403, 4500};
+        for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
+            size_t n = lens[t];
+            float s[5] = {S->dot_u8(c8, a, n), S->l2sq(a, b, n), S->l2sq_f16(h, b, n),
+                          S->dot_f16(h, b, n), S->dot(a, b, n)};
+            float v[5] = {K->dot_u8(c8, a, n), K->l2sq(a, b, n), K->l2sq_f16(h, b, n),
+                          K->dot_f16(h, b, n), K->dot(a, b, n)};
+            for (int k = 0; k < 5; k++)
+                CHECKF(bits_of(s[k]) == bits_of(v[k]), "%s n=%zu float kernel %d: %.9g vs %.9g", name, n,
+                       k, v[k], s[k]);
+        }
+    }
+    if (!tested) SKIP("no SIMD ISA on this CPU");
 }
