@@ -253,7 +253,7 @@ fuzz-smoke: fuzz
 	  seeds=; [ -d fuzz/corpus/$$t ] && seeds=fuzz/corpus/$$t; \
 	  dict=; [ -f fuzz/$$t.dict ] && dict=-dict=fuzz/$$t.dict; \
 	  echo "fuzz-smoke: $$t for $(FUZZ_SECONDS) s"; \
-	  build-fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	  build-fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=60 -rss_limit_mb=2048 \
 	    -print_final_stats=1 -artifact_prefix=fuzz/out/$$t/ $$dict \
 	    fuzz/out/$$t/corpus $$seeds 2>fuzz/out/$$t/log.txt \
 	    || { tail -n 60 fuzz/out/$$t/log.txt; echo "fuzz-smoke: $$t FAILED"; exit 1; }; \
