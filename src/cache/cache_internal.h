@@ -45,6 +45,9 @@ typedef struct kvqi_attend_scratch {
     float *vdec;   /* [BLOCK][dim] decoded values (generic path) */
     float *m, *l;  /* [G] running max and sum */
     float *kspan;  /* [G][chunk_tokens] generic key scores of the current chunk span */
+    int8_t *q8;    /* [G][dim] integer key path: the quantized rotated query */
+    float *q8_scale;
+    int32_t *q8_sum;
 } kvqi_attend_scratch;
 
 struct kvq_cache {

@@ -183,6 +183,23 @@ static void axpy_rows(const float *M, const float *x, uint32_t rows, uint32_t di
     }
 }
 
+void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
+                                 const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
+                                 float *scores, size_t ld) {
+    for (size_t t = 0; t < n; t++) {
+        const uint8_t *code = k + t * L->code_size, *idx = code + L->index_offset[0];
+        float norm = fp16_at(code + L->norm_offset);
+        for (uint32_t h = 0; h < G; h++) {
+            int32_t sum = 0;
+            for (uint32_t b = 0; b < L->dim; b++) {
+                uint32_t j = kvqi_rot_i8_coordinate(b);
+                sum += (int32_t)L->cent_u8[rot_index(idx, 4, j)] * q8[(size_t)h * L->dim + b];
+            }
+            scores[h * ld + t] = (float)(sum - qsum[h]) * qscale[h] * norm;
+        }
+    }
+}
+
 static float exp_sum(float *s, size_t n, float m) {
     float sum = 0.0f;
     for (size_t t = 0; t < n; t++) {
@@ -194,7 +211,7 @@ static float exp_sum(float *s, size_t n, float m) {
 
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
-    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  outlier_add, axpy_rows, exp_sum,
+    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, outlier_add, axpy_rows, exp_sum,
 };
 
 static kvqi_cache_kernels g_avx2, g_avx512, g_neon;

@@ -261,6 +261,6 @@ const kvqi_quant_kernels kvqi_quant_avx2 = {
     KVQ_ISA_AVX2,       quantize_pack_avx2, sign_pack_avx2,    lut_decode_avx2,
     lut_dot_avx2,       masked_sum_avx2,    and_popcount_avx2, fp16_from_f32_avx2,
     fp16_to_f32_avx2,   fp16_dot_avx2,      hadamard_sign_batch_avx2,
-    kvqi_rvq1_batch_scalar, kvqi_q8_0_encode_scalar, q8_0_decode_avx2, q8_0_dot_avx2,
+    kvqi_rvq1_batch_scalar, kvqi_hadamard_pow2_scalar, kvqi_q8_0_encode_scalar, q8_0_decode_avx2, q8_0_dot_avx2,
     kvqi_q4_0_encode_scalar, q4_0_decode_avx2,   q4_0_dot_avx2,
 };

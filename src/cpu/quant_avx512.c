@@ -100,6 +100,25 @@ static void quantize_pack_avx512(const float *x, uint32_t n, float scale, const 
             if (x[i] * scale > thr[0]) out[i >> 3] |= (uint8_t)(1u << (i & 7));
         return;
     }
+    if ((bits == 2 || bits == 4) && n % 16 == 0) {
+        /* 16 indices -> 16 bytes -> 2b bytes: pairs (and quads) combined by
+         * multiply-add of small integers, exact */
+        const __m128i w_pair = bits == 4 ? _mm_set1_epi16(0x1001) : _mm_set1_epi16(0x0401);
+        for (uint32_t i = 0; i < n; i += 16) {
+            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), s);
+            __m128i b8 = _mm512_cvtepi32_epi8(count_above(v, thr, n_thr));
+            __m128i p16 = _mm_maddubs_epi16(b8, w_pair); /* a + 2^b c per pair */
+            if (bits == 4) {
+                _mm_storel_epi64((__m128i *)(out + i / 2), _mm_packus_epi16(p16, p16));
+            } else {
+                __m128i p32 = _mm_madd_epi16(p16, _mm_set1_epi32(0x00100001)); /* + 16 * next */
+                __m128i p8 = _mm_packus_epi16(_mm_packus_epi32(p32, p32), _mm_setzero_si128());
+                uint32_t w = (uint32_t)_mm_cvtsi128_si32(p8);
+                memcpy(out + i / 4, &w, 4);
+            }
+        }
+        return;
+    }
     uint8_t idx[4096 + 16];
     uint32_t i = 0;
     for (; i < n; i += 16) {
@@ -424,6 +443,7 @@ static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim
                      l1 = _mm512_set1_ps(cb_l[1]);                                            \
         __m512 sg[NV];                                                                        \
         __m512 y[RVQ_GROUP][NV];                                                              \
+        float sumsq[RVQ_GROUP];                                                               \
         _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) sg[j] =                    \
             _mm512_mul_ps(_mm512_loadu_ps(had->sign1 + 16 * j), s_b);                         \
         for (size_t r0 = 0; r0 < rows; r0 += RVQ_GROUP) {                                     \
@@ -451,20 +471,22 @@ static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim
                 c[1] = (uint8_t)(h >> 8);                                                     \
                 const __m512 av = _mm512_set1_ps(norm > 0.0f ? sqrt_d / norm : 0.0f);         \
                 uint8_t *bits = c + 2 * residuals;                                            \
+                __m512 acc = _mm512_setzero_ps();                                             \
                 _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                  \
                     __m512 t = _mm512_mul_ps(v[j], av);                                       \
                     __mmask16 m = _mm512_cmp_ps_mask(t, tg, _CMP_GT_OQ);                      \
                     memcpy(bits + 2 * j, &m, 2);                                              \
-                    y[g][j] = _mm512_sub_ps(t, _mm512_mask_blend_ps(m, g0, g1));              \
+                    __m512 yj = _mm512_sub_ps(t, _mm512_mask_blend_ps(m, g0, g1));            \
+                    acc = _mm512_add_ps(acc, _mm512_mul_ps(yj, yj));                          \
+                    y[g][j] = yj;                                                             \
                 }                                                                             \
+                sumsq[g] = fold16(acc);                                                       \
             }                                                                                 \
             for (unsigned st = 1; st < residuals; st++)                                       \
                 for (size_t g = 0; g < nr; g++) {                                             \
                     uint8_t *c = codes + (r0 + g) * code_size;                                \
                     __m512 acc = _mm512_setzero_ps();                                         \
-                    _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) acc =          \
-                        _mm512_add_ps(acc, _mm512_mul_ps(y[g][j], y[g][j]));                  \
-                    float spread = sqrt_ss(fold16(acc) / (float)d);                           \
+                    float spread = sqrt_ss(sumsq[g] / (float)d);                              \
                     uint16_t h = half_from(spread);                                           \
                     c[2 * st] = (uint8_t)h;                                                   \
                     c[2 * st + 1] = (uint8_t)(h >> 8);                                        \
@@ -473,12 +495,18 @@ static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim
                                  inv = _mm512_set1_ps(shf > 0.0f ? 1.0f / shf : 0.0f);        \
                     const __m512 q0 = _mm512_mul_ps(l0, sh), q1 = _mm512_mul_ps(l1, sh);      \
                     uint8_t *pb = c + 2 * residuals + st * (d / 8);                           \
+                    const int last = st + 1 == residuals;                                     \
                     _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {              \
                         __mmask16 m = _mm512_cmp_ps_mask(_mm512_mul_ps(y[g][j], inv), tl,     \
                                                          _CMP_GT_OQ);                         \
                         memcpy(pb + 2 * j, &m, 2);                                            \
-                        y[g][j] = _mm512_sub_ps(y[g][j], _mm512_mask_blend_ps(m, q0, q1));    \
+                        if (!last) { /* the last residual is never read */                   \
+                            __m512 yj = _mm512_sub_ps(y[g][j], _mm512_mask_blend_ps(m, q0, q1)); \
+                            acc = _mm512_add_ps(acc, _mm512_mul_ps(yj, yj));                  \
+                            y[g][j] = yj;                                                     \
+                        }                                                                     \
                     }                                                                         \
+                    if (!last) sumsq[g] = fold16(acc);                                        \
                 }                                                                             \
         }                                                                                     \
     }
@@ -498,6 +526,41 @@ static void rvq1_batch_avx512(const float *x, size_t rows, const kvqi_hadamard *
         rvq1_rows_16(x, rows, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size);
     else
         kvqi_rvq1_batch_scalar(x, rows, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size);
+}
+
+/* core's randomized Hadamard for one power-of-two block, in registers: forward scales by
+ * sign_i * (1/sqrt(d)) then runs the butterflies; inverse runs them then scales. */
+#define HAD_POW2(NV)                                                                          \
+    static void had_pow2_##NV(const float *sign, const float *in, float *out, int inverse) { \
+        const __m512 s_b = _mm512_set1_ps((float)(1.0 / sqrt((double)(NV * 16))));           \
+        __m512 v[NV];                                                                        \
+        _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                         \
+            __m512 a = _mm512_loadu_ps(in + 16 * j);                                         \
+            if (!inverse) a = _mm512_mul_ps(a, _mm512_mul_ps(_mm512_loadu_ps(sign + 16 * j), s_b)); \
+            v[j] = fwht16(a);                                                                \
+        }                                                                                    \
+        _Pragma("GCC unroll 16") for (uint32_t hh = 1; hh < NV; hh <<= 1)                    \
+            _Pragma("GCC unroll 16") for (uint32_t k = 0; k < NV / 2; k++) {                 \
+            const uint32_t j = (k / hh) * 2 * hh + k % hh;                                   \
+            __m512 a = v[j], b = v[(j + hh) % NV];                                           \
+            v[j] = _mm512_add_ps(a, b);                                                      \
+            v[(j + hh) % NV] = _mm512_sub_ps(a, b);                                          \
+        }                                                                                    \
+        _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                         \
+            __m512 a = v[j];                                                                 \
+            if (inverse) a = _mm512_mul_ps(a, _mm512_mul_ps(_mm512_loadu_ps(sign + 16 * j), s_b)); \
+            _mm512_storeu_ps(out + 16 * j, a);                                               \
+        }                                                                                    \
+    }
+HAD_POW2(4)
+HAD_POW2(8)
+HAD_POW2(16)
+
+static void hadamard_pow2_avx512(const kvqi_hadamard *had, const float *in, float *out, int inverse) {
+    if (!had->two_pass && had->dim == 64) had_pow2_4(had->sign1, in, out, inverse);
+    else if (!had->two_pass && had->dim == 128) had_pow2_8(had->sign1, in, out, inverse);
+    else if (!had->two_pass && had->dim == 256) had_pow2_16(had->sign1, in, out, inverse);
+    else kvqi_hadamard_pow2_scalar(had, in, out, inverse);
 }
 
 /* ------------------------------------------------- llama.cpp q8_0 / q4_0 */
@@ -608,6 +671,6 @@ const kvqi_quant_kernels kvqi_quant_avx512 = {
     KVQ_ISA_AVX512,       quantize_pack_avx512, sign_pack_avx512,     lut_decode_avx512,
     lut_dot_avx512,       masked_sum_avx512,    and_popcount_avx512,  fp16_from_f32_avx512,
     fp16_to_f32_avx512,   fp16_dot_avx512,      hadamard_sign_batch_avx512,
-    rvq1_batch_avx512,    q8_0_encode_avx512,   q8_0_decode_avx512,   q8_0_dot_avx512,
+    rvq1_batch_avx512,    hadamard_pow2_avx512, q8_0_encode_avx512,   q8_0_decode_avx512,   q8_0_dot_avx512,
     q4_0_encode_avx512,   q4_0_decode_avx512,   q4_0_dot_avx512,
 };

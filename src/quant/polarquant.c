@@ -165,6 +165,7 @@ static kvq_status polar_encode(const kvq_quantizer *q, const float *x, size_t n,
             double a = y[2 * k], b = y[2 * k + 1];
             double th = atan2(b, a);
             if (th < 0) th += two_pi;
+            if (!(th >= 0)) th = 0; /* NaN input */
             unsigned idx = (unsigned)(th * K1 / two_pi);
             put_bits(stream, &pos, idx < K1 ? idx : K1 - 1, s->bits1);
             r[k] = sqrt(a * a + b * b);

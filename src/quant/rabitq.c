@@ -200,6 +200,7 @@ static ev heap_pop(ev *h, uint32_t *n) {
 
 static unsigned start_code(double t, double a, unsigned K) {
     double v = floor(t * a);
+    if (!(v >= 0)) return 0; /* also NaN */
     return v >= K - 1 ? K - 1 : (unsigned)v;
 }
 
@@ -348,7 +349,7 @@ static void encode_one(const kvq_quantizer *q, const float *x, uint8_t *c) {
     }
     double ao[KVQI_QUANT_MAX_DIM], sq;
     unsigned char k[KVQI_QUANT_MAX_DIM];
-    double inv = ynorm > 0.0f ? 1.0 / ynorm : 0.0;
+    double inv = ynorm > 0.0f && isfinite(ynorm) ? 1.0 / ynorm : 0.0;
     for (uint32_t i = 0; i < d; i++) ao[i] = fabs((double)y[i]) * inv;
     double ip = ext_search(ao, d, s->K, k, &sq);
     double cosf_full = ynorm > 0.0f ? ip / sqrt(sq) : 1.0;
