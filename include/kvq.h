@@ -278,7 +278,7 @@ typedef struct kvq_index_config {
     kvq_index_reorder reorder;
     uint64_t seed;               /* rotation, k-means, sampling: same seed, same index */
     uint32_t train_iters;        /* k-means iterations (0 = 20) */
-    uint32_t max_train_points;   /* training sample cap (0 = 256 * nlist, at least 10000) */
+    uint32_t max_train_points;   /* training sample cap (0 = 40 * nlist, at least 4096) */
 } kvq_index_config;
 
 /* Defaults: l2, nlist 1, bits 1, split 0, query_bits 4, fht, no pca, fp32 reorder. */

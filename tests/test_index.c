@@ -414,6 +414,42 @@ TEST(index_simd_matches_scalar) {
             k->fastscan(block, lut, g, got);
             CHECKF(memcmp(ref, got, sizeof ref) == 0, "%s fastscan groups=%u", name, g);
         }
+        /* 4-bit LUTs, with and without the centroid subtracted, several lengths */
+        const uint32_t dims[] = {16, 20, 100, 384};
+        for (size_t t = 0; t < 4; t++) {
+            uint32_t d = dims[t], dp = (d + 15) & ~15u;
+            float q[400], sub[400];
+            for (uint32_t i = 0; i < dp; i++) {
+                q[i] = i < d ? (float)kvqi_rng_normal(&r) : 0.0f;
+                sub[i] = i < d ? 0.3f * (float)kvqi_rng_normal(&r) : 0.0f;
+            }
+            for (int with_sub = 0; with_sub < 2; with_sub++) {
+                uint8_t qa[400], qb[400], la[1600], lb[1600];
+                float va, vb, da, db;
+                kvqi_build_lut4_scalar(q, with_sub ? sub : NULL, d, dp, qa, la, &va, &da);
+                k->build_lut4(q, with_sub ? sub : NULL, d, dp, qb, lb, &vb, &db);
+                CHECKF(memcmp(qa, qb, dp) == 0 && memcmp(la, lb, (size_t)dp * 4) == 0 && va == vb &&
+                           da == db, "%s build_lut4 d=%u sub=%d", name, d, with_sub);
+            }
+        }
+        /* block estimates and the keep mask */
+        for (int t = 0; t < 20; t++) {
+            uint32_t S[32];
+            float fa[32], fr[32], fe[32], fp[32], d1[32], d2[32], e1[32], e2[32];
+            for (int v = 0; v < 32; v++) {
+                S[v] = kvqi_rng_below(&r, 6000);
+                fa[v] = (float)kvqi_rng_uniform(&r) * 4.0f;
+                fr[v] = (float)kvqi_rng_uniform(&r) * 0.2f;
+                fe[v] = (float)kvqi_rng_uniform(&r) * 0.05f;
+                fp[v] = (float)kvqi_rng_below(&r, 385);
+            }
+            kvqi_block_consts bc = {0.01f, -0.2f, 0.7f, 1.5f, t % 2 ? 2.0f : 1.0f, 0.3f, 0.05f,
+                                    (float)kvqi_rng_uniform(&r) * 6.0f};
+            uint32_t m1 = kvqi_estimate_block_scalar(S, fa, fr, fe, fp, &bc, d1, e1);
+            uint32_t m2 = k->estimate_block(S, fa, fr, fe, fp, &bc, d2, e2);
+            CHECKF(m1 == m2 && memcmp(d1, d2, sizeof d1) == 0 && memcmp(e1, e2, sizeof e1) == 0,
+                   "%s estimate_block trial %d", name, t);
+        }
         const size_t lens[] = {1, 7, 16, 17, 64, 100, 384, 403};
         for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
             size_t n = lens[t];

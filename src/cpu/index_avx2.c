@@ -41,12 +41,17 @@ static void fastscan_avx2(const uint8_t *block, const uint8_t *lut, uint32_t n_g
     }
 }
 
-static void build_lut4_avx2(const float *q, uint32_t d, uint32_t d_pad, uint8_t *qu,
-                            uint8_t *lut, float *vmin_out, float *delta_out) {
-    __m256 mn = _mm256_set1_ps(q[0]), mx = mn;
+static inline __m256 load_x(const float *q, const float *sub, uint32_t i) {
+    __m256 v = _mm256_loadu_ps(q + i);
+    return sub ? _mm256_sub_ps(v, _mm256_loadu_ps(sub + i)) : v;
+}
+
+static void build_lut4_avx2(const float *q, const float *sub, uint32_t d, uint32_t d_pad,
+                            uint8_t *qu, uint8_t *lut, float *vmin_out, float *delta_out) {
+    __m256 mn = _mm256_set1_ps(sub ? q[0] - sub[0] : q[0]), mx = mn;
     uint32_t i = 0;
     for (; i + 8 <= d; i += 8) {
-        __m256 v = _mm256_loadu_ps(q + i);
+        __m256 v = load_x(q, sub, i);
         mn = _mm256_min_ps(mn, v);
         mx = _mm256_max_ps(mx, v);
     }
@@ -59,8 +64,9 @@ static void build_lut4_avx2(const float *q, uint32_t d, uint32_t d_pad, uint8_t 
         vmax = hi[j] > vmax ? hi[j] : vmax;
     }
     for (; i < d; i++) {
-        vmin = q[i] < vmin ? q[i] : vmin;
-        vmax = q[i] > vmax ? q[i] : vmax;
+        float x = sub ? q[i] - sub[i] : q[i];
+        vmin = x < vmin ? x : vmin;
+        vmax = x > vmax ? x : vmax;
     }
     float delta = (vmax - vmin) / 15.0f, inv = delta > 0.0f ? 1.0f / delta : 0.0f;
     const __m256 vmn = _mm256_set1_ps(vmin), vinv = _mm256_set1_ps(inv), half = _mm256_set1_ps(0.5f);
@@ -68,7 +74,7 @@ static void build_lut4_avx2(const float *q, uint32_t d, uint32_t d_pad, uint8_t 
     const __m256i low_bytes = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                                0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
     for (i = 0; i < d_pad; i += 8) {
-        __m256 v = _mm256_loadu_ps(q + i);
+        __m256 v = load_x(q, sub, i);
         __m256i u = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, vmn), vinv), half));
         u = _mm256_shuffle_epi8(_mm256_min_epi32(u, fifteen), low_bytes);
         int32_t a = _mm_cvtsi128_si32(_mm256_castsi256_si128(u));

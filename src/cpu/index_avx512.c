@@ -52,26 +52,32 @@ static inline __m512i lane_ctrl(int t) { /* lane L: every byte = 4L + t */
 #undef R
 }
 
-static void build_lut4_avx512(const float *q, uint32_t d, uint32_t d_pad, uint8_t *qu,
-                              uint8_t *lut, float *vmin_out, float *delta_out) {
-    __m512 mn = _mm512_set1_ps(q[0]), mx = mn;
+static inline __m512 load_x(const float *q, const float *sub, uint32_t i) {
+    __m512 v = _mm512_loadu_ps(q + i);
+    return sub ? _mm512_sub_ps(v, _mm512_loadu_ps(sub + i)) : v;
+}
+
+static void build_lut4_avx512(const float *q, const float *sub, uint32_t d, uint32_t d_pad,
+                              uint8_t *qu, uint8_t *lut, float *vmin_out, float *delta_out) {
+    __m512 mn = _mm512_set1_ps(sub ? q[0] - sub[0] : q[0]), mx = mn;
     uint32_t i = 0;
     for (; i + 16 <= d; i += 16) {
-        __m512 v = _mm512_loadu_ps(q + i);
+        __m512 v = load_x(q, sub, i);
         mn = _mm512_min_ps(mn, v);
         mx = _mm512_max_ps(mx, v);
     }
-    if (i < d) {
+    if (i < d) { /* d_pad covers the whole register; lanes past d keep the running values */
         __mmask16 m = (__mmask16)((1u << (d - i)) - 1u);
-        mn = _mm512_min_ps(mn, _mm512_mask_loadu_ps(mn, m, q + i));
-        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, m, q + i));
+        __m512 v = load_x(q, sub, i);
+        mn = _mm512_mask_min_ps(mn, m, mn, v);
+        mx = _mm512_mask_max_ps(mx, m, mx, v);
     }
     float vmin = _mm512_reduce_min_ps(mn), vmax = _mm512_reduce_max_ps(mx);
     float delta = (vmax - vmin) / 15.0f, inv = delta > 0.0f ? 1.0f / delta : 0.0f;
     const __m512 vmn = _mm512_set1_ps(vmin), vinv = _mm512_set1_ps(inv), half = _mm512_set1_ps(0.5f);
     const __m512i fifteen = _mm512_set1_epi32(15);
     for (i = 0; i < d_pad; i += 16) {
-        __m512 v = _mm512_loadu_ps(q + i);
+        __m512 v = load_x(q, sub, i);
         __m512i u = _mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v, vmn), vinv), half));
         u = _mm512_min_epi32(u, fifteen);
         __mmask16 valid = d >= i + 16 ? (__mmask16)0xffff

@@ -43,11 +43,12 @@ typedef struct kvqi_index_kernels {
      * block. n_groups is a multiple of 4; lut entries are at most 60 (4-bit query). */
     void (*fastscan)(const uint8_t *block, const uint8_t *lut, uint32_t n_groups,
                      uint32_t out[KVQI_FS_BLOCK]);
-    /* q[d_pad] (zero past d) -> 4-bit levels u_i = (int)((q_i - vmin) / delta + 1/2)
-     * (0 past d) and for each group the 16 sums of its levels selected by the nibble
-     * bits: lut[g * 16 + m] = sum_t bit_t(m) u_{4g+t}. qu is scratch of d_pad bytes. */
-    void (*build_lut4)(const float *q, uint32_t d, uint32_t d_pad, uint8_t *qu, uint8_t *lut,
-                       float *vmin, float *delta);
+    /* x = q - sub (sub may be NULL: x = q), d_pad long, zero past d -> 4-bit levels
+     * u_i = (int)((x_i - vmin) / delta + 1/2) (0 past d) and for each group the 16 sums
+     * of its levels selected by the nibble bits: lut[g * 16 + m] = sum_t bit_t(m)
+     * u_{4g+t}. qu is scratch of d_pad bytes. */
+    void (*build_lut4)(const float *q, const float *sub, uint32_t d, uint32_t d_pad, uint8_t *qu,
+                       uint8_t *lut, float *vmin, float *delta);
     /* The estimates of a full block of 32 (formula above): writes dist[32], err[32] and
      * returns the bit mask of the vectors whose lower bound is below tau. */
     uint32_t (*estimate_block)(const uint32_t *S, const float *f_add, const float *f_rescale,
@@ -68,8 +69,8 @@ const kvqi_index_kernels *kvqi_index_kernels_for(kvq_isa resolved);
 /* Scalar references (the tests compare every ISA against them). */
 void kvqi_fastscan_scalar(const uint8_t *block, const uint8_t *lut, uint32_t n_groups,
                           uint32_t out[KVQI_FS_BLOCK]);
-void kvqi_build_lut4_scalar(const float *q, uint32_t d, uint32_t d_pad, uint8_t *qu, uint8_t *lut,
-                            float *vmin, float *delta);
+void kvqi_build_lut4_scalar(const float *q, const float *sub, uint32_t d, uint32_t d_pad,
+                            uint8_t *qu, uint8_t *lut, float *vmin, float *delta);
 uint32_t kvqi_estimate_block_scalar(const uint32_t *S, const float *f_add, const float *f_rescale,
                                     const float *f_err, const float *f_pop,
                                     const kvqi_block_consts *c, float *dist, float *err);

@@ -21,19 +21,22 @@ void kvqi_fastscan_scalar(const uint8_t *block, const uint8_t *lut, uint32_t n_g
     }
 }
 
-void kvqi_build_lut4_scalar(const float *q, uint32_t d, uint32_t d_pad, uint8_t *qu, uint8_t *lut,
-                            float *vmin_out, float *delta_out) {
-    float vmin = q[0], vmax = q[0];
+void kvqi_build_lut4_scalar(const float *q, const float *sub, uint32_t d, uint32_t d_pad,
+                            uint8_t *qu, uint8_t *lut, float *vmin_out, float *delta_out) {
+#define X(i) (sub ? q[i] - sub[i] : q[i])
+    float vmin = X(0), vmax = vmin;
     for (uint32_t i = 1; i < d; i++) {
-        vmin = q[i] < vmin ? q[i] : vmin;
-        vmax = q[i] > vmax ? q[i] : vmax;
+        float x = X(i);
+        vmin = x < vmin ? x : vmin;
+        vmax = x > vmax ? x : vmax;
     }
     float delta = (vmax - vmin) / 15.0f, inv = delta > 0.0f ? 1.0f / delta : 0.0f;
-    /* q - vmin >= 0, so truncation after + 1/2 rounds to nearest */
+    /* x - vmin >= 0, so truncation after + 1/2 rounds to nearest */
     for (uint32_t i = 0; i < d; i++) {
-        int u = (int)((q[i] - vmin) * inv + 0.5f);
+        int u = (int)((X(i) - vmin) * inv + 0.5f);
         qu[i] = (uint8_t)(u > 15 ? 15 : u);
     }
+#undef X
     for (uint32_t i = d; i < d_pad; i++) qu[i] = 0;
     for (uint32_t g = 0; g < d_pad / 4; g++) {
         const uint8_t *u = qu + 4 * g;

@@ -68,7 +68,7 @@ KVQ_API kvq_status kvq_index_create(const kvq_index_config *cfg, kvq_index **out
     ix->cfg = *cfg;
     if (!ix->cfg.train_iters) ix->cfg.train_iters = 12;
     if (!ix->cfg.max_train_points) {
-        uint64_t m = 64ull * cfg->nlist;
+        uint64_t m = 40ull * cfg->nlist;
         ix->cfg.max_train_points = m < 4096 ? 4096 : (m > 1000000 ? 1000000 : (uint32_t)m);
     }
     ix->dim = cfg->dim;

@@ -64,6 +64,25 @@ static int cmp_cand_lb(const void *a, const void *b) {
     return x->pos < y->pos ? -1 : (x->pos > y->pos);
 }
 
+static void cand_sift_down(cand *h, uint32_t n, uint32_t i) {
+    cand it = h[i];
+    for (;;) {
+        uint32_t l = 2 * i + 1, r = l + 1, m = i;
+        const cand *best = &it;
+        if (l < n && cmp_cand_lb(&h[l], best) < 0) m = l, best = &h[l];
+        if (r < n && cmp_cand_lb(&h[r], best) < 0) m = r;
+        if (m == i) break;
+        h[i] = h[m];
+        i = m;
+    }
+    h[i] = it;
+}
+
+static const char *row_ptr(const kvq_index *ix, uint32_t row) {
+    return ix->reorder_f32 ? (const char *)(ix->reorder_f32 + (size_t)row * ix->dim)
+                           : (const char *)(ix->reorder_f16 + (size_t)row * ix->dim);
+}
+
 typedef struct search_ctx {
     const kvq_index *ix;
     const float *queries;
@@ -113,7 +132,8 @@ static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, unsigned c
 /* The query as seen from one list: q' (rotated, minus the rotated centroid for l2),
  * the list's constant term and what the estimator needs. */
 typedef struct list_query {
-    const float *qp;
+    const float *qp;  /* q' (l2: valid only when prepared with need_qp) */
+    const float *sub; /* l2: the rotated centroid, q' = qrot - sub */
     float K, qnorm, sum_q;
     float vmin, delta, qerr; /* 4-bit query quantization */
 } list_query;
@@ -128,12 +148,15 @@ typedef struct query_consts {
 /* probe_dist is the query's distance to the centroid as the probe measured it:
  * ||z_q - c||^2 for l2 (= ||q'||^2, the rotation keeps norms), -<c, z_q> for ip. */
 static void prepare_list(const kvq_index *ix, uint32_t c, const scratch *s, float probe_dist,
-                         const query_consts *qc, list_query *lq) {
+                         const query_consts *qc, int need_qp, list_query *lq) {
     const uint32_t dp = ix->d_pad;
     float n2;
+    lq->sub = NULL;
     if (ix->cfg.metric == KVQ_METRIC_L2) {
         const float *cr = ix->centroids_rot + (size_t)c * dp;
-        for (uint32_t i = 0; i < dp; i++) s->qp[i] = s->qrot[i] - cr[i];
+        lq->sub = cr;
+        if (need_qp) /* else the 4-bit LUT kernel subtracts on the fly */
+            for (uint32_t i = 0; i < dp; i++) s->qp[i] = s->qrot[i] - cr[i];
         lq->qp = s->qp;
         n2 = probe_dist;
         lq->K = probe_dist;
@@ -155,8 +178,8 @@ static float probe_distance(const kvq_index *ix, uint32_t c, const float *zq) {
 
 static void build_lut4(const kvq_index *ix, const scratch *s, list_query *lq) {
     /* the 4-bit levels borrow the float LUT area (4 * d_pad floats >= d_pad bytes) */
-    ix->kern->build_lut4(lq->qp, ix->d, ix->d_pad, (uint8_t *)(void *)s->lutf, s->lut, &lq->vmin,
-                         &lq->delta);
+    ix->kern->build_lut4(s->qrot, lq->sub, ix->d, ix->d_pad, (uint8_t *)(void *)s->lutf, s->lut,
+                         &lq->vmin, &lq->delta);
     /* rounding each q'_i by at most delta/2 moves sum_i b_i q'_i by a spread of about
      * delta sqrt(d / 24) (d/2 one bits, uniform error), and the estimate of <r, q'> by
      * twice that (times f_rescale) */
@@ -215,8 +238,8 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
         uint32_t c = s.probe_i[pi];
         const kvqi_ivf_list *L = &ix->lists[c];
         if (L->n == 0) continue;
-        prepare_list(ix, c, &s, s.probe_d[pi], &qc, &lq);
         const int q4 = ix->cfg.query_bits == 4;
+        prepare_list(ix, c, &s, s.probe_d[pi], &qc, !q4, &lq);
         if (q4) build_lut4(ix, &s, &lq);
         else build_lutf(ix, &s, &lq);
         const float ferr_scale = alpha * ctx->eps0 * lq.qnorm, qerr_scale = alpha * ctx->eps0 * (q4 ? lq.qerr : 0.0f);
@@ -263,8 +286,9 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 }
                 if (dist[v] - err[v] >= tau) continue; /* tau shrank inside this block */
                 s.cands[n_cand++] = (cand){c, b0 + v, dist[v], err[v]};
-                if (!ex) {
-                    heap_push(s.ubheap, &n_ub, k, (heap_item){dist[v] + err[v], 0});
+                float ub = dist[v] + err[v];
+                if (n_ub < k || ub < tau) { /* the 1-bit bound holds in split mode too */
+                    heap_push(s.ubheap, &n_ub, k, (heap_item){ub, 0});
                     if (n_ub == k) tau = s.ubheap[0].d;
                 }
             }
@@ -272,15 +296,21 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     }
 
     if (ex && n_cand) { /* extended code: tighter estimate and bound for the survivors */
+        if (prune_1bit && !full) { /* drop what the final 1-bit threshold already rules out */
+            uint32_t m = 0;
+            for (uint32_t i = 0; i < n_cand; i++)
+                if (s.cands[i].dist - s.cands[i].err < tau) s.cands[m++] = s.cands[i];
+            n_cand = m;
+        }
         uint32_t cur = UINT32_MAX;
         const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
+        const float tau_1bit = tau;
         n_ub = 0;
-        tau = INFINITY;
         for (uint32_t i = 0; i < n_cand; i++) {
             cand *cd = &s.cands[i];
             if (cd->list != cur) {
                 cur = cd->list;
-                prepare_list(ix, cur, &s, probe_distance(ix, cur, s.zq), &qc, &lq);
+                prepare_list(ix, cur, &s, probe_distance(ix, cur, s.zq), &qc, 1, &lq);
             }
             const kvqi_ivf_list *L = &ix->lists[cur];
             float yq = ix->kern->dot_u8(L->ex_codes + (size_t)cd->pos * ix->d_pad, lq.qp, ix->d_pad) -
@@ -289,10 +319,12 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             cd->err = full ? INFINITY : alpha * ctx->eps0 * L->ex_err[cd->pos] * lq.qnorm;
             heap_push(s.ubheap, &n_ub, k, (heap_item){cd->dist + cd->err, 0});
         }
-        if (n_ub == k) tau = s.ubheap[0].d;
+        /* both thresholds bound the k-th true distance: keep the tighter */
+        tau = n_ub == k && s.ubheap[0].d < tau_1bit ? s.ubheap[0].d : tau_1bit;
     }
 
     uint32_t n_res = 0;
+    const size_t row_bytes = (size_t)ix->dim * (ix->reorder_f32 ? 4 : 2);
 #ifdef KVQ_INDEX_STATS
     static uint64_t st_cand, st_q, st_exact;
     st_cand += n_cand;
@@ -302,13 +334,22 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
         uint32_t m = 0;
         for (uint32_t i = 0; i < n_cand; i++)
             if (full || s.cands[i].dist - s.cands[i].err < tau) s.cands[m++] = s.cands[i];
-        qsort(s.cands, m, sizeof(cand), cmp_cand_lb);
-        uint32_t n_exact = 0;
-        for (uint32_t i = 0; i < m; i++) {
-            const cand *cd = &s.cands[i];
-            if (!full && n_res == k && cd->dist - cd->err >= s.res[0].d) break;
+        /* visit in increasing lower bound through a binary min-heap: building it is
+         * O(m), and the walk usually stops after a few dozen pops */
+        cand *hp = s.cands;
+        for (uint32_t i = m / 2; i-- > 0;) cand_sift_down(hp, m, i);
+        uint32_t n_exact = 0, left = m;
+        while (left) {
+            const cand cd = hp[0];
+            hp[0] = hp[--left];
+            cand_sift_down(hp, left, 0);
+            if (left) { /* the next row is likely next: start fetching it */
+                const char *nx = row_ptr(ix, ix->lists[hp[0].list].rows[hp[0].pos]);
+                for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(nx + b);
+            }
+            if (!full && n_res == k && cd.dist - cd.err >= s.res[0].d) break;
             if (ctx->rerank && n_exact >= ctx->rerank) break;
-            uint32_t row = ix->lists[cd->list].rows[cd->pos];
+            uint32_t row = ix->lists[cd.list].rows[cd.pos];
             float dist;
             if (ix->reorder_f32) {
                 const float *v = ix->reorder_f32 + (size_t)row * ix->dim;
@@ -431,7 +472,7 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
         const kvqi_ivf_list *L = &ix->lists[c];
         if (!L->n) continue;
         list_query lq;
-        prepare_list(ix, c, &s, probe_distance(ix, c, s.zq), &qc, &lq);
+        prepare_list(ix, c, &s, probe_distance(ix, c, s.zq), &qc, 1, &lq);
         const int q4 = ix->cfg.query_bits == 4;
         if (q4) build_lut4(ix, &s, &lq);
         else build_lutf(ix, &s, &lq);
