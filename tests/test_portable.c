@@ -5,6 +5,7 @@
  * values exactly on a threshold, fp16 subnormals and NaN payloads, long popcounts.
  * Kernels that make codes must match bit for bit; those that make scores, to rounding.
  */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -322,14 +323,20 @@ TEST(portable_index_kernels_bit_identical) {
         static const uint32_t dims[] = {3, 4, 17, 64, 127, 384, 4096};
         for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
             uint32_t d = dims[di], d_pad = (d + 63) / 64 * 64;
-            float q[4160], vmin_r, delta_r, vmin_s, delta_s;
+            static float q[4160], sub[4160];
+            float vmin_r, delta_r, vmin_s, delta_s;
             memcpy(q, a, d * sizeof(float));
             memset(q + d, 0, (d_pad - d) * sizeof(float));
-            S->build_lut4(q, d, d_pad, qu_ref, lut_ref, &vmin_r, &delta_r);
-            K->build_lut4(q, d, d_pad, qu_simd, lut_simd, &vmin_s, &delta_s);
-            CHECKF(memcmp(qu_ref, qu_simd, d_pad) == 0 && memcmp(lut_ref, lut_simd, d_pad * 4) == 0 &&
-                       vmin_r == vmin_s && delta_r == delta_s,
-                   "%s build_lut4 d=%u", name, d);
+            memcpy(sub, b, d * sizeof(float)); /* a residual against a centroid */
+            memset(sub + d, 0, (d_pad - d) * sizeof(float));
+            for (int with_sub = 0; with_sub < 2; with_sub++) {
+                const float *sp = with_sub ? sub : NULL;
+                S->build_lut4(q, sp, d, d_pad, qu_ref, lut_ref, &vmin_r, &delta_r);
+                K->build_lut4(q, sp, d, d_pad, qu_simd, lut_simd, &vmin_s, &delta_s);
+                CHECKF(memcmp(qu_ref, qu_simd, d_pad) == 0 && memcmp(lut_ref, lut_simd, d_pad * 4) == 0 &&
+                           vmin_r == vmin_s && delta_r == delta_s,
+                       "%s build_lut4 d=%u sub=%d", name, d, with_sub);
+            }
         }
         uint32_t Sv[32];
         float fa[32], fr[32], fe[32], fp[32], d_ref[32], e_ref[32], d_simd[32], e_simd[32];
@@ -360,4 +367,73 @@ TEST(portable_index_kernels_bit_identical) {
         }
     }
     if (!tested) SKIP("no SIMD ISA on this CPU");
+}
+
+/* A kernel table is a struct of function pointers filled per ISA; a field added to the
+ * struct but not to one ISA's initializer would be NULL and crash only on that ISA.
+ * Every slot of every table this CPU can run must be set (hadamard_sign_batch alone may
+ * be NULL by contract: callers fall back). */
+static int null_slots(const void *table, size_t first, size_t size, size_t allowed_null) {
+    int n = 0;
+    for (size_t off = first; off + sizeof(void (*)(void)) <= size; off += sizeof(void (*)(void))) {
+        void (*fn)(void);
+        memcpy(&fn, (const char *)table + off, sizeof fn);
+        if (!fn && off != allowed_null) n++;
+    }
+    return n;
+}
+
+TEST(portable_kernel_tables_complete) {
+    for (int isa = KVQ_ISA_SCALAR; isa <= KVQ_ISA_NEON; isa++) {
+        if (!kvq_isa_available((kvq_isa)isa)) continue;
+        const char *name = kvqi_isa_name((kvq_isa)isa);
+        int nq = null_slots(kvqi_quant_kernels_for((kvq_isa)isa), offsetof(kvqi_quant_kernels, quantize_pack),
+                            sizeof(kvqi_quant_kernels), offsetof(kvqi_quant_kernels, hadamard_sign_batch));
+        int ni = null_slots(kvqi_index_kernels_for((kvq_isa)isa), offsetof(kvqi_index_kernels, fastscan),
+                            sizeof(kvqi_index_kernels), (size_t)-1);
+        CHECKF(nq == 0, "%s quantizer kernel table: %d entries unset", name, nq);
+        CHECKF(ni == 0, "%s index kernel table: %d entries unset", name, ni);
+        CHECKF(kvqi_quant_kernels_for((kvq_isa)isa)->isa == (kvq_isa)isa &&
+                   kvqi_index_kernels_for((kvq_isa)isa)->isa == (kvq_isa)isa,
+               "%s: dispatch returns another ISA's table", name);
+    }
+}
+
+TEST(portable_planes_and_hadamard_kernels_bit_identical) {
+    const kvqi_quant_kernels *T[4];
+    int nt = n_simd_tables(T);
+    if (nt == 0) SKIP("no SIMD ISA on this CPU");
+    const kvqi_quant_kernels *S = &kvqi_quant_scalar;
+    static uint8_t code[600], planes[4 * 640];
+    static float in[1024], out_ref[1024], out_simd[1024];
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 31);
+    for (size_t i = 0; i < sizeof code; i++) code[i] = (uint8_t)kvqi_rng_next(&r);
+    for (size_t i = 0; i < sizeof planes; i++) planes[i] = (uint8_t)kvqi_rng_next(&r);
+    for (size_t i = 0; i < 1024; i++) in[i] = (float)kvqi_rng_normal(&r);
+    static const size_t sizes[] = {1, 16, 17, 64, 600};
+    for (int t = 0; t < nt; t++) {
+        const char *isa = kvqi_isa_name(T[t]->isa);
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+            uint32_t pa = 0, pb = 1;
+            uint32_t a = S->popcount_planes(code, planes, 640, 4, sizes[s], &pa);
+            uint32_t b = T[t]->popcount_planes(code, planes, 640, 4, sizes[s], &pb);
+            CHECKF(a == b && pa == pb, "%s popcount_planes %zu bytes", isa, sizes[s]);
+        }
+        for (uint32_t dim = 8; dim <= 1024; dim *= 2) {
+            kvqi_hadamard had;
+            REQUIRE_OK(kvqi_hadamard_init(&had, dim, 77 + dim));
+            for (int inverse = 0; inverse < 2; inverse++) {
+                S->hadamard_pow2(&had, in, out_ref, inverse);
+                T[t]->hadamard_pow2(&had, in, out_simd, inverse);
+                CHECKF(memcmp(out_ref, out_simd, dim * sizeof(float)) == 0, "%s hadamard_pow2 dim %u inverse %d",
+                       isa, dim, inverse);
+                memcpy(out_simd, in, dim * sizeof(float)); /* in place */
+                T[t]->hadamard_pow2(&had, out_simd, out_simd, inverse);
+                CHECKF(memcmp(out_ref, out_simd, dim * sizeof(float)) == 0,
+                       "%s hadamard_pow2 in place dim %u inverse %d", isa, dim, inverse);
+            }
+            kvqi_hadamard_free(&had);
+        }
+    }
 }

@@ -43,12 +43,18 @@ static void fastscan_neon(const uint8_t *block, const uint8_t *lut, uint32_t n_g
     }
 }
 
-static void build_lut4_neon(const float *q, uint32_t d, uint32_t d_pad, uint8_t *qu, uint8_t *lut,
-                            float *vmin_out, float *delta_out) {
-    float32x4_t mn = vdupq_n_f32(q[0]), mx = mn;
+/* x = q - sub (one rounding, as the reference), or q when sub is NULL */
+static inline float32x4_t load_x(const float *q, const float *sub, uint32_t i) {
+    float32x4_t v = vld1q_f32(q + i);
+    return sub ? vsubq_f32(v, vld1q_f32(sub + i)) : v;
+}
+
+static void build_lut4_neon(const float *q, const float *sub, uint32_t d, uint32_t d_pad,
+                            uint8_t *qu, uint8_t *lut, float *vmin_out, float *delta_out) {
+    float32x4_t mn = vdupq_n_f32(sub ? q[0] - sub[0] : q[0]), mx = mn;
     uint32_t i = 0;
     for (; i + 4 <= d; i += 4) {
-        float32x4_t v = vld1q_f32(q + i);
+        float32x4_t v = load_x(q, sub, i);
         mn = vminq_f32(mn, v);
         mx = vmaxq_f32(mx, v);
     }
@@ -61,15 +67,16 @@ static void build_lut4_neon(const float *q, uint32_t d, uint32_t d_pad, uint8_t 
         vmax = hi[j] > vmax ? hi[j] : vmax;
     }
     for (; i < d; i++) {
-        vmin = q[i] < vmin ? q[i] : vmin;
-        vmax = q[i] > vmax ? q[i] : vmax;
+        float x = sub ? q[i] - sub[i] : q[i];
+        vmin = x < vmin ? x : vmin;
+        vmax = x > vmax ? x : vmax;
     }
     float delta = (vmax - vmin) / 15.0f, inv = delta > 0.0f ? 1.0f / delta : 0.0f;
     const float32x4_t vmn = vdupq_n_f32(vmin), vinv = vdupq_n_f32(inv), half = vdupq_n_f32(0.5f);
     const int32x4_t fifteen = vdupq_n_s32(15);
     for (i = 0; i + 4 <= d; i += 4) {
-        /* q - vmin >= 0, so truncation after + 1/2 rounds to nearest */
-        int32x4_t u = vcvtq_s32_f32(vaddq_f32(vmulq_f32(vsubq_f32(vld1q_f32(q + i), vmn), vinv), half));
+        /* x - vmin >= 0, so truncation after + 1/2 rounds to nearest */
+        int32x4_t u = vcvtq_s32_f32(vaddq_f32(vmulq_f32(vsubq_f32(load_x(q, sub, i), vmn), vinv), half));
         u = vminq_s32(u, fifteen);
         uint16x4_t w = vmovn_u32(vreinterpretq_u32_s32(u));
         uint8x8_t b = vmovn_u16(vcombine_u16(w, w));
@@ -77,7 +84,7 @@ static void build_lut4_neon(const float *q, uint32_t d, uint32_t d_pad, uint8_t 
         memcpy(qu + i, &four, 4);
     }
     for (; i < d; i++) {
-        int u = (int)((q[i] - vmin) * inv + 0.5f);
+        int u = (int)(((sub ? q[i] - sub[i] : q[i]) - vmin) * inv + 0.5f);
         qu[i] = (uint8_t)(u > 15 ? 15 : u);
     }
     for (i = d; i < d_pad; i++) qu[i] = 0;

@@ -173,6 +173,15 @@ static uint32_t and_popcount_neon(const uint8_t *a, const uint8_t *b, size_t nby
     return (uint32_t)c;
 }
 
+static uint32_t popcount_planes_neon(const uint8_t *code, const uint8_t *planes, size_t plane_stride,
+                                     unsigned n_planes, size_t nbytes, uint32_t *pop_code) {
+    uint32_t acc = 0;
+    for (unsigned j = 0; j < n_planes; j++)
+        acc += and_popcount_neon(code, planes + j * plane_stride, nbytes) << j;
+    *pop_code = and_popcount_neon(code, code, nbytes);
+    return acc;
+}
+
 /* FCVT rounds to nearest even (FPCR's default mode) and keeps subnormals (FZ off by
  * default on Linux), which is what kvqi_fp32_to_fp16 computes in integers. */
 static void fp16_from_f32_neon(const float *x, size_t n, uint16_t *out) {
@@ -289,6 +298,13 @@ static void rvq1_batch_neon(const float *x, size_t rows, const kvqi_hadamard *ha
             }
         }
     }
+}
+
+/* core's transform through the NEON butterflies, which are the scalar ones bit for bit */
+static void hadamard_pow2_neon(const kvqi_hadamard *had, const float *in, float *out, int inverse) {
+    if (out != in) memcpy(out, in, had->dim * sizeof(float));
+    if (inverse) kvqi_hadamard_inverse(had, out, KVQ_ISA_NEON);
+    else kvqi_hadamard_apply(had, out, KVQ_ISA_NEON);
 }
 
 /* ------------------------------------------------- llama.cpp q8_0 / q4_0 */
@@ -429,11 +445,13 @@ const kvqi_quant_kernels kvqi_quant_neon = {
     .lut_dot = lut_dot_neon,
     .masked_sum = masked_sum_neon,
     .and_popcount = and_popcount_neon,
+    .popcount_planes = popcount_planes_neon,
     .fp16_from_f32 = fp16_from_f32_neon,
     .fp16_to_f32 = fp16_to_f32_neon,
     .fp16_dot = fp16_dot_neon,
     .hadamard_sign_batch = hadamard_sign_batch_neon,
     .rvq1_batch = rvq1_batch_neon,
+    .hadamard_pow2 = hadamard_pow2_neon,
     .q8_0_encode = q8_0_encode_neon,
     .q8_0_decode = q8_0_decode_neon,
     .q8_0_dot = q8_0_dot_neon,
