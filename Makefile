@@ -257,6 +257,7 @@ CFLAGS_ALL += -ffp-contract=off
 # libFuzzer targets: every fuzz/fuzz_*.c becomes build-fuzz/fuzz_<name>, built with clang,
 # the library instrumented with -fsanitize=fuzzer-no-link,address,undefined.
 # `make fuzz-smoke` runs each for FUZZ_SECONDS from its seed corpus fuzz/corpus/<name>/
+# (or fuzz/corpus/<name without fuzz_>/)
 # (new inputs and crash reproducers go to fuzz/out/<name>/, not into git);
 # `make fuzz-corpus` regenerates the seed corpora with the library itself.
 FUZZ_CC ?= clang
@@ -281,7 +282,7 @@ $(BUILD)/fuzz_%: fuzz/fuzz_%.c $(STATIC_LIB)
 fuzz-smoke: fuzz
 	@set -e; for t in $(FUZZ_NAMES); do \
 	  mkdir -p fuzz/out/$$t/corpus; \
-	  seeds=; [ -d fuzz/corpus/$$t ] && seeds=fuzz/corpus/$$t; \
+	  seeds=; for d in fuzz/corpus/$$t fuzz/corpus/$${t#fuzz_}; do [ -d $$d ] && seeds=$$d; done; \
 	  dict=; [ -f fuzz/$$t.dict ] && dict=-dict=fuzz/$$t.dict; \
 	  echo "fuzz-smoke: $$t for $(FUZZ_SECONDS) s"; \
 	  build-fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=60 -rss_limit_mb=2048 \
