@@ -103,6 +103,9 @@ help:
 	@echo "make test-tsan  the same, built with ThreadSanitizer"
 	@echo "make bench      build the benchmark programs into $(BUILD)/bench/"
 	@echo "make install    install headers, libraries, kvq.pc and kvq (PREFIX, DESTDIR)"
+	@echo "make test-arm64 the suite cross-built for AArch64 (NEON) and run under qemu-aarch64"
+	@echo "make test-python the Python bindings' tests (pytest) against $(BUILD)/libkvq.so"
+	@echo "make fuzz       libFuzzer targets into build-fuzz/; make fuzz-smoke runs each FUZZ_SECONDS"
 	@echo "make clean      remove $(BUILD)/"
 
 $(BUILD)/%.o: %.c
