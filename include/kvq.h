@@ -407,6 +407,11 @@ typedef struct kvq_context_params {
      * else n_cache_configs configs: 1 (every layer the same) or n_layers. */
     const kvq_cache_config *cache;
     uint32_t n_cache_configs;
+    /* 0: one-to-three-token products quantize activations to int8 in blocks of 32 and
+     * take integer dot products with Q4_0/Q4_1/Q8_0 rows (llama.cpp's way, about twice
+     * as fast); 1: float32 activations everywhere (the numerical reference). Batches of
+     * four tokens or more always run in float32. */
+    int float_activations;
     kvq_kv_observer kv_observer; /* NULL = none */
     void *kv_observer_user;
 } kvq_context_params;
@@ -421,7 +426,8 @@ KVQ_API kvq_status kvq_context_reset(kvq_context *ctx);
 KVQ_API kvq_status kvq_context_length(const kvq_context *ctx, size_t *n_tokens);
 /* Run n tokens (n <= n_batch) at the next positions. logits (may be NULL) receives
  * n_vocab floats for the last token, or n * n_vocab (one row per token) if all_logits.
- * KVQ_ERR_CAPACITY when the context is full. */
+ * KVQ_ERR_CAPACITY when the context is full. After any other error the caches may hold
+ * part of the batch: kvq_context_reset before reusing the context. */
 KVQ_API kvq_status kvq_context_eval(kvq_context *ctx, const int32_t *tokens, size_t n,
                                     float *logits, int all_logits);
 /* Pick a token from logits: temperature <= 0 is greedy (argmax, lowest id on ties);

@@ -25,6 +25,7 @@ static int gen_usage(FILE *f) {
             "  --temp T           temperature, 0 = greedy (default 0)\n"
             "  --top-p P          nucleus sampling mass (default 0.95)\n"
             "  --no-bos           never put the BOS token first\n"
+            "  --float-activations  float32 activations in one-token products too (slower, exact)\n"
             "  --quiet            print only the generated text\n"
             "  --dump-kv DIR      write every layer's keys (after RoPE) and values as\n"
             "                     DIR/keys_LL.npy and DIR/values_LL.npy, float32 [tokens][kv_heads][head_dim]\n");
@@ -79,7 +80,7 @@ int kvq_cmd_generate(int argc, char **argv) {
     long n_gen = 64, n_ctx = 0, threads = 0, window = 0, outliers = 0;
     unsigned long long seed = 0;
     double temp = 0.0, top_p = 0.95;
-    int no_bos = 0, quiet = 0;
+    int no_bos = 0, quiet = 0, float_act = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -100,6 +101,7 @@ int kvq_cmd_generate(int argc, char **argv) {
         else if (TAKES("--dump-kv")) dump_dir = v;
         else if (!strcmp(a, "--no-bos")) no_bos = 1;
         else if (!strcmp(a, "--quiet")) quiet = 1;
+        else if (!strcmp(a, "--float-activations")) float_act = 1;
         else {
             fprintf(stderr, "kvq generate: unknown or incomplete option %s\n", a);
             return gen_usage(stderr);
@@ -153,6 +155,7 @@ int kvq_cmd_generate(int argc, char **argv) {
     p.n_batch = 256;
     p.n_threads = (uint32_t)threads;
     p.seed = seed;
+    p.float_activations = float_act;
     if (strcmp(kspec, "f32")) {
         if ((st = kvq_cache_config_init(&cc, info.n_kv_heads, info.head_dim, kspec, vspec, msg, sizeof msg))) {
             fprintf(stderr, "kvq generate: cache spec: %s%s%s\n", kvq_strerror(st), msg[0] ? ": " : "", msg);

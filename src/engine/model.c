@@ -10,11 +10,6 @@
 
 #include "engine/engine.h"
 
-
-typedef struct weight {
-    const kvqi_gguf_tensor *t; /* NULL: absent (optional tensors) */
-} weight;
-
 typedef struct layer_weights {
     float *attn_norm, *ffn_norm; /* dequantized at load: [n_embd] */
     float *bq, *bk, *bv;         /* optional biases (qwen2) */
@@ -318,6 +313,10 @@ KVQ_API kvq_status kvq_detokenize(const kvq_model *model, const int32_t *tokens,
 
 /* ------------------------------------------------------------ context */
 
+#define MATMUL_ROWS 16
+/* below this many tokens the fused row kernels beat dequantize-once-then-dot */
+#define MATMUL_DEQUANT_MIN_TOKENS 4
+
 typedef struct thread_scratch {
     float *row;    /* four dequantized weight rows of up to max(n_embd, n_ff, q_dim) */
     float *scores; /* attention scores: n_ctx */
@@ -333,11 +332,14 @@ struct kvq_context {
     size_t n_past;
     uint64_t rng;
     /* activations, [n_batch][...] */
-    float *x, *xn, *q, *k, *v, *att, *gate, *up, *logits_tmp;
+    float *x, *xn, *q, *k, *v, *att, *gate, *up;
     float *rope_freq;           /* [n_rot / 2] */
     /* exact float KV: [layer][n_ctx][kv_dim] */
     float *k_cache, *v_cache;
     kvq_cache **caches;         /* one per layer, NULL entries when exact */
+    /* int8 activations of up to MATMUL_DEQUANT_MIN_TOKENS tokens: [t][row_max] */
+    int8_t *qx;
+    float *qx_d, *qx_s;
     /* sampler scratch */
     struct prob_idx *probs;
 };
@@ -366,10 +368,13 @@ KVQ_API void kvq_context_free(kvq_context *c) {
         for (uint32_t l = 0; l < c->model->info.n_layers; l++) kvq_cache_free(c->caches[l]);
     free(c->caches);
     kvq_threadpool_free(c->pool);
-    float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up, c->logits_tmp,
+    float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up,
                      c->rope_freq, c->k_cache, c->v_cache};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kvqi_free(bufs[i]);
     kvqi_free(c->probs);
+    kvqi_free(c->qx);
+    kvqi_free(c->qx_d);
+    kvqi_free(c->qx_s);
     free(c);
 }
 
@@ -427,7 +432,6 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
     c->att = alloc2(B, q_dim, &st);
     c->gate = alloc2(B, I->n_ff, &st);
     c->up = alloc2(B, I->n_ff, &st);
-    c->logits_tmp = alloc2(1, I->n_vocab, &st);
     c->rope_freq = alloc2(1, model->n_rot / 2, &st);
     if (!p.cache) {
         size_t per_layer = 0;
@@ -435,8 +439,12 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
         c->k_cache = alloc2(I->n_layers, per_layer, &st);
         c->v_cache = alloc2(I->n_layers, per_layer, &st);
     }
+    c->qx_d = alloc2(MATMUL_DEQUANT_MIN_TOKENS, row_max / 32 + 1, &st);
+    c->qx_s = alloc2(MATMUL_DEQUANT_MIN_TOKENS, row_max / 32 + 1, &st);
     if (!st) {
+        c->qx = kvqi_alloc_array(MATMUL_DEQUANT_MIN_TOKENS, row_max);
         c->probs = kvqi_alloc_array(I->n_vocab, sizeof *c->probs);
+        if (!c->qx) st = KVQ_ERR_NOMEM;
         c->scratch = calloc(c->n_slots, sizeof *c->scratch);
         if (!c->probs || !c->scratch) st = KVQ_ERR_NOMEM;
     }
@@ -533,11 +541,9 @@ typedef struct matmul_job {
     size_t y_stride;
     size_t n_tok;
     size_t rows_per_task;
+    int int8; /* activations were quantized into c->qx */
 } matmul_job;
 
-#define MATMUL_ROWS 16
-/* below this many tokens the fused row kernels beat dequantize-once-then-dot */
-#define MATMUL_DEQUANT_MIN_TOKENS 4
 
 static void matmul_task(void *arg, size_t task, unsigned thread) {
     matmul_job *j = arg;
@@ -545,6 +551,18 @@ static void matmul_task(void *arg, size_t task, unsigned thread) {
     size_t n_in = (size_t)w->ne[0];
     size_t r0 = task * j->rows_per_task, r1 = KVQI_MIN(r0 + j->rows_per_task, (size_t)w->n_rows);
     kvqi_row_dot_fn row_dot = j->c->kern.row_dot[w->type];
+    if (j->int8) {
+        const kvq_context *c = j->c;
+        size_t stride = KVQI_MAX(KVQI_MAX((size_t)c->model->info.n_embd, (size_t)c->model->info.n_ff),
+                                 (size_t)c->model->info.n_heads * c->model->info.head_dim);
+        for (size_t t = 0; t < j->n_tok; t++) {
+            const int8_t *q = c->qx + t * stride;
+            const float *d = c->qx_d + t * (stride / 32 + 1), *s = c->qx_s + t * (stride / 32 + 1);
+            for (size_t r = r0; r < r1; r++)
+                j->y[t * j->y_stride + r] = c->kern.dot_q8[w->type](w->data + r * w->row_bytes, q, d, s, n_in);
+        }
+        return;
+    }
     if (j->n_tok < MATMUL_DEQUANT_MIN_TOKENS && row_dot) {
         for (size_t t = 0; t < j->n_tok; t++)
             for (size_t r = r0; r < r1; r++)
@@ -569,7 +587,17 @@ static void matmul_task(void *arg, size_t task, unsigned thread) {
 /* y[t][r] = W[r] . x[t] */
 static void matmul(kvq_context *c, const kvqi_gguf_tensor *w, const float *x, size_t n_tok, float *y,
                    size_t y_stride) {
-    matmul_job j = {c, w, x, y, y_stride, n_tok, MATMUL_ROWS};
+    matmul_job j = {c, w, x, y, y_stride, n_tok, MATMUL_ROWS, 0};
+    if (!c->params.float_activations && n_tok < MATMUL_DEQUANT_MIN_TOKENS && c->kern.dot_q8[w->type]) {
+        /* quantize each token's activations once, here, for every row task to share */
+        const kvq_model_info *I = &c->model->info;
+        size_t stride = KVQI_MAX(KVQI_MAX((size_t)I->n_embd, (size_t)I->n_ff), (size_t)I->n_heads * I->head_dim);
+        size_t n_in = (size_t)w->ne[0];
+        for (size_t t = 0; t < n_tok; t++)
+            c->kern.quantize_q8(x + t * n_in, n_in, c->qx + t * stride, c->qx_d + t * (stride / 32 + 1),
+                                c->qx_s + t * (stride / 32 + 1));
+        j.int8 = 1;
+    }
     size_t n_tasks = ((size_t)w->n_rows + MATMUL_ROWS - 1) / MATMUL_ROWS;
     run_tasks(c, n_tasks, matmul_task, &j);
 }
