@@ -432,6 +432,15 @@ TEST(index_simd_matches_scalar) {
                            da == db, "%s build_lut4 d=%u sub=%d", name, d, with_sub);
             }
         }
+        /* probe distances to 16 transposed centroids */
+        for (int ip = 0; ip < 2; ip++) {
+            float ct[100 * 16], q[100], o1[16], o2[16];
+            for (int i = 0; i < 100 * 16; i++) ct[i] = (float)kvqi_rng_normal(&r);
+            for (int i = 0; i < 100; i++) q[i] = (float)kvqi_rng_normal(&r);
+            kvqi_probe16_scalar(ct, q, 100, ip, o1);
+            k->probe16(ct, q, 100, ip, o2);
+            CHECKF(memcmp(o1, o2, sizeof o1) == 0, "%s probe16 ip=%d", name, ip);
+        }
         /* block estimates and the keep mask */
         for (int t = 0; t < 20; t++) {
             uint32_t S[32];

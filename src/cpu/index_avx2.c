@@ -136,6 +136,28 @@ static uint32_t estimate_block_avx2(const uint32_t *S, const float *fa, const fl
     return mask;
 }
 
+static void probe16_avx2(const float *ct, const float *q, uint32_t d, int ip, float out[16]) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (uint32_t j = 0; j < d; j++) {
+        __m256 x0 = _mm256_loadu_ps(ct + (size_t)j * 16), x1 = _mm256_loadu_ps(ct + (size_t)j * 16 + 8);
+        __m256 qj = _mm256_set1_ps(q[j]);
+        if (ip) {
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(x0, qj));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(x1, qj));
+        } else {
+            __m256 t0 = _mm256_sub_ps(x0, qj), t1 = _mm256_sub_ps(x1, qj);
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(t0, t0));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(t1, t1));
+        }
+    }
+    if (ip) {
+        a0 = _mm256_sub_ps(_mm256_setzero_ps(), a0);
+        a1 = _mm256_sub_ps(_mm256_setzero_ps(), a1);
+    }
+    _mm256_storeu_ps(out, a0);
+    _mm256_storeu_ps(out + 8, a1);
+}
+
 static inline float hsum(__m256 a0, __m256 a1) {
     __m256 s8 = _mm256_add_ps(a0, a1);
     __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
@@ -233,6 +255,6 @@ static float dot_avx2(const float *a, const float *b, size_t n) {
 }
 
 const kvqi_index_kernels kvqi_index_avx2 = {
-    KVQ_ISA_AVX2,  fastscan_avx2, build_lut4_avx2, estimate_block_avx2, dot_u8_avx2,
+    KVQ_ISA_AVX2,  fastscan_avx2, build_lut4_avx2, estimate_block_avx2, probe16_avx2, dot_u8_avx2,
     l2sq_avx2,     l2sq_f16_avx2, dot_avx2,        dot_f16_avx2,
 };

@@ -120,6 +120,21 @@ static uint32_t estimate_block_avx512(const uint32_t *S, const float *fa, const 
     return mask;
 }
 
+static void probe16_avx512(const float *ct, const float *q, uint32_t d, int ip, float out[16]) {
+    __m512 acc = _mm512_setzero_ps();
+    if (ip) {
+        for (uint32_t j = 0; j < d; j++)
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(ct + (size_t)j * 16), _mm512_set1_ps(q[j])));
+        acc = _mm512_sub_ps(_mm512_setzero_ps(), acc);
+    } else {
+        for (uint32_t j = 0; j < d; j++) {
+            __m512 t = _mm512_sub_ps(_mm512_loadu_ps(ct + (size_t)j * 16), _mm512_set1_ps(q[j]));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(t, t));
+        }
+    }
+    _mm512_storeu_ps(out, acc);
+}
+
 static inline float hsum16(__m512 acc) {
     __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc),
                               _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
@@ -201,6 +216,6 @@ static float dot_avx512(const float *a, const float *b, size_t n) {
 
 const kvqi_index_kernels kvqi_index_avx512 = {
     KVQ_ISA_AVX512,        fastscan_avx512, build_lut4_avx512, estimate_block_avx512,
-    dot_u8_avx512,         l2sq_avx512,     l2sq_f16_avx512,   dot_avx512,
+    probe16_avx512,        dot_u8_avx512,         l2sq_avx512,     l2sq_f16_avx512,   dot_avx512,
     dot_f16_avx512,
 };

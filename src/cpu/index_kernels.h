@@ -54,6 +54,10 @@ typedef struct kvqi_index_kernels {
     uint32_t (*estimate_block)(const uint32_t *S, const float *f_add, const float *f_rescale,
                                const float *f_err, const float *f_pop,
                                const kvqi_block_consts *c, float *dist, float *err);
+    /* Distances from q[d] to 16 centroids stored transposed (ct[j * 16 + c] is coordinate
+     * j of centroid c): out[c] = sum_j (ct - q)^2 (ip: -sum_j ct * q), summed over j in
+     * order, one accumulator per centroid. */
+    void (*probe16)(const float *ct, const float *q, uint32_t d, int ip, float out[16]);
     /* sum_i code[i] * q[i] in the canonical 16-lane order (see cpu.h). */
     float (*dot_u8)(const uint8_t *code, const float *q, size_t n);
     /* sum_i (a[i] - b[i])^2, canonical order; a as fp32 or fp16 bits. */
@@ -74,6 +78,7 @@ void kvqi_build_lut4_scalar(const float *q, const float *sub, uint32_t d, uint32
 uint32_t kvqi_estimate_block_scalar(const uint32_t *S, const float *f_add, const float *f_rescale,
                                     const float *f_err, const float *f_pop,
                                     const kvqi_block_consts *c, float *dist, float *err);
+void kvqi_probe16_scalar(const float *ct, const float *q, uint32_t d, int ip, float out[16]);
 float kvqi_dot_u8_scalar(const uint8_t *code, const float *q, size_t n);
 float kvqi_l2sq_scalar(const float *a, const float *b, size_t n);
 float kvqi_l2sq_f16_scalar(const uint16_t *a, const float *b, size_t n);

@@ -66,6 +66,24 @@ uint32_t kvqi_estimate_block_scalar(const uint32_t *S, const float *fa, const fl
     return mask;
 }
 
+void kvqi_probe16_scalar(const float *ct, const float *q, uint32_t d, int ip, float out[16]) {
+    for (unsigned c = 0; c < 16; c++) {
+        float acc = 0.0f;
+        for (uint32_t j = 0; j < d; j++) {
+            float x = ct[(size_t)j * 16 + c];
+            if (ip) {
+                float p = x * q[j];
+                acc = acc + p;
+            } else {
+                float t = x - q[j];
+                float p = t * t;
+                acc = acc + p;
+            }
+        }
+        out[c] = ip ? 0.0f - acc : acc; /* 0 - x, as the SIMD files negate */
+    }
+}
+
 /* The canonical reduction: lane j takes elements j, j+16, ...; then a pairwise fold. */
 #define CANONICAL_SUM(n, TERM)                                                  \
     do {                                                                        \
@@ -107,7 +125,7 @@ float kvqi_dot_f16_scalar(const uint16_t *a, const float *b, size_t n) {
 
 static const kvqi_index_kernels k_scalar = {
     KVQ_ISA_SCALAR,         kvqi_fastscan_scalar, kvqi_build_lut4_scalar,
-    kvqi_estimate_block_scalar, kvqi_dot_u8_scalar, kvqi_l2sq_scalar,
+    kvqi_estimate_block_scalar, kvqi_probe16_scalar, kvqi_dot_u8_scalar, kvqi_l2sq_scalar,
     kvqi_l2sq_f16_scalar,   kvqi_dot_scalar,      kvqi_dot_f16_scalar,
 };
 

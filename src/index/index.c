@@ -4,6 +4,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "cpu/cpu.h"
 #include "index/index_internal.h"
@@ -89,8 +92,10 @@ kvq_status kvqi_index_alloc_trained(kvq_index *ix) {
     ix->centroids = kvqi_calloc_array((size_t)ix->nlist * ix->d, sizeof(float));
     ix->centroids_rot = kvqi_calloc_array((size_t)ix->nlist * ix->d_pad, sizeof(float));
     ix->centroids_rot_sum = kvqi_calloc_array(ix->nlist, sizeof(float));
+    ix->centroids_t = kvqi_calloc_array((size_t)(ix->nlist + 15) / 16 * 16, (size_t)ix->d * sizeof(float));
     ix->lists = calloc(ix->nlist, sizeof *ix->lists);
-    if (!ix->centroids || !ix->centroids_rot || !ix->centroids_rot_sum || !ix->lists)
+    if (!ix->centroids || !ix->centroids_rot || !ix->centroids_rot_sum || !ix->centroids_t ||
+        !ix->lists)
         return KVQ_ERR_NOMEM;
     return KVQ_OK;
 }
@@ -104,6 +109,7 @@ KVQ_API void kvq_index_free(kvq_index *ix) {
     kvqi_free(ix->centroids);
     kvqi_free(ix->centroids_rot);
     kvqi_free(ix->centroids_rot_sum);
+    kvqi_free(ix->centroids_t);
     if (ix->lists)
         for (uint32_t i = 0; i < ix->nlist; i++) kvqi_list_free(&ix->lists[i]);
     free(ix->lists);
@@ -144,6 +150,8 @@ void kvqi_index_finish_centroids(kvq_index *ix) {
         for (int w = KVQI_DOT_LANES / 2; w >= 1; w >>= 1)
             for (int j = 0; j < w; j++) acc[j] += acc[j + w];
         ix->centroids_rot_sum[c] = acc[0];
+        float *blk = ix->centroids_t + (size_t)(c / 16) * ix->d * 16;
+        for (uint32_t j = 0; j < ix->d; j++) blk[(size_t)j * 16 + c % 16] = ix->centroids[(size_t)c * ix->d + j];
     }
 }
 
@@ -155,6 +163,21 @@ void kvqi_index_rotate(const kvq_index *ix, const float *x, float *y) {
         kvqi_hadamard_apply(&ix->had, y, ix->kern->isa);
     }
     for (uint32_t i = ix->d; i < ix->d_pad; i++) y[i] = 0.0f;
+}
+
+void *kvqi_index_alloc_rows(size_t count, size_t size) {
+    size_t bytes;
+    if (kvqi_mul_size(count, size, &bytes) != KVQ_OK) return NULL;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const size_t huge = (size_t)2 << 20;
+    if (bytes >= 2 * huge && bytes <= SIZE_MAX - huge) {
+        void *p = NULL;
+        if (posix_memalign(&p, huge, (bytes + huge - 1) / huge * huge) != 0) return NULL;
+        (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: failure changes nothing */
+        return p;
+    }
+#endif
+    return kvqi_alloc_array(count, size);
 }
 
 KVQ_API kvq_status kvq_index_count(const kvq_index *ix, uint64_t *count) {
@@ -177,6 +200,7 @@ KVQ_API kvq_status kvq_index_size_bytes(const kvq_index *ix, uint64_t *bytes) {
     else b += (uint64_t)ix->d * 4 * (ix->had.two_pass ? 2 : 1);
     if (ix->lists) {
         b += (uint64_t)ix->nlist * (ix->d + ix->d_pad + 1) * 4 + (uint64_t)ix->nlist * sizeof(kvqi_ivf_list);
+        b += (uint64_t)(ix->nlist + 15) / 16 * 16 * ix->d * 4;
         for (uint32_t i = 0; i < ix->nlist; i++) b += kvqi_list_bytes(ix, &ix->lists[i]);
     }
     b += ix->n * sizeof(int64_t);

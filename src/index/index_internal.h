@@ -51,6 +51,7 @@ struct kvq_index {
     float *centroids;     /* [nlist][d] */
     float *centroids_rot; /* [nlist][d_pad] rotated, zero padded */
     float *centroids_rot_sum; /* [nlist] sum of each rotated centroid's coordinates */
+    float *centroids_t;   /* [ceil(nlist/16)][d][16]: transposed for the probe kernel */
     kvqi_ivf_list *lists;
 
     uint64_t n, cap_rows;
@@ -72,6 +73,10 @@ void kvqi_index_to_space(const kvq_index *ix, const float *x, int center, float 
                          float *out);
 /* y[d_pad] = rotation(x[d]), zero padded. */
 void kvqi_index_rotate(const kvq_index *ix, const float *x, float *y);
+
+/* index.c: an allocation for the reorder store, on huge pages where the OS offers
+ * them (the rerank reads rows at random: fewer TLB misses). Free with kvqi_free. */
+void *kvqi_index_alloc_rows(size_t count, size_t size);
 
 /* pca.c: the top d principal axes of x[n][dim] (rows of proj), and the mean. */
 kvq_status kvqi_pca_fit(const float *x, size_t n, uint32_t dim, uint32_t d, float *mean,

@@ -222,7 +222,7 @@ static kvq_status load_body(reader *r, kvq_index **out) {
         if (!ix->ids) goto nomem;
         if (!get_array(r, ix->ids, (size_t)n, 8)) goto fail;
         if (row_bytes) {
-            void *re = kvqi_alloc_array((size_t)n, (size_t)ix->dim * row_bytes);
+            void *re = kvqi_index_alloc_rows((size_t)n, (size_t)ix->dim * row_bytes);
             if (!re) goto nomem;
             if (row_bytes == 4) ix->reorder_f32 = re;
             else ix->reorder_f16 = re;

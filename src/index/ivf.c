@@ -116,7 +116,8 @@ done:
         kvqi_free(ix->centroids);
         kvqi_free(ix->centroids_rot);
         kvqi_free(ix->centroids_rot_sum);
-        ix->centroids_rot_sum = NULL;
+        kvqi_free(ix->centroids_t);
+        ix->centroids_rot_sum = ix->centroids_t = NULL;
         free(ix->lists);
         ix->pca_mean = ix->pca_proj = ix->centroids = ix->centroids_rot = NULL;
         ix->lists = NULL;
@@ -141,7 +142,7 @@ static kvq_status reserve_rows(kvq_index *ix, uint64_t need) {
     if (ix->cfg.reorder != KVQ_REORDER_NONE) {
         size_t el = ix->cfg.reorder == KVQ_REORDER_FP32 ? sizeof(float) : sizeof(uint16_t);
         size_t row_bytes = (size_t)ix->dim * el;
-        void *re = kvqi_alloc_array((size_t)cap, row_bytes);
+        void *re = kvqi_index_alloc_rows((size_t)cap, row_bytes);
         if (!re) {
             kvqi_free(ids);
             return KVQ_ERR_NOMEM;

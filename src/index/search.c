@@ -170,10 +170,64 @@ static void prepare_list(const kvq_index *ix, uint32_t c, const scratch *s, floa
     lq->qnorm = sqrtf(n2 > 0.0f ? n2 : 0.0f);
 }
 
+/* One centroid's probe distance, computed exactly as the probe16 kernels do. */
 static float probe_distance(const kvq_index *ix, uint32_t c, const float *zq) {
-    const float *cen = ix->centroids + (size_t)c * ix->d;
-    return ix->cfg.metric == KVQ_METRIC_L2 ? ix->kern->l2sq(cen, zq, ix->d)
-                                           : -ix->kern->dot(cen, zq, ix->d);
+    const float *blk = ix->centroids_t + (size_t)(c / 16) * ix->d * 16 + c % 16;
+    const int ip = ix->cfg.metric != KVQ_METRIC_L2;
+    float acc = 0.0f;
+    for (uint32_t j = 0; j < ix->d; j++) {
+        float x = blk[(size_t)j * 16];
+        if (ip) {
+            float p = x * zq[j];
+            acc = acc + p;
+        } else {
+            float t = x - zq[j];
+            float p = t * t;
+            acc = acc + p;
+        }
+    }
+    return ip ? 0.0f - acc : acc;
+}
+
+/* The np nearest centroids, nearest first (ties by id): distances of all, a
+ * quickselect of the np smallest, then a sort of those. */
+static uint32_t probe(const kvq_index *ix, const float *zq, uint32_t np, heap_item *all,
+                      uint32_t *probe_i, float *probe_d) {
+    const int ip = ix->cfg.metric != KVQ_METRIC_L2;
+    float d16[16];
+    for (uint32_t c0 = 0; c0 < ix->nlist; c0 += 16) {
+        ix->kern->probe16(ix->centroids_t + (size_t)(c0 / 16) * ix->d * 16, zq, ix->d, ip, d16);
+        for (uint32_t c = c0; c < c0 + 16 && c < ix->nlist; c++) all[c] = (heap_item){d16[c - c0], c};
+    }
+    uint32_t lo = 0, hi = ix->nlist; /* select: all[0..np) ends up holding the np smallest */
+    while (hi - lo > 1) {
+        /* Lomuto partition around the median of three (moved to hi - 1) */
+        uint32_t m = lo + (hi - lo) / 2, last = hi - 1;
+        if (worse(all[lo], all[m])) { heap_item t = all[lo]; all[lo] = all[m]; all[m] = t; }
+        if (worse(all[m], all[last])) { heap_item t = all[m]; all[m] = all[last]; all[last] = t; }
+        if (worse(all[lo], all[m])) { heap_item t = all[lo]; all[lo] = all[m]; all[m] = t; }
+        { heap_item t = all[m]; all[m] = all[last]; all[last] = t; }
+        const heap_item pivot = all[last];
+        uint32_t p = lo;
+        for (uint32_t i = lo; i < last; i++)
+            if (worse(pivot, all[i])) {
+                heap_item t = all[i];
+                all[i] = all[p];
+                all[p] = t;
+                p++;
+            }
+        all[last] = all[p];
+        all[p] = pivot; /* all[lo..p) < pivot < all(p..hi) */
+        if (p == np || p + 1 == np) break;
+        if (np < p) hi = p;
+        else lo = p + 1;
+    }
+    qsort(all, np, sizeof *all, cmp_item);
+    for (uint32_t i = 0; i < np; i++) {
+        probe_i[i] = (uint32_t)all[i].id;
+        probe_d[i] = all[i].d;
+    }
+    return np;
 }
 
 static void build_lut4(const kvq_index *ix, const scratch *s, list_query *lq) {
@@ -216,19 +270,10 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     qc.qrot_sum = ix->kern->dot(s.qrot, s.ones, ix->d_pad);
     qc.qrot_n2 = ix->kern->dot(s.qrot, s.qrot, ix->d_pad);
 
-    /* the nprobe nearest centroids, nearest first */
-    uint32_t np = ctx->nprobe < ix->nlist ? ctx->nprobe : ix->nlist, nh = 0;
-    {
-        /* the probe heap borrows the candidate area (sized for it), filled only later */
-        heap_item *h = (heap_item *)(void *)s.cands;
-        for (uint32_t c = 0; c < ix->nlist; c++)
-            heap_push(h, &nh, np, (heap_item){probe_distance(ix, c, s.zq), c});
-        qsort(h, nh, sizeof *h, cmp_item);
-        for (uint32_t i = 0; i < nh; i++) {
-            s.probe_i[i] = (uint32_t)h[i].id;
-            s.probe_d[i] = h[i].d;
-        }
-    }
+    /* the nprobe nearest centroids, nearest first; the candidate area (sized for it)
+     * holds every centroid's distance until the scan starts */
+    uint32_t np = ctx->nprobe < ix->nlist ? ctx->nprobe : ix->nlist;
+    uint32_t nh = probe(ix, s.zq, np, (heap_item *)(void *)s.cands, s.probe_i, s.probe_d);
 
     uint32_t n_cand = 0, n_ub = 0;
     float tau = INFINITY;
@@ -324,7 +369,6 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     }
 
     uint32_t n_res = 0;
-    const size_t row_bytes = (size_t)ix->dim * (ix->reorder_f32 ? 4 : 2);
 #ifdef KVQ_INDEX_STATS
     static uint64_t st_cand, st_q, st_exact;
     st_cand += n_cand;
@@ -343,9 +387,10 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             const cand cd = hp[0];
             hp[0] = hp[--left];
             cand_sift_down(hp, left, 0);
-            if (left) { /* the next row is likely next: start fetching it */
+            if (left) { /* the next row is likely next: start fetching its first lines */
                 const char *nx = row_ptr(ix, ix->lists[hp[0].list].rows[hp[0].pos]);
-                for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(nx + b);
+                __builtin_prefetch(nx);
+                __builtin_prefetch(nx + 64);
             }
             if (!full && n_res == k && cd.dist - cd.err >= s.res[0].d) break;
             if (ctx->rerank && n_exact >= ctx->rerank) break;
@@ -405,7 +450,7 @@ KVQ_API kvq_status kvq_index_search(const kvq_index *ix, const float *queries, s
 
     search_ctx ctx = {ix, queries, k, p.nprobe < ix->nlist ? p.nprobe : ix->nlist, p.rerank,
                       p.eps0, out_ids, out_dists, NULL, 0, 0};
-    /* room for every vector of the nprobe largest lists (and for the probe heap) */
+    /* room for every vector of the nprobe largest lists (and for the probe) */
     {
         uint32_t np = ctx.nprobe;
         uint64_t sum = 0;
@@ -422,10 +467,9 @@ KVQ_API kvq_status kvq_index_search(const kvq_index *ix, const float *queries, s
             sum += sizes[t];
         }
         free(sizes);
-        uint64_t need = sum > np ? sum : np;
-        ctx.cand_cap = (size_t)(need * sizeof(cand) >= np * sizeof(heap_item)
-                                    ? need
-                                    : (np * sizeof(heap_item) + sizeof(cand) - 1) / sizeof(cand));
+        /* the probe keeps one (distance, id) item per centroid there first */
+        uint64_t probe_need = ((uint64_t)ix->nlist * sizeof(heap_item) + sizeof(cand) - 1) / sizeof(cand);
+        ctx.cand_cap = (size_t)(sum > probe_need ? sum : probe_need);
     }
     kvq_threadpool *pool = p.pool, *own = NULL;
     if (!pool && p.n_threads > 1 && n_queries > 1) {
