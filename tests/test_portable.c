@@ -354,6 +354,15 @@ TEST(portable_index_kernels_bit_identical) {
                    memcmp(e_ref, e_simd, sizeof e_ref) == 0,
                "%s estimate_block (mask 0x%08x vs 0x%08x)", name, m_simd, m_ref);
         CHECKF(m_ref != 0 && m_ref != 0xffffffffu, "estimate_block test constants select nothing apart");
+        static float ct[64 * 16];
+        for (size_t i = 0; i < 64 * 16; i++) ct[i] = a[i + 7];
+        for (int ip = 0; ip < 2; ip++)
+            for (uint32_t d = 1; d <= 64; d += 21) {
+                float o_ref[16], o_simd[16];
+                S->probe16(ct, b, d, ip, o_ref);
+                K->probe16(ct, b, d, ip, o_simd);
+                CHECKF(memcmp(o_ref, o_simd, sizeof o_ref) == 0, "%s probe16 d=%u ip=%d", name, d, ip);
+            }
         static const size_t lens[] = {0, 1, 7, 15, 16, 17, 64, 100, 403, 4500};
         for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
             size_t n = lens[t];

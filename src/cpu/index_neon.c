@@ -135,6 +135,29 @@ static uint32_t estimate_block_neon(const uint32_t *S, const float *fa, const fl
     return mask;
 }
 
+/* 16 centroids stored transposed, one accumulator lane per centroid, j in order:
+ * subtract, square, add (or multiply, add) unfused, as the reference. */
+static void probe16_neon(const float *ct, const float *q, uint32_t d, int ip, float out[16]) {
+    float32x4_t acc[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+    for (uint32_t j = 0; j < d; j++) {
+        const float *row = ct + (size_t)j * 16;
+        float32x4_t qj = vdupq_n_f32(q[j]);
+        for (int k = 0; k < 4; k++) {
+            float32x4_t x = vld1q_f32(row + 4 * k);
+            float32x4_t p;
+            if (ip) {
+                p = vmulq_f32(x, qj);
+            } else {
+                float32x4_t t = vsubq_f32(x, qj);
+                p = vmulq_f32(t, t);
+            }
+            acc[k] = vaddq_f32(acc[k], p);
+        }
+    }
+    for (int k = 0; k < 4; k++)
+        vst1q_f32(out + 4 * k, ip ? vsubq_f32(vdupq_n_f32(0.0f), acc[k]) : acc[k]);
+}
+
 /* Fold the canonical 16 lanes (a[k] holds lanes 4k..4k+3): j += j+8, j += j+4, then the
  * last four lanes pairwise, as cpu.h orders it. */
 static inline float fold16(const float32x4_t *a) {
@@ -209,6 +232,7 @@ const kvqi_index_kernels kvqi_index_neon = {
     .fastscan = fastscan_neon,
     .build_lut4 = build_lut4_neon,
     .estimate_block = estimate_block_neon,
+    .probe16 = probe16_neon,
     .dot_u8 = dot_u8_neon,
     .l2sq = l2sq_neon,
     .l2sq_f16 = l2sq_f16_neon,
