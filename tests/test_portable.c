@@ -14,6 +14,7 @@
 #include "cpu/cpu.h"
 #include "cpu/index_kernels.h"
 #include "cpu/quant_kernels.h"
+#include "engine/engine.h"
 #include "test.h"
 
 static float f32_from_bits(uint32_t u) {
@@ -445,4 +446,102 @@ TEST(portable_planes_and_hadamard_kernels_bit_identical) {
             kvqi_hadamard_free(&had);
         }
     }
+}
+
+/* The engine's row kernels per ISA against the scalar table: dequantization and the int8
+ * activation codes bit for bit, products to rounding. NEON's table is filled here
+ * directly as well, so it is checked even where the engine does not pick it yet. */
+#if defined(KVQ_HAVE_NEON)
+void kvqi_engine_kernels_neon(kvqi_engine_kernels *k);
+#endif
+
+static void fill_blocks(uint8_t *row, int type, size_t n_blocks, kvqi_rng *r) {
+    size_t bsize = type == KVQI_T_Q4_0 ? 18 : type == KVQI_T_Q4_1 ? 20 : 34;
+    for (size_t b = 0; b < n_blocks; b++) {
+        uint8_t *blk = row + b * bsize;
+        for (size_t i = 0; i < bsize; i++) blk[i] = (uint8_t)kvqi_rng_next(r);
+        uint16_t d = kvqi_fp32_to_fp16(0.001f + 0.02f * (float)kvqi_rng_uniform(r));
+        uint16_t m = kvqi_fp32_to_fp16(-0.1f + 0.2f * (float)kvqi_rng_uniform(r));
+        memcpy(blk, &d, 2);
+        if (type == KVQI_T_Q4_1) memcpy(blk + 2, &m, 2);
+    }
+}
+
+static void check_engine_table(kvqt_ctx *kvqt_, const kvqi_engine_kernels *S, const kvqi_engine_kernels *K) {
+    enum { N = 512, NB = N / 32 };
+    static uint8_t row[NB * 34];
+    static uint16_t h[N];
+    static float x[4 * N], w[4 * N], y_ref[N], y_simd[N], g_ref[5 * 8], g_simd[5 * 8];
+    static int8_t q_ref[N], q_simd[N];
+    float d_ref[NB], d_simd[NB], s_ref[NB], s_simd[NB];
+    const char *name = kvqi_isa_name(K->isa);
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 404);
+    for (size_t i = 0; i < 4 * N; i++) {
+        x[i] = (float)kvqi_rng_normal(&r);
+        w[i] = (float)kvqi_rng_normal(&r);
+    }
+    x[7] = 0.0f;
+    for (size_t i = 0; i < N; i++) h[i] = kvqi_fp32_to_fp16((float)kvqi_rng_normal(&r));
+    static const int types[] = {KVQI_T_Q4_0, KVQI_T_Q4_1, KVQI_T_Q8_0};
+    for (size_t ti = 0; ti < 3; ti++) {
+        int t = types[ti];
+        fill_blocks(row, t, NB, &r);
+        S->to_float[t](row, y_ref, N);
+        K->to_float[t](row, y_simd, N);
+        CHECKF(memcmp(y_ref, y_simd, sizeof(float) * N) == 0, "%s to_float type %d", name, t);
+        float a = S->row_dot[t](row, x, N), b = K->row_dot[t](row, x, N);
+        CHECKF(fabsf(a - b) <= 1e-4f * (1.0f + fabsf(a)) + 1e-3f, "%s row_dot type %d: %.7g vs %.7g", name, t, b, a);
+        S->quantize_q8(x, N, q_ref, d_ref, s_ref);
+        K->quantize_q8(x, N, q_simd, d_simd, s_simd);
+        CHECKF(memcmp(q_ref, q_simd, N) == 0 && memcmp(d_ref, d_simd, sizeof d_ref) == 0 &&
+                   memcmp(s_ref, s_simd, sizeof s_ref) == 0,
+               "%s quantize_q8 codes differ", name);
+        a = S->dot_q8[t](row, q_ref, d_ref, s_ref, N);
+        b = K->dot_q8[t](row, q_ref, d_ref, s_ref, N);
+        CHECKF(fabsf(a - b) <= 1e-4f * (1.0f + fabsf(a)) + 1e-3f, "%s dot_q8 type %d: %.7g vs %.7g", name, t, b, a);
+    }
+    S->to_float[KVQI_T_F16](h, y_ref, N - 3);
+    K->to_float[KVQI_T_F16](h, y_simd, N - 3);
+    CHECKF(memcmp(y_ref, y_simd, sizeof(float) * (N - 3)) == 0, "%s f16 to_float", name);
+    for (size_t n = 1; n <= N; n = n * 3 + 1) {
+        float a = S->dot_f32(x, w, n), b = K->dot_f32(x, w, n);
+        CHECKF(fabsf(a - b) <= 1e-4f * (1.0f + sqrtf((float)n)), "%s dot_f32 n=%zu: %.7g vs %.7g", name, n, b, a);
+        a = S->row_dot[KVQI_T_F16](h, x, n);
+        b = K->row_dot[KVQI_T_F16](h, x, n);
+        CHECKF(fabsf(a - b) <= 1e-4f * (1.0f + sqrtf((float)n)), "%s row_dot f16 n=%zu", name, n);
+    }
+    for (size_t n_tok = 1; n_tok <= 5; n_tok++) {
+        size_t n = 37;
+        S->gemm4_f32(w, n, x, n_tok, g_ref, 8);
+        K->gemm4_f32(w, n, x, n_tok, g_simd, 8);
+        for (size_t t = 0; t < n_tok; t++)
+            for (int rr = 0; rr < 4; rr++)
+                CHECKF(fabsf(g_ref[t * 8 + rr] - g_simd[t * 8 + rr]) <= 1e-4f * (1.0f + fabsf(g_ref[t * 8 + rr])),
+                       "%s gemm4 n_tok=%zu row %d", name, n_tok, rr);
+    }
+    memcpy(y_ref, w, sizeof(float) * 100);
+    memcpy(y_simd, w, sizeof(float) * 100);
+    S->axpy_f32(y_ref, x, 0.37f, 99);
+    K->axpy_f32(y_simd, x, 0.37f, 99);
+    for (int i = 0; i < 100; i++) CHECKF(fabsf(y_ref[i] - y_simd[i]) <= 1e-6f * (1.0f + fabsf(y_ref[i])), "%s axpy %d", name, i);
+}
+
+TEST(portable_engine_kernels_match_scalar) {
+    kvqi_engine_kernels S, K;
+    kvqi_engine_kernels_scalar(&S);
+    int tested = 0;
+    for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_AVX512; isa++) {
+        if (!kvq_isa_available((kvq_isa)isa)) continue;
+        REQUIRE_OK(kvqi_engine_kernels_init((kvq_isa)isa, &K));
+        check_engine_table(kvqt_, &S, &K);
+        tested++;
+    }
+#if defined(KVQ_HAVE_NEON)
+    kvqi_engine_kernels_scalar(&K);
+    kvqi_engine_kernels_neon(&K);
+    check_engine_table(kvqt_, &S, &K);
+    tested++;
+#endif
+    if (!tested) SKIP("no SIMD ISA on this CPU");
 }
