@@ -202,7 +202,7 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
     case KVQI_PATH_ROT:
         c->kern->accum_rot(&V->rot, s->scores, B, G, codes, nb, s->acc);
         break;
-    default:
+    default: {
         kvq_status st = kvq_decode(V->quant, codes, nb, s->vdec);
         if (st != KVQ_OK) {
             int ok = KVQ_OK;
@@ -212,6 +212,7 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
         c->kern->accum_f32(s->scores, B, G, c->dim, (const uint8_t *)s->vdec,
                            c->dim * sizeof(float), nb, s->acc);
         break;
+    }
     }
 }
 
