@@ -98,6 +98,10 @@ typedef enum kvq_method {
     KVQ_METHOD_COUNT
 } kvq_method;
 
+/* How RoPE pairs the coordinates of a head: (2i, 2i+1) as llama.cpp's "normal" mode,
+ * or NeoX's half split (i, i + dim/2). Pair i turns by pos * base^(-2i/dim). */
+enum { KVQ_ROPE_INTERLEAVED = 0, KVQ_ROPE_NEOX = 1 };
+
 /* Everything that defines a quantizer. Zero means "the method's default" for every
  * numeric field; kvq_config_init() fills a valid config for a method and dim. */
 typedef struct kvq_config {
@@ -114,6 +118,8 @@ typedef struct kvq_config {
     float eps0;            /* rabitq: confidence parameter of the error bound (default 1.9) */
     uint32_t sub_dim;      /* vecinfer: sub-vector length (default 8) */
     uint32_t n_codebooks;  /* comm_vq: additive codebooks (default 4) */
+    float rope_base;       /* comm_vq: RoPE frequency base theta (default 10000) */
+    uint32_t rope_pairing; /* comm_vq: KVQ_ROPE_INTERLEAVED (default) or KVQ_ROPE_NEOX */
     kvq_isa isa;           /* KVQ_ISA_AUTO unless pinning for tests */
     char artifact[512];    /* calibrated methods: safetensors artifact to load ("" = none) */
 } kvq_config;
@@ -159,6 +165,23 @@ KVQ_API kvq_status kvq_score(const kvq_quantizer *q, const float *query, const u
  * with the method's confidence (rabitq). KVQ_ERR_UNSUPPORTED for methods without a bound. */
 KVQ_API kvq_status kvq_score_bound(const kvq_quantizer *q, const float *query,
                                    const uint8_t *codes, size_t n, float *scores, float *err);
+
+/* Position-aware calls, for methods whose codes live before RoPE (comm_vq). pos[i] is
+ * the token position of row i. Every method takes them; position-free methods ignore
+ * pos (which may then be NULL) and behave as kvq_encode/kvq_decode/kvq_score.
+ *   encode_at: x[i] is the key BEFORE RoPE of the token at pos[i] (NULL: position 0);
+ *              comm_vq keeps the position in the code.
+ *   decode_at: the key as attention sees it at pos[i], RoPE applied (NULL: the position
+ *              stored in each code, which is what kvq_decode uses).
+ *   score_at:  <query, decode_at(codes_i, pos[i])> with the query as attention holds it
+ *              (after its own RoPE); comm_vq rotates the query instead of the keys. */
+KVQ_API kvq_status kvq_encode_at(const kvq_quantizer *q, const float *x, const int32_t *pos,
+                                 size_t n, uint8_t *codes);
+KVQ_API kvq_status kvq_decode_at(const kvq_quantizer *q, const uint8_t *codes,
+                                 const int32_t *pos, size_t n, float *x);
+KVQ_API kvq_status kvq_score_at(const kvq_quantizer *q, const float *query,
+                                const uint8_t *codes, const int32_t *pos, size_t n,
+                                float *scores);
 
 /* Everything needed to decode, as safetensors (readable by numpy/torch users).
  * Written to a temp file, fsynced and renamed into place. */
@@ -238,6 +261,43 @@ KVQ_API kvq_status kvq_cache_set_layer(kvq_cache_set *set, uint32_t layer, kvq_c
 KVQ_API kvq_status kvq_cache_set_reset(kvq_cache_set *set);
 /* Sums of every layer's kvq_cache_memory (n_tokens: the longest layer). */
 KVQ_API kvq_status kvq_cache_set_memory(const kvq_cache_set *set, kvq_cache_memory_info *info);
+
+/* ------------------------------------------------------------- calibration */
+
+/* Calibration data for users of any engine: a 2-D tensor [rows][cols] of F32, F16 or
+ * BF16 read from a safetensors file (name NULL: the file's only tensor, or the one named
+ * "keys"). *data is allocated by kvq; release it with kvq_buffer_free. msg names the
+ * problem on failure. */
+KVQ_API kvq_status kvq_tensor_read_f32(const char *path, const char *name, float **data,
+                                       size_t *rows, size_t *cols, char *msg, size_t msg_size);
+/* Write one F32 tensor [rows][cols] named name to a new safetensors file. */
+KVQ_API kvq_status kvq_tensor_write_f32(const char *path, const char *name, const float *data,
+                                        size_t rows, size_t cols);
+KVQ_API void kvq_buffer_free(void *p);
+
+/* RateQuant: bits per layer by reverse water-filling. Layer l's distortion is modelled as
+ * sensitivity[l] * 4^-(b - choices[0]) (rate-distortion of a Gaussian source, measured at
+ * the smallest choice); starting from choices[0] everywhere, the budget
+ * round-down(target_bits * n_layers) is spent one step at a time on the layer with the
+ * largest distortion drop per bit (ties: lower layer), which is optimal for this convex
+ * model. The total is exactly the budget, so the average equals target_bits whenever
+ * target_bits * n_layers is a whole number (else it is the largest total below it).
+ * choices: ascending bit widths (e.g. {1, 2, 3, 4}); target within [first, last]. */
+KVQ_API kvq_status kvq_ratequant_allocate(const double *sensitivity, uint32_t n_layers,
+                                          const uint32_t *choices, uint32_t n_choices,
+                                          double target_bits, uint32_t *bits);
+/* A RateQuant plan file (safetensors): per-layer bits and sensitivities plus the base
+ * key spec they apply to (e.g. "turboquant_rvq"). */
+KVQ_API kvq_status kvq_ratequant_save(const char *path, const char *key_spec,
+                                      const double *sensitivity, const uint32_t *bits,
+                                      uint32_t n_layers, double target_bits);
+/* Per-layer cache configs from a plan: each layer gets base with its key bits set to the
+ * plan's bits (key method taken from the plan). n_layers must match the plan
+ * (KVQ_ERR_MISMATCH otherwise, with msg saying so). */
+KVQ_API kvq_status kvq_ratequant_cache_configs(const char *path, const kvq_cache_config *base,
+                                               uint32_t n_layers, kvq_cache_config *per_layer,
+                                               char *msg, size_t msg_size);
+
 
 /* ------------------------------------------------------------------- index */
 /* An approximate nearest-neighbour index over float vectors: IVF clusters (k-means),
