@@ -354,6 +354,9 @@ static void free_scratch(kvq_cache *c) {
     }
     c->scratch = NULL;
     c->n_scratch = 0;
+    kvqi_free(c->partials);
+    c->partials = NULL;
+    c->partials_floats = 0;
 }
 
 KVQ_API void kvq_cache_free(kvq_cache *c) {
@@ -625,7 +628,8 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     if (c->value.rotation) m->shared += (uint64_t)2 * c->dim * c->dim * sizeof(float);
     m->overhead = sizeof *c + (uint64_t)c->chunk_table_cap * sizeof(uint8_t *) +
                   (uint64_t)c->cfg.chunk_tokens * c->dim * sizeof(float) +
-                  (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each);
+                  (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each) +
+                  (uint64_t)c->partials_floats * sizeof(float);
 }
 
 KVQ_API kvq_status kvq_cache_memory(const kvq_cache *c, kvq_cache_memory_info *m) {

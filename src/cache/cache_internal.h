@@ -78,6 +78,10 @@ struct kvq_cache {
     kvqi_attend_scratch *scratch;
     unsigned n_scratch;
     size_t scratch_bytes_each;
+    /* split-K: the softmax state (max, sum, both accumulators) of each token range of
+     * each task, merged after all ranges are done; grown once, like the scratch */
+    float *partials;
+    size_t partials_floats;
 };
 
 kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_heads,
