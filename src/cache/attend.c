@@ -31,7 +31,9 @@ static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     size_t span = c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0;
     /* integer key path: G x d int8 query, its scales and sums */
     size_t i8 = (size_t)G * d / 4 + 2 * G + 16;
-    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16 + span + i8;
+    /* sign keys: one table of m/8 x 256 sums per query head, and the sums of z */
+    size_t signs = c->key.path == KVQI_PATH_SIGNS ? (size_t)G * (c->key.signs.m / 8) * 256 + G + 16 : 0;
+    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16 + span + i8 + signs;
 }
 
 /* The integer key path applies: 4-bit one-pass rotated keys and a CPU with the kernel. */
@@ -104,6 +106,8 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->q8_scale = s->kspan + (c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0);
     s->q8_sum = (int32_t *)(void *)(s->q8_scale + G);
     s->q8 = (int8_t *)(void *)(s->q8_sum + G);
+    s->zsum = (float *)(void *)(s->q8 + G * d); /* G * d is a multiple of 4 */
+    s->lut = s->zsum + G;
 }
 
 /* Scores of one block of coded tokens (the query carries the scale), outlier channels
@@ -129,6 +133,11 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
                                   s->scores, B);
         else
             c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
+        break;
+    case KVQI_PATH_SIGNS:
+        /* turboquant_prod: the mse part first, the residual's signs added */
+        if (K->signs_mse) c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
+        c->kern->score_signs(&K->signs, s->lut, s->zsum, G, codes, nb, K->signs_mse, s->scores, B);
         break;
     default: /* scored ahead by score_span */
         for (uint32_t h = 0; h < G; h++)
@@ -295,6 +304,18 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
             memset(qk, 0, d * sizeof(float));
             c->kern->axpy_rows(c->key.rotation_t, tmp, d, d, qk);
             if (use_i8(c)) quantize_query(c, s, v, qk);
+        } else if (c->key.path == KVQI_PATH_SIGNS) {
+            /* z = P x, its sum and its table; the mse part's rotated query */
+            const kvqi_side *K = &c->key;
+            uint32_t m = K->signs.m;
+            float *z = tmp + d; /* vdec holds B * d >= d + m floats */
+            c->kern->score_f32(tmp, 1, d, (const uint8_t *)K->proj, d * sizeof(float), m, z, m);
+            float zs = 0.0f;
+            for (uint32_t i = 0; i < m; i++) zs += z[i];
+            s->zsum[v] = zs;
+            kvqi_cache_sign_lut(z, m, s->lut + (size_t)v * (m / 8) * 256);
+            memset(qk, 0, d * sizeof(float));
+            if (K->signs_mse) c->kern->axpy_rows(K->rotation_t, tmp, d, d, qk);
         } else {
             memcpy(qk, tmp, d * sizeof(float));
         }
