@@ -17,8 +17,8 @@ static int gen_usage(FILE *f) {
             "  --cache-k SPEC     key quantizer, e.g. fp16, q8_0, q4_0, turboquant_rvq:bits=1,residuals=2\n"
             "                     (default fp16; f32 keeps exact float keys and values)\n"
             "  --cache-v SPEC     value quantizer (default: fp16)\n"
-            "  --window N         most recent tokens also kept exact (default 0)\n"
-            "  --outliers N       key channels per head kept in fp16 (default 0)\n"
+            "  --window N         most recent tokens also kept exact (default 0; also --cache-window)\n"
+            "  --outliers N       key channels per head kept in fp16 (default 0; also --cache-outliers)\n"
             "  --ctx N            context length (default: prompt + tokens)\n"
             "  --threads N        threads (default 0 = one per CPU)\n"
             "  --seed S           sampler seed (default 0)\n"
@@ -97,8 +97,8 @@ int kvq_cmd_generate(int argc, char **argv) {
         else if (TAKES("-n") || (!strcmp(a, "--tokens") && v && ++i)) n_gen = strtol(v, NULL, 10);
         else if (TAKES("--cache-k")) kspec = v;
         else if (TAKES("--cache-v")) vspec = v;
-        else if (TAKES("--window")) window = strtol(v, NULL, 10);
-        else if (TAKES("--outliers")) outliers = strtol(v, NULL, 10);
+        else if ((TAKES("--window") || TAKES("--cache-window"))) window = strtol(v, NULL, 10);
+        else if ((TAKES("--outliers") || TAKES("--cache-outliers"))) outliers = strtol(v, NULL, 10);
         else if (TAKES("--ctx")) n_ctx = strtol(v, NULL, 10);
         else if (TAKES("--threads")) threads = strtol(v, NULL, 10);
         else if (TAKES("--seed")) seed = strtoull(v, NULL, 10);
