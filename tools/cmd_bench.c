@@ -18,7 +18,7 @@
 #define N_Q_HEADS 32u
 #define LLAMA_LAYERS 32u
 #define MAX_LAYERS 1024u
-#define N_QUERIES 8u
+#define N_QUERIES 8u /* default causal queries measured at the end of the context */
 #define BUDGET_BYTES (8ull << 30)
 #define MAX_METHODS 64
 
@@ -45,7 +45,8 @@ static void usage(FILE *f) {
             "attend speed, and the context that fits in 8 GiB for all 32 layers.\n\n"
             "options:\n"
             "  --methods LIST   key/value spec pairs separated by ',' or ';' (a spec alone is\n"
-            "                   used for both), e.g. fp16/fp16,turboquant_rvq:bits=1,residuals=2/mse:bits=2\n"
+            "                   used for both), e.g. fp16/fp16,turboquant_rvq:bits=1,residuals=2/mse:bits=2;\n"
+            "                   a pair may carry its own cache options: mse:bits=2/mse:bits=2@window=20,outliers=2\n"
             "  --kv DIR         real keys, values and queries written by kvq generate --dump-kv\n"
             "                   (DIR/{keys,values,queries}_LL.npy) instead of synthetic KV\n"
             "  --layers LIST    with --kv: 'all' (default) or layer numbers, e.g. 0,7,15,29\n"
@@ -55,6 +56,8 @@ static void usage(FILE *f) {
             "  --outliers N     key channels per head kept apart in fp16 (default 0; also\n"
             "                   --cache-outliers)\n"
             "  --threads N      attend threads (default 1; 0 = all CPUs)\n"
+            "  --queries N      causal queries at the end of the context the error is measured\n"
+            "                   on (default 8)\n"
             "  --seed S         data and quantizer seed (default 1)\n"
             "  --quick          fewer tokens and repeats: a few seconds in all\n"
             "  --json           one JSON object per line instead of the table\n"
@@ -250,9 +253,9 @@ fail:
 }
 
 /* Loads layers of DIR/{keys,values,queries}_LL.npy: the first n tokens (all if n == 0),
- * the queries at the last N_QUERIES of them. layers: ids, or NULL for every layer found. */
+ * the queries at the last nq of them. layers: ids, or NULL for every layer found. */
 static int load_real_kv(const char *dir, const uint32_t *ids, uint32_t n_ids, size_t n_want,
-                        kv_data *D, char *err, size_t errn) {
+                        size_t nq, kv_data *D, char *err, size_t errn) {
     uint32_t found[MAX_LAYERS], n_found = 0;
     for (uint32_t l = 0; l < MAX_LAYERS; l++) {
         char path[4200];
@@ -311,12 +314,12 @@ static int load_real_kv(const char *dir, const uint32_t *ids, uint32_t n_ids, si
             snprintf(err, errn, "layer %u: shape differs from layer %u", ids[i], ids[0]);
             return -1;
         }
-        if (D->n < 2 * N_QUERIES) {
+        if (D->n < 2 * nq) {
             snprintf(err, errn, "%zu tokens: too few", D->n);
             return -1;
         }
-        /* the queries of the last N_QUERIES tokens kept move to the front */
-        D->nq = N_QUERIES;
+        /* the queries of the last nq tokens kept move to the front */
+        D->nq = nq;
         size_t qrow = (size_t)D->n_q * D->dim;
         memmove(L->q, L->q + (D->n - D->nq) * qrow, D->nq * qrow * sizeof(float));
         L->ref = malloc(D->nq * qrow * sizeof(float));
@@ -342,9 +345,27 @@ static void free_kv(kv_data *D) {
 
 /* ------------------------------------------------------------------ methods */
 
+/* A key/value pair, optionally with its own cache options: "K/V@window=20,outliers=2"
+ * (-1: the command line's --window / --outliers). */
 typedef struct method_spec {
     char key[256], value[256];
+    long window, outliers;
 } method_spec;
+
+/* "window=N,outliers=N" in any order; 0 on anything else */
+static int parse_cache_opts(char *s, method_spec *m) {
+    for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
+        char *eq = strchr(tok, '='), *end;
+        if (!eq || eq[1] < '0' || eq[1] > '9') return 0;
+        long x = strtol(eq + 1, &end, 10);
+        if (*end || x < 0 || x > (1L << 22)) return 0;
+        *eq = 0;
+        if (!strcmp(tok, "window")) m->window = x;
+        else if (!strcmp(tok, "outliers")) m->outliers = x;
+        else return 0;
+    }
+    return 1;
+}
 
 static int is_continuation(const char *tok) {
     const char *p = tok;
@@ -383,6 +404,15 @@ static int parse_methods(const char *list, method_spec *out, int max, char *err,
         strcpy(joined[n++], tok);
     }
     for (int i = 0; i < n; i++) {
+        out[i].window = out[i].outliers = -1;
+        char *at = strchr(joined[i], '@');
+        if (at) {
+            *at = 0;
+            if (!parse_cache_opts(at + 1, &out[i])) {
+                snprintf(err, errn, "bad cache options in '%.200s' (want @window=N,outliers=N)", joined[i]);
+                return -1;
+            }
+        }
         char *slash = strchr(joined[i], '/');
         const char *ks = joined[i], *vs = joined[i];
         if (slash) {
@@ -571,24 +601,24 @@ static int parse_layers(const char *s, uint32_t *ids, uint32_t cap, uint32_t *n)
     return *n > 0;
 }
 
-static int make_synthetic(size_t n, uint64_t seed, kv_data *D) {
+static int make_synthetic(size_t n, size_t nq, uint64_t seed, kv_data *D) {
     D->n_kv = N_KV, D->dim = HEAD_DIM, D->n_q = N_Q_HEADS, D->n_fit_layers = LLAMA_LAYERS;
-    D->n = n, D->nq = N_QUERIES, D->n_layers = 1;
+    D->n = n, D->nq = nq, D->n_layers = 1;
     D->layers = calloc(1, sizeof *D->layers);
     if (!D->layers) return -1;
     kv_layer *L = D->layers;
     L->k = malloc(n * N_KV * HEAD_DIM * sizeof(float));
     L->v = malloc(n * N_KV * HEAD_DIM * sizeof(float));
-    L->q = malloc(N_QUERIES * N_Q_HEADS * HEAD_DIM * sizeof(float));
-    L->ref = malloc(N_QUERIES * N_Q_HEADS * HEAD_DIM * sizeof(float));
+    L->q = malloc(nq * N_Q_HEADS * HEAD_DIM * sizeof(float));
+    L->ref = malloc(nq * N_Q_HEADS * HEAD_DIM * sizeof(float));
     if (!L->k || !L->v || !L->q || !L->ref) return -1;
-    make_kv(n, N_QUERIES, seed, L->k, L->v, L->q);
+    make_kv(n, nq, seed, L->k, L->v, L->q);
     return 0;
 }
 
 int kvq_cmd_bench(int argc, char **argv) {
     const char *methods = NULL, *kv_dir = NULL, *layer_list = NULL;
-    uint64_t tokens = 0, threads = 1, seed = 1, window = 0, outliers = 0;
+    uint64_t tokens = 0, threads = 1, seed = 1, window = 0, outliers = 0, queries = N_QUERIES;
     int quick = 0, json = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -612,6 +642,7 @@ int kvq_cmd_bench(int argc, char **argv) {
         } else if ((!strcmp(a, "--tokens") && parse_u64(val, &tokens)) ||
                    (!strcmp(a, "--threads") && parse_u64(val, &threads)) ||
                    (!strcmp(a, "--seed") && parse_u64(val, &seed)) ||
+                   (!strcmp(a, "--queries") && parse_u64(val, &queries)) ||
                    ((!strcmp(a, "--window") || !strcmp(a, "--cache-window")) &&
                     parse_u64(val, &window)) ||
                    ((!strcmp(a, "--outliers") || !strcmp(a, "--cache-outliers")) &&
@@ -624,8 +655,10 @@ int kvq_cmd_bench(int argc, char **argv) {
         }
     }
     if (tokens == 0 && !kv_dir) tokens = quick ? 1024 : 4096;
-    if ((tokens && (tokens < 16 || tokens > (1u << 22))) || threads > 1024) {
-        fprintf(stderr, "kvq bench: --tokens must be 16..4194304, --threads <= 1024\n");
+    if ((tokens && (tokens < 16 || tokens > (1u << 22))) || threads > 1024 || queries < 1 ||
+        queries > 4096 || (tokens && 2 * queries > tokens)) {
+        fprintf(stderr, "kvq bench: --tokens must be 16..4194304, --threads <= 1024, --queries "
+                        "1..4096 and at most half the tokens\n");
         return 1;
     }
     uint32_t layer_ids[MAX_LAYERS], n_layer_ids = 0;
@@ -653,13 +686,13 @@ int kvq_cmd_bench(int argc, char **argv) {
     kvq_threadpool *pool = NULL;
     int rc = 0;
     if (kv_dir) {
-        if (load_real_kv(kv_dir, n_layer_ids ? layer_ids : NULL, n_layer_ids, (size_t)tokens, &D,
-                         err, sizeof err)) {
+        if (load_real_kv(kv_dir, n_layer_ids ? layer_ids : NULL, n_layer_ids, (size_t)tokens,
+                         (size_t)queries, &D, err, sizeof err)) {
             fprintf(stderr, "kvq bench: --kv: %s\n", err);
             rc = 1;
             goto done;
         }
-    } else if (make_synthetic((size_t)tokens, seed, &D)) {
+    } else if (make_synthetic((size_t)tokens, (size_t)queries, seed, &D)) {
         rc = kvq_cli_fail("bench", "synthetic KV", KVQ_ERR_NOMEM);
         goto done;
     }
@@ -703,9 +736,17 @@ int kvq_cmd_bench(int argc, char **argv) {
     }
     for (int i = 0; i < n_methods; i++) {
         result r;
-        run_method(&specs[i], &D, (uint32_t)window, (uint32_t)outliers, seed, reps, pool, &r);
-        char name[520];
+        long w = specs[i].window >= 0 ? specs[i].window : (long)window;
+        long o = specs[i].outliers >= 0 ? specs[i].outliers : (long)outliers;
+        char name[560];
         snprintf(name, sizeof name, "%.250s / %.250s", specs[i].key, specs[i].value);
+        if (specs[i].window >= 0 || specs[i].outliers >= 0)
+            snprintf(name + strlen(name), sizeof name - strlen(name), " w%ld o%ld", w, o);
+        if ((size_t)w > D.n || (uint64_t)o >= D.dim) {
+            printf("%-36s unavailable: window above the tokens or outliers >= head_dim\n", name);
+            continue;
+        }
+        run_method(&specs[i], &D, (uint32_t)w, (uint32_t)o, seed, reps, pool, &r);
         if (json) {
             printf("{\"key\":");
             json_str(specs[i].key);
@@ -717,12 +758,11 @@ int kvq_cmd_bench(int argc, char **argv) {
                 printf("}\n");
                 continue;
             }
-            printf(",\"data\":\"%s\",\"layers\":%u,\"tokens\":%zu,\"window\":%llu,"
-                   "\"outliers\":%llu,\"key_bits\":%.4f,\"value_bits\":%.4f,\"bits\":%.4f,"
+            printf(",\"data\":\"%s\",\"layers\":%u,\"tokens\":%zu,\"window\":%ld,"
+                   "\"outliers\":%ld,\"key_bits\":%.4f,\"value_bits\":%.4f,\"bits\":%.4f,"
                    "\"compression\":%.3f,",
-                   kv_dir ? "real" : "synthetic", D.n_layers, D.n, (unsigned long long)window,
-                   (unsigned long long)outliers, r.key_bits, r.value_bits, r.total_bits,
-                   r.compression);
+                   kv_dir ? "real" : "synthetic", D.n_layers, D.n, w, o, r.key_bits, r.value_bits,
+                   r.total_bits, r.compression);
             if (isnan(r.key_cosine)) printf("\"key_cosine\":null,");
             else printf("\"key_cosine\":%.5f,", r.key_cosine);
             printf("\"attn_rel_err\":%.6g,\"attn_rel_err_worst_layer\":%.6g,\"worst_layer\":%u,"
@@ -745,10 +785,10 @@ int kvq_cmd_bench(int argc, char **argv) {
     if (!json)
         printf("\nbits: everything that grows with the context (codes with their norms and scales, "
                "fp16 outlier channels, the exact window) per element; attn err: relative L2 error of "
-               "the attention output against fp32 (%u causal queries at the end), pooled over the "
+               "the attention output against fp32 (%zu causal queries at the end), pooled over the "
                "layers; worst: the worst layer's; attend: one decode step of one layer, all query "
                "heads, median of %d; ctx@8GiB: tokens of %u layers of this shape in 8 GiB.\n",
-               N_QUERIES, reps, D.n_fit_layers);
+               D.nq, reps, D.n_fit_layers);
 done:
     kvq_threadpool_free(pool);
     free_kv(&D);
