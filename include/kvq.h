@@ -457,6 +457,10 @@ typedef struct kvq_context kvq_context;
  * k, v: [n_tokens][n_kv_heads][head_dim] at positions pos..pos+n_tokens-1. */
 typedef void (*kvq_kv_observer)(void *user, uint32_t layer, size_t pos, const float *k,
                                 const float *v, size_t n_tokens);
+/* Sees every layer's queries (after RoPE, before the softmax scale) as attention gets
+ * them: q: [n_tokens][n_heads][head_dim] at positions pos..pos+n_tokens-1. */
+typedef void (*kvq_query_observer)(void *user, uint32_t layer, size_t pos, const float *q,
+                                   size_t n_tokens);
 
 typedef struct kvq_context_params {
     uint32_t n_ctx;        /* positions the context holds (0 = min(model ctx_len, 4096)) */
@@ -474,6 +478,8 @@ typedef struct kvq_context_params {
     int float_activations;
     kvq_kv_observer kv_observer; /* NULL = none */
     void *kv_observer_user;
+    kvq_query_observer query_observer; /* NULL = none */
+    void *query_observer_user;
 } kvq_context_params;
 
 KVQ_API kvq_status kvq_context_params_init(kvq_context_params *params);
