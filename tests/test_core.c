@@ -923,3 +923,168 @@ TEST(core_threadpool_wakes_after_idle) {
     }
     kvq_threadpool_free(pool);
 }
+
+/* ------------------------------------------------ dense orthogonal rotation */
+
+TEST(core_random_orthogonal) {
+    static const uint32_t dims[] = {1, 2, 3, 16, 64, 96, 100, 128};
+    for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
+        uint32_t d = dims[t];
+        float *q = malloc((size_t)d * d * sizeof(float)), *q2 = malloc((size_t)d * d * sizeof(float));
+        REQUIRE(q && q2);
+        REQUIRE_OK(kvqi_random_orthogonal(d, 123, q));
+        double worst = 0;
+        for (uint32_t a = 0; a < d; a++)
+            for (uint32_t b = 0; b < d; b++) {
+                double s = 0;
+                for (uint32_t i = 0; i < d; i++) s += (double)q[(size_t)i * d + a] * q[(size_t)i * d + b];
+                worst = fmax(worst, fabs(s - (a == b)));
+            }
+        CHECKF(worst < 1e-5, "d=%u |Q^T Q - I| = %.3g", d, worst);
+        float x[128], y[128], z[128];
+        fill_normal(x, d, 5);
+        kvqi_matvec(q, d, x, y);
+        kvqi_matvec_t(q, d, y, z);
+        double n0 = 0, n1 = 0, err = 0;
+        for (uint32_t i = 0; i < d; i++) {
+            n0 += (double)x[i] * x[i];
+            n1 += (double)y[i] * y[i];
+            err += ((double)z[i] - x[i]) * ((double)z[i] - x[i]);
+        }
+        CHECKF(fabs(n1 - n0) <= 1e-5 * n0, "d=%u norm", d);
+        CHECKF(sqrt(err / n0) <= 1e-5, "d=%u round trip %.3g", d, sqrt(err / n0));
+        /* y = Q x against a double reference */
+        for (uint32_t i = 0; i < d; i++) {
+            double s = 0;
+            for (uint32_t j = 0; j < d; j++) s += (double)q[(size_t)i * d + j] * x[j];
+            CHECK_NEAR(y[i], s, 1e-5 * sqrt(n0));
+        }
+        REQUIRE_OK(kvqi_random_orthogonal(d, 123, q2));
+        CHECK(memcmp(q, q2, (size_t)d * d * sizeof(float)) == 0);
+        if (d > 1) {
+            REQUIRE_OK(kvqi_random_orthogonal(d, 124, q2));
+            CHECK(memcmp(q, q2, (size_t)d * d * sizeof(float)) != 0);
+        }
+        free(q);
+        free(q2);
+    }
+    /* Haar: the mean of the (0,0) entry over many seeds is 0 (a sign-unfixed QR would
+     * bias it), and E[q00^2] = 1/d */
+    const uint32_t d = 4;
+    double m = 0, m2 = 0;
+    float q[16];
+    const int reps = 4000;
+    for (int s = 0; s < reps; s++) {
+        REQUIRE_OK(kvqi_random_orthogonal(d, (uint64_t)s, q));
+        m += q[0];
+        m2 += (double)q[0] * q[0];
+    }
+    CHECK_NEAR(m / reps, 0.0, 0.05);
+    CHECK_NEAR(m2 / reps, 1.0 / d, 0.03);
+    CHECK_STATUS(kvqi_random_orthogonal(0, 1, q), KVQ_ERR_INVALID_ARG);
+}
+
+/* ---------------------------------------------------------------- k-means */
+
+TEST(core_kmeans_recovers_clusters) {
+    enum { K = 5, D = 3, PER = 200, N = K * PER };
+    static const float centers[K][D] = {{0, 0, 0}, {10, 0, 0}, {0, 10, 0}, {0, 0, 10}, {10, 10, 10}};
+    static float x[N * D];
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 17);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < D; j++) x[i * D + j] = centers[i % K][j] + 0.3f * (float)kvqi_rng_normal(&r);
+    float c[K * D], c2[K * D];
+    uint32_t assign[N], assign2[N];
+    REQUIRE_OK(kvqi_kmeans(x, N, D, K, 20, 99, c, assign));
+    /* every true centre has exactly one centroid within 0.1, and the labels agree */
+    int map[K];
+    for (int t = 0; t < K; t++) {
+        int found = -1;
+        for (int k = 0; k < K; k++) {
+            double e = 0;
+            for (int j = 0; j < D; j++) e += (c[k * D + j] - centers[t][j]) * (c[k * D + j] - centers[t][j]);
+            if (sqrt(e) < 0.1) {
+                CHECK(found < 0);
+                found = k;
+            }
+        }
+        CHECKF(found >= 0, "centre %d not recovered", t);
+        map[t] = found;
+    }
+    for (int i = 0; i < N; i++) CHECK((int)assign[i] == map[i % K]);
+    /* deterministic */
+    REQUIRE_OK(kvqi_kmeans(x, N, D, K, 20, 99, c2, assign2));
+    CHECK(memcmp(c, c2, sizeof c) == 0 && memcmp(assign, assign2, sizeof assign) == 0);
+    /* k > n is an error; k == n puts a centroid on every point */
+    CHECK_STATUS(kvqi_kmeans(x, 3, D, 4, 5, 1, c, NULL), KVQ_ERR_INVALID_ARG);
+    REQUIRE_OK(kvqi_kmeans(x, 4, D, 4, 5, 1, c, assign));
+    for (int i = 0; i < 4; i++) {
+        int hit = 0;
+        for (int k = 0; k < 4; k++) hit += memcmp(c + k * D, x + i * D, D * sizeof(float)) == 0;
+        CHECK(hit == 1);
+        CHECK(memcmp(c + assign[i] * D, x + i * D, D * sizeof(float)) == 0);
+    }
+}
+
+TEST(core_kmeans_duplicates_and_empty_clusters) {
+    /* 6 points, only 2 distinct: k = 4 forces duplicate seeds, empty clusters get re-seeded
+     * and nothing goes NaN */
+    float x[6 * 2] = {1, 1, 1, 1, 1, 1, 5, 5, 5, 5, 5, 5};
+    float c[4 * 2];
+    uint32_t a[6];
+    REQUIRE_OK(kvqi_kmeans(x, 6, 2, 4, 10, 3, c, a));
+    for (int i = 0; i < 8; i++) CHECK(isfinite(c[i]));
+    for (int i = 0; i < 6; i++) {
+        REQUIRE(a[i] < 4);
+        CHECK(c[a[i] * 2] == x[i * 2] && c[a[i] * 2 + 1] == x[i * 2 + 1]);
+    }
+}
+
+/* ----------------------------------------------------------- eigen-solver */
+
+TEST(core_eigh_recovers_spectrum) {
+    static const uint32_t dims[] = {1, 2, 5, 16, 64};
+    for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
+        uint32_t n = dims[t];
+        float *qf = malloc((size_t)n * n * sizeof(float));
+        double *a = malloc((size_t)n * n * sizeof(double)), *vec = malloc((size_t)n * n * sizeof(double));
+        double *lam = malloc(n * sizeof(double)), *ev = malloc(n * sizeof(double));
+        REQUIRE(qf && a && vec && lam && ev);
+        REQUIRE_OK(kvqi_random_orthogonal(n, 7 + n, qf));
+        /* distinct eigenvalues, negative ones too, in scrambled order */
+        for (uint32_t i = 0; i < n; i++) lam[i] = (double)((i * 7) % n) - 0.3 * n + 0.5;
+        for (uint32_t i = 0; i < n; i++)
+            for (uint32_t j = 0; j < n; j++) {
+                double s = 0;
+                for (uint32_t k = 0; k < n; k++) s += (double)qf[i * n + k] * lam[k] * qf[j * n + k];
+                a[i * n + j] = s;
+            }
+        double *a_copy = malloc((size_t)n * n * sizeof(double));
+        REQUIRE(a_copy);
+        memcpy(a_copy, a, (size_t)n * n * sizeof(double));
+        REQUIRE_OK(kvqi_eigh(a, n, ev, vec));
+        for (uint32_t i = 0; i < n; i++) {
+            double want = (double)(n - 1 - i) - 0.3 * n + 0.5; /* descending */
+            CHECK_NEAR(ev[i], want, 1e-5);
+            /* A v = lambda v and |v| = 1 */
+            double norm = 0, res = 0;
+            for (uint32_t r = 0; r < n; r++) {
+                double av = 0;
+                for (uint32_t c = 0; c < n; c++) av += a_copy[r * n + c] * vec[i * n + c];
+                res = fmax(res, fabs(av - ev[i] * vec[i * n + r]));
+                norm += vec[i * n + r] * vec[i * n + r];
+            }
+            CHECK_NEAR(norm, 1.0, 1e-9);
+            CHECKF(res < 1e-5, "n=%u eigenpair %u residual %.3g", n, i, res);
+        }
+        free(qf);
+        free(a);
+        free(a_copy);
+        free(vec);
+        free(lam);
+        free(ev);
+    }
+    double bad[4] = {1, NAN, NAN, 1}, ev[2], vec[4];
+    CHECK_STATUS(kvqi_eigh(bad, 2, ev, vec), KVQ_ERR_INVALID_ARG);
+}
