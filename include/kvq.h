@@ -126,6 +126,10 @@ KVQ_API kvq_status kvq_config_parse(const char *spec, uint32_t dim, kvq_config *
                                     char *msg, size_t msg_size);
 /* The canonical spec string of a config (parses back to the same config). */
 KVQ_API kvq_status kvq_config_format(const kvq_config *cfg, char *buf, size_t buf_size);
+/* KVQ_OK if a quantizer can be created from cfg; else the status create would return
+ * (KVQ_ERR_UNSUPPORTED for a dim or bits the method cannot take) and, in msg, one line
+ * saying why. kvq_config_parse runs it too when given a nonzero dim. */
+KVQ_API kvq_status kvq_config_validate(const kvq_config *cfg, char *msg, size_t msg_size);
 /* "turboquant_rvq", ...; NULL for an unknown method. */
 KVQ_API const char *kvq_method_name(kvq_method method);
 

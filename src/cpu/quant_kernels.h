@@ -1,0 +1,53 @@
+/*
+ * quant_kernels.h - the hot loops of the data-oblivious quantizers, one table per ISA
+ * (quant_scalar.c is the reference; quant_avx2.c and quant_avx512.c must give the same
+ * codes bit for bit and scores within float rounding of it).
+ */
+#ifndef KVQ_QUANT_KERNELS_H
+#define KVQ_QUANT_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvq.h"
+
+/* Packed indices are LSB-first little-endian bit streams (core's kvqi_pack_bits layout):
+ * index i of b bits occupies stream bits [i*b, i*b + b). */
+typedef struct kvqi_quant_kernels {
+    kvq_isa isa;
+    /* out <- indices idx_i = #{k : x[i] * scale > thr[k]}, k < 2^bits - 1, packed.
+     * thr ascending. Only comparisons and one multiply: identical on every ISA. */
+    void (*quantize_pack)(const float *x, uint32_t n, float scale, const float *thr,
+                          unsigned bits, uint8_t *out);
+    /* bit i of out <- x[i] > 0 (n bits, tail of the last byte zero). */
+    void (*sign_pack)(const float *x, uint32_t n, uint8_t *out);
+    /* out[i] <- cb[idx_i] * scale */
+    void (*lut_decode)(const uint8_t *packed, uint32_t n, unsigned bits, const float *cb,
+                       float scale, float *out);
+    /* sum_i q[i] * cb[idx_i] */
+    float (*lut_dot)(const float *q, const uint8_t *packed, uint32_t n, unsigned bits,
+                     const float *cb);
+    /* sum of z[i] over the set bits of bits[] (n bits) */
+    float (*masked_sum)(const float *z, const uint8_t *bits, uint32_t n);
+    /* popcount(a & b) over nbytes */
+    uint32_t (*and_popcount)(const uint8_t *a, const uint8_t *b, size_t nbytes);
+    /* IEEE binary16 round-to-nearest-even conversions and a dot against fp16 data */
+    void (*fp16_from_f32)(const float *x, size_t n, uint16_t *out);
+    void (*fp16_to_f32)(const uint16_t *h, size_t n, float *out);
+    float (*fp16_dot)(const float *q, const uint16_t *h, size_t n);
+    /* Fused batch encoder for the 1-bit Hadamard codes (turboquant_mse b=1, rabitq b=1
+     * without IVF): for each row, y = H(D x) unnormalised on a power-of-two dim
+     * (n <= 1024), sign bits of y, ||x|| in the canonical dot order, and sum |y| in the
+     * canonical order. NULL when the ISA has no fused path (callers fall back). */
+    void (*hadamard_sign_batch)(const float *x, size_t rows, uint32_t dim, const float *sign,
+                                uint8_t *bits_out, size_t bits_stride, float *norm_out,
+                                float *abs_sum_out);
+} kvqi_quant_kernels;
+
+/* The table for a resolved ISA (never NULL: falls back to scalar). */
+const kvqi_quant_kernels *kvqi_quant_kernels_for(kvq_isa resolved);
+
+/* Scalar references, also called directly by tests. */
+extern const kvqi_quant_kernels kvqi_quant_scalar;
+
+#endif /* KVQ_QUANT_KERNELS_H */
