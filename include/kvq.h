@@ -215,6 +215,18 @@ KVQ_API kvq_status kvq_cache_memory(const kvq_cache *cache, kvq_cache_memory_inf
 KVQ_API kvq_status kvq_cache_tokens_fit(const kvq_cache_config *cfg, uint32_t n_layers,
                                         uint64_t budget_bytes, uint64_t *n_tokens);
 
+/* One cache per layer of a model, each with its own config (layers may use different
+ * methods and bits: per_layer[n_layers]). */
+typedef struct kvq_cache_set kvq_cache_set;
+KVQ_API kvq_status kvq_cache_set_create(uint32_t n_layers, const kvq_cache_config *per_layer,
+                                        kvq_cache_set **out);
+KVQ_API void kvq_cache_set_free(kvq_cache_set *set);
+/* The cache of one layer (owned by the set). */
+KVQ_API kvq_status kvq_cache_set_layer(kvq_cache_set *set, uint32_t layer, kvq_cache **out);
+KVQ_API kvq_status kvq_cache_set_reset(kvq_cache_set *set);
+/* Sums of every layer's kvq_cache_memory (n_tokens: the longest layer). */
+KVQ_API kvq_status kvq_cache_set_memory(const kvq_cache_set *set, kvq_cache_memory_info *info);
+
 /* ------------------------------------------------------------------- index */
 /* (section filled by the index: kvq_index_*) */
 

@@ -43,6 +43,23 @@ TEST(core_rng_matches_reference) {
     CHECK(kvqi_rng_uniform(&r) == 0x1.1d70f6593d20ap-2);
 }
 
+/* normals bit for bit against the Python reference (IEEE doubles there too) */
+TEST(core_rng_normals_match_reference) {
+    static const double first[6] = {0x1.9356a7a1bbe22p-1, -0x1.45648f30d6b8ep-1,
+                                    0x1.430bd816b81ecp-4, 0x1.48298177b4179p-3,
+                                    0x1.bc6e210b757c2p-1, 0x1.2750fef4397fdp-1};
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 2024);
+    for (int i = 0; i < 6; i++) {
+        double z = kvqi_rng_normal(&r);
+        CHECKF(memcmp(&z, &first[i], sizeof z) == 0, "normal %d: %a want %a", i, z, first[i]);
+    }
+    kvqi_rng_seed(&r, 2024);
+    double acc = 0.0;
+    for (int i = 0; i < 10000; i++) acc += kvqi_rng_normal(&r);
+    CHECKF(acc == 0x1.501cee329fee3p+5, "sum of 10000 normals %a", acc);
+}
+
 TEST(core_rng_det_log_accurate) {
     kvqi_rng r;
     kvqi_rng_seed(&r, 1);
@@ -496,6 +513,16 @@ TEST(core_lloydmax_laplace_beta) {
         CHECK_NEAR(mse * 4096, gm, 2e-3 * gm);
         REQUIRE_OK(kvqi_lloyd_max(KVQI_DIST_BETA, 128, b, c, t, &mse));
         CHECK_NEAR(mse * 128, gm, 0.03 * gm);
+    }
+    /* very large d: the O(1/d) gap shrinks and nothing cancels away (the normalizers are
+     * ratios of huge Gamma values) */
+    for (unsigned b = 2; b <= 8; b += 6) {
+        float g[256];
+        double gm;
+        REQUIRE_OK(kvqi_lloyd_max(KVQI_DIST_GAUSSIAN, 0, b, g, NULL, &gm));
+        REQUIRE_OK(kvqi_lloyd_max(KVQI_DIST_BETA, 1e6, b, c, t, &mse));
+        for (unsigned j = 0; j < (1u << b); j++) CHECK_NEAR(c[j] * 1000.0, g[j], 1e-4 * (1 + fabs(g[j])));
+        CHECKF(fabs(mse * 1e6 / gm - 1) < 1e-4, "b=%u d=1e6: mse*d %.8g vs gaussian %.8g", b, mse * 1e6, gm);
     }
     /* d = 2 (arcsine density, singular at +-1) still converges to an ordered codebook */
     REQUIRE_OK(kvqi_lloyd_max(KVQI_DIST_BETA, 2, 4, c, t, &mse));

@@ -255,7 +255,7 @@ TEST(quant_codes_identical_across_runs_and_isas) {
             uint32_t d = k_dims[di];
             gaussian(x, (size_t)N * d, 31 + d);
             gaussian(qv, d, 37 + d);
-            for (int i = 0; i < d; i++) x[i] = 0.0f; /* an all-zero row */
+            for (uint32_t i = 0; i < d; i++) x[i] = 0.0f; /* an all-zero row */
             kvq_quantizer *ref;
             REQUIRE_OK(make(k_specs[s], d, KVQ_ISA_SCALAR, &ref));
             size_t cs = kvq_code_size(ref);
@@ -436,7 +436,10 @@ TEST(quant_q8_0_q4_0_match_llama_reference) {
 /* ------------------------------------------------------- TurboQuant MSE */
 
 TEST(quant_mse_unit_vector_distortion) {
-    static const double expect[] = {0.36, 0.117, 0.030, 0.009};
+    /* The paper's rounded figures; at b = 3 the Lloyd-Max optimum for N(0,1) is 0.03454
+     * (Max 1960, ALGORITHMS.md), 15 % above "0.03": no 3-bit scalar code reaches 0.030,
+     * so b = 3 is held to 10 % of the optimum (and 15 % of the paper's rounding). */
+    static const double expect[] = {0.36, 0.117, 0.03454, 0.009};
     enum { N = 2000, D = 128 };
     static float x[N * D], y[N * D];
     static uint8_t codes[N * 66];
@@ -457,8 +460,64 @@ TEST(quant_mse_unit_vector_distortion) {
         double mse = 0;
         for (int i = 0; i < N * D; i++) mse += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
         mse /= N;
-        CHECKF(fabs(mse - expect[b - 1]) <= 0.10 * expect[b - 1], "b=%u: unit-vector MSE %.5f, paper %.3f",
+        CHECKF(fabs(mse - expect[b - 1]) <= 0.10 * expect[b - 1], "b=%u: unit-vector MSE %.5f, want %.4f",
                b, mse, expect[b - 1]);
+        if (b == 3) CHECKF(fabs(mse - 0.030) <= 0.15 * 0.030, "b=3: MSE %.5f vs paper 0.030", mse);
+        printf("    turboquant_mse b=%u d=%d: unit-vector MSE %.5f\n", b, D, mse);
+        fflush(stdout);
         kvq_quantizer_free(q);
     }
+}
+
+/* ------------------------------------------------------------- RaBitQ IVF */
+
+TEST(quant_rabitq_ivf_fit_encode_save) {
+    enum { N = 2000, D = 64, NL = 8 };
+    static float x[N * D], cen[NL * D], y[N * D], y2[N * D], qv[D], s1[N], s2[N];
+    static uint8_t codes[N * 64], codes2[N * 64];
+    /* clustered data: 8 far-apart centres plus unit noise */
+    gaussian(cen, NL * D, 11);
+    gaussian(x, N * D, 12);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < D; j++) x[i * D + j] += 4.0f * cen[(i % NL) * D + j];
+    gaussian(qv, D, 13);
+    kvq_quantizer *flat, *ivf, *loaded;
+    REQUIRE_OK(make("rabitq", D, KVQ_ISA_AUTO, &flat));
+    REQUIRE_OK(make("rabitq:nlist=8", D, KVQ_ISA_AUTO, &ivf));
+    CHECK(kvq_code_size(ivf) == kvq_code_size(flat) + 2); /* + u16 cluster id */
+    CHECK(kvq_shared_size(ivf) >= kvq_shared_size(flat) + NL * D * sizeof(float));
+    CHECK_STATUS(kvq_encode(ivf, x, N, codes), KVQ_ERR_STATE);
+    CHECK_STATUS(kvq_quantizer_fit(ivf, x, NL - 1), KVQ_ERR_INVALID_ARG);
+    REQUIRE_OK(kvq_quantizer_fit(ivf, x, N));
+    REQUIRE_OK(kvq_encode(ivf, x, N, codes));
+    REQUIRE_OK(kvq_encode(flat, x, N, codes2));
+    REQUIRE_OK(kvq_score(ivf, qv, codes, N, s1));
+    REQUIRE_OK(kvq_score(flat, qv, codes2, N, s2));
+    double e_ivf = 0, e_flat = 0;
+    for (int i = 0; i < N; i++) {
+        double t = dotd(qv, x + i * D, D);
+        e_ivf += (s1[i] - t) * (s1[i] - t);
+        e_flat += (s2[i] - t) * (s2[i] - t);
+    }
+    /* the residual to the centroid is ~ 1/4 of x here: IVF errors are far smaller */
+    CHECKF(e_ivf < 0.25 * e_flat, "IVF squared error %.3g not below flat %.3g / 4", e_ivf, e_flat);
+    char path[512];
+    snprintf(path, sizeof path, "%s/ivf.safetensors", kvqt_tmpdir(kvqt_));
+    REQUIRE_OK(kvq_quantizer_save(ivf, path));
+    REQUIRE_OK(kvq_quantizer_load(path, &loaded));
+    REQUIRE_OK(kvq_decode(ivf, codes, N, y));
+    REQUIRE_OK(kvq_decode(loaded, codes, N, y2));
+    CHECK(memcmp(y, y2, sizeof y) == 0);
+    REQUIRE_OK(kvq_encode(loaded, x, N, codes2));
+    CHECK(memcmp(codes, codes2, N * kvq_code_size(ivf)) == 0);
+    /* a code naming a cluster that does not exist is refused */
+    size_t cs = kvq_code_size(ivf);
+    codes[4] = 0xFF;
+    codes[5] = 0xFF;
+    CHECK_STATUS(kvq_decode(ivf, codes, 1, y), KVQ_ERR_FORMAT);
+    CHECK_STATUS(kvq_score(ivf, qv, codes, 1, s1), KVQ_ERR_FORMAT);
+    (void)cs;
+    kvq_quantizer_free(loaded);
+    kvq_quantizer_free(ivf);
+    kvq_quantizer_free(flat);
 }

@@ -6,6 +6,14 @@
 
 #include "core/core.h"
 
+/* results must not depend on the compiler fusing a*b+c into one rounding (clang does by
+ * default, GCC does outside ISO C mode, e.g. with -std=gnu11 -march=native) */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 static float dist2(const float *a, const float *b, uint32_t d) {
     float s = 0.0f;
     for (uint32_t i = 0; i < d; i++) {

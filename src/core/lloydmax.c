@@ -22,24 +22,35 @@ typedef struct density {
     double beta_alpha;               /* (d-1)/2: (1+x)/2 ~ Beta(alpha, alpha) */
     double beta_pow;                 /* (d-3)/2: f ~ (1-x^2)^pow */
     double beta_log_c;               /* log normalizer of f */
-    double beta_lbeta, beta_lbeta2;  /* log B(alpha, alpha), log B(alpha+1, alpha+1) */
+    double beta_front;               /* log front factor of the incomplete beta */
     double support;                  /* upper end of the support (inf or 1) */
     double sd;
 } density;
 
 /* log Gamma for x > 0: recurrence up to x >= 10, then Stirling's series to x^-13
  * (error < 1e-16). Written here because lgamma() writes the global signgam. */
+static double stirling_tail(double z);
 static double lgamma_pos(double x) {
     double acc = 0.0;
     while (x < 10.0) {
         acc -= log(x);
         x += 1.0;
     }
-    const double r = 1.0 / x, r2 = r * r;
-    const double series =
-        r * (1.0 / 12 + r2 * (-1.0 / 360 + r2 * (1.0 / 1260 + r2 * (-1.0 / 1680 +
-             r2 * (1.0 / 1188 + r2 * (-691.0 / 360360 + r2 * (1.0 / 156)))))));
-    return acc + (x - 0.5) * log(x) - x + 0.91893853320467274178 + series;
+    return acc + (x - 0.5) * log(x) - x + 0.91893853320467274178 + stirling_tail(x);
+}
+
+/* Stirling's correction lgamma(z) - [(z-1/2)log z - z + log sqrt(2 pi)] for z >= 10 */
+static double stirling_tail(double z) {
+    const double r = 1.0 / z, r2 = r * r;
+    return r * (1.0 / 12 + r2 * (-1.0 / 360 + r2 * (1.0 / 1260 + r2 * (-1.0 / 1680 +
+                r2 * (1.0 / 1188 + r2 * (-691.0 / 360360 + r2 * (1.0 / 156)))))));
+}
+
+/* log(Gamma(a + 1/2) / Gamma(a)) without the cancellation of two huge lgammas: the
+ * normalizers of the Beta density at large d are ratios like this. */
+static double log_gamma_ratio_half(double a) {
+    if (a < 10.0) return lgamma_pos(a + 0.5) - lgamma_pos(a);
+    return a * log1p(0.5 / a) + 0.5 * log(a) - 0.5 + (stirling_tail(a + 0.5) - stirling_tail(a));
 }
 
 /* Continued fraction of the incomplete beta function (modified Lentz). */
@@ -72,45 +83,41 @@ static double beta_cf(double a, double b, double x) {
     return h;
 }
 
-/* I_x(a, a) for 0 <= x <= 1/2, where the continued fraction converges. */
-static double beta_sym_lower(double a, double lbeta, double x) {
-    if (x <= 0.0) return 0.0;
-    const double front = exp(a * log(x) + a * log1p(-x) - lbeta);
-    return front * beta_cf(a, a, x) / a;
+/* P(X > x) for x in [0, 1) when (1+X)/2 ~ Beta(a, a): I_u(a, a) with u = (1-x)/2 <= 1/2,
+ * where the continued fraction converges. The front factor u^a (1-u)^a / B(a, a) is
+ * exp(a log1p(-x^2) + front) with front = log(Gamma(a+1/2)/Gamma(a)) - log 2 - log sqrt(pi)
+ * (Legendre's duplication formula): the 2a log 2 terms cancel exactly, so it stays
+ * accurate at d in the millions. */
+static double beta_upper_tail(double a, double front, double x) {
+    if (x >= 1.0) return 0.0;
+    const double u = 0.5 * (1.0 - x);
+    return exp(a * log1p(-x * x) + front) * beta_cf(a, a, u) / a;
 }
 
-/* Tails for x >= 0: t0 = P(X > x), t1 = int_x^inf t f(t) dt, t2 = int_x^inf t^2 f(t) dt. */
-static void tails(const density *D, double x, double *t0, double *t1, double *t2) {
+/* Tails for x >= 0: t0 = P(X > x), t1 = int_x^inf t f(t) dt. */
+static void tails(const density *D, double x, double *t0, double *t1) {
     switch (D->dist) {
     case KVQI_DIST_GAUSSIAN: {
         const double phi = 0.39894228040143267794 * exp(-0.5 * x * x);
         *t0 = 0.5 * erfc(x * 0.70710678118654752440);
         *t1 = phi;
-        if (t2) *t2 = x * phi + *t0;
         break;
     }
     case KVQI_DIST_LAPLACE: {
         const double b = D->laplace_b, e = exp(-x / b);
         *t0 = 0.5 * e;
         *t1 = 0.5 * (x + b) * e;
-        if (t2) *t2 = 0.5 * (x * x + 2.0 * b * x + 2.0 * b * b) * e;
         break;
     }
     case KVQI_DIST_BETA:
     default: {
         if (x >= 1.0) {
             *t0 = *t1 = 0.0;
-            if (t2) *t2 = 0.0;
             break;
         }
-        const double u = 0.5 * (1.0 - x), one_m_x2 = (1.0 - x) * (1.0 + x);
-        *t0 = beta_sym_lower(D->beta_alpha, D->beta_lbeta, u);
+        *t0 = beta_upper_tail(D->beta_alpha, D->beta_front, x);
         /* int_x^1 t (1-t^2)^p dt = (1-x^2)^(p+1) / (2(p+1)), p + 1 = alpha */
-        *t1 = exp(D->beta_log_c + D->beta_alpha * log(one_m_x2)) / (2.0 * D->beta_alpha);
-        /* t^2 (1-t^2)^p = (1-t^2)^p - (1-t^2)^(p+1); normalizers differ by (d-1)/d */
-        if (t2)
-            *t2 = *t0 - (D->beta_d - 1.0) / D->beta_d *
-                            beta_sym_lower(D->beta_alpha + 1.0, D->beta_lbeta2, u);
+        *t1 = exp(D->beta_log_c + D->beta_alpha * log1p(-x * x)) / (2.0 * D->beta_alpha);
         break;
     }
     }
@@ -123,7 +130,7 @@ static double pdf(const density *D, double x) {
     case KVQI_DIST_BETA:
     default:
         if (x >= 1.0) return 0.0;
-        return exp(D->beta_log_c + D->beta_pow * log((1.0 - x) * (1.0 + x)));
+        return exp(D->beta_log_c + D->beta_pow * log1p(-x * x));
     }
 }
 
@@ -164,13 +171,13 @@ static void initial_centroids(const density *D, unsigned half, double *c) {
 static double lloyd_map(const density *D, unsigned half, const double *c, double *m, double *jl,
                         double *jd, double *ju) {
     double lo_t0, lo_t1, lo_f = 0.0, lo = 0.0;
-    tails(D, 0.0, &lo_t0, &lo_t1, NULL);
+    tails(D, 0.0, &lo_t0, &lo_t1);
     double resid = 0.0;
     for (unsigned j = 0; j < half; j++) {
         double hi_t0 = 0.0, hi_t1 = 0.0, hi_f = 0.0, hi = D->support;
         if (j + 1 < half) {
             hi = 0.5 * (c[j] + c[j + 1]);
-            tails(D, hi, &hi_t0, &hi_t1, NULL);
+            tails(D, hi, &hi_t0, &hi_t1);
             hi_f = pdf(D, hi);
         }
         const double mass = lo_t0 - hi_t0;
@@ -234,10 +241,9 @@ kvq_status kvqi_lloyd_max(kvqi_dist dist, double param, unsigned bits, float *ce
         D.beta_d = param;
         D.beta_alpha = 0.5 * (param - 1.0);
         D.beta_pow = 0.5 * (param - 3.0);
-        D.beta_log_c = lgamma_pos(0.5 * param) - 0.57236494292470008707 /* log sqrt(pi) */ -
-                       lgamma_pos(D.beta_alpha);
-        D.beta_lbeta = 2.0 * lgamma_pos(D.beta_alpha) - lgamma_pos(2.0 * D.beta_alpha);
-        D.beta_lbeta2 = 2.0 * lgamma_pos(D.beta_alpha + 1.0) - lgamma_pos(2.0 * D.beta_alpha + 2.0);
+        /* C_d = Gamma(d/2) / (sqrt(pi) Gamma((d-1)/2)), d/2 = alpha + 1/2 */
+        D.beta_log_c = log_gamma_ratio_half(D.beta_alpha) - 0.57236494292470008707;
+        D.beta_front = D.beta_log_c - 0.69314718055994530942;
         D.support = 1.0;
         D.sd = 1.0 / sqrt(param);
         break;
@@ -249,7 +255,11 @@ kvq_status kvqi_lloyd_max(kvqi_dist dist, double param, unsigned bits, float *ce
     double jln[KVQI_LM_MAX_HALF], jdn[KVQI_LM_MAX_HALF], jun[KVQI_LM_MAX_HALF];
     initial_centroids(&D, half, c);
     double resid = lloyd_map(&D, half, c, m, jl, jd, ju);
-    for (int it = 0; it < KVQI_LM_MAX_ITERS && resid > 1e-13; it++) {
+    /* Newton converges quadratically to the rounding floor of the cell moments (about
+     * 1e-13 for Gaussian, 1e-11 for Beta at large d): stop below 1e-9, or once a step
+     * gains less than half near the floor. Floats keep 6e-8 anyway. */
+    for (int it = 0; it < KVQI_LM_MAX_ITERS && resid > 1e-9; it++) {
+        const double before = resid;
         if (newton_step(half, c, m, jl, jd, ju, cn, D.support)) {
             const double rn = lloyd_map(&D, half, cn, mn, jln, jdn, jun);
             if (rn < resid) {
@@ -261,26 +271,32 @@ kvq_status kvqi_lloyd_max(kvqi_dist dist, double param, unsigned bits, float *ce
                     ju[j] = jun[j];
                 }
                 resid = rn;
+                if (resid < 1e-6 && resid > 0.5 * before) break;
                 continue;
             }
         }
         for (unsigned j = 0; j < half; j++) c[j] = m[j]; /* Lloyd step */
         resid = lloyd_map(&D, half, c, m, jl, jd, ju);
+        if (resid < 1e-6 && resid >= before) break;
     }
     /* one last Lloyd step: the centroids are then exactly the cell means */
-    for (unsigned j = 0; j < half; j++) c[j] = m[j];
-
-    double err = 0.0, lo_t0, lo_t1, lo_t2;
-    tails(&D, 0.0, &lo_t0, &lo_t1, &lo_t2);
+    double cprev[KVQI_LM_MAX_HALF];
     for (unsigned j = 0; j < half; j++) {
-        double hi_t0 = 0.0, hi_t1 = 0.0, hi_t2 = 0.0;
-        if (j + 1 < half) tails(&D, 0.5 * (c[j] + c[j + 1]), &hi_t0, &hi_t1, &hi_t2);
-        err += (lo_t2 - hi_t2) - 2.0 * c[j] * (lo_t1 - hi_t1) + c[j] * c[j] * (lo_t0 - hi_t0);
-        lo_t0 = hi_t0;
-        lo_t1 = hi_t1;
-        lo_t2 = hi_t2;
+        cprev[j] = c[j];
+        c[j] = m[j];
     }
-    const unsigned k = 2 * half;
+
+    /* c are now the conditional means of their cells, so the error is
+     * E[X^2] - sum_j P_j c_j^2: no second moments, which cancel badly at large d */
+    double second = 0.0, lo_t0, unused_t1;
+    tails(&D, 0.0, &lo_t0, &unused_t1);
+    for (unsigned j = 0; j < half; j++) {
+        double hi_t0 = 0.0;
+        if (j + 1 < half) tails(&D, 0.5 * (cprev[j] + cprev[j + 1]), &hi_t0, &unused_t1);
+        second += (lo_t0 - hi_t0) * c[j] * c[j];
+        lo_t0 = hi_t0;
+    }
+    const double err = 0.5 * D.sd * D.sd - second;
     for (unsigned j = 0; j < half; j++) {
         centroids[half + j] = (float)c[j];
         centroids[half - 1 - j] = (float)-c[j];
@@ -293,7 +309,6 @@ kvq_status kvqi_lloyd_max(kvqi_dist dist, double param, unsigned bits, float *ce
             thresholds[half - 2 - j] = -t;
         }
     }
-    KVQI_UNUSED(k);
     if (mse) *mse = 2.0 * err;
     return KVQ_OK;
 }

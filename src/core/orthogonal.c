@@ -8,6 +8,14 @@
 #include "core/core.h"
 #include "cpu/cpu.h"
 
+/* results must not depend on the compiler fusing a*b+c into one rounding (clang does by
+ * default, GCC does outside ISO C mode, e.g. with -std=gnu11 -march=native) */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 kvq_status kvqi_random_orthogonal(uint32_t d, uint64_t seed, float *q_out) {
     if (d == 0 || !q_out) return KVQ_ERR_INVALID_ARG;
     const size_t n = d;

@@ -7,6 +7,14 @@
 
 #include "core/core.h"
 
+/* results must not depend on the compiler fusing a*b+c into one rounding (clang does by
+ * default, GCC does outside ISO C mode, e.g. with -std=gnu11 -march=native) */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 static uint64_t splitmix64_next(uint64_t *state) {
     uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;

@@ -249,8 +249,8 @@ static size_t polar_save(const kvq_quantizer *q, kvqi_st_tensor *t, size_t cap) 
     return n;
 }
 
-/* Angle codebooks come from libm (sin, pow): take the saved ones, after checking them,
- * so a file decodes the same on a machine whose libm rounds differently. */
+/* Angle codebooks come from libm (sin, pow): take the saved ones once they agree with
+ * ours to 1e-5, so a file decodes the same on a machine whose libm rounds differently. */
 static kvq_status polar_load(kvq_quantizer *q, const kvqi_st_file *f) {
     polar_state *s = q->state;
     for (unsigned l = 1; l <= s->levels; l++) {
@@ -263,8 +263,11 @@ static kvq_status polar_load(kvq_quantizer *q, const kvqi_st_file *f) {
         float c[256];
         memcpy(c, t->data, K * 4u);
         double hi = l == 1 ? 6.2831854 : 1.5707964;
+        /* within libm rounding of the codebook this build derives */
         for (unsigned j = 0; j < K; j++)
-            if (!(c[j] >= 0.0f && c[j] <= hi) || (j && !(c[j] > c[j - 1]))) return KVQ_ERR_FORMAT;
+            if (!(c[j] >= 0.0f && c[j] <= hi) || (j && !(c[j] > c[j - 1])) ||
+                !(fabsf(c[j] - s->centroids[l][j]) <= 1e-5f))
+                return KVQ_ERR_FORMAT;
         memcpy(s->centroids[l], c, K * 4u);
         for (unsigned j = 0; j + 1 < K; j++)
             s->thresholds[l][j] = l == 1 ? s->thresholds[l][j] : (float)(0.5 * ((double)c[j] + c[j + 1]));

@@ -34,8 +34,6 @@ int kvqi_tensor_equals_f32(const kvqi_st_file *f, const char *name, const float 
     return t->nbytes == bytes && t->data && memcmp(t->data, data, bytes) == 0;
 }
 
-static int needs_rotation(const kvq_config *c) { return c->rotate != KVQI_ROT_NONE; }
-
 KVQ_API kvq_status kvq_quantizer_create(const kvq_config *cfg, kvq_quantizer **out) {
     if (!cfg || !out) return KVQ_ERR_INVALID_ARG;
     *out = NULL;
@@ -53,12 +51,10 @@ KVQ_API kvq_status kvq_quantizer_create(const kvq_config *cfg, kvq_quantizer **o
     q->isa = isa;
     q->k = kvqi_quant_kernels_for(isa);
     q->base = kvqi_base_kernels_for(isa);
-    if (needs_rotation(&c)) {
-        st = kvqi_rotation_init(&q->rot, c.rotate, c.dim, c.seed);
-        if (st != KVQ_OK) {
-            free(q);
-            return st;
-        }
+    st = kvqi_rotation_init(&q->rot, c.rotate, c.dim, c.seed);
+    if (st != KVQ_OK) {
+        free(q);
+        return st;
     }
     st = q->m->init(q);
     if (st != KVQ_OK) {

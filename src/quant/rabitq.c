@@ -5,8 +5,9 @@
  * maximise cos(x^, o) (b = 1: the sign code, x^/||x^|| = o^ = sign(o)/sqrt(d)).
  * <q, x> = <q, c> + ||x - c|| <Pi q, o> and <Pi q, o> ~ <x^, Pi q> / <x^, o>, unbiased
  * over the rotation, with |error| <= eps0 sqrt((1 - cos^2)/cos^2) ||q|| / sqrt(d - 1)
- * w.h.p. The query may be scalar-quantized to 4 bits with random dithering (unbiased),
- * so a 1-bit score is popcounts over 4 bit-planes. Layouts: docs/METHODS.md.
+ * w.h.p. The query may be scalar-quantized to 4 bits with random dithering (unbiased;
+ * the dither seed is a hash of the query, so scores are reproducible), so a 1-bit score
+ * is popcounts over 4 bit-planes. Layouts: docs/METHODS.md.
  */
 #include <math.h>
 #include <stdio.h>
@@ -28,14 +29,19 @@ typedef struct rabitq_state {
     float cb_low[128];      /* k */
 } rabitq_state;
 
-/* header offsets */
-enum { OFF_NORM = 0, OFF_COS = 2 };
-static size_t off_xnorm(const rabitq_state *s) { return s->split ? 6 : 4; }
+/* Header. 1-bit: [0,2) fp16 ||x-c||, [2,4) fp16 <o^,o>. b >= 2 (fp16 would round
+ * cos ~ 0.9999 to 1 and bias the estimate): [0,4) f32 ||x-c||, [4,8) f32 cos(x^,o),
+ * [8,12) f32 ||x^||, split only: [12,14) fp16 <o^,o> of the sign plane. Then, with
+ * nlist > 0, a u16 cluster id; then the payload. */
 static size_t off_id(const rabitq_state *s) {
-    return s->B == 1 ? 4 : (s->split ? 10 : 8);
+    return s->B == 1 ? 4 : (s->split ? 14 : 12);
 }
-/* split: [2,4) cos of the 1-bit code, [4,6) cos of the full code */
-static size_t off_cos_full(const rabitq_state *s) { return s->split ? 4 : OFF_COS; }
+static float rd_norm(const rabitq_state *s, const uint8_t *c) {
+    return s->B == 1 ? kvqi_rd_half(c) : kvqi_rdf32(c);
+}
+static float rd_cos(const rabitq_state *s, const uint8_t *c) {
+    return s->B == 1 ? kvqi_rd_half(c + 2) : kvqi_rdf32(c + 4);
+}
 
 static int is_pow2(uint32_t v) { return v && !(v & (v - 1)); }
 
@@ -154,18 +160,23 @@ static float abs_sum_canonical(const float *y, uint32_t n) {
 
 /* ------------------------------------------------- extended-code search */
 
-typedef struct ev {
-    double t;
-    uint32_t i;
-} ev;
+/* A step (t, i) as one integer: the bits of a positive float t order like t itself, and
+ * the coordinate breaks ties. */
+typedef uint64_t ev;
 
-static int ev_less(ev a, ev b) { return a.t < b.t || (a.t == b.t && a.i < b.i); }
+static inline ev ev_make(double t, uint32_t i) {
+    float f = (float)t;
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    return ((uint64_t)b << 32) | i;
+}
+static inline uint32_t ev_index(ev e) { return (uint32_t)e; }
 
 static void heap_push(ev *h, uint32_t *n, ev e) {
     uint32_t i = (*n)++;
     while (i > 0) {
         uint32_t p = (i - 1) / 2;
-        if (!ev_less(e, h[p])) break;
+        if (e >= h[p]) break;
         h[i] = h[p];
         i = p;
     }
@@ -174,63 +185,99 @@ static void heap_push(ev *h, uint32_t *n, ev e) {
 
 static ev heap_pop(ev *h, uint32_t *n) {
     ev top = h[0], last = h[--(*n)];
-    uint32_t i = 0;
+    uint32_t i = 0, cnt = *n;
     for (;;) {
-        uint32_t l = 2 * i + 1, r = l + 1, m = i;
-        ev best = last;
-        if (l < *n && ev_less(h[l], best)) {
-            m = l;
-            best = h[l];
-        }
-        if (r < *n && ev_less(h[r], best)) m = r;
-        if (m == i) break;
+        uint32_t l = 2 * i + 1;
+        if (l >= cnt) break;
+        uint32_t m = (l + 1 < cnt && h[l + 1] < h[l]) ? l + 1 : l;
+        if (h[m] >= last) break;
         h[i] = h[m];
         i = m;
     }
-    if (*n) h[i] = last;
+    if (cnt) h[i] = last;
     return top;
 }
 
-/* Walk the critical scalings t (where some k_i = floor(t|o_i|) steps up) in order and
- * keep the codes of best cosine (extended RaBitQ, Sec. 3.2). k[] gets the best codes;
- * returns <x^, |o|> and *sq = ||x^||^2 for them. */
+static unsigned start_code(double t, double a, unsigned K) {
+    double v = floor(t * a);
+    return v >= K - 1 ? K - 1 : (unsigned)v;
+}
+
+/* Codes at t_lo, and the heap of the next steps up to t_hi. */
+static void ext_start(const double *ao, uint32_t d, unsigned K, double t_lo, double t_hi,
+                      unsigned char *k, ev *heap, uint32_t *hn, double *ip, double *sq) {
+    *hn = 0;
+    *ip = 0;
+    *sq = 0;
+    for (uint32_t i = 0; i < d; i++) {
+        k[i] = (unsigned char)start_code(t_lo, ao[i], K);
+        *ip += (k[i] + 0.5) * ao[i];
+        *sq += (k[i] + 0.5) * (k[i] + 0.5);
+        if (k[i] + 1u < K && ao[i] > 0) {
+            double t = (k[i] + 1.0) / ao[i];
+            if (t <= t_hi) heap_push(heap, hn, ev_make(t, i));
+        }
+    }
+}
+
+/* Search window for t in units of K / max|o|: where the optimum fell for Gaussian
+ * data at d = 128 (b=2: 1.20..1.78, b=3: 1.01..1.37, b=4: 0.95..1.18, b>=5: 0.91..1.07),
+ * widened; the walk inside it is exact. */
+static void ext_window(unsigned K, double *lo, double *hi) {
+    switch (K) {
+    case 2: *lo = 0.9, *hi = 2.4; break;
+    case 4: *lo = 0.8, *hi = 1.7; break;
+    case 8: *lo = 0.75, *hi = 1.4; break;
+    default: *lo = 0.75, *hi = 1.25; break;
+    }
+}
+
 static double ext_search(const double *ao, uint32_t d, unsigned K, unsigned char *k, double *sq_out) {
     ev heap[KVQI_QUANT_MAX_DIM];
     uint32_t hn = 0;
-    double ip = 0, sq = 0.25 * d;
-    for (uint32_t i = 0; i < d; i++) {
-        k[i] = 0;
-        ip += 0.5 * ao[i];
-        if (K > 1 && ao[i] > 0) heap_push(heap, &hn, (ev){1.0 / ao[i], i});
+    double amax = 0, ip, sq, t_lo = 0, t_hi = INFINITY;
+    for (uint32_t i = 0; i < d; i++) amax = ao[i] > amax ? ao[i] : amax;
+    if (amax > 0) {
+        double wl, wh;
+        ext_window(K, &wl, &wh);
+        t_lo = wl * K / amax;
+        t_hi = wh * K / amax;
     }
+    ext_start(ao, d, K, t_lo, t_hi, k, heap, &hn, &ip, &sq);
     double best = ip / sqrt(sq), best_ip = ip, best_sq = sq;
-    size_t best_step = 0, step = 0;
+    ev best_ev = 0;
+    int moved = 0;
     while (hn) {
         ev e = heap_pop(heap, &hn);
-        unsigned ki = k[e.i];
-        ip += ao[e.i];
+        uint32_t ei = ev_index(e);
+        unsigned ki = k[ei];
+        ip += ao[ei];
         sq += 2.0 * ki + 2.0;
-        k[e.i] = (unsigned char)(ki + 1);
-        step++;
+        k[ei] = (unsigned char)(ki + 1);
         double c = ip / sqrt(sq);
         if (c > best) {
             best = c;
             best_ip = ip;
             best_sq = sq;
-            best_step = step;
+            best_ev = e;
+            moved = 1;
         }
-        if (ki + 2 < K) heap_push(heap, &hn, (ev){(ki + 2) / ao[e.i], e.i});
+        if (ki + 2 < K) {
+            double t = (ki + 2) / ao[ei];
+            if (t <= t_hi) heap_push(heap, &hn, ev_make(t, ei));
+        }
     }
-    /* replay to the best step */
-    hn = 0;
+    /* the codes after the best step: every step (t, i) ordered before or at it, with t
+     * computed exactly as the walk computed it */
     for (uint32_t i = 0; i < d; i++) {
-        k[i] = 0;
-        if (K > 1 && ao[i] > 0) heap_push(heap, &hn, (ev){1.0 / ao[i], i});
-    }
-    for (step = 0; step < best_step; step++) {
-        ev e = heap_pop(heap, &hn);
-        unsigned ki = k[e.i]++;
-        if (ki + 2 < K) heap_push(heap, &hn, (ev){(ki + 2) / ao[e.i], e.i});
+        unsigned c0 = start_code(t_lo, ao[i], K), ki = c0;
+        if (moved && ao[i] > 0)
+            while (ki + 1 < K) {
+                double t = (ki + 1.0) / ao[i];
+                if (t > t_hi || ev_make(t, i) > best_ev) break;
+                ki++;
+            }
+        k[i] = (unsigned char)ki;
     }
     *sq_out = best_sq;
     return best_ip;
@@ -286,7 +333,9 @@ static void encode_one(const kvq_quantizer *q, const float *x, uint8_t *c) {
         r = diff;
         kvqi_wr16(c + off_id(s), (uint16_t)id);
     }
-    kvqi_wr_half(c + OFF_NORM, kvqi_quant_norm(q, r, d));
+    float rnorm = kvqi_quant_norm(q, r, d);
+    if (s->B == 1) kvqi_wr16(c, kvqi_fp32_to_fp16(rnorm));
+    else kvqi_wrf32(c, rnorm);
     kvqi_rotation_apply(&q->rot, r, y, q->isa);
     float ynorm = kvqi_quant_norm(q, y, d);
     uint8_t *pay = c + s->hdr;
@@ -294,7 +343,7 @@ static void encode_one(const kvq_quantizer *q, const float *x, uint8_t *c) {
     float cos1 = ynorm > 0.0f ? abs_sum_canonical(y, d) / (sqrtf((float)d) * ynorm) : 1.0f;
     if (s->B == 1) {
         q->k->sign_pack(y, d, pay);
-        kvqi_wr_half(c + OFF_COS, cos1);
+        kvqi_wr16(c + 2, kvqi_fp32_to_fp16(cos1));
         return;
     }
     double ao[KVQI_QUANT_MAX_DIM], sq;
@@ -303,10 +352,10 @@ static void encode_one(const kvq_quantizer *q, const float *x, uint8_t *c) {
     for (uint32_t i = 0; i < d; i++) ao[i] = fabs((double)y[i]) * inv;
     double ip = ext_search(ao, d, s->K, k, &sq);
     double cosf_full = ynorm > 0.0f ? ip / sqrt(sq) : 1.0;
-    kvqi_wr_half(c + off_cos_full(s), (float)cosf_full);
-    kvqi_wrf32(c + off_xnorm(s), (float)sqrt(sq));
+    kvqi_wrf32(c + 4, (float)cosf_full);
+    kvqi_wrf32(c + 8, (float)sqrt(sq));
     if (s->split) {
-        kvqi_wr_half(c + OFF_COS, cos1);
+        kvqi_wr16(c + 12, kvqi_fp32_to_fp16(cos1));
         q->k->sign_pack(y, d, pay);
         for (uint32_t i = 0; i < d; i++) {
             unsigned low = y[i] > 0.0f ? k[i] : s->K - 1 - k[i];
@@ -337,8 +386,8 @@ static kvq_status rabitq_encode(const kvq_quantizer *q, const float *x, size_t n
                 uint8_t *c = codes + (i + r) * cs;
                 /* unnormalised H: ||H D x|| = sqrt(d) ||x||, so <o^, o> = sum|y| / (d ||x||) */
                 float cos1 = norms[r] > 0.0f ? abs_sum[r] * inv_d / norms[r] : 1.0f;
-                kvqi_wr16(c + OFF_NORM, kvqi_fp32_to_fp16(norms[r]));
-                kvqi_wr16(c + OFF_COS, kvqi_fp32_to_fp16(cos1));
+                kvqi_wr16(c, kvqi_fp32_to_fp16(norms[r]));
+                kvqi_wr16(c + 2, kvqi_fp32_to_fp16(cos1));
                 memcpy(c + s->hdr, bits + r * stride, stride);
             }
         }
@@ -356,10 +405,10 @@ static kvq_status rabitq_decode(const kvq_quantizer *q, const uint8_t *codes, si
     for (size_t i = 0; i < n; i++) {
         const uint8_t *c = codes + i * q->code_size;
         float *xi = x + i * d;
-        float norm = kvqi_rd_half(c + OFF_NORM);
+        float norm = rd_norm(s, c);
         unpack_u(s, c + s->hdr, d, u);
         /* x^ scaled to the norm of x - c: the cosine-optimal direction */
-        float xn = s->B == 1 ? 0.5f * sqrtf((float)d) : kvqi_rdf32(c + off_xnorm(s));
+        float xn = s->B == 1 ? 0.5f * sqrtf((float)d) : kvqi_rdf32(c + 8);
         const float *cb = s->B == 1 ? (const float[]){-0.5f, 0.5f} : s->cb_centered;
         float scale = xn > 0.0f ? norm / xn : 0.0f;
         for (uint32_t k = 0; k < d; k++) xi[k] = cb[u[k]] * scale;
@@ -443,8 +492,8 @@ static kvq_status rabitq_score(const kvq_quantizer *q, const float *query, const
     for (size_t i = 0; i < n; i++) {
         const uint8_t *c = codes + i * q->code_size;
         const uint8_t *pay = c + s->hdr;
-        float norm = kvqi_rd_half(c + OFF_NORM);
-        float cosv = kvqi_rd_half(c + off_cos_full(s));
+        float norm = rd_norm(s, c);
+        float cosv = rd_cos(s, c);
         float ip; /* <x^, q'> / (||x^|| cos) */
         if (s->B == 1) {
             float sel, tot;
@@ -475,7 +524,7 @@ static kvq_status rabitq_score(const kvq_quantizer *q, const float *query, const
             } else {
                 dotv = q->k->lut_dot(qr, pay, d, s->B, s->cb_centered);
             }
-            ip = dotv / (kvqi_rdf32(c + off_xnorm(s)) * cosv);
+            ip = dotv / (kvqi_rdf32(c + 8) * cosv);
         }
         float base = 0.0f;
         if (s->nlist) {
@@ -489,10 +538,12 @@ static kvq_status rabitq_score(const kvq_quantizer *q, const float *query, const
         }
         scores[i] = base + norm * ip;
         if (err) {
-            double c2 = (double)cosv * cosv;
-            double var = qn2 * (1.0 - c2) / (c2 * (d - 1));
-            if (s->qb == 4) var += 0.25 * (double)Q->delta * Q->delta / c2;
-            err[i] = (float)(norm * q->cfg.eps0 * sqrt(var > 0 ? var : 0));
+            /* rotation: eps0 sd of <x^_perp, q_perp>/cos (RaBitQ Thm 3.2, ||q_perp|| <= ||q||);
+             * 4-bit query: the dither adds at most var delta^2/4, taken at 3 sd */
+            double c2 = (double)cosv * cosv, e0 = q->cfg.eps0;
+            double w2 = e0 * e0 * qn2 * (1.0 - c2) / (d - 1);
+            if (s->qb == 4) w2 += 9.0 * 0.25 * (double)Q->delta * Q->delta;
+            err[i] = (float)(norm * sqrt(w2 > 0 ? w2 / c2 : 0));
         }
     }
     return KVQ_OK;

@@ -1,0 +1,732 @@
+/*
+ * cache.c - the compressed KV cache of one layer: a chunked arena of key and value
+ * codes, an optional exact window of recent tokens, optional fp16 outlier key channels
+ * (the seed's two-stream cache), exact memory accounting, and per-layer cache sets.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache/cache_internal.h"
+#include "cpu/cpu.h"
+
+#define DEFAULT_CHUNK_TOKENS 256u
+#define MAX_CHUNK_TOKENS (1u << 16)
+#define MAX_DIM 4096u
+#define MAX_KV_HEADS 4096u
+
+/* ------------------------------------------------------------------ config */
+
+KVQ_API kvq_status kvq_cache_config_init(kvq_cache_config *cfg, uint32_t n_kv_heads,
+                                         uint32_t head_dim, const char *key_spec,
+                                         const char *value_spec, char *msg, size_t msg_size) {
+    if (!cfg || !key_spec || !value_spec) return KVQ_ERR_INVALID_ARG;
+    if (n_kv_heads == 0 || head_dim == 0) {
+        kvqi_set_msg(msg, msg_size, "n_kv_heads and head_dim must be positive");
+        return KVQ_ERR_INVALID_ARG;
+    }
+    memset(cfg, 0, sizeof *cfg);
+    cfg->n_kv_heads = n_kv_heads;
+    cfg->head_dim = head_dim;
+    cfg->chunk_tokens = DEFAULT_CHUNK_TOKENS;
+    kvq_status st = kvq_config_parse(key_spec, head_dim, &cfg->key, msg, msg_size);
+    if (st != KVQ_OK) return st;
+    return kvq_config_parse(value_spec, head_dim, &cfg->value, msg, msg_size);
+}
+
+/* ------------------------------------------------------- fast-path probing */
+
+/* A few seeded vectors with a wide dynamic range, to check a layout end to end. */
+static void probe_vectors(float *x, uint32_t dim, uint32_t n) {
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 0x6b7671636163ULL);
+    for (size_t i = 0; i < (size_t)n * dim; i++) {
+        float s = (i % 7 == 3) ? 8.0f : 1.0f;
+        x[i] = (float)kvqi_rng_normal(&r) * s;
+    }
+}
+
+static float fp16_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return kvqi_fp16_to_fp32(h);
+}
+
+static uint32_t rot_index_at(const uint8_t *idx, uint32_t bits, uint32_t coord) {
+    size_t bit = (size_t)coord * bits;
+    return (uint32_t)(idx[bit / 8] >> (bit % 8)) & ((1u << bits) - 1u);
+}
+
+static void rot_set_index(uint8_t *idx, uint32_t bits, uint32_t coord, uint32_t v) {
+    size_t bit = (size_t)coord * bits;
+    uint8_t mask = (uint8_t)(((1u << bits) - 1u) << (bit % 8));
+    idx[bit / 8] = (uint8_t)((idx[bit / 8] & ~mask) | ((v << (bit % 8)) & mask));
+}
+
+/* Decodes one code in a known layout (the reference the kernels follow). */
+static void decode_known(kvqi_code_path path, const kvqi_rot_layout *rot, const float *rotation,
+                         uint32_t dim, const uint8_t *code, float *x) {
+    switch (path) {
+    case KVQI_PATH_F16:
+        for (uint32_t j = 0; j < dim; j++) {
+            uint16_t h;
+            memcpy(&h, code + 2 * j, 2);
+            x[j] = kvqi_fp16_to_fp32(h);
+        }
+        break;
+    case KVQI_PATH_Q8_0:
+        for (uint32_t b = 0; b < dim / 32; b++) {
+            const uint8_t *blk = code + 34 * b;
+            uint16_t h;
+            memcpy(&h, blk, 2);
+            float d = kvqi_fp16_to_fp32(h);
+            for (uint32_t j = 0; j < 32; j++) x[32 * b + j] = d * (float)(int8_t)blk[2 + j];
+        }
+        break;
+    case KVQI_PATH_Q4_0:
+        for (uint32_t b = 0; b < dim / 32; b++) {
+            const uint8_t *blk = code + 18 * b;
+            uint16_t h;
+            memcpy(&h, blk, 2);
+            float d = kvqi_fp16_to_fp32(h);
+            for (uint32_t j = 0; j < 16; j++) {
+                x[32 * b + j] = d * (float)((int)(blk[2 + j] & 15) - 8);
+                x[32 * b + j + 16] = d * (float)((int)(blk[2 + j] >> 4) - 8);
+            }
+        }
+        break;
+    case KVQI_PATH_ROT: {
+        float norm = fp16_at(code + rot->norm_offset);
+        for (uint32_t i = 0; i < dim; i++) x[i] = 0.0f;
+        for (uint32_t r = 0; r < dim; r++) {
+            float u = rot->centroids[0][rot_index_at(code + rot->index_offset[0], rot->bits, r)];
+            for (uint32_t p = 1; p < rot->n_pass; p++)
+                u += fp16_at(code + rot->scale_offset[p]) *
+                     rot->centroids[p][rot_index_at(code + rot->index_offset[p], rot->bits, r)];
+            /* x = R^T u: row r of R scaled by u_r */
+            for (uint32_t i = 0; i < dim; i++) x[i] += rotation[(size_t)r * dim + i] * u * norm;
+        }
+        break;
+    }
+    default: break;
+    }
+}
+
+/* The rotated-code layout of turboquant_mse (fp16 norm, one pass of indices into the
+ * Beta(d) Lloyd-Max codebook) and turboquant_rvq (fp16 norm, fp16 spreads of passes
+ * 2..R, R passes: Gaussian then Laplacian codebooks, all scaled by norm / sqrt(d)), as
+ * docs/METHODS.md gives them. The codebooks come from the same core routine the
+ * quantizer uses; the rotation is read back through kvq_decode (below). */
+static int rot_layout_for(const kvq_config *qc, size_t code_size, kvqi_rot_layout *L) {
+    uint32_t d = qc->dim, b = qc->bits;
+    if (!(b == 1 || b == 2 || b == 4 || b == 8) || d % (b == 2 ? 64 : 32)) return 0;
+    memset(L, 0, sizeof *L);
+    L->dim = d;
+    L->bits = b;
+    L->code_size = (uint32_t)code_size;
+    size_t idx_bytes = kvqi_packed_size(d, b);
+    double mse;
+    float thr[255];
+    if (qc->method == KVQ_METHOD_TURBOQUANT_MSE) {
+        if (code_size != 2 + idx_bytes) return 0;
+        if (kvqi_lloyd_max(KVQI_DIST_BETA, (double)d, b, L->centroids[0], thr, &mse) != KVQ_OK)
+            return 0;
+        L->n_pass = 1;
+        L->index_offset[0] = 2;
+        return 1;
+    }
+    if (qc->method == KVQ_METHOD_TURBOQUANT_RVQ) {
+        uint32_t R = qc->residuals;
+        if (b > 4 || R < 1 || R > KVQI_ROT_MAX_PASSES || code_size != 2 * R + R * idx_bytes)
+            return 0;
+        float lap[256];
+        if (kvqi_lloyd_max(KVQI_DIST_GAUSSIAN, 0.0, b, L->centroids[0], thr, &mse) != KVQ_OK ||
+            kvqi_lloyd_max(KVQI_DIST_LAPLACE, 0.0, b, lap, thr, &mse) != KVQ_OK)
+            return 0;
+        float inv_sqrt_d = 1.0f / sqrtf((float)d);
+        L->n_pass = R;
+        for (uint32_t p = 0; p < R; p++) {
+            L->scale_offset[p] = p ? 2 * p : 0;
+            L->index_offset[p] = (uint32_t)(2 * R + p * idx_bytes);
+            for (uint32_t i = 0; i < (1u << b); i++)
+                L->centroids[p][i] = (p ? lap[i] : L->centroids[0][i]) * (p ? inv_sqrt_d : 1.0f);
+        }
+        for (uint32_t i = 0; i < (1u << b); i++) L->centroids[0][i] *= inv_sqrt_d;
+        return 1;
+    }
+    return 0;
+}
+
+/* Reads the rotation R (row r = R^T e_r) back through kvq_decode: with norm 1 and unit
+ * pass scales, moving coordinate r of pass 0 from index lo to hi changes the decoded
+ * vector by (c[hi] - c[lo]) R^T e_r. lo is the centroid nearest zero (a small base
+ * vector) and hi the one farthest from it (a large step), for precision. */
+static uint32_t nearest_zero(const float *c, uint32_t k) {
+    uint32_t best = 0;
+    for (uint32_t i = 1; i < k; i++)
+        if (fabsf(c[i]) < fabsf(c[best])) best = i;
+    return best;
+}
+
+static kvq_status extract_rotation(kvqi_side *s, uint32_t dim) {
+    const kvqi_rot_layout *L = &s->rot;
+    uint32_t k = 1u << L->bits, lo = nearest_zero(L->centroids[0], k), hi = lo;
+    for (uint32_t i = 0; i < k; i++)
+        if (fabsf(L->centroids[0][i] - L->centroids[0][lo]) >
+            fabsf(L->centroids[0][hi] - L->centroids[0][lo]))
+            hi = i;
+    float delta = L->centroids[0][hi] - L->centroids[0][lo];
+    if (!(delta != 0.0f)) return KVQ_ERR_STATE;
+    size_t cs = s->code_size, batch = 32;
+    uint8_t *codes = kvqi_calloc_array(batch + 1, cs);
+    float *dec = kvqi_alloc_array((batch + 1) * dim, sizeof(float));
+    s->rotation = kvqi_alloc_array((size_t)dim * dim, sizeof(float));
+    if (!codes || !dec || !s->rotation) {
+        kvqi_free(codes);
+        kvqi_free(dec);
+        return KVQ_ERR_NOMEM;
+    }
+    uint16_t one = kvqi_fp32_to_fp16(1.0f);
+    uint8_t *base = codes + batch * cs;
+    memcpy(base + L->norm_offset, &one, 2);
+    for (uint32_t p = 0; p < L->n_pass; p++) {
+        if (p) memcpy(base + L->scale_offset[p], &one, 2);
+        uint32_t z = p ? nearest_zero(L->centroids[p], k) : lo;
+        for (uint32_t r = 0; r < dim; r++) rot_set_index(base + L->index_offset[p], L->bits, r, z);
+    }
+    kvq_status st = kvq_decode(s->quant, base, 1, dec + batch * dim);
+    for (uint32_t r0 = 0; r0 < dim && st == KVQ_OK; r0 += (uint32_t)batch) {
+        uint32_t nb = KVQI_MIN((uint32_t)batch, dim - r0);
+        for (uint32_t i = 0; i < nb; i++) {
+            memcpy(codes + i * cs, base, cs);
+            rot_set_index(codes + i * cs + L->index_offset[0], L->bits, r0 + i, hi);
+        }
+        st = kvq_decode(s->quant, codes, nb, dec);
+        for (uint32_t i = 0; i < nb && st == KVQ_OK; i++)
+            for (uint32_t j = 0; j < dim; j++)
+                s->rotation[(size_t)(r0 + i) * dim + j] =
+                    (dec[(size_t)i * dim + j] - dec[batch * dim + j]) / delta;
+    }
+    kvqi_free(codes);
+    kvqi_free(dec);
+    return st;
+}
+
+/* Picks a fused path when the quantizer's codes are in a layout the kernels know, and
+ * proves it: probe vectors encoded by the quantizer must decode the same (to float
+ * rounding) through the layout as through kvq_decode. Anything else stays generic. */
+static kvq_status choose_path(kvqi_side *s, uint32_t dim) {
+    kvq_config qc;
+    kvq_status st = kvq_quantizer_config(s->quant, &qc);
+    if (st != KVQ_OK) return st;
+    s->path = KVQI_PATH_GENERIC;
+    kvqi_code_path want = KVQI_PATH_GENERIC;
+    if (dim % 32 == 0) {
+        if (qc.method == KVQ_METHOD_FP16 && s->code_size == 2 * (size_t)dim) want = KVQI_PATH_F16;
+        if (qc.method == KVQ_METHOD_Q8_0 && s->code_size == 34 * (size_t)(dim / 32))
+            want = KVQI_PATH_Q8_0;
+        if (qc.method == KVQ_METHOD_Q4_0 && s->code_size == 18 * (size_t)(dim / 32))
+            want = KVQI_PATH_Q4_0;
+    }
+    if (want == KVQI_PATH_GENERIC && rot_layout_for(&qc, s->code_size, &s->rot)) {
+        st = extract_rotation(s, dim);
+        if (st == KVQ_ERR_NOMEM) return st;
+        if (st == KVQ_OK) want = KVQI_PATH_ROT;
+    }
+    if (want == KVQI_PATH_GENERIC) {
+        kvqi_free(s->rotation);
+        s->rotation = NULL;
+        return KVQ_OK;
+    }
+    enum { N_PROBE = 4 };
+    float *x = kvqi_alloc_array((size_t)3 * N_PROBE * dim, sizeof(float));
+    uint8_t *codes = kvqi_alloc_array(N_PROBE, s->code_size);
+    if (!x || !codes) {
+        kvqi_free(x);
+        kvqi_free(codes);
+        return KVQ_ERR_NOMEM;
+    }
+    float *ref = x + (size_t)N_PROBE * dim, *mine = ref + (size_t)N_PROBE * dim;
+    probe_vectors(x, dim, N_PROBE);
+    st = kvq_encode(s->quant, x, N_PROBE, codes);
+    if (st == KVQ_OK) st = kvq_decode(s->quant, codes, N_PROBE, ref);
+    if (st == KVQ_OK) {
+        int same = 1;
+        /* a wrong layout is off by the size of the vector; float rounding by 1e-6 of it */
+        for (uint32_t i = 0; i < N_PROBE && same; i++) {
+            decode_known(want, &s->rot, s->rotation, dim, codes + i * s->code_size,
+                         mine + (size_t)i * dim);
+            float amax = 0.0f;
+            for (uint32_t j = 0; j < dim; j++) amax = fmaxf(amax, fabsf(ref[(size_t)i * dim + j]));
+            for (uint32_t j = 0; j < dim; j++) {
+                float a = ref[(size_t)i * dim + j], b = mine[(size_t)i * dim + j];
+                if (!(fabsf(a - b) <= 1e-4f * amax)) {
+                    same = 0;
+                    break;
+                }
+            }
+        }
+        if (same) s->path = want;
+    }
+    if (s->path != KVQI_PATH_ROT) {
+        kvqi_free(s->rotation);
+        s->rotation = NULL;
+    } else {
+        /* rows into the kernels' lane order, and the transpose for rotating queries */
+        float *perm = kvqi_alloc_array((size_t)dim * dim, sizeof(float));
+        s->rotation_t = kvqi_alloc_array((size_t)dim * dim, sizeof(float));
+        if (!perm || !s->rotation_t) {
+            kvqi_free(perm);
+            st = KVQ_ERR_NOMEM;
+        } else {
+            for (uint32_t p = 0; p < dim; p++)
+                memcpy(perm + (size_t)p * dim,
+                       s->rotation + (size_t)kvqi_rot_lane_coordinate(s->rot.bits, p) * dim,
+                       dim * sizeof(float));
+            for (uint32_t p = 0; p < dim; p++)
+                for (uint32_t j = 0; j < dim; j++)
+                    s->rotation_t[(size_t)j * dim + p] = perm[(size_t)p * dim + j];
+            kvqi_free(s->rotation);
+            s->rotation = perm;
+        }
+    }
+    kvqi_free(x);
+    kvqi_free(codes);
+    return st;
+}
+
+/* ---------------------------------------------------------- create / free */
+
+static kvq_status validate_config(const kvq_cache_config *cfg) {
+    if (!cfg) return KVQ_ERR_INVALID_ARG;
+    if (cfg->n_kv_heads == 0 || cfg->head_dim == 0) return KVQ_ERR_INVALID_ARG;
+    if (cfg->n_kv_heads > MAX_KV_HEADS || cfg->head_dim > MAX_DIM) return KVQ_ERR_UNSUPPORTED;
+    if (cfg->key.dim != 0 && cfg->key.dim != cfg->head_dim) return KVQ_ERR_MISMATCH;
+    if (cfg->value.dim != 0 && cfg->value.dim != cfg->head_dim) return KVQ_ERR_MISMATCH;
+    if (cfg->n_outliers >= cfg->head_dim) return KVQ_ERR_INVALID_ARG;
+    if (cfg->chunk_tokens > MAX_CHUNK_TOKENS) return KVQ_ERR_UNSUPPORTED;
+    return KVQ_OK;
+}
+
+static kvq_status side_create(kvqi_side *s, const kvq_config *qc, uint32_t dim) {
+    kvq_config c = *qc;
+    c.dim = dim;
+    kvq_status st = kvq_quantizer_create(&c, &s->quant);
+    if (st != KVQ_OK) return st;
+    s->code_size = kvq_code_size(s->quant);
+    if (s->code_size == 0) return KVQ_ERR_STATE;
+    return choose_path(s, dim);
+}
+
+static void side_free(kvqi_side *s) {
+    kvq_quantizer_free(s->quant);
+    kvqi_free(s->rotation);
+    kvqi_free(s->rotation_t);
+    memset(s, 0, sizeof *s);
+}
+
+static void free_chunks(kvq_cache *c) {
+    for (size_t i = 0; i < c->n_chunks; i++) kvqi_free(c->chunks[i]);
+    c->n_chunks = 0;
+}
+
+static void free_scratch(kvq_cache *c) {
+    if (c->scratch) {
+        for (unsigned i = 0; i < c->n_scratch; i++) kvqi_free(c->scratch[i].q);
+        kvqi_free(c->scratch);
+    }
+    c->scratch = NULL;
+    c->n_scratch = 0;
+}
+
+KVQ_API void kvq_cache_free(kvq_cache *c) {
+    if (!c) return;
+    free_chunks(c);
+    kvqi_free(c->chunks);
+    side_free(&c->key);
+    side_free(&c->value);
+    kvqi_free(c->win_k);
+    kvqi_free(c->win_v);
+    kvqi_free(c->outlier_idx);
+    kvqi_free(c->outlier_mask);
+    kvqi_free(c->stage_k);
+    kvqi_free(c->stage_v);
+    kvqi_free(c->enc_buf);
+    kvqi_free(c->out_buf);
+    free_scratch(c);
+    kvqi_free(c);
+}
+
+KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out) {
+    if (!out) return KVQ_ERR_INVALID_ARG;
+    *out = NULL;
+    kvq_status st = validate_config(cfg);
+    if (st != KVQ_OK) return st;
+    kvq_cache *c = kvqi_calloc_array(1, sizeof *c);
+    if (!c) return KVQ_ERR_NOMEM;
+    c->cfg = *cfg;
+    if (c->cfg.chunk_tokens == 0) c->cfg.chunk_tokens = DEFAULT_CHUNK_TOKENS;
+    c->cfg.key.dim = c->cfg.value.dim = cfg->head_dim;
+    c->n_kv = cfg->n_kv_heads;
+    c->dim = cfg->head_dim;
+    c->n_out = cfg->n_outliers;
+    c->coded = c->n_out == 0;
+
+    kvq_isa isa;
+    st = kvqi_isa_resolve(KVQ_ISA_AUTO, &isa);
+    if (st != KVQ_OK) goto fail;
+    c->kern = kvqi_cache_kernels_for(isa);
+
+    st = side_create(&c->key, &c->cfg.key, c->dim);
+    if (st != KVQ_OK) goto fail;
+    st = side_create(&c->value, &c->cfg.value, c->dim);
+    if (st != KVQ_OK) goto fail;
+
+    /* every size below is checked once here; later products are bounded by them */
+    size_t C = c->cfg.chunk_tokens, row, per_token, chunk_bytes;
+    st = kvqi_mul_size(c->n_kv, c->dim, &row);
+    if (st != KVQ_OK) goto fail;
+    size_t per_head = c->key.code_size;
+    if ((st = kvqi_add_size(per_head, c->value.code_size, &per_head)) != KVQ_OK) goto fail;
+    if ((st = kvqi_add_size(per_head, (size_t)2 * c->n_out, &per_head)) != KVQ_OK) goto fail;
+    if ((st = kvqi_mul_size(per_head, c->n_kv, &per_token)) != KVQ_OK) goto fail;
+    if ((st = kvqi_mul_size(per_token, C, &chunk_bytes)) != KVQ_OK) goto fail;
+    c->chunk_bytes = chunk_bytes;
+    c->off_value = C * c->n_kv * c->key.code_size;
+    c->off_outliers = c->off_value + C * c->n_kv * c->value.code_size;
+
+    if (c->cfg.window > 0) {
+        size_t w;
+        if ((st = kvqi_mul_size(row, c->cfg.window, &w)) != KVQ_OK) goto fail;
+        c->win_k = kvqi_calloc_array(w, sizeof(float));
+        c->win_v = kvqi_calloc_array(w, sizeof(float));
+        if (!c->win_k || !c->win_v) {
+            st = KVQ_ERR_NOMEM;
+            goto fail;
+        }
+    }
+    if (c->n_out > 0) {
+        c->outlier_idx = kvqi_calloc_array((size_t)c->n_kv * c->n_out, sizeof(uint16_t));
+        c->outlier_mask = kvqi_calloc_array(row, 1);
+        c->stage_k = kvqi_alloc_array(row * KVQI_OUTLIER_PROBE_TOKENS, sizeof(float));
+        c->stage_v = kvqi_alloc_array(row * KVQI_OUTLIER_PROBE_TOKENS, sizeof(float));
+        c->out_buf = kvqi_alloc_array(C * c->n_out, sizeof(uint16_t));
+        if (!c->outlier_idx || !c->outlier_mask || !c->stage_k || !c->stage_v || !c->out_buf) {
+            st = KVQ_ERR_NOMEM;
+            goto fail;
+        }
+    }
+    c->enc_buf = kvqi_alloc_array(C * c->dim, sizeof(float));
+    if (!c->enc_buf) {
+        st = KVQ_ERR_NOMEM;
+        goto fail;
+    }
+    *out = c;
+    return KVQ_OK;
+fail:
+    kvq_cache_free(c);
+    return st;
+}
+
+KVQ_API kvq_status kvq_cache_reset(kvq_cache *c) {
+    if (!c) return KVQ_ERR_INVALID_ARG;
+    free_chunks(c);
+    c->n_tokens = 0;
+    c->coded = c->n_out == 0;
+    if (c->outlier_mask) memset(c->outlier_mask, 0, (size_t)c->n_kv * c->dim);
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_cache_length(const kvq_cache *c, size_t *n_tokens) {
+    if (!c || !n_tokens) return KVQ_ERR_INVALID_ARG;
+    *n_tokens = c->n_tokens;
+    return KVQ_OK;
+}
+
+/* ------------------------------------------------------------------ append */
+
+static kvq_status ensure_chunks(kvq_cache *c, size_t n_tokens) {
+    size_t C = c->cfg.chunk_tokens;
+    size_t need = n_tokens / C + (n_tokens % C != 0);
+    if (need <= c->n_chunks) return KVQ_OK;
+    if (need > c->chunk_table_cap) {
+        size_t cap = c->chunk_table_cap ? c->chunk_table_cap : 8;
+        while (cap < need) {
+            if (cap > SIZE_MAX / 2) return KVQ_ERR_OVERFLOW;
+            cap *= 2;
+        }
+        uint8_t **t = kvqi_calloc_array(cap, sizeof *t);
+        if (!t) return KVQ_ERR_NOMEM;
+        if (c->n_chunks) memcpy(t, c->chunks, c->n_chunks * sizeof *t);
+        kvqi_free(c->chunks);
+        c->chunks = t;
+        c->chunk_table_cap = cap;
+    }
+    while (c->n_chunks < need) {
+        uint8_t *ch = kvqi_alloc_array(c->chunk_bytes, 1);
+        if (!ch) return KVQ_ERR_NOMEM;
+        c->chunks[c->n_chunks++] = ch;
+    }
+    return KVQ_OK;
+}
+
+/* Outlier channels of each head: the n_out largest in RMS over the probe tokens
+ * (ties to the lower channel), kept in ascending order. */
+static void choose_outliers(kvq_cache *c) {
+    uint32_t dim = c->dim;
+    float *energy = c->enc_buf; /* dim floats of scratch */
+    for (uint32_t g = 0; g < c->n_kv; g++) {
+        for (uint32_t j = 0; j < dim; j++) energy[j] = 0.0f;
+        for (uint32_t t = 0; t < KVQI_OUTLIER_PROBE_TOKENS; t++) {
+            const float *k = c->stage_k + ((size_t)t * c->n_kv + g) * dim;
+            for (uint32_t j = 0; j < dim; j++) energy[j] += k[j] * k[j];
+        }
+        uint8_t *mask = c->outlier_mask + (size_t)g * dim;
+        memset(mask, 0, dim);
+        for (uint32_t o = 0; o < c->n_out; o++) {
+            uint32_t best = UINT32_MAX;
+            for (uint32_t j = 0; j < dim; j++)
+                if (!mask[j] && (best == UINT32_MAX || energy[j] > energy[best])) best = j;
+            mask[best] = 1;
+        }
+        uint16_t *idx = c->outlier_idx + (size_t)g * c->n_out;
+        uint32_t o = 0;
+        for (uint32_t j = 0; j < dim; j++)
+            if (mask[j]) idx[o++] = (uint16_t)j;
+    }
+}
+
+/* Encodes n tokens at positions pos.. (rows [n][n_kv][dim]) into the arena. */
+static kvq_status encode_tokens(kvq_cache *c, const float *k, const float *v, size_t pos,
+                                size_t n) {
+    size_t C = c->cfg.chunk_tokens, row = (size_t)c->n_kv * c->dim;
+    size_t ks = c->key.code_size, vs = c->value.code_size;
+    while (n > 0) {
+        size_t in_chunk = pos % C, cnt = KVQI_MIN(n, C - in_chunk);
+        uint8_t *ch = c->chunks[pos / C];
+        for (uint32_t g = 0; g < c->n_kv; g++) {
+            const uint8_t *mask = c->n_out ? c->outlier_mask + (size_t)g * c->dim : NULL;
+            const uint16_t *idx = c->n_out ? c->outlier_idx + (size_t)g * c->n_out : NULL;
+            for (size_t t = 0; t < cnt; t++) {
+                float *dst = c->enc_buf + t * c->dim;
+                memcpy(dst, k + t * row + (size_t)g * c->dim, c->dim * sizeof(float));
+                if (mask) {
+                    for (uint32_t o = 0; o < c->n_out; o++) {
+                        c->out_buf[t * c->n_out + o] = kvqi_fp32_to_fp16(dst[idx[o]]);
+                        dst[idx[o]] = 0.0f;
+                    }
+                }
+            }
+            kvq_status st =
+                kvq_encode(c->key.quant, c->enc_buf, cnt, ch + ((size_t)g * C + in_chunk) * ks);
+            if (st != KVQ_OK) return st;
+            if (c->n_out)
+                memcpy(ch + c->off_outliers + ((size_t)g * C + in_chunk) * c->n_out * 2,
+                       c->out_buf, cnt * c->n_out * 2);
+            for (size_t t = 0; t < cnt; t++)
+                memcpy(c->enc_buf + t * c->dim, v + t * row + (size_t)g * c->dim,
+                       c->dim * sizeof(float));
+            st = kvq_encode(c->value.quant, c->enc_buf, cnt,
+                            ch + c->off_value + ((size_t)g * C + in_chunk) * vs);
+            if (st != KVQ_OK) return st;
+        }
+        k += cnt * row;
+        v += cnt * row;
+        pos += cnt;
+        n -= cnt;
+    }
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v,
+                                    size_t n_tokens) {
+    if (!c || !k || !v || n_tokens == 0) return KVQ_ERR_INVALID_ARG;
+    size_t end;
+    if (kvqi_add_size(c->n_tokens, n_tokens, &end) != KVQ_OK) return KVQ_ERR_OVERFLOW;
+    if (c->cfg.max_tokens && end > c->cfg.max_tokens) return KVQ_ERR_CAPACITY;
+    size_t row = (size_t)c->n_kv * c->dim, bytes;
+    if (kvqi_mul_size(row * sizeof(float), n_tokens, &bytes) != KVQ_OK) return KVQ_ERR_OVERFLOW;
+    kvq_status st = ensure_chunks(c, end);
+    if (st != KVQ_OK) return st;
+
+    size_t done = 0;
+    if (!c->coded) {
+        /* stage until the probe is full, then fix the channels and encode the staged rows */
+        size_t take = KVQI_MIN(n_tokens, KVQI_OUTLIER_PROBE_TOKENS - c->n_tokens);
+        memcpy(c->stage_k + c->n_tokens * row, k, take * row * sizeof(float));
+        memcpy(c->stage_v + c->n_tokens * row, v, take * row * sizeof(float));
+        done = take;
+        if (c->n_tokens + take == KVQI_OUTLIER_PROBE_TOKENS) {
+            choose_outliers(c);
+            st = encode_tokens(c, c->stage_k, c->stage_v, 0, KVQI_OUTLIER_PROBE_TOKENS);
+            if (st != KVQ_OK) return st;
+            c->coded = 1;
+        }
+    }
+    if (done < n_tokens) {
+        st = encode_tokens(c, k + done * row, v + done * row, c->n_tokens + done,
+                           n_tokens - done);
+        if (st != KVQ_OK) return st;
+    }
+    if (c->cfg.window > 0) {
+        size_t W = c->cfg.window, first = n_tokens > W ? n_tokens - W : 0;
+        for (size_t t = first; t < n_tokens; t++) {
+            size_t slot = (c->n_tokens + t) % W;
+            memcpy(c->win_k + slot * row, k + t * row, row * sizeof(float));
+            memcpy(c->win_v + slot * row, v + t * row, row * sizeof(float));
+        }
+    }
+    c->n_tokens = end;
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_cache_attend(kvq_cache *c, const float *q, uint32_t n_q_heads,
+                                    size_t n_queries, float scale, kvq_threadpool *pool,
+                                    float *out) {
+    if (!c || !q || !out || n_q_heads == 0 || n_queries == 0) return KVQ_ERR_INVALID_ARG;
+    if (n_q_heads % c->n_kv != 0) return KVQ_ERR_MISMATCH;
+    if (n_queries > c->n_tokens) return KVQ_ERR_INVALID_ARG;
+    if (!(scale > 0.0f) || !isfinite(scale)) return KVQ_ERR_INVALID_ARG;
+    return kvqi_cache_attend_impl(c, q, n_q_heads, n_queries, scale, pool, out);
+}
+
+/* ------------------------------------------------------------------ memory */
+
+static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
+    size_t row = (size_t)c->n_kv * c->dim;
+    m->window = (uint64_t)2 * c->cfg.window * row * sizeof(float);
+    m->outliers = 0;
+    if (c->n_out) {
+        m->outliers += (uint64_t)c->n_kv * c->n_out * sizeof(uint16_t); /* channel lists */
+        m->outliers += row;                                              /* channel masks */
+        m->outliers += (uint64_t)2 * KVQI_OUTLIER_PROBE_TOKENS * row * sizeof(float);
+        m->outliers += (uint64_t)c->cfg.chunk_tokens * c->n_out * sizeof(uint16_t);
+    }
+    m->shared = kvq_shared_size(c->key.quant) + kvq_shared_size(c->value.quant);
+    /* the rotations read back for the fused path, and their transposes */
+    if (c->key.rotation) m->shared += (uint64_t)2 * c->dim * c->dim * sizeof(float);
+    if (c->value.rotation) m->shared += (uint64_t)2 * c->dim * c->dim * sizeof(float);
+    m->overhead = sizeof *c + (uint64_t)c->chunk_table_cap * sizeof(uint8_t *) +
+                  (uint64_t)c->cfg.chunk_tokens * c->dim * sizeof(float) +
+                  (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each);
+}
+
+KVQ_API kvq_status kvq_cache_memory(const kvq_cache *c, kvq_cache_memory_info *m) {
+    if (!c || !m) return KVQ_ERR_INVALID_ARG;
+    memset(m, 0, sizeof *m);
+    fixed_parts(c, m);
+    uint64_t coded = c->coded ? c->n_tokens : 0;
+    m->key_codes = coded * c->n_kv * c->key.code_size;
+    m->value_codes = coded * c->n_kv * c->value.code_size;
+    uint64_t outlier_values = coded * c->n_kv * c->n_out * sizeof(uint16_t);
+    m->outliers += outlier_values;
+    /* arena bytes not (yet) holding codes: the tail of the last chunk, staged tokens */
+    uint64_t arena = (uint64_t)c->n_chunks * c->chunk_bytes;
+    m->overhead += arena - (m->key_codes + m->value_codes + outlier_values);
+    m->n_tokens = c->n_tokens;
+    m->total = m->key_codes + m->value_codes + m->window + m->outliers + m->shared + m->overhead;
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_cache_tokens_fit(const kvq_cache_config *cfg, uint32_t n_layers,
+                                        uint64_t budget_bytes, uint64_t *n_tokens) {
+    if (!cfg || !n_tokens || n_layers == 0) return KVQ_ERR_INVALID_ARG;
+    *n_tokens = 0;
+    kvq_cache *c;
+    kvq_status st = kvq_cache_create(cfg, &c);
+    if (st != KVQ_OK) return st;
+    kvq_cache_memory_info m;
+    memset(&m, 0, sizeof m);
+    fixed_parts(c, &m);
+    /* the cache's own state; attend's per-thread scratch (a few tens of KB) is not counted */
+    uint64_t fixed = m.window + m.outliers + m.shared + m.overhead;
+    uint64_t chunk = c->chunk_bytes, C = c->cfg.chunk_tokens;
+    kvq_cache_free(c);
+    uint64_t per_layer = budget_bytes / n_layers;
+    if (per_layer <= fixed) return KVQ_OK;
+    /* whole chunks plus a chunk table that doubles from 8 entries */
+    uint64_t lo = 0, hi = (per_layer - fixed) / chunk + 1;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo + 1) / 2, cap = 8;
+        while (cap < mid) cap *= 2;
+        if (fixed + mid * chunk + cap * sizeof(uint8_t *) <= per_layer) lo = mid;
+        else hi = mid - 1;
+    }
+    uint64_t tokens = lo * C;
+    if (cfg->max_tokens && tokens > cfg->max_tokens) tokens = cfg->max_tokens;
+    *n_tokens = tokens;
+    return KVQ_OK;
+}
+
+/* --------------------------------------------------------------- cache sets */
+
+struct kvq_cache_set {
+    uint32_t n_layers;
+    kvq_cache **layers;
+};
+
+KVQ_API void kvq_cache_set_free(kvq_cache_set *s) {
+    if (!s) return;
+    if (s->layers)
+        for (uint32_t i = 0; i < s->n_layers; i++) kvq_cache_free(s->layers[i]);
+    kvqi_free(s->layers);
+    kvqi_free(s);
+}
+
+KVQ_API kvq_status kvq_cache_set_create(uint32_t n_layers, const kvq_cache_config *per_layer,
+                                        kvq_cache_set **out) {
+    if (!out) return KVQ_ERR_INVALID_ARG;
+    *out = NULL;
+    if (n_layers == 0 || !per_layer) return KVQ_ERR_INVALID_ARG;
+    kvq_cache_set *s = kvqi_calloc_array(1, sizeof *s);
+    if (!s) return KVQ_ERR_NOMEM;
+    s->layers = kvqi_calloc_array(n_layers, sizeof *s->layers);
+    if (!s->layers) {
+        kvqi_free(s);
+        return KVQ_ERR_NOMEM;
+    }
+    s->n_layers = n_layers;
+    for (uint32_t i = 0; i < n_layers; i++) {
+        kvq_status st = kvq_cache_create(&per_layer[i], &s->layers[i]);
+        if (st != KVQ_OK) {
+            kvq_cache_set_free(s);
+            return st;
+        }
+    }
+    *out = s;
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_cache_set_layer(kvq_cache_set *s, uint32_t layer, kvq_cache **out) {
+    if (!s || !out || layer >= s->n_layers) return KVQ_ERR_INVALID_ARG;
+    *out = s->layers[layer];
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_cache_set_reset(kvq_cache_set *s) {
+    if (!s) return KVQ_ERR_INVALID_ARG;
+    for (uint32_t i = 0; i < s->n_layers; i++) {
+        kvq_status st = kvq_cache_reset(s->layers[i]);
+        if (st != KVQ_OK) return st;
+    }
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_cache_set_memory(const kvq_cache_set *s, kvq_cache_memory_info *m) {
+    if (!s || !m) return KVQ_ERR_INVALID_ARG;
+    memset(m, 0, sizeof *m);
+    for (uint32_t i = 0; i < s->n_layers; i++) {
+        kvq_cache_memory_info l;
+        kvq_status st = kvq_cache_memory(s->layers[i], &l);
+        if (st != KVQ_OK) return st;
+        m->key_codes += l.key_codes;
+        m->value_codes += l.value_codes;
+        m->window += l.window;
+        m->outliers += l.outliers;
+        m->shared += l.shared;
+        m->overhead += l.overhead;
+        m->total += l.total;
+        if (l.n_tokens > m->n_tokens) m->n_tokens = l.n_tokens;
+    }
+    return KVQ_OK;
+}

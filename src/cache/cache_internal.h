@@ -1,0 +1,83 @@
+/*
+ * cache_internal.h - the compressed KV cache's handle, shared by cache.c (append,
+ * memory) and attend.c (fused score -> online softmax -> weighted sum of values).
+ */
+#ifndef KVQ_CACHE_INTERNAL_H
+#define KVQ_CACHE_INTERNAL_H
+
+#include "core/core.h"
+#include "cpu/cache_kernels.h"
+
+/* Tokens whose key magnitudes pick the outlier channels. Until that many have arrived
+ * they stay exact in a staging buffer, so the choice does not depend on how the tokens
+ * were split into append calls. */
+#define KVQI_OUTLIER_PROBE_TOKENS 32u
+/* Tokens per softmax block inside a chunk: scores for G heads, one rescale per block. */
+#define KVQI_ATTEND_BLOCK KVQI_MAX_BLOCK_TOKENS
+
+/* How a side of the cache (keys or values) is scored / decoded at attention time. */
+typedef enum kvqi_code_path {
+    KVQI_PATH_GENERIC = 0, /* kvq_score / kvq_decode through the quantizer */
+    KVQI_PATH_F16,
+    KVQI_PATH_Q8_0,
+    KVQI_PATH_Q4_0,
+    KVQI_PATH_ROT /* rotated scalar code: work in the rotated domain */
+} kvqi_code_path;
+
+typedef struct kvqi_side {
+    kvq_quantizer *quant;
+    size_t code_size;
+    kvqi_code_path path;
+    kvqi_rot_layout rot;     /* PATH_ROT */
+    float *rotation;         /* PATH_ROT: dim x dim, row p = output lane p of the rotation
+                                (rows in the kernels' lane order) */
+    float *rotation_t;       /* its transpose */
+} kvqi_side;
+
+/* Per-thread scratch of attend, sized once for the cache's shape. */
+typedef struct kvqi_attend_scratch {
+    float *q;      /* [G][dim] query as the key kernels want it */
+    float *q_raw;  /* [G][dim] query as given (exact tokens) */
+    float *q_out;  /* [G][n_outliers] query entries on the outlier channels */
+    float *scores; /* [G][BLOCK] */
+    float *acc;    /* [G][dim] weighted sum of coded values (rotated domain for ROT) */
+    float *acc_x;  /* [G][dim] weighted sum of exact values */
+    float *vdec;   /* [BLOCK][dim] decoded values (generic path) */
+    float *m, *l;  /* [G] running max and sum */
+} kvqi_attend_scratch;
+
+struct kvq_cache {
+    kvq_cache_config cfg; /* resolved: chunk_tokens set, key/value dim = head_dim */
+    uint32_t n_kv, dim, n_out;
+    kvqi_side key, value;
+    const kvqi_cache_kernels *kern;
+
+    size_t n_tokens; /* appended */
+    int coded;       /* 1 once tokens are encoded (always, without outliers) */
+
+    /* arena: chunk c holds tokens [c*C, (c+1)*C): key codes [head][C][key.code_size],
+     * then value codes [head][C][value.code_size], then outliers [head][C][n_out] fp16 */
+    uint8_t **chunks;
+    size_t n_chunks, chunk_table_cap;
+    size_t chunk_bytes, off_value, off_outliers;
+
+    /* exact window ring: slot = position mod window, [window][n_kv][dim] */
+    float *win_k, *win_v;
+    /* outlier channels per head, ascending; mask[head][dim] = 1 on them */
+    uint16_t *outlier_idx;
+    uint8_t *outlier_mask;
+    float *stage_k, *stage_v; /* [PROBE][n_kv][dim] until the channels are fixed */
+
+    float *enc_buf; /* [C][dim] rows of one head handed to the quantizer */
+    uint16_t *out_buf;
+
+    kvqi_attend_scratch *scratch;
+    unsigned n_scratch;
+    size_t scratch_bytes_each;
+};
+
+kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_heads,
+                                  size_t n_queries, float scale, kvq_threadpool *pool,
+                                  float *out);
+
+#endif /* KVQ_CACHE_INTERNAL_H */

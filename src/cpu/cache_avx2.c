@@ -1,0 +1,375 @@
+/*
+ * cache_avx2.c - AVX2+FMA+F16C versions of the cache's fused attention kernels
+ * (references in cache_scalar.c). Same shape as the AVX-512 file: four heads per pass,
+ * 16-coordinate slices so 4 heads x 2 accumulators fit the 16 ymm registers.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "cpu/cache_kernels.h"
+
+#define HG 4
+
+static inline float fp16_scalar(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+static inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
+    __m256 abcd = _mm256_hadd_ps(ab, cd);
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+/* ---------------------------------------------------------- row decoders */
+/* 16 coordinates [16g, 16g+16) of a row: x0 = first 8, x1 = next 8 */
+
+static inline void dec_f32(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *x1) {
+    const float *r = (const float *)(const void *)row + 16 * g;
+    *x0 = _mm256_loadu_ps(r);
+    *x1 = _mm256_loadu_ps(r + 8);
+}
+static inline void dec_f16(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *x1) {
+    const uint8_t *r = row + 32 * g;
+    *x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)r));
+    *x1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + 16)));
+}
+static inline void dec_q8_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *x1) {
+    const uint8_t *blk = row + 34 * (g / 2);
+    __m256 d = _mm256_set1_ps(fp16_scalar(blk));
+    const uint8_t *qs = blk + 2 + 16 * (g % 2);
+    __m256i i0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    __m256i i1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
+    *x0 = _mm256_mul_ps(_mm256_cvtepi32_ps(i0), d);
+    *x1 = _mm256_mul_ps(_mm256_cvtepi32_ps(i1), d);
+}
+static inline void dec_q4_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *x1) {
+    const uint8_t *blk = row + 18 * (g / 2);
+    __m256 d = _mm256_set1_ps(fp16_scalar(blk));
+    __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 2)));
+    __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 10)));
+    int shift = (g % 2) * 4;
+    __m256i m = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
+    v0 = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(v0, shift), m), eight);
+    v1 = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(v1, shift), m), eight);
+    *x0 = _mm256_mul_ps(_mm256_cvtepi32_ps(v0), d);
+    *x1 = _mm256_mul_ps(_mm256_cvtepi32_ps(v1), d);
+}
+
+#define DEFINE_ROW_KERNELS(NAME, DEC, SCALAR_SCORE, SCALAR_ACCUM)                             \
+    static void score_##NAME(const float *q, uint32_t G, uint32_t dim, const uint8_t *k,     \
+                             size_t stride, size_t n, float *scores, size_t ld) {            \
+        if (dim % 32) {                                                                      \
+            kvqi_cache_kernels_scalar.SCALAR_SCORE(q, G, dim, k, stride, n, scores, ld);     \
+            return;                                                                          \
+        }                                                                                    \
+        for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
+            const float *qh[HG];                                                             \
+            for (uint32_t h = 0; h < HG; h++)                                                \
+                qh[h] = q + (size_t)(h0 + h < G ? h0 + h : h0) * dim;                        \
+            for (size_t t = 0; t < n; t++) {                                                 \
+                const uint8_t *row = k + t * stride;                                         \
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                  \
+                for (uint32_t g = 0; g < dim / 16; g++) {                                    \
+                    __m256 x0, x1;                                                           \
+                    DEC(row, g, &x0, &x1);                                                   \
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[0] + 16 * g), x0, a0);           \
+                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[1] + 16 * g), x0, a1);           \
+                    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[2] + 16 * g), x0, a2);           \
+                    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[3] + 16 * g), x0, a3);           \
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[0] + 16 * g + 8), x1, a0);       \
+                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[1] + 16 * g + 8), x1, a1);       \
+                    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[2] + 16 * g + 8), x1, a2);       \
+                    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[3] + 16 * g + 8), x1, a3);       \
+                }                                                                            \
+                float s[4];                                                                  \
+                _mm_storeu_ps(s, hsum4(a0, a1, a2, a3));                                     \
+                for (uint32_t h = 0; h < HG && h0 + h < G; h++)                              \
+                    scores[(h0 + h) * ld + t] = s[h];                                        \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    static void accum_##NAME(const float *w, size_t ld, uint32_t G, uint32_t dim,            \
+                             const uint8_t *v, size_t stride, size_t n, float *acc) {        \
+        if (dim % 32) {                                                                      \
+            kvqi_cache_kernels_scalar.SCALAR_ACCUM(w, ld, G, dim, v, stride, n, acc);        \
+            return;                                                                          \
+        }                                                                                    \
+        float zero_w[KVQI_MAX_BLOCK_TOKENS], dummy[16];                                      \
+        if (G % HG) memset(zero_w, 0, sizeof zero_w);                                        \
+        for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
+            const float *wh[HG];                                                             \
+            float *ah[HG];                                                                   \
+            for (uint32_t h = 0; h < HG; h++) {                                              \
+                int ok = h0 + h < G;                                                         \
+                wh[h] = ok ? w + (h0 + h) * ld : zero_w;                                     \
+                ah[h] = ok ? acc + (size_t)(h0 + h) * dim : dummy;                           \
+            }                                                                                \
+            for (uint32_t g = 0; g < dim / 16; g++) {                                        \
+                __m256 r[8];                                                                 \
+                for (int i = 0; i < 8; i++) r[i] = _mm256_setzero_ps();                      \
+                for (size_t t = 0; t < n; t++) {                                             \
+                    __m256 x0, x1;                                                           \
+                    DEC(v + t * stride, g, &x0, &x1);                                        \
+                    for (int h = 0; h < HG; h++) {                                           \
+                        __m256 wv = _mm256_broadcast_ss(wh[h] + t);                          \
+                        r[2 * h] = _mm256_fmadd_ps(wv, x0, r[2 * h]);                        \
+                        r[2 * h + 1] = _mm256_fmadd_ps(wv, x1, r[2 * h + 1]);                \
+                    }                                                                        \
+                }                                                                            \
+                for (uint32_t h = 0; h < HG; h++) {                                          \
+                    if (ah[h] == dummy) continue;                                            \
+                    float *p = ah[h] + 16 * g;                                               \
+                    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), r[2 * h]));        \
+                    _mm256_storeu_ps(p + 8, _mm256_add_ps(_mm256_loadu_ps(p + 8), r[2 * h + 1])); \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+    }
+
+DEFINE_ROW_KERNELS(f32, dec_f32, score_f32, accum_f32)
+DEFINE_ROW_KERNELS(f16, dec_f16, score_f16, accum_f16)
+DEFINE_ROW_KERNELS(q8_0, dec_q8_0, score_q8_0, accum_q8_0)
+DEFINE_ROW_KERNELS(q4_0, dec_q4_0, score_q4_0, accum_q4_0)
+
+/* ------------------------------------------------------- rotated codes */
+
+typedef struct rot_tabs {
+    __m256 lo[KVQI_ROT_MAX_PASSES], hi[KVQI_ROT_MAX_PASSES];
+    __m256 c0[KVQI_ROT_MAX_PASSES], c1[KVQI_ROT_MAX_PASSES];
+} rot_tabs;
+
+static void load_tabs(const kvqi_rot_layout *L, rot_tabs *T) {
+    for (uint32_t p = 0; p < L->n_pass; p++) {
+        T->lo[p] = _mm256_loadu_ps(L->centroids[p]);
+        T->hi[p] = _mm256_loadu_ps(L->centroids[p] + 8);
+        T->c0[p] = _mm256_set1_ps(L->centroids[p][0]);
+        T->c1[p] = _mm256_set1_ps(L->centroids[p][1]);
+    }
+}
+
+static inline __m256 lookup16(__m256 lo, __m256 hi, __m256i idx) {
+    __m256 a = _mm256_permutevar8x32_ps(lo, idx), b = _mm256_permutevar8x32_ps(hi, idx);
+    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+
+static inline __m256 blend_bits(__m256 c0, __m256 c1, uint32_t bits8) {
+    __m256i sel = _mm256_set_epi32(128, 64, 32, 16, 8, 4, 2, 1);
+    __m256i m = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)bits8), sel), sel);
+    return _mm256_blendv_ps(c0, c1, _mm256_castsi256_ps(m));
+}
+
+/* Lanes [16g, 16g+16) of one pass in the kernels' lane order. */
+static inline void dec_pass(const kvqi_rot_layout *L, const rot_tabs *T, uint32_t p,
+                            const uint8_t *idx, uint32_t g, __m256 *x0, __m256 *x1) {
+    switch (L->bits) {
+    case 4: {
+        const uint8_t *b = idx + 16 * (g / 2);
+        int s = (g % 2) * 4;
+        __m256i m = _mm256_set1_epi32(15);
+        __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b));
+        __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 8)));
+        *x0 = lookup16(T->lo[p], T->hi[p], _mm256_and_si256(_mm256_srli_epi32(v0, s), m));
+        *x1 = lookup16(T->lo[p], T->hi[p], _mm256_and_si256(_mm256_srli_epi32(v1, s), m));
+        break;
+    }
+    case 2: {
+        const uint8_t *b = idx + 16 * (g / 4);
+        int s = (g % 4) * 2;
+        __m256i m = _mm256_set1_epi32(3);
+        __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b));
+        __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 8)));
+        *x0 = _mm256_permutevar8x32_ps(T->lo[p], _mm256_and_si256(_mm256_srli_epi32(v0, s), m));
+        *x1 = _mm256_permutevar8x32_ps(T->lo[p], _mm256_and_si256(_mm256_srli_epi32(v1, s), m));
+        break;
+    }
+    case 1:
+        *x0 = blend_bits(T->c0[p], T->c1[p], idx[2 * g]);
+        *x1 = blend_bits(T->c0[p], T->c1[p], idx[2 * g + 1]);
+        break;
+    default: {
+        __m256i i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(idx + 16 * g)));
+        __m256i i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(idx + 16 * g + 8)));
+        *x0 = _mm256_i32gather_ps(L->centroids[p], i0, 4);
+        *x1 = _mm256_i32gather_ps(L->centroids[p], i1, 4);
+        break;
+    }
+    }
+}
+
+static inline void dec_rot(const kvqi_rot_layout *L, const rot_tabs *T, const uint8_t *code,
+                           const float *sp, uint32_t g, __m256 *x0, __m256 *x1) {
+    dec_pass(L, T, 0, code + L->index_offset[0], g, x0, x1);
+    for (uint32_t p = 1; p < L->n_pass; p++) {
+        __m256 y0, y1, s = _mm256_set1_ps(sp[p]);
+        dec_pass(L, T, p, code + L->index_offset[p], g, &y0, &y1);
+        *x0 = _mm256_fmadd_ps(s, y0, *x0);
+        *x1 = _mm256_fmadd_ps(s, y1, *x1);
+    }
+}
+
+static inline void pass_scales(const kvqi_rot_layout *L, const uint8_t *code, float *sp) {
+    for (uint32_t p = 1; p < L->n_pass; p++) sp[p] = fp16_scalar(code + L->scale_offset[p]);
+}
+
+static void score_rot(const kvqi_rot_layout *L, const float *q, uint32_t G, const uint8_t *k,
+                      size_t n, float *scores, size_t ld) {
+    uint32_t dim = L->dim;
+    rot_tabs T;
+    load_tabs(L, &T);
+    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+        const float *qh[HG];
+        for (uint32_t h = 0; h < HG; h++) qh[h] = q + (size_t)(h0 + h < G ? h0 + h : h0) * dim;
+        for (size_t t = 0; t < n; t++) {
+            const uint8_t *code = k + t * L->code_size;
+            float sp[KVQI_ROT_MAX_PASSES];
+            pass_scales(L, code, sp);
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (uint32_t g = 0; g < dim / 16; g++) {
+                __m256 x0, x1;
+                dec_rot(L, &T, code, sp, g, &x0, &x1);
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[0] + 16 * g), x0, a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[1] + 16 * g), x0, a1);
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[2] + 16 * g), x0, a2);
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[3] + 16 * g), x0, a3);
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[0] + 16 * g + 8), x1, a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[1] + 16 * g + 8), x1, a1);
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[2] + 16 * g + 8), x1, a2);
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qh[3] + 16 * g + 8), x1, a3);
+            }
+            float s[4];
+            _mm_storeu_ps(s, _mm_mul_ps(hsum4(a0, a1, a2, a3),
+                                        _mm_set1_ps(fp16_scalar(code + L->norm_offset))));
+            for (uint32_t h = 0; h < HG && h0 + h < G; h++) scores[(h0 + h) * ld + t] = s[h];
+        }
+    }
+}
+
+static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                      const uint8_t *v, size_t n, float *acc) {
+    uint32_t dim = L->dim;
+    rot_tabs T;
+    load_tabs(L, &T);
+    float zero_w[KVQI_MAX_BLOCK_TOKENS], dummy[16], norms[KVQI_MAX_BLOCK_TOKENS];
+    if (G % HG) memset(zero_w, 0, sizeof zero_w);
+    for (size_t t = 0; t < n; t++) norms[t] = fp16_scalar(v + t * L->code_size + L->norm_offset);
+    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+        float wn[HG][KVQI_MAX_BLOCK_TOKENS];
+        float *ah[HG];
+        for (uint32_t h = 0; h < HG; h++) {
+            int ok = h0 + h < G;
+            ah[h] = ok ? acc + (size_t)(h0 + h) * dim : dummy;
+            const float *wr = ok ? w + (h0 + h) * ld : zero_w;
+            for (size_t t = 0; t < n; t++) wn[h][t] = wr[t] * norms[t];
+        }
+        for (uint32_t g = 0; g < dim / 16; g++) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++) r[i] = _mm256_setzero_ps();
+            for (size_t t = 0; t < n; t++) {
+                const uint8_t *code = v + t * L->code_size;
+                float sp[KVQI_ROT_MAX_PASSES];
+                __m256 x0, x1;
+                pass_scales(L, code, sp);
+                dec_rot(L, &T, code, sp, g, &x0, &x1);
+                for (int h = 0; h < HG; h++) {
+                    __m256 wv = _mm256_broadcast_ss(&wn[h][t]);
+                    r[2 * h] = _mm256_fmadd_ps(wv, x0, r[2 * h]);
+                    r[2 * h + 1] = _mm256_fmadd_ps(wv, x1, r[2 * h + 1]);
+                }
+            }
+            for (uint32_t h = 0; h < HG; h++) {
+                if (ah[h] == dummy) continue;
+                float *p = ah[h] + 16 * g;
+                _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), r[2 * h]));
+                _mm256_storeu_ps(p + 8, _mm256_add_ps(_mm256_loadu_ps(p + 8), r[2 * h + 1]));
+            }
+        }
+    }
+}
+
+/* y += sum_r x[r] M[r]: four rows per pass over y */
+static void axpy_rows(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y) {
+    if (dim % 8) {
+        kvqi_cache_kernels_scalar.axpy_rows(M, x, rows, dim, y);
+        return;
+    }
+    uint32_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        __m256 x0 = _mm256_set1_ps(x[r]), x1 = _mm256_set1_ps(x[r + 1]);
+        __m256 x2 = _mm256_set1_ps(x[r + 2]), x3 = _mm256_set1_ps(x[r + 3]);
+        const float *m0 = M + (size_t)r * dim;
+        for (uint32_t j = 0; j < dim; j += 8) {
+            __m256 a = _mm256_loadu_ps(y + j);
+            a = _mm256_fmadd_ps(x0, _mm256_loadu_ps(m0 + j), a);
+            a = _mm256_fmadd_ps(x1, _mm256_loadu_ps(m0 + dim + j), a);
+            a = _mm256_fmadd_ps(x2, _mm256_loadu_ps(m0 + 2 * dim + j), a);
+            a = _mm256_fmadd_ps(x3, _mm256_loadu_ps(m0 + 3 * dim + j), a);
+            _mm256_storeu_ps(y + j, a);
+        }
+    }
+    for (; r < rows; r++) {
+        __m256 xr = _mm256_set1_ps(x[r]);
+        const float *m0 = M + (size_t)r * dim;
+        for (uint32_t j = 0; j < dim; j += 8)
+            _mm256_storeu_ps(y + j, _mm256_fmadd_ps(xr, _mm256_loadu_ps(m0 + j), _mm256_loadu_ps(y + j)));
+    }
+}
+
+/* ----------------------------------------------------------------- exp */
+
+static inline __m256 exp_neg8(__m256 x) {
+    __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
+    __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+    __m256 fi = _mm256_round_ps(_mm256_sub_ps(t, _mm256_set1_ps(0.5f)),
+                                _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(fi, _mm256_set1_ps(KVQI_EXP_LN2_HI), x);
+    r = _mm256_fnmadd_ps(fi, _mm256_set1_ps(KVQI_EXP_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(KVQI_EXP_C6);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVQI_EXP_C5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVQI_EXP_C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVQI_EXP_C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVQI_EXP_C2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fi), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
+}
+
+static float exp_sum(float *s, size_t n, float m) {
+    __m256 mv = _mm256_set1_ps(m), sum = _mm256_setzero_ps();
+    size_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        __m256 e = exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(s + t), mv));
+        _mm256_storeu_ps(s + t, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    float tail = 0.0f;
+    for (; t < n; t++) {
+        s[t] = kvqi_exp_neg(s[t] - m);
+        tail += s[t];
+    }
+    return hsum(sum) + tail;
+}
+
+void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
+    k->score_f32 = score_f32;
+    k->score_f16 = score_f16;
+    k->score_q8_0 = score_q8_0;
+    k->score_q4_0 = score_q4_0;
+    k->score_rot = score_rot;
+    k->accum_f32 = accum_f32;
+    k->accum_f16 = accum_f16;
+    k->accum_q8_0 = accum_q8_0;
+    k->accum_q4_0 = accum_q4_0;
+    k->accum_rot = accum_rot;
+    k->axpy_rows = axpy_rows;
+    k->exp_sum = exp_sum;
+}

@@ -1,0 +1,443 @@
+/*
+ * cache_avx512.c - AVX-512 versions of the cache's fused attention kernels (references
+ * in cache_scalar.c). Heads of a KV group are taken four at a time so each code is
+ * loaded and expanded once for four queries; values accumulate in 32-coordinate slices
+ * that keep 4 heads x 2 vectors of accumulators in registers across a block of tokens.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "cpu/cache_kernels.h"
+
+#define HG 4 /* heads per pass */
+
+static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+/* Four horizontal sums at once. */
+static inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+    __m256 ab = _mm256_hadd_ps(a8, b8), cd = _mm256_hadd_ps(c8, d8);
+    __m256 abcd = _mm256_hadd_ps(ab, cd);
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+static inline float fp16_scalar(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* ---------------------------------------------------------- row decoders */
+
+/* 32 coordinates starting at block b (32-wide) of one row, into x0 (0..15), x1 (16..31) */
+static inline void dec_f32(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *x1) {
+    const float *r = (const float *)(const void *)row + 32 * b;
+    *x0 = _mm512_loadu_ps(r);
+    *x1 = _mm512_loadu_ps(r + 16);
+}
+static inline void dec_f16(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *x1) {
+    const uint8_t *r = row + 64 * b;
+    *x0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)r));
+    *x1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(r + 32)));
+}
+static inline void dec_q8_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *x1) {
+    const uint8_t *blk = row + 34 * b;
+    __m512 d = _mm512_set1_ps(fp16_scalar(blk));
+    __m512i i0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2)));
+    __m512i i1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18)));
+    *x0 = _mm512_mul_ps(_mm512_cvtepi32_ps(i0), d);
+    *x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(i1), d);
+}
+static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *x1) {
+    const uint8_t *blk = row + 18 * b;
+    __m512 d = _mm512_set1_ps(fp16_scalar(blk));
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2)));
+    __m512i eight = _mm512_set1_epi32(8);
+    __m512i lo = _mm512_sub_epi32(_mm512_and_si512(v, _mm512_set1_epi32(15)), eight);
+    __m512i hi = _mm512_sub_epi32(_mm512_srli_epi32(v, 4), eight);
+    *x0 = _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d);
+    *x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d);
+}
+
+#define DEFINE_ROW_KERNELS(NAME, DEC, SCALAR_SCORE, SCALAR_ACCUM)                             \
+    static void score_##NAME(const float *q, uint32_t G, uint32_t dim, const uint8_t *k,     \
+                             size_t stride, size_t n, float *scores, size_t ld) {            \
+        if (dim % 32) {                                                                      \
+            kvqi_cache_kernels_scalar.SCALAR_SCORE(q, G, dim, k, stride, n, scores, ld);     \
+            return;                                                                          \
+        }                                                                                    \
+        uint32_t nb = dim / 32;                                                              \
+        for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
+            const float *qh[HG];                                                             \
+            for (uint32_t h = 0; h < HG; h++)                                                \
+                qh[h] = q + (size_t)(h0 + h < G ? h0 + h : h0) * dim;                        \
+            for (size_t t = 0; t < n; t++) {                                                 \
+                const uint8_t *row = k + t * stride;                                         \
+                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                  \
+                for (uint32_t b = 0; b < nb; b++) {                                          \
+                    __m512 x0, x1;                                                           \
+                    DEC(row, b, &x0, &x1);                                                   \
+                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[0] + 32 * b), x0, a0);           \
+                    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[1] + 32 * b), x0, a1);           \
+                    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[2] + 32 * b), x0, a2);           \
+                    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[3] + 32 * b), x0, a3);           \
+                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[0] + 32 * b + 16), x1, a0);      \
+                    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[1] + 32 * b + 16), x1, a1);      \
+                    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[2] + 32 * b + 16), x1, a2);      \
+                    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[3] + 32 * b + 16), x1, a3);      \
+                }                                                                            \
+                float s[4];                                                                  \
+                _mm_storeu_ps(s, hsum4(a0, a1, a2, a3));                                     \
+                for (uint32_t h = 0; h < HG && h0 + h < G; h++)                              \
+                    scores[(h0 + h) * ld + t] = s[h];                                        \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    static void accum_##NAME(const float *w, size_t ld, uint32_t G, uint32_t dim,            \
+                             const uint8_t *v, size_t stride, size_t n, float *acc) {        \
+        if (dim % 32) {                                                                      \
+            kvqi_cache_kernels_scalar.SCALAR_ACCUM(w, ld, G, dim, v, stride, n, acc);        \
+            return;                                                                          \
+        }                                                                                    \
+        float zero_w[KVQI_MAX_BLOCK_TOKENS];                                                 \
+        float dummy[32];                                                                     \
+        if (G % HG) memset(zero_w, 0, sizeof zero_w);                                        \
+        for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
+            const float *wh[HG];                                                             \
+            float *ah[HG];                                                                   \
+            for (uint32_t h = 0; h < HG; h++) {                                              \
+                int ok = h0 + h < G;                                                         \
+                wh[h] = ok ? w + (h0 + h) * ld : zero_w;                                     \
+                ah[h] = ok ? acc + (size_t)(h0 + h) * dim : dummy;                           \
+            }                                                                                \
+            for (uint32_t b = 0; b < dim / 32; b++) {                                        \
+                __m512 r[8];                                                                 \
+                for (int i = 0; i < 8; i++) r[i] = _mm512_setzero_ps();                      \
+                for (size_t t = 0; t < n; t++) {                                             \
+                    __m512 x0, x1;                                                           \
+                    DEC(v + t * stride, b, &x0, &x1);                                        \
+                    __m512 w0 = _mm512_set1_ps(wh[0][t]), w1 = _mm512_set1_ps(wh[1][t]);     \
+                    __m512 w2 = _mm512_set1_ps(wh[2][t]), w3 = _mm512_set1_ps(wh[3][t]);     \
+                    r[0] = _mm512_fmadd_ps(w0, x0, r[0]);                                    \
+                    r[1] = _mm512_fmadd_ps(w0, x1, r[1]);                                    \
+                    r[2] = _mm512_fmadd_ps(w1, x0, r[2]);                                    \
+                    r[3] = _mm512_fmadd_ps(w1, x1, r[3]);                                    \
+                    r[4] = _mm512_fmadd_ps(w2, x0, r[4]);                                    \
+                    r[5] = _mm512_fmadd_ps(w2, x1, r[5]);                                    \
+                    r[6] = _mm512_fmadd_ps(w3, x0, r[6]);                                    \
+                    r[7] = _mm512_fmadd_ps(w3, x1, r[7]);                                    \
+                }                                                                            \
+                for (uint32_t h = 0; h < HG; h++) {                                          \
+                    if (ah[h] == dummy) continue;                                            \
+                    float *p = ah[h] + 32 * b;                                               \
+                    _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), r[2 * h]));        \
+                    _mm512_storeu_ps(p + 16,                                                 \
+                                     _mm512_add_ps(_mm512_loadu_ps(p + 16), r[2 * h + 1]));  \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+    }
+
+DEFINE_ROW_KERNELS(f32, dec_f32, score_f32, accum_f32)
+DEFINE_ROW_KERNELS(f16, dec_f16, score_f16, accum_f16)
+DEFINE_ROW_KERNELS(q8_0, dec_q8_0, score_q8_0, accum_q8_0)
+DEFINE_ROW_KERNELS(q4_0, dec_q4_0, score_q4_0, accum_q4_0)
+
+/* ------------------------------------------------------- rotated codes */
+
+/* The rotated-code kernels are generated for each (bits, passes) pair: with both known
+ * at compile time the unpacking is straight-line code and the tables stay in registers. */
+#define KVQI_INLINE static inline __attribute__((always_inline))
+
+typedef struct rot_regs {
+    __m512 tab[KVQI_ROT_MAX_PASSES], c0[KVQI_ROT_MAX_PASSES], c1[KVQI_ROT_MAX_PASSES];
+} rot_regs;
+
+KVQI_INLINE void load_regs(const kvqi_rot_layout *L, rot_regs *T, const uint32_t NP) {
+    for (uint32_t p = 0; p < NP; p++) {
+        T->tab[p] = _mm512_loadu_ps(L->centroids[p]);
+        T->c0[p] = _mm512_set1_ps(L->centroids[p][0]);
+        T->c1[p] = _mm512_set1_ps(L->centroids[p][1]);
+    }
+}
+
+/* The 32 lanes [32b, 32b+32) of one pass's centroid values, in lane order. */
+KVQI_INLINE void dec_pass(const uint32_t BITS, const rot_regs *T, uint32_t p, const float *tab256,
+                          const uint8_t *idx, uint32_t b, __m512 *x0, __m512 *x1) {
+    if (BITS == 4) {
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(idx + 16 * b)));
+        *x0 = _mm512_permutexvar_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)), T->tab[p]);
+        *x1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), T->tab[p]);
+    } else if (BITS == 2) {
+        /* a 64-lane block from 16 bytes; 32-lane half b%2 uses shifts 0,2 or 4,6 */
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(idx + 16 * (b / 2))));
+        __m512i m3 = _mm512_set1_epi32(3);
+        unsigned s = (b % 2) * 4;
+        *x0 = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srli_epi32(v, s), m3), T->tab[p]);
+        *x1 = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srli_epi32(v, s + 2), m3), T->tab[p]);
+    } else if (BITS == 1) {
+        uint32_t bits;
+        memcpy(&bits, idx + 4 * b, 4);
+        *x0 = _mm512_mask_blend_ps((__mmask16)(bits & 0xffff), T->c0[p], T->c1[p]);
+        *x1 = _mm512_mask_blend_ps((__mmask16)(bits >> 16), T->c0[p], T->c1[p]);
+    } else { /* 8 bits: a gather from the 256-entry table */
+        __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(idx + 32 * b)));
+        __m512i i1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(idx + 32 * b + 16)));
+        *x0 = _mm512_i32gather_ps(i0, tab256, 4);
+        *x1 = _mm512_i32gather_ps(i1, tab256, 4);
+    }
+}
+
+/* All passes of one code combined: u = sum_p s_p * c_p[idx_p]. */
+KVQI_INLINE void dec_rot(const uint32_t BITS, const uint32_t NP, const kvqi_rot_layout *L,
+                         const rot_regs *T, const uint8_t *code, const __m512 *sp, uint32_t b,
+                         __m512 *x0, __m512 *x1) {
+    dec_pass(BITS, T, 0, L->centroids[0], code + L->index_offset[0], b, x0, x1);
+    for (uint32_t p = 1; p < NP; p++) {
+        __m512 y0, y1;
+        dec_pass(BITS, T, p, L->centroids[p], code + L->index_offset[p], b, &y0, &y1);
+        *x0 = _mm512_fmadd_ps(sp[p], y0, *x0);
+        *x1 = _mm512_fmadd_ps(sp[p], y1, *x1);
+    }
+}
+
+KVQI_INLINE void pass_scales(const uint32_t NP, const kvqi_rot_layout *L, const uint8_t *code,
+                             __m512 *sp) {
+    for (uint32_t p = 1; p < NP; p++)
+        sp[p] = _mm512_set1_ps(fp16_scalar(code + L->scale_offset[p]));
+}
+
+KVQI_INLINE void score_rot_impl(const uint32_t BITS, const uint32_t NP, const kvqi_rot_layout *L,
+                                const float *q, uint32_t G, const uint8_t *k, size_t n,
+                                float *scores, size_t ld) {
+    uint32_t dim = L->dim, nb = dim / 32;
+    rot_regs T;
+    load_regs(L, &T, NP);
+    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+        const float *q0 = q + (size_t)h0 * dim;
+        const float *q1 = q + (size_t)(h0 + 1 < G ? h0 + 1 : h0) * dim;
+        const float *q2 = q + (size_t)(h0 + 2 < G ? h0 + 2 : h0) * dim;
+        const float *q3 = q + (size_t)(h0 + 3 < G ? h0 + 3 : h0) * dim;
+        for (size_t t = 0; t < n; t++) {
+            const uint8_t *code = k + t * L->code_size;
+            __m512 sp[KVQI_ROT_MAX_PASSES];
+            pass_scales(NP, L, code, sp);
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (uint32_t b = 0; b < nb; b++) {
+                __m512 x0, x1;
+                dec_rot(BITS, NP, L, &T, code, sp, b, &x0, &x1);
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + 32 * b), x0, a0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + 32 * b), x0, a1);
+                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q2 + 32 * b), x0, a2);
+                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q3 + 32 * b), x0, a3);
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + 32 * b + 16), x1, a0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + 32 * b + 16), x1, a1);
+                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q2 + 32 * b + 16), x1, a2);
+                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q3 + 32 * b + 16), x1, a3);
+            }
+            float s[4];
+            _mm_storeu_ps(s, _mm_mul_ps(hsum4(a0, a1, a2, a3),
+                                        _mm_set1_ps(fp16_scalar(code + L->norm_offset))));
+            for (uint32_t h = 0; h < HG && h0 + h < G; h++) scores[(h0 + h) * ld + t] = s[h];
+        }
+    }
+}
+
+/* Values: 64-coordinate slices (4 heads x 4 vectors of accumulators, named so they stay
+ * in registers) over the block. */
+KVQI_INLINE void accum_rot_impl(const uint32_t BITS, const uint32_t NP, const kvqi_rot_layout *L,
+                                const float *w, size_t ld, uint32_t G, const uint8_t *v,
+                                size_t n, float *acc) {
+    uint32_t dim = L->dim;
+    rot_regs T;
+    load_regs(L, &T, NP);
+    float wn[HG][KVQI_MAX_BLOCK_TOKENS], dummy[64];
+    float norms[KVQI_MAX_BLOCK_TOKENS];
+    for (size_t t = 0; t < n; t++) norms[t] = fp16_scalar(v + t * L->code_size + L->norm_offset);
+    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+        float *ah[HG];
+        for (uint32_t h = 0; h < HG; h++) {
+            int ok = h0 + h < G;
+            ah[h] = ok ? acc + (size_t)(h0 + h) * dim : dummy;
+            for (size_t t = 0; t < n; t++) wn[h][t] = ok ? w[(h0 + h) * ld + t] * norms[t] : 0.0f;
+        }
+        for (uint32_t b = 0; b < dim / 32; b += 2) {
+            int two = b + 1 < dim / 32;
+            __m512 r00 = _mm512_setzero_ps(), r01 = r00, r02 = r00, r03 = r00;
+            __m512 r10 = r00, r11 = r00, r12 = r00, r13 = r00;
+            __m512 r20 = r00, r21 = r00, r22 = r00, r23 = r00;
+            __m512 r30 = r00, r31 = r00, r32 = r00, r33 = r00;
+            for (size_t t = 0; t < n; t++) {
+                const uint8_t *code = v + t * L->code_size;
+                __m512 sp[KVQI_ROT_MAX_PASSES], x0, x1, x2 = r00, x3 = r00;
+                pass_scales(NP, L, code, sp);
+                dec_rot(BITS, NP, L, &T, code, sp, b, &x0, &x1);
+                if (two) dec_rot(BITS, NP, L, &T, code, sp, b + 1, &x2, &x3);
+                __m512 w0 = _mm512_set1_ps(wn[0][t]), w1 = _mm512_set1_ps(wn[1][t]);
+                __m512 w2 = _mm512_set1_ps(wn[2][t]), w3 = _mm512_set1_ps(wn[3][t]);
+                r00 = _mm512_fmadd_ps(w0, x0, r00);
+                r01 = _mm512_fmadd_ps(w0, x1, r01);
+                r02 = _mm512_fmadd_ps(w0, x2, r02);
+                r03 = _mm512_fmadd_ps(w0, x3, r03);
+                r10 = _mm512_fmadd_ps(w1, x0, r10);
+                r11 = _mm512_fmadd_ps(w1, x1, r11);
+                r12 = _mm512_fmadd_ps(w1, x2, r12);
+                r13 = _mm512_fmadd_ps(w1, x3, r13);
+                r20 = _mm512_fmadd_ps(w2, x0, r20);
+                r21 = _mm512_fmadd_ps(w2, x1, r21);
+                r22 = _mm512_fmadd_ps(w2, x2, r22);
+                r23 = _mm512_fmadd_ps(w2, x3, r23);
+                r30 = _mm512_fmadd_ps(w3, x0, r30);
+                r31 = _mm512_fmadd_ps(w3, x1, r31);
+                r32 = _mm512_fmadd_ps(w3, x2, r32);
+                r33 = _mm512_fmadd_ps(w3, x3, r33);
+            }
+            __m512 r[HG][4] = {{r00, r01, r02, r03}, {r10, r11, r12, r13},
+                               {r20, r21, r22, r23}, {r30, r31, r32, r33}};
+            for (uint32_t h = 0; h < HG; h++) {
+                if (ah[h] == dummy) continue;
+                float *p = ah[h] + 32 * b;
+                for (int i = 0; i < (two ? 4 : 2); i++)
+                    _mm512_storeu_ps(p + 16 * i, _mm512_add_ps(_mm512_loadu_ps(p + 16 * i), r[h][i]));
+            }
+        }
+    }
+}
+
+#define ROT_VARIANT(B, P)                                                                    \
+    static void score_rot_##B##_##P(const kvqi_rot_layout *L, const float *q, uint32_t G,   \
+                                    const uint8_t *k, size_t n, float *scores, size_t ld) { \
+        score_rot_impl(B, P, L, q, G, k, n, scores, ld);                                     \
+    }                                                                                        \
+    static void accum_rot_##B##_##P(const kvqi_rot_layout *L, const float *w, size_t ld,     \
+                                    uint32_t G, const uint8_t *v, size_t n, float *acc) {    \
+        accum_rot_impl(B, P, L, w, ld, G, v, n, acc);                                        \
+    }
+ROT_VARIANT(1, 1)
+ROT_VARIANT(1, 2)
+ROT_VARIANT(1, 3)
+ROT_VARIANT(1, 4)
+ROT_VARIANT(2, 1)
+ROT_VARIANT(2, 2)
+ROT_VARIANT(2, 3)
+ROT_VARIANT(2, 4)
+ROT_VARIANT(4, 1)
+ROT_VARIANT(4, 2)
+ROT_VARIANT(4, 3)
+ROT_VARIANT(4, 4)
+ROT_VARIANT(8, 1)
+
+typedef void (*score_rot_fn)(const kvqi_rot_layout *, const float *, uint32_t, const uint8_t *,
+                             size_t, float *, size_t);
+typedef void (*accum_rot_fn)(const kvqi_rot_layout *, const float *, size_t, uint32_t,
+                             const uint8_t *, size_t, float *);
+static const score_rot_fn score_rot_table[4][4] = {
+    {score_rot_1_1, score_rot_1_2, score_rot_1_3, score_rot_1_4},
+    {score_rot_2_1, score_rot_2_2, score_rot_2_3, score_rot_2_4},
+    {score_rot_4_1, score_rot_4_2, score_rot_4_3, score_rot_4_4},
+    {score_rot_8_1, NULL, NULL, NULL}};
+static const accum_rot_fn accum_rot_table[4][4] = {
+    {accum_rot_1_1, accum_rot_1_2, accum_rot_1_3, accum_rot_1_4},
+    {accum_rot_2_1, accum_rot_2_2, accum_rot_2_3, accum_rot_2_4},
+    {accum_rot_4_1, accum_rot_4_2, accum_rot_4_3, accum_rot_4_4},
+    {accum_rot_8_1, NULL, NULL, NULL}};
+
+static int bits_slot(uint32_t bits) { return bits == 1 ? 0 : bits == 2 ? 1 : bits == 4 ? 2 : 3; }
+
+static void score_rot(const kvqi_rot_layout *L, const float *q, uint32_t G, const uint8_t *k,
+                      size_t n, float *scores, size_t ld) {
+    score_rot_fn f = score_rot_table[bits_slot(L->bits)][L->n_pass - 1];
+    if (f) f(L, q, G, k, n, scores, ld);
+    else kvqi_cache_kernels_scalar.score_rot(L, q, G, k, n, scores, ld);
+}
+
+static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                      const uint8_t *v, size_t n, float *acc) {
+    accum_rot_fn f = accum_rot_table[bits_slot(L->bits)][L->n_pass - 1];
+    if (f) f(L, w, ld, G, v, n, acc);
+    else kvqi_cache_kernels_scalar.accum_rot(L, w, ld, G, v, n, acc);
+}
+
+/* y += sum_r x[r] M[r]: four rows per pass over y */
+static void axpy_rows(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y) {
+    if (dim % 16) {
+        kvqi_cache_kernels_scalar.axpy_rows(M, x, rows, dim, y);
+        return;
+    }
+    uint32_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        __m512 x0 = _mm512_set1_ps(x[r]), x1 = _mm512_set1_ps(x[r + 1]);
+        __m512 x2 = _mm512_set1_ps(x[r + 2]), x3 = _mm512_set1_ps(x[r + 3]);
+        const float *m0 = M + (size_t)r * dim;
+        for (uint32_t j = 0; j < dim; j += 16) {
+            __m512 a = _mm512_loadu_ps(y + j);
+            a = _mm512_fmadd_ps(x0, _mm512_loadu_ps(m0 + j), a);
+            a = _mm512_fmadd_ps(x1, _mm512_loadu_ps(m0 + dim + j), a);
+            a = _mm512_fmadd_ps(x2, _mm512_loadu_ps(m0 + 2 * dim + j), a);
+            a = _mm512_fmadd_ps(x3, _mm512_loadu_ps(m0 + 3 * dim + j), a);
+            _mm512_storeu_ps(y + j, a);
+        }
+    }
+    for (; r < rows; r++) {
+        __m512 xr = _mm512_set1_ps(x[r]);
+        const float *m0 = M + (size_t)r * dim;
+        for (uint32_t j = 0; j < dim; j += 16)
+            _mm512_storeu_ps(y + j, _mm512_fmadd_ps(xr, _mm512_loadu_ps(m0 + j), _mm512_loadu_ps(y + j)));
+    }
+}
+
+/* ----------------------------------------------------------------- exp */
+
+static inline __m512 exp_neg16(__m512 x) {
+    __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
+    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+    __m512 fi = _mm512_roundscale_ps(_mm512_sub_ps(t, _mm512_set1_ps(0.5f)),
+                                     _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(fi, _mm512_set1_ps(KVQI_EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(fi, _mm512_set1_ps(KVQI_EXP_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(KVQI_EXP_C6);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(KVQI_EXP_C5));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(KVQI_EXP_C4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(KVQI_EXP_C3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(KVQI_EXP_C2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fi), _mm512_set1_epi32(127)), 23);
+    return _mm512_maskz_mul_ps(live, p, _mm512_castsi512_ps(e));
+}
+
+static float exp_sum(float *s, size_t n, float m) {
+    __m512 mv = _mm512_set1_ps(m), sum = _mm512_setzero_ps();
+    size_t t = 0;
+    for (; t + 16 <= n; t += 16) {
+        __m512 e = exp_neg16(_mm512_sub_ps(_mm512_loadu_ps(s + t), mv));
+        _mm512_storeu_ps(s + t, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    if (t < n) {
+        __mmask16 k = (__mmask16)((1u << (n - t)) - 1u);
+        __m512 e = exp_neg16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + t), mv));
+        e = _mm512_maskz_mov_ps(k, e);
+        _mm512_mask_storeu_ps(s + t, k, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    return hsum(sum);
+}
+
+void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
+    k->score_f32 = score_f32;
+    k->score_f16 = score_f16;
+    k->score_q8_0 = score_q8_0;
+    k->score_q4_0 = score_q4_0;
+    k->score_rot = score_rot;
+    k->accum_f32 = accum_f32;
+    k->accum_f16 = accum_f16;
+    k->accum_q8_0 = accum_q8_0;
+    k->accum_q4_0 = accum_q4_0;
+    k->accum_rot = accum_rot;
+    k->axpy_rows = axpy_rows;
+    k->exp_sum = exp_sum;
+}

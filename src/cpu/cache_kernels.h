@@ -1,0 +1,112 @@
+/*
+ * cache_kernels.h - the fused decode-attention kernels of the KV cache, per ISA.
+ * Each kernel scores G grouped query heads against (or accumulates G weighted sums of)
+ * a run of codes in one layout, so one load of a code serves every head of the group.
+ * Layouts: fp32 rows, fp16 rows, llama.cpp q8_0 / q4_0 blocks, and rotated scalar codes
+ * (an fp16 norm + b-bit indices into a centroid table, TurboQuant arXiv 2504.19874).
+ */
+#ifndef KVQ_CACHE_KERNELS_H
+#define KVQ_CACHE_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvq.h"
+
+/* Rotated scalar code: x = norm * R^T u with u_r = sum_p s_p * centroids[p][index_p(r)]
+ * over n_pass passes of b-bit indices (turboquant_mse: one pass; turboquant_rvq: a
+ * Gaussian pass then Laplacian residual passes). norm is fp16 at norm_offset; s_0 = 1 and
+ * s_p (p > 0) is fp16 at scale_offset[p]; pass p's indices are an LSB-first bit stream at
+ * index_offset[p]. The kernels read the indices of 32-coordinate blocks in the order the
+ * unpacking leaves them (kvqi_rot_lane_coordinate), so the query and the accumulator live
+ * in that permuted order and no shuffle is spent per token. */
+#define KVQI_ROT_MAX_PASSES 4
+typedef struct kvqi_rot_layout {
+    uint32_t dim;       /* multiple of 32 (of 64 for 2 bits) */
+    uint32_t bits;      /* 1, 2, 4, or 8 (8: one pass) */
+    uint32_t n_pass;    /* 1..KVQI_ROT_MAX_PASSES */
+    uint32_t code_size; /* bytes per vector (stride) */
+    uint32_t norm_offset;
+    uint32_t scale_offset[KVQI_ROT_MAX_PASSES]; /* [0] unused */
+    uint32_t index_offset[KVQI_ROT_MAX_PASSES];
+    float centroids[KVQI_ROT_MAX_PASSES][256];
+} kvqi_rot_layout;
+
+/* lane -> coordinate: the coordinate that lane p of the kernels' permuted order holds.
+ * Same on every ISA (the scalar reference uses it too). */
+uint32_t kvqi_rot_lane_coordinate(uint32_t bits, uint32_t lane);
+
+/* The accum kernels take at most this many tokens per call (the attend block). */
+#define KVQI_MAX_BLOCK_TOKENS 64u
+
+typedef struct kvqi_cache_kernels {
+    kvq_isa isa;
+    /* scores[h * ld + t] = <q[h], k_t> for h < G, t < n. Rows of k are `stride` bytes
+     * apart; q is [G][dim] fp32 (permuted order for rot). */
+    void (*score_f32)(const float *q, uint32_t G, uint32_t dim, const uint8_t *k, size_t stride,
+                      size_t n, float *scores, size_t ld);
+    void (*score_f16)(const float *q, uint32_t G, uint32_t dim, const uint8_t *k, size_t stride,
+                      size_t n, float *scores, size_t ld);
+    void (*score_q8_0)(const float *q, uint32_t G, uint32_t dim, const uint8_t *k, size_t stride,
+                       size_t n, float *scores, size_t ld);
+    void (*score_q4_0)(const float *q, uint32_t G, uint32_t dim, const uint8_t *k, size_t stride,
+                       size_t n, float *scores, size_t ld);
+    void (*score_rot)(const kvqi_rot_layout *L, const float *q, uint32_t G, const uint8_t *k,
+                      size_t n, float *scores, size_t ld);
+    /* acc[h][dim] += sum_t w[h * ld + t] * v_t for h < G, t < n. */
+    void (*accum_f32)(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                      size_t stride, size_t n, float *acc);
+    void (*accum_f16)(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                      size_t stride, size_t n, float *acc);
+    void (*accum_q8_0)(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                       size_t stride, size_t n, float *acc);
+    void (*accum_q4_0)(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                       size_t stride, size_t n, float *acc);
+    void (*accum_rot)(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                      const uint8_t *v, size_t n, float *acc);
+    /* y[dim] += sum_r x[r] * M[r][dim] for r < rows (rotations of queries and outputs) */
+    void (*axpy_rows)(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y);
+    /* s[t] = exp(s[t] - m) for t < n; returns the sum. Same polynomial on every ISA. */
+    float (*exp_sum)(float *s, size_t n, float m);
+} kvqi_cache_kernels;
+
+/* Kernels for a resolved ISA; ISAs without their own version fall back per entry. */
+const kvqi_cache_kernels *kvqi_cache_kernels_for(kvq_isa resolved);
+
+/* The scalar set (tests compare the others against it). */
+extern const kvqi_cache_kernels kvqi_cache_kernels_scalar;
+#if defined(KVQ_HAVE_X86_SIMD)
+void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k);
+void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k);
+#endif
+
+/* exp(x) for x <= 0: i = ceil(x log2(e) - 1/2), r = x - i ln2 in two steps (Cody-Waite,
+ * |r| <= ln2/2), e^r by its degree-6 Taylor polynomial, times 2^i. Relative error about
+ * 2e-7. Every ISA uses this reduction and these coefficients; below -87 it returns 0
+ * (the softmax weight underflows anyway). */
+#define KVQI_EXP_LN2_HI 0.693145751953125f
+#define KVQI_EXP_LN2_LO 1.428606765330187e-06f
+#define KVQI_EXP_C6 1.3888889e-3f
+#define KVQI_EXP_C5 8.3333333e-3f
+#define KVQI_EXP_C4 4.1666668e-2f
+#define KVQI_EXP_C3 1.6666667e-1f
+#define KVQI_EXP_C2 0.5f
+static inline float kvqi_exp_neg(float x) {
+    if (!(x >= -87.0f)) return 0.0f;
+    float u = x * 1.44269504088896341f - 0.5f;
+    float fi = (float)(int32_t)u; /* u <= 0: truncation is ceil */
+    float r = x - fi * KVQI_EXP_LN2_HI;
+    r = r - fi * KVQI_EXP_LN2_LO;
+    float p = KVQI_EXP_C6;
+    p = p * r + KVQI_EXP_C5;
+    p = p * r + KVQI_EXP_C4;
+    p = p * r + KVQI_EXP_C3;
+    p = p * r + KVQI_EXP_C2;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { float f; int32_t i; } bits;
+    bits.i = ((int32_t)fi + 127) << 23;
+    return p * bits.f;
+}
+
+#endif /* KVQ_CACHE_KERNELS_H */

@@ -1,0 +1,211 @@
+/*
+ * cache_scalar.c - scalar reference of the cache's fused attention kernels (every SIMD
+ * version is tested against these), the lane order of rotated codes, and dispatch.
+ */
+#include <pthread.h>
+#include <string.h>
+
+#include "core/core.h"
+#include "cpu/cache_kernels.h"
+#include "cpu/cpu.h"
+
+/* Rotated codes of b = 2 or 4 bits are unpacked 16 bytes at a time into 16 lanes, one
+ * shift per index in a byte: a block of 16 * (8 / b) coordinates where lane p holds
+ * coordinate 16-lane-row * ... as below. 1- and 8-bit codes keep the natural order. */
+uint32_t kvqi_rot_lane_coordinate(uint32_t bits, uint32_t p) {
+    if (bits != 2 && bits != 4) return p;
+    uint32_t per = 8 / bits, block = 16 * per;
+    uint32_t base = p - p % block, in = p % block;
+    return base + (in % 16) * per + in / 16;
+}
+
+static inline uint32_t rot_index(const uint8_t *idx, uint32_t bits, uint32_t coord) {
+    size_t bit = (size_t)coord * bits;
+    return (uint32_t)(idx[bit / 8] >> (bit % 8)) & ((1u << bits) - 1u);
+}
+
+static inline float fp16_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return kvqi_fp16_to_fp32(h);
+}
+
+/* Values of one code in its natural order, for the block layouts. */
+static void decode_row(int kind, uint32_t dim, const uint8_t *code, float *x) {
+    if (kind == 16) {
+        for (uint32_t j = 0; j < dim; j++) x[j] = fp16_at(code + 2 * j);
+    } else if (kind == 8) {
+        for (uint32_t b = 0; b < dim / 32; b++) {
+            const uint8_t *blk = code + 34 * b;
+            float d = fp16_at(blk);
+            for (uint32_t j = 0; j < 32; j++) x[32 * b + j] = d * (float)(int8_t)blk[2 + j];
+        }
+    } else {
+        for (uint32_t b = 0; b < dim / 32; b++) {
+            const uint8_t *blk = code + 18 * b;
+            float d = fp16_at(blk);
+            for (uint32_t j = 0; j < 16; j++) {
+                x[32 * b + j] = d * (float)((int)(blk[2 + j] & 15) - 8);
+                x[32 * b + j + 16] = d * (float)((int)(blk[2 + j] >> 4) - 8);
+            }
+        }
+    }
+}
+
+static void score_rows(int kind, const float *q, uint32_t G, uint32_t dim, const uint8_t *k,
+                       size_t stride, size_t n, float *scores, size_t ld) {
+    float x[4096];
+    for (size_t t = 0; t < n; t++) {
+        const uint8_t *code = k + t * stride;
+        const float *row = (const float *)(const void *)code;
+        if (kind != 32) {
+            decode_row(kind, dim, code, x);
+            row = x;
+        }
+        for (uint32_t h = 0; h < G; h++) {
+            const float *qh = q + (size_t)h * dim;
+            float s = 0.0f;
+            for (uint32_t j = 0; j < dim; j++) s += qh[j] * row[j];
+            scores[h * ld + t] = s;
+        }
+    }
+}
+
+static void accum_rows(int kind, const float *w, size_t ld, uint32_t G, uint32_t dim,
+                       const uint8_t *v, size_t stride, size_t n, float *acc) {
+    float x[4096];
+    for (size_t t = 0; t < n; t++) {
+        const uint8_t *code = v + t * stride;
+        const float *row = (const float *)(const void *)code;
+        if (kind != 32) {
+            decode_row(kind, dim, code, x);
+            row = x;
+        }
+        for (uint32_t h = 0; h < G; h++) {
+            float wt = w[h * ld + t], *a = acc + (size_t)h * dim;
+            for (uint32_t j = 0; j < dim; j++) a[j] += wt * row[j];
+        }
+    }
+}
+
+static void score_f32(const float *q, uint32_t G, uint32_t dim, const uint8_t *k, size_t stride,
+                      size_t n, float *scores, size_t ld) {
+    score_rows(32, q, G, dim, k, stride, n, scores, ld);
+}
+static void score_f16(const float *q, uint32_t G, uint32_t dim, const uint8_t *k, size_t stride,
+                      size_t n, float *scores, size_t ld) {
+    score_rows(16, q, G, dim, k, stride, n, scores, ld);
+}
+static void score_q8_0(const float *q, uint32_t G, uint32_t dim, const uint8_t *k,
+                       size_t stride, size_t n, float *scores, size_t ld) {
+    score_rows(8, q, G, dim, k, stride, n, scores, ld);
+}
+static void score_q4_0(const float *q, uint32_t G, uint32_t dim, const uint8_t *k,
+                       size_t stride, size_t n, float *scores, size_t ld) {
+    score_rows(4, q, G, dim, k, stride, n, scores, ld);
+}
+static void accum_f32(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                      size_t stride, size_t n, float *acc) {
+    accum_rows(32, w, ld, G, dim, v, stride, n, acc);
+}
+static void accum_f16(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                      size_t stride, size_t n, float *acc) {
+    accum_rows(16, w, ld, G, dim, v, stride, n, acc);
+}
+static void accum_q8_0(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                       size_t stride, size_t n, float *acc) {
+    accum_rows(8, w, ld, G, dim, v, stride, n, acc);
+}
+static void accum_q4_0(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                       size_t stride, size_t n, float *acc) {
+    accum_rows(4, w, ld, G, dim, v, stride, n, acc);
+}
+
+/* u[p] for every lane p of one code (lane order), s_p folded in */
+static void rot_lanes(const kvqi_rot_layout *L, const uint8_t *code, float *u) {
+    for (uint32_t p = 0; p < L->dim; p++) {
+        uint32_t r = kvqi_rot_lane_coordinate(L->bits, p);
+        float x = L->centroids[0][rot_index(code + L->index_offset[0], L->bits, r)];
+        for (uint32_t k = 1; k < L->n_pass; k++)
+            x += fp16_at(code + L->scale_offset[k]) *
+                 L->centroids[k][rot_index(code + L->index_offset[k], L->bits, r)];
+        u[p] = x;
+    }
+}
+
+/* q and acc are in the lane order: lane p pairs with coordinate kvqi_rot_lane_coordinate */
+static void score_rot(const kvqi_rot_layout *L, const float *q, uint32_t G, const uint8_t *k,
+                      size_t n, float *scores, size_t ld) {
+    float u[4096];
+    for (size_t t = 0; t < n; t++) {
+        const uint8_t *code = k + t * L->code_size;
+        rot_lanes(L, code, u);
+        float norm = fp16_at(code + L->norm_offset);
+        for (uint32_t h = 0; h < G; h++) {
+            const float *qh = q + (size_t)h * L->dim;
+            float s = 0.0f;
+            for (uint32_t p = 0; p < L->dim; p++) s += qh[p] * u[p];
+            scores[h * ld + t] = s * norm;
+        }
+    }
+}
+
+static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                      const uint8_t *v, size_t n, float *acc) {
+    float u[4096];
+    for (size_t t = 0; t < n; t++) {
+        const uint8_t *code = v + t * L->code_size;
+        rot_lanes(L, code, u);
+        float norm = fp16_at(code + L->norm_offset);
+        for (uint32_t h = 0; h < G; h++) {
+            float wt = w[h * ld + t] * norm, *a = acc + (size_t)h * L->dim;
+            for (uint32_t p = 0; p < L->dim; p++) a[p] += wt * u[p];
+        }
+    }
+}
+
+static void axpy_rows(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y) {
+    for (uint32_t r = 0; r < rows; r++) {
+        const float *row = M + (size_t)r * dim;
+        float xr = x[r];
+        for (uint32_t j = 0; j < dim; j++) y[j] += xr * row[j];
+    }
+}
+
+static float exp_sum(float *s, size_t n, float m) {
+    float sum = 0.0f;
+    for (size_t t = 0; t < n; t++) {
+        s[t] = kvqi_exp_neg(s[t] - m);
+        sum += s[t];
+    }
+    return sum;
+}
+
+const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
+    KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
+    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  axpy_rows, exp_sum,
+};
+
+static kvqi_cache_kernels g_avx2, g_avx512;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static void build_tables(void) {
+    g_avx2 = kvqi_cache_kernels_scalar;
+    g_avx512 = kvqi_cache_kernels_scalar;
+#if defined(KVQ_HAVE_X86_SIMD)
+    g_avx2.isa = KVQ_ISA_AVX2;
+    kvqi_cache_kernels_fill_avx2(&g_avx2);
+    g_avx512 = g_avx2;
+    g_avx512.isa = KVQ_ISA_AVX512;
+    kvqi_cache_kernels_fill_avx512(&g_avx512);
+#endif
+}
+
+const kvqi_cache_kernels *kvqi_cache_kernels_for(kvq_isa resolved) {
+    pthread_once(&g_once, build_tables);
+#if defined(KVQ_HAVE_X86_SIMD)
+    if (resolved == KVQ_ISA_AVX512) return &g_avx512;
+    if (resolved == KVQ_ISA_AVX2) return &g_avx2;
+#endif
+    return &kvqi_cache_kernels_scalar;
+}

@@ -1,0 +1,676 @@
+/* test_cache.c - the compressed KV cache: attention against an fp32 reference, error
+ * falling with bits, the exact window, outlier channels, memory accounting, batching
+ * invariance, argument checking, SIMD kernels against the scalar reference, threads. */
+#include <stdlib.h>
+
+#include "cache/cache_internal.h"
+#include "core/core.h"
+#include "cpu/cache_kernels.h"
+#include "cpu/cpu.h"
+#include "test.h"
+
+/* Gaussian rows; `heavy` channels per head scaled by `heavy_scale` (outlier channels). */
+static float *make_kv(size_t n, uint32_t n_kv, uint32_t dim, uint64_t seed, uint32_t heavy,
+                      float heavy_scale) {
+    float *x = malloc(n * n_kv * dim * sizeof(float));
+    if (!x) return NULL;
+    kvqi_rng r;
+    kvqi_rng_seed(&r, seed);
+    for (size_t i = 0; i < n * n_kv * dim; i++) {
+        uint32_t ch = (uint32_t)(i % dim);
+        float s = ch < heavy ? heavy_scale : 1.0f;
+        x[i] = (float)kvqi_rng_normal(&r) * s + (ch < heavy ? heavy_scale : 0.0f);
+    }
+    return x;
+}
+
+/* Causal GQA attention in double: q [nq][H][dim], k/v [n][n_kv][dim]. */
+static void ref_attend(const float *q, const float *k, const float *v, size_t n, uint32_t n_kv,
+                       uint32_t H, uint32_t dim, size_t nq, float scale, float *out) {
+    uint32_t G = H / n_kv;
+    double *s = malloc(n * sizeof(double));
+    for (size_t i = 0; i < nq; i++) {
+        size_t visible = n - nq + i + 1;
+        for (uint32_t h = 0; h < H; h++) {
+            uint32_t g = h / G;
+            const float *qh = q + (i * H + h) * dim;
+            double m = -1e300, l = 0.0;
+            for (size_t t = 0; t < visible; t++) {
+                const float *kt = k + (t * n_kv + g) * dim;
+                double d = 0.0;
+                for (uint32_t j = 0; j < dim; j++) d += (double)qh[j] * kt[j];
+                s[t] = d * scale;
+                if (s[t] > m) m = s[t];
+            }
+            for (size_t t = 0; t < visible; t++) {
+                s[t] = exp(s[t] - m);
+                l += s[t];
+            }
+            float *o = out + (i * H + h) * dim;
+            for (uint32_t j = 0; j < dim; j++) {
+                double a = 0.0;
+                for (size_t t = 0; t < visible; t++) a += s[t] * v[(t * n_kv + g) * dim + j];
+                o[j] = (float)(a / l);
+            }
+        }
+    }
+    free(s);
+}
+
+static double rel_err(const float *a, const float *ref, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = (double)a[i] - ref[i];
+        num += e * e;
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1.0));
+}
+
+static kvq_status make_cache(const char *ks, const char *vs, uint32_t n_kv, uint32_t dim,
+                             uint32_t window, uint32_t n_out, uint32_t chunk, kvq_cache **out) {
+    kvq_cache_config cfg;
+    kvq_status st = kvq_cache_config_init(&cfg, n_kv, dim, ks, vs, NULL, 0);
+    if (st != KVQ_OK) return st;
+    cfg.window = window;
+    cfg.n_outliers = n_out;
+    cfg.chunk_tokens = chunk;
+    return kvq_cache_create(&cfg, out);
+}
+
+/* Attention error of a config on one data set: decode step plus a 3-query prefill. */
+static double config_error(const char *ks, const char *vs, uint32_t window, uint32_t n_out,
+                           const float *k, const float *v, const float *q, const float *ref,
+                           size_t n, uint32_t n_kv, uint32_t H, uint32_t dim, size_t nq) {
+    kvq_cache *c;
+    if (make_cache(ks, vs, n_kv, dim, window, n_out, 64, &c) != KVQ_OK) return -1.0;
+    float *out = malloc(nq * H * dim * sizeof(float));
+    double e = -1.0;
+    if (out && kvq_cache_append(c, k, v, n) == KVQ_OK &&
+        kvq_cache_attend(c, q, H, nq, 1.0f / sqrtf((float)dim), NULL, out) == KVQ_OK)
+        e = rel_err(out, ref, nq * H * dim);
+    free(out);
+    kvq_cache_free(c);
+    return e;
+}
+
+TEST(cache_fp16_matches_fp32_reference) {
+    /* GQA (3 query heads per KV head), chunks crossed, multi-query causal prefill */
+    const uint32_t n_kv = 2, H = 6, dim = 64;
+    const size_t n = 300, nq = 7;
+    float *k = make_kv(n, n_kv, dim, 1, 0, 1), *v = make_kv(n, n_kv, dim, 2, 0, 1);
+    float *q = make_kv(nq, H, dim, 3, 0, 1);
+    float *ref = malloc(nq * H * dim * sizeof(float)), *out = malloc(nq * H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref && out);
+    float scale = 1.0f / sqrtf((float)dim);
+    ref_attend(q, k, v, n, n_kv, H, dim, nq, scale, ref);
+    static const uint32_t chunks[] = {64, 7, 256};
+    for (size_t ci = 0; ci < 3; ci++) {
+        kvq_cache *c;
+        REQUIRE_OK(make_cache("fp16", "fp16", n_kv, dim, 0, 0, chunks[ci], &c));
+        REQUIRE_OK(kvq_cache_append(c, k, v, n));
+        REQUIRE_OK(kvq_cache_attend(c, q, H, nq, scale, NULL, out));
+        double e = rel_err(out, ref, nq * H * dim);
+        CHECKF(e < 1e-3, "chunk %u: relative error %.3g", chunks[ci], e);
+        /* also per query: the earliest prefill row sees fewer tokens */
+        for (size_t i = 0; i < nq; i++) {
+            double ei = rel_err(out + i * H * dim, ref + i * H * dim, H * dim);
+            CHECKF(ei < 1e-3, "query %zu: %.3g", i, ei);
+        }
+        kvq_cache_free(c);
+    }
+    /* one KV head shared by every query head (multi-query attention) */
+    float *ref1 = malloc(nq * H * dim * sizeof(float));
+    float *k1 = malloc(n * dim * sizeof(float)), *v1 = malloc(n * dim * sizeof(float));
+    REQUIRE(ref1 && k1 && v1);
+    for (size_t t = 0; t < n; t++) {
+        memcpy(k1 + t * dim, k + t * dim, dim * sizeof(float));
+        memcpy(v1 + t * dim, v + t * dim, dim * sizeof(float));
+    }
+    ref_attend(q, k1, v1, n, 1, H, dim, nq, scale, ref1);
+    kvq_cache *c;
+    REQUIRE_OK(make_cache("fp16", "fp16", 1, dim, 0, 0, 0, &c));
+    REQUIRE_OK(kvq_cache_append(c, k1, v1, n));
+    REQUIRE_OK(kvq_cache_attend(c, q, H, nq, scale, NULL, out));
+    double e = rel_err(out, ref1, nq * H * dim);
+    CHECKF(e < 1e-3, "MQA relative error %.3g", e);
+    kvq_cache_free(c);
+    free(k), free(v), free(q), free(ref), free(out), free(ref1), free(k1), free(v1);
+}
+
+TEST(cache_error_falls_with_bits) {
+    const uint32_t n_kv = 2, H = 8, dim = 128;
+    const size_t n = 400, nq = 2;
+    float *k = make_kv(n, n_kv, dim, 11, 0, 1), *v = make_kv(n, n_kv, dim, 12, 0, 1);
+    float *q = make_kv(nq, H, dim, 13, 0, 1), *ref = malloc(nq * H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref);
+    /* queries aligned with some keys, so attention is peaked as in real models */
+    for (uint32_t h = 0; h < H; h++)
+        for (uint32_t j = 0; j < dim; j++) q[h * dim + j] += 2.0f * k[(37 * h * n_kv) * dim + j];
+    ref_attend(q, k, v, n, n_kv, H, dim, nq, 1.0f / sqrtf((float)dim), ref);
+    static const char *families[][5] = {
+        {"q4_0", "q8_0", "fp16", NULL},
+        {"mse:bits=1", "mse:bits=2", "mse:bits=3", "mse:bits=4", NULL},
+        {"turboquant_rvq:bits=1,residuals=1", "turboquant_rvq:bits=1,residuals=2",
+         "turboquant_rvq:bits=2,residuals=2", NULL},
+        {"prod:bits=2", "prod:bits=3", "prod:bits=4", NULL},
+        {"polar:bits=2", "polar:bits=3", "polar:bits=4", NULL},
+        {"rabitq:bits=1", "rabitq:bits=2", "rabitq:bits=4", NULL},
+        {"qjl:proj_dim=64", "qjl:proj_dim=128", "qjl:proj_dim=256", NULL},
+    };
+    int ran = 0;
+    for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
+        double prev = 1e30;
+        for (int b = 0; families[f][b]; b++) {
+            const char *spec = families[f][b];
+            kvq_config probe;
+            if (kvq_config_parse(spec, dim, &probe, NULL, 0) != KVQ_OK) {
+                CHECKF(f > 1, "baseline family config %s does not parse", spec);
+                break;
+            }
+            /* the family on keys with exact-ish values, and on values with fp16 keys */
+            double ek = config_error(spec, "fp16", 0, 0, k, v, q, ref, n, n_kv, H, dim, nq);
+            int value_ok = f < 2 || f == 2;
+            double ev = value_ok ? config_error("fp16", spec, 0, 0, k, v, q, ref, n, n_kv, H,
+                                                dim, nq)
+                                 : 0.0;
+            CHECKF(ek >= 0.0 && ev >= 0.0, "%s failed to run", spec);
+            double e = ek + ev;
+            CHECKF(e < prev, "%s: error %.4g not below the previous step's %.4g", spec, e, prev);
+            prev = e;
+            ran++;
+        }
+    }
+    CHECK(ran >= 7);
+    free(k), free(v), free(q), free(ref);
+}
+
+TEST(cache_window_keeps_newest_exact) {
+    const uint32_t n_kv = 2, H = 4, dim = 64, W = 24;
+    const size_t n = 200, nq = 3;
+    float *k = make_kv(n, n_kv, dim, 21, 0, 1), *v = make_kv(n, n_kv, dim, 22, 0, 1);
+    float *q = make_kv(nq, H, dim, 23, 0, 1);
+    float *kd = malloc(n * n_kv * dim * sizeof(float)), *vd = malloc(n * n_kv * dim * sizeof(float));
+    float *ref = malloc(nq * H * dim * sizeof(float)), *out = malloc(nq * H * dim * sizeof(float));
+    REQUIRE(k && v && q && kd && vd && ref && out);
+    kvq_cache *c;
+    REQUIRE_OK(make_cache("mse:bits=2", "mse:bits=2", n_kv, dim, W, 0, 32, &c));
+    REQUIRE_OK(kvq_cache_append(c, k, v, 150));
+    REQUIRE_OK(kvq_cache_append(c, k + 150 * n_kv * dim, v + 150 * n_kv * dim, 50));
+    /* the expected cache: the quantizer's own decoding, except the newest W tokens */
+    kvq_config kc;
+    REQUIRE_OK(kvq_config_parse("mse:bits=2", dim, &kc, NULL, 0));
+    kvq_quantizer *qz;
+    REQUIRE_OK(kvq_quantizer_create(&kc, &qz));
+    uint8_t *code = malloc(kvq_code_size(qz));
+    REQUIRE(code);
+    for (size_t i = 0; i < n * n_kv; i++) {
+        int exact = i / n_kv >= n - W;
+        if (exact) {
+            memcpy(kd + i * dim, k + i * dim, dim * sizeof(float));
+            memcpy(vd + i * dim, v + i * dim, dim * sizeof(float));
+        } else {
+            REQUIRE_OK(kvq_encode(qz, k + i * dim, 1, code));
+            REQUIRE_OK(kvq_decode(qz, code, 1, kd + i * dim));
+            REQUIRE_OK(kvq_encode(qz, v + i * dim, 1, code));
+            REQUIRE_OK(kvq_decode(qz, code, 1, vd + i * dim));
+        }
+    }
+    float scale = 1.0f / sqrtf((float)dim);
+    ref_attend(q, kd, vd, n, n_kv, H, dim, nq, scale, ref);
+    REQUIRE_OK(kvq_cache_attend(c, q, H, nq, scale, NULL, out));
+    double e = rel_err(out, ref, nq * H * dim);
+    CHECKF(e < 2e-4, "mixed exact/decoded reference: relative error %.3g", e);
+    /* attention that sees only the window is exact */
+    float *qs = make_kv(1, H, dim, 24, 0, 1);
+    REQUIRE(qs);
+    for (uint32_t h = 0; h < H; h++)
+        for (uint32_t j = 0; j < dim; j++) qs[h * dim + j] = 40.0f * k[((n - 1) * n_kv + h / 2) * dim + j];
+    ref_attend(qs, k, v, n, n_kv, H, dim, 1, scale, ref);
+    REQUIRE_OK(kvq_cache_attend(c, qs, H, 1, scale, NULL, out));
+    e = rel_err(out, ref, H * dim);
+    CHECKF(e < 1e-5, "peaked on the newest token: relative error %.3g", e);
+    /* and the window lowers the error against exact attention */
+    ref_attend(q, k, v, n, n_kv, H, dim, nq, scale, ref);
+    double with = config_error("mse:bits=2", "mse:bits=2", 64, 0, k, v, q, ref, n, n_kv, H, dim, nq);
+    double without = config_error("mse:bits=2", "mse:bits=2", 0, 0, k, v, q, ref, n, n_kv, H, dim, nq);
+    CHECKF(with >= 0 && with < without, "window 64: %.4g, none: %.4g", with, without);
+    kvq_quantizer_free(qz);
+    kvq_cache_free(c);
+    free(code), free(k), free(v), free(q), free(qs), free(kd), free(vd), free(ref), free(out);
+}
+
+TEST(cache_outliers_reduce_error) {
+    const uint32_t n_kv = 2, H = 4, dim = 128;
+    const size_t n = 300, nq = 2;
+    float *k = make_kv(n, n_kv, dim, 31, 4, 12.0f), *v = make_kv(n, n_kv, dim, 32, 0, 1);
+    float *q = make_kv(nq, H, dim, 33, 0, 1), *ref = malloc(nq * H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref);
+    ref_attend(q, k, v, n, n_kv, H, dim, nq, 1.0f / sqrtf((float)dim), ref);
+    static const char *specs[] = {"mse:bits=2", "q4_0", "mse:bits=4"};
+    for (size_t i = 0; i < 3; i++) {
+        double plain = config_error(specs[i], "fp16", 0, 0, k, v, q, ref, n, n_kv, H, dim, nq);
+        double apart = config_error(specs[i], "fp16", 0, 4, k, v, q, ref, n, n_kv, H, dim, nq);
+        CHECKF(plain > 0 && apart >= 0 && apart < plain, "%s: with outliers %.4g, without %.4g",
+               specs[i], apart, plain);
+    }
+    /* the outlier channels are the heavy ones */
+    kvq_cache *c;
+    REQUIRE_OK(make_cache("mse:bits=2", "fp16", n_kv, dim, 0, 4, 64, &c));
+    REQUIRE_OK(kvq_cache_append(c, k, v, n));
+    for (uint32_t g = 0; g < n_kv; g++)
+        for (uint32_t o = 0; o < 4; o++) CHECK(c->outlier_idx[g * 4 + o] == o);
+    kvq_cache_free(c);
+    free(k), free(v), free(q), free(ref);
+}
+
+TEST(cache_memory_accounting) {
+    const uint32_t n_kv = 4, dim = 128;
+    static const char *specs[][2] = {{"fp16", "fp16"}, {"q4_0", "q8_0"},
+                                     {"mse:bits=2", "mse:bits=4"}};
+    for (size_t s = 0; s < 3; s++) {
+        for (uint32_t variant = 0; variant < 2; variant++) {
+            uint32_t window = variant ? 16 : 0, n_out = variant ? 3 : 0;
+            const size_t n = 333;
+            float *k = make_kv(n, n_kv, dim, 41, 0, 1), *v = make_kv(n, n_kv, dim, 42, 0, 1);
+            REQUIRE(k && v);
+            kvq_cache *c;
+            REQUIRE_OK(make_cache(specs[s][0], specs[s][1], n_kv, dim, window, n_out, 100, &c));
+            REQUIRE_OK(kvq_cache_append(c, k, v, n));
+            kvq_cache_memory_info m;
+            REQUIRE_OK(kvq_cache_memory(c, &m));
+            CHECK(m.total == m.key_codes + m.value_codes + m.window + m.outliers + m.shared +
+                                 m.overhead);
+            CHECK(m.n_tokens == n);
+            CHECK(m.key_codes == (uint64_t)kvq_code_size(c->key.quant) * n_kv * n);
+            CHECK(m.value_codes == (uint64_t)kvq_code_size(c->value.quant) * n_kv * n);
+            CHECK(m.window == (uint64_t)window * n_kv * dim * 4 * 2);
+            if (n_out)
+                CHECK(m.outliers >= (uint64_t)n * n_kv * n_out * 2 + n_kv * n_out * 2);
+            else
+                CHECK(m.outliers == 0);
+            /* the arena is whole chunks: 4 chunks of 100 tokens for 333 */
+            uint64_t per_token = (uint64_t)n_kv * (kvq_code_size(c->key.quant) +
+                                                   kvq_code_size(c->value.quant) + 2 * n_out);
+            CHECK(m.overhead >= 67 * per_token);
+            /* tokens_fit agrees with a real cache of that many tokens */
+            uint64_t budget = m.total * 3, fit;
+            kvq_cache_config cfg = c->cfg;
+            REQUIRE_OK(kvq_cache_tokens_fit(&cfg, 3, budget, &fit));
+            CHECKF(fit >= n, "%s: %llu tokens fit in three times the bytes of %zu", specs[s][0],
+                   (unsigned long long)fit, n);
+            kvq_cache_free(c);
+            free(k), free(v);
+        }
+    }
+    /* fp16 at Llama-3.1-8B shape: 32 layers x 8 heads x 128 x 2 x 2 bytes per token */
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_init(&cfg, 8, 128, "fp16", "fp16", NULL, 0));
+    uint64_t fit;
+    REQUIRE_OK(kvq_cache_tokens_fit(&cfg, 32, 8ull << 30, &fit));
+    CHECKF(fit <= 65536 && fit >= 65536 - 2 * 256, "fp16 8 GiB: %llu", (unsigned long long)fit);
+}
+
+static int same_arena(const kvq_cache *a, const kvq_cache *b) {
+    if (a->n_tokens != b->n_tokens || a->chunk_bytes != b->chunk_bytes) return 0;
+    size_t C = a->cfg.chunk_tokens, n = a->n_tokens;
+    for (size_t ch = 0; ch * C < n; ch++) {
+        size_t cnt = KVQI_MIN(C, n - ch * C);
+        for (uint32_t g = 0; g < a->n_kv; g++) {
+            size_t ko = (size_t)g * C * a->key.code_size, vo = a->off_value + (size_t)g * C * a->value.code_size;
+            size_t oo = a->off_outliers + (size_t)g * C * a->n_out * 2;
+            if (memcmp(a->chunks[ch] + ko, b->chunks[ch] + ko, cnt * a->key.code_size)) return 0;
+            if (memcmp(a->chunks[ch] + vo, b->chunks[ch] + vo, cnt * a->value.code_size)) return 0;
+            if (memcmp(a->chunks[ch] + oo, b->chunks[ch] + oo, cnt * a->n_out * 2)) return 0;
+        }
+    }
+    return 1;
+}
+
+TEST(cache_append_batching_is_invisible) {
+    const uint32_t n_kv = 2, H = 4, dim = 64;
+    const size_t n = 1000;
+    float *k = make_kv(n, n_kv, dim, 51, 2, 8.0f), *v = make_kv(n, n_kv, dim, 52, 0, 1);
+    float *q = make_kv(2, H, dim, 53, 0, 1);
+    float *o1 = malloc(2 * H * dim * sizeof(float)), *o2 = malloc(2 * H * dim * sizeof(float));
+    REQUIRE(k && v && q && o1 && o2);
+    static const char *specs[] = {"mse:bits=3", "q4_0"};
+    for (size_t s = 0; s < 2; s++) {
+        kvq_cache *a, *b;
+        REQUIRE_OK(make_cache(specs[s], specs[s], n_kv, dim, 10, 2, 128, &a));
+        REQUIRE_OK(make_cache(specs[s], specs[s], n_kv, dim, 10, 2, 128, &b));
+        for (size_t t = 0; t < n; t++)
+            REQUIRE_OK(kvq_cache_append(a, k + t * n_kv * dim, v + t * n_kv * dim, 1));
+        REQUIRE_OK(kvq_cache_append(b, k, v, n));
+        CHECKF(same_arena(a, b), "%s: codes differ", specs[s]);
+        CHECK(memcmp(a->outlier_idx, b->outlier_idx, n_kv * 2 * sizeof(uint16_t)) == 0);
+        CHECK(memcmp(a->win_k, b->win_k, 10 * n_kv * dim * sizeof(float)) == 0);
+        REQUIRE_OK(kvq_cache_attend(a, q, H, 2, 0.125f, NULL, o1));
+        REQUIRE_OK(kvq_cache_attend(b, q, H, 2, 0.125f, NULL, o2));
+        CHECKF(memcmp(o1, o2, 2 * H * dim * sizeof(float)) == 0, "%s: outputs differ", specs[s]);
+        /* reset gives an empty cache that refills the same way */
+        REQUIRE_OK(kvq_cache_reset(b));
+        size_t len;
+        REQUIRE_OK(kvq_cache_length(b, &len));
+        CHECK(len == 0);
+        REQUIRE_OK(kvq_cache_append(b, k, v, 400));
+        REQUIRE_OK(kvq_cache_append(b, k + 400 * n_kv * dim, v + 400 * n_kv * dim, 600));
+        CHECK(same_arena(a, b));
+        kvq_cache_free(a);
+        kvq_cache_free(b);
+    }
+    free(k), free(v), free(q), free(o1), free(o2);
+}
+
+TEST(cache_rejects_bad_arguments) {
+    kvq_cache_config cfg;
+    kvq_cache *c = NULL;
+    CHECK_FAILS(kvq_cache_config_init(NULL, 8, 128, "fp16", "fp16", NULL, 0));
+    CHECK_FAILS(kvq_cache_config_init(&cfg, 0, 128, "fp16", "fp16", NULL, 0));
+    CHECK_FAILS(kvq_cache_config_init(&cfg, 8, 0, "fp16", "fp16", NULL, 0));
+    CHECK_FAILS(kvq_cache_config_init(&cfg, 8, 128, NULL, "fp16", NULL, 0));
+    char msg[128] = "";
+    CHECK_FAILS(kvq_cache_config_init(&cfg, 8, 128, "nosuch", "fp16", msg, sizeof msg));
+    CHECK(msg[0] != 0);
+    CHECK_STATUS(kvq_cache_create(NULL, &c), KVQ_ERR_INVALID_ARG);
+    REQUIRE_OK(kvq_cache_config_init(&cfg, 2, 64, "fp16", "fp16", NULL, 0));
+    CHECK_STATUS(kvq_cache_create(&cfg, NULL), KVQ_ERR_INVALID_ARG);
+    kvq_cache_config bad = cfg;
+    bad.head_dim = 0;
+    CHECK_FAILS(kvq_cache_create(&bad, &c));
+    CHECK(c == NULL);
+    bad = cfg;
+    bad.n_kv_heads = 0;
+    CHECK_FAILS(kvq_cache_create(&bad, &c));
+    bad = cfg;
+    bad.key.dim = 32;
+    CHECK_STATUS(kvq_cache_create(&bad, &c), KVQ_ERR_MISMATCH);
+    bad = cfg;
+    bad.n_outliers = 64;
+    CHECK_FAILS(kvq_cache_create(&bad, &c));
+    bad = cfg;
+    bad.n_kv_heads = UINT32_MAX;
+    bad.head_dim = UINT32_MAX;
+    CHECK_FAILS(kvq_cache_create(&bad, &c));
+    bad = cfg;
+    bad.chunk_tokens = UINT32_MAX;
+    CHECK_FAILS(kvq_cache_create(&bad, &c));
+    bad = cfg;
+    bad.window = UINT32_MAX; /* 4 G tokens of exact window: too large to allocate */
+    bad.n_kv_heads = 4096;
+    bad.head_dim = 4096;
+    CHECK_FAILS(kvq_cache_create(&bad, &c));
+
+    cfg.max_tokens = 10;
+    REQUIRE_OK(kvq_cache_create(&cfg, &c));
+    float k[11 * 2 * 64] = {0}, q[8 * 64] = {0}, out[8 * 64];
+    CHECK_STATUS(kvq_cache_attend(c, q, 8, 1, 0.1f, NULL, out), KVQ_ERR_INVALID_ARG); /* empty */
+    CHECK_FAILS(kvq_cache_append(c, NULL, k, 1));
+    CHECK_FAILS(kvq_cache_append(c, k, NULL, 1));
+    CHECK_FAILS(kvq_cache_append(NULL, k, k, 1));
+    CHECK_FAILS(kvq_cache_append(c, k, k, 0));
+    CHECK_STATUS(kvq_cache_append(c, k, k, 11), KVQ_ERR_CAPACITY);
+    REQUIRE_OK(kvq_cache_append(c, k, k, 10));
+    CHECK_STATUS(kvq_cache_append(c, k, k, 1), KVQ_ERR_CAPACITY);
+    CHECK_STATUS(kvq_cache_append(c, k, k, SIZE_MAX), KVQ_ERR_OVERFLOW);
+    CHECK_STATUS(kvq_cache_attend(c, q, 3, 1, 0.1f, NULL, out), KVQ_ERR_MISMATCH);
+    CHECK_FAILS(kvq_cache_attend(c, q, 0, 1, 0.1f, NULL, out));
+    CHECK_FAILS(kvq_cache_attend(c, q, 8, 11, 0.1f, NULL, out));
+    CHECK_FAILS(kvq_cache_attend(c, q, 8, 0, 0.1f, NULL, out));
+    CHECK_FAILS(kvq_cache_attend(c, NULL, 8, 1, 0.1f, NULL, out));
+    CHECK_FAILS(kvq_cache_attend(c, q, 8, 1, 0.1f, NULL, NULL));
+    CHECK_FAILS(kvq_cache_attend(c, q, 8, 1, NAN, NULL, out));
+    CHECK_FAILS(kvq_cache_attend(NULL, q, 8, 1, 0.1f, NULL, out));
+    CHECK_OK(kvq_cache_attend(c, q, 8, 1, 0.1f, NULL, out));
+    kvq_cache_memory_info m;
+    CHECK_FAILS(kvq_cache_memory(NULL, &m));
+    CHECK_FAILS(kvq_cache_memory(c, NULL));
+    CHECK_FAILS(kvq_cache_length(c, NULL));
+    CHECK_FAILS(kvq_cache_reset(NULL));
+    uint64_t fit;
+    CHECK_FAILS(kvq_cache_tokens_fit(&cfg, 0, 1 << 20, &fit));
+    CHECK_FAILS(kvq_cache_tokens_fit(NULL, 1, 1 << 20, &fit));
+    CHECK_FAILS(kvq_cache_tokens_fit(&cfg, 1, 1 << 20, NULL));
+    REQUIRE_OK(kvq_cache_tokens_fit(&cfg, 1, 16, &fit));
+    CHECK(fit == 0);
+    kvq_cache_set *set = NULL;
+    CHECK_FAILS(kvq_cache_set_create(0, &cfg, &set));
+    CHECK_FAILS(kvq_cache_set_create(2, NULL, &set));
+    CHECK_FAILS(kvq_cache_set_create(2, &cfg, NULL));
+    kvq_cache_free(c);
+    kvq_cache_free(NULL);
+    kvq_cache_set_free(NULL);
+}
+
+TEST(cache_set_per_layer_configs) {
+    kvq_cache_config cfgs[3];
+    REQUIRE_OK(kvq_cache_config_init(&cfgs[0], 2, 64, "mse:bits=4", "mse:bits=4", NULL, 0));
+    REQUIRE_OK(kvq_cache_config_init(&cfgs[1], 2, 64, "mse:bits=2", "mse:bits=2", NULL, 0));
+    REQUIRE_OK(kvq_cache_config_init(&cfgs[2], 2, 64, "fp16", "q8_0", NULL, 0));
+    kvq_cache_set *set;
+    REQUIRE_OK(kvq_cache_set_create(3, cfgs, &set));
+    float *k = make_kv(50, 2, 64, 61, 0, 1);
+    REQUIRE(k);
+    uint64_t sum = 0;
+    for (uint32_t l = 0; l < 3; l++) {
+        kvq_cache *c;
+        REQUIRE_OK(kvq_cache_set_layer(set, l, &c));
+        REQUIRE_OK(kvq_cache_append(c, k, k, 50));
+        kvq_cache_memory_info m;
+        REQUIRE_OK(kvq_cache_memory(c, &m));
+        sum += m.total;
+    }
+    kvq_cache *c;
+    CHECK_FAILS(kvq_cache_set_layer(set, 3, &c));
+    kvq_cache_memory_info all, l0, l1;
+    REQUIRE_OK(kvq_cache_set_memory(set, &all));
+    CHECK(all.total == sum);
+    REQUIRE_OK(kvq_cache_set_layer(set, 0, &c));
+    REQUIRE_OK(kvq_cache_memory(c, &l0));
+    REQUIRE_OK(kvq_cache_set_layer(set, 1, &c));
+    REQUIRE_OK(kvq_cache_memory(c, &l1));
+    CHECK(l1.key_codes < l0.key_codes); /* 2-bit layer smaller than the 4-bit one */
+    REQUIRE_OK(kvq_cache_set_reset(set));
+    REQUIRE_OK(kvq_cache_set_memory(set, &all));
+    CHECK(all.n_tokens == 0 && all.key_codes == 0);
+    kvq_cache_set_free(set);
+    free(k);
+}
+
+/* --------------------------------------------------------------- kernels */
+
+static void fill_uniform(float *x, size_t n, uint64_t seed) {
+    kvqi_rng r;
+    kvqi_rng_seed(&r, seed);
+    for (size_t i = 0; i < n; i++) x[i] = (float)(kvqi_rng_uniform(&r) * 2.0 - 1.0);
+}
+
+static int close_arrays(const float *a, const float *b, size_t n, double tol) {
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs((double)a[i] - b[i]) <= tol * (1.0 + fabs((double)b[i])))) return 0;
+    return 1;
+}
+
+TEST(cache_simd_kernels_match_scalar) {
+    enum { N = 61, MAXD = 256, G_MAX = 6 };
+    const size_t B = KVQI_MAX_BLOCK_TOKENS;
+    static const uint32_t dims[] = {32, 64, 128, 256, 48};
+    float *q = malloc(G_MAX * MAXD * sizeof(float)), *w = malloc(G_MAX * B * sizeof(float));
+    uint8_t *codes = malloc((size_t)N * MAXD * 8);
+    float *s_ref = malloc(G_MAX * B * sizeof(float)), *s_simd = malloc(G_MAX * B * sizeof(float));
+    float *a_ref = malloc(G_MAX * MAXD * sizeof(float)), *a_simd = malloc(G_MAX * MAXD * sizeof(float));
+    REQUIRE(q && w && codes && s_ref && s_simd && a_ref && a_simd);
+    const kvqi_cache_kernels *S = &kvqi_cache_kernels_scalar;
+    int tested = 0;
+    for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_NEON; isa++) {
+        if (!kvq_isa_available((kvq_isa)isa)) continue;
+        const kvqi_cache_kernels *K = kvqi_cache_kernels_for((kvq_isa)isa);
+        for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+            uint32_t dim = dims[di];
+            for (uint32_t G = 1; G <= G_MAX; G++) {
+                fill_uniform(q, G * dim, 100 + G);
+                fill_uniform(w, G * B, 200 + G);
+                /* random bytes are valid codes for every layout but fp16/f32 */
+                kvqi_rng r;
+                kvqi_rng_seed(&r, 300 + dim);
+                for (size_t i = 0; i < (size_t)N * MAXD * 4; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
+                for (size_t i = 0; i < (size_t)N * dim; i++) {
+                    uint16_t h = kvqi_fp32_to_fp16((float)(kvqi_rng_normal(&r)));
+                    memcpy(codes + 2 * i, &h, 2);
+                }
+                /* layouts: 0 f32, 1 f16, 2 q8_0, 3 q4_0 */
+                for (int lay = 0; lay < 4; lay++) {
+                    if (lay >= 2 && dim % 32) continue;
+                    size_t stride = lay == 0 ? dim * 4 : lay == 1 ? dim * 2 : lay == 2 ? dim / 32 * 34 : dim / 32 * 18;
+                    uint8_t *src = codes;
+                    float *f32 = (float *)(void *)(codes + (size_t)N * MAXD * 4);
+                    if (lay == 0) {
+                        fill_uniform(f32, (size_t)N * dim, 400 + dim);
+                        src = (uint8_t *)f32;
+                    }
+                    if (lay >= 2) /* keep block scales finite: rewrite each block's fp16 */
+                        for (size_t t = 0; t < N; t++)
+                            for (uint32_t b = 0; b < dim / 32; b++) {
+                                uint16_t h = kvqi_fp32_to_fp16(0.01f * (float)(1 + (t + b) % 7));
+                                memcpy(codes + t * stride + b * (lay == 2 ? 34 : 18), &h, 2);
+                            }
+                    typedef void (*score_fn)(const float *, uint32_t, uint32_t, const uint8_t *, size_t, size_t, float *, size_t);
+                    typedef void (*accum_fn)(const float *, size_t, uint32_t, uint32_t, const uint8_t *, size_t, size_t, float *);
+                    score_fn sr[4] = {S->score_f32, S->score_f16, S->score_q8_0, S->score_q4_0};
+                    score_fn sk[4] = {K->score_f32, K->score_f16, K->score_q8_0, K->score_q4_0};
+                    accum_fn ar[4] = {S->accum_f32, S->accum_f16, S->accum_q8_0, S->accum_q4_0};
+                    accum_fn ak[4] = {K->accum_f32, K->accum_f16, K->accum_q8_0, K->accum_q4_0};
+                    sr[lay](q, G, dim, src, stride, N, s_ref, B);
+                    sk[lay](q, G, dim, src, stride, N, s_simd, B);
+                    for (uint32_t h = 0; h < G; h++)
+                        CHECKF(close_arrays(s_simd + h * B, s_ref + h * B, N, 1e-4),
+                               "%s score layout %d dim %u G %u", kvqi_isa_name((kvq_isa)isa), lay, dim, G);
+                    fill_uniform(a_ref, G * dim, 500);
+                    memcpy(a_simd, a_ref, G * dim * sizeof(float));
+                    ar[lay](w, B, G, dim, src, stride, N, a_ref);
+                    ak[lay](w, B, G, dim, src, stride, N, a_simd);
+                    CHECKF(close_arrays(a_simd, a_ref, G * dim, 1e-4), "%s accum layout %d dim %u G %u",
+                           kvqi_isa_name((kvq_isa)isa), lay, dim, G);
+                    tested++;
+                }
+                /* rotated codes, one to three passes */
+                static const uint32_t bitss[] = {1, 2, 4, 8};
+                for (size_t bi = 0; bi < 4; bi++) {
+                    for (uint32_t passes = 1; passes <= (bitss[bi] == 8 ? 1u : 3u); passes++) {
+                        uint32_t bits = bitss[bi];
+                        if (dim % (bits == 2 ? 64 : 32)) continue;
+                        kvqi_rot_layout L;
+                        memset(&L, 0, sizeof L);
+                        L.dim = dim;
+                        L.bits = bits;
+                        L.n_pass = passes;
+                        L.norm_offset = 0;
+                        uint32_t ib = dim * bits / 8;
+                        for (uint32_t p = 0; p < passes; p++) {
+                            L.scale_offset[p] = 2 * p;
+                            L.index_offset[p] = 2 * passes + p * ib;
+                            for (uint32_t i = 0; i < (1u << bits); i++)
+                                L.centroids[p][i] = ((float)i * 0.3f - 1.0f) / (float)(p + 1);
+                        }
+                        L.code_size = 2 * passes + passes * ib + 3; /* odd stride on purpose */
+                        for (size_t t = 0; t < N; t++)
+                            for (uint32_t p = 0; p < passes; p++) {
+                                uint16_t h = kvqi_fp32_to_fp16(0.5f + 0.01f * (float)(t + p));
+                                memcpy(codes + t * L.code_size + 2 * p, &h, 2);
+                            }
+                        S->score_rot(&L, q, G, codes, N, s_ref, B);
+                        K->score_rot(&L, q, G, codes, N, s_simd, B);
+                        for (uint32_t h = 0; h < G; h++)
+                            CHECKF(close_arrays(s_simd + h * B, s_ref + h * B, N, 1e-4),
+                                   "%s score_rot bits %u passes %u dim %u G %u",
+                                   kvqi_isa_name((kvq_isa)isa), bits, passes, dim, G);
+                        fill_uniform(a_ref, G * dim, 600);
+                        memcpy(a_simd, a_ref, G * dim * sizeof(float));
+                        S->accum_rot(&L, w, B, G, codes, N, a_ref);
+                        K->accum_rot(&L, w, B, G, codes, N, a_simd);
+                        CHECKF(close_arrays(a_simd, a_ref, G * dim, 1e-4),
+                               "%s accum_rot bits %u passes %u dim %u G %u",
+                               kvqi_isa_name((kvq_isa)isa), bits, passes, dim, G);
+                        tested++;
+                    }
+                }
+            }
+        }
+        /* rotations of queries and outputs */
+        for (uint32_t rows = 1; rows <= 9; rows += 4) {
+            float M[9 * 64], x[9], y1[64], y2[64];
+            fill_uniform(M, sizeof M / sizeof M[0], 700 + rows);
+            fill_uniform(x, 9, 800 + rows);
+            fill_uniform(y1, 64, 900);
+            memcpy(y2, y1, sizeof y1);
+            S->axpy_rows(M, x, rows, 64, y1);
+            K->axpy_rows(M, x, rows, 64, y2);
+            CHECKF(close_arrays(y2, y1, 64, 1e-5), "%s axpy_rows %u", kvqi_isa_name((kvq_isa)isa), rows);
+        }
+        /* exp: every length mod the vector width, arguments down to underflow */
+        float e1[100], e2[100];
+        for (size_t n = 1; n <= 100; n += 7) {
+            double want[100];
+            for (size_t i = 0; i < n; i++) {
+                e1[i] = e2[i] = -(float)i * 1.1f + 3.0f;
+                want[i] = exp((double)(e1[i] - 3.0f));
+            }
+            float r1 = S->exp_sum(e1, n, 3.0f), r2 = K->exp_sum(e2, n, 3.0f);
+            CHECK(close_arrays(e2, e1, n, 1e-6));
+            CHECK_NEAR(r2, r1, 1e-6 * r1);
+            for (size_t i = 0; i < n; i++)
+                CHECK_NEAR(e1[i], want[i], (i * 1.1 > 87 ? 0 : 3e-7 * want[i]) + 1e-37);
+        }
+    }
+    if (!tested) SKIP("no SIMD ISA on this CPU");
+    free(q), free(w), free(codes), free(s_ref), free(s_simd), free(a_ref), free(a_simd);
+}
+
+TEST(cache_threaded_matches_single_thread) {
+    const uint32_t n_kv = 4, H = 16, dim = 128;
+    const size_t n = 700, nq = 5;
+    float *k = make_kv(n, n_kv, dim, 71, 2, 6.0f), *v = make_kv(n, n_kv, dim, 72, 0, 1);
+    float *q = make_kv(nq, H, dim, 73, 0, 1);
+    float *o1 = malloc(nq * H * dim * sizeof(float)), *o2 = malloc(nq * H * dim * sizeof(float));
+    REQUIRE(k && v && q && o1 && o2);
+    kvq_threadpool *pool;
+    REQUIRE_OK(kvq_threadpool_create(3, &pool));
+    static const char *specs[] = {"mse:bits=4", "fp16", "q4_0"};
+    for (size_t s = 0; s < 3; s++) {
+        kvq_cache *c;
+        REQUIRE_OK(make_cache(specs[s], specs[s], n_kv, dim, 32, 2, 256, &c));
+        REQUIRE_OK(kvq_cache_append(c, k, v, n));
+        REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.1f, NULL, o1));
+        REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.1f, pool, o2));
+        CHECKF(memcmp(o1, o2, nq * H * dim * sizeof(float)) == 0, "%s: threaded differs", specs[s]);
+        kvq_cache_free(c);
+    }
+    kvq_threadpool_free(pool);
+    free(k), free(v), free(q), free(o1), free(o2);
+}
+
+/* The fused paths agree with the generic quantizer path (kvq_score / kvq_decode). */
+TEST(cache_fused_paths_match_generic) {
+    const uint32_t n_kv = 2, H = 8, dim = 128;
+    const size_t n = 300, nq = 3;
+    float *k = make_kv(n, n_kv, dim, 81, 0, 1), *v = make_kv(n, n_kv, dim, 82, 0, 1);
+    float *q = make_kv(nq, H, dim, 83, 0, 1);
+    float *o1 = malloc(nq * H * dim * sizeof(float)), *o2 = malloc(nq * H * dim * sizeof(float));
+    REQUIRE(k && v && q && o1 && o2);
+    static const char *specs[] = {"fp16", "q8_0", "q4_0", "mse:bits=1", "mse:bits=2", "mse:bits=4"};
+    int fused = 0;
+    for (size_t s = 0; s < sizeof specs / sizeof specs[0]; s++) {
+        kvq_cache *c;
+        REQUIRE_OK(make_cache(specs[s], specs[s], n_kv, dim, 0, 0, 128, &c));
+        REQUIRE_OK(kvq_cache_append(c, k, v, n));
+        REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.09f, NULL, o1));
+        fused += c->key.path != KVQI_PATH_GENERIC;
+        c->key.path = c->value.path = KVQI_PATH_GENERIC;
+        REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.09f, NULL, o2));
+        double e = rel_err(o1, o2, nq * H * dim);
+        CHECKF(e < 1e-5, "%s: fused vs generic %.3g", specs[s], e);
+        kvq_cache_free(c);
+    }
+    CHECKF(fused >= 3, "only %d configs took a fused path", fused);
+    free(k), free(v), free(q), free(o1), free(o2);
+}
