@@ -196,8 +196,71 @@ static void hadamard_sign_batch_avx2(const float *x, size_t rows, uint32_t dim, 
     }
 }
 
+/* ------------------------------------------------- llama.cpp q8_0 / q4_0 */
+
+static inline float load_half(const uint8_t *p) { return _cvtsh_ss((unsigned short)(p[0] | p[1] << 8)); }
+
+static void q8_0_decode_avx2(const uint8_t *in, uint32_t nb, float *out) {
+    for (uint32_t b = 0; b < nb; b++, in += 34, out += 32) {
+        const __m256 d = _mm256_set1_ps(load_half(in));
+        for (int k = 0; k < 4; k++) {
+            __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(in + 2 + 8 * k)));
+            _mm256_storeu_ps(out + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(v), d));
+        }
+    }
+}
+
+static float q8_0_dot_avx2(const float *q, const uint8_t *in, uint32_t nb) {
+    __m256 acc = _mm256_setzero_ps();
+    for (uint32_t b = 0; b < nb; b++, in += 34, q += 32) {
+        __m256 s = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(in + 2 + 8 * k)));
+            s = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * k), _mm256_cvtepi32_ps(v), s);
+        }
+        acc = _mm256_fmadd_ps(s, _mm256_set1_ps(load_half(in)), acc);
+    }
+    return hsum8(acc);
+}
+
+static inline void q4_values8(const uint8_t *in, int k, __m256 *lo, __m256 *hi) {
+    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(in + 2 + 8 * k)));
+    const __m256i eight = _mm256_set1_epi32(8), mask = _mm256_set1_epi32(15);
+    *lo = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v, mask), eight));
+    *hi = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(v, 4), eight));
+}
+
+static void q4_0_decode_avx2(const uint8_t *in, uint32_t nb, float *out) {
+    for (uint32_t b = 0; b < nb; b++, in += 18, out += 32) {
+        const __m256 d = _mm256_set1_ps(load_half(in));
+        for (int k = 0; k < 2; k++) {
+            __m256 lo, hi;
+            q4_values8(in, k, &lo, &hi);
+            _mm256_storeu_ps(out + 8 * k, _mm256_mul_ps(lo, d));
+            _mm256_storeu_ps(out + 16 + 8 * k, _mm256_mul_ps(hi, d));
+        }
+    }
+}
+
+static float q4_0_dot_avx2(const float *q, const uint8_t *in, uint32_t nb) {
+    __m256 acc = _mm256_setzero_ps();
+    for (uint32_t b = 0; b < nb; b++, in += 18, q += 32) {
+        __m256 s = _mm256_setzero_ps();
+        for (int k = 0; k < 2; k++) {
+            __m256 lo, hi;
+            q4_values8(in, k, &lo, &hi);
+            s = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * k), lo, s);
+            s = _mm256_fmadd_ps(_mm256_loadu_ps(q + 16 + 8 * k), hi, s);
+        }
+        acc = _mm256_fmadd_ps(s, _mm256_set1_ps(load_half(in)), acc);
+    }
+    return hsum8(acc);
+}
+
 const kvqi_quant_kernels kvqi_quant_avx2 = {
     KVQ_ISA_AVX2,       quantize_pack_avx2, sign_pack_avx2,    lut_decode_avx2,
     lut_dot_avx2,       masked_sum_avx2,    and_popcount_avx2, fp16_from_f32_avx2,
     fp16_to_f32_avx2,   fp16_dot_avx2,      hadamard_sign_batch_avx2,
+    kvqi_rvq1_batch_scalar, kvqi_q8_0_encode_scalar, q8_0_decode_avx2, q8_0_dot_avx2,
+    kvqi_q4_0_encode_scalar, q4_0_decode_avx2,   q4_0_dot_avx2,
 };

@@ -122,6 +122,38 @@ static void sign_pack_avx512(const float *x, uint32_t n, uint8_t *out) {
         if (x[i] > 0.0f) out[i >> 3] |= (uint8_t)(1u << (i & 7));
 }
 
+/* The 16 indices i0 .. i0+15 (i0 a multiple of 16) of a b-bit stream, b <= 4: their 16b
+ * bits start on a byte boundary and fit one 64-bit word (loaded with a byte mask, so
+ * nothing past the stream is touched). sh_lo/sh_hi: lane shifts j*b and (j+8)*b. */
+typedef struct idx_unpacker {
+    __m512i sh_lo, sh_hi, mask;
+    __mmask16 bytes;
+    unsigned b;
+} idx_unpacker;
+
+static inline idx_unpacker idx_unpacker_make(unsigned b) {
+    idx_unpacker u;
+    const __m512i lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i step = _mm512_set1_epi64((long long)b);
+    u.sh_lo = _mm512_mullo_epi64(lanes, step);
+    u.sh_hi = _mm512_mullo_epi64(_mm512_add_epi64(lanes, _mm512_set1_epi64(8)), step);
+    u.mask = _mm512_set1_epi32((1 << b) - 1);
+    u.bytes = (__mmask16)((1u << (2 * b)) - 1u);
+    u.b = b;
+    return u;
+}
+
+static inline __m512i idx16_packed(const idx_unpacker *u, const uint8_t *p, uint32_t i0) {
+    __m512i v = _mm512_broadcastq_epi64(_mm_maskz_loadu_epi8(u->bytes, p + (size_t)i0 * u->b / 8));
+    __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srlv_epi64(v, u->sh_lo))),
+                                      _mm512_cvtepi64_epi32(_mm512_srlv_epi64(v, u->sh_hi)), 1);
+    return _mm512_and_si512(both, u->mask);
+}
+
+static inline __mmask16 bits16(const uint8_t *p, uint32_t i0) {
+    return (__mmask16)(p[i0 / 8] | (p[i0 / 8 + 1] << 8));
+}
+
 /* 16 table entries from 16 byte indices */
 static inline __m512 lut16(const uint8_t *idx, const float *cb, unsigned bits, __m512 table) {
     __m512i i32 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)idx));
@@ -131,6 +163,21 @@ static inline __m512 lut16(const uint8_t *idx, const float *cb, unsigned bits, _
 
 static void lut_decode_avx512(const uint8_t *packed, uint32_t n, unsigned bits, const float *cb,
                               float scale, float *out) {
+    if (bits == 1 && n % 16 == 0) {
+        const __m512 c0 = _mm512_set1_ps(cb[0] * scale), c1 = _mm512_set1_ps(cb[1] * scale);
+        for (uint32_t i = 0; i < n; i += 16)
+            _mm512_storeu_ps(out + i, _mm512_mask_blend_ps(bits16(packed, i), c0, c1));
+        return;
+    }
+    if (bits <= 4 && n % 16 == 0) {
+        float tab[16] = {0};
+        memcpy(tab, cb, sizeof(float) * (1u << bits));
+        const __m512 table = _mm512_loadu_ps(tab), s = _mm512_set1_ps(scale);
+        const idx_unpacker u = idx_unpacker_make(bits);
+        for (uint32_t i = 0; i < n; i += 16)
+            _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_permutexvar_ps(idx16_packed(&u, packed, i), table), s));
+        return;
+    }
     uint8_t idx[4096 + 16];
     unpack_idx(packed, n, bits, idx);
     memset(idx + n, 0, 16);
@@ -144,6 +191,24 @@ static void lut_decode_avx512(const uint8_t *packed, uint32_t n, unsigned bits, 
 
 static float lut_dot_avx512(const float *q, const uint8_t *packed, uint32_t n, unsigned bits,
                             const float *cb) {
+    if (bits == 1 && n % 16 == 0) {
+        const __m512 c0 = _mm512_set1_ps(cb[0]), c1 = _mm512_set1_ps(cb[1]);
+        __m512 acc = _mm512_setzero_ps();
+        for (uint32_t i = 0; i < n; i += 16)
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_mask_blend_ps(bits16(packed, i), c0, c1), acc);
+        return _mm512_reduce_add_ps(acc);
+    }
+    if (bits <= 4 && n % 16 == 0) {
+        float tab[16] = {0};
+        memcpy(tab, cb, sizeof(float) * (1u << bits));
+        const __m512 table = _mm512_loadu_ps(tab);
+        const idx_unpacker u = idx_unpacker_make(bits);
+        __m512 acc = _mm512_setzero_ps();
+        for (uint32_t i = 0; i < n; i += 16)
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i),
+                                  _mm512_permutexvar_ps(idx16_packed(&u, packed, i), table), acc);
+        return _mm512_reduce_add_ps(acc);
+    }
     uint8_t idx[4096 + 16];
     unpack_idx(packed, n, bits, idx);
     memset(idx + n, 0, 16);
@@ -224,33 +289,31 @@ static inline float fold16(__m512 acc) {
     return _mm_cvtss_f32(s1);
 }
 
-static inline __m512 bfly(__m512 v, __m512 s, __mmask16 upper) {
-    return _mm512_mask_blend_ps(upper, _mm512_add_ps(v, s), _mm512_sub_ps(s, v));
+/* Butterfly with the partner p: lower lanes v + p, upper lanes p - v (= a - b). */
+static inline __m512 bfly2(__m512 v, __m512 p, __mmask16 upper) {
+    return _mm512_mask_sub_ps(_mm512_add_ps(v, p), upper, p, v);
 }
 
-/* The four in-register butterfly stages (h = 1, 2, 4, 8), as kvqi_fwht_scalar does them. */
+/* The four in-register butterfly stages (h = 1, 2, 4, 8), as kvqi_fwht_scalar does them.
+ * h = 1: fmsubadd(p, 1, v) is p + v on even lanes and p - v on odd ones, each rounded
+ * once (p * 1 is exact), so it equals the scalar add/sub bit for bit. */
 static inline __m512 fwht16(__m512 v) {
-    v = bfly(v, _mm512_permute_ps(v, 0xB1), 0xAAAA);
-    v = bfly(v, _mm512_permute_ps(v, 0x4E), 0xCCCC);
-    v = bfly(v, _mm512_shuffle_f32x4(v, v, 0xB1), 0xF0F0);
-    v = bfly(v, _mm512_shuffle_f32x4(v, v, 0x4E), 0xFF00);
+    v = _mm512_fmsubadd_ps(_mm512_permute_ps(v, 0xB1), _mm512_set1_ps(1.0f), v);
+    v = bfly2(v, _mm512_permute_ps(v, 0x4E), 0xCCCC);
+    v = bfly2(v, _mm512_shuffle_f32x4(v, v, 0xB1), 0xF0F0);
+    v = bfly2(v, _mm512_shuffle_f32x4(v, v, 0x4E), 0xFF00);
     return v;
 }
 
-/* Whole rows in registers: up to 64 zmm-wide chunks (dim <= 1024). */
-static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim,
-                                       const float *sign, uint8_t *bits_out, size_t bits_stride,
-                                       float *norm_out, float *abs_sum_out) {
-    if (dim < 16) {
-        kvqi_quant_scalar.hadamard_sign_batch(x, rows, dim, sign, bits_out, bits_stride, norm_out,
-                                              abs_sum_out);
-        return;
-    }
-    const uint32_t nv = dim / 16;
+/* Whole rows in registers; instantiated with a constant chunk count so the compiler
+ * unrolls the butterflies and keeps the row in zmm registers (d = 64, 128, 256). */
+static inline __attribute__((always_inline)) void had_sign_rows(
+    const float *x, size_t rows, const uint32_t nv, const float *sign, uint8_t *bits_out,
+    size_t bits_stride, float *norm_out, float *abs_sum_out) {
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
     __m512 v[64];
     for (size_t r = 0; r < rows; r++) {
-        const float *xr = x + r * dim;
+        const float *xr = x + r * nv * 16;
         __m512 nacc = _mm512_setzero_ps();
         for (uint32_t j = 0; j < nv; j++) {
             __m512 a = _mm512_loadu_ps(xr + 16 * j);
@@ -270,14 +333,214 @@ static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim
         for (uint32_t j = 0; j < nv; j++) {
             __mmask16 m = _mm512_cmp_ps_mask(v[j], _mm512_setzero_ps(), _CMP_GT_OQ);
             memcpy(out + 2 * j, &m, 2);
-            sacc = _mm512_add_ps(sacc, _mm512_and_ps(v[j], absmask));
+            if (abs_sum_out) sacc = _mm512_add_ps(sacc, _mm512_and_ps(v[j], absmask));
         }
         if (abs_sum_out) abs_sum_out[r] = fold16(sacc);
     }
+}
+
+static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim,
+                                       const float *sign, uint8_t *bits_out, size_t bits_stride,
+                                       float *norm_out, float *abs_sum_out) {
+    switch (dim) {
+    case 64: had_sign_rows(x, rows, 4, sign, bits_out, bits_stride, norm_out, abs_sum_out); return;
+    case 128: had_sign_rows(x, rows, 8, sign, bits_out, bits_stride, norm_out, abs_sum_out); return;
+    case 256: had_sign_rows(x, rows, 16, sign, bits_out, bits_stride, norm_out, abs_sum_out); return;
+    default:
+        if (dim < 16 || dim > 1024) {
+            kvqi_quant_scalar.hadamard_sign_batch(x, rows, dim, sign, bits_out, bits_stride,
+                                                  norm_out, abs_sum_out);
+            return;
+        }
+        had_sign_rows(x, rows, dim / 16, sign, bits_out, bits_stride, norm_out, abs_sum_out);
+    }
+}
+
+/* turboquant_rvq, 1 bit per pass: the row stays in registers from load to packed bits. */
+static inline __attribute__((always_inline)) void rvq1_rows(
+    const float *x, size_t rows, const uint32_t nv, const kvqi_hadamard *had, const float *cb_g,
+    const float *thr_g, const float *cb_l, const float *thr_l, unsigned residuals, uint8_t *codes,
+    size_t code_size) {
+    const uint32_t d = nv * 16;
+    const float sqrt_d = sqrtf((float)d), inv_d = 1.0f / (float)d;
+    const __m512 s_b = _mm512_set1_ps((float)(1.0 / sqrt((double)d)));
+    const __m512 tg = _mm512_set1_ps(thr_g[0]), g0 = _mm512_set1_ps(cb_g[0]), g1 = _mm512_set1_ps(cb_g[1]);
+    const __m512 tl = _mm512_set1_ps(thr_l[0]), l0 = _mm512_set1_ps(cb_l[0]), l1 = _mm512_set1_ps(cb_l[1]);
+    (void)inv_d;
+    __m512 v[64], sg[64];
+    for (uint32_t j = 0; j < nv; j++) sg[j] = _mm512_mul_ps(_mm512_loadu_ps(had->sign1 + 16 * j), s_b);
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * d;
+        uint8_t *c = codes + r * code_size, *bits = c + 2 * residuals;
+        __m512 nacc = _mm512_setzero_ps();
+        for (uint32_t j = 0; j < nv; j++) {
+            __m512 a = _mm512_loadu_ps(xr + 16 * j);
+            nacc = _mm512_add_ps(nacc, _mm512_mul_ps(a, a));
+            v[j] = fwht16(_mm512_mul_ps(a, sg[j]));
+        }
+        float norm = sqrtf(fold16(nacc));
+        uint16_t h = kvqi_fp32_to_fp16(norm);
+        c[0] = (uint8_t)h;
+        c[1] = (uint8_t)(h >> 8);
+        for (uint32_t hh = 1; hh < nv; hh <<= 1)
+            for (uint32_t i = 0; i < nv; i += hh << 1)
+                for (uint32_t j = i; j < i + hh; j++) {
+                    __m512 a = v[j], b = v[j + hh];
+                    v[j] = _mm512_add_ps(a, b);
+                    v[j + hh] = _mm512_sub_ps(a, b);
+                }
+        const __m512 av = _mm512_set1_ps(norm > 0.0f ? sqrt_d / norm : 0.0f);
+        for (uint32_t j = 0; j < nv; j++) {
+            __m512 t = _mm512_mul_ps(v[j], av);
+            __mmask16 m = _mm512_cmp_ps_mask(t, tg, _CMP_GT_OQ);
+            memcpy(bits + 2 * j, &m, 2);
+            v[j] = _mm512_sub_ps(t, _mm512_mask_blend_ps(m, g0, g1));
+        }
+        for (unsigned st = 1; st < residuals; st++) {
+            __m512 acc = _mm512_setzero_ps();
+            for (uint32_t j = 0; j < nv; j++) acc = _mm512_add_ps(acc, _mm512_mul_ps(v[j], v[j]));
+            float spread = sqrtf(fold16(acc) / (float)d);
+            h = kvqi_fp32_to_fp16(spread);
+            c[2 * st] = (uint8_t)h;
+            c[2 * st + 1] = (uint8_t)(h >> 8);
+            float shf = kvqi_fp16_to_fp32(h);
+            const __m512 sh = _mm512_set1_ps(shf), inv = _mm512_set1_ps(shf > 0.0f ? 1.0f / shf : 0.0f);
+            const __m512 r0 = _mm512_mul_ps(l0, sh), r1 = _mm512_mul_ps(l1, sh);
+            uint8_t *pb = bits + st * (d / 8);
+            for (uint32_t j = 0; j < nv; j++) {
+                __mmask16 m = _mm512_cmp_ps_mask(_mm512_mul_ps(v[j], inv), tl, _CMP_GT_OQ);
+                memcpy(pb + 2 * j, &m, 2);
+                v[j] = _mm512_sub_ps(v[j], _mm512_mask_blend_ps(m, r0, r1));
+            }
+        }
+    }
+}
+
+static void rvq1_batch_avx512(const float *x, size_t rows, const kvqi_hadamard *had,
+                              const float *cb_g, const float *thr_g, const float *cb_l,
+                              const float *thr_l, unsigned residuals, uint8_t *codes,
+                              size_t code_size) {
+    switch (had->dim) {
+    case 64: rvq1_rows(x, rows, 4, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size); return;
+    case 128: rvq1_rows(x, rows, 8, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size); return;
+    case 256: rvq1_rows(x, rows, 16, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size); return;
+    default:
+        if (had->two_pass || had->dim < 16 || had->dim > 1024) {
+            kvqi_rvq1_batch_scalar(x, rows, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size);
+            return;
+        }
+        rvq1_rows(x, rows, had->dim / 16, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size);
+    }
+}
+
+/* ------------------------------------------------- llama.cpp q8_0 / q4_0 */
+
+static inline float load_half(const uint8_t *p) { return _cvtsh_ss((unsigned short)(p[0] | p[1] << 8)); }
+
+/* roundf: half away from zero, exactly (v - trunc(v) is exact) */
+static inline __m512 round_away(__m512 v) {
+    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+    __mmask16 up = _mm512_cmp_ps_mask(_mm512_and_ps(_mm512_sub_ps(v, t), absmask), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m512 one = _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_andnot_ps(absmask, v));
+    return _mm512_mask_add_ps(t, up, t, one);
+}
+
+static void q8_0_encode_avx512(const float *x, uint32_t nb, uint8_t *out) {
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+    for (uint32_t b = 0; b < nb; b++, x += 32, out += 34) {
+        __m512 a = _mm512_loadu_ps(x), c = _mm512_loadu_ps(x + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(a, absmask), _mm512_and_ps(c, absmask)));
+        const float d = amax / ((1 << 7) - 1);
+        const float id = d ? 1.0f / d : 0.0f;
+        const uint16_t h = kvqi_fp32_to_fp16(d);
+        out[0] = (uint8_t)h;
+        out[1] = (uint8_t)(h >> 8);
+        const __m512 iv = _mm512_set1_ps(id);
+        __m512i qa = _mm512_cvttps_epi32(round_away(_mm512_mul_ps(a, iv)));
+        __m512i qc = _mm512_cvttps_epi32(round_away(_mm512_mul_ps(c, iv)));
+        _mm_storeu_si128((__m128i *)(out + 2), _mm512_cvtepi32_epi8(qa));
+        _mm_storeu_si128((__m128i *)(out + 18), _mm512_cvtepi32_epi8(qc));
+    }
+}
+
+static void q8_0_decode_avx512(const uint8_t *in, uint32_t nb, float *out) {
+    for (uint32_t b = 0; b < nb; b++, in += 34, out += 32) {
+        const __m512 d = _mm512_set1_ps(load_half(in));
+        __m512i lo = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(in + 2)));
+        __m512i hi = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(in + 18)));
+        _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d));
+        _mm512_storeu_ps(out + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d));
+    }
+}
+
+static float q8_0_dot_avx512(const float *q, const uint8_t *in, uint32_t nb) {
+    __m512 acc = _mm512_setzero_ps();
+    for (uint32_t b = 0; b < nb; b++, in += 34, q += 32) {
+        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(in + 2))));
+        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(in + 18))));
+        __m512 s = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16), hi, _mm512_mul_ps(_mm512_loadu_ps(q), lo));
+        acc = _mm512_fmadd_ps(s, _mm512_set1_ps(load_half(in)), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static void q4_0_encode_avx512(const float *x, uint32_t nb, uint8_t *out) {
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+    for (uint32_t b = 0; b < nb; b++, x += 32, out += 18) {
+        __m512 a = _mm512_loadu_ps(x), c = _mm512_loadu_ps(x + 16);
+        __m512 aa = _mm512_and_ps(a, absmask), ac = _mm512_and_ps(c, absmask);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(aa, ac));
+        /* the first element of largest magnitude, signed (the reference's strict <) */
+        uint32_t hit = (uint32_t)_mm512_cmp_ps_mask(aa, _mm512_set1_ps(amax), _CMP_EQ_OQ) |
+                       (uint32_t)_mm512_cmp_ps_mask(ac, _mm512_set1_ps(amax), _CMP_EQ_OQ) << 16;
+        const float max = amax > 0.0f ? x[__builtin_ctz(hit)] : 0.0f;
+        const float d = max / -8;
+        const float id = d ? 1.0f / d : 0.0f;
+        const uint16_t h = kvqi_fp32_to_fp16(d);
+        out[0] = (uint8_t)h;
+        out[1] = (uint8_t)(h >> 8);
+        const __m512 iv = _mm512_set1_ps(id), half8 = _mm512_set1_ps(8.5f);
+        const __m512i fifteen = _mm512_set1_epi32(15);
+        __m512i q0 = _mm512_min_epi32(_mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(a, iv), half8)), fifteen);
+        __m512i q1 = _mm512_min_epi32(_mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(c, iv), half8)), fifteen);
+        _mm_storeu_si128((__m128i *)(out + 2), _mm512_cvtepi32_epi8(_mm512_or_si512(q0, _mm512_slli_epi32(q1, 4))));
+    }
+}
+
+static inline void q4_block_values(const uint8_t *in, __m512 *lo, __m512 *hi) {
+    __m128i b = _mm_loadu_si128((const __m128i *)(in + 2));
+    __m512i v = _mm512_cvtepu8_epi32(b);
+    const __m512i eight = _mm512_set1_epi32(8), mask = _mm512_set1_epi32(15);
+    *lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(v, mask), eight));
+    *hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(v, 4), eight));
+}
+
+static void q4_0_decode_avx512(const uint8_t *in, uint32_t nb, float *out) {
+    for (uint32_t b = 0; b < nb; b++, in += 18, out += 32) {
+        const __m512 d = _mm512_set1_ps(load_half(in));
+        __m512 lo, hi;
+        q4_block_values(in, &lo, &hi);
+        _mm512_storeu_ps(out, _mm512_mul_ps(lo, d));
+        _mm512_storeu_ps(out + 16, _mm512_mul_ps(hi, d));
+    }
+}
+
+static float q4_0_dot_avx512(const float *q, const uint8_t *in, uint32_t nb) {
+    __m512 acc = _mm512_setzero_ps();
+    for (uint32_t b = 0; b < nb; b++, in += 18, q += 32) {
+        __m512 lo, hi;
+        q4_block_values(in, &lo, &hi);
+        __m512 s = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16), hi, _mm512_mul_ps(_mm512_loadu_ps(q), lo));
+        acc = _mm512_fmadd_ps(s, _mm512_set1_ps(load_half(in)), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
 }
 
 const kvqi_quant_kernels kvqi_quant_avx512 = {
     KVQ_ISA_AVX512,       quantize_pack_avx512, sign_pack_avx512,     lut_decode_avx512,
     lut_dot_avx512,       masked_sum_avx512,    and_popcount_avx512,  fp16_from_f32_avx512,
     fp16_to_f32_avx512,   fp16_dot_avx512,      hadamard_sign_batch_avx512,
+    rvq1_batch_avx512,    q8_0_encode_avx512,   q8_0_decode_avx512,   q8_0_dot_avx512,
+    q4_0_encode_avx512,   q4_0_decode_avx512,   q4_0_dot_avx512,
 };

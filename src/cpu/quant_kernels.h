@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/core.h"
 #include "kvq.h"
 
 /* Packed indices are LSB-first little-endian bit streams (core's kvqi_pack_bits layout):
@@ -42,7 +43,31 @@ typedef struct kvqi_quant_kernels {
     void (*hadamard_sign_batch)(const float *x, size_t rows, uint32_t dim, const float *sign,
                                 uint8_t *bits_out, size_t bits_stride, float *norm_out,
                                 float *abs_sum_out);
+    /* Fused batch encoder for turboquant_rvq with 1 bit per pass on a power-of-two dim
+     * with the Hadamard rotation (had: single pass): whole codes, code_size apart, in
+     * turboquant_rvq.c's layout and exactly its arithmetic (rotation as core's
+     * kvqi_hadamard_apply, x * sqrt(d)/||x||, stage scales rounded to fp16). */
+    void (*rvq1_batch)(const float *x, size_t rows, const kvqi_hadamard *had, const float *cb_g,
+                       const float *thr_g, const float *cb_l, const float *thr_l,
+                       unsigned residuals, uint8_t *codes, size_t code_size);
+    /* llama.cpp blocks of 32 (ggml-quants.c reference formulas, byte for byte):
+     * q8_0 = fp16 d + 32 int8 (34 bytes), q4_0 = fp16 d + 16 nibble bytes (18 bytes). */
+    void (*q8_0_encode)(const float *x, uint32_t n_blocks, uint8_t *out);
+    void (*q8_0_decode)(const uint8_t *in, uint32_t n_blocks, float *out);
+    float (*q8_0_dot)(const float *q, const uint8_t *in, uint32_t n_blocks);
+    void (*q4_0_encode)(const float *x, uint32_t n_blocks, uint8_t *out);
+    void (*q4_0_decode)(const uint8_t *in, uint32_t n_blocks, float *out);
+    float (*q4_0_dot)(const float *q, const uint8_t *in, uint32_t n_blocks);
 } kvqi_quant_kernels;
+
+/* Scalar references the AVX2 table shares (encoders whose cost is not in AVX2 arithmetic). */
+void kvqi_q8_0_encode_scalar(const float *x, uint32_t n_blocks, uint8_t *out);
+void kvqi_q4_0_encode_scalar(const float *x, uint32_t n_blocks, uint8_t *out);
+/* The scalar reference of rvq1_batch (the AVX2 table uses it too). */
+void kvqi_rvq1_batch_scalar(const float *x, size_t rows, const kvqi_hadamard *had,
+                            const float *cb_g, const float *thr_g, const float *cb_l,
+                            const float *thr_l, unsigned residuals, uint8_t *codes,
+                            size_t code_size);
 
 /* The table for a resolved ISA (never NULL: falls back to scalar). */
 const kvqi_quant_kernels *kvqi_quant_kernels_for(kvq_isa resolved);

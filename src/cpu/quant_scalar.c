@@ -103,10 +103,132 @@ static void hadamard_sign_batch_scalar(const float *x, size_t rows, uint32_t dim
     }
 }
 
+void kvqi_rvq1_batch_scalar(const float *x, size_t rows, const kvqi_hadamard *had,
+                            const float *cb_g, const float *thr_g, const float *cb_l,
+                            const float *thr_l, unsigned residuals, uint8_t *codes,
+                            size_t code_size) {
+    const uint32_t d = had->dim, plane = d / 8;
+    const float sqrt_d = sqrtf((float)d);
+    float y[4096];
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * d;
+        uint8_t *c = codes + r * code_size, *bits = c + 2 * residuals;
+        float norm = sqrtf(kvqi_dot_scalar(xr, xr, d));
+        uint16_t h = kvqi_fp32_to_fp16(norm);
+        c[0] = (uint8_t)h;
+        c[1] = (uint8_t)(h >> 8);
+        float a = norm > 0.0f ? sqrt_d / norm : 0.0f;
+        memcpy(y, xr, d * sizeof(float));
+        kvqi_hadamard_apply(had, y, KVQ_ISA_SCALAR);
+        memset(bits, 0, (size_t)residuals * plane);
+        for (uint32_t i = 0; i < d; i++) {
+            float v = y[i] * a;
+            unsigned b = v > thr_g[0];
+            bits[i >> 3] |= (uint8_t)(b << (i & 7));
+            y[i] = v - cb_g[b];
+        }
+        for (unsigned st = 1; st < residuals; st++) {
+            float spread = sqrtf(kvqi_dot_scalar(y, y, d) / (float)d);
+            h = kvqi_fp32_to_fp16(spread);
+            c[2 * st] = (uint8_t)h;
+            c[2 * st + 1] = (uint8_t)(h >> 8);
+            float sh = kvqi_fp16_to_fp32(h), inv = sh > 0.0f ? 1.0f / sh : 0.0f;
+            uint8_t *pb = bits + st * plane;
+            for (uint32_t i = 0; i < d; i++) {
+                unsigned b = y[i] * inv > thr_l[0];
+                pb[i >> 3] |= (uint8_t)(b << (i & 7));
+                y[i] = y[i] - cb_l[b] * sh;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------- llama.cpp q8_0 / q4_0 */
+
+void kvqi_q8_0_encode_scalar(const float *x, uint32_t nb, uint8_t *out) {
+    for (uint32_t b = 0; b < nb; b++, x += 32, out += 34) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            const float v = fabsf(x[j]);
+            if (v > amax) amax = v;
+        }
+        const float d = amax / ((1 << 7) - 1);
+        const float id = d ? 1.0f / d : 0.0f;
+        const uint16_t h = kvqi_fp32_to_fp16(d);
+        out[0] = (uint8_t)h;
+        out[1] = (uint8_t)(h >> 8);
+        for (int j = 0; j < 32; j++) out[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+    }
+}
+
+static void q8_0_decode_scalar(const uint8_t *in, uint32_t nb, float *out) {
+    for (uint32_t b = 0; b < nb; b++, in += 34, out += 32) {
+        const float d = kvqi_fp16_to_fp32((uint16_t)(in[0] | in[1] << 8));
+        for (int j = 0; j < 32; j++) out[j] = (float)(int8_t)in[2 + j] * d;
+    }
+}
+
+static float q8_0_dot_scalar(const float *q, const uint8_t *in, uint32_t nb) {
+    float acc = 0.0f;
+    for (uint32_t b = 0; b < nb; b++, in += 34, q += 32) {
+        float s = 0.0f;
+        for (int j = 0; j < 32; j++) s += q[j] * (float)(int8_t)in[2 + j];
+        acc += s * kvqi_fp16_to_fp32((uint16_t)(in[0] | in[1] << 8));
+    }
+    return acc;
+}
+
+void kvqi_q4_0_encode_scalar(const float *x, uint32_t nb, uint8_t *out) {
+    for (uint32_t b = 0; b < nb; b++, x += 32, out += 18) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            const float v = x[j];
+            if (amax < fabsf(v)) {
+                amax = fabsf(v);
+                max = v;
+            }
+        }
+        const float d = max / -8;
+        const float id = d ? 1.0f / d : 0.0f;
+        const uint16_t h = kvqi_fp32_to_fp16(d);
+        out[0] = (uint8_t)h;
+        out[1] = (uint8_t)(h >> 8);
+        for (int j = 0; j < 16; j++) {
+            const float x0 = x[j] * id, x1 = x[16 + j] * id;
+            const int v0 = (int8_t)(x0 + 8.5f), v1 = (int8_t)(x1 + 8.5f);
+            const uint8_t xi0 = (uint8_t)(v0 < 15 ? v0 : 15), xi1 = (uint8_t)(v1 < 15 ? v1 : 15);
+            out[2 + j] = (uint8_t)(xi0 | (xi1 << 4));
+        }
+    }
+}
+
+static void q4_0_decode_scalar(const uint8_t *in, uint32_t nb, float *out) {
+    for (uint32_t b = 0; b < nb; b++, in += 18, out += 32) {
+        const float d = kvqi_fp16_to_fp32((uint16_t)(in[0] | in[1] << 8));
+        for (int j = 0; j < 16; j++) {
+            out[j] = (float)((in[2 + j] & 0x0F) - 8) * d;
+            out[j + 16] = (float)((in[2 + j] >> 4) - 8) * d;
+        }
+    }
+}
+
+static float q4_0_dot_scalar(const float *q, const uint8_t *in, uint32_t nb) {
+    float acc = 0.0f;
+    for (uint32_t b = 0; b < nb; b++, in += 18, q += 32) {
+        float s = 0.0f;
+        for (int j = 0; j < 16; j++)
+            s += q[j] * (float)((in[2 + j] & 0x0F) - 8) + q[j + 16] * (float)((in[2 + j] >> 4) - 8);
+        acc += s * kvqi_fp16_to_fp32((uint16_t)(in[0] | in[1] << 8));
+    }
+    return acc;
+}
+
 const kvqi_quant_kernels kvqi_quant_scalar = {
     KVQ_ISA_SCALAR,       quantize_pack_scalar, sign_pack_scalar,     lut_decode_scalar,
     lut_dot_scalar,       masked_sum_scalar,    and_popcount_scalar,  fp16_from_f32_scalar,
     fp16_to_f32_scalar,   fp16_dot_scalar,      hadamard_sign_batch_scalar,
+    kvqi_rvq1_batch_scalar, kvqi_q8_0_encode_scalar,  q8_0_decode_scalar,   q8_0_dot_scalar,
+    kvqi_q4_0_encode_scalar, q4_0_decode_scalar,  q4_0_dot_scalar,
 };
 
 #if defined(KVQ_HAVE_X86_SIMD)

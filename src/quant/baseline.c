@@ -82,55 +82,26 @@ static kvq_status block_validate(const kvq_config *c, char *why, size_t n) {
     return KVQ_OK;
 }
 
-/* q8_0 block: [0,2) fp16 d = amax/127, [2,34) int8 round(x/d). */
+/* q8_0 block: [0,2) fp16 d = amax/127, [2,34) int8 roundf(x/d) (kernels in src/cpu). */
 static size_t q8_code_size(const kvq_quantizer *q) { return (size_t)(q->cfg.dim / QK) * 34; }
 
-static void q8_block_encode(const float *x, uint8_t *b) {
-    float amax = 0.0f;
-    for (int j = 0; j < QK; j++) {
-        float v = fabsf(x[j]);
-        if (v > amax) amax = v;
-    }
-    const float d = amax / ((1 << 7) - 1);
-    const float id = d ? 1.0f / d : 0.0f;
-    kvqi_wr16(b, kvqi_fp32_to_fp16(d));
-    for (int j = 0; j < QK; j++) b[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
-}
-
 static kvq_status q8_encode(const kvq_quantizer *q, const float *x, size_t n, uint8_t *codes) {
-    uint32_t nb = q->cfg.dim / QK;
     for (size_t i = 0; i < n; i++)
-        for (uint32_t b = 0; b < nb; b++)
-            q8_block_encode(x + i * q->cfg.dim + b * QK, codes + i * q->code_size + b * 34);
+        q->k->q8_0_encode(x + i * q->cfg.dim, q->cfg.dim / QK, codes + i * q->code_size);
     return KVQ_OK;
 }
 
 static kvq_status q8_decode(const kvq_quantizer *q, const uint8_t *codes, size_t n, float *x) {
-    uint32_t nb = q->cfg.dim / QK;
     for (size_t i = 0; i < n; i++)
-        for (uint32_t b = 0; b < nb; b++) {
-            const uint8_t *blk = codes + i * q->code_size + b * 34;
-            float d = kvqi_rd_half(blk), *y = x + i * q->cfg.dim + b * QK;
-            for (int j = 0; j < QK; j++) y[j] = (float)(int8_t)blk[2 + j] * d;
-        }
+        q->k->q8_0_decode(codes + i * q->code_size, q->cfg.dim / QK, x + i * q->cfg.dim);
     return KVQ_OK;
 }
 
 static kvq_status q8_score(const kvq_quantizer *q, const float *query, const uint8_t *codes,
                            size_t n, float *scores, float *err) {
     KVQI_UNUSED(err);
-    uint32_t nb = q->cfg.dim / QK;
-    for (size_t i = 0; i < n; i++) {
-        float acc = 0.0f;
-        for (uint32_t b = 0; b < nb; b++) {
-            const uint8_t *blk = codes + i * q->code_size + b * 34;
-            const float *qq = query + b * QK;
-            float s = 0.0f;
-            for (int j = 0; j < QK; j++) s += qq[j] * (float)(int8_t)blk[2 + j];
-            acc += s * kvqi_rd_half(blk);
-        }
-        scores[i] = acc;
-    }
+    for (size_t i = 0; i < n; i++)
+        scores[i] = q->k->q8_0_dot(query, codes + i * q->code_size, q->cfg.dim / QK);
     return KVQ_OK;
 }
 
@@ -150,66 +121,23 @@ const kvqi_method kvqi_method_q8_0 = {
  * nibble and element j+16 in its high nibble. Value = (q - 8) * d. */
 static size_t q4_code_size(const kvq_quantizer *q) { return (size_t)(q->cfg.dim / QK) * 18; }
 
-static void q4_block_encode(const float *x, uint8_t *b) {
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < QK; j++) {
-        const float v = x[j];
-        if (amax < fabsf(v)) {
-            amax = fabsf(v);
-            max = v;
-        }
-    }
-    const float d = max / -8;
-    const float id = d ? 1.0f / d : 0.0f;
-    kvqi_wr16(b, kvqi_fp32_to_fp16(d));
-    for (int j = 0; j < QK / 2; j++) {
-        const float x0 = x[j] * id, x1 = x[QK / 2 + j] * id;
-        int v0 = (int8_t)(x0 + 8.5f), v1 = (int8_t)(x1 + 8.5f);
-        const uint8_t xi0 = (uint8_t)(v0 < 15 ? v0 : 15);
-        const uint8_t xi1 = (uint8_t)(v1 < 15 ? v1 : 15);
-        b[2 + j] = (uint8_t)(xi0 | (xi1 << 4));
-    }
-}
-
 static kvq_status q4_encode(const kvq_quantizer *q, const float *x, size_t n, uint8_t *codes) {
-    uint32_t nb = q->cfg.dim / QK;
     for (size_t i = 0; i < n; i++)
-        for (uint32_t b = 0; b < nb; b++)
-            q4_block_encode(x + i * q->cfg.dim + b * QK, codes + i * q->code_size + b * 18);
+        q->k->q4_0_encode(x + i * q->cfg.dim, q->cfg.dim / QK, codes + i * q->code_size);
     return KVQ_OK;
 }
 
 static kvq_status q4_decode(const kvq_quantizer *q, const uint8_t *codes, size_t n, float *x) {
-    uint32_t nb = q->cfg.dim / QK;
     for (size_t i = 0; i < n; i++)
-        for (uint32_t b = 0; b < nb; b++) {
-            const uint8_t *blk = codes + i * q->code_size + b * 18;
-            float d = kvqi_rd_half(blk), *y = x + i * q->cfg.dim + b * QK;
-            for (int j = 0; j < QK / 2; j++) {
-                y[j] = (float)((blk[2 + j] & 0x0F) - 8) * d;
-                y[j + QK / 2] = (float)((blk[2 + j] >> 4) - 8) * d;
-            }
-        }
+        q->k->q4_0_decode(codes + i * q->code_size, q->cfg.dim / QK, x + i * q->cfg.dim);
     return KVQ_OK;
 }
 
 static kvq_status q4_score(const kvq_quantizer *q, const float *query, const uint8_t *codes,
                            size_t n, float *scores, float *err) {
     KVQI_UNUSED(err);
-    uint32_t nb = q->cfg.dim / QK;
-    for (size_t i = 0; i < n; i++) {
-        float acc = 0.0f;
-        for (uint32_t b = 0; b < nb; b++) {
-            const uint8_t *blk = codes + i * q->code_size + b * 18;
-            const float *qq = query + b * QK;
-            float s = 0.0f;
-            for (int j = 0; j < QK / 2; j++)
-                s += qq[j] * (float)((blk[2 + j] & 0x0F) - 8) +
-                     qq[j + QK / 2] * (float)((blk[2 + j] >> 4) - 8);
-            acc += s * kvqi_rd_half(blk);
-        }
-        scores[i] = acc;
-    }
+    for (size_t i = 0; i < n; i++)
+        scores[i] = q->k->q4_0_dot(query, codes + i * q->code_size, q->cfg.dim / QK);
     return KVQ_OK;
 }
 

@@ -64,9 +64,17 @@ static inline const uint8_t *stage_idx(const kvq_quantizer *q, const uint8_t *c,
     return c + 2 * (size_t)q->cfg.residuals + k * s->idx_bytes;
 }
 
+static int is_pow2(uint32_t v) { return v && !(v & (v - 1)); }
+
 static kvq_status rvq_encode(const kvq_quantizer *q, const float *x, size_t n, uint8_t *codes) {
     const rvq_state *s = q->state;
     uint32_t d = q->cfg.dim, b = q->cfg.bits, R = q->cfg.residuals;
+    /* 1 bit per pass, Hadamard, power-of-two dim: the fused kernel, same arithmetic */
+    if (b == 1 && q->rot.kind == KVQI_ROT_HADAMARD && is_pow2(d) && d >= 8 && d <= 1024) {
+        q->k->rvq1_batch(x, n, &q->rot.had, s->gauss_c, s->gauss_t, s->lap_c, s->lap_t, R, codes,
+                         q->code_size);
+        return KVQ_OK;
+    }
     float y[KVQI_QUANT_MAX_DIM], rec[KVQI_QUANT_MAX_DIM];
     const float sqrt_d = sqrtf((float)d);
     for (size_t i = 0; i < n; i++) {
