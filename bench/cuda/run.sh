@@ -17,12 +17,6 @@ CUDA_HOME=$(dirname "$(dirname "$(command -v nvcc)")")
 cc -std=c11 -O2 -Wall -Wextra -Werror -D_DEFAULT_SOURCE -Iinclude -I"$CUDA_HOME/include" \
   bench/cuda/bench_attn.c build/libkvq.a -L"$CUDA_HOME/lib64" -Wl,-rpath,"$CUDA_HOME/lib64" \
   -lcudart -lm -pthread -o build/bench_attn >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-# resource report of the kernels (registers, shared memory, spills)
-for f in src/cuda/*.cu; do
-  nvcc -O3 -std=c++17 -Iinclude -Isrc -gencode arch=compute_90,code=sm_90 -Xptxas -v -c "$f" \
-    -o /dev/null 2>&1 | grep -E "Compiling entry|registers|spill" >>"$OUT/ptxas.txt"
-done
-
 make test TESTS=cuda_ >"$OUT/tests.log" 2>&1
 echo "tests: $(tail -1 "$OUT/tests.log")"
 grep -E "FAIL|error" "$OUT/tests.log" | head -20
