@@ -282,7 +282,11 @@ typedef struct kvq_cuda_attn_desc {
     uint32_t max_len;   /* >= every sequence length */
     float scale;        /* softmax scale, usually 1/sqrt(head_dim) */
     kvq_cuda_dtype q_dtype;
+    uint32_t flags;     /* KVQ_CUDA_ATTN_* (0: pick the fastest kernel) */
 } kvq_cuda_attn_desc;
+
+/* Always run the general CUDA-core kernel (tests and benchmarks compare the two). */
+#define KVQ_CUDA_ATTN_GENERIC 1u
 
 /* Device scratch an attend call needs (split-K partial results, rotated queries). */
 KVQ_API kvq_status kvq_cuda_attend_workspace(const kvq_cuda_quantizer *key,

@@ -174,7 +174,7 @@ static const attn_case k_attn_cases[] = {
 
 static void attend_case(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint32_t n_kv,
                         uint32_t group, const int32_t *lens, uint32_t batch, uint32_t capacity,
-                        kvq_cuda_dtype qdt) {
+                        kvq_cuda_dtype qdt, uint32_t flags) {
     const uint32_t nq = n_kv * group;
     kvq_config kc, vc;
     char msg[160];
@@ -216,6 +216,7 @@ static void attend_case(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint32_
     desc.capacity = capacity;
     desc.scale = 1.0f / sqrtf((float)d);
     desc.q_dtype = qdt;
+    desc.flags = flags;
     for (uint32_t b = 0; b < batch; b++)
         if ((uint32_t)lens[b] > desc.max_len) desc.max_len = (uint32_t)lens[b];
     size_t ws = 0;
@@ -254,8 +255,8 @@ static void attend_case(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint32_
             double rel = lens[b] == 0 ? sqrt(num) : sqrt(num / (den > 0 ? den : 1e-30));
             if (!(rel <= worst)) worst = rel; /* NaN sticks */
         }
-    CHECKF(worst <= 1e-3, "%s / %s d=%u group=%u: worst relative error %.3g", c->key, c->value,
-           d, group, worst);
+    CHECKF(worst <= 1e-3, "%s / %s d=%u group=%u flags=%u: worst relative error %.3g", c->key,
+           c->value, d, group, flags, worst);
     cudaFree(dq);
     cudaFree(dk);
     cudaFree(dv);
@@ -279,17 +280,23 @@ static void attend_case(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint32_
 
 static void body_cuda_attend_matches_cpu_reference(kvqt_ctx *kvqt_) {
     const int32_t lens[3] = {2500, 1, 1003};
-    for (size_t i = 0; i < sizeof k_attn_cases / sizeof *k_attn_cases; i++)
-        attend_case(kvqt_, &k_attn_cases[i], 128, 2, 4, lens, 3, 2560, KVQ_CUDA_F32);
+    for (size_t i = 0; i < sizeof k_attn_cases / sizeof *k_attn_cases; i++) {
+        attend_case(kvqt_, &k_attn_cases[i], 128, 2, 4, lens, 3, 2560, KVQ_CUDA_F32, 0);
+        if (i < 4) /* the tensor-core cases through the general kernel too */
+            attend_case(kvqt_, &k_attn_cases[i], 128, 2, 4, lens, 3, 2560, KVQ_CUDA_F32,
+                        KVQ_CUDA_ATTN_GENERIC);
+    }
 }
 
 static void body_cuda_attend_shapes_and_query_types(kvqt_ctx *kvqt_) {
     const int32_t lens[4] = {0, 64, 333, 130};
-    attend_case(kvqt_, &k_attn_cases[0], 128, 3, 1, lens, 4, 400, KVQ_CUDA_F16);
-    attend_case(kvqt_, &k_attn_cases[1], 128, 1, 8, lens, 4, 400, KVQ_CUDA_BF16);
-    attend_case(kvqt_, &k_attn_cases[2], 128, 2, 3, lens, 4, 400, KVQ_CUDA_F32);
-    attend_case(kvqt_, &k_attn_cases[0], 64, 2, 4, lens, 4, 400, KVQ_CUDA_F32);
-    attend_case(kvqt_, &k_attn_cases[6], 256, 2, 2, lens, 4, 400, KVQ_CUDA_F32);
+    attend_case(kvqt_, &k_attn_cases[0], 128, 3, 1, lens, 4, 400, KVQ_CUDA_F16, 0);
+    attend_case(kvqt_, &k_attn_cases[1], 128, 1, 8, lens, 4, 400, KVQ_CUDA_BF16, 0);
+    attend_case(kvqt_, &k_attn_cases[2], 128, 2, 3, lens, 4, 400, KVQ_CUDA_F32, 0);
+    attend_case(kvqt_, &k_attn_cases[3], 128, 4, 2, lens, 4, 400, KVQ_CUDA_F16, 0);
+    attend_case(kvqt_, &k_attn_cases[0], 128, 2, 4, lens, 4, 401, KVQ_CUDA_F32, 0);
+    attend_case(kvqt_, &k_attn_cases[0], 64, 2, 4, lens, 4, 400, KVQ_CUDA_F32, 0);
+    attend_case(kvqt_, &k_attn_cases[6], 256, 2, 2, lens, 4, 400, KVQ_CUDA_F32, 0);
 }
 
 static void body_cuda_rejects_bad_arguments(kvqt_ctx *kvqt_) {

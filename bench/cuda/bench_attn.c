@@ -175,6 +175,7 @@ static void fill_codes(kvq_cuda_quantizer *cq, const void *stage, size_t stage_r
 
 typedef struct pair {
     const char *name, *key, *value;
+    uint32_t flags;
 } pair;
 
 int main(int argc, char **argv) {
@@ -230,19 +231,21 @@ int main(int argc, char **argv) {
 
     /* attention */
     const pair pairs[] = {
-        {"rvq1x2/mse2", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=2"},
-        {"rvq1x2/mse4", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=4"},
-        {"rabitq1/mse2", "rabitq:bits=1", "turboquant_mse:bits=2"},
-        {"q4_0/q4_0", "q4_0", "q4_0"},
-        {"q8_0/q8_0", "q8_0", "q8_0"},
-        {"fp16/fp16", "fp16", "fp16"},
+        {"rvq1x2/mse2", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=2", 0},
+        {"rvq1x2/mse4", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=4", 0},
+        {"rabitq1/mse2", "rabitq:bits=1", "turboquant_mse:bits=2", 0},
+        {"rvq1x2/mse2-simt", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=2",
+         KVQ_CUDA_ATTN_GENERIC},
+        {"q4_0/q4_0", "q4_0", "q4_0", 0},
+        {"q8_0/q8_0", "q8_0", "q8_0", 0},
+        {"fp16/fp16", "fp16", "fp16", 0},
     };
     const uint32_t batches[] = {1, 8, 32};
     const uint32_t ctxs[] = {4096, 32768, 131072};
     const uint32_t n_q = 32, n_kv = 8, d = 128;
     size_t free_b = 0, total_b = 0;
     for (size_t pi = 0; pi < sizeof pairs / sizeof *pairs; pi++) {
-        if (quick && pi >= 3) break;
+        if (quick && pi >= 4) break;
         kvq_quantizer *kq = NULL, *vq = NULL;
         kvq_cuda_quantizer *ckq = make_cq(pairs[pi].key, &kq, 1);
         kvq_cuda_quantizer *cvq = make_cq(pairs[pi].value, &vq, 2);
@@ -268,6 +271,7 @@ int main(int argc, char **argv) {
                 ac.desc.max_len = L;
                 ac.desc.scale = 1.0f / sqrtf((float)d);
                 ac.desc.q_dtype = KVQ_CUDA_F16;
+                ac.desc.flags = pairs[pi].flags;
                 uint8_t *kc = NULL, *vc = NULL;
                 CK(cudaMalloc((void **)&kc, rows * kcs));
                 CK(cudaMalloc((void **)&vc, rows * vcs));

@@ -132,31 +132,6 @@ __global__ void __launch_bounds__(32) query_kernel(const kvqc_params *kp, int dt
 
 /* --------------------------------------------------------- general kernel */
 
-/* Block-wide: merge the per-warp (acc, m, l) of G heads and store the split's partial. */
-__device__ void kvqc_merge_warps(const float *part, int n_warps, int warp_stride, int head_stride,
-                                 int G, int D, const kvqc_attn_args &a, int b, int h, int split) {
-    for (int j = threadIdx.x; j < G * (D + 2); j += blockDim.x) {
-        int g = j / (D + 2), i = j % (D + 2);
-        float M = -INFINITY;
-        for (int w = 0; w < n_warps; w++) M = fmaxf(M, part[w * warp_stride + g * head_stride + D]);
-        float r;
-        if (i == D) {
-            r = M;
-        } else {
-            r = 0.0f;
-            if (M != -INFINITY) {
-                int src = i == D + 1 ? D + 1 : i;
-                for (int w = 0; w < n_warps; w++) {
-                    float mw = part[w * warp_stride + g * head_stride + D];
-                    if (mw != -INFINITY) r += part[w * warp_stride + g * head_stride + src] * exp2f(mw - M);
-                }
-            }
-        }
-        size_t row = (size_t)b * a.n_q_heads + (size_t)h * G + g;
-        a.partial[(row * a.n_split + split) * (D + 2) + i] = r;
-    }
-}
-
 template <int E>
 __global__ void __launch_bounds__(ATT_WARPS * 32) attend_simt_kernel(kvqc_attn_args a) {
     __shared__ float s_cen[2][256], s_cen2[2][16];
@@ -331,8 +306,10 @@ static cudaError_t launch_all(const kvq_cuda_quantizer *kq, const kvq_cuda_quant
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
     dim3 grid(a->n_split, d->n_kv_heads, d->batch);
-    if (E == 4 && kvqc_mma_supports(&kq->p, &vq->p, a->group, a->capacity)) {
-        e = kvqc_launch_mma(a, grid, s);
+    if (E == 4 && kvqc_mma_supports(&kq->p, &vq->p, a->group, a->capacity) &&
+        ((uintptr_t)a->k_codes & 15u) == 0 && ((uintptr_t)a->v_codes & 15u) == 0 &&
+        !(d->flags & KVQ_CUDA_ATTN_GENERIC)) {
+        e = kvqc_launch_mma(&kq->p, &vq->p, a, grid, s);
     } else {
         attend_simt_kernel<E><<<grid, ATT_WARPS * 32, 0, s>>>(*a);
         e = cudaGetLastError();

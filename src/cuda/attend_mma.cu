@@ -1,19 +1,282 @@
 /*
- * attend_mma.cu - tensor-core decode attention for 1-bit keys and 2/4-bit values.
+ * attend_mma.cu - tensor-core decode attention for 1-bit keys (turboquant_rvq with one
+ * bit per pass, 1-bit RaBitQ, 1-bit turboquant_mse) and 2- or 4-bit turboquant_mse
+ * values, head_dim 128, up to 4 query heads per KV head. Each warp streams tiles of 16
+ * tokens (cp.async, double-buffered) and runs mma.m16n8k16 twice per tile:
+ *   scores  S^T = K Q^T:  A = sign planes as +-1 halves (exact), B = the rotated query
+ *           split into fp16 high and low parts (columns 2h, 2h+1), fp32 accumulation;
+ *   values  O^T += V^T P^T: A = codebook entries (fp16 high and low tables), B = softmax
+ *           weights times the value norm, split the same way.
+ * The splits keep the result within fp32 rounding of the CUDA-core kernel while every
+ * multiply runs on the tensor cores (FlashDecoding's split-K, arXiv 2311.01282).
  */
+#include <cuda_fp16.h>
+#include <math.h>
+#include <stdint.h>
+
 #include "cuda/attend.h"
 
-int kvqc_mma_supports(const kvqc_params *kp, const kvqc_params *vp, int group, int capacity) {
-    (void)kp;
-    (void)vp;
-    (void)group;
-    (void)capacity;
-    return 0;
+#define MMA_WARPS 4
+#define TILE 16
+#define KBUF 1184 /* 16 tokens x 72 bytes (rvq, 4 passes) + read-ahead pad */
+#define VBUF 1088 /* 16 tokens x 66 bytes (mse 4-bit) + pad */
+
+enum { KEY_RVQ = 0, KEY_RABITQ = 1, KEY_MSE1 = 2 };
+
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+
+__device__ __forceinline__ void mma16816(float c[4], unsigned a0, unsigned a1, unsigned a2,
+                                         unsigned a3, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-cudaError_t kvqc_launch_mma(const kvqc_attn_args *a, dim3 grid, cudaStream_t s) {
-    (void)a;
-    (void)grid;
-    (void)s;
-    return cudaErrorNotSupported;
+/* Two bits (bit 0 -> low half) as a half2 of +-1: set bit = +1. */
+__device__ __forceinline__ unsigned pm1(unsigned x) {
+    return 0xBC00BC00u ^ ((x & 1u) << 15) ^ ((x & 2u) << 30);
+}
+
+__device__ __forceinline__ unsigned short f2h(float f) { return __half_as_ushort(__float2half_rn(f)); }
+__device__ __forceinline__ float h2f(unsigned short h) { return __half2float(__ushort_as_half(h)); }
+__device__ __forceinline__ unsigned pack2(unsigned short lo, unsigned short hi) {
+    return (unsigned)lo | ((unsigned)hi << 16);
+}
+/* x as fp16 high part (part 0) or the fp16 of what the high part misses (part 1). */
+__device__ __forceinline__ unsigned short split_part(float x, int part) {
+    unsigned short hi = f2h(x);
+    return part ? f2h(x - h2f(hi)) : hi;
+}
+
+/* A 32-bit little-endian word at any even byte offset of shared memory. */
+__device__ __forceinline__ unsigned ld_word(const uint8_t *base, int off) {
+    const unsigned *w = (const unsigned *)(base + (off & ~3));
+    return __funnelshift_r(w[0], w[1], (off & 3) * 8);
+}
+__device__ __forceinline__ float ld_h(const uint8_t *base, int off) {
+    return h2f(*(const unsigned short *)(base + off));
+}
+
+__device__ __forceinline__ void issue_tile(uint8_t *sk, uint8_t *sv, const uint8_t *gk,
+                                           const uint8_t *gv, int kcs, int vcs, int n_valid,
+                                           int lane) {
+    int kvalid = n_valid * kcs, vvalid = n_valid * vcs;
+    for (int c = lane; c < kcs; c += 32) {
+        int off = 16 * c, nb = min(max(kvalid - off, 0), 16);
+        cp_async16(sk + off, nb > 0 ? gk + off : gk, nb);
+    }
+    for (int c = lane; c < vcs; c += 32) {
+        int off = 16 * c, nb = min(max(vvalid - off, 0), 16);
+        cp_async16(sv + off, nb > 0 ? gv + off : gv, nb);
+    }
+}
+
+template <int VB>
+__global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_args a, int key_kind) {
+    __shared__ __align__(16) uint8_t s_k[MMA_WARPS][2][KBUF];
+    __shared__ __align__(16) uint8_t s_v[MMA_WARPS][2][VBUF];
+    __shared__ unsigned s_vtab[16];
+    __shared__ float s_part[MMA_WARPS][4][128 + 2];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, tq = lane & 3;
+    const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int G = a.group;
+    if (threadIdx.x < (1 << VB)) {
+        float c = a.vp->cen[threadIdx.x];
+        unsigned short hi = f2h(c);
+        s_vtab[threadIdx.x] = pack2(hi, f2h(c - h2f(hi)));
+    }
+    const int kcs = a.kf.code_size, vcs = a.vf.code_size;
+    const int R = key_kind == KEY_RVQ ? a.kf.residuals : 1;
+    const int plane0 = key_kind == KEY_RVQ ? 2 * R : (key_kind == KEY_RABITQ ? 4 : 2);
+    const float c_first = key_kind == KEY_RABITQ ? 1.0f : a.kp->cen[1];
+    const float c_rest = a.kp->cen2[1];
+    const float inv_sqrt_d = a.kf.inv_sqrt_d;
+
+    /* query fragments: column n = 2 * head + part, rows = dims */
+    unsigned qb[8][2];
+    {
+        const int head = g >> 1, part = g & 1;
+        const float *qrow = a.qr + ((size_t)b * a.n_q_heads + (size_t)h * G + head) * 128;
+#pragma unroll
+        for (int ks = 0; ks < 8; ks++) {
+            int d0 = 16 * ks + 2 * tq;
+            if (head < G) {
+                qb[ks][0] = pack2(split_part(qrow[d0], part), split_part(qrow[d0 + 1], part));
+                qb[ks][1] = pack2(split_part(qrow[d0 + 8], part), split_part(qrow[d0 + 9], part));
+            } else {
+                qb[ks][0] = qb[ks][1] = 0u;
+            }
+        }
+    }
+    __syncthreads();
+
+    const int len = a.seq_lens[b];
+    const int t0 = split * a.chunk, t1 = min(len, t0 + a.chunk);
+    const size_t seq_base = ((size_t)b * a.n_kv_heads + h) * (size_t)a.capacity;
+    const uint8_t *gk = a.k_codes + seq_base * kcs, *gv = a.v_codes + seq_base * vcs;
+
+    float acc[8][4];
+#pragma unroll
+    for (int mt = 0; mt < 8; mt++) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+
+    int tt = t0 + TILE * warp;
+    int buf = 0;
+    if (tt < t1) issue_tile(s_k[warp][0], s_v[warp][0], gk + (size_t)tt * kcs, gv + (size_t)tt * vcs, kcs, vcs, min(TILE, t1 - tt), lane);
+    cp_commit();
+    for (; tt < t1; tt += TILE * MMA_WARPS, buf ^= 1) {
+        int nt = tt + TILE * MMA_WARPS;
+        if (nt < t1)
+            issue_tile(s_k[warp][buf ^ 1], s_v[warp][buf ^ 1], gk + (size_t)nt * kcs, gv + (size_t)nt * vcs, kcs, vcs, min(TILE, t1 - nt), lane);
+        cp_commit();
+        cp_wait1();
+        __syncwarp();
+        const uint8_t *sk = s_k[warp][buf], *sv = s_v[warp][buf];
+
+        /* ---- scores of tokens g and g + 8 for head tq */
+        float s_lo = 0.0f, s_hi = 0.0f;
+        const int ko_lo = g * kcs, ko_hi = (g + 8) * kcs;
+        const float n_lo = ld_h(sk, ko_lo), n_hi = ld_h(sk, ko_hi);
+        for (int st = 0; st < R; st++) {
+            unsigned wl[4], wh[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                wl[j] = ld_word(sk, ko_lo + plane0 + 16 * st + 4 * j);
+                wh[j] = ld_word(sk, ko_hi + plane0 + 16 * st + 4 * j);
+            }
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int ks = 0; ks < 8; ks++) {
+                int sh = 16 * (ks & 1) + 2 * tq;
+                unsigned xl = wl[ks >> 1] >> sh, xh = wh[ks >> 1] >> sh;
+                mma16816(c, pm1(xl), pm1(xh), pm1(xl >> 8), pm1(xh >> 8), qb[ks][0], qb[ks][1]);
+            }
+            float coef_lo, coef_hi;
+            if (key_kind == KEY_RVQ) {
+                float cs = st == 0 ? c_first : c_rest;
+                coef_lo = cs * (st ? ld_h(sk, ko_lo + 2 * st) : 1.0f);
+                coef_hi = cs * (st ? ld_h(sk, ko_hi + 2 * st) : 1.0f);
+            } else {
+                coef_lo = coef_hi = c_first;
+            }
+            s_lo += coef_lo * (c[0] + c[1]);
+            s_hi += coef_hi * (c[2] + c[3]);
+        }
+        if (key_kind == KEY_RVQ) {
+            s_lo *= n_lo * inv_sqrt_d;
+            s_hi *= n_hi * inv_sqrt_d;
+        } else if (key_kind == KEY_RABITQ) {
+            s_lo *= n_lo * inv_sqrt_d / ld_h(sk, ko_lo + 2);
+            s_hi *= n_hi * inv_sqrt_d / ld_h(sk, ko_hi + 2);
+        } else {
+            s_lo *= n_lo;
+            s_hi *= n_hi;
+        }
+        if (tt + g >= t1) s_lo = -INFINITY;
+        if (tt + g + 8 >= t1) s_hi = -INFINITY;
+
+        /* ---- online softmax for head tq (lanes with equal tq share it) */
+        float tmax = fmaxf(s_lo, s_hi);
+        tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 4));
+        tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 8));
+        tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 16));
+        float mn = fmaxf(m, tmax);
+        float alpha = exp2f(m - mn);
+        float p_lo = exp2f(s_lo - mn), p_hi = exp2f(s_hi - mn);
+        m = mn;
+        l = l * alpha + p_lo + p_hi;
+#pragma unroll
+        for (int mt = 0; mt < 8; mt++) {
+            acc[mt][0] *= alpha;
+            acc[mt][1] *= alpha;
+            acc[mt][2] *= alpha;
+            acc[mt][3] *= alpha;
+        }
+        /* weights times the value norm, moved to the B layout: rows = tokens, col = g */
+        const int vo_lo = g * vcs, vo_hi = (g + 8) * vcs;
+        float w_lo = p_lo * ld_h(sv, vo_lo), w_hi = p_hi * ld_h(sv, vo_hi);
+        const int src0 = 4 * (2 * tq) + (g >> 1), src1 = src0 + 4;
+        float x0 = __shfl_sync(KVQC_FULL, w_lo, src0), x1 = __shfl_sync(KVQC_FULL, w_lo, src1);
+        float y0 = __shfl_sync(KVQC_FULL, w_hi, src0), y1 = __shfl_sync(KVQC_FULL, w_hi, src1);
+        const int part = g & 1;
+        unsigned pb0 = pack2(split_part(x0, part), split_part(x1, part));
+        unsigned pb1 = pack2(split_part(y0, part), split_part(y1, part));
+
+        /* ---- values: V^T tile (16 dims x 16 tokens) per mt, high and low tables */
+        const uint8_t *v0 = sv + (2 * tq) * vcs + 2, *v1 = v0 + vcs;
+        const uint8_t *v8 = sv + (2 * tq + 8) * vcs + 2, *v9 = v8 + vcs;
+#pragma unroll
+        for (int mt = 0; mt < 8; mt++) {
+            const int da = 16 * mt + g, db = da + 8;
+            const int ba = (da * VB) >> 3, sa = (da * VB) & 7;
+            const int bb = (db * VB) >> 3, sb = (db * VB) & 7;
+            const unsigned mask = (1u << VB) - 1u;
+            unsigned e00 = s_vtab[(v0[ba] >> sa) & mask], e01 = s_vtab[(v1[ba] >> sa) & mask];
+            unsigned e10 = s_vtab[(v0[bb] >> sb) & mask], e11 = s_vtab[(v1[bb] >> sb) & mask];
+            unsigned e80 = s_vtab[(v8[ba] >> sa) & mask], e81 = s_vtab[(v9[ba] >> sa) & mask];
+            unsigned e90 = s_vtab[(v8[bb] >> sb) & mask], e91 = s_vtab[(v9[bb] >> sb) & mask];
+            /* high halves: low 16 bits of each entry; low halves: the high 16 bits */
+            unsigned ah0 = __byte_perm(e00, e01, 0x5410), ah1 = __byte_perm(e10, e11, 0x5410);
+            unsigned ah2 = __byte_perm(e80, e81, 0x5410), ah3 = __byte_perm(e90, e91, 0x5410);
+            unsigned al0 = __byte_perm(e00, e01, 0x7632), al1 = __byte_perm(e10, e11, 0x7632);
+            unsigned al2 = __byte_perm(e80, e81, 0x7632), al3 = __byte_perm(e90, e91, 0x7632);
+            mma16816(acc[mt], ah0, ah1, ah2, ah3, pb0, pb1);
+            mma16816(acc[mt], al0, al1, al2, al3, pb0, pb1);
+        }
+        __syncwarp();
+    }
+
+    /* ---- per-warp results: head tq, dims 16mt + g and 16mt + g + 8 */
+    l += __shfl_xor_sync(KVQC_FULL, l, 4);
+    l += __shfl_xor_sync(KVQC_FULL, l, 8);
+    l += __shfl_xor_sync(KVQC_FULL, l, 16);
+    if (tq < G) {
+#pragma unroll
+        for (int mt = 0; mt < 8; mt++) {
+            s_part[warp][tq][16 * mt + g] = acc[mt][0] + acc[mt][1];
+            s_part[warp][tq][16 * mt + g + 8] = acc[mt][2] + acc[mt][3];
+        }
+        if (g == 0) {
+            s_part[warp][tq][128] = m;
+            s_part[warp][tq][129] = l;
+        }
+    }
+    __syncthreads();
+    kvqc_merge_warps(&s_part[0][0][0], MMA_WARPS, 4 * 130, 130, G, 128, a, b, h, split);
+}
+
+static int key_kind_of(const kvqc_params *kp) {
+    if (kp->kind == KVQC_RVQ && kp->bits == 1) return KEY_RVQ;
+    if (kp->kind == KVQC_RABITQ) return KEY_RABITQ;
+    if (kp->kind == KVQC_MSE && kp->bits == 1) return KEY_MSE1;
+    return -1;
+}
+
+int kvqc_mma_supports(const kvqc_params *kp, const kvqc_params *vp, int group, int capacity) {
+    int kk = key_kind_of(kp);
+    if (kk < 0 || kp->dim != 128 || vp->dim != 128 || group < 1 || group > 4) return 0;
+    if (capacity % TILE != 0) return 0;
+    /* 1-bit codebooks must be +-c for the sign-plane product */
+    if (kk != KEY_RABITQ && kp->cen[0] != -kp->cen[1]) return 0;
+    if (kk == KEY_RVQ && kp->residuals > 1 && kp->cen2[0] != -kp->cen2[1]) return 0;
+    if (vp->kind != KVQC_MSE || (vp->bits != 2 && vp->bits != 4)) return 0;
+    return 1;
+}
+
+cudaError_t kvqc_launch_mma(const kvqc_params *kp, const kvqc_params *vp,
+                            const kvqc_attn_args *a, dim3 grid, cudaStream_t s) {
+    int kk = key_kind_of(kp);
+    if (vp->bits == 2)
+        attend_mma_kernel<2><<<grid, MMA_WARPS * 32, 0, s>>>(*a, kk);
+    else
+        attend_mma_kernel<4><<<grid, MMA_WARPS * 32, 0, s>>>(*a, kk);
+    return cudaGetLastError();
 }
