@@ -199,34 +199,47 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attend_simt_kernel(kvqc_attn_a
 
 /* ---------------------------------------------------------- merge pass */
 
+#define COMBINE_THREADS 128
+
+/* One block per (sequence, query head): the splits' maxima in parallel, then thread i
+ * sums coordinate i over the splits (coalesced), then one warp rotates back. */
 template <int E>
-__global__ void __launch_bounds__(32) combine_kernel(const kvqc_params *vp, const float *partial,
-                                                     int n_split, const int32_t *seq_lens,
-                                                     int chunk, int n_q_heads, float *out) {
-    const int lane = threadIdx.x, D = 32 * E;
+__global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const kvqc_params *vp,
+                                                                  const float *partial, int n_split,
+                                                                  const int32_t *seq_lens, int chunk,
+                                                                  int n_q_heads, float *out) {
+    __shared__ float s_red[COMBINE_THREADS / 32];
+    __shared__ float s_out[32 * E];
+    const int D = 32 * E, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int hq = blockIdx.x, b = blockIdx.y;
     size_t row = (size_t)b * n_q_heads + hq;
     const float *p = partial + row * n_split * (D + 2);
     int used = (seq_lens[b] + chunk - 1) / chunk;
     if (used > n_split) used = n_split;
     float M = -INFINITY;
-    for (int s = 0; s < used; s++) M = fmaxf(M, p[s * (D + 2) + D]);
-    float v[E], L = 0.0f;
-#pragma unroll
-    for (int e = 0; e < E; e++) v[e] = 0.0f;
-    if (M != -INFINITY) {
-        for (int s = 0; s < used; s++) {
-            float ms = p[s * (D + 2) + D];
-            if (ms == -INFINITY) continue;
-            float w = exp2f(ms - M);
-            L += p[s * (D + 2) + D + 1] * w;
-#pragma unroll
-            for (int e = 0; e < E; e++) v[e] += p[s * (D + 2) + lane + 32 * e] * w;
-        }
+    for (int s = tid; s < used; s += COMBINE_THREADS) M = fmaxf(M, p[s * (D + 2) + D]);
+    M = kvqc_warp_max(M);
+    if (lane == 0) s_red[warp] = M;
+    __syncthreads();
+    M = s_red[0];
+    for (int w = 1; w < COMBINE_THREADS / 32; w++) M = fmaxf(M, s_red[w]);
+    for (int i = tid; i < D; i += COMBINE_THREADS) {
+        float acc = 0.0f, L = 0.0f;
+        if (M != -INFINITY)
+            for (int s = 0; s < used; s++) {
+                float ms = p[s * (D + 2) + D];
+                if (ms == -INFINITY) continue;
+                float w = exp2f(ms - M);
+                L += p[s * (D + 2) + D + 1] * w;
+                acc += p[s * (D + 2) + i] * w;
+            }
+        s_out[i] = L > 0.0f ? acc / L : 0.0f;
     }
-    float inv = L > 0.0f ? 1.0f / L : 0.0f;
+    __syncthreads();
+    if (warp != 0) return;
+    float v[E];
 #pragma unroll
-    for (int e = 0; e < E; e++) v[e] *= inv;
+    for (int e = 0; e < E; e++) v[e] = s_out[lane + 32 * e];
     if (vp->rotate) {
         /* Pi^T y: normalised transform (its own inverse), then the signs */
         kvqc_fwht<E>(v, lane);
@@ -315,7 +328,7 @@ static cudaError_t launch_all(const kvq_cuda_quantizer *kq, const kvq_cuda_quant
         e = cudaGetLastError();
     }
     if (e != cudaSuccess) return e;
-    combine_kernel<E><<<rows, 32, 0, s>>>(vq->p_dev, a->partial, a->n_split, a->seq_lens, a->chunk,
+    combine_kernel<E><<<rows, COMBINE_THREADS, 0, s>>>(vq->p_dev, a->partial, a->n_split, a->seq_lens, a->chunk,
                                           (int)d->n_q_heads, out);
     return cudaGetLastError();
 }

@@ -39,9 +39,9 @@ __device__ __forceinline__ void mma16816(float c[4], unsigned a0, unsigned a1, u
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-/* Two bits (bit 0 -> low half) as a half2 of +-1: set bit = +1. */
-__device__ __forceinline__ unsigned pm1(unsigned x) {
-    return 0xBC00BC00u ^ ((x & 1u) << 15) ^ ((x & 2u) << 30);
+/* Bits p and p + 16 of w, rotated (rot = 15 - p) to 15 and 31,, as a half2 of +-1 (set bit = +1). */
+__device__ __forceinline__ unsigned signs_h2(unsigned w, int rot) {
+    return (__funnelshift_l(w, w, rot) & 0x80008000u) ^ 0xBC00BC00u;
 }
 
 __device__ __forceinline__ unsigned short f2h(float f) { return __half_as_ushort(__float2half_rn(f)); }
@@ -99,22 +99,39 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
     const float c_first = key_kind == KEY_RABITQ ? 1.0f : a.kp->cen[1];
     const float c_rest = a.kp->cen2[1];
     const float inv_sqrt_d = a.kf.inv_sqrt_d;
+    const bool k_aligned = (kcs & 3) == 0 && (plane0 & 3) == 0;
 
-    /* query fragments: column n = 2 * head + part, rows = dims */
+    /* query fragments: column n = 2 * head + part; row k of k-step ks is dim
+     * 32 (ks/2) + 8 (ks%2) + t + 16 c for k = 2t + c, and + 4 for k = 2t + 8 + c */
     unsigned qb[8][2];
     {
         const int head = g >> 1, part = g & 1;
         const float *qrow = a.qr + ((size_t)b * a.n_q_heads + (size_t)h * G + head) * 128;
 #pragma unroll
         for (int ks = 0; ks < 8; ks++) {
-            int d0 = 16 * ks + 2 * tq;
+            int d0 = 32 * (ks >> 1) + 8 * (ks & 1) + tq;
             if (head < G) {
-                qb[ks][0] = pack2(split_part(qrow[d0], part), split_part(qrow[d0 + 1], part));
-                qb[ks][1] = pack2(split_part(qrow[d0 + 8], part), split_part(qrow[d0 + 9], part));
+                qb[ks][0] = pack2(split_part(qrow[d0], part), split_part(qrow[d0 + 16], part));
+                qb[ks][1] = pack2(split_part(qrow[d0 + 4], part), split_part(qrow[d0 + 20], part));
             } else {
                 qb[ks][0] = qb[ks][1] = 0u;
             }
         }
+    }
+    /* 2-bit value codebook as register tables for prmt: entries 0,1 | 2,3 */
+    unsigned th0 = 0, th1 = 0, tl0 = 0, tl1 = 0;
+    if (VB == 2) {
+        unsigned short hi[4], lo[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float cv = a.vp->cen[i];
+            hi[i] = f2h(cv);
+            lo[i] = f2h(cv - h2f(hi[i]));
+        }
+        th0 = pack2(hi[0], hi[1]);
+        th1 = pack2(hi[2], hi[3]);
+        tl0 = pack2(lo[0], lo[1]);
+        tl1 = pack2(lo[2], lo[3]);
     }
     __syncthreads();
 
@@ -141,23 +158,33 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
         __syncwarp();
         const uint8_t *sk = s_k[warp][buf], *sv = s_v[warp][buf];
 
-        /* ---- scores of tokens g and g + 8 for head tq */
+        /* ---- scores of tokens g and g + 8 for head tq. Dims are permuted inside each
+         * 32-bit plane word so a register's two bits sit 16 apart: one rotate and one
+         * lop3 make a half2 of +-1 (the query fragments use the same permutation). */
         float s_lo = 0.0f, s_hi = 0.0f;
         const int ko_lo = g * kcs, ko_hi = (g + 8) * kcs;
         const float n_lo = ld_h(sk, ko_lo), n_hi = ld_h(sk, ko_hi);
         for (int st = 0; st < R; st++) {
             unsigned wl[4], wh[4];
+            if (k_aligned) {
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                wl[j] = ld_word(sk, ko_lo + plane0 + 16 * st + 4 * j);
-                wh[j] = ld_word(sk, ko_hi + plane0 + 16 * st + 4 * j);
+                for (int j = 0; j < 4; j++) {
+                    wl[j] = *(const unsigned *)(sk + ko_lo + plane0 + 16 * st + 4 * j);
+                    wh[j] = *(const unsigned *)(sk + ko_hi + plane0 + 16 * st + 4 * j);
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    wl[j] = ld_word(sk, ko_lo + plane0 + 16 * st + 4 * j);
+                    wh[j] = ld_word(sk, ko_hi + plane0 + 16 * st + 4 * j);
+                }
             }
             float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
             for (int ks = 0; ks < 8; ks++) {
-                int sh = 16 * (ks & 1) + 2 * tq;
-                unsigned xl = wl[ks >> 1] >> sh, xh = wh[ks >> 1] >> sh;
-                mma16816(c, pm1(xl), pm1(xh), pm1(xl >> 8), pm1(xh >> 8), qb[ks][0], qb[ks][1]);
+                const int j = ks >> 1, r0 = 15 - (8 * (ks & 1) + tq), r2 = r0 - 4;
+                mma16816(c, signs_h2(wl[j], r0), signs_h2(wh[j], r0), signs_h2(wl[j], r2),
+                         signs_h2(wh[j], r2), qb[ks][0], qb[ks][1]);
             }
             float coef_lo, coef_hi;
             if (key_kind == KEY_RVQ) {
@@ -210,26 +237,52 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
         unsigned pb0 = pack2(split_part(x0, part), split_part(x1, part));
         unsigned pb1 = pack2(split_part(y0, part), split_part(y1, part));
 
-        /* ---- values: V^T tile (16 dims x 16 tokens) per mt, high and low tables */
-        const uint8_t *v0 = sv + (2 * tq) * vcs + 2, *v1 = v0 + vcs;
-        const uint8_t *v8 = sv + (2 * tq + 8) * vcs + 2, *v9 = v8 + vcs;
+        /* ---- values: V^T tile per mt. Row g of tile mt is dim 16g + 2mt, row g + 8 is
+         * 16g + 2mt + 1, so a thread's 16 dims of a token share one (2-bit) or two
+         * (4-bit) payload words. */
+        const int p0 = (2 * tq) * vcs + 2, p1 = p0 + vcs, p8 = p0 + 8 * vcs, p9 = p8 + vcs;
+        if (VB == 2) {
+            const unsigned w0 = ld_word(sv, p0 + 4 * g), w1 = ld_word(sv, p1 + 4 * g);
+            const unsigned w8 = ld_word(sv, p8 + 4 * g), w9 = ld_word(sv, p9 + 4 * g);
+            /* bytes interleaved: token pair fields side by side */
+            const unsigned z01[2] = {__byte_perm(w0, w1, 0x5140), __byte_perm(w0, w1, 0x7362)};
+            const unsigned z89[2] = {__byte_perm(w8, w9, 0x5140), __byte_perm(w8, w9, 0x7362)};
 #pragma unroll
-        for (int mt = 0; mt < 8; mt++) {
-            const int da = 16 * mt + g, db = da + 8;
-            const int ba = (da * VB) >> 3, sa = (da * VB) & 7;
-            const int bb = (db * VB) >> 3, sb = (db * VB) & 7;
-            const unsigned mask = (1u << VB) - 1u;
-            unsigned e00 = s_vtab[(v0[ba] >> sa) & mask], e01 = s_vtab[(v1[ba] >> sa) & mask];
-            unsigned e10 = s_vtab[(v0[bb] >> sb) & mask], e11 = s_vtab[(v1[bb] >> sb) & mask];
-            unsigned e80 = s_vtab[(v8[ba] >> sa) & mask], e81 = s_vtab[(v9[ba] >> sa) & mask];
-            unsigned e90 = s_vtab[(v8[bb] >> sb) & mask], e91 = s_vtab[(v9[bb] >> sb) & mask];
-            /* high halves: low 16 bits of each entry; low halves: the high 16 bits */
-            unsigned ah0 = __byte_perm(e00, e01, 0x5410), ah1 = __byte_perm(e10, e11, 0x5410);
-            unsigned ah2 = __byte_perm(e80, e81, 0x5410), ah3 = __byte_perm(e90, e91, 0x5410);
-            unsigned al0 = __byte_perm(e00, e01, 0x7632), al1 = __byte_perm(e10, e11, 0x7632);
-            unsigned al2 = __byte_perm(e80, e81, 0x7632), al3 = __byte_perm(e90, e91, 0x7632);
-            mma16816(acc[mt], ah0, ah1, ah2, ah3, pb0, pb1);
-            mma16816(acc[mt], al0, al1, al2, al3, pb0, pb1);
+            for (int mt = 0; mt < 8; mt++) {
+                const int k = mt >> 1, base = 16 * (k & 1) + 4 * (mt & 1);
+                const unsigned x0 = (z01[k >> 1] >> base) & 0x0303u;       /* row g    */
+                const unsigned x1 = (z01[k >> 1] >> (base + 2)) & 0x0303u; /* row g+8  */
+                const unsigned x2 = (z89[k >> 1] >> base) & 0x0303u;
+                const unsigned x3 = (z89[k >> 1] >> (base + 2)) & 0x0303u;
+                const unsigned s0 = x0 * 0x22u + 0x1010u, s1 = x1 * 0x22u + 0x1010u;
+                const unsigned s2 = x2 * 0x22u + 0x1010u, s3 = x3 * 0x22u + 0x1010u;
+                mma16816(acc[mt], __byte_perm(th0, th1, s0), __byte_perm(th0, th1, s1),
+                         __byte_perm(th0, th1, s2), __byte_perm(th0, th1, s3), pb0, pb1);
+                mma16816(acc[mt], __byte_perm(tl0, tl1, s0), __byte_perm(tl0, tl1, s1),
+                         __byte_perm(tl0, tl1, s2), __byte_perm(tl0, tl1, s3), pb0, pb1);
+            }
+        } else {
+            unsigned w0[2], w1[2], w8[2], w9[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                w0[i] = ld_word(sv, p0 + 8 * g + 4 * i);
+                w1[i] = ld_word(sv, p1 + 8 * g + 4 * i);
+                w8[i] = ld_word(sv, p8 + 8 * g + 4 * i);
+                w9[i] = ld_word(sv, p9 + 8 * g + 4 * i);
+            }
+#pragma unroll
+            for (int mt = 0; mt < 8; mt++) {
+                const int wi = mt >> 2, sa = 8 * (mt & 3), sb = sa + 4;
+                unsigned e00 = s_vtab[(w0[wi] >> sa) & 15u], e01 = s_vtab[(w1[wi] >> sa) & 15u];
+                unsigned e10 = s_vtab[(w0[wi] >> sb) & 15u], e11 = s_vtab[(w1[wi] >> sb) & 15u];
+                unsigned e80 = s_vtab[(w8[wi] >> sa) & 15u], e81 = s_vtab[(w9[wi] >> sa) & 15u];
+                unsigned e90 = s_vtab[(w8[wi] >> sb) & 15u], e91 = s_vtab[(w9[wi] >> sb) & 15u];
+                /* high halves: low 16 bits of each entry; low halves: the high 16 bits */
+                mma16816(acc[mt], __byte_perm(e00, e01, 0x5410), __byte_perm(e10, e11, 0x5410),
+                         __byte_perm(e80, e81, 0x5410), __byte_perm(e90, e91, 0x5410), pb0, pb1);
+                mma16816(acc[mt], __byte_perm(e00, e01, 0x7632), __byte_perm(e10, e11, 0x7632),
+                         __byte_perm(e80, e81, 0x7632), __byte_perm(e90, e91, 0x7632), pb0, pb1);
+            }
         }
         __syncwarp();
     }
@@ -241,8 +294,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
     if (tq < G) {
 #pragma unroll
         for (int mt = 0; mt < 8; mt++) {
-            s_part[warp][tq][16 * mt + g] = acc[mt][0] + acc[mt][1];
-            s_part[warp][tq][16 * mt + g + 8] = acc[mt][2] + acc[mt][3];
+            s_part[warp][tq][16 * g + 2 * mt] = acc[mt][0] + acc[mt][1];
+            s_part[warp][tq][16 * g + 2 * mt + 1] = acc[mt][2] + acc[mt][3];
         }
         if (g == 0) {
             s_part[warp][tq][128] = m;

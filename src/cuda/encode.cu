@@ -152,30 +152,48 @@ extern "C" KVQ_API void kvq_cuda_quantizer_free(kvq_cuda_quantizer *cq) {
 /* ---------------------------------------------------------------- kernels */
 
 /* Packs the b-bit indices of 32 coordinates (one per lane) into 4b bytes, LSB-first,
- * and stores them at out[0 .. 4b). */
+ * and stores them at out[0 .. 4b). Power-of-two widths gather whole indices; other
+ * widths gather bit by bit. */
 __device__ __forceinline__ void pack_store(unsigned idx, int bits, int lane, uint8_t *out) {
+    const int nbytes = 4 * bits;
     unsigned byte = 0;
-    int nbytes = 4 * bits;
+    if (bits == 1) {
+        unsigned b = __ballot_sync(KVQC_FULL, idx & 1u);
+        if (lane < 4) out[lane] = (uint8_t)(b >> (8 * lane));
+        return;
+    }
+    if ((bits & (bits - 1)) == 0) {
+        const int per = 8 / bits; /* indices per byte */
+        for (int k = 0; k < per; k++) {
+            int src = lane * per + k;
+            unsigned v = __shfl_sync(KVQC_FULL, idx, src < 32 ? src : 31);
+            byte |= v << (k * bits);
+        }
+    } else {
 #pragma unroll
-    for (int t = 0; t < 8; t++) {
-        int pos = 8 * lane + t;
-        int src = pos / bits;
-        unsigned v = __shfl_sync(KVQC_FULL, idx, src < 32 ? src : 31);
-        byte |= ((v >> (pos - src * bits)) & 1u) << t;
+        for (int t = 0; t < 8; t++) {
+            int pos = 8 * lane + t;
+            int src = pos / bits;
+            unsigned v = __shfl_sync(KVQC_FULL, idx, src < 32 ? src : 31);
+            byte |= ((v >> (pos - src * bits)) & 1u) << t;
+        }
     }
     if (lane < nbytes) out[lane] = (uint8_t)byte;
 }
 
-__device__ __forceinline__ unsigned count_above(float v, const float *thr, int n_thr) {
+/* #{k : v > thr[k]} over 2^bits - 1 ascending thresholds, by bisection. */
+__device__ __forceinline__ unsigned count_above(float v, const float *thr, int bits) {
     unsigned idx = 0;
-    for (int k = 0; k < n_thr; k++) idx += v > thr[k];
+    for (int step = 1 << (bits - 1); step >= 1; step >>= 1)
+        if (v > thr[idx + step - 1]) idx += step;
     return idx;
 }
 
+/* One 16-bit store (every fp16 field sits at an even offset of a 2-aligned buffer).
+ * Two byte stores of the converted half came out of ptxas storing the float converted
+ * to an integer in the low byte. */
 __device__ __forceinline__ void store_half(uint8_t *p, float f) {
-    unsigned short h = __half_as_ushort(__float2half_rn(f));
-    p[0] = (uint8_t)h;
-    p[1] = (uint8_t)(h >> 8);
+    *(__half *)p = __float2half_rn(f);
 }
 
 __device__ __forceinline__ float half_round(float f) { return __half2float(__float2half_rn(f)); }
@@ -273,13 +291,13 @@ __global__ void __launch_bounds__(128) encode_kernel(kvqc_params p, int dtype, c
 #pragma unroll
             for (int e = 0; e < E; e++) v[e] = __fmul_rn(v[e], p.had_scale);
         }
-        const int b = p.bits, n_thr = (1 << b) - 1;
+        const int b = p.bits;
         if (p.kind == KVQC_MSE) {
             if (lane == 0) store_half(c, norm);
             float inv = norm > 0.0f ? __fdiv_rn(1.0f, norm) : 0.0f;
 #pragma unroll
             for (int e = 0; e < E; e++)
-                pack_store(count_above(__fmul_rn(v[e], inv), s_thr, n_thr), b, lane, c + 2 + 4 * b * e);
+                pack_store(count_above(__fmul_rn(v[e], inv), s_thr, b), b, lane, c + 2 + 4 * b * e);
             continue;
         }
         /* KVQC_RVQ: stage 1 on the unit-variance scale, then Laplacian residual stages */
@@ -290,7 +308,7 @@ __global__ void __launch_bounds__(128) encode_kernel(kvqc_params p, int dtype, c
 #pragma unroll
         for (int e = 0; e < E; e++) {
             float y = __fmul_rn(v[e], a);
-            unsigned idx = count_above(y, s_thr, n_thr);
+            unsigned idx = count_above(y, s_thr, b);
             pack_store(idx, b, lane, idx0 + 4 * b * e);
             v[e] = __fsub_rn(y, __fmul_rn(s_cen[idx], 1.0f));
         }
@@ -305,7 +323,7 @@ __global__ void __launch_bounds__(128) encode_kernel(kvqc_params p, int dtype, c
             uint8_t *idx_st = idx0 + (size_t)st * idx_bytes;
 #pragma unroll
             for (int e = 0; e < E; e++) {
-                unsigned idx = count_above(__fmul_rn(v[e], inv), s_thr2, n_thr);
+                unsigned idx = count_above(__fmul_rn(v[e], inv), s_thr2, b);
                 pack_store(idx, b, lane, idx_st + 4 * b * e);
                 v[e] = __fsub_rn(v[e], __fmul_rn(s_cen2[idx], sh));
             }
@@ -365,9 +383,12 @@ __global__ void __launch_bounds__(128) qjl_encode_kernel(kvqc_params p, int dtyp
 #pragma unroll
             for (int t = 0; t < QJL_TOK; t++) {
 #pragma unroll
-                for (int w = 8; w >= 1; w >>= 1)
+                for (int j = 0; j < 8; j++) acc[t][j] = __fadd_rn(acc[t][j], acc[t][j + 8]);
 #pragma unroll
-                    for (int j = 0; j < w; j++) acc[t][j] = __fadd_rn(acc[t][j], acc[t][j + w]);
+                for (int j = 0; j < 4; j++) acc[t][j] = __fadd_rn(acc[t][j], acc[t][j + 4]);
+                acc[t][0] = __fadd_rn(acc[t][0], acc[t][2]);
+                acc[t][1] = __fadd_rn(acc[t][1], acc[t][3]);
+                acc[t][0] = __fadd_rn(acc[t][0], acc[t][1]);
                 unsigned bits = __ballot_sync(KVQC_FULL, live && acc[t][0] > 0.0f);
                 size_t row = r0 + t;
                 if (row < n_rows && live && lane < 4)
@@ -394,7 +415,7 @@ static cudaError_t launch_encode(const kvqc_params *p, int dtype, const void *x,
 extern "C" KVQ_API kvq_status kvq_cuda_encode(const kvq_cuda_quantizer *cq, kvq_cuda_dtype dtype,
                                               const void *x_dev, size_t n_rows,
                                               uint8_t *codes_dev, void *stream) {
-    if (!cq || !x_dev || !codes_dev) return KVQ_ERR_INVALID_ARG;
+    if (!cq || !x_dev || !codes_dev || ((uintptr_t)codes_dev & 1u)) return KVQ_ERR_INVALID_ARG;
     if (dtype != KVQ_CUDA_F32 && dtype != KVQ_CUDA_F16 && dtype != KVQ_CUDA_BF16)
         return KVQ_ERR_INVALID_ARG;
     if (n_rows == 0) return KVQ_OK;
