@@ -71,8 +71,9 @@ KVQ_API int kvq_isa_available(kvq_isa isa);
 /* --------------------------------------------------------------- threadpool */
 
 /* A fixed pool of worker threads shared by caches, indexes and the engine.
- * n_threads = 0 means one per online CPU. Work is split statically; calls that take
- * a pool run on the calling thread plus the workers. */
+ * n_threads = 0 means one per online CPU; the count includes the calling thread.
+ * Work is handed out dynamically; calls that take a pool run on the calling thread
+ * plus the workers. */
 typedef struct kvq_threadpool kvq_threadpool;
 KVQ_API kvq_status kvq_threadpool_create(unsigned n_threads, kvq_threadpool **out);
 KVQ_API void kvq_threadpool_free(kvq_threadpool *pool);

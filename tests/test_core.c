@@ -551,6 +551,7 @@ static void make_sample(st_sample *s) {
     s->i64[1] = 1LL << 40;
     s->f64 = 3.25;
     kvqi_st_tensor *t = s->t;
+    /* the U8 tensor of 5 bytes comes before wider ones, to test the layout */
     strcpy(t[0].name, "layer.0.rot");
     t[0].dtype = KVQI_F32, t[0].ndim = 2, t[0].shape[0] = 2, t[0].shape[1] = 3;
     t[0].data = s->f32, t[0].nbytes = sizeof s->f32;
@@ -609,8 +610,12 @@ static void check_sample(kvqt_ctx *kvqt_, const kvqi_st_file *f, const st_sample
         CHECKF(v && strcmp(v, s->meta[i].value) == 0, "metadata %s", s->meta[i].key);
     }
     CHECK(kvqi_st_meta_get(f, "nope") == NULL);
-    /* the data area is 64-byte aligned in memory, so the first tensor is */
-    CHECK(((uintptr_t)kvqi_st_at(f, 0)->data & 63) == 0);
+    /* the data area is 64-byte aligned in memory and the writer lays tensors out by
+     * element size, so each starts aligned to its element size */
+    for (size_t i = 0; i < 5; i++) {
+        const kvqi_st_tensor *t = kvqi_st_at(f, i);
+        CHECKF(((uintptr_t)t->data % kvqi_dtype_size(t->dtype)) == 0, "%s misaligned", t->name);
+    }
 }
 
 TEST(core_safetensors_round_trip) {
@@ -1051,6 +1056,41 @@ TEST(core_kmeans_recovers_clusters) {
         for (int k = 0; k < 4; k++) hit += memcmp(c + k * D, x + i * D, D * sizeof(float)) == 0;
         CHECK(hit == 1);
         CHECK(memcmp(c + assign[i] * D, x + i * D, D * sizeof(float)) == 0);
+    }
+}
+
+/* the lane-parallel assignment step against a plain scalar argmin with the same
+ * summation order: labels identical, ties to the lowest index */
+TEST(core_kmeans_assignment_matches_scalar) {
+    enum { N = 3000, D = 5, K = 37 };
+    static float x[N * D];
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 23);
+    for (int i = 0; i < N * D; i++) x[i] = (float)kvqi_rng_normal(&r);
+    for (int i = 0; i < 40; i++) memcpy(x + (N - 1 - i) * D, x + i * D, D * sizeof(float)); /* exact ties */
+    for (uint32_t iters = 0; iters <= 3; iters += 3) {
+        float c[K * D];
+        uint32_t a[N];
+        REQUIRE_OK(kvqi_kmeans(x, N, D, K, iters, 5, c, a));
+        for (int i = 0; i < N; i++) {
+            uint32_t best = 0;
+            float bd = 0;
+            for (uint32_t k = 0; k < K; k++) {
+                float s = 0.0f;
+                for (int j = 0; j < D; j++) {
+                    float t = x[i * D + j] - c[k * D + j];
+                    s += t * t;
+                }
+                if (k == 0 || s < bd) {
+                    bd = s;
+                    best = k;
+                }
+            }
+            if (a[i] != best) {
+                CHECKF(0, "iters %u point %d: label %u, scalar %u", iters, i, a[i], best);
+                break;
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 /* test_quant.c - the quantizer API: config strings, argument checks, every method at
  * every dim, byte-identical codes across runs and ISAs, save/load, the llama.cpp blocks
  * and TurboQuant's MSE figures (arXiv 2504.19874, Table/Thm 1). */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -487,6 +488,9 @@ TEST(quant_rabitq_ivf_fit_encode_save) {
     CHECK(kvq_code_size(ivf) == kvq_code_size(flat) + 2); /* + u16 cluster id */
     CHECK(kvq_shared_size(ivf) >= kvq_shared_size(flat) + NL * D * sizeof(float));
     CHECK_STATUS(kvq_encode(ivf, x, N, codes), KVQ_ERR_STATE);
+    char early[512];
+    snprintf(early, sizeof early, "%s/unfitted.safetensors", kvqt_tmpdir(kvqt_));
+    CHECK_STATUS(kvq_quantizer_save(ivf, early), KVQ_ERR_STATE);
     CHECK_STATUS(kvq_quantizer_fit(ivf, x, NL - 1), KVQ_ERR_INVALID_ARG);
     REQUIRE_OK(kvq_quantizer_fit(ivf, x, N));
     REQUIRE_OK(kvq_encode(ivf, x, N, codes));
@@ -520,4 +524,84 @@ TEST(quant_rabitq_ivf_fit_encode_save) {
     kvq_quantizer_free(loaded);
     kvq_quantizer_free(ivf);
     kvq_quantizer_free(flat);
+}
+
+/* ------------------------------------------------------------- threads */
+
+typedef struct thread_job {
+    const kvq_quantizer *q;
+    const float *x, *qv;
+    size_t n;
+    uint8_t *codes;
+    float *scores;
+    kvq_status st;
+} thread_job;
+
+static void *thread_run(void *arg) {
+    thread_job *j = arg;
+    for (int rep = 0; rep < 20 && j->st == KVQ_OK; rep++) {
+        j->st = kvq_encode(j->q, j->x, j->n, j->codes);
+        if (j->st == KVQ_OK) j->st = kvq_score(j->q, j->qv, j->codes, j->n, j->scores);
+    }
+    return NULL;
+}
+
+/* One quantizer shared by 4 threads: same codes and scores as one thread alone. */
+TEST(quant_shared_quantizer_is_thread_safe) {
+    static const char *const specs[] = {"rvq", "mse:bits=4", "rabitq:query_bits=4", "prod:bits=3",
+                                        "polar", "qjl", "q4_0", "rabitq:bits=4"};
+    enum { T = 4, N = 64, D = 128 };
+    static float x[T * N * D], qv[D], s_ref[T * N], s_thr[T * N];
+    static uint8_t c_ref[T * N * 128], c_thr[T * N * 128];
+    gaussian(x, T * N * D, 8);
+    gaussian(qv, D, 9);
+    for (size_t s = 0; s < sizeof specs / sizeof specs[0]; s++) {
+        kvq_quantizer *q;
+        REQUIRE_OK(make(specs[s], D, KVQ_ISA_AUTO, &q));
+        size_t cs = kvq_code_size(q);
+        REQUIRE_OK(kvq_encode(q, x, T * N, c_ref));
+        REQUIRE_OK(kvq_score(q, qv, c_ref, T * N, s_ref));
+        pthread_t th[T];
+        thread_job jobs[T];
+        for (int t = 0; t < T; t++) {
+            jobs[t] = (thread_job){q, x + (size_t)t * N * D, qv, N, c_thr + (size_t)t * N * cs,
+                                   s_thr + t * N, KVQ_OK};
+            REQUIRE(pthread_create(&th[t], NULL, thread_run, &jobs[t]) == 0);
+        }
+        for (int t = 0; t < T; t++) {
+            pthread_join(th[t], NULL);
+            CHECK_OK(jobs[t].st);
+        }
+        CHECKF(memcmp(c_ref, c_thr, (size_t)T * N * cs) == 0, "%s: threaded codes differ", specs[s]);
+        CHECKF(memcmp(s_ref, s_thr, sizeof(float) * T * N) == 0, "%s: threaded scores differ", specs[s]);
+        kvq_quantizer_free(q);
+    }
+}
+
+/* Rows of NaN, infinities and huge or tiny values: every method encodes, decodes and
+ * scores them without crashing (codes for such rows are unspecified). */
+TEST(quant_hostile_values_do_not_crash) {
+    enum { N = 8, D = 96 };
+    static float x[N * D], y[N * D], qv[128], sc[N];
+    static uint8_t codes[N * 1024];
+    gaussian(x, N * D, 1);
+    gaussian(qv, 128, 2);
+    x[3] = NAN;
+    x[D + 5] = INFINITY;
+    x[2 * D + 7] = -INFINITY;
+    for (int i = 0; i < D; i++) x[3 * D + i] = 3e38f * (i % 2 ? 1 : -1);
+    for (int i = 0; i < D; i++) x[4 * D + i] = 1e-42f;
+    for (int i = 0; i < D; i++) x[5 * D + i] = 0.0f;
+    for (int isa = KVQ_ISA_SCALAR; isa <= KVQ_ISA_NEON; isa++) {
+        if (!kvq_isa_available((kvq_isa)isa)) continue;
+        for (size_t s = 0; s < N_SPECS; s++)
+            for (uint32_t d = 96; d <= 128; d += 32) {
+                kvq_quantizer *q;
+                REQUIRE_OK(make(k_specs[s], d, (kvq_isa)isa, &q));
+                CHECK_OK(kvq_encode(q, x, N * D / d, codes));
+                CHECK_OK(kvq_decode(q, codes, N * D / d, y));
+                CHECK_OK(kvq_score(q, qv, codes, N * D / d, sc));
+                kvq_quantizer_free(q);
+            }
+    }
 }

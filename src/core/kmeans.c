@@ -23,6 +23,7 @@ static float dist2(const float *a, const float *b, uint32_t d) {
     return s;
 }
 
+#if !defined(__GNUC__)
 /* nearest centroid (lowest index on ties) and its squared distance */
 static uint32_t nearest(const float *x, const float *c, uint32_t k, uint32_t d, float *best_out) {
     uint32_t best = 0;
@@ -37,6 +38,60 @@ static uint32_t nearest(const float *x, const float *c, uint32_t k, uint32_t d, 
     *best_out = bd;
     return best;
 }
+#endif
+
+/* The assignment step, 8 centroids at a time: centroids transposed into blocks
+ * ct[block][dim][8], each lane summing (x_j - c_j)^2 over j in the same order as dist2,
+ * so the distances (and the labels) are bit-identical to the plain loop. */
+#define KVQI_KM_LANES 8
+#if defined(__GNUC__)
+typedef float kvqi_v8sf __attribute__((vector_size(32)));
+#endif
+
+static void transpose_centroids(const float *c, uint32_t k, uint32_t d, float *ct) {
+    const uint32_t blocks = (k + KVQI_KM_LANES - 1) / KVQI_KM_LANES;
+    for (uint32_t b = 0; b < blocks; b++)
+        for (uint32_t j = 0; j < d; j++)
+            for (uint32_t l = 0; l < KVQI_KM_LANES; l++) {
+                const uint32_t ci = b * KVQI_KM_LANES + l;
+                ct[((size_t)b * d + j) * KVQI_KM_LANES + l] = ci < k ? c[(size_t)ci * d + j] : 0.0f;
+            }
+}
+
+static void assign_all(const float *x, size_t n, uint32_t d, const float *c, const float *ct,
+                       uint32_t k, uint32_t *lab, float *pd) {
+#if defined(__GNUC__)
+    const uint32_t blocks = (k + KVQI_KM_LANES - 1) / KVQI_KM_LANES;
+    for (size_t i = 0; i < n; i++) {
+        const float *xi = x + i * d;
+        uint32_t best = 0;
+        float bd = 0.0f;
+        for (uint32_t b = 0; b < blocks; b++) {
+            kvqi_v8sf acc = {0};
+            const float *cb = ct + (size_t)b * d * KVQI_KM_LANES;
+            for (uint32_t j = 0; j < d; j++) {
+                kvqi_v8sf cv;
+                memcpy(&cv, cb + (size_t)j * KVQI_KM_LANES, sizeof cv);
+                const kvqi_v8sf diff = xi[j] - cv;
+                acc = acc + diff * diff;
+            }
+            float lanes[KVQI_KM_LANES];
+            memcpy(lanes, &acc, sizeof lanes);
+            for (uint32_t l = 0; l < KVQI_KM_LANES && b * KVQI_KM_LANES + l < k; l++)
+                if ((b == 0 && l == 0) || lanes[l] < bd) {
+                    bd = lanes[l];
+                    best = b * KVQI_KM_LANES + l;
+                }
+        }
+        lab[i] = best;
+        pd[i] = bd;
+    }
+    KVQI_UNUSED(c);
+#else
+    KVQI_UNUSED(ct);
+    for (size_t i = 0; i < n; i++) lab[i] = nearest(x + i * d, c, k, d, &pd[i]);
+#endif
+}
 
 kvq_status kvqi_kmeans(const float *x, size_t n, uint32_t d, uint32_t k, uint32_t iters,
                        uint64_t seed, float *centroids, uint32_t *assign) {
@@ -50,7 +105,10 @@ kvq_status kvqi_kmeans(const float *x, size_t n, uint32_t d, uint32_t k, uint32_
     double *sum = kvqi_alloc_array(kd, sizeof(double));
     size_t *count = kvqi_alloc_array(k, sizeof(size_t));
     float *pd = kvqi_alloc_array(n, sizeof(float));
-    if (!d2 || !lab || !sum || !count || !pd) {
+    const size_t padded_k = ((size_t)k + KVQI_KM_LANES - 1) / KVQI_KM_LANES * KVQI_KM_LANES;
+    float *ct = kvqi_alloc_array(padded_k, (size_t)d * sizeof(float));
+    if (!d2 || !lab || !sum || !count || !pd || !ct) {
+        kvqi_free(ct);
         kvqi_free(d2);
         kvqi_free(lab);
         kvqi_free(sum);
@@ -62,7 +120,7 @@ kvq_status kvqi_kmeans(const float *x, size_t n, uint32_t d, uint32_t k, uint32_
     kvqi_rng_seed(&rng, seed);
 
     /* k-means++: first centre uniform, then each with probability proportional to D^2 */
-    size_t first = n <= UINT32_MAX ? kvqi_rng_below(&rng, (uint32_t)n) : 0;
+    const size_t first = kvqi_rng_below(&rng, (uint32_t)n); /* n <= UINT32_MAX, checked */
     memcpy(centroids, x + first * d, d * sizeof(float));
     for (size_t i = 0; i < n; i++) d2[i] = dist2(x + i * d, centroids, d);
     for (uint32_t c = 1; c < k; c++) {
@@ -99,7 +157,8 @@ kvq_status kvqi_kmeans(const float *x, size_t n, uint32_t d, uint32_t k, uint32_
     }
 
     for (uint32_t it = 0; it < iters; it++) {
-        for (size_t i = 0; i < n; i++) lab[i] = nearest(x + i * d, centroids, k, d, &pd[i]);
+        transpose_centroids(centroids, k, d, ct);
+        assign_all(x, n, d, centroids, ct, k, lab, pd);
         memset(sum, 0, kd * sizeof(double));
         memset(count, 0, k * sizeof(size_t));
         for (size_t i = 0; i < n; i++) {
@@ -123,12 +182,14 @@ kvq_status kvqi_kmeans(const float *x, size_t n, uint32_t d, uint32_t k, uint32_
         }
     }
     if (assign) {
-        for (size_t i = 0; i < n; i++) assign[i] = nearest(x + i * d, centroids, k, d, &pd[i]);
+        transpose_centroids(centroids, k, d, ct);
+        assign_all(x, n, d, centroids, ct, k, assign, pd);
     }
     kvqi_free(d2);
     kvqi_free(lab);
     kvqi_free(sum);
     kvqi_free(count);
     kvqi_free(pd);
+    kvqi_free(ct);
     return KVQ_OK;
 }

@@ -18,7 +18,6 @@
 typedef struct density {
     kvqi_dist dist;
     double laplace_b;                /* Laplace scale, 1/sqrt(2) for unit variance */
-    double beta_d;                   /* dimension for BETA */
     double beta_alpha;               /* (d-1)/2: (1+x)/2 ~ Beta(alpha, alpha) */
     double beta_pow;                 /* (d-3)/2: f ~ (1-x^2)^pow */
     double beta_log_c;               /* log normalizer of f */
@@ -27,9 +26,15 @@ typedef struct density {
     double sd;
 } density;
 
+/* Stirling's correction lgamma(z) - [(z-1/2)log z - z + log sqrt(2 pi)] for z >= 10 */
+static double stirling_tail(double z) {
+    const double r = 1.0 / z, r2 = r * r;
+    return r * (1.0 / 12 + r2 * (-1.0 / 360 + r2 * (1.0 / 1260 + r2 * (-1.0 / 1680 +
+                r2 * (1.0 / 1188 + r2 * (-691.0 / 360360 + r2 * (1.0 / 156)))))));
+}
+
 /* log Gamma for x > 0: recurrence up to x >= 10, then Stirling's series to x^-13
  * (error < 1e-16). Written here because lgamma() writes the global signgam. */
-static double stirling_tail(double z);
 static double lgamma_pos(double x) {
     double acc = 0.0;
     while (x < 10.0) {
@@ -37,13 +42,6 @@ static double lgamma_pos(double x) {
         x += 1.0;
     }
     return acc + (x - 0.5) * log(x) - x + 0.91893853320467274178 + stirling_tail(x);
-}
-
-/* Stirling's correction lgamma(z) - [(z-1/2)log z - z + log sqrt(2 pi)] for z >= 10 */
-static double stirling_tail(double z) {
-    const double r = 1.0 / z, r2 = r * r;
-    return r * (1.0 / 12 + r2 * (-1.0 / 360 + r2 * (1.0 / 1260 + r2 * (-1.0 / 1680 +
-                r2 * (1.0 / 1188 + r2 * (-691.0 / 360360 + r2 * (1.0 / 156)))))));
 }
 
 /* log(Gamma(a + 1/2) / Gamma(a)) without the cancellation of two huge lgammas: the
@@ -238,7 +236,6 @@ kvq_status kvqi_lloyd_max(kvqi_dist dist, double param, unsigned bits, float *ce
     case KVQI_DIST_LAPLACE: D.laplace_b = 0.70710678118654752440; break;
     case KVQI_DIST_BETA:
         if (!(param >= 2.0) || !(param <= 1e9)) return KVQ_ERR_INVALID_ARG;
-        D.beta_d = param;
         D.beta_alpha = 0.5 * (param - 1.0);
         D.beta_pow = 0.5 * (param - 3.0);
         /* C_d = Gamma(d/2) / (sqrt(pi) Gamma((d-1)/2)), d/2 = alpha + 1/2 */

@@ -3,9 +3,10 @@
  * {str: str}}, then the tensor bytes. The writer is crash-safe (temp file in the same
  * directory, fsync, rename); the reader trusts nothing: a strict JSON subset parser and
  * full checks of every size and offset, any violation is KVQ_ERR_FORMAT.
- * Data offsets are contiguous and unpadded as the format requires, so a tensor's data
- * pointer is aligned only when the tensors before it keep it so (the data area itself
- * starts 64-byte aligned in memory). */
+ * Data offsets are contiguous and unpadded as the format requires. The reader places the
+ * data area 64-byte aligned in memory and the writer lays tensors out by element size,
+ * largest first, so every tensor of a file written here is aligned to its element size;
+ * a foreign file may hold misaligned tensors (read those with memcpy). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -145,7 +146,25 @@ kvq_status kvqi_st_write(const char *path, const kvqi_st_tensor *tensors, size_t
         sb_str(&h, "}");
         first = 0;
     }
-    uint64_t offset = 0;
+    /* Header in the caller's order; data laid out by element size, largest first (as the
+     * reference writer does), so every tensor starts aligned to its element size. */
+    uint64_t *begin = n_tensors ? malloc(n_tensors * sizeof *begin) : NULL;
+    if (n_tensors && !begin) {
+        free(h.p);
+        return KVQ_ERR_NOMEM;
+    }
+    uint64_t data_size = 0;
+    for (size_t size = 8; size >= 1; size /= 2)
+        for (size_t i = 0; i < n_tensors; i++) {
+            if (k_dtypes[tensors[i].dtype].size != size) continue;
+            if (tensors[i].nbytes > UINT64_MAX - data_size) {
+                free(begin);
+                free(h.p);
+                return KVQ_ERR_OVERFLOW;
+            }
+            begin[i] = data_size;
+            data_size += tensors[i].nbytes;
+        }
     for (size_t i = 0; i < n_tensors; i++) {
         const kvqi_st_tensor *t = &tensors[i];
         if (!first) sb_str(&h, ",");
@@ -159,17 +178,13 @@ kvq_status kvqi_st_write(const char *path, const kvqi_st_tensor *tensors, size_t
             sb_u64(&h, t->shape[d]);
         }
         sb_str(&h, "],\"data_offsets\":[");
-        sb_u64(&h, offset);
+        sb_u64(&h, begin[i]);
         sb_str(&h, ",");
-        if (t->nbytes > UINT64_MAX - offset) {
-            free(h.p);
-            return KVQ_ERR_OVERFLOW;
-        }
-        offset += t->nbytes;
-        sb_u64(&h, offset);
+        sb_u64(&h, begin[i] + t->nbytes);
         sb_str(&h, "]}");
     }
     sb_str(&h, "}");
+    free(begin);
     while (!h.failed && (8 + h.len) % 8 != 0) sb_str(&h, " ");
     if (h.failed) {
         free(h.p);
@@ -202,7 +217,10 @@ kvq_status kvqi_st_write(const char *path, const kvqi_st_tensor *tensors, size_t
     uint8_t len_le[8];
     for (int i = 0; i < 8; i++) len_le[i] = (uint8_t)((uint64_t)h.len >> (8 * i));
     int ok = write_all(f, len_le, 8) && write_all(f, h.p, h.len);
-    for (size_t i = 0; ok && i < n_tensors; i++) ok = write_all(f, tensors[i].data, tensors[i].nbytes);
+    for (size_t size = 8; size >= 1; size /= 2)
+        for (size_t i = 0; ok && i < n_tensors; i++)
+            if (k_dtypes[tensors[i].dtype].size == size)
+                ok = write_all(f, tensors[i].data, tensors[i].nbytes);
     ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
     ok = (fclose(f) == 0) && ok;
     ok = ok && rename(tmp, path) == 0;

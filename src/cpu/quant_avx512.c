@@ -83,10 +83,53 @@ static void unpack_idx(const uint8_t *p, uint32_t n, unsigned bits, uint8_t *idx
     }
 }
 
+/* For b <= 4 the count of thresholds below v is found by binary search over the sorted
+ * thresholds held in one register (b steps instead of 2^b - 1 compares); the same count. */
+static inline __m512i count_above_bsearch(__m512 v, __m512 thr_vec, unsigned bits) {
+    __m512i idx = _mm512_setzero_si512();
+    for (int step = 1 << (bits - 1); step >= 1; step >>= 1) {
+        const __m512i st = _mm512_set1_epi32(step);
+        __m512 t = _mm512_permutexvar_ps(_mm512_sub_epi32(_mm512_add_epi32(idx, st), _mm512_set1_epi32(1)), thr_vec);
+        idx = _mm512_mask_add_epi32(idx, _mm512_cmp_ps_mask(v, t, _CMP_GT_OQ), idx, st);
+    }
+    return idx;
+}
+
 static void quantize_pack_avx512(const float *x, uint32_t n, float scale, const float *thr,
                                  unsigned bits, uint8_t *out) {
     unsigned n_thr = (1u << bits) - 1u;
     const __m512 s = _mm512_set1_ps(scale);
+    if (bits >= 2 && bits <= 4 && n % 16 == 0) {
+        float tv[16];
+        for (unsigned k = 0; k < 16; k++) tv[k] = k < n_thr ? thr[k] : INFINITY;
+        const __m512 thr_vec = _mm512_loadu_ps(tv);
+        const __m128i w_pair = bits == 4 ? _mm_set1_epi16(0x1001) : _mm_set1_epi16(0x0401);
+        const __m512i sh3 = _mm512_set_epi64(21, 18, 15, 12, 9, 6, 3, 0);
+        for (uint32_t i = 0; i < n; i += 16) {
+            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), s);
+            __m512i idx = count_above_bsearch(v, thr_vec, bits);
+            if (bits == 3) { /* 16 x 3 bits = 6 bytes: shift into 64-bit lanes and or */
+                uint64_t lo = (uint64_t)_mm512_reduce_or_epi64(
+                    _mm512_sllv_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(idx)), sh3));
+                uint64_t hi = (uint64_t)_mm512_reduce_or_epi64(
+                    _mm512_sllv_epi64(_mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(idx, 1)), sh3));
+                uint64_t w = lo | (hi << 24);
+                memcpy(out + i / 16 * 6, &w, 6);
+                continue;
+            }
+            __m128i b8 = _mm512_cvtepi32_epi8(idx);
+            __m128i p16 = _mm_maddubs_epi16(b8, w_pair);
+            if (bits == 4) {
+                _mm_storel_epi64((__m128i *)(out + i / 2), _mm_packus_epi16(p16, p16));
+            } else {
+                __m128i p32 = _mm_madd_epi16(p16, _mm_set1_epi32(0x00100001));
+                __m128i p8 = _mm_packus_epi16(_mm_packus_epi32(p32, p32), _mm_setzero_si128());
+                uint32_t w = (uint32_t)_mm_cvtsi128_si32(p8);
+                memcpy(out + i / 4, &w, 4);
+            }
+        }
+        return;
+    }
     if (bits == 1) {
         memset(out, 0, ((size_t)n + 7) / 8);
         const __m512 t = _mm512_set1_ps(thr[0]);
@@ -98,6 +141,25 @@ static void quantize_pack_avx512(const float *x, uint32_t n, float scale, const 
         }
         for (; i < n; i++)
             if (x[i] * scale > thr[0]) out[i >> 3] |= (uint8_t)(1u << (i & 7));
+        return;
+    }
+    if ((bits == 2 || bits == 4) && n % 16 == 0) {
+        /* 16 indices -> 16 bytes -> 2b bytes: pairs (and quads) combined by
+         * multiply-add of small integers, exact */
+        const __m128i w_pair = bits == 4 ? _mm_set1_epi16(0x1001) : _mm_set1_epi16(0x0401);
+        for (uint32_t i = 0; i < n; i += 16) {
+            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), s);
+            __m128i b8 = _mm512_cvtepi32_epi8(count_above(v, thr, n_thr));
+            __m128i p16 = _mm_maddubs_epi16(b8, w_pair); /* a + 2^b c per pair */
+            if (bits == 4) {
+                _mm_storel_epi64((__m128i *)(out + i / 2), _mm_packus_epi16(p16, p16));
+            } else {
+                __m128i p32 = _mm_madd_epi16(p16, _mm_set1_epi32(0x00100001)); /* + 16 * next */
+                __m128i p8 = _mm_packus_epi16(_mm_packus_epi32(p32, p32), _mm_setzero_si128());
+                uint32_t w = (uint32_t)_mm_cvtsi128_si32(p8);
+                memcpy(out + i / 4, &w, 4);
+            }
+        }
         return;
     }
     uint8_t idx[4096 + 16];
@@ -253,6 +315,24 @@ static uint32_t and_popcount_avx512(const uint8_t *a, const uint8_t *b, size_t n
     return (uint32_t)_mm512_reduce_add_epi64(acc);
 }
 
+/* Codes of up to 64 bytes (d <= 512) in one register; longer ones chunk by chunk. */
+static uint32_t popcount_planes_avx512(const uint8_t *code, const uint8_t *planes,
+                                       size_t plane_stride, unsigned n_planes, size_t nbytes,
+                                       uint32_t *pop_code) {
+    __m512i acc = _mm512_setzero_si512(), pc = _mm512_setzero_si512();
+    for (size_t i = 0; i < nbytes; i += 64) {
+        const __mmask64 m = nbytes - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (nbytes - i)) - 1);
+        const __m512i c = _mm512_maskz_loadu_epi8(m, code + i);
+        pc = _mm512_add_epi64(pc, _mm512_popcnt_epi64(c));
+        for (unsigned j = 0; j < n_planes; j++) {
+            __m512i p = _mm512_maskz_loadu_epi8(m, planes + j * plane_stride + i);
+            acc = _mm512_add_epi64(acc, _mm512_slli_epi64(_mm512_popcnt_epi64(_mm512_and_si512(c, p)), j));
+        }
+    }
+    *pop_code = (uint32_t)_mm512_reduce_add_epi64(pc);
+    return (uint32_t)_mm512_reduce_add_epi64(acc);
+}
+
 static void fp16_from_f32_avx512(const float *x, size_t n, uint16_t *out) {
     size_t i = 0;
     for (; i + 16 <= n; i += 16)
@@ -279,6 +359,13 @@ static float fp16_dot_avx512(const float *q, const uint16_t *h, size_t n) {
     return r;
 }
 
+static inline float sqrt_ss(float x) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(x))); }
+
+/* F16C conversions: IEEE round-to-nearest-even, the same bits as kvqi_fp32_to_fp16 (NaNs
+ * included: quiet bit set, payload truncated), and no call that would spill the row. */
+static inline uint16_t half_from(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline float half_to(uint16_t h) { return _cvtsh_ss(h); }
+
 /* Canonical fold of 16 lanes: j += j+8, j += j+4, j += j+2, j += j+1. */
 static inline float fold16(__m512 acc) {
     __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc),
@@ -289,27 +376,68 @@ static inline float fold16(__m512 acc) {
     return _mm_cvtss_f32(s1);
 }
 
-/* Butterfly with the partner p: lower lanes v + p, upper lanes p - v (= a - b). */
-static inline __m512 bfly2(__m512 v, __m512 p, __mmask16 upper) {
-    return _mm512_mask_sub_ps(_mm512_add_ps(v, p), upper, p, v);
-}
-
-/* The four in-register butterfly stages (h = 1, 2, 4, 8), as kvqi_fwht_scalar does them.
- * h = 1: fmsubadd(p, 1, v) is p + v on even lanes and p - v on odd ones, each rounded
- * once (p * 1 is exact), so it equals the scalar add/sub bit for bit. */
+/* The four in-register butterfly stages (h = 1, 2, 4, 8), as kvqi_fwht_scalar does them:
+ * each is fma(v, +-1, partner): lower lanes v + p (= a + b), upper lanes p - v (= a - b);
+ * the multiply by +-1 is exact, so the one rounding equals the scalar add or sub. */
 static inline __m512 fwht16(__m512 v) {
-    v = _mm512_fmsubadd_ps(_mm512_permute_ps(v, 0xB1), _mm512_set1_ps(1.0f), v);
-    v = bfly2(v, _mm512_permute_ps(v, 0x4E), 0xCCCC);
-    v = bfly2(v, _mm512_shuffle_f32x4(v, v, 0xB1), 0xF0F0);
-    v = bfly2(v, _mm512_shuffle_f32x4(v, v, 0x4E), 0xFF00);
+    const __m512 s1 = _mm512_castsi512_ps(_mm512_set_epi32(
+        (int)0xBF800000, 0x3F800000, (int)0xBF800000, 0x3F800000, (int)0xBF800000, 0x3F800000,
+        (int)0xBF800000, 0x3F800000, (int)0xBF800000, 0x3F800000, (int)0xBF800000, 0x3F800000,
+        (int)0xBF800000, 0x3F800000, (int)0xBF800000, 0x3F800000));
+    const __m512 s2 = _mm512_set_ps(-1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1);
+    const __m512 s4 = _mm512_set_ps(-1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1);
+    const __m512 s8 = _mm512_set_ps(-1, -1, -1, -1, -1, -1, -1, -1, 1, 1, 1, 1, 1, 1, 1, 1);
+    v = _mm512_fmadd_ps(v, s1, _mm512_permute_ps(v, 0xB1));
+    v = _mm512_fmadd_ps(v, s2, _mm512_permute_ps(v, 0x4E));
+    v = _mm512_fmadd_ps(v, s4, _mm512_shuffle_f32x4(v, v, 0xB1));
+    v = _mm512_fmadd_ps(v, s8, _mm512_shuffle_f32x4(v, v, 0x4E));
     return v;
 }
 
-/* Whole rows in registers; instantiated with a constant chunk count so the compiler
- * unrolls the butterflies and keeps the row in zmm registers (d = 64, 128, 256). */
-static inline __attribute__((always_inline)) void had_sign_rows(
-    const float *x, size_t rows, const uint32_t nv, const float *sign, uint8_t *bits_out,
-    size_t bits_stride, float *norm_out, float *abs_sum_out) {
+/* Whole rows in registers: one function per chunk count (array sized exactly, loops
+ * unrolled) so the compiler keeps the row in zmm registers (d = 64, 128, 256). */
+#define HAD_SIGN_ROWS(NV)                                                                    \
+    static void had_sign_rows_##NV(const float *x, size_t rows, const float *sign,           \
+                                   uint8_t *bits_out, size_t bits_stride, float *norm_out,   \
+                                   float *abs_sum_out) {                                     \
+        const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));           \
+        __m512 v[NV], sg[NV];                                                                \
+        _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) sg[j] =                   \
+            _mm512_loadu_ps(sign + 16 * j);                                                  \
+        for (size_t r = 0; r < rows; r++) {                                                  \
+            const float *xr = x + r * NV * 16;                                               \
+            __m512 nacc = _mm512_setzero_ps();                                               \
+            _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                     \
+                __m512 a = _mm512_loadu_ps(xr + 16 * j);                                     \
+                nacc = _mm512_add_ps(nacc, _mm512_mul_ps(a, a));                             \
+                v[j] = fwht16(_mm512_mul_ps(a, sg[j]));                                      \
+            }                                                                                \
+            norm_out[r] = sqrt_ss(fold16(nacc));                                               \
+            _Pragma("GCC unroll 16") for (uint32_t h = 1; h < NV; h <<= 1)                   \
+                _Pragma("GCC unroll 16") for (uint32_t k = 0; k < NV / 2; k++) {             \
+                const uint32_t j = (k / h) * 2 * h + k % h;                                  \
+                __m512 a = v[j], b = v[(j + h) % NV];                                        \
+                v[j] = _mm512_add_ps(a, b);                                                  \
+                v[(j + h) % NV] = _mm512_sub_ps(a, b);                                       \
+            }                                                                                \
+            uint8_t *out = bits_out + r * bits_stride;                                       \
+            __m512 sacc = _mm512_setzero_ps();                                               \
+            _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                     \
+                __mmask16 m = _mm512_cmp_ps_mask(v[j], _mm512_setzero_ps(), _CMP_GT_OQ);     \
+                memcpy(out + 2 * j, &m, 2);                                                  \
+                sacc = _mm512_add_ps(sacc, _mm512_and_ps(v[j], absmask));                    \
+            }                                                                                \
+            if (abs_sum_out) abs_sum_out[r] = fold16(sacc);                                  \
+        }                                                                                    \
+    }
+HAD_SIGN_ROWS(4)
+HAD_SIGN_ROWS(8)
+HAD_SIGN_ROWS(16)
+
+/* Other powers of two up to 1024: the same steps through a stack row. */
+static void had_sign_rows_any(const float *x, size_t rows, const uint32_t nv, const float *sign,
+                              uint8_t *bits_out, size_t bits_stride, float *norm_out,
+                              float *abs_sum_out) {
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
     __m512 v[64];
     for (size_t r = 0; r < rows; r++) {
@@ -320,7 +448,7 @@ static inline __attribute__((always_inline)) void had_sign_rows(
             nacc = _mm512_add_ps(nacc, _mm512_mul_ps(a, a));
             v[j] = fwht16(_mm512_mul_ps(a, _mm512_loadu_ps(sign + 16 * j)));
         }
-        norm_out[r] = sqrtf(fold16(nacc));
+        norm_out[r] = sqrt_ss(fold16(nacc));
         for (uint32_t h = 1; h < nv; h <<= 1)
             for (uint32_t i = 0; i < nv; i += h << 1)
                 for (uint32_t j = i; j < i + h; j++) {
@@ -333,7 +461,7 @@ static inline __attribute__((always_inline)) void had_sign_rows(
         for (uint32_t j = 0; j < nv; j++) {
             __mmask16 m = _mm512_cmp_ps_mask(v[j], _mm512_setzero_ps(), _CMP_GT_OQ);
             memcpy(out + 2 * j, &m, 2);
-            if (abs_sum_out) sacc = _mm512_add_ps(sacc, _mm512_and_ps(v[j], absmask));
+            sacc = _mm512_add_ps(sacc, _mm512_and_ps(v[j], absmask));
         }
         if (abs_sum_out) abs_sum_out[r] = fold16(sacc);
     }
@@ -343,94 +471,157 @@ static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim
                                        const float *sign, uint8_t *bits_out, size_t bits_stride,
                                        float *norm_out, float *abs_sum_out) {
     switch (dim) {
-    case 64: had_sign_rows(x, rows, 4, sign, bits_out, bits_stride, norm_out, abs_sum_out); return;
-    case 128: had_sign_rows(x, rows, 8, sign, bits_out, bits_stride, norm_out, abs_sum_out); return;
-    case 256: had_sign_rows(x, rows, 16, sign, bits_out, bits_stride, norm_out, abs_sum_out); return;
+    case 64: had_sign_rows_4(x, rows, sign, bits_out, bits_stride, norm_out, abs_sum_out); return;
+    case 128: had_sign_rows_8(x, rows, sign, bits_out, bits_stride, norm_out, abs_sum_out); return;
+    case 256: had_sign_rows_16(x, rows, sign, bits_out, bits_stride, norm_out, abs_sum_out); return;
     default:
         if (dim < 16 || dim > 1024) {
             kvqi_quant_scalar.hadamard_sign_batch(x, rows, dim, sign, bits_out, bits_stride,
                                                   norm_out, abs_sum_out);
             return;
         }
-        had_sign_rows(x, rows, dim / 16, sign, bits_out, bits_stride, norm_out, abs_sum_out);
+        had_sign_rows_any(x, rows, dim / 16, sign, bits_out, bits_stride, norm_out, abs_sum_out);
     }
 }
 
-/* turboquant_rvq, 1 bit per pass: the row stays in registers from load to packed bits. */
-static inline __attribute__((always_inline)) void rvq1_rows(
-    const float *x, size_t rows, const uint32_t nv, const kvqi_hadamard *had, const float *cb_g,
-    const float *thr_g, const float *cb_l, const float *thr_l, unsigned residuals, uint8_t *codes,
-    size_t code_size) {
-    const uint32_t d = nv * 16;
-    const float sqrt_d = sqrtf((float)d), inv_d = 1.0f / (float)d;
-    const __m512 s_b = _mm512_set1_ps((float)(1.0 / sqrt((double)d)));
-    const __m512 tg = _mm512_set1_ps(thr_g[0]), g0 = _mm512_set1_ps(cb_g[0]), g1 = _mm512_set1_ps(cb_g[1]);
-    const __m512 tl = _mm512_set1_ps(thr_l[0]), l0 = _mm512_set1_ps(cb_l[0]), l1 = _mm512_set1_ps(cb_l[1]);
-    (void)inv_d;
-    __m512 v[64], sg[64];
-    for (uint32_t j = 0; j < nv; j++) sg[j] = _mm512_mul_ps(_mm512_loadu_ps(had->sign1 + 16 * j), s_b);
-    for (size_t r = 0; r < rows; r++) {
-        const float *xr = x + r * d;
-        uint8_t *c = codes + r * code_size, *bits = c + 2 * residuals;
-        __m512 nacc = _mm512_setzero_ps();
-        for (uint32_t j = 0; j < nv; j++) {
-            __m512 a = _mm512_loadu_ps(xr + 16 * j);
-            nacc = _mm512_add_ps(nacc, _mm512_mul_ps(a, a));
-            v[j] = fwht16(_mm512_mul_ps(a, sg[j]));
-        }
-        float norm = sqrtf(fold16(nacc));
-        uint16_t h = kvqi_fp32_to_fp16(norm);
-        c[0] = (uint8_t)h;
-        c[1] = (uint8_t)(h >> 8);
-        for (uint32_t hh = 1; hh < nv; hh <<= 1)
-            for (uint32_t i = 0; i < nv; i += hh << 1)
-                for (uint32_t j = i; j < i + hh; j++) {
-                    __m512 a = v[j], b = v[j + hh];
-                    v[j] = _mm512_add_ps(a, b);
-                    v[j + hh] = _mm512_sub_ps(a, b);
-                }
-        const __m512 av = _mm512_set1_ps(norm > 0.0f ? sqrt_d / norm : 0.0f);
-        for (uint32_t j = 0; j < nv; j++) {
-            __m512 t = _mm512_mul_ps(v[j], av);
-            __mmask16 m = _mm512_cmp_ps_mask(t, tg, _CMP_GT_OQ);
-            memcpy(bits + 2 * j, &m, 2);
-            v[j] = _mm512_sub_ps(t, _mm512_mask_blend_ps(m, g0, g1));
-        }
-        for (unsigned st = 1; st < residuals; st++) {
-            __m512 acc = _mm512_setzero_ps();
-            for (uint32_t j = 0; j < nv; j++) acc = _mm512_add_ps(acc, _mm512_mul_ps(v[j], v[j]));
-            float spread = sqrtf(fold16(acc) / (float)d);
-            h = kvqi_fp32_to_fp16(spread);
-            c[2 * st] = (uint8_t)h;
-            c[2 * st + 1] = (uint8_t)(h >> 8);
-            float shf = kvqi_fp16_to_fp32(h);
-            const __m512 sh = _mm512_set1_ps(shf), inv = _mm512_set1_ps(shf > 0.0f ? 1.0f / shf : 0.0f);
-            const __m512 r0 = _mm512_mul_ps(l0, sh), r1 = _mm512_mul_ps(l1, sh);
-            uint8_t *pb = bits + st * (d / 8);
-            for (uint32_t j = 0; j < nv; j++) {
-                __mmask16 m = _mm512_cmp_ps_mask(_mm512_mul_ps(v[j], inv), tl, _CMP_GT_OQ);
-                memcpy(pb + 2 * j, &m, 2);
-                v[j] = _mm512_sub_ps(v[j], _mm512_mask_blend_ps(m, r0, r1));
-            }
-        }
+/* turboquant_rvq, 1 bit per pass: the row stays in registers from load to packed bits
+ * (one function per chunk count, as for the sign codes). */
+/* Rows go through in groups of RVQ_GROUP, one step at a time over the group (rotate, stage
+ * 1, each later stage), so the long per-row dependency chain (norm, sqrt, divide, spread)
+ * of one row overlaps the work of the others. */
+#define RVQ_GROUP 16
+#define RVQ1_ROWS(NV)                                                                         \
+    static void rvq1_rows_##NV(const float *x, size_t rows, const kvqi_hadamard *had,         \
+                               const float *cb_g, const float *thr_g, const float *cb_l,      \
+                               const float *thr_l, unsigned residuals, uint8_t *codes,        \
+                               size_t code_size) {                                            \
+        const uint32_t d = NV * 16;                                                           \
+        const float sqrt_d = sqrt_ss((float)d);                                               \
+        const __m512 s_b = _mm512_set1_ps((float)(1.0 / sqrt((double)d)));                   \
+        const __m512 tg = _mm512_set1_ps(thr_g[0]), g0 = _mm512_set1_ps(cb_g[0]),             \
+                     g1 = _mm512_set1_ps(cb_g[1]);                                            \
+        const __m512 tl = _mm512_set1_ps(thr_l[0]), l0 = _mm512_set1_ps(cb_l[0]),             \
+                     l1 = _mm512_set1_ps(cb_l[1]);                                            \
+        __m512 sg[NV];                                                                        \
+        __m512 y[RVQ_GROUP][NV];                                                              \
+        float sumsq[RVQ_GROUP];                                                               \
+        _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) sg[j] =                    \
+            _mm512_mul_ps(_mm512_loadu_ps(had->sign1 + 16 * j), s_b);                         \
+        for (size_t r0 = 0; r0 < rows; r0 += RVQ_GROUP) {                                     \
+            const size_t nr = rows - r0 < RVQ_GROUP ? rows - r0 : RVQ_GROUP;                  \
+            for (size_t g = 0; g < nr; g++) {                                                 \
+                const float *xr = x + (r0 + g) * d;                                           \
+                uint8_t *c = codes + (r0 + g) * code_size;                                    \
+                __m512 v[NV];                                                                 \
+                __m512 nacc = _mm512_setzero_ps();                                            \
+                _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                  \
+                    __m512 a = _mm512_loadu_ps(xr + 16 * j);                                  \
+                    nacc = _mm512_add_ps(nacc, _mm512_mul_ps(a, a));                          \
+                    v[j] = fwht16(_mm512_mul_ps(a, sg[j]));                                   \
+                }                                                                             \
+                _Pragma("GCC unroll 16") for (uint32_t hh = 1; hh < NV; hh <<= 1)             \
+                    _Pragma("GCC unroll 16") for (uint32_t k = 0; k < NV / 2; k++) {          \
+                    const uint32_t j = (k / hh) * 2 * hh + k % hh;                            \
+                    __m512 a = v[j], b = v[(j + hh) % NV];                                    \
+                    v[j] = _mm512_add_ps(a, b);                                               \
+                    v[(j + hh) % NV] = _mm512_sub_ps(a, b);                                   \
+                }                                                                             \
+                float norm = sqrt_ss(fold16(nacc));                                           \
+                uint16_t h = half_from(norm);                                                 \
+                c[0] = (uint8_t)h;                                                            \
+                c[1] = (uint8_t)(h >> 8);                                                     \
+                const __m512 av = _mm512_set1_ps(norm > 0.0f ? sqrt_d / norm : 0.0f);         \
+                uint8_t *bits = c + 2 * residuals;                                            \
+                __m512 acc = _mm512_setzero_ps();                                             \
+                _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                  \
+                    __m512 t = _mm512_mul_ps(v[j], av);                                       \
+                    __mmask16 m = _mm512_cmp_ps_mask(t, tg, _CMP_GT_OQ);                      \
+                    memcpy(bits + 2 * j, &m, 2);                                              \
+                    __m512 yj = _mm512_sub_ps(t, _mm512_mask_blend_ps(m, g0, g1));            \
+                    acc = _mm512_add_ps(acc, _mm512_mul_ps(yj, yj));                          \
+                    y[g][j] = yj;                                                             \
+                }                                                                             \
+                sumsq[g] = fold16(acc);                                                       \
+            }                                                                                 \
+            for (unsigned st = 1; st < residuals; st++)                                       \
+                for (size_t g = 0; g < nr; g++) {                                             \
+                    uint8_t *c = codes + (r0 + g) * code_size;                                \
+                    __m512 acc = _mm512_setzero_ps();                                         \
+                    float spread = sqrt_ss(sumsq[g] / (float)d);                              \
+                    uint16_t h = half_from(spread);                                           \
+                    c[2 * st] = (uint8_t)h;                                                   \
+                    c[2 * st + 1] = (uint8_t)(h >> 8);                                        \
+                    float shf = half_to(h);                                                   \
+                    const __m512 sh = _mm512_set1_ps(shf),                                    \
+                                 inv = _mm512_set1_ps(shf > 0.0f ? 1.0f / shf : 0.0f);        \
+                    const __m512 q0 = _mm512_mul_ps(l0, sh), q1 = _mm512_mul_ps(l1, sh);      \
+                    uint8_t *pb = c + 2 * residuals + st * (d / 8);                           \
+                    const int last = st + 1 == residuals;                                     \
+                    _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {              \
+                        __mmask16 m = _mm512_cmp_ps_mask(_mm512_mul_ps(y[g][j], inv), tl,     \
+                                                         _CMP_GT_OQ);                         \
+                        memcpy(pb + 2 * j, &m, 2);                                            \
+                        if (!last) { /* the last residual is never read */                   \
+                            __m512 yj = _mm512_sub_ps(y[g][j], _mm512_mask_blend_ps(m, q0, q1)); \
+                            acc = _mm512_add_ps(acc, _mm512_mul_ps(yj, yj));                  \
+                            y[g][j] = yj;                                                     \
+                        }                                                                     \
+                    }                                                                         \
+                    if (!last) sumsq[g] = fold16(acc);                                        \
+                }                                                                             \
+        }                                                                                     \
     }
-}
+RVQ1_ROWS(4)
+RVQ1_ROWS(8)
+RVQ1_ROWS(16)
 
 static void rvq1_batch_avx512(const float *x, size_t rows, const kvqi_hadamard *had,
                               const float *cb_g, const float *thr_g, const float *cb_l,
                               const float *thr_l, unsigned residuals, uint8_t *codes,
                               size_t code_size) {
-    switch (had->dim) {
-    case 64: rvq1_rows(x, rows, 4, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size); return;
-    case 128: rvq1_rows(x, rows, 8, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size); return;
-    case 256: rvq1_rows(x, rows, 16, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size); return;
-    default:
-        if (had->two_pass || had->dim < 16 || had->dim > 1024) {
-            kvqi_rvq1_batch_scalar(x, rows, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size);
-            return;
-        }
-        rvq1_rows(x, rows, had->dim / 16, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size);
+    if (!had->two_pass && had->dim == 64)
+        rvq1_rows_4(x, rows, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size);
+    else if (!had->two_pass && had->dim == 128)
+        rvq1_rows_8(x, rows, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size);
+    else if (!had->two_pass && had->dim == 256)
+        rvq1_rows_16(x, rows, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size);
+    else
+        kvqi_rvq1_batch_scalar(x, rows, had, cb_g, thr_g, cb_l, thr_l, residuals, codes, code_size);
+}
+
+/* core's randomized Hadamard for one power-of-two block, in registers: forward scales by
+ * sign_i * (1/sqrt(d)) then runs the butterflies; inverse runs them then scales. */
+#define HAD_POW2(NV)                                                                          \
+    static void had_pow2_##NV(const float *sign, const float *in, float *out, int inverse) { \
+        const __m512 s_b = _mm512_set1_ps((float)(1.0 / sqrt((double)(NV * 16))));           \
+        __m512 v[NV];                                                                        \
+        _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                         \
+            __m512 a = _mm512_loadu_ps(in + 16 * j);                                         \
+            if (!inverse) a = _mm512_mul_ps(a, _mm512_mul_ps(_mm512_loadu_ps(sign + 16 * j), s_b)); \
+            v[j] = fwht16(a);                                                                \
+        }                                                                                    \
+        _Pragma("GCC unroll 16") for (uint32_t hh = 1; hh < NV; hh <<= 1)                    \
+            _Pragma("GCC unroll 16") for (uint32_t k = 0; k < NV / 2; k++) {                 \
+            const uint32_t j = (k / hh) * 2 * hh + k % hh;                                   \
+            __m512 a = v[j], b = v[(j + hh) % NV];                                           \
+            v[j] = _mm512_add_ps(a, b);                                                      \
+            v[(j + hh) % NV] = _mm512_sub_ps(a, b);                                          \
+        }                                                                                    \
+        _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                         \
+            __m512 a = v[j];                                                                 \
+            if (inverse) a = _mm512_mul_ps(a, _mm512_mul_ps(_mm512_loadu_ps(sign + 16 * j), s_b)); \
+            _mm512_storeu_ps(out + 16 * j, a);                                               \
+        }                                                                                    \
     }
+HAD_POW2(4)
+HAD_POW2(8)
+HAD_POW2(16)
+
+static void hadamard_pow2_avx512(const kvqi_hadamard *had, const float *in, float *out, int inverse) {
+    if (!had->two_pass && had->dim == 64) had_pow2_4(had->sign1, in, out, inverse);
+    else if (!had->two_pass && had->dim == 128) had_pow2_8(had->sign1, in, out, inverse);
+    else if (!had->two_pass && had->dim == 256) had_pow2_16(had->sign1, in, out, inverse);
+    else kvqi_hadamard_pow2_scalar(had, in, out, inverse);
 }
 
 /* ------------------------------------------------- llama.cpp q8_0 / q4_0 */
@@ -539,8 +730,9 @@ static float q4_0_dot_avx512(const float *q, const uint8_t *in, uint32_t nb) {
 
 const kvqi_quant_kernels kvqi_quant_avx512 = {
     KVQ_ISA_AVX512,       quantize_pack_avx512, sign_pack_avx512,     lut_decode_avx512,
-    lut_dot_avx512,       masked_sum_avx512,    and_popcount_avx512,  fp16_from_f32_avx512,
+    lut_dot_avx512,       masked_sum_avx512,    and_popcount_avx512,  popcount_planes_avx512,
+    fp16_from_f32_avx512,
     fp16_to_f32_avx512,   fp16_dot_avx512,      hadamard_sign_batch_avx512,
-    rvq1_batch_avx512,    q8_0_encode_avx512,   q8_0_decode_avx512,   q8_0_dot_avx512,
+    rvq1_batch_avx512,    hadamard_pow2_avx512, q8_0_encode_avx512,   q8_0_decode_avx512,   q8_0_dot_avx512,
     q4_0_encode_avx512,   q4_0_decode_avx512,   q4_0_dot_avx512,
 };

@@ -32,6 +32,10 @@ typedef struct kvqi_quant_kernels {
     float (*masked_sum)(const float *z, const uint8_t *bits, uint32_t n);
     /* popcount(a & b) over nbytes */
     uint32_t (*and_popcount)(const uint8_t *a, const uint8_t *b, size_t nbytes);
+    /* sum_j 2^j popcount(code & plane_j) over n_planes planes (plane j at planes +
+     * j * plane_stride), nbytes each; *pop_code = popcount(code). RaBitQ's 4-bit query. */
+    uint32_t (*popcount_planes)(const uint8_t *code, const uint8_t *planes, size_t plane_stride,
+                                unsigned n_planes, size_t nbytes, uint32_t *pop_code);
     /* IEEE binary16 round-to-nearest-even conversions and a dot against fp16 data */
     void (*fp16_from_f32)(const float *x, size_t n, uint16_t *out);
     void (*fp16_to_f32)(const uint16_t *h, size_t n, float *out);
@@ -50,6 +54,9 @@ typedef struct kvqi_quant_kernels {
     void (*rvq1_batch)(const float *x, size_t rows, const kvqi_hadamard *had, const float *cb_g,
                        const float *thr_g, const float *cb_l, const float *thr_l,
                        unsigned residuals, uint8_t *codes, size_t code_size);
+    /* out = core's kvqi_hadamard_apply (inverse = 0) or kvqi_hadamard_inverse (1) of in,
+     * bit for bit, for a single-pass (power-of-two) transform. in and out may alias. */
+    void (*hadamard_pow2)(const kvqi_hadamard *had, const float *in, float *out, int inverse);
     /* llama.cpp blocks of 32 (ggml-quants.c reference formulas, byte for byte):
      * q8_0 = fp16 d + 32 int8 (34 bytes), q4_0 = fp16 d + 16 nibble bytes (18 bytes). */
     void (*q8_0_encode)(const float *x, uint32_t n_blocks, uint8_t *out);
@@ -63,6 +70,7 @@ typedef struct kvqi_quant_kernels {
 /* Scalar references the AVX2 table shares (encoders whose cost is not in AVX2 arithmetic). */
 void kvqi_q8_0_encode_scalar(const float *x, uint32_t n_blocks, uint8_t *out);
 void kvqi_q4_0_encode_scalar(const float *x, uint32_t n_blocks, uint8_t *out);
+void kvqi_hadamard_pow2_scalar(const kvqi_hadamard *had, const float *in, float *out, int inverse);
 /* The scalar reference of rvq1_batch (the AVX2 table uses it too). */
 void kvqi_rvq1_batch_scalar(const float *x, size_t rows, const kvqi_hadamard *had,
                             const float *cb_g, const float *thr_g, const float *cb_l,

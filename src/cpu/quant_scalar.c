@@ -65,6 +65,16 @@ static uint32_t and_popcount_scalar(const uint8_t *a, const uint8_t *b, size_t n
     return c;
 }
 
+static uint32_t popcount_planes_scalar(const uint8_t *code, const uint8_t *planes,
+                                       size_t plane_stride, unsigned n_planes, size_t nbytes,
+                                       uint32_t *pop_code) {
+    uint32_t acc = 0;
+    for (unsigned j = 0; j < n_planes; j++)
+        acc += and_popcount_scalar(code, planes + j * plane_stride, nbytes) << j;
+    *pop_code = and_popcount_scalar(code, code, nbytes);
+    return acc;
+}
+
 static void fp16_from_f32_scalar(const float *x, size_t n, uint16_t *out) {
     for (size_t i = 0; i < n; i++) out[i] = kvqi_fp32_to_fp16(x[i]);
 }
@@ -143,6 +153,12 @@ void kvqi_rvq1_batch_scalar(const float *x, size_t rows, const kvqi_hadamard *ha
     }
 }
 
+void kvqi_hadamard_pow2_scalar(const kvqi_hadamard *had, const float *in, float *out, int inverse) {
+    if (out != in) memcpy(out, in, had->dim * sizeof(float));
+    if (inverse) kvqi_hadamard_inverse(had, out, KVQ_ISA_SCALAR);
+    else kvqi_hadamard_apply(had, out, KVQ_ISA_SCALAR);
+}
+
 /* ------------------------------------------------- llama.cpp q8_0 / q4_0 */
 
 void kvqi_q8_0_encode_scalar(const float *x, uint32_t nb, uint8_t *out) {
@@ -157,7 +173,10 @@ void kvqi_q8_0_encode_scalar(const float *x, uint32_t nb, uint8_t *out) {
         const uint16_t h = kvqi_fp32_to_fp16(d);
         out[0] = (uint8_t)h;
         out[1] = (uint8_t)(h >> 8);
-        for (int j = 0; j < 32; j++) out[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+        for (int j = 0; j < 32; j++) {
+            const float r = roundf(x[j] * id);
+            out[2 + j] = (uint8_t)(int8_t)(r == r ? r : 0.0f); /* NaN -> 0, as the SIMD convert */
+        }
     }
 }
 
@@ -195,7 +214,8 @@ void kvqi_q4_0_encode_scalar(const float *x, uint32_t nb, uint8_t *out) {
         out[1] = (uint8_t)(h >> 8);
         for (int j = 0; j < 16; j++) {
             const float x0 = x[j] * id, x1 = x[16 + j] * id;
-            const int v0 = (int8_t)(x0 + 8.5f), v1 = (int8_t)(x1 + 8.5f);
+            const float f0 = x0 + 8.5f, f1 = x1 + 8.5f; /* NaN -> 0, as the SIMD convert */
+            const int v0 = f0 == f0 ? (int8_t)f0 : 0, v1 = f1 == f1 ? (int8_t)f1 : 0;
             const uint8_t xi0 = (uint8_t)(v0 < 15 ? v0 : 15), xi1 = (uint8_t)(v1 < 15 ? v1 : 15);
             out[2 + j] = (uint8_t)(xi0 | (xi1 << 4));
         }
@@ -225,9 +245,10 @@ static float q4_0_dot_scalar(const float *q, const uint8_t *in, uint32_t nb) {
 
 const kvqi_quant_kernels kvqi_quant_scalar = {
     KVQ_ISA_SCALAR,       quantize_pack_scalar, sign_pack_scalar,     lut_decode_scalar,
-    lut_dot_scalar,       masked_sum_scalar,    and_popcount_scalar,  fp16_from_f32_scalar,
+    lut_dot_scalar,       masked_sum_scalar,    and_popcount_scalar,  popcount_planes_scalar,
+    fp16_from_f32_scalar,
     fp16_to_f32_scalar,   fp16_dot_scalar,      hadamard_sign_batch_scalar,
-    kvqi_rvq1_batch_scalar, kvqi_q8_0_encode_scalar,  q8_0_decode_scalar,   q8_0_dot_scalar,
+    kvqi_rvq1_batch_scalar, kvqi_hadamard_pow2_scalar, kvqi_q8_0_encode_scalar,  q8_0_decode_scalar,   q8_0_dot_scalar,
     kvqi_q4_0_encode_scalar, q4_0_decode_scalar,  q4_0_dot_scalar,
 };
 

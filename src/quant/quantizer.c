@@ -56,6 +56,7 @@ KVQ_API kvq_status kvq_quantizer_create(const kvq_config *cfg, kvq_quantizer **o
         free(q);
         return st;
     }
+    q->fitted = 1; /* methods with learned state clear it in init */
     st = q->m->init(q);
     if (st != KVQ_OK) {
         kvqi_rotation_free(&q->rot);
@@ -120,6 +121,7 @@ KVQ_API kvq_status kvq_score_bound(const kvq_quantizer *q, const float *query,
 
 KVQ_API kvq_status kvq_quantizer_save(const kvq_quantizer *q, const char *path) {
     if (!q || !path || !*path) return KVQ_ERR_INVALID_ARG;
+    if (!q->fitted) return KVQ_ERR_STATE;
     kvqi_st_tensor t[KVQI_QUANT_MAX_TENSORS];
     size_t n = kvqi_rotation_tensors(&q->rot, t, KVQI_QUANT_MAX_TENSORS);
     if (q->m->save_tensors) n += q->m->save_tensors(q, t + n, KVQI_QUANT_MAX_TENSORS - n);

@@ -40,6 +40,10 @@ void kvqi_rotation_apply(const kvqi_rotation *r, const float *in, float *out, kv
         kvqi_matvec(r->dense, r->dim, tmp, out);
         return;
     }
+    if (r->kind == KVQI_ROT_HADAMARD && !r->had.two_pass) {
+        kvqi_quant_kernels_for(isa)->hadamard_pow2(&r->had, in, out, 0);
+        return;
+    }
     if (out != in) memcpy(out, in, r->dim * sizeof(float));
     if (r->kind == KVQI_ROT_HADAMARD) kvqi_hadamard_apply(&r->had, out, isa);
 }
@@ -49,6 +53,10 @@ void kvqi_rotation_inverse(const kvqi_rotation *r, const float *in, float *out, 
         float tmp[KVQI_QUANT_MAX_DIM];
         memcpy(tmp, in, r->dim * sizeof(float));
         kvqi_matvec_t(r->dense, r->dim, tmp, out);
+        return;
+    }
+    if (r->kind == KVQI_ROT_HADAMARD && !r->had.two_pass) {
+        kvqi_quant_kernels_for(isa)->hadamard_pow2(&r->had, in, out, 1);
         return;
     }
     if (out != in) memcpy(out, in, r->dim * sizeof(float));
