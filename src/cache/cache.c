@@ -52,15 +52,20 @@ static float fp16_at(const uint8_t *p) {
     return kvqi_fp16_to_fp32(h);
 }
 
+/* b-bit index `coord` of an LSB-first stream (3-bit indices may straddle two bytes) */
 static uint32_t rot_index_at(const uint8_t *idx, uint32_t bits, uint32_t coord) {
     size_t bit = (size_t)coord * bits;
-    return (uint32_t)(idx[bit / 8] >> (bit % 8)) & ((1u << bits) - 1u);
+    uint32_t v = idx[bit / 8];
+    if (bit % 8 + bits > 8) v |= (uint32_t)idx[bit / 8 + 1] << 8;
+    return (v >> (bit % 8)) & ((1u << bits) - 1u);
 }
 
 static void rot_set_index(uint8_t *idx, uint32_t bits, uint32_t coord, uint32_t v) {
-    size_t bit = (size_t)coord * bits;
-    uint8_t mask = (uint8_t)(((1u << bits) - 1u) << (bit % 8));
-    idx[bit / 8] = (uint8_t)((idx[bit / 8] & ~mask) | ((v << (bit % 8)) & mask));
+    for (uint32_t i = 0; i < bits; i++) {
+        size_t bit = (size_t)coord * bits + i;
+        uint8_t m = (uint8_t)(1u << (bit % 8));
+        idx[bit / 8] = (uint8_t)(((v >> i) & 1u) ? (idx[bit / 8] | m) : (idx[bit / 8] & ~m));
+    }
 }
 
 /* Decodes one code in a known layout (the reference the kernels follow). */
@@ -119,7 +124,8 @@ static void decode_known(kvqi_code_path path, const kvqi_rot_layout *rot, const 
  * quantizer uses; the rotation is read back through kvq_decode (below). */
 static int rot_layout_for(const kvq_config *qc, size_t code_size, kvqi_rot_layout *L) {
     uint32_t d = qc->dim, b = qc->bits;
-    if (!(b == 1 || b == 2 || b == 4 || b == 8) || d % (b == 2 ? 64 : 32)) return 0;
+    if (!(b >= 1 && b <= 4) && b != 8) return 0;
+    if (d % (b == 2 ? 64 : 32)) return 0;
     memset(L, 0, sizeof *L);
     L->dim = d;
     L->bits = b;
@@ -133,6 +139,17 @@ static int rot_layout_for(const kvq_config *qc, size_t code_size, kvqi_rot_layou
             return 0;
         L->n_pass = 1;
         L->index_offset[0] = 2;
+        if (b == 4) {
+            /* 8-bit centroids for the integer key path: symmetric scale, offset 128 */
+            float cmax = 0.0f;
+            for (uint32_t i = 0; i < 16; i++) cmax = fmaxf(cmax, fabsf(L->centroids[0][i]));
+            if (cmax > 0.0f) {
+                L->has_u8 = 1;
+                L->cent_scale = cmax / 127.0f;
+                for (uint32_t i = 0; i < 16; i++)
+                    L->cent_u8[i] = (uint8_t)(128 + (int)lrintf(L->centroids[0][i] / L->cent_scale));
+            }
+        }
         return 1;
     }
     if (qc->method == KVQ_METHOD_TURBOQUANT_RVQ) {
@@ -512,7 +529,7 @@ static kvq_status encode_tokens(kvq_cache *c, const float *k, const float *v, si
                 memcpy(dst, k + t * row + (size_t)g * c->dim, c->dim * sizeof(float));
                 if (mask) {
                     for (uint32_t o = 0; o < c->n_out; o++) {
-                        c->out_buf[t * c->n_out + o] = kvqi_fp32_to_fp16(dst[idx[o]]);
+                        c->out_buf[o * C + t] = kvqi_fp32_to_fp16(dst[idx[o]]);
                         dst[idx[o]] = 0.0f;
                     }
                 }
@@ -520,9 +537,9 @@ static kvq_status encode_tokens(kvq_cache *c, const float *k, const float *v, si
             kvq_status st =
                 kvq_encode(c->key.quant, c->enc_buf, cnt, ch + ((size_t)g * C + in_chunk) * ks);
             if (st != KVQ_OK) return st;
-            if (c->n_out)
-                memcpy(ch + c->off_outliers + ((size_t)g * C + in_chunk) * c->n_out * 2,
-                       c->out_buf, cnt * c->n_out * 2);
+            for (uint32_t o = 0; o < c->n_out; o++) /* channel-major: a block is contiguous */
+                memcpy(ch + c->off_outliers + (((size_t)g * c->n_out + o) * C + in_chunk) * 2,
+                       c->out_buf + (size_t)o * C, cnt * 2);
             for (size_t t = 0; t < cnt; t++)
                 memcpy(c->enc_buf + t * c->dim, v + t * row + (size_t)g * c->dim,
                        c->dim * sizeof(float));

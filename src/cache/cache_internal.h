@@ -44,6 +44,10 @@ typedef struct kvqi_attend_scratch {
     float *acc_x;  /* [G][dim] weighted sum of exact values */
     float *vdec;   /* [BLOCK][dim] decoded values (generic path) */
     float *m, *l;  /* [G] running max and sum */
+    float *kspan;  /* [G][chunk_tokens] generic key scores of the current chunk span */
+    int8_t *q8;    /* [G][dim] integer key path: the quantized rotated query */
+    float *q8_scale;
+    int32_t *q8_sum;
 } kvqi_attend_scratch;
 
 struct kvq_cache {
@@ -56,7 +60,7 @@ struct kvq_cache {
     int coded;       /* 1 once tokens are encoded (always, without outliers) */
 
     /* arena: chunk c holds tokens [c*C, (c+1)*C): key codes [head][C][key.code_size],
-     * then value codes [head][C][value.code_size], then outliers [head][C][n_out] fp16 */
+     * then value codes [head][C][value.code_size], then outliers [head][n_out][C] fp16 */
     uint8_t **chunks;
     size_t n_chunks, chunk_table_cap;
     size_t chunk_bytes, off_value, off_outliers;

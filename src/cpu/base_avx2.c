@@ -4,10 +4,9 @@
 
 #include "cpu/cpu.h"
 
-static inline __m256 bfly(__m256 v, __m256 s, int mask) {
-    /* lanes in the lower half of each pair get v+s (a+b), the upper half s-v (a-b) */
-    return _mm256_blend_ps(_mm256_add_ps(v, s), _mm256_sub_ps(s, v), mask);
-}
+/* Lanes in the lower half of each pair get v+s (a+b), the upper half s-v (a-b). A macro:
+ * the blend mask must be an integer constant expression, which clang enforces. */
+#define bfly(v, s, mask) _mm256_blend_ps(_mm256_add_ps(v, s), _mm256_sub_ps(s, v), mask)
 
 static void fwht_avx2(float *x, uint32_t n) {
     if (n < 8) {

@@ -191,6 +191,19 @@ static inline void dec_pass(const kvqi_rot_layout *L, const rot_tabs *T, uint32_
         *x1 = _mm256_permutevar8x32_ps(T->lo[p], _mm256_and_si256(_mm256_srli_epi32(v1, s), m));
         break;
     }
+    case 3: {
+        /* 16 indices in 6 bytes, natural order: each lane shifts its 3 bits out */
+        uint32_t a, b;
+        memcpy(&a, idx + 6 * g, 4);
+        memcpy(&b, idx + 6 * g + 2, 4);
+        const __m256i sh = _mm256_set_epi32(21, 18, 15, 12, 9, 6, 3, 0);
+        const __m256i m7 = _mm256_set1_epi32(7);
+        __m256i i0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)(a & 0xffffff)), sh), m7);
+        __m256i i1 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)(b >> 8)), sh), m7);
+        *x0 = _mm256_permutevar8x32_ps(T->lo[p], i0);
+        *x1 = _mm256_permutevar8x32_ps(T->lo[p], i1);
+        break;
+    }
     case 1:
         *x0 = blend_bits(T->c0[p], T->c1[p], idx[2 * g]);
         *x1 = blend_bits(T->c0[p], T->c1[p], idx[2 * g + 1]);
@@ -295,6 +308,27 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
     }
 }
 
+/* outlier channels: sixteen (eight) tokens of one channel per conversion */
+static void outlier_add(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
+                        uint32_t n_out, size_t n, float *scores, size_t ld) {
+    size_t nv = n - n % 8;
+    for (uint32_t o = 0; o < n_out; o++) {
+        const uint16_t *v = vals + o * stride;
+        for (size_t t = 0; t < nv; t += 8) {
+            __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + t)));
+            for (uint32_t h = 0; h < G; h++) {
+                float *s = scores + h * ld + t;
+                _mm256_storeu_ps(s, _mm256_fmadd_ps(_mm256_set1_ps(q_out[(size_t)h * n_out + o]), x,
+                                                  _mm256_loadu_ps(s)));
+            }
+        }
+        for (size_t t = nv; t < n; t++) {
+            float x = _cvtsh_ss(v[t]);
+            for (uint32_t h = 0; h < G; h++) scores[h * ld + t] += q_out[(size_t)h * n_out + o] * x;
+        }
+    }
+}
+
 /* y += sum_r x[r] M[r]: four rows per pass over y */
 static void axpy_rows(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y) {
     if (dim % 8) {
@@ -370,6 +404,7 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->accum_q8_0 = accum_q8_0;
     k->accum_q4_0 = accum_q4_0;
     k->accum_rot = accum_rot;
+    k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;
     k->exp_sum = exp_sum;
 }

@@ -178,6 +178,20 @@ KVQI_INLINE void dec_pass(const uint32_t BITS, const rot_regs *T, uint32_t p, co
         unsigned s = (b % 2) * 4;
         *x0 = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srli_epi32(v, s), m3), T->tab[p]);
         *x1 = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srli_epi32(v, s + 2), m3), T->tab[p]);
+    } else if (BITS == 3) {
+        /* 32 indices in 12 bytes, natural order: two overlapping 8-byte reads, each lane
+         * shifts its own 3 bits out of a 24-bit group */
+        uint64_t lo, hi;
+        memcpy(&lo, idx + 12 * b, 8);
+        memcpy(&hi, idx + 12 * b + 4, 8);
+        const __m512i sh = _mm512_set_epi32(21, 18, 15, 12, 9, 6, 3, 0, 21, 18, 15, 12, 9, 6, 3, 0);
+        const __m512i m7 = _mm512_set1_epi32(7);
+        __m512i v0 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32((int)(lo & 0xffffff))),
+                                        _mm256_set1_epi32((int)((lo >> 24) & 0xffffff)), 1);
+        __m512i v1 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32((int)((hi >> 16) & 0xffffff))),
+                                        _mm256_set1_epi32((int)((hi >> 40) & 0xffffff)), 1);
+        *x0 = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srlv_epi32(v0, sh), m7), T->tab[p]);
+        *x1 = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srlv_epi32(v1, sh), m7), T->tab[p]);
     } else if (BITS == 1) {
         uint32_t bits;
         memcpy(&bits, idx + 4 * b, 4);
@@ -324,6 +338,10 @@ ROT_VARIANT(2, 1)
 ROT_VARIANT(2, 2)
 ROT_VARIANT(2, 3)
 ROT_VARIANT(2, 4)
+ROT_VARIANT(3, 1)
+ROT_VARIANT(3, 2)
+ROT_VARIANT(3, 3)
+ROT_VARIANT(3, 4)
 ROT_VARIANT(4, 1)
 ROT_VARIANT(4, 2)
 ROT_VARIANT(4, 3)
@@ -334,18 +352,20 @@ typedef void (*score_rot_fn)(const kvqi_rot_layout *, const float *, uint32_t, c
                              size_t, float *, size_t);
 typedef void (*accum_rot_fn)(const kvqi_rot_layout *, const float *, size_t, uint32_t,
                              const uint8_t *, size_t, float *);
-static const score_rot_fn score_rot_table[4][4] = {
+static const score_rot_fn score_rot_table[5][4] = {
     {score_rot_1_1, score_rot_1_2, score_rot_1_3, score_rot_1_4},
     {score_rot_2_1, score_rot_2_2, score_rot_2_3, score_rot_2_4},
+    {score_rot_3_1, score_rot_3_2, score_rot_3_3, score_rot_3_4},
     {score_rot_4_1, score_rot_4_2, score_rot_4_3, score_rot_4_4},
     {score_rot_8_1, NULL, NULL, NULL}};
-static const accum_rot_fn accum_rot_table[4][4] = {
+static const accum_rot_fn accum_rot_table[5][4] = {
     {accum_rot_1_1, accum_rot_1_2, accum_rot_1_3, accum_rot_1_4},
     {accum_rot_2_1, accum_rot_2_2, accum_rot_2_3, accum_rot_2_4},
+    {accum_rot_3_1, accum_rot_3_2, accum_rot_3_3, accum_rot_3_4},
     {accum_rot_4_1, accum_rot_4_2, accum_rot_4_3, accum_rot_4_4},
     {accum_rot_8_1, NULL, NULL, NULL}};
 
-static int bits_slot(uint32_t bits) { return bits == 1 ? 0 : bits == 2 ? 1 : bits == 4 ? 2 : 3; }
+static int bits_slot(uint32_t bits) { return bits <= 4 ? (int)bits - 1 : 4; }
 
 static void score_rot(const kvqi_rot_layout *L, const float *q, uint32_t G, const uint8_t *k,
                       size_t n, float *scores, size_t ld) {
@@ -359,6 +379,27 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
     accum_rot_fn f = accum_rot_table[bits_slot(L->bits)][L->n_pass - 1];
     if (f) f(L, w, ld, G, v, n, acc);
     else kvqi_cache_kernels_scalar.accum_rot(L, w, ld, G, v, n, acc);
+}
+
+/* outlier channels: sixteen (eight) tokens of one channel per conversion */
+static void outlier_add(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
+                        uint32_t n_out, size_t n, float *scores, size_t ld) {
+    size_t nv = n - n % 16;
+    for (uint32_t o = 0; o < n_out; o++) {
+        const uint16_t *v = vals + o * stride;
+        for (size_t t = 0; t < nv; t += 16) {
+            __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + t)));
+            for (uint32_t h = 0; h < G; h++) {
+                float *s = scores + h * ld + t;
+                _mm512_storeu_ps(s, _mm512_fmadd_ps(_mm512_set1_ps(q_out[(size_t)h * n_out + o]), x,
+                                                  _mm512_loadu_ps(s)));
+            }
+        }
+        for (size_t t = nv; t < n; t++) {
+            float x = _cvtsh_ss(v[t]);
+            for (uint32_t h = 0; h < G; h++) scores[h * ld + t] += q_out[(size_t)h * n_out + o] * x;
+        }
+    }
 }
 
 /* y += sum_r x[r] M[r]: four rows per pass over y */
@@ -386,6 +427,96 @@ static void axpy_rows(const float *M, const float *x, uint32_t rows, uint32_t di
         const float *m0 = M + (size_t)r * dim;
         for (uint32_t j = 0; j < dim; j += 16)
             _mm512_storeu_ps(y + j, _mm512_fmadd_ps(xr, _mm512_loadu_ps(m0 + j), _mm512_loadu_ps(y + j)));
+    }
+}
+
+/* ------------------------------------------------- integer key scores (VNNI) */
+
+/* Four heads' int32 partial-sum vectors of one token -> per 128-bit lane, the four
+ * heads' sums over that lane. */
+static inline __m512i fold4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+    __m512i a01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
+    __m512i a23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3), _mm512_unpackhi_epi32(a2, a3));
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(a01, a23), _mm512_unpackhi_epi64(a01, a23));
+}
+
+/* Four tokens' fold4 results -> one vector, lane 4 t + h = the full sum. */
+static inline __m512i fold_lanes(__m512i v0, __m512i v1, __m512i v2, __m512i v3) {
+    __m512i t01 = _mm512_add_epi32(_mm512_shuffle_i32x4(v0, v1, _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_i32x4(v0, v1, _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512i t23 = _mm512_add_epi32(_mm512_shuffle_i32x4(v2, v3, _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_i32x4(v2, v3, _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(t01, t23, _MM_SHUFFLE(2, 0, 2, 0)),
+                            _mm512_shuffle_i32x4(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* One token, four heads: 64 code bytes = 128 coordinates per step, nibbles to centroid
+ * bytes with one shuffle each, 64 multiply-adds per instruction per head. */
+__attribute__((target("avx512vnni"))) static inline __m512i
+token_i8(const uint8_t *idx, uint32_t nblk, const int8_t *q0, const int8_t *q1, const int8_t *q2,
+         const int8_t *q3, __m512i tab, __m512i m4) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (uint32_t b = 0; b < nblk; b++) {
+        __m512i v = _mm512_loadu_si512(idx + 64 * b);
+        __m512i lo = _mm512_shuffle_epi8(tab, _mm512_and_si512(v, m4));
+        __m512i hi = _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+        size_t o = 128 * (size_t)b;
+        a0 = _mm512_dpbusd_epi32(a0, lo, _mm512_loadu_si512(q0 + o));
+        a1 = _mm512_dpbusd_epi32(a1, lo, _mm512_loadu_si512(q1 + o));
+        a2 = _mm512_dpbusd_epi32(a2, lo, _mm512_loadu_si512(q2 + o));
+        a3 = _mm512_dpbusd_epi32(a3, lo, _mm512_loadu_si512(q3 + o));
+        a0 = _mm512_dpbusd_epi32(a0, hi, _mm512_loadu_si512(q0 + o + 64));
+        a1 = _mm512_dpbusd_epi32(a1, hi, _mm512_loadu_si512(q1 + o + 64));
+        a2 = _mm512_dpbusd_epi32(a2, hi, _mm512_loadu_si512(q2 + o + 64));
+        a3 = _mm512_dpbusd_epi32(a3, hi, _mm512_loadu_si512(q3 + o + 64));
+    }
+    return fold4(a0, a1, a2, a3);
+}
+
+/* Four tokens at a time so the sixteen (token, head) sums reduce together. */
+__attribute__((target("avx512vnni"))) static void
+score_rot_i8(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale, const int32_t *qsum,
+             uint32_t G, const uint8_t *k, size_t n, float *scores, size_t ld) {
+    uint32_t dim = L->dim, nblk = dim / 128;
+    size_t cs = L->code_size;
+    const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)L->cent_u8));
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const uint8_t *idx0 = k + L->index_offset[0];
+    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+        uint32_t hh[HG];
+        for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
+        const int8_t *q0 = q8 + (size_t)hh[0] * dim, *q1 = q8 + (size_t)hh[1] * dim;
+        const int8_t *q2 = q8 + (size_t)hh[2] * dim, *q3 = q8 + (size_t)hh[3] * dim;
+        float scl[16];
+        int32_t qs[16];
+        for (int i = 0; i < 16; i++) {
+            scl[i] = qscale[hh[i % 4]];
+            qs[i] = qsum[hh[i % 4]];
+        }
+        const __m512 vscale = _mm512_loadu_ps(scl);
+        const __m512i vqsum = _mm512_loadu_si512(qs);
+        for (size_t t0 = 0; t0 < n; t0 += 4) {
+            size_t nt = n - t0 < 4 ? n - t0 : 4;
+            size_t t1 = t0 + (nt > 1), t2 = t0 + (nt > 2 ? 2 : nt - 1), t3 = t0 + nt - 1;
+            __m512i v0 = token_i8(idx0 + t0 * cs, nblk, q0, q1, q2, q3, tab, m4);
+            __m512i v1 = token_i8(idx0 + t1 * cs, nblk, q0, q1, q2, q3, tab, m4);
+            __m512i v2 = token_i8(idx0 + t2 * cs, nblk, q0, q1, q2, q3, tab, m4);
+            __m512i v3 = token_i8(idx0 + t3 * cs, nblk, q0, q1, q2, q3, tab, m4);
+            const uint8_t *nb = k + L->norm_offset;
+            __m512 nrm = _mm512_castsi512_ps(_mm512_setzero_si512());
+            __m128 n4 = _mm_set_ps(fp16_scalar(nb + t3 * cs), fp16_scalar(nb + t2 * cs),
+                                   fp16_scalar(nb + t1 * cs), fp16_scalar(nb + t0 * cs));
+            /* lane 4 t + h takes token t's norm */
+            nrm = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+                                        _mm512_castps128_ps512(n4));
+            __m512i r = _mm512_sub_epi32(fold_lanes(v0, v1, v2, v3), vqsum);
+            __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(r), vscale), nrm);
+            float out[16];
+            _mm512_storeu_ps(out, f);
+            for (size_t t = 0; t < nt; t++)
+                for (uint32_t h = 0; h < HG && h0 + h < G; h++)
+                    scores[(h0 + h) * ld + t0 + t] = out[4 * t + h];
+        }
     }
 }
 
@@ -438,6 +569,8 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
     k->accum_q8_0 = accum_q8_0;
     k->accum_q4_0 = accum_q4_0;
     k->accum_rot = accum_rot;
+    if (__builtin_cpu_supports("avx512vnni")) k->score_rot_i8 = score_rot_i8;
+    k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;
     k->exp_sum = exp_sum;
 }

@@ -23,14 +23,25 @@
 #define KVQI_ROT_MAX_PASSES 4
 typedef struct kvqi_rot_layout {
     uint32_t dim;       /* multiple of 32 (of 64 for 2 bits) */
-    uint32_t bits;      /* 1, 2, 4, or 8 (8: one pass) */
+    uint32_t bits;      /* 1, 2, 3, 4, or 8 (8: one pass) */
     uint32_t n_pass;    /* 1..KVQI_ROT_MAX_PASSES */
     uint32_t code_size; /* bytes per vector (stride) */
     uint32_t norm_offset;
     uint32_t scale_offset[KVQI_ROT_MAX_PASSES]; /* [0] unused */
     uint32_t index_offset[KVQI_ROT_MAX_PASSES];
     float centroids[KVQI_ROT_MAX_PASSES][256];
+    /* 4-bit one-pass codes scored in integers: centroids[0][i] ~ (cent_u8[i] - 128) * cent_scale */
+    int has_u8;
+    uint8_t cent_u8[16];
+    float cent_scale;
 } kvqi_rot_layout;
+
+/* The integer key path's query: per 128 coordinates, the int8 query at the 64 even
+ * coordinates then the 64 odd ones (the order the nibbles of 64 code bytes unpack in). */
+static inline uint32_t kvqi_rot_i8_coordinate(uint32_t byte_pos) {
+    uint32_t base = byte_pos - byte_pos % 128, in = byte_pos % 128;
+    return base + (in < 64 ? 2 * in : 2 * (in - 64) + 1);
+}
 
 /* lane -> coordinate: the coordinate that lane p of the kernels' permuted order holds.
  * Same on every ISA (the scalar reference uses it too). */
@@ -64,6 +75,17 @@ typedef struct kvqi_cache_kernels {
                        size_t stride, size_t n, float *acc);
     void (*accum_rot)(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
                       const uint8_t *v, size_t n, float *acc);
+    /* Keys of 4-bit one-pass rotated codes (has_u8, dim % 128 == 0) in integers: scores =
+     * norm * qscale[h] * (sum_j cent_u8[idx_j] * q8[h][j] - qsum[h]), q8 in the
+     * kvqi_rot_i8_coordinate order, qsum[h] = 128 * sum q8[h]. NULL where the CPU has no
+     * 8-bit dot product instruction (the float score_rot is used). */
+    void (*score_rot_i8)(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
+                         const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
+                         float *scores, size_t ld);
+    /* scores[h * ld + t] += sum_o q_out[h][o] * vals[o * stride + t]: the fp16 outlier
+     * channels kept apart from the key codes, channel-major */
+    void (*outlier_add)(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
+                        uint32_t n_out, size_t n, float *scores, size_t ld);
     /* y[dim] += sum_r x[r] * M[r][dim] for r < rows (rotations of queries and outputs) */
     void (*axpy_rows)(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y);
     /* s[t] = exp(s[t] - m) for t < n; returns the sum. Same polynomial on every ISA. */
@@ -75,9 +97,16 @@ const kvqi_cache_kernels *kvqi_cache_kernels_for(kvq_isa resolved);
 
 /* The scalar set (tests compare the others against it). */
 extern const kvqi_cache_kernels kvqi_cache_kernels_scalar;
+/* Reference of score_rot_i8 (exact integer sums, so SIMD versions match it bit for bit). */
+void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
+                                 const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
+                                 float *scores, size_t ld);
 #if defined(KVQ_HAVE_X86_SIMD)
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k);
 void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k);
+#endif
+#if defined(KVQ_HAVE_NEON)
+void kvqi_cache_kernels_fill_neon(kvqi_cache_kernels *k);
 #endif
 
 /* exp(x) for x <= 0: i = ceil(x log2(e) - 1/2), r = x - i ln2 in two steps (Cody-Waite,

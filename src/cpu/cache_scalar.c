@@ -10,8 +10,8 @@
 #include "cpu/cpu.h"
 
 /* Rotated codes of b = 2 or 4 bits are unpacked 16 bytes at a time into 16 lanes, one
- * shift per index in a byte: a block of 16 * (8 / b) coordinates where lane p holds
- * coordinate 16-lane-row * ... as below. 1- and 8-bit codes keep the natural order. */
+ * shift per index in a byte: in a block of 16 * (8 / b) coordinates, lane 16 s + i holds
+ * coordinate (8 / b) i + s. 1-, 3- and 8-bit codes keep the natural order. */
 uint32_t kvqi_rot_lane_coordinate(uint32_t bits, uint32_t p) {
     if (bits != 2 && bits != 4) return p;
     uint32_t per = 8 / bits, block = 16 * per;
@@ -21,7 +21,9 @@ uint32_t kvqi_rot_lane_coordinate(uint32_t bits, uint32_t p) {
 
 static inline uint32_t rot_index(const uint8_t *idx, uint32_t bits, uint32_t coord) {
     size_t bit = (size_t)coord * bits;
-    return (uint32_t)(idx[bit / 8] >> (bit % 8)) & ((1u << bits) - 1u);
+    uint32_t v = idx[bit / 8];
+    if (bit % 8 + bits > 8) v |= (uint32_t)idx[bit / 8 + 1] << 8; /* 3 bits straddle bytes */
+    return (v >> (bit % 8)) & ((1u << bits) - 1u);
 }
 
 static inline float fp16_at(const uint8_t *p) {
@@ -164,11 +166,37 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
     }
 }
 
+static void outlier_add(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
+                        uint32_t n_out, size_t n, float *scores, size_t ld) {
+    for (uint32_t o = 0; o < n_out; o++)
+        for (size_t t = 0; t < n; t++) {
+            float x = kvqi_fp16_to_fp32(vals[o * stride + t]);
+            for (uint32_t h = 0; h < G; h++) scores[h * ld + t] += q_out[(size_t)h * n_out + o] * x;
+        }
+}
+
 static void axpy_rows(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y) {
     for (uint32_t r = 0; r < rows; r++) {
         const float *row = M + (size_t)r * dim;
         float xr = x[r];
         for (uint32_t j = 0; j < dim; j++) y[j] += xr * row[j];
+    }
+}
+
+void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
+                                 const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
+                                 float *scores, size_t ld) {
+    for (size_t t = 0; t < n; t++) {
+        const uint8_t *code = k + t * L->code_size, *idx = code + L->index_offset[0];
+        float norm = fp16_at(code + L->norm_offset);
+        for (uint32_t h = 0; h < G; h++) {
+            int32_t sum = 0;
+            for (uint32_t b = 0; b < L->dim; b++) {
+                uint32_t j = kvqi_rot_i8_coordinate(b);
+                sum += (int32_t)L->cent_u8[rot_index(idx, 4, j)] * q8[(size_t)h * L->dim + b];
+            }
+            scores[h * ld + t] = (float)(sum - qsum[h]) * qscale[h] * norm;
+        }
     }
 }
 
@@ -183,10 +211,10 @@ static float exp_sum(float *s, size_t n, float m) {
 
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
-    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  axpy_rows, exp_sum,
+    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, outlier_add, axpy_rows, exp_sum,
 };
 
-static kvqi_cache_kernels g_avx2, g_avx512;
+static kvqi_cache_kernels g_avx2, g_avx512, g_neon;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void build_tables(void) {
@@ -199,6 +227,11 @@ static void build_tables(void) {
     g_avx512.isa = KVQ_ISA_AVX512;
     kvqi_cache_kernels_fill_avx512(&g_avx512);
 #endif
+    g_neon = kvqi_cache_kernels_scalar;
+#if defined(KVQ_HAVE_NEON)
+    g_neon.isa = KVQ_ISA_NEON;
+    kvqi_cache_kernels_fill_neon(&g_neon);
+#endif
 }
 
 const kvqi_cache_kernels *kvqi_cache_kernels_for(kvq_isa resolved) {
@@ -206,6 +239,9 @@ const kvqi_cache_kernels *kvqi_cache_kernels_for(kvq_isa resolved) {
 #if defined(KVQ_HAVE_X86_SIMD)
     if (resolved == KVQ_ISA_AVX512) return &g_avx512;
     if (resolved == KVQ_ISA_AVX2) return &g_avx2;
+#endif
+#if defined(KVQ_HAVE_NEON)
+    if (resolved == KVQ_ISA_NEON) return &g_neon;
 #endif
     return &kvqi_cache_kernels_scalar;
 }

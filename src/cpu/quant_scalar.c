@@ -255,12 +255,18 @@ const kvqi_quant_kernels kvqi_quant_scalar = {
 #if defined(KVQ_HAVE_X86_SIMD)
 extern const kvqi_quant_kernels kvqi_quant_avx2, kvqi_quant_avx512;
 #endif
+#if defined(KVQ_HAVE_NEON)
+extern const kvqi_quant_kernels kvqi_quant_neon;
+#endif
 
 const kvqi_quant_kernels *kvqi_quant_kernels_for(kvq_isa resolved) {
     switch (resolved) {
 #if defined(KVQ_HAVE_X86_SIMD)
     case KVQ_ISA_AVX2: return &kvqi_quant_avx2;
     case KVQ_ISA_AVX512: return &kvqi_quant_avx512;
+#endif
+#if defined(KVQ_HAVE_NEON)
+    case KVQ_ISA_NEON: return &kvqi_quant_neon;
 #endif
     default: return &kvqi_quant_scalar;
     }

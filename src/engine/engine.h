@@ -1,0 +1,191 @@
+/*
+ * engine.h - the engine's internal interfaces: the GGUF reader (gguf.c), tensor types
+ * and quantized row kernels (dequant.c, cpu/engine_*.c), the tokenizer (tokenizer.c)
+ * and the model/context handles (model.c). Formats follow ggml's GGUF specification.
+ */
+#ifndef KVQ_ENGINE_H
+#define KVQ_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/core.h"
+
+/* ------------------------------------------------------------------ GGUF */
+
+enum {
+    KVQI_GGUF_U8 = 0,
+    KVQI_GGUF_I8 = 1,
+    KVQI_GGUF_U16 = 2,
+    KVQI_GGUF_I16 = 3,
+    KVQI_GGUF_U32 = 4,
+    KVQI_GGUF_I32 = 5,
+    KVQI_GGUF_F32 = 6,
+    KVQI_GGUF_BOOL = 7,
+    KVQI_GGUF_STRING = 8,
+    KVQI_GGUF_ARRAY = 9,
+    KVQI_GGUF_U64 = 10,
+    KVQI_GGUF_I64 = 11,
+    KVQI_GGUF_F64 = 12,
+    KVQI_GGUF_TYPE_COUNT = 13
+};
+
+#define KVQI_GGUF_MAX_DIMS 4
+
+typedef struct kvqi_gguf_kv {
+    char *key;            /* NUL-terminated copy */
+    uint32_t type;        /* KVQI_GGUF_* */
+    uint64_t u;           /* integer and bool values (sign-extended for signed types) */
+    double f;             /* float values (also set for integers) */
+    const char *str;      /* STRING: bytes in the file (not NUL-terminated) */
+    uint64_t str_len;
+    uint32_t arr_type;    /* ARRAY: element type (never ARRAY) */
+    uint64_t arr_n;       /* ARRAY: element count */
+    const uint8_t *arr;   /* ARRAY: first element in the file */
+} kvqi_gguf_kv;
+
+typedef struct kvqi_gguf_tensor {
+    char *name;           /* NUL-terminated copy */
+    uint32_t type;        /* ggml type id */
+    uint32_t n_dims;
+    uint64_t ne[KVQI_GGUF_MAX_DIMS]; /* ne[0] = row length; unused dims are 1 */
+    uint64_t n_elems;
+    uint64_t n_rows;      /* n_elems / ne[0] */
+    uint64_t row_bytes;
+    uint64_t nbytes;
+    uint64_t offset;      /* from the start of the data section */
+    const uint8_t *data;
+} kvqi_gguf_tensor;
+
+typedef struct kvqi_gguf {
+    const uint8_t *base;
+    size_t size;
+    int mapped;           /* 1: base is an mmap to release */
+    uint32_t version;
+    uint64_t n_kv;
+    uint64_t n_tensors;
+    kvqi_gguf_kv *kv;
+    kvqi_gguf_tensor *tensors;
+    uint64_t alignment;
+    uint64_t data_offset;
+} kvqi_gguf;
+
+/* Open and validate a file (mmap, read-only) or a caller's buffer (kept, not copied:
+ * it must outlive the handle). */
+kvq_status kvqi_gguf_open(const char *path, kvqi_gguf **out, char *msg, size_t msg_size);
+kvq_status kvqi_gguf_open_mem(const void *buf, size_t size, kvqi_gguf **out, char *msg,
+                              size_t msg_size);
+void kvqi_gguf_close(kvqi_gguf *g);
+const kvqi_gguf_kv *kvqi_gguf_find(const kvqi_gguf *g, const char *key);
+const kvqi_gguf_tensor *kvqi_gguf_find_tensor(const kvqi_gguf *g, const char *name);
+/* Typed getters: KVQ_OK, or KVQ_ERR_FORMAT if the key is absent or of another kind
+ * (integers of any width convert when the value fits). */
+kvq_status kvqi_gguf_get_u32(const kvqi_gguf *g, const char *key, uint32_t *out);
+kvq_status kvqi_gguf_get_f32(const kvqi_gguf *g, const char *key, float *out);
+kvq_status kvqi_gguf_get_bool(const kvqi_gguf *g, const char *key, int *out);
+/* Copies a string value (truncated to fit, NUL-terminated). */
+kvq_status kvqi_gguf_get_str(const kvqi_gguf *g, const char *key, char *buf, size_t size);
+/* Element i of an array of strings: walks from the start, so callers that need all
+ * of them use kvqi_gguf_string_array instead. */
+kvq_status kvqi_gguf_string_array(const kvqi_gguf_kv *kv, const char **ptrs, uint32_t *lens);
+/* The value as text for `kvq info`. */
+void kvqi_gguf_format_value(const kvqi_gguf_kv *kv, char *buf, size_t size);
+const char *kvqi_gguf_type_name(uint32_t type);
+
+/* ---------------------------------------------------------- tensor types */
+
+enum {
+    KVQI_T_F32 = 0,
+    KVQI_T_F16 = 1,
+    KVQI_T_Q4_0 = 2,
+    KVQI_T_Q4_1 = 3,
+    KVQI_T_Q5_0 = 6,
+    KVQI_T_Q5_1 = 7,
+    KVQI_T_Q8_0 = 8,
+    KVQI_T_Q8_1 = 9,
+    KVQI_T_Q2_K = 10,
+    KVQI_T_Q3_K = 11,
+    KVQI_T_Q4_K = 12,
+    KVQI_T_Q5_K = 13,
+    KVQI_T_Q6_K = 14,
+    KVQI_T_Q8_K = 15,
+    KVQI_T_BF16 = 30,
+    KVQI_T_COUNT = 42
+};
+
+typedef struct kvqi_type_traits {
+    const char *name;   /* NULL: unknown id */
+    uint32_t block;     /* elements per block */
+    uint32_t size;      /* bytes per block */
+    /* Row of n elements (n a multiple of block) to floats; NULL if unsupported. */
+    void (*to_float)(const void *row, float *out, size_t n);
+} kvqi_type_traits;
+
+/* Traits of a ggml type id; an entry with name NULL for unknown ids. */
+const kvqi_type_traits *kvqi_type(uint32_t type);
+
+/* Matrix kernels. Row-major weights W[n_rows][n_cols] of one type;
+ * dot of one quantized row with a float vector (n_cols a multiple of the block). */
+typedef float (*kvqi_row_dot_fn)(const void *row, const float *x, size_t n);
+typedef struct kvqi_engine_kernels {
+    kvq_isa isa;
+    kvqi_row_dot_fn row_dot[KVQI_T_COUNT]; /* NULL: go through to_float + dot */
+    /* row dequantization (the traits' scalar one where no SIMD version exists) */
+    void (*to_float[KVQI_T_COUNT])(const void *row, float *out, size_t n);
+    float (*dot_f32)(const float *a, const float *b, size_t n);
+    void (*axpy_f32)(float *y, const float *x, float a, size_t n); /* y += a x */
+    /* Four dequantized rows w[4][n] against n_tok vectors x[n_tok][n]:
+     * y[t * y_stride + r] = w[r] . x[t] for r < 4. */
+    void (*gemm4_f32)(const float *w, size_t n, const float *x, size_t n_tok, float *y, size_t y_stride);
+} kvqi_engine_kernels;
+
+/* Fill k with the kernels of an ISA (AUTO: the best here; AVX-512 runs the AVX2 ones). */
+kvq_status kvqi_engine_kernels_init(kvq_isa requested, kvqi_engine_kernels *k);
+/* Scalar references (tests compare the SIMD ones against them). */
+void kvqi_engine_kernels_scalar(kvqi_engine_kernels *k);
+#if defined(KVQ_HAVE_X86_SIMD)
+void kvqi_engine_kernels_avx2(kvqi_engine_kernels *k);
+#endif
+
+/* fp16 -> fp32 for the hot paths (exact, subnormals included). */
+static inline float kvqi_eng_h2f(uint16_t h) {
+    union {
+        uint32_t u;
+        float f;
+    } v;
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t mant = h & 0x3ffu;
+    if (exp == 0) {
+        /* zero or subnormal: mant * 2^-24 is exact in float */
+        v.f = (float)mant * 5.9604644775390625e-08f;
+        v.u |= sign;
+        return v.f;
+    }
+    if (exp == 31) v.u = sign | 0x7f800000u | (mant << 13);
+    else v.u = sign | ((exp + 112) << 23) | (mant << 13);
+    return v.f;
+}
+static inline uint16_t kvqi_eng_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+/* ------------------------------------------------------------- tokenizer */
+
+typedef struct kvqi_tokenizer kvqi_tokenizer;
+kvq_status kvqi_tokenizer_load(const kvqi_gguf *g, kvqi_tokenizer **out, char *msg,
+                               size_t msg_size);
+void kvqi_tokenizer_free(kvqi_tokenizer *t);
+uint32_t kvqi_tokenizer_vocab(const kvqi_tokenizer *t);
+kvq_status kvqi_tokenize(const kvqi_tokenizer *t, const char *text, int add_bos,
+                         int32_t *tokens, size_t cap, size_t *n_tokens);
+kvq_status kvqi_token_piece(const kvqi_tokenizer *t, int32_t token, char *buf, size_t size,
+                            size_t *len);
+int32_t kvqi_tokenizer_bos(const kvqi_tokenizer *t);
+int32_t kvqi_tokenizer_eos(const kvqi_tokenizer *t);
+int kvqi_tokenizer_add_bos(const kvqi_tokenizer *t);
+
+/* ------------------------------------------------------------------ model */
+
+/* A model from an opened file; takes ownership of g (closed on failure too). */
+kvq_status kvqi_model_from_gguf(kvqi_gguf *g, kvq_model **out, char *msg, size_t msg_size);
+
+#endif /* KVQ_ENGINE_H */

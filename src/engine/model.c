@@ -1,0 +1,764 @@
+/*
+ * model.c - the Llama-family forward pass on GGUF weights (Touvron et al. 2023):
+ * RMSNorm, rotary positions (Su et al. 2021; normal or NeoX pairing), grouped-query
+ * attention over a per-layer KV cache, SwiGLU feed-forward, tied or separate output.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+
+
+typedef struct weight {
+    const kvqi_gguf_tensor *t; /* NULL: absent (optional tensors) */
+} weight;
+
+typedef struct layer_weights {
+    float *attn_norm, *ffn_norm; /* dequantized at load: [n_embd] */
+    float *bq, *bk, *bv;         /* optional biases (qwen2) */
+    const kvqi_gguf_tensor *wq, *wk, *wv, *wo, *w_gate, *w_up, *w_down;
+} layer_weights;
+
+struct kvq_model {
+    kvqi_gguf *gguf;
+    kvqi_tokenizer *tok;
+    kvq_model_info info;
+    uint32_t n_rot;              /* rotated dims per head (<= head_dim) */
+    const kvqi_gguf_tensor *tok_embd, *output;
+    float *output_norm;
+    float *rope_freq_factors;    /* optional [n_rot / 2] */
+    layer_weights *layers;
+};
+
+/* ------------------------------------------------------------ loading */
+
+static kvq_status get_arch_u32(const kvqi_gguf *g, const char *arch, const char *key, uint32_t *out,
+                               int required, char *msg, size_t msg_size) {
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", arch, key);
+    kvq_status st = kvqi_gguf_get_u32(g, full, out);
+    if (st && required) {
+        kvqi_set_msg(msg, msg_size, "model: %s missing or not an unsigned integer", full);
+        return KVQ_ERR_FORMAT;
+    }
+    return KVQ_OK;
+}
+
+static kvq_status find_matrix(const kvqi_gguf *g, const char *name, uint64_t ne0, uint64_t ne1,
+                              int optional, const kvqi_gguf_tensor **out, char *msg, size_t msg_size) {
+    const kvqi_gguf_tensor *t = kvqi_gguf_find_tensor(g, name);
+    *out = t;
+    if (!t) {
+        if (optional) return KVQ_OK;
+        kvqi_set_msg(msg, msg_size, "model: tensor %s missing", name);
+        return KVQ_ERR_FORMAT;
+    }
+    if (t->ne[0] != ne0 || t->n_rows != ne1 || t->n_dims > 2) {
+        kvqi_set_msg(msg, msg_size, "model: tensor %s is %llux%llu, expected %llux%llu", name,
+                     (unsigned long long)t->ne[0], (unsigned long long)t->n_rows,
+                     (unsigned long long)ne0, (unsigned long long)ne1);
+        return KVQ_ERR_FORMAT;
+    }
+    if (!kvqi_type(t->type)->to_float) {
+        kvqi_set_msg(msg, msg_size, "model: tensor %s has type %s, which this engine cannot read", name,
+                     kvqi_type(t->type)->name);
+        return KVQ_ERR_UNSUPPORTED;
+    }
+    return KVQ_OK;
+}
+
+static kvq_status load_vector(const kvqi_gguf *g, const char *name, uint64_t n, int optional, float **out,
+                              char *msg, size_t msg_size) {
+    const kvqi_gguf_tensor *t;
+    *out = NULL;
+    kvq_status st = find_matrix(g, name, n, 1, optional, &t, msg, msg_size);
+    if (st || !t) return st;
+    float *v = kvqi_alloc_array((size_t)n, sizeof(float));
+    if (!v) return KVQ_ERR_NOMEM;
+    kvqi_type(t->type)->to_float(t->data, v, (size_t)n);
+    *out = v;
+    return KVQ_OK;
+}
+
+void kvq_model_free(kvq_model *m) {
+    if (!m) return;
+    if (m->layers)
+        for (uint32_t l = 0; l < m->info.n_layers; l++) {
+            layer_weights *L = &m->layers[l];
+            kvqi_free(L->attn_norm);
+            kvqi_free(L->ffn_norm);
+            kvqi_free(L->bq);
+            kvqi_free(L->bk);
+            kvqi_free(L->bv);
+        }
+    free(m->layers);
+    kvqi_free(m->output_norm);
+    kvqi_free(m->rope_freq_factors);
+    kvqi_tokenizer_free(m->tok);
+    kvqi_gguf_close(m->gguf);
+    free(m);
+}
+
+static kvq_status load_weights(kvq_model *m, char *msg, size_t msg_size) {
+    const kvqi_gguf *g = m->gguf;
+    kvq_model_info *I = &m->info;
+    kvq_status st;
+    uint64_t q_dim = (uint64_t)I->n_heads * I->head_dim, kv_dim = (uint64_t)I->n_kv_heads * I->head_dim;
+    if ((st = find_matrix(g, "token_embd.weight", I->n_embd, I->n_vocab, 0, &m->tok_embd, msg, msg_size))) return st;
+    if ((st = find_matrix(g, "output.weight", I->n_embd, I->n_vocab, 1, &m->output, msg, msg_size))) return st;
+    I->tied_output = m->output == NULL;
+    if (!m->output) m->output = m->tok_embd;
+    if ((st = load_vector(g, "output_norm.weight", I->n_embd, 0, &m->output_norm, msg, msg_size))) return st;
+    if ((st = load_vector(g, "rope_freqs.weight", m->n_rot / 2, 1, &m->rope_freq_factors, msg, msg_size))) return st;
+    m->layers = calloc(I->n_layers, sizeof *m->layers);
+    if (!m->layers) return KVQ_ERR_NOMEM;
+    for (uint32_t l = 0; l < I->n_layers; l++) {
+        layer_weights *L = &m->layers[l];
+        char name[96];
+#define NAME(suffix) (snprintf(name, sizeof name, "blk.%u." suffix, l), name)
+        if ((st = load_vector(g, NAME("attn_norm.weight"), I->n_embd, 0, &L->attn_norm, msg, msg_size))) return st;
+        if ((st = load_vector(g, NAME("ffn_norm.weight"), I->n_embd, 0, &L->ffn_norm, msg, msg_size))) return st;
+        if ((st = find_matrix(g, NAME("attn_q.weight"), I->n_embd, q_dim, 0, &L->wq, msg, msg_size))) return st;
+        if ((st = find_matrix(g, NAME("attn_k.weight"), I->n_embd, kv_dim, 0, &L->wk, msg, msg_size))) return st;
+        if ((st = find_matrix(g, NAME("attn_v.weight"), I->n_embd, kv_dim, 0, &L->wv, msg, msg_size))) return st;
+        if ((st = find_matrix(g, NAME("attn_output.weight"), q_dim, I->n_embd, 0, &L->wo, msg, msg_size))) return st;
+        if ((st = find_matrix(g, NAME("ffn_gate.weight"), I->n_embd, I->n_ff, 0, &L->w_gate, msg, msg_size))) return st;
+        if ((st = find_matrix(g, NAME("ffn_up.weight"), I->n_embd, I->n_ff, 0, &L->w_up, msg, msg_size))) return st;
+        if ((st = find_matrix(g, NAME("ffn_down.weight"), I->n_ff, I->n_embd, 0, &L->w_down, msg, msg_size))) return st;
+        if ((st = load_vector(g, NAME("attn_q.bias"), q_dim, 1, &L->bq, msg, msg_size))) return st;
+        if ((st = load_vector(g, NAME("attn_k.bias"), kv_dim, 1, &L->bk, msg, msg_size))) return st;
+        if ((st = load_vector(g, NAME("attn_v.bias"), kv_dim, 1, &L->bv, msg, msg_size))) return st;
+#undef NAME
+    }
+    return KVQ_OK;
+}
+
+static kvq_status load_hparams(kvq_model *m, char *msg, size_t msg_size) {
+    const kvqi_gguf *g = m->gguf;
+    kvq_model_info *I = &m->info;
+    kvq_status st;
+    if (kvqi_gguf_get_str(g, "general.architecture", I->arch, sizeof I->arch) != KVQ_OK) {
+        kvqi_set_msg(msg, msg_size, "model: general.architecture missing");
+        return KVQ_ERR_FORMAT;
+    }
+    kvqi_gguf_get_str(g, "general.name", I->name, sizeof I->name);
+    kvqi_gguf_get_str(g, "tokenizer.ggml.model", I->tokenizer, sizeof I->tokenizer);
+    kvqi_gguf_get_str(g, "tokenizer.ggml.pre", I->pre_tokenizer, sizeof I->pre_tokenizer);
+    const char *a = I->arch;
+    if (strcmp(a, "llama") && strcmp(a, "qwen2") && strcmp(a, "mistral")) {
+        kvqi_set_msg(msg, msg_size, "model: architecture '%s' not supported (llama, qwen2, mistral are)", a);
+        return KVQ_ERR_UNSUPPORTED;
+    }
+    I->rope_neox = !strcmp(a, "qwen2");
+    if ((st = get_arch_u32(g, a, "block_count", &I->n_layers, 1, msg, msg_size))) return st;
+    if ((st = get_arch_u32(g, a, "embedding_length", &I->n_embd, 1, msg, msg_size))) return st;
+    if ((st = get_arch_u32(g, a, "feed_forward_length", &I->n_ff, 1, msg, msg_size))) return st;
+    if ((st = get_arch_u32(g, a, "attention.head_count", &I->n_heads, 1, msg, msg_size))) return st;
+    I->n_kv_heads = I->n_heads;
+    get_arch_u32(g, a, "attention.head_count_kv", &I->n_kv_heads, 0, msg, msg_size);
+    I->ctx_len = 2048;
+    get_arch_u32(g, a, "context_length", &I->ctx_len, 0, msg, msg_size);
+    if (I->n_layers == 0 || I->n_layers > 1024 || I->n_embd == 0 || I->n_embd > 65536 || I->n_ff == 0 ||
+        I->n_ff > 1u << 20 || I->n_heads == 0 || I->n_heads > 1024 || I->n_kv_heads == 0 ||
+        I->n_heads % I->n_kv_heads || I->n_embd % I->n_heads || I->ctx_len == 0) {
+        kvqi_set_msg(msg, msg_size, "model: inconsistent shape (layers %u, embd %u, ff %u, heads %u/%u)",
+                     I->n_layers, I->n_embd, I->n_ff, I->n_heads, I->n_kv_heads);
+        return KVQ_ERR_FORMAT;
+    }
+    I->head_dim = I->n_embd / I->n_heads;
+    uint32_t key_len = I->head_dim;
+    get_arch_u32(g, a, "attention.key_length", &key_len, 0, msg, msg_size);
+    if (key_len != I->head_dim) {
+        kvqi_set_msg(msg, msg_size, "model: attention.key_length %u differs from embd/heads %u", key_len,
+                     I->head_dim);
+        return KVQ_ERR_UNSUPPORTED;
+    }
+    m->n_rot = I->head_dim;
+    get_arch_u32(g, a, "rope.dimension_count", &m->n_rot, 0, msg, msg_size);
+    if (m->n_rot == 0 || m->n_rot > I->head_dim || m->n_rot % 2) {
+        kvqi_set_msg(msg, msg_size, "model: rope.dimension_count %u invalid for head_dim %u", m->n_rot, I->head_dim);
+        return KVQ_ERR_FORMAT;
+    }
+    char key[128];
+    I->rope_base = 10000.0f;
+    snprintf(key, sizeof key, "%s.rope.freq_base", a);
+    kvqi_gguf_get_f32(g, key, &I->rope_base);
+    I->rope_scale = 1.0f;
+    char scaling[32] = "";
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    kvqi_gguf_get_str(g, key, scaling, sizeof scaling);
+    if (scaling[0] && strcmp(scaling, "none") && strcmp(scaling, "linear")) {
+        kvqi_set_msg(msg, msg_size, "model: rope scaling '%s' not supported (linear is)", scaling);
+        return KVQ_ERR_UNSUPPORTED;
+    }
+    if (!strcmp(scaling, "linear")) {
+        float f = 1.0f;
+        snprintf(key, sizeof key, "%s.rope.scaling.factor", a);
+        if (kvqi_gguf_get_f32(g, key, &f) == KVQ_OK && f > 0) I->rope_scale = f;
+    }
+    I->norm_eps = 1e-5f;
+    snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", a);
+    kvqi_gguf_get_f32(g, key, &I->norm_eps);
+    if (!(I->rope_base > 0) || !(I->norm_eps >= 0) || !isfinite(I->rope_base)) {
+        kvqi_set_msg(msg, msg_size, "model: rope base or norm epsilon out of range");
+        return KVQ_ERR_FORMAT;
+    }
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_model_load(const char *path, kvq_model **out, char *msg, size_t msg_size) {
+    if (!path || !out) return KVQ_ERR_INVALID_ARG;
+    *out = NULL;
+    kvqi_gguf *g;
+    kvq_status st = kvqi_gguf_open(path, &g, msg, msg_size);
+    if (st) return st;
+    return kvqi_model_from_gguf(g, out, msg, msg_size);
+}
+
+kvq_status kvqi_model_from_gguf(kvqi_gguf *g, kvq_model **out, char *msg, size_t msg_size) {
+    *out = NULL;
+    kvq_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        kvqi_gguf_close(g);
+        return KVQ_ERR_NOMEM;
+    }
+    m->gguf = g;
+    kvq_status st;
+    kvq_model_info *I = &m->info;
+    I->gguf_version = m->gguf->version;
+    I->n_tensors = m->gguf->n_tensors;
+    I->n_metadata = m->gguf->n_kv;
+    for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
+        const kvqi_gguf_tensor *t = &m->gguf->tensors[i];
+        if (t->type < KVQ_MODEL_TYPE_SLOTS) I->type_count[t->type]++;
+        I->n_params += t->n_elems;
+        I->weight_bytes += t->nbytes;
+    }
+    if ((st = load_hparams(m, msg, msg_size))) goto fail;
+    if ((st = kvqi_tokenizer_load(m->gguf, &m->tok, msg, msg_size))) goto fail;
+    I->n_vocab = kvqi_tokenizer_vocab(m->tok);
+    uint32_t nv;
+    char key[96];
+    snprintf(key, sizeof key, "%s.vocab_size", I->arch);
+    if (kvqi_gguf_get_u32(m->gguf, key, &nv) == KVQ_OK && nv != I->n_vocab) {
+        kvqi_set_msg(msg, msg_size, "model: %s = %u but the tokenizer has %u tokens", key, nv, I->n_vocab);
+        st = KVQ_ERR_FORMAT;
+        goto fail;
+    }
+    I->bos_token = kvqi_tokenizer_bos(m->tok);
+    I->eos_token = kvqi_tokenizer_eos(m->tok);
+    I->add_bos = kvqi_tokenizer_add_bos(m->tok);
+    if ((st = load_weights(m, msg, msg_size))) goto fail;
+    *out = m;
+    return KVQ_OK;
+fail:
+    kvq_model_free(m);
+    return st;
+}
+
+KVQ_API kvq_status kvq_model_get_info(const kvq_model *model, kvq_model_info *info) {
+    if (!model || !info) return KVQ_ERR_INVALID_ARG;
+    *info = model->info;
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_model_metadata(const kvq_model *model, uint64_t i, char *key, size_t key_size,
+                                      char *value, size_t value_size) {
+    if (!model || !key || !value || !key_size || !value_size) return KVQ_ERR_INVALID_ARG;
+    if (i >= model->gguf->n_kv) return KVQ_ERR_INVALID_ARG;
+    const kvqi_gguf_kv *kv = &model->gguf->kv[i];
+    snprintf(key, key_size, "%s", kv->key);
+    kvqi_gguf_format_value(kv, value, value_size);
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_model_tensor(const kvq_model *model, uint64_t i, char *name, size_t name_size,
+                                    uint32_t *type, uint64_t dims[4], uint32_t *n_dims) {
+    if (!model || i >= model->gguf->n_tensors) return KVQ_ERR_INVALID_ARG;
+    const kvqi_gguf_tensor *t = &model->gguf->tensors[i];
+    if (name && name_size) snprintf(name, name_size, "%s", t->name);
+    if (type) *type = t->type;
+    if (dims)
+        for (int d = 0; d < 4; d++) dims[d] = t->ne[d];
+    if (n_dims) *n_dims = t->n_dims;
+    return KVQ_OK;
+}
+
+/* ------------------------------------------------------------ tokenizer */
+
+KVQ_API kvq_status kvq_tokenize(const kvq_model *model, const char *text, int add_bos, int32_t *tokens,
+                                size_t cap, size_t *n_tokens) {
+    if (!model) return KVQ_ERR_INVALID_ARG;
+    return kvqi_tokenize(model->tok, text, add_bos, tokens, cap, n_tokens);
+}
+
+KVQ_API kvq_status kvq_token_to_piece(const kvq_model *model, int32_t token, char *buf, size_t size,
+                                      size_t *len) {
+    if (!model) return KVQ_ERR_INVALID_ARG;
+    return kvqi_token_piece(model->tok, token, buf, size, len);
+}
+
+KVQ_API kvq_status kvq_detokenize(const kvq_model *model, const int32_t *tokens, size_t n, char *buf,
+                                  size_t size, size_t *len) {
+    if (!model || !len || (!tokens && n) || (!buf && size)) return KVQ_ERR_INVALID_ARG;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t l;
+        kvq_status st = kvqi_token_piece(model->tok, tokens[i], total < size ? buf + total : NULL,
+                                         total < size ? size - total : 0, &l);
+        if (st && st != KVQ_ERR_CAPACITY) return st;
+        total += l;
+    }
+    *len = total;
+    if (total < size) buf[total] = 0;
+    return total < size ? KVQ_OK : KVQ_ERR_CAPACITY;
+}
+
+/* ------------------------------------------------------------ context */
+
+typedef struct thread_scratch {
+    float *row;    /* four dequantized weight rows of up to max(n_embd, n_ff, q_dim) */
+    float *scores; /* attention scores: n_ctx */
+} thread_scratch;
+
+struct kvq_context {
+    const kvq_model *model;
+    kvq_context_params params;
+    kvqi_engine_kernels kern;
+    kvq_threadpool *pool;
+    unsigned n_slots;           /* threads that may run a task: pool workers + caller */
+    thread_scratch *scratch;
+    size_t n_past;
+    uint64_t rng;
+    /* activations, [n_batch][...] */
+    float *x, *xn, *q, *k, *v, *att, *gate, *up, *logits_tmp;
+    float *rope_freq;           /* [n_rot / 2] */
+    /* exact float KV: [layer][n_ctx][kv_dim] */
+    float *k_cache, *v_cache;
+    kvq_cache **caches;         /* one per layer, NULL entries when exact */
+    /* sampler scratch */
+    struct prob_idx *probs;
+};
+
+typedef struct prob_idx {
+    float p;
+    int32_t id;
+} prob_idx;
+
+KVQ_API kvq_status kvq_context_params_init(kvq_context_params *p) {
+    if (!p) return KVQ_ERR_INVALID_ARG;
+    memset(p, 0, sizeof *p);
+    p->n_batch = 512;
+    return KVQ_OK;
+}
+
+KVQ_API void kvq_context_free(kvq_context *c) {
+    if (!c) return;
+    if (c->scratch)
+        for (unsigned i = 0; i < c->n_slots; i++) {
+            kvqi_free(c->scratch[i].row);
+            kvqi_free(c->scratch[i].scores);
+        }
+    free(c->scratch);
+    if (c->caches)
+        for (uint32_t l = 0; l < c->model->info.n_layers; l++) kvq_cache_free(c->caches[l]);
+    free(c->caches);
+    kvq_threadpool_free(c->pool);
+    float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up, c->logits_tmp,
+                     c->rope_freq, c->k_cache, c->v_cache};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kvqi_free(bufs[i]);
+    kvqi_free(c->probs);
+    free(c);
+}
+
+static float *alloc2(size_t a, size_t b, kvq_status *st) {
+    size_t n;
+    if (*st) return NULL;
+    if (kvqi_mul_size(a, b, &n)) {
+        *st = KVQ_ERR_OVERFLOW;
+        return NULL;
+    }
+    float *p = kvqi_alloc_array(n, sizeof(float));
+    if (!p) *st = KVQ_ERR_NOMEM;
+    return p;
+}
+
+KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_params *params,
+                                      kvq_context **out) {
+    if (!model || !out) return KVQ_ERR_INVALID_ARG;
+    *out = NULL;
+    kvq_context_params p;
+    if (params) p = *params;
+    else kvq_context_params_init(&p);
+    const kvq_model_info *I = &model->info;
+    if (p.n_ctx == 0) p.n_ctx = I->ctx_len < 4096 ? I->ctx_len : 4096;
+    if (p.n_batch == 0) p.n_batch = 512;
+    if (p.n_batch > p.n_ctx) p.n_batch = p.n_ctx;
+    if (p.n_ctx > (1u << 24)) return KVQ_ERR_INVALID_ARG;
+    if (p.cache && p.n_cache_configs != 1 && p.n_cache_configs != I->n_layers) return KVQ_ERR_INVALID_ARG;
+    kvq_context *c = calloc(1, sizeof *c);
+    if (!c) return KVQ_ERR_NOMEM;
+    c->model = model;
+    c->params = p;
+    c->params.cache = NULL; /* the caller's array need not outlive the call */
+    c->rng = p.seed;
+    kvq_status st = kvqi_engine_kernels_init(KVQ_ISA_AUTO, &c->kern);
+    if (st) goto fail;
+    {
+        unsigned nt = p.n_threads;
+        if (nt == 0) {
+            long n = sysconf(_SC_NPROCESSORS_ONLN);
+            nt = n > 0 ? (unsigned)n : 1;
+        }
+        /* the pool counts the calling thread */
+        if (nt > 1 && (st = kvq_threadpool_create(nt, &c->pool))) goto fail;
+        c->n_slots = c->pool ? kvq_threadpool_size(c->pool) : 1;
+    }
+    size_t B = p.n_batch;
+    size_t q_dim = (size_t)I->n_heads * I->head_dim, kv_dim = (size_t)I->n_kv_heads * I->head_dim;
+    size_t row_max = KVQI_MAX(KVQI_MAX((size_t)I->n_embd, (size_t)I->n_ff), q_dim);
+    c->x = alloc2(B, I->n_embd, &st);
+    c->xn = alloc2(B, I->n_embd, &st);
+    c->q = alloc2(B, q_dim, &st);
+    c->k = alloc2(B, kv_dim, &st);
+    c->v = alloc2(B, kv_dim, &st);
+    c->att = alloc2(B, q_dim, &st);
+    c->gate = alloc2(B, I->n_ff, &st);
+    c->up = alloc2(B, I->n_ff, &st);
+    c->logits_tmp = alloc2(1, I->n_vocab, &st);
+    c->rope_freq = alloc2(1, model->n_rot / 2, &st);
+    if (!p.cache) {
+        size_t per_layer = 0;
+        if (!st && kvqi_mul_size(p.n_ctx, kv_dim, &per_layer)) st = KVQ_ERR_OVERFLOW;
+        c->k_cache = alloc2(I->n_layers, per_layer, &st);
+        c->v_cache = alloc2(I->n_layers, per_layer, &st);
+    }
+    if (!st) {
+        c->probs = kvqi_alloc_array(I->n_vocab, sizeof *c->probs);
+        c->scratch = calloc(c->n_slots, sizeof *c->scratch);
+        if (!c->probs || !c->scratch) st = KVQ_ERR_NOMEM;
+    }
+    for (unsigned i = 0; !st && i < c->n_slots; i++) {
+        c->scratch[i].row = alloc2(4, row_max, &st);
+        c->scratch[i].scores = alloc2(1, p.n_ctx, &st);
+    }
+    if (st) goto fail;
+    for (uint32_t i = 0; i < model->n_rot / 2; i++) {
+        double f = pow((double)I->rope_base, -2.0 * i / (double)model->n_rot) / I->rope_scale;
+        if (model->rope_freq_factors) f /= model->rope_freq_factors[i];
+        c->rope_freq[i] = (float)f;
+    }
+    if (params && params->cache) {
+        c->caches = calloc(I->n_layers, sizeof *c->caches);
+        if (!c->caches) {
+            st = KVQ_ERR_NOMEM;
+            goto fail;
+        }
+        for (uint32_t l = 0; l < I->n_layers; l++) {
+            kvq_cache_config cc = params->cache[params->n_cache_configs == 1 ? 0 : l];
+            if (cc.n_kv_heads != I->n_kv_heads || cc.head_dim != I->head_dim) {
+                st = KVQ_ERR_MISMATCH;
+                goto fail;
+            }
+            if ((st = kvq_cache_create(&cc, &c->caches[l]))) goto fail;
+        }
+    }
+    *out = c;
+    return KVQ_OK;
+fail:
+    kvq_context_free(c);
+    return st;
+}
+
+KVQ_API kvq_status kvq_context_reset(kvq_context *c) {
+    if (!c) return KVQ_ERR_INVALID_ARG;
+    c->n_past = 0;
+    if (c->caches)
+        for (uint32_t l = 0; l < c->model->info.n_layers; l++) {
+            kvq_status st = kvq_cache_reset(c->caches[l]);
+            if (st) return st;
+        }
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_context_length(const kvq_context *c, size_t *n) {
+    if (!c || !n) return KVQ_ERR_INVALID_ARG;
+    *n = c->n_past;
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *c, kvq_cache_memory_info *info,
+                                         uint64_t *fp16_bytes) {
+    if (!c) return KVQ_ERR_INVALID_ARG;
+    const kvq_model_info *I = &c->model->info;
+    uint64_t per_side = (uint64_t)I->n_layers * I->n_kv_heads * I->head_dim; /* numbers per token */
+    kvq_cache_memory_info sum;
+    memset(&sum, 0, sizeof sum);
+    sum.n_tokens = c->n_past;
+    if (c->caches) {
+        for (uint32_t l = 0; l < I->n_layers; l++) {
+            kvq_cache_memory_info mi;
+            kvq_status st = kvq_cache_memory(c->caches[l], &mi);
+            if (st) return st;
+            sum.key_codes += mi.key_codes;
+            sum.value_codes += mi.value_codes;
+            sum.window += mi.window;
+            sum.outliers += mi.outliers;
+            sum.shared += mi.shared;
+            sum.overhead += mi.overhead;
+            sum.total += mi.total;
+        }
+    } else {
+        sum.key_codes = sum.value_codes = c->n_past * per_side * 4;
+        sum.total = sum.key_codes + sum.value_codes;
+    }
+    if (info) *info = sum;
+    if (fp16_bytes) *fp16_bytes = c->n_past * per_side * 2 * 2;
+    return KVQ_OK;
+}
+
+/* ------------------------------------------------------------ kernels */
+
+static void run_tasks(kvq_context *c, size_t n_tasks, kvqi_task_fn fn, void *arg) {
+    kvqi_parallel_for(c->pool, n_tasks, fn, arg);
+}
+
+typedef struct matmul_job {
+    kvq_context *c;
+    const kvqi_gguf_tensor *w;
+    const float *x;     /* [n_tok][w->ne[0]] */
+    float *y;           /* [n_tok][y_stride], columns 0..n_rows-1 */
+    size_t y_stride;
+    size_t n_tok;
+    size_t rows_per_task;
+} matmul_job;
+
+#define MATMUL_ROWS 16
+/* below this many tokens the fused row kernels beat dequantize-once-then-dot */
+#define MATMUL_DEQUANT_MIN_TOKENS 4
+
+static void matmul_task(void *arg, size_t task, unsigned thread) {
+    matmul_job *j = arg;
+    const kvqi_gguf_tensor *w = j->w;
+    size_t n_in = (size_t)w->ne[0];
+    size_t r0 = task * j->rows_per_task, r1 = KVQI_MIN(r0 + j->rows_per_task, (size_t)w->n_rows);
+    kvqi_row_dot_fn row_dot = j->c->kern.row_dot[w->type];
+    if (j->n_tok < MATMUL_DEQUANT_MIN_TOKENS && row_dot) {
+        for (size_t t = 0; t < j->n_tok; t++)
+            for (size_t r = r0; r < r1; r++)
+                j->y[t * j->y_stride + r] = row_dot(w->data + r * w->row_bytes, j->x + t * n_in, n_in);
+        return;
+    }
+    /* many tokens: dequantize rows once (four at a time) and reuse them for all tokens */
+    float *rows = j->c->scratch[thread].row;
+    void (*to_float)(const void *, float *, size_t) = j->c->kern.to_float[w->type];
+    float (*dot)(const float *, const float *, size_t) = j->c->kern.dot_f32;
+    size_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        for (size_t k = 0; k < 4; k++) to_float(w->data + (r + k) * w->row_bytes, rows + k * n_in, n_in);
+        j->c->kern.gemm4_f32(rows, n_in, j->x, j->n_tok, j->y + r, j->y_stride);
+    }
+    for (; r < r1; r++) {
+        to_float(w->data + r * w->row_bytes, rows, n_in);
+        for (size_t t = 0; t < j->n_tok; t++) j->y[t * j->y_stride + r] = dot(rows, j->x + t * n_in, n_in);
+    }
+}
+
+/* y[t][r] = W[r] . x[t] */
+static void matmul(kvq_context *c, const kvqi_gguf_tensor *w, const float *x, size_t n_tok, float *y,
+                   size_t y_stride) {
+    matmul_job j = {c, w, x, y, y_stride, n_tok, MATMUL_ROWS};
+    size_t n_tasks = ((size_t)w->n_rows + MATMUL_ROWS - 1) / MATMUL_ROWS;
+    run_tasks(c, n_tasks, matmul_task, &j);
+}
+
+static void rmsnorm(float *out, const float *x, const float *w, size_t n, float eps) {
+    double ss = 0;
+    for (size_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / (double)n + eps));
+    for (size_t i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+static void rope(const kvq_context *c, float *vec, uint32_t n_heads, size_t pos) {
+    const kvq_model *m = c->model;
+    uint32_t hd = m->info.head_dim, half = m->n_rot / 2;
+    for (uint32_t h = 0; h < n_heads; h++) {
+        float *v = vec + (size_t)h * hd;
+        for (uint32_t i = 0; i < half; i++) {
+            double theta = (double)pos * c->rope_freq[i];
+            float cs = (float)cos(theta), sn = (float)sin(theta);
+            uint32_t a = m->info.rope_neox ? i : 2 * i, b = m->info.rope_neox ? i + half : 2 * i + 1;
+            float x0 = v[a], x1 = v[b];
+            v[a] = x0 * cs - x1 * sn;
+            v[b] = x0 * sn + x1 * cs;
+        }
+    }
+}
+
+typedef struct attend_job {
+    kvq_context *c;
+    uint32_t layer;
+    size_t n_tok;
+} attend_job;
+
+/* Exact attention of one (token, head) against the float cache. */
+static void attend_task(void *arg, size_t task, unsigned thread) {
+    attend_job *j = arg;
+    kvq_context *c = j->c;
+    const kvq_model_info *I = &c->model->info;
+    size_t t = task / I->n_heads, h = task % I->n_heads;
+    size_t hd = I->head_dim, kv_dim = (size_t)I->n_kv_heads * hd;
+    size_t kvh = h / (I->n_heads / I->n_kv_heads);
+    size_t pos = c->n_past + t; /* sees positions 0..pos */
+    const float *q = c->q + t * (size_t)I->n_heads * hd + h * hd;
+    const float *kc = c->k_cache + (size_t)j->layer * c->params.n_ctx * kv_dim + kvh * hd;
+    const float *vc = c->v_cache + (size_t)j->layer * c->params.n_ctx * kv_dim + kvh * hd;
+    float *s = c->scratch[thread].scores;
+    float scale = 1.0f / sqrtf((float)hd), mx = -INFINITY;
+    for (size_t p = 0; p <= pos; p++) {
+        s[p] = c->kern.dot_f32(q, kc + p * kv_dim, hd) * scale;
+        if (s[p] > mx) mx = s[p];
+    }
+    double sum = 0;
+    for (size_t p = 0; p <= pos; p++) {
+        s[p] = expf(s[p] - mx);
+        sum += s[p];
+    }
+    float inv = (float)(1.0 / sum);
+    float *o = c->att + t * (size_t)I->n_heads * hd + h * hd;
+    for (size_t d = 0; d < hd; d++) o[d] = 0;
+    for (size_t p = 0; p <= pos; p++) c->kern.axpy_f32(o, vc + p * kv_dim, s[p] * inv, hd);
+}
+
+static kvq_status attention(kvq_context *c, uint32_t layer, size_t n_tok) {
+    const kvq_model_info *I = &c->model->info;
+    size_t kv_dim = (size_t)I->n_kv_heads * I->head_dim;
+    if (c->params.kv_observer) c->params.kv_observer(c->params.kv_observer_user, layer, c->n_past, c->k, c->v, n_tok);
+    if (c->caches) {
+        kvq_status st = kvq_cache_append(c->caches[layer], c->k, c->v, n_tok);
+        if (st) return st;
+        return kvq_cache_attend(c->caches[layer], c->q, I->n_heads, n_tok, 1.0f / sqrtf((float)I->head_dim),
+                                c->pool, c->att);
+    }
+    float *kc = c->k_cache + ((size_t)layer * c->params.n_ctx + c->n_past) * kv_dim;
+    float *vc = c->v_cache + ((size_t)layer * c->params.n_ctx + c->n_past) * kv_dim;
+    memcpy(kc, c->k, n_tok * kv_dim * sizeof(float));
+    memcpy(vc, c->v, n_tok * kv_dim * sizeof(float));
+    attend_job j = {c, layer, n_tok};
+    run_tasks(c, n_tok * I->n_heads, attend_task, &j);
+    return KVQ_OK;
+}
+
+static void add_bias(float *y, const float *b, size_t n_tok, size_t n) {
+    if (!b) return;
+    for (size_t t = 0; t < n_tok; t++)
+        for (size_t i = 0; i < n; i++) y[t * n + i] += b[i];
+}
+
+KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_t n, float *logits,
+                                    int all_logits) {
+    if (!c || !tokens || n == 0) return KVQ_ERR_INVALID_ARG;
+    if (n > c->params.n_batch) return KVQ_ERR_INVALID_ARG;
+    if (c->n_past + n > c->params.n_ctx) return KVQ_ERR_CAPACITY;
+    const kvq_model *m = c->model;
+    const kvq_model_info *I = &m->info;
+    size_t E = I->n_embd, hd = I->head_dim;
+    size_t q_dim = (size_t)I->n_heads * hd, kv_dim = (size_t)I->n_kv_heads * hd, F = I->n_ff;
+    for (size_t t = 0; t < n; t++)
+        if (tokens[t] < 0 || (uint32_t)tokens[t] >= I->n_vocab) return KVQ_ERR_INVALID_ARG;
+    const kvqi_type_traits *et = kvqi_type(m->tok_embd->type);
+    for (size_t t = 0; t < n; t++)
+        et->to_float(m->tok_embd->data + (size_t)tokens[t] * m->tok_embd->row_bytes, c->x + t * E, E);
+    for (uint32_t l = 0; l < I->n_layers; l++) {
+        const layer_weights *L = &m->layers[l];
+        for (size_t t = 0; t < n; t++) rmsnorm(c->xn + t * E, c->x + t * E, L->attn_norm, E, I->norm_eps);
+        matmul(c, L->wq, c->xn, n, c->q, q_dim);
+        matmul(c, L->wk, c->xn, n, c->k, kv_dim);
+        matmul(c, L->wv, c->xn, n, c->v, kv_dim);
+        add_bias(c->q, L->bq, n, q_dim);
+        add_bias(c->k, L->bk, n, kv_dim);
+        add_bias(c->v, L->bv, n, kv_dim);
+        for (size_t t = 0; t < n; t++) {
+            rope(c, c->q + t * q_dim, I->n_heads, c->n_past + t);
+            rope(c, c->k + t * kv_dim, I->n_kv_heads, c->n_past + t);
+        }
+        kvq_status st = attention(c, l, n);
+        if (st) return st;
+        /* the output projection lands in xn, then joins the residual stream */
+        matmul(c, L->wo, c->att, n, c->xn, E);
+        for (size_t i = 0; i < n * E; i++) c->x[i] += c->xn[i];
+        for (size_t t = 0; t < n; t++) rmsnorm(c->xn + t * E, c->x + t * E, L->ffn_norm, E, I->norm_eps);
+        matmul(c, L->w_gate, c->xn, n, c->gate, F);
+        matmul(c, L->w_up, c->xn, n, c->up, F);
+        for (size_t i = 0; i < n * F; i++) {
+            float g = c->gate[i];
+            c->gate[i] = g / (1.0f + expf(-g)) * c->up[i];
+        }
+        matmul(c, L->w_down, c->gate, n, c->xn, E);
+        for (size_t i = 0; i < n * E; i++) c->x[i] += c->xn[i];
+    }
+    c->n_past += n;
+    if (!logits) return KVQ_OK;
+    size_t first = all_logits ? 0 : n - 1, n_out = n - first;
+    for (size_t t = first; t < n; t++) rmsnorm(c->xn + (t - first) * E, c->x + t * E, m->output_norm, E, I->norm_eps);
+    matmul(c, m->output, c->xn, n_out, logits, I->n_vocab);
+    return KVQ_OK;
+}
+
+/* ------------------------------------------------------------ sampling */
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static int by_prob_desc(const void *a, const void *b) {
+    const prob_idx *x = a, *y = b;
+    if (x->p != y->p) return x->p < y->p ? 1 : -1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+KVQ_API kvq_status kvq_sample(kvq_context *c, const float *logits, float temperature, float top_p,
+                              int32_t *token) {
+    if (!c || !logits || !token) return KVQ_ERR_INVALID_ARG;
+    uint32_t nv = c->model->info.n_vocab;
+    uint32_t best = 0;
+    for (uint32_t i = 1; i < nv; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (!(temperature > 0)) {
+        *token = (int32_t)best;
+        return KVQ_OK;
+    }
+    double sum = 0;
+    for (uint32_t i = 0; i < nv; i++) {
+        float p = expf((logits[i] - logits[best]) / temperature);
+        c->probs[i].p = p;
+        c->probs[i].id = (int32_t)i;
+        sum += p;
+    }
+    uint32_t keep = nv;
+    if (top_p < 1.0f) {
+        qsort(c->probs, nv, sizeof *c->probs, by_prob_desc);
+        double acc = 0;
+        for (keep = 0; keep < nv;) {
+            acc += c->probs[keep++].p / sum;
+            if (acc >= top_p) break;
+        }
+        sum = 0;
+        for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
+    }
+    double u = (double)(splitmix64(&c->rng) >> 11) * (1.0 / 9007199254740992.0) * sum, acc = 0;
+    for (uint32_t i = 0; i < keep; i++) {
+        acc += c->probs[i].p;
+        if (u < acc) {
+            *token = c->probs[i].id;
+            return KVQ_OK;
+        }
+    }
+    *token = c->probs[keep - 1].id;
+    return KVQ_OK;
+}

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""ref_forward.py - numpy reference of the Llama forward pass on GGUF weights.
+
+Reads the file with the `gguf` package (its own dequantizers, not kvq's), runs the
+model in float64 (RMSNorm, RoPE with normal or NeoX pairing, grouped-query causal
+attention, SwiGLU, tied or separate output) and writes the logits of every position:
+
+    python3 tests/ref_forward.py MODEL.gguf OUT.ref TOKEN [TOKEN ...]
+
+OUT.ref: b"KVQREF1\\0", u32 n_tokens, u32 n_vocab, i32 tokens[n], f32 logits[n][n_vocab].
+"""
+import struct
+import sys
+
+import numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+
+
+def field(reader, key, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def load(path):
+    r = GGUFReader(path)
+    arch = field(r, "general.architecture")
+    hp = {
+        "arch": arch,
+        "n_layers": field(r, f"{arch}.block_count"),
+        "n_embd": field(r, f"{arch}.embedding_length"),
+        "n_heads": field(r, f"{arch}.attention.head_count"),
+        "n_kv_heads": field(r, f"{arch}.attention.head_count_kv"),
+        "rope_base": field(r, f"{arch}.rope.freq_base", 10000.0),
+        "eps": field(r, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
+    }
+    hp["head_dim"] = hp["n_embd"] // hp["n_heads"]
+    hp["n_rot"] = field(r, f"{arch}.rope.dimension_count", hp["head_dim"])
+    hp["neox"] = arch == "qwen2"
+    w = {}
+    for t in r.tensors:
+        ne = [int(x) for x in t.shape]  # ne0 first
+        data = dequantize(np.asarray(t.data), t.tensor_type).astype(np.float64)
+        w[t.name] = data.reshape(list(reversed(ne)) if len(ne) > 1 else ne)
+    return hp, w
+
+
+def rmsnorm(x, g, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
+
+
+def rope(x, pos, hp):
+    """x: [n_heads][head_dim] at position pos."""
+    half = hp["n_rot"] // 2
+    freq = hp["rope_base"] ** (-2.0 * np.arange(half) / hp["n_rot"])
+    theta = pos * freq
+    c, s = np.cos(theta), np.sin(theta)
+    x = x.copy()
+    if hp["neox"]:
+        a, b = np.arange(half), np.arange(half) + half
+    else:
+        a, b = 2 * np.arange(half), 2 * np.arange(half) + 1
+    x0, x1 = x[:, a].copy(), x[:, b].copy()
+    x[:, a] = x0 * c - x1 * s
+    x[:, b] = x0 * s + x1 * c
+    return x
+
+
+def forward(hp, w, tokens):
+    n = len(tokens)
+    H, KV, hd, E = hp["n_heads"], hp["n_kv_heads"], hp["head_dim"], hp["n_embd"]
+    x = w["token_embd.weight"][tokens]  # [n][E]
+    for l in range(hp["n_layers"]):
+        p = f"blk.{l}."
+        xn = rmsnorm(x, w[p + "attn_norm.weight"], hp["eps"])
+        q = xn @ w[p + "attn_q.weight"].T
+        k = xn @ w[p + "attn_k.weight"].T
+        v = xn @ w[p + "attn_v.weight"].T
+        for name, y in (("attn_q.bias", q), ("attn_k.bias", k), ("attn_v.bias", v)):
+            if p + name in w:
+                y += w[p + name]
+        q = np.stack([rope(q[t].reshape(H, hd), t, hp) for t in range(n)])
+        k = np.stack([rope(k[t].reshape(KV, hd), t, hp) for t in range(n)])
+        v = v.reshape(n, KV, hd)
+        att = np.zeros((n, H, hd))
+        group = H // KV
+        for h in range(H):
+            kh, vh = k[:, h // group], v[:, h // group]
+            s = q[:, h] @ kh.T / np.sqrt(hd)  # [n][n]
+            s = np.where(np.tril(np.ones((n, n))) > 0, s, -np.inf)
+            s = np.exp(s - s.max(axis=1, keepdims=True))
+            s /= s.sum(axis=1, keepdims=True)
+            att[:, h] = s @ vh
+        x = x + att.reshape(n, H * hd) @ w[p + "attn_output.weight"].T
+        xn = rmsnorm(x, w[p + "ffn_norm.weight"], hp["eps"])
+        g = xn @ w[p + "ffn_gate.weight"].T
+        u = xn @ w[p + "ffn_up.weight"].T
+        x = x + (g / (1 + np.exp(-g)) * u) @ w[p + "ffn_down.weight"].T
+    out = w.get("output.weight", w["token_embd.weight"])
+    return rmsnorm(x, w["output_norm.weight"], hp["eps"]) @ out.T
+
+
+def write_ref(path, tokens, logits):
+    with open(path, "wb") as f:
+        f.write(b"KVQREF1\0")
+        f.write(struct.pack("<II", len(tokens), logits.shape[1]))
+        f.write(np.asarray(tokens, dtype="<i4").tobytes())
+        f.write(np.asarray(logits, dtype="<f4").tobytes())
+
+
+def main():
+    if len(sys.argv) < 4:
+        sys.exit(__doc__)
+    hp, w = load(sys.argv[1])
+    tokens = [int(t) for t in sys.argv[3:]]
+    write_ref(sys.argv[2], tokens, forward(hp, w, tokens))
+
+
+if __name__ == "__main__":
+    main()

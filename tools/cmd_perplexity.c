@@ -1,0 +1,291 @@
+/* cmd_perplexity.c - `kvq perplexity`: perplexity of a text under each KV cache config.
+ * The text is cut into chunks of --ctx tokens; as llama.cpp's llama-perplexity does, the
+ * first half of each chunk is context only and the second half is scored. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+#define PPL_MAX_CONFIGS 32
+#define PPL_BATCH 64
+
+static int ppl_usage(FILE *f) {
+    fprintf(f,
+            "usage: kvq perplexity -m MODEL.gguf -f TEXT [options]\n\n"
+            "  -m, --model FILE   GGUF model (Llama family)\n"
+            "  -f, --file TEXT    UTF-8 text file\n"
+            "  --ctx N            tokens per chunk (default 512); the second half of each is scored\n"
+            "  --chunks N         chunks to evaluate (default 0 = all the text gives)\n"
+            "  --configs LIST     KV cache configs, comma-separated (default fp16,q8_0,q4_0);\n"
+            "                     a spec's own key=value options follow it: turboquant_rvq:bits=1,residuals=2;\n"
+            "                     KSPEC+VSPEC gives keys and values different quantizers; f32 = exact float KV\n"
+            "  --window N         most recent tokens also kept exact (default 0)\n"
+            "  --outliers N       key channels per head kept in fp16 (default 0)\n"
+            "  --threads N        threads (default 0 = one per CPU)\n"
+            "Prints one line per config: perplexity, its difference from fp16, KV bits per number.\n");
+    return f == stderr ? 1 : 0;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Split "fp16,q8_0,turboquant_rvq:bits=1,residuals=2" into specs: a piece holding '='
+ * but no ':' is an option of the spec before it. */
+static int split_configs(char *list, char **out, int max) {
+    int n = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int is_option = strchr(tok, '=') && !strchr(tok, ':') && !strchr(tok, '+');
+        if (is_option && n > 0) {
+            /* re-join with the previous spec: the comma strtok replaced sits just before tok */
+            tok[-1] = ',';
+            continue;
+        }
+        if (n == max) return -1;
+        out[n++] = tok;
+    }
+    return n;
+}
+
+static char *read_text(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    while (buf) {
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (n < cap) break;
+        char *nb = cap > ((size_t)1 << 30) ? NULL : realloc(buf, 2 * cap + 1);
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = nb;
+        cap *= 2;
+    }
+    fclose(f);
+    if (!buf) return NULL;
+    buf[n] = 0;
+    for (size_t i = 0; i < n; i++)
+        if (buf[i] == 0) buf[i] = ' '; /* a NUL byte would end the text early */
+    *len = n;
+    return buf;
+}
+
+typedef struct ppl_result {
+    char spec[256];
+    double ppl, nll_sum, nll_sq;
+    size_t n_scored;
+    double bits_per_number;
+    double seconds;
+    int ok;
+} ppl_result;
+
+int kvq_cmd_perplexity(int argc, char **argv) {
+    const char *model_path = NULL, *text_path = NULL;
+    char configs_buf[4096] = "fp16,q8_0,q4_0";
+    long n_ctx = 512, max_chunks = 0, threads = 0, window = 0, outliers = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define TAKES(name) (!strcmp(a, name) && v && ++i)
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) return ppl_usage(stdout);
+        else if (TAKES("-m") || TAKES("--model")) model_path = v;
+        else if (TAKES("-f") || TAKES("--file")) text_path = v;
+        else if (TAKES("--ctx")) n_ctx = strtol(v, NULL, 10);
+        else if (TAKES("--chunks")) max_chunks = strtol(v, NULL, 10);
+        else if (TAKES("--threads")) threads = strtol(v, NULL, 10);
+        else if (TAKES("--window")) window = strtol(v, NULL, 10);
+        else if (TAKES("--outliers")) outliers = strtol(v, NULL, 10);
+        else if (TAKES("--configs")) {
+            if (strlen(v) >= sizeof configs_buf) {
+                fprintf(stderr, "kvq perplexity: --configs too long\n");
+                return 1;
+            }
+            strcpy(configs_buf, v);
+        } else {
+            fprintf(stderr, "kvq perplexity: unknown or incomplete option %s\n", a);
+            return ppl_usage(stderr);
+        }
+#undef TAKES
+    }
+    if (!model_path || !text_path) return ppl_usage(stderr);
+    if (n_ctx < 16 || n_ctx > 65536 || max_chunks < 0 || threads < 0 || threads > 1024 || window < 0 || outliers < 0) {
+        fprintf(stderr, "kvq perplexity: --ctx must be 16..65536 and counts non-negative\n");
+        return 1;
+    }
+    char *specs[PPL_MAX_CONFIGS];
+    int n_cfg = split_configs(configs_buf, specs, PPL_MAX_CONFIGS);
+    if (n_cfg <= 0) {
+        fprintf(stderr, "kvq perplexity: no configs (or more than %d)\n", PPL_MAX_CONFIGS);
+        return 1;
+    }
+    char msg[256] = "";
+    kvq_model *model;
+    kvq_status st = kvq_model_load(model_path, &model, msg, sizeof msg);
+    if (st) {
+        fprintf(stderr, "kvq perplexity: %s: %s%s%s\n", model_path, kvq_strerror(st), msg[0] ? ": " : "", msg);
+        return 1;
+    }
+    kvq_model_info info;
+    kvq_model_get_info(model, &info);
+    int rc = 1;
+    size_t text_len = 0, n_tok = 0;
+    char *text = read_text(text_path, &text_len);
+    int32_t *tokens = NULL;
+    float *logits = NULL;
+    ppl_result *res = calloc((size_t)n_cfg, sizeof *res);
+    kvq_context *ctx = NULL;
+    if (!text) {
+        fprintf(stderr, "kvq perplexity: cannot read %s\n", text_path);
+        goto done;
+    }
+    kvq_tokenize(model, text, 0, NULL, 0, &n_tok);
+    tokens = malloc((n_tok ? n_tok : 1) * sizeof *tokens);
+    logits = malloc((size_t)PPL_BATCH * info.n_vocab * sizeof *logits);
+    if (!tokens || !logits || !res) {
+        rc = kvq_cli_fail("perplexity", "memory", KVQ_ERR_NOMEM);
+        goto done;
+    }
+    if ((st = kvq_tokenize(model, text, 0, tokens, n_tok, &n_tok))) {
+        rc = kvq_cli_fail("perplexity", "tokenize", st);
+        goto done;
+    }
+    size_t n_chunks = n_tok / (size_t)n_ctx;
+    if (max_chunks > 0 && (size_t)max_chunks < n_chunks) n_chunks = (size_t)max_chunks;
+    if (n_chunks == 0) {
+        fprintf(stderr, "kvq perplexity: the text has %zu tokens, fewer than --ctx %ld\n", n_tok, n_ctx);
+        goto done;
+    }
+    fprintf(stderr, "kvq perplexity: %s: %zu tokens, %zu chunks of %ld (scoring the second half of each)\n",
+            text_path, n_tok, n_chunks, n_ctx);
+    int32_t *chunk = malloc((size_t)n_ctx * sizeof *chunk);
+    if (!chunk) {
+        rc = kvq_cli_fail("perplexity", "memory", KVQ_ERR_NOMEM);
+        goto done;
+    }
+    size_t first = (size_t)n_ctx / 2;
+    for (int c = 0; c < n_cfg; c++) {
+        ppl_result *r = &res[c];
+        snprintf(r->spec, sizeof r->spec, "%s", specs[c]);
+        char kspec[256], vspec[256];
+        char *plus = strchr(specs[c], '+');
+        if (plus) {
+            snprintf(kspec, sizeof kspec, "%.*s", (int)(plus - specs[c]), specs[c]);
+            snprintf(vspec, sizeof vspec, "%s", plus + 1);
+        } else {
+            snprintf(kspec, sizeof kspec, "%s", specs[c]);
+            snprintf(vspec, sizeof vspec, "%s", specs[c]);
+        }
+        kvq_context_params p;
+        kvq_context_params_init(&p);
+        p.n_ctx = (uint32_t)n_ctx;
+        p.n_batch = PPL_BATCH;
+        p.n_threads = (uint32_t)threads;
+        kvq_cache_config cc;
+        int exact = !strcmp(kspec, "f32") && !strcmp(vspec, "f32");
+        if (!exact) {
+            if ((st = kvq_cache_config_init(&cc, info.n_kv_heads, info.head_dim, kspec, vspec, msg, sizeof msg))) {
+                fprintf(stderr, "kvq perplexity: config '%s': %s%s%s\n", specs[c], kvq_strerror(st),
+                        msg[0] ? ": " : "", msg);
+                continue;
+            }
+            cc.window = (uint32_t)window;
+            cc.n_outliers = (uint32_t)outliers;
+            p.cache = &cc;
+            p.n_cache_configs = 1;
+        }
+        if ((st = kvq_context_create(model, &p, &ctx))) {
+            fprintf(stderr, "kvq perplexity: config '%s': context: %s\n", specs[c], kvq_strerror(st));
+            continue;
+        }
+        double t0 = now_s();
+        for (size_t k = 0; k < n_chunks && !st; k++) {
+            memcpy(chunk, tokens + k * (size_t)n_ctx, (size_t)n_ctx * sizeof *chunk);
+            if (info.add_bos && info.bos_token >= 0) chunk[0] = info.bos_token;
+            kvq_context_reset(ctx);
+            for (size_t i = 0; i < (size_t)n_ctx && !st; i += PPL_BATCH) {
+                size_t n = (size_t)n_ctx - i < PPL_BATCH ? (size_t)n_ctx - i : PPL_BATCH;
+                int scored = i + n > first;
+                st = kvq_context_eval(ctx, chunk + i, n, scored ? logits : NULL, 1);
+                if (st || !scored) continue;
+                for (size_t j = 0; j < n; j++) {
+                    size_t pos = i + j;
+                    if (pos < first || pos + 1 >= (size_t)n_ctx) continue;
+                    const float *lg = logits + j * info.n_vocab;
+                    float mx = lg[0];
+                    for (uint32_t v = 1; v < info.n_vocab; v++)
+                        if (lg[v] > mx) mx = lg[v];
+                    double se = 0;
+                    for (uint32_t v = 0; v < info.n_vocab; v++) se += exp((double)lg[v] - mx);
+                    double nll = log(se) + mx - lg[chunk[pos + 1]];
+                    r->nll_sum += nll;
+                    r->nll_sq += nll * nll;
+                    r->n_scored++;
+                }
+            }
+            if (!st)
+                fprintf(stderr, "\r  %-40s chunk %zu/%zu  ppl %.4f", specs[c], k + 1, n_chunks,
+                        exp(r->nll_sum / (double)r->n_scored));
+        }
+        fprintf(stderr, "\n");
+        r->seconds = now_s() - t0;
+        if (st) {
+            fprintf(stderr, "kvq perplexity: config '%s': %s\n", specs[c], kvq_strerror(st));
+        } else {
+            kvq_cache_memory_info mem;
+            uint64_t fp16 = 0;
+            kvq_context_kv_memory(ctx, &mem, &fp16);
+            uint64_t code = mem.key_codes + mem.value_codes + mem.window + mem.outliers;
+            r->bits_per_number = fp16 ? 16.0 * (double)code / (double)fp16 : 0;
+            r->ppl = exp(r->nll_sum / (double)r->n_scored);
+            r->ok = 1;
+        }
+        kvq_context_free(ctx);
+        ctx = NULL;
+        st = KVQ_OK;
+    }
+    free(chunk);
+    int ref = -1;
+    for (int c = 0; c < n_cfg; c++)
+        if (res[c].ok && !strcmp(res[c].spec, "fp16")) ref = c;
+    if (ref < 0)
+        for (int c = 0; c < n_cfg && ref < 0; c++)
+            if (res[c].ok) ref = c;
+    printf("%-44s %10s %9s %10s %9s %8s\n", "config", "ppl", "+-", ref >= 0 ? "delta" : "", "kv bits", "seconds");
+    for (int c = 0; c < n_cfg; c++) {
+        ppl_result *r = &res[c];
+        if (!r->ok) {
+            printf("%-44s %10s\n", r->spec, "failed");
+            continue;
+        }
+        /* the uncertainty of exp(mean nll): ppl * stderr of the mean nll */
+        double mean = r->nll_sum / (double)r->n_scored;
+        double var = r->nll_sq / (double)r->n_scored - mean * mean;
+        double err = r->ppl * sqrt(var > 0 ? var / (double)r->n_scored : 0);
+        printf("%-44s %10.4f %9.4f %+10.4f %9.2f %8.1f\n", r->spec, r->ppl, err, r->ppl - res[ref].ppl,
+               r->bits_per_number, r->seconds);
+    }
+    printf("(%zu chunks of %ld tokens, %zu tokens scored per config; delta vs %s)\n", n_chunks, n_ctx,
+           ref >= 0 ? res[ref].n_scored : 0, ref >= 0 ? res[ref].spec : "-");
+    rc = 0;
+    for (int c = 0; c < n_cfg; c++)
+        if (!res[c].ok) rc = 1;
+done:
+    kvq_context_free(ctx);
+    free(res);
+    free(text);
+    free(tokens);
+    free(logits);
+    kvq_model_free(model);
+    return rc;
+}
