@@ -253,16 +253,52 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const kvqc_par
 
 /* ---------------------------------------------------------- host side */
 
-static void plan(const kvq_cuda_quantizer *kq, const kvq_cuda_attn_desc *d, uint32_t *n_split,
-                 uint32_t *chunk) {
-    uint32_t max_len = d->max_len ? d->max_len : 1;
+static int use_mma(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
+                   const kvq_cuda_attn_desc *d) {
+    return d->head_dim == 128 && !(d->flags & KVQ_CUDA_ATTN_GENERIC) && d->capacity % 16 == 0 &&
+           kvqc_mma_supports(&kq->p, &vq->p, (int)(d->n_q_heads / d->n_kv_heads));
+}
+
+/* Split the context so the grid fills whole waves of resident blocks: the smallest
+ * split count whose last wave is at least 90% full (else the fullest). Chunks are
+ * multiples of KVQC_CHUNK_ALIGN tokens. */
+static void plan(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
+                 const kvq_cuda_attn_desc *d, uint32_t *n_split, uint32_t *chunk) {
+    size_t max_len = d->max_len ? d->max_len : 1;
     size_t base = (size_t)d->batch * d->n_kv_heads;
-    size_t want = ((size_t)4 * kq->n_sm + base - 1) / base;
-    if (want < 1) want = 1;
-    size_t c = ((size_t)max_len + want - 1) / want;
-    c = (c + KVQC_CHUNK_ALIGN - 1) / KVQC_CHUNK_ALIGN * KVQC_CHUNK_ALIGN;
-    *chunk = (uint32_t)c;
-    *n_split = (uint32_t)(((size_t)max_len + c - 1) / c);
+    int per_sm = 1;
+    if (use_mma(kq, vq, d)) {
+        per_sm = kvqc_mma_blocks_per_sm(&kq->p, &vq->p);
+    } else {
+        void (*fn)(kvqc_attn_args) = d->head_dim == 64 ? attend_simt_kernel<2>
+                                     : d->head_dim == 128 ? attend_simt_kernel<4>
+                                                          : attend_simt_kernel<8>;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, ATT_WARPS * 32, 0) != cudaSuccess) {
+            cudaGetLastError();
+            per_sm = 1;
+        }
+        if (per_sm < 1) per_sm = 1;
+    }
+    size_t slots = (size_t)kq->n_sm * per_sm;
+    size_t max_split = (max_len + KVQC_CHUNK_ALIGN - 1) / KVQC_CHUNK_ALIGN;
+    size_t limit = 4 * ((slots + base - 1) / base) + 1;
+    if (limit > max_split) limit = max_split;
+    double best_eff = -1.0;
+    size_t best_c = max_split * KVQC_CHUNK_ALIGN;
+    for (size_t s = 1; s <= limit; s++) {
+        size_t c = (max_len + s - 1) / s;
+        c = (c + KVQC_CHUNK_ALIGN - 1) / KVQC_CHUNK_ALIGN * KVQC_CHUNK_ALIGN;
+        size_t ns = (max_len + c - 1) / c, ctas = base * ns;
+        size_t waves = (ctas + slots - 1) / slots;
+        double eff = (double)ctas / (double)(waves * slots);
+        if (eff > best_eff + 1e-9) {
+            best_eff = eff;
+            best_c = c;
+        }
+        if (eff >= 0.9) break;
+    }
+    *chunk = (uint32_t)best_c;
+    *n_split = (uint32_t)((max_len + best_c - 1) / best_c);
 }
 
 static kvq_status check_desc(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
@@ -294,7 +330,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_attend_workspace(const kvq_cuda_quantizer
     kvq_status st = check_desc(key, value, desc);
     if (st != KVQ_OK) return st;
     uint32_t n_split, chunk;
-    plan(key, desc, &n_split, &chunk);
+    plan(key, value, desc, &n_split, &chunk);
     *bytes = ws_floats(desc, n_split) * sizeof(float);
     return KVQ_OK;
 }
@@ -319,9 +355,8 @@ static cudaError_t launch_all(const kvq_cuda_quantizer *kq, const kvq_cuda_quant
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
     dim3 grid(a->n_split, d->n_kv_heads, d->batch);
-    if (E == 4 && kvqc_mma_supports(&kq->p, &vq->p, a->group, a->capacity) &&
-        ((uintptr_t)a->k_codes & 15u) == 0 && ((uintptr_t)a->v_codes & 15u) == 0 &&
-        !(d->flags & KVQ_CUDA_ATTN_GENERIC)) {
+    if (E == 4 && use_mma(kq, vq, d) && ((uintptr_t)a->k_codes & 15u) == 0 &&
+        ((uintptr_t)a->v_codes & 15u) == 0) {
         e = kvqc_launch_mma(&kq->p, &vq->p, a, grid, s);
     } else {
         attend_simt_kernel<E><<<grid, ATT_WARPS * 32, 0, s>>>(*a);
@@ -346,7 +381,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_attend(const kvq_cuda_quantizer *key,
     if (!q_dev || !k_codes_dev || !v_codes_dev || !seq_lens_dev || !workspace_dev || !out_dev)
         return KVQ_ERR_INVALID_ARG;
     uint32_t n_split, chunk;
-    plan(key, desc, &n_split, &chunk);
+    plan(key, value, desc, &n_split, &chunk);
     size_t rows = (size_t)desc->batch * desc->n_q_heads;
     if (workspace_bytes < ws_floats(desc, n_split) * sizeof(float)) return KVQ_ERR_CAPACITY;
     kvqc_attn_args a;

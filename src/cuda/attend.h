@@ -26,7 +26,9 @@ typedef struct kvqc_attn_args {
 } kvqc_attn_args;
 
 /* 1 when the tensor-core kernel takes this (key, value, group) at head_dim 128. */
-int kvqc_mma_supports(const kvqc_params *kp, const kvqc_params *vp, int group, int capacity);
+int kvqc_mma_supports(const kvqc_params *kp, const kvqc_params *vp, int group);
+/* Resident blocks per multiprocessor of the kernel kvqc_launch_mma would run. */
+int kvqc_mma_blocks_per_sm(const kvqc_params *kp, const kvqc_params *vp);
 cudaError_t kvqc_launch_mma(const kvqc_params *kp, const kvqc_params *vp,
                             const kvqc_attn_args *a, dim3 grid, cudaStream_t s);
 

@@ -78,7 +78,7 @@ __device__ __forceinline__ void issue_tile(uint8_t *sk, uint8_t *sv, const uint8
     }
 }
 
-template <int VB>
+template <int VB, int R>
 __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_args a, int key_kind) {
     __shared__ __align__(16) uint8_t s_k[MMA_WARPS][2][KBUF];
     __shared__ __align__(16) uint8_t s_v[MMA_WARPS][2][VBUF];
@@ -94,7 +94,6 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
         s_vtab[threadIdx.x] = pack2(hi, f2h(c - h2f(hi)));
     }
     const int kcs = a.kf.code_size, vcs = a.vf.code_size;
-    const int R = key_kind == KEY_RVQ ? a.kf.residuals : 1;
     const int plane0 = key_kind == KEY_RVQ ? 2 * R : (key_kind == KEY_RABITQ ? 4 : 2);
     const float c_first = key_kind == KEY_RABITQ ? 1.0f : a.kp->cen[1];
     const float c_rest = a.kp->cen2[1];
@@ -164,6 +163,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
         float s_lo = 0.0f, s_hi = 0.0f;
         const int ko_lo = g * kcs, ko_hi = (g + 8) * kcs;
         const float n_lo = ld_h(sk, ko_lo), n_hi = ld_h(sk, ko_hi);
+#pragma unroll
         for (int st = 0; st < R; st++) {
             unsigned wl[4], wh[4];
             if (k_aligned) {
@@ -179,11 +179,12 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
                     wh[j] = ld_word(sk, ko_hi + plane0 + 16 * st + 4 * j);
                 }
             }
-            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            /* two accumulators halve the dependent chain of mma */
+            float c[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
             for (int ks = 0; ks < 8; ks++) {
                 const int j = ks >> 1, r0 = 15 - (8 * (ks & 1) + tq), r2 = r0 - 4;
-                mma16816(c, signs_h2(wl[j], r0), signs_h2(wh[j], r0), signs_h2(wl[j], r2),
+                mma16816(c[ks & 1], signs_h2(wl[j], r0), signs_h2(wh[j], r0), signs_h2(wl[j], r2),
                          signs_h2(wh[j], r2), qb[ks][0], qb[ks][1]);
             }
             float coef_lo, coef_hi;
@@ -194,8 +195,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
             } else {
                 coef_lo = coef_hi = c_first;
             }
-            s_lo += coef_lo * (c[0] + c[1]);
-            s_hi += coef_hi * (c[2] + c[3]);
+            s_lo += coef_lo * ((c[0][0] + c[0][1]) + (c[1][0] + c[1][1]));
+            s_hi += coef_hi * ((c[0][2] + c[0][3]) + (c[1][2] + c[1][3]));
         }
         if (key_kind == KEY_RVQ) {
             s_lo *= n_lo * inv_sqrt_d;
@@ -216,17 +217,21 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
         tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 8));
         tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 16));
         float mn = fmaxf(m, tmax);
-        float alpha = exp2f(m - mn);
-        float p_lo = exp2f(s_lo - mn), p_hi = exp2f(s_hi - mn);
-        m = mn;
-        l = l * alpha + p_lo + p_hi;
+        /* rescale only when some head's maximum grew (rare after the first tiles) */
+        if (__any_sync(KVQC_FULL, mn > m)) {
+            float alpha = exp2f(m - mn);
+            l *= alpha;
 #pragma unroll
-        for (int mt = 0; mt < 8; mt++) {
-            acc[mt][0] *= alpha;
-            acc[mt][1] *= alpha;
-            acc[mt][2] *= alpha;
-            acc[mt][3] *= alpha;
+            for (int mt = 0; mt < 8; mt++) {
+                acc[mt][0] *= alpha;
+                acc[mt][1] *= alpha;
+                acc[mt][2] *= alpha;
+                acc[mt][3] *= alpha;
+            }
+            m = mn;
         }
+        float p_lo = exp2f(s_lo - m), p_hi = exp2f(s_hi - m);
+        l += p_lo + p_hi;
         /* weights times the value norm, moved to the B layout: rows = tokens, col = g */
         const int vo_lo = g * vcs, vo_hi = (g + 8) * vcs;
         float w_lo = p_lo * ld_h(sv, vo_lo), w_hi = p_hi * ld_h(sv, vo_hi);
@@ -313,10 +318,9 @@ static int key_kind_of(const kvqc_params *kp) {
     return -1;
 }
 
-int kvqc_mma_supports(const kvqc_params *kp, const kvqc_params *vp, int group, int capacity) {
+int kvqc_mma_supports(const kvqc_params *kp, const kvqc_params *vp, int group) {
     int kk = key_kind_of(kp);
     if (kk < 0 || kp->dim != 128 || vp->dim != 128 || group < 1 || group > 4) return 0;
-    if (capacity % TILE != 0) return 0;
     /* 1-bit codebooks must be +-c for the sign-plane product */
     if (kk != KEY_RABITQ && kp->cen[0] != -kp->cen[1]) return 0;
     if (kk == KEY_RVQ && kp->residuals > 1 && kp->cen2[0] != -kp->cen2[1]) return 0;
@@ -324,12 +328,28 @@ int kvqc_mma_supports(const kvqc_params *kp, const kvqc_params *vp, int group, i
     return 1;
 }
 
+typedef void (*mma_kernel_fn)(kvqc_attn_args, int);
+
+static mma_kernel_fn pick(const kvqc_params *kp, const kvqc_params *vp) {
+    int R = key_kind_of(kp) == KEY_RVQ ? kp->residuals : 1;
+    static const mma_kernel_fn k2[4] = {attend_mma_kernel<2, 1>, attend_mma_kernel<2, 2>,
+                                        attend_mma_kernel<2, 3>, attend_mma_kernel<2, 4>};
+    static const mma_kernel_fn k4[4] = {attend_mma_kernel<4, 1>, attend_mma_kernel<4, 2>,
+                                        attend_mma_kernel<4, 3>, attend_mma_kernel<4, 4>};
+    return vp->bits == 2 ? k2[R - 1] : k4[R - 1];
+}
+
+int kvqc_mma_blocks_per_sm(const kvqc_params *kp, const kvqc_params *vp) {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, pick(kp, vp), MMA_WARPS * 32, 0) != cudaSuccess) {
+        cudaGetLastError();
+        return 1;
+    }
+    return n > 0 ? n : 1;
+}
+
 cudaError_t kvqc_launch_mma(const kvqc_params *kp, const kvqc_params *vp,
                             const kvqc_attn_args *a, dim3 grid, cudaStream_t s) {
-    int kk = key_kind_of(kp);
-    if (vp->bits == 2)
-        attend_mma_kernel<2><<<grid, MMA_WARPS * 32, 0, s>>>(*a, kk);
-    else
-        attend_mma_kernel<4><<<grid, MMA_WARPS * 32, 0, s>>>(*a, kk);
+    pick(kp, vp)<<<grid, MMA_WARPS * 32, 0, s>>>(*a, key_kind_of(kp));
     return cudaGetLastError();
 }

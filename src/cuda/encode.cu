@@ -199,7 +199,7 @@ __device__ __forceinline__ void store_half(uint8_t *p, float f) {
 __device__ __forceinline__ float half_round(float f) { return __half2float(__float2half_rn(f)); }
 
 template <int E>
-__global__ void __launch_bounds__(128) encode_kernel(kvqc_params p, int dtype, const void *x,
+__global__ void __launch_bounds__(128, 6) encode_kernel(kvqc_params p, int dtype, const void *x,
                                                      size_t n_rows, uint8_t *codes) {
     __shared__ float s_thr[255], s_cen[256], s_thr2[15], s_cen2[16];
     for (int i = threadIdx.x; i < 255; i += blockDim.x) s_thr[i] = p.thr[i];
@@ -211,9 +211,14 @@ __global__ void __launch_bounds__(128) encode_kernel(kvqc_params p, int dtype, c
     const int D = 32 * E;
     size_t warp = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     size_t n_warps = ((size_t)gridDim.x * blockDim.x) >> 5;
+    /* the next row's load is in flight while this one is coded */
+    float nxt[E];
+    if (warp < n_rows) kvqc_load_row<E>(x, dtype, warp, lane, nxt);
     for (size_t row = warp; row < n_rows; row += n_warps) {
         float v[E];
-        kvqc_load_row<E>(x, dtype, row, lane, v);
+#pragma unroll
+        for (int e = 0; e < E; e++) v[e] = nxt[e];
+        if (row + n_warps < n_rows) kvqc_load_row<E>(x, dtype, row + n_warps, lane, nxt);
         uint8_t *c = codes + row * (size_t)p.code_size;
         if (p.kind == KVQC_FP16) {
 #pragma unroll
