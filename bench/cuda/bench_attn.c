@@ -202,6 +202,8 @@ typedef struct pair {
 
 int main(int argc, char **argv) {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    /* --profile: one encode and one attention call (b=8, 32k, rvq1x2/mse2) for ncu */
+    int profile = argc > 1 && strcmp(argv[1], "--profile") == 0;
     int n_dev = 0;
     if (kvq_cuda_available(&n_dev) != KVQ_OK) {
         fprintf(stderr, "no CUDA device\n");
@@ -213,6 +215,48 @@ int main(int argc, char **argv) {
            prop.totalGlobalMem / 1073741824.0, prop.l2CacheSize / 1048576.0);
     cudaStream_t s;
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+
+    if (profile) {
+        const size_t rows = (size_t)8 * 8 * 32768;
+        void *stage = random_fp16_rows(rows * 128 / 8, 7);
+        kvq_quantizer *kq = NULL, *vq = NULL;
+        kvq_cuda_quantizer *ckq = make_cq("turboquant_rvq:bits=1,residuals=2", &kq, 1);
+        kvq_cuda_quantizer *cvq = make_cq("turboquant_mse:bits=2", &vq, 2);
+        size_t kcs = kvq_code_size(kq), vcs = kvq_code_size(vq);
+        attn_ctx ac;
+        memset(&ac, 0, sizeof ac);
+        ac.kq = ckq;
+        ac.vq = cvq;
+        ac.desc.batch = 8;
+        ac.desc.n_q_heads = 32;
+        ac.desc.n_kv_heads = 8;
+        ac.desc.head_dim = 128;
+        ac.desc.capacity = 32768;
+        ac.desc.max_len = 32768;
+        ac.desc.scale = 1.0f / sqrtf(128.0f);
+        ac.desc.q_dtype = KVQ_CUDA_F16;
+        uint8_t *kc = NULL, *vc = NULL;
+        CK(cudaMalloc((void **)&kc, rows * kcs));
+        CK(cudaMalloc((void **)&vc, rows * vcs));
+        fill_codes(ckq, stage, rows / 8, kc, rows, kcs, s);
+        fill_codes(cvq, stage, rows / 8, vc, rows, vcs, s);
+        int32_t lens_h[8];
+        for (int b = 0; b < 8; b++) lens_h[b] = 32768;
+        int32_t *lens_d = NULL;
+        CK(cudaMalloc((void **)&lens_d, sizeof lens_h));
+        CK(cudaMemcpy(lens_d, lens_h, sizeof lens_h, cudaMemcpyHostToDevice));
+        ac.k = kc;
+        ac.v = vc;
+        ac.q = stage;
+        ac.lens = lens_d;
+        KK(kvq_cuda_attend_workspace(ckq, cvq, &ac.desc, &ac.ws_bytes));
+        CK(cudaMalloc(&ac.ws, ac.ws_bytes));
+        CK(cudaMalloc((void **)&ac.out, (size_t)8 * 32 * 128 * sizeof(float)));
+        run_attn(&ac, s);
+        CK(cudaStreamSynchronize(s));
+        printf("PROFILE done\n");
+        return 0;
+    }
 
     /* copy ceiling: 2 GiB each way, read + write counted */
     copy_ctx cc;

@@ -22,6 +22,16 @@ echo "tests: $(tail -1 "$OUT/tests.log")"
 grep -E "FAIL|error" "$OUT/tests.log" | head -20
 
 ./build/bench_attn "$@" 2>&1 | tee "$OUT/bench_attn.txt"
+# where the time goes: one attention and one encode launch under Nsight Compute
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+if [ -n "$NCU" ]; then
+  for k in attend_mma encode_kernel; do
+    timeout 200 "$NCU" --section SpeedOfLight --section Occupancy --section WarpStateStats \
+      --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section LaunchStats \
+      -k regex:$k -c 1 ./build/bench_attn --profile >"$OUT/ncu_$k.txt" 2>&1
+    grep -E "^  [a-z_]+.*\(|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Th|Issue Slots Busy|Achieved Occupancy|Registers Per|Executed Ipc A|No Eligible|L1/TEX Hit|Mem Busy" "$OUT/ncu_$k.txt" | head -20
+  done
+fi
 PYTHONUNBUFFERED=1 python3 bench/cuda/sdpa.py "$@" 2>&1 | tee "$OUT/sdpa.txt"
 
 python3 - "$OUT" <<'PY'
