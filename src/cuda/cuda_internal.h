@@ -69,4 +69,9 @@ static inline kvq_status kvqc_status(cudaError_t e) {
 
 #define KVQC_FULL 0xffffffffu
 
+/* Thread-per-vector encoders (encode_rows.cu) for head_dim 128: returns 1 and sets *err
+ * when it took the launch, 0 when this quantizer or input alignment is not its case. */
+int kvqc_encode_rows(const kvqc_params *p, int dtype, const void *x, size_t n_rows, uint8_t *codes,
+                     cudaStream_t s, int n_sm, cudaError_t *err);
+
 #endif /* KVQ_CUDA_INTERNAL_H */

@@ -438,6 +438,9 @@ extern "C" KVQ_API kvq_status kvq_cuda_encode(const kvq_cuda_quantizer *cq, kvq_
         qjl_encode_kernel<<<(unsigned)blocks, 128, smem, s>>>(*p, (int)dtype, x_dev, n_rows, codes_dev, in_smem);
         return kvqc_status(cudaGetLastError());
     }
+    /* head_dim 128 with 16-byte aligned input: one vector per thread */
+    if (kvqc_encode_rows(p, (int)dtype, x_dev, n_rows, codes_dev, s, cq->n_sm, &e))
+        return kvqc_status(e);
     switch (p->dim) {
     case 32: e = launch_encode<1>(p, (int)dtype, x_dev, n_rows, codes_dev, s, cq->n_sm); break;
     case 64: e = launch_encode<2>(p, (int)dtype, x_dev, n_rows, codes_dev, s, cq->n_sm); break;
