@@ -366,6 +366,14 @@ static inline float sqrt_ss(float x) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_
 static inline uint16_t half_from(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 static inline float half_to(uint16_t h) { return _cvtsh_ss(h); }
 
+/* nv 16-bit masks (nv a multiple of 4) stored as 2*nv bytes, 64 bits at a time. */
+static inline void store_masks(uint8_t *out, const __mmask16 *m, uint32_t nv) {
+    for (uint32_t j = 0; j < nv; j += 4) {
+        __mmask64 w = _mm512_kunpackd(_mm512_kunpackw(m[j + 3], m[j + 2]), _mm512_kunpackw(m[j + 1], m[j]));
+        memcpy(out + 2 * j, &w, 8);
+    }
+}
+
 /* Canonical fold of 16 lanes: j += j+8, j += j+4, j += j+2, j += j+1. */
 static inline float fold16(__m512 acc) {
     __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc),
@@ -420,13 +428,13 @@ static inline __m512 fwht16(__m512 v) {
                 v[j] = _mm512_add_ps(a, b);                                                  \
                 v[(j + h) % NV] = _mm512_sub_ps(a, b);                                       \
             }                                                                                \
-            uint8_t *out = bits_out + r * bits_stride;                                       \
             __m512 sacc = _mm512_setzero_ps();                                               \
+            __mmask16 ms[NV];                                                                \
             _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                     \
-                __mmask16 m = _mm512_cmp_ps_mask(v[j], _mm512_setzero_ps(), _CMP_GT_OQ);     \
-                memcpy(out + 2 * j, &m, 2);                                                  \
+                ms[j] = _mm512_cmp_ps_mask(v[j], _mm512_setzero_ps(), _CMP_GT_OQ);           \
                 sacc = _mm512_add_ps(sacc, _mm512_and_ps(v[j], absmask));                    \
             }                                                                                \
+            store_masks(bits_out + r * bits_stride, ms, NV);                                 \
             if (abs_sum_out) abs_sum_out[r] = fold16(sacc);                                  \
         }                                                                                    \
     }
@@ -533,14 +541,15 @@ static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim
                 const __m512 av = _mm512_set1_ps(norm > 0.0f ? sqrt_d / norm : 0.0f);         \
                 uint8_t *bits = c + 2 * residuals;                                            \
                 __m512 acc = _mm512_setzero_ps();                                             \
+                __mmask16 ms[NV];                                                             \
                 _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                  \
                     __m512 t = _mm512_mul_ps(v[j], av);                                       \
-                    __mmask16 m = _mm512_cmp_ps_mask(t, tg, _CMP_GT_OQ);                      \
-                    memcpy(bits + 2 * j, &m, 2);                                              \
-                    __m512 yj = _mm512_sub_ps(t, _mm512_mask_blend_ps(m, g0, g1));            \
+                    ms[j] = _mm512_cmp_ps_mask(t, tg, _CMP_GT_OQ);                            \
+                    __m512 yj = _mm512_sub_ps(t, _mm512_mask_blend_ps(ms[j], g0, g1));        \
                     acc = _mm512_add_ps(acc, _mm512_mul_ps(yj, yj));                          \
                     y[g][j] = yj;                                                             \
                 }                                                                             \
+                store_masks(bits, ms, NV);                                                    \
                 sumsq[g] = fold16(acc);                                                       \
             }                                                                                 \
             for (unsigned st = 1; st < residuals; st++)                                       \
@@ -557,16 +566,18 @@ static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim
                     const __m512 q0 = _mm512_mul_ps(l0, sh), q1 = _mm512_mul_ps(l1, sh);      \
                     uint8_t *pb = c + 2 * residuals + st * (d / 8);                           \
                     const int last = st + 1 == residuals;                                     \
+                    __mmask16 ms[NV];                                                         \
                     _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {              \
                         __mmask16 m = _mm512_cmp_ps_mask(_mm512_mul_ps(y[g][j], inv), tl,     \
                                                          _CMP_GT_OQ);                         \
-                        memcpy(pb + 2 * j, &m, 2);                                            \
+                        ms[j] = m;                                                            \
                         if (!last) { /* the last residual is never read */                   \
                             __m512 yj = _mm512_sub_ps(y[g][j], _mm512_mask_blend_ps(m, q0, q1)); \
                             acc = _mm512_add_ps(acc, _mm512_mul_ps(yj, yj));                  \
                             y[g][j] = yj;                                                     \
                         }                                                                     \
                     }                                                                         \
+                    store_masks(pb, ms, NV);                                                  \
                     if (!last) sumsq[g] = fold16(acc);                                        \
                 }                                                                             \
         }                                                                                     \

@@ -58,7 +58,7 @@ static size_t mse_shared_size(const kvq_quantizer *q) {
 /* The 1-bit code is the sign of H D x: the fused kernel gives it without normalising. */
 static int mse_fused_signs(const kvq_quantizer *q) {
     return q->cfg.bits == 1 && q->rot.kind == KVQI_ROT_HADAMARD && is_pow2(q->cfg.dim) &&
-           q->cfg.dim <= 1024 && q->k->hadamard_sign_batch;
+           q->cfg.dim >= 16 && q->cfg.dim <= 1024;
 }
 
 #define FUSED_BATCH 64
