@@ -690,19 +690,25 @@ TEST(cache_threaded_matches_single_thread) {
     float *q = make_kv(nq, H, dim, 73, 0, 1);
     float *o1 = malloc(nq * H * dim * sizeof(float)), *o2 = malloc(nq * H * dim * sizeof(float));
     REQUIRE(k && v && q && o1 && o2);
-    kvq_threadpool *pool;
+    /* 3 threads share blocks of 4 queries; 8 threads get one query per task (more tasks
+     * than threads), so the grouping of queries changes too */
+    kvq_threadpool *pool, *pool8;
     REQUIRE_OK(kvq_threadpool_create(3, &pool));
-    static const char *specs[] = {"mse:bits=4", "fp16", "q4_0"};
-    for (size_t s = 0; s < 3; s++) {
+    REQUIRE_OK(kvq_threadpool_create(8, &pool8));
+    static const char *specs[] = {"mse:bits=4", "fp16", "q4_0", "rabitq:bits=1"};
+    for (size_t s = 0; s < 4; s++) {
         kvq_cache *c;
         REQUIRE_OK(make_cache(specs[s], specs[s], n_kv, dim, 32, 2, 256, &c));
         REQUIRE_OK(kvq_cache_append(c, k, v, n));
         REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.1f, NULL, o1));
         REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.1f, pool, o2));
         CHECKF(memcmp(o1, o2, nq * H * dim * sizeof(float)) == 0, "%s: threaded differs", specs[s]);
+        REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.1f, pool8, o2));
+        CHECKF(memcmp(o1, o2, nq * H * dim * sizeof(float)) == 0, "%s: 8 threads differ", specs[s]);
         kvq_cache_free(c);
     }
     kvq_threadpool_free(pool);
+    kvq_threadpool_free(pool8);
     free(k), free(v), free(q), free(o1), free(o2);
 }
 

@@ -18,6 +18,7 @@ typedef struct attend_ctx {
     float *out;
     uint32_t n_q_heads, G;
     size_t n_queries;
+    uint32_t qb; /* queries per task: they share every decoded code */
     float scale;
     atomic_int status; /* first failure of a quantizer call in any task */
 } attend_ctx;
@@ -165,6 +166,10 @@ static void softmax_block(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G
         float bm = sc[0];
         for (size_t t = 1; t < nb; t++) bm = sc[t] > bm ? sc[t] : bm;
         float m_new = bm > s->m[h] ? bm : s->m[h];
+        if (m_new == -INFINITY) { /* every token so far is past this query: no weight */
+            for (size_t t = 0; t < nb; t++) sc[t] = 0.0f;
+            continue;
+        }
         if (m_new > s->m[h]) {
             float alpha = s->m[h] == -INFINITY ? 0.0f : kvqi_exp_neg(s->m[h] - m_new);
             s->l[h] *= alpha;
@@ -225,27 +230,46 @@ static void prefetch_block(const kvq_cache *c, uint32_t g, size_t t0, size_t end
     for (size_t o = 0; o < vb; o += 64) __builtin_prefetch(v + o);
 }
 
+/* Scores of tokens a query of the block may not see yet (causal) become -inf. */
+static void mask_block(const attend_ctx *A, kvqi_attend_scratch *s, size_t first_visible_end,
+                       uint32_t nqb, size_t t0, size_t nb) {
+    if (t0 + nb <= first_visible_end) return;
+    size_t B = KVQI_ATTEND_BLOCK;
+    for (uint32_t qi = 0; qi < nqb; qi++) {
+        size_t lim = first_visible_end + qi; /* query qi sees tokens < lim */
+        for (uint32_t h = 0; h < A->G; h++) {
+            float *sc = s->scores + ((size_t)qi * A->G + h) * B;
+            for (size_t t = lim > t0 ? lim - t0 : 0; t < nb; t++) sc[t] = -INFINITY;
+        }
+    }
+}
+
+/* One KV head and a block of up to qb queries: the block's query heads act as G * qb
+ * heads of one group, so each code is decoded once for all of them. */
 static void attend_task(void *vctx, size_t task, unsigned thread) {
     attend_ctx *A = vctx;
     kvq_cache *c = A->c;
-    uint32_t G = A->G, d = c->dim, g = (uint32_t)(task % c->n_kv);
-    size_t i = task / c->n_kv, B = KVQI_ATTEND_BLOCK, C = c->cfg.chunk_tokens;
+    uint32_t d = c->dim, g = (uint32_t)(task % c->n_kv);
+    size_t i0 = (task / c->n_kv) * A->qb, B = KVQI_ATTEND_BLOCK, C = c->cfg.chunk_tokens;
+    uint32_t nqb = (uint32_t)KVQI_MIN((size_t)A->qb, A->n_queries - i0), G = A->G * nqb;
     size_t row = (size_t)c->n_kv * d;
-    size_t visible = c->n_tokens - A->n_queries + i + 1;
+    size_t first_visible = c->n_tokens - A->n_queries + i0 + 1; /* tokens query i0 sees */
+    size_t visible = first_visible + nqb - 1;                   /* tokens the last one sees */
     kvqi_attend_scratch *s = &c->scratch[thread];
     carve(s, c, G);
 
-    for (uint32_t h = 0; h < G; h++) {
+    for (uint32_t v = 0; v < G; v++) {
         /* the softmax scale rides on the query: every score comes out scaled */
-        const float *qh = A->q + (i * A->n_q_heads + (size_t)g * G + h) * d;
-        float *qk = s->q + (size_t)h * d, *qr = s->q_raw + (size_t)h * d;
+        size_t qi = v / A->G, h = v % A->G;
+        const float *qh = A->q + ((i0 + qi) * A->n_q_heads + (size_t)g * A->G + h) * d;
+        float *qk = s->q + (size_t)v * d, *qr = s->q_raw + (size_t)v * d;
         for (uint32_t j = 0; j < d; j++) qr[j] = qh[j] * A->scale;
         float *tmp = s->vdec; /* free until the first block */
         memcpy(tmp, qr, d * sizeof(float));
         if (c->n_out && c->coded) {
             const uint16_t *idx = c->outlier_idx + (size_t)g * c->n_out;
             for (uint32_t o = 0; o < c->n_out; o++) {
-                s->q_out[(size_t)h * c->n_out + o] = qr[idx[o]];
+                s->q_out[(size_t)v * c->n_out + o] = qr[idx[o]];
                 tmp[idx[o]] = 0.0f;
             }
         }
@@ -253,14 +277,14 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
             /* the rotated query in lane order: sum_j x_j (column j of R) */
             memset(qk, 0, d * sizeof(float));
             c->kern->axpy_rows(c->key.rotation_t, tmp, d, d, qk);
-            if (use_i8(c)) quantize_query(c, s, h, qk);
+            if (use_i8(c)) quantize_query(c, s, v, qk);
         } else {
             memcpy(qk, tmp, d * sizeof(float));
         }
-        s->m[h] = -INFINITY;
-        s->l[h] = 0.0f;
-        memset(s->acc + (size_t)h * d, 0, d * sizeof(float));
-        memset(s->acc_x + (size_t)h * d, 0, d * sizeof(float));
+        s->m[v] = -INFINITY;
+        s->l[v] = 0.0f;
+        memset(s->acc + (size_t)v * d, 0, d * sizeof(float));
+        memset(s->acc_x + (size_t)v * d, 0, d * sizeof(float));
     }
 
     size_t coded_end = 0, exact_begin = 0, ring = 0;
@@ -280,6 +304,7 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
         if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == 0))
             score_span(c, s, G, g, chunk, in, KVQI_MIN(coded_end - t0, C - in), &A->status);
         score_coded(c, s, G, g, chunk, in, nb);
+        mask_block(A, s, first_visible, nqb, t0, nb);
         softmax_block(c, s, G, nb);
         accum_coded(c, s, G, g, chunk, in, nb, &A->status);
         t0 += nb;
@@ -291,19 +316,21 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
         const uint8_t *kr = (const uint8_t *)(ek + slot * row + (size_t)g * d);
         const uint8_t *vr = (const uint8_t *)(ev + slot * row + (size_t)g * d);
         c->kern->score_f32(s->q_raw, G, d, kr, row * sizeof(float), nb, s->scores, B);
+        mask_block(A, s, first_visible, nqb, t0, nb);
         softmax_block(c, s, G, nb);
         c->kern->accum_f32(s->scores, B, G, d, vr, row * sizeof(float), nb, s->acc_x);
         t0 += nb;
     }
 
-    for (uint32_t h = 0; h < G; h++) {
-        float *o = A->out + (i * A->n_q_heads + (size_t)g * G + h) * d;
-        float *ax = s->acc_x + (size_t)h * d;
+    for (uint32_t v = 0; v < G; v++) {
+        size_t qi = v / A->G, h = v % A->G;
+        float *o = A->out + ((i0 + qi) * A->n_q_heads + (size_t)g * A->G + h) * d;
+        float *ax = s->acc_x + (size_t)v * d;
         if (c->value.path == KVQI_PATH_ROT) /* R^T acc = sum_p acc_p (row p of R) */
-            c->kern->axpy_rows(c->value.rotation, s->acc + (size_t)h * d, d, d, ax);
+            c->kern->axpy_rows(c->value.rotation, s->acc + (size_t)v * d, d, d, ax);
         else
-            for (uint32_t j = 0; j < d; j++) ax[j] += s->acc[(size_t)h * d + j];
-        float inv = s->l[h] > 0.0f ? 1.0f / s->l[h] : 0.0f;
+            for (uint32_t j = 0; j < d; j++) ax[j] += s->acc[(size_t)v * d + j];
+        float inv = s->l[v] > 0.0f ? 1.0f / s->l[v] : 0.0f;
         for (uint32_t j = 0; j < d; j++) o[j] = ax[j] * inv;
     }
 }
@@ -318,9 +345,15 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
     if (kvqi_mul_size(n_queries * c->n_kv, (size_t)G * c->dim, &check) != KVQ_OK)
         return KVQ_ERR_OVERFLOW;
     unsigned n_threads = pool ? kvq_threadpool_size(pool) : 1;
-    kvq_status st = ensure_scratch(c, G, n_threads);
+    /* prefill: blocks of up to 4 queries share the decoding of every code, as long as
+     * that leaves two tasks per thread; the grouping does not change any result */
+    uint32_t qb = n_queries >= 4 ? 4 : (uint32_t)n_queries;
+    while (qb > 1 && c->n_kv * ((n_queries + qb - 1) / qb) < 2 * (size_t)n_threads) qb /= 2;
+    n_tasks = c->n_kv * ((n_queries + qb - 1) / qb);
+    kvq_status st = ensure_scratch(c, G * qb, n_threads);
     if (st != KVQ_OK) return st;
-    attend_ctx A = {c, q, out, n_q_heads, G, n_queries, scale, KVQ_OK};
+    attend_ctx A = {.c = c, .q = q, .out = out, .n_q_heads = n_q_heads, .G = G,
+                    .n_queries = n_queries, .qb = qb, .scale = scale};
     atomic_init(&A.status, KVQ_OK);
     kvqi_parallel_for(pool, n_tasks, attend_task, &A);
     return (kvq_status)atomic_load(&A.status);

@@ -221,11 +221,16 @@ static void build_tables(void) {
     g_avx2 = kvqi_cache_kernels_scalar;
     g_avx512 = kvqi_cache_kernels_scalar;
 #if defined(KVQ_HAVE_X86_SIMD)
-    g_avx2.isa = KVQ_ISA_AVX2;
-    kvqi_cache_kernels_fill_avx2(&g_avx2);
-    g_avx512 = g_avx2;
-    g_avx512.isa = KVQ_ISA_AVX512;
-    kvqi_cache_kernels_fill_avx512(&g_avx512);
+    /* the fill functions are compiled for their ISA: run them only where it exists */
+    if (kvq_isa_available(KVQ_ISA_AVX2)) {
+        g_avx2.isa = KVQ_ISA_AVX2;
+        kvqi_cache_kernels_fill_avx2(&g_avx2);
+    }
+    if (kvq_isa_available(KVQ_ISA_AVX512)) {
+        g_avx512 = g_avx2;
+        g_avx512.isa = KVQ_ISA_AVX512;
+        kvqi_cache_kernels_fill_avx512(&g_avx512);
+    }
 #endif
     g_neon = kvqi_cache_kernels_scalar;
 #if defined(KVQ_HAVE_NEON)
