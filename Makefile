@@ -69,9 +69,9 @@ endif
 ifneq ($(strip $(NVCC)),)
 ifneq ($(strip $(CU_SRC)),)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-NVCCFLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -Iinclude -Isrc \
+NVCCFLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden,-fno-threadsafe-statics,-fno-exceptions -Iinclude -Isrc \
   -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
-CPPFLAGS_ALL += -DKVQ_HAVE_CUDA=1
+CPPFLAGS_ALL += -DKVQ_HAVE_CUDA=1 -I$(CUDA_HOME)/include
 CUDA_OBJ := $(CU_SRC:%.cu=$(BUILD)/%.o)
 LDLIBS_ALL += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart
 endif

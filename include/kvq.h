@@ -507,7 +507,69 @@ KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *ctx, kvq_cache_memor
                                          uint64_t *fp16_bytes);
 
 /* -------------------------------------------------------------------- cuda */
-/* (section filled by the CUDA kernels: kvq_cuda_*) */
+/* Encode and fused decode attention on an NVIDIA GPU (sm_90 and PTX for later parts).
+ * Every pointer named *_dev is device memory; stream is a cudaStream_t (NULL: the
+ * default stream). Calls only enqueue work: nothing is synchronized, nothing is
+ * allocated after the *_create calls. A build without CUDA (or a machine without a
+ * GPU) answers KVQ_ERR_NO_DEVICE. Codes are byte-identical to kvq_encode's. */
+
+/* Element types of inputs on the device. */
+typedef enum kvq_cuda_dtype {
+    KVQ_CUDA_F32 = 0,
+    KVQ_CUDA_F16 = 1,
+    KVQ_CUDA_BF16 = 2
+} kvq_cuda_dtype;
+
+/* Number of CUDA devices (0 with KVQ_ERR_NO_DEVICE when there is none). */
+KVQ_API kvq_status kvq_cuda_available(int *n_devices);
+
+/* A quantizer's shared data (rotation signs, codebooks, projection) uploaded once to
+ * the current device. GPU methods: fp16, q8_0, q4_0, turboquant_mse (bits 1..8),
+ * turboquant_rvq, qjl (proj_dim a multiple of 32) and rabitq (bits 1, no IVF); dims a
+ * power of two from 32 to 1024 (64..1024 for q8_0/q4_0 need a multiple of 32 only);
+ * rotation none or Hadamard. Anything else: KVQ_ERR_UNSUPPORTED. */
+typedef struct kvq_cuda_quantizer kvq_cuda_quantizer;
+KVQ_API kvq_status kvq_cuda_quantizer_create(const kvq_quantizer *q, kvq_cuda_quantizer **out);
+KVQ_API void kvq_cuda_quantizer_free(kvq_cuda_quantizer *cq);
+
+/* x_dev[n_rows][dim] (dtype) -> codes_dev[n_rows][kvq_code_size(q)], one launch for a
+ * whole batch of tokens x heads. */
+KVQ_API kvq_status kvq_cuda_encode(const kvq_cuda_quantizer *cq, kvq_cuda_dtype dtype,
+                                   const void *x_dev, size_t n_rows, uint8_t *codes_dev,
+                                   void *stream);
+
+/* Decode attention of one new query per sequence against compressed keys and values.
+ * Layout (contiguous per sequence): the codes of sequence b, kv head h, token t sit at
+ *   codes_dev + ((b * n_kv_heads + h) * capacity + t) * code_size
+ * so kvq_cuda_encode of rows ordered [batch][n_kv_heads][capacity] fills it.
+ * q_dev: [batch][n_q_heads][head_dim] (q_dtype); out_dev: the same shape, float32.
+ * seq_lens_dev: [batch] int32 on the device, each in 0..capacity (0 gives zeros);
+ * max_len: an upper bound of them, known on the host (it sizes the grid).
+ * n_q_heads is a multiple of n_kv_heads (grouped-query attention). */
+typedef struct kvq_cuda_attn_desc {
+    uint32_t batch;
+    uint32_t n_q_heads;
+    uint32_t n_kv_heads;
+    uint32_t head_dim;
+    uint32_t capacity;  /* tokens reserved per (sequence, kv head) */
+    uint32_t max_len;   /* >= every sequence length */
+    float scale;        /* softmax scale, usually 1/sqrt(head_dim) */
+    kvq_cuda_dtype q_dtype;
+    uint32_t flags;     /* KVQ_CUDA_ATTN_* (0: pick the fastest kernel) */
+} kvq_cuda_attn_desc;
+
+/* Always run the general CUDA-core kernel (tests and benchmarks compare the two). */
+#define KVQ_CUDA_ATTN_GENERIC 1u
+
+/* Device scratch an attend call needs (split-K partial results, rotated queries). */
+KVQ_API kvq_status kvq_cuda_attend_workspace(const kvq_cuda_quantizer *key,
+                                             const kvq_cuda_quantizer *value,
+                                             const kvq_cuda_attn_desc *desc, size_t *bytes);
+KVQ_API kvq_status kvq_cuda_attend(const kvq_cuda_quantizer *key, const kvq_cuda_quantizer *value,
+                                   const kvq_cuda_attn_desc *desc, const void *q_dev,
+                                   const uint8_t *k_codes_dev, const uint8_t *v_codes_dev,
+                                   const int32_t *seq_lens_dev, void *workspace_dev,
+                                   size_t workspace_bytes, float *out_dev, void *stream);
 
 #ifdef __cplusplus
 }
