@@ -608,3 +608,32 @@ TEST(quant_hostile_values_do_not_crash) {
             }
     }
 }
+
+/* Small and odd dims: whatever a method accepts must round-trip sensibly. */
+TEST(quant_small_and_odd_dims) {
+    static const uint32_t dims[] = {2, 4, 8, 16, 32, 33, 48};
+    enum { N = 64 };
+    static float x[N * 48], y[N * 48], qv[48], sc[N];
+    static uint8_t codes[N * 512];
+    for (size_t s = 0; s < N_SPECS; s++)
+        for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+            uint32_t d = dims[di];
+            kvq_config c;
+            if (kvq_config_parse(k_specs[s], d, &c, NULL, 0) != KVQ_OK) continue; /* refused: fine */
+            kvq_quantizer *q;
+            CHECKF(kvq_quantizer_create(&c, &q) == KVQ_OK, "%s d=%u validated but not created", k_specs[s], d);
+            if (!q) continue;
+            gaussian(x, (size_t)N * d, 50 + d);
+            gaussian(qv, d, 51 + d);
+            CHECK_OK(kvq_encode(q, x, N, codes));
+            CHECK_OK(kvq_decode(q, codes, N, y));
+            CHECK_OK(kvq_score(q, qv, codes, N, sc));
+            double cs = 0;
+            for (int i = 0; i < N; i++) {
+                const float *xi = x + (size_t)i * d, *yi = y + (size_t)i * d;
+                cs += dotd(xi, yi, d) / sqrt(dotd(xi, xi, d) * dotd(yi, yi, d) + 1e-30);
+            }
+            CHECKF(cs / N > 0.3, "%s d=%u: mean decode cosine %.3f", k_specs[s], d, cs / N);
+            kvq_quantizer_free(q);
+        }
+}

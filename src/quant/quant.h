@@ -1,6 +1,6 @@
 /*
  * quant.h - inside a kvq_quantizer: the per-method vtable (methods are data: one table
- * of them by name in registry.c), the shared rotation, and small helpers the method
+ * of them by name in registry.c), the shared rotation, and small routines the method
  * files share. Public entry points and argument checks live in quantizer.c.
  */
 #ifndef KVQ_QUANT_H
