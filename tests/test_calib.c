@@ -702,9 +702,23 @@ TEST(calib_cli_keys_file_and_tiny_model) {
              "--tokens 32 --threads 1 -o %s > /dev/null 2>&1",
              kvqt_cli_path(), text, plan);
     CHECK(system(cmd) == 0);
-    kvq_cache_config base, per[2];
+    kvq_cache_config base, per[4];
     REQUIRE_OK(kvq_cache_config_init(&base, 2, 64, "fp16", "fp16", msg, sizeof msg));
     REQUIRE_OK(kvq_ratequant_cache_configs(plan, &base, 2, per, msg, sizeof msg));
     CHECK(per[0].key.bits + per[1].key.bits == 4);
     CHECK(per[0].key.method == KVQ_METHOD_TURBOQUANT_RVQ);
+    /* sensitivities measured elsewhere, one per line */
+    f = fopen(text, "w");
+    REQUIRE(f);
+    fputs("0.5\n0.01\n3\n0.2\n", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd,
+             "%s calibrate --method ratequant --sensitivities %s --key-spec mse --target 2.5 -o %s > /dev/null",
+             kvqt_cli_path(), text, plan);
+    CHECK(system(cmd) == 0);
+    REQUIRE_OK(kvq_ratequant_cache_configs(plan, &base, 4, per, msg, sizeof msg));
+    CHECK(per[0].key.method == KVQ_METHOD_TURBOQUANT_MSE);
+    CHECK(per[0].key.bits + per[1].key.bits + per[2].key.bits + per[3].key.bits == 10);
+    CHECK(per[2].key.bits >= per[0].key.bits && per[0].key.bits >= per[3].key.bits &&
+          per[3].key.bits >= per[1].key.bits);
 }
