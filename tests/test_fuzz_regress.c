@@ -123,9 +123,10 @@ TEST(fuzz_seed_corpus_still_valid) {
         kvq_config cfg;
         char msg[256] = "";
         kvq_status st = kvq_config_parse(spec, 128, &cfg, msg, sizeof msg);
-        /* methods this build lacks (the calibrated ones, until they land) say so */
-        CHECKF(st == KVQ_OK || st == KVQ_ERR_UNSUPPORTED, "%s: \"%s\": %s (%s)", names[i], spec,
-               kvq_strerror(st), msg);
+        /* methods this build lacks say so; a calibrated method's artifact is read when the
+         * spec is validated, so a seed naming a file that is not there gives an I/O error */
+        CHECKF(st == KVQ_OK || st == KVQ_ERR_UNSUPPORTED || (st == KVQ_ERR_IO && strstr(spec, "artifact=")),
+               "%s: \"%s\": %s (%s)", names[i], spec, kvq_strerror(st), msg);
         parsed += st == KVQ_OK;
         free(b);
     }
