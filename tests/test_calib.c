@@ -350,6 +350,17 @@ TEST(calib_comm_vq_decode_commutes_with_rope) {
                 CHECK_NEAR(sc[i], dotd(qv, y + i * D, D),
                            1e-4 * (1 + sqrt(dotd(qv, qv, D) * dotd(y + i * D, y + i * D, D))));
         }
+        /* runs of consecutive positions (across a multiple of 256), repeats and jumps */
+        {
+            int32_t pos[T];
+            for (int i = 0; i < T; i++) pos[i] = i < 40 ? 230 + i : (i < 45 ? 300 : 70000 + i);
+            gaussian(qv, D, 77);
+            REQUIRE_OK(kvq_score_at(q, qv, codes0, pos, T, sc));
+            REQUIRE_OK(kvq_decode_at(q, codes0, pos, T, y));
+            for (int i = 0; i < T; i++)
+                CHECK_NEAR(sc[i], dotd(qv, y + i * D, D),
+                           1e-4 * (1 + sqrt(dotd(qv, qv, D) * dotd(y + i * D, y + i * D, D))));
+        }
         fprintf(stderr, "%s: rel err at p=0,100,10000: %.5f %.5f %.5f\n", specs[s], err[0], err[1], err[2]);
         CHECKF(err[0] < 0.2, "%s: relative error %.4f: codebooks did not learn", specs[s], err[0]);
         for (int p = 1; p < 3; p++)
