@@ -118,13 +118,16 @@ TEST(quant_config_errors_name_the_key) {
         CHECKF(strstr(msg, cases[i].needle) != NULL, "%s: message '%s' lacks '%s'",
                cases[i].spec, msg, cases[i].needle);
     }
-    /* later methods parse but are not built yet */
+    /* calibrated methods are created unfitted: coding before kvq_quantizer_fit is refused */
     kvq_config c;
     kvq_quantizer *q = NULL;
+    float x[128] = {0};
+    uint8_t code[64];
     REQUIRE_OK(kvq_config_parse("vecinfer:sub_dim=8", 0, &c, NULL, 0));
     c.dim = 128;
-    CHECK_STATUS(kvq_quantizer_create(&c, &q), KVQ_ERR_UNSUPPORTED);
-    CHECK(q == NULL);
+    REQUIRE_OK(kvq_quantizer_create(&c, &q));
+    CHECK_STATUS(kvq_encode(q, x, 1, code), KVQ_ERR_STATE);
+    kvq_quantizer_free(q);
 }
 
 TEST(quant_rejects_bad_arguments) {
