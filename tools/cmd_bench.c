@@ -56,8 +56,8 @@ static void usage(FILE *f) {
             "  --outliers N     key channels per head kept apart in fp16 (default 0; also\n"
             "                   --cache-outliers)\n"
             "  --threads N      attend threads (default 1; 0 = all CPUs)\n"
-            "  --queries N      causal queries at the end of the context the error is measured\n"
-            "                   on (default 8)\n"
+            "  --queries N      decode steps the error is measured on, spread over the second\n"
+            "                   half of the context (default 8)\n"
             "  --seed S         data and quantizer seed (default 1)\n"
             "  --quick          fewer tokens and repeats: a few seconds in all\n"
             "  --json           one JSON object per line instead of the table\n"
@@ -101,7 +101,8 @@ static void rope(float *x, uint32_t d, size_t pos) {
  * slow-rotating RoPE dimensions where real models keep them; RoPE at position t.
  * Values: Gaussians with a per-channel spread. Queries: like keys, at the last
  * positions, sharing the heavy channels' signs so attention is peaked as in real KV. */
-static void make_kv(size_t n, size_t nq, uint64_t seed, float *k, float *v, float *q) {
+static void make_kv(size_t n, size_t nq, const size_t *qpos, uint64_t seed, float *k, float *v,
+                    float *q) {
     rng r = {seed * 0x2545f4914f6cdd1dULL + 1};
     float mean[N_KV][HEAD_DIM], spread[N_KV][HEAD_DIM], vspread[N_KV][HEAD_DIM];
     for (uint32_t g = 0; g < N_KV; g++)
@@ -126,12 +127,12 @@ static void make_kv(size_t n, size_t nq, uint64_t seed, float *k, float *v, floa
             float *qr = q + (i * N_Q_HEADS + h) * HEAD_DIM;
             for (uint32_t j = 0; j < HEAD_DIM; j++)
                 qr[j] = 0.3f * mean[g][j] + (float)rng_normal(&r);
-            rope(qr, HEAD_DIM, n - nq + i);
+            rope(qr, HEAD_DIM, qpos[i]);
         }
 }
 
-/* One layer of KV to measure on: k, v [n][n_kv][dim], the last nq queries
- * q [nq][n_q][dim] (positions n - nq .. n - 1) and their fp32 attention ref. */
+/* One layer of KV to measure on: k, v [n][n_kv][dim], nq queries q [nq][n_q][dim] at
+ * positions qpos (ascending, the last one n - 1) and their fp32 attention ref. */
 typedef struct kv_layer {
     uint32_t id;
     float *k, *v, *q, *ref;
@@ -140,9 +141,21 @@ typedef struct kv_layer {
 typedef struct kv_data {
     uint32_t n_kv, dim, n_q, n_fit_layers; /* n_fit_layers: for the ctx@8GiB column */
     size_t n, nq;
+    size_t *qpos; /* [nq] */
     uint32_t n_layers;
     kv_layer *layers;
 } kv_data;
+
+/* Query positions: nq of them spread over the second half of the context, ending at the
+ * last token, so the error samples many attention patterns, not one neighbourhood. */
+static int set_query_positions(kv_data *D) {
+    D->qpos = malloc(D->nq * sizeof *D->qpos);
+    if (!D->qpos) return -1;
+    size_t step = D->nq > 1 ? (D->n / 2) / D->nq : 1;
+    if (step == 0) step = 1;
+    for (size_t i = 0; i < D->nq; i++) D->qpos[i] = D->n - 1 - (D->nq - 1 - i) * step;
+    return 0;
+}
 
 /* fp32 causal GQA attention in double: the reference every method is measured against */
 static int ref_attend(const kv_data *D, const kv_layer *L, float scale) {
@@ -151,7 +164,7 @@ static int ref_attend(const kv_data *D, const kv_layer *L, float scale) {
     double *s = malloc(n * sizeof(double));
     if (!s) return -1;
     for (size_t i = 0; i < nq; i++) {
-        size_t visible = n - nq + i + 1;
+        size_t visible = D->qpos[i] + 1;
         for (uint32_t h = 0; h < D->n_q; h++) {
             uint32_t g = h / group;
             const float *qh = L->q + (i * D->n_q + h) * dim;
@@ -318,10 +331,15 @@ static int load_real_kv(const char *dir, const uint32_t *ids, uint32_t n_ids, si
             snprintf(err, errn, "%zu tokens: too few", D->n);
             return -1;
         }
-        /* the queries of the last nq tokens kept move to the front */
+        /* the queries at the measured positions move to the front (qpos[j] >= j) */
         D->nq = nq;
+        if (!D->qpos && set_query_positions(D)) {
+            snprintf(err, errn, "out of memory");
+            return -1;
+        }
         size_t qrow = (size_t)D->n_q * D->dim;
-        memmove(L->q, L->q + (D->n - D->nq) * qrow, D->nq * qrow * sizeof(float));
+        for (size_t j = 0; j < D->nq; j++)
+            memmove(L->q + j * qrow, L->q + D->qpos[j] * qrow, qrow * sizeof(float));
         L->ref = malloc(D->nq * qrow * sizeof(float));
         if (!L->ref) {
             snprintf(err, errn, "out of memory");
@@ -341,6 +359,8 @@ static void free_kv(kv_data *D) {
     }
     free(D->layers);
     D->layers = NULL;
+    free(D->qpos);
+    D->qpos = NULL;
 }
 
 /* ------------------------------------------------------------------ methods */
@@ -499,10 +519,17 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
         const kv_layer *L = &D->layers[li];
         kvq_cache *c;
         if ((st = kvq_cache_create(&cfg, &c)) != KVQ_OK) break;
-        double t0 = now_s();
-        st = kvq_cache_append(c, L->k, L->v, n);
-        t_enc += now_s() - t0;
-        if (st == KVQ_OK) st = kvq_cache_attend(c, L->q, D->n_q, nq, scale, pool, out);
+        /* decode-style: each query attends when exactly the tokens it sees are in the
+         * cache, so the exact window holds its own most recent tokens */
+        size_t have = 0, row = (size_t)D->n_kv * D->dim, qrow = (size_t)D->n_q * D->dim;
+        for (size_t i = 0; i < nq && st == KVQ_OK; i++) {
+            double t0 = now_s();
+            st = kvq_cache_append(c, L->k + have * row, L->v + have * row, D->qpos[i] + 1 - have);
+            t_enc += now_s() - t0;
+            have = D->qpos[i] + 1;
+            if (st == KVQ_OK)
+                st = kvq_cache_attend(c, L->q + i * qrow, D->n_q, 1, scale, pool, out + i * qrow);
+        }
         if (st != KVQ_OK) {
             kvq_cache_free(c);
             break;
@@ -518,7 +545,7 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
             r->attn_err_max = e;
             r->worst_layer = L->id;
         }
-        /* decode step: the last query alone, median of reps */
+        /* decode step: the last query (all n tokens visible), median of reps */
         double times[64];
         const float *q_last = L->q + (nq - 1) * D->n_q * D->dim;
         for (int i = 0; i < reps; i++) {
@@ -611,8 +638,8 @@ static int make_synthetic(size_t n, size_t nq, uint64_t seed, kv_data *D) {
     L->v = malloc(n * N_KV * HEAD_DIM * sizeof(float));
     L->q = malloc(nq * N_Q_HEADS * HEAD_DIM * sizeof(float));
     L->ref = malloc(nq * N_Q_HEADS * HEAD_DIM * sizeof(float));
-    if (!L->k || !L->v || !L->q || !L->ref) return -1;
-    make_kv(n, nq, seed, L->k, L->v, L->q);
+    if (!L->k || !L->v || !L->q || !L->ref || set_query_positions(D)) return -1;
+    make_kv(n, nq, D->qpos, seed, L->k, L->v, L->q);
     return 0;
 }
 
@@ -785,7 +812,8 @@ int kvq_cmd_bench(int argc, char **argv) {
     if (!json)
         printf("\nbits: everything that grows with the context (codes with their norms and scales, "
                "fp16 outlier channels, the exact window) per element; attn err: relative L2 error of "
-               "the attention output against fp32 (%zu causal queries at the end), pooled over the "
+               "the attention output against fp32 (%zu decode steps over the second half of the "
+               "context, each attending to exactly the tokens before it), pooled over the "
                "layers; worst: the worst layer's; attend: one decode step of one layer, all query "
                "heads, median of %d; ctx@8GiB: tokens of %u layers of this shape in 8 GiB.\n",
                D.nq, reps, D.n_fit_layers);
