@@ -46,7 +46,7 @@ static void usage(FILE *f) {
             "options:\n"
             "  --methods LIST   key/value spec pairs separated by ',' or ';' (a spec alone is\n"
             "                   used for both), e.g. fp16/fp16,turboquant_rvq:bits=1,residuals=2/mse:bits=2;\n"
-            "                   a pair may carry its own cache options: mse:bits=2/mse:bits=2@window=20,outliers=2\n"
+            "                   a pair may carry its own cache options: mse:bits=2/mse:bits=2@window=20,outliers=2,sink=4\n"
             "  --kv DIR         real keys, values and queries written by kvq generate --dump-kv\n"
             "                   (DIR/{keys,values,queries}_LL.npy) instead of synthetic KV\n"
             "  --layers LIST    with --kv: 'all' (default) or layer numbers, e.g. 0,7,15,29\n"
@@ -55,6 +55,8 @@ static void usage(FILE *f) {
             "  --window N       exact recent-token window (default 0; also --cache-window)\n"
             "  --outliers N     key channels per head kept apart in fp16 (default 0; also\n"
             "                   --cache-outliers)\n"
+            "  --sink N         first tokens kept exact, the attention sinks (default 0; also\n"
+            "                   --cache-sink)\n"
             "  --threads N      attend threads (default 1; 0 = all CPUs)\n"
             "  --queries N      decode steps the error is measured on, spread over the second\n"
             "                   half of the context (default 8)\n"
@@ -369,10 +371,10 @@ static void free_kv(kv_data *D) {
  * (-1: the command line's --window / --outliers). */
 typedef struct method_spec {
     char key[256], value[256];
-    long window, outliers;
+    long window, outliers, sink;
 } method_spec;
 
-/* "window=N,outliers=N" in any order; 0 on anything else */
+/* "window=N,outliers=N,sink=N" in any order; 0 on anything else */
 static int parse_cache_opts(char *s, method_spec *m) {
     for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
         char *eq = strchr(tok, '='), *end;
@@ -382,6 +384,7 @@ static int parse_cache_opts(char *s, method_spec *m) {
         *eq = 0;
         if (!strcmp(tok, "window")) m->window = x;
         else if (!strcmp(tok, "outliers")) m->outliers = x;
+        else if (!strcmp(tok, "sink")) m->sink = x;
         else return 0;
     }
     return 1;
@@ -424,12 +427,12 @@ static int parse_methods(const char *list, method_spec *out, int max, char *err,
         strcpy(joined[n++], tok);
     }
     for (int i = 0; i < n; i++) {
-        out[i].window = out[i].outliers = -1;
+        out[i].window = out[i].outliers = out[i].sink = -1;
         char *at = strchr(joined[i], '@');
         if (at) {
             *at = 0;
             if (!parse_cache_opts(at + 1, &out[i])) {
-                snprintf(err, errn, "bad cache options in '%.200s' (want @window=N,outliers=N)", joined[i]);
+                snprintf(err, errn, "bad cache options in '%.200s' (want @window=N,outliers=N,sink=N)", joined[i]);
                 return -1;
             }
         }
@@ -494,7 +497,7 @@ static int cmp_double(const void *a, const void *b) {
  * layer (median of reps, averaged over layers); bits from the cache's own accounting
  * (codes, outlier channels and exact window: everything that grows with the context). */
 static void run_method(const method_spec *m, const kv_data *D, uint32_t window, uint32_t n_out,
-                       uint64_t seed, int reps, kvq_threadpool *pool, result *r) {
+                       uint32_t n_sink, uint64_t seed, int reps, kvq_threadpool *pool, result *r) {
     memset(r, 0, sizeof *r);
     size_t n = D->n, nq = D->nq, out_floats = nq * D->n_q * D->dim;
     kvq_cache_config cfg;
@@ -507,6 +510,7 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
     cfg.key.seed = cfg.value.seed = seed;
     cfg.window = window;
     cfg.n_outliers = n_out;
+    cfg.n_sink = n_sink;
     float *out = malloc(out_floats * sizeof(float));
     if (!out) {
         snprintf(r->error, sizeof r->error, "%s", kvq_strerror(KVQ_ERR_NOMEM));
@@ -646,6 +650,7 @@ static int make_synthetic(size_t n, size_t nq, uint64_t seed, kv_data *D) {
 int kvq_cmd_bench(int argc, char **argv) {
     const char *methods = NULL, *kv_dir = NULL, *layer_list = NULL;
     uint64_t tokens = 0, threads = 1, seed = 1, window = 0, outliers = 0, queries = N_QUERIES;
+    uint64_t sink = 0;
     int quick = 0, json = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -673,7 +678,8 @@ int kvq_cmd_bench(int argc, char **argv) {
                    ((!strcmp(a, "--window") || !strcmp(a, "--cache-window")) &&
                     parse_u64(val, &window)) ||
                    ((!strcmp(a, "--outliers") || !strcmp(a, "--cache-outliers")) &&
-                    parse_u64(val, &outliers))) {
+                    parse_u64(val, &outliers)) ||
+                   ((!strcmp(a, "--sink") || !strcmp(a, "--cache-sink")) && parse_u64(val, &sink))) {
             i++;
         } else {
             fprintf(stderr, "kvq bench: bad option '%s'%s (try kvq bench --help)\n", a,
@@ -755,9 +761,10 @@ int kvq_cmd_bench(int argc, char **argv) {
                    "%s kernels, %llu thread(s)\n",
                    D.n, D.n_kv, D.dim, D.n_q, kvq_cpu_isa(),
                    (unsigned long long)(pool ? kvq_threadpool_size(pool) : 1));
-        if (window || outliers)
-            printf("cache: exact window %llu tokens, %llu outlier key channels per head (fp16)\n",
-                   (unsigned long long)window, (unsigned long long)outliers);
+        if (window || outliers || sink)
+            printf("cache: exact window %llu tokens, %llu outlier key channels per head (fp16), "
+                   "%llu exact sink tokens\n", (unsigned long long)window,
+                   (unsigned long long)outliers, (unsigned long long)sink);
         printf("%-36s %6s %6s %6s %6s %7s %9s %9s %8s %9s %9s\n", "keys / values", "K bit", "V bit",
                "bits", "vs f16", "K cos", "attn err", "worst", "enc M/s", "attend ms", "ctx@8GiB");
     }
@@ -765,15 +772,17 @@ int kvq_cmd_bench(int argc, char **argv) {
         result r;
         long w = specs[i].window >= 0 ? specs[i].window : (long)window;
         long o = specs[i].outliers >= 0 ? specs[i].outliers : (long)outliers;
+        long sk = specs[i].sink >= 0 ? specs[i].sink : (long)sink;
         char name[560];
         snprintf(name, sizeof name, "%.250s / %.250s", specs[i].key, specs[i].value);
-        if (specs[i].window >= 0 || specs[i].outliers >= 0)
-            snprintf(name + strlen(name), sizeof name - strlen(name), " w%ld o%ld", w, o);
-        if ((size_t)w > D.n || (uint64_t)o >= D.dim) {
-            printf("%-36s unavailable: window above the tokens or outliers >= head_dim\n", name);
+        if (specs[i].window >= 0 || specs[i].outliers >= 0 || specs[i].sink >= 0)
+            snprintf(name + strlen(name), sizeof name - strlen(name), " w%ld o%ld s%ld", w, o, sk);
+        if ((size_t)w > D.n || (uint64_t)o >= D.dim || sk > 1024) {
+            printf("%-36s unavailable: window above the tokens, outliers >= head_dim or sink > "
+                   "1024\n", name);
             continue;
         }
-        run_method(&specs[i], &D, (uint32_t)w, (uint32_t)o, seed, reps, pool, &r);
+        run_method(&specs[i], &D, (uint32_t)w, (uint32_t)o, (uint32_t)sk, seed, reps, pool, &r);
         if (json) {
             printf("{\"key\":");
             json_str(specs[i].key);
@@ -785,10 +794,10 @@ int kvq_cmd_bench(int argc, char **argv) {
                 printf("}\n");
                 continue;
             }
-            printf(",\"data\":\"%s\",\"layers\":%u,\"tokens\":%zu,\"window\":%ld,"
+            printf(",\"data\":\"%s\",\"layers\":%u,\"tokens\":%zu,\"window\":%ld,\"sink\":%ld,"
                    "\"outliers\":%ld,\"key_bits\":%.4f,\"value_bits\":%.4f,\"bits\":%.4f,"
                    "\"compression\":%.3f,",
-                   kv_dir ? "real" : "synthetic", D.n_layers, D.n, w, o, r.key_bits, r.value_bits,
+                   kv_dir ? "real" : "synthetic", D.n_layers, D.n, w, sk, o, r.key_bits, r.value_bits,
                    r.total_bits, r.compression);
             if (isnan(r.key_cosine)) printf("\"key_cosine\":null,");
             else printf("\"key_cosine\":%.5f,", r.key_cosine);
@@ -811,7 +820,7 @@ int kvq_cmd_bench(int argc, char **argv) {
     }
     if (!json)
         printf("\nbits: everything that grows with the context (codes with their norms and scales, "
-               "fp16 outlier channels, the exact window) per element; attn err: relative L2 error of "
+               "fp16 outlier channels, the exact window and sinks) per element; attn err: relative L2 error of "
                "the attention output against fp32 (%zu decode steps over the second half of the "
                "context, each attending to exactly the tokens before it), pooled over the "
                "layers; worst: the worst layer's; attend: one decode step of one layer, all query "

@@ -343,12 +343,25 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
         ev = c->win_v;
         ring = W;
     }
-    size_t coded_stop = KVQI_MIN(coded_end, t_end);
-    for (size_t t0 = t_begin; t0 < coded_stop;) {
+    /* attention sinks: the first tokens from their exact copies (not where the window
+     * has them already) */
+    size_t sink_end = c->coded ? KVQI_MIN((size_t)c->cfg.n_sink, KVQI_MIN(exact_begin, coded_end)) : 0;
+    for (size_t t0 = t_begin; t0 < KVQI_MIN(sink_end, t_end);) {
+        size_t nb = KVQI_MIN(B, KVQI_MIN(sink_end, t_end) - t0);
+        const uint8_t *kr = (const uint8_t *)(c->sink_k + t0 * row + (size_t)g * d);
+        const uint8_t *vr = (const uint8_t *)(c->sink_v + t0 * row + (size_t)g * d);
+        c->kern->score_f32(s->q_raw, G, d, kr, row * sizeof(float), nb, s->scores, B);
+        mask_block(A, s, T->first_visible, T->nqb, t0, nb);
+        softmax_block(c, s, G, nb);
+        c->kern->accum_f32(s->scores, B, G, d, vr, row * sizeof(float), nb, s->acc_x);
+        t0 += nb;
+    }
+    size_t coded_stop = KVQI_MIN(coded_end, t_end), coded_start = KVQI_MAX(t_begin, sink_end);
+    for (size_t t0 = coded_start; t0 < coded_stop;) {
         size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_stop - t0, C - in));
         const uint8_t *chunk = c->chunks[t0 / C];
         prefetch_block(c, g, t0 + nb, coded_stop);
-        if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == t_begin))
+        if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == coded_start))
             score_span(c, s, G, g, chunk, in, KVQI_MIN(coded_stop - t0, C - in), &A->status);
         score_coded(c, s, G, g, chunk, in, nb);
         mask_block(A, s, T->first_visible, T->nqb, t0, nb);
