@@ -34,6 +34,8 @@ static const char *default_methods[] = {
     "qjl/mse:bits=2",
     "prod:bits=3/mse:bits=2",
     "polar/mse:bits=4",
+    /* 6x with the cache's extras: on real SmolLM2 KV below q4_0's error (bench/RESULTS.md) */
+    "mse:bits=2/mse:bits=2@window=32,outliers=1,sink=1",
 };
 
 static void usage(FILE *f) {
