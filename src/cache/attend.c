@@ -4,6 +4,8 @@
  * (FlashAttention's running max and sum), and the weighted sum of decoded values.
  * Rotated codes are scored and summed in the rotated domain: <q, R^T u> = <R q, u> and
  * sum_i p_i R^T u_i = R^T sum_i p_i u_i, so the rotation runs once per query head.
+ * With fewer tasks than threads the context is split into token ranges whose softmax
+ * states are merged afterwards (split-K, as FlashDecoding does on GPUs).
  */
 #include <math.h>
 #include <stdatomic.h>
