@@ -108,7 +108,8 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->q8_scale = s->kspan + (c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0);
     s->q8_sum = (int32_t *)(void *)(s->q8_scale + G);
     s->q8 = (int8_t *)(void *)(s->q8_sum + G);
-    s->zsum = (float *)(void *)(s->q8 + G * d); /* G * d is a multiple of 4 */
+    /* past the int8 query, on a 16-byte boundary (the pads of scratch_floats cover it) */
+    s->zsum = (float *)(void *)(s->q8 + ((G * d + 15) & ~(size_t)15));
     s->lut = s->zsum + G;
 }
 
