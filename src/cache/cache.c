@@ -541,6 +541,7 @@ KVQ_API void kvq_cache_free(kvq_cache *c) {
     kvqi_free(c->stage_v);
     kvqi_free(c->enc_buf);
     kvqi_free(c->out_buf);
+    kvqi_cache_positions_free(c);
     free_scratch(c);
     kvqi_free(c);
 }
@@ -569,6 +570,7 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
     if (st != KVQ_OK) goto fail;
     st = side_create(&c->value, &c->cfg.value, c->dim, 0);
     if (st != KVQ_OK) goto fail;
+    if ((st = kvqi_cache_positions_init(c)) != KVQ_OK) goto fail;
 
     /* every size below is checked once here; later products are bounded by them */
     size_t C = c->cfg.chunk_tokens, row, per_token, chunk_bytes;
@@ -715,8 +717,8 @@ static kvq_status encode_tokens(kvq_cache *c, const float *k, const float *v, si
                     }
                 }
             }
-            kvq_status st =
-                kvq_encode(c->key.quant, c->enc_buf, cnt, ch + ((size_t)g * C + in_chunk) * ks);
+            kvq_status st = kvqi_cache_encode_keys(c, c->enc_buf, pos, cnt,
+                                                   ch + ((size_t)g * C + in_chunk) * ks);
             if (st != KVQ_OK) return st;
             for (uint32_t o = 0; o < c->n_out; o++) /* channel-major: a block is contiguous */
                 memcpy(ch + c->off_outliers + (((size_t)g * c->n_out + o) * C + in_chunk) * 2,
@@ -816,6 +818,9 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
                   (uint64_t)c->cfg.chunk_tokens * c->dim * sizeof(float) +
                   (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each) +
                   (uint64_t)c->partials_floats * sizeof(float);
+    if (c->rope_freq) /* position-aware keys: the frequencies and one call's positions */
+        m->overhead += (uint64_t)c->dim / 2 * sizeof(double) +
+                       (uint64_t)c->cfg.chunk_tokens * sizeof(int32_t);
 }
 
 KVQ_API kvq_status kvq_cache_memory(const kvq_cache *c, kvq_cache_memory_info *m) {

@@ -90,10 +90,23 @@ struct kvq_cache {
      * each task, merged after all ranges are done; grown once, like the scratch */
     float *partials;
     size_t partials_floats;
+
+    /* position-aware keys (comm_vq, positions.c): RoPE frequencies to undo, pairing,
+     * and the positions of one encode call (NULL for position-free methods) */
+    double *rope_freq;
+    int rope_neox;
+    int32_t *pos_buf;
 };
 
 kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_heads,
                                   size_t n_queries, float scale, kvq_threadpool *pool,
                                   float *out);
+
+/* positions.c: keys of position-aware methods arrive after RoPE and are encoded before
+ * it, at their token positions. encode_keys may overwrite rows (n x dim scratch). */
+kvq_status kvqi_cache_positions_init(kvq_cache *c);
+void kvqi_cache_positions_free(kvq_cache *c);
+kvq_status kvqi_cache_encode_keys(kvq_cache *c, float *rows, size_t pos, size_t n,
+                                  uint8_t *codes);
 
 #endif /* KVQ_CACHE_INTERNAL_H */

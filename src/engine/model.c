@@ -470,6 +470,16 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
                 st = KVQ_ERR_MISMATCH;
                 goto fail;
             }
+            if (cc.key.method == KVQ_METHOD_COMM_VQ) {
+                /* codes live before RoPE: the cache undoes the model's own RoPE, which it
+                 * can only do for plain RoPE over the whole head */
+                if (I->rope_scale != 1.0f || model->rope_freq_factors || model->n_rot != I->head_dim) {
+                    st = KVQ_ERR_UNSUPPORTED;
+                    goto fail;
+                }
+                cc.key.rope_base = I->rope_base;
+                cc.key.rope_pairing = I->rope_neox ? KVQ_ROPE_NEOX : KVQ_ROPE_INTERLEAVED;
+            }
             if ((st = kvq_cache_create(&cc, &c->caches[l]))) goto fail;
         }
     }
