@@ -36,8 +36,7 @@ static int cal_usage(FILE *f) {
             "  --per-layer        one artifact per layer: OUT.layerNN.safetensors\n"
             "  --eval N           then run the next N tokens of the text with these keys in every layer\n"
             "                     (values fp16) and print the output's KL divergence from fp16 keys,\n"
-            "                     beside turboquant_mse at the same bits (not comm_vq: the cache\n"
-            "                     hands keys after RoPE)\n"
+            "                     beside turboquant_mse at the same bits\n"
             "  --threads N        model threads (default 0 = one per CPU)\n"
             "ratequant only (-m MODEL -f TEXT, or --sensitivities FILE):\n"
             "  --sensitivities F  one sensitivity per layer (text, e.g. measured with another engine)\n"
@@ -483,10 +482,6 @@ static int fit_method(const cal_opts *o, const kvq_model_info *info, float *rows
  * keys in every layer and with turboquant_mse at the nearest bits. */
 static int eval_kl(const cal_opts *o, kvq_model *model, const kvq_model_info *info, const int32_t *tokens,
                    size_t n_all, size_t n_calib, char (*specs)[1400]) {
-    if (!strcmp(o->method, "comm_vq")) {
-        fprintf(stderr, "kvq calibrate: --eval: the cache encodes keys after RoPE; comm_vq needs kvq_encode_at\n");
-        return 1;
-    }
     size_t n = n_all > n_calib ? n_all - n_calib : 0;
     if (n > (size_t)o->eval) n = (size_t)o->eval;
     if (n > info->ctx_len) n = info->ctx_len;

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cache_configs.h"
 #include "cli.h"
 
 static int gen_usage(FILE *f) {
@@ -16,7 +17,10 @@ static int gen_usage(FILE *f) {
             "  -n, --tokens N     tokens to generate (default 64)\n"
             "  --cache-k SPEC     key quantizer, e.g. fp16, q8_0, q4_0, turboquant_rvq:bits=1,residuals=2\n"
             "                     (default fp16; f32 keeps exact float keys and values)\n"
+            "                     a layer number pattern (%%d, %%02d) gives each layer its own artifact:\n"
+            "                     vecinfer:artifact=vi.layer%%02d.safetensors (kvq calibrate --per-layer)\n"
             "  --cache-v SPEC     value quantizer (default: fp16)\n"
+            "  --cache-plan FILE  keys of each layer from a RateQuant plan (kvq calibrate --method ratequant)\n"
             "  --window N         most recent tokens also kept exact (default 0; also --cache-window)\n"
             "  --outliers N       key channels per head kept in fp16 (default 0; also --cache-outliers)\n"
             "  --sink N           first tokens kept exact, the attention sinks (default 0; also --cache-sink)\n"
@@ -84,6 +88,8 @@ static double now_s(void) {
 
 int kvq_cmd_generate(int argc, char **argv) {
     const char *model_path = NULL, *prompt = NULL, *kspec = "fp16", *vspec = NULL, *dump_dir = NULL;
+    const char *plan = NULL;
+    kvq_cache_config *per_layer = NULL;
     kv_dump dump = {0};
     long n_gen = 64, n_ctx = 0, threads = 0, window = 0, outliers = 0, sink = 0;
     unsigned long long seed = 0;
@@ -99,6 +105,7 @@ int kvq_cmd_generate(int argc, char **argv) {
         else if (TAKES("-n") || (!strcmp(a, "--tokens") && v && ++i)) n_gen = strtol(v, NULL, 10);
         else if (TAKES("--cache-k")) kspec = v;
         else if (TAKES("--cache-v")) vspec = v;
+        else if (TAKES("--cache-plan")) plan = v;
         else if ((TAKES("--window") || TAKES("--cache-window"))) window = strtol(v, NULL, 10);
         else if ((TAKES("--outliers") || TAKES("--cache-outliers"))) outliers = strtol(v, NULL, 10);
         else if ((TAKES("--sink") || TAKES("--cache-sink"))) sink = strtol(v, NULL, 10);
@@ -124,7 +131,8 @@ int kvq_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "kvq generate: a count is out of range\n");
         return 1;
     }
-    if ((!strcmp(kspec, "f32")) != (!strcmp(vspec, "f32"))) {
+    if (plan && !strcmp(vspec, "f32")) vspec = "fp16";
+    if (!plan && (!strcmp(kspec, "f32")) != (!strcmp(vspec, "f32"))) {
         fprintf(stderr, "kvq generate: f32 (exact) applies to keys and values together\n");
         return 1;
     }
@@ -157,7 +165,6 @@ int kvq_cmd_generate(int argc, char **argv) {
         rc = kvq_cli_fail("generate", "tokenize", st);
         goto done;
     }
-    kvq_cache_config cc;
     kvq_context_params p;
     kvq_context_params_init(&p);
     p.n_ctx = (uint32_t)(n_ctx ? (size_t)n_ctx : n_prompt + (size_t)n_gen + 1);
@@ -165,16 +172,19 @@ int kvq_cmd_generate(int argc, char **argv) {
     p.n_threads = (uint32_t)threads;
     p.seed = seed;
     p.float_activations = float_act;
-    if (strcmp(kspec, "f32")) {
-        if ((st = kvq_cache_config_init(&cc, info.n_kv_heads, info.head_dim, kspec, vspec, msg, sizeof msg))) {
+    if (strcmp(kspec, "f32") || plan) {
+        per_layer = calloc(info.n_layers, sizeof *per_layer);
+        if (!per_layer) {
+            rc = kvq_cli_fail("generate", "memory", KVQ_ERR_NOMEM);
+            goto done;
+        }
+        if ((st = kvq_cli_cache_configs(&info, plan ? NULL : kspec, vspec, plan, (uint32_t)window,
+                                        (uint32_t)outliers, (uint32_t)sink, per_layer, msg, sizeof msg))) {
             fprintf(stderr, "kvq generate: cache spec: %s%s%s\n", kvq_strerror(st), msg[0] ? ": " : "", msg);
             goto done;
         }
-        cc.window = (uint32_t)window;
-        cc.n_outliers = (uint32_t)outliers;
-        cc.n_sink = (uint32_t)sink;
-        p.cache = &cc;
-        p.n_cache_configs = 1;
+        p.cache = per_layer;
+        p.n_cache_configs = info.n_layers;
     }
     if (dump_dir) {
         dump.kv_dim = (size_t)info.n_kv_heads * info.head_dim;
@@ -265,6 +275,7 @@ int kvq_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "kvq generate: keys, values and queries of %zu tokens x %zu layers written to %s\n", dump.n_tokens,
                 dump.n_layers, dump_dir);
 done:
+    free(per_layer);
     free(dump.k);
     free(dump.v);
     free(dump.q);

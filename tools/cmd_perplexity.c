@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cache_configs.h"
 #include "cli.h"
 
 #define PPL_MAX_CONFIGS 32
@@ -22,7 +23,11 @@ static int ppl_usage(FILE *f) {
             "  --chunks N         chunks to evaluate (default 0 = all the text gives)\n"
             "  --configs LIST     KV cache configs, comma-separated (default fp16,q8_0,q4_0);\n"
             "                     a spec's own key=value options follow it: turboquant_rvq:bits=1,residuals=2;\n"
-            "                     KSPEC+VSPEC gives keys and values different quantizers; f32 = exact float KV\n"
+            "                     KSPEC+VSPEC gives keys and values different quantizers; f32 = exact float KV;\n"
+            "                     a layer number pattern in a spec (%%d, %%02d) gives each layer its own\n"
+            "                     artifact: vecinfer:artifact=vi.layer%%02d.safetensors (kvq calibrate --per-layer);\n"
+            "                     plan:FILE takes each layer's key method and bits from a RateQuant plan\n"
+            "  --cache-plan FILE  add plan:FILE (values fp16) to the configs (kvq calibrate --method ratequant)\n"
             "  --window N         most recent tokens also kept exact (default 0; also --cache-window)\n"
             "  --outliers N       key channels per head kept in fp16 (default 0; also --cache-outliers)\n"
             "  --sink N           first tokens kept exact, the attention sinks (default 0; also --cache-sink)\n"
@@ -37,13 +42,15 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Split "fp16,q8_0,turboquant_rvq:bits=1,residuals=2" into specs: a piece holding '='
- * but no ':' is an option of the spec before it. */
+/* Split "fp16,q8_0,turboquant_rvq:bits=1,residuals=2" into specs: a piece that starts
+ * "name=" is an option of the spec before it. */
 static int split_configs(char *list, char **out, int max) {
     int n = 0;
     char *save = NULL;
     for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int is_option = strchr(tok, '=') && !strchr(tok, ':') && !strchr(tok, '+');
+        const char *p = tok; /* "name=value": an option of the spec before */
+        while ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_') p++;
+        int is_option = p != tok && *p == '=';
         if (is_option && n > 0) {
             /* re-join with the previous spec: the comma strtok replaced sits just before tok */
             tok[-1] = ',';
@@ -94,6 +101,8 @@ typedef struct ppl_result {
 int kvq_cmd_perplexity(int argc, char **argv) {
     const char *model_path = NULL, *text_path = NULL;
     char configs_buf[4096] = "fp16,q8_0,q4_0";
+    int configs_given = 0, n_plans = 0;
+    const char *plans[PPL_MAX_CONFIGS];
     long n_ctx = 512, max_chunks = 0, threads = 0, window = 0, outliers = 0, sink = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -108,12 +117,19 @@ int kvq_cmd_perplexity(int argc, char **argv) {
         else if ((TAKES("--window") || TAKES("--cache-window"))) window = strtol(v, NULL, 10);
         else if ((TAKES("--outliers") || TAKES("--cache-outliers"))) outliers = strtol(v, NULL, 10);
         else if ((TAKES("--sink") || TAKES("--cache-sink"))) sink = strtol(v, NULL, 10);
-        else if (TAKES("--configs")) {
+        else if (TAKES("--cache-plan")) {
+            if (n_plans == PPL_MAX_CONFIGS) {
+                fprintf(stderr, "kvq perplexity: too many --cache-plan\n");
+                return 1;
+            }
+            plans[n_plans++] = v;
+        } else if (TAKES("--configs")) {
             if (strlen(v) >= sizeof configs_buf) {
                 fprintf(stderr, "kvq perplexity: --configs too long\n");
                 return 1;
             }
             strcpy(configs_buf, v);
+            configs_given = 1;
         } else {
             fprintf(stderr, "kvq perplexity: unknown or incomplete option %s\n", a);
             return ppl_usage(stderr);
@@ -124,6 +140,16 @@ int kvq_cmd_perplexity(int argc, char **argv) {
     if (n_ctx < 16 || n_ctx > 65536 || max_chunks < 0 || threads < 0 || threads > 1024 || window < 0 || outliers < 0 || sink < 0 || sink > 1024) {
         fprintf(stderr, "kvq perplexity: --ctx must be 16..65536 and counts non-negative\n");
         return 1;
+    }
+    /* each plan is one more config; without --configs, beside fp16 only */
+    if (n_plans && !configs_given) strcpy(configs_buf, "fp16");
+    for (int i = 0; i < n_plans; i++) {
+        size_t used = strlen(configs_buf);
+        if (used + 6 + strlen(plans[i]) >= sizeof configs_buf) {
+            fprintf(stderr, "kvq perplexity: --cache-plan: configs too long\n");
+            return 1;
+        }
+        snprintf(configs_buf + used, sizeof configs_buf - used, ",plan:%s", plans[i]);
     }
     char *specs[PPL_MAX_CONFIGS];
     int n_cfg = split_configs(configs_buf, specs, PPL_MAX_CONFIGS);
@@ -146,6 +172,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
     int32_t *tokens = NULL;
     float *logits = NULL;
     ppl_result *res = calloc((size_t)n_cfg, sizeof *res);
+    kvq_cache_config *per_layer = calloc(info.n_layers, sizeof *per_layer);
     kvq_context *ctx = NULL;
     if (!text) {
         fprintf(stderr, "kvq perplexity: cannot read %s\n", text_path);
@@ -154,7 +181,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
     kvq_tokenize(model, text, 0, NULL, 0, &n_tok);
     tokens = malloc((n_tok ? n_tok : 1) * sizeof *tokens);
     logits = malloc((size_t)PPL_BATCH * info.n_vocab * sizeof *logits);
-    if (!tokens || !logits || !res) {
+    if (!tokens || !logits || !res || !per_layer) {
         rc = kvq_cli_fail("perplexity", "memory", KVQ_ERR_NOMEM);
         goto done;
     }
@@ -179,33 +206,33 @@ int kvq_cmd_perplexity(int argc, char **argv) {
     for (int c = 0; c < n_cfg; c++) {
         ppl_result *r = &res[c];
         snprintf(r->spec, sizeof r->spec, "%s", specs[c]);
-        char kspec[256], vspec[256];
+        char kspec[1400], vspec[1400];
         char *plus = strchr(specs[c], '+');
         if (plus) {
             snprintf(kspec, sizeof kspec, "%.*s", (int)(plus - specs[c]), specs[c]);
             snprintf(vspec, sizeof vspec, "%s", plus + 1);
         } else {
             snprintf(kspec, sizeof kspec, "%s", specs[c]);
-            snprintf(vspec, sizeof vspec, "%s", specs[c]);
+            /* a plan sets keys only: values fp16 unless given */
+            snprintf(vspec, sizeof vspec, "%s", strncmp(specs[c], "plan:", 5) ? specs[c] : "fp16");
         }
         kvq_context_params p;
         kvq_context_params_init(&p);
         p.n_ctx = (uint32_t)n_ctx;
         p.n_batch = PPL_BATCH;
         p.n_threads = (uint32_t)threads;
-        kvq_cache_config cc;
         int exact = !strcmp(kspec, "f32") && !strcmp(vspec, "f32");
         if (!exact) {
-            if ((st = kvq_cache_config_init(&cc, info.n_kv_heads, info.head_dim, kspec, vspec, msg, sizeof msg))) {
+            /* "plan:FILE": the keys of each layer from a RateQuant plan */
+            const char *plan = !strncmp(kspec, "plan:", 5) ? kspec + 5 : NULL;
+            if ((st = kvq_cli_cache_configs(&info, plan ? NULL : kspec, vspec, plan, (uint32_t)window,
+                                            (uint32_t)outliers, (uint32_t)sink, per_layer, msg, sizeof msg))) {
                 fprintf(stderr, "kvq perplexity: config '%s': %s%s%s\n", specs[c], kvq_strerror(st),
                         msg[0] ? ": " : "", msg);
                 continue;
             }
-            cc.window = (uint32_t)window;
-            cc.n_outliers = (uint32_t)outliers;
-            cc.n_sink = (uint32_t)sink;
-            p.cache = &cc;
-            p.n_cache_configs = 1;
+            p.cache = per_layer;
+            p.n_cache_configs = info.n_layers;
         }
         if ((st = kvq_context_create(model, &p, &ctx))) {
             fprintf(stderr, "kvq perplexity: config '%s': context: %s\n", specs[c], kvq_strerror(st));
@@ -285,6 +312,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
         if (!res[c].ok) rc = 1;
 done:
     kvq_context_free(ctx);
+    free(per_layer);
     free(res);
     free(text);
     free(tokens);
