@@ -251,3 +251,63 @@ TEST(calib_cache_engine_fills_model_rope) {
     kvq_context_free(ctx);
     kvq_model_free(m);
 }
+
+/* The CLI end to end on the tiny model: per-layer comm_vq artifacts named by a layer
+ * pattern, a RateQuant plan, both through kvq perplexity and kvq generate. */
+TEST(calib_cache_cli_per_layer_artifacts_and_plans) {
+    const char *dir = kvqt_tmpdir(kvqt_);
+    REQUIRE(dir);
+    char text[512], cmd[3000], path[600];
+    snprintf(text, sizeof text, "%s/text.txt", dir);
+    FILE *f = fopen(text, "w");
+    REQUIRE(f);
+    for (int i = 0; i < 4; i++)
+        fputs("The quick brown fox jumps over the lazy dog. A stitch in time saves nine; "
+              "the early bird catches the worm, and every cloud has a silver lining. ", f);
+    fclose(f);
+    const char *cli = kvqt_cli_path();
+    snprintf(cmd, sizeof cmd,
+             "%s calibrate -m tests/data/tiny-llama.gguf -f %s --method comm_vq --bits 4 --per-layer "
+             "--tokens 48 --threads 1 -o %s/cv.safetensors > /dev/null 2>&1",
+             cli, text, dir);
+    REQUIRE(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd,
+             "%s calibrate -m tests/data/tiny-llama.gguf -f %s --method ratequant --key-spec mse --target 1.5 "
+             "--tokens 32 --threads 1 -o %s/plan.safetensors > /dev/null 2>&1",
+             cli, text, dir);
+    REQUIRE(system(cmd) == 0);
+    /* comm_vq's spec without RoPE options: the model's are filled in */
+    snprintf(cmd, sizeof cmd,
+             "%s perplexity -m tests/data/tiny-llama.gguf -f %s --ctx 32 --chunks 1 --threads 1 "
+             "--configs 'fp16,comm_vq:bits=4,artifact=%s/cv.layer%%02d.safetensors+fp16' --cache-plan %s/plan.safetensors "
+             "> %s/ppl.txt 2> /dev/null",
+             cli, text, dir, dir, dir);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "grep -c '^comm_vq.* [0-9.]* *[0-9.]* *[+-][0-9.]* *[0-9.]* ' %s/ppl.txt | grep -q 1", dir);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "grep '^plan:' %s/ppl.txt | grep -vq failed", dir);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd,
+             "%s generate -m tests/data/tiny-llama.gguf -p 'Once upon a time' -n 4 --threads 1 --quiet "
+             "--cache-plan %s/plan.safetensors > /dev/null 2>&1",
+             cli, dir);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd,
+             "%s generate -m tests/data/tiny-llama.gguf -p 'Once upon a time' -n 4 --threads 1 --quiet "
+             "--cache-k 'comm_vq:bits=4,artifact=%s/cv.layer%%02d.safetensors' > /dev/null 2>&1",
+             cli, dir);
+    CHECK(system(cmd) == 0);
+    /* a stray pattern, and a layer whose artifact is missing, are refused */
+    snprintf(cmd, sizeof cmd,
+             "%s generate -m tests/data/tiny-llama.gguf -p 'Once' -n 2 --threads 1 --quiet "
+             "--cache-k 'comm_vq:bits=4,artifact=%s/cv.layer%%s.safetensors' > /dev/null 2>&1",
+             cli, dir);
+    CHECK(system(cmd) != 0);
+    snprintf(path, sizeof path, "%s/cv.layer01.safetensors", dir);
+    REQUIRE(remove(path) == 0);
+    snprintf(cmd, sizeof cmd,
+             "%s generate -m tests/data/tiny-llama.gguf -p 'Once' -n 2 --threads 1 --quiet "
+             "--cache-k 'comm_vq:bits=4,artifact=%s/cv.layer%%02d.safetensors' > /dev/null 2>&1",
+             cli, dir);
+    CHECK(system(cmd) != 0);
+}
