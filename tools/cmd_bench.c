@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_calibrate.h"
 #include "cli.h"
 
 #define N_KV 8u
@@ -63,6 +64,9 @@ static void usage(FILE *f) {
             "  --queries N      decode steps the error is measured on, spread over the second\n"
             "                   half of the context (default 8)\n"
             "  --seed S         data and quantizer seed (default 1)\n"
+            "  --calibrate N    fit the calibrated methods (vecinfer, spectral, comm_vq) on the\n"
+            "                   first N tokens of each layer, e.g. --methods vecinfer/mse:bits=2;\n"
+            "                   with --kv give comm_vq the model's RoPE (comm_vq:rope_base=100000)\n"
             "  --quick          fewer tokens and repeats: a few seconds in all\n"
             "  --json           one JSON object per line instead of the table\n"
             "  --help           this text\n");
@@ -374,6 +378,7 @@ static void free_kv(kv_data *D) {
 typedef struct method_spec {
     char key[256], value[256];
     long window, outliers, sink;
+    size_t calibrate; /* --calibrate: tokens the calibrated methods learn from (0 = none) */
 } method_spec;
 
 /* "window=N,outliers=N,sink=N" in any order; 0 on anything else */
@@ -519,11 +524,26 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
         return;
     }
     float scale = 1.0f / sqrtf((float)D->dim);
+    kvq_bench_calib bc;
+    memset(&bc, 0, sizeof bc);
+    kvq_config key_spec = cfg.key, value_spec = cfg.value, key_l0 = cfg.key, value_l0 = cfg.value;
     double num_all = 0, den_all = 0, t_enc = 0, t_att = 0, grow_bytes = 0;
     if (reps > 64) reps = 64;
     for (uint32_t li = 0; li < D->n_layers; li++) {
         const kv_layer *L = &D->layers[li];
         kvq_cache *c;
+        if (m->calibrate) { /* learned from this layer's first tokens */
+            char tag[32];
+            size_t nc = m->calibrate < n ? m->calibrate : n;
+            cfg.key = key_spec;
+            cfg.value = value_spec;
+            snprintf(tag, sizeof tag, "k%u", li);
+            st = kvq_bench_calibrate(&bc, &cfg.key, L->k, nc, D->n_kv, D->dim, 1, tag);
+            snprintf(tag, sizeof tag, "v%u", li);
+            if (st == KVQ_OK) st = kvq_bench_calibrate(&bc, &cfg.value, L->v, nc, D->n_kv, D->dim, 0, tag);
+            if (st != KVQ_OK) break;
+            if (li == 0) key_l0 = cfg.key, value_l0 = cfg.value;
+        }
         if ((st = kvq_cache_create(&cfg, &c)) != KVQ_OK) break;
         /* decode-style: each query attends when exactly the tokens it sees are in the
          * cache, so the exact window holds its own most recent tokens */
@@ -573,7 +593,14 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
     free(out);
     if (st != KVQ_OK) {
         snprintf(r->error, sizeof r->error, "%s", kvq_strerror(st));
+        kvq_bench_calib_cleanup(&bc);
         return;
+    }
+    if (bc.n_fits) {
+        cfg.key = key_l0; /* the sizes and key cosine below: layer 0's artifacts */
+        cfg.value = value_l0;
+        fprintf(stderr, "kvq bench: %s / %s fitted on the first %zu tokens of each layer (%zu fits, %.2f s)\n",
+                m->key, m->value, m->calibrate < n ? m->calibrate : n, bc.n_fits, bc.fit_s);
     }
     r->attn_err = den_all > 0 ? sqrt(num_all / den_all) : 0;
     r->attend_ms = t_att / D->n_layers * 1e3;
@@ -598,6 +625,7 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
     r->key_cosine = key_cosine(&kc, D->layers[0].k, n_vec, D->dim, &cos_ok);
     if (!cos_ok) r->key_cosine = NAN;
     kvq_cache_tokens_fit(&cfg, D->n_fit_layers, BUDGET_BYTES, &r->fit_tokens);
+    kvq_bench_calib_cleanup(&bc);
     r->ok = 1;
 }
 
@@ -652,7 +680,7 @@ static int make_synthetic(size_t n, size_t nq, uint64_t seed, kv_data *D) {
 int kvq_cmd_bench(int argc, char **argv) {
     const char *methods = NULL, *kv_dir = NULL, *layer_list = NULL;
     uint64_t tokens = 0, threads = 1, seed = 1, window = 0, outliers = 0, queries = N_QUERIES;
-    uint64_t sink = 0;
+    uint64_t sink = 0, calibrate = 0;
     int quick = 0, json = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -677,6 +705,7 @@ int kvq_cmd_bench(int argc, char **argv) {
                    (!strcmp(a, "--threads") && parse_u64(val, &threads)) ||
                    (!strcmp(a, "--seed") && parse_u64(val, &seed)) ||
                    (!strcmp(a, "--queries") && parse_u64(val, &queries)) ||
+                   (!strcmp(a, "--calibrate") && parse_u64(val, &calibrate)) ||
                    ((!strcmp(a, "--window") || !strcmp(a, "--cache-window")) &&
                     parse_u64(val, &window)) ||
                    ((!strcmp(a, "--outliers") || !strcmp(a, "--cache-outliers")) &&
@@ -716,6 +745,14 @@ int kvq_cmd_bench(int argc, char **argv) {
             if (parse_methods(default_methods[i], specs + i, 1, err, sizeof err) != 1) return 1;
     }
 
+    for (int i = 0; i < n_methods; i++) {
+        specs[i].calibrate = (size_t)calibrate;
+        /* the synthetic keys' RoPE (base 500000, NeoX pairs) unless the spec names one */
+        if (!kv_dir && !strncmp(specs[i].key, "comm_vq", 7) && !strstr(specs[i].key, "rope") &&
+            strlen(specs[i].key) + 40 < sizeof specs[i].key)
+            strcat(specs[i].key, strchr(specs[i].key, ':') ? ",rope_base=500000,rope=neox"
+                                                            : ":rope_base=500000,rope=neox");
+    }
     kv_data D;
     memset(&D, 0, sizeof D);
     kvq_threadpool *pool = NULL;
