@@ -623,7 +623,9 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
     int cos_ok;
     size_t n_vec = n * D->n_kv < 8192 ? n * D->n_kv : 8192;
     r->key_cosine = key_cosine(&kc, D->layers[0].k, n_vec, D->dim, &cos_ok);
-    if (!cos_ok) r->key_cosine = NAN;
+    /* comm_vq codes keys before RoPE at their positions: the position-blind cosine above
+     * would measure something else */
+    if (!cos_ok || kc.method == KVQ_METHOD_COMM_VQ) r->key_cosine = NAN;
     kvq_cache_tokens_fit(&cfg, D->n_fit_layers, BUDGET_BYTES, &r->fit_tokens);
     kvq_bench_calib_cleanup(&bc);
     r->ok = 1;

@@ -253,7 +253,7 @@ int kvq_cmd_generate(int argc, char **argv) {
                 "kvq generate: KV cache %s / %s: %" PRIu64 " bytes of codes for %" PRIu64 " tokens vs %" PRIu64
                 " as fp16 (%.2fx smaller); %" PRIu64 " bytes held in all\n",
                 n_prompt, tp, tp > 0 ? (double)n_prompt / tp : 0.0, produced, tg,
-                tg > 0 ? (double)produced / tg : 0.0, kspec, vspec, per_token, mem.n_tokens, kv_fp16,
+                tg > 0 ? (double)produced / tg : 0.0, plan ? "plan" : kspec, vspec, per_token, mem.n_tokens, kv_fp16,
                 per_token ? (double)kv_fp16 / (double)per_token : 0.0, mem.total);
     }
     rc = 0;
