@@ -311,3 +311,27 @@ TEST(calib_cache_cli_per_layer_artifacts_and_plans) {
              cli, dir);
     CHECK(system(cmd) != 0);
 }
+
+/* kvq bench --calibrate: the calibrated methods fitted on the first tokens, measured, and
+ * their temporary artifacts removed; without it they cannot run. */
+TEST(calib_cache_bench_calibrate) {
+    const char *dir = kvqt_tmpdir(kvqt_);
+    REQUIRE(dir);
+    char cmd[2000];
+    const char *methods = "spectral:bits=3/fp16,comm_vq:bits=6,n_codebooks=2/fp16,vecinfer:bits=6/vecinfer:bits=6";
+    snprintf(cmd, sizeof cmd,
+             "TMPDIR=%s %s bench --tokens 64 --queries 2 --quick --json --calibrate 64 --methods '%s' "
+             "> %s/out.json 2> /dev/null",
+             dir, kvqt_cli_path(), methods, dir);
+    REQUIRE(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "test $(grep -c '\"attn_rel_err\"' %s/out.json) = 3 && ! grep -q error %s/out.json",
+             dir, dir);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "test -z \"$(ls -d %s/kvq-bench-* 2> /dev/null)\"", dir);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd,
+             "%s bench --tokens 64 --queries 2 --quick --json --methods 'spectral:bits=3/fp16' 2> /dev/null "
+             "| grep -q '\"error\"'",
+             kvqt_cli_path());
+    CHECK(system(cmd) == 0);
+}
