@@ -2,7 +2,8 @@
  * test_calib_cache.c - the calibrated methods end to end: CommVQ (arXiv 2506.18879) keys
  * in the KV cache (after-RoPE keys turned back and coded at their positions, scored at
  * the stored ones) against decode_at-then-fp32-attention, the engine filling in the
- * model's RoPE, and the CLI's per-layer artifacts and RateQuant plans.
+ * model's RoPE, the CLI's per-layer artifacts and RateQuant plans, and kvq bench
+ * --calibrate.
  */
 #include <math.h>
 #include <stdint.h>
@@ -167,6 +168,14 @@ TEST(calib_cache_comm_vq_attend_equals_decode_at_attention) {
                 double e = rel_err(out, ref, nq * NQ * D);
                 CHECKF(e < 1e-4, "%s extras=%d after %zu tokens: relative error %.3g", ropes[r], extras, have, e);
             }
+            /* threads (split-K over the generic key path) change nothing */
+            kvq_threadpool *pool;
+            REQUIRE_OK(kvq_threadpool_create(3, &pool));
+            static float out_mt[NTOK * NQ * D];
+            REQUIRE_OK(kvq_cache_attend(c, qs + (NTOK - 1) * NQ * D, NQ, 1, scale, NULL, out));
+            REQUIRE_OK(kvq_cache_attend(c, qs + (NTOK - 1) * NQ * D, NQ, 1, scale, pool, out_mt));
+            CHECK(rel_err(out_mt, out, NQ * D) < 1e-5);
+            kvq_threadpool_free(pool);
             /* the stored codes are the reference's, positions included, in every chunk */
             int same = 1;
             for (size_t t = 0; t < NTOK; t++)
