@@ -434,12 +434,14 @@ TEST(index_simd_matches_scalar) {
         }
         /* probe distances to 16 transposed centroids */
         for (int ip = 0; ip < 2; ip++) {
-            float ct[100 * 16], q[100], o1[16], o2[16];
-            for (int i = 0; i < 100 * 16; i++) ct[i] = (float)kvqi_rng_normal(&r);
-            for (int i = 0; i < 100; i++) q[i] = (float)kvqi_rng_normal(&r);
-            kvqi_probe16_scalar(ct, q, 100, ip, o1);
-            k->probe16(ct, q, 100, ip, o2);
-            CHECKF(memcmp(o1, o2, sizeof o1) == 0, "%s probe16 ip=%d", name, ip);
+            float ct[103 * 16], q[103], o1[16], o2[16];
+            for (int i = 0; i < 103 * 16; i++) ct[i] = (float)kvqi_rng_normal(&r);
+            for (int i = 0; i < 103; i++) q[i] = (float)kvqi_rng_normal(&r);
+            for (uint32_t dd = 98; dd <= 103; dd++) { /* every remainder of 4 */
+                kvqi_probe16_scalar(ct, q, dd, ip, o1);
+                k->probe16(ct, q, dd, ip, o2);
+                CHECKF(memcmp(o1, o2, sizeof o1) == 0, "%s probe16 ip=%d d=%u", name, ip, dd);
+            }
         }
         /* block estimates and the keep mask */
         for (int t = 0; t < 20; t++) {

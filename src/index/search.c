@@ -174,19 +174,19 @@ static void prepare_list(const kvq_index *ix, uint32_t c, const scratch *s, floa
 static float probe_distance(const kvq_index *ix, uint32_t c, const float *zq) {
     const float *blk = ix->centroids_t + (size_t)(c / 16) * ix->d * 16 + c % 16;
     const int ip = ix->cfg.metric != KVQ_METRIC_L2;
-    float acc = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (uint32_t j = 0; j < ix->d; j++) {
-        float x = blk[(size_t)j * 16];
+        float x = blk[(size_t)j * 16], p;
         if (ip) {
-            float p = x * zq[j];
-            acc = acc + p;
+            p = x * zq[j];
         } else {
             float t = x - zq[j];
-            float p = t * t;
-            acc = acc + p;
+            p = t * t;
         }
+        acc[j % 4] = acc[j % 4] + p;
     }
-    return ip ? 0.0f - acc : acc;
+    float sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    return ip ? 0.0f - sum : sum;
 }
 
 /* The np nearest centroids, nearest first (ties by id): distances of all, a
