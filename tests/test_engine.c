@@ -87,6 +87,7 @@ TEST(engine_logits_match_reference) {
     kvq_context_params_init(&p);
     p.n_ctx = 64;
     p.n_threads = 2;
+    p.float_activations = 1;
     kvq_context *c;
     REQUIRE_OK(kvq_context_create(m, &p, &c));
     float *logits = malloc(sizeof(float) * ref.n_tok * ref.n_vocab);
@@ -110,6 +111,18 @@ TEST(engine_logits_match_reference) {
         if (e > worst) worst = e;
     }
     CHECKF(worst < 1e-3, "incremental: worst relative error %g", worst);
+    /* int8 activations (the default for one token at a time): close, not exact */
+    kvq_context *c8;
+    p.float_activations = 0;
+    REQUIRE_OK(kvq_context_create(m, &p, &c8));
+    worst = 0;
+    for (uint32_t t = 0; t < ref.n_tok; t++) {
+        CHECK_OK(kvq_context_eval(c8, ref.tokens + t, 1, logits, 0));
+        double e = rel_err(logits, ref.logits + (size_t)t * ref.n_vocab, ref.n_vocab);
+        if (e > worst) worst = e;
+    }
+    CHECKF(worst < 5e-2, "int8 activations: worst relative error %g", worst);
+    kvq_context_free(c8);
     /* out-of-range tokens and a full context are refused */
     int32_t bad = (int32_t)ref.n_vocab;
     CHECK_STATUS(kvq_context_eval(c, &bad, 1, logits, 0), KVQ_ERR_INVALID_ARG);
@@ -180,6 +193,39 @@ TEST(engine_row_kernels_match_scalar) {
                 CHECK_NEAR(y1[t * 5 + r], d, 1e-5);
                 CHECK_NEAR(y2[t * 5 + r], d, 1e-4);
             }
+    }
+    /* int8 activations: the SIMD quantizer gives the same bytes as the scalar one, and
+     * the integer dot products match the scalar ones and the float product */
+    {
+        int8_t q1[512], q2[512];
+        float d1[16], d2[16], s1[16], s2[16];
+        scalar.quantize_q8(x, 512, q1, d1, s1);
+        best.quantize_q8(x, 512, q2, d2, s2);
+        CHECK(!memcmp(q1, q2, sizeof q1) && !memcmp(d1, d2, sizeof d1) && !memcmp(s1, s2, sizeof s1));
+        int q8_types = 0;
+        for (uint64_t i = 0; i < g->n_tensors; i++) {
+            const kvqi_gguf_tensor *t = &g->tensors[i];
+            if (t->n_dims != 2 || !scalar.dot_q8[t->type]) continue;
+            REQUIRE(best.dot_q8[t->type]);
+            q8_types++;
+            size_t n = (size_t)t->ne[0];
+            for (uint64_t r = 0; r < t->n_rows; r += 11) {
+                const uint8_t *row = t->data + r * t->row_bytes;
+                kvqi_type(t->type)->to_float(row, w, n);
+                double exact = 0, mag = 0;
+                for (size_t k = 0; k < n; k++) {
+                    exact += (double)w[k] * x[k];
+                    mag += fabs((double)w[k]);
+                }
+                float a = scalar.dot_q8[t->type](row, q1, d1, s1, n), b = best.dot_q8[t->type](row, q1, d1, s1, n);
+                CHECKF(fabs(a - b) <= 1e-5 * mag + 1e-6, "%s row %llu: int8 scalar %g vs SIMD %g", t->name,
+                       (unsigned long long)r, a, b);
+                /* each x moved by at most half a step (max|x| / 254) */
+                CHECKF(fabs(a - exact) <= mag / 254.0 + 1e-6, "%s row %llu: int8 %g vs float %g", t->name,
+                       (unsigned long long)r, a, exact);
+            }
+        }
+        CHECK(q8_types >= 5);
     }
     /* SIMD row dequantization against the scalar one */
     for (uint64_t i = 0; i < g->n_tensors; i++) {

@@ -23,8 +23,8 @@ static int ppl_usage(FILE *f) {
             "  --configs LIST     KV cache configs, comma-separated (default fp16,q8_0,q4_0);\n"
             "                     a spec's own key=value options follow it: turboquant_rvq:bits=1,residuals=2;\n"
             "                     KSPEC+VSPEC gives keys and values different quantizers; f32 = exact float KV\n"
-            "  --window N         most recent tokens also kept exact (default 0)\n"
-            "  --outliers N       key channels per head kept in fp16 (default 0)\n"
+            "  --window N         most recent tokens also kept exact (default 0; also --cache-window)\n"
+            "  --outliers N       key channels per head kept in fp16 (default 0; also --cache-outliers)\n"
             "  --threads N        threads (default 0 = one per CPU)\n"
             "Prints one line per config: perplexity, its difference from fp16, KV bits per number.\n");
     return f == stderr ? 1 : 0;
@@ -104,8 +104,8 @@ int kvq_cmd_perplexity(int argc, char **argv) {
         else if (TAKES("--ctx")) n_ctx = strtol(v, NULL, 10);
         else if (TAKES("--chunks")) max_chunks = strtol(v, NULL, 10);
         else if (TAKES("--threads")) threads = strtol(v, NULL, 10);
-        else if (TAKES("--window")) window = strtol(v, NULL, 10);
-        else if (TAKES("--outliers")) outliers = strtol(v, NULL, 10);
+        else if ((TAKES("--window") || TAKES("--cache-window"))) window = strtol(v, NULL, 10);
+        else if ((TAKES("--outliers") || TAKES("--cache-outliers"))) outliers = strtol(v, NULL, 10);
         else if (TAKES("--configs")) {
             if (strlen(v) >= sizeof configs_buf) {
                 fprintf(stderr, "kvq perplexity: --configs too long\n");

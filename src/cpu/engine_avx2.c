@@ -217,7 +217,96 @@ static void axpy_f32_avx2(float *y, const float *x, float a, size_t n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+/* ---------------------------------------------------- int8 activations */
+
+static void quantize_q8_avx2(const float *x, size_t n, int8_t *q, float *d, float *s) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (size_t b = 0; b < n / 32; b++, x += 32, q += 32) {
+        __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+        __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                 _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+        __m256 vi = _mm256_set1_ps(inv);
+        const int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, vi), mode));
+        __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, vi), mode));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, vi), mode));
+        __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, vi), mode));
+        __m256i sum = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_hadd_epi32(s4, s4);
+        s4 = _mm_hadd_epi32(s4, s4);
+        /* pack 32 int32 to 32 int8; the packs interleave 128-bit lanes, the permute undoes it */
+        __m256i p01 = _mm256_packs_epi32(i0, i1), p23 = _mm256_packs_epi32(i2, i3);
+        __m256i p = _mm256_packs_epi16(p01, p23);
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)q, p);
+        d[b] = scale;
+        s[b] = scale * (float)_mm_cvtsi128_si32(s4);
+    }
+}
+
+/* 32 nibbles in element order: low nibbles 0..15, high nibbles 16..31 */
+static inline __m256i q4_bytes(const uint8_t *qs) {
+    __m128i q = _mm_loadu_si128((const __m128i *)qs);
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), mask), _mm_and_si128(q, mask));
+}
+
+static inline __m256 sum_u8_s8(__m256i u, __m256i s) {
+    __m256i p16 = _mm256_maddubs_epi16(u, s); /* |u| <= 15 or 128: no saturation */
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+static float dot_q8_q4_0_avx2(const void *row, const int8_t *q, const float *d, const float *s, size_t n) {
+    const uint8_t *b = row;
+    __m256 acc = _mm256_setzero_ps();
+    float off = 0;
+    for (size_t i = 0; i < n / 32; i++, b += 18, q += 32) {
+        float dw = h2f(b);
+        __m256 f = sum_u8_s8(q4_bytes(b + 2), _mm256_loadu_si256((const __m256i *)q));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * d[i]), f, acc);
+        off += dw * s[i];
+    }
+    return hsum256(acc) - 8.0f * off;
+}
+
+static float dot_q8_q4_1_avx2(const void *row, const int8_t *q, const float *d, const float *s, size_t n) {
+    const uint8_t *b = row;
+    __m256 acc = _mm256_setzero_ps();
+    float off = 0;
+    for (size_t i = 0; i < n / 32; i++, b += 20, q += 32) {
+        __m256 f = sum_u8_s8(q4_bytes(b + 4), _mm256_loadu_si256((const __m256i *)q));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b) * d[i]), f, acc);
+        off += h2f(b + 2) * s[i];
+    }
+    return hsum256(acc) + off;
+}
+
+static float dot_q8_q8_0_avx2(const void *row, const int8_t *q, const float *d, const float *s, size_t n) {
+    const uint8_t *b = row;
+    __m256 acc = _mm256_setzero_ps();
+    (void)s;
+    for (size_t i = 0; i < n / 32; i++, b += 34, q += 32) {
+        __m256i w = _mm256_loadu_si256((const __m256i *)(b + 2));
+        __m256i x = _mm256_loadu_si256((const __m256i *)q);
+        /* maddubs wants unsigned x signed: move w's sign onto x */
+        __m256 f = sum_u8_s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b) * d[i]), f, acc);
+    }
+    return hsum256(acc);
+}
+
 void kvqi_engine_kernels_avx2(kvqi_engine_kernels *k) {
+    k->quantize_q8 = quantize_q8_avx2;
+    k->dot_q8[KVQI_T_Q4_0] = dot_q8_q4_0_avx2;
+    k->dot_q8[KVQI_T_Q4_1] = dot_q8_q4_1_avx2;
+    k->dot_q8[KVQI_T_Q8_0] = dot_q8_q8_0_avx2;
     k->gemm4_f32 = gemm4_f32_avx2;
     k->axpy_f32 = axpy_f32_avx2;
     k->to_float[KVQI_T_F16] = f16_to_float_avx2;

@@ -133,12 +133,18 @@ static const kvqi_index_kernels k_scalar = {
 #if defined(KVQ_HAVE_X86_SIMD)
 extern const kvqi_index_kernels kvqi_index_avx2, kvqi_index_avx512;
 #endif
+#if defined(KVQ_HAVE_NEON)
+extern const kvqi_index_kernels kvqi_index_neon;
+#endif
 
 const kvqi_index_kernels *kvqi_index_kernels_for(kvq_isa resolved) {
     switch (resolved) {
 #if defined(KVQ_HAVE_X86_SIMD)
     case KVQ_ISA_AVX2: return &kvqi_index_avx2;
     case KVQ_ISA_AVX512: return &kvqi_index_avx512;
+#endif
+#if defined(KVQ_HAVE_NEON)
+    case KVQ_ISA_NEON: return &kvqi_index_neon;
 #endif
     default: return &k_scalar;
     }

@@ -3,6 +3,7 @@
  * and the dispatch of row-times-vector kernels. Block layouts follow ggml's
  * ggml-common.h (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q8_1 blocks of 32, K-quants of 256).
  */
+#include <math.h>
 #include <string.h>
 
 #include "cpu/cpu.h"
@@ -332,6 +333,58 @@ static float row_dot_bf16(const void *row, const float *x, size_t n) {
     return sum;
 }
 
+/* ------------------------------------------------ int8 activation kernels */
+
+static void quantize_q8_scalar(const float *x, size_t n, int8_t *q, float *d, float *s) {
+    for (size_t b = 0; b < n / 32; b++, x += 32, q += 32) {
+        float amax = 0;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[i]));
+        float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int i = 0; i < 32; i++) {
+            q[i] = (int8_t)nearbyintf(x[i] * inv); /* round half to even, as the SIMD version */
+            sum += q[i];
+        }
+        d[b] = scale;
+        s[b] = scale * (float)sum;
+    }
+}
+
+static float dot_q8_q4_0_scalar(const void *row, const int8_t *q, const float *d, const float *s, size_t n) {
+    const uint8_t *b = row;
+    float acc = 0;
+    for (size_t i = 0; i < n / 32; i++, b += 18, q += 32) {
+        int sum = 0;
+        for (int j = 0; j < 16; j++) sum += (b[2 + j] & 0x0f) * q[j] + (b[2 + j] >> 4) * q[j + 16];
+        float dw = kvqi_eng_h2f(kvqi_eng_rd16(b));
+        acc += dw * (d[i] * (float)sum - 8.0f * s[i]);
+    }
+    return acc;
+}
+
+static float dot_q8_q4_1_scalar(const void *row, const int8_t *q, const float *d, const float *s, size_t n) {
+    const uint8_t *b = row;
+    float acc = 0;
+    for (size_t i = 0; i < n / 32; i++, b += 20, q += 32) {
+        int sum = 0;
+        for (int j = 0; j < 16; j++) sum += (b[4 + j] & 0x0f) * q[j] + (b[4 + j] >> 4) * q[j + 16];
+        acc += kvqi_eng_h2f(kvqi_eng_rd16(b)) * d[i] * (float)sum + kvqi_eng_h2f(kvqi_eng_rd16(b + 2)) * s[i];
+    }
+    return acc;
+}
+
+static float dot_q8_q8_0_scalar(const void *row, const int8_t *q, const float *d, const float *s, size_t n) {
+    const uint8_t *b = row;
+    float acc = 0;
+    (void)s;
+    for (size_t i = 0; i < n / 32; i++, b += 34, q += 32) {
+        int sum = 0;
+        for (int j = 0; j < 32; j++) sum += (int8_t)b[2 + j] * q[j];
+        acc += kvqi_eng_h2f(kvqi_eng_rd16(b)) * d[i] * (float)sum;
+    }
+    return acc;
+}
+
 static void gemm4_f32_scalar(const float *w, size_t n, const float *x, size_t n_tok, float *y, size_t y_stride) {
     for (size_t t = 0; t < n_tok; t++)
         for (size_t r = 0; r < 4; r++) y[t * y_stride + r] = dot_f32_scalar(w + r * n, x + t * n, n);
@@ -347,6 +400,10 @@ void kvqi_engine_kernels_scalar(kvqi_engine_kernels *k) {
     k->dot_f32 = dot_f32_scalar;
     k->axpy_f32 = axpy_f32_scalar;
     k->gemm4_f32 = gemm4_f32_scalar;
+    k->quantize_q8 = quantize_q8_scalar;
+    k->dot_q8[KVQI_T_Q4_0] = dot_q8_q4_0_scalar;
+    k->dot_q8[KVQI_T_Q4_1] = dot_q8_q4_1_scalar;
+    k->dot_q8[KVQI_T_Q8_0] = dot_q8_q8_0_scalar;
     k->row_dot[KVQI_T_F32] = row_dot_f32;
     k->row_dot[KVQI_T_F16] = row_dot_f16;
     k->row_dot[KVQI_T_BF16] = row_dot_bf16;

@@ -134,6 +134,11 @@ typedef struct kvqi_engine_kernels {
     void (*to_float[KVQI_T_COUNT])(const void *row, float *out, size_t n);
     float (*dot_f32)(const float *a, const float *b, size_t n);
     void (*axpy_f32)(float *y, const float *x, float a, size_t n); /* y += a x */
+    /* int8 activations, as llama.cpp's vec_dot: x is quantized once per product in
+     * blocks of 32 (q = round(x / d), d = max|x| / 127, s = d * sum(q)), then a weight
+     * row of Q4_0 / Q4_1 / Q8_0 meets it in integer multiply-adds. */
+    void (*quantize_q8)(const float *x, size_t n, int8_t *q, float *d, float *s);
+    float (*dot_q8[KVQI_T_COUNT])(const void *row, const int8_t *q, const float *d, const float *s, size_t n);
     /* Four dequantized rows w[4][n] against n_tok vectors x[n_tok][n]:
      * y[t * y_stride + r] = w[r] . x[t] for r < 4. */
     void (*gemm4_f32)(const float *w, size_t n, const float *x, size_t n_tok, float *y, size_t y_stride);

@@ -10,11 +10,6 @@
 
 #include "engine/engine.h"
 
-
-typedef struct weight {
-    const kvqi_gguf_tensor *t; /* NULL: absent (optional tensors) */
-} weight;
-
 typedef struct layer_weights {
     float *attn_norm, *ffn_norm; /* dequantized at load: [n_embd] */
     float *bq, *bk, *bv;         /* optional biases (qwen2) */
@@ -318,6 +313,10 @@ KVQ_API kvq_status kvq_detokenize(const kvq_model *model, const int32_t *tokens,
 
 /* ------------------------------------------------------------ context */
 
+#define MATMUL_ROWS 16
+/* below this many tokens the fused row kernels beat dequantize-once-then-dot */
+#define MATMUL_DEQUANT_MIN_TOKENS 4
+
 typedef struct thread_scratch {
     float *row;    /* four dequantized weight rows of up to max(n_embd, n_ff, q_dim) */
     float *scores; /* attention scores: n_ctx */
@@ -333,11 +332,14 @@ struct kvq_context {
     size_t n_past;
     uint64_t rng;
     /* activations, [n_batch][...] */
-    float *x, *xn, *q, *k, *v, *att, *gate, *up, *logits_tmp;
+    float *x, *xn, *q, *k, *v, *att, *gate, *up;
     float *rope_freq;           /* [n_rot / 2] */
     /* exact float KV: [layer][n_ctx][kv_dim] */
     float *k_cache, *v_cache;
     kvq_cache **caches;         /* one per layer, NULL entries when exact */
+    /* int8 activations of up to MATMUL_DEQUANT_MIN_TOKENS tokens: [t][row_max] */
+    int8_t *qx;
+    float *qx_d, *qx_s;
     /* sampler scratch */
     struct prob_idx *probs;
 };
@@ -366,10 +368,13 @@ KVQ_API void kvq_context_free(kvq_context *c) {
         for (uint32_t l = 0; l < c->model->info.n_layers; l++) kvq_cache_free(c->caches[l]);
     free(c->caches);
     kvq_threadpool_free(c->pool);
-    float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up, c->logits_tmp,
+    float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up,
                      c->rope_freq, c->k_cache, c->v_cache};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kvqi_free(bufs[i]);
     kvqi_free(c->probs);
+    kvqi_free(c->qx);
+    kvqi_free(c->qx_d);
+    kvqi_free(c->qx_s);
     free(c);
 }
 
@@ -427,7 +432,6 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
     c->att = alloc2(B, q_dim, &st);
     c->gate = alloc2(B, I->n_ff, &st);
     c->up = alloc2(B, I->n_ff, &st);
-    c->logits_tmp = alloc2(1, I->n_vocab, &st);
     c->rope_freq = alloc2(1, model->n_rot / 2, &st);
     if (!p.cache) {
         size_t per_layer = 0;
@@ -435,8 +439,12 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
         c->k_cache = alloc2(I->n_layers, per_layer, &st);
         c->v_cache = alloc2(I->n_layers, per_layer, &st);
     }
+    c->qx_d = alloc2(MATMUL_DEQUANT_MIN_TOKENS, row_max / 32 + 1, &st);
+    c->qx_s = alloc2(MATMUL_DEQUANT_MIN_TOKENS, row_max / 32 + 1, &st);
     if (!st) {
+        c->qx = kvqi_alloc_array(MATMUL_DEQUANT_MIN_TOKENS, row_max);
         c->probs = kvqi_alloc_array(I->n_vocab, sizeof *c->probs);
+        if (!c->qx) st = KVQ_ERR_NOMEM;
         c->scratch = calloc(c->n_slots, sizeof *c->scratch);
         if (!c->probs || !c->scratch) st = KVQ_ERR_NOMEM;
     }
@@ -525,53 +533,102 @@ static void run_tasks(kvq_context *c, size_t n_tasks, kvqi_task_fn fn, void *arg
     kvqi_parallel_for(c->pool, n_tasks, fn, arg);
 }
 
-typedef struct matmul_job {
-    kvq_context *c;
+/* Up to three products sharing one input (q, k, v; gate, up) run as one parallel
+ * loop: one pool barrier instead of three, one quantization of the activations. */
+#define MATMUL_MAX_PARTS 3
+
+typedef struct matmul_part {
     const kvqi_gguf_tensor *w;
-    const float *x;     /* [n_tok][w->ne[0]] */
     float *y;           /* [n_tok][y_stride], columns 0..n_rows-1 */
     size_t y_stride;
+    size_t first_task;  /* tasks before this part's */
+    int int8;           /* rows meet c->qx in integer dot products */
+} matmul_part;
+
+typedef struct matmul_job {
+    kvq_context *c;
+    const float *x;     /* [n_tok][n_in] */
     size_t n_tok;
-    size_t rows_per_task;
+    size_t n_parts;
+    matmul_part part[MATMUL_MAX_PARTS];
 } matmul_job;
 
-#define MATMUL_ROWS 16
-/* below this many tokens the fused row kernels beat dequantize-once-then-dot */
-#define MATMUL_DEQUANT_MIN_TOKENS 4
+static size_t act_stride(const kvq_model_info *I) {
+    return KVQI_MAX(KVQI_MAX((size_t)I->n_embd, (size_t)I->n_ff), (size_t)I->n_heads * I->head_dim);
+}
 
 static void matmul_task(void *arg, size_t task, unsigned thread) {
     matmul_job *j = arg;
-    const kvqi_gguf_tensor *w = j->w;
+    kvq_context *c = j->c;
+    size_t pi = j->n_parts - 1;
+    while (pi > 0 && task < j->part[pi].first_task) pi--;
+    const matmul_part *P = &j->part[pi];
+    const kvqi_gguf_tensor *w = P->w;
     size_t n_in = (size_t)w->ne[0];
-    size_t r0 = task * j->rows_per_task, r1 = KVQI_MIN(r0 + j->rows_per_task, (size_t)w->n_rows);
-    kvqi_row_dot_fn row_dot = j->c->kern.row_dot[w->type];
+    size_t r0 = (task - P->first_task) * MATMUL_ROWS, r1 = KVQI_MIN(r0 + MATMUL_ROWS, (size_t)w->n_rows);
+    if (P->int8) {
+        size_t stride = act_stride(&c->model->info), nb = stride / 32 + 1;
+        for (size_t t = 0; t < j->n_tok; t++) {
+            const int8_t *q = c->qx + t * stride;
+            const float *d = c->qx_d + t * nb, *s = c->qx_s + t * nb;
+            for (size_t r = r0; r < r1; r++)
+                P->y[t * P->y_stride + r] = c->kern.dot_q8[w->type](w->data + r * w->row_bytes, q, d, s, n_in);
+        }
+        return;
+    }
+    kvqi_row_dot_fn row_dot = c->kern.row_dot[w->type];
     if (j->n_tok < MATMUL_DEQUANT_MIN_TOKENS && row_dot) {
         for (size_t t = 0; t < j->n_tok; t++)
             for (size_t r = r0; r < r1; r++)
-                j->y[t * j->y_stride + r] = row_dot(w->data + r * w->row_bytes, j->x + t * n_in, n_in);
+                P->y[t * P->y_stride + r] = row_dot(w->data + r * w->row_bytes, j->x + t * n_in, n_in);
         return;
     }
     /* many tokens: dequantize rows once (four at a time) and reuse them for all tokens */
-    float *rows = j->c->scratch[thread].row;
-    void (*to_float)(const void *, float *, size_t) = j->c->kern.to_float[w->type];
-    float (*dot)(const float *, const float *, size_t) = j->c->kern.dot_f32;
+    float *rows = c->scratch[thread].row;
+    void (*to_float)(const void *, float *, size_t) = c->kern.to_float[w->type];
     size_t r = r0;
     for (; r + 4 <= r1; r += 4) {
         for (size_t k = 0; k < 4; k++) to_float(w->data + (r + k) * w->row_bytes, rows + k * n_in, n_in);
-        j->c->kern.gemm4_f32(rows, n_in, j->x, j->n_tok, j->y + r, j->y_stride);
+        c->kern.gemm4_f32(rows, n_in, j->x, j->n_tok, P->y + r, P->y_stride);
     }
     for (; r < r1; r++) {
         to_float(w->data + r * w->row_bytes, rows, n_in);
-        for (size_t t = 0; t < j->n_tok; t++) j->y[t * j->y_stride + r] = dot(rows, j->x + t * n_in, n_in);
+        for (size_t t = 0; t < j->n_tok; t++) P->y[t * P->y_stride + r] = c->kern.dot_f32(rows, j->x + t * n_in, n_in);
     }
 }
 
-/* y[t][r] = W[r] . x[t] */
+/* y_i[t][r] = W_i[r] . x[t] for n_parts weights of the same row length */
+static void matmul_multi(kvq_context *c, const float *x, size_t n_tok, size_t n_parts,
+                         const kvqi_gguf_tensor *const *w, float *const *y, const size_t *y_stride) {
+    matmul_job j;
+    j.c = c;
+    j.x = x;
+    j.n_tok = n_tok;
+    j.n_parts = n_parts;
+    size_t n_tasks = 0;
+    int any_int8 = 0;
+    for (size_t i = 0; i < n_parts; i++) {
+        matmul_part *P = &j.part[i];
+        P->w = w[i];
+        P->y = y[i];
+        P->y_stride = y_stride[i];
+        P->first_task = n_tasks;
+        P->int8 = !c->params.float_activations && n_tok < MATMUL_DEQUANT_MIN_TOKENS && c->kern.dot_q8[w[i]->type];
+        any_int8 |= P->int8;
+        n_tasks += ((size_t)w[i]->n_rows + MATMUL_ROWS - 1) / MATMUL_ROWS;
+    }
+    if (any_int8) {
+        /* quantize each token's activations once, here, for every row task to share */
+        size_t stride = act_stride(&c->model->info), nb = stride / 32 + 1, n_in = (size_t)w[0]->ne[0];
+        for (size_t t = 0; t < n_tok; t++)
+            c->kern.quantize_q8(x + t * n_in, n_in, c->qx + t * stride, c->qx_d + t * nb, c->qx_s + t * nb);
+    }
+    run_tasks(c, n_tasks, matmul_task, &j);
+}
+
 static void matmul(kvq_context *c, const kvqi_gguf_tensor *w, const float *x, size_t n_tok, float *y,
                    size_t y_stride) {
-    matmul_job j = {c, w, x, y, y_stride, n_tok, MATMUL_ROWS};
-    size_t n_tasks = ((size_t)w->n_rows + MATMUL_ROWS - 1) / MATMUL_ROWS;
-    run_tasks(c, n_tasks, matmul_task, &j);
+    matmul_multi(c, x, n_tok, 1, &w, &y, &y_stride);
 }
 
 static void rmsnorm(float *out, const float *x, const float *w, size_t n, float eps) {
@@ -636,6 +693,8 @@ static kvq_status attention(kvq_context *c, uint32_t layer, size_t n_tok) {
     const kvq_model_info *I = &c->model->info;
     size_t kv_dim = (size_t)I->n_kv_heads * I->head_dim;
     if (c->params.kv_observer) c->params.kv_observer(c->params.kv_observer_user, layer, c->n_past, c->k, c->v, n_tok);
+    if (c->params.query_observer)
+        c->params.query_observer(c->params.query_observer_user, layer, c->n_past, c->q, n_tok);
     if (c->caches) {
         kvq_status st = kvq_cache_append(c->caches[layer], c->k, c->v, n_tok);
         if (st) return st;
@@ -674,9 +733,12 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
     for (uint32_t l = 0; l < I->n_layers; l++) {
         const layer_weights *L = &m->layers[l];
         for (size_t t = 0; t < n; t++) rmsnorm(c->xn + t * E, c->x + t * E, L->attn_norm, E, I->norm_eps);
-        matmul(c, L->wq, c->xn, n, c->q, q_dim);
-        matmul(c, L->wk, c->xn, n, c->k, kv_dim);
-        matmul(c, L->wv, c->xn, n, c->v, kv_dim);
+        {
+            const kvqi_gguf_tensor *w[3] = {L->wq, L->wk, L->wv};
+            float *y[3] = {c->q, c->k, c->v};
+            size_t stride[3] = {q_dim, kv_dim, kv_dim};
+            matmul_multi(c, c->xn, n, 3, w, y, stride);
+        }
         add_bias(c->q, L->bq, n, q_dim);
         add_bias(c->k, L->bk, n, kv_dim);
         add_bias(c->v, L->bv, n, kv_dim);
@@ -690,8 +752,12 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
         matmul(c, L->wo, c->att, n, c->xn, E);
         for (size_t i = 0; i < n * E; i++) c->x[i] += c->xn[i];
         for (size_t t = 0; t < n; t++) rmsnorm(c->xn + t * E, c->x + t * E, L->ffn_norm, E, I->norm_eps);
-        matmul(c, L->w_gate, c->xn, n, c->gate, F);
-        matmul(c, L->w_up, c->xn, n, c->up, F);
+        {
+            const kvqi_gguf_tensor *w[2] = {L->w_gate, L->w_up};
+            float *y[2] = {c->gate, c->up};
+            size_t stride[2] = {F, F};
+            matmul_multi(c, c->xn, n, 2, w, y, stride);
+        }
         for (size_t i = 0; i < n * F; i++) {
             float g = c->gate[i];
             c->gate[i] = g / (1.0f + expf(-g)) * c->up[i];
