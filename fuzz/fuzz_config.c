@@ -56,7 +56,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (kvq_config_format(&cfg, text, sizeof text) != KVQ_OK) __builtin_trap();
         if (kvq_config_parse(text, k_dims[d], &again, NULL, 0) != KVQ_OK) __builtin_trap();
         if (!same_config(&cfg, &again)) __builtin_trap(); /* format does not round-trip */
-        if (d == 0) exercise(&cfg);
+        if (k_dims[d] == 64) exercise(&cfg); /* small enough to run fast, big enough for every method */
     }
     free(spec);
     return 0;

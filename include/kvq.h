@@ -98,6 +98,10 @@ typedef enum kvq_method {
     KVQ_METHOD_COUNT
 } kvq_method;
 
+/* How RoPE pairs the coordinates of a head: (2i, 2i+1) as llama.cpp's "normal" mode,
+ * or NeoX's half split (i, i + dim/2). Pair i turns by pos * base^(-2i/dim). */
+enum { KVQ_ROPE_INTERLEAVED = 0, KVQ_ROPE_NEOX = 1 };
+
 /* Everything that defines a quantizer. Zero means "the method's default" for every
  * numeric field; kvq_config_init() fills a valid config for a method and dim. */
 typedef struct kvq_config {
@@ -114,6 +118,8 @@ typedef struct kvq_config {
     float eps0;            /* rabitq: confidence parameter of the error bound (default 1.9) */
     uint32_t sub_dim;      /* vecinfer: sub-vector length (default 8) */
     uint32_t n_codebooks;  /* comm_vq: additive codebooks (default 4) */
+    float rope_base;       /* comm_vq: RoPE frequency base theta (default 10000) */
+    uint32_t rope_pairing; /* comm_vq: KVQ_ROPE_INTERLEAVED (default) or KVQ_ROPE_NEOX */
     kvq_isa isa;           /* KVQ_ISA_AUTO unless pinning for tests */
     char artifact[512];    /* calibrated methods: safetensors artifact to load ("" = none) */
 } kvq_config;
@@ -160,6 +166,23 @@ KVQ_API kvq_status kvq_score(const kvq_quantizer *q, const float *query, const u
 KVQ_API kvq_status kvq_score_bound(const kvq_quantizer *q, const float *query,
                                    const uint8_t *codes, size_t n, float *scores, float *err);
 
+/* Position-aware calls, for methods whose codes live before RoPE (comm_vq). pos[i] is
+ * the token position of row i. Every method takes them; position-free methods ignore
+ * pos (which may then be NULL) and behave as kvq_encode/kvq_decode/kvq_score.
+ *   encode_at: x[i] is the key BEFORE RoPE of the token at pos[i] (NULL: position 0);
+ *              comm_vq keeps the position in the code.
+ *   decode_at: the key as attention sees it at pos[i], RoPE applied (NULL: the position
+ *              stored in each code, which is what kvq_decode uses).
+ *   score_at:  <query, decode_at(codes_i, pos[i])> with the query as attention holds it
+ *              (after its own RoPE); comm_vq rotates the query instead of the keys. */
+KVQ_API kvq_status kvq_encode_at(const kvq_quantizer *q, const float *x, const int32_t *pos,
+                                 size_t n, uint8_t *codes);
+KVQ_API kvq_status kvq_decode_at(const kvq_quantizer *q, const uint8_t *codes,
+                                 const int32_t *pos, size_t n, float *x);
+KVQ_API kvq_status kvq_score_at(const kvq_quantizer *q, const float *query,
+                                const uint8_t *codes, const int32_t *pos, size_t n,
+                                float *scores);
+
 /* Everything needed to decode, as safetensors (readable by numpy/torch users).
  * Written to a temp file, fsynced and renamed into place. */
 KVQ_API kvq_status kvq_quantizer_save(const kvq_quantizer *q, const char *path);
@@ -179,6 +202,8 @@ typedef struct kvq_cache_config {
                                 largest by RMS over the first 32 tokens, then fixed */
     uint32_t chunk_tokens;   /* arena chunk length in tokens (0 = 256) */
     uint32_t max_tokens;     /* hard capacity (0 = grow without bound) */
+    uint32_t n_sink;         /* first tokens also kept exact (fp32): the attention sinks
+                                (StreamingLLM, arXiv 2309.17453) (0 = none, at most 1024) */
 } kvq_cache_config;
 
 typedef struct kvq_cache kvq_cache;
@@ -239,8 +264,127 @@ KVQ_API kvq_status kvq_cache_set_reset(kvq_cache_set *set);
 /* Sums of every layer's kvq_cache_memory (n_tokens: the longest layer). */
 KVQ_API kvq_status kvq_cache_set_memory(const kvq_cache_set *set, kvq_cache_memory_info *info);
 
+/* ------------------------------------------------------------- calibration */
+
+/* Calibration data for users of any engine: a 2-D tensor [rows][cols] of F32, F16 or
+ * BF16 read from a safetensors file (name NULL: the file's only tensor, or the one named
+ * "keys"). *data is allocated by kvq; release it with kvq_buffer_free. msg names the
+ * problem on failure. */
+KVQ_API kvq_status kvq_tensor_read_f32(const char *path, const char *name, float **data,
+                                       size_t *rows, size_t *cols, char *msg, size_t msg_size);
+/* Write one F32 tensor [rows][cols] named name to a new safetensors file. */
+KVQ_API kvq_status kvq_tensor_write_f32(const char *path, const char *name, const float *data,
+                                        size_t rows, size_t cols);
+KVQ_API void kvq_buffer_free(void *p);
+
+/* RateQuant: bits per layer by reverse water-filling. Layer l's distortion is modelled as
+ * sensitivity[l] * 4^-(b - choices[0]) (rate-distortion of a Gaussian source, measured at
+ * the smallest choice); starting from choices[0] everywhere, the budget
+ * round-down(target_bits * n_layers) is spent one step at a time on the layer with the
+ * largest distortion drop per bit (ties: lower layer), which is optimal for this convex
+ * model. The total is exactly the budget, so the average equals target_bits whenever
+ * target_bits * n_layers is a whole number (else it is the largest total below it).
+ * choices: ascending bit widths (e.g. {1, 2, 3, 4}); target within [first, last]. */
+KVQ_API kvq_status kvq_ratequant_allocate(const double *sensitivity, uint32_t n_layers,
+                                          const uint32_t *choices, uint32_t n_choices,
+                                          double target_bits, uint32_t *bits);
+/* A RateQuant plan file (safetensors): per-layer bits and sensitivities plus the base
+ * key spec they apply to (e.g. "turboquant_rvq"). */
+KVQ_API kvq_status kvq_ratequant_save(const char *path, const char *key_spec,
+                                      const double *sensitivity, const uint32_t *bits,
+                                      uint32_t n_layers, double target_bits);
+/* Per-layer cache configs from a plan: each layer gets base with its key bits set to the
+ * plan's bits (key method taken from the plan). n_layers must match the plan
+ * (KVQ_ERR_MISMATCH otherwise, with msg saying so). */
+KVQ_API kvq_status kvq_ratequant_cache_configs(const char *path, const kvq_cache_config *base,
+                                               uint32_t n_layers, kvq_cache_config *per_layer,
+                                               char *msg, size_t msg_size);
+
+
 /* ------------------------------------------------------------------- index */
-/* (section filled by the index: kvq_index_*) */
+/* An approximate nearest-neighbour index over float vectors: IVF clusters (k-means),
+ * RaBitQ codes of each vector's rotated residual (1-bit signs in 32-vector fast-scan
+ * blocks, plus b-1 extra bits per coordinate for extended RaBitQ), and an optional
+ * exact reorder store. Search estimates every distance from the codes with a
+ * confidence bound and reranks exactly only the vectors whose lower bound can still
+ * enter the top k. Ids are int64; distances are squared L2 for KVQ_METRIC_L2 and
+ * -<q, x> for ip and cosine (smaller is nearer in every metric). */
+typedef enum kvq_metric {
+    KVQ_METRIC_L2 = 0,     /* squared Euclidean distance */
+    KVQ_METRIC_IP = 1,     /* maximum inner product; reported distance = -<q, x> */
+    KVQ_METRIC_COSINE = 2  /* vectors and queries normalized, then as ip */
+} kvq_metric;
+
+typedef enum kvq_index_rotation {
+    KVQ_ROTATION_FHT = 0,   /* randomized Hadamard, O(d log d) */
+    KVQ_ROTATION_DENSE = 1  /* Haar-random orthogonal matrix, O(d^2) */
+} kvq_index_rotation;
+
+typedef enum kvq_index_reorder {
+    KVQ_REORDER_FP32 = 0,  /* exact vectors kept for reranking (4 bytes per coordinate) */
+    KVQ_REORDER_FP16 = 1,  /* half precision (2 bytes per coordinate) */
+    KVQ_REORDER_NONE = 2   /* codes only: results ranked by the estimator */
+} kvq_index_reorder;
+
+typedef struct kvq_index_config {
+    uint32_t dim;                /* input vector length */
+    kvq_metric metric;
+    uint32_t nlist;              /* IVF clusters; 1 = flat (one list around the mean) */
+    uint32_t bits;               /* bits per coordinate of the base code, 1..8 */
+    uint32_t split;              /* 1: the 1-bit pass prunes before the b-bit estimate
+                                    (VSAG's split 1 + 7 layout when bits = 8) */
+    uint32_t query_bits;         /* 4: query quantized to 4 bits, integer fast scan;
+                                    32: float query (slower, no query rounding error) */
+    kvq_index_rotation rotation;
+    uint32_t pca_dim;            /* 0 = none; else project to this many principal axes */
+    kvq_index_reorder reorder;
+    uint64_t seed;               /* rotation, k-means, sampling: same seed, same index */
+    uint32_t train_iters;        /* k-means iterations (0 = 20) */
+    uint32_t max_train_points;   /* training sample cap (0 = 40 * nlist, at least 4096) */
+} kvq_index_config;
+
+/* Defaults: l2, nlist 1, bits 1, split 0, query_bits 4, fht, no pca, fp32 reorder. */
+KVQ_API kvq_status kvq_index_config_init(kvq_index_config *cfg, uint32_t dim);
+
+typedef struct kvq_index_search_params {
+    uint32_t nprobe;        /* clusters visited per query (0 = 1; capped at nlist) */
+    uint32_t rerank;        /* at most this many exact distances per query (0 = as many
+                               as the error bound asks for) */
+    float eps0;             /* confidence of the bound (0 = 1.9; larger = more reranks,
+                               INFINITY reranks every scanned vector) */
+    uint32_t n_threads;     /* used when pool is NULL: 0 or 1 = the calling thread */
+    kvq_threadpool *pool;   /* optional: queries are spread over its threads */
+} kvq_index_search_params;
+
+KVQ_API kvq_status kvq_index_search_params_init(kvq_index_search_params *p);
+
+typedef struct kvq_index kvq_index;
+
+KVQ_API kvq_status kvq_index_create(const kvq_index_config *cfg, kvq_index **out);
+KVQ_API void kvq_index_free(kvq_index *index);
+/* k-means (and PCA) on a seeded sample of x[n][dim]; must precede add. Flat indexes
+ * (nlist 1) need at least one vector, to take the mean. */
+KVQ_API kvq_status kvq_index_train(kvq_index *index, const float *x, size_t n);
+/* Append n vectors. ids may be NULL: then ids continue from kvq_index_count(). */
+KVQ_API kvq_status kvq_index_add(kvq_index *index, const float *x, size_t n,
+                                 const int64_t *ids);
+/* For each query, the k nearest: out_ids[n_queries][k], out_dists[n_queries][k] (may be
+ * NULL), ascending distance; slots past the number of vectors found hold id -1. */
+KVQ_API kvq_status kvq_index_search(const kvq_index *index, const float *queries,
+                                    size_t n_queries, uint32_t k,
+                                    const kvq_index_search_params *params, int64_t *out_ids,
+                                    float *out_dists);
+/* One file: versioned header, sections, CRC-32 trailer; written to a temp file,
+ * fsynced and renamed into place. Load refuses truncated, corrupt or foreign files
+ * with KVQ_ERR_FORMAT. */
+KVQ_API kvq_status kvq_index_save(const kvq_index *index, const char *path);
+KVQ_API kvq_status kvq_index_load(const char *path, kvq_index **out);
+KVQ_API kvq_status kvq_index_load_buffer(const void *buf, size_t size, kvq_index **out);
+/* Bytes the index holds in memory (codes, factors, ids, lists, reorder store, centroids,
+ * rotation, PCA). */
+KVQ_API kvq_status kvq_index_size_bytes(const kvq_index *index, uint64_t *bytes);
+KVQ_API kvq_status kvq_index_count(const kvq_index *index, uint64_t *count);
+KVQ_API kvq_status kvq_index_get_config(const kvq_index *index, kvq_index_config *out);
 
 /* ------------------------------------------------------------------ engine */
 
@@ -315,6 +459,10 @@ typedef struct kvq_context kvq_context;
  * k, v: [n_tokens][n_kv_heads][head_dim] at positions pos..pos+n_tokens-1. */
 typedef void (*kvq_kv_observer)(void *user, uint32_t layer, size_t pos, const float *k,
                                 const float *v, size_t n_tokens);
+/* Sees every layer's queries (after RoPE, before the softmax scale) as attention gets
+ * them: q: [n_tokens][n_heads][head_dim] at positions pos..pos+n_tokens-1. */
+typedef void (*kvq_query_observer)(void *user, uint32_t layer, size_t pos, const float *q,
+                                   size_t n_tokens);
 
 typedef struct kvq_context_params {
     uint32_t n_ctx;        /* positions the context holds (0 = min(model ctx_len, 4096)) */
@@ -332,6 +480,8 @@ typedef struct kvq_context_params {
     int float_activations;
     kvq_kv_observer kv_observer; /* NULL = none */
     void *kv_observer_user;
+    kvq_query_observer query_observer; /* NULL = none */
+    void *query_observer_user;
 } kvq_context_params;
 
 KVQ_API kvq_status kvq_context_params_init(kvq_context_params *params);
@@ -359,7 +509,70 @@ KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *ctx, kvq_cache_memor
                                          uint64_t *fp16_bytes);
 
 /* -------------------------------------------------------------------- cuda */
-/* (section filled by the CUDA kernels: kvq_cuda_*) */
+/* Encode and fused decode attention on an NVIDIA GPU (sm_90 and PTX for later parts).
+ * Every pointer named *_dev is device memory; stream is a cudaStream_t (NULL: the
+ * default stream). Calls only enqueue work: nothing is synchronized, nothing is
+ * allocated after the *_create calls. A build without CUDA (or a machine without a
+ * GPU) answers KVQ_ERR_NO_DEVICE. Codes are byte-identical to kvq_encode's. */
+
+/* Element types of inputs on the device. */
+typedef enum kvq_cuda_dtype {
+    KVQ_CUDA_F32 = 0,
+    KVQ_CUDA_F16 = 1,
+    KVQ_CUDA_BF16 = 2
+} kvq_cuda_dtype;
+
+/* Number of CUDA devices (0 with KVQ_ERR_NO_DEVICE when there is none). */
+KVQ_API kvq_status kvq_cuda_available(int *n_devices);
+
+/* A quantizer's shared data (rotation signs, codebooks, projection) uploaded once to
+ * the current device. GPU methods: fp16, q8_0, q4_0, turboquant_mse (bits 1..8),
+ * turboquant_rvq, qjl (proj_dim a multiple of 32) and rabitq (bits 1, no IVF); dims a
+ * power of two from 32 to 1024; rotation none or Hadamard. Anything else:
+ * KVQ_ERR_UNSUPPORTED. */
+typedef struct kvq_cuda_quantizer kvq_cuda_quantizer;
+KVQ_API kvq_status kvq_cuda_quantizer_create(const kvq_quantizer *q, kvq_cuda_quantizer **out);
+KVQ_API void kvq_cuda_quantizer_free(kvq_cuda_quantizer *cq);
+
+/* x_dev[n_rows][dim] (dtype) -> codes_dev[n_rows][kvq_code_size(q)], one launch for a
+ * whole batch of tokens x heads. codes_dev must be 2-byte aligned; 16-byte aligned
+ * input at dim 128 takes the fastest (thread-per-vector) kernels. */
+KVQ_API kvq_status kvq_cuda_encode(const kvq_cuda_quantizer *cq, kvq_cuda_dtype dtype,
+                                   const void *x_dev, size_t n_rows, uint8_t *codes_dev,
+                                   void *stream);
+
+/* Decode attention of one new query per sequence against compressed keys and values.
+ * Layout (contiguous per sequence): the codes of sequence b, kv head h, token t sit at
+ *   codes_dev + ((b * n_kv_heads + h) * capacity + t) * code_size
+ * so kvq_cuda_encode of rows ordered [batch][n_kv_heads][capacity] fills it.
+ * q_dev: [batch][n_q_heads][head_dim] (q_dtype); out_dev: the same shape, float32.
+ * seq_lens_dev: [batch] int32 on the device, each in 0..capacity (0 gives zeros);
+ * max_len: an upper bound of them, known on the host (it sizes the grid).
+ * n_q_heads is a multiple of n_kv_heads (grouped-query attention). */
+typedef struct kvq_cuda_attn_desc {
+    uint32_t batch;
+    uint32_t n_q_heads;
+    uint32_t n_kv_heads;
+    uint32_t head_dim;
+    uint32_t capacity;  /* tokens reserved per (sequence, kv head) */
+    uint32_t max_len;   /* >= every sequence length */
+    float scale;        /* softmax scale, usually 1/sqrt(head_dim) */
+    kvq_cuda_dtype q_dtype;
+    uint32_t flags;     /* KVQ_CUDA_ATTN_* (0: pick the fastest kernel) */
+} kvq_cuda_attn_desc;
+
+/* Always run the general CUDA-core kernel (tests and benchmarks compare the two). */
+#define KVQ_CUDA_ATTN_GENERIC 1u
+
+/* Device scratch an attend call needs (split-K partial results, rotated queries). */
+KVQ_API kvq_status kvq_cuda_attend_workspace(const kvq_cuda_quantizer *key,
+                                             const kvq_cuda_quantizer *value,
+                                             const kvq_cuda_attn_desc *desc, size_t *bytes);
+KVQ_API kvq_status kvq_cuda_attend(const kvq_cuda_quantizer *key, const kvq_cuda_quantizer *value,
+                                   const kvq_cuda_attn_desc *desc, const void *q_dev,
+                                   const uint8_t *k_codes_dev, const uint8_t *v_codes_dev,
+                                   const int32_t *seq_lens_dev, void *workspace_dev,
+                                   size_t workspace_bytes, float *out_dev, void *stream);
 
 #ifdef __cplusplus
 }

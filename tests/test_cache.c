@@ -723,7 +723,8 @@ TEST(cache_fused_paths_match_generic) {
     static const char *specs[] = {"fp16",       "q8_0",       "q4_0",
                                   "mse:bits=1", "mse:bits=2", "mse:bits=3",
                                   "mse:bits=4", "mse:bits=8", "turboquant_rvq:bits=1,residuals=2",
-                                  "turboquant_rvq:bits=3,residuals=3"};
+                                  "turboquant_rvq:bits=3,residuals=3", "qjl", "rabitq:bits=1",
+                                  "prod:bits=3"};
     int fused = 0;
     for (size_t s = 0; s < sizeof specs / sizeof specs[0]; s++) {
         kvq_cache *c;
@@ -744,4 +745,224 @@ TEST(cache_fused_paths_match_generic) {
     CHECKF(fused == (int)(sizeof specs / sizeof specs[0]), "only %d configs took a fused path",
            fused);
     free(k), free(v), free(q), free(o1), free(o2);
+}
+
+/* Split-K: with fewer (KV head, query block) tasks than threads the context is cut into
+ * token ranges whose softmax states are merged; the result matches one thread to float
+ * rounding, with an exact window, outlier channels, the fused, integer and generic key
+ * paths, and contexts that end mid-chunk. */
+TEST(cache_split_k_matches_single_thread) {
+    const uint32_t n_kv = 3, H = 9, dim = 64;
+    const size_t n = 1000;
+    float *k = make_kv(n, n_kv, dim, 91, 2, 5.0f), *v = make_kv(n, n_kv, dim, 92, 0, 1);
+    float *q = make_kv(2, H, dim, 93, 0, 1);
+    float *o1 = malloc(2 * H * dim * sizeof(float)), *o2 = malloc(2 * H * dim * sizeof(float));
+    REQUIRE(k && v && q && o1 && o2);
+    kvq_threadpool *pools[3];
+    static const unsigned sizes[3] = {2, 4, 16};
+    for (int p = 0; p < 3; p++) REQUIRE_OK(kvq_threadpool_create(sizes[p], &pools[p]));
+    static const char *specs[][2] = {{"mse:bits=4", "mse:bits=2"}, {"fp16", "q4_0"},
+                                     {"qjl", "mse:bits=3"}, {"turboquant_rvq:bits=1", "q8_0"}};
+    static const uint32_t windows[] = {0, 48}, outs[] = {0, 2};
+    for (size_t s = 0; s < 4; s++)
+        for (int w = 0; w < 2; w++) {
+            kvq_cache *c;
+            kvq_cache_config cfg;
+            REQUIRE_OK(kvq_cache_config_init(&cfg, n_kv, dim, specs[s][0], specs[s][1], NULL, 0));
+            cfg.window = windows[w];
+            cfg.n_outliers = outs[w];
+            cfg.n_sink = w ? 5 : 0; /* sinks ahead of the first range */
+            REQUIRE_OK(kvq_cache_create(&cfg, &c));
+            /* 999 then 1000 tokens: the last chunk partly filled */
+            REQUIRE_OK(kvq_cache_append(c, k, v, n - 1));
+            for (int step = 0; step < 2; step++) {
+                if (step) REQUIRE_OK(kvq_cache_append(c, k + (n - 1) * n_kv * dim,
+                                                      v + (n - 1) * n_kv * dim, 1));
+                REQUIRE_OK(kvq_cache_attend(c, q + step * H * dim, H, 1, 0.125f, NULL, o1));
+                for (int p = 0; p < 3; p++) {
+                    REQUIRE_OK(kvq_cache_attend(c, q + step * H * dim, H, 1, 0.125f, pools[p], o2));
+                    double e = rel_err(o2, o1, H * dim);
+                    CHECKF(e < 1e-5, "%s/%s window %u, %u threads: %.3g", specs[s][0],
+                           specs[s][1], windows[w], sizes[p], e);
+                }
+            }
+            /* the ranges were merged, not skipped: the partial states exist */
+            CHECKF(c->partials != NULL, "%s: split-K did not run", specs[s][0]);
+            kvq_cache_free(c);
+        }
+    for (int p = 0; p < 3; p++) kvq_threadpool_free(pools[p]);
+    free(k), free(v), free(q), free(o1), free(o2);
+}
+
+/* Sign-code kernels: every ISA's score_signs equals the scalar reference bit for bit
+ * (same lookups in the same order), and the reference equals the plain masked sum
+ * 2 sum_{bit set} z - sum z to float rounding; with and without a divisor field, writing
+ * and accumulating, runs that are not a multiple of the vector width. */
+TEST(cache_sign_kernels_match_scalar) {
+    enum { N = 45, G = 3, MAXM = 256 };
+    const size_t ld = 64;
+    static const uint32_t ms[] = {64, 128, 256, 8};
+    float *z = malloc(G * MAXM * sizeof(float)), *lut = malloc(G * MAXM / 8 * 256 * sizeof(float));
+    float *s_ref = malloc(G * ld * sizeof(float)), *s_simd = malloc(G * ld * sizeof(float));
+    uint8_t *codes = malloc((size_t)N * (MAXM / 8 + 8));
+    REQUIRE(z && lut && s_ref && s_simd && codes);
+    float zsum[G];
+    int tested = 0;
+    for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+        uint32_t m = ms[mi];
+        kvqi_sign_layout L = {.m = m, .code_size = m / 8 + 6, .bits_offset = 6, .num_offset = 0,
+                              .den_offset = mi % 2 ? 2 : KVQI_SIGN_NO_DEN, .c0 = 0.37f};
+        kvqi_rng r;
+        kvqi_rng_seed(&r, 500 + m);
+        for (size_t i = 0; i < (size_t)N * L.code_size; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
+        for (size_t t = 0; t < N; t++) {
+            uint16_t a = kvqi_fp32_to_fp16(0.5f + (float)kvqi_rng_uniform(&r));
+            uint16_t b = kvqi_fp32_to_fp16(0.25f + (float)kvqi_rng_uniform(&r));
+            memcpy(codes + t * L.code_size, &a, 2);
+            memcpy(codes + t * L.code_size + 2, &b, 2);
+        }
+        for (uint32_t h = 0; h < G; h++) {
+            zsum[h] = 0.0f;
+            for (uint32_t i = 0; i < m; i++) zsum[h] += (z[h * m + i] = (float)kvqi_rng_normal(&r));
+            kvqi_cache_sign_lut(z + h * m, m, lut + (size_t)h * m / 8 * 256);
+        }
+        for (int acc = 0; acc < 2; acc++) {
+            for (size_t i = 0; i < G * ld; i++) s_ref[i] = acc ? (float)i * 0.01f : -7.0f;
+            kvqi_cache_kernels_scalar.score_signs(&L, lut, zsum, G, codes, N, acc, s_ref, ld);
+            for (uint32_t h = 0; h < G; h++)
+                for (size_t t = 0; t < N; t++) {
+                    const uint8_t *c = codes + t * L.code_size;
+                    double sel = 0.0;
+                    for (uint32_t i = 0; i < m; i++)
+                        if ((c[6 + i / 8] >> (i % 8)) & 1) sel += z[h * m + i];
+                    uint16_t a, b;
+                    memcpy(&a, c, 2);
+                    memcpy(&b, c + 2, 2);
+                    double f = kvqi_fp16_to_fp32(a);
+                    if (L.den_offset != KVQI_SIGN_NO_DEN) f /= kvqi_fp16_to_fp32(b);
+                    double want = (acc ? (double)(h * ld + t) * 0.01 : 0.0) +
+                                  0.37 * f * (2.0 * sel - zsum[h]);
+                    CHECKF(fabs(s_ref[h * ld + t] - want) <= 1e-5 * (1.0 + fabs(want) + 0.37 * f * m),
+                           "m %u h %u t %zu: %g vs %g", m, h, t, s_ref[h * ld + t], want);
+                }
+            for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_NEON; isa++) {
+                if (!kvq_isa_available((kvq_isa)isa)) continue;
+                const kvqi_cache_kernels *K = kvqi_cache_kernels_for((kvq_isa)isa);
+                for (size_t i = 0; i < G * ld; i++) s_simd[i] = acc ? (float)i * 0.01f : -7.0f;
+                K->score_signs(&L, lut, zsum, G, codes, N, acc, s_simd, ld);
+                CHECKF(memcmp(s_ref, s_simd, G * ld * sizeof(float)) == 0,
+                       "%s m %u accumulate %d: differs from scalar", kvqi_isa_name((kvq_isa)isa), m, acc);
+                tested++;
+            }
+        }
+    }
+    if (!tested) SKIP("no SIMD ISA on this CPU");
+    free(z), free(lut), free(s_ref), free(s_simd), free(codes);
+}
+
+/* The sign keys' fused path scores like the quantizer's own estimator: kvq_score and the
+ * kernels (projection and rotation read back by the cache, the query's table) agree
+ * within 1e-4 of the largest score, for qjl, 1-bit rabitq and turboquant_prod. */
+TEST(cache_sign_paths_match_kvq_score) {
+    enum { N = 50 };
+    static const char *specs[] = {"qjl", "qjl:proj_dim=96", "rabitq:bits=1", "prod:bits=2",
+                                  "prod:bits=3", "prod:bits=5"};
+    static const uint32_t dims[] = {64, 128};
+    for (size_t di = 0; di < 2; di++)
+        for (size_t si = 0; si < sizeof specs / sizeof specs[0]; si++) {
+            uint32_t dim = dims[di];
+            kvq_cache *c;
+            REQUIRE_OK(make_cache(specs[si], "fp16", 1, dim, 0, 0, 64, &c));
+            const kvqi_side *K = &c->key;
+            CHECKF(K->path == KVQI_PATH_SIGNS, "%s d=%u: path %d", specs[si], dim, (int)K->path);
+            if (K->path != KVQI_PATH_SIGNS) {
+                kvq_cache_free(c);
+                continue;
+            }
+            uint32_t m = K->signs.m;
+            float *x = make_kv(N + 1, 1, dim, 600 + si, 1, 4.0f);
+            uint8_t *codes = malloc(N * K->code_size);
+            float *ref = malloc(N * sizeof(float)), *got = malloc(N * sizeof(float));
+            float *z = malloc(m * sizeof(float)), *lut = malloc(m / 8 * 256 * sizeof(float));
+            float *ql = calloc(dim, sizeof(float));
+            REQUIRE(x && codes && ref && got && z && lut && ql);
+            const float *q = x + (size_t)N * dim;
+            REQUIRE_OK(kvq_encode(K->quant, x, N, codes));
+            REQUIRE_OK(kvq_score(K->quant, q, codes, N, ref));
+            float zsum = 0.0f;
+            for (uint32_t i = 0; i < m; i++) {
+                double a = 0.0;
+                for (uint32_t j = 0; j < dim; j++) a += (double)K->proj[(size_t)i * dim + j] * q[j];
+                zsum += (z[i] = (float)a);
+            }
+            kvqi_cache_sign_lut(z, m, lut);
+            if (K->signs_mse) {
+                c->kern->axpy_rows(K->rotation_t, q, dim, dim, ql);
+                c->kern->score_rot(&K->rot, ql, 1, codes, N, got, N);
+            }
+            c->kern->score_signs(&K->signs, lut, &zsum, 1, codes, N, K->signs_mse, got, N);
+            float amax = 0.0f;
+            for (size_t t = 0; t < N; t++) amax = fmaxf(amax, fabsf(ref[t]));
+            double worst = 0.0;
+            for (size_t t = 0; t < N; t++) worst = fmax(worst, fabs((double)got[t] - ref[t]) / amax);
+            CHECKF(worst <= 1e-4, "%s d=%u: fused vs kvq_score %.3g of the largest score",
+                   specs[si], dim, worst);
+            free(x), free(codes), free(ref), free(got), free(z), free(lut), free(ql);
+            kvq_cache_free(c);
+        }
+}
+
+/* Attention sinks: with every token a sink the output is exact fp32 attention whatever
+ * the codes (1-bit here), prefill and decode, with and without split-K; a sink that
+ * carries most of the attention is what the coarse codes got wrong, so keeping it exact
+ * lowers the error; the exact copies are counted; more than 1024 sinks are refused. */
+TEST(cache_sink_tokens_exact) {
+    const uint32_t n_kv = 3, H = 9, dim = 64;
+    const size_t n = 200, nq = 3;
+    float *k = make_kv(n, n_kv, dim, 111, 0, 1), *v = make_kv(n, n_kv, dim, 112, 0, 1);
+    float *q = make_kv(nq, H, dim, 113, 0, 1);
+    float *ref = malloc(nq * H * dim * sizeof(float)), *out = malloc(nq * H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref && out);
+    ref_attend(q, k, v, n, n_kv, H, dim, nq, 0.125f, ref);
+    kvq_threadpool *pool;
+    REQUIRE_OK(kvq_threadpool_create(4, &pool));
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_init(&cfg, n_kv, dim, "mse:bits=1", "mse:bits=1", NULL, 0));
+    cfg.n_sink = (uint32_t)n;
+    cfg.chunk_tokens = 64;
+    kvq_cache *c;
+    REQUIRE_OK(kvq_cache_create(&cfg, &c));
+    REQUIRE_OK(kvq_cache_append(c, k, v, n));
+    REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.125f, NULL, out));
+    CHECKF(rel_err(out, ref, nq * H * dim) < 1e-5, "all sinks, prefill: %.3g", rel_err(out, ref, nq * H * dim));
+    REQUIRE_OK(kvq_cache_attend(c, q + (nq - 1) * H * dim, H, 1, 0.125f, pool, out));
+    double e = rel_err(out, ref + (nq - 1) * H * dim, H * dim);
+    CHECKF(e < 1e-5, "all sinks, split-K decode: %.3g", e);
+    kvq_cache_memory_info mem;
+    REQUIRE_OK(kvq_cache_memory(c, &mem));
+    CHECK(mem.window == (uint64_t)2 * n * n_kv * dim * sizeof(float));
+    kvq_cache_free(c);
+
+    /* token 0 a strong sink for every query head */
+    for (uint32_t g = 0; g < n_kv; g++)
+        for (uint32_t j = 0; j < dim; j++) k[g * dim + j] = 0.0f;
+    for (size_t i = 0; i < nq; i++)
+        for (uint32_t h = 0; h < H; h++)
+            for (uint32_t j = 0; j < dim; j++)
+                k[(h / 3) * dim + j] += 2.0f * q[(i * H + h) * dim + j];
+    ref_attend(q, k, v, n, n_kv, H, dim, nq, 0.125f, ref);
+    double err[2];
+    for (int with = 0; with < 2; with++) {
+        cfg.n_sink = with ? 1 : 0;
+        REQUIRE_OK(kvq_cache_create(&cfg, &c));
+        REQUIRE_OK(kvq_cache_append(c, k, v, n));
+        REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.125f, NULL, out));
+        err[with] = rel_err(out, ref, nq * H * dim);
+        kvq_cache_free(c);
+    }
+    CHECKF(err[1] < 0.5 * err[0], "one exact sink: %.3g, none: %.3g", err[1], err[0]);
+    cfg.n_sink = 1025;
+    CHECK_STATUS(kvq_cache_create(&cfg, &c), KVQ_ERR_UNSUPPORTED);
+    kvq_threadpool_free(pool);
+    free(k), free(v), free(q), free(ref), free(out);
 }

@@ -118,13 +118,16 @@ TEST(quant_config_errors_name_the_key) {
         CHECKF(strstr(msg, cases[i].needle) != NULL, "%s: message '%s' lacks '%s'",
                cases[i].spec, msg, cases[i].needle);
     }
-    /* later methods parse but are not built yet */
+    /* calibrated methods are created unfitted: coding before kvq_quantizer_fit is refused */
     kvq_config c;
     kvq_quantizer *q = NULL;
+    float x[128] = {0};
+    uint8_t code[64];
     REQUIRE_OK(kvq_config_parse("vecinfer:sub_dim=8", 0, &c, NULL, 0));
     c.dim = 128;
-    CHECK_STATUS(kvq_quantizer_create(&c, &q), KVQ_ERR_UNSUPPORTED);
-    CHECK(q == NULL);
+    REQUIRE_OK(kvq_quantizer_create(&c, &q));
+    CHECK_STATUS(kvq_encode(q, x, 1, code), KVQ_ERR_STATE);
+    kvq_quantizer_free(q);
 }
 
 TEST(quant_rejects_bad_arguments) {
@@ -604,4 +607,33 @@ TEST(quant_hostile_values_do_not_crash) {
                 kvq_quantizer_free(q);
             }
     }
+}
+
+/* Small and odd dims: whatever a method accepts must round-trip sensibly. */
+TEST(quant_small_and_odd_dims) {
+    static const uint32_t dims[] = {2, 4, 8, 16, 32, 33, 48};
+    enum { N = 64 };
+    static float x[N * 48], y[N * 48], qv[48], sc[N];
+    static uint8_t codes[N * 512];
+    for (size_t s = 0; s < N_SPECS; s++)
+        for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+            uint32_t d = dims[di];
+            kvq_config c;
+            if (kvq_config_parse(k_specs[s], d, &c, NULL, 0) != KVQ_OK) continue; /* refused: fine */
+            kvq_quantizer *q;
+            CHECKF(kvq_quantizer_create(&c, &q) == KVQ_OK, "%s d=%u validated but not created", k_specs[s], d);
+            if (!q) continue;
+            gaussian(x, (size_t)N * d, 50 + d);
+            gaussian(qv, d, 51 + d);
+            CHECK_OK(kvq_encode(q, x, N, codes));
+            CHECK_OK(kvq_decode(q, codes, N, y));
+            CHECK_OK(kvq_score(q, qv, codes, N, sc));
+            double cs = 0;
+            for (int i = 0; i < N; i++) {
+                const float *xi = x + (size_t)i * d, *yi = y + (size_t)i * d;
+                cs += dotd(xi, yi, d) / sqrt(dotd(xi, xi, d) * dotd(yi, yi, d) + 1e-30);
+            }
+            CHECKF(cs / N > 0.3, "%s d=%u: mean decode cosine %.3f", k_specs[s], d, cs / N);
+            kvq_quantizer_free(q);
+        }
 }

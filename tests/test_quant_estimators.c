@@ -120,7 +120,7 @@ TEST(quant_rabitq_unbiased_and_bounded) {
     check_unbiased(kvqt_, "rabitq:query_bits=4", 0.08, 1);
     check_unbiased(kvqt_, "rabitq:bits=4", 0.02, 1);
     check_unbiased(kvqt_, "rabitq:bits=3,query_bits=4", 0.03, 1);
-    check_unbiased(kvqt_, "rabitq:bits=8,split=1", 0.005, 1);
+    check_unbiased(kvqt_, "rabitq:bits=5,split=1", 0.005, 1);
 }
 
 /* Independent q and x: the whole of q is orthogonal to o, the error is ~ Gaussian with

@@ -2,7 +2,8 @@
  * test_thread.c - concurrency contracts: one quantizer shared by several threads encodes
  * and scores exactly as it does serially (kvq.h: "Thread-safe on a shared quantizer"),
  * and cache attention split over a threadpool equals the single-threaded result bit for
- * bit. `make test-tsan` runs these under ThreadSanitizer.
+ * bit, and one index searched by several threads (or over a pool) answers as it does
+ * serially. `make test-tsan` runs these under ThreadSanitizer.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -232,4 +233,88 @@ TEST(thread_independent_caches_match_alone) {
         CHECKF(memcmp(alone[t], together[t], sizeof alone[t]) == 0, "%s: threaded result differs",
                specs[t]);
     }
+}
+
+/* --------------------------------------------------------------- index */
+
+enum { IX_DIM = 48, IX_N = 1500, IX_Q = 24, IX_K = 10 };
+
+typedef struct {
+    const kvq_index *index;
+    const float *queries;
+    int64_t ids[IX_Q * IX_K];
+    float dists[IX_Q * IX_K];
+    kvq_status status;
+} index_job;
+
+static void *index_worker(void *arg) {
+    index_job *j = arg;
+    kvq_index_search_params p;
+    j->status = kvq_index_search_params_init(&p);
+    p.nprobe = 3;
+    for (int r = 0; r < ROUNDS && j->status == KVQ_OK; r++)
+        j->status = kvq_index_search(j->index, j->queries, IX_Q, IX_K, &p, j->ids, j->dists);
+    return NULL;
+}
+
+/* One index searched by four threads at once, and one search spread over a pool, give
+ * the serial answer: same ids, same distances. */
+TEST(thread_index_search_shared_and_pooled_match_serial) {
+    float *x = malloc(sizeof(float) * IX_N * IX_DIM), *queries = malloc(sizeof(float) * IX_Q * IX_DIM);
+    REQUIRE(x && queries);
+    fill_signal(x, (size_t)IX_N * IX_DIM, 41);
+    fill_signal(queries, (size_t)IX_Q * IX_DIM, 42);
+    static const uint32_t bits[] = {1, 4};
+    for (size_t bi = 0; bi < sizeof bits / sizeof bits[0]; bi++) {
+        kvq_index_config cfg;
+        kvq_index *index = NULL;
+        kvq_threadpool *pool = NULL;
+        REQUIRE_OK(kvq_index_config_init(&cfg, IX_DIM));
+        cfg.nlist = 8;
+        cfg.bits = bits[bi];
+        cfg.seed = 5;
+        REQUIRE_OK(kvq_index_create(&cfg, &index));
+        CHECK_OK(kvq_index_train(index, x, IX_N));
+        CHECK_OK(kvq_index_add(index, x, IX_N, NULL));
+        index_job serial = {index, queries, {0}, {0}, KVQ_OK};
+        index_worker(&serial);
+        CHECKF(serial.status == KVQ_OK, "bits %u serial search: %s", bits[bi], kvq_strerror(serial.status));
+        index_job *jobs = calloc(THREADS, sizeof *jobs);
+        pthread_t tid[THREADS];
+        int started = 0;
+        if (jobs) {
+            for (int t = 0; t < THREADS; t++) jobs[t] = (index_job){index, queries, {0}, {0}, KVQ_OK};
+            for (; started < THREADS; started++)
+                if (pthread_create(&tid[started], NULL, index_worker, &jobs[started]) != 0) break;
+            for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
+        }
+        CHECKF(started == THREADS, "could not start %d threads", THREADS);
+        for (int t = 0; t < started; t++) {
+            CHECKF(jobs[t].status == KVQ_OK, "thread %d: %s", t, kvq_strerror(jobs[t].status));
+            CHECKF(memcmp(jobs[t].ids, serial.ids, sizeof serial.ids) == 0 &&
+                       memcmp(jobs[t].dists, serial.dists, sizeof serial.dists) == 0,
+                   "bits %u thread %d: results differ from the serial search", bits[bi], t);
+        }
+        free(jobs);
+        /* the same queries spread over a pool */
+        CHECK_OK(kvq_threadpool_create(THREADS, &pool));
+        kvq_index_search_params p;
+        CHECK_OK(kvq_index_search_params_init(&p));
+        p.nprobe = 3;
+        p.pool = pool;
+        index_job pooled = {index, queries, {0}, {0}, KVQ_OK};
+        CHECK_OK(kvq_index_search(index, queries, IX_Q, IX_K, &p, pooled.ids, pooled.dists));
+        CHECKF(memcmp(pooled.ids, serial.ids, sizeof serial.ids) == 0 &&
+                   memcmp(pooled.dists, serial.dists, sizeof serial.dists) == 0,
+               "bits %u: pooled search differs from the serial one", bits[bi]);
+        /* the answers are real neighbours: every query finds k ids */
+        int found = 0;
+        for (int i = 0; i < IX_Q * IX_K; i++) found += serial.ids[i] >= 0 && serial.ids[i] < IX_N;
+        CHECKF(found == IX_Q * IX_K, "bits %u: %d of %d result slots hold valid ids", bits[bi], found,
+               IX_Q * IX_K);
+        kvq_threadpool_free(pool);
+        kvq_index_free(index);
+    }
+    free(x);
+    free(queries);
 }

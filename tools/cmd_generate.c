@@ -17,8 +17,9 @@ static int gen_usage(FILE *f) {
             "  --cache-k SPEC     key quantizer, e.g. fp16, q8_0, q4_0, turboquant_rvq:bits=1,residuals=2\n"
             "                     (default fp16; f32 keeps exact float keys and values)\n"
             "  --cache-v SPEC     value quantizer (default: fp16)\n"
-            "  --window N         most recent tokens also kept exact (default 0)\n"
-            "  --outliers N       key channels per head kept in fp16 (default 0)\n"
+            "  --window N         most recent tokens also kept exact (default 0; also --cache-window)\n"
+            "  --outliers N       key channels per head kept in fp16 (default 0; also --cache-outliers)\n"
+            "  --sink N           first tokens kept exact, the attention sinks (default 0; also --cache-sink)\n"
             "  --ctx N            context length (default: prompt + tokens)\n"
             "  --threads N        threads (default 0 = one per CPU)\n"
             "  --seed S           sampler seed (default 0)\n"
@@ -28,14 +29,15 @@ static int gen_usage(FILE *f) {
             "  --float-activations  float32 activations in one-token products too (slower, exact)\n"
             "  --quiet            print only the generated text\n"
             "  --dump-kv DIR      write every layer's keys (after RoPE) and values as\n"
-            "                     DIR/keys_LL.npy and DIR/values_LL.npy, float32 [tokens][kv_heads][head_dim]\n");
+            "                     DIR/keys_LL.npy and DIR/values_LL.npy, float32 [tokens][kv_heads][head_dim],\n"
+            "                     and the queries (after RoPE) as DIR/queries_LL.npy [tokens][heads][head_dim]\n");
     return f == stderr ? 1 : 0;
 }
 
 /* Keys and values of every layer kept for --dump-kv: [layer][position][kv_dim]. */
 typedef struct kv_dump {
-    float *k, *v;
-    size_t kv_dim, cap, n_layers, n_tokens;
+    float *k, *v, *q;
+    size_t kv_dim, q_dim, cap, n_layers, n_tokens;
 } kv_dump;
 
 static void dump_observer(void *user, uint32_t layer, size_t pos, const float *k, const float *v, size_t n) {
@@ -44,6 +46,12 @@ static void dump_observer(void *user, uint32_t layer, size_t pos, const float *k
     memcpy(d->k + ((size_t)layer * d->cap + pos) * d->kv_dim, k, n * d->kv_dim * sizeof(float));
     memcpy(d->v + ((size_t)layer * d->cap + pos) * d->kv_dim, v, n * d->kv_dim * sizeof(float));
     if (pos + n > d->n_tokens) d->n_tokens = pos + n;
+}
+
+static void dump_query_observer(void *user, uint32_t layer, size_t pos, const float *q, size_t n) {
+    kv_dump *d = user;
+    if (layer >= d->n_layers || pos + n > d->cap) return;
+    memcpy(d->q + ((size_t)layer * d->cap + pos) * d->q_dim, q, n * d->q_dim * sizeof(float));
 }
 
 /* numpy's .npy v1.0: magic, header length, a Python dict padded to 64 bytes, the data */
@@ -77,7 +85,7 @@ static double now_s(void) {
 int kvq_cmd_generate(int argc, char **argv) {
     const char *model_path = NULL, *prompt = NULL, *kspec = "fp16", *vspec = NULL, *dump_dir = NULL;
     kv_dump dump = {0};
-    long n_gen = 64, n_ctx = 0, threads = 0, window = 0, outliers = 0;
+    long n_gen = 64, n_ctx = 0, threads = 0, window = 0, outliers = 0, sink = 0;
     unsigned long long seed = 0;
     double temp = 0.0, top_p = 0.95;
     int no_bos = 0, quiet = 0, float_act = 0;
@@ -91,8 +99,9 @@ int kvq_cmd_generate(int argc, char **argv) {
         else if (TAKES("-n") || (!strcmp(a, "--tokens") && v && ++i)) n_gen = strtol(v, NULL, 10);
         else if (TAKES("--cache-k")) kspec = v;
         else if (TAKES("--cache-v")) vspec = v;
-        else if (TAKES("--window")) window = strtol(v, NULL, 10);
-        else if (TAKES("--outliers")) outliers = strtol(v, NULL, 10);
+        else if ((TAKES("--window") || TAKES("--cache-window"))) window = strtol(v, NULL, 10);
+        else if ((TAKES("--outliers") || TAKES("--cache-outliers"))) outliers = strtol(v, NULL, 10);
+        else if ((TAKES("--sink") || TAKES("--cache-sink"))) sink = strtol(v, NULL, 10);
         else if (TAKES("--ctx")) n_ctx = strtol(v, NULL, 10);
         else if (TAKES("--threads")) threads = strtol(v, NULL, 10);
         else if (TAKES("--seed")) seed = strtoull(v, NULL, 10);
@@ -110,7 +119,7 @@ int kvq_cmd_generate(int argc, char **argv) {
     }
     if (!model_path || !prompt) return gen_usage(stderr);
     if (!vspec) vspec = !strcmp(kspec, "f32") ? "f32" : "fp16";
-    if (n_gen < 0 || n_ctx < 0 || threads < 0 || window < 0 || outliers < 0 || n_gen > 1000000 ||
+    if (n_gen < 0 || n_ctx < 0 || threads < 0 || window < 0 || outliers < 0 || sink < 0 || sink > 1024 || n_gen > 1000000 ||
         n_ctx > 1000000 || threads > 1024) {
         fprintf(stderr, "kvq generate: a count is out of range\n");
         return 1;
@@ -163,6 +172,7 @@ int kvq_cmd_generate(int argc, char **argv) {
         }
         cc.window = (uint32_t)window;
         cc.n_outliers = (uint32_t)outliers;
+        cc.n_sink = (uint32_t)sink;
         p.cache = &cc;
         p.n_cache_configs = 1;
     }
@@ -172,12 +182,16 @@ int kvq_cmd_generate(int argc, char **argv) {
         dump.n_layers = info.n_layers;
         dump.k = calloc(dump.n_layers * dump.cap * dump.kv_dim, sizeof(float));
         dump.v = calloc(dump.n_layers * dump.cap * dump.kv_dim, sizeof(float));
-        if (!dump.k || !dump.v) {
+        dump.q_dim = (size_t)info.n_heads * info.head_dim;
+        dump.q = calloc(dump.n_layers * dump.cap * dump.q_dim, sizeof(float));
+        if (!dump.k || !dump.v || !dump.q) {
             rc = kvq_cli_fail("generate", "--dump-kv memory", KVQ_ERR_NOMEM);
             goto done;
         }
         p.kv_observer = dump_observer;
         p.kv_observer_user = &dump;
+        p.query_observer = dump_query_observer;
+        p.query_observer_user = &dump;
     }
     if ((st = kvq_context_create(model, &p, &ctx))) {
         rc = kvq_cli_fail("generate", "context", st);
@@ -235,21 +249,25 @@ int kvq_cmd_generate(int argc, char **argv) {
     rc = 0;
     for (size_t l = 0; dump_dir && l < dump.n_layers; l++) {
         char path[4096];
-        const float *src[2] = {dump.k + l * dump.cap * dump.kv_dim, dump.v + l * dump.cap * dump.kv_dim};
-        for (int side = 0; side < 2; side++) {
-            snprintf(path, sizeof path, "%s/%s_%02zu.npy", dump_dir, side ? "values" : "keys", l);
-            if (write_npy(path, src[side], dump.n_tokens, info.n_kv_heads, info.head_dim)) {
+        const float *src[3] = {dump.k + l * dump.cap * dump.kv_dim, dump.v + l * dump.cap * dump.kv_dim,
+                               dump.q + l * dump.cap * dump.q_dim};
+        static const char *const name[3] = {"keys", "values", "queries"};
+        for (int side = 0; side < 3; side++) {
+            snprintf(path, sizeof path, "%s/%s_%02zu.npy", dump_dir, name[side], l);
+            if (write_npy(path, src[side], dump.n_tokens, side == 2 ? info.n_heads : info.n_kv_heads,
+                          info.head_dim)) {
                 fprintf(stderr, "kvq generate: cannot write %s\n", path);
                 rc = 1;
             }
         }
     }
     if (dump_dir && !rc && !quiet)
-        fprintf(stderr, "kvq generate: keys and values of %zu tokens x %zu layers written to %s\n", dump.n_tokens,
+        fprintf(stderr, "kvq generate: keys, values and queries of %zu tokens x %zu layers written to %s\n", dump.n_tokens,
                 dump.n_layers, dump_dir);
 done:
     free(dump.k);
     free(dump.v);
+    free(dump.q);
     kvq_context_free(ctx);
     free(tokens);
     free(logits);

@@ -10,6 +10,9 @@ then the system's library path.
     q = kvq.Quantizer("turboquant_rvq:bits=1,residuals=2", dim=128, seed=7)
     codes = q.encode(x)              # (n, 128) float32 -> (n, q.code_size) uint8
     scores = q.score(query, codes)   # (n,) inner-product estimates from the codes
+
+Also Cache (one layer's compressed KV cache with attention), Index (RaBitQ IVF nearest
+neighbours) and ThreadPool. Errors from the library raise KvqError.
 """
 
 import ctypes
@@ -23,6 +26,7 @@ __all__ = [
     "Quantizer",
     "Cache",
     "ThreadPool",
+    "Index",
     "library_path",
     "version",
     "cpu_isa",
@@ -125,6 +129,37 @@ class _CacheMemory(ctypes.Structure):
     ]
 
 
+class _IndexConfig(ctypes.Structure):
+    """Mirror of kvq_index_config."""
+
+    _fields_ = [
+        ("dim", ctypes.c_uint32),
+        ("metric", ctypes.c_int),
+        ("nlist", ctypes.c_uint32),
+        ("bits", ctypes.c_uint32),
+        ("split", ctypes.c_uint32),
+        ("query_bits", ctypes.c_uint32),
+        ("rotation", ctypes.c_int),
+        ("pca_dim", ctypes.c_uint32),
+        ("reorder", ctypes.c_int),
+        ("seed", ctypes.c_uint64),
+        ("train_iters", ctypes.c_uint32),
+        ("max_train_points", ctypes.c_uint32),
+    ]
+
+
+class _SearchParams(ctypes.Structure):
+    """Mirror of kvq_index_search_params."""
+
+    _fields_ = [
+        ("nprobe", ctypes.c_uint32),
+        ("rerank", ctypes.c_uint32),
+        ("eps0", ctypes.c_float),
+        ("n_threads", ctypes.c_uint32),
+        ("pool", ctypes.c_void_p),
+    ]
+
+
 def _fn(name, restype, *argtypes):
     f = getattr(_lib, name)
     f.restype = restype
@@ -178,6 +213,32 @@ _cache_attend = _fn(
     "kvq_cache_attend", _status, _vp, _f32p, ctypes.c_uint32, _size, ctypes.c_float, _vp, _f32p
 )
 _cache_memory = _fn("kvq_cache_memory", _status, _vp, ctypes.POINTER(_CacheMemory))
+
+_i64p = ctypes.POINTER(ctypes.c_int64)
+_u64p = ctypes.POINTER(ctypes.c_uint64)
+_icfgp = ctypes.POINTER(_IndexConfig)
+_index_config_init = _fn("kvq_index_config_init", _status, _icfgp, ctypes.c_uint32)
+_search_params_init = _fn("kvq_index_search_params_init", _status, ctypes.POINTER(_SearchParams))
+_index_create = _fn("kvq_index_create", _status, _icfgp, _pvp)
+_index_free = _fn("kvq_index_free", None, _vp)
+_index_train = _fn("kvq_index_train", _status, _vp, _f32p, _size)
+_index_add = _fn("kvq_index_add", _status, _vp, _f32p, _size, _i64p)
+_index_search = _fn(
+    "kvq_index_search",
+    _status,
+    _vp,
+    _f32p,
+    _size,
+    ctypes.c_uint32,
+    ctypes.POINTER(_SearchParams),
+    _i64p,
+    _f32p,
+)
+_index_save = _fn("kvq_index_save", _status, _vp, ctypes.c_char_p)
+_index_load = _fn("kvq_index_load", _status, ctypes.c_char_p, _pvp)
+_index_size_bytes = _fn("kvq_index_size_bytes", _status, _vp, _u64p)
+_index_count = _fn("kvq_index_count", _status, _vp, _u64p)
+_index_get_config = _fn("kvq_index_get_config", _status, _vp, _icfgp)
 
 # ---------------------------------------------------------------------- errors
 
@@ -522,3 +583,139 @@ class Cache:
         info = _CacheMemory()
         _check(_cache_memory(self._h, ctypes.byref(info)), "kvq_cache_memory")
         return {name: int(getattr(info, name)) for name, _ in _CacheMemory._fields_}
+
+
+# --------------------------------------------------------------------- index
+
+_METRICS = {"l2": 0, "ip": 1, "cosine": 2}
+_ROTATIONS = {"fht": 0, "dense": 1}
+_REORDERS = {"fp32": 0, "fp16": 1, "none": 2}
+
+
+def _choice(table, value, what):
+    try:
+        return table[value]
+    except KeyError:
+        raise ValueError("%s must be one of %s, got %r" % (what, sorted(table), value)) from None
+
+
+class Index:
+    """A RaBitQ IVF index over float vectors (approximate nearest neighbours).
+    metric: "l2" (squared distance), "ip" or "cosine" (distance = -<q, x>); smaller is
+    nearer. Train on a sample, add vectors (ids default to 0, 1, ...), then search."""
+
+    def __init__(
+        self,
+        dim,
+        metric="l2",
+        nlist=1,
+        bits=1,
+        split=0,
+        query_bits=4,
+        rotation="fht",
+        pca_dim=0,
+        reorder="fp32",
+        seed=0,
+        train_iters=0,
+        max_train_points=0,
+        _handle=None,
+    ):
+        self._h = None
+        if _handle is None:
+            dim = int(dim)
+            if dim <= 0 or dim >= 2**32:
+                raise ValueError("dim must be a positive 32-bit integer, got %d" % dim)
+            cfg = _IndexConfig()
+            _check(_index_config_init(ctypes.byref(cfg), dim), "kvq_index_config_init")
+            cfg.metric = _choice(_METRICS, metric, "metric")
+            cfg.nlist = int(nlist)
+            cfg.bits = int(bits)
+            cfg.split = int(split)
+            cfg.query_bits = int(query_bits)
+            cfg.rotation = _choice(_ROTATIONS, rotation, "rotation")
+            cfg.pca_dim = int(pca_dim)
+            cfg.reorder = _choice(_REORDERS, reorder, "reorder")
+            cfg.seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+            cfg.train_iters = int(train_iters)
+            cfg.max_train_points = int(max_train_points)
+            h = ctypes.c_void_p()
+            _check(_index_create(ctypes.byref(cfg), ctypes.byref(h)), "kvq_index_create")
+            _handle = h
+        self._h = _handle
+        cfg = _IndexConfig()
+        _check(_index_get_config(self._h, ctypes.byref(cfg)), "kvq_index_get_config")
+        self.dim = int(cfg.dim)
+        self.metric = {v: k for k, v in _METRICS.items()}.get(cfg.metric, cfg.metric)
+        self.nlist = int(cfg.nlist)
+        self.bits = int(cfg.bits)
+
+    @classmethod
+    def load(cls, path):
+        """An index saved by .save()."""
+        h = ctypes.c_void_p()
+        _check(_index_load(os.fsencode(path), ctypes.byref(h)), "kvq_index_load")
+        return cls(0, _handle=h)
+
+    def save(self, path):
+        _check(_index_save(self._h, os.fsencode(path)), "kvq_index_save")
+
+    def close(self):
+        if self._h is not None:
+            _index_free(self._h)
+            self._h = None
+
+    def __del__(self):
+        self.close()
+
+    def __len__(self):
+        n = ctypes.c_uint64()
+        _check(_index_count(self._h, ctypes.byref(n)), "kvq_index_count")
+        return int(n.value)
+
+    @property
+    def size_bytes(self):
+        """Bytes the index holds in memory."""
+        n = ctypes.c_uint64()
+        _check(_index_size_bytes(self._h, ctypes.byref(n)), "kvq_index_size_bytes")
+        return int(n.value)
+
+    def train(self, x):
+        """k-means (and PCA) on a sample of x (n, dim); call before add."""
+        arr, n, _ = _floats(x, "train", (self.dim,))
+        _check(_index_train(self._h, _fp(arr), n), "kvq_index_train")
+        return self
+
+    def add(self, x, ids=None):
+        """Append vectors (n, dim); ids (n,) int64, default: continue from len(index)."""
+        arr, n, _ = _floats(x, "add", (self.dim,))
+        idp = None
+        if ids is not None:
+            ida = np.ascontiguousarray(ids, dtype=np.int64)
+            if ida.shape != (n,):
+                raise ValueError("add: ids must have shape (%d,), got %s" % (n, ida.shape))
+            idp = ida.ctypes.data_as(_i64p)
+        if n:
+            _check(_index_add(self._h, _fp(arr), n, idp), "kvq_index_add")
+
+    def search(self, queries, k, nprobe=1, rerank=0, eps0=0.0, pool=None):
+        """The k nearest of each query: (ids, dists), each (n_queries, k), ascending
+        distance; slots past the vectors found hold id -1. A single query (dim,) gives
+        (k,) arrays."""
+        qa, n, single = _floats(queries, "search", (self.dim,))
+        k = int(k)
+        if k <= 0:
+            raise ValueError("search: k must be positive")
+        p = _SearchParams()
+        _check(_search_params_init(ctypes.byref(p)), "kvq_index_search_params_init")
+        p.nprobe = int(nprobe)
+        p.rerank = int(rerank)
+        p.eps0 = float(eps0)
+        p.pool = pool._h.value if pool is not None else None
+        ids = np.empty((n, k), dtype=np.int64)
+        dists = np.empty((n, k), dtype=np.float32)
+        if n:
+            st = _index_search(
+                self._h, _fp(qa), n, k, ctypes.byref(p), ids.ctypes.data_as(_i64p), _fp(dists)
+            )
+            _check(st, "kvq_index_search")
+        return (ids[0], dists[0]) if single else (ids, dists)

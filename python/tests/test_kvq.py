@@ -225,3 +225,46 @@ def test_cache_validates_shapes_and_specs():
     with pytest.raises(kvq.KvqError) as e:
         kvq.Cache(2, 16, "fp16", "bogus")
     assert e.value.name == "PARSE"
+
+
+def test_index_finds_exact_neighbours_and_round_trips(tmp_path):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    q = rng.standard_normal((20, 32)).astype(np.float32)
+    index = kvq.Index(32, metric="l2", nlist=16, bits=4, seed=3)
+    index.train(x)
+    index.add(x, ids=np.arange(3000, dtype=np.int64) + 1000)
+    assert len(index) == 3000 and index.size_bytes > 3000 * 32 // 8
+    ids, dists = index.search(q, 10, nprobe=16)
+    assert ids.shape == (20, 10) and dists.shape == (20, 10)
+    truth = np.argsort(((q[:, None, :] - x[None, :, :]) ** 2).sum(-1), axis=1)[:, :10] + 1000
+    recall = np.mean([len(set(ids[i]) & set(truth[i])) / 10 for i in range(20)])
+    assert recall >= 0.9, recall
+    assert np.all(np.diff(dists, axis=1) >= 0)
+    # with the exact reorder store, reported distances are the true squared distances
+    d_true = ((q[0] - x[ids[0] - 1000]) ** 2).sum(-1)
+    np.testing.assert_allclose(dists[0], d_true, rtol=1e-4, atol=1e-3)
+    one_ids, _ = index.search(q[0], 10, nprobe=16)
+    np.testing.assert_array_equal(one_ids, ids[0])
+    path = str(tmp_path / "x.kvqi")
+    index.save(path)
+    again = kvq.Index.load(path)
+    assert len(again) == 3000 and again.dim == 32
+    ids2, dists2 = again.search(q, 10, nprobe=16)
+    np.testing.assert_array_equal(ids2, ids)
+    np.testing.assert_array_equal(dists2, dists)
+    pool = kvq.ThreadPool(2)
+    ids3, _ = index.search(q, 10, nprobe=16, pool=pool)
+    np.testing.assert_array_equal(ids3, ids)
+
+
+def test_index_errors():
+    with pytest.raises(ValueError):
+        kvq.Index(16, metric="manhattan")
+    index = kvq.Index(16)
+    with pytest.raises(ValueError):
+        index.add(np.zeros((4, 15), np.float32))
+    with pytest.raises(ValueError):
+        index.add(np.zeros((4, 16), np.float32), ids=np.arange(3))
+    with pytest.raises(kvq.KvqError):
+        kvq.Index(16, bits=9)

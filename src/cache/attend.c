@@ -4,6 +4,8 @@
  * (FlashAttention's running max and sum), and the weighted sum of decoded values.
  * Rotated codes are scored and summed in the rotated domain: <q, R^T u> = <R q, u> and
  * sum_i p_i R^T u_i = R^T sum_i p_i u_i, so the rotation runs once per query head.
+ * With fewer tasks than threads the context is split into token ranges whose softmax
+ * states are merged afterwards (split-K, as FlashDecoding does on GPUs).
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -18,7 +20,9 @@ typedef struct attend_ctx {
     float *out;
     uint32_t n_q_heads, G;
     size_t n_queries;
-    uint32_t qb; /* queries per task: they share every decoded code */
+    uint32_t qb;      /* queries per task: they share every decoded code */
+    uint32_t n_split; /* split-K: token ranges per (KV head, query block); 1 = none */
+    size_t split_tokens; /* tokens per range (a multiple of the attend block) */
     float scale;
     atomic_int status; /* first failure of a quantizer call in any task */
 } attend_ctx;
@@ -29,7 +33,9 @@ static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     size_t span = c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0;
     /* integer key path: G x d int8 query, its scales and sums */
     size_t i8 = (size_t)G * d / 4 + 2 * G + 16;
-    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16 + span + i8;
+    /* sign keys: one table of m/8 x 256 sums per query head, and the sums of z */
+    size_t signs = c->key.path == KVQI_PATH_SIGNS ? (size_t)G * (c->key.signs.m / 8) * 256 + G + 16 : 0;
+    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16 + span + i8 + signs;
 }
 
 /* The integer key path applies: 4-bit one-pass rotated keys and a CPU with the kernel. */
@@ -102,6 +108,9 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->q8_scale = s->kspan + (c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0);
     s->q8_sum = (int32_t *)(void *)(s->q8_scale + G);
     s->q8 = (int8_t *)(void *)(s->q8_sum + G);
+    /* past the int8 query, on a 16-byte boundary (the pads of scratch_floats cover it) */
+    s->zsum = (float *)(void *)(s->q8 + ((G * d + 15) & ~(size_t)15));
+    s->lut = s->zsum + G;
 }
 
 /* Scores of one block of coded tokens (the query carries the scale), outlier channels
@@ -127,6 +136,11 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
                                   s->scores, B);
         else
             c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
+        break;
+    case KVQI_PATH_SIGNS:
+        /* turboquant_prod: the mse part first, the residual's signs added */
+        if (K->signs_mse) c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
+        c->kern->score_signs(&K->signs, s->lut, s->zsum, G, codes, nb, K->signs_mse, s->scores, B);
         break;
     default: /* scored ahead by score_span */
         for (uint32_t h = 0; h < G; h++)
@@ -202,7 +216,7 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
     case KVQI_PATH_ROT:
         c->kern->accum_rot(&V->rot, s->scores, B, G, codes, nb, s->acc);
         break;
-    default:
+    default: {
         kvq_status st = kvq_decode(V->quant, codes, nb, s->vdec);
         if (st != KVQ_OK) {
             int ok = KVQ_OK;
@@ -212,6 +226,7 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
         c->kern->accum_f32(s->scores, B, G, c->dim, (const uint8_t *)s->vdec,
                            c->dim * sizeof(float), nb, s->acc);
         break;
+    }
     }
 }
 
@@ -244,30 +259,45 @@ static void mask_block(const attend_ctx *A, kvqi_attend_scratch *s, size_t first
     }
 }
 
-/* One KV head and a block of up to qb queries: the block's query heads act as G * qb
- * heads of one group, so each code is decoded once for all of them. */
-static void attend_task(void *vctx, size_t task, unsigned thread) {
-    attend_ctx *A = vctx;
-    kvq_cache *c = A->c;
-    uint32_t d = c->dim, g = (uint32_t)(task % c->n_kv);
-    size_t i0 = (task / c->n_kv) * A->qb, B = KVQI_ATTEND_BLOCK, C = c->cfg.chunk_tokens;
-    uint32_t nqb = (uint32_t)KVQI_MIN((size_t)A->qb, A->n_queries - i0), G = A->G * nqb;
-    size_t row = (size_t)c->n_kv * d;
-    size_t first_visible = c->n_tokens - A->n_queries + i0 + 1; /* tokens query i0 sees */
-    size_t visible = first_visible + nqb - 1;                   /* tokens the last one sees */
-    kvqi_attend_scratch *s = &c->scratch[thread];
-    carve(s, c, G);
+/* Where a task's queries stand: KV head g, first query i0, nqb queries (G heads of the
+ * group each: Gt = G * nqb rows of state), the tokens the first and the last one see. */
+typedef struct task_view {
+    uint32_t g, nqb, Gt;
+    size_t i0, first_visible, visible;
+} task_view;
 
-    for (uint32_t v = 0; v < G; v++) {
+static task_view view_of(const attend_ctx *A, size_t group_task) {
+    const kvq_cache *c = A->c;
+    task_view t;
+    t.g = (uint32_t)(group_task % c->n_kv);
+    t.i0 = (group_task / c->n_kv) * A->qb;
+    t.nqb = (uint32_t)KVQI_MIN((size_t)A->qb, A->n_queries - t.i0);
+    t.Gt = A->G * t.nqb;
+    t.first_visible = c->n_tokens - A->n_queries + t.i0 + 1;
+    t.visible = t.first_visible + t.nqb - 1;
+    return t;
+}
+
+/* Floats of one range's softmax state: m, l, acc, acc_x for Gt rows. */
+static size_t partial_floats(const kvq_cache *c, uint32_t Gt) {
+    return (size_t)Gt * (2 + 2 * (size_t)c->dim);
+}
+
+/* The queries of the task, scaled, split off their outlier channels and rotated as the
+ * key kernels want them; the running state emptied. */
+static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend_scratch *s) {
+    kvq_cache *c = A->c;
+    uint32_t d = c->dim;
+    for (uint32_t v = 0; v < T->Gt; v++) {
         /* the softmax scale rides on the query: every score comes out scaled */
         size_t qi = v / A->G, h = v % A->G;
-        const float *qh = A->q + ((i0 + qi) * A->n_q_heads + (size_t)g * A->G + h) * d;
+        const float *qh = A->q + ((T->i0 + qi) * A->n_q_heads + (size_t)T->g * A->G + h) * d;
         float *qk = s->q + (size_t)v * d, *qr = s->q_raw + (size_t)v * d;
         for (uint32_t j = 0; j < d; j++) qr[j] = qh[j] * A->scale;
         float *tmp = s->vdec; /* free until the first block */
         memcpy(tmp, qr, d * sizeof(float));
         if (c->n_out && c->coded) {
-            const uint16_t *idx = c->outlier_idx + (size_t)g * c->n_out;
+            const uint16_t *idx = c->outlier_idx + (size_t)T->g * c->n_out;
             for (uint32_t o = 0; o < c->n_out; o++) {
                 s->q_out[(size_t)v * c->n_out + o] = qr[idx[o]];
                 tmp[idx[o]] = 0.0f;
@@ -278,6 +308,18 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
             memset(qk, 0, d * sizeof(float));
             c->kern->axpy_rows(c->key.rotation_t, tmp, d, d, qk);
             if (use_i8(c)) quantize_query(c, s, v, qk);
+        } else if (c->key.path == KVQI_PATH_SIGNS) {
+            /* z = P x, its sum and its table; the mse part's rotated query */
+            const kvqi_side *K = &c->key;
+            uint32_t m = K->signs.m;
+            float *z = tmp + d; /* vdec holds B * d >= d + m floats */
+            c->kern->score_f32(tmp, 1, d, (const uint8_t *)K->proj, d * sizeof(float), m, z, m);
+            float zs = 0.0f;
+            for (uint32_t i = 0; i < m; i++) zs += z[i];
+            s->zsum[v] = zs;
+            kvqi_cache_sign_lut(z, m, s->lut + (size_t)v * (m / 8) * 256);
+            memset(qk, 0, d * sizeof(float));
+            if (K->signs_mse) c->kern->axpy_rows(K->rotation_t, tmp, d, d, qk);
         } else {
             memcpy(qk, tmp, d * sizeof(float));
         }
@@ -286,45 +328,73 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
         memset(s->acc + (size_t)v * d, 0, d * sizeof(float));
         memset(s->acc_x + (size_t)v * d, 0, d * sizeof(float));
     }
+}
 
+/* Tokens [t_begin, t_end) of the task's visible context, coded ones then exact ones,
+ * folded into the running state. */
+static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch *s,
+                         size_t t_begin, size_t t_end) {
+    kvq_cache *c = A->c;
+    uint32_t d = c->dim, g = T->g, G = T->Gt;
+    size_t B = KVQI_ATTEND_BLOCK, C = c->cfg.chunk_tokens, row = (size_t)c->n_kv * d;
     size_t coded_end = 0, exact_begin = 0, ring = 0;
     const float *ek = c->stage_k, *ev = c->stage_v;
     if (c->coded) {
         size_t W = c->cfg.window;
         exact_begin = (W && c->n_tokens > W) ? c->n_tokens - W : (W ? 0 : c->n_tokens);
-        coded_end = KVQI_MIN(visible, exact_begin);
+        coded_end = KVQI_MIN(T->visible, exact_begin);
         ek = c->win_k;
         ev = c->win_v;
         ring = W;
     }
-    for (size_t t0 = 0; t0 < coded_end;) {
-        size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_end - t0, C - in));
-        const uint8_t *chunk = c->chunks[t0 / C];
-        prefetch_block(c, g, t0 + nb, coded_end);
-        if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == 0))
-            score_span(c, s, G, g, chunk, in, KVQI_MIN(coded_end - t0, C - in), &A->status);
-        score_coded(c, s, G, g, chunk, in, nb);
-        mask_block(A, s, first_visible, nqb, t0, nb);
-        softmax_block(c, s, G, nb);
-        accum_coded(c, s, G, g, chunk, in, nb, &A->status);
-        t0 += nb;
-    }
-    for (size_t t0 = exact_begin; t0 < visible;) {
-        size_t slot = ring ? t0 % ring : t0;
-        size_t nb = KVQI_MIN(B, visible - t0);
-        if (ring) nb = KVQI_MIN(nb, ring - slot);
-        const uint8_t *kr = (const uint8_t *)(ek + slot * row + (size_t)g * d);
-        const uint8_t *vr = (const uint8_t *)(ev + slot * row + (size_t)g * d);
+    /* attention sinks: the first tokens from their exact copies (not where the window
+     * has them already) */
+    size_t sink_end = c->coded ? KVQI_MIN((size_t)c->cfg.n_sink, KVQI_MIN(exact_begin, coded_end)) : 0;
+    for (size_t t0 = t_begin; t0 < KVQI_MIN(sink_end, t_end);) {
+        size_t nb = KVQI_MIN(B, KVQI_MIN(sink_end, t_end) - t0);
+        const uint8_t *kr = (const uint8_t *)(c->sink_k + t0 * row + (size_t)g * d);
+        const uint8_t *vr = (const uint8_t *)(c->sink_v + t0 * row + (size_t)g * d);
         c->kern->score_f32(s->q_raw, G, d, kr, row * sizeof(float), nb, s->scores, B);
-        mask_block(A, s, first_visible, nqb, t0, nb);
+        mask_block(A, s, T->first_visible, T->nqb, t0, nb);
         softmax_block(c, s, G, nb);
         c->kern->accum_f32(s->scores, B, G, d, vr, row * sizeof(float), nb, s->acc_x);
         t0 += nb;
     }
+    size_t coded_stop = KVQI_MIN(coded_end, t_end), coded_start = KVQI_MAX(t_begin, sink_end);
+    for (size_t t0 = coded_start; t0 < coded_stop;) {
+        size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_stop - t0, C - in));
+        const uint8_t *chunk = c->chunks[t0 / C];
+        prefetch_block(c, g, t0 + nb, coded_stop);
+        if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == coded_start))
+            score_span(c, s, G, g, chunk, in, KVQI_MIN(coded_stop - t0, C - in), &A->status);
+        score_coded(c, s, G, g, chunk, in, nb);
+        mask_block(A, s, T->first_visible, T->nqb, t0, nb);
+        softmax_block(c, s, G, nb);
+        accum_coded(c, s, G, g, chunk, in, nb, &A->status);
+        t0 += nb;
+    }
+    size_t exact_stop = KVQI_MIN(T->visible, t_end);
+    for (size_t t0 = KVQI_MAX(exact_begin, t_begin); t0 < exact_stop;) {
+        size_t slot = ring ? t0 % ring : t0;
+        size_t nb = KVQI_MIN(B, exact_stop - t0);
+        if (ring) nb = KVQI_MIN(nb, ring - slot);
+        const uint8_t *kr = (const uint8_t *)(ek + slot * row + (size_t)g * d);
+        const uint8_t *vr = (const uint8_t *)(ev + slot * row + (size_t)g * d);
+        c->kern->score_f32(s->q_raw, G, d, kr, row * sizeof(float), nb, s->scores, B);
+        mask_block(A, s, T->first_visible, T->nqb, t0, nb);
+        softmax_block(c, s, G, nb);
+        c->kern->accum_f32(s->scores, B, G, d, vr, row * sizeof(float), nb, s->acc_x);
+        t0 += nb;
+    }
+}
 
-    for (uint32_t v = 0; v < G; v++) {
+/* out = (R^T acc + acc_x) / l for every row of the task. */
+static void finish_task(const attend_ctx *A, const task_view *T, kvqi_attend_scratch *s) {
+    const kvq_cache *c = A->c;
+    uint32_t d = c->dim;
+    for (uint32_t v = 0; v < T->Gt; v++) {
         size_t qi = v / A->G, h = v % A->G;
-        float *o = A->out + ((i0 + qi) * A->n_q_heads + (size_t)g * A->G + h) * d;
+        float *o = A->out + ((T->i0 + qi) * A->n_q_heads + (size_t)T->g * A->G + h) * d;
         float *ax = s->acc_x + (size_t)v * d;
         if (c->value.path == KVQI_PATH_ROT) /* R^T acc = sum_p acc_p (row p of R) */
             c->kern->axpy_rows(c->value.rotation, s->acc + (size_t)v * d, d, d, ax);
@@ -333,6 +403,93 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
         float inv = s->l[v] > 0.0f ? 1.0f / s->l[v] : 0.0f;
         for (uint32_t j = 0; j < d; j++) o[j] = ax[j] * inv;
     }
+}
+
+/* One KV head and a block of up to qb queries: the block's query heads act as G * qb
+ * heads of one group, so each code is decoded once for all of them. */
+static void attend_task(void *vctx, size_t task, unsigned thread) {
+    attend_ctx *A = vctx;
+    kvq_cache *c = A->c;
+    task_view T = view_of(A, task);
+    kvqi_attend_scratch *s = &c->scratch[thread];
+    carve(s, c, T.Gt);
+    prepare_queries(A, &T, s);
+    attend_range(A, &T, s, 0, T.visible);
+    finish_task(A, &T, s);
+}
+
+/* Split-K, first pass: one token range of one task; its state is parked for the merge. */
+static void attend_split_task(void *vctx, size_t task, unsigned thread) {
+    attend_ctx *A = vctx;
+    kvq_cache *c = A->c;
+    size_t group_task = task / A->n_split, part = task % A->n_split;
+    task_view T = view_of(A, group_task);
+    kvqi_attend_scratch *s = &c->scratch[thread];
+    carve(s, c, T.Gt);
+    prepare_queries(A, &T, s);
+    size_t b = part * A->split_tokens;
+    size_t e = part + 1 == A->n_split ? T.visible : KVQI_MIN(T.visible, b + A->split_tokens);
+    if (b < e) attend_range(A, &T, s, b, e);
+    size_t Gt = T.Gt, d = c->dim;
+    float *p = c->partials + task * partial_floats(c, A->G * A->qb);
+    memcpy(p, s->m, Gt * sizeof(float));
+    memcpy(p + Gt, s->l, Gt * sizeof(float));
+    memcpy(p + 2 * Gt, s->acc, Gt * d * sizeof(float));
+    memcpy(p + 2 * Gt + Gt * d, s->acc_x, Gt * d * sizeof(float));
+}
+
+/* Split-K, second pass: the ranges' states merged (each rescaled to the common max, as
+ * the online softmax does between blocks), then finished as one task. */
+static void attend_merge_task(void *vctx, size_t group_task, unsigned thread) {
+    attend_ctx *A = vctx;
+    kvq_cache *c = A->c;
+    task_view T = view_of(A, group_task);
+    kvqi_attend_scratch *s = &c->scratch[thread];
+    carve(s, c, T.Gt);
+    size_t Gt = T.Gt, d = c->dim, stride = partial_floats(c, A->G * A->qb);
+    const float *base = c->partials + group_task * A->n_split * stride;
+    for (size_t v = 0; v < Gt; v++) {
+        float m = -INFINITY;
+        for (uint32_t p = 0; p < A->n_split; p++) m = fmaxf(m, base[p * stride + v]);
+        float l = 0.0f, *acc = s->acc + v * d, *ax = s->acc_x + v * d;
+        memset(acc, 0, d * sizeof(float));
+        memset(ax, 0, d * sizeof(float));
+        for (uint32_t p = 0; p < A->n_split && m != -INFINITY; p++) {
+            const float *P = base + p * stride;
+            if (P[v] == -INFINITY) continue; /* a range this query sees none of */
+            float w = kvqi_exp_neg(P[v] - m);
+            l += w * P[Gt + v];
+            const float *pa = P + 2 * Gt + v * d, *px = P + 2 * Gt + Gt * d + v * d;
+            for (size_t j = 0; j < d; j++) {
+                acc[j] += w * pa[j];
+                ax[j] += w * px[j];
+            }
+        }
+        s->m[v] = m;
+        s->l[v] = l;
+    }
+    finish_task(A, &T, s);
+}
+
+/* Token ranges per task so that n_tasks * ranges fills the threads evenly: the fewest
+ * rounds of work per thread, a small price per extra range (its merge and query
+ * preparation), ranges of at least two attend blocks. Only with fewer than two tasks per
+ * thread (3 KV heads on 2 threads: 1.5 rounds of work instead of 2). */
+static uint32_t choose_splits(size_t n_tasks, unsigned n_threads, size_t tokens) {
+    if (n_threads <= 1 || n_tasks >= 2 * (size_t)n_threads) return 1;
+    size_t max_s = tokens / (2 * KVQI_ATTEND_BLOCK);
+    if (max_s > 64) max_s = 64;
+    uint32_t best = 1;
+    double best_cost = (double)((n_tasks + n_threads - 1) / n_threads);
+    for (size_t S = 2; S <= max_s; S++) {
+        size_t rounds = (n_tasks * S + n_threads - 1) / n_threads;
+        double cost = (double)rounds / (double)S + 0.02 * (double)S;
+        if (cost < best_cost - 1e-9) {
+            best_cost = cost;
+            best = (uint32_t)S;
+        }
+    }
+    return best;
 }
 
 kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_heads,
@@ -353,8 +510,29 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
     kvq_status st = ensure_scratch(c, G * qb, n_threads);
     if (st != KVQ_OK) return st;
     attend_ctx A = {.c = c, .q = q, .out = out, .n_q_heads = n_q_heads, .G = G,
-                    .n_queries = n_queries, .qb = qb, .scale = scale};
+                    .n_queries = n_queries, .qb = qb, .n_split = 1, .scale = scale};
     atomic_init(&A.status, KVQ_OK);
-    kvqi_parallel_for(pool, n_tasks, attend_task, &A);
+    /* split-K when there are fewer (KV head, query block) tasks than threads: decode of
+     * a model with few KV heads */
+    size_t first_visible = c->n_tokens - n_queries + 1;
+    A.n_split = choose_splits(n_tasks, n_threads, first_visible);
+    if (A.n_split > 1) {
+        size_t per = (first_visible + A.n_split - 1) / A.n_split;
+        A.split_tokens = (per + KVQI_ATTEND_BLOCK - 1) / KVQI_ATTEND_BLOCK * KVQI_ATTEND_BLOCK;
+        size_t need;
+        if (kvqi_mul_size(n_tasks * A.n_split, partial_floats(c, G * qb), &need) != KVQ_OK)
+            return KVQ_ERR_OVERFLOW;
+        if (need > c->partials_floats) {
+            float *p = kvqi_alloc_array(need, sizeof(float));
+            if (!p) return KVQ_ERR_NOMEM;
+            kvqi_free(c->partials);
+            c->partials = p;
+            c->partials_floats = need;
+        }
+        kvqi_parallel_for(pool, n_tasks * A.n_split, attend_split_task, &A);
+        kvqi_parallel_for(pool, n_tasks, attend_merge_task, &A);
+    } else {
+        kvqi_parallel_for(pool, n_tasks, attend_task, &A);
+    }
     return (kvq_status)atomic_load(&A.status);
 }

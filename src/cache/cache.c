@@ -14,6 +14,7 @@
 #define MAX_CHUNK_TOKENS (1u << 16)
 #define MAX_DIM 4096u
 #define MAX_KV_HEADS 4096u
+#define MAX_SINK_TOKENS 1024u
 
 /* ------------------------------------------------------------------ config */
 
@@ -229,10 +230,178 @@ static kvq_status extract_rotation(kvqi_side *s, uint32_t dim) {
     return st;
 }
 
+/* Rotation rows into the kernels' lane order, and the transpose for rotating queries. */
+static kvq_status permute_rotation(kvqi_side *s, uint32_t dim) {
+    if (!s->rotation) return KVQ_OK;
+    float *perm = kvqi_alloc_array((size_t)dim * dim, sizeof(float));
+    s->rotation_t = kvqi_alloc_array((size_t)dim * dim, sizeof(float));
+    if (!perm || !s->rotation_t) {
+        kvqi_free(perm);
+        return KVQ_ERR_NOMEM;
+    }
+    for (uint32_t p = 0; p < dim; p++)
+        memcpy(perm + (size_t)p * dim,
+               s->rotation + (size_t)kvqi_rot_lane_coordinate(s->rot.bits, p) * dim,
+               dim * sizeof(float));
+    for (uint32_t p = 0; p < dim; p++)
+        for (uint32_t j = 0; j < dim; j++)
+            s->rotation_t[(size_t)j * dim + p] = perm[(size_t)p * dim + j];
+    kvqi_free(s->rotation);
+    s->rotation = perm;
+    return KVQ_OK;
+}
+
+/* 1-bit sign codes (cache_kernels.h): QJL's [fp16 ||x||][signs of S x], RaBitQ 1-bit
+ * without IVF and with a float query [fp16 ||x||][fp16 <o^,o>][signs of Pi x], and
+ * turboquant_prod [fp16 ||x||][(b-1)-bit mse indices][fp16 ||r||][signs of S r], as
+ * docs/METHODS.md gives them. The projection is read back through kvq_decode (below). */
+#define SQRT_HALF_PI 1.2533141373155003f
+static int sign_layout_for(const kvq_config *qc, size_t code_size, kvqi_side *s) {
+    uint32_t d = qc->dim, m = qc->proj_dim ? qc->proj_dim : qc->dim;
+    kvqi_sign_layout *S = &s->signs;
+    memset(S, 0, sizeof *S);
+    S->code_size = (uint32_t)code_size;
+    S->den_offset = KVQI_SIGN_NO_DEN;
+    s->signs_mse = 0;
+    if (qc->method == KVQ_METHOD_QJL) {
+        if (code_size != 2 + ((size_t)m + 7) / 8) return 0;
+        S->bits_offset = 2;
+        S->c0 = SQRT_HALF_PI / (float)m;
+    } else if (qc->method == KVQ_METHOD_RABITQ) {
+        m = d;
+        if (qc->bits != 1 || qc->nlist || qc->query_bits != 32 ||
+            code_size != 4 + ((size_t)d + 7) / 8)
+            return 0;
+        S->bits_offset = 4;
+        S->den_offset = 2;
+        S->c0 = 1.0f / sqrtf((float)d);
+    } else if (qc->method == KVQ_METHOD_TURBOQUANT_PROD) {
+        uint32_t b = qc->bits - 1;
+        size_t P = kvqi_packed_size(d, b);
+        if (b < 1 || b > 4 || code_size != 4 + P + ((size_t)m + 7) / 8) return 0;
+        /* the mse part is a turboquant_mse code of b bits at the same offsets */
+        kvq_config mc = *qc;
+        mc.method = KVQ_METHOD_TURBOQUANT_MSE;
+        mc.bits = b;
+        if (!rot_layout_for(&mc, 2 + P, &s->rot)) return 0;
+        s->rot.code_size = (uint32_t)code_size;
+        s->rot.has_u8 = 0;
+        S->num_offset = (uint32_t)(2 + P);
+        S->bits_offset = (uint32_t)(4 + P);
+        S->c0 = SQRT_HALF_PI / (float)m;
+        s->signs_mse = 1;
+    } else {
+        return 0;
+    }
+    /* attend builds z in the decode buffer, behind the query: m + d <= BLOCK * d floats */
+    if (m == 0 || m % 8 || m > KVQI_SIGN_MAX_M || m > (KVQI_ATTEND_BLOCK - 1) * d) return 0;
+    S->m = m;
+    return 1;
+}
+
+/* Reads the projection P (z = P q) back through kvq_decode: each layout decodes its sign
+ * part as c0 * f * P^T s (s = +-1 from the bits), so with f = 1 (and the mse part's norm
+ * 0), setting bit i moves the decoded vector by 2 c0 P^T e_i. */
+static kvq_status extract_projection(kvqi_side *s, uint32_t dim) {
+    const kvqi_sign_layout *S = &s->signs;
+    uint32_t m = S->m;
+    size_t cs = s->code_size, batch = 32;
+    uint8_t *codes = kvqi_calloc_array(batch + 1, cs);
+    float *dec = kvqi_alloc_array((batch + 1) * dim, sizeof(float));
+    s->proj = kvqi_alloc_array((size_t)m * dim, sizeof(float));
+    if (!codes || !dec || !s->proj) {
+        kvqi_free(codes);
+        kvqi_free(dec);
+        return KVQ_ERR_NOMEM;
+    }
+    uint16_t one = kvqi_fp32_to_fp16(1.0f);
+    uint8_t *base = codes + batch * cs;
+    memcpy(base + S->num_offset, &one, 2);
+    if (S->den_offset != KVQI_SIGN_NO_DEN) memcpy(base + S->den_offset, &one, 2);
+    kvq_status st = kvq_decode(s->quant, base, 1, dec + batch * dim);
+    float inv = 1.0f / (2.0f * S->c0);
+    for (uint32_t r0 = 0; r0 < m && st == KVQ_OK; r0 += (uint32_t)batch) {
+        uint32_t nb = KVQI_MIN((uint32_t)batch, m - r0);
+        for (uint32_t i = 0; i < nb; i++) {
+            uint8_t *c = codes + i * cs;
+            memcpy(c, base, cs);
+            c[S->bits_offset + (r0 + i) / 8] |= (uint8_t)(1u << ((r0 + i) % 8));
+        }
+        st = kvq_decode(s->quant, codes, nb, dec);
+        for (uint32_t i = 0; i < nb && st == KVQ_OK; i++)
+            for (uint32_t j = 0; j < dim; j++)
+                s->proj[(size_t)(r0 + i) * dim + j] =
+                    (dec[(size_t)i * dim + j] - dec[batch * dim + j]) * inv;
+    }
+    kvqi_free(codes);
+    kvqi_free(dec);
+    return st;
+}
+
+/* The sign estimate of code c for query q through the read-back projection (and the mse
+ * part through the read-back rotation), in double: what the kernels compute. */
+static double sign_score_known(const kvqi_side *s, uint32_t dim, const float *q, const uint8_t *c,
+                               float *tmp) {
+    const kvqi_sign_layout *S = &s->signs;
+    double sel = 0.0, tot = 0.0;
+    for (uint32_t i = 0; i < S->m; i++) {
+        double z = 0.0;
+        for (uint32_t j = 0; j < dim; j++) z += (double)s->proj[(size_t)i * dim + j] * q[j];
+        tot += z;
+        if ((c[S->bits_offset + i / 8] >> (i % 8)) & 1) sel += z;
+    }
+    double f = fp16_at(c + S->num_offset);
+    if (S->den_offset != KVQI_SIGN_NO_DEN) f /= fp16_at(c + S->den_offset);
+    double score = S->c0 * f * (2.0 * sel - tot);
+    if (s->signs_mse) {
+        decode_known(KVQI_PATH_ROT, &s->rot, s->rotation, dim, c, tmp);
+        for (uint32_t j = 0; j < dim; j++) score += (double)tmp[j] * q[j];
+    }
+    return score;
+}
+
+/* Sign keys: the layout, projection (and rotation) read back, then proven on probe
+ * vectors: kvq_score and the read-back estimate agree to 1e-4 of the largest score. */
+static kvq_status try_signs(kvqi_side *s, const kvq_config *qc, uint32_t dim) {
+    if (!sign_layout_for(qc, s->code_size, s)) return KVQ_OK;
+    kvq_status st = extract_projection(s, dim);
+    if (st == KVQ_OK && s->signs_mse) st = extract_rotation(s, dim);
+    if (st == KVQ_ERR_NOMEM) return st;
+    if (st != KVQ_OK) return KVQ_OK;
+    enum { N_PROBE = 6 };
+    float *x = kvqi_alloc_array((size_t)(N_PROBE + 1) * dim + N_PROBE, sizeof(float));
+    uint8_t *codes = kvqi_alloc_array(N_PROBE, s->code_size);
+    if (!x || !codes) {
+        kvqi_free(x);
+        kvqi_free(codes);
+        return KVQ_ERR_NOMEM;
+    }
+    float *tmp = x + (size_t)N_PROBE * dim, *ref = tmp + dim;
+    probe_vectors(x, dim, N_PROBE);
+    int same = kvq_encode(s->quant, x, N_PROBE, codes) == KVQ_OK;
+    for (uint32_t qi = 0; qi < N_PROBE && same; qi++) {
+        const float *q = x + (size_t)((qi + 1) % N_PROBE) * dim;
+        if (kvq_score(s->quant, q, codes, N_PROBE, ref) != KVQ_OK) {
+            same = 0;
+            break;
+        }
+        float amax = 0.0f;
+        for (uint32_t i = 0; i < N_PROBE; i++) amax = fmaxf(amax, fabsf(ref[i]));
+        for (uint32_t i = 0; i < N_PROBE && same; i++) {
+            double mine = sign_score_known(s, dim, q, codes + i * s->code_size, tmp);
+            if (!(fabs(mine - ref[i]) <= 1e-4 * amax)) same = 0;
+        }
+    }
+    kvqi_free(x);
+    kvqi_free(codes);
+    if (same) s->path = KVQI_PATH_SIGNS;
+    return KVQ_OK;
+}
+
 /* Picks a fused path when the quantizer's codes are in a layout the kernels know, and
  * proves it: probe vectors encoded by the quantizer must decode the same (to float
  * rounding) through the layout as through kvq_decode. Anything else stays generic. */
-static kvq_status choose_path(kvqi_side *s, uint32_t dim) {
+static kvq_status choose_path(kvqi_side *s, uint32_t dim, int is_key) {
     kvq_config qc;
     kvq_status st = kvq_quantizer_config(s->quant, &qc);
     if (st != KVQ_OK) return st;
@@ -251,9 +420,20 @@ static kvq_status choose_path(kvqi_side *s, uint32_t dim) {
         if (st == KVQ_OK) want = KVQI_PATH_ROT;
     }
     if (want == KVQI_PATH_GENERIC) {
-        kvqi_free(s->rotation);
-        s->rotation = NULL;
-        return KVQ_OK;
+        if (is_key) { /* values of sign codes have no fused accumulation */
+            st = try_signs(s, &qc, dim);
+            if (st != KVQ_OK) return st;
+        }
+        if (s->path != KVQI_PATH_SIGNS || !s->signs_mse) {
+            kvqi_free(s->rotation);
+            s->rotation = NULL;
+        }
+        if (s->path != KVQI_PATH_SIGNS) {
+            kvqi_free(s->proj);
+            s->proj = NULL;
+            return KVQ_OK;
+        }
+        return permute_rotation(s, dim);
     }
     enum { N_PROBE = 4 };
     float *x = kvqi_alloc_array((size_t)3 * N_PROBE * dim, sizeof(float));
@@ -289,23 +469,7 @@ static kvq_status choose_path(kvqi_side *s, uint32_t dim) {
         kvqi_free(s->rotation);
         s->rotation = NULL;
     } else {
-        /* rows into the kernels' lane order, and the transpose for rotating queries */
-        float *perm = kvqi_alloc_array((size_t)dim * dim, sizeof(float));
-        s->rotation_t = kvqi_alloc_array((size_t)dim * dim, sizeof(float));
-        if (!perm || !s->rotation_t) {
-            kvqi_free(perm);
-            st = KVQ_ERR_NOMEM;
-        } else {
-            for (uint32_t p = 0; p < dim; p++)
-                memcpy(perm + (size_t)p * dim,
-                       s->rotation + (size_t)kvqi_rot_lane_coordinate(s->rot.bits, p) * dim,
-                       dim * sizeof(float));
-            for (uint32_t p = 0; p < dim; p++)
-                for (uint32_t j = 0; j < dim; j++)
-                    s->rotation_t[(size_t)j * dim + p] = perm[(size_t)p * dim + j];
-            kvqi_free(s->rotation);
-            s->rotation = perm;
-        }
+        st = permute_rotation(s, dim);
     }
     kvqi_free(x);
     kvqi_free(codes);
@@ -322,23 +486,25 @@ static kvq_status validate_config(const kvq_cache_config *cfg) {
     if (cfg->value.dim != 0 && cfg->value.dim != cfg->head_dim) return KVQ_ERR_MISMATCH;
     if (cfg->n_outliers >= cfg->head_dim) return KVQ_ERR_INVALID_ARG;
     if (cfg->chunk_tokens > MAX_CHUNK_TOKENS) return KVQ_ERR_UNSUPPORTED;
+    if (cfg->n_sink > MAX_SINK_TOKENS) return KVQ_ERR_UNSUPPORTED;
     return KVQ_OK;
 }
 
-static kvq_status side_create(kvqi_side *s, const kvq_config *qc, uint32_t dim) {
+static kvq_status side_create(kvqi_side *s, const kvq_config *qc, uint32_t dim, int is_key) {
     kvq_config c = *qc;
     c.dim = dim;
     kvq_status st = kvq_quantizer_create(&c, &s->quant);
     if (st != KVQ_OK) return st;
     s->code_size = kvq_code_size(s->quant);
     if (s->code_size == 0) return KVQ_ERR_STATE;
-    return choose_path(s, dim);
+    return choose_path(s, dim, is_key);
 }
 
 static void side_free(kvqi_side *s) {
     kvq_quantizer_free(s->quant);
     kvqi_free(s->rotation);
     kvqi_free(s->rotation_t);
+    kvqi_free(s->proj);
     memset(s, 0, sizeof *s);
 }
 
@@ -354,6 +520,9 @@ static void free_scratch(kvq_cache *c) {
     }
     c->scratch = NULL;
     c->n_scratch = 0;
+    kvqi_free(c->partials);
+    c->partials = NULL;
+    c->partials_floats = 0;
 }
 
 KVQ_API void kvq_cache_free(kvq_cache *c) {
@@ -364,6 +533,8 @@ KVQ_API void kvq_cache_free(kvq_cache *c) {
     side_free(&c->value);
     kvqi_free(c->win_k);
     kvqi_free(c->win_v);
+    kvqi_free(c->sink_k);
+    kvqi_free(c->sink_v);
     kvqi_free(c->outlier_idx);
     kvqi_free(c->outlier_mask);
     kvqi_free(c->stage_k);
@@ -394,9 +565,9 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
     if (st != KVQ_OK) goto fail;
     c->kern = kvqi_cache_kernels_for(isa);
 
-    st = side_create(&c->key, &c->cfg.key, c->dim);
+    st = side_create(&c->key, &c->cfg.key, c->dim, 1);
     if (st != KVQ_OK) goto fail;
-    st = side_create(&c->value, &c->cfg.value, c->dim);
+    st = side_create(&c->value, &c->cfg.value, c->dim, 0);
     if (st != KVQ_OK) goto fail;
 
     /* every size below is checked once here; later products are bounded by them */
@@ -418,6 +589,16 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
         c->win_k = kvqi_calloc_array(w, sizeof(float));
         c->win_v = kvqi_calloc_array(w, sizeof(float));
         if (!c->win_k || !c->win_v) {
+            st = KVQ_ERR_NOMEM;
+            goto fail;
+        }
+    }
+    if (c->cfg.n_sink > 0) {
+        size_t w;
+        if ((st = kvqi_mul_size(row, c->cfg.n_sink, &w)) != KVQ_OK) goto fail;
+        c->sink_k = kvqi_calloc_array(w, sizeof(float));
+        c->sink_v = kvqi_calloc_array(w, sizeof(float));
+        if (!c->sink_k || !c->sink_v) {
             st = KVQ_ERR_NOMEM;
             goto fail;
         }
@@ -585,6 +766,11 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
                            n_tokens - done);
         if (st != KVQ_OK) return st;
     }
+    if (c->n_tokens < c->cfg.n_sink) {
+        size_t take = KVQI_MIN(n_tokens, (size_t)c->cfg.n_sink - c->n_tokens);
+        memcpy(c->sink_k + c->n_tokens * row, k, take * row * sizeof(float));
+        memcpy(c->sink_v + c->n_tokens * row, v, take * row * sizeof(float));
+    }
     if (c->cfg.window > 0) {
         size_t W = c->cfg.window, first = n_tokens > W ? n_tokens - W : 0;
         for (size_t t = first; t < n_tokens; t++) {
@@ -611,7 +797,8 @@ KVQ_API kvq_status kvq_cache_attend(kvq_cache *c, const float *q, uint32_t n_q_h
 
 static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     size_t row = (size_t)c->n_kv * c->dim;
-    m->window = (uint64_t)2 * c->cfg.window * row * sizeof(float);
+    /* exact tokens: the recent window and the sinks */
+    m->window = (uint64_t)2 * ((uint64_t)c->cfg.window + c->cfg.n_sink) * row * sizeof(float);
     m->outliers = 0;
     if (c->n_out) {
         m->outliers += (uint64_t)c->n_kv * c->n_out * sizeof(uint16_t); /* channel lists */
@@ -623,9 +810,12 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     /* the rotations read back for the fused path, and their transposes */
     if (c->key.rotation) m->shared += (uint64_t)2 * c->dim * c->dim * sizeof(float);
     if (c->value.rotation) m->shared += (uint64_t)2 * c->dim * c->dim * sizeof(float);
+    /* the sign keys' projection read back */
+    if (c->key.proj) m->shared += (uint64_t)c->key.signs.m * c->dim * sizeof(float);
     m->overhead = sizeof *c + (uint64_t)c->chunk_table_cap * sizeof(uint8_t *) +
                   (uint64_t)c->cfg.chunk_tokens * c->dim * sizeof(float) +
-                  (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each);
+                  (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each) +
+                  (uint64_t)c->partials_floats * sizeof(float);
 }
 
 KVQ_API kvq_status kvq_cache_memory(const kvq_cache *c, kvq_cache_memory_info *m) {

@@ -21,7 +21,8 @@ typedef enum kvqi_code_path {
     KVQI_PATH_F16,
     KVQI_PATH_Q8_0,
     KVQI_PATH_Q4_0,
-    KVQI_PATH_ROT /* rotated scalar code: work in the rotated domain */
+    KVQI_PATH_ROT, /* rotated scalar code: work in the rotated domain */
+    KVQI_PATH_SIGNS /* keys: 1-bit sign codes (qjl, rabitq 1-bit, turboquant_prod) */
 } kvqi_code_path;
 
 typedef struct kvqi_side {
@@ -32,6 +33,9 @@ typedef struct kvqi_side {
     float *rotation;         /* PATH_ROT: dim x dim, row p = output lane p of the rotation
                                 (rows in the kernels' lane order) */
     float *rotation_t;       /* its transpose */
+    kvqi_sign_layout signs;  /* PATH_SIGNS */
+    float *proj;             /* PATH_SIGNS: m x dim, z = proj q */
+    int signs_mse;           /* PATH_SIGNS: an mse part in `rot` (turboquant_prod) too */
 } kvqi_side;
 
 /* Per-thread scratch of attend, sized once for the cache's shape. */
@@ -48,6 +52,8 @@ typedef struct kvqi_attend_scratch {
     int8_t *q8;    /* [G][dim] integer key path: the quantized rotated query */
     float *q8_scale;
     int32_t *q8_sum;
+    float *lut;    /* [G][m/8][256] sign keys: the query's table */
+    float *zsum;   /* [G] */
 } kvqi_attend_scratch;
 
 struct kvq_cache {
@@ -67,6 +73,8 @@ struct kvq_cache {
 
     /* exact window ring: slot = position mod window, [window][n_kv][dim] */
     float *win_k, *win_v;
+    /* the first n_sink tokens kept exact, [n_sink][n_kv][dim] */
+    float *sink_k, *sink_v;
     /* outlier channels per head, ascending; mask[head][dim] = 1 on them */
     uint16_t *outlier_idx;
     uint8_t *outlier_mask;
@@ -78,6 +86,10 @@ struct kvq_cache {
     kvqi_attend_scratch *scratch;
     unsigned n_scratch;
     size_t scratch_bytes_each;
+    /* split-K: the softmax state (max, sum, both accumulators) of each token range of
+     * each task, merged after all ranges are done; grown once, like the scratch */
+    float *partials;
+    size_t partials_floats;
 };
 
 kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_heads,

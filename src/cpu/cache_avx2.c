@@ -393,6 +393,47 @@ static float exp_sum(float *s, size_t n, float m) {
     return hsum(sum) + tail;
 }
 
+/* ------------------------------------------------------------ sign codes */
+
+/* 8 codes per step, one per lane: sign bytes transposed to byte-major (tb[j][lane]) so
+ * each table lookup is one gather; lanes past n read byte 0 and are not stored. Same sums
+ * in the same order as the scalar reference. */
+static void score_signs(const kvqi_sign_layout *L, const float *lut, const float *zsum, uint32_t G,
+                        const uint8_t *k, size_t n, int accumulate, float *scores, size_t ld) {
+    uint32_t nb = L->m / 8;
+    uint8_t tb[KVQI_SIGN_MAX_M / 8][16];
+    float fb[8], out[8];
+    const __m256 two = _mm256_set1_ps(2.0f);
+    for (size_t t0 = 0; t0 < n; t0 += 8) {
+        uint32_t cnt = (uint32_t)(n - t0 < 8 ? n - t0 : 8);
+        for (uint32_t i = 0; i < 8; i++) {
+            if (i >= cnt) {
+                fb[i] = 0.0f;
+                for (uint32_t j = 0; j < nb; j++) tb[j][i] = 0;
+                continue;
+            }
+            const uint8_t *c = k + (t0 + i) * L->code_size, *bits = c + L->bits_offset;
+            float f = fp16_scalar(c + L->num_offset);
+            if (L->den_offset != KVQI_SIGN_NO_DEN) f = f / fp16_scalar(c + L->den_offset);
+            fb[i] = f * L->c0;
+            for (uint32_t j = 0; j < nb; j++) tb[j][i] = bits[j];
+        }
+        __m256 f = _mm256_loadu_ps(fb);
+        for (uint32_t h = 0; h < G; h++) {
+            const float *lh = lut + (size_t)h * nb * 256;
+            __m256 acc = _mm256_setzero_ps();
+            for (uint32_t j = 0; j < nb; j++) {
+                __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)tb[j]));
+                acc = _mm256_add_ps(acc, _mm256_i32gather_ps(lh + (size_t)j * 256, idx, 4));
+            }
+            __m256 v = _mm256_mul_ps(f, _mm256_sub_ps(_mm256_mul_ps(two, acc), _mm256_set1_ps(zsum[h])));
+            float *dst = scores + h * ld + t0;
+            _mm256_storeu_ps(out, v);
+            for (uint32_t i = 0; i < cnt; i++) dst[i] = accumulate ? dst[i] + out[i] : out[i];
+        }
+    }
+}
+
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->score_f32 = score_f32;
     k->score_f16 = score_f16;
@@ -407,4 +448,5 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;
     k->exp_sum = exp_sum;
+    k->score_signs = score_signs;
 }

@@ -558,6 +558,48 @@ static float exp_sum(float *s, size_t n, float m) {
     return hsum(sum);
 }
 
+/* ------------------------------------------------------------ sign codes */
+
+/* 16 codes per step, one per lane: their sign bytes are transposed into a byte-major
+ * block (tb[j][lane]) so each table lookup is one gather of 16 floats; lanes past n read
+ * byte 0 and are not stored. Same sums in the same order as the scalar reference. */
+static void score_signs(const kvqi_sign_layout *L, const float *lut, const float *zsum, uint32_t G,
+                        const uint8_t *k, size_t n, int accumulate, float *scores, size_t ld) {
+    uint32_t nb = L->m / 8;
+    uint8_t tb[KVQI_SIGN_MAX_M / 8][16];
+    float fb[16];
+    const __m512 two = _mm512_set1_ps(2.0f);
+    for (size_t t0 = 0; t0 < n; t0 += 16) {
+        uint32_t cnt = (uint32_t)(n - t0 < 16 ? n - t0 : 16);
+        __mmask16 live = (__mmask16)((1u << cnt) - 1u);
+        for (uint32_t i = 0; i < 16; i++) {
+            if (i >= cnt) {
+                fb[i] = 0.0f;
+                for (uint32_t j = 0; j < nb; j++) tb[j][i] = 0;
+                continue;
+            }
+            const uint8_t *c = k + (t0 + i) * L->code_size, *bits = c + L->bits_offset;
+            float f = fp16_scalar(c + L->num_offset);
+            if (L->den_offset != KVQI_SIGN_NO_DEN) f = f / fp16_scalar(c + L->den_offset);
+            fb[i] = f * L->c0;
+            for (uint32_t j = 0; j < nb; j++) tb[j][i] = bits[j];
+        }
+        __m512 f = _mm512_loadu_ps(fb);
+        for (uint32_t h = 0; h < G; h++) {
+            const float *lh = lut + (size_t)h * nb * 256;
+            __m512 acc = _mm512_setzero_ps();
+            for (uint32_t j = 0; j < nb; j++) {
+                __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)tb[j]));
+                acc = _mm512_add_ps(acc, _mm512_i32gather_ps(idx, lh + (size_t)j * 256, 4));
+            }
+            __m512 v = _mm512_mul_ps(f, _mm512_sub_ps(_mm512_mul_ps(two, acc), _mm512_set1_ps(zsum[h])));
+            float *dst = scores + h * ld + t0;
+            if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(live, dst), v);
+            _mm512_mask_storeu_ps(dst, live, v);
+        }
+    }
+}
+
 void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
     k->score_f32 = score_f32;
     k->score_f16 = score_f16;
@@ -573,4 +615,5 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
     k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;
     k->exp_sum = exp_sum;
+    k->score_signs = score_signs;
 }

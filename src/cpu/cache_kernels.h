@@ -47,6 +47,27 @@ static inline uint32_t kvqi_rot_i8_coordinate(uint32_t byte_pos) {
  * Same on every ISA (the scalar reference uses it too). */
 uint32_t kvqi_rot_lane_coordinate(uint32_t bits, uint32_t lane);
 
+/* 1-bit sign codes scored through a projection z = P q of the query (QJL arXiv
+ * 2406.03482: P = S; RaBitQ arXiv 2405.12497 1-bit: P = the rotation; TurboQuant prod
+ * arXiv 2504.19874: P = S Pi on the residual's signs):
+ *   score_t = c0 * f_t * (2 * sum_{i: bit i set} z_i - sum_i z_i),
+ * f_t = fp16 at num_offset (divided by the fp16 at den_offset when there is one), bits an
+ * LSB-first stream of m bits at bits_offset. The query side is a table: lut[j][b] = sum
+ * of z over the set bits of byte value b in byte j, so a code costs m / 8 lookups. */
+#define KVQI_SIGN_NO_DEN UINT32_MAX
+#define KVQI_SIGN_MAX_M 1024u
+typedef struct kvqi_sign_layout {
+    uint32_t m;           /* sign bits, a multiple of 8, at most KVQI_SIGN_MAX_M */
+    uint32_t code_size;   /* bytes per vector (stride) */
+    uint32_t bits_offset;
+    uint32_t num_offset;
+    uint32_t den_offset;  /* KVQI_SIGN_NO_DEN: none */
+    float c0;
+} kvqi_sign_layout;
+
+/* lut [m/8][256] for one query's projection z[m] (the reference every kernel reads). */
+void kvqi_cache_sign_lut(const float *z, uint32_t m, float *lut);
+
 /* The accum kernels take at most this many tokens per call (the attend block). */
 #define KVQI_MAX_BLOCK_TOKENS 64u
 
@@ -90,6 +111,12 @@ typedef struct kvqi_cache_kernels {
     void (*axpy_rows)(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y);
     /* s[t] = exp(s[t] - m) for t < n; returns the sum. Same polynomial on every ISA. */
     float (*exp_sum)(float *s, size_t n, float m);
+    /* scores[h * ld + t] (+= when accumulate) = the sign estimate of code t for query h:
+     * lut [G][m/8][256], zsum[h] = sum of query h's z. Every ISA sums the lookups of a
+     * code in byte order and finishes in the same operations: bit-identical results. */
+    void (*score_signs)(const kvqi_sign_layout *L, const float *lut, const float *zsum,
+                        uint32_t G, const uint8_t *k, size_t n, int accumulate, float *scores,
+                        size_t ld);
 } kvqi_cache_kernels;
 
 /* Kernels for a resolved ISA; ISAs without their own version fall back per entry. */

@@ -128,8 +128,8 @@ DEFINE_ROW_KERNELS(q4_0, dec_q4_0, score_q4_0, accum_q4_0)
 /* ------------------------------------------------------- rotated codes */
 
 /* The 16 indices of lanes [16g, 16g+16) of one pass, in the kernels' lane order: 2- and
- * 4-bit codes take one shift of 16 consecutive bytes (kvqi_rot_lane_coordinate), 1- and
- * 8-bit codes are in the natural order. */
+ * 4-bit codes take one shift of 16 consecutive bytes (kvqi_rot_lane_coordinate), 1-, 3-
+ * and 8-bit codes are in the natural order. */
 static inline void pass_indices(uint32_t bits, const uint8_t *idx, uint32_t g, uint8_t *out) {
     switch (bits) {
     case 4: {
@@ -141,6 +141,13 @@ static inline void pass_indices(uint32_t bits, const uint8_t *idx, uint32_t g, u
         uint8x16_t b = vld1q_u8(idx + 16 * (g / 4));
         int8x16_t shift = vdupq_n_s8((int8_t)(-2 * (int)(g % 4)));
         vst1q_u8(out, vandq_u8(vshlq_u8(b, shift), vdupq_n_u8(3)));
+        break;
+    }
+    case 3: {
+        /* 16 indices in 6 bytes, natural order */
+        uint64_t v = 0;
+        for (int k = 5; k >= 0; k--) v = (v << 8) | idx[6 * g + (uint32_t)k];
+        for (int j = 0; j < 16; j++) out[j] = (uint8_t)((v >> (3 * j)) & 7u);
         break;
     }
     case 1: {
@@ -232,6 +239,53 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
     }
 }
 
+/* ------------------------------------------- outliers and rotations */
+
+static void outlier_add(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
+                        uint32_t n_out, size_t n, float *scores, size_t ld) {
+    size_t nv = n - n % 4;
+    for (uint32_t o = 0; o < n_out; o++) {
+        const uint16_t *v = vals + o * stride;
+        for (size_t t = 0; t < nv; t += 4) {
+            float32x4_t x = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(v + t)));
+            for (uint32_t h = 0; h < G; h++) {
+                float *s = scores + h * ld + t;
+                vst1q_f32(s, vfmaq_f32(vld1q_f32(s), vdupq_n_f32(q_out[(size_t)h * n_out + o]), x));
+            }
+        }
+        for (size_t t = nv; t < n; t++) {
+            float x = kvqi_fp16_to_fp32(v[t]);
+            for (uint32_t h = 0; h < G; h++) scores[h * ld + t] += q_out[(size_t)h * n_out + o] * x;
+        }
+    }
+}
+
+static void axpy_rows(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y) {
+    if (dim % 4) {
+        kvqi_cache_kernels_scalar.axpy_rows(M, x, rows, dim, y);
+        return;
+    }
+    uint32_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *m0 = M + (size_t)r * dim;
+        float32x4_t x0 = vdupq_n_f32(x[r]), x1 = vdupq_n_f32(x[r + 1]);
+        float32x4_t x2 = vdupq_n_f32(x[r + 2]), x3 = vdupq_n_f32(x[r + 3]);
+        for (uint32_t j = 0; j < dim; j += 4) {
+            float32x4_t a = vld1q_f32(y + j);
+            a = vfmaq_f32(a, x0, vld1q_f32(m0 + j));
+            a = vfmaq_f32(a, x1, vld1q_f32(m0 + dim + j));
+            a = vfmaq_f32(a, x2, vld1q_f32(m0 + 2 * (size_t)dim + j));
+            a = vfmaq_f32(a, x3, vld1q_f32(m0 + 3 * (size_t)dim + j));
+            vst1q_f32(y + j, a);
+        }
+    }
+    for (; r < rows; r++) {
+        const float *row = M + (size_t)r * dim;
+        float32x4_t xr = vdupq_n_f32(x[r]);
+        for (uint32_t j = 0; j < dim; j += 4) vst1q_f32(y + j, vfmaq_f32(vld1q_f32(y + j), xr, vld1q_f32(row + j)));
+    }
+}
+
 /* ----------------------------------------------------------------- exp */
 
 /* kvqi_exp_neg on 4 lanes, operation for operation (no fused multiply-add), so every
@@ -283,5 +337,7 @@ void kvqi_cache_kernels_fill_neon(kvqi_cache_kernels *k) {
     k->accum_q8_0 = accum_q8_0;
     k->accum_q4_0 = accum_q4_0;
     k->accum_rot = accum_rot;
+    k->outlier_add = outlier_add;
+    k->axpy_rows = axpy_rows;
     k->exp_sum = exp_sum;
 }

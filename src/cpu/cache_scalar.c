@@ -209,9 +209,38 @@ static float exp_sum(float *s, size_t n, float m) {
     return sum;
 }
 
+void kvqi_cache_sign_lut(const float *z, uint32_t m, float *lut) {
+    for (uint32_t j = 0; j < m / 8; j++) {
+        float *L = lut + (size_t)j * 256;
+        L[0] = 0.0f;
+        /* each entry: the entry without its lowest set bit, plus that bit's z */
+        for (uint32_t b = 1; b < 256; b++)
+            L[b] = L[b & (b - 1)] + z[8 * j + (uint32_t)__builtin_ctz(b)];
+    }
+}
+
+static void score_signs(const kvqi_sign_layout *L, const float *lut, const float *zsum, uint32_t G,
+                        const uint8_t *k, size_t n, int accumulate, float *scores, size_t ld) {
+    uint32_t nb = L->m / 8;
+    for (size_t t = 0; t < n; t++) {
+        const uint8_t *c = k + t * L->code_size, *bits = c + L->bits_offset;
+        float f = fp16_at(c + L->num_offset);
+        if (L->den_offset != KVQI_SIGN_NO_DEN) f = f / fp16_at(c + L->den_offset);
+        f = f * L->c0;
+        for (uint32_t h = 0; h < G; h++) {
+            const float *lh = lut + (size_t)h * nb * 256;
+            float s = 0.0f;
+            for (uint32_t j = 0; j < nb; j++) s += lh[(size_t)j * 256 + bits[j]];
+            float v = f * (2.0f * s - zsum[h]);
+            scores[h * ld + t] = accumulate ? scores[h * ld + t] + v : v;
+        }
+    }
+}
+
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
     accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, outlier_add, axpy_rows, exp_sum,
+    score_signs,
 };
 
 static kvqi_cache_kernels g_avx2, g_avx512, g_neon;

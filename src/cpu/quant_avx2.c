@@ -142,6 +142,16 @@ static uint32_t and_popcount_avx2(const uint8_t *a, const uint8_t *b, size_t nby
     return (uint32_t)c;
 }
 
+static uint32_t popcount_planes_avx2(const uint8_t *code, const uint8_t *planes,
+                                     size_t plane_stride, unsigned n_planes, size_t nbytes,
+                                     uint32_t *pop_code) {
+    uint32_t acc = 0;
+    for (unsigned j = 0; j < n_planes; j++)
+        acc += and_popcount_avx2(code, planes + j * plane_stride, nbytes) << j;
+    *pop_code = and_popcount_avx2(code, code, nbytes);
+    return acc;
+}
+
 static void fp16_from_f32_avx2(const float *x, size_t n, uint16_t *out) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -259,7 +269,8 @@ static float q4_0_dot_avx2(const float *q, const uint8_t *in, uint32_t nb) {
 
 const kvqi_quant_kernels kvqi_quant_avx2 = {
     KVQ_ISA_AVX2,       quantize_pack_avx2, sign_pack_avx2,    lut_decode_avx2,
-    lut_dot_avx2,       masked_sum_avx2,    and_popcount_avx2, fp16_from_f32_avx2,
+    lut_dot_avx2,       masked_sum_avx2,    and_popcount_avx2, popcount_planes_avx2,
+    fp16_from_f32_avx2,
     fp16_to_f32_avx2,   fp16_dot_avx2,      hadamard_sign_batch_avx2,
     kvqi_rvq1_batch_scalar, kvqi_hadamard_pow2_scalar, kvqi_q8_0_encode_scalar, q8_0_decode_avx2, q8_0_dot_avx2,
     kvqi_q4_0_encode_scalar, q4_0_decode_avx2,   q4_0_dot_avx2,

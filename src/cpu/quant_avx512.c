@@ -83,10 +83,53 @@ static void unpack_idx(const uint8_t *p, uint32_t n, unsigned bits, uint8_t *idx
     }
 }
 
+/* For b <= 4 the count of thresholds below v is found by binary search over the sorted
+ * thresholds held in one register (b steps instead of 2^b - 1 compares); the same count. */
+static inline __m512i count_above_bsearch(__m512 v, __m512 thr_vec, unsigned bits) {
+    __m512i idx = _mm512_setzero_si512();
+    for (int step = 1 << (bits - 1); step >= 1; step >>= 1) {
+        const __m512i st = _mm512_set1_epi32(step);
+        __m512 t = _mm512_permutexvar_ps(_mm512_sub_epi32(_mm512_add_epi32(idx, st), _mm512_set1_epi32(1)), thr_vec);
+        idx = _mm512_mask_add_epi32(idx, _mm512_cmp_ps_mask(v, t, _CMP_GT_OQ), idx, st);
+    }
+    return idx;
+}
+
 static void quantize_pack_avx512(const float *x, uint32_t n, float scale, const float *thr,
                                  unsigned bits, uint8_t *out) {
     unsigned n_thr = (1u << bits) - 1u;
     const __m512 s = _mm512_set1_ps(scale);
+    if (bits >= 2 && bits <= 4 && n % 16 == 0) {
+        float tv[16];
+        for (unsigned k = 0; k < 16; k++) tv[k] = k < n_thr ? thr[k] : INFINITY;
+        const __m512 thr_vec = _mm512_loadu_ps(tv);
+        const __m128i w_pair = bits == 4 ? _mm_set1_epi16(0x1001) : _mm_set1_epi16(0x0401);
+        const __m512i sh3 = _mm512_set_epi64(21, 18, 15, 12, 9, 6, 3, 0);
+        for (uint32_t i = 0; i < n; i += 16) {
+            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), s);
+            __m512i idx = count_above_bsearch(v, thr_vec, bits);
+            if (bits == 3) { /* 16 x 3 bits = 6 bytes: shift into 64-bit lanes and or */
+                uint64_t lo = (uint64_t)_mm512_reduce_or_epi64(
+                    _mm512_sllv_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(idx)), sh3));
+                uint64_t hi = (uint64_t)_mm512_reduce_or_epi64(
+                    _mm512_sllv_epi64(_mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(idx, 1)), sh3));
+                uint64_t w = lo | (hi << 24);
+                memcpy(out + i / 16 * 6, &w, 6);
+                continue;
+            }
+            __m128i b8 = _mm512_cvtepi32_epi8(idx);
+            __m128i p16 = _mm_maddubs_epi16(b8, w_pair);
+            if (bits == 4) {
+                _mm_storel_epi64((__m128i *)(out + i / 2), _mm_packus_epi16(p16, p16));
+            } else {
+                __m128i p32 = _mm_madd_epi16(p16, _mm_set1_epi32(0x00100001));
+                __m128i p8 = _mm_packus_epi16(_mm_packus_epi32(p32, p32), _mm_setzero_si128());
+                uint32_t w = (uint32_t)_mm_cvtsi128_si32(p8);
+                memcpy(out + i / 4, &w, 4);
+            }
+        }
+        return;
+    }
     if (bits == 1) {
         memset(out, 0, ((size_t)n + 7) / 8);
         const __m512 t = _mm512_set1_ps(thr[0]);
@@ -272,6 +315,24 @@ static uint32_t and_popcount_avx512(const uint8_t *a, const uint8_t *b, size_t n
     return (uint32_t)_mm512_reduce_add_epi64(acc);
 }
 
+/* Codes of up to 64 bytes (d <= 512) in one register; longer ones chunk by chunk. */
+static uint32_t popcount_planes_avx512(const uint8_t *code, const uint8_t *planes,
+                                       size_t plane_stride, unsigned n_planes, size_t nbytes,
+                                       uint32_t *pop_code) {
+    __m512i acc = _mm512_setzero_si512(), pc = _mm512_setzero_si512();
+    for (size_t i = 0; i < nbytes; i += 64) {
+        const __mmask64 m = nbytes - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (nbytes - i)) - 1);
+        const __m512i c = _mm512_maskz_loadu_epi8(m, code + i);
+        pc = _mm512_add_epi64(pc, _mm512_popcnt_epi64(c));
+        for (unsigned j = 0; j < n_planes; j++) {
+            __m512i p = _mm512_maskz_loadu_epi8(m, planes + j * plane_stride + i);
+            acc = _mm512_add_epi64(acc, _mm512_slli_epi64(_mm512_popcnt_epi64(_mm512_and_si512(c, p)), j));
+        }
+    }
+    *pop_code = (uint32_t)_mm512_reduce_add_epi64(pc);
+    return (uint32_t)_mm512_reduce_add_epi64(acc);
+}
+
 static void fp16_from_f32_avx512(const float *x, size_t n, uint16_t *out) {
     size_t i = 0;
     for (; i + 16 <= n; i += 16)
@@ -304,6 +365,14 @@ static inline float sqrt_ss(float x) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_
  * included: quiet bit set, payload truncated), and no call that would spill the row. */
 static inline uint16_t half_from(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 static inline float half_to(uint16_t h) { return _cvtsh_ss(h); }
+
+/* nv 16-bit masks (nv a multiple of 4) stored as 2*nv bytes, 64 bits at a time. */
+static inline void store_masks(uint8_t *out, const __mmask16 *m, uint32_t nv) {
+    for (uint32_t j = 0; j < nv; j += 4) {
+        __mmask64 w = _mm512_kunpackd(_mm512_kunpackw(m[j + 3], m[j + 2]), _mm512_kunpackw(m[j + 1], m[j]));
+        memcpy(out + 2 * j, &w, 8);
+    }
+}
 
 /* Canonical fold of 16 lanes: j += j+8, j += j+4, j += j+2, j += j+1. */
 static inline float fold16(__m512 acc) {
@@ -359,13 +428,13 @@ static inline __m512 fwht16(__m512 v) {
                 v[j] = _mm512_add_ps(a, b);                                                  \
                 v[(j + h) % NV] = _mm512_sub_ps(a, b);                                       \
             }                                                                                \
-            uint8_t *out = bits_out + r * bits_stride;                                       \
             __m512 sacc = _mm512_setzero_ps();                                               \
+            __mmask16 ms[NV];                                                                \
             _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                     \
-                __mmask16 m = _mm512_cmp_ps_mask(v[j], _mm512_setzero_ps(), _CMP_GT_OQ);     \
-                memcpy(out + 2 * j, &m, 2);                                                  \
+                ms[j] = _mm512_cmp_ps_mask(v[j], _mm512_setzero_ps(), _CMP_GT_OQ);           \
                 sacc = _mm512_add_ps(sacc, _mm512_and_ps(v[j], absmask));                    \
             }                                                                                \
+            store_masks(bits_out + r * bits_stride, ms, NV);                                 \
             if (abs_sum_out) abs_sum_out[r] = fold16(sacc);                                  \
         }                                                                                    \
     }
@@ -472,14 +541,15 @@ static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim
                 const __m512 av = _mm512_set1_ps(norm > 0.0f ? sqrt_d / norm : 0.0f);         \
                 uint8_t *bits = c + 2 * residuals;                                            \
                 __m512 acc = _mm512_setzero_ps();                                             \
+                __mmask16 ms[NV];                                                             \
                 _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {                  \
                     __m512 t = _mm512_mul_ps(v[j], av);                                       \
-                    __mmask16 m = _mm512_cmp_ps_mask(t, tg, _CMP_GT_OQ);                      \
-                    memcpy(bits + 2 * j, &m, 2);                                              \
-                    __m512 yj = _mm512_sub_ps(t, _mm512_mask_blend_ps(m, g0, g1));            \
+                    ms[j] = _mm512_cmp_ps_mask(t, tg, _CMP_GT_OQ);                            \
+                    __m512 yj = _mm512_sub_ps(t, _mm512_mask_blend_ps(ms[j], g0, g1));        \
                     acc = _mm512_add_ps(acc, _mm512_mul_ps(yj, yj));                          \
                     y[g][j] = yj;                                                             \
                 }                                                                             \
+                store_masks(bits, ms, NV);                                                    \
                 sumsq[g] = fold16(acc);                                                       \
             }                                                                                 \
             for (unsigned st = 1; st < residuals; st++)                                       \
@@ -496,16 +566,18 @@ static void hadamard_sign_batch_avx512(const float *x, size_t rows, uint32_t dim
                     const __m512 q0 = _mm512_mul_ps(l0, sh), q1 = _mm512_mul_ps(l1, sh);      \
                     uint8_t *pb = c + 2 * residuals + st * (d / 8);                           \
                     const int last = st + 1 == residuals;                                     \
+                    __mmask16 ms[NV];                                                         \
                     _Pragma("GCC unroll 16") for (uint32_t j = 0; j < NV; j++) {              \
                         __mmask16 m = _mm512_cmp_ps_mask(_mm512_mul_ps(y[g][j], inv), tl,     \
                                                          _CMP_GT_OQ);                         \
-                        memcpy(pb + 2 * j, &m, 2);                                            \
+                        ms[j] = m;                                                            \
                         if (!last) { /* the last residual is never read */                   \
                             __m512 yj = _mm512_sub_ps(y[g][j], _mm512_mask_blend_ps(m, q0, q1)); \
                             acc = _mm512_add_ps(acc, _mm512_mul_ps(yj, yj));                  \
                             y[g][j] = yj;                                                     \
                         }                                                                     \
                     }                                                                         \
+                    store_masks(pb, ms, NV);                                                  \
                     if (!last) sumsq[g] = fold16(acc);                                        \
                 }                                                                             \
         }                                                                                     \
@@ -669,7 +741,8 @@ static float q4_0_dot_avx512(const float *q, const uint8_t *in, uint32_t nb) {
 
 const kvqi_quant_kernels kvqi_quant_avx512 = {
     KVQ_ISA_AVX512,       quantize_pack_avx512, sign_pack_avx512,     lut_decode_avx512,
-    lut_dot_avx512,       masked_sum_avx512,    and_popcount_avx512,  fp16_from_f32_avx512,
+    lut_dot_avx512,       masked_sum_avx512,    and_popcount_avx512,  popcount_planes_avx512,
+    fp16_from_f32_avx512,
     fp16_to_f32_avx512,   fp16_dot_avx512,      hadamard_sign_batch_avx512,
     rvq1_batch_avx512,    hadamard_pow2_avx512, q8_0_encode_avx512,   q8_0_decode_avx512,   q8_0_dot_avx512,
     q4_0_encode_avx512,   q4_0_decode_avx512,   q4_0_dot_avx512,

@@ -32,6 +32,10 @@ typedef struct kvqi_quant_kernels {
     float (*masked_sum)(const float *z, const uint8_t *bits, uint32_t n);
     /* popcount(a & b) over nbytes */
     uint32_t (*and_popcount)(const uint8_t *a, const uint8_t *b, size_t nbytes);
+    /* sum_j 2^j popcount(code & plane_j) over n_planes planes (plane j at planes +
+     * j * plane_stride), nbytes each; *pop_code = popcount(code). RaBitQ's 4-bit query. */
+    uint32_t (*popcount_planes)(const uint8_t *code, const uint8_t *planes, size_t plane_stride,
+                                unsigned n_planes, size_t nbytes, uint32_t *pop_code);
     /* IEEE binary16 round-to-nearest-even conversions and a dot against fp16 data */
     void (*fp16_from_f32)(const float *x, size_t n, uint16_t *out);
     void (*fp16_to_f32)(const uint16_t *h, size_t n, float *out);

@@ -65,6 +65,16 @@ static uint32_t and_popcount_scalar(const uint8_t *a, const uint8_t *b, size_t n
     return c;
 }
 
+static uint32_t popcount_planes_scalar(const uint8_t *code, const uint8_t *planes,
+                                       size_t plane_stride, unsigned n_planes, size_t nbytes,
+                                       uint32_t *pop_code) {
+    uint32_t acc = 0;
+    for (unsigned j = 0; j < n_planes; j++)
+        acc += and_popcount_scalar(code, planes + j * plane_stride, nbytes) << j;
+    *pop_code = and_popcount_scalar(code, code, nbytes);
+    return acc;
+}
+
 static void fp16_from_f32_scalar(const float *x, size_t n, uint16_t *out) {
     for (size_t i = 0; i < n; i++) out[i] = kvqi_fp32_to_fp16(x[i]);
 }
@@ -235,7 +245,8 @@ static float q4_0_dot_scalar(const float *q, const uint8_t *in, uint32_t nb) {
 
 const kvqi_quant_kernels kvqi_quant_scalar = {
     KVQ_ISA_SCALAR,       quantize_pack_scalar, sign_pack_scalar,     lut_decode_scalar,
-    lut_dot_scalar,       masked_sum_scalar,    and_popcount_scalar,  fp16_from_f32_scalar,
+    lut_dot_scalar,       masked_sum_scalar,    and_popcount_scalar,  popcount_planes_scalar,
+    fp16_from_f32_scalar,
     fp16_to_f32_scalar,   fp16_dot_scalar,      hadamard_sign_batch_scalar,
     kvqi_rvq1_batch_scalar, kvqi_hadamard_pow2_scalar, kvqi_q8_0_encode_scalar,  q8_0_decode_scalar,   q8_0_dot_scalar,
     kvqi_q4_0_encode_scalar, q4_0_decode_scalar,  q4_0_dot_scalar,

@@ -693,6 +693,8 @@ static kvq_status attention(kvq_context *c, uint32_t layer, size_t n_tok) {
     const kvq_model_info *I = &c->model->info;
     size_t kv_dim = (size_t)I->n_kv_heads * I->head_dim;
     if (c->params.kv_observer) c->params.kv_observer(c->params.kv_observer_user, layer, c->n_past, c->k, c->v, n_tok);
+    if (c->params.query_observer)
+        c->params.query_observer(c->params.query_observer_user, layer, c->n_past, c->q, n_tok);
     if (c->caches) {
         kvq_status st = kvq_cache_append(c->caches[layer], c->k, c->v, n_tok);
         if (st) return st;

@@ -59,7 +59,9 @@ enum {
     K_SUB_DIM = 1u << 9,
     K_N_CODEBOOKS = 1u << 10,
     K_ARTIFACT = 1u << 11,
-    K_ISA = 1u << 12
+    K_ISA = 1u << 12,
+    K_ROPE_BASE = 1u << 13,
+    K_ROPE = 1u << 14
 };
 
 static unsigned method_keys(kvq_method m) {
@@ -76,7 +78,8 @@ static unsigned method_keys(kvq_method m) {
         return K_BITS | K_ROTATE | K_SEED | K_QUERY_BITS | K_SPLIT | K_NLIST | K_EPS0 | K_ISA;
     case KVQ_METHOD_VECINFER: return K_BITS | K_SUB_DIM | K_SEED | K_ARTIFACT | K_ISA;
     case KVQ_METHOD_SPECTRAL: return K_BITS | K_SEED | K_ARTIFACT | K_ISA;
-    case KVQ_METHOD_COMM_VQ: return K_BITS | K_N_CODEBOOKS | K_SEED | K_ARTIFACT | K_ISA;
+    case KVQ_METHOD_COMM_VQ:
+        return K_BITS | K_N_CODEBOOKS | K_SEED | K_ROPE_BASE | K_ROPE | K_ARTIFACT | K_ISA;
     default: return 0;
     }
 }
@@ -128,6 +131,7 @@ void kvqi_config_resolve(kvq_config *c) {
     case KVQ_METHOD_COMM_VQ:
         if (!c->bits) c->bits = 8;
         if (!c->n_codebooks) c->n_codebooks = 4;
+        if (!(c->rope_base > 0.0f)) c->rope_base = 10000.0f;
         break;
     default: break;
     }
@@ -140,6 +144,8 @@ void kvqi_config_resolve(kvq_config *c) {
     if (!(keys & K_EPS0)) c->eps0 = 0.0f;
     if (!(keys & K_SUB_DIM)) c->sub_dim = 0;
     if (!(keys & K_N_CODEBOOKS)) c->n_codebooks = 0;
+    if (!(keys & K_ROPE_BASE)) c->rope_base = 0.0f;
+    if (!(keys & K_ROPE)) c->rope_pairing = 0;
     if (!(keys & K_SEED)) c->seed = 0;
     if (!(keys & K_ARTIFACT)) memset(c->artifact, 0, sizeof c->artifact);
 }
@@ -191,7 +197,10 @@ static const key_def k_keys[] = {
     {"query_bits", K_QUERY_BITS}, {"split", K_SPLIT},       {"nlist", K_NLIST},
     {"eps0", K_EPS0},         {"sub_dim", K_SUB_DIM},       {"n_codebooks", K_N_CODEBOOKS},
     {"artifact", K_ARTIFACT}, {"isa", K_ISA},
+    {"rope_base", K_ROPE_BASE}, {"rope", K_ROPE},
 };
+
+static const char *const k_rope_names[] = {"interleaved", "neox"};
 
 static kvq_status set_key(kvq_config *c, unsigned bit, const char *key, const char *val,
                           char *msg, size_t msg_size) {
@@ -247,17 +256,27 @@ static kvq_status set_key(kvq_config *c, unsigned bit, const char *key, const ch
         }
         kvqi_set_msg(msg, msg_size, "key 'rotate': '%s' is not none|hadamard|dense|0|1|2", val);
         return KVQ_ERR_PARSE;
-    case K_EPS0: {
+    case K_EPS0:
+    case K_ROPE_BASE: {
         char *end;
         errno = 0;
         float f = strtof(val, &end);
         if (!*val || *end || errno || !(f > 0.0f) || !isfinite(f)) {
-            kvqi_set_msg(msg, msg_size, "key 'eps0': '%s' is not a positive number", val);
+            kvqi_set_msg(msg, msg_size, "key '%s': '%s' is not a positive number", key, val);
             return KVQ_ERR_PARSE;
         }
-        c->eps0 = f;
+        if (bit == K_EPS0) c->eps0 = f;
+        else c->rope_base = f;
         return KVQ_OK;
     }
+    case K_ROPE:
+        for (uint32_t i = 0; i < 2; i++)
+            if (strcmp(val, k_rope_names[i]) == 0) {
+                c->rope_pairing = i;
+                return KVQ_OK;
+            }
+        kvqi_set_msg(msg, msg_size, "key 'rope': '%s' is not interleaved|neox", val);
+        return KVQ_ERR_PARSE;
     case K_ARTIFACT:
         if (!*val || strlen(val) >= sizeof c->artifact) {
             kvqi_set_msg(msg, msg_size, "key 'artifact': path empty or longer than %zu bytes",
@@ -393,6 +412,8 @@ KVQ_API kvq_status kvq_config_format(const kvq_config *cfg, char *buf, size_t bu
     if ((keys & K_EPS0)) EMIT("eps0=%.9g", (double)c.eps0);
     if ((keys & K_SUB_DIM)) EMIT("sub_dim=%u", c.sub_dim);
     if ((keys & K_N_CODEBOOKS)) EMIT("n_codebooks=%u", c.n_codebooks);
+    if ((keys & K_ROPE_BASE)) EMIT("rope_base=%.9g", (double)c.rope_base);
+    if ((keys & K_ROPE) && c.rope_pairing < 2) EMIT("rope=%s", k_rope_names[c.rope_pairing]);
     if ((keys & K_ARTIFACT) && c.artifact[0]) EMIT("artifact=%s", c.artifact);
     if ((keys & K_ISA) && c.isa != KVQ_ISA_AUTO && (unsigned)c.isa < 5)
         EMIT("isa=%s", k_isa_names[c.isa]);

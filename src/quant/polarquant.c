@@ -16,7 +16,7 @@
 #include "quant/quant.h"
 
 #define POLAR_MAX_LEVELS 12
-#define POLAR_GRID 4096
+#define POLAR_GRID 8192
 
 typedef struct polar_state {
     unsigned levels, n_final;
@@ -49,33 +49,40 @@ static kvq_status polar_validate(const kvq_config *c, char *why, size_t n) {
     return KVQ_OK;
 }
 
-/* Lloyd-Max on [0, pi/2] for density sin^p(2 psi), on a fine grid (deterministic). */
+/* Lloyd-Max on [0, pi/2] for density sin^p(2 psi), on a fine grid (deterministic): prefix
+ * sums of the mass and first moment make each iteration O(2^bits). */
 static void angle_codebook(double p, unsigned bits, float *cent, float *thr) {
     const unsigned K = 1u << bits;
     static const double half_pi = 1.57079632679489661923;
-    double c[256], w[POLAR_GRID];
-    for (int g = 0; g < POLAR_GRID; g++) w[g] = pow(sin(2.0 * half_pi * (g + 0.5) / POLAR_GRID), p);
-    /* start from equal-mass quantiles */
-    double total = 0;
-    for (int g = 0; g < POLAR_GRID; g++) total += w[g];
-    double acc = 0;
-    unsigned k = 0;
-    for (int g = 0; g < POLAR_GRID && k < K; g++) {
-        acc += w[g];
-        while (k < K && acc >= total * (k + 0.5) / K) c[k++] = half_pi * (g + 0.5) / POLAR_GRID;
+    double w_pre[POLAR_GRID + 1], m_pre[POLAR_GRID + 1];
+    w_pre[0] = m_pre[0] = 0;
+    for (int g = 0; g < POLAR_GRID; g++) {
+        double x = half_pi * (g + 0.5) / POLAR_GRID, w = pow(sin(2.0 * x), p);
+        w_pre[g + 1] = w_pre[g] + w;
+        m_pre[g + 1] = m_pre[g] + w * x;
     }
+    double c[256];
+    /* start from equal-mass quantiles */
+    unsigned k = 0;
+    for (int g = 0; g < POLAR_GRID && k < K; g++)
+        while (k < K && w_pre[g + 1] >= w_pre[POLAR_GRID] * (k + 0.5) / K)
+            c[k++] = half_pi * (g + 0.5) / POLAR_GRID;
     for (; k < K; k++) c[k] = half_pi * (1.0 - 0.5 / POLAR_GRID);
-    for (int it = 0; it < 200; it++) {
-        double sw[256] = {0}, sx[256] = {0};
-        unsigned j = 0;
-        for (int g = 0; g < POLAR_GRID; g++) {
-            double x = half_pi * (g + 0.5) / POLAR_GRID;
-            while (j + 1 < K && x > 0.5 * (c[j] + c[j + 1])) j++;
-            sw[j] += w[g];
-            sx[j] += w[g] * x;
+    for (int it = 0; it < 300; it++) {
+        int lo = 0;
+        for (unsigned j = 0; j < K; j++) {
+            /* cell j: grid points up to the midpoint with the next centroid */
+            int hi = POLAR_GRID;
+            if (j + 1 < K) {
+                double mid = 0.5 * (c[j] + c[j + 1]);
+                hi = (int)floor(mid / half_pi * POLAR_GRID + 0.5);
+                if (hi < lo) hi = lo;
+                if (hi > POLAR_GRID) hi = POLAR_GRID;
+            }
+            double mass = w_pre[hi] - w_pre[lo];
+            if (mass > 0) c[j] = (m_pre[hi] - m_pre[lo]) / mass;
+            lo = hi;
         }
-        for (j = 0; j < K; j++)
-            if (sw[j] > 0) c[j] = sx[j] / sw[j];
     }
     for (unsigned j = 0; j < K; j++) cent[j] = (float)c[j];
     for (unsigned j = 0; j + 1 < K; j++) thr[j] = (float)(0.5 * (c[j] + c[j + 1]));

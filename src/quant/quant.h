@@ -1,6 +1,6 @@
 /*
  * quant.h - inside a kvq_quantizer: the per-method vtable (methods are data: one table
- * of them by name in registry.c), the shared rotation, and small helpers the method
+ * of them by name in registry.c), the shared rotation, and small routines the method
  * files share. Public entry points and argument checks live in quantizer.c.
  */
 #ifndef KVQ_QUANT_H
@@ -69,6 +69,14 @@ typedef struct kvqi_method {
     size_t (*save_tensors)(const struct kvq_quantizer *q, kvqi_st_tensor *t, size_t cap);
     /* Check (or take, for learned state) the saved tensors. */
     kvq_status (*load_tensors)(struct kvq_quantizer *q, const kvqi_st_file *f);
+    /* Optional position-aware variants (kvq_encode_at etc., position.c); NULL: the
+     * position-free calls above serve, positions ignored. pos may be NULL. */
+    kvq_status (*encode_at)(const struct kvq_quantizer *q, const float *x, const int32_t *pos,
+                            size_t n, uint8_t *codes);
+    kvq_status (*decode_at)(const struct kvq_quantizer *q, const uint8_t *codes,
+                            const int32_t *pos, size_t n, float *x);
+    kvq_status (*score_at)(const struct kvq_quantizer *q, const float *query,
+                           const uint8_t *codes, const int32_t *pos, size_t n, float *scores);
 } kvqi_method;
 
 struct kvq_quantizer {
@@ -88,6 +96,15 @@ const kvqi_method *kvqi_method_find(kvq_method method);
 extern const kvqi_method kvqi_method_fp16, kvqi_method_q8_0, kvqi_method_q4_0,
     kvqi_method_turboquant_mse, kvqi_method_turboquant_prod, kvqi_method_turboquant_rvq,
     kvqi_method_qjl, kvqi_method_polarquant, kvqi_method_rabitq;
+extern const kvqi_method kvqi_method_vecinfer, kvqi_method_spectral, kvqi_method_comm_vq;
+
+/* artifact.c: calibrated methods' artifacts (kvq_config.artifact, files written by
+ * kvq_quantizer_save). check: the header is a kvq quantizer of cfg's method, dim and code
+ * layout (KVQ_ERR_MISMATCH and a one-line reason otherwise; the seed may differ: the
+ * learned state defines the codes). open: check, then hand back the file and its seed for
+ * the method's init to build with and pass to its load_tensors. */
+kvq_status kvqi_artifact_check(const kvq_config *cfg, char *why, size_t why_size);
+kvq_status kvqi_artifact_open(const kvq_config *cfg, kvqi_st_file **f, uint64_t *seed);
 
 /* config.c: fill the method's defaults into zero fields. */
 void kvqi_config_resolve(kvq_config *cfg);

@@ -56,7 +56,7 @@ KVQ_API kvq_status kvq_quantizer_create(const kvq_config *cfg, kvq_quantizer **o
         free(q);
         return st;
     }
-    q->fitted = 1; /* methods with learned state clear it in init */
+    q->fitted = q->m->fit == NULL; /* methods that learn start unfitted; init may load state */
     st = q->m->init(q);
     if (st != KVQ_OK) {
         kvqi_rotation_free(&q->rot);
@@ -128,6 +128,7 @@ KVQ_API kvq_status kvq_quantizer_save(const kvq_quantizer *q, const char *path) 
     char spec[1200], dim[32], bits[32], seed[32], code[32];
     kvq_config c = q->cfg;
     c.isa = KVQ_ISA_AUTO; /* an ISA pin is a property of this process, not of the codes */
+    c.artifact[0] = 0;    /* the saved file holds the learned state itself */
     kvq_status st = kvq_config_format(&c, spec, sizeof spec);
     if (st != KVQ_OK) return st;
     snprintf(dim, sizeof dim, "%u", q->cfg.dim);

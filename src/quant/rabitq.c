@@ -378,17 +378,21 @@ static kvq_status rabitq_encode(const kvq_quantizer *q, const float *x, size_t n
     if (fused_ok(q)) {
         uint8_t bits[FUSED_BATCH * 128];
         float norms[FUSED_BATCH], abs_sum[FUSED_BATCH];
+        uint16_t half_norm[FUSED_BATCH], half_cos[FUSED_BATCH];
         size_t stride = d / 8;
         const float inv_d = 1.0f / (float)d;
         for (size_t i = 0; i < n; i += FUSED_BATCH) {
             size_t rows = KVQI_MIN((size_t)FUSED_BATCH, n - i);
             q->k->hadamard_sign_batch(x + i * d, rows, d, q->rot.had.sign1, bits, stride, norms, abs_sum);
+            /* unnormalised H: ||H D x|| = sqrt(d) ||x||, so <o^, o> = sum|y| / (d ||x||) */
+            for (size_t r = 0; r < rows; r++)
+                abs_sum[r] = norms[r] > 0.0f ? abs_sum[r] * inv_d / norms[r] : 1.0f;
+            q->k->fp16_from_f32(norms, rows, half_norm);
+            q->k->fp16_from_f32(abs_sum, rows, half_cos);
             for (size_t r = 0; r < rows; r++) {
                 uint8_t *c = codes + (i + r) * cs;
-                /* unnormalised H: ||H D x|| = sqrt(d) ||x||, so <o^, o> = sum|y| / (d ||x||) */
-                float cos1 = norms[r] > 0.0f ? abs_sum[r] * inv_d / norms[r] : 1.0f;
-                kvqi_wr16(c, kvqi_fp32_to_fp16(norms[r]));
-                kvqi_wr16(c + 2, kvqi_fp32_to_fp16(cos1));
+                kvqi_wr16(c, half_norm[r]);
+                kvqi_wr16(c + 2, half_cos[r]);
                 memcpy(c + s->hdr, bits + r * stride, stride);
             }
         }
@@ -499,9 +503,9 @@ static kvq_status rabitq_score(const kvq_quantizer *q, const float *query, const
         if (s->B == 1) {
             float sel, tot;
             if (s->qb == 4) {
-                uint32_t acc = 0;
-                for (int j = 0; j < 4; j++) acc += q->k->and_popcount(pay, Q->planes[j], s->plane_bytes) << j;
-                uint32_t pc = q->k->and_popcount(pay, pay, s->plane_bytes);
+                uint32_t pc;
+                uint32_t acc = q->k->popcount_planes(pay, Q->planes[0], sizeof Q->planes[0], 4,
+                                                     s->plane_bytes, &pc);
                 sel = Q->lo * (float)pc + Q->delta * (float)acc;
                 tot = total4;
             } else {

@@ -58,7 +58,7 @@ static size_t mse_shared_size(const kvq_quantizer *q) {
 /* The 1-bit code is the sign of H D x: the fused kernel gives it without normalising. */
 static int mse_fused_signs(const kvq_quantizer *q) {
     return q->cfg.bits == 1 && q->rot.kind == KVQI_ROT_HADAMARD && is_pow2(q->cfg.dim) &&
-           q->cfg.dim <= 1024 && q->k->hadamard_sign_batch;
+           q->cfg.dim >= 16 && q->cfg.dim <= 1024;
 }
 
 #define FUSED_BATCH 64
@@ -70,14 +70,16 @@ static kvq_status mse_encode(const kvq_quantizer *q, const float *x, size_t n, u
     if (mse_fused_signs(q)) {
         uint8_t bits[FUSED_BATCH * 128];
         float norms[FUSED_BATCH];
+        uint16_t half[FUSED_BATCH];
         size_t stride = d / 8;
         for (size_t i = 0; i < n; i += FUSED_BATCH) {
             size_t rows = KVQI_MIN((size_t)FUSED_BATCH, n - i);
             q->k->hadamard_sign_batch(x + i * d, rows, d, q->rot.had.sign1, bits, stride, norms,
                                       NULL);
+            q->k->fp16_from_f32(norms, rows, half);
             for (size_t r = 0; r < rows; r++) {
                 uint8_t *c = codes + (i + r) * cs;
-                kvqi_wr16(c, kvqi_fp32_to_fp16(norms[r]));
+                kvqi_wr16(c, half[r]);
                 memcpy(c + 2, bits + r * stride, stride);
             }
         }

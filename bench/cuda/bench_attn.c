@@ -1,0 +1,392 @@
+/*
+ * bench_attn.c - GPU figures for kvq's CUDA kernels: device-to-device copy bandwidth
+ * (the ceiling), encode throughput per method, and fused decode attention over
+ * compressed KV at Llama-3.1-8B decode shapes (32 query heads, 8 KV heads, dim 128)
+ * for batch 1/8/32 and context 4k/32k/128k. CUDA events, warm-up, medians; each timed
+ * sample replays a captured graph of REPS calls. One line per figure, machine-readable.
+ * Usage: bench_attn [--quick]
+ */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvq.h"
+
+#define REPS 10
+#define SAMPLES 9
+
+#define CK(expr)                                                                           \
+    do {                                                                                   \
+        cudaError_t e_ = (expr);                                                           \
+        if (e_ != cudaSuccess) {                                                           \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+            exit(1);                                                                       \
+        }                                                                                  \
+    } while (0)
+#define KK(expr)                                                                           \
+    do {                                                                                   \
+        kvq_status s_ = (expr);                                                            \
+        if (s_ != KVQ_OK) {                                                                \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, kvq_strerror(s_)); \
+            exit(1);                                                                       \
+        }                                                                                  \
+    } while (0)
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* What a timed sample runs (captured REPS times into one graph). */
+typedef void (*work_fn)(void *ctx, cudaStream_t s);
+
+/* Median milliseconds of one call made REPS times back to back (no graph). */
+static float time_plain(work_fn fn, void *ctx, cudaStream_t s) {
+    fn(ctx, s);
+    CK(cudaStreamSynchronize(s));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float ms[SAMPLES];
+    for (int i = 0; i < SAMPLES; i++) {
+        CK(cudaEventRecord(e0, s));
+        for (int r = 0; r < REPS; r++) fn(ctx, s);
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms[i], e0, e1));
+        ms[i] /= REPS;
+    }
+    qsort(ms, SAMPLES, sizeof(float), cmp_float);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return ms[SAMPLES / 2];
+}
+
+/* Median milliseconds of one call. */
+static float time_graph(work_fn fn, void *ctx, cudaStream_t s) {
+    fn(ctx, s); /* warm-up outside the graph: module load, first-touch */
+    CK(cudaStreamSynchronize(s));
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    for (int i = 0; i < REPS; i++) fn(ctx, s);
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    CK(cudaGraphLaunch(ge, s));
+    CK(cudaStreamSynchronize(s));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float ms[SAMPLES];
+    for (int i = 0; i < SAMPLES; i++) {
+        CK(cudaEventRecord(e0, s));
+        CK(cudaGraphLaunch(ge, s));
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms[i], e0, e1));
+        ms[i] /= REPS;
+    }
+    qsort(ms, SAMPLES, sizeof(float), cmp_float);
+    CK(cudaGetLastError());
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    return ms[SAMPLES / 2];
+}
+
+/* ------------------------------------------------------------- copy ceiling */
+
+typedef struct copy_ctx {
+    void *dst, *src;
+    size_t bytes;
+} copy_ctx;
+
+static void run_copy(void *p, cudaStream_t s) {
+    copy_ctx *c = p;
+    CK(cudaMemcpyAsync(c->dst, c->src, c->bytes, cudaMemcpyDeviceToDevice, s));
+}
+
+/* -------------------------------------------------------------------- encode */
+
+typedef struct enc_ctx {
+    kvq_cuda_quantizer *cq;
+    const void *x;
+    size_t rows;
+    uint8_t *codes;
+} enc_ctx;
+
+static void run_encode(void *p, cudaStream_t s) {
+    enc_ctx *c = p;
+    KK(kvq_cuda_encode(c->cq, KVQ_CUDA_F16, c->x, c->rows, c->codes, s));
+}
+
+/* Random fp16 rows on the host (Gaussian-ish: sum of uniforms), uploaded once. */
+static void *random_fp16_rows(size_t n_elems, uint64_t seed) {
+    uint16_t *h = malloc(n_elems * 2);
+    if (!h) exit(1);
+    uint64_t st = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (size_t i = 0; i < n_elems; i++) {
+        float acc = 0.0f;
+        for (int k = 0; k < 4; k++) {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            acc += (float)(st >> 40) * (1.0f / 16777216.0f) - 0.5f;
+        }
+        acc *= 1.7f;
+        /* float -> fp16 by truncation (values are small normals: enough for timing) */
+        uint32_t b;
+        memcpy(&b, &acc, 4);
+        uint32_t sign = (b >> 16) & 0x8000u;
+        int ex = (int)((b >> 23) & 0xff) - 127 + 15;
+        uint16_t v = ex <= 0 ? (uint16_t)sign : (uint16_t)(sign | ((uint32_t)ex << 10) | ((b >> 13) & 0x3ffu));
+        h[i] = v;
+    }
+    void *d = NULL;
+    CK(cudaMalloc(&d, n_elems * 2));
+    CK(cudaMemcpy(d, h, n_elems * 2, cudaMemcpyHostToDevice));
+    free(h);
+    return d;
+}
+
+static kvq_cuda_quantizer *make_cq(const char *spec, kvq_quantizer **qout, uint64_t seed) {
+    kvq_config cfg;
+    char msg[200];
+    KK(kvq_config_parse(spec, 128, &cfg, msg, sizeof msg));
+    cfg.seed = seed;
+    kvq_quantizer *q = NULL;
+    KK(kvq_quantizer_create(&cfg, &q));
+    kvq_cuda_quantizer *cq = NULL;
+    KK(kvq_cuda_quantizer_create(q, &cq));
+    *qout = q;
+    return cq;
+}
+
+/* ----------------------------------------------------------------- attention */
+
+typedef struct attn_ctx {
+    kvq_cuda_quantizer *kq, *vq;
+    kvq_cuda_attn_desc desc;
+    const void *q;
+    const uint8_t *k, *v;
+    const int32_t *lens;
+    void *ws;
+    size_t ws_bytes;
+    float *out;
+} attn_ctx;
+
+static void run_attn(void *p, cudaStream_t s) {
+    attn_ctx *c = p;
+    KK(kvq_cuda_attend(c->kq, c->vq, &c->desc, c->q, c->k, c->v, c->lens, c->ws, c->ws_bytes,
+                       c->out, s));
+}
+
+/* Fill rows of codes by encoding one staging block of random fp16 rows again and again. */
+static void fill_codes(kvq_cuda_quantizer *cq, const void *stage, size_t stage_rows, uint8_t *codes,
+                       size_t rows, size_t cs, cudaStream_t s) {
+    for (size_t r = 0; r < rows; r += stage_rows) {
+        size_t n = rows - r < stage_rows ? rows - r : stage_rows;
+        KK(kvq_cuda_encode(cq, KVQ_CUDA_F16, stage, n, codes + r * cs, s));
+    }
+    CK(cudaStreamSynchronize(s));
+}
+
+typedef struct pair {
+    const char *name, *key, *value;
+    uint32_t flags;
+} pair;
+
+int main(int argc, char **argv) {
+    int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    /* --profile: one encode and one attention call (b=8, 32k, rvq1x2/mse2) for ncu */
+    int profile = argc > 1 && strcmp(argv[1], "--profile") == 0;
+    int n_dev = 0;
+    if (kvq_cuda_available(&n_dev) != KVQ_OK) {
+        fprintf(stderr, "no CUDA device\n");
+        return 1;
+    }
+    struct cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    printf("DEVICE %s sms=%d mem_gib=%.1f l2_mib=%.1f\n", prop.name, prop.multiProcessorCount,
+           prop.totalGlobalMem / 1073741824.0, prop.l2CacheSize / 1048576.0);
+    cudaStream_t s;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+
+    if (profile) {
+        const size_t rows = (size_t)8 * 8 * 32768;
+        void *stage = random_fp16_rows(rows * 128 / 8, 7);
+        kvq_quantizer *kq = NULL, *vq = NULL;
+        kvq_cuda_quantizer *ckq = make_cq("turboquant_rvq:bits=1,residuals=2", &kq, 1);
+        kvq_cuda_quantizer *cvq = make_cq("turboquant_mse:bits=2", &vq, 2);
+        size_t kcs = kvq_code_size(kq), vcs = kvq_code_size(vq);
+        attn_ctx ac;
+        memset(&ac, 0, sizeof ac);
+        ac.kq = ckq;
+        ac.vq = cvq;
+        ac.desc.batch = 8;
+        ac.desc.n_q_heads = 32;
+        ac.desc.n_kv_heads = 8;
+        ac.desc.head_dim = 128;
+        ac.desc.capacity = 32768;
+        ac.desc.max_len = 32768;
+        ac.desc.scale = 1.0f / sqrtf(128.0f);
+        ac.desc.q_dtype = KVQ_CUDA_F16;
+        uint8_t *kc = NULL, *vc = NULL;
+        CK(cudaMalloc((void **)&kc, rows * kcs));
+        CK(cudaMalloc((void **)&vc, rows * vcs));
+        fill_codes(ckq, stage, rows / 8, kc, rows, kcs, s);
+        fill_codes(cvq, stage, rows / 8, vc, rows, vcs, s);
+        int32_t lens_h[8];
+        for (int b = 0; b < 8; b++) lens_h[b] = 32768;
+        int32_t *lens_d = NULL;
+        CK(cudaMalloc((void **)&lens_d, sizeof lens_h));
+        CK(cudaMemcpy(lens_d, lens_h, sizeof lens_h, cudaMemcpyHostToDevice));
+        ac.k = kc;
+        ac.v = vc;
+        ac.q = stage;
+        ac.lens = lens_d;
+        KK(kvq_cuda_attend_workspace(ckq, cvq, &ac.desc, &ac.ws_bytes));
+        CK(cudaMalloc(&ac.ws, ac.ws_bytes));
+        CK(cudaMalloc((void **)&ac.out, (size_t)8 * 32 * 128 * sizeof(float)));
+        run_attn(&ac, s);
+        CK(cudaStreamSynchronize(s));
+        printf("PROFILE done\n");
+        return 0;
+    }
+
+    /* copy ceiling: 2 GiB each way, read + write counted */
+    copy_ctx cc;
+    cc.bytes = (size_t)2 << 30;
+    CK(cudaMalloc(&cc.src, cc.bytes));
+    CK(cudaMalloc(&cc.dst, cc.bytes));
+    CK(cudaMemset(cc.src, 1, cc.bytes));
+    /* plain stream copies (a memcpy node in a graph may take the copy engines) */
+    float ms = time_plain(run_copy, &cc, s);
+    double copy_gbs = 2.0 * cc.bytes / (ms * 1e-3) / 1e9;
+    float ms_g = time_graph(run_copy, &cc, s);
+    printf("COPY bytes=%zu ms=%.4f GBps=%.1f graph_GBps=%.1f\n", cc.bytes, ms, copy_gbs,
+           2.0 * cc.bytes / (ms_g * 1e-3) / 1e9);
+    CK(cudaFree(cc.src));
+    CK(cudaFree(cc.dst));
+
+    /* staging rows: 4M rows x 128 fp16 = 1 GiB of input */
+    const size_t stage_rows = (size_t)4 << 20;
+    void *stage = random_fp16_rows(stage_rows * 128, 7);
+
+    /* encode: fp16 input, bytes = input read + codes written */
+    const char *enc_specs[] = {"turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=2",
+                               "turboquant_mse:bits=4", "rabitq:bits=1", "qjl", "q8_0", "q4_0", "fp16"};
+    for (size_t i = 0; i < sizeof enc_specs / sizeof *enc_specs; i++) {
+        kvq_quantizer *q = NULL;
+        kvq_cuda_quantizer *cq = make_cq(enc_specs[i], &q, 42);
+        size_t cs = kvq_code_size(q);
+        enc_ctx ec = {cq, stage, stage_rows, NULL};
+        if (strcmp(enc_specs[i], "qjl") == 0) ec.rows = stage_rows / 8; /* compute-bound */
+        CK(cudaMalloc((void **)&ec.codes, ec.rows * cs));
+        ms = time_graph(run_encode, &ec, s);
+        double bytes = (double)ec.rows * (256 + cs);
+        printf("ENCODE method=%s rows=%zu code_bytes=%zu ms=%.4f GBps=%.1f pct_copy=%.1f Mrows_s=%.1f\n",
+               enc_specs[i], ec.rows, cs, ms, bytes / (ms * 1e-3) / 1e9,
+               100.0 * bytes / (ms * 1e-3) / 1e9 / copy_gbs, ec.rows / (ms * 1e-3) / 1e6);
+        if (i < 4) {
+            /* input one element off 16-byte alignment: the warp-per-vector kernel */
+            enc_ctx ew = ec;
+            ew.x = (const uint8_t *)stage + 2;
+            ew.rows = stage_rows - 1;
+            float msw = time_graph(run_encode, &ew, s);
+            double bw = (double)ew.rows * (256 + cs);
+            printf("ENCODE_WARP method=%s ms=%.4f GBps=%.1f pct_copy=%.1f\n", enc_specs[i], msw,
+                   bw / (msw * 1e-3) / 1e9, 100.0 * bw / (msw * 1e-3) / 1e9 / copy_gbs);
+        }
+        fflush(stdout);
+        CK(cudaFree(ec.codes));
+        kvq_cuda_quantizer_free(cq);
+        kvq_quantizer_free(q);
+    }
+
+    /* attention */
+    const pair pairs[] = {
+        {"rvq1x2/mse2", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=2", 0},
+        {"rvq1x2/mse4", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=4", 0},
+        {"rabitq1/mse2", "rabitq:bits=1", "turboquant_mse:bits=2", 0},
+        {"rvq1x2/mse2-simt", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=2",
+         KVQ_CUDA_ATTN_GENERIC},
+        {"q4_0/q4_0", "q4_0", "q4_0", 0},
+        {"q8_0/q8_0", "q8_0", "q8_0", 0},
+        {"fp16/fp16", "fp16", "fp16", 0},
+    };
+    const uint32_t batches[] = {1, 8, 32};
+    const uint32_t ctxs[] = {4096, 32768, 131072};
+    const uint32_t n_q = 32, n_kv = 8, d = 128;
+    size_t free_b = 0, total_b = 0;
+    for (size_t pi = 0; pi < sizeof pairs / sizeof *pairs; pi++) {
+        if (quick && pi >= 4) break;
+        kvq_quantizer *kq = NULL, *vq = NULL;
+        kvq_cuda_quantizer *ckq = make_cq(pairs[pi].key, &kq, 1);
+        kvq_cuda_quantizer *cvq = make_cq(pairs[pi].value, &vq, 2);
+        size_t kcs = kvq_code_size(kq), vcs = kvq_code_size(vq);
+        for (size_t bi = 0; bi < 3; bi++)
+            for (size_t ci = 0; ci < 3; ci++) {
+                uint32_t B = batches[bi], L = ctxs[ci];
+                size_t rows = (size_t)B * n_kv * L;
+                CK(cudaMemGetInfo(&free_b, &total_b));
+                if (rows * (kcs + vcs) + ((size_t)1 << 30) > free_b) {
+                    printf("ATTN pair=%s batch=%u ctx=%u skipped=memory\n", pairs[pi].name, B, L);
+                    continue;
+                }
+                attn_ctx ac;
+                memset(&ac, 0, sizeof ac);
+                ac.kq = ckq;
+                ac.vq = cvq;
+                ac.desc.batch = B;
+                ac.desc.n_q_heads = n_q;
+                ac.desc.n_kv_heads = n_kv;
+                ac.desc.head_dim = d;
+                ac.desc.capacity = L;
+                ac.desc.max_len = L;
+                ac.desc.scale = 1.0f / sqrtf((float)d);
+                ac.desc.q_dtype = KVQ_CUDA_F16;
+                ac.desc.flags = pairs[pi].flags;
+                uint8_t *kc = NULL, *vc = NULL;
+                CK(cudaMalloc((void **)&kc, rows * kcs));
+                CK(cudaMalloc((void **)&vc, rows * vcs));
+                fill_codes(ckq, stage, stage_rows, kc, rows, kcs, s);
+                fill_codes(cvq, (const uint8_t *)stage + 4096, stage_rows - 16, vc, rows, vcs, s);
+                ac.k = kc;
+                ac.v = vc;
+                ac.q = (const uint8_t *)stage + 8192;
+                int32_t *lens_h = malloc(B * sizeof(int32_t));
+                for (uint32_t b = 0; b < B; b++) lens_h[b] = (int32_t)L;
+                int32_t *lens_d = NULL;
+                CK(cudaMalloc((void **)&lens_d, B * sizeof(int32_t)));
+                CK(cudaMemcpy(lens_d, lens_h, B * sizeof(int32_t), cudaMemcpyHostToDevice));
+                free(lens_h);
+                ac.lens = lens_d;
+                KK(kvq_cuda_attend_workspace(ckq, cvq, &ac.desc, &ac.ws_bytes));
+                CK(cudaMalloc(&ac.ws, ac.ws_bytes));
+                CK(cudaMalloc((void **)&ac.out, (size_t)B * n_q * d * sizeof(float)));
+                ms = time_graph(run_attn, &ac, s);
+                double bytes = (double)rows * (kcs + vcs) + (double)B * n_q * d * (2 + 4);
+                double gbs = bytes / (ms * 1e-3) / 1e9;
+                printf("ATTN pair=%s batch=%u ctx=%u kv_bytes=%.0f us=%.2f GBps=%.1f pct_copy=%.1f\n",
+                       pairs[pi].name, B, L, bytes, ms * 1e3, gbs, 100.0 * gbs / copy_gbs);
+                fflush(stdout);
+                CK(cudaFree(kc));
+                CK(cudaFree(vc));
+                CK(cudaFree(lens_d));
+                CK(cudaFree(ac.ws));
+                CK(cudaFree(ac.out));
+            }
+        kvq_cuda_quantizer_free(ckq);
+        kvq_cuda_quantizer_free(cvq);
+        kvq_quantizer_free(kq);
+        kvq_quantizer_free(vq);
+    }
+    CK(cudaFree(stage));
+    CK(cudaStreamDestroy(s));
+    return 0;
+}

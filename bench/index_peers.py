@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""index_peers.py - kvq's RaBitQ IVF index against faiss-cpu (IndexIVFRaBitQ and
+IndexIVFRaBitQFastScan with an exact refine, IndexHNSWFlat as a graph reference) and
+rabitqlib's IvfIndex, in one run, on the same vectors, one thread each.
+
+For every method and setting: recall@10 against the exact ground truth, queries/s
+(the fastest of --repeat passes over all queries; the passes run round-robin over every
+method and setting, so a slow spell of the machine hits all of them alike), build time
+and index bytes. kvq is built by `kvq index build` and searched in this process through
+libkvq.so (ctypes). Prints a table and JSON lines, and the best queries/s each method
+reaches at recall@10 >= the target (0.95 by default).
+
+usage: python3 bench/index_peers.py [--data data/vectors] [--kvq build/kvq]
+"""
+import argparse
+import ctypes
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def read_fvecs(path):
+    a = np.fromfile(path, dtype=np.float32)
+    d = a[:1].view(np.int32)[0]
+    return np.ascontiguousarray(a.reshape(-1, d + 1)[:, 1:])
+
+
+def read_ivecs(path):
+    a = np.fromfile(path, dtype=np.int32)
+    return a.reshape(-1, a[0] + 1)[:, 1:]
+
+
+def recall(ids, gt, k):
+    return float(np.mean([len(set(ids[i, :k]) & set(gt[i, :k])) / k for i in range(len(ids))]))
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+# ------------------------------------------------------------------ kvq
+
+class KvqParams(ctypes.Structure):
+    _fields_ = [("nprobe", ctypes.c_uint32), ("rerank", ctypes.c_uint32),
+                ("eps0", ctypes.c_float), ("n_threads", ctypes.c_uint32),
+                ("pool", ctypes.c_void_p)]
+
+
+def kvq_library(kvq_cli):
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(os.path.abspath(kvq_cli)), "libkvq.so"))
+    lib.kvq_index_load.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+    lib.kvq_index_search_params_init.argtypes = [ctypes.POINTER(KvqParams)]
+    lib.kvq_index_search.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                     ctypes.c_uint32, ctypes.POINTER(KvqParams),
+                                     ctypes.c_void_p, ctypes.c_void_p]
+    lib.kvq_index_free.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def bench_kvq(a, plans, lib, xq, name, build_args, nprobes, tmp):
+    path = os.path.join(tmp, f"kvq{len(plans)}.kvqi")
+    out = subprocess.run([a.kvq, "index", "build", "-i", a.base, "-o", path, *build_args],
+                         check=True, capture_output=True, text=True).stdout
+    m = re.search(r"total ([0-9.]+) s; .*\((\d+) bytes\)", out)
+    build_s, mem = float(m.group(1)), int(m.group(2))
+    handle = ctypes.c_void_p()
+    if lib.kvq_index_load(path.encode(), ctypes.byref(handle)) != 0:
+        raise RuntimeError("kvq_index_load failed")
+    file_bytes = os.path.getsize(path)
+    q = np.ascontiguousarray(xq, dtype=np.float32)
+    for npb in nprobes:
+        def run(npb=npb):
+            p = KvqParams()
+            lib.kvq_index_search_params_init(ctypes.byref(p))
+            p.nprobe, p.n_threads = npb, 1
+            ids = np.empty((len(q), a.k), dtype=np.int64)
+            st = lib.kvq_index_search(handle, q.ctypes.data, len(q), a.k, ctypes.byref(p),
+                                      ids.ctypes.data, None)
+            if st != 0:
+                raise RuntimeError(f"kvq_index_search: status {st}")
+            return ids
+        plans.append(dict(method="kvq", config=name, param=f"nprobe={npb}", run=run,
+                          build_s=build_s, bytes=file_bytes, mem_bytes=mem))
+    print(f"  kvq {name}: build {build_s:.2f} s", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ faiss
+
+def faiss_bytes(faiss, index):
+    return int(faiss.serialize_index(index).size)
+
+
+def bench_faiss_ivf(a, rows, faiss, xb, xq, gt, kind, nlist, k_factors, nprobes, qb):
+    d = xb.shape[1]
+    t = time.perf_counter()
+    quant = faiss.IndexFlatL2(d)
+    ivf = getattr(faiss, kind)(quant, d, nlist)
+    ivf.train(xb)
+    ref = faiss.IndexRefineFlat(ivf)
+    ref.add(xb)
+    build_s = time.perf_counter() - t
+    ivf.qb = qb
+    nbytes = faiss_bytes(faiss, ref)
+    for kf in k_factors:
+        for npb in nprobes:
+            def run(kf=kf, npb=npb):
+                ref.k_factor = kf
+                ivf.nprobe = npb
+                return ref.search(xq, a.k)[1]
+            rows.append(dict(method="faiss", config=f"{kind}+RefineFlat qb={qb}",
+                             param=f"nprobe={npb},k_factor={kf}", run=run, build_s=build_s,
+                             bytes=nbytes))
+    print(f"  faiss {kind}: build {build_s:.2f} s", file=sys.stderr)
+
+
+def bench_faiss_hnsw(a, rows, faiss, xb, xq, gt, efs):
+    d = xb.shape[1]
+    t = time.perf_counter()
+    ix = faiss.IndexHNSWFlat(d, 32)
+    ix.hnsw.efConstruction = 80
+    ix.add(xb)
+    build_s = time.perf_counter() - t
+    nbytes = faiss_bytes(faiss, ix)
+    for ef in efs:
+        def run(ef=ef):
+            ix.hnsw.efSearch = ef
+            return ix.search(xq, a.k)[1]
+        rows.append(dict(method="faiss", config="IndexHNSWFlat M=32", param=f"efSearch={ef}",
+                         run=run, build_s=build_s, bytes=nbytes))
+    print(f"  faiss HNSW: build {build_s:.2f} s", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ rabitqlib
+
+def bench_rabitqlib(a, rows, faiss, xb, xq, gt, nlist, nbits, nprobes):
+    import rabitqlib
+    d = xb.shape[1]
+    t = time.perf_counter()
+    # rabitqlib's IvfIndex takes the clustering from outside: faiss k-means, as its
+    # examples do
+    km = faiss.Kmeans(d, nlist, niter=10, seed=1234)
+    km.train(xb)
+    _, assign = km.index.search(xb, 1)
+    ix = rabitqlib.IvfIndex(d, len(xb), nlist, nbits, "l2")
+    ix.build(xb, km.centroids, assign.ravel().astype(np.uint32), 1)
+    build_s = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        p = os.path.join(tmp, "r.idx")
+        ix.save(p)
+        nbytes = os.path.getsize(p)
+    for npb in nprobes:
+        def run(npb=npb):
+            return np.asarray(ix.search(xq, a.k, npb, num_threads=1)[0])
+        rows.append(dict(method="rabitqlib", config=f"IvfIndex nbits={nbits}",
+                         param=f"nprobe={npb}", run=run, build_s=build_s, bytes=nbytes))
+    print(f"  rabitqlib nbits={nbits}: build {build_s:.2f} s", file=sys.stderr)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="data/vectors")
+    ap.add_argument("--kvq", default="build/kvq")
+    ap.add_argument("--nlist", type=int, default=256)
+    ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--target", type=float, default=0.95)
+    ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--only", help="comma list of kvq,faiss,rabitqlib,hnsw")
+    a = ap.parse_args()
+    a.base = os.path.join(a.data, "base.fvecs")
+    a.query = os.path.join(a.data, "query.fvecs")
+    a.gt = os.path.join(a.data, "gt_l2.ivecs")
+    only = set(a.only.split(",")) if a.only else {"kvq", "faiss", "rabitqlib", "hnsw"}
+
+    import faiss
+    faiss.omp_set_num_threads(1)
+    xb, xq, gt = read_fvecs(a.base), read_fvecs(a.query), read_ivecs(a.gt)
+    print(f"{len(xb)} base, {len(xq)} queries, dim {xb.shape[1]}; {cpu_model()}", file=sys.stderr)
+    nprobes = [16, 24, 32, 40, 48, 64, 96]
+    rows = []
+    nl = ["--nlist", str(a.nlist)]
+    tmp = tempfile.TemporaryDirectory()
+    if "kvq" in only:
+        lib = kvq_library(a.kvq)
+        bench_kvq(a, rows, lib, xq, "bits=1 q4 fp32-reorder", nl, nprobes, tmp.name)
+        bench_kvq(a, rows, lib, xq, "bits=4 split q4 fp16-reorder",
+                  nl + ["--bits", "4", "--split", "--reorder", "fp16"], nprobes, tmp.name)
+        bench_kvq(a, rows, lib, xq, "bits=8 split q4 no-reorder",
+                  nl + ["--bits", "8", "--split", "--reorder", "none"], nprobes, tmp.name)
+    if "faiss" in only:
+        bench_faiss_ivf(a, rows, faiss, xb, xq, gt, "IndexIVFRaBitQ", a.nlist, [5, 10], nprobes, 4)
+        bench_faiss_ivf(a, rows, faiss, xb, xq, gt, "IndexIVFRaBitQFastScan", a.nlist, [5, 10],
+                        nprobes, 4)
+    if "hnsw" in only:
+        bench_faiss_hnsw(a, rows, faiss, xb, xq, gt, [16, 32, 64, 128])
+    if "rabitqlib" in only:
+        for nbits in (32, 7, 5):
+            bench_rabitqlib(a, rows, faiss, xb, xq, gt, a.nlist, nbits, nprobes)
+
+    for r in rows:  # a warm-up pass gives the recall
+        r["recall"] = recall(r["run"](), gt, a.k)
+        r["qps"] = 0.0
+    for _ in range(a.repeat):  # round-robin timed passes: the fastest one counts
+        for r in rows:
+            t = time.perf_counter()
+            r["run"]()
+            r["qps"] = max(r["qps"], len(xq) / (time.perf_counter() - t))
+    for r in rows:
+        del r["run"]
+
+    print(f"\n{'method':10} {'config':42} {'param':22} {'recall@10':>9} {'qps':>9} "
+          f"{'build s':>8} {'MiB':>7}")
+    for r in rows:
+        print(f"{r['method']:10} {r['config']:42} {r['param']:22} {r['recall']:9.4f} "
+              f"{r['qps']:9.1f} {r['build_s']:8.2f} {r['bytes'] / 2**20:7.1f}")
+    print(f"\nbest queries/s at recall@{a.k} >= {a.target}:")
+    best = {}
+    for r in rows:
+        if r["recall"] >= a.target:
+            key = (r["method"], r["config"])
+            if key not in best or r["qps"] > best[key]["qps"]:
+                best[key] = r
+    for (m, c), r in sorted(best.items(), key=lambda kv: -kv[1]["qps"]):
+        print(f"  {m:10} {c:42} {r['param']:22} recall {r['recall']:.4f}  {r['qps']:9.1f} q/s")
+    if a.json:
+        with open(a.json, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+/*
+ * cuda_stub.c - the public CUDA entry points of a build without CUDA (NO_CUDA=1 or no
+ * nvcc): each answers KVQ_ERR_NO_DEVICE, so callers fall back to the CPU paths.
+ */
+#include "kvq.h"
+
+#ifndef KVQ_HAVE_CUDA
+
+#include "core/core.h"
+
+KVQ_API kvq_status kvq_cuda_available(int *n_devices) {
+    if (!n_devices) return KVQ_ERR_INVALID_ARG;
+    *n_devices = 0;
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API kvq_status kvq_cuda_quantizer_create(const kvq_quantizer *q, kvq_cuda_quantizer **out) {
+    KVQI_UNUSED(q);
+    if (out) *out = NULL;
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API void kvq_cuda_quantizer_free(kvq_cuda_quantizer *cq) { KVQI_UNUSED(cq); }
+
+KVQ_API kvq_status kvq_cuda_encode(const kvq_cuda_quantizer *cq, kvq_cuda_dtype dtype,
+                                   const void *x_dev, size_t n_rows, uint8_t *codes_dev,
+                                   void *stream) {
+    KVQI_UNUSED(cq);
+    KVQI_UNUSED(dtype);
+    KVQI_UNUSED(x_dev);
+    KVQI_UNUSED(n_rows);
+    KVQI_UNUSED(codes_dev);
+    KVQI_UNUSED(stream);
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API kvq_status kvq_cuda_attend_workspace(const kvq_cuda_quantizer *key,
+                                             const kvq_cuda_quantizer *value,
+                                             const kvq_cuda_attn_desc *desc, size_t *bytes) {
+    KVQI_UNUSED(key);
+    KVQI_UNUSED(value);
+    KVQI_UNUSED(desc);
+    if (bytes) *bytes = 0;
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API kvq_status kvq_cuda_attend(const kvq_cuda_quantizer *key, const kvq_cuda_quantizer *value,
+                                   const kvq_cuda_attn_desc *desc, const void *q_dev,
+                                   const uint8_t *k_codes_dev, const uint8_t *v_codes_dev,
+                                   const int32_t *seq_lens_dev, void *workspace_dev,
+                                   size_t workspace_bytes, float *out_dev, void *stream) {
+    KVQI_UNUSED(key);
+    KVQI_UNUSED(value);
+    KVQI_UNUSED(desc);
+    KVQI_UNUSED(q_dev);
+    KVQI_UNUSED(k_codes_dev);
+    KVQI_UNUSED(v_codes_dev);
+    KVQI_UNUSED(seq_lens_dev);
+    KVQI_UNUSED(workspace_dev);
+    KVQI_UNUSED(workspace_bytes);
+    KVQI_UNUSED(out_dev);
+    KVQI_UNUSED(stream);
+    return KVQ_ERR_NO_DEVICE;
+}
+
+#else
+
+/* ISO C wants at least one declaration in a translation unit. */
+typedef int kvqi_cuda_stub_unused;
+
+#endif /* KVQ_HAVE_CUDA */

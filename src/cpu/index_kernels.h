@@ -1,0 +1,87 @@
+/*
+ * index_kernels.h - the RaBitQ index's hot kernels per ISA (scalar reference, AVX2,
+ * AVX-512): fast-scan of 1-bit codes against a 4-bit query LUT (RaBitQ, arXiv
+ * 2405.12497, section 3.3.2; the FAISS fast-scan block layout idea), and the dot/L2
+ * kernels of the extended-code estimate and the exact rerank.
+ */
+#ifndef KVQ_INDEX_KERNELS_H
+#define KVQ_INDEX_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvq.h"
+
+/* A fast-scan block holds the 1-bit codes of 32 vectors. Coordinates are taken four
+ * at a time (a "group", one nibble per vector, coordinate 4g+t is bit t). Group g
+ * takes 16 bytes; byte p holds vector lo(p) in its low nibble and hi(p) in its high
+ * nibble, with lo(2k) = k, lo(2k+1) = 8+k, hi(2k) = 16+k, hi(2k+1) = 24+k, so that the
+ * even/odd byte split of a 16-bit accumulator yields vectors in order. */
+#define KVQI_FS_BLOCK 32
+#define KVQI_FS_GROUP_BYTES 16
+
+/* Byte position and nibble shift of vector v (0..31) inside a group's 16 bytes. */
+static inline void kvqi_fs_slot(unsigned v, unsigned *byte, unsigned *shift) {
+    unsigned half = v >> 4, w = v & 15; /* half 0: low nibble, 1: high */
+    *byte = (w < 8) ? 2 * w : 2 * (w - 8) + 1;
+    *shift = half * 4;
+}
+
+/* Query-side constants of one list for the 1-bit estimate of a block:
+ *   sum_i b_i q'_i  ~= delta * S + vmin * popcount
+ *   dist = (f_add + K) - alpha * f_rescale * (2 * that - sum_q)
+ *   err  = sqrt((f_err * ferr)^2 + (f_rescale * qerr)^2)
+ * (the code's error and the query's rounding error are independent, so their spreads
+ * add in quadrature) and a vector is kept when dist - err < tau. */
+typedef struct kvqi_block_consts {
+    float delta, vmin, sum_q, K, alpha, ferr, qerr, tau;
+} kvqi_block_consts;
+
+typedef struct kvqi_index_kernels {
+    kvq_isa isa;
+    /* out[v] = sum over groups g of lut[g*16 + nibble(v, g)] for the 32 vectors of one
+     * block. n_groups is a multiple of 4; lut entries are at most 60 (4-bit query). */
+    void (*fastscan)(const uint8_t *block, const uint8_t *lut, uint32_t n_groups,
+                     uint32_t out[KVQI_FS_BLOCK]);
+    /* x = q - sub (sub may be NULL: x = q), d_pad long, zero past d -> 4-bit levels
+     * u_i = (int)((x_i - vmin) / delta + 1/2) (0 past d) and for each group the 16 sums
+     * of its levels selected by the nibble bits: lut[g * 16 + m] = sum_t bit_t(m)
+     * u_{4g+t}. qu is scratch of d_pad bytes. */
+    void (*build_lut4)(const float *q, const float *sub, uint32_t d, uint32_t d_pad, uint8_t *qu,
+                       uint8_t *lut, float *vmin, float *delta);
+    /* The estimates of a full block of 32 (formula above): writes dist[32], err[32] and
+     * returns the bit mask of the vectors whose lower bound is below tau. */
+    uint32_t (*estimate_block)(const uint32_t *S, const float *f_add, const float *f_rescale,
+                               const float *f_err, const float *f_pop,
+                               const kvqi_block_consts *c, float *dist, float *err);
+    /* Distances from q[d] to 16 centroids stored transposed (ct[j * 16 + c] is coordinate
+     * j of centroid c): out[c] = sum_j (ct - q)^2 (ip: -sum_j ct * q); coordinate j adds
+     * into partial sum j % 4 (in order), then (s0 + s1) + (s2 + s3). */
+    void (*probe16)(const float *ct, const float *q, uint32_t d, int ip, float out[16]);
+    /* sum_i code[i] * q[i] in the canonical 16-lane order (see cpu.h). */
+    float (*dot_u8)(const uint8_t *code, const float *q, size_t n);
+    /* sum_i (a[i] - b[i])^2, canonical order; a as fp32 or fp16 bits. */
+    float (*l2sq)(const float *a, const float *b, size_t n);
+    float (*l2sq_f16)(const uint16_t *a, const float *b, size_t n);
+    /* sum_i a[i] * b[i], canonical order. */
+    float (*dot)(const float *a, const float *b, size_t n);
+    float (*dot_f16)(const uint16_t *a, const float *b, size_t n);
+} kvqi_index_kernels;
+
+const kvqi_index_kernels *kvqi_index_kernels_for(kvq_isa resolved);
+
+/* Scalar references (the tests compare every ISA against them). */
+void kvqi_fastscan_scalar(const uint8_t *block, const uint8_t *lut, uint32_t n_groups,
+                          uint32_t out[KVQI_FS_BLOCK]);
+void kvqi_build_lut4_scalar(const float *q, const float *sub, uint32_t d, uint32_t d_pad,
+                            uint8_t *qu, uint8_t *lut, float *vmin, float *delta);
+uint32_t kvqi_estimate_block_scalar(const uint32_t *S, const float *f_add, const float *f_rescale,
+                                    const float *f_err, const float *f_pop,
+                                    const kvqi_block_consts *c, float *dist, float *err);
+void kvqi_probe16_scalar(const float *ct, const float *q, uint32_t d, int ip, float out[16]);
+float kvqi_dot_u8_scalar(const uint8_t *code, const float *q, size_t n);
+float kvqi_l2sq_scalar(const float *a, const float *b, size_t n);
+float kvqi_l2sq_f16_scalar(const uint16_t *a, const float *b, size_t n);
+float kvqi_dot_f16_scalar(const uint16_t *a, const float *b, size_t n);
+
+#endif /* KVQ_INDEX_KERNELS_H */

@@ -1,0 +1,355 @@
+/*
+ * attend_mma.cu - tensor-core decode attention for 1-bit keys (turboquant_rvq with one
+ * bit per pass, 1-bit RaBitQ, 1-bit turboquant_mse) and 2- or 4-bit turboquant_mse
+ * values, head_dim 128, up to 4 query heads per KV head. Each warp streams tiles of 16
+ * tokens (cp.async, double-buffered) and runs mma.m16n8k16 twice per tile:
+ *   scores  S^T = K Q^T:  A = sign planes as +-1 halves (exact), B = the rotated query
+ *           split into fp16 high and low parts (columns 2h, 2h+1), fp32 accumulation;
+ *   values  O^T += V^T P^T: A = codebook entries (fp16 high and low tables), B = softmax
+ *           weights times the value norm, split the same way.
+ * The splits keep the result within fp32 rounding of the CUDA-core kernel while every
+ * multiply runs on the tensor cores (FlashDecoding's split-K, arXiv 2311.01282).
+ */
+#include <cuda_fp16.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda/attend.h"
+
+#define MMA_WARPS 4
+#define TILE 16
+#define KBUF 1184 /* 16 tokens x 72 bytes (rvq, 4 passes) + read-ahead pad */
+#define VBUF 1088 /* 16 tokens x 66 bytes (mse 4-bit) + pad */
+
+enum { KEY_RVQ = 0, KEY_RABITQ = 1, KEY_MSE1 = 2 };
+
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+
+__device__ __forceinline__ void mma16816(float c[4], unsigned a0, unsigned a1, unsigned a2,
+                                         unsigned a3, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* Bits p and p + 16 of w, rotated (rot = 15 - p) to 15 and 31,, as a half2 of +-1 (set bit = +1). */
+__device__ __forceinline__ unsigned signs_h2(unsigned w, int rot) {
+    return (__funnelshift_l(w, w, rot) & 0x80008000u) ^ 0xBC00BC00u;
+}
+
+__device__ __forceinline__ unsigned short f2h(float f) { return __half_as_ushort(__float2half_rn(f)); }
+__device__ __forceinline__ float h2f(unsigned short h) { return __half2float(__ushort_as_half(h)); }
+__device__ __forceinline__ unsigned pack2(unsigned short lo, unsigned short hi) {
+    return (unsigned)lo | ((unsigned)hi << 16);
+}
+/* x as fp16 high part (part 0) or the fp16 of what the high part misses (part 1). */
+__device__ __forceinline__ unsigned short split_part(float x, int part) {
+    unsigned short hi = f2h(x);
+    return part ? f2h(x - h2f(hi)) : hi;
+}
+
+/* A 32-bit little-endian word at any even byte offset of shared memory. */
+__device__ __forceinline__ unsigned ld_word(const uint8_t *base, int off) {
+    const unsigned *w = (const unsigned *)(base + (off & ~3));
+    return __funnelshift_r(w[0], w[1], (off & 3) * 8);
+}
+__device__ __forceinline__ float ld_h(const uint8_t *base, int off) {
+    return h2f(*(const unsigned short *)(base + off));
+}
+
+__device__ __forceinline__ void issue_tile(uint8_t *sk, uint8_t *sv, const uint8_t *gk,
+                                           const uint8_t *gv, int kcs, int vcs, int n_valid,
+                                           int lane) {
+    int kvalid = n_valid * kcs, vvalid = n_valid * vcs;
+    for (int c = lane; c < kcs; c += 32) {
+        int off = 16 * c, nb = min(max(kvalid - off, 0), 16);
+        cp_async16(sk + off, nb > 0 ? gk + off : gk, nb);
+    }
+    for (int c = lane; c < vcs; c += 32) {
+        int off = 16 * c, nb = min(max(vvalid - off, 0), 16);
+        cp_async16(sv + off, nb > 0 ? gv + off : gv, nb);
+    }
+}
+
+template <int VB, int R>
+__global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_args a, int key_kind) {
+    __shared__ __align__(16) uint8_t s_k[MMA_WARPS][2][KBUF];
+    __shared__ __align__(16) uint8_t s_v[MMA_WARPS][2][VBUF];
+    __shared__ unsigned s_vtab[16];
+    __shared__ float s_part[MMA_WARPS][4][128 + 2];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, tq = lane & 3;
+    const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int G = a.group;
+    if (threadIdx.x < (1 << VB)) {
+        float c = a.vp->cen[threadIdx.x];
+        unsigned short hi = f2h(c);
+        s_vtab[threadIdx.x] = pack2(hi, f2h(c - h2f(hi)));
+    }
+    const int kcs = a.kf.code_size, vcs = a.vf.code_size;
+    const int plane0 = key_kind == KEY_RVQ ? 2 * R : (key_kind == KEY_RABITQ ? 4 : 2);
+    const float c_first = key_kind == KEY_RABITQ ? 1.0f : a.kp->cen[1];
+    const float c_rest = a.kp->cen2[1];
+    const float inv_sqrt_d = a.kf.inv_sqrt_d;
+    const bool k_aligned = (kcs & 3) == 0 && (plane0 & 3) == 0;
+
+    /* query fragments: column n = 2 * head + part; row k of k-step ks is dim
+     * 32 (ks/2) + 8 (ks%2) + t + 16 c for k = 2t + c, and + 4 for k = 2t + 8 + c */
+    unsigned qb[8][2];
+    {
+        const int head = g >> 1, part = g & 1;
+        const float *qrow = a.qr + ((size_t)b * a.n_q_heads + (size_t)h * G + head) * 128;
+#pragma unroll
+        for (int ks = 0; ks < 8; ks++) {
+            int d0 = 32 * (ks >> 1) + 8 * (ks & 1) + tq;
+            if (head < G) {
+                qb[ks][0] = pack2(split_part(qrow[d0], part), split_part(qrow[d0 + 16], part));
+                qb[ks][1] = pack2(split_part(qrow[d0 + 4], part), split_part(qrow[d0 + 20], part));
+            } else {
+                qb[ks][0] = qb[ks][1] = 0u;
+            }
+        }
+    }
+    /* 2-bit value codebook as register tables for prmt: entries 0,1 | 2,3 */
+    unsigned th0 = 0, th1 = 0, tl0 = 0, tl1 = 0;
+    if (VB == 2) {
+        unsigned short hi[4], lo[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float cv = a.vp->cen[i];
+            hi[i] = f2h(cv);
+            lo[i] = f2h(cv - h2f(hi[i]));
+        }
+        th0 = pack2(hi[0], hi[1]);
+        th1 = pack2(hi[2], hi[3]);
+        tl0 = pack2(lo[0], lo[1]);
+        tl1 = pack2(lo[2], lo[3]);
+    }
+    __syncthreads();
+
+    const int len = a.seq_lens[b];
+    const int t0 = split * a.chunk, t1 = min(len, t0 + a.chunk);
+    const size_t seq_base = ((size_t)b * a.n_kv_heads + h) * (size_t)a.capacity;
+    const uint8_t *gk = a.k_codes + seq_base * kcs, *gv = a.v_codes + seq_base * vcs;
+
+    float acc[8][4];
+#pragma unroll
+    for (int mt = 0; mt < 8; mt++) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+
+    int tt = t0 + TILE * warp;
+    int buf = 0;
+    if (tt < t1) issue_tile(s_k[warp][0], s_v[warp][0], gk + (size_t)tt * kcs, gv + (size_t)tt * vcs, kcs, vcs, min(TILE, t1 - tt), lane);
+    cp_commit();
+    for (; tt < t1; tt += TILE * MMA_WARPS, buf ^= 1) {
+        int nt = tt + TILE * MMA_WARPS;
+        if (nt < t1)
+            issue_tile(s_k[warp][buf ^ 1], s_v[warp][buf ^ 1], gk + (size_t)nt * kcs, gv + (size_t)nt * vcs, kcs, vcs, min(TILE, t1 - nt), lane);
+        cp_commit();
+        cp_wait1();
+        __syncwarp();
+        const uint8_t *sk = s_k[warp][buf], *sv = s_v[warp][buf];
+
+        /* ---- scores of tokens g and g + 8 for head tq. Dims are permuted inside each
+         * 32-bit plane word so a register's two bits sit 16 apart: one rotate and one
+         * lop3 make a half2 of +-1 (the query fragments use the same permutation). */
+        float s_lo = 0.0f, s_hi = 0.0f;
+        const int ko_lo = g * kcs, ko_hi = (g + 8) * kcs;
+        const float n_lo = ld_h(sk, ko_lo), n_hi = ld_h(sk, ko_hi);
+#pragma unroll
+        for (int st = 0; st < R; st++) {
+            unsigned wl[4], wh[4];
+            if (k_aligned) {
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    wl[j] = *(const unsigned *)(sk + ko_lo + plane0 + 16 * st + 4 * j);
+                    wh[j] = *(const unsigned *)(sk + ko_hi + plane0 + 16 * st + 4 * j);
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    wl[j] = ld_word(sk, ko_lo + plane0 + 16 * st + 4 * j);
+                    wh[j] = ld_word(sk, ko_hi + plane0 + 16 * st + 4 * j);
+                }
+            }
+            /* two accumulators halve the dependent chain of mma */
+            float c[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+            for (int ks = 0; ks < 8; ks++) {
+                const int j = ks >> 1, r0 = 15 - (8 * (ks & 1) + tq), r2 = r0 - 4;
+                mma16816(c[ks & 1], signs_h2(wl[j], r0), signs_h2(wh[j], r0), signs_h2(wl[j], r2),
+                         signs_h2(wh[j], r2), qb[ks][0], qb[ks][1]);
+            }
+            float coef_lo, coef_hi;
+            if (key_kind == KEY_RVQ) {
+                float cs = st == 0 ? c_first : c_rest;
+                coef_lo = cs * (st ? ld_h(sk, ko_lo + 2 * st) : 1.0f);
+                coef_hi = cs * (st ? ld_h(sk, ko_hi + 2 * st) : 1.0f);
+            } else {
+                coef_lo = coef_hi = c_first;
+            }
+            s_lo += coef_lo * ((c[0][0] + c[0][1]) + (c[1][0] + c[1][1]));
+            s_hi += coef_hi * ((c[0][2] + c[0][3]) + (c[1][2] + c[1][3]));
+        }
+        if (key_kind == KEY_RVQ) {
+            s_lo *= n_lo * inv_sqrt_d;
+            s_hi *= n_hi * inv_sqrt_d;
+        } else if (key_kind == KEY_RABITQ) {
+            s_lo *= n_lo * inv_sqrt_d / ld_h(sk, ko_lo + 2);
+            s_hi *= n_hi * inv_sqrt_d / ld_h(sk, ko_hi + 2);
+        } else {
+            s_lo *= n_lo;
+            s_hi *= n_hi;
+        }
+        if (tt + g >= t1) s_lo = -INFINITY;
+        if (tt + g + 8 >= t1) s_hi = -INFINITY;
+
+        /* ---- online softmax for head tq (lanes with equal tq share it) */
+        float tmax = fmaxf(s_lo, s_hi);
+        tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 4));
+        tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 8));
+        tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 16));
+        float mn = fmaxf(m, tmax);
+        /* rescale only when some head's maximum grew (rare after the first tiles) */
+        if (__any_sync(KVQC_FULL, mn > m)) {
+            float alpha = exp2f(m - mn);
+            l *= alpha;
+#pragma unroll
+            for (int mt = 0; mt < 8; mt++) {
+                acc[mt][0] *= alpha;
+                acc[mt][1] *= alpha;
+                acc[mt][2] *= alpha;
+                acc[mt][3] *= alpha;
+            }
+            m = mn;
+        }
+        float p_lo = exp2f(s_lo - m), p_hi = exp2f(s_hi - m);
+        l += p_lo + p_hi;
+        /* weights times the value norm, moved to the B layout: rows = tokens, col = g */
+        const int vo_lo = g * vcs, vo_hi = (g + 8) * vcs;
+        float w_lo = p_lo * ld_h(sv, vo_lo), w_hi = p_hi * ld_h(sv, vo_hi);
+        const int src0 = 4 * (2 * tq) + (g >> 1), src1 = src0 + 4;
+        float x0 = __shfl_sync(KVQC_FULL, w_lo, src0), x1 = __shfl_sync(KVQC_FULL, w_lo, src1);
+        float y0 = __shfl_sync(KVQC_FULL, w_hi, src0), y1 = __shfl_sync(KVQC_FULL, w_hi, src1);
+        const int part = g & 1;
+        unsigned pb0 = pack2(split_part(x0, part), split_part(x1, part));
+        unsigned pb1 = pack2(split_part(y0, part), split_part(y1, part));
+
+        /* ---- values: V^T tile per mt. Row g of tile mt is dim 16g + 2mt, row g + 8 is
+         * 16g + 2mt + 1, so a thread's 16 dims of a token share one (2-bit) or two
+         * (4-bit) payload words. */
+        const int p0 = (2 * tq) * vcs + 2, p1 = p0 + vcs, p8 = p0 + 8 * vcs, p9 = p8 + vcs;
+        if (VB == 2) {
+            const unsigned w0 = ld_word(sv, p0 + 4 * g), w1 = ld_word(sv, p1 + 4 * g);
+            const unsigned w8 = ld_word(sv, p8 + 4 * g), w9 = ld_word(sv, p9 + 4 * g);
+            /* bytes interleaved: token pair fields side by side */
+            const unsigned z01[2] = {__byte_perm(w0, w1, 0x5140), __byte_perm(w0, w1, 0x7362)};
+            const unsigned z89[2] = {__byte_perm(w8, w9, 0x5140), __byte_perm(w8, w9, 0x7362)};
+#pragma unroll
+            for (int mt = 0; mt < 8; mt++) {
+                const int k = mt >> 1, base = 16 * (k & 1) + 4 * (mt & 1);
+                const unsigned x0 = (z01[k >> 1] >> base) & 0x0303u;       /* row g    */
+                const unsigned x1 = (z01[k >> 1] >> (base + 2)) & 0x0303u; /* row g+8  */
+                const unsigned x2 = (z89[k >> 1] >> base) & 0x0303u;
+                const unsigned x3 = (z89[k >> 1] >> (base + 2)) & 0x0303u;
+                const unsigned s0 = x0 * 0x22u + 0x1010u, s1 = x1 * 0x22u + 0x1010u;
+                const unsigned s2 = x2 * 0x22u + 0x1010u, s3 = x3 * 0x22u + 0x1010u;
+                mma16816(acc[mt], __byte_perm(th0, th1, s0), __byte_perm(th0, th1, s1),
+                         __byte_perm(th0, th1, s2), __byte_perm(th0, th1, s3), pb0, pb1);
+                mma16816(acc[mt], __byte_perm(tl0, tl1, s0), __byte_perm(tl0, tl1, s1),
+                         __byte_perm(tl0, tl1, s2), __byte_perm(tl0, tl1, s3), pb0, pb1);
+            }
+        } else {
+            unsigned w0[2], w1[2], w8[2], w9[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                w0[i] = ld_word(sv, p0 + 8 * g + 4 * i);
+                w1[i] = ld_word(sv, p1 + 8 * g + 4 * i);
+                w8[i] = ld_word(sv, p8 + 8 * g + 4 * i);
+                w9[i] = ld_word(sv, p9 + 8 * g + 4 * i);
+            }
+#pragma unroll
+            for (int mt = 0; mt < 8; mt++) {
+                const int wi = mt >> 2, sa = 8 * (mt & 3), sb = sa + 4;
+                unsigned e00 = s_vtab[(w0[wi] >> sa) & 15u], e01 = s_vtab[(w1[wi] >> sa) & 15u];
+                unsigned e10 = s_vtab[(w0[wi] >> sb) & 15u], e11 = s_vtab[(w1[wi] >> sb) & 15u];
+                unsigned e80 = s_vtab[(w8[wi] >> sa) & 15u], e81 = s_vtab[(w9[wi] >> sa) & 15u];
+                unsigned e90 = s_vtab[(w8[wi] >> sb) & 15u], e91 = s_vtab[(w9[wi] >> sb) & 15u];
+                /* high halves: low 16 bits of each entry; low halves: the high 16 bits */
+                mma16816(acc[mt], __byte_perm(e00, e01, 0x5410), __byte_perm(e10, e11, 0x5410),
+                         __byte_perm(e80, e81, 0x5410), __byte_perm(e90, e91, 0x5410), pb0, pb1);
+                mma16816(acc[mt], __byte_perm(e00, e01, 0x7632), __byte_perm(e10, e11, 0x7632),
+                         __byte_perm(e80, e81, 0x7632), __byte_perm(e90, e91, 0x7632), pb0, pb1);
+            }
+        }
+        __syncwarp();
+    }
+
+    /* ---- per-warp results: head tq, dims 16mt + g and 16mt + g + 8 */
+    l += __shfl_xor_sync(KVQC_FULL, l, 4);
+    l += __shfl_xor_sync(KVQC_FULL, l, 8);
+    l += __shfl_xor_sync(KVQC_FULL, l, 16);
+    if (tq < G) {
+#pragma unroll
+        for (int mt = 0; mt < 8; mt++) {
+            s_part[warp][tq][16 * g + 2 * mt] = acc[mt][0] + acc[mt][1];
+            s_part[warp][tq][16 * g + 2 * mt + 1] = acc[mt][2] + acc[mt][3];
+        }
+        if (g == 0) {
+            s_part[warp][tq][128] = m;
+            s_part[warp][tq][129] = l;
+        }
+    }
+    __syncthreads();
+    kvqc_merge_warps(&s_part[0][0][0], MMA_WARPS, 4 * 130, 130, G, 128, a, b, h, split);
+}
+
+static int key_kind_of(const kvqc_params *kp) {
+    if (kp->kind == KVQC_RVQ && kp->bits == 1) return KEY_RVQ;
+    if (kp->kind == KVQC_RABITQ) return KEY_RABITQ;
+    if (kp->kind == KVQC_MSE && kp->bits == 1) return KEY_MSE1;
+    return -1;
+}
+
+int kvqc_mma_supports(const kvqc_params *kp, const kvqc_params *vp, int group) {
+    int kk = key_kind_of(kp);
+    if (kk < 0 || kp->dim != 128 || vp->dim != 128 || group < 1 || group > 4) return 0;
+    /* 1-bit codebooks must be +-c for the sign-plane product */
+    if (kk != KEY_RABITQ && kp->cen[0] != -kp->cen[1]) return 0;
+    if (kk == KEY_RVQ && kp->residuals > 1 && kp->cen2[0] != -kp->cen2[1]) return 0;
+    if (vp->kind != KVQC_MSE || (vp->bits != 2 && vp->bits != 4)) return 0;
+    return 1;
+}
+
+typedef void (*mma_kernel_fn)(kvqc_attn_args, int);
+
+static mma_kernel_fn pick(const kvqc_params *kp, const kvqc_params *vp) {
+    int R = key_kind_of(kp) == KEY_RVQ ? kp->residuals : 1;
+    static const mma_kernel_fn k2[4] = {attend_mma_kernel<2, 1>, attend_mma_kernel<2, 2>,
+                                        attend_mma_kernel<2, 3>, attend_mma_kernel<2, 4>};
+    static const mma_kernel_fn k4[4] = {attend_mma_kernel<4, 1>, attend_mma_kernel<4, 2>,
+                                        attend_mma_kernel<4, 3>, attend_mma_kernel<4, 4>};
+    return vp->bits == 2 ? k2[R - 1] : k4[R - 1];
+}
+
+int kvqc_mma_blocks_per_sm(const kvqc_params *kp, const kvqc_params *vp) {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, pick(kp, vp), MMA_WARPS * 32, 0) != cudaSuccess) {
+        cudaGetLastError();
+        return 1;
+    }
+    return n > 0 ? n : 1;
+}
+
+cudaError_t kvqc_launch_mma(const kvqc_params *kp, const kvqc_params *vp,
+                            const kvqc_attn_args *a, dim3 grid, cudaStream_t s) {
+    pick(kp, vp)<<<grid, MMA_WARPS * 32, 0, s>>>(*a, key_kind_of(kp));
+    return cudaGetLastError();
+}

@@ -1,0 +1,326 @@
+/* io.c - the index file: "KVQINDEX", format version, config, PCA basis, centroids,
+ * ids, reorder store and every list's codes and factors, then a CRC-32 of all of it
+ * and an end marker. Written to a temp file, fsynced and renamed into place; read
+ * whole and validated field by field before use (little-endian hosts). */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "index/index_internal.h"
+
+#define MAGIC "KVQINDEX"
+#define END_MAGIC "KVQIEND!"
+#define FORMAT_VERSION 1u
+
+uint32_t kvqi_crc32(uint32_t crc, const void *buf, size_t n) {
+    uint32_t table[256];
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        table[i] = c;
+    }
+    const uint8_t *p = buf;
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++) crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+static int little_endian(void) {
+    const uint16_t one = 1;
+    return *(const uint8_t *)&one == 1;
+}
+
+/* ------------------------------------------------------------------ write */
+
+typedef struct writer {
+    FILE *f;
+    uint32_t crc;
+    int failed;
+} writer;
+
+static void put(writer *w, const void *p, size_t n) {
+    if (w->failed || n == 0) return;
+    if (fwrite(p, 1, n, w->f) != n) w->failed = 1;
+    w->crc = kvqi_crc32(w->crc, p, n);
+}
+static void put_u32(writer *w, uint32_t v) { put(w, &v, 4); }
+static void put_u64(writer *w, uint64_t v) { put(w, &v, 8); }
+
+static void put_config(writer *w, const kvq_index_config *c) {
+    put_u32(w, c->dim);
+    put_u32(w, (uint32_t)c->metric);
+    put_u32(w, c->nlist);
+    put_u32(w, c->bits);
+    put_u32(w, c->split);
+    put_u32(w, c->query_bits);
+    put_u32(w, (uint32_t)c->rotation);
+    put_u32(w, c->pca_dim);
+    put_u32(w, (uint32_t)c->reorder);
+    put_u32(w, c->train_iters);
+    put_u32(w, c->max_train_points);
+    put_u64(w, c->seed);
+}
+
+static void put_body(writer *w, const kvq_index *ix) {
+    put(w, MAGIC, 8);
+    put_u32(w, FORMAT_VERSION);
+    put_config(w, &ix->cfg);
+    put_u32(w, (uint32_t)ix->trained);
+    put_u64(w, ix->n);
+    /* a dense rotation is stored, not rebuilt: loading costs no O(d^3) work, and its
+     * size is backed by the file's own bytes */
+    if (ix->rot_dense) put(w, ix->rot_dense, (size_t)ix->d * ix->d * 4);
+    if (!ix->trained) return;
+    if (ix->cfg.pca_dim) {
+        put(w, ix->pca_mean, (size_t)ix->dim * 4);
+        put(w, ix->pca_proj, (size_t)ix->d * ix->dim * 4);
+    }
+    put(w, ix->centroids, (size_t)ix->nlist * ix->d * 4);
+    put(w, ix->ids, (size_t)ix->n * 8);
+    if (ix->reorder_f32) put(w, ix->reorder_f32, (size_t)ix->n * ix->dim * 4);
+    if (ix->reorder_f16) put(w, ix->reorder_f16, (size_t)ix->n * ix->dim * 2);
+    for (uint32_t c = 0; c < ix->nlist; c++) {
+        const kvqi_ivf_list *l = &ix->lists[c];
+        size_t blocks = (l->n + KVQI_FS_BLOCK - 1) / KVQI_FS_BLOCK;
+        put_u32(w, l->n);
+        if (!l->n) continue;
+        put(w, l->rows, (size_t)l->n * 4);
+        put(w, l->codes, blocks * ix->n_groups * 16);
+        put(w, l->f_add, (size_t)l->n * 4);
+        put(w, l->f_rescale, (size_t)l->n * 4);
+        put(w, l->f_err, (size_t)l->n * 4);
+        put(w, l->f_pop, (size_t)l->n * 4);
+        if (ix->cfg.bits > 1) {
+            put(w, l->ex_codes, (size_t)l->n * ix->d_pad);
+            put(w, l->ex_rescale, (size_t)l->n * 4);
+            put(w, l->ex_err, (size_t)l->n * 4);
+        }
+    }
+}
+
+KVQ_API kvq_status kvq_index_save(const kvq_index *ix, const char *path) {
+    if (!ix || !path || !*path) return KVQ_ERR_INVALID_ARG;
+    if (!little_endian()) return KVQ_ERR_UNSUPPORTED;
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 16);
+    if (!tmp) return KVQ_ERR_NOMEM;
+    memcpy(tmp, path, plen);
+    memcpy(tmp + plen, ".tmp.XXXXXX", 12);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        free(tmp);
+        return KVQ_ERR_IO;
+    }
+    (void)fchmod(fd, 0644); /* mkstemp makes 0600; an index is a data file like any other */
+    writer w = {fdopen(fd, "wb"), 0, 0};
+    if (!w.f) {
+        close(fd);
+        unlink(tmp);
+        free(tmp);
+        return KVQ_ERR_IO;
+    }
+    put_body(&w, ix);
+    uint32_t crc = w.crc;
+    put_u32(&w, crc);
+    put(&w, END_MAGIC, 8);
+    int bad = w.failed || fflush(w.f) != 0 || fsync(fileno(w.f)) != 0;
+    bad |= fclose(w.f) != 0;
+    if (!bad && rename(tmp, path) != 0) bad = 1;
+    if (bad) unlink(tmp);
+    free(tmp);
+    return bad ? KVQ_ERR_IO : KVQ_OK;
+}
+
+/* ------------------------------------------------------------------- read */
+
+typedef struct reader {
+    const uint8_t *p;
+    size_t left;
+} reader;
+
+static int get(reader *r, void *dst, size_t n) {
+    if (n > r->left) return 0;
+    if (n) memcpy(dst, r->p, n);
+    r->p += n;
+    r->left -= n;
+    return 1;
+}
+static int get_u32(reader *r, uint32_t *v) { return get(r, v, 4); }
+static int get_u64(reader *r, uint64_t *v) { return get(r, v, 8); }
+/* n items of size bytes, with the multiplication checked */
+static int get_array(reader *r, void *dst, size_t count, size_t size) {
+    size_t bytes;
+    if (kvqi_mul_size(count, size, &bytes) != KVQ_OK) return 0;
+    return get(r, dst, bytes);
+}
+/* n floats read from a file, all finite (a NaN would poison every comparison) */
+static int finite_f32(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+static int finite_f16(const uint16_t *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if ((x[i] & 0x7c00u) == 0x7c00u) return 0;
+    return 1;
+}
+static int get_f32(reader *r, float *dst, size_t count) {
+    return get_array(r, dst, count, 4) && finite_f32(dst, count);
+}
+
+static int has_bytes(const reader *r, size_t count, size_t size) {
+    size_t bytes;
+    return kvqi_mul_size(count, size, &bytes) == KVQ_OK && bytes <= r->left;
+}
+
+static int get_config(reader *r, kvq_index_config *c) {
+    uint32_t v[11];
+    for (int i = 0; i < 11; i++)
+        if (!get_u32(r, &v[i])) return 0;
+    memset(c, 0, sizeof *c);
+    c->dim = v[0];
+    c->metric = (kvq_metric)v[1];
+    c->nlist = v[2];
+    c->bits = v[3];
+    c->split = v[4];
+    c->query_bits = v[5];
+    c->rotation = (kvq_index_rotation)v[6];
+    c->pca_dim = v[7];
+    c->reorder = (kvq_index_reorder)v[8];
+    c->train_iters = v[9];
+    c->max_train_points = v[10];
+    if (v[1] > 2 || v[6] > 1 || v[8] > 2) return 0;
+    return get_u64(r, &c->seed);
+}
+
+static kvq_status load_body(reader *r, kvq_index **out) {
+    char magic[8];
+    uint32_t version, trained;
+    uint64_t n;
+    kvq_index_config cfg;
+    if (!get(r, magic, 8) || memcmp(magic, MAGIC, 8) != 0) return KVQ_ERR_FORMAT;
+    if (!get_u32(r, &version) || version != FORMAT_VERSION) return KVQ_ERR_FORMAT;
+    if (!get_config(r, &cfg) || !get_u32(r, &trained) || !get_u64(r, &n)) return KVQ_ERR_FORMAT;
+    if (kvqi_index_validate_config(&cfg) != KVQ_OK || trained > 1 || cfg.train_iters == 0 ||
+        cfg.max_train_points == 0)
+        return KVQ_ERR_FORMAT;
+    if (n > UINT32_MAX || (!trained && n)) return KVQ_ERR_FORMAT;
+    const size_t d = cfg.pca_dim ? cfg.pca_dim : cfg.dim;
+    if (cfg.rotation == KVQ_ROTATION_DENSE && !has_bytes(r, d * d, 4)) return KVQ_ERR_FORMAT;
+    if (trained && !has_bytes(r, cfg.nlist, d * 4)) return KVQ_ERR_FORMAT;
+    kvq_index *ix = NULL;
+    kvq_status st = kvqi_index_new(&cfg, 0, &ix);
+    if (st != KVQ_OK) return st == KVQ_ERR_NOMEM ? st : KVQ_ERR_FORMAT;
+    ix->cfg = cfg;
+    st = KVQ_ERR_FORMAT;
+    if (cfg.rotation == KVQ_ROTATION_DENSE) {
+        ix->rot_dense = kvqi_alloc_array(d * d, sizeof(float));
+        if (!ix->rot_dense) goto nomem;
+        if (!get_f32(r, ix->rot_dense, d * d)) goto fail;
+    }
+    if (!trained) {
+        if (r->left) goto fail;
+        *out = ix;
+        return KVQ_OK;
+    }
+    if (cfg.pca_dim) {
+        if (!has_bytes(r, ix->d, (size_t)ix->dim * 4)) goto fail;
+        ix->pca_mean = kvqi_alloc_array(ix->dim, sizeof(float));
+        ix->pca_proj = kvqi_alloc_array((size_t)ix->d * ix->dim, sizeof(float));
+        if (!ix->pca_mean || !ix->pca_proj) goto nomem;
+        if (!get_f32(r, ix->pca_mean, ix->dim) || !get_f32(r, ix->pca_proj, (size_t)ix->d * ix->dim))
+            goto fail;
+    }
+    if (kvqi_index_alloc_trained(ix) != KVQ_OK) goto nomem;
+    if (!get_f32(r, ix->centroids, (size_t)ix->nlist * ix->d)) goto fail;
+    kvqi_index_finish_centroids(ix);
+    ix->trained = 1;
+    if (n) {
+        size_t row_bytes = cfg.reorder == KVQ_REORDER_FP32 ? 4 : (cfg.reorder == KVQ_REORDER_FP16 ? 2 : 0);
+        if (!has_bytes(r, (size_t)n, 8 + (size_t)ix->dim * row_bytes)) goto fail;
+        ix->ids = kvqi_alloc_array((size_t)n, sizeof(int64_t));
+        if (!ix->ids) goto nomem;
+        if (!get_array(r, ix->ids, (size_t)n, 8)) goto fail;
+        if (row_bytes) {
+            void *re = kvqi_index_alloc_rows((size_t)n, (size_t)ix->dim * row_bytes);
+            if (!re) goto nomem;
+            if (row_bytes == 4) ix->reorder_f32 = re;
+            else ix->reorder_f16 = re;
+            if (!get_array(r, re, (size_t)n, (size_t)ix->dim * row_bytes)) goto fail;
+            size_t cells = (size_t)n * ix->dim;
+            if (row_bytes == 4 ? !finite_f32(re, cells) : !finite_f16(re, cells)) goto fail;
+        }
+        ix->cap_rows = n;
+    }
+    uint64_t seen = 0;
+    for (uint32_t c = 0; c < ix->nlist; c++) {
+        kvqi_ivf_list *l = &ix->lists[c];
+        uint32_t ln;
+        if (!get_u32(r, &ln)) goto fail;
+        if (ln > n - seen) goto fail;
+        seen += ln;
+        if (!ln) continue;
+        size_t blocks = (ln + KVQI_FS_BLOCK - 1) / KVQI_FS_BLOCK;
+        size_t per = 4 + 16 + (cfg.bits > 1 ? ix->d_pad + 8 : 0);
+        if (!has_bytes(r, ln, per)) goto fail;
+        if ((st = kvqi_list_reserve(ix, l, ln)) != KVQ_OK) goto fail_st;
+        st = KVQ_ERR_FORMAT;
+        l->n = ln;
+        if (!get_array(r, l->rows, ln, 4) || !get_array(r, l->codes, blocks, (size_t)ix->n_groups * 16) ||
+            !get_f32(r, l->f_add, ln) || !get_f32(r, l->f_rescale, ln) ||
+            !get_f32(r, l->f_err, ln) || !get_f32(r, l->f_pop, ln))
+            goto fail;
+        if (cfg.bits > 1 && (!get_array(r, l->ex_codes, ln, ix->d_pad) ||
+                             !get_f32(r, l->ex_rescale, ln) || !get_f32(r, l->ex_err, ln)))
+            goto fail;
+        for (uint32_t i = 0; i < ln; i++)
+            if (l->rows[i] >= n) goto fail;
+    }
+    if (seen != n || r->left) goto fail;
+    ix->n = n;
+    *out = ix;
+    return KVQ_OK;
+nomem:
+    st = KVQ_ERR_NOMEM;
+fail_st:
+fail:
+    kvq_index_free(ix);
+    return st;
+}
+
+KVQ_API kvq_status kvq_index_load_buffer(const void *buf, size_t size, kvq_index **out) {
+    if (!out || (!buf && size)) return KVQ_ERR_INVALID_ARG;
+    *out = NULL;
+    if (!little_endian()) return KVQ_ERR_UNSUPPORTED;
+    const uint8_t *p = buf;
+    if (size < 8 + 4 + 12 || memcmp(p, MAGIC, 8) != 0) return KVQ_ERR_FORMAT;
+    if (memcmp(p + size - 8, END_MAGIC, 8) != 0) return KVQ_ERR_FORMAT;
+    uint32_t stored;
+    memcpy(&stored, p + size - 12, 4);
+    if (kvqi_crc32(0, p, size - 12) != stored) return KVQ_ERR_FORMAT;
+    reader r = {p, size - 12};
+    return load_body(&r, out);
+}
+
+KVQ_API kvq_status kvq_index_load(const char *path, kvq_index **out) {
+    if (!path || !out) return KVQ_ERR_INVALID_ARG;
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return KVQ_ERR_IO;
+    kvq_status st = KVQ_OK;
+    uint8_t *buf = NULL;
+    long size = -1;
+    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
+    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) st = KVQ_ERR_IO;
+    else if (!(buf = malloc(size ? (size_t)size : 1))) st = KVQ_ERR_NOMEM;
+    else if (fread(buf, 1, (size_t)size, f) != (size_t)size) st = KVQ_ERR_IO;
+    fclose(f);
+    if (st == KVQ_OK) st = kvq_index_load_buffer(buf, (size_t)size, out);
+    free(buf);
+    return st;
+}

@@ -1,0 +1,552 @@
+/* search.c - query processing of the RaBitQ IVF index: probe the nearest clusters,
+ * estimate every distance from the 1-bit codes with fast-scan and RaBitQ's bound
+ * (arXiv 2405.12497, section 3.2.2: |est - true| <= eps0 sqrt((1 - <o_bar,o>^2) /
+ * <o_bar,o>^2) / sqrt(d - 1) * ||q'|| ||r||), refine survivors with the extended code
+ * (arXiv 2409.09913), then rerank exactly only those whose lower bound can still
+ * enter the top k. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "index/index_internal.h"
+
+typedef struct cand {
+    uint32_t list, pos, row; /* row: in the id / reorder arrays, read while the list is hot */
+    float dist, err;         /* estimate and half-width of its bound */
+} cand;
+
+typedef struct heap_item {
+    float d;
+    int64_t id;
+} heap_item;
+
+/* max-heap on (d, id): its top is the worst of the kept items */
+static inline int worse(heap_item a, heap_item b) { return a.d > b.d || (a.d == b.d && a.id > b.id); }
+
+static void heap_push(heap_item *h, uint32_t *n, uint32_t cap, heap_item it) {
+    if (*n == cap) {
+        if (!worse(h[0], it)) return;
+        uint32_t i = 0;
+        for (;;) { /* sift the new item down from the root */
+            uint32_t l = 2 * i + 1, r = l + 1, m = i;
+            heap_item big = it;
+            if (l < cap && worse(h[l], big)) m = l, big = h[l];
+            if (r < cap && worse(h[r], big)) m = r;
+            if (m == i) break;
+            h[i] = h[m];
+            i = m;
+        }
+        h[i] = it;
+        return;
+    }
+    uint32_t i = (*n)++;
+    while (i > 0) {
+        uint32_t p = (i - 1) / 2;
+        if (!worse(it, h[p])) break;
+        h[i] = h[p];
+        i = p;
+    }
+    h[i] = it;
+}
+
+static int cmp_item(const void *a, const void *b) {
+    heap_item x = *(const heap_item *)a, y = *(const heap_item *)b;
+    return worse(x, y) ? 1 : (worse(y, x) ? -1 : 0);
+}
+
+static int cmp_cand_lb(const void *a, const void *b) {
+    const cand *x = a, *y = b;
+    float lx = x->dist - x->err, ly = y->dist - y->err;
+    if (lx < ly) return -1;
+    if (lx > ly) return 1;
+    if (x->list != y->list) return x->list < y->list ? -1 : 1;
+    return x->pos < y->pos ? -1 : (x->pos > y->pos);
+}
+
+static void cand_sift_down(cand *h, uint32_t n, uint32_t i) {
+    cand it = h[i];
+    for (;;) {
+        uint32_t l = 2 * i + 1, r = l + 1, m = i;
+        const cand *best = &it;
+        if (l < n && cmp_cand_lb(&h[l], best) < 0) m = l, best = &h[l];
+        if (r < n && cmp_cand_lb(&h[r], best) < 0) m = r;
+        if (m == i) break;
+        h[i] = h[m];
+        i = m;
+    }
+    h[i] = it;
+}
+
+static const char *row_ptr(const kvq_index *ix, uint32_t row) {
+    return ix->reorder_f32 ? (const char *)(ix->reorder_f32 + (size_t)row * ix->dim)
+                           : (const char *)(ix->reorder_f16 + (size_t)row * ix->dim);
+}
+
+typedef struct search_ctx {
+    const kvq_index *ix;
+    const float *queries;
+    uint32_t k, nprobe, rerank;
+    float eps0;
+    int64_t *out_ids;
+    float *out_dists;
+    unsigned char *scratch;
+    size_t slot_bytes, cand_cap;
+} search_ctx;
+
+/* Per-thread scratch, carved from one slot. */
+typedef struct scratch {
+    float *tmp, *zq, *qrot, *qp, *lutf, *ones, *probe_d;
+    uint8_t *lut;
+    uint32_t *probe_i;
+    cand *cands;
+    heap_item *ubheap, *res;
+} scratch;
+
+static size_t align64(size_t x) { return (x + 63) & ~(size_t)63; }
+
+static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, unsigned char *base,
+                    scratch *s) {
+    size_t off = 0;
+#define TAKE(field, type, count)                                      \
+    do {                                                              \
+        if (s) s->field = (type *)(void *)(base + off);               \
+        off += align64((size_t)(count) * sizeof(type));               \
+    } while (0)
+    TAKE(tmp, float, ix->dim);
+    TAKE(zq, float, ix->d_pad);
+    TAKE(qrot, float, ix->d_pad);
+    TAKE(qp, float, ix->d_pad);
+    TAKE(lutf, float, (size_t)ix->n_groups * 16);
+    TAKE(ones, float, ix->d_pad);
+    TAKE(probe_d, float, ix->nlist);
+    TAKE(lut, uint8_t, (size_t)ix->n_groups * 16);
+    TAKE(probe_i, uint32_t, ix->nlist);
+    TAKE(cands, cand, cand_cap);
+    TAKE(ubheap, heap_item, k);
+    TAKE(res, heap_item, k);
+#undef TAKE
+    return off;
+}
+
+/* The query as seen from one list: q' (rotated, minus the rotated centroid for l2),
+ * the list's constant term and what the estimator needs. */
+typedef struct list_query {
+    const float *qp;  /* q' (l2: valid only when prepared with need_qp) */
+    const float *sub; /* l2: the rotated centroid, q' = qrot - sub */
+    float K, qnorm, sum_q;
+    float vmin, delta, qerr; /* 4-bit query quantization */
+} list_query;
+
+/* Query-side numbers shared by every list of one query. */
+typedef struct query_consts {
+    float const_ip;  /* ip with PCA: <mean, q> */
+    float qrot_sum;  /* sum of the rotated query's coordinates */
+    float qrot_n2;   /* its squared norm */
+} query_consts;
+
+/* probe_dist is the query's distance to the centroid as the probe measured it:
+ * ||z_q - c||^2 for l2 (= ||q'||^2, the rotation keeps norms), -<c, z_q> for ip. */
+static void prepare_list(const kvq_index *ix, uint32_t c, const scratch *s, float probe_dist,
+                         const query_consts *qc, int need_qp, list_query *lq) {
+    const uint32_t dp = ix->d_pad;
+    float n2;
+    lq->sub = NULL;
+    if (ix->cfg.metric == KVQ_METRIC_L2) {
+        const float *cr = ix->centroids_rot + (size_t)c * dp;
+        lq->sub = cr;
+        if (need_qp) /* else the 4-bit LUT kernel subtracts on the fly */
+            for (uint32_t i = 0; i < dp; i++) s->qp[i] = s->qrot[i] - cr[i];
+        lq->qp = s->qp;
+        n2 = probe_dist;
+        lq->K = probe_dist;
+        lq->sum_q = qc->qrot_sum - ix->centroids_rot_sum[c];
+    } else {
+        lq->qp = s->qrot;
+        n2 = qc->qrot_n2;
+        lq->K = probe_dist - qc->const_ip;
+        lq->sum_q = qc->qrot_sum;
+    }
+    lq->qnorm = sqrtf(n2 > 0.0f ? n2 : 0.0f);
+}
+
+/* One centroid's probe distance, computed exactly as the probe16 kernels do. */
+static float probe_distance(const kvq_index *ix, uint32_t c, const float *zq) {
+    const float *blk = ix->centroids_t + (size_t)(c / 16) * ix->d * 16 + c % 16;
+    const int ip = ix->cfg.metric != KVQ_METRIC_L2;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (uint32_t j = 0; j < ix->d; j++) {
+        float x = blk[(size_t)j * 16], p;
+        if (ip) {
+            p = x * zq[j];
+        } else {
+            float t = x - zq[j];
+            p = t * t;
+        }
+        acc[j % 4] = acc[j % 4] + p;
+    }
+    float sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    return ip ? 0.0f - sum : sum;
+}
+
+/* The np nearest centroids, nearest first (ties by id): distances of all, a
+ * quickselect of the np smallest, then a sort of those. */
+static uint32_t probe(const kvq_index *ix, const float *zq, uint32_t np, heap_item *all,
+                      uint32_t *probe_i, float *probe_d) {
+    const int ip = ix->cfg.metric != KVQ_METRIC_L2;
+    float d16[16];
+    for (uint32_t c0 = 0; c0 < ix->nlist; c0 += 16) {
+        ix->kern->probe16(ix->centroids_t + (size_t)(c0 / 16) * ix->d * 16, zq, ix->d, ip, d16);
+        for (uint32_t c = c0; c < c0 + 16 && c < ix->nlist; c++) /* NaN sorts last */
+            all[c] = (heap_item){d16[c - c0] == d16[c - c0] ? d16[c - c0] : INFINITY, c};
+    }
+    uint32_t lo = 0, hi = ix->nlist; /* select: all[0..np) ends up holding the np smallest */
+    while (hi - lo > 1) {
+        /* Lomuto partition around the median of three (moved to hi - 1) */
+        uint32_t m = lo + (hi - lo) / 2, last = hi - 1;
+        if (worse(all[lo], all[m])) { heap_item t = all[lo]; all[lo] = all[m]; all[m] = t; }
+        if (worse(all[m], all[last])) { heap_item t = all[m]; all[m] = all[last]; all[last] = t; }
+        if (worse(all[lo], all[m])) { heap_item t = all[lo]; all[lo] = all[m]; all[m] = t; }
+        { heap_item t = all[m]; all[m] = all[last]; all[last] = t; }
+        const heap_item pivot = all[last];
+        uint32_t p = lo;
+        for (uint32_t i = lo; i < last; i++)
+            if (worse(pivot, all[i])) {
+                heap_item t = all[i];
+                all[i] = all[p];
+                all[p] = t;
+                p++;
+            }
+        all[last] = all[p];
+        all[p] = pivot; /* all[lo..p) < pivot < all(p..hi) */
+        if (p == np || p + 1 == np) break;
+        if (np < p) hi = p;
+        else lo = p + 1;
+    }
+    qsort(all, np, sizeof *all, cmp_item);
+    for (uint32_t i = 0; i < np; i++) {
+        probe_i[i] = (uint32_t)all[i].id;
+        probe_d[i] = all[i].d;
+    }
+    return np;
+}
+
+static void build_lut4(const kvq_index *ix, const scratch *s, list_query *lq) {
+    /* the 4-bit levels borrow the float LUT area (4 * d_pad floats >= d_pad bytes) */
+    ix->kern->build_lut4(s->qrot, lq->sub, ix->d, ix->d_pad, (uint8_t *)(void *)s->lutf, s->lut,
+                         &lq->vmin, &lq->delta);
+    /* rounding each q'_i by at most delta/2 moves sum_i b_i q'_i by a spread of about
+     * delta sqrt(d / 24) (d/2 one bits, uniform error), and the estimate of <r, q'> by
+     * twice that (times f_rescale) */
+    lq->qerr = lq->delta * sqrtf((float)ix->d / 6.0f);
+}
+
+static void build_lutf(const kvq_index *ix, const scratch *s, const list_query *lq) {
+    for (uint32_t g = 0; g < ix->n_groups; g++) {
+        float *l = s->lutf + (size_t)g * 16;
+        l[0] = 0.0f;
+        for (unsigned m = 1; m < 16; m++) l[m] = l[m & (m - 1)] + lq->qp[4 * g + __builtin_ctz(m)];
+    }
+}
+
+static void search_one(void *vctx, size_t qi, unsigned thread) {
+    const search_ctx *ctx = vctx;
+    const kvq_index *ix = ctx->ix;
+    scratch s;
+    carve(ix, ctx->k, ctx->cand_cap, ctx->scratch + (size_t)thread * ctx->slot_bytes, &s);
+    for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
+    const float *q = ctx->queries + qi * ix->dim;
+    const int l2 = ix->cfg.metric == KVQ_METRIC_L2;
+    const float alpha = l2 ? 2.0f : 1.0f;
+    const int full = !isfinite(ctx->eps0);
+    const int ex = ix->cfg.bits > 1, prune_1bit = !ex || ix->cfg.split;
+    const uint32_t k = ctx->k;
+
+    /* the exact-space query (normalized for cosine: to_space leaves it in tmp) */
+    kvqi_index_to_space(ix, q, l2, s.tmp, s.zq);
+    const float *qx = ix->cfg.metric == KVQ_METRIC_COSINE ? s.tmp : q;
+    query_consts qc = {0.0f, 0.0f, 0.0f};
+    if (!l2 && ix->pca_mean) qc.const_ip = ix->kern->dot(ix->pca_mean, qx, ix->dim);
+    kvqi_index_rotate(ix, s.zq, s.qrot);
+    qc.qrot_sum = ix->kern->dot(s.qrot, s.ones, ix->d_pad);
+    qc.qrot_n2 = ix->kern->dot(s.qrot, s.qrot, ix->d_pad);
+
+    /* the nprobe nearest centroids, nearest first; the candidate area (sized for it)
+     * holds every centroid's distance until the scan starts */
+    uint32_t np = ctx->nprobe < ix->nlist ? ctx->nprobe : ix->nlist;
+    uint32_t nh = probe(ix, s.zq, np, (heap_item *)(void *)s.cands, s.probe_i, s.probe_d);
+
+    uint32_t n_cand = 0, n_ub = 0;
+    float tau = INFINITY;
+    list_query lq;
+    uint32_t S[KVQI_FS_BLOCK];
+    for (uint32_t pi = 0; pi < nh; pi++) {
+        uint32_t c = s.probe_i[pi];
+        const kvqi_ivf_list *L = &ix->lists[c];
+        if (L->n == 0) continue;
+        const int q4 = ix->cfg.query_bits == 4;
+        prepare_list(ix, c, &s, s.probe_d[pi], &qc, !q4, &lq);
+        if (q4) build_lut4(ix, &s, &lq);
+        else build_lutf(ix, &s, &lq);
+        const float ferr_scale = alpha * ctx->eps0 * lq.qnorm, qerr_scale = alpha * ctx->eps0 * (q4 ? lq.qerr : 0.0f);
+        const size_t block_bytes = (size_t)ix->n_groups * 16;
+        for (uint32_t b0 = 0; b0 < L->n; b0 += KVQI_FS_BLOCK) {
+            const uint8_t *blk = L->codes + (size_t)(b0 / KVQI_FS_BLOCK) * block_bytes;
+            uint32_t nv = L->n - b0 < KVQI_FS_BLOCK ? L->n - b0 : KVQI_FS_BLOCK;
+            if (!prune_1bit) { /* every vector goes on to the extended-code stage */
+                for (uint32_t v = 0; v < nv; v++)
+                    s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], 0.0f, INFINITY};
+                continue;
+            }
+            float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
+            uint32_t keep;
+            if (q4) {
+                ix->kern->fastscan(blk, s.lut, ix->n_groups, S);
+                kvqi_block_consts bc = {lq.delta, lq.vmin, lq.sum_q, lq.K, alpha,
+                                        full ? 0.0f : ferr_scale, full ? 0.0f : qerr_scale,
+                                        full ? INFINITY : tau};
+                keep = ix->kern->estimate_block(S, L->f_add + b0, L->f_rescale + b0, L->f_err + b0,
+                                                L->f_pop + b0, &bc, dist, err);
+            } else {
+                keep = 0;
+                for (uint32_t v = 0; v < nv; v++) {
+                    unsigned byte, shift;
+                    kvqi_fs_slot(v, &byte, &shift);
+                    float acc = 0.0f;
+                    for (uint32_t g = 0; g < ix->n_groups; g++)
+                        acc += s.lutf[(size_t)g * 16 + ((blk[(size_t)g * 16 + byte] >> shift) & 15u)];
+                    uint32_t pos = b0 + v;
+                    float fr = L->f_rescale[pos];
+                    dist[v] = (L->f_add[pos] + lq.K) - alpha * (fr * (2.0f * acc - lq.sum_q));
+                    err[v] = full ? 0.0f : L->f_err[pos] * ferr_scale;
+                    if (full || dist[v] - err[v] < tau) keep |= 1u << v;
+                }
+            }
+            if (nv < KVQI_FS_BLOCK) keep &= (1u << nv) - 1u;
+            while (keep) {
+                unsigned v = (unsigned)__builtin_ctz(keep);
+                keep &= keep - 1;
+                if (full) {
+                    s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], dist[v], INFINITY};
+                    continue;
+                }
+                if (dist[v] - err[v] >= tau) continue; /* tau shrank inside this block */
+                s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], dist[v], err[v]};
+                float ub = dist[v] + err[v];
+                if (n_ub < k || ub < tau) { /* the 1-bit bound holds in split mode too */
+                    heap_push(s.ubheap, &n_ub, k, (heap_item){ub, 0});
+                    if (n_ub == k) tau = s.ubheap[0].d;
+                }
+            }
+        }
+    }
+
+    if (ex && n_cand) { /* extended code: tighter estimate and bound for the survivors */
+        if (prune_1bit && !full) { /* drop what the final 1-bit threshold already rules out */
+            uint32_t m = 0;
+            for (uint32_t i = 0; i < n_cand; i++)
+                if (s.cands[i].dist - s.cands[i].err < tau) s.cands[m++] = s.cands[i];
+            n_cand = m;
+        }
+        uint32_t cur = UINT32_MAX;
+        const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
+        const float tau_1bit = tau;
+        n_ub = 0;
+        for (uint32_t i = 0; i < n_cand; i++) {
+            cand *cd = &s.cands[i];
+            if (cd->list != cur) {
+                cur = cd->list;
+                prepare_list(ix, cur, &s, probe_distance(ix, cur, s.zq), &qc, 1, &lq);
+            }
+            const kvqi_ivf_list *L = &ix->lists[cur];
+            float yq = ix->kern->dot_u8(L->ex_codes + (size_t)cd->pos * ix->d_pad, lq.qp, ix->d_pad) -
+                       half * lq.sum_q;
+            cd->dist = L->f_add[cd->pos] + lq.K - alpha * L->ex_rescale[cd->pos] * yq;
+            cd->err = full ? INFINITY : alpha * ctx->eps0 * L->ex_err[cd->pos] * lq.qnorm;
+            heap_push(s.ubheap, &n_ub, k, (heap_item){cd->dist + cd->err, 0});
+        }
+        /* both thresholds bound the k-th true distance: keep the tighter */
+        tau = n_ub == k && s.ubheap[0].d < tau_1bit ? s.ubheap[0].d : tau_1bit;
+    }
+
+    uint32_t n_res = 0;
+#ifdef KVQ_INDEX_STATS
+    static uint64_t st_cand, st_q, st_exact;
+    st_cand += n_cand;
+    st_q++;
+#endif
+    if (ix->cfg.reorder != KVQ_REORDER_NONE) {
+        uint32_t m = 0;
+        for (uint32_t i = 0; i < n_cand; i++)
+            if (full || s.cands[i].dist - s.cands[i].err < tau) s.cands[m++] = s.cands[i];
+        /* visit in increasing lower bound through a binary min-heap: building it is
+         * O(m), and the walk usually stops after a few dozen pops */
+        cand *hp = s.cands;
+        for (uint32_t i = m / 2; i-- > 0;) cand_sift_down(hp, m, i);
+        uint32_t n_exact = 0, left = m;
+        while (left) {
+            const cand cd = hp[0];
+            hp[0] = hp[--left];
+            cand_sift_down(hp, left, 0);
+            if (left) { /* the next row is likely next: start fetching its first lines */
+                const char *nx = row_ptr(ix, hp[0].row);
+                __builtin_prefetch(nx);
+                __builtin_prefetch(nx + 64);
+            }
+            if (!full && n_res == k && cd.dist - cd.err >= s.res[0].d) break;
+            if (ctx->rerank && n_exact >= ctx->rerank) break;
+            uint32_t row = cd.row;
+            float dist;
+            if (ix->reorder_f32) {
+                const float *v = ix->reorder_f32 + (size_t)row * ix->dim;
+                dist = l2 ? ix->kern->l2sq(v, qx, ix->dim) : -ix->kern->dot(v, qx, ix->dim);
+            } else {
+                const uint16_t *v = ix->reorder_f16 + (size_t)row * ix->dim;
+                dist = l2 ? ix->kern->l2sq_f16(v, qx, ix->dim) : -ix->kern->dot_f16(v, qx, ix->dim);
+            }
+            n_exact++;
+#ifdef KVQ_INDEX_STATS
+            st_exact++;
+#endif
+            heap_push(s.res, &n_res, k, (heap_item){dist == dist ? dist : INFINITY, ix->ids[row]});
+        }
+    } else {
+        for (uint32_t i = 0; i < n_cand; i++) {
+            const cand *cd = &s.cands[i];
+            uint32_t row = cd->row;
+            heap_push(s.res, &n_res, k, (heap_item){cd->dist == cd->dist ? cd->dist : INFINITY, ix->ids[row]});
+        }
+    }
+#ifdef KVQ_INDEX_STATS
+    if (st_q % 1000 == 0)
+        fprintf(stderr, "cand/q %.1f exact/q %.1f\n", (double)st_cand / st_q, (double)st_exact / st_q);
+#endif
+    qsort(s.res, n_res, sizeof(heap_item), cmp_item);
+    int64_t *oi = ctx->out_ids + qi * k;
+    float *od = ctx->out_dists ? ctx->out_dists + qi * k : NULL;
+    for (uint32_t i = 0; i < k; i++) {
+        oi[i] = i < n_res ? s.res[i].id : -1;
+        if (od) od[i] = i < n_res ? s.res[i].d : INFINITY;
+    }
+}
+
+KVQ_API kvq_status kvq_index_search(const kvq_index *ix, const float *queries, size_t n_queries,
+                                    uint32_t k, const kvq_index_search_params *params,
+                                    int64_t *out_ids, float *out_dists) {
+    if (!ix || (!queries && n_queries) || k == 0 || (!out_ids && n_queries))
+        return KVQ_ERR_INVALID_ARG;
+    if (!ix->trained) return KVQ_ERR_STATE;
+    if (n_queries == 0) return KVQ_OK;
+    size_t total;
+    if (kvqi_mul_size(n_queries, ix->dim, &total) != KVQ_OK ||
+        kvqi_mul_size(n_queries, k, &total) != KVQ_OK)
+        return KVQ_ERR_OVERFLOW;
+    kvq_index_search_params p;
+    kvq_index_search_params_init(&p);
+    if (params) p = *params;
+    if (p.nprobe == 0) p.nprobe = 1;
+    if (p.eps0 == 0.0f) p.eps0 = KVQI_INDEX_DEFAULT_EPS0;
+    if (!(p.eps0 > 0.0f)) return KVQ_ERR_INVALID_ARG;
+    if (k > 1u << 20) return KVQ_ERR_UNSUPPORTED;
+
+    search_ctx ctx = {ix, queries, k, p.nprobe < ix->nlist ? p.nprobe : ix->nlist, p.rerank,
+                      p.eps0, out_ids, out_dists, NULL, 0, 0};
+    /* room for every vector of the nprobe largest lists (and for the probe) */
+    {
+        uint32_t np = ctx.nprobe;
+        uint64_t sum = 0;
+        uint32_t *sizes = malloc((size_t)ix->nlist * sizeof *sizes);
+        if (!sizes) return KVQ_ERR_NOMEM;
+        for (uint32_t c = 0; c < ix->nlist; c++) sizes[c] = ix->lists[c].n;
+        for (uint32_t t = 0; t < np; t++) { /* np largest by selection: np is small */
+            uint32_t best = t;
+            for (uint32_t c = t + 1; c < ix->nlist; c++)
+                if (sizes[c] > sizes[best]) best = c;
+            uint32_t tmp = sizes[t];
+            sizes[t] = sizes[best];
+            sizes[best] = tmp;
+            sum += sizes[t];
+        }
+        free(sizes);
+        /* the probe keeps one (distance, id) item per centroid there first */
+        uint64_t probe_need = ((uint64_t)ix->nlist * sizeof(heap_item) + sizeof(cand) - 1) / sizeof(cand);
+        ctx.cand_cap = (size_t)(sum > probe_need ? sum : probe_need);
+    }
+    kvq_threadpool *pool = p.pool, *own = NULL;
+    if (!pool && p.n_threads > 1 && n_queries > 1) {
+        kvq_status st = kvq_threadpool_create(p.n_threads, &own);
+        if (st != KVQ_OK) return st;
+        pool = own;
+    }
+    unsigned slots = kvq_threadpool_size(pool);
+    ctx.slot_bytes = carve(ix, k, ctx.cand_cap, NULL, NULL);
+    ctx.scratch = kvqi_alloc_array(slots, ctx.slot_bytes);
+    if (!ctx.scratch) {
+        kvq_threadpool_free(own);
+        return KVQ_ERR_NOMEM;
+    }
+    kvqi_parallel_for(pool, n_queries, search_one, &ctx);
+    kvqi_free(ctx.scratch);
+    kvq_threadpool_free(own);
+    return KVQ_OK;
+}
+
+kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_ex, float eps0,
+                                   float *est, float *err, int64_t *ids) {
+    if (!ix || !q || !est || !err || !ids) return KVQ_ERR_INVALID_ARG;
+    if (!ix->trained) return KVQ_ERR_STATE;
+    if (use_ex && ix->cfg.bits < 2) return KVQ_ERR_INVALID_ARG;
+    size_t bytes = carve(ix, 1, 1, NULL, NULL);
+    unsigned char *base = kvqi_alloc_array(1, bytes);
+    if (!base) return KVQ_ERR_NOMEM;
+    scratch s;
+    carve(ix, 1, 1, base, &s);
+    for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
+    const int l2 = ix->cfg.metric == KVQ_METRIC_L2;
+    const float alpha = l2 ? 2.0f : 1.0f;
+    kvqi_index_to_space(ix, q, l2, s.tmp, s.zq);
+    const float *qx = ix->cfg.metric == KVQ_METRIC_COSINE ? s.tmp : q;
+    query_consts qc = {0.0f, 0.0f, 0.0f};
+    if (!l2 && ix->pca_mean) qc.const_ip = ix->kern->dot(ix->pca_mean, qx, ix->dim);
+    kvqi_index_rotate(ix, s.zq, s.qrot);
+    qc.qrot_sum = ix->kern->dot(s.qrot, s.ones, ix->d_pad);
+    qc.qrot_n2 = ix->kern->dot(s.qrot, s.qrot, ix->d_pad);
+    size_t o = 0;
+    uint32_t S[KVQI_FS_BLOCK];
+    for (uint32_t c = 0; c < ix->nlist; c++) {
+        const kvqi_ivf_list *L = &ix->lists[c];
+        if (!L->n) continue;
+        list_query lq;
+        prepare_list(ix, c, &s, probe_distance(ix, c, s.zq), &qc, 1, &lq);
+        const int q4 = ix->cfg.query_bits == 4;
+        if (q4) build_lut4(ix, &s, &lq);
+        else build_lutf(ix, &s, &lq);
+        for (uint32_t pos = 0; pos < L->n; pos++, o++) {
+            ids[o] = ix->ids[L->rows[pos]];
+            if (use_ex) {
+                const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
+                float yq = ix->kern->dot_u8(L->ex_codes + (size_t)pos * ix->d_pad, lq.qp, ix->d_pad) -
+                           half * lq.sum_q;
+                est[o] = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
+                err[o] = alpha * eps0 * L->ex_err[pos] * lq.qnorm;
+                continue;
+            }
+            float sbq;
+            const uint8_t *blk = L->codes + (size_t)(pos / KVQI_FS_BLOCK) * ix->n_groups * 16;
+            if (q4) {
+                ix->kern->fastscan(blk, s.lut, ix->n_groups, S);
+                sbq = lq.delta * (float)S[pos % KVQI_FS_BLOCK] + lq.vmin * L->f_pop[pos];
+            } else {
+                sbq = 0.0f;
+                for (uint32_t g = 0; g < ix->n_groups; g++)
+                    sbq += s.lutf[(size_t)g * 16 + kvqi_list_nibble(ix, L, pos, g)];
+            }
+            float F = L->f_rescale[pos];
+            est[o] = L->f_add[pos] + lq.K - alpha * F * (2.0f * sbq - lq.sum_q);
+            float e1 = L->f_err[pos] * lq.qnorm, e2 = F * (q4 ? lq.qerr : 0.0f);
+            err[o] = alpha * eps0 * sqrtf(e1 * e1 + e2 * e2);
+        }
+    }
+    kvqi_free(base);
+    return KVQ_OK;
+}

@@ -1,0 +1,497 @@
+/* cmd_index.c - `kvq index build` and `kvq index search`: a RaBitQ IVF index over
+ * vectors read from .fvecs, .bvecs or .npy (float32, 2-D, C order), with recall@k
+ * against an .ivecs ground truth and queries per second. Public API only. */
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------ vector files */
+
+static const char *ext_of(const char *path) {
+    const char *dot = strrchr(path, '.');
+    return dot ? dot + 1 : "";
+}
+
+static int read_all(const char *path, uint8_t **buf, size_t *size, char *err, size_t err_n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, err_n, "cannot open %s: %s", path, strerror(errno));
+        return 0;
+    }
+    long s = -1;
+    if (fseek(f, 0, SEEK_END) == 0) s = ftell(f);
+    if (s < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        snprintf(err, err_n, "cannot size %s", path);
+        return 0;
+    }
+    *buf = malloc(s ? (size_t)s : 1);
+    *size = (size_t)s;
+    int ok = *buf && fread(*buf, 1, (size_t)s, f) == (size_t)s;
+    fclose(f);
+    if (!ok) snprintf(err, err_n, "cannot read %s", path);
+    return ok;
+}
+
+/* .fvecs / .ivecs / .bvecs: every row is int32 dim, then dim elements of elem bytes. */
+static int parse_vecs(const uint8_t *b, size_t size, size_t elem, size_t *n, uint32_t *dim,
+                      char *err, size_t err_n) {
+    int32_t d0;
+    if (size < 4) {
+        snprintf(err, err_n, "file too short for a vecs header");
+        return 0;
+    }
+    memcpy(&d0, b, 4);
+    if (d0 <= 0 || d0 > (1 << 20)) {
+        snprintf(err, err_n, "bad vecs dimension %d", d0);
+        return 0;
+    }
+    size_t row = 4 + (size_t)d0 * elem;
+    if (size % row) {
+        snprintf(err, err_n, "file size %zu is not a whole number of %zu-byte rows", size, row);
+        return 0;
+    }
+    for (size_t off = 0; off < size; off += row) {
+        int32_t d;
+        memcpy(&d, b + off, 4);
+        if (d != d0) {
+            snprintf(err, err_n, "row %zu has dimension %d, row 0 has %d", off / row, d, d0);
+            return 0;
+        }
+    }
+    *n = size / row;
+    *dim = (uint32_t)d0;
+    return 1;
+}
+
+/* numpy .npy, version 1-3: '<f4', fortran_order False, shape (n, d). */
+static int parse_npy(const uint8_t *b, size_t size, size_t *n, uint32_t *dim, size_t *data_off,
+                     char *err, size_t err_n) {
+    if (size < 10 || memcmp(b, "\x93NUMPY", 6) != 0) {
+        snprintf(err, err_n, "not a .npy file");
+        return 0;
+    }
+    unsigned major = b[6];
+    size_t hlen, hoff;
+    if (major == 1) {
+        hlen = (size_t)b[8] | ((size_t)b[9] << 8);
+        hoff = 10;
+    } else if (major == 2 || major == 3) {
+        if (size < 12) return snprintf(err, err_n, "truncated .npy header"), 0;
+        hlen = (size_t)b[8] | ((size_t)b[9] << 8) | ((size_t)b[10] << 16) | ((size_t)b[11] << 24);
+        hoff = 12;
+    } else {
+        snprintf(err, err_n, "unsupported .npy version %u", major);
+        return 0;
+    }
+    if (hlen > size - hoff || hlen > 65536) {
+        snprintf(err, err_n, "truncated .npy header");
+        return 0;
+    }
+    char h[65537];
+    memcpy(h, b + hoff, hlen);
+    h[hlen] = 0;
+    if (!strstr(h, "'descr': '<f4'") && !strstr(h, "'descr':'<f4'")) {
+        snprintf(err, err_n, ".npy dtype must be little-endian float32 ('<f4')");
+        return 0;
+    }
+    if (!strstr(h, "'fortran_order': False") && !strstr(h, "'fortran_order':False")) {
+        snprintf(err, err_n, ".npy must be C order");
+        return 0;
+    }
+    const char *s = strstr(h, "'shape':");
+    if (!s || !(s = strchr(s, '('))) {
+        snprintf(err, err_n, ".npy header has no shape");
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long rows = strtoull(s + 1, &end, 10);
+    while (*end == ' ') end++;
+    if (errno || *end != ',') {
+        snprintf(err, err_n, ".npy must be 2-D");
+        return 0;
+    }
+    unsigned long long cols = strtoull(end + 1, &end, 10);
+    while (*end == ' ') end++;
+    if (errno || *end != ')' || cols == 0 || cols > (1u << 20) || rows == 0) {
+        snprintf(err, err_n, ".npy must be 2-D (n, d) with n, d > 0");
+        return 0;
+    }
+    size_t off = hoff + hlen;
+    if (rows > (size - off) / 4 / cols || rows * cols * 4 != size - off) {
+        snprintf(err, err_n, ".npy data size does not match shape (%llu, %llu)", rows, cols);
+        return 0;
+    }
+    *n = (size_t)rows;
+    *dim = (uint32_t)cols;
+    *data_off = off;
+    return 1;
+}
+
+/* Float vectors from .fvecs, .bvecs (bytes widened) or .npy. */
+static float *load_vectors(const char *path, size_t *n, uint32_t *dim, char *err, size_t err_n) {
+    uint8_t *b;
+    size_t size;
+    if (!read_all(path, &b, &size, err, err_n)) return NULL;
+    const char *e = ext_of(path);
+    float *out = NULL;
+    if (!strcmp(e, "npy")) {
+        size_t off;
+        if (parse_npy(b, size, n, dim, &off, err, err_n) && (out = malloc(size - off)))
+            memcpy(out, b + off, size - off);
+    } else if (!strcmp(e, "fvecs") || !strcmp(e, "bvecs")) {
+        size_t elem = e[0] == 'f' ? 4 : 1;
+        if (parse_vecs(b, size, elem, n, dim, err, err_n) &&
+            (out = malloc(*n * (size_t)*dim * sizeof(float)))) {
+            size_t row = 4 + (size_t)*dim * elem;
+            for (size_t i = 0; i < *n; i++) {
+                const uint8_t *r = b + i * row + 4;
+                if (elem == 4) memcpy(out + i * *dim, r, (size_t)*dim * 4);
+                else
+                    for (uint32_t j = 0; j < *dim; j++) out[i * *dim + j] = (float)r[j];
+            }
+        }
+    } else {
+        snprintf(err, err_n, "%s: unknown vector format (want .fvecs, .bvecs or .npy)", path);
+    }
+    if (!out && !err[0]) snprintf(err, err_n, "out of memory");
+    for (size_t i = 0; out && i < *n * (size_t)*dim; i++)
+        if (!isfinite(out[i])) {
+            snprintf(err, err_n, "%s: row %zu holds a NaN or infinity", path, i / *dim);
+            free(out);
+            out = NULL;
+        }
+    free(b);
+    return out;
+}
+
+static int32_t *load_ivecs(const char *path, size_t *n, uint32_t *k, char *err, size_t err_n) {
+    uint8_t *b;
+    size_t size;
+    if (!read_all(path, &b, &size, err, err_n)) return NULL;
+    int32_t *out = NULL;
+    if (parse_vecs(b, size, 4, n, k, err, err_n) && (out = malloc(*n * (size_t)*k * 4)))
+        for (size_t i = 0; i < *n; i++)
+            memcpy(out + i * *k, b + i * (4 + (size_t)*k * 4) + 4, (size_t)*k * 4);
+    free(b);
+    return out;
+}
+
+static int write_ivecs(const char *path, const int64_t *ids, size_t n, uint32_t k) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return 0;
+    int ok = 1;
+    int32_t kk = (int32_t)k;
+    for (size_t i = 0; i < n && ok; i++) {
+        ok = fwrite(&kk, 4, 1, f) == 1;
+        for (uint32_t j = 0; j < k && ok; j++) {
+            int32_t v = (int32_t)ids[i * k + j];
+            ok = fwrite(&v, 4, 1, f) == 1;
+        }
+    }
+    return fclose(f) == 0 && ok;
+}
+
+/* ------------------------------------------------------------ arguments */
+
+static int parse_u32(const char *s, uint32_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || *end || end == s || v > UINT32_MAX) return 0;
+    *out = (uint32_t)v;
+    return 1;
+}
+
+static int usage_build(FILE *f) {
+    fprintf(f,
+            "usage: kvq index build -i VECTORS -o INDEX [options]\n\n"
+            "  -i FILE            base vectors: .fvecs, .bvecs or .npy (float32, 2-D, C order)\n"
+            "  -o FILE            index file to write\n"
+            "  --metric M         l2 (default), ip or cosine\n"
+            "  --nlist N          IVF clusters (default: about 4 sqrt(n); 1 = flat)\n"
+            "  --bits B           bits per coordinate of the code, 1..8 (default 1)\n"
+            "  --split            1-bit pass first, then the b-bit code (VSAG's 1 + 7 at B=8)\n"
+            "  --query-bits Q     4 (default, integer fast-scan) or 32 (float query)\n"
+            "  --rotation R       fht (default) or dense\n"
+            "  --pca D            keep D principal axes (default: none)\n"
+            "  --reorder S        fp32 (default), fp16 or none: exact vectors for reranking\n"
+            "  --seed S           seed of rotation, sampling and k-means\n"
+            "  --train-iters N    k-means iterations (default 12)\n");
+    return f == stderr ? 1 : 0;
+}
+
+static int usage_search(FILE *f) {
+    fprintf(f,
+            "usage: kvq index search -x INDEX -q QUERIES [options]\n\n"
+            "  -x FILE            index file\n"
+            "  -q FILE            queries: .fvecs, .bvecs or .npy\n"
+            "  -k K               neighbours per query (default 10)\n"
+            "  --nprobe N         clusters visited per query (default 1); a list runs\n"
+            "                     the search once per value: --nprobe 4,8,16\n"
+            "  --rerank N         at most N exact distances per query (default: as many as\n"
+            "                     the error bound asks for)\n"
+            "  --eps0 E           confidence of the bound (default 1.9; inf reranks all)\n"
+            "  --threads T        worker threads (default 1)\n"
+            "  --repeat R         run each search R times, report the fastest (default 1)\n"
+            "  --gt FILE          ground truth .ivecs: print recall@k\n"
+            "  -o FILE            write the result ids as .ivecs\n");
+    return f == stderr ? 1 : 0;
+}
+
+static int cmd_build(int argc, char **argv) {
+    const char *in = NULL, *out = NULL;
+    kvq_index_config cfg;
+    kvq_index_config_init(&cfg, 1);
+    int nlist_set = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) return usage_build(stdout);
+        if (!strcmp(a, "--split")) {
+            cfg.split = 1;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, "kvq index build: %s needs a value\n", a);
+            return 1;
+        }
+        i++;
+        int ok = 1;
+        if (!strcmp(a, "-i")) in = v;
+        else if (!strcmp(a, "-o")) out = v;
+        else if (!strcmp(a, "--metric")) {
+            if (!strcmp(v, "l2")) cfg.metric = KVQ_METRIC_L2;
+            else if (!strcmp(v, "ip")) cfg.metric = KVQ_METRIC_IP;
+            else if (!strcmp(v, "cosine")) cfg.metric = KVQ_METRIC_COSINE;
+            else ok = 0;
+        } else if (!strcmp(a, "--nlist")) ok = parse_u32(v, &cfg.nlist), nlist_set = 1;
+        else if (!strcmp(a, "--bits")) ok = parse_u32(v, &cfg.bits);
+        else if (!strcmp(a, "--query-bits")) ok = parse_u32(v, &cfg.query_bits);
+        else if (!strcmp(a, "--rotation")) {
+            if (!strcmp(v, "fht")) cfg.rotation = KVQ_ROTATION_FHT;
+            else if (!strcmp(v, "dense")) cfg.rotation = KVQ_ROTATION_DENSE;
+            else ok = 0;
+        } else if (!strcmp(a, "--pca")) ok = parse_u32(v, &cfg.pca_dim);
+        else if (!strcmp(a, "--reorder")) {
+            if (!strcmp(v, "fp32")) cfg.reorder = KVQ_REORDER_FP32;
+            else if (!strcmp(v, "fp16")) cfg.reorder = KVQ_REORDER_FP16;
+            else if (!strcmp(v, "none")) cfg.reorder = KVQ_REORDER_NONE;
+            else ok = 0;
+        } else if (!strcmp(a, "--seed")) {
+            char *end;
+            errno = 0;
+            cfg.seed = strtoull(v, &end, 10);
+            ok = !errno && !*end && end != v;
+        } else if (!strcmp(a, "--train-iters")) ok = parse_u32(v, &cfg.train_iters);
+        else {
+            fprintf(stderr, "kvq index build: unknown option %s (see --help)\n", a);
+            return 1;
+        }
+        if (!ok) {
+            fprintf(stderr, "kvq index build: bad value '%s' for %s\n", v, a);
+            return 1;
+        }
+    }
+    if (!in || !out) return usage_build(stderr);
+    char err[512] = "";
+    size_t n;
+    uint32_t dim;
+    float *x = load_vectors(in, &n, &dim, err, sizeof err);
+    if (!x) {
+        fprintf(stderr, "kvq index build: %s\n", err);
+        return 1;
+    }
+    cfg.dim = dim;
+    if (!nlist_set) {
+        double s = 4.0 * sqrt((double)n);
+        cfg.nlist = s < 1.0 ? 1 : (uint32_t)s;
+        if (cfg.nlist > n) cfg.nlist = (uint32_t)n;
+    }
+    kvq_index *ix = NULL;
+    double t0 = now_s();
+    kvq_status st = kvq_index_create(&cfg, &ix);
+    if (st != KVQ_OK) {
+        free(x);
+        return kvq_cli_fail("index build", "config", st);
+    }
+    if ((st = kvq_index_train(ix, x, n)) != KVQ_OK) {
+        free(x);
+        kvq_index_free(ix);
+        return kvq_cli_fail("index build", "train", st);
+    }
+    double t1 = now_s();
+    st = kvq_index_add(ix, x, n, NULL);
+    double t2 = now_s();
+    free(x);
+    if (st == KVQ_OK) st = kvq_index_save(ix, out);
+    if (st != KVQ_OK) {
+        kvq_index_free(ix);
+        return kvq_cli_fail("index build", out, st);
+    }
+    uint64_t bytes = 0;
+    kvq_index_size_bytes(ix, &bytes);
+    printf("built %s: %zu vectors, dim %u, nlist %u, bits %u%s, query bits %u, %s\n", out, n, dim,
+           cfg.nlist, cfg.bits, cfg.split ? " split" : "", cfg.query_bits,
+           cfg.metric == KVQ_METRIC_L2 ? "l2" : (cfg.metric == KVQ_METRIC_IP ? "ip" : "cosine"));
+    printf("train %.2f s, add %.2f s, total %.2f s; index %.1f MiB in memory (%llu bytes)\n",
+           t1 - t0, t2 - t1, t2 - t0, (double)bytes / 1048576.0, (unsigned long long)bytes);
+    kvq_index_free(ix);
+    return 0;
+}
+
+static int cmd_search(int argc, char **argv) {
+    const char *xpath = NULL, *qpath = NULL, *gtpath = NULL, *opath = NULL;
+    uint32_t k = 10, nprobes[64] = {1}, n_nprobe = 1, threads = 1, repeat = 1;
+    kvq_index_search_params p;
+    kvq_index_search_params_init(&p);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) return usage_search(stdout);
+        if (!v) {
+            fprintf(stderr, "kvq index search: %s needs a value\n", a);
+            return 1;
+        }
+        i++;
+        int ok = 1;
+        if (!strcmp(a, "-x")) xpath = v;
+        else if (!strcmp(a, "-q")) qpath = v;
+        else if (!strcmp(a, "--gt")) gtpath = v;
+        else if (!strcmp(a, "-o")) opath = v;
+        else if (!strcmp(a, "-k")) ok = parse_u32(v, &k) && k > 0;
+        else if (!strcmp(a, "--rerank")) ok = parse_u32(v, &p.rerank);
+        else if (!strcmp(a, "--threads")) ok = parse_u32(v, &threads) && threads > 0;
+        else if (!strcmp(a, "--repeat")) ok = parse_u32(v, &repeat) && repeat > 0;
+        else if (!strcmp(a, "--eps0")) {
+            char *end;
+            p.eps0 = strtof(v, &end);
+            ok = !*end && end != v && p.eps0 > 0.0f;
+        } else if (!strcmp(a, "--nprobe")) {
+            n_nprobe = 0;
+            char buf[512];
+            snprintf(buf, sizeof buf, "%s", v);
+            for (char *tok = strtok(buf, ","); tok && ok; tok = strtok(NULL, ",")) {
+                ok = n_nprobe < 64 && parse_u32(tok, &nprobes[n_nprobe]) && nprobes[n_nprobe] > 0;
+                n_nprobe++;
+            }
+            ok = ok && n_nprobe > 0;
+        } else {
+            fprintf(stderr, "kvq index search: unknown option %s (see --help)\n", a);
+            return 1;
+        }
+        if (!ok) {
+            fprintf(stderr, "kvq index search: bad value '%s' for %s\n", v, a);
+            return 1;
+        }
+    }
+    if (!xpath || !qpath) return usage_search(stderr);
+    kvq_index *ix = NULL;
+    kvq_status st = kvq_index_load(xpath, &ix);
+    if (st != KVQ_OK) return kvq_cli_fail("index search", xpath, st);
+    kvq_index_config cfg;
+    kvq_index_get_config(ix, &cfg);
+    char err[512] = "";
+    size_t nq, ngt = 0;
+    uint32_t dim, kgt = 0;
+    float *q = load_vectors(qpath, &nq, &dim, err, sizeof err);
+    int32_t *gt = NULL;
+    int rc = 1;
+    int64_t *ids = NULL;
+    kvq_threadpool *pool = NULL;
+    if (!q) {
+        fprintf(stderr, "kvq index search: %s\n", err);
+        goto done;
+    }
+    if (dim != cfg.dim) {
+        fprintf(stderr, "kvq index search: queries have dimension %u, the index %u\n", dim, cfg.dim);
+        goto done;
+    }
+    if (gtpath) {
+        gt = load_ivecs(gtpath, &ngt, &kgt, err, sizeof err);
+        if (!gt) {
+            fprintf(stderr, "kvq index search: %s\n", err);
+            goto done;
+        }
+        if (ngt < nq || kgt < k) {
+            fprintf(stderr, "kvq index search: ground truth has %zu x %u, need %zu x %u\n", ngt, kgt,
+                    nq, k);
+            goto done;
+        }
+    }
+    ids = malloc(nq * (size_t)k * sizeof *ids);
+    if (!ids) {
+        fprintf(stderr, "kvq index search: out of memory\n");
+        goto done;
+    }
+    if (threads > 1 && (st = kvq_threadpool_create(threads, &pool)) != KVQ_OK) {
+        rc = kvq_cli_fail("index search", "threads", st);
+        goto done;
+    }
+    p.pool = pool;
+    printf("%8s %10s %12s %10s\n", "nprobe", "recall@k", "queries/s", "ms/query");
+    for (uint32_t t = 0; t < n_nprobe; t++) {
+        p.nprobe = nprobes[t];
+        double dt = INFINITY;
+        for (uint32_t r = 0; r < repeat; r++) {
+            double t0 = now_s();
+            st = kvq_index_search(ix, q, nq, k, &p, ids, NULL);
+            double t1 = now_s() - t0;
+            if (st != KVQ_OK) {
+                rc = kvq_cli_fail("index search", "search", st);
+                goto done;
+            }
+            dt = t1 < dt ? t1 : dt;
+        }
+        double rec = -1.0;
+        if (gt) {
+            size_t hit = 0;
+            for (size_t i = 0; i < nq; i++)
+                for (uint32_t a = 0; a < k; a++)
+                    for (uint32_t b = 0; b < k; b++)
+                        if (ids[i * k + a] == gt[i * kgt + b]) {
+                            hit++;
+                            break;
+                        }
+            rec = (double)hit / (double)(nq * k);
+        }
+        if (rec >= 0) printf("%8u %10.4f %12.1f %10.3f\n", p.nprobe, rec, (double)nq / dt, 1e3 * dt / (double)nq);
+        else printf("%8u %10s %12.1f %10.3f\n", p.nprobe, "-", (double)nq / dt, 1e3 * dt / (double)nq);
+    }
+    if (opath && !write_ivecs(opath, ids, nq, k)) {
+        fprintf(stderr, "kvq index search: cannot write %s\n", opath);
+        goto done;
+    }
+    rc = 0;
+done:
+    kvq_threadpool_free(pool);
+    free(ids);
+    free(gt);
+    free(q);
+    kvq_index_free(ix);
+    return rc;
+}
+
+int kvq_cmd_index(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        FILE *f = argc < 2 ? stderr : stdout;
+        fprintf(f, "usage: kvq index build ...   build an index from vectors (--help for options)\n"
+                   "       kvq index search ...  search it, print recall@k and queries/s\n");
+        return argc < 2 ? 1 : 0;
+    }
+    if (!strcmp(argv[1], "build")) return cmd_build(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "search")) return cmd_search(argc - 1, argv + 1);
+    fprintf(stderr, "kvq index: unknown subcommand '%s' (build or search)\n", argv[1]);
+    return 1;
+}
