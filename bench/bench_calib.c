@@ -5,7 +5,8 @@
  * each ISA runs the same artifact, so the codes are the same).
  * Keys: --keys FILE (safetensors [rows][dim], e.g. from kvq calibrate --save-keys), else
  * synthetic keys at dim 128 with two outlier channels in every 16.
- * Usage: bench_calib [--keys FILE] [--n N] [--repeats R] [--json]
+ * comm_vq also: kvq_score_at over consecutive positions (a cache's keys) and scattered ones.
+ * Usage: bench_calib [--keys FILE] [--n N] [--repeats R] [--json] [--only SUBSTRING]
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -50,13 +51,15 @@ int main(int argc, char **argv) {
     const char *keys = NULL;
     size_t n = 8192;
     int repeats = 5, json = 0;
+    const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--keys") && i + 1 < argc) keys = argv[++i];
         else if (!strcmp(argv[i], "--n") && i + 1 < argc) n = strtoul(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json")) json = 1;
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else {
-            fprintf(stderr, "usage: bench_calib [--keys FILE] [--n N] [--repeats R] [--json]\n");
+            fprintf(stderr, "usage: bench_calib [--keys FILE] [--n N] [--repeats R] [--json] [--only S]\n");
             return 1;
         }
     }
@@ -99,6 +102,7 @@ int main(int argc, char **argv) {
                keys ? keys : "synthetic outlier channels", rows, dim, n_fit, n_test, kvq_cpu_isa(), "method",
                "bytes", "bits/el", "rel mse", "ip err", "fit s", "isa", "enc Mvec/s", "score Mv/s");
     for (size_t s = 0; s < sizeof k_specs / sizeof k_specs[0]; s++) {
+        if (only && !strstr(k_specs[s], only)) continue;
         kvq_config c;
         kvq_quantizer *q;
         if (kvq_config_parse(k_specs[s], (uint32_t)dim, &c, msg, sizeof msg) ||
@@ -165,6 +169,31 @@ int main(int argc, char **argv) {
                 printf("%-32s %7zu %8.3f %9.5f %9.5f %8.3f %-7s %10.3f %10.3f\n", k_specs[s], cs,
                        8.0 * cs / dim, num / den, ipe / ipd, fit_s, isa_names[k], enc_m, scr_m);
             kvq_quantizer_free(qi);
+        }
+        if (c.method == KVQ_METHOD_COMM_VQ) {
+            int32_t *pos = malloc(n_test * sizeof(int32_t));
+            if (!pos) return 1;
+            for (int scattered = 0; scattered < 2; scattered++) {
+                for (size_t i = 0; i < n_test; i++)
+                    pos[i] = scattered ? (int32_t)((i * 7919) % 100000) : (int32_t)(1000 + i);
+                kvq_encode_at(q, test, pos, n_test, codes);
+                double t[64];
+                int r_n = repeats < 64 ? repeats : 64;
+                for (int r = 0; r < r_n; r++) {
+                    double a = now_s();
+                    kvq_score_at(q, test, codes, pos, n_test, sc);
+                    t[r] = now_s() - a;
+                }
+                qsort(t, (size_t)r_n, sizeof(double), cmp_d);
+                double m = n_test / t[r_n / 2] * 1e-6;
+                if (json)
+                    printf("{\"bench\":\"calib\",\"method\":\"%s\",\"score_at\":\"%s\",\"score_mvec_s\":%.4g}\n",
+                           k_specs[s], scattered ? "scattered" : "consecutive", m);
+                else
+                    printf("%-32s score_at, %s positions: %.3f Mvec/s\n", k_specs[s],
+                           scattered ? "scattered" : "consecutive", m);
+            }
+            free(pos);
         }
         kvq_quantizer_free(q);
     }

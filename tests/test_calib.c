@@ -198,6 +198,7 @@ TEST(calib_vecinfer_unfitted_and_bad_configs) {
     REQUIRE_OK(kvq_config_parse("vecinfer", 64, &c, NULL, 0));
     REQUIRE_OK(kvq_quantizer_create(&c, &q));
     CHECK_STATUS(kvq_encode(q, x, 1, code), KVQ_ERR_STATE);
+    CHECK_STATUS(kvq_quantizer_save(q, "unfitted.safetensors"), KVQ_ERR_STATE);
     CHECK_STATUS(kvq_quantizer_fit(q, x, 1), KVQ_ERR_INVALID_ARG); /* 8 sub-vectors < 256 */
     kvq_quantizer_free(q);
     char msg[256];
@@ -345,6 +346,17 @@ TEST(calib_comm_vq_decode_commutes_with_rope) {
             for (int i = 0; i < T; i++) CHECK(memcmp(codes + i * kvq_code_size(q), codes0 + i * kvq_code_size(q), packed) == 0);
             gaussian(qv, D, 60 + p);
             REQUIRE_OK(kvq_score_at(q, qv, codes, pos, T, sc));
+            for (int i = 0; i < T; i++)
+                CHECK_NEAR(sc[i], dotd(qv, y + i * D, D),
+                           1e-4 * (1 + sqrt(dotd(qv, qv, D) * dotd(y + i * D, y + i * D, D))));
+        }
+        /* runs of consecutive positions (across a multiple of 256), repeats and jumps */
+        {
+            int32_t pos[T];
+            for (int i = 0; i < T; i++) pos[i] = i < 40 ? 230 + i : (i < 45 ? 300 : 70000 + i);
+            gaussian(qv, D, 77);
+            REQUIRE_OK(kvq_score_at(q, qv, codes0, pos, T, sc));
+            REQUIRE_OK(kvq_decode_at(q, codes0, pos, T, y));
             for (int i = 0; i < T; i++)
                 CHECK_NEAR(sc[i], dotd(qv, y + i * D, D),
                            1e-4 * (1 + sqrt(dotd(qv, qv, D) * dotd(y + i * D, y + i * D, D))));
@@ -701,9 +713,23 @@ TEST(calib_cli_keys_file_and_tiny_model) {
              "--tokens 32 --threads 1 -o %s > /dev/null 2>&1",
              kvqt_cli_path(), text, plan);
     CHECK(system(cmd) == 0);
-    kvq_cache_config base, per[2];
+    kvq_cache_config base, per[4];
     REQUIRE_OK(kvq_cache_config_init(&base, 2, 64, "fp16", "fp16", msg, sizeof msg));
     REQUIRE_OK(kvq_ratequant_cache_configs(plan, &base, 2, per, msg, sizeof msg));
     CHECK(per[0].key.bits + per[1].key.bits == 4);
     CHECK(per[0].key.method == KVQ_METHOD_TURBOQUANT_RVQ);
+    /* sensitivities measured elsewhere, one per line */
+    f = fopen(text, "w");
+    REQUIRE(f);
+    fputs("0.5\n0.01\n3\n0.2\n", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd,
+             "%s calibrate --method ratequant --sensitivities %s --key-spec mse --target 2.5 -o %s > /dev/null",
+             kvqt_cli_path(), text, plan);
+    CHECK(system(cmd) == 0);
+    REQUIRE_OK(kvq_ratequant_cache_configs(plan, &base, 4, per, msg, sizeof msg));
+    CHECK(per[0].key.method == KVQ_METHOD_TURBOQUANT_MSE);
+    CHECK(per[0].key.bits + per[1].key.bits + per[2].key.bits + per[3].key.bits == 10);
+    CHECK(per[2].key.bits >= per[0].key.bits && per[0].key.bits >= per[3].key.bits &&
+          per[3].key.bits >= per[1].key.bits);
 }

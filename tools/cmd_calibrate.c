@@ -39,7 +39,8 @@ static int cal_usage(FILE *f) {
             "                     beside turboquant_mse at the same bits (not comm_vq: the cache\n"
             "                     hands keys after RoPE)\n"
             "  --threads N        model threads (default 0 = one per CPU)\n"
-            "ratequant only (needs -m):\n"
+            "ratequant only (-m MODEL -f TEXT, or --sensitivities FILE):\n"
+            "  --sensitivities F  one sensitivity per layer (text, e.g. measured with another engine)\n"
             "  --key-spec SPEC    key quantizer the plan sets bits of (default turboquant_rvq)\n"
             "  --choices LIST     allowed bits, ascending (default 1,2,3,4)\n"
             "  --target B         average bits per layer (default 1.5)\n"
@@ -182,6 +183,7 @@ static double mean_kl(const float *ref, const float *lg, size_t n, uint32_t n_vo
 
 typedef struct cal_opts {
     const char *method, *out, *model, *text, *keys, *tensor, *spec_extra, *key_spec, *choices, *save_keys;
+    const char *sens_file;
     long bits, tokens, layer, holdout, threads, eval;
     int per_layer;
     unsigned long long seed;
@@ -204,21 +206,82 @@ static kvq_status plan_kl(kvq_model *model, const kvq_model_info *info, const in
     return st;
 }
 
+/* "1,2,3,4" -> choices; 0 on a bad list (after a message). */
+static uint32_t parse_choices(const char *list, uint32_t *choices) {
+    uint32_t n = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        char *end;
+        long b = strtol(t, &end, 10);
+        if (*end || n == CAL_MAX_CHOICES || b < 1 || b > 16 || (n && (uint32_t)b <= choices[n - 1])) {
+            fprintf(stderr, "kvq calibrate: --choices: '%s' is not an ascending list of up to %d bit widths\n",
+                    list, CAL_MAX_CHOICES);
+            return 0;
+        }
+        choices[n++] = (uint32_t)b;
+    }
+    return n;
+}
+
+/* RateQuant from sensitivities measured elsewhere: a text file, one number per layer. */
+static int ratequant_from_file(const cal_opts *o) {
+    uint32_t choices[CAL_MAX_CHOICES], n_choices = parse_choices(o->choices, choices);
+    if (!n_choices) return 1;
+    FILE *f = fopen(o->sens_file, "r");
+    if (!f) {
+        fprintf(stderr, "kvq calibrate: cannot read %s\n", o->sens_file);
+        return 1;
+    }
+    size_t cap = 64, L = 0;
+    double *sens = malloc(cap * sizeof(double)), v;
+    int rc = 1;
+    while (sens && fscanf(f, "%lf", &v) == 1) {
+        if (!(v >= 0) || !isfinite(v) || L == 4096) {
+            fprintf(stderr, "kvq calibrate: %s: sensitivity %zu is not a finite number >= 0 (or > 4096 layers)\n",
+                    o->sens_file, L);
+            goto done;
+        }
+        if (L == cap) {
+            double *ns = realloc(sens, 2 * cap * sizeof(double));
+            if (!ns) goto done;
+            sens = ns;
+            cap *= 2;
+        }
+        sens[L++] = v;
+    }
+    if (!sens || !feof(f) || L == 0) {
+        fprintf(stderr, "kvq calibrate: %s: expected one number per layer\n", o->sens_file);
+        goto done;
+    }
+    uint32_t *bits = malloc(L * sizeof(uint32_t));
+    kvq_status st = bits ? kvq_ratequant_allocate(sens, (uint32_t)L, choices, n_choices, o->target, bits)
+                         : KVQ_ERR_NOMEM;
+    if (st == KVQ_OK) st = kvq_ratequant_save(o->out, o->key_spec, sens, bits, (uint32_t)L, o->target);
+    if (st == KVQ_OK) {
+        double total = 0;
+        printf("layer  sensitivity  bits\n");
+        for (size_t l = 0; l < L; l++) {
+            printf("%5zu  %11.6g  %4u\n", l, sens[l], bits[l]);
+            total += bits[l];
+        }
+        printf("ratequant: %zu layers, average %.4f bits (target %.4g) -> %s\n", L, total / (double)L, o->target,
+               o->out);
+        rc = 0;
+    } else {
+        kvq_cli_fail("calibrate", "ratequant", st);
+    }
+    free(bits);
+done:
+    free(sens);
+    fclose(f);
+    return rc;
+}
+
 static int ratequant(const cal_opts *o, kvq_model *model, const kvq_model_info *info,
                      const int32_t *tokens, size_t n) {
-    uint32_t choices[CAL_MAX_CHOICES], n_choices = 0;
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", o->choices);
-    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        long b = strtol(t, NULL, 10);
-        if (n_choices == CAL_MAX_CHOICES || b < 1 || b > 16) {
-            fprintf(stderr, "kvq calibrate: --choices: '%s' is not a list of up to %d bit widths\n",
-                    o->choices, CAL_MAX_CHOICES);
-            return 1;
-        }
-        choices[n_choices++] = (uint32_t)b;
-    }
-    if (!n_choices) return cal_usage(stderr);
+    uint32_t choices[CAL_MAX_CHOICES], n_choices = parse_choices(o->choices, choices);
+    if (!n_choices) return 1;
     const uint32_t L = info->n_layers;
     char kspec[300], msg[512];
     /* the probe quantizes one layer's keys at the smallest choice */
@@ -499,6 +562,7 @@ int kvq_cmd_calibrate(int argc, char **argv) {
         else if (TAKES("--choices")) o.choices = v;
         else if (TAKES("--target")) o.target = strtod(v, NULL);
         else if (TAKES("--save-keys")) o.save_keys = v;
+        else if (TAKES("--sensitivities")) o.sens_file = v;
         else if (TAKES("--eval")) o.eval = strtol(v, NULL, 10);
         else if (!strcmp(a, "--per-layer")) o.per_layer = 1;
         else {
@@ -513,9 +577,10 @@ int kvq_cmd_calibrate(int argc, char **argv) {
         fprintf(stderr, "kvq calibrate: --method '%s' is not vecinfer|spectral|comm_vq|ratequant\n", o.method);
         return 1;
     }
+    if (is_rq && o.sens_file && !o.model && !o.keys) return ratequant_from_file(&o);
     if ((o.keys != NULL) == (o.model != NULL) || (o.model && !o.text) || (is_rq && !o.model)) {
         fprintf(stderr, "kvq calibrate: give either --keys FILE or -m MODEL -f TEXT%s\n",
-                is_rq ? " (ratequant needs the model)" : "");
+                is_rq ? " (ratequant: or --sensitivities FILE)" : "");
         return 1;
     }
     if (o.bits < 0 || o.bits > 16 || o.tokens < 2 || o.tokens > 65536 || o.holdout < 0 || o.holdout > 50 ||

@@ -25,7 +25,7 @@ grep -E "FAIL|error" "$OUT/tests.log" | head -20
 # where the time goes: one attention and one encode launch under Nsight Compute
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ]; then
-  for k in attend_mma encode_kernel; do
+  for k in attend_mma encode_rows; do
     timeout 200 "$NCU" --section SpeedOfLight --section Occupancy --section WarpStateStats \
       --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section LaunchStats \
       -k regex:$k -c 1 ./build/bench_attn --profile >"$OUT/ncu_$k.txt" 2>&1
@@ -47,9 +47,10 @@ lines = []
 if copy:
     lines.append(f"copy ceiling {float(copy[0]['GBps']):.0f} GB/s")
 for l in open(f"{out}/bench_attn.txt"):
-    if l.startswith("ENCODE"):
+    if l.startswith("ENCODE ") or l.startswith("ENCODE_WARP"):
         d = kv(l)
-        lines.append(f"encode {d['method']:<36} {float(d['GBps']):7.0f} GB/s {float(d['pct_copy']):5.1f}% of copy")
+        tag = " (warp/vector)" if l.startswith("ENCODE_WARP") else ""
+        lines.append(f"encode {d['method'] + tag:<48} {float(d['GBps']):7.0f} GB/s {float(d['pct_copy']):5.1f}% of copy")
 lines.append(f"{'pair':<14}{'batch':>6}{'ctx':>8}{'us':>10}{'GB/s':>8}{'%copy':>7}{'sdpa us':>10}{'speedup':>9}")
 for d in ours:
     s = sdpa.get((d["batch"], d["ctx"]))

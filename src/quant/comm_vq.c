@@ -94,6 +94,7 @@ static kvq_status cv_load(kvq_quantizer *q, const kvqi_st_file *f);
 
 static kvq_status cv_init(kvq_quantizer *q) {
     kvqi_st_file *art = NULL;
+    q->fitted = 0; /* learned state: kvq_quantizer_fit or an artifact sets it */
     if (q->cfg.artifact[0]) {
         kvq_status st = kvqi_artifact_open(&q->cfg, &art, &q->cfg.seed);
         if (st != KVQ_OK) return st;
@@ -312,20 +313,54 @@ static kvq_status cv_decode(const kvq_quantizer *q, const uint8_t *codes, size_t
     return cv_decode_at(q, codes, NULL, n, x);
 }
 
-/* <query, RoPE_p(k)> = <RoPE_-p(query), k>: the codewords stay as trained. */
+/* <query, RoPE_p(k)> = <RoPE_-p(query), k>: the codewords stay as trained. Keys of a cache
+ * come in runs of consecutive positions, so the phases advance by one step's rotation
+ * (angle addition in double; recomputed from scratch every 256 positions and whenever a
+ * run breaks) instead of d/2 sines and cosines per key. */
+#define CV_PHASE_REFRESH 256
 static kvq_status cv_score_at(const kvq_quantizer *q, const float *query, const uint8_t *codes,
                               const int32_t *pos, size_t n, float *scores) {
     const cv_state *s = q->state;
     if (!q->fitted) return KVQ_ERR_STATE;
-    const uint32_t d = q->cfg.dim;
+    const uint32_t d = q->cfg.dim, P = s->n_pairs;
     float k[KVQI_QUANT_MAX_DIM], qr[KVQI_QUANT_MAX_DIM];
+    double c[KVQI_QUANT_MAX_DIM / 2], sn[KVQI_QUANT_MAX_DIM / 2];
+    double c1[KVQI_QUANT_MAX_DIM / 2], s1[KVQI_QUANT_MAX_DIM / 2];
     uint8_t idx[16];
+    int have = 0, have_step = 0;
+    int64_t last = 0;
     for (size_t i = 0; i < n; i++) {
-        const uint8_t *c = codes + i * q->code_size;
-        kvqi_unpack_bits(c, s->m, q->cfg.bits, idx);
+        const uint8_t *code = codes + i * q->code_size;
+        int64_t p = pos ? pos[i] : stored_pos(q, code);
+        if (have && p == last + 1 && p % CV_PHASE_REFRESH != 0) {
+            if (!have_step) {
+                for (uint32_t j = 0; j < P; j++) {
+                    c1[j] = cos(s->freq[j]);
+                    s1[j] = sin(s->freq[j]);
+                }
+                have_step = 1;
+            }
+            for (uint32_t j = 0; j < P; j++) {
+                double cj = c[j] * c1[j] - sn[j] * s1[j];
+                sn[j] = sn[j] * c1[j] + c[j] * s1[j];
+                c[j] = cj;
+            }
+        } else if (!have || p != last) {
+            for (uint32_t j = 0; j < P; j++) {
+                double phi = (double)p * s->freq[j];
+                c[j] = cos(phi);
+                sn[j] = sin(phi);
+            }
+        }
+        have = 1;
+        last = p;
+        for (uint32_t j = 0; j < P; j++) { /* rotate the query by -phi */
+            double a = query[s->pair_a[j]], b = query[s->pair_b[j]];
+            qr[s->pair_a[j]] = (float)(a * c[j] + b * sn[j]);
+            qr[s->pair_b[j]] = (float)(b * c[j] - a * sn[j]);
+        }
+        kvqi_unpack_bits(code, s->m, q->cfg.bits, idx);
         cv_sum(s, d, idx, k);
-        memcpy(qr, query, d * sizeof(float));
-        rope_with(s, qr, -(int64_t)(pos ? pos[i] : stored_pos(q, c)));
         scores[i] = q->base->dot(qr, k, d);
     }
     return KVQ_OK;

@@ -56,7 +56,7 @@ KVQ_API kvq_status kvq_quantizer_create(const kvq_config *cfg, kvq_quantizer **o
         free(q);
         return st;
     }
-    q->fitted = 1; /* methods with learned state clear it in init */
+    q->fitted = q->m->fit == NULL; /* methods that learn start unfitted; init may load state */
     st = q->m->init(q);
     if (st != KVQ_OK) {
         kvqi_rotation_free(&q->rot);

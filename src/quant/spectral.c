@@ -61,6 +61,7 @@ static kvq_status sp_load(kvq_quantizer *q, const kvqi_st_file *f);
 
 static kvq_status sp_init(kvq_quantizer *q) {
     kvqi_st_file *art = NULL;
+    q->fitted = 0; /* learned state: kvq_quantizer_fit or an artifact sets it */
     if (q->cfg.artifact[0]) {
         kvq_status st = kvqi_artifact_open(&q->cfg, &art, &q->cfg.seed);
         if (st != KVQ_OK) return st;
