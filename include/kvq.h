@@ -202,6 +202,8 @@ typedef struct kvq_cache_config {
                                 largest by RMS over the first 32 tokens, then fixed */
     uint32_t chunk_tokens;   /* arena chunk length in tokens (0 = 256) */
     uint32_t max_tokens;     /* hard capacity (0 = grow without bound) */
+    uint32_t n_sink;         /* first tokens also kept exact (fp32): the attention sinks
+                                (StreamingLLM, arXiv 2309.17453) (0 = none, at most 1024) */
 } kvq_cache_config;
 
 typedef struct kvq_cache kvq_cache;

@@ -767,7 +767,12 @@ TEST(cache_split_k_matches_single_thread) {
     for (size_t s = 0; s < 4; s++)
         for (int w = 0; w < 2; w++) {
             kvq_cache *c;
-            REQUIRE_OK(make_cache(specs[s][0], specs[s][1], n_kv, dim, windows[w], outs[w], 256, &c));
+            kvq_cache_config cfg;
+            REQUIRE_OK(kvq_cache_config_init(&cfg, n_kv, dim, specs[s][0], specs[s][1], NULL, 0));
+            cfg.window = windows[w];
+            cfg.n_outliers = outs[w];
+            cfg.n_sink = w ? 5 : 0; /* sinks ahead of the first range */
+            REQUIRE_OK(kvq_cache_create(&cfg, &c));
             /* 999 then 1000 tokens: the last chunk partly filled */
             REQUIRE_OK(kvq_cache_append(c, k, v, n - 1));
             for (int step = 0; step < 2; step++) {
@@ -905,4 +910,59 @@ TEST(cache_sign_paths_match_kvq_score) {
             free(x), free(codes), free(ref), free(got), free(z), free(lut), free(ql);
             kvq_cache_free(c);
         }
+}
+
+/* Attention sinks: with every token a sink the output is exact fp32 attention whatever
+ * the codes (1-bit here), prefill and decode, with and without split-K; a sink that
+ * carries most of the attention is what the coarse codes got wrong, so keeping it exact
+ * lowers the error; the exact copies are counted; more than 1024 sinks are refused. */
+TEST(cache_sink_tokens_exact) {
+    const uint32_t n_kv = 3, H = 9, dim = 64;
+    const size_t n = 200, nq = 3;
+    float *k = make_kv(n, n_kv, dim, 111, 0, 1), *v = make_kv(n, n_kv, dim, 112, 0, 1);
+    float *q = make_kv(nq, H, dim, 113, 0, 1);
+    float *ref = malloc(nq * H * dim * sizeof(float)), *out = malloc(nq * H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref && out);
+    ref_attend(q, k, v, n, n_kv, H, dim, nq, 0.125f, ref);
+    kvq_threadpool *pool;
+    REQUIRE_OK(kvq_threadpool_create(4, &pool));
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_init(&cfg, n_kv, dim, "mse:bits=1", "mse:bits=1", NULL, 0));
+    cfg.n_sink = (uint32_t)n;
+    cfg.chunk_tokens = 64;
+    kvq_cache *c;
+    REQUIRE_OK(kvq_cache_create(&cfg, &c));
+    REQUIRE_OK(kvq_cache_append(c, k, v, n));
+    REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.125f, NULL, out));
+    CHECKF(rel_err(out, ref, nq * H * dim) < 1e-5, "all sinks, prefill: %.3g", rel_err(out, ref, nq * H * dim));
+    REQUIRE_OK(kvq_cache_attend(c, q + (nq - 1) * H * dim, H, 1, 0.125f, pool, out));
+    double e = rel_err(out, ref + (nq - 1) * H * dim, H * dim);
+    CHECKF(e < 1e-5, "all sinks, split-K decode: %.3g", e);
+    kvq_cache_memory_info mem;
+    REQUIRE_OK(kvq_cache_memory(c, &mem));
+    CHECK(mem.window == (uint64_t)2 * n * n_kv * dim * sizeof(float));
+    kvq_cache_free(c);
+
+    /* token 0 a strong sink for every query head */
+    for (uint32_t g = 0; g < n_kv; g++)
+        for (uint32_t j = 0; j < dim; j++) k[g * dim + j] = 0.0f;
+    for (size_t i = 0; i < nq; i++)
+        for (uint32_t h = 0; h < H; h++)
+            for (uint32_t j = 0; j < dim; j++)
+                k[(h / 3) * dim + j] += 2.0f * q[(i * H + h) * dim + j];
+    ref_attend(q, k, v, n, n_kv, H, dim, nq, 0.125f, ref);
+    double err[2];
+    for (int with = 0; with < 2; with++) {
+        cfg.n_sink = with ? 1 : 0;
+        REQUIRE_OK(kvq_cache_create(&cfg, &c));
+        REQUIRE_OK(kvq_cache_append(c, k, v, n));
+        REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.125f, NULL, out));
+        err[with] = rel_err(out, ref, nq * H * dim);
+        kvq_cache_free(c);
+    }
+    CHECKF(err[1] < 0.5 * err[0], "one exact sink: %.3g, none: %.3g", err[1], err[0]);
+    cfg.n_sink = 1025;
+    CHECK_STATUS(kvq_cache_create(&cfg, &c), KVQ_ERR_UNSUPPORTED);
+    kvq_threadpool_free(pool);
+    free(k), free(v), free(q), free(ref), free(out);
 }

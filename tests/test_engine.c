@@ -685,3 +685,59 @@ TEST(engine_kv_observer) {
     free(b);
     kvq_model_free(m);
 }
+
+/* The query observer sees each layer's queries once per eval, at the right positions,
+ * the same batched and one at a time. */
+typedef struct q_seen {
+    int calls;
+    size_t last_pos, last_n, q_dim;
+    float *q0; /* layer 0 queries by position, [8][q_dim] */
+} q_seen;
+
+static void observe_queries(void *user, uint32_t layer, size_t pos, const float *q, size_t n) {
+    q_seen *s = user;
+    s->calls++;
+    s->last_pos = pos;
+    s->last_n = n;
+    if (layer == 0)
+        for (size_t t = 0; t < n && pos + t < 8; t++)
+            memcpy(s->q0 + (pos + t) * s->q_dim, q + t * s->q_dim, s->q_dim * sizeof(float));
+}
+
+TEST(engine_query_observer) {
+    kvq_model *m;
+    REQUIRE_OK(kvq_model_load(TINY, &m, NULL, 0));
+    kvq_model_info info;
+    REQUIRE_OK(kvq_model_get_info(m, &info));
+    size_t q_dim = (size_t)info.n_heads * info.head_dim;
+    q_seen a = {.q_dim = q_dim}, b = {.q_dim = q_dim};
+    a.q0 = calloc(8 * q_dim, sizeof(float));
+    b.q0 = calloc(8 * q_dim, sizeof(float));
+    REQUIRE(a.q0 && b.q0);
+    kvq_context_params p;
+    kvq_context_params_init(&p);
+    p.n_ctx = 16;
+    p.n_threads = 1;
+    p.query_observer = observe_queries;
+    p.query_observer_user = &a;
+    kvq_context *ca, *cb;
+    REQUIRE_OK(kvq_context_create(m, &p, &ca));
+    p.query_observer_user = &b;
+    REQUIRE_OK(kvq_context_create(m, &p, &cb));
+    int32_t toks[8] = {5, 80, 200, 31, 7, 300, 12, 9};
+    REQUIRE_OK(kvq_context_eval(ca, toks, 8, NULL, 0));
+    CHECK(a.calls == (int)info.n_layers && a.last_pos == 0 && a.last_n == 8);
+    for (int i = 0; i < 8; i++) REQUIRE_OK(kvq_context_eval(cb, toks + i, 1, NULL, 0));
+    CHECK(b.calls == 8 * (int)info.n_layers && b.last_pos == 7 && b.last_n == 1);
+    double worst = 0, norm = 0;
+    for (size_t i = 0; i < 8 * q_dim; i++) {
+        worst = fmax(worst, fabs((double)a.q0[i] - b.q0[i]));
+        norm = fmax(norm, fabs((double)a.q0[i]));
+    }
+    CHECKF(norm > 0 && worst < 1e-4 * (1 + norm), "batched and incremental queries differ by %g", worst);
+    kvq_context_free(ca);
+    kvq_context_free(cb);
+    free(a.q0);
+    free(b.q0);
+    kvq_model_free(m);
+}

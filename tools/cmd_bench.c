@@ -34,6 +34,8 @@ static const char *default_methods[] = {
     "qjl/mse:bits=2",
     "prod:bits=3/mse:bits=2",
     "polar/mse:bits=4",
+    /* 6x with the cache's extras: on real SmolLM2 KV below q4_0's error (bench/RESULTS.md) */
+    "mse:bits=2/mse:bits=2@window=32,outliers=1,sink=1",
 };
 
 static void usage(FILE *f) {
@@ -46,7 +48,7 @@ static void usage(FILE *f) {
             "options:\n"
             "  --methods LIST   key/value spec pairs separated by ',' or ';' (a spec alone is\n"
             "                   used for both), e.g. fp16/fp16,turboquant_rvq:bits=1,residuals=2/mse:bits=2;\n"
-            "                   a pair may carry its own cache options: mse:bits=2/mse:bits=2@window=20,outliers=2\n"
+            "                   a pair may carry its own cache options: mse:bits=2/mse:bits=2@window=20,outliers=2,sink=4\n"
             "  --kv DIR         real keys, values and queries written by kvq generate --dump-kv\n"
             "                   (DIR/{keys,values,queries}_LL.npy) instead of synthetic KV\n"
             "  --layers LIST    with --kv: 'all' (default) or layer numbers, e.g. 0,7,15,29\n"
@@ -55,9 +57,11 @@ static void usage(FILE *f) {
             "  --window N       exact recent-token window (default 0; also --cache-window)\n"
             "  --outliers N     key channels per head kept apart in fp16 (default 0; also\n"
             "                   --cache-outliers)\n"
+            "  --sink N         first tokens kept exact, the attention sinks (default 0; also\n"
+            "                   --cache-sink)\n"
             "  --threads N      attend threads (default 1; 0 = all CPUs)\n"
-            "  --queries N      causal queries at the end of the context the error is measured\n"
-            "                   on (default 8)\n"
+            "  --queries N      decode steps the error is measured on, spread over the second\n"
+            "                   half of the context (default 8)\n"
             "  --seed S         data and quantizer seed (default 1)\n"
             "  --quick          fewer tokens and repeats: a few seconds in all\n"
             "  --json           one JSON object per line instead of the table\n"
@@ -101,7 +105,8 @@ static void rope(float *x, uint32_t d, size_t pos) {
  * slow-rotating RoPE dimensions where real models keep them; RoPE at position t.
  * Values: Gaussians with a per-channel spread. Queries: like keys, at the last
  * positions, sharing the heavy channels' signs so attention is peaked as in real KV. */
-static void make_kv(size_t n, size_t nq, uint64_t seed, float *k, float *v, float *q) {
+static void make_kv(size_t n, size_t nq, const size_t *qpos, uint64_t seed, float *k, float *v,
+                    float *q) {
     rng r = {seed * 0x2545f4914f6cdd1dULL + 1};
     float mean[N_KV][HEAD_DIM], spread[N_KV][HEAD_DIM], vspread[N_KV][HEAD_DIM];
     for (uint32_t g = 0; g < N_KV; g++)
@@ -126,12 +131,12 @@ static void make_kv(size_t n, size_t nq, uint64_t seed, float *k, float *v, floa
             float *qr = q + (i * N_Q_HEADS + h) * HEAD_DIM;
             for (uint32_t j = 0; j < HEAD_DIM; j++)
                 qr[j] = 0.3f * mean[g][j] + (float)rng_normal(&r);
-            rope(qr, HEAD_DIM, n - nq + i);
+            rope(qr, HEAD_DIM, qpos[i]);
         }
 }
 
-/* One layer of KV to measure on: k, v [n][n_kv][dim], the last nq queries
- * q [nq][n_q][dim] (positions n - nq .. n - 1) and their fp32 attention ref. */
+/* One layer of KV to measure on: k, v [n][n_kv][dim], nq queries q [nq][n_q][dim] at
+ * positions qpos (ascending, the last one n - 1) and their fp32 attention ref. */
 typedef struct kv_layer {
     uint32_t id;
     float *k, *v, *q, *ref;
@@ -140,9 +145,21 @@ typedef struct kv_layer {
 typedef struct kv_data {
     uint32_t n_kv, dim, n_q, n_fit_layers; /* n_fit_layers: for the ctx@8GiB column */
     size_t n, nq;
+    size_t *qpos; /* [nq] */
     uint32_t n_layers;
     kv_layer *layers;
 } kv_data;
+
+/* Query positions: nq of them spread over the second half of the context, ending at the
+ * last token, so the error samples many attention patterns, not one neighbourhood. */
+static int set_query_positions(kv_data *D) {
+    D->qpos = malloc(D->nq * sizeof *D->qpos);
+    if (!D->qpos) return -1;
+    size_t step = D->nq > 1 ? (D->n / 2) / D->nq : 1;
+    if (step == 0) step = 1;
+    for (size_t i = 0; i < D->nq; i++) D->qpos[i] = D->n - 1 - (D->nq - 1 - i) * step;
+    return 0;
+}
 
 /* fp32 causal GQA attention in double: the reference every method is measured against */
 static int ref_attend(const kv_data *D, const kv_layer *L, float scale) {
@@ -151,7 +168,7 @@ static int ref_attend(const kv_data *D, const kv_layer *L, float scale) {
     double *s = malloc(n * sizeof(double));
     if (!s) return -1;
     for (size_t i = 0; i < nq; i++) {
-        size_t visible = n - nq + i + 1;
+        size_t visible = D->qpos[i] + 1;
         for (uint32_t h = 0; h < D->n_q; h++) {
             uint32_t g = h / group;
             const float *qh = L->q + (i * D->n_q + h) * dim;
@@ -318,10 +335,15 @@ static int load_real_kv(const char *dir, const uint32_t *ids, uint32_t n_ids, si
             snprintf(err, errn, "%zu tokens: too few", D->n);
             return -1;
         }
-        /* the queries of the last nq tokens kept move to the front */
+        /* the queries at the measured positions move to the front (qpos[j] >= j) */
         D->nq = nq;
+        if (!D->qpos && set_query_positions(D)) {
+            snprintf(err, errn, "out of memory");
+            return -1;
+        }
         size_t qrow = (size_t)D->n_q * D->dim;
-        memmove(L->q, L->q + (D->n - D->nq) * qrow, D->nq * qrow * sizeof(float));
+        for (size_t j = 0; j < D->nq; j++)
+            memmove(L->q + j * qrow, L->q + D->qpos[j] * qrow, qrow * sizeof(float));
         L->ref = malloc(D->nq * qrow * sizeof(float));
         if (!L->ref) {
             snprintf(err, errn, "out of memory");
@@ -341,6 +363,8 @@ static void free_kv(kv_data *D) {
     }
     free(D->layers);
     D->layers = NULL;
+    free(D->qpos);
+    D->qpos = NULL;
 }
 
 /* ------------------------------------------------------------------ methods */
@@ -349,10 +373,10 @@ static void free_kv(kv_data *D) {
  * (-1: the command line's --window / --outliers). */
 typedef struct method_spec {
     char key[256], value[256];
-    long window, outliers;
+    long window, outliers, sink;
 } method_spec;
 
-/* "window=N,outliers=N" in any order; 0 on anything else */
+/* "window=N,outliers=N,sink=N" in any order; 0 on anything else */
 static int parse_cache_opts(char *s, method_spec *m) {
     for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
         char *eq = strchr(tok, '='), *end;
@@ -362,6 +386,7 @@ static int parse_cache_opts(char *s, method_spec *m) {
         *eq = 0;
         if (!strcmp(tok, "window")) m->window = x;
         else if (!strcmp(tok, "outliers")) m->outliers = x;
+        else if (!strcmp(tok, "sink")) m->sink = x;
         else return 0;
     }
     return 1;
@@ -404,12 +429,12 @@ static int parse_methods(const char *list, method_spec *out, int max, char *err,
         strcpy(joined[n++], tok);
     }
     for (int i = 0; i < n; i++) {
-        out[i].window = out[i].outliers = -1;
+        out[i].window = out[i].outliers = out[i].sink = -1;
         char *at = strchr(joined[i], '@');
         if (at) {
             *at = 0;
             if (!parse_cache_opts(at + 1, &out[i])) {
-                snprintf(err, errn, "bad cache options in '%.200s' (want @window=N,outliers=N)", joined[i]);
+                snprintf(err, errn, "bad cache options in '%.200s' (want @window=N,outliers=N,sink=N)", joined[i]);
                 return -1;
             }
         }
@@ -474,7 +499,7 @@ static int cmp_double(const void *a, const void *b) {
  * layer (median of reps, averaged over layers); bits from the cache's own accounting
  * (codes, outlier channels and exact window: everything that grows with the context). */
 static void run_method(const method_spec *m, const kv_data *D, uint32_t window, uint32_t n_out,
-                       uint64_t seed, int reps, kvq_threadpool *pool, result *r) {
+                       uint32_t n_sink, uint64_t seed, int reps, kvq_threadpool *pool, result *r) {
     memset(r, 0, sizeof *r);
     size_t n = D->n, nq = D->nq, out_floats = nq * D->n_q * D->dim;
     kvq_cache_config cfg;
@@ -487,6 +512,7 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
     cfg.key.seed = cfg.value.seed = seed;
     cfg.window = window;
     cfg.n_outliers = n_out;
+    cfg.n_sink = n_sink;
     float *out = malloc(out_floats * sizeof(float));
     if (!out) {
         snprintf(r->error, sizeof r->error, "%s", kvq_strerror(KVQ_ERR_NOMEM));
@@ -499,10 +525,17 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
         const kv_layer *L = &D->layers[li];
         kvq_cache *c;
         if ((st = kvq_cache_create(&cfg, &c)) != KVQ_OK) break;
-        double t0 = now_s();
-        st = kvq_cache_append(c, L->k, L->v, n);
-        t_enc += now_s() - t0;
-        if (st == KVQ_OK) st = kvq_cache_attend(c, L->q, D->n_q, nq, scale, pool, out);
+        /* decode-style: each query attends when exactly the tokens it sees are in the
+         * cache, so the exact window holds its own most recent tokens */
+        size_t have = 0, row = (size_t)D->n_kv * D->dim, qrow = (size_t)D->n_q * D->dim;
+        for (size_t i = 0; i < nq && st == KVQ_OK; i++) {
+            double t0 = now_s();
+            st = kvq_cache_append(c, L->k + have * row, L->v + have * row, D->qpos[i] + 1 - have);
+            t_enc += now_s() - t0;
+            have = D->qpos[i] + 1;
+            if (st == KVQ_OK)
+                st = kvq_cache_attend(c, L->q + i * qrow, D->n_q, 1, scale, pool, out + i * qrow);
+        }
         if (st != KVQ_OK) {
             kvq_cache_free(c);
             break;
@@ -518,7 +551,7 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
             r->attn_err_max = e;
             r->worst_layer = L->id;
         }
-        /* decode step: the last query alone, median of reps */
+        /* decode step: the last query (all n tokens visible), median of reps */
         double times[64];
         const float *q_last = L->q + (nq - 1) * D->n_q * D->dim;
         for (int i = 0; i < reps; i++) {
@@ -611,14 +644,15 @@ static int make_synthetic(size_t n, size_t nq, uint64_t seed, kv_data *D) {
     L->v = malloc(n * N_KV * HEAD_DIM * sizeof(float));
     L->q = malloc(nq * N_Q_HEADS * HEAD_DIM * sizeof(float));
     L->ref = malloc(nq * N_Q_HEADS * HEAD_DIM * sizeof(float));
-    if (!L->k || !L->v || !L->q || !L->ref) return -1;
-    make_kv(n, nq, seed, L->k, L->v, L->q);
+    if (!L->k || !L->v || !L->q || !L->ref || set_query_positions(D)) return -1;
+    make_kv(n, nq, D->qpos, seed, L->k, L->v, L->q);
     return 0;
 }
 
 int kvq_cmd_bench(int argc, char **argv) {
     const char *methods = NULL, *kv_dir = NULL, *layer_list = NULL;
     uint64_t tokens = 0, threads = 1, seed = 1, window = 0, outliers = 0, queries = N_QUERIES;
+    uint64_t sink = 0;
     int quick = 0, json = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -646,7 +680,8 @@ int kvq_cmd_bench(int argc, char **argv) {
                    ((!strcmp(a, "--window") || !strcmp(a, "--cache-window")) &&
                     parse_u64(val, &window)) ||
                    ((!strcmp(a, "--outliers") || !strcmp(a, "--cache-outliers")) &&
-                    parse_u64(val, &outliers))) {
+                    parse_u64(val, &outliers)) ||
+                   ((!strcmp(a, "--sink") || !strcmp(a, "--cache-sink")) && parse_u64(val, &sink))) {
             i++;
         } else {
             fprintf(stderr, "kvq bench: bad option '%s'%s (try kvq bench --help)\n", a,
@@ -728,9 +763,10 @@ int kvq_cmd_bench(int argc, char **argv) {
                    "%s kernels, %llu thread(s)\n",
                    D.n, D.n_kv, D.dim, D.n_q, kvq_cpu_isa(),
                    (unsigned long long)(pool ? kvq_threadpool_size(pool) : 1));
-        if (window || outliers)
-            printf("cache: exact window %llu tokens, %llu outlier key channels per head (fp16)\n",
-                   (unsigned long long)window, (unsigned long long)outliers);
+        if (window || outliers || sink)
+            printf("cache: exact window %llu tokens, %llu outlier key channels per head (fp16), "
+                   "%llu exact sink tokens\n", (unsigned long long)window,
+                   (unsigned long long)outliers, (unsigned long long)sink);
         printf("%-36s %6s %6s %6s %6s %7s %9s %9s %8s %9s %9s\n", "keys / values", "K bit", "V bit",
                "bits", "vs f16", "K cos", "attn err", "worst", "enc M/s", "attend ms", "ctx@8GiB");
     }
@@ -738,15 +774,17 @@ int kvq_cmd_bench(int argc, char **argv) {
         result r;
         long w = specs[i].window >= 0 ? specs[i].window : (long)window;
         long o = specs[i].outliers >= 0 ? specs[i].outliers : (long)outliers;
+        long sk = specs[i].sink >= 0 ? specs[i].sink : (long)sink;
         char name[560];
         snprintf(name, sizeof name, "%.250s / %.250s", specs[i].key, specs[i].value);
-        if (specs[i].window >= 0 || specs[i].outliers >= 0)
-            snprintf(name + strlen(name), sizeof name - strlen(name), " w%ld o%ld", w, o);
-        if ((size_t)w > D.n || (uint64_t)o >= D.dim) {
-            printf("%-36s unavailable: window above the tokens or outliers >= head_dim\n", name);
+        if (specs[i].window >= 0 || specs[i].outliers >= 0 || specs[i].sink >= 0)
+            snprintf(name + strlen(name), sizeof name - strlen(name), " w%ld o%ld s%ld", w, o, sk);
+        if ((size_t)w > D.n || (uint64_t)o >= D.dim || sk > 1024) {
+            printf("%-36s unavailable: window above the tokens, outliers >= head_dim or sink > "
+                   "1024\n", name);
             continue;
         }
-        run_method(&specs[i], &D, (uint32_t)w, (uint32_t)o, seed, reps, pool, &r);
+        run_method(&specs[i], &D, (uint32_t)w, (uint32_t)o, (uint32_t)sk, seed, reps, pool, &r);
         if (json) {
             printf("{\"key\":");
             json_str(specs[i].key);
@@ -758,10 +796,10 @@ int kvq_cmd_bench(int argc, char **argv) {
                 printf("}\n");
                 continue;
             }
-            printf(",\"data\":\"%s\",\"layers\":%u,\"tokens\":%zu,\"window\":%ld,"
+            printf(",\"data\":\"%s\",\"layers\":%u,\"tokens\":%zu,\"window\":%ld,\"sink\":%ld,"
                    "\"outliers\":%ld,\"key_bits\":%.4f,\"value_bits\":%.4f,\"bits\":%.4f,"
                    "\"compression\":%.3f,",
-                   kv_dir ? "real" : "synthetic", D.n_layers, D.n, w, o, r.key_bits, r.value_bits,
+                   kv_dir ? "real" : "synthetic", D.n_layers, D.n, w, sk, o, r.key_bits, r.value_bits,
                    r.total_bits, r.compression);
             if (isnan(r.key_cosine)) printf("\"key_cosine\":null,");
             else printf("\"key_cosine\":%.5f,", r.key_cosine);
@@ -784,8 +822,9 @@ int kvq_cmd_bench(int argc, char **argv) {
     }
     if (!json)
         printf("\nbits: everything that grows with the context (codes with their norms and scales, "
-               "fp16 outlier channels, the exact window) per element; attn err: relative L2 error of "
-               "the attention output against fp32 (%zu causal queries at the end), pooled over the "
+               "fp16 outlier channels, the exact window and sinks) per element; attn err: relative L2 error of "
+               "the attention output against fp32 (%zu decode steps over the second half of the "
+               "context, each attending to exactly the tokens before it), pooled over the "
                "layers; worst: the worst layer's; attend: one decode step of one layer, all query "
                "heads, median of %d; ctx@8GiB: tokens of %u layers of this shape in 8 GiB.\n",
                D.nq, reps, D.n_fit_layers);

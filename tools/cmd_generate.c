@@ -19,6 +19,7 @@ static int gen_usage(FILE *f) {
             "  --cache-v SPEC     value quantizer (default: fp16)\n"
             "  --window N         most recent tokens also kept exact (default 0; also --cache-window)\n"
             "  --outliers N       key channels per head kept in fp16 (default 0; also --cache-outliers)\n"
+            "  --sink N           first tokens kept exact, the attention sinks (default 0; also --cache-sink)\n"
             "  --ctx N            context length (default: prompt + tokens)\n"
             "  --threads N        threads (default 0 = one per CPU)\n"
             "  --seed S           sampler seed (default 0)\n"
@@ -84,7 +85,7 @@ static double now_s(void) {
 int kvq_cmd_generate(int argc, char **argv) {
     const char *model_path = NULL, *prompt = NULL, *kspec = "fp16", *vspec = NULL, *dump_dir = NULL;
     kv_dump dump = {0};
-    long n_gen = 64, n_ctx = 0, threads = 0, window = 0, outliers = 0;
+    long n_gen = 64, n_ctx = 0, threads = 0, window = 0, outliers = 0, sink = 0;
     unsigned long long seed = 0;
     double temp = 0.0, top_p = 0.95;
     int no_bos = 0, quiet = 0, float_act = 0;
@@ -100,6 +101,7 @@ int kvq_cmd_generate(int argc, char **argv) {
         else if (TAKES("--cache-v")) vspec = v;
         else if ((TAKES("--window") || TAKES("--cache-window"))) window = strtol(v, NULL, 10);
         else if ((TAKES("--outliers") || TAKES("--cache-outliers"))) outliers = strtol(v, NULL, 10);
+        else if ((TAKES("--sink") || TAKES("--cache-sink"))) sink = strtol(v, NULL, 10);
         else if (TAKES("--ctx")) n_ctx = strtol(v, NULL, 10);
         else if (TAKES("--threads")) threads = strtol(v, NULL, 10);
         else if (TAKES("--seed")) seed = strtoull(v, NULL, 10);
@@ -117,7 +119,7 @@ int kvq_cmd_generate(int argc, char **argv) {
     }
     if (!model_path || !prompt) return gen_usage(stderr);
     if (!vspec) vspec = !strcmp(kspec, "f32") ? "f32" : "fp16";
-    if (n_gen < 0 || n_ctx < 0 || threads < 0 || window < 0 || outliers < 0 || n_gen > 1000000 ||
+    if (n_gen < 0 || n_ctx < 0 || threads < 0 || window < 0 || outliers < 0 || sink < 0 || sink > 1024 || n_gen > 1000000 ||
         n_ctx > 1000000 || threads > 1024) {
         fprintf(stderr, "kvq generate: a count is out of range\n");
         return 1;
@@ -170,6 +172,7 @@ int kvq_cmd_generate(int argc, char **argv) {
         }
         cc.window = (uint32_t)window;
         cc.n_outliers = (uint32_t)outliers;
+        cc.n_sink = (uint32_t)sink;
         p.cache = &cc;
         p.n_cache_configs = 1;
     }

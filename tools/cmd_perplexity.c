@@ -25,6 +25,7 @@ static int ppl_usage(FILE *f) {
             "                     KSPEC+VSPEC gives keys and values different quantizers; f32 = exact float KV\n"
             "  --window N         most recent tokens also kept exact (default 0; also --cache-window)\n"
             "  --outliers N       key channels per head kept in fp16 (default 0; also --cache-outliers)\n"
+            "  --sink N           first tokens kept exact, the attention sinks (default 0; also --cache-sink)\n"
             "  --threads N        threads (default 0 = one per CPU)\n"
             "Prints one line per config: perplexity, its difference from fp16, KV bits per number.\n");
     return f == stderr ? 1 : 0;
@@ -93,7 +94,7 @@ typedef struct ppl_result {
 int kvq_cmd_perplexity(int argc, char **argv) {
     const char *model_path = NULL, *text_path = NULL;
     char configs_buf[4096] = "fp16,q8_0,q4_0";
-    long n_ctx = 512, max_chunks = 0, threads = 0, window = 0, outliers = 0;
+    long n_ctx = 512, max_chunks = 0, threads = 0, window = 0, outliers = 0, sink = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -106,6 +107,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
         else if (TAKES("--threads")) threads = strtol(v, NULL, 10);
         else if ((TAKES("--window") || TAKES("--cache-window"))) window = strtol(v, NULL, 10);
         else if ((TAKES("--outliers") || TAKES("--cache-outliers"))) outliers = strtol(v, NULL, 10);
+        else if ((TAKES("--sink") || TAKES("--cache-sink"))) sink = strtol(v, NULL, 10);
         else if (TAKES("--configs")) {
             if (strlen(v) >= sizeof configs_buf) {
                 fprintf(stderr, "kvq perplexity: --configs too long\n");
@@ -119,7 +121,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
 #undef TAKES
     }
     if (!model_path || !text_path) return ppl_usage(stderr);
-    if (n_ctx < 16 || n_ctx > 65536 || max_chunks < 0 || threads < 0 || threads > 1024 || window < 0 || outliers < 0) {
+    if (n_ctx < 16 || n_ctx > 65536 || max_chunks < 0 || threads < 0 || threads > 1024 || window < 0 || outliers < 0 || sink < 0 || sink > 1024) {
         fprintf(stderr, "kvq perplexity: --ctx must be 16..65536 and counts non-negative\n");
         return 1;
     }
@@ -201,6 +203,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
             }
             cc.window = (uint32_t)window;
             cc.n_outliers = (uint32_t)outliers;
+            cc.n_sink = (uint32_t)sink;
             p.cache = &cc;
             p.n_cache_configs = 1;
         }

@@ -4,6 +4,8 @@
  * (FlashAttention's running max and sum), and the weighted sum of decoded values.
  * Rotated codes are scored and summed in the rotated domain: <q, R^T u> = <R q, u> and
  * sum_i p_i R^T u_i = R^T sum_i p_i u_i, so the rotation runs once per query head.
+ * With fewer tasks than threads the context is split into token ranges whose softmax
+ * states are merged afterwards (split-K, as FlashDecoding does on GPUs).
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -106,7 +108,8 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->q8_scale = s->kspan + (c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0);
     s->q8_sum = (int32_t *)(void *)(s->q8_scale + G);
     s->q8 = (int8_t *)(void *)(s->q8_sum + G);
-    s->zsum = (float *)(void *)(s->q8 + G * d); /* G * d is a multiple of 4 */
+    /* past the int8 query, on a 16-byte boundary (the pads of scratch_floats cover it) */
+    s->zsum = (float *)(void *)(s->q8 + ((G * d + 15) & ~(size_t)15));
     s->lut = s->zsum + G;
 }
 
@@ -344,12 +347,25 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
         ev = c->win_v;
         ring = W;
     }
-    size_t coded_stop = KVQI_MIN(coded_end, t_end);
-    for (size_t t0 = t_begin; t0 < coded_stop;) {
+    /* attention sinks: the first tokens from their exact copies (not where the window
+     * has them already) */
+    size_t sink_end = c->coded ? KVQI_MIN((size_t)c->cfg.n_sink, KVQI_MIN(exact_begin, coded_end)) : 0;
+    for (size_t t0 = t_begin; t0 < KVQI_MIN(sink_end, t_end);) {
+        size_t nb = KVQI_MIN(B, KVQI_MIN(sink_end, t_end) - t0);
+        const uint8_t *kr = (const uint8_t *)(c->sink_k + t0 * row + (size_t)g * d);
+        const uint8_t *vr = (const uint8_t *)(c->sink_v + t0 * row + (size_t)g * d);
+        c->kern->score_f32(s->q_raw, G, d, kr, row * sizeof(float), nb, s->scores, B);
+        mask_block(A, s, T->first_visible, T->nqb, t0, nb);
+        softmax_block(c, s, G, nb);
+        c->kern->accum_f32(s->scores, B, G, d, vr, row * sizeof(float), nb, s->acc_x);
+        t0 += nb;
+    }
+    size_t coded_stop = KVQI_MIN(coded_end, t_end), coded_start = KVQI_MAX(t_begin, sink_end);
+    for (size_t t0 = coded_start; t0 < coded_stop;) {
         size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_stop - t0, C - in));
         const uint8_t *chunk = c->chunks[t0 / C];
         prefetch_block(c, g, t0 + nb, coded_stop);
-        if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == t_begin))
+        if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == coded_start))
             score_span(c, s, G, g, chunk, in, KVQI_MIN(coded_stop - t0, C - in), &A->status);
         score_coded(c, s, G, g, chunk, in, nb);
         mask_block(A, s, T->first_visible, T->nqb, t0, nb);

@@ -14,6 +14,7 @@
 #define MAX_CHUNK_TOKENS (1u << 16)
 #define MAX_DIM 4096u
 #define MAX_KV_HEADS 4096u
+#define MAX_SINK_TOKENS 1024u
 
 /* ------------------------------------------------------------------ config */
 
@@ -485,6 +486,7 @@ static kvq_status validate_config(const kvq_cache_config *cfg) {
     if (cfg->value.dim != 0 && cfg->value.dim != cfg->head_dim) return KVQ_ERR_MISMATCH;
     if (cfg->n_outliers >= cfg->head_dim) return KVQ_ERR_INVALID_ARG;
     if (cfg->chunk_tokens > MAX_CHUNK_TOKENS) return KVQ_ERR_UNSUPPORTED;
+    if (cfg->n_sink > MAX_SINK_TOKENS) return KVQ_ERR_UNSUPPORTED;
     return KVQ_OK;
 }
 
@@ -531,6 +533,8 @@ KVQ_API void kvq_cache_free(kvq_cache *c) {
     side_free(&c->value);
     kvqi_free(c->win_k);
     kvqi_free(c->win_v);
+    kvqi_free(c->sink_k);
+    kvqi_free(c->sink_v);
     kvqi_free(c->outlier_idx);
     kvqi_free(c->outlier_mask);
     kvqi_free(c->stage_k);
@@ -585,6 +589,16 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
         c->win_k = kvqi_calloc_array(w, sizeof(float));
         c->win_v = kvqi_calloc_array(w, sizeof(float));
         if (!c->win_k || !c->win_v) {
+            st = KVQ_ERR_NOMEM;
+            goto fail;
+        }
+    }
+    if (c->cfg.n_sink > 0) {
+        size_t w;
+        if ((st = kvqi_mul_size(row, c->cfg.n_sink, &w)) != KVQ_OK) goto fail;
+        c->sink_k = kvqi_calloc_array(w, sizeof(float));
+        c->sink_v = kvqi_calloc_array(w, sizeof(float));
+        if (!c->sink_k || !c->sink_v) {
             st = KVQ_ERR_NOMEM;
             goto fail;
         }
@@ -752,6 +766,11 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
                            n_tokens - done);
         if (st != KVQ_OK) return st;
     }
+    if (c->n_tokens < c->cfg.n_sink) {
+        size_t take = KVQI_MIN(n_tokens, (size_t)c->cfg.n_sink - c->n_tokens);
+        memcpy(c->sink_k + c->n_tokens * row, k, take * row * sizeof(float));
+        memcpy(c->sink_v + c->n_tokens * row, v, take * row * sizeof(float));
+    }
     if (c->cfg.window > 0) {
         size_t W = c->cfg.window, first = n_tokens > W ? n_tokens - W : 0;
         for (size_t t = first; t < n_tokens; t++) {
@@ -778,7 +797,8 @@ KVQ_API kvq_status kvq_cache_attend(kvq_cache *c, const float *q, uint32_t n_q_h
 
 static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     size_t row = (size_t)c->n_kv * c->dim;
-    m->window = (uint64_t)2 * c->cfg.window * row * sizeof(float);
+    /* exact tokens: the recent window and the sinks */
+    m->window = (uint64_t)2 * ((uint64_t)c->cfg.window + c->cfg.n_sink) * row * sizeof(float);
     m->outliers = 0;
     if (c->n_out) {
         m->outliers += (uint64_t)c->n_kv * c->n_out * sizeof(uint16_t); /* channel lists */

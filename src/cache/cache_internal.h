@@ -73,6 +73,8 @@ struct kvq_cache {
 
     /* exact window ring: slot = position mod window, [window][n_kv][dim] */
     float *win_k, *win_v;
+    /* the first n_sink tokens kept exact, [n_sink][n_kv][dim] */
+    float *sink_k, *sink_v;
     /* outlier channels per head, ascending; mask[head][dim] = 1 on them */
     uint16_t *outlier_idx;
     uint8_t *outlier_mask;
