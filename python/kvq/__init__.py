@@ -110,6 +110,7 @@ class _CacheConfig(ctypes.Structure):
         ("n_outliers", ctypes.c_uint32),
         ("chunk_tokens", ctypes.c_uint32),
         ("max_tokens", ctypes.c_uint32),
+        ("n_sink", ctypes.c_uint32),
     ]
 
 
@@ -511,7 +512,9 @@ class ThreadPool:
 
 class Cache:
     """One layer's compressed KV cache: keys and values of shape
-    (n_tokens, n_kv_heads, head_dim) go in, attention outputs come out."""
+    (n_tokens, n_kv_heads, head_dim) go in, attention outputs come out. window recent
+    tokens and n_sink first tokens are also kept exact; n_outliers key channels per head
+    are kept apart in fp16."""
 
     def __init__(
         self,
@@ -522,6 +525,7 @@ class Cache:
         window=0,
         n_outliers=0,
         max_tokens=0,
+        n_sink=0,
     ):
         self._h = None
         self.n_kv_heads = int(n_kv_heads)
@@ -543,6 +547,7 @@ class Cache:
         cfg.window = int(window)
         cfg.n_outliers = int(n_outliers)
         cfg.max_tokens = int(max_tokens)
+        cfg.n_sink = int(n_sink)
         h = ctypes.c_void_p()
         _check(_cache_create(ctypes.byref(cfg), ctypes.byref(h)), "kvq_cache_create")
         self._h = h
