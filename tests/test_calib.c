@@ -153,9 +153,9 @@ TEST(calib_vecinfer_simd_matches_scalar) {
     REQUIRE_OK(kvq_encode(ref, x, T, c_ref));
     REQUIRE_OK(kvq_score(ref, qv, c_ref, T, s_ref));
     REQUIRE_OK(kvq_quantizer_save(ref, path));
-    const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512};
+    const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512, KVQ_ISA_NEON};
     int tested = 0;
-    for (size_t k = 0; k < 2; k++) {
+    for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
         if (!kvq_isa_available(isas[k])) continue;
         tested++;
         kvq_quantizer *q;
@@ -384,9 +384,9 @@ TEST(calib_comm_vq_codes_identical_across_isas) {
     REQUIRE_OK(kvq_encode(ref, x, T, c_ref));
     REQUIRE_OK(kvq_decode(ref, c_ref, T, y_ref));
     REQUIRE_OK(kvq_quantizer_save(ref, path));
-    const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512};
+    const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512, KVQ_ISA_NEON};
     int tested = 0;
-    for (size_t k = 0; k < 2; k++) {
+    for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++) {
         if (!kvq_isa_available(isas[k])) continue;
         tested++;
         kvq_config c;

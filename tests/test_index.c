@@ -404,7 +404,7 @@ TEST(index_simd_matches_scalar) {
         CHECK(ref[v] == sum);
     }
     int tested = 0;
-    for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_AVX512; isa++) {
+    for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_NEON; isa++) {
         if (!kvq_isa_available((kvq_isa)isa)) continue;
         tested++;
         const kvqi_index_kernels *k = kvqi_index_kernels_for((kvq_isa)isa);
@@ -434,12 +434,14 @@ TEST(index_simd_matches_scalar) {
         }
         /* probe distances to 16 transposed centroids */
         for (int ip = 0; ip < 2; ip++) {
-            float ct[100 * 16], q[100], o1[16], o2[16];
-            for (int i = 0; i < 100 * 16; i++) ct[i] = (float)kvqi_rng_normal(&r);
-            for (int i = 0; i < 100; i++) q[i] = (float)kvqi_rng_normal(&r);
-            kvqi_probe16_scalar(ct, q, 100, ip, o1);
-            k->probe16(ct, q, 100, ip, o2);
-            CHECKF(memcmp(o1, o2, sizeof o1) == 0, "%s probe16 ip=%d", name, ip);
+            float ct[103 * 16], q[103], o1[16], o2[16];
+            for (int i = 0; i < 103 * 16; i++) ct[i] = (float)kvqi_rng_normal(&r);
+            for (int i = 0; i < 103; i++) q[i] = (float)kvqi_rng_normal(&r);
+            for (uint32_t dd = 98; dd <= 103; dd++) { /* every remainder of 4 */
+                kvqi_probe16_scalar(ct, q, dd, ip, o1);
+                k->probe16(ct, q, dd, ip, o2);
+                CHECKF(memcmp(o1, o2, sizeof o1) == 0, "%s probe16 ip=%d d=%u", name, ip, dd);
+            }
         }
         /* block estimates and the keep mask */
         for (int t = 0; t < 20; t++) {
@@ -579,4 +581,66 @@ TEST(index_rejects_bad_config_and_input) {
     CHECK_STATUS(kvq_index_search(ix, x, 1, 1, NULL, &id, NULL), KVQ_ERR_STATE);
     kvq_index_free(ix);
     kvq_index_free(NULL);
+}
+
+static int write_vecs(const char *path, const void *rows, size_t n, uint32_t d, size_t elem) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return 0;
+    int ok = 1;
+    int32_t dd = (int32_t)d;
+    for (size_t i = 0; i < n && ok; i++)
+        ok = fwrite(&dd, 4, 1, f) == 1 &&
+             fwrite((const char *)rows + i * d * elem, elem, d, f) == d;
+    return fclose(f) == 0 && ok;
+}
+
+TEST(index_cli_build_search) {
+    const uint32_t d = 20, k = 5;
+    const size_t n = 400, nq = 10;
+    float *x = make_data(n, d, 4, 101), *q = make_data(nq, d, 4, 102);
+    REQUIRE(x && q);
+    int64_t gt64[10 * 5];
+    int32_t gt[10 * 5];
+    brute_force(KVQ_METRIC_L2, x, n, q, nq, d, k, gt64);
+    for (size_t i = 0; i < nq * k; i++) gt[i] = (int32_t)gt64[i];
+    const char *dir = kvqt_tmpdir(kvqt_);
+    char base[512], qf[512], gf[512], ixf[512], out[512], res[512], cmd[4096];
+    snprintf(base, sizeof base, "%s/base.fvecs", dir);
+    snprintf(qf, sizeof qf, "%s/q.fvecs", dir);
+    snprintf(gf, sizeof gf, "%s/gt.ivecs", dir);
+    snprintf(ixf, sizeof ixf, "%s/ix.kvqi", dir);
+    snprintf(out, sizeof out, "%s/out.txt", dir);
+    snprintf(res, sizeof res, "%s/res.ivecs", dir);
+    REQUIRE(write_vecs(base, x, n, d, 4) && write_vecs(qf, q, nq, d, 4) &&
+            write_vecs(gf, gt, nq, k, 4));
+    snprintf(cmd, sizeof cmd, "%s index build -i %s -o %s --nlist 4 --bits 2 --split > %s 2>&1",
+             kvqt_cli_path(), base, ixf, out);
+    CHECKF(system(cmd) == 0, "build failed: %s", cmd);
+    snprintf(cmd, sizeof cmd,
+             "%s index search -x %s -q %s -k %u --nprobe 4 --eps0 inf --gt %s -o %s > %s 2>&1",
+             kvqt_cli_path(), ixf, qf, k, gf, res, out);
+    CHECKF(system(cmd) == 0, "search failed: %s", cmd);
+    FILE *f = fopen(out, "r");
+    REQUIRE(f);
+    char line[256], last[256] = "";
+    while (fgets(line, sizeof line, f)) memcpy(last, line, sizeof line);
+    fclose(f);
+    unsigned np = 0;
+    double rec = -1.0;
+    CHECKF(sscanf(last, "%u %lf", &np, &rec) == 2 && np == 4 && rec == 1.0, "search printed: %s",
+           last);
+    /* the result file holds the brute-force ids */
+    f = fopen(res, "rb");
+    REQUIRE(f);
+    int32_t row[6];
+    size_t same = 0;
+    for (size_t i = 0; i < nq && fread(row, 4, k + 1, f) == k + 1; i++)
+        same += row[0] == (int32_t)k && memcmp(row + 1, gt + i * k, k * 4) == 0;
+    fclose(f);
+    CHECK(same == nq);
+    /* a foreign file is refused with one line and exit 1 */
+    snprintf(cmd, sizeof cmd, "%s index search -x %s -q %s > %s 2>&1", kvqt_cli_path(), gf, qf, out);
+    CHECK(system(cmd) != 0);
+    free(x);
+    free(q);
 }

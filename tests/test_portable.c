@@ -12,6 +12,7 @@
 
 #include "core/core.h"
 #include "cpu/cpu.h"
+#include "cpu/cache_kernels.h"
 #include "cpu/index_kernels.h"
 #include "cpu/quant_kernels.h"
 #include "engine/engine.h"
@@ -544,4 +545,28 @@ TEST(portable_engine_kernels_match_scalar) {
     tested++;
 #endif
     if (!tested) SKIP("no SIMD ISA on this CPU");
+}
+
+/* Attention scores a block of queries together over the tokens the last one sees, the
+ * earlier queries' extra tokens masked to -inf; alone, a query's row simply ends sooner.
+ * Pooled and serial attention agree bit for bit only if a row's softmax weights and sum
+ * do not depend on where the row ends: check every ISA's exp_sum for that. */
+TEST(portable_cache_exp_sum_independent_of_row_end) {
+    for (int isa = KVQ_ISA_SCALAR; isa <= KVQ_ISA_NEON; isa++) {
+        if (!kvq_isa_available((kvq_isa)isa)) continue;
+        const kvqi_cache_kernels *K = kvqi_cache_kernels_for((kvq_isa)isa);
+        int bad = 0, first = -1;
+        for (int n = 1; n <= 70; n++) {
+            float a[96], b[96];
+            for (int i = 0; i < 96; i++) a[i] = b[i] = -(float)((i * 37) % 23) * 0.17f;
+            for (int i = n; i < 96; i++) b[i] = -INFINITY;
+            float s1 = K->exp_sum(a, (size_t)n, 0.0f), s2 = K->exp_sum(b, (size_t)(n + n % 5 + 3), 0.0f);
+            if (bits_of(s1) != bits_of(s2) || memcmp(a, b, (size_t)n * sizeof(float)) != 0) {
+                if (first < 0) first = n;
+                bad++;
+            }
+        }
+        CHECKF(bad == 0, "%s exp_sum: %d of 70 row lengths change the weights or sum (first n = %d)",
+               kvqi_isa_name((kvq_isa)isa), bad, first);
+    }
 }

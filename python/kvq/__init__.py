@@ -91,6 +91,8 @@ class _Config(ctypes.Structure):
         ("eps0", ctypes.c_float),
         ("sub_dim", ctypes.c_uint32),
         ("n_codebooks", ctypes.c_uint32),
+        ("rope_base", ctypes.c_float),
+        ("rope_pairing", ctypes.c_uint32),
         ("isa", ctypes.c_int),
         ("artifact", ctypes.c_char * 512),
     ]
@@ -108,6 +110,7 @@ class _CacheConfig(ctypes.Structure):
         ("n_outliers", ctypes.c_uint32),
         ("chunk_tokens", ctypes.c_uint32),
         ("max_tokens", ctypes.c_uint32),
+        ("n_sink", ctypes.c_uint32),
     ]
 
 
@@ -239,6 +242,32 @@ _index_load = _fn("kvq_index_load", _status, ctypes.c_char_p, _pvp)
 _index_size_bytes = _fn("kvq_index_size_bytes", _status, _vp, _u64p)
 _index_count = _fn("kvq_index_count", _status, _vp, _u64p)
 _index_get_config = _fn("kvq_index_get_config", _status, _vp, _icfgp)
+
+_config_init = _fn("kvq_config_init", _status, _cfgp, ctypes.c_int, ctypes.c_uint32)
+
+
+def _check_layout(struct_type, init, what):
+    """The mirrors above must be exactly as large as the C structs: let the library's
+    initializer fill one inside a larger buffer of sentinels and see where it stopped."""
+    size = ctypes.sizeof(struct_type)
+    buf = (ctypes.c_uint8 * (size + 512))()
+    ctypes.memset(buf, 0xA5, len(buf))
+    init(ctypes.cast(buf, ctypes.POINTER(struct_type)))
+    if any(b != 0xA5 for b in bytes(buf)[size:]):
+        raise ImportError(
+            "kvq: %s in this libkvq is larger than these bindings know (%s): "
+            "update python/kvq to the library's include/kvq.h" % (what, library_path)
+        )
+
+
+_check_layout(_Config, lambda p: _config_init(p, 1, 64), "kvq_config")
+_check_layout(
+    _CacheConfig,
+    lambda p: _cache_config_init(p, 1, 64, b"fp16", b"fp16", None, 0),
+    "kvq_cache_config",
+)
+_check_layout(_IndexConfig, lambda p: _index_config_init(p, 16), "kvq_index_config")
+_check_layout(_SearchParams, lambda p: _search_params_init(p), "kvq_index_search_params")
 
 # ---------------------------------------------------------------------- errors
 
@@ -483,7 +512,9 @@ class ThreadPool:
 
 class Cache:
     """One layer's compressed KV cache: keys and values of shape
-    (n_tokens, n_kv_heads, head_dim) go in, attention outputs come out."""
+    (n_tokens, n_kv_heads, head_dim) go in, attention outputs come out. window recent
+    tokens and n_sink first tokens are also kept exact; n_outliers key channels per head
+    are kept apart in fp16."""
 
     def __init__(
         self,
@@ -494,6 +525,7 @@ class Cache:
         window=0,
         n_outliers=0,
         max_tokens=0,
+        n_sink=0,
     ):
         self._h = None
         self.n_kv_heads = int(n_kv_heads)
@@ -515,6 +547,7 @@ class Cache:
         cfg.window = int(window)
         cfg.n_outliers = int(n_outliers)
         cfg.max_tokens = int(max_tokens)
+        cfg.n_sink = int(n_sink)
         h = ctypes.c_void_p()
         _check(_cache_create(ctypes.byref(cfg), ctypes.byref(h)), "kvq_cache_create")
         self._h = h

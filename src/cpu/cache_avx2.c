@@ -4,6 +4,7 @@
  * 16-coordinate slices so 4 heads x 2 accumulators fit the 16 ymm registers.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "cpu/cache_kernels.h"
@@ -385,12 +386,18 @@ static float exp_sum(float *s, size_t n, float m) {
         _mm256_storeu_ps(s + t, e);
         sum = _mm256_add_ps(sum, e);
     }
-    float tail = 0.0f;
-    for (; t < n; t++) {
-        s[t] = kvqi_exp_neg(s[t] - m);
-        tail += s[t];
+    /* the tail through the same lanes, padded with -inf (weight 0): a row's weights and
+     * sum do not depend on where n ends, so grouping queries cannot change results */
+    if (t < n) {
+        float pad[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
+                        -INFINITY, -INFINITY, -INFINITY, -INFINITY}, e8[8];
+        memcpy(pad, s + t, (n - t) * sizeof(float));
+        __m256 e = exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(pad), mv));
+        _mm256_storeu_ps(e8, e);
+        memcpy(s + t, e8, (n - t) * sizeof(float));
+        sum = _mm256_add_ps(sum, e);
     }
-    return hsum(sum) + tail;
+    return hsum(sum);
 }
 
 /* ------------------------------------------------------------ sign codes */

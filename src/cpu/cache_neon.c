@@ -6,6 +6,7 @@
  * each weight equals the scalar one; sums differ from the scalar order by rounding only.
  */
 #include <arm_neon.h>
+#include <math.h>
 #include <string.h>
 
 #include "core/core.h"
@@ -310,6 +311,10 @@ static inline float32x4_t exp_neg4(float32x4_t x) {
     return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(vmulq_f32(p, scale)), live));
 }
 
+/* Token t always lands in lane t % 4 and the tail goes through the same lanes padded
+ * with -inf (weight exactly 0): the sum of a row does not depend on where n ends, so a
+ * query scored alone or in a block with later queries (whose extra, masked tokens add
+ * zeros) gets the same bits. */
 static float exp_sum(float *s, size_t n, float m) {
     float32x4_t mv = vdupq_n_f32(m), sum = vdupq_n_f32(0.0f);
     size_t t = 0;
@@ -318,12 +323,15 @@ static float exp_sum(float *s, size_t n, float m) {
         vst1q_f32(s + t, e);
         sum = vaddq_f32(sum, e);
     }
-    float tail = 0.0f;
-    for (; t < n; t++) {
-        s[t] = kvqi_exp_neg(s[t] - m);
-        tail += s[t];
+    if (t < n) {
+        float pad[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, e4[4];
+        memcpy(pad, s + t, (n - t) * sizeof(float));
+        float32x4_t e = exp_neg4(vsubq_f32(vld1q_f32(pad), mv));
+        vst1q_f32(e4, e);
+        memcpy(s + t, e4, (n - t) * sizeof(float));
+        sum = vaddq_f32(sum, e);
     }
-    return vaddvq_f32(sum) + tail;
+    return vaddvq_f32(sum);
 }
 
 void kvqi_cache_kernels_fill_neon(kvqi_cache_kernels *k) {

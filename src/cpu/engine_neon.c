@@ -275,7 +275,6 @@ static float dot_q8_q8_0_neon(const void *row, const int8_t *q, const float *d, 
 
 /* Overrides the scalar table's entries that have a NEON version (the engine fills the
  * scalar table first, then this). */
-void kvqi_engine_kernels_neon(kvqi_engine_kernels *k);
 void kvqi_engine_kernels_neon(kvqi_engine_kernels *k) {
     k->isa = KVQ_ISA_NEON;
     k->dot_f32 = dot_f32_neon;

@@ -136,20 +136,34 @@ static uint32_t estimate_block_avx2(const uint32_t *S, const float *fa, const fl
     return mask;
 }
 
-static void probe16_avx2(const float *ct, const float *q, uint32_t d, int ip, float out[16]) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    for (uint32_t j = 0; j < d; j++) {
-        __m256 x0 = _mm256_loadu_ps(ct + (size_t)j * 16), x1 = _mm256_loadu_ps(ct + (size_t)j * 16 + 8);
-        __m256 qj = _mm256_set1_ps(q[j]);
-        if (ip) {
-            a0 = _mm256_add_ps(a0, _mm256_mul_ps(x0, qj));
-            a1 = _mm256_add_ps(a1, _mm256_mul_ps(x1, qj));
-        } else {
-            __m256 t0 = _mm256_sub_ps(x0, qj), t1 = _mm256_sub_ps(x1, qj);
-            a0 = _mm256_add_ps(a0, _mm256_mul_ps(t0, t0));
-            a1 = _mm256_add_ps(a1, _mm256_mul_ps(t1, t1));
-        }
+static inline void probe_term(const float *ct, const float *q, uint32_t j, int ip, __m256 *lo,
+                              __m256 *hi) {
+    __m256 x0 = _mm256_loadu_ps(ct + (size_t)j * 16), x1 = _mm256_loadu_ps(ct + (size_t)j * 16 + 8);
+    __m256 qj = _mm256_set1_ps(q[j]);
+    if (ip) {
+        *lo = _mm256_add_ps(*lo, _mm256_mul_ps(x0, qj));
+        *hi = _mm256_add_ps(*hi, _mm256_mul_ps(x1, qj));
+    } else {
+        __m256 t0 = _mm256_sub_ps(x0, qj), t1 = _mm256_sub_ps(x1, qj);
+        *lo = _mm256_add_ps(*lo, _mm256_mul_ps(t0, t0));
+        *hi = _mm256_add_ps(*hi, _mm256_mul_ps(t1, t1));
     }
+}
+
+static void probe16_avx2(const float *ct, const float *q, uint32_t d, int ip, float out[16]) {
+    __m256 l0 = _mm256_setzero_ps(), l1 = l0, l2 = l0, l3 = l0, h0 = l0, h1 = l0, h2 = l0, h3 = l0;
+    uint32_t j = 0;
+    for (; j + 4 <= d; j += 4) { /* coordinate j adds into partial sum j % 4 */
+        probe_term(ct, q, j, ip, &l0, &h0);
+        probe_term(ct, q, j + 1, ip, &l1, &h1);
+        probe_term(ct, q, j + 2, ip, &l2, &h2);
+        probe_term(ct, q, j + 3, ip, &l3, &h3);
+    }
+    if (j < d) probe_term(ct, q, j, ip, &l0, &h0);
+    if (j + 1 < d) probe_term(ct, q, j + 1, ip, &l1, &h1);
+    if (j + 2 < d) probe_term(ct, q, j + 2, ip, &l2, &h2);
+    __m256 a0 = _mm256_add_ps(_mm256_add_ps(l0, l1), _mm256_add_ps(l2, l3));
+    __m256 a1 = _mm256_add_ps(_mm256_add_ps(h0, h1), _mm256_add_ps(h2, h3));
     if (ip) {
         a0 = _mm256_sub_ps(_mm256_setzero_ps(), a0);
         a1 = _mm256_sub_ps(_mm256_setzero_ps(), a1);

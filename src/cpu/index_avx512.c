@@ -120,19 +120,28 @@ static uint32_t estimate_block_avx512(const uint32_t *S, const float *fa, const 
     return mask;
 }
 
+static inline __m512 probe_term(const float *ct, const float *q, uint32_t j, int ip) {
+    __m512 x = _mm512_loadu_ps(ct + (size_t)j * 16), qj = _mm512_set1_ps(q[j]);
+    if (ip) return _mm512_mul_ps(x, qj);
+    __m512 t = _mm512_sub_ps(x, qj);
+    return _mm512_mul_ps(t, t);
+}
+
 static void probe16_avx512(const float *ct, const float *q, uint32_t d, int ip, float out[16]) {
-    __m512 acc = _mm512_setzero_ps();
-    if (ip) {
-        for (uint32_t j = 0; j < d; j++)
-            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(ct + (size_t)j * 16), _mm512_set1_ps(q[j])));
-        acc = _mm512_sub_ps(_mm512_setzero_ps(), acc);
-    } else {
-        for (uint32_t j = 0; j < d; j++) {
-            __m512 t = _mm512_sub_ps(_mm512_loadu_ps(ct + (size_t)j * 16), _mm512_set1_ps(q[j]));
-            acc = _mm512_add_ps(acc, _mm512_mul_ps(t, t));
-        }
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    uint32_t j = 0;
+    for (; j + 4 <= d; j += 4) { /* coordinate j adds into partial sum j % 4 */
+        a0 = _mm512_add_ps(a0, probe_term(ct, q, j, ip));
+        a1 = _mm512_add_ps(a1, probe_term(ct, q, j + 1, ip));
+        a2 = _mm512_add_ps(a2, probe_term(ct, q, j + 2, ip));
+        a3 = _mm512_add_ps(a3, probe_term(ct, q, j + 3, ip));
     }
-    _mm512_storeu_ps(out, acc);
+    if (j < d) a0 = _mm512_add_ps(a0, probe_term(ct, q, j, ip));
+    if (j + 1 < d) a1 = _mm512_add_ps(a1, probe_term(ct, q, j + 1, ip));
+    if (j + 2 < d) a2 = _mm512_add_ps(a2, probe_term(ct, q, j + 2, ip));
+    __m512 sum = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+    if (ip) sum = _mm512_sub_ps(_mm512_setzero_ps(), sum);
+    _mm512_storeu_ps(out, sum);
 }
 
 static inline float hsum16(__m512 acc) {

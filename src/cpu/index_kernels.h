@@ -55,8 +55,8 @@ typedef struct kvqi_index_kernels {
                                const float *f_err, const float *f_pop,
                                const kvqi_block_consts *c, float *dist, float *err);
     /* Distances from q[d] to 16 centroids stored transposed (ct[j * 16 + c] is coordinate
-     * j of centroid c): out[c] = sum_j (ct - q)^2 (ip: -sum_j ct * q), summed over j in
-     * order, one accumulator per centroid. */
+     * j of centroid c): out[c] = sum_j (ct - q)^2 (ip: -sum_j ct * q); coordinate j adds
+     * into partial sum j % 4 (in order), then (s0 + s1) + (s2 + s3). */
     void (*probe16)(const float *ct, const float *q, uint32_t d, int ip, float out[16]);
     /* sum_i code[i] * q[i] in the canonical 16-lane order (see cpu.h). */
     float (*dot_u8)(const uint8_t *code, const float *q, size_t n);

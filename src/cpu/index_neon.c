@@ -135,27 +135,32 @@ static uint32_t estimate_block_neon(const uint32_t *S, const float *fa, const fl
     return mask;
 }
 
-/* 16 centroids stored transposed, one accumulator lane per centroid, j in order:
- * subtract, square, add (or multiply, add) unfused, as the reference. */
+/* 16 centroids stored transposed, one lane per centroid; coordinate j adds into partial
+ * sum j % 4 (subtract, square, add, or multiply, add: unfused), then (s0 + s1) + (s2 + s3),
+ * as the reference. */
 static void probe16_neon(const float *ct, const float *q, uint32_t d, int ip, float out[16]) {
-    float32x4_t acc[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+    float32x4_t acc[4][4]; /* [partial sum][centroids 4k..4k+3] */
+    for (int p = 0; p < 4; p++)
+        for (int k = 0; k < 4; k++) acc[p][k] = vdupq_n_f32(0.0f);
     for (uint32_t j = 0; j < d; j++) {
         const float *row = ct + (size_t)j * 16;
         float32x4_t qj = vdupq_n_f32(q[j]);
+        float32x4_t *a = acc[j % 4];
         for (int k = 0; k < 4; k++) {
-            float32x4_t x = vld1q_f32(row + 4 * k);
-            float32x4_t p;
+            float32x4_t x = vld1q_f32(row + 4 * k), p;
             if (ip) {
                 p = vmulq_f32(x, qj);
             } else {
                 float32x4_t t = vsubq_f32(x, qj);
                 p = vmulq_f32(t, t);
             }
-            acc[k] = vaddq_f32(acc[k], p);
+            a[k] = vaddq_f32(a[k], p);
         }
     }
-    for (int k = 0; k < 4; k++)
-        vst1q_f32(out + 4 * k, ip ? vsubq_f32(vdupq_n_f32(0.0f), acc[k]) : acc[k]);
+    for (int k = 0; k < 4; k++) {
+        float32x4_t sum = vaddq_f32(vaddq_f32(acc[0][k], acc[1][k]), vaddq_f32(acc[2][k], acc[3][k]));
+        vst1q_f32(out + 4 * k, ip ? vsubq_f32(vdupq_n_f32(0.0f), sum) : sum);
+    }
 }
 
 /* Fold the canonical 16 lanes (a[k] holds lanes 4k..4k+3): j += j+8, j += j+4, then the

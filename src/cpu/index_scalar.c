@@ -68,19 +68,20 @@ uint32_t kvqi_estimate_block_scalar(const uint32_t *S, const float *fa, const fl
 
 void kvqi_probe16_scalar(const float *ct, const float *q, uint32_t d, int ip, float out[16]) {
     for (unsigned c = 0; c < 16; c++) {
-        float acc = 0.0f;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* coordinate j goes to acc[j % 4] */
         for (uint32_t j = 0; j < d; j++) {
             float x = ct[(size_t)j * 16 + c];
+            float p;
             if (ip) {
-                float p = x * q[j];
-                acc = acc + p;
+                p = x * q[j];
             } else {
                 float t = x - q[j];
-                float p = t * t;
-                acc = acc + p;
+                p = t * t;
             }
+            acc[j % 4] = acc[j % 4] + p;
         }
-        out[c] = ip ? 0.0f - acc : acc; /* 0 - x, as the SIMD files negate */
+        float sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        out[c] = ip ? 0.0f - sum : sum; /* 0 - x, as the SIMD files negate */
     }
 }
 

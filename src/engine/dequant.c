@@ -427,5 +427,8 @@ kvq_status kvqi_engine_kernels_init(kvq_isa requested, kvqi_engine_kernels *k) {
 #if defined(KVQ_HAVE_X86_SIMD)
     if (isa == KVQ_ISA_AVX2 || isa == KVQ_ISA_AVX512) kvqi_engine_kernels_avx2(k);
 #endif
+#if defined(KVQ_HAVE_NEON)
+    if (isa == KVQ_ISA_NEON) kvqi_engine_kernels_neon(k);
+#endif
     return KVQ_OK;
 }

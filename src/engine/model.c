@@ -316,6 +316,8 @@ KVQ_API kvq_status kvq_detokenize(const kvq_model *model, const int32_t *tokens,
 #define MATMUL_ROWS 16
 /* below this many tokens the fused row kernels beat dequantize-once-then-dot */
 #define MATMUL_DEQUANT_MIN_TOKENS 4
+/* products smaller than this many multiply-adds run on the calling thread */
+#define MATMUL_SERIAL_MACS ((size_t)1 << 20)
 
 typedef struct thread_scratch {
     float *row;    /* four dequantized weight rows of up to max(n_embd, n_ff, q_dim) */
@@ -633,6 +635,15 @@ static void matmul_multi(kvq_context *c, const float *x, size_t n_tok, size_t n_
         for (size_t t = 0; t < n_tok; t++)
             c->kern.quantize_q8(x + t * n_in, n_in, c->qx + t * stride, c->qx_d + t * nb, c->qx_s + t * nb);
     }
+    /* a small product (one token through a layer of a small model) finishes sooner on
+     * the calling thread than the pool's wake-up and barrier take, and far sooner when
+     * the cores are oversubscribed */
+    size_t macs = 0;
+    for (size_t i = 0; i < n_parts; i++) macs += (size_t)w[i]->n_rows * (size_t)w[i]->ne[0] * n_tok;
+    if (macs < MATMUL_SERIAL_MACS) {
+        for (size_t t = 0; t < n_tasks; t++) matmul_task(&j, t, 0);
+        return;
+    }
     run_tasks(c, n_tasks, matmul_task, &j);
 }
 
@@ -705,17 +716,24 @@ static kvq_status attention(kvq_context *c, uint32_t layer, size_t n_tok) {
     if (c->params.kv_observer) c->params.kv_observer(c->params.kv_observer_user, layer, c->n_past, c->k, c->v, n_tok);
     if (c->params.query_observer)
         c->params.query_observer(c->params.query_observer_user, layer, c->n_past, c->q, n_tok);
+    /* short attention (a token against a short context) is not worth a pool barrier */
+    size_t work = n_tok * (c->n_past + n_tok) * (size_t)I->n_heads * I->head_dim * 2;
+    kvq_threadpool *pool = work >= MATMUL_SERIAL_MACS ? c->pool : NULL;
     if (c->caches) {
         kvq_status st = kvq_cache_append(c->caches[layer], c->k, c->v, n_tok);
         if (st) return st;
         return kvq_cache_attend(c->caches[layer], c->q, I->n_heads, n_tok, 1.0f / sqrtf((float)I->head_dim),
-                                c->pool, c->att);
+                                pool, c->att);
     }
     float *kc = c->k_cache + ((size_t)layer * c->params.n_ctx + c->n_past) * kv_dim;
     float *vc = c->v_cache + ((size_t)layer * c->params.n_ctx + c->n_past) * kv_dim;
     memcpy(kc, c->k, n_tok * kv_dim * sizeof(float));
     memcpy(vc, c->v, n_tok * kv_dim * sizeof(float));
     attend_job j = {c, layer, n_tok};
+    if (!pool) {
+        for (size_t t = 0; t < n_tok * I->n_heads; t++) attend_task(&j, t, 0);
+        return KVQ_OK;
+    }
     run_tasks(c, n_tok * I->n_heads, attend_task, &j);
     return KVQ_OK;
 }

@@ -12,8 +12,8 @@
 #include "index/index_internal.h"
 
 typedef struct cand {
-    uint32_t list, pos;
-    float dist, err; /* estimate and half-width of its bound */
+    uint32_t list, pos, row; /* row: in the id / reorder arrays, read while the list is hot */
+    float dist, err;         /* estimate and half-width of its bound */
 } cand;
 
 typedef struct heap_item {
@@ -174,19 +174,19 @@ static void prepare_list(const kvq_index *ix, uint32_t c, const scratch *s, floa
 static float probe_distance(const kvq_index *ix, uint32_t c, const float *zq) {
     const float *blk = ix->centroids_t + (size_t)(c / 16) * ix->d * 16 + c % 16;
     const int ip = ix->cfg.metric != KVQ_METRIC_L2;
-    float acc = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (uint32_t j = 0; j < ix->d; j++) {
-        float x = blk[(size_t)j * 16];
+        float x = blk[(size_t)j * 16], p;
         if (ip) {
-            float p = x * zq[j];
-            acc = acc + p;
+            p = x * zq[j];
         } else {
             float t = x - zq[j];
-            float p = t * t;
-            acc = acc + p;
+            p = t * t;
         }
+        acc[j % 4] = acc[j % 4] + p;
     }
-    return ip ? 0.0f - acc : acc;
+    float sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    return ip ? 0.0f - sum : sum;
 }
 
 /* The np nearest centroids, nearest first (ties by id): distances of all, a
@@ -295,7 +295,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             uint32_t nv = L->n - b0 < KVQI_FS_BLOCK ? L->n - b0 : KVQI_FS_BLOCK;
             if (!prune_1bit) { /* every vector goes on to the extended-code stage */
                 for (uint32_t v = 0; v < nv; v++)
-                    s.cands[n_cand++] = (cand){c, b0 + v, 0.0f, INFINITY};
+                    s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], 0.0f, INFINITY};
                 continue;
             }
             float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
@@ -327,11 +327,11 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 unsigned v = (unsigned)__builtin_ctz(keep);
                 keep &= keep - 1;
                 if (full) {
-                    s.cands[n_cand++] = (cand){c, b0 + v, dist[v], INFINITY};
+                    s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], dist[v], INFINITY};
                     continue;
                 }
                 if (dist[v] - err[v] >= tau) continue; /* tau shrank inside this block */
-                s.cands[n_cand++] = (cand){c, b0 + v, dist[v], err[v]};
+                s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], dist[v], err[v]};
                 float ub = dist[v] + err[v];
                 if (n_ub < k || ub < tau) { /* the 1-bit bound holds in split mode too */
                     heap_push(s.ubheap, &n_ub, k, (heap_item){ub, 0});
@@ -389,13 +389,13 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             hp[0] = hp[--left];
             cand_sift_down(hp, left, 0);
             if (left) { /* the next row is likely next: start fetching its first lines */
-                const char *nx = row_ptr(ix, ix->lists[hp[0].list].rows[hp[0].pos]);
+                const char *nx = row_ptr(ix, hp[0].row);
                 __builtin_prefetch(nx);
                 __builtin_prefetch(nx + 64);
             }
             if (!full && n_res == k && cd.dist - cd.err >= s.res[0].d) break;
             if (ctx->rerank && n_exact >= ctx->rerank) break;
-            uint32_t row = ix->lists[cd.list].rows[cd.pos];
+            uint32_t row = cd.row;
             float dist;
             if (ix->reorder_f32) {
                 const float *v = ix->reorder_f32 + (size_t)row * ix->dim;
@@ -413,7 +413,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     } else {
         for (uint32_t i = 0; i < n_cand; i++) {
             const cand *cd = &s.cands[i];
-            uint32_t row = ix->lists[cd->list].rows[cd->pos];
+            uint32_t row = cd->row;
             heap_push(s.res, &n_res, k, (heap_item){cd->dist == cd->dist ? cd->dist : INFINITY, ix->ids[row]});
         }
     }
