@@ -150,9 +150,9 @@ kvq_status kvqi_engine_kernels_init(kvq_isa requested, kvqi_engine_kernels *k);
 void kvqi_engine_kernels_scalar(kvqi_engine_kernels *k);
 #if defined(KVQ_HAVE_X86_SIMD)
 void kvqi_engine_kernels_avx2(kvqi_engine_kernels *k);
+#endif
 #if defined(KVQ_HAVE_NEON)
 void kvqi_engine_kernels_neon(kvqi_engine_kernels *k);
-#endif
 #endif
 
 /* fp16 -> fp32 for the hot paths (exact, subnormals included). */
