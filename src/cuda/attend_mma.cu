@@ -5,10 +5,12 @@
  * tokens (cp.async, double-buffered) and runs mma.m16n8k16 twice per tile:
  *   scores  S^T = K Q^T:  A = sign planes as +-1 halves (exact), B = the rotated query
  *           split into fp16 high and low parts (columns 2h, 2h+1), fp32 accumulation;
- *   values  O^T += V^T P^T: A = codebook entries (fp16 high and low tables), B = softmax
- *           weights times the value norm, split the same way.
- * The splits keep the result within fp32 rounding of the CUDA-core kernel while every
- * multiply runs on the tensor cores (FlashDecoding's split-K, arXiv 2311.01282).
+ *   values  O^T += V^T P^T: A = codebook entries rounded to fp16, B = softmax weights
+ *           times the value norm, split the same way as the query.
+ * The query and weight splits keep those operands at fp32 accuracy for free (they ride
+ * in spare mma columns); the codebook is a single fp16 operand, whose rounding (under
+ * 2^-11 relative per entry) is the kernel's main error. Every multiply runs on the
+ * tensor cores (FlashDecoding's split-K, arXiv 2311.01282).
  */
 #include <cuda_fp16.h>
 #include <math.h>
@@ -89,9 +91,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
     const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int G = a.group;
     if (threadIdx.x < (1 << VB)) {
-        float c = a.vp->cen[threadIdx.x];
-        unsigned short hi = f2h(c);
-        s_vtab[threadIdx.x] = pack2(hi, f2h(c - h2f(hi)));
+        s_vtab[threadIdx.x] = f2h(a.vp->cen[threadIdx.x]);
     }
     const int kcs = a.kf.code_size, vcs = a.vf.code_size;
     const int plane0 = key_kind == KEY_RVQ ? 2 * R : (key_kind == KEY_RABITQ ? 4 : 2);
@@ -118,19 +118,10 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
         }
     }
     /* 2-bit value codebook as register tables for prmt: entries 0,1 | 2,3 */
-    unsigned th0 = 0, th1 = 0, tl0 = 0, tl1 = 0;
+    unsigned th0 = 0, th1 = 0;
     if (VB == 2) {
-        unsigned short hi[4], lo[4];
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            float cv = a.vp->cen[i];
-            hi[i] = f2h(cv);
-            lo[i] = f2h(cv - h2f(hi[i]));
-        }
-        th0 = pack2(hi[0], hi[1]);
-        th1 = pack2(hi[2], hi[3]);
-        tl0 = pack2(lo[0], lo[1]);
-        tl1 = pack2(lo[2], lo[3]);
+        th0 = pack2(f2h(a.vp->cen[0]), f2h(a.vp->cen[1]));
+        th1 = pack2(f2h(a.vp->cen[2]), f2h(a.vp->cen[3]));
     }
     __syncthreads();
 
@@ -250,21 +241,24 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
             const unsigned w0 = ld_word(sv, p0 + 4 * g), w1 = ld_word(sv, p1 + 4 * g);
             const unsigned w8 = ld_word(sv, p8 + 4 * g), w9 = ld_word(sv, p9 + 4 * g);
             /* bytes interleaved: token pair fields side by side */
-            const unsigned z01[2] = {__byte_perm(w0, w1, 0x5140), __byte_perm(w0, w1, 0x7362)};
-            const unsigned z89[2] = {__byte_perm(w8, w9, 0x5140), __byte_perm(w8, w9, 0x7362)};
+            const unsigned z[4] = {__byte_perm(w0, w1, 0x5140), __byte_perm(w0, w1, 0x7362),
+                                   __byte_perm(w8, w9, 0x5140), __byte_perm(w8, w9, 0x7362)};
+            /* prmt selectors for code field f (0..3) of every byte at once: a 2-bit code c
+             * becomes nibbles 2c, 2c + 1 (its fp16 entry's two bytes); the low 16 bits
+             * select for bytes 0-1 (shift 2f), the high 16 bits for bytes 2-3 (16 + 2f) */
+            unsigned sel[4][4];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int f = 0; f < 4; f++) sel[i][f] = ((z[i] >> (2 * f)) & 0x03030303u) * 0x22u + 0x10101010u;
 #pragma unroll
             for (int mt = 0; mt < 8; mt++) {
-                const int k = mt >> 1, base = 16 * (k & 1) + 4 * (mt & 1);
-                const unsigned x0 = (z01[k >> 1] >> base) & 0x0303u;       /* row g    */
-                const unsigned x1 = (z01[k >> 1] >> (base + 2)) & 0x0303u; /* row g+8  */
-                const unsigned x2 = (z89[k >> 1] >> base) & 0x0303u;
-                const unsigned x3 = (z89[k >> 1] >> (base + 2)) & 0x0303u;
-                const unsigned s0 = x0 * 0x22u + 0x1010u, s1 = x1 * 0x22u + 0x1010u;
-                const unsigned s2 = x2 * 0x22u + 0x1010u, s3 = x3 * 0x22u + 0x1010u;
+                /* row g: field shift base = 16 (k & 1) + 4 (mt & 1); row g + 8: base + 2 */
+                const int k = mt >> 1, f = 2 * (mt & 1), up = 16 * (k & 1), zi = k >> 1;
+                const unsigned s0 = sel[zi][f] >> up, s1 = sel[zi][f + 1] >> up;
+                const unsigned s2 = sel[2 + zi][f] >> up, s3 = sel[2 + zi][f + 1] >> up;
                 mma16816(acc[mt], __byte_perm(th0, th1, s0), __byte_perm(th0, th1, s1),
                          __byte_perm(th0, th1, s2), __byte_perm(th0, th1, s3), pb0, pb1);
-                mma16816(acc[mt], __byte_perm(tl0, tl1, s0), __byte_perm(tl0, tl1, s1),
-                         __byte_perm(tl0, tl1, s2), __byte_perm(tl0, tl1, s3), pb0, pb1);
             }
         } else {
             unsigned w0[2], w1[2], w8[2], w9[2];
@@ -282,11 +276,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
                 unsigned e10 = s_vtab[(w0[wi] >> sb) & 15u], e11 = s_vtab[(w1[wi] >> sb) & 15u];
                 unsigned e80 = s_vtab[(w8[wi] >> sa) & 15u], e81 = s_vtab[(w9[wi] >> sa) & 15u];
                 unsigned e90 = s_vtab[(w8[wi] >> sb) & 15u], e91 = s_vtab[(w9[wi] >> sb) & 15u];
-                /* high halves: low 16 bits of each entry; low halves: the high 16 bits */
                 mma16816(acc[mt], __byte_perm(e00, e01, 0x5410), __byte_perm(e10, e11, 0x5410),
                          __byte_perm(e80, e81, 0x5410), __byte_perm(e90, e91, 0x5410), pb0, pb1);
-                mma16816(acc[mt], __byte_perm(e00, e01, 0x7632), __byte_perm(e10, e11, 0x7632),
-                         __byte_perm(e80, e81, 0x7632), __byte_perm(e90, e91, 0x7632), pb0, pb1);
             }
         }
         __syncwarp();
