@@ -198,7 +198,7 @@ uninstall:
 	rm -rf $(DESTDIR)$(LIBDIR)/cmake/kvq
 
 clean:
-	rm -rf $(BUILD) build-asan build-tsan
+	rm -rf $(BUILD) build-asan build-tsan build-arm64 build-fuzz build-clang
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
