@@ -966,3 +966,83 @@ TEST(cache_sink_tokens_exact) {
     kvq_threadpool_free(pool);
     free(k), free(v), free(q), free(ref), free(out);
 }
+
+/* Keys with a large constant offset on a few channels (the persistent bias of real keys):
+ * subtracting the mean key leaves the softmax unchanged and the codes only the spread. */
+TEST(cache_centered_keys_cut_error) {
+    const uint32_t n_kv = 2, H = 6, dim = 64;
+    const size_t n = 400, nq = 3;
+    float *k = make_kv(n, n_kv, dim, 211, 0, 1), *v = make_kv(n, n_kv, dim, 212, 0, 1);
+    float *q = make_kv(nq, H, dim, 213, 0, 1);
+    float *ref = malloc(nq * H * dim * sizeof(float)), *out = malloc(nq * H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref && out);
+    for (size_t i = 0; i < n * n_kv; i++)
+        for (uint32_t j = 0; j < 4; j++) k[i * dim + j] += 8.0f;
+    ref_attend(q, k, v, n, n_kv, H, dim, nq, 0.125f, ref);
+    double err[2];
+    for (int center = 0; center < 2; center++) {
+        kvq_cache_config cfg;
+        REQUIRE_OK(kvq_cache_config_parse(center ? "mse:bits=3+fp16@center=1" : "mse:bits=3+fp16",
+                                          n_kv, dim, &cfg, NULL, 0));
+        CHECK(cfg.center_keys == (uint32_t)center);
+        kvq_cache *c;
+        REQUIRE_OK(kvq_cache_create(&cfg, &c));
+        /* appended in pieces across the probe: the choice cannot depend on the split */
+        REQUIRE_OK(kvq_cache_append(c, k, v, 5));
+        REQUIRE_OK(kvq_cache_append(c, k + 5 * n_kv * dim, v + 5 * n_kv * dim, n - 5));
+        REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.125f, NULL, out));
+        err[center] = rel_err(out, ref, nq * H * dim);
+        kvq_cache_memory_info m;
+        REQUIRE_OK(kvq_cache_memory(c, &m));
+        CHECK(m.total == m.key_codes + m.value_codes + m.window + m.outliers + m.shared + m.overhead);
+        kvq_cache_free(c);
+    }
+    CHECKF(err[1] < 0.5 * err[0], "centered %.4g, plain %.4g", err[1], err[0]);
+    /* exact keys: centering changes nothing but rounding */
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_parse("fp16@center=1", n_kv, dim, &cfg, NULL, 0));
+    kvq_cache *c;
+    REQUIRE_OK(kvq_cache_create(&cfg, &c));
+    REQUIRE_OK(kvq_cache_append(c, k, v, n));
+    REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.125f, NULL, out));
+    CHECKF(rel_err(out, ref, nq * H * dim) < 2e-3, "fp16 centered: %.3g", rel_err(out, ref, nq * H * dim));
+    kvq_cache_free(c);
+    free(k), free(v), free(q), free(ref), free(out);
+}
+
+TEST(cache_spec_strings_and_presets) {
+    kvq_cache_config cfg;
+    char msg[200];
+    REQUIRE_OK(kvq_cache_config_parse("mse:bits=4+q8_0@window=16,sink=2,outliers=1,center=1", 3, 64,
+                                      &cfg, msg, sizeof msg));
+    CHECK(cfg.key.method == KVQ_METHOD_TURBOQUANT_MSE && cfg.key.bits == 4);
+    CHECK(cfg.value.method == KVQ_METHOD_Q8_0);
+    CHECK(cfg.window == 16 && cfg.n_sink == 2 && cfg.n_outliers == 1 && cfg.center_keys == 1);
+    REQUIRE_OK(kvq_cache_config_parse("q8_0", 3, 64, &cfg, NULL, 0));
+    CHECK(cfg.key.method == KVQ_METHOD_Q8_0 && cfg.value.method == KVQ_METHOD_Q8_0);
+    /* every preset parses, creates, and says what it is */
+    size_t n = 0;
+    for (const kvq_cache_preset *p; (p = kvq_cache_preset_at(n)); n++) {
+        CHECK(kvq_cache_preset_get(p->name) == p);
+        CHECK(!strcmp(kvq_cache_preset_name(n), p->name));
+        CHECK(p->bits > 0 && p->summary && p->summary[0]);
+        REQUIRE_OK(kvq_cache_config_parse(p->name, 3, 64, &cfg, NULL, 0));
+        kvq_cache *c;
+        REQUIRE_OK(kvq_cache_create(&cfg, &c));
+        kvq_cache_free(c);
+        char with[64];
+        snprintf(with, sizeof with, "%s@window=8", p->name);
+        REQUIRE_OK(kvq_cache_config_parse(with, 3, 64, &cfg, NULL, 0));
+        CHECK(cfg.window == 8);
+    }
+    CHECK(n >= 3);
+    CHECK(kvq_cache_preset_name(n) == NULL);
+    const char *bad[] = {"q4@window=-1", "q4@window=0x10", "q4@window=", "q4@frob=1", "q4@window",
+                         "q4@center=2", "q9", "mse:bits=4+"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        msg[0] = 0;
+        CHECKF(kvq_cache_config_parse(bad[i], 3, 64, &cfg, msg, sizeof msg) != KVQ_OK, "%s accepted", bad[i]);
+        CHECKF(msg[0] != 0, "%s: no message", bad[i]);
+    }
+    CHECK_STATUS(kvq_cache_config_preset(&cfg, "nope", 3, 64, msg, sizeof msg), KVQ_ERR_PARSE);
+}

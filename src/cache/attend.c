@@ -35,7 +35,7 @@ static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     size_t i8 = (size_t)G * d / 4 + 2 * G + 16;
     /* sign keys: one table of m/8 x 256 sums per query head, and the sums of z */
     size_t signs = c->key.path == KVQI_PATH_SIGNS ? (size_t)G * (c->key.signs.m / 8) * 256 + G + 16 : 0;
-    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16 + span + i8 + signs;
+    return 5 * G * d + G * c->n_out + G * B + B * d + 3 * G + d + 32 + span + i8 + signs;
 }
 
 /* The integer key path applies: 4-bit one-pass rotated keys and a CPU with the kernel. */
@@ -110,7 +110,8 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->q8 = (int8_t *)(void *)(s->q8_sum + G);
     /* past the int8 query, on a 16-byte boundary (the pads of scratch_floats cover it) */
     s->zsum = (float *)(void *)(s->q8 + ((G * d + 15) & ~(size_t)15));
-    s->lut = s->zsum + G;
+    s->kbias = s->zsum + G;
+    s->lut = s->kbias + ((G + 15) & ~(size_t)15);
 }
 
 /* Scores of one block of coded tokens (the query carries the scale), outlier channels
@@ -147,6 +148,9 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
             memcpy(s->scores + h * B, s->kspan + h * C + in, nb * sizeof(float));
         break;
     }
+    if (c->key_mean)
+        for (uint32_t h = 0; h < G; h++)
+            for (size_t t = 0; t < nb; t++) s->scores[h * B + t] += s->kbias[h];
     if (c->n_out)
         c->kern->outlier_add((const uint16_t *)(chunk + c->off_outliers +
                                                 ((size_t)g * c->n_out * C + in) * 2),
@@ -296,6 +300,12 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
         for (uint32_t j = 0; j < d; j++) qr[j] = qh[j] * A->scale;
         float *tmp = s->vdec; /* free until the first block */
         memcpy(tmp, qr, d * sizeof(float));
+        if (c->key_mean && c->coded) {
+            const float *mu = c->key_mean + (size_t)T->g * d;
+            float b = 0.0f;
+            for (uint32_t j = 0; j < d; j++) b += qr[j] * mu[j];
+            s->kbias[v] = b;
+        }
         if (c->n_out && c->coded) {
             const uint16_t *idx = c->outlier_idx + (size_t)T->g * c->n_out;
             for (uint32_t o = 0; o < c->n_out; o++) {

@@ -539,6 +539,7 @@ KVQ_API void kvq_cache_free(kvq_cache *c) {
     kvqi_free(c->outlier_mask);
     kvqi_free(c->stage_k);
     kvqi_free(c->stage_v);
+    kvqi_free(c->key_mean);
     kvqi_free(c->enc_buf);
     kvqi_free(c->out_buf);
     kvqi_cache_positions_free(c);
@@ -559,7 +560,7 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
     c->n_kv = cfg->n_kv_heads;
     c->dim = cfg->head_dim;
     c->n_out = cfg->n_outliers;
-    c->coded = c->n_out == 0;
+    c->coded = c->n_out == 0 && !c->cfg.center_keys;
 
     kvq_isa isa;
     st = kvqi_isa_resolve(KVQ_ISA_AUTO, &isa);
@@ -608,10 +609,23 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
     if (c->n_out > 0) {
         c->outlier_idx = kvqi_calloc_array((size_t)c->n_kv * c->n_out, sizeof(uint16_t));
         c->outlier_mask = kvqi_calloc_array(row, 1);
+        c->out_buf = kvqi_alloc_array(C * c->n_out, sizeof(uint16_t));
+        if (!c->outlier_idx || !c->outlier_mask || !c->out_buf) {
+            st = KVQ_ERR_NOMEM;
+            goto fail;
+        }
+    }
+    if (c->cfg.center_keys) {
+        c->key_mean = kvqi_calloc_array(row, sizeof(float));
+        if (!c->key_mean) {
+            st = KVQ_ERR_NOMEM;
+            goto fail;
+        }
+    }
+    if (!c->coded) {
         c->stage_k = kvqi_alloc_array(row * KVQI_OUTLIER_PROBE_TOKENS, sizeof(float));
         c->stage_v = kvqi_alloc_array(row * KVQI_OUTLIER_PROBE_TOKENS, sizeof(float));
-        c->out_buf = kvqi_alloc_array(C * c->n_out, sizeof(uint16_t));
-        if (!c->outlier_idx || !c->outlier_mask || !c->stage_k || !c->stage_v || !c->out_buf) {
+        if (!c->stage_k || !c->stage_v) {
             st = KVQ_ERR_NOMEM;
             goto fail;
         }
@@ -632,7 +646,7 @@ KVQ_API kvq_status kvq_cache_reset(kvq_cache *c) {
     if (!c) return KVQ_ERR_INVALID_ARG;
     free_chunks(c);
     c->n_tokens = 0;
-    c->coded = c->n_out == 0;
+    c->coded = c->n_out == 0 && !c->cfg.center_keys;
     if (c->outlier_mask) memset(c->outlier_mask, 0, (size_t)c->n_kv * c->dim);
     return KVQ_OK;
 }
@@ -696,6 +710,29 @@ static void choose_outliers(kvq_cache *c) {
     }
 }
 
+/* Centered keys: each head's mean key over the probe tokens after the first (the first
+ * token is the attention sink, unlike the rest), zero on outlier channels (kept exact). */
+static void probe_mean(const kvq_cache *c, const float *stage, float *mean) {
+    uint32_t dim = c->dim;
+    for (uint32_t g = 0; g < c->n_kv; g++) {
+        float *mu = mean + (size_t)g * dim;
+        for (uint32_t j = 0; j < dim; j++) {
+            double acc = 0.0;
+            for (uint32_t t = 1; t < KVQI_OUTLIER_PROBE_TOKENS; t++)
+                acc += stage[((size_t)t * c->n_kv + g) * dim + j];
+            mu[j] = (float)(acc / (KVQI_OUTLIER_PROBE_TOKENS - 1));
+        }
+    }
+}
+
+static void choose_means(kvq_cache *c) {
+    if (!c->key_mean) return;
+    probe_mean(c, c->stage_k, c->key_mean);
+    if (c->n_out)
+        for (size_t j = 0; j < (size_t)c->n_kv * c->dim; j++)
+            if (c->outlier_mask[j]) c->key_mean[j] = 0.0f;
+}
+
 /* Encodes n tokens at positions pos.. (rows [n][n_kv][dim]) into the arena. */
 static kvq_status encode_tokens(kvq_cache *c, const float *k, const float *v, size_t pos,
                                 size_t n) {
@@ -716,6 +753,10 @@ static kvq_status encode_tokens(kvq_cache *c, const float *k, const float *v, si
                         dst[idx[o]] = 0.0f;
                     }
                 }
+                if (c->key_mean) {
+                    const float *mu = c->key_mean + (size_t)g * c->dim;
+                    for (uint32_t j = 0; j < c->dim; j++) dst[j] -= mu[j];
+                }
             }
             kvq_status st = kvqi_cache_encode_keys(c, c->enc_buf, pos, cnt,
                                                    ch + ((size_t)g * C + in_chunk) * ks);
@@ -723,9 +764,10 @@ static kvq_status encode_tokens(kvq_cache *c, const float *k, const float *v, si
             for (uint32_t o = 0; o < c->n_out; o++) /* channel-major: a block is contiguous */
                 memcpy(ch + c->off_outliers + (((size_t)g * c->n_out + o) * C + in_chunk) * 2,
                        c->out_buf + (size_t)o * C, cnt * 2);
-            for (size_t t = 0; t < cnt; t++)
-                memcpy(c->enc_buf + t * c->dim, v + t * row + (size_t)g * c->dim,
-                       c->dim * sizeof(float));
+            for (size_t t = 0; t < cnt; t++) {
+                float *dst = c->enc_buf + t * c->dim;
+                memcpy(dst, v + t * row + (size_t)g * c->dim, c->dim * sizeof(float));
+            }
             st = kvq_encode(c->value.quant, c->enc_buf, cnt,
                             ch + c->off_value + ((size_t)g * C + in_chunk) * vs);
             if (st != KVQ_OK) return st;
@@ -757,7 +799,8 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
         memcpy(c->stage_v + c->n_tokens * row, v, take * row * sizeof(float));
         done = take;
         if (c->n_tokens + take == KVQI_OUTLIER_PROBE_TOKENS) {
-            choose_outliers(c);
+            if (c->n_out) choose_outliers(c);
+            choose_means(c);
             st = encode_tokens(c, c->stage_k, c->stage_v, 0, KVQI_OUTLIER_PROBE_TOKENS);
             if (st != KVQ_OK) return st;
             c->coded = 1;
@@ -805,10 +848,10 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     if (c->n_out) {
         m->outliers += (uint64_t)c->n_kv * c->n_out * sizeof(uint16_t); /* channel lists */
         m->outliers += row;                                              /* channel masks */
-        m->outliers += (uint64_t)2 * KVQI_OUTLIER_PROBE_TOKENS * row * sizeof(float);
         m->outliers += (uint64_t)c->cfg.chunk_tokens * c->n_out * sizeof(uint16_t);
     }
     m->shared = kvq_shared_size(c->key.quant) + kvq_shared_size(c->value.quant);
+    if (c->key_mean) m->shared += row * sizeof(float);
     /* the rotations read back for the fused path, and their transposes */
     if (c->key.rotation) m->shared += (uint64_t)2 * c->dim * c->dim * sizeof(float);
     if (c->value.rotation) m->shared += (uint64_t)2 * c->dim * c->dim * sizeof(float);
@@ -818,6 +861,8 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
                   (uint64_t)c->cfg.chunk_tokens * c->dim * sizeof(float) +
                   (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each) +
                   (uint64_t)c->partials_floats * sizeof(float);
+    if (c->stage_k) /* the probe tokens staged until outliers or the key mean are fixed */
+        m->outliers += (uint64_t)2 * KVQI_OUTLIER_PROBE_TOKENS * row * sizeof(float);
     if (c->rope_freq) /* position-aware keys: the frequencies and one call's positions */
         m->overhead += (uint64_t)c->dim / 2 * sizeof(double) +
                        (uint64_t)c->cfg.chunk_tokens * sizeof(int32_t);

@@ -54,6 +54,7 @@ typedef struct kvqi_attend_scratch {
     int32_t *q8_sum;
     float *lut;    /* [G][m/8][256] sign keys: the query's table */
     float *zsum;   /* [G] */
+    float *kbias;  /* [G] centered keys: <q, key mean> added to every coded score */
 } kvqi_attend_scratch;
 
 struct kvq_cache {
@@ -79,6 +80,8 @@ struct kvq_cache {
     uint16_t *outlier_idx;
     uint8_t *outlier_mask;
     float *stage_k, *stage_v; /* [PROBE][n_kv][dim] until the channels are fixed */
+    float *key_mean;          /* [n_kv][dim] centered keys: the mean subtracted (0 on
+                                 outlier channels) */
 
     float *enc_buf; /* [C][dim] rows of one head handed to the quantizer */
     uint16_t *out_buf;
