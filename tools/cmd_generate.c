@@ -93,6 +93,7 @@ static double now_s(void) {
 int kvq_cmd_generate(int argc, char **argv) {
     const char *model_path = NULL, *prompt = NULL, *kspec = "fp16", *vspec = NULL, *dump_dir = NULL;
     const char *whole = NULL;
+    int k_given = 0;
     const char *plan = NULL;
     kvq_cache_config *per_layer = NULL;
     kv_dump dump = {0};
@@ -109,7 +110,7 @@ int kvq_cmd_generate(int argc, char **argv) {
         else if (TAKES("-p") || (!strcmp(a, "--prompt") && v && ++i)) prompt = v;
         else if (TAKES("-n") || (!strcmp(a, "--tokens") && v && ++i)) n_gen = strtol(v, NULL, 10);
         else if (TAKES("--cache-preset") || TAKES("--cache")) whole = v;
-        else if (TAKES("--cache-k")) kspec = v;
+        else if (TAKES("--cache-k")) kspec = v, k_given = 1;
         else if (TAKES("--cache-v")) vspec = v;
         else if (TAKES("--cache-plan")) plan = v;
         else if ((TAKES("--window") || TAKES("--cache-window"))) window = strtol(v, NULL, 10);
@@ -132,7 +133,7 @@ int kvq_cmd_generate(int argc, char **argv) {
     }
     if (!model_path || !prompt) return gen_usage(stderr);
     if (whole) {
-        if (strcmp(kspec, "fp16") || vspec || plan) {
+        if (k_given || vspec || plan) {
             fprintf(stderr, "kvq generate: --cache-preset/--cache replace --cache-k, --cache-v and --cache-plan\n");
             return 1;
         }
