@@ -253,6 +253,8 @@ fail:
     return st;
 }
 
+const kvqi_gguf *kvqi_model_gguf(const kvq_model *m) { return m->gguf; }
+
 KVQ_API kvq_status kvq_model_get_info(const kvq_model *model, kvq_model_info *info) {
     if (!model || !info) return KVQ_ERR_INVALID_ARG;
     *info = model->info;
