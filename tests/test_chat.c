@@ -105,9 +105,16 @@ TEST(chat_template_options) {
     CHECK(kvq_chat_format(m, "vicuna", CONVO, N_CONVO, 1, buf, sizeof buf, &len, msg, sizeof msg) ==
           KVQ_ERR_UNSUPPORTED);
     CHECK(strstr(msg, "vicuna") != NULL);
+    /* no template in the file: the vocabulary's <|im_start|> / <|im_end|> say ChatML */
+    CHECK_OK(kvq_chat_format(m, NULL, CONVO, N_CONVO, 1, buf, sizeof buf, &len, msg, sizeof msg));
+    CHECK(!strcmp(buf, EXPECTED[0].text));
+    kvq_model *spm;
+    REQUIRE_OK(kvq_model_load("tests/data/tiny-spm.gguf", &spm, NULL, 0));
     msg[0] = 0;
-    CHECK(kvq_chat_format(m, NULL, CONVO, N_CONVO, 1, buf, sizeof buf, &len, msg, sizeof msg) == KVQ_ERR_UNSUPPORTED);
+    CHECK(kvq_chat_format(spm, NULL, CONVO, N_CONVO, 1, buf, sizeof buf, &len, msg, sizeof msg) ==
+          KVQ_ERR_UNSUPPORTED);
     CHECK(strstr(msg, "chat_template") != NULL);
+    kvq_model_free(spm);
     kvq_chat_message bad = {"user", NULL};
     CHECK(kvq_chat_format(m, "chatml", &bad, 1, 1, buf, sizeof buf, &len, NULL, 0) == KVQ_ERR_INVALID_ARG);
     kvq_model_free(m);

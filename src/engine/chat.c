@@ -3,7 +3,8 @@
  * is Jinja; instead of running it, the common families are recognised by their markers
  * (as llama.cpp's llm_chat_detect_template does) and written out by hand, following each
  * family's Hugging Face template. The leading BOS token that those templates print is
- * left to the tokenizer (kvq_tokenize's add_bos), so it is never doubled.
+ * left to the tokenizer (kvq_tokenize's add_bos), so it is never doubled. A file without
+ * a template (Gemma-3-270M's GGUF has none) is placed by the turn tokens of its vocabulary.
  */
 #include <string.h>
 
@@ -37,6 +38,20 @@ int kvqi_chat_detect(const char *tmpl, size_t len) {
     if (contains(tmpl, len, "<|assistant|>") && contains(tmpl, len, "<|end|>")) return CHAT_PHI3;
     if (contains(tmpl, len, "<start_of_turn>")) return CHAT_GEMMA;
     if (contains(tmpl, len, "<|start_header_id|>") && contains(tmpl, len, "<|end_header_id|>")) return CHAT_LLAMA3;
+    return -1;
+}
+
+/* A family from the special tokens the vocabulary has, for files without a template. */
+static int detect_from_vocab(const kvq_model *model) {
+    const kvqi_tokenizer *t = kvqi_model_tokenizer(model);
+    if (kvqi_tokenizer_find_special(t, "<|im_start|>") >= 0 && kvqi_tokenizer_find_special(t, "<|im_end|>") >= 0)
+        return CHAT_CHATML;
+    if (kvqi_tokenizer_find_special(t, "<start_of_turn>") >= 0 && kvqi_tokenizer_find_special(t, "<end_of_turn>") >= 0)
+        return CHAT_GEMMA;
+    if (kvqi_tokenizer_find_special(t, "<|start_header_id|>") >= 0 && kvqi_tokenizer_find_special(t, "<|eot_id|>") >= 0)
+        return CHAT_LLAMA3;
+    if (kvqi_tokenizer_find_special(t, "<|assistant|>") >= 0 && kvqi_tokenizer_find_special(t, "<|end|>") >= 0)
+        return CHAT_PHI3;
     return -1;
 }
 
@@ -223,12 +238,13 @@ KVQ_API kvq_status kvq_chat_format(const kvq_model *model, const char *template_
     } else {
         const kvqi_gguf_kv *kv = kvqi_gguf_find(kvqi_model_gguf(model), "tokenizer.chat_template");
         if (!kv || kv->type != KVQI_GGUF_STRING) {
-            kvqi_set_msg(msg, msg_size, "chat: the model has no tokenizer.chat_template; name one "
-                                        "(chatml, llama3, llama2, mistral, gemma, phi3)");
-            return KVQ_ERR_UNSUPPORTED;
-        }
-        family = kvqi_chat_detect(kv->str, (size_t)kv->str_len);
-        if (family < 0) {
+            family = detect_from_vocab(model);
+            if (family < 0) {
+                kvqi_set_msg(msg, msg_size, "chat: the model has no tokenizer.chat_template and no known turn "
+                                            "tokens; name a template (chatml, llama3, llama2, mistral, gemma, phi3)");
+                return KVQ_ERR_UNSUPPORTED;
+            }
+        } else if ((family = kvqi_chat_detect(kv->str, (size_t)kv->str_len)) < 0) {
             kvqi_set_msg(msg, msg_size, "chat: the model's chat template is not one of the known families "
                                         "(chatml, llama3, llama2, mistral, gemma, phi3); name one to use");
             return KVQ_ERR_UNSUPPORTED;

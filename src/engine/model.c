@@ -334,6 +334,7 @@ fail:
 }
 
 const kvqi_gguf *kvqi_model_gguf(const kvq_model *m) { return m->gguf; }
+const kvqi_tokenizer *kvqi_model_tokenizer(const kvq_model *m) { return m->tok; }
 
 KVQ_API kvq_status kvq_model_get_info(const kvq_model *model, kvq_model_info *info) {
     if (!model || !info) return KVQ_ERR_INVALID_ARG;

@@ -386,6 +386,15 @@ int32_t kvqi_tokenizer_bos(const kvqi_tokenizer *t) { return t->bos; }
 int32_t kvqi_tokenizer_eos(const kvqi_tokenizer *t) { return t->eos; }
 int kvqi_tokenizer_add_bos(const kvqi_tokenizer *t) { return t->add_bos; }
 
+int32_t kvqi_tokenizer_find_special(const kvqi_tokenizer *t, const char *text) {
+    size_t n = strlen(text);
+    for (uint32_t k = 0; k < t->n_specials; k++) {
+        int32_t id = t->specials[k];
+        if (t->len[id] == n && !memcmp(t->text[id], text, n)) return id;
+    }
+    return -1;
+}
+
 /* ------------------------------------------------------------ encoding */
 
 typedef struct emitter {
