@@ -171,3 +171,79 @@ TEST(chat_template_of_real_model) {
     CHECKF(!strcmp(buf, EXPECTED[0].text), "SmolLM2's template rendered:\n%s (%s)", buf, msg);
     kvq_model_free(m);
 }
+
+static size_t count_tokens(kvq_model *m, const char *text, int add_bos) {
+    size_t n = 0;
+    kvq_tokenize(m, text, add_bos, NULL, 0, &n);
+    return n;
+}
+
+/* `kvq generate --chat` over two turns on stdin with a compressed cache: the first turn
+ * evaluates the rendered system + user prompt, the second only the closing of the answer
+ * and the new user turn, on top of the context the first one left. */
+TEST(chat_cli_two_turns_keep_the_cache) {
+    const char *dir = kvqt_tmpdir(kvqt_);
+    REQUIRE(dir);
+    char cmd[1024], path[512];
+    snprintf(path, sizeof path, "%s/turns.txt", dir);
+    FILE *f = fopen(path, "w");
+    REQUIRE(f);
+    fputs("Hello there\n\nAgain\n", f); /* the blank line is no turn */
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s generate -m " TINY " --chat --chat-template chatml -sys 'Be brief.' -n 4 "
+             "--cache-k q8_0 --cache-v q4_0 --threads 1 < %s > %s/out.txt 2> %s/err.txt", kvqt_cli_path(), path, dir, dir);
+    CHECK(system(cmd) == 0);
+    snprintf(path, sizeof path, "%s/err.txt", dir);
+    f = fopen(path, "r");
+    REQUIRE(f);
+    char line[512];
+    size_t eval[3] = {0}, ctx[3] = {0};
+    long gen[3] = {0};
+    int turns = 0;
+    while (fgets(line, sizeof line, f)) {
+        int t;
+        size_t e, c;
+        long g;
+        if (sscanf(line, "kvq generate: turn %d: %zu prompt tokens evaluated, %ld generated, context %zu", &t, &e, &g,
+                   &c) == 4 &&
+            t >= 1 && t <= 2) {
+            eval[t] = e;
+            gen[t] = g;
+            ctx[t] = c;
+            turns++;
+        }
+    }
+    fclose(f);
+    REQUIRE(turns == 2);
+    kvq_model *m;
+    REQUIRE_OK(kvq_model_load(TINY, &m, NULL, 0));
+    kvq_chat_message first[] = {{"system", "Be brief."}, {"user", "Hello there"}};
+    char buf[512];
+    size_t len;
+    REQUIRE_OK(kvq_chat_format(m, "chatml", first, 2, 1, buf, sizeof buf, &len, NULL, 0));
+    CHECK(eval[1] == count_tokens(m, buf, -1));
+    CHECK(gen[1] >= 0 && gen[1] <= 4 && gen[2] >= 0 && gen[2] <= 4);
+    CHECK(ctx[1] == eval[1] + (size_t)gen[1]);
+    /* the answer's closing, then the new turn: nothing of turn 1 again */
+    CHECK(eval[2] == count_tokens(m, "<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n", 0));
+    CHECK(ctx[2] == ctx[1] + eval[2] + (size_t)gen[2]);
+    CHECK(eval[2] < ctx[1]);
+    kvq_model_free(m);
+    /* -p answers one turn and exits; an unknown template fails with one line */
+    snprintf(cmd, sizeof cmd, "%s generate -m " TINY " --chat --chat-template chatml -p Hi -n 2 --threads 1 "
+             "> /dev/null 2> %s/one.txt < /dev/null", kvqt_cli_path(), dir);
+    CHECK(system(cmd) == 0);
+    snprintf(path, sizeof path, "%s/one.txt", dir);
+    f = fopen(path, "r");
+    REQUIRE(f);
+    int ones = 0, others = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strstr(line, "turn 1:")) ones++;
+        if (strstr(line, "turn 2:")) others++;
+    }
+    fclose(f);
+    CHECK(ones == 1 && others == 0);
+    snprintf(cmd, sizeof cmd, "%s generate -m " TINY " --chat --chat-template nosuch -p Hi > /dev/null 2>&1",
+             kvqt_cli_path());
+    CHECK(system(cmd) != 0);
+}
