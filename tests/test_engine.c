@@ -594,17 +594,23 @@ TEST(engine_cli_generate_and_perplexity) {
 
 /* The real model's tokenizer on the real text, against the `tokenizers` package
  * (tests/ref_tokens.py); skipped until `make model` has fetched the model. */
-TEST(engine_tokenizer_smollm2_text) {
-    const char *model_path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/* A real model's tokenizer on the real text against a reference count and hash of the
+ * ids; skipped until the model has been fetched. */
+static void check_real_text_tokens(kvqt_ctx *kvqt_, const char *model_path, const char *ref_path) {
     FILE *probe = fopen(model_path, "rb");
     if (!probe) {
-        SKIP("models/ has no SmolLM2 (make model)");
+        SKIP("models/ lacks the model (make model / make gemma)");
         return;
     }
     fclose(probe);
     size_t text_len, ref_len;
     char *text = (char *)read_all("data/fortunes-science.txt", &text_len);
-    char *ref = (char *)read_all("tests/data/smollm2-fortunes-science.tokref", &ref_len);
+    char *ref = (char *)read_all(ref_path, &ref_len);
+    if (!text) {
+        free(ref);
+        SKIP("no data/fortunes-science.txt (make data)");
+        return;
+    }
     REQUIRE(text && ref);
     char *t2 = realloc(text, text_len + 1);
     REQUIRE(t2);
@@ -637,6 +643,16 @@ TEST(engine_tokenizer_smollm2_text) {
     kvq_model_free(m);
     free(text);
     free(ref);
+}
+
+/* SmolLM2 against the `tokenizers` package (tests/ref_tokens.py). */
+TEST(engine_tokenizer_smollm2_text) {
+    check_real_text_tokens(kvqt_, "models/SmolLM2-135M-Instruct.Q4_1.gguf", "tests/data/smollm2-fortunes-science.tokref");
+}
+
+/* Gemma 3's SentencePiece vocabulary against the `sentencepiece` package (tests/ref_tokens.py). */
+TEST(engine_tokenizer_gemma3_text) {
+    check_real_text_tokens(kvqt_, "models/gemma-3-270m-q4_k_m.gguf", "tests/data/gemma3-fortunes-science.tokref");
 }
 
 /* The KV observer sees each layer's keys and values once per eval, at the right
