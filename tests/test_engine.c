@@ -822,6 +822,24 @@ TEST(engine_gemma_logits_match_reference) {
     double w2 = worst_rows(logits, &ref, 7, ref.n_tok - 7);
     CHECKF(worst < 1e-3 && w2 < 1e-3, "two batches: worst relative errors %g, %g", worst, w2);
     kvq_context_free(c);
+    /* batches of at most 4: the sliding layers keep a ring of 5 + 4 - 1 = 8 positions,
+     * which wraps twice over the 16 tokens */
+    p.n_batch = 4;
+    REQUIRE_OK(kvq_context_create(m, &p, &c));
+    worst = 0;
+    for (uint32_t t = 0; t < ref.n_tok; t += t % 2 ? 3 : 4) {
+        uint32_t nb = t % 2 ? 3 : 4;
+        if (nb > ref.n_tok - t) nb = ref.n_tok - t;
+        CHECK_OK(kvq_context_eval(c, ref.tokens + t, nb, logits, 1));
+        double e = worst_rows(logits, &ref, t, nb);
+        if (e > worst) worst = e;
+    }
+    CHECKF(worst < 1e-3, "ring of 8: worst relative error %g", worst);
+    kvq_cache_memory_info mem;
+    CHECK_OK(kvq_context_kv_memory(c, &mem, NULL));
+    CHECK(mem.key_codes == (uint64_t)(5 * 8 + 1 * ref.n_tok) * in.head_dim * 4);
+    kvq_context_free(c);
+    p.n_batch = 0;
     /* an fp16 kvq_cache: exact while no window is exceeded, then refused (the cache has no
      * sliding window) */
     kvq_cache_config cc;

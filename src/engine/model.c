@@ -422,6 +422,10 @@ struct kvq_context {
     float *rope_freq_swa;       /* [n_rot / 2]: sliding-window layers' (gemma3) */
     /* exact float KV: [layer][n_ctx][kv_dim] */
     float *k_cache, *v_cache;
+    /* layer l's rows start at slot_off[l] * kv_dim and hold kv_slots[l] positions: n_ctx, or
+     * for a sliding-window layer a ring of n_swa + n_batch - 1 (position p in slot
+     * p % kv_slots: the window of a batch's first query and the batch itself) */
+    size_t *slot_off, *kv_slots;
     kvq_cache **caches;         /* one per layer, NULL entries when exact */
     /* int8 activations of up to MATMUL_DEQUANT_MIN_TOKENS tokens: [t][row_max] */
     int8_t *qx;
@@ -456,6 +460,8 @@ KVQ_API void kvq_context_free(kvq_context *c) {
     kvq_threadpool_free(c->pool);
     float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up,
                      c->rope_freq, c->rope_freq_swa, c->k_cache, c->v_cache};
+    free(c->slot_off);
+    free(c->kv_slots);
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kvqi_free(bufs[i]);
     kvqi_free(c->probs);
     kvqi_free(c->qx);
@@ -521,10 +527,19 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
     c->rope_freq = alloc2(1, model->n_rot / 2, &st);
     c->rope_freq_swa = alloc2(1, model->n_rot / 2, &st);
     if (!p.cache) {
-        size_t per_layer = 0;
-        if (!st && kvqi_mul_size(p.n_ctx, kv_dim, &per_layer)) st = KVQ_ERR_OVERFLOW;
-        c->k_cache = alloc2(I->n_layers, per_layer, &st);
-        c->v_cache = alloc2(I->n_layers, per_layer, &st);
+        size_t total = 0;
+        c->slot_off = calloc(I->n_layers, sizeof *c->slot_off);
+        c->kv_slots = calloc(I->n_layers, sizeof *c->kv_slots);
+        if (!c->slot_off || !c->kv_slots) st = KVQ_ERR_NOMEM;
+        for (uint32_t l = 0; !st && l < I->n_layers; l++) {
+            size_t n = p.n_ctx;
+            if (model->layers[l].swa && (size_t)model->n_swa + p.n_batch - 1 < n) n = (size_t)model->n_swa + p.n_batch - 1;
+            c->slot_off[l] = total;
+            c->kv_slots[l] = n;
+            total += n;
+        }
+        c->k_cache = alloc2(total, kv_dim, &st);
+        c->v_cache = alloc2(total, kv_dim, &st);
     }
     c->qx_d = alloc2(MATMUL_DEQUANT_MIN_TOKENS, row_max / 32 + 1, &st);
     c->qx_s = alloc2(MATMUL_DEQUANT_MIN_TOKENS, row_max / 32 + 1, &st);
@@ -617,7 +632,10 @@ KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *c, kvq_cache_memory_
             sum.total += mi.total;
         }
     } else {
-        sum.key_codes = sum.value_codes = c->n_past * per_side * 4;
+        /* positions held: sliding-window rings hold at most their slots */
+        uint64_t held = 0;
+        for (uint32_t l = 0; l < I->n_layers; l++) held += KVQI_MIN(c->n_past, c->kv_slots[l]);
+        sum.key_codes = sum.value_codes = held * I->n_kv_heads * I->head_dim * 4;
         sum.total = sum.key_codes + sum.value_codes;
     }
     if (info) *info = sum;
@@ -779,12 +797,13 @@ static void attend_task(void *arg, size_t task, unsigned thread) {
     size_t pos = c->n_past + t; /* sees positions first..pos */
     size_t first = j->window && pos >= j->window ? pos - j->window + 1 : 0;
     const float *q = c->q + t * (size_t)I->n_heads * hd + h * hd;
-    const float *kc = c->k_cache + (size_t)j->layer * c->params.n_ctx * kv_dim + kvh * hd;
-    const float *vc = c->v_cache + (size_t)j->layer * c->params.n_ctx * kv_dim + kvh * hd;
+    const float *kc = c->k_cache + c->slot_off[j->layer] * kv_dim + kvh * hd;
+    const float *vc = c->v_cache + c->slot_off[j->layer] * kv_dim + kvh * hd;
+    size_t R = c->kv_slots[j->layer];
     float *s = c->scratch[thread].scores;
     float scale = c->model->attn_scale, mx = -INFINITY;
     for (size_t p = first; p <= pos; p++) {
-        s[p] = c->kern.dot_f32(q, kc + p * kv_dim, hd) * scale;
+        s[p] = c->kern.dot_f32(q, kc + (p % R) * kv_dim, hd) * scale;
         if (s[p] > mx) mx = s[p];
     }
     double sum = 0;
@@ -795,7 +814,7 @@ static void attend_task(void *arg, size_t task, unsigned thread) {
     float inv = (float)(1.0 / sum);
     float *o = c->att + t * (size_t)I->n_heads * hd + h * hd;
     for (size_t d = 0; d < hd; d++) o[d] = 0;
-    for (size_t p = first; p <= pos; p++) c->kern.axpy_f32(o, vc + p * kv_dim, s[p] * inv, hd);
+    for (size_t p = first; p <= pos; p++) c->kern.axpy_f32(o, vc + (p % R) * kv_dim, s[p] * inv, hd);
 }
 
 static kvq_status attention(kvq_context *c, uint32_t layer, size_t n_tok) {
@@ -813,10 +832,13 @@ static kvq_status attention(kvq_context *c, uint32_t layer, size_t n_tok) {
         if (st) return st;
         return kvq_cache_attend(c->caches[layer], c->q, I->n_heads, n_tok, c->model->attn_scale, pool, c->att);
     }
-    float *kc = c->k_cache + ((size_t)layer * c->params.n_ctx + c->n_past) * kv_dim;
-    float *vc = c->v_cache + ((size_t)layer * c->params.n_ctx + c->n_past) * kv_dim;
-    memcpy(kc, c->k, n_tok * kv_dim * sizeof(float));
-    memcpy(vc, c->v, n_tok * kv_dim * sizeof(float));
+    float *kc = c->k_cache + c->slot_off[layer] * kv_dim, *vc = c->v_cache + c->slot_off[layer] * kv_dim;
+    size_t R = c->kv_slots[layer];
+    for (size_t t = 0; t < n_tok; t++) {
+        size_t slot = (c->n_past + t) % R;
+        memcpy(kc + slot * kv_dim, c->k + t * kv_dim, kv_dim * sizeof(float));
+        memcpy(vc + slot * kv_dim, c->v + t * kv_dim, kv_dim * sizeof(float));
+    }
     attend_job j = {c, layer, n_tok, window};
     if (!pool) {
         for (size_t t = 0; t < n_tok * I->n_heads; t++) attend_task(&j, t, 0);
