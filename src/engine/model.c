@@ -816,34 +816,84 @@ static int by_prob_desc(const void *a, const void *b) {
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
-KVQ_API kvq_status kvq_sample(kvq_context *c, const float *logits, float temperature, float top_p,
-                              int32_t *token) {
-    if (!c || !logits || !token) return KVQ_ERR_INVALID_ARG;
-    uint32_t nv = c->model->info.n_vocab;
+KVQ_API kvq_status kvq_sampler_params_init(kvq_sampler_params *p) {
+    if (!p) return KVQ_ERR_INVALID_ARG;
+    memset(p, 0, sizeof *p);
+    p->temperature = 0.0f;
+    p->top_p = 1.0f;
+    p->repeat_penalty = 1.0f;
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_sample_ext(kvq_context *c, const float *logits, const kvq_sampler_params *sp,
+                                  int32_t *token) {
+    if (!c || !logits || !sp || !token || (sp->n_recent && !sp->recent)) return KVQ_ERR_INVALID_ARG;
+    if (isnan(sp->temperature) || !(sp->top_p >= 0.0f) || !(sp->min_p >= 0.0f && sp->min_p <= 1.0f) ||
+        !(sp->repeat_penalty > 0.0f) || !isfinite(sp->repeat_penalty))
+        return KVQ_ERR_INVALID_ARG;
+    const uint32_t nv = c->model->info.n_vocab;
+    for (size_t r = 0; r < sp->n_recent; r++)
+        if (sp->recent[r] < 0 || (uint32_t)sp->recent[r] >= nv) return KVQ_ERR_INVALID_ARG;
+    /* probs[].p holds the working logits first, then the unnormalized probabilities */
+    for (uint32_t i = 0; i < nv; i++) {
+        c->probs[i].p = logits[i];
+        c->probs[i].id = (int32_t)i;
+    }
+    if (sp->repeat_penalty != 1.0f) {
+        /* once per distinct token, however often it recurs (as llama.cpp does): a
+         * penalized entry is marked by a negative id until the pass ends */
+        for (size_t r = 0; r < sp->n_recent; r++) {
+            prob_idx *e = &c->probs[sp->recent[r]];
+            if (e->id < 0) continue;
+            e->p = e->p > 0 ? e->p / sp->repeat_penalty : e->p * sp->repeat_penalty;
+            e->id = -1 - e->id;
+        }
+        for (size_t r = 0; r < sp->n_recent; r++) c->probs[sp->recent[r]].id = sp->recent[r];
+    }
     uint32_t best = 0;
     for (uint32_t i = 1; i < nv; i++)
-        if (logits[i] > logits[best]) best = i;
-    if (!(temperature > 0)) {
+        if (c->probs[i].p > c->probs[best].p) best = i;
+    if (!(sp->temperature > 0)) {
         *token = (int32_t)best;
         return KVQ_OK;
     }
+    const float top = c->probs[best].p;
     double sum = 0;
     for (uint32_t i = 0; i < nv; i++) {
-        float p = expf((logits[i] - logits[best]) / temperature);
+        float p = expf((c->probs[i].p - top) / sp->temperature);
         c->probs[i].p = p;
-        c->probs[i].id = (int32_t)i;
         sum += p;
     }
     uint32_t keep = nv;
-    if (top_p < 1.0f) {
+    const int top_k = sp->top_k > 0 && sp->top_k < nv;
+    if (top_k || sp->top_p < 1.0f || sp->min_p > 0.0f) {
         qsort(c->probs, nv, sizeof *c->probs, by_prob_desc);
+        if (top_k) {
+            keep = sp->top_k;
+            sum = 0;
+            for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
+        }
+    }
+    if (sp->top_p < 1.0f) {
         double acc = 0;
-        for (keep = 0; keep < nv;) {
+        uint32_t n = keep;
+        for (keep = 0; keep < n;) {
             acc += c->probs[keep++].p / sum;
-            if (acc >= top_p) break;
+            if (acc >= sp->top_p) break;
         }
         sum = 0;
         for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
+    }
+    if (sp->min_p > 0.0f) {
+        /* probs[0] is the most likely token (exp(0) = 1 before normalization) */
+        const float floor_p = sp->min_p * c->probs[0].p;
+        uint32_t n = 1;
+        while (n < keep && c->probs[n].p >= floor_p) n++;
+        if (n < keep) {
+            keep = n;
+            sum = 0;
+            for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
+        }
     }
     double u = (double)(splitmix64(&c->rng) >> 11) * (1.0 / 9007199254740992.0) * sum, acc = 0;
     for (uint32_t i = 0; i < keep; i++) {
@@ -855,4 +905,13 @@ KVQ_API kvq_status kvq_sample(kvq_context *c, const float *logits, float tempera
     }
     *token = c->probs[keep - 1].id;
     return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_sample(kvq_context *c, const float *logits, float temperature, float top_p,
+                              int32_t *token) {
+    kvq_sampler_params p;
+    kvq_sampler_params_init(&p);
+    p.temperature = temperature > 0 ? temperature : 0.0f; /* NaN and below zero: greedy, as before */
+    p.top_p = isnan(top_p) ? 1.0f : top_p >= 0 ? top_p : 0.0f;
+    return kvq_sample_ext(c, logits, &p, token);
 }
