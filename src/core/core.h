@@ -201,6 +201,9 @@ kvq_status kvqi_st_write(const char *path, const kvqi_st_tensor *tensors, size_t
  * against the file, no overlap, dtype sizes consistent. */
 typedef struct kvqi_st_file kvqi_st_file;
 kvq_status kvqi_st_read(const char *path, kvqi_st_file **out);
+/* Why kvqi_st_read(path) failed with st, in words: "No such file or directory", "is a
+ * directory, not a file", ... (a static string). */
+const char *kvqi_st_read_why(const char *path, kvq_status st);
 /* Same from memory (copied). */
 kvq_status kvqi_st_read_mem(const void *buf, size_t size, kvqi_st_file **out);
 void kvqi_st_free(kvqi_st_file *f);

@@ -679,6 +679,16 @@ kvq_status kvqi_st_read(const char *path, kvqi_st_file **out) {
     return st_finish(mem, pad, size, out);
 }
 
+const char *kvqi_st_read_why(const char *path, kvq_status st) {
+    struct stat sb;
+    if (st == KVQ_ERR_IO && path) {
+        if (stat(path, &sb) != 0) return strerror(errno);
+        if (S_ISDIR(sb.st_mode)) return "is a directory, not a file";
+        if (!S_ISREG(sb.st_mode)) return "is not a regular file";
+    }
+    return kvq_strerror(st);
+}
+
 size_t kvqi_st_count(const kvqi_st_file *f) { return f ? f->n_tensors : 0; }
 
 const kvqi_st_tensor *kvqi_st_at(const kvqi_st_file *f, size_t i) {
