@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "args.h"
@@ -203,6 +204,11 @@ static int ref_attend(const kv_data *D, const kv_layer *L, float scale) {
 /* Reads a little-endian float32 C-order .npy of shape (a, b, c) (versions 1-3), checking
  * the header, the size against the file, and that every value is finite. */
 static float *read_npy3(const char *path, size_t shape[3], char *err, size_t errn) {
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        snprintf(err, errn, "%.300s: %s, not a regular file", path, S_ISDIR(sb.st_mode) ? "is a directory" : "is a special file");
+        return NULL;
+    }
     FILE *f = fopen(path, "rb");
     float *data = NULL;
     if (!f) {
