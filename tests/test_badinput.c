@@ -335,6 +335,65 @@ TEST(badinput_sampler_filters_and_penalty) {
         other += t1 != 5 && t1 != 9;
     }
     CHECK(other == 0);
+    /* min_p alone draws by the kept tokens' probabilities: weights 1, e^-0.5, e^-1 for
+     * tokens 5, 9, 3 (everything else is below 0.3 of the best) */
+    sp.min_p = 0.3f;
+    int count[3] = {0, 0, 0};
+    other = 0;
+    for (int i = 0; i < 4000; i++) {
+        CHECK_OK(kvq_sample_ext(a, logits, &sp, &t1));
+        if (t1 == 5) count[0]++;
+        else if (t1 == 9) count[1]++;
+        else if (t1 == 3) count[2]++;
+        else other++;
+    }
+    const double z = 1.0 + exp(-0.5) + exp(-1.0);
+    CHECK(other == 0);
+    CHECKF(fabs(count[0] / 4000.0 - 1.0 / z) < 0.03 && fabs(count[2] / 4000.0 - exp(-1.0) / z) < 0.03,
+           "min_p draws %d %d %d, want shares %.3f %.3f %.3f", count[0], count[1], count[2], 1.0 / z,
+           exp(-0.5) / z, exp(-1.0) / z);
+    /* a larger top_k keeps exactly the k most likely (ties by lower id), as a full sort does */
+    uint64_t s = 99;
+    for (uint32_t i = 0; i < nv; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        logits[i] = (float)((s >> 40) % 64) / 8.0f; /* many exact ties */
+    }
+    float kth;
+    {
+        float *sorted = malloc(nv * sizeof *sorted);
+        REQUIRE(sorted);
+        memcpy(sorted, logits, nv * sizeof *sorted);
+        for (uint32_t i = 0; i < 50; i++) /* partial selection sort: the 50th largest */
+            for (uint32_t j = i + 1; j < nv; j++)
+                if (sorted[j] > sorted[i]) {
+                    float t = sorted[i];
+                    sorted[i] = sorted[j];
+                    sorted[j] = t;
+                }
+        kth = sorted[49];
+        free(sorted);
+    }
+    uint32_t above = 0;
+    for (uint32_t i = 0; i < nv; i++) above += logits[i] > kth;
+    kvq_sampler_params_init(&sp);
+    sp.temperature = 100.0f; /* nearly uniform over the kept set */
+    sp.top_k = 50;
+    int below = 0, tie_ok = 1;
+    for (int i = 0; i < 3000; i++) {
+        CHECK_OK(kvq_sample_ext(a, logits, &sp, &t1));
+        below += logits[t1] < kth;
+        if (logits[t1] == kth) { /* among the tied, only the lowest ids make the cut */
+            uint32_t rank = above;
+            for (int32_t j = 0; j < t1; j++) rank += logits[j] == kth;
+            tie_ok &= rank < 50;
+        }
+    }
+    CHECK(below == 0 && tie_ok);
+    logits[5] = 9.0f;
+    logits[9] = 8.5f;
+    logits[3] = 8.0f;
+    for (uint32_t i = 0; i < nv; i++)
+        if (i != 5 && i != 9 && i != 3) logits[i] = (float)((i * 37u) % 101u) / 25.0f;
     /* the repeat penalty: greedy picks the best token not penalized (9.0/2 < 8.5) */
     int32_t recent[3] = {5, 5, 77};
     kvq_sampler_params_init(&sp);

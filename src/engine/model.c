@@ -816,6 +816,43 @@ static int by_prob_desc(const void *a, const void *b) {
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* x comes after y in by_prob_desc's order (less likely, or as likely with a larger id) */
+static int prob_after(const prob_idx *x, const prob_idx *y) {
+    return x->p < y->p || (x->p == y->p && x->id > y->id);
+}
+
+/* The k first entries of a[0..n) in by_prob_desc's order moved to the front, sorted: a
+ * heap of the k best so far with the worst at its root, O(n log k) instead of a full sort. */
+static void select_top_k(prob_idx *a, uint32_t n, uint32_t k) {
+    for (uint32_t start = k / 2; start-- > 0;) {
+        for (uint32_t i = start;;) {
+            uint32_t l = 2 * i + 1, r = l + 1, w = i;
+            if (l < k && prob_after(&a[l], &a[w])) w = l;
+            if (r < k && prob_after(&a[r], &a[w])) w = r;
+            if (w == i) break;
+            prob_idx t = a[i];
+            a[i] = a[w];
+            a[w] = t;
+            i = w;
+        }
+    }
+    for (uint32_t j = k; j < n; j++) {
+        if (!prob_after(&a[0], &a[j])) continue;
+        a[0] = a[j];
+        for (uint32_t i = 0;;) {
+            uint32_t l = 2 * i + 1, r = l + 1, w = i;
+            if (l < k && prob_after(&a[l], &a[w])) w = l;
+            if (r < k && prob_after(&a[r], &a[w])) w = r;
+            if (w == i) break;
+            prob_idx t = a[i];
+            a[i] = a[w];
+            a[w] = t;
+            i = w;
+        }
+    }
+    qsort(a, k, sizeof *a, by_prob_desc);
+}
+
 KVQ_API kvq_status kvq_sampler_params_init(kvq_sampler_params *p) {
     if (!p) return KVQ_ERR_INVALID_ARG;
     memset(p, 0, sizeof *p);
@@ -865,14 +902,22 @@ KVQ_API kvq_status kvq_sample_ext(kvq_context *c, const float *logits, const kvq
         sum += p;
     }
     uint32_t keep = nv;
-    const int top_k = sp->top_k > 0 && sp->top_k < nv;
-    if (top_k || sp->top_p < 1.0f || sp->min_p > 0.0f) {
+    if (sp->top_k > 0 && sp->top_k < nv) {
+        keep = sp->top_k;
+        select_top_k(c->probs, nv, keep);
+        sum = 0;
+        for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
+    } else if (sp->top_p >= 1.0f && sp->min_p > 0.0f) {
+        /* min_p alone keeps a prefix of the sorted order: sort only what passes */
+        const float floor_p = sp->min_p; /* the best token's weight is exp(0) = 1 */
+        keep = 0;
+        for (uint32_t i = 0; i < nv; i++)
+            if (c->probs[i].p >= floor_p) c->probs[keep++] = c->probs[i];
+        qsort(c->probs, keep, sizeof *c->probs, by_prob_desc);
+        sum = 0;
+        for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
+    } else if (sp->top_p < 1.0f) {
         qsort(c->probs, nv, sizeof *c->probs, by_prob_desc);
-        if (top_k) {
-            keep = sp->top_k;
-            sum = 0;
-            for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
-        }
     }
     if (sp->top_p < 1.0f) {
         double acc = 0;
