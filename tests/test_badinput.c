@@ -280,6 +280,17 @@ TEST(badinput_cli_window_capped_at_context) {
 
 /* ---------------------------------------------------------------- sampler */
 
+typedef struct prob_ref {
+    double p;
+    int32_t id;
+} prob_ref;
+
+static int by_ref_desc(const void *a, const void *b) {
+    const prob_ref *x = a, *y = b;
+    if (x->p != y->p) return x->p < y->p ? 1 : -1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
 TEST(badinput_sampler_filters_and_penalty) {
     kvq_model *m;
     REQUIRE_OK(kvq_model_load(TINY, &m, NULL, 0));
@@ -389,6 +400,41 @@ TEST(badinput_sampler_filters_and_penalty) {
         }
     }
     CHECK(below == 0 && tie_ok);
+    /* top_p: the draws are exactly the nucleus of a full sort (by probability, then id) */
+    for (uint32_t i = 0; i < nv; i++) logits[i] = logits[i] * 0.8f; /* peaks 0..7.9 in steps of 0.1 */
+    {
+        prob_ref *ref = malloc(nv * sizeof *ref);
+        REQUIRE(ref);
+        double z2 = 0;
+        for (uint32_t i = 0; i < nv; i++) {
+            ref[i].p = exp((double)logits[i]);
+            ref[i].id = (int32_t)i;
+            z2 += ref[i].p;
+        }
+        qsort(ref, nv, sizeof *ref, by_ref_desc);
+        uint32_t nucleus = 0;
+        for (double acc = 0; nucleus < nv && acc < 0.3;) acc += ref[nucleus++].p / z2;
+        char *in = calloc(nv, 1), *drawn = calloc(nv, 1);
+        REQUIRE(in && drawn);
+        for (uint32_t i = 0; i < nucleus; i++) in[ref[i].id] = 1;
+        kvq_sampler_params_init(&sp);
+        sp.temperature = 1.0f;
+        sp.top_p = 0.3f;
+        int outside = 0;
+        uint32_t distinct = 0;
+        for (int i = 0; i < 4000; i++) {
+            CHECK_OK(kvq_sample_ext(a, logits, &sp, &t1));
+            outside += !in[t1];
+            distinct += !drawn[t1];
+            drawn[t1] = 1;
+        }
+        CHECKF(nucleus >= 2 && nucleus <= 200, "nucleus of %u tokens: not a test of the cut", nucleus);
+        CHECKF(outside == 0 && distinct == nucleus, "nucleus %u: %u drawn, %d outside",
+               nucleus, distinct, outside);
+        free(in);
+        free(drawn);
+        free(ref);
+    }
     logits[5] = 9.0f;
     logits[9] = 8.5f;
     logits[3] = 8.0f;

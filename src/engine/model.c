@@ -917,7 +917,14 @@ KVQ_API kvq_status kvq_sample_ext(kvq_context *c, const float *logits, const kvq
         sum = 0;
         for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
     } else if (sp->top_p < 1.0f) {
-        qsort(c->probs, nv, sizeof *c->probs, by_prob_desc);
+        /* the tokens below t = (1 - top_p) sum / nv weigh less than (1 - top_p) sum
+         * together, so the ones at or above t, a prefix of the sorted order, hold the
+         * nucleus: sort only those (few, unless the distribution is flat) */
+        const double t = (1.0 - (double)sp->top_p) * sum / (double)nv;
+        keep = 0;
+        for (uint32_t i = 0; i < nv; i++)
+            if ((double)c->probs[i].p >= t) c->probs[keep++] = c->probs[i];
+        qsort(c->probs, keep, sizeof *c->probs, by_prob_desc);
     }
     if (sp->top_p < 1.0f) {
         double acc = 0;
