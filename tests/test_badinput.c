@@ -728,6 +728,11 @@ TEST(badinput_kill9_calibrate_per_layer) {
     snprintf(args, sizeof args, "generate -m " TINY " -p hi -n 1 --cache-k 'comm_vq:bits=4,artifact=%s/cv.layer%%02d.safetensors'", dir);
     CHECK(run_cli(kvqt_, args, err, sizeof err) == 1);
     CHECKF(strstr(err, "mixed or partial") && one_line(err), "%s", err);
+    /* also when the artifact sits in a whole cache spec, before its @options */
+    snprintf(args, sizeof args, "generate -m " TINY " -p hi -n 1 --cache-k "
+             "'comm_vq:bits=4,artifact=%s/cv.layer%%02d.safetensors+fp16@window=4'", dir);
+    CHECK(run_cli(kvqt_, args, err, sizeof err) == 1);
+    CHECKF(strstr(err, "mixed or partial") && one_line(err), "%s", err);
     /* a stale temp of a layer file and of the manifest, as a kill mid-write leaves them */
     snprintf(path, sizeof path, "%s/cv.layer01.safetensors", dir);
     REQUIRE(make_stale_temp(path, "Q1w2E3"));

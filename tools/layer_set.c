@@ -58,15 +58,9 @@ static void free_all(char **paths, uint32_t n) {
     free(paths);
 }
 
-int kvq_cli_check_layer_set(const char *cmd, const char *spec, uint32_t n_layers) {
-    const char *a = spec ? strstr(spec, "artifact=") : NULL;
-    if (!a || n_layers == 0) return 0;
-    a += 9;
-    char pattern[1400], manifest[1400];
-    size_t len = strcspn(a, ",+");
-    if (len >= sizeof pattern) return 0; /* the spec parser reports it */
-    memcpy(pattern, a, len);
-    pattern[len] = 0;
+/* One artifact path with a layer pattern: 0 if its set matches its manifest (or has none). */
+static int check_one(const char *cmd, const char *pattern, uint32_t n_layers) {
+    char manifest[1400];
     if (kvq_cli_layer_manifest(pattern, manifest, sizeof manifest)) return 0; /* one artifact */
     char **paths = expand_all(pattern, n_layers);
     if (!paths) return 0; /* a stray '%': the spec parser reports it */
@@ -85,6 +79,21 @@ int kvq_cli_check_layer_set(const char *cmd, const char *spec, uint32_t n_layers
     }
     free_all(paths, n_layers);
     return rc;
+}
+
+int kvq_cli_check_layer_set(const char *cmd, const char *spec, uint32_t n_layers) {
+    if (!spec || n_layers == 0) return 0;
+    /* every artifact in the spec: keys and values (K+V), before any @cache options */
+    for (const char *a = strstr(spec, "artifact="); a; a = strstr(a, "artifact=")) {
+        a += 9;
+        char pattern[1400];
+        size_t len = strcspn(a, ",+@");
+        if (len >= sizeof pattern) return 0; /* the spec parser reports it */
+        memcpy(pattern, a, len);
+        pattern[len] = 0;
+        if (check_one(cmd, pattern, n_layers)) return 1;
+    }
+    return 0;
 }
 
 int kvq_cli_seal_layer_set(const char *cmd, const char *pattern, uint32_t n_layers) {
