@@ -755,3 +755,64 @@ TEST(badinput_kill9_calibrate_per_layer) {
     printf("    kill -9 rounds: %d whole sets accepted, %d mixed sets refused\n", accepted, refused);
     fflush(stdout);
 }
+
+/* The manifest reader takes exactly what seal writes: numbers in decimal digits, the
+ * checksum in 16 lowercase hex digits, one line per layer and nothing after. */
+TEST(badinput_layer_set_manifest_strict) {
+    const char *dir = kvqt_tmpdir(kvqt_);
+    char l0[600], l1[600], man[600], msg[512];
+    snprintf(l0, sizeof l0, "%s/s.layer00.safetensors", dir);
+    snprintf(l1, sizeof l1, "%s/s.layer01.safetensors", dir);
+    snprintf(man, sizeof man, "%s/s.layers.manifest", dir);
+    FILE *f = fopen(l0, "wb");
+    REQUIRE(f);
+    fputs("a", f);
+    fclose(f);
+    REQUIRE((f = fopen(l1, "wb")));
+    fputs("bb", f);
+    fclose(f);
+    const char *paths[2] = {l0, l1};
+    REQUIRE_OK(kvq_layer_set_seal(man, paths, 2, msg, sizeof msg));
+    char *good = NULL;
+    size_t n = 0;
+    REQUIRE(read_file(man, &good, &n));
+    good = realloc(good, n + 1);
+    REQUIRE(good);
+    good[n] = 0;
+    CHECK_OK(kvq_layer_set_check(man, paths, 2, msg, sizeof msg));
+    CHECK(count_temps(dir) == 0);
+    /* FNV-1a 64 of "a" and "bb" (the function's published test values) */
+    CHECKF(strstr(good, "0 1 af63dc4c8601ec8c ") && strstr(good, "1 2 08a63607b54dd525 "), "%s", good);
+    const char *edits[][2] = {
+        {"layers 2", "layers -4294967294"}, {"layers 2", "layers 02x"},  {"layers 2", "layers  2"},
+        {"af63dc4c8601ec8c", "AF63DC4C8601EC8C"}, {"af63dc4c8601ec8c", "af63dc4c8601ec8"},
+        {"0 1 ", "0 +1 "}, {"1 2 ", "1 3 "}, {"kvq.layer_set 1", "kvq.layer_set 2"},
+    };
+    for (size_t e = 0; e < sizeof edits / sizeof edits[0] + 3; e++) {
+        char text[1024];
+        if (e < sizeof edits / sizeof edits[0]) {
+            const char *at = strstr(good, edits[e][0]);
+            REQUIRE(at);
+            snprintf(text, sizeof text, "%.*s%s%s", (int)(at - good), good, edits[e][1], at + strlen(edits[e][0]));
+        } else if (e == sizeof edits / sizeof edits[0]) {
+            snprintf(text, sizeof text, "%sextra\n", good); /* a line too many */
+        } else if (e == sizeof edits / sizeof edits[0] + 1) {
+            snprintf(text, sizeof text, "%.*s", (int)n - 1, good); /* no final newline */
+        } else {
+            snprintf(text, sizeof text, "%.*s", (int)n / 2, good); /* cut short */
+        }
+        REQUIRE((f = fopen(man, "w")));
+        fputs(text, f);
+        fclose(f);
+        msg[0] = 0;
+        CHECKF(kvq_layer_set_check(man, paths, 2, msg, sizeof msg) != KVQ_OK, "accepted: %s", text);
+        CHECK(msg[0] != 0);
+    }
+    free(good);
+    /* no manifest, or a directory in its place */
+    unlink(man);
+    CHECK_STATUS(kvq_layer_set_check(man, paths, 2, msg, sizeof msg), KVQ_ERR_IO);
+    REQUIRE(mkdir(man, 0755) == 0);
+    CHECK_STATUS(kvq_layer_set_check(man, paths, 2, msg, sizeof msg), KVQ_ERR_IO);
+    CHECK_STATUS(kvq_layer_set_check(man, paths, 0, msg, sizeof msg), KVQ_ERR_INVALID_ARG);
+}

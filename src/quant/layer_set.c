@@ -47,6 +47,41 @@ static kvq_status file_digest(const char *path, uint64_t *size, uint64_t *hash, 
     return KVQ_OK;
 }
 
+/* One line without its '\n' into buf; 0 at the end of the file, on a line too long or
+ * without its newline, or on a NUL byte. */
+static int read_line(FILE *f, char *buf, size_t size) {
+    if (!fgets(buf, (int)size, f)) return 0;
+    size_t n = strlen(buf);
+    if (n == 0 || buf[n - 1] != '\n') return 0;
+    buf[n - 1] = 0;
+    return 1;
+}
+
+/* Decimal digits (at least one, no sign or space, no overflow): the end, or NULL. */
+static const char *parse_dec(const char *p, uint64_t *v) {
+    if (*p < '0' || *p > '9') return NULL;
+    uint64_t x = 0;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        uint64_t d = (uint64_t)(*p - '0');
+        if (x > (UINT64_MAX - d) / 10) return NULL;
+        x = x * 10 + d;
+    }
+    *v = x;
+    return p;
+}
+
+/* Exactly 16 lowercase hex digits: the end, or NULL. */
+static const char *parse_hex16(const char *p, uint64_t *v) {
+    uint64_t x = 0;
+    for (int i = 0; i < 16; i++, p++) {
+        int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : -1;
+        if (d < 0) return NULL;
+        x = x << 4 | (uint64_t)d;
+    }
+    *v = x;
+    return p;
+}
+
 static const char *base_name(const char *path) {
     const char *s = strrchr(path, '/');
     return s ? s + 1 : path;
@@ -98,22 +133,23 @@ KVQ_API kvq_status kvq_layer_set_check(const char *manifest, const char *const *
     }
     kvq_status st = KVQ_OK;
     char line[4200];
-    uint32_t n = 0;
-    if (!fgets(line, sizeof line, f) || strcmp(line, "kvq.layer_set 1\n") != 0 || !fgets(line, sizeof line, f) ||
-        sscanf(line, "layers %" SCNu32, &n) != 1) {
+    uint64_t n = 0;
+    const char *p;
+    if (!read_line(f, line, sizeof line) || strcmp(line, "kvq.layer_set 1") != 0 || !read_line(f, line, sizeof line) ||
+        strncmp(line, "layers ", 7) != 0 || !(p = parse_dec(line + 7, &n)) || *p) {
         kvqi_set_msg(msg, msg_size, "%s: not a kvq layer set manifest (version 1)", manifest);
         st = KVQ_ERR_FORMAT;
     } else if (n != n_layers) {
-        kvqi_set_msg(msg, msg_size, "%s: the set has %" PRIu32 " layers, the model %" PRIu32, manifest, n, n_layers);
+        kvqi_set_msg(msg, msg_size, "%s: the set has %" PRIu64 " layers, the model %" PRIu32, manifest, n, n_layers);
         st = KVQ_ERR_MISMATCH;
     }
     for (uint32_t l = 0; st == KVQ_OK && l < n_layers; l++) {
-        uint32_t idx;
-        uint64_t want_size, want_hash, size, hash;
-        int used = 0;
-        if (!fgets(line, sizeof line, f) ||
-            sscanf(line, "%" SCNu32 " %" SCNu64 " %16" SCNx64 " %n", &idx, &want_size, &want_hash, &used) != 3 ||
-            idx != l || used == 0) {
+        uint64_t idx = 0, want_size = 0, want_hash = 0, size, hash;
+        /* "L SIZE CHECKSUM NAME": decimal, decimal, 16 hex digits, a name */
+        p = read_line(f, line, sizeof line) ? parse_dec(line, &idx) : NULL;
+        p = p && *p == ' ' ? parse_dec(p + 1, &want_size) : NULL;
+        p = p && *p == ' ' ? parse_hex16(p + 1, &want_hash) : NULL;
+        if (!p || *p != ' ' || !p[1] || idx != l) {
             kvqi_set_msg(msg, msg_size, "%s: line of layer %" PRIu32 " missing or corrupt", manifest, l);
             st = KVQ_ERR_FORMAT;
         } else if ((st = file_digest(paths[l], &size, &hash, msg, msg_size)) != KVQ_OK) {
@@ -125,6 +161,10 @@ KVQ_API kvq_status kvq_layer_set_check(const char *manifest, const char *const *
                          l, paths[l], manifest);
             st = KVQ_ERR_MISMATCH;
         }
+    }
+    if (st == KVQ_OK && fgetc(f) != EOF) {
+        kvqi_set_msg(msg, msg_size, "%s: more lines than layers", manifest);
+        st = KVQ_ERR_FORMAT;
     }
     fclose(f);
     return st;
