@@ -540,6 +540,14 @@ TEST(badinput_cli_aliases_and_json) {
     at = strstr(cli_stdout(kvqt_), "\nq8_0+q4_0");
     CHECK(at && sscanf(at + 1, "q8_0+q4_0 %lf", &ppl_table) == 1);
     CHECKF(fabs(ppl_json - ppl_table) < 1e-3 * ppl_table, "json %g, table %g", ppl_json, ppl_table);
+    /* with --kl the KL columns come along */
+    snprintf(args, sizeof args, "perplexity -m " TINY " -f %s -c 64 --chunks 1 -t 1 --configs fp16,q4_0 --kl --json", text);
+    rc = run_cli(kvqt_, args, err, sizeof err);
+    CHECKF(rc == 0, "%s", err);
+    js = cli_stdout(kvqt_);
+    CHECKF(strstr(js, "\"kl\": 0,") && strstr(js, "\"top1_same_percent\": ") && strstr(js, "\"reference\": \"fp16\""),
+           "%s", js);
+    if (have_python) CHECKF(python_json_ok(out_path), "python cannot parse: %s", js);
     /* -ctk with --configs: which one is meant? refused */
     snprintf(args, sizeof args, "perplexity -m " TINY " -f %s -ctk q8_0 --configs fp16", text);
     CHECK(run_cli(kvqt_, args, err, sizeof err) == 1 && one_line(err));

@@ -19,6 +19,10 @@ static int gen_usage(FILE *f) {
             "  -p, --prompt TEXT  prompt text\n"
             "  -f, --file FILE    read the prompt from a text file\n"
             "  -n, --tokens N     tokens to generate, 0..1000000 (default 64; also --n-predict)\n"
+            "  --cache-preset P   a named cache: q4 (<= 4.5 bits per number), q3 (<= 3), q2 (<= 2.25);\n"
+            "                     cache options may follow '@': q4@window=32 (docs/METHODS.md)\n"
+            "  --cache SPEC       a whole cache spec: KSPEC+VSPEC@options, e.g.\n"
+            "                     mse:bits=4+mse:bits=3@center=1,sink=1,window=16\n"
             "  --cache-k SPEC     key quantizer, e.g. fp16, q8_0, q4_0, turboquant_rvq:bits=1,residuals=2\n"
             "                     (default fp16; f32 keeps exact float keys and values; also -ctk,\n"
             "                     --cache-type-k, where llama.cpp's f16 means fp16)\n"
@@ -123,6 +127,7 @@ static double now_s(void) {
 
 int kvq_cmd_generate(int argc, char **argv) {
     const char *model_path = NULL, *prompt = NULL, *kspec = "fp16", *vspec = NULL, *dump_dir = NULL;
+    const char *whole = NULL;
     const char *plan = NULL;
     kvq_cache_config *per_layer = NULL;
     kv_dump dump = {0};
@@ -142,6 +147,7 @@ int kvq_cmd_generate(int argc, char **argv) {
         else if (TAKES("-p") || TAKES("--prompt")) prompt = v;
         else if (TAKES("-f") || TAKES("--file")) prompt_file = v;
         else if (TAKES("-n") || TAKES("--tokens") || TAKES("--n-predict")) { LONG_IN(0, 1000000, &n_gen); }
+        else if (TAKES("--cache-preset") || TAKES("--cache")) whole = v;
         else if (TAKES("--cache-k") || TAKES("-ctk") || TAKES("--cache-type-k")) kspec = v;
         else if (TAKES("--cache-v") || TAKES("-ctv") || TAKES("--cache-type-v")) vspec = v;
         else if (TAKES("--cache-plan")) plan = v;
@@ -176,6 +182,13 @@ int kvq_cmd_generate(int argc, char **argv) {
         return 1;
     }
     if (!model_path || (!prompt && !prompt_file)) return gen_usage(stderr);
+    if (whole) {
+        if (strcmp(kspec, "fp16") || vspec || plan) {
+            fprintf(stderr, "kvq generate: --cache-preset/--cache replace --cache-k, --cache-v and --cache-plan\n");
+            return 1;
+        }
+        kspec = whole;
+    }
     if (!vspec) vspec = !strcmp(kspec, "f32") ? "f32" : "fp16";
     if (plan && !strcmp(vspec, "f32")) vspec = "fp16";
     if (!plan && (!strcmp(kspec, "f32")) != (!strcmp(vspec, "f32"))) {

@@ -41,7 +41,12 @@ static int ppl_usage(FILE *f) {
             "  --outliers N       key channels per head kept in fp16 (default 0; also --cache-outliers)\n"
             "  --sink N           first tokens kept exact, the attention sinks, 0..1024 (default 0; also --cache-sink)\n"
             "  -t, --threads N    threads, 0..1024 (default 0 = one per CPU)\n"
+            "  --kl               also compare every scored token's distribution with fp16's (the\n"
+            "                     first config when fp16 is not among them): mean KL(fp16 || config)\n"
+            "                     and how often both pick the same top token (llama.cpp's --kl-divergence)\n"
             "  --json             print one JSON object on stdout instead of the table\n"
+            "Configs may be presets (q4, q3, q2) and take cache options after '@':\n"
+            "  q4@window=32, mse:bits=4+mse:bits=3@sink=1,center=1 (docs/METHODS.md)\n"
             "Prints one line per config: perplexity, its difference from fp16, KV bits per number.\n");
     return f == stderr ? 1 : 0;
 }
@@ -75,6 +80,9 @@ static int split_configs(char *list, char **out, int max) {
 typedef struct ppl_result {
     char spec[256];
     double ppl, nll_sum, nll_sq;
+    double kl_sum, kl_sq;  /* KL(reference || config) per scored token */
+    size_t top1_same;      /* scored tokens whose argmax equals the reference's */
+    kvq_context *ctx;
     size_t n_scored;
     double bits_per_number;
     double seconds;
@@ -83,7 +91,7 @@ typedef struct ppl_result {
 
 /* --json: one object, each config's row as in the table. */
 static void print_json(const char *model, const char *text, long n_ctx, size_t n_chunks, const ppl_result *res,
-                       int n_cfg, int ref) {
+                       int n_cfg, int ref, int want_kl) {
     printf("{\"model\": ");
     kvq_json_string(stdout, model);
     printf(", \"file\": ");
@@ -107,11 +115,22 @@ static void print_json(const char *model, const char *text, long n_ctx, size_t n
         printf(", \"ppl_err\": ");
         kvq_json_number(stdout, r->ppl * sqrt(var > 0 ? var / (double)r->n_scored : 0));
         printf(", \"delta\": ");
-        kvq_json_number(stdout, r->ppl - res[ref].ppl);
+        kvq_json_number(stdout, ref >= 0 ? r->ppl - res[ref].ppl : NAN);
+        printf(", \"delta_percent\": ");
+        kvq_json_number(stdout, ref >= 0 ? 100.0 * (r->ppl / res[ref].ppl - 1.0) : NAN);
         printf(", \"kv_bits\": ");
         kvq_json_number(stdout, r->bits_per_number);
         printf(", \"tokens_scored\": %zu, \"seconds\": ", r->n_scored);
         kvq_json_number(stdout, r->seconds);
+        if (want_kl) { /* as the table's KL, +- and top1% columns */
+            double n = (double)r->n_scored, km = r->kl_sum / n, kv = r->kl_sq / n - km * km;
+            printf(", \"kl\": ");
+            kvq_json_number(stdout, km);
+            printf(", \"kl_err\": ");
+            kvq_json_number(stdout, sqrt(kv > 0 ? kv / n : 0));
+            printf(", \"top1_same_percent\": ");
+            kvq_json_number(stdout, 100.0 * (double)r->top1_same / n);
+        }
         printf("}");
     }
     printf("]}\n");
@@ -124,7 +143,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
     const char *plans[PPL_MAX_CONFIGS];
     long n_ctx = 512, max_chunks = 0, threads = 0, window = 0, outliers = 0, sink = 0;
     const char *ctk = NULL, *ctv = NULL;
-    int json = 0;
+    int json = 0, want_kl = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -136,6 +155,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
         else if (TAKES("-c") || TAKES("--ctx") || TAKES("--ctx-size")) { LONG_IN(16, 65536, &n_ctx); }
         else if (TAKES("--chunks")) { LONG_IN(0, 100000000, &max_chunks); }
         else if (TAKES("-t") || TAKES("--threads")) { LONG_IN(0, 1024, &threads); }
+        else if (!strcmp(a, "--kl")) want_kl = 1;
         else if (TAKES("--window") || TAKES("--cache-window")) { LONG_IN(0, 65536, &window); }
         else if (TAKES("--outliers") || TAKES("--cache-outliers")) { LONG_IN(0, 4096, &outliers); }
         else if (TAKES("--sink") || TAKES("--cache-sink")) { LONG_IN(0, 1024, &sink); }
@@ -211,7 +231,6 @@ int kvq_cmd_perplexity(int argc, char **argv) {
     float *logits = NULL;
     ppl_result *res = calloc((size_t)n_cfg, sizeof *res);
     kvq_cache_config *per_layer = calloc(info.n_layers, sizeof *per_layer);
-    kvq_context *ctx = NULL;
     if (!text) goto done;
     kvq_tokenize(model, text, 0, NULL, 0, &n_tok);
     tokens = malloc((n_tok ? n_tok : 1) * sizeof *tokens);
@@ -238,12 +257,17 @@ int kvq_cmd_perplexity(int argc, char **argv) {
         goto done;
     }
     size_t first = (size_t)n_ctx / 2;
+    /* the reference: fp16 when it is among the configs, else the first; it runs first in
+     * every chunk so that --kl can hold its log-probabilities of the scored half */
+    int ref = 0;
+    for (int c = 0; c < n_cfg; c++)
+        if (!strcmp(specs[c], "fp16")) ref = c;
     for (int c = 0; c < n_cfg; c++) {
         ppl_result *r = &res[c];
         snprintf(r->spec, sizeof r->spec, "%s", specs[c]);
         char kspec[1400], vspec[1400];
         char *plus = strchr(specs[c], '+');
-        if (plus) {
+        if (plus && !strchr(specs[c], '@')) {
             snprintf(kspec, sizeof kspec, "%.*s", (int)(plus - specs[c]), specs[c]);
             snprintf(vspec, sizeof vspec, "%s", plus + 1);
         } else {
@@ -261,7 +285,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
             /* "plan:FILE": the keys of each layer from a RateQuant plan */
             const char *plan = !strncmp(kspec, "plan:", 5) ? kspec + 5 : NULL;
             if ((!plan && kvq_cli_check_layer_set("perplexity", kspec, info.n_layers)) ||
-                kvq_cli_check_layer_set("perplexity", vspec, info.n_layers))
+                (strcmp(vspec, kspec) && kvq_cli_check_layer_set("perplexity", vspec, info.n_layers)))
                 continue;
             if ((st = kvq_cli_cache_configs(&info, plan ? NULL : kspec, vspec, plan, (uint32_t)window,
                                             (uint32_t)outliers, (uint32_t)sink, per_layer, msg, sizeof msg))) {
@@ -272,68 +296,120 @@ int kvq_cmd_perplexity(int argc, char **argv) {
             p.cache = per_layer;
             p.n_cache_configs = info.n_layers;
         }
-        if ((st = kvq_context_create(model, &p, &ctx))) {
+        if ((st = kvq_context_create(model, &p, &r->ctx))) {
             fprintf(stderr, "kvq perplexity: config '%s': context: %s\n", specs[c], kvq_strerror(st));
-            continue;
+            r->ctx = NULL;
         }
-        double t0 = now_s();
-        for (size_t k = 0; k < n_chunks && !st; k++) {
-            memcpy(chunk, tokens + k * (size_t)n_ctx, (size_t)n_ctx * sizeof *chunk);
-            if (info.add_bos && info.bos_token >= 0) chunk[0] = info.bos_token;
-            kvq_context_reset(ctx);
+    }
+    st = KVQ_OK;
+    size_t n_scored_max = (size_t)n_ctx - first;
+    float *ref_lp = NULL; /* [scored position][vocab]: the reference's log-probabilities */
+    int32_t *ref_top = NULL;
+    if (want_kl) {
+        ref_lp = malloc(n_scored_max * info.n_vocab * sizeof *ref_lp);
+        ref_top = malloc(n_scored_max * sizeof *ref_top);
+        if (!ref_lp || !ref_top || !res[ref].ctx) {
+            fprintf(stderr, "kvq perplexity: --kl: %s\n", res[ref].ctx ? "out of memory" : "the reference config failed");
+            free(ref_lp);
+            free(ref_top);
+            free(chunk);
+            goto done;
+        }
+    }
+    for (size_t k = 0; k < n_chunks; k++) {
+        memcpy(chunk, tokens + k * (size_t)n_ctx, (size_t)n_ctx * sizeof *chunk);
+        if (info.add_bos && info.bos_token >= 0) chunk[0] = info.bos_token;
+        for (int o = 0; o < n_cfg; o++) {
+            int c = o == 0 ? ref : (o <= ref ? o - 1 : o); /* the reference first */
+            ppl_result *r = &res[c];
+            if (!r->ctx) continue;
+            double t0 = now_s();
+            kvq_context_reset(r->ctx);
+            st = KVQ_OK;
             for (size_t i = 0; i < (size_t)n_ctx && !st; i += PPL_BATCH) {
                 size_t n = (size_t)n_ctx - i < PPL_BATCH ? (size_t)n_ctx - i : PPL_BATCH;
                 int scored = i + n > first;
-                st = kvq_context_eval(ctx, chunk + i, n, scored ? logits : NULL, 1);
+                st = kvq_context_eval(r->ctx, chunk + i, n, scored ? logits : NULL, 1);
                 if (st || !scored) continue;
                 for (size_t j = 0; j < n; j++) {
                     size_t pos = i + j;
                     if (pos < first || pos + 1 >= (size_t)n_ctx) continue;
                     const float *lg = logits + j * info.n_vocab;
                     float mx = lg[0];
+                    int32_t top = 0;
                     for (uint32_t v = 1; v < info.n_vocab; v++)
-                        if (lg[v] > mx) mx = lg[v];
+                        if (lg[v] > mx) mx = lg[v], top = (int32_t)v;
                     double se = 0;
                     for (uint32_t v = 0; v < info.n_vocab; v++) se += exp((double)lg[v] - mx);
-                    double nll = log(se) + mx - lg[chunk[pos + 1]];
+                    double lse = log(se) + mx;
+                    double nll = lse - lg[chunk[pos + 1]];
                     r->nll_sum += nll;
                     r->nll_sq += nll * nll;
                     r->n_scored++;
+                    if (!want_kl) continue;
+                    float *rl = ref_lp + (pos - first) * info.n_vocab;
+                    if (c == ref) {
+                        for (uint32_t v = 0; v < info.n_vocab; v++) rl[v] = (float)(lg[v] - lse);
+                        ref_top[pos - first] = top;
+                        r->top1_same++;
+                    } else {
+                        double kl = 0;
+                        for (uint32_t v = 0; v < info.n_vocab; v++) {
+                            double lp = rl[v];
+                            kl += exp(lp) * (lp - ((double)lg[v] - lse));
+                        }
+                        if (kl < 0) kl = 0; /* rounding */
+                        r->kl_sum += kl;
+                        r->kl_sq += kl * kl;
+                        r->top1_same += top == ref_top[pos - first];
+                    }
                 }
             }
-            if (!st)
-                fprintf(stderr, "\r  %-40s chunk %zu/%zu  ppl %.4f", specs[c], k + 1, n_chunks,
-                        exp(r->nll_sum / (double)r->n_scored));
+            r->seconds += now_s() - t0;
+            if (st) {
+                fprintf(stderr, "\nkvq perplexity: config '%s': %s\n", specs[c], kvq_strerror(st));
+                kvq_context_free(r->ctx);
+                r->ctx = NULL;
+                if (c == ref && want_kl) {
+                    free(ref_lp);
+                    free(ref_top);
+                    free(chunk);
+                    goto done;
+                }
+                continue;
+            }
+            fprintf(stderr, "\r  chunk %zu/%zu  %-40s ppl %.4f   ", k + 1, n_chunks, specs[c],
+                    exp(r->nll_sum / (double)r->n_scored));
         }
-        fprintf(stderr, "\n");
-        r->seconds = now_s() - t0;
-        if (st) {
-            fprintf(stderr, "kvq perplexity: config '%s': %s\n", specs[c], kvq_strerror(st));
-        } else {
-            kvq_cache_memory_info mem;
-            uint64_t fp16 = 0;
-            kvq_context_kv_memory(ctx, &mem, &fp16);
-            uint64_t code = mem.key_codes + mem.value_codes + mem.window + mem.outliers;
-            r->bits_per_number = fp16 ? 16.0 * (double)code / (double)fp16 : 0;
-            r->ppl = exp(r->nll_sum / (double)r->n_scored);
-            r->ok = 1;
-        }
-        kvq_context_free(ctx);
-        ctx = NULL;
-        st = KVQ_OK;
+    }
+    fprintf(stderr, "\n");
+    free(ref_lp);
+    free(ref_top);
+    for (int c = 0; c < n_cfg; c++) {
+        ppl_result *r = &res[c];
+        if (!r->ctx || !r->n_scored) continue;
+        kvq_cache_memory_info mem;
+        uint64_t fp16 = 0;
+        kvq_context_kv_memory(r->ctx, &mem, &fp16);
+        uint64_t code = mem.key_codes + mem.value_codes + mem.window + mem.outliers;
+        r->bits_per_number = fp16 ? 16.0 * (double)code / (double)fp16 : 0;
+        r->ppl = exp(r->nll_sum / (double)r->n_scored);
+        r->ok = 1;
     }
     free(chunk);
-    int ref = -1;
-    for (int c = 0; c < n_cfg; c++)
-        if (res[c].ok && !strcmp(res[c].spec, "fp16")) ref = c;
-    if (ref < 0)
-        for (int c = 0; c < n_cfg && ref < 0; c++)
-            if (res[c].ok) ref = c;
+    if (!res[ref].ok)
+        for (int c = 0; c < n_cfg; c++)
+            if (res[c].ok) {
+                ref = c;
+                break;
+            }
     if (json) {
-        print_json(model_path, text_path, n_ctx, n_chunks, res, n_cfg, ref);
+        print_json(model_path, text_path, n_ctx, n_chunks, res, n_cfg, res[ref].ok ? ref : -1, want_kl);
         goto printed;
     }
-    printf("%-44s %10s %9s %10s %9s %8s\n", "config", "ppl", "+-", ref >= 0 ? "delta" : "", "kv bits", "seconds");
+    printf("%-44s %10s %9s %10s %8s %9s %8s", "config", "ppl", "+-", "delta", "delta%", "kv bits", "seconds");
+    if (want_kl) printf(" %10s %8s %7s", "KL", "+-", "top1%");
+    printf("\n");
     for (int c = 0; c < n_cfg; c++) {
         ppl_result *r = &res[c];
         if (!r->ok) {
@@ -344,8 +420,13 @@ int kvq_cmd_perplexity(int argc, char **argv) {
         double mean = r->nll_sum / (double)r->n_scored;
         double var = r->nll_sq / (double)r->n_scored - mean * mean;
         double err = r->ppl * sqrt(var > 0 ? var / (double)r->n_scored : 0);
-        printf("%-44s %10.4f %9.4f %+10.4f %9.2f %8.1f\n", r->spec, r->ppl, err, r->ppl - res[ref].ppl,
-               r->bits_per_number, r->seconds);
+        printf("%-44s %10.4f %9.4f %+10.4f %+7.2f%% %9.2f %8.1f", r->spec, r->ppl, err, r->ppl - res[ref].ppl,
+               100.0 * (r->ppl / res[ref].ppl - 1.0), r->bits_per_number, r->seconds);
+        if (want_kl) {
+            double n = (double)r->n_scored, km = r->kl_sum / n, kv = r->kl_sq / n - km * km;
+            printf(" %10.6f %8.6f %6.2f%%", km, sqrt(kv > 0 ? kv / n : 0), 100.0 * (double)r->top1_same / n);
+        }
+        printf("\n");
     }
     printf("(%zu chunks of %ld tokens, %zu tokens scored per config; delta vs %s)\n", n_chunks, n_ctx,
            ref >= 0 ? res[ref].n_scored : 0, ref >= 0 ? res[ref].spec : "-");
@@ -354,7 +435,8 @@ printed:
     for (int c = 0; c < n_cfg; c++)
         if (!res[c].ok) rc = 1;
 done:
-    kvq_context_free(ctx);
+    if (res)
+        for (int c = 0; c < n_cfg; c++) kvq_context_free(res[c].ctx);
     free(per_layer);
     free(res);
     free(text);
