@@ -226,6 +226,8 @@ TEST(badinput_cli_directory_is_not_a_file) {
         "calibrate --method vecinfer -o %s/x.safetensors --keys %s",
         "calibrate --method ratequant -o %s/x.safetensors --sensitivities %s",
         "index build -i %s -o %s/ix",
+        "calibrate --method ratequant -o %s --sensitivities %s/text.txt",
+        "index build -i %s/text.txt -o %s",
     };
     for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++) {
         snprintf(args, sizeof args, forms[i], dir, dir);

@@ -97,6 +97,14 @@ int kvq_arg_regular_file(const char *cmd, const char *path) {
     return 0;
 }
 
+int kvq_arg_output_file(const char *cmd, const char *path) {
+    struct stat sb;
+    if (stat(path, &sb) != 0 || S_ISREG(sb.st_mode)) return 0; /* a missing directory shows at the write */
+    fprintf(stderr, "kvq %s: %s: %s, not a file to write\n", cmd, path,
+            S_ISDIR(sb.st_mode) ? "is a directory" : "is a special file");
+    return 1;
+}
+
 char *kvq_cli_read_text(const char *cmd, const char *path, size_t *len) {
     if (kvq_arg_regular_file(cmd, path)) return NULL;
     FILE *f = fopen(path, "rb");

@@ -25,6 +25,10 @@ int kvq_arg_double(const char *cmd, const char *opt, const char *s, double lo, d
  * or a device); else one line "kvq <cmd>: <path>: is a directory" etc. */
 int kvq_arg_regular_file(const char *cmd, const char *path);
 
+/* path may be written: it does not exist yet or is a regular file (not a directory);
+ * else one line and 1. */
+int kvq_arg_output_file(const char *cmd, const char *path);
+
 /* The whole of a regular text file, NUL bytes turned into spaces, NUL-terminated;
  * *len (may be NULL) gets its length. NULL after one line on stderr. */
 char *kvq_cli_read_text(const char *cmd, const char *path, size_t *len);

@@ -552,6 +552,8 @@ int kvq_cmd_calibrate(int argc, char **argv) {
 #undef TAKES
     }
     if (!o.method || !o.out) return cal_usage(stderr);
+    if (kvq_arg_output_file("calibrate", o.out) || (o.save_keys && kvq_arg_output_file("calibrate", o.save_keys)))
+        return 1;
     int is_rq = !strcmp(o.method, "ratequant");
     if (!is_rq && strcmp(o.method, "vecinfer") && strcmp(o.method, "spectral") && strcmp(o.method, "comm_vq")) {
         fprintf(stderr, "kvq calibrate: --method '%s' is not vecinfer|spectral|comm_vq|ratequant\n", o.method);

@@ -311,6 +311,7 @@ static int cmd_build(int argc, char **argv) {
         }
     }
     if (!in || !out) return usage_build(stderr);
+    if (kvq_arg_output_file("index build", out)) return 1;
     char err[512] = "";
     size_t n;
     uint32_t dim;
