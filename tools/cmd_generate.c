@@ -128,6 +128,7 @@ static double now_s(void) {
 int kvq_cmd_generate(int argc, char **argv) {
     const char *model_path = NULL, *prompt = NULL, *kspec = "fp16", *vspec = NULL, *dump_dir = NULL;
     const char *whole = NULL;
+    int k_given = 0;
     const char *plan = NULL;
     kvq_cache_config *per_layer = NULL;
     kv_dump dump = {0};
@@ -148,7 +149,7 @@ int kvq_cmd_generate(int argc, char **argv) {
         else if (TAKES("-f") || TAKES("--file")) prompt_file = v;
         else if (TAKES("-n") || TAKES("--tokens") || TAKES("--n-predict")) { LONG_IN(0, 1000000, &n_gen); }
         else if (TAKES("--cache-preset") || TAKES("--cache")) whole = v;
-        else if (TAKES("--cache-k") || TAKES("-ctk") || TAKES("--cache-type-k")) kspec = v;
+        else if (TAKES("--cache-k") || TAKES("-ctk") || TAKES("--cache-type-k")) kspec = v, k_given = 1;
         else if (TAKES("--cache-v") || TAKES("-ctv") || TAKES("--cache-type-v")) vspec = v;
         else if (TAKES("--cache-plan")) plan = v;
         else if (TAKES("--window") || TAKES("--cache-window")) { LONG_IN(0, 1000000, &window); }
@@ -183,7 +184,7 @@ int kvq_cmd_generate(int argc, char **argv) {
     }
     if (!model_path || (!prompt && !prompt_file)) return gen_usage(stderr);
     if (whole) {
-        if (strcmp(kspec, "fp16") || vspec || plan) {
+        if (k_given || vspec || plan) {
             fprintf(stderr, "kvq generate: --cache-preset/--cache replace --cache-k, --cache-v and --cache-plan\n");
             return 1;
         }

@@ -10,7 +10,7 @@
 #include "cache/cache_internal.h"
 #include "cpu/cpu.h"
 
-#define DEFAULT_CHUNK_TOKENS 256u
+#define DEFAULT_CHUNK_TOKENS 64u
 #define MAX_CHUNK_TOKENS (1u << 16)
 #define MAX_DIM 4096u
 #define MAX_KV_HEADS 4096u
