@@ -8,13 +8,15 @@
 
 #include "args.h"
 #include "cache_configs.h"
+#include "chat.h"
 #include "cli.h"
 #include "json_out.h"
 #include "layer_set.h"
 
 static int gen_usage(FILE *f) {
     fprintf(f,
-            "usage: kvq generate -m MODEL.gguf (-p PROMPT | -f FILE) [options]\n\n"
+            "usage: kvq generate -m MODEL.gguf (-p PROMPT | -f FILE) [options]\n"
+            "       kvq generate -m MODEL.gguf --chat [-p PROMPT] [options]\n\n"
             "  -m, --model FILE   GGUF model (Llama family)\n"
             "  -p, --prompt TEXT  prompt text\n"
             "  -f, --file FILE    read the prompt from a text file\n"
@@ -50,6 +52,14 @@ static int gen_usage(FILE *f) {
             "  --quiet            print only the generated text\n"
             "  --json             print one JSON object on stdout instead of the text: the text,\n"
             "                     token counts, timings, tokens/s and KV cache bytes\n"
+            "  --chat, -cnv       chat with the model's chat template: each line of stdin is a user\n"
+            "                     turn, answered until an end-of-turn token or -n tokens; the KV cache\n"
+            "                     keeps the conversation, so only each new turn is evaluated; with -p,\n"
+            "                     that one turn is answered and the program exits (sampling: --temp\n"
+            "                     and --top-p; --top-k, --min-p, --repeat-penalty and --json not yet)\n"
+            "  --system, -sys TEXT  system prompt for --chat (Gemma: joined to the first user turn)\n"
+            "  --chat-template NAME  chatml, llama3, llama2, mistral, gemma or phi3 instead of the\n"
+            "                     model's own (default: the GGUF's tokenizer.chat_template)\n"
             "  --dump-kv DIR      write every layer's keys (after RoPE) and values as\n"
             "                     DIR/keys_LL.npy and DIR/values_LL.npy, float32 [tokens][kv_heads][head_dim],\n"
             "                     and the queries (after RoPE) as DIR/queries_LL.npy [tokens][heads][head_dim]\n");
@@ -135,8 +145,9 @@ int kvq_cmd_generate(int argc, char **argv) {
     long n_gen = 64, n_ctx = 0, threads = 0, window = 0, outliers = 0, sink = 0, top_k = 0, last_n = 64;
     uint64_t seed = 0;
     double temp = 0.0, top_p = 0.95, min_p = 0.0, repeat_penalty = 1.0;
-    int no_bos = 0, quiet = 0, float_act = 0, json = 0;
+    int no_bos = 0, quiet = 0, float_act = 0, json = 0, chat = 0;
     const char *prompt_file = NULL;
+    const char *system_prompt = NULL, *chat_template = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -170,6 +181,9 @@ int kvq_cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--quiet")) quiet = 1;
         else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--float-activations")) float_act = 1;
+        else if (!strcmp(a, "--chat") || !strcmp(a, "-cnv")) chat = 1;
+        else if (TAKES("--system") || TAKES("-sys")) system_prompt = v;
+        else if (TAKES("--chat-template")) chat_template = v;
         else {
             fprintf(stderr, "kvq generate: unknown or incomplete option %s\n", a);
             return gen_usage(stderr);
@@ -182,7 +196,12 @@ int kvq_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "kvq generate: give the prompt as -p TEXT or -f FILE, not both\n");
         return 1;
     }
-    if (!model_path || (!prompt && !prompt_file)) return gen_usage(stderr);
+    if (!model_path || (!prompt && !prompt_file && !chat)) return gen_usage(stderr);
+    if (chat && (top_k || min_p > 0 || repeat_penalty != 1.0 || json)) {
+        fprintf(stderr, "kvq generate: --chat samples with --temp and --top-p only (no --top-k, --min-p, "
+                        "--repeat-penalty or --json yet)\n");
+        return 1;
+    }
     if (whole) {
         if (k_given || vspec || plan) {
             fprintf(stderr, "kvq generate: --cache-preset/--cache replace --cache-k, --cache-v and --cache-plan\n");
@@ -215,6 +234,7 @@ int kvq_cmd_generate(int argc, char **argv) {
     text_buf out_text = {0};
     size_t n_prompt = 0;
     int32_t *tokens = NULL;
+    if (chat) goto context; /* the chat renders and tokenizes its own turns */
     kvq_tokenize(model, prompt, no_bos ? 0 : -1, NULL, 0, &n_prompt);
     if (n_prompt == 0) {
         fprintf(stderr, "kvq generate: the prompt gives no tokens\n");
@@ -230,9 +250,11 @@ int kvq_cmd_generate(int argc, char **argv) {
         rc = kvq_cli_fail("generate", "tokenize", st);
         goto done;
     }
+context:;
     kvq_context_params p;
     kvq_context_params_init(&p);
     p.n_ctx = (uint32_t)(n_ctx ? (size_t)n_ctx : n_prompt + (size_t)n_gen + 1);
+    if (chat && !n_ctx) p.n_ctx = info.ctx_len < 4096 ? info.ctx_len : 4096;
     p.n_batch = 256;
     p.n_threads = (uint32_t)threads;
     p.seed = seed;
@@ -274,6 +296,12 @@ int kvq_cmd_generate(int argc, char **argv) {
     }
     if ((st = kvq_context_create(model, &p, &ctx))) {
         rc = kvq_cli_fail("generate", "context", st);
+        goto done;
+    }
+    if (chat) {
+        kvq_cli_chat_opts co = {system_prompt, chat_template, prompt, n_gen, p.n_batch < p.n_ctx ? p.n_batch : p.n_ctx,
+                                (float)temp, (float)top_p, no_bos, quiet};
+        rc = kvq_cli_chat(model, ctx, &co, stdin);
         goto done;
     }
     if (n_prompt + (size_t)n_gen > p.n_ctx) {
