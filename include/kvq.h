@@ -128,6 +128,7 @@ typedef struct kvq_config {
 KVQ_API kvq_status kvq_config_init(kvq_config *cfg, kvq_method method, uint32_t dim);
 /* Parse a spec as users type it: "turboquant_rvq:bits=1,residuals=2", "rabitq:bits=1",
  * "qjl", "polar:bits=4", "fp16", "q8_0", "q4_0", "mse:bits=2", "vecinfer:artifact=F".
+ * Integers are decimal digits only (no sign, spaces, base prefix or leading zero).
  * On failure msg (if not NULL) receives one line naming the bad method or key. */
 KVQ_API kvq_status kvq_config_parse(const char *spec, uint32_t dim, kvq_config *cfg,
                                     char *msg, size_t msg_size);
@@ -308,6 +309,17 @@ KVQ_API kvq_status kvq_tensor_read_f32(const char *path, const char *name, float
 KVQ_API kvq_status kvq_tensor_write_f32(const char *path, const char *name, const float *data,
                                         size_t rows, size_t cols);
 KVQ_API void kvq_buffer_free(void *p);
+
+/* A set of per-layer artifacts (kvq calibrate --per-layer) as one unit. seal writes,
+ * after the last layer's file, a manifest with each file's size and checksum, replacing
+ * it atomically (temp file, fsync, rename); check refuses a set whose files differ from
+ * their manifest (KVQ_ERR_MISMATCH: mixed or partial, e.g. a killed calibrate run) or
+ * whose manifest is absent or unreadable (KVQ_ERR_IO, KVQ_ERR_FORMAT); msg says which
+ * file. paths[n_layers]: layer l's file. */
+KVQ_API kvq_status kvq_layer_set_seal(const char *manifest, const char *const *paths, uint32_t n_layers,
+                                      char *msg, size_t msg_size);
+KVQ_API kvq_status kvq_layer_set_check(const char *manifest, const char *const *paths, uint32_t n_layers,
+                                       char *msg, size_t msg_size);
 
 /* RateQuant: bits per layer by reverse water-filling. Layer l's distortion is modelled as
  * sensitivity[l] * 4^-(b - choices[0]) (rate-distortion of a Gaussian source, measured at
@@ -549,6 +561,28 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *ctx, const int32_t *tokens, siz
  * probability reaches top_p (top_p >= 1: all), drawn with the context's seeded rng. */
 KVQ_API kvq_status kvq_sample(kvq_context *ctx, const float *logits, float temperature,
                               float top_p, int32_t *token);
+
+/* kvq_sample_ext's settings; kvq_sampler_params_init gives greedy decoding and no
+ * filter. The steps, in order: the repeat penalty on the logits of the recent tokens,
+ * then the temperature, then top_k, top_p and min_p on the tempered distribution (as
+ * kvq_sample does; llama.cpp filters before the temperature, the same at 1), then a
+ * draw with the context's seeded rng. */
+typedef struct kvq_sampler_params {
+    float temperature;     /* <= 0: greedy (argmax after the penalty, lowest id on ties) */
+    uint32_t top_k;        /* keep the k most likely tokens (0: all) */
+    float top_p;           /* keep the smallest set whose probability reaches top_p (>= 1: all) */
+    float min_p;           /* drop tokens less likely than min_p x the most likely one (0: none), 0..1 */
+    float repeat_penalty;  /* > 0; a recent token's logit is divided by it when positive, else
+                              multiplied (1: none); once per distinct token */
+    const int32_t *recent; /* the tokens the penalty applies to (llama.cpp: the last 64) */
+    size_t n_recent;
+} kvq_sampler_params;
+
+KVQ_API kvq_status kvq_sampler_params_init(kvq_sampler_params *params);
+/* KVQ_ERR_INVALID_ARG for a NaN temperature, top_p < 0, min_p outside 0..1, a penalty
+ * that is not a finite positive number, or a recent token outside the vocabulary. */
+KVQ_API kvq_status kvq_sample_ext(kvq_context *ctx, const float *logits,
+                                  const kvq_sampler_params *params, int32_t *token);
 /* Bytes the KV caches of all layers hold now (summed; exact float KV counts as
  * key_codes/value_codes of 4 bytes a number), and what fp16 keys and values would take. */
 KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *ctx, kvq_cache_memory_info *info,
