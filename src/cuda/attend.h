@@ -15,15 +15,30 @@ typedef struct kvqc_fmt {
     float inv_sqrt_d, qjl_c0;
 } kvqc_fmt;
 
+/* Grid: (split, kv head, query row z). Query row z belongs to sequence z / q_per_seq
+ * (decode: one query row per sequence; prefill: the new tokens of a sequence). */
 typedef struct kvqc_attn_args {
     const kvqc_params *kp, *vp; /* device copies */
     kvqc_fmt kf, vf;
-    const uint8_t *k_codes, *v_codes;
-    const int32_t *seq_lens;
-    const float *qr;  /* [batch][n_q_heads][D]: transformed query * scale * log2(e) */
-    float *partial;   /* [batch][n_q_heads][n_split][D + 2]: acc, max, sum */
-    int n_q_heads, n_kv_heads, group, capacity, chunk, n_split;
+    const uint8_t *k_codes, *v_codes; /* page pool ([page][n_kv_heads][page_size] codes) */
+    const int32_t *seq_lens;   /* [sequences] */
+    const int32_t *page_table; /* [sequences][max_pages]; NULL: page of sequence b is b */
+    const float *qr;  /* [rows][n_q_heads][D]: transformed query * scale * log2(e) */
+    float *partial;   /* [rows][n_q_heads][n_slots][D + 2]: acc, max, sum */
+    int n_q_heads, n_kv_heads, group, page_size, max_pages, chunk, n_split, n_slots, q_per_seq;
 } kvqc_attn_args;
+
+#ifdef __CUDACC__
+/* Row index (in code units) of token t of kv head h of sequence seq. */
+static __device__ __forceinline__ size_t kvqc_row(const kvqc_attn_args &a, int seq, int h, int t) {
+    int page = seq, off = t;
+    if (a.page_table) {
+        page = a.page_table[(size_t)seq * a.max_pages + t / a.page_size];
+        off = t % a.page_size;
+    }
+    return ((size_t)page * a.n_kv_heads + h) * (size_t)a.page_size + off;
+}
+#endif
 
 /* 1 when the tensor-core kernel takes this (key, value, group) at head_dim 128. */
 int kvqc_mma_supports(const kvqc_params *kp, const kvqc_params *vp, int group);
@@ -31,6 +46,15 @@ int kvqc_mma_supports(const kvqc_params *kp, const kvqc_params *vp, int group);
 int kvqc_mma_blocks_per_sm(const kvqc_params *kp, const kvqc_params *vp);
 cudaError_t kvqc_launch_mma(const kvqc_params *kp, const kvqc_params *vp,
                             const kvqc_attn_args *a, dim3 grid, cudaStream_t s);
+
+/* The tensor-core kernel for fp16 / q8_0 / q4_0 keys and values (any pair), head_dim
+ * 128, up to 4 query heads per KV head (attend_base.cu). */
+int kvqc_base_supports(const kvqc_params *kp, const kvqc_params *vp, int group);
+int kvqc_base_blocks_per_sm(const kvqc_params *kp, const kvqc_params *vp);
+cudaError_t kvqc_launch_base(const kvqc_params *kp, const kvqc_params *vp,
+                             const kvqc_attn_args *a, dim3 grid, cudaStream_t s);
+/* Raise the base kernels' dynamic shared-memory limit (once per quantizer creation). */
+cudaError_t kvqc_base_prepare(void);
 
 #ifdef __CUDACC__
 /* Block-wide: merge the per-warp (acc, m, l) of G heads and store the split's partial. */
@@ -54,7 +78,7 @@ static __device__ void kvqc_merge_warps(const float *part, int n_warps, int warp
             }
         }
         size_t row = (size_t)b * a.n_q_heads + (size_t)h * G + g;
-        a.partial[(row * a.n_split + split) * (D + 2) + i] = r;
+        a.partial[(row * a.n_slots + split) * (D + 2) + i] = r;
     }
 }
 

@@ -88,7 +88,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
     __shared__ float s_part[MMA_WARPS][4][128 + 2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, tq = lane & 3;
-    const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z; /* b: query row */
+    const int seq = b / a.q_per_seq;
     const int G = a.group;
     if (threadIdx.x < (1 << VB)) {
         s_vtab[threadIdx.x] = f2h(a.vp->cen[threadIdx.x]);
@@ -125,10 +126,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
     }
     __syncthreads();
 
-    const int len = a.seq_lens[b];
+    const int len = a.seq_lens[seq];
     const int t0 = split * a.chunk, t1 = min(len, t0 + a.chunk);
-    const size_t seq_base = ((size_t)b * a.n_kv_heads + h) * (size_t)a.capacity;
-    const uint8_t *gk = a.k_codes + seq_base * kcs, *gv = a.v_codes + seq_base * vcs;
 
     float acc[8][4];
 #pragma unroll
@@ -137,12 +136,17 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
 
     int tt = t0 + TILE * warp;
     int buf = 0;
-    if (tt < t1) issue_tile(s_k[warp][0], s_v[warp][0], gk + (size_t)tt * kcs, gv + (size_t)tt * vcs, kcs, vcs, min(TILE, t1 - tt), lane);
+    if (tt < t1) {
+        size_t r0 = kvqc_row(a, seq, h, tt);
+        issue_tile(s_k[warp][0], s_v[warp][0], a.k_codes + r0 * kcs, a.v_codes + r0 * vcs, kcs, vcs, min(TILE, t1 - tt), lane);
+    }
     cp_commit();
     for (; tt < t1; tt += TILE * MMA_WARPS, buf ^= 1) {
         int nt = tt + TILE * MMA_WARPS;
-        if (nt < t1)
-            issue_tile(s_k[warp][buf ^ 1], s_v[warp][buf ^ 1], gk + (size_t)nt * kcs, gv + (size_t)nt * vcs, kcs, vcs, min(TILE, t1 - nt), lane);
+        if (nt < t1) {
+            size_t r1 = kvqc_row(a, seq, h, nt);
+            issue_tile(s_k[warp][buf ^ 1], s_v[warp][buf ^ 1], a.k_codes + r1 * kcs, a.v_codes + r1 * vcs, kcs, vcs, min(TILE, t1 - nt), lane);
+        }
         cp_commit();
         cp_wait1();
         __syncwarp();
