@@ -365,7 +365,8 @@ static const base_fn k_base[3][3] = {
 static const int k_row[3] = {FP16_ROW, 136, 72};
 
 static size_t base_smem(int ki, int vi) {
-    return (size_t)BW * 2 * TILE * (k_row[ki] + k_row[vi]);
+    /* + 16: b_word reads the word after an aligned one it does not need */
+    return (size_t)BW * 2 * TILE * (k_row[ki] + k_row[vi]) + 16;
 }
 
 cudaError_t kvqc_base_prepare(void) {
