@@ -789,7 +789,7 @@ static void body_cuda_paged_rejects_bad_arguments(kvqt_ctx *kvqt_) {
     d.head_dim = 128;
     d.max_len = 100;
     d.scale = 0.1f;
-    kvq_cuda_pages pg = {buf, buf, buf, 16, 7};
+    kvq_cuda_pages pg = {buf, buf, buf, 16, 6}; /* 96 tokens < max_len */
     size_t ws = 0;
     CHECK_STATUS(kvq_cuda_attend_paged_workspace(cq, cq, &d, &pg, 0, &ws), KVQ_ERR_INVALID_ARG);
     pg.max_pages = 8; /* 128 tokens >= max_len */

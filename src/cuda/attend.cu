@@ -18,6 +18,7 @@
 #include "cuda/warp_math.cuh"
 
 #define LOG2E 1.4426950408889634f
+#define KVQC_CHUNK_MIN 128
 #define GMAX 8
 #define ATT_WARPS 4
 
@@ -232,15 +233,17 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const kvqc_par
     for (int w = 1; w < COMBINE_THREADS / 32; w++) M = fmaxf(M, s_red[w]);
     for (int i = tid; i < D; i += COMBINE_THREADS) {
         float acc = 0.0f, L = 0.0f;
-        if (M != -INFINITY)
+        /* branch-free so the loads of several splits are in flight at once; an empty
+         * split stores acc = sum = 0 and max = -inf (weight exp2(-inf) = 0) */
+        if (M != -INFINITY) {
+#pragma unroll 4
             for (int u = 0; u < n_used; u++) {
                 const float *ps = p + SLOT(u) * (D + 2);
-                float ms = ps[D];
-                if (ms == -INFINITY) continue;
-                float w = exp2f(ms - M);
+                float w = exp2f(ps[D] - M);
                 L += ps[D + 1] * w;
                 acc += ps[i] * w;
             }
+        }
         s_out[i] = L > 0.0f ? acc / L : 0.0f;
     }
 #undef SLOT
@@ -362,11 +365,13 @@ static void plan(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
         if (per_sm < 1) per_sm = 1;
     }
     size_t slots = (size_t)kq->n_sm * per_sm;
-    size_t max_split = (max_len + KVQC_CHUNK_ALIGN - 1) / KVQC_CHUNK_ALIGN;
+    /* chunks of at least KVQC_CHUNK_MIN tokens: below that, a block's fixed costs (query
+     * fragments, first tile latency, its share of the merge) outweigh its work */
+    size_t max_split = (max_len + KVQC_CHUNK_MIN - 1) / KVQC_CHUNK_MIN;
     size_t limit = 4 * ((slots + base - 1) / base) + 1;
     if (limit > max_split) limit = max_split;
     double best_eff = -1.0;
-    size_t best_c = max_split * KVQC_CHUNK_ALIGN;
+    size_t best_c = (max_len + KVQC_CHUNK_ALIGN - 1) / KVQC_CHUNK_ALIGN * KVQC_CHUNK_ALIGN;
     for (size_t s = 1; s <= limit; s++) {
         size_t cc = (max_len + s - 1) / s;
         cc = (cc + KVQC_CHUNK_ALIGN - 1) / KVQC_CHUNK_ALIGN * KVQC_CHUNK_ALIGN;

@@ -6,11 +6,12 @@
  *   scores  S^T = K Q^T:  A = key rows as fp16 (fp16 codes by ldmatrix; q8_0 / q4_0
  *           integers turned into exact fp16 by the 0x6400 exponent trick), B = the
  *           query split into fp16 high and low parts (columns 2h, 2h + 1);
- *   values  O^T += V^T P^T: A = value rows (ldmatrix.trans for fp16, exact integers for
- *           q8_0 / q4_0), B = softmax weights (times the block scale for q8_0 / q4_0),
+ *   values  O^T += V^T P^T: A = value rows (ldmatrix.trans for fp16; q8_0 / q4_0
+ *           integers times their block scale, rounded to fp16), B = softmax weights
  *           split the same way.
- * Block scales multiply fp32 partial sums (keys: one accumulator per 32-dim block) or
- * ride in the weights (values), so every product is exact and accumulation is fp32.
+ * Key block scales multiply fp32 partial sums (one accumulator per 32-dim block), so
+ * scores are exact products with fp32 accumulation; q8_0 / q4_0 values carry one fp16
+ * rounding (under 2^-11 relative), the same error budget as the compressed kernel.
  */
 #include <cuda_fp16.h>
 #include <math.h>
@@ -77,6 +78,11 @@ __device__ __forceinline__ unsigned b_hsub(unsigned x, unsigned cc) {
     return *(unsigned *)&r;
 }
 
+__device__ __forceinline__ unsigned b_hmul(unsigned x, unsigned y) {
+    __half2 r = __hmul2(*(const __half2 *)&x, *(const __half2 *)&y);
+    return *(unsigned *)&r;
+}
+
 template <int F> struct fmt_t;
 template <> struct fmt_t<KVQC_FP16> { enum { CS = 256, ROW = FP16_ROW }; };
 template <> struct fmt_t<KVQC_Q8_0> { enum { CS = 136, ROW = 136 }; };
@@ -85,7 +91,13 @@ template <> struct fmt_t<KVQC_Q4_0> { enum { CS = 72, ROW = 72 }; };
 /* Copy up to 16 token rows (n_valid real, the rest zero) into a tile of ROW-byte rows. */
 template <int F>
 __device__ __forceinline__ void load_tile(uint8_t *dst, const uint8_t *src, int n_valid, int lane) {
-    if (F == KVQC_FP16) {
+    if (F == KVQC_FP16 && n_valid == TILE) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int c = lane + 32 * i, tok = c >> 4, ch = c & 15;
+            b_cp16(dst + tok * FP16_ROW + 16 * ch, src + tok * 256 + 16 * ch, 16);
+        }
+    } else if (F == KVQC_FP16) {
         /* 16 tokens x 16 chunks; padded rows */
 #pragma unroll
         for (int i = 0; i < 8; i++) {
@@ -93,8 +105,15 @@ __device__ __forceinline__ void load_tile(uint8_t *dst, const uint8_t *src, int 
             bool ok = tok < n_valid;
             b_cp16(dst + tok * FP16_ROW + 16 * ch, ok ? src + tok * 256 + 16 * ch : src, ok ? 16 : 0);
         }
+    } else if (n_valid == TILE) {
+        /* 16 rows x CS bytes = CS chunks of 16, one run of memory */
+#pragma unroll
+        for (int i = 0; i < (fmt_t<F>::CS + 31) / 32; i++) {
+            int c = lane + 32 * i;
+            if (fmt_t<F>::CS % 32 == 0 || c < fmt_t<F>::CS) b_cp16(dst + 16 * c, src + 16 * c, 16);
+        }
     } else {
-        const int cs = fmt_t<F>::CS, chunks = cs; /* 16 rows x cs bytes = cs chunks of 16 */
+        const int cs = fmt_t<F>::CS, chunks = cs;
         int valid = n_valid * cs;
         for (int c = lane; c < chunks; c += 32) {
             int off = 16 * c, nb = min(max(valid - off, 0), 16);
@@ -271,13 +290,17 @@ __global__ void __launch_bounds__(BW * 32) attend_base_kernel(kvqc_attn_args a) 
                 b_mma(acc[mt], r[0], r[1], r[2], r[3], pb0, pb1);
             }
         } else {
+            /* block scales ride in the A operand: integer * scale rounded to fp16 (under
+             * 2^-11 relative, the codebook rounding of the compressed kernel) */
+            const unsigned pb0 = b_pack(b_split(x0, part), b_split(x1, part));
+            const unsigned pb1 = b_pack(b_split(y0, part), b_split(y1, part));
 #pragma unroll
             for (int bb = 0; bb < 4; bb++) {
                 const int bo = bb * (VCS / 4);
-                const unsigned pb0 = b_pack(b_split(x0 * b_ldh(sv, T0 * VROW + bo), part),
-                                            b_split(x1 * b_ldh(sv, T1 * VROW + bo), part));
-                const unsigned pb1 = b_pack(b_split(y0 * b_ldh(sv, T8 * VROW + bo), part),
-                                            b_split(y1 * b_ldh(sv, T9 * VROW + bo), part));
+                const unsigned d01 = __byte_perm(*(const unsigned short *)(sv + T0 * VROW + bo),
+                                                 *(const unsigned short *)(sv + T1 * VROW + bo), 0x5410);
+                const unsigned d89 = __byte_perm(*(const unsigned short *)(sv + T8 * VROW + bo),
+                                                 *(const unsigned short *)(sv + T9 * VROW + bo), 0x5410);
                 unsigned fa[2][4]; /* [mt & 1][a0..a3] */
                 if (VF == KVQC_Q8_0) {
                     const unsigned C = 0x64646464u, OFF = 0x64806480u;
@@ -315,7 +338,8 @@ __global__ void __launch_bounds__(BW * 32) attend_base_kernel(kvqc_attn_args a) 
                 }
 #pragma unroll
                 for (int j = 0; j < 2; j++)
-                    b_mma(acc[2 * bb + j], fa[j][0], fa[j][1], fa[j][2], fa[j][3], pb0, pb1);
+                    b_mma(acc[2 * bb + j], b_hmul(fa[j][0], d01), b_hmul(fa[j][1], d01), b_hmul(fa[j][2], d89),
+                          b_hmul(fa[j][3], d89), pb0, pb1);
             }
         }
         __syncwarp();

@@ -69,6 +69,11 @@ __device__ __forceinline__ float ld_h(const uint8_t *base, int off) {
 __device__ __forceinline__ void issue_tile(uint8_t *sk, uint8_t *sv, const uint8_t *gk,
                                            const uint8_t *gv, int kcs, int vcs, int n_valid,
                                            int lane) {
+    if (n_valid == TILE) { /* whole tiles: 16 rows = kcs (vcs) chunks of 16 bytes */
+        for (int c = lane; c < kcs; c += 32) cp_async16(sk + 16 * c, gk + 16 * c, 16);
+        for (int c = lane; c < vcs; c += 32) cp_async16(sv + 16 * c, gv + 16 * c, 16);
+        return;
+    }
     int kvalid = n_valid * kcs, vvalid = n_valid * vcs;
     for (int c = lane; c < kcs; c += 32) {
         int off = 16 * c, nb = min(max(kvalid - off, 0), 16);
