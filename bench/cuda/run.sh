@@ -21,10 +21,14 @@ cc -std=c11 -O2 -Wall -Wextra -Werror -D_DEFAULT_SOURCE -Iinclude -I"$CUDA_HOME/
   bench/cuda/bench_attn.c build/libkvq.a -L"$CUDA_HOME/lib64" -Wl,-rpath,"$CUDA_HOME/lib64" \
   -lcudart -lm -pthread -o build/bench_attn >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build done $(date -u +%H:%M:%S)"
+# instruction mix of the attention kernels (SASS), for the profile notes
+if [ "${SASS:-0}" = 1 ] && command -v cuobjdump >/dev/null; then
+  for f in attend_mma attend_base; do cuobjdump -sass "build/src/cuda/$f.o" >"$OUT/$f.sass" 2>&1; done
+fi
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   make test TESTS=cuda_ >"$OUT/tests.log" 2>&1
   echo "tests: $(tail -1 "$OUT/tests.log")  $(date -u +%H:%M:%S)"
-  grep -E "FAIL|error" "$OUT/tests.log" | head -20
+  grep -E "^ +FAIL|^ +tests/" "$OUT/tests.log" | head -20
 fi
 
 ./build/bench_attn "$@" >"$OUT/bench_attn.txt" 2>&1

@@ -444,16 +444,18 @@ static cudaError_t launch_all(const kvq_cuda_quantizer *kq, const kvq_cuda_quant
                               const void *q, const extra_in *x, float *out, cudaStream_t s) {
     const uint32_t n_rows = d->batch * c->q_per_seq;
     dim3 rows(d->n_q_heads, n_rows);
-    query_kernel<E><<<rows, 32, 0, s>>>(kq->p_dev, (int)d->q_dtype, q, d->scale, (float *)a->qr);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
     dim3 grid(a->n_split, d->n_kv_heads, n_rows);
     const int aligned = ((uintptr_t)a->k_codes & 15u) == 0 && ((uintptr_t)a->v_codes & 15u) == 0;
+    /* the tensor-core kernels transform the query themselves (one launch less) */
+    cudaError_t e;
     if (E == 4 && aligned && use_mma(kq, vq, d, c)) {
         e = kvqc_launch_mma(&kq->p, &vq->p, a, grid, s);
     } else if (E == 4 && aligned && use_base(kq, vq, d, c)) {
         e = kvqc_launch_base(&kq->p, &vq->p, a, grid, s);
     } else {
+        query_kernel<E><<<rows, 32, 0, s>>>(kq->p_dev, (int)d->q_dtype, q, d->scale, (float *)a->qr);
+        e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
         attend_simt_kernel<E><<<grid, ATT_WARPS * 32, 0, s>>>(*a);
         e = cudaGetLastError();
     }
@@ -517,6 +519,9 @@ static kvq_status run_call(const kvq_cuda_quantizer *kq, const kvq_cuda_quantize
     a.n_split = (int)n_split;
     a.n_slots = (int)n_slots;
     a.q_per_seq = (int)c->q_per_seq;
+    a.q = q;
+    a.q_dtype = (int)d->q_dtype;
+    a.q_scale = d->scale * LOG2E;
     cudaStream_t s = (cudaStream_t)stream;
     cudaError_t e;
     switch (d->head_dim) {

@@ -24,6 +24,9 @@ typedef struct kvqc_attn_args {
     const int32_t *seq_lens;   /* [sequences] */
     const int32_t *page_table; /* [sequences][max_pages]; NULL: page of sequence b is b */
     const float *qr;  /* [rows][n_q_heads][D]: transformed query * scale * log2(e) */
+    const void *q;    /* the raw query (q_dtype), for kernels that transform it themselves */
+    int q_dtype;
+    float q_scale;    /* scale * log2(e) */
     float *partial;   /* [rows][n_q_heads][n_slots][D + 2]: acc, max, sum */
     int n_q_heads, n_kv_heads, group, page_size, max_pages, chunk, n_split, n_slots, q_per_seq;
 } kvqc_attn_args;
@@ -57,6 +60,28 @@ cudaError_t kvqc_launch_base(const kvqc_params *kp, const kvqc_params *vp,
 cudaError_t kvqc_base_prepare(void);
 
 #ifdef __CUDACC__
+#include "cuda/warp_math.cuh"
+
+/* Block-wide (at least G warps): the key transform of the G query heads of kv head h,
+ * times scale * log2(e), into s_q[g][0..127] (what the query pass stores in qr). */
+static __device__ void kvqc_block_query(const kvqc_attn_args &a, int z, int h, float (*s_q)[128]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (warp < a.group) {
+        float v[4];
+        size_t row = (size_t)z * a.n_q_heads + (size_t)h * a.group + warp;
+        kvqc_load_row<4>(a.q, a.q_dtype, row, lane, v);
+        if (a.kp->rotate) {
+            kvqc_apply_signs<4>(v, a.kp->sign_bits, lane);
+            kvqc_fwht<4>(v, lane);
+#pragma unroll
+            for (int e = 0; e < 4; e++) v[e] *= a.kp->had_scale;
+        }
+#pragma unroll
+        for (int e = 0; e < 4; e++) s_q[warp][lane + 32 * e] = v[e] * a.q_scale;
+    }
+    __syncthreads();
+}
+
 /* Block-wide: merge the per-warp (acc, m, l) of G heads and store the split's partial. */
 static __device__ void kvqc_merge_warps(const float *part, int n_warps, int warp_stride, int head_stride,
                                  int G, int D, const kvqc_attn_args &a, int b, int h, int split) {

@@ -156,10 +156,12 @@ __global__ void __launch_bounds__(BW * 32) attend_base_kernel(kvqc_attn_args a) 
     const int seq = z / a.q_per_seq;
     const int G = a.group;
 
+    __shared__ float s_q[4][128];
+    kvqc_block_query(a, z, h, s_q);
     unsigned qb[8][2];
     {
         const int head = g >> 1, part = g & 1;
-        const float *qrow = a.qr + ((size_t)z * a.n_q_heads + (size_t)h * G + head) * 128;
+        const float *qrow = s_q[head < G ? head : 0];
 #pragma unroll
         for (int ks = 0; ks < 8; ks++) {
             if (head < G) {

@@ -108,10 +108,12 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
 
     /* query fragments: column n = 2 * head + part; row k of k-step ks is dim
      * 32 (ks/2) + 8 (ks%2) + t + 16 c for k = 2t + c, and + 4 for k = 2t + 8 + c */
+    __shared__ float s_q[4][128];
+    kvqc_block_query(a, b, h, s_q);
     unsigned qb[8][2];
     {
         const int head = g >> 1, part = g & 1;
-        const float *qrow = a.qr + ((size_t)b * a.n_q_heads + (size_t)h * G + head) * 128;
+        const float *qrow = s_q[head < G ? head : 0];
 #pragma unroll
         for (int ks = 0; ks < 8; ks++) {
             int d0 = 32 * (ks >> 1) + 8 * (ks & 1) + tq;
