@@ -32,14 +32,18 @@ typedef struct kvqc_attn_args {
 } kvqc_attn_args;
 
 #ifdef __CUDACC__
+/* Page holding token t of sequence seq (contiguous layout: the sequence itself). */
+static __device__ __forceinline__ int kvqc_page(const kvqc_attn_args &a, int seq, int t) {
+    return a.page_table ? a.page_table[(size_t)seq * a.max_pages + t / a.page_size] : seq;
+}
+/* Row index (in code units) of token t of kv head h, given its page. */
+static __device__ __forceinline__ size_t kvqc_row_at(const kvqc_attn_args &a, int page, int h, int t) {
+    int off = a.page_table ? t % a.page_size : t;
+    return ((size_t)page * a.n_kv_heads + h) * (size_t)a.page_size + off;
+}
 /* Row index (in code units) of token t of kv head h of sequence seq. */
 static __device__ __forceinline__ size_t kvqc_row(const kvqc_attn_args &a, int seq, int h, int t) {
-    int page = seq, off = t;
-    if (a.page_table) {
-        page = a.page_table[(size_t)seq * a.max_pages + t / a.page_size];
-        off = t % a.page_size;
-    }
-    return ((size_t)page * a.n_kv_heads + h) * (size_t)a.page_size + off;
+    return kvqc_row_at(a, kvqc_page(a, seq, t), h, t);
 }
 #endif
 

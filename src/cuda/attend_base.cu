@@ -164,9 +164,11 @@ __global__ void __launch_bounds__(BW * 32) attend_base_kernel(kvqc_attn_args a) 
         const float *qrow = s_q[head < G ? head : 0];
 #pragma unroll
         for (int ks = 0; ks < 8; ks++) {
+            /* q4_0 keys: the high-nibble k-steps hold 16 (n - 8) */
+            const float f = KF == KVQC_Q4_0 && (ks & 1) ? 0.0625f : 1.0f;
             if (head < G) {
-                qb[ks][0] = b_pack(b_split(qrow[qdim<KF>(ks, tq, 0)], part), b_split(qrow[qdim<KF>(ks, tq, 1)], part));
-                qb[ks][1] = b_pack(b_split(qrow[qdim<KF>(ks, tq, 2)], part), b_split(qrow[qdim<KF>(ks, tq, 3)], part));
+                qb[ks][0] = b_pack(b_split(qrow[qdim<KF>(ks, tq, 0)] * f, part), b_split(qrow[qdim<KF>(ks, tq, 1)] * f, part));
+                qb[ks][1] = b_pack(b_split(qrow[qdim<KF>(ks, tq, 2)] * f, part), b_split(qrow[qdim<KF>(ks, tq, 3)] * f, part));
             } else {
                 qb[ks][0] = qb[ks][1] = 0u;
             }
@@ -183,6 +185,8 @@ __global__ void __launch_bounds__(BW * 32) attend_base_kernel(kvqc_attn_args a) 
 
     int tt = t0 + TILE * warp;
     int buf = 0;
+    /* page-table entries are read one step ahead of the copies that need them */
+    int page_next = tt + TILE * BW < t1 ? kvqc_page(a, seq, tt + TILE * BW) : 0;
     if (tt < t1) {
         size_t r0 = kvqc_row(a, seq, h, tt);
         load_tile<KF>(s_k, a.k_codes + r0 * KCS, min(TILE, t1 - tt), lane);
@@ -192,9 +196,10 @@ __global__ void __launch_bounds__(BW * 32) attend_base_kernel(kvqc_attn_args a) 
     for (; tt < t1; tt += TILE * BW, buf ^= 1) {
         int nt = tt + TILE * BW;
         if (nt < t1) {
-            size_t r1 = kvqc_row(a, seq, h, nt);
+            size_t r1 = kvqc_row_at(a, page_next, h, nt);
             load_tile<KF>(s_k + (buf ^ 1) * KT, a.k_codes + r1 * KCS, min(TILE, t1 - nt), lane);
             load_tile<VF>(s_v + (buf ^ 1) * VT, a.v_codes + r1 * VCS, min(TILE, t1 - nt), lane);
+            if (nt + TILE * BW < t1) page_next = kvqc_page(a, seq, nt + TILE * BW);
         }
         b_commit();
         b_wait1();
@@ -233,15 +238,18 @@ __global__ void __launch_bounds__(BW * 32) attend_base_kernel(kvqc_attn_args a) 
                         a3[hf] = b_hsub(__byte_perm(wh, C, 0x4342), OFF);
                     }
                 } else {
-                    const unsigned M = 0x000F000Fu, E = 0x64006400u, OFF = 0x64086408u; /* 1032 */
-                    unsigned wl = b_word(sk, ko_lo + bo + 2 + 4 * tq);
-                    unsigned wh = b_word(sk, ko_hi + bo + 2 + 4 * tq);
+                    /* low nibbles: 1024 + n - 1032; high nibbles in place: 1024 + 16 n - 1152 =
+                     * 16 (n - 8), the query of those k-steps being divided by 16 */
+                    const unsigned E = 0x64006400u;
+                    const unsigned M[2] = {0x000F000Fu, 0x00F000F0u}, OFF[2] = {0x64086408u, 0x64806480u};
+                    const unsigned wl = b_word(sk, ko_lo + bo + 2 + 4 * tq), wl8 = wl >> 8;
+                    const unsigned wh = b_word(sk, ko_hi + bo + 2 + 4 * tq), wh8 = wh >> 8;
 #pragma unroll
                     for (int hf = 0; hf < 2; hf++) {
-                        a0[hf] = b_hsub(((wl >> (4 * hf)) & M) | E, OFF);
-                        a2[hf] = b_hsub(((wl >> (8 + 4 * hf)) & M) | E, OFF);
-                        a1[hf] = b_hsub(((wh >> (4 * hf)) & M) | E, OFF);
-                        a3[hf] = b_hsub(((wh >> (8 + 4 * hf)) & M) | E, OFF);
+                        a0[hf] = b_hsub((wl & M[hf]) | E, OFF[hf]);
+                        a2[hf] = b_hsub((wl8 & M[hf]) | E, OFF[hf]);
+                        a1[hf] = b_hsub((wh & M[hf]) | E, OFF[hf]);
+                        a3[hf] = b_hsub((wh8 & M[hf]) | E, OFF[hf]);
                     }
                 }
 #pragma unroll

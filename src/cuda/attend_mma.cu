@@ -185,6 +185,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
 
     int tt = t0 + TILE * warp;
     int buf = 0;
+    /* page-table entries are read one step ahead of the copies that need them */
+    int page_next = tt + TILE * MMA_WARPS < t1 ? kvqc_page(a, seq, tt + TILE * MMA_WARPS) : 0;
     if (tt < t1) {
         size_t r0 = kvqc_row(a, seq, h, tt);
         issue_tile(s_k[warp][0], s_v[warp][0], a.k_codes + r0 * kcs, a.v_codes + r0 * vcs, kcs, vcs, min(TILE, t1 - tt), lane);
@@ -193,8 +195,9 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
     for (; tt < t1; tt += TILE * MMA_WARPS, buf ^= 1) {
         int nt = tt + TILE * MMA_WARPS;
         if (nt < t1) {
-            size_t r1 = kvqc_row(a, seq, h, nt);
+            size_t r1 = kvqc_row_at(a, page_next, h, nt);
             issue_tile(s_k[warp][buf ^ 1], s_v[warp][buf ^ 1], a.k_codes + r1 * kcs, a.v_codes + r1 * vcs, kcs, vcs, min(TILE, t1 - nt), lane);
+            if (nt + TILE * MMA_WARPS < t1) page_next = kvqc_page(a, seq, nt + TILE * MMA_WARPS);
         }
         cp_commit();
         cp_wait1();
