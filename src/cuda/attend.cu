@@ -545,7 +545,8 @@ static kvq_status shape_of(const kvq_cuda_quantizer *kq, const kvq_cuda_quantize
     }
     kvq_status st = check_desc(kq, vq, d, cap);
     if (st != KVQ_OK) return st;
-    if (pg && pg->page_size > (uint32_t)INT32_MAX) return KVQ_ERR_UNSUPPORTED;
+    if (pg && (pg->page_size > (uint32_t)INT32_MAX || pg->max_pages > (uint32_t)INT32_MAX))
+        return KVQ_ERR_UNSUPPORTED;
     memset(c, 0, sizeof *c);
     c->page_table = pg ? pg->page_table_dev : NULL;
     c->page_size = pg ? pg->page_size : d->capacity;
