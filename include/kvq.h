@@ -654,6 +654,65 @@ KVQ_API kvq_status kvq_cuda_attend(const kvq_cuda_quantizer *key, const kvq_cuda
                                    const int32_t *seq_lens_dev, void *workspace_dev,
                                    size_t workspace_bytes, float *out_dev, void *stream);
 
+/* Paged KV (as vLLM / FlashInfer page their caches): codes live in a pool of pages of
+ * page_size tokens; page p holds, for every kv head h, its tokens at
+ *   pages_dev + ((p * n_kv_heads + h) * page_size + slot) * code_size
+ * and token t of sequence b sits in page page_table_dev[b * max_pages + t / page_size],
+ * slot t % page_size. Sequences of any length share one launch (seq_lens_dev). The
+ * contiguous layout above is the case page_table_dev == NULL, max_pages == 1,
+ * page_size == capacity (page b is sequence b). page_size a multiple of 16 (and 16-byte
+ * aligned pools) lets the tensor-core kernels run; other sizes take the general one.
+ * Page ids are not checked on the device: every id a used entry names must be a page
+ * of the pool. A tensor-parallel engine gives each GPU its own pools holding its kv heads
+ * (n_kv_heads = the local count) and the same page table. */
+typedef struct kvq_cuda_pages {
+    const uint8_t *k_pages_dev;     /* key code pool */
+    const uint8_t *v_pages_dev;     /* value code pool */
+    const int32_t *page_table_dev;  /* [batch][max_pages] page ids, or NULL (contiguous) */
+    uint32_t page_size;             /* tokens per page */
+    uint32_t max_pages;             /* page-table columns; max_len <= max_pages * page_size */
+} kvq_cuda_pages;
+
+/* Decode attention over paged KV (desc->capacity is ignored). n_new: 0 for decode, or the
+ * n_new of a kvq_cuda_prefill call whose workspace this sizes. */
+KVQ_API kvq_status kvq_cuda_attend_paged_workspace(const kvq_cuda_quantizer *key,
+                                                   const kvq_cuda_quantizer *value,
+                                                   const kvq_cuda_attn_desc *desc,
+                                                   const kvq_cuda_pages *pages, uint32_t n_new,
+                                                   size_t *bytes);
+KVQ_API kvq_status kvq_cuda_attend_paged(const kvq_cuda_quantizer *key,
+                                         const kvq_cuda_quantizer *value,
+                                         const kvq_cuda_attn_desc *desc,
+                                         const kvq_cuda_pages *pages, const void *q_dev,
+                                         const int32_t *seq_lens_dev, void *workspace_dev,
+                                         size_t workspace_bytes, float *out_dev, void *stream);
+
+/* Chunked prefill: n_new new tokens per sequence follow the seq_lens_dev[b] tokens
+ * already compressed in the cache. New token i of sequence b attends, causally, to the
+ * cached tokens and to new tokens 0..i, whose keys and values are given exactly:
+ * q_dev [batch][n_new][n_q_heads][head_dim], k_new_dev and v_new_dev
+ * [batch][n_new][n_kv_heads][head_dim], all of desc->q_dtype; out_dev
+ * [batch][n_new][n_q_heads][head_dim] float32. batch * n_new <= 65535. Append the new
+ * tokens (kvq_cuda_append) after the call to extend the cache. Workspace:
+ * kvq_cuda_attend_paged_workspace with the same n_new. */
+KVQ_API kvq_status kvq_cuda_prefill(const kvq_cuda_quantizer *key, const kvq_cuda_quantizer *value,
+                                    const kvq_cuda_attn_desc *desc, const kvq_cuda_pages *pages,
+                                    uint32_t n_new, const void *q_dev, const void *k_new_dev,
+                                    const void *v_new_dev, const int32_t *seq_lens_dev,
+                                    void *workspace_dev, size_t workspace_bytes, float *out_dev,
+                                    void *stream);
+
+/* Append one token per sequence: x_dev [batch][n_kv_heads][dim] (dtype) is encoded and
+ * its codes written to token positions_dev[b] of sequence b in pages_dev (a key or a
+ * value pool laid out as kvq_cuda_pages says; page_table_dev NULL: contiguous, page_size
+ * = capacity). Sequences whose position is negative or beyond max_pages * page_size are
+ * skipped. scratch_dev holds batch * n_kv_heads codes (kvq_code_size bytes each). */
+KVQ_API kvq_status kvq_cuda_append(const kvq_cuda_quantizer *cq, kvq_cuda_dtype dtype,
+                                   const void *x_dev, uint32_t batch, uint32_t n_kv_heads,
+                                   const int32_t *positions_dev, const int32_t *page_table_dev,
+                                   uint32_t page_size, uint32_t max_pages, uint8_t *pages_dev,
+                                   void *scratch_dev, size_t scratch_bytes, void *stream);
+
 #ifdef __cplusplus
 }
 #endif
