@@ -209,6 +209,10 @@ typedef struct kvq_cache_config {
                                 after the first) before encoding and add <q, mean> back
                                 to the scores: softmax is unchanged by a constant shift,
                                 and the persistent channel bias leaves the codes */
+    uint32_t sliding_window; /* 0: every query sees every earlier token; W: a query at
+                                position p sees p-W+1..p only (Gemma's local layers), and
+                                the cache frees what no later query can see: attend's
+                                queries must then lie within the last append */
 } kvq_cache_config;
 
 typedef struct kvq_cache kvq_cache;

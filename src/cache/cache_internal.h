@@ -76,6 +76,8 @@ struct kvq_cache {
      * then value codes [head][C][value.code_size], then outliers [head][n_out][C] fp16 */
     uint8_t **chunks;
     size_t n_chunks, chunk_table_cap;
+    size_t first_chunk; /* sliding window: chunks below this one are freed (NULL) */
+    size_t last_append; /* position of the first token of the last append */
     size_t chunk_bytes, off_value, off_outliers;
 
     /* tokens [0, n_coded) have codes in the arena; the rest are exact: in the stage

@@ -583,6 +583,8 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
                 cc.key.rope_base = model->layers[l].swa ? model->rope_base_swa : I->rope_base;
                 cc.key.rope_pairing = I->rope_neox ? KVQ_ROPE_NEOX : KVQ_ROPE_INTERLEAVED;
             }
+            /* sliding-window layers: the cache masks and frees past the window */
+            if (model->layers[l].swa) cc.sliding_window = model->n_swa;
             if ((st = kvq_cache_create(&cc, &c->caches[l]))) goto fail;
         }
     }
@@ -860,9 +862,6 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
     if (n > c->params.n_batch) return KVQ_ERR_INVALID_ARG;
     if (c->n_past + n > c->params.n_ctx) return KVQ_ERR_CAPACITY;
     const kvq_model *m = c->model;
-    /* kvq_cache_attend has no window: sliding-window layers on kvq_caches are exact only
-     * while no query sees more than n_swa positions (exact float KV masks instead) */
-    if (c->caches && m->n_swa && c->n_past + n > m->n_swa) return KVQ_ERR_CAPACITY;
     const kvq_model_info *I = &m->info;
     size_t E = I->n_embd, hd = I->head_dim;
     size_t q_dim = (size_t)I->n_heads * hd, kv_dim = (size_t)I->n_kv_heads * hd, F = I->n_ff;
