@@ -365,11 +365,16 @@ KVQ_API void kvq_index_free(kvq_index *index);
 /* k-means (and PCA) on a seeded sample of x[n][dim]; must precede add. Flat indexes
  * (nlist 1) need at least one vector, to take the mean. */
 KVQ_API kvq_status kvq_index_train(kvq_index *index, const float *x, size_t n);
-/* Append n vectors. ids may be NULL: then ids continue from kvq_index_count(). */
+/* Append n vectors. ids may be NULL: then ids continue from kvq_index_count(). Ids must
+ * be >= 0 (-1 marks "no result" in search output). KVQ_ERR_INVALID_ARG, with nothing
+ * added, for a negative id, a NaN or infinite coordinate, a squared norm above 1e36, or
+ * (cosine) an all-zero vector; train refuses the same rows. */
 KVQ_API kvq_status kvq_index_add(kvq_index *index, const float *x, size_t n,
                                  const int64_t *ids);
 /* For each query, the k nearest: out_ids[n_queries][k], out_dists[n_queries][k] (may be
- * NULL), ascending distance; slots past the number of vectors found hold id -1. */
+ * NULL), ascending distance; slots past the number of vectors found hold id -1. Queries
+ * must pass the same checks as added rows (KVQ_ERR_INVALID_ARG: a NaN query never
+ * returns a row of -1). */
 KVQ_API kvq_status kvq_index_search(const kvq_index *index, const float *queries,
                                     size_t n_queries, uint32_t k,
                                     const kvq_index_search_params *params, int64_t *out_ids,

@@ -644,3 +644,125 @@ TEST(index_cli_build_search) {
     free(x);
     free(q);
 }
+
+/* Run a CLI command line, its output to file out; returns the exit status and
+ * whether out contains want. */
+static int cli_says(const char *cmd, const char *out, const char *want, int *rc) {
+    *rc = system(cmd);
+    FILE *f = fopen(out, "r");
+    if (!f) return 0;
+    char buf[4096];
+    size_t m = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[m] = 0;
+    return strstr(buf, want) != NULL;
+}
+
+TEST(index_bad_input_refused) {
+    const uint32_t d = 16;
+    const size_t n = 64;
+    float *x = make_data(n, d, 4, 61);
+    REQUIRE(x);
+    kvq_index_config cfg;
+    kvq_index_config_init(&cfg, d);
+    cfg.nlist = 2;
+    kvq_index *ix = NULL;
+    REQUIRE_OK(kvq_index_create(&cfg, &ix));
+    REQUIRE_OK(kvq_index_train(ix, x, n));
+    /* negative ids, -1 included ("no result" in search output), are refused whole */
+    int64_t ids[4] = {5, 6, -1, 7};
+    CHECK_STATUS(kvq_index_add(ix, x, 4, ids), KVQ_ERR_INVALID_ARG);
+    ids[2] = INT64_MIN;
+    CHECK_STATUS(kvq_index_add(ix, x, 4, ids), KVQ_ERR_INVALID_ARG);
+    uint64_t count = 99;
+    kvq_index_count(ix, &count);
+    CHECK(count == 0);
+    ids[2] = 0;
+    REQUIRE_OK(kvq_index_add(ix, x, 4, ids));
+    /* a NaN query, a vector whose squared norm overflows float: refused */
+    float q[16];
+    memcpy(q, x, sizeof q);
+    q[3] = NAN;
+    int64_t out[2];
+    CHECK_STATUS(kvq_index_search(ix, q, 1, 2, NULL, out, NULL), KVQ_ERR_INVALID_ARG);
+    q[3] = 1e19f;
+    CHECK_STATUS(kvq_index_search(ix, q, 1, 2, NULL, out, NULL), KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_index_add(ix, q, 1, NULL), KVQ_ERR_INVALID_ARG);
+    q[3] = x[3];
+    kvq_index_search_params sp;
+    kvq_index_search_params_init(&sp);
+    sp.nprobe = 2;
+    REQUIRE_OK(kvq_index_search(ix, q, 1, 2, &sp, out, NULL));
+    CHECK(out[0] >= 0 && out[1] >= 0);
+    /* a stored negative id (valid CRC) is refused by the loader */
+    const char *dir = kvqt_tmpdir(kvqt_);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/neg.kvqi", dir);
+    REQUIRE_OK(kvq_index_save(ix, path));
+    uint8_t *buf;
+    size_t size;
+    REQUIRE(read_file(path, &buf, &size));
+    kvq_index *o = NULL;
+    REQUIRE_OK(kvq_index_load_buffer(buf, size, &o));
+    kvq_index_free(o);
+    o = NULL;
+    const size_t ids_at = 8 + 4 + 11 * 4 + 8 + 4 + 8 + (size_t)cfg.nlist * d * 4;
+    int64_t stored;
+    memcpy(&stored, buf + ids_at + 8, 8);
+    CHECK(stored == 6); /* the layout this test patches */
+    const int64_t neg = -1;
+    memcpy(buf + ids_at + 8, &neg, 8);
+    uint32_t crc = kvqi_crc32(0, buf, size - 12);
+    memcpy(buf + size - 12, &crc, 4);
+    CHECK_STATUS(kvq_index_load_buffer(buf, size, &o), KVQ_ERR_FORMAT);
+    CHECK(o == NULL);
+    free(buf);
+    /* a directory is not an index: refused at once, not sized and allocated */
+    CHECK_STATUS(kvq_index_load(dir, &o), KVQ_ERR_IO);
+    kvq_index_free(ix);
+
+    /* cosine: an all-zero vector can never be found, so train, add and search refuse it */
+    kvq_index_config_init(&cfg, d);
+    cfg.metric = KVQ_METRIC_COSINE;
+    REQUIRE_OK(kvq_index_create(&cfg, &ix));
+    float zero[16] = {0};
+    float *xz = malloc(n * d * sizeof(float));
+    REQUIRE(xz);
+    memcpy(xz, x, n * d * sizeof(float));
+    memset(xz + 10 * d, 0, d * sizeof(float));
+    CHECK_STATUS(kvq_index_train(ix, xz, n), KVQ_ERR_INVALID_ARG);
+    REQUIRE_OK(kvq_index_train(ix, x, n));
+    CHECK_STATUS(kvq_index_add(ix, xz, n, NULL), KVQ_ERR_INVALID_ARG);
+    REQUIRE_OK(kvq_index_add(ix, x, n, NULL));
+    CHECK_STATUS(kvq_index_search(ix, zero, 1, 2, NULL, out, NULL), KVQ_ERR_INVALID_ARG);
+    kvq_index_free(ix);
+    free(xz);
+
+    /* the CLI says what is wrong, in one line, exit 1 */
+    char base[512], zb[512], ixf[512], txt[512], cmd[4096];
+    snprintf(base, sizeof base, "%s/b.fvecs", dir);
+    snprintf(zb, sizeof zb, "%s/z.fvecs", dir);
+    snprintf(ixf, sizeof ixf, "%s/c.kvqi", dir);
+    snprintf(txt, sizeof txt, "%s/out.txt", dir);
+    REQUIRE(write_vecs(base, x, n, d, 4));
+    memset(x + 3 * d, 0, d * sizeof(float));
+    REQUIRE(write_vecs(zb, x, n, d, 4));
+    int rc;
+    snprintf(cmd, sizeof cmd, "%s index search -x %s -q %s > %s 2>&1", kvqt_cli_path(), dir, base, txt);
+    CHECKF(cli_says(cmd, txt, "is a directory", &rc) && rc != 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "%s index build -i %s -o %s > %s 2>&1", kvqt_cli_path(), dir, ixf, txt);
+    CHECKF(cli_says(cmd, txt, "is a directory", &rc) && rc != 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "%s index build -i %s -o %s --nlist 65 > %s 2>&1", kvqt_cli_path(), base,
+             ixf, txt);
+    CHECKF(cli_says(cmd, txt, "--nlist 65", &rc) && rc != 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "%s index build -i %s -o %s --metric cosine > %s 2>&1", kvqt_cli_path(),
+             zb, ixf, txt);
+    CHECKF(cli_says(cmd, txt, "row 3 is all zeros", &rc) && rc != 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "%s index build -i %s -o %s --nlist 2 > %s 2>&1", kvqt_cli_path(), base,
+             ixf, txt);
+    CHECKF(system(cmd) == 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "%s index search -x %s -q %s -k 65 > %s 2>&1", kvqt_cli_path(), ixf, base,
+             txt);
+    CHECKF(cli_says(cmd, txt, "-k 65 is more than the 64 vectors", &rc) && rc != 0, "%s", cmd);
+    free(x);
+}

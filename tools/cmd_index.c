@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "cli.h"
@@ -24,7 +25,25 @@ static const char *ext_of(const char *path) {
     return dot ? dot + 1 : "";
 }
 
+/* A path the commands can read as one file: it exists and is a regular file (a
+ * directory "opens" on Linux and has a meaningless size). */
+static int regular_file(const char *path, char *err, size_t err_n) {
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        snprintf(err, err_n, "cannot open %s: %s", path, strerror(errno));
+        return 0;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        snprintf(err, err_n, "%s is %s, not a file", path,
+                 S_ISDIR(sb.st_mode) ? "a directory" : "not a regular file");
+        return 0;
+    }
+    return 1;
+}
+
 static int read_all(const char *path, uint8_t **buf, size_t *size, char *err, size_t err_n) {
+    *buf = NULL;
+    if (!regular_file(path, err, err_n)) return 0;
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, err_n, "cannot open %s: %s", path, strerror(errno));
@@ -41,7 +60,11 @@ static int read_all(const char *path, uint8_t **buf, size_t *size, char *err, si
     *size = (size_t)s;
     int ok = *buf && fread(*buf, 1, (size_t)s, f) == (size_t)s;
     fclose(f);
-    if (!ok) snprintf(err, err_n, "cannot read %s", path);
+    if (!ok) {
+        snprintf(err, err_n, "cannot read %s", path);
+        free(*buf);
+        *buf = NULL;
+    }
     return ok;
 }
 
@@ -176,6 +199,15 @@ static float *load_vectors(const char *path, size_t *n, uint32_t *dim, char *err
         }
     free(b);
     return out;
+}
+
+/* Why the library would refuse row x (NULL if it would not). */
+static const char *row_problem(const float *x, uint32_t dim, kvq_metric metric) {
+    double n2 = 0.0;
+    for (uint32_t j = 0; j < dim; j++) n2 += (double)x[j] * x[j];
+    if (!(n2 <= 1e36)) return "has a squared norm beyond the float range";
+    if (metric == KVQ_METRIC_COSINE && n2 == 0.0) return "is all zeros: cosine cannot normalize it";
+    return NULL;
 }
 
 static int32_t *load_ivecs(const char *path, size_t *n, uint32_t *k, char *err, size_t err_n) {
@@ -320,6 +352,20 @@ static int cmd_build(int argc, char **argv) {
         cfg.nlist = s < 1.0 ? 1 : (uint32_t)s;
         if (cfg.nlist > n) cfg.nlist = (uint32_t)n;
     }
+    if (nlist_set && (cfg.nlist == 0 || cfg.nlist > n)) {
+        fprintf(stderr, "kvq index build: --nlist %u must be between 1 and the %zu vectors of %s\n",
+                cfg.nlist, n, in);
+        free(x);
+        return 1;
+    }
+    for (size_t i = 0; i < n; i++) { /* what the library would refuse, said by row */
+        const char *why = row_problem(x + i * dim, dim, cfg.metric);
+        if (why) {
+            fprintf(stderr, "kvq index build: %s: row %zu %s\n", in, i, why);
+            free(x);
+            return 1;
+        }
+    }
     kvq_index *ix = NULL;
     double t0 = now_s();
     kvq_status st = kvq_index_create(&cfg, &ix);
@@ -397,6 +443,11 @@ static int cmd_search(int argc, char **argv) {
         }
     }
     if (!xpath || !qpath) return usage_search(stderr);
+    char xerr[512];
+    if (!regular_file(xpath, xerr, sizeof xerr)) {
+        fprintf(stderr, "kvq index search: %s\n", xerr);
+        return 1;
+    }
     kvq_index *ix = NULL;
     kvq_status st = kvq_index_load(xpath, &ix);
     if (st != KVQ_OK) return kvq_cli_fail("index search", xpath, st);
@@ -417,6 +468,22 @@ static int cmd_search(int argc, char **argv) {
     if (dim != cfg.dim) {
         fprintf(stderr, "kvq index search: queries have dimension %u, the index %u\n", dim, cfg.dim);
         goto done;
+    }
+    {
+        uint64_t count = 0;
+        kvq_index_count(ix, &count);
+        if (k > count) {
+            fprintf(stderr, "kvq index search: -k %u is more than the %llu vectors in %s\n", k,
+                    (unsigned long long)count, xpath);
+            goto done;
+        }
+        for (size_t i = 0; i < nq; i++) {
+            const char *why = row_problem(q + i * dim, dim, cfg.metric);
+            if (why) {
+                fprintf(stderr, "kvq index search: %s: query %zu %s\n", qpath, i, why);
+                goto done;
+            }
+        }
     }
     if (gtpath) {
         gt = load_ivecs(gtpath, &ngt, &kgt, err, sizeof err);

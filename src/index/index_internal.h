@@ -109,6 +109,9 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
                                    float *est, float *err, int64_t *ids);
 
 /* ivf.c */
+/* Rows x[n][dim] an index can take: finite, squared norm within float range, and
+ * non-zero under cosine (KVQ_ERR_INVALID_ARG otherwise). */
+kvq_status kvqi_index_check_rows(const kvq_index *ix, const float *x, size_t n);
 uint32_t kvqi_nearest_centroid(const kvq_index *ix, const float *z);
 
 #endif /* KVQ_INDEX_INTERNAL_H */

@@ -246,6 +246,8 @@ static kvq_status load_body(reader *r, kvq_index **out) {
         ix->ids = kvqi_alloc_array((size_t)n, sizeof(int64_t));
         if (!ix->ids) goto nomem;
         if (!get_array(r, ix->ids, (size_t)n, 8)) goto fail;
+        for (uint64_t i = 0; i < n; i++) /* -1 means "no result": stored ids are >= 0 */
+            if (ix->ids[i] < 0) goto fail;
         if (row_bytes) {
             void *re = kvqi_index_alloc_rows((size_t)n, (size_t)ix->dim * row_bytes);
             if (!re) goto nomem;
@@ -310,17 +312,30 @@ KVQ_API kvq_status kvq_index_load_buffer(const void *buf, size_t size, kvq_index
 KVQ_API kvq_status kvq_index_load(const char *path, kvq_index **out) {
     if (!path || !out) return KVQ_ERR_INVALID_ARG;
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return KVQ_ERR_IO;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return KVQ_ERR_IO;
+    struct stat sb;
+    /* a directory or device has no meaningful size: refuse it before sizing a buffer */
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return KVQ_ERR_IO;
+    }
+    if (sb.st_size < 0 || (uint64_t)sb.st_size > (uint64_t)SIZE_MAX / 2) {
+        close(fd);
+        return KVQ_ERR_FORMAT;
+    }
+    const size_t size = (size_t)sb.st_size;
     kvq_status st = KVQ_OK;
-    uint8_t *buf = NULL;
-    long size = -1;
-    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
-    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) st = KVQ_ERR_IO;
-    else if (!(buf = malloc(size ? (size_t)size : 1))) st = KVQ_ERR_NOMEM;
-    else if (fread(buf, 1, (size_t)size, f) != (size_t)size) st = KVQ_ERR_IO;
-    fclose(f);
-    if (st == KVQ_OK) st = kvq_index_load_buffer(buf, (size_t)size, out);
+    uint8_t *buf = malloc(size ? size : 1);
+    if (!buf) st = KVQ_ERR_NOMEM;
+    for (size_t got = 0; st == KVQ_OK && got < size;) {
+        ssize_t r = read(fd, buf + got, size - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) st = KVQ_ERR_IO; /* error, or the file shrank under us */
+        else got += (size_t)r;
+    }
+    close(fd);
+    if (st == KVQ_OK) st = kvq_index_load_buffer(buf, size, out);
     free(buf);
     return st;
 }

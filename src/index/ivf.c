@@ -23,13 +23,26 @@ static int has_non_finite(const float *x, size_t n) {
     return 0;
 }
 
+kvq_status kvqi_index_check_rows(const kvq_index *ix, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const float *v = x + i * ix->dim;
+        if (has_non_finite(v, ix->dim)) return KVQ_ERR_INVALID_ARG;
+        /* a squared norm past the float range makes every distance inf or NaN */
+        double n2 = 0.0;
+        for (uint32_t j = 0; j < ix->dim; j++) n2 += (double)v[j] * v[j];
+        if (!(n2 <= 1e36)) return KVQ_ERR_INVALID_ARG;
+        if (ix->cfg.metric == KVQ_METRIC_COSINE && !(n2 > 0.0)) return KVQ_ERR_INVALID_ARG;
+    }
+    return KVQ_OK;
+}
+
 KVQ_API kvq_status kvq_index_train(kvq_index *ix, const float *x, size_t n) {
     if (!ix || !x || n == 0) return KVQ_ERR_INVALID_ARG;
     if (ix->trained) return KVQ_ERR_STATE;
     if (n < ix->nlist) return KVQ_ERR_INVALID_ARG;
     size_t total;
     if (kvqi_mul_size(n, ix->dim, &total) != KVQ_OK) return KVQ_ERR_OVERFLOW;
-    if (has_non_finite(x, total)) return KVQ_ERR_INVALID_ARG;
+    if (kvqi_index_check_rows(ix, x, n) != KVQ_OK) return KVQ_ERR_INVALID_ARG;
 
     /* a seeded sample without replacement (partial Fisher-Yates over row numbers) */
     size_t m = n < ix->cfg.max_train_points ? n : ix->cfg.max_train_points;
@@ -166,7 +179,10 @@ KVQ_API kvq_status kvq_index_add(kvq_index *ix, const float *x, size_t n, const 
     if (n == 0) return KVQ_OK;
     size_t total;
     if (kvqi_mul_size(n, ix->dim, &total) != KVQ_OK) return KVQ_ERR_OVERFLOW;
-    if (has_non_finite(x, total)) return KVQ_ERR_INVALID_ARG;
+    if (kvqi_index_check_rows(ix, x, n) != KVQ_OK) return KVQ_ERR_INVALID_ARG;
+    if (ids) /* -1 is "no result" in search output: ids are non-negative */
+        for (size_t i = 0; i < n; i++)
+            if (ids[i] < 0) return KVQ_ERR_INVALID_ARG;
     if ((uint64_t)n > UINT32_MAX - ix->n) return KVQ_ERR_CAPACITY;
     kvq_status st = reserve_rows(ix, ix->n + n);
     if (st != KVQ_OK) return st;

@@ -448,6 +448,8 @@ KVQ_API kvq_status kvq_index_search(const kvq_index *ix, const float *queries, s
     if (p.eps0 == 0.0f) p.eps0 = KVQI_INDEX_DEFAULT_EPS0;
     if (!(p.eps0 > 0.0f)) return KVQ_ERR_INVALID_ARG;
     if (k > 1u << 20) return KVQ_ERR_UNSUPPORTED;
+    /* a NaN query would compare false everywhere and return only -1 */
+    if (kvqi_index_check_rows(ix, queries, n_queries) != KVQ_OK) return KVQ_ERR_INVALID_ARG;
 
     search_ctx ctx = {ix, queries, k, p.nprobe < ix->nlist ? p.nprobe : ix->nlist, p.rerank,
                       p.eps0, out_ids, out_dists, NULL, 0, 0};
