@@ -388,6 +388,10 @@ KVQ_API kvq_status kvq_index_load_buffer(const void *buf, size_t size, kvq_index
 /* Bytes the index holds in memory (codes, factors, ids, lists, reorder store, centroids,
  * rotation, PCA). */
 KVQ_API kvq_status kvq_index_size_bytes(const kvq_index *index, uint64_t *bytes);
+/* Train (k-means assignment) and add (assignment and encoding) spread their work over
+ * pool's threads; NULL = the calling thread. The index only borrows the pool: it must
+ * outlive every later train/add call (or be unset first). Results do not depend on it. */
+KVQ_API kvq_status kvq_index_set_pool(kvq_index *index, kvq_threadpool *pool);
 KVQ_API kvq_status kvq_index_count(const kvq_index *index, uint64_t *count);
 KVQ_API kvq_status kvq_index_get_config(const kvq_index *index, kvq_index_config *out);
 

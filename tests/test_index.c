@@ -766,3 +766,106 @@ TEST(index_bad_input_refused) {
     CHECKF(cli_says(cmd, txt, "-k 65 is more than the 64 vectors", &rc) && rc != 0, "%s", cmd);
     free(x);
 }
+
+/* Serialized bytes of an index (save, read back). */
+static uint8_t *index_bytes(kvqt_ctx *kvqt_, const kvq_index *ix, const char *name, size_t *size) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", kvqt_tmpdir(kvqt_), name);
+    if (kvq_index_save(ix, path) != KVQ_OK) return NULL;
+    uint8_t *buf = NULL;
+    if (!read_file(path, &buf, size)) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+TEST(index_threaded_build_matches_serial) {
+    const uint32_t d = 40;
+    const size_t n = 3000;
+    float *x = make_data(n, d, 20, 71);
+    REQUIRE(x);
+    kvq_threadpool *pool;
+    REQUIRE_OK(kvq_threadpool_create(3, &pool));
+    for (int v = 0; v < 3; v++) {
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.nlist = 24;
+        cfg.bits = v == 0 ? 1 : 4;
+        cfg.metric = v == 2 ? KVQ_METRIC_IP : KVQ_METRIC_L2;
+        cfg.pca_dim = v == 1 ? 32 : 0;
+        kvq_index *a = NULL, *b = NULL;
+        REQUIRE_OK(kvq_index_create(&cfg, &a));
+        REQUIRE_OK(kvq_index_create(&cfg, &b));
+        REQUIRE_OK(kvq_index_set_pool(b, pool));
+        REQUIRE_OK(kvq_index_train(a, x, n));
+        REQUIRE_OK(kvq_index_train(b, x, n));
+        /* two adds into b, one into a: same lists, same codes, same file */
+        REQUIRE_OK(kvq_index_add(a, x, n, NULL));
+        REQUIRE_OK(kvq_index_add(b, x, 1111, NULL));
+        REQUIRE_OK(kvq_index_add(b, x + 1111 * d, n - 1111, NULL));
+        size_t za = 0, zb = 0;
+        uint8_t *fa = index_bytes(kvqt_, a, "a.kvqi", &za), *fb = index_bytes(kvqt_, b, "b.kvqi", &zb);
+        REQUIRE(fa && fb);
+        CHECKF(za == zb && memcmp(fa, fb, za) == 0, "variant %d: threaded build differs", v);
+        free(fa);
+        free(fb);
+        kvq_index_free(a);
+        kvq_index_free(b);
+    }
+    kvq_threadpool_free(pool);
+    free(x);
+}
+
+TEST(index_assignment_matches_probe_measure) {
+    /* every vector sits in the list the probe ranks first for it: the nearest centroid
+     * for l2, the largest <x, c> for ip (unnormalized data with spread norms) */
+    const uint32_t d = 24;
+    const size_t n = 2000;
+    float *x = make_data(n, d, 10, 81);
+    REQUIRE(x);
+    for (size_t i = 0; i < n; i++)
+        for (uint32_t j = 0; j < d; j++) x[i * d + j] *= 0.5f + (float)(i % 7) * 0.4f;
+    for (int m = 0; m < 2; m++) {
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.nlist = 16;
+        cfg.metric = m ? KVQ_METRIC_IP : KVQ_METRIC_L2;
+        kvq_index *ix = build(&cfg, x, n);
+        REQUIRE(ix);
+        size_t wrong = 0;
+        for (uint32_t c = 0; c < ix->nlist; c++)
+            for (uint32_t p = 0; p < ix->lists[c].n; p++) {
+                const float *v = x + (size_t)ix->lists[c].rows[p] * d;
+                double best = m ? -INFINITY : INFINITY;
+                uint32_t arg = 0;
+                for (uint32_t e = 0; e < ix->nlist; e++) {
+                    const float *ce = ix->centroids + (size_t)e * d;
+                    double s = 0.0;
+                    for (uint32_t j = 0; j < d; j++)
+                        s += m ? (double)v[j] * ce[j] : ((double)v[j] - ce[j]) * ((double)v[j] - ce[j]);
+                    if (m ? s > best : s < best) best = s, arg = e;
+                }
+                wrong += arg != c;
+            }
+        CHECKF(wrong == 0, "metric %d: %zu of %zu vectors not in their probe-first list", m, wrong, n);
+        kvq_index_free(ix);
+    }
+    free(x);
+}
+
+TEST(index_kmeans_stops_when_converged) {
+    /* a huge iteration count on a small set ends at once: no label changes */
+    const uint32_t d = 8;
+    const size_t n = 100;
+    float *x = make_data(n, d, 4, 82);
+    REQUIRE(x);
+    kvq_index_config cfg;
+    kvq_index_config_init(&cfg, d);
+    cfg.nlist = 4;
+    cfg.train_iters = 4000000000u;
+    kvq_index *ix = build(&cfg, x, n);
+    CHECK(ix != NULL);
+    kvq_index_free(ix);
+    free(x);
+}

@@ -262,7 +262,10 @@ static int usage_build(FILE *f) {
             "  --pca D            keep D principal axes (default: none)\n"
             "  --reorder S        fp32 (default), fp16 or none: exact vectors for reranking\n"
             "  --seed S           seed of rotation, sampling and k-means\n"
-            "  --train-iters N    k-means iterations (default 12)\n");
+            "  --train-iters N    at most N k-means rounds (default 12; stops early once\n"
+            "                     no assignment changes)\n"
+            "  --threads T        threads for k-means and encoding (default 1; the index\n"
+            "                     is the same for every T)\n");
     return f == stderr ? 1 : 0;
 }
 
@@ -289,6 +292,7 @@ static int cmd_build(int argc, char **argv) {
     kvq_index_config cfg;
     kvq_index_config_init(&cfg, 1);
     int nlist_set = 0;
+    uint32_t threads = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) return usage_build(stdout);
@@ -328,6 +332,7 @@ static int cmd_build(int argc, char **argv) {
             cfg.seed = strtoull(v, &end, 10);
             ok = !errno && !*end && end != v;
         } else if (!strcmp(a, "--train-iters")) ok = parse_u32(v, &cfg.train_iters);
+        else if (!strcmp(a, "--threads")) ok = parse_u32(v, &threads) && threads > 0 && threads <= 1024;
         else {
             fprintf(stderr, "kvq index build: unknown option %s (see --help)\n", a);
             return 1;
@@ -367,21 +372,29 @@ static int cmd_build(int argc, char **argv) {
         }
     }
     kvq_index *ix = NULL;
+    kvq_threadpool *pool = NULL;
     double t0 = now_s();
+    double c0 = (double)clock() / CLOCKS_PER_SEC;
     kvq_status st = kvq_index_create(&cfg, &ix);
+    if (st == KVQ_OK && threads > 1 && (st = kvq_threadpool_create(threads, &pool)) == KVQ_OK)
+        st = kvq_index_set_pool(ix, pool);
     if (st != KVQ_OK) {
         free(x);
+        kvq_index_free(ix);
         return kvq_cli_fail("index build", "config", st);
     }
     if ((st = kvq_index_train(ix, x, n)) != KVQ_OK) {
         free(x);
         kvq_index_free(ix);
+        kvq_threadpool_free(pool);
         return kvq_cli_fail("index build", "train", st);
     }
     double t1 = now_s();
     st = kvq_index_add(ix, x, n, NULL);
-    double t2 = now_s();
+    double t2 = now_s(), cpu = (double)clock() / CLOCKS_PER_SEC - c0;
     free(x);
+    kvq_index_set_pool(ix, NULL);
+    kvq_threadpool_free(pool);
     if (st == KVQ_OK) st = kvq_index_save(ix, out);
     if (st != KVQ_OK) {
         kvq_index_free(ix);
@@ -394,6 +407,7 @@ static int cmd_build(int argc, char **argv) {
            cfg.metric == KVQ_METRIC_L2 ? "l2" : (cfg.metric == KVQ_METRIC_IP ? "ip" : "cosine"));
     printf("train %.2f s, add %.2f s, total %.2f s; index %.1f MiB in memory (%llu bytes)\n",
            t1 - t0, t2 - t1, t2 - t0, (double)bytes / 1048576.0, (unsigned long long)bytes);
+    printf("cpu %.2f s on %u thread%s\n", cpu, threads, threads > 1 ? "s" : "");
     kvq_index_free(ix);
     return 0;
 }

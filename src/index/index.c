@@ -188,6 +188,12 @@ void *kvqi_index_alloc_rows(size_t count, size_t size) {
     return kvqi_alloc_array(count, size);
 }
 
+KVQ_API kvq_status kvq_index_set_pool(kvq_index *ix, kvq_threadpool *pool) {
+    if (!ix) return KVQ_ERR_INVALID_ARG;
+    ix->pool = pool;
+    return KVQ_OK;
+}
+
 KVQ_API kvq_status kvq_index_count(const kvq_index *ix, uint64_t *count) {
     if (!ix || !count) return KVQ_ERR_INVALID_ARG;
     *count = ix->n;

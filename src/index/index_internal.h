@@ -40,6 +40,7 @@ struct kvq_index {
     uint32_t n_groups; /* d_pad / 4 */
     int trained;
     const kvqi_index_kernels *kern;
+    kvq_threadpool *pool; /* the caller's, for train and add (NULL: calling thread) */
 
     float *pca_mean; /* [dim] (pca only) */
     float *pca_proj; /* [d][dim], rows = principal axes (pca only) */
