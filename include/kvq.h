@@ -388,6 +388,10 @@ KVQ_API kvq_status kvq_index_load_buffer(const void *buf, size_t size, kvq_index
 /* Bytes the index holds in memory (codes, factors, ids, lists, reorder store, centroids,
  * rotation, PCA). */
 KVQ_API kvq_status kvq_index_size_bytes(const kvq_index *index, uint64_t *bytes);
+/* Bytes each vector takes in the lists: its 1-bit code (d/8, d rounded up to 16), the
+ * extended code packed at `bits` bits per coordinate (bits > 1), the estimator factors
+ * and a row number; the reorder store (dim * 4 or 2) and the id (8) come on top. */
+KVQ_API kvq_status kvq_index_code_bytes(const kvq_index *index, uint64_t *per_vector);
 /* Train (k-means assignment) and add (assignment and encoding) spread their work over
  * pool's threads; NULL = the calling thread. The index only borrows the pool: it must
  * outlive every later train/add call (or be unset first). Results do not depend on it. */

@@ -869,3 +869,106 @@ TEST(index_kmeans_stops_when_converged) {
     kvq_index_free(ix);
     free(x);
 }
+
+TEST(index_packed_codes) {
+    /* pack / unpack are inverse for every width */
+    uint8_t v[64], p[64], back[64];
+    kvqi_rng rng;
+    kvqi_rng_seed(&rng, 5);
+    for (unsigned b = 2; b <= 8; b++) {
+        for (int i = 0; i < 64; i++) v[i] = (uint8_t)(kvqi_rng_below(&rng, 1u << b));
+        kvqi_ex_pack(v, 64, b, p);
+        kvqi_ex_unpack(p, 64, b, back);
+        CHECKF(memcmp(v, back, 64) == 0, "bits %u: unpack(pack(v)) != v", b);
+    }
+    /* an index stores d_pad * b / 8 bytes of extended code per vector, and answers as the
+     * estimator's bound says it should (so the packed codes decode to the right values) */
+    const uint32_t d = 40, d_pad = 48;
+    const size_t n = 500;
+    float *x = make_data(n, d, 5, 111);
+    REQUIRE(x);
+    for (unsigned b = 2; b <= 8; b++) {
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.nlist = 3;
+        cfg.bits = b;
+        kvq_index *ix = build(&cfg, x, n);
+        REQUIRE(ix);
+        uint64_t per = 0, all = 0;
+        REQUIRE_OK(kvq_index_code_bytes(ix, &per));
+        CHECKF(per == d_pad / 8 + 20 + d_pad * b / 8 + 8, "bits %u: %llu bytes/vector", b,
+               (unsigned long long)per);
+        REQUIRE_OK(kvq_index_size_bytes(ix, &all));
+        CHECK(all >= n * (per + 8 + d * 4));
+        float *est = malloc(n * sizeof(float)), *err = malloc(n * sizeof(float));
+        int64_t *ids = malloc(n * sizeof(int64_t));
+        REQUIRE(est && err && ids);
+        REQUIRE_OK(kvqi_index_estimate_all(ix, x + 7 * d, 1, 3.0f, est, err, ids)); /* ~99.7 % */
+        size_t out = 0;
+        for (size_t i = 0; i < n; i++) {
+            double t = dist_of(KVQ_METRIC_L2, x + (size_t)ids[i] * d, x + 7 * d, d);
+            out += fabs(t - est[i]) > err[i] + 1e-3 * (1.0 + t);
+        }
+        CHECKF(out <= n / 50, "bits %u: %zu of %zu estimates outside their bound", b, out, n);
+        free(est), free(err), free(ids);
+        kvq_index_free(ix);
+    }
+    free(x);
+}
+
+TEST(index_loads_format_v1) {
+    /* a file written before the codes were packed (a byte per coordinate) still loads,
+     * answers exactly under full rerank, its extended estimates keep their bound, and
+     * it saves in the current format with the same answers */
+    kvq_index *ix = NULL, *again = NULL;
+    REQUIRE_OK(kvq_index_load("tests/data/index-v1-bits3.kvqi", &ix));
+    uint8_t *raw;
+    size_t size;
+    REQUIRE(read_file("tests/data/index-v1.fvecs", &raw, &size));
+    const uint32_t d = 40;
+    const size_t n = size / (4 + d * 4);
+    REQUIRE(n == 300);
+    float *x = malloc(n * d * sizeof(float));
+    REQUIRE(x);
+    for (size_t i = 0; i < n; i++) memcpy(x + i * d, raw + i * (4 + d * 4) + 4, d * 4);
+    free(raw);
+    uint64_t count = 0;
+    kvq_index_count(ix, &count);
+    CHECK(count == n);
+    const uint32_t k = 5, nq = 10;
+    int64_t got[50], want[50], got2[50];
+    float dg[50], dg2[50];
+    brute_force(KVQ_METRIC_L2, x, n, x + 100 * d, nq, d, k, want);
+    kvq_index_search_params p;
+    kvq_index_search_params_init(&p);
+    p.nprobe = 4;
+    p.eps0 = INFINITY;
+    REQUIRE_OK(kvq_index_search(ix, x + 100 * d, nq, k, &p, got, dg));
+    CHECK(recall(got, want, nq, k) == 1.0);
+    float est[300], err[300];
+    int64_t ids[300];
+    REQUIRE_OK(kvqi_index_estimate_all(ix, x + 3 * d, 1, 3.0f, est, err, ids));
+    size_t out = 0;
+    for (size_t i = 0; i < n; i++) {
+        double t = dist_of(KVQ_METRIC_L2, x + (size_t)ids[i] * d, x + 3 * d, d);
+        out += fabs(t - est[i]) > err[i] + 1e-3 * (1.0 + t);
+    }
+    CHECKF(out <= n / 50, "%zu of %zu estimates outside their bound", out, n);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/v2.kvqi", kvqt_tmpdir(kvqt_));
+    REQUIRE_OK(kvq_index_save(ix, path));
+    REQUIRE_OK(kvq_index_load(path, &again));
+    p.eps0 = 0.0f;
+    REQUIRE_OK(kvq_index_search(ix, x + 100 * d, nq, k, &p, got, dg));
+    REQUIRE_OK(kvq_index_search(again, x + 100 * d, nq, k, &p, got2, dg2));
+    CHECK(memcmp(got, got2, sizeof got) == 0 && memcmp(dg, dg2, sizeof dg) == 0);
+    uint8_t *v2;
+    REQUIRE(read_file(path, &v2, &size));
+    uint32_t version;
+    memcpy(&version, v2 + 8, 4);
+    CHECK(version == 2 && size < 76248); /* packed: smaller than the v1 file */
+    free(v2);
+    kvq_index_free(ix);
+    kvq_index_free(again);
+    free(x);
+}

@@ -407,7 +407,12 @@ static int cmd_build(int argc, char **argv) {
            cfg.metric == KVQ_METRIC_L2 ? "l2" : (cfg.metric == KVQ_METRIC_IP ? "ip" : "cosine"));
     printf("train %.2f s, add %.2f s, total %.2f s; index %.1f MiB in memory (%llu bytes)\n",
            t1 - t0, t2 - t1, t2 - t0, (double)bytes / 1048576.0, (unsigned long long)bytes);
-    printf("cpu %.2f s on %u thread%s\n", cpu, threads, threads > 1 ? "s" : "");
+    uint64_t per = 0;
+    kvq_index_code_bytes(ix, &per);
+    printf("codes %llu bytes/vector (+ id 8, reorder %u); cpu %.2f s on %u thread%s\n",
+           (unsigned long long)per,
+           cfg.reorder == KVQ_REORDER_FP32 ? dim * 4 : (cfg.reorder == KVQ_REORDER_FP16 ? dim * 2 : 0),
+           cpu, threads, threads > 1 ? "s" : "");
     kvq_index_free(ix);
     return 0;
 }

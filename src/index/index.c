@@ -82,6 +82,7 @@ kvq_status kvqi_index_new(const kvq_index_config *cfg, int init_rotation, kvq_in
     ix->d = coded_dim(cfg);
     ix->d_pad = (ix->d + 15u) & ~15u;
     ix->n_groups = ix->d_pad / 4;
+    ix->ex_row = cfg->bits > 1 ? ix->d_pad / 8 * cfg->bits : 0;
     ix->nlist = cfg->nlist;
     ix->kern = kvqi_index_kernels_for(isa);
     if (!init_rotation && cfg->rotation == KVQ_ROTATION_DENSE) {
@@ -186,6 +187,14 @@ void *kvqi_index_alloc_rows(size_t count, size_t size) {
     }
 #endif
     return kvqi_alloc_array(count, size);
+}
+
+KVQ_API kvq_status kvq_index_code_bytes(const kvq_index *ix, uint64_t *per_vector) {
+    if (!ix || !per_vector) return KVQ_ERR_INVALID_ARG;
+    /* 1-bit code, 4 factors, row number; extended code and its 2 factors */
+    *per_vector = (uint64_t)ix->d_pad / 8 + 4 * sizeof(float) + sizeof(uint32_t) +
+                  (ix->cfg.bits > 1 ? (uint64_t)ix->ex_row + 2 * sizeof(float) : 0);
+    return KVQ_OK;
 }
 
 KVQ_API kvq_status kvq_index_set_pool(kvq_index *ix, kvq_threadpool *pool) {

@@ -15,7 +15,9 @@
 
 #define MAGIC "KVQINDEX"
 #define END_MAGIC "KVQIEND!"
-#define FORMAT_VERSION 1u
+/* 2: extended codes packed at b bits per coordinate. 1 (a byte per coordinate) still
+ * loads: its codes are packed on the way in. */
+#define FORMAT_VERSION 2u
 
 uint32_t kvqi_crc32(uint32_t crc, const void *buf, size_t n) {
     uint32_t table[256];
@@ -96,7 +98,7 @@ static void put_body(writer *w, const kvq_index *ix) {
         put(w, l->f_err, (size_t)l->n * 4);
         put(w, l->f_pop, (size_t)l->n * 4);
         if (ix->cfg.bits > 1) {
-            put(w, l->ex_codes, (size_t)l->n * ix->d_pad);
+            put(w, l->ex_codes, (size_t)l->n * ix->ex_row);
             put(w, l->ex_rescale, (size_t)l->n * 4);
             put(w, l->ex_err, (size_t)l->n * 4);
         }
@@ -204,7 +206,7 @@ static kvq_status load_body(reader *r, kvq_index **out) {
     uint64_t n;
     kvq_index_config cfg;
     if (!get(r, magic, 8) || memcmp(magic, MAGIC, 8) != 0) return KVQ_ERR_FORMAT;
-    if (!get_u32(r, &version) || version != FORMAT_VERSION) return KVQ_ERR_FORMAT;
+    if (!get_u32(r, &version) || version < 1 || version > FORMAT_VERSION) return KVQ_ERR_FORMAT;
     if (!get_config(r, &cfg) || !get_u32(r, &trained) || !get_u64(r, &n)) return KVQ_ERR_FORMAT;
     if (kvqi_index_validate_config(&cfg) != KVQ_OK || trained > 1 || cfg.train_iters == 0 ||
         cfg.max_train_points == 0)
@@ -268,7 +270,8 @@ static kvq_status load_body(reader *r, kvq_index **out) {
         seen += ln;
         if (!ln) continue;
         size_t blocks = (ln + KVQI_FS_BLOCK - 1) / KVQI_FS_BLOCK;
-        size_t per = 4 + 16 + (cfg.bits > 1 ? ix->d_pad + 8 : 0);
+        const size_t ex_in = version == 1 ? ix->d_pad : ix->ex_row; /* bytes per code in the file */
+        size_t per = 4 + 16 + (cfg.bits > 1 ? ex_in + 8 : 0);
         if (!has_bytes(r, ln, per)) goto fail;
         if ((st = kvqi_list_reserve(ix, l, ln)) != KVQ_OK) goto fail_st;
         st = KVQ_ERR_FORMAT;
@@ -277,9 +280,22 @@ static kvq_status load_body(reader *r, kvq_index **out) {
             !get_f32(r, l->f_add, ln) || !get_f32(r, l->f_rescale, ln) ||
             !get_f32(r, l->f_err, ln) || !get_f32(r, l->f_pop, ln))
             goto fail;
-        if (cfg.bits > 1 && (!get_array(r, l->ex_codes, ln, ix->d_pad) ||
-                             !get_f32(r, l->ex_rescale, ln) || !get_f32(r, l->ex_err, ln)))
-            goto fail;
+        if (cfg.bits > 1) {
+            if (version == 1) { /* a byte per coordinate: check each value fits, pack */
+                if (!has_bytes(r, ln, ix->d_pad)) goto fail;
+                const uint8_t lim = (uint8_t)((1u << cfg.bits) - 1u);
+                for (size_t i = 0; i < (size_t)ln * ix->d_pad; i++)
+                    if (r->p[i] > lim) goto fail;
+                for (uint32_t i = 0; i < ln; i++)
+                    kvqi_ex_pack(r->p + (size_t)i * ix->d_pad, ix->d_pad, cfg.bits,
+                                 l->ex_codes + (size_t)i * ix->ex_row);
+                r->p += (size_t)ln * ix->d_pad;
+                r->left -= (size_t)ln * ix->d_pad;
+            } else if (!get_array(r, l->ex_codes, ln, ix->ex_row)) {
+                goto fail;
+            }
+            if (!get_f32(r, l->ex_rescale, ln) || !get_f32(r, l->ex_err, ln)) goto fail;
+        }
         for (uint32_t i = 0; i < ln; i++)
             if (l->rows[i] >= n) goto fail;
     }

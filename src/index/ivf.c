@@ -308,7 +308,7 @@ typedef struct add_ctx {
     uint32_t *start;  /* [nlist + 1] each list's run in order */
     uint32_t *old_n;  /* [nlist] list sizes before this call */
     uint32_t *task_list, *task_block;
-    float *scratch;   /* per thread: dim + 4 d_pad floats */
+    float *scratch;   /* per thread: dim + 5 d_pad floats */
     size_t scratch_n;
 } add_ctx;
 
@@ -363,7 +363,7 @@ KVQ_API kvq_status kvq_index_add(kvq_index *ix, const float *x, size_t n, const 
     const uint32_t nl = ix->nlist;
     const unsigned slots = kvq_threadpool_size(ix->pool);
     add_ctx c = {ix, x, n, ix->n, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                 (size_t)ix->dim + 4 * (size_t)ix->d_pad};
+                 (size_t)ix->dim + 5 * (size_t)ix->d_pad};
     c.scratch = kvqi_alloc_array(slots, c.scratch_n * sizeof(float));
     c.lab = kvqi_alloc_array(n, sizeof(uint32_t));
     c.order = kvqi_alloc_array(n, sizeof(uint32_t));

@@ -97,7 +97,7 @@ typedef struct search_ctx {
 /* Per-thread scratch, carved from one slot. */
 typedef struct scratch {
     float *tmp, *zq, *qrot, *qp, *lutf, *ones, *probe_d;
-    uint8_t *lut;
+    uint8_t *lut, *exv;
     uint32_t *probe_i;
     cand *cands;
     heap_item *ubheap, *res;
@@ -121,6 +121,7 @@ static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, unsigned c
     TAKE(ones, float, ix->d_pad);
     TAKE(probe_d, float, ix->nlist);
     TAKE(lut, uint8_t, (size_t)ix->n_groups * 16);
+    TAKE(exv, uint8_t, ix->d_pad);
     TAKE(probe_i, uint32_t, ix->nlist);
     TAKE(cands, cand, cand_cap);
     TAKE(ubheap, heap_item, k);
@@ -359,7 +360,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 prepare_list(ix, cur, &s, probe_distance(ix, cur, s.zq), &qc, 1, &lq);
             }
             const kvqi_ivf_list *L = &ix->lists[cur];
-            float yq = ix->kern->dot_u8(L->ex_codes + (size_t)cd->pos * ix->d_pad, lq.qp, ix->d_pad) -
+            float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, cd->pos, s.exv), lq.qp, ix->d_pad) -
                        half * lq.sum_q;
             cd->dist = L->f_add[cd->pos] + lq.K - alpha * L->ex_rescale[cd->pos] * yq;
             cd->err = full ? INFINITY : alpha * ctx->eps0 * L->ex_err[cd->pos] * lq.qnorm;
@@ -527,7 +528,7 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
             ids[o] = ix->ids[L->rows[pos]];
             if (use_ex) {
                 const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
-                float yq = ix->kern->dot_u8(L->ex_codes + (size_t)pos * ix->d_pad, lq.qp, ix->d_pad) -
+                float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, pos, s.exv), lq.qp, ix->d_pad) -
                            half * lq.sum_q;
                 est[o] = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
                 err[o] = alpha * eps0 * L->ex_err[pos] * lq.qnorm;
