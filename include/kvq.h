@@ -365,7 +365,8 @@ KVQ_API void kvq_index_free(kvq_index *index);
 /* k-means (and PCA) on a seeded sample of x[n][dim]; must precede add. Flat indexes
  * (nlist 1) need at least one vector, to take the mean. */
 KVQ_API kvq_status kvq_index_train(kvq_index *index, const float *x, size_t n);
-/* Append n vectors. ids may be NULL: then ids continue from kvq_index_count(). Ids must
+/* Append n vectors. ids may be NULL: then ids continue from one past the largest stored
+ * id (0 for an empty index; = kvq_index_count() while ids were never chosen). Ids must
  * be >= 0 (-1 marks "no result" in search output). KVQ_ERR_INVALID_ARG, with nothing
  * added, for a negative id, a NaN or infinite coordinate, a squared norm above 1e36, or
  * (cosine) an all-zero vector; train refuses the same rows. */
@@ -379,6 +380,38 @@ KVQ_API kvq_status kvq_index_search(const kvq_index *index, const float *queries
                                     size_t n_queries, uint32_t k,
                                     const kvq_index_search_params *params, int64_t *out_ids,
                                     float *out_dists);
+/* Which ids a search may return: id i passes when it is below bitset_ids and bit i
+ * (byte i / 8, bit i % 8) of id_bitset is set, and, if allow is not NULL, when
+ * allow(id, ctx) returns non-zero. A NULL filter (or both NULL) passes every id. Filtered
+ * vectors never enter the candidate set, so the k results are the k nearest passing ones
+ * (as far as the probed lists hold them). allow may be called from the pool's threads. */
+typedef struct kvq_index_filter {
+    const uint8_t *id_bitset;
+    uint64_t bitset_ids;
+    int (*allow)(int64_t id, void *ctx);
+    void *ctx;
+} kvq_index_filter;
+/* kvq_index_search with a filter (may be NULL). */
+KVQ_API kvq_status kvq_index_search_filtered(const kvq_index *index, const float *queries,
+                                             size_t n_queries, uint32_t k,
+                                             const kvq_index_search_params *params,
+                                             const kvq_index_filter *filter, int64_t *out_ids,
+                                             float *out_dists);
+/* Every vector of the probed lists within distance radius of one query (distance as in
+ * search: squared L2, or -<q, x> for ip and cosine; <= radius). Exact distances where
+ * the index keeps a reorder store (each vector whose lower bound is <= radius is
+ * checked; eps0 = INFINITY checks all), estimates otherwise. Results in ascending
+ * distance into out_ids/out_dists[cap]; *n_found is the number there are: when it
+ * exceeds cap, the first cap are written and KVQ_ERR_CAPACITY returned. filter may be
+ * NULL. nprobe = nlist searches everything. */
+KVQ_API kvq_status kvq_index_range_search(const kvq_index *index, const float *query,
+                                          float radius, const kvq_index_search_params *params,
+                                          const kvq_index_filter *filter, int64_t *out_ids,
+                                          float *out_dists, size_t cap, size_t *n_found);
+/* Remove every stored vector whose id is in ids[n] (ids not present are ignored);
+ * *removed (may be NULL) says how many went. Order of the rest is kept. */
+KVQ_API kvq_status kvq_index_remove(kvq_index *index, const int64_t *ids, size_t n,
+                                    uint64_t *removed);
 /* One file: versioned header, sections, CRC-32 trailer; written to a temp file,
  * fsynced and renamed into place. Load refuses truncated, corrupt or foreign files
  * with KVQ_ERR_FORMAT. */

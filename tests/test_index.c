@@ -972,3 +972,202 @@ TEST(index_loads_format_v1) {
     kvq_index_free(again);
     free(x);
 }
+
+/* Brute force over the rows whose id (row + id0) passes keep (NULL = all): top-k ids. */
+static void brute_force_kept(kvq_metric m, const float *x, size_t n, int64_t id0,
+                             const uint8_t *keep, const float *q, uint32_t d, uint32_t k,
+                             int64_t *out) {
+    double *best = malloc(k * sizeof(double));
+    uint32_t have = 0;
+    for (size_t j = 0; j < n; j++) {
+        if (keep && !keep[j]) continue;
+        double v = dist_of(m, x + j * d, q, d);
+        if (have == k && v >= best[k - 1]) continue;
+        uint32_t p = have < k ? have++ : k - 1;
+        while (p > 0 && best[p - 1] > v) {
+            best[p] = best[p - 1];
+            out[p] = out[p - 1];
+            p--;
+        }
+        best[p] = v;
+        out[p] = (int64_t)j + id0;
+    }
+    for (uint32_t i = have; i < k; i++) out[i] = -1;
+    free(best);
+}
+
+TEST(index_remove_by_id) {
+    const uint32_t d = 32, k = 8, nq = 12;
+    const size_t n = 1500;
+    float *x = make_data(n, d, 8, 121), *q = make_data(nq, d, 8, 122);
+    REQUIRE(x && q);
+    for (int v = 0; v < 2; v++) {
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.nlist = 6;
+        cfg.bits = v ? 3 : 1;
+        kvq_index *ix = NULL;
+        REQUIRE_OK(kvq_index_create(&cfg, &ix));
+        REQUIRE_OK(kvq_index_train(ix, x, n));
+        int64_t *ids = malloc(n * sizeof(int64_t)), *gone = malloc(n * sizeof(int64_t));
+        uint8_t *keep = malloc(n);
+        REQUIRE(ids && gone && keep);
+        for (size_t i = 0; i < n; i++) ids[i] = 100 + (int64_t)i;
+        REQUIRE_OK(kvq_index_add(ix, x, n, ids));
+        size_t ng = 0;
+        for (size_t i = 0; i < n; i++) {
+            keep[i] = i % 3 != 1;
+            if (!keep[i]) gone[ng++] = 100 + (int64_t)i;
+        }
+        gone[ng++] = 5;         /* not stored: ignored */
+        gone[ng++] = 100 + 3 * 7 + 1; /* twice: counted once */
+        uint64_t removed = 0, count = 0;
+        REQUIRE_OK(kvq_index_remove(ix, gone, ng, &removed));
+        kvq_index_count(ix, &count);
+        CHECK(removed == n / 3 && count == n - n / 3);
+        /* with every list probed and every candidate reranked: exactly the brute force
+         * over what is left, before and after a save/load round trip */
+        kvq_index_search_params p;
+        kvq_index_search_params_init(&p);
+        p.nprobe = cfg.nlist;
+        p.eps0 = INFINITY;
+        int64_t got[12 * 8], want[12 * 8];
+        REQUIRE_OK(kvq_index_search(ix, q, nq, k, &p, got, NULL));
+        for (uint32_t i = 0; i < nq; i++) brute_force_kept(KVQ_METRIC_L2, x, n, 100, keep, q + i * d, d, k, want + i * k);
+        CHECKF(memcmp(got, want, sizeof got) == 0, "variant %d: search after remove != brute force", v);
+        char path[1024];
+        snprintf(path, sizeof path, "%s/rm%d.kvqi", kvqt_tmpdir(kvqt_), v);
+        REQUIRE_OK(kvq_index_save(ix, path));
+        kvq_index *back = NULL;
+        REQUIRE_OK(kvq_index_load(path, &back));
+        REQUIRE_OK(kvq_index_search(back, q, nq, k, &p, got, NULL));
+        CHECK(memcmp(got, want, sizeof got) == 0);
+        /* default bound: still finds nearly all */
+        p.eps0 = 0.0f;
+        REQUIRE_OK(kvq_index_search(back, q, nq, k, &p, got, NULL));
+        CHECK(recall(got, want, nq, k) >= 0.95);
+        /* ids NULL continue past the largest stored id, never reusing a removed one */
+        REQUIRE_OK(kvq_index_add(back, x, 2, NULL));
+        p.eps0 = INFINITY;
+        int64_t one[1];
+        REQUIRE_OK(kvq_index_search(back, x + 1 * d, 1, 1, &p, one, NULL)); /* row 1 was removed */
+        CHECK(one[0] == 100 + (int64_t)n - 1 + 2);
+        kvq_index_free(back);
+        kvq_index_free(ix);
+        free(ids), free(gone), free(keep);
+    }
+    free(x);
+    free(q);
+}
+
+static int allow_not_mult3(int64_t id, void *ctx) {
+    (void)ctx;
+    return id % 3 != 0;
+}
+
+TEST(index_filtered_search_matches_brute_force) {
+    const uint32_t d = 32, k = 10, nq = 12;
+    const size_t n = 2000;
+    float *x = make_data(n, d, 10, 131), *q = make_data(nq, d, 10, 132);
+    REQUIRE(x && q);
+    uint8_t bits[2000 / 8];
+    uint8_t keep[2000];
+    for (size_t i = 0; i < sizeof bits; i++) bits[i] = 0x55; /* even ids */
+    for (size_t i = 0; i < n; i++) keep[i] = i % 2 == 0 && i % 3 != 0;
+    for (int m = 0; m < 2; m++) {
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.nlist = 8;
+        cfg.bits = 2;
+        cfg.metric = m ? KVQ_METRIC_IP : KVQ_METRIC_L2;
+        kvq_index *ix = build(&cfg, x, n);
+        REQUIRE(ix);
+        kvq_index_filter f = {bits, n, allow_not_mult3, NULL};
+        kvq_index_search_params p;
+        kvq_index_search_params_init(&p);
+        p.nprobe = cfg.nlist;
+        p.eps0 = INFINITY;
+        int64_t got[12 * 10], want[12 * 10];
+        REQUIRE_OK(kvq_index_search_filtered(ix, q, nq, k, &p, &f, got, NULL));
+        for (uint32_t i = 0; i < nq; i++) brute_force_kept(cfg.metric, x, n, 0, keep, q + i * d, d, k, want + i * k);
+        CHECKF(memcmp(got, want, sizeof got) == 0, "metric %d: filtered != brute force", m);
+        size_t bad = 0;
+        p.eps0 = 0.0f;
+        p.nprobe = 4;
+        REQUIRE_OK(kvq_index_search_filtered(ix, q, nq, k, &p, &f, got, NULL));
+        for (size_t i = 0; i < nq * k; i++) bad += got[i] >= 0 && !keep[got[i]];
+        CHECK(bad == 0);
+        CHECKF(recall(got, want, nq, k) >= 0.85, "metric %d: filtered recall %.3f", m, recall(got, want, nq, k));
+        /* a bitset shorter than the ids: ids past it are filtered out */
+        kvq_index_filter shortf = {bits, 100, NULL, NULL};
+        REQUIRE_OK(kvq_index_search_filtered(ix, q, nq, k, &p, &shortf, got, NULL));
+        for (size_t i = 0; i < nq * k; i++) bad += got[i] >= 100 || (got[i] >= 0 && got[i] % 2);
+        CHECK(bad == 0);
+        kvq_index_free(ix);
+    }
+    free(x);
+    free(q);
+}
+
+TEST(index_range_search_matches_brute_force) {
+    const uint32_t d = 24;
+    const size_t n = 1500;
+    float *x = make_data(n, d, 6, 141), *q = make_data(4, d, 6, 142);
+    REQUIRE(x && q);
+    for (int v = 0; v < 3; v++) {
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.nlist = 5;
+        cfg.metric = v == 1 ? KVQ_METRIC_IP : KVQ_METRIC_L2;
+        cfg.bits = v == 2 ? 4 : 1;
+        cfg.reorder = v == 2 ? KVQ_REORDER_NONE : KVQ_REORDER_FP32;
+        kvq_index *ix = build(&cfg, x, n);
+        REQUIRE(ix);
+        for (uint32_t qi = 0; qi < 4; qi++) {
+            /* the radius of the 30th neighbour */
+            int64_t nn[30];
+            brute_force_kept(cfg.metric, x, n, 0, NULL, q + qi * d, d, 30, nn);
+            float radius = (float)dist_of(cfg.metric, x + nn[29] * d, q + qi * d, d);
+            kvq_index_search_params p;
+            kvq_index_search_params_init(&p);
+            p.nprobe = cfg.nlist;
+            p.eps0 = v == 2 ? 0.0f : INFINITY;
+            int64_t ids[2000];
+            float ds[2000];
+            size_t found = 0;
+            REQUIRE_OK(kvq_index_range_search(ix, q + qi * d, radius, &p, NULL, ids, ds, 2000, &found));
+            if (v < 2) { /* exact distances: exactly the vectors within, in order */
+                size_t within = 0, hit = 0;
+                for (size_t j = 0; j < n; j++) {
+                    double t = dist_of(cfg.metric, x + j * d, q + qi * d, d);
+                    within += t <= radius - 1e-4 * fabs(radius);
+                }
+                for (size_t j = 0; j < found; j++) {
+                    double t = dist_of(cfg.metric, x + ids[j] * d, q + qi * d, d);
+                    hit += t <= radius + 1e-4 * fabs(radius);
+                    if (j) CHECK(ds[j] >= ds[j - 1]);
+                }
+                CHECKF(hit == found && found >= within && found <= 31, "v %d q %u: found %zu, %zu within",
+                       v, qi, found, within);
+            } else { /* codes only: estimates, so about the 30 */
+                CHECKF(found >= 15 && found <= 60, "q %u: %zu found by estimate", qi, found);
+            }
+            /* too small a buffer: the nearest first, and the count of all */
+            size_t found2 = 0;
+            int64_t few[5];
+            CHECK_STATUS(kvq_index_range_search(ix, q + qi * d, radius, &p, NULL, few, NULL, 5, &found2),
+                         found > 5 ? KVQ_ERR_CAPACITY : KVQ_OK);
+            CHECK(found2 == found && memcmp(few, ids, 5 * sizeof(int64_t)) == 0);
+            /* filtered: only passing ids */
+            kvq_index_filter f = {NULL, 0, allow_not_mult3, NULL};
+            REQUIRE_OK(kvq_index_range_search(ix, q + qi * d, radius, &p, &f, ids, ds, 2000, &found2));
+            size_t expect = 0, bad = 0;
+            for (size_t j = 0; j < found; j++) expect += allow_not_mult3(ids[j], NULL);
+            for (size_t j = 0; j < found2; j++) bad += ids[j] % 3 == 0;
+            CHECK(bad == 0 && found2 <= found && (v == 2 || found2 == expect));
+        }
+        kvq_index_free(ix);
+    }
+    free(x);
+    free(q);
+}

@@ -43,6 +43,7 @@ struct kvq_index {
     int trained;
     const kvqi_index_kernels *kern;
     kvq_threadpool *pool; /* the caller's, for train and add (NULL: calling thread) */
+    int mapped;           /* arrays point into a read-only file mapping (kvq_index_map) */
 
     float *pca_mean; /* [dim] (pca only) */
     float *pca_proj; /* [d][dim], rows = principal axes (pca only) */

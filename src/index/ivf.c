@@ -358,6 +358,11 @@ KVQ_API kvq_status kvq_index_add(kvq_index *ix, const float *x, size_t n, const 
         for (size_t i = 0; i < n; i++)
             if (ids[i] < 0) return KVQ_ERR_INVALID_ARG;
     if ((uint64_t)n > UINT32_MAX - ix->n) return KVQ_ERR_CAPACITY;
+    if (ix->mapped) return KVQ_ERR_STATE;
+    int64_t next_id = 0; /* ids NULL: one past the largest stored */
+    for (uint64_t r = 0; !ids && r < ix->n; r++)
+        if (ix->ids[r] >= next_id) next_id = ix->ids[r] + 1;
+    if (!ids && (uint64_t)next_id > (uint64_t)INT64_MAX - n) return KVQ_ERR_CAPACITY;
     kvq_status st = reserve_rows(ix, ix->n + n);
     if (st != KVQ_OK) return st;
     const uint32_t nl = ix->nlist;
@@ -410,7 +415,7 @@ KVQ_API kvq_status kvq_index_add(kvq_index *ix, const float *x, size_t n, const 
     for (size_t i = 0; i < n; i++) {
         const float *v = x + i * ix->dim;
         uint64_t row = ix->n + i;
-        ix->ids[row] = ids ? ids[i] : (int64_t)row;
+        ix->ids[row] = ids ? ids[i] : next_id + (int64_t)i;
         if (ix->reorder_f32 || ix->reorder_f16) {
             const float *keep = v;
             if (ix->cfg.metric == KVQ_METRIC_COSINE) {
@@ -434,5 +439,91 @@ done:
     kvqi_free(c.old_n);
     kvqi_free(c.task_list);
     kvqi_free(c.task_block);
+    return st;
+}
+
+/* ------------------------------------------------------------------ remove */
+
+static void set_nibble(const kvq_index *ix, kvqi_ivf_list *l, uint32_t pos, uint32_t g, unsigned nib) {
+    unsigned byte, shift;
+    kvqi_fs_slot(pos % KVQI_FS_BLOCK, &byte, &shift);
+    uint8_t *p = l->codes + (size_t)(pos / KVQI_FS_BLOCK) * ix->n_groups * 16 + (size_t)g * 16 + byte;
+    *p = (uint8_t)((*p & ~(15u << shift)) | (nib << shift));
+}
+
+/* slot from -> slot to of the same list (to < from); clear = zero slot `to` instead */
+static void list_move(const kvq_index *ix, kvqi_ivf_list *l, uint32_t from, uint32_t to, int clear) {
+    for (uint32_t g = 0; g < ix->n_groups; g++)
+        set_nibble(ix, l, to, g, clear ? 0u : kvqi_list_nibble(ix, l, from, g));
+    l->f_add[to] = clear ? 0.0f : l->f_add[from];
+    l->f_rescale[to] = clear ? 0.0f : l->f_rescale[from];
+    l->f_err[to] = clear ? 0.0f : l->f_err[from];
+    l->f_pop[to] = clear ? 0.0f : l->f_pop[from];
+    l->rows[to] = clear ? 0u : l->rows[from];
+    if (ix->cfg.bits > 1) {
+        uint8_t *dst = l->ex_codes + (size_t)to * ix->ex_row;
+        if (clear) memset(dst, 0, ix->ex_row);
+        else memcpy(dst, l->ex_codes + (size_t)from * ix->ex_row, ix->ex_row);
+        l->ex_rescale[to] = clear ? 0.0f : l->ex_rescale[from];
+        l->ex_err[to] = clear ? 0.0f : l->ex_err[from];
+    }
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+KVQ_API kvq_status kvq_index_remove(kvq_index *ix, const int64_t *ids, size_t n, uint64_t *removed) {
+    if (removed) *removed = 0;
+    if (!ix || (!ids && n)) return KVQ_ERR_INVALID_ARG;
+    if (ix->mapped) return KVQ_ERR_STATE;
+    if (!ix->trained || n == 0 || ix->n == 0) return KVQ_OK;
+    int64_t *sorted = kvqi_alloc_array(n, sizeof(int64_t));
+    uint8_t *drop = kvqi_calloc_array((size_t)ix->n, 1);
+    uint32_t *newrow = kvqi_alloc_array((size_t)ix->n, sizeof(uint32_t));
+    kvq_status st = KVQ_OK;
+    if (!sorted || !drop || !newrow) {
+        st = KVQ_ERR_NOMEM;
+        goto done;
+    }
+    memcpy(sorted, ids, n * sizeof(int64_t));
+    qsort(sorted, n, sizeof(int64_t), cmp_i64);
+    uint64_t count = 0;
+    for (uint64_t r = 0; r < ix->n; r++)
+        if (bsearch(&ix->ids[r], sorted, n, sizeof(int64_t), cmp_i64)) drop[r] = 1, count++;
+    if (!count) goto done;
+    /* rows: compact ids and the reorder store, keeping order */
+    const size_t row_bytes = ix->reorder_f32 ? (size_t)ix->dim * 4 : (ix->reorder_f16 ? (size_t)ix->dim * 2 : 0);
+    char *store = ix->reorder_f32 ? (char *)ix->reorder_f32 : (char *)ix->reorder_f16;
+    uint32_t w = 0;
+    for (uint64_t r = 0; r < ix->n; r++) {
+        if (drop[r]) continue;
+        newrow[r] = w;
+        if (w != r) {
+            ix->ids[w] = ix->ids[r];
+            if (row_bytes) memcpy(store + (size_t)w * row_bytes, store + (size_t)r * row_bytes, row_bytes);
+        }
+        w++;
+    }
+    /* lists: survivors slide down in order, the freed tail slots are zeroed */
+    for (uint32_t c = 0; c < ix->nlist; c++) {
+        kvqi_ivf_list *l = &ix->lists[c];
+        uint32_t lw = 0;
+        for (uint32_t pos = 0; pos < l->n; pos++) {
+            uint32_t row = l->rows[pos];
+            if (drop[row]) continue;
+            if (lw != pos) list_move(ix, l, pos, lw, 0);
+            l->rows[lw++] = newrow[row];
+        }
+        for (uint32_t pos = lw; pos < l->n; pos++) list_move(ix, l, pos, pos, 1);
+        l->n = lw;
+    }
+    ix->n -= count;
+    if (removed) *removed = count;
+done:
+    kvqi_free(sorted);
+    kvqi_free(drop);
+    kvqi_free(newrow);
     return st;
 }

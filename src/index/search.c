@@ -83,7 +83,15 @@ static const char *row_ptr(const kvq_index *ix, uint32_t row) {
                            : (const char *)(ix->reorder_f16 + (size_t)row * ix->dim);
 }
 
+static inline int passes(const kvq_index_filter *f, int64_t id) {
+    if (f->id_bitset &&
+        ((uint64_t)id >= f->bitset_ids || !((f->id_bitset[(uint64_t)id >> 3] >> (id & 7)) & 1)))
+        return 0;
+    return !f->allow || f->allow(id, f->ctx);
+}
+
 typedef struct search_ctx {
+    const kvq_index_filter *filt; /* NULL: every id passes */
     const kvq_index *ix;
     const float *queries;
     uint32_t k, nprobe, rerank;
@@ -296,7 +304,8 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             uint32_t nv = L->n - b0 < KVQI_FS_BLOCK ? L->n - b0 : KVQI_FS_BLOCK;
             if (!prune_1bit) { /* every vector goes on to the extended-code stage */
                 for (uint32_t v = 0; v < nv; v++)
-                    s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], 0.0f, INFINITY};
+                    if (!ctx->filt || passes(ctx->filt, ix->ids[L->rows[b0 + v]]))
+                        s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], 0.0f, INFINITY};
                 continue;
             }
             float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
@@ -327,6 +336,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             while (keep) {
                 unsigned v = (unsigned)__builtin_ctz(keep);
                 keep &= keep - 1;
+                if (ctx->filt && !passes(ctx->filt, ix->ids[L->rows[b0 + v]])) continue;
                 if (full) {
                     s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], dist[v], INFINITY};
                     continue;
@@ -434,6 +444,14 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
 KVQ_API kvq_status kvq_index_search(const kvq_index *ix, const float *queries, size_t n_queries,
                                     uint32_t k, const kvq_index_search_params *params,
                                     int64_t *out_ids, float *out_dists) {
+    return kvq_index_search_filtered(ix, queries, n_queries, k, params, NULL, out_ids, out_dists);
+}
+
+KVQ_API kvq_status kvq_index_search_filtered(const kvq_index *ix, const float *queries,
+                                             size_t n_queries, uint32_t k,
+                                             const kvq_index_search_params *params,
+                                             const kvq_index_filter *filter, int64_t *out_ids,
+                                             float *out_dists) {
     if (!ix || (!queries && n_queries) || k == 0 || (!out_ids && n_queries))
         return KVQ_ERR_INVALID_ARG;
     if (!ix->trained) return KVQ_ERR_STATE;
@@ -452,7 +470,8 @@ KVQ_API kvq_status kvq_index_search(const kvq_index *ix, const float *queries, s
     /* a NaN query would compare false everywhere and return only -1 */
     if (kvqi_index_check_rows(ix, queries, n_queries) != KVQ_OK) return KVQ_ERR_INVALID_ARG;
 
-    search_ctx ctx = {ix, queries, k, p.nprobe < ix->nlist ? p.nprobe : ix->nlist, p.rerank,
+    if (filter && !filter->id_bitset && !filter->allow) filter = NULL;
+    search_ctx ctx = {filter, ix, queries, k, p.nprobe < ix->nlist ? p.nprobe : ix->nlist, p.rerank,
                       p.eps0, out_ids, out_dists, NULL, 0, 0};
     /* room for every vector of the nprobe largest lists (and for the probe) */
     {
@@ -552,4 +571,130 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
     }
     kvqi_free(base);
     return KVQ_OK;
+}
+
+/* ------------------------------------------------------------ range search */
+
+typedef struct range_out {
+    heap_item *it;
+    size_t n, cap;
+} range_out;
+
+static int range_push(range_out *o, float d, int64_t id) {
+    if (o->n == o->cap) {
+        size_t cap = o->cap ? 2 * o->cap : 256;
+        heap_item *p = realloc(o->it, cap * sizeof *p);
+        if (!p) return 0;
+        o->it = p;
+        o->cap = cap;
+    }
+    o->it[o->n++] = (heap_item){d, id};
+    return 1;
+}
+
+KVQ_API kvq_status kvq_index_range_search(const kvq_index *ix, const float *query, float radius,
+                                          const kvq_index_search_params *params,
+                                          const kvq_index_filter *filter, int64_t *out_ids,
+                                          float *out_dists, size_t cap, size_t *n_found) {
+    if (n_found) *n_found = 0;
+    if (!ix || !query || !n_found || (cap && !out_ids) || radius != radius)
+        return KVQ_ERR_INVALID_ARG;
+    if (!ix->trained) return KVQ_ERR_STATE;
+    if (kvqi_index_check_rows(ix, query, 1) != KVQ_OK) return KVQ_ERR_INVALID_ARG;
+    kvq_index_search_params p;
+    kvq_index_search_params_init(&p);
+    if (params) p = *params;
+    if (p.nprobe == 0) p.nprobe = 1;
+    if (p.eps0 == 0.0f) p.eps0 = KVQI_INDEX_DEFAULT_EPS0;
+    if (!(p.eps0 > 0.0f)) return KVQ_ERR_INVALID_ARG;
+    if (filter && !filter->id_bitset && !filter->allow) filter = NULL;
+    const uint32_t np = p.nprobe < ix->nlist ? p.nprobe : ix->nlist;
+    const size_t probe_need = ((size_t)ix->nlist * sizeof(heap_item) + sizeof(cand) - 1) / sizeof(cand);
+    size_t bytes = carve(ix, 1, probe_need, NULL, NULL);
+    unsigned char *base = kvqi_alloc_array(1, bytes);
+    if (!base) return KVQ_ERR_NOMEM;
+    scratch s;
+    carve(ix, 1, probe_need, base, &s);
+    for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
+    const int l2 = ix->cfg.metric == KVQ_METRIC_L2;
+    const float alpha = l2 ? 2.0f : 1.0f;
+    const int full = !isfinite(p.eps0), q4 = ix->cfg.query_bits == 4;
+    kvqi_index_to_space(ix, query, l2, s.tmp, s.zq);
+    const float *qx = ix->cfg.metric == KVQ_METRIC_COSINE ? s.tmp : query;
+    query_consts qc = {0.0f, 0.0f, 0.0f};
+    if (!l2 && ix->pca_mean) qc.const_ip = ix->kern->dot(ix->pca_mean, qx, ix->dim);
+    kvqi_index_rotate(ix, s.zq, s.qrot);
+    qc.qrot_sum = ix->kern->dot(s.qrot, s.ones, ix->d_pad);
+    qc.qrot_n2 = ix->kern->dot(s.qrot, s.qrot, ix->d_pad);
+    uint32_t nh = probe(ix, s.zq, np, (heap_item *)(void *)s.cands, s.probe_i, s.probe_d);
+    range_out o = {NULL, 0, 0};
+    kvq_status st = KVQ_OK;
+    const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
+    uint32_t S[KVQI_FS_BLOCK];
+    for (uint32_t pi = 0; pi < nh && st == KVQ_OK; pi++) {
+        uint32_t c = s.probe_i[pi];
+        const kvqi_ivf_list *L = &ix->lists[c];
+        if (!L->n) continue;
+        list_query lq;
+        /* the float q' is needed by the extended code and the float LUT */
+        prepare_list(ix, c, &s, s.probe_d[pi], &qc, 1, &lq);
+        if (q4) build_lut4(ix, &s, &lq);
+        else build_lutf(ix, &s, &lq);
+        const float ferr = alpha * p.eps0 * lq.qnorm, qerr = alpha * p.eps0 * (q4 ? lq.qerr : 0.0f);
+        for (uint32_t b0 = 0; b0 < L->n && st == KVQ_OK; b0 += KVQI_FS_BLOCK) {
+            const uint8_t *blk = L->codes + (size_t)(b0 / KVQI_FS_BLOCK) * ix->n_groups * 16;
+            uint32_t nv = L->n - b0 < KVQI_FS_BLOCK ? L->n - b0 : KVQI_FS_BLOCK;
+            float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
+            if (q4) {
+                ix->kern->fastscan(blk, s.lut, ix->n_groups, S);
+                kvqi_block_consts bc = {lq.delta, lq.vmin, lq.sum_q, lq.K, alpha, full ? 0.0f : ferr,
+                                        full ? 0.0f : qerr, INFINITY};
+                ix->kern->estimate_block(S, L->f_add + b0, L->f_rescale + b0, L->f_err + b0,
+                                         L->f_pop + b0, &bc, dist, err);
+            } else {
+                for (uint32_t v = 0; v < nv; v++) {
+                    float acc = 0.0f;
+                    for (uint32_t g = 0; g < ix->n_groups; g++)
+                        acc += s.lutf[(size_t)g * 16 + kvqi_list_nibble(ix, L, b0 + v, g)];
+                    uint32_t pos = b0 + v;
+                    dist[v] = (L->f_add[pos] + lq.K) - alpha * (L->f_rescale[pos] * (2.0f * acc - lq.sum_q));
+                    err[v] = full ? 0.0f : L->f_err[pos] * ferr;
+                }
+            }
+            for (uint32_t v = 0; v < nv; v++) {
+                const uint32_t pos = b0 + v, row = L->rows[pos];
+                const int64_t id = ix->ids[row];
+                if (filter && !passes(filter, id)) continue;
+                if (!full && !(dist[v] - err[v] <= radius)) continue; /* cannot be within */
+                float d;
+                if (ix->reorder_f32) {
+                    const float *x = ix->reorder_f32 + (size_t)row * ix->dim;
+                    d = l2 ? ix->kern->l2sq(x, qx, ix->dim) : -ix->kern->dot(x, qx, ix->dim);
+                } else if (ix->reorder_f16) {
+                    const uint16_t *x = ix->reorder_f16 + (size_t)row * ix->dim;
+                    d = l2 ? ix->kern->l2sq_f16(x, qx, ix->dim) : -ix->kern->dot_f16(x, qx, ix->dim);
+                } else if (ix->cfg.bits > 1) {
+                    float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, pos, s.exv), lq.qp, ix->d_pad) -
+                               half * lq.sum_q;
+                    d = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
+                } else {
+                    d = dist[v];
+                }
+                if (d <= radius && !range_push(&o, d, id)) st = KVQ_ERR_NOMEM;
+            }
+        }
+    }
+    kvqi_free(base);
+    if (st != KVQ_OK) {
+        free(o.it);
+        return st;
+    }
+    qsort(o.it, o.n, sizeof *o.it, cmp_item);
+    for (size_t i = 0; i < o.n && i < cap; i++) {
+        out_ids[i] = o.it[i].id;
+        if (out_dists) out_dists[i] = o.it[i].d;
+    }
+    *n_found = o.n;
+    free(o.it);
+    return o.n > cap ? KVQ_ERR_CAPACITY : KVQ_OK;
 }
