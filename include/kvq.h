@@ -418,6 +418,13 @@ KVQ_API kvq_status kvq_index_remove(kvq_index *index, const int64_t *ids, size_t
 KVQ_API kvq_status kvq_index_save(const kvq_index *index, const char *path);
 KVQ_API kvq_status kvq_index_load(const char *path, kvq_index **out);
 KVQ_API kvq_status kvq_index_load_buffer(const void *buf, size_t size, kvq_index **out);
+/* As load, but the codes, factors, ids and reorder store stay in a read-only shared
+ * mapping of the file (validated in place: CRC, counts, rows, finite floats) instead of
+ * private memory; the page cache is shared between processes mapping the same file. The
+ * index searches like a loaded one; add and remove answer KVQ_ERR_STATE (load it to
+ * edit). The file must not be truncated while mapped. Format-1 files (unaligned) give
+ * KVQ_ERR_UNSUPPORTED: load and save them once. */
+KVQ_API kvq_status kvq_index_map(const char *path, kvq_index **out);
 /* Bytes the index holds in memory (codes, factors, ids, lists, reorder store, centroids,
  * rotation, PCA). */
 KVQ_API kvq_status kvq_index_size_bytes(const kvq_index *index, uint64_t *bytes);

@@ -706,7 +706,9 @@ TEST(index_bad_input_refused) {
     REQUIRE_OK(kvq_index_load_buffer(buf, size, &o));
     kvq_index_free(o);
     o = NULL;
-    const size_t ids_at = 8 + 4 + 11 * 4 + 8 + 4 + 8 + (size_t)cfg.nlist * d * 4;
+    /* header, then 64-byte aligned sections: centroids, ids */
+#define ALIGN64(x) (((x) + 63) / 64 * 64)
+    const size_t ids_at = ALIGN64(ALIGN64(8 + 4 + 11 * 4 + 8 + 4 + 8) + (size_t)cfg.nlist * d * 4);
     int64_t stored;
     memcpy(&stored, buf + ids_at + 8, 8);
     CHECK(stored == 6); /* the layout this test patches */
@@ -1168,6 +1170,82 @@ TEST(index_range_search_matches_brute_force) {
         }
         kvq_index_free(ix);
     }
+    free(x);
+    free(q);
+}
+
+TEST(index_mmap_matches_load) {
+    const uint32_t d = 48, k = 10;
+    const size_t n = 1500, nq = 12;
+    float *x = make_data(n, d, 12, 151), *q = make_data(nq, d, 12, 152);
+    REQUIRE(x && q);
+    for (int v = 0; v < 3; v++) {
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.nlist = 7;
+        cfg.bits = v == 0 ? 1 : (v == 1 ? 3 : 8);
+        cfg.split = v == 1;
+        cfg.reorder = v == 1 ? KVQ_REORDER_FP16 : KVQ_REORDER_FP32;
+        cfg.rotation = v == 2 ? KVQ_ROTATION_DENSE : KVQ_ROTATION_FHT;
+        cfg.pca_dim = v == 2 ? 40 : 0;
+        cfg.metric = v == 2 ? KVQ_METRIC_COSINE : KVQ_METRIC_L2;
+        kvq_index *a = build(&cfg, x, n), *b = NULL, *m = NULL;
+        REQUIRE(a);
+        char path[1024];
+        snprintf(path, sizeof path, "%s/m%d.kvqi", kvqt_tmpdir(kvqt_), v);
+        REQUIRE_OK(kvq_index_save(a, path));
+        REQUIRE_OK(kvq_index_load(path, &b));
+        REQUIRE_OK(kvq_index_map(path, &m));
+        /* the big arrays live in the mapping, not in private copies */
+        CHECK(m->mapped && (const char *)m->ids >= (const char *)m->map_base &&
+              (const char *)m->ids < (const char *)m->map_base + m->map_size);
+        int64_t ib[12 * 10], im[12 * 10];
+        float db[12 * 10], dm[12 * 10];
+        kvq_index_search_params p;
+        kvq_index_search_params_init(&p);
+        p.nprobe = 3;
+        REQUIRE_OK(kvq_index_search(b, q, nq, k, &p, ib, db));
+        REQUIRE_OK(kvq_index_search(m, q, nq, k, &p, im, dm));
+        CHECKF(memcmp(ib, im, sizeof ib) == 0 && memcmp(db, dm, sizeof db) == 0,
+               "variant %d: mapped index answers differently", v);
+        kvq_index_filter f = {NULL, 0, allow_not_mult3, NULL};
+        REQUIRE_OK(kvq_index_search_filtered(b, q, nq, k, &p, &f, ib, db));
+        REQUIRE_OK(kvq_index_search_filtered(m, q, nq, k, &p, &f, im, dm));
+        CHECK(memcmp(ib, im, sizeof ib) == 0 && memcmp(db, dm, sizeof db) == 0);
+        size_t fb = 0, fm = 0;
+        int64_t rb[1500], rm[1500];
+        float radius = db[5];
+        REQUIRE_OK(kvq_index_range_search(b, q, radius, &p, NULL, rb, NULL, 1500, &fb));
+        REQUIRE_OK(kvq_index_range_search(m, q, radius, &p, NULL, rm, NULL, 1500, &fm));
+        CHECK(fb == fm && fb > 0 && memcmp(rb, rm, fb * sizeof(int64_t)) == 0);
+        /* read-only; saving it reproduces the file */
+        CHECK_STATUS(kvq_index_add(m, x, 1, NULL), KVQ_ERR_STATE);
+        CHECK_STATUS(kvq_index_remove(m, ib, 1, NULL), KVQ_ERR_STATE);
+        char path2[1024];
+        snprintf(path2, sizeof path2, "%s/m%d_again.kvqi", kvqt_tmpdir(kvqt_), v);
+        REQUIRE_OK(kvq_index_save(m, path2));
+        uint8_t *fa, *fc;
+        size_t za, zc;
+        REQUIRE(read_file(path, &fa, &za) && read_file(path2, &fc, &zc));
+        CHECK(za == zc && memcmp(fa, fc, za) == 0);
+        /* a truncated or corrupted file is refused through the mapping too */
+        char bad[1024];
+        snprintf(bad, sizeof bad, "%s/bad%d.kvqi", kvqt_tmpdir(kvqt_), v);
+        FILE *f2 = fopen(bad, "wb");
+        REQUIRE(f2);
+        fwrite(fa, 1, za / 2, f2);
+        fclose(f2);
+        kvq_index *o = NULL;
+        CHECK_STATUS(kvq_index_map(bad, &o), KVQ_ERR_FORMAT);
+        free(fa);
+        free(fc);
+        kvq_index_free(a);
+        kvq_index_free(b);
+        kvq_index_free(m);
+    }
+    kvq_index *o = NULL;
+    CHECK_STATUS(kvq_index_map("tests/data/index-v1-bits3.kvqi", &o), KVQ_ERR_UNSUPPORTED);
+    CHECK_STATUS(kvq_index_map(kvqt_tmpdir(kvqt_), &o), KVQ_ERR_IO);
     free(x);
     free(q);
 }

@@ -4,9 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__linux__)
 #include <sys/mman.h>
-#endif
 
 #include "cpu/cpu.h"
 #include "index/index_internal.h"
@@ -119,12 +117,15 @@ KVQ_API void kvq_index_free(kvq_index *ix) {
     kvqi_free(ix->centroids_rot);
     kvqi_free(ix->centroids_rot_sum);
     kvqi_free(ix->centroids_t);
-    if (ix->lists)
+    if (ix->lists && !ix->mapped)
         for (uint32_t i = 0; i < ix->nlist; i++) kvqi_list_free(&ix->lists[i]);
     free(ix->lists);
-    kvqi_free(ix->ids);
-    kvqi_free(ix->reorder_f32);
-    kvqi_free(ix->reorder_f16);
+    if (!ix->mapped) {
+        kvqi_free(ix->ids);
+        kvqi_free(ix->reorder_f32);
+        kvqi_free(ix->reorder_f16);
+    }
+    if (ix->map_base) munmap(ix->map_base, ix->map_size);
     free(ix);
 }
 

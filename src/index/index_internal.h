@@ -43,7 +43,10 @@ struct kvq_index {
     int trained;
     const kvqi_index_kernels *kern;
     kvq_threadpool *pool; /* the caller's, for train and add (NULL: calling thread) */
-    int mapped;           /* arrays point into a read-only file mapping (kvq_index_map) */
+    int mapped;           /* ids, reorder store and list arrays point into a read-only
+                             file image (kvq_index_map): never written or freed */
+    void *map_base;       /* the mapping, unmapped by kvq_index_free */
+    size_t map_size;
 
     float *pca_mean; /* [dim] (pca only) */
     float *pca_proj; /* [d][dim], rows = principal axes (pca only) */
