@@ -1249,3 +1249,88 @@ TEST(index_mmap_matches_load) {
     free(x);
     free(q);
 }
+
+/* The last line of a text file (into last[256]). */
+static int last_line(const char *path, char *last) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[256];
+    last[0] = 0;
+    while (fgets(line, sizeof line, f)) memcpy(last, line, sizeof line);
+    fclose(f);
+    return 1;
+}
+
+TEST(index_cli_add_remove_mmap_filter_range) {
+    const uint32_t d = 16, k = 4;
+    const size_t n = 300, nq = 6;
+    float *x = make_data(n, d, 4, 161), *q = make_data(nq, d, 4, 162);
+    REQUIRE(x && q);
+    const char *dir = kvqt_tmpdir(kvqt_);
+    char a[512], b[512], qf[512], gf[512], ixf[512], out[512], ids[512], cmd[4096], last[256];
+    snprintf(a, sizeof a, "%s/a.fvecs", dir);
+    snprintf(b, sizeof b, "%s/b.fvecs", dir);
+    snprintf(qf, sizeof qf, "%s/q.fvecs", dir);
+    snprintf(gf, sizeof gf, "%s/gt.ivecs", dir);
+    snprintf(ixf, sizeof ixf, "%s/ix.kvqi", dir);
+    snprintf(out, sizeof out, "%s/out.txt", dir);
+    snprintf(ids, sizeof ids, "%s/ids.ivecs", dir);
+    /* build from the first 200, add the other 100 with ids 1000.., remove ids 0..49:
+     * the exact answers are the brute force over rows 50..299 */
+    REQUIRE(write_vecs(a, x, 200, d, 4) && write_vecs(b, x + 200 * d, 100, d, 4) &&
+            write_vecs(qf, q, nq, d, 4));
+    int32_t newids[100], gone[50], gt[6 * 4];
+    for (int i = 0; i < 100; i++) newids[i] = 1000 + i;
+    for (int i = 0; i < 50; i++) gone[i] = i;
+    REQUIRE(write_vecs(ids, newids, 100, 1, 4));
+    uint8_t keep[300];
+    for (size_t i = 0; i < n; i++) keep[i] = i >= 50;
+    for (size_t i = 0; i < nq; i++) {
+        int64_t g[4];
+        brute_force_kept(KVQ_METRIC_L2, x, n, 0, keep, q + i * d, d, k, g);
+        for (uint32_t j = 0; j < k; j++) gt[i * k + j] = (int32_t)(g[j] >= 200 ? g[j] - 200 + 1000 : g[j]);
+    }
+    REQUIRE(write_vecs(gf, gt, nq, k, 4));
+    char gonef[512];
+    snprintf(gonef, sizeof gonef, "%s/gone.ivecs", dir);
+    REQUIRE(write_vecs(gonef, gone, 50, 1, 4));
+    const char *cli = kvqt_cli_path();
+    snprintf(cmd, sizeof cmd, "%s index build -i %s -o %s --nlist 3 --bits 3 > %s 2>&1", cli, a, ixf, out);
+    REQUIRE(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "%s index add -x %s -i %s --ids %s --threads 2 > %s 2>&1", cli, ixf, b, ids, out);
+    CHECKF(system(cmd) == 0 && last_line(out, last) && strstr(last, "holds 300"), "%s", cmd);
+    snprintf(cmd, sizeof cmd, "%s index remove -x %s --ids %s > %s 2>&1", cli, ixf, gonef, out);
+    CHECKF(system(cmd) == 0 && last_line(out, last) && strstr(last, "removed 50 of 50"), "%s", cmd);
+    for (int mm = 0; mm < 2; mm++) {
+        snprintf(cmd, sizeof cmd, "%s index search -x %s -q %s -k %u --nprobe 3 --eps0 inf --gt %s %s > %s 2>&1",
+                 cli, ixf, qf, k, gf, mm ? "--mmap" : "", out);
+        double rec = -1.0;
+        unsigned np = 0;
+        CHECKF(system(cmd) == 0 && last_line(out, last) && sscanf(last, "%u %lf", &np, &rec) == 2 &&
+                   rec == 1.0,
+               "%s: %s", cmd, last);
+    }
+    /* only ids 1000.. allowed: recall against the unfiltered truth drops, still runs */
+    snprintf(cmd, sizeof cmd, "%s index search -x %s -q %s -k %u --nprobe 3 --allow-ids 1000,1001,1002,1003,1004 --gt %s -o %s/r.ivecs > %s 2>&1",
+             cli, ixf, qf, k, gf, dir, out);
+    CHECKF(system(cmd) == 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "%s/r.ivecs", dir);
+    uint8_t *res;
+    size_t rs;
+    REQUIRE(read_file(cmd, &res, &rs));
+    size_t bad = 0;
+    for (size_t i = 0; i < nq; i++)
+        for (uint32_t j = 0; j < k; j++) {
+            int32_t v;
+            memcpy(&v, res + i * (4 + k * 4) + 4 + j * 4, 4);
+            bad += v < 1000 || v > 1004;
+        }
+    free(res);
+    CHECK(bad == 0);
+    snprintf(cmd, sizeof cmd, "%s index search -x %s -q %s --nprobe 3 --radius 1e9 --mmap > %s 2>&1", cli, ixf, qf, out);
+    CHECKF(system(cmd) == 0 && last_line(out, last) && strstr(last, "250.00"), "%s: %s", cmd, last);
+    snprintf(cmd, sizeof cmd, "%s index remove -x %s --ids 3,-4 > %s 2>&1", cli, ixf, out);
+    CHECK(system(cmd) != 0);
+    free(x);
+    free(q);
+}

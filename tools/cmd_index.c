@@ -283,6 +283,10 @@ static int usage_search(FILE *f) {
             "  --threads T        worker threads (default 1)\n"
             "  --repeat R         run each search R times, report the fastest (default 1)\n"
             "  --gt FILE          ground truth .ivecs: print recall@k\n"
+            "  --allow-ids L      return only these ids (comma list or .ivecs)\n"
+            "  --radius R         range search: every vector within distance R (squared L2;\n"
+            "                     -<q,x> for ip/cosine); prints results per query\n"
+            "  --mmap             serve the index from a read-only mapping of the file\n"
             "  -o FILE            write the result ids as .ivecs\n");
     return f == stderr ? 1 : 0;
 }
@@ -417,14 +421,23 @@ static int cmd_build(int argc, char **argv) {
     return 0;
 }
 
+static int64_t *parse_ids(const char *arg, size_t *n, char *err, size_t err_n);
+
 static int cmd_search(int argc, char **argv) {
     const char *xpath = NULL, *qpath = NULL, *gtpath = NULL, *opath = NULL;
     uint32_t k = 10, nprobes[64] = {1}, n_nprobe = 1, threads = 1, repeat = 1;
     kvq_index_search_params p;
     kvq_index_search_params_init(&p);
+    int use_mmap = 0;
+    const char *allow_arg = NULL;
+    float radius = NAN;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) return usage_search(stdout);
+        if (!strcmp(a, "--mmap")) {
+            use_mmap = 1;
+            continue;
+        }
         if (!v) {
             fprintf(stderr, "kvq index search: %s needs a value\n", a);
             return 1;
@@ -452,6 +465,12 @@ static int cmd_search(int argc, char **argv) {
                 n_nprobe++;
             }
             ok = ok && n_nprobe > 0;
+        } else if (!strcmp(a, "--allow-ids")) {
+            allow_arg = v;
+        } else if (!strcmp(a, "--radius")) {
+            char *end;
+            radius = strtof(v, &end);
+            ok = !*end && end != v && isfinite(radius);
         } else {
             fprintf(stderr, "kvq index search: unknown option %s (see --help)\n", a);
             return 1;
@@ -468,8 +487,27 @@ static int cmd_search(int argc, char **argv) {
         return 1;
     }
     kvq_index *ix = NULL;
-    kvq_status st = kvq_index_load(xpath, &ix);
+    kvq_status st = use_mmap ? kvq_index_map(xpath, &ix) : kvq_index_load(xpath, &ix);
     if (st != KVQ_OK) return kvq_cli_fail("index search", xpath, st);
+    kvq_index_filter filt = {NULL, 0, NULL, NULL};
+    uint8_t *allow_bits = NULL;
+    if (allow_arg) { /* a bitset over 0..max id */
+        size_t na = 0;
+        int64_t *al = parse_ids(allow_arg, &na, xerr, sizeof xerr);
+        int64_t mx = 0;
+        for (size_t i = 0; al && i < na; i++) mx = al[i] > mx ? al[i] : mx;
+        if (al && (uint64_t)mx < (1ull << 36)) allow_bits = calloc((size_t)mx / 8 + 1, 1);
+        if (!allow_bits) {
+            fprintf(stderr, "kvq index search: --allow-ids: %s\n", al ? "ids too large or out of memory" : xerr);
+            free(al);
+            kvq_index_free(ix);
+            return 1;
+        }
+        for (size_t i = 0; i < na; i++) allow_bits[al[i] >> 3] |= (uint8_t)(1u << (al[i] & 7));
+        filt.id_bitset = allow_bits;
+        filt.bitset_ids = (uint64_t)mx + 1;
+        free(al);
+    }
     kvq_index_config cfg;
     kvq_index_get_config(ix, &cfg);
     char err[512] = "";
@@ -526,13 +564,44 @@ static int cmd_search(int argc, char **argv) {
         goto done;
     }
     p.pool = pool;
+    if (radius == radius) { /* range search: every vector within the radius */
+        uint64_t count = 0;
+        kvq_index_count(ix, &count);
+        int64_t *rid = malloc((size_t)(count ? count : 1) * sizeof *rid);
+        if (!rid) {
+            fprintf(stderr, "kvq index search: out of memory\n");
+            goto done;
+        }
+        printf("%8s %14s %12s %10s\n", "nprobe", "results/query", "queries/s", "ms/query");
+        for (uint32_t t = 0; t < n_nprobe; t++) {
+            p.nprobe = nprobes[t];
+            size_t total = 0;
+            double t0 = now_s();
+            for (size_t i = 0; i < nq && st == KVQ_OK; i++) {
+                size_t found = 0;
+                st = kvq_index_range_search(ix, q + i * dim, radius, &p, &filt, rid, NULL, (size_t)count, &found);
+                total += found;
+            }
+            double dt = now_s() - t0;
+            if (st != KVQ_OK) {
+                free(rid);
+                rc = kvq_cli_fail("index search", "range search", st);
+                goto done;
+            }
+            printf("%8u %14.2f %12.1f %10.3f\n", p.nprobe, (double)total / (double)nq, (double)nq / dt,
+                   1e3 * dt / (double)nq);
+        }
+        free(rid);
+        rc = 0;
+        goto done;
+    }
     printf("%8s %10s %12s %10s\n", "nprobe", "recall@k", "queries/s", "ms/query");
     for (uint32_t t = 0; t < n_nprobe; t++) {
         p.nprobe = nprobes[t];
         double dt = INFINITY;
         for (uint32_t r = 0; r < repeat; r++) {
             double t0 = now_s();
-            st = kvq_index_search(ix, q, nq, k, &p, ids, NULL);
+            st = kvq_index_search_filtered(ix, q, nq, k, &p, &filt, ids, NULL);
             double t1 = now_s() - t0;
             if (st != KVQ_OK) {
                 rc = kvq_cli_fail("index search", "search", st);
@@ -565,19 +634,236 @@ done:
     free(ids);
     free(gt);
     free(q);
+    free(allow_bits);
     kvq_index_free(ix);
     return rc;
+}
+
+/* ------------------------------------------------------------ add / remove */
+
+/* Ids from a comma list "3,17,42" or an .ivecs file (every number of every row). */
+static int64_t *parse_ids(const char *arg, size_t *n, char *err, size_t err_n) {
+    *n = 0;
+    const char *e = ext_of(arg);
+    if (!strcmp(e, "ivecs")) {
+        uint32_t k;
+        size_t rows;
+        int32_t *v = load_ivecs(arg, &rows, &k, err, err_n);
+        if (!v) return NULL;
+        size_t cnt = rows * (size_t)k;
+        int64_t *ids = malloc((cnt > 0 ? cnt : 1) * sizeof *ids);
+        if (!ids) snprintf(err, err_n, "out of memory");
+        for (size_t i = 0; ids && i < rows * k; i++) {
+            if (v[i] < 0) {
+                snprintf(err, err_n, "%s: id %d is negative", arg, v[i]);
+                free(ids);
+                ids = NULL;
+                break;
+            }
+            ids[i] = v[i];
+        }
+        free(v);
+        if (ids) *n = rows * k;
+        return ids;
+    }
+    size_t cap = 1;
+    for (const char *c = arg; *c; c++) cap += *c == ',';
+    int64_t *ids = malloc(cap * sizeof *ids);
+    if (!ids) {
+        snprintf(err, err_n, "out of memory");
+        return NULL;
+    }
+    const char *c = arg;
+    for (;;) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(c, &end, 10);
+        if (errno || end == c || v < 0 || (*end && *end != ',')) {
+            snprintf(err, err_n, "bad id list '%s' (want non-negative integers, comma separated, or an .ivecs file)", arg);
+            free(ids);
+            return NULL;
+        }
+        ids[(*n)++] = v;
+        if (!*end) break;
+        c = end + 1;
+    }
+    return ids;
+}
+
+static int cmd_add(int argc, char **argv) {
+    const char *xpath = NULL, *in = NULL, *out = NULL, *idarg = NULL;
+    uint32_t threads = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            printf("usage: kvq index add -x INDEX -i VECTORS [options]\n\n"
+                   "  -x FILE            index file to extend (rewritten in place, atomically)\n"
+                   "  -i FILE            vectors to add: .fvecs, .bvecs or .npy\n"
+                   "  -o FILE            write the result here instead of over INDEX\n"
+                   "  --ids L            their ids: comma list or .ivecs (default: one past\n"
+                   "                     the largest stored id onwards)\n"
+                   "  --threads T        threads for encoding (default 1)\n");
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, "kvq index add: %s needs a value\n", a);
+            return 1;
+        }
+        i++;
+        if (!strcmp(a, "-x")) xpath = v;
+        else if (!strcmp(a, "-i")) in = v;
+        else if (!strcmp(a, "-o")) out = v;
+        else if (!strcmp(a, "--ids")) idarg = v;
+        else if (!strcmp(a, "--threads")) {
+            if (!parse_u32(v, &threads) || threads == 0 || threads > 1024) {
+                fprintf(stderr, "kvq index add: bad value '%s' for --threads\n", v);
+                return 1;
+            }
+        } else {
+            fprintf(stderr, "kvq index add: unknown option %s (see --help)\n", a);
+            return 1;
+        }
+    }
+    if (!xpath || !in) {
+        fprintf(stderr, "usage: kvq index add -x INDEX -i VECTORS [--ids L] [-o OUT] (see --help)\n");
+        return 1;
+    }
+    char err[512] = "";
+    if (!regular_file(xpath, err, sizeof err)) {
+        fprintf(stderr, "kvq index add: %s\n", err);
+        return 1;
+    }
+    kvq_index *ix = NULL;
+    kvq_status st = kvq_index_load(xpath, &ix);
+    if (st != KVQ_OK) return kvq_cli_fail("index add", xpath, st);
+    kvq_index_config cfg;
+    kvq_index_get_config(ix, &cfg);
+    size_t n = 0, nids = 0;
+    uint32_t dim = 0;
+    int64_t *ids = NULL;
+    kvq_threadpool *pool = NULL;
+    int rc = 1;
+    float *x = load_vectors(in, &n, &dim, err, sizeof err);
+    if (!x) {
+        fprintf(stderr, "kvq index add: %s\n", err);
+        goto done;
+    }
+    if (dim != cfg.dim) {
+        fprintf(stderr, "kvq index add: %s has dimension %u, the index %u\n", in, dim, cfg.dim);
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *why = row_problem(x + i * dim, dim, cfg.metric);
+        if (why) {
+            fprintf(stderr, "kvq index add: %s: row %zu %s\n", in, i, why);
+            goto done;
+        }
+    }
+    if (idarg) {
+        if (!(ids = parse_ids(idarg, &nids, err, sizeof err))) {
+            fprintf(stderr, "kvq index add: %s\n", err);
+            goto done;
+        }
+        if (nids != n) {
+            fprintf(stderr, "kvq index add: %zu ids for %zu vectors\n", nids, n);
+            goto done;
+        }
+    }
+    if (threads > 1 && ((st = kvq_threadpool_create(threads, &pool)) != KVQ_OK ||
+                        (st = kvq_index_set_pool(ix, pool)) != KVQ_OK)) {
+        rc = kvq_cli_fail("index add", "threads", st);
+        goto done;
+    }
+    double t0 = now_s();
+    if ((st = kvq_index_add(ix, x, n, ids)) != KVQ_OK) {
+        rc = kvq_cli_fail("index add", "add", st);
+        goto done;
+    }
+    double t1 = now_s();
+    kvq_index_set_pool(ix, NULL);
+    if ((st = kvq_index_save(ix, out ? out : xpath)) != KVQ_OK) {
+        rc = kvq_cli_fail("index add", out ? out : xpath, st);
+        goto done;
+    }
+    uint64_t count = 0;
+    kvq_index_count(ix, &count);
+    printf("added %zu vectors in %.2f s; %s holds %llu\n", n, t1 - t0, out ? out : xpath,
+           (unsigned long long)count);
+    rc = 0;
+done:
+    kvq_index_free(ix);
+    kvq_threadpool_free(pool);
+    free(x);
+    free(ids);
+    return rc;
+}
+
+static int cmd_remove(int argc, char **argv) {
+    const char *xpath = NULL, *out = NULL, *idarg = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            printf("usage: kvq index remove -x INDEX --ids L [-o OUT]\n\n"
+                   "  -x FILE            index file (rewritten in place, atomically)\n"
+                   "  --ids L            ids to remove: comma list or .ivecs; absent ids are ignored\n"
+                   "  -o FILE            write the result here instead of over INDEX\n");
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, "kvq index remove: %s needs a value\n", a);
+            return 1;
+        }
+        i++;
+        if (!strcmp(a, "-x")) xpath = v;
+        else if (!strcmp(a, "-o")) out = v;
+        else if (!strcmp(a, "--ids")) idarg = v;
+        else {
+            fprintf(stderr, "kvq index remove: unknown option %s (see --help)\n", a);
+            return 1;
+        }
+    }
+    if (!xpath || !idarg) {
+        fprintf(stderr, "usage: kvq index remove -x INDEX --ids L [-o OUT] (see --help)\n");
+        return 1;
+    }
+    char err[512] = "";
+    size_t nids = 0;
+    int64_t *ids = parse_ids(idarg, &nids, err, sizeof err);
+    if (!ids || !regular_file(xpath, err, sizeof err)) {
+        fprintf(stderr, "kvq index remove: %s\n", err);
+        free(ids);
+        return 1;
+    }
+    kvq_index *ix = NULL;
+    kvq_status st = kvq_index_load(xpath, &ix);
+    uint64_t removed = 0, count = 0;
+    if (st == KVQ_OK) st = kvq_index_remove(ix, ids, nids, &removed);
+    if (st == KVQ_OK) st = kvq_index_save(ix, out ? out : xpath);
+    free(ids);
+    if (st != KVQ_OK) {
+        kvq_index_free(ix);
+        return kvq_cli_fail("index remove", xpath, st);
+    }
+    kvq_index_count(ix, &count);
+    printf("removed %llu of %zu ids; %s holds %llu\n", (unsigned long long)removed, nids,
+           out ? out : xpath, (unsigned long long)count);
+    kvq_index_free(ix);
+    return 0;
 }
 
 int kvq_cmd_index(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         FILE *f = argc < 2 ? stderr : stdout;
         fprintf(f, "usage: kvq index build ...   build an index from vectors (--help for options)\n"
-                   "       kvq index search ...  search it, print recall@k and queries/s\n");
+                   "       kvq index search ...  search it, print recall@k and queries/s\n"
+                   "       kvq index add ...     add vectors to a saved index\n"
+                   "       kvq index remove ...  remove vectors by id from a saved index\n");
         return argc < 2 ? 1 : 0;
     }
     if (!strcmp(argv[1], "build")) return cmd_build(argc - 1, argv + 1);
     if (!strcmp(argv[1], "search")) return cmd_search(argc - 1, argv + 1);
-    fprintf(stderr, "kvq index: unknown subcommand '%s' (build or search)\n", argv[1]);
+    if (!strcmp(argv[1], "add")) return cmd_add(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "remove")) return cmd_remove(argc - 1, argv + 1);
+    fprintf(stderr, "kvq index: unknown subcommand '%s' (build, search, add or remove)\n", argv[1]);
     return 1;
 }
