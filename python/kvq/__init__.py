@@ -242,6 +242,32 @@ _index_load = _fn("kvq_index_load", _status, ctypes.c_char_p, _pvp)
 _index_size_bytes = _fn("kvq_index_size_bytes", _status, _vp, _u64p)
 _index_count = _fn("kvq_index_count", _status, _vp, _u64p)
 _index_get_config = _fn("kvq_index_get_config", _status, _vp, _icfgp)
+_ALLOW_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int64, ctypes.c_void_p)
+
+
+class _IndexFilter(ctypes.Structure):
+    """Mirror of kvq_index_filter."""
+    _fields_ = [
+        ("id_bitset", ctypes.c_void_p),
+        ("bitset_ids", ctypes.c_uint64),
+        ("allow", _ALLOW_FN),
+        ("ctx", ctypes.c_void_p),
+    ]
+
+
+_filtp = ctypes.POINTER(_IndexFilter)
+_index_search_filtered = _fn(
+    "kvq_index_search_filtered", _status, _vp, _f32p, _size, ctypes.c_uint32,
+    ctypes.POINTER(_SearchParams), _filtp, _i64p, _f32p,
+)
+_index_range_search = _fn(
+    "kvq_index_range_search", _status, _vp, _f32p, ctypes.c_float, ctypes.POINTER(_SearchParams),
+    _filtp, _i64p, _f32p, _size, ctypes.POINTER(_size),
+)
+_index_remove = _fn("kvq_index_remove", _status, _vp, _i64p, _size, _u64p)
+_index_map = _fn("kvq_index_map", _status, ctypes.c_char_p, _pvp)
+_index_set_pool = _fn("kvq_index_set_pool", _status, _vp, _vp)
+_index_code_bytes = _fn("kvq_index_code_bytes", _status, _vp, _u64p)
 
 _config_init = _fn("kvq_config_init", _status, _cfgp, ctypes.c_int, ctypes.c_uint32)
 
@@ -689,6 +715,50 @@ class Index:
         _check(_index_load(os.fsencode(path), ctypes.byref(h)), "kvq_index_load")
         return cls(0, _handle=h)
 
+    @classmethod
+    def map(cls, path):
+        """An index saved by .save(), served from a read-only mapping of the file
+        (shared page cache, no private copy); search only: add/remove raise."""
+        h = ctypes.c_void_p()
+        _check(_index_map(os.fsencode(path), ctypes.byref(h)), "kvq_index_map")
+        return cls(0, _handle=h)
+
+    @property
+    def code_bytes(self):
+        """Bytes each vector takes in the lists (codes, factors, row number)."""
+        n = ctypes.c_uint64()
+        _check(_index_code_bytes(self._h, ctypes.byref(n)), "kvq_index_code_bytes")
+        return int(n.value)
+
+    def remove(self, ids):
+        """Remove the vectors with these ids (absent ids are ignored); returns how many went."""
+        ida = np.ascontiguousarray(np.atleast_1d(ids), dtype=np.int64).ravel()
+        n = ctypes.c_uint64()
+        _check(_index_remove(self._h, ida.ctypes.data_as(_i64p), ida.size, ctypes.byref(n)),
+               "kvq_index_remove")
+        return int(n.value)
+
+    @staticmethod
+    def _filter(allow):
+        """allow: None, an array of permitted ids, or a callable id -> bool. Returns the
+        C filter (or None) and the objects that must stay alive during the call."""
+        if allow is None:
+            return None, ()
+        f = _IndexFilter()
+        if callable(allow):
+            cb = _ALLOW_FN(lambda i, _ctx: 1 if allow(int(i)) else 0)
+            f.allow = cb
+            return f, (cb,)
+        ida = np.asarray(allow, dtype=np.int64).ravel()
+        if ida.size and ida.min() < 0:
+            raise ValueError("allow: ids must be non-negative")
+        top = int(ida.max()) + 1 if ida.size else 0
+        bits = np.zeros(top // 8 + 1, dtype=np.uint8)
+        np.bitwise_or.at(bits, ida >> 3, (1 << (ida & 7)).astype(np.uint8))
+        f.id_bitset = bits.ctypes.data
+        f.bitset_ids = top
+        return f, (bits,)
+
     def save(self, path):
         _check(_index_save(self._h, os.fsencode(path)), "kvq_index_save")
 
@@ -712,14 +782,20 @@ class Index:
         _check(_index_size_bytes(self._h, ctypes.byref(n)), "kvq_index_size_bytes")
         return int(n.value)
 
-    def train(self, x):
-        """k-means (and PCA) on a sample of x (n, dim); call before add."""
+    def train(self, x, pool=None):
+        """k-means (and PCA) on a sample of x (n, dim); call before add. pool: a
+        ThreadPool to spread k-means over (the result does not depend on it)."""
         arr, n, _ = _floats(x, "train", (self.dim,))
-        _check(_index_train(self._h, _fp(arr), n), "kvq_index_train")
+        _check(_index_set_pool(self._h, pool._h.value if pool is not None else None), "kvq_index_set_pool")
+        try:
+            _check(_index_train(self._h, _fp(arr), n), "kvq_index_train")
+        finally:
+            _index_set_pool(self._h, None)
         return self
 
-    def add(self, x, ids=None):
-        """Append vectors (n, dim); ids (n,) int64, default: continue from len(index)."""
+    def add(self, x, ids=None, pool=None):
+        """Append vectors (n, dim); ids (n,) int64 >= 0, default: one past the largest
+        stored id onwards. pool: a ThreadPool for encoding."""
         arr, n, _ = _floats(x, "add", (self.dim,))
         idp = None
         if ids is not None:
@@ -728,12 +804,17 @@ class Index:
                 raise ValueError("add: ids must have shape (%d,), got %s" % (n, ida.shape))
             idp = ida.ctypes.data_as(_i64p)
         if n:
-            _check(_index_add(self._h, _fp(arr), n, idp), "kvq_index_add")
+            _check(_index_set_pool(self._h, pool._h.value if pool is not None else None),
+                   "kvq_index_set_pool")
+            try:
+                _check(_index_add(self._h, _fp(arr), n, idp), "kvq_index_add")
+            finally:
+                _index_set_pool(self._h, None)
 
-    def search(self, queries, k, nprobe=1, rerank=0, eps0=0.0, pool=None):
+    def search(self, queries, k, nprobe=1, rerank=0, eps0=0.0, pool=None, allow=None):
         """The k nearest of each query: (ids, dists), each (n_queries, k), ascending
         distance; slots past the vectors found hold id -1. A single query (dim,) gives
-        (k,) arrays."""
+        (k,) arrays. allow: only these ids (array) or those a callable accepts."""
         qa, n, single = _floats(queries, "search", (self.dim,))
         k = int(k)
         if k <= 0:
@@ -746,9 +827,37 @@ class Index:
         p.pool = pool._h.value if pool is not None else None
         ids = np.empty((n, k), dtype=np.int64)
         dists = np.empty((n, k), dtype=np.float32)
+        filt, _keep = self._filter(allow)
         if n:
-            st = _index_search(
-                self._h, _fp(qa), n, k, ctypes.byref(p), ids.ctypes.data_as(_i64p), _fp(dists)
+            st = _index_search_filtered(
+                self._h, _fp(qa), n, k, ctypes.byref(p), ctypes.byref(filt) if filt else None,
+                ids.ctypes.data_as(_i64p), _fp(dists)
             )
             _check(st, "kvq_index_search")
         return (ids[0], dists[0]) if single else (ids, dists)
+
+    def range_search(self, query, radius, nprobe=1, eps0=0.0, allow=None):
+        """Every vector within distance radius of one query (dim,): (ids, dists),
+        ascending distance."""
+        qa, n, single = _floats(query, "range_search", (self.dim,))
+        if n != 1:
+            raise ValueError("range_search: one query at a time")
+        p = _SearchParams()
+        _check(_search_params_init(ctypes.byref(p)), "kvq_index_search_params_init")
+        p.nprobe = int(nprobe)
+        p.eps0 = float(eps0)
+        filt, _keep = self._filter(allow)
+        fp = ctypes.byref(filt) if filt else None
+        cap = 256
+        while True:
+            ids = np.empty(cap, dtype=np.int64)
+            dists = np.empty(cap, dtype=np.float32)
+            found = _size()
+            st = _index_range_search(self._h, _fp(qa), float(radius), ctypes.byref(p), fp,
+                                     ids.ctypes.data_as(_i64p), _fp(dists), cap, ctypes.byref(found))
+            if st == 12 and found.value > cap:  # KVQ_ERR_CAPACITY: room for all, again
+                cap = int(found.value)
+                continue
+            _check(st, "kvq_index_range_search")
+            m = int(found.value)
+            return ids[:m], dists[:m]
