@@ -269,6 +269,11 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     const float alpha = l2 ? 2.0f : 1.0f;
     const int full = !isfinite(ctx->eps0);
     const int ex = ix->cfg.bits > 1, prune_1bit = !ex || ix->cfg.split;
+    /* split: a 1-bit survivor gets its extended estimate at once, so the threshold tau
+     * comes from the tight extended bounds while the scan is still running (a 1-bit
+     * upper bound is loose at low d and let most vectors through) */
+    const int inline_ex = ex && ix->cfg.split && !full;
+    const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
     const uint32_t k = ctx->k;
 
     /* the exact-space query (normalized for cosine: to_space leaves it in tmp) */
@@ -294,9 +299,10 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
         const kvqi_ivf_list *L = &ix->lists[c];
         if (L->n == 0) continue;
         const int q4 = ix->cfg.query_bits == 4;
-        prepare_list(ix, c, &s, s.probe_d[pi], &qc, !q4, &lq);
+        prepare_list(ix, c, &s, s.probe_d[pi], &qc, !q4 || inline_ex, &lq);
         if (q4) build_lut4(ix, &s, &lq);
         else build_lutf(ix, &s, &lq);
+        const float ex_scale = alpha * ctx->eps0 * lq.qnorm;
         const float ferr_scale = alpha * ctx->eps0 * lq.qnorm, qerr_scale = alpha * ctx->eps0 * (q4 ? lq.qerr : 0.0f);
         const size_t block_bytes = (size_t)ix->n_groups * 16;
         for (uint32_t b0 = 0; b0 < L->n; b0 += KVQI_FS_BLOCK) {
@@ -342,8 +348,17 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                     continue;
                 }
                 if (dist[v] - err[v] >= tau) continue; /* tau shrank inside this block */
-                s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], dist[v], err[v]};
-                float ub = dist[v] + err[v];
+                float cd_dist = dist[v], cd_err = err[v];
+                if (inline_ex) {
+                    const uint32_t pos = b0 + v;
+                    float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, pos, s.exv), lq.qp, ix->d_pad) -
+                               half * lq.sum_q;
+                    cd_dist = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
+                    cd_err = ex_scale * L->ex_err[pos];
+                    if (cd_dist - cd_err >= tau) continue;
+                }
+                s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], cd_dist, cd_err};
+                float ub = cd_dist + cd_err;
                 if (n_ub < k || ub < tau) { /* the 1-bit bound holds in split mode too */
                     heap_push(s.ubheap, &n_ub, k, (heap_item){ub, 0});
                     if (n_ub == k) tau = s.ubheap[0].d;
@@ -352,7 +367,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
         }
     }
 
-    if (ex && n_cand) { /* extended code: tighter estimate and bound for the survivors */
+    if (ex && n_cand && !inline_ex) { /* extended code: tighter estimate and bound for the survivors */
         if (prune_1bit && !full) { /* drop what the final 1-bit threshold already rules out */
             uint32_t m = 0;
             for (uint32_t i = 0; i < n_cand; i++)
@@ -360,7 +375,6 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             n_cand = m;
         }
         uint32_t cur = UINT32_MAX;
-        const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
         const float tau_1bit = tau;
         n_ub = 0;
         for (uint32_t i = 0; i < n_cand; i++) {
