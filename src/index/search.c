@@ -209,28 +209,13 @@ static uint32_t probe(const kvq_index *ix, const float *zq, uint32_t np, heap_it
         for (uint32_t c = c0; c < c0 + 16 && c < ix->nlist; c++) /* NaN sorts last */
             all[c] = (heap_item){d16[c - c0] == d16[c - c0] ? d16[c - c0] : INFINITY, c};
     }
-    uint32_t lo = 0, hi = ix->nlist; /* select: all[0..np) ends up holding the np smallest */
-    while (hi - lo > 1) {
-        /* Lomuto partition around the median of three (moved to hi - 1) */
-        uint32_t m = lo + (hi - lo) / 2, last = hi - 1;
-        if (worse(all[lo], all[m])) { heap_item t = all[lo]; all[lo] = all[m]; all[m] = t; }
-        if (worse(all[m], all[last])) { heap_item t = all[m]; all[m] = all[last]; all[last] = t; }
-        if (worse(all[lo], all[m])) { heap_item t = all[lo]; all[lo] = all[m]; all[m] = t; }
-        { heap_item t = all[m]; all[m] = all[last]; all[last] = t; }
-        const heap_item pivot = all[last];
-        uint32_t p = lo;
-        for (uint32_t i = lo; i < last; i++)
-            if (worse(pivot, all[i])) {
-                heap_item t = all[i];
-                all[i] = all[p];
-                all[p] = t;
-                p++;
-            }
-        all[last] = all[p];
-        all[p] = pivot; /* all[lo..p) < pivot < all(p..hi) */
-        if (p == np || p + 1 == np) break;
-        if (np < p) hi = p;
-        else lo = p + 1;
+    /* select: a max-heap of the np best so far in all[0..np); most centroids lose to its
+     * top after one comparison */
+    uint32_t nh = 0;
+    for (uint32_t c = 0; c < ix->nlist; c++) {
+        heap_item it = all[c];
+        if (nh == np && !worse(all[0], it)) continue;
+        heap_push(all, &nh, np, it); /* reads only all[0..nh): c >= nh, so no clash */
     }
     qsort(all, np, sizeof *all, cmp_item);
     for (uint32_t i = 0; i < np; i++) {
