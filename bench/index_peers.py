@@ -238,7 +238,7 @@ def main():
         bench_faiss_ivf(a, rows, faiss, xb, xq, gt, "IndexIVFPQFastScan", a.nlist, [5, 10],
                         nprobes, None)
     if "hnsw" in only:
-        bench_faiss_hnsw(a, rows, faiss, xb, xq, gt, [16, 32, 64, 128])
+        bench_faiss_hnsw(a, rows, faiss, xb, xq, gt, [16, 32, 64, 128, 256])
     if "rabitqlib" in only:
         for nbits in (32, 7, 5):
             bench_rabitqlib(a, rows, faiss, xb, xq, gt, a.nlist, nbits, nprobes)
