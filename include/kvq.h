@@ -373,6 +373,10 @@ typedef struct kvq_index_config {
     uint64_t seed;               /* rotation, k-means, sampling: same seed, same index */
     uint32_t train_iters;        /* k-means iterations (0 = 20) */
     uint32_t max_train_points;   /* training sample cap (0 = 40 * nlist, at least 4096) */
+    uint32_t ip_assign;          /* ip / cosine, which list a vector joins: 0 = its l2-nearest
+                                    centroid (balanced lists; default), 1 = the centroid with
+                                    the largest <x, c>, the probe's own measure (more recall
+                                    per probed list, but large-norm lists grow large) */
 } kvq_index_config;
 
 /* Defaults: l2, nlist 1, bits 1, split 0, query_bits 4, fht, no pca, fp32 reorder. */

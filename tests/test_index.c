@@ -323,7 +323,7 @@ TEST(index_damaged_file_refused) {
     CHECKF(missed == 0, "%zu corruptions loaded", missed);
     /* a valid CRC over a body that lies about its counts is refused too */
     uint64_t huge = 1ull << 40;
-    memcpy(buf + 8 + 4 + 11 * 4 + 8 + 4, &huge, 8);
+    memcpy(buf + 8 + 4 + 11 * 4 + 8 + 4 + 4, &huge, 8); /* the vector count */
     uint32_t crc = kvqi_crc32(0, buf, size - 12);
     memcpy(buf + size - 12, &crc, 4);
     kvq_index *o = NULL;
@@ -708,7 +708,7 @@ TEST(index_bad_input_refused) {
     o = NULL;
     /* header, then 64-byte aligned sections: centroids, ids */
 #define ALIGN64(x) (((x) + 63) / 64 * 64)
-    const size_t ids_at = ALIGN64(ALIGN64(8 + 4 + 11 * 4 + 8 + 4 + 8) + (size_t)cfg.nlist * d * 4);
+    const size_t ids_at = ALIGN64(ALIGN64(8 + 4 + 11 * 4 + 8 + 4 + 4 + 8) + (size_t)cfg.nlist * d * 4);
     int64_t stored;
     memcpy(&stored, buf + ids_at + 8, 8);
     CHECK(stored == 6); /* the layout this test patches */
@@ -820,19 +820,22 @@ TEST(index_threaded_build_matches_serial) {
 }
 
 TEST(index_assignment_matches_probe_measure) {
-    /* every vector sits in the list the probe ranks first for it: the nearest centroid
-     * for l2, the largest <x, c> for ip (unnormalized data with spread norms) */
+    /* every vector sits in the list its assignment rule names: the nearest centroid for
+     * l2 and for ip by default, the largest <x, c> (the probe's measure) for ip with
+     * ip_assign (unnormalized data with spread norms) */
     const uint32_t d = 24;
     const size_t n = 2000;
     float *x = make_data(n, d, 10, 81);
     REQUIRE(x);
     for (size_t i = 0; i < n; i++)
         for (uint32_t j = 0; j < d; j++) x[i * d + j] *= 0.5f + (float)(i % 7) * 0.4f;
-    for (int m = 0; m < 2; m++) {
+    for (int v = 0; v < 3; v++) {
+        const int m = v == 2; /* score by inner product */
         kvq_index_config cfg;
         kvq_index_config_init(&cfg, d);
         cfg.nlist = 16;
-        cfg.metric = m ? KVQ_METRIC_IP : KVQ_METRIC_L2;
+        cfg.metric = v ? KVQ_METRIC_IP : KVQ_METRIC_L2;
+        cfg.ip_assign = v == 2;
         kvq_index *ix = build(&cfg, x, n);
         REQUIRE(ix);
         size_t wrong = 0;
@@ -850,7 +853,7 @@ TEST(index_assignment_matches_probe_measure) {
                 }
                 wrong += arg != c;
             }
-        CHECKF(wrong == 0, "metric %d: %zu of %zu vectors not in their probe-first list", m, wrong, n);
+        CHECKF(wrong == 0, "variant %d: %zu of %zu vectors not in their assigned list", v, wrong, n);
         kvq_index_free(ix);
     }
     free(x);

@@ -264,6 +264,8 @@ static int usage_build(FILE *f) {
             "  --seed S           seed of rotation, sampling and k-means\n"
             "  --train-iters N    at most N k-means rounds (default 12; stops early once\n"
             "                     no assignment changes)\n"
+            "  --ip-assign A      ip/cosine: a vector joins its l2-nearest centroid (l2,\n"
+            "                     default: balanced lists) or the largest <x, c> (ip)\n"
             "  --threads T        threads for k-means and encoding (default 1; the index\n"
             "                     is the same for every T)\n");
     return f == stderr ? 1 : 0;
@@ -337,6 +339,11 @@ static int cmd_build(int argc, char **argv) {
             ok = !errno && !*end && end != v;
         } else if (!strcmp(a, "--train-iters")) ok = parse_u32(v, &cfg.train_iters);
         else if (!strcmp(a, "--threads")) ok = parse_u32(v, &threads) && threads > 0 && threads <= 1024;
+        else if (!strcmp(a, "--ip-assign")) {
+            if (!strcmp(v, "l2")) cfg.ip_assign = 0;
+            else if (!strcmp(v, "ip")) cfg.ip_assign = 1;
+            else ok = 0;
+        }
         else {
             fprintf(stderr, "kvq index build: unknown option %s (see --help)\n", a);
             return 1;

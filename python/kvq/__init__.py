@@ -148,6 +148,7 @@ class _IndexConfig(ctypes.Structure):
         ("seed", ctypes.c_uint64),
         ("train_iters", ctypes.c_uint32),
         ("max_train_points", ctypes.c_uint32),
+        ("ip_assign", ctypes.c_uint32),
     ]
 
 
@@ -677,6 +678,7 @@ class Index:
         seed=0,
         train_iters=0,
         max_train_points=0,
+        ip_assign=0,
         _handle=None,
     ):
         self._h = None
@@ -697,6 +699,7 @@ class Index:
             cfg.seed = int(seed) & 0xFFFFFFFFFFFFFFFF
             cfg.train_iters = int(train_iters)
             cfg.max_train_points = int(max_train_points)
+            cfg.ip_assign = int(ip_assign)
             h = ctypes.c_void_p()
             _check(_index_create(ctypes.byref(cfg), ctypes.byref(h)), "kvq_index_create")
             _handle = h

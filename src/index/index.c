@@ -44,6 +44,7 @@ kvq_status kvqi_index_validate_config(const kvq_index_config *c) {
         return KVQ_ERR_INVALID_ARG;
     if (c->query_bits != 4 && c->query_bits != 32) return KVQ_ERR_UNSUPPORTED;
     if (c->split > 1 || (c->split && c->bits < 2)) return KVQ_ERR_INVALID_ARG;
+    if (c->ip_assign > 1) return KVQ_ERR_INVALID_ARG;
     return KVQ_OK;
 }
 

@@ -82,6 +82,7 @@ static void put_config(writer *w, const kvq_index_config *c) {
     put_u32(w, c->train_iters);
     put_u32(w, c->max_train_points);
     put_u64(w, c->seed);
+    put_u32(w, c->ip_assign); /* format 2 */
 }
 
 static void put_body(writer *w, const kvq_index *ix) {
@@ -207,7 +208,8 @@ static int get_config(reader *r, kvq_index_config *c) {
     c->train_iters = v[9];
     c->max_train_points = v[10];
     if (v[1] > 2 || v[6] > 1 || v[8] > 2) return 0;
-    return get_u64(r, &c->seed);
+    if (!get_u64(r, &c->seed)) return 0;
+    return r->version < 2 || get_u32(r, &c->ip_assign); /* format 1 assigned by l2 */
 }
 
 /* Version 2 pads to ALIGN before each array: the padding must be zeros. */

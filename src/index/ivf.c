@@ -24,7 +24,8 @@ static uint32_t nearest_of(const kvq_index *ix, const float *ct, uint32_t k, con
 }
 
 uint32_t kvqi_nearest_centroid(const kvq_index *ix, const float *z) {
-    return nearest_of(ix, ix->centroids_t, ix->nlist, z, ix->cfg.metric != KVQ_METRIC_L2, NULL);
+    return nearest_of(ix, ix->centroids_t, ix->nlist, z,
+                      ix->cfg.metric != KVQ_METRIC_L2 && ix->cfg.ip_assign, NULL);
 }
 
 static void transpose16(const float *c, uint32_t k, uint32_t d, float *ct) {
@@ -70,7 +71,7 @@ static void km_assign(void *vctx, size_t t, unsigned thread) {
 static kvq_status ivf_kmeans(kvq_index *ix, const float *x, size_t n, kvq_threadpool *pool,
                              uint32_t *rounds) {
     const uint32_t k = ix->nlist, d = ix->d;
-    const int ip = ix->cfg.metric != KVQ_METRIC_L2;
+    const int ip = ix->cfg.metric != KVQ_METRIC_L2 && ix->cfg.ip_assign;
     const size_t chunks = (n + KM_CHUNK - 1) / KM_CHUNK;
     uint32_t *lab = kvqi_alloc_array(n, sizeof(uint32_t));
     float *score = kvqi_alloc_array(n, sizeof(float));
