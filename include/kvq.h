@@ -540,6 +540,20 @@ KVQ_API kvq_status kvq_token_to_piece(const kvq_model *model, int32_t token, cha
 KVQ_API kvq_status kvq_detokenize(const kvq_model *model, const int32_t *tokens, size_t n,
                                   char *buf, size_t size, size_t *len);
 
+/* One chat message: role "system", "user" or "assistant" (others pass through as the
+ * template writes them), content UTF-8 text. */
+typedef struct kvq_chat_message { const char *role; const char *content; } kvq_chat_message;
+/* Renders msgs with the model's chat template (GGUF tokenizer.chat_template, recognised
+ * among the common families: ChatML (SmolLM2, Qwen2), Llama 3, Llama 2/Mistral [INST],
+ * Gemma (<start_of_turn>), Phi-3; override with template_name != NULL: "chatml", "llama3",
+ * "llama2", "mistral", "gemma", "phi3"). add_assistant != 0 appends the assistant turn's
+ * opening. Writes NUL-terminated text to buf; *len gets the length needed (without NUL);
+ * KVQ_ERR_CAPACITY when buf is too small, KVQ_ERR_UNSUPPORTED (msg says why) for an
+ * unknown template. The templates' leading BOS is not written: kvq_tokenize adds it. */
+KVQ_API kvq_status kvq_chat_format(const kvq_model *model, const char *template_name,
+                                   const kvq_chat_message *msgs, size_t n_msgs, int add_assistant,
+                                   char *buf, size_t buf_size, size_t *len, char *msg, size_t msg_size);
+
 /* An inference context: activations, scratch, the KV cache of every layer, a thread
  * pool and the sampler's random state. */
 typedef struct kvq_context kvq_context;

@@ -1058,3 +1058,37 @@ TEST(cache_spec_strings_and_presets) {
     }
     CHECK_STATUS(kvq_cache_config_preset(&cfg, "nope", 3, 64, msg, sizeof msg), KVQ_ERR_PARSE);
 }
+
+/* A window far beyond the context costs only the tokens held: the ring grows with the
+ * context (a window of UINT32_MAX once asked for terabytes up front). */
+TEST(cache_window_grows_with_the_context) {
+    const uint32_t n_kv = 2, H = 4, dim = 64;
+    const size_t n = 100;
+    float *k = make_kv(n, n_kv, dim, 311, 0, 1), *v = make_kv(n, n_kv, dim, 312, 0, 1);
+    float *q = make_kv(1, H, dim, 313, 0, 1), *ref = malloc(H * dim * sizeof(float)), *out = malloc(H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref && out);
+    round_fp16(k, n * n_kv * dim);
+    round_fp16(v, n * n_kv * dim);
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_init(&cfg, n_kv, dim, "mse:bits=2", "mse:bits=2", NULL, 0));
+    cfg.window = UINT32_MAX;
+    kvq_cache *c;
+    REQUIRE_OK(kvq_cache_create(&cfg, &c));
+    kvq_cache_memory_info m;
+    REQUIRE_OK(kvq_cache_memory(c, &m));
+    CHECKF(m.total < (1u << 20), "empty cache holds %llu bytes", (unsigned long long)m.total);
+    for (size_t t = 0; t < n; t += 10) REQUIRE_OK(kvq_cache_append(c, k + t * n_kv * dim, v + t * n_kv * dim, 10));
+    REQUIRE_OK(kvq_cache_memory(c, &m));
+    /* every token still in the window: fp16, no codes, the ring in powers of two */
+    CHECK(m.key_codes == 0 && m.value_codes == 0);
+    CHECK(m.window == (uint64_t)2 * 128 * n_kv * dim * sizeof(uint16_t));
+    ref_attend(q, k, v, n, n_kv, H, dim, 1, 0.125f, ref);
+    REQUIRE_OK(kvq_cache_attend(c, q, H, 1, 0.125f, NULL, out));
+    CHECKF(rel_err(out, ref, H * dim) < 1e-5, "all in the window: %.3g", rel_err(out, ref, H * dim));
+    uint64_t fit = 0;
+    cfg.window = 64;
+    REQUIRE_OK(kvq_cache_tokens_fit(&cfg, 1, 1u << 20, &fit));
+    CHECK(fit > 64);
+    kvq_cache_free(c);
+    free(k), free(v), free(q), free(ref), free(out);
+}

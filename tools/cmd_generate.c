@@ -7,11 +7,13 @@
 #include <time.h>
 
 #include "cache_configs.h"
+#include "chat.h"
 #include "cli.h"
 
 static int gen_usage(FILE *f) {
     fprintf(f,
-            "usage: kvq generate -m MODEL.gguf -p PROMPT [options]\n\n"
+            "usage: kvq generate -m MODEL.gguf -p PROMPT [options]\n"
+            "       kvq generate -m MODEL.gguf --chat [-p PROMPT] [options]\n\n"
             "  -m, --model FILE   GGUF model (Llama family)\n"
             "  -p, --prompt TEXT  prompt text\n"
             "  -n, --tokens N     tokens to generate (default 64)\n"
@@ -36,6 +38,13 @@ static int gen_usage(FILE *f) {
             "  --no-bos           never put the BOS token first\n"
             "  --float-activations  float32 activations in one-token products too (slower, exact)\n"
             "  --quiet            print only the generated text\n"
+            "  --chat, -cnv       chat with the model's chat template: each line of stdin is a user\n"
+            "                     turn, answered until an end-of-turn token or -n tokens; the KV cache\n"
+            "                     keeps the conversation, so only each new turn is evaluated; with -p,\n"
+            "                     that one turn is answered and the program exits\n"
+            "  --system, -sys TEXT  system prompt for --chat (Gemma: joined to the first user turn)\n"
+            "  --chat-template NAME  chatml, llama3, llama2, mistral, gemma or phi3 instead of the\n"
+            "                     model's own (default: the GGUF's tokenizer.chat_template)\n"
             "  --dump-kv DIR      write every layer's keys (after RoPE) and values as\n"
             "                     DIR/keys_LL.npy and DIR/values_LL.npy, float32 [tokens][kv_heads][head_dim],\n"
             "                     and the queries (after RoPE) as DIR/queries_LL.npy [tokens][heads][head_dim]\n");
@@ -100,7 +109,8 @@ int kvq_cmd_generate(int argc, char **argv) {
     long n_gen = 64, n_ctx = 0, threads = 0, window = 0, outliers = 0, sink = 0;
     unsigned long long seed = 0;
     double temp = 0.0, top_p = 0.95;
-    int no_bos = 0, quiet = 0, float_act = 0;
+    int no_bos = 0, quiet = 0, float_act = 0, chat = 0;
+    const char *system_prompt = NULL, *chat_template = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -125,13 +135,16 @@ int kvq_cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--no-bos")) no_bos = 1;
         else if (!strcmp(a, "--quiet")) quiet = 1;
         else if (!strcmp(a, "--float-activations")) float_act = 1;
+        else if (!strcmp(a, "--chat") || !strcmp(a, "-cnv")) chat = 1;
+        else if (TAKES("--system") || TAKES("-sys")) system_prompt = v;
+        else if (TAKES("--chat-template")) chat_template = v;
         else {
             fprintf(stderr, "kvq generate: unknown or incomplete option %s\n", a);
             return gen_usage(stderr);
         }
 #undef TAKES
     }
-    if (!model_path || !prompt) return gen_usage(stderr);
+    if (!model_path || (!prompt && !chat)) return gen_usage(stderr);
     if (whole) {
         if (k_given || vspec || plan) {
             fprintf(stderr, "kvq generate: --cache-preset/--cache replace --cache-k, --cache-v and --cache-plan\n");
@@ -164,6 +177,7 @@ int kvq_cmd_generate(int argc, char **argv) {
     float *logits = NULL;
     size_t n_prompt = 0;
     int32_t *tokens = NULL;
+    if (chat) goto context; /* the chat renders and tokenizes its own turns */
     kvq_tokenize(model, prompt, no_bos ? 0 : -1, NULL, 0, &n_prompt);
     if (n_prompt == 0) {
         fprintf(stderr, "kvq generate: the prompt gives no tokens\n");
@@ -179,9 +193,11 @@ int kvq_cmd_generate(int argc, char **argv) {
         rc = kvq_cli_fail("generate", "tokenize", st);
         goto done;
     }
+context:;
     kvq_context_params p;
     kvq_context_params_init(&p);
     p.n_ctx = (uint32_t)(n_ctx ? (size_t)n_ctx : n_prompt + (size_t)n_gen + 1);
+    if (chat && !n_ctx) p.n_ctx = info.ctx_len < 4096 ? info.ctx_len : 4096;
     p.n_batch = 256;
     p.n_threads = (uint32_t)threads;
     p.seed = seed;
@@ -219,6 +235,12 @@ int kvq_cmd_generate(int argc, char **argv) {
     }
     if ((st = kvq_context_create(model, &p, &ctx))) {
         rc = kvq_cli_fail("generate", "context", st);
+        goto done;
+    }
+    if (chat) {
+        kvq_cli_chat_opts co = {system_prompt, chat_template, prompt, n_gen, p.n_batch < p.n_ctx ? p.n_batch : p.n_ctx,
+                                (float)temp, (float)top_p, no_bos, quiet};
+        rc = kvq_cli_chat(model, ctx, &co, stdin);
         goto done;
     }
     if (n_prompt + (size_t)n_gen > p.n_ctx) {

@@ -324,7 +324,10 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
         }
         if (c->key.path == KVQI_PATH_ROT) {
             /* the rotated query in lane order: lane p = <row p of R, x> */
-            c->kern->score_f32(tmp, 1, d, (const uint8_t *)c->key.rotation, d * sizeof(float), d, qk, d);
+            if (c->key.rotation_h)
+                c->kern->score_f16(tmp, 1, d, (const uint8_t *)c->key.rotation_h, d * sizeof(uint16_t), d, qk, d);
+            else
+                c->kern->score_f32(tmp, 1, d, (const uint8_t *)c->key.rotation, d * sizeof(float), d, qk, d);
             if (use_i8(c)) quantize_query(c, s, v, qk);
         } else if (c->key.path == KVQI_PATH_SIGNS) {
             /* z = P x, its sum and its table; the mse part's rotated query */
@@ -418,7 +421,12 @@ static void finish_task(const attend_ctx *A, const task_view *T, kvqi_attend_scr
         size_t qi = v / A->G, h = v % A->G;
         float *o = A->out + ((T->i0 + qi) * A->n_q_heads + (size_t)T->g * A->G + h) * d;
         float *ax = s->acc_x + (size_t)v * d;
-        if (c->value.path == KVQI_PATH_ROT) /* R^T acc = sum_p acc_p (row p of R) */
+        if (c->value.path == KVQI_PATH_ROT && c->value.rotation_h) /* the same from fp16 rows */
+            for (uint32_t p0 = 0; p0 < d; p0 += KVQI_MAX_BLOCK_TOKENS)
+                c->kern->accum_f16(s->acc + (size_t)v * d + p0, d, 1, d,
+                                   (const uint8_t *)(c->value.rotation_h + (size_t)p0 * d),
+                                   d * sizeof(uint16_t), KVQI_MIN((size_t)KVQI_MAX_BLOCK_TOKENS, (size_t)(d - p0)), ax);
+        else if (c->value.path == KVQI_PATH_ROT) /* R^T acc = sum_p acc_p (row p of R) */
             c->kern->axpy_rows(c->value.rotation, s->acc + (size_t)v * d, d, d, ax);
         else
             for (uint32_t j = 0; j < d; j++) ax[j] += s->acc[(size_t)v * d + j];

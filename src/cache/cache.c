@@ -470,6 +470,24 @@ static kvq_status choose_path(kvqi_side *s, uint32_t dim, int is_key) {
     return st;
 }
 
+/* A rotated side's matrix in half the bytes when nothing is lost: every entry within
+ * float rounding of an fp16 number (read back through decode, +-2^-k comes back as
+ * +-2^-k (1 + 1e-7)). */
+static kvq_status rotation_to_fp16(kvqi_side *s, uint32_t dim) {
+    if (s->path != KVQI_PATH_ROT || !s->rotation) return KVQ_OK;
+    size_t n = (size_t)dim * dim;
+    for (size_t i = 0; i < n; i++) {
+        float r = s->rotation[i], h = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(r));
+        if (!(fabsf(h - r) <= 1e-5f * fabsf(r))) return KVQ_OK;
+    }
+    s->rotation_h = kvqi_alloc_array(n, sizeof(uint16_t));
+    if (!s->rotation_h) return KVQ_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) s->rotation_h[i] = kvqi_fp32_to_fp16(s->rotation[i]);
+    kvqi_free(s->rotation);
+    s->rotation = NULL;
+    return KVQ_OK;
+}
+
 /* ---------------------------------------------------------- create / free */
 
 static kvq_status validate_config(const kvq_cache_config *cfg) {
@@ -496,7 +514,10 @@ static kvq_status side_create(kvqi_side *s, const kvq_config *qc, uint32_t dim, 
 
 static void side_free(kvqi_side *s) {
     kvq_quantizer_free(s->quant);
-    if (!s->rotation_borrowed) kvqi_free(s->rotation);
+    if (!s->rotation_borrowed) {
+        kvqi_free(s->rotation);
+        kvqi_free(s->rotation_h);
+    }
     kvqi_free(s->proj);
     memset(s, 0, sizeof *s);
 }
@@ -586,6 +607,13 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
         kvqi_free(c->value.rotation);
         c->value.rotation = c->key.rotation;
         c->value.rotation_borrowed = 1;
+    }
+    if ((st = rotation_to_fp16(&c->key, c->dim)) != KVQ_OK) goto fail;
+    if (c->value.rotation_borrowed) {
+        c->value.rotation = c->key.rotation;
+        c->value.rotation_h = c->key.rotation_h;
+    } else if ((st = rotation_to_fp16(&c->value, c->dim)) != KVQ_OK) {
+        goto fail;
     }
     if (c->cfg.n_sink > 0) {
         size_t w;
@@ -912,9 +940,12 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     m->shared = kvq_shared_size(c->key.quant) + kvq_shared_size(c->value.quant);
     if (c->key_mean) m->shared += row * sizeof(float);
     /* the rotations read back for the fused path (one when keys and values share it) */
-    if (c->key.rotation) m->shared += (uint64_t)c->dim * c->dim * sizeof(float);
-    if (c->value.rotation && !c->value.rotation_borrowed)
-        m->shared += (uint64_t)c->dim * c->dim * sizeof(float);
+    for (int side = 0; side < 2; side++) {
+        const kvqi_side *S = side ? &c->value : &c->key;
+        if (side && S->rotation_borrowed) continue;
+        if (S->rotation) m->shared += (uint64_t)c->dim * c->dim * sizeof(float);
+        if (S->rotation_h) m->shared += (uint64_t)c->dim * c->dim * sizeof(uint16_t);
+    }
     /* the sign keys' projection read back */
     if (c->key.proj) m->shared += (uint64_t)c->key.signs.m * c->dim * sizeof(float);
     m->overhead = sizeof *c + (uint64_t)c->chunk_table_cap * sizeof(uint8_t *) +

@@ -34,6 +34,9 @@ typedef struct kvqi_side {
     kvqi_rot_layout rot;     /* PATH_ROT */
     float *rotation;         /* PATH_ROT: dim x dim, row p = output lane p of the rotation
                                 (rows in the kernels' lane order) */
+    uint16_t *rotation_h;    /* PATH_ROT: the same matrix in fp16 when every entry is an
+                                fp16 number (randomized Hadamard at dim 4^k: +-2^-k);
+                                `rotation` is NULL then */
     int rotation_borrowed;   /* values: the keys' matrix, identical, not owned */
     kvqi_sign_layout signs;  /* PATH_SIGNS */
     float *proj;             /* PATH_SIGNS: m x dim, z = proj q */
