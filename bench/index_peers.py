@@ -230,6 +230,9 @@ def main():
                   nl + ["--bits", "4", "--split", "--reorder", "fp16"], nprobes, tmp.name)
         bench_kvq(a, rows, lib, xq, "bits=8 split q4 no-reorder",
                   nl + ["--bits", "8", "--split", "--reorder", "none"], nprobes, tmp.name)
+        if a.metric == "ip":  # vectors join the list of largest <x, c> instead of l2-nearest
+            bench_kvq(a, rows, lib, xq, "bits=1 q4 fp32-reorder ip-assign",
+                      nl + ["--ip-assign", "ip"], nprobes, tmp.name)
     if "faiss" in only:
         bench_faiss_ivf(a, rows, faiss, xb, xq, gt, "IndexIVFRaBitQ", a.nlist, [5, 10], nprobes, 4)
         bench_faiss_ivf(a, rows, faiss, xb, xq, gt, "IndexIVFRaBitQFastScan", a.nlist, [5, 10],
