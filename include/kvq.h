@@ -128,6 +128,7 @@ typedef struct kvq_config {
 KVQ_API kvq_status kvq_config_init(kvq_config *cfg, kvq_method method, uint32_t dim);
 /* Parse a spec as users type it: "turboquant_rvq:bits=1,residuals=2", "rabitq:bits=1",
  * "qjl", "polar:bits=4", "fp16", "q8_0", "q4_0", "mse:bits=2", "vecinfer:artifact=F".
+ * Integers are decimal digits only (no sign, spaces, base prefix or leading zero).
  * On failure msg (if not NULL) receives one line naming the bad method or key. */
 KVQ_API kvq_status kvq_config_parse(const char *spec, uint32_t dim, kvq_config *cfg,
                                     char *msg, size_t msg_size);
@@ -308,6 +309,17 @@ KVQ_API kvq_status kvq_tensor_read_f32(const char *path, const char *name, float
 KVQ_API kvq_status kvq_tensor_write_f32(const char *path, const char *name, const float *data,
                                         size_t rows, size_t cols);
 KVQ_API void kvq_buffer_free(void *p);
+
+/* A set of per-layer artifacts (kvq calibrate --per-layer) as one unit. seal writes,
+ * after the last layer's file, a manifest with each file's size and checksum, replacing
+ * it atomically (temp file, fsync, rename); check refuses a set whose files differ from
+ * their manifest (KVQ_ERR_MISMATCH: mixed or partial, e.g. a killed calibrate run) or
+ * whose manifest is absent or unreadable (KVQ_ERR_IO, KVQ_ERR_FORMAT); msg says which
+ * file. paths[n_layers]: layer l's file. */
+KVQ_API kvq_status kvq_layer_set_seal(const char *manifest, const char *const *paths, uint32_t n_layers,
+                                      char *msg, size_t msg_size);
+KVQ_API kvq_status kvq_layer_set_check(const char *manifest, const char *const *paths, uint32_t n_layers,
+                                       char *msg, size_t msg_size);
 
 /* RateQuant: bits per layer by reverse water-filling. Layer l's distortion is modelled as
  * sensitivity[l] * 4^-(b - choices[0]) (rate-distortion of a Gaussian source, measured at
@@ -606,6 +618,28 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *ctx, const int32_t *tokens, siz
  * probability reaches top_p (top_p >= 1: all), drawn with the context's seeded rng. */
 KVQ_API kvq_status kvq_sample(kvq_context *ctx, const float *logits, float temperature,
                               float top_p, int32_t *token);
+
+/* kvq_sample_ext's settings; kvq_sampler_params_init gives greedy decoding and no
+ * filter. The steps, in order: the repeat penalty on the logits of the recent tokens,
+ * then the temperature, then top_k, top_p and min_p on the tempered distribution (as
+ * kvq_sample does; llama.cpp filters before the temperature, the same at 1), then a
+ * draw with the context's seeded rng. */
+typedef struct kvq_sampler_params {
+    float temperature;     /* <= 0: greedy (argmax after the penalty, lowest id on ties) */
+    uint32_t top_k;        /* keep the k most likely tokens (0: all) */
+    float top_p;           /* keep the smallest set whose probability reaches top_p (>= 1: all) */
+    float min_p;           /* drop tokens less likely than min_p x the most likely one (0: none), 0..1 */
+    float repeat_penalty;  /* > 0; a recent token's logit is divided by it when positive, else
+                              multiplied (1: none); once per distinct token */
+    const int32_t *recent; /* the tokens the penalty applies to (llama.cpp: the last 64) */
+    size_t n_recent;
+} kvq_sampler_params;
+
+KVQ_API kvq_status kvq_sampler_params_init(kvq_sampler_params *params);
+/* KVQ_ERR_INVALID_ARG for a NaN temperature, top_p < 0, min_p outside 0..1, a penalty
+ * that is not a finite positive number, or a recent token outside the vocabulary. */
+KVQ_API kvq_status kvq_sample_ext(kvq_context *ctx, const float *logits,
+                                  const kvq_sampler_params *params, int32_t *token);
 /* Bytes the KV caches of all layers hold now (summed; exact float KV counts as
  * key_codes/value_codes of 4 bytes a number), and what fp16 keys and values would take. */
 KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *ctx, kvq_cache_memory_info *info,
@@ -676,6 +710,65 @@ KVQ_API kvq_status kvq_cuda_attend(const kvq_cuda_quantizer *key, const kvq_cuda
                                    const uint8_t *k_codes_dev, const uint8_t *v_codes_dev,
                                    const int32_t *seq_lens_dev, void *workspace_dev,
                                    size_t workspace_bytes, float *out_dev, void *stream);
+
+/* Paged KV (as vLLM / FlashInfer page their caches): codes live in a pool of pages of
+ * page_size tokens; page p holds, for every kv head h, its tokens at
+ *   pages_dev + ((p * n_kv_heads + h) * page_size + slot) * code_size
+ * and token t of sequence b sits in page page_table_dev[b * max_pages + t / page_size],
+ * slot t % page_size. Sequences of any length share one launch (seq_lens_dev). The
+ * contiguous layout above is the case page_table_dev == NULL, max_pages == 1,
+ * page_size == capacity (page b is sequence b). page_size a multiple of 16 (and 16-byte
+ * aligned pools) lets the tensor-core kernels run; other sizes take the general one.
+ * Page ids are not checked on the device: every id a used entry names must be a page
+ * of the pool. A tensor-parallel engine gives each GPU its own pools holding its kv heads
+ * (n_kv_heads = the local count) and the same page table. */
+typedef struct kvq_cuda_pages {
+    const uint8_t *k_pages_dev;     /* key code pool */
+    const uint8_t *v_pages_dev;     /* value code pool */
+    const int32_t *page_table_dev;  /* [batch][max_pages] page ids, or NULL (contiguous) */
+    uint32_t page_size;             /* tokens per page */
+    uint32_t max_pages;             /* page-table columns; max_len <= max_pages * page_size */
+} kvq_cuda_pages;
+
+/* Decode attention over paged KV (desc->capacity is ignored). n_new: 0 for decode, or the
+ * n_new of a kvq_cuda_prefill call whose workspace this sizes. */
+KVQ_API kvq_status kvq_cuda_attend_paged_workspace(const kvq_cuda_quantizer *key,
+                                                   const kvq_cuda_quantizer *value,
+                                                   const kvq_cuda_attn_desc *desc,
+                                                   const kvq_cuda_pages *pages, uint32_t n_new,
+                                                   size_t *bytes);
+KVQ_API kvq_status kvq_cuda_attend_paged(const kvq_cuda_quantizer *key,
+                                         const kvq_cuda_quantizer *value,
+                                         const kvq_cuda_attn_desc *desc,
+                                         const kvq_cuda_pages *pages, const void *q_dev,
+                                         const int32_t *seq_lens_dev, void *workspace_dev,
+                                         size_t workspace_bytes, float *out_dev, void *stream);
+
+/* Chunked prefill: n_new new tokens per sequence follow the seq_lens_dev[b] tokens
+ * already compressed in the cache. New token i of sequence b attends, causally, to the
+ * cached tokens and to new tokens 0..i, whose keys and values are given exactly:
+ * q_dev [batch][n_new][n_q_heads][head_dim], k_new_dev and v_new_dev
+ * [batch][n_new][n_kv_heads][head_dim], all of desc->q_dtype; out_dev
+ * [batch][n_new][n_q_heads][head_dim] float32. batch * n_new <= 65535. Append the new
+ * tokens (kvq_cuda_append) after the call to extend the cache. Workspace:
+ * kvq_cuda_attend_paged_workspace with the same n_new. */
+KVQ_API kvq_status kvq_cuda_prefill(const kvq_cuda_quantizer *key, const kvq_cuda_quantizer *value,
+                                    const kvq_cuda_attn_desc *desc, const kvq_cuda_pages *pages,
+                                    uint32_t n_new, const void *q_dev, const void *k_new_dev,
+                                    const void *v_new_dev, const int32_t *seq_lens_dev,
+                                    void *workspace_dev, size_t workspace_bytes, float *out_dev,
+                                    void *stream);
+
+/* Append one token per sequence: x_dev [batch][n_kv_heads][dim] (dtype) is encoded and
+ * its codes written to token positions_dev[b] of sequence b in pages_dev (a key or a
+ * value pool laid out as kvq_cuda_pages says; page_table_dev NULL: contiguous, page_size
+ * = capacity). Sequences whose position is negative or beyond max_pages * page_size are
+ * skipped. scratch_dev holds batch * n_kv_heads codes (kvq_code_size bytes each). */
+KVQ_API kvq_status kvq_cuda_append(const kvq_cuda_quantizer *cq, kvq_cuda_dtype dtype,
+                                   const void *x_dev, uint32_t batch, uint32_t n_kv_heads,
+                                   const int32_t *positions_dev, const int32_t *page_table_dev,
+                                   uint32_t page_size, uint32_t max_pages, uint8_t *pages_dev,
+                                   void *scratch_dev, size_t scratch_bytes, void *stream);
 
 #ifdef __cplusplus
 }

@@ -10,7 +10,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "args.h"
 #include "cli.h"
+#include "json_out.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -239,15 +241,6 @@ static int write_ivecs(const char *path, const int64_t *ids, size_t n, uint32_t 
 
 /* ------------------------------------------------------------ arguments */
 
-static int parse_u32(const char *s, uint32_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(s, &end, 10);
-    if (errno || *end || end == s || v > UINT32_MAX) return 0;
-    *out = (uint32_t)v;
-    return 1;
-}
-
 static int usage_build(FILE *f) {
     fprintf(f,
             "usage: kvq index build -i VECTORS -o INDEX [options]\n\n"
@@ -262,12 +255,12 @@ static int usage_build(FILE *f) {
             "  --pca D            keep D principal axes (default: none)\n"
             "  --reorder S        fp32 (default), fp16 or none: exact vectors for reranking\n"
             "  --seed S           seed of rotation, sampling and k-means\n"
-            "  --train-iters N    at most N k-means rounds (default 12; stops early once\n"
+            "  --train-iters N    k-means rounds, 1..100000 (default 12; stops early once\n"
             "                     no assignment changes)\n"
             "  --ip-assign A      ip/cosine: a vector joins its l2-nearest centroid (l2,\n"
             "                     default: balanced lists) or the largest <x, c> (ip)\n"
-            "  --threads T        threads for k-means and encoding (default 1; the index\n"
-            "                     is the same for every T)\n");
+            "  --threads T        threads for k-means and encoding, 1..1024 (default 1; the\n"
+            "                     index is the same for every T)\n");
     return f == stderr ? 1 : 0;
 }
 
@@ -276,20 +269,22 @@ static int usage_search(FILE *f) {
             "usage: kvq index search -x INDEX -q QUERIES [options]\n\n"
             "  -x FILE            index file\n"
             "  -q FILE            queries: .fvecs, .bvecs or .npy\n"
-            "  -k K               neighbours per query (default 10)\n"
+            "  -k K               neighbours per query, 1..100000 (default 10)\n"
             "  --nprobe N         clusters visited per query (default 1); a list runs\n"
             "                     the search once per value: --nprobe 4,8,16\n"
             "  --rerank N         at most N exact distances per query (default: as many as\n"
             "                     the error bound asks for)\n"
             "  --eps0 E           confidence of the bound (default 1.9; inf reranks all)\n"
-            "  --threads T        worker threads (default 1)\n"
+            "  --threads T        worker threads, 1..1024 (default 1)\n"
             "  --repeat R         run each search R times, report the fastest (default 1)\n"
             "  --gt FILE          ground truth .ivecs: print recall@k\n"
             "  --allow-ids L      return only these ids (comma list or .ivecs)\n"
             "  --radius R         range search: every vector within distance R (squared L2;\n"
             "                     -<q,x> for ip/cosine); prints results per query\n"
             "  --mmap             serve the index from a read-only mapping of the file\n"
-            "  -o FILE            write the result ids as .ivecs\n");
+            "  -o FILE            write the result ids as .ivecs\n"
+            "  --json             print one JSON object on stdout instead of the table: recall,\n"
+            "                     queries/s and ms/query per --nprobe value (recall null without --gt)\n");
     return f == stderr ? 1 : 0;
 }
 
@@ -311,7 +306,8 @@ static int cmd_build(int argc, char **argv) {
             return 1;
         }
         i++;
-        int ok = 1;
+        int ok = 1; /* -1: the value's checker has said what is wrong */
+#define U32_IN(lo, hi, dst) ok = kvq_arg_u32("index build", a, v, lo, hi, dst) ? -1 : 1
         if (!strcmp(a, "-i")) in = v;
         else if (!strcmp(a, "-o")) out = v;
         else if (!strcmp(a, "--metric")) {
@@ -319,26 +315,27 @@ static int cmd_build(int argc, char **argv) {
             else if (!strcmp(v, "ip")) cfg.metric = KVQ_METRIC_IP;
             else if (!strcmp(v, "cosine")) cfg.metric = KVQ_METRIC_COSINE;
             else ok = 0;
-        } else if (!strcmp(a, "--nlist")) ok = parse_u32(v, &cfg.nlist), nlist_set = 1;
-        else if (!strcmp(a, "--bits")) ok = parse_u32(v, &cfg.bits);
-        else if (!strcmp(a, "--query-bits")) ok = parse_u32(v, &cfg.query_bits);
+        } else if (!strcmp(a, "--nlist")) {
+            U32_IN(1, 1u << 24, &cfg.nlist);
+            nlist_set = 1;
+        } else if (!strcmp(a, "--bits")) U32_IN(1, 8, &cfg.bits);
+        else if (!strcmp(a, "--query-bits")) U32_IN(4, 32, &cfg.query_bits);
         else if (!strcmp(a, "--rotation")) {
             if (!strcmp(v, "fht")) cfg.rotation = KVQ_ROTATION_FHT;
             else if (!strcmp(v, "dense")) cfg.rotation = KVQ_ROTATION_DENSE;
             else ok = 0;
-        } else if (!strcmp(a, "--pca")) ok = parse_u32(v, &cfg.pca_dim);
+        } else if (!strcmp(a, "--pca")) U32_IN(0, 65536, &cfg.pca_dim);
         else if (!strcmp(a, "--reorder")) {
             if (!strcmp(v, "fp32")) cfg.reorder = KVQ_REORDER_FP32;
             else if (!strcmp(v, "fp16")) cfg.reorder = KVQ_REORDER_FP16;
             else if (!strcmp(v, "none")) cfg.reorder = KVQ_REORDER_NONE;
             else ok = 0;
         } else if (!strcmp(a, "--seed")) {
-            char *end;
-            errno = 0;
-            cfg.seed = strtoull(v, &end, 10);
-            ok = !errno && !*end && end != v;
-        } else if (!strcmp(a, "--train-iters")) ok = parse_u32(v, &cfg.train_iters);
-        else if (!strcmp(a, "--threads")) ok = parse_u32(v, &threads) && threads > 0 && threads <= 1024;
+            uint64_t seed;
+            ok = kvq_arg_u64("index build", a, v, 0, UINT64_MAX, &seed) ? -1 : 1;
+            cfg.seed = seed;
+        } else if (!strcmp(a, "--train-iters")) U32_IN(1, 100000, &cfg.train_iters);
+        else if (!strcmp(a, "--threads")) U32_IN(1, 1024, &threads);
         else if (!strcmp(a, "--ip-assign")) {
             if (!strcmp(v, "l2")) cfg.ip_assign = 0;
             else if (!strcmp(v, "ip")) cfg.ip_assign = 1;
@@ -348,12 +345,15 @@ static int cmd_build(int argc, char **argv) {
             fprintf(stderr, "kvq index build: unknown option %s (see --help)\n", a);
             return 1;
         }
+#undef U32_IN
+        if (ok < 0) return 1;
         if (!ok) {
             fprintf(stderr, "kvq index build: bad value '%s' for %s\n", v, a);
             return 1;
         }
     }
     if (!in || !out) return usage_build(stderr);
+    if (kvq_arg_output_file("index build", out)) return 1;
     char err[512] = "";
     size_t n;
     uint32_t dim;
@@ -433,6 +433,8 @@ static int64_t *parse_ids(const char *arg, size_t *n, char *err, size_t err_n);
 static int cmd_search(int argc, char **argv) {
     const char *xpath = NULL, *qpath = NULL, *gtpath = NULL, *opath = NULL;
     uint32_t k = 10, nprobes[64] = {1}, n_nprobe = 1, threads = 1, repeat = 1;
+    int json = 0;
+    double recalls[64], seconds[64];
     kvq_index_search_params p;
     kvq_index_search_params_init(&p);
     int use_mmap = 0;
@@ -445,43 +447,50 @@ static int cmd_search(int argc, char **argv) {
             use_mmap = 1;
             continue;
         }
+        if (!strcmp(a, "--json")) {
+            json = 1;
+            continue;
+        }
         if (!v) {
             fprintf(stderr, "kvq index search: %s needs a value\n", a);
             return 1;
         }
         i++;
-        int ok = 1;
+        int ok = 1; /* -1: the value's checker has said what is wrong */
+#define U32_IN(lo, hi, dst) ok = kvq_arg_u32("index search", a, v, lo, hi, dst) ? -1 : 1
         if (!strcmp(a, "-x")) xpath = v;
         else if (!strcmp(a, "-q")) qpath = v;
         else if (!strcmp(a, "--gt")) gtpath = v;
         else if (!strcmp(a, "-o")) opath = v;
-        else if (!strcmp(a, "-k")) ok = parse_u32(v, &k) && k > 0;
-        else if (!strcmp(a, "--rerank")) ok = parse_u32(v, &p.rerank);
-        else if (!strcmp(a, "--threads")) ok = parse_u32(v, &threads) && threads > 0;
-        else if (!strcmp(a, "--repeat")) ok = parse_u32(v, &repeat) && repeat > 0;
+        else if (!strcmp(a, "-k")) U32_IN(1, 100000, &k);
+        else if (!strcmp(a, "--rerank")) U32_IN(0, UINT32_MAX, &p.rerank);
+        else if (!strcmp(a, "--threads")) U32_IN(1, 1024, &threads);
+        else if (!strcmp(a, "--repeat")) U32_IN(1, 10000, &repeat);
         else if (!strcmp(a, "--eps0")) {
-            char *end;
-            p.eps0 = strtof(v, &end);
-            ok = !*end && end != v && p.eps0 > 0.0f;
+            double e;
+            ok = kvq_arg_double("index search", a, v, 0.0, INFINITY, &e) ? -1 : e > 0.0;
+            p.eps0 = (float)e;
         } else if (!strcmp(a, "--nprobe")) {
             n_nprobe = 0;
             char buf[512];
             snprintf(buf, sizeof buf, "%s", v);
-            for (char *tok = strtok(buf, ","); tok && ok; tok = strtok(NULL, ",")) {
-                ok = n_nprobe < 64 && parse_u32(tok, &nprobes[n_nprobe]) && nprobes[n_nprobe] > 0;
+            for (char *tok = strtok(buf, ","); tok && ok == 1; tok = strtok(NULL, ",")) {
+                ok = n_nprobe < 64 ? (kvq_arg_u32("index search", a, tok, 1, 1u << 24, &nprobes[n_nprobe]) ? -1 : 1) : 0;
                 n_nprobe++;
             }
-            ok = ok && n_nprobe > 0;
+            if (ok == 1 && n_nprobe == 0) ok = 0;
         } else if (!strcmp(a, "--allow-ids")) {
             allow_arg = v;
         } else if (!strcmp(a, "--radius")) {
-            char *end;
-            radius = strtof(v, &end);
-            ok = !*end && end != v && isfinite(radius);
+            double r;
+            ok = kvq_arg_double("index search", a, v, -INFINITY, INFINITY, &r) ? -1 : isfinite(r);
+            radius = (float)r;
         } else {
             fprintf(stderr, "kvq index search: unknown option %s (see --help)\n", a);
             return 1;
         }
+#undef U32_IN
+        if (ok < 0) return 1;
         if (!ok) {
             fprintf(stderr, "kvq index search: bad value '%s' for %s\n", v, a);
             return 1;
@@ -602,7 +611,7 @@ static int cmd_search(int argc, char **argv) {
         rc = 0;
         goto done;
     }
-    printf("%8s %10s %12s %10s\n", "nprobe", "recall@k", "queries/s", "ms/query");
+    if (!json) printf("%8s %10s %12s %10s\n", "nprobe", "recall@k", "queries/s", "ms/query");
     for (uint32_t t = 0; t < n_nprobe; t++) {
         p.nprobe = nprobes[t];
         double dt = INFINITY;
@@ -628,12 +637,32 @@ static int cmd_search(int argc, char **argv) {
                         }
             rec = (double)hit / (double)(nq * k);
         }
+        recalls[t] = rec;
+        seconds[t] = dt;
+        if (json) continue;
         if (rec >= 0) printf("%8u %10.4f %12.1f %10.3f\n", p.nprobe, rec, (double)nq / dt, 1e3 * dt / (double)nq);
         else printf("%8u %10s %12.1f %10.3f\n", p.nprobe, "-", (double)nq / dt, 1e3 * dt / (double)nq);
     }
     if (opath && !write_ivecs(opath, ids, nq, k)) {
         fprintf(stderr, "kvq index search: cannot write %s\n", opath);
         goto done;
+    }
+    if (json) {
+        printf("{\"index\": ");
+        kvq_json_string(stdout, xpath);
+        printf(", \"queries\": ");
+        kvq_json_string(stdout, qpath);
+        printf(", \"n_queries\": %zu, \"dim\": %u, \"k\": %u, \"threads\": %u, \"runs\": [", nq, dim, k, threads);
+        for (uint32_t t = 0; t < n_nprobe; t++) {
+            printf("%s{\"nprobe\": %u, \"recall\": ", t ? ", " : "", nprobes[t]);
+            kvq_json_number(stdout, recalls[t] >= 0 ? recalls[t] : NAN); /* null without --gt */
+            printf(", \"queries_per_second\": ");
+            kvq_json_number(stdout, (double)nq / seconds[t]);
+            printf(", \"ms_per_query\": ");
+            kvq_json_number(stdout, 1e3 * seconds[t] / (double)nq);
+            printf("}");
+        }
+        printf("]}\n");
     }
     rc = 0;
 done:
@@ -722,10 +751,7 @@ static int cmd_add(int argc, char **argv) {
         else if (!strcmp(a, "-o")) out = v;
         else if (!strcmp(a, "--ids")) idarg = v;
         else if (!strcmp(a, "--threads")) {
-            if (!parse_u32(v, &threads) || threads == 0 || threads > 1024) {
-                fprintf(stderr, "kvq index add: bad value '%s' for --threads\n", v);
-                return 1;
-            }
+            if (kvq_arg_u32("index add", a, v, 1, 1024, &threads)) return 1;
         } else {
             fprintf(stderr, "kvq index add: unknown option %s (see --help)\n", a);
             return 1;
