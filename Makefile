@@ -73,7 +73,11 @@ NVCCFLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden,-fno-threadsafe
   -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 CPPFLAGS_ALL += -DKVQ_HAVE_CUDA=1 -I$(CUDA_HOME)/include
 CUDA_OBJ := $(CU_SRC:%.cu=$(BUILD)/%.o)
-LDLIBS_ALL += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart
+# The CUDA runtime is linked statically: libkvq then needs no libcudart at all, loads on
+# hosts without CUDA, and finds the driver (libcuda.so.1) by dlopen when a CUDA entry
+# point is first called; without a driver or a GPU those calls answer KVQ_ERR_NO_DEVICE.
+CUDART_LIBS := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt
+LDLIBS_ALL += $(CUDART_LIBS)
 endif
 endif
 
@@ -141,11 +145,11 @@ $(SHARED_LIB): $(LIB_OBJ)
 $(CLI): $(TOOL_OBJ) $(STATIC_LIB)
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(STATIC_LIB) $(LDLIBS_ALL)
 
-PRIVATE_LIBS := $(if $(CUDA_OBJ),-L$(CUDA_HOME)/lib64 -lcudart,)
+PRIVATE_LIBS := $(if $(CUDA_OBJ),$(CUDART_LIBS),)
 SUBST := sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
 	    -e 's|@VERSION_MAJOR@|$(VERSION_MAJOR)|g' -e 's|@PRIVATE_LIBS@|$(PRIVATE_LIBS)|g' \
-	    -e 's|@CMAKE_PRIVATE_LIBS@|$(if $(CUDA_OBJ),$(CUDA_HOME)/lib64/libcudart.so,)|g'
+	    -e 's|@CMAKE_PRIVATE_LIBS@|$(if $(CUDA_OBJ),$(CUDA_HOME)/lib64/libcudart_static.a;dl;rt,)|g'
 $(BUILD)/kvq.pc: kvq.pc.in Makefile
 	@mkdir -p $(dir $@)
 	$(SUBST) $< > $@
