@@ -108,7 +108,8 @@ help:
 	@echo "make bench      build the benchmark programs into $(BUILD)/bench/"
 	@echo "make install    install headers, libraries, kvq.pc and kvq (PREFIX, DESTDIR)"
 	@echo "make test-arm64 the suite cross-built for AArch64 (NEON) and run under qemu-aarch64"
-	@echo "make test-python the Python bindings' tests (pytest) against $(BUILD)/libkvq.so"
+	@echo "make test-python the Python package's tests (pytest) against $(BUILD)/libkvq.so"
+	@echo "make wheel      the Python wheel (kvq-cache, libkvq inside) into $(BUILD)/wheel/"
 	@echo "make fuzz       libFuzzer targets into build-fuzz/; make fuzz-smoke runs each FUZZ_SECONDS"
 	@echo "make clean      remove $(BUILD)/"
 
@@ -305,10 +306,20 @@ $(BUILD)/make_corpus: fuzz/make_corpus.c $(STATIC_LIB)
 fuzz-corpus: $(BUILD)/make_corpus
 	./$(BUILD)/make_corpus fuzz/corpus
 
-# The Python package (ctypes over libkvq.so) against the library just built.
+# The Python package (ctypes over libkvq.so) against the library just built; its
+# tests include building the wheel and running the examples from it in a fresh venv,
+# and kvq.hf on a tiny random Llama when torch and transformers are importable
+# (scripts/deps.sh --hf installs them).
 PYTHON ?= python3
 test-python: $(SHARED_LIB)
 	KVQ_LIBRARY=$(abspath $(SHARED_LIB)) $(PYTHON) -m pytest -q python/tests
+
+# The wheel (distribution kvq-cache, import name kvq) with libkvq inside, into
+# $(BUILD)/wheel/; `pip install ./python` builds the same.
+.PHONY: wheel
+wheel:
+	KVQ_BUILD_DIR=$(abspath $(BUILD)) $(PYTHON) -m pip wheel --no-deps -w $(BUILD)/wheel ./python
+	@ls $(BUILD)/wheel/kvq_cache-*.whl
 
 # ------------------------------------------------------------------ index vectors
 # `make vectors`: the index's real data set (docs/INDEX.md). Texts from Debian's fortunes
