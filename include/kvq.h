@@ -204,6 +204,10 @@ typedef struct kvq_cache_config {
     uint32_t max_tokens;     /* hard capacity (0 = grow without bound) */
     uint32_t n_sink;         /* first tokens also kept exact (fp32): the attention sinks
                                 (StreamingLLM, arXiv 2309.17453) (0 = none, at most 1024) */
+    uint32_t center_keys;    /* 1: subtract each head's mean key (over the probe tokens
+                                after the first) before encoding and add <q, mean> back
+                                to the scores: softmax is unchanged by a constant shift,
+                                and the persistent channel bias leaves the codes */
 } kvq_cache_config;
 
 typedef struct kvq_cache kvq_cache;
@@ -227,6 +231,34 @@ typedef struct kvq_cache_memory_info {
 KVQ_API kvq_status kvq_cache_config_init(kvq_cache_config *cfg, uint32_t n_kv_heads,
                                          uint32_t head_dim, const char *key_spec,
                                          const char *value_spec, char *msg, size_t msg_size);
+/* A whole cache config from one string, as the CLI, the Python package and the server
+ * take it: a preset name ("q4", "q3", "q2"), or KSPEC[+VSPEC] (values as keys when no
+ * '+'), either followed by "@" and cache options: window=N, sink=N, outliers=N,
+ * center=0|1 (comma-separated, decimal). "q4@window=64", "mse:bits=4+mse:bits=2@sink=1". */
+KVQ_API kvq_status kvq_cache_config_parse(const char *spec, uint32_t n_kv_heads, uint32_t head_dim,
+                                          kvq_cache_config *cfg, char *msg, size_t msg_size);
+/* Applies "window=N,sink=N,outliers=N,center=0|1" to cfg. */
+KVQ_API kvq_status kvq_cache_options_parse(const char *options, kvq_cache_config *cfg, char *msg,
+                                           size_t msg_size);
+
+/* Named presets: the best measured configs at <= 4.5, <= 3.0 and <= 2.25 bits per
+ * element (docs/METHODS.md gives the measurements). Static data, never freed. */
+typedef struct kvq_cache_preset {
+    const char *name;       /* "q4", "q3", "q2" */
+    const char *key_spec;   /* kvq_config_parse specs */
+    const char *value_spec;
+    uint32_t window, n_sink, n_outliers, center_keys; /* as in kvq_cache_config */
+    double bits;            /* bits per cached number at 4096 tokens, all parts counted */
+    const char *summary;    /* one line for --help */
+} kvq_cache_preset;
+/* Preset i (0, 1, ...) and NULL past the last; by name, NULL if unknown. */
+KVQ_API const kvq_cache_preset *kvq_cache_preset_at(size_t i);
+KVQ_API const kvq_cache_preset *kvq_cache_preset_get(const char *name);
+KVQ_API const char *kvq_cache_preset_name(size_t i);
+/* cfg from a preset for a layer shape; KVQ_ERR_PARSE (msg lists the names) if unknown. */
+KVQ_API kvq_status kvq_cache_config_preset(kvq_cache_config *cfg, const char *preset,
+                                           uint32_t n_kv_heads, uint32_t head_dim, char *msg,
+                                           size_t msg_size);
 KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out);
 KVQ_API void kvq_cache_free(kvq_cache *cache);
 KVQ_API kvq_status kvq_cache_reset(kvq_cache *cache);

@@ -57,6 +57,11 @@ static void ref_attend(const float *q, const float *k, const float *v, size_t n,
     free(s);
 }
 
+/* Rounds to the nearest fp16 value: the exact window and sinks hold fp16 copies. */
+static void round_fp16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(x[i]));
+}
+
 static double rel_err(const float *a, const float *ref, size_t n) {
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < n; i++) {
@@ -193,6 +198,8 @@ TEST(cache_window_keeps_newest_exact) {
     float *kd = malloc(n * n_kv * dim * sizeof(float)), *vd = malloc(n * n_kv * dim * sizeof(float));
     float *ref = malloc(nq * H * dim * sizeof(float)), *out = malloc(nq * H * dim * sizeof(float));
     REQUIRE(k && v && q && kd && vd && ref && out);
+    round_fp16(k, n * n_kv * dim);
+    round_fp16(v, n * n_kv * dim);
     kvq_cache *c;
     REQUIRE_OK(make_cache("mse:bits=2", "mse:bits=2", n_kv, dim, W, 0, 32, &c));
     REQUIRE_OK(kvq_cache_append(c, k, v, 150));
@@ -282,11 +289,12 @@ TEST(cache_memory_accounting) {
             CHECK(m.total == m.key_codes + m.value_codes + m.window + m.outliers + m.shared +
                                  m.overhead);
             CHECK(m.n_tokens == n);
-            CHECK(m.key_codes == (uint64_t)kvq_code_size(c->key.quant) * n_kv * n);
-            CHECK(m.value_codes == (uint64_t)kvq_code_size(c->value.quant) * n_kv * n);
-            CHECK(m.window == (uint64_t)window * n_kv * dim * 4 * 2);
+            /* the newest `window` tokens are held in fp16 only, the rest as codes */
+            CHECK(m.key_codes == (uint64_t)kvq_code_size(c->key.quant) * n_kv * (n - window));
+            CHECK(m.value_codes == (uint64_t)kvq_code_size(c->value.quant) * n_kv * (n - window));
+            CHECK(m.window == (uint64_t)window * n_kv * dim * 2 * 2);
             if (n_out)
-                CHECK(m.outliers >= (uint64_t)n * n_kv * n_out * 2 + n_kv * n_out * 2);
+                CHECK(m.outliers >= (uint64_t)(n - window) * n_kv * n_out * 2 + n_kv * n_out * 2);
             else
                 CHECK(m.outliers == 0);
             /* the arena is whole chunks: 4 chunks of 100 tokens for 333 */
@@ -312,8 +320,9 @@ TEST(cache_memory_accounting) {
 }
 
 static int same_arena(const kvq_cache *a, const kvq_cache *b) {
-    if (a->n_tokens != b->n_tokens || a->chunk_bytes != b->chunk_bytes) return 0;
-    size_t C = a->cfg.chunk_tokens, n = a->n_tokens;
+    if (a->n_tokens != b->n_tokens || a->n_coded != b->n_coded || a->chunk_bytes != b->chunk_bytes)
+        return 0;
+    size_t C = a->cfg.chunk_tokens, n = a->n_coded;
     for (size_t ch = 0; ch * C < n; ch++) {
         size_t cnt = KVQI_MIN(C, n - ch * C);
         for (uint32_t g = 0; g < a->n_kv; g++) {
@@ -346,7 +355,8 @@ TEST(cache_append_batching_is_invisible) {
         REQUIRE_OK(kvq_cache_append(b, k, v, n));
         CHECKF(same_arena(a, b), "%s: codes differ", specs[s]);
         CHECK(memcmp(a->outlier_idx, b->outlier_idx, n_kv * 2 * sizeof(uint16_t)) == 0);
-        CHECK(memcmp(a->win_k, b->win_k, 10 * n_kv * dim * sizeof(float)) == 0);
+        CHECK(a->win_cap == 10 && b->win_cap == 10 && a->n_coded == n - 10 && b->n_coded == n - 10);
+        CHECK(memcmp(a->win_k, b->win_k, 10 * n_kv * dim * sizeof(uint16_t)) == 0);
         REQUIRE_OK(kvq_cache_attend(a, q, H, 2, 0.125f, NULL, o1));
         REQUIRE_OK(kvq_cache_attend(b, q, H, 2, 0.125f, NULL, o2));
         CHECKF(memcmp(o1, o2, 2 * H * dim * sizeof(float)) == 0, "%s: outputs differ", specs[s]);
@@ -897,7 +907,7 @@ TEST(cache_sign_paths_match_kvq_score) {
             }
             kvqi_cache_sign_lut(z, m, lut);
             if (K->signs_mse) {
-                c->kern->axpy_rows(K->rotation_t, q, dim, dim, ql);
+                c->kern->score_f32(q, 1, dim, (const uint8_t *)K->rotation, dim * sizeof(float), dim, ql, dim);
                 c->kern->score_rot(&K->rot, ql, 1, codes, N, got, N);
             }
             c->kern->score_signs(&K->signs, lut, &zsum, 1, codes, N, K->signs_mse, got, N);
@@ -923,6 +933,8 @@ TEST(cache_sink_tokens_exact) {
     float *q = make_kv(nq, H, dim, 113, 0, 1);
     float *ref = malloc(nq * H * dim * sizeof(float)), *out = malloc(nq * H * dim * sizeof(float));
     REQUIRE(k && v && q && ref && out);
+    round_fp16(k, n * n_kv * dim);
+    round_fp16(v, n * n_kv * dim);
     ref_attend(q, k, v, n, n_kv, H, dim, nq, 0.125f, ref);
     kvq_threadpool *pool;
     REQUIRE_OK(kvq_threadpool_create(4, &pool));
@@ -940,7 +952,7 @@ TEST(cache_sink_tokens_exact) {
     CHECKF(e < 1e-5, "all sinks, split-K decode: %.3g", e);
     kvq_cache_memory_info mem;
     REQUIRE_OK(kvq_cache_memory(c, &mem));
-    CHECK(mem.window == (uint64_t)2 * n * n_kv * dim * sizeof(float));
+    CHECK(mem.window == (uint64_t)2 * n * n_kv * dim * sizeof(uint16_t));
     kvq_cache_free(c);
 
     /* token 0 a strong sink for every query head */
@@ -965,4 +977,84 @@ TEST(cache_sink_tokens_exact) {
     CHECK_STATUS(kvq_cache_create(&cfg, &c), KVQ_ERR_UNSUPPORTED);
     kvq_threadpool_free(pool);
     free(k), free(v), free(q), free(ref), free(out);
+}
+
+/* Keys with a large constant offset on a few channels (the persistent bias of real keys):
+ * subtracting the mean key leaves the softmax unchanged and the codes only the spread. */
+TEST(cache_centered_keys_cut_error) {
+    const uint32_t n_kv = 2, H = 6, dim = 64;
+    const size_t n = 400, nq = 3;
+    float *k = make_kv(n, n_kv, dim, 211, 0, 1), *v = make_kv(n, n_kv, dim, 212, 0, 1);
+    float *q = make_kv(nq, H, dim, 213, 0, 1);
+    float *ref = malloc(nq * H * dim * sizeof(float)), *out = malloc(nq * H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref && out);
+    for (size_t i = 0; i < n * n_kv; i++)
+        for (uint32_t j = 0; j < 4; j++) k[i * dim + j] += 8.0f;
+    ref_attend(q, k, v, n, n_kv, H, dim, nq, 0.125f, ref);
+    double err[2];
+    for (int center = 0; center < 2; center++) {
+        kvq_cache_config cfg;
+        REQUIRE_OK(kvq_cache_config_parse(center ? "mse:bits=3+fp16@center=1" : "mse:bits=3+fp16",
+                                          n_kv, dim, &cfg, NULL, 0));
+        CHECK(cfg.center_keys == (uint32_t)center);
+        kvq_cache *c;
+        REQUIRE_OK(kvq_cache_create(&cfg, &c));
+        /* appended in pieces across the probe: the choice cannot depend on the split */
+        REQUIRE_OK(kvq_cache_append(c, k, v, 5));
+        REQUIRE_OK(kvq_cache_append(c, k + 5 * n_kv * dim, v + 5 * n_kv * dim, n - 5));
+        REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.125f, NULL, out));
+        err[center] = rel_err(out, ref, nq * H * dim);
+        kvq_cache_memory_info m;
+        REQUIRE_OK(kvq_cache_memory(c, &m));
+        CHECK(m.total == m.key_codes + m.value_codes + m.window + m.outliers + m.shared + m.overhead);
+        kvq_cache_free(c);
+    }
+    CHECKF(err[1] < 0.5 * err[0], "centered %.4g, plain %.4g", err[1], err[0]);
+    /* exact keys: centering changes nothing but rounding */
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_parse("fp16@center=1", n_kv, dim, &cfg, NULL, 0));
+    kvq_cache *c;
+    REQUIRE_OK(kvq_cache_create(&cfg, &c));
+    REQUIRE_OK(kvq_cache_append(c, k, v, n));
+    REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.125f, NULL, out));
+    CHECKF(rel_err(out, ref, nq * H * dim) < 2e-3, "fp16 centered: %.3g", rel_err(out, ref, nq * H * dim));
+    kvq_cache_free(c);
+    free(k), free(v), free(q), free(ref), free(out);
+}
+
+TEST(cache_spec_strings_and_presets) {
+    kvq_cache_config cfg;
+    char msg[200];
+    REQUIRE_OK(kvq_cache_config_parse("mse:bits=4+q8_0@window=16,sink=2,outliers=1,center=1", 3, 64,
+                                      &cfg, msg, sizeof msg));
+    CHECK(cfg.key.method == KVQ_METHOD_TURBOQUANT_MSE && cfg.key.bits == 4);
+    CHECK(cfg.value.method == KVQ_METHOD_Q8_0);
+    CHECK(cfg.window == 16 && cfg.n_sink == 2 && cfg.n_outliers == 1 && cfg.center_keys == 1);
+    REQUIRE_OK(kvq_cache_config_parse("q8_0", 3, 64, &cfg, NULL, 0));
+    CHECK(cfg.key.method == KVQ_METHOD_Q8_0 && cfg.value.method == KVQ_METHOD_Q8_0);
+    /* every preset parses, creates, and says what it is */
+    size_t n = 0;
+    for (const kvq_cache_preset *p; (p = kvq_cache_preset_at(n)); n++) {
+        CHECK(kvq_cache_preset_get(p->name) == p);
+        CHECK(!strcmp(kvq_cache_preset_name(n), p->name));
+        CHECK(p->bits > 0 && p->summary && p->summary[0]);
+        REQUIRE_OK(kvq_cache_config_parse(p->name, 3, 64, &cfg, NULL, 0));
+        kvq_cache *c;
+        REQUIRE_OK(kvq_cache_create(&cfg, &c));
+        kvq_cache_free(c);
+        char with[64];
+        snprintf(with, sizeof with, "%s@window=8", p->name);
+        REQUIRE_OK(kvq_cache_config_parse(with, 3, 64, &cfg, NULL, 0));
+        CHECK(cfg.window == 8);
+    }
+    CHECK(n >= 3);
+    CHECK(kvq_cache_preset_name(n) == NULL);
+    const char *bad[] = {"q4@window=-1", "q4@window=0x10", "q4@window=", "q4@frob=1", "q4@window",
+                         "q4@center=2", "q9", "mse:bits=4+"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        msg[0] = 0;
+        CHECKF(kvq_cache_config_parse(bad[i], 3, 64, &cfg, msg, sizeof msg) != KVQ_OK, "%s accepted", bad[i]);
+        CHECKF(msg[0] != 0, "%s: no message", bad[i]);
+    }
+    CHECK_STATUS(kvq_cache_config_preset(&cfg, "nope", 3, 64, msg, sizeof msg), KVQ_ERR_PARSE);
 }

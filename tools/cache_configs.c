@@ -43,38 +43,43 @@ static int expand(const char *spec, uint32_t layer, char *out, size_t out_size) 
     return n >= 0 && (size_t)n < out_size ? 0 : -1;
 }
 
-static kvq_status parse_side(const kvq_model_info *info, const char *spec, int is_key, kvq_config *out,
-                             char *msg, size_t msg_size) {
-    kvq_status st = kvq_config_parse(spec, 0, out, msg, msg_size);
-    if (st != KVQ_OK) return st;
-    if (is_key && out->method == KVQ_METHOD_COMM_VQ) {
-        /* codes live before RoPE: the model's RoPE (the engine sets the same) */
-        out->rope_base = info->rope_base;
-        out->rope_pairing = info->rope_neox ? KVQ_ROPE_NEOX : KVQ_ROPE_INTERLEAVED;
-    }
-    out->dim = info->head_dim;
-    return kvq_config_validate(out, msg, msg_size);
+/* comm_vq keys live before RoPE: they get the model's RoPE (the engine applies the same) */
+static void set_rope(const kvq_model_info *info, kvq_config *k) {
+    if (k->method != KVQ_METHOD_COMM_VQ) return;
+    k->rope_base = info->rope_base;
+    k->rope_pairing = info->rope_neox ? KVQ_ROPE_NEOX : KVQ_ROPE_INTERLEAVED;
+}
+
+/* A whole cache spec (a preset, or anything with cache options after '@') stands alone;
+ * otherwise keys and values are joined as KSPEC+VSPEC. */
+static int is_whole_spec(const char *spec) {
+    if (strchr(spec, '@')) return 1;
+    return kvq_cache_preset_get(spec) != NULL;
 }
 
 kvq_status kvq_cli_cache_configs(const kvq_model_info *info, const char *kspec, const char *vspec,
                                  const char *plan, uint32_t window, uint32_t n_outliers,
                                  uint32_t n_sink, kvq_cache_config *per_layer, char *msg,
                                  size_t msg_size) {
-    if (!info || !vspec || (!kspec && !plan) || !per_layer || info->n_layers == 0) return KVQ_ERR_INVALID_ARG;
-    char ks[1400], vs[1400], why[900] = "";
+    if (!info || (!kspec && !plan) || !per_layer || info->n_layers == 0) return KVQ_ERR_INVALID_ARG;
+    if (!vspec) vspec = "fp16";
+    char spec[2900], ls[2900], why[900] = "";
+    if (plan) snprintf(spec, sizeof spec, "fp16+%s", vspec);
+    else if (is_whole_spec(kspec)) snprintf(spec, sizeof spec, "%s", kspec);
+    else snprintf(spec, sizeof spec, "%s+%s", kspec, vspec);
     kvq_status st = KVQ_OK;
     for (uint32_t l = 0; l < info->n_layers && st == KVQ_OK; l++) {
         kvq_cache_config *cc = &per_layer[l];
-        if ((kspec && expand(kspec, l, ks, sizeof ks)) || expand(vspec, l, vs, sizeof vs)) {
+        if (expand(spec, l, ls, sizeof ls)) {
             snprintf(msg, msg_size, "a spec has a stray '%%' (a layer is %%d or %%02d) or is too long");
             return KVQ_ERR_PARSE;
         }
-        st = kvq_cache_config_init(cc, info->n_kv_heads, info->head_dim, "fp16", "fp16", why, sizeof why);
-        if (st == KVQ_OK && !plan) st = parse_side(info, ks, 1, &cc->key, why, sizeof why);
-        if (st == KVQ_OK) st = parse_side(info, vs, 0, &cc->value, why, sizeof why);
-        cc->window = window;
-        cc->n_outliers = n_outliers;
-        cc->n_sink = n_sink;
+        st = kvq_cache_config_parse(ls, info->n_kv_heads, info->head_dim, cc, why, sizeof why);
+        if (st == KVQ_OK) set_rope(info, &cc->key);
+        /* options given on the command line win over a preset's (0: the spec's own) */
+        if (window) cc->window = window;
+        if (n_outliers) cc->n_outliers = n_outliers;
+        if (n_sink) cc->n_sink = n_sink;
         if (st != KVQ_OK) snprintf(msg, msg_size, "layer %u: %s", l, why[0] ? why : kvq_strerror(st));
     }
     if (st != KVQ_OK || !plan) return st;
@@ -88,10 +93,6 @@ kvq_status kvq_cli_cache_configs(const kvq_model_info *info, const char *kspec, 
         snprintf(msg, msg_size, "%s", why[0] ? why : kvq_strerror(st));
         return st;
     }
-    for (uint32_t l = 0; l < info->n_layers && st == KVQ_OK; l++)
-        if (per_layer[l].key.method == KVQ_METHOD_COMM_VQ) {
-            per_layer[l].key.rope_base = info->rope_base;
-            per_layer[l].key.rope_pairing = info->rope_neox ? KVQ_ROPE_NEOX : KVQ_ROPE_INTERLEAVED;
-        }
+    for (uint32_t l = 0; l < info->n_layers; l++) set_rope(info, &per_layer[l].key);
     return st;
 }

@@ -27,6 +27,15 @@ typedef struct attend_ctx {
     atomic_int status; /* first failure of a quantizer call in any task */
 } attend_ctx;
 
+/* The decode buffer: a block of decoded values on the generic value path; else room for
+ * the query's preparation (a copy, the int8 path's natural order, the sign keys' z). */
+static size_t vdec_floats(const kvq_cache *c) {
+    size_t d = c->dim;
+    size_t need = 2 * d + (c->key.path == KVQI_PATH_SIGNS ? c->key.signs.m : 0);
+    if (c->value.path == KVQI_PATH_GENERIC) need = KVQI_MAX(need, (size_t)KVQI_ATTEND_BLOCK * d);
+    return (need + 15) & ~(size_t)15;
+}
+
 static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     size_t d = c->dim, B = KVQI_ATTEND_BLOCK;
     /* the generic key path scores a whole chunk span per kvq_score call */
@@ -35,7 +44,7 @@ static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     size_t i8 = (size_t)G * d / 4 + 2 * G + 16;
     /* sign keys: one table of m/8 x 256 sums per query head, and the sums of z */
     size_t signs = c->key.path == KVQI_PATH_SIGNS ? (size_t)G * (c->key.signs.m / 8) * 256 + G + 16 : 0;
-    return 5 * G * d + G * c->n_out + G * B + B * d + 2 * G + d + 16 + span + i8 + signs;
+    return 5 * G * d + G * c->n_out + G * B + vdec_floats(c) + 3 * G + d + 32 + span + i8 + signs;
 }
 
 /* The integer key path applies: 4-bit one-pass rotated keys and a CPU with the kernel. */
@@ -100,7 +109,7 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->acc = s->q_raw + G * d;
     s->acc_x = s->acc + G * d;
     s->vdec = s->acc_x + G * d;
-    s->scores = s->vdec + B * d;
+    s->scores = s->vdec + vdec_floats(c);
     s->q_out = s->scores + G * B;
     s->m = s->q_out + G * c->n_out;
     s->l = s->m + G;
@@ -110,7 +119,8 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->q8 = (int8_t *)(void *)(s->q8_sum + G);
     /* past the int8 query, on a 16-byte boundary (the pads of scratch_floats cover it) */
     s->zsum = (float *)(void *)(s->q8 + ((G * d + 15) & ~(size_t)15));
-    s->lut = s->zsum + G;
+    s->kbias = s->zsum + G;
+    s->lut = s->kbias + ((G + 15) & ~(size_t)15);
 }
 
 /* Scores of one block of coded tokens (the query carries the scale), outlier channels
@@ -147,6 +157,9 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
             memcpy(s->scores + h * B, s->kspan + h * C + in, nb * sizeof(float));
         break;
     }
+    if (c->key_mean)
+        for (uint32_t h = 0; h < G; h++)
+            for (size_t t = 0; t < nb; t++) s->scores[h * B + t] += s->kbias[h];
     if (c->n_out)
         c->kern->outlier_add((const uint16_t *)(chunk + c->off_outliers +
                                                 ((size_t)g * c->n_out * C + in) * 2),
@@ -296,6 +309,12 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
         for (uint32_t j = 0; j < d; j++) qr[j] = qh[j] * A->scale;
         float *tmp = s->vdec; /* free until the first block */
         memcpy(tmp, qr, d * sizeof(float));
+        if (c->key_mean && c->coded) {
+            const float *mu = c->key_mean + (size_t)T->g * d;
+            float b = 0.0f;
+            for (uint32_t j = 0; j < d; j++) b += qr[j] * mu[j];
+            s->kbias[v] = b;
+        }
         if (c->n_out && c->coded) {
             const uint16_t *idx = c->outlier_idx + (size_t)T->g * c->n_out;
             for (uint32_t o = 0; o < c->n_out; o++) {
@@ -304,9 +323,8 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
             }
         }
         if (c->key.path == KVQI_PATH_ROT) {
-            /* the rotated query in lane order: sum_j x_j (column j of R) */
-            memset(qk, 0, d * sizeof(float));
-            c->kern->axpy_rows(c->key.rotation_t, tmp, d, d, qk);
+            /* the rotated query in lane order: lane p = <row p of R, x> */
+            c->kern->score_f32(tmp, 1, d, (const uint8_t *)c->key.rotation, d * sizeof(float), d, qk, d);
             if (use_i8(c)) quantize_query(c, s, v, qk);
         } else if (c->key.path == KVQI_PATH_SIGNS) {
             /* z = P x, its sum and its table; the mse part's rotated query */
@@ -318,8 +336,10 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
             for (uint32_t i = 0; i < m; i++) zs += z[i];
             s->zsum[v] = zs;
             kvqi_cache_sign_lut(z, m, s->lut + (size_t)v * (m / 8) * 256);
-            memset(qk, 0, d * sizeof(float));
-            if (K->signs_mse) c->kern->axpy_rows(K->rotation_t, tmp, d, d, qk);
+            if (K->signs_mse)
+                c->kern->score_f32(tmp, 1, d, (const uint8_t *)K->rotation, d * sizeof(float), d, qk, d);
+            else
+                memset(qk, 0, d * sizeof(float));
         } else {
             memcpy(qk, tmp, d * sizeof(float));
         }
@@ -337,27 +357,20 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
     kvq_cache *c = A->c;
     uint32_t d = c->dim, g = T->g, G = T->Gt;
     size_t B = KVQI_ATTEND_BLOCK, C = c->cfg.chunk_tokens, row = (size_t)c->n_kv * d;
-    size_t coded_end = 0, exact_begin = 0, ring = 0;
-    const float *ek = c->stage_k, *ev = c->stage_v;
-    if (c->coded) {
-        size_t W = c->cfg.window;
-        exact_begin = (W && c->n_tokens > W) ? c->n_tokens - W : (W ? 0 : c->n_tokens);
-        coded_end = KVQI_MIN(T->visible, exact_begin);
-        ek = c->win_k;
-        ev = c->win_v;
-        ring = W;
-    }
+    /* before the probe is full every token is staged (fp32); then tokens below n_coded
+     * are coded and the rest sit in the fp16 window ring */
+    size_t coded_end = c->coded ? KVQI_MIN(T->visible, c->n_coded) : 0;
     /* attention sinks: the first tokens from their exact copies (not where the window
      * has them already) */
-    size_t sink_end = c->coded ? KVQI_MIN((size_t)c->cfg.n_sink, KVQI_MIN(exact_begin, coded_end)) : 0;
+    size_t sink_end = KVQI_MIN((size_t)c->cfg.n_sink, coded_end);
     for (size_t t0 = t_begin; t0 < KVQI_MIN(sink_end, t_end);) {
         size_t nb = KVQI_MIN(B, KVQI_MIN(sink_end, t_end) - t0);
         const uint8_t *kr = (const uint8_t *)(c->sink_k + t0 * row + (size_t)g * d);
         const uint8_t *vr = (const uint8_t *)(c->sink_v + t0 * row + (size_t)g * d);
-        c->kern->score_f32(s->q_raw, G, d, kr, row * sizeof(float), nb, s->scores, B);
+        c->kern->score_f16(s->q_raw, G, d, kr, row * sizeof(uint16_t), nb, s->scores, B);
         mask_block(A, s, T->first_visible, T->nqb, t0, nb);
         softmax_block(c, s, G, nb);
-        c->kern->accum_f32(s->scores, B, G, d, vr, row * sizeof(float), nb, s->acc_x);
+        c->kern->accum_f16(s->scores, B, G, d, vr, row * sizeof(uint16_t), nb, s->acc_x);
         t0 += nb;
     }
     size_t coded_stop = KVQI_MIN(coded_end, t_end), coded_start = KVQI_MAX(t_begin, sink_end);
@@ -373,17 +386,26 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
         accum_coded(c, s, G, g, chunk, in, nb, &A->status);
         t0 += nb;
     }
-    size_t exact_stop = KVQI_MIN(T->visible, t_end);
-    for (size_t t0 = KVQI_MAX(exact_begin, t_begin); t0 < exact_stop;) {
-        size_t slot = ring ? t0 % ring : t0;
+    size_t exact_stop = KVQI_MIN(T->visible, t_end), W = c->cfg.window;
+    for (size_t t0 = KVQI_MAX(coded_end, t_begin); t0 < exact_stop;) {
         size_t nb = KVQI_MIN(B, exact_stop - t0);
-        if (ring) nb = KVQI_MIN(nb, ring - slot);
-        const uint8_t *kr = (const uint8_t *)(ek + slot * row + (size_t)g * d);
-        const uint8_t *vr = (const uint8_t *)(ev + slot * row + (size_t)g * d);
-        c->kern->score_f32(s->q_raw, G, d, kr, row * sizeof(float), nb, s->scores, B);
-        mask_block(A, s, T->first_visible, T->nqb, t0, nb);
-        softmax_block(c, s, G, nb);
-        c->kern->accum_f32(s->scores, B, G, d, vr, row * sizeof(float), nb, s->acc_x);
+        if (!c->coded) { /* staged, fp32 */
+            const uint8_t *kr = (const uint8_t *)(c->stage_k + t0 * row + (size_t)g * d);
+            const uint8_t *vr = (const uint8_t *)(c->stage_v + t0 * row + (size_t)g * d);
+            c->kern->score_f32(s->q_raw, G, d, kr, row * sizeof(float), nb, s->scores, B);
+            mask_block(A, s, T->first_visible, T->nqb, t0, nb);
+            softmax_block(c, s, G, nb);
+            c->kern->accum_f32(s->scores, B, G, d, vr, row * sizeof(float), nb, s->acc_x);
+        } else { /* the window ring, fp16 */
+            size_t slot = t0 % W;
+            nb = KVQI_MIN(nb, W - slot);
+            const uint8_t *kr = (const uint8_t *)(c->win_k + slot * row + (size_t)g * d);
+            const uint8_t *vr = (const uint8_t *)(c->win_v + slot * row + (size_t)g * d);
+            c->kern->score_f16(s->q_raw, G, d, kr, row * sizeof(uint16_t), nb, s->scores, B);
+            mask_block(A, s, T->first_visible, T->nqb, t0, nb);
+            softmax_block(c, s, G, nb);
+            c->kern->accum_f16(s->scores, B, G, d, vr, row * sizeof(uint16_t), nb, s->acc_x);
+        }
         t0 += nb;
     }
 }

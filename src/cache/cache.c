@@ -230,22 +230,16 @@ static kvq_status extract_rotation(kvqi_side *s, uint32_t dim) {
     return st;
 }
 
-/* Rotation rows into the kernels' lane order, and the transpose for rotating queries. */
+/* Rotation rows into the kernels' lane order. Queries are rotated by scoring them
+ * against these rows and outputs by summing them, so no transpose is kept. */
 static kvq_status permute_rotation(kvqi_side *s, uint32_t dim) {
     if (!s->rotation) return KVQ_OK;
     float *perm = kvqi_alloc_array((size_t)dim * dim, sizeof(float));
-    s->rotation_t = kvqi_alloc_array((size_t)dim * dim, sizeof(float));
-    if (!perm || !s->rotation_t) {
-        kvqi_free(perm);
-        return KVQ_ERR_NOMEM;
-    }
+    if (!perm) return KVQ_ERR_NOMEM;
     for (uint32_t p = 0; p < dim; p++)
         memcpy(perm + (size_t)p * dim,
                s->rotation + (size_t)kvqi_rot_lane_coordinate(s->rot.bits, p) * dim,
                dim * sizeof(float));
-    for (uint32_t p = 0; p < dim; p++)
-        for (uint32_t j = 0; j < dim; j++)
-            s->rotation_t[(size_t)j * dim + p] = perm[(size_t)p * dim + j];
     kvqi_free(s->rotation);
     s->rotation = perm;
     return KVQ_OK;
@@ -502,8 +496,7 @@ static kvq_status side_create(kvqi_side *s, const kvq_config *qc, uint32_t dim, 
 
 static void side_free(kvqi_side *s) {
     kvq_quantizer_free(s->quant);
-    kvqi_free(s->rotation);
-    kvqi_free(s->rotation_t);
+    if (!s->rotation_borrowed) kvqi_free(s->rotation);
     kvqi_free(s->proj);
     memset(s, 0, sizeof *s);
 }
@@ -539,6 +532,7 @@ KVQ_API void kvq_cache_free(kvq_cache *c) {
     kvqi_free(c->outlier_mask);
     kvqi_free(c->stage_k);
     kvqi_free(c->stage_v);
+    kvqi_free(c->key_mean);
     kvqi_free(c->enc_buf);
     kvqi_free(c->out_buf);
     kvqi_cache_positions_free(c);
@@ -559,7 +553,7 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
     c->n_kv = cfg->n_kv_heads;
     c->dim = cfg->head_dim;
     c->n_out = cfg->n_outliers;
-    c->coded = c->n_out == 0;
+    c->coded = c->n_out == 0 && !c->cfg.center_keys;
 
     kvq_isa isa;
     st = kvqi_isa_resolve(KVQ_ISA_AUTO, &isa);
@@ -585,21 +579,19 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
     c->off_value = C * c->n_kv * c->key.code_size;
     c->off_outliers = c->off_value + C * c->n_kv * c->value.code_size;
 
-    if (c->cfg.window > 0) {
-        size_t w;
-        if ((st = kvqi_mul_size(row, c->cfg.window, &w)) != KVQ_OK) goto fail;
-        c->win_k = kvqi_calloc_array(w, sizeof(float));
-        c->win_v = kvqi_calloc_array(w, sizeof(float));
-        if (!c->win_k || !c->win_v) {
-            st = KVQ_ERR_NOMEM;
-            goto fail;
-        }
+    /* keys and values with the same rotation (same method, seed, bits) share one copy */
+    if (c->key.rotation && c->value.rotation && c->key.path == KVQI_PATH_ROT &&
+        c->value.path == KVQI_PATH_ROT && c->key.rot.bits == c->value.rot.bits &&
+        !memcmp(c->key.rotation, c->value.rotation, (size_t)c->dim * c->dim * sizeof(float))) {
+        kvqi_free(c->value.rotation);
+        c->value.rotation = c->key.rotation;
+        c->value.rotation_borrowed = 1;
     }
     if (c->cfg.n_sink > 0) {
         size_t w;
         if ((st = kvqi_mul_size(row, c->cfg.n_sink, &w)) != KVQ_OK) goto fail;
-        c->sink_k = kvqi_calloc_array(w, sizeof(float));
-        c->sink_v = kvqi_calloc_array(w, sizeof(float));
+        c->sink_k = kvqi_calloc_array(w, sizeof(uint16_t));
+        c->sink_v = kvqi_calloc_array(w, sizeof(uint16_t));
         if (!c->sink_k || !c->sink_v) {
             st = KVQ_ERR_NOMEM;
             goto fail;
@@ -608,15 +600,20 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
     if (c->n_out > 0) {
         c->outlier_idx = kvqi_calloc_array((size_t)c->n_kv * c->n_out, sizeof(uint16_t));
         c->outlier_mask = kvqi_calloc_array(row, 1);
-        c->stage_k = kvqi_alloc_array(row * KVQI_OUTLIER_PROBE_TOKENS, sizeof(float));
-        c->stage_v = kvqi_alloc_array(row * KVQI_OUTLIER_PROBE_TOKENS, sizeof(float));
-        c->out_buf = kvqi_alloc_array(C * c->n_out, sizeof(uint16_t));
-        if (!c->outlier_idx || !c->outlier_mask || !c->stage_k || !c->stage_v || !c->out_buf) {
+        c->out_buf = kvqi_alloc_array((size_t)KVQI_ENCODE_ROWS * c->n_out, sizeof(uint16_t));
+        if (!c->outlier_idx || !c->outlier_mask || !c->out_buf) {
             st = KVQ_ERR_NOMEM;
             goto fail;
         }
     }
-    c->enc_buf = kvqi_alloc_array(C * c->dim, sizeof(float));
+    if (c->cfg.center_keys) {
+        c->key_mean = kvqi_calloc_array(row, sizeof(float));
+        if (!c->key_mean) {
+            st = KVQ_ERR_NOMEM;
+            goto fail;
+        }
+    }
+    c->enc_buf = kvqi_alloc_array((size_t)KVQI_ENCODE_ROWS * c->dim, sizeof(float));
     if (!c->enc_buf) {
         st = KVQ_ERR_NOMEM;
         goto fail;
@@ -632,7 +629,8 @@ KVQ_API kvq_status kvq_cache_reset(kvq_cache *c) {
     if (!c) return KVQ_ERR_INVALID_ARG;
     free_chunks(c);
     c->n_tokens = 0;
-    c->coded = c->n_out == 0;
+    c->n_coded = 0;
+    c->coded = c->n_out == 0 && !c->cfg.center_keys;
     if (c->outlier_mask) memset(c->outlier_mask, 0, (size_t)c->n_kv * c->dim);
     return KVQ_OK;
 }
@@ -696,25 +694,79 @@ static void choose_outliers(kvq_cache *c) {
     }
 }
 
-/* Encodes n tokens at positions pos.. (rows [n][n_kv][dim]) into the arena. */
-static kvq_status encode_tokens(kvq_cache *c, const float *k, const float *v, size_t pos,
-                                size_t n) {
-    size_t C = c->cfg.chunk_tokens, row = (size_t)c->n_kv * c->dim;
+/* Centered keys: each head's mean key over the probe tokens after the first (the first
+ * token is the attention sink, unlike the rest), zero on outlier channels (kept exact). */
+static void probe_mean(const kvq_cache *c, const float *stage, float *mean) {
+    uint32_t dim = c->dim;
+    for (uint32_t g = 0; g < c->n_kv; g++) {
+        float *mu = mean + (size_t)g * dim;
+        for (uint32_t j = 0; j < dim; j++) {
+            double acc = 0.0;
+            for (uint32_t t = 1; t < KVQI_OUTLIER_PROBE_TOKENS; t++)
+                acc += stage[((size_t)t * c->n_kv + g) * dim + j];
+            mu[j] = (float)(acc / (KVQI_OUTLIER_PROBE_TOKENS - 1));
+        }
+    }
+}
+
+static void choose_means(kvq_cache *c) {
+    if (!c->key_mean) return;
+    probe_mean(c, c->stage_k, c->key_mean);
+    if (c->n_out)
+        for (size_t j = 0; j < (size_t)c->n_kv * c->dim; j++)
+            if (c->outlier_mask[j]) c->key_mean[j] = 0.0f;
+}
+
+/* Where the exact rows of the token at pos are while an append is under way: the probe
+ * stage (first tokens, fp32), the window ring (fp16, tokens from earlier appends), or
+ * the rows being appended (first_new is the position of row 0 of k_new / v_new). */
+typedef struct row_source {
+    const float *k_new, *v_new;
+    size_t first_new;
+} row_source;
+
+static void fetch_row(const kvq_cache *c, const row_source *src, size_t pos, uint32_t g,
+                      int values, float *dst) {
+    size_t row = (size_t)c->n_kv * c->dim, off = (size_t)g * c->dim;
+    if (pos >= src->first_new) {
+        memcpy(dst, (values ? src->v_new : src->k_new) + (pos - src->first_new) * row + off,
+               c->dim * sizeof(float));
+    } else if (c->stage_k && pos < KVQI_OUTLIER_PROBE_TOKENS) {
+        memcpy(dst, (values ? c->stage_v : c->stage_k) + pos * row + off, c->dim * sizeof(float));
+    } else {
+        const uint16_t *h = (values ? c->win_v : c->win_k) + (pos % c->cfg.window) * row + off;
+        for (uint32_t j = 0; j < c->dim; j++) dst[j] = kvqi_fp16_to_fp32(h[j]);
+        return;
+    }
+    /* with a window, every token is encoded from its fp16 copy, wherever it is read from,
+     * so the codes do not depend on how the tokens were split into appends */
+    if (c->cfg.window)
+        for (uint32_t j = 0; j < c->dim; j++) dst[j] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(dst[j]));
+}
+
+/* Encodes the tokens at positions [pos, pos + n) into the arena, KVQI_ENCODE_ROWS rows of
+ * one head per quantizer call. */
+static kvq_status encode_tokens(kvq_cache *c, const row_source *src, size_t pos, size_t n) {
+    size_t C = c->cfg.chunk_tokens;
     size_t ks = c->key.code_size, vs = c->value.code_size;
     while (n > 0) {
-        size_t in_chunk = pos % C, cnt = KVQI_MIN(n, C - in_chunk);
+        size_t in_chunk = pos % C, cnt = KVQI_MIN(KVQI_MIN(n, C - in_chunk), (size_t)KVQI_ENCODE_ROWS);
         uint8_t *ch = c->chunks[pos / C];
         for (uint32_t g = 0; g < c->n_kv; g++) {
             const uint8_t *mask = c->n_out ? c->outlier_mask + (size_t)g * c->dim : NULL;
             const uint16_t *idx = c->n_out ? c->outlier_idx + (size_t)g * c->n_out : NULL;
             for (size_t t = 0; t < cnt; t++) {
                 float *dst = c->enc_buf + t * c->dim;
-                memcpy(dst, k + t * row + (size_t)g * c->dim, c->dim * sizeof(float));
+                fetch_row(c, src, pos + t, g, 0, dst);
                 if (mask) {
                     for (uint32_t o = 0; o < c->n_out; o++) {
-                        c->out_buf[o * C + t] = kvqi_fp32_to_fp16(dst[idx[o]]);
+                        c->out_buf[o * KVQI_ENCODE_ROWS + t] = kvqi_fp32_to_fp16(dst[idx[o]]);
                         dst[idx[o]] = 0.0f;
                     }
+                }
+                if (c->key_mean) {
+                    const float *mu = c->key_mean + (size_t)g * c->dim;
+                    for (uint32_t j = 0; j < c->dim; j++) dst[j] -= mu[j];
                 }
             }
             kvq_status st = kvqi_cache_encode_keys(c, c->enc_buf, pos, cnt,
@@ -722,19 +774,48 @@ static kvq_status encode_tokens(kvq_cache *c, const float *k, const float *v, si
             if (st != KVQ_OK) return st;
             for (uint32_t o = 0; o < c->n_out; o++) /* channel-major: a block is contiguous */
                 memcpy(ch + c->off_outliers + (((size_t)g * c->n_out + o) * C + in_chunk) * 2,
-                       c->out_buf + (size_t)o * C, cnt * 2);
-            for (size_t t = 0; t < cnt; t++)
-                memcpy(c->enc_buf + t * c->dim, v + t * row + (size_t)g * c->dim,
-                       c->dim * sizeof(float));
+                       c->out_buf + (size_t)o * KVQI_ENCODE_ROWS, cnt * 2);
+            for (size_t t = 0; t < cnt; t++) fetch_row(c, src, pos + t, g, 1, c->enc_buf + t * c->dim);
             st = kvq_encode(c->value.quant, c->enc_buf, cnt,
                             ch + c->off_value + ((size_t)g * C + in_chunk) * vs);
             if (st != KVQ_OK) return st;
         }
-        k += cnt * row;
-        v += cnt * row;
         pos += cnt;
         n -= cnt;
     }
+    return KVQ_OK;
+}
+
+static void rows_to_fp16(uint16_t *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = kvqi_fp32_to_fp16(src[i]);
+}
+
+/* Grows the window ring to hold `tokens` (at most the window). Before the ring first
+ * wraps every token sits at slot = position, so growing keeps them in place. */
+static kvq_status grow_window(kvq_cache *c, size_t tokens) {
+    size_t W = c->cfg.window, want = KVQI_MIN(tokens, W);
+    if (want <= c->win_cap) return KVQ_OK;
+    size_t cap = c->win_cap ? c->win_cap : 16;
+    while (cap < want) cap *= 2;
+    cap = KVQI_MIN(cap, W);
+    size_t row = (size_t)c->n_kv * c->dim, elems;
+    if (kvqi_mul_size(row, cap, &elems) != KVQ_OK) return KVQ_ERR_OVERFLOW;
+    uint16_t *k = kvqi_alloc_array(elems, sizeof(uint16_t));
+    uint16_t *v = kvqi_alloc_array(elems, sizeof(uint16_t));
+    if (!k || !v) {
+        kvqi_free(k);
+        kvqi_free(v);
+        return KVQ_ERR_NOMEM;
+    }
+    if (c->win_cap) {
+        memcpy(k, c->win_k, c->win_cap * row * sizeof(uint16_t));
+        memcpy(v, c->win_v, c->win_cap * row * sizeof(uint16_t));
+    }
+    kvqi_free(c->win_k);
+    kvqi_free(c->win_v);
+    c->win_k = k;
+    c->win_v = v;
+    c->win_cap = cap;
     return KVQ_OK;
 }
 
@@ -746,42 +827,58 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     if (c->cfg.max_tokens && end > c->cfg.max_tokens) return KVQ_ERR_CAPACITY;
     size_t row = (size_t)c->n_kv * c->dim, bytes;
     if (kvqi_mul_size(row * sizeof(float), n_tokens, &bytes) != KVQ_OK) return KVQ_ERR_OVERFLOW;
-    kvq_status st = ensure_chunks(c, end);
+    size_t W = c->cfg.window;
+    kvq_status st = W ? grow_window(c, end) : KVQ_OK;
     if (st != KVQ_OK) return st;
-
-    size_t done = 0;
-    if (!c->coded) {
-        /* stage until the probe is full, then fix the channels and encode the staged rows */
+    if (!c->coded && !c->stage_k) {
+        c->stage_k = kvqi_alloc_array(row * KVQI_OUTLIER_PROBE_TOKENS, sizeof(float));
+        c->stage_v = kvqi_alloc_array(row * KVQI_OUTLIER_PROBE_TOKENS, sizeof(float));
+        if (!c->stage_k || !c->stage_v) return KVQ_ERR_NOMEM;
+    }
+    /* the probe: stage the first tokens, then fix the outlier channels and key mean */
+    int ready = c->coded;
+    if (!ready) {
         size_t take = KVQI_MIN(n_tokens, KVQI_OUTLIER_PROBE_TOKENS - c->n_tokens);
         memcpy(c->stage_k + c->n_tokens * row, k, take * row * sizeof(float));
         memcpy(c->stage_v + c->n_tokens * row, v, take * row * sizeof(float));
-        done = take;
-        if (c->n_tokens + take == KVQI_OUTLIER_PROBE_TOKENS) {
-            choose_outliers(c);
-            st = encode_tokens(c, c->stage_k, c->stage_v, 0, KVQI_OUTLIER_PROBE_TOKENS);
-            if (st != KVQ_OK) return st;
+        ready = c->n_tokens + take == KVQI_OUTLIER_PROBE_TOKENS;
+    }
+    /* tokens leaving the window (or every token, without one) are encoded */
+    size_t coded_end = ready ? (end > W ? end - W : 0) : 0;
+    if (coded_end > c->n_coded) {
+        if ((st = ensure_chunks(c, coded_end)) != KVQ_OK) return st;
+        if (!c->coded) {
+            if (c->n_out) choose_outliers(c);
+            choose_means(c);
             c->coded = 1;
         }
-    }
-    if (done < n_tokens) {
-        st = encode_tokens(c, k + done * row, v + done * row, c->n_tokens + done,
-                           n_tokens - done);
-        if (st != KVQ_OK) return st;
+        row_source src = {k, v, c->n_tokens};
+        if ((st = encode_tokens(c, &src, c->n_coded, coded_end - c->n_coded)) != KVQ_OK) return st;
+        c->n_coded = coded_end;
+    } else if (ready && !c->coded) {
+        if (c->n_out) choose_outliers(c);
+        choose_means(c);
+        c->coded = 1;
     }
     if (c->n_tokens < c->cfg.n_sink) {
         size_t take = KVQI_MIN(n_tokens, (size_t)c->cfg.n_sink - c->n_tokens);
-        memcpy(c->sink_k + c->n_tokens * row, k, take * row * sizeof(float));
-        memcpy(c->sink_v + c->n_tokens * row, v, take * row * sizeof(float));
+        rows_to_fp16(c->sink_k + c->n_tokens * row, k, take * row);
+        rows_to_fp16(c->sink_v + c->n_tokens * row, v, take * row);
     }
-    if (c->cfg.window > 0) {
-        size_t W = c->cfg.window, first = n_tokens > W ? n_tokens - W : 0;
+    if (W > 0) { /* the newest tokens into the ring, after the evicted ones were encoded */
+        size_t first = n_tokens > W ? n_tokens - W : 0;
         for (size_t t = first; t < n_tokens; t++) {
             size_t slot = (c->n_tokens + t) % W;
-            memcpy(c->win_k + slot * row, k + t * row, row * sizeof(float));
-            memcpy(c->win_v + slot * row, v + t * row, row * sizeof(float));
+            rows_to_fp16(c->win_k + slot * row, k + t * row, row);
+            rows_to_fp16(c->win_v + slot * row, v + t * row, row);
         }
     }
     c->n_tokens = end;
+    if (c->coded && c->stage_k) { /* every staged token is coded or in the ring now */
+        kvqi_free(c->stage_k);
+        kvqi_free(c->stage_v);
+        c->stage_k = c->stage_v = NULL;
+    }
     return KVQ_OK;
 }
 
@@ -799,23 +896,26 @@ KVQ_API kvq_status kvq_cache_attend(kvq_cache *c, const float *q, uint32_t n_q_h
 
 static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     size_t row = (size_t)c->n_kv * c->dim;
-    /* exact tokens: the recent window and the sinks */
-    m->window = (uint64_t)2 * ((uint64_t)c->cfg.window + c->cfg.n_sink) * row * sizeof(float);
+    /* exact tokens in fp16: the recent window as far as it has grown, and the sinks */
+    m->window = (uint64_t)2 * ((uint64_t)c->win_cap + c->cfg.n_sink) * row * sizeof(uint16_t);
+    if (c->stage_k) /* the probe's first tokens, staged until outliers and the mean are fixed */
+        m->window += (uint64_t)2 * KVQI_OUTLIER_PROBE_TOKENS * row * sizeof(float);
     m->outliers = 0;
     if (c->n_out) {
         m->outliers += (uint64_t)c->n_kv * c->n_out * sizeof(uint16_t); /* channel lists */
         m->outliers += row;                                              /* channel masks */
-        m->outliers += (uint64_t)2 * KVQI_OUTLIER_PROBE_TOKENS * row * sizeof(float);
-        m->outliers += (uint64_t)c->cfg.chunk_tokens * c->n_out * sizeof(uint16_t);
+        m->outliers += (uint64_t)KVQI_ENCODE_ROWS * c->n_out * sizeof(uint16_t);
     }
     m->shared = kvq_shared_size(c->key.quant) + kvq_shared_size(c->value.quant);
-    /* the rotations read back for the fused path, and their transposes */
-    if (c->key.rotation) m->shared += (uint64_t)2 * c->dim * c->dim * sizeof(float);
-    if (c->value.rotation) m->shared += (uint64_t)2 * c->dim * c->dim * sizeof(float);
+    if (c->key_mean) m->shared += row * sizeof(float);
+    /* the rotations read back for the fused path (one when keys and values share it) */
+    if (c->key.rotation) m->shared += (uint64_t)c->dim * c->dim * sizeof(float);
+    if (c->value.rotation && !c->value.rotation_borrowed)
+        m->shared += (uint64_t)c->dim * c->dim * sizeof(float);
     /* the sign keys' projection read back */
     if (c->key.proj) m->shared += (uint64_t)c->key.signs.m * c->dim * sizeof(float);
     m->overhead = sizeof *c + (uint64_t)c->chunk_table_cap * sizeof(uint8_t *) +
-                  (uint64_t)c->cfg.chunk_tokens * c->dim * sizeof(float) +
+                  (uint64_t)KVQI_ENCODE_ROWS * c->dim * sizeof(float) +
                   (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each) +
                   (uint64_t)c->partials_floats * sizeof(float);
     if (c->rope_freq) /* position-aware keys: the frequencies and one call's positions */
@@ -827,12 +927,12 @@ KVQ_API kvq_status kvq_cache_memory(const kvq_cache *c, kvq_cache_memory_info *m
     if (!c || !m) return KVQ_ERR_INVALID_ARG;
     memset(m, 0, sizeof *m);
     fixed_parts(c, m);
-    uint64_t coded = c->coded ? c->n_tokens : 0;
+    uint64_t coded = c->n_coded;
     m->key_codes = coded * c->n_kv * c->key.code_size;
     m->value_codes = coded * c->n_kv * c->value.code_size;
     uint64_t outlier_values = coded * c->n_kv * c->n_out * sizeof(uint16_t);
     m->outliers += outlier_values;
-    /* arena bytes not (yet) holding codes: the tail of the last chunk, staged tokens */
+    /* arena bytes not (yet) holding codes: the tail of the last chunk */
     uint64_t arena = (uint64_t)c->n_chunks * c->chunk_bytes;
     m->overhead += arena - (m->key_codes + m->value_codes + outlier_values);
     m->n_tokens = c->n_tokens;
@@ -850,6 +950,9 @@ KVQ_API kvq_status kvq_cache_tokens_fit(const kvq_cache_config *cfg, uint32_t n_
     kvq_cache_memory_info m;
     memset(&m, 0, sizeof m);
     fixed_parts(c, &m);
+    /* the whole window once the context outgrows it: its tokens need no codes */
+    uint64_t W = cfg->window;
+    m.window += (uint64_t)2 * W * c->n_kv * c->dim * sizeof(uint16_t);
     /* the cache's own state; attend's per-thread scratch (a few tens of KB) is not counted */
     uint64_t fixed = m.window + m.outliers + m.shared + m.overhead;
     uint64_t chunk = c->chunk_bytes, C = c->cfg.chunk_tokens;
@@ -864,7 +967,7 @@ KVQ_API kvq_status kvq_cache_tokens_fit(const kvq_cache_config *cfg, uint32_t n_
         if (fixed + mid * chunk + cap * sizeof(uint8_t *) <= per_layer) lo = mid;
         else hi = mid - 1;
     }
-    uint64_t tokens = lo * C;
+    uint64_t tokens = lo * C + W;
     if (cfg->max_tokens && tokens > cfg->max_tokens) tokens = cfg->max_tokens;
     *n_tokens = tokens;
     return KVQ_OK;

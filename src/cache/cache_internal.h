@@ -12,6 +12,8 @@
  * they stay exact in a staging buffer, so the choice does not depend on how the tokens
  * were split into append calls. */
 #define KVQI_OUTLIER_PROBE_TOKENS 32u
+/* Rows handed to the quantizer per encode call (bounds the encode buffer). */
+#define KVQI_ENCODE_ROWS 32u
 /* Tokens per softmax block inside a chunk: scores for G heads, one rescale per block. */
 #define KVQI_ATTEND_BLOCK KVQI_MAX_BLOCK_TOKENS
 
@@ -32,7 +34,7 @@ typedef struct kvqi_side {
     kvqi_rot_layout rot;     /* PATH_ROT */
     float *rotation;         /* PATH_ROT: dim x dim, row p = output lane p of the rotation
                                 (rows in the kernels' lane order) */
-    float *rotation_t;       /* its transpose */
+    int rotation_borrowed;   /* values: the keys' matrix, identical, not owned */
     kvqi_sign_layout signs;  /* PATH_SIGNS */
     float *proj;             /* PATH_SIGNS: m x dim, z = proj q */
     int signs_mse;           /* PATH_SIGNS: an mse part in `rot` (turboquant_prod) too */
@@ -54,6 +56,7 @@ typedef struct kvqi_attend_scratch {
     int32_t *q8_sum;
     float *lut;    /* [G][m/8][256] sign keys: the query's table */
     float *zsum;   /* [G] */
+    float *kbias;  /* [G] centered keys: <q, key mean> added to every coded score */
 } kvqi_attend_scratch;
 
 struct kvq_cache {
@@ -63,7 +66,8 @@ struct kvq_cache {
     const kvqi_cache_kernels *kern;
 
     size_t n_tokens; /* appended */
-    int coded;       /* 1 once tokens are encoded (always, without outliers) */
+    int coded;       /* 1 once the probe has fixed outlier channels and the key mean
+                        (at once when neither is asked for); tokens are coded from then */
 
     /* arena: chunk c holds tokens [c*C, (c+1)*C): key codes [head][C][key.code_size],
      * then value codes [head][C][value.code_size], then outliers [head][n_out][C] fp16 */
@@ -71,16 +75,24 @@ struct kvq_cache {
     size_t n_chunks, chunk_table_cap;
     size_t chunk_bytes, off_value, off_outliers;
 
-    /* exact window ring: slot = position mod window, [window][n_kv][dim] */
-    float *win_k, *win_v;
-    /* the first n_sink tokens kept exact, [n_sink][n_kv][dim] */
-    float *sink_k, *sink_v;
+    /* tokens [0, n_coded) have codes in the arena; the rest are exact: in the stage
+     * until the probe is full, then in the window ring (n_coded = n_tokens - window) */
+    size_t n_coded;
+    /* exact window ring, fp16: slot = position mod window, [win_cap][n_kv][dim]; grows
+     * with the context up to the window, so short contexts hold only what they use */
+    uint16_t *win_k, *win_v;
+    size_t win_cap;
+    /* the first n_sink tokens kept exact (fp16), [n_sink][n_kv][dim] */
+    uint16_t *sink_k, *sink_v;
     /* outlier channels per head, ascending; mask[head][dim] = 1 on them */
     uint16_t *outlier_idx;
     uint8_t *outlier_mask;
-    float *stage_k, *stage_v; /* [PROBE][n_kv][dim] until the channels are fixed */
+    float *stage_k, *stage_v; /* [PROBE][n_kv][dim] until the channels (and the key mean)
+                                 are fixed; freed then */
+    float *key_mean;          /* [n_kv][dim] centered keys: the mean subtracted (0 on
+                                 outlier channels) */
 
-    float *enc_buf; /* [C][dim] rows of one head handed to the quantizer */
+    float *enc_buf; /* [KVQI_ENCODE_ROWS][dim] rows of one head handed to the quantizer */
     uint16_t *out_buf;
 
     kvqi_attend_scratch *scratch;

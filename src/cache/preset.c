@@ -1,0 +1,137 @@
+/*
+ * preset.c - cache specs as users type them, and the named presets: one table (name ->
+ * key spec, value spec, window, sinks, outliers, key centering, bits) shared by the CLI,
+ * the Python package and the server. docs/METHODS.md cites the measurement behind each.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache/cache_internal.h"
+
+/* Chosen on SmolLM2-135M (head_dim 64) perplexity and KL against fp16 at --ctx 512 and
+ * 2048 (bench/RESULTS.md, "Cache presets"); bits counts everything that grows with the
+ * context (codes, norms, outlier channels) at 4096 tokens, the window and sinks amortized. */
+static const kvq_cache_preset presets[] = {
+    {"q4", "mse:bits=4", "mse:bits=4", 0, 1, 0, 1, 4.25,
+     "4-bit rotated keys (centered) and values, first token exact"},
+    {"q3", "mse:bits=3", "mse:bits=3", 0, 1, 0, 1, 3.25,
+     "3-bit rotated keys (centered) and values, first token exact"},
+    {"q2", "mse:bits=2", "mse:bits=2", 0, 1, 0, 1, 2.25,
+     "2-bit rotated keys (centered) and values, first token exact"},
+};
+
+KVQ_API const kvq_cache_preset *kvq_cache_preset_at(size_t i) {
+    return i < sizeof presets / sizeof presets[0] ? &presets[i] : NULL;
+}
+
+KVQ_API const char *kvq_cache_preset_name(size_t i) {
+    const kvq_cache_preset *p = kvq_cache_preset_at(i);
+    return p ? p->name : NULL;
+}
+
+KVQ_API const kvq_cache_preset *kvq_cache_preset_get(const char *name) {
+    if (!name) return NULL;
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
+        if (!strcmp(presets[i].name, name)) return &presets[i];
+    return NULL;
+}
+
+KVQ_API kvq_status kvq_cache_config_preset(kvq_cache_config *cfg, const char *preset,
+                                           uint32_t n_kv_heads, uint32_t head_dim, char *msg,
+                                           size_t msg_size) {
+    if (!cfg || !preset) return KVQ_ERR_INVALID_ARG;
+    const kvq_cache_preset *p = kvq_cache_preset_get(preset);
+    if (!p) {
+        kvqi_set_msg(msg, msg_size, "unknown cache preset '%s' (q4, q3, q2)", preset);
+        return KVQ_ERR_PARSE;
+    }
+    kvq_status st = kvq_cache_config_init(cfg, n_kv_heads, head_dim, p->key_spec, p->value_spec,
+                                          msg, msg_size);
+    if (st != KVQ_OK) return st;
+    cfg->window = p->window;
+    cfg->n_sink = p->n_sink;
+    cfg->n_outliers = p->n_outliers;
+    cfg->center_keys = p->center_keys;
+    return KVQ_OK;
+}
+
+/* A decimal count in [0, max]: digits only, no sign, no base prefix. */
+static int parse_count(const char *s, uint32_t max, uint32_t *out) {
+    if (!*s) return 0;
+    uint64_t v = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9') return 0;
+        v = v * 10 + (uint64_t)(*p - '0');
+        if (v > max) return 0;
+    }
+    *out = (uint32_t)v;
+    return 1;
+}
+
+KVQ_API kvq_status kvq_cache_options_parse(const char *options, kvq_cache_config *cfg,
+                                           char *msg, size_t msg_size) {
+    if (!options || !cfg) return KVQ_ERR_INVALID_ARG;
+    char buf[256];
+    size_t len = strlen(options);
+    if (len >= sizeof buf) {
+        kvqi_set_msg(msg, msg_size, "cache options longer than %zu bytes", sizeof buf - 1);
+        return KVQ_ERR_PARSE;
+    }
+    memcpy(buf, options, len + 1);
+    char *save = NULL;
+    for (char *item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        if (!eq) {
+            kvqi_set_msg(msg, msg_size, "cache option '%s' has no '=value'", item);
+            return KVQ_ERR_PARSE;
+        }
+        *eq = 0;
+        const char *val = eq + 1;
+        uint32_t v;
+        uint32_t *field = NULL, max = 0;
+        if (!strcmp(item, "window")) field = &cfg->window, max = 1u << 20;
+        else if (!strcmp(item, "sink")) field = &cfg->n_sink, max = 1024;
+        else if (!strcmp(item, "outliers")) field = &cfg->n_outliers, max = 4095;
+        else if (!strcmp(item, "center")) field = &cfg->center_keys, max = 1;
+        else {
+            kvqi_set_msg(msg, msg_size,
+                         "unknown cache option '%s' (window, sink, outliers, center)", item);
+            return KVQ_ERR_PARSE;
+        }
+        if (!parse_count(val, max, &v)) {
+            kvqi_set_msg(msg, msg_size, "cache option '%s': '%s' is not an integer in [0, %u]",
+                         item, val, max);
+            return KVQ_ERR_PARSE;
+        }
+        *field = v;
+    }
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_cache_config_parse(const char *spec, uint32_t n_kv_heads, uint32_t head_dim,
+                                          kvq_cache_config *cfg, char *msg, size_t msg_size) {
+    if (!spec || !cfg) return KVQ_ERR_INVALID_ARG;
+    char buf[2048];
+    size_t len = strlen(spec);
+    if (len >= sizeof buf) {
+        kvqi_set_msg(msg, msg_size, "cache spec longer than %zu bytes", sizeof buf - 1);
+        return KVQ_ERR_PARSE;
+    }
+    memcpy(buf, spec, len + 1);
+    char *opts = strchr(buf, '@');
+    if (opts) *opts++ = 0;
+    kvq_status st;
+    if (kvq_cache_preset_get(buf)) {
+        st = kvq_cache_config_preset(cfg, buf, n_kv_heads, head_dim, msg, msg_size);
+    } else {
+        char *plus = strchr(buf, '+');
+        const char *vspec = buf;
+        if (plus) {
+            *plus = 0;
+            vspec = plus + 1;
+        }
+        st = kvq_cache_config_init(cfg, n_kv_heads, head_dim, buf, vspec, msg, msg_size);
+    }
+    if (st != KVQ_OK || !opts) return st;
+    return kvq_cache_options_parse(opts, cfg, msg, msg_size);
+}
