@@ -92,6 +92,7 @@ class _CacheConfig(ctypes.Structure):
         ("chunk_tokens", ctypes.c_uint32),
         ("max_tokens", ctypes.c_uint32),
         ("n_sink", ctypes.c_uint32),
+        ("center_keys", ctypes.c_uint32),
     ]
 
 
@@ -322,6 +323,16 @@ _cache_config_preset = _optional_fn(
     _size,
 )
 _cache_preset_name = _optional_fn("kvq_cache_preset_name", ctypes.c_char_p, _size)
+_cache_config_parse = _optional_fn(
+    "kvq_cache_config_parse",
+    _status,
+    ctypes.c_char_p,
+    ctypes.c_uint32,
+    ctypes.c_uint32,
+    ctypes.POINTER(_CacheConfig),
+    ctypes.c_char_p,
+    _size,
+)
 
 
 class _CudaAttnDesc(ctypes.Structure):

@@ -36,18 +36,30 @@ def cache_config(
     n_outliers=None,
     max_tokens=None,
     n_sink=None,
+    center_keys=None,
+    spec=None,
 ):
-    """A kvq_cache_config (the ctypes mirror): from a preset name, or from key and value
-    config strings (defaults: DEFAULT_KEY_SPEC, DEFAULT_VALUE_SPEC); any of the other
-    arguments given overrides the preset's (or the library's default) value."""
+    """A kvq_cache_config (the ctypes mirror) from one of: spec, a whole cache spec as
+    the CLI's --cache takes it ("q4", "q4@window=64", "mse:bits=4+mse:bits=2@sink=1");
+    preset, a preset name; or key_spec and value_spec config strings (defaults:
+    DEFAULT_KEY_SPEC, DEFAULT_VALUE_SPEC). Any of the other arguments given overrides the
+    value the spec, preset or library default set."""
     n_kv_heads, head_dim = int(n_kv_heads), int(head_dim)
     if n_kv_heads <= 0 or head_dim <= 0:
         raise ValueError("n_kv_heads and head_dim must be positive")
     cfg = N._CacheConfig()
     msg = ctypes.create_string_buffer(256)
-    if preset is not None:
-        if key_spec is not None or value_spec is not None:
-            raise ValueError("give a preset or key/value specs, not both")
+    given = [x for x in (spec, preset) if x is not None]
+    if len(given) > 1 or (given and (key_spec is not None or value_spec is not None)):
+        raise ValueError("give one of spec, preset, or key_spec/value_spec")
+    if spec is not None:
+        if N._cache_config_parse is None:
+            raise ValueError("this libkvq (%s) takes no cache spec strings" % N.library_path)
+        st = N._cache_config_parse(
+            str(spec).encode(), n_kv_heads, head_dim, ctypes.byref(cfg), msg, len(msg)
+        )
+        _check(st, "kvq_cache_config_parse(%r)" % spec, msg.value.decode(errors="replace"))
+    elif preset is not None:
         if N._cache_config_preset is None:
             raise ValueError(
                 "this libkvq (%s) has no cache presets; give key_spec and value_spec"
@@ -72,6 +84,7 @@ def cache_config(
         ("n_outliers", n_outliers),
         ("max_tokens", max_tokens),
         ("n_sink", n_sink),
+        ("center_keys", center_keys),
     ):
         if value is not None:
             if int(value) < 0 or int(value) >= 2**32:
@@ -90,8 +103,9 @@ class Cache:
     """One layer's compressed KV cache for one sequence: keys and values of shape
     (n_tokens, n_kv_heads, head_dim) go in, attention outputs come out. window recent
     tokens and n_sink first tokens are also kept exact; n_outliers key channels per head
-    are kept apart in fp16. Either preset="q4" (kvq.presets() lists them) or key_spec /
-    value_spec config strings.
+    are kept apart in fp16; center_keys=1 subtracts each head's mean key. Configured by
+    spec="q4@window=64" (the CLI's --cache strings), preset="q4" (kvq.presets() lists
+    them) or key_spec / value_spec config strings.
 
     Arrays may be numpy or torch (float32, float16, bfloat16, any device): a torch input
     gives a torch output of its dtype and device. The transformers layout
@@ -111,13 +125,20 @@ class Cache:
         max_tokens=None,
         n_sink=None,
         preset=None,
+        center_keys=None,
+        spec=None,
+        config=None,
     ):
         self._h = None
         self._guard = N._Guard()
-        cfg = cache_config(
-            n_kv_heads, head_dim, preset, key_spec, value_spec, window, n_outliers,
-            max_tokens, n_sink,
-        )
+        if config is not None:  # a prepared kvq_cache_config (kvq.hf makes one per layer)
+            cfg = N._CacheConfig()
+            ctypes.memmove(ctypes.byref(cfg), ctypes.byref(config), ctypes.sizeof(cfg))
+        else:
+            cfg = cache_config(
+                n_kv_heads, head_dim, preset, key_spec, value_spec, window, n_outliers,
+                max_tokens, n_sink, center_keys, spec,
+            )
         self.n_kv_heads = int(cfg.n_kv_heads)
         self.head_dim = int(cfg.head_dim)
         self.key_spec = _spec_of(cfg.key)
@@ -125,6 +146,7 @@ class Cache:
         self.window = int(cfg.window)
         self.n_sink = int(cfg.n_sink)
         self.n_outliers = int(cfg.n_outliers)
+        self.center_keys = int(cfg.center_keys)
         h = ctypes.c_void_p()
         _check(N._cache_create(ctypes.byref(cfg), ctypes.byref(h)), "kvq_cache_create")
         self._h = h

@@ -4,7 +4,7 @@ that reads them, registered with transformers' AttentionInterface as "kvq". Impo
 only when used (it needs torch and transformers >= 5).
 
     from kvq.hf import KVQCache
-    cache = KVQCache(model, preset="q4")            # or key_spec=..., value_spec=...
+    cache = KVQCache(model, "q4")                   # a preset, or any --cache string
     out = model.generate(**inputs, cache=cache)     # past_key_values= also works
 
 KVQCache(model, ...) switches the model to attn_implementation="kvq" (sdpa for every
@@ -66,9 +66,9 @@ class KVQLayer(CacheLayerMixin):
     is_croppable = False
     is_compileable = False
 
-    def __init__(self, cache_args, pool=None, use_cuda=True, **kwargs):
+    def __init__(self, config, pool=None, use_cuda=True, **kwargs):
         super().__init__()
-        self._args = dict(cache_args)
+        self._config = config  # a kvq_cache_config for this layer's shape
         self._pool = pool
         self._use_cuda = use_cuda
         self._rows = []  # CPU: one kvq.Cache per batch row
@@ -86,12 +86,14 @@ class KVQLayer(CacheLayerMixin):
         self.batch_size = int(b)
         self.n_kv_heads, self.head_dim = int(h), int(d)
         if self._use_cuda and key_states.is_cuda and N.cuda_devices() > 0:
-            self._gpu = _GpuCodes.try_create(self._args, self.batch_size, self.n_kv_heads, self.head_dim,
-                                             key_states.device)
+            self._gpu = _GpuCodes.try_create(self._config, self.batch_size, key_states.device)
+        if (self.n_kv_heads, self.head_dim) != (self._config.n_kv_heads, self._config.head_dim):
+            raise ValueError(
+                "kvq.hf: the model gives %d KV heads of %d, its config says %d of %d"
+                % (self.n_kv_heads, self.head_dim, self._config.n_kv_heads, self._config.head_dim)
+            )
         if self._gpu is None:
-            self._rows = [
-                _KvqCache(self.n_kv_heads, self.head_dim, **self._args) for _ in range(self.batch_size)
-            ]
+            self._rows = [_KvqCache(0, 0, config=self._config) for _ in range(self.batch_size)]
         self.is_initialized = True
 
     def update(self, key_states, value_states, *args, **kwargs):
@@ -188,42 +190,45 @@ class KVQCache(Cache):
     """A transformers Cache whose full-attention layers keep kvq codes.
 
     model_or_config: a PreTrainedModel (its attention is switched to "kvq") or a config.
-    preset: a kvq cache preset ("q4", "q3", "q2"; kvq.presets() lists them), or
-    key_spec / value_spec config strings as the CLI's --cache-k / --cache-v; window,
-    n_sink and n_outliers override the preset's. n_threads: the CPU attention's thread
+    spec: a cache string as the CLI's --cache takes it: a preset name ("q4", "q3", "q2";
+    kvq.presets() lists them) or KSPEC[+VSPEC], with "@window=N,sink=N,..." options
+    ("q4@window=64", "mse:bits=4+mse:bits=2"). Or preset=, or key_spec= / value_spec=
+    (the CLI's --cache-k / --cache-v). window, n_sink, n_outliers and center_keys
+    override what the spec sets. n_threads: the CPU attention's thread
     pool (0: one per CPU, 1: the calling thread only). use_cuda: run CUDA tensors on the
     GPU kernels where they apply."""
 
     def __init__(
         self,
         model_or_config,
+        spec=None,
         preset=None,
         key_spec=None,
         value_spec=None,
         window=None,
         n_sink=None,
         n_outliers=None,
+        center_keys=None,
         n_threads=0,
         use_cuda=True,
     ):
         config = getattr(model_or_config, "config", model_or_config)
         text, n_kv, head_dim = _model_dims(config)
-        args = dict(preset=preset, key_spec=key_spec, value_spec=value_spec, window=window,
-                    n_sink=n_sink, n_outliers=n_outliers)
-        # Validate now (a bad spec fails here, not in the middle of generate), and keep
-        # the resolved specs so every layer and row gets the same config.
-        cfg = cache_config(n_kv, head_dim, **args)
+        # Parsed once, now (a bad spec fails here, not in the middle of generate); every
+        # layer and row gets a copy.
+        cfg = cache_config(n_kv, head_dim, preset=preset, key_spec=key_spec, value_spec=value_spec,
+                           window=window, n_sink=n_sink, n_outliers=n_outliers,
+                           center_keys=center_keys, spec=spec)
+        self.config = cfg
         self.key_spec = _spec_of(cfg.key)
         self.value_spec = _spec_of(cfg.value)
-        self.preset = preset
-        resolved = dict(key_spec=self.key_spec, value_spec=self.value_spec, window=int(cfg.window),
-                        n_sink=int(cfg.n_sink), n_outliers=int(cfg.n_outliers))
+        self.spec = spec if spec is not None else preset
         self.pool = None if n_threads == 1 else ThreadPool(n_threads)
         layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
         layers = []
         for kind, kw in zip(layer_types, layer_kwargs):
             if kind == "full_attention":
-                layers.append(KVQLayer(resolved, pool=self.pool, use_cuda=use_cuda))
+                layers.append(KVQLayer(cfg, pool=self.pool, use_cuda=use_cuda))
             else:
                 layers.append(DYNAMIC_LAYER_TYPE_MAPPING[kind](**kw))
         super().__init__(layers=layers)
@@ -318,20 +323,20 @@ class _GpuCodes:
     machine this was written on has no GPU."""
 
     @classmethod
-    def try_create(cls, args, batch, n_kv, head_dim, device):
+    def try_create(cls, cfg, batch, device):
         try:
-            return cls(args, batch, n_kv, head_dim, device)
+            return cls(cfg, batch, device)
         except (N.KvqError, RuntimeError):
             return None  # a method or shape the GPU kernels do not take: the CPU path
 
-    def __init__(self, args, batch, n_kv, head_dim, device):
+    def __init__(self, cfg, batch, device):
         import ctypes
 
         from .quantizer import Quantizer
 
-        cfg = cache_config(n_kv, head_dim, **args)
-        if cfg.window or cfg.n_sink or cfg.n_outliers:
-            raise RuntimeError("the CUDA path keeps codes only (no exact window, sinks, outliers)")
+        if cfg.window or cfg.n_sink or cfg.n_outliers or cfg.center_keys:
+            raise RuntimeError("the CUDA path keeps codes only (no exact window, sinks, outliers, centering)")
+        n_kv, head_dim = int(cfg.n_kv_heads), int(cfg.head_dim)
         self.device = device
         self.batch, self.n_kv, self.head_dim = batch, n_kv, head_dim
         self.kq = Quantizer(_spec_of(cfg.key), head_dim)

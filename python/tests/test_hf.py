@@ -123,14 +123,19 @@ def test_exact_window_and_presets():
     # a window longer than the whole text keeps every token exact: the tokens match
     cache = KVQCache(model, key_spec="mse:bits=1", value_spec="mse:bits=1", window=64)
     assert torch.equal(greedy(model, ids, cache, new=8), ref)
-    assert cache.memory()["window"] > 0
+    m = cache.memory()
+    assert m["window"] > 0 and m["key_codes"] == 0  # every token still in the window
     if kvq.presets():
-        c = KVQCache(model, preset="q4")
-        assert c.preset == "q4"
-        greedy(model, ids, c, new=4)
+        c = KVQCache(model, "q4")
+        assert c.spec == "q4" and "bits=4" in c.key_spec
+        greedy(model, ids, c, new=30)  # past the 32 tokens the cache probes first
         assert c.memory()["key_codes"] > 0
         with pytest.raises(kvq.KvqError):
             KVQCache(model, preset="no_such_preset")
+        # the CLI's cache strings: KSPEC+VSPEC@options; window 64 keeps this text exact
+        c = KVQCache(model, "mse:bits=1+mse:bits=1@window=64")
+        assert c.config.window == 64
+        assert torch.equal(greedy(model, ids, c, new=8), ref)
 
 
 def test_refusals():
