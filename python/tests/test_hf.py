@@ -66,7 +66,7 @@ def step_logits(model, tokens, cache):
         out = [model(tokens[:, :PROMPT], cache=cache, use_cache=True).logits]
         for i in range(PROMPT, tokens.shape[1]):
             out.append(model(tokens[:, i : i + 1], cache=cache, use_cache=True).logits)
-    return torch.cat(out, dim=1)[0].float().numpy()
+    return torch.cat(out, dim=1)[0].float().cpu().numpy()
 
 
 def test_four_bit_codes_keep_logits_close_and_hold_only_codes():
@@ -157,3 +157,30 @@ def test_other_caches_still_work_after_the_switch():
     ref = greedy(model, ids, DynamicCache(config=model.config), new=6)
     KVQCache(model, key_spec="fp16", value_spec="fp16")  # switches the model to "kvq"
     assert torch.equal(greedy(model, ids, DynamicCache(config=model.config), new=6), ref)
+
+
+def test_cuda_layers_run_the_gpu_kernels():
+    if not torch.cuda.is_available() or kvq.cuda_devices() == 0:
+        pytest.skip("no CUDA device for torch and libkvq")
+    model = tiny_llama(seed=13).to("cuda")
+    ids = prompt(seed=14).to("cuda")
+    ref = greedy(model, ids, DynamicCache(config=model.config))
+    cache = KVQCache(model, key_spec="fp16", value_spec="fp16")
+    out = greedy(model, ids, cache)
+    assert all(layer._gpu is not None for layer in cache.layers)
+    assert torch.equal(out, ref)
+    # 4-bit codes on the GPU: logits as close to DynamicCache's as the CPU path's
+    tokens = ref
+    exact = step_logits(model, tokens, DynamicCache(config=model.config))
+    gpu = KVQCache(model, key_spec="mse:bits=4", value_spec="mse:bits=4")
+    a = step_logits(model, tokens, gpu)
+    assert all(layer._gpu is not None for layer in gpu.layers)
+    rel = np.linalg.norm(a - exact, axis=1) / np.linalg.norm(exact, axis=1)
+    assert rel.max() < 0.15, rel.max()
+    cpu = KVQCache(model, key_spec="mse:bits=4", value_spec="mse:bits=4", use_cuda=False)
+    b = step_logits(model, tokens, cpu)
+    assert all(layer._gpu is None for layer in cpu.layers)
+    rel_cpu = np.linalg.norm(b - exact, axis=1) / np.linalg.norm(exact, axis=1)
+    assert rel[PROMPT:].mean() < 2 * rel_cpu[PROMPT:].mean() + 0.01
+    m = gpu.memory()
+    assert m["key_codes"] == model.config.num_hidden_layers * 2 * tokens.shape[1] * 18
