@@ -3,6 +3,8 @@ initialised Llama (no download) through a KVQCache, next to transformers' Dynami
 with the memory each holds. For a real model, load it with from_pretrained instead.
 Needs torch and transformers >= 5. Run: python hf_generate.py"""
 
+import inspect
+
 import torch
 import transformers
 from transformers import DynamicCache
@@ -17,13 +19,16 @@ torch.manual_seed(0)
 model = transformers.LlamaForCausalLM(config).eval()
 ids = torch.randint(0, 512, (1, 64), generator=torch.Generator().manual_seed(1))
 
+# transformers 5.2x calls it cache=; earlier versions past_key_values=
+kw = "cache" if "cache" in inspect.signature(transformers.LlamaModel.forward).parameters else "past_key_values"
+
 with torch.no_grad():
     ref_cache = DynamicCache(config=model.config)
-    ref = model.generate(ids, max_new_tokens=32, do_sample=False, cache=ref_cache)
+    ref = model.generate(ids, max_new_tokens=32, do_sample=False, **{kw: ref_cache})
 
     # the three lines
     cache = KVQCache(model, key_spec="turboquant_rvq:bits=2,residuals=2", value_spec="mse:bits=4")
-    out = model.generate(ids, max_new_tokens=32, do_sample=False, cache=cache)
+    out = model.generate(ids, max_new_tokens=32, do_sample=False, **{kw: cache})
 
 exact = sum(layer.keys.numel() * 2 * 2 for layer in ref_cache.layers)  # fp16 keys and values
 mem = cache.memory()

@@ -31,12 +31,7 @@ import threading
 import numpy as np
 import torch
 from transformers import AttentionInterface
-from transformers.cache_utils import (
-    DYNAMIC_LAYER_TYPE_MAPPING,
-    Cache,
-    CacheLayerMixin,
-    get_layer_types_and_kwargs,
-)
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -48,6 +43,32 @@ from .threadpool import ThreadPool
 ATTN_IMPLEMENTATION = "kvq"
 
 __all__ = ["KVQCache", "KVQLayer", "kvq_attention_forward", "register", "ATTN_IMPLEMENTATION"]
+
+
+try:  # transformers >= 5.2x: the table of layer kinds and the config reader behind DynamicCache
+    from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, get_layer_types_and_kwargs
+except ImportError:
+    DYNAMIC_LAYER_TYPE_MAPPING = {
+        "full_attention": DynamicLayer,
+        "sliding_attention": DynamicSlidingWindowLayer,
+        "chunked_attention": DynamicSlidingWindowLayer,
+    }
+
+    def get_layer_types_and_kwargs(config):
+        n = config.num_hidden_layers
+        types = getattr(config, "layer_types", None)
+        if types is None:
+            sliding = getattr(config, "sliding_window", None)
+            types = ["sliding_attention" if sliding else "full_attention"] * n
+        kwargs = []
+        for t in types:
+            if t == "sliding_attention":
+                kwargs.append({"sliding_window": config.sliding_window})
+            elif t == "chunked_attention":
+                kwargs.append({"sliding_window": config.attention_chunk_size})
+            else:
+                kwargs.append({})
+        return list(types), kwargs
 
 
 def _model_dims(config):

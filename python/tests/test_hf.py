@@ -2,6 +2,8 @@
 # hub): greedy generation through a KVQCache at fp16 equals transformers' DynamicCache;
 # at 4 bits the logits stay close; the layers hold codes only (memory = codes); batches,
 # sliding-window layers, presets, and the refusals. Skips without torch/transformers.
+import inspect
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,9 @@ from transformers import DynamicCache  # noqa: E402
 
 PROMPT = 12
 NEW = 20
+# transformers 5.2x renamed generate's and forward's past_key_values to cache
+_fwd = inspect.signature(transformers.LlamaModel.forward).parameters
+CACHE_KW = "cache" if "cache" in _fwd else "past_key_values"
 
 
 def tiny_llama(seed=0, layers=2):
@@ -33,7 +38,7 @@ def prompt(batch=1, n=PROMPT, seed=1):
 
 def greedy(model, ids, cache, new=NEW):
     with torch.no_grad():
-        return model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, cache=cache)
+        return model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, **{CACHE_KW: cache})
 
 
 def test_fp16_codes_generate_the_dynamic_cache_tokens():
@@ -63,9 +68,9 @@ def step_logits(model, tokens, cache):
     """Logits of every position, fed as the prompt and then one token at a time (the
     path generate takes), through the given cache."""
     with torch.no_grad():
-        out = [model(tokens[:, :PROMPT], cache=cache, use_cache=True).logits]
+        out = [model(tokens[:, :PROMPT], use_cache=True, **{CACHE_KW: cache}).logits]
         for i in range(PROMPT, tokens.shape[1]):
-            out.append(model(tokens[:, i : i + 1], cache=cache, use_cache=True).logits)
+            out.append(model(tokens[:, i : i + 1], use_cache=True, **{CACHE_KW: cache}).logits)
     return torch.cat(out, dim=1)[0].float().cpu().numpy()
 
 
@@ -148,7 +153,7 @@ def test_refusals():
     mask[1, :3] = 0  # left padding
     with pytest.raises(NotImplementedError):
         with torch.no_grad():
-            model.generate(ids, attention_mask=mask, max_new_tokens=2, cache=cache)
+            model.generate(ids, attention_mask=mask, max_new_tokens=2, **{CACHE_KW: cache})
 
 
 def test_other_caches_still_work_after_the_switch():
