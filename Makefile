@@ -213,6 +213,7 @@ deps:
 	./scripts/deps.sh
 
 check: deps
+	$(MAKE) model
 	$(MAKE) test
 	$(MAKE) test-asan
 	$(MAKE) test-python
@@ -344,5 +345,4 @@ DEMO_PROMPT ?= The three most useful things to know about the Moon are
 .PHONY: demo
 demo: all $(MODEL_GGUF)
 	./$(CLI) bench --quick
-	./$(CLI) generate -m $(MODEL_GGUF) -p "$(DEMO_PROMPT)" -n 64 \
-	  --cache-k mse:bits=3 --cache-v mse:bits=2 --cache-sink 1
+	./$(CLI) generate -m $(MODEL_GGUF) -p "$(DEMO_PROMPT)" -n 64 --cache-preset q4

@@ -219,7 +219,7 @@ typedef struct kvq_cache_config {
     uint32_t window;         /* most recent tokens also kept exact (fp32) (0 = none) */
     uint32_t n_outliers;     /* key channels per head kept apart in fp16 (0 = none): the
                                 largest by RMS over the first 32 tokens, then fixed */
-    uint32_t chunk_tokens;   /* arena chunk length in tokens (0 = 256) */
+    uint32_t chunk_tokens;   /* arena chunk length in tokens (0 = 64) */
     uint32_t max_tokens;     /* hard capacity (0 = grow without bound) */
     uint32_t n_sink;         /* first tokens also kept exact (fp32): the attention sinks
                                 (StreamingLLM, arXiv 2309.17453) (0 = none, at most 1024) */

@@ -49,7 +49,8 @@ static void usage(FILE *f) {
             "options:\n"
             "  --methods LIST   key/value spec pairs separated by ',' or ';' (a spec alone is\n"
             "                   used for both), e.g. fp16/fp16,turboquant_rvq:bits=1,residuals=2/mse:bits=2;\n"
-            "                   a pair may carry its own cache options: mse:bits=2/mse:bits=2@window=20,outliers=2,sink=4\n"
+            "                   a pair may carry its own cache options: mse:bits=2/mse:bits=2@window=20,outliers=2,sink=4,center=1;\n"
+            "                   a preset name (q4, q3, q2) stands for its pair and options\n"
             "  --kv DIR         real keys, values and queries written by kvq generate --dump-kv\n"
             "                   (DIR/{keys,values,queries}_LL.npy) instead of synthetic KV\n"
             "  --layers LIST    with --kv: 'all' (default) or layer numbers, e.g. 0,7,15,29\n"
@@ -377,7 +378,7 @@ static void free_kv(kv_data *D) {
  * (-1: the command line's --window / --outliers). */
 typedef struct method_spec {
     char key[256], value[256];
-    long window, outliers, sink;
+    long window, outliers, sink, center;
     size_t calibrate; /* --calibrate: tokens the calibrated methods learn from (0 = none) */
 } method_spec;
 
@@ -392,6 +393,7 @@ static int parse_cache_opts(char *s, method_spec *m) {
         if (!strcmp(tok, "window")) m->window = x;
         else if (!strcmp(tok, "outliers")) m->outliers = x;
         else if (!strcmp(tok, "sink")) m->sink = x;
+        else if (!strcmp(tok, "center") && x <= 1) m->center = x;
         else return 0;
     }
     return 1;
@@ -435,11 +437,26 @@ static int parse_methods(const char *list, method_spec *out, int max, char *err,
     }
     for (int i = 0; i < n; i++) {
         out[i].window = out[i].outliers = out[i].sink = -1;
-        char *at = strchr(joined[i], '@');
+        out[i].center = 0;
+        char *at = strchr(joined[i], '@'), opts[512] = "";
         if (at) {
             *at = 0;
-            if (!parse_cache_opts(at + 1, &out[i])) {
-                snprintf(err, errn, "bad cache options in '%.200s' (want @window=N,outliers=N,sink=N)", joined[i]);
+            snprintf(opts, sizeof opts, "%s", at + 1);
+        }
+        const kvq_cache_preset *pr = kvq_cache_preset_get(joined[i]);
+        if (pr) { /* a preset: its specs and options; options after '@' override them */
+            out[i].window = pr->window;
+            out[i].outliers = pr->n_outliers;
+            out[i].sink = pr->n_sink;
+            out[i].center = pr->center_keys;
+            if (strlen(pr->key_spec) + strlen(pr->value_spec) + 2 > sizeof joined[0]) return -1;
+            strcpy(joined[i], pr->key_spec);
+            strcat(joined[i], "/");
+            strcat(joined[i], pr->value_spec);
+        }
+        if (at) {
+            if (!parse_cache_opts(opts, &out[i])) {
+                snprintf(err, errn, "bad cache options in '%.200s' (want @window=N,outliers=N,sink=N,center=0|1)", joined[i]);
                 return -1;
             }
         }
@@ -518,6 +535,7 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
     cfg.window = window;
     cfg.n_outliers = n_out;
     cfg.n_sink = n_sink;
+    cfg.center_keys = (uint32_t)m->center;
     float *out = malloc(out_floats * sizeof(float));
     if (!out) {
         snprintf(r->error, sizeof r->error, "%s", kvq_strerror(KVQ_ERR_NOMEM));

@@ -15,6 +15,10 @@ static int gen_usage(FILE *f) {
             "  -m, --model FILE   GGUF model (Llama family)\n"
             "  -p, --prompt TEXT  prompt text\n"
             "  -n, --tokens N     tokens to generate (default 64)\n"
+            "  --cache-preset P   a named cache: q4 (<= 4.5 bits per number), q3 (<= 3), q2 (<= 2.25);\n"
+            "                     cache options may follow '@': q4@window=32 (docs/METHODS.md)\n"
+            "  --cache SPEC       a whole cache spec: KSPEC+VSPEC@options, e.g.\n"
+            "                     mse:bits=4+mse:bits=3@center=1,sink=1,window=16\n"
             "  --cache-k SPEC     key quantizer, e.g. fp16, q8_0, q4_0, turboquant_rvq:bits=1,residuals=2\n"
             "                     (default fp16; f32 keeps exact float keys and values)\n"
             "                     a layer number pattern (%%d, %%02d) gives each layer its own artifact:\n"
@@ -88,6 +92,8 @@ static double now_s(void) {
 
 int kvq_cmd_generate(int argc, char **argv) {
     const char *model_path = NULL, *prompt = NULL, *kspec = "fp16", *vspec = NULL, *dump_dir = NULL;
+    const char *whole = NULL;
+    int k_given = 0;
     const char *plan = NULL;
     kvq_cache_config *per_layer = NULL;
     kv_dump dump = {0};
@@ -103,7 +109,8 @@ int kvq_cmd_generate(int argc, char **argv) {
         else if (TAKES("-m") || (!strcmp(a, "--model") && v && ++i)) model_path = v;
         else if (TAKES("-p") || (!strcmp(a, "--prompt") && v && ++i)) prompt = v;
         else if (TAKES("-n") || (!strcmp(a, "--tokens") && v && ++i)) n_gen = strtol(v, NULL, 10);
-        else if (TAKES("--cache-k")) kspec = v;
+        else if (TAKES("--cache-preset") || TAKES("--cache")) whole = v;
+        else if (TAKES("--cache-k")) kspec = v, k_given = 1;
         else if (TAKES("--cache-v")) vspec = v;
         else if (TAKES("--cache-plan")) plan = v;
         else if ((TAKES("--window") || TAKES("--cache-window"))) window = strtol(v, NULL, 10);
@@ -125,6 +132,13 @@ int kvq_cmd_generate(int argc, char **argv) {
 #undef TAKES
     }
     if (!model_path || !prompt) return gen_usage(stderr);
+    if (whole) {
+        if (k_given || vspec || plan) {
+            fprintf(stderr, "kvq generate: --cache-preset/--cache replace --cache-k, --cache-v and --cache-plan\n");
+            return 1;
+        }
+        kspec = whole;
+    }
     if (!vspec) vspec = !strcmp(kspec, "f32") ? "f32" : "fp16";
     if (n_gen < 0 || n_ctx < 0 || threads < 0 || window < 0 || outliers < 0 || sink < 0 || sink > 1024 || n_gen > 1000000 ||
         n_ctx > 1000000 || threads > 1024) {

@@ -32,6 +32,11 @@ static int ppl_usage(FILE *f) {
             "  --outliers N       key channels per head kept in fp16 (default 0; also --cache-outliers)\n"
             "  --sink N           first tokens kept exact, the attention sinks (default 0; also --cache-sink)\n"
             "  --threads N        threads (default 0 = one per CPU)\n"
+            "  --kl               also compare every scored token's distribution with fp16's (the\n"
+            "                     first config when fp16 is not among them): mean KL(fp16 || config)\n"
+            "                     and how often both pick the same top token (llama.cpp's --kl-divergence)\n"
+            "Configs may be presets (q4, q3, q2) and take cache options after '@':\n"
+            "  q4@window=32, mse:bits=4+mse:bits=3@sink=1,center=1 (docs/METHODS.md)\n"
             "Prints one line per config: perplexity, its difference from fp16, KV bits per number.\n");
     return f == stderr ? 1 : 0;
 }
@@ -92,6 +97,9 @@ static char *read_text(const char *path, size_t *len) {
 typedef struct ppl_result {
     char spec[256];
     double ppl, nll_sum, nll_sq;
+    double kl_sum, kl_sq;  /* KL(reference || config) per scored token */
+    size_t top1_same;      /* scored tokens whose argmax equals the reference's */
+    kvq_context *ctx;
     size_t n_scored;
     double bits_per_number;
     double seconds;
@@ -104,6 +112,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
     int configs_given = 0, n_plans = 0;
     const char *plans[PPL_MAX_CONFIGS];
     long n_ctx = 512, max_chunks = 0, threads = 0, window = 0, outliers = 0, sink = 0;
+    int want_kl = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -114,6 +123,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
         else if (TAKES("--ctx")) n_ctx = strtol(v, NULL, 10);
         else if (TAKES("--chunks")) max_chunks = strtol(v, NULL, 10);
         else if (TAKES("--threads")) threads = strtol(v, NULL, 10);
+        else if (!strcmp(a, "--kl")) want_kl = 1;
         else if ((TAKES("--window") || TAKES("--cache-window"))) window = strtol(v, NULL, 10);
         else if ((TAKES("--outliers") || TAKES("--cache-outliers"))) outliers = strtol(v, NULL, 10);
         else if ((TAKES("--sink") || TAKES("--cache-sink"))) sink = strtol(v, NULL, 10);
@@ -173,7 +183,6 @@ int kvq_cmd_perplexity(int argc, char **argv) {
     float *logits = NULL;
     ppl_result *res = calloc((size_t)n_cfg, sizeof *res);
     kvq_cache_config *per_layer = calloc(info.n_layers, sizeof *per_layer);
-    kvq_context *ctx = NULL;
     if (!text) {
         fprintf(stderr, "kvq perplexity: cannot read %s\n", text_path);
         goto done;
@@ -203,12 +212,17 @@ int kvq_cmd_perplexity(int argc, char **argv) {
         goto done;
     }
     size_t first = (size_t)n_ctx / 2;
+    /* the reference: fp16 when it is among the configs, else the first; it runs first in
+     * every chunk so that --kl can hold its log-probabilities of the scored half */
+    int ref = 0;
+    for (int c = 0; c < n_cfg; c++)
+        if (!strcmp(specs[c], "fp16")) ref = c;
     for (int c = 0; c < n_cfg; c++) {
         ppl_result *r = &res[c];
         snprintf(r->spec, sizeof r->spec, "%s", specs[c]);
         char kspec[1400], vspec[1400];
         char *plus = strchr(specs[c], '+');
-        if (plus) {
+        if (plus && !strchr(specs[c], '@')) {
             snprintf(kspec, sizeof kspec, "%.*s", (int)(plus - specs[c]), specs[c]);
             snprintf(vspec, sizeof vspec, "%s", plus + 1);
         } else {
@@ -234,64 +248,116 @@ int kvq_cmd_perplexity(int argc, char **argv) {
             p.cache = per_layer;
             p.n_cache_configs = info.n_layers;
         }
-        if ((st = kvq_context_create(model, &p, &ctx))) {
+        if ((st = kvq_context_create(model, &p, &r->ctx))) {
             fprintf(stderr, "kvq perplexity: config '%s': context: %s\n", specs[c], kvq_strerror(st));
-            continue;
+            r->ctx = NULL;
         }
-        double t0 = now_s();
-        for (size_t k = 0; k < n_chunks && !st; k++) {
-            memcpy(chunk, tokens + k * (size_t)n_ctx, (size_t)n_ctx * sizeof *chunk);
-            if (info.add_bos && info.bos_token >= 0) chunk[0] = info.bos_token;
-            kvq_context_reset(ctx);
+    }
+    st = KVQ_OK;
+    size_t n_scored_max = (size_t)n_ctx - first;
+    float *ref_lp = NULL; /* [scored position][vocab]: the reference's log-probabilities */
+    int32_t *ref_top = NULL;
+    if (want_kl) {
+        ref_lp = malloc(n_scored_max * info.n_vocab * sizeof *ref_lp);
+        ref_top = malloc(n_scored_max * sizeof *ref_top);
+        if (!ref_lp || !ref_top || !res[ref].ctx) {
+            fprintf(stderr, "kvq perplexity: --kl: %s\n", res[ref].ctx ? "out of memory" : "the reference config failed");
+            free(ref_lp);
+            free(ref_top);
+            free(chunk);
+            goto done;
+        }
+    }
+    for (size_t k = 0; k < n_chunks; k++) {
+        memcpy(chunk, tokens + k * (size_t)n_ctx, (size_t)n_ctx * sizeof *chunk);
+        if (info.add_bos && info.bos_token >= 0) chunk[0] = info.bos_token;
+        for (int o = 0; o < n_cfg; o++) {
+            int c = o == 0 ? ref : (o <= ref ? o - 1 : o); /* the reference first */
+            ppl_result *r = &res[c];
+            if (!r->ctx) continue;
+            double t0 = now_s();
+            kvq_context_reset(r->ctx);
+            st = KVQ_OK;
             for (size_t i = 0; i < (size_t)n_ctx && !st; i += PPL_BATCH) {
                 size_t n = (size_t)n_ctx - i < PPL_BATCH ? (size_t)n_ctx - i : PPL_BATCH;
                 int scored = i + n > first;
-                st = kvq_context_eval(ctx, chunk + i, n, scored ? logits : NULL, 1);
+                st = kvq_context_eval(r->ctx, chunk + i, n, scored ? logits : NULL, 1);
                 if (st || !scored) continue;
                 for (size_t j = 0; j < n; j++) {
                     size_t pos = i + j;
                     if (pos < first || pos + 1 >= (size_t)n_ctx) continue;
                     const float *lg = logits + j * info.n_vocab;
                     float mx = lg[0];
+                    int32_t top = 0;
                     for (uint32_t v = 1; v < info.n_vocab; v++)
-                        if (lg[v] > mx) mx = lg[v];
+                        if (lg[v] > mx) mx = lg[v], top = (int32_t)v;
                     double se = 0;
                     for (uint32_t v = 0; v < info.n_vocab; v++) se += exp((double)lg[v] - mx);
-                    double nll = log(se) + mx - lg[chunk[pos + 1]];
+                    double lse = log(se) + mx;
+                    double nll = lse - lg[chunk[pos + 1]];
                     r->nll_sum += nll;
                     r->nll_sq += nll * nll;
                     r->n_scored++;
+                    if (!want_kl) continue;
+                    float *rl = ref_lp + (pos - first) * info.n_vocab;
+                    if (c == ref) {
+                        for (uint32_t v = 0; v < info.n_vocab; v++) rl[v] = (float)(lg[v] - lse);
+                        ref_top[pos - first] = top;
+                        r->top1_same++;
+                    } else {
+                        double kl = 0;
+                        for (uint32_t v = 0; v < info.n_vocab; v++) {
+                            double lp = rl[v];
+                            kl += exp(lp) * (lp - ((double)lg[v] - lse));
+                        }
+                        if (kl < 0) kl = 0; /* rounding */
+                        r->kl_sum += kl;
+                        r->kl_sq += kl * kl;
+                        r->top1_same += top == ref_top[pos - first];
+                    }
                 }
             }
-            if (!st)
-                fprintf(stderr, "\r  %-40s chunk %zu/%zu  ppl %.4f", specs[c], k + 1, n_chunks,
-                        exp(r->nll_sum / (double)r->n_scored));
+            r->seconds += now_s() - t0;
+            if (st) {
+                fprintf(stderr, "\nkvq perplexity: config '%s': %s\n", specs[c], kvq_strerror(st));
+                kvq_context_free(r->ctx);
+                r->ctx = NULL;
+                if (c == ref && want_kl) {
+                    free(ref_lp);
+                    free(ref_top);
+                    free(chunk);
+                    goto done;
+                }
+                continue;
+            }
+            fprintf(stderr, "\r  chunk %zu/%zu  %-40s ppl %.4f   ", k + 1, n_chunks, specs[c],
+                    exp(r->nll_sum / (double)r->n_scored));
         }
-        fprintf(stderr, "\n");
-        r->seconds = now_s() - t0;
-        if (st) {
-            fprintf(stderr, "kvq perplexity: config '%s': %s\n", specs[c], kvq_strerror(st));
-        } else {
-            kvq_cache_memory_info mem;
-            uint64_t fp16 = 0;
-            kvq_context_kv_memory(ctx, &mem, &fp16);
-            uint64_t code = mem.key_codes + mem.value_codes + mem.window + mem.outliers;
-            r->bits_per_number = fp16 ? 16.0 * (double)code / (double)fp16 : 0;
-            r->ppl = exp(r->nll_sum / (double)r->n_scored);
-            r->ok = 1;
-        }
-        kvq_context_free(ctx);
-        ctx = NULL;
-        st = KVQ_OK;
+    }
+    fprintf(stderr, "\n");
+    free(ref_lp);
+    free(ref_top);
+    for (int c = 0; c < n_cfg; c++) {
+        ppl_result *r = &res[c];
+        if (!r->ctx || !r->n_scored) continue;
+        kvq_cache_memory_info mem;
+        uint64_t fp16 = 0;
+        kvq_context_kv_memory(r->ctx, &mem, &fp16);
+        uint64_t code = mem.key_codes + mem.value_codes + mem.window + mem.outliers;
+        r->bits_per_number = fp16 ? 16.0 * (double)code / (double)fp16 : 0;
+        r->ppl = exp(r->nll_sum / (double)r->n_scored);
+        r->ok = 1;
     }
     free(chunk);
-    int ref = -1;
-    for (int c = 0; c < n_cfg; c++)
-        if (res[c].ok && !strcmp(res[c].spec, "fp16")) ref = c;
-    if (ref < 0)
-        for (int c = 0; c < n_cfg && ref < 0; c++)
-            if (res[c].ok) ref = c;
-    printf("%-44s %10s %9s %10s %9s %8s\n", "config", "ppl", "+-", ref >= 0 ? "delta" : "", "kv bits", "seconds");
+    if (!res[ref].ok)
+        for (int c = 0; c < n_cfg; c++)
+            if (res[c].ok) {
+                ref = c;
+                break;
+            }
+    printf("%-44s %10s %9s %10s %8s %9s %8s", "config", "ppl", "+-", "delta", "delta%", "kv bits", "seconds");
+    if (want_kl) printf(" %10s %8s %7s", "KL", "+-", "top1%");
+    printf("\n");
     for (int c = 0; c < n_cfg; c++) {
         ppl_result *r = &res[c];
         if (!r->ok) {
@@ -302,8 +368,13 @@ int kvq_cmd_perplexity(int argc, char **argv) {
         double mean = r->nll_sum / (double)r->n_scored;
         double var = r->nll_sq / (double)r->n_scored - mean * mean;
         double err = r->ppl * sqrt(var > 0 ? var / (double)r->n_scored : 0);
-        printf("%-44s %10.4f %9.4f %+10.4f %9.2f %8.1f\n", r->spec, r->ppl, err, r->ppl - res[ref].ppl,
-               r->bits_per_number, r->seconds);
+        printf("%-44s %10.4f %9.4f %+10.4f %+7.2f%% %9.2f %8.1f", r->spec, r->ppl, err, r->ppl - res[ref].ppl,
+               100.0 * (r->ppl / res[ref].ppl - 1.0), r->bits_per_number, r->seconds);
+        if (want_kl) {
+            double n = (double)r->n_scored, km = r->kl_sum / n, kv = r->kl_sq / n - km * km;
+            printf(" %10.6f %8.6f %6.2f%%", km, sqrt(kv > 0 ? kv / n : 0), 100.0 * (double)r->top1_same / n);
+        }
+        printf("\n");
     }
     printf("(%zu chunks of %ld tokens, %zu tokens scored per config; delta vs %s)\n", n_chunks, n_ctx,
            ref >= 0 ? res[ref].n_scored : 0, ref >= 0 ? res[ref].spec : "-");
@@ -311,7 +382,8 @@ int kvq_cmd_perplexity(int argc, char **argv) {
     for (int c = 0; c < n_cfg; c++)
         if (!res[c].ok) rc = 1;
 done:
-    kvq_context_free(ctx);
+    if (res)
+        for (int c = 0; c < n_cfg; c++) kvq_context_free(res[c].ctx);
     free(per_layer);
     free(res);
     free(text);

@@ -10,7 +10,7 @@
 #include "cache/cache_internal.h"
 #include "cpu/cpu.h"
 
-#define DEFAULT_CHUNK_TOKENS 256u
+#define DEFAULT_CHUNK_TOKENS 64u
 #define MAX_CHUNK_TOKENS (1u << 16)
 #define MAX_DIM 4096u
 #define MAX_KV_HEADS 4096u
@@ -838,9 +838,12 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     /* the probe: stage the first tokens, then fix the outlier channels and key mean */
     int ready = c->coded;
     if (!ready) {
+        /* held at fp16 precision, as every exact token of the cache is */
         size_t take = KVQI_MIN(n_tokens, KVQI_OUTLIER_PROBE_TOKENS - c->n_tokens);
-        memcpy(c->stage_k + c->n_tokens * row, k, take * row * sizeof(float));
-        memcpy(c->stage_v + c->n_tokens * row, v, take * row * sizeof(float));
+        for (size_t i = 0; i < take * row; i++) {
+            c->stage_k[c->n_tokens * row + i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(k[i]));
+            c->stage_v[c->n_tokens * row + i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(v[i]));
+        }
         ready = c->n_tokens + take == KVQI_OUTLIER_PROBE_TOKENS;
     }
     /* tokens leaving the window (or every token, without one) are encoded */

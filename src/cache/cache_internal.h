@@ -13,7 +13,7 @@
  * were split into append calls. */
 #define KVQI_OUTLIER_PROBE_TOKENS 32u
 /* Rows handed to the quantizer per encode call (bounds the encode buffer). */
-#define KVQI_ENCODE_ROWS 32u
+#define KVQI_ENCODE_ROWS 8u
 /* Tokens per softmax block inside a chunk: scores for G heads, one rescale per block. */
 #define KVQI_ATTEND_BLOCK KVQI_MAX_BLOCK_TOKENS
 
