@@ -7,6 +7,25 @@
  *   - handles are opaque and come in *_create / *_free pairs; *_free(NULL) is a no-op;
  *   - floats are row-major float32 unless a name says otherwise;
  *   - the same seed gives the same codes on every ISA and every run.
+ *
+ * Threads. The library keeps no mutable global state but the CPU-dispatch table, which
+ * is filled once under pthread_once: calls on DIFFERENT objects may always run at once.
+ * On ONE object, a const pointer in a signature means "only reads": calls that only
+ * read may run concurrently with each other, never with a call that takes the object
+ * non-const (free included). Per object:
+ *   - kvq_quantizer: encode/decode/score (and their _at forms), score_bound, config,
+ *     code_size, save, kvq_cuda_quantizer_create: concurrent; fit: alone.
+ *   - kvq_cache: one call at a time, whatever it is: attend (const or not) works in and
+ *     grows scratch inside the cache, which length and memory also read.
+ *   - kvq_cache_set: its layers are independent caches (each as above; different layers
+ *     at once is fine); set_reset, set_memory and set_free touch every layer: alone.
+ *   - kvq_index: search, save, count, size_bytes, get_config: concurrent (search makes
+ *     its own scratch); train and add: alone, never while a search runs.
+ *   - kvq_threadpool: runs one job at a time: two calls sharing a pool must not overlap.
+ *   - kvq_model: read-only once loaded (tokenize, metadata, any number of contexts).
+ *   - kvq_context: one call at a time (eval, sample, reset, length, kv_memory).
+ *   - kvq_cuda_quantizer: read-only once created; encode/attend calls only enqueue work
+ *     on the caller's stream (buffers passed in belong to the caller).
  */
 #ifndef KVQ_H
 #define KVQ_H
