@@ -7,6 +7,25 @@
  *   - handles are opaque and come in *_create / *_free pairs; *_free(NULL) is a no-op;
  *   - floats are row-major float32 unless a name says otherwise;
  *   - the same seed gives the same codes on every ISA and every run.
+ *
+ * Threads. The library keeps no mutable global state but the CPU-dispatch table, which
+ * is filled once under pthread_once: calls on DIFFERENT objects may always run at once.
+ * On ONE object, a const pointer in a signature means "only reads": calls that only
+ * read may run concurrently with each other, never with a call that takes the object
+ * non-const (free included). Per object:
+ *   - kvq_quantizer: encode/decode/score (and their _at forms), score_bound, config,
+ *     code_size, save, kvq_cuda_quantizer_create: concurrent; fit: alone.
+ *   - kvq_cache: one call at a time, whatever it is: attend (const or not) works in and
+ *     grows scratch inside the cache, which length and memory also read.
+ *   - kvq_cache_set: its layers are independent caches (each as above; different layers
+ *     at once is fine); set_reset, set_memory and set_free touch every layer: alone.
+ *   - kvq_index: search, save, count, size_bytes, get_config: concurrent (search makes
+ *     its own scratch); train and add: alone, never while a search runs.
+ *   - kvq_threadpool: runs one job at a time: two calls sharing a pool must not overlap.
+ *   - kvq_model: read-only once loaded (tokenize, metadata, any number of contexts).
+ *   - kvq_context: one call at a time (eval, sample, reset, length, kv_memory).
+ *   - kvq_cuda_quantizer: read-only once created; encode/attend calls only enqueue work
+ *     on the caller's stream (buffers passed in belong to the caller).
  */
 #ifndef KVQ_H
 #define KVQ_H
@@ -389,6 +408,10 @@ typedef struct kvq_index_config {
     uint64_t seed;               /* rotation, k-means, sampling: same seed, same index */
     uint32_t train_iters;        /* k-means iterations (0 = 20) */
     uint32_t max_train_points;   /* training sample cap (0 = 40 * nlist, at least 4096) */
+    uint32_t ip_assign;          /* ip / cosine, which list a vector joins: 0 = its l2-nearest
+                                    centroid (balanced lists; default), 1 = the centroid with
+                                    the largest <x, c>, the probe's own measure (more recall
+                                    per probed list, but large-norm lists grow large) */
 } kvq_index_config;
 
 /* Defaults: l2, nlist 1, bits 1, split 0, query_bits 4, fht, no pca, fp32 reorder. */
@@ -413,24 +436,77 @@ KVQ_API void kvq_index_free(kvq_index *index);
 /* k-means (and PCA) on a seeded sample of x[n][dim]; must precede add. Flat indexes
  * (nlist 1) need at least one vector, to take the mean. */
 KVQ_API kvq_status kvq_index_train(kvq_index *index, const float *x, size_t n);
-/* Append n vectors. ids may be NULL: then ids continue from kvq_index_count(). */
+/* Append n vectors. ids may be NULL: then ids continue from one past the largest stored
+ * id (0 for an empty index; = kvq_index_count() while ids were never chosen). Ids must
+ * be >= 0 (-1 marks "no result" in search output). KVQ_ERR_INVALID_ARG, with nothing
+ * added, for a negative id, a NaN or infinite coordinate, a squared norm above 1e36, or
+ * (cosine) an all-zero vector; train refuses the same rows. */
 KVQ_API kvq_status kvq_index_add(kvq_index *index, const float *x, size_t n,
                                  const int64_t *ids);
 /* For each query, the k nearest: out_ids[n_queries][k], out_dists[n_queries][k] (may be
- * NULL), ascending distance; slots past the number of vectors found hold id -1. */
+ * NULL), ascending distance; slots past the number of vectors found hold id -1. Queries
+ * must pass the same checks as added rows (KVQ_ERR_INVALID_ARG: a NaN query never
+ * returns a row of -1). */
 KVQ_API kvq_status kvq_index_search(const kvq_index *index, const float *queries,
                                     size_t n_queries, uint32_t k,
                                     const kvq_index_search_params *params, int64_t *out_ids,
                                     float *out_dists);
+/* Which ids a search may return: id i passes when it is below bitset_ids and bit i
+ * (byte i / 8, bit i % 8) of id_bitset is set, and, if allow is not NULL, when
+ * allow(id, ctx) returns non-zero. A NULL filter (or both NULL) passes every id. Filtered
+ * vectors never enter the candidate set, so the k results are the k nearest passing ones
+ * (as far as the probed lists hold them). allow may be called from the pool's threads. */
+typedef struct kvq_index_filter {
+    const uint8_t *id_bitset;
+    uint64_t bitset_ids;
+    int (*allow)(int64_t id, void *ctx);
+    void *ctx;
+} kvq_index_filter;
+/* kvq_index_search with a filter (may be NULL). */
+KVQ_API kvq_status kvq_index_search_filtered(const kvq_index *index, const float *queries,
+                                             size_t n_queries, uint32_t k,
+                                             const kvq_index_search_params *params,
+                                             const kvq_index_filter *filter, int64_t *out_ids,
+                                             float *out_dists);
+/* Every vector of the probed lists within distance radius of one query (distance as in
+ * search: squared L2, or -<q, x> for ip and cosine; <= radius). Exact distances where
+ * the index keeps a reorder store (each vector whose lower bound is <= radius is
+ * checked; eps0 = INFINITY checks all), estimates otherwise. Results in ascending
+ * distance into out_ids/out_dists[cap]; *n_found is the number there are: when it
+ * exceeds cap, the first cap are written and KVQ_ERR_CAPACITY returned. filter may be
+ * NULL. nprobe = nlist searches everything. */
+KVQ_API kvq_status kvq_index_range_search(const kvq_index *index, const float *query,
+                                          float radius, const kvq_index_search_params *params,
+                                          const kvq_index_filter *filter, int64_t *out_ids,
+                                          float *out_dists, size_t cap, size_t *n_found);
+/* Remove every stored vector whose id is in ids[n] (ids not present are ignored);
+ * *removed (may be NULL) says how many went. Order of the rest is kept. */
+KVQ_API kvq_status kvq_index_remove(kvq_index *index, const int64_t *ids, size_t n,
+                                    uint64_t *removed);
 /* One file: versioned header, sections, CRC-32 trailer; written to a temp file,
  * fsynced and renamed into place. Load refuses truncated, corrupt or foreign files
  * with KVQ_ERR_FORMAT. */
 KVQ_API kvq_status kvq_index_save(const kvq_index *index, const char *path);
 KVQ_API kvq_status kvq_index_load(const char *path, kvq_index **out);
 KVQ_API kvq_status kvq_index_load_buffer(const void *buf, size_t size, kvq_index **out);
+/* As load, but the codes, factors, ids and reorder store stay in a read-only shared
+ * mapping of the file (validated in place: CRC, counts, rows, finite floats) instead of
+ * private memory; the page cache is shared between processes mapping the same file. The
+ * index searches like a loaded one; add and remove answer KVQ_ERR_STATE (load it to
+ * edit). The file must not be truncated while mapped. Format-1 files (unaligned) give
+ * KVQ_ERR_UNSUPPORTED: load and save them once. */
+KVQ_API kvq_status kvq_index_map(const char *path, kvq_index **out);
 /* Bytes the index holds in memory (codes, factors, ids, lists, reorder store, centroids,
  * rotation, PCA). */
 KVQ_API kvq_status kvq_index_size_bytes(const kvq_index *index, uint64_t *bytes);
+/* Bytes each vector takes in the lists: its 1-bit code (d/8, d rounded up to 16), the
+ * extended code packed at `bits` bits per coordinate (bits > 1), the estimator factors
+ * and a row number; the reorder store (dim * 4 or 2) and the id (8) come on top. */
+KVQ_API kvq_status kvq_index_code_bytes(const kvq_index *index, uint64_t *per_vector);
+/* Train (k-means assignment) and add (assignment and encoding) spread their work over
+ * pool's threads; NULL = the calling thread. The index only borrows the pool: it must
+ * outlive every later train/add call (or be unset first). Results do not depend on it. */
+KVQ_API kvq_status kvq_index_set_pool(kvq_index *index, kvq_threadpool *pool);
 KVQ_API kvq_status kvq_index_count(const kvq_index *index, uint64_t *count);
 KVQ_API kvq_status kvq_index_get_config(const kvq_index *index, kvq_index_config *out);
 
