@@ -143,7 +143,7 @@ typedef struct kvq_config {
     char artifact[512];    /* calibrated methods: safetensors artifact to load ("" = none) */
 } kvq_config;
 
-/* A valid default config for (method, dim). */
+/* A valid default config for (method, dim); dim 0 or an unknown method: KVQ_ERR_INVALID_ARG. */
 KVQ_API kvq_status kvq_config_init(kvq_config *cfg, kvq_method method, uint32_t dim);
 /* Parse a spec as users type it: "turboquant_rvq:bits=1,residuals=2", "rabitq:bits=1",
  * "qjl", "polar:bits=4", "fp16", "q8_0", "q4_0", "mse:bits=2", "vecinfer:artifact=F".
@@ -287,7 +287,8 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
 KVQ_API void kvq_cache_free(kvq_cache *cache);
 KVQ_API kvq_status kvq_cache_reset(kvq_cache *cache);
 KVQ_API kvq_status kvq_cache_length(const kvq_cache *cache, size_t *n_tokens);
-/* Quantize and append n_tokens key and value rows. */
+/* Quantize and append n_tokens key and value rows. A NaN or infinite entry anywhere in
+ * k or v: KVQ_ERR_INVALID_ARG, nothing appended. */
 KVQ_API kvq_status kvq_cache_append(kvq_cache *cache, const float *k, const float *v,
                                     size_t n_tokens);
 /* Causal grouped-query attention of n_queries new positions against the cache.

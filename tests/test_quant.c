@@ -141,7 +141,9 @@ TEST(quant_rejects_bad_arguments) {
     char msg[256];
     CHECK_STATUS(kvq_config_validate(&c, msg, sizeof msg), KVQ_ERR_UNSUPPORTED);
     CHECKF(strstr(msg, "100") && strstr(msg, "32"), "reason: %s", msg);
-    REQUIRE_OK(kvq_config_init(&c, KVQ_METHOD_TURBOQUANT_MSE, 0));
+    CHECK_STATUS(kvq_config_init(&c, KVQ_METHOD_TURBOQUANT_MSE, 0), KVQ_ERR_INVALID_ARG);
+    REQUIRE_OK(kvq_config_init(&c, KVQ_METHOD_TURBOQUANT_MSE, 128));
+    c.dim = 0; /* a hand-zeroed dim is still refused at create */
     CHECK_STATUS(kvq_quantizer_create(&c, &q), KVQ_ERR_INVALID_ARG);
     REQUIRE_OK(kvq_config_init(&c, KVQ_METHOD_TURBOQUANT_MSE, 128));
     CHECK_STATUS(kvq_quantizer_create(&c, NULL), KVQ_ERR_INVALID_ARG);

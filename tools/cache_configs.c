@@ -57,6 +57,16 @@ static int is_whole_spec(const char *spec) {
     return kvq_cache_preset_get(spec) != NULL;
 }
 
+/* A whole spec with a calibrated artifact and no '+' would have kvq_cache_config_parse
+ * apply the key artifact to values too (values as keys): refused, values must be named. */
+static int kspec_needs_vspec(const char *spec) {
+    if (!is_whole_spec(spec) || kvq_cache_preset_get(spec)) return 0;
+    const char *at = strchr(spec, '@');
+    size_t n = at ? (size_t)(at - spec) : strlen(spec);
+    const char *plus = memchr(spec, '+', n), *art = strstr(spec, "artifact=");
+    return !plus && art && art < spec + n;
+}
+
 kvq_status kvq_cli_cache_configs(const kvq_model_info *info, const char *kspec, const char *vspec,
                                  const char *plan, uint32_t window, uint32_t n_outliers,
                                  uint32_t n_sink, kvq_cache_config *per_layer, char *msg,
@@ -64,6 +74,12 @@ kvq_status kvq_cli_cache_configs(const kvq_model_info *info, const char *kspec, 
     if (!info || (!kspec && !plan) || !per_layer || info->n_layers == 0) return KVQ_ERR_INVALID_ARG;
     if (!vspec) vspec = "fp16";
     char spec[2900], ls[2900], why[900] = "";
+    if (!plan && kspec_needs_vspec(kspec)) {
+        snprintf(msg, msg_size,
+                 "'%s': an artifact is calibrated on keys or on values, not both: give the values' "
+                 "spec as KSPEC+VSPEC (e.g. ...+fp16)", kspec);
+        return KVQ_ERR_INVALID_ARG;
+    }
     if (plan) snprintf(spec, sizeof spec, "fp16+%s", vspec);
     else if (is_whole_spec(kspec)) snprintf(spec, sizeof spec, "%s", kspec);
     else snprintf(spec, sizeof spec, "%s+%s", kspec, vspec);

@@ -271,6 +271,13 @@ int kvq_cmd_perplexity(int argc, char **argv) {
             snprintf(kspec, sizeof kspec, "%.*s", (int)(plus - specs[c]), specs[c]);
             snprintf(vspec, sizeof vspec, "%s", plus + 1);
         } else {
+            if (!plus && strstr(specs[c], "artifact=")) {
+                /* a calibrated artifact fits keys or values, never both: values must be named */
+                fprintf(stderr, "kvq perplexity: config '%s': an artifact is calibrated on keys or on "
+                                "values, not both: give the values' spec as KSPEC+VSPEC (e.g. ...+fp16)\n",
+                        specs[c]);
+                continue;
+            }
             snprintf(kspec, sizeof kspec, "%s", specs[c]);
             /* a plan sets keys only: values fp16 unless given */
             snprintf(vspec, sizeof vspec, "%s", strncmp(specs[c], "plan:", 5) ? specs[c] : "fp16");

@@ -873,6 +873,9 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     if (c->cfg.max_tokens && end > c->cfg.max_tokens) return KVQ_ERR_CAPACITY;
     size_t row = (size_t)c->n_kv * c->dim, bytes;
     if (kvqi_mul_size(row * sizeof(float), n_tokens, &bytes) != KVQ_OK) return KVQ_ERR_OVERFLOW;
+    /* a NaN or infinity would poison every score and softmax that sees it: refused whole */
+    for (size_t i = 0; i < row * n_tokens; i++)
+        if (!isfinite(k[i]) || !isfinite(v[i])) return KVQ_ERR_INVALID_ARG;
     size_t W = c->cfg.window;
     kvq_status st = W ? grow_window(c, end) : KVQ_OK;
     if (st != KVQ_OK) return st;

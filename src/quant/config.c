@@ -155,7 +155,7 @@ int kvqi_config_rotation(const kvq_config *cfg) { return cfg->rotate; }
 
 KVQ_API kvq_status kvq_config_init(kvq_config *cfg, kvq_method method, uint32_t dim) {
     if (!cfg) return KVQ_ERR_INVALID_ARG;
-    if (!kvq_method_name(method)) return KVQ_ERR_INVALID_ARG;
+    if (!kvq_method_name(method) || dim == 0) return KVQ_ERR_INVALID_ARG;
     memset(cfg, 0, sizeof *cfg);
     cfg->method = method;
     cfg->dim = dim;

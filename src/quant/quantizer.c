@@ -94,19 +94,30 @@ KVQ_API size_t kvq_shared_size(const kvq_quantizer *q) {
     return kvqi_rotation_shared_size(&q->rot) + (q->m->shared_size ? q->m->shared_size(q) : 0);
 }
 
+/* n rows of dim floats and of code_size bytes must be addressable: a count whose byte
+ * size wraps would have the kernels walk past the caller's buffers. */
+static int rows_overflow(const kvq_quantizer *q, size_t n) {
+    size_t row = (size_t)q->cfg.dim * sizeof(float);
+    if (row && n > SIZE_MAX / row) return 1;
+    return q->code_size && n > SIZE_MAX / q->code_size;
+}
+
 KVQ_API kvq_status kvq_encode(const kvq_quantizer *q, const float *x, size_t n, uint8_t *codes) {
     if (!q || !x || !codes || n == 0) return KVQ_ERR_INVALID_ARG;
+    if (rows_overflow(q, n)) return KVQ_ERR_OVERFLOW;
     return q->m->encode(q, x, n, codes);
 }
 
 KVQ_API kvq_status kvq_decode(const kvq_quantizer *q, const uint8_t *codes, size_t n, float *x) {
     if (!q || !x || !codes || n == 0) return KVQ_ERR_INVALID_ARG;
+    if (rows_overflow(q, n)) return KVQ_ERR_OVERFLOW;
     return q->m->decode(q, codes, n, x);
 }
 
 KVQ_API kvq_status kvq_score(const kvq_quantizer *q, const float *query, const uint8_t *codes,
                              size_t n, float *scores) {
     if (!q || !query || !codes || !scores || n == 0) return KVQ_ERR_INVALID_ARG;
+    if (rows_overflow(q, n) || n > SIZE_MAX / sizeof(float)) return KVQ_ERR_OVERFLOW;
     return q->m->score(q, query, codes, n, scores, NULL);
 }
 
@@ -114,6 +125,7 @@ KVQ_API kvq_status kvq_score_bound(const kvq_quantizer *q, const float *query,
                                    const uint8_t *codes, size_t n, float *scores, float *err) {
     if (!q || !query || !codes || !scores || !err || n == 0) return KVQ_ERR_INVALID_ARG;
     if (!q->m->has_bound) return KVQ_ERR_UNSUPPORTED;
+    if (rows_overflow(q, n) || n > SIZE_MAX / sizeof(float)) return KVQ_ERR_OVERFLOW;
     return q->m->score(q, query, codes, n, scores, err);
 }
 

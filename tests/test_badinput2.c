@@ -1,0 +1,108 @@
+/*
+ * test_badinput2.c - more hostile input: sizes whose byte count wraps, a zero dimension,
+ * NaN/Inf rows in the cache, a key-calibrated artifact with no values' spec, and the
+ * CLI's one-line messages for them.
+ */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "test.h"
+
+#define TINY "tests/data/tiny-llama.gguf"
+
+/* Run `kvq ARGS` with stderr into err; the exit code, or -1 if it did not exit. */
+static int run_cli2(kvqt_ctx *kvqt_, const char *args, char *err, size_t err_size) {
+    const char *dir = kvqt_tmpdir(kvqt_);
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "%s %s > %s/out.txt 2> %s/err.txt", kvqt_cli_path(), args, dir, dir);
+    int rc = system(cmd);
+    err[0] = 0;
+    snprintf(cmd, sizeof cmd, "%s/err.txt", dir);
+    FILE *f = fopen(cmd, "r");
+    if (f) {
+        size_t n = fread(err, 1, err_size - 1, f);
+        err[n] = 0;
+        fclose(f);
+    }
+    return rc != -1 && WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+static int write_text2(const char *path) {
+    FILE *f = fopen(path, "w");
+    if (!f) return 0;
+    for (int i = 0; i < 40; i++) fprintf(f, "The quick brown fox jumps over the lazy dog %d times. ", i);
+    return fclose(f) == 0;
+}
+
+/* n rows whose byte count wraps size_t: OVERFLOW before any kernel touches a buffer */
+TEST(badinput2_quantizer_overflow) {
+    kvq_config c;
+    REQUIRE_OK(kvq_config_init(&c, KVQ_METHOD_Q8_0, 128));
+    kvq_quantizer *q = NULL;
+    REQUIRE_OK(kvq_quantizer_create(&c, &q));
+    float x[128] = {0}, s[4];
+    uint8_t codes[1024];
+    size_t huge[] = {SIZE_MAX / (128 * sizeof(float)) + 1, SIZE_MAX / 2, SIZE_MAX};
+    for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
+        CHECK_STATUS(kvq_encode(q, x, huge[i], codes), KVQ_ERR_OVERFLOW);
+        CHECK_STATUS(kvq_decode(q, codes, huge[i], x), KVQ_ERR_OVERFLOW);
+        CHECK_STATUS(kvq_score(q, x, codes, huge[i], s), KVQ_ERR_OVERFLOW);
+    }
+    /* the largest n that fits is not refused for its size (one row still works) */
+    CHECK_OK(kvq_encode(q, x, 1, codes));
+    kvq_quantizer_free(q);
+    CHECK_STATUS(kvq_config_init(&c, KVQ_METHOD_FP16, 0), KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_config_init(&c, KVQ_METHOD_Q8_0, 0), KVQ_ERR_INVALID_ARG);
+}
+
+/* a NaN or an infinity in k or v: refused whole, the cache unchanged */
+TEST(badinput2_cache_append_rejects_nonfinite) {
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_init(&cfg, 2, 64, "q8_0", "q8_0", NULL, 0));
+    kvq_cache *cache = NULL;
+    REQUIRE_OK(kvq_cache_create(&cfg, &cache));
+    float k[3 * 2 * 64], v[3 * 2 * 64];
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) k[i] = v[i] = (float)((i * 7) % 13) - 6.0f;
+    REQUIRE_OK(kvq_cache_append(cache, k, v, 3));
+    const float bad[] = {NAN, INFINITY, -INFINITY};
+    for (size_t b = 0; b < 3; b++)
+        for (int which = 0; which < 2; which++) {
+            float *t = which ? v : k;
+            size_t at = 2 * 2 * 64 + 17; /* in the last row */
+            float keep = t[at];
+            t[at] = bad[b];
+            CHECK_STATUS(kvq_cache_append(cache, k, v, 3), KVQ_ERR_INVALID_ARG);
+            t[at] = keep;
+        }
+    size_t n = 0;
+    REQUIRE_OK(kvq_cache_length(cache, &n));
+    CHECKF(n == 3, "length %zu after refused appends", n);
+    REQUIRE_OK(kvq_cache_append(cache, k, v, 3));
+    REQUIRE_OK(kvq_cache_length(cache, &n));
+    CHECK(n == 6);
+    kvq_cache_free(cache);
+}
+
+/* a key artifact with no '+VSPEC' would be applied to values too: refused with a message */
+TEST(badinput2_cli_artifact_needs_value_spec) {
+    const char *dir = kvqt_tmpdir(kvqt_);
+    char args[4096], err[4096], text[600];
+    snprintf(text, sizeof text, "%s/text.txt", dir);
+    REQUIRE(write_text2(text));
+    const char *forms[] = {
+        "perplexity -m " TINY " -f %s --ctx 64 --chunks 1 -t 1 --configs 'vecinfer:artifact=%s/k.safetensors'",
+        "perplexity -m " TINY " -f %s --ctx 64 --chunks 1 -t 1 --configs 'vecinfer:artifact=%s/k.safetensors@sink=1'",
+        "generate -m " TINY " -f %s -n 2 --cache 'vecinfer:artifact=%s/k.safetensors@sink=1'",
+    };
+    for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++) {
+        snprintf(args, sizeof args, forms[i], text, dir);
+        int rc = run_cli2(kvqt_, args, err, sizeof err);
+        CHECKF(rc == 1, "kvq %s: exit %d", args, rc);
+        CHECKF(strstr(err, "KSPEC+VSPEC") != NULL, "kvq %s: '%s'", args, err);
+    }
+}
