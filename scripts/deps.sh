@@ -27,7 +27,7 @@ if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-py_pkgs=(numpy pytest)
+py_pkgs=(numpy pytest safetensors)
 [ "$hf" = 1 ] && py_pkgs+=(torch transformers)
 for p in "${py_pkgs[@]}"; do
     python3 -c "import $p" >/dev/null 2>&1 || python3 -m pip install -q "$p"

@@ -106,3 +106,28 @@ TEST(badinput2_cli_artifact_needs_value_spec) {
         CHECKF(strstr(err, "KSPEC+VSPEC") != NULL, "kvq %s: '%s'", args, err);
     }
 }
+
+/* --dump-kv DIR: created when missing, refused up front when it cannot be (before a run) */
+TEST(badinput2_cli_dump_kv_dir) {
+    const char *dir = kvqt_tmpdir(kvqt_);
+    char args[4096], err[4096], path[600];
+    /* a parent that does not exist: one line, exit 1, and no model output */
+    snprintf(args, sizeof args, "generate -m " TINY " -p hi -n 2 --dump-kv %s/no/such", dir);
+    int rc = run_cli2(kvqt_, args, err, sizeof err);
+    CHECKF(rc == 1, "exit %d", rc);
+    CHECKF(strstr(err, "--dump-kv") && strstr(err, "cannot create"), "'%s'", err);
+    /* a regular file in the way */
+    snprintf(path, sizeof path, "%s/file", dir);
+    REQUIRE(write_text2(path));
+    snprintf(args, sizeof args, "generate -m " TINY " -p hi -n 2 --dump-kv %s", path);
+    rc = run_cli2(kvqt_, args, err, sizeof err);
+    CHECKF(rc == 1 && strstr(err, "not a directory"), "exit %d '%s'", rc, err);
+    /* missing but creatable: made, and the layers land in it */
+    snprintf(path, sizeof path, "%s/dump", dir);
+    snprintf(args, sizeof args, "generate -m " TINY " -p hi -n 2 --quiet --dump-kv %s", path);
+    rc = run_cli2(kvqt_, args, err, sizeof err);
+    CHECKF(rc == 0, "exit %d '%s'", rc, err);
+    snprintf(path, sizeof path, "%s/dump/keys_00.npy", dir);
+    struct stat sb;
+    CHECKF(stat(path, &sb) == 0 && sb.st_size > 128, "%s missing", path);
+}

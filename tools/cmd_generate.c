@@ -1,9 +1,12 @@
 /* cmd_generate.c - `kvq generate`: stream text from a GGUF model whose KV cache is
  * compressed with the given key and value quantizers, then report speed and KV memory. */
 #include <inttypes.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "args.h"
@@ -62,7 +65,8 @@ static int gen_usage(FILE *f) {
             "                     model's own (default: the GGUF's tokenizer.chat_template)\n"
             "  --dump-kv DIR      write every layer's keys (after RoPE) and values as\n"
             "                     DIR/keys_LL.npy and DIR/values_LL.npy, float32 [tokens][kv_heads][head_dim],\n"
-            "                     and the queries (after RoPE) as DIR/queries_LL.npy [tokens][heads][head_dim]\n");
+            "                     and the queries (after RoPE) as DIR/queries_LL.npy [tokens][heads][head_dim];\n"
+            "                     DIR is created if missing (its parent must exist) before the model loads\n");
     return f == stderr ? 1 : 0;
 }
 
@@ -214,6 +218,22 @@ int kvq_cmd_generate(int argc, char **argv) {
     if (!plan && (!strcmp(kspec, "f32")) != (!strcmp(vspec, "f32"))) {
         fprintf(stderr, "kvq generate: f32 (exact) applies to keys and values together\n");
         return 1;
+    }
+    /* --dump-kv DIR: made (one level) or checked before the model runs, not after */
+    if (dump_dir) {
+        struct stat sb;
+        if (mkdir(dump_dir, 0777) != 0 && errno != EEXIST) {
+            fprintf(stderr, "kvq generate: --dump-kv %s: cannot create: %s\n", dump_dir, strerror(errno));
+            return 1;
+        }
+        if (stat(dump_dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "kvq generate: --dump-kv %s: not a directory\n", dump_dir);
+            return 1;
+        }
+        if (access(dump_dir, W_OK | X_OK) != 0) {
+            fprintf(stderr, "kvq generate: --dump-kv %s: not writable: %s\n", dump_dir, strerror(errno));
+            return 1;
+        }
     }
     char *prompt_text = NULL;
     if (prompt_file && !(prompt = prompt_text = kvq_cli_read_text("generate", prompt_file, NULL))) return 1;
