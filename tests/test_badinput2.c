@@ -131,3 +131,108 @@ TEST(badinput2_cli_dump_kv_dir) {
     struct stat sb;
     CHECKF(stat(path, &sb) == 0 && sb.st_size > 128, "%s missing", path);
 }
+
+/* ------------------------------------------------------------ GGUF oddities */
+
+static uint8_t *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = sz > 0 ? malloc((size_t)sz) : NULL;
+    if (b && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    *n = (size_t)sz;
+    return b;
+}
+
+/* Offset just past a string in the file stored as u64 length + bytes (a key or a tensor name). */
+static size_t after_string(const uint8_t *buf, size_t n, const char *s) {
+    size_t l = strlen(s);
+    for (size_t i = 8; i + l < n; i++)
+        if (!memcmp(buf + i, s, l) && buf[i - 8] == l && !buf[i - 7]) return i + l;
+    return 0;
+}
+
+static uint64_t get_le(const uint8_t *p, int bytes) {
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static void put_le(uint8_t *p, uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* buf written to DIR/odd.gguf and loaded: the status, msg the loader's message */
+static kvq_status load_bytes(kvqt_ctx *kvqt_, const uint8_t *buf, size_t n, char *msg, size_t msg_size) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/odd.gguf", kvqt_tmpdir(kvqt_));
+    FILE *f = fopen(path, "wb");
+    if (!f) return KVQ_ERR_IO;
+    fwrite(buf, 1, n, f);
+    fclose(f);
+    kvq_model *m = NULL;
+    msg[0] = 0;
+    kvq_status st = kvq_model_load(path, &m, msg, msg_size);
+    kvq_model_free(m);
+    return st;
+}
+
+/* A u32/i32 metadata value named key: its offset (after the type), 0 if not one */
+static size_t meta_u32_at(const uint8_t *buf, size_t n, const char *key) {
+    size_t at = after_string(buf, n, key);
+    if (!at || at + 8 > n) return 0;
+    uint32_t type = (uint32_t)get_le(buf + at, 4);
+    return type == 4 || type == 5 ? at + 4 : 0; /* GGUF u32 = 4, i32 = 5 */
+}
+
+TEST(badinput2_gguf_oddities_rejected) {
+    size_t n;
+    uint8_t *orig = slurp(TINY, &n), *buf = malloc(n);
+    REQUIRE(orig && buf);
+    char msg[512];
+    REQUIRE_OK(load_bytes(kvqt_, orig, n, msg, sizeof msg));
+    kvq_model *m;
+    REQUIRE_OK(kvq_model_load(TINY, &m, NULL, 0));
+    kvq_model_info info;
+    kvq_model_get_info(m, &info);
+    kvq_model_free(m);
+    /* bos / eos past the vocabulary */
+    const char *ids[] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"};
+    for (int k = 0; k < 2; k++) {
+        size_t at = meta_u32_at(orig, n, ids[k]);
+        REQUIRE(at);
+        memcpy(buf, orig, n);
+        put_le(buf + at, info.n_vocab, 4);
+        CHECK_STATUS(load_bytes(kvqt_, buf, n, msg, sizeof msg), KVQ_ERR_FORMAT);
+        CHECKF(strstr(msg, ids[k]) && strstr(msg, "vocabulary"), "%s", msg);
+        put_le(buf + at, info.n_vocab - 1, 4); /* the last token is still one */
+        CHECK_OK(load_bytes(kvqt_, buf, n, msg, sizeof msg));
+    }
+    /* one tensor's data moved onto another's (aligned, inside the file) */
+    size_t q = after_string(orig, n, "blk.0.attn_q.weight"), e = after_string(orig, n, "token_embd.weight");
+    REQUIRE(q && e);
+    uint32_t qd = (uint32_t)get_le(orig + q, 4), ed = (uint32_t)get_le(orig + e, 4);
+    REQUIRE(qd >= 1 && qd <= 4 && ed >= 1 && ed <= 4);
+    size_t q_off = q + 4 + 8 * qd + 4, e_off = e + 4 + 8 * ed + 4;
+    memcpy(buf, orig, n);
+    put_le(buf + q_off, get_le(orig + e_off, 8), 8);
+    CHECK_STATUS(load_bytes(kvqt_, buf, n, msg, sizeof msg), KVQ_ERR_FORMAT);
+    CHECKF(strstr(msg, "overlaps"), "%s", msg);
+    /* block_count below the blk.N tensors present */
+    char key[128];
+    snprintf(key, sizeof key, "%s.block_count", info.arch);
+    size_t bc = meta_u32_at(orig, n, key);
+    REQUIRE(bc && info.n_layers >= 2);
+    memcpy(buf, orig, n);
+    put_le(buf + bc, info.n_layers - 1, 4);
+    CHECK_STATUS(load_bytes(kvqt_, buf, n, msg, sizeof msg), KVQ_ERR_FORMAT);
+    CHECKF(strstr(msg, "block_count"), "%s", msg);
+    free(buf);
+    free(orig);
+}

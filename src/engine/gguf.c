@@ -248,11 +248,18 @@ static kvq_status parse(kvqi_gguf *g, char *msg, size_t msg_size) {
             return KVQ_ERR_FORMAT;
         }
         t->data = g->base + data + t->offset;
-        for (uint64_t j = 0; j < i; j++)
-            if (!strcmp(t->name, g->tensors[j].name)) {
+        for (uint64_t j = 0; j < i; j++) {
+            const kvqi_gguf_tensor *u = &g->tensors[j];
+            if (!strcmp(t->name, u->name)) {
                 kvqi_set_msg(msg, msg_size, "gguf: duplicate tensor name '%s'", t->name);
                 return KVQ_ERR_FORMAT;
             }
+            /* two tensors sharing bytes (a type changed without moving its neighbours) */
+            if (t->nbytes && u->nbytes && t->offset < u->offset + u->nbytes && u->offset < t->offset + t->nbytes) {
+                kvqi_set_msg(msg, msg_size, "gguf: tensor '%s' data overlaps tensor '%s'", t->name, u->name);
+                return KVQ_ERR_FORMAT;
+            }
+        }
     }
     return KVQ_OK;
 }

@@ -124,6 +124,17 @@ static kvq_status load_weights(kvq_model *m, char *msg, size_t msg_size) {
     if (!m->output) m->output = m->tok_embd;
     if ((st = load_vector(g, "output_norm.weight", I->n_embd, 0, &m->output_norm, msg, msg_size))) return st;
     if ((st = load_vector(g, "rope_freqs.weight", m->n_rot / 2, 1, &m->rope_freq_factors, msg, msg_size))) return st;
+    /* a blk.N tensor past block_count: the file and its header disagree on the depth */
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const char *tn = g->tensors[i].name;
+        if (strncmp(tn, "blk.", 4) || !(tn[4] >= '0' && tn[4] <= '9')) continue;
+        uint64_t b = 0;
+        for (const char *d = tn + 4; *d >= '0' && *d <= '9' && b <= UINT32_MAX; d++) b = b * 10 + (uint64_t)(*d - '0');
+        if (b >= I->n_layers) {
+            kvqi_set_msg(msg, msg_size, "model: tensor '%s' is past block_count %u", tn, I->n_layers);
+            return KVQ_ERR_FORMAT;
+        }
+    }
     m->layers = calloc(I->n_layers, sizeof *m->layers);
     if (!m->layers) return KVQ_ERR_NOMEM;
     for (uint32_t l = 0; l < I->n_layers; l++) {

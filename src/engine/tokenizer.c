@@ -256,10 +256,22 @@ done:
     return st;
 }
 
-static int32_t get_token_id(const kvqi_gguf *g, const char *key, uint32_t n_vocab) {
+/* A special token's id: -1 when the key is absent; present, it must name a token. */
+static kvq_status get_token_id(const kvqi_gguf *g, const char *key, uint32_t n_vocab, int32_t *out,
+                               char *msg, size_t msg_size) {
+    *out = -1;
+    if (!kvqi_gguf_find(g, key)) return KVQ_OK;
     uint32_t v;
-    if (kvqi_gguf_get_u32(g, key, &v) != KVQ_OK || v >= n_vocab) return -1;
-    return (int32_t)v;
+    if (kvqi_gguf_get_u32(g, key, &v) != KVQ_OK) {
+        kvqi_set_msg(msg, msg_size, "tokenizer: %s is not an unsigned integer", key);
+        return KVQ_ERR_FORMAT;
+    }
+    if (v >= n_vocab) {
+        kvqi_set_msg(msg, msg_size, "tokenizer: %s = %u is past the vocabulary (%u tokens)", key, v, n_vocab);
+        return KVQ_ERR_FORMAT;
+    }
+    *out = (int32_t)v;
+    return KVQ_OK;
 }
 
 kvq_status kvqi_tokenizer_load(const kvqi_gguf *g, kvqi_tokenizer **out, char *msg, size_t msg_size) {
@@ -367,9 +379,12 @@ kvq_status kvqi_tokenizer_load(const kvqi_gguf *g, kvqi_tokenizer **out, char *m
     }
     int flag;
     if (kvqi_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &flag) == KVQ_OK) t->add_space_prefix = flag;
-    t->bos = get_token_id(g, "tokenizer.ggml.bos_token_id", n);
-    t->eos = get_token_id(g, "tokenizer.ggml.eos_token_id", n);
-    t->unk = get_token_id(g, "tokenizer.ggml.unknown_token_id", n);
+    if ((st = get_token_id(g, "tokenizer.ggml.bos_token_id", n, &t->bos, msg, msg_size)) ||
+        (st = get_token_id(g, "tokenizer.ggml.eos_token_id", n, &t->eos, msg, msg_size)))
+        goto fail;
+    /* the unknown token is only a fallback: an unusable one (some converters write -1) is none */
+    uint32_t unk;
+    t->unk = kvqi_gguf_get_u32(g, "tokenizer.ggml.unknown_token_id", &unk) == KVQ_OK && unk < n ? (int32_t)unk : -1;
     t->add_bos = spm;
     if (kvqi_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &flag) == KVQ_OK) t->add_bos = flag;
     /* special tokens by first byte, longest first, so "<|im_start|>" wins over a prefix of
