@@ -71,6 +71,14 @@ typedef enum kvq_status {
 
 /* A static English sentence for a status; never NULL. */
 KVQ_API const char *kvq_strerror(kvq_status status);
+/* One line saying what was wrong in the last failing call on this thread that had
+ * more to say than its status ("cache: outliers 64 must be below head_dim 64",
+ * "x.kvqi: No space left on device", ...); "" when none. Per thread (each thread sees
+ * its own failures only); successful calls leave it as it is, so clear it first with
+ * kvq_clear_last_error() to tell whether a call recorded one. The string stays valid
+ * until the thread's next kvq call. Calls with a msg buffer write the same line there. */
+KVQ_API const char *kvq_last_error(void);
+KVQ_API void kvq_clear_last_error(void);
 /* "0.1.0" and the ISA the kernels run on here: "avx512", "avx2", "neon" or "scalar". */
 KVQ_API const char *kvq_version_string(void);
 KVQ_API const char *kvq_cpu_isa(void);

@@ -236,7 +236,7 @@ TEST(badinput_cli_directory_is_not_a_file) {
         CHECKF(strstr(err, "is a directory") != NULL && one_line(err), "kvq %s: '%s'", args, err);
     }
     /* an artifact or a plan that is a directory: refused, the message says so */
-    snprintf(args, sizeof args, "perplexity -m " TINY " -f %s --ctx 64 --chunks 1 -t 1 --configs 'vecinfer:artifact=%s'",
+    snprintf(args, sizeof args, "perplexity -m " TINY " -f %s --ctx 64 --chunks 1 -t 1 --configs 'vecinfer:artifact=%s+fp16'",
              text, dir);
     CHECK(run_cli(kvqt_, args, err, sizeof err) == 1);
     CHECKF(strstr(err, "artifact") && strstr(err, "is a directory"), "%s", err);

@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -235,4 +236,85 @@ TEST(badinput2_gguf_oddities_rejected) {
     CHECKF(strstr(msg, "block_count"), "%s", msg);
     free(buf);
     free(orig);
+}
+
+/* ------------------------------------------------------ kvq_last_error details */
+
+static void *fail_in_thread(void *arg) {
+    (void)arg;
+    kvq_clear_last_error();
+    kvq_config c;
+    if (kvq_config_init(&c, KVQ_METHOD_RABITQ, 128) == KVQ_OK) {
+        c.split = 1;
+        c.bits = 1;
+        kvq_quantizer *q = NULL;
+        if (kvq_quantizer_create(&c, &q) == KVQ_OK) kvq_quantizer_free(q);
+    }
+    return (void *)(strstr(kvq_last_error(), "split") != NULL ? (void *)1 : NULL);
+}
+
+TEST(badinput2_last_error_details) {
+    const char *dir = kvqt_tmpdir(kvqt_);
+    char path[700];
+    kvq_clear_last_error();
+    CHECK(kvq_last_error() != NULL && kvq_last_error()[0] == 0);
+    /* split with 1 bit: the reason, not just "invalid argument" */
+    kvq_config c;
+    REQUIRE_OK(kvq_config_init(&c, KVQ_METHOD_RABITQ, 128));
+    c.split = 1;
+    c.bits = 1;
+    kvq_quantizer *q = NULL;
+    CHECK_FAILS(kvq_quantizer_create(&c, &q));
+    CHECKF(strstr(kvq_last_error(), "split=1 needs bits"), "'%s'", kvq_last_error());
+    /* another thread's failure is not seen here, and this one's is not seen there */
+    kvq_clear_last_error();
+    pthread_t th;
+    void *seen = NULL;
+    REQUIRE(pthread_create(&th, NULL, fail_in_thread, NULL) == 0);
+    REQUIRE(pthread_join(th, &seen) == 0);
+    CHECK(seen != NULL);
+    CHECKF(kvq_last_error()[0] == 0, "another thread's detail leaked: '%s'", kvq_last_error());
+    /* I/O: the path and the system's reason */
+    REQUIRE_OK(kvq_config_init(&c, KVQ_METHOD_Q8_0, 128));
+    REQUIRE_OK(kvq_quantizer_create(&c, &q));
+    snprintf(path, sizeof path, "%s/no/such/dir/q.safetensors", dir);
+    CHECK_STATUS(kvq_quantizer_save(q, path), KVQ_ERR_IO);
+    CHECKF(strstr(kvq_last_error(), path) && strstr(kvq_last_error(), "No such file or directory"), "'%s'",
+           kvq_last_error());
+    kvq_quantizer *back = NULL;
+    kvq_clear_last_error();
+    CHECK_STATUS(kvq_quantizer_load(path, &back), KVQ_ERR_IO);
+    CHECKF(strstr(kvq_last_error(), path) && strstr(kvq_last_error(), "No such file or directory"), "'%s'",
+           kvq_last_error());
+    kvq_quantizer_free(q);
+    /* GQA: query heads not a multiple of the KV heads */
+    kvq_cache_config cc;
+    REQUIRE_OK(kvq_cache_config_init(&cc, 2, 64, "fp16", "fp16", NULL, 0));
+    kvq_cache *cache = NULL;
+    REQUIRE_OK(kvq_cache_create(&cc, &cache));
+    float kv[2 * 64] = {0}, qv[3 * 64] = {0}, out[3 * 64];
+    REQUIRE_OK(kvq_cache_append(cache, kv, kv, 1));
+    kvq_clear_last_error();
+    CHECK_STATUS(kvq_cache_attend(cache, qv, 3, 1, 0.125f, NULL, out), KVQ_ERR_MISMATCH);
+    CHECKF(strstr(kvq_last_error(), "3 query heads") && strstr(kvq_last_error(), "2 KV heads"), "'%s'",
+           kvq_last_error());
+    kvq_cache_free(cache);
+}
+
+/* the CLI prints the detail; a calibrated method with no artifact is refused before the model loads */
+TEST(badinput2_cli_details) {
+    char err[4096];
+    int rc = run_cli2(kvqt_, "generate -m " TINY " -p hi -n 1 --outliers 64", err, sizeof err);
+    CHECKF(rc == 1 && strstr(err, "outliers 64 must be below head_dim 64"), "exit %d '%s'", rc, err);
+    /* the model path does not exist: the spec is judged first */
+    const char *forms[] = {
+        "generate -m no-such-model.gguf -p hi --cache-k vecinfer",
+        "generate -m no-such-model.gguf -p hi --cache-k fp16 --cache-v spectral:bits=2",
+        "perplexity -m no-such-model.gguf -f README.md --configs fp16,comm_vq+fp16",
+    };
+    for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++) {
+        rc = run_cli2(kvqt_, forms[i], err, sizeof err);
+        CHECKF(rc == 1 && strstr(err, "is calibrated: give its artifact") && !strstr(err, "no-such-model"),
+               "kvq %s: exit %d '%s'", forms[i], rc, err);
+    }
 }

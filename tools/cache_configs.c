@@ -112,3 +112,30 @@ kvq_status kvq_cli_cache_configs(const kvq_model_info *info, const char *kspec, 
     for (uint32_t l = 0; l < info->n_layers; l++) set_rope(info, &per_layer[l].key);
     return st;
 }
+
+int kvq_cli_check_calibrated(const char *cmd, const char *spec) {
+    if (!spec || !strncmp(spec, "plan:", 5)) return 0;
+    char buf[2900];
+    snprintf(buf, sizeof buf, "%s", spec);
+    char *at = strchr(buf, '@');
+    if (at) *at = 0;
+    if (kvq_cache_preset_get(buf)) return 0;
+    static const kvq_method calibrated[] = {KVQ_METHOD_VECINFER, KVQ_METHOD_SPECTRAL, KVQ_METHOD_COMM_VQ};
+    for (char *side = buf; side;) {
+        char *plus = strchr(side, '+');
+        if (plus) *plus = 0;
+        size_t len = strcspn(side, ":");
+        for (size_t i = 0; i < sizeof calibrated / sizeof calibrated[0]; i++) {
+            const char *name = kvq_method_name(calibrated[i]);
+            if (name && strlen(name) == len && !strncmp(side, name, len) && !strstr(side, "artifact=")) {
+                fprintf(stderr,
+                        "kvq %s: '%s': %s is calibrated: give its artifact, %s:artifact=FILE (from kvq calibrate "
+                        "--method %s)\n",
+                        cmd, spec, name, name, name);
+                return 1;
+            }
+        }
+        side = plus ? plus + 1 : NULL;
+    }
+    return 0;
+}

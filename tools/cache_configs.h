@@ -16,6 +16,11 @@ kvq_status kvq_cli_cache_configs(const kvq_model_info *info, const char *kspec, 
                                  uint32_t n_sink, kvq_cache_config *per_layer, char *msg,
                                  size_t msg_size);
 
+/* 1 (after one line on stderr) if a side of spec (KSPEC, KSPEC+VSPEC, either with
+ * @options) names a calibrated method (vecinfer, spectral, comm_vq) with no artifact=:
+ * checked before the model loads, so a run does not fail after it. 0 otherwise. */
+int kvq_cli_check_calibrated(const char *cmd, const char *spec);
+
 /* 1 if spec names a layer pattern (then it needs kvq_cli_cache_configs per layer). */
 int kvq_cli_spec_has_layer_pattern(const char *spec);
 

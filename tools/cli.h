@@ -27,7 +27,8 @@ KVQ_CLI_WEAK int kvq_cmd_calibrate(int argc, char **argv);
 KVQ_CLI_WEAK int kvq_cmd_index(int argc, char **argv);
 KVQ_CLI_WEAK int kvq_cmd_quant(int argc, char **argv);
 
-/* Print "kvq <cmd>: <what>: <status sentence>" on stderr and return 1. */
+/* Print "kvq <cmd>: <what>: <status sentence>[: <kvq_last_error()>]" on stderr and
+ * return 1 (callers clear the last error before the call that failed). */
 int kvq_cli_fail(const char *cmd, const char *what, kvq_status st);
 
 #endif

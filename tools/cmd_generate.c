@@ -219,6 +219,8 @@ int kvq_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "kvq generate: f32 (exact) applies to keys and values together\n");
         return 1;
     }
+    if ((!plan && kvq_cli_check_calibrated("generate", kspec)) || kvq_cli_check_calibrated("generate", vspec))
+        return 1;
     /* --dump-kv DIR: made (one level) or checked before the model runs, not after */
     if (dump_dir) {
         struct stat sb;
@@ -314,6 +316,7 @@ context:;
         p.query_observer = dump_query_observer;
         p.query_observer_user = &dump;
     }
+    kvq_clear_last_error();
     if ((st = kvq_context_create(model, &p, &ctx))) {
         rc = kvq_cli_fail("generate", "context", st);
         goto done;

@@ -215,6 +215,15 @@ int kvq_cmd_perplexity(int argc, char **argv) {
         fprintf(stderr, "kvq perplexity: no configs (or more than %d)\n", PPL_MAX_CONFIGS);
         return 1;
     }
+    for (int c = 0; c < n_cfg; c++) {
+        if (kvq_cli_check_calibrated("perplexity", specs[c])) return 1;
+        /* a calibrated artifact fits keys or values, never both: with no '+', values must be named */
+        if (strncmp(specs[c], "plan:", 5) && !strchr(specs[c], '+') && strstr(specs[c], "artifact=")) {
+            fprintf(stderr, "kvq perplexity: config '%s': an artifact is calibrated on keys or on values, not "
+                            "both: give the values' spec as KSPEC+VSPEC (e.g. ...+fp16)\n", specs[c]);
+            return 1;
+        }
+    }
     char msg[256] = "";
     kvq_model *model;
     kvq_status st = kvq_model_load(model_path, &model, msg, sizeof msg);
@@ -271,13 +280,6 @@ int kvq_cmd_perplexity(int argc, char **argv) {
             snprintf(kspec, sizeof kspec, "%.*s", (int)(plus - specs[c]), specs[c]);
             snprintf(vspec, sizeof vspec, "%s", plus + 1);
         } else {
-            if (!plus && strstr(specs[c], "artifact=")) {
-                /* a calibrated artifact fits keys or values, never both: values must be named */
-                fprintf(stderr, "kvq perplexity: config '%s': an artifact is calibrated on keys or on "
-                                "values, not both: give the values' spec as KSPEC+VSPEC (e.g. ...+fp16)\n",
-                        specs[c]);
-                continue;
-            }
             snprintf(kspec, sizeof kspec, "%s", specs[c]);
             /* a plan sets keys only: values fp16 unless given */
             snprintf(vspec, sizeof vspec, "%s", strncmp(specs[c], "plan:", 5) ? specs[c] : "fp16");
@@ -303,8 +305,11 @@ int kvq_cmd_perplexity(int argc, char **argv) {
             p.cache = per_layer;
             p.n_cache_configs = info.n_layers;
         }
+        kvq_clear_last_error();
         if ((st = kvq_context_create(model, &p, &r->ctx))) {
-            fprintf(stderr, "kvq perplexity: config '%s': context: %s\n", specs[c], kvq_strerror(st));
+            const char *why = kvq_last_error();
+            fprintf(stderr, "kvq perplexity: config '%s': context: %s%s%s\n", specs[c], kvq_strerror(st),
+                    why[0] ? ": " : "", why);
             r->ctx = NULL;
         }
     }

@@ -16,7 +16,8 @@ static const kvq_cli_command commands[] = {
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
 int kvq_cli_fail(const char *cmd, const char *what, kvq_status st) {
-    fprintf(stderr, "kvq %s: %s: %s\n", cmd, what, kvq_strerror(st));
+    const char *why = kvq_last_error();
+    fprintf(stderr, "kvq %s: %s: %s%s%s\n", cmd, what, kvq_strerror(st), why[0] ? ": " : "", why);
     return 1;
 }
 

@@ -942,7 +942,11 @@ KVQ_API kvq_status kvq_cache_attend(kvq_cache *c, const float *q, uint32_t n_q_h
                                     size_t n_queries, float scale, kvq_threadpool *pool,
                                     float *out) {
     if (!c || !q || !out || n_q_heads == 0 || n_queries == 0) return KVQ_ERR_INVALID_ARG;
-    if (n_q_heads % c->n_kv != 0) return KVQ_ERR_MISMATCH;
+    if (n_q_heads % c->n_kv != 0) {
+        kvqi_set_msg(NULL, 0, "cache attend: %u query heads are not a multiple of the cache's %u KV heads (GQA)",
+                     n_q_heads, c->n_kv);
+        return KVQ_ERR_MISMATCH;
+    }
     if (n_queries > c->n_tokens) return KVQ_ERR_INVALID_ARG;
     /* a sliding-window cache holds what the last append's queries can see */
     if (c->cfg.sliding_window && n_queries > c->n_tokens - c->last_append) return KVQ_ERR_INVALID_ARG;

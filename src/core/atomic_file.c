@@ -71,11 +71,15 @@ kvq_status kvqi_atomic_begin(const char *path, kvqi_atomic_file *af) {
         kvqi_atomic_abort(af);
         return KVQ_ERR_NOMEM;
     }
+    int err = 0;
     for (int attempt = 0; attempt < 8; attempt++) {
         memcpy(af->tmp, path, plen);
         memcpy(af->tmp + plen, TMP_SUFFIX "XXXXXX", sizeof TMP_SUFFIX + TMP_RANDOM);
         int fd = mkstemp(af->tmp);
-        if (fd < 0) break;
+        if (fd < 0) {
+            err = errno;
+            break;
+        }
         /* between mkstemp and flock another writer's cleanup may have taken this temp
          * for a stale one: once locked, it must still be the file at that name */
         struct stat a, b;
@@ -87,24 +91,29 @@ kvq_status kvqi_atomic_begin(const char *path, kvqi_atomic_file *af) {
         (void)fchmod(fd, 0644);
         af->f = fdopen(fd, "wb");
         if (!af->f) {
+            err = errno;
             close(fd);
             unlink(af->tmp);
             break;
         }
         return KVQ_OK;
     }
+    kvqi_set_msg(NULL, 0, "%s: cannot write: %s", path, err ? strerror(err) : "temporary file not created");
     kvqi_atomic_abort(af);
     return KVQ_ERR_IO;
 }
 
 kvq_status kvqi_atomic_commit(kvqi_atomic_file *af, int write_ok) {
     if (!af || !af->f) return KVQ_ERR_INVALID_ARG;
-    int ok = write_ok && fflush(af->f) == 0 && fsync(fileno(af->f)) == 0;
+    /* err: the first failure's errno, for the message (a failed write before: its errno) */
+    int ok = write_ok, err = write_ok ? 0 : errno;
+    if (ok && (fflush(af->f) != 0 || fsync(fileno(af->f)) != 0)) ok = 0, err = errno;
     /* the rename happens while the lock is held: no cleanup can take the temp first */
-    ok = ok && rename(af->tmp, af->path) == 0;
+    if (ok && rename(af->tmp, af->path) != 0) ok = 0, err = errno;
     if (!ok) unlink(af->tmp);
-    ok = (fclose(af->f) == 0) && ok;
+    if (fclose(af->f) != 0 && ok) ok = 0, err = errno;
     af->f = NULL;
+    if (!ok) kvqi_set_msg(NULL, 0, "%s: cannot write: %s", af->path, err ? strerror(err) : "write failed");
     if (ok) {
         /* make the rename itself durable: fsync the directory (best effort) */
         const char *base;

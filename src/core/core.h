@@ -35,7 +35,8 @@ void *kvqi_alloc_array(size_t count, size_t size);
 void *kvqi_calloc_array(size_t count, size_t size);
 void kvqi_free(void *p);
 
-/* Write msg (printf-style) into an optional caller buffer. */
+/* Write msg (printf-style) into an optional caller buffer, and record it as this
+ * thread's kvq_last_error() (msg NULL: recorded only). */
 void kvqi_set_msg(char *msg, size_t msg_size, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 3, 4)))

@@ -652,7 +652,10 @@ kvq_status kvqi_st_read(const char *path, kvqi_st_file **out) {
     if (!path || !out) return KVQ_ERR_INVALID_ARG;
     *out = NULL;
     FILE *fp = fopen(path, "rb");
-    if (!fp) return KVQ_ERR_IO;
+    if (!fp) {
+        kvqi_set_msg(NULL, 0, "%s: %s", path, strerror(errno));
+        return KVQ_ERR_IO;
+    }
     struct stat st;
     if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
         (uint64_t)st.st_size > SIZE_MAX - 64) {

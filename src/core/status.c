@@ -32,10 +32,19 @@ KVQ_API const char *kvq_cpu_isa(void) {
     return kvqi_isa_name(isa);
 }
 
+/* The detail of the last failure on this thread (kvq_last_error): per thread, so no
+ * state is shared between threads; every message a failing path writes lands here too. */
+static _Thread_local char last_error[2048];
+
 void kvqi_set_msg(char *msg, size_t msg_size, const char *fmt, ...) {
-    if (!msg || msg_size == 0) return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, msg_size, fmt, ap);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
     va_end(ap);
+    if (!msg || msg_size == 0) return;
+    snprintf(msg, msg_size, "%s", last_error);
 }
+
+KVQ_API const char *kvq_last_error(void) { return last_error; }
+
+KVQ_API void kvq_clear_last_error(void) { last_error[0] = 0; }

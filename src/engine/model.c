@@ -596,6 +596,12 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
             }
             /* sliding-window layers: the cache masks and frees past the window */
             if (model->layers[l].swa) cc.sliding_window = model->n_swa;
+            if (cc.n_outliers >= cc.head_dim) {
+                kvqi_set_msg(NULL, 0, "cache: outliers %u must be below head_dim %u (layer %u)", cc.n_outliers,
+                             cc.head_dim, l);
+                st = KVQ_ERR_INVALID_ARG;
+                goto fail;
+            }
             if ((st = kvq_cache_create(&cc, &c->caches[l]))) goto fail;
         }
     }
