@@ -111,6 +111,7 @@ help:
 	@echo "make test-python the Python package's tests (pytest) against $(BUILD)/libkvq.so"
 	@echo "make wheel      the Python wheel (kvq-cache, libkvq inside) into $(BUILD)/wheel/"
 	@echo "make fuzz       libFuzzer targets into build-fuzz/; make fuzz-smoke runs each FUZZ_SECONDS"
+	@echo "make fuzz-long  every fuzz target for 10 minutes (FUZZ_LONG_SECONDS)"
 	@echo "make model      the SmolLM2-135M GGUF into models/; make gemma: Gemma-3-270M; make data: the text"
 	@echo "make clean      remove $(BUILD)/"
 
@@ -320,6 +321,12 @@ fuzz-smoke: fuzz
 	    || { tail -n 60 fuzz/out/$$t/log.txt; echo "fuzz-smoke: $$t FAILED"; exit 1; }; \
 	  grep -E '^stat::number_of_executed_units|^Done' fuzz/out/$$t/log.txt || true; \
 	done; echo "fuzz-smoke: all targets ran clean"
+
+# every target for FUZZ_LONG_SECONDS (10 minutes) each: the long run before a release
+FUZZ_LONG_SECONDS ?= 600
+.PHONY: fuzz-long
+fuzz-long:
+	$(MAKE) fuzz-smoke FUZZ_SECONDS=$(FUZZ_LONG_SECONDS)
 
 $(BUILD)/make_corpus: fuzz/make_corpus.c $(STATIC_LIB)
 	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) -o $@ $< $(STATIC_LIB) $(LDLIBS_ALL)

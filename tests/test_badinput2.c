@@ -318,3 +318,17 @@ TEST(badinput2_cli_details) {
                "kvq %s: exit %d '%s'", forms[i], rc, err);
     }
 }
+
+/* tests/cli_badinput_sweep.sh: every hostile CLI input exits 1 with one line, no signal */
+TEST(badinput2_cli_sweep) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "sh tests/cli_badinput_sweep.sh '%s' '%s' 2>&1", kvqt_cli_path(), kvqt_tmpdir(kvqt_));
+    FILE *p = popen(cmd, "r");
+    REQUIRE(p);
+    char out[8192];
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    int rc = pclose(p);
+    CHECKF(rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "sweep: %s", out);
+    CHECKF(strstr(out, " 0 failed") != NULL, "%s", out);
+}

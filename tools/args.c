@@ -99,7 +99,25 @@ int kvq_arg_regular_file(const char *cmd, const char *path) {
 
 int kvq_arg_output_file(const char *cmd, const char *path) {
     struct stat sb;
-    if (stat(path, &sb) != 0 || S_ISREG(sb.st_mode)) return 0; /* a missing directory shows at the write */
+    if (stat(path, &sb) != 0) {
+        /* a new file: its directory must be there now, not only when the work is done */
+        size_t len = strlen(path);
+        char *dir = malloc(len + 2);
+        if (!dir) return 0;
+        memcpy(dir, path, len + 1);
+        char *slash = strrchr(dir, '/');
+        if (!slash) strcpy(dir, ".");
+        else if (slash == dir) dir[1] = 0;
+        else *slash = 0;
+        int bad = 1;
+        const char *why = "not a directory";
+        if (stat(dir, &sb) != 0) why = strerror(errno);
+        else bad = !S_ISDIR(sb.st_mode);
+        if (bad) fprintf(stderr, "kvq %s: %s: cannot write: %s: %s\n", cmd, path, dir, why);
+        free(dir);
+        return bad;
+    }
+    if (S_ISREG(sb.st_mode)) return 0;
     fprintf(stderr, "kvq %s: %s: %s, not a file to write\n", cmd, path,
             S_ISDIR(sb.st_mode) ? "is a directory" : "is a special file");
     return 1;

@@ -25,8 +25,8 @@ int kvq_arg_double(const char *cmd, const char *opt, const char *s, double lo, d
  * or a device); else one line "kvq <cmd>: <path>: is a directory" etc. */
 int kvq_arg_regular_file(const char *cmd, const char *path);
 
-/* path may be written: it does not exist yet or is a regular file (not a directory);
- * else one line and 1. */
+/* path may be written: it is a regular file (not a directory), or it does not exist yet
+ * and its directory does; else one line and 1. */
 int kvq_arg_output_file(const char *cmd, const char *path);
 
 /* The whole of a regular text file, NUL bytes turned into spaces, NUL-terminated;
