@@ -548,9 +548,6 @@ static void free_scratch(kvq_cache *c) {
     }
     c->scratch = NULL;
     c->n_scratch = 0;
-    kvqi_free(c->partials);
-    c->partials = NULL;
-    c->partials_floats = 0;
 }
 
 KVQ_API void kvq_cache_free(kvq_cache *c) {
@@ -975,8 +972,7 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     if (c->key.proj) m->shared += (uint64_t)c->key.signs.m * c->dim * sizeof(float);
     m->overhead = sizeof *c + (uint64_t)c->chunk_table_cap * sizeof(uint8_t *) +
                   (uint64_t)KVQI_ENCODE_ROWS * c->dim * sizeof(float) +
-                  (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each) +
-                  (uint64_t)c->partials_floats * sizeof(float);
+                  (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each);
     if (c->rope_freq) /* position-aware keys: the frequencies and one call's positions */
         m->overhead += (uint64_t)c->dim / 2 * sizeof(double) +
                        (uint64_t)c->cfg.chunk_tokens * sizeof(int32_t);
