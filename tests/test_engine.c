@@ -36,9 +36,9 @@ typedef struct ref_logits {
     uint8_t *raw;
 } ref_logits;
 
-static int load_ref(ref_logits *r) {
+static int load_ref_file(ref_logits *r, const char *path) {
     size_t size;
-    r->raw = read_all(TINY_REF, &size);
+    r->raw = read_all(path, &size);
     if (!r->raw || size < 16 || memcmp(r->raw, "KVQREF1", 8)) return 0;
     memcpy(&r->n_tok, r->raw + 8, 4);
     memcpy(&r->n_vocab, r->raw + 12, 4);
@@ -47,6 +47,8 @@ static int load_ref(ref_logits *r) {
     r->logits = (float *)(r->raw + 16 + 4 * (size_t)r->n_tok);
     return 1;
 }
+
+static int load_ref(ref_logits *r) { return load_ref_file(r, TINY_REF); }
 
 /* max |a - ref| / max |ref| over one row of logits */
 static double rel_err(const float *a, const float *ref, size_t n) {
@@ -592,17 +594,23 @@ TEST(engine_cli_generate_and_perplexity) {
 
 /* The real model's tokenizer on the real text, against the `tokenizers` package
  * (tests/ref_tokens.py); skipped until `make model` has fetched the model. */
-TEST(engine_tokenizer_smollm2_text) {
-    const char *model_path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/* A real model's tokenizer on the real text against a reference count and hash of the
+ * ids; skipped until the model has been fetched. */
+static void check_real_text_tokens(kvqt_ctx *kvqt_, const char *model_path, const char *ref_path) {
     FILE *probe = fopen(model_path, "rb");
     if (!probe) {
-        SKIP("models/ has no SmolLM2 (make model)");
+        SKIP("models/ lacks the model (make model / make gemma)");
         return;
     }
     fclose(probe);
     size_t text_len, ref_len;
     char *text = (char *)read_all("data/fortunes-science.txt", &text_len);
-    char *ref = (char *)read_all("tests/data/smollm2-fortunes-science.tokref", &ref_len);
+    char *ref = (char *)read_all(ref_path, &ref_len);
+    if (!text) {
+        free(ref);
+        SKIP("no data/fortunes-science.txt (make data)");
+        return;
+    }
     REQUIRE(text && ref);
     char *t2 = realloc(text, text_len + 1);
     REQUIRE(t2);
@@ -635,6 +643,16 @@ TEST(engine_tokenizer_smollm2_text) {
     kvq_model_free(m);
     free(text);
     free(ref);
+}
+
+/* SmolLM2 against the `tokenizers` package (tests/ref_tokens.py). */
+TEST(engine_tokenizer_smollm2_text) {
+    check_real_text_tokens(kvqt_, "models/SmolLM2-135M-Instruct.Q4_1.gguf", "tests/data/smollm2-fortunes-science.tokref");
+}
+
+/* Gemma 3's SentencePiece vocabulary against the `sentencepiece` package (tests/ref_tokens.py). */
+TEST(engine_tokenizer_gemma3_text) {
+    check_real_text_tokens(kvqt_, "models/gemma-3-270m-q4_k_m.gguf", "tests/data/gemma3-fortunes-science.tokref");
 }
 
 /* The KV observer sees each layer's keys and values once per eval, at the right
@@ -739,5 +757,132 @@ TEST(engine_query_observer) {
     kvq_context_free(cb);
     free(a.q0);
     free(b.q0);
+    kvq_model_free(m);
+}
+
+/* ------------------------------------------------------------------ gemma3 */
+
+#define TINY_GEMMA "tests/data/tiny-gemma.gguf"
+#define TINY_GEMMA_REF "tests/data/tiny-gemma.ref"
+
+/* worst relative error of n rows of logits against the reference's rows first.. */
+static double worst_rows(const float *logits, const ref_logits *ref, uint32_t first, uint32_t n) {
+    double worst = 0;
+    for (uint32_t t = 0; t < n; t++) {
+        double e = rel_err(logits + (size_t)t * ref->n_vocab, ref->logits + (size_t)(first + t) * ref->n_vocab,
+                           ref->n_vocab);
+        if (e > worst) worst = e;
+    }
+    return worst;
+}
+
+/* The tiny gemma3 (window 5, five sliding layers then a global one) against float64
+ * numpy: one batch, one token at a time, and two batches where the second one's
+ * windows reach back into the first. */
+TEST(engine_gemma_logits_match_reference) {
+    ref_logits ref = {0};
+    REQUIRE(load_ref_file(&ref, TINY_GEMMA_REF));
+    kvq_model *m;
+    char msg[256] = "";
+    kvq_status st = kvq_model_load(TINY_GEMMA, &m, msg, sizeof msg);
+    CHECKF(st == KVQ_OK, "load: %s", msg);
+    if (st) {
+        free(ref.raw);
+        return;
+    }
+    kvq_model_info in;
+    REQUIRE_OK(kvq_model_get_info(m, &in));
+    CHECK(!strcmp(in.arch, "gemma3") && in.n_layers == 6 && in.n_embd == 96 && in.head_dim == 64);
+    CHECK(in.n_heads == 2 && in.n_kv_heads == 1 && in.rope_neox && in.tied_output);
+    kvq_context_params p;
+    kvq_context_params_init(&p);
+    p.n_ctx = 64;
+    p.n_threads = 2;
+    p.float_activations = 1;
+    kvq_context *c;
+    REQUIRE_OK(kvq_context_create(m, &p, &c));
+    float *logits = malloc(sizeof(float) * ref.n_tok * ref.n_vocab);
+    REQUIRE(logits);
+    CHECK_OK(kvq_context_eval(c, ref.tokens, ref.n_tok, logits, 1));
+    double worst = worst_rows(logits, &ref, 0, ref.n_tok);
+    CHECKF(worst < 1e-3, "batch: worst relative error %g", worst);
+    if (getenv("KVQ_TEST_VERBOSE")) printf("    batch worst relative error %g\n", worst);
+    CHECK_OK(kvq_context_reset(c));
+    worst = 0;
+    for (uint32_t t = 0; t < ref.n_tok; t++) {
+        CHECK_OK(kvq_context_eval(c, ref.tokens + t, 1, logits, 0));
+        double e = worst_rows(logits, &ref, t, 1);
+        if (e > worst) worst = e;
+    }
+    CHECKF(worst < 1e-3, "incremental: worst relative error %g", worst);
+    CHECK_OK(kvq_context_reset(c));
+    CHECK_OK(kvq_context_eval(c, ref.tokens, 7, logits, 1));
+    worst = worst_rows(logits, &ref, 0, 7);
+    CHECK_OK(kvq_context_eval(c, ref.tokens + 7, ref.n_tok - 7, logits, 1));
+    double w2 = worst_rows(logits, &ref, 7, ref.n_tok - 7);
+    CHECKF(worst < 1e-3 && w2 < 1e-3, "two batches: worst relative errors %g, %g", worst, w2);
+    kvq_context_free(c);
+    /* batches of at most 4: the sliding layers keep a ring of 5 + 4 - 1 = 8 positions,
+     * which wraps twice over the 16 tokens */
+    p.n_batch = 4;
+    REQUIRE_OK(kvq_context_create(m, &p, &c));
+    worst = 0;
+    for (uint32_t t = 0; t < ref.n_tok; t += t % 2 ? 3 : 4) {
+        uint32_t nb = t % 2 ? 3 : 4;
+        if (nb > ref.n_tok - t) nb = ref.n_tok - t;
+        CHECK_OK(kvq_context_eval(c, ref.tokens + t, nb, logits, 1));
+        double e = worst_rows(logits, &ref, t, nb);
+        if (e > worst) worst = e;
+    }
+    CHECKF(worst < 1e-3, "ring of 8: worst relative error %g", worst);
+    kvq_cache_memory_info mem;
+    CHECK_OK(kvq_context_kv_memory(c, &mem, NULL));
+    CHECK(mem.key_codes == (uint64_t)(5 * 8 + 1 * ref.n_tok) * in.head_dim * 4);
+    kvq_context_free(c);
+    p.n_batch = 0;
+    /* an fp16 kvq_cache: its sliding-window layers mask and free past the window, so the
+     * whole text follows the reference, in batches that cross the window unevenly */
+    kvq_cache_config cc;
+    REQUIRE_OK(kvq_cache_config_init(&cc, in.n_kv_heads, in.head_dim, "fp16", "fp16", msg, sizeof msg));
+    cc.chunk_tokens = 2; /* small chunks, so the window frees some */
+    p.cache = &cc;
+    p.n_cache_configs = 1;
+    p.n_batch = 4;
+    REQUIRE_OK(kvq_context_create(m, &p, &c));
+    worst = 0;
+    for (uint32_t t = 0; t < ref.n_tok; t += t % 2 ? 3 : 4) {
+        uint32_t nb = t % 2 ? 3 : 4;
+        if (nb > ref.n_tok - t) nb = ref.n_tok - t;
+        CHECK_OK(kvq_context_eval(c, ref.tokens + t, nb, logits, 1));
+        double e = worst_rows(logits, &ref, t, nb);
+        if (e > worst) worst = e;
+    }
+    CHECKF(worst < 2e-3, "fp16 cache past the window: worst relative error %g", worst);
+    CHECK_OK(kvq_context_kv_memory(c, &mem, NULL));
+    /* five sliding layers hold at most window + batch - 1 + a chunk, the global one all */
+    CHECKF(mem.key_codes <= (uint64_t)(5 * (5 + 3 + 2) + ref.n_tok) * in.head_dim * 2 &&
+               mem.key_codes >= (uint64_t)(5 * 5 + ref.n_tok) * in.head_dim * 2,
+           "key codes %llu", (unsigned long long)mem.key_codes);
+    kvq_context_free(c);
+    p.n_batch = 0;
+    free(logits);
+    kvq_model_free(m);
+    free(ref.raw);
+}
+
+/* Gemma's chat template is recognised from the file, its turn tokens are single tokens. */
+TEST(engine_gemma_chat_template) {
+    kvq_model *m;
+    REQUIRE_OK(kvq_model_load(TINY_GEMMA, &m, NULL, 0));
+    kvq_chat_message msgs[] = {{"system", "Be brief."}, {"user", "Hi"}};
+    char buf[256], msg[200] = "";
+    size_t len;
+    CHECK_OK(kvq_chat_format(m, NULL, msgs, 2, 1, buf, sizeof buf, &len, msg, sizeof msg));
+    CHECKF(!strcmp(buf, "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"), "%s %s", buf,
+           msg);
+    int32_t toks[8];
+    size_t n;
+    CHECK_OK(kvq_tokenize(m, "<end_of_turn>", 0, toks, 8, &n));
+    CHECK(n == 1);
     kvq_model_free(m);
 }

@@ -13,6 +13,12 @@ writes tiny-llama.gguf, tiny-llama.ref (numpy reference logits of 16 tokens, see
 tests/ref_forward.py) and tiny-llama.tok (reference token ids from the `tokenizers`
 package, when it is installed).
 
+    python3 tools/make_tiny_model.py --gemma tests/data
+
+writes only tiny-gemma.gguf and tiny-gemma.ref: a six-layer gemma3 model (five
+sliding-window layers of window 5, then a global one; head_dim 64 over n_embd 96; QK-norm,
+post-norms, GeGLU, logit soft-capping, a Gemma chat template and its turn tokens).
+
     python3 tools/make_tiny_model.py --fuzz-seeds fuzz/corpus/gguf
 
 writes the small seed files of the GGUF fuzz target.
@@ -192,6 +198,84 @@ def make(out_dir, seed=1234):
     write_token_refs(os.path.join(out_dir, "tiny-llama.tok"), vocab, merges)
     make_spm(out_dir)
     make_llama3(out_dir, vocab, merges)
+    make_gemma(out_dir)
+
+
+GEMMA_TURNS = ["<start_of_turn>", "<end_of_turn>"]
+GEMMA_TEMPLATE = ("{{ bos_token }}{%- for message in messages -%}{{ '<start_of_turn>' + role + '\\n' }}"
+                  "{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}{%- endfor -%}"
+                  "{%- if add_generation_prompt -%}{{'<start_of_turn>model\\n'}}{%- endif -%}")
+
+
+def make_gemma(out_dir, seed=4321):
+    """A tiny gemma3: the BPE vocabulary above plus Gemma's turn tokens, six layers so that
+    llama.cpp's default pattern (every sixth layer global) applies, a window of 5 so the
+    16 reference tokens cross it."""
+    rng = np.random.default_rng(seed)
+    n_layers, E, H, KV, hd, F = 6, 96, 2, 1, 64, 256
+    vocab, merges = train_bpe(CORPUS, N_MERGES)
+    vocab = vocab + GEMMA_TURNS
+    V = len(vocab)
+    path = os.path.join(out_dir, "tiny-gemma.gguf")
+    w = gguf.GGUFWriter(path, arch="gemma3")
+    w.add_name("kvq tiny test gemma3")
+    w.add_block_count(n_layers)
+    w.add_context_length(256)
+    w.add_embedding_length(E)
+    w.add_feed_forward_length(F)
+    w.add_head_count(H)
+    w.add_head_count_kv(KV)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_freq_base(1000000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_sliding_window(5)
+    w.add_float32("gemma3.final_logit_softcapping", 30.0)
+    w.add_vocab_size(V)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(vocab)
+    w.add_token_types([3 if t in SPECIALS or t in GEMMA_TURNS else 1 for t in vocab])
+    w.add_token_merges([f"{a} {b}" for a, b in merges])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+    w.add_chat_template(GEMMA_TEMPLATE)
+
+    def add(name, rows, cols, qtype):
+        arr, raw = weight(rng, rows, cols, qtype)
+        if raw is None:
+            w.add_tensor(name, arr)
+        else:
+            w.add_tensor(name, arr, raw_dtype=raw)
+
+    def norm(name, n):
+        w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+
+    add("token_embd.weight", V, E, T.Q8_0)
+    for l in range(n_layers):
+        p = f"blk.{l}."
+        norm(p + "attn_norm.weight", E)
+        add(p + "attn_q.weight", H * hd, E, T.Q8_0 if l % 2 else T.F16)
+        add(p + "attn_k.weight", KV * hd, E, T.F16)
+        add(p + "attn_v.weight", KV * hd, E, T.Q8_0)
+        norm(p + "attn_q_norm.weight", hd)
+        norm(p + "attn_k_norm.weight", hd)
+        add(p + "attn_output.weight", E, H * hd, T.Q5_0)
+        norm(p + "post_attention_norm.weight", E)
+        norm(p + "ffn_norm.weight", E)
+        add(p + "ffn_gate.weight", F, E, T.Q8_0)
+        add(p + "ffn_up.weight", F, E, T.F16)
+        add(p + "ffn_down.weight", E, F, T.Q4_K if l % 2 else T.Q6_K)
+        norm(p + "post_ffw_norm.weight", E)
+    norm("output_norm.weight", E)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tokens = [int(t) for t in rng.integers(0, V, 16)]
+    hp, weights = ref_forward.load(path)
+    ref_forward.write_ref(os.path.join(out_dir, "tiny-gemma.ref"), tokens, ref_forward.forward(hp, weights, tokens))
 
 
 SAMPLES = [
@@ -399,5 +483,7 @@ def fuzz_seeds(out_dir, seed=5):
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--fuzz-seeds":
         fuzz_seeds(sys.argv[2])
+    elif len(sys.argv) > 2 and sys.argv[1] == "--gemma":
+        make_gemma(sys.argv[2])
     else:
         make(sys.argv[1] if len(sys.argv) > 1 else "tests/data")

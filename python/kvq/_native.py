@@ -93,6 +93,7 @@ class _CacheConfig(ctypes.Structure):
         ("max_tokens", ctypes.c_uint32),
         ("n_sink", ctypes.c_uint32),
         ("center_keys", ctypes.c_uint32),
+        ("sliding_window", ctypes.c_uint32),
     ]
 
 
@@ -130,6 +131,7 @@ class _IndexConfig(ctypes.Structure):
         ("seed", ctypes.c_uint64),
         ("train_iters", ctypes.c_uint32),
         ("max_train_points", ctypes.c_uint32),
+        ("ip_assign", ctypes.c_uint32),
     ]
 
 
@@ -224,6 +226,33 @@ _index_load = _fn("kvq_index_load", _status, ctypes.c_char_p, _pvp)
 _index_size_bytes = _fn("kvq_index_size_bytes", _status, _vp, _u64p)
 _index_count = _fn("kvq_index_count", _status, _vp, _u64p)
 _index_get_config = _fn("kvq_index_get_config", _status, _vp, _icfgp)
+_ALLOW_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int64, ctypes.c_void_p)
+
+
+class _IndexFilter(ctypes.Structure):
+    """Mirror of kvq_index_filter."""
+
+    _fields_ = [
+        ("id_bitset", ctypes.c_void_p),
+        ("bitset_ids", ctypes.c_uint64),
+        ("allow", _ALLOW_FN),
+        ("ctx", ctypes.c_void_p),
+    ]
+
+
+_filtp = ctypes.POINTER(_IndexFilter)
+_index_search_filtered = _fn(
+    "kvq_index_search_filtered", _status, _vp, _f32p, _size, ctypes.c_uint32,
+    ctypes.POINTER(_SearchParams), _filtp, _i64p, _f32p,
+)
+_index_range_search = _fn(
+    "kvq_index_range_search", _status, _vp, _f32p, ctypes.c_float, ctypes.POINTER(_SearchParams),
+    _filtp, _i64p, _f32p, _size, ctypes.POINTER(_size),
+)
+_index_remove = _fn("kvq_index_remove", _status, _vp, _i64p, _size, _u64p)
+_index_map = _fn("kvq_index_map", _status, ctypes.c_char_p, _pvp)
+_index_set_pool = _fn("kvq_index_set_pool", _status, _vp, _vp)
+_index_code_bytes = _fn("kvq_index_code_bytes", _status, _vp, _u64p)
 
 _config_init = _fn("kvq_config_init", _status, _cfgp, ctypes.c_int, ctypes.c_uint32)
 

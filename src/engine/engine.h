@@ -190,10 +190,24 @@ kvq_status kvqi_token_piece(const kvqi_tokenizer *t, int32_t token, char *buf, s
 int32_t kvqi_tokenizer_bos(const kvqi_tokenizer *t);
 int32_t kvqi_tokenizer_eos(const kvqi_tokenizer *t);
 int kvqi_tokenizer_add_bos(const kvqi_tokenizer *t);
+/* Id of the special (control or user-defined) token spelled text, or -1. */
+int32_t kvqi_tokenizer_find_special(const kvqi_tokenizer *t, const char *text);
 
 /* ------------------------------------------------------------------ model */
 
 /* A model from an opened file; takes ownership of g (closed on failure too). */
 kvq_status kvqi_model_from_gguf(kvqi_gguf *g, kvq_model **out, char *msg, size_t msg_size);
+
+/* The model's file (for metadata the public info does not carry). */
+const kvqi_gguf *kvqi_model_gguf(const kvq_model *m);
+const kvqi_tokenizer *kvqi_model_tokenizer(const kvq_model *m);
+
+/* ------------------------------------------------------------------- chat */
+
+/* Template family from a Jinja chat template's markers: 0..5 in the order chatml, llama3,
+ * llama2, mistral, gemma, phi3; -1 when none matches. */
+int kvqi_chat_detect(const char *tmpl, size_t len);
+/* "chatml", ... for a family; NULL out of range. */
+const char *kvqi_chat_family_name(int family);
 
 #endif /* KVQ_ENGINE_H */

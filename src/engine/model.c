@@ -1,7 +1,10 @@
 /*
  * model.c - the Llama-family forward pass on GGUF weights (Touvron et al. 2023):
  * RMSNorm, rotary positions (Su et al. 2021; normal or NeoX pairing), grouped-query
- * attention over a per-layer KV cache, SwiGLU feed-forward, tied or separate output.
+ * attention over a per-layer KV cache, SwiGLU feed-forward, tied or separate output;
+ * and Gemma 3 (Gemma Team 2025) on the same skeleton: scaled embeddings, RMS-normed
+ * queries and keys, sliding-window layers with their own RoPE base between global ones,
+ * norms after attention and after the GeGLU feed-forward, optional logit soft-capping.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -13,6 +16,9 @@
 typedef struct layer_weights {
     float *attn_norm, *ffn_norm; /* dequantized at load: [n_embd] */
     float *bq, *bk, *bv;         /* optional biases (qwen2) */
+    float *q_norm, *k_norm;      /* gemma3: RMSNorm of each head [head_dim] */
+    float *post_attn_norm, *post_ffn_norm; /* gemma3: RMSNorm of the block outputs [n_embd] */
+    int swa;                     /* 1: sliding-window layer (attends the last n_swa positions) */
     const kvqi_gguf_tensor *wq, *wk, *wv, *wo, *w_gate, *w_up, *w_down;
 } layer_weights;
 
@@ -25,6 +31,13 @@ struct kvq_model {
     float *output_norm;
     float *rope_freq_factors;    /* optional [n_rot / 2] */
     layer_weights *layers;
+    int gemma;                   /* gemma3's block layout, GeGLU, embedding scale */
+    float attn_scale;            /* softmax scale of q.k (1/sqrt(head_dim) unless the model says) */
+    uint32_t n_swa;              /* sliding window of the swa layers (0: none) */
+    float rope_base_swa;         /* RoPE base of the sliding-window layers */
+    float logit_softcap;         /* final logits: cap * tanh(logit / cap) (0: none) */
+    const uint8_t *swa_flags;    /* per-layer sliding flags in the file, or NULL: */
+    uint32_t swa_period;         /* layer l slides unless l % period == period - 1 */
 };
 
 /* ------------------------------------------------------------ loading */
@@ -87,6 +100,10 @@ void kvq_model_free(kvq_model *m) {
             kvqi_free(L->bq);
             kvqi_free(L->bk);
             kvqi_free(L->bv);
+            kvqi_free(L->q_norm);
+            kvqi_free(L->k_norm);
+            kvqi_free(L->post_attn_norm);
+            kvqi_free(L->post_ffn_norm);
         }
     free(m->layers);
     kvqi_free(m->output_norm);
@@ -125,8 +142,64 @@ static kvq_status load_weights(kvq_model *m, char *msg, size_t msg_size) {
         if ((st = load_vector(g, NAME("attn_q.bias"), q_dim, 1, &L->bq, msg, msg_size))) return st;
         if ((st = load_vector(g, NAME("attn_k.bias"), kv_dim, 1, &L->bk, msg, msg_size))) return st;
         if ((st = load_vector(g, NAME("attn_v.bias"), kv_dim, 1, &L->bv, msg, msg_size))) return st;
+        if (m->gemma && m->n_swa > 0)
+            L->swa = m->swa_flags ? m->swa_flags[l] != 0
+                                  : m->swa_period == 0 || l % m->swa_period < m->swa_period - 1;
+        if (m->gemma) {
+            /* the converter stores Gemma's (1 + w) norm weights already summed */
+            if ((st = load_vector(g, NAME("attn_q_norm.weight"), I->head_dim, 0, &L->q_norm, msg, msg_size))) return st;
+            if ((st = load_vector(g, NAME("attn_k_norm.weight"), I->head_dim, 0, &L->k_norm, msg, msg_size))) return st;
+            if ((st = load_vector(g, NAME("post_attention_norm.weight"), I->n_embd, 0, &L->post_attn_norm, msg,
+                                  msg_size)))
+                return st;
+            if ((st = load_vector(g, NAME("post_ffw_norm.weight"), I->n_embd, 0, &L->post_ffn_norm, msg, msg_size)))
+                return st;
+        }
 #undef NAME
     }
+    return KVQ_OK;
+}
+
+/* Gemma 3's extras, with llama.cpp's defaults where the file is silent: every sixth layer
+ * global, the others sliding-window with RoPE base 10000; queries scaled by
+ * 1/sqrt(head_dim) (1/sqrt(n_embd / n_heads) for the 62-layer 27B, as Gemma's reference
+ * code has query_pre_attn_scalar). */
+static kvq_status load_gemma_hparams(kvq_model *m, char *msg, size_t msg_size) {
+    const kvqi_gguf *g = m->gguf;
+    kvq_model_info *I = &m->info;
+    char key[128];
+    snprintf(key, sizeof key, "%s.attention.sliding_window", I->arch);
+    m->n_swa = 0;
+    kvqi_gguf_get_u32(g, key, &m->n_swa);
+    m->rope_base_swa = 10000.0f;
+    snprintf(key, sizeof key, "%s.rope.freq_base_swa", I->arch);
+    kvqi_gguf_get_f32(g, key, &m->rope_base_swa);
+    m->logit_softcap = 0.0f;
+    snprintf(key, sizeof key, "%s.final_logit_softcapping", I->arch);
+    kvqi_gguf_get_f32(g, key, &m->logit_softcap);
+    if (I->n_layers == 62) m->attn_scale = 1.0f / sqrtf((float)(I->n_embd / I->n_heads));
+    if (!(m->rope_base_swa > 0) || !isfinite(m->rope_base_swa) || !(m->logit_softcap >= 0) ||
+        !isfinite(m->logit_softcap)) {
+        kvqi_set_msg(msg, msg_size, "model: gemma3 rope.freq_base_swa or final_logit_softcapping out of range");
+        return KVQ_ERR_FORMAT;
+    }
+    /* which layers slide: an array of bools per layer, or a period (the last layer of each
+     * period is global), 6 when absent */
+    uint32_t period = 6;
+    snprintf(key, sizeof key, "%s.attention.sliding_window_pattern", I->arch);
+    const kvqi_gguf_kv *kv = kvqi_gguf_find(g, key);
+    if (kv && kv->type == KVQI_GGUF_ARRAY) {
+        if ((kv->arr_type != KVQI_GGUF_BOOL && kv->arr_type != KVQI_GGUF_U8 && kv->arr_type != KVQI_GGUF_I8) ||
+            kv->arr_n != I->n_layers) {
+            kvqi_set_msg(msg, msg_size, "model: %s is not %u booleans", key, I->n_layers);
+            return KVQ_ERR_FORMAT;
+        }
+    } else if (kv && kvqi_gguf_get_u32(g, key, &period) != KVQ_OK) {
+        kvqi_set_msg(msg, msg_size, "model: %s is neither a count nor an array", key);
+        return KVQ_ERR_FORMAT;
+    }
+    m->swa_flags = kv && kv->type == KVQI_GGUF_ARRAY ? kv->arr : NULL;
+    m->swa_period = period;
     return KVQ_OK;
 }
 
@@ -142,11 +215,12 @@ static kvq_status load_hparams(kvq_model *m, char *msg, size_t msg_size) {
     kvqi_gguf_get_str(g, "tokenizer.ggml.model", I->tokenizer, sizeof I->tokenizer);
     kvqi_gguf_get_str(g, "tokenizer.ggml.pre", I->pre_tokenizer, sizeof I->pre_tokenizer);
     const char *a = I->arch;
-    if (strcmp(a, "llama") && strcmp(a, "qwen2") && strcmp(a, "mistral")) {
-        kvqi_set_msg(msg, msg_size, "model: architecture '%s' not supported (llama, qwen2, mistral are)", a);
+    if (strcmp(a, "llama") && strcmp(a, "qwen2") && strcmp(a, "mistral") && strcmp(a, "gemma3")) {
+        kvqi_set_msg(msg, msg_size, "model: architecture '%s' not supported (llama, qwen2, mistral, gemma3 are)", a);
         return KVQ_ERR_UNSUPPORTED;
     }
-    I->rope_neox = !strcmp(a, "qwen2");
+    m->gemma = !strcmp(a, "gemma3");
+    I->rope_neox = !strcmp(a, "qwen2") || m->gemma;
     if ((st = get_arch_u32(g, a, "block_count", &I->n_layers, 1, msg, msg_size))) return st;
     if ((st = get_arch_u32(g, a, "embedding_length", &I->n_embd, 1, msg, msg_size))) return st;
     if ((st = get_arch_u32(g, a, "feed_forward_length", &I->n_ff, 1, msg, msg_size))) return st;
@@ -157,19 +231,23 @@ static kvq_status load_hparams(kvq_model *m, char *msg, size_t msg_size) {
     get_arch_u32(g, a, "context_length", &I->ctx_len, 0, msg, msg_size);
     if (I->n_layers == 0 || I->n_layers > 1024 || I->n_embd == 0 || I->n_embd > 65536 || I->n_ff == 0 ||
         I->n_ff > 1u << 20 || I->n_heads == 0 || I->n_heads > 1024 || I->n_kv_heads == 0 ||
-        I->n_heads % I->n_kv_heads || I->n_embd % I->n_heads || I->ctx_len == 0) {
+        I->n_heads % I->n_kv_heads || I->ctx_len == 0) {
         kvqi_set_msg(msg, msg_size, "model: inconsistent shape (layers %u, embd %u, ff %u, heads %u/%u)",
                      I->n_layers, I->n_embd, I->n_ff, I->n_heads, I->n_kv_heads);
         return KVQ_ERR_FORMAT;
     }
-    I->head_dim = I->n_embd / I->n_heads;
-    uint32_t key_len = I->head_dim;
+    /* heads are n_embd / n_heads wide unless the file says otherwise (gemma3: 256) */
+    uint32_t key_len = I->n_embd / I->n_heads, value_len;
     get_arch_u32(g, a, "attention.key_length", &key_len, 0, msg, msg_size);
-    if (key_len != I->head_dim) {
-        kvqi_set_msg(msg, msg_size, "model: attention.key_length %u differs from embd/heads %u", key_len,
-                     I->head_dim);
+    value_len = key_len;
+    get_arch_u32(g, a, "attention.value_length", &value_len, 0, msg, msg_size);
+    if (key_len == 0 || key_len > 1024 || value_len != key_len ||
+        (key_len * I->n_heads != I->n_embd && !m->gemma)) {
+        kvqi_set_msg(msg, msg_size, "model: attention key/value lengths %u/%u unsupported for embd %u, %u heads",
+                     key_len, value_len, I->n_embd, I->n_heads);
         return KVQ_ERR_UNSUPPORTED;
     }
+    I->head_dim = key_len;
     m->n_rot = I->head_dim;
     get_arch_u32(g, a, "rope.dimension_count", &m->n_rot, 0, msg, msg_size);
     if (m->n_rot == 0 || m->n_rot > I->head_dim || m->n_rot % 2) {
@@ -200,6 +278,8 @@ static kvq_status load_hparams(kvq_model *m, char *msg, size_t msg_size) {
         kvqi_set_msg(msg, msg_size, "model: rope base or norm epsilon out of range");
         return KVQ_ERR_FORMAT;
     }
+    m->attn_scale = 1.0f / sqrtf((float)I->head_dim);
+    if (m->gemma) return load_gemma_hparams(m, msg, msg_size);
     return KVQ_OK;
 }
 
@@ -252,6 +332,9 @@ fail:
     kvq_model_free(m);
     return st;
 }
+
+const kvqi_gguf *kvqi_model_gguf(const kvq_model *m) { return m->gguf; }
+const kvqi_tokenizer *kvqi_model_tokenizer(const kvq_model *m) { return m->tok; }
 
 KVQ_API kvq_status kvq_model_get_info(const kvq_model *model, kvq_model_info *info) {
     if (!model || !info) return KVQ_ERR_INVALID_ARG;
@@ -336,8 +419,13 @@ struct kvq_context {
     /* activations, [n_batch][...] */
     float *x, *xn, *q, *k, *v, *att, *gate, *up;
     float *rope_freq;           /* [n_rot / 2] */
+    float *rope_freq_swa;       /* [n_rot / 2]: sliding-window layers' (gemma3) */
     /* exact float KV: [layer][n_ctx][kv_dim] */
     float *k_cache, *v_cache;
+    /* layer l's rows start at slot_off[l] * kv_dim and hold kv_slots[l] positions: n_ctx, or
+     * for a sliding-window layer a ring of n_swa + n_batch - 1 (position p in slot
+     * p % kv_slots: the window of a batch's first query and the batch itself) */
+    size_t *slot_off, *kv_slots;
     kvq_cache **caches;         /* one per layer, NULL entries when exact */
     /* int8 activations of up to MATMUL_DEQUANT_MIN_TOKENS tokens: [t][row_max] */
     int8_t *qx;
@@ -371,7 +459,9 @@ KVQ_API void kvq_context_free(kvq_context *c) {
     free(c->caches);
     kvq_threadpool_free(c->pool);
     float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up,
-                     c->rope_freq, c->k_cache, c->v_cache};
+                     c->rope_freq, c->rope_freq_swa, c->k_cache, c->v_cache};
+    free(c->slot_off);
+    free(c->kv_slots);
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kvqi_free(bufs[i]);
     kvqi_free(c->probs);
     kvqi_free(c->qx);
@@ -435,11 +525,21 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
     c->gate = alloc2(B, I->n_ff, &st);
     c->up = alloc2(B, I->n_ff, &st);
     c->rope_freq = alloc2(1, model->n_rot / 2, &st);
+    c->rope_freq_swa = alloc2(1, model->n_rot / 2, &st);
     if (!p.cache) {
-        size_t per_layer = 0;
-        if (!st && kvqi_mul_size(p.n_ctx, kv_dim, &per_layer)) st = KVQ_ERR_OVERFLOW;
-        c->k_cache = alloc2(I->n_layers, per_layer, &st);
-        c->v_cache = alloc2(I->n_layers, per_layer, &st);
+        size_t total = 0;
+        c->slot_off = calloc(I->n_layers, sizeof *c->slot_off);
+        c->kv_slots = calloc(I->n_layers, sizeof *c->kv_slots);
+        if (!c->slot_off || !c->kv_slots) st = KVQ_ERR_NOMEM;
+        for (uint32_t l = 0; !st && l < I->n_layers; l++) {
+            size_t n = p.n_ctx;
+            if (model->layers[l].swa && (size_t)model->n_swa + p.n_batch - 1 < n) n = (size_t)model->n_swa + p.n_batch - 1;
+            c->slot_off[l] = total;
+            c->kv_slots[l] = n;
+            total += n;
+        }
+        c->k_cache = alloc2(total, kv_dim, &st);
+        c->v_cache = alloc2(total, kv_dim, &st);
     }
     c->qx_d = alloc2(MATMUL_DEQUANT_MIN_TOKENS, row_max / 32 + 1, &st);
     c->qx_s = alloc2(MATMUL_DEQUANT_MIN_TOKENS, row_max / 32 + 1, &st);
@@ -459,6 +559,7 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
         double f = pow((double)I->rope_base, -2.0 * i / (double)model->n_rot) / I->rope_scale;
         if (model->rope_freq_factors) f /= model->rope_freq_factors[i];
         c->rope_freq[i] = (float)f;
+        c->rope_freq_swa[i] = (float)pow((double)model->rope_base_swa, -2.0 * i / (double)model->n_rot);
     }
     if (params && params->cache) {
         c->caches = calloc(I->n_layers, sizeof *c->caches);
@@ -479,9 +580,11 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
                     st = KVQ_ERR_UNSUPPORTED;
                     goto fail;
                 }
-                cc.key.rope_base = I->rope_base;
+                cc.key.rope_base = model->layers[l].swa ? model->rope_base_swa : I->rope_base;
                 cc.key.rope_pairing = I->rope_neox ? KVQ_ROPE_NEOX : KVQ_ROPE_INTERLEAVED;
             }
+            /* sliding-window layers: the cache masks and frees past the window */
+            if (model->layers[l].swa) cc.sliding_window = model->n_swa;
             if ((st = kvq_cache_create(&cc, &c->caches[l]))) goto fail;
         }
     }
@@ -531,7 +634,10 @@ KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *c, kvq_cache_memory_
             sum.total += mi.total;
         }
     } else {
-        sum.key_codes = sum.value_codes = c->n_past * per_side * 4;
+        /* positions held: sliding-window rings hold at most their slots */
+        uint64_t held = 0;
+        for (uint32_t l = 0; l < I->n_layers; l++) held += KVQI_MIN(c->n_past, c->kv_slots[l]);
+        sum.key_codes = sum.value_codes = held * I->n_kv_heads * I->head_dim * 4;
         sum.total = sum.key_codes + sum.value_codes;
     }
     if (info) *info = sum;
@@ -659,13 +765,13 @@ static void rmsnorm(float *out, const float *x, const float *w, size_t n, float 
     for (size_t i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
-static void rope(const kvq_context *c, float *vec, uint32_t n_heads, size_t pos) {
+static void rope(const kvq_context *c, const float *freq, float *vec, uint32_t n_heads, size_t pos) {
     const kvq_model *m = c->model;
     uint32_t hd = m->info.head_dim, half = m->n_rot / 2;
     for (uint32_t h = 0; h < n_heads; h++) {
         float *v = vec + (size_t)h * hd;
         for (uint32_t i = 0; i < half; i++) {
-            double theta = (double)pos * c->rope_freq[i];
+            double theta = (double)pos * freq[i];
             float cs = (float)cos(theta), sn = (float)sin(theta);
             uint32_t a = m->info.rope_neox ? i : 2 * i, b = m->info.rope_neox ? i + half : 2 * i + 1;
             float x0 = v[a], x1 = v[b];
@@ -679,6 +785,7 @@ typedef struct attend_job {
     kvq_context *c;
     uint32_t layer;
     size_t n_tok;
+    size_t window; /* a query sees only the last `window` positions (0: all) */
 } attend_job;
 
 /* Exact attention of one (token, head) against the float cache. */
@@ -689,25 +796,27 @@ static void attend_task(void *arg, size_t task, unsigned thread) {
     size_t t = task / I->n_heads, h = task % I->n_heads;
     size_t hd = I->head_dim, kv_dim = (size_t)I->n_kv_heads * hd;
     size_t kvh = h / (I->n_heads / I->n_kv_heads);
-    size_t pos = c->n_past + t; /* sees positions 0..pos */
+    size_t pos = c->n_past + t; /* sees positions first..pos */
+    size_t first = j->window && pos >= j->window ? pos - j->window + 1 : 0;
     const float *q = c->q + t * (size_t)I->n_heads * hd + h * hd;
-    const float *kc = c->k_cache + (size_t)j->layer * c->params.n_ctx * kv_dim + kvh * hd;
-    const float *vc = c->v_cache + (size_t)j->layer * c->params.n_ctx * kv_dim + kvh * hd;
+    const float *kc = c->k_cache + c->slot_off[j->layer] * kv_dim + kvh * hd;
+    const float *vc = c->v_cache + c->slot_off[j->layer] * kv_dim + kvh * hd;
+    size_t R = c->kv_slots[j->layer];
     float *s = c->scratch[thread].scores;
-    float scale = 1.0f / sqrtf((float)hd), mx = -INFINITY;
-    for (size_t p = 0; p <= pos; p++) {
-        s[p] = c->kern.dot_f32(q, kc + p * kv_dim, hd) * scale;
+    float scale = c->model->attn_scale, mx = -INFINITY;
+    for (size_t p = first; p <= pos; p++) {
+        s[p] = c->kern.dot_f32(q, kc + (p % R) * kv_dim, hd) * scale;
         if (s[p] > mx) mx = s[p];
     }
     double sum = 0;
-    for (size_t p = 0; p <= pos; p++) {
+    for (size_t p = first; p <= pos; p++) {
         s[p] = expf(s[p] - mx);
         sum += s[p];
     }
     float inv = (float)(1.0 / sum);
     float *o = c->att + t * (size_t)I->n_heads * hd + h * hd;
     for (size_t d = 0; d < hd; d++) o[d] = 0;
-    for (size_t p = 0; p <= pos; p++) c->kern.axpy_f32(o, vc + p * kv_dim, s[p] * inv, hd);
+    for (size_t p = first; p <= pos; p++) c->kern.axpy_f32(o, vc + (p % R) * kv_dim, s[p] * inv, hd);
 }
 
 static kvq_status attention(kvq_context *c, uint32_t layer, size_t n_tok) {
@@ -719,17 +828,20 @@ static kvq_status attention(kvq_context *c, uint32_t layer, size_t n_tok) {
     /* short attention (a token against a short context) is not worth a pool barrier */
     size_t work = n_tok * (c->n_past + n_tok) * (size_t)I->n_heads * I->head_dim * 2;
     kvq_threadpool *pool = work >= MATMUL_SERIAL_MACS ? c->pool : NULL;
+    size_t window = c->model->layers[layer].swa ? c->model->n_swa : 0;
     if (c->caches) {
         kvq_status st = kvq_cache_append(c->caches[layer], c->k, c->v, n_tok);
         if (st) return st;
-        return kvq_cache_attend(c->caches[layer], c->q, I->n_heads, n_tok, 1.0f / sqrtf((float)I->head_dim),
-                                pool, c->att);
+        return kvq_cache_attend(c->caches[layer], c->q, I->n_heads, n_tok, c->model->attn_scale, pool, c->att);
     }
-    float *kc = c->k_cache + ((size_t)layer * c->params.n_ctx + c->n_past) * kv_dim;
-    float *vc = c->v_cache + ((size_t)layer * c->params.n_ctx + c->n_past) * kv_dim;
-    memcpy(kc, c->k, n_tok * kv_dim * sizeof(float));
-    memcpy(vc, c->v, n_tok * kv_dim * sizeof(float));
-    attend_job j = {c, layer, n_tok};
+    float *kc = c->k_cache + c->slot_off[layer] * kv_dim, *vc = c->v_cache + c->slot_off[layer] * kv_dim;
+    size_t R = c->kv_slots[layer];
+    for (size_t t = 0; t < n_tok; t++) {
+        size_t slot = (c->n_past + t) % R;
+        memcpy(kc + slot * kv_dim, c->k + t * kv_dim, kv_dim * sizeof(float));
+        memcpy(vc + slot * kv_dim, c->v + t * kv_dim, kv_dim * sizeof(float));
+    }
+    attend_job j = {c, layer, n_tok, window};
     if (!pool) {
         for (size_t t = 0; t < n_tok * I->n_heads; t++) attend_task(&j, t, 0);
         return KVQ_OK;
@@ -758,8 +870,13 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
     const kvqi_type_traits *et = kvqi_type(m->tok_embd->type);
     for (size_t t = 0; t < n; t++)
         et->to_float(m->tok_embd->data + (size_t)tokens[t] * m->tok_embd->row_bytes, c->x + t * E, E);
+    if (m->gemma) {
+        float scale = sqrtf((float)E);
+        for (size_t i = 0; i < n * E; i++) c->x[i] *= scale;
+    }
     for (uint32_t l = 0; l < I->n_layers; l++) {
         const layer_weights *L = &m->layers[l];
+        const float *freq = L->swa ? c->rope_freq_swa : c->rope_freq;
         for (size_t t = 0; t < n; t++) rmsnorm(c->xn + t * E, c->x + t * E, L->attn_norm, E, I->norm_eps);
         {
             const kvqi_gguf_tensor *w[3] = {L->wq, L->wk, L->wv};
@@ -770,14 +887,21 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
         add_bias(c->q, L->bq, n, q_dim);
         add_bias(c->k, L->bk, n, kv_dim);
         add_bias(c->v, L->bv, n, kv_dim);
+        if (L->q_norm) {
+            for (size_t i = 0; i < n * I->n_heads; i++) rmsnorm(c->q + i * hd, c->q + i * hd, L->q_norm, hd, I->norm_eps);
+            for (size_t i = 0; i < n * I->n_kv_heads; i++)
+                rmsnorm(c->k + i * hd, c->k + i * hd, L->k_norm, hd, I->norm_eps);
+        }
         for (size_t t = 0; t < n; t++) {
-            rope(c, c->q + t * q_dim, I->n_heads, c->n_past + t);
-            rope(c, c->k + t * kv_dim, I->n_kv_heads, c->n_past + t);
+            rope(c, freq, c->q + t * q_dim, I->n_heads, c->n_past + t);
+            rope(c, freq, c->k + t * kv_dim, I->n_kv_heads, c->n_past + t);
         }
         kvq_status st = attention(c, l, n);
         if (st) return st;
         /* the output projection lands in xn, then joins the residual stream */
         matmul(c, L->wo, c->att, n, c->xn, E);
+        if (L->post_attn_norm)
+            for (size_t t = 0; t < n; t++) rmsnorm(c->xn + t * E, c->xn + t * E, L->post_attn_norm, E, I->norm_eps);
         for (size_t i = 0; i < n * E; i++) c->x[i] += c->xn[i];
         for (size_t t = 0; t < n; t++) rmsnorm(c->xn + t * E, c->x + t * E, L->ffn_norm, E, I->norm_eps);
         {
@@ -786,11 +910,22 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
             size_t stride[2] = {F, F};
             matmul_multi(c, c->xn, n, 2, w, y, stride);
         }
-        for (size_t i = 0; i < n * F; i++) {
-            float g = c->gate[i];
-            c->gate[i] = g / (1.0f + expf(-g)) * c->up[i];
+        if (m->gemma) {
+            /* GeGLU with GELU's tanh approximation */
+            for (size_t i = 0; i < n * F; i++) {
+                float g = c->gate[i];
+                float u = 0.7978845608028654f * (g + 0.044715f * g * g * g);
+                c->gate[i] = 0.5f * g * (1.0f + tanhf(u)) * c->up[i];
+            }
+        } else {
+            for (size_t i = 0; i < n * F; i++) {
+                float g = c->gate[i];
+                c->gate[i] = g / (1.0f + expf(-g)) * c->up[i];
+            }
         }
         matmul(c, L->w_down, c->gate, n, c->xn, E);
+        if (L->post_ffn_norm)
+            for (size_t t = 0; t < n; t++) rmsnorm(c->xn + t * E, c->xn + t * E, L->post_ffn_norm, E, I->norm_eps);
         for (size_t i = 0; i < n * E; i++) c->x[i] += c->xn[i];
     }
     c->n_past += n;
@@ -798,6 +933,10 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
     size_t first = all_logits ? 0 : n - 1, n_out = n - first;
     for (size_t t = first; t < n; t++) rmsnorm(c->xn + (t - first) * E, c->x + t * E, m->output_norm, E, I->norm_eps);
     matmul(c, m->output, c->xn, n_out, logits, I->n_vocab);
+    if (m->logit_softcap > 0) {
+        float cap = m->logit_softcap;
+        for (size_t i = 0; i < n_out * I->n_vocab; i++) logits[i] = cap * tanhf(logits[i] / cap);
+    }
     return KVQ_OK;
 }
 
@@ -816,34 +955,136 @@ static int by_prob_desc(const void *a, const void *b) {
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
-KVQ_API kvq_status kvq_sample(kvq_context *c, const float *logits, float temperature, float top_p,
-                              int32_t *token) {
-    if (!c || !logits || !token) return KVQ_ERR_INVALID_ARG;
-    uint32_t nv = c->model->info.n_vocab;
+/* x comes after y in by_prob_desc's order (less likely, or as likely with a larger id) */
+static int prob_after(const prob_idx *x, const prob_idx *y) {
+    return x->p < y->p || (x->p == y->p && x->id > y->id);
+}
+
+/* The k first entries of a[0..n) in by_prob_desc's order moved to the front, sorted: a
+ * heap of the k best so far with the worst at its root, O(n log k) instead of a full sort. */
+static void select_top_k(prob_idx *a, uint32_t n, uint32_t k) {
+    for (uint32_t start = k / 2; start-- > 0;) {
+        for (uint32_t i = start;;) {
+            uint32_t l = 2 * i + 1, r = l + 1, w = i;
+            if (l < k && prob_after(&a[l], &a[w])) w = l;
+            if (r < k && prob_after(&a[r], &a[w])) w = r;
+            if (w == i) break;
+            prob_idx t = a[i];
+            a[i] = a[w];
+            a[w] = t;
+            i = w;
+        }
+    }
+    for (uint32_t j = k; j < n; j++) {
+        if (!prob_after(&a[0], &a[j])) continue;
+        a[0] = a[j];
+        for (uint32_t i = 0;;) {
+            uint32_t l = 2 * i + 1, r = l + 1, w = i;
+            if (l < k && prob_after(&a[l], &a[w])) w = l;
+            if (r < k && prob_after(&a[r], &a[w])) w = r;
+            if (w == i) break;
+            prob_idx t = a[i];
+            a[i] = a[w];
+            a[w] = t;
+            i = w;
+        }
+    }
+    qsort(a, k, sizeof *a, by_prob_desc);
+}
+
+KVQ_API kvq_status kvq_sampler_params_init(kvq_sampler_params *p) {
+    if (!p) return KVQ_ERR_INVALID_ARG;
+    memset(p, 0, sizeof *p);
+    p->temperature = 0.0f;
+    p->top_p = 1.0f;
+    p->repeat_penalty = 1.0f;
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_sample_ext(kvq_context *c, const float *logits, const kvq_sampler_params *sp,
+                                  int32_t *token) {
+    if (!c || !logits || !sp || !token || (sp->n_recent && !sp->recent)) return KVQ_ERR_INVALID_ARG;
+    if (isnan(sp->temperature) || !(sp->top_p >= 0.0f) || !(sp->min_p >= 0.0f && sp->min_p <= 1.0f) ||
+        !(sp->repeat_penalty > 0.0f) || !isfinite(sp->repeat_penalty))
+        return KVQ_ERR_INVALID_ARG;
+    const uint32_t nv = c->model->info.n_vocab;
+    for (size_t r = 0; r < sp->n_recent; r++)
+        if (sp->recent[r] < 0 || (uint32_t)sp->recent[r] >= nv) return KVQ_ERR_INVALID_ARG;
+    /* probs[].p holds the working logits first, then the unnormalized probabilities */
+    for (uint32_t i = 0; i < nv; i++) {
+        c->probs[i].p = logits[i];
+        c->probs[i].id = (int32_t)i;
+    }
+    if (sp->repeat_penalty != 1.0f) {
+        /* once per distinct token, however often it recurs (as llama.cpp does): a
+         * penalized entry is marked by a negative id until the pass ends */
+        for (size_t r = 0; r < sp->n_recent; r++) {
+            prob_idx *e = &c->probs[sp->recent[r]];
+            if (e->id < 0) continue;
+            e->p = e->p > 0 ? e->p / sp->repeat_penalty : e->p * sp->repeat_penalty;
+            e->id = -1 - e->id;
+        }
+        for (size_t r = 0; r < sp->n_recent; r++) c->probs[sp->recent[r]].id = sp->recent[r];
+    }
     uint32_t best = 0;
     for (uint32_t i = 1; i < nv; i++)
-        if (logits[i] > logits[best]) best = i;
-    if (!(temperature > 0)) {
+        if (c->probs[i].p > c->probs[best].p) best = i;
+    if (!(sp->temperature > 0)) {
         *token = (int32_t)best;
         return KVQ_OK;
     }
+    const float top = c->probs[best].p;
     double sum = 0;
     for (uint32_t i = 0; i < nv; i++) {
-        float p = expf((logits[i] - logits[best]) / temperature);
+        float p = expf((c->probs[i].p - top) / sp->temperature);
         c->probs[i].p = p;
-        c->probs[i].id = (int32_t)i;
         sum += p;
     }
     uint32_t keep = nv;
-    if (top_p < 1.0f) {
-        qsort(c->probs, nv, sizeof *c->probs, by_prob_desc);
+    if (sp->top_k > 0 && sp->top_k < nv) {
+        keep = sp->top_k;
+        select_top_k(c->probs, nv, keep);
+        sum = 0;
+        for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
+    } else if (sp->top_p >= 1.0f && sp->min_p > 0.0f) {
+        /* min_p alone keeps a prefix of the sorted order: sort only what passes */
+        const float floor_p = sp->min_p; /* the best token's weight is exp(0) = 1 */
+        keep = 0;
+        for (uint32_t i = 0; i < nv; i++)
+            if (c->probs[i].p >= floor_p) c->probs[keep++] = c->probs[i];
+        qsort(c->probs, keep, sizeof *c->probs, by_prob_desc);
+        sum = 0;
+        for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
+    } else if (sp->top_p < 1.0f) {
+        /* the tokens below t = (1 - top_p) sum / nv weigh less than (1 - top_p) sum
+         * together, so the ones at or above t, a prefix of the sorted order, hold the
+         * nucleus: sort only those (few, unless the distribution is flat) */
+        const double t = (1.0 - (double)sp->top_p) * sum / (double)nv;
+        keep = 0;
+        for (uint32_t i = 0; i < nv; i++)
+            if ((double)c->probs[i].p >= t) c->probs[keep++] = c->probs[i];
+        qsort(c->probs, keep, sizeof *c->probs, by_prob_desc);
+    }
+    if (sp->top_p < 1.0f) {
         double acc = 0;
-        for (keep = 0; keep < nv;) {
+        uint32_t n = keep;
+        for (keep = 0; keep < n;) {
             acc += c->probs[keep++].p / sum;
-            if (acc >= top_p) break;
+            if (acc >= sp->top_p) break;
         }
         sum = 0;
         for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
+    }
+    if (sp->min_p > 0.0f) {
+        /* probs[0] is the most likely token (exp(0) = 1 before normalization) */
+        const float floor_p = sp->min_p * c->probs[0].p;
+        uint32_t n = 1;
+        while (n < keep && c->probs[n].p >= floor_p) n++;
+        if (n < keep) {
+            keep = n;
+            sum = 0;
+            for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
+        }
     }
     double u = (double)(splitmix64(&c->rng) >> 11) * (1.0 / 9007199254740992.0) * sum, acc = 0;
     for (uint32_t i = 0; i < keep; i++) {
@@ -855,4 +1096,13 @@ KVQ_API kvq_status kvq_sample(kvq_context *c, const float *logits, float tempera
     }
     *token = c->probs[keep - 1].id;
     return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_sample(kvq_context *c, const float *logits, float temperature, float top_p,
+                              int32_t *token) {
+    kvq_sampler_params p;
+    kvq_sampler_params_init(&p);
+    p.temperature = temperature > 0 ? temperature : 0.0f; /* NaN and below zero: greedy, as before */
+    p.top_p = isnan(top_p) ? 1.0f : top_p >= 0 ? top_p : 0.0f;
+    return kvq_sample_ext(c, logits, &p, token);
 }

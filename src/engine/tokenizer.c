@@ -38,12 +38,28 @@ struct kvqi_tokenizer {
     int32_t byte_token[256]; /* BPE: id of each byte's unicode char; SPM: <0xXX> */
     uint8_t cp_to_byte[512]; /* inverse of bytes-to-unicode (code points < 324) */
     uint8_t cp_is_byte[512];
-    int32_t *specials;       /* control / user-defined tokens matched literally in text */
-    uint32_t n_specials;
+    int32_t *specials;       /* control / user-defined tokens matched literally in text, */
+    uint32_t n_specials;     /* by first byte, longest first within a byte */
+    uint32_t special_start[257]; /* specials[special_start[b]..special_start[b+1]) begin with b */
     int32_t bos, eos, unk;
     int add_bos;
     int add_space_prefix;
 };
+
+typedef struct special_key {
+    uint8_t first;
+    uint32_t len;
+    int32_t id;
+} special_key;
+
+/* first byte ascending, then length descending, then id: a total order, so the same on
+ * every platform's qsort */
+static int by_first_then_longest(const void *a, const void *b) {
+    const special_key *x = a, *y = b;
+    if (x->first != y->first) return x->first < y->first ? -1 : 1;
+    if (x->len != y->len) return x->len > y->len ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
 
 /* ------------------------------------------------------------ hashing */
 
@@ -356,24 +372,30 @@ kvq_status kvqi_tokenizer_load(const kvqi_gguf *g, kvqi_tokenizer **out, char *m
     t->unk = get_token_id(g, "tokenizer.ggml.unknown_token_id", n);
     t->add_bos = spm;
     if (kvqi_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &flag) == KVQ_OK) t->add_bos = flag;
-    /* special tokens, longest first, so "<|im_start|>" wins over a prefix of it */
+    /* special tokens by first byte, longest first, so "<|im_start|>" wins over a prefix of
+     * it; Gemma's vocabulary has thousands, so a text position only tries its byte's */
     t->specials = kvqi_alloc_array(n, sizeof *t->specials);
-    if (!t->specials) {
+    special_key *keys = kvqi_alloc_array(n, sizeof *keys);
+    if (!t->specials || !keys) {
+        kvqi_free(keys);
         st = KVQ_ERR_NOMEM;
         goto fail;
     }
     for (uint32_t id = 0; id < n; id++)
-        if ((t->type[id] == TOK_CONTROL || t->type[id] == TOK_USER) && t->len[id] > 0)
-            t->specials[t->n_specials++] = (int32_t)id;
-    for (uint32_t i = 1; i < t->n_specials; i++) {
-        int32_t v = t->specials[i];
-        uint32_t j = i;
-        while (j > 0 && t->len[t->specials[j - 1]] < t->len[v]) {
-            t->specials[j] = t->specials[j - 1];
-            j--;
+        if ((t->type[id] == TOK_CONTROL || t->type[id] == TOK_USER) && t->len[id] > 0) {
+            special_key *k = &keys[t->n_specials++];
+            k->first = (uint8_t)t->text[id][0];
+            k->len = t->len[id];
+            k->id = (int32_t)id;
         }
-        t->specials[j] = v;
+    qsort(keys, t->n_specials, sizeof *keys, by_first_then_longest);
+    memset(t->special_start, 0, sizeof t->special_start);
+    for (uint32_t i = 0; i < t->n_specials; i++) {
+        t->specials[i] = keys[i].id;
+        t->special_start[keys[i].first + 1]++;
     }
+    for (int b = 0; b < 256; b++) t->special_start[b + 1] += t->special_start[b];
+    kvqi_free(keys);
     *out = t;
     return KVQ_OK;
 fail:
@@ -385,6 +407,15 @@ uint32_t kvqi_tokenizer_vocab(const kvqi_tokenizer *t) { return t->n_vocab; }
 int32_t kvqi_tokenizer_bos(const kvqi_tokenizer *t) { return t->bos; }
 int32_t kvqi_tokenizer_eos(const kvqi_tokenizer *t) { return t->eos; }
 int kvqi_tokenizer_add_bos(const kvqi_tokenizer *t) { return t->add_bos; }
+
+int32_t kvqi_tokenizer_find_special(const kvqi_tokenizer *t, const char *text) {
+    size_t n = strlen(text);
+    for (uint32_t k = 0; k < t->n_specials; k++) {
+        int32_t id = t->specials[k];
+        if (t->len[id] == n && !memcmp(t->text[id], text, n)) return id;
+    }
+    return -1;
+}
 
 /* ------------------------------------------------------------ encoding */
 
@@ -668,7 +699,7 @@ kvq_status kvqi_tokenize(const kvqi_tokenizer *t, const char *text, int add_bos,
     while (i <= n) {
         int32_t special = -1;
         if (i < n)
-            for (uint32_t k = 0; k < t->n_specials; k++) {
+            for (uint32_t k = t->special_start[(uint8_t)text[i]]; k < t->special_start[(uint8_t)text[i] + 1]; k++) {
                 int32_t id = t->specials[k];
                 if (t->len[id] <= n - i && !memcmp(text + i, t->text[id], t->len[id])) {
                     special = id;

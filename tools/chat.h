@@ -1,0 +1,24 @@
+/* chat.h - `kvq generate --chat`: turns rendered with the model's chat template, one
+ * context (and its compressed KV cache) kept across them. */
+#ifndef KVQ_CLI_CHAT_H
+#define KVQ_CLI_CHAT_H
+
+#include <stdio.h>
+
+#include "kvq.h"
+
+typedef struct kvq_cli_chat_opts {
+    const char *system;        /* system prompt (NULL: none) */
+    const char *template_name; /* NULL: the model's own */
+    const char *prompt;        /* one user turn, answered, then return (NULL: read stdin) */
+    long max_tokens;           /* most tokens per answer */
+    size_t n_batch;            /* the context's batch (most tokens per eval) */
+    float temperature, top_p;
+    int no_bos, quiet;
+} kvq_cli_chat_opts;
+
+/* Runs the conversation on ctx (fresh) and returns the exit code. Each user turn is a
+ * line of `in`; answers stream to stdout; per-turn token counts go to stderr unless quiet. */
+int kvq_cli_chat(kvq_model *model, kvq_context *ctx, const kvq_cli_chat_opts *opts, FILE *in);
+
+#endif
