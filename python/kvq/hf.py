@@ -1,4 +1,4 @@
-"""kvq.hf - a Hugging Face transformers Cache whose full-attention layers hold only kvq
+"""kvq.hf - a Hugging Face transformers Cache whose attention layers hold only kvq
 codes (plus the exact window and sinks the config asks for), and the attention function
 that reads them, registered with transformers' AttentionInterface as "kvq". Imported
 only when used (it needs torch and transformers >= 5).
@@ -10,12 +10,13 @@ only when used (it needs torch and transformers >= 5).
 KVQCache(model, ...) switches the model to attn_implementation="kvq" (sdpa for every
 layer or cache that is not kvq's, so other caches keep working).
 
-Each full-attention layer keeps one kvq_cache (every batch row's KV heads): update()
-quantizes the new keys and values into it and returns empty placeholders, and the
-attention function runs kvq_cache_attend (fused scores, softmax and value sum over the
-codes) on CPU tensors, so no decoded copy of the cache is ever built. Sliding-window and
-chunked layers keep transformers' exact window (their memory is bounded by the window);
-linear-attention and other layer types are left as transformers makes them.
+Each full-attention and sliding-window layer keeps one kvq_cache (every batch row's KV
+heads; sliding layers with the C cache's sliding window): update() quantizes the new
+keys and values into it and returns empty placeholders, and the attention function runs
+kvq_cache_attend (fused scores, softmax and value sum over the codes) on CPU tensors, so
+no decoded copy of the cache is ever built. Chunked-attention, linear-attention and
+other layer types are left as transformers makes them (exact_sliding=True leaves the
+sliding layers too).
 
 On CUDA tensors, layers whose key and value methods the GPU kernels take keep their
 codes on the device and attend with kvq_cuda_attend (one new token per row; a prompt is
