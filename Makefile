@@ -336,8 +336,8 @@ fuzz-corpus: $(BUILD)/make_corpus
 
 # The Python package (ctypes over libkvq.so) against the library just built.
 PYTHON ?= python3
-test-python: $(SHARED_LIB)
-	KVQ_LIBRARY=$(abspath $(SHARED_LIB)) $(PYTHON) -m pytest -q python/tests
+test-python: $(SHARED_LIB) $(CLI)
+	KVQ_LIBRARY=$(abspath $(SHARED_LIB)) KVQ_CLI=$(abspath $(CLI)) $(PYTHON) -m pytest -q python/tests
 
 # ------------------------------------------------------------------ index vectors
 # `make vectors`: the index's real data set (docs/INDEX.md). Texts from Debian's fortunes

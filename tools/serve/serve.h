@@ -31,6 +31,7 @@ typedef struct serve_request {
     const char *stop[SERVE_MAX_STOP];
     size_t n_stop;
     int stream, include_usage;
+    int ignore_eos; /* llama-server's extension: run to max_tokens or a stop string */
     void *json; /* cJSON root */
 } serve_request;
 
@@ -61,6 +62,7 @@ typedef struct serve_job {
     uint64_t seed;
     char stop[SERVE_MAX_STOP][SERVE_MAX_STOP_LEN + 1];
     size_t n_stop;
+    int ignore_eos;
     /* output, under mu */
     char *text;          /* generated text (stop strings cut), NUL-terminated */
     size_t text_len, text_cap;

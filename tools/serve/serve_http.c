@@ -130,7 +130,7 @@ typedef struct stream_state {
 
 static int out_event(stream_state *ss, char *json) {
     if (!json) return -1;
-    size_t n = strlen(json), need = ss->out_len + n + 8;
+    size_t n = strlen(json), need = ss->out_len + n + 16; /* "data: " json "\n\n" NUL */
     char *o = realloc(ss->out, need);
     if (!o) {
         free(json);
@@ -277,6 +277,7 @@ static MHD_Result handle_completion(server *sv, struct MHD_Connection *c, serve_
     job->seed = req.has_seed ? (req.seed + 1 ? req.seed + 1 : 1) : 0;
     for (size_t i = 0; i < req.n_stop; i++) snprintf(job->stop[i], sizeof job->stop[i], "%s", req.stop[i]);
     job->n_stop = req.n_stop;
+    job->ignore_eos = req.ignore_eos;
     int stream = req.stream, include_usage = req.include_usage;
     serve_request_free(&req);
     int rc = serve_sched_submit(sv->sched, job, msg, sizeof msg);

@@ -219,6 +219,12 @@ int serve_request_parse(serve_kind kind, const char *body, size_t len, serve_req
         goto bad;
     }
     req->stream = cJSON_IsTrue(stream);
+    cJSON *ie = cJSON_GetObjectItemCaseSensitive(root, "ignore_eos");
+    if (ie && !cJSON_IsBool(ie) && !cJSON_IsNull(ie)) {
+        fail(msg, msg_size, param, "ignore_eos", "must be a boolean");
+        goto bad;
+    }
+    req->ignore_eos = cJSON_IsTrue(ie);
     cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
     if (so && !cJSON_IsNull(so)) {
         cJSON *iu = cJSON_GetObjectItemCaseSensitive(so, "include_usage");

@@ -298,7 +298,7 @@ static int step(serve_sched *S, slot *s) {
         s->phase = SLOT_GEN;
     }
     int32_t tok = sample(s, S->info.n_vocab, j->temperature, j->top_p);
-    for (size_t i = 0; i < S->n_stops; i++)
+    for (size_t i = 0; i < S->n_stops && !j->ignore_eos; i++)
         if (tok == S->stops[i]) {
             job_finish(j, SERVE_STOP, NULL);
             return 0;
