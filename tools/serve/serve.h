@@ -88,7 +88,9 @@ typedef struct serve_sched serve_sched;
 typedef struct serve_metrics {
     uint64_t tokens_generated, prompt_tokens, prompt_tokens_reused, requests_done, requests_cancelled;
     double busy_seconds, gen_seconds;
-    uint64_t kv_bytes, kv_fp16_bytes, kv_budget, budget_tokens, reserved_tokens;
+    uint64_t kv_bytes, kv_fp16_bytes, kv_budget, reserved_bytes, fixed_bytes;
+    uint64_t budget_tokens;        /* the longest prompt + max_tokens one request may have */
+    uint64_t budget_conversations; /* full-context conversations the budget holds at once */
     uint32_t slots_busy, slots_total, queue_length;
 } serve_metrics;
 

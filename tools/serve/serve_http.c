@@ -380,17 +380,21 @@ static MHD_Result handle_metrics(server *sv, struct MHD_Connection *c) {
              "# TYPE kvq_kv_fp16_bytes gauge\nkvq_kv_fp16_bytes %" PRIu64 "\n"
              "# HELP kvq_kv_budget_bytes The KV memory budget (0: none).\n# TYPE kvq_kv_budget_bytes gauge\n"
              "kvq_kv_budget_bytes %" PRIu64 "\n"
-             "# HELP kvq_kv_budget_tokens Tokens of context the budget holds over all slots.\n"
+             "# HELP kvq_kv_budget_tokens The longest prompt + max_tokens one request may have.\n"
              "# TYPE kvq_kv_budget_tokens gauge\nkvq_kv_budget_tokens %" PRIu64 "\n"
-             "# HELP kvq_kv_reserved_tokens Tokens reserved by running requests and kept prefixes.\n"
-             "# TYPE kvq_kv_reserved_tokens gauge\nkvq_kv_reserved_tokens %" PRIu64 "\n"
+             "# HELP kvq_kv_budget_conversations Full-context conversations the budget holds at once.\n"
+             "# TYPE kvq_kv_budget_conversations gauge\nkvq_kv_budget_conversations %" PRIu64 "\n"
+             "# HELP kvq_kv_reserved_bytes KV bytes reserved by running requests, kept prefixes and empty slots.\n"
+             "# TYPE kvq_kv_reserved_bytes gauge\nkvq_kv_reserved_bytes %" PRIu64 "\n"
+             "# HELP kvq_kv_slot_fixed_bytes KV bytes an empty slot holds.\n"
+             "# TYPE kvq_kv_slot_fixed_bytes gauge\nkvq_kv_slot_fixed_bytes %" PRIu64 "\n"
              "# HELP kvq_slots_busy Slots running a request.\n# TYPE kvq_slots_busy gauge\nkvq_slots_busy %u\n"
              "# HELP kvq_slots_total Slots.\n# TYPE kvq_slots_total gauge\nkvq_slots_total %u\n"
              "# HELP kvq_queue_length Requests waiting for a slot or KV budget.\n# TYPE kvq_queue_length gauge\n"
              "kvq_queue_length %u\n",
              requests, busy, bad, auth, m.requests_done, m.requests_cancelled, m.tokens_generated, m.prompt_tokens,
              m.prompt_tokens_reused, m.gen_seconds > 0 ? (double)m.tokens_generated / m.gen_seconds : 0.0, m.kv_bytes,
-             m.kv_fp16_bytes, m.kv_budget, m.budget_tokens, m.reserved_tokens, m.slots_busy, m.slots_total,
+             m.kv_fp16_bytes, m.kv_budget, m.budget_tokens, m.budget_conversations, m.reserved_bytes, m.fixed_bytes, m.slots_busy, m.slots_total,
              m.queue_length);
     return send_text(c, 200, "text/plain; version=0.0.4", t);
 }
@@ -677,16 +681,13 @@ int kvq_cmd_serve(int argc, char **argv) {
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    uint64_t budget_tokens;
-    {
-        serve_metrics m;
-        serve_sched_metrics(sched, &m);
-        budget_tokens = m.budget_tokens;
-    }
+    serve_metrics m0;
+    serve_sched_metrics(sched, &m0);
     fprintf(stderr,
-            "kvq serve: %s on http://%s:%u/v1 - %ld slots x %u tokens, KV %s/%s, budget %" PRIu64
-            " tokens of context%s\n",
-            sv.model_id, host, bound, n_slots, sp.n_ctx, kspec, vspec, budget_tokens, api_key ? ", API key required" : "");
+            "kvq serve: %s on http://%s:%u/v1 - %ld slots x %u tokens, KV %s%s%s, %" PRIu64
+            " full-context conversations at once, %" PRIu64 " bytes per empty slot%s\n",
+            sv.model_id, host, bound, n_slots, sp.n_ctx, kspec, whole ? "" : "/", whole ? "" : vspec, m0.budget_conversations, m0.fixed_bytes,
+            api_key ? ", API key required" : "");
     fflush(stderr);
     double t0 = now_s();
     while (!g_stop && !(exit_after > 0 && now_s() - t0 >= exit_after)) {

@@ -27,6 +27,7 @@ typedef struct slot {
     serve_job *job;
     slot_phase phase;
     size_t prompt_pos, reserve;
+    uint64_t held_bytes; /* KV bytes this slot may hold: its reservation, or its kept tokens */
     uint64_t rng;
     double last_used;
 } slot;
@@ -37,7 +38,10 @@ struct serve_sched {
     slot *slots;
     int32_t stops[8];
     size_t n_stops;
-    uint64_t budget_tokens;
+    uint64_t budget;      /* KV bytes over all slots (UINT64_MAX: none) */
+    uint64_t fixed_bytes; /* what an empty slot's caches hold (rotations, codebooks, tables) */
+    uint64_t cal_n1, cal_b1, cal_slope; /* measured: cal_b1 bytes at cal_n1 tokens, then per token */
+    uint64_t budget_tokens, budget_conversations;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pthread_t thread;
@@ -200,11 +204,49 @@ static int32_t sample(slot *s, uint32_t n_vocab, float temperature, float top_p)
 
 static size_t round_chunk(size_t n) { return (n + CHUNK_TOKENS - 1) / CHUNK_TOKENS * CHUNK_TOKENS; }
 
-static size_t held_by(const slot *s) { return s->job ? s->reserve : round_chunk(s->n_hist); }
+/* The KV bytes one slot holds with n tokens: the fewest bytes in which
+ * kvq_cache_tokens_fit finds room for n (it counts whole chunks, the exact window, sinks
+ * and outliers), and never less than an empty slot's. */
+static uint64_t bytes_for(const serve_sched *S, uint64_t n) {
+    if (n == 0) return S->fixed_bytes;
+    uint64_t b;
+    if (S->cal_n1) { /* measured at start-up: the larger of the measurement and the model */
+        uint64_t m = S->cal_b1 + (n > S->cal_n1 ? (n - S->cal_n1) * S->cal_slope : 0);
+        uint64_t model = 0;
+        if (S->p.per_layer) {
+            uint64_t lo = 0, hi = 1u << 20, fit = 0;
+            while (hi < (1ull << 50) &&
+                   (kvq_cache_tokens_fit(&S->p.per_layer[0], S->info.n_layers, hi, &fit) != KVQ_OK || fit < n))
+                lo = hi, hi *= 2;
+            while (hi - lo > 1024) {
+                uint64_t mid = lo + (hi - lo) / 2;
+                if (kvq_cache_tokens_fit(&S->p.per_layer[0], S->info.n_layers, mid, &fit) == KVQ_OK && fit >= n) hi = mid;
+                else lo = mid;
+            }
+            model = hi;
+        }
+        return m > model ? m : model;
+    }
+    if (!S->p.per_layer) {
+        b = n * S->info.n_layers * 2ull * S->info.n_kv_heads * S->info.head_dim * 4ull;
+    } else {
+        uint64_t lo = 0, hi = 1u << 20, fit = 0;
+        while (hi < (1ull << 50) &&
+               (kvq_cache_tokens_fit(&S->p.per_layer[0], S->info.n_layers, hi, &fit) != KVQ_OK || fit < n))
+            lo = hi, hi *= 2;
+        while (hi - lo > 1024) {
+            uint64_t mid = lo + (hi - lo) / 2;
+            if (kvq_cache_tokens_fit(&S->p.per_layer[0], S->info.n_layers, mid, &fit) == KVQ_OK && fit >= n) hi = mid;
+            else lo = mid;
+        }
+        b = hi;
+    }
+    return b > S->fixed_bytes ? b : S->fixed_bytes;
+}
 
 static uint64_t held_total(const serve_sched *S) {
     uint64_t t = 0;
-    for (uint32_t i = 0; i < S->p.n_slots; i++) t += held_by(&S->slots[i]);
+    for (uint32_t i = 0; i < S->p.n_slots; i++) t += S->slots[i].held_bytes;
     return t;
 }
 
@@ -245,8 +287,9 @@ static void admit(serve_sched *S) {
         }
         if (!pick) return;
         size_t reserve = round_chunk(j->n_tokens + (size_t)j->max_tokens);
+        uint64_t need = bytes_for(S, reserve);
         /* evict idle slots' kept histories, least recently used first, until it fits */
-        while (held_total(S) - held_by(pick) + reserve > S->budget_tokens) {
+        while (held_total(S) - pick->held_bytes + need > S->budget) {
             slot *victim = NULL;
             for (uint32_t i = 0; i < S->p.n_slots; i++) {
                 slot *s = &S->slots[i];
@@ -256,8 +299,9 @@ static void admit(serve_sched *S) {
             if (!victim) break;
             kvq_context_reset(victim->ctx);
             victim->n_hist = 0;
+            victim->held_bytes = S->fixed_bytes;
         }
-        if (held_total(S) - held_by(pick) + reserve > S->budget_tokens) return; /* wait */
+        if (held_total(S) - pick->held_bytes + need > S->budget) return; /* wait */
         if (pick_reuse == 0 && pick->n_hist) {
             kvq_context_reset(pick->ctx);
             pick->n_hist = 0;
@@ -266,6 +310,7 @@ static void admit(serve_sched *S) {
         S->q_len--;
         pick->job = j;
         pick->reserve = reserve;
+        pick->held_bytes = need;
         pick->phase = SLOT_PROMPT;
         pick->prompt_pos = pick_reuse;
         pick->rng = j->seed;
@@ -354,7 +399,7 @@ static void *sched_main(void *arg) {
         for (uint32_t i = 0; i < S->p.n_slots; i++) busy += S->slots[i].job != NULL;
         S->m.slots_busy = busy;
         S->m.queue_length = (uint32_t)S->q_len;
-        S->m.reserved_tokens = held_total(S);
+        S->m.reserved_bytes = held_total(S);
         if (!busy) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
@@ -386,6 +431,7 @@ static void *sched_main(void *arg) {
             s->job = NULL;
             s->phase = SLOT_FREE;
             s->last_used = now_s();
+            s->held_bytes = bytes_for(S, round_chunk(s->n_hist));
         }
         update_memory(S);
     }
@@ -411,6 +457,40 @@ static void find_stops(serve_sched *S) {
     }
 }
 
+/* Measures what a slot's caches hold at two lengths (the exact window, sinks and staged
+ * outlier tokens make short caches cost more than the codes alone), evaluating a
+ * throw-away prompt in slot 0; bytes_for extrapolates from the two points. */
+static int calibrate(serve_sched *S) {
+    size_t n2 = (S->p.n_ctx - 1) / CHUNK_TOKENS * CHUNK_TOKENS;
+    if (n2 > 512) n2 = 512;
+    size_t n1 = n2 / 2 / CHUNK_TOKENS * CHUNK_TOKENS;
+    if (n1 < CHUNK_TOKENS || n2 <= n1) return 0; /* too short a context: the model alone */
+    int32_t *toks = malloc(n2 * sizeof *toks);
+    if (!toks) return -1;
+    for (size_t i = 0; i < n2; i++) toks[i] = (int32_t)(1000 + i * 7919 % 5000) % (int32_t)S->info.n_vocab;
+    uint64_t b1 = 0, b2 = 0, f;
+    kvq_cache_memory_info mi;
+    kvq_context *ctx = S->slots[0].ctx;
+    int rc = -1;
+    for (size_t done = 0; done < n2;) {
+        size_t n = n2 - done < S->p.n_batch ? n2 - done : S->p.n_batch;
+        if (done < n1 && done + n > n1) n = n1 - done;
+        if (kvq_context_eval(ctx, toks + done, n, NULL, 0)) goto out;
+        done += n;
+        if (kvq_context_kv_memory(ctx, &mi, &f)) goto out;
+        if (done == n1) b1 = mi.total;
+        if (done == n2) b2 = mi.total;
+    }
+    S->cal_n1 = n1;
+    S->cal_b1 = b1;
+    S->cal_slope = b2 > b1 ? (b2 - b1 + (n2 - n1) - 1) / (n2 - n1) : 0;
+    rc = 0;
+out:
+    free(toks);
+    kvq_context_reset(ctx);
+    return rc;
+}
+
 int serve_sched_create(const serve_sched_params *p, serve_sched **out, char *msg, size_t msg_size) {
     *out = NULL;
     serve_sched *S = calloc(1, sizeof *S);
@@ -424,25 +504,7 @@ int serve_sched_create(const serve_sched_params *p, serve_sched **out, char *msg
     S->slots = calloc(p->n_slots, sizeof *S->slots);
     if (!S->queue || !S->slots) goto nomem;
     S->seed_counter = 0x5eed;
-    /* the budget in tokens of context, over all slots */
-    uint64_t per_slot_max = (uint64_t)p->n_slots * round_chunk(p->n_ctx);
-    S->budget_tokens = per_slot_max;
-    if (p->kv_budget) {
-        uint64_t fit = 0;
-        if (p->per_layer) {
-            if (kvq_cache_tokens_fit(&p->per_layer[0], S->info.n_layers, p->kv_budget, &fit) != KVQ_OK) fit = 0;
-        } else {
-            uint64_t per_token = (uint64_t)S->info.n_layers * 2 * S->info.n_kv_heads * S->info.head_dim * 4;
-            fit = per_token ? p->kv_budget / per_token : 0;
-        }
-        fit = fit / CHUNK_TOKENS * CHUNK_TOKENS;
-        if (fit < S->budget_tokens) S->budget_tokens = fit;
-        if (S->budget_tokens < CHUNK_TOKENS) {
-            snprintf(msg, msg_size, "--kv-budget holds fewer than %d tokens of context", CHUNK_TOKENS);
-            serve_sched_free(S);
-            return -1;
-        }
-    }
+    S->budget = p->kv_budget ? p->kv_budget : UINT64_MAX;
     for (uint32_t i = 0; i < p->n_slots; i++) {
         slot *s = &S->slots[i];
         kvq_context_params cp;
@@ -464,9 +526,43 @@ int serve_sched_create(const serve_sched_params *p, serve_sched **out, char *msg
         s->order = malloc((size_t)S->info.n_vocab * sizeof *s->order);
         if (!s->hist || !s->logits || !s->probs || !s->order) goto nomem;
     }
+    /* what an empty slot holds; then the longest request and the full-context
+     * conversations the budget allows next to the other slots' fixed part */
+    kvq_cache_memory_info mi;
+    uint64_t fp16 = 0;
+    if (kvq_context_kv_memory(S->slots[0].ctx, &mi, &fp16) == KVQ_OK) S->fixed_bytes = mi.total;
+    if (calibrate(S)) {
+        snprintf(msg, msg_size, "cannot measure the KV memory of a slot");
+        serve_sched_free(S);
+        return -1;
+    }
+    for (uint32_t i = 0; i < p->n_slots; i++) S->slots[i].held_bytes = S->fixed_bytes;
+    uint64_t others = (uint64_t)(p->n_slots - 1) * S->fixed_bytes;
+    if (S->budget != UINT64_MAX && S->budget < others + bytes_for(S, CHUNK_TOKENS)) {
+        snprintf(msg, msg_size,
+                 "--kv-budget is too small: %u slots hold %llu bytes empty; one request of %d tokens needs %llu more",
+                 p->n_slots, (unsigned long long)(others + S->fixed_bytes), CHUNK_TOKENS,
+                 (unsigned long long)(bytes_for(S, CHUNK_TOKENS) - S->fixed_bytes));
+        serve_sched_free(S);
+        return -1;
+    }
+    size_t lo = CHUNK_TOKENS, hi = round_chunk(p->n_ctx);
+    while (lo < hi) { /* the largest reservation in chunks */
+        size_t mid = (lo / CHUNK_TOKENS + (hi - lo) / CHUNK_TOKENS / 2 + 1) * CHUNK_TOKENS;
+        if (mid > hi) mid = hi;
+        if (S->budget == UINT64_MAX || others + bytes_for(S, mid) <= S->budget) lo = mid;
+        else hi = mid - CHUNK_TOKENS;
+    }
+    S->budget_tokens = lo;
+    uint64_t full = bytes_for(S, round_chunk(p->n_ctx));
+    for (uint32_t k = p->n_slots; k > 0 && !S->budget_conversations; k--)
+        if (S->budget == UINT64_MAX || (uint64_t)k * full + (uint64_t)(p->n_slots - k) * S->fixed_bytes <= S->budget)
+            S->budget_conversations = k;
     S->m.slots_total = p->n_slots;
     S->m.kv_budget = p->kv_budget;
     S->m.budget_tokens = S->budget_tokens;
+    S->m.budget_conversations = S->budget_conversations;
+    S->m.fixed_bytes = S->fixed_bytes;
     if (pthread_create(&S->thread, NULL, sched_main, S)) {
         snprintf(msg, msg_size, "cannot start the scheduler thread");
         serve_sched_free(S);
