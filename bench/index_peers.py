@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""index_peers.py - kvq's RaBitQ IVF index against faiss-cpu (IndexIVFRaBitQ and
-IndexIVFRaBitQFastScan with an exact refine, IndexHNSWFlat as a graph reference) and
-rabitqlib's IvfIndex, in one run, on the same vectors, one thread each.
+"""index_peers.py - kvq's RaBitQ IVF index against faiss-cpu (IndexIVFRaBitQ,
+IndexIVFRaBitQFastScan and IndexIVFPQFastScan with an exact refine, IndexHNSWFlat as a
+graph reference) and rabitqlib's IvfIndex, in one run, on the same vectors, searching on
+one thread each; builds on --build-threads threads (wall and CPU seconds reported).
 
 For every method and setting: recall@10 against the exact ground truth, queries/s
 (the fastest of --repeat passes over all queries; the passes run round-robin over every
@@ -11,6 +12,9 @@ libkvq.so (ctypes). Prints a table and JSON lines, and the best queries/s each m
 reaches at recall@10 >= the target (0.95 by default).
 
 usage: python3 bench/index_peers.py [--data data/vectors] [--kvq build/kvq]
+       [--metric l2|ip] [--suffix _ip] [--build-threads 2] [--targets 0.9,0.95,0.99]
+Data sets: `make vectors` (384-d MiniLM, data/vectors) and `make vectors-sift` (128-d dense
+SIFT of photographs, data/vectors-sift; --metric ip --suffix _ip for its unnormalized set).
 """
 import argparse
 import ctypes
@@ -72,10 +76,13 @@ def kvq_library(kvq_cli):
 
 def bench_kvq(a, plans, lib, xq, name, build_args, nprobes, tmp):
     path = os.path.join(tmp, f"kvq{len(plans)}.kvqi")
-    out = subprocess.run([a.kvq, "index", "build", "-i", a.base, "-o", path, *build_args],
+    out = subprocess.run([a.kvq, "index", "build", "-i", a.base, "-o", path, "--metric", a.metric,
+                          "--threads", str(a.build_threads), *build_args],
                          check=True, capture_output=True, text=True).stdout
     m = re.search(r"total ([0-9.]+) s; .*\((\d+) bytes\)", out)
     build_s, mem = float(m.group(1)), int(m.group(2))
+    cpu = re.search(r"cpu ([0-9.]+) s", out)
+    build_cpu = float(cpu.group(1)) if cpu else float("nan")
     handle = ctypes.c_void_p()
     if lib.kvq_index_load(path.encode(), ctypes.byref(handle)) != 0:
         raise RuntimeError("kvq_index_load failed")
@@ -93,8 +100,8 @@ def bench_kvq(a, plans, lib, xq, name, build_args, nprobes, tmp):
                 raise RuntimeError(f"kvq_index_search: status {st}")
             return ids
         plans.append(dict(method="kvq", config=name, param=f"nprobe={npb}", run=run,
-                          build_s=build_s, bytes=file_bytes, mem_bytes=mem))
-    print(f"  kvq {name}: build {build_s:.2f} s", file=sys.stderr)
+                          build_s=build_s, build_cpu=build_cpu, bytes=file_bytes, mem_bytes=mem))
+    print(f"  kvq {name}: build {build_s:.2f} s ({build_cpu:.2f} s CPU)", file=sys.stderr)
 
 
 # ------------------------------------------------------------------ faiss
@@ -103,16 +110,26 @@ def faiss_bytes(faiss, index):
     return int(faiss.serialize_index(index).size)
 
 
+def faiss_metric(faiss, a):
+    return faiss.METRIC_INNER_PRODUCT if a.metric == "ip" else faiss.METRIC_L2
+
+
 def bench_faiss_ivf(a, rows, faiss, xb, xq, gt, kind, nlist, k_factors, nprobes, qb):
     d = xb.shape[1]
-    t = time.perf_counter()
-    quant = faiss.IndexFlatL2(d)
-    ivf = getattr(faiss, kind)(quant, d, nlist)
-    ivf.train(xb)
+    faiss.omp_set_num_threads(a.build_threads)
+    t, c = time.perf_counter(), time.process_time()
+    quant = faiss.IndexFlatIP(d) if a.metric == "ip" else faiss.IndexFlatL2(d)
+    if kind == "IndexIVFPQFastScan":  # d/4 sub-quantizers of 4 bits, as for SIFT1M
+        ivf = faiss.IndexIVFPQFastScan(quant, d, nlist, d // 4, 4, faiss_metric(faiss, a))
+    else:
+        ivf = getattr(faiss, kind)(quant, d, nlist, faiss_metric(faiss, a))
     ref = faiss.IndexRefineFlat(ivf)
+    ref.train(xb)
     ref.add(xb)
-    build_s = time.perf_counter() - t
-    ivf.qb = qb
+    build_s, build_cpu = time.perf_counter() - t, time.process_time() - c
+    faiss.omp_set_num_threads(1)
+    if qb is not None:
+        ivf.qb = qb
     nbytes = faiss_bytes(faiss, ref)
     for kf in k_factors:
         for npb in nprobes:
@@ -120,26 +137,28 @@ def bench_faiss_ivf(a, rows, faiss, xb, xq, gt, kind, nlist, k_factors, nprobes,
                 ref.k_factor = kf
                 ivf.nprobe = npb
                 return ref.search(xq, a.k)[1]
-            rows.append(dict(method="faiss", config=f"{kind}+RefineFlat qb={qb}",
+            rows.append(dict(method="faiss", config=f"{kind}+RefineFlat" + (f" qb={qb}" if qb else ""),
                              param=f"nprobe={npb},k_factor={kf}", run=run, build_s=build_s,
-                             bytes=nbytes))
-    print(f"  faiss {kind}: build {build_s:.2f} s", file=sys.stderr)
+                             build_cpu=build_cpu, bytes=nbytes))
+    print(f"  faiss {kind}: build {build_s:.2f} s ({build_cpu:.2f} s CPU)", file=sys.stderr)
 
 
 def bench_faiss_hnsw(a, rows, faiss, xb, xq, gt, efs):
     d = xb.shape[1]
-    t = time.perf_counter()
-    ix = faiss.IndexHNSWFlat(d, 32)
+    faiss.omp_set_num_threads(a.build_threads)
+    t, c = time.perf_counter(), time.process_time()
+    ix = faiss.IndexHNSWFlat(d, 32, faiss_metric(faiss, a))
     ix.hnsw.efConstruction = 80
     ix.add(xb)
-    build_s = time.perf_counter() - t
+    build_s, build_cpu = time.perf_counter() - t, time.process_time() - c
+    faiss.omp_set_num_threads(1)
     nbytes = faiss_bytes(faiss, ix)
     for ef in efs:
         def run(ef=ef):
             ix.hnsw.efSearch = ef
             return ix.search(xq, a.k)[1]
         rows.append(dict(method="faiss", config="IndexHNSWFlat M=32", param=f"efSearch={ef}",
-                         run=run, build_s=build_s, bytes=nbytes))
+                         run=run, build_s=build_s, build_cpu=build_cpu, bytes=nbytes))
     print(f"  faiss HNSW: build {build_s:.2f} s", file=sys.stderr)
 
 
@@ -148,15 +167,17 @@ def bench_faiss_hnsw(a, rows, faiss, xb, xq, gt, efs):
 def bench_rabitqlib(a, rows, faiss, xb, xq, gt, nlist, nbits, nprobes):
     import rabitqlib
     d = xb.shape[1]
-    t = time.perf_counter()
+    faiss.omp_set_num_threads(a.build_threads)
+    t, c = time.perf_counter(), time.process_time()
     # rabitqlib's IvfIndex takes the clustering from outside: faiss k-means, as its
     # examples do
     km = faiss.Kmeans(d, nlist, niter=10, seed=1234)
     km.train(xb)
     _, assign = km.index.search(xb, 1)
-    ix = rabitqlib.IvfIndex(d, len(xb), nlist, nbits, "l2")
-    ix.build(xb, km.centroids, assign.ravel().astype(np.uint32), 1)
-    build_s = time.perf_counter() - t
+    ix = rabitqlib.IvfIndex(d, len(xb), nlist, nbits, a.metric)
+    ix.build(xb, km.centroids, assign.ravel().astype(np.uint32), a.build_threads)
+    build_s, build_cpu = time.perf_counter() - t, time.process_time() - c
+    faiss.omp_set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         p = os.path.join(tmp, "r.idx")
         ix.save(p)
@@ -165,7 +186,8 @@ def bench_rabitqlib(a, rows, faiss, xb, xq, gt, nlist, nbits, nprobes):
         def run(npb=npb):
             return np.asarray(ix.search(xq, a.k, npb, num_threads=1)[0])
         rows.append(dict(method="rabitqlib", config=f"IvfIndex nbits={nbits}",
-                         param=f"nprobe={npb}", run=run, build_s=build_s, bytes=nbytes))
+                         param=f"nprobe={npb}", run=run, build_s=build_s, build_cpu=build_cpu,
+                         bytes=nbytes))
     print(f"  rabitqlib nbits={nbits}: build {build_s:.2f} s", file=sys.stderr)
 
 
@@ -176,20 +198,28 @@ def main():
     ap.add_argument("--nlist", type=int, default=256)
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--target", type=float, default=0.95)
+    ap.add_argument("--targets", default="0.9,0.95,0.99")
+    ap.add_argument("--metric", default="l2", choices=["l2", "ip"])
+    ap.add_argument("--suffix", default="", help="base{S}.fvecs / query{S}.fvecs (e.g. _ip)")
+    ap.add_argument("--build-threads", type=int, default=1)
+    ap.add_argument("--nprobes", default="8,16,24,32,48,64,96,128")
+    ap.add_argument("--nq", type=int, default=0, help="use only the first NQ queries")
     ap.add_argument("--json", help="also write the rows here")
-    ap.add_argument("--only", help="comma list of kvq,faiss,rabitqlib,hnsw")
+    ap.add_argument("--only", help="comma list of kvq,faiss,pq,rabitqlib,hnsw")
     a = ap.parse_args()
-    a.base = os.path.join(a.data, "base.fvecs")
-    a.query = os.path.join(a.data, "query.fvecs")
-    a.gt = os.path.join(a.data, "gt_l2.ivecs")
-    only = set(a.only.split(",")) if a.only else {"kvq", "faiss", "rabitqlib", "hnsw"}
+    a.base = os.path.join(a.data, f"base{a.suffix}.fvecs")
+    a.query = os.path.join(a.data, f"query{a.suffix}.fvecs")
+    a.gt = os.path.join(a.data, f"gt_{a.metric}.ivecs")
+    only = set(a.only.split(",")) if a.only else {"kvq", "faiss", "pq", "rabitqlib", "hnsw"}
 
     import faiss
     faiss.omp_set_num_threads(1)
     xb, xq, gt = read_fvecs(a.base), read_fvecs(a.query), read_ivecs(a.gt)
-    print(f"{len(xb)} base, {len(xq)} queries, dim {xb.shape[1]}; {cpu_model()}", file=sys.stderr)
-    nprobes = [16, 24, 32, 40, 48, 64, 96]
+    if a.nq:
+        xq, gt = xq[:a.nq], gt[:a.nq]
+    print(f"{len(xb)} base, {len(xq)} queries, dim {xb.shape[1]}, {a.metric}; {cpu_model()}; "
+          f"builds on {a.build_threads} threads, searches on 1", file=sys.stderr)
+    nprobes = [int(v) for v in a.nprobes.split(",")]
     rows = []
     nl = ["--nlist", str(a.nlist)]
     tmp = tempfile.TemporaryDirectory()
@@ -200,41 +230,56 @@ def main():
                   nl + ["--bits", "4", "--split", "--reorder", "fp16"], nprobes, tmp.name)
         bench_kvq(a, rows, lib, xq, "bits=8 split q4 no-reorder",
                   nl + ["--bits", "8", "--split", "--reorder", "none"], nprobes, tmp.name)
+        if a.metric == "ip":  # vectors join the list of largest <x, c> instead of l2-nearest
+            bench_kvq(a, rows, lib, xq, "bits=1 q4 fp32-reorder ip-assign",
+                      nl + ["--ip-assign", "ip"], nprobes, tmp.name)
     if "faiss" in only:
         bench_faiss_ivf(a, rows, faiss, xb, xq, gt, "IndexIVFRaBitQ", a.nlist, [5, 10], nprobes, 4)
         bench_faiss_ivf(a, rows, faiss, xb, xq, gt, "IndexIVFRaBitQFastScan", a.nlist, [5, 10],
                         nprobes, 4)
+    if "pq" in only:
+        bench_faiss_ivf(a, rows, faiss, xb, xq, gt, "IndexIVFPQFastScan", a.nlist, [5, 10],
+                        nprobes, None)
     if "hnsw" in only:
-        bench_faiss_hnsw(a, rows, faiss, xb, xq, gt, [16, 32, 64, 128])
+        bench_faiss_hnsw(a, rows, faiss, xb, xq, gt, [16, 32, 64, 128, 256])
     if "rabitqlib" in only:
         for nbits in (32, 7, 5):
             bench_rabitqlib(a, rows, faiss, xb, xq, gt, a.nlist, nbits, nprobes)
 
     for r in rows:  # a warm-up pass gives the recall
         r["recall"] = recall(r["run"](), gt, a.k)
-        r["qps"] = 0.0
+        r["qps"] = r["cpu_qps"] = 0.0
     for _ in range(a.repeat):  # round-robin timed passes: the fastest one counts
         for r in rows:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             r["run"]()
             r["qps"] = max(r["qps"], len(xq) / (time.perf_counter() - t))
+            r["cpu_qps"] = max(r["cpu_qps"], len(xq) / max(time.process_time() - c, 1e-9))
     for r in rows:
         del r["run"]
 
-    print(f"\n{'method':10} {'config':42} {'param':22} {'recall@10':>9} {'qps':>9} "
-          f"{'build s':>8} {'MiB':>7}")
+    print(f"\n{'method':10} {'config':42} {'param':22} {'recall@10':>9} {'qps':>9} {'cpu-qps':>9} "
+          f"{'build s':>8} {'cpu s':>7} {'MiB':>7}")
     for r in rows:
         print(f"{r['method']:10} {r['config']:42} {r['param']:22} {r['recall']:9.4f} "
-              f"{r['qps']:9.1f} {r['build_s']:8.2f} {r['bytes'] / 2**20:7.1f}")
-    print(f"\nbest queries/s at recall@{a.k} >= {a.target}:")
-    best = {}
-    for r in rows:
-        if r["recall"] >= a.target:
-            key = (r["method"], r["config"])
-            if key not in best or r["qps"] > best[key]["qps"]:
-                best[key] = r
-    for (m, c), r in sorted(best.items(), key=lambda kv: -kv[1]["qps"]):
-        print(f"  {m:10} {c:42} {r['param']:22} recall {r['recall']:.4f}  {r['qps']:9.1f} q/s")
+              f"{r['qps']:9.1f} {r['cpu_qps']:9.1f} {r['build_s']:8.2f} {r['build_cpu']:7.2f} "
+              f"{r['bytes'] / 2**20:7.1f}")
+    for target in [float(v) for v in a.targets.split(",")]:
+        print(f"\nbest queries/s (CPU-time based) at recall@{a.k} >= {target}:")
+        best = {}
+        for r in rows:
+            if r["recall"] >= target:
+                key = (r["method"], r["config"])
+                if key not in best or r["cpu_qps"] > best[key]["cpu_qps"]:
+                    best[key] = r
+        ranked = sorted(best.items(), key=lambda kv: -kv[1]["cpu_qps"])
+        top_kvq = max((r["cpu_qps"] for (m, _), r in ranked if m == "kvq"), default=0.0)
+        top_peer = max((r["cpu_qps"] for (m, _), r in ranked if m != "kvq"), default=0.0)
+        for (m, c), r in ranked:
+            print(f"  {m:10} {c:42} {r['param']:22} recall {r['recall']:.4f}  {r['cpu_qps']:9.1f} q/s"
+                  f" (wall {r['qps']:.1f})")
+        if top_kvq and top_peer:
+            print(f"  kvq / best peer: {top_kvq / top_peer:.2f}x")
     if a.json:
         with open(a.json, "w") as f:
             for r in rows:

@@ -1,5 +1,6 @@
 /* fuzz_gguf.c - libFuzzer target for the GGUF loader: header, metadata, tensor infos,
- * then the model and tokenizer built on them, then a short text through the tokenizer.
+ * then the model and tokenizer built on them, then a short text through the tokenizer
+ * and two messages through the file's chat template.
  * Build (from the repository root):
  *   make BUILD=build-fuzz CC=clang SAN=1 NO_CUDA=1 lib
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc fuzz/fuzz_gguf.c \
@@ -25,6 +26,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char piece[64];
     size_t len;
     for (size_t i = 0; i < n && i < 64; i++) kvq_token_to_piece(m, tokens[i], piece, sizeof piece, &len);
+    /* the chat template (or the vocabulary's turn tokens) read from the file */
+    kvq_chat_message msgs[2] = {{"system", "s"}, {"user", "u"}};
+    char text[256];
+    kvq_chat_format(m, NULL, msgs, 2, 1, text, sizeof text, &len, msg, sizeof msg);
     kvq_model_free(m);
     return 0;
 }

@@ -7,6 +7,25 @@
  *   - handles are opaque and come in *_create / *_free pairs; *_free(NULL) is a no-op;
  *   - floats are row-major float32 unless a name says otherwise;
  *   - the same seed gives the same codes on every ISA and every run.
+ *
+ * Threads. The library keeps no mutable global state but the CPU-dispatch table, which
+ * is filled once under pthread_once: calls on DIFFERENT objects may always run at once.
+ * On ONE object, a const pointer in a signature means "only reads": calls that only
+ * read may run concurrently with each other, never with a call that takes the object
+ * non-const (free included). Per object:
+ *   - kvq_quantizer: encode/decode/score (and their _at forms), score_bound, config,
+ *     code_size, save, kvq_cuda_quantizer_create: concurrent; fit: alone.
+ *   - kvq_cache: one call at a time, whatever it is: attend (const or not) works in and
+ *     grows scratch inside the cache, which length and memory also read.
+ *   - kvq_cache_set: its layers are independent caches (each as above; different layers
+ *     at once is fine); set_reset, set_memory and set_free touch every layer: alone.
+ *   - kvq_index: search, save, count, size_bytes, get_config: concurrent (search makes
+ *     its own scratch); train and add: alone, never while a search runs.
+ *   - kvq_threadpool: runs one job at a time: two calls sharing a pool must not overlap.
+ *   - kvq_model: read-only once loaded (tokenize, metadata, any number of contexts).
+ *   - kvq_context: one call at a time (eval, sample, reset, length, kv_memory).
+ *   - kvq_cuda_quantizer: read-only once created; encode/attend calls only enqueue work
+ *     on the caller's stream (buffers passed in belong to the caller).
  */
 #ifndef KVQ_H
 #define KVQ_H
@@ -128,6 +147,7 @@ typedef struct kvq_config {
 KVQ_API kvq_status kvq_config_init(kvq_config *cfg, kvq_method method, uint32_t dim);
 /* Parse a spec as users type it: "turboquant_rvq:bits=1,residuals=2", "rabitq:bits=1",
  * "qjl", "polar:bits=4", "fp16", "q8_0", "q4_0", "mse:bits=2", "vecinfer:artifact=F".
+ * Integers are decimal digits only (no sign, spaces, base prefix or leading zero).
  * On failure msg (if not NULL) receives one line naming the bad method or key. */
 KVQ_API kvq_status kvq_config_parse(const char *spec, uint32_t dim, kvq_config *cfg,
                                     char *msg, size_t msg_size);
@@ -208,6 +228,10 @@ typedef struct kvq_cache_config {
                                 after the first) before encoding and add <q, mean> back
                                 to the scores: softmax is unchanged by a constant shift,
                                 and the persistent channel bias leaves the codes */
+    uint32_t sliding_window; /* 0: every query sees every earlier token; W: a query at
+                                position p sees p-W+1..p only (Gemma's local layers), and
+                                the cache frees what no later query can see: attend's
+                                queries must then lie within the last append */
 } kvq_cache_config;
 
 typedef struct kvq_cache kvq_cache;
@@ -309,6 +333,17 @@ KVQ_API kvq_status kvq_tensor_write_f32(const char *path, const char *name, cons
                                         size_t rows, size_t cols);
 KVQ_API void kvq_buffer_free(void *p);
 
+/* A set of per-layer artifacts (kvq calibrate --per-layer) as one unit. seal writes,
+ * after the last layer's file, a manifest with each file's size and checksum, replacing
+ * it atomically (temp file, fsync, rename); check refuses a set whose files differ from
+ * their manifest (KVQ_ERR_MISMATCH: mixed or partial, e.g. a killed calibrate run) or
+ * whose manifest is absent or unreadable (KVQ_ERR_IO, KVQ_ERR_FORMAT); msg says which
+ * file. paths[n_layers]: layer l's file. */
+KVQ_API kvq_status kvq_layer_set_seal(const char *manifest, const char *const *paths, uint32_t n_layers,
+                                      char *msg, size_t msg_size);
+KVQ_API kvq_status kvq_layer_set_check(const char *manifest, const char *const *paths, uint32_t n_layers,
+                                       char *msg, size_t msg_size);
+
 /* RateQuant: bits per layer by reverse water-filling. Layer l's distortion is modelled as
  * sensitivity[l] * 4^-(b - choices[0]) (rate-distortion of a Gaussian source, measured at
  * the smallest choice); starting from choices[0] everywhere, the budget
@@ -373,6 +408,10 @@ typedef struct kvq_index_config {
     uint64_t seed;               /* rotation, k-means, sampling: same seed, same index */
     uint32_t train_iters;        /* k-means iterations (0 = 20) */
     uint32_t max_train_points;   /* training sample cap (0 = 40 * nlist, at least 4096) */
+    uint32_t ip_assign;          /* ip / cosine, which list a vector joins: 0 = its l2-nearest
+                                    centroid (balanced lists; default), 1 = the centroid with
+                                    the largest <x, c>, the probe's own measure (more recall
+                                    per probed list, but large-norm lists grow large) */
 } kvq_index_config;
 
 /* Defaults: l2, nlist 1, bits 1, split 0, query_bits 4, fht, no pca, fp32 reorder. */
@@ -397,24 +436,77 @@ KVQ_API void kvq_index_free(kvq_index *index);
 /* k-means (and PCA) on a seeded sample of x[n][dim]; must precede add. Flat indexes
  * (nlist 1) need at least one vector, to take the mean. */
 KVQ_API kvq_status kvq_index_train(kvq_index *index, const float *x, size_t n);
-/* Append n vectors. ids may be NULL: then ids continue from kvq_index_count(). */
+/* Append n vectors. ids may be NULL: then ids continue from one past the largest stored
+ * id (0 for an empty index; = kvq_index_count() while ids were never chosen). Ids must
+ * be >= 0 (-1 marks "no result" in search output). KVQ_ERR_INVALID_ARG, with nothing
+ * added, for a negative id, a NaN or infinite coordinate, a squared norm above 1e36, or
+ * (cosine) an all-zero vector; train refuses the same rows. */
 KVQ_API kvq_status kvq_index_add(kvq_index *index, const float *x, size_t n,
                                  const int64_t *ids);
 /* For each query, the k nearest: out_ids[n_queries][k], out_dists[n_queries][k] (may be
- * NULL), ascending distance; slots past the number of vectors found hold id -1. */
+ * NULL), ascending distance; slots past the number of vectors found hold id -1. Queries
+ * must pass the same checks as added rows (KVQ_ERR_INVALID_ARG: a NaN query never
+ * returns a row of -1). */
 KVQ_API kvq_status kvq_index_search(const kvq_index *index, const float *queries,
                                     size_t n_queries, uint32_t k,
                                     const kvq_index_search_params *params, int64_t *out_ids,
                                     float *out_dists);
+/* Which ids a search may return: id i passes when it is below bitset_ids and bit i
+ * (byte i / 8, bit i % 8) of id_bitset is set, and, if allow is not NULL, when
+ * allow(id, ctx) returns non-zero. A NULL filter (or both NULL) passes every id. Filtered
+ * vectors never enter the candidate set, so the k results are the k nearest passing ones
+ * (as far as the probed lists hold them). allow may be called from the pool's threads. */
+typedef struct kvq_index_filter {
+    const uint8_t *id_bitset;
+    uint64_t bitset_ids;
+    int (*allow)(int64_t id, void *ctx);
+    void *ctx;
+} kvq_index_filter;
+/* kvq_index_search with a filter (may be NULL). */
+KVQ_API kvq_status kvq_index_search_filtered(const kvq_index *index, const float *queries,
+                                             size_t n_queries, uint32_t k,
+                                             const kvq_index_search_params *params,
+                                             const kvq_index_filter *filter, int64_t *out_ids,
+                                             float *out_dists);
+/* Every vector of the probed lists within distance radius of one query (distance as in
+ * search: squared L2, or -<q, x> for ip and cosine; <= radius). Exact distances where
+ * the index keeps a reorder store (each vector whose lower bound is <= radius is
+ * checked; eps0 = INFINITY checks all), estimates otherwise. Results in ascending
+ * distance into out_ids/out_dists[cap]; *n_found is the number there are: when it
+ * exceeds cap, the first cap are written and KVQ_ERR_CAPACITY returned. filter may be
+ * NULL. nprobe = nlist searches everything. */
+KVQ_API kvq_status kvq_index_range_search(const kvq_index *index, const float *query,
+                                          float radius, const kvq_index_search_params *params,
+                                          const kvq_index_filter *filter, int64_t *out_ids,
+                                          float *out_dists, size_t cap, size_t *n_found);
+/* Remove every stored vector whose id is in ids[n] (ids not present are ignored);
+ * *removed (may be NULL) says how many went. Order of the rest is kept. */
+KVQ_API kvq_status kvq_index_remove(kvq_index *index, const int64_t *ids, size_t n,
+                                    uint64_t *removed);
 /* One file: versioned header, sections, CRC-32 trailer; written to a temp file,
  * fsynced and renamed into place. Load refuses truncated, corrupt or foreign files
  * with KVQ_ERR_FORMAT. */
 KVQ_API kvq_status kvq_index_save(const kvq_index *index, const char *path);
 KVQ_API kvq_status kvq_index_load(const char *path, kvq_index **out);
 KVQ_API kvq_status kvq_index_load_buffer(const void *buf, size_t size, kvq_index **out);
+/* As load, but the codes, factors, ids and reorder store stay in a read-only shared
+ * mapping of the file (validated in place: CRC, counts, rows, finite floats) instead of
+ * private memory; the page cache is shared between processes mapping the same file. The
+ * index searches like a loaded one; add and remove answer KVQ_ERR_STATE (load it to
+ * edit). The file must not be truncated while mapped. Format-1 files (unaligned) give
+ * KVQ_ERR_UNSUPPORTED: load and save them once. */
+KVQ_API kvq_status kvq_index_map(const char *path, kvq_index **out);
 /* Bytes the index holds in memory (codes, factors, ids, lists, reorder store, centroids,
  * rotation, PCA). */
 KVQ_API kvq_status kvq_index_size_bytes(const kvq_index *index, uint64_t *bytes);
+/* Bytes each vector takes in the lists: its 1-bit code (d/8, d rounded up to 16), the
+ * extended code packed at `bits` bits per coordinate (bits > 1), the estimator factors
+ * and a row number; the reorder store (dim * 4 or 2) and the id (8) come on top. */
+KVQ_API kvq_status kvq_index_code_bytes(const kvq_index *index, uint64_t *per_vector);
+/* Train (k-means assignment) and add (assignment and encoding) spread their work over
+ * pool's threads; NULL = the calling thread. The index only borrows the pool: it must
+ * outlive every later train/add call (or be unset first). Results do not depend on it. */
+KVQ_API kvq_status kvq_index_set_pool(kvq_index *index, kvq_threadpool *pool);
 KVQ_API kvq_status kvq_index_count(const kvq_index *index, uint64_t *count);
 KVQ_API kvq_status kvq_index_get_config(const kvq_index *index, kvq_index_config *out);
 
@@ -549,6 +641,28 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *ctx, const int32_t *tokens, siz
  * probability reaches top_p (top_p >= 1: all), drawn with the context's seeded rng. */
 KVQ_API kvq_status kvq_sample(kvq_context *ctx, const float *logits, float temperature,
                               float top_p, int32_t *token);
+
+/* kvq_sample_ext's settings; kvq_sampler_params_init gives greedy decoding and no
+ * filter. The steps, in order: the repeat penalty on the logits of the recent tokens,
+ * then the temperature, then top_k, top_p and min_p on the tempered distribution (as
+ * kvq_sample does; llama.cpp filters before the temperature, the same at 1), then a
+ * draw with the context's seeded rng. */
+typedef struct kvq_sampler_params {
+    float temperature;     /* <= 0: greedy (argmax after the penalty, lowest id on ties) */
+    uint32_t top_k;        /* keep the k most likely tokens (0: all) */
+    float top_p;           /* keep the smallest set whose probability reaches top_p (>= 1: all) */
+    float min_p;           /* drop tokens less likely than min_p x the most likely one (0: none), 0..1 */
+    float repeat_penalty;  /* > 0; a recent token's logit is divided by it when positive, else
+                              multiplied (1: none); once per distinct token */
+    const int32_t *recent; /* the tokens the penalty applies to (llama.cpp: the last 64) */
+    size_t n_recent;
+} kvq_sampler_params;
+
+KVQ_API kvq_status kvq_sampler_params_init(kvq_sampler_params *params);
+/* KVQ_ERR_INVALID_ARG for a NaN temperature, top_p < 0, min_p outside 0..1, a penalty
+ * that is not a finite positive number, or a recent token outside the vocabulary. */
+KVQ_API kvq_status kvq_sample_ext(kvq_context *ctx, const float *logits,
+                                  const kvq_sampler_params *params, int32_t *token);
 /* Bytes the KV caches of all layers hold now (summed; exact float KV counts as
  * key_codes/value_codes of 4 bytes a number), and what fp16 keys and values would take. */
 KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *ctx, kvq_cache_memory_info *info,
@@ -619,6 +733,65 @@ KVQ_API kvq_status kvq_cuda_attend(const kvq_cuda_quantizer *key, const kvq_cuda
                                    const uint8_t *k_codes_dev, const uint8_t *v_codes_dev,
                                    const int32_t *seq_lens_dev, void *workspace_dev,
                                    size_t workspace_bytes, float *out_dev, void *stream);
+
+/* Paged KV (as vLLM / FlashInfer page their caches): codes live in a pool of pages of
+ * page_size tokens; page p holds, for every kv head h, its tokens at
+ *   pages_dev + ((p * n_kv_heads + h) * page_size + slot) * code_size
+ * and token t of sequence b sits in page page_table_dev[b * max_pages + t / page_size],
+ * slot t % page_size. Sequences of any length share one launch (seq_lens_dev). The
+ * contiguous layout above is the case page_table_dev == NULL, max_pages == 1,
+ * page_size == capacity (page b is sequence b). page_size a multiple of 16 (and 16-byte
+ * aligned pools) lets the tensor-core kernels run; other sizes take the general one.
+ * Page ids are not checked on the device: every id a used entry names must be a page
+ * of the pool. A tensor-parallel engine gives each GPU its own pools holding its kv heads
+ * (n_kv_heads = the local count) and the same page table. */
+typedef struct kvq_cuda_pages {
+    const uint8_t *k_pages_dev;     /* key code pool */
+    const uint8_t *v_pages_dev;     /* value code pool */
+    const int32_t *page_table_dev;  /* [batch][max_pages] page ids, or NULL (contiguous) */
+    uint32_t page_size;             /* tokens per page */
+    uint32_t max_pages;             /* page-table columns; max_len <= max_pages * page_size */
+} kvq_cuda_pages;
+
+/* Decode attention over paged KV (desc->capacity is ignored). n_new: 0 for decode, or the
+ * n_new of a kvq_cuda_prefill call whose workspace this sizes. */
+KVQ_API kvq_status kvq_cuda_attend_paged_workspace(const kvq_cuda_quantizer *key,
+                                                   const kvq_cuda_quantizer *value,
+                                                   const kvq_cuda_attn_desc *desc,
+                                                   const kvq_cuda_pages *pages, uint32_t n_new,
+                                                   size_t *bytes);
+KVQ_API kvq_status kvq_cuda_attend_paged(const kvq_cuda_quantizer *key,
+                                         const kvq_cuda_quantizer *value,
+                                         const kvq_cuda_attn_desc *desc,
+                                         const kvq_cuda_pages *pages, const void *q_dev,
+                                         const int32_t *seq_lens_dev, void *workspace_dev,
+                                         size_t workspace_bytes, float *out_dev, void *stream);
+
+/* Chunked prefill: n_new new tokens per sequence follow the seq_lens_dev[b] tokens
+ * already compressed in the cache. New token i of sequence b attends, causally, to the
+ * cached tokens and to new tokens 0..i, whose keys and values are given exactly:
+ * q_dev [batch][n_new][n_q_heads][head_dim], k_new_dev and v_new_dev
+ * [batch][n_new][n_kv_heads][head_dim], all of desc->q_dtype; out_dev
+ * [batch][n_new][n_q_heads][head_dim] float32. batch * n_new <= 65535. Append the new
+ * tokens (kvq_cuda_append) after the call to extend the cache. Workspace:
+ * kvq_cuda_attend_paged_workspace with the same n_new. */
+KVQ_API kvq_status kvq_cuda_prefill(const kvq_cuda_quantizer *key, const kvq_cuda_quantizer *value,
+                                    const kvq_cuda_attn_desc *desc, const kvq_cuda_pages *pages,
+                                    uint32_t n_new, const void *q_dev, const void *k_new_dev,
+                                    const void *v_new_dev, const int32_t *seq_lens_dev,
+                                    void *workspace_dev, size_t workspace_bytes, float *out_dev,
+                                    void *stream);
+
+/* Append one token per sequence: x_dev [batch][n_kv_heads][dim] (dtype) is encoded and
+ * its codes written to token positions_dev[b] of sequence b in pages_dev (a key or a
+ * value pool laid out as kvq_cuda_pages says; page_table_dev NULL: contiguous, page_size
+ * = capacity). Sequences whose position is negative or beyond max_pages * page_size are
+ * skipped. scratch_dev holds batch * n_kv_heads codes (kvq_code_size bytes each). */
+KVQ_API kvq_status kvq_cuda_append(const kvq_cuda_quantizer *cq, kvq_cuda_dtype dtype,
+                                   const void *x_dev, uint32_t batch, uint32_t n_kv_heads,
+                                   const int32_t *positions_dev, const int32_t *page_table_dev,
+                                   uint32_t page_size, uint32_t max_pages, uint8_t *pages_dev,
+                                   void *scratch_dev, size_t scratch_bytes, void *stream);
 
 #ifdef __cplusplus
 }

@@ -1058,3 +1058,93 @@ TEST(cache_spec_strings_and_presets) {
     }
     CHECK_STATUS(kvq_cache_config_preset(&cfg, "nope", 3, 64, msg, sizeof msg), KVQ_ERR_PARSE);
 }
+
+/* A window far beyond the context costs only the tokens held: the ring grows with the
+ * context (a window of UINT32_MAX once asked for terabytes up front). */
+TEST(cache_window_grows_with_the_context) {
+    const uint32_t n_kv = 2, H = 4, dim = 64;
+    const size_t n = 100;
+    float *k = make_kv(n, n_kv, dim, 311, 0, 1), *v = make_kv(n, n_kv, dim, 312, 0, 1);
+    float *q = make_kv(1, H, dim, 313, 0, 1), *ref = malloc(H * dim * sizeof(float)), *out = malloc(H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref && out);
+    round_fp16(k, n * n_kv * dim);
+    round_fp16(v, n * n_kv * dim);
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_init(&cfg, n_kv, dim, "mse:bits=2", "mse:bits=2", NULL, 0));
+    cfg.window = UINT32_MAX;
+    kvq_cache *c;
+    REQUIRE_OK(kvq_cache_create(&cfg, &c));
+    kvq_cache_memory_info m;
+    REQUIRE_OK(kvq_cache_memory(c, &m));
+    CHECKF(m.total < (1u << 20), "empty cache holds %llu bytes", (unsigned long long)m.total);
+    for (size_t t = 0; t < n; t += 10) REQUIRE_OK(kvq_cache_append(c, k + t * n_kv * dim, v + t * n_kv * dim, 10));
+    REQUIRE_OK(kvq_cache_memory(c, &m));
+    /* every token still in the window: fp16, no codes, the ring in powers of two */
+    CHECK(m.key_codes == 0 && m.value_codes == 0);
+    CHECK(m.window == (uint64_t)2 * 128 * n_kv * dim * sizeof(uint16_t));
+    ref_attend(q, k, v, n, n_kv, H, dim, 1, 0.125f, ref);
+    REQUIRE_OK(kvq_cache_attend(c, q, H, 1, 0.125f, NULL, out));
+    CHECKF(rel_err(out, ref, H * dim) < 1e-5, "all in the window: %.3g", rel_err(out, ref, H * dim));
+    uint64_t fit = 0;
+    cfg.window = 64;
+    REQUIRE_OK(kvq_cache_tokens_fit(&cfg, 1, 1u << 20, &fit));
+    CHECK(fit > 64);
+    kvq_cache_free(c);
+    free(k), free(v), free(q), free(ref), free(out);
+}
+
+/* A sliding-window cache: each query sees only the last SW positions, in one thread and
+ * split-K alike, and the cache frees the chunks no later query can see. */
+TEST(cache_sliding_window) {
+    const uint32_t n_kv = 1, H = 4, dim = 64, SW = 37;
+    const size_t n = 300;
+    float *k = make_kv(n, n_kv, dim, 411, 0, 1), *v = make_kv(n, n_kv, dim, 412, 0, 1);
+    float *q = make_kv(n, H, dim, 413, 0, 1);
+    float *ref = malloc(8 * H * dim * sizeof(float)), *out = malloc(8 * H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref && out);
+    round_fp16(k, n * n_kv * dim);
+    round_fp16(v, n * n_kv * dim);
+    kvq_threadpool *pool;
+    REQUIRE_OK(kvq_threadpool_create(3, &pool));
+    static const char *specs[] = {"fp16@sink=2,window=5", "mse:bits=4@center=1"};
+    for (size_t sp = 0; sp < 2; sp++) {
+        kvq_cache_config cfg;
+        REQUIRE_OK(kvq_cache_config_parse(specs[sp], n_kv, dim, &cfg, NULL, 0));
+        cfg.sliding_window = SW;
+        cfg.chunk_tokens = 16;
+        kvq_cache *c;
+        REQUIRE_OK(kvq_cache_create(&cfg, &c));
+        size_t have = 0;
+        double worst = 0;
+        while (have < n) {
+            size_t nb = KVQI_MIN((size_t)(have % 3 ? 7 : 8), n - have);
+            REQUIRE_OK(kvq_cache_append(c, k + have * n_kv * dim, v + have * n_kv * dim, nb));
+            have += nb;
+            REQUIRE_OK(kvq_cache_attend(c, q + (have - nb) * H * dim, H, nb, 0.125f, have % 2 ? pool : NULL, out));
+            /* reference: each query over its own last SW positions */
+            for (size_t i = 0; i < nb; i++) {
+                size_t p = have - nb + i, lo = p + 1 > SW ? p + 1 - SW : 0;
+                ref_attend(q + p * H * dim, k + lo * n_kv * dim, v + lo * n_kv * dim, p + 1 - lo, n_kv, H, dim,
+                           1, 0.125f, ref + i * H * dim);
+            }
+            double e = rel_err(out, ref, nb * H * dim);
+            if (e > worst) worst = e;
+        }
+        CHECKF(worst < (sp ? 0.2 : 1e-5), "%s: worst relative error %.3g", specs[sp], worst);
+        kvq_cache_memory_info m;
+        REQUIRE_OK(kvq_cache_memory(c, &m));
+        size_t len;
+        REQUIRE_OK(kvq_cache_length(c, &len));
+        CHECK(len == n);
+        /* held: at most the window, one batch and a chunk of codes, not the 300 tokens */
+        uint64_t per = (uint64_t)c->key.code_size * n_kv;
+        CHECKF(m.key_codes <= (SW + 8 + 16) * per, "%s: %llu bytes of key codes", specs[sp],
+               (unsigned long long)m.key_codes);
+        CHECK(m.total == m.key_codes + m.value_codes + m.window + m.outliers + m.shared + m.overhead);
+        /* attend may only serve the last append's queries */
+        CHECK_STATUS(kvq_cache_attend(c, q, H, 20, 0.125f, NULL, out), KVQ_ERR_INVALID_ARG);
+        kvq_cache_free(c);
+    }
+    kvq_threadpool_free(pool);
+    free(k), free(v), free(q), free(ref), free(out);
+}

@@ -175,6 +175,9 @@ static const attn_case k_attn_cases[] = {
     {"q8_0", "q8_0"},
     {"q4_0", "q4_0"},
     {"fp16", "fp16"},
+    {"q8_0", "q4_0"},
+    {"q4_0", "fp16"},
+    {"fp16", "q8_0"},
 };
 
 static void attend_case(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint32_t n_kv,
@@ -287,7 +290,7 @@ static void body_cuda_attend_matches_cpu_reference(kvqt_ctx *kvqt_) {
     const int32_t lens[3] = {2500, 1, 1003};
     for (size_t i = 0; i < sizeof k_attn_cases / sizeof *k_attn_cases; i++) {
         attend_case(kvqt_, &k_attn_cases[i], 128, 2, 4, lens, 3, 2560, KVQ_CUDA_F32, 0);
-        if (i < 4) /* the tensor-core cases through the general kernel too */
+        if (i < 4 || i >= 6) /* the tensor-core cases through the general kernel too */
             attend_case(kvqt_, &k_attn_cases[i], 128, 2, 4, lens, 3, 2560, KVQ_CUDA_F32,
                         KVQ_CUDA_ATTN_GENERIC);
     }
@@ -302,6 +305,11 @@ static void body_cuda_attend_shapes_and_query_types(kvqt_ctx *kvqt_) {
     attend_case(kvqt_, &k_attn_cases[0], 128, 2, 4, lens, 4, 401, KVQ_CUDA_F32, 0);
     attend_case(kvqt_, &k_attn_cases[0], 64, 2, 4, lens, 4, 400, KVQ_CUDA_F32, 0);
     attend_case(kvqt_, &k_attn_cases[6], 256, 2, 2, lens, 4, 400, KVQ_CUDA_F32, 0);
+    /* baseline tensor-core kernels: 1-4 query heads per kv head, fp16 / bf16 queries */
+    attend_case(kvqt_, &k_attn_cases[8], 128, 2, 4, lens, 4, 416, KVQ_CUDA_F16, 0);
+    attend_case(kvqt_, &k_attn_cases[6], 128, 3, 1, lens, 4, 416, KVQ_CUDA_BF16, 0);
+    attend_case(kvqt_, &k_attn_cases[7], 128, 2, 3, lens, 4, 416, KVQ_CUDA_F32, 0);
+    attend_case(kvqt_, &k_attn_cases[9], 128, 4, 2, lens, 4, 416, KVQ_CUDA_F16, 0);
 }
 
 static void body_cuda_rejects_bad_arguments(kvqt_ctx *kvqt_) {
@@ -351,6 +359,466 @@ static void body_cuda_rejects_bad_arguments(kvqt_ctx *kvqt_) {
     kvq_quantizer_free(polar);
 }
 
+/* ------------------------------------------------------------ paged KV, prefill */
+
+/* A random cache: codes for [batch][n_kv][capacity] of two quantizers, encoded on the CPU. */
+typedef struct kv_fixture {
+    kvq_quantizer *kq, *vq;
+    kvq_cuda_quantizer *ckq, *cvq;
+    size_t kcs, vcs;
+    uint32_t batch, n_kv, group, d, capacity;
+    uint8_t *kcodes, *vcodes; /* contiguous, host */
+    int ok;
+} kv_fixture;
+
+static void kv_fixture_init(kvqt_ctx *kvqt_, kv_fixture *f, const attn_case *c, uint32_t batch,
+                           uint32_t n_kv, uint32_t group, uint32_t capacity, uint64_t seed) {
+    memset(f, 0, sizeof *f);
+    const uint32_t d = 128;
+    kvq_config kc, vc;
+    char msg[160];
+    REQUIRE_OK(kvq_config_parse(c->key, d, &kc, msg, sizeof msg));
+    REQUIRE_OK(kvq_config_parse(c->value, d, &vc, msg, sizeof msg));
+    kc.seed = 31;
+    vc.seed = 32;
+    REQUIRE_OK(kvq_quantizer_create(&kc, &f->kq));
+    REQUIRE_OK(kvq_quantizer_create(&vc, &f->vq));
+    REQUIRE_OK(kvq_cuda_quantizer_create(f->kq, &f->ckq));
+    REQUIRE_OK(kvq_cuda_quantizer_create(f->vq, &f->cvq));
+    f->kcs = kvq_code_size(f->kq);
+    f->vcs = kvq_code_size(f->vq);
+    f->batch = batch;
+    f->n_kv = n_kv;
+    f->group = group;
+    f->d = d;
+    f->capacity = capacity;
+    size_t rows = (size_t)batch * n_kv * capacity;
+    float *x = malloc(rows * d * sizeof(float));
+    f->kcodes = malloc(rows * f->kcs);
+    f->vcodes = malloc(rows * f->vcs);
+    REQUIRE(x && f->kcodes && f->vcodes);
+    kvqi_rng r;
+    kvqi_rng_seed(&r, seed);
+    for (size_t i = 0; i < rows * d; i++) x[i] = (float)kvqi_rng_normal(&r) * (1.0f + (i % d == 5) * 3.0f);
+    REQUIRE_OK(kvq_encode(f->kq, x, rows, f->kcodes));
+    for (size_t i = 0; i < rows * d; i++) x[i] = (float)kvqi_rng_normal(&r);
+    REQUIRE_OK(kvq_encode(f->vq, x, rows, f->vcodes));
+    free(x);
+    f->ok = 1;
+}
+
+static void kv_fixture_free(kv_fixture *f) {
+    free(f->kcodes);
+    free(f->vcodes);
+    kvq_cuda_quantizer_free(f->ckq);
+    kvq_cuda_quantizer_free(f->cvq);
+    kvq_quantizer_free(f->kq);
+    kvq_quantizer_free(f->vq);
+}
+
+/* Spread a contiguous cache over a pool of pages in a shuffled order. pool_*: host, sized
+ * n_pages pages; table [batch][max_pages]. */
+static void to_pages(const kv_fixture *f, uint32_t page_size, uint32_t max_pages, uint32_t n_pages,
+                     int32_t *table, uint8_t *pool_k, uint8_t *pool_v, uint64_t seed) {
+    uint32_t *perm = malloc(n_pages * sizeof(uint32_t));
+    for (uint32_t i = 0; i < n_pages; i++) perm[i] = i;
+    kvqi_rng r;
+    kvqi_rng_seed(&r, seed);
+    for (uint32_t i = n_pages - 1; i > 0; i--) {
+        uint32_t j = (uint32_t)(kvqi_rng_next(&r) % (i + 1));
+        uint32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    memset(pool_k, 0x5A, (size_t)n_pages * f->n_kv * page_size * f->kcs);
+    memset(pool_v, 0x5A, (size_t)n_pages * f->n_kv * page_size * f->vcs);
+    for (uint32_t b = 0; b < f->batch; b++)
+        for (uint32_t pi = 0; pi < max_pages; pi++) {
+            uint32_t page = perm[b * max_pages + pi];
+            table[b * max_pages + pi] = (int32_t)page;
+            for (uint32_t h = 0; h < f->n_kv; h++)
+                for (uint32_t s = 0; s < page_size; s++) {
+                    uint32_t t = pi * page_size + s;
+                    if (t >= f->capacity) continue;
+                    size_t src = ((size_t)b * f->n_kv + h) * f->capacity + t;
+                    size_t dst = ((size_t)page * f->n_kv + h) * page_size + s;
+                    memcpy(pool_k + dst * f->kcs, f->kcodes + src * f->kcs, f->kcs);
+                    memcpy(pool_v + dst * f->vcs, f->vcodes + src * f->vcs, f->vcs);
+                }
+        }
+    free(perm);
+}
+
+static void *upload(kvqt_ctx *kvqt_, const void *h, size_t n) {
+    void *d = NULL;
+    if (cudaMalloc(&d, n ? n : 1) != cudaSuccess) {
+        CHECK(0);
+        return NULL;
+    }
+    if (n) CHECK(cudaMemcpy(d, h, n, cudaMemcpyHostToDevice) == cudaSuccess);
+    return d;
+}
+
+static double rel_err(const float *got, const double *ref, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = (double)got[i] - ref[i];
+        num += e * e;
+        den += ref[i] * ref[i];
+    }
+    double r = sqrt(num / (den > 0 ? den : 1e-30));
+    return r == r ? r : INFINITY;
+}
+
+static void body_cuda_paged_matches_contiguous(kvqt_ctx *kvqt_) {
+    /* one pair per kernel: rvq/mse (tensor-core), q4_0/q8_0 (baseline tensor-core),
+     * rvq 2-bit keys (general) */
+    const attn_case cases[] = {
+        {"turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=2"},
+        {"q4_0", "q8_0"},
+        {"fp16", "fp16"},
+        {"turboquant_rvq:bits=2,residuals=2", "turboquant_mse:bits=3"},
+    };
+    const int32_t lens[3] = {700, 5, 0};
+    const uint32_t page_sizes[] = {32, 48, 20};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        kv_fixture f;
+        kv_fixture_init(kvqt_, &f, &cases[ci], 3, 2, 4, 768, 77 + ci);
+        if (!f.ok) return;
+        const uint32_t nq = f.n_kv * f.group, d = f.d;
+        size_t qn = (size_t)f.batch * nq * d;
+        float *qh = malloc(qn * sizeof(float));
+        kvqi_rng r;
+        kvqi_rng_seed(&r, 500 + ci);
+        for (size_t i = 0; i < qn; i++) qh[i] = 2.0f * (float)kvqi_rng_normal(&r);
+        kvq_cuda_attn_desc desc;
+        memset(&desc, 0, sizeof desc);
+        desc.batch = f.batch;
+        desc.n_q_heads = nq;
+        desc.n_kv_heads = f.n_kv;
+        desc.head_dim = d;
+        desc.capacity = f.capacity;
+        desc.max_len = 700;
+        desc.scale = 1.0f / sqrtf((float)d);
+        desc.q_dtype = KVQ_CUDA_F32;
+        size_t rows = (size_t)f.batch * f.n_kv * f.capacity;
+        void *dq = upload(kvqt_, qh, qn * sizeof(float));
+        void *dk = upload(kvqt_, f.kcodes, rows * f.kcs), *dv = upload(kvqt_, f.vcodes, rows * f.vcs);
+        void *dl = upload(kvqt_, lens, sizeof lens);
+        float *want = malloc(qn * sizeof(float)), *got = malloc(qn * sizeof(float));
+        size_t ws = 0;
+        REQUIRE_OK(kvq_cuda_attend_workspace(f.ckq, f.cvq, &desc, &ws));
+        void *dws = NULL, *dout = NULL;
+        CU(cudaMalloc(&dws, ws));
+        CU(cudaMalloc(&dout, qn * sizeof(float)));
+        CHECK_OK(kvq_cuda_attend(f.ckq, f.cvq, &desc, dq, dk, dv, dl, dws, ws, dout, NULL));
+        CU(cudaDeviceSynchronize());
+        CU(cudaMemcpy(want, dout, qn * sizeof(float), cudaMemcpyDeviceToHost));
+        cudaFree(dws);
+        for (size_t pi = 0; pi < sizeof page_sizes / sizeof *page_sizes; pi++) {
+            uint32_t ps = page_sizes[pi], max_pages = (f.capacity + ps - 1) / ps;
+            uint32_t n_pages = f.batch * max_pages + 3;
+            int32_t *table = malloc((size_t)f.batch * max_pages * sizeof(int32_t));
+            size_t pk = (size_t)n_pages * f.n_kv * ps * f.kcs, pv = (size_t)n_pages * f.n_kv * ps * f.vcs;
+            uint8_t *hk = malloc(pk), *hv = malloc(pv);
+            REQUIRE(table && hk && hv);
+            to_pages(&f, ps, max_pages, n_pages, table, hk, hv, 9 + pi);
+            kvq_cuda_pages pg;
+            pg.k_pages_dev = upload(kvqt_, hk, pk);
+            pg.v_pages_dev = upload(kvqt_, hv, pv);
+            pg.page_table_dev = upload(kvqt_, table, (size_t)f.batch * max_pages * sizeof(int32_t));
+            pg.page_size = ps;
+            pg.max_pages = max_pages;
+            REQUIRE_OK(kvq_cuda_attend_paged_workspace(f.ckq, f.cvq, &desc, &pg, 0, &ws));
+            CU(cudaMalloc(&dws, ws));
+            CU(cudaMemset(dout, 0xFF, qn * sizeof(float)));
+            CHECK_OK(kvq_cuda_attend_paged(f.ckq, f.cvq, &desc, &pg, dq, dl, dws, ws, dout, NULL));
+            CU(cudaDeviceSynchronize());
+            CU(cudaMemcpy(got, dout, qn * sizeof(float), cudaMemcpyDeviceToHost));
+            if (ps % 16 == 0) {
+                /* same kernel, same split plan: bit for bit */
+                CHECKF(memcmp(got, want, qn * sizeof(float)) == 0, "%s / %s page %u: paged != contiguous",
+                       cases[ci].key, cases[ci].value, ps);
+            } else {
+                double worst = 0.0;
+                for (size_t row = 0; row < (size_t)f.batch * nq; row++) {
+                    double ref[128];
+                    for (uint32_t i = 0; i < d; i++) ref[i] = want[row * d + i];
+                    double e = row / nq == 2 ? 0.0 : rel_err(got + row * d, ref, d);
+                    if (!(e <= worst)) worst = e;
+                }
+                CHECKF(worst <= 1e-3, "%s / %s page %u: %.3g from contiguous", cases[ci].key,
+                       cases[ci].value, ps, worst);
+            }
+            /* the empty sequence attends to nothing: zeros */
+            for (size_t i = 2 * nq * d; i < qn; i++) CHECK(got[i] == 0.0f);
+            cudaFree((void *)pg.k_pages_dev);
+            cudaFree((void *)pg.v_pages_dev);
+            cudaFree((void *)pg.page_table_dev);
+            cudaFree(dws);
+            free(table);
+            free(hk);
+            free(hv);
+        }
+        cudaFree(dq);
+        cudaFree(dk);
+        cudaFree(dv);
+        cudaFree(dl);
+        cudaFree(dout);
+        free(qh);
+        free(want);
+        free(got);
+        kv_fixture_free(&f);
+    }
+}
+
+static void body_cuda_append_writes_cpu_codes(kvqt_ctx *kvqt_) {
+    const char *specs[] = {"turboquant_mse:bits=2", "q4_0", "rabitq:bits=1"};
+    const uint32_t batch = 3, n_kv = 2, d = 128, ps = 16, max_pages = 4, n_pages = 13;
+    for (size_t si = 0; si < 3; si++) {
+        kvq_config cfg;
+        char msg[160];
+        REQUIRE_OK(kvq_config_parse(specs[si], d, &cfg, msg, sizeof msg));
+        kvq_quantizer *q = NULL;
+        REQUIRE_OK(kvq_quantizer_create(&cfg, &q));
+        kvq_cuda_quantizer *cq = NULL;
+        REQUIRE_OK(kvq_cuda_quantizer_create(q, &cq));
+        size_t cs = kvq_code_size(q), pool = (size_t)n_pages * n_kv * ps * cs;
+        float *x = malloc((size_t)batch * n_kv * d * sizeof(float));
+        uint8_t *want = malloc((size_t)batch * n_kv * cs), *host = malloc(pool);
+        REQUIRE(x && want && host);
+        fill_rows(x, (size_t)batch * n_kv, d, 3 + si);
+        REQUIRE_OK(kvq_encode(q, x, (size_t)batch * n_kv, want));
+        int32_t table[3 * 4] = {4, 9, 1, 0, 7, 2, 12, 3, 11, 5, 6, 8};
+        int32_t pos[3] = {37, 0, -1}; /* page 1 slot 5; page 0 slot 0; skipped */
+        memset(host, 0xC3, pool);
+        uint8_t *dpool = upload(kvqt_, host, pool);
+        void *dx = upload(kvqt_, x, (size_t)batch * n_kv * d * sizeof(float));
+        void *dt = upload(kvqt_, table, sizeof table), *dp = upload(kvqt_, pos, sizeof pos);
+        void *scratch = NULL;
+        CU(cudaMalloc(&scratch, (size_t)batch * n_kv * cs));
+        CHECK_STATUS(kvq_cuda_append(cq, KVQ_CUDA_F32, dx, batch, n_kv, dp, dt, ps, max_pages, dpool,
+                                     scratch, (size_t)batch * n_kv * cs - 1, NULL),
+                     KVQ_ERR_CAPACITY);
+        CHECK_OK(kvq_cuda_append(cq, KVQ_CUDA_F32, dx, batch, n_kv, dp, dt, ps, max_pages, dpool, scratch,
+                                 (size_t)batch * n_kv * cs, NULL));
+        CU(cudaDeviceSynchronize());
+        CU(cudaMemcpy(host, dpool, pool, cudaMemcpyDeviceToHost));
+        size_t n_written = 0, bad = 0;
+        for (uint32_t b = 0; b < 2; b++)
+            for (uint32_t h = 0; h < n_kv; h++) {
+                int32_t page = table[b * max_pages + pos[b] / (int32_t)ps];
+                size_t slot = ((size_t)page * n_kv + h) * ps + (size_t)(pos[b] % (int32_t)ps);
+                if (memcmp(host + slot * cs, want + ((size_t)b * n_kv + h) * cs, cs) != 0) bad++;
+                memset(host + slot * cs, 0xC3, cs);
+                n_written++;
+            }
+        CHECKF(bad == 0, "%s: %zu appended codes differ from the CPU's", specs[si], bad);
+        size_t touched = 0;
+        for (size_t i = 0; i < pool; i++) touched += host[i] != 0xC3;
+        CHECKF(touched == 0, "%s: %zu bytes written outside the target slots", specs[si], touched);
+        CHECK(n_written == 4);
+        cudaFree(dpool);
+        cudaFree(dx);
+        cudaFree(dt);
+        cudaFree(dp);
+        cudaFree(scratch);
+        free(x);
+        free(want);
+        free(host);
+        kvq_cuda_quantizer_free(cq);
+        kvq_quantizer_free(q);
+    }
+}
+
+static void body_cuda_prefill_matches_cpu_reference(kvqt_ctx *kvqt_) {
+    const attn_case cases[] = {
+        {"turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=2"},
+        {"q8_0", "q4_0"},
+        {"fp16", "fp16"},
+        {"turboquant_mse:bits=3", "turboquant_mse:bits=4"},
+    };
+    const int32_t lens[2] = {300, 0};
+    const uint32_t n_new = 7;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        for (int paged = 0; paged < 2; paged++) {
+            kv_fixture f;
+            kv_fixture_init(kvqt_, &f, &cases[ci], 2, 2, 2, 320, 900 + ci);
+            if (!f.ok) return;
+            const uint32_t nq = f.n_kv * f.group, d = f.d, B = f.batch;
+            kvq_cuda_dtype dt = ci == 2 ? KVQ_CUDA_F16 : KVQ_CUDA_F32;
+            size_t qn = (size_t)B * n_new * nq * d, kn = (size_t)B * n_new * f.n_kv * d;
+            float *qh = malloc(qn * sizeof(float)), *kh = malloc(kn * sizeof(float)),
+                  *vh = malloc(kn * sizeof(float));
+            void *qin = malloc(qn * 4), *kin = malloc(kn * 4), *vin = malloc(kn * 4);
+            float *got = malloc(qn * sizeof(float)), *scores = malloc(f.capacity * sizeof(float)),
+                  *vrow = malloc(d * sizeof(float));
+            REQUIRE(qh && kh && vh && qin && kin && vin && got && scores && vrow);
+            kvqi_rng r;
+            kvqi_rng_seed(&r, 1000 + ci);
+            for (size_t i = 0; i < qn; i++) qh[i] = 2.0f * (float)kvqi_rng_normal(&r);
+            for (size_t i = 0; i < kn; i++) kh[i] = (float)kvqi_rng_normal(&r);
+            for (size_t i = 0; i < kn; i++) vh[i] = (float)kvqi_rng_normal(&r);
+            round_to(qh, qn, dt, qin);
+            round_to(kh, kn, dt, kin);
+            round_to(vh, kn, dt, vin);
+            size_t esz = dt == KVQ_CUDA_F32 ? 4 : 2;
+            kvq_cuda_attn_desc desc;
+            memset(&desc, 0, sizeof desc);
+            desc.batch = B;
+            desc.n_q_heads = nq;
+            desc.n_kv_heads = f.n_kv;
+            desc.head_dim = d;
+            desc.capacity = f.capacity;
+            desc.max_len = 300;
+            desc.scale = 1.0f / sqrtf((float)d);
+            desc.q_dtype = dt;
+            size_t rows = (size_t)B * f.n_kv * f.capacity;
+            kvq_cuda_pages pg;
+            int32_t *table = NULL;
+            uint8_t *hk = NULL, *hv = NULL;
+            if (paged) {
+                const uint32_t ps = 64, max_pages = f.capacity / ps, n_pages = B * max_pages;
+                table = malloc((size_t)B * max_pages * sizeof(int32_t));
+                hk = malloc((size_t)n_pages * f.n_kv * ps * f.kcs);
+                hv = malloc((size_t)n_pages * f.n_kv * ps * f.vcs);
+                REQUIRE(table && hk && hv);
+                to_pages(&f, ps, max_pages, n_pages, table, hk, hv, 5);
+                pg.k_pages_dev = upload(kvqt_, hk, (size_t)n_pages * f.n_kv * ps * f.kcs);
+                pg.v_pages_dev = upload(kvqt_, hv, (size_t)n_pages * f.n_kv * ps * f.vcs);
+                pg.page_table_dev = upload(kvqt_, table, (size_t)B * max_pages * sizeof(int32_t));
+                pg.page_size = ps;
+                pg.max_pages = max_pages;
+            } else {
+                pg.k_pages_dev = upload(kvqt_, f.kcodes, rows * f.kcs);
+                pg.v_pages_dev = upload(kvqt_, f.vcodes, rows * f.vcs);
+                pg.page_table_dev = NULL;
+                pg.page_size = f.capacity;
+                pg.max_pages = 1;
+            }
+            void *dq = upload(kvqt_, qin, qn * esz), *dkn = upload(kvqt_, kin, kn * esz),
+                 *dvn = upload(kvqt_, vin, kn * esz), *dl = upload(kvqt_, lens, sizeof lens);
+            size_t ws = 0;
+            REQUIRE_OK(kvq_cuda_attend_paged_workspace(f.ckq, f.cvq, &desc, &pg, n_new, &ws));
+            void *dws = NULL, *dout = NULL;
+            CU(cudaMalloc(&dws, ws));
+            CU(cudaMalloc(&dout, qn * sizeof(float)));
+            CU(cudaMemset(dws, 0xFF, ws));
+            CU(cudaMemset(dout, 0xFF, qn * sizeof(float)));
+            CHECK_OK(kvq_cuda_prefill(f.ckq, f.cvq, &desc, &pg, n_new, dq, dkn, dvn, dl, dws, ws, dout, NULL));
+            CU(cudaDeviceSynchronize());
+            CU(cudaMemcpy(got, dout, qn * sizeof(float), cudaMemcpyDeviceToHost));
+            double worst = 0.0;
+            for (uint32_t b = 0; b < B; b++)
+                for (uint32_t i = 0; i < n_new; i++)
+                    for (uint32_t hq = 0; hq < nq; hq++) {
+                        uint32_t h = hq / f.group;
+                        const float *qv = qh + (((size_t)b * n_new + i) * nq + hq) * d;
+                        size_t base = ((size_t)b * f.n_kv + h) * f.capacity;
+                        size_t len = (size_t)lens[b];
+                        double ref[128], mx = -INFINITY, sum = 0.0;
+                        for (uint32_t e = 0; e < d; e++) ref[e] = 0.0;
+                        if (len) kvq_score(f.kq, qv, f.kcodes + base * f.kcs, len, scores);
+                        double sc_new[16];
+                        for (size_t t = 0; t < len; t++) mx = fmax(mx, (double)scores[t] * desc.scale);
+                        for (uint32_t j = 0; j <= i; j++) {
+                            const float *kv = kh + (((size_t)b * n_new + j) * f.n_kv + h) * d;
+                            double dot = 0.0;
+                            for (uint32_t e = 0; e < d; e++) dot += (double)qv[e] * kv[e];
+                            sc_new[j] = dot * desc.scale;
+                            mx = fmax(mx, sc_new[j]);
+                        }
+                        for (size_t t = 0; t < len; t++) {
+                            double p = exp((double)scores[t] * desc.scale - mx);
+                            sum += p;
+                            kvq_decode(f.vq, f.vcodes + (base + t) * f.vcs, 1, vrow);
+                            for (uint32_t e = 0; e < d; e++) ref[e] += p * vrow[e];
+                        }
+                        for (uint32_t j = 0; j <= i; j++) {
+                            double p = exp(sc_new[j] - mx);
+                            sum += p;
+                            const float *vv = vh + (((size_t)b * n_new + j) * f.n_kv + h) * d;
+                            for (uint32_t e = 0; e < d; e++) ref[e] += p * vv[e];
+                        }
+                        for (uint32_t e = 0; e < d; e++) ref[e] /= sum;
+                        double err = rel_err(got + (((size_t)b * n_new + i) * nq + hq) * d, ref, d);
+                        if (!(err <= worst)) worst = err;
+                    }
+            CHECKF(worst <= 1e-3, "prefill %s / %s paged=%d: worst relative error %.3g", cases[ci].key,
+                   cases[ci].value, paged, worst);
+            cudaFree((void *)pg.k_pages_dev);
+            cudaFree((void *)pg.v_pages_dev);
+            cudaFree((void *)pg.page_table_dev);
+            cudaFree(dq);
+            cudaFree(dkn);
+            cudaFree(dvn);
+            cudaFree(dl);
+            cudaFree(dws);
+            cudaFree(dout);
+            free(table);
+            free(hk);
+            free(hv);
+            free(qh);
+            free(kh);
+            free(vh);
+            free(qin);
+            free(kin);
+            free(vin);
+            free(got);
+            free(scores);
+            free(vrow);
+            kv_fixture_free(&f);
+        }
+    }
+}
+
+static void body_cuda_paged_rejects_bad_arguments(kvqt_ctx *kvqt_) {
+    kvq_config cfg;
+    kvq_quantizer *q = NULL;
+    REQUIRE_OK(kvq_config_init(&cfg, KVQ_METHOD_Q8_0, 128));
+    REQUIRE_OK(kvq_quantizer_create(&cfg, &q));
+    kvq_cuda_quantizer *cq = NULL;
+    REQUIRE_OK(kvq_cuda_quantizer_create(q, &cq));
+    void *buf = NULL;
+    CU(cudaMalloc(&buf, 1 << 20));
+    kvq_cuda_attn_desc d;
+    memset(&d, 0, sizeof d);
+    d.batch = 2;
+    d.n_q_heads = 8;
+    d.n_kv_heads = 2;
+    d.head_dim = 128;
+    d.max_len = 100;
+    d.scale = 0.1f;
+    kvq_cuda_pages pg = {buf, buf, buf, 16, 6}; /* 96 tokens < max_len */
+    size_t ws = 0;
+    CHECK_STATUS(kvq_cuda_attend_paged_workspace(cq, cq, &d, &pg, 0, &ws), KVQ_ERR_INVALID_ARG);
+    pg.max_pages = 8; /* 128 tokens >= max_len */
+    REQUIRE_OK(kvq_cuda_attend_paged_workspace(cq, cq, &d, &pg, 0, &ws));
+    CHECK(ws > 0 && ws < (1 << 20));
+    pg.page_size = 0;
+    CHECK_STATUS(kvq_cuda_attend_paged(cq, cq, &d, &pg, buf, buf, buf, ws, buf, NULL), KVQ_ERR_INVALID_ARG);
+    pg.page_size = 16;
+    pg.page_table_dev = NULL; /* contiguous takes exactly one page per sequence */
+    CHECK_STATUS(kvq_cuda_attend_paged(cq, cq, &d, &pg, buf, buf, buf, ws, buf, NULL), KVQ_ERR_INVALID_ARG);
+    pg.page_table_dev = buf;
+    CHECK_STATUS(kvq_cuda_attend_paged(cq, cq, &d, NULL, buf, buf, buf, ws, buf, NULL), KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cuda_attend_paged(cq, cq, &d, &pg, buf, buf, buf, ws - 4, buf, NULL), KVQ_ERR_CAPACITY);
+    CHECK_STATUS(kvq_cuda_prefill(cq, cq, &d, &pg, 0, buf, buf, buf, buf, buf, ws, buf, NULL),
+                 KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cuda_prefill(cq, cq, &d, &pg, 4, buf, NULL, buf, buf, buf, ws, buf, NULL),
+                 KVQ_ERR_INVALID_ARG);
+    REQUIRE_OK(kvq_cuda_attend_paged_workspace(cq, cq, &d, &pg, 4, &ws));
+    CHECK_STATUS(kvq_cuda_prefill(cq, cq, &d, &pg, 40000, buf, buf, buf, buf, buf, ws, buf, NULL),
+                 KVQ_ERR_UNSUPPORTED);
+    CHECK_STATUS(kvq_cuda_append(cq, KVQ_CUDA_F32, buf, 2, 2, buf, NULL, 16, 3, buf, buf, 1 << 20, NULL),
+                 KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cuda_append(cq, KVQ_CUDA_F32, buf, 0, 2, buf, buf, 16, 3, buf, buf, 1 << 20, NULL),
+                 KVQ_ERR_INVALID_ARG);
+    cudaFree(buf);
+    kvq_cuda_quantizer_free(cq);
+    kvq_quantizer_free(q);
+}
+
 #endif /* KVQ_HAVE_CUDA */
 
 TEST(cuda_encode_matches_cpu_bytes) {
@@ -378,5 +846,33 @@ TEST(cuda_rejects_bad_arguments) {
     if (!have_gpu()) SKIP("no CUDA device");
 #ifdef KVQ_HAVE_CUDA
     body_cuda_rejects_bad_arguments(kvqt_);
+#endif
+}
+
+TEST(cuda_paged_matches_contiguous) {
+    if (!have_gpu()) SKIP("no CUDA device");
+#ifdef KVQ_HAVE_CUDA
+    body_cuda_paged_matches_contiguous(kvqt_);
+#endif
+}
+
+TEST(cuda_append_writes_cpu_codes) {
+    if (!have_gpu()) SKIP("no CUDA device");
+#ifdef KVQ_HAVE_CUDA
+    body_cuda_append_writes_cpu_codes(kvqt_);
+#endif
+}
+
+TEST(cuda_prefill_matches_cpu_reference) {
+    if (!have_gpu()) SKIP("no CUDA device");
+#ifdef KVQ_HAVE_CUDA
+    body_cuda_prefill_matches_cpu_reference(kvqt_);
+#endif
+}
+
+TEST(cuda_paged_rejects_bad_arguments) {
+    if (!have_gpu()) SKIP("no CUDA device");
+#ifdef KVQ_HAVE_CUDA
+    body_cuda_paged_rejects_bad_arguments(kvqt_);
 #endif
 }

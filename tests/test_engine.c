@@ -840,18 +840,31 @@ TEST(engine_gemma_logits_match_reference) {
     CHECK(mem.key_codes == (uint64_t)(5 * 8 + 1 * ref.n_tok) * in.head_dim * 4);
     kvq_context_free(c);
     p.n_batch = 0;
-    /* an fp16 kvq_cache: exact while no window is exceeded, then refused (the cache has no
-     * sliding window) */
+    /* an fp16 kvq_cache: its sliding-window layers mask and free past the window, so the
+     * whole text follows the reference, in batches that cross the window unevenly */
     kvq_cache_config cc;
     REQUIRE_OK(kvq_cache_config_init(&cc, in.n_kv_heads, in.head_dim, "fp16", "fp16", msg, sizeof msg));
+    cc.chunk_tokens = 2; /* small chunks, so the window frees some */
     p.cache = &cc;
     p.n_cache_configs = 1;
+    p.n_batch = 4;
     REQUIRE_OK(kvq_context_create(m, &p, &c));
-    CHECK_OK(kvq_context_eval(c, ref.tokens, 5, logits, 1));
-    worst = worst_rows(logits, &ref, 0, 5);
-    CHECKF(worst < 2e-3, "fp16 cache: worst relative error %g", worst);
-    CHECK_STATUS(kvq_context_eval(c, ref.tokens + 5, 1, logits, 0), KVQ_ERR_CAPACITY);
+    worst = 0;
+    for (uint32_t t = 0; t < ref.n_tok; t += t % 2 ? 3 : 4) {
+        uint32_t nb = t % 2 ? 3 : 4;
+        if (nb > ref.n_tok - t) nb = ref.n_tok - t;
+        CHECK_OK(kvq_context_eval(c, ref.tokens + t, nb, logits, 1));
+        double e = worst_rows(logits, &ref, t, nb);
+        if (e > worst) worst = e;
+    }
+    CHECKF(worst < 2e-3, "fp16 cache past the window: worst relative error %g", worst);
+    CHECK_OK(kvq_context_kv_memory(c, &mem, NULL));
+    /* five sliding layers hold at most window + batch - 1 + a chunk, the global one all */
+    CHECKF(mem.key_codes <= (uint64_t)(5 * (5 + 3 + 2) + ref.n_tok) * in.head_dim * 2 &&
+               mem.key_codes >= (uint64_t)(5 * 5 + ref.n_tok) * in.head_dim * 2,
+           "key codes %llu", (unsigned long long)mem.key_codes);
     kvq_context_free(c);
+    p.n_batch = 0;
     free(logits);
     kvq_model_free(m);
     free(ref.raw);

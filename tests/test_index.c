@@ -323,7 +323,7 @@ TEST(index_damaged_file_refused) {
     CHECKF(missed == 0, "%zu corruptions loaded", missed);
     /* a valid CRC over a body that lies about its counts is refused too */
     uint64_t huge = 1ull << 40;
-    memcpy(buf + 8 + 4 + 11 * 4 + 8 + 4, &huge, 8);
+    memcpy(buf + 8 + 4 + 11 * 4 + 8 + 4 + 4, &huge, 8); /* the vector count */
     uint32_t crc = kvqi_crc32(0, buf, size - 12);
     memcpy(buf + size - 12, &crc, 4);
     kvq_index *o = NULL;
@@ -640,6 +640,699 @@ TEST(index_cli_build_search) {
     CHECK(same == nq);
     /* a foreign file is refused with one line and exit 1 */
     snprintf(cmd, sizeof cmd, "%s index search -x %s -q %s > %s 2>&1", kvqt_cli_path(), gf, qf, out);
+    CHECK(system(cmd) != 0);
+    free(x);
+    free(q);
+}
+
+/* Run a CLI command line, its output to file out; returns the exit status and
+ * whether out contains want. */
+static int cli_says(const char *cmd, const char *out, const char *want, int *rc) {
+    *rc = system(cmd);
+    FILE *f = fopen(out, "r");
+    if (!f) return 0;
+    char buf[4096];
+    size_t m = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[m] = 0;
+    return strstr(buf, want) != NULL;
+}
+
+TEST(index_bad_input_refused) {
+    const uint32_t d = 16;
+    const size_t n = 64;
+    float *x = make_data(n, d, 4, 61);
+    REQUIRE(x);
+    kvq_index_config cfg;
+    kvq_index_config_init(&cfg, d);
+    cfg.nlist = 2;
+    kvq_index *ix = NULL;
+    REQUIRE_OK(kvq_index_create(&cfg, &ix));
+    REQUIRE_OK(kvq_index_train(ix, x, n));
+    /* negative ids, -1 included ("no result" in search output), are refused whole */
+    int64_t ids[4] = {5, 6, -1, 7};
+    CHECK_STATUS(kvq_index_add(ix, x, 4, ids), KVQ_ERR_INVALID_ARG);
+    ids[2] = INT64_MIN;
+    CHECK_STATUS(kvq_index_add(ix, x, 4, ids), KVQ_ERR_INVALID_ARG);
+    uint64_t count = 99;
+    kvq_index_count(ix, &count);
+    CHECK(count == 0);
+    ids[2] = 0;
+    REQUIRE_OK(kvq_index_add(ix, x, 4, ids));
+    /* a NaN query, a vector whose squared norm overflows float: refused */
+    float q[16];
+    memcpy(q, x, sizeof q);
+    q[3] = NAN;
+    int64_t out[2];
+    CHECK_STATUS(kvq_index_search(ix, q, 1, 2, NULL, out, NULL), KVQ_ERR_INVALID_ARG);
+    q[3] = 1e19f;
+    CHECK_STATUS(kvq_index_search(ix, q, 1, 2, NULL, out, NULL), KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_index_add(ix, q, 1, NULL), KVQ_ERR_INVALID_ARG);
+    q[3] = x[3];
+    kvq_index_search_params sp;
+    kvq_index_search_params_init(&sp);
+    sp.nprobe = 2;
+    REQUIRE_OK(kvq_index_search(ix, q, 1, 2, &sp, out, NULL));
+    CHECK(out[0] >= 0 && out[1] >= 0);
+    /* a stored negative id (valid CRC) is refused by the loader */
+    const char *dir = kvqt_tmpdir(kvqt_);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/neg.kvqi", dir);
+    REQUIRE_OK(kvq_index_save(ix, path));
+    uint8_t *buf;
+    size_t size;
+    REQUIRE(read_file(path, &buf, &size));
+    kvq_index *o = NULL;
+    REQUIRE_OK(kvq_index_load_buffer(buf, size, &o));
+    kvq_index_free(o);
+    o = NULL;
+    /* header, then 64-byte aligned sections: centroids, ids */
+#define ALIGN64(x) (((x) + 63) / 64 * 64)
+    const size_t ids_at = ALIGN64(ALIGN64(8 + 4 + 11 * 4 + 8 + 4 + 4 + 8) + (size_t)cfg.nlist * d * 4);
+    int64_t stored;
+    memcpy(&stored, buf + ids_at + 8, 8);
+    CHECK(stored == 6); /* the layout this test patches */
+    const int64_t neg = -1;
+    memcpy(buf + ids_at + 8, &neg, 8);
+    uint32_t crc = kvqi_crc32(0, buf, size - 12);
+    memcpy(buf + size - 12, &crc, 4);
+    CHECK_STATUS(kvq_index_load_buffer(buf, size, &o), KVQ_ERR_FORMAT);
+    CHECK(o == NULL);
+    free(buf);
+    /* a directory is not an index: refused at once, not sized and allocated */
+    CHECK_STATUS(kvq_index_load(dir, &o), KVQ_ERR_IO);
+    kvq_index_free(ix);
+
+    /* cosine: an all-zero vector can never be found, so train, add and search refuse it */
+    kvq_index_config_init(&cfg, d);
+    cfg.metric = KVQ_METRIC_COSINE;
+    REQUIRE_OK(kvq_index_create(&cfg, &ix));
+    float zero[16] = {0};
+    float *xz = malloc(n * d * sizeof(float));
+    REQUIRE(xz);
+    memcpy(xz, x, n * d * sizeof(float));
+    memset(xz + 10 * d, 0, d * sizeof(float));
+    CHECK_STATUS(kvq_index_train(ix, xz, n), KVQ_ERR_INVALID_ARG);
+    REQUIRE_OK(kvq_index_train(ix, x, n));
+    CHECK_STATUS(kvq_index_add(ix, xz, n, NULL), KVQ_ERR_INVALID_ARG);
+    REQUIRE_OK(kvq_index_add(ix, x, n, NULL));
+    CHECK_STATUS(kvq_index_search(ix, zero, 1, 2, NULL, out, NULL), KVQ_ERR_INVALID_ARG);
+    kvq_index_free(ix);
+    free(xz);
+
+    /* the CLI says what is wrong, in one line, exit 1 */
+    char base[512], zb[512], ixf[512], txt[512], cmd[4096];
+    snprintf(base, sizeof base, "%s/b.fvecs", dir);
+    snprintf(zb, sizeof zb, "%s/z.fvecs", dir);
+    snprintf(ixf, sizeof ixf, "%s/c.kvqi", dir);
+    snprintf(txt, sizeof txt, "%s/out.txt", dir);
+    REQUIRE(write_vecs(base, x, n, d, 4));
+    memset(x + 3 * d, 0, d * sizeof(float));
+    REQUIRE(write_vecs(zb, x, n, d, 4));
+    int rc;
+    snprintf(cmd, sizeof cmd, "%s index search -x %s -q %s > %s 2>&1", kvqt_cli_path(), dir, base, txt);
+    CHECKF(cli_says(cmd, txt, "is a directory", &rc) && rc != 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "%s index build -i %s -o %s > %s 2>&1", kvqt_cli_path(), dir, ixf, txt);
+    CHECKF(cli_says(cmd, txt, "is a directory", &rc) && rc != 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "%s index build -i %s -o %s --nlist 65 > %s 2>&1", kvqt_cli_path(), base,
+             ixf, txt);
+    CHECKF(cli_says(cmd, txt, "--nlist 65", &rc) && rc != 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "%s index build -i %s -o %s --metric cosine > %s 2>&1", kvqt_cli_path(),
+             zb, ixf, txt);
+    CHECKF(cli_says(cmd, txt, "row 3 is all zeros", &rc) && rc != 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "%s index build -i %s -o %s --nlist 2 > %s 2>&1", kvqt_cli_path(), base,
+             ixf, txt);
+    CHECKF(system(cmd) == 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "%s index search -x %s -q %s -k 65 > %s 2>&1", kvqt_cli_path(), ixf, base,
+             txt);
+    CHECKF(cli_says(cmd, txt, "-k 65 is more than the 64 vectors", &rc) && rc != 0, "%s", cmd);
+    free(x);
+}
+
+/* Serialized bytes of an index (save, read back). */
+static uint8_t *index_bytes(kvqt_ctx *kvqt_, const kvq_index *ix, const char *name, size_t *size) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", kvqt_tmpdir(kvqt_), name);
+    if (kvq_index_save(ix, path) != KVQ_OK) return NULL;
+    uint8_t *buf = NULL;
+    if (!read_file(path, &buf, size)) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+TEST(index_threaded_build_matches_serial) {
+    const uint32_t d = 40;
+    const size_t n = 3000;
+    float *x = make_data(n, d, 20, 71);
+    REQUIRE(x);
+    kvq_threadpool *pool;
+    REQUIRE_OK(kvq_threadpool_create(3, &pool));
+    for (int v = 0; v < 3; v++) {
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.nlist = 24;
+        cfg.bits = v == 0 ? 1 : 4;
+        cfg.metric = v == 2 ? KVQ_METRIC_IP : KVQ_METRIC_L2;
+        cfg.pca_dim = v == 1 ? 32 : 0;
+        kvq_index *a = NULL, *b = NULL;
+        REQUIRE_OK(kvq_index_create(&cfg, &a));
+        REQUIRE_OK(kvq_index_create(&cfg, &b));
+        REQUIRE_OK(kvq_index_set_pool(b, pool));
+        REQUIRE_OK(kvq_index_train(a, x, n));
+        REQUIRE_OK(kvq_index_train(b, x, n));
+        /* two adds into b, one into a: same lists, same codes, same file */
+        REQUIRE_OK(kvq_index_add(a, x, n, NULL));
+        REQUIRE_OK(kvq_index_add(b, x, 1111, NULL));
+        REQUIRE_OK(kvq_index_add(b, x + 1111 * d, n - 1111, NULL));
+        size_t za = 0, zb = 0;
+        uint8_t *fa = index_bytes(kvqt_, a, "a.kvqi", &za), *fb = index_bytes(kvqt_, b, "b.kvqi", &zb);
+        REQUIRE(fa && fb);
+        CHECKF(za == zb && memcmp(fa, fb, za) == 0, "variant %d: threaded build differs", v);
+        free(fa);
+        free(fb);
+        kvq_index_free(a);
+        kvq_index_free(b);
+    }
+    kvq_threadpool_free(pool);
+    free(x);
+}
+
+TEST(index_assignment_matches_probe_measure) {
+    /* every vector sits in the list its assignment rule names: the nearest centroid for
+     * l2 and for ip by default, the largest <x, c> (the probe's measure) for ip with
+     * ip_assign (unnormalized data with spread norms) */
+    const uint32_t d = 24;
+    const size_t n = 2000;
+    float *x = make_data(n, d, 10, 81);
+    REQUIRE(x);
+    for (size_t i = 0; i < n; i++)
+        for (uint32_t j = 0; j < d; j++) x[i * d + j] *= 0.5f + (float)(i % 7) * 0.4f;
+    for (int v = 0; v < 3; v++) {
+        const int m = v == 2; /* score by inner product */
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.nlist = 16;
+        cfg.metric = v ? KVQ_METRIC_IP : KVQ_METRIC_L2;
+        cfg.ip_assign = v == 2;
+        kvq_index *ix = build(&cfg, x, n);
+        REQUIRE(ix);
+        size_t wrong = 0;
+        for (uint32_t c = 0; c < ix->nlist; c++)
+            for (uint32_t p = 0; p < ix->lists[c].n; p++) {
+                const float *v = x + (size_t)ix->lists[c].rows[p] * d;
+                double best = m ? -INFINITY : INFINITY;
+                uint32_t arg = 0;
+                for (uint32_t e = 0; e < ix->nlist; e++) {
+                    const float *ce = ix->centroids + (size_t)e * d;
+                    double s = 0.0;
+                    for (uint32_t j = 0; j < d; j++)
+                        s += m ? (double)v[j] * ce[j] : ((double)v[j] - ce[j]) * ((double)v[j] - ce[j]);
+                    if (m ? s > best : s < best) best = s, arg = e;
+                }
+                wrong += arg != c;
+            }
+        CHECKF(wrong == 0, "variant %d: %zu of %zu vectors not in their assigned list", v, wrong, n);
+        kvq_index_free(ix);
+    }
+    free(x);
+}
+
+TEST(index_kmeans_stops_when_converged) {
+    /* a huge iteration count on a small set ends at once: no label changes */
+    const uint32_t d = 8;
+    const size_t n = 100;
+    float *x = make_data(n, d, 4, 82);
+    REQUIRE(x);
+    kvq_index_config cfg;
+    kvq_index_config_init(&cfg, d);
+    cfg.nlist = 4;
+    cfg.train_iters = 4000000000u;
+    kvq_index *ix = build(&cfg, x, n);
+    CHECK(ix != NULL);
+    kvq_index_free(ix);
+    free(x);
+}
+
+TEST(index_packed_codes) {
+    /* pack / unpack are inverse for every width */
+    uint8_t v[64], p[64], back[64];
+    kvqi_rng rng;
+    kvqi_rng_seed(&rng, 5);
+    for (unsigned b = 2; b <= 8; b++) {
+        for (int i = 0; i < 64; i++) v[i] = (uint8_t)(kvqi_rng_below(&rng, 1u << b));
+        kvqi_ex_pack(v, 64, b, p);
+        kvqi_ex_unpack(p, 64, b, back);
+        CHECKF(memcmp(v, back, 64) == 0, "bits %u: unpack(pack(v)) != v", b);
+    }
+    /* an index stores d_pad * b / 8 bytes of extended code per vector, and answers as the
+     * estimator's bound says it should (so the packed codes decode to the right values) */
+    const uint32_t d = 40, d_pad = 48;
+    const size_t n = 500;
+    float *x = make_data(n, d, 5, 111);
+    REQUIRE(x);
+    for (unsigned b = 2; b <= 8; b++) {
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.nlist = 3;
+        cfg.bits = b;
+        kvq_index *ix = build(&cfg, x, n);
+        REQUIRE(ix);
+        uint64_t per = 0, all = 0;
+        REQUIRE_OK(kvq_index_code_bytes(ix, &per));
+        CHECKF(per == d_pad / 8 + 20 + d_pad * b / 8 + 8, "bits %u: %llu bytes/vector", b,
+               (unsigned long long)per);
+        REQUIRE_OK(kvq_index_size_bytes(ix, &all));
+        CHECK(all >= n * (per + 8 + d * 4));
+        float *est = malloc(n * sizeof(float)), *err = malloc(n * sizeof(float));
+        int64_t *ids = malloc(n * sizeof(int64_t));
+        REQUIRE(est && err && ids);
+        REQUIRE_OK(kvqi_index_estimate_all(ix, x + 7 * d, 1, 3.0f, est, err, ids)); /* ~99.7 % */
+        size_t out = 0;
+        for (size_t i = 0; i < n; i++) {
+            double t = dist_of(KVQ_METRIC_L2, x + (size_t)ids[i] * d, x + 7 * d, d);
+            out += fabs(t - est[i]) > err[i] + 1e-3 * (1.0 + t);
+        }
+        CHECKF(out <= n / 50, "bits %u: %zu of %zu estimates outside their bound", b, out, n);
+        free(est), free(err), free(ids);
+        kvq_index_free(ix);
+    }
+    free(x);
+}
+
+TEST(index_loads_format_v1) {
+    /* a file written before the codes were packed (a byte per coordinate) still loads,
+     * answers exactly under full rerank, its extended estimates keep their bound, and
+     * it saves in the current format with the same answers */
+    kvq_index *ix = NULL, *again = NULL;
+    REQUIRE_OK(kvq_index_load("tests/data/index-v1-bits3.kvqi", &ix));
+    uint8_t *raw;
+    size_t size;
+    REQUIRE(read_file("tests/data/index-v1.fvecs", &raw, &size));
+    const uint32_t d = 40;
+    const size_t n = size / (4 + d * 4);
+    REQUIRE(n == 300);
+    float *x = malloc(n * d * sizeof(float));
+    REQUIRE(x);
+    for (size_t i = 0; i < n; i++) memcpy(x + i * d, raw + i * (4 + d * 4) + 4, d * 4);
+    free(raw);
+    uint64_t count = 0;
+    kvq_index_count(ix, &count);
+    CHECK(count == n);
+    const uint32_t k = 5, nq = 10;
+    int64_t got[50], want[50], got2[50];
+    float dg[50], dg2[50];
+    brute_force(KVQ_METRIC_L2, x, n, x + 100 * d, nq, d, k, want);
+    kvq_index_search_params p;
+    kvq_index_search_params_init(&p);
+    p.nprobe = 4;
+    p.eps0 = INFINITY;
+    REQUIRE_OK(kvq_index_search(ix, x + 100 * d, nq, k, &p, got, dg));
+    CHECK(recall(got, want, nq, k) == 1.0);
+    float est[300], err[300];
+    int64_t ids[300];
+    REQUIRE_OK(kvqi_index_estimate_all(ix, x + 3 * d, 1, 3.0f, est, err, ids));
+    size_t out = 0;
+    for (size_t i = 0; i < n; i++) {
+        double t = dist_of(KVQ_METRIC_L2, x + (size_t)ids[i] * d, x + 3 * d, d);
+        out += fabs(t - est[i]) > err[i] + 1e-3 * (1.0 + t);
+    }
+    CHECKF(out <= n / 50, "%zu of %zu estimates outside their bound", out, n);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/v2.kvqi", kvqt_tmpdir(kvqt_));
+    REQUIRE_OK(kvq_index_save(ix, path));
+    REQUIRE_OK(kvq_index_load(path, &again));
+    p.eps0 = 0.0f;
+    REQUIRE_OK(kvq_index_search(ix, x + 100 * d, nq, k, &p, got, dg));
+    REQUIRE_OK(kvq_index_search(again, x + 100 * d, nq, k, &p, got2, dg2));
+    CHECK(memcmp(got, got2, sizeof got) == 0 && memcmp(dg, dg2, sizeof dg) == 0);
+    uint8_t *v2;
+    REQUIRE(read_file(path, &v2, &size));
+    uint32_t version;
+    memcpy(&version, v2 + 8, 4);
+    CHECK(version == 2 && size < 76248); /* packed: smaller than the v1 file */
+    free(v2);
+    kvq_index_free(ix);
+    kvq_index_free(again);
+    free(x);
+}
+
+/* Brute force over the rows whose id (row + id0) passes keep (NULL = all): top-k ids. */
+static void brute_force_kept(kvq_metric m, const float *x, size_t n, int64_t id0,
+                             const uint8_t *keep, const float *q, uint32_t d, uint32_t k,
+                             int64_t *out) {
+    double *best = malloc(k * sizeof(double));
+    uint32_t have = 0;
+    for (size_t j = 0; j < n; j++) {
+        if (keep && !keep[j]) continue;
+        double v = dist_of(m, x + j * d, q, d);
+        if (have == k && v >= best[k - 1]) continue;
+        uint32_t p = have < k ? have++ : k - 1;
+        while (p > 0 && best[p - 1] > v) {
+            best[p] = best[p - 1];
+            out[p] = out[p - 1];
+            p--;
+        }
+        best[p] = v;
+        out[p] = (int64_t)j + id0;
+    }
+    for (uint32_t i = have; i < k; i++) out[i] = -1;
+    free(best);
+}
+
+TEST(index_remove_by_id) {
+    const uint32_t d = 32, k = 8, nq = 12;
+    const size_t n = 1500;
+    float *x = make_data(n, d, 8, 121), *q = make_data(nq, d, 8, 122);
+    REQUIRE(x && q);
+    for (int v = 0; v < 2; v++) {
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.nlist = 6;
+        cfg.bits = v ? 3 : 1;
+        kvq_index *ix = NULL;
+        REQUIRE_OK(kvq_index_create(&cfg, &ix));
+        REQUIRE_OK(kvq_index_train(ix, x, n));
+        int64_t *ids = malloc(n * sizeof(int64_t)), *gone = malloc(n * sizeof(int64_t));
+        uint8_t *keep = malloc(n);
+        REQUIRE(ids && gone && keep);
+        for (size_t i = 0; i < n; i++) ids[i] = 100 + (int64_t)i;
+        REQUIRE_OK(kvq_index_add(ix, x, n, ids));
+        size_t ng = 0;
+        for (size_t i = 0; i < n; i++) {
+            keep[i] = i % 3 != 1;
+            if (!keep[i]) gone[ng++] = 100 + (int64_t)i;
+        }
+        gone[ng++] = 5;         /* not stored: ignored */
+        gone[ng++] = 100 + 3 * 7 + 1; /* twice: counted once */
+        uint64_t removed = 0, count = 0;
+        REQUIRE_OK(kvq_index_remove(ix, gone, ng, &removed));
+        kvq_index_count(ix, &count);
+        CHECK(removed == n / 3 && count == n - n / 3);
+        /* with every list probed and every candidate reranked: exactly the brute force
+         * over what is left, before and after a save/load round trip */
+        kvq_index_search_params p;
+        kvq_index_search_params_init(&p);
+        p.nprobe = cfg.nlist;
+        p.eps0 = INFINITY;
+        int64_t got[12 * 8], want[12 * 8];
+        REQUIRE_OK(kvq_index_search(ix, q, nq, k, &p, got, NULL));
+        for (uint32_t i = 0; i < nq; i++) brute_force_kept(KVQ_METRIC_L2, x, n, 100, keep, q + i * d, d, k, want + i * k);
+        CHECKF(memcmp(got, want, sizeof got) == 0, "variant %d: search after remove != brute force", v);
+        char path[1024];
+        snprintf(path, sizeof path, "%s/rm%d.kvqi", kvqt_tmpdir(kvqt_), v);
+        REQUIRE_OK(kvq_index_save(ix, path));
+        kvq_index *back = NULL;
+        REQUIRE_OK(kvq_index_load(path, &back));
+        REQUIRE_OK(kvq_index_search(back, q, nq, k, &p, got, NULL));
+        CHECK(memcmp(got, want, sizeof got) == 0);
+        /* default bound: still finds nearly all */
+        p.eps0 = 0.0f;
+        REQUIRE_OK(kvq_index_search(back, q, nq, k, &p, got, NULL));
+        CHECK(recall(got, want, nq, k) >= 0.95);
+        /* ids NULL continue past the largest stored id, never reusing a removed one */
+        REQUIRE_OK(kvq_index_add(back, x, 2, NULL));
+        p.eps0 = INFINITY;
+        int64_t one[1];
+        REQUIRE_OK(kvq_index_search(back, x + 1 * d, 1, 1, &p, one, NULL)); /* row 1 was removed */
+        CHECK(one[0] == 100 + (int64_t)n - 1 + 2);
+        kvq_index_free(back);
+        kvq_index_free(ix);
+        free(ids), free(gone), free(keep);
+    }
+    free(x);
+    free(q);
+}
+
+static int allow_not_mult3(int64_t id, void *ctx) {
+    (void)ctx;
+    return id % 3 != 0;
+}
+
+TEST(index_filtered_search_matches_brute_force) {
+    const uint32_t d = 32, k = 10, nq = 12;
+    const size_t n = 2000;
+    float *x = make_data(n, d, 10, 131), *q = make_data(nq, d, 10, 132);
+    REQUIRE(x && q);
+    uint8_t bits[2000 / 8];
+    uint8_t keep[2000];
+    for (size_t i = 0; i < sizeof bits; i++) bits[i] = 0x55; /* even ids */
+    for (size_t i = 0; i < n; i++) keep[i] = i % 2 == 0 && i % 3 != 0;
+    for (int m = 0; m < 2; m++) {
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.nlist = 8;
+        cfg.bits = 2;
+        cfg.metric = m ? KVQ_METRIC_IP : KVQ_METRIC_L2;
+        kvq_index *ix = build(&cfg, x, n);
+        REQUIRE(ix);
+        kvq_index_filter f = {bits, n, allow_not_mult3, NULL};
+        kvq_index_search_params p;
+        kvq_index_search_params_init(&p);
+        p.nprobe = cfg.nlist;
+        p.eps0 = INFINITY;
+        int64_t got[12 * 10], want[12 * 10];
+        REQUIRE_OK(kvq_index_search_filtered(ix, q, nq, k, &p, &f, got, NULL));
+        for (uint32_t i = 0; i < nq; i++) brute_force_kept(cfg.metric, x, n, 0, keep, q + i * d, d, k, want + i * k);
+        CHECKF(memcmp(got, want, sizeof got) == 0, "metric %d: filtered != brute force", m);
+        size_t bad = 0;
+        p.eps0 = 0.0f;
+        p.nprobe = 4;
+        REQUIRE_OK(kvq_index_search_filtered(ix, q, nq, k, &p, &f, got, NULL));
+        for (size_t i = 0; i < nq * k; i++) bad += got[i] >= 0 && !keep[got[i]];
+        CHECK(bad == 0);
+        CHECKF(recall(got, want, nq, k) >= 0.85, "metric %d: filtered recall %.3f", m, recall(got, want, nq, k));
+        /* a bitset shorter than the ids: ids past it are filtered out */
+        kvq_index_filter shortf = {bits, 100, NULL, NULL};
+        REQUIRE_OK(kvq_index_search_filtered(ix, q, nq, k, &p, &shortf, got, NULL));
+        for (size_t i = 0; i < nq * k; i++) bad += got[i] >= 100 || (got[i] >= 0 && got[i] % 2);
+        CHECK(bad == 0);
+        kvq_index_free(ix);
+    }
+    free(x);
+    free(q);
+}
+
+TEST(index_range_search_matches_brute_force) {
+    const uint32_t d = 24;
+    const size_t n = 1500;
+    float *x = make_data(n, d, 6, 141), *q = make_data(4, d, 6, 142);
+    REQUIRE(x && q);
+    for (int v = 0; v < 3; v++) {
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.nlist = 5;
+        cfg.metric = v == 1 ? KVQ_METRIC_IP : KVQ_METRIC_L2;
+        cfg.bits = v == 2 ? 4 : 1;
+        cfg.reorder = v == 2 ? KVQ_REORDER_NONE : KVQ_REORDER_FP32;
+        kvq_index *ix = build(&cfg, x, n);
+        REQUIRE(ix);
+        for (uint32_t qi = 0; qi < 4; qi++) {
+            /* the radius of the 30th neighbour */
+            int64_t nn[30];
+            brute_force_kept(cfg.metric, x, n, 0, NULL, q + qi * d, d, 30, nn);
+            float radius = (float)dist_of(cfg.metric, x + nn[29] * d, q + qi * d, d);
+            kvq_index_search_params p;
+            kvq_index_search_params_init(&p);
+            p.nprobe = cfg.nlist;
+            p.eps0 = v == 2 ? 0.0f : INFINITY;
+            int64_t ids[2000];
+            float ds[2000];
+            size_t found = 0;
+            REQUIRE_OK(kvq_index_range_search(ix, q + qi * d, radius, &p, NULL, ids, ds, 2000, &found));
+            if (v < 2) { /* exact distances: exactly the vectors within, in order */
+                size_t within = 0, hit = 0;
+                for (size_t j = 0; j < n; j++) {
+                    double t = dist_of(cfg.metric, x + j * d, q + qi * d, d);
+                    within += t <= radius - 1e-4 * fabs(radius);
+                }
+                for (size_t j = 0; j < found; j++) {
+                    double t = dist_of(cfg.metric, x + ids[j] * d, q + qi * d, d);
+                    hit += t <= radius + 1e-4 * fabs(radius);
+                    if (j) CHECK(ds[j] >= ds[j - 1]);
+                }
+                CHECKF(hit == found && found >= within && found <= 31, "v %d q %u: found %zu, %zu within",
+                       v, qi, found, within);
+            } else { /* codes only: estimates, so about the 30 */
+                CHECKF(found >= 15 && found <= 60, "q %u: %zu found by estimate", qi, found);
+            }
+            /* too small a buffer: the nearest first, and the count of all */
+            size_t found2 = 0;
+            int64_t few[5];
+            CHECK_STATUS(kvq_index_range_search(ix, q + qi * d, radius, &p, NULL, few, NULL, 5, &found2),
+                         found > 5 ? KVQ_ERR_CAPACITY : KVQ_OK);
+            CHECK(found2 == found && memcmp(few, ids, 5 * sizeof(int64_t)) == 0);
+            /* filtered: only passing ids */
+            kvq_index_filter f = {NULL, 0, allow_not_mult3, NULL};
+            size_t expect = 0, bad = 0;
+            for (size_t j = 0; j < found; j++) expect += allow_not_mult3(ids[j], NULL);
+            REQUIRE_OK(kvq_index_range_search(ix, q + qi * d, radius, &p, &f, ids, ds, 2000, &found2));
+            for (size_t j = 0; j < found2; j++) bad += ids[j] % 3 == 0;
+            CHECK(bad == 0 && found2 <= found && (v == 2 || found2 == expect));
+        }
+        kvq_index_free(ix);
+    }
+    free(x);
+    free(q);
+}
+
+TEST(index_mmap_matches_load) {
+    const uint32_t d = 48, k = 10;
+    const size_t n = 1500, nq = 12;
+    float *x = make_data(n, d, 12, 151), *q = make_data(nq, d, 12, 152);
+    REQUIRE(x && q);
+    for (int v = 0; v < 3; v++) {
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.nlist = 7;
+        cfg.bits = v == 0 ? 1 : (v == 1 ? 3 : 8);
+        cfg.split = v == 1;
+        cfg.reorder = v == 1 ? KVQ_REORDER_FP16 : KVQ_REORDER_FP32;
+        cfg.rotation = v == 2 ? KVQ_ROTATION_DENSE : KVQ_ROTATION_FHT;
+        cfg.pca_dim = v == 2 ? 40 : 0;
+        cfg.metric = v == 2 ? KVQ_METRIC_COSINE : KVQ_METRIC_L2;
+        kvq_index *a = build(&cfg, x, n), *b = NULL, *m = NULL;
+        REQUIRE(a);
+        char path[1024];
+        snprintf(path, sizeof path, "%s/m%d.kvqi", kvqt_tmpdir(kvqt_), v);
+        REQUIRE_OK(kvq_index_save(a, path));
+        REQUIRE_OK(kvq_index_load(path, &b));
+        REQUIRE_OK(kvq_index_map(path, &m));
+        /* the big arrays live in the mapping, not in private copies */
+        CHECK(m->mapped && (const char *)m->ids >= (const char *)m->map_base &&
+              (const char *)m->ids < (const char *)m->map_base + m->map_size);
+        int64_t ib[12 * 10], im[12 * 10];
+        float db[12 * 10], dm[12 * 10];
+        kvq_index_search_params p;
+        kvq_index_search_params_init(&p);
+        p.nprobe = 3;
+        REQUIRE_OK(kvq_index_search(b, q, nq, k, &p, ib, db));
+        REQUIRE_OK(kvq_index_search(m, q, nq, k, &p, im, dm));
+        CHECKF(memcmp(ib, im, sizeof ib) == 0 && memcmp(db, dm, sizeof db) == 0,
+               "variant %d: mapped index answers differently", v);
+        kvq_index_filter f = {NULL, 0, allow_not_mult3, NULL};
+        REQUIRE_OK(kvq_index_search_filtered(b, q, nq, k, &p, &f, ib, db));
+        REQUIRE_OK(kvq_index_search_filtered(m, q, nq, k, &p, &f, im, dm));
+        CHECK(memcmp(ib, im, sizeof ib) == 0 && memcmp(db, dm, sizeof db) == 0);
+        size_t fb = 0, fm = 0;
+        int64_t rb[1500], rm[1500];
+        float radius = db[5];
+        REQUIRE_OK(kvq_index_range_search(b, q, radius, &p, NULL, rb, NULL, 1500, &fb));
+        REQUIRE_OK(kvq_index_range_search(m, q, radius, &p, NULL, rm, NULL, 1500, &fm));
+        CHECK(fb == fm && fb > 0 && memcmp(rb, rm, fb * sizeof(int64_t)) == 0);
+        /* read-only; saving it reproduces the file */
+        CHECK_STATUS(kvq_index_add(m, x, 1, NULL), KVQ_ERR_STATE);
+        CHECK_STATUS(kvq_index_remove(m, ib, 1, NULL), KVQ_ERR_STATE);
+        char path2[1024];
+        snprintf(path2, sizeof path2, "%s/m%d_again.kvqi", kvqt_tmpdir(kvqt_), v);
+        REQUIRE_OK(kvq_index_save(m, path2));
+        uint8_t *fa, *fc;
+        size_t za, zc;
+        REQUIRE(read_file(path, &fa, &za) && read_file(path2, &fc, &zc));
+        CHECK(za == zc && memcmp(fa, fc, za) == 0);
+        /* a truncated or corrupted file is refused through the mapping too */
+        char bad[1024];
+        snprintf(bad, sizeof bad, "%s/bad%d.kvqi", kvqt_tmpdir(kvqt_), v);
+        FILE *f2 = fopen(bad, "wb");
+        REQUIRE(f2);
+        fwrite(fa, 1, za / 2, f2);
+        fclose(f2);
+        kvq_index *o = NULL;
+        CHECK_STATUS(kvq_index_map(bad, &o), KVQ_ERR_FORMAT);
+        free(fa);
+        free(fc);
+        kvq_index_free(a);
+        kvq_index_free(b);
+        kvq_index_free(m);
+    }
+    kvq_index *o = NULL;
+    CHECK_STATUS(kvq_index_map("tests/data/index-v1-bits3.kvqi", &o), KVQ_ERR_UNSUPPORTED);
+    CHECK_STATUS(kvq_index_map(kvqt_tmpdir(kvqt_), &o), KVQ_ERR_IO);
+    free(x);
+    free(q);
+}
+
+/* The last line of a text file (into last[256]). */
+static int last_line(const char *path, char *last) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[256];
+    last[0] = 0;
+    while (fgets(line, sizeof line, f)) memcpy(last, line, sizeof line);
+    fclose(f);
+    return 1;
+}
+
+TEST(index_cli_add_remove_mmap_filter_range) {
+    const uint32_t d = 16, k = 4;
+    const size_t n = 300, nq = 6;
+    float *x = make_data(n, d, 4, 161), *q = make_data(nq, d, 4, 162);
+    REQUIRE(x && q);
+    const char *dir = kvqt_tmpdir(kvqt_);
+    char a[512], b[512], qf[512], gf[512], ixf[512], out[512], ids[512], cmd[4096], last[256];
+    snprintf(a, sizeof a, "%s/a.fvecs", dir);
+    snprintf(b, sizeof b, "%s/b.fvecs", dir);
+    snprintf(qf, sizeof qf, "%s/q.fvecs", dir);
+    snprintf(gf, sizeof gf, "%s/gt.ivecs", dir);
+    snprintf(ixf, sizeof ixf, "%s/ix.kvqi", dir);
+    snprintf(out, sizeof out, "%s/out.txt", dir);
+    snprintf(ids, sizeof ids, "%s/ids.ivecs", dir);
+    /* build from the first 200, add the other 100 with ids 1000.., remove ids 0..49:
+     * the exact answers are the brute force over rows 50..299 */
+    REQUIRE(write_vecs(a, x, 200, d, 4) && write_vecs(b, x + 200 * d, 100, d, 4) &&
+            write_vecs(qf, q, nq, d, 4));
+    int32_t newids[100], gone[50], gt[6 * 4];
+    for (int i = 0; i < 100; i++) newids[i] = 1000 + i;
+    for (int i = 0; i < 50; i++) gone[i] = i;
+    REQUIRE(write_vecs(ids, newids, 100, 1, 4));
+    uint8_t keep[300];
+    for (size_t i = 0; i < n; i++) keep[i] = i >= 50;
+    for (size_t i = 0; i < nq; i++) {
+        int64_t g[4];
+        brute_force_kept(KVQ_METRIC_L2, x, n, 0, keep, q + i * d, d, k, g);
+        for (uint32_t j = 0; j < k; j++) gt[i * k + j] = (int32_t)(g[j] >= 200 ? g[j] - 200 + 1000 : g[j]);
+    }
+    REQUIRE(write_vecs(gf, gt, nq, k, 4));
+    char gonef[512];
+    snprintf(gonef, sizeof gonef, "%s/gone.ivecs", dir);
+    REQUIRE(write_vecs(gonef, gone, 50, 1, 4));
+    const char *cli = kvqt_cli_path();
+    snprintf(cmd, sizeof cmd, "%s index build -i %s -o %s --nlist 3 --bits 3 > %s 2>&1", cli, a, ixf, out);
+    REQUIRE(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "%s index add -x %s -i %s --ids %s --threads 2 > %s 2>&1", cli, ixf, b, ids, out);
+    CHECKF(system(cmd) == 0 && last_line(out, last) && strstr(last, "holds 300"), "%s", cmd);
+    snprintf(cmd, sizeof cmd, "%s index remove -x %s --ids %s > %s 2>&1", cli, ixf, gonef, out);
+    CHECKF(system(cmd) == 0 && last_line(out, last) && strstr(last, "removed 50 of 50"), "%s", cmd);
+    for (int mm = 0; mm < 2; mm++) {
+        snprintf(cmd, sizeof cmd, "%s index search -x %s -q %s -k %u --nprobe 3 --eps0 inf --gt %s %s > %s 2>&1",
+                 cli, ixf, qf, k, gf, mm ? "--mmap" : "", out);
+        double rec = -1.0;
+        unsigned np = 0;
+        CHECKF(system(cmd) == 0 && last_line(out, last) && sscanf(last, "%u %lf", &np, &rec) == 2 &&
+                   rec == 1.0,
+               "%s: %s", cmd, last);
+    }
+    /* only ids 1000.. allowed: recall against the unfiltered truth drops, still runs */
+    snprintf(cmd, sizeof cmd, "%s index search -x %s -q %s -k %u --nprobe 3 --allow-ids 1000,1001,1002,1003,1004 --gt %s -o %s/r.ivecs > %s 2>&1",
+             cli, ixf, qf, k, gf, dir, out);
+    CHECKF(system(cmd) == 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd, "%s/r.ivecs", dir);
+    uint8_t *res;
+    size_t rs;
+    REQUIRE(read_file(cmd, &res, &rs));
+    size_t bad = 0;
+    for (size_t i = 0; i < nq; i++)
+        for (uint32_t j = 0; j < k; j++) {
+            int32_t v;
+            memcpy(&v, res + i * (4 + k * 4) + 4 + j * 4, 4);
+            bad += v < 1000 || v > 1004;
+        }
+    free(res);
+    CHECK(bad == 0);
+    snprintf(cmd, sizeof cmd, "%s index search -x %s -q %s --nprobe 3 --radius 1e9 --mmap > %s 2>&1", cli, ixf, qf, out);
+    CHECKF(system(cmd) == 0 && last_line(out, last) && strstr(last, "250.00"), "%s: %s", cmd, last);
+    snprintf(cmd, sizeof cmd, "%s index remove -x %s --ids 3,-4 > %s 2>&1", cli, ixf, out);
     CHECK(system(cmd) != 0);
     free(x);
     free(q);

@@ -65,7 +65,7 @@ static kvq_status make(const char *spec, uint32_t dim, kvq_isa isa, kvq_quantize
 
 TEST(quant_config_roundtrip) {
     static const char *const extra[] = {"rabitq:nlist=16,eps0=2.5,seed=77",
-                                        "mse:rotate=none,seed=0x10", "qjl:proj_dim=64",
+                                        "mse:rotate=none,seed=16", "qjl:proj_dim=64",
                                         "turboquant_mse:isa=scalar"};
     for (size_t i = 0; i < N_SPECS + 4; i++) {
         const char *spec = i < N_SPECS ? k_specs[i] : extra[i - N_SPECS];

@@ -123,16 +123,25 @@ static kvq_status eval_text(chat_state *s, const char *text, int add_bos, size_t
     return KVQ_OK;
 }
 
+static size_t find_end(const char *hay, size_t len, size_t from, const char *needle, size_t n) {
+    for (size_t i = from; i + n <= len; i++)
+        if (!memcmp(hay + i, needle, n)) return i + n;
+    return 0;
+}
+
+static int is_space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
+
 /* Where the answer's text ends in the rendering of the conversation that includes it:
  * the template's closing of the turn (e.g. "<end_of_turn>\n") starts there and is
- * evaluated with the next turn. Falls back to the whole rendering. */
+ * evaluated with the next turn. The answer as generated, else trimmed (Gemma and
+ * Llama 3 trim contents); failing both, the whole rendering. */
 static size_t answer_end(const char *rendered, size_t len, size_t from, const char *answer) {
-    while (*answer == ' ' || *answer == '\n' || *answer == '\t' || *answer == '\r') answer++;
-    size_t n = strlen(answer);
-    while (n && (answer[n - 1] == ' ' || answer[n - 1] == '\n' || answer[n - 1] == '\t' || answer[n - 1] == '\r')) n--;
-    for (size_t i = from; i + n <= len; i++)
-        if (!memcmp(rendered + i, answer, n)) return i + n;
-    return len;
+    size_t n = strlen(answer), end = find_end(rendered, len, from, answer, n);
+    if (end) return end;
+    while (is_space(*answer)) answer++, n--;
+    while (n && is_space(answer[n - 1])) n--;
+    end = find_end(rendered, len, from, answer, n);
+    return end ? end : len;
 }
 
 static void context_full(const chat_state *s) {

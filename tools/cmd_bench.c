@@ -9,8 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
+#include "args.h"
 #include "bench_calibrate.h"
 #include "cli.h"
 
@@ -61,10 +63,10 @@ static void usage(FILE *f) {
             "                   --cache-outliers)\n"
             "  --sink N         first tokens kept exact, the attention sinks (default 0; also\n"
             "                   --cache-sink)\n"
-            "  --threads N      attend threads (default 1; 0 = all CPUs)\n"
+            "  -t, --threads N  attend threads, 0..1024 (default 1; 0 = all CPUs)\n"
             "  --queries N      decode steps the error is measured on, spread over the second\n"
             "                   half of the context (default 8)\n"
-            "  --seed S         data and quantizer seed (default 1)\n"
+            "  -s, --seed S     data and quantizer seed, 0..2^64-1 (default 1)\n"
             "  --calibrate N    fit the calibrated methods (vecinfer, spectral, comm_vq) on the\n"
             "                   first N tokens of each layer, e.g. --methods vecinfer/mse:bits=2;\n"
             "                   with --kv give comm_vq the model's RoPE (comm_vq:rope_base=100000)\n"
@@ -203,6 +205,11 @@ static int ref_attend(const kv_data *D, const kv_layer *L, float scale) {
 /* Reads a little-endian float32 C-order .npy of shape (a, b, c) (versions 1-3), checking
  * the header, the size against the file, and that every value is finite. */
 static float *read_npy3(const char *path, size_t shape[3], char *err, size_t errn) {
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        snprintf(err, errn, "%.300s: %s, not a regular file", path, S_ISDIR(sb.st_mode) ? "is a directory" : "is a special file");
+        return NULL;
+    }
     FILE *f = fopen(path, "rb");
     float *data = NULL;
     if (!f) {
@@ -721,16 +728,23 @@ int kvq_cmd_bench(int argc, char **argv) {
         } else if (!strcmp(a, "--layers") && val) {
             layer_list = val;
             i++;
-        } else if ((!strcmp(a, "--tokens") && parse_u64(val, &tokens)) ||
-                   (!strcmp(a, "--threads") && parse_u64(val, &threads)) ||
-                   (!strcmp(a, "--seed") && parse_u64(val, &seed)) ||
-                   (!strcmp(a, "--queries") && parse_u64(val, &queries)) ||
-                   (!strcmp(a, "--calibrate") && parse_u64(val, &calibrate)) ||
-                   ((!strcmp(a, "--window") || !strcmp(a, "--cache-window")) &&
-                    parse_u64(val, &window)) ||
-                   ((!strcmp(a, "--outliers") || !strcmp(a, "--cache-outliers")) &&
-                    parse_u64(val, &outliers)) ||
-                   ((!strcmp(a, "--sink") || !strcmp(a, "--cache-sink")) && parse_u64(val, &sink))) {
+        } else if (val && (!strcmp(a, "--tokens") || !strcmp(a, "--threads") || !strcmp(a, "-t") ||
+                           !strcmp(a, "--seed") || !strcmp(a, "-s") || !strcmp(a, "--queries") ||
+                           !strcmp(a, "--calibrate") || !strcmp(a, "--window") || !strcmp(a, "--cache-window") ||
+                           !strcmp(a, "--outliers") || !strcmp(a, "--cache-outliers") || !strcmp(a, "--sink") ||
+                           !strcmp(a, "--cache-sink"))) {
+            int bad;
+            if (!strcmp(a, "--tokens")) bad = kvq_arg_u64("bench", a, val, 16, 1u << 22, &tokens);
+            else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) bad = kvq_arg_u64("bench", a, val, 0, 1024, &threads);
+            else if (!strcmp(a, "--seed") || !strcmp(a, "-s")) bad = kvq_arg_u64("bench", a, val, 0, UINT64_MAX, &seed);
+            else if (!strcmp(a, "--queries")) bad = kvq_arg_u64("bench", a, val, 1, 4096, &queries);
+            else if (!strcmp(a, "--calibrate")) bad = kvq_arg_u64("bench", a, val, 0, 1u << 22, &calibrate);
+            else if (!strcmp(a, "--window") || !strcmp(a, "--cache-window"))
+                bad = kvq_arg_u64("bench", a, val, 0, 1u << 22, &window);
+            else if (!strcmp(a, "--outliers") || !strcmp(a, "--cache-outliers"))
+                bad = kvq_arg_u64("bench", a, val, 0, 4096, &outliers);
+            else bad = kvq_arg_u64("bench", a, val, 0, 1024, &sink);
+            if (bad) return 1;
             i++;
         } else {
             fprintf(stderr, "kvq bench: bad option '%s'%s (try kvq bench --help)\n", a,

@@ -9,7 +9,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "args.h"
 #include "cli.h"
+#include "layer_set.h"
 
 #define CAL_BATCH 64
 #define CAL_MAX_CHOICES 8
@@ -28,16 +30,18 @@ static int cal_usage(FILE *f) {
             "                     spectral: average bits per coordinate (default 2);\n"
             "                     comm_vq: bits per codebook index (default 8)\n"
             "  --spec OPTS        more key=value options of the method (e.g. sub_dim=4,n_codebooks=2)\n"
-            "  --seed S           seed of k-means and rotations (default 0)\n"
-            "  --tokens N         tokens of the text the model reads (default 512)\n"
+            "  -s, --seed S       seed of k-means and rotations, 0..2^64-1 (default 0)\n"
+            "  --tokens N         tokens of the text the model reads, 2..65536 (default 512)\n"
             "  --layer L|all      model layer whose keys are used (default all: every layer, every head)\n"
-            "  --holdout PCT      rows kept out of the fit to measure quality (default 10)\n"
+            "  --holdout PCT      rows kept out of the fit to measure quality, 0..50 (default 10)\n"
             "  --save-keys FILE   also write the captured keys [rows][head_dim] as safetensors\n"
-            "  --per-layer        one artifact per layer: OUT.layerNN.safetensors\n"
+            "  --per-layer        one artifact per layer: OUT.layerNN.safetensors, then the manifest\n"
+            "                     OUT.layers.manifest (sizes and checksums) written last, atomically:\n"
+            "                     generate and perplexity refuse a set that does not match it\n"
             "  --eval N           then run the next N tokens of the text with these keys in every layer\n"
             "                     (values fp16) and print the output's KL divergence from fp16 keys,\n"
             "                     beside turboquant_mse at the same bits\n"
-            "  --threads N        model threads (default 0 = one per CPU)\n"
+            "  -t, --threads N    model threads, 0..1024 (default 0 = one per CPU)\n"
             "ratequant only (-m MODEL -f TEXT, or --sensitivities FILE):\n"
             "  --sensitivities F  one sensitivity per layer (text, e.g. measured with another engine)\n"
             "  --key-spec SPEC    key quantizer the plan sets bits of (default turboquant_rvq)\n"
@@ -51,31 +55,6 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap + 1);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap) break;
-        char *nb = cap > ((size_t)1 << 30) ? NULL : realloc(buf, 2 * cap + 1);
-        if (!nb) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = nb;
-        cap *= 2;
-    }
-    fclose(f);
-    if (!buf) return NULL;
-    buf[n] = 0;
-    for (size_t i = 0; i < n; i++)
-        if (buf[i] == 0) buf[i] = ' ';
-    return buf;
 }
 
 /* ------------------------------------------------------------- key capture */
@@ -185,7 +164,7 @@ typedef struct cal_opts {
     const char *sens_file;
     long bits, tokens, layer, holdout, threads, eval;
     int per_layer;
-    unsigned long long seed;
+    uint64_t seed;
     double target;
 } cal_opts;
 
@@ -226,7 +205,7 @@ static uint32_t parse_choices(const char *list, uint32_t *choices) {
 /* RateQuant from sensitivities measured elsewhere: a text file, one number per layer. */
 static int ratequant_from_file(const cal_opts *o) {
     uint32_t choices[CAL_MAX_CHOICES], n_choices = parse_choices(o->choices, choices);
-    if (!n_choices) return 1;
+    if (!n_choices || kvq_arg_regular_file("calibrate", o->sens_file)) return 1;
     FILE *f = fopen(o->sens_file, "r");
     if (!f) {
         fprintf(stderr, "kvq calibrate: cannot read %s\n", o->sens_file);
@@ -391,7 +370,7 @@ static kvq_status quality(const kvq_quantizer *q, const float *x, size_t n, uint
 static int fit_method(const cal_opts *o, const kvq_model_info *info, float *rows, size_t n_rows,
                       uint32_t dim, const char *out, int quiet, char *spec_out, size_t spec_out_size) {
     char spec[1024], msg[512];
-    int w = snprintf(spec, sizeof spec, "%s:seed=%llu", o->method, o->seed);
+    int w = snprintf(spec, sizeof spec, "%s:seed=%llu", o->method, (unsigned long long)o->seed);
     if (o->bits > 0) w += snprintf(spec + w, sizeof spec - (size_t)w, ",bits=%ld", o->bits);
     if (info && !strcmp(o->method, "comm_vq"))
         w += snprintf(spec + w, sizeof spec - (size_t)w, ",rope_base=%.9g,rope=%s", (double)info->rope_base,
@@ -539,6 +518,7 @@ int kvq_cmd_calibrate(int argc, char **argv) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define TAKES(name) (!strcmp(a, name) && v && ++i)
+#define LONG_IN(lo, hi, dst) if (kvq_arg_long("calibrate", a, v, lo, hi, dst)) return 1
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) return cal_usage(stdout);
         else if (TAKES("--method")) o.method = v;
         else if (TAKES("-o") || TAKES("--output")) o.out = v;
@@ -546,27 +526,34 @@ int kvq_cmd_calibrate(int argc, char **argv) {
         else if (TAKES("-f") || TAKES("--file")) o.text = v;
         else if (TAKES("--keys")) o.keys = v;
         else if (TAKES("--tensor")) o.tensor = v;
-        else if (TAKES("--bits")) o.bits = strtol(v, NULL, 10);
+        else if (TAKES("--bits")) { LONG_IN(0, 16, &o.bits); }
         else if (TAKES("--spec")) o.spec_extra = v;
-        else if (TAKES("--seed")) o.seed = strtoull(v, NULL, 10);
-        else if (TAKES("--tokens")) o.tokens = strtol(v, NULL, 10);
-        else if (TAKES("--layer")) o.layer = !strcmp(v, "all") ? -1 : strtol(v, NULL, 10);
-        else if (TAKES("--holdout")) o.holdout = strtol(v, NULL, 10);
-        else if (TAKES("--threads")) o.threads = strtol(v, NULL, 10);
+        else if (TAKES("-s") || TAKES("--seed")) {
+            if (kvq_arg_u64("calibrate", a, v, 0, UINT64_MAX, &o.seed)) return 1;
+        } else if (TAKES("--tokens")) { LONG_IN(2, 65536, &o.tokens); }
+        else if (TAKES("--layer")) {
+            if (!strcmp(v, "all")) o.layer = -1;
+            else if (kvq_arg_long("calibrate", a, v, 0, 65535, &o.layer)) return 1;
+        } else if (TAKES("--holdout")) { LONG_IN(0, 50, &o.holdout); }
+        else if (TAKES("-t") || TAKES("--threads")) { LONG_IN(0, 1024, &o.threads); }
         else if (TAKES("--key-spec")) o.key_spec = v;
         else if (TAKES("--choices")) o.choices = v;
-        else if (TAKES("--target")) o.target = strtod(v, NULL);
-        else if (TAKES("--save-keys")) o.save_keys = v;
+        else if (TAKES("--target")) {
+            if (kvq_arg_double("calibrate", a, v, 0.0, 64.0, &o.target)) return 1;
+        } else if (TAKES("--save-keys")) o.save_keys = v;
         else if (TAKES("--sensitivities")) o.sens_file = v;
-        else if (TAKES("--eval")) o.eval = strtol(v, NULL, 10);
+        else if (TAKES("--eval")) { LONG_IN(0, 1000000, &o.eval); }
         else if (!strcmp(a, "--per-layer")) o.per_layer = 1;
         else {
             fprintf(stderr, "kvq calibrate: unknown or incomplete option %s\n", a);
             return cal_usage(stderr);
         }
+#undef LONG_IN
 #undef TAKES
     }
     if (!o.method || !o.out) return cal_usage(stderr);
+    if (kvq_arg_output_file("calibrate", o.out) || (o.save_keys && kvq_arg_output_file("calibrate", o.save_keys)))
+        return 1;
     int is_rq = !strcmp(o.method, "ratequant");
     if (!is_rq && strcmp(o.method, "vecinfer") && strcmp(o.method, "spectral") && strcmp(o.method, "comm_vq")) {
         fprintf(stderr, "kvq calibrate: --method '%s' is not vecinfer|spectral|comm_vq|ratequant\n", o.method);
@@ -578,13 +565,17 @@ int kvq_cmd_calibrate(int argc, char **argv) {
                 is_rq ? " (ratequant: or --sensitivities FILE)" : "");
         return 1;
     }
-    if (o.bits < 0 || o.bits > 16 || o.tokens < 2 || o.tokens > 65536 || o.holdout < 0 || o.holdout > 50 ||
-        o.threads < 0 || o.layer < -1 || o.eval < 0 || ((o.eval || o.per_layer) && !o.model) ||
-        (o.per_layer && o.layer >= 0)) {
-        fprintf(stderr, "kvq calibrate: --bits 0..16, --tokens 2..65536, --holdout 0..50, counts non-negative;\n"
-                        "  --eval and --per-layer need -m (and --per-layer no --layer)\n");
+    if (((o.eval || o.per_layer) && !o.model) || (o.per_layer && o.layer >= 0)) {
+        fprintf(stderr, "kvq calibrate: --eval and --per-layer need -m (and --per-layer no --layer)\n");
         return 1;
     }
+    if (o.per_layer && strchr(o.out, '%')) {
+        fprintf(stderr, "kvq calibrate: --per-layer: -o %s: the name may not hold '%%'\n", o.out);
+        return 1;
+    }
+    if ((o.text && kvq_arg_regular_file("calibrate", o.text)) || (o.keys && kvq_arg_regular_file("calibrate", o.keys)) ||
+        (o.sens_file && kvq_arg_regular_file("calibrate", o.sens_file)))
+        return 1;
     char msg[512] = "";
     if (o.keys) {
         float *rows;
@@ -612,14 +603,11 @@ int kvq_cmd_calibrate(int argc, char **argv) {
     int32_t *tokens = NULL;
     size_t n_all = 0;
     char (*specs)[1400] = NULL;
-    char *text = read_text(o.text);
+    char *text = kvq_cli_read_text("calibrate", o.text, NULL);
     capture cap = {.layer = o.layer, .n_kv_heads = info.n_kv_heads, .head_dim = info.head_dim,
                    .unrope = !strcmp(o.method, "comm_vq"), .neox = info.rope_neox,
                    .rope_base = info.rope_base};
-    if (!text) {
-        fprintf(stderr, "kvq calibrate: cannot read %s\n", o.text);
-        goto done;
-    }
+    if (!text) goto done;
     if (o.layer >= (long)info.n_layers) {
         fprintf(stderr, "kvq calibrate: --layer %ld: the model has %u layers\n", o.layer, info.n_layers);
         goto done;
@@ -684,6 +672,16 @@ int kvq_cmd_calibrate(int argc, char **argv) {
             rc = fit_method(&o, &info, tmp, m, info.head_dim, path, 1, specs[l], sizeof specs[l]);
         }
         free(tmp);
+        /* the manifest last: until it is replaced, a set mixing new and old layers is refused */
+        if (rc == 0) {
+            char pattern[1100], manifest[1100];
+            size_t len = strlen(o.out);
+            const char *ext = len > 12 && !strcmp(o.out + len - 12, ".safetensors") ? o.out + len - 12 : o.out + len;
+            snprintf(pattern, sizeof pattern, "%.*s.layer%%02u.safetensors", (int)(ext - o.out), o.out);
+            rc = kvq_cli_seal_layer_set("calibrate", pattern, info.n_layers);
+            if (rc == 0 && kvq_cli_layer_manifest(pattern, manifest, sizeof manifest) == 0)
+                printf("manifest: %s (use --cache-k %s:...,artifact=%s)\n", manifest, o.method, pattern);
+        }
     }
     if (rc == 0 && o.eval > 0) rc = eval_kl(&o, model, &info, tokens, n_all, n_tok, specs);
 done:

@@ -6,42 +6,57 @@
 #include <string.h>
 #include <time.h>
 
+#include "args.h"
 #include "cache_configs.h"
 #include "chat.h"
 #include "cli.h"
+#include "json_out.h"
+#include "layer_set.h"
 
 static int gen_usage(FILE *f) {
     fprintf(f,
-            "usage: kvq generate -m MODEL.gguf -p PROMPT [options]\n"
+            "usage: kvq generate -m MODEL.gguf (-p PROMPT | -f FILE) [options]\n"
             "       kvq generate -m MODEL.gguf --chat [-p PROMPT] [options]\n\n"
             "  -m, --model FILE   GGUF model (Llama family)\n"
             "  -p, --prompt TEXT  prompt text\n"
-            "  -n, --tokens N     tokens to generate (default 64)\n"
+            "  -f, --file FILE    read the prompt from a text file\n"
+            "  -n, --tokens N     tokens to generate, 0..1000000 (default 64; also --n-predict)\n"
             "  --cache-preset P   a named cache: q4 (<= 4.5 bits per number), q3 (<= 3), q2 (<= 2.25);\n"
             "                     cache options may follow '@': q4@window=32 (docs/METHODS.md)\n"
             "  --cache SPEC       a whole cache spec: KSPEC+VSPEC@options, e.g.\n"
             "                     mse:bits=4+mse:bits=3@center=1,sink=1,window=16\n"
             "  --cache-k SPEC     key quantizer, e.g. fp16, q8_0, q4_0, turboquant_rvq:bits=1,residuals=2\n"
-            "                     (default fp16; f32 keeps exact float keys and values)\n"
+            "                     (default fp16; f32 keeps exact float keys and values; also -ctk,\n"
+            "                     --cache-type-k, where llama.cpp's f16 means fp16)\n"
             "                     a layer number pattern (%%d, %%02d) gives each layer its own artifact:\n"
-            "                     vecinfer:artifact=vi.layer%%02d.safetensors (kvq calibrate --per-layer)\n"
-            "  --cache-v SPEC     value quantizer (default: fp16)\n"
+            "                     vecinfer:artifact=vi.layer%%02d.safetensors (kvq calibrate --per-layer;\n"
+            "                     its manifest must match the files, else the set is refused)\n"
+            "  --cache-v SPEC     value quantizer (default: fp16; also -ctv, --cache-type-v)\n"
             "  --cache-plan FILE  keys of each layer from a RateQuant plan (kvq calibrate --method ratequant)\n"
-            "  --window N         most recent tokens also kept exact (default 0; also --cache-window)\n"
+            "  --window N         most recent tokens also kept exact (default 0; also --cache-window);\n"
+            "                     0..1000000, and a window longer than the context is cut to the context\n"
             "  --outliers N       key channels per head kept in fp16 (default 0; also --cache-outliers)\n"
-            "  --sink N           first tokens kept exact, the attention sinks (default 0; also --cache-sink)\n"
-            "  --ctx N            context length (default: prompt + tokens)\n"
-            "  --threads N        threads (default 0 = one per CPU)\n"
-            "  --seed S           sampler seed (default 0)\n"
+            "  --sink N           first tokens kept exact, the attention sinks, 0..1024 (default 0; also --cache-sink)\n"
+            "  -c, --ctx N        context length, 0..1000000 (default 0: prompt + tokens; also --ctx-size)\n"
+            "  -t, --threads N    threads, 0..1024 (default 0 = one per CPU)\n"
+            "  -s, --seed S       sampler seed, 0..2^64-1 (default 0)\n"
             "  --temp T           temperature, 0 = greedy (default 0)\n"
-            "  --top-p P          nucleus sampling mass (default 0.95)\n"
+            "  --top-k K          sample among the K most likely tokens (default 0 = all)\n"
+            "  --top-p P          nucleus sampling mass, 0..1 (default 0.95)\n"
+            "  --min-p P          drop tokens below P x the top token's probability, 0..1 (default 0)\n"
+            "  --repeat-penalty R penalty on the last --repeat-last-n tokens' logits (default 1 = none)\n"
+            "  --repeat-last-n N  tokens the penalty looks back on, 0..4096 (default 64)\n"
+            "                     (top-k, top-p and min-p apply after the temperature)\n"
             "  --no-bos           never put the BOS token first\n"
             "  --float-activations  float32 activations in one-token products too (slower, exact)\n"
             "  --quiet            print only the generated text\n"
+            "  --json             print one JSON object on stdout instead of the text: the text,\n"
+            "                     token counts, timings, tokens/s and KV cache bytes\n"
             "  --chat, -cnv       chat with the model's chat template: each line of stdin is a user\n"
             "                     turn, answered until an end-of-turn token or -n tokens; the KV cache\n"
             "                     keeps the conversation, so only each new turn is evaluated; with -p,\n"
-            "                     that one turn is answered and the program exits\n"
+            "                     that one turn is answered and the program exits (sampling: --temp\n"
+            "                     and --top-p; --top-k, --min-p, --repeat-penalty and --json not yet)\n"
             "  --system, -sys TEXT  system prompt for --chat (Gemma: joined to the first user turn)\n"
             "  --chat-template NAME  chatml, llama3, llama2, mistral, gemma or phi3 instead of the\n"
             "                     model's own (default: the GGUF's tokenizer.chat_template)\n"
@@ -93,6 +108,27 @@ static int write_npy(const char *path, const float *data, size_t n0, size_t n1, 
     return fclose(f) == 0 && ok ? 0 : -1;
 }
 
+/* The generated text, for --json. */
+typedef struct text_buf {
+    char *p;
+    size_t len, cap;
+} text_buf;
+
+static int text_append(text_buf *b, const char *s, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *np = realloc(b->p, cap);
+        if (!np) return -1;
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+    return 0;
+}
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -106,34 +142,44 @@ int kvq_cmd_generate(int argc, char **argv) {
     const char *plan = NULL;
     kvq_cache_config *per_layer = NULL;
     kv_dump dump = {0};
-    long n_gen = 64, n_ctx = 0, threads = 0, window = 0, outliers = 0, sink = 0;
-    unsigned long long seed = 0;
-    double temp = 0.0, top_p = 0.95;
-    int no_bos = 0, quiet = 0, float_act = 0, chat = 0;
+    long n_gen = 64, n_ctx = 0, threads = 0, window = 0, outliers = 0, sink = 0, top_k = 0, last_n = 64;
+    uint64_t seed = 0;
+    double temp = 0.0, top_p = 0.95, min_p = 0.0, repeat_penalty = 1.0;
+    int no_bos = 0, quiet = 0, float_act = 0, json = 0, chat = 0;
+    const char *prompt_file = NULL;
     const char *system_prompt = NULL, *chat_template = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define TAKES(...) (!strcmp(a, __VA_ARGS__) && v && ++i)
+#define LONG_IN(lo, hi, dst) if (kvq_arg_long("generate", a, v, lo, hi, dst)) return 1
+#define REAL_IN(lo, hi, dst) if (kvq_arg_double("generate", a, v, lo, hi, dst)) return 1
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) return gen_usage(stdout);
-        else if (TAKES("-m") || (!strcmp(a, "--model") && v && ++i)) model_path = v;
-        else if (TAKES("-p") || (!strcmp(a, "--prompt") && v && ++i)) prompt = v;
-        else if (TAKES("-n") || (!strcmp(a, "--tokens") && v && ++i)) n_gen = strtol(v, NULL, 10);
+        else if (TAKES("-m") || TAKES("--model")) model_path = v;
+        else if (TAKES("-p") || TAKES("--prompt")) prompt = v;
+        else if (TAKES("-f") || TAKES("--file")) prompt_file = v;
+        else if (TAKES("-n") || TAKES("--tokens") || TAKES("--n-predict")) { LONG_IN(0, 1000000, &n_gen); }
         else if (TAKES("--cache-preset") || TAKES("--cache")) whole = v;
-        else if (TAKES("--cache-k")) kspec = v, k_given = 1;
-        else if (TAKES("--cache-v")) vspec = v;
+        else if (TAKES("--cache-k") || TAKES("-ctk") || TAKES("--cache-type-k")) kspec = v, k_given = 1;
+        else if (TAKES("--cache-v") || TAKES("-ctv") || TAKES("--cache-type-v")) vspec = v;
         else if (TAKES("--cache-plan")) plan = v;
-        else if ((TAKES("--window") || TAKES("--cache-window"))) window = strtol(v, NULL, 10);
-        else if ((TAKES("--outliers") || TAKES("--cache-outliers"))) outliers = strtol(v, NULL, 10);
-        else if ((TAKES("--sink") || TAKES("--cache-sink"))) sink = strtol(v, NULL, 10);
-        else if (TAKES("--ctx")) n_ctx = strtol(v, NULL, 10);
-        else if (TAKES("--threads")) threads = strtol(v, NULL, 10);
-        else if (TAKES("--seed")) seed = strtoull(v, NULL, 10);
-        else if (TAKES("--temp")) temp = strtod(v, NULL);
-        else if (TAKES("--top-p")) top_p = strtod(v, NULL);
+        else if (TAKES("--window") || TAKES("--cache-window")) { LONG_IN(0, 1000000, &window); }
+        else if (TAKES("--outliers") || TAKES("--cache-outliers")) { LONG_IN(0, 4096, &outliers); }
+        else if (TAKES("--sink") || TAKES("--cache-sink")) { LONG_IN(0, 1024, &sink); }
+        else if (TAKES("-c") || TAKES("--ctx") || TAKES("--ctx-size")) { LONG_IN(0, 1000000, &n_ctx); }
+        else if (TAKES("-t") || TAKES("--threads")) { LONG_IN(0, 1024, &threads); }
+        else if (TAKES("-s") || TAKES("--seed")) {
+            if (kvq_arg_u64("generate", a, v, 0, UINT64_MAX, &seed)) return 1;
+        } else if (TAKES("--temp")) { REAL_IN(0.0, 1000.0, &temp); }
+        else if (TAKES("--top-k")) { LONG_IN(0, 1000000, &top_k); }
+        else if (TAKES("--top-p")) { REAL_IN(0.0, 1.0, &top_p); }
+        else if (TAKES("--min-p")) { REAL_IN(0.0, 1.0, &min_p); }
+        else if (TAKES("--repeat-penalty")) { REAL_IN(0.01, 100.0, &repeat_penalty); }
+        else if (TAKES("--repeat-last-n")) { LONG_IN(0, 4096, &last_n); }
         else if (TAKES("--dump-kv")) dump_dir = v;
         else if (!strcmp(a, "--no-bos")) no_bos = 1;
         else if (!strcmp(a, "--quiet")) quiet = 1;
+        else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--float-activations")) float_act = 1;
         else if (!strcmp(a, "--chat") || !strcmp(a, "-cnv")) chat = 1;
         else if (TAKES("--system") || TAKES("-sys")) system_prompt = v;
@@ -142,9 +188,20 @@ int kvq_cmd_generate(int argc, char **argv) {
             fprintf(stderr, "kvq generate: unknown or incomplete option %s\n", a);
             return gen_usage(stderr);
         }
+#undef REAL_IN
+#undef LONG_IN
 #undef TAKES
     }
-    if (!model_path || (!prompt && !chat)) return gen_usage(stderr);
+    if (prompt && prompt_file) {
+        fprintf(stderr, "kvq generate: give the prompt as -p TEXT or -f FILE, not both\n");
+        return 1;
+    }
+    if (!model_path || (!prompt && !prompt_file && !chat)) return gen_usage(stderr);
+    if (chat && (top_k || min_p > 0 || repeat_penalty != 1.0 || json)) {
+        fprintf(stderr, "kvq generate: --chat samples with --temp and --top-p only (no --top-k, --min-p, "
+                        "--repeat-penalty or --json yet)\n");
+        return 1;
+    }
     if (whole) {
         if (k_given || vspec || plan) {
             fprintf(stderr, "kvq generate: --cache-preset/--cache replace --cache-k, --cache-v and --cache-plan\n");
@@ -153,21 +210,19 @@ int kvq_cmd_generate(int argc, char **argv) {
         kspec = whole;
     }
     if (!vspec) vspec = !strcmp(kspec, "f32") ? "f32" : "fp16";
-    if (n_gen < 0 || n_ctx < 0 || threads < 0 || window < 0 || outliers < 0 || sink < 0 || sink > 1024 || n_gen > 1000000 ||
-        n_ctx > 1000000 || threads > 1024) {
-        fprintf(stderr, "kvq generate: a count is out of range\n");
-        return 1;
-    }
     if (plan && !strcmp(vspec, "f32")) vspec = "fp16";
     if (!plan && (!strcmp(kspec, "f32")) != (!strcmp(vspec, "f32"))) {
         fprintf(stderr, "kvq generate: f32 (exact) applies to keys and values together\n");
         return 1;
     }
+    char *prompt_text = NULL;
+    if (prompt_file && !(prompt = prompt_text = kvq_cli_read_text("generate", prompt_file, NULL))) return 1;
     char msg[256] = "";
     kvq_model *model;
     kvq_status st = kvq_model_load(model_path, &model, msg, sizeof msg);
     if (st) {
         fprintf(stderr, "kvq generate: %s: %s%s%s\n", model_path, kvq_strerror(st), msg[0] ? ": " : "", msg);
+        free(prompt_text);
         return 1;
     }
     kvq_model_info info;
@@ -175,6 +230,8 @@ int kvq_cmd_generate(int argc, char **argv) {
     int rc = 1;
     kvq_context *ctx = NULL;
     float *logits = NULL;
+    int32_t *history = NULL;
+    text_buf out_text = {0};
     size_t n_prompt = 0;
     int32_t *tokens = NULL;
     if (chat) goto context; /* the chat renders and tokenizes its own turns */
@@ -202,7 +259,11 @@ context:;
     p.n_threads = (uint32_t)threads;
     p.seed = seed;
     p.float_activations = float_act;
+    if (window > (long)p.n_ctx) window = (long)p.n_ctx; /* a longer window holds nothing more */
     if (strcmp(kspec, "f32") || plan) {
+        if ((!plan && kvq_cli_check_layer_set("generate", kspec, info.n_layers)) ||
+            kvq_cli_check_layer_set("generate", vspec, info.n_layers))
+            goto done;
         per_layer = calloc(info.n_layers, sizeof *per_layer);
         if (!per_layer) {
             rc = kvq_cli_fail("generate", "memory", KVQ_ERR_NOMEM);
@@ -247,8 +308,23 @@ context:;
         fprintf(stderr, "kvq generate: prompt (%zu tokens) + %ld tokens exceed --ctx %u\n", n_prompt, n_gen, p.n_ctx);
         goto done;
     }
-    if (!quiet) fputs(prompt, stdout);
+    if (!quiet && !json) fputs(prompt, stdout);
     fflush(stdout);
+    kvq_sampler_params sp;
+    kvq_sampler_params_init(&sp);
+    sp.temperature = (float)temp;
+    sp.top_k = (uint32_t)top_k;
+    sp.top_p = (float)top_p;
+    sp.min_p = (float)min_p;
+    sp.repeat_penalty = (float)repeat_penalty;
+    /* the penalty's look-back: the last last_n tokens of prompt and output */
+    history = malloc((n_prompt + (size_t)n_gen + 1) * sizeof *history);
+    if (!history) {
+        rc = kvq_cli_fail("generate", "memory", KVQ_ERR_NOMEM);
+        goto done;
+    }
+    memcpy(history, tokens, n_prompt * sizeof *tokens);
+    size_t n_history = n_prompt;
     double t0 = now_s();
     for (size_t i = 0; i < n_prompt; i += p.n_batch) {
         size_t n = n_prompt - i < p.n_batch ? n_prompt - i : p.n_batch;
@@ -261,29 +337,65 @@ context:;
     long produced = 0;
     for (; produced < n_gen; produced++) {
         int32_t tok;
-        if ((st = kvq_sample(ctx, logits, (float)temp, (float)top_p, &tok))) {
+        sp.n_recent = n_history < (size_t)last_n ? n_history : (size_t)last_n;
+        sp.recent = history + n_history - sp.n_recent;
+        if ((st = kvq_sample_ext(ctx, logits, &sp, &tok))) {
             rc = kvq_cli_fail("generate", "sample", st);
             goto done;
         }
         if (tok == info.eos_token) break;
+        history[n_history++] = tok;
         char piece[256];
         size_t len;
-        if (kvq_token_to_piece(model, tok, piece, sizeof piece, &len) == KVQ_OK) fwrite(piece, 1, len, stdout);
-        fflush(stdout);
+        if (kvq_token_to_piece(model, tok, piece, sizeof piece, &len) == KVQ_OK) {
+            if (!json) {
+                fwrite(piece, 1, len, stdout);
+                fflush(stdout);
+            } else if (text_append(&out_text, piece, len)) {
+                rc = kvq_cli_fail("generate", "memory", KVQ_ERR_NOMEM);
+                goto done;
+            }
+        }
         if (produced + 1 < n_gen && (st = kvq_context_eval(ctx, &tok, 1, logits, 0))) {
             rc = kvq_cli_fail("generate", "decode", st);
             goto done;
         }
     }
     double t2 = now_s();
-    printf("\n");
-    fflush(stdout);
     kvq_cache_memory_info mem;
     uint64_t kv_fp16 = 0;
     kvq_context_kv_memory(ctx, &mem, &kv_fp16);
+    double tp = t1 - t0, tg = t2 - t1;
+    uint64_t per_token = mem.key_codes + mem.value_codes + mem.window + mem.outliers;
+    if (json) {
+        printf("{\"model\": ");
+        kvq_json_string(stdout, model_path);
+        printf(", \"prompt\": ");
+        kvq_json_string(stdout, prompt);
+        printf(", \"text\": ");
+        kvq_json_string_n(stdout, out_text.p ? out_text.p : "", out_text.len);
+        printf(", \"cache_k\": ");
+        kvq_json_string(stdout, plan ? "plan" : kspec);
+        printf(", \"cache_v\": ");
+        kvq_json_string(stdout, vspec);
+        printf(", \"n_ctx\": %u, \"prompt_tokens\": %zu, \"generated_tokens\": %ld, \"stopped_at_eos\": %s",
+               p.n_ctx, n_prompt, produced, produced < n_gen ? "true" : "false");
+        printf(", \"prompt_seconds\": ");
+        kvq_json_number(stdout, tp);
+        printf(", \"generation_seconds\": ");
+        kvq_json_number(stdout, tg);
+        printf(", \"prompt_tokens_per_second\": ");
+        kvq_json_number(stdout, tp > 0 ? (double)n_prompt / tp : 0.0);
+        printf(", \"generation_tokens_per_second\": ");
+        kvq_json_number(stdout, tg > 0 ? (double)produced / tg : 0.0);
+        printf(", \"kv_tokens\": %" PRIu64 ", \"kv_code_bytes\": %" PRIu64 ", \"kv_fp16_bytes\": %" PRIu64
+               ", \"kv_total_bytes\": %" PRIu64 "}\n",
+               mem.n_tokens, per_token, kv_fp16, mem.total);
+    } else {
+        printf("\n");
+    }
+    fflush(stdout);
     if (!quiet) {
-        double tp = t1 - t0, tg = t2 - t1;
-        uint64_t per_token = mem.key_codes + mem.value_codes + mem.window + mem.outliers;
         fprintf(stderr,
                 "kvq generate: prompt %zu tokens %.2f s (%.1f tok/s), generation %ld tokens %.2f s (%.1f tok/s)\n"
                 "kvq generate: KV cache %s / %s: %" PRIu64 " bytes of codes for %" PRIu64 " tokens vs %" PRIu64
@@ -311,6 +423,9 @@ context:;
         fprintf(stderr, "kvq generate: keys, values and queries of %zu tokens x %zu layers written to %s\n", dump.n_tokens,
                 dump.n_layers, dump_dir);
 done:
+    free(history);
+    free(out_text.p);
+    free(prompt_text);
     free(per_layer);
     free(dump.k);
     free(dump.v);

@@ -7,9 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
+#include "args.h"
 #include "cli.h"
+#include "json_out.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -24,7 +27,25 @@ static const char *ext_of(const char *path) {
     return dot ? dot + 1 : "";
 }
 
+/* A path the commands can read as one file: it exists and is a regular file (a
+ * directory "opens" on Linux and has a meaningless size). */
+static int regular_file(const char *path, char *err, size_t err_n) {
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        snprintf(err, err_n, "cannot open %s: %s", path, strerror(errno));
+        return 0;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        snprintf(err, err_n, "%s is %s, not a file", path,
+                 S_ISDIR(sb.st_mode) ? "a directory" : "not a regular file");
+        return 0;
+    }
+    return 1;
+}
+
 static int read_all(const char *path, uint8_t **buf, size_t *size, char *err, size_t err_n) {
+    *buf = NULL;
+    if (!regular_file(path, err, err_n)) return 0;
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, err_n, "cannot open %s: %s", path, strerror(errno));
@@ -41,7 +62,11 @@ static int read_all(const char *path, uint8_t **buf, size_t *size, char *err, si
     *size = (size_t)s;
     int ok = *buf && fread(*buf, 1, (size_t)s, f) == (size_t)s;
     fclose(f);
-    if (!ok) snprintf(err, err_n, "cannot read %s", path);
+    if (!ok) {
+        snprintf(err, err_n, "cannot read %s", path);
+        free(*buf);
+        *buf = NULL;
+    }
     return ok;
 }
 
@@ -178,6 +203,15 @@ static float *load_vectors(const char *path, size_t *n, uint32_t *dim, char *err
     return out;
 }
 
+/* Why the library would refuse row x (NULL if it would not). */
+static const char *row_problem(const float *x, uint32_t dim, kvq_metric metric) {
+    double n2 = 0.0;
+    for (uint32_t j = 0; j < dim; j++) n2 += (double)x[j] * x[j];
+    if (!(n2 <= 1e36)) return "has a squared norm beyond the float range";
+    if (metric == KVQ_METRIC_COSINE && n2 == 0.0) return "is all zeros: cosine cannot normalize it";
+    return NULL;
+}
+
 static int32_t *load_ivecs(const char *path, size_t *n, uint32_t *k, char *err, size_t err_n) {
     uint8_t *b;
     size_t size;
@@ -207,15 +241,6 @@ static int write_ivecs(const char *path, const int64_t *ids, size_t n, uint32_t 
 
 /* ------------------------------------------------------------ arguments */
 
-static int parse_u32(const char *s, uint32_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(s, &end, 10);
-    if (errno || *end || end == s || v > UINT32_MAX) return 0;
-    *out = (uint32_t)v;
-    return 1;
-}
-
 static int usage_build(FILE *f) {
     fprintf(f,
             "usage: kvq index build -i VECTORS -o INDEX [options]\n\n"
@@ -230,7 +255,12 @@ static int usage_build(FILE *f) {
             "  --pca D            keep D principal axes (default: none)\n"
             "  --reorder S        fp32 (default), fp16 or none: exact vectors for reranking\n"
             "  --seed S           seed of rotation, sampling and k-means\n"
-            "  --train-iters N    k-means iterations (default 12)\n");
+            "  --train-iters N    k-means rounds, 1..100000 (default 12; stops early once\n"
+            "                     no assignment changes)\n"
+            "  --ip-assign A      ip/cosine: a vector joins its l2-nearest centroid (l2,\n"
+            "                     default: balanced lists) or the largest <x, c> (ip)\n"
+            "  --threads T        threads for k-means and encoding, 1..1024 (default 1; the\n"
+            "                     index is the same for every T)\n");
     return f == stderr ? 1 : 0;
 }
 
@@ -239,16 +269,22 @@ static int usage_search(FILE *f) {
             "usage: kvq index search -x INDEX -q QUERIES [options]\n\n"
             "  -x FILE            index file\n"
             "  -q FILE            queries: .fvecs, .bvecs or .npy\n"
-            "  -k K               neighbours per query (default 10)\n"
+            "  -k K               neighbours per query, 1..100000 (default 10)\n"
             "  --nprobe N         clusters visited per query (default 1); a list runs\n"
             "                     the search once per value: --nprobe 4,8,16\n"
             "  --rerank N         at most N exact distances per query (default: as many as\n"
             "                     the error bound asks for)\n"
             "  --eps0 E           confidence of the bound (default 1.9; inf reranks all)\n"
-            "  --threads T        worker threads (default 1)\n"
+            "  --threads T        worker threads, 1..1024 (default 1)\n"
             "  --repeat R         run each search R times, report the fastest (default 1)\n"
             "  --gt FILE          ground truth .ivecs: print recall@k\n"
-            "  -o FILE            write the result ids as .ivecs\n");
+            "  --allow-ids L      return only these ids (comma list or .ivecs)\n"
+            "  --radius R         range search: every vector within distance R (squared L2;\n"
+            "                     -<q,x> for ip/cosine); prints results per query\n"
+            "  --mmap             serve the index from a read-only mapping of the file\n"
+            "  -o FILE            write the result ids as .ivecs\n"
+            "  --json             print one JSON object on stdout instead of the table: recall,\n"
+            "                     queries/s and ms/query per --nprobe value (recall null without --gt)\n");
     return f == stderr ? 1 : 0;
 }
 
@@ -257,6 +293,7 @@ static int cmd_build(int argc, char **argv) {
     kvq_index_config cfg;
     kvq_index_config_init(&cfg, 1);
     int nlist_set = 0;
+    uint32_t threads = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) return usage_build(stdout);
@@ -269,7 +306,8 @@ static int cmd_build(int argc, char **argv) {
             return 1;
         }
         i++;
-        int ok = 1;
+        int ok = 1; /* -1: the value's checker has said what is wrong */
+#define U32_IN(lo, hi, dst) ok = kvq_arg_u32("index build", a, v, lo, hi, dst) ? -1 : 1
         if (!strcmp(a, "-i")) in = v;
         else if (!strcmp(a, "-o")) out = v;
         else if (!strcmp(a, "--metric")) {
@@ -277,35 +315,45 @@ static int cmd_build(int argc, char **argv) {
             else if (!strcmp(v, "ip")) cfg.metric = KVQ_METRIC_IP;
             else if (!strcmp(v, "cosine")) cfg.metric = KVQ_METRIC_COSINE;
             else ok = 0;
-        } else if (!strcmp(a, "--nlist")) ok = parse_u32(v, &cfg.nlist), nlist_set = 1;
-        else if (!strcmp(a, "--bits")) ok = parse_u32(v, &cfg.bits);
-        else if (!strcmp(a, "--query-bits")) ok = parse_u32(v, &cfg.query_bits);
+        } else if (!strcmp(a, "--nlist")) {
+            U32_IN(1, 1u << 24, &cfg.nlist);
+            nlist_set = 1;
+        } else if (!strcmp(a, "--bits")) U32_IN(1, 8, &cfg.bits);
+        else if (!strcmp(a, "--query-bits")) U32_IN(4, 32, &cfg.query_bits);
         else if (!strcmp(a, "--rotation")) {
             if (!strcmp(v, "fht")) cfg.rotation = KVQ_ROTATION_FHT;
             else if (!strcmp(v, "dense")) cfg.rotation = KVQ_ROTATION_DENSE;
             else ok = 0;
-        } else if (!strcmp(a, "--pca")) ok = parse_u32(v, &cfg.pca_dim);
+        } else if (!strcmp(a, "--pca")) U32_IN(0, 65536, &cfg.pca_dim);
         else if (!strcmp(a, "--reorder")) {
             if (!strcmp(v, "fp32")) cfg.reorder = KVQ_REORDER_FP32;
             else if (!strcmp(v, "fp16")) cfg.reorder = KVQ_REORDER_FP16;
             else if (!strcmp(v, "none")) cfg.reorder = KVQ_REORDER_NONE;
             else ok = 0;
         } else if (!strcmp(a, "--seed")) {
-            char *end;
-            errno = 0;
-            cfg.seed = strtoull(v, &end, 10);
-            ok = !errno && !*end && end != v;
-        } else if (!strcmp(a, "--train-iters")) ok = parse_u32(v, &cfg.train_iters);
+            uint64_t seed;
+            ok = kvq_arg_u64("index build", a, v, 0, UINT64_MAX, &seed) ? -1 : 1;
+            cfg.seed = seed;
+        } else if (!strcmp(a, "--train-iters")) U32_IN(1, 100000, &cfg.train_iters);
+        else if (!strcmp(a, "--threads")) U32_IN(1, 1024, &threads);
+        else if (!strcmp(a, "--ip-assign")) {
+            if (!strcmp(v, "l2")) cfg.ip_assign = 0;
+            else if (!strcmp(v, "ip")) cfg.ip_assign = 1;
+            else ok = 0;
+        }
         else {
             fprintf(stderr, "kvq index build: unknown option %s (see --help)\n", a);
             return 1;
         }
+#undef U32_IN
+        if (ok < 0) return 1;
         if (!ok) {
             fprintf(stderr, "kvq index build: bad value '%s' for %s\n", v, a);
             return 1;
         }
     }
     if (!in || !out) return usage_build(stderr);
+    if (kvq_arg_output_file("index build", out)) return 1;
     char err[512] = "";
     size_t n;
     uint32_t dim;
@@ -320,22 +368,44 @@ static int cmd_build(int argc, char **argv) {
         cfg.nlist = s < 1.0 ? 1 : (uint32_t)s;
         if (cfg.nlist > n) cfg.nlist = (uint32_t)n;
     }
+    if (nlist_set && (cfg.nlist == 0 || cfg.nlist > n)) {
+        fprintf(stderr, "kvq index build: --nlist %u must be between 1 and the %zu vectors of %s\n",
+                cfg.nlist, n, in);
+        free(x);
+        return 1;
+    }
+    for (size_t i = 0; i < n; i++) { /* what the library would refuse, said by row */
+        const char *why = row_problem(x + i * dim, dim, cfg.metric);
+        if (why) {
+            fprintf(stderr, "kvq index build: %s: row %zu %s\n", in, i, why);
+            free(x);
+            return 1;
+        }
+    }
     kvq_index *ix = NULL;
+    kvq_threadpool *pool = NULL;
     double t0 = now_s();
+    double c0 = (double)clock() / CLOCKS_PER_SEC;
     kvq_status st = kvq_index_create(&cfg, &ix);
+    if (st == KVQ_OK && threads > 1 && (st = kvq_threadpool_create(threads, &pool)) == KVQ_OK)
+        st = kvq_index_set_pool(ix, pool);
     if (st != KVQ_OK) {
         free(x);
+        kvq_index_free(ix);
         return kvq_cli_fail("index build", "config", st);
     }
     if ((st = kvq_index_train(ix, x, n)) != KVQ_OK) {
         free(x);
         kvq_index_free(ix);
+        kvq_threadpool_free(pool);
         return kvq_cli_fail("index build", "train", st);
     }
     double t1 = now_s();
     st = kvq_index_add(ix, x, n, NULL);
-    double t2 = now_s();
+    double t2 = now_s(), cpu = (double)clock() / CLOCKS_PER_SEC - c0;
     free(x);
+    kvq_index_set_pool(ix, NULL);
+    kvq_threadpool_free(pool);
     if (st == KVQ_OK) st = kvq_index_save(ix, out);
     if (st != KVQ_OK) {
         kvq_index_free(ix);
@@ -348,58 +418,112 @@ static int cmd_build(int argc, char **argv) {
            cfg.metric == KVQ_METRIC_L2 ? "l2" : (cfg.metric == KVQ_METRIC_IP ? "ip" : "cosine"));
     printf("train %.2f s, add %.2f s, total %.2f s; index %.1f MiB in memory (%llu bytes)\n",
            t1 - t0, t2 - t1, t2 - t0, (double)bytes / 1048576.0, (unsigned long long)bytes);
+    uint64_t per = 0;
+    kvq_index_code_bytes(ix, &per);
+    printf("codes %llu bytes/vector (+ id 8, reorder %u); cpu %.2f s on %u thread%s\n",
+           (unsigned long long)per,
+           cfg.reorder == KVQ_REORDER_FP32 ? dim * 4 : (cfg.reorder == KVQ_REORDER_FP16 ? dim * 2 : 0),
+           cpu, threads, threads > 1 ? "s" : "");
     kvq_index_free(ix);
     return 0;
 }
 
+static int64_t *parse_ids(const char *arg, size_t *n, char *err, size_t err_n);
+
 static int cmd_search(int argc, char **argv) {
     const char *xpath = NULL, *qpath = NULL, *gtpath = NULL, *opath = NULL;
     uint32_t k = 10, nprobes[64] = {1}, n_nprobe = 1, threads = 1, repeat = 1;
+    int json = 0;
+    double recalls[64], seconds[64];
     kvq_index_search_params p;
     kvq_index_search_params_init(&p);
+    int use_mmap = 0;
+    const char *allow_arg = NULL;
+    float radius = NAN;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) return usage_search(stdout);
+        if (!strcmp(a, "--mmap")) {
+            use_mmap = 1;
+            continue;
+        }
+        if (!strcmp(a, "--json")) {
+            json = 1;
+            continue;
+        }
         if (!v) {
             fprintf(stderr, "kvq index search: %s needs a value\n", a);
             return 1;
         }
         i++;
-        int ok = 1;
+        int ok = 1; /* -1: the value's checker has said what is wrong */
+#define U32_IN(lo, hi, dst) ok = kvq_arg_u32("index search", a, v, lo, hi, dst) ? -1 : 1
         if (!strcmp(a, "-x")) xpath = v;
         else if (!strcmp(a, "-q")) qpath = v;
         else if (!strcmp(a, "--gt")) gtpath = v;
         else if (!strcmp(a, "-o")) opath = v;
-        else if (!strcmp(a, "-k")) ok = parse_u32(v, &k) && k > 0;
-        else if (!strcmp(a, "--rerank")) ok = parse_u32(v, &p.rerank);
-        else if (!strcmp(a, "--threads")) ok = parse_u32(v, &threads) && threads > 0;
-        else if (!strcmp(a, "--repeat")) ok = parse_u32(v, &repeat) && repeat > 0;
+        else if (!strcmp(a, "-k")) U32_IN(1, 100000, &k);
+        else if (!strcmp(a, "--rerank")) U32_IN(0, UINT32_MAX, &p.rerank);
+        else if (!strcmp(a, "--threads")) U32_IN(1, 1024, &threads);
+        else if (!strcmp(a, "--repeat")) U32_IN(1, 10000, &repeat);
         else if (!strcmp(a, "--eps0")) {
-            char *end;
-            p.eps0 = strtof(v, &end);
-            ok = !*end && end != v && p.eps0 > 0.0f;
+            double e;
+            ok = kvq_arg_double("index search", a, v, 0.0, INFINITY, &e) ? -1 : e > 0.0;
+            p.eps0 = (float)e;
         } else if (!strcmp(a, "--nprobe")) {
             n_nprobe = 0;
             char buf[512];
             snprintf(buf, sizeof buf, "%s", v);
-            for (char *tok = strtok(buf, ","); tok && ok; tok = strtok(NULL, ",")) {
-                ok = n_nprobe < 64 && parse_u32(tok, &nprobes[n_nprobe]) && nprobes[n_nprobe] > 0;
+            for (char *tok = strtok(buf, ","); tok && ok == 1; tok = strtok(NULL, ",")) {
+                ok = n_nprobe < 64 ? (kvq_arg_u32("index search", a, tok, 1, 1u << 24, &nprobes[n_nprobe]) ? -1 : 1) : 0;
                 n_nprobe++;
             }
-            ok = ok && n_nprobe > 0;
+            if (ok == 1 && n_nprobe == 0) ok = 0;
+        } else if (!strcmp(a, "--allow-ids")) {
+            allow_arg = v;
+        } else if (!strcmp(a, "--radius")) {
+            double r;
+            ok = kvq_arg_double("index search", a, v, -INFINITY, INFINITY, &r) ? -1 : isfinite(r);
+            radius = (float)r;
         } else {
             fprintf(stderr, "kvq index search: unknown option %s (see --help)\n", a);
             return 1;
         }
+#undef U32_IN
+        if (ok < 0) return 1;
         if (!ok) {
             fprintf(stderr, "kvq index search: bad value '%s' for %s\n", v, a);
             return 1;
         }
     }
     if (!xpath || !qpath) return usage_search(stderr);
+    char xerr[512];
+    if (!regular_file(xpath, xerr, sizeof xerr)) {
+        fprintf(stderr, "kvq index search: %s\n", xerr);
+        return 1;
+    }
     kvq_index *ix = NULL;
-    kvq_status st = kvq_index_load(xpath, &ix);
+    kvq_status st = use_mmap ? kvq_index_map(xpath, &ix) : kvq_index_load(xpath, &ix);
     if (st != KVQ_OK) return kvq_cli_fail("index search", xpath, st);
+    kvq_index_filter filt = {NULL, 0, NULL, NULL};
+    uint8_t *allow_bits = NULL;
+    if (allow_arg) { /* a bitset over 0..max id */
+        size_t na = 0;
+        int64_t *al = parse_ids(allow_arg, &na, xerr, sizeof xerr);
+        int64_t mx = 0;
+        for (size_t i = 0; al && i < na; i++) mx = al[i] > mx ? al[i] : mx;
+        if (al && (uint64_t)mx < (1ull << 36)) allow_bits = calloc((size_t)mx / 8 + 1, 1);
+        if (!allow_bits) {
+            fprintf(stderr, "kvq index search: --allow-ids: %s\n", al ? "ids too large or out of memory" : xerr);
+            free(al);
+            kvq_index_free(ix);
+            return 1;
+        }
+        for (size_t i = 0; i < na; i++) allow_bits[al[i] >> 3] |= (uint8_t)(1u << (al[i] & 7));
+        filt.id_bitset = allow_bits;
+        filt.bitset_ids = (uint64_t)mx + 1;
+        free(al);
+    }
     kvq_index_config cfg;
     kvq_index_get_config(ix, &cfg);
     char err[512] = "";
@@ -417,6 +541,22 @@ static int cmd_search(int argc, char **argv) {
     if (dim != cfg.dim) {
         fprintf(stderr, "kvq index search: queries have dimension %u, the index %u\n", dim, cfg.dim);
         goto done;
+    }
+    {
+        uint64_t count = 0;
+        kvq_index_count(ix, &count);
+        if (k > count) {
+            fprintf(stderr, "kvq index search: -k %u is more than the %llu vectors in %s\n", k,
+                    (unsigned long long)count, xpath);
+            goto done;
+        }
+        for (size_t i = 0; i < nq; i++) {
+            const char *why = row_problem(q + i * dim, dim, cfg.metric);
+            if (why) {
+                fprintf(stderr, "kvq index search: %s: query %zu %s\n", qpath, i, why);
+                goto done;
+            }
+        }
     }
     if (gtpath) {
         gt = load_ivecs(gtpath, &ngt, &kgt, err, sizeof err);
@@ -440,13 +580,44 @@ static int cmd_search(int argc, char **argv) {
         goto done;
     }
     p.pool = pool;
-    printf("%8s %10s %12s %10s\n", "nprobe", "recall@k", "queries/s", "ms/query");
+    if (radius == radius) { /* range search: every vector within the radius */
+        uint64_t count = 0;
+        kvq_index_count(ix, &count);
+        int64_t *rid = malloc((size_t)(count ? count : 1) * sizeof *rid);
+        if (!rid) {
+            fprintf(stderr, "kvq index search: out of memory\n");
+            goto done;
+        }
+        printf("%8s %14s %12s %10s\n", "nprobe", "results/query", "queries/s", "ms/query");
+        for (uint32_t t = 0; t < n_nprobe; t++) {
+            p.nprobe = nprobes[t];
+            size_t total = 0;
+            double t0 = now_s();
+            for (size_t i = 0; i < nq && st == KVQ_OK; i++) {
+                size_t found = 0;
+                st = kvq_index_range_search(ix, q + i * dim, radius, &p, &filt, rid, NULL, (size_t)count, &found);
+                total += found;
+            }
+            double dt = now_s() - t0;
+            if (st != KVQ_OK) {
+                free(rid);
+                rc = kvq_cli_fail("index search", "range search", st);
+                goto done;
+            }
+            printf("%8u %14.2f %12.1f %10.3f\n", p.nprobe, (double)total / (double)nq, (double)nq / dt,
+                   1e3 * dt / (double)nq);
+        }
+        free(rid);
+        rc = 0;
+        goto done;
+    }
+    if (!json) printf("%8s %10s %12s %10s\n", "nprobe", "recall@k", "queries/s", "ms/query");
     for (uint32_t t = 0; t < n_nprobe; t++) {
         p.nprobe = nprobes[t];
         double dt = INFINITY;
         for (uint32_t r = 0; r < repeat; r++) {
             double t0 = now_s();
-            st = kvq_index_search(ix, q, nq, k, &p, ids, NULL);
+            st = kvq_index_search_filtered(ix, q, nq, k, &p, &filt, ids, NULL);
             double t1 = now_s() - t0;
             if (st != KVQ_OK) {
                 rc = kvq_cli_fail("index search", "search", st);
@@ -466,6 +637,9 @@ static int cmd_search(int argc, char **argv) {
                         }
             rec = (double)hit / (double)(nq * k);
         }
+        recalls[t] = rec;
+        seconds[t] = dt;
+        if (json) continue;
         if (rec >= 0) printf("%8u %10.4f %12.1f %10.3f\n", p.nprobe, rec, (double)nq / dt, 1e3 * dt / (double)nq);
         else printf("%8u %10s %12.1f %10.3f\n", p.nprobe, "-", (double)nq / dt, 1e3 * dt / (double)nq);
     }
@@ -473,25 +647,256 @@ static int cmd_search(int argc, char **argv) {
         fprintf(stderr, "kvq index search: cannot write %s\n", opath);
         goto done;
     }
+    if (json) {
+        printf("{\"index\": ");
+        kvq_json_string(stdout, xpath);
+        printf(", \"queries\": ");
+        kvq_json_string(stdout, qpath);
+        printf(", \"n_queries\": %zu, \"dim\": %u, \"k\": %u, \"threads\": %u, \"runs\": [", nq, dim, k, threads);
+        for (uint32_t t = 0; t < n_nprobe; t++) {
+            printf("%s{\"nprobe\": %u, \"recall\": ", t ? ", " : "", nprobes[t]);
+            kvq_json_number(stdout, recalls[t] >= 0 ? recalls[t] : NAN); /* null without --gt */
+            printf(", \"queries_per_second\": ");
+            kvq_json_number(stdout, (double)nq / seconds[t]);
+            printf(", \"ms_per_query\": ");
+            kvq_json_number(stdout, 1e3 * seconds[t] / (double)nq);
+            printf("}");
+        }
+        printf("]}\n");
+    }
     rc = 0;
 done:
     kvq_threadpool_free(pool);
     free(ids);
     free(gt);
     free(q);
+    free(allow_bits);
     kvq_index_free(ix);
     return rc;
+}
+
+/* ------------------------------------------------------------ add / remove */
+
+/* Ids from a comma list "3,17,42" or an .ivecs file (every number of every row). */
+static int64_t *parse_ids(const char *arg, size_t *n, char *err, size_t err_n) {
+    *n = 0;
+    const char *e = ext_of(arg);
+    if (!strcmp(e, "ivecs")) {
+        uint32_t k;
+        size_t rows;
+        int32_t *v = load_ivecs(arg, &rows, &k, err, err_n);
+        if (!v) return NULL;
+        size_t cnt = rows * (size_t)k;
+        int64_t *ids = malloc((cnt > 0 ? cnt : 1) * sizeof *ids);
+        if (!ids) snprintf(err, err_n, "out of memory");
+        for (size_t i = 0; ids && i < rows * k; i++) {
+            if (v[i] < 0) {
+                snprintf(err, err_n, "%s: id %d is negative", arg, v[i]);
+                free(ids);
+                ids = NULL;
+                break;
+            }
+            ids[i] = v[i];
+        }
+        free(v);
+        if (ids) *n = rows * k;
+        return ids;
+    }
+    size_t cap = 1;
+    for (const char *c = arg; *c; c++) cap += *c == ',';
+    int64_t *ids = malloc(cap * sizeof *ids);
+    if (!ids) {
+        snprintf(err, err_n, "out of memory");
+        return NULL;
+    }
+    const char *c = arg;
+    for (;;) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(c, &end, 10);
+        if (errno || end == c || v < 0 || (*end && *end != ',')) {
+            snprintf(err, err_n, "bad id list '%s' (want non-negative integers, comma separated, or an .ivecs file)", arg);
+            free(ids);
+            return NULL;
+        }
+        ids[(*n)++] = v;
+        if (!*end) break;
+        c = end + 1;
+    }
+    return ids;
+}
+
+static int cmd_add(int argc, char **argv) {
+    const char *xpath = NULL, *in = NULL, *out = NULL, *idarg = NULL;
+    uint32_t threads = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            printf("usage: kvq index add -x INDEX -i VECTORS [options]\n\n"
+                   "  -x FILE            index file to extend (rewritten in place, atomically)\n"
+                   "  -i FILE            vectors to add: .fvecs, .bvecs or .npy\n"
+                   "  -o FILE            write the result here instead of over INDEX\n"
+                   "  --ids L            their ids: comma list or .ivecs (default: one past\n"
+                   "                     the largest stored id onwards)\n"
+                   "  --threads T        threads for encoding (default 1)\n");
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, "kvq index add: %s needs a value\n", a);
+            return 1;
+        }
+        i++;
+        if (!strcmp(a, "-x")) xpath = v;
+        else if (!strcmp(a, "-i")) in = v;
+        else if (!strcmp(a, "-o")) out = v;
+        else if (!strcmp(a, "--ids")) idarg = v;
+        else if (!strcmp(a, "--threads")) {
+            if (kvq_arg_u32("index add", a, v, 1, 1024, &threads)) return 1;
+        } else {
+            fprintf(stderr, "kvq index add: unknown option %s (see --help)\n", a);
+            return 1;
+        }
+    }
+    if (!xpath || !in) {
+        fprintf(stderr, "usage: kvq index add -x INDEX -i VECTORS [--ids L] [-o OUT] (see --help)\n");
+        return 1;
+    }
+    char err[512] = "";
+    if (!regular_file(xpath, err, sizeof err)) {
+        fprintf(stderr, "kvq index add: %s\n", err);
+        return 1;
+    }
+    kvq_index *ix = NULL;
+    kvq_status st = kvq_index_load(xpath, &ix);
+    if (st != KVQ_OK) return kvq_cli_fail("index add", xpath, st);
+    kvq_index_config cfg;
+    kvq_index_get_config(ix, &cfg);
+    size_t n = 0, nids = 0;
+    uint32_t dim = 0;
+    int64_t *ids = NULL;
+    kvq_threadpool *pool = NULL;
+    int rc = 1;
+    float *x = load_vectors(in, &n, &dim, err, sizeof err);
+    if (!x) {
+        fprintf(stderr, "kvq index add: %s\n", err);
+        goto done;
+    }
+    if (dim != cfg.dim) {
+        fprintf(stderr, "kvq index add: %s has dimension %u, the index %u\n", in, dim, cfg.dim);
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *why = row_problem(x + i * dim, dim, cfg.metric);
+        if (why) {
+            fprintf(stderr, "kvq index add: %s: row %zu %s\n", in, i, why);
+            goto done;
+        }
+    }
+    if (idarg) {
+        if (!(ids = parse_ids(idarg, &nids, err, sizeof err))) {
+            fprintf(stderr, "kvq index add: %s\n", err);
+            goto done;
+        }
+        if (nids != n) {
+            fprintf(stderr, "kvq index add: %zu ids for %zu vectors\n", nids, n);
+            goto done;
+        }
+    }
+    if (threads > 1 && ((st = kvq_threadpool_create(threads, &pool)) != KVQ_OK ||
+                        (st = kvq_index_set_pool(ix, pool)) != KVQ_OK)) {
+        rc = kvq_cli_fail("index add", "threads", st);
+        goto done;
+    }
+    double t0 = now_s();
+    if ((st = kvq_index_add(ix, x, n, ids)) != KVQ_OK) {
+        rc = kvq_cli_fail("index add", "add", st);
+        goto done;
+    }
+    double t1 = now_s();
+    kvq_index_set_pool(ix, NULL);
+    if ((st = kvq_index_save(ix, out ? out : xpath)) != KVQ_OK) {
+        rc = kvq_cli_fail("index add", out ? out : xpath, st);
+        goto done;
+    }
+    uint64_t count = 0;
+    kvq_index_count(ix, &count);
+    printf("added %zu vectors in %.2f s; %s holds %llu\n", n, t1 - t0, out ? out : xpath,
+           (unsigned long long)count);
+    rc = 0;
+done:
+    kvq_index_free(ix);
+    kvq_threadpool_free(pool);
+    free(x);
+    free(ids);
+    return rc;
+}
+
+static int cmd_remove(int argc, char **argv) {
+    const char *xpath = NULL, *out = NULL, *idarg = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            printf("usage: kvq index remove -x INDEX --ids L [-o OUT]\n\n"
+                   "  -x FILE            index file (rewritten in place, atomically)\n"
+                   "  --ids L            ids to remove: comma list or .ivecs; absent ids are ignored\n"
+                   "  -o FILE            write the result here instead of over INDEX\n");
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, "kvq index remove: %s needs a value\n", a);
+            return 1;
+        }
+        i++;
+        if (!strcmp(a, "-x")) xpath = v;
+        else if (!strcmp(a, "-o")) out = v;
+        else if (!strcmp(a, "--ids")) idarg = v;
+        else {
+            fprintf(stderr, "kvq index remove: unknown option %s (see --help)\n", a);
+            return 1;
+        }
+    }
+    if (!xpath || !idarg) {
+        fprintf(stderr, "usage: kvq index remove -x INDEX --ids L [-o OUT] (see --help)\n");
+        return 1;
+    }
+    char err[512] = "";
+    size_t nids = 0;
+    int64_t *ids = parse_ids(idarg, &nids, err, sizeof err);
+    if (!ids || !regular_file(xpath, err, sizeof err)) {
+        fprintf(stderr, "kvq index remove: %s\n", err);
+        free(ids);
+        return 1;
+    }
+    kvq_index *ix = NULL;
+    kvq_status st = kvq_index_load(xpath, &ix);
+    uint64_t removed = 0, count = 0;
+    if (st == KVQ_OK) st = kvq_index_remove(ix, ids, nids, &removed);
+    if (st == KVQ_OK) st = kvq_index_save(ix, out ? out : xpath);
+    free(ids);
+    if (st != KVQ_OK) {
+        kvq_index_free(ix);
+        return kvq_cli_fail("index remove", xpath, st);
+    }
+    kvq_index_count(ix, &count);
+    printf("removed %llu of %zu ids; %s holds %llu\n", (unsigned long long)removed, nids,
+           out ? out : xpath, (unsigned long long)count);
+    kvq_index_free(ix);
+    return 0;
 }
 
 int kvq_cmd_index(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         FILE *f = argc < 2 ? stderr : stdout;
         fprintf(f, "usage: kvq index build ...   build an index from vectors (--help for options)\n"
-                   "       kvq index search ...  search it, print recall@k and queries/s\n");
+                   "       kvq index search ...  search it, print recall@k and queries/s\n"
+                   "       kvq index add ...     add vectors to a saved index\n"
+                   "       kvq index remove ...  remove vectors by id from a saved index\n");
         return argc < 2 ? 1 : 0;
     }
     if (!strcmp(argv[1], "build")) return cmd_build(argc - 1, argv + 1);
     if (!strcmp(argv[1], "search")) return cmd_search(argc - 1, argv + 1);
-    fprintf(stderr, "kvq index: unknown subcommand '%s' (build or search)\n", argv[1]);
+    if (!strcmp(argv[1], "add")) return cmd_add(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "remove")) return cmd_remove(argc - 1, argv + 1);
+    fprintf(stderr, "kvq index: unknown subcommand '%s' (build, search, add or remove)\n", argv[1]);
     return 1;
 }

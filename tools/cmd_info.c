@@ -8,7 +8,7 @@
 
 static int info_usage(FILE *f) {
     fprintf(f,
-            "usage: kvq info [--tensors] [--metadata] MODEL.gguf\n\n"
+            "usage: kvq info [--tensors] [--metadata] MODEL.gguf   (or -m MODEL.gguf)\n\n"
             "Prints the model's shape, tokenizer, KV cache size per token and tensor type counts.\n"
             "  --tensors    also list every tensor (name, type, dims)\n"
             "  --metadata   also print every metadata key and value\n");
@@ -22,6 +22,7 @@ int kvq_cmd_info(int argc, char **argv) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return info_usage(stdout);
         else if (!strcmp(argv[i], "--tensors")) tensors = 1;
         else if (!strcmp(argv[i], "--metadata")) metadata = 1;
+        else if ((!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) && i + 1 < argc && !path) path = argv[++i];
         else if (argv[i][0] == '-' && argv[i][1]) {
             fprintf(stderr, "kvq info: unknown option %s\n", argv[i]);
             return info_usage(stderr);

@@ -8,8 +8,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "args.h"
 #include "cache_configs.h"
 #include "cli.h"
+#include "json_out.h"
+#include "layer_set.h"
 
 #define PPL_MAX_CONFIGS 32
 #define PPL_BATCH 64
@@ -19,7 +22,8 @@ static int ppl_usage(FILE *f) {
             "usage: kvq perplexity -m MODEL.gguf -f TEXT [options]\n\n"
             "  -m, --model FILE   GGUF model (Llama family)\n"
             "  -f, --file TEXT    UTF-8 text file\n"
-            "  --ctx N            tokens per chunk (default 512); the second half of each is scored\n"
+            "  -c, --ctx N        tokens per chunk, 16..65536 (default 512; also --ctx-size);\n"
+            "                     the second half of each is scored\n"
             "  --chunks N         chunks to evaluate (default 0 = all the text gives)\n"
             "  --configs LIST     KV cache configs, comma-separated (default fp16,q8_0,q4_0);\n"
             "                     a spec's own key=value options follow it: turboquant_rvq:bits=1,residuals=2;\n"
@@ -27,14 +31,20 @@ static int ppl_usage(FILE *f) {
             "                     a layer number pattern in a spec (%%d, %%02d) gives each layer its own\n"
             "                     artifact: vecinfer:artifact=vi.layer%%02d.safetensors (kvq calibrate --per-layer);\n"
             "                     plan:FILE takes each layer's key method and bits from a RateQuant plan\n"
+            "                     (per-layer sets are checked against their manifest first)\n"
+            "  -ctk, --cache-type-k SPEC, -ctv, --cache-type-v SPEC\n"
+            "                     llama.cpp's way: one config SPEC_K+SPEC_V (each fp16 if not given;\n"
+            "                     f16 means fp16), instead of --configs\n"
             "  --cache-plan FILE  add plan:FILE (values fp16) to the configs (kvq calibrate --method ratequant)\n"
-            "  --window N         most recent tokens also kept exact (default 0; also --cache-window)\n"
+            "  --window N         most recent tokens also kept exact (default 0; also --cache-window);\n"
+            "                     0..65536, and a window longer than --ctx is cut to --ctx\n"
             "  --outliers N       key channels per head kept in fp16 (default 0; also --cache-outliers)\n"
-            "  --sink N           first tokens kept exact, the attention sinks (default 0; also --cache-sink)\n"
-            "  --threads N        threads (default 0 = one per CPU)\n"
+            "  --sink N           first tokens kept exact, the attention sinks, 0..1024 (default 0; also --cache-sink)\n"
+            "  -t, --threads N    threads, 0..1024 (default 0 = one per CPU)\n"
             "  --kl               also compare every scored token's distribution with fp16's (the\n"
             "                     first config when fp16 is not among them): mean KL(fp16 || config)\n"
             "                     and how often both pick the same top token (llama.cpp's --kl-divergence)\n"
+            "  --json             print one JSON object on stdout instead of the table\n"
             "Configs may be presets (q4, q3, q2) and take cache options after '@':\n"
             "  q4@window=32, mse:bits=4+mse:bits=3@sink=1,center=1 (docs/METHODS.md)\n"
             "Prints one line per config: perplexity, its difference from fp16, KV bits per number.\n");
@@ -67,33 +77,6 @@ static int split_configs(char *list, char **out, int max) {
     return n;
 }
 
-static char *read_text(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap + 1);
-    while (buf) {
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (n < cap) break;
-        char *nb = cap > ((size_t)1 << 30) ? NULL : realloc(buf, 2 * cap + 1);
-        if (!nb) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = nb;
-        cap *= 2;
-    }
-    fclose(f);
-    if (!buf) return NULL;
-    buf[n] = 0;
-    for (size_t i = 0; i < n; i++)
-        if (buf[i] == 0) buf[i] = ' '; /* a NUL byte would end the text early */
-    *len = n;
-    return buf;
-}
-
 typedef struct ppl_result {
     char spec[256];
     double ppl, nll_sum, nll_sq;
@@ -106,27 +89,79 @@ typedef struct ppl_result {
     int ok;
 } ppl_result;
 
+/* --json: one object, each config's row as in the table. */
+static void print_json(const char *model, const char *text, long n_ctx, size_t n_chunks, const ppl_result *res,
+                       int n_cfg, int ref, int want_kl) {
+    printf("{\"model\": ");
+    kvq_json_string(stdout, model);
+    printf(", \"file\": ");
+    kvq_json_string(stdout, text);
+    printf(", \"ctx\": %ld, \"chunks\": %zu, \"reference\": ", n_ctx, n_chunks);
+    if (ref >= 0) kvq_json_string(stdout, res[ref].spec);
+    else printf("null");
+    printf(", \"configs\": [");
+    for (int c = 0; c < n_cfg; c++) {
+        const ppl_result *r = &res[c];
+        printf("%s{\"config\": ", c ? ", " : "");
+        kvq_json_string(stdout, r->spec);
+        if (!r->ok) {
+            printf(", \"ok\": false}");
+            continue;
+        }
+        double mean = r->nll_sum / (double)r->n_scored;
+        double var = r->nll_sq / (double)r->n_scored - mean * mean;
+        printf(", \"ok\": true, \"ppl\": ");
+        kvq_json_number(stdout, r->ppl);
+        printf(", \"ppl_err\": ");
+        kvq_json_number(stdout, r->ppl * sqrt(var > 0 ? var / (double)r->n_scored : 0));
+        printf(", \"delta\": ");
+        kvq_json_number(stdout, ref >= 0 ? r->ppl - res[ref].ppl : NAN);
+        printf(", \"delta_percent\": ");
+        kvq_json_number(stdout, ref >= 0 ? 100.0 * (r->ppl / res[ref].ppl - 1.0) : NAN);
+        printf(", \"kv_bits\": ");
+        kvq_json_number(stdout, r->bits_per_number);
+        printf(", \"tokens_scored\": %zu, \"seconds\": ", r->n_scored);
+        kvq_json_number(stdout, r->seconds);
+        if (want_kl) { /* as the table's KL, +- and top1% columns */
+            double n = (double)r->n_scored, km = r->kl_sum / n, kv = r->kl_sq / n - km * km;
+            printf(", \"kl\": ");
+            kvq_json_number(stdout, km);
+            printf(", \"kl_err\": ");
+            kvq_json_number(stdout, sqrt(kv > 0 ? kv / n : 0));
+            printf(", \"top1_same_percent\": ");
+            kvq_json_number(stdout, 100.0 * (double)r->top1_same / n);
+        }
+        printf("}");
+    }
+    printf("]}\n");
+}
+
 int kvq_cmd_perplexity(int argc, char **argv) {
     const char *model_path = NULL, *text_path = NULL;
     char configs_buf[4096] = "fp16,q8_0,q4_0";
     int configs_given = 0, n_plans = 0;
     const char *plans[PPL_MAX_CONFIGS];
     long n_ctx = 512, max_chunks = 0, threads = 0, window = 0, outliers = 0, sink = 0;
-    int want_kl = 0;
+    const char *ctk = NULL, *ctv = NULL;
+    int json = 0, want_kl = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define TAKES(name) (!strcmp(a, name) && v && ++i)
+#define LONG_IN(lo, hi, dst) if (kvq_arg_long("perplexity", a, v, lo, hi, dst)) return 1
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) return ppl_usage(stdout);
         else if (TAKES("-m") || TAKES("--model")) model_path = v;
         else if (TAKES("-f") || TAKES("--file")) text_path = v;
-        else if (TAKES("--ctx")) n_ctx = strtol(v, NULL, 10);
-        else if (TAKES("--chunks")) max_chunks = strtol(v, NULL, 10);
-        else if (TAKES("--threads")) threads = strtol(v, NULL, 10);
+        else if (TAKES("-c") || TAKES("--ctx") || TAKES("--ctx-size")) { LONG_IN(16, 65536, &n_ctx); }
+        else if (TAKES("--chunks")) { LONG_IN(0, 100000000, &max_chunks); }
+        else if (TAKES("-t") || TAKES("--threads")) { LONG_IN(0, 1024, &threads); }
         else if (!strcmp(a, "--kl")) want_kl = 1;
-        else if ((TAKES("--window") || TAKES("--cache-window"))) window = strtol(v, NULL, 10);
-        else if ((TAKES("--outliers") || TAKES("--cache-outliers"))) outliers = strtol(v, NULL, 10);
-        else if ((TAKES("--sink") || TAKES("--cache-sink"))) sink = strtol(v, NULL, 10);
+        else if (TAKES("--window") || TAKES("--cache-window")) { LONG_IN(0, 65536, &window); }
+        else if (TAKES("--outliers") || TAKES("--cache-outliers")) { LONG_IN(0, 4096, &outliers); }
+        else if (TAKES("--sink") || TAKES("--cache-sink")) { LONG_IN(0, 1024, &sink); }
+        else if (TAKES("-ctk") || TAKES("--cache-type-k")) ctk = v;
+        else if (TAKES("-ctv") || TAKES("--cache-type-v")) ctv = v;
+        else if (!strcmp(a, "--json")) json = 1;
         else if (TAKES("--cache-plan")) {
             if (n_plans == PPL_MAX_CONFIGS) {
                 fprintf(stderr, "kvq perplexity: too many --cache-plan\n");
@@ -144,13 +179,26 @@ int kvq_cmd_perplexity(int argc, char **argv) {
             fprintf(stderr, "kvq perplexity: unknown or incomplete option %s\n", a);
             return ppl_usage(stderr);
         }
+#undef LONG_IN
 #undef TAKES
     }
     if (!model_path || !text_path) return ppl_usage(stderr);
-    if (n_ctx < 16 || n_ctx > 65536 || max_chunks < 0 || threads < 0 || threads > 1024 || window < 0 || outliers < 0 || sink < 0 || sink > 1024) {
-        fprintf(stderr, "kvq perplexity: --ctx must be 16..65536 and counts non-negative\n");
+    if ((ctk || ctv) && (configs_given || n_plans)) {
+        fprintf(stderr, "kvq perplexity: give -ctk/-ctv (one config) or --configs/--cache-plan, not both\n");
         return 1;
     }
+    if (ctk || ctv) {
+        /* llama.cpp's way: one config, keys and values fp16 unless given */
+        int n = snprintf(configs_buf, sizeof configs_buf, "%s+%s", ctk ? ctk : "fp16", ctv ? ctv : "fp16");
+        if (n < 0 || (size_t)n >= sizeof configs_buf) {
+            fprintf(stderr, "kvq perplexity: -ctk/-ctv too long\n");
+            return 1;
+        }
+        if (!strcmp(configs_buf, "f32+f32")) strcpy(configs_buf, "f32");
+        configs_given = 1;
+    }
+    if (window > n_ctx) window = n_ctx; /* a longer window holds nothing more */
+    if (kvq_arg_regular_file("perplexity", text_path)) return 1;
     /* each plan is one more config; without --configs, beside fp16 only */
     if (n_plans && !configs_given) strcpy(configs_buf, "fp16");
     for (int i = 0; i < n_plans; i++) {
@@ -178,15 +226,12 @@ int kvq_cmd_perplexity(int argc, char **argv) {
     kvq_model_get_info(model, &info);
     int rc = 1;
     size_t text_len = 0, n_tok = 0;
-    char *text = read_text(text_path, &text_len);
+    char *text = kvq_cli_read_text("perplexity", text_path, &text_len);
     int32_t *tokens = NULL;
     float *logits = NULL;
     ppl_result *res = calloc((size_t)n_cfg, sizeof *res);
     kvq_cache_config *per_layer = calloc(info.n_layers, sizeof *per_layer);
-    if (!text) {
-        fprintf(stderr, "kvq perplexity: cannot read %s\n", text_path);
-        goto done;
-    }
+    if (!text) goto done;
     kvq_tokenize(model, text, 0, NULL, 0, &n_tok);
     tokens = malloc((n_tok ? n_tok : 1) * sizeof *tokens);
     logits = malloc((size_t)PPL_BATCH * info.n_vocab * sizeof *logits);
@@ -239,6 +284,9 @@ int kvq_cmd_perplexity(int argc, char **argv) {
         if (!exact) {
             /* "plan:FILE": the keys of each layer from a RateQuant plan */
             const char *plan = !strncmp(kspec, "plan:", 5) ? kspec + 5 : NULL;
+            if ((!plan && kvq_cli_check_layer_set("perplexity", kspec, info.n_layers)) ||
+                (strcmp(vspec, kspec) && kvq_cli_check_layer_set("perplexity", vspec, info.n_layers)))
+                continue;
             if ((st = kvq_cli_cache_configs(&info, plan ? NULL : kspec, vspec, plan, (uint32_t)window,
                                             (uint32_t)outliers, (uint32_t)sink, per_layer, msg, sizeof msg))) {
                 fprintf(stderr, "kvq perplexity: config '%s': %s%s%s\n", specs[c], kvq_strerror(st),
@@ -355,6 +403,10 @@ int kvq_cmd_perplexity(int argc, char **argv) {
                 ref = c;
                 break;
             }
+    if (json) {
+        print_json(model_path, text_path, n_ctx, n_chunks, res, n_cfg, res[ref].ok ? ref : -1, want_kl);
+        goto printed;
+    }
     printf("%-44s %10s %9s %10s %8s %9s %8s", "config", "ppl", "+-", "delta", "delta%", "kv bits", "seconds");
     if (want_kl) printf(" %10s %8s %7s", "KL", "+-", "top1%");
     printf("\n");
@@ -378,6 +430,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
     }
     printf("(%zu chunks of %ld tokens, %zu tokens scored per config; delta vs %s)\n", n_chunks, n_ctx,
            ref >= 0 ? res[ref].n_scored : 0, ref >= 0 ? res[ref].spec : "-");
+printed:
     rc = 0;
     for (int c = 0; c < n_cfg; c++)
         if (!res[c].ok) rc = 1;

@@ -200,10 +200,177 @@ typedef struct pair {
     uint32_t flags;
 } pair;
 
+/* ------------------------------------------------------------ paged and prefill */
+
+typedef struct paged_ctx {
+    kvq_cuda_quantizer *kq, *vq;
+    kvq_cuda_attn_desc desc;
+    kvq_cuda_pages pages;
+    const void *q;
+    const int32_t *lens;
+    void *ws;
+    size_t ws_bytes;
+    float *out;
+    uint32_t n_new;
+    const void *k_new, *v_new;
+} paged_ctx;
+
+static void run_paged(void *p, cudaStream_t s) {
+    paged_ctx *c = p;
+    KK(kvq_cuda_attend_paged(c->kq, c->vq, &c->desc, &c->pages, c->q, c->lens, c->ws, c->ws_bytes, c->out, s));
+}
+
+static void run_prefill(void *p, cudaStream_t s) {
+    paged_ctx *c = p;
+    KK(kvq_cuda_prefill(c->kq, c->vq, &c->desc, &c->pages, c->n_new, c->q, c->k_new, c->v_new, c->lens, c->ws,
+                        c->ws_bytes, c->out, s));
+}
+
+/* Batch B, context L over a shuffled page pool of page_size tokens (every page written
+ * with codes); lengths all L (vary = 0) or spread over L/2..L. */
+static void bench_paged(const pair *pr, uint32_t B, uint32_t L, uint32_t page_size, int vary, const void *stage,
+                        size_t stage_rows, double copy_gbs, cudaStream_t s) {
+    const uint32_t n_q = 32, n_kv = 8, d = 128;
+    kvq_quantizer *kq = NULL, *vq = NULL;
+    kvq_cuda_quantizer *ckq = make_cq(pr->key, &kq, 1), *cvq = make_cq(pr->value, &vq, 2);
+    size_t kcs = kvq_code_size(kq), vcs = kvq_code_size(vq);
+    uint32_t max_pages = (L + page_size - 1) / page_size, n_pages = B * max_pages;
+    size_t rows = (size_t)n_pages * n_kv * page_size;
+    paged_ctx c;
+    memset(&c, 0, sizeof c);
+    c.kq = ckq;
+    c.vq = cvq;
+    c.desc.batch = B;
+    c.desc.n_q_heads = n_q;
+    c.desc.n_kv_heads = n_kv;
+    c.desc.head_dim = d;
+    c.desc.max_len = L;
+    c.desc.scale = 1.0f / sqrtf((float)d);
+    c.desc.q_dtype = KVQ_CUDA_F16;
+    uint8_t *kc = NULL, *vc = NULL;
+    CK(cudaMalloc((void **)&kc, rows * kcs));
+    CK(cudaMalloc((void **)&vc, rows * vcs));
+    fill_codes(ckq, stage, stage_rows, kc, rows, kcs, s);
+    fill_codes(cvq, (const uint8_t *)stage + 4096, stage_rows - 16, vc, rows, vcs, s);
+    int32_t *table = malloc((size_t)n_pages * sizeof(int32_t)), *lens = malloc(B * sizeof(int32_t));
+    if (!table || !lens) exit(1);
+    for (uint32_t i = 0; i < n_pages; i++) table[i] = (int32_t)i;
+    uint64_t st = 12345;
+    for (uint32_t i = n_pages - 1; i > 0; i--) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t j = (uint32_t)((st >> 33) % (i + 1));
+        int32_t t = table[i];
+        table[i] = table[j];
+        table[j] = t;
+    }
+    double tokens = 0;
+    for (uint32_t b = 0; b < B; b++) {
+        lens[b] = vary ? (int32_t)(L / 2 + (uint64_t)(L / 2) * b / (B > 1 ? B - 1 : 1)) : (int32_t)L;
+        tokens += lens[b];
+    }
+    int32_t *dt = NULL, *dl = NULL;
+    CK(cudaMalloc((void **)&dt, (size_t)n_pages * sizeof(int32_t)));
+    CK(cudaMalloc((void **)&dl, B * sizeof(int32_t)));
+    CK(cudaMemcpy(dt, table, (size_t)n_pages * sizeof(int32_t), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dl, lens, B * sizeof(int32_t), cudaMemcpyHostToDevice));
+    c.pages.k_pages_dev = kc;
+    c.pages.v_pages_dev = vc;
+    c.pages.page_table_dev = dt;
+    c.pages.page_size = page_size;
+    c.pages.max_pages = max_pages;
+    c.q = (const uint8_t *)stage + 8192;
+    c.lens = dl;
+    KK(kvq_cuda_attend_paged_workspace(ckq, cvq, &c.desc, &c.pages, 0, &c.ws_bytes));
+    CK(cudaMalloc(&c.ws, c.ws_bytes));
+    CK(cudaMalloc((void **)&c.out, (size_t)B * n_q * d * sizeof(float)));
+    float ms = time_graph(run_paged, &c, s);
+    double bytes = tokens * n_kv * (double)(kcs + vcs) + (double)B * n_q * d * 6;
+    double gbs = bytes / (ms * 1e-3) / 1e9;
+    printf("PAGED pair=%s batch=%u ctx=%u page=%u lens=%s kv_bytes=%.0f us=%.2f GBps=%.1f pct_copy=%.1f\n",
+           pr->name, B, L, page_size, vary ? "L/2..L" : "L", bytes, ms * 1e3, gbs, 100.0 * gbs / copy_gbs);
+    fflush(stdout);
+    CK(cudaFree(kc));
+    CK(cudaFree(vc));
+    CK(cudaFree(dt));
+    CK(cudaFree(dl));
+    CK(cudaFree(c.ws));
+    CK(cudaFree(c.out));
+    free(table);
+    free(lens);
+    kvq_cuda_quantizer_free(ckq);
+    kvq_cuda_quantizer_free(cvq);
+    kvq_quantizer_free(kq);
+    kvq_quantizer_free(vq);
+}
+
+/* Chunked prefill: B sequences with L cached (compressed) tokens, n_new new exact tokens. */
+static void bench_prefill(const pair *pr, uint32_t B, uint32_t L, uint32_t n_new, const void *stage,
+                          size_t stage_rows, double copy_gbs, cudaStream_t s) {
+    const uint32_t n_q = 32, n_kv = 8, d = 128;
+    kvq_quantizer *kq = NULL, *vq = NULL;
+    kvq_cuda_quantizer *ckq = make_cq(pr->key, &kq, 1), *cvq = make_cq(pr->value, &vq, 2);
+    size_t kcs = kvq_code_size(kq), vcs = kvq_code_size(vq);
+    size_t rows = (size_t)B * n_kv * L;
+    paged_ctx c;
+    memset(&c, 0, sizeof c);
+    c.kq = ckq;
+    c.vq = cvq;
+    c.desc.batch = B;
+    c.desc.n_q_heads = n_q;
+    c.desc.n_kv_heads = n_kv;
+    c.desc.head_dim = d;
+    c.desc.max_len = L;
+    c.desc.scale = 1.0f / sqrtf((float)d);
+    c.desc.q_dtype = KVQ_CUDA_F16;
+    uint8_t *kc = NULL, *vc = NULL;
+    CK(cudaMalloc((void **)&kc, rows * kcs));
+    CK(cudaMalloc((void **)&vc, rows * vcs));
+    fill_codes(ckq, stage, stage_rows, kc, rows, kcs, s);
+    fill_codes(cvq, (const uint8_t *)stage + 4096, stage_rows - 16, vc, rows, vcs, s);
+    int32_t *lens = malloc(B * sizeof(int32_t)), *dl = NULL;
+    if (!lens) exit(1);
+    for (uint32_t b = 0; b < B; b++) lens[b] = (int32_t)L;
+    CK(cudaMalloc((void **)&dl, B * sizeof(int32_t)));
+    CK(cudaMemcpy(dl, lens, B * sizeof(int32_t), cudaMemcpyHostToDevice));
+    c.pages.k_pages_dev = kc;
+    c.pages.v_pages_dev = vc;
+    c.pages.page_size = L;
+    c.pages.max_pages = 1;
+    c.q = (const uint8_t *)stage + 8192;
+    c.k_new = (const uint8_t *)stage + (64 << 20);
+    c.v_new = (const uint8_t *)stage + (128 << 20);
+    c.n_new = n_new;
+    c.lens = dl;
+    KK(kvq_cuda_attend_paged_workspace(ckq, cvq, &c.desc, &c.pages, n_new, &c.ws_bytes));
+    CK(cudaMalloc(&c.ws, c.ws_bytes));
+    CK(cudaMalloc((void **)&c.out, (size_t)B * n_new * n_q * d * sizeof(float)));
+    float ms = time_graph(run_prefill, &c, s);
+    /* every new token reads the compressed context once (no reuse across queries yet) */
+    double bytes = (double)n_new * rows * (kcs + vcs);
+    double gbs = bytes / (ms * 1e-3) / 1e9;
+    printf("PREFILL pair=%s batch=%u ctx=%u n_new=%u us=%.2f us_per_token=%.2f GBps=%.1f pct_copy=%.1f\n", pr->name,
+           B, L, n_new, ms * 1e3, ms * 1e3 / n_new, gbs, 100.0 * gbs / copy_gbs);
+    fflush(stdout);
+    CK(cudaFree(kc));
+    CK(cudaFree(vc));
+    CK(cudaFree(dl));
+    CK(cudaFree(c.ws));
+    CK(cudaFree(c.out));
+    free(lens);
+    kvq_cuda_quantizer_free(ckq);
+    kvq_cuda_quantizer_free(cvq);
+    kvq_quantizer_free(kq);
+    kvq_quantizer_free(vq);
+}
+
 int main(int argc, char **argv) {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     /* --profile: one encode and one attention call (b=8, 32k, rvq1x2/mse2) for ncu */
     int profile = argc > 1 && strcmp(argv[1], "--profile") == 0;
+    /* --profile KEY VALUE: that pair instead of rvq1x2/mse2; --pair NAME: one pair only */
+    const char *prof_key = profile && argc > 3 ? argv[2] : "turboquant_rvq:bits=1,residuals=2";
+    const char *prof_value = profile && argc > 3 ? argv[3] : "turboquant_mse:bits=2";
+    const char *only_pair = argc > 2 && strcmp(argv[1], "--pair") == 0 ? argv[2] : NULL;
     int n_dev = 0;
     if (kvq_cuda_available(&n_dev) != KVQ_OK) {
         fprintf(stderr, "no CUDA device\n");
@@ -220,8 +387,8 @@ int main(int argc, char **argv) {
         const size_t rows = (size_t)8 * 8 * 32768;
         void *stage = random_fp16_rows(rows * 128 / 8, 7);
         kvq_quantizer *kq = NULL, *vq = NULL;
-        kvq_cuda_quantizer *ckq = make_cq("turboquant_rvq:bits=1,residuals=2", &kq, 1);
-        kvq_cuda_quantizer *cvq = make_cq("turboquant_mse:bits=2", &vq, 2);
+        kvq_cuda_quantizer *ckq = make_cq(prof_key, &kq, 1);
+        kvq_cuda_quantizer *cvq = make_cq(prof_value, &vq, 2);
         size_t kcs = kvq_code_size(kq), vcs = kvq_code_size(vq);
         attn_ctx ac;
         memset(&ac, 0, sizeof ac);
@@ -280,7 +447,7 @@ int main(int argc, char **argv) {
     /* encode: fp16 input, bytes = input read + codes written */
     const char *enc_specs[] = {"turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=2",
                                "turboquant_mse:bits=4", "rabitq:bits=1", "qjl", "q8_0", "q4_0", "fp16"};
-    for (size_t i = 0; i < sizeof enc_specs / sizeof *enc_specs; i++) {
+    for (size_t i = 0; i < sizeof enc_specs / sizeof *enc_specs && !only_pair; i++) {
         kvq_quantizer *q = NULL;
         kvq_cuda_quantizer *cq = make_cq(enc_specs[i], &q, 42);
         size_t cs = kvq_code_size(q);
@@ -310,14 +477,13 @@ int main(int argc, char **argv) {
 
     /* attention */
     const pair pairs[] = {
-        {"rvq1x2/mse2", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=2", 0},
-        {"rvq1x2/mse4", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=4", 0},
-        {"rabitq1/mse2", "rabitq:bits=1", "turboquant_mse:bits=2", 0},
-        {"rvq1x2/mse2-simt", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=2",
-         KVQ_CUDA_ATTN_GENERIC},
-        {"q4_0/q4_0", "q4_0", "q4_0", 0},
-        {"q8_0/q8_0", "q8_0", "q8_0", 0},
         {"fp16/fp16", "fp16", "fp16", 0},
+        {"q8_0/q8_0", "q8_0", "q8_0", 0},
+        {"q4_0/q4_0", "q4_0", "q4_0", 0},
+        {"rvq1x2/mse2", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=2", 0},
+        {"rabitq1/mse2", "rabitq:bits=1", "turboquant_mse:bits=2", 0},
+        {"rvq1x2/mse4", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=4", 0},
+        {"q8_0/q4_0", "q8_0", "q4_0", 0},
     };
     const uint32_t batches[] = {1, 8, 32};
     const uint32_t ctxs[] = {4096, 32768, 131072};
@@ -325,6 +491,7 @@ int main(int argc, char **argv) {
     size_t free_b = 0, total_b = 0;
     for (size_t pi = 0; pi < sizeof pairs / sizeof *pairs; pi++) {
         if (quick && pi >= 4) break;
+        if (only_pair && strcmp(only_pair, pairs[pi].name) != 0) continue;
         kvq_quantizer *kq = NULL, *vq = NULL;
         kvq_cuda_quantizer *ckq = make_cq(pairs[pi].key, &kq, 1);
         kvq_cuda_quantizer *cvq = make_cq(pairs[pi].value, &vq, 2);
@@ -385,6 +552,16 @@ int main(int argc, char **argv) {
         kvq_cuda_quantizer_free(cvq);
         kvq_quantizer_free(kq);
         kvq_quantizer_free(vq);
+    }
+    /* paged: shuffled page tables, full and mixed lengths in one launch */
+    if (!quick && !only_pair) {
+        const uint32_t page_sizes[] = {16, 64};
+        for (size_t pi = 0; pi < 4; pi++) { /* fp16, q8_0, q4_0, rvq1x2/mse2 */
+            const pair *pr = &pairs[pi == 3 ? 3 : pi];
+            for (size_t k = 0; k < 2; k++) bench_paged(pr, 32, 32768, page_sizes[k], 0, stage, stage_rows, copy_gbs, s);
+            bench_paged(pr, 32, 32768, 64, 1, stage, stage_rows, copy_gbs, s);
+        }
+        for (size_t pi = 0; pi < 4; pi++) bench_prefill(&pairs[pi], 1, 32768, 64, stage, stage_rows, copy_gbs, s);
     }
     CK(cudaFree(stage));
     CK(cudaStreamDestroy(s));

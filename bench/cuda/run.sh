@@ -1,7 +1,10 @@
 #!/bin/sh
 # run.sh - build, check and time kvq's CUDA kernels on a GPU machine, then PyTorch
-# SDPA (FlashAttention) on the same shapes; a summary table comes last.
-# Usage: bench/cuda/run.sh [--quick]   (full logs under $OUT, else under build/bench-cuda)
+# SDPA (FlashAttention and memory-efficient backends) on the same shapes; a summary
+# table comes last. Usage: bench/cuda/run.sh [--quick]
+#   NCU=1   also profile the attention kernels under Nsight Compute
+#   SKIP_TESTS=1 / SKIP_SDPA=1   leave those steps out
+# Full logs go under $OUT (else build/bench-cuda).
 set -u
 OUT=${OUT:-build/bench-cuda}
 mkdir -p "$OUT"
@@ -17,46 +20,73 @@ CUDA_HOME=$(dirname "$(dirname "$(command -v nvcc)")")
 cc -std=c11 -O2 -Wall -Wextra -Werror -D_DEFAULT_SOURCE -Iinclude -I"$CUDA_HOME/include" \
   bench/cuda/bench_attn.c build/libkvq.a -L"$CUDA_HOME/lib64" -Wl,-rpath,"$CUDA_HOME/lib64" \
   -lcudart -lm -pthread -o build/bench_attn >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-make test TESTS=cuda_ >"$OUT/tests.log" 2>&1
-echo "tests: $(tail -1 "$OUT/tests.log")"
-grep -E "FAIL|error" "$OUT/tests.log" | head -20
-
-./build/bench_attn "$@" 2>&1 | tee "$OUT/bench_attn.txt"
-# where the time goes: one attention and one encode launch under Nsight Compute
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-if [ -n "$NCU" ]; then
-  for k in attend_mma encode_rows; do
-    timeout 200 "$NCU" --section SpeedOfLight --section Occupancy --section WarpStateStats \
-      --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section LaunchStats \
-      -k regex:$k -c 1 ./build/bench_attn --profile >"$OUT/ncu_$k.txt" 2>&1
-    grep -E "^  [a-z_]+.*\(|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Th|Issue Slots Busy|Achieved Occupancy|Registers Per|Executed Ipc A|No Eligible|L1/TEX Hit|Mem Busy" "$OUT/ncu_$k.txt" | head -20
-  done
+echo "build done $(date -u +%H:%M:%S)"
+# instruction mix of the attention kernels (SASS), for the profile notes
+if [ "${SASS:-0}" = 1 ] && command -v cuobjdump >/dev/null; then
+  for f in attend_mma attend_base; do cuobjdump -sass "build/src/cuda/$f.o" >"$OUT/$f.sass" 2>&1; done
 fi
-PYTHONUNBUFFERED=1 python3 bench/cuda/sdpa.py "$@" 2>&1 | tee "$OUT/sdpa.txt"
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  make test TESTS=cuda_ >"$OUT/tests.log" 2>&1
+  echo "tests: $(tail -1 "$OUT/tests.log")  $(date -u +%H:%M:%S)"
+  grep -E "^ +FAIL|^ +tests/" "$OUT/tests.log" | head -20
+fi
+
+./build/bench_attn "$@" >"$OUT/bench_attn.txt" 2>&1
+echo "bench done $(date -u +%H:%M:%S)"; grep -E "error|Error" "$OUT/bench_attn.txt" | head
+if [ "${NCU:-0}" = 1 ]; then
+  NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [ -n "$NCU_BIN" ]; then
+    for spec in "attend_mma turboquant_rvq:bits=1,residuals=2 turboquant_mse:bits=2" \
+                "attend_base fp16 fp16" "attend_base q4_0 q4_0"; do
+      set -- $spec
+      tag=$(echo "$1_$2_$3" | tr -c 'A-Za-z0-9_\n' '_')
+      timeout 120 "$NCU_BIN" --clock-control none --section SpeedOfLight --section Occupancy \
+        --section WarpStateStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+        --section LaunchStats --section InstructionStats -k regex:$1 -c 1 \
+        ./build/bench_attn --profile "$2" "$3" >"$OUT/ncu.txt.tmp" 2>&1
+      echo "== $spec" >>"$OUT/ncu.txt"; cat "$OUT/ncu.txt.tmp" >>"$OUT/ncu.txt"; rm -f "$OUT/ncu.txt.tmp"
+    done
+    grep -E "^== |Duration|DRAM Throughput|Compute \(SM\) Th|Issue Slots Busy|Achieved Occupancy|Registers Per|Executed Ipc A|No Eligible" "$OUT/ncu.txt" | head -40
+  fi
+fi
+if [ "${SKIP_SDPA:-0}" != 1 ]; then
+  PYTHONUNBUFFERED=1 python3 bench/cuda/sdpa.py "$@" >"$OUT/sdpa.txt" 2>&1
+  echo "sdpa done $(date -u +%H:%M:%S)"; tail -2 "$OUT/sdpa.txt"
+fi
 
 python3 - "$OUT" <<'PY'
-import re, sys
+import os, re, sys
 out = sys.argv[1]
 def kv(line):
     return dict(re.findall(r"(\w+)=(\S+)", line))
-ours = [kv(l) for l in open(f"{out}/bench_attn.txt") if l.startswith("ATTN") and "us=" in l]
-sdpa = {(d["batch"], d["ctx"]): d for d in (kv(l) for l in open(f"{out}/sdpa.txt")
-        if l.startswith("SDPA ") and "us=" in l)}
-copy = [kv(l) for l in open(f"{out}/bench_attn.txt") if l.startswith("COPY")]
+bench = open(f"{out}/bench_attn.txt").read().splitlines()
+ours = [kv(l) for l in bench if l.startswith("ATTN") and "us=" in l]
+sdpa = {}
+if os.path.exists(f"{out}/sdpa.txt"):
+    for l in open(f"{out}/sdpa.txt"):
+        if l.startswith("SDPA ") and "us=" in l:
+            d = kv(l)
+            sdpa[(d["backend"], d["batch"], d["ctx"])] = float(d["us"])
+copy = [kv(l) for l in bench if l.startswith("COPY")]
 lines = []
 if copy:
     lines.append(f"copy ceiling {float(copy[0]['GBps']):.0f} GB/s")
-for l in open(f"{out}/bench_attn.txt"):
+for l in bench:
     if l.startswith("ENCODE ") or l.startswith("ENCODE_WARP"):
         d = kv(l)
         tag = " (warp/vector)" if l.startswith("ENCODE_WARP") else ""
         lines.append(f"encode {d['method'] + tag:<48} {float(d['GBps']):7.0f} GB/s {float(d['pct_copy']):5.1f}% of copy")
-lines.append(f"{'pair':<14}{'batch':>6}{'ctx':>8}{'us':>10}{'GB/s':>8}{'%copy':>7}{'sdpa us':>10}{'speedup':>9}")
+nan = float("nan")
+lines.append(f"{'pair':<14}{'batch':>6}{'ctx':>8}{'us':>10}{'GB/s':>8}{'%copy':>7}{'flash us':>10}{'eff us':>10}{'vs flash':>9}{'vs eff':>8}")
 for d in ours:
-    s = sdpa.get((d["batch"], d["ctx"]))
-    su = float(s["us"]) if s else float("nan")
-    lines.append(f"{d['pair']:<14}{d['batch']:>6}{d['ctx']:>8}{float(d['us']):>10.1f}"
-                 f"{float(d['GBps']):>8.0f}{float(d['pct_copy']):>7.1f}{su:>10.1f}{su / float(d['us']):>9.2f}")
+    f = sdpa.get(("flash", d["batch"], d["ctx"]), nan)
+    e = sdpa.get(("efficient", d["batch"], d["ctx"]), nan)
+    u = float(d["us"])
+    lines.append(f"{d['pair']:<14}{d['batch']:>6}{d['ctx']:>8}{u:>10.1f}{float(d['GBps']):>8.0f}"
+                 f"{float(d['pct_copy']):>7.1f}{f:>10.1f}{e:>10.1f}{f / u:>9.2f}{e / u:>8.2f}")
+for l in bench:
+    if l.startswith("PAGED") or l.startswith("PREFILL"):
+        lines.append(l)
 open(f"{out}/summary.txt", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -1,6 +1,6 @@
 """sdpa.py - the peer figure for kvq's fused decode attention: PyTorch's
-scaled_dot_product_attention on fp16 KV, FlashAttention backend forced (sdpa_kernel
-raises if it cannot run), at the shapes bench_attn uses: Llama-3.1-8B decode
+scaled_dot_product_attention on fp16 KV, FlashAttention and memory-efficient backends
+each forced (sdpa_kernel raises if it cannot run), at the shapes bench_attn uses: Llama-3.1-8B decode
 (32 query heads, 8 KV heads, dim 128), batch 1/8/32, context 4k/32k/128k.
 Grouped-query decode is run as the 4 query heads of a group sharing their KV head
 (query [B, 8, 4, 128] against KV [B, 8, L, 128]), the layout FlashAttention decodes.
@@ -58,9 +58,11 @@ def main():
             q = torch.randn(b, N_KV, g, D, device="cuda", dtype=torch.float16)
             out = torch.empty_like(q)
 
-            def run():
-                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                    out.copy_(torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=D ** -0.5))
+            def make_run(backend):
+                def run():
+                    with sdpa_kernel(backend):
+                        out.copy_(torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=D ** -0.5))
+                return run
 
             # the forced backend must run (it raises otherwise) and agree with the math one
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
@@ -72,10 +74,16 @@ def main():
                 err = ((o_flash.float() - o_ref).norm() / o_ref.norm()).item()
             else:
                 err = float("nan")
-            ms = time_graph(run)
             bytes_ = 2 * b * N_KV * L * D * 2 + 2 * b * N_Q * D * 2
-            print(f"SDPA batch={b} ctx={L} backend=flash us={ms * 1e3:.2f} "
-                  f"GBps={bytes_ / (ms * 1e-3) / 1e9:.1f} rel_err_vs_math={err:.2e}", flush=True)
+            for name, backend in (("flash", SDPBackend.FLASH_ATTENTION),
+                                  ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+                try:
+                    ms = time_graph(make_run(backend))
+                except RuntimeError as e:  # the backend refused the shape
+                    print(f"SDPA batch={b} ctx={L} backend={name} skipped={str(e)[:60]!r}", flush=True)
+                    continue
+                print(f"SDPA batch={b} ctx={L} backend={name} us={ms * 1e3:.2f} "
+                      f"GBps={bytes_ / (ms * 1e-3) / 1e9:.1f} rel_err_vs_math={err:.2e}", flush=True)
             del k, v, q, out, o_flash
             torch.cuda.empty_cache()
             if quick and L >= 32768:

@@ -23,6 +23,7 @@ typedef struct attend_ctx {
     uint32_t qb;      /* queries per task: they share every decoded code */
     uint32_t n_split; /* split-K: token ranges per (KV head, query block); 1 = none */
     size_t split_tokens; /* tokens per range (a multiple of the attend block) */
+    size_t t_lo;      /* sliding window: no query sees a token below this one */
     float scale;
     atomic_int status; /* first failure of a quantizer call in any task */
 } attend_ctx;
@@ -258,11 +259,23 @@ static void prefetch_block(const kvq_cache *c, uint32_t g, size_t t0, size_t end
     for (size_t o = 0; o < vb; o += 64) __builtin_prefetch(v + o);
 }
 
-/* Scores of tokens a query of the block may not see yet (causal) become -inf. */
+/* Scores of tokens a query of the block may not see yet (causal), or no longer (sliding
+ * window), become -inf. */
 static void mask_block(const attend_ctx *A, kvqi_attend_scratch *s, size_t first_visible_end,
                        uint32_t nqb, size_t t0, size_t nb) {
+    size_t B = KVQI_ATTEND_BLOCK, SW = A->c->cfg.sliding_window;
+    if (SW && first_visible_end + nqb - 1 > SW && t0 < first_visible_end + nqb - 1 - SW) {
+        for (uint32_t qi = 0; qi < nqb; qi++) {
+            size_t vis = first_visible_end + qi; /* query qi sees tokens < vis */
+            if (vis <= SW) continue;
+            size_t lo = vis - SW;                /* ... and >= lo */
+            for (uint32_t h = 0; h < A->G; h++) {
+                float *sc = s->scores + ((size_t)qi * A->G + h) * B;
+                for (size_t t = 0; t < nb && t0 + t < lo; t++) sc[t] = -INFINITY;
+            }
+        }
+    }
     if (t0 + nb <= first_visible_end) return;
-    size_t B = KVQI_ATTEND_BLOCK;
     for (uint32_t qi = 0; qi < nqb; qi++) {
         size_t lim = first_visible_end + qi; /* query qi sees tokens < lim */
         for (uint32_t h = 0; h < A->G; h++) {
@@ -324,7 +337,10 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
         }
         if (c->key.path == KVQI_PATH_ROT) {
             /* the rotated query in lane order: lane p = <row p of R, x> */
-            c->kern->score_f32(tmp, 1, d, (const uint8_t *)c->key.rotation, d * sizeof(float), d, qk, d);
+            if (c->key.rotation_h)
+                c->kern->score_f16(tmp, 1, d, (const uint8_t *)c->key.rotation_h, d * sizeof(uint16_t), d, qk, d);
+            else
+                c->kern->score_f32(tmp, 1, d, (const uint8_t *)c->key.rotation, d * sizeof(float), d, qk, d);
             if (use_i8(c)) quantize_query(c, s, v, qk);
         } else if (c->key.path == KVQI_PATH_SIGNS) {
             /* z = P x, its sum and its table; the mse part's rotated query */
@@ -418,7 +434,12 @@ static void finish_task(const attend_ctx *A, const task_view *T, kvqi_attend_scr
         size_t qi = v / A->G, h = v % A->G;
         float *o = A->out + ((T->i0 + qi) * A->n_q_heads + (size_t)T->g * A->G + h) * d;
         float *ax = s->acc_x + (size_t)v * d;
-        if (c->value.path == KVQI_PATH_ROT) /* R^T acc = sum_p acc_p (row p of R) */
+        if (c->value.path == KVQI_PATH_ROT && c->value.rotation_h) /* the same from fp16 rows */
+            for (uint32_t p0 = 0; p0 < d; p0 += KVQI_MAX_BLOCK_TOKENS)
+                c->kern->accum_f16(s->acc + (size_t)v * d + p0, d, 1, d,
+                                   (const uint8_t *)(c->value.rotation_h + (size_t)p0 * d),
+                                   d * sizeof(uint16_t), KVQI_MIN((size_t)KVQI_MAX_BLOCK_TOKENS, (size_t)(d - p0)), ax);
+        else if (c->value.path == KVQI_PATH_ROT) /* R^T acc = sum_p acc_p (row p of R) */
             c->kern->axpy_rows(c->value.rotation, s->acc + (size_t)v * d, d, d, ax);
         else
             for (uint32_t j = 0; j < d; j++) ax[j] += s->acc[(size_t)v * d + j];
@@ -429,6 +450,12 @@ static void finish_task(const attend_ctx *A, const task_view *T, kvqi_attend_scr
 
 /* One KV head and a block of up to qb queries: the block's query heads act as G * qb
  * heads of one group, so each code is decoded once for all of them. */
+/* The first token any query of the task can see (sliding window; else 0). */
+static size_t task_low(const attend_ctx *A, const task_view *T) {
+    size_t SW = A->c->cfg.sliding_window;
+    return SW && T->first_visible > SW ? T->first_visible - SW : 0;
+}
+
 static void attend_task(void *vctx, size_t task, unsigned thread) {
     attend_ctx *A = vctx;
     kvq_cache *c = A->c;
@@ -436,7 +463,7 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
     kvqi_attend_scratch *s = &c->scratch[thread];
     carve(s, c, T.Gt);
     prepare_queries(A, &T, s);
-    attend_range(A, &T, s, 0, T.visible);
+    attend_range(A, &T, s, task_low(A, &T), T.visible);
     finish_task(A, &T, s);
 }
 
@@ -449,8 +476,9 @@ static void attend_split_task(void *vctx, size_t task, unsigned thread) {
     kvqi_attend_scratch *s = &c->scratch[thread];
     carve(s, c, T.Gt);
     prepare_queries(A, &T, s);
-    size_t b = part * A->split_tokens;
+    size_t b = A->t_lo + part * A->split_tokens;
     size_t e = part + 1 == A->n_split ? T.visible : KVQI_MIN(T.visible, b + A->split_tokens);
+    b = KVQI_MAX(b, task_low(A, &T));
     if (b < e) attend_range(A, &T, s, b, e);
     size_t Gt = T.Gt, d = c->dim;
     float *p = c->partials + task * partial_floats(c, A->G * A->qb);
@@ -537,9 +565,11 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
     /* split-K when there are fewer (KV head, query block) tasks than threads: decode of
      * a model with few KV heads */
     size_t first_visible = c->n_tokens - n_queries + 1;
-    A.n_split = choose_splits(n_tasks, n_threads, first_visible);
+    size_t SW = c->cfg.sliding_window;
+    A.t_lo = SW && first_visible > SW ? first_visible - SW : 0;
+    A.n_split = choose_splits(n_tasks, n_threads, first_visible - A.t_lo);
     if (A.n_split > 1) {
-        size_t per = (first_visible + A.n_split - 1) / A.n_split;
+        size_t per = (first_visible - A.t_lo + A.n_split - 1) / A.n_split;
         A.split_tokens = (per + KVQI_ATTEND_BLOCK - 1) / KVQI_ATTEND_BLOCK * KVQI_ATTEND_BLOCK;
         size_t need;
         if (kvqi_mul_size(n_tasks * A.n_split, partial_floats(c, G * qb), &need) != KVQ_OK)

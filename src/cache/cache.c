@@ -470,6 +470,24 @@ static kvq_status choose_path(kvqi_side *s, uint32_t dim, int is_key) {
     return st;
 }
 
+/* A rotated side's matrix in half the bytes when nothing is lost: every entry within
+ * float rounding of an fp16 number (read back through decode, +-2^-k comes back as
+ * +-2^-k (1 + 1e-7)). */
+static kvq_status rotation_to_fp16(kvqi_side *s, uint32_t dim) {
+    if (s->path != KVQI_PATH_ROT || !s->rotation) return KVQ_OK;
+    size_t n = (size_t)dim * dim;
+    for (size_t i = 0; i < n; i++) {
+        float r = s->rotation[i], h = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(r));
+        if (!(fabsf(h - r) <= 1e-5f * fabsf(r))) return KVQ_OK;
+    }
+    s->rotation_h = kvqi_alloc_array(n, sizeof(uint16_t));
+    if (!s->rotation_h) return KVQ_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) s->rotation_h[i] = kvqi_fp32_to_fp16(s->rotation[i]);
+    kvqi_free(s->rotation);
+    s->rotation = NULL;
+    return KVQ_OK;
+}
+
 /* ---------------------------------------------------------- create / free */
 
 static kvq_status validate_config(const kvq_cache_config *cfg) {
@@ -496,7 +514,10 @@ static kvq_status side_create(kvqi_side *s, const kvq_config *qc, uint32_t dim, 
 
 static void side_free(kvqi_side *s) {
     kvq_quantizer_free(s->quant);
-    if (!s->rotation_borrowed) kvqi_free(s->rotation);
+    if (!s->rotation_borrowed) {
+        kvqi_free(s->rotation);
+        kvqi_free(s->rotation_h);
+    }
     kvqi_free(s->proj);
     memset(s, 0, sizeof *s);
 }
@@ -504,6 +525,20 @@ static void side_free(kvqi_side *s) {
 static void free_chunks(kvq_cache *c) {
     for (size_t i = 0; i < c->n_chunks; i++) kvqi_free(c->chunks[i]);
     c->n_chunks = 0;
+    c->first_chunk = 0;
+}
+
+/* Sliding window: the lowest position a query of an append starting at `first_new` can
+ * see, and the chunks wholly below it freed. */
+static size_t slide(kvq_cache *c, size_t first_new) {
+    size_t SW = c->cfg.sliding_window;
+    if (!SW || first_new + 1 <= SW) return 0;
+    size_t lo = first_new + 1 - SW, C = c->cfg.chunk_tokens;
+    while (c->first_chunk < c->n_chunks && (c->first_chunk + 1) * C <= lo) {
+        kvqi_free(c->chunks[c->first_chunk]);
+        c->chunks[c->first_chunk++] = NULL;
+    }
+    return lo;
 }
 
 static void free_scratch(kvq_cache *c) {
@@ -587,6 +622,13 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
         c->value.rotation = c->key.rotation;
         c->value.rotation_borrowed = 1;
     }
+    if ((st = rotation_to_fp16(&c->key, c->dim)) != KVQ_OK) goto fail;
+    if (c->value.rotation_borrowed) {
+        c->value.rotation = c->key.rotation;
+        c->value.rotation_h = c->key.rotation_h;
+    } else if ((st = rotation_to_fp16(&c->value, c->dim)) != KVQ_OK) {
+        goto fail;
+    }
     if (c->cfg.n_sink > 0) {
         size_t w;
         if ((st = kvqi_mul_size(row, c->cfg.n_sink, &w)) != KVQ_OK) goto fail;
@@ -661,6 +703,10 @@ static kvq_status ensure_chunks(kvq_cache *c, size_t n_tokens) {
         c->chunk_table_cap = cap;
     }
     while (c->n_chunks < need) {
+        if (c->n_chunks < c->first_chunk) { /* freed by the sliding window, never read */
+            c->chunks[c->n_chunks++] = NULL;
+            continue;
+        }
         uint8_t *ch = kvqi_alloc_array(c->chunk_bytes, 1);
         if (!ch) return KVQ_ERR_NOMEM;
         c->chunks[c->n_chunks++] = ch;
@@ -848,6 +894,9 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     }
     /* tokens leaving the window (or every token, without one) are encoded */
     size_t coded_end = ready ? (end > W ? end - W : 0) : 0;
+    /* a sliding window: tokens no query of this append (or later) can see need no codes */
+    size_t lo = slide(c, c->n_tokens);
+    if (ready && c->n_coded < lo) c->n_coded = KVQI_MIN(lo, coded_end);
     if (coded_end > c->n_coded) {
         if ((st = ensure_chunks(c, coded_end)) != KVQ_OK) return st;
         if (!c->coded) {
@@ -876,6 +925,7 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
             rows_to_fp16(c->win_v + slot * row, v + t * row, row);
         }
     }
+    c->last_append = c->n_tokens;
     c->n_tokens = end;
     if (c->coded && c->stage_k) { /* every staged token is coded or in the ring now */
         kvqi_free(c->stage_k);
@@ -891,6 +941,8 @@ KVQ_API kvq_status kvq_cache_attend(kvq_cache *c, const float *q, uint32_t n_q_h
     if (!c || !q || !out || n_q_heads == 0 || n_queries == 0) return KVQ_ERR_INVALID_ARG;
     if (n_q_heads % c->n_kv != 0) return KVQ_ERR_MISMATCH;
     if (n_queries > c->n_tokens) return KVQ_ERR_INVALID_ARG;
+    /* a sliding-window cache holds what the last append's queries can see */
+    if (c->cfg.sliding_window && n_queries > c->n_tokens - c->last_append) return KVQ_ERR_INVALID_ARG;
     if (!(scale > 0.0f) || !isfinite(scale)) return KVQ_ERR_INVALID_ARG;
     return kvqi_cache_attend_impl(c, q, n_q_heads, n_queries, scale, pool, out);
 }
@@ -912,9 +964,12 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     m->shared = kvq_shared_size(c->key.quant) + kvq_shared_size(c->value.quant);
     if (c->key_mean) m->shared += row * sizeof(float);
     /* the rotations read back for the fused path (one when keys and values share it) */
-    if (c->key.rotation) m->shared += (uint64_t)c->dim * c->dim * sizeof(float);
-    if (c->value.rotation && !c->value.rotation_borrowed)
-        m->shared += (uint64_t)c->dim * c->dim * sizeof(float);
+    for (int side = 0; side < 2; side++) {
+        const kvqi_side *S = side ? &c->value : &c->key;
+        if (side && S->rotation_borrowed) continue;
+        if (S->rotation) m->shared += (uint64_t)c->dim * c->dim * sizeof(float);
+        if (S->rotation_h) m->shared += (uint64_t)c->dim * c->dim * sizeof(uint16_t);
+    }
     /* the sign keys' projection read back */
     if (c->key.proj) m->shared += (uint64_t)c->key.signs.m * c->dim * sizeof(float);
     m->overhead = sizeof *c + (uint64_t)c->chunk_table_cap * sizeof(uint8_t *) +
@@ -930,13 +985,15 @@ KVQ_API kvq_status kvq_cache_memory(const kvq_cache *c, kvq_cache_memory_info *m
     if (!c || !m) return KVQ_ERR_INVALID_ARG;
     memset(m, 0, sizeof *m);
     fixed_parts(c, m);
-    uint64_t coded = c->n_coded;
+    /* codes held: the coded tokens the sliding window has not freed */
+    uint64_t freed = (uint64_t)c->first_chunk * c->cfg.chunk_tokens;
+    uint64_t coded = c->n_coded > freed ? c->n_coded - freed : 0;
     m->key_codes = coded * c->n_kv * c->key.code_size;
     m->value_codes = coded * c->n_kv * c->value.code_size;
     uint64_t outlier_values = coded * c->n_kv * c->n_out * sizeof(uint16_t);
     m->outliers += outlier_values;
     /* arena bytes not (yet) holding codes: the tail of the last chunk */
-    uint64_t arena = (uint64_t)c->n_chunks * c->chunk_bytes;
+    uint64_t arena = (uint64_t)(c->n_chunks - KVQI_MIN(c->first_chunk, c->n_chunks)) * c->chunk_bytes;
     m->overhead += arena - (m->key_codes + m->value_codes + outlier_values);
     m->n_tokens = c->n_tokens;
     m->total = m->key_codes + m->value_codes + m->window + m->outliers + m->shared + m->overhead;

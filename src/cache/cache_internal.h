@@ -34,6 +34,9 @@ typedef struct kvqi_side {
     kvqi_rot_layout rot;     /* PATH_ROT */
     float *rotation;         /* PATH_ROT: dim x dim, row p = output lane p of the rotation
                                 (rows in the kernels' lane order) */
+    uint16_t *rotation_h;    /* PATH_ROT: the same matrix in fp16 when every entry is an
+                                fp16 number (randomized Hadamard at dim 4^k: +-2^-k);
+                                `rotation` is NULL then */
     int rotation_borrowed;   /* values: the keys' matrix, identical, not owned */
     kvqi_sign_layout signs;  /* PATH_SIGNS */
     float *proj;             /* PATH_SIGNS: m x dim, z = proj q */
@@ -73,6 +76,8 @@ struct kvq_cache {
      * then value codes [head][C][value.code_size], then outliers [head][n_out][C] fp16 */
     uint8_t **chunks;
     size_t n_chunks, chunk_table_cap;
+    size_t first_chunk; /* sliding window: chunks below this one are freed (NULL) */
+    size_t last_append; /* position of the first token of the last append */
     size_t chunk_bytes, off_value, off_outliers;
 
     /* tokens [0, n_coded) have codes in the arena; the rest are exact: in the stage

@@ -178,6 +178,20 @@ typedef struct kvqi_st_meta {
     const char *value;
 } kvqi_st_meta;
 
+/* Crash-safe replacement of a file (atomic_file.c): begin creates PATH.tmp.XXXXXX
+ * beside PATH (first removing stale temps of PATH that no live writer holds), the
+ * caller writes af->f, commit(write_ok) fsyncs and renames it over PATH (or, when
+ * write_ok is 0 or anything fails, removes it: KVQ_ERR_IO); abort removes it. */
+typedef struct kvqi_atomic_file {
+    FILE *f;
+    char *tmp, *path;
+} kvqi_atomic_file;
+kvq_status kvqi_atomic_begin(const char *path, kvqi_atomic_file *af);
+kvq_status kvqi_atomic_commit(kvqi_atomic_file *af, int write_ok);
+void kvqi_atomic_abort(kvqi_atomic_file *af);
+/* Remove PATH.tmp.XXXXXX files left by writers that died (no flock held on them). */
+void kvqi_atomic_remove_stale(const char *path);
+
 /* Write tensors and string metadata ("__metadata__") crash-safely: temp file in the
  * same directory, fsync, rename. Tensor names must be unique. */
 kvq_status kvqi_st_write(const char *path, const kvqi_st_tensor *tensors, size_t n_tensors,
@@ -187,6 +201,9 @@ kvq_status kvqi_st_write(const char *path, const kvqi_st_tensor *tensors, size_t
  * against the file, no overlap, dtype sizes consistent. */
 typedef struct kvqi_st_file kvqi_st_file;
 kvq_status kvqi_st_read(const char *path, kvqi_st_file **out);
+/* Why kvqi_st_read(path) failed with st, in words: "No such file or directory", "is a
+ * directory, not a file", ... (a static string). */
+const char *kvqi_st_read_why(const char *path, kvq_status st);
 /* Same from memory (copied). */
 kvq_status kvqi_st_read_mem(const void *buf, size_t size, kvqi_st_file **out);
 void kvqi_st_free(kvqi_st_file *f);

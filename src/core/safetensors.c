@@ -1,7 +1,7 @@
 /* safetensors.c - the safetensors format (Hugging Face): 8-byte little-endian header
  * length, a JSON header {"name": {"dtype", "shape", "data_offsets"}, "__metadata__":
- * {str: str}}, then the tensor bytes. The writer is crash-safe (temp file in the same
- * directory, fsync, rename); the reader trusts nothing: a strict JSON subset parser and
+ * {str: str}}, then the tensor bytes. The writer is crash-safe (atomic_file.c: temp file
+ * in the same directory, fsync, rename; stale temps of killed runs removed); the reader trusts nothing: a strict JSON subset parser and
  * full checks of every size and offset, any violation is KVQ_ERR_FORMAT.
  * Data offsets are contiguous and unpadded as the format requires. The reader places the
  * data area 64-byte aligned in memory and the writer lays tensors out by element size,
@@ -191,29 +191,13 @@ kvq_status kvqi_st_write(const char *path, const kvqi_st_tensor *tensors, size_t
         return KVQ_ERR_NOMEM;
     }
 
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16);
-    if (!tmp) {
+    kvqi_atomic_file af;
+    kvq_status st = kvqi_atomic_begin(path, &af);
+    if (st != KVQ_OK) {
         free(h.p);
-        return KVQ_ERR_NOMEM;
+        return st;
     }
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp.XXXXXX", 12);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        free(tmp);
-        free(h.p);
-        return KVQ_ERR_IO;
-    }
-    (void)fchmod(fd, 0644);
-    FILE *f = fdopen(fd, "wb");
-    if (!f) {
-        close(fd);
-        unlink(tmp);
-        free(tmp);
-        free(h.p);
-        return KVQ_ERR_IO;
-    }
+    FILE *f = af.f;
     uint8_t len_le[8];
     for (int i = 0; i < 8; i++) len_le[i] = (uint8_t)((uint64_t)h.len >> (8 * i));
     int ok = write_all(f, len_le, 8) && write_all(f, h.p, h.len);
@@ -221,25 +205,8 @@ kvq_status kvqi_st_write(const char *path, const kvqi_st_tensor *tensors, size_t
         for (size_t i = 0; ok && i < n_tensors; i++)
             if (k_dtypes[tensors[i].dtype].size == size)
                 ok = write_all(f, tensors[i].data, tensors[i].nbytes);
-    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    ok = (fclose(f) == 0) && ok;
-    ok = ok && rename(tmp, path) == 0;
-    if (!ok) unlink(tmp);
-    free(tmp);
     free(h.p);
-    if (!ok) return KVQ_ERR_IO;
-    /* make the rename itself durable: fsync the directory (best effort) */
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, (size_t)(slash - path) + 1) : strdup(".");
-    if (dir) {
-        int dfd = open(dir, O_RDONLY);
-        if (dfd >= 0) {
-            (void)fsync(dfd);
-            close(dfd);
-        }
-        free(dir);
-    }
-    return KVQ_OK;
+    return kvqi_atomic_commit(&af, ok);
 }
 
 /* ------------------------------------------------------------------ reader */
@@ -710,6 +677,16 @@ kvq_status kvqi_st_read(const char *path, kvqi_st_file **out) {
         return read_err ? KVQ_ERR_IO : KVQ_ERR_FORMAT;
     }
     return st_finish(mem, pad, size, out);
+}
+
+const char *kvqi_st_read_why(const char *path, kvq_status st) {
+    struct stat sb;
+    if (st == KVQ_ERR_IO && path) {
+        if (stat(path, &sb) != 0) return strerror(errno);
+        if (S_ISDIR(sb.st_mode)) return "is a directory, not a file";
+        if (!S_ISREG(sb.st_mode)) return "is not a regular file";
+    }
+    return kvq_strerror(st);
 }
 
 size_t kvqi_st_count(const kvqi_st_file *f) { return f ? f->n_tensors : 0; }

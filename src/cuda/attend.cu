@@ -18,6 +18,7 @@
 #include "cuda/warp_math.cuh"
 
 #define LOG2E 1.4426950408889634f
+#define KVQC_CHUNK_MIN 128
 #define GMAX 8
 #define ATT_WARPS 4
 
@@ -147,9 +148,10 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attend_simt_kernel(kvqc_attn_a
     }
     __syncthreads();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z; /* b: query row */
+    const int seq = b / a.q_per_seq;
     const int G = a.group;
-    const int len = a.seq_lens[b];
+    const int len = a.seq_lens[seq];
     const int t0 = split * a.chunk;
     const int t1 = min(len, t0 + a.chunk);
     float q[GMAX][E], acc[GMAX][E], m[GMAX], l[GMAX];
@@ -163,11 +165,11 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attend_simt_kernel(kvqc_attn_a
             q[g][e] = g < G ? a.qr[((size_t)b * a.n_q_heads + h * G + g) * D + lane + 32 * e] : 0.0f;
         }
     }
-    const size_t seq_base = ((size_t)b * a.n_kv_heads + h) * (size_t)a.capacity;
     for (int t = t0 + warp; t < t1; t += ATT_WARPS) {
         float k[E], v[E];
-        decode_vec<E>(a.kf, s_cen[0], s_cen2[0], a.k_codes + (seq_base + t) * a.kf.code_size, lane, true, k);
-        decode_vec<E>(a.vf, s_cen[1], s_cen2[1], a.v_codes + (seq_base + t) * a.vf.code_size, lane, false, v);
+        const size_t row = kvqc_row(a, seq, h, t);
+        decode_vec<E>(a.kf, s_cen[0], s_cen2[0], a.k_codes + row * a.kf.code_size, lane, true, k);
+        decode_vec<E>(a.vf, s_cen[1], s_cen2[1], a.v_codes + row * a.vf.code_size, lane, false, v);
 #pragma unroll
         for (int g = 0; g < GMAX; g++) {
             if (g >= G) break;
@@ -201,23 +203,29 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attend_simt_kernel(kvqc_attn_a
 
 #define COMBINE_THREADS 128
 
-/* One block per (sequence, query head): the splits' maxima in parallel, then thread i
- * sums coordinate i over the splits (coalesced), then one warp rotates back. */
+/* One block per (query row, query head): the splits' maxima in parallel, then thread i
+ * sums coordinate i over the splits (coalesced), then one warp rotates back. Slots past
+ * n_split (prefill: the exact new tokens) always count. */
 template <int E>
 __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const kvqc_params *vp,
                                                                   const float *partial, int n_split,
-                                                                  const int32_t *seq_lens, int chunk,
+                                                                  int n_slots, const int32_t *seq_lens,
+                                                                  int q_per_seq, int chunk,
                                                                   int n_q_heads, float *out) {
     __shared__ float s_red[COMBINE_THREADS / 32];
     __shared__ float s_out[32 * E];
     const int D = 32 * E, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int hq = blockIdx.x, b = blockIdx.y;
     size_t row = (size_t)b * n_q_heads + hq;
-    const float *p = partial + row * n_split * (D + 2);
-    int used = (seq_lens[b] + chunk - 1) / chunk;
+    const float *p = partial + row * n_slots * (D + 2);
+    int used = (seq_lens[b / q_per_seq] + chunk - 1) / chunk;
     if (used > n_split) used = n_split;
+    if (used < 0) used = 0;
+    const int n_used = used + (n_slots - n_split);
+    /* slot of the u-th used partial */
+#define SLOT(u) ((u) < used ? (u) : n_split + (u) - used)
     float M = -INFINITY;
-    for (int s = tid; s < used; s += COMBINE_THREADS) M = fmaxf(M, p[s * (D + 2) + D]);
+    for (int u = tid; u < n_used; u += COMBINE_THREADS) M = fmaxf(M, p[SLOT(u) * (D + 2) + D]);
     M = kvqc_warp_max(M);
     if (lane == 0) s_red[warp] = M;
     __syncthreads();
@@ -225,16 +233,20 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const kvqc_par
     for (int w = 1; w < COMBINE_THREADS / 32; w++) M = fmaxf(M, s_red[w]);
     for (int i = tid; i < D; i += COMBINE_THREADS) {
         float acc = 0.0f, L = 0.0f;
-        if (M != -INFINITY)
-            for (int s = 0; s < used; s++) {
-                float ms = p[s * (D + 2) + D];
-                if (ms == -INFINITY) continue;
-                float w = exp2f(ms - M);
-                L += p[s * (D + 2) + D + 1] * w;
-                acc += p[s * (D + 2) + i] * w;
+        /* branch-free so the loads of several splits are in flight at once; an empty
+         * split stores acc = sum = 0 and max = -inf (weight exp2(-inf) = 0) */
+        if (M != -INFINITY) {
+#pragma unroll 4
+            for (int u = 0; u < n_used; u++) {
+                const float *ps = p + SLOT(u) * (D + 2);
+                float w = exp2f(ps[D] - M);
+                L += ps[D + 1] * w;
+                acc += ps[i] * w;
             }
+        }
         s_out[i] = L > 0.0f ? acc / L : 0.0f;
     }
+#undef SLOT
     __syncthreads();
     if (warp != 0) return;
     float v[E];
@@ -251,24 +263,97 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const kvqc_par
     for (int e = 0; e < E; e++) out[row * D + lane + 32 * e] = v[e];
 }
 
+/* ------------------------------------------------- prefill: exact new tokens */
+
+/* One warp per (query row z, query head): query i of sequence b attends to the new tokens
+ * 0..i of its sequence, given exactly; the weighted sum of values is moved to the value
+ * quantizer's rotated domain (the transform is linear, so once at the end) and stored as
+ * partial slot `slot`, which the merge pass adds to the compressed context's splits. */
+template <int E>
+__global__ void __launch_bounds__(32) exact_kernel(const kvqc_params *vp, int dtype, const void *q,
+                                                   const void *k_new, const void *v_new, int n_new,
+                                                   int n_q_heads, int n_kv_heads, int group, float scale,
+                                                   float *partial, int n_slots, int slot) {
+    const int lane = threadIdx.x, D = 32 * E;
+    const int hq = blockIdx.x, z = blockIdx.y;
+    const int b = z / n_new, i = z % n_new, h = hq / group;
+    size_t row = (size_t)z * n_q_heads + hq;
+    float qv[E], acc[E];
+    kvqc_load_row<E>(q, dtype, row, lane, qv);
+    const float s = scale * LOG2E;
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+        qv[e] *= s;
+        acc[e] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int j = 0; j <= i; j++) {
+        size_t kv_row = ((size_t)b * n_new + j) * n_kv_heads + h;
+        float k[E], v[E];
+        kvqc_load_row<E>(k_new, dtype, kv_row, lane, k);
+        kvqc_load_row<E>(v_new, dtype, kv_row, lane, v);
+        float sdot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < E; e++) sdot += qv[e] * k[e];
+        sdot = kvqc_warp_sum(sdot);
+        float mn = fmaxf(m, sdot);
+        float alpha = exp2f(m - mn), p = exp2f(sdot - mn);
+        l = l * alpha + p;
+#pragma unroll
+        for (int e = 0; e < E; e++) acc[e] = acc[e] * alpha + p * v[e];
+        m = mn;
+    }
+    if (vp->rotate) {
+        kvqc_apply_signs<E>(acc, vp->sign_bits, lane);
+        kvqc_fwht<E>(acc, lane);
+#pragma unroll
+        for (int e = 0; e < E; e++) acc[e] *= vp->had_scale;
+    }
+    float *dst = partial + (row * n_slots + slot) * (D + 2);
+#pragma unroll
+    for (int e = 0; e < E; e++) dst[lane + 32 * e] = acc[e];
+    if (lane == 0) {
+        dst[D] = m;
+        dst[D + 1] = l;
+    }
+}
+
 /* ---------------------------------------------------------- host side */
 
+/* What one call attends over: the page pool, its table (NULL: contiguous, one page per
+ * sequence of page_size = capacity tokens) and the number of query rows per sequence. */
+typedef struct call_shape {
+    const uint8_t *k_codes, *v_codes;
+    const int32_t *page_table;
+    uint32_t page_size, max_pages;
+    uint32_t q_per_seq; /* 1: decode; n_new: prefill */
+    int prefill;
+} call_shape;
+
 static int use_mma(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
-                   const kvq_cuda_attn_desc *d) {
-    return d->head_dim == 128 && !(d->flags & KVQ_CUDA_ATTN_GENERIC) && d->capacity % 16 == 0 &&
+                   const kvq_cuda_attn_desc *d, const call_shape *c) {
+    return d->head_dim == 128 && !(d->flags & KVQ_CUDA_ATTN_GENERIC) && c->page_size % 16 == 0 &&
            kvqc_mma_supports(&kq->p, &vq->p, (int)(d->n_q_heads / d->n_kv_heads));
+}
+
+static int use_base(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
+                    const kvq_cuda_attn_desc *d, const call_shape *c) {
+    return d->head_dim == 128 && !(d->flags & KVQ_CUDA_ATTN_GENERIC) && c->page_size % 16 == 0 &&
+           kvqc_base_supports(&kq->p, &vq->p, (int)(d->n_q_heads / d->n_kv_heads));
 }
 
 /* Split the context so the grid fills whole waves of resident blocks: the smallest
  * split count whose last wave is at least 90% full (else the fullest). Chunks are
  * multiples of KVQC_CHUNK_ALIGN tokens. */
 static void plan(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
-                 const kvq_cuda_attn_desc *d, uint32_t *n_split, uint32_t *chunk) {
+                 const kvq_cuda_attn_desc *d, const call_shape *c, uint32_t *n_split, uint32_t *chunk) {
     size_t max_len = d->max_len ? d->max_len : 1;
-    size_t base = (size_t)d->batch * d->n_kv_heads;
+    size_t base = (size_t)d->batch * c->q_per_seq * d->n_kv_heads;
     int per_sm = 1;
-    if (use_mma(kq, vq, d)) {
+    if (use_mma(kq, vq, d, c)) {
         per_sm = kvqc_mma_blocks_per_sm(&kq->p, &vq->p);
+    } else if (use_base(kq, vq, d, c)) {
+        per_sm = kvqc_base_blocks_per_sm(&kq->p, &vq->p);
     } else {
         void (*fn)(kvqc_attn_args) = d->head_dim == 64 ? attend_simt_kernel<2>
                                      : d->head_dim == 128 ? attend_simt_kernel<4>
@@ -280,20 +365,22 @@ static void plan(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
         if (per_sm < 1) per_sm = 1;
     }
     size_t slots = (size_t)kq->n_sm * per_sm;
-    size_t max_split = (max_len + KVQC_CHUNK_ALIGN - 1) / KVQC_CHUNK_ALIGN;
+    /* chunks of at least KVQC_CHUNK_MIN tokens: below that, a block's fixed costs (query
+     * fragments, first tile latency, its share of the merge) outweigh its work */
+    size_t max_split = (max_len + KVQC_CHUNK_MIN - 1) / KVQC_CHUNK_MIN;
     size_t limit = 4 * ((slots + base - 1) / base) + 1;
     if (limit > max_split) limit = max_split;
     double best_eff = -1.0;
-    size_t best_c = max_split * KVQC_CHUNK_ALIGN;
+    size_t best_c = (max_len + KVQC_CHUNK_ALIGN - 1) / KVQC_CHUNK_ALIGN * KVQC_CHUNK_ALIGN;
     for (size_t s = 1; s <= limit; s++) {
-        size_t c = (max_len + s - 1) / s;
-        c = (c + KVQC_CHUNK_ALIGN - 1) / KVQC_CHUNK_ALIGN * KVQC_CHUNK_ALIGN;
-        size_t ns = (max_len + c - 1) / c, ctas = base * ns;
+        size_t cc = (max_len + s - 1) / s;
+        cc = (cc + KVQC_CHUNK_ALIGN - 1) / KVQC_CHUNK_ALIGN * KVQC_CHUNK_ALIGN;
+        size_t ns = (max_len + cc - 1) / cc, ctas = base * ns;
         size_t waves = (ctas + slots - 1) / slots;
         double eff = (double)ctas / (double)(waves * slots);
         if (eff > best_eff + 1e-9) {
             best_eff = eff;
-            best_c = c;
+            best_c = cc;
         }
         if (eff >= 0.9) break;
     }
@@ -301,12 +388,13 @@ static void plan(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
     *n_split = (uint32_t)((max_len + best_c - 1) / best_c);
 }
 
+/* capacity: tokens a sequence can hold in this layout (contiguous: desc->capacity). */
 static kvq_status check_desc(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
-                             const kvq_cuda_attn_desc *d) {
+                             const kvq_cuda_attn_desc *d, uint64_t capacity) {
     if (!kq || !vq || !d) return KVQ_ERR_INVALID_ARG;
-    if (d->batch == 0 || d->n_q_heads == 0 || d->n_kv_heads == 0 || d->capacity == 0)
+    if (d->batch == 0 || d->n_q_heads == 0 || d->n_kv_heads == 0 || capacity == 0)
         return KVQ_ERR_INVALID_ARG;
-    if (d->n_q_heads % d->n_kv_heads != 0 || d->max_len > d->capacity) return KVQ_ERR_INVALID_ARG;
+    if (d->n_q_heads % d->n_kv_heads != 0 || d->max_len > capacity) return KVQ_ERR_INVALID_ARG;
     if (d->q_dtype != KVQ_CUDA_F32 && d->q_dtype != KVQ_CUDA_F16 && d->q_dtype != KVQ_CUDA_BF16)
         return KVQ_ERR_INVALID_ARG;
     if (kq->cfg.dim != d->head_dim || vq->cfg.dim != d->head_dim) return KVQ_ERR_MISMATCH;
@@ -314,25 +402,25 @@ static kvq_status check_desc(const kvq_cuda_quantizer *kq, const kvq_cuda_quanti
     if (d->head_dim != 64 && d->head_dim != 128 && d->head_dim != 256) return KVQ_ERR_UNSUPPORTED;
     if (kq->p.kind == KVQC_QJL && kq->p.m != (int)d->head_dim) return KVQ_ERR_UNSUPPORTED;
     if (vq->p.kind == KVQC_QJL) return KVQ_ERR_UNSUPPORTED;
+    if (d->n_q_heads > 65535 || d->n_kv_heads > 65535) return KVQ_ERR_UNSUPPORTED;
     return KVQ_OK;
 }
 
-static size_t ws_floats(const kvq_cuda_attn_desc *d, uint32_t n_split) {
-    size_t rows = (size_t)d->batch * d->n_q_heads;
-    return rows * d->head_dim + rows * n_split * (d->head_dim + 2);
+static kvq_status check_pages(const kvq_cuda_attn_desc *d, const kvq_cuda_pages *pg,
+                              uint64_t *capacity) {
+    if (!pg || pg->page_size == 0 || pg->max_pages == 0) return KVQ_ERR_INVALID_ARG;
+    if (!pg->page_table_dev && pg->max_pages != 1) return KVQ_ERR_INVALID_ARG;
+    *capacity = (uint64_t)pg->page_size * pg->max_pages;
+    (void)d;
+    return KVQ_OK;
 }
 
-extern "C" KVQ_API kvq_status kvq_cuda_attend_workspace(const kvq_cuda_quantizer *key,
-                                                        const kvq_cuda_quantizer *value,
-                                                        const kvq_cuda_attn_desc *desc,
-                                                        size_t *bytes) {
-    if (!bytes) return KVQ_ERR_INVALID_ARG;
-    kvq_status st = check_desc(key, value, desc);
-    if (st != KVQ_OK) return st;
-    uint32_t n_split, chunk;
-    plan(key, value, desc, &n_split, &chunk);
-    *bytes = ws_floats(desc, n_split) * sizeof(float);
-    return KVQ_OK;
+/* Workspace in floats, or 0 when it would overflow. */
+static size_t ws_floats(const kvq_cuda_attn_desc *d, uint32_t q_per_seq, uint32_t n_slots) {
+    uint64_t rows = (uint64_t)d->batch * q_per_seq * d->n_q_heads;
+    uint64_t n = rows * d->head_dim + rows * n_slots * (d->head_dim + 2);
+    if (rows / d->n_q_heads / q_per_seq != d->batch || n > ((uint64_t)1 << 60)) return 0;
+    return (size_t)n;
 }
 
 static kvqc_fmt fmt_of(const kvqc_params *p) {
@@ -346,26 +434,139 @@ static kvqc_fmt fmt_of(const kvqc_params *p) {
     return f;
 }
 
+typedef struct extra_in {
+    const void *k_new, *v_new;
+} extra_in;
+
 template <int E>
 static cudaError_t launch_all(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
-                              const kvq_cuda_attn_desc *d, kvqc_attn_args *a, const void *q,
-                              float *out, cudaStream_t s) {
-    dim3 rows(d->n_q_heads, d->batch);
-    query_kernel<E><<<rows, 32, 0, s>>>(kq->p_dev, (int)d->q_dtype, q, d->scale, (float *)a->qr);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
-    dim3 grid(a->n_split, d->n_kv_heads, d->batch);
-    if (E == 4 && use_mma(kq, vq, d) && ((uintptr_t)a->k_codes & 15u) == 0 &&
-        ((uintptr_t)a->v_codes & 15u) == 0) {
+                              const kvq_cuda_attn_desc *d, const call_shape *c, kvqc_attn_args *a,
+                              const void *q, const extra_in *x, float *out, cudaStream_t s) {
+    const uint32_t n_rows = d->batch * c->q_per_seq;
+    dim3 rows(d->n_q_heads, n_rows);
+    dim3 grid(a->n_split, d->n_kv_heads, n_rows);
+    const int aligned = ((uintptr_t)a->k_codes & 15u) == 0 && ((uintptr_t)a->v_codes & 15u) == 0;
+    /* the tensor-core kernels transform the query themselves (one launch less) */
+    cudaError_t e;
+    if (E == 4 && aligned && use_mma(kq, vq, d, c)) {
         e = kvqc_launch_mma(&kq->p, &vq->p, a, grid, s);
+    } else if (E == 4 && aligned && use_base(kq, vq, d, c)) {
+        e = kvqc_launch_base(&kq->p, &vq->p, a, grid, s);
     } else {
+        query_kernel<E><<<rows, 32, 0, s>>>(kq->p_dev, (int)d->q_dtype, q, d->scale, (float *)a->qr);
+        e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
         attend_simt_kernel<E><<<grid, ATT_WARPS * 32, 0, s>>>(*a);
         e = cudaGetLastError();
     }
     if (e != cudaSuccess) return e;
-    combine_kernel<E><<<rows, COMBINE_THREADS, 0, s>>>(vq->p_dev, a->partial, a->n_split, a->seq_lens, a->chunk,
-                                          (int)d->n_q_heads, out);
+    if (c->prefill) {
+        exact_kernel<E><<<rows, 32, 0, s>>>(vq->p_dev, (int)d->q_dtype, q, x->k_new, x->v_new,
+                                            (int)c->q_per_seq, (int)d->n_q_heads, (int)d->n_kv_heads,
+                                            a->group, d->scale, a->partial, a->n_slots, a->n_split);
+        e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+    }
+    combine_kernel<E><<<rows, COMBINE_THREADS, 0, s>>>(vq->p_dev, a->partial, a->n_split, a->n_slots,
+                                                       a->seq_lens, (int)c->q_per_seq, a->chunk,
+                                                       (int)d->n_q_heads, out);
     return cudaGetLastError();
+}
+
+static kvq_status workspace_of(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
+                               const kvq_cuda_attn_desc *d, const call_shape *c, size_t *bytes) {
+    uint32_t n_split, chunk;
+    plan(kq, vq, d, c, &n_split, &chunk);
+    size_t n = ws_floats(d, c->q_per_seq, n_split + (c->prefill ? 1 : 0));
+    if (n == 0 || n > SIZE_MAX / sizeof(float)) return KVQ_ERR_OVERFLOW;
+    *bytes = n * sizeof(float);
+    return KVQ_OK;
+}
+
+static kvq_status run_call(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
+                           const kvq_cuda_attn_desc *d, const call_shape *c, const void *q,
+                           const extra_in *x, const int32_t *seq_lens, void *ws, size_t ws_bytes,
+                           float *out, void *stream) {
+    if (!q || !c->k_codes || !c->v_codes || !seq_lens || !ws || !out) return KVQ_ERR_INVALID_ARG;
+    if ((uint64_t)d->batch * c->q_per_seq > 65535) return KVQ_ERR_UNSUPPORTED;
+    uint32_t n_split, chunk;
+    plan(kq, vq, d, c, &n_split, &chunk);
+    uint32_t n_slots = n_split + (c->prefill ? 1 : 0);
+    if (n_split > 65535) return KVQ_ERR_UNSUPPORTED;
+    size_t need = ws_floats(d, c->q_per_seq, n_slots);
+    if (need == 0) return KVQ_ERR_OVERFLOW;
+    if (ws_bytes / sizeof(float) < need) return KVQ_ERR_CAPACITY;
+    size_t rows = (size_t)d->batch * c->q_per_seq * d->n_q_heads;
+    kvqc_attn_args a;
+    memset(&a, 0, sizeof a);
+    a.kp = kq->p_dev;
+    a.vp = vq->p_dev;
+    a.kf = fmt_of(&kq->p);
+    a.vf = fmt_of(&vq->p);
+    a.k_codes = c->k_codes;
+    a.v_codes = c->v_codes;
+    a.seq_lens = seq_lens;
+    a.page_table = c->page_table;
+    float *wsf = (float *)ws;
+    a.qr = wsf;
+    a.partial = wsf + rows * d->head_dim;
+    a.n_q_heads = (int)d->n_q_heads;
+    a.n_kv_heads = (int)d->n_kv_heads;
+    a.group = (int)(d->n_q_heads / d->n_kv_heads);
+    a.page_size = (int)c->page_size;
+    a.max_pages = (int)c->max_pages;
+    a.chunk = (int)chunk;
+    a.n_split = (int)n_split;
+    a.n_slots = (int)n_slots;
+    a.q_per_seq = (int)c->q_per_seq;
+    a.q = q;
+    a.q_dtype = (int)d->q_dtype;
+    a.q_scale = d->scale * LOG2E;
+    cudaStream_t s = (cudaStream_t)stream;
+    cudaError_t e;
+    switch (d->head_dim) {
+    case 64: e = launch_all<2>(kq, vq, d, c, &a, q, x, out, s); break;
+    case 128: e = launch_all<4>(kq, vq, d, c, &a, q, x, out, s); break;
+    default: e = launch_all<8>(kq, vq, d, c, &a, q, x, out, s); break;
+    }
+    return kvqc_status(e);
+}
+
+static kvq_status shape_of(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
+                           const kvq_cuda_attn_desc *d, const kvq_cuda_pages *pg, uint32_t n_new,
+                           call_shape *c) {
+    uint64_t cap = 0;
+    if (!d) return KVQ_ERR_INVALID_ARG;
+    if (pg) {
+        kvq_status st = check_pages(d, pg, &cap);
+        if (st != KVQ_OK) return st;
+    } else {
+        cap = d->capacity;
+    }
+    kvq_status st = check_desc(kq, vq, d, cap);
+    if (st != KVQ_OK) return st;
+    if (pg && (pg->page_size > (uint32_t)INT32_MAX || pg->max_pages > (uint32_t)INT32_MAX))
+        return KVQ_ERR_UNSUPPORTED;
+    memset(c, 0, sizeof *c);
+    c->page_table = pg ? pg->page_table_dev : NULL;
+    c->page_size = pg ? pg->page_size : d->capacity;
+    c->max_pages = pg ? pg->max_pages : 1;
+    c->k_codes = pg ? pg->k_pages_dev : NULL;
+    c->v_codes = pg ? pg->v_pages_dev : NULL;
+    c->q_per_seq = n_new ? n_new : 1;
+    c->prefill = n_new > 0;
+    return KVQ_OK;
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_attend_workspace(const kvq_cuda_quantizer *key,
+                                                        const kvq_cuda_quantizer *value,
+                                                        const kvq_cuda_attn_desc *desc,
+                                                        size_t *bytes) {
+    if (!bytes) return KVQ_ERR_INVALID_ARG;
+    call_shape c;
+    kvq_status st = shape_of(key, value, desc, NULL, 0, &c);
+    if (st != KVQ_OK) return st;
+    return workspace_of(key, value, desc, &c, bytes);
 }
 
 extern "C" KVQ_API kvq_status kvq_cuda_attend(const kvq_cuda_quantizer *key,
@@ -376,38 +577,54 @@ extern "C" KVQ_API kvq_status kvq_cuda_attend(const kvq_cuda_quantizer *key,
                                               const int32_t *seq_lens_dev, void *workspace_dev,
                                               size_t workspace_bytes, float *out_dev,
                                               void *stream) {
-    kvq_status st = check_desc(key, value, desc);
+    call_shape c;
+    kvq_status st = shape_of(key, value, desc, NULL, 0, &c);
     if (st != KVQ_OK) return st;
-    if (!q_dev || !k_codes_dev || !v_codes_dev || !seq_lens_dev || !workspace_dev || !out_dev)
-        return KVQ_ERR_INVALID_ARG;
-    uint32_t n_split, chunk;
-    plan(key, value, desc, &n_split, &chunk);
-    size_t rows = (size_t)desc->batch * desc->n_q_heads;
-    if (workspace_bytes < ws_floats(desc, n_split) * sizeof(float)) return KVQ_ERR_CAPACITY;
-    kvqc_attn_args a;
-    memset(&a, 0, sizeof a);
-    a.kp = key->p_dev;
-    a.vp = value->p_dev;
-    a.kf = fmt_of(&key->p);
-    a.vf = fmt_of(&value->p);
-    a.k_codes = k_codes_dev;
-    a.v_codes = v_codes_dev;
-    a.seq_lens = seq_lens_dev;
-    float *ws = (float *)workspace_dev;
-    a.qr = ws;
-    a.partial = ws + rows * desc->head_dim;
-    a.n_q_heads = (int)desc->n_q_heads;
-    a.n_kv_heads = (int)desc->n_kv_heads;
-    a.group = (int)(desc->n_q_heads / desc->n_kv_heads);
-    a.capacity = (int)desc->capacity;
-    a.chunk = (int)chunk;
-    a.n_split = (int)n_split;
-    cudaStream_t s = (cudaStream_t)stream;
-    cudaError_t e;
-    switch (desc->head_dim) {
-    case 64: e = launch_all<2>(key, value, desc, &a, q_dev, out_dev, s); break;
-    case 128: e = launch_all<4>(key, value, desc, &a, q_dev, out_dev, s); break;
-    default: e = launch_all<8>(key, value, desc, &a, q_dev, out_dev, s); break;
-    }
-    return kvqc_status(e);
+    c.k_codes = k_codes_dev;
+    c.v_codes = v_codes_dev;
+    return run_call(key, value, desc, &c, q_dev, NULL, seq_lens_dev, workspace_dev, workspace_bytes,
+                    out_dev, stream);
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_attend_paged_workspace(const kvq_cuda_quantizer *key,
+                                                              const kvq_cuda_quantizer *value,
+                                                              const kvq_cuda_attn_desc *desc,
+                                                              const kvq_cuda_pages *pages,
+                                                              uint32_t n_new, size_t *bytes) {
+    if (!bytes) return KVQ_ERR_INVALID_ARG;
+    call_shape c;
+    kvq_status st = shape_of(key, value, desc, pages, n_new, &c);
+    if (st != KVQ_OK) return st;
+    return workspace_of(key, value, desc, &c, bytes);
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_attend_paged(const kvq_cuda_quantizer *key,
+                                                    const kvq_cuda_quantizer *value,
+                                                    const kvq_cuda_attn_desc *desc,
+                                                    const kvq_cuda_pages *pages, const void *q_dev,
+                                                    const int32_t *seq_lens_dev, void *workspace_dev,
+                                                    size_t workspace_bytes, float *out_dev,
+                                                    void *stream) {
+    call_shape c;
+    kvq_status st = shape_of(key, value, desc, pages, 0, &c);
+    if (st != KVQ_OK) return st;
+    return run_call(key, value, desc, &c, q_dev, NULL, seq_lens_dev, workspace_dev, workspace_bytes,
+                    out_dev, stream);
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_prefill(const kvq_cuda_quantizer *key,
+                                               const kvq_cuda_quantizer *value,
+                                               const kvq_cuda_attn_desc *desc,
+                                               const kvq_cuda_pages *pages, uint32_t n_new,
+                                               const void *q_dev, const void *k_new_dev,
+                                               const void *v_new_dev, const int32_t *seq_lens_dev,
+                                               void *workspace_dev, size_t workspace_bytes,
+                                               float *out_dev, void *stream) {
+    if (n_new == 0 || !k_new_dev || !v_new_dev) return KVQ_ERR_INVALID_ARG;
+    call_shape c;
+    kvq_status st = shape_of(key, value, desc, pages, n_new, &c);
+    if (st != KVQ_OK) return st;
+    extra_in x = {k_new_dev, v_new_dev};
+    return run_call(key, value, desc, &c, q_dev, &x, seq_lens_dev, workspace_dev, workspace_bytes,
+                    out_dev, stream);
 }

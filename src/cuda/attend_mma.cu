@@ -41,10 +41,27 @@ __device__ __forceinline__ void mma16816(float c[4], unsigned a0, unsigned a1, u
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-/* Bits p and p + 16 of w, rotated (rot = 15 - p) to 15 and 31,, as a half2 of +-1 (set bit = +1). */
-__device__ __forceinline__ unsigned signs_h2(unsigned w, int rot) {
-    return (__funnelshift_l(w, w, rot) & 0x80008000u) ^ 0xBC00BC00u;
+/* Half-word bit position p (8..15) as an fp16 A element: base_p when clear, base_p | bit
+ * when set; both finite and distinct. */
+__device__ __forceinline__ unsigned key_base(int p) {
+    /* 8, 9: 1.0 (mantissa bits); 10..13: exponent bits clear in the base; 14: 0 -> 2;
+     * 15: sign bit, 1.0 -> -1.0 */
+    const unsigned short b = p <= 9 ? 0x3C00 : p == 10 ? 0x3800 : p == 11 ? 0x3400 : p == 12 ? 0x2C00
+                           : p == 13 ? 0x1C00 : p == 14 ? 0x0000 : 0x3C00;
+    return (unsigned)b * 0x00010001u;
 }
+/* The element as c + e s (s = +1 for a set bit): e = (v1 - v0) / 2, c = (v1 + v0) / 2. */
+__device__ __forceinline__ void key_affine(int p, float *e, float *c) {
+    unsigned short b = (unsigned short)key_base(p);
+    float v0 = __half2float(__ushort_as_half(b));
+    float v1 = __half2float(__ushort_as_half((unsigned short)(b | (1u << p))));
+    *e = 0.5f * (v1 - v0);
+    *c = 0.5f * (v1 + v0);
+}
+__device__ __forceinline__ unsigned key_elem(unsigned w, unsigned mask, unsigned base) {
+    return (w & mask) | base; /* one lop3 */
+}
+
 
 __device__ __forceinline__ unsigned short f2h(float f) { return __half_as_ushort(__float2half_rn(f)); }
 __device__ __forceinline__ float h2f(unsigned short h) { return __half2float(__ushort_as_half(h)); }
@@ -69,6 +86,11 @@ __device__ __forceinline__ float ld_h(const uint8_t *base, int off) {
 __device__ __forceinline__ void issue_tile(uint8_t *sk, uint8_t *sv, const uint8_t *gk,
                                            const uint8_t *gv, int kcs, int vcs, int n_valid,
                                            int lane) {
+    if (n_valid == TILE) { /* whole tiles: 16 rows = kcs (vcs) chunks of 16 bytes */
+        for (int c = lane; c < kcs; c += 32) cp_async16(sk + 16 * c, gk + 16 * c, 16);
+        for (int c = lane; c < vcs; c += 32) cp_async16(sv + 16 * c, gv + 16 * c, 16);
+        return;
+    }
     int kvalid = n_valid * kcs, vvalid = n_valid * vcs;
     for (int c = lane; c < kcs; c += 32) {
         int off = 16 * c, nb = min(max(kvalid - off, 0), 16);
@@ -88,7 +110,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
     __shared__ float s_part[MMA_WARPS][4][128 + 2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, tq = lane & 3;
-    const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z; /* b: query row */
+    const int seq = b / a.q_per_seq;
     const int G = a.group;
     if (threadIdx.x < (1 << VB)) {
         s_vtab[threadIdx.x] = f2h(a.vp->cen[threadIdx.x]);
@@ -102,20 +125,47 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
 
     /* query fragments: column n = 2 * head + part; row k of k-step ks is dim
      * 32 (ks/2) + 8 (ks%2) + t + 16 c for k = 2t + c, and + 4 for k = 2t + 8 + c */
+    __shared__ float s_q[4][128];
+    kvqc_block_query(a, b, h, s_q);
+    /* Key bits become fp16 A elements by one lop3: (w & bit) | base, worth v0 (clear) or
+     * v1 (set), i.e. c + e s for the sign s = +-1. A thread's elements sit at two bit
+     * positions of a half word, 8 + tq and 12 + tq (positions 0..7 are read from the
+     * word shifted left by 8); its query entries are divided by that position's e, and
+     * the constant part K = sum_d c q'_d is taken off each pass's sum. */
+    const int pos_a = 8 + tq, pos_b = 12 + tq;
+    const unsigned base_a = key_base(pos_a), base_b = key_base(pos_b);
+    const unsigned mask_a = 0x00010001u << pos_a, mask_b = 0x00010001u << pos_b;
+    float ea, ca, eb, cb;
+    key_affine(pos_a, &ea, &ca);
+    key_affine(pos_b, &eb, &cb);
+    const float inv_ea = 1.0f / ea, inv_eb = 1.0f / eb;
     unsigned qb[8][2];
     {
         const int head = g >> 1, part = g & 1;
-        const float *qrow = a.qr + ((size_t)b * a.n_q_heads + (size_t)h * G + head) * 128;
+        const float *qrow = s_q[head < G ? head : 0];
 #pragma unroll
         for (int ks = 0; ks < 8; ks++) {
             int d0 = 32 * (ks >> 1) + 8 * (ks & 1) + tq;
             if (head < G) {
-                qb[ks][0] = pack2(split_part(qrow[d0], part), split_part(qrow[d0 + 16], part));
-                qb[ks][1] = pack2(split_part(qrow[d0 + 4], part), split_part(qrow[d0 + 20], part));
+                qb[ks][0] = pack2(split_part(qrow[d0] * inv_ea, part), split_part(qrow[d0 + 16] * inv_ea, part));
+                qb[ks][1] = pack2(split_part(qrow[d0 + 4] * inv_eb, part), split_part(qrow[d0 + 20] * inv_eb, part));
             } else {
                 qb[ks][0] = qb[ks][1] = 0u;
             }
         }
+    }
+    float k_const;
+    {
+        float kp = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < 8; ks++) {
+            kp += ca * (h2f((unsigned short)qb[ks][0]) + h2f((unsigned short)(qb[ks][0] >> 16)));
+            kp += cb * (h2f((unsigned short)qb[ks][1]) + h2f((unsigned short)(qb[ks][1] >> 16)));
+        }
+        kp += __shfl_xor_sync(KVQC_FULL, kp, 1); /* the four tq of (head, part) */
+        kp += __shfl_xor_sync(KVQC_FULL, kp, 2);
+        kp += __shfl_xor_sync(KVQC_FULL, kp, 4); /* high + low part */
+        k_const = __shfl_sync(KVQC_FULL, kp, 8 * tq); /* lane 8 tq holds head tq */
     }
     /* 2-bit value codebook as register tables for prmt: entries 0,1 | 2,3 */
     unsigned th0 = 0, th1 = 0;
@@ -125,10 +175,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
     }
     __syncthreads();
 
-    const int len = a.seq_lens[b];
+    const int len = a.seq_lens[seq];
     const int t0 = split * a.chunk, t1 = min(len, t0 + a.chunk);
-    const size_t seq_base = ((size_t)b * a.n_kv_heads + h) * (size_t)a.capacity;
-    const uint8_t *gk = a.k_codes + seq_base * kcs, *gv = a.v_codes + seq_base * vcs;
 
     float acc[8][4];
 #pragma unroll
@@ -137,12 +185,20 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
 
     int tt = t0 + TILE * warp;
     int buf = 0;
-    if (tt < t1) issue_tile(s_k[warp][0], s_v[warp][0], gk + (size_t)tt * kcs, gv + (size_t)tt * vcs, kcs, vcs, min(TILE, t1 - tt), lane);
+    /* page-table entries are read one step ahead of the copies that need them */
+    int page_next = tt + TILE * MMA_WARPS < t1 ? kvqc_page(a, seq, tt + TILE * MMA_WARPS) : 0;
+    if (tt < t1) {
+        size_t r0 = kvqc_row(a, seq, h, tt);
+        issue_tile(s_k[warp][0], s_v[warp][0], a.k_codes + r0 * kcs, a.v_codes + r0 * vcs, kcs, vcs, min(TILE, t1 - tt), lane);
+    }
     cp_commit();
     for (; tt < t1; tt += TILE * MMA_WARPS, buf ^= 1) {
         int nt = tt + TILE * MMA_WARPS;
-        if (nt < t1)
-            issue_tile(s_k[warp][buf ^ 1], s_v[warp][buf ^ 1], gk + (size_t)nt * kcs, gv + (size_t)nt * vcs, kcs, vcs, min(TILE, t1 - nt), lane);
+        if (nt < t1) {
+            size_t r1 = kvqc_row_at(a, page_next, h, nt);
+            issue_tile(s_k[warp][buf ^ 1], s_v[warp][buf ^ 1], a.k_codes + r1 * kcs, a.v_codes + r1 * vcs, kcs, vcs, min(TILE, t1 - nt), lane);
+            if (nt + TILE * MMA_WARPS < t1) page_next = kvqc_page(a, seq, nt + TILE * MMA_WARPS);
+        }
         cp_commit();
         cp_wait1();
         __syncwarp();
@@ -173,11 +229,17 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
             /* two accumulators halve the dependent chain of mma */
             float c[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
-            for (int ks = 0; ks < 8; ks++) {
-                const int j = ks >> 1, r0 = 15 - (8 * (ks & 1) + tq), r2 = r0 - 4;
-                mma16816(c[ks & 1], signs_h2(wl[j], r0), signs_h2(wh[j], r0), signs_h2(wl[j], r2),
-                         signs_h2(wh[j], r2), qb[ks][0], qb[ks][1]);
+            for (int j = 0; j < 4; j++) {
+                /* even k-step: bit positions tq, tq + 4 (moved up by 8); odd: 8 + tq, 12 + tq */
+                const unsigned sl = wl[j] << 8, sh = wh[j] << 8;
+                mma16816(c[0], key_elem(sl, mask_a, base_a), key_elem(sh, mask_a, base_a),
+                         key_elem(sl, mask_b, base_b), key_elem(sh, mask_b, base_b), qb[2 * j][0], qb[2 * j][1]);
+                mma16816(c[1], key_elem(wl[j], mask_a, base_a), key_elem(wh[j], mask_a, base_a),
+                         key_elem(wl[j], mask_b, base_b), key_elem(wh[j], mask_b, base_b), qb[2 * j + 1][0],
+                         qb[2 * j + 1][1]);
             }
+            c[0][0] -= k_const;
+            c[0][2] -= k_const;
             float coef_lo, coef_hi;
             if (key_kind == KEY_RVQ) {
                 float cs = st == 0 ? c_first : c_rest;

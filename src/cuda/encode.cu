@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "cuda/cuda_internal.h"
+#include "cuda/attend.h"
 extern "C" {
 #include "quant/quant.h"
 }
@@ -112,6 +113,8 @@ extern "C" KVQ_API kvq_status kvq_cuda_quantizer_create(const kvq_quantizer *q,
     if (st == KVQ_OK && e == cudaSuccess)
         e = cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, cq->device);
     cq->smem_optin = (size_t)(v > 0 ? v : 48 * 1024);
+    /* the baseline attention kernels take more than 48 KiB of shared memory */
+    if (st == KVQ_OK && e == cudaSuccess) e = kvqc_base_prepare();
     if (st == KVQ_OK && e == cudaSuccess && cq->p.kind == KVQC_QJL) {
         const kvqi_qjl *j = (const kvqi_qjl *)q->state;
         size_t md = (size_t)j->m * j->d;

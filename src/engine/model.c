@@ -583,6 +583,8 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
                 cc.key.rope_base = model->layers[l].swa ? model->rope_base_swa : I->rope_base;
                 cc.key.rope_pairing = I->rope_neox ? KVQ_ROPE_NEOX : KVQ_ROPE_INTERLEAVED;
             }
+            /* sliding-window layers: the cache masks and frees past the window */
+            if (model->layers[l].swa) cc.sliding_window = model->n_swa;
             if ((st = kvq_cache_create(&cc, &c->caches[l]))) goto fail;
         }
     }
@@ -860,9 +862,6 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
     if (n > c->params.n_batch) return KVQ_ERR_INVALID_ARG;
     if (c->n_past + n > c->params.n_ctx) return KVQ_ERR_CAPACITY;
     const kvq_model *m = c->model;
-    /* kvq_cache_attend has no window: sliding-window layers on kvq_caches are exact only
-     * while no query sees more than n_swa positions (exact float KV masks instead) */
-    if (c->caches && m->n_swa && c->n_past + n > m->n_swa) return KVQ_ERR_CAPACITY;
     const kvq_model_info *I = &m->info;
     size_t E = I->n_embd, hd = I->head_dim;
     size_t q_dim = (size_t)I->n_heads * hd, kv_dim = (size_t)I->n_kv_heads * hd, F = I->n_ff;
@@ -956,34 +955,136 @@ static int by_prob_desc(const void *a, const void *b) {
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
-KVQ_API kvq_status kvq_sample(kvq_context *c, const float *logits, float temperature, float top_p,
-                              int32_t *token) {
-    if (!c || !logits || !token) return KVQ_ERR_INVALID_ARG;
-    uint32_t nv = c->model->info.n_vocab;
+/* x comes after y in by_prob_desc's order (less likely, or as likely with a larger id) */
+static int prob_after(const prob_idx *x, const prob_idx *y) {
+    return x->p < y->p || (x->p == y->p && x->id > y->id);
+}
+
+/* The k first entries of a[0..n) in by_prob_desc's order moved to the front, sorted: a
+ * heap of the k best so far with the worst at its root, O(n log k) instead of a full sort. */
+static void select_top_k(prob_idx *a, uint32_t n, uint32_t k) {
+    for (uint32_t start = k / 2; start-- > 0;) {
+        for (uint32_t i = start;;) {
+            uint32_t l = 2 * i + 1, r = l + 1, w = i;
+            if (l < k && prob_after(&a[l], &a[w])) w = l;
+            if (r < k && prob_after(&a[r], &a[w])) w = r;
+            if (w == i) break;
+            prob_idx t = a[i];
+            a[i] = a[w];
+            a[w] = t;
+            i = w;
+        }
+    }
+    for (uint32_t j = k; j < n; j++) {
+        if (!prob_after(&a[0], &a[j])) continue;
+        a[0] = a[j];
+        for (uint32_t i = 0;;) {
+            uint32_t l = 2 * i + 1, r = l + 1, w = i;
+            if (l < k && prob_after(&a[l], &a[w])) w = l;
+            if (r < k && prob_after(&a[r], &a[w])) w = r;
+            if (w == i) break;
+            prob_idx t = a[i];
+            a[i] = a[w];
+            a[w] = t;
+            i = w;
+        }
+    }
+    qsort(a, k, sizeof *a, by_prob_desc);
+}
+
+KVQ_API kvq_status kvq_sampler_params_init(kvq_sampler_params *p) {
+    if (!p) return KVQ_ERR_INVALID_ARG;
+    memset(p, 0, sizeof *p);
+    p->temperature = 0.0f;
+    p->top_p = 1.0f;
+    p->repeat_penalty = 1.0f;
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_sample_ext(kvq_context *c, const float *logits, const kvq_sampler_params *sp,
+                                  int32_t *token) {
+    if (!c || !logits || !sp || !token || (sp->n_recent && !sp->recent)) return KVQ_ERR_INVALID_ARG;
+    if (isnan(sp->temperature) || !(sp->top_p >= 0.0f) || !(sp->min_p >= 0.0f && sp->min_p <= 1.0f) ||
+        !(sp->repeat_penalty > 0.0f) || !isfinite(sp->repeat_penalty))
+        return KVQ_ERR_INVALID_ARG;
+    const uint32_t nv = c->model->info.n_vocab;
+    for (size_t r = 0; r < sp->n_recent; r++)
+        if (sp->recent[r] < 0 || (uint32_t)sp->recent[r] >= nv) return KVQ_ERR_INVALID_ARG;
+    /* probs[].p holds the working logits first, then the unnormalized probabilities */
+    for (uint32_t i = 0; i < nv; i++) {
+        c->probs[i].p = logits[i];
+        c->probs[i].id = (int32_t)i;
+    }
+    if (sp->repeat_penalty != 1.0f) {
+        /* once per distinct token, however often it recurs (as llama.cpp does): a
+         * penalized entry is marked by a negative id until the pass ends */
+        for (size_t r = 0; r < sp->n_recent; r++) {
+            prob_idx *e = &c->probs[sp->recent[r]];
+            if (e->id < 0) continue;
+            e->p = e->p > 0 ? e->p / sp->repeat_penalty : e->p * sp->repeat_penalty;
+            e->id = -1 - e->id;
+        }
+        for (size_t r = 0; r < sp->n_recent; r++) c->probs[sp->recent[r]].id = sp->recent[r];
+    }
     uint32_t best = 0;
     for (uint32_t i = 1; i < nv; i++)
-        if (logits[i] > logits[best]) best = i;
-    if (!(temperature > 0)) {
+        if (c->probs[i].p > c->probs[best].p) best = i;
+    if (!(sp->temperature > 0)) {
         *token = (int32_t)best;
         return KVQ_OK;
     }
+    const float top = c->probs[best].p;
     double sum = 0;
     for (uint32_t i = 0; i < nv; i++) {
-        float p = expf((logits[i] - logits[best]) / temperature);
+        float p = expf((c->probs[i].p - top) / sp->temperature);
         c->probs[i].p = p;
-        c->probs[i].id = (int32_t)i;
         sum += p;
     }
     uint32_t keep = nv;
-    if (top_p < 1.0f) {
-        qsort(c->probs, nv, sizeof *c->probs, by_prob_desc);
+    if (sp->top_k > 0 && sp->top_k < nv) {
+        keep = sp->top_k;
+        select_top_k(c->probs, nv, keep);
+        sum = 0;
+        for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
+    } else if (sp->top_p >= 1.0f && sp->min_p > 0.0f) {
+        /* min_p alone keeps a prefix of the sorted order: sort only what passes */
+        const float floor_p = sp->min_p; /* the best token's weight is exp(0) = 1 */
+        keep = 0;
+        for (uint32_t i = 0; i < nv; i++)
+            if (c->probs[i].p >= floor_p) c->probs[keep++] = c->probs[i];
+        qsort(c->probs, keep, sizeof *c->probs, by_prob_desc);
+        sum = 0;
+        for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
+    } else if (sp->top_p < 1.0f) {
+        /* the tokens below t = (1 - top_p) sum / nv weigh less than (1 - top_p) sum
+         * together, so the ones at or above t, a prefix of the sorted order, hold the
+         * nucleus: sort only those (few, unless the distribution is flat) */
+        const double t = (1.0 - (double)sp->top_p) * sum / (double)nv;
+        keep = 0;
+        for (uint32_t i = 0; i < nv; i++)
+            if ((double)c->probs[i].p >= t) c->probs[keep++] = c->probs[i];
+        qsort(c->probs, keep, sizeof *c->probs, by_prob_desc);
+    }
+    if (sp->top_p < 1.0f) {
         double acc = 0;
-        for (keep = 0; keep < nv;) {
+        uint32_t n = keep;
+        for (keep = 0; keep < n;) {
             acc += c->probs[keep++].p / sum;
-            if (acc >= top_p) break;
+            if (acc >= sp->top_p) break;
         }
         sum = 0;
         for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
+    }
+    if (sp->min_p > 0.0f) {
+        /* probs[0] is the most likely token (exp(0) = 1 before normalization) */
+        const float floor_p = sp->min_p * c->probs[0].p;
+        uint32_t n = 1;
+        while (n < keep && c->probs[n].p >= floor_p) n++;
+        if (n < keep) {
+            keep = n;
+            sum = 0;
+            for (uint32_t i = 0; i < keep; i++) sum += c->probs[i].p;
+        }
     }
     double u = (double)(splitmix64(&c->rng) >> 11) * (1.0 / 9007199254740992.0) * sum, acc = 0;
     for (uint32_t i = 0; i < keep; i++) {
@@ -995,4 +1096,13 @@ KVQ_API kvq_status kvq_sample(kvq_context *c, const float *logits, float tempera
     }
     *token = c->probs[keep - 1].id;
     return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_sample(kvq_context *c, const float *logits, float temperature, float top_p,
+                              int32_t *token) {
+    kvq_sampler_params p;
+    kvq_sampler_params_init(&p);
+    p.temperature = temperature > 0 ? temperature : 0.0f; /* NaN and below zero: greedy, as before */
+    p.top_p = isnan(top_p) ? 1.0f : top_p >= 0 ? top_p : 0.0f;
+    return kvq_sample_ext(c, logits, &p, token);
 }

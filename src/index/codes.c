@@ -21,10 +21,28 @@ void kvqi_list_free(kvqi_ivf_list *l) {
     memset(l, 0, sizeof *l);
 }
 
+void kvqi_ex_pack(const uint8_t *v, uint32_t n, unsigned b, uint8_t *out) {
+    for (uint32_t g = 0; g < n; g += 8) {
+        uint64_t w = 0;
+        for (unsigned t = 0; t < 8; t++) w |= (uint64_t)v[g + t] << (t * b);
+        for (unsigned k = 0; k < b; k++) out[(size_t)g / 8 * b + k] = (uint8_t)(w >> (8 * k));
+    }
+}
+
+void kvqi_ex_unpack(const uint8_t *in, uint32_t n, unsigned b, uint8_t *v) {
+    const uint64_t mask = (1u << b) - 1u;
+    for (uint32_t g = 0; g < n; g += 8) {
+        uint64_t w = 0;
+        const uint8_t *p = in + (size_t)g / 8 * b;
+        for (unsigned k = 0; k < b; k++) w |= (uint64_t)p[k] << (8 * k);
+        for (unsigned t = 0; t < 8; t++) v[g + t] = (uint8_t)((w >> (t * b)) & mask);
+    }
+}
+
 size_t kvqi_list_bytes(const kvq_index *ix, const kvqi_ivf_list *l) {
     size_t blocks = (l->n + KVQI_FS_BLOCK - 1) / KVQI_FS_BLOCK;
     size_t b = blocks * ix->n_groups * 16 + (size_t)l->n * (4 * sizeof(float) + sizeof(uint32_t));
-    if (ix->cfg.bits > 1) b += (size_t)l->n * (ix->d_pad + 2 * sizeof(float));
+    if (ix->cfg.bits > 1) b += (size_t)l->n * (ix->ex_row + 2 * sizeof(float));
     return b;
 }
 
@@ -61,7 +79,7 @@ kvq_status kvqi_list_reserve(kvq_index *ix, kvqi_ivf_list *l, uint32_t need) {
     memset(l->f_err + l->cap, 0, fresh);
     memset(l->f_pop + l->cap, 0, fresh);
     if (ix->cfg.bits > 1) {
-        if ((st = grow((void **)&l->ex_codes, cap, ix->d_pad)) != KVQ_OK ||
+        if ((st = grow((void **)&l->ex_codes, cap, ix->ex_row)) != KVQ_OK ||
             (st = grow((void **)&l->ex_rescale, cap, sizeof(float))) != KVQ_OK ||
             (st = grow((void **)&l->ex_err, cap, sizeof(float))) != KVQ_OK)
             return st;
@@ -144,7 +162,8 @@ void kvqi_encode_into_list(const kvq_index *ix, kvqi_ivf_list *l, uint32_t pos,
     if (ix->cfg.bits < 2) return;
 
     const uint32_t umax = (1u << (ix->cfg.bits - 1)) - 1u;
-    uint8_t *ex = l->ex_codes + (size_t)pos * ix->d_pad;
+    /* the values go to the tail of scratch (d_pad floats after a[d]), then packed */
+    uint8_t *ex = (uint8_t *)(void *)(scratch + ix->d_pad);
     float *a = scratch;
     for (uint32_t i = 0; i < d; i++) a[i] = fabsf(r[i]);
     double t = s1 > 0.0 ? ex_best_scale(a, d, umax) : 1.0;
@@ -157,6 +176,7 @@ void kvqi_encode_into_list(const kvq_index *ix, kvqi_ivf_list *l, uint32_t pos,
         yy += (u + 0.5) * (u + 0.5);
     }
     for (uint32_t i = d; i < ix->d_pad; i++) ex[i] = 0;
+    kvqi_ex_pack(ex, ix->d_pad, ix->cfg.bits, l->ex_codes + (size_t)pos * ix->ex_row);
     if (yr <= 0.0) {
         l->ex_rescale[pos] = 0.0f;
         l->ex_err[pos] = 0.0f;

@@ -4,9 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__linux__)
 #include <sys/mman.h>
-#endif
 
 #include "cpu/cpu.h"
 #include "index/index_internal.h"
@@ -46,6 +44,7 @@ kvq_status kvqi_index_validate_config(const kvq_index_config *c) {
         return KVQ_ERR_INVALID_ARG;
     if (c->query_bits != 4 && c->query_bits != 32) return KVQ_ERR_UNSUPPORTED;
     if (c->split > 1 || (c->split && c->bits < 2)) return KVQ_ERR_INVALID_ARG;
+    if (c->ip_assign > 1) return KVQ_ERR_INVALID_ARG;
     return KVQ_OK;
 }
 
@@ -82,6 +81,7 @@ kvq_status kvqi_index_new(const kvq_index_config *cfg, int init_rotation, kvq_in
     ix->d = coded_dim(cfg);
     ix->d_pad = (ix->d + 15u) & ~15u;
     ix->n_groups = ix->d_pad / 4;
+    ix->ex_row = cfg->bits > 1 ? ix->d_pad / 8 * cfg->bits : 0;
     ix->nlist = cfg->nlist;
     ix->kern = kvqi_index_kernels_for(isa);
     if (!init_rotation && cfg->rotation == KVQ_ROTATION_DENSE) {
@@ -118,12 +118,15 @@ KVQ_API void kvq_index_free(kvq_index *ix) {
     kvqi_free(ix->centroids_rot);
     kvqi_free(ix->centroids_rot_sum);
     kvqi_free(ix->centroids_t);
-    if (ix->lists)
+    if (ix->lists && !ix->mapped)
         for (uint32_t i = 0; i < ix->nlist; i++) kvqi_list_free(&ix->lists[i]);
     free(ix->lists);
-    kvqi_free(ix->ids);
-    kvqi_free(ix->reorder_f32);
-    kvqi_free(ix->reorder_f16);
+    if (!ix->mapped) {
+        kvqi_free(ix->ids);
+        kvqi_free(ix->reorder_f32);
+        kvqi_free(ix->reorder_f16);
+    }
+    if (ix->map_base) munmap(ix->map_base, ix->map_size);
     free(ix);
 }
 
@@ -186,6 +189,20 @@ void *kvqi_index_alloc_rows(size_t count, size_t size) {
     }
 #endif
     return kvqi_alloc_array(count, size);
+}
+
+KVQ_API kvq_status kvq_index_code_bytes(const kvq_index *ix, uint64_t *per_vector) {
+    if (!ix || !per_vector) return KVQ_ERR_INVALID_ARG;
+    /* 1-bit code, 4 factors, row number; extended code and its 2 factors */
+    *per_vector = (uint64_t)ix->d_pad / 8 + 4 * sizeof(float) + sizeof(uint32_t) +
+                  (ix->cfg.bits > 1 ? (uint64_t)ix->ex_row + 2 * sizeof(float) : 0);
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_index_set_pool(kvq_index *ix, kvq_threadpool *pool) {
+    if (!ix) return KVQ_ERR_INVALID_ARG;
+    ix->pool = pool;
+    return KVQ_OK;
 }
 
 KVQ_API kvq_status kvq_index_count(const kvq_index *ix, uint64_t *count) {

@@ -26,7 +26,8 @@ typedef struct kvqi_ivf_list {
     float *f_rescale;     /* ||r||^2 / sum |r_i|  (= ||r|| / (sqrt(d) <o_bar, o>)) */
     float *f_err;         /* ||r|| sqrt(1 - <o_bar,o>^2) / (<o_bar,o> sqrt(d - 1)) */
     float *f_pop;         /* number of 1 bits of the code */
-    uint8_t *ex_codes;    /* bits > 1: [cap][d_pad] full b-bit code value v_i */
+    uint8_t *ex_codes;    /* bits > 1: [cap][ex_row] the b-bit code values v_i, packed
+                             (kvqi_ex_pack): d_pad * b / 8 bytes per vector */
     float *ex_rescale;    /* ||r||^2 / sum y_i r_i with y_i = v_i - (2^b - 1) / 2 */
     float *ex_err;        /* as f_err, with <y/||y||, o> in place of <o_bar, o> */
     uint32_t *rows;       /* row of each vector in the id / reorder arrays */
@@ -38,8 +39,14 @@ struct kvq_index {
     uint32_t d;        /* coded length (pca_dim or dim) */
     uint32_t d_pad;    /* d rounded up to 16: n_groups a multiple of 4 */
     uint32_t n_groups; /* d_pad / 4 */
+    uint32_t ex_row;   /* bytes of one packed extended code: d_pad * bits / 8 */
     int trained;
     const kvqi_index_kernels *kern;
+    kvq_threadpool *pool; /* the caller's, for train and add (NULL: calling thread) */
+    int mapped;           /* ids, reorder store and list arrays point into a read-only
+                             file image (kvq_index_map): never written or freed */
+    void *map_base;       /* the mapping, unmapped by kvq_index_free */
+    size_t map_size;
 
     float *pca_mean; /* [dim] (pca only) */
     float *pca_proj; /* [d][dim], rows = principal axes (pca only) */
@@ -85,7 +92,7 @@ kvq_status kvqi_pca_fit(const float *x, size_t n, uint32_t dim, uint32_t d, floa
                         float *proj);
 
 /* codes.c: encode one rotated residual r[d_pad] (coordinates >= d are zero) into
- * slot pos of list l. */
+ * slot pos of list l; scratch holds 2 d_pad floats. */
 kvq_status kvqi_list_reserve(kvq_index *ix, kvqi_ivf_list *l, uint32_t need);
 void kvqi_encode_into_list(const kvq_index *ix, kvqi_ivf_list *l, uint32_t pos,
                            const float *r, float *scratch);
@@ -98,6 +105,20 @@ static inline unsigned kvqi_list_nibble(const kvq_index *ix, const kvqi_ivf_list
     return (blk[(size_t)g * 16 + byte] >> shift) & 15u;
 }
 void kvqi_list_free(kvqi_ivf_list *l);
+/* Packed extended codes: each run of 8 coordinates takes b bytes, coordinate t of the
+ * run in bits [t b, t b + b) of them read as a little-endian integer. b = 8 is plain
+ * bytes. n is a multiple of 8. */
+void kvqi_ex_pack(const uint8_t *v, uint32_t n, unsigned b, uint8_t *out);
+void kvqi_ex_unpack(const uint8_t *in, uint32_t n, unsigned b, uint8_t *v);
+/* The code values of vector pos of l: a pointer into the list for b = 8, else unpacked
+ * into buf[d_pad]. */
+static inline const uint8_t *kvqi_ex_values(const kvq_index *ix, const kvqi_ivf_list *l,
+                                            uint32_t pos, uint8_t *buf) {
+    const uint8_t *row = l->ex_codes + (size_t)pos * ix->ex_row;
+    if (ix->cfg.bits == 8) return row;
+    kvqi_ex_unpack(row, ix->d_pad, ix->cfg.bits, buf);
+    return buf;
+}
 size_t kvqi_list_bytes(const kvq_index *ix, const kvqi_ivf_list *l);
 
 /* io.c: CRC-32 (IEEE 802.3, reflected 0xEDB88320), continuing from crc. */
@@ -109,6 +130,9 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
                                    float *est, float *err, int64_t *ids);
 
 /* ivf.c */
+/* Rows x[n][dim] an index can take: finite, squared norm within float range, and
+ * non-zero under cosine (KVQ_ERR_INVALID_ARG otherwise). */
+kvq_status kvqi_index_check_rows(const kvq_index *ix, const float *x, size_t n);
 uint32_t kvqi_nearest_centroid(const kvq_index *ix, const float *z);
 
 #endif /* KVQ_INDEX_INTERNAL_H */

@@ -83,7 +83,15 @@ static const char *row_ptr(const kvq_index *ix, uint32_t row) {
                            : (const char *)(ix->reorder_f16 + (size_t)row * ix->dim);
 }
 
+static inline int passes(const kvq_index_filter *f, int64_t id) {
+    if (f->id_bitset &&
+        ((uint64_t)id >= f->bitset_ids || !((f->id_bitset[(uint64_t)id >> 3] >> (id & 7)) & 1)))
+        return 0;
+    return !f->allow || f->allow(id, f->ctx);
+}
+
 typedef struct search_ctx {
+    const kvq_index_filter *filt; /* NULL: every id passes */
     const kvq_index *ix;
     const float *queries;
     uint32_t k, nprobe, rerank;
@@ -97,7 +105,7 @@ typedef struct search_ctx {
 /* Per-thread scratch, carved from one slot. */
 typedef struct scratch {
     float *tmp, *zq, *qrot, *qp, *lutf, *ones, *probe_d;
-    uint8_t *lut;
+    uint8_t *lut, *exv;
     uint32_t *probe_i;
     cand *cands;
     heap_item *ubheap, *res;
@@ -121,6 +129,7 @@ static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, unsigned c
     TAKE(ones, float, ix->d_pad);
     TAKE(probe_d, float, ix->nlist);
     TAKE(lut, uint8_t, (size_t)ix->n_groups * 16);
+    TAKE(exv, uint8_t, ix->d_pad);
     TAKE(probe_i, uint32_t, ix->nlist);
     TAKE(cands, cand, cand_cap);
     TAKE(ubheap, heap_item, k);
@@ -200,28 +209,13 @@ static uint32_t probe(const kvq_index *ix, const float *zq, uint32_t np, heap_it
         for (uint32_t c = c0; c < c0 + 16 && c < ix->nlist; c++) /* NaN sorts last */
             all[c] = (heap_item){d16[c - c0] == d16[c - c0] ? d16[c - c0] : INFINITY, c};
     }
-    uint32_t lo = 0, hi = ix->nlist; /* select: all[0..np) ends up holding the np smallest */
-    while (hi - lo > 1) {
-        /* Lomuto partition around the median of three (moved to hi - 1) */
-        uint32_t m = lo + (hi - lo) / 2, last = hi - 1;
-        if (worse(all[lo], all[m])) { heap_item t = all[lo]; all[lo] = all[m]; all[m] = t; }
-        if (worse(all[m], all[last])) { heap_item t = all[m]; all[m] = all[last]; all[last] = t; }
-        if (worse(all[lo], all[m])) { heap_item t = all[lo]; all[lo] = all[m]; all[m] = t; }
-        { heap_item t = all[m]; all[m] = all[last]; all[last] = t; }
-        const heap_item pivot = all[last];
-        uint32_t p = lo;
-        for (uint32_t i = lo; i < last; i++)
-            if (worse(pivot, all[i])) {
-                heap_item t = all[i];
-                all[i] = all[p];
-                all[p] = t;
-                p++;
-            }
-        all[last] = all[p];
-        all[p] = pivot; /* all[lo..p) < pivot < all(p..hi) */
-        if (p == np || p + 1 == np) break;
-        if (np < p) hi = p;
-        else lo = p + 1;
+    /* select: a max-heap of the np best so far in all[0..np); most centroids lose to its
+     * top after one comparison */
+    uint32_t nh = 0;
+    for (uint32_t c = 0; c < ix->nlist; c++) {
+        heap_item it = all[c];
+        if (nh == np && !worse(all[0], it)) continue;
+        heap_push(all, &nh, np, it); /* reads only all[0..nh): c >= nh, so no clash */
     }
     qsort(all, np, sizeof *all, cmp_item);
     for (uint32_t i = 0; i < np; i++) {
@@ -260,6 +254,11 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     const float alpha = l2 ? 2.0f : 1.0f;
     const int full = !isfinite(ctx->eps0);
     const int ex = ix->cfg.bits > 1, prune_1bit = !ex || ix->cfg.split;
+    /* split: a 1-bit survivor gets its extended estimate at once, so the threshold tau
+     * comes from the tight extended bounds while the scan is still running (a 1-bit
+     * upper bound is loose at low d and let most vectors through) */
+    const int inline_ex = ex && ix->cfg.split && !full;
+    const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
     const uint32_t k = ctx->k;
 
     /* the exact-space query (normalized for cosine: to_space leaves it in tmp) */
@@ -285,9 +284,10 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
         const kvqi_ivf_list *L = &ix->lists[c];
         if (L->n == 0) continue;
         const int q4 = ix->cfg.query_bits == 4;
-        prepare_list(ix, c, &s, s.probe_d[pi], &qc, !q4, &lq);
+        prepare_list(ix, c, &s, s.probe_d[pi], &qc, !q4 || inline_ex, &lq);
         if (q4) build_lut4(ix, &s, &lq);
         else build_lutf(ix, &s, &lq);
+        const float ex_scale = alpha * ctx->eps0 * lq.qnorm;
         const float ferr_scale = alpha * ctx->eps0 * lq.qnorm, qerr_scale = alpha * ctx->eps0 * (q4 ? lq.qerr : 0.0f);
         const size_t block_bytes = (size_t)ix->n_groups * 16;
         for (uint32_t b0 = 0; b0 < L->n; b0 += KVQI_FS_BLOCK) {
@@ -295,7 +295,8 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             uint32_t nv = L->n - b0 < KVQI_FS_BLOCK ? L->n - b0 : KVQI_FS_BLOCK;
             if (!prune_1bit) { /* every vector goes on to the extended-code stage */
                 for (uint32_t v = 0; v < nv; v++)
-                    s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], 0.0f, INFINITY};
+                    if (!ctx->filt || passes(ctx->filt, ix->ids[L->rows[b0 + v]]))
+                        s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], 0.0f, INFINITY};
                 continue;
             }
             float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
@@ -326,13 +327,23 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             while (keep) {
                 unsigned v = (unsigned)__builtin_ctz(keep);
                 keep &= keep - 1;
+                if (ctx->filt && !passes(ctx->filt, ix->ids[L->rows[b0 + v]])) continue;
                 if (full) {
                     s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], dist[v], INFINITY};
                     continue;
                 }
                 if (dist[v] - err[v] >= tau) continue; /* tau shrank inside this block */
-                s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], dist[v], err[v]};
-                float ub = dist[v] + err[v];
+                float cd_dist = dist[v], cd_err = err[v];
+                if (inline_ex) {
+                    const uint32_t pos = b0 + v;
+                    float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, pos, s.exv), lq.qp, ix->d_pad) -
+                               half * lq.sum_q;
+                    cd_dist = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
+                    cd_err = ex_scale * L->ex_err[pos];
+                    if (cd_dist - cd_err >= tau) continue;
+                }
+                s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], cd_dist, cd_err};
+                float ub = cd_dist + cd_err;
                 if (n_ub < k || ub < tau) { /* the 1-bit bound holds in split mode too */
                     heap_push(s.ubheap, &n_ub, k, (heap_item){ub, 0});
                     if (n_ub == k) tau = s.ubheap[0].d;
@@ -341,7 +352,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
         }
     }
 
-    if (ex && n_cand) { /* extended code: tighter estimate and bound for the survivors */
+    if (ex && n_cand && !inline_ex) { /* extended code: tighter estimate and bound for the survivors */
         if (prune_1bit && !full) { /* drop what the final 1-bit threshold already rules out */
             uint32_t m = 0;
             for (uint32_t i = 0; i < n_cand; i++)
@@ -349,7 +360,6 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             n_cand = m;
         }
         uint32_t cur = UINT32_MAX;
-        const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
         const float tau_1bit = tau;
         n_ub = 0;
         for (uint32_t i = 0; i < n_cand; i++) {
@@ -359,7 +369,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 prepare_list(ix, cur, &s, probe_distance(ix, cur, s.zq), &qc, 1, &lq);
             }
             const kvqi_ivf_list *L = &ix->lists[cur];
-            float yq = ix->kern->dot_u8(L->ex_codes + (size_t)cd->pos * ix->d_pad, lq.qp, ix->d_pad) -
+            float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, cd->pos, s.exv), lq.qp, ix->d_pad) -
                        half * lq.sum_q;
             cd->dist = L->f_add[cd->pos] + lq.K - alpha * L->ex_rescale[cd->pos] * yq;
             cd->err = full ? INFINITY : alpha * ctx->eps0 * L->ex_err[cd->pos] * lq.qnorm;
@@ -433,6 +443,14 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
 KVQ_API kvq_status kvq_index_search(const kvq_index *ix, const float *queries, size_t n_queries,
                                     uint32_t k, const kvq_index_search_params *params,
                                     int64_t *out_ids, float *out_dists) {
+    return kvq_index_search_filtered(ix, queries, n_queries, k, params, NULL, out_ids, out_dists);
+}
+
+KVQ_API kvq_status kvq_index_search_filtered(const kvq_index *ix, const float *queries,
+                                             size_t n_queries, uint32_t k,
+                                             const kvq_index_search_params *params,
+                                             const kvq_index_filter *filter, int64_t *out_ids,
+                                             float *out_dists) {
     if (!ix || (!queries && n_queries) || k == 0 || (!out_ids && n_queries))
         return KVQ_ERR_INVALID_ARG;
     if (!ix->trained) return KVQ_ERR_STATE;
@@ -448,8 +466,11 @@ KVQ_API kvq_status kvq_index_search(const kvq_index *ix, const float *queries, s
     if (p.eps0 == 0.0f) p.eps0 = KVQI_INDEX_DEFAULT_EPS0;
     if (!(p.eps0 > 0.0f)) return KVQ_ERR_INVALID_ARG;
     if (k > 1u << 20) return KVQ_ERR_UNSUPPORTED;
+    /* a NaN query would compare false everywhere and return only -1 */
+    if (kvqi_index_check_rows(ix, queries, n_queries) != KVQ_OK) return KVQ_ERR_INVALID_ARG;
 
-    search_ctx ctx = {ix, queries, k, p.nprobe < ix->nlist ? p.nprobe : ix->nlist, p.rerank,
+    if (filter && !filter->id_bitset && !filter->allow) filter = NULL;
+    search_ctx ctx = {filter, ix, queries, k, p.nprobe < ix->nlist ? p.nprobe : ix->nlist, p.rerank,
                       p.eps0, out_ids, out_dists, NULL, 0, 0};
     /* room for every vector of the nprobe largest lists (and for the probe) */
     {
@@ -525,7 +546,7 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
             ids[o] = ix->ids[L->rows[pos]];
             if (use_ex) {
                 const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
-                float yq = ix->kern->dot_u8(L->ex_codes + (size_t)pos * ix->d_pad, lq.qp, ix->d_pad) -
+                float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, pos, s.exv), lq.qp, ix->d_pad) -
                            half * lq.sum_q;
                 est[o] = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
                 err[o] = alpha * eps0 * L->ex_err[pos] * lq.qnorm;
@@ -549,4 +570,130 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
     }
     kvqi_free(base);
     return KVQ_OK;
+}
+
+/* ------------------------------------------------------------ range search */
+
+typedef struct range_out {
+    heap_item *it;
+    size_t n, cap;
+} range_out;
+
+static int range_push(range_out *o, float d, int64_t id) {
+    if (o->n == o->cap) {
+        size_t cap = o->cap ? 2 * o->cap : 256;
+        heap_item *p = realloc(o->it, cap * sizeof *p);
+        if (!p) return 0;
+        o->it = p;
+        o->cap = cap;
+    }
+    o->it[o->n++] = (heap_item){d, id};
+    return 1;
+}
+
+KVQ_API kvq_status kvq_index_range_search(const kvq_index *ix, const float *query, float radius,
+                                          const kvq_index_search_params *params,
+                                          const kvq_index_filter *filter, int64_t *out_ids,
+                                          float *out_dists, size_t cap, size_t *n_found) {
+    if (n_found) *n_found = 0;
+    if (!ix || !query || !n_found || (cap && !out_ids) || radius != radius)
+        return KVQ_ERR_INVALID_ARG;
+    if (!ix->trained) return KVQ_ERR_STATE;
+    if (kvqi_index_check_rows(ix, query, 1) != KVQ_OK) return KVQ_ERR_INVALID_ARG;
+    kvq_index_search_params p;
+    kvq_index_search_params_init(&p);
+    if (params) p = *params;
+    if (p.nprobe == 0) p.nprobe = 1;
+    if (p.eps0 == 0.0f) p.eps0 = KVQI_INDEX_DEFAULT_EPS0;
+    if (!(p.eps0 > 0.0f)) return KVQ_ERR_INVALID_ARG;
+    if (filter && !filter->id_bitset && !filter->allow) filter = NULL;
+    const uint32_t np = p.nprobe < ix->nlist ? p.nprobe : ix->nlist;
+    const size_t probe_need = ((size_t)ix->nlist * sizeof(heap_item) + sizeof(cand) - 1) / sizeof(cand);
+    size_t bytes = carve(ix, 1, probe_need, NULL, NULL);
+    unsigned char *base = kvqi_alloc_array(1, bytes);
+    if (!base) return KVQ_ERR_NOMEM;
+    scratch s;
+    carve(ix, 1, probe_need, base, &s);
+    for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
+    const int l2 = ix->cfg.metric == KVQ_METRIC_L2;
+    const float alpha = l2 ? 2.0f : 1.0f;
+    const int full = !isfinite(p.eps0), q4 = ix->cfg.query_bits == 4;
+    kvqi_index_to_space(ix, query, l2, s.tmp, s.zq);
+    const float *qx = ix->cfg.metric == KVQ_METRIC_COSINE ? s.tmp : query;
+    query_consts qc = {0.0f, 0.0f, 0.0f};
+    if (!l2 && ix->pca_mean) qc.const_ip = ix->kern->dot(ix->pca_mean, qx, ix->dim);
+    kvqi_index_rotate(ix, s.zq, s.qrot);
+    qc.qrot_sum = ix->kern->dot(s.qrot, s.ones, ix->d_pad);
+    qc.qrot_n2 = ix->kern->dot(s.qrot, s.qrot, ix->d_pad);
+    uint32_t nh = probe(ix, s.zq, np, (heap_item *)(void *)s.cands, s.probe_i, s.probe_d);
+    range_out o = {NULL, 0, 0};
+    kvq_status st = KVQ_OK;
+    const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
+    uint32_t S[KVQI_FS_BLOCK];
+    for (uint32_t pi = 0; pi < nh && st == KVQ_OK; pi++) {
+        uint32_t c = s.probe_i[pi];
+        const kvqi_ivf_list *L = &ix->lists[c];
+        if (!L->n) continue;
+        list_query lq;
+        /* the float q' is needed by the extended code and the float LUT */
+        prepare_list(ix, c, &s, s.probe_d[pi], &qc, 1, &lq);
+        if (q4) build_lut4(ix, &s, &lq);
+        else build_lutf(ix, &s, &lq);
+        const float ferr = alpha * p.eps0 * lq.qnorm, qerr = alpha * p.eps0 * (q4 ? lq.qerr : 0.0f);
+        for (uint32_t b0 = 0; b0 < L->n && st == KVQ_OK; b0 += KVQI_FS_BLOCK) {
+            const uint8_t *blk = L->codes + (size_t)(b0 / KVQI_FS_BLOCK) * ix->n_groups * 16;
+            uint32_t nv = L->n - b0 < KVQI_FS_BLOCK ? L->n - b0 : KVQI_FS_BLOCK;
+            float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
+            if (q4) {
+                ix->kern->fastscan(blk, s.lut, ix->n_groups, S);
+                kvqi_block_consts bc = {lq.delta, lq.vmin, lq.sum_q, lq.K, alpha, full ? 0.0f : ferr,
+                                        full ? 0.0f : qerr, INFINITY};
+                ix->kern->estimate_block(S, L->f_add + b0, L->f_rescale + b0, L->f_err + b0,
+                                         L->f_pop + b0, &bc, dist, err);
+            } else {
+                for (uint32_t v = 0; v < nv; v++) {
+                    float acc = 0.0f;
+                    for (uint32_t g = 0; g < ix->n_groups; g++)
+                        acc += s.lutf[(size_t)g * 16 + kvqi_list_nibble(ix, L, b0 + v, g)];
+                    uint32_t pos = b0 + v;
+                    dist[v] = (L->f_add[pos] + lq.K) - alpha * (L->f_rescale[pos] * (2.0f * acc - lq.sum_q));
+                    err[v] = full ? 0.0f : L->f_err[pos] * ferr;
+                }
+            }
+            for (uint32_t v = 0; v < nv; v++) {
+                const uint32_t pos = b0 + v, row = L->rows[pos];
+                const int64_t id = ix->ids[row];
+                if (filter && !passes(filter, id)) continue;
+                if (!full && !(dist[v] - err[v] <= radius)) continue; /* cannot be within */
+                float d;
+                if (ix->reorder_f32) {
+                    const float *x = ix->reorder_f32 + (size_t)row * ix->dim;
+                    d = l2 ? ix->kern->l2sq(x, qx, ix->dim) : -ix->kern->dot(x, qx, ix->dim);
+                } else if (ix->reorder_f16) {
+                    const uint16_t *x = ix->reorder_f16 + (size_t)row * ix->dim;
+                    d = l2 ? ix->kern->l2sq_f16(x, qx, ix->dim) : -ix->kern->dot_f16(x, qx, ix->dim);
+                } else if (ix->cfg.bits > 1) {
+                    float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, pos, s.exv), lq.qp, ix->d_pad) -
+                               half * lq.sum_q;
+                    d = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
+                } else {
+                    d = dist[v];
+                }
+                if (d <= radius && !range_push(&o, d, id)) st = KVQ_ERR_NOMEM;
+            }
+        }
+    }
+    kvqi_free(base);
+    if (st != KVQ_OK) {
+        free(o.it);
+        return st;
+    }
+    qsort(o.it, o.n, sizeof *o.it, cmp_item);
+    for (size_t i = 0; i < o.n && i < cap; i++) {
+        out_ids[i] = o.it[i].id;
+        if (out_dists) out_dists[i] = o.it[i].d;
+    }
+    *n_found = o.n;
+    free(o.it);
+    return o.n > cap ? KVQ_ERR_CAPACITY : KVQ_OK;
 }

@@ -81,7 +81,7 @@ kvq_status kvqi_artifact_check(const kvq_config *cfg, char *why, size_t why_size
     kvqi_st_file *f;
     kvq_status st = kvqi_st_read(cfg->artifact, &f);
     if (st != KVQ_OK) {
-        kvqi_set_msg(why, why_size, "artifact %s: %s", cfg->artifact, kvq_strerror(st));
+        kvqi_set_msg(why, why_size, "artifact %s: %s", cfg->artifact, kvqi_st_read_why(cfg->artifact, st));
         return st;
     }
     kvq_config art;
@@ -109,7 +109,7 @@ KVQ_API kvq_status kvq_tensor_read_f32(const char *path, const char *name, float
     kvqi_st_file *f;
     kvq_status st = kvqi_st_read(path, &f);
     if (st != KVQ_OK) {
-        kvqi_set_msg(msg, msg_size, "%s: %s", path, kvq_strerror(st));
+        kvqi_set_msg(msg, msg_size, "%s: %s", path, kvqi_st_read_why(path, st));
         return st;
     }
     const kvqi_st_tensor *t = NULL;

@@ -37,6 +37,7 @@ static const method_name k_names[] = {
     {"polar", KVQ_METHOD_POLARQUANT},
     {"commvq", KVQ_METHOD_COMM_VQ},
     {"spectralquant", KVQ_METHOD_SPECTRAL},
+    {"f16", KVQ_METHOD_FP16}, /* llama.cpp's name (-ctk f16) */
 };
 
 KVQ_API const char *kvq_method_name(kvq_method method) {
@@ -166,13 +167,18 @@ KVQ_API kvq_status kvq_config_init(kvq_config *cfg, kvq_method method, uint32_t 
 
 /* ------------------------------------------------------------------ parse */
 
+/* Decimal digits only: no sign, no spaces, no base prefix (0x2), and no leading zero
+ * (010 would be 8 to a C reader and 10 to anyone else: refused rather than guessed). */
 static int parse_u64(const char *s, uint64_t *out) {
-    if (!*s || *s == '-' || *s == '+' || isspace((unsigned char)*s)) return 0;
-    errno = 0;
-    char *end;
-    unsigned long long v = strtoull(s, &end, 0);
-    if (errno || *end) return 0;
-    *out = (uint64_t)v;
+    if (!(*s >= '0' && *s <= '9') || (s[0] == '0' && s[1])) return 0;
+    uint64_t v = 0;
+    for (; *s; s++) {
+        if (!(*s >= '0' && *s <= '9')) return 0;
+        uint64_t d = (uint64_t)(*s - '0');
+        if (v > (UINT64_MAX - d) / 10) return 0;
+        v = v * 10 + d;
+    }
+    *out = v;
     return 1;
 }
 
@@ -213,7 +219,7 @@ static kvq_status set_key(kvq_config *c, unsigned bit, const char *key, const ch
     case K_SUB_DIM:
     case K_N_CODEBOOKS:
         if (!parse_u32(val, &u) || u == 0) {
-            kvqi_set_msg(msg, msg_size, "key '%s': '%s' is not a positive integer", key, val);
+            kvqi_set_msg(msg, msg_size, "key '%s': '%s' is not a positive decimal integer (digits only, no leading zero)", key, val);
             return KVQ_ERR_PARSE;
         }
         if (bit == K_BITS) c->bits = u;
@@ -225,7 +231,7 @@ static kvq_status set_key(kvq_config *c, unsigned bit, const char *key, const ch
         return KVQ_OK;
     case K_NLIST:
         if (!parse_u32(val, &u)) {
-            kvqi_set_msg(msg, msg_size, "key 'nlist': '%s' is not an integer", val);
+            kvqi_set_msg(msg, msg_size, "key 'nlist': '%s' is not a decimal integer (digits only, no leading zero)", val);
             return KVQ_ERR_PARSE;
         }
         c->nlist = u;
@@ -240,7 +246,7 @@ static kvq_status set_key(kvq_config *c, unsigned bit, const char *key, const ch
     case K_SEED: {
         uint64_t s;
         if (!parse_u64(val, &s)) {
-            kvqi_set_msg(msg, msg_size, "key 'seed': '%s' is not an unsigned integer", val);
+            kvqi_set_msg(msg, msg_size, "key 'seed': '%s' is not a decimal integer (digits only, no leading zero)", val);
             return KVQ_ERR_PARSE;
         }
         c->seed = s;
@@ -261,7 +267,7 @@ static kvq_status set_key(kvq_config *c, unsigned bit, const char *key, const ch
         char *end;
         errno = 0;
         float f = strtof(val, &end);
-        if (!*val || *end || errno || !(f > 0.0f) || !isfinite(f)) {
+        if (!*val || *end || errno || !(f > 0.0f) || !isfinite(f) || strpbrk(val, "xX \t\n\r\f\v")) {
             kvqi_set_msg(msg, msg_size, "key '%s': '%s' is not a positive number", key, val);
             return KVQ_ERR_PARSE;
         }
@@ -295,6 +301,11 @@ static kvq_status set_key(kvq_config *c, unsigned bit, const char *key, const ch
         return KVQ_ERR_PARSE;
     }
     return KVQ_ERR_PARSE;
+}
+
+/* keys whose value is a name or a path, where surrounding spaces are only layout */
+static int def_is_string(const char *key) {
+    return !strcmp(key, "artifact") || !strcmp(key, "rotate") || !strcmp(key, "rope") || !strcmp(key, "isa");
 }
 
 static void trim(char **s) {
@@ -350,7 +361,8 @@ KVQ_API kvq_status kvq_config_parse(const char *spec, uint32_t dim, kvq_config *
         *eq = 0;
         char *key = item, *val = eq + 1;
         trim(&key);
-        trim(&val);
+        /* a value is taken as written: "bits= 2" is refused, not trimmed */
+        if (def_is_string(key)) trim(&val);
         const key_def *def = NULL;
         for (size_t i = 0; i < sizeof k_keys / sizeof k_keys[0]; i++)
             if (strcmp(key, k_keys[i].name) == 0) def = &k_keys[i];

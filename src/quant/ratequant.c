@@ -97,7 +97,7 @@ KVQ_API kvq_status kvq_ratequant_cache_configs(const char *path, const kvq_cache
     kvqi_st_file *f;
     kvq_status st = kvqi_st_read(path, &f);
     if (st != KVQ_OK) {
-        kvqi_set_msg(msg, msg_size, "%s: %s", path, kvq_strerror(st));
+        kvqi_set_msg(msg, msg_size, "%s: %s", path, kvqi_st_read_why(path, st));
         return st;
     }
     const char *format = kvqi_st_meta_get(f, "format"), *spec = kvqi_st_meta_get(f, "key_spec");

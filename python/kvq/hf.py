@@ -1,0 +1,454 @@
+"""kvq.hf - a Hugging Face transformers Cache whose full-attention layers hold only kvq
+codes (plus the exact window and sinks the config asks for), and the attention function
+that reads them, registered with transformers' AttentionInterface as "kvq". Imported
+only when used (it needs torch and transformers >= 5).
+
+    from kvq.hf import KVQCache
+    cache = KVQCache(model, "q4")                   # a preset, or any --cache string
+    out = model.generate(**inputs, cache=cache)     # past_key_values= also works
+
+KVQCache(model, ...) switches the model to attn_implementation="kvq" (sdpa for every
+layer or cache that is not kvq's, so other caches keep working).
+
+Each full-attention layer keeps one kvq_cache per batch row (all its KV heads): update()
+quantizes the new keys and values into it and returns empty placeholders, and the
+attention function runs kvq_cache_attend (fused scores, softmax and value sum over the
+codes) on CPU tensors, so no decoded copy of the cache is ever built. Sliding-window and
+chunked layers keep transformers' exact window (their memory is bounded by the window);
+linear-attention and other layer types are left as transformers makes them.
+
+On CUDA tensors, layers whose key and value methods the GPU kernels take keep their
+codes on the device and attend with kvq_cuda_attend (one new token per row; a prompt is
+attended exactly with sdpa while its codes are written). Without a GPU build, a driver,
+or for other methods, CUDA tensors go through the CPU path (copied to the host).
+
+Not supported: beam search (reorder), cropping (assisted decoding), and left-padded
+batches (a padding mask raises): run one sequence per row without padding.
+"""
+
+import threading
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from . import _native as N
+from .cache import Cache as _KvqCache
+from .cache import _spec_of, cache_config
+from .threadpool import ThreadPool
+
+ATTN_IMPLEMENTATION = "kvq"
+
+__all__ = ["KVQCache", "KVQLayer", "kvq_attention_forward", "register", "ATTN_IMPLEMENTATION"]
+
+
+try:  # transformers >= 5.2x: the table of layer kinds and the config reader behind DynamicCache
+    from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, get_layer_types_and_kwargs
+except ImportError:
+    DYNAMIC_LAYER_TYPE_MAPPING = {
+        "full_attention": DynamicLayer,
+        "sliding_attention": DynamicSlidingWindowLayer,
+        "chunked_attention": DynamicSlidingWindowLayer,
+    }
+
+    def get_layer_types_and_kwargs(config):
+        n = config.num_hidden_layers
+        types = getattr(config, "layer_types", None)
+        if types is None:
+            sliding = getattr(config, "sliding_window", None)
+            types = ["sliding_attention" if sliding else "full_attention"] * n
+        kwargs = []
+        for t in types:
+            if t == "sliding_attention":
+                kwargs.append({"sliding_window": config.sliding_window})
+            elif t == "chunked_attention":
+                kwargs.append({"sliding_window": config.attention_chunk_size})
+            else:
+                kwargs.append({})
+        return list(types), kwargs
+
+
+def _model_dims(config):
+    text = config.get_text_config(decoder=True)
+    n_heads = int(text.num_attention_heads)
+    n_kv = int(getattr(text, "num_key_value_heads", None) or n_heads)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // n_heads
+    return text, n_kv, int(head_dim)
+
+
+class KVQLayer(CacheLayerMixin):
+    """One full-attention layer: a kvq.Cache per batch row (CPU), or device code buffers
+    (CUDA). keys/values stay None: nothing decoded is kept."""
+
+    is_sliding = False
+    is_croppable = False
+    is_compileable = False
+
+    def __init__(self, config, pool=None, use_cuda=True, **kwargs):
+        super().__init__()
+        self._config = config  # a kvq_cache_config for this layer's shape
+        self._pool = pool
+        self._use_cuda = use_cuda
+        self._rows = []  # CPU: one kvq.Cache per batch row
+        self._gpu = None  # CUDA: _GpuCodes
+        self._lock = threading.Lock()
+        self.n_tokens = 0
+        self.batch_size = None
+
+    # --------------------------------------------------------------- life cycle
+
+    def lazy_initialization(self, key_states, value_states):
+        self.device = key_states.device
+        self.dtype = key_states.dtype
+        b, h, _, d = key_states.shape
+        self.batch_size = int(b)
+        self.n_kv_heads, self.head_dim = int(h), int(d)
+        if self._use_cuda and key_states.is_cuda and N.cuda_devices() > 0:
+            self._gpu = _GpuCodes.try_create(self._config, self.batch_size, key_states.device)
+        if (self.n_kv_heads, self.head_dim) != (self._config.n_kv_heads, self._config.head_dim):
+            raise ValueError(
+                "kvq.hf: the model gives %d KV heads of %d, its config says %d of %d"
+                % (self.n_kv_heads, self.head_dim, self._config.n_kv_heads, self._config.head_dim)
+            )
+        if self._gpu is None:
+            self._rows = [_KvqCache(0, 0, config=self._config) for _ in range(self.batch_size)]
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if tuple(key_states.shape[:2]) != (self.batch_size, self.n_kv_heads):
+            raise ValueError(
+                "kvq.hf: keys of shape %s for a cache of batch %d, %d KV heads"
+                % (tuple(key_states.shape), self.batch_size, self.n_kv_heads)
+            )
+        n_new = int(key_states.shape[2])
+        with self._lock:
+            if self._gpu is not None:
+                exact = self._gpu.append(key_states, value_states, self.n_tokens)
+            else:
+                exact = None
+                for b, row in enumerate(self._rows):
+                    row.append(key_states[b : b + 1], value_states[b : b + 1])
+            self.n_tokens += n_new
+        # Placeholders: the attention function finds the layer through them.
+        k = key_states.new_empty((self.batch_size, self.n_kv_heads, 0, self.head_dim))
+        v = value_states.new_empty((self.batch_size, self.n_kv_heads, 0, self.head_dim))
+        k._kvq_layer = self
+        k._kvq_exact = exact
+        v._kvq_layer = self
+        return k, v
+
+    def attend(self, query, scaling):
+        """query [batch, n_q_heads, n_new, head_dim] against everything appended so far;
+        returns [batch, n_new, n_q_heads, head_dim] in query's dtype."""
+        with self._lock:
+            if self._gpu is not None:
+                return self._gpu.attend(query, scaling, self.n_tokens)
+            outs = [
+                row.attend(query[b : b + 1], scale=scaling, pool=self._pool)
+                for b, row in enumerate(self._rows)
+            ]
+        return torch.cat(outs, dim=0).transpose(1, 2).contiguous()
+
+    def get_mask_sizes(self, query_length):
+        return self.n_tokens + query_length, 0
+
+    def get_seq_length(self):
+        return self.n_tokens
+
+    def get_max_length(self):
+        return -1
+
+    def reset(self):
+        with self._lock:
+            for row in self._rows:
+                row.reset()
+            if self._gpu is not None:
+                self._gpu.reset()
+            self.n_tokens = 0
+
+    def crop(self, tokens_to_remove):
+        if tokens_to_remove != 0:
+            raise NotImplementedError("kvq.hf: a kvq cache cannot be cropped (its codes are append-only)")
+
+    def _unsupported(self, what):
+        if self.n_tokens:
+            raise NotImplementedError("kvq.hf: %s is not supported on a filled kvq cache" % what)
+
+    def reorder_cache(self, beam_idx):
+        self._unsupported("beam search (reorder_cache)")
+
+    def batch_repeat_interleave(self, repeats):
+        self._unsupported("batch_repeat_interleave")
+
+    def batch_select_indices(self, indices):
+        self._unsupported("batch_select_indices")
+
+    def offload(self):
+        pass
+
+    def prefetch(self):
+        pass
+
+    def memory(self):
+        """Bytes held, summed over the rows: kvq_cache_memory's fields."""
+        total = {}
+        for row in self._rows:
+            for k, v in row.memory().items():
+                total[k] = total.get(k, 0) + v
+        if self._gpu is not None:
+            for k, v in self._gpu.memory().items():
+                total[k] = total.get(k, 0) + v
+        total["n_tokens"] = self.n_tokens
+        return total
+
+
+class KVQCache(Cache):
+    """A transformers Cache whose full-attention layers keep kvq codes.
+
+    model_or_config: a PreTrainedModel (its attention is switched to "kvq") or a config.
+    spec: a cache string as the CLI's --cache takes it: a preset name ("q4", "q3", "q2";
+    kvq.presets() lists them) or KSPEC[+VSPEC], with "@window=N,sink=N,..." options
+    ("q4@window=64", "mse:bits=4+mse:bits=2"). Or preset=, or key_spec= / value_spec=
+    (the CLI's --cache-k / --cache-v). window, n_sink, n_outliers and center_keys
+    override what the spec sets. n_threads: the CPU attention's thread
+    pool (0: one per CPU, 1: the calling thread only). use_cuda: run CUDA tensors on the
+    GPU kernels where they apply."""
+
+    def __init__(
+        self,
+        model_or_config,
+        spec=None,
+        preset=None,
+        key_spec=None,
+        value_spec=None,
+        window=None,
+        n_sink=None,
+        n_outliers=None,
+        center_keys=None,
+        n_threads=0,
+        use_cuda=True,
+    ):
+        config = getattr(model_or_config, "config", model_or_config)
+        text, n_kv, head_dim = _model_dims(config)
+        # Parsed once, now (a bad spec fails here, not in the middle of generate); every
+        # layer and row gets a copy.
+        cfg = cache_config(n_kv, head_dim, preset=preset, key_spec=key_spec, value_spec=value_spec,
+                           window=window, n_sink=n_sink, n_outliers=n_outliers,
+                           center_keys=center_keys, spec=spec)
+        self.config = cfg
+        self.key_spec = _spec_of(cfg.key)
+        self.value_spec = _spec_of(cfg.value)
+        self.spec = spec if spec is not None else preset
+        self.pool = None if n_threads == 1 else ThreadPool(n_threads)
+        layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
+        layers = []
+        for kind, kw in zip(layer_types, layer_kwargs):
+            if kind == "full_attention":
+                layers.append(KVQLayer(cfg, pool=self.pool, use_cuda=use_cuda))
+            else:
+                layers.append(DYNAMIC_LAYER_TYPE_MAPPING[kind](**kw))
+        super().__init__(layers=layers)
+        register()
+        if hasattr(model_or_config, "set_attn_implementation"):
+            model_or_config.set_attn_implementation(ATTN_IMPLEMENTATION)
+
+    def __repr__(self):
+        return "KVQCache(key_spec=%r, value_spec=%r, layers=%d)" % (
+            self.key_spec, self.value_spec, len(self.layers))
+
+    def memory(self):
+        """Bytes this cache holds: kvq layers' codes, windows and overheads
+        (kvq_cache_memory summed), plus the exact tensors of the other layers
+        ("exact_layers"); "total" covers everything. "fp16" is what the same tokens
+        would take as fp16 keys and values in the kvq layers."""
+        total = {"exact_layers": 0, "fp16": 0}
+        for layer in self.layers:
+            if isinstance(layer, KVQLayer):
+                for k, v in layer.memory().items():
+                    if k != "n_tokens":
+                        total[k] = total.get(k, 0) + v
+                if layer.is_initialized:
+                    total["fp16"] += 2 * 2 * layer.batch_size * layer.n_kv_heads * layer.head_dim * layer.n_tokens
+            else:
+                for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                    if isinstance(t, torch.Tensor):
+                        total["exact_layers"] += t.numel() * t.element_size()
+        total["total"] = total.get("total", 0) + total["exact_layers"]
+        return total
+
+
+# ------------------------------------------------------------------ attention
+
+
+def kvq_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                          is_causal=None, **kwargs):
+    """The "kvq" attention: layers of a KVQCache attend from their codes; anything else
+    (sliding layers, other caches, no cache) goes to transformers' sdpa."""
+    layer = getattr(key, "_kvq_layer", None)
+    if layer is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    if kwargs.get("softcap") is not None:
+        raise NotImplementedError("kvq.hf: attention logit softcapping is not supported")
+    if dropout:
+        raise NotImplementedError("kvq.hf: attention dropout (training) is not supported")
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    exact = getattr(key, "_kvq_exact", None)
+    if exact is not None:
+        # CUDA prompt: the codes are written; its attention is over the exact new keys.
+        k_new, v_new = exact
+        return sdpa_attention_forward(module, query, k_new, v_new, None, dropout=0.0,
+                                      scaling=scaling, is_causal=query.shape[2] > 1, **kwargs)
+    return layer.attend(query, float(scaling)), None
+
+
+def kvq_mask(*args, **kwargs):
+    """sdpa's masks (the sliding layers use them), refusing padded batches: kvq layers
+    attend causally over every token of their row."""
+    padding = kwargs.get("attention_mask")
+    if padding is not None and padding.dim() == 2 and not bool(padding.all()):
+        raise NotImplementedError(
+            "kvq.hf: padded batches are not supported (each row must be a whole sequence)"
+        )
+    return sdpa_mask(*args, **kwargs)
+
+
+_registered = False
+
+
+def register():
+    """Registers the "kvq" attention and mask functions with transformers (idempotent);
+    then from_pretrained(..., attn_implementation="kvq") and
+    model.set_attn_implementation("kvq") accept the name."""
+    global _registered
+    if not _registered:
+        AttentionInterface.register(ATTN_IMPLEMENTATION, kvq_attention_forward)
+        AttentionMaskInterface.register(ATTN_IMPLEMENTATION, kvq_mask)
+        _registered = True
+
+
+# ---------------------------------------------------------------------- CUDA
+
+_CUDA_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+class _GpuCodes:
+    """A layer's codes on the GPU: [batch][n_kv_heads][capacity][code_size] buffers for
+    keys and values (kvq_cuda_attend's layout), grown by doubling. Untested here: the
+    machine this was written on has no GPU."""
+
+    @classmethod
+    def try_create(cls, cfg, batch, device):
+        try:
+            return cls(cfg, batch, device)
+        except (N.KvqError, RuntimeError):
+            return None  # a method or shape the GPU kernels do not take: the CPU path
+
+    def __init__(self, cfg, batch, device):
+        import ctypes
+
+        from .quantizer import Quantizer
+
+        if cfg.window or cfg.n_sink or cfg.n_outliers or cfg.center_keys:
+            raise RuntimeError("the CUDA path keeps codes only (no exact window, sinks, outliers, centering)")
+        n_kv, head_dim = int(cfg.n_kv_heads), int(cfg.head_dim)
+        self.device = device
+        self.batch, self.n_kv, self.head_dim = batch, n_kv, head_dim
+        self.kq = Quantizer(_spec_of(cfg.key), head_dim)
+        self.vq = Quantizer(_spec_of(cfg.value), head_dim)
+        self._handles = []
+        with torch.cuda.device(device):
+            for q in (self.kq, self.vq):
+                h = ctypes.c_void_p()
+                N._check(N._cuda_quantizer_create(q._h, ctypes.byref(h)), "kvq_cuda_quantizer_create")
+                self._handles.append(h)
+        self.capacity = 0
+        self.k_codes = self.v_codes = None
+        self.seq_lens = torch.zeros(batch, dtype=torch.int32, device=device)
+        self.workspace = None
+
+    def __del__(self):
+        for h in getattr(self, "_handles", []):
+            N._cuda_quantizer_free(h)
+
+    def _grow(self, need):
+        if need <= self.capacity:
+            return
+        cap = max(256, self.capacity)
+        while cap < need:
+            cap *= 2
+        new = []
+        for codes, q in ((self.k_codes, self.kq), (self.v_codes, self.vq)):
+            buf = torch.empty((self.batch, self.n_kv, cap, q.code_size), dtype=torch.uint8, device=self.device)
+            if codes is not None:
+                buf[:, :, : self.capacity].copy_(codes)
+            new.append(buf)
+        self.k_codes, self.v_codes = new
+        self.capacity = cap
+
+    def _stream(self):
+        return torch.cuda.current_stream(self.device).cuda_stream
+
+    def append(self, k, v, n_past):
+        n_new = k.shape[2]
+        self._grow(n_past + n_new)
+        for x, codes, h, q in ((k, self.k_codes, self._handles[0], self.kq),
+                               (v, self.v_codes, self._handles[1], self.vq)):
+            x = x.contiguous()
+            dtype = _CUDA_DTYPES.get(x.dtype)
+            if dtype is None:
+                x, dtype = x.float(), 0
+            rows = torch.empty((self.batch, self.n_kv, n_new, q.code_size), dtype=torch.uint8, device=self.device)
+            st = N._cuda_encode(h, dtype, x.data_ptr(), self.batch * self.n_kv * n_new, rows.data_ptr(),
+                                self._stream())
+            N._check(st, "kvq_cuda_encode")
+            codes[:, :, n_past : n_past + n_new].copy_(rows)
+        self.seq_lens.fill_(n_past + n_new)
+        if n_new > 1:
+            if n_past:
+                raise NotImplementedError(
+                    "kvq.hf: on CUDA, several new tokens at once need an empty cache (the prompt)")
+            return (k, v)  # the prompt attends over its exact keys
+        return None
+
+    def attend(self, query, scaling, n_tokens):
+        import ctypes
+
+        if query.shape[2] != 1:
+            raise NotImplementedError("kvq.hf: on CUDA, one new token per step after the prompt")
+        q = query.contiguous()
+        if q.dtype not in _CUDA_DTYPES:
+            q = q.float()
+        desc = N._CudaAttnDesc(
+            batch=self.batch, n_q_heads=q.shape[1], n_kv_heads=self.n_kv, head_dim=self.head_dim,
+            capacity=self.capacity, max_len=n_tokens, scale=scaling, q_dtype=_CUDA_DTYPES[q.dtype], flags=0,
+        )
+        need = N._size()
+        st = N._cuda_attend_workspace(self._handles[0], self._handles[1], ctypes.byref(desc), ctypes.byref(need))
+        N._check(st, "kvq_cuda_attend_workspace")
+        if self.workspace is None or self.workspace.numel() < need.value:
+            self.workspace = torch.empty(max(int(need.value), 1), dtype=torch.uint8, device=self.device)
+        out = torch.empty((self.batch, q.shape[1], self.head_dim), dtype=torch.float32, device=self.device)
+        st = N._cuda_attend(self._handles[0], self._handles[1], ctypes.byref(desc), q.data_ptr(),
+                            self.k_codes.data_ptr(), self.v_codes.data_ptr(), self.seq_lens.data_ptr(),
+                            self.workspace.data_ptr(), self.workspace.numel(), out.data_ptr(), self._stream())
+        N._check(st, "kvq_cuda_attend")
+        return out.to(query.dtype)[:, None]  # [batch, 1, n_q_heads, head_dim]
+
+    def reset(self):
+        self.seq_lens.zero_()
+
+    def memory(self):
+        kc = self.kq.code_size * self.batch * self.n_kv
+        vc = self.vq.code_size * self.batch * self.n_kv
+        n = int(self.seq_lens.max().item()) if self.capacity else 0
+        held = (kc + vc) * self.capacity
+        return {"key_codes": kc * n, "value_codes": vc * n, "window": 0, "outliers": 0,
+                "shared": self.kq.shared_size + self.vq.shared_size,
+                "overhead": held - (kc + vc) * n, "total": held + self.kq.shared_size + self.vq.shared_size}

@@ -1,0 +1,191 @@
+# test_hf.py - kvq.hf on tiny randomly initialised transformers models built here (no
+# hub): greedy generation through a KVQCache at fp16 equals transformers' DynamicCache;
+# at 4 bits the logits stay close; the layers hold codes only (memory = codes); batches,
+# sliding-window layers, presets, and the refusals. Skips without torch/transformers.
+import inspect
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+if int(transformers.__version__.split(".")[0]) < 5:
+    pytest.skip("kvq.hf needs transformers >= 5", allow_module_level=True)
+
+import kvq  # noqa: E402
+from kvq.hf import KVQCache, KVQLayer  # noqa: E402
+from transformers import DynamicCache  # noqa: E402
+
+PROMPT = 12
+NEW = 20
+# transformers 5.2x renamed generate's and forward's past_key_values to cache
+_fwd = inspect.signature(transformers.LlamaModel.forward).parameters
+CACHE_KW = "cache" if "cache" in _fwd else "past_key_values"
+
+
+def tiny_llama(seed=0, layers=2):
+    cfg = transformers.LlamaConfig(
+        vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def prompt(batch=1, n=PROMPT, seed=1):
+    return torch.randint(0, 256, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def greedy(model, ids, cache, new=NEW):
+    with torch.no_grad():
+        return model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, **{CACHE_KW: cache})
+
+
+def test_fp16_codes_generate_the_dynamic_cache_tokens():
+    model = tiny_llama()
+    ids = prompt()
+    ref = greedy(model, ids, DynamicCache(config=model.config))
+    cache = KVQCache(model, key_spec="fp16", value_spec="fp16")
+    assert model.config._attn_implementation == "kvq"
+    out = greedy(model, ids, cache)
+    assert torch.equal(out, ref)
+    assert cache.get_seq_length() == PROMPT + NEW - 1
+    assert all(isinstance(layer, KVQLayer) for layer in cache.layers)
+
+
+def test_batch_rows_and_the_deprecated_keyword():
+    model = tiny_llama(seed=3)
+    ids = prompt(batch=3, seed=4)
+    ref = greedy(model, ids, DynamicCache(config=model.config))
+    cache = KVQCache(model, key_spec="fp16", value_spec="fp16", n_threads=1)
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
+                             past_key_values=cache)
+    assert torch.equal(out, ref)
+
+
+def step_logits(model, tokens, cache):
+    """Logits of every position, fed as the prompt and then one token at a time (the
+    path generate takes), through the given cache."""
+    with torch.no_grad():
+        out = [model(tokens[:, :PROMPT], use_cache=True, **{CACHE_KW: cache}).logits]
+        for i in range(PROMPT, tokens.shape[1]):
+            out.append(model(tokens[:, i : i + 1], use_cache=True, **{CACHE_KW: cache}).logits)
+    return torch.cat(out, dim=1)[0].float().cpu().numpy()
+
+
+def test_four_bit_codes_keep_logits_close_and_hold_only_codes():
+    model = tiny_llama(seed=5)
+    tokens = greedy(model, prompt(seed=6), DynamicCache(config=model.config))
+    ref = step_logits(model, tokens, DynamicCache(config=model.config))
+    cache = KVQCache(model, key_spec="mse:bits=4", value_spec="mse:bits=4")
+    got = step_logits(model, tokens, cache)
+    rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    # (a random tiny model's logits are flat, std about 0.2: q8_0 codes give 0.5 %
+    # relative error here, 4-bit Lloyd-Max codes about 9 %, 1-bit about 50 %)
+    assert rel.max() < 0.15, rel.max()
+    # coarser codes move the logits further: the comparison can tell them apart
+    cache2 = KVQCache(model, key_spec="mse:bits=1", value_spec="mse:bits=1")
+    rel2 = np.linalg.norm(step_logits(model, tokens, cache2) - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert rel2.mean() > 3 * rel.mean()
+    # memory held: exactly the codes of every token, in every layer (no decoded copy)
+    n = tokens.shape[1]
+    code = kvq.Quantizer("mse:bits=4", 32).code_size
+    m = cache.memory()
+    layers = model.config.num_hidden_layers
+    assert m["key_codes"] == m["value_codes"] == layers * 2 * n * code
+    assert m["window"] == 0 and m["exact_layers"] == 0
+    assert m["key_codes"] + m["value_codes"] < m["fp16"] / 3
+    for layer in cache.layers:
+        assert layer.keys is None and layer.values is None
+
+
+def test_sliding_window_layers_stay_exact_and_bounded():
+    cfg = transformers.Qwen2Config(
+        vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        use_sliding_window=True, sliding_window=6, max_window_layers=1,
+    )
+    assert "sliding_attention" in cfg.layer_types
+    torch.manual_seed(7)
+    model = transformers.Qwen2ForCausalLM(cfg).eval()
+    ids = prompt(batch=2, seed=8)
+    ref = greedy(model, ids, DynamicCache(config=cfg))
+    cache = KVQCache(model, key_spec="fp16", value_spec="fp16")
+    out = greedy(model, ids, cache)
+    assert torch.equal(out, ref)
+    kinds = [type(layer).__name__ for layer in cache.layers]
+    assert kinds[0] == "KVQLayer" and kinds.count("KVQLayer") == cfg.layer_types.count("full_attention")
+    # the sliding layers hold at most their window
+    m = cache.memory()
+    assert 0 < m["exact_layers"] <= 2 * 2 * 2 * cfg.sliding_window * 32 * 4 * 2
+
+
+def test_exact_window_and_presets():
+    model = tiny_llama(seed=9)
+    ids = prompt(seed=10)
+    ref = greedy(model, ids, DynamicCache(config=model.config), new=8)
+    # a window longer than the whole text keeps every token exact: the tokens match
+    cache = KVQCache(model, key_spec="mse:bits=1", value_spec="mse:bits=1", window=64)
+    assert torch.equal(greedy(model, ids, cache, new=8), ref)
+    m = cache.memory()
+    assert m["window"] > 0 and m["key_codes"] == 0  # every token still in the window
+    if kvq.presets():
+        c = KVQCache(model, "q4")
+        assert c.spec == "q4" and "bits=4" in c.key_spec
+        greedy(model, ids, c, new=30)  # past the 32 tokens the cache probes first
+        assert c.memory()["key_codes"] > 0
+        with pytest.raises(kvq.KvqError):
+            KVQCache(model, preset="no_such_preset")
+        # the CLI's cache strings: KSPEC+VSPEC@options; window 64 keeps this text exact
+        c = KVQCache(model, "mse:bits=1+mse:bits=1@window=64")
+        assert c.config.window == 64
+        assert torch.equal(greedy(model, ids, c, new=8), ref)
+
+
+def test_refusals():
+    model = tiny_llama()
+    with pytest.raises(kvq.KvqError):
+        KVQCache(model, key_spec="bogus")
+    cache = KVQCache(model, key_spec="fp16", value_spec="fp16")
+    ids = prompt(batch=2)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding
+    with pytest.raises(NotImplementedError):
+        with torch.no_grad():
+            model.generate(ids, attention_mask=mask, max_new_tokens=2, **{CACHE_KW: cache})
+
+
+def test_other_caches_still_work_after_the_switch():
+    model = tiny_llama(seed=11)
+    ids = prompt(seed=12)
+    ref = greedy(model, ids, DynamicCache(config=model.config), new=6)
+    KVQCache(model, key_spec="fp16", value_spec="fp16")  # switches the model to "kvq"
+    assert torch.equal(greedy(model, ids, DynamicCache(config=model.config), new=6), ref)
+
+
+def test_cuda_layers_run_the_gpu_kernels():
+    if not torch.cuda.is_available() or kvq.cuda_devices() == 0:
+        pytest.skip("no CUDA device for torch and libkvq")
+    model = tiny_llama(seed=13).to("cuda")
+    ids = prompt(seed=14).to("cuda")
+    ref = greedy(model, ids, DynamicCache(config=model.config))
+    cache = KVQCache(model, key_spec="fp16", value_spec="fp16")
+    out = greedy(model, ids, cache)
+    assert all(layer._gpu is not None for layer in cache.layers)
+    assert torch.equal(out, ref)
+    # 4-bit codes on the GPU: logits as close to DynamicCache's as the CPU path's
+    tokens = ref
+    exact = step_logits(model, tokens, DynamicCache(config=model.config))
+    gpu = KVQCache(model, key_spec="mse:bits=4", value_spec="mse:bits=4")
+    a = step_logits(model, tokens, gpu)
+    assert all(layer._gpu is not None for layer in gpu.layers)
+    rel = np.linalg.norm(a - exact, axis=1) / np.linalg.norm(exact, axis=1)
+    assert rel.max() < 0.15, rel.max()
+    cpu = KVQCache(model, key_spec="mse:bits=4", value_spec="mse:bits=4", use_cuda=False)
+    b = step_logits(model, tokens, cpu)
+    assert all(layer._gpu is None for layer in cpu.layers)
+    rel_cpu = np.linalg.norm(b - exact, axis=1) / np.linalg.norm(exact, axis=1)
+    assert rel[PROMPT:].mean() < 2 * rel_cpu[PROMPT:].mean() + 0.01
+    m = gpu.memory()
+    assert m["key_codes"] == model.config.num_hidden_layers * 2 * tokens.shape[1] * 18
