@@ -65,9 +65,17 @@ def make_caches(model, names, threads=0):
         if name == "dynamic":
             out[name] = lambda: DynamicCache(config=cfg)
         elif name.startswith("quanto-int") or name.startswith("hqq-int"):
-            backend, bits = name.split("-int")
-            out[name] = (lambda b=backend, n=int(bits): QuantizedCache(backend=b, config=cfg, nbits=n,
-                                                                       residual_length=1))
+            # BACKEND-intN[-axisA][-resR]: transformers' defaults are axis 0 and a residual of
+            # 128 exact tokens; 1 here keeps (almost) every token quantized, as kvq's caches do
+            backend, rest = name.split("-int")
+            parts = rest.split("-")
+            opts = {"nbits": int(parts[0]), "residual_length": 1}
+            for p in parts[1:]:
+                if p.startswith("axis"):
+                    opts["axis_key"] = opts["axis_value"] = int(p[4:])
+                elif p.startswith("res"):
+                    opts["residual_length"] = int(p[3:])
+            out[name] = lambda b=backend, o=opts: QuantizedCache(backend=b, config=cfg, **o)
         elif name == "fp8":
             out[name] = lambda: QuantizedCache(backend="fp8", config=cfg)
         else:  # a kvq cache string: preset or KSPEC[+VSPEC][@options]

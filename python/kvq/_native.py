@@ -93,6 +93,7 @@ class _CacheConfig(ctypes.Structure):
         ("max_tokens", ctypes.c_uint32),
         ("n_sink", ctypes.c_uint32),
         ("center_keys", ctypes.c_uint32),
+        ("sliding_window", ctypes.c_uint32),
     ]
 
 

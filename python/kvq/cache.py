@@ -38,6 +38,7 @@ def cache_config(
     n_sink=None,
     center_keys=None,
     spec=None,
+    sliding_window=None,
 ):
     """A kvq_cache_config (the ctypes mirror) from one of: spec, a whole cache spec as
     the CLI's --cache takes it ("q4", "q4@window=64", "mse:bits=4+mse:bits=2@sink=1");
@@ -85,6 +86,7 @@ def cache_config(
         ("max_tokens", max_tokens),
         ("n_sink", n_sink),
         ("center_keys", center_keys),
+        ("sliding_window", sliding_window),
     ):
         if value is not None:
             if int(value) < 0 or int(value) >= 2**32:
@@ -128,6 +130,7 @@ class Cache:
         center_keys=None,
         spec=None,
         config=None,
+        sliding_window=None,
     ):
         self._h = None
         self._guard = N._Guard()
@@ -137,7 +140,7 @@ class Cache:
         else:
             cfg = cache_config(
                 n_kv_heads, head_dim, preset, key_spec, value_spec, window, n_outliers,
-                max_tokens, n_sink, center_keys, spec,
+                max_tokens, n_sink, center_keys, spec, sliding_window,
             )
         self.n_kv_heads = int(cfg.n_kv_heads)
         self.head_dim = int(cfg.head_dim)

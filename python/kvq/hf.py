@@ -10,7 +10,7 @@ only when used (it needs torch and transformers >= 5).
 KVQCache(model, ...) switches the model to attn_implementation="kvq" (sdpa for every
 layer or cache that is not kvq's, so other caches keep working).
 
-Each full-attention layer keeps one kvq_cache per batch row (all its KV heads): update()
+Each full-attention layer keeps one kvq_cache (every batch row's KV heads): update()
 quantizes the new keys and values into it and returns empty placeholders, and the
 attention function runs kvq_cache_attend (fused scores, softmax and value sum over the
 codes) on CPU tensors, so no decoded copy of the cache is ever built. Sliding-window and
@@ -71,6 +71,12 @@ except ImportError:
         return list(types), kwargs
 
 
+def _token_major(x):
+    """[batch, heads, seq, dim] -> (seq, batch * heads, dim), the layout kvq_cache takes."""
+    b, h, n, d = x.shape
+    return x.permute(2, 0, 1, 3).reshape(n, b * h, d)
+
+
 def _model_dims(config):
     text = config.get_text_config(decoder=True)
     n_heads = int(text.num_attention_heads)
@@ -92,7 +98,7 @@ class KVQLayer(CacheLayerMixin):
         self._config = config  # a kvq_cache_config for this layer's shape
         self._pool = pool
         self._use_cuda = use_cuda
-        self._rows = []  # CPU: one kvq.Cache per batch row
+        self._codes = None  # CPU: one kvq.Cache, the batch rows' KV heads side by side
         self._gpu = None  # CUDA: _GpuCodes
         self._lock = threading.Lock()
         self.n_tokens = 0
@@ -114,7 +120,16 @@ class KVQLayer(CacheLayerMixin):
                 % (self.n_kv_heads, self.head_dim, self._config.n_kv_heads, self._config.head_dim)
             )
         if self._gpu is None:
-            self._rows = [_KvqCache(0, 0, config=self._config) for _ in range(self.batch_size)]
+            # Rows are whole sequences of one length (padding is refused), so one cache of
+            # batch x n_kv_heads heads holds them all: head b*n_kv + h is row b's head h,
+            # and query head b*n_q + j falls on it by the usual grouped-query rule. One
+            # rotation, one arena and one call per step for the whole batch.
+            import ctypes
+
+            cfg = N._CacheConfig()
+            ctypes.memmove(ctypes.byref(cfg), ctypes.byref(self._config), ctypes.sizeof(cfg))
+            cfg.n_kv_heads = self.batch_size * self.n_kv_heads
+            self._codes = _KvqCache(0, 0, config=cfg)
         self.is_initialized = True
 
     def update(self, key_states, value_states, *args, **kwargs):
@@ -131,8 +146,7 @@ class KVQLayer(CacheLayerMixin):
                 exact = self._gpu.append(key_states, value_states, self.n_tokens)
             else:
                 exact = None
-                for b, row in enumerate(self._rows):
-                    row.append(key_states[b : b + 1], value_states[b : b + 1])
+                self._codes.append(_token_major(key_states), _token_major(value_states))
             self.n_tokens += n_new
         # Placeholders: the attention function finds the layer through them.
         k = key_states.new_empty((self.batch_size, self.n_kv_heads, 0, self.head_dim))
@@ -148,11 +162,9 @@ class KVQLayer(CacheLayerMixin):
         with self._lock:
             if self._gpu is not None:
                 return self._gpu.attend(query, scaling, self.n_tokens)
-            outs = [
-                row.attend(query[b : b + 1], scale=scaling, pool=self._pool)
-                for b, row in enumerate(self._rows)
-            ]
-        return torch.cat(outs, dim=0).transpose(1, 2).contiguous()
+            out = self._codes.attend(_token_major(query), scale=scaling, pool=self._pool)
+        b, hq, n, d = query.shape
+        return out.reshape(n, b, hq, d).permute(1, 0, 2, 3).contiguous()
 
     def get_mask_sizes(self, query_length):
         return self.n_tokens + query_length, 0
@@ -165,8 +177,8 @@ class KVQLayer(CacheLayerMixin):
 
     def reset(self):
         with self._lock:
-            for row in self._rows:
-                row.reset()
+            if self._codes is not None:
+                self._codes.reset()
             if self._gpu is not None:
                 self._gpu.reset()
             self.n_tokens = 0
@@ -195,11 +207,10 @@ class KVQLayer(CacheLayerMixin):
         pass
 
     def memory(self):
-        """Bytes held, summed over the rows: kvq_cache_memory's fields."""
+        """Bytes held: kvq_cache_memory's fields."""
         total = {}
-        for row in self._rows:
-            for k, v in row.memory().items():
-                total[k] = total.get(k, 0) + v
+        if self._codes is not None:
+            total.update(self._codes.memory())
         if self._gpu is not None:
             for k, v in self._gpu.memory().items():
                 total[k] = total.get(k, 0) + v
