@@ -81,6 +81,8 @@ typedef struct serve_sched_params {
     const kvq_cache_config *per_layer; /* NULL: exact float32 KV */
     uint64_t kv_budget;                /* bytes over all slots (0: no budget) */
     uint32_t max_queue;
+    uint32_t measure_tokens; /* start-up KV measurement up to this length (growth measured
+                                from half of it on: past any sliding window) */
 } serve_sched_params;
 
 typedef struct serve_sched serve_sched;

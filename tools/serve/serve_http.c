@@ -493,6 +493,8 @@ static int serve_usage(FILE *f) {
             "  --cache-v SPEC        value quantizer (default fp16)\n"
             "  --kv-budget MB        KV memory for all slots together (default: none); requests\n"
             "                        wait in the queue while running ones hold it\n"
+            "  --kv-measure N        at start-up, measure a slot's KV bytes at N/2 and N tokens\n"
+            "                        (default 512; past the model's sliding window, if any)\n"
             "  --queue N             requests that may wait for a slot or KV budget (default 64);\n"
             "                        past that: 503 with Retry-After\n"
             "  --api-key KEY         require 'Authorization: Bearer KEY' (all but /health)\n"
@@ -513,6 +515,7 @@ static int serve_usage(FILE *f) {
 int kvq_cmd_serve(int argc, char **argv) {
     const char *model_path = NULL, *host = "127.0.0.1", *kspec = NULL, *vspec = NULL, *whole = NULL;
     const char *api_key = NULL, *api_key_file = NULL, *chat_template = NULL, *alias = NULL;
+    long measure = 512;
     long port = 8080, n_slots = 4, n_ctx = 0, threads = 0, batch = 128, queue = 64, timeout = 30, max_conn = 512;
     double budget_mb = 0, exit_after = 0;
     unsigned long long max_body = 1 << 20;
@@ -531,6 +534,7 @@ int kvq_cmd_serve(int argc, char **argv) {
         else if (TAKES("--cache-v")) vspec = v;
         else if (TAKES("--kv-budget")) budget_mb = strtod(v, NULL);
         else if (TAKES("--queue")) queue = strtol(v, NULL, 10);
+        else if (TAKES("--kv-measure")) measure = strtol(v, NULL, 10);
         else if (TAKES("--api-key")) api_key = v;
         else if (TAKES("--api-key-file")) api_key_file = v;
         else if (TAKES("-t") || TAKES("--threads")) threads = strtol(v, NULL, 10);
@@ -550,7 +554,7 @@ int kvq_cmd_serve(int argc, char **argv) {
     if (!model_path) return serve_usage(stderr);
     if (port < 0 || port > 65535 || n_slots < 1 || n_slots > 256 || n_ctx < 0 || n_ctx > 1000000 || threads < 0 ||
         threads > 1024 || batch < 1 || batch > 4096 || queue < 1 || queue > 100000 || timeout < 1 || max_conn < 1 ||
-        max_conn > 65536 || !(budget_mb >= 0) || max_body < 1 || max_body > (1ull << 30) || !(exit_after >= 0)) {
+        max_conn > 65536 || !(budget_mb >= 0) || max_body < 1 || max_body > (1ull << 30) || !(exit_after >= 0) || measure < 128 || measure > 1000000) {
         fprintf(stderr, "kvq serve: a number is out of range\n");
         return 1;
     }
@@ -638,6 +642,7 @@ int kvq_cmd_serve(int argc, char **argv) {
     sp.per_layer = per_layer;
     sp.kv_budget = (uint64_t)(budget_mb * 1024.0 * 1024.0);
     sp.max_queue = (uint32_t)queue;
+    sp.measure_tokens = (uint32_t)measure;
     if (serve_sched_create(&sp, &sched, msg, sizeof msg)) {
         fprintf(stderr, "kvq serve: %s\n", msg[0] ? msg : "cannot create the slots");
         goto done;

@@ -204,29 +204,15 @@ static int32_t sample(slot *s, uint32_t n_vocab, float temperature, float top_p)
 
 static size_t round_chunk(size_t n) { return (n + CHUNK_TOKENS - 1) / CHUNK_TOKENS * CHUNK_TOKENS; }
 
-/* The KV bytes one slot holds with n tokens: the fewest bytes in which
- * kvq_cache_tokens_fit finds room for n (it counts whole chunks, the exact window, sinks
- * and outliers), and never less than an empty slot's. */
+/* The KV bytes one slot holds with n tokens: from the start-up measurement when there is
+ * one (it sees what the model's contexts really hold: sliding-window layers that stop
+ * growing, the exact window, sinks, staged outliers), else the fewest bytes in which
+ * kvq_cache_tokens_fit finds room for n; never less than an empty slot's. */
 static uint64_t bytes_for(const serve_sched *S, uint64_t n) {
     if (n == 0) return S->fixed_bytes;
     uint64_t b;
-    if (S->cal_n1) { /* measured at start-up: the larger of the measurement and the model */
-        uint64_t m = S->cal_b1 + (n > S->cal_n1 ? (n - S->cal_n1) * S->cal_slope : 0);
-        uint64_t model = 0;
-        if (S->p.per_layer) {
-            uint64_t lo = 0, hi = 1u << 20, fit = 0;
-            while (hi < (1ull << 50) &&
-                   (kvq_cache_tokens_fit(&S->p.per_layer[0], S->info.n_layers, hi, &fit) != KVQ_OK || fit < n))
-                lo = hi, hi *= 2;
-            while (hi - lo > 1024) {
-                uint64_t mid = lo + (hi - lo) / 2;
-                if (kvq_cache_tokens_fit(&S->p.per_layer[0], S->info.n_layers, mid, &fit) == KVQ_OK && fit >= n) hi = mid;
-                else lo = mid;
-            }
-            model = hi;
-        }
-        return m > model ? m : model;
-    }
+    if (S->cal_n1) /* measured at start-up: flat below the first point, then linear */
+        return S->cal_b1 + (n > S->cal_n1 ? (n - S->cal_n1) * S->cal_slope : 0);
     if (!S->p.per_layer) {
         b = n * S->info.n_layers * 2ull * S->info.n_kv_heads * S->info.head_dim * 4ull;
     } else {
@@ -462,7 +448,7 @@ static void find_stops(serve_sched *S) {
  * throw-away prompt in slot 0; bytes_for extrapolates from the two points. */
 static int calibrate(serve_sched *S) {
     size_t n2 = (S->p.n_ctx - 1) / CHUNK_TOKENS * CHUNK_TOKENS;
-    if (n2 > 512) n2 = 512;
+    if (n2 > S->p.measure_tokens) n2 = S->p.measure_tokens / CHUNK_TOKENS * CHUNK_TOKENS;
     size_t n1 = n2 / 2 / CHUNK_TOKENS * CHUNK_TOKENS;
     if (n1 < CHUNK_TOKENS || n2 <= n1) return 0; /* too short a context: the model alone */
     int32_t *toks = malloc(n2 * sizeof *toks);
