@@ -366,6 +366,18 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
     }
 }
 
+/* One block of exact rows (fp16 or fp32, one token's heads apart) into the state. */
+static void exact_block(attend_ctx *A, const task_view *T, kvqi_attend_scratch *s, const void *k,
+                        const void *v, int fp16, size_t t0, size_t nb) {
+    const kvq_cache *c = A->c;
+    uint32_t d = c->dim, G = T->Gt;
+    size_t B = KVQI_ATTEND_BLOCK, stride = (size_t)c->n_kv * d * (fp16 ? sizeof(uint16_t) : sizeof(float));
+    (fp16 ? c->kern->score_f16 : c->kern->score_f32)(s->q_raw, G, d, k, stride, nb, s->scores, B);
+    mask_block(A, s, T->first_visible, T->nqb, t0, nb);
+    softmax_block(c, s, G, nb);
+    (fp16 ? c->kern->accum_f16 : c->kern->accum_f32)(s->scores, B, G, d, v, stride, nb, s->acc_x);
+}
+
 /* Tokens [t_begin, t_end) of the task's visible context, coded ones then exact ones,
  * folded into the running state. */
 static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch *s,
@@ -381,12 +393,8 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
     size_t sink_end = KVQI_MIN((size_t)c->cfg.n_sink, coded_end);
     for (size_t t0 = t_begin; t0 < KVQI_MIN(sink_end, t_end);) {
         size_t nb = KVQI_MIN(B, KVQI_MIN(sink_end, t_end) - t0);
-        const uint8_t *kr = (const uint8_t *)(c->sink_k + t0 * row + (size_t)g * d);
-        const uint8_t *vr = (const uint8_t *)(c->sink_v + t0 * row + (size_t)g * d);
-        c->kern->score_f16(s->q_raw, G, d, kr, row * sizeof(uint16_t), nb, s->scores, B);
-        mask_block(A, s, T->first_visible, T->nqb, t0, nb);
-        softmax_block(c, s, G, nb);
-        c->kern->accum_f16(s->scores, B, G, d, vr, row * sizeof(uint16_t), nb, s->acc_x);
+        exact_block(A, T, s, c->sink_k + t0 * row + (size_t)g * d, c->sink_v + t0 * row + (size_t)g * d,
+                    1, t0, nb);
         t0 += nb;
     }
     size_t coded_stop = KVQI_MIN(coded_end, t_end), coded_start = KVQI_MAX(t_begin, sink_end);
@@ -406,21 +414,13 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
     for (size_t t0 = KVQI_MAX(coded_end, t_begin); t0 < exact_stop;) {
         size_t nb = KVQI_MIN(B, exact_stop - t0);
         if (!c->coded) { /* staged, fp32 */
-            const uint8_t *kr = (const uint8_t *)(c->stage_k + t0 * row + (size_t)g * d);
-            const uint8_t *vr = (const uint8_t *)(c->stage_v + t0 * row + (size_t)g * d);
-            c->kern->score_f32(s->q_raw, G, d, kr, row * sizeof(float), nb, s->scores, B);
-            mask_block(A, s, T->first_visible, T->nqb, t0, nb);
-            softmax_block(c, s, G, nb);
-            c->kern->accum_f32(s->scores, B, G, d, vr, row * sizeof(float), nb, s->acc_x);
+            exact_block(A, T, s, c->stage_k + t0 * row + (size_t)g * d, c->stage_v + t0 * row + (size_t)g * d,
+                        0, t0, nb);
         } else { /* the window ring, fp16 */
             size_t slot = t0 % W;
             nb = KVQI_MIN(nb, W - slot);
-            const uint8_t *kr = (const uint8_t *)(c->win_k + slot * row + (size_t)g * d);
-            const uint8_t *vr = (const uint8_t *)(c->win_v + slot * row + (size_t)g * d);
-            c->kern->score_f16(s->q_raw, G, d, kr, row * sizeof(uint16_t), nb, s->scores, B);
-            mask_block(A, s, T->first_visible, T->nqb, t0, nb);
-            softmax_block(c, s, G, nb);
-            c->kern->accum_f16(s->scores, B, G, d, vr, row * sizeof(uint16_t), nb, s->acc_x);
+            exact_block(A, T, s, c->win_k + slot * row + (size_t)g * d, c->win_v + slot * row + (size_t)g * d,
+                        1, t0, nb);
         }
         t0 += nb;
     }

@@ -763,6 +763,13 @@ static void choose_means(kvq_cache *c) {
             if (c->outlier_mask[j]) c->key_mean[j] = 0.0f;
 }
 
+/* The probe is full: outlier channels and the key mean fixed, tokens coded from now on. */
+static void fix_probe(kvq_cache *c) {
+    if (c->n_out) choose_outliers(c);
+    choose_means(c);
+    c->coded = 1;
+}
+
 /* Where the exact rows of the token at pos are while an append is under way: the probe
  * stage (first tokens, fp32), the window ring (fp16, tokens from earlier appends), or
  * the rows being appended (first_new is the position of row 0 of k_new / v_new). */
@@ -899,18 +906,12 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     if (ready && c->n_coded < lo) c->n_coded = KVQI_MIN(lo, coded_end);
     if (coded_end > c->n_coded) {
         if ((st = ensure_chunks(c, coded_end)) != KVQ_OK) return st;
-        if (!c->coded) {
-            if (c->n_out) choose_outliers(c);
-            choose_means(c);
-            c->coded = 1;
-        }
+        if (!c->coded) fix_probe(c);
         row_source src = {k, v, c->n_tokens};
         if ((st = encode_tokens(c, &src, c->n_coded, coded_end - c->n_coded)) != KVQ_OK) return st;
         c->n_coded = coded_end;
     } else if (ready && !c->coded) {
-        if (c->n_out) choose_outliers(c);
-        choose_means(c);
-        c->coded = 1;
+        fix_probe(c);
     }
     if (c->n_tokens < c->cfg.n_sink) {
         size_t take = KVQI_MIN(n_tokens, (size_t)c->cfg.n_sink - c->n_tokens);
