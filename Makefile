@@ -83,6 +83,19 @@ endif
 
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CUDA_OBJ)
 TOOL_SRC := $(wildcard tools/*.c)
+# `kvq serve` (tools/serve/) needs libmicrohttpd and cJSON (Debian libmicrohttpd-dev,
+# libcjson-dev; scripts/deps.sh): found by pkg-config, else the command says it is not
+# in this build. NO_SERVE=1 leaves it out.
+ifneq ($(NO_SERVE),1)
+SERVE_PKGS := libmicrohttpd libcjson
+HAVE_SERVE := $(shell pkg-config --exists $(SERVE_PKGS) 2>/dev/null && echo 1)
+endif
+ifeq ($(HAVE_SERVE),1)
+TOOL_SRC += $(wildcard tools/serve/*.c)
+SERVE_CFLAGS := $(shell pkg-config --cflags $(SERVE_PKGS))
+SERVE_LIBS := $(shell pkg-config --libs $(SERVE_PKGS))
+$(BUILD)/tools/serve/%.o: CPPFLAGS_ALL += $(SERVE_CFLAGS)
+endif
 TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
@@ -146,7 +159,7 @@ $(SHARED_LIB): $(LIB_OBJ)
 	ln -sf $(SONAME) $(BUILD)/libkvq.so
 
 $(CLI): $(TOOL_OBJ) $(STATIC_LIB)
-	$(CC) $(CFLAGS_ALL) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(STATIC_LIB) $(LDLIBS_ALL)
+	$(CC) $(CFLAGS_ALL) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(STATIC_LIB) $(SERVE_LIBS) $(LDLIBS_ALL)
 
 PRIVATE_LIBS := $(if $(CUDA_OBJ),$(CUDART_LIBS),)
 SUBST := sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
@@ -339,8 +352,8 @@ fuzz-corpus: $(BUILD)/make_corpus
 # and kvq.hf on a tiny random Llama when torch and transformers are importable
 # (scripts/deps.sh --hf installs them).
 PYTHON ?= python3
-test-python: $(SHARED_LIB)
-	KVQ_LIBRARY=$(abspath $(SHARED_LIB)) $(PYTHON) -m pytest -q python/tests
+test-python: $(SHARED_LIB) $(CLI)
+	KVQ_LIBRARY=$(abspath $(SHARED_LIB)) KVQ_CLI=$(abspath $(CLI)) $(PYTHON) -m pytest -q python/tests
 
 # The wheel (distribution kvq-cache, import name kvq) with libkvq inside, into
 # $(BUILD)/wheel/; `pip install ./python` builds the same.

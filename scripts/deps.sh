@@ -2,7 +2,8 @@
 # Installs what the build and the tests need, by Debian and PyPI package names.
 # Skips anything already present; needs root (or sudo) only when something is missing.
 set -euo pipefail
-apt_pkgs=(build-essential clang pkg-config cmake python3 python3-pip)
+apt_pkgs=(build-essential clang pkg-config cmake python3 python3-pip
+          libmicrohttpd-dev libcjson-dev) # the last two: `kvq serve`
 # --arm64: the AArch64 cross compiler and qemu-user for `make test-arm64`
 # --fuzz: clang's libFuzzer runtime for `make fuzz-smoke`
 # --hf: torch and transformers for kvq.hf's tests (`make test-python`). Not in CI: PyPI's
@@ -27,7 +28,9 @@ if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-py_pkgs=(numpy pytest safetensors)
+# openai: the `kvq serve` tests drive it with the official client; safetensors: the
+# interop test reads the library's files with the reference reader
+py_pkgs=(numpy pytest openai safetensors)
 [ "$hf" = 1 ] && py_pkgs+=(torch transformers)
 for p in "${py_pkgs[@]}"; do
     python3 -c "import $p" >/dev/null 2>&1 || python3 -m pip install -q "$p"

@@ -26,6 +26,8 @@ KVQ_CLI_WEAK int kvq_cmd_info(int argc, char **argv);
 KVQ_CLI_WEAK int kvq_cmd_calibrate(int argc, char **argv);
 KVQ_CLI_WEAK int kvq_cmd_index(int argc, char **argv);
 KVQ_CLI_WEAK int kvq_cmd_quant(int argc, char **argv);
+/* Built only with libmicrohttpd and cJSON (tools/serve/). */
+KVQ_CLI_WEAK int kvq_cmd_serve(int argc, char **argv);
 
 /* Print "kvq <cmd>: <what>: <status sentence>[: <kvq_last_error()>]" on stderr and
  * return 1 (callers clear the last error before the call that failed). */

@@ -12,6 +12,7 @@ static const kvq_cli_command commands[] = {
     {"calibrate", "fit a calibrated method and save its artifact", kvq_cmd_calibrate},
     {"index", "build and search a RaBitQ vector index", kvq_cmd_index},
     {"quant", "encode/decode vectors with one quantizer", kvq_cmd_quant},
+    {"serve", "an OpenAI-compatible HTTP server with compressed KV caches", kvq_cmd_serve},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -55,7 +56,8 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < N_COMMANDS; i++) {
         if (strcmp(cmd, commands[i].name) != 0) continue;
         if (!commands[i].run) {
-            fprintf(stderr, "kvq: '%s' is not available in this build\n", cmd);
+            fprintf(stderr, "kvq: '%s' is not available in this build%s\n", cmd,
+                    !strcmp(cmd, "serve") ? " (it needs libmicrohttpd and cJSON: scripts/deps.sh installs them)" : "");
             return 1;
         }
         return commands[i].run(argc - 1, argv + 1);

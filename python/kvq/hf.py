@@ -1,4 +1,4 @@
-"""kvq.hf - a Hugging Face transformers Cache whose full-attention layers hold only kvq
+"""kvq.hf - a Hugging Face transformers Cache whose attention layers hold only kvq
 codes (plus the exact window and sinks the config asks for), and the attention function
 that reads them, registered with transformers' AttentionInterface as "kvq". Imported
 only when used (it needs torch and transformers >= 5).
@@ -10,12 +10,13 @@ only when used (it needs torch and transformers >= 5).
 KVQCache(model, ...) switches the model to attn_implementation="kvq" (sdpa for every
 layer or cache that is not kvq's, so other caches keep working).
 
-Each full-attention layer keeps one kvq_cache (every batch row's KV heads): update()
-quantizes the new keys and values into it and returns empty placeholders, and the
-attention function runs kvq_cache_attend (fused scores, softmax and value sum over the
-codes) on CPU tensors, so no decoded copy of the cache is ever built. Sliding-window and
-chunked layers keep transformers' exact window (their memory is bounded by the window);
-linear-attention and other layer types are left as transformers makes them.
+Each full-attention and sliding-window layer keeps one kvq_cache (every batch row's KV
+heads; sliding layers with the C cache's sliding window): update() quantizes the new
+keys and values into it and returns empty placeholders, and the attention function runs
+kvq_cache_attend (fused scores, softmax and value sum over the codes) on CPU tensors, so
+no decoded copy of the cache is ever built. Chunked-attention, linear-attention and
+other layer types are left as transformers makes them (exact_sliding=True leaves the
+sliding layers too).
 
 On CUDA tensors, layers whose key and value methods the GPU kernels take keep their
 codes on the device and attend with kvq_cuda_attend (one new token per row; a prompt is
@@ -26,6 +27,7 @@ Not supported: beam search (reorder), cropping (assisted decoding), and left-pad
 batches (a padding mask raises): run one sequence per row without padding.
 """
 
+import ctypes
 import threading
 
 import numpy as np
@@ -96,6 +98,7 @@ class KVQLayer(CacheLayerMixin):
     def __init__(self, config, pool=None, use_cuda=True, **kwargs):
         super().__init__()
         self._config = config  # a kvq_cache_config for this layer's shape
+        self.is_sliding = bool(config.sliding_window)
         self._pool = pool
         self._use_cuda = use_cuda
         self._codes = None  # CPU: one kvq.Cache, the batch rows' KV heads side by side
@@ -124,8 +127,6 @@ class KVQLayer(CacheLayerMixin):
             # batch x n_kv_heads heads holds them all: head b*n_kv + h is row b's head h,
             # and query head b*n_q + j falls on it by the usual grouped-query rule. One
             # rotation, one arena and one call per step for the whole batch.
-            import ctypes
-
             cfg = N._CacheConfig()
             ctypes.memmove(ctypes.byref(cfg), ctypes.byref(self._config), ctypes.sizeof(cfg))
             cfg.n_kv_heads = self.batch_size * self.n_kv_heads
@@ -228,7 +229,8 @@ class KVQCache(Cache):
     (the CLI's --cache-k / --cache-v). window, n_sink, n_outliers and center_keys
     override what the spec sets. n_threads: the CPU attention's thread
     pool (0: one per CPU, 1: the calling thread only). use_cuda: run CUDA tensors on the
-    GPU kernels where they apply."""
+    GPU kernels where they apply. exact_sliding: keep sliding-window layers as
+    transformers' exact windows instead of kvq codes."""
 
     def __init__(
         self,
@@ -243,6 +245,7 @@ class KVQCache(Cache):
         center_keys=None,
         n_threads=0,
         use_cuda=True,
+        exact_sliding=False,
     ):
         config = getattr(model_or_config, "config", model_or_config)
         text, n_kv, head_dim = _model_dims(config)
@@ -261,6 +264,13 @@ class KVQCache(Cache):
         for kind, kw in zip(layer_types, layer_kwargs):
             if kind == "full_attention":
                 layers.append(KVQLayer(cfg, pool=self.pool, use_cuda=use_cuda))
+            elif kind == "sliding_attention" and not exact_sliding:
+                # the C cache's sliding window: a query at p sees p-W+1..p, as transformers'
+                # sliding mask, and chunks no later query can see are freed
+                local = N._CacheConfig()
+                ctypes.memmove(ctypes.byref(local), ctypes.byref(cfg), ctypes.sizeof(local))
+                local.sliding_window = int(kw["sliding_window"])
+                layers.append(KVQLayer(local, pool=self.pool, use_cuda=use_cuda))
             else:
                 layers.append(DYNAMIC_LAYER_TYPE_MAPPING[kind](**kw))
         super().__init__(layers=layers)
@@ -362,11 +372,9 @@ class _GpuCodes:
             return None  # a method or shape the GPU kernels do not take: the CPU path
 
     def __init__(self, cfg, batch, device):
-        import ctypes
-
         from .quantizer import Quantizer
 
-        if cfg.window or cfg.n_sink or cfg.n_outliers or cfg.center_keys:
+        if cfg.window or cfg.n_sink or cfg.n_outliers or cfg.center_keys or cfg.sliding_window:
             raise RuntimeError("the CUDA path keeps codes only (no exact window, sinks, outliers, centering)")
         n_kv, head_dim = int(cfg.n_kv_heads), int(cfg.head_dim)
         self.device = device
@@ -429,8 +437,6 @@ class _GpuCodes:
         return None
 
     def attend(self, query, scaling, n_tokens):
-        import ctypes
-
         if query.shape[2] != 1:
             raise NotImplementedError("kvq.hf: on CUDA, one new token per step after the prompt")
         q = query.contiguous()

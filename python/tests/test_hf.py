@@ -111,14 +111,27 @@ def test_sliding_window_layers_stay_exact_and_bounded():
     model = transformers.Qwen2ForCausalLM(cfg).eval()
     ids = prompt(batch=2, seed=8)
     ref = greedy(model, ids, DynamicCache(config=cfg))
+    # sliding layers on kvq codes (the C cache's sliding window): the same tokens
     cache = KVQCache(model, key_spec="fp16", value_spec="fp16")
     out = greedy(model, ids, cache)
     assert torch.equal(out, ref)
-    kinds = [type(layer).__name__ for layer in cache.layers]
+    assert all(isinstance(layer, KVQLayer) for layer in cache.layers)
+    assert [layer.is_sliding for layer in cache.layers] == [
+        t == "sliding_attention" for t in cfg.layer_types]
+    assert cache.memory()["exact_layers"] == 0
+    # or kept as transformers' exact windows, which hold at most their window
+    exact = KVQCache(model, key_spec="fp16", value_spec="fp16", exact_sliding=True)
+    assert torch.equal(greedy(model, ids, exact), ref)
+    kinds = [type(layer).__name__ for layer in exact.layers]
     assert kinds[0] == "KVQLayer" and kinds.count("KVQLayer") == cfg.layer_types.count("full_attention")
-    # the sliding layers hold at most their window
-    m = cache.memory()
+    m = exact.memory()
     assert 0 < m["exact_layers"] <= 2 * 2 * 2 * cfg.sliding_window * 32 * 4 * 2
+    # past the window, a sliding layer's codes stop growing with the text: a long
+    # generation holds no more codes in a sliding layer than a short one plus a chunk
+    long_cache = KVQCache(model, key_spec="mse:bits=4", value_spec="mse:bits=4")
+    greedy(model, prompt(batch=1, n=100, seed=9), long_cache, new=200)
+    full, local = long_cache.layers[0].memory(), long_cache.layers[1].memory()
+    assert full["key_codes"] > 4 * local["key_codes"] > 0
 
 
 def test_exact_window_and_presets():

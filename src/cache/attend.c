@@ -24,6 +24,8 @@ typedef struct attend_ctx {
     uint32_t n_split; /* split-K: token ranges per (KV head, query block); 1 = none */
     size_t split_tokens; /* tokens per range (a multiple of the attend block) */
     size_t t_lo;      /* sliding window: no query sees a token below this one */
+    float **bufs;     /* per-thread scratch (the pool's, or the cache's own without one) */
+    float *partials;  /* split-K states (the pool's) */
     float scale;
     atomic_int status; /* first failure of a quantizer call in any task */
 } attend_ctx;
@@ -74,10 +76,12 @@ static void quantize_query(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t 
     s->q8_sum[h] = 128 * sum;
 }
 
-/* Grows the per-thread scratch the first time a larger pool or group size is seen;
- * steady-state decoding never allocates. */
-static kvq_status ensure_scratch(kvq_cache *c, uint32_t G, unsigned n_threads) {
+/* Grows the cache's own scratch (attend without a pool: one thread) the first time a
+ * larger group size is seen; steady-state decoding never allocates. With a pool the
+ * scratch is the pool's, shared by every cache attended on it. */
+static kvq_status ensure_scratch(kvq_cache *c, uint32_t G) {
     size_t need = scratch_floats(c, G) * sizeof(float);
+    unsigned n_threads = 1;
     if (c->n_scratch >= n_threads && c->scratch_bytes_each >= need) return KVQ_OK;
     unsigned n = KVQI_MAX(n_threads, c->n_scratch);
     size_t bytes = KVQI_MAX(need, c->scratch_bytes_each);
@@ -460,7 +464,8 @@ static void attend_task(void *vctx, size_t task, unsigned thread) {
     attend_ctx *A = vctx;
     kvq_cache *c = A->c;
     task_view T = view_of(A, task);
-    kvqi_attend_scratch *s = &c->scratch[thread];
+    kvqi_attend_scratch sc, *s = &sc;
+    s->q = A->bufs[thread];
     carve(s, c, T.Gt);
     prepare_queries(A, &T, s);
     attend_range(A, &T, s, task_low(A, &T), T.visible);
@@ -473,7 +478,8 @@ static void attend_split_task(void *vctx, size_t task, unsigned thread) {
     kvq_cache *c = A->c;
     size_t group_task = task / A->n_split, part = task % A->n_split;
     task_view T = view_of(A, group_task);
-    kvqi_attend_scratch *s = &c->scratch[thread];
+    kvqi_attend_scratch sc, *s = &sc;
+    s->q = A->bufs[thread];
     carve(s, c, T.Gt);
     prepare_queries(A, &T, s);
     size_t b = A->t_lo + part * A->split_tokens;
@@ -481,7 +487,7 @@ static void attend_split_task(void *vctx, size_t task, unsigned thread) {
     b = KVQI_MAX(b, task_low(A, &T));
     if (b < e) attend_range(A, &T, s, b, e);
     size_t Gt = T.Gt, d = c->dim;
-    float *p = c->partials + task * partial_floats(c, A->G * A->qb);
+    float *p = A->partials + task * partial_floats(c, A->G * A->qb);
     memcpy(p, s->m, Gt * sizeof(float));
     memcpy(p + Gt, s->l, Gt * sizeof(float));
     memcpy(p + 2 * Gt, s->acc, Gt * d * sizeof(float));
@@ -494,10 +500,11 @@ static void attend_merge_task(void *vctx, size_t group_task, unsigned thread) {
     attend_ctx *A = vctx;
     kvq_cache *c = A->c;
     task_view T = view_of(A, group_task);
-    kvqi_attend_scratch *s = &c->scratch[thread];
+    kvqi_attend_scratch sc, *s = &sc;
+    s->q = A->bufs[thread];
     carve(s, c, T.Gt);
     size_t Gt = T.Gt, d = c->dim, stride = partial_floats(c, A->G * A->qb);
-    const float *base = c->partials + group_task * A->n_split * stride;
+    const float *base = A->partials + group_task * A->n_split * stride;
     for (size_t v = 0; v < Gt; v++) {
         float m = -INFINITY;
         for (uint32_t p = 0; p < A->n_split; p++) m = fmaxf(m, base[p * stride + v]);
@@ -557,8 +564,6 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
     uint32_t qb = n_queries >= 4 ? 4 : (uint32_t)n_queries;
     while (qb > 1 && c->n_kv * ((n_queries + qb - 1) / qb) < 2 * (size_t)n_threads) qb /= 2;
     n_tasks = c->n_kv * ((n_queries + qb - 1) / qb);
-    kvq_status st = ensure_scratch(c, G * qb, n_threads);
-    if (st != KVQ_OK) return st;
     attend_ctx A = {.c = c, .q = q, .out = out, .n_q_heads = n_q_heads, .G = G,
                     .n_queries = n_queries, .qb = qb, .n_split = 1, .scale = scale};
     atomic_init(&A.status, KVQ_OK);
@@ -567,20 +572,27 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
     size_t first_visible = c->n_tokens - n_queries + 1;
     size_t SW = c->cfg.sliding_window;
     A.t_lo = SW && first_visible > SW ? first_visible - SW : 0;
-    A.n_split = choose_splits(n_tasks, n_threads, first_visible - A.t_lo);
+    A.n_split = pool ? choose_splits(n_tasks, n_threads, first_visible - A.t_lo) : 1;
+    size_t partial_bytes = 0;
     if (A.n_split > 1) {
         size_t per = (first_visible - A.t_lo + A.n_split - 1) / A.n_split;
         A.split_tokens = (per + KVQI_ATTEND_BLOCK - 1) / KVQI_ATTEND_BLOCK * KVQI_ATTEND_BLOCK;
-        size_t need;
-        if (kvqi_mul_size(n_tasks * A.n_split, partial_floats(c, G * qb), &need) != KVQ_OK)
+        if (kvqi_mul_size(n_tasks * A.n_split, partial_floats(c, G * qb), &partial_bytes) != KVQ_OK ||
+            kvqi_mul_size(partial_bytes, sizeof(float), &partial_bytes) != KVQ_OK)
             return KVQ_ERR_OVERFLOW;
-        if (need > c->partials_floats) {
-            float *p = kvqi_alloc_array(need, sizeof(float));
-            if (!p) return KVQ_ERR_NOMEM;
-            kvqi_free(c->partials);
-            c->partials = p;
-            c->partials_floats = need;
-        }
+    }
+    float *own = NULL;
+    if (pool) {
+        kvq_status st = kvqi_threadpool_buffers(pool, scratch_floats(c, G * qb) * sizeof(float),
+                                                partial_bytes, &A.bufs, &A.partials);
+        if (st != KVQ_OK) return st;
+    } else {
+        kvq_status st = ensure_scratch(c, G * qb);
+        if (st != KVQ_OK) return st;
+        own = c->scratch[0].q;
+        A.bufs = &own;
+    }
+    if (A.n_split > 1) {
         kvqi_parallel_for(pool, n_tasks * A.n_split, attend_split_task, &A);
         kvqi_parallel_for(pool, n_tasks, attend_merge_task, &A);
     } else {

@@ -548,9 +548,6 @@ static void free_scratch(kvq_cache *c) {
     }
     c->scratch = NULL;
     c->n_scratch = 0;
-    kvqi_free(c->partials);
-    c->partials = NULL;
-    c->partials_floats = 0;
 }
 
 KVQ_API void kvq_cache_free(kvq_cache *c) {
@@ -763,6 +760,13 @@ static void choose_means(kvq_cache *c) {
             if (c->outlier_mask[j]) c->key_mean[j] = 0.0f;
 }
 
+/* The probe is full: outlier channels and the key mean fixed, tokens coded from now on. */
+static void fix_probe(kvq_cache *c) {
+    if (c->n_out) choose_outliers(c);
+    choose_means(c);
+    c->coded = 1;
+}
+
 /* Where the exact rows of the token at pos are while an append is under way: the probe
  * stage (first tokens, fp32), the window ring (fp16, tokens from earlier appends), or
  * the rows being appended (first_new is the position of row 0 of k_new / v_new). */
@@ -902,18 +906,12 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     if (ready && c->n_coded < lo) c->n_coded = KVQI_MIN(lo, coded_end);
     if (coded_end > c->n_coded) {
         if ((st = ensure_chunks(c, coded_end)) != KVQ_OK) return st;
-        if (!c->coded) {
-            if (c->n_out) choose_outliers(c);
-            choose_means(c);
-            c->coded = 1;
-        }
+        if (!c->coded) fix_probe(c);
         row_source src = {k, v, c->n_tokens};
         if ((st = encode_tokens(c, &src, c->n_coded, coded_end - c->n_coded)) != KVQ_OK) return st;
         c->n_coded = coded_end;
     } else if (ready && !c->coded) {
-        if (c->n_out) choose_outliers(c);
-        choose_means(c);
-        c->coded = 1;
+        fix_probe(c);
     }
     if (c->n_tokens < c->cfg.n_sink) {
         size_t take = KVQI_MIN(n_tokens, (size_t)c->cfg.n_sink - c->n_tokens);
@@ -981,8 +979,7 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     if (c->key.proj) m->shared += (uint64_t)c->key.signs.m * c->dim * sizeof(float);
     m->overhead = sizeof *c + (uint64_t)c->chunk_table_cap * sizeof(uint8_t *) +
                   (uint64_t)KVQI_ENCODE_ROWS * c->dim * sizeof(float) +
-                  (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each) +
-                  (uint64_t)c->partials_floats * sizeof(float);
+                  (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each);
     if (c->rope_freq) /* position-aware keys: the frequencies and one call's positions */
         m->overhead += (uint64_t)c->dim / 2 * sizeof(double) +
                        (uint64_t)c->cfg.chunk_tokens * sizeof(int32_t);

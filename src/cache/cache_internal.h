@@ -100,13 +100,11 @@ struct kvq_cache {
     float *enc_buf; /* [KVQI_ENCODE_ROWS][dim] rows of one head handed to the quantizer */
     uint16_t *out_buf;
 
+    /* attend's scratch without a thread pool (one thread); with a pool, attend works in
+     * the pool's buffers (kvqi_threadpool_buffers), shared by every cache on that pool */
     kvqi_attend_scratch *scratch;
     unsigned n_scratch;
     size_t scratch_bytes_each;
-    /* split-K: the softmax state (max, sum, both accumulators) of each token range of
-     * each task, merged after all ranges are done; grown once, like the scratch */
-    float *partials;
-    size_t partials_floats;
 
     /* position-aware keys (comm_vq, positions.c): RoPE frequencies to undo, pairing,
      * and the positions of one encode call (NULL for position-free methods) */

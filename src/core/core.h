@@ -53,6 +53,14 @@ void kvqi_set_msg(char *msg, size_t msg_size, const char *fmt, ...)
  * thread 0. No allocation per call. Not reentrant for one pool: one parallel_for at a time. */
 typedef void (*kvqi_task_fn)(void *ctx, size_t task, unsigned thread);
 void kvqi_parallel_for(kvq_threadpool *pool, size_t n_tasks, kvqi_task_fn fn, void *ctx);
+/* Working memory that lives with a pool, for work that runs on it one call at a time
+ * (like parallel_for itself): per_thread[t] of per_thread_bytes for each of the pool's
+ * threads and one shared buffer, 64-byte aligned, grown on request and kept until the
+ * pool is freed. Every cache attended on one pool shares them. */
+kvq_status kvqi_threadpool_buffers(kvq_threadpool *pool, size_t per_thread_bytes, size_t shared_bytes,
+                                   float ***per_thread, float **shared);
+/* Bytes the pool's buffers hold now. */
+size_t kvqi_threadpool_buffer_bytes(const kvq_threadpool *pool);
 
 /* -------------------------------------------------------------------- rng */
 

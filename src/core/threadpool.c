@@ -27,6 +27,11 @@ struct kvq_threadpool {
     kvqi_task_fn fn;
     void *ctx;
     size_t n_tasks;
+    /* kvqi_threadpool_buffers */
+    float **bufs;
+    size_t buf_bytes;
+    float *shared;
+    size_t shared_bytes;
 };
 
 typedef struct worker_arg {
@@ -142,8 +147,48 @@ fail_mu:
     return KVQ_ERR_NOMEM;
 }
 
+static void free_buffers(kvq_threadpool *p) {
+    if (p->bufs)
+        for (unsigned i = 0; i < p->n_threads; i++) kvqi_free(p->bufs[i]);
+    kvqi_free(p->bufs);
+    p->bufs = NULL;
+    p->buf_bytes = 0;
+}
+
+kvq_status kvqi_threadpool_buffers(kvq_threadpool *p, size_t per_thread_bytes, size_t shared_bytes,
+                                   float ***per_thread, float **shared) {
+    if (!p) return KVQ_ERR_INVALID_ARG;
+    if (per_thread_bytes > p->buf_bytes || !p->bufs) {
+        free_buffers(p);
+        p->bufs = kvqi_calloc_array(p->n_threads, sizeof *p->bufs);
+        if (!p->bufs) return KVQ_ERR_NOMEM;
+        for (unsigned i = 0; i < p->n_threads; i++)
+            if (!(p->bufs[i] = kvqi_alloc_array(per_thread_bytes ? per_thread_bytes : 1, 1))) {
+                free_buffers(p);
+                return KVQ_ERR_NOMEM;
+            }
+        p->buf_bytes = per_thread_bytes;
+    }
+    if (shared_bytes > p->shared_bytes) {
+        float *b = kvqi_alloc_array(shared_bytes, 1);
+        if (!b) return KVQ_ERR_NOMEM;
+        kvqi_free(p->shared);
+        p->shared = b;
+        p->shared_bytes = shared_bytes;
+    }
+    if (per_thread) *per_thread = p->bufs;
+    if (shared) *shared = p->shared;
+    return KVQ_OK;
+}
+
+size_t kvqi_threadpool_buffer_bytes(const kvq_threadpool *p) {
+    return p ? (size_t)p->n_threads * p->buf_bytes + p->shared_bytes : 0;
+}
+
 KVQ_API void kvq_threadpool_free(kvq_threadpool *pool) {
     if (!pool) return;
+    free_buffers(pool);
+    kvqi_free(pool->shared);
     stop_workers(pool, pool->n_threads - 1);
     pthread_cond_destroy(&pool->done);
     pthread_cond_destroy(&pool->wake);
