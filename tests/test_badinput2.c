@@ -332,3 +332,36 @@ TEST(badinput2_cli_sweep) {
     CHECKF(rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "sweep: %s", out);
     CHECKF(strstr(out, " 0 failed") != NULL, "%s", out);
 }
+
+/* fuzz_layer_set found "layers 0002" accepted: a sealed manifest never has a leading
+ * zero, so a number with one is refused (the count, a layer, a size) */
+TEST(badinput2_layer_set_leading_zeros_refused) {
+    const char *dir = kvqt_tmpdir(kvqt_);
+    char l0[600], l1[600], man[600];
+    snprintf(l0, sizeof l0, "%s/x.layer00.safetensors", dir);
+    snprintf(l1, sizeof l1, "%s/x.layer01.safetensors", dir);
+    snprintf(man, sizeof man, "%s/x.layers.manifest", dir);
+    REQUIRE(write_text2(l0) && write_text2(l1));
+    const char *paths[2] = {l0, l1};
+    char msg[512];
+    REQUIRE_OK(kvq_layer_set_seal(man, paths, 2, msg, sizeof msg));
+    REQUIRE_OK(kvq_layer_set_check(man, paths, 2, msg, sizeof msg));
+    char sealed[4096];
+    FILE *f = fopen(man, "rb");
+    REQUIRE(f);
+    size_t n = fread(sealed, 1, sizeof sealed - 1, f);
+    fclose(f);
+    sealed[n] = 0;
+    const char *from[] = {"layers 2\n", "\n0 ", "\n1 "};
+    const char *to[] = {"layers 0002\n", "\n00 ", "\n01 "};
+    for (int i = 0; i < 3; i++) {
+        char bad[4200], *at = strstr(sealed, from[i]);
+        REQUIRE(at);
+        snprintf(bad, sizeof bad, "%.*s%s%s", (int)(at - sealed), sealed, to[i], at + strlen(from[i]));
+        f = fopen(man, "wb");
+        REQUIRE(f);
+        fputs(bad, f);
+        fclose(f);
+        CHECKF(kvq_layer_set_check(man, paths, 2, msg, sizeof msg) != KVQ_OK, "accepted:\n%s", bad);
+    }
+}

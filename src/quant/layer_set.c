@@ -57,9 +57,10 @@ static int read_line(FILE *f, char *buf, size_t size) {
     return 1;
 }
 
-/* Decimal digits (at least one, no sign or space, no overflow): the end, or NULL. */
+/* Decimal digits (at least one, no sign or space, no leading zero as sealing never
+ * writes one, no overflow): the end, or NULL. */
 static const char *parse_dec(const char *p, uint64_t *v) {
-    if (*p < '0' || *p > '9') return NULL;
+    if (*p < '0' || *p > '9' || (p[0] == '0' && p[1] >= '0' && p[1] <= '9')) return NULL;
     uint64_t x = 0;
     for (; *p >= '0' && *p <= '9'; p++) {
         uint64_t d = (uint64_t)(*p - '0');
