@@ -15,7 +15,7 @@ while [ $i -lt 40 ]; do printf 'The quick brown fox jumps over the lazy dog %d t
 head -c 1000 "$TINY" > "$TMP/truncated.gguf"
 printf 'not a gguf at all' > "$TMP/foreign.gguf"
 $KVQ index build -i "$VEC" -o "$TMP/ix.kvqi" --nlist 4 > /dev/null 2>&1 || { echo "sweep: cannot build the test index" >&2; exit 2; }
-head -c 4096 "$VEC" > "$TMP/few.fvecs"
+head -c 1640 "$VEC" > "$TMP/few.fvecs"  # 10 rows of dim 40
 
 fails=0
 n=0
