@@ -340,11 +340,13 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
             }
         }
         if (c->key.path == KVQI_PATH_ROT) {
-            /* the rotated query in lane order: lane p = <row p of R, x> */
+            /* the rotated query: coordinate r = <row r of R, x>, then in lane order */
+            float *nat = tmp + d; /* vdec holds at least 2 d floats */
             if (c->key.rotation_h)
-                c->kern->score_f16(tmp, 1, d, (const uint8_t *)c->key.rotation_h, d * sizeof(uint16_t), d, qk, d);
+                c->kern->score_f16(tmp, 1, d, (const uint8_t *)c->key.rotation_h, d * sizeof(uint16_t), d, nat, d);
             else
-                c->kern->score_f32(tmp, 1, d, (const uint8_t *)c->key.rotation, d * sizeof(float), d, qk, d);
+                c->kern->score_f32(tmp, 1, d, (const uint8_t *)c->key.rotation, d * sizeof(float), d, nat, d);
+            for (uint32_t p = 0; p < d; p++) qk[p] = nat[c->key.lane[p]];
             if (use_i8(c)) quantize_query(c, s, v, qk);
         } else if (c->key.path == KVQI_PATH_SIGNS) {
             /* z = P x, its sum and its table; the mse part's rotated query */
@@ -438,14 +440,19 @@ static void finish_task(const attend_ctx *A, const task_view *T, kvqi_attend_scr
         size_t qi = v / A->G, h = v % A->G;
         float *o = A->out + ((T->i0 + qi) * A->n_q_heads + (size_t)T->g * A->G + h) * d;
         float *ax = s->acc_x + (size_t)v * d;
-        if (c->value.path == KVQI_PATH_ROT && c->value.rotation_h) /* the same from fp16 rows */
-            for (uint32_t p0 = 0; p0 < d; p0 += KVQI_MAX_BLOCK_TOKENS)
-                c->kern->accum_f16(s->acc + (size_t)v * d + p0, d, 1, d,
-                                   (const uint8_t *)(c->value.rotation_h + (size_t)p0 * d),
-                                   d * sizeof(uint16_t), KVQI_MIN((size_t)KVQI_MAX_BLOCK_TOKENS, (size_t)(d - p0)), ax);
-        else if (c->value.path == KVQI_PATH_ROT) /* R^T acc = sum_p acc_p (row p of R) */
-            c->kern->axpy_rows(c->value.rotation, s->acc + (size_t)v * d, d, d, ax);
-        else
+        if (c->value.path == KVQI_PATH_ROT) {
+            /* R^T acc = sum_r acc_r (row r of R), acc taken out of lane order first */
+            float *nat = s->vdec;
+            const float *acc = s->acc + (size_t)v * d;
+            for (uint32_t p = 0; p < d; p++) nat[c->value.lane[p]] = acc[p];
+            if (c->value.rotation_h)
+                for (uint32_t r0 = 0; r0 < d; r0 += KVQI_MAX_BLOCK_TOKENS)
+                    c->kern->accum_f16(nat + r0, d, 1, d, (const uint8_t *)(c->value.rotation_h + (size_t)r0 * d),
+                                       d * sizeof(uint16_t), KVQI_MIN((size_t)KVQI_MAX_BLOCK_TOKENS, (size_t)(d - r0)),
+                                       ax);
+            else
+                c->kern->axpy_rows(c->value.rotation, nat, d, d, ax);
+        } else
             for (uint32_t j = 0; j < d; j++) ax[j] += s->acc[(size_t)v * d + j];
         float inv = s->l[v] > 0.0f ? 1.0f / s->l[v] : 0.0f;
         for (uint32_t j = 0; j < d; j++) o[j] = ax[j] * inv;
