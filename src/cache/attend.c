@@ -14,6 +14,9 @@
 
 #include "cache/cache_internal.h"
 
+/* Below this many multiply-adds an attend runs on the calling thread. */
+#define KVQI_ATTEND_SERIAL_MACS ((size_t)1 << 20)
+
 typedef struct attend_ctx {
     kvq_cache *c;
     const float *q;
@@ -565,7 +568,12 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
     size_t check;
     if (kvqi_mul_size(n_queries * c->n_kv, (size_t)G * c->dim, &check) != KVQ_OK)
         return KVQ_ERR_OVERFLOW;
-    unsigned n_threads = pool ? kvq_threadpool_size(pool) : 1;
+    /* short attention (few tokens) is not worth a pool barrier: it runs on the calling
+     * thread, in the pool's buffers all the same (one scratch for every cache on a pool) */
+    kvq_threadpool *run = pool;
+    size_t macs = n_queries * (c->n_tokens + 1) * (size_t)n_q_heads * c->dim * 2;
+    if (macs < KVQI_ATTEND_SERIAL_MACS) run = NULL;
+    unsigned n_threads = run ? kvq_threadpool_size(run) : 1;
     /* prefill: blocks of up to 4 queries share the decoding of every code, as long as
      * that leaves two tasks per thread; the grouping does not change any result */
     uint32_t qb = n_queries >= 4 ? 4 : (uint32_t)n_queries;
@@ -579,7 +587,7 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
     size_t first_visible = c->n_tokens - n_queries + 1;
     size_t SW = c->cfg.sliding_window;
     A.t_lo = SW && first_visible > SW ? first_visible - SW : 0;
-    A.n_split = pool ? choose_splits(n_tasks, n_threads, first_visible - A.t_lo) : 1;
+    A.n_split = run ? choose_splits(n_tasks, n_threads, first_visible - A.t_lo) : 1;
     size_t partial_bytes = 0;
     if (A.n_split > 1) {
         size_t per = (first_visible - A.t_lo + A.n_split - 1) / A.n_split;
@@ -600,10 +608,10 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
         A.bufs = &own;
     }
     if (A.n_split > 1) {
-        kvqi_parallel_for(pool, n_tasks * A.n_split, attend_split_task, &A);
-        kvqi_parallel_for(pool, n_tasks, attend_merge_task, &A);
+        kvqi_parallel_for(run, n_tasks * A.n_split, attend_split_task, &A);
+        kvqi_parallel_for(run, n_tasks, attend_merge_task, &A);
     } else {
-        kvqi_parallel_for(pool, n_tasks, attend_task, &A);
+        kvqi_parallel_for(run, n_tasks, attend_task, &A);
     }
     return (kvq_status)atomic_load(&A.status);
 }
