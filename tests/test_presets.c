@@ -173,9 +173,9 @@ TEST(presets_real_model_q4) {
     REQUIRE(n == 2);
     const ppl_row *q4 = row_named(rows, n, "q4");
     REQUIRE(q4);
-    /* recorded (bench/RESULTS.md, "Cache presets"): +0.44 %, KL 0.0375, top-1 87.1 %,
+    /* recorded (bench/RESULTS.md, "Cache presets"): +0.55 %, KL 0.0361, top-1 88.4 %,
      * 4.46 bits at this context */
-    CHECKF(q4->delta_pct < 1.5, "q4 perplexity +%.2f %% over fp16 (recorded +0.44 %%)", q4->delta_pct);
+    CHECKF(q4->delta_pct < 1.5, "q4 perplexity +%.2f %% over fp16 (recorded +0.55 %%)", q4->delta_pct);
     CHECKF(q4->kl < 0.045 && q4->top1 > 84.0, "q4 KL %.4f, top-1 %.1f %%", q4->kl, q4->top1);
     CHECKF(q4->bits <= 4.5, "q4 holds %.2f bits per number", q4->bits);
 
