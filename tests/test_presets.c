@@ -241,3 +241,30 @@ TEST(presets_memory_below_fp16) {
     kvq_threadpool_free(pool);
     free(k), free(v), free(q), free(out);
 }
+
+/* kvq bench takes presets and prints every attend figure beside the read ceiling it
+ * measured in the same run. */
+TEST(presets_bench_reads_against_the_ceiling) {
+    char cmd[1024], path[512];
+    const char *dir = kvqt_tmpdir(kvqt_);
+    REQUIRE(dir);
+    snprintf(cmd, sizeof cmd, "%s bench --quick --json --tokens 256 --methods q4,fp16/fp16 > %s/bench.json 2> /dev/null",
+             kvqt_cli_path(), dir);
+    REQUIRE(system(cmd) == 0);
+    snprintf(path, sizeof path, "%s/bench.json", dir);
+    FILE *f = fopen(path, "r");
+    REQUIRE(f);
+    char line[4096];
+    int rows = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *g = strstr(line, "\"attend_gb_s\":"), *c = strstr(line, "\"read_ceiling_gb_s\":");
+        const char *p = strstr(line, "\"attend_pct_of_ceiling\":"), *b = strstr(line, "\"bits\":");
+        REQUIRE(g && c && p && b);
+        double gbs = atof(g + 14), ceil = atof(c + 20), pct = atof(p + 24), bits = atof(b + 7);
+        CHECKF(gbs > 0 && ceil > 0 && fabs(pct - 100.0 * gbs / ceil) < 0.01 + 1e-3 * pct, "%s", line);
+        if (rows == 0) CHECKF(bits > 4.0 && bits < 4.6, "q4 bits %g", bits);
+        rows++;
+    }
+    fclose(f);
+    CHECK(rows == 2);
+}
