@@ -5,6 +5,7 @@
  * keys, values and queries a model wrote with `kvq generate --dump-kv`. Public API only.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -489,6 +490,7 @@ typedef struct result {
     double key_bits, value_bits, total_bits, compression, key_cosine, attn_err, attn_err_max;
     uint32_t worst_layer;
     double encode_mvps, attend_ms, attend_mtps;
+    double attend_gbs; /* bytes a decode step must read (codes, window, sinks) per second */
     uint64_t fit_tokens, bytes;
 } result;
 
@@ -521,6 +523,59 @@ static double key_cosine(const kvq_config *kc, const float *k, size_t n_vec, uin
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+/* ------------------------------------------------------------ read ceiling */
+
+/* The rate one thread (or several, each on its own slice) streams a buffer far larger than
+ * the caches: eight independent 64-bit sums, so the loop is bound by the loads alone. */
+typedef struct read_job {
+    const uint64_t *p;
+    size_t n;
+    uint64_t sum;
+} read_job;
+
+static void *read_slice(void *arg) {
+    read_job *j = arg;
+    uint64_t a[8] = {0};
+    for (size_t i = 0; i + 8 <= j->n; i += 8)
+        for (int k = 0; k < 8; k++) a[k] += j->p[i + k];
+    j->sum = a[0] ^ a[1] ^ a[2] ^ a[3] ^ a[4] ^ a[5] ^ a[6] ^ a[7];
+    return NULL;
+}
+
+/* GB/s read by `threads` threads over `bytes` (best of 3 passes); 0 when it cannot run. */
+static double read_ceiling(size_t bytes, unsigned threads) {
+    if (threads < 1) threads = 1;
+    if (threads > 256) threads = 256;
+    size_t n = bytes / sizeof(uint64_t);
+    uint64_t *buf = malloc(n * sizeof *buf);
+    if (!buf) return 0;
+    for (size_t i = 0; i < n; i++) buf[i] = i * 0x9E3779B97F4A7C15ull;
+    read_job jobs[256];
+    pthread_t th[256];
+    double best = 0;
+    volatile uint64_t sink = 0;
+    for (int pass = 0; pass < 3; pass++) {
+        size_t per = n / threads / 8 * 8;
+        double t0 = now_s();
+        unsigned started = 0;
+        for (unsigned t = 0; t < threads; t++) {
+            jobs[t].p = buf + t * per;
+            jobs[t].n = per;
+            if (t == 0 || pthread_create(&th[t], NULL, read_slice, &jobs[t]) == 0) started++;
+            else break;
+        }
+        read_slice(&jobs[0]);
+        for (unsigned t = 1; t < started; t++) pthread_join(th[t], NULL);
+        double dt = now_s() - t0;
+        for (unsigned t = 0; t < started; t++) sink ^= jobs[t].sum;
+        double gbs = dt > 0 ? (double)(per * started * sizeof(uint64_t)) / dt * 1e-9 : 0;
+        if (gbs > best) best = gbs;
+    }
+    (void)sink;
+    free(buf);
+    return best;
 }
 
 /* One method over every layer of D: attention error pooled over layers (sum of squared
@@ -630,6 +685,7 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
     r->attn_err = den_all > 0 ? sqrt(num_all / den_all) : 0;
     r->attend_ms = t_att / D->n_layers * 1e3;
     r->attend_mtps = (double)n / (t_att / D->n_layers) * 1e-6;
+    r->attend_gbs = t_att > 0 ? grow_bytes / t_att * 1e-9 : 0;
     r->encode_mvps = 2.0 * (double)n * D->n_kv * D->n_layers / t_enc * 1e-6;
     r->total_bits = 8.0 * grow_bytes / (2.0 * (double)n * D->n_kv * D->dim * D->n_layers);
 
@@ -816,6 +872,12 @@ int kvq_cmd_bench(int argc, char **argv) {
             goto done;
         }
     }
+    /* the read ceiling of one core and of the attend threads, in this run */
+    unsigned attend_threads = pool ? kvq_threadpool_size(pool) : 1;
+    size_t probe_bytes = quick ? (size_t)64 << 20 : (size_t)256 << 20;
+    double ceil_one = read_ceiling(probe_bytes, 1);
+    double ceil_all = attend_threads > 1 ? read_ceiling(probe_bytes, attend_threads) : ceil_one;
+    double ceiling = attend_threads > 1 ? ceil_all : ceil_one;
     for (uint32_t li = 0; li < D.n_layers; li++)
         if (ref_attend(&D, &D.layers[li], 1.0f / sqrtf((float)D.dim))) {
             rc = kvq_cli_fail("bench", "reference attention", KVQ_ERR_NOMEM);
@@ -838,8 +900,11 @@ int kvq_cmd_bench(int argc, char **argv) {
             printf("cache: exact window %llu tokens, %llu outlier key channels per head (fp16), "
                    "%llu exact sink tokens\n", (unsigned long long)window,
                    (unsigned long long)outliers, (unsigned long long)sink);
-        printf("%-36s %6s %6s %6s %6s %7s %9s %9s %8s %9s %9s\n", "keys / values", "K bit", "V bit",
-               "bits", "vs f16", "K cos", "attn err", "worst", "enc M/s", "attend ms", "ctx@8GiB");
+        printf("read ceiling: one core %.1f GB/s, %u thread(s) %.1f GB/s (a plain 64-bit load loop over "
+               "%zu MiB, best of 3)\n", ceil_one, attend_threads, ceil_all, probe_bytes >> 20);
+        printf("%-36s %6s %6s %6s %6s %7s %9s %9s %8s %9s %7s %6s %9s\n", "keys / values", "K bit", "V bit",
+               "bits", "vs f16", "K cos", "attn err", "worst", "enc M/s", "attend ms", "GB/s", "%ceil",
+               "ctx@8GiB");
     }
     for (int i = 0; i < n_methods; i++) {
         result r;
@@ -876,18 +941,21 @@ int kvq_cmd_bench(int argc, char **argv) {
             else printf("\"key_cosine\":%.5f,", r.key_cosine);
             printf("\"attn_rel_err\":%.6g,\"attn_rel_err_worst_layer\":%.6g,\"worst_layer\":%u,"
                    "\"encode_mvec_s\":%.3f,\"attend_ms\":%.4f,"
-                   "\"attend_mtok_s\":%.3f,\"cache_bytes\":%llu,\"tokens_8gib\":%llu}\n",
+                   "\"attend_mtok_s\":%.3f,\"attend_gb_s\":%.3f,\"read_ceiling_gb_s\":%.3f,"
+                   "\"attend_pct_of_ceiling\":%.2f,\"cache_bytes\":%llu,\"tokens_8gib\":%llu}\n",
                    r.attn_err, r.attn_err_max, r.worst_layer, r.encode_mvps, r.attend_ms,
-                   r.attend_mtps, (unsigned long long)r.bytes, (unsigned long long)r.fit_tokens);
+                   r.attend_mtps, r.attend_gbs, ceiling, ceiling > 0 ? 100.0 * r.attend_gbs / ceiling : 0.0,
+                   (unsigned long long)r.bytes, (unsigned long long)r.fit_tokens);
         } else if (!r.ok) {
             printf("%-36s unavailable: %s\n", name, r.error);
         } else {
             char cosbuf[16];
             if (isnan(r.key_cosine)) snprintf(cosbuf, sizeof cosbuf, "-");
             else snprintf(cosbuf, sizeof cosbuf, "%.4f", r.key_cosine);
-            printf("%-36s %6.2f %6.2f %6.2f %5.2fx %7s %9.5f %9.5f %8.2f %9.3f %9llu\n", name,
+            printf("%-36s %6.2f %6.2f %6.2f %5.2fx %7s %9.5f %9.5f %8.2f %9.3f %7.2f %5.1f%% %9llu\n", name,
                    r.key_bits, r.value_bits, r.total_bits, r.compression, cosbuf, r.attn_err,
-                   r.attn_err_max, r.encode_mvps, r.attend_ms, (unsigned long long)r.fit_tokens);
+                   r.attn_err_max, r.encode_mvps, r.attend_ms, r.attend_gbs,
+                   ceiling > 0 ? 100.0 * r.attend_gbs / ceiling : 0.0, (unsigned long long)r.fit_tokens);
         }
         fflush(stdout);
     }
@@ -897,7 +965,9 @@ int kvq_cmd_bench(int argc, char **argv) {
                "the attention output against fp32 (%zu decode steps over the second half of the "
                "context, each attending to exactly the tokens before it), pooled over the "
                "layers; worst: the worst layer's; attend: one decode step of one layer, all query "
-               "heads, median of %d; ctx@8GiB: tokens of %u layers of this shape in 8 GiB.\n",
+               "heads, median of %d; GB/s: the bytes that step reads (codes, window, sinks, outlier "
+               "channels) per second, and %%ceil that rate against the read ceiling above; "
+               "ctx@8GiB: tokens of %u layers of this shape in 8 GiB.\n",
                D.nq, reps, D.n_fit_layers);
 done:
     kvq_threadpool_free(pool);

@@ -14,6 +14,9 @@
 
 #include "cache/cache_internal.h"
 
+/* Below this many multiply-adds an attend runs on the calling thread. */
+#define KVQI_ATTEND_SERIAL_MACS ((size_t)1 << 20)
+
 typedef struct attend_ctx {
     kvq_cache *c;
     const float *q;
@@ -340,11 +343,13 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
             }
         }
         if (c->key.path == KVQI_PATH_ROT) {
-            /* the rotated query in lane order: lane p = <row p of R, x> */
+            /* the rotated query: coordinate r = <row r of R, x>, then in lane order */
+            float *nat = tmp + d; /* vdec holds at least 2 d floats */
             if (c->key.rotation_h)
-                c->kern->score_f16(tmp, 1, d, (const uint8_t *)c->key.rotation_h, d * sizeof(uint16_t), d, qk, d);
+                c->kern->score_f16(tmp, 1, d, (const uint8_t *)c->key.rotation_h, d * sizeof(uint16_t), d, nat, d);
             else
-                c->kern->score_f32(tmp, 1, d, (const uint8_t *)c->key.rotation, d * sizeof(float), d, qk, d);
+                c->kern->score_f32(tmp, 1, d, (const uint8_t *)c->key.rotation, d * sizeof(float), d, nat, d);
+            for (uint32_t p = 0; p < d; p++) qk[p] = nat[c->key.lane[p]];
             if (use_i8(c)) quantize_query(c, s, v, qk);
         } else if (c->key.path == KVQI_PATH_SIGNS) {
             /* z = P x, its sum and its table; the mse part's rotated query */
@@ -438,14 +443,19 @@ static void finish_task(const attend_ctx *A, const task_view *T, kvqi_attend_scr
         size_t qi = v / A->G, h = v % A->G;
         float *o = A->out + ((T->i0 + qi) * A->n_q_heads + (size_t)T->g * A->G + h) * d;
         float *ax = s->acc_x + (size_t)v * d;
-        if (c->value.path == KVQI_PATH_ROT && c->value.rotation_h) /* the same from fp16 rows */
-            for (uint32_t p0 = 0; p0 < d; p0 += KVQI_MAX_BLOCK_TOKENS)
-                c->kern->accum_f16(s->acc + (size_t)v * d + p0, d, 1, d,
-                                   (const uint8_t *)(c->value.rotation_h + (size_t)p0 * d),
-                                   d * sizeof(uint16_t), KVQI_MIN((size_t)KVQI_MAX_BLOCK_TOKENS, (size_t)(d - p0)), ax);
-        else if (c->value.path == KVQI_PATH_ROT) /* R^T acc = sum_p acc_p (row p of R) */
-            c->kern->axpy_rows(c->value.rotation, s->acc + (size_t)v * d, d, d, ax);
-        else
+        if (c->value.path == KVQI_PATH_ROT) {
+            /* R^T acc = sum_r acc_r (row r of R), acc taken out of lane order first */
+            float *nat = s->vdec;
+            const float *acc = s->acc + (size_t)v * d;
+            for (uint32_t p = 0; p < d; p++) nat[c->value.lane[p]] = acc[p];
+            if (c->value.rotation_h)
+                for (uint32_t r0 = 0; r0 < d; r0 += KVQI_MAX_BLOCK_TOKENS)
+                    c->kern->accum_f16(nat + r0, d, 1, d, (const uint8_t *)(c->value.rotation_h + (size_t)r0 * d),
+                                       d * sizeof(uint16_t), KVQI_MIN((size_t)KVQI_MAX_BLOCK_TOKENS, (size_t)(d - r0)),
+                                       ax);
+            else
+                c->kern->axpy_rows(c->value.rotation, nat, d, d, ax);
+        } else
             for (uint32_t j = 0; j < d; j++) ax[j] += s->acc[(size_t)v * d + j];
         float inv = s->l[v] > 0.0f ? 1.0f / s->l[v] : 0.0f;
         for (uint32_t j = 0; j < d; j++) o[j] = ax[j] * inv;
@@ -558,7 +568,12 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
     size_t check;
     if (kvqi_mul_size(n_queries * c->n_kv, (size_t)G * c->dim, &check) != KVQ_OK)
         return KVQ_ERR_OVERFLOW;
-    unsigned n_threads = pool ? kvq_threadpool_size(pool) : 1;
+    /* short attention (few tokens) is not worth a pool barrier: it runs on the calling
+     * thread, in the pool's buffers all the same (one scratch for every cache on a pool) */
+    kvq_threadpool *run = pool;
+    size_t macs = n_queries * (c->n_tokens + 1) * (size_t)n_q_heads * c->dim * 2;
+    if (macs < KVQI_ATTEND_SERIAL_MACS) run = NULL;
+    unsigned n_threads = run ? kvq_threadpool_size(run) : 1;
     /* prefill: blocks of up to 4 queries share the decoding of every code, as long as
      * that leaves two tasks per thread; the grouping does not change any result */
     uint32_t qb = n_queries >= 4 ? 4 : (uint32_t)n_queries;
@@ -572,7 +587,7 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
     size_t first_visible = c->n_tokens - n_queries + 1;
     size_t SW = c->cfg.sliding_window;
     A.t_lo = SW && first_visible > SW ? first_visible - SW : 0;
-    A.n_split = pool ? choose_splits(n_tasks, n_threads, first_visible - A.t_lo) : 1;
+    A.n_split = run ? choose_splits(n_tasks, n_threads, first_visible - A.t_lo) : 1;
     size_t partial_bytes = 0;
     if (A.n_split > 1) {
         size_t per = (first_visible - A.t_lo + A.n_split - 1) / A.n_split;
@@ -593,10 +608,10 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
         A.bufs = &own;
     }
     if (A.n_split > 1) {
-        kvqi_parallel_for(pool, n_tasks * A.n_split, attend_split_task, &A);
-        kvqi_parallel_for(pool, n_tasks, attend_merge_task, &A);
+        kvqi_parallel_for(run, n_tasks * A.n_split, attend_split_task, &A);
+        kvqi_parallel_for(run, n_tasks, attend_merge_task, &A);
     } else {
-        kvqi_parallel_for(pool, n_tasks, attend_task, &A);
+        kvqi_parallel_for(run, n_tasks, attend_task, &A);
     }
     return (kvq_status)atomic_load(&A.status);
 }

@@ -462,8 +462,11 @@ static kvq_status choose_path(kvqi_side *s, uint32_t dim, int is_key) {
     if (s->path != KVQI_PATH_ROT) {
         kvqi_free(s->rotation);
         s->rotation = NULL;
-    } else {
-        st = permute_rotation(s, dim);
+    } else { /* the matrix stays in natural order: keys and values may share it */
+        s->lane = kvqi_alloc_array(dim, sizeof(uint16_t));
+        if (!s->lane) st = KVQ_ERR_NOMEM;
+        for (uint32_t p = 0; p < dim && s->lane; p++)
+            s->lane[p] = (uint16_t)kvqi_rot_lane_coordinate(s->rot.bits, p);
     }
     kvqi_free(x);
     kvqi_free(codes);
@@ -518,6 +521,7 @@ static void side_free(kvqi_side *s) {
         kvqi_free(s->rotation);
         kvqi_free(s->rotation_h);
     }
+    kvqi_free(s->lane);
     kvqi_free(s->proj);
     memset(s, 0, sizeof *s);
 }
@@ -611,20 +615,24 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
     c->off_value = C * c->n_kv * c->key.code_size;
     c->off_outliers = c->off_value + C * c->n_kv * c->value.code_size;
 
-    /* keys and values with the same rotation (same method, seed, bits) share one copy */
-    if (c->key.rotation && c->value.rotation && c->key.path == KVQI_PATH_ROT &&
-        c->value.path == KVQI_PATH_ROT && c->key.rot.bits == c->value.rot.bits &&
-        !memcmp(c->key.rotation, c->value.rotation, (size_t)c->dim * c->dim * sizeof(float))) {
-        kvqi_free(c->value.rotation);
-        c->value.rotation = c->key.rotation;
-        c->value.rotation_borrowed = 1;
-    }
     if ((st = rotation_to_fp16(&c->key, c->dim)) != KVQ_OK) goto fail;
-    if (c->value.rotation_borrowed) {
-        c->value.rotation = c->key.rotation;
-        c->value.rotation_h = c->key.rotation_h;
-    } else if ((st = rotation_to_fp16(&c->value, c->dim)) != KVQ_OK) {
-        goto fail;
+    if ((st = rotation_to_fp16(&c->value, c->dim)) != KVQ_OK) goto fail;
+    /* keys and values with the same rotation (same method and seed, any bits) share one
+     * copy: compared as stored, so fp16 copies read back at different bits match */
+    if (c->key.path == KVQI_PATH_ROT && c->value.path == KVQI_PATH_ROT) {
+        size_t n = (size_t)c->dim * c->dim;
+        int same = 0;
+        if (c->key.rotation_h && c->value.rotation_h)
+            same = !memcmp(c->key.rotation_h, c->value.rotation_h, n * sizeof(uint16_t));
+        else if (c->key.rotation && c->value.rotation)
+            same = !memcmp(c->key.rotation, c->value.rotation, n * sizeof(float));
+        if (same) {
+            kvqi_free(c->value.rotation);
+            kvqi_free(c->value.rotation_h);
+            c->value.rotation = c->key.rotation;
+            c->value.rotation_h = c->key.rotation_h;
+            c->value.rotation_borrowed = 1;
+        }
     }
     if (c->cfg.n_sink > 0) {
         size_t w;
@@ -968,7 +976,10 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     }
     m->shared = kvq_shared_size(c->key.quant) + kvq_shared_size(c->value.quant);
     if (c->key_mean) m->shared += row * sizeof(float);
-    /* the rotations read back for the fused path (one when keys and values share it) */
+    /* the rotations read back for the fused path (one when keys and values share it) and
+     * their lane orders */
+    if (c->key.lane) m->shared += (uint64_t)c->dim * sizeof(uint16_t);
+    if (c->value.lane) m->shared += (uint64_t)c->dim * sizeof(uint16_t);
     for (int side = 0; side < 2; side++) {
         const kvqi_side *S = side ? &c->value : &c->key;
         if (side && S->rotation_borrowed) continue;

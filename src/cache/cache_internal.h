@@ -32,12 +32,15 @@ typedef struct kvqi_side {
     size_t code_size;
     kvqi_code_path path;
     kvqi_rot_layout rot;     /* PATH_ROT */
-    float *rotation;         /* PATH_ROT: dim x dim, row p = output lane p of the rotation
-                                (rows in the kernels' lane order) */
+    float *rotation;         /* PATH_ROT: dim x dim, row r = output coordinate r of the
+                                rotation (natural order; lane[] maps the kernels' lanes to
+                                it); PATH_SIGNS: the mse part's, rows in lane order */
+    uint16_t *lane;          /* PATH_ROT: lane p of the kernels holds coordinate lane[p] */
     uint16_t *rotation_h;    /* PATH_ROT: the same matrix in fp16 when every entry is an
                                 fp16 number (randomized Hadamard at dim 4^k: +-2^-k);
                                 `rotation` is NULL then */
-    int rotation_borrowed;   /* values: the keys' matrix, identical, not owned */
+    int rotation_borrowed;   /* values: the keys' matrix, identical (whatever the bits),
+                                not owned */
     kvqi_sign_layout signs;  /* PATH_SIGNS */
     float *proj;             /* PATH_SIGNS: m x dim, z = proj q */
     int signs_mse;           /* PATH_SIGNS: an mse part in `rot` (turboquant_prod) too */

@@ -846,10 +846,11 @@ static kvq_status attention(kvq_context *c, uint32_t layer, size_t n_tok) {
     size_t work = n_tok * (c->n_past + n_tok) * (size_t)I->n_heads * I->head_dim * 2;
     kvq_threadpool *pool = work >= MATMUL_SERIAL_MACS ? c->pool : NULL;
     size_t window = c->model->layers[layer].swa ? c->model->n_swa : 0;
-    if (c->caches) {
+    if (c->caches) { /* the cache decides itself when its work is too short for the pool */
         kvq_status st = kvq_cache_append(c->caches[layer], c->k, c->v, n_tok);
         if (st) return st;
-        return kvq_cache_attend(c->caches[layer], c->q, I->n_heads, n_tok, c->model->attn_scale, pool, c->att);
+        return kvq_cache_attend(c->caches[layer], c->q, I->n_heads, n_tok, c->model->attn_scale, c->pool,
+                                c->att);
     }
     float *kc = c->k_cache + c->slot_off[layer] * kv_dim, *vc = c->v_cache + c->slot_off[layer] * kv_dim;
     size_t R = c->kv_slots[layer];
