@@ -43,8 +43,15 @@ kvq_status kvqi_index_validate_config(const kvq_index_config *c) {
         (unsigned)c->reorder > KVQ_REORDER_NONE)
         return KVQ_ERR_INVALID_ARG;
     if (c->query_bits != 4 && c->query_bits != 32) return KVQ_ERR_UNSUPPORTED;
-    if (c->split > 1 || (c->split && c->bits < 2)) return KVQ_ERR_INVALID_ARG;
-    if (c->ip_assign > 1) return KVQ_ERR_INVALID_ARG;
+    if (c->split > 1 || (c->split && c->bits < 2)) {
+        kvqi_set_msg(NULL, 0, "index: split is 0 or 1 and needs bits >= 2 (a 1-bit pass, then the "
+                     "rest of the bits)");
+        return KVQ_ERR_INVALID_ARG;
+    }
+    if (c->ip_assign > 1) {
+        kvqi_set_msg(NULL, 0, "index: ip_assign is 0 (l2) or 1 (ip)");
+        return KVQ_ERR_INVALID_ARG;
+    }
     return KVQ_OK;
 }
 
