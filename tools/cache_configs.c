@@ -9,7 +9,7 @@
 #include "cache_configs.h"
 
 /* Where the pattern starts and ends: '%', an optional 0, a width of one digit, d or u. */
-static const char *find_pattern(const char *s, const char **end, int *zero, int *width) {
+const char *kvq_cli_find_layer_pattern(const char *s, const char **end, int *zero, int *width) {
     const char *p = strchr(s, '%');
     if (!p) return NULL;
     const char *q = p + 1;
@@ -25,14 +25,14 @@ static const char *find_pattern(const char *s, const char **end, int *zero, int 
 int kvq_cli_spec_has_layer_pattern(const char *spec) {
     const char *end;
     int zero, width;
-    return find_pattern(spec, &end, &zero, &width) != NULL;
+    return kvq_cli_find_layer_pattern(spec, &end, &zero, &width) != NULL;
 }
 
 /* spec with its pattern replaced by layer; -1 on a stray '%' or a result too long */
 static int expand(const char *spec, uint32_t layer, char *out, size_t out_size) {
     const char *end;
     int zero, width;
-    const char *p = find_pattern(spec, &end, &zero, &width);
+    const char *p = kvq_cli_find_layer_pattern(spec, &end, &zero, &width);
     if (!p) {
         if (strchr(spec, '%')) return -1;
         return snprintf(out, out_size, "%s", spec) < (int)out_size ? 0 : -1;

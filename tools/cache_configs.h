@@ -24,4 +24,8 @@ int kvq_cli_check_calibrated(const char *cmd, const char *spec);
 /* 1 if spec names a layer pattern (then it needs kvq_cli_cache_configs per layer). */
 int kvq_cli_spec_has_layer_pattern(const char *spec);
 
+/* The layer pattern in s ('%', an optional 0, a one-digit width, d or u): its start, and
+ * in *end the byte after it; NULL if there is none. */
+const char *kvq_cli_find_layer_pattern(const char *s, const char **end, int *zero, int *width);
+
 #endif

@@ -8,26 +8,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "cache_configs.h"
 #include "kvq.h"
-
-/* The pattern: '%', an optional 0, a width of one digit, d or u (as cache_configs.c). */
-static const char *find_pattern(const char *s, const char **end, int *zero, int *width) {
-    const char *p = strchr(s, '%');
-    if (!p) return NULL;
-    const char *q = p + 1;
-    *zero = *q == '0';
-    if (*zero) q++;
-    *width = 0;
-    if (*q >= '1' && *q <= '9') *width = *q++ - '0';
-    if (*q != 'd' && *q != 'u') return NULL;
-    *end = q + 1;
-    return p;
-}
 
 int kvq_cli_layer_manifest(const char *pattern, char *out, size_t out_size) {
     const char *end;
     int zero, width;
-    const char *p = find_pattern(pattern, &end, &zero, &width);
+    const char *p = kvq_cli_find_layer_pattern(pattern, &end, &zero, &width);
     if (!p) return -1;
     int n = snprintf(out, out_size, "%.*ss.manifest", (int)(p - pattern), pattern);
     return n >= 0 && (size_t)n < out_size ? 0 : -1;
@@ -37,7 +24,7 @@ int kvq_cli_layer_manifest(const char *pattern, char *out, size_t out_size) {
 static char **expand_all(const char *pattern, uint32_t n_layers) {
     const char *end;
     int zero, width;
-    const char *p = find_pattern(pattern, &end, &zero, &width);
+    const char *p = kvq_cli_find_layer_pattern(pattern, &end, &zero, &width);
     if (!p || strchr(end, '%')) return NULL;
     char **paths = calloc(n_layers, sizeof *paths);
     for (uint32_t l = 0; paths && l < n_layers; l++) {
