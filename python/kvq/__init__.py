@@ -21,6 +21,7 @@ from ._native import (
     KvqError,
     cpu_isa,
     cuda_devices,
+    last_error,
     library_path,
     version,
 )
@@ -42,4 +43,5 @@ __all__ = [
     "version",
     "cpu_isa",
     "cuda_devices",
+    "last_error",
 ]

@@ -316,6 +316,11 @@ class KvqError(Exception):
 
 def _check(status, where, detail=""):
     if status != 0:
+        if not detail and _last_error is not None:
+            # the library's detail line for this thread's failure, taken once
+            last = _last_error()
+            detail = last.decode(errors="replace") if last else ""
+            _clear_last_error()
         raise KvqError(status, where, detail)
 
 
@@ -556,3 +561,17 @@ def _parse(spec, dim):
     st = _config_parse(spec.encode(), dim, ctypes.byref(cfg), msg, len(msg))
     _check(st, "kvq_config_parse(%r)" % spec, msg.value.decode(errors="replace"))
     return cfg
+
+
+_last_error = _optional_fn("kvq_last_error", ctypes.c_char_p)
+_clear_last_error = _optional_fn("kvq_clear_last_error", None)
+if _clear_last_error is None:
+    _last_error = None
+
+
+def last_error():
+    """The library's detail line for the last failed call on this thread ("" if none)."""
+    if _last_error is None:
+        return ""
+    last = _last_error()
+    return last.decode(errors="replace") if last else ""

@@ -226,3 +226,11 @@ def test_attend_from_many_threads_on_one_cache_is_deterministic():
         th.join()
     for a, b in zip(got, serial):
         np.testing.assert_array_equal(a, b)
+
+
+def test_errors_carry_the_library_detail():
+    # the C library's per-thread detail line comes with the exception
+    with pytest.raises(kvq.KvqError) as e:
+        kvq.Cache(3, 64, spec="mse:bits=4@outliers=70")
+    assert "outliers 70 must be below head_dim 64" in str(e.value)
+    assert kvq.last_error() == ""  # taken once

@@ -493,16 +493,27 @@ static kvq_status rotation_to_fp16(kvqi_side *s, uint32_t dim) {
 
 /* ---------------------------------------------------------- create / free */
 
+/* Each refusal also leaves its reason in kvq_last_error(). */
 static kvq_status validate_config(const kvq_cache_config *cfg) {
     if (!cfg) return KVQ_ERR_INVALID_ARG;
-    if (cfg->n_kv_heads == 0 || cfg->head_dim == 0) return KVQ_ERR_INVALID_ARG;
-    if (cfg->n_kv_heads > MAX_KV_HEADS || cfg->head_dim > MAX_DIM) return KVQ_ERR_UNSUPPORTED;
-    if (cfg->key.dim != 0 && cfg->key.dim != cfg->head_dim) return KVQ_ERR_MISMATCH;
-    if (cfg->value.dim != 0 && cfg->value.dim != cfg->head_dim) return KVQ_ERR_MISMATCH;
-    if (cfg->n_outliers >= cfg->head_dim) return KVQ_ERR_INVALID_ARG;
-    if (cfg->chunk_tokens > MAX_CHUNK_TOKENS) return KVQ_ERR_UNSUPPORTED;
-    if (cfg->n_sink > MAX_SINK_TOKENS) return KVQ_ERR_UNSUPPORTED;
-    return KVQ_OK;
+    kvq_status st = KVQ_OK;
+    if (cfg->n_kv_heads == 0 || cfg->head_dim == 0)
+        kvqi_set_msg(NULL, 0, "cache: n_kv_heads and head_dim must be positive"), st = KVQ_ERR_INVALID_ARG;
+    else if (cfg->n_kv_heads > MAX_KV_HEADS || cfg->head_dim > MAX_DIM)
+        kvqi_set_msg(NULL, 0, "cache: at most %u KV heads of %u dims", MAX_KV_HEADS, MAX_DIM),
+            st = KVQ_ERR_UNSUPPORTED;
+    else if ((cfg->key.dim != 0 && cfg->key.dim != cfg->head_dim) ||
+             (cfg->value.dim != 0 && cfg->value.dim != cfg->head_dim))
+        kvqi_set_msg(NULL, 0, "cache: a quantizer's dim is not head_dim %u", cfg->head_dim),
+            st = KVQ_ERR_MISMATCH;
+    else if (cfg->n_outliers >= cfg->head_dim)
+        kvqi_set_msg(NULL, 0, "cache: outliers %u must be below head_dim %u", cfg->n_outliers, cfg->head_dim),
+            st = KVQ_ERR_INVALID_ARG;
+    else if (cfg->chunk_tokens > MAX_CHUNK_TOKENS)
+        kvqi_set_msg(NULL, 0, "cache: chunk_tokens above %u", MAX_CHUNK_TOKENS), st = KVQ_ERR_UNSUPPORTED;
+    else if (cfg->n_sink > MAX_SINK_TOKENS)
+        kvqi_set_msg(NULL, 0, "cache: at most %u sink tokens", MAX_SINK_TOKENS), st = KVQ_ERR_UNSUPPORTED;
+    return st;
 }
 
 static kvq_status side_create(kvqi_side *s, const kvq_config *qc, uint32_t dim, int is_key) {
