@@ -62,6 +62,32 @@ const char *kvqt_cli_path(void) {
     return (p && *p) ? p : "build/kvq";
 }
 
+int kvqt_run_cli(kvqt_ctx *t, const char *args, char *err, size_t err_size) {
+    const char *dir = kvqt_tmpdir(t);
+    char cmd[8192];
+    if (!dir) return -1;
+    snprintf(cmd, sizeof cmd, "%s %s > %s/out.txt 2> %s/err.txt", kvqt_cli_path(), args, dir, dir);
+    int rc = system(cmd);
+    if (err && err_size) {
+        err[0] = 0;
+        snprintf(cmd, sizeof cmd, "%s/err.txt", dir);
+        FILE *f = fopen(cmd, "r");
+        if (f) {
+            size_t n = fread(err, 1, err_size - 1, f);
+            err[n] = 0;
+            fclose(f);
+        }
+    }
+    return rc != -1 && WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+int kvqt_write_fox_text(const char *path) {
+    FILE *f = fopen(path, "w");
+    if (!f) return 0;
+    for (int i = 0; i < 40; i++) fprintf(f, "The quick brown fox jumps over the lazy dog %d times. ", i);
+    return fclose(f) == 0;
+}
+
 const char *kvqt_tmpdir(kvqt_ctx *t) {
     if (!g_tmpdir[0]) {
         const char *base = getenv("TMPDIR");

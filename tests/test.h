@@ -28,6 +28,12 @@ void kvqt_skip(kvqt_ctx *t, const char *reason);
 const char *kvqt_cli_path(void);
 /* A fresh temporary directory for this test (removed by the runner when it passes). */
 const char *kvqt_tmpdir(kvqt_ctx *t);
+/* Runs `kvq ARGS` (shell syntax) with stdout into TMPDIR/out.txt and stderr into
+ * TMPDIR/err.txt; err (may be NULL) receives stderr. The exit code, or -1 if the
+ * command did not exit. */
+int kvqt_run_cli(kvqt_ctx *t, const char *args, char *err, size_t err_size);
+/* Writes forty sentences of the tiny models' vocabulary to path; 0 on failure. */
+int kvqt_write_fox_text(const char *path);
 
 #define TEST(name) void kvq_test_##name(kvqt_ctx *kvqt_)
 

@@ -24,27 +24,7 @@
 
 /* ----------------------------------------------------------------- helpers */
 
-/* Run `kvq ARGS` (shell syntax) with stdout into DIR/out.txt and stderr into DIR/err.txt;
- * err (may be NULL) receives stderr. The exit code, or -1 if it did not exit. */
-static int run_cli(kvqt_ctx *kvqt_, const char *args, char *err, size_t err_size) {
-    const char *dir = kvqt_tmpdir(kvqt_);
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "%s %s > %s/out.txt 2> %s/err.txt", kvqt_cli_path(), args, dir, dir);
-    int rc = system(cmd);
-    if (err && err_size) {
-        err[0] = 0;
-        snprintf(cmd, sizeof cmd, "%s/err.txt", dir);
-        FILE *f = fopen(cmd, "r");
-        if (f) {
-            size_t n = fread(err, 1, err_size - 1, f);
-            err[n] = 0;
-            fclose(f);
-        }
-    }
-    return rc != -1 && WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-/* DIR/out.txt of the last run_cli, NUL-terminated, in a static buffer. */
+/* DIR/out.txt of the last kvqt_run_cli, NUL-terminated, in a static buffer. */
 static const char *cli_stdout(kvqt_ctx *kvqt_) {
     static char buf[1 << 16];
     char path[600];
@@ -63,13 +43,6 @@ static const char *cli_stdout(kvqt_ctx *kvqt_) {
 static int one_line(const char *err) {
     const char *nl = strchr(err, '\n');
     return nl && nl[1] == 0;
-}
-
-static int write_text(const char *path) {
-    FILE *f = fopen(path, "w");
-    if (!f) return 0;
-    for (int i = 0; i < 40; i++) fprintf(f, "The quick brown fox jumps over the lazy dog %d times. ", i);
-    return fclose(f) == 0;
 }
 
 static int file_exists(const char *path) {
@@ -164,7 +137,7 @@ TEST(badinput_cli_numbers_refused) {
     };
     char err[4096];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int rc = run_cli(kvqt_, cases[i].args, err, sizeof err);
+        int rc = kvqt_run_cli(kvqt_, cases[i].args, err, sizeof err);
         CHECKF(rc == 1, "kvq %s: exit %d, want 1", cases[i].args, rc);
         CHECKF(strstr(err, cases[i].expect) != NULL, "kvq %s: stderr '%s', want '%s'", cases[i].args, err,
                cases[i].expect);
@@ -175,13 +148,13 @@ TEST(badinput_cli_numbers_refused) {
 /* Good values around the bad ones still pass: the parser is strict, not stubborn. */
 TEST(badinput_cli_numbers_accepted) {
     char err[4096];
-    int rc = run_cli(kvqt_,
+    int rc = kvqt_run_cli(kvqt_,
                      "generate -m " TINY " -p 'The quick' -n 3 -c 64 -t 1 -s 18446744073709551615 --temp 0.7 "
                      "--top-k 5 --top-p 0.9 --min-p 0.01 --repeat-penalty 1.1 --repeat-last-n 8 -ctk q8_0 -ctv f16 "
                      "--window 0 --quiet",
                      err, sizeof err);
     CHECKF(rc == 0, "exit %d: %s", rc, err);
-    rc = run_cli(kvqt_, "generate -m " TINY " -p 'The quick' -n +2 --temp 1e-1 --quiet", err, sizeof err);
+    rc = kvqt_run_cli(kvqt_, "generate -m " TINY " -p 'The quick' -n +2 --temp 1e-1 --quiet", err, sizeof err);
     CHECKF(rc == 0, "exit %d: %s", rc, err);
 }
 
@@ -218,7 +191,7 @@ TEST(badinput_cli_directory_is_not_a_file) {
     const char *dir = kvqt_tmpdir(kvqt_);
     char args[2048], err[4096], text[600];
     snprintf(text, sizeof text, "%s/text.txt", dir);
-    REQUIRE(write_text(text));
+    REQUIRE(kvqt_write_fox_text(text));
     const char *forms[] = {
         "perplexity -m " TINY " -f %s",
         "generate -m " TINY " -f %s",
@@ -231,17 +204,17 @@ TEST(badinput_cli_directory_is_not_a_file) {
     };
     for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++) {
         snprintf(args, sizeof args, forms[i], dir, dir);
-        int rc = run_cli(kvqt_, args, err, sizeof err);
+        int rc = kvqt_run_cli(kvqt_, args, err, sizeof err);
         CHECKF(rc == 1, "kvq %s: exit %d", args, rc);
         CHECKF(strstr(err, "is a directory") != NULL && one_line(err), "kvq %s: '%s'", args, err);
     }
     /* an artifact or a plan that is a directory: refused, the message says so */
     snprintf(args, sizeof args, "perplexity -m " TINY " -f %s --ctx 64 --chunks 1 -t 1 --configs 'vecinfer:artifact=%s+fp16'",
              text, dir);
-    CHECK(run_cli(kvqt_, args, err, sizeof err) == 1);
+    CHECK(kvqt_run_cli(kvqt_, args, err, sizeof err) == 1);
     CHECKF(strstr(err, "artifact") && strstr(err, "is a directory"), "%s", err);
     snprintf(args, sizeof args, "generate -m " TINY " -p hi --cache-plan %s", dir);
-    CHECK(run_cli(kvqt_, args, err, sizeof err) == 1);
+    CHECK(kvqt_run_cli(kvqt_, args, err, sizeof err) == 1);
     CHECKF(strstr(err, "is a directory") && one_line(err), "%s", err);
 }
 
@@ -258,7 +231,7 @@ TEST(badinput_cli_window_capped_at_context) {
     const char *dir = kvqt_tmpdir(kvqt_);
     char args[2048], err[4096], text[600];
     snprintf(text, sizeof text, "%s/text.txt", dir);
-    REQUIRE(write_text(text));
+    REQUIRE(kvqt_write_fox_text(text));
     /* a window past the context holds the whole context: the same perplexity as a window
      * of exactly the context, with memory for the context only (it was 14.6 GB) */
     double ppl[2] = {0, 0};
@@ -267,14 +240,14 @@ TEST(badinput_cli_window_capped_at_context) {
         snprintf(args, sizeof args,
                  "perplexity -m " TINY " -f %s --ctx 64 --chunks 2 -t 1 --configs q4_0 --window %s", text,
                  windows[w]);
-        int rc = run_cli(kvqt_, args, err, sizeof err);
+        int rc = kvqt_run_cli(kvqt_, args, err, sizeof err);
         CHECKF(rc == 0, "%s: exit %d: %s", args, rc, err);
         const char *out = cli_stdout(kvqt_);
         const char *row = strstr(out, "\nq4_0");
         CHECKF(row && sscanf(row + 1, "q4_0 %lf", &ppl[w]) == 1, "no q4_0 row in: %s", out);
     }
     CHECKF(ppl[0] > 1 && ppl[0] == ppl[1], "window 64: %g, window 65536: %g", ppl[0], ppl[1]);
-    int rc = run_cli(kvqt_, "generate -m " TINY " -p 'The quick' -n 2 -t 1 --window 1000000 --quiet", err, sizeof err);
+    int rc = kvqt_run_cli(kvqt_, "generate -m " TINY " -p 'The quick' -n 2 -t 1 --window 1000000 --quiet", err, sizeof err);
     CHECKF(rc == 0, "exit %d: %s", rc, err);
     double peak = children_peak_mib();
     CHECKF(peak < 512.0, "a child peaked at %.0f MiB", peak);
@@ -496,15 +469,15 @@ TEST(badinput_cli_aliases_and_json) {
     char args[2048], err[4096], text[600], out_path[600];
     snprintf(text, sizeof text, "%s/text.txt", dir);
     snprintf(out_path, sizeof out_path, "%s/out.txt", dir);
-    REQUIRE(write_text(text));
+    REQUIRE(kvqt_write_fox_text(text));
     int have_python = system("python3 -c 'import json' > /dev/null 2>&1") == 0;
     /* llama.cpp's names give what ours give */
     char a_text[4096], b_text[4096];
-    int rc = run_cli(kvqt_, "generate --model " TINY " --prompt 'The quick' --tokens 6 --ctx 64 --threads 1 --seed 4 "
+    int rc = kvqt_run_cli(kvqt_, "generate --model " TINY " --prompt 'The quick' --tokens 6 --ctx 64 --threads 1 --seed 4 "
                             "--temp 0.9 --cache-k q8_0 --cache-v q4_0 --quiet", err, sizeof err);
     CHECKF(rc == 0, "%s", err);
     snprintf(a_text, sizeof a_text, "%s", cli_stdout(kvqt_));
-    rc = run_cli(kvqt_, "generate -m " TINY " -p 'The quick' -n 6 -c 64 -t 1 -s 4 --temp 0.9 -ctk q8_0 -ctv q4_0 --quiet",
+    rc = kvqt_run_cli(kvqt_, "generate -m " TINY " -p 'The quick' -n 6 -c 64 -t 1 -s 4 --temp 0.9 -ctk q8_0 -ctv q4_0 --quiet",
                  err, sizeof err);
     CHECKF(rc == 0, "%s", err);
     snprintf(b_text, sizeof b_text, "%s", cli_stdout(kvqt_));
@@ -518,7 +491,7 @@ TEST(badinput_cli_aliases_and_json) {
     fputs("say \"hi\"\\\nx\t", pf);
     fclose(pf);
     snprintf(args, sizeof args, "generate -m " TINY " -f %s -n 5 -t 1 --json", prompt_path);
-    rc = run_cli(kvqt_, args, err, sizeof err);
+    rc = kvqt_run_cli(kvqt_, args, err, sizeof err);
     CHECKF(rc == 0, "%s", err);
     const char *js = cli_stdout(kvqt_);
     CHECKF(js[0] == '{' && strstr(js, "}\n") && strstr(js, "}\n")[2] == 0, "not one object: %s", js);
@@ -528,7 +501,7 @@ TEST(badinput_cli_aliases_and_json) {
     if (have_python) CHECKF(python_json_ok(out_path), "python cannot parse: %s", js);
     /* perplexity: -ctk/-ctv is the config K+V; --json has its ppl */
     snprintf(args, sizeof args, "perplexity -m " TINY " -f %s -c 64 --chunks 2 -t 1 -ctk q8_0 -ctv q4_0 --json", text);
-    rc = run_cli(kvqt_, args, err, sizeof err);
+    rc = kvqt_run_cli(kvqt_, args, err, sizeof err);
     CHECKF(rc == 0, "%s", err);
     js = cli_stdout(kvqt_);
     double ppl_json = 0, ppl_table = -1;
@@ -537,14 +510,14 @@ TEST(badinput_cli_aliases_and_json) {
     CHECK(strstr(js, "\"config\": \"q8_0+q4_0\"") != NULL);
     if (have_python) CHECKF(python_json_ok(out_path), "python cannot parse: %s", js);
     snprintf(args, sizeof args, "perplexity -m " TINY " -f %s --ctx 64 --chunks 2 --threads 1 --configs q8_0+q4_0", text);
-    rc = run_cli(kvqt_, args, err, sizeof err);
+    rc = kvqt_run_cli(kvqt_, args, err, sizeof err);
     CHECKF(rc == 0, "%s", err);
     at = strstr(cli_stdout(kvqt_), "\nq8_0+q4_0");
     CHECK(at && sscanf(at + 1, "q8_0+q4_0 %lf", &ppl_table) == 1);
     CHECKF(fabs(ppl_json - ppl_table) < 1e-3 * ppl_table, "json %g, table %g", ppl_json, ppl_table);
     /* with --kl the KL columns come along */
     snprintf(args, sizeof args, "perplexity -m " TINY " -f %s -c 64 --chunks 1 -t 1 --configs fp16,q4_0 --kl --json", text);
-    rc = run_cli(kvqt_, args, err, sizeof err);
+    rc = kvqt_run_cli(kvqt_, args, err, sizeof err);
     CHECKF(rc == 0, "%s", err);
     js = cli_stdout(kvqt_);
     CHECKF(strstr(js, "\"kl\": 0,") && strstr(js, "\"top1_same_percent\": ") && strstr(js, "\"reference\": \"fp16\""),
@@ -552,13 +525,13 @@ TEST(badinput_cli_aliases_and_json) {
     if (have_python) CHECKF(python_json_ok(out_path), "python cannot parse: %s", js);
     /* -ctk with --configs: which one is meant? refused */
     snprintf(args, sizeof args, "perplexity -m " TINY " -f %s -ctk q8_0 --configs fp16", text);
-    CHECK(run_cli(kvqt_, args, err, sizeof err) == 1 && one_line(err));
+    CHECK(kvqt_run_cli(kvqt_, args, err, sizeof err) == 1 && one_line(err));
     /* every --help names the aliases */
-    CHECK(run_cli(kvqt_, "generate --help", NULL, 0) == 0);
+    CHECK(kvqt_run_cli(kvqt_, "generate --help", NULL, 0) == 0);
     js = cli_stdout(kvqt_);
     CHECK(strstr(js, "-ctk") && strstr(js, "--top-k") && strstr(js, "--min-p") && strstr(js, "--repeat-penalty") &&
           strstr(js, "--json") && strstr(js, "-c, --ctx") && strstr(js, "-s, --seed"));
-    CHECK(run_cli(kvqt_, "perplexity --help", NULL, 0) == 0);
+    CHECK(kvqt_run_cli(kvqt_, "perplexity --help", NULL, 0) == 0);
     js = cli_stdout(kvqt_);
     CHECK(strstr(js, "-ctk") && strstr(js, "--json") && strstr(js, "-c, --ctx") && strstr(js, "-t, --threads"));
 }
@@ -590,9 +563,9 @@ TEST(badinput_cli_index_search_json) {
     snprintf(out_path, sizeof out_path, "%s/out.txt", dir);
     REQUIRE(write_fvecs(base, x, N, D));
     snprintf(args, sizeof args, "index build -i %s -o %s --nlist 1", base, ix);
-    REQUIRE(run_cli(kvqt_, args, err, sizeof err) == 0);
+    REQUIRE(kvqt_run_cli(kvqt_, args, err, sizeof err) == 0);
     snprintf(args, sizeof args, "index search -x %s -q %s -k 3 --nprobe 1,2 --json", ix, base);
-    int rc = run_cli(kvqt_, args, err, sizeof err);
+    int rc = kvqt_run_cli(kvqt_, args, err, sizeof err);
     CHECKF(rc == 0, "%s", err);
     const char *js = cli_stdout(kvqt_);
     CHECKF(js[0] == '{' && strstr(js, "\"n_queries\": 300") && strstr(js, "\"nprobe\": 1") &&
@@ -671,7 +644,7 @@ TEST(badinput_kill9_calibrate_per_layer) {
     const char *dir = kvqt_tmpdir(kvqt_);
     char text[600], args[4096], err[4096], path[700], a[700], b[700];
     snprintf(text, sizeof text, "%s/text.txt", dir);
-    REQUIRE(write_text(text));
+    REQUIRE(kvqt_write_fox_text(text));
     char olddir[600], newdir[600];
     snprintf(olddir, sizeof olddir, "%s/old", dir);
     snprintf(newdir, sizeof newdir, "%s/new", dir);
@@ -679,9 +652,9 @@ TEST(badinput_kill9_calibrate_per_layer) {
     /* the two complete sets, seed 1 and seed 2, for reference */
     const char *cal = "calibrate -m " TINY " -f %s --method comm_vq --bits 4 --tokens 256 -t 1 --per-layer -o %s/cv.safetensors --seed %d";
     snprintf(args, sizeof args, cal, text, olddir, 1);
-    REQUIRE(run_cli(kvqt_, args, err, sizeof err) == 0);
+    REQUIRE(kvqt_run_cli(kvqt_, args, err, sizeof err) == 0);
     snprintf(args, sizeof args, cal, text, newdir, 2);
-    REQUIRE(run_cli(kvqt_, args, err, sizeof err) == 0);
+    REQUIRE(kvqt_run_cli(kvqt_, args, err, sizeof err) == 0);
     snprintf(path, sizeof path, "%s/cv.layers.manifest", newdir);
     REQUIRE(file_exists(path));
     const char *names[3] = {"cv.layer00.safetensors", "cv.layer01.safetensors", "cv.layers.manifest"};
@@ -713,7 +686,7 @@ TEST(badinput_kill9_calibrate_per_layer) {
         int whole = is_new[0] == is_new[2] && is_new[1] == is_new[2];
         snprintf(args, sizeof args, "perplexity -m " TINY " -f %s --ctx 64 --chunks 1 -t 1 "
                  "--configs 'comm_vq:bits=4,artifact=%s/cv.layer%%02d.safetensors+fp16'", text, dir);
-        int rc = run_cli(kvqt_, args, err, sizeof err);
+        int rc = kvqt_run_cli(kvqt_, args, err, sizeof err);
         CHECKF((rc == 0) == whole, "round %d: layers new %d %d, manifest new %d: perplexity exit %d: %s", round,
                is_new[0], is_new[1], is_new[2], rc, err);
         if (!whole) CHECKF(strstr(err, "mixed or partial") != NULL, "round %d: %s", round, err);
@@ -721,7 +694,7 @@ TEST(badinput_kill9_calibrate_per_layer) {
         accepted += whole;
         /* the next run of the same -o cleans what the killed one left */
         snprintf(args, sizeof args, cal, text, dir, 2);
-        CHECK(run_cli(kvqt_, args, err, sizeof err) == 0);
+        CHECK(kvqt_run_cli(kvqt_, args, err, sizeof err) == 0);
         CHECKF(count_temps(dir) == 0, "round %d: %d temp files left", round, count_temps(dir));
     }
     /* the kill may land anywhere; make sure a mixed set is met at least once */
@@ -733,15 +706,15 @@ TEST(badinput_kill9_calibrate_per_layer) {
     REQUIRE(system(args) == 0);
     snprintf(args, sizeof args, "perplexity -m " TINY " -f %s --ctx 64 --chunks 1 -t 1 "
              "--configs 'comm_vq:bits=4,artifact=%s/cv.layer%%02d.safetensors+fp16'", text, dir);
-    CHECK(run_cli(kvqt_, args, err, sizeof err) == 1);
+    CHECK(kvqt_run_cli(kvqt_, args, err, sizeof err) == 1);
     CHECKF(strstr(err, "layer 1") && strstr(err, "mixed or partial"), "%s", err);
     snprintf(args, sizeof args, "generate -m " TINY " -p hi -n 1 --cache-k 'comm_vq:bits=4,artifact=%s/cv.layer%%02d.safetensors'", dir);
-    CHECK(run_cli(kvqt_, args, err, sizeof err) == 1);
+    CHECK(kvqt_run_cli(kvqt_, args, err, sizeof err) == 1);
     CHECKF(strstr(err, "mixed or partial") && one_line(err), "%s", err);
     /* also when the artifact sits in a whole cache spec, before its @options */
     snprintf(args, sizeof args, "generate -m " TINY " -p hi -n 1 --cache-k "
              "'comm_vq:bits=4,artifact=%s/cv.layer%%02d.safetensors+fp16@window=4'", dir);
-    CHECK(run_cli(kvqt_, args, err, sizeof err) == 1);
+    CHECK(kvqt_run_cli(kvqt_, args, err, sizeof err) == 1);
     CHECKF(strstr(err, "mixed or partial") && one_line(err), "%s", err);
     /* a stale temp of a layer file and of the manifest, as a kill mid-write leaves them */
     snprintf(path, sizeof path, "%s/cv.layer01.safetensors", dir);
@@ -749,7 +722,7 @@ TEST(badinput_kill9_calibrate_per_layer) {
     snprintf(path, sizeof path, "%s/cv.layers.manifest", dir);
     REQUIRE(make_stale_temp(path, "r4T5y6"));
     snprintf(args, sizeof args, cal, text, dir, 2);
-    CHECK(run_cli(kvqt_, args, err, sizeof err) == 0);
+    CHECK(kvqt_run_cli(kvqt_, args, err, sizeof err) == 0);
     CHECK(count_temps(dir) == 0);
     /* the library call refuses too, naming the layer */
     char l0[700], l1[700], man[700], msg[512];

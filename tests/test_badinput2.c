@@ -16,30 +16,6 @@
 
 #define TINY "tests/data/tiny-llama.gguf"
 
-/* Run `kvq ARGS` with stderr into err; the exit code, or -1 if it did not exit. */
-static int run_cli2(kvqt_ctx *kvqt_, const char *args, char *err, size_t err_size) {
-    const char *dir = kvqt_tmpdir(kvqt_);
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "%s %s > %s/out.txt 2> %s/err.txt", kvqt_cli_path(), args, dir, dir);
-    int rc = system(cmd);
-    err[0] = 0;
-    snprintf(cmd, sizeof cmd, "%s/err.txt", dir);
-    FILE *f = fopen(cmd, "r");
-    if (f) {
-        size_t n = fread(err, 1, err_size - 1, f);
-        err[n] = 0;
-        fclose(f);
-    }
-    return rc != -1 && WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-static int write_text2(const char *path) {
-    FILE *f = fopen(path, "w");
-    if (!f) return 0;
-    for (int i = 0; i < 40; i++) fprintf(f, "The quick brown fox jumps over the lazy dog %d times. ", i);
-    return fclose(f) == 0;
-}
-
 /* n rows whose byte count wraps size_t: OVERFLOW before any kernel touches a buffer */
 TEST(badinput2_quantizer_overflow) {
     kvq_config c;
@@ -94,7 +70,7 @@ TEST(badinput2_cli_artifact_needs_value_spec) {
     const char *dir = kvqt_tmpdir(kvqt_);
     char args[4096], err[4096], text[600];
     snprintf(text, sizeof text, "%s/text.txt", dir);
-    REQUIRE(write_text2(text));
+    REQUIRE(kvqt_write_fox_text(text));
     const char *forms[] = {
         "perplexity -m " TINY " -f %s --ctx 64 --chunks 1 -t 1 --configs 'vecinfer:artifact=%s/k.safetensors'",
         "perplexity -m " TINY " -f %s --ctx 64 --chunks 1 -t 1 --configs 'vecinfer:artifact=%s/k.safetensors@sink=1'",
@@ -102,7 +78,7 @@ TEST(badinput2_cli_artifact_needs_value_spec) {
     };
     for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++) {
         snprintf(args, sizeof args, forms[i], text, dir);
-        int rc = run_cli2(kvqt_, args, err, sizeof err);
+        int rc = kvqt_run_cli(kvqt_, args, err, sizeof err);
         CHECKF(rc == 1, "kvq %s: exit %d", args, rc);
         CHECKF(strstr(err, "KSPEC+VSPEC") != NULL, "kvq %s: '%s'", args, err);
     }
@@ -114,19 +90,19 @@ TEST(badinput2_cli_dump_kv_dir) {
     char args[4096], err[4096], path[600];
     /* a parent that does not exist: one line, exit 1, and no model output */
     snprintf(args, sizeof args, "generate -m " TINY " -p hi -n 2 --dump-kv %s/no/such", dir);
-    int rc = run_cli2(kvqt_, args, err, sizeof err);
+    int rc = kvqt_run_cli(kvqt_, args, err, sizeof err);
     CHECKF(rc == 1, "exit %d", rc);
     CHECKF(strstr(err, "--dump-kv") && strstr(err, "cannot create"), "'%s'", err);
     /* a regular file in the way */
     snprintf(path, sizeof path, "%s/file", dir);
-    REQUIRE(write_text2(path));
+    REQUIRE(kvqt_write_fox_text(path));
     snprintf(args, sizeof args, "generate -m " TINY " -p hi -n 2 --dump-kv %s", path);
-    rc = run_cli2(kvqt_, args, err, sizeof err);
+    rc = kvqt_run_cli(kvqt_, args, err, sizeof err);
     CHECKF(rc == 1 && strstr(err, "not a directory"), "exit %d '%s'", rc, err);
     /* missing but creatable: made, and the layers land in it */
     snprintf(path, sizeof path, "%s/dump", dir);
     snprintf(args, sizeof args, "generate -m " TINY " -p hi -n 2 --quiet --dump-kv %s", path);
-    rc = run_cli2(kvqt_, args, err, sizeof err);
+    rc = kvqt_run_cli(kvqt_, args, err, sizeof err);
     CHECKF(rc == 0, "exit %d '%s'", rc, err);
     snprintf(path, sizeof path, "%s/dump/keys_00.npy", dir);
     struct stat sb;
@@ -304,7 +280,7 @@ TEST(badinput2_last_error_details) {
 /* the CLI prints the detail; a calibrated method with no artifact is refused before the model loads */
 TEST(badinput2_cli_details) {
     char err[4096];
-    int rc = run_cli2(kvqt_, "generate -m " TINY " -p hi -n 1 --outliers 64", err, sizeof err);
+    int rc = kvqt_run_cli(kvqt_, "generate -m " TINY " -p hi -n 1 --outliers 64", err, sizeof err);
     CHECKF(rc == 1 && strstr(err, "outliers 64 must be below head_dim 64"), "exit %d '%s'", rc, err);
     /* the model path does not exist: the spec is judged first */
     const char *forms[] = {
@@ -313,7 +289,7 @@ TEST(badinput2_cli_details) {
         "perplexity -m no-such-model.gguf -f README.md --configs fp16,comm_vq+fp16",
     };
     for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++) {
-        rc = run_cli2(kvqt_, forms[i], err, sizeof err);
+        rc = kvqt_run_cli(kvqt_, forms[i], err, sizeof err);
         CHECKF(rc == 1 && strstr(err, "is calibrated: give its artifact") && !strstr(err, "no-such-model"),
                "kvq %s: exit %d '%s'", forms[i], rc, err);
     }
@@ -341,7 +317,7 @@ TEST(badinput2_layer_set_leading_zeros_refused) {
     snprintf(l0, sizeof l0, "%s/x.layer00.safetensors", dir);
     snprintf(l1, sizeof l1, "%s/x.layer01.safetensors", dir);
     snprintf(man, sizeof man, "%s/x.layers.manifest", dir);
-    REQUIRE(write_text2(l0) && write_text2(l1));
+    REQUIRE(kvqt_write_fox_text(l0) && kvqt_write_fox_text(l1));
     const char *paths[2] = {l0, l1};
     char msg[512];
     REQUIRE_OK(kvq_layer_set_seal(man, paths, 2, msg, sizeof msg));
