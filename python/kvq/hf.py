@@ -47,30 +47,43 @@ ATTN_IMPLEMENTATION = "kvq"
 __all__ = ["KVQCache", "KVQLayer", "kvq_attention_forward", "register", "ATTN_IMPLEMENTATION"]
 
 
-try:  # transformers >= 5.2x: the table of layer kinds and the config reader behind DynamicCache
-    from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, get_layer_types_and_kwargs
+try:  # the table of layer kinds and the config reader behind DynamicCache (transformers >= 5.1x)
+    from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING
+    from transformers.cache_utils import get_layer_types_and_kwargs as _hf_layer_types_and_kwargs
 except ImportError:
     DYNAMIC_LAYER_TYPE_MAPPING = {
         "full_attention": DynamicLayer,
         "sliding_attention": DynamicSlidingWindowLayer,
         "chunked_attention": DynamicSlidingWindowLayer,
     }
+    _hf_layer_types_and_kwargs = None
 
-    def get_layer_types_and_kwargs(config):
-        n = config.num_hidden_layers
-        types = getattr(config, "layer_types", None)
+
+def layer_types_and_kwargs(text_config):
+    """The decoder's layer kinds and one kwargs dict per layer, as DynamicCache builds its
+    layers from them. transformers up to 5.18 returns one dict shared by every layer
+    (sliding_window set when any layer slides), later ones a list of per-layer dicts;
+    both come out here as a list."""
+    if _hf_layer_types_and_kwargs is not None:
+        types, kwargs = _hf_layer_types_and_kwargs(text_config)
+    else:
+        n = text_config.num_hidden_layers
+        types = getattr(text_config, "layer_types", None)
         if types is None:
-            sliding = getattr(config, "sliding_window", None)
+            sliding = getattr(text_config, "sliding_window", None)
             types = ["sliding_attention" if sliding else "full_attention"] * n
-        kwargs = []
-        for t in types:
-            if t == "sliding_attention":
-                kwargs.append({"sliding_window": config.sliding_window})
-            elif t == "chunked_attention":
-                kwargs.append({"sliding_window": config.attention_chunk_size})
-            else:
-                kwargs.append({})
-        return list(types), kwargs
+        kwargs = {}
+        if "sliding_attention" in types:
+            kwargs["sliding_window"] = text_config.sliding_window
+        if "chunked_attention" in types:
+            kwargs["sliding_window"] = text_config.attention_chunk_size
+    types = list(types)
+    if isinstance(kwargs, dict):
+        kwargs = [dict(kwargs) for _ in types]
+    if len(kwargs) != len(types):
+        raise ValueError("kvq.hf: %d layer kinds but %d layer settings in the model's config"
+                         % (len(types), len(kwargs)))
+    return types, list(kwargs)
 
 
 def _token_major(x):
@@ -259,7 +272,7 @@ class KVQCache(Cache):
         self.value_spec = _spec_of(cfg.value)
         self.spec = spec if spec is not None else preset
         self.pool = None if n_threads == 1 else ThreadPool(n_threads)
-        layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
+        layer_types, layer_kwargs = layer_types_and_kwargs(text)
         layers = []
         for kind, kw in zip(layer_types, layer_kwargs):
             if kind == "full_attention":
