@@ -29,6 +29,7 @@ batches (a padding mask raises): run one sequence per row without padding.
 
 import ctypes
 import threading
+import warnings
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ from .threadpool import ThreadPool
 
 ATTN_IMPLEMENTATION = "kvq"
 
-__all__ = ["KVQCache", "KVQLayer", "kvq_attention_forward", "register", "ATTN_IMPLEMENTATION"]
+__all__ = ["KVQCache", "KVQLayer", "kvq_attention_forward", "register", "cuda_refusal", "ATTN_IMPLEMENTATION"]
 
 
 try:  # the table of layer kinds and the config reader behind DynamicCache (transformers >= 5.1x)
@@ -128,8 +129,13 @@ class KVQLayer(CacheLayerMixin):
         b, h, _, d = key_states.shape
         self.batch_size = int(b)
         self.n_kv_heads, self.head_dim = int(h), int(d)
-        if self._use_cuda and key_states.is_cuda and N.cuda_devices() > 0:
-            self._gpu = _GpuCodes.try_create(self._config, self.batch_size, key_states.device)
+        if key_states.is_cuda and self._use_cuda:
+            why = cuda_refusal(self._config)
+            if why is None:
+                self._gpu = _GpuCodes.try_create(self._config, self.batch_size, key_states.device)
+                why = None if self._gpu is not None else "the GPU kernels refused this layer's codes"
+            if why is not None:
+                _warn_host_path(why)
         if (self.n_kv_heads, self.head_dim) != (self._config.n_kv_heads, self._config.head_dim):
             raise ValueError(
                 "kvq.hf: the model gives %d KV heads of %d, its config says %d of %d"
@@ -372,10 +378,36 @@ def register():
 _CUDA_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
+def cuda_refusal(cfg):
+    """Why a layer of this kvq_cache_config cannot keep its codes on the GPU (its CUDA
+    tensors then go through the CPU path, copied to the host), or None when it can."""
+    if N.cuda_devices() == 0:
+        return "libkvq has no CUDA build or sees no GPU"
+    if cfg.sliding_window:
+        return "sliding-window layers (exact_sliding=True keeps them as exact windows on the GPU)"
+    extras = [name for name, v in (("window", cfg.window), ("sink", cfg.n_sink), ("outliers", cfg.n_outliers),
+                                   ("center", cfg.center_keys)) if v]
+    if extras:
+        return ("the GPU kernels keep codes only, without the exact window, sinks, outlier channels or "
+                "centered keys (this config sets %s; add @%s to drop them)"
+                % (", ".join(extras), ",".join(e + "=0" for e in extras)))
+    return None
+
+
+_host_path_warned = set()
+
+
+def _warn_host_path(why):
+    if why not in _host_path_warned:
+        _host_path_warned.add(why)
+        warnings.warn("kvq.hf: CUDA tensors go through the CPU path (copied to the host): " + why,
+                      RuntimeWarning, stacklevel=3)
+
+
 class _GpuCodes:
     """A layer's codes on the GPU: [batch][n_kv_heads][capacity][code_size] buffers for
-    keys and values (kvq_cuda_attend's layout), grown by doubling. Untested here: the
-    machine this was written on has no GPU."""
+    keys and values (kvq_cuda_attend's layout), grown by a quarter at a time (whole
+    256-token blocks). Only a GPU runs it: python/tests/test_hf.py -k cuda."""
 
     @classmethod
     def try_create(cls, cfg, batch, device):
@@ -387,8 +419,9 @@ class _GpuCodes:
     def __init__(self, cfg, batch, device):
         from .quantizer import Quantizer
 
-        if cfg.window or cfg.n_sink or cfg.n_outliers or cfg.center_keys or cfg.sliding_window:
-            raise RuntimeError("the CUDA path keeps codes only (no exact window, sinks, outliers, centering)")
+        why = cuda_refusal(cfg)
+        if why is not None:
+            raise RuntimeError(why)
         n_kv, head_dim = int(cfg.n_kv_heads), int(cfg.head_dim)
         self.device = device
         self.batch, self.n_kv, self.head_dim = batch, n_kv, head_dim
@@ -412,9 +445,10 @@ class _GpuCodes:
     def _grow(self, need):
         if need <= self.capacity:
             return
-        cap = max(256, self.capacity)
-        while cap < need:
-            cap *= 2
+        # an eighth over what is needed, a quarter over the old size, whole 256-token blocks:
+        # a prompt leaves room for the next tokens, and held bytes stay near the codes
+        cap = max(need + need // 8, self.capacity + self.capacity // 4, 256)
+        cap = (cap + 255) // 256 * 256
         new = []
         for codes, q in ((self.k_codes, self.kq), (self.v_codes, self.vq)):
             buf = torch.empty((self.batch, self.n_kv, cap, q.code_size), dtype=torch.uint8, device=self.device)
