@@ -31,6 +31,7 @@ import json
 import os
 import sys
 import time
+import traceback
 
 import torch
 import transformers
@@ -234,7 +235,7 @@ def main():
     ap.add_argument("--exact-sliding", default="auto", choices=["auto", "0", "1"],
                     help="keep sliding-window layers exact (auto: on CUDA, where kvq's sliding layers "
                          "would take the CPU path)")
-    ap.add_argument("--budget-s", type=float, default=330.0,
+    ap.add_argument("--budget-s", type=float, default=300.0,
                     help="skip a run that would end past this many seconds from the start")
     ap.add_argument("--quick", action="store_true", help="small contexts and batches, few tokens (CPU check)")
     ap.add_argument("--seed", type=int, default=0)
@@ -283,7 +284,11 @@ def main():
         warm = torch.randint(3, text.vocab_size, (1, 64), generator=torch.Generator().manual_seed(a.seed)).to(device)
         for config in configs:
             if refusal(model, config, device, exact_sliding) is None:
-                run_one(model, config, warm, 2, device, exact_sliding)
+                try:
+                    run_one(model, config, warm, 2, device, exact_sliding)
+                except Exception:
+                    print("%s %s: the warm-up failed:" % (name, config), flush=True)
+                    traceback.print_exc()
 
     rows = []
     # the last run per (model, config): (seconds, context, batch), for the next shape's estimate,
@@ -318,8 +323,9 @@ def main():
                         last[(name, config)] = (time.perf_counter() - t, ctx, batch)
                     except torch.cuda.OutOfMemoryError as e:
                         r["skipped"] = "out of GPU memory: " + str(e).splitlines()[0][:160]
-                    except (RuntimeError, NotImplementedError, ValueError) as e:
-                        r["skipped"] = "%s: %s" % (type(e).__name__, str(e).splitlines()[0][:200])
+                    except Exception as e:  # one shape's failure must not cost the others
+                        traceback.print_exc()
+                        r["skipped"] = "%s: %s" % (type(e).__name__, (str(e).splitlines() or [""])[0][:200])
                     if "skipped" in r and device.type == "cuda":
                         torch.cuda.empty_cache()
                     emit(r)
