@@ -19,7 +19,7 @@ torch.manual_seed(0)
 model = transformers.LlamaForCausalLM(config).eval()
 ids = torch.randint(0, 512, (1, 64), generator=torch.Generator().manual_seed(1))
 
-# transformers 5.2x calls it cache=; earlier versions past_key_values=
+# transformers 5.24 and later call it cache=; earlier versions past_key_values=
 kw = "cache" if "cache" in inspect.signature(transformers.LlamaModel.forward).parameters else "past_key_values"
 
 with torch.no_grad():

@@ -1,11 +1,12 @@
 """kvq.hf - a Hugging Face transformers Cache whose attention layers hold only kvq
 codes (plus the exact window and sinks the config asks for), and the attention function
 that reads them, registered with transformers' AttentionInterface as "kvq". Imported
-only when used (it needs torch and transformers >= 5).
+only when used. Needs torch and transformers 5.17 to 5.25 (tested on each release in
+that range; others warn at import).
 
     from kvq.hf import KVQCache
-    cache = KVQCache(model, "q4")                   # a preset, or any --cache string
-    out = model.generate(**inputs, cache=cache)     # past_key_values= also works
+    cache = KVQCache(model, "q4")                           # a preset, or any --cache string
+    out = model.generate(**inputs, past_key_values=cache)   # cache=cache from 5.24
 
 KVQCache(model, ...) switches the model to attn_implementation="kvq" (sdpa for every
 layer or cache that is not kvq's, so other caches keep working).
@@ -18,10 +19,12 @@ no decoded copy of the cache is ever built. Chunked-attention, linear-attention 
 other layer types are left as transformers makes them (exact_sliding=True leaves the
 sliding layers too).
 
-On CUDA tensors, layers whose key and value methods the GPU kernels take keep their
-codes on the device and attend with kvq_cuda_attend (one new token per row; a prompt is
-attended exactly with sdpa while its codes are written). Without a GPU build, a driver,
-or for other methods, CUDA tensors go through the CPU path (copied to the host).
+On CUDA tensors, layers whose codes the GPU kernels take (codes alone: no exact window,
+sinks, outlier channels, centering or sliding window; cuda_refusal(config) says why not)
+keep their codes on the device and attend with kvq_cuda_attend (one new token per row; a
+prompt is attended exactly with sdpa while its codes are written). Other layers, or
+without a GPU build or a driver, CUDA tensors go through the CPU path (copied to the
+host), with a warning.
 
 Not supported: beam search (reorder), cropping (assisted decoding), and left-padded
 batches (a padding mask raises): run one sequence per row without padding.
@@ -33,6 +36,7 @@ import warnings
 
 import numpy as np
 import torch
+import transformers
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -45,10 +49,28 @@ from .threadpool import ThreadPool
 
 ATTN_IMPLEMENTATION = "kvq"
 
+# The transformers releases kvq.hf is tested on (python/tests/test_hf.py, every release
+# from the first to the last): the Cache, layer and attention-interface API it builds on.
+TRANSFORMERS_TESTED = ((5, 17), (5, 25))
+
+
+def _check_transformers_version():
+    try:
+        have = tuple(int(x) for x in transformers.__version__.split(".")[:2])
+    except ValueError:
+        return
+    lo, hi = TRANSFORMERS_TESTED
+    if not lo <= have <= hi:
+        warnings.warn("kvq.hf is tested with transformers %d.%d to %d.%d; this is %s"
+                      % (lo + hi + (transformers.__version__,)), RuntimeWarning, stacklevel=3)
+
+
+_check_transformers_version()
+
 __all__ = ["KVQCache", "KVQLayer", "kvq_attention_forward", "register", "cuda_refusal", "ATTN_IMPLEMENTATION"]
 
 
-try:  # the table of layer kinds and the config reader behind DynamicCache (transformers >= 5.1x)
+try:  # the table of layer kinds and the config reader behind DynamicCache
     from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING
     from transformers.cache_utils import get_layer_types_and_kwargs as _hf_layer_types_and_kwargs
 except ImportError:
@@ -381,8 +403,6 @@ _CUDA_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 def cuda_refusal(cfg):
     """Why a layer of this kvq_cache_config cannot keep its codes on the GPU (its CUDA
     tensors then go through the CPU path, copied to the host), or None when it can."""
-    if N.cuda_devices() == 0:
-        return "libkvq has no CUDA build or sees no GPU"
     if cfg.sliding_window:
         return "sliding-window layers (exact_sliding=True keeps them as exact windows on the GPU)"
     extras = [name for name, v in (("window", cfg.window), ("sink", cfg.n_sink), ("outliers", cfg.n_outliers),
@@ -391,6 +411,8 @@ def cuda_refusal(cfg):
         return ("the GPU kernels keep codes only, without the exact window, sinks, outlier channels or "
                 "centered keys (this config sets %s; add @%s to drop them)"
                 % (", ".join(extras), ",".join(e + "=0" for e in extras)))
+    if N.cuda_devices() == 0:
+        return "libkvq has no CUDA build or sees no GPU"
     return None
 
 

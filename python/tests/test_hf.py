@@ -18,7 +18,7 @@ from transformers import DynamicCache  # noqa: E402
 
 PROMPT = 12
 NEW = 20
-# transformers 5.2x renamed generate's and forward's past_key_values to cache
+# transformers 5.24 renamed generate's and forward's past_key_values to cache
 _fwd = inspect.signature(transformers.LlamaModel.forward).parameters
 CACHE_KW = "cache" if "cache" in _fwd else "past_key_values"
 
@@ -175,6 +175,31 @@ def test_other_caches_still_work_after_the_switch():
     ref = greedy(model, ids, DynamicCache(config=model.config), new=6)
     KVQCache(model, key_spec="fp16", value_spec="fp16")  # switches the model to "kvq"
     assert torch.equal(greedy(model, ids, DynamicCache(config=model.config), new=6), ref)
+
+
+def test_cuda_refusal_names_what_the_gpu_path_lacks():
+    from kvq.hf import cuda_refusal
+
+    model = tiny_llama()
+    if kvq.presets():
+        why = cuda_refusal(KVQCache(model.config, "q4").config)
+        assert why is not None and "window" in why and "sink" in why and "center" in why
+        # the refusal's own advice: the preset's codes alone
+        alone = KVQCache(model.config, "q4@window=0,sink=0,center=0").config
+        assert alone.window == alone.n_sink == alone.center_keys == 0
+        assert cuda_refusal(alone) in (None, "libkvq has no CUDA build or sees no GPU")
+        assert (cuda_refusal(alone) is None) == (kvq.cuda_devices() > 0)
+    plain = KVQCache(model.config, key_spec="mse:bits=4", value_spec="mse:bits=4").config
+    assert (cuda_refusal(plain) is None) == (kvq.cuda_devices() > 0)
+    cfg = transformers.Qwen2Config(
+        vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=6,
+        max_window_layers=1,
+    )
+    sliding = KVQCache(cfg, key_spec="mse:bits=4", value_spec="mse:bits=4")
+    reasons = [cuda_refusal(layer._config) for layer in sliding.layers]
+    assert [r is not None and "sliding" in r for r in reasons] == [
+        t == "sliding_attention" for t in cfg.layer_types]
 
 
 def test_cuda_layers_run_the_gpu_kernels():
