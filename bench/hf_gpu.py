@@ -93,8 +93,7 @@ def load_model(name, models_dir, device, dtype, seed):
     cfg = dict(arch["config"])
     cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(device).eval()
     return model, "random weights (%s config)" % arch["gguf"]
 
 
@@ -273,6 +272,7 @@ def main():
             out.flush()
 
     models = {}
+    broken = {}  # (model, config): why its warm-up showed it cannot be measured here
     for name in [m for m in a.models.split(",") if m]:
         t = time.perf_counter()
         model, source = load_model(name, a.models_dir, device, dtype, a.seed)
@@ -285,10 +285,15 @@ def main():
         for config in configs:
             if refusal(model, config, device, exact_sliding) is None:
                 try:
-                    run_one(model, config, warm, 2, device, exact_sliding)
-                except Exception:
+                    w = run_one(model, config, warm, 2, device, exact_sliding)
+                    if device.type == "cuda" and w.get("on_gpu_layers", 0) < w.get("kvq_layers", 0):
+                        broken[(name, config)] = ("only %d of %d kvq layers took the GPU kernels in the warm-up "
+                                                  "(the rest would run on the CPU)" % (w["on_gpu_layers"], w["kvq_layers"]))
+                except Exception as e:
                     print("%s %s: the warm-up failed:" % (name, config), flush=True)
                     traceback.print_exc()
+                    broken[(name, config)] = "the warm-up failed: %s: %s" % (
+                        type(e).__name__, (str(e).splitlines() or [""])[0][:200])
 
     rows = []
     # the last run per (model, config): (seconds, context, batch), for the next shape's estimate,
@@ -303,7 +308,7 @@ def main():
                 for config in configs:
                     r = {"model": name, "source": source, "ctx": ctx, "batch": batch, "config": config,
                          "dtype": env["dtype"], "new_tokens": a.new}
-                    why = refusal(model, config, device, exact_sliding)
+                    why = broken.get((name, config)) or refusal(model, config, device, exact_sliding)
                     if why is None:
                         t0, c0, b0 = last.get((name, config), (0.0, 1, 1))
                         guess = t0 * (batch / b0) * (ctx / c0) ** 1.5

@@ -36,5 +36,7 @@ timeout 240 python3 -m pytest -q -rs -p no:cacheprovider python/tests/test_hf.py
 echo "pytest -k cuda: rc $? in $(( $(date +%s) - t0 )) s: $(tail -1 "$OUT/pytest.log")"
 grep -E "^(FAILED|ERROR|SKIPPED)|Error|assert" "$OUT/pytest.log" | head -20
 
+# a hard stop too (HF_GPU_TIMEOUT seconds): the JSON lines written so far stay in $OUT
 rm -f "$OUT/hf_gpu.jsonl"
-python3 bench/hf_gpu.py --json "$OUT/hf_gpu.jsonl" "$@" 2>&1 | grep -v "it/s\]" | tee "$OUT/hf_gpu.log"
+timeout "${HF_GPU_TIMEOUT:-420}" python3 bench/hf_gpu.py --json "$OUT/hf_gpu.jsonl" "$@" 2>&1 |
+  grep --line-buffered -v "it/s\]" | tee "$OUT/hf_gpu.log"
