@@ -8,13 +8,36 @@
 
 #include "cpu/cache_kernels.h"
 
-/* GH query heads (1..4) kept in registers across the channels. */
+/* GH query heads (1..4) kept in registers across the channels: sixteen named
+ * accumulators, the unused ones removed by the compiler for each GH. */
+#define CHAN_FMA(h)                                                                                 \
+    if (gh > h) {                                                                                   \
+        __m512 wj = _mm512_set1_ps(w[(size_t)h * dim + j]);                                         \
+        a##h##0 = _mm512_fmadd_ps(wj, f0, a##h##0);                                                 \
+        a##h##1 = _mm512_fmadd_ps(wj, f1, a##h##1);                                                 \
+        a##h##2 = _mm512_fmadd_ps(wj, f2, a##h##2);                                                 \
+        a##h##3 = _mm512_fmadd_ps(wj, f3, a##h##3);                                                 \
+    }
+#define CHAN_LOAD(h)                                                                                \
+    __m512 a##h##0 = _mm512_setzero_ps(), a##h##1 = a##h##0, a##h##2 = a##h##0, a##h##3 = a##h##0;  \
+    if (gh > h) {                                                                                   \
+        a##h##0 = _mm512_loadu_ps(scores + h * ld);                                                 \
+        a##h##1 = _mm512_loadu_ps(scores + h * ld + 16);                                            \
+        a##h##2 = _mm512_loadu_ps(scores + h * ld + 32);                                            \
+        a##h##3 = _mm512_loadu_ps(scores + h * ld + 48);                                            \
+    }
+#define CHAN_STORE(h)                                                                               \
+    if (gh > h) {                                                                                   \
+        _mm512_storeu_ps(scores + h * ld, a##h##0);                                                 \
+        _mm512_storeu_ps(scores + h * ld + 16, a##h##1);                                            \
+        _mm512_storeu_ps(scores + h * ld + 32, a##h##2);                                            \
+        _mm512_storeu_ps(scores + h * ld + 48, a##h##3);                                            \
+    }
 #define CHAN_HEADS(GH)                                                                                  \
     static void heads_##GH(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim, \
                            size_t C, const float *w, size_t in, size_t n, float *scores, size_t ld) {    \
-        __m512 acc[GH][4];                                                                              \
-        for (int h = 0; h < GH; h++)                                                                    \
-            for (int i = 0; i < 4; i++) acc[h][i] = _mm512_loadu_ps(scores + h * ld + 16 * i);          \
+        const unsigned gh = GH;                                                                         \
+        CHAN_LOAD(0) CHAN_LOAD(1) CHAN_LOAD(2) CHAN_LOAD(3)                                             \
         for (uint32_t j = 0; j < dim; j++) {                                                            \
             uint32_t b = bits[j];                                                                       \
             if (b == 0) continue;                                                                       \
@@ -30,16 +53,9 @@
             }                                                                                           \
             __m512 f0 = _mm512_cvtepi32_ps(u0), f1 = _mm512_cvtepi32_ps(u1);                            \
             __m512 f2 = _mm512_cvtepi32_ps(u2), f3 = _mm512_cvtepi32_ps(u3);                            \
-            for (int h = 0; h < GH; h++) {                                                              \
-                __m512 wj = _mm512_set1_ps(w[(size_t)h * dim + j]);                                     \
-                acc[h][0] = _mm512_fmadd_ps(wj, f0, acc[h][0]);                                         \
-                acc[h][1] = _mm512_fmadd_ps(wj, f1, acc[h][1]);                                         \
-                acc[h][2] = _mm512_fmadd_ps(wj, f2, acc[h][2]);                                         \
-                acc[h][3] = _mm512_fmadd_ps(wj, f3, acc[h][3]);                                         \
-            }                                                                                           \
+            CHAN_FMA(0) CHAN_FMA(1) CHAN_FMA(2) CHAN_FMA(3)                                             \
         }                                                                                               \
-        for (int h = 0; h < GH; h++)                                                                    \
-            for (int i = 0; i < 4; i++) _mm512_storeu_ps(scores + h * ld + 16 * i, acc[h][i]);          \
+        CHAN_STORE(0) CHAN_STORE(1) CHAN_STORE(2) CHAN_STORE(3)                                         \
     }
 CHAN_HEADS(1)
 CHAN_HEADS(2)
