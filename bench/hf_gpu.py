@@ -15,10 +15,10 @@ steps (the weights included); "cache" is what the cache object holds at the end
 (KVQCache.memory()["total"]; DynamicCache: its layers' tensors).
 
 Caches: dynamic (DynamicCache), kvq strings. On CUDA a kvq layer runs on the GPU kernels
-only with codes alone (kvq.hf.cuda_refusal says why not), so the preset q4 (exact window,
-one sink, centered keys) is skipped there and q4@window=0,sink=0,center=0 (the same
-4-bit codes alone) is what runs; Gemma's sliding layers stay exact windows there
-(exact_sliding=True). A shape that does not fit, or would end past --budget-s, is
+only with codes alone, in a method they have (kvq.hf.cuda_refusal says why not), so the
+preset q4 (per-channel keys, exact sink and newest tokens) is skipped there, and
+mse:bits=4+mse:bits=4 (4-bit rotated Lloyd-Max keys and values, no exact parts) is what
+runs; Gemma's sliding layers stay exact windows there (exact_sliding=True). A shape that does not fit, or would end past --budget-s, is
 skipped with the reason printed. One JSON line per measurement, then a markdown table.
 
   python3 bench/hf_gpu.py --json out.jsonl                  # GPU, the full grid
@@ -226,7 +226,7 @@ def main():
     ap.add_argument("--models-dir", default="models")
     ap.add_argument("--ctx", default="8192,16384,32768", help="prompt lengths")
     ap.add_argument("--batch", default="1,16")
-    ap.add_argument("--configs", default="dynamic,q4@window=0,sink=0,center=0,q4",
+    ap.add_argument("--configs", default="dynamic,mse:bits=4+mse:bits=4,q4",
                     help="dynamic and kvq cache strings, comma-separated (a string's own options after "
                          "@ stay with it)")
     ap.add_argument("--new", type=int, default=64, help="tokens generated per run")
@@ -248,7 +248,7 @@ def main():
         sys.exit("hf_gpu: torch sees no CUDA device")
     dtype = getattr(torch, a.dtype) if a.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     exact_sliding = device.type == "cuda" if a.exact_sliding == "auto" else a.exact_sliding == "1"
-    # "q4@window=0,sink=0,center=0": commas inside an @ option list belong to that config
+    # "mse:bits=4@window=0,sink=0": commas inside an @ option list belong to that config
     configs = []
     for part in a.configs.split(","):
         if configs and "@" in configs[-1] and "=" in part and "@" not in part:

@@ -19,12 +19,12 @@ no decoded copy of the cache is ever built. Chunked-attention, linear-attention 
 other layer types are left as transformers makes them (exact_sliding=True leaves the
 sliding layers too).
 
-On CUDA tensors, layers whose codes the GPU kernels take (codes alone: no exact window,
-sinks, outlier channels, centering or sliding window; cuda_refusal(config) says why not)
-keep their codes on the device and attend with kvq_cuda_attend (one new token per row; a
-prompt is attended exactly with sdpa while its codes are written). Other layers, or
-without a GPU build or a driver, CUDA tensors go through the CPU path (copied to the
-host), with a warning.
+On CUDA tensors, layers whose codes the GPU kernels take (codes alone - no exact window,
+sinks, outlier channels, centering or sliding window - in a method the kernels have;
+cuda_refusal(config) says why not) keep their codes on the device and attend with
+kvq_cuda_attend (one new token per row; a prompt is attended exactly with sdpa while its
+codes are written). Other layers, or without a GPU build or a driver, CUDA tensors go
+through the CPU path (copied to the host), with a warning.
 
 Not supported: beam search (reorder), cropping (assisted decoding), and left-padded
 batches (a padding mask raises): run one sequence per row without padding.
@@ -400,20 +400,33 @@ def register():
 _CUDA_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
+# Methods kvq_cuda_quantizer_create takes (include/kvq.h; it refuses finer cases itself,
+# e.g. qjl's projection width or rabitq's bits, and _GpuCodes.try_create catches those).
+_GPU_METHODS = ("fp16", "q8_0", "q4_0", "turboquant_mse", "turboquant_rvq", "qjl", "rabitq")
+
+
 def cuda_refusal(cfg):
     """Why a layer of this kvq_cache_config cannot keep its codes on the GPU (its CUDA
     tensors then go through the CPU path, copied to the host), or None when it can."""
+    why = []
     if cfg.sliding_window:
-        return "sliding-window layers (exact_sliding=True keeps them as exact windows on the GPU)"
+        why.append("sliding-window layers (exact_sliding=True keeps them as exact windows on the GPU)")
     extras = [name for name, v in (("window", cfg.window), ("sink", cfg.n_sink), ("outliers", cfg.n_outliers),
                                    ("center", cfg.center_keys)) if v]
     if extras:
-        return ("the GPU kernels keep codes only, without the exact window, sinks, outlier channels or "
-                "centered keys (this config sets %s; add @%s to drop them)"
-                % (", ".join(extras), ",".join(e + "=0" for e in extras)))
-    if N.cuda_devices() == 0:
-        return "libkvq has no CUDA build or sees no GPU"
-    return None
+        why.append("the GPU kernels keep codes only, without the exact window, sinks, outlier channels or "
+                   "centered keys (this config sets %s; add @%s to drop them)"
+                   % (", ".join(extras), ",".join(e + "=0" for e in extras)))
+    for role, q in (("key", cfg.key), ("value", cfg.value)):
+        method = _spec_of(q).split(":")[0]
+        if method not in _GPU_METHODS:
+            why.append("the GPU kernels do not take %s %ss (they take %s)" % (method, role, ", ".join(_GPU_METHODS)))
+    d = int(cfg.head_dim)
+    if d & (d - 1) or not 32 <= d <= 1024:
+        why.append("the GPU kernels take head dims that are powers of two from 32 to 1024, not %d" % d)
+    if not why and N.cuda_devices() == 0:
+        why.append("libkvq has no CUDA build or sees no GPU")
+    return "; ".join(why) or None
 
 
 _host_path_warned = set()

@@ -146,7 +146,7 @@ def test_exact_window_and_presets():
     if kvq.presets():
         c = KVQCache(model, "q4")
         assert c.spec == "q4" and "bits=4" in c.key_spec
-        greedy(model, ids, c, new=30)  # past the 32 tokens the cache probes first
+        greedy(model, ids, c, new=80)  # past the first 64-token chunk and the exact newest 8
         assert c.memory()["key_codes"] > 0
         with pytest.raises(kvq.KvqError):
             KVQCache(model, preset="no_such_preset")
@@ -181,16 +181,18 @@ def test_cuda_refusal_names_what_the_gpu_path_lacks():
     from kvq.hf import cuda_refusal
 
     model = tiny_llama()
-    if kvq.presets():
-        why = cuda_refusal(KVQCache(model.config, "q4").config)
-        assert why is not None and "window" in why and "sink" in why and "center" in why
-        # the refusal's own advice: the preset's codes alone
-        alone = KVQCache(model.config, "q4@window=0,sink=0,center=0").config
-        assert alone.window == alone.n_sink == alone.center_keys == 0
-        assert cuda_refusal(alone) in (None, "libkvq has no CUDA build or sees no GPU")
-        assert (cuda_refusal(alone) is None) == (kvq.cuda_devices() > 0)
-    plain = KVQCache(model.config, key_spec="mse:bits=4", value_spec="mse:bits=4").config
-    assert (cuda_refusal(plain) is None) == (kvq.cuda_devices() > 0)
+    no_gpu = "libkvq has no CUDA build or sees no GPU"
+    on_gpu = kvq.cuda_devices() > 0
+    exact = KVQCache(model.config, "mse:bits=4+mse:bits=4@window=8,sink=1,center=1").config
+    why = cuda_refusal(exact)
+    assert why is not None and "window" in why and "sink" in why and "center" in why
+    assert no_gpu not in why  # the config's reasons come first, on any machine
+    # the refusal's own advice: the codes alone
+    alone = KVQCache(model.config, "mse:bits=4+mse:bits=4@window=0,sink=0,center=0").config
+    assert cuda_refusal(alone) == (None if on_gpu else no_gpu)
+    # a method the GPU kernels lack: named, with its role
+    why = cuda_refusal(KVQCache(model.config, "channel:bits=4+mse:bits=4").config)
+    assert why is not None and "channel keys" in why and "value" not in why.split(";")[0]
     cfg = transformers.Qwen2Config(
         vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=6,
