@@ -78,6 +78,32 @@ static void cand_sift_down(cand *h, uint32_t n, uint32_t i) {
     h[i] = it;
 }
 
+/* Start fetching [p, p + n) (n small: a code row or a reorder row). */
+static inline void prefetch_bytes(const void *p, size_t n) {
+    const char *c = p;
+    for (size_t o = 0; o < n; o += 64) __builtin_prefetch(c + o);
+    if (n && ((uintptr_t)c & 63) + (n & 63) > 64) __builtin_prefetch(c + n - 1);
+}
+
+/* The first lines of every array the scan of list L streams through: the hardware
+ * prefetcher picks each stream up only after its first misses. */
+static void prefetch_list_head(const kvq_index *ix, const kvqi_ivf_list *L) {
+    if (!L->n) return;
+    size_t blocks = (L->n + KVQI_FS_BLOCK - 1) / KVQI_FS_BLOCK, n = blocks * KVQI_FS_BLOCK;
+    size_t code_bytes = blocks * ix->n_groups * 16;
+    prefetch_bytes(L->codes, code_bytes < 4096 ? code_bytes : 4096);
+    n = n * sizeof(float) < 1024 ? n * sizeof(float) : 1024;
+    prefetch_bytes(L->f_add, n);
+    prefetch_bytes(L->f_rescale, n);
+    prefetch_bytes(L->f_err, n);
+    prefetch_bytes(L->f_pop, n);
+    prefetch_bytes(L->rows, n);
+    if (L->ex_rescale) {
+        __builtin_prefetch(L->ex_rescale);
+        __builtin_prefetch(L->ex_err);
+    }
+}
+
 static const char *row_ptr(const kvq_index *ix, uint32_t row) {
     return ix->reorder_f32 ? (const char *)(ix->reorder_f32 + (size_t)row * ix->dim)
                            : (const char *)(ix->reorder_f16 + (size_t)row * ix->dim);
@@ -198,26 +224,62 @@ static float probe_distance(const kvq_index *ix, uint32_t c, const float *zq) {
     return ip ? 0.0f - sum : sum;
 }
 
-/* The np nearest centroids, nearest first (ties by id): distances of all, a
- * quickselect of the np smallest, then a sort of those. */
+/* Sort a few items by (d, id): insertion sort, no calls per comparison. */
+static void sort_items(heap_item *a, uint32_t n) {
+    if (n > 256) {
+        qsort(a, n, sizeof *a, cmp_item);
+        return;
+    }
+    for (uint32_t i = 1; i < n; i++) {
+        heap_item it = a[i];
+        uint32_t j = i;
+        while (j > 0 && worse(a[j - 1], it)) {
+            a[j] = a[j - 1];
+            j--;
+        }
+        a[j] = it;
+    }
+}
+
+#define PROBE_BUCKETS 256u
+
+/* The np nearest centroids, nearest first (ties by id). A histogram of the distances
+ * finds the bucket that holds the np-th nearest; the items up to that bucket (np and a
+ * few more) are sorted. Counting and compacting are branch-light passes: a bounded heap
+ * mispredicts on almost every push (it was a tenth of a query at nlist 1024). */
 static uint32_t probe(const kvq_index *ix, const float *zq, uint32_t np, heap_item *all,
                       uint32_t *probe_i, float *probe_d) {
     const int ip = ix->cfg.metric != KVQ_METRIC_L2;
-    float d16[16];
-    for (uint32_t c0 = 0; c0 < ix->nlist; c0 += 16) {
+    const uint32_t n = ix->nlist;
+    float d16[16], mn = INFINITY, mx = -INFINITY;
+    for (uint32_t c0 = 0; c0 < n; c0 += 16) {
         ix->kern->probe16(ix->centroids_t + (size_t)(c0 / 16) * ix->d * 16, zq, ix->d, ip, d16);
-        for (uint32_t c = c0; c < c0 + 16 && c < ix->nlist; c++) /* NaN sorts last */
-            all[c] = (heap_item){d16[c - c0] == d16[c - c0] ? d16[c - c0] : INFINITY, c};
+        for (uint32_t c = c0; c < c0 + 16 && c < n; c++) { /* NaN sorts last */
+            float x = d16[c - c0] == d16[c - c0] ? d16[c - c0] : INFINITY;
+            all[c] = (heap_item){x, c};
+            if (x < mn) mn = x;
+            if (x > mx && x < INFINITY) mx = x;
+        }
     }
-    /* select: a max-heap of the np best so far in all[0..np); most centroids lose to its
-     * top after one comparison */
-    uint32_t nh = 0;
-    for (uint32_t c = 0; c < ix->nlist; c++) {
-        heap_item it = all[c];
-        if (nh == np && !worse(all[0], it)) continue;
-        heap_push(all, &nh, np, it); /* reads only all[0..nh): c >= nh, so no clash */
+    uint32_t m = n;
+    float scale = (float)(PROBE_BUCKETS - 1) / (mx - mn);
+    if (np < n && mn < mx && scale > 0.0f && scale < INFINITY) {
+        /* bucket(x) is monotone in x: bucket PROBE_BUCKETS takes the infinities */
+#define BUCKET(x) ((x) < INFINITY ? (uint32_t)fminf((float)(PROBE_BUCKETS - 1), ((x) - mn) * scale) \
+                                   : PROBE_BUCKETS)
+        uint32_t count[PROBE_BUCKETS + 1] = {0};
+        for (uint32_t c = 0; c < n; c++) count[BUCKET(all[c].d)]++;
+        uint32_t last = 0, cum = count[0];
+        while (cum < np) cum += count[++last];
+        m = 0;
+        for (uint32_t c = 0; c < n; c++) { /* compact in place: m <= c */
+            heap_item it = all[c];
+            all[m] = it;
+            m += BUCKET(it.d) <= last;
+        }
+#undef BUCKET
     }
-    qsort(all, np, sizeof *all, cmp_item);
+    sort_items(all, m);
     for (uint32_t i = 0; i < np; i++) {
         probe_i[i] = (uint32_t)all[i].id;
         probe_d[i] = all[i].d;
@@ -282,11 +344,13 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     for (uint32_t pi = 0; pi < nh; pi++) {
         uint32_t c = s.probe_i[pi];
         const kvqi_ivf_list *L = &ix->lists[c];
+        if (pi + 1 < nh) prefetch_list_head(ix, &ix->lists[s.probe_i[pi + 1]]);
         if (L->n == 0) continue;
         const int q4 = ix->cfg.query_bits == 4;
         prepare_list(ix, c, &s, s.probe_d[pi], &qc, !q4 || inline_ex, &lq);
         if (q4) build_lut4(ix, &s, &lq);
         else build_lutf(ix, &s, &lq);
+        const uint32_t first = n_cand;
         const float ex_scale = alpha * ctx->eps0 * lq.qnorm;
         const float ferr_scale = alpha * ctx->eps0 * lq.qnorm, qerr_scale = alpha * ctx->eps0 * (q4 ? lq.qerr : 0.0f);
         const size_t block_bytes = (size_t)ix->n_groups * 16;
@@ -333,22 +397,37 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                     continue;
                 }
                 if (dist[v] - err[v] >= tau) continue; /* tau shrank inside this block */
-                float cd_dist = dist[v], cd_err = err[v];
-                if (inline_ex) {
-                    const uint32_t pos = b0 + v;
-                    float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, pos, s.exv), lq.qp, ix->d_pad) -
-                               half * lq.sum_q;
-                    cd_dist = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
-                    cd_err = ex_scale * L->ex_err[pos];
-                    if (cd_dist - cd_err >= tau) continue;
+                s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], dist[v], err[v]};
+                if (inline_ex) { /* its extended estimate waits for the end of the list */
+                    prefetch_bytes(L->ex_codes + (size_t)(b0 + v) * ix->ex_row, ix->ex_row);
+                    continue;
                 }
-                s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], cd_dist, cd_err};
-                float ub = cd_dist + cd_err;
+                float ub = dist[v] + err[v];
+                if (n_ub < k || ub < tau) {
+                    heap_push(s.ubheap, &n_ub, k, (heap_item){ub, 0});
+                    if (n_ub == k) tau = s.ubheap[0].d;
+                }
+            }
+        }
+        if (inline_ex) { /* the list's 1-bit survivors, their codes fetched meanwhile */
+            uint32_t m = first;
+            for (uint32_t i = first; i < n_cand; i++) {
+                cand cd = s.cands[i];
+                if (cd.dist - cd.err >= tau) continue; /* tau shrank since */
+                const uint32_t pos = cd.pos;
+                float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, pos, s.exv), lq.qp, ix->d_pad) -
+                           half * lq.sum_q;
+                cd.dist = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
+                cd.err = ex_scale * L->ex_err[pos];
+                if (cd.dist - cd.err >= tau) continue;
+                s.cands[m++] = cd;
+                float ub = cd.dist + cd.err;
                 if (n_ub < k || ub < tau) { /* the 1-bit bound holds in split mode too */
                     heap_push(s.ubheap, &n_ub, k, (heap_item){ub, 0});
                     if (n_ub == k) tau = s.ubheap[0].d;
                 }
             }
+            n_cand = m;
         }
     }
 
@@ -431,7 +510,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     if (st_q % 1000 == 0)
         fprintf(stderr, "cand/q %.1f exact/q %.1f\n", (double)st_cand / st_q, (double)st_exact / st_q);
 #endif
-    qsort(s.res, n_res, sizeof(heap_item), cmp_item);
+    sort_items(s.res, n_res);
     int64_t *oi = ctx->out_ids + qi * k;
     float *od = ctx->out_dists ? ctx->out_dists + qi * k : NULL;
     for (uint32_t i = 0; i < k; i++) {
