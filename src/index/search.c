@@ -78,6 +78,11 @@ static void cand_sift_down(cand *h, uint32_t n, uint32_t i) {
     h[i] = it;
 }
 
+/* <v, q> for the extended code values v of vector pos of L, read packed in place. */
+static inline float ex_dot(const kvq_index *ix, const kvqi_ivf_list *L, uint32_t pos, const float *q) {
+    return ix->kern->dot_packed(L->ex_codes + (size_t)pos * ix->ex_row, ix->cfg.bits, q, ix->d_pad);
+}
+
 /* Start fetching [p, p + n) (n small: a code row or a reorder row). */
 static inline void prefetch_bytes(const void *p, size_t n) {
     const char *c = p;
@@ -131,7 +136,7 @@ typedef struct search_ctx {
 /* Per-thread scratch, carved from one slot. */
 typedef struct scratch {
     float *tmp, *zq, *qrot, *qp, *lutf, *ones, *probe_d;
-    uint8_t *lut, *exv;
+    uint8_t *lut;
     uint32_t *probe_i;
     cand *cands;
     heap_item *ubheap, *res;
@@ -155,7 +160,6 @@ static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, unsigned c
     TAKE(ones, float, ix->d_pad);
     TAKE(probe_d, float, ix->nlist);
     TAKE(lut, uint8_t, (size_t)ix->n_groups * 16);
-    TAKE(exv, uint8_t, ix->d_pad);
     TAKE(probe_i, uint32_t, ix->nlist);
     TAKE(cands, cand, cand_cap);
     TAKE(ubheap, heap_item, k);
@@ -415,7 +419,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 cand cd = s.cands[i];
                 if (cd.dist - cd.err >= tau) continue; /* tau shrank since */
                 const uint32_t pos = cd.pos;
-                float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, pos, s.exv), lq.qp, ix->d_pad) -
+                float yq = ex_dot(ix, L, pos, lq.qp) -
                            half * lq.sum_q;
                 cd.dist = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
                 cd.err = ex_scale * L->ex_err[pos];
@@ -448,7 +452,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 prepare_list(ix, cur, &s, probe_distance(ix, cur, s.zq), &qc, 1, &lq);
             }
             const kvqi_ivf_list *L = &ix->lists[cur];
-            float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, cd->pos, s.exv), lq.qp, ix->d_pad) -
+            float yq = ex_dot(ix, L, cd->pos, lq.qp) -
                        half * lq.sum_q;
             cd->dist = L->f_add[cd->pos] + lq.K - alpha * L->ex_rescale[cd->pos] * yq;
             cd->err = full ? INFINITY : alpha * ctx->eps0 * L->ex_err[cd->pos] * lq.qnorm;
@@ -625,7 +629,7 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
             ids[o] = ix->ids[L->rows[pos]];
             if (use_ex) {
                 const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
-                float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, pos, s.exv), lq.qp, ix->d_pad) -
+                float yq = ex_dot(ix, L, pos, lq.qp) -
                            half * lq.sum_q;
                 est[o] = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
                 err[o] = alpha * eps0 * L->ex_err[pos] * lq.qnorm;
@@ -752,7 +756,7 @@ KVQ_API kvq_status kvq_index_range_search(const kvq_index *ix, const float *quer
                     const uint16_t *x = ix->reorder_f16 + (size_t)row * ix->dim;
                     d = l2 ? ix->kern->l2sq_f16(x, qx, ix->dim) : -ix->kern->dot_f16(x, qx, ix->dim);
                 } else if (ix->cfg.bits > 1) {
-                    float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, pos, s.exv), lq.qp, ix->d_pad) -
+                    float yq = ex_dot(ix, L, pos, lq.qp) -
                                half * lq.sum_q;
                     d = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
                 } else {
