@@ -55,22 +55,22 @@ static int cmp_item(const void *a, const void *b) {
     return worse(x, y) ? 1 : (worse(y, x) ? -1 : 0);
 }
 
-static int cmp_cand_lb(const void *a, const void *b) {
-    const cand *x = a, *y = b;
-    float lx = x->dist - x->err, ly = y->dist - y->err;
-    if (lx < ly) return -1;
-    if (lx > ly) return 1;
-    if (x->list != y->list) return x->list < y->list ? -1 : 1;
-    return x->pos < y->pos ? -1 : (x->pos > y->pos);
-}
+/* The rerank visits candidates by increasing lower bound through a min-heap of
+ * (bound, row) keys: 8 bytes to move, no recomputed bounds; ties by row. */
+typedef struct lb_key {
+    float lb;
+    uint32_t row;
+} lb_key;
 
-static void cand_sift_down(cand *h, uint32_t n, uint32_t i) {
-    cand it = h[i];
+static inline int lb_less(lb_key a, lb_key b) { return a.lb < b.lb || (a.lb == b.lb && a.row < b.row); }
+
+static void lb_sift_down(lb_key *h, uint32_t n, uint32_t i) {
+    lb_key it = h[i];
     for (;;) {
         uint32_t l = 2 * i + 1, r = l + 1, m = i;
-        const cand *best = &it;
-        if (l < n && cmp_cand_lb(&h[l], best) < 0) m = l, best = &h[l];
-        if (r < n && cmp_cand_lb(&h[r], best) < 0) m = r;
+        lb_key best = it;
+        if (l < n && lb_less(h[l], best)) m = l, best = h[l];
+        if (r < n && lb_less(h[r], best)) m = r;
         if (m == i) break;
         h[i] = h[m];
         i = m;
@@ -139,6 +139,7 @@ typedef struct scratch {
     uint8_t *lut;
     uint32_t *probe_i;
     cand *cands;
+    lb_key *keys;
     heap_item *ubheap, *res;
 } scratch;
 
@@ -162,6 +163,7 @@ static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, unsigned c
     TAKE(lut, uint8_t, (size_t)ix->n_groups * 16);
     TAKE(probe_i, uint32_t, ix->nlist);
     TAKE(cands, cand, cand_cap);
+    TAKE(keys, lb_key, cand_cap);
     TAKE(ubheap, heap_item, k);
     TAKE(res, heap_item, k);
 #undef TAKE
@@ -474,19 +476,32 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             if (full || s.cands[i].dist - s.cands[i].err < tau) s.cands[m++] = s.cands[i];
         /* visit in increasing lower bound through a binary min-heap: building it is
          * O(m), and the walk usually stops after a few dozen pops */
-        cand *hp = s.cands;
-        for (uint32_t i = m / 2; i-- > 0;) cand_sift_down(hp, m, i);
-        uint32_t n_exact = 0, left = m;
-        while (left) {
-            const cand cd = hp[0];
+        lb_key *hp = s.keys;
+        for (uint32_t i = 0; i < m; i++) hp[i] = (lb_key){s.cands[i].dist - s.cands[i].err, s.cands[i].row};
+        for (uint32_t i = m / 2; i-- > 0;) lb_sift_down(hp, m, i);
+        /* a few candidates popped ahead, their rows fetched whole: the rows sit at random
+         * places and each exact distance would otherwise wait for memory */
+        enum { AHEAD = 4 };
+        lb_key ring[AHEAD];
+        uint32_t rh = 0, rn = 0, n_exact = 0, left = m;
+        const size_t row_bytes = (size_t)ix->dim * (ix->reorder_f32 ? sizeof(float) : sizeof(uint16_t));
+        while (rn < AHEAD && left) {
+            ring[(rh + rn++) % AHEAD] = hp[0];
+            prefetch_bytes(row_ptr(ix, hp[0].row), row_bytes);
             hp[0] = hp[--left];
-            cand_sift_down(hp, left, 0);
-            if (left) { /* the next row is likely next: start fetching its first lines */
-                const char *nx = row_ptr(ix, hp[0].row);
-                __builtin_prefetch(nx);
-                __builtin_prefetch(nx + 64);
+            lb_sift_down(hp, left, 0);
+        }
+        while (rn) {
+            const lb_key cd = ring[rh];
+            rh = (rh + 1) % AHEAD;
+            rn--;
+            if (left) {
+                ring[(rh + rn++) % AHEAD] = hp[0];
+                prefetch_bytes(row_ptr(ix, hp[0].row), row_bytes);
+                hp[0] = hp[--left];
+                lb_sift_down(hp, left, 0);
             }
-            if (!full && n_res == k && cd.dist - cd.err >= s.res[0].d) break;
+            if (!full && n_res == k && cd.lb >= s.res[0].d) break;
             if (ctx->rerank && n_exact >= ctx->rerank) break;
             uint32_t row = cd.row;
             float dist;
