@@ -140,7 +140,7 @@ typedef struct scratch {
     uint32_t *probe_i;
     cand *cands;
     lb_key *keys;
-    heap_item *ubheap, *ubheap1, *res;
+    heap_item *ubheap, *res;
 } scratch;
 
 static size_t align64(size_t x) { return (x + 63) & ~(size_t)63; }
@@ -165,7 +165,6 @@ static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, unsigned c
     TAKE(cands, cand, cand_cap);
     TAKE(keys, lb_key, cand_cap);
     TAKE(ubheap, heap_item, k);
-    TAKE(ubheap1, heap_item, k);
     TAKE(res, heap_item, k);
 #undef TAKE
     return off;
@@ -344,8 +343,8 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     uint32_t np = ctx->nprobe < ix->nlist ? ctx->nprobe : ix->nlist;
     uint32_t nh = probe(ix, s.zq, np, (heap_item *)(void *)s.cands, s.probe_i, s.probe_d);
 
-    uint32_t n_cand = 0, n_ub = 0, n_ub1 = 0;
-    float tau = INFINITY, tau1 = INFINITY;
+    uint32_t n_cand = 0, n_ub = 0;
+    float tau = INFINITY;
     list_query lq;
     uint32_t S[KVQI_FS_BLOCK];
     for (uint32_t pi = 0; pi < nh; pi++) {
@@ -407,17 +406,6 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], dist[v], err[v]};
                 if (inline_ex) { /* its extended estimate waits for the end of the list */
                     prefetch_bytes(L->ex_codes + (size_t)(b0 + v) * ix->ex_row, ix->ex_row);
-                    /* meanwhile the k-th smallest 1-bit upper bound (a heap of its own:
-                     * a vector counts once in each) bounds the k-th distance too; without
-                     * it the whole first list would reach the extended stage */
-                    float ub1 = dist[v] + err[v];
-                    if (n_ub1 < k || ub1 < tau1) {
-                        heap_push(s.ubheap1, &n_ub1, k, (heap_item){ub1, 0});
-                        if (n_ub1 == k) {
-                            tau1 = s.ubheap1[0].d;
-                            if (tau1 < tau) tau = tau1;
-                        }
-                    }
                     continue;
                 }
                 float ub = dist[v] + err[v];
@@ -442,7 +430,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 float ub = cd.dist + cd.err;
                 if (n_ub < k || ub < tau) { /* the 1-bit bound holds in split mode too */
                     heap_push(s.ubheap, &n_ub, k, (heap_item){ub, 0});
-                    if (n_ub == k && s.ubheap[0].d < tau) tau = s.ubheap[0].d;
+                    if (n_ub == k) tau = s.ubheap[0].d;
                 }
             }
             n_cand = m;
