@@ -609,21 +609,21 @@ TEST(cache_simd_kernels_match_scalar) {
             }
         }
         /* integer key scores: exact sums, so bit-identical to the reference */
-        if (K->score_rot_i8) {
+        for (uint32_t bits = 2; bits <= 4 && K->score_rot_i8; bits++) {
             for (uint32_t dim = 128; dim <= 256; dim += 128) {
                 for (uint32_t G = 1; G <= 6; G++) {
                     kvqi_rot_layout L;
                     memset(&L, 0, sizeof L);
                     L.dim = dim;
-                    L.bits = 4;
+                    L.bits = bits;
                     L.n_pass = 1;
                     L.has_u8 = 1;
                     L.cent_scale = 0.01f;
                     L.index_offset[0] = 2;
-                    L.code_size = 2 + dim / 2 + 1;
+                    L.code_size = 2 + dim * bits / 8 + 1;
                     for (int i = 0; i < 16; i++) L.cent_u8[i] = (uint8_t)(128 + 17 * (i - 8));
                     kvqi_rng r;
-                    kvqi_rng_seed(&r, 1200 + G + dim);
+                    kvqi_rng_seed(&r, 1200 + G + dim + 7 * bits);
                     for (size_t i = 0; i < (size_t)N * L.code_size; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
                     for (size_t t = 0; t < N; t++) {
                         uint16_t h = kvqi_fp32_to_fp16(0.25f + 0.01f * (float)t);
@@ -645,8 +645,8 @@ TEST(cache_simd_kernels_match_scalar) {
                     K->score_rot_i8(&L, q8, qsc, qsum, G, codes, N, s_simd, B);
                     for (uint32_t h = 0; h < G; h++)
                         CHECKF(memcmp(s_ref + h * B, s_simd + h * B, N * sizeof(float)) == 0,
-                               "%s score_rot_i8 dim %u G %u head %u", kvqi_isa_name((kvq_isa)isa),
-                               dim, G, h);
+                               "%s score_rot_i8 bits %u dim %u G %u head %u",
+                               kvqi_isa_name((kvq_isa)isa), bits, dim, G, h);
                     tested++;
                 }
             }
@@ -745,7 +745,8 @@ TEST(cache_fused_paths_match_generic) {
         /* the integer key path rounds the query and the centroids to 8 bits: about 1 % on
          * the scores; every float path agrees to rounding */
         int int8_keys = c->key.path == KVQI_PATH_ROT && c->key.rot.has_u8 &&
-                        c->kern->score_rot_i8 && dim % 128 == 0;
+                        c->kern->score_rot_i8 && (c->kern->rot_i8_bits >> c->key.rot.bits & 1u) &&
+                        dim % 128 == 0;
         c->key.path = c->value.path = KVQI_PATH_GENERIC;
         REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.09f, NULL, o2));
         double e = rel_err(o1, o2, nq * H * dim);

@@ -53,10 +53,11 @@ static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     return 5 * G * d + G * c->n_out + G * B + vdec_floats(c) + 3 * G + d + 32 + span + i8 + signs;
 }
 
-/* The integer key path applies: 4-bit one-pass rotated keys and a CPU with the kernel. */
+/* The integer key path applies: 2- to 4-bit one-pass rotated keys and a CPU with a fast
+ * kernel for that width. */
 static int use_i8(const kvq_cache *c) {
     return c->key.path == KVQI_PATH_ROT && c->key.rot.has_u8 && c->kern->score_rot_i8 &&
-           c->dim % 128 == 0;
+           (c->kern->rot_i8_bits >> c->key.rot.bits & 1u) && c->dim % 128 == 0;
 }
 
 /* int8 query for the integer path: symmetric scale max|q|/127, in code-byte order */
@@ -71,7 +72,7 @@ static void quantize_query(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t 
     int32_t sum = 0;
     int8_t *q8 = s->q8 + (size_t)h * d;
     for (uint32_t b = 0; b < d; b++) {
-        int v = (int)lrintf(nat[kvqi_rot_i8_coordinate(b)] / qs);
+        int v = (int)lrintf(nat[kvqi_rot_i8_coordinate(c->key.rot.bits, b)] / qs);
         q8[b] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
         sum += q8[b];
     }

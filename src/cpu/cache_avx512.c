@@ -450,74 +450,132 @@ static inline __m512i fold_lanes(__m512i v0, __m512i v1, __m512i v2, __m512i v3)
                             _mm512_shuffle_i32x4(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* One token, four heads: 64 code bytes = 128 coordinates per step, nibbles to centroid
- * bytes with one shuffle each, 64 multiply-adds per instruction per head. */
-__attribute__((target("avx512vnni"))) static inline __m512i
-token_i8(const uint8_t *idx, uint32_t nblk, const int8_t *q0, const int8_t *q1, const int8_t *q2,
-         const int8_t *q3, __m512i tab, __m512i m4) {
-    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-    for (uint32_t b = 0; b < nblk; b++) {
+/* 128 coordinates of one code (block b) as two vectors of 64 centroid bytes, in the
+ * kvqi_rot_i8_coordinate order: each index to its byte by one shuffle through the
+ * 16-entry table. 4 bits: the nibbles of 64 bytes. 2 bits: 32 bytes in both halves,
+ * shifted by 0 (low half) and 4 (high half), then by 2 more. 3 bits (VBMI): 48 bytes,
+ * each 64-bit lane given the 3 bytes of 8 indices (vpermb) and the 8 indices cut out of
+ * them at bit offsets 0, 3, ..., 21 (vpmultishiftqb), natural order. */
+KVQI_INLINE __attribute__((target("avx512vnni"))) void
+unpack_i8_24(const uint32_t BITS, const uint8_t *idx, uint32_t b, __m512i tab, __m512i *lo,
+             __m512i *hi) {
+    if (BITS == 4) {
+        const __m512i m4 = _mm512_set1_epi8(0x0f);
         __m512i v = _mm512_loadu_si512(idx + 64 * b);
-        __m512i lo = _mm512_shuffle_epi8(tab, _mm512_and_si512(v, m4));
-        __m512i hi = _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
-        size_t o = 128 * (size_t)b;
-        a0 = _mm512_dpbusd_epi32(a0, lo, _mm512_loadu_si512(q0 + o));
-        a1 = _mm512_dpbusd_epi32(a1, lo, _mm512_loadu_si512(q1 + o));
-        a2 = _mm512_dpbusd_epi32(a2, lo, _mm512_loadu_si512(q2 + o));
-        a3 = _mm512_dpbusd_epi32(a3, lo, _mm512_loadu_si512(q3 + o));
-        a0 = _mm512_dpbusd_epi32(a0, hi, _mm512_loadu_si512(q0 + o + 64));
-        a1 = _mm512_dpbusd_epi32(a1, hi, _mm512_loadu_si512(q1 + o + 64));
-        a2 = _mm512_dpbusd_epi32(a2, hi, _mm512_loadu_si512(q2 + o + 64));
-        a3 = _mm512_dpbusd_epi32(a3, hi, _mm512_loadu_si512(q3 + o + 64));
+        *lo = _mm512_shuffle_epi8(tab, _mm512_and_si512(v, m4));
+        *hi = _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+    } else {
+        const __m512i m3 = _mm512_set1_epi8(0x03);
+        const __m512i sh = _mm512_set_epi64(0x0004000400040004LL, 0x0004000400040004LL,
+                                            0x0004000400040004LL, 0x0004000400040004LL,
+                                            0, 0, 0, 0);
+        __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(idx + 32 * b)));
+        v = _mm512_srlv_epi16(v, sh);
+        *lo = _mm512_shuffle_epi8(tab, _mm512_and_si512(v, m3));
+        *hi = _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srli_epi16(v, 2), m3));
     }
-    return fold4(a0, a1, a2, a3);
 }
 
-/* Four tokens at a time so the sixteen (token, head) sums reduce together. */
-__attribute__((target("avx512vnni"))) static void
-score_rot_i8(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale, const int32_t *qsum,
-             uint32_t G, const uint8_t *k, size_t n, float *scores, size_t ld) {
-    uint32_t dim = L->dim, nblk = dim / 128;
-    size_t cs = L->code_size;
-    const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)L->cent_u8));
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const uint8_t *idx0 = k + L->index_offset[0];
-    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
-        uint32_t hh[HG];
-        for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
-        const int8_t *q0 = q8 + (size_t)hh[0] * dim, *q1 = q8 + (size_t)hh[1] * dim;
-        const int8_t *q2 = q8 + (size_t)hh[2] * dim, *q3 = q8 + (size_t)hh[3] * dim;
-        float scl[16];
-        int32_t qs[16];
-        for (int i = 0; i < 16; i++) {
-            scl[i] = qscale[hh[i % 4]];
-            qs[i] = qsum[hh[i % 4]];
-        }
-        const __m512 vscale = _mm512_loadu_ps(scl);
-        const __m512i vqsum = _mm512_loadu_si512(qs);
-        for (size_t t0 = 0; t0 < n; t0 += 4) {
-            size_t nt = n - t0 < 4 ? n - t0 : 4;
-            size_t t1 = t0 + (nt > 1), t2 = t0 + (nt > 2 ? 2 : nt - 1), t3 = t0 + nt - 1;
-            __m512i v0 = token_i8(idx0 + t0 * cs, nblk, q0, q1, q2, q3, tab, m4);
-            __m512i v1 = token_i8(idx0 + t1 * cs, nblk, q0, q1, q2, q3, tab, m4);
-            __m512i v2 = token_i8(idx0 + t2 * cs, nblk, q0, q1, q2, q3, tab, m4);
-            __m512i v3 = token_i8(idx0 + t3 * cs, nblk, q0, q1, q2, q3, tab, m4);
-            const uint8_t *nb = k + L->norm_offset;
-            __m512 nrm = _mm512_castsi512_ps(_mm512_setzero_si512());
-            __m128 n4 = _mm_set_ps(fp16_scalar(nb + t3 * cs), fp16_scalar(nb + t2 * cs),
-                                   fp16_scalar(nb + t1 * cs), fp16_scalar(nb + t0 * cs));
-            /* lane 4 t + h takes token t's norm */
-            nrm = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
-                                        _mm512_castps128_ps512(n4));
-            __m512i r = _mm512_sub_epi32(fold_lanes(v0, v1, v2, v3), vqsum);
-            __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(r), vscale), nrm);
-            float out[16];
-            _mm512_storeu_ps(out, f);
-            for (size_t t = 0; t < nt; t++)
-                for (uint32_t h = 0; h < HG && h0 + h < G; h++)
-                    scores[(h0 + h) * ld + t0 + t] = out[4 * t + h];
-        }
+KVQI_INLINE __attribute__((target("avx512vnni,avx512vbmi"))) void
+unpack_i8_3(const uint32_t BITS, const uint8_t *idx, uint32_t b, __m512i tab, __m512i *lo,
+            __m512i *hi) {
+    (void)BITS;
+    const __m512i m7 = _mm512_set1_epi8(0x07);
+    const __m512i ctl = _mm512_set1_epi64(0x15120f0c09060300LL);
+    const __m512i p0 = _mm512_set_epi64(0x17171615, 0x14141312, 0x1111100f, 0x0e0e0d0c,
+                                        0x0b0b0a09, 0x08080706, 0x05050403, 0x02020100);
+    const __m512i p1 = _mm512_add_epi8(p0, _mm512_set1_epi8(24));
+    __m512i v = _mm512_maskz_loadu_epi8((__mmask64)0xffffffffffffULL, idx + 48 * b);
+    __m512i x = _mm512_multishift_epi64_epi8(ctl, _mm512_permutexvar_epi8(p0, v));
+    __m512i y = _mm512_multishift_epi64_epi8(ctl, _mm512_permutexvar_epi8(p1, v));
+    *lo = _mm512_shuffle_epi8(tab, _mm512_and_si512(x, m7));
+    *hi = _mm512_shuffle_epi8(tab, _mm512_and_si512(y, m7));
+}
+
+/* One token, four heads: 128 coordinates per step, 64 multiply-adds per instruction per
+ * head; then four tokens at a time so the sixteen (token, head) sums reduce together.
+ * Defined once per target: the 3-bit unpacking needs VBMI, the others only VNNI. */
+#define DEFINE_SCORE_I8(SUFFIX, TARGET)                                                      \
+    KVQI_INLINE __attribute__((target(TARGET))) __m512i token_i8_##SUFFIX(                   \
+        const uint32_t BITS, const uint8_t *idx, uint32_t nblk, const int8_t *q0,            \
+        const int8_t *q1, const int8_t *q2, const int8_t *q3, __m512i tab) {                 \
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;                      \
+        for (uint32_t b = 0; b < nblk; b++) {                                                \
+            __m512i lo, hi;                                                                  \
+            unpack_i8_##SUFFIX(BITS, idx, b, tab, &lo, &hi);                                 \
+            size_t o = 128 * (size_t)b;                                                      \
+            a0 = _mm512_dpbusd_epi32(a0, lo, _mm512_loadu_si512(q0 + o));                    \
+            a1 = _mm512_dpbusd_epi32(a1, lo, _mm512_loadu_si512(q1 + o));                    \
+            a2 = _mm512_dpbusd_epi32(a2, lo, _mm512_loadu_si512(q2 + o));                    \
+            a3 = _mm512_dpbusd_epi32(a3, lo, _mm512_loadu_si512(q3 + o));                    \
+            a0 = _mm512_dpbusd_epi32(a0, hi, _mm512_loadu_si512(q0 + o + 64));               \
+            a1 = _mm512_dpbusd_epi32(a1, hi, _mm512_loadu_si512(q1 + o + 64));               \
+            a2 = _mm512_dpbusd_epi32(a2, hi, _mm512_loadu_si512(q2 + o + 64));               \
+            a3 = _mm512_dpbusd_epi32(a3, hi, _mm512_loadu_si512(q3 + o + 64));               \
+        }                                                                                    \
+        return fold4(a0, a1, a2, a3);                                                        \
+    }                                                                                        \
+    KVQI_INLINE __attribute__((target(TARGET))) void score_rot_i8_##SUFFIX(                  \
+        const uint32_t BITS, const kvqi_rot_layout *L, const int8_t *q8, const float *qscale, \
+        const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n, float *scores,           \
+        size_t ld) {                                                                         \
+        uint32_t dim = L->dim, nblk = dim / 128;                                             \
+        size_t cs = L->code_size;                                                            \
+        const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)L->cent_u8)); \
+        const __m512i lane_tok = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0); \
+        const uint8_t *idx0 = k + L->index_offset[0], *nb = k + L->norm_offset;              \
+        for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
+            uint32_t hh[HG];                                                                 \
+            for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;              \
+            const int8_t *q0 = q8 + (size_t)hh[0] * dim, *q1 = q8 + (size_t)hh[1] * dim;     \
+            const int8_t *q2 = q8 + (size_t)hh[2] * dim, *q3 = q8 + (size_t)hh[3] * dim;     \
+            float scl[16];                                                                   \
+            int32_t qs[16];                                                                  \
+            for (int i = 0; i < 16; i++) {                                                   \
+                scl[i] = qscale[hh[i % 4]];                                                  \
+                qs[i] = qsum[hh[i % 4]];                                                     \
+            }                                                                                \
+            const __m512 vscale = _mm512_loadu_ps(scl);                                      \
+            const __m512i vqsum = _mm512_loadu_si512(qs);                                    \
+            for (size_t t0 = 0; t0 < n; t0 += 4) {                                           \
+                size_t nt = n - t0 < 4 ? n - t0 : 4;                                         \
+                size_t t1 = t0 + (nt > 1), t2 = t0 + (nt > 2 ? 2 : nt - 1), t3 = t0 + nt - 1; \
+                __m512i v0 = token_i8_##SUFFIX(BITS, idx0 + t0 * cs, nblk, q0, q1, q2, q3, tab); \
+                __m512i v1 = token_i8_##SUFFIX(BITS, idx0 + t1 * cs, nblk, q0, q1, q2, q3, tab); \
+                __m512i v2 = token_i8_##SUFFIX(BITS, idx0 + t2 * cs, nblk, q0, q1, q2, q3, tab); \
+                __m512i v3 = token_i8_##SUFFIX(BITS, idx0 + t3 * cs, nblk, q0, q1, q2, q3, tab); \
+                __m128 n4 = _mm_set_ps(fp16_scalar(nb + t3 * cs), fp16_scalar(nb + t2 * cs),  \
+                                       fp16_scalar(nb + t1 * cs), fp16_scalar(nb + t0 * cs)); \
+                /* lane 4 t + h takes token t's norm */                                      \
+                __m512 nrm = _mm512_permutexvar_ps(lane_tok, _mm512_castps128_ps512(n4));    \
+                __m512i r = _mm512_sub_epi32(fold_lanes(v0, v1, v2, v3), vqsum);             \
+                __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(r), vscale), nrm); \
+                float out[16];                                                               \
+                _mm512_storeu_ps(out, f);                                                    \
+                for (size_t t = 0; t < nt; t++)                                              \
+                    for (uint32_t h = 0; h < HG && h0 + h < G; h++)                          \
+                        scores[(h0 + h) * ld + t0 + t] = out[4 * t + h];                     \
+            }                                                                                \
+        }                                                                                    \
     }
+DEFINE_SCORE_I8(24, "avx512vnni")
+DEFINE_SCORE_I8(3, "avx512vnni,avx512vbmi")
+
+__attribute__((target("avx512vnni"))) static void
+score_rot_i8_vnni(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
+                  const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n, float *scores,
+                  size_t ld) {
+    if (L->bits == 4) score_rot_i8_24(4, L, q8, qscale, qsum, G, k, n, scores, ld);
+    else if (L->bits == 2) score_rot_i8_24(2, L, q8, qscale, qsum, G, k, n, scores, ld);
+    else kvqi_cache_score_rot_i8_ref(L, q8, qscale, qsum, G, k, n, scores, ld);
+}
+
+__attribute__((target("avx512vnni,avx512vbmi"))) static void
+score_rot_i8_vbmi(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
+                  const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n, float *scores,
+                  size_t ld) {
+    if (L->bits == 3) score_rot_i8_3(3, L, q8, qscale, qsum, G, k, n, scores, ld);
+    else score_rot_i8_vnni(L, q8, qscale, qsum, G, k, n, scores, ld);
 }
 
 /* ----------------------------------------------------------------- exp */
@@ -611,7 +669,11 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
     k->accum_q8_0 = accum_q8_0;
     k->accum_q4_0 = accum_q4_0;
     k->accum_rot = accum_rot;
-    if (__builtin_cpu_supports("avx512vnni")) k->score_rot_i8 = score_rot_i8;
+    if (__builtin_cpu_supports("avx512vnni")) {
+        int vbmi = __builtin_cpu_supports("avx512vbmi");
+        k->score_rot_i8 = vbmi ? score_rot_i8_vbmi : score_rot_i8_vnni;
+        k->rot_i8_bits = 1u << 2 | 1u << 4 | (vbmi ? 1u << 3 : 0u);
+    }
     k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;
     k->exp_sum = exp_sum;

@@ -30,17 +30,23 @@ typedef struct kvqi_rot_layout {
     uint32_t scale_offset[KVQI_ROT_MAX_PASSES]; /* [0] unused */
     uint32_t index_offset[KVQI_ROT_MAX_PASSES];
     float centroids[KVQI_ROT_MAX_PASSES][256];
-    /* 4-bit one-pass codes scored in integers: centroids[0][i] ~ (cent_u8[i] - 128) * cent_scale */
+    /* 2-, 3- and 4-bit one-pass codes scored in integers:
+     * centroids[0][i] ~ (cent_u8[i] - 128) * cent_scale (entries past 2^bits unused) */
     int has_u8;
     uint8_t cent_u8[16];
     float cent_scale;
 } kvqi_rot_layout;
 
-/* The integer key path's query: per 128 coordinates, the int8 query at the 64 even
- * coordinates then the 64 odd ones (the order the nibbles of 64 code bytes unpack in). */
-static inline uint32_t kvqi_rot_i8_coordinate(uint32_t byte_pos) {
+/* The integer key path's query: the coordinate that byte byte_pos of the int8 query
+ * pairs with, in the order the kernels unpack 128 coordinates into two 64-byte vectors.
+ * 4 bits: the 64 even coordinates of 64 code bytes (low nibbles), then the 64 odd ones.
+ * 2 bits: 32 code bytes give shifts 0 and 4, then 2 and 6 (coordinates 4i, 4i+2, 4i+1,
+ * 4i+3 for i < 32). 3 bits: the natural order. */
+static inline uint32_t kvqi_rot_i8_coordinate(uint32_t bits, uint32_t byte_pos) {
     uint32_t base = byte_pos - byte_pos % 128, in = byte_pos % 128;
-    return base + (in < 64 ? 2 * in : 2 * (in - 64) + 1);
+    if (bits == 4) return base + (in < 64 ? 2 * in : 2 * (in - 64) + 1);
+    if (bits == 2) return base + 4 * (in % 32) + (in / 64) + 2 * ((in / 32) % 2);
+    return byte_pos;
 }
 
 /* lane -> coordinate: the coordinate that lane p of the kernels' permuted order holds.
@@ -96,13 +102,15 @@ typedef struct kvqi_cache_kernels {
                        size_t stride, size_t n, float *acc);
     void (*accum_rot)(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
                       const uint8_t *v, size_t n, float *acc);
-    /* Keys of 4-bit one-pass rotated codes (has_u8, dim % 128 == 0) in integers: scores =
-     * norm * qscale[h] * (sum_j cent_u8[idx_j] * q8[h][j] - qsum[h]), q8 in the
-     * kvqi_rot_i8_coordinate order, qsum[h] = 128 * sum q8[h]. NULL where the CPU has no
-     * 8-bit dot product instruction (the float score_rot is used). */
+    /* Keys of 2-, 3- or 4-bit one-pass rotated codes (has_u8, dim % 128 == 0) in
+     * integers: scores = norm * qscale[h] * (sum_j cent_u8[idx_j] * q8[h][j] - qsum[h]),
+     * q8 in the kvqi_rot_i8_coordinate order, qsum[h] = 128 * sum q8[h]. NULL where the
+     * CPU has no 8-bit dot product instruction (the float score_rot is used);
+     * rot_i8_bits has bit b set for each width b it runs fast (others: the reference). */
     void (*score_rot_i8)(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
                          const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
                          float *scores, size_t ld);
+    uint32_t rot_i8_bits;
     /* scores[h * ld + t] += sum_o q_out[h][o] * vals[o * stride + t]: the fp16 outlier
      * channels kept apart from the key codes, channel-major */
     void (*outlier_add)(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,

@@ -192,8 +192,8 @@ void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, con
         for (uint32_t h = 0; h < G; h++) {
             int32_t sum = 0;
             for (uint32_t b = 0; b < L->dim; b++) {
-                uint32_t j = kvqi_rot_i8_coordinate(b);
-                sum += (int32_t)L->cent_u8[rot_index(idx, 4, j)] * q8[(size_t)h * L->dim + b];
+                uint32_t j = kvqi_rot_i8_coordinate(L->bits, b);
+                sum += (int32_t)L->cent_u8[rot_index(idx, L->bits, j)] * q8[(size_t)h * L->dim + b];
             }
             scores[h * ld + t] = (float)(sum - qsum[h]) * qscale[h] * norm;
         }
@@ -239,7 +239,7 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
 
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
-    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, outlier_add, axpy_rows, exp_sum,
+    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, outlier_add, axpy_rows, exp_sum,
     score_signs,
 };
 
