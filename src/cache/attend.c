@@ -60,6 +60,13 @@ static int use_i8(const kvq_cache *c) {
            (c->kern->rot_i8_bits >> c->key.rot.bits & 1u) && c->dim % 128 == 0;
 }
 
+/* The integer value path applies: 2- to 4-bit one-pass rotated values and a CPU with a
+ * fast kernel for that width; the accumulator is then in kvqi_rot_v16_coordinate order. */
+static int use_v16(const kvq_cache *c) {
+    return c->value.path == KVQI_PATH_ROT && c->value.rot.has_u8 && c->kern->accum_rot_i16 &&
+           (c->kern->rot_v16_bits >> c->value.rot.bits & 1u) && c->dim % 128 == 0;
+}
+
 /* int8 query for the integer path: symmetric scale max|q|/127, in code-byte order */
 static void quantize_query(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t h,
                            const float *q_lanes) {
@@ -236,7 +243,10 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
         c->kern->accum_q4_0(s->scores, B, G, c->dim, codes, V->code_size, nb, s->acc);
         break;
     case KVQI_PATH_ROT:
-        c->kern->accum_rot(&V->rot, s->scores, B, G, codes, nb, s->acc);
+        if (use_v16(c))
+            c->kern->accum_rot_i16(&V->rot, s->scores, B, G, codes, nb, s->acc);
+        else
+            c->kern->accum_rot(&V->rot, s->scores, B, G, codes, nb, s->acc);
         break;
     default: {
         kvq_status st = kvq_decode(V->quant, codes, nb, s->vdec);
@@ -448,7 +458,10 @@ static void finish_task(const attend_ctx *A, const task_view *T, kvqi_attend_scr
             /* R^T acc = sum_r acc_r (row r of R), acc taken out of lane order first */
             float *nat = s->vdec;
             const float *acc = s->acc + (size_t)v * d;
-            for (uint32_t p = 0; p < d; p++) nat[c->value.lane[p]] = acc[p];
+            if (use_v16(c))
+                for (uint32_t p = 0; p < d; p++) nat[kvqi_rot_v16_coordinate(c->value.rot.bits, p)] = acc[p];
+            else
+                for (uint32_t p = 0; p < d; p++) nat[c->value.lane[p]] = acc[p];
             if (c->value.rotation_h)
                 for (uint32_t r0 = 0; r0 < d; r0 += KVQI_MAX_BLOCK_TOKENS)
                     c->kern->accum_f16(nat + r0, d, 1, d, (const uint8_t *)(c->value.rotation_h + (size_t)r0 * d),

@@ -578,6 +578,164 @@ score_rot_i8_vbmi(const kvqi_rot_layout *L, const int8_t *q8, const float *qscal
     else score_rot_i8_vnni(L, q8, qscale, qsum, G, k, n, scores, ld);
 }
 
+/* ------------------------------------------------- integer value sums (VNNI) */
+
+/* One half (64 coordinates, HALF 0 or 1) of unpack_i8_*: the same bytes, the same order. */
+KVQI_INLINE __attribute__((target("avx512vnni"))) __m512i
+half_i8_24(const uint32_t BITS, const uint32_t HALF, const uint8_t *idx, uint32_t b, __m512i tab) {
+    if (BITS == 4) {
+        const __m512i m4 = _mm512_set1_epi8(0x0f);
+        __m512i v = _mm512_loadu_si512(idx + 64 * b);
+        if (HALF) v = _mm512_srli_epi16(v, 4);
+        return _mm512_shuffle_epi8(tab, _mm512_and_si512(v, m4));
+    }
+    const __m512i m3 = _mm512_set1_epi8(0x03);
+    const __m512i sh = _mm512_set_epi64(0x0004000400040004LL, 0x0004000400040004LL,
+                                        0x0004000400040004LL, 0x0004000400040004LL,
+                                        0, 0, 0, 0);
+    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(idx + 32 * b)));
+    v = _mm512_srlv_epi16(v, sh);
+    if (HALF) v = _mm512_srli_epi16(v, 2);
+    return _mm512_shuffle_epi8(tab, _mm512_and_si512(v, m3));
+}
+
+KVQI_INLINE __attribute__((target("avx512vnni,avx512vbmi"))) __m512i
+half_i8_3(const uint32_t BITS, const uint32_t HALF, const uint8_t *idx, uint32_t b, __m512i tab) {
+    (void)BITS;
+    const __m512i ctl = _mm512_set1_epi64(0x15120f0c09060300LL);
+    __m512i p = _mm512_set_epi64(0x17171615, 0x14141312, 0x1111100f, 0x0e0e0d0c,
+                                 0x0b0b0a09, 0x08080706, 0x05050403, 0x02020100);
+    if (HALF) p = _mm512_add_epi8(p, _mm512_set1_epi8(24));
+    __m512i v = _mm512_maskz_loadu_epi8((__mmask64)0xffffffffffffULL, idx + 48 * b);
+    __m512i x = _mm512_multishift_epi64_epi8(ctl, _mm512_permutexvar_epi8(p, v));
+    return _mm512_shuffle_epi8(tab, _mm512_and_si512(x, _mm512_set1_epi8(0x07)));
+}
+
+/* A head's 16-bit weights, as kvqi_cache_rot_weights_i16 computes them (the same
+ * products, the same maximum, the same rounding), sixteen tokens per step. */
+static float weights_i16(const float *w, const float *norms, size_t n, int16_t *wq) {
+    __m512 wn[KVQI_MAX_BLOCK_TOKENS / 16], mx = _mm512_setzero_ps();
+    size_t nv = (n + 15) / 16;
+    for (size_t i = 0; i < nv; i++) {
+        size_t left = n - 16 * i;
+        __mmask16 k = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+        wn[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + 16 * i), _mm512_loadu_ps(norms + 16 * i));
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(wn[i]));
+    }
+    float m = _mm512_reduce_max_ps(mx);
+    if (!(m > 0.0f) || !(m <= 3.0e38f)) return 0.0f;
+    __m512 inv = _mm512_set1_ps(32767.0f / m);
+    for (size_t i = 0; i < nv; i++)
+        _mm256_storeu_si256((__m256i *)(wq + 16 * i),
+                            _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(wn[i], inv))));
+    return m * (1.0f / 32767.0f);
+}
+
+/* Two tokens per step: their centroid bytes interleaved and widened to 16 bits, so each
+ * 32-bit lane holds one coordinate of both and one vpdpwssd adds both weighted terms;
+ * 64 coordinates of four heads (16 accumulators) per pass over the block. */
+#define DEFINE_ACCUM_I16(SUFFIX, TARGET)                                                     \
+    KVQI_INLINE __attribute__((target(TARGET))) void accum_i16_##SUFFIX(                     \
+        const uint32_t BITS, const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G, \
+        const uint8_t *v, size_t n, float *acc) {                                            \
+        uint32_t dim = L->dim;                                                               \
+        size_t cs = L->code_size;                                                            \
+        const __m512i tab = _mm512_xor_si512(                                                \
+            _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)L->cent_u8)),            \
+            _mm512_set1_epi8((char)0x80));                                                   \
+        const uint8_t *idx0 = v + L->index_offset[0];                                        \
+        float norms[KVQI_MAX_BLOCK_TOKENS + 16];                                             \
+        int16_t wq[HG][KVQI_MAX_BLOCK_TOKENS + 16];                                          \
+        int32_t wp[HG][KVQI_MAX_BLOCK_TOKENS / 2 + 8];                                       \
+        for (size_t t = 0; t < n; t++) norms[t] = fp16_scalar(v + t * cs + L->norm_offset); \
+        for (size_t t = n; t < n + 16; t++) norms[t] = 0.0f;                                 \
+        for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
+            float scale[HG];                                                                 \
+            int any = 0;                                                                     \
+            for (uint32_t h = 0; h < HG; h++) {                                              \
+                memset(wq[h], 0, sizeof wq[h]);                                              \
+                scale[h] = h0 + h < G ? weights_i16(w + (h0 + h) * ld, norms, n, wq[h]) : 0.0f; \
+                scale[h] *= L->cent_scale;                                                   \
+                any |= scale[h] != 0.0f;                                                     \
+            }                                                                                \
+            if (!any) continue;                                                              \
+            /* token pairs: t in the low 16 bits, t + 1 in the high (zero past n) */        \
+            memcpy(wp, wq, sizeof wp);                                                       \
+            for (uint32_t b = 0; b < dim / 128; b++) {                                       \
+                for (uint32_t half = 0; half < 2; half++) {                                  \
+                    __m512i r00 = _mm512_setzero_si512(), r01 = r00, r02 = r00, r03 = r00;   \
+                    __m512i r10 = r00, r11 = r00, r12 = r00, r13 = r00;                      \
+                    __m512i r20 = r00, r21 = r00, r22 = r00, r23 = r00;                      \
+                    __m512i r30 = r00, r31 = r00, r32 = r00, r33 = r00;                      \
+                    for (size_t t = 0; t < n; t += 2) {                                      \
+                        const uint8_t *ca = idx0 + t * cs, *cb = t + 1 < n ? ca + cs : ca;    \
+                        __m512i xa, xb;                                                      \
+                        if (half) {                                                          \
+                            xa = half_i8_##SUFFIX(BITS, 1, ca, b, tab);                      \
+                            xb = half_i8_##SUFFIX(BITS, 1, cb, b, tab);                      \
+                        } else {                                                             \
+                            xa = half_i8_##SUFFIX(BITS, 0, ca, b, tab);                      \
+                            xb = half_i8_##SUFFIX(BITS, 0, cb, b, tab);                      \
+                        }                                                                    \
+                        __m512i lo = _mm512_unpacklo_epi8(xa, xb), hi = _mm512_unpackhi_epi8(xa, xb); \
+                        __m512i c0 = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo));       \
+                        __m512i c1 = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(lo, 1)); \
+                        __m512i c2 = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(hi));       \
+                        __m512i c3 = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(hi, 1)); \
+                        __m512i w0 = _mm512_set1_epi32(wp[0][t / 2]);                        \
+                        __m512i w1 = _mm512_set1_epi32(wp[1][t / 2]);                        \
+                        __m512i w2 = _mm512_set1_epi32(wp[2][t / 2]);                        \
+                        __m512i w3 = _mm512_set1_epi32(wp[3][t / 2]);                        \
+                        r00 = _mm512_dpwssd_epi32(r00, c0, w0);                              \
+                        r01 = _mm512_dpwssd_epi32(r01, c1, w0);                              \
+                        r02 = _mm512_dpwssd_epi32(r02, c2, w0);                              \
+                        r03 = _mm512_dpwssd_epi32(r03, c3, w0);                              \
+                        r10 = _mm512_dpwssd_epi32(r10, c0, w1);                              \
+                        r11 = _mm512_dpwssd_epi32(r11, c1, w1);                              \
+                        r12 = _mm512_dpwssd_epi32(r12, c2, w1);                              \
+                        r13 = _mm512_dpwssd_epi32(r13, c3, w1);                              \
+                        r20 = _mm512_dpwssd_epi32(r20, c0, w2);                              \
+                        r21 = _mm512_dpwssd_epi32(r21, c1, w2);                              \
+                        r22 = _mm512_dpwssd_epi32(r22, c2, w2);                              \
+                        r23 = _mm512_dpwssd_epi32(r23, c3, w2);                              \
+                        r30 = _mm512_dpwssd_epi32(r30, c0, w3);                              \
+                        r31 = _mm512_dpwssd_epi32(r31, c1, w3);                              \
+                        r32 = _mm512_dpwssd_epi32(r32, c2, w3);                              \
+                        r33 = _mm512_dpwssd_epi32(r33, c3, w3);                              \
+                    }                                                                        \
+                    __m512i r[HG][4] = {{r00, r01, r02, r03}, {r10, r11, r12, r13},          \
+                                        {r20, r21, r22, r23}, {r30, r31, r32, r33}};         \
+                    for (uint32_t h = 0; h < HG && h0 + h < G; h++) {                        \
+                        if (scale[h] == 0.0f) continue;                                      \
+                        __m512 sc = _mm512_set1_ps(scale[h]);                                \
+                        float *p = acc + (size_t)(h0 + h) * dim + 128 * b + 64 * half;       \
+                        for (int m = 0; m < 4; m++)                                          \
+                            _mm512_storeu_ps(p + 16 * m,                                     \
+                                             _mm512_add_ps(_mm512_loadu_ps(p + 16 * m),      \
+                                                           _mm512_mul_ps(_mm512_cvtepi32_ps(r[h][m]), sc))); \
+                    }                                                                        \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+    }
+DEFINE_ACCUM_I16(24, "avx512vnni")
+DEFINE_ACCUM_I16(3, "avx512vnni,avx512vbmi")
+
+__attribute__((target("avx512vnni"))) static void
+accum_rot_i16_vnni(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                   const uint8_t *v, size_t n, float *acc) {
+    if (L->bits == 4) accum_i16_24(4, L, w, ld, G, v, n, acc);
+    else if (L->bits == 2) accum_i16_24(2, L, w, ld, G, v, n, acc);
+    else kvqi_cache_accum_rot_i16_ref(L, w, ld, G, v, n, acc);
+}
+
+__attribute__((target("avx512vnni,avx512vbmi"))) static void
+accum_rot_i16_vbmi(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                   const uint8_t *v, size_t n, float *acc) {
+    if (L->bits == 3) accum_i16_3(3, L, w, ld, G, v, n, acc);
+    else accum_rot_i16_vnni(L, w, ld, G, v, n, acc);
+}
+
 /* ----------------------------------------------------------------- exp */
 
 static inline __m512 exp_neg16(__m512 x) {
@@ -673,6 +831,8 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
         int vbmi = __builtin_cpu_supports("avx512vbmi");
         k->score_rot_i8 = vbmi ? score_rot_i8_vbmi : score_rot_i8_vnni;
         k->rot_i8_bits = 1u << 2 | 1u << 4 | (vbmi ? 1u << 3 : 0u);
+        k->accum_rot_i16 = vbmi ? accum_rot_i16_vbmi : accum_rot_i16_vnni;
+        k->rot_v16_bits = k->rot_i8_bits;
     }
     k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;

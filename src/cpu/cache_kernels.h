@@ -49,6 +49,16 @@ static inline uint32_t kvqi_rot_i8_coordinate(uint32_t bits, uint32_t byte_pos) 
     return byte_pos;
 }
 
+/* The integer value path's accumulator order: per 128 coordinates, the two 64-byte
+ * vectors of kvqi_rot_i8_coordinate (low half, high half), each as four 16-lane int32
+ * vectors of the 8-bit to 16-bit widening of two tokens' interleaved bytes: vector m
+ * holds byte positions 32 (m % 2) + 8 (m / 2) + {0..7, 16..23}. */
+static inline uint32_t kvqi_rot_v16_coordinate(uint32_t bits, uint32_t p) {
+    uint32_t base = p - p % 128, in = p % 128, m = (in % 64) / 16, e = in % 16;
+    uint32_t j = (in / 64) * 64 + (m % 2) * 32 + (m / 2) * 8 + (e / 8) * 16 + e % 8;
+    return kvqi_rot_i8_coordinate(bits, base + j);
+}
+
 /* lane -> coordinate: the coordinate that lane p of the kernels' permuted order holds.
  * Same on every ISA (the scalar reference uses it too). */
 uint32_t kvqi_rot_lane_coordinate(uint32_t bits, uint32_t lane);
@@ -111,6 +121,15 @@ typedef struct kvqi_cache_kernels {
                          const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
                          float *scores, size_t ld);
     uint32_t rot_i8_bits;
+    /* Values of 2-, 3- or 4-bit one-pass rotated codes (has_u8, dim % 128 == 0) in
+     * integers: per head, wn_t = w[h][t] * norm_t rounded to 16 bits against the block's
+     * largest |wn| (kvqi_cache_accum_rot_i16_ref gives the exact steps), summed against
+     * cent_u8 - 128 in int32, then acc[h][p] += sum * scale: acc in the
+     * kvqi_rot_v16_coordinate order. NULL where the CPU has no 16-bit dot product;
+     * rot_v16_bits as rot_i8_bits. */
+    void (*accum_rot_i16)(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                          const uint8_t *v, size_t n, float *acc);
+    uint32_t rot_v16_bits;
     /* scores[h * ld + t] += sum_o q_out[h][o] * vals[o * stride + t]: the fp16 outlier
      * channels kept apart from the key codes, channel-major */
     void (*outlier_add)(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
@@ -136,6 +155,13 @@ extern const kvqi_cache_kernels kvqi_cache_kernels_scalar;
 void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
                                  const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
                                  float *scores, size_t ld);
+/* Reference of accum_rot_i16 (exact integer sums: SIMD versions match it bit for bit). */
+void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                                  const uint8_t *v, size_t n, float *acc);
+/* One head's 16-bit weights of a block: wq[t] = round(w[t] norm_t * 32767 / max |w norm|);
+ * returns the scale of the integer sums (0: every weight is zero, nothing to add). */
+float kvqi_cache_rot_weights_i16(const kvqi_rot_layout *L, const float *w, const uint8_t *v,
+                                 size_t n, int16_t *wq);
 #if defined(KVQ_HAVE_X86_SIMD)
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k);
 void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k);

@@ -2,6 +2,7 @@
  * cache_scalar.c - scalar reference of the cache's fused attention kernels (every SIMD
  * version is tested against these), the lane order of rotated codes, and dispatch.
  */
+#include <math.h>
 #include <pthread.h>
 #include <string.h>
 
@@ -200,6 +201,39 @@ void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, con
     }
 }
 
+float kvqi_cache_rot_weights_i16(const kvqi_rot_layout *L, const float *w, const uint8_t *v,
+                                 size_t n, int16_t *wq) {
+    float wn[KVQI_MAX_BLOCK_TOKENS], mx = 0.0f;
+    for (size_t t = 0; t < n; t++) {
+        wn[t] = w[t] * fp16_at(v + t * L->code_size + L->norm_offset);
+        mx = fabsf(wn[t]) > mx ? fabsf(wn[t]) : mx;
+    }
+    if (!(mx > 0.0f) || !(mx <= 3.0e38f)) { /* no weight, or not a finite one */
+        memset(wq, 0, n * sizeof *wq);
+        return 0.0f;
+    }
+    float inv = 32767.0f / mx;
+    for (size_t t = 0; t < n; t++) wq[t] = (int16_t)lrintf(wn[t] * inv);
+    return mx * (1.0f / 32767.0f) * L->cent_scale;
+}
+
+void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                                  const uint8_t *v, size_t n, float *acc) {
+    int16_t wq[KVQI_MAX_BLOCK_TOKENS];
+    const uint8_t *idx = v + L->index_offset[0];
+    for (uint32_t h = 0; h < G; h++) {
+        float scale = kvqi_cache_rot_weights_i16(L, w + h * ld, v, n, wq);
+        if (scale == 0.0f) continue;
+        for (uint32_t p = 0; p < L->dim; p++) {
+            uint32_t r = kvqi_rot_v16_coordinate(L->bits, p);
+            int32_t sum = 0;
+            for (size_t t = 0; t < n; t++)
+                sum += (int32_t)wq[t] * ((int32_t)L->cent_u8[rot_index(idx + t * L->code_size, L->bits, r)] - 128);
+            acc[(size_t)h * L->dim + p] += (float)sum * scale;
+        }
+    }
+}
+
 static float exp_sum(float *s, size_t n, float m) {
     float sum = 0.0f;
     for (size_t t = 0; t < n; t++) {
@@ -239,7 +273,7 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
 
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
-    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, outlier_add, axpy_rows, exp_sum,
+    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, NULL, 0, outlier_add, axpy_rows, exp_sum,
     score_signs,
 };
 
