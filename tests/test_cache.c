@@ -734,6 +734,17 @@ TEST(cache_simd_kernels_match_scalar) {
             K->axpy_rows(M, x, rows, 64, y2);
             CHECKF(close_arrays(y2, y1, 64, 1e-5), "%s axpy_rows %u", kvqi_isa_name((kvq_isa)isa), rows);
         }
+        /* block maximum: every length, masked (-inf) scores, the maximum anywhere */
+        for (size_t n = 1; n <= 70; n++) {
+            float sc[70];
+            fill_uniform(sc, n, 1600 + n);
+            for (size_t i = 0; i < n; i += 3) sc[i] = -INFINITY;
+            sc[(n * 7) % n] = n % 2 ? sc[(n * 7) % n] : 5.0f + (float)n;
+            CHECKF(K->max_of(sc, n) == S->max_of(sc, n), "%s max_of n %zu", kvqi_isa_name((kvq_isa)isa), n);
+            float want = -INFINITY;
+            for (size_t i = 0; i < n; i++) want = sc[i] > want ? sc[i] : want;
+            CHECK(S->max_of(sc, n) == want);
+        }
         /* exp: every length mod the vector width, arguments down to underflow */
         float e1[100], e2[100];
         for (size_t n = 1; n <= 100; n += 7) {

@@ -206,8 +206,7 @@ static void softmax_block(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G
     size_t B = KVQI_ATTEND_BLOCK, d = c->dim;
     for (uint32_t h = 0; h < G; h++) {
         float *sc = s->scores + h * B;
-        float bm = sc[0];
-        for (size_t t = 1; t < nb; t++) bm = sc[t] > bm ? sc[t] : bm;
+        float bm = c->kern->max_of(sc, nb);
         float m_new = bm > s->m[h] ? bm : s->m[h];
         if (m_new == -INFINITY) { /* every token so far is past this query: no weight */
             for (size_t t = 0; t < nb; t++) sc[t] = 0.0f;

@@ -5,6 +5,7 @@
  * that keep 4 heads x 2 vectors of accumulators in registers across a block of tokens.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "cpu/cache_kernels.h"
@@ -523,6 +524,7 @@ unpack_i8_3(const uint32_t BITS, const uint8_t *idx, uint32_t b, __m512i tab, __
         size_t cs = L->code_size;                                                            \
         const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)L->cent_u8)); \
         const __m512i lane_tok = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0); \
+        const __m512i head_major = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0); \
         const uint8_t *idx0 = k + L->index_offset[0], *nb = k + L->norm_offset;              \
         for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
             uint32_t hh[HG];                                                                 \
@@ -550,6 +552,14 @@ unpack_i8_3(const uint32_t BITS, const uint8_t *idx, uint32_t b, __m512i tab, __
                 __m512 nrm = _mm512_permutexvar_ps(lane_tok, _mm512_castps128_ps512(n4));    \
                 __m512i r = _mm512_sub_epi32(fold_lanes(v0, v1, v2, v3), vqsum);             \
                 __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(r), vscale), nrm); \
+                if (nt == 4 && h0 + HG <= G) { /* lanes 4 h + t: four stores of four */     \
+                    f = _mm512_permutexvar_ps(head_major, f);                                \
+                    _mm_storeu_ps(scores + h0 * ld + t0, _mm512_castps512_ps128(f));         \
+                    _mm_storeu_ps(scores + (h0 + 1) * ld + t0, _mm512_extractf32x4_ps(f, 1)); \
+                    _mm_storeu_ps(scores + (h0 + 2) * ld + t0, _mm512_extractf32x4_ps(f, 2)); \
+                    _mm_storeu_ps(scores + (h0 + 3) * ld + t0, _mm512_extractf32x4_ps(f, 3)); \
+                    continue;                                                                \
+                }                                                                            \
                 float out[16];                                                               \
                 _mm512_storeu_ps(out, f);                                                    \
                 for (size_t t = 0; t < nt; t++)                                              \
@@ -774,6 +784,15 @@ static float exp_sum(float *s, size_t n, float m) {
     return hsum(sum);
 }
 
+static float max_of(const float *s, size_t n) {
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    size_t t = 0;
+    for (; t + 16 <= n; t += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + t));
+    if (t < n) m = _mm512_mask_max_ps(m, (__mmask16)((1u << (n - t)) - 1u), m,
+                                      _mm512_maskz_loadu_ps((__mmask16)((1u << (n - t)) - 1u), s + t));
+    return _mm512_reduce_max_ps(m);
+}
+
 /* ------------------------------------------------------------ sign codes */
 
 /* 16 codes per step, one per lane: their sign bytes are transposed into a byte-major
@@ -837,5 +856,6 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
     k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;
     k->exp_sum = exp_sum;
+    k->max_of = max_of;
     k->score_signs = score_signs;
 }

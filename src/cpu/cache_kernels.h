@@ -138,6 +138,8 @@ typedef struct kvqi_cache_kernels {
     void (*axpy_rows)(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y);
     /* s[t] = exp(s[t] - m) for t < n; returns the sum. Same polynomial on every ISA. */
     float (*exp_sum)(float *s, size_t n, float m);
+    /* the largest of s[0..n), n >= 1 (the same on every ISA for scores without NaN) */
+    float (*max_of)(const float *s, size_t n);
     /* scores[h * ld + t] (+= when accumulate) = the sign estimate of code t for query h:
      * lut [G][m/8][256], zsum[h] = sum of query h's z. Every ISA sums the lookups of a
      * code in byte order and finishes in the same operations: bit-identical results. */

@@ -243,6 +243,12 @@ static float exp_sum(float *s, size_t n, float m) {
     return sum;
 }
 
+static float max_of(const float *s, size_t n) {
+    float m = s[0];
+    for (size_t t = 1; t < n; t++) m = s[t] > m ? s[t] : m;
+    return m;
+}
+
 void kvqi_cache_sign_lut(const float *z, uint32_t m, float *lut) {
     for (uint32_t j = 0; j < m / 8; j++) {
         float *L = lut + (size_t)j * 256;
@@ -274,7 +280,7 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
     accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, NULL, 0, outlier_add, axpy_rows, exp_sum,
-    score_signs,
+    max_of, score_signs,
 };
 
 static kvqi_cache_kernels g_avx2, g_avx512, g_neon;
