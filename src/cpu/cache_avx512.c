@@ -63,6 +63,11 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
     *x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d);
 }
 
+/* Scores: two tokens per pass, so each load of a query slice serves both (the query
+ * loads, not the multiply-adds, bound one token at a time); each token's sums are the
+ * same operations in the same order as one at a time. Sums: two 32-coordinate slices
+ * per pass over the block, 4 heads x 4 vectors of accumulators, so each weight is
+ * broadcast once per 64 coordinates. */
 #define DEFINE_ROW_KERNELS(NAME, DEC, SCALAR_SCORE, SCALAR_ACCUM)                             \
     static void score_##NAME(const float *q, uint32_t G, uint32_t dim, const uint8_t *k,     \
                              size_t stride, size_t n, float *scores, size_t ld) {            \
@@ -75,25 +80,47 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
             const float *qh[HG];                                                             \
             for (uint32_t h = 0; h < HG; h++)                                                \
                 qh[h] = q + (size_t)(h0 + h < G ? h0 + h : h0) * dim;                        \
-            for (size_t t = 0; t < n; t++) {                                                 \
+            for (size_t t = 0; t < n; t += 2) {                                              \
                 const uint8_t *row = k + t * stride;                                         \
+                const uint8_t *row1 = t + 1 < n ? row + stride : row;                        \
                 __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                  \
+                __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;                                   \
                 for (uint32_t b = 0; b < nb; b++) {                                          \
-                    __m512 x0, x1;                                                           \
+                    __m512 x0, x1, y0, y1;                                                   \
                     DEC(row, b, &x0, &x1);                                                   \
-                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[0] + 32 * b), x0, a0);           \
-                    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[1] + 32 * b), x0, a1);           \
-                    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[2] + 32 * b), x0, a2);           \
-                    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[3] + 32 * b), x0, a3);           \
-                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[0] + 32 * b + 16), x1, a0);      \
-                    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[1] + 32 * b + 16), x1, a1);      \
-                    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[2] + 32 * b + 16), x1, a2);      \
-                    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[3] + 32 * b + 16), x1, a3);      \
+                    DEC(row1, b, &y0, &y1);                                                  \
+                    __m512 q0 = _mm512_loadu_ps(qh[0] + 32 * b);                             \
+                    __m512 q1 = _mm512_loadu_ps(qh[1] + 32 * b);                             \
+                    __m512 q2 = _mm512_loadu_ps(qh[2] + 32 * b);                             \
+                    __m512 q3 = _mm512_loadu_ps(qh[3] + 32 * b);                             \
+                    a0 = _mm512_fmadd_ps(q0, x0, a0);                                        \
+                    a1 = _mm512_fmadd_ps(q1, x0, a1);                                        \
+                    a2 = _mm512_fmadd_ps(q2, x0, a2);                                        \
+                    a3 = _mm512_fmadd_ps(q3, x0, a3);                                        \
+                    b0 = _mm512_fmadd_ps(q0, y0, b0);                                        \
+                    b1 = _mm512_fmadd_ps(q1, y0, b1);                                        \
+                    b2 = _mm512_fmadd_ps(q2, y0, b2);                                        \
+                    b3 = _mm512_fmadd_ps(q3, y0, b3);                                        \
+                    q0 = _mm512_loadu_ps(qh[0] + 32 * b + 16);                               \
+                    q1 = _mm512_loadu_ps(qh[1] + 32 * b + 16);                               \
+                    q2 = _mm512_loadu_ps(qh[2] + 32 * b + 16);                               \
+                    q3 = _mm512_loadu_ps(qh[3] + 32 * b + 16);                               \
+                    a0 = _mm512_fmadd_ps(q0, x1, a0);                                        \
+                    a1 = _mm512_fmadd_ps(q1, x1, a1);                                        \
+                    a2 = _mm512_fmadd_ps(q2, x1, a2);                                        \
+                    a3 = _mm512_fmadd_ps(q3, x1, a3);                                        \
+                    b0 = _mm512_fmadd_ps(q0, y1, b0);                                        \
+                    b1 = _mm512_fmadd_ps(q1, y1, b1);                                        \
+                    b2 = _mm512_fmadd_ps(q2, y1, b2);                                        \
+                    b3 = _mm512_fmadd_ps(q3, y1, b3);                                        \
                 }                                                                            \
-                float s[4];                                                                  \
+                float s[8];                                                                  \
                 _mm_storeu_ps(s, hsum4(a0, a1, a2, a3));                                     \
-                for (uint32_t h = 0; h < HG && h0 + h < G; h++)                              \
+                _mm_storeu_ps(s + 4, hsum4(b0, b1, b2, b3));                                 \
+                for (uint32_t h = 0; h < HG && h0 + h < G; h++) {                            \
                     scores[(h0 + h) * ld + t] = s[h];                                        \
+                    if (t + 1 < n) scores[(h0 + h) * ld + t + 1] = s[4 + h];                 \
+                }                                                                            \
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
@@ -104,7 +131,7 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
             return;                                                                          \
         }                                                                                    \
         float zero_w[KVQI_MAX_BLOCK_TOKENS];                                                 \
-        float dummy[32];                                                                     \
+        float dummy[64];                                                                     \
         if (G % HG) memset(zero_w, 0, sizeof zero_w);                                        \
         for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
             const float *wh[HG];                                                             \
@@ -114,29 +141,42 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
                 wh[h] = ok ? w + (h0 + h) * ld : zero_w;                                     \
                 ah[h] = ok ? acc + (size_t)(h0 + h) * dim : dummy;                           \
             }                                                                                \
-            for (uint32_t b = 0; b < dim / 32; b++) {                                        \
-                __m512 r[8];                                                                 \
-                for (int i = 0; i < 8; i++) r[i] = _mm512_setzero_ps();                      \
+            for (uint32_t b = 0; b < dim / 32; b += 2) {                                     \
+                int two = b + 1 < dim / 32;                                                  \
+                __m512 r00 = _mm512_setzero_ps(), r01 = r00, r02 = r00, r03 = r00;           \
+                __m512 r10 = r00, r11 = r00, r12 = r00, r13 = r00;                           \
+                __m512 r20 = r00, r21 = r00, r22 = r00, r23 = r00;                           \
+                __m512 r30 = r00, r31 = r00, r32 = r00, r33 = r00;                           \
                 for (size_t t = 0; t < n; t++) {                                             \
-                    __m512 x0, x1;                                                           \
+                    __m512 x0, x1, x2 = r00, x3 = r00;                                       \
                     DEC(v + t * stride, b, &x0, &x1);                                        \
+                    if (two) DEC(v + t * stride, b + 1, &x2, &x3);                           \
                     __m512 w0 = _mm512_set1_ps(wh[0][t]), w1 = _mm512_set1_ps(wh[1][t]);     \
                     __m512 w2 = _mm512_set1_ps(wh[2][t]), w3 = _mm512_set1_ps(wh[3][t]);     \
-                    r[0] = _mm512_fmadd_ps(w0, x0, r[0]);                                    \
-                    r[1] = _mm512_fmadd_ps(w0, x1, r[1]);                                    \
-                    r[2] = _mm512_fmadd_ps(w1, x0, r[2]);                                    \
-                    r[3] = _mm512_fmadd_ps(w1, x1, r[3]);                                    \
-                    r[4] = _mm512_fmadd_ps(w2, x0, r[4]);                                    \
-                    r[5] = _mm512_fmadd_ps(w2, x1, r[5]);                                    \
-                    r[6] = _mm512_fmadd_ps(w3, x0, r[6]);                                    \
-                    r[7] = _mm512_fmadd_ps(w3, x1, r[7]);                                    \
+                    r00 = _mm512_fmadd_ps(w0, x0, r00);                                      \
+                    r01 = _mm512_fmadd_ps(w0, x1, r01);                                      \
+                    r02 = _mm512_fmadd_ps(w0, x2, r02);                                      \
+                    r03 = _mm512_fmadd_ps(w0, x3, r03);                                      \
+                    r10 = _mm512_fmadd_ps(w1, x0, r10);                                      \
+                    r11 = _mm512_fmadd_ps(w1, x1, r11);                                      \
+                    r12 = _mm512_fmadd_ps(w1, x2, r12);                                      \
+                    r13 = _mm512_fmadd_ps(w1, x3, r13);                                      \
+                    r20 = _mm512_fmadd_ps(w2, x0, r20);                                      \
+                    r21 = _mm512_fmadd_ps(w2, x1, r21);                                      \
+                    r22 = _mm512_fmadd_ps(w2, x2, r22);                                      \
+                    r23 = _mm512_fmadd_ps(w2, x3, r23);                                      \
+                    r30 = _mm512_fmadd_ps(w3, x0, r30);                                      \
+                    r31 = _mm512_fmadd_ps(w3, x1, r31);                                      \
+                    r32 = _mm512_fmadd_ps(w3, x2, r32);                                      \
+                    r33 = _mm512_fmadd_ps(w3, x3, r33);                                      \
                 }                                                                            \
+                __m512 r[HG][4] = {{r00, r01, r02, r03}, {r10, r11, r12, r13},               \
+                                   {r20, r21, r22, r23}, {r30, r31, r32, r33}};              \
                 for (uint32_t h = 0; h < HG; h++) {                                          \
                     if (ah[h] == dummy) continue;                                            \
                     float *p = ah[h] + 32 * b;                                               \
-                    _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), r[2 * h]));        \
-                    _mm512_storeu_ps(p + 16,                                                 \
-                                     _mm512_add_ps(_mm512_loadu_ps(p + 16), r[2 * h + 1]));  \
+                    for (int i = 0; i < (two ? 4 : 2); i++)                                  \
+                        _mm512_storeu_ps(p + 16 * i, _mm512_add_ps(_mm512_loadu_ps(p + 16 * i), r[h][i])); \
                 }                                                                            \
             }                                                                                \
         }                                                                                    \
