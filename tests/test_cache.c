@@ -608,6 +608,21 @@ TEST(cache_simd_kernels_match_scalar) {
                 }
             }
         }
+        /* the integer paths' orders are permutations of each 128-coordinate block */
+        for (uint32_t bits = 2; bits <= 4; bits++) {
+            uint8_t seen_k[256], seen_v[256];
+            memset(seen_k, 0, sizeof seen_k);
+            memset(seen_v, 0, sizeof seen_v);
+            for (uint32_t p = 0; p < 256; p++) {
+                uint32_t ck = kvqi_rot_i8_coordinate(bits, p), cv = kvqi_rot_v16_coordinate(bits, p);
+                CHECKF(ck / 128 == p / 128 && cv / 128 == p / 128, "bits %u lane %u leaves its block", bits, p);
+                if (ck < 256) seen_k[ck]++;
+                if (cv < 256) seen_v[cv]++;
+            }
+            for (uint32_t c = 0; c < 256; c++)
+                CHECKF(seen_k[c] == 1 && seen_v[c] == 1, "bits %u coordinate %u taken %u / %u times", bits, c,
+                       seen_k[c], seen_v[c]);
+        }
         /* integer key scores: exact sums, so bit-identical to the reference */
         for (uint32_t bits = 2; bits <= 4 && K->score_rot_i8; bits++) {
             for (uint32_t dim = 128; dim <= 256; dim += 128) {
