@@ -952,7 +952,7 @@ int kvq_cmd_bench(int argc, char **argv) {
             else printf("\"key_cosine\":%.5f,", r.key_cosine);
             printf("\"attn_rel_err\":%.6g,\"attn_rel_err_worst_layer\":%.6g,\"worst_layer\":%u,"
                    "\"encode_mvec_s\":%.3f,\"attend_ms\":%.4f,\"attend_cpu_ms\":%.4f,"
-                   "\"attend_mtok_s\":%.3f,\"attend_gb_s\":%.3f,\"read_ceiling_gb_s\":%.3f,"
+                   "\"attend_mtok_s\":%.3f,\"attend_gb_s\":%.6g,\"read_ceiling_gb_s\":%.6g,"
                    "\"attend_pct_of_ceiling\":%.2f,\"cache_bytes\":%llu,\"tokens_8gib\":%llu}\n",
                    r.attn_err, r.attn_err_max, r.worst_layer, r.encode_mvps, r.attend_ms, r.attend_cpu_ms,
                    r.attend_mtps, r.attend_gbs, ceiling, ceiling > 0 ? 100.0 * r.attend_gbs / ceiling : 0.0,
