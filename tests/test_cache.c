@@ -666,6 +666,60 @@ TEST(cache_simd_kernels_match_scalar) {
                 }
             }
         }
+        /* 1-bit keys of one to three passes in integers: bit-identical to the reference */
+        for (uint32_t passes = 1; passes <= 3 && K->score_rot1_i8; passes++) {
+            for (uint32_t dim = 128; dim <= 256; dim += 128) {
+                for (uint32_t G = 1; G <= 6; G++) {
+                    kvqi_rot_layout L;
+                    memset(&L, 0, sizeof L);
+                    L.dim = dim;
+                    L.bits = 1;
+                    L.n_pass = passes;
+                    for (uint32_t p = 0; p < passes; p++) {
+                        L.scale_offset[p] = 2 * p;
+                        L.index_offset[p] = 2 * passes + p * (dim / 8);
+                        L.centroids[p][0] = -0.7f / (float)(p + 1);
+                        L.centroids[p][1] = 0.9f / (float)(p + 1);
+                    }
+                    L.code_size = 2 * passes + passes * dim / 8 + 3;
+                    kvqi_rng r;
+                    kvqi_rng_seed(&r, 1700 + G + dim + 11 * passes);
+                    for (size_t i = 0; i < (size_t)N * L.code_size; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
+                    for (size_t t = 0; t < N; t++)
+                        for (uint32_t p = 0; p < passes; p++) {
+                            uint16_t h = kvqi_fp32_to_fp16(0.5f + 0.01f * (float)(t + p));
+                            memcpy(codes + t * L.code_size + 2 * p, &h, 2);
+                        }
+                    int8_t q8[6 * 256];
+                    float qsc[6];
+                    int32_t qsum[6];
+                    for (uint32_t h = 0; h < G; h++) {
+                        int32_t sum = 0;
+                        for (uint32_t j = 0; j < dim; j++) {
+                            q8[h * dim + j] = (int8_t)((int)(kvqi_rng_next(&r) % 255) - 127);
+                            sum += q8[h * dim + j];
+                        }
+                        qsum[h] = 128 * sum;
+                        qsc[h] = 0.002f * (float)(h + 1);
+                    }
+                    kvqi_cache_score_rot1_i8_ref(&L, q8, qsc, qsum, G, codes, N, s_ref, B);
+                    K->score_rot1_i8(&L, q8, qsc, qsum, G, codes, N, s_simd, B);
+                    for (uint32_t h = 0; h < G; h++)
+                        CHECKF(memcmp(s_ref + h * B, s_simd + h * B, N * sizeof(float)) == 0,
+                               "%s score_rot1_i8 passes %u dim %u G %u head %u",
+                               kvqi_isa_name((kvq_isa)isa), passes, dim, G, h);
+                    /* and the float scores of the same query, within the query's rounding */
+                    float qf[6 * 256];
+                    for (uint32_t i = 0; i < G * dim; i++) qf[i] = (float)q8[i];
+                    S->score_rot(&L, qf, G, codes, N, a_ref, B);
+                    for (uint32_t h = 0; h < G; h++)
+                        for (size_t t = 0; t < N; t++)
+                            CHECK_NEAR(s_ref[h * B + t], a_ref[h * B + t] * qsc[h],
+                                       1e-3 * (fabs(a_ref[h * B + t] * qsc[h]) + 1.0));
+                    tested++;
+                }
+            }
+        }
         /* integer value sums: exact, so bit-identical to the reference; blocks of every
          * parity, a head whose weights are all zero, a negative weight */
         for (uint32_t bits = 2; bits <= 4 && K->accum_rot_i16; bits++) {
@@ -830,9 +884,10 @@ TEST(cache_fused_paths_match_generic) {
         fused += c->key.path != KVQI_PATH_GENERIC;
         /* the integer key path rounds the query and the centroids to 8 bits: about 1 % on
          * the scores; every float path agrees to rounding */
-        int int8_keys = c->key.path == KVQI_PATH_ROT && c->key.rot.has_u8 &&
-                        c->kern->score_rot_i8 && (c->kern->rot_i8_bits >> c->key.rot.bits & 1u) &&
-                        dim % 128 == 0;
+        int int8_keys = c->key.path == KVQI_PATH_ROT && dim % 128 == 0 &&
+                        ((c->key.rot.has_u8 && c->kern->score_rot_i8 &&
+                          (c->kern->rot_i8_bits >> c->key.rot.bits & 1u)) ||
+                         (c->key.rot.bits == 1 && c->kern->score_rot1_i8));
         /* the integer value path rounds the weights to 16 bits and the centroids to 8 */
         int int_values = c->value.path == KVQI_PATH_ROT && c->value.rot.has_u8 &&
                          c->kern->accum_rot_i16 && (c->kern->rot_v16_bits >> c->value.rot.bits & 1u) &&

@@ -67,6 +67,12 @@ static int use_i8(const kvq_cache *c) {
            (c->kern->rot_i8_bits >> c->key.rot.bits & 1u) && c->dim % 128 == 0;
 }
 
+/* The integer path of 1-bit keys (any number of passes: turboquant_rvq at 1 bit). */
+static int use_i8_b1(const kvq_cache *c) {
+    return c->key.path == KVQI_PATH_ROT && c->key.rot.bits == 1 && c->kern->score_rot1_i8 &&
+           c->dim % 128 == 0;
+}
+
 /* The integer value path applies: 2- to 4-bit one-pass rotated values and a CPU with a
  * fast kernel for that width; the accumulator is then in kvqi_rot_v16_coordinate order. */
 static int use_v16(const kvq_cache *c) {
@@ -90,7 +96,7 @@ static void quantize_query(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t 
         q8[b] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
         sum += q8[b];
     }
-    s->q8_scale[h] = qs * c->key.rot.cent_scale;
+    s->q8_scale[h] = c->key.rot.has_u8 ? qs * c->key.rot.cent_scale : qs;
     s->q8_sum[h] = 128 * sum;
 }
 
@@ -167,6 +173,9 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
         if (use_i8(c))
             c->kern->score_rot_i8(&K->rot, s->q8, s->q8_scale, s->q8_sum, G, codes, nb,
                                   s->scores, B);
+        else if (use_i8_b1(c))
+            c->kern->score_rot1_i8(&K->rot, s->q8, s->q8_scale, s->q8_sum, G, codes, nb,
+                                   s->scores, B);
         else
             c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
         break;
@@ -370,7 +379,7 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
             else
                 c->kern->score_f32(tmp, 1, d, (const uint8_t *)c->key.rotation, d * sizeof(float), d, nat, d);
             for (uint32_t p = 0; p < d; p++) qk[p] = nat[c->key.lane[p]];
-            if (use_i8(c)) quantize_query(c, s, v, qk);
+            if (use_i8(c) || use_i8_b1(c)) quantize_query(c, s, v, qk);
         } else if (c->key.path == KVQI_PATH_SIGNS) {
             /* z = P x, its sum and its table; the mse part's rotated query */
             const kvqi_side *K = &c->key;

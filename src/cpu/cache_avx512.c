@@ -628,6 +628,98 @@ score_rot_i8_vbmi(const kvqi_rot_layout *L, const int8_t *q8, const float *qscal
     else score_rot_i8_vnni(L, q8, qscale, qsum, G, k, n, scores, ld);
 }
 
+/* 1-bit passes: each pass's 128 bits per block become 0/1 bytes (a masked move of ones)
+ * against the int8 query, so S_p of four heads costs 2 vpdpbusd per head and block. */
+__attribute__((target("avx512vnni"))) static inline __m512i
+token_b1(const uint8_t *bits, uint32_t nblk, const int8_t *q0, const int8_t *q1, const int8_t *q2,
+         const int8_t *q3) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (uint32_t b = 0; b < nblk; b++) {
+        uint64_t w0, w1;
+        memcpy(&w0, bits + 16 * b, 8);
+        memcpy(&w1, bits + 16 * b + 8, 8);
+        __m512i lo = _mm512_maskz_mov_epi8(_cvtu64_mask64(w0), ones);
+        __m512i hi = _mm512_maskz_mov_epi8(_cvtu64_mask64(w1), ones);
+        size_t o = 128 * (size_t)b;
+        a0 = _mm512_dpbusd_epi32(a0, lo, _mm512_loadu_si512(q0 + o));
+        a1 = _mm512_dpbusd_epi32(a1, lo, _mm512_loadu_si512(q1 + o));
+        a2 = _mm512_dpbusd_epi32(a2, lo, _mm512_loadu_si512(q2 + o));
+        a3 = _mm512_dpbusd_epi32(a3, lo, _mm512_loadu_si512(q3 + o));
+        a0 = _mm512_dpbusd_epi32(a0, hi, _mm512_loadu_si512(q0 + o + 64));
+        a1 = _mm512_dpbusd_epi32(a1, hi, _mm512_loadu_si512(q1 + o + 64));
+        a2 = _mm512_dpbusd_epi32(a2, hi, _mm512_loadu_si512(q2 + o + 64));
+        a3 = _mm512_dpbusd_epi32(a3, hi, _mm512_loadu_si512(q3 + o + 64));
+    }
+    return fold4(a0, a1, a2, a3);
+}
+
+/* Four tokens at a time, one pass after another: lane 4 t + h accumulates
+ * s_p (c_p[0] qsum / 128 + (c_p[1] - c_p[0]) S_p) in the reference's order. */
+__attribute__((target("avx512vnni"))) static void
+score_rot1_i8(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale, const int32_t *qsum,
+              uint32_t G, const uint8_t *k, size_t n, float *scores, size_t ld) {
+    uint32_t dim = L->dim, nblk = dim / 128;
+    size_t cs = L->code_size;
+    const __m512i lane_tok = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i head_major = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+        uint32_t hh[HG];
+        for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
+        const int8_t *q0 = q8 + (size_t)hh[0] * dim, *q1 = q8 + (size_t)hh[1] * dim;
+        const int8_t *q2 = q8 + (size_t)hh[2] * dim, *q3 = q8 + (size_t)hh[3] * dim;
+        float scl[16], qf[16];
+        for (int i = 0; i < 16; i++) {
+            scl[i] = qscale[hh[i % 4]];
+            qf[i] = (float)(qsum[hh[i % 4]] / 128);
+        }
+        const __m512 vscale = _mm512_loadu_ps(scl), vqf = _mm512_loadu_ps(qf);
+        for (size_t t0 = 0; t0 < n; t0 += 4) {
+            size_t nt = n - t0 < 4 ? n - t0 : 4;
+            size_t tt[4] = {t0, t0 + (nt > 1), t0 + (nt > 2 ? 2 : nt - 1), t0 + nt - 1};
+            const uint8_t *c0 = k + tt[0] * cs, *c1 = k + tt[1] * cs, *c2 = k + tt[2] * cs,
+                          *c3 = k + tt[3] * cs;
+            __m512 acc = _mm512_setzero_ps();
+            for (uint32_t p = 0; p < L->n_pass; p++) {
+                uint32_t io = L->index_offset[p];
+                __m512i v0 = token_b1(c0 + io, nblk, q0, q1, q2, q3);
+                __m512i v1 = token_b1(c1 + io, nblk, q0, q1, q2, q3);
+                __m512i v2 = token_b1(c2 + io, nblk, q0, q1, q2, q3);
+                __m512i v3 = token_b1(c3 + io, nblk, q0, q1, q2, q3);
+                __m512 S = _mm512_cvtepi32_ps(fold_lanes(v0, v1, v2, v3));
+                __m512 sp = _mm512_set1_ps(1.0f);
+                if (p) {
+                    uint32_t so = L->scale_offset[p];
+                    __m128 s4 = _mm_set_ps(fp16_scalar(c3 + so), fp16_scalar(c2 + so),
+                                           fp16_scalar(c1 + so), fp16_scalar(c0 + so));
+                    sp = _mm512_permutexvar_ps(lane_tok, _mm512_castps128_ps512(s4));
+                }
+                __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(L->centroids[p][0]), vqf),
+                                         _mm512_mul_ps(_mm512_set1_ps(L->centroids[p][1] - L->centroids[p][0]), S));
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(sp, v));
+            }
+            const uint8_t *nb = k + L->norm_offset;
+            __m128 n4 = _mm_set_ps(fp16_scalar(nb + tt[3] * cs), fp16_scalar(nb + tt[2] * cs),
+                                   fp16_scalar(nb + tt[1] * cs), fp16_scalar(nb + tt[0] * cs));
+            __m512 nrm = _mm512_permutexvar_ps(lane_tok, _mm512_castps128_ps512(n4));
+            __m512 f = _mm512_mul_ps(_mm512_mul_ps(acc, vscale), nrm);
+            if (nt == 4 && h0 + HG <= G) {
+                f = _mm512_permutexvar_ps(head_major, f);
+                _mm_storeu_ps(scores + h0 * ld + t0, _mm512_castps512_ps128(f));
+                _mm_storeu_ps(scores + (h0 + 1) * ld + t0, _mm512_extractf32x4_ps(f, 1));
+                _mm_storeu_ps(scores + (h0 + 2) * ld + t0, _mm512_extractf32x4_ps(f, 2));
+                _mm_storeu_ps(scores + (h0 + 3) * ld + t0, _mm512_extractf32x4_ps(f, 3));
+                continue;
+            }
+            float out[16];
+            _mm512_storeu_ps(out, f);
+            for (size_t t = 0; t < nt; t++)
+                for (uint32_t h = 0; h < HG && h0 + h < G; h++)
+                    scores[(h0 + h) * ld + t0 + t] = out[4 * t + h];
+        }
+    }
+}
+
 /* ------------------------------------------------- integer value sums (VNNI) */
 
 /* One half (64 coordinates, HALF 0 or 1) of unpack_i8_*: the same bytes, the same order. */
@@ -892,6 +984,7 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
         k->rot_i8_bits = 1u << 2 | 1u << 4 | (vbmi ? 1u << 3 : 0u);
         k->accum_rot_i16 = vbmi ? accum_rot_i16_vbmi : accum_rot_i16_vnni;
         k->rot_v16_bits = k->rot_i8_bits;
+        k->score_rot1_i8 = score_rot1_i8;
     }
     k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;

@@ -122,6 +122,13 @@ typedef struct kvqi_cache_kernels {
                          const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
                          float *scores, size_t ld);
     uint32_t rot_i8_bits;
+    /* Keys of 1-bit rotated codes of any number of passes (dim % 128 == 0) in integers:
+     * S_p = sum of q8[h][r] over the coordinates r whose pass-p bit is set (natural
+     * order), then score = norm * qscale[h] * sum_p s_p (c_p[0] qsum[h] / 128 +
+     * (c_p[1] - c_p[0]) S_p) in the reference's float order. NULL without VNNI. */
+    void (*score_rot1_i8)(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
+                          const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
+                          float *scores, size_t ld);
     /* Values of 2-, 3- or 4-bit one-pass rotated codes (has_u8, dim % 128 == 0) in
      * integers: per head, wn_t = w[h][t] * norm_t rounded to 16 bits against the block's
      * largest |wn| (kvqi_cache_accum_rot_i16_ref gives the exact steps), summed against
@@ -188,6 +195,10 @@ extern const kvqi_cache_kernels kvqi_cache_kernels_scalar;
 void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
                                  const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
                                  float *scores, size_t ld);
+/* Reference of score_rot1_i8 (exact integer sums, the same float steps: bit for bit). */
+void kvqi_cache_score_rot1_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
+                                  const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
+                                  float *scores, size_t ld);
 /* Reference of accum_rot_i16 (exact integer sums: SIMD versions match it bit for bit). */
 void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
                                   const uint8_t *v, size_t n, float *acc);

@@ -201,6 +201,29 @@ void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, con
     }
 }
 
+void kvqi_cache_score_rot1_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
+                                  const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
+                                  float *scores, size_t ld) {
+    for (size_t t = 0; t < n; t++) {
+        const uint8_t *code = k + t * L->code_size;
+        float norm = fp16_at(code + L->norm_offset);
+        for (uint32_t h = 0; h < G; h++) {
+            float acc = 0.0f, qf = (float)(qsum[h] / 128);
+            for (uint32_t p = 0; p < L->n_pass; p++) {
+                const uint8_t *bits = code + L->index_offset[p];
+                int32_t S = 0;
+                for (uint32_t r = 0; r < L->dim; r++)
+                    if (bits[r / 8] >> (r % 8) & 1) S += q8[(size_t)h * L->dim + r];
+                float sp = p ? fp16_at(code + L->scale_offset[p]) : 1.0f;
+                float d = L->centroids[p][1] - L->centroids[p][0];
+                float v = L->centroids[p][0] * qf + d * (float)S;
+                acc = acc + sp * v;
+            }
+            scores[h * ld + t] = acc * qscale[h] * norm;
+        }
+    }
+}
+
 float kvqi_cache_rot_weights_i16(const kvqi_rot_layout *L, const float *w, const uint8_t *v,
                                  size_t n, int16_t *wq) {
     float wn[KVQI_MAX_BLOCK_TOKENS], mx = 0.0f;
@@ -279,7 +302,7 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
 
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
-    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, NULL, 0, outlier_add, axpy_rows, exp_sum,
+    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, NULL, NULL, 0, outlier_add, axpy_rows, exp_sum,
     max_of,         score_signs, kvqi_chan_score_scalar,
 };
 
