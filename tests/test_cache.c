@@ -884,10 +884,12 @@ TEST(cache_fused_paths_match_generic) {
         fused += c->key.path != KVQI_PATH_GENERIC;
         /* the integer key path rounds the query and the centroids to 8 bits: about 1 % on
          * the scores; every float path agrees to rounding */
-        int int8_keys = c->key.path == KVQI_PATH_ROT && dim % 128 == 0 &&
-                        ((c->key.rot.has_u8 && c->kern->score_rot_i8 &&
-                          (c->kern->rot_i8_bits >> c->key.rot.bits & 1u)) ||
-                         (c->key.rot.bits == 1 && c->kern->score_rot1_i8));
+        int int8_keys = (c->key.path == KVQI_PATH_ROT && dim % 128 == 0 &&
+                         ((c->key.rot.has_u8 && c->kern->score_rot_i8 &&
+                           (c->kern->rot_i8_bits >> c->key.rot.bits & 1u)) ||
+                          (c->key.rot.bits == 1 && c->kern->score_rot1_i8))) ||
+                        (c->key.path == KVQI_PATH_SIGNS && c->kern->score_signs_i8 &&
+                         c->key.signs.m == dim && dim % 128 == 0);
         /* the integer value path rounds the weights to 16 bits and the centroids to 8 */
         int int_values = c->value.path == KVQI_PATH_ROT && c->value.rot.has_u8 &&
                          c->kern->accum_rot_i16 && (c->kern->rot_v16_bits >> c->value.rot.bits & 1u) &&
@@ -1019,6 +1021,63 @@ TEST(cache_sign_kernels_match_scalar) {
     }
     if (!tested) SKIP("no SIMD ISA on this CPU");
     free(z), free(lut), free(s_ref), free(s_simd), free(codes);
+}
+
+/* Sign keys in integers: bit-identical to their reference, with and without a
+ * denominator, accumulating or not; within the int8 rounding of z of the float path. */
+TEST(cache_sign_i8_kernels_match_reference) {
+    enum { N = 45 };
+    kvq_isa isa;
+    REQUIRE_OK(kvqi_isa_resolve(KVQ_ISA_AUTO, &isa));
+    const kvqi_cache_kernels *K = kvqi_cache_kernels_for(isa);
+    if (!K->score_signs_i8) SKIP("no 8-bit dot product on this CPU");
+    for (uint32_t m = 128; m <= 256; m += 128)
+        for (int den = 0; den < 2; den++)
+            for (int acc = 0; acc < 2; acc++)
+                for (uint32_t G = 1; G <= 6; G++) {
+                    kvqi_sign_layout L;
+                    memset(&L, 0, sizeof L);
+                    L.m = m;
+                    L.num_offset = 0;
+                    L.den_offset = den ? 2 : KVQI_SIGN_NO_DEN;
+                    L.bits_offset = 4;
+                    L.code_size = 4 + m / 8 + 1;
+                    L.c0 = 0.0883f;
+                    uint8_t codes[N * (4 + 256 / 8 + 1)];
+                    kvqi_rng r;
+                    kvqi_rng_seed(&r, 1800 + m + G + 10 * den + 100 * acc);
+                    for (size_t i = 0; i < sizeof codes; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
+                    for (size_t t = 0; t < N; t++) {
+                        uint16_t a = kvqi_fp32_to_fp16(0.5f + 0.02f * (float)t), b = kvqi_fp32_to_fp16(0.7f);
+                        memcpy(codes + t * L.code_size, &a, 2);
+                        memcpy(codes + t * L.code_size + 2, &b, 2);
+                    }
+                    int8_t z8[6 * 256];
+                    float zf[6 * 256], zsc[6], zsum[6], lut[256 / 8 * 256 * 6];
+                    int32_t zs8[6];
+                    for (uint32_t h = 0; h < G; h++) {
+                        zs8[h] = 0;
+                        zsum[h] = 0.0f;
+                        zsc[h] = 0.01f * (float)(h + 1);
+                        for (uint32_t i = 0; i < m; i++) {
+                            z8[h * m + i] = (int8_t)((int)(kvqi_rng_next(&r) % 255) - 127);
+                            zs8[h] += z8[h * m + i];
+                            zf[h * m + i] = (float)z8[h * m + i] * zsc[h];
+                            zsum[h] += zf[h * m + i];
+                        }
+                        kvqi_cache_sign_lut(zf + h * m, m, lut + (size_t)h * (m / 8) * 256);
+                    }
+                    float s_ref[6 * 64], s_got[6 * 64], s_flt[6 * 64];
+                    for (size_t i = 0; i < 6 * 64; i++) s_ref[i] = s_got[i] = s_flt[i] = (float)i * 0.01f;
+                    kvqi_cache_score_signs_i8_ref(&L, z8, zsc, zs8, G, codes, N, acc, s_ref, 64);
+                    K->score_signs_i8(&L, z8, zsc, zs8, G, codes, N, acc, s_got, 64);
+                    CHECKF(memcmp(s_ref, s_got, sizeof s_ref) == 0, "score_signs_i8 m %u den %d acc %d G %u",
+                           m, den, acc, G);
+                    kvqi_cache_kernels_scalar.score_signs(&L, lut, zsum, G, codes, N, acc, s_flt, 64);
+                    for (uint32_t h = 0; h < G; h++)
+                        for (size_t t = 0; t < N; t++)
+                            CHECK_NEAR(s_ref[h * 64 + t], s_flt[h * 64 + t], 1e-3 * (fabs(s_flt[h * 64 + t]) + 1.0));
+                }
 }
 
 /* The sign keys' fused path scores like the quantizer's own estimator: kvq_score and the

@@ -73,6 +73,12 @@ static int use_i8_b1(const kvq_cache *c) {
            c->dim % 128 == 0;
 }
 
+/* The integer path of sign keys: the projection as wide as the head (m == dim). */
+static int use_signs_i8(const kvq_cache *c) {
+    return c->key.path == KVQI_PATH_SIGNS && c->kern->score_signs_i8 && c->key.signs.m == c->dim &&
+           c->dim % 128 == 0;
+}
+
 /* The integer value path applies: 2- to 4-bit one-pass rotated values and a CPU with a
  * fast kernel for that width; the accumulator is then in kvqi_rot_v16_coordinate order. */
 static int use_v16(const kvq_cache *c) {
@@ -185,7 +191,11 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
     case KVQI_PATH_SIGNS:
         /* turboquant_prod: the mse part first, the residual's signs added */
         if (K->signs_mse) c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
-        c->kern->score_signs(&K->signs, s->lut, s->zsum, G, codes, nb, K->signs_mse, s->scores, B);
+        if (use_signs_i8(c))
+            c->kern->score_signs_i8(&K->signs, s->q8, s->q8_scale, s->q8_sum, G, codes, nb,
+                                    K->signs_mse, s->scores, B);
+        else
+            c->kern->score_signs(&K->signs, s->lut, s->zsum, G, codes, nb, K->signs_mse, s->scores, B);
         break;
     default: /* scored ahead by score_span */
         for (uint32_t h = 0; h < G; h++)
@@ -389,7 +399,22 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
             float zs = 0.0f;
             for (uint32_t i = 0; i < m; i++) zs += z[i];
             s->zsum[v] = zs;
-            kvqi_cache_sign_lut(z, m, s->lut + (size_t)v * (m / 8) * 256);
+            if (use_signs_i8(c)) { /* z in int8, symmetric scale max|z|/127 */
+                float zmax = 0.0f;
+                for (uint32_t i = 0; i < m; i++) zmax = fmaxf(zmax, fabsf(z[i]));
+                float zsc = zmax > 0.0f ? zmax / 127.0f : 1.0f;
+                int8_t *z8 = s->q8 + (size_t)v * d;
+                int32_t sum = 0;
+                for (uint32_t i = 0; i < m; i++) {
+                    int q8 = (int)lrintf(z[i] / zsc);
+                    z8[i] = (int8_t)(q8 > 127 ? 127 : q8 < -127 ? -127 : q8);
+                    sum += z8[i];
+                }
+                s->q8_scale[v] = zsc;
+                s->q8_sum[v] = sum;
+            } else {
+                kvqi_cache_sign_lut(z, m, s->lut + (size_t)v * (m / 8) * 256);
+            }
             if (K->signs_mse)
                 c->kern->score_f32(tmp, 1, d, (const uint8_t *)K->rotation, d * sizeof(float), d, qk, d);
             else

@@ -720,6 +720,53 @@ score_rot1_i8(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale, c
     }
 }
 
+/* Sign codes against the int8 projection: the same 0/1-byte sums as the 1-bit keys. */
+__attribute__((target("avx512vnni"))) static void
+score_signs_i8(const kvqi_sign_layout *L, const int8_t *z8, const float *zscale, const int32_t *zsum8,
+               uint32_t G, const uint8_t *k, size_t n, int accumulate, float *scores, size_t ld) {
+    uint32_t m = L->m, nblk = m / 128;
+    size_t cs = L->code_size;
+    const __m512i lane_tok = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+        uint32_t hh[HG];
+        for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
+        const int8_t *q0 = z8 + (size_t)hh[0] * m, *q1 = z8 + (size_t)hh[1] * m;
+        const int8_t *q2 = z8 + (size_t)hh[2] * m, *q3 = z8 + (size_t)hh[3] * m;
+        float scl[16];
+        int32_t zs[16];
+        for (int i = 0; i < 16; i++) {
+            scl[i] = zscale[hh[i % 4]];
+            zs[i] = zsum8[hh[i % 4]];
+        }
+        const __m512 vscale = _mm512_loadu_ps(scl);
+        const __m512i vzs = _mm512_loadu_si512(zs);
+        for (size_t t0 = 0; t0 < n; t0 += 4) {
+            size_t nt = n - t0 < 4 ? n - t0 : 4;
+            size_t tt[4] = {t0, t0 + (nt > 1), t0 + (nt > 2 ? 2 : nt - 1), t0 + nt - 1};
+            float fv[4];
+            __m512i v[4];
+            for (int i = 0; i < 4; i++) {
+                const uint8_t *c = k + tt[i] * cs;
+                float f = fp16_scalar(c + L->num_offset);
+                if (L->den_offset != KVQI_SIGN_NO_DEN) f = f / fp16_scalar(c + L->den_offset);
+                fv[i] = f * L->c0;
+                v[i] = token_b1(c + L->bits_offset, nblk, q0, q1, q2, q3);
+            }
+            __m512i S = fold_lanes(v[0], v[1], v[2], v[3]);
+            __m512i d = _mm512_sub_epi32(_mm512_add_epi32(S, S), vzs);
+            __m512 f = _mm512_permutexvar_ps(lane_tok, _mm512_castps128_ps512(_mm_loadu_ps(fv)));
+            __m512 r = _mm512_mul_ps(f, _mm512_mul_ps(vscale, _mm512_cvtepi32_ps(d)));
+            float out[16];
+            _mm512_storeu_ps(out, r);
+            for (size_t t = 0; t < nt; t++)
+                for (uint32_t h = 0; h < HG && h0 + h < G; h++) {
+                    float *dst = scores + (h0 + h) * ld + t0 + t;
+                    *dst = accumulate ? *dst + out[4 * t + h] : out[4 * t + h];
+                }
+        }
+    }
+}
+
 /* ------------------------------------------------- integer value sums (VNNI) */
 
 /* One half (64 coordinates, HALF 0 or 1) of unpack_i8_*: the same bytes, the same order. */
@@ -985,6 +1032,7 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
         k->accum_rot_i16 = vbmi ? accum_rot_i16_vbmi : accum_rot_i16_vnni;
         k->rot_v16_bits = k->rot_i8_bits;
         k->score_rot1_i8 = score_rot1_i8;
+        k->score_signs_i8 = score_signs_i8;
     }
     k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;

@@ -122,6 +122,12 @@ typedef struct kvqi_cache_kernels {
                          const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
                          float *scores, size_t ld);
     uint32_t rot_i8_bits;
+    /* Sign codes (m == dim, dim % 128 == 0) against an int8 projection z8 = round(z /
+     * zscale): S = sum of z8 over the set bits, v = f * (zscale[h] * (2 S - zsum8[h]))
+     * with f as score_signs takes it; scores = v (+= with accumulate). NULL without VNNI. */
+    void (*score_signs_i8)(const kvqi_sign_layout *L, const int8_t *z8, const float *zscale,
+                           const int32_t *zsum8, uint32_t G, const uint8_t *k, size_t n,
+                           int accumulate, float *scores, size_t ld);
     /* Keys of 1-bit rotated codes of any number of passes (dim % 128 == 0) in integers:
      * S_p = sum of q8[h][r] over the coordinates r whose pass-p bit is set (natural
      * order), then score = norm * qscale[h] * sum_p s_p (c_p[0] qsum[h] / 128 +
@@ -195,6 +201,10 @@ extern const kvqi_cache_kernels kvqi_cache_kernels_scalar;
 void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
                                  const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
                                  float *scores, size_t ld);
+/* Reference of score_signs_i8 (exact integer sums, the same float steps). */
+void kvqi_cache_score_signs_i8_ref(const kvqi_sign_layout *L, const int8_t *z8, const float *zscale,
+                                   const int32_t *zsum8, uint32_t G, const uint8_t *k, size_t n,
+                                   int accumulate, float *scores, size_t ld);
 /* Reference of score_rot1_i8 (exact integer sums, the same float steps: bit for bit). */
 void kvqi_cache_score_rot1_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
                                   const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,

@@ -201,6 +201,24 @@ void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, con
     }
 }
 
+void kvqi_cache_score_signs_i8_ref(const kvqi_sign_layout *L, const int8_t *z8, const float *zscale,
+                                   const int32_t *zsum8, uint32_t G, const uint8_t *k, size_t n,
+                                   int accumulate, float *scores, size_t ld) {
+    for (size_t t = 0; t < n; t++) {
+        const uint8_t *c = k + t * L->code_size, *bits = c + L->bits_offset;
+        float f = fp16_at(c + L->num_offset);
+        if (L->den_offset != KVQI_SIGN_NO_DEN) f = f / fp16_at(c + L->den_offset);
+        f = f * L->c0;
+        for (uint32_t h = 0; h < G; h++) {
+            int32_t S = 0;
+            for (uint32_t i = 0; i < L->m; i++)
+                if (bits[i / 8] >> (i % 8) & 1) S += z8[(size_t)h * L->m + i];
+            float v = f * (zscale[h] * (float)(2 * S - zsum8[h]));
+            scores[h * ld + t] = accumulate ? scores[h * ld + t] + v : v;
+        }
+    }
+}
+
 void kvqi_cache_score_rot1_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
                                   const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
                                   float *scores, size_t ld) {
@@ -302,7 +320,7 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
 
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
-    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, NULL, NULL, 0, outlier_add, axpy_rows, exp_sum,
+    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, NULL, NULL, NULL, 0, outlier_add, axpy_rows, exp_sum,
     max_of,         score_signs, kvqi_chan_score_scalar,
 };
 
