@@ -475,6 +475,7 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
     size_t coded_stop = KVQI_MIN(coded_end, t_end), coded_start = KVQI_MAX(t_begin, sink_end);
     for (size_t t0 = coded_start; t0 < coded_stop;) {
         size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_stop - t0, C - in));
+        if (c->key.path == KVQI_PATH_CHAN) nb = KVQI_MIN(nb, 64 - in % 64); /* one code group */
         const uint8_t *chunk = c->chunks[t0 / C];
         prefetch_block(c, g, t0 + nb, coded_stop);
         if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == coded_start))
