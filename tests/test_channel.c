@@ -130,13 +130,15 @@ TEST(channel_cache_keys_within_half_step) {
                     mx = fmaxf(mx, x);
                 }
                 for (size_t t = ch ? 0 : 1; t < C; t++) {
-                    const float *row = k + ((ch * C + t) * n_kv + g) * dim;
+                    const float *row = k + ((ch * C + t) * n_kv + g) * dim, *mu = c->key_mean + g * dim;
                     float x = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(row[j])), amax = 0.0f;
-                    for (uint32_t i = j / 32 * 32; i < j / 32 * 32 + 32; i++) amax = fmaxf(amax, fabsf(row[i]));
+                    /* the ring holds keys minus the head's mean (tokens past the probe) */
+                    for (uint32_t i = j / 32 * 32; i < j / 32 * 32 + 32; i++)
+                        amax = fmaxf(amax, fabsf(row[i] - (ch * C + t >= 32 ? mu[i] : 0.0f)));
                     uint32_t code = b ? kvqi_chan_code_at(blk + c->chan_off[g * dim + j] + t / 64 * 8 * b, b,
                                                           (uint32_t)(t % 64))
                                       : 0;
-                    float y = b ? lo + step * (float)code : lo;
+                    float y = (b ? lo + step * (float)code : lo) + mu[j]; /* coded centered */
                     double bound = b ? 0.5 * (mx - mn) / ((1u << b) - 1u) : 0.5 * (mx - mn);
                     /* the ring's q8_0 copy (half its step: amax / 254 of the token's block
                      * of 32, on the value and on the range), then fp16 minimum and step */
@@ -339,4 +341,61 @@ TEST(channel_code_fields_round_trip) {
         /* exactly 8 * b bytes used */
         for (uint32_t i = 8 * b; i < 64; i++) CHECK(group[i] == 0);
     }
+}
+
+/* A sliding-window cache on channel keys (Gemma's local layers): each query sees its
+ * last SW positions, chunks behind the window are freed, and a chunk partly behind it is
+ * coded from the tokens still visible. */
+TEST(channel_cache_sliding_window) {
+    const uint32_t n_kv = 1, H = 4, dim = 64, SW = 100;
+    const size_t n = 700;
+    float *k = rope_like(n, n_kv, dim, 61), *v = rope_like(n, n_kv, dim, 62);
+    float *q = rope_like(n, H, dim, 63);
+    float *ref = malloc(64 * (size_t)H * dim * sizeof(float)), *out = malloc(64 * (size_t)H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref && out);
+    for (size_t i = 0; i < n * n_kv * dim; i++) {
+        k[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(k[i]));
+        v[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(v[i]));
+    }
+    for (size_t i = 0; i < n * H * dim; i++) q[i] *= 0.3f;
+    kvq_cache_config cfg;
+    /* values exact, so the keys' coding alone differs from the reference */
+    REQUIRE_OK(kvq_cache_config_parse("channel:bits=4+fp16@sink=1,window=8", n_kv, dim, &cfg, NULL, 0));
+    cfg.sliding_window = SW;
+    kvq_cache *c;
+    REQUIRE_OK(kvq_cache_create(&cfg, &c));
+    size_t have = 0, step = 0;
+    double worst = 0.0;
+    while (have < n) {
+        /* batches of 7, 8 and once 150 (more than the window: chunks skipped whole) */
+        size_t nb = KVQI_MIN(step == 30 ? (size_t)150 : (size_t)(step % 2 ? 7 : 8), n - have);
+        if (nb > 64) { /* attend at most 64 queries at once here */
+            REQUIRE_OK(kvq_cache_append(c, k + have * n_kv * dim, v + have * n_kv * dim, nb - 64));
+            have += nb - 64;
+            nb = 64;
+        }
+        REQUIRE_OK(kvq_cache_append(c, k + have * n_kv * dim, v + have * n_kv * dim, nb));
+        have += nb;
+        step++;
+        REQUIRE_OK(kvq_cache_attend(c, q + (have - nb) * H * dim, H, nb, 0.125f, NULL, out));
+        for (size_t i = 0; i < nb; i++) {
+            size_t p = have - nb + i, lo = p + 1 > SW ? p + 1 - SW : 0;
+            ref_attend1(q + p * H * dim, k + lo * n_kv * dim, v + lo * n_kv * dim, p + 1 - lo, n_kv, H, dim,
+                        0.125f, ref + i * H * dim);
+        }
+        double num = 0.0, den = 0.0;
+        for (size_t i = 0; i < nb * H * dim; i++) {
+            num += ((double)out[i] - ref[i]) * ((double)out[i] - ref[i]);
+            den += (double)ref[i] * ref[i];
+        }
+        if (sqrt(num / den) > worst) worst = sqrt(num / den);
+    }
+    CHECKF(worst < 2e-3, "worst relative error %.4f", worst);
+    kvq_cache_memory_info m;
+    REQUIRE_OK(kvq_cache_memory(c, &m));
+    /* codes for at most the window, a batch and two chunks, not the 700 tokens */
+    CHECKF(m.key_codes <= (uint64_t)(SW + 64 + 128) * c->key.code_size, "%llu bytes of key codes",
+           (unsigned long long)m.key_codes);
+    kvq_cache_free(c);
+    free(k), free(v), free(q), free(ref), free(out);
 }

@@ -45,6 +45,14 @@ static inline __attribute__((always_inline)) void field1(const uint8_t *g, __m51
     for (int i = 0; i < 4; i++) v[i] = _mm512_maskz_mov_epi32((__mmask16)(x >> (16 * i)), one);
 }
 
+/* u += 2^s at the tokens whose bit is set: a 1-bit field above lower ones */
+static inline __attribute__((always_inline)) void add1(const uint8_t *g, __m512i u[4], int s) {
+    uint64_t x;
+    memcpy(&x, g, 8);
+    const __m512i p = _mm512_set1_epi32(1 << s);
+    for (int i = 0; i < 4; i++) u[i] = _mm512_mask_add_epi32(u[i], (__mmask16)(x >> (16 * i)), u[i], p);
+}
+
 /* u |= v << s */
 static inline __attribute__((always_inline)) void put(__m512i u[4], const __m512i v[4], int s) {
     for (int i = 0; i < 4; i++) u[i] = _mm512_or_si512(u[i], _mm512_slli_epi32(v[i], (unsigned)s));
@@ -56,11 +64,11 @@ static inline __attribute__((always_inline)) void decode64(const uint8_t *g, uin
     switch (bits) {
     case 1: field1(g, u); break;
     case 2: field2(g, u); break;
-    case 3: field2(g, u), field1(g + 16, v), put(u, v, 2); break;
+    case 3: field2(g, u), add1(g + 16, u, 2); break;
     case 4: field4(g, u); break;
-    case 5: field4(g, u), field1(g + 32, v), put(u, v, 4); break;
+    case 5: field4(g, u), add1(g + 32, u, 4); break;
     case 6: field4(g, u), field2(g + 32, v), put(u, v, 4); break;
-    case 7: field4(g, u), field2(g + 32, v), put(u, v, 4), field1(g + 48, v), put(u, v, 6); break;
+    case 7: field4(g, u), field2(g + 32, v), put(u, v, 4), add1(g + 48, u, 6); break;
     default: field4(g, u), field4(g + 32, v), put(u, v, 4); break;
     }
 }
