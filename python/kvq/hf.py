@@ -422,8 +422,8 @@ def cuda_refusal(cfg):
         if method not in _GPU_METHODS:
             why.append("the GPU kernels do not take %s %ss (they take %s)" % (method, role, ", ".join(_GPU_METHODS)))
     d = int(cfg.head_dim)
-    if d & (d - 1) or not 32 <= d <= 1024:
-        why.append("the GPU kernels take head dims that are powers of two from 32 to 1024, not %d" % d)
+    if d not in (64, 128, 256):
+        why.append("the GPU kernels take head dims 64, 128 and 256, not %d" % d)
     if not why and N.cuda_devices() == 0:
         why.append("libkvq has no CUDA build or sees no GPU")
     return "; ".join(why) or None

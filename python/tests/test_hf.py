@@ -23,9 +23,10 @@ _fwd = inspect.signature(transformers.LlamaModel.forward).parameters
 CACHE_KW = "cache" if "cache" in _fwd else "past_key_values"
 
 
-def tiny_llama(seed=0, layers=2):
+def tiny_llama(seed=0, layers=2, hidden=128):
+    # head_dim = hidden / 4: 32 by default; the GPU kernels take 64, 128 and 256
     cfg = transformers.LlamaConfig(
-        vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
+        vocab_size=256, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
     )
     torch.manual_seed(seed)
@@ -180,7 +181,7 @@ def test_other_caches_still_work_after_the_switch():
 def test_cuda_refusal_names_what_the_gpu_path_lacks():
     from kvq.hf import cuda_refusal
 
-    model = tiny_llama()
+    model = tiny_llama(hidden=256)
     no_gpu = "libkvq has no CUDA build or sees no GPU"
     on_gpu = kvq.cuda_devices() > 0
     exact = KVQCache(model.config, "mse:bits=4+mse:bits=4@window=8,sink=1,center=1").config
@@ -202,12 +203,15 @@ def test_cuda_refusal_names_what_the_gpu_path_lacks():
     reasons = [cuda_refusal(layer._config) for layer in sliding.layers]
     assert [r is not None and "sliding" in r for r in reasons] == [
         t == "sliding_attention" for t in cfg.layer_types]
+    # head dims the kernels lack
+    small = KVQCache(tiny_llama().config, "mse:bits=4+mse:bits=4@window=0,sink=0,center=0").config
+    assert "head dims" in cuda_refusal(small)
 
 
 def test_cuda_layers_run_the_gpu_kernels():
     if not torch.cuda.is_available() or kvq.cuda_devices() == 0:
         pytest.skip("no CUDA device for torch and libkvq")
-    model = tiny_llama(seed=13).to("cuda")
+    model = tiny_llama(seed=13, hidden=256).to("cuda")
     ids = prompt(seed=14).to("cuda")
     ref = greedy(model, ids, DynamicCache(config=model.config))
     cache = KVQCache(model, key_spec="fp16", value_spec="fp16")
@@ -228,4 +232,4 @@ def test_cuda_layers_run_the_gpu_kernels():
     rel_cpu = np.linalg.norm(b - exact, axis=1) / np.linalg.norm(exact, axis=1)
     assert rel[PROMPT:].mean() < 2 * rel_cpu[PROMPT:].mean() + 0.01
     m = gpu.memory()
-    assert m["key_codes"] == model.config.num_hidden_layers * 2 * tokens.shape[1] * 18
+    assert m["key_codes"] == model.config.num_hidden_layers * 2 * tokens.shape[1] * 34  # 64 * 4 / 8 + norm
