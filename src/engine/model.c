@@ -416,6 +416,9 @@ KVQ_API kvq_status kvq_detokenize(const kvq_model *model, const int32_t *tokens,
 typedef struct thread_scratch {
     float *row;    /* four dequantized weight rows of up to max(n_embd, n_ff, q_dim) */
     float *scores; /* attention scores: n_ctx */
+    /* four weight rows unpacked for the int8 tile product: numbers, lane scales, offsets */
+    int8_t *wq;
+    float *wl, *wo;
 } thread_scratch;
 
 struct kvq_context {
@@ -438,7 +441,7 @@ struct kvq_context {
      * p % kv_slots: the window of a batch's first query and the batch itself) */
     size_t *slot_off, *kv_slots;
     kvq_cache **caches;         /* one per layer, NULL entries when exact */
-    /* int8 activations of up to MATMUL_DEQUANT_MIN_TOKENS tokens: [t][row_max] */
+    /* int8 activations of up to n_batch tokens: [t][row_max] */
     int8_t *qx;
     float *qx_d, *qx_s;
     /* sampler scratch */
@@ -463,6 +466,9 @@ KVQ_API void kvq_context_free(kvq_context *c) {
         for (unsigned i = 0; i < c->n_slots; i++) {
             kvqi_free(c->scratch[i].row);
             kvqi_free(c->scratch[i].scores);
+            kvqi_free(c->scratch[i].wq);
+            kvqi_free(c->scratch[i].wl);
+            kvqi_free(c->scratch[i].wo);
         }
     free(c->scratch);
     if (c->caches)
@@ -552,10 +558,10 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
         c->k_cache = alloc2(total, kv_dim, &st);
         c->v_cache = alloc2(total, kv_dim, &st);
     }
-    c->qx_d = alloc2(MATMUL_DEQUANT_MIN_TOKENS, row_max / 32 + 1, &st);
-    c->qx_s = alloc2(MATMUL_DEQUANT_MIN_TOKENS, row_max / 32 + 1, &st);
+    c->qx_d = alloc2(B, row_max / 32 + 1, &st);
+    c->qx_s = alloc2(B, row_max / 32 + 1, &st);
     if (!st) {
-        c->qx = kvqi_alloc_array(MATMUL_DEQUANT_MIN_TOKENS, row_max);
+        c->qx = kvqi_alloc_array(B, row_max);
         c->probs = kvqi_alloc_array(I->n_vocab, sizeof *c->probs);
         if (!c->qx) st = KVQ_ERR_NOMEM;
         c->scratch = calloc(c->n_slots, sizeof *c->scratch);
@@ -564,6 +570,14 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
     for (unsigned i = 0; !st && i < c->n_slots; i++) {
         c->scratch[i].row = alloc2(4, row_max, &st);
         c->scratch[i].scores = alloc2(1, p.n_ctx, &st);
+        c->scratch[i].wl = alloc2(1, row_max, &st); /* 4 rows x row_max / 4 */
+        c->scratch[i].wo = alloc2(4, row_max / 32 + 1, &st);
+        if (!st && !(c->scratch[i].wq = kvqi_alloc_array(4, row_max))) st = KVQ_ERR_NOMEM;
+        if (!st) { /* rows past a short tile's last are read, never stored: keep them defined */
+            memset(c->scratch[i].wq, 0, 4 * row_max);
+            memset(c->scratch[i].wl, 0, row_max * sizeof(float));
+            memset(c->scratch[i].wo, 0, 4 * (row_max / 32 + 1) * sizeof(float));
+        }
     }
     if (st) goto fail;
     for (uint32_t i = 0; i < model->n_rot / 2; i++) {
@@ -702,12 +716,18 @@ static void matmul_task(void *arg, size_t task, unsigned thread) {
     size_t n_in = (size_t)w->ne[0];
     size_t r0 = (task - P->first_task) * MATMUL_ROWS, r1 = KVQI_MIN(r0 + MATMUL_ROWS, (size_t)w->n_rows);
     if (P->int8) {
+        /* unpack four rows once, then take them through every token */
         size_t stride = act_stride(&c->model->info), nb = stride / 32 + 1;
-        for (size_t t = 0; t < j->n_tok; t++) {
-            const int8_t *q = c->qx + t * stride;
-            const float *d = c->qx_d + t * nb, *s = c->qx_s + t * nb;
-            for (size_t r = r0; r < r1; r++)
-                P->y[t * P->y_stride + r] = c->kern.dot_q8[w->type](w->data + r * w->row_bytes, q, d, s, n_in);
+        thread_scratch *ts = &c->scratch[thread];
+        kvqi_q8_acts a = {c->qx, c->qx_d, c->qx_s, stride, nb};
+        for (size_t r = r0; r < r1; r += 4) {
+            kvqi_q8_tile tl = {ts->wq, ts->wl, NULL, n_in, KVQI_MIN((size_t)4, r1 - r)};
+            int has_off = 0;
+            for (size_t k = 0; k < tl.n_rows; k++)
+                has_off = c->kern.unpack_q8[w->type](w->data + (r + k) * w->row_bytes, n_in, ts->wq + k * n_in,
+                                                     ts->wl + k * (n_in / 4), ts->wo + k);
+            if (has_off) tl.wo = ts->wo;
+            c->kern.gemm_q8(&tl, &a, j->n_tok, P->y + r, P->y_stride);
         }
         return;
     }
@@ -748,7 +768,7 @@ static void matmul_multi(kvq_context *c, const float *x, size_t n_tok, size_t n_
         P->y = y[i];
         P->y_stride = y_stride[i];
         P->first_task = n_tasks;
-        P->int8 = !c->params.float_activations && n_tok < MATMUL_DEQUANT_MIN_TOKENS && c->kern.dot_q8[w[i]->type];
+        P->int8 = !c->params.float_activations && c->kern.unpack_q8[w[i]->type] && w[i]->ne[0] % 32 == 0;
         any_int8 |= P->int8;
         n_tasks += ((size_t)w[i]->n_rows + MATMUL_ROWS - 1) / MATMUL_ROWS;
     }
