@@ -974,6 +974,17 @@ TEST(engine_int8_tile_bit_identical_to_scalar) {
                                kvqi_isa_name(K.isa), kvqi_type(type)->name, n_rows, n_tok);
                         compared++;
                     }
+                /* one token straight from the blocks: the same bits again */
+                for (size_t n_rows = 1; K.gemv_q8[type] && n_rows <= 4; n_rows++) {
+                    kvqi_q8_tile tl = {w_ref, wl_ref, off ? wo_ref : NULL, n, n_rows};
+                    memset(y_ref, 0, sizeof y_ref);
+                    memset(y_isa, 0, sizeof y_isa);
+                    S.gemm_q8(&tl, &a, 1, y_ref, 4);
+                    K.gemv_q8[type](rows[0], sizeof rows[0], n_rows, n, &a, y_isa);
+                    CHECKF(!memcmp(y_ref, y_isa, sizeof y_ref), "%s %s: one-token product of %zu rows differs",
+                           kvqi_isa_name(K.isa), kvqi_type(type)->name, n_rows);
+                    compared++;
+                }
             }
         }
     }

@@ -153,6 +153,11 @@ typedef struct kvqi_engine_kernels {
     int (*unpack_q8[KVQI_T_COUNT])(const void *row, size_t n, int8_t *w, float *wl, float *wo);
     void (*gemm_q8)(const struct kvqi_q8_tile *tile, const struct kvqi_q8_acts *a, size_t n_tok, float *y,
                     size_t y_stride);
+    /* One token (generation): n_rows (1..4) rows at row, row + row_bytes, ... straight
+     * from their blocks, y[r] for r < n_rows; the same bits as unpack_q8 then gemm_q8
+     * (NULL: go through those). */
+    void (*gemv_q8[KVQI_T_COUNT])(const void *row, size_t row_bytes, size_t n_rows, size_t n,
+                                  const struct kvqi_q8_acts *a, float *y);
 } kvqi_engine_kernels;
 
 /* Activations quantized by quantize_q8: token t's codes at q + t * q_stride, its block

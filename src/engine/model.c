@@ -720,6 +720,12 @@ static void matmul_task(void *arg, size_t task, unsigned thread) {
         size_t stride = act_stride(&c->model->info), nb = stride / 32 + 1;
         thread_scratch *ts = &c->scratch[thread];
         kvqi_q8_acts a = {c->qx, c->qx_d, c->qx_s, stride, nb};
+        if (j->n_tok == 1 && c->kern.gemv_q8[w->type]) { /* generation: straight from the blocks */
+            for (size_t r = r0; r < r1; r += 4)
+                c->kern.gemv_q8[w->type](w->data + r * w->row_bytes, w->row_bytes, KVQI_MIN((size_t)4, r1 - r), n_in,
+                                         &a, P->y + r);
+            return;
+        }
         for (size_t r = r0; r < r1; r += 4) {
             kvqi_q8_tile tl = {ts->wq, ts->wl, NULL, n_in, KVQI_MIN((size_t)4, r1 - r)};
             int has_off = 0;
