@@ -434,6 +434,9 @@ struct kvq_context {
     float *x, *xn, *q, *k, *v, *att, *gate, *up;
     float *rope_freq;           /* [n_rot / 2] */
     float *rope_freq_swa;       /* [n_rot / 2]: sliding-window layers' (gemma3) */
+    /* cos and sin of each batch position's angles, computed once per eval for all layers
+     * and heads: [n_batch][n_rot / 2], and the sliding-window layers' */
+    float *rope_cos, *rope_sin, *rope_cos_swa, *rope_sin_swa;
     /* exact float KV: [layer][n_ctx][kv_dim] */
     float *k_cache, *v_cache;
     /* layer l's rows start at slot_off[l] * kv_dim and hold kv_slots[l] positions: n_ctx, or
@@ -476,7 +479,8 @@ KVQ_API void kvq_context_free(kvq_context *c) {
     free(c->caches);
     kvq_threadpool_free(c->pool);
     float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up,
-                     c->rope_freq, c->rope_freq_swa, c->k_cache, c->v_cache};
+                     c->rope_freq, c->rope_freq_swa, c->k_cache, c->v_cache,
+                     c->rope_cos, c->rope_sin, c->rope_cos_swa, c->rope_sin_swa};
     free(c->slot_off);
     free(c->kv_slots);
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kvqi_free(bufs[i]);
@@ -543,6 +547,10 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
     c->up = alloc2(B, I->n_ff, &st);
     c->rope_freq = alloc2(1, model->n_rot / 2, &st);
     c->rope_freq_swa = alloc2(1, model->n_rot / 2, &st);
+    c->rope_cos = alloc2(B, model->n_rot / 2 + 1, &st);
+    c->rope_sin = alloc2(B, model->n_rot / 2 + 1, &st);
+    c->rope_cos_swa = alloc2(B, model->n_rot / 2 + 1, &st);
+    c->rope_sin_swa = alloc2(B, model->n_rot / 2 + 1, &st);
     if (!p.cache) {
         size_t total = 0;
         c->slot_off = calloc(I->n_layers, sizeof *c->slot_off);
@@ -808,14 +816,24 @@ static void rmsnorm(float *out, const float *x, const float *w, size_t n, float 
     for (size_t i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
-static void rope(const kvq_context *c, const float *freq, float *vec, uint32_t n_heads, size_t pos) {
+/* the angles of n_tok positions from pos0 on */
+static void rope_table(const kvq_context *c, const float *freq, size_t pos0, size_t n_tok, float *cs, float *sn) {
+    uint32_t half = c->model->n_rot / 2;
+    for (size_t t = 0; t < n_tok; t++)
+        for (uint32_t i = 0; i < half; i++) {
+            double theta = (double)(pos0 + t) * freq[i];
+            cs[t * half + i] = (float)cos(theta);
+            sn[t * half + i] = (float)sin(theta);
+        }
+}
+
+static void rope(const kvq_context *c, const float *cos_t, const float *sin_t, float *vec, uint32_t n_heads) {
     const kvq_model *m = c->model;
     uint32_t hd = m->info.head_dim, half = m->n_rot / 2;
     for (uint32_t h = 0; h < n_heads; h++) {
         float *v = vec + (size_t)h * hd;
         for (uint32_t i = 0; i < half; i++) {
-            double theta = (double)pos * freq[i];
-            float cs = (float)cos(theta), sn = (float)sin(theta);
+            float cs = cos_t[i], sn = sin_t[i];
             uint32_t a = m->info.rope_neox ? i : 2 * i, b = m->info.rope_neox ? i + half : 2 * i + 1;
             float x0 = v[a], x1 = v[b];
             v[a] = x0 * cs - x1 * sn;
@@ -918,9 +936,12 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
         float scale = sqrtf((float)E);
         for (size_t i = 0; i < n * E; i++) c->x[i] *= scale;
     }
+    rope_table(c, c->rope_freq, c->n_past, n, c->rope_cos, c->rope_sin);
+    if (m->gemma) rope_table(c, c->rope_freq_swa, c->n_past, n, c->rope_cos_swa, c->rope_sin_swa);
     for (uint32_t l = 0; l < I->n_layers; l++) {
         const layer_weights *L = &m->layers[l];
-        const float *freq = L->swa ? c->rope_freq_swa : c->rope_freq;
+        const float *rc = L->swa ? c->rope_cos_swa : c->rope_cos, *rs = L->swa ? c->rope_sin_swa : c->rope_sin;
+        size_t half = m->n_rot / 2;
         for (size_t t = 0; t < n; t++) rmsnorm(c->xn + t * E, c->x + t * E, L->attn_norm, E, I->norm_eps);
         {
             const kvqi_gguf_tensor *w[3] = {L->wq, L->wk, L->wv};
@@ -937,8 +958,8 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
                 rmsnorm(c->k + i * hd, c->k + i * hd, L->k_norm, hd, I->norm_eps);
         }
         for (size_t t = 0; t < n; t++) {
-            rope(c, freq, c->q + t * q_dim, I->n_heads, c->n_past + t);
-            rope(c, freq, c->k + t * kv_dim, I->n_kv_heads, c->n_past + t);
+            rope(c, rc + t * half, rs + t * half, c->q + t * q_dim, I->n_heads);
+            rope(c, rc + t * half, rs + t * half, c->k + t * kv_dim, I->n_kv_heads);
         }
         kvq_status st = attention(c, l, n);
         if (st) return st;
@@ -955,11 +976,12 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
             matmul_multi(c, c->xn, n, 2, w, y, stride);
         }
         if (m->gemma) {
-            /* GeGLU with GELU's tanh approximation */
+            /* GeGLU with GELU's tanh approximation, 0.5 (1 + tanh u) written as the
+             * logistic of 2u: one expf instead of tanhf, the same function */
             for (size_t i = 0; i < n * F; i++) {
                 float g = c->gate[i];
                 float u = 0.7978845608028654f * (g + 0.044715f * g * g * g);
-                c->gate[i] = 0.5f * g * (1.0f + tanhf(u)) * c->up[i];
+                c->gate[i] = g / (1.0f + expf(-2.0f * u)) * c->up[i];
             }
         } else {
             for (size_t i = 0; i < n * F; i++) {
