@@ -38,17 +38,19 @@ def llama_once(bench, model, ctype, p, n, d, threads, repeats):
 
 
 def llama(bench, model, ctype, p, n, d, threads, repeats):
-    """wall tok/s (median) and CPU tok/s of pp and tg; the CPU figure is the difference
-    between 1 + repeats runs and 1 run, which cancels loading, warm-up and depth filling"""
-    res = []
-    for pp, tg in ((p, 0), (0, n)):
-        if not (pp or tg):
-            res += [0.0, 0.0]
-            continue
-        ts, cpu_many = llama_once(bench, model, ctype, pp, tg, d, threads, 1 + repeats)
-        _, cpu_one = llama_once(bench, model, ctype, pp, tg, d, threads, 1)
-        toks = (pp or tg) * repeats
-        res += [ts, toks / (cpu_many - cpu_one) if cpu_many > cpu_one else 0.0]
+    """wall tok/s (median) and CPU tok/s of pp and tg. llama-bench reports no CPU time, so
+    the CPU figure is a difference of two runs that cancels loading, warm-up and depth
+    filling: pp, 1 + repeats runs less 1 run (at depth 0); tg, n less n / 4 tokens"""
+    res = [0.0, 0.0, 0.0, 0.0]
+    if p:
+        ts, cpu_many = llama_once(bench, model, ctype, p, 0, d, threads, 1 + repeats)
+        _, cpu_one = llama_once(bench, model, ctype, p, 0, d, threads, 1)
+        res[0:2] = [ts, p * repeats / (cpu_many - cpu_one) if cpu_many > cpu_one and not d else 0.0]
+    if n:
+        ts, cpu_n = llama_once(bench, model, ctype, 0, n, d, threads, repeats)
+        _, cpu_q = llama_once(bench, model, ctype, 0, n // 4, d, threads, repeats)
+        # llama-bench's warm-up run generates one token, the same in both
+        res[2:4] = [ts, (n - n // 4) * repeats / (cpu_n - cpu_q) if cpu_n > cpu_q else 0.0]
     return res
 
 
