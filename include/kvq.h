@@ -122,6 +122,8 @@ typedef enum kvq_method {
     KVQ_METHOD_VECINFER,        /* calibrated: smoothing + Hadamard + product VQ */
     KVQ_METHOD_SPECTRAL,        /* calibrated: eigenbasis + water-filled bits */
     KVQ_METHOD_COMM_VQ,         /* calibrated: RoPE-commutative additive VQ */
+    KVQ_METHOD_CHANNEL,         /* KIVI's asymmetric uniform code: per vector (min, step,
+                                   b-bit codes); as cache keys per channel over each chunk */
     KVQ_METHOD_COUNT
 } kvq_method;
 

@@ -42,10 +42,17 @@ static size_t vdec_floats(const kvq_cache *c) {
     return (need + 15) & ~(size_t)15;
 }
 
+/* kspan: the generic key path's scores of a whole chunk span; channel keys' q * step */
+static size_t span_floats(const kvq_cache *c, uint32_t G) {
+    if (c->key.path == KVQI_PATH_GENERIC) return (size_t)G * c->cfg.chunk_tokens;
+    if (c->key.path == KVQI_PATH_CHAN) return ((size_t)(G + 2) * c->dim + 15) & ~(size_t)15;
+    return 0;
+}
+
 static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     size_t d = c->dim, B = KVQI_ATTEND_BLOCK;
     /* the generic key path scores a whole chunk span per kvq_score call */
-    size_t span = c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0;
+    size_t span = span_floats(c, G);
     /* integer key path: G x d int8 query, its scales and sums */
     size_t i8 = (size_t)G * d / 4 + 2 * G + 16;
     /* sign keys: one table of m/8 x 256 sums per query head, and the sums of z */
@@ -122,7 +129,7 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->m = s->q_out + G * c->n_out;
     s->l = s->m + G;
     s->kspan = s->l + G;
-    s->q8_scale = s->kspan + (c->key.path == KVQI_PATH_GENERIC ? (size_t)G * c->cfg.chunk_tokens : 0);
+    s->q8_scale = s->kspan + span_floats(c, G);
     s->q8_sum = (int32_t *)(void *)(s->q8_scale + G);
     s->q8 = (int8_t *)(void *)(s->q8_sum + G);
     /* past the int8 query, on a 16-byte boundary (the pads of scratch_floats cover it) */
@@ -154,6 +161,9 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
                                   s->scores, B);
         else
             c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
+        break;
+    case KVQI_PATH_CHAN:
+        kvqi_chan_score(c, s->q, G, g, chunk, in, nb, s->scores, B, s->kspan);
         break;
     case KVQI_PATH_SIGNS:
         /* turboquant_prod: the mse part first, the residual's signs added */
@@ -387,6 +397,18 @@ static void exact_block(attend_ctx *A, const task_view *T, kvqi_attend_scratch *
     (fp16 ? c->kern->accum_f16 : c->kern->accum_f32)(s->scores, B, G, d, v, stride, nb, s->acc_x);
 }
 
+/* One block of ring rows in q8_0 (channel keys' ring) into the exact state. */
+static void ring_q8_block(attend_ctx *A, const task_view *T, kvqi_attend_scratch *s, const uint8_t *k,
+                          const uint8_t *v, size_t t0, size_t nb) {
+    const kvq_cache *c = A->c;
+    uint32_t d = c->dim, G = T->Gt;
+    size_t B = KVQI_ATTEND_BLOCK, stride = (size_t)c->n_kv * c->ring_head;
+    c->kern->score_q8_0(s->q_raw, G, d, k, stride, nb, s->scores, B);
+    mask_block(A, s, T->first_visible, T->nqb, t0, nb);
+    softmax_block(c, s, G, nb);
+    c->kern->accum_q8_0(s->scores, B, G, d, v, stride, nb, s->acc_x);
+}
+
 /* Tokens [t_begin, t_end) of the task's visible context, coded ones then exact ones,
  * folded into the running state. */
 static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch *s,
@@ -419,17 +441,19 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
         accum_coded(c, s, G, g, chunk, in, nb, &A->status);
         t0 += nb;
     }
-    size_t exact_stop = KVQI_MIN(T->visible, t_end), W = c->cfg.window;
+    size_t exact_stop = KVQI_MIN(T->visible, t_end), R = c->ring;
     for (size_t t0 = KVQI_MAX(coded_end, t_begin); t0 < exact_stop;) {
         size_t nb = KVQI_MIN(B, exact_stop - t0);
         if (!c->coded) { /* staged, fp32 */
             exact_block(A, T, s, c->stage_k + t0 * row + (size_t)g * d, c->stage_v + t0 * row + (size_t)g * d,
                         0, t0, nb);
-        } else { /* the window ring, fp16 */
-            size_t slot = t0 % W;
-            nb = KVQI_MIN(nb, W - slot);
-            exact_block(A, T, s, c->win_k + slot * row + (size_t)g * d, c->win_v + slot * row + (size_t)g * d,
-                        1, t0, nb);
+        } else { /* the ring: fp16, or q8_0 rows with channel keys */
+            size_t slot = t0 % R, off = (slot * c->n_kv + g) * c->ring_head;
+            nb = KVQI_MIN(nb, R - slot);
+            if (c->ring_q)
+                ring_q8_block(A, T, s, c->win_k + off, c->win_v + off, t0, nb);
+            else
+                exact_block(A, T, s, c->win_k + off, c->win_v + off, 1, t0, nb);
         }
         t0 += nb;
     }

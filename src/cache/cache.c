@@ -400,6 +400,10 @@ static kvq_status choose_path(kvqi_side *s, uint32_t dim, int is_key) {
     kvq_status st = kvq_quantizer_config(s->quant, &qc);
     if (st != KVQ_OK) return st;
     s->path = KVQI_PATH_GENERIC;
+    if (is_key && qc.method == KVQ_METHOD_CHANNEL) {
+        s->path = KVQI_PATH_CHAN; /* chan.c sets the code size */
+        return KVQ_OK;
+    }
     kvqi_code_path want = KVQI_PATH_GENERIC;
     if (dim % 32 == 0) {
         if (qc.method == KVQ_METHOD_FP16 && s->code_size == 2 * (size_t)dim) want = KVQI_PATH_F16;
@@ -583,6 +587,8 @@ KVQ_API void kvq_cache_free(kvq_cache *c) {
     kvqi_free(c->enc_buf);
     kvqi_free(c->out_buf);
     kvqi_cache_positions_free(c);
+    kvqi_chan_free(c);
+    kvq_quantizer_free(c->ring_q);
     free_scratch(c);
     kvqi_free(c);
 }
@@ -600,7 +606,6 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
     c->n_kv = cfg->n_kv_heads;
     c->dim = cfg->head_dim;
     c->n_out = cfg->n_outliers;
-    c->coded = c->n_out == 0 && !c->cfg.center_keys;
 
     kvq_isa isa;
     st = kvqi_isa_resolve(KVQ_ISA_AUTO, &isa);
@@ -612,6 +617,18 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
     st = side_create(&c->value, &c->cfg.value, c->dim, 0);
     if (st != KVQ_OK) goto fail;
     if ((st = kvqi_cache_positions_init(c)) != KVQ_OK) goto fail;
+    if (c->key.path == KVQI_PATH_CHAN && (st = kvqi_chan_init(c)) != KVQ_OK) goto fail;
+    /* the probe fixes outlier channels, the key mean or the channel keys' bits */
+    c->coded = c->n_out == 0 && !c->cfg.center_keys && c->key.path != KVQI_PATH_CHAN;
+    c->ring = c->cfg.window;
+    c->ring_head = (size_t)2 * c->dim;
+    if (c->key.path == KVQI_PATH_CHAN) {
+        if ((st = kvqi_add_size(c->ring, c->cfg.chunk_tokens, &c->ring)) != KVQ_OK) goto fail;
+        kvq_config rq;
+        if ((st = kvq_config_init(&rq, KVQ_METHOD_Q8_0, c->dim)) != KVQ_OK) goto fail;
+        if ((st = kvq_quantizer_create(&rq, &c->ring_q)) != KVQ_OK) goto fail;
+        c->ring_head = kvq_code_size(c->ring_q);
+    }
 
     /* every size below is checked once here; later products are bounded by them */
     size_t C = c->cfg.chunk_tokens, row, per_token, chunk_bytes;
@@ -688,7 +705,7 @@ KVQ_API kvq_status kvq_cache_reset(kvq_cache *c) {
     free_chunks(c);
     c->n_tokens = 0;
     c->n_coded = 0;
-    c->coded = c->n_out == 0 && !c->cfg.center_keys;
+    c->coded = c->n_out == 0 && !c->cfg.center_keys && c->key.path != KVQI_PATH_CHAN;
     if (c->outlier_mask) memset(c->outlier_mask, 0, (size_t)c->n_kv * c->dim);
     return KVQ_OK;
 }
@@ -783,6 +800,7 @@ static void choose_means(kvq_cache *c) {
 static void fix_probe(kvq_cache *c) {
     if (c->n_out) choose_outliers(c);
     choose_means(c);
+    if (c->key.path == KVQI_PATH_CHAN) kvqi_chan_allocate(c, c->stage_k);
     c->coded = 1;
 }
 
@@ -794,6 +812,38 @@ typedef struct row_source {
     size_t first_new;
 } row_source;
 
+/* Byte offset of head g of the token at pos in a ring. */
+static size_t ring_at(const kvq_cache *c, size_t pos, uint32_t g) {
+    return ((pos % c->ring) * c->n_kv + g) * c->ring_head;
+}
+
+/* One head's row into / out of its ring format: fp16, or q8_0 (channel keys). Rows are
+ * rounded to fp16 first either way, as every exact token of the cache is. */
+static void ring_write(const kvq_cache *c, const float *x, uint8_t *dst) {
+    if (c->ring_q) {
+        float h[MAX_DIM];
+        for (uint32_t j = 0; j < c->dim; j++) h[j] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(x[j]));
+        (void)kvq_encode(c->ring_q, h, 1, dst); /* q8_0 of a checked row cannot fail */
+        return;
+    }
+    for (uint32_t j = 0; j < c->dim; j++) {
+        uint16_t v = kvqi_fp32_to_fp16(x[j]);
+        memcpy(dst + 2 * (size_t)j, &v, 2);
+    }
+}
+
+static void ring_read(const kvq_cache *c, const uint8_t *src, float *x) {
+    if (c->ring_q) {
+        (void)kvq_decode(c->ring_q, src, 1, x);
+        return;
+    }
+    for (uint32_t j = 0; j < c->dim; j++) {
+        uint16_t v;
+        memcpy(&v, src + 2 * (size_t)j, 2);
+        x[j] = kvqi_fp16_to_fp32(v);
+    }
+}
+
 static void fetch_row(const kvq_cache *c, const row_source *src, size_t pos, uint32_t g,
                       int values, float *dst) {
     size_t row = (size_t)c->n_kv * c->dim, off = (size_t)g * c->dim;
@@ -803,14 +853,16 @@ static void fetch_row(const kvq_cache *c, const row_source *src, size_t pos, uin
     } else if (c->stage_k && pos < KVQI_OUTLIER_PROBE_TOKENS) {
         memcpy(dst, (values ? c->stage_v : c->stage_k) + pos * row + off, c->dim * sizeof(float));
     } else {
-        const uint16_t *h = (values ? c->win_v : c->win_k) + (pos % c->cfg.window) * row + off;
-        for (uint32_t j = 0; j < c->dim; j++) dst[j] = kvqi_fp16_to_fp32(h[j]);
+        ring_read(c, (values ? c->win_v : c->win_k) + ring_at(c, pos, g), dst);
         return;
     }
-    /* with a window, every token is encoded from its fp16 copy, wherever it is read from,
+    /* with a ring, every token is encoded from its ring copy, wherever it is read from,
      * so the codes do not depend on how the tokens were split into appends */
-    if (c->cfg.window)
-        for (uint32_t j = 0; j < c->dim; j++) dst[j] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(dst[j]));
+    if (c->ring) {
+        uint8_t tmp[2 * MAX_DIM];
+        ring_write(c, dst, tmp);
+        ring_read(c, tmp, dst);
+    }
 }
 
 /* Encodes the tokens at positions [pos, pos + n) into the arena, KVQI_ENCODE_ROWS rows of
@@ -838,8 +890,9 @@ static kvq_status encode_tokens(kvq_cache *c, const row_source *src, size_t pos,
                     for (uint32_t j = 0; j < c->dim; j++) dst[j] -= mu[j];
                 }
             }
-            kvq_status st = kvqi_cache_encode_keys(c, c->enc_buf, pos, cnt,
-                                                   ch + ((size_t)g * C + in_chunk) * ks);
+            kvq_status st = KVQ_OK;
+            if (c->key.path != KVQI_PATH_CHAN) /* channel keys: whole chunks, below */
+                st = kvqi_cache_encode_keys(c, c->enc_buf, pos, cnt, ch + ((size_t)g * C + in_chunk) * ks);
             if (st != KVQ_OK) return st;
             for (uint32_t o = 0; o < c->n_out; o++) /* channel-major: a block is contiguous */
                 memcpy(ch + c->off_outliers + (((size_t)g * c->n_out + o) * C + in_chunk) * 2,
@@ -855,30 +908,53 @@ static kvq_status encode_tokens(kvq_cache *c, const row_source *src, size_t pos,
     return KVQ_OK;
 }
 
+/* Channel keys of the whole chunks in [pos, end) (chunk-aligned), every head; tokens
+ * below valid_lo (sinks, tokens a sliding window dropped) are never read and do not
+ * count in a channel's range. */
+static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, size_t end,
+                               size_t valid_lo) {
+    size_t C = c->cfg.chunk_tokens;
+    for (; pos < end; pos += C) {
+        uint8_t *ch = c->chunks[pos / C];
+        size_t lo_t = valid_lo > pos ? KVQI_MIN(valid_lo - pos, C) : 0;
+        for (uint32_t g = 0; g < c->n_kv; g++) {
+            for (size_t t = lo_t; t < C; t++) {
+                float *dst = c->chan_buf + t * c->dim;
+                fetch_row(c, src, pos + t, g, 0, dst);
+                if (c->key_mean) {
+                    const float *mu = c->key_mean + (size_t)g * c->dim;
+                    for (uint32_t j = 0; j < c->dim; j++) dst[j] -= mu[j];
+                }
+            }
+            kvqi_chan_encode(c, g, c->chan_buf, lo_t, C, ch + (size_t)g * C * c->key.code_size);
+        }
+    }
+}
+
 static void rows_to_fp16(uint16_t *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = kvqi_fp32_to_fp16(src[i]);
 }
 
-/* Grows the window ring to hold `tokens` (at most the window). Before the ring first
- * wraps every token sits at slot = position, so growing keeps them in place. */
+/* Grows the exact rings to hold `tokens` (at most the ring). Before the ring first wraps
+ * every token sits at slot = position, so growing keeps them in place. */
 static kvq_status grow_window(kvq_cache *c, size_t tokens) {
-    size_t W = c->cfg.window, want = KVQI_MIN(tokens, W);
+    size_t R = c->ring, want = KVQI_MIN(tokens, R);
     if (want <= c->win_cap) return KVQ_OK;
     size_t cap = c->win_cap ? c->win_cap : 16;
     while (cap < want) cap *= 2;
-    cap = KVQI_MIN(cap, W);
-    size_t row = (size_t)c->n_kv * c->dim, elems;
-    if (kvqi_mul_size(row, cap, &elems) != KVQ_OK) return KVQ_ERR_OVERFLOW;
-    uint16_t *k = kvqi_alloc_array(elems, sizeof(uint16_t));
-    uint16_t *v = kvqi_alloc_array(elems, sizeof(uint16_t));
+    cap = KVQI_MIN(cap, R);
+    size_t row = (size_t)c->n_kv * c->ring_head, bytes;
+    if (kvqi_mul_size(row, cap, &bytes) != KVQ_OK) return KVQ_ERR_OVERFLOW;
+    uint8_t *k = kvqi_alloc_array(bytes, 1);
+    uint8_t *v = kvqi_alloc_array(bytes, 1);
     if (!k || !v) {
         kvqi_free(k);
         kvqi_free(v);
         return KVQ_ERR_NOMEM;
     }
     if (c->win_cap) {
-        memcpy(k, c->win_k, c->win_cap * row * sizeof(uint16_t));
-        memcpy(v, c->win_v, c->win_cap * row * sizeof(uint16_t));
+        memcpy(k, c->win_k, c->win_cap * row);
+        memcpy(v, c->win_v, c->win_cap * row);
     }
     kvqi_free(c->win_k);
     kvqi_free(c->win_v);
@@ -899,8 +975,8 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     /* a NaN or infinity would poison every score and softmax that sees it: refused whole */
     for (size_t i = 0; i < row * n_tokens; i++)
         if (!isfinite(k[i]) || !isfinite(v[i])) return KVQ_ERR_INVALID_ARG;
-    size_t W = c->cfg.window;
-    kvq_status st = W ? grow_window(c, end) : KVQ_OK;
+    size_t W = c->cfg.window, R = c->ring, C = c->cfg.chunk_tokens;
+    kvq_status st = R ? grow_window(c, end) : KVQ_OK;
     if (st != KVQ_OK) return st;
     if (!c->coded && !c->stage_k) {
         c->stage_k = kvqi_alloc_array(row * KVQI_OUTLIER_PROBE_TOKENS, sizeof(float));
@@ -920,14 +996,20 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     }
     /* tokens leaving the window (or every token, without one) are encoded */
     size_t coded_end = ready ? (end > W ? end - W : 0) : 0;
+    int chan = c->key.path == KVQI_PATH_CHAN;
+    if (chan) coded_end -= coded_end % C; /* channel keys: whole chunks */
     /* a sliding window: tokens no query of this append (or later) can see need no codes */
     size_t lo = slide(c, c->n_tokens);
-    if (ready && c->n_coded < lo) c->n_coded = KVQI_MIN(lo, coded_end);
+    if (ready && c->n_coded < lo) {
+        c->n_coded = KVQI_MIN(lo, coded_end);
+        if (chan) c->n_coded -= c->n_coded % C;
+    }
     if (coded_end > c->n_coded) {
         if ((st = ensure_chunks(c, coded_end)) != KVQ_OK) return st;
         if (!c->coded) fix_probe(c);
         row_source src = {k, v, c->n_tokens};
         if ((st = encode_tokens(c, &src, c->n_coded, coded_end - c->n_coded)) != KVQ_OK) return st;
+        if (chan) encode_chan_chunks(c, &src, c->n_coded, coded_end, KVQI_MAX((size_t)c->cfg.n_sink, lo));
         c->n_coded = coded_end;
     } else if (ready && !c->coded) {
         fix_probe(c);
@@ -937,13 +1019,12 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
         rows_to_fp16(c->sink_k + c->n_tokens * row, k, take * row);
         rows_to_fp16(c->sink_v + c->n_tokens * row, v, take * row);
     }
-    if (W > 0) { /* the newest tokens into the ring, after the evicted ones were encoded */
-        size_t first = n_tokens > W ? n_tokens - W : 0;
-        for (size_t t = first; t < n_tokens; t++) {
-            size_t slot = (c->n_tokens + t) % W;
-            rows_to_fp16(c->win_k + slot * row, k + t * row, row);
-            rows_to_fp16(c->win_v + slot * row, v + t * row, row);
-        }
+    if (R > 0) { /* the newest tokens into the ring, after the evicted ones were encoded */
+        for (size_t t = n_tokens > R ? n_tokens - R : 0; t < n_tokens; t++)
+            for (uint32_t g = 0; g < c->n_kv; g++) {
+                ring_write(c, k + t * row + (size_t)g * c->dim, c->win_k + ring_at(c, c->n_tokens + t, g));
+                ring_write(c, v + t * row + (size_t)g * c->dim, c->win_v + ring_at(c, c->n_tokens + t, g));
+            }
     }
     c->last_append = c->n_tokens;
     c->n_tokens = end;
@@ -976,7 +1057,8 @@ KVQ_API kvq_status kvq_cache_attend(kvq_cache *c, const float *q, uint32_t n_q_h
 static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     size_t row = (size_t)c->n_kv * c->dim;
     /* exact tokens in fp16: the recent window as far as it has grown, and the sinks */
-    m->window = (uint64_t)2 * ((uint64_t)c->win_cap + c->cfg.n_sink) * row * sizeof(uint16_t);
+    m->window = (uint64_t)2 * c->win_cap * c->n_kv * c->ring_head +
+                (uint64_t)2 * c->cfg.n_sink * row * sizeof(uint16_t);
     if (c->stage_k) /* the probe's first tokens, staged until outliers and the mean are fixed */
         m->window += (uint64_t)2 * KVQI_OUTLIER_PROBE_TOKENS * row * sizeof(float);
     m->outliers = 0;
@@ -1038,7 +1120,7 @@ KVQ_API kvq_status kvq_cache_tokens_fit(const kvq_cache_config *cfg, uint32_t n_
     fixed_parts(c, &m);
     /* the whole window once the context outgrows it: its tokens need no codes */
     uint64_t W = cfg->window;
-    m.window += (uint64_t)2 * W * c->n_kv * c->dim * sizeof(uint16_t);
+    m.window += (uint64_t)2 * c->ring * c->n_kv * c->ring_head;
     /* the cache's own state; attend's per-thread scratch (a few tens of KB) is not counted */
     uint64_t fixed = m.window + m.outliers + m.shared + m.overhead;
     uint64_t chunk = c->chunk_bytes, C = c->cfg.chunk_tokens;

@@ -24,7 +24,8 @@ typedef enum kvqi_code_path {
     KVQI_PATH_Q8_0,
     KVQI_PATH_Q4_0,
     KVQI_PATH_ROT, /* rotated scalar code: work in the rotated domain */
-    KVQI_PATH_SIGNS /* keys: 1-bit sign codes (qjl, rabitq 1-bit, turboquant_prod) */
+    KVQI_PATH_SIGNS, /* keys: 1-bit sign codes (qjl, rabitq 1-bit, turboquant_prod) */
+    KVQI_PATH_CHAN   /* keys: per-channel ranges over each chunk (method channel, chan.c) */
 } kvqi_code_path;
 
 typedef struct kvqi_side {
@@ -86,9 +87,9 @@ struct kvq_cache {
     /* tokens [0, n_coded) have codes in the arena; the rest are exact: in the stage
      * until the probe is full, then in the window ring (n_coded = n_tokens - window) */
     size_t n_coded;
-    /* exact window ring, fp16: slot = position mod window, [win_cap][n_kv][dim]; grows
-     * with the context up to the window, so short contexts hold only what they use */
-    uint16_t *win_k, *win_v;
+    /* exact ring: slot = position mod ring, [win_cap][n_kv][ring_head bytes]; grows
+     * with the context up to the ring, so short contexts hold only what they use */
+    uint8_t *win_k, *win_v;
     size_t win_cap;
     /* the first n_sink tokens kept exact (fp16), [n_sink][n_kv][dim] */
     uint16_t *sink_k, *sink_v;
@@ -114,7 +115,28 @@ struct kvq_cache {
     double *rope_freq;
     int rope_neox;
     int32_t *pos_buf;
+
+    /* the exact ring: `ring` slots (the window; channel keys add one chunk, whose tokens
+     * wait there until the chunk is full), each token's heads as ring_head bytes apiece:
+     * fp16, or q8_0 rows (ring_q) with channel keys, whose ring outlasts the window */
+    size_t ring, ring_head;
+    kvq_quantizer *ring_q;
+    /* channel keys (chan.c): bits per channel [n_kv][dim], each channel's byte offset in
+     * a head's chunk block [n_kv][dim], and one head's chunk of rows to code [C][dim] */
+    uint8_t *chan_bits;
+    uint32_t *chan_off;
+    float *chan_buf;
 };
+
+/* chan.c */
+size_t kvqi_chan_block_bytes(uint32_t dim, uint32_t bits, size_t C);
+kvq_status kvqi_chan_init(kvq_cache *c);
+void kvqi_chan_free(kvq_cache *c);
+void kvqi_chan_allocate(kvq_cache *c, const float *stage);
+void kvqi_chan_encode(const kvq_cache *c, uint32_t g, const float *rows, size_t lo_t, size_t hi_t,
+                      uint8_t *block);
+void kvqi_chan_score(const kvq_cache *c, const float *q, uint32_t G, uint32_t g, const uint8_t *chunk,
+                     size_t in, size_t nb, float *scores, size_t ld, float *w);
 
 kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_heads,
                                   size_t n_queries, float scale, kvq_threadpool *pool,

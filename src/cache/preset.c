@@ -95,9 +95,10 @@ KVQ_API kvq_status kvq_cache_options_parse(const char *options, kvq_cache_config
         else if (!strcmp(item, "sink")) field = &cfg->n_sink, max = 1024;
         else if (!strcmp(item, "outliers")) field = &cfg->n_outliers, max = 4095;
         else if (!strcmp(item, "center")) field = &cfg->center_keys, max = 1;
+        else if (!strcmp(item, "chunk")) field = &cfg->chunk_tokens, max = 4096;
         else {
             kvqi_set_msg(msg, msg_size,
-                         "unknown cache option '%s' (window, sink, outliers, center)", item);
+                         "unknown cache option '%s' (window, sink, outliers, center, chunk)", item);
             return KVQ_ERR_PARSE;
         }
         if (!parse_count(val, max, &v)) {

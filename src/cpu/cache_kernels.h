@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kvq.h"
 
@@ -117,7 +118,37 @@ typedef struct kvqi_cache_kernels {
     void (*score_signs)(const kvqi_sign_layout *L, const float *lut, const float *zsum,
                         uint32_t G, const uint8_t *k, size_t n, int accumulate, float *scores,
                         size_t ld);
+    /* Channel keys (cache/chan.c), one head's chunk block of C tokens: lo[dim] and
+     * step[dim] in fp16, then channel j's bits[j] bit-planes of C bits at block + off[j]
+     * (plane p: bit p of every token's code, token t at bit t). For tokens t in
+     * [in, in + n), n <= 64, and query h < G (q: [G][dim], dim % 16 == 0):
+     * scores[h * ld + t - in] = bias_h, then channel by channel in ascending order
+     * fmaf(q_j * step_j, code_j(t), that), where bias_h sums fmaf(q_j, lo_j, .) into 16
+     * lanes (lane j % 16) folded in halves (8, 4, 2, 1). w: (G + 2) * dim floats of
+     * scratch. ld >= 64: SIMD versions compute the lanes past n and ignore them. Exact
+     * float operations in a fixed order: every ISA gives the same bits. */
+    void (*chan_score)(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
+                       size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
+                       size_t ld, float *w);
 } kvqi_cache_kernels;
+
+/* chan_*.c */
+void kvqi_chan_score_scalar(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
+                            size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
+                            size_t ld, float *w);
+/* Bits [in, in + n) (n <= 64) of a plane of C bits, as the low n bits of a word. */
+static inline uint64_t kvqi_chan_plane_bits(const uint8_t *plane, size_t C, size_t in, size_t n) {
+    size_t first = in >> 3, sh = in & 7, have = C / 8 - first;
+    uint64_t v = 0;
+    if (have >= 8) {
+        memcpy(&v, plane + first, 8);
+    } else {
+        for (size_t i = 0; i < have; i++) v |= (uint64_t)plane[first + i] << (8 * i);
+    }
+    v >>= sh;
+    if (sh && have > 8) v |= (uint64_t)plane[first + 8] << (64 - sh);
+    return n >= 64 ? v : v & ((UINT64_C(1) << n) - 1);
+}
 
 /* Kernels for a resolved ISA; ISAs without their own version fall back per entry. */
 const kvqi_cache_kernels *kvqi_cache_kernels_for(kvq_isa resolved);
@@ -129,6 +160,12 @@ void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, con
                                  const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
                                  float *scores, size_t ld);
 #if defined(KVQ_HAVE_X86_SIMD)
+void kvqi_chan_score_avx2(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
+                          size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
+                          size_t ld, float *w);
+void kvqi_chan_score_avx512(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
+                            size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
+                            size_t ld, float *w);
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k);
 void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k);
 #endif

@@ -31,6 +31,7 @@ static const method_name k_names[] = {
     {"vecinfer", KVQ_METHOD_VECINFER},
     {"spectral", KVQ_METHOD_SPECTRAL},
     {"comm_vq", KVQ_METHOD_COMM_VQ},
+    {"channel", KVQ_METHOD_CHANNEL},
     {"mse", KVQ_METHOD_TURBOQUANT_MSE},
     {"prod", KVQ_METHOD_TURBOQUANT_PROD},
     {"rvq", KVQ_METHOD_TURBOQUANT_RVQ},
@@ -38,6 +39,7 @@ static const method_name k_names[] = {
     {"commvq", KVQ_METHOD_COMM_VQ},
     {"spectralquant", KVQ_METHOD_SPECTRAL},
     {"f16", KVQ_METHOD_FP16}, /* llama.cpp's name (-ctk f16) */
+    {"kivi", KVQ_METHOD_CHANNEL},
 };
 
 KVQ_API const char *kvq_method_name(kvq_method method) {
@@ -79,6 +81,7 @@ static unsigned method_keys(kvq_method m) {
         return K_BITS | K_ROTATE | K_SEED | K_QUERY_BITS | K_SPLIT | K_NLIST | K_EPS0 | K_ISA;
     case KVQ_METHOD_VECINFER: return K_BITS | K_SUB_DIM | K_SEED | K_ARTIFACT | K_ISA;
     case KVQ_METHOD_SPECTRAL: return K_BITS | K_SEED | K_ARTIFACT | K_ISA;
+    case KVQ_METHOD_CHANNEL: return K_BITS | K_ISA;
     case KVQ_METHOD_COMM_VQ:
         return K_BITS | K_N_CODEBOOKS | K_SEED | K_ROPE_BASE | K_ROPE | K_ARTIFACT | K_ISA;
     default: return 0;
@@ -128,6 +131,9 @@ void kvqi_config_resolve(kvq_config *c) {
         break;
     case KVQ_METHOD_SPECTRAL:
         if (!c->bits) c->bits = 2;
+        break;
+    case KVQ_METHOD_CHANNEL:
+        if (!c->bits) c->bits = 4;
         break;
     case KVQ_METHOD_COMM_VQ:
         if (!c->bits) c->bits = 8;

@@ -1,0 +1,144 @@
+/*
+ * chan.c - per-channel keys (KVQI_PATH_CHAN, method "channel"), after KIVI (arXiv
+ * 2402.02750): a key channel's values over one chunk of tokens share an fp16 minimum
+ * and step, and each token stores round((x - min) / step). Keys of RoPE models keep
+ * their large channels nearly constant over a chunk and their fast-turning channels
+ * bounded, so a per-channel range is far tighter than a per-token one. The channels'
+ * bits follow their spread over the probe tokens (more bits where the range is wide;
+ * a channel that does not move gets none and is its chunk midpoint), `bits` on average.
+ *
+ * A head's block in a chunk: lo[dim] fp16, step[dim] fp16, then channel j's C codes of
+ * bits[j] bits as bits[j] bit-planes of C bits (plane p: bit p of every token's code,
+ * token t at bit t), from byte offset off[j] (C is a multiple of 8, so every plane
+ * starts on a byte). A chunk is coded once all its tokens are in: until then they wait
+ * in the ring (q8_0 rows).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "cache/cache_internal.h"
+#include "quant/quant.h"
+
+size_t kvqi_chan_block_bytes(uint32_t dim, uint32_t bits, size_t C) {
+    return (size_t)4 * dim + C * dim * bits / 8;
+}
+
+kvq_status kvqi_chan_init(kvq_cache *c) {
+    size_t C = c->cfg.chunk_tokens, dim = c->dim;
+    if (C % 8 != 0) {
+        kvqi_set_msg(NULL, 0, "cache: channel keys need chunk_tokens a multiple of 8 (got %zu)", C);
+        return KVQ_ERR_UNSUPPORTED;
+    }
+    if (c->n_out) {
+        kvqi_set_msg(NULL, 0, "cache: channel keys give every channel its own range: outliers must be 0");
+        return KVQ_ERR_UNSUPPORTED;
+    }
+    size_t block = kvqi_chan_block_bytes(c->dim, c->cfg.key.bits, C);
+    c->key.code_size = (block + C - 1) / C;
+    c->chan_bits = kvqi_calloc_array((size_t)c->n_kv * dim, 1);
+    c->chan_off = kvqi_calloc_array((size_t)c->n_kv * dim, sizeof(uint32_t));
+    c->chan_buf = kvqi_alloc_array(C * dim, sizeof(float));
+    if (!c->chan_bits || !c->chan_off || !c->chan_buf) return KVQ_ERR_NOMEM;
+    return KVQ_OK;
+}
+
+void kvqi_chan_free(kvq_cache *c) {
+    kvqi_free(c->chan_bits);
+    kvqi_free(c->chan_off);
+    kvqi_free(c->chan_buf);
+    c->chan_bits = NULL;
+    c->chan_off = NULL;
+    c->chan_buf = NULL;
+}
+
+/* Bits per channel from the probe: greedy, one bit at a time to the channel whose
+ * squared range times 4^-bits (its error) is largest, up to 8; ties to the lower
+ * channel. Same probe, same bits, on every machine (doubles, fixed order). */
+void kvqi_chan_allocate(kvq_cache *c, const float *stage) {
+    uint32_t dim = c->dim, total = c->cfg.key.bits * dim;
+    size_t C = c->cfg.chunk_tokens;
+    double *w = (double *)(void *)c->chan_buf; /* free until the first chunk is coded */
+    for (uint32_t g = 0; g < c->n_kv; g++) {
+        uint8_t *b = c->chan_bits + (size_t)g * dim;
+        for (uint32_t j = 0; j < dim; j++) {
+            /* the first token is the attention sink, unlike the rest */
+            float lo = INFINITY, hi = -INFINITY;
+            for (uint32_t t = 1; t < KVQI_OUTLIER_PROBE_TOKENS; t++) {
+                float x = stage[((size_t)t * c->n_kv + g) * dim + j];
+                lo = fminf(lo, x);
+                hi = fmaxf(hi, x);
+            }
+            w[j] = (double)(hi - lo) * (double)(hi - lo);
+            b[j] = 0;
+        }
+        for (uint32_t n = 0; n < total; n++) {
+            uint32_t best = UINT32_MAX;
+            double best_e = -1.0;
+            for (uint32_t j = 0; j < dim; j++) {
+                if (b[j] >= 8) continue;
+                double e = ldexp(w[j], -2 * (int)b[j]);
+                if (e > best_e) {
+                    best_e = e;
+                    best = j;
+                }
+            }
+            if (best == UINT32_MAX) break;
+            b[best]++;
+        }
+        uint32_t *off = c->chan_off + (size_t)g * dim;
+        size_t at = (size_t)4 * dim;
+        for (uint32_t j = 0; j < dim; j++) {
+            off[j] = (uint32_t)at;
+            at += C * b[j] / 8;
+        }
+    }
+}
+
+/* One head's chunk: rows [C][dim] (centered already when the cache centers keys); rows
+ * outside [lo_t, hi_t) are never read (sinks, tokens a sliding window dropped): they
+ * neither widen a range nor get a meaningful code. */
+void kvqi_chan_encode(const kvq_cache *c, uint32_t g, const float *rows, size_t lo_t, size_t hi_t,
+                      uint8_t *block) {
+    uint32_t dim = c->dim;
+    size_t C = c->cfg.chunk_tokens;
+    const uint8_t *bits = c->chan_bits + (size_t)g * dim;
+    const uint32_t *off = c->chan_off + (size_t)g * dim;
+    memset(block, 0, kvqi_chan_block_bytes(dim, c->cfg.key.bits, C));
+    for (uint32_t j = 0; j < dim; j++) {
+        float lo = 0.0f, hi = 0.0f;
+        if (lo_t < hi_t) {
+            lo = hi = rows[lo_t * dim + j];
+            for (size_t t = lo_t + 1; t < hi_t; t++) {
+                lo = fminf(lo, rows[t * dim + j]);
+                hi = fmaxf(hi, rows[t * dim + j]);
+            }
+        }
+        uint16_t lo_h, step_h;
+        if (bits[j] == 0) { /* the midpoint, no codes */
+            lo_h = kvqi_fp32_to_fp16(0.5f * (lo + hi));
+            step_h = 0;
+        } else {
+            kvqi_channel_range(lo, hi, bits[j], &lo_h, &step_h);
+        }
+        memcpy(block + 2 * (size_t)j, &lo_h, 2);
+        memcpy(block + 2 * ((size_t)dim + j), &step_h, 2);
+        if (bits[j] == 0) continue;
+        float l = kvqi_fp16_to_fp32(lo_h), s = kvqi_fp16_to_fp32(step_h);
+        for (size_t t = lo_t; t < hi_t; t++) {
+            uint32_t code = kvqi_channel_code(rows[t * dim + j], l, s, bits[j]);
+            for (uint32_t p = 0; p < bits[j]; p++)
+                if ((code >> p) & 1u) block[off[j] + p * (C / 8) + (t >> 3)] |= (uint8_t)(1u << (t & 7));
+        }
+    }
+}
+
+/* Scores of tokens [in, in + nb) of head g's chunk block for G queries (natural order,
+ * scale applied): sum_j q_j lo_j once, then the kernel adds (q_j step_j) code_j(t) channel
+ * by channel. w: G * dim floats of scratch. */
+void kvqi_chan_score(const kvq_cache *c, const float *q, uint32_t G, uint32_t g, const uint8_t *chunk,
+                     size_t in, size_t nb, float *scores, size_t ld, float *w) {
+    uint32_t dim = c->dim;
+    size_t C = c->cfg.chunk_tokens;
+    c->kern->chan_score(chunk + (size_t)g * C * c->key.code_size, c->chan_off + (size_t)g * dim,
+                        c->chan_bits + (size_t)g * dim, dim, C, q, G, in, nb, scores, ld, w);
+}

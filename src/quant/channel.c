@@ -1,0 +1,133 @@
+/*
+ * channel.c - KIVI's asymmetric uniform code (arXiv 2402.02750). As a quantizer, one
+ * vector at a time: its minimum and step in fp16, then dim codes of `bits` bits,
+ * code = round((x - min) / step), LSB first. As the keys of a kvq_cache the same code
+ * runs per channel over each chunk of tokens instead (cache/chan.c): a channel's minimum
+ * and step are shared by the chunk's tokens, and the channels' bits follow their spread.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#include "quant/quant.h"
+
+static kvq_status channel_validate(const kvq_config *c, char *why, size_t n) {
+    if (c->bits < 1 || c->bits > 8) {
+        kvqi_set_msg(why, n, "bits %u is not 1..8", c->bits);
+        return KVQ_ERR_UNSUPPORTED;
+    }
+    if (c->dim % 8 != 0) {
+        kvqi_set_msg(why, n, "dim %u is not a multiple of 8", c->dim);
+        return KVQ_ERR_UNSUPPORTED;
+    }
+    return KVQ_OK;
+}
+
+static kvq_status channel_init(kvq_quantizer *q) {
+    KVQI_UNUSED(q);
+    return KVQ_OK;
+}
+
+static size_t channel_code_size(const kvq_quantizer *q) {
+    return 4 + (size_t)q->cfg.dim * q->cfg.bits / 8;
+}
+
+void kvqi_channel_range(float lo, float hi, uint32_t bits, uint16_t *lo_h, uint16_t *step_h) {
+    uint32_t levels = (1u << bits) - 1u;
+    *lo_h = kvqi_fp32_to_fp16(lo);
+    float l = kvqi_fp16_to_fp32(*lo_h);
+    /* the step is rounded up to fp16 so that lo + levels * step still reaches hi */
+    float step = hi > l ? (hi - l) / (float)levels : 0.0f;
+    uint16_t s = kvqi_fp32_to_fp16(step);
+    if (kvqi_fp16_to_fp32(s) < step && s < 0x7bffu) s++;
+    *step_h = s;
+}
+
+uint32_t kvqi_channel_code(float x, float lo, float step, uint32_t bits) {
+    if (!(step > 0.0f)) return 0;
+    float v = rintf((x - lo) / step);
+    float top = (float)((1u << bits) - 1u);
+    return v <= 0.0f ? 0u : v >= top ? (uint32_t)top : (uint32_t)v;
+}
+
+void kvqi_bits_put(uint8_t *dst, size_t bit, uint32_t bits, uint32_t v) {
+    for (uint32_t b = 0; b < bits; b++, bit++) {
+        uint8_t m = (uint8_t)(1u << (bit & 7));
+        if ((v >> b) & 1u)
+            dst[bit >> 3] |= m;
+        else
+            dst[bit >> 3] &= (uint8_t)~m;
+    }
+}
+
+uint32_t kvqi_bits_get(const uint8_t *src, size_t bit, uint32_t bits) {
+    /* at most 8 bits spanning at most two bytes; the second only when needed */
+    size_t i = bit >> 3;
+    uint32_t sh = (uint32_t)(bit & 7), v = src[i];
+    if (sh + bits > 8) v |= (uint32_t)src[i + 1] << 8;
+    return (v >> sh) & ((1u << bits) - 1u);
+}
+
+static kvq_status channel_encode(const kvq_quantizer *q, const float *x, size_t n, uint8_t *codes) {
+    uint32_t d = q->cfg.dim, bits = q->cfg.bits;
+    for (size_t i = 0; i < n; i++) {
+        const float *v = x + i * d;
+        uint8_t *c = codes + i * q->code_size;
+        float lo = v[0], hi = v[0];
+        for (uint32_t j = 1; j < d; j++) {
+            lo = fminf(lo, v[j]);
+            hi = fmaxf(hi, v[j]);
+        }
+        uint16_t lo_h, step_h;
+        kvqi_channel_range(lo, hi, bits, &lo_h, &step_h);
+        memcpy(c, &lo_h, 2);
+        memcpy(c + 2, &step_h, 2);
+        float l = kvqi_fp16_to_fp32(lo_h), s = kvqi_fp16_to_fp32(step_h);
+        memset(c + 4, 0, (size_t)d * bits / 8);
+        for (uint32_t j = 0; j < d; j++)
+            kvqi_bits_put(c + 4, (size_t)j * bits, bits, kvqi_channel_code(v[j], l, s, bits));
+    }
+    return KVQ_OK;
+}
+
+static kvq_status channel_decode(const kvq_quantizer *q, const uint8_t *codes, size_t n, float *x) {
+    uint32_t d = q->cfg.dim, bits = q->cfg.bits;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *c = codes + i * q->code_size;
+        uint16_t lo_h, step_h;
+        memcpy(&lo_h, c, 2);
+        memcpy(&step_h, c + 2, 2);
+        float l = kvqi_fp16_to_fp32(lo_h), s = kvqi_fp16_to_fp32(step_h);
+        for (uint32_t j = 0; j < d; j++)
+            x[i * d + j] = l + s * (float)kvqi_bits_get(c + 4, (size_t)j * bits, bits);
+    }
+    return KVQ_OK;
+}
+
+static kvq_status channel_score(const kvq_quantizer *q, const float *query, const uint8_t *codes,
+                                size_t n, float *scores, float *err) {
+    KVQI_UNUSED(err);
+    uint32_t d = q->cfg.dim, bits = q->cfg.bits;
+    double qsum = 0.0;
+    for (uint32_t j = 0; j < d; j++) qsum += query[j];
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *c = codes + i * q->code_size;
+        uint16_t lo_h, step_h;
+        memcpy(&lo_h, c, 2);
+        memcpy(&step_h, c + 2, 2);
+        double acc = 0.0;
+        for (uint32_t j = 0; j < d; j++) acc += (double)query[j] * kvqi_bits_get(c + 4, (size_t)j * bits, bits);
+        scores[i] = (float)(kvqi_fp16_to_fp32(lo_h) * qsum + kvqi_fp16_to_fp32(step_h) * acc);
+    }
+    return KVQ_OK;
+}
+
+const kvqi_method kvqi_method_channel = {
+    .method = KVQ_METHOD_CHANNEL,
+    .name = "channel",
+    .validate = channel_validate,
+    .init = channel_init,
+    .code_size = channel_code_size,
+    .encode = channel_encode,
+    .decode = channel_decode,
+    .score = channel_score,
+};

@@ -1,0 +1,324 @@
+/* test_channel.c - the channel method: the per-vector code's half-step bound, cache keys
+ * coded per channel over chunks (half a step of each channel's own range, bits spent by
+ * spread), attention against a double reference and against rotated keys on keys with
+ * persistent and turning channels, batching invariance, and the configs it refuses. */
+#include <stdlib.h>
+
+#include "cache/cache_internal.h"
+#include "core/core.h"
+#include "cpu/cache_kernels.h"
+#include "cpu/cpu.h"
+#include "quant/quant.h"
+#include "test.h"
+
+TEST(channel_quantizer_half_step) {
+    const uint32_t dim = 64;
+    const size_t n = 50;
+    float *x = malloc(n * dim * sizeof(float)), *y = malloc(n * dim * sizeof(float));
+    float *s = malloc(n * sizeof(float));
+    uint8_t *codes = malloc(n * (4 + dim));
+    REQUIRE(x && y && s && codes);
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 7);
+    for (size_t i = 0; i < n * dim; i++) x[i] = (float)kvqi_rng_normal(&r) * (1.0f + (float)(i % 5));
+    for (uint32_t bits = 1; bits <= 8; bits++) {
+        kvq_config cfg;
+        char spec[32];
+        snprintf(spec, sizeof spec, "channel:bits=%u", bits);
+        REQUIRE_OK(kvq_config_parse(spec, dim, &cfg, NULL, 0));
+        kvq_quantizer *q;
+        REQUIRE_OK(kvq_quantizer_create(&cfg, &q));
+        CHECK(kvq_code_size(q) == 4 + dim * bits / 8);
+        REQUIRE_OK(kvq_encode(q, x, n, codes));
+        REQUIRE_OK(kvq_decode(q, codes, n, y));
+        double worst = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            float lo = x[i * dim], hi = lo;
+            for (uint32_t j = 1; j < dim; j++) {
+                lo = fminf(lo, x[i * dim + j]);
+                hi = fmaxf(hi, x[i * dim + j]);
+            }
+            double step = (hi - lo) / (double)((1u << bits) - 1u);
+            for (uint32_t j = 0; j < dim; j++) {
+                /* half a step, plus the fp16 rounding of the minimum and the step */
+                double e = fabs((double)x[i * dim + j] - y[i * dim + j]) / (0.5 * step + 2e-3 * (hi - lo));
+                if (e > worst) worst = e;
+            }
+        }
+        CHECKF(worst <= 1.0, "bits %u: error %.3f of the bound", bits, worst);
+        /* the score is <q, decoded vector> */
+        REQUIRE_OK(kvq_score(q, x, codes, n, s));
+        for (size_t i = 0; i < n; i++) {
+            double d = 0.0, nq = 0.0, ny = 0.0;
+            for (uint32_t j = 0; j < dim; j++) {
+                d += (double)x[j] * y[i * dim + j];
+                nq += (double)x[j] * x[j];
+                ny += (double)y[i * dim + j] * y[i * dim + j];
+            }
+            CHECKF(fabs(s[i] - d) <= 1e-5 * sqrt(nq * ny) + 1e-6, "bits %u row %zu: %g vs %g", bits, i, s[i], d);
+        }
+        kvq_quantizer_free(q);
+    }
+    kvq_config cfg;
+    CHECK_STATUS(kvq_config_parse("channel:bits=9", dim, &cfg, NULL, 0), KVQ_ERR_UNSUPPORTED);
+    CHECK_STATUS(kvq_config_parse("channel:bits=4", 60, &cfg, NULL, 0), KVQ_ERR_UNSUPPORTED);
+    REQUIRE_OK(kvq_config_parse("kivi", dim, &cfg, NULL, 0));
+    CHECK(cfg.method == KVQ_METHOD_CHANNEL && cfg.bits == 4);
+    free(x), free(y), free(s), free(codes);
+}
+
+/* RoPE-like keys: per head, half the channels a large persistent offset with a little
+ * noise, the other half pairs turning with the position at their own speed. */
+static float *rope_like(size_t n, uint32_t n_kv, uint32_t dim, uint64_t seed) {
+    float *x = malloc(n * n_kv * dim * sizeof(float));
+    if (!x) return NULL;
+    kvqi_rng r;
+    kvqi_rng_seed(&r, seed);
+    for (size_t t = 0; t < n; t++)
+        for (uint32_t g = 0; g < n_kv; g++)
+            for (uint32_t j = 0; j < dim; j++) {
+                float *o = x + (t * n_kv + g) * dim + j;
+                double noise = kvqi_rng_normal(&r);
+                if (j < dim / 2) {
+                    *o = (float)(6.0 * sin(1.0 + j * (g + 1.0)) + 0.05 * noise);
+                } else {
+                    uint32_t p = (j - dim / 2) / 2;
+                    double ang = (double)t * pow(10000.0, -(double)p / (dim / 4)), a = 1.0 + 0.1 * noise;
+                    *o = (float)(j % 2 ? a * sin(ang) : a * cos(ang));
+                }
+            }
+    if (n > 0) /* the first token an attention sink, far from the rest */
+        for (size_t i = 0; i < (size_t)n_kv * dim; i++) x[i] *= 8.0f;
+    return x;
+}
+
+/* Per head of every whole chunk: each coded key within half a step of its channel's
+ * range over the chunk's tokens (sinks left out), bits summing to bits * dim. */
+TEST(channel_cache_keys_within_half_step) {
+    const uint32_t n_kv = 2, dim = 64, C = 32;
+    const size_t n = 200;
+    float *k = rope_like(n, n_kv, dim, 11), *v = rope_like(n, n_kv, dim, 12);
+    REQUIRE(k && v);
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_parse("channel:bits=3+fp16@sink=1,window=4,chunk=32", n_kv, dim, &cfg, NULL, 0));
+    CHECK(cfg.chunk_tokens == C);
+    kvq_cache *c;
+    REQUIRE_OK(kvq_cache_create(&cfg, &c));
+    REQUIRE_OK(kvq_cache_append(c, k, v, n));
+    CHECK(c->key.path == KVQI_PATH_CHAN && c->n_coded == (n - 4) / C * C);
+    for (uint32_t g = 0; g < n_kv; g++) {
+        uint32_t sum = 0;
+        for (uint32_t j = 0; j < dim; j++) sum += c->chan_bits[g * dim + j];
+        CHECK(sum == 3 * dim);
+        /* the fastest-turning channel spans more than a persistent one: more bits */
+        CHECK(c->chan_bits[g * dim + dim / 2] > c->chan_bits[g * dim]);
+    }
+    double worst = 0.0;
+    for (size_t ch = 0; ch * C < c->n_coded; ch++)
+        for (uint32_t g = 0; g < n_kv; g++) {
+            const uint8_t *blk = c->chunks[ch] + (size_t)g * C * c->key.code_size;
+            for (uint32_t j = 0; j < dim; j++) {
+                uint16_t lo_h, st_h;
+                memcpy(&lo_h, blk + 2 * j, 2);
+                memcpy(&st_h, blk + 2 * (dim + j), 2);
+                float lo = kvqi_fp16_to_fp32(lo_h), step = kvqi_fp16_to_fp32(st_h);
+                uint32_t b = c->chan_bits[g * dim + j];
+                float mn = INFINITY, mx = -INFINITY;
+                for (size_t t = ch ? 0 : 1; t < C; t++) {
+                    float x = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(k[((ch * C + t) * n_kv + g) * dim + j]));
+                    mn = fminf(mn, x);
+                    mx = fmaxf(mx, x);
+                }
+                for (size_t t = ch ? 0 : 1; t < C; t++) {
+                    const float *row = k + ((ch * C + t) * n_kv + g) * dim;
+                    float x = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(row[j])), amax = 0.0f;
+                    for (uint32_t i = j / 32 * 32; i < j / 32 * 32 + 32; i++) amax = fmaxf(amax, fabsf(row[i]));
+                    uint32_t code = 0;
+                    for (uint32_t pl = 0; pl < b; pl++)
+                        code |= (uint32_t)((blk[c->chan_off[g * dim + j] + pl * (C / 8) + t / 8] >> (t % 8)) & 1) << pl;
+                    float y = b ? lo + step * (float)code : lo;
+                    double bound = b ? 0.5 * (mx - mn) / ((1u << b) - 1u) : 0.5 * (mx - mn);
+                    /* the ring's q8_0 copy (half its step: amax / 254 of the token's block
+                     * of 32, on the value and on the range), then fp16 minimum and step */
+                    bound += 3.0 * amax / 254.0 + 2e-3 * (fabsf(mx) + fabsf(mn)) + 1e-6;
+                    double e = fabs(x - y) / bound;
+                    if (e > worst) worst = e;
+                }
+            }
+        }
+    CHECKF(worst <= 1.0, "worst error %.3f of the bound", worst);
+    kvq_cache_free(c);
+    free(k), free(v);
+}
+
+static void ref_attend1(const float *q, const float *k, const float *v, size_t n, uint32_t n_kv, uint32_t H,
+                        uint32_t dim, float scale, float *out) {
+    uint32_t G = H / n_kv;
+    double *s = malloc(n * sizeof(double));
+    for (uint32_t h = 0; h < H; h++) {
+        uint32_t g = h / G;
+        double m = -1e300, l = 0.0;
+        for (size_t t = 0; t < n; t++) {
+            double d = 0.0;
+            for (uint32_t j = 0; j < dim; j++) d += (double)q[h * dim + j] * k[(t * n_kv + g) * dim + j];
+            s[t] = d * scale;
+            if (s[t] > m) m = s[t];
+        }
+        for (size_t t = 0; t < n; t++) l += (s[t] = exp(s[t] - m));
+        for (uint32_t j = 0; j < dim; j++) {
+            double a = 0.0;
+            for (size_t t = 0; t < n; t++) a += s[t] * v[(t * n_kv + g) * dim + j];
+            out[h * dim + j] = (float)(a / l);
+        }
+    }
+    free(s);
+}
+
+static double attend_err(const char *spec, const float *k, const float *v, const float *q, size_t n,
+                         uint32_t n_kv, uint32_t H, uint32_t dim, const float *ref) {
+    kvq_cache_config cfg;
+    kvq_cache *c;
+    float *out = malloc((size_t)H * dim * sizeof(float));
+    double e = -1.0;
+    if (out && kvq_cache_config_parse(spec, n_kv, dim, &cfg, NULL, 0) == KVQ_OK &&
+        kvq_cache_create(&cfg, &c) == KVQ_OK) {
+        /* decode-like: one token at a time */
+        int ok = 1;
+        for (size_t t = 0; t < n && ok; t++)
+            ok = kvq_cache_append(c, k + t * n_kv * dim, v + t * n_kv * dim, 1) == KVQ_OK;
+        if (ok && kvq_cache_attend(c, q, H, 1, 1.0f / 8.0f, NULL, out) == KVQ_OK) {
+            double num = 0.0, den = 0.0;
+            for (size_t i = 0; i < (size_t)H * dim; i++) {
+                num += ((double)out[i] - ref[i]) * ((double)out[i] - ref[i]);
+                den += (double)ref[i] * ref[i];
+            }
+            e = sqrt(num / den);
+        }
+        kvq_cache_free(c);
+    }
+    free(out);
+    return e;
+}
+
+/* On keys with persistent and turning channels, per-channel ranges beat a rotated code
+ * of more bits per key (norm included); values fp16 so the keys alone differ. */
+TEST(channel_cache_attention_beats_rotated_keys) {
+    const uint32_t n_kv = 2, H = 4, dim = 64;
+    const size_t n = 300;
+    float *k = rope_like(n, n_kv, dim, 21), *v = rope_like(n, n_kv, dim, 22);
+    float *q = malloc((size_t)H * dim * sizeof(float)), *ref = malloc((size_t)H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref);
+    /* a query that spreads its attention over the context */
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 23);
+    for (uint32_t i = 0; i < H * dim; i++) q[i] = (float)kvqi_rng_normal(&r) * (i % dim < dim / 2 ? 0.2f : 3.0f);
+    /* every cache holds its exact tokens at fp16: the reference too */
+    for (size_t i = 0; i < n * n_kv * dim; i++) {
+        k[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(k[i]));
+        v[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(v[i]));
+    }
+    ref_attend1(q, k, v, n, n_kv, H, dim, 1.0f / 8.0f, ref);
+    double ech = attend_err("channel:bits=4+fp16@sink=1", k, v, q, n, n_kv, H, dim, ref);
+    /* the same exact tokens for both: channel keys hold 300 - 256 = 44 in the ring */
+    double emse = attend_err("mse:bits=4+fp16@sink=1,center=1,window=44", k, v, q, n, n_kv, H, dim, ref);
+    double e16 = attend_err("fp16", k, v, q, n, n_kv, H, dim, ref);
+    CHECKF(ech >= 0 && emse >= 0 && e16 >= 0, "attend failed: %g %g %g", ech, emse, e16);
+    CHECKF(ech < 1e-3, "channel 4-bit keys: relative error %.4f", ech);
+    CHECKF(ech < 0.3 * emse, "channel %.4f not below half of rotated mse %.4f", ech, emse);
+    CHECKF(e16 < 1e-5, "fp16 %.4g", e16);
+    free(k), free(v), free(q), free(ref);
+}
+
+/* The codes and the answers do not depend on how the tokens were split into appends. */
+TEST(channel_cache_batching_invisible) {
+    const uint32_t n_kv = 2, H = 4, dim = 64;
+    const size_t n = 500;
+    float *k = rope_like(n, n_kv, dim, 31), *v = rope_like(n, n_kv, dim, 32);
+    float *q = rope_like(3, H, dim, 33);
+    float *o1 = malloc(3 * (size_t)H * dim * sizeof(float)), *o2 = malloc(3 * (size_t)H * dim * sizeof(float));
+    REQUIRE(k && v && q && o1 && o2);
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_parse("channel:bits=4+mse:bits=4@sink=1,window=5", n_kv, dim, &cfg, NULL, 0));
+    kvq_cache *a, *b;
+    REQUIRE_OK(kvq_cache_create(&cfg, &a));
+    REQUIRE_OK(kvq_cache_create(&cfg, &b));
+    for (size_t t = 0; t < n; t++) REQUIRE_OK(kvq_cache_append(a, k + t * n_kv * dim, v + t * n_kv * dim, 1));
+    size_t have = 0, sizes[] = {3, 40, 64, 1, 100, 7};
+    for (size_t i = 0; have < n; i++) {
+        size_t nb = KVQI_MIN(sizes[i % 6], n - have);
+        REQUIRE_OK(kvq_cache_append(b, k + have * n_kv * dim, v + have * n_kv * dim, nb));
+        have += nb;
+    }
+    CHECK(a->n_coded == b->n_coded && a->n_coded == (n - 5) / 64 * 64);
+    for (size_t ch = 0; ch * 64 < a->n_coded; ch++)
+        CHECKF(memcmp(a->chunks[ch], b->chunks[ch], a->chunk_bytes) == 0, "chunk %zu differs", ch);
+    REQUIRE_OK(kvq_cache_attend(a, q, H, 3, 0.125f, NULL, o1));
+    REQUIRE_OK(kvq_cache_attend(b, q, H, 3, 0.125f, NULL, o2));
+    CHECK(memcmp(o1, o2, 3 * (size_t)H * dim * sizeof(float)) == 0);
+    /* memory: the ring holds window + a chunk of q8_0 rows; codes 4.5 + 4.25 bits */
+    kvq_cache_memory_info m;
+    REQUIRE_OK(kvq_cache_memory(a, &m));
+    CHECK(m.key_codes == (uint64_t)a->n_coded * n_kv * (dim * 4 / 8 + 4 * dim / 64));
+    CHECK(m.window == 2ull * 69 * n_kv * (dim / 32 * 34) + 2ull * 1 * n_kv * dim * 2);
+    kvq_cache_free(a);
+    kvq_cache_free(b);
+    free(k), free(v), free(q), free(o1), free(o2);
+}
+
+TEST(channel_cache_refuses_what_it_cannot_do) {
+    kvq_cache_config cfg;
+    kvq_cache *c = NULL;
+    REQUIRE_OK(kvq_cache_config_parse("channel:bits=4+fp16@outliers=2", 2, 64, &cfg, NULL, 0));
+    CHECK_STATUS(kvq_cache_create(&cfg, &c), KVQ_ERR_UNSUPPORTED);
+    CHECK(c == NULL && strstr(kvq_last_error(), "outliers") != NULL);
+    REQUIRE_OK(kvq_cache_config_parse("channel:bits=4+fp16@chunk=12", 2, 64, &cfg, NULL, 0));
+    CHECK_STATUS(kvq_cache_create(&cfg, &c), KVQ_ERR_UNSUPPORTED);
+    /* q8_0 ring rows: head_dim a multiple of 32 */
+    REQUIRE_OK(kvq_cache_config_parse("channel:bits=4+fp16", 2, 48, &cfg, NULL, 0));
+    CHECK(kvq_cache_create(&cfg, &c) != KVQ_OK && c == NULL);
+    char msg[128];
+    CHECK_STATUS(kvq_cache_config_parse("channel+fp16@chunk=x", 2, 64, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
+}
+
+/* Every ISA's score kernel gives the scalar reference's bits: random planes, bits 0..8
+ * per channel, chunks of 64 and 128, spans starting anywhere, 1..7 query heads. */
+TEST(channel_score_kernels_match_scalar) {
+    const uint32_t dim = 64;
+    uint8_t bits[64];
+    uint32_t off[64];
+    uint8_t block[4 * 64 + 64 * 8 * 16];
+    float q[7 * 64], ref[7 * 64], got[7 * 64], w1[9 * 64], w2[9 * 64];
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 41);
+    for (size_t i = 0; i < sizeof block; i++) block[i] = (uint8_t)kvqi_rng_next(&r);
+    for (uint32_t j = 0; j < 2 * dim; j++) { /* finite minima and steps */
+        uint16_t h = kvqi_fp32_to_fp16((float)kvqi_rng_normal(&r) * (j < dim ? 4.0f : 0.1f));
+        memcpy(block + 2 * j, &h, 2);
+    }
+    for (uint32_t i = 0; i < 7 * dim; i++) q[i] = (float)kvqi_rng_normal(&r);
+    const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512, KVQ_ISA_NEON};
+    int compared = 0;
+    for (size_t C = 64; C <= 128; C += 64) {
+        size_t at = 4 * dim;
+        for (uint32_t j = 0; j < dim; j++) {
+            bits[j] = (uint8_t)(kvqi_rng_next(&r) % 9);
+            off[j] = (uint32_t)at;
+            at += C * bits[j] / 8;
+        }
+        for (size_t in = 0; in < C; in += 13)
+            for (uint32_t G = 1; G <= 7; G += 3) {
+                size_t n = KVQI_MIN((size_t)64, C - in);
+                kvqi_cache_kernels_scalar.chan_score(block, off, bits, dim, C, q, G, in, n, ref, 64, w1);
+                for (size_t k = 0; k < 3; k++) {
+                    if (!kvq_isa_available(isas[k])) continue;
+                    const kvqi_cache_kernels *K = kvqi_cache_kernels_for(isas[k]);
+                    K->chan_score(block, off, bits, dim, C, q, G, in, n, got, 64, w2);
+                    for (uint32_t h = 0; h < G; h++)
+                        CHECKF(memcmp(got + h * 64, ref + h * 64, n * sizeof(float)) == 0,
+                               "isa %d C %zu in %zu G %u head %u differs", (int)isas[k], C, in, G, h);
+                    compared++;
+                }
+            }
+    }
+    if (!compared) SKIP("no SIMD ISA on this CPU");
+}
