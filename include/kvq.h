@@ -284,6 +284,7 @@ typedef struct kvq_cache_preset {
     uint32_t window, n_sink, n_outliers, center_keys; /* as in kvq_cache_config */
     double bits;            /* bits per cached number at 4096 tokens, all parts counted */
     const char *summary;    /* one line for --help */
+    uint32_t chunk_tokens;  /* as in kvq_cache_config (0 = the default, 64) */
 } kvq_cache_preset;
 /* Preset i (0, 1, ...) and NULL past the last; by name, NULL if unknown. */
 KVQ_API const kvq_cache_preset *kvq_cache_preset_at(size_t i);

@@ -95,12 +95,12 @@ static float *rope_like(size_t n, uint32_t n_kv, uint32_t dim, uint64_t seed) {
 /* Per head of every whole chunk: each coded key within half a step of its channel's
  * range over the chunk's tokens (sinks left out), bits summing to bits * dim. */
 TEST(channel_cache_keys_within_half_step) {
-    const uint32_t n_kv = 2, dim = 64, C = 32;
+    const uint32_t n_kv = 2, dim = 64, C = 64;
     const size_t n = 200;
     float *k = rope_like(n, n_kv, dim, 11), *v = rope_like(n, n_kv, dim, 12);
     REQUIRE(k && v);
     kvq_cache_config cfg;
-    REQUIRE_OK(kvq_cache_config_parse("channel:bits=3+fp16@sink=1,window=4,chunk=32", n_kv, dim, &cfg, NULL, 0));
+    REQUIRE_OK(kvq_cache_config_parse("channel:bits=3+fp16@sink=1,window=4,chunk=64", n_kv, dim, &cfg, NULL, 0));
     CHECK(cfg.chunk_tokens == C);
     kvq_cache *c;
     REQUIRE_OK(kvq_cache_create(&cfg, &c));
@@ -130,13 +130,15 @@ TEST(channel_cache_keys_within_half_step) {
                     mx = fmaxf(mx, x);
                 }
                 for (size_t t = ch ? 0 : 1; t < C; t++) {
-                    const float *row = k + ((ch * C + t) * n_kv + g) * dim;
+                    const float *row = k + ((ch * C + t) * n_kv + g) * dim, *mu = c->key_mean + g * dim;
                     float x = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(row[j])), amax = 0.0f;
-                    for (uint32_t i = j / 32 * 32; i < j / 32 * 32 + 32; i++) amax = fmaxf(amax, fabsf(row[i]));
-                    uint32_t code = 0;
-                    for (uint32_t pl = 0; pl < b; pl++)
-                        code |= (uint32_t)((blk[c->chan_off[g * dim + j] + pl * (C / 8) + t / 8] >> (t % 8)) & 1) << pl;
-                    float y = b ? lo + step * (float)code : lo;
+                    /* the ring holds keys minus the head's mean (tokens past the probe) */
+                    for (uint32_t i = j / 32 * 32; i < j / 32 * 32 + 32; i++)
+                        amax = fmaxf(amax, fabsf(row[i] - (ch * C + t >= 32 ? mu[i] : 0.0f)));
+                    uint32_t code = b ? kvqi_chan_code_at(blk + c->chan_off[g * dim + j] + t / 64 * 8 * b, b,
+                                                          (uint32_t)(t % 64))
+                                      : 0;
+                    float y = (b ? lo + step * (float)code : lo) + mu[j]; /* coded centered */
                     double bound = b ? 0.5 * (mx - mn) / ((1u << b) - 1u) : 0.5 * (mx - mn);
                     /* the ring's q8_0 copy (half its step: amax / 254 of the token's block
                      * of 32, on the value and on the range), then fp16 minimum and step */
@@ -271,7 +273,7 @@ TEST(channel_cache_refuses_what_it_cannot_do) {
     REQUIRE_OK(kvq_cache_config_parse("channel:bits=4+fp16@outliers=2", 2, 64, &cfg, NULL, 0));
     CHECK_STATUS(kvq_cache_create(&cfg, &c), KVQ_ERR_UNSUPPORTED);
     CHECK(c == NULL && strstr(kvq_last_error(), "outliers") != NULL);
-    REQUIRE_OK(kvq_cache_config_parse("channel:bits=4+fp16@chunk=12", 2, 64, &cfg, NULL, 0));
+    REQUIRE_OK(kvq_cache_config_parse("channel:bits=4+fp16@chunk=96", 2, 64, &cfg, NULL, 0));
     CHECK_STATUS(kvq_cache_create(&cfg, &c), KVQ_ERR_UNSUPPORTED);
     /* q8_0 ring rows: head_dim a multiple of 32 */
     REQUIRE_OK(kvq_cache_config_parse("channel:bits=4+fp16", 2, 48, &cfg, NULL, 0));
@@ -280,8 +282,8 @@ TEST(channel_cache_refuses_what_it_cannot_do) {
     CHECK_STATUS(kvq_cache_config_parse("channel+fp16@chunk=x", 2, 64, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
 }
 
-/* Every ISA's score kernel gives the scalar reference's bits: random planes, bits 0..8
- * per channel, chunks of 64 and 128, spans starting anywhere, 1..7 query heads. */
+/* Every ISA's score kernel gives the scalar reference's bits: random codes, bits 0..8
+ * per channel, chunks of 64 and 128, spans starting anywhere in a group, 1..7 heads. */
 TEST(channel_score_kernels_match_scalar) {
     const uint32_t dim = 64;
     uint8_t bits[64];
@@ -307,7 +309,7 @@ TEST(channel_score_kernels_match_scalar) {
         }
         for (size_t in = 0; in < C; in += 13)
             for (uint32_t G = 1; G <= 7; G += 3) {
-                size_t n = KVQI_MIN((size_t)64, C - in);
+                size_t n = 64 - in % 64; /* one group of 64 */
                 kvqi_cache_kernels_scalar.chan_score(block, off, bits, dim, C, q, G, in, n, ref, 64, w1);
                 for (size_t k = 0; k < 3; k++) {
                     if (!kvq_isa_available(isas[k])) continue;
@@ -321,4 +323,79 @@ TEST(channel_score_kernels_match_scalar) {
             }
     }
     if (!compared) SKIP("no SIMD ISA on this CPU");
+}
+
+/* The split fields put and get every code of every width at every position. */
+TEST(channel_code_fields_round_trip) {
+    uint8_t group[64];
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 5);
+    for (uint32_t b = 1; b <= 8; b++) {
+        uint32_t want[64];
+        memset(group, 0, sizeof group);
+        for (uint32_t l = 0; l < 64; l++) {
+            want[l] = (uint32_t)(kvqi_rng_next(&r) & ((1u << b) - 1u));
+            kvqi_chan_code_put(group, b, l, want[l]);
+        }
+        for (uint32_t l = 0; l < 64; l++) CHECKF(kvqi_chan_code_at(group, b, l) == want[l], "bits %u token %u", b, l);
+        /* exactly 8 * b bytes used */
+        for (uint32_t i = 8 * b; i < 64; i++) CHECK(group[i] == 0);
+    }
+}
+
+/* A sliding-window cache on channel keys (Gemma's local layers): each query sees its
+ * last SW positions, chunks behind the window are freed, and a chunk partly behind it is
+ * coded from the tokens still visible. */
+TEST(channel_cache_sliding_window) {
+    const uint32_t n_kv = 1, H = 4, dim = 64, SW = 100;
+    const size_t n = 700;
+    float *k = rope_like(n, n_kv, dim, 61), *v = rope_like(n, n_kv, dim, 62);
+    float *q = rope_like(n, H, dim, 63);
+    float *ref = malloc(64 * (size_t)H * dim * sizeof(float)), *out = malloc(64 * (size_t)H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref && out);
+    for (size_t i = 0; i < n * n_kv * dim; i++) {
+        k[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(k[i]));
+        v[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(v[i]));
+    }
+    for (size_t i = 0; i < n * H * dim; i++) q[i] *= 0.3f;
+    kvq_cache_config cfg;
+    /* values exact, so the keys' coding alone differs from the reference */
+    REQUIRE_OK(kvq_cache_config_parse("channel:bits=4+fp16@sink=1,window=8", n_kv, dim, &cfg, NULL, 0));
+    cfg.sliding_window = SW;
+    kvq_cache *c;
+    REQUIRE_OK(kvq_cache_create(&cfg, &c));
+    size_t have = 0, step = 0;
+    double worst = 0.0;
+    while (have < n) {
+        /* batches of 7, 8 and once 150 (more than the window: chunks skipped whole) */
+        size_t nb = KVQI_MIN(step == 30 ? (size_t)150 : (size_t)(step % 2 ? 7 : 8), n - have);
+        if (nb > 64) { /* attend at most 64 queries at once here */
+            REQUIRE_OK(kvq_cache_append(c, k + have * n_kv * dim, v + have * n_kv * dim, nb - 64));
+            have += nb - 64;
+            nb = 64;
+        }
+        REQUIRE_OK(kvq_cache_append(c, k + have * n_kv * dim, v + have * n_kv * dim, nb));
+        have += nb;
+        step++;
+        REQUIRE_OK(kvq_cache_attend(c, q + (have - nb) * H * dim, H, nb, 0.125f, NULL, out));
+        for (size_t i = 0; i < nb; i++) {
+            size_t p = have - nb + i, lo = p + 1 > SW ? p + 1 - SW : 0;
+            ref_attend1(q + p * H * dim, k + lo * n_kv * dim, v + lo * n_kv * dim, p + 1 - lo, n_kv, H, dim,
+                        0.125f, ref + i * H * dim);
+        }
+        double num = 0.0, den = 0.0;
+        for (size_t i = 0; i < nb * H * dim; i++) {
+            num += ((double)out[i] - ref[i]) * ((double)out[i] - ref[i]);
+            den += (double)ref[i] * ref[i];
+        }
+        if (sqrt(num / den) > worst) worst = sqrt(num / den);
+    }
+    CHECKF(worst < 2e-3, "worst relative error %.4f", worst);
+    kvq_cache_memory_info m;
+    REQUIRE_OK(kvq_cache_memory(c, &m));
+    /* codes for at most the window, a batch and two chunks, not the 700 tokens */
+    CHECKF(m.key_codes <= (uint64_t)(SW + 64 + 128) * c->key.code_size, "%llu bytes of key codes",
+           (unsigned long long)m.key_codes);
+    kvq_cache_free(c);
+    free(k), free(v), free(q), free(ref), free(out);
 }

@@ -386,7 +386,7 @@ static void free_kv(kv_data *D) {
  * (-1: the command line's --window / --outliers). */
 typedef struct method_spec {
     char key[256], value[256];
-    long window, outliers, sink, center;
+    long window, outliers, sink, center, chunk;
     size_t calibrate; /* --calibrate: tokens the calibrated methods learn from (0 = none) */
 } method_spec;
 
@@ -402,6 +402,7 @@ static int parse_cache_opts(char *s, method_spec *m) {
         else if (!strcmp(tok, "outliers")) m->outliers = x;
         else if (!strcmp(tok, "sink")) m->sink = x;
         else if (!strcmp(tok, "center") && x <= 1) m->center = x;
+        else if (!strcmp(tok, "chunk")) m->chunk = x;
         else return 0;
     }
     return 1;
@@ -446,6 +447,7 @@ static int parse_methods(const char *list, method_spec *out, int max, char *err,
     for (int i = 0; i < n; i++) {
         out[i].window = out[i].outliers = out[i].sink = -1;
         out[i].center = 0;
+        out[i].chunk = 0;
         char *at = strchr(joined[i], '@'), opts[512] = "";
         if (at) {
             *at = 0;
@@ -457,6 +459,7 @@ static int parse_methods(const char *list, method_spec *out, int max, char *err,
             out[i].outliers = pr->n_outliers;
             out[i].sink = pr->n_sink;
             out[i].center = pr->center_keys;
+            out[i].chunk = pr->chunk_tokens;
             if (strlen(pr->key_spec) + strlen(pr->value_spec) + 2 > sizeof joined[0]) return -1;
             strcpy(joined[i], pr->key_spec);
             strcat(joined[i], "/");
@@ -598,6 +601,7 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
     cfg.n_outliers = n_out;
     cfg.n_sink = n_sink;
     cfg.center_keys = (uint32_t)m->center;
+    if (m->chunk) cfg.chunk_tokens = (uint32_t)m->chunk;
     float *out = malloc(out_floats * sizeof(float));
     if (!out) {
         snprintf(r->error, sizeof r->error, "%s", kvq_strerror(KVQ_ERR_NOMEM));

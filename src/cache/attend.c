@@ -397,13 +397,17 @@ static void exact_block(attend_ctx *A, const task_view *T, kvqi_attend_scratch *
     (fp16 ? c->kern->accum_f16 : c->kern->accum_f32)(s->scores, B, G, d, v, stride, nb, s->acc_x);
 }
 
-/* One block of ring rows in q8_0 (channel keys' ring) into the exact state. */
+/* One block of ring rows in q8_0 (channel keys' ring) into the exact state; centered:
+ * the keys are stored minus the head's mean key. */
 static void ring_q8_block(attend_ctx *A, const task_view *T, kvqi_attend_scratch *s, const uint8_t *k,
-                          const uint8_t *v, size_t t0, size_t nb) {
+                          const uint8_t *v, size_t t0, size_t nb, int centered) {
     const kvq_cache *c = A->c;
     uint32_t d = c->dim, G = T->Gt;
     size_t B = KVQI_ATTEND_BLOCK, stride = (size_t)c->n_kv * c->ring_head;
     c->kern->score_q8_0(s->q_raw, G, d, k, stride, nb, s->scores, B);
+    if (centered) /* <q, mean> back, as for coded keys */
+        for (uint32_t h = 0; h < G; h++)
+            for (size_t t = 0; t < nb; t++) s->scores[h * B + t] += s->kbias[h];
     mask_block(A, s, T->first_visible, T->nqb, t0, nb);
     softmax_block(c, s, G, nb);
     c->kern->accum_q8_0(s->scores, B, G, d, v, stride, nb, s->acc_x);
@@ -421,7 +425,7 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
     size_t coded_end = c->coded ? KVQI_MIN(T->visible, c->n_coded) : 0;
     /* attention sinks: the first tokens from their exact copies (not where the window
      * has them already) */
-    size_t sink_end = KVQI_MIN((size_t)c->cfg.n_sink, coded_end);
+    size_t sink_end = c->coded ? KVQI_MIN((size_t)c->cfg.n_sink, T->visible) : 0;
     for (size_t t0 = t_begin; t0 < KVQI_MIN(sink_end, t_end);) {
         size_t nb = KVQI_MIN(B, KVQI_MIN(sink_end, t_end) - t0);
         exact_block(A, T, s, c->sink_k + t0 * row + (size_t)g * d, c->sink_v + t0 * row + (size_t)g * d,
@@ -431,6 +435,7 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
     size_t coded_stop = KVQI_MIN(coded_end, t_end), coded_start = KVQI_MAX(t_begin, sink_end);
     for (size_t t0 = coded_start; t0 < coded_stop;) {
         size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_stop - t0, C - in));
+        if (c->key.path == KVQI_PATH_CHAN) nb = KVQI_MIN(nb, 64 - in % 64); /* one code group */
         const uint8_t *chunk = c->chunks[t0 / C];
         prefetch_block(c, g, t0 + nb, coded_stop);
         if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == coded_start))
@@ -442,7 +447,7 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
         t0 += nb;
     }
     size_t exact_stop = KVQI_MIN(T->visible, t_end), R = c->ring;
-    for (size_t t0 = KVQI_MAX(coded_end, t_begin); t0 < exact_stop;) {
+    for (size_t t0 = KVQI_MAX(KVQI_MAX(coded_end, sink_end), t_begin); t0 < exact_stop;) {
         size_t nb = KVQI_MIN(B, exact_stop - t0);
         if (!c->coded) { /* staged, fp32 */
             exact_block(A, T, s, c->stage_k + t0 * row + (size_t)g * d, c->stage_v + t0 * row + (size_t)g * d,
@@ -450,8 +455,12 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
         } else { /* the ring: fp16, or q8_0 rows with channel keys */
             size_t slot = t0 % R, off = (slot * c->n_kv + g) * c->ring_head;
             nb = KVQI_MIN(nb, R - slot);
-            if (c->ring_q)
-                ring_q8_block(A, T, s, c->win_k + off, c->win_v + off, t0, nb);
+            if (c->ring_q) {
+                /* keys past the probe sit there minus the mean: the probe's apart */
+                if (t0 < KVQI_OUTLIER_PROBE_TOKENS) nb = KVQI_MIN(nb, KVQI_OUTLIER_PROBE_TOKENS - t0);
+                ring_q8_block(A, T, s, c->win_k + off, c->win_v + off, t0, nb,
+                              c->key_mean && t0 >= KVQI_OUTLIER_PROBE_TOKENS);
+            }
             else
                 exact_block(A, T, s, c->win_k + off, c->win_v + off, 1, t0, nb);
         }

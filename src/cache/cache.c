@@ -681,7 +681,8 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
             goto fail;
         }
     }
-    if (c->cfg.center_keys) {
+    /* channel keys are always centered: their ring's q8_0 rows hold keys minus the mean */
+    if (c->cfg.center_keys || c->key.path == KVQI_PATH_CHAN) {
         c->key_mean = kvqi_calloc_array(row, sizeof(float));
         if (!c->key_mean) {
             st = KVQ_ERR_NOMEM;
@@ -818,11 +819,22 @@ static size_t ring_at(const kvq_cache *c, size_t pos, uint32_t g) {
 }
 
 /* One head's row into / out of its ring format: fp16, or q8_0 (channel keys). Rows are
- * rounded to fp16 first either way, as every exact token of the cache is. */
-static void ring_write(const kvq_cache *c, const float *x, uint8_t *dst) {
+ * rounded to fp16 first either way, as every exact token of the cache is. Keys past the
+ * probe go into q8_0 minus their head's mean key, so a channel's large steady value does
+ * not set the block's scale for the small ones beside it. */
+static const float *ring_shift(const kvq_cache *c, int values, size_t pos, uint32_t g) {
+    if (!c->ring_q || values || !c->key_mean || pos < KVQI_OUTLIER_PROBE_TOKENS) return NULL;
+    return c->key_mean + (size_t)g * c->dim;
+}
+
+static void ring_write(const kvq_cache *c, const float *x, int values, size_t pos, uint32_t g, uint8_t *dst) {
     if (c->ring_q) {
         float h[MAX_DIM];
-        for (uint32_t j = 0; j < c->dim; j++) h[j] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(x[j]));
+        const float *mu = ring_shift(c, values, pos, g);
+        for (uint32_t j = 0; j < c->dim; j++) {
+            h[j] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(x[j]));
+            if (mu) h[j] -= mu[j];
+        }
         (void)kvq_encode(c->ring_q, h, 1, dst); /* q8_0 of a checked row cannot fail */
         return;
     }
@@ -832,9 +844,12 @@ static void ring_write(const kvq_cache *c, const float *x, uint8_t *dst) {
     }
 }
 
-static void ring_read(const kvq_cache *c, const uint8_t *src, float *x) {
+static void ring_read(const kvq_cache *c, const uint8_t *src, int values, size_t pos, uint32_t g, float *x) {
     if (c->ring_q) {
         (void)kvq_decode(c->ring_q, src, 1, x);
+        const float *mu = ring_shift(c, values, pos, g);
+        if (mu)
+            for (uint32_t j = 0; j < c->dim; j++) x[j] += mu[j];
         return;
     }
     for (uint32_t j = 0; j < c->dim; j++) {
@@ -853,15 +868,15 @@ static void fetch_row(const kvq_cache *c, const row_source *src, size_t pos, uin
     } else if (c->stage_k && pos < KVQI_OUTLIER_PROBE_TOKENS) {
         memcpy(dst, (values ? c->stage_v : c->stage_k) + pos * row + off, c->dim * sizeof(float));
     } else {
-        ring_read(c, (values ? c->win_v : c->win_k) + ring_at(c, pos, g), dst);
+        ring_read(c, (values ? c->win_v : c->win_k) + ring_at(c, pos, g), values, pos, g, dst);
         return;
     }
     /* with a ring, every token is encoded from its ring copy, wherever it is read from,
      * so the codes do not depend on how the tokens were split into appends */
     if (c->ring) {
         uint8_t tmp[2 * MAX_DIM];
-        ring_write(c, dst, tmp);
-        ring_read(c, tmp, dst);
+        ring_write(c, dst, values, pos, g, tmp);
+        ring_read(c, tmp, values, pos, g, dst);
     }
 }
 
@@ -1022,8 +1037,10 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     if (R > 0) { /* the newest tokens into the ring, after the evicted ones were encoded */
         for (size_t t = n_tokens > R ? n_tokens - R : 0; t < n_tokens; t++)
             for (uint32_t g = 0; g < c->n_kv; g++) {
-                ring_write(c, k + t * row + (size_t)g * c->dim, c->win_k + ring_at(c, c->n_tokens + t, g));
-                ring_write(c, v + t * row + (size_t)g * c->dim, c->win_v + ring_at(c, c->n_tokens + t, g));
+                ring_write(c, k + t * row + (size_t)g * c->dim, 0, c->n_tokens + t, g,
+                           c->win_k + ring_at(c, c->n_tokens + t, g));
+                ring_write(c, v + t * row + (size_t)g * c->dim, 1, c->n_tokens + t, g,
+                           c->win_v + ring_at(c, c->n_tokens + t, g));
             }
     }
     c->last_append = c->n_tokens;

@@ -7,11 +7,10 @@
  * bits follow their spread over the probe tokens (more bits where the range is wide;
  * a channel that does not move gets none and is its chunk midpoint), `bits` on average.
  *
- * A head's block in a chunk: lo[dim] fp16, step[dim] fp16, then channel j's C codes of
- * bits[j] bits as bits[j] bit-planes of C bits (plane p: bit p of every token's code,
- * token t at bit t), from byte offset off[j] (C is a multiple of 8, so every plane
- * starts on a byte). A chunk is coded once all its tokens are in: until then they wait
- * in the ring (q8_0 rows).
+ * A head's block in a chunk: lo[dim] fp16, step[dim] fp16, then from byte offset off[j]
+ * channel j's codes, 64 tokens at a time in bits[j] * 8 bytes (split fields of 4, 2 and
+ * 1 bits: cpu/cache_kernels.h). A chunk is coded once all its tokens are in: until then
+ * they wait in the ring (q8_0 rows).
  */
 #include <math.h>
 #include <string.h>
@@ -25,8 +24,8 @@ size_t kvqi_chan_block_bytes(uint32_t dim, uint32_t bits, size_t C) {
 
 kvq_status kvqi_chan_init(kvq_cache *c) {
     size_t C = c->cfg.chunk_tokens, dim = c->dim;
-    if (C % 8 != 0) {
-        kvqi_set_msg(NULL, 0, "cache: channel keys need chunk_tokens a multiple of 8 (got %zu)", C);
+    if (C % 64 != 0) {
+        kvqi_set_msg(NULL, 0, "cache: channel keys need chunk_tokens a multiple of 64 (got %zu)", C);
         return KVQ_ERR_UNSUPPORTED;
     }
     if (c->n_out) {
@@ -124,11 +123,9 @@ void kvqi_chan_encode(const kvq_cache *c, uint32_t g, const float *rows, size_t 
         memcpy(block + 2 * ((size_t)dim + j), &step_h, 2);
         if (bits[j] == 0) continue;
         float l = kvqi_fp16_to_fp32(lo_h), s = kvqi_fp16_to_fp32(step_h);
-        for (size_t t = lo_t; t < hi_t; t++) {
-            uint32_t code = kvqi_channel_code(rows[t * dim + j], l, s, bits[j]);
-            for (uint32_t p = 0; p < bits[j]; p++)
-                if ((code >> p) & 1u) block[off[j] + p * (C / 8) + (t >> 3)] |= (uint8_t)(1u << (t & 7));
-        }
+        for (size_t t = lo_t; t < hi_t; t++)
+            kvqi_chan_code_put(block + off[j] + (t / 64) * 8 * (size_t)bits[j], bits[j], (uint32_t)(t % 64),
+                               kvqi_channel_code(rows[t * dim + j], l, s, bits[j]));
     }
 }
 

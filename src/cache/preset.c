@@ -9,17 +9,18 @@
 #include "cache/cache_internal.h"
 
 /* Chosen on SmolLM2-135M (head_dim 64, 3 KV heads: a hard case) by perplexity and KL
- * from fp16 over 8 chunks of 512 tokens (bench/RESULTS.md, "Cache presets"): the best
- * measured config whose bits per cached number stay within 4.5, 3.0 and 2.25 at that
- * context, everything that grows with the context counted. `bits` is that count at 4096
- * tokens (codes with their norms, plus the fp16 window and sink amortized). */
+ * from fp16 over 8 chunks of 512 and 2 of 2048 tokens (bench/RESULTS.md, "Cache
+ * presets"): the best measured config whose codes cost at most 4.5, 3.0 and 2.25 bits
+ * per cached number. Keys per channel over each chunk (KIVI), values rotated per token;
+ * the first token exact, and the newest 8 plus the chunk still filling held as q8_0
+ * rows until their chunk is coded. `bits` counts everything at 4096 tokens. */
 static const kvq_cache_preset presets[] = {
-    {"q4", "mse:bits=4", "mse:bits=4", 8, 1, 0, 1, 4.28,
-     "4-bit rotated keys (mean-centered) and values, first token and last 8 in fp16"},
-    {"q3", "mse:bits=3", "mse:bits=2", 8, 1, 0, 1, 2.78,
-     "3-bit keys (mean-centered), 2-bit values, first token and last 8 in fp16"},
-    {"q2", "mse:bits=2", "mse:bits=2", 0, 0, 0, 1, 2.25,
-     "2-bit rotated keys (mean-centered) and values"},
+    {"q4", "channel:bits=4", "mse:bits=4", 8, 1, 0, 0, 4.46,
+     "4-bit per-channel keys, 4-bit rotated values (4.375 bits a number), first token and newest 8+ exact", 0},
+    {"q3", "channel:bits=3", "mse:bits=2", 8, 1, 0, 0, 2.98,
+     "3-bit per-channel keys, 2-bit rotated values (2.875 bits a number), first token and newest 8+ exact", 0},
+    {"q2", "channel:bits=2", "mse:bits=2", 8, 1, 0, 0, 2.47,
+     "2-bit per-channel keys over 128-token chunks, 2-bit values (2.25 bits a number)", 128},
 };
 
 KVQ_API const kvq_cache_preset *kvq_cache_preset_at(size_t i) {
@@ -54,6 +55,7 @@ KVQ_API kvq_status kvq_cache_config_preset(kvq_cache_config *cfg, const char *pr
     cfg->n_sink = p->n_sink;
     cfg->n_outliers = p->n_outliers;
     cfg->center_keys = p->center_keys;
+    cfg->chunk_tokens = p->chunk_tokens;
     return KVQ_OK;
 }
 

@@ -118,15 +118,15 @@ typedef struct kvqi_cache_kernels {
     void (*score_signs)(const kvqi_sign_layout *L, const float *lut, const float *zsum,
                         uint32_t G, const uint8_t *k, size_t n, int accumulate, float *scores,
                         size_t ld);
-    /* Channel keys (cache/chan.c), one head's chunk block of C tokens: lo[dim] and
-     * step[dim] in fp16, then channel j's bits[j] bit-planes of C bits at block + off[j]
-     * (plane p: bit p of every token's code, token t at bit t). For tokens t in
-     * [in, in + n), n <= 64, and query h < G (q: [G][dim], dim % 16 == 0):
-     * scores[h * ld + t - in] = bias_h, then channel by channel in ascending order
-     * fmaf(q_j * step_j, code_j(t), that), where bias_h sums fmaf(q_j, lo_j, .) into 16
-     * lanes (lane j % 16) folded in halves (8, 4, 2, 1). w: (G + 2) * dim floats of
-     * scratch. ld >= 64: SIMD versions compute the lanes past n and ignore them. Exact
-     * float operations in a fixed order: every ISA gives the same bits. */
+    /* Channel keys (cache/chan.c), one head's chunk block of C tokens (C % 64 == 0):
+     * lo[dim] and step[dim] in fp16, then from block + off[j] channel j's codes, 64
+     * tokens at a time in bits[j] * 8 bytes as split fields (kvqi_chan_fields). For
+     * tokens t in [in, in + n) inside one group of 64 (in % 64 + n <= 64) and query
+     * h < G (q: [G][dim], dim % 16 == 0): scores[h * ld + t - in] = bias_h, then channel
+     * by channel in ascending order fmaf(q_j * step_j, code_j(t), that), where bias_h
+     * sums fmaf(q_j, lo_j, .) into 16 lanes (lane j % 16) folded in halves (8, 4, 2, 1).
+     * w: (G + 2) * dim floats of scratch; ld >= 64. Exact float operations in a fixed
+     * order: every ISA gives the same bits. */
     void (*chan_score)(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
                        size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
                        size_t ld, float *w);
@@ -136,19 +136,13 @@ typedef struct kvqi_cache_kernels {
 void kvqi_chan_score_scalar(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
                             size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
                             size_t ld, float *w);
-/* Bits [in, in + n) (n <= 64) of a plane of C bits, as the low n bits of a word. */
-static inline uint64_t kvqi_chan_plane_bits(const uint8_t *plane, size_t C, size_t in, size_t n) {
-    size_t first = in >> 3, sh = in & 7, have = C / 8 - first;
-    uint64_t v = 0;
-    if (have >= 8) {
-        memcpy(&v, plane + first, 8);
-    } else {
-        for (size_t i = 0; i < have; i++) v |= (uint64_t)plane[first + i] << (8 * i);
-    }
-    v >>= sh;
-    if (sh && have > 8) v |= (uint64_t)plane[first + 8] << (64 - sh);
-    return n >= 64 ? v : v & ((UINT64_C(1) << n) - 1);
-}
+/* A channel's b-bit codes of 64 tokens as fields of 4, 2 and 1 bits, low bits first
+ * (kvqi_chan_fields[b], 0-terminated), each field 8 * width bytes: width 4: byte i holds
+ * token i (low nibble) and token i + 32 (high); width 2: byte i holds tokens i + 16k at
+ * bits 2k; width 1: token t at bit t. Every width unpacks with a few byte operations. */
+extern const uint8_t kvqi_chan_fields[9][4];
+uint32_t kvqi_chan_code_at(const uint8_t *group, uint32_t bits, uint32_t l);
+void kvqi_chan_code_put(uint8_t *group, uint32_t bits, uint32_t l, uint32_t code);
 
 /* Kernels for a resolved ISA; ISAs without their own version fall back per entry. */
 const kvqi_cache_kernels *kvqi_cache_kernels_for(kvq_isa resolved);

@@ -1,16 +1,44 @@
 /*
  * chan_scalar.c - the reference of the channel keys' score kernel (cache_kernels.h):
- * codes from bit-planes, one fused multiply-add per token and channel.
+ * codes from their split fields, one fused multiply-add per token and channel.
  */
 #include <math.h>
 
 #include "core/core.h"
 #include "cpu/cache_kernels.h"
 
-void kvqi_chan_score_scalar(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
-                            size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
-                            size_t ld, float *w) {
-    float *lo = w + (size_t)G * dim, *step = lo + dim, u[64];
+const uint8_t kvqi_chan_fields[9][4] = {{0}, {1, 0}, {2, 0}, {2, 1, 0}, {4, 0},
+                                        {4, 1, 0}, {4, 2, 0}, {4, 2, 1, 0}, {4, 4, 0}};
+
+uint32_t kvqi_chan_code_at(const uint8_t *group, uint32_t bits, uint32_t l) {
+    uint32_t code = 0, shift = 0;
+    for (const uint8_t *f = kvqi_chan_fields[bits]; *f; f++) {
+        uint32_t v;
+        if (*f == 4) v = l < 32 ? group[l] & 15u : group[l - 32] >> 4;
+        else if (*f == 2) v = (group[l % 16] >> (2 * (l / 16))) & 3u;
+        else v = (group[l / 8] >> (l % 8)) & 1u;
+        code |= v << shift;
+        shift += *f;
+        group += 8 * (size_t)*f;
+    }
+    return code;
+}
+
+void kvqi_chan_code_put(uint8_t *group, uint32_t bits, uint32_t l, uint32_t code) {
+    for (const uint8_t *f = kvqi_chan_fields[bits]; *f; f++) {
+        uint32_t v = code & ((1u << *f) - 1u);
+        code >>= *f;
+        if (*f == 4) group[l % 32] |= (uint8_t)(v << (l < 32 ? 0 : 4));
+        else if (*f == 2) group[l % 16] |= (uint8_t)(v << (2 * (l / 16)));
+        else group[l / 8] |= (uint8_t)(v << (l % 8));
+        group += 8 * (size_t)*f;
+    }
+}
+
+/* The chunk's minima and steps to floats, q * step into w, and every row's bias. */
+static void prepare(const uint8_t *block, uint32_t dim, const float *q, uint32_t G, size_t n, float *scores,
+                    size_t ld, float *w) {
+    float *lo = w + (size_t)G * dim, *step = lo + dim;
     for (uint32_t j = 0; j < 2 * dim; j++) {
         uint16_t h;
         memcpy(&h, block + 2 * (size_t)j, 2);
@@ -27,18 +55,27 @@ void kvqi_chan_score_scalar(const uint8_t *block, const uint32_t *off, const uin
             for (uint32_t i = 0; i < half; i++) part[i] += part[i + half];
         for (size_t t = 0; t < n; t++) scores[h * ld + t] = part[0];
     }
+}
+
+void kvqi_chan_score_scalar(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
+                            size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
+                            size_t ld, float *w) {
+    KVQI_UNUSED(C);
+    prepare(block, dim, q, G, n, scores, ld, w);
+    float u[64];
     for (uint32_t j = 0; j < dim; j++) {
         uint32_t b = bits[j];
         if (b == 0) continue;
-        uint32_t code[64] = {0};
-        for (uint32_t p = 0; p < b; p++) {
-            uint64_t v = kvqi_chan_plane_bits(block + off[j] + (size_t)p * (C / 8), C, in, n);
-            for (size_t t = 0; t < n; t++) code[t] |= (uint32_t)((v >> t) & 1u) << p;
-        }
-        for (size_t t = 0; t < n; t++) u[t] = (float)code[t];
+        const uint8_t *group = block + off[j] + (in / 64) * 8 * (size_t)b;
+        for (size_t t = 0; t < n; t++) u[t] = (float)kvqi_chan_code_at(group, b, (uint32_t)((in + t) % 64));
         for (uint32_t h = 0; h < G; h++) {
             float wj = w[(size_t)h * dim + j], *sc = scores + h * ld;
             for (size_t t = 0; t < n; t++) sc[t] = fmaf(wj, u[t], sc[t]);
         }
     }
+}
+
+void kvqi_chan_prepare(const uint8_t *block, uint32_t dim, const float *q, uint32_t G, size_t n, float *scores,
+                       size_t ld, float *w) {
+    prepare(block, dim, q, G, n, scores, ld, w);
 }
