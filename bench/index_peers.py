@@ -12,9 +12,11 @@ libkvq.so (ctypes). Prints a table and JSON lines, and the best queries/s each m
 reaches at recall@10 >= the target (0.95 by default).
 
 usage: python3 bench/index_peers.py [--data data/vectors] [--kvq build/kvq]
-       [--metric l2|ip] [--suffix _ip] [--build-threads 2] [--targets 0.9,0.95,0.99]
+       [--metric l2|ip|cosine] [--suffix _ip] [--build-threads 2] [--targets 0.9,0.95,0.99]
+       [--k-factors 10,40]
 Data sets: `make vectors` (384-d MiniLM, data/vectors) and `make vectors-sift` (128-d dense
-SIFT of photographs, data/vectors-sift; --metric ip --suffix _ip for its unnormalized set).
+SIFT of photographs, data/vectors-sift; --metric ip --suffix _ip for its unnormalized set,
+--metric cosine --suffix _ip for cosine on the same unnormalized vectors).
 """
 import argparse
 import ctypes
@@ -110,15 +112,34 @@ def faiss_bytes(faiss, index):
     return int(faiss.serialize_index(index).size)
 
 
-def faiss_metric(faiss, a):
-    return faiss.METRIC_INNER_PRODUCT if a.metric == "ip" else faiss.METRIC_L2
+def faiss_metric(faiss, a):  # cosine: the peers get normalized vectors and inner product
+    return faiss.METRIC_L2 if a.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def normalized(x):
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.where(n > 0, n, 1), dtype=np.float32)
+
+
+def exact_gt(xb, xq, k, metric):
+    """Brute-force top k (l2: smallest squared distance; ip and cosine on the vectors
+    given: largest inner product), in chunks of queries."""
+    out = np.empty((len(xq), k), dtype=np.int64)
+    bn = (xb.astype(np.float64) ** 2).sum(1) if metric == "l2" else None
+    for i in range(0, len(xq), 64):
+        s = xq[i:i + 64].astype(np.float64) @ xb.astype(np.float64).T
+        score = (bn[None, :] - 2 * s) if metric == "l2" else -s
+        part = np.argpartition(score, k, axis=1)[:, :k]
+        order = np.take_along_axis(score, part, 1).argsort(1, kind="stable")
+        out[i:i + 64] = np.take_along_axis(part, order, 1)
+    return out
 
 
 def bench_faiss_ivf(a, rows, faiss, xb, xq, gt, kind, nlist, k_factors, nprobes, qb):
     d = xb.shape[1]
     faiss.omp_set_num_threads(a.build_threads)
     t, c = time.perf_counter(), time.process_time()
-    quant = faiss.IndexFlatIP(d) if a.metric == "ip" else faiss.IndexFlatL2(d)
+    quant = faiss.IndexFlatL2(d) if a.metric == "l2" else faiss.IndexFlatIP(d)
     if kind == "IndexIVFPQFastScan":  # d/4 sub-quantizers of 4 bits, as for SIFT1M
         ivf = faiss.IndexIVFPQFastScan(quant, d, nlist, d // 4, 4, faiss_metric(faiss, a))
     else:
@@ -174,7 +195,7 @@ def bench_rabitqlib(a, rows, faiss, xb, xq, gt, nlist, nbits, nprobes):
     km = faiss.Kmeans(d, nlist, niter=10, seed=1234)
     km.train(xb)
     _, assign = km.index.search(xb, 1)
-    ix = rabitqlib.IvfIndex(d, len(xb), nlist, nbits, a.metric)
+    ix = rabitqlib.IvfIndex(d, len(xb), nlist, nbits, "l2" if a.metric == "l2" else "ip")
     ix.build(xb, km.centroids, assign.ravel().astype(np.uint32), a.build_threads)
     build_s, build_cpu = time.perf_counter() - t, time.process_time() - c
     faiss.omp_set_num_threads(1)
@@ -199,7 +220,11 @@ def main():
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--targets", default="0.9,0.95,0.99")
-    ap.add_argument("--metric", default="l2", choices=["l2", "ip"])
+    ap.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"],
+                    help="cosine: kvq indexes the raw vectors with --metric cosine, the peers "
+                         "normalized ones with inner product; exact ground truth computed here")
+    ap.add_argument("--k-factors", default="10,40",
+                    help="faiss IVF + RefineFlat: candidates reranked = k_factor * k")
     ap.add_argument("--suffix", default="", help="base{S}.fvecs / query{S}.fvecs (e.g. _ip)")
     ap.add_argument("--build-threads", type=int, default=1)
     ap.add_argument("--nprobes", default="8,16,24,32,48,64,96,128")
@@ -210,13 +235,19 @@ def main():
     a.base = os.path.join(a.data, f"base{a.suffix}.fvecs")
     a.query = os.path.join(a.data, f"query{a.suffix}.fvecs")
     a.gt = os.path.join(a.data, f"gt_{a.metric}.ivecs")
+    k_factors = [int(v) for v in a.k_factors.split(",")]
     only = set(a.only.split(",")) if a.only else {"kvq", "faiss", "pq", "rabitqlib", "hnsw"}
 
     import faiss
     faiss.omp_set_num_threads(1)
-    xb, xq, gt = read_fvecs(a.base), read_fvecs(a.query), read_ivecs(a.gt)
+    xb, xq = read_fvecs(a.base), read_fvecs(a.query)
     if a.nq:
-        xq, gt = xq[:a.nq], gt[:a.nq]
+        xq = xq[:a.nq]
+    if a.metric == "cosine":  # kvq reads the raw file; the peers and the truth see unit vectors
+        xb, xq = normalized(xb), normalized(xq)
+        gt = exact_gt(xb, xq, a.k, "cosine")
+    else:
+        gt = read_ivecs(a.gt)[:len(xq)]
     print(f"{len(xb)} base, {len(xq)} queries, dim {xb.shape[1]}, {a.metric}; {cpu_model()}; "
           f"builds on {a.build_threads} threads, searches on 1", file=sys.stderr)
     nprobes = [int(v) for v in a.nprobes.split(",")]
@@ -234,11 +265,11 @@ def main():
             bench_kvq(a, rows, lib, xq, "bits=1 q4 fp32-reorder ip-assign",
                       nl + ["--ip-assign", "ip"], nprobes, tmp.name)
     if "faiss" in only:
-        bench_faiss_ivf(a, rows, faiss, xb, xq, gt, "IndexIVFRaBitQ", a.nlist, [5, 10], nprobes, 4)
-        bench_faiss_ivf(a, rows, faiss, xb, xq, gt, "IndexIVFRaBitQFastScan", a.nlist, [5, 10],
+        bench_faiss_ivf(a, rows, faiss, xb, xq, gt, "IndexIVFRaBitQ", a.nlist, k_factors, nprobes, 4)
+        bench_faiss_ivf(a, rows, faiss, xb, xq, gt, "IndexIVFRaBitQFastScan", a.nlist, k_factors,
                         nprobes, 4)
     if "pq" in only:
-        bench_faiss_ivf(a, rows, faiss, xb, xq, gt, "IndexIVFPQFastScan", a.nlist, [5, 10],
+        bench_faiss_ivf(a, rows, faiss, xb, xq, gt, "IndexIVFPQFastScan", a.nlist, k_factors,
                         nprobes, None)
     if "hnsw" in only:
         bench_faiss_hnsw(a, rows, faiss, xb, xq, gt, [16, 32, 64, 128, 256])

@@ -82,6 +82,13 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* CPU time of the whole process (every thread): steadier than wall time on shared CPUs */
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 /* ------------------------------------------------------------- synthetic KV */
 
 typedef struct rng {
@@ -492,7 +499,7 @@ typedef struct result {
     char error[200];
     double key_bits, value_bits, total_bits, compression, key_cosine, attn_err, attn_err_max;
     uint32_t worst_layer;
-    double encode_mvps, attend_ms, attend_mtps;
+    double encode_mvps, attend_ms, attend_cpu_ms, attend_mtps;
     double attend_gbs; /* bytes a decode step must read (codes, window, sinks) per second */
     uint64_t fit_tokens, bytes;
 } result;
@@ -611,7 +618,7 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
     kvq_bench_calib bc;
     memset(&bc, 0, sizeof bc);
     kvq_config key_spec = cfg.key, value_spec = cfg.value, key_l0 = cfg.key, value_l0 = cfg.value;
-    double num_all = 0, den_all = 0, t_enc = 0, t_att = 0, grow_bytes = 0;
+    double num_all = 0, den_all = 0, t_enc = 0, t_att = 0, t_cpu = 0, grow_bytes = 0;
     if (reps > 64) reps = 64;
     for (uint32_t li = 0; li < D->n_layers; li++) {
         const kv_layer *L = &D->layers[li];
@@ -656,15 +663,18 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
             r->worst_layer = L->id;
         }
         /* decode step: the last query (all n tokens visible), median of reps */
-        double times[64];
+        double times[64], cpu[64];
         const float *q_last = L->q + (nq - 1) * D->n_q * D->dim;
         for (int i = 0; i < reps; i++) {
-            double a = now_s();
+            double a = now_s(), ac = cpu_s();
             kvq_cache_attend(c, q_last, D->n_q, 1, scale, pool, out);
             times[i] = now_s() - a;
+            cpu[i] = cpu_s() - ac;
         }
         qsort(times, (size_t)reps, sizeof times[0], cmp_double);
+        qsort(cpu, (size_t)reps, sizeof cpu[0], cmp_double);
         t_att += times[reps / 2];
+        t_cpu += cpu[reps / 2];
         kvq_cache_memory_info mem;
         if (kvq_cache_memory(c, &mem) == KVQ_OK) {
             r->bytes += mem.total;
@@ -688,6 +698,7 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
     }
     r->attn_err = den_all > 0 ? sqrt(num_all / den_all) : 0;
     r->attend_ms = t_att / D->n_layers * 1e3;
+    r->attend_cpu_ms = t_cpu / D->n_layers * 1e3;
     r->attend_mtps = (double)n / (t_att / D->n_layers) * 1e-6;
     r->attend_gbs = t_att > 0 ? grow_bytes / t_att * 1e-9 : 0;
     r->encode_mvps = 2.0 * (double)n * D->n_kv * D->n_layers / t_enc * 1e-6;
@@ -906,9 +917,9 @@ int kvq_cmd_bench(int argc, char **argv) {
                    (unsigned long long)outliers, (unsigned long long)sink);
         printf("read ceiling: one core %.1f GB/s, %u thread(s) %.1f GB/s (a plain 64-bit load loop over "
                "%zu MiB, best of 3)\n", ceil_one, attend_threads, ceil_all, probe_bytes >> 20);
-        printf("%-36s %6s %6s %6s %6s %7s %9s %9s %8s %9s %7s %6s %9s\n", "keys / values", "K bit", "V bit",
-               "bits", "vs f16", "K cos", "attn err", "worst", "enc M/s", "attend ms", "GB/s", "%ceil",
-               "ctx@8GiB");
+        printf("%-36s %6s %6s %6s %6s %7s %9s %9s %8s %9s %7s %7s %6s %9s\n", "keys / values", "K bit",
+               "V bit", "bits", "vs f16", "K cos", "attn err", "worst", "enc M/s", "attend ms", "cpu ms",
+               "GB/s", "%ceil", "ctx@8GiB");
     }
     for (int i = 0; i < n_methods; i++) {
         result r;
@@ -944,10 +955,10 @@ int kvq_cmd_bench(int argc, char **argv) {
             if (isnan(r.key_cosine)) printf("\"key_cosine\":null,");
             else printf("\"key_cosine\":%.5f,", r.key_cosine);
             printf("\"attn_rel_err\":%.6g,\"attn_rel_err_worst_layer\":%.6g,\"worst_layer\":%u,"
-                   "\"encode_mvec_s\":%.3f,\"attend_ms\":%.4f,"
-                   "\"attend_mtok_s\":%.3f,\"attend_gb_s\":%.3f,\"read_ceiling_gb_s\":%.3f,"
+                   "\"encode_mvec_s\":%.3f,\"attend_ms\":%.4f,\"attend_cpu_ms\":%.4f,"
+                   "\"attend_mtok_s\":%.3f,\"attend_gb_s\":%.6g,\"read_ceiling_gb_s\":%.6g,"
                    "\"attend_pct_of_ceiling\":%.2f,\"cache_bytes\":%llu,\"tokens_8gib\":%llu}\n",
-                   r.attn_err, r.attn_err_max, r.worst_layer, r.encode_mvps, r.attend_ms,
+                   r.attn_err, r.attn_err_max, r.worst_layer, r.encode_mvps, r.attend_ms, r.attend_cpu_ms,
                    r.attend_mtps, r.attend_gbs, ceiling, ceiling > 0 ? 100.0 * r.attend_gbs / ceiling : 0.0,
                    (unsigned long long)r.bytes, (unsigned long long)r.fit_tokens);
         } else if (!r.ok) {
@@ -956,9 +967,9 @@ int kvq_cmd_bench(int argc, char **argv) {
             char cosbuf[16];
             if (isnan(r.key_cosine)) snprintf(cosbuf, sizeof cosbuf, "-");
             else snprintf(cosbuf, sizeof cosbuf, "%.4f", r.key_cosine);
-            printf("%-36s %6.2f %6.2f %6.2f %5.2fx %7s %9.5f %9.5f %8.2f %9.3f %7.2f %5.1f%% %9llu\n", name,
-                   r.key_bits, r.value_bits, r.total_bits, r.compression, cosbuf, r.attn_err,
-                   r.attn_err_max, r.encode_mvps, r.attend_ms, r.attend_gbs,
+            printf("%-36s %6.2f %6.2f %6.2f %5.2fx %7s %9.5f %9.5f %8.2f %9.3f %7.3f %7.2f %5.1f%% %9llu\n",
+                   name, r.key_bits, r.value_bits, r.total_bits, r.compression, cosbuf, r.attn_err,
+                   r.attn_err_max, r.encode_mvps, r.attend_ms, r.attend_cpu_ms, r.attend_gbs,
                    ceiling > 0 ? 100.0 * r.attend_gbs / ceiling : 0.0, (unsigned long long)r.fit_tokens);
         }
         fflush(stdout);
@@ -969,7 +980,8 @@ int kvq_cmd_bench(int argc, char **argv) {
                "the attention output against fp32 (%zu decode steps over the second half of the "
                "context, each attending to exactly the tokens before it), pooled over the "
                "layers; worst: the worst layer's; attend: one decode step of one layer, all query "
-               "heads, median of %d; GB/s: the bytes that step reads (codes, window, sinks, outlier "
+               "heads, median of %d (wall; cpu ms: the process CPU time of the step, all threads, "
+               "steadier when other jobs share the CPUs); GB/s: the bytes that step reads (codes, window, sinks, outlier "
                "channels) per second, and %%ceil that rate against the read ceiling above; "
                "ctx@8GiB: tokens of %u layers of this shape in 8 GiB.\n",
                D.nq, reps, D.n_fit_layers);

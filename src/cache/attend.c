@@ -60,10 +60,30 @@ static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     return 5 * G * d + G * c->n_out + G * B + vdec_floats(c) + 3 * G + d + 32 + span + i8 + signs;
 }
 
-/* The integer key path applies: 4-bit one-pass rotated keys and a CPU with the kernel. */
+/* The integer key path applies: 2- to 4-bit one-pass rotated keys and a CPU with a fast
+ * kernel for that width. */
 static int use_i8(const kvq_cache *c) {
     return c->key.path == KVQI_PATH_ROT && c->key.rot.has_u8 && c->kern->score_rot_i8 &&
+           (c->kern->rot_i8_bits >> c->key.rot.bits & 1u) && c->dim % 128 == 0;
+}
+
+/* The integer path of 1-bit keys (any number of passes: turboquant_rvq at 1 bit). */
+static int use_i8_b1(const kvq_cache *c) {
+    return c->key.path == KVQI_PATH_ROT && c->key.rot.bits == 1 && c->kern->score_rot1_i8 &&
            c->dim % 128 == 0;
+}
+
+/* The integer path of sign keys: the projection as wide as the head (m == dim). */
+static int use_signs_i8(const kvq_cache *c) {
+    return c->key.path == KVQI_PATH_SIGNS && c->kern->score_signs_i8 && c->key.signs.m == c->dim &&
+           c->dim % 128 == 0;
+}
+
+/* The integer value path applies: 2- to 4-bit one-pass rotated values and a CPU with a
+ * fast kernel for that width; the accumulator is then in kvqi_rot_v16_coordinate order. */
+static int use_v16(const kvq_cache *c) {
+    return c->value.path == KVQI_PATH_ROT && c->value.rot.has_u8 && c->kern->accum_rot_i16 &&
+           (c->kern->rot_v16_bits >> c->value.rot.bits & 1u) && c->dim % 128 == 0;
 }
 
 /* int8 query for the integer path: symmetric scale max|q|/127, in code-byte order */
@@ -78,11 +98,11 @@ static void quantize_query(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t 
     int32_t sum = 0;
     int8_t *q8 = s->q8 + (size_t)h * d;
     for (uint32_t b = 0; b < d; b++) {
-        int v = (int)lrintf(nat[kvqi_rot_i8_coordinate(b)] / qs);
+        int v = (int)lrintf(nat[kvqi_rot_i8_coordinate(c->key.rot.bits, b)] / qs);
         q8[b] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
         sum += q8[b];
     }
-    s->q8_scale[h] = qs * c->key.rot.cent_scale;
+    s->q8_scale[h] = c->key.rot.has_u8 ? qs * c->key.rot.cent_scale : qs;
     s->q8_sum[h] = 128 * sum;
 }
 
@@ -159,6 +179,9 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
         if (use_i8(c))
             c->kern->score_rot_i8(&K->rot, s->q8, s->q8_scale, s->q8_sum, G, codes, nb,
                                   s->scores, B);
+        else if (use_i8_b1(c))
+            c->kern->score_rot1_i8(&K->rot, s->q8, s->q8_scale, s->q8_sum, G, codes, nb,
+                                   s->scores, B);
         else
             c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
         break;
@@ -168,7 +191,11 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
     case KVQI_PATH_SIGNS:
         /* turboquant_prod: the mse part first, the residual's signs added */
         if (K->signs_mse) c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
-        c->kern->score_signs(&K->signs, s->lut, s->zsum, G, codes, nb, K->signs_mse, s->scores, B);
+        if (use_signs_i8(c))
+            c->kern->score_signs_i8(&K->signs, s->q8, s->q8_scale, s->q8_sum, G, codes, nb,
+                                    K->signs_mse, s->scores, B);
+        else
+            c->kern->score_signs(&K->signs, s->lut, s->zsum, G, codes, nb, K->signs_mse, s->scores, B);
         break;
     default: /* scored ahead by score_span */
         for (uint32_t h = 0; h < G; h++)
@@ -208,8 +235,7 @@ static void softmax_block(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G
     size_t B = KVQI_ATTEND_BLOCK, d = c->dim;
     for (uint32_t h = 0; h < G; h++) {
         float *sc = s->scores + h * B;
-        float bm = sc[0];
-        for (size_t t = 1; t < nb; t++) bm = sc[t] > bm ? sc[t] : bm;
+        float bm = c->kern->max_of(sc, nb);
         float m_new = bm > s->m[h] ? bm : s->m[h];
         if (m_new == -INFINITY) { /* every token so far is past this query: no weight */
             for (size_t t = 0; t < nb; t++) sc[t] = 0.0f;
@@ -245,7 +271,10 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
         c->kern->accum_q4_0(s->scores, B, G, c->dim, codes, V->code_size, nb, s->acc);
         break;
     case KVQI_PATH_ROT:
-        c->kern->accum_rot(&V->rot, s->scores, B, G, codes, nb, s->acc);
+        if (use_v16(c))
+            c->kern->accum_rot_i16(&V->rot, s->scores, B, G, codes, nb, s->acc);
+        else
+            c->kern->accum_rot(&V->rot, s->scores, B, G, codes, nb, s->acc);
         break;
     default: {
         kvq_status st = kvq_decode(V->quant, codes, nb, s->vdec);
@@ -360,7 +389,7 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
             else
                 c->kern->score_f32(tmp, 1, d, (const uint8_t *)c->key.rotation, d * sizeof(float), d, nat, d);
             for (uint32_t p = 0; p < d; p++) qk[p] = nat[c->key.lane[p]];
-            if (use_i8(c)) quantize_query(c, s, v, qk);
+            if (use_i8(c) || use_i8_b1(c)) quantize_query(c, s, v, qk);
         } else if (c->key.path == KVQI_PATH_SIGNS) {
             /* z = P x, its sum and its table; the mse part's rotated query */
             const kvqi_side *K = &c->key;
@@ -370,7 +399,22 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
             float zs = 0.0f;
             for (uint32_t i = 0; i < m; i++) zs += z[i];
             s->zsum[v] = zs;
-            kvqi_cache_sign_lut(z, m, s->lut + (size_t)v * (m / 8) * 256);
+            if (use_signs_i8(c)) { /* z in int8, symmetric scale max|z|/127 */
+                float zmax = 0.0f;
+                for (uint32_t i = 0; i < m; i++) zmax = fmaxf(zmax, fabsf(z[i]));
+                float zsc = zmax > 0.0f ? zmax / 127.0f : 1.0f;
+                int8_t *z8 = s->q8 + (size_t)v * d;
+                int32_t sum = 0;
+                for (uint32_t i = 0; i < m; i++) {
+                    int q8 = (int)lrintf(z[i] / zsc);
+                    z8[i] = (int8_t)(q8 > 127 ? 127 : q8 < -127 ? -127 : q8);
+                    sum += z8[i];
+                }
+                s->q8_scale[v] = zsc;
+                s->q8_sum[v] = sum;
+            } else {
+                kvqi_cache_sign_lut(z, m, s->lut + (size_t)v * (m / 8) * 256);
+            }
             if (K->signs_mse)
                 c->kern->score_f32(tmp, 1, d, (const uint8_t *)K->rotation, d * sizeof(float), d, qk, d);
             else
@@ -480,7 +524,10 @@ static void finish_task(const attend_ctx *A, const task_view *T, kvqi_attend_scr
             /* R^T acc = sum_r acc_r (row r of R), acc taken out of lane order first */
             float *nat = s->vdec;
             const float *acc = s->acc + (size_t)v * d;
-            for (uint32_t p = 0; p < d; p++) nat[c->value.lane[p]] = acc[p];
+            if (use_v16(c))
+                for (uint32_t p = 0; p < d; p++) nat[kvqi_rot_v16_coordinate(c->value.rot.bits, p)] = acc[p];
+            else
+                for (uint32_t p = 0; p < d; p++) nat[c->value.lane[p]] = acc[p];
             if (c->value.rotation_h)
                 for (uint32_t r0 = 0; r0 < d; r0 += KVQI_MAX_BLOCK_TOKENS)
                     c->kern->accum_f16(nat + r0, d, 1, d, (const uint8_t *)(c->value.rotation_h + (size_t)r0 * d),

@@ -140,14 +140,15 @@ static int rot_layout_for(const kvq_config *qc, size_t code_size, kvqi_rot_layou
             return 0;
         L->n_pass = 1;
         L->index_offset[0] = 2;
-        if (b == 4) {
+        if (b >= 2 && b <= 4) {
             /* 8-bit centroids for the integer key path: symmetric scale, offset 128 */
             float cmax = 0.0f;
-            for (uint32_t i = 0; i < 16; i++) cmax = fmaxf(cmax, fabsf(L->centroids[0][i]));
+            for (uint32_t i = 0; i < (1u << b); i++) cmax = fmaxf(cmax, fabsf(L->centroids[0][i]));
             if (cmax > 0.0f) {
                 L->has_u8 = 1;
                 L->cent_scale = cmax / 127.0f;
-                for (uint32_t i = 0; i < 16; i++)
+                memset(L->cent_u8, 128, sizeof L->cent_u8);
+                for (uint32_t i = 0; i < (1u << b); i++)
                     L->cent_u8[i] = (uint8_t)(128 + (int)lrintf(L->centroids[0][i] / L->cent_scale));
             }
         }

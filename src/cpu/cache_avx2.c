@@ -378,6 +378,18 @@ static inline __m256 exp_neg8(__m256 x) {
     return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
 }
 
+static float max_of(const float *s, size_t n) {
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    size_t t = 0;
+    for (; t + 8 <= n; t += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + t));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    float r = _mm_cvtss_f32(h);
+    for (; t < n; t++) r = s[t] > r ? s[t] : r;
+    return r;
+}
+
 static float exp_sum(float *s, size_t n, float m) {
     __m256 mv = _mm256_set1_ps(m), sum = _mm256_setzero_ps();
     size_t t = 0;
@@ -455,5 +467,6 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;
     k->exp_sum = exp_sum;
+    k->max_of = max_of;
     k->score_signs = score_signs;
 }

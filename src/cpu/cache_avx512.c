@@ -5,6 +5,7 @@
  * that keep 4 heads x 2 vectors of accumulators in registers across a block of tokens.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "cpu/cache_kernels.h"
@@ -62,6 +63,11 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
     *x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d);
 }
 
+/* Scores: two tokens per pass, so each load of a query slice serves both (the query
+ * loads, not the multiply-adds, bound one token at a time); each token's sums are the
+ * same operations in the same order as one at a time. Sums: two 32-coordinate slices
+ * per pass over the block, 4 heads x 4 vectors of accumulators, so each weight is
+ * broadcast once per 64 coordinates. */
 #define DEFINE_ROW_KERNELS(NAME, DEC, SCALAR_SCORE, SCALAR_ACCUM)                             \
     static void score_##NAME(const float *q, uint32_t G, uint32_t dim, const uint8_t *k,     \
                              size_t stride, size_t n, float *scores, size_t ld) {            \
@@ -74,25 +80,47 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
             const float *qh[HG];                                                             \
             for (uint32_t h = 0; h < HG; h++)                                                \
                 qh[h] = q + (size_t)(h0 + h < G ? h0 + h : h0) * dim;                        \
-            for (size_t t = 0; t < n; t++) {                                                 \
+            for (size_t t = 0; t < n; t += 2) {                                              \
                 const uint8_t *row = k + t * stride;                                         \
+                const uint8_t *row1 = t + 1 < n ? row + stride : row;                        \
                 __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                  \
+                __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;                                   \
                 for (uint32_t b = 0; b < nb; b++) {                                          \
-                    __m512 x0, x1;                                                           \
+                    __m512 x0, x1, y0, y1;                                                   \
                     DEC(row, b, &x0, &x1);                                                   \
-                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[0] + 32 * b), x0, a0);           \
-                    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[1] + 32 * b), x0, a1);           \
-                    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[2] + 32 * b), x0, a2);           \
-                    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[3] + 32 * b), x0, a3);           \
-                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[0] + 32 * b + 16), x1, a0);      \
-                    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[1] + 32 * b + 16), x1, a1);      \
-                    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[2] + 32 * b + 16), x1, a2);      \
-                    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(qh[3] + 32 * b + 16), x1, a3);      \
+                    DEC(row1, b, &y0, &y1);                                                  \
+                    __m512 q0 = _mm512_loadu_ps(qh[0] + 32 * b);                             \
+                    __m512 q1 = _mm512_loadu_ps(qh[1] + 32 * b);                             \
+                    __m512 q2 = _mm512_loadu_ps(qh[2] + 32 * b);                             \
+                    __m512 q3 = _mm512_loadu_ps(qh[3] + 32 * b);                             \
+                    a0 = _mm512_fmadd_ps(q0, x0, a0);                                        \
+                    a1 = _mm512_fmadd_ps(q1, x0, a1);                                        \
+                    a2 = _mm512_fmadd_ps(q2, x0, a2);                                        \
+                    a3 = _mm512_fmadd_ps(q3, x0, a3);                                        \
+                    b0 = _mm512_fmadd_ps(q0, y0, b0);                                        \
+                    b1 = _mm512_fmadd_ps(q1, y0, b1);                                        \
+                    b2 = _mm512_fmadd_ps(q2, y0, b2);                                        \
+                    b3 = _mm512_fmadd_ps(q3, y0, b3);                                        \
+                    q0 = _mm512_loadu_ps(qh[0] + 32 * b + 16);                               \
+                    q1 = _mm512_loadu_ps(qh[1] + 32 * b + 16);                               \
+                    q2 = _mm512_loadu_ps(qh[2] + 32 * b + 16);                               \
+                    q3 = _mm512_loadu_ps(qh[3] + 32 * b + 16);                               \
+                    a0 = _mm512_fmadd_ps(q0, x1, a0);                                        \
+                    a1 = _mm512_fmadd_ps(q1, x1, a1);                                        \
+                    a2 = _mm512_fmadd_ps(q2, x1, a2);                                        \
+                    a3 = _mm512_fmadd_ps(q3, x1, a3);                                        \
+                    b0 = _mm512_fmadd_ps(q0, y1, b0);                                        \
+                    b1 = _mm512_fmadd_ps(q1, y1, b1);                                        \
+                    b2 = _mm512_fmadd_ps(q2, y1, b2);                                        \
+                    b3 = _mm512_fmadd_ps(q3, y1, b3);                                        \
                 }                                                                            \
-                float s[4];                                                                  \
+                float s[8];                                                                  \
                 _mm_storeu_ps(s, hsum4(a0, a1, a2, a3));                                     \
-                for (uint32_t h = 0; h < HG && h0 + h < G; h++)                              \
+                _mm_storeu_ps(s + 4, hsum4(b0, b1, b2, b3));                                 \
+                for (uint32_t h = 0; h < HG && h0 + h < G; h++) {                            \
                     scores[(h0 + h) * ld + t] = s[h];                                        \
+                    if (t + 1 < n) scores[(h0 + h) * ld + t + 1] = s[4 + h];                 \
+                }                                                                            \
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
@@ -103,7 +131,7 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
             return;                                                                          \
         }                                                                                    \
         float zero_w[KVQI_MAX_BLOCK_TOKENS];                                                 \
-        float dummy[32];                                                                     \
+        float dummy[64];                                                                     \
         if (G % HG) memset(zero_w, 0, sizeof zero_w);                                        \
         for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
             const float *wh[HG];                                                             \
@@ -113,29 +141,42 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
                 wh[h] = ok ? w + (h0 + h) * ld : zero_w;                                     \
                 ah[h] = ok ? acc + (size_t)(h0 + h) * dim : dummy;                           \
             }                                                                                \
-            for (uint32_t b = 0; b < dim / 32; b++) {                                        \
-                __m512 r[8];                                                                 \
-                for (int i = 0; i < 8; i++) r[i] = _mm512_setzero_ps();                      \
+            for (uint32_t b = 0; b < dim / 32; b += 2) {                                     \
+                int two = b + 1 < dim / 32;                                                  \
+                __m512 r00 = _mm512_setzero_ps(), r01 = r00, r02 = r00, r03 = r00;           \
+                __m512 r10 = r00, r11 = r00, r12 = r00, r13 = r00;                           \
+                __m512 r20 = r00, r21 = r00, r22 = r00, r23 = r00;                           \
+                __m512 r30 = r00, r31 = r00, r32 = r00, r33 = r00;                           \
                 for (size_t t = 0; t < n; t++) {                                             \
-                    __m512 x0, x1;                                                           \
+                    __m512 x0, x1, x2 = r00, x3 = r00;                                       \
                     DEC(v + t * stride, b, &x0, &x1);                                        \
+                    if (two) DEC(v + t * stride, b + 1, &x2, &x3);                           \
                     __m512 w0 = _mm512_set1_ps(wh[0][t]), w1 = _mm512_set1_ps(wh[1][t]);     \
                     __m512 w2 = _mm512_set1_ps(wh[2][t]), w3 = _mm512_set1_ps(wh[3][t]);     \
-                    r[0] = _mm512_fmadd_ps(w0, x0, r[0]);                                    \
-                    r[1] = _mm512_fmadd_ps(w0, x1, r[1]);                                    \
-                    r[2] = _mm512_fmadd_ps(w1, x0, r[2]);                                    \
-                    r[3] = _mm512_fmadd_ps(w1, x1, r[3]);                                    \
-                    r[4] = _mm512_fmadd_ps(w2, x0, r[4]);                                    \
-                    r[5] = _mm512_fmadd_ps(w2, x1, r[5]);                                    \
-                    r[6] = _mm512_fmadd_ps(w3, x0, r[6]);                                    \
-                    r[7] = _mm512_fmadd_ps(w3, x1, r[7]);                                    \
+                    r00 = _mm512_fmadd_ps(w0, x0, r00);                                      \
+                    r01 = _mm512_fmadd_ps(w0, x1, r01);                                      \
+                    r02 = _mm512_fmadd_ps(w0, x2, r02);                                      \
+                    r03 = _mm512_fmadd_ps(w0, x3, r03);                                      \
+                    r10 = _mm512_fmadd_ps(w1, x0, r10);                                      \
+                    r11 = _mm512_fmadd_ps(w1, x1, r11);                                      \
+                    r12 = _mm512_fmadd_ps(w1, x2, r12);                                      \
+                    r13 = _mm512_fmadd_ps(w1, x3, r13);                                      \
+                    r20 = _mm512_fmadd_ps(w2, x0, r20);                                      \
+                    r21 = _mm512_fmadd_ps(w2, x1, r21);                                      \
+                    r22 = _mm512_fmadd_ps(w2, x2, r22);                                      \
+                    r23 = _mm512_fmadd_ps(w2, x3, r23);                                      \
+                    r30 = _mm512_fmadd_ps(w3, x0, r30);                                      \
+                    r31 = _mm512_fmadd_ps(w3, x1, r31);                                      \
+                    r32 = _mm512_fmadd_ps(w3, x2, r32);                                      \
+                    r33 = _mm512_fmadd_ps(w3, x3, r33);                                      \
                 }                                                                            \
+                __m512 r[HG][4] = {{r00, r01, r02, r03}, {r10, r11, r12, r13},               \
+                                   {r20, r21, r22, r23}, {r30, r31, r32, r33}};              \
                 for (uint32_t h = 0; h < HG; h++) {                                          \
                     if (ah[h] == dummy) continue;                                            \
                     float *p = ah[h] + 32 * b;                                               \
-                    _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), r[2 * h]));        \
-                    _mm512_storeu_ps(p + 16,                                                 \
-                                     _mm512_add_ps(_mm512_loadu_ps(p + 16), r[2 * h + 1]));  \
+                    for (int i = 0; i < (two ? 4 : 2); i++)                                  \
+                        _mm512_storeu_ps(p + 16 * i, _mm512_add_ps(_mm512_loadu_ps(p + 16 * i), r[h][i])); \
                 }                                                                            \
             }                                                                                \
         }                                                                                    \
@@ -450,16 +491,156 @@ static inline __m512i fold_lanes(__m512i v0, __m512i v1, __m512i v2, __m512i v3)
                             _mm512_shuffle_i32x4(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* One token, four heads: 64 code bytes = 128 coordinates per step, nibbles to centroid
- * bytes with one shuffle each, 64 multiply-adds per instruction per head. */
+/* 128 coordinates of one code (block b) as two vectors of 64 centroid bytes, in the
+ * kvqi_rot_i8_coordinate order: each index to its byte by one shuffle through the
+ * 16-entry table. 4 bits: the nibbles of 64 bytes. 2 bits: 32 bytes in both halves,
+ * shifted by 0 (low half) and 4 (high half), then by 2 more. 3 bits (VBMI): 48 bytes,
+ * each 64-bit lane given the 3 bytes of 8 indices (vpermb) and the 8 indices cut out of
+ * them at bit offsets 0, 3, ..., 21 (vpmultishiftqb), natural order. */
+KVQI_INLINE __attribute__((target("avx512vnni"))) void
+unpack_i8_24(const uint32_t BITS, const uint8_t *idx, uint32_t b, __m512i tab, __m512i *lo,
+             __m512i *hi) {
+    if (BITS == 4) {
+        const __m512i m4 = _mm512_set1_epi8(0x0f);
+        __m512i v = _mm512_loadu_si512(idx + 64 * b);
+        *lo = _mm512_shuffle_epi8(tab, _mm512_and_si512(v, m4));
+        *hi = _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+    } else {
+        const __m512i m3 = _mm512_set1_epi8(0x03);
+        const __m512i sh = _mm512_set_epi64(0x0004000400040004LL, 0x0004000400040004LL,
+                                            0x0004000400040004LL, 0x0004000400040004LL,
+                                            0, 0, 0, 0);
+        __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(idx + 32 * b)));
+        v = _mm512_srlv_epi16(v, sh);
+        *lo = _mm512_shuffle_epi8(tab, _mm512_and_si512(v, m3));
+        *hi = _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srli_epi16(v, 2), m3));
+    }
+}
+
+KVQI_INLINE __attribute__((target("avx512vnni,avx512vbmi"))) void
+unpack_i8_3(const uint32_t BITS, const uint8_t *idx, uint32_t b, __m512i tab, __m512i *lo,
+            __m512i *hi) {
+    (void)BITS;
+    const __m512i m7 = _mm512_set1_epi8(0x07);
+    const __m512i ctl = _mm512_set1_epi64(0x15120f0c09060300LL);
+    const __m512i p0 = _mm512_set_epi64(0x17171615, 0x14141312, 0x1111100f, 0x0e0e0d0c,
+                                        0x0b0b0a09, 0x08080706, 0x05050403, 0x02020100);
+    const __m512i p1 = _mm512_add_epi8(p0, _mm512_set1_epi8(24));
+    __m512i v = _mm512_maskz_loadu_epi8((__mmask64)0xffffffffffffULL, idx + 48 * b);
+    __m512i x = _mm512_multishift_epi64_epi8(ctl, _mm512_permutexvar_epi8(p0, v));
+    __m512i y = _mm512_multishift_epi64_epi8(ctl, _mm512_permutexvar_epi8(p1, v));
+    *lo = _mm512_shuffle_epi8(tab, _mm512_and_si512(x, m7));
+    *hi = _mm512_shuffle_epi8(tab, _mm512_and_si512(y, m7));
+}
+
+/* One token, four heads: 128 coordinates per step, 64 multiply-adds per instruction per
+ * head; then four tokens at a time so the sixteen (token, head) sums reduce together.
+ * Defined once per target: the 3-bit unpacking needs VBMI, the others only VNNI. */
+#define DEFINE_SCORE_I8(SUFFIX, TARGET)                                                      \
+    KVQI_INLINE __attribute__((target(TARGET))) __m512i token_i8_##SUFFIX(                   \
+        const uint32_t BITS, const uint8_t *idx, uint32_t nblk, const int8_t *q0,            \
+        const int8_t *q1, const int8_t *q2, const int8_t *q3, __m512i tab) {                 \
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;                      \
+        for (uint32_t b = 0; b < nblk; b++) {                                                \
+            __m512i lo, hi;                                                                  \
+            unpack_i8_##SUFFIX(BITS, idx, b, tab, &lo, &hi);                                 \
+            size_t o = 128 * (size_t)b;                                                      \
+            a0 = _mm512_dpbusd_epi32(a0, lo, _mm512_loadu_si512(q0 + o));                    \
+            a1 = _mm512_dpbusd_epi32(a1, lo, _mm512_loadu_si512(q1 + o));                    \
+            a2 = _mm512_dpbusd_epi32(a2, lo, _mm512_loadu_si512(q2 + o));                    \
+            a3 = _mm512_dpbusd_epi32(a3, lo, _mm512_loadu_si512(q3 + o));                    \
+            a0 = _mm512_dpbusd_epi32(a0, hi, _mm512_loadu_si512(q0 + o + 64));               \
+            a1 = _mm512_dpbusd_epi32(a1, hi, _mm512_loadu_si512(q1 + o + 64));               \
+            a2 = _mm512_dpbusd_epi32(a2, hi, _mm512_loadu_si512(q2 + o + 64));               \
+            a3 = _mm512_dpbusd_epi32(a3, hi, _mm512_loadu_si512(q3 + o + 64));               \
+        }                                                                                    \
+        return fold4(a0, a1, a2, a3);                                                        \
+    }                                                                                        \
+    KVQI_INLINE __attribute__((target(TARGET))) void score_rot_i8_##SUFFIX(                  \
+        const uint32_t BITS, const kvqi_rot_layout *L, const int8_t *q8, const float *qscale, \
+        const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n, float *scores,           \
+        size_t ld) {                                                                         \
+        uint32_t dim = L->dim, nblk = dim / 128;                                             \
+        size_t cs = L->code_size;                                                            \
+        const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)L->cent_u8)); \
+        const __m512i lane_tok = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0); \
+        const __m512i head_major = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0); \
+        const uint8_t *idx0 = k + L->index_offset[0], *nb = k + L->norm_offset;              \
+        for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
+            uint32_t hh[HG];                                                                 \
+            for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;              \
+            const int8_t *q0 = q8 + (size_t)hh[0] * dim, *q1 = q8 + (size_t)hh[1] * dim;     \
+            const int8_t *q2 = q8 + (size_t)hh[2] * dim, *q3 = q8 + (size_t)hh[3] * dim;     \
+            float scl[16];                                                                   \
+            int32_t qs[16];                                                                  \
+            for (int i = 0; i < 16; i++) {                                                   \
+                scl[i] = qscale[hh[i % 4]];                                                  \
+                qs[i] = qsum[hh[i % 4]];                                                     \
+            }                                                                                \
+            const __m512 vscale = _mm512_loadu_ps(scl);                                      \
+            const __m512i vqsum = _mm512_loadu_si512(qs);                                    \
+            for (size_t t0 = 0; t0 < n; t0 += 4) {                                           \
+                size_t nt = n - t0 < 4 ? n - t0 : 4;                                         \
+                size_t t1 = t0 + (nt > 1), t2 = t0 + (nt > 2 ? 2 : nt - 1), t3 = t0 + nt - 1; \
+                __m512i v0 = token_i8_##SUFFIX(BITS, idx0 + t0 * cs, nblk, q0, q1, q2, q3, tab); \
+                __m512i v1 = token_i8_##SUFFIX(BITS, idx0 + t1 * cs, nblk, q0, q1, q2, q3, tab); \
+                __m512i v2 = token_i8_##SUFFIX(BITS, idx0 + t2 * cs, nblk, q0, q1, q2, q3, tab); \
+                __m512i v3 = token_i8_##SUFFIX(BITS, idx0 + t3 * cs, nblk, q0, q1, q2, q3, tab); \
+                __m128 n4 = _mm_set_ps(fp16_scalar(nb + t3 * cs), fp16_scalar(nb + t2 * cs),  \
+                                       fp16_scalar(nb + t1 * cs), fp16_scalar(nb + t0 * cs)); \
+                /* lane 4 t + h takes token t's norm */                                      \
+                __m512 nrm = _mm512_permutexvar_ps(lane_tok, _mm512_castps128_ps512(n4));    \
+                __m512i r = _mm512_sub_epi32(fold_lanes(v0, v1, v2, v3), vqsum);             \
+                __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(r), vscale), nrm); \
+                if (nt == 4 && h0 + HG <= G) { /* lanes 4 h + t: four stores of four */     \
+                    f = _mm512_permutexvar_ps(head_major, f);                                \
+                    _mm_storeu_ps(scores + h0 * ld + t0, _mm512_castps512_ps128(f));         \
+                    _mm_storeu_ps(scores + (h0 + 1) * ld + t0, _mm512_extractf32x4_ps(f, 1)); \
+                    _mm_storeu_ps(scores + (h0 + 2) * ld + t0, _mm512_extractf32x4_ps(f, 2)); \
+                    _mm_storeu_ps(scores + (h0 + 3) * ld + t0, _mm512_extractf32x4_ps(f, 3)); \
+                    continue;                                                                \
+                }                                                                            \
+                float out[16];                                                               \
+                _mm512_storeu_ps(out, f);                                                    \
+                for (size_t t = 0; t < nt; t++)                                              \
+                    for (uint32_t h = 0; h < HG && h0 + h < G; h++)                          \
+                        scores[(h0 + h) * ld + t0 + t] = out[4 * t + h];                     \
+            }                                                                                \
+        }                                                                                    \
+    }
+DEFINE_SCORE_I8(24, "avx512vnni")
+DEFINE_SCORE_I8(3, "avx512vnni,avx512vbmi")
+
+__attribute__((target("avx512vnni"))) static void
+score_rot_i8_vnni(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
+                  const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n, float *scores,
+                  size_t ld) {
+    if (L->bits == 4) score_rot_i8_24(4, L, q8, qscale, qsum, G, k, n, scores, ld);
+    else if (L->bits == 2) score_rot_i8_24(2, L, q8, qscale, qsum, G, k, n, scores, ld);
+    else kvqi_cache_score_rot_i8_ref(L, q8, qscale, qsum, G, k, n, scores, ld);
+}
+
+__attribute__((target("avx512vnni,avx512vbmi"))) static void
+score_rot_i8_vbmi(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
+                  const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n, float *scores,
+                  size_t ld) {
+    if (L->bits == 3) score_rot_i8_3(3, L, q8, qscale, qsum, G, k, n, scores, ld);
+    else score_rot_i8_vnni(L, q8, qscale, qsum, G, k, n, scores, ld);
+}
+
+/* 1-bit passes: each pass's 128 bits per block become 0/1 bytes (a masked move of ones)
+ * against the int8 query, so S_p of four heads costs 2 vpdpbusd per head and block. */
 __attribute__((target("avx512vnni"))) static inline __m512i
-token_i8(const uint8_t *idx, uint32_t nblk, const int8_t *q0, const int8_t *q1, const int8_t *q2,
-         const int8_t *q3, __m512i tab, __m512i m4) {
+token_b1(const uint8_t *bits, uint32_t nblk, const int8_t *q0, const int8_t *q1, const int8_t *q2,
+         const int8_t *q3) {
+    const __m512i ones = _mm512_set1_epi8(1);
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     for (uint32_t b = 0; b < nblk; b++) {
-        __m512i v = _mm512_loadu_si512(idx + 64 * b);
-        __m512i lo = _mm512_shuffle_epi8(tab, _mm512_and_si512(v, m4));
-        __m512i hi = _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+        uint64_t w0, w1;
+        memcpy(&w0, bits + 16 * b, 8);
+        memcpy(&w1, bits + 16 * b + 8, 8);
+        __m512i lo = _mm512_maskz_mov_epi8(_cvtu64_mask64(w0), ones);
+        __m512i hi = _mm512_maskz_mov_epi8(_cvtu64_mask64(w1), ones);
         size_t o = 128 * (size_t)b;
         a0 = _mm512_dpbusd_epi32(a0, lo, _mm512_loadu_si512(q0 + o));
         a1 = _mm512_dpbusd_epi32(a1, lo, _mm512_loadu_si512(q1 + o));
@@ -473,44 +654,63 @@ token_i8(const uint8_t *idx, uint32_t nblk, const int8_t *q0, const int8_t *q1, 
     return fold4(a0, a1, a2, a3);
 }
 
-/* Four tokens at a time so the sixteen (token, head) sums reduce together. */
+/* Four tokens at a time, one pass after another: lane 4 t + h accumulates
+ * s_p (c_p[0] qsum / 128 + (c_p[1] - c_p[0]) S_p) in the reference's order. */
 __attribute__((target("avx512vnni"))) static void
-score_rot_i8(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale, const int32_t *qsum,
-             uint32_t G, const uint8_t *k, size_t n, float *scores, size_t ld) {
+score_rot1_i8(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale, const int32_t *qsum,
+              uint32_t G, const uint8_t *k, size_t n, float *scores, size_t ld) {
     uint32_t dim = L->dim, nblk = dim / 128;
     size_t cs = L->code_size;
-    const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)L->cent_u8));
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const uint8_t *idx0 = k + L->index_offset[0];
+    const __m512i lane_tok = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i head_major = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     for (uint32_t h0 = 0; h0 < G; h0 += HG) {
         uint32_t hh[HG];
         for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
         const int8_t *q0 = q8 + (size_t)hh[0] * dim, *q1 = q8 + (size_t)hh[1] * dim;
         const int8_t *q2 = q8 + (size_t)hh[2] * dim, *q3 = q8 + (size_t)hh[3] * dim;
-        float scl[16];
-        int32_t qs[16];
+        float scl[16], qf[16];
         for (int i = 0; i < 16; i++) {
             scl[i] = qscale[hh[i % 4]];
-            qs[i] = qsum[hh[i % 4]];
+            qf[i] = (float)(qsum[hh[i % 4]] / 128);
         }
-        const __m512 vscale = _mm512_loadu_ps(scl);
-        const __m512i vqsum = _mm512_loadu_si512(qs);
+        const __m512 vscale = _mm512_loadu_ps(scl), vqf = _mm512_loadu_ps(qf);
         for (size_t t0 = 0; t0 < n; t0 += 4) {
             size_t nt = n - t0 < 4 ? n - t0 : 4;
-            size_t t1 = t0 + (nt > 1), t2 = t0 + (nt > 2 ? 2 : nt - 1), t3 = t0 + nt - 1;
-            __m512i v0 = token_i8(idx0 + t0 * cs, nblk, q0, q1, q2, q3, tab, m4);
-            __m512i v1 = token_i8(idx0 + t1 * cs, nblk, q0, q1, q2, q3, tab, m4);
-            __m512i v2 = token_i8(idx0 + t2 * cs, nblk, q0, q1, q2, q3, tab, m4);
-            __m512i v3 = token_i8(idx0 + t3 * cs, nblk, q0, q1, q2, q3, tab, m4);
+            size_t tt[4] = {t0, t0 + (nt > 1), t0 + (nt > 2 ? 2 : nt - 1), t0 + nt - 1};
+            const uint8_t *c0 = k + tt[0] * cs, *c1 = k + tt[1] * cs, *c2 = k + tt[2] * cs,
+                          *c3 = k + tt[3] * cs;
+            __m512 acc = _mm512_setzero_ps();
+            for (uint32_t p = 0; p < L->n_pass; p++) {
+                uint32_t io = L->index_offset[p];
+                __m512i v0 = token_b1(c0 + io, nblk, q0, q1, q2, q3);
+                __m512i v1 = token_b1(c1 + io, nblk, q0, q1, q2, q3);
+                __m512i v2 = token_b1(c2 + io, nblk, q0, q1, q2, q3);
+                __m512i v3 = token_b1(c3 + io, nblk, q0, q1, q2, q3);
+                __m512 S = _mm512_cvtepi32_ps(fold_lanes(v0, v1, v2, v3));
+                __m512 sp = _mm512_set1_ps(1.0f);
+                if (p) {
+                    uint32_t so = L->scale_offset[p];
+                    __m128 s4 = _mm_set_ps(fp16_scalar(c3 + so), fp16_scalar(c2 + so),
+                                           fp16_scalar(c1 + so), fp16_scalar(c0 + so));
+                    sp = _mm512_permutexvar_ps(lane_tok, _mm512_castps128_ps512(s4));
+                }
+                __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(L->centroids[p][0]), vqf),
+                                         _mm512_mul_ps(_mm512_set1_ps(L->centroids[p][1] - L->centroids[p][0]), S));
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(sp, v));
+            }
             const uint8_t *nb = k + L->norm_offset;
-            __m512 nrm = _mm512_castsi512_ps(_mm512_setzero_si512());
-            __m128 n4 = _mm_set_ps(fp16_scalar(nb + t3 * cs), fp16_scalar(nb + t2 * cs),
-                                   fp16_scalar(nb + t1 * cs), fp16_scalar(nb + t0 * cs));
-            /* lane 4 t + h takes token t's norm */
-            nrm = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
-                                        _mm512_castps128_ps512(n4));
-            __m512i r = _mm512_sub_epi32(fold_lanes(v0, v1, v2, v3), vqsum);
-            __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(r), vscale), nrm);
+            __m128 n4 = _mm_set_ps(fp16_scalar(nb + tt[3] * cs), fp16_scalar(nb + tt[2] * cs),
+                                   fp16_scalar(nb + tt[1] * cs), fp16_scalar(nb + tt[0] * cs));
+            __m512 nrm = _mm512_permutexvar_ps(lane_tok, _mm512_castps128_ps512(n4));
+            __m512 f = _mm512_mul_ps(_mm512_mul_ps(acc, vscale), nrm);
+            if (nt == 4 && h0 + HG <= G) {
+                f = _mm512_permutexvar_ps(head_major, f);
+                _mm_storeu_ps(scores + h0 * ld + t0, _mm512_castps512_ps128(f));
+                _mm_storeu_ps(scores + (h0 + 1) * ld + t0, _mm512_extractf32x4_ps(f, 1));
+                _mm_storeu_ps(scores + (h0 + 2) * ld + t0, _mm512_extractf32x4_ps(f, 2));
+                _mm_storeu_ps(scores + (h0 + 3) * ld + t0, _mm512_extractf32x4_ps(f, 3));
+                continue;
+            }
             float out[16];
             _mm512_storeu_ps(out, f);
             for (size_t t = 0; t < nt; t++)
@@ -518,6 +718,211 @@ score_rot_i8(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale, co
                     scores[(h0 + h) * ld + t0 + t] = out[4 * t + h];
         }
     }
+}
+
+/* Sign codes against the int8 projection: the same 0/1-byte sums as the 1-bit keys. */
+__attribute__((target("avx512vnni"))) static void
+score_signs_i8(const kvqi_sign_layout *L, const int8_t *z8, const float *zscale, const int32_t *zsum8,
+               uint32_t G, const uint8_t *k, size_t n, int accumulate, float *scores, size_t ld) {
+    uint32_t m = L->m, nblk = m / 128;
+    size_t cs = L->code_size;
+    const __m512i lane_tok = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+        uint32_t hh[HG];
+        for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
+        const int8_t *q0 = z8 + (size_t)hh[0] * m, *q1 = z8 + (size_t)hh[1] * m;
+        const int8_t *q2 = z8 + (size_t)hh[2] * m, *q3 = z8 + (size_t)hh[3] * m;
+        float scl[16];
+        int32_t zs[16];
+        for (int i = 0; i < 16; i++) {
+            scl[i] = zscale[hh[i % 4]];
+            zs[i] = zsum8[hh[i % 4]];
+        }
+        const __m512 vscale = _mm512_loadu_ps(scl);
+        const __m512i vzs = _mm512_loadu_si512(zs);
+        for (size_t t0 = 0; t0 < n; t0 += 4) {
+            size_t nt = n - t0 < 4 ? n - t0 : 4;
+            size_t tt[4] = {t0, t0 + (nt > 1), t0 + (nt > 2 ? 2 : nt - 1), t0 + nt - 1};
+            float fv[4];
+            __m512i v[4];
+            for (int i = 0; i < 4; i++) {
+                const uint8_t *c = k + tt[i] * cs;
+                float f = fp16_scalar(c + L->num_offset);
+                if (L->den_offset != KVQI_SIGN_NO_DEN) f = f / fp16_scalar(c + L->den_offset);
+                fv[i] = f * L->c0;
+                v[i] = token_b1(c + L->bits_offset, nblk, q0, q1, q2, q3);
+            }
+            __m512i S = fold_lanes(v[0], v[1], v[2], v[3]);
+            __m512i d = _mm512_sub_epi32(_mm512_add_epi32(S, S), vzs);
+            __m512 f = _mm512_permutexvar_ps(lane_tok, _mm512_castps128_ps512(_mm_loadu_ps(fv)));
+            __m512 r = _mm512_mul_ps(f, _mm512_mul_ps(vscale, _mm512_cvtepi32_ps(d)));
+            float out[16];
+            _mm512_storeu_ps(out, r);
+            for (size_t t = 0; t < nt; t++)
+                for (uint32_t h = 0; h < HG && h0 + h < G; h++) {
+                    float *dst = scores + (h0 + h) * ld + t0 + t;
+                    *dst = accumulate ? *dst + out[4 * t + h] : out[4 * t + h];
+                }
+        }
+    }
+}
+
+/* ------------------------------------------------- integer value sums (VNNI) */
+
+/* One half (64 coordinates, HALF 0 or 1) of unpack_i8_*: the same bytes, the same order. */
+KVQI_INLINE __attribute__((target("avx512vnni"))) __m512i
+half_i8_24(const uint32_t BITS, const uint32_t HALF, const uint8_t *idx, uint32_t b, __m512i tab) {
+    if (BITS == 4) {
+        const __m512i m4 = _mm512_set1_epi8(0x0f);
+        __m512i v = _mm512_loadu_si512(idx + 64 * b);
+        if (HALF) v = _mm512_srli_epi16(v, 4);
+        return _mm512_shuffle_epi8(tab, _mm512_and_si512(v, m4));
+    }
+    const __m512i m3 = _mm512_set1_epi8(0x03);
+    const __m512i sh = _mm512_set_epi64(0x0004000400040004LL, 0x0004000400040004LL,
+                                        0x0004000400040004LL, 0x0004000400040004LL,
+                                        0, 0, 0, 0);
+    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(idx + 32 * b)));
+    v = _mm512_srlv_epi16(v, sh);
+    if (HALF) v = _mm512_srli_epi16(v, 2);
+    return _mm512_shuffle_epi8(tab, _mm512_and_si512(v, m3));
+}
+
+KVQI_INLINE __attribute__((target("avx512vnni,avx512vbmi"))) __m512i
+half_i8_3(const uint32_t BITS, const uint32_t HALF, const uint8_t *idx, uint32_t b, __m512i tab) {
+    (void)BITS;
+    const __m512i ctl = _mm512_set1_epi64(0x15120f0c09060300LL);
+    __m512i p = _mm512_set_epi64(0x17171615, 0x14141312, 0x1111100f, 0x0e0e0d0c,
+                                 0x0b0b0a09, 0x08080706, 0x05050403, 0x02020100);
+    if (HALF) p = _mm512_add_epi8(p, _mm512_set1_epi8(24));
+    __m512i v = _mm512_maskz_loadu_epi8((__mmask64)0xffffffffffffULL, idx + 48 * b);
+    __m512i x = _mm512_multishift_epi64_epi8(ctl, _mm512_permutexvar_epi8(p, v));
+    return _mm512_shuffle_epi8(tab, _mm512_and_si512(x, _mm512_set1_epi8(0x07)));
+}
+
+/* A head's 16-bit weights, as kvqi_cache_rot_weights_i16 computes them (the same
+ * products, the same maximum, the same rounding), sixteen tokens per step. */
+static float weights_i16(const float *w, const float *norms, size_t n, int16_t *wq) {
+    __m512 wn[KVQI_MAX_BLOCK_TOKENS / 16], mx = _mm512_setzero_ps();
+    size_t nv = (n + 15) / 16;
+    for (size_t i = 0; i < nv; i++) {
+        size_t left = n - 16 * i;
+        __mmask16 k = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+        wn[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + 16 * i), _mm512_loadu_ps(norms + 16 * i));
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(wn[i]));
+    }
+    float m = _mm512_reduce_max_ps(mx);
+    if (!(m > 0.0f) || !(m <= 3.0e38f)) return 0.0f;
+    __m512 inv = _mm512_set1_ps(32767.0f / m);
+    for (size_t i = 0; i < nv; i++)
+        _mm256_storeu_si256((__m256i *)(wq + 16 * i),
+                            _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(wn[i], inv))));
+    return m * (1.0f / 32767.0f);
+}
+
+/* Two tokens per step: their centroid bytes interleaved and widened to 16 bits, so each
+ * 32-bit lane holds one coordinate of both and one vpdpwssd adds both weighted terms;
+ * 64 coordinates of four heads (16 accumulators) per pass over the block. */
+#define DEFINE_ACCUM_I16(SUFFIX, TARGET)                                                     \
+    KVQI_INLINE __attribute__((target(TARGET))) void accum_i16_##SUFFIX(                     \
+        const uint32_t BITS, const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G, \
+        const uint8_t *v, size_t n, float *acc) {                                            \
+        uint32_t dim = L->dim;                                                               \
+        size_t cs = L->code_size;                                                            \
+        const __m512i tab = _mm512_xor_si512(                                                \
+            _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)L->cent_u8)),            \
+            _mm512_set1_epi8((char)0x80));                                                   \
+        const uint8_t *idx0 = v + L->index_offset[0];                                        \
+        float norms[KVQI_MAX_BLOCK_TOKENS + 16];                                             \
+        int16_t wq[HG][KVQI_MAX_BLOCK_TOKENS + 16];                                          \
+        int32_t wp[HG][KVQI_MAX_BLOCK_TOKENS / 2 + 8];                                       \
+        for (size_t t = 0; t < n; t++) norms[t] = fp16_scalar(v + t * cs + L->norm_offset); \
+        for (size_t t = n; t < n + 16; t++) norms[t] = 0.0f;                                 \
+        for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
+            float scale[HG];                                                                 \
+            int any = 0;                                                                     \
+            for (uint32_t h = 0; h < HG; h++) {                                              \
+                memset(wq[h], 0, sizeof wq[h]);                                              \
+                scale[h] = h0 + h < G ? weights_i16(w + (h0 + h) * ld, norms, n, wq[h]) : 0.0f; \
+                scale[h] *= L->cent_scale;                                                   \
+                any |= scale[h] != 0.0f;                                                     \
+            }                                                                                \
+            if (!any) continue;                                                              \
+            /* token pairs: t in the low 16 bits, t + 1 in the high (zero past n) */        \
+            memcpy(wp, wq, sizeof wp);                                                       \
+            for (uint32_t b = 0; b < dim / 128; b++) {                                       \
+                for (uint32_t half = 0; half < 2; half++) {                                  \
+                    __m512i r00 = _mm512_setzero_si512(), r01 = r00, r02 = r00, r03 = r00;   \
+                    __m512i r10 = r00, r11 = r00, r12 = r00, r13 = r00;                      \
+                    __m512i r20 = r00, r21 = r00, r22 = r00, r23 = r00;                      \
+                    __m512i r30 = r00, r31 = r00, r32 = r00, r33 = r00;                      \
+                    for (size_t t = 0; t < n; t += 2) {                                      \
+                        const uint8_t *ca = idx0 + t * cs, *cb = t + 1 < n ? ca + cs : ca;    \
+                        __m512i xa, xb;                                                      \
+                        if (half) {                                                          \
+                            xa = half_i8_##SUFFIX(BITS, 1, ca, b, tab);                      \
+                            xb = half_i8_##SUFFIX(BITS, 1, cb, b, tab);                      \
+                        } else {                                                             \
+                            xa = half_i8_##SUFFIX(BITS, 0, ca, b, tab);                      \
+                            xb = half_i8_##SUFFIX(BITS, 0, cb, b, tab);                      \
+                        }                                                                    \
+                        __m512i lo = _mm512_unpacklo_epi8(xa, xb), hi = _mm512_unpackhi_epi8(xa, xb); \
+                        __m512i c0 = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo));       \
+                        __m512i c1 = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(lo, 1)); \
+                        __m512i c2 = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(hi));       \
+                        __m512i c3 = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(hi, 1)); \
+                        __m512i w0 = _mm512_set1_epi32(wp[0][t / 2]);                        \
+                        __m512i w1 = _mm512_set1_epi32(wp[1][t / 2]);                        \
+                        __m512i w2 = _mm512_set1_epi32(wp[2][t / 2]);                        \
+                        __m512i w3 = _mm512_set1_epi32(wp[3][t / 2]);                        \
+                        r00 = _mm512_dpwssd_epi32(r00, c0, w0);                              \
+                        r01 = _mm512_dpwssd_epi32(r01, c1, w0);                              \
+                        r02 = _mm512_dpwssd_epi32(r02, c2, w0);                              \
+                        r03 = _mm512_dpwssd_epi32(r03, c3, w0);                              \
+                        r10 = _mm512_dpwssd_epi32(r10, c0, w1);                              \
+                        r11 = _mm512_dpwssd_epi32(r11, c1, w1);                              \
+                        r12 = _mm512_dpwssd_epi32(r12, c2, w1);                              \
+                        r13 = _mm512_dpwssd_epi32(r13, c3, w1);                              \
+                        r20 = _mm512_dpwssd_epi32(r20, c0, w2);                              \
+                        r21 = _mm512_dpwssd_epi32(r21, c1, w2);                              \
+                        r22 = _mm512_dpwssd_epi32(r22, c2, w2);                              \
+                        r23 = _mm512_dpwssd_epi32(r23, c3, w2);                              \
+                        r30 = _mm512_dpwssd_epi32(r30, c0, w3);                              \
+                        r31 = _mm512_dpwssd_epi32(r31, c1, w3);                              \
+                        r32 = _mm512_dpwssd_epi32(r32, c2, w3);                              \
+                        r33 = _mm512_dpwssd_epi32(r33, c3, w3);                              \
+                    }                                                                        \
+                    __m512i r[HG][4] = {{r00, r01, r02, r03}, {r10, r11, r12, r13},          \
+                                        {r20, r21, r22, r23}, {r30, r31, r32, r33}};         \
+                    for (uint32_t h = 0; h < HG && h0 + h < G; h++) {                        \
+                        if (scale[h] == 0.0f) continue;                                      \
+                        __m512 sc = _mm512_set1_ps(scale[h]);                                \
+                        float *p = acc + (size_t)(h0 + h) * dim + 128 * b + 64 * half;       \
+                        for (int m = 0; m < 4; m++)                                          \
+                            _mm512_storeu_ps(p + 16 * m,                                     \
+                                             _mm512_add_ps(_mm512_loadu_ps(p + 16 * m),      \
+                                                           _mm512_mul_ps(_mm512_cvtepi32_ps(r[h][m]), sc))); \
+                    }                                                                        \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+    }
+DEFINE_ACCUM_I16(24, "avx512vnni")
+DEFINE_ACCUM_I16(3, "avx512vnni,avx512vbmi")
+
+__attribute__((target("avx512vnni"))) static void
+accum_rot_i16_vnni(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                   const uint8_t *v, size_t n, float *acc) {
+    if (L->bits == 4) accum_i16_24(4, L, w, ld, G, v, n, acc);
+    else if (L->bits == 2) accum_i16_24(2, L, w, ld, G, v, n, acc);
+    else kvqi_cache_accum_rot_i16_ref(L, w, ld, G, v, n, acc);
+}
+
+__attribute__((target("avx512vnni,avx512vbmi"))) static void
+accum_rot_i16_vbmi(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                   const uint8_t *v, size_t n, float *acc) {
+    if (L->bits == 3) accum_i16_3(3, L, w, ld, G, v, n, acc);
+    else accum_rot_i16_vnni(L, w, ld, G, v, n, acc);
 }
 
 /* ----------------------------------------------------------------- exp */
@@ -556,6 +961,15 @@ static float exp_sum(float *s, size_t n, float m) {
         sum = _mm512_add_ps(sum, e);
     }
     return hsum(sum);
+}
+
+static float max_of(const float *s, size_t n) {
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    size_t t = 0;
+    for (; t + 16 <= n; t += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + t));
+    if (t < n) m = _mm512_mask_max_ps(m, (__mmask16)((1u << (n - t)) - 1u), m,
+                                      _mm512_maskz_loadu_ps((__mmask16)((1u << (n - t)) - 1u), s + t));
+    return _mm512_reduce_max_ps(m);
 }
 
 /* ------------------------------------------------------------ sign codes */
@@ -611,9 +1025,18 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
     k->accum_q8_0 = accum_q8_0;
     k->accum_q4_0 = accum_q4_0;
     k->accum_rot = accum_rot;
-    if (__builtin_cpu_supports("avx512vnni")) k->score_rot_i8 = score_rot_i8;
+    if (__builtin_cpu_supports("avx512vnni")) {
+        int vbmi = __builtin_cpu_supports("avx512vbmi");
+        k->score_rot_i8 = vbmi ? score_rot_i8_vbmi : score_rot_i8_vnni;
+        k->rot_i8_bits = 1u << 2 | 1u << 4 | (vbmi ? 1u << 3 : 0u);
+        k->accum_rot_i16 = vbmi ? accum_rot_i16_vbmi : accum_rot_i16_vnni;
+        k->rot_v16_bits = k->rot_i8_bits;
+        k->score_rot1_i8 = score_rot1_i8;
+        k->score_signs_i8 = score_signs_i8;
+    }
     k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;
     k->exp_sum = exp_sum;
+    k->max_of = max_of;
     k->score_signs = score_signs;
 }

@@ -31,17 +31,33 @@ typedef struct kvqi_rot_layout {
     uint32_t scale_offset[KVQI_ROT_MAX_PASSES]; /* [0] unused */
     uint32_t index_offset[KVQI_ROT_MAX_PASSES];
     float centroids[KVQI_ROT_MAX_PASSES][256];
-    /* 4-bit one-pass codes scored in integers: centroids[0][i] ~ (cent_u8[i] - 128) * cent_scale */
+    /* 2-, 3- and 4-bit one-pass codes scored in integers:
+     * centroids[0][i] ~ (cent_u8[i] - 128) * cent_scale (entries past 2^bits unused) */
     int has_u8;
     uint8_t cent_u8[16];
     float cent_scale;
 } kvqi_rot_layout;
 
-/* The integer key path's query: per 128 coordinates, the int8 query at the 64 even
- * coordinates then the 64 odd ones (the order the nibbles of 64 code bytes unpack in). */
-static inline uint32_t kvqi_rot_i8_coordinate(uint32_t byte_pos) {
+/* The integer key path's query: the coordinate that byte byte_pos of the int8 query
+ * pairs with, in the order the kernels unpack 128 coordinates into two 64-byte vectors.
+ * 4 bits: the 64 even coordinates of 64 code bytes (low nibbles), then the 64 odd ones.
+ * 2 bits: 32 code bytes give shifts 0 and 4, then 2 and 6 (coordinates 4i, 4i+2, 4i+1,
+ * 4i+3 for i < 32). 3 bits: the natural order. */
+static inline uint32_t kvqi_rot_i8_coordinate(uint32_t bits, uint32_t byte_pos) {
     uint32_t base = byte_pos - byte_pos % 128, in = byte_pos % 128;
-    return base + (in < 64 ? 2 * in : 2 * (in - 64) + 1);
+    if (bits == 4) return base + (in < 64 ? 2 * in : 2 * (in - 64) + 1);
+    if (bits == 2) return base + 4 * (in % 32) + (in / 64) + 2 * ((in / 32) % 2);
+    return byte_pos;
+}
+
+/* The integer value path's accumulator order: per 128 coordinates, the two 64-byte
+ * vectors of kvqi_rot_i8_coordinate (low half, high half), each as four 16-lane int32
+ * vectors of the 8-bit to 16-bit widening of two tokens' interleaved bytes: vector m
+ * holds byte positions 32 (m % 2) + 8 (m / 2) + {0..7, 16..23}. */
+static inline uint32_t kvqi_rot_v16_coordinate(uint32_t bits, uint32_t p) {
+    uint32_t base = p - p % 128, in = p % 128, m = (in % 64) / 16, e = in % 16;
+    uint32_t j = (in / 64) * 64 + (m % 2) * 32 + (m / 2) * 8 + (e / 8) * 16 + e % 8;
+    return kvqi_rot_i8_coordinate(bits, base + j);
 }
 
 /* lane -> coordinate: the coordinate that lane p of the kernels' permuted order holds.
@@ -97,13 +113,37 @@ typedef struct kvqi_cache_kernels {
                        size_t stride, size_t n, float *acc);
     void (*accum_rot)(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
                       const uint8_t *v, size_t n, float *acc);
-    /* Keys of 4-bit one-pass rotated codes (has_u8, dim % 128 == 0) in integers: scores =
-     * norm * qscale[h] * (sum_j cent_u8[idx_j] * q8[h][j] - qsum[h]), q8 in the
-     * kvqi_rot_i8_coordinate order, qsum[h] = 128 * sum q8[h]. NULL where the CPU has no
-     * 8-bit dot product instruction (the float score_rot is used). */
+    /* Keys of 2-, 3- or 4-bit one-pass rotated codes (has_u8, dim % 128 == 0) in
+     * integers: scores = norm * qscale[h] * (sum_j cent_u8[idx_j] * q8[h][j] - qsum[h]),
+     * q8 in the kvqi_rot_i8_coordinate order, qsum[h] = 128 * sum q8[h]. NULL where the
+     * CPU has no 8-bit dot product instruction (the float score_rot is used);
+     * rot_i8_bits has bit b set for each width b it runs fast (others: the reference). */
     void (*score_rot_i8)(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
                          const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
                          float *scores, size_t ld);
+    uint32_t rot_i8_bits;
+    /* Sign codes (m == dim, dim % 128 == 0) against an int8 projection z8 = round(z /
+     * zscale): S = sum of z8 over the set bits, v = f * (zscale[h] * (2 S - zsum8[h]))
+     * with f as score_signs takes it; scores = v (+= with accumulate). NULL without VNNI. */
+    void (*score_signs_i8)(const kvqi_sign_layout *L, const int8_t *z8, const float *zscale,
+                           const int32_t *zsum8, uint32_t G, const uint8_t *k, size_t n,
+                           int accumulate, float *scores, size_t ld);
+    /* Keys of 1-bit rotated codes of any number of passes (dim % 128 == 0) in integers:
+     * S_p = sum of q8[h][r] over the coordinates r whose pass-p bit is set (natural
+     * order), then score = norm * qscale[h] * sum_p s_p (c_p[0] qsum[h] / 128 +
+     * (c_p[1] - c_p[0]) S_p) in the reference's float order. NULL without VNNI. */
+    void (*score_rot1_i8)(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
+                          const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
+                          float *scores, size_t ld);
+    /* Values of 2-, 3- or 4-bit one-pass rotated codes (has_u8, dim % 128 == 0) in
+     * integers: per head, wn_t = w[h][t] * norm_t rounded to 16 bits against the block's
+     * largest |wn| (kvqi_cache_accum_rot_i16_ref gives the exact steps), summed against
+     * cent_u8 - 128 in int32, then acc[h][p] += sum * scale: acc in the
+     * kvqi_rot_v16_coordinate order. NULL where the CPU has no 16-bit dot product;
+     * rot_v16_bits as rot_i8_bits. */
+    void (*accum_rot_i16)(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                          const uint8_t *v, size_t n, float *acc);
+    uint32_t rot_v16_bits;
     /* scores[h * ld + t] += sum_o q_out[h][o] * vals[o * stride + t]: the fp16 outlier
      * channels kept apart from the key codes, channel-major */
     void (*outlier_add)(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
@@ -112,6 +152,8 @@ typedef struct kvqi_cache_kernels {
     void (*axpy_rows)(const float *M, const float *x, uint32_t rows, uint32_t dim, float *y);
     /* s[t] = exp(s[t] - m) for t < n; returns the sum. Same polynomial on every ISA. */
     float (*exp_sum)(float *s, size_t n, float m);
+    /* the largest of s[0..n), n >= 1 (the same on every ISA for scores without NaN) */
+    float (*max_of)(const float *s, size_t n);
     /* scores[h * ld + t] (+= when accumulate) = the sign estimate of code t for query h:
      * lut [G][m/8][256], zsum[h] = sum of query h's z. Every ISA sums the lookups of a
      * code in byte order and finishes in the same operations: bit-identical results. */
@@ -153,6 +195,21 @@ extern const kvqi_cache_kernels kvqi_cache_kernels_scalar;
 void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
                                  const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
                                  float *scores, size_t ld);
+/* Reference of score_signs_i8 (exact integer sums, the same float steps). */
+void kvqi_cache_score_signs_i8_ref(const kvqi_sign_layout *L, const int8_t *z8, const float *zscale,
+                                   const int32_t *zsum8, uint32_t G, const uint8_t *k, size_t n,
+                                   int accumulate, float *scores, size_t ld);
+/* Reference of score_rot1_i8 (exact integer sums, the same float steps: bit for bit). */
+void kvqi_cache_score_rot1_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
+                                  const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
+                                  float *scores, size_t ld);
+/* Reference of accum_rot_i16 (exact integer sums: SIMD versions match it bit for bit). */
+void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                                  const uint8_t *v, size_t n, float *acc);
+/* One head's 16-bit weights of a block: wq[t] = round(w[t] norm_t * 32767 / max |w norm|);
+ * returns the scale of the integer sums (0: every weight is zero, nothing to add). */
+float kvqi_cache_rot_weights_i16(const kvqi_rot_layout *L, const float *w, const uint8_t *v,
+                                 size_t n, int16_t *wq);
 #if defined(KVQ_HAVE_X86_SIMD)
 void kvqi_chan_score_avx2(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
                           size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,

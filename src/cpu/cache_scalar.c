@@ -2,6 +2,7 @@
  * cache_scalar.c - scalar reference of the cache's fused attention kernels (every SIMD
  * version is tested against these), the lane order of rotated codes, and dispatch.
  */
+#include <math.h>
 #include <pthread.h>
 #include <string.h>
 
@@ -192,10 +193,84 @@ void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, con
         for (uint32_t h = 0; h < G; h++) {
             int32_t sum = 0;
             for (uint32_t b = 0; b < L->dim; b++) {
-                uint32_t j = kvqi_rot_i8_coordinate(b);
-                sum += (int32_t)L->cent_u8[rot_index(idx, 4, j)] * q8[(size_t)h * L->dim + b];
+                uint32_t j = kvqi_rot_i8_coordinate(L->bits, b);
+                sum += (int32_t)L->cent_u8[rot_index(idx, L->bits, j)] * q8[(size_t)h * L->dim + b];
             }
             scores[h * ld + t] = (float)(sum - qsum[h]) * qscale[h] * norm;
+        }
+    }
+}
+
+void kvqi_cache_score_signs_i8_ref(const kvqi_sign_layout *L, const int8_t *z8, const float *zscale,
+                                   const int32_t *zsum8, uint32_t G, const uint8_t *k, size_t n,
+                                   int accumulate, float *scores, size_t ld) {
+    for (size_t t = 0; t < n; t++) {
+        const uint8_t *c = k + t * L->code_size, *bits = c + L->bits_offset;
+        float f = fp16_at(c + L->num_offset);
+        if (L->den_offset != KVQI_SIGN_NO_DEN) f = f / fp16_at(c + L->den_offset);
+        f = f * L->c0;
+        for (uint32_t h = 0; h < G; h++) {
+            int32_t S = 0;
+            for (uint32_t i = 0; i < L->m; i++)
+                if (bits[i / 8] >> (i % 8) & 1) S += z8[(size_t)h * L->m + i];
+            float v = f * (zscale[h] * (float)(2 * S - zsum8[h]));
+            scores[h * ld + t] = accumulate ? scores[h * ld + t] + v : v;
+        }
+    }
+}
+
+void kvqi_cache_score_rot1_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
+                                  const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
+                                  float *scores, size_t ld) {
+    for (size_t t = 0; t < n; t++) {
+        const uint8_t *code = k + t * L->code_size;
+        float norm = fp16_at(code + L->norm_offset);
+        for (uint32_t h = 0; h < G; h++) {
+            float acc = 0.0f, qf = (float)(qsum[h] / 128);
+            for (uint32_t p = 0; p < L->n_pass; p++) {
+                const uint8_t *bits = code + L->index_offset[p];
+                int32_t S = 0;
+                for (uint32_t r = 0; r < L->dim; r++)
+                    if (bits[r / 8] >> (r % 8) & 1) S += q8[(size_t)h * L->dim + r];
+                float sp = p ? fp16_at(code + L->scale_offset[p]) : 1.0f;
+                float d = L->centroids[p][1] - L->centroids[p][0];
+                float v = L->centroids[p][0] * qf + d * (float)S;
+                acc = acc + sp * v;
+            }
+            scores[h * ld + t] = acc * qscale[h] * norm;
+        }
+    }
+}
+
+float kvqi_cache_rot_weights_i16(const kvqi_rot_layout *L, const float *w, const uint8_t *v,
+                                 size_t n, int16_t *wq) {
+    float wn[KVQI_MAX_BLOCK_TOKENS], mx = 0.0f;
+    for (size_t t = 0; t < n; t++) {
+        wn[t] = w[t] * fp16_at(v + t * L->code_size + L->norm_offset);
+        mx = fabsf(wn[t]) > mx ? fabsf(wn[t]) : mx;
+    }
+    if (!(mx > 0.0f) || !(mx <= 3.0e38f)) { /* no weight, or not a finite one */
+        memset(wq, 0, n * sizeof *wq);
+        return 0.0f;
+    }
+    float inv = 32767.0f / mx;
+    for (size_t t = 0; t < n; t++) wq[t] = (int16_t)lrintf(wn[t] * inv);
+    return mx * (1.0f / 32767.0f) * L->cent_scale;
+}
+
+void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                                  const uint8_t *v, size_t n, float *acc) {
+    int16_t wq[KVQI_MAX_BLOCK_TOKENS];
+    const uint8_t *idx = v + L->index_offset[0];
+    for (uint32_t h = 0; h < G; h++) {
+        float scale = kvqi_cache_rot_weights_i16(L, w + h * ld, v, n, wq);
+        if (scale == 0.0f) continue;
+        for (uint32_t p = 0; p < L->dim; p++) {
+            uint32_t r = kvqi_rot_v16_coordinate(L->bits, p);
+            int32_t sum = 0;
+            for (size_t t = 0; t < n; t++)
+                sum += (int32_t)wq[t] * ((int32_t)L->cent_u8[rot_index(idx + t * L->code_size, L->bits, r)] - 128);
+            acc[(size_t)h * L->dim + p] += (float)sum * scale;
         }
     }
 }
@@ -207,6 +282,12 @@ static float exp_sum(float *s, size_t n, float m) {
         sum += s[t];
     }
     return sum;
+}
+
+static float max_of(const float *s, size_t n) {
+    float m = s[0];
+    for (size_t t = 1; t < n; t++) m = s[t] > m ? s[t] : m;
+    return m;
 }
 
 void kvqi_cache_sign_lut(const float *z, uint32_t m, float *lut) {
@@ -239,8 +320,8 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
 
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
-    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, outlier_add, axpy_rows, exp_sum,
-    score_signs,    kvqi_chan_score_scalar,
+    accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, NULL, NULL, NULL, 0, outlier_add, axpy_rows, exp_sum,
+    max_of,         score_signs, kvqi_chan_score_scalar,
 };
 
 static kvqi_cache_kernels g_avx2, g_avx512, g_neon;

@@ -207,6 +207,38 @@ static float dot_u8_avx2(const uint8_t *code, const float *q, size_t n) {
     return hsum(a0, a1);
 }
 
+static const uint32_t pk_ctrl[8][16] = KVQI_PK_TABLE(KVQI_PK_CTRL);
+static const uint32_t pk_shift[8][16] = KVQI_PK_TABLE(KVQI_PK_SHIFT);
+
+/* 16 values per step as in the AVX-512 file: the run's 2b bytes in both 128-bit lanes,
+ * byte shuffles put values 0..7 and 8..15 in the 32-bit lanes of two registers. The
+ * last runs of a row are copied out so no load passes its end. */
+static float dot_packed_avx2(const uint8_t *code, unsigned bits, const float *q, size_t n) {
+    const __m256i c0 = _mm256_loadu_si256((const __m256i *)pk_ctrl[bits - 1]);
+    const __m256i c1 = _mm256_loadu_si256((const __m256i *)(pk_ctrl[bits - 1] + 8));
+    const __m256i s0 = _mm256_loadu_si256((const __m256i *)pk_shift[bits - 1]);
+    const __m256i s1 = _mm256_loadu_si256((const __m256i *)(pk_shift[bits - 1] + 8));
+    const __m256i mask = _mm256_set1_epi32((int)((1u << bits) - 1u));
+    const size_t run = 2 * bits, row = n / 16 * run;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (size_t i = 0, o = 0; i < n; i += 16, o += run) {
+        __m128i raw;
+        if (o + 16 <= row) {
+            raw = _mm_loadu_si128((const __m128i *)(code + o));
+        } else {
+            uint8_t t[16] = {0};
+            memcpy(t, code + o, row - o < 16 ? row - o : 16);
+            raw = _mm_loadu_si128((const __m128i *)t);
+        }
+        __m256i x = _mm256_broadcastsi128_si256(raw);
+        __m256i v0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(x, c0), s0), mask);
+        __m256i v1 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(x, c1), s1), mask);
+        a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_cvtepi32_ps(v0), _mm256_loadu_ps(q + i)));
+        a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_cvtepi32_ps(v1), _mm256_loadu_ps(q + i + 8)));
+    }
+    return hsum(a0, a1);
+}
+
 static inline __m256 sqdiff(__m256 a, __m256 b) {
     __m256 d = _mm256_sub_ps(a, b);
     return _mm256_mul_ps(d, d);
@@ -270,5 +302,5 @@ static float dot_avx2(const float *a, const float *b, size_t n) {
 
 const kvqi_index_kernels kvqi_index_avx2 = {
     KVQ_ISA_AVX2,  fastscan_avx2, build_lut4_avx2, estimate_block_avx2, probe16_avx2, dot_u8_avx2,
-    l2sq_avx2,     l2sq_f16_avx2, dot_avx2,        dot_f16_avx2,
+    dot_packed_avx2, l2sq_avx2,     l2sq_f16_avx2, dot_avx2,        dot_f16_avx2,
 };

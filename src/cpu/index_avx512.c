@@ -170,6 +170,25 @@ static float dot_u8_avx512(const uint8_t *code, const float *q, size_t n) {
     return hsum16(acc);
 }
 
+static const uint32_t pk_ctrl[8][16] = KVQI_PK_TABLE(KVQI_PK_CTRL);
+static const uint32_t pk_shift[8][16] = KVQI_PK_TABLE(KVQI_PK_SHIFT);
+
+/* 16 values per step: the run's 2b bytes in every 128-bit lane, one byte shuffle puts
+ * each value's one or two bytes in its 32-bit lane, a variable shift and a mask finish. */
+static float dot_packed_avx512(const uint8_t *code, unsigned bits, const float *q, size_t n) {
+    const __m512i ctrl = _mm512_loadu_si512((const void *)pk_ctrl[bits - 1]);
+    const __m512i shift = _mm512_loadu_si512((const void *)pk_shift[bits - 1]);
+    const __m512i mask = _mm512_set1_epi32((int)((1u << bits) - 1u));
+    const __mmask16 run = (__mmask16)((1u << (2 * bits)) - 1u);
+    __m512 acc = _mm512_setzero_ps();
+    for (size_t i = 0; i < n; i += 16, code += 2 * bits) {
+        __m512i x = _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(run, code));
+        __m512i v = _mm512_and_si512(_mm512_srlv_epi32(_mm512_shuffle_epi8(x, ctrl), shift), mask);
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_loadu_ps(q + i)));
+    }
+    return hsum16(acc);
+}
+
 static float l2sq_avx512(const float *a, const float *b, size_t n) {
     __m512 acc = _mm512_setzero_ps();
     size_t i = 0;
@@ -225,6 +244,6 @@ static float dot_avx512(const float *a, const float *b, size_t n) {
 
 const kvqi_index_kernels kvqi_index_avx512 = {
     KVQ_ISA_AVX512,        fastscan_avx512, build_lut4_avx512, estimate_block_avx512,
-    probe16_avx512,        dot_u8_avx512,         l2sq_avx512,     l2sq_f16_avx512,   dot_avx512,
+    probe16_avx512,        dot_u8_avx512,         dot_packed_avx512, l2sq_avx512,     l2sq_f16_avx512,   dot_avx512,
     dot_f16_avx512,
 };

@@ -60,6 +60,10 @@ typedef struct kvqi_index_kernels {
     void (*probe16)(const float *ct, const float *q, uint32_t d, int ip, float out[16]);
     /* sum_i code[i] * q[i] in the canonical 16-lane order (see cpu.h). */
     float (*dot_u8)(const uint8_t *code, const float *q, size_t n);
+    /* The same sum over packed b-bit values (b = 1..8, n a multiple of 16): value i is
+     * bits [i b, i b + b) of code read as a little-endian bit stream (the index's packed
+     * extended codes); equal to dot_u8 of the unpacked values, bit for bit. */
+    float (*dot_packed)(const uint8_t *code, unsigned bits, const float *q, size_t n);
     /* sum_i (a[i] - b[i])^2, canonical order; a as fp32 or fp16 bits. */
     float (*l2sq)(const float *a, const float *b, size_t n);
     float (*l2sq_f16)(const uint16_t *a, const float *b, size_t n);
@@ -80,6 +84,23 @@ uint32_t kvqi_estimate_block_scalar(const uint32_t *S, const float *f_add, const
                                     const kvqi_block_consts *c, float *dist, float *err);
 void kvqi_probe16_scalar(const float *ct, const float *q, uint32_t d, int ip, float out[16]);
 float kvqi_dot_u8_scalar(const uint8_t *code, const float *q, size_t n);
+float kvqi_dot_packed_scalar(const uint8_t *code, unsigned bits, const float *q, size_t n);
+
+/* Where value j (0..15) of a run of 16 packed b-bit values lies in the run's 2b bytes:
+ * a byte-shuffle control taking its first byte and, when it straddles into the next,
+ * that byte too (0x80: zero) into a 32-bit lane, and the right shift that aligns it. */
+#define KVQI_PK_BIT(b, j) ((unsigned)(j) * (unsigned)(b))
+#define KVQI_PK_SHIFT(b, j) (KVQI_PK_BIT(b, j) & 7u)
+#define KVQI_PK_CTRL(b, j)                                                              \
+    ((KVQI_PK_BIT(b, j) >> 3) |                                                         \
+     ((KVQI_PK_SHIFT(b, j) + (b) > 8u ? (KVQI_PK_BIT(b, j) >> 3) + 1u : 0x80u) << 8) | \
+     0x80800000u)
+#define KVQI_PK_ROW16(M, b)                                                             \
+    {M(b, 0),  M(b, 1),  M(b, 2),  M(b, 3),  M(b, 4),  M(b, 5),  M(b, 6),  M(b, 7),     \
+     M(b, 8),  M(b, 9),  M(b, 10), M(b, 11), M(b, 12), M(b, 13), M(b, 14), M(b, 15)}
+#define KVQI_PK_TABLE(M)                                                                \
+    {KVQI_PK_ROW16(M, 1), KVQI_PK_ROW16(M, 2), KVQI_PK_ROW16(M, 3), KVQI_PK_ROW16(M, 4), \
+     KVQI_PK_ROW16(M, 5), KVQI_PK_ROW16(M, 6), KVQI_PK_ROW16(M, 7), KVQI_PK_ROW16(M, 8)}
 float kvqi_l2sq_scalar(const float *a, const float *b, size_t n);
 float kvqi_l2sq_f16_scalar(const uint16_t *a, const float *b, size_t n);
 float kvqi_dot_f16_scalar(const uint16_t *a, const float *b, size_t n);

@@ -239,6 +239,7 @@ const kvqi_index_kernels kvqi_index_neon = {
     .estimate_block = estimate_block_neon,
     .probe16 = probe16_neon,
     .dot_u8 = dot_u8_neon,
+    .dot_packed = kvqi_dot_packed_scalar, /* the reference: no NEON variant yet */
     .l2sq = l2sq_neon,
     .l2sq_f16 = l2sq_f16_neon,
     .dot = dot_neon,

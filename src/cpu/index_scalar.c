@@ -112,6 +112,17 @@ float kvqi_dot_u8_scalar(const uint8_t *code, const float *q, size_t n) {
     CANONICAL_SUM(n, (float)code[i] * q[i]);
 }
 
+static inline unsigned packed_value(const uint8_t *code, unsigned bits, size_t i) {
+    size_t bit = i * bits;
+    unsigned w = code[bit >> 3];
+    if ((bit & 7u) + bits > 8u) w |= (unsigned)code[(bit >> 3) + 1] << 8;
+    return (w >> (bit & 7u)) & ((1u << bits) - 1u);
+}
+
+float kvqi_dot_packed_scalar(const uint8_t *code, unsigned bits, const float *q, size_t n) {
+    CANONICAL_SUM(n, (float)packed_value(code, bits, i) * q[i]);
+}
+
 float kvqi_l2sq_scalar(const float *a, const float *b, size_t n) {
     CANONICAL_SUM(n, sq(a[i] - b[i]));
 }
@@ -126,7 +137,8 @@ float kvqi_dot_f16_scalar(const uint16_t *a, const float *b, size_t n) {
 
 static const kvqi_index_kernels k_scalar = {
     KVQ_ISA_SCALAR,         kvqi_fastscan_scalar, kvqi_build_lut4_scalar,
-    kvqi_estimate_block_scalar, kvqi_probe16_scalar, kvqi_dot_u8_scalar, kvqi_l2sq_scalar,
+    kvqi_estimate_block_scalar, kvqi_probe16_scalar, kvqi_dot_u8_scalar, kvqi_dot_packed_scalar,
+    kvqi_l2sq_scalar,
     kvqi_l2sq_f16_scalar,   kvqi_dot_scalar,      kvqi_dot_f16_scalar,
 };
 

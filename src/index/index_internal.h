@@ -110,15 +110,6 @@ void kvqi_list_free(kvqi_ivf_list *l);
  * bytes. n is a multiple of 8. */
 void kvqi_ex_pack(const uint8_t *v, uint32_t n, unsigned b, uint8_t *out);
 void kvqi_ex_unpack(const uint8_t *in, uint32_t n, unsigned b, uint8_t *v);
-/* The code values of vector pos of l: a pointer into the list for b = 8, else unpacked
- * into buf[d_pad]. */
-static inline const uint8_t *kvqi_ex_values(const kvq_index *ix, const kvqi_ivf_list *l,
-                                            uint32_t pos, uint8_t *buf) {
-    const uint8_t *row = l->ex_codes + (size_t)pos * ix->ex_row;
-    if (ix->cfg.bits == 8) return row;
-    kvqi_ex_unpack(row, ix->d_pad, ix->cfg.bits, buf);
-    return buf;
-}
 size_t kvqi_list_bytes(const kvq_index *ix, const kvqi_ivf_list *l);
 
 /* io.c: CRC-32 (IEEE 802.3, reflected 0xEDB88320), continuing from crc. */

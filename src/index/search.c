@@ -55,27 +55,58 @@ static int cmp_item(const void *a, const void *b) {
     return worse(x, y) ? 1 : (worse(y, x) ? -1 : 0);
 }
 
-static int cmp_cand_lb(const void *a, const void *b) {
-    const cand *x = a, *y = b;
-    float lx = x->dist - x->err, ly = y->dist - y->err;
-    if (lx < ly) return -1;
-    if (lx > ly) return 1;
-    if (x->list != y->list) return x->list < y->list ? -1 : 1;
-    return x->pos < y->pos ? -1 : (x->pos > y->pos);
-}
+/* The rerank visits candidates by increasing lower bound through a min-heap of
+ * (bound, row) keys: 8 bytes to move, no recomputed bounds; ties by row. */
+typedef struct lb_key {
+    float lb;
+    uint32_t row;
+} lb_key;
 
-static void cand_sift_down(cand *h, uint32_t n, uint32_t i) {
-    cand it = h[i];
+static inline int lb_less(lb_key a, lb_key b) { return a.lb < b.lb || (a.lb == b.lb && a.row < b.row); }
+
+static void lb_sift_down(lb_key *h, uint32_t n, uint32_t i) {
+    lb_key it = h[i];
     for (;;) {
         uint32_t l = 2 * i + 1, r = l + 1, m = i;
-        const cand *best = &it;
-        if (l < n && cmp_cand_lb(&h[l], best) < 0) m = l, best = &h[l];
-        if (r < n && cmp_cand_lb(&h[r], best) < 0) m = r;
+        lb_key best = it;
+        if (l < n && lb_less(h[l], best)) m = l, best = h[l];
+        if (r < n && lb_less(h[r], best)) m = r;
         if (m == i) break;
         h[i] = h[m];
         i = m;
     }
     h[i] = it;
+}
+
+/* <v, q> for the extended code values v of vector pos of L, read packed in place. */
+static inline float ex_dot(const kvq_index *ix, const kvqi_ivf_list *L, uint32_t pos, const float *q) {
+    return ix->kern->dot_packed(L->ex_codes + (size_t)pos * ix->ex_row, ix->cfg.bits, q, ix->d_pad);
+}
+
+/* Start fetching [p, p + n) (n small: a code row or a reorder row). */
+static inline void prefetch_bytes(const void *p, size_t n) {
+    const char *c = p;
+    for (size_t o = 0; o < n; o += 64) __builtin_prefetch(c + o);
+    if (n && ((uintptr_t)c & 63) + (n & 63) > 64) __builtin_prefetch(c + n - 1);
+}
+
+/* The first lines of every array the scan of list L streams through: the hardware
+ * prefetcher picks each stream up only after its first misses. */
+static void prefetch_list_head(const kvq_index *ix, const kvqi_ivf_list *L) {
+    if (!L->n) return;
+    size_t blocks = (L->n + KVQI_FS_BLOCK - 1) / KVQI_FS_BLOCK, n = blocks * KVQI_FS_BLOCK;
+    size_t code_bytes = blocks * ix->n_groups * 16;
+    prefetch_bytes(L->codes, code_bytes < 4096 ? code_bytes : 4096);
+    n = n * sizeof(float) < 1024 ? n * sizeof(float) : 1024;
+    prefetch_bytes(L->f_add, n);
+    prefetch_bytes(L->f_rescale, n);
+    prefetch_bytes(L->f_err, n);
+    prefetch_bytes(L->f_pop, n);
+    prefetch_bytes(L->rows, n);
+    if (L->ex_rescale) {
+        __builtin_prefetch(L->ex_rescale);
+        __builtin_prefetch(L->ex_err);
+    }
 }
 
 static const char *row_ptr(const kvq_index *ix, uint32_t row) {
@@ -105,9 +136,10 @@ typedef struct search_ctx {
 /* Per-thread scratch, carved from one slot. */
 typedef struct scratch {
     float *tmp, *zq, *qrot, *qp, *lutf, *ones, *probe_d;
-    uint8_t *lut, *exv;
+    uint8_t *lut;
     uint32_t *probe_i;
     cand *cands;
+    lb_key *keys;
     heap_item *ubheap, *res;
 } scratch;
 
@@ -129,9 +161,9 @@ static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, unsigned c
     TAKE(ones, float, ix->d_pad);
     TAKE(probe_d, float, ix->nlist);
     TAKE(lut, uint8_t, (size_t)ix->n_groups * 16);
-    TAKE(exv, uint8_t, ix->d_pad);
     TAKE(probe_i, uint32_t, ix->nlist);
     TAKE(cands, cand, cand_cap);
+    TAKE(keys, lb_key, cand_cap);
     TAKE(ubheap, heap_item, k);
     TAKE(res, heap_item, k);
 #undef TAKE
@@ -198,26 +230,62 @@ static float probe_distance(const kvq_index *ix, uint32_t c, const float *zq) {
     return ip ? 0.0f - sum : sum;
 }
 
-/* The np nearest centroids, nearest first (ties by id): distances of all, a
- * quickselect of the np smallest, then a sort of those. */
+/* Sort a few items by (d, id): insertion sort, no calls per comparison. */
+static void sort_items(heap_item *a, uint32_t n) {
+    if (n > 256) {
+        qsort(a, n, sizeof *a, cmp_item);
+        return;
+    }
+    for (uint32_t i = 1; i < n; i++) {
+        heap_item it = a[i];
+        uint32_t j = i;
+        while (j > 0 && worse(a[j - 1], it)) {
+            a[j] = a[j - 1];
+            j--;
+        }
+        a[j] = it;
+    }
+}
+
+#define PROBE_BUCKETS 256u
+
+/* The np nearest centroids, nearest first (ties by id). A histogram of the distances
+ * finds the bucket that holds the np-th nearest; the items up to that bucket (np and a
+ * few more) are sorted. Counting and compacting are branch-light passes: a bounded heap
+ * mispredicts on almost every push (it was a tenth of a query at nlist 1024). */
 static uint32_t probe(const kvq_index *ix, const float *zq, uint32_t np, heap_item *all,
                       uint32_t *probe_i, float *probe_d) {
     const int ip = ix->cfg.metric != KVQ_METRIC_L2;
-    float d16[16];
-    for (uint32_t c0 = 0; c0 < ix->nlist; c0 += 16) {
+    const uint32_t n = ix->nlist;
+    float d16[16], mn = INFINITY, mx = -INFINITY;
+    for (uint32_t c0 = 0; c0 < n; c0 += 16) {
         ix->kern->probe16(ix->centroids_t + (size_t)(c0 / 16) * ix->d * 16, zq, ix->d, ip, d16);
-        for (uint32_t c = c0; c < c0 + 16 && c < ix->nlist; c++) /* NaN sorts last */
-            all[c] = (heap_item){d16[c - c0] == d16[c - c0] ? d16[c - c0] : INFINITY, c};
+        for (uint32_t c = c0; c < c0 + 16 && c < n; c++) { /* NaN sorts last */
+            float x = d16[c - c0] == d16[c - c0] ? d16[c - c0] : INFINITY;
+            all[c] = (heap_item){x, c};
+            if (x < mn) mn = x;
+            if (x > mx && x < INFINITY) mx = x;
+        }
     }
-    /* select: a max-heap of the np best so far in all[0..np); most centroids lose to its
-     * top after one comparison */
-    uint32_t nh = 0;
-    for (uint32_t c = 0; c < ix->nlist; c++) {
-        heap_item it = all[c];
-        if (nh == np && !worse(all[0], it)) continue;
-        heap_push(all, &nh, np, it); /* reads only all[0..nh): c >= nh, so no clash */
+    uint32_t m = n;
+    float scale = (float)(PROBE_BUCKETS - 1) / (mx - mn);
+    if (np < n && mn < mx && scale > 0.0f && scale < INFINITY) {
+        /* bucket(x) is monotone in x: bucket PROBE_BUCKETS takes the infinities */
+#define BUCKET(x) ((x) < INFINITY ? (uint32_t)fminf((float)(PROBE_BUCKETS - 1), ((x) - mn) * scale) \
+                                   : PROBE_BUCKETS)
+        uint32_t count[PROBE_BUCKETS + 1] = {0};
+        for (uint32_t c = 0; c < n; c++) count[BUCKET(all[c].d)]++;
+        uint32_t last = 0, cum = count[0];
+        while (cum < np) cum += count[++last];
+        m = 0;
+        for (uint32_t c = 0; c < n; c++) { /* compact in place: m <= c */
+            heap_item it = all[c];
+            all[m] = it;
+            m += BUCKET(it.d) <= last;
+        }
+#undef BUCKET
     }
-    qsort(all, np, sizeof *all, cmp_item);
+    sort_items(all, m);
     for (uint32_t i = 0; i < np; i++) {
         probe_i[i] = (uint32_t)all[i].id;
         probe_d[i] = all[i].d;
@@ -282,11 +350,13 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     for (uint32_t pi = 0; pi < nh; pi++) {
         uint32_t c = s.probe_i[pi];
         const kvqi_ivf_list *L = &ix->lists[c];
+        if (pi + 1 < nh) prefetch_list_head(ix, &ix->lists[s.probe_i[pi + 1]]);
         if (L->n == 0) continue;
         const int q4 = ix->cfg.query_bits == 4;
         prepare_list(ix, c, &s, s.probe_d[pi], &qc, !q4 || inline_ex, &lq);
         if (q4) build_lut4(ix, &s, &lq);
         else build_lutf(ix, &s, &lq);
+        const uint32_t first = n_cand;
         const float ex_scale = alpha * ctx->eps0 * lq.qnorm;
         const float ferr_scale = alpha * ctx->eps0 * lq.qnorm, qerr_scale = alpha * ctx->eps0 * (q4 ? lq.qerr : 0.0f);
         const size_t block_bytes = (size_t)ix->n_groups * 16;
@@ -333,22 +403,37 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                     continue;
                 }
                 if (dist[v] - err[v] >= tau) continue; /* tau shrank inside this block */
-                float cd_dist = dist[v], cd_err = err[v];
-                if (inline_ex) {
-                    const uint32_t pos = b0 + v;
-                    float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, pos, s.exv), lq.qp, ix->d_pad) -
-                               half * lq.sum_q;
-                    cd_dist = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
-                    cd_err = ex_scale * L->ex_err[pos];
-                    if (cd_dist - cd_err >= tau) continue;
+                s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], dist[v], err[v]};
+                if (inline_ex) { /* its extended estimate waits for the end of the list */
+                    prefetch_bytes(L->ex_codes + (size_t)(b0 + v) * ix->ex_row, ix->ex_row);
+                    continue;
                 }
-                s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], cd_dist, cd_err};
-                float ub = cd_dist + cd_err;
+                float ub = dist[v] + err[v];
+                if (n_ub < k || ub < tau) {
+                    heap_push(s.ubheap, &n_ub, k, (heap_item){ub, 0});
+                    if (n_ub == k) tau = s.ubheap[0].d;
+                }
+            }
+        }
+        if (inline_ex) { /* the list's 1-bit survivors, their codes fetched meanwhile */
+            uint32_t m = first;
+            for (uint32_t i = first; i < n_cand; i++) {
+                cand cd = s.cands[i];
+                if (cd.dist - cd.err >= tau) continue; /* tau shrank since */
+                const uint32_t pos = cd.pos;
+                float yq = ex_dot(ix, L, pos, lq.qp) -
+                           half * lq.sum_q;
+                cd.dist = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
+                cd.err = ex_scale * L->ex_err[pos];
+                if (cd.dist - cd.err >= tau) continue;
+                s.cands[m++] = cd;
+                float ub = cd.dist + cd.err;
                 if (n_ub < k || ub < tau) { /* the 1-bit bound holds in split mode too */
                     heap_push(s.ubheap, &n_ub, k, (heap_item){ub, 0});
                     if (n_ub == k) tau = s.ubheap[0].d;
                 }
             }
+            n_cand = m;
         }
     }
 
@@ -369,7 +454,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 prepare_list(ix, cur, &s, probe_distance(ix, cur, s.zq), &qc, 1, &lq);
             }
             const kvqi_ivf_list *L = &ix->lists[cur];
-            float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, cd->pos, s.exv), lq.qp, ix->d_pad) -
+            float yq = ex_dot(ix, L, cd->pos, lq.qp) -
                        half * lq.sum_q;
             cd->dist = L->f_add[cd->pos] + lq.K - alpha * L->ex_rescale[cd->pos] * yq;
             cd->err = full ? INFINITY : alpha * ctx->eps0 * L->ex_err[cd->pos] * lq.qnorm;
@@ -391,19 +476,32 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             if (full || s.cands[i].dist - s.cands[i].err < tau) s.cands[m++] = s.cands[i];
         /* visit in increasing lower bound through a binary min-heap: building it is
          * O(m), and the walk usually stops after a few dozen pops */
-        cand *hp = s.cands;
-        for (uint32_t i = m / 2; i-- > 0;) cand_sift_down(hp, m, i);
-        uint32_t n_exact = 0, left = m;
-        while (left) {
-            const cand cd = hp[0];
+        lb_key *hp = s.keys;
+        for (uint32_t i = 0; i < m; i++) hp[i] = (lb_key){s.cands[i].dist - s.cands[i].err, s.cands[i].row};
+        for (uint32_t i = m / 2; i-- > 0;) lb_sift_down(hp, m, i);
+        /* a few candidates popped ahead, their rows fetched whole: the rows sit at random
+         * places and each exact distance would otherwise wait for memory */
+        enum { AHEAD = 4 };
+        lb_key ring[AHEAD];
+        uint32_t rh = 0, rn = 0, n_exact = 0, left = m;
+        const size_t row_bytes = (size_t)ix->dim * (ix->reorder_f32 ? sizeof(float) : sizeof(uint16_t));
+        while (rn < AHEAD && left) {
+            ring[(rh + rn++) % AHEAD] = hp[0];
+            prefetch_bytes(row_ptr(ix, hp[0].row), row_bytes);
             hp[0] = hp[--left];
-            cand_sift_down(hp, left, 0);
-            if (left) { /* the next row is likely next: start fetching its first lines */
-                const char *nx = row_ptr(ix, hp[0].row);
-                __builtin_prefetch(nx);
-                __builtin_prefetch(nx + 64);
+            lb_sift_down(hp, left, 0);
+        }
+        while (rn) {
+            const lb_key cd = ring[rh];
+            rh = (rh + 1) % AHEAD;
+            rn--;
+            if (left) {
+                ring[(rh + rn++) % AHEAD] = hp[0];
+                prefetch_bytes(row_ptr(ix, hp[0].row), row_bytes);
+                hp[0] = hp[--left];
+                lb_sift_down(hp, left, 0);
             }
-            if (!full && n_res == k && cd.dist - cd.err >= s.res[0].d) break;
+            if (!full && n_res == k && cd.lb >= s.res[0].d) break;
             if (ctx->rerank && n_exact >= ctx->rerank) break;
             uint32_t row = cd.row;
             float dist;
@@ -431,7 +529,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     if (st_q % 1000 == 0)
         fprintf(stderr, "cand/q %.1f exact/q %.1f\n", (double)st_cand / st_q, (double)st_exact / st_q);
 #endif
-    qsort(s.res, n_res, sizeof(heap_item), cmp_item);
+    sort_items(s.res, n_res);
     int64_t *oi = ctx->out_ids + qi * k;
     float *od = ctx->out_dists ? ctx->out_dists + qi * k : NULL;
     for (uint32_t i = 0; i < k; i++) {
@@ -546,7 +644,7 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
             ids[o] = ix->ids[L->rows[pos]];
             if (use_ex) {
                 const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
-                float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, pos, s.exv), lq.qp, ix->d_pad) -
+                float yq = ex_dot(ix, L, pos, lq.qp) -
                            half * lq.sum_q;
                 est[o] = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
                 err[o] = alpha * eps0 * L->ex_err[pos] * lq.qnorm;
@@ -673,7 +771,7 @@ KVQ_API kvq_status kvq_index_range_search(const kvq_index *ix, const float *quer
                     const uint16_t *x = ix->reorder_f16 + (size_t)row * ix->dim;
                     d = l2 ? ix->kern->l2sq_f16(x, qx, ix->dim) : -ix->kern->dot_f16(x, qx, ix->dim);
                 } else if (ix->cfg.bits > 1) {
-                    float yq = ix->kern->dot_u8(kvqi_ex_values(ix, L, pos, s.exv), lq.qp, ix->d_pad) -
+                    float yq = ex_dot(ix, L, pos, lq.qp) -
                                half * lq.sum_q;
                     d = L->f_add[pos] + lq.K - alpha * L->ex_rescale[pos] * yq;
                 } else {
