@@ -140,6 +140,11 @@ $(BUILD)/%_avx512.o: %_avx512.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) $(AVX512_FLAGS) -MMD -MP -c $< -o $@
 
+# the engine's int8 tile product also needs VNNI (checked at run time before use)
+$(BUILD)/src/cpu/engine_avx512.o: src/cpu/engine_avx512.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) $(AVX512_FLAGS) -mavx512vnni -MMD -MP -c $< -o $@
+
 $(BUILD)/%_neon.o: %_neon.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) $(NEON_FLAGS) -MMD -MP -c $< -o $@

@@ -623,10 +623,10 @@ typedef struct kvq_context_params {
      * else n_cache_configs configs: 1 (every layer the same) or n_layers. */
     const kvq_cache_config *cache;
     uint32_t n_cache_configs;
-    /* 0: one-to-three-token products quantize activations to int8 in blocks of 32 and
-     * take integer dot products with Q4_0/Q4_1/Q8_0 rows (llama.cpp's way, about twice
-     * as fast); 1: float32 activations everywhere (the numerical reference). Batches of
-     * four tokens or more always run in float32. */
+    /* 0: products with Q4_0/Q4_1/Q5_0/Q8_0/Q4_K/Q6_K rows quantize the activations to
+     * int8 in blocks of 32 and take integer dot products, prompts and generation alike
+     * (llama.cpp's way, several times faster); 1: float32 activations everywhere (the
+     * numerical reference). */
     int float_activations;
     kvq_kv_observer kv_observer; /* NULL = none */
     void *kv_observer_user;

@@ -1,11 +1,13 @@
 /* test_engine.c - the GGUF engine: logits against the numpy reference (tests/ref_forward.py)
  * on the tiny model in tests/data, SIMD row kernels against the scalar ones, the BPE
  * tokenizer against the `tokenizers` package's ids, and corrupt files rejected cleanly. */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/cpu.h"
 #include "engine/engine.h"
 #include "test.h"
 
@@ -498,6 +500,9 @@ static int greedy_run(kvq_model *m, const kvq_cache_config *cc, int32_t *out, in
     kvq_context_params_init(&p);
     p.n_ctx = 128;
     p.n_threads = 2;
+    /* float products: int8 activations would turn the cache's rounding into flips of
+     * their own rounding, and the comparison is about the cache */
+    p.float_activations = 1;
     p.cache = cc;
     p.n_cache_configs = cc ? 1 : 0;
     kvq_context *c;
@@ -885,4 +890,103 @@ TEST(engine_gemma_chat_template) {
     CHECK_OK(kvq_tokenize(m, "<end_of_turn>", 0, toks, 8, &n));
     CHECK(n == 1);
     kvq_model_free(m);
+}
+
+/* Random blocks of a type with finite scales in the places ggml's layouts keep them. */
+static void fill_type_row(uint8_t *row, uint32_t type, size_t n, kvqi_rng *r) {
+    const kvqi_type_traits *tt = kvqi_type(type);
+    for (size_t i = 0; i < n / tt->block; i++) {
+        uint8_t *b = row + i * tt->size;
+        for (uint32_t k = 0; k < tt->size; k++) b[k] = (uint8_t)kvqi_rng_next(r);
+        uint16_t d = kvqi_fp32_to_fp16(0.001f + 0.02f * (float)kvqi_rng_uniform(r));
+        uint16_t m = kvqi_fp32_to_fp16(-0.1f + 0.2f * (float)kvqi_rng_uniform(r));
+        size_t d_at = type == KVQI_T_Q6_K ? 208 : 0;
+        memcpy(b + d_at, &d, 2);
+        if (type == KVQI_T_Q4_1 || type == KVQI_T_Q4_K) memcpy(b + 2, type == KVQI_T_Q4_K ? &d : &m, 2);
+    }
+}
+
+/* The int8 tile product: every ISA unpacks the same bytes and scales and computes the
+ * same bits as the scalar reference, for each weight type, tile height and token
+ * count; and the result is the float product of the dequantized numbers. */
+TEST(engine_int8_tile_bit_identical_to_scalar) {
+    static const uint32_t types[] = {KVQI_T_Q4_0, KVQI_T_Q4_1, KVQI_T_Q5_0, KVQI_T_Q8_0, KVQI_T_Q4_K, KVQI_T_Q6_K};
+    enum { NMAX = 512, TOK = 7 };
+    static uint8_t rows[4][NMAX / 256 * 210 + NMAX / 32 * 22];
+    static int8_t w_ref[4 * NMAX], w_isa[4 * NMAX], q[TOK * NMAX];
+    static float wl_ref[NMAX], wl_isa[NMAX], wo_ref[4 * NMAX / 32], wo_isa[4 * NMAX / 32];
+    static float x[TOK * NMAX], wf[NMAX], d[TOK * NMAX / 32], s[TOK * NMAX / 32];
+    float y_ref[TOK * 4], y_isa[TOK * 4];
+    kvqi_engine_kernels S, K;
+    kvqi_engine_kernels_scalar(&S);
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 1313);
+    for (size_t i = 0; i < TOK * NMAX; i++) x[i] = (float)kvqi_rng_normal(&r);
+    int compared = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        uint32_t type = types[ti];
+        REQUIRE(S.unpack_q8[type]);
+        /* an odd block count where the type allows (3 blocks of 32) */
+        size_t lens[2] = {NMAX, kvqi_type(type)->block == 32 ? 96 : 256};
+        for (int li = 0; li < 2; li++) {
+            size_t n = lens[li], nb = n / 32;
+            for (int k = 0; k < 4; k++) fill_type_row(rows[k], type, n, &r);
+            for (size_t t = 0; t < TOK; t++) S.quantize_q8(x + t * n, n, q + t * n, d + t * nb, s + t * nb);
+            kvqi_q8_acts a = {q, d, s, n, nb};
+            memset(wo_ref, 0, sizeof wo_ref);
+            int off = 0;
+            for (int k = 0; k < 4; k++) off = S.unpack_q8[type](rows[k], n, w_ref + k * n, wl_ref + k * (n / 4), wo_ref + k);
+            CHECK(off == (type == KVQI_T_Q4_1 || type == KVQI_T_Q4_K));
+            /* the reference against the float product of the dequantized numbers */
+            kvqi_q8_tile full = {w_ref, wl_ref, off ? wo_ref : NULL, n, 4};
+            S.gemm_q8(&full, &a, TOK, y_ref, 4);
+            for (size_t t = 0; t < TOK; t++) {
+                for (int k = 0; k < 4; k++) {
+                    kvqi_type(type)->to_float(rows[k], wf, n);
+                    double exact = 0, mag = 0;
+                    for (size_t i = 0; i < n; i++) {
+                        double xq = (double)q[t * n + i] * d[t * nb + i / 32];
+                        exact += (double)wf[i] * xq;
+                        mag += fabs((double)wf[i] * xq);
+                    }
+                    CHECKF(fabs(y_ref[t * 4 + k] - exact) <= 1e-5 * mag + 1e-6, "type %s n %zu: %g vs %g",
+                           kvqi_type(type)->name, n, y_ref[t * 4 + k], exact);
+                }
+            }
+            for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_AVX512; isa++) {
+                if (!kvq_isa_available((kvq_isa)isa)) continue;
+                REQUIRE_OK(kvqi_engine_kernels_init((kvq_isa)isa, &K));
+                REQUIRE(K.unpack_q8[type] && K.gemm_q8);
+                memset(wo_isa, 0, sizeof wo_isa);
+                for (int k = 0; k < 4; k++)
+                    CHECK(K.unpack_q8[type](rows[k], n, w_isa + k * n, wl_isa + k * (n / 4), wo_isa + k) == off);
+                CHECKF(!memcmp(w_ref, w_isa, 4 * n) && !memcmp(wl_ref, wl_isa, n * sizeof(float)) &&
+                           !memcmp(wo_ref, wo_isa, 4 * nb * sizeof(float)),
+                       "%s unpacks %s differently", kvqi_isa_name(K.isa), kvqi_type(type)->name);
+                for (size_t n_rows = 1; n_rows <= 4; n_rows++)
+                    for (size_t n_tok = 1; n_tok <= TOK; n_tok++) {
+                        kvqi_q8_tile tl = {w_ref, wl_ref, off ? wo_ref : NULL, n, n_rows};
+                        memset(y_ref, 0, sizeof y_ref);
+                        memset(y_isa, 0, sizeof y_isa);
+                        S.gemm_q8(&tl, &a, n_tok, y_ref, 4);
+                        K.gemm_q8(&tl, &a, n_tok, y_isa, 4);
+                        CHECKF(!memcmp(y_ref, y_isa, sizeof y_ref), "%s %s: %zu rows x %zu tokens differ from the reference",
+                               kvqi_isa_name(K.isa), kvqi_type(type)->name, n_rows, n_tok);
+                        compared++;
+                    }
+                /* one token straight from the blocks: the same bits again */
+                for (size_t n_rows = 1; K.gemv_q8[type] && n_rows <= 4; n_rows++) {
+                    kvqi_q8_tile tl = {w_ref, wl_ref, off ? wo_ref : NULL, n, n_rows};
+                    memset(y_ref, 0, sizeof y_ref);
+                    memset(y_isa, 0, sizeof y_isa);
+                    S.gemm_q8(&tl, &a, 1, y_ref, 4);
+                    K.gemv_q8[type](rows[0], sizeof rows[0], n_rows, n, &a, y_isa);
+                    CHECKF(!memcmp(y_ref, y_isa, sizeof y_ref), "%s %s: one-token product of %zu rows differs",
+                           kvqi_isa_name(K.isa), kvqi_type(type)->name, n_rows);
+                    compared++;
+                }
+            }
+        }
+    }
+    if (kvq_isa_available(KVQ_ISA_AVX2)) CHECK(compared > 0);
 }

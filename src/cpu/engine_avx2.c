@@ -304,11 +304,207 @@ static float dot_q8_q8_0_avx2(const void *row, const int8_t *q, const float *d, 
     return hsum256(acc);
 }
 
+/* ------------------------------------------- tiled int8 products: unpacking */
+
+static inline void store_scale8(float *wl, float v) { _mm256_storeu_ps(wl, _mm256_set1_ps(v)); }
+
+/* 32 bits to 32 bytes: byte i is 0x10 where bit i is set (Q5's fifth bit) */
+static inline __m256i bits_to_0x10(uint32_t bits) {
+    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3,
+                                          3, 3, 3, 3, 3, 3, 3);
+    const __m256i sel = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), shuf);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
+static int unpack_q4_0_avx2(const void *row, size_t n, int8_t *w, float *wl, float *wo) {
+    const uint8_t *b = row;
+    (void)wo;
+    for (size_t i = 0; i < n / 32; i++, b += 18, w += 32, wl += 8) {
+        _mm256_storeu_si256((__m256i *)w, _mm256_sub_epi8(q4_bytes(b + 2), _mm256_set1_epi8(8)));
+        store_scale8(wl, h2f(b));
+    }
+    return 0;
+}
+
+static int unpack_q4_1_avx2(const void *row, size_t n, int8_t *w, float *wl, float *wo) {
+    const uint8_t *b = row;
+    for (size_t i = 0; i < n / 32; i++, b += 20, w += 32, wl += 8) {
+        _mm256_storeu_si256((__m256i *)w, q4_bytes(b + 4));
+        store_scale8(wl, h2f(b));
+        wo[4 * i] = h2f(b + 2);
+    }
+    return 1;
+}
+
+static int unpack_q5_0_avx2(const void *row, size_t n, int8_t *w, float *wl, float *wo) {
+    const uint8_t *b = row;
+    (void)wo;
+    for (size_t i = 0; i < n / 32; i++, b += 22, w += 32, wl += 8) {
+        uint32_t qh;
+        memcpy(&qh, b + 2, 4);
+        __m256i v = _mm256_or_si256(q4_bytes(b + 6), bits_to_0x10(qh));
+        _mm256_storeu_si256((__m256i *)w, _mm256_sub_epi8(v, _mm256_set1_epi8(16)));
+        store_scale8(wl, h2f(b));
+    }
+    return 0;
+}
+
+static int unpack_q8_0_avx2(const void *row, size_t n, int8_t *w, float *wl, float *wo) {
+    const uint8_t *b = row;
+    (void)wo;
+    for (size_t i = 0; i < n / 32; i++, b += 34, w += 32, wl += 8) {
+        _mm256_storeu_si256((__m256i *)w, _mm256_loadu_si256((const __m256i *)(b + 2)));
+        store_scale8(wl, h2f(b));
+    }
+    return 0;
+}
+
+static inline void k_scale_min_avx2(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+static int unpack_q4_k_avx2(const void *row, size_t n, int8_t *w, float *wl, float *wo) {
+    const uint8_t *b = row;
+    const __m256i mask = _mm256_set1_epi8(0x0f);
+    for (size_t i = 0; i < n / 256; i++, b += 144) {
+        float d = h2f(b), dmin = h2f(b + 2);
+        for (int j = 0; j < 8; j += 2, w += 64, wl += 16, wo += 8) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(b + 16 + 16 * j));
+            _mm256_storeu_si256((__m256i *)w, _mm256_and_si256(q, mask));
+            _mm256_storeu_si256((__m256i *)(w + 32), _mm256_and_si256(_mm256_srli_epi16(q, 4), mask));
+            uint8_t sc, m;
+            k_scale_min_avx2(j, b + 4, &sc, &m);
+            store_scale8(wl, d * (float)sc);
+            wo[0] = -(dmin * (float)m);
+            k_scale_min_avx2(j + 1, b + 4, &sc, &m);
+            store_scale8(wl + 8, d * (float)sc);
+            wo[4] = -(dmin * (float)m);
+        }
+    }
+    return 1;
+}
+
+static int unpack_q6_k_avx2(const void *row, size_t n, int8_t *w, float *wl, float *wo) {
+    const uint8_t *b = row;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), k32 = _mm256_set1_epi8(32);
+    (void)wo;
+    for (size_t i = 0; i < n / 256; i++, b += 210) {
+        const uint8_t *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        float d = h2f(b + 208);
+        for (int half = 0; half < 2; half++, ql += 64, qh += 32, sc += 8, w += 128) {
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+            /* 16-bit shifts move bits across bytes; the masks keep only each byte's own */
+            __m256i o0 = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+            __m256i o1 = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+            __m256i o2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30));
+            __m256i o3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                         _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+            _mm256_storeu_si256((__m256i *)w, _mm256_sub_epi8(o0, k32));
+            _mm256_storeu_si256((__m256i *)(w + 32), _mm256_sub_epi8(o1, k32));
+            _mm256_storeu_si256((__m256i *)(w + 64), _mm256_sub_epi8(o2, k32));
+            _mm256_storeu_si256((__m256i *)(w + 96), _mm256_sub_epi8(o3, k32));
+            for (int g = 0; g < 8; g++, wl += 4) _mm_storeu_ps(wl, _mm_set1_ps(d * (float)sc[g]));
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------- tiled int8 products: the product */
+
+/* the 8-lane sum in the order the reference defines: (i + i+4), then (j + j+2), then 0 + 1 */
+static inline float hsum8_ordered(__m256 v) { return hsum256(v); }
+
+/* maddubs wants unsigned x signed: |w| against q with w's sign; |w| <= 128 and
+ * |q| <= 127 keep each pair sum within int16 */
+static inline __m256i lane_sums(__m256i aw, __m256i w, __m256i q) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(q, w)), _mm256_set1_epi16(1));
+}
+
+/* 4 rows x TT tokens; the compiler keeps the accumulators in registers */
+static inline __attribute__((always_inline)) void tile_avx2(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t t0,
+                                                             const int TT, float *y, size_t y_stride) {
+    size_t n = tl->n, nb = n / 32, nl = n / 4;
+    __m256 acc[4][2];
+    __m128 off[2];
+    _Pragma("GCC unroll 4")
+    for (int r = 0; r < 4; r++)
+        _Pragma("GCC unroll 4")
+        for (int t = 0; t < TT; t++) acc[r][t] = _mm256_setzero_ps();
+    _Pragma("GCC unroll 4")
+    for (int t = 0; t < TT; t++) off[t] = _mm_setzero_ps();
+    const int8_t *q[2];
+    const float *d[2], *s[2];
+    _Pragma("GCC unroll 4")
+    for (int t = 0; t < TT; t++) {
+        q[t] = a->q + (t0 + t) * a->q_stride;
+        d[t] = a->d + (t0 + t) * a->ds_stride;
+        s[t] = a->s + (t0 + t) * a->ds_stride;
+    }
+    for (size_t b = 0; b < nb; b++) {
+        __m256i qv[2];
+        __m256 dv[2];
+        _Pragma("GCC unroll 4")
+        for (int t = 0; t < TT; t++) {
+            qv[t] = _mm256_loadu_si256((const __m256i *)(q[t] + 32 * b));
+            dv[t] = _mm256_set1_ps(d[t][b]);
+        }
+        _Pragma("GCC unroll 4")
+        for (int r = 0; r < 4; r++) {
+            __m256i w = _mm256_loadu_si256((const __m256i *)(tl->w + r * n + 32 * b));
+            __m256i aw = _mm256_abs_epi8(w);
+            __m256 lv = _mm256_loadu_ps(tl->wl + r * nl + 8 * b);
+            _Pragma("GCC unroll 4")
+            for (int t = 0; t < TT; t++) {
+                __m256 f = _mm256_cvtepi32_ps(lane_sums(aw, w, qv[t]));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(lv, dv[t]), f, acc[r][t]);
+            }
+        }
+        if (tl->wo) {
+            __m128 wo = _mm_loadu_ps(tl->wo + 4 * b);
+            _Pragma("GCC unroll 4")
+            for (int t = 0; t < TT; t++) off[t] = _mm_fmadd_ps(wo, _mm_set1_ps(s[t][b]), off[t]);
+        }
+    }
+    _Pragma("GCC unroll 4")
+    for (int t = 0; t < TT; t++) {
+        float o[4];
+        _mm_storeu_ps(o, off[t]);
+        for (size_t r = 0; r < tl->n_rows; r++) {
+            float v = hsum8_ordered(acc[r][t]);
+            if (tl->wo) v += o[r];
+            y[(t0 + t) * y_stride + r] = v;
+        }
+    }
+}
+
+static void gemm_q8_avx2(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t n_tok, float *y, size_t y_stride) {
+    size_t t = 0;
+    for (; t + 2 <= n_tok; t += 2) tile_avx2(tl, a, t, 2, y, y_stride);
+    for (; t < n_tok; t++) tile_avx2(tl, a, t, 1, y, y_stride);
+}
+
 void kvqi_engine_kernels_avx2(kvqi_engine_kernels *k) {
     k->quantize_q8 = quantize_q8_avx2;
     k->dot_q8[KVQI_T_Q4_0] = dot_q8_q4_0_avx2;
     k->dot_q8[KVQI_T_Q4_1] = dot_q8_q4_1_avx2;
     k->dot_q8[KVQI_T_Q8_0] = dot_q8_q8_0_avx2;
+    k->gemm_q8 = gemm_q8_avx2;
+    k->unpack_q8[KVQI_T_Q4_0] = unpack_q4_0_avx2;
+    k->unpack_q8[KVQI_T_Q4_1] = unpack_q4_1_avx2;
+    k->unpack_q8[KVQI_T_Q5_0] = unpack_q5_0_avx2;
+    k->unpack_q8[KVQI_T_Q8_0] = unpack_q8_0_avx2;
+    k->unpack_q8[KVQI_T_Q4_K] = unpack_q4_k_avx2;
+    k->unpack_q8[KVQI_T_Q6_K] = unpack_q6_k_avx2;
     k->gemm4_f32 = gemm4_f32_avx2;
     k->axpy_f32 = axpy_f32_avx2;
     k->to_float[KVQI_T_F16] = f16_to_float_avx2;

@@ -385,6 +385,128 @@ static float dot_q8_q8_0_scalar(const void *row, const int8_t *q, const float *d
     return acc;
 }
 
+/* ------------------------------------------------ tiled int8 products */
+
+/* Unpacking: w the signed integer of each number, wl one exact float scale per 4
+ * numbers (fp16 times a small integer never rounds), wo the block minimum. */
+static void fill8(float *wl, float v) {
+    for (int j = 0; j < 8; j++) wl[j] = v;
+}
+
+static int unpack_q4_0_scalar(const void *row, size_t n, int8_t *w, float *wl, float *wo) {
+    const uint8_t *b = row;
+    (void)wo;
+    for (size_t i = 0; i < n / 32; i++, b += 18, w += 32, wl += 8) {
+        for (int j = 0; j < 16; j++) {
+            w[j] = (int8_t)((b[2 + j] & 0x0f) - 8);
+            w[j + 16] = (int8_t)((b[2 + j] >> 4) - 8);
+        }
+        fill8(wl, kvqi_eng_h2f(kvqi_eng_rd16(b)));
+    }
+    return 0;
+}
+
+static int unpack_q4_1_scalar(const void *row, size_t n, int8_t *w, float *wl, float *wo) {
+    const uint8_t *b = row;
+    for (size_t i = 0; i < n / 32; i++, b += 20, w += 32, wl += 8) {
+        for (int j = 0; j < 16; j++) {
+            w[j] = (int8_t)(b[4 + j] & 0x0f);
+            w[j + 16] = (int8_t)(b[4 + j] >> 4);
+        }
+        fill8(wl, kvqi_eng_h2f(kvqi_eng_rd16(b)));
+        wo[4 * i] = kvqi_eng_h2f(kvqi_eng_rd16(b + 2));
+    }
+    return 1;
+}
+
+static int unpack_q5_0_scalar(const void *row, size_t n, int8_t *w, float *wl, float *wo) {
+    const uint8_t *b = row;
+    (void)wo;
+    for (size_t i = 0; i < n / 32; i++, b += 22, w += 32, wl += 8) {
+        uint32_t qh = rd32(b + 2);
+        for (int j = 0; j < 16; j++) {
+            w[j] = (int8_t)(((b[6 + j] & 0x0f) | (((qh >> j) & 1) << 4)) - 16);
+            w[j + 16] = (int8_t)(((b[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16);
+        }
+        fill8(wl, kvqi_eng_h2f(kvqi_eng_rd16(b)));
+    }
+    return 0;
+}
+
+static int unpack_q8_0_scalar(const void *row, size_t n, int8_t *w, float *wl, float *wo) {
+    const uint8_t *b = row;
+    (void)wo;
+    for (size_t i = 0; i < n / 32; i++, b += 34, w += 32, wl += 8) {
+        memcpy(w, b + 2, 32);
+        fill8(wl, kvqi_eng_h2f(kvqi_eng_rd16(b)));
+    }
+    return 0;
+}
+
+static int unpack_q4_k_scalar(const void *row, size_t n, int8_t *w, float *wl, float *wo) {
+    const uint8_t *b = row;
+    for (size_t i = 0; i < n / 256; i++, b += 144) {
+        float d = kvqi_eng_h2f(kvqi_eng_rd16(b)), dmin = kvqi_eng_h2f(kvqi_eng_rd16(b + 2));
+        const uint8_t *q = b + 16;
+        for (int j = 0; j < 8; j++, w += 32, wl += 8, wo += 4) {
+            uint8_t sc, m;
+            k_scale_min(j, b + 4, &sc, &m);
+            const uint8_t *qj = q + 32 * (j / 2);
+            for (int l = 0; l < 32; l++) w[l] = (int8_t)(j & 1 ? qj[l] >> 4 : qj[l] & 0x0f);
+            fill8(wl, d * (float)sc);
+            *wo = -(dmin * (float)m);
+        }
+    }
+    return 1;
+}
+
+static int unpack_q6_k_scalar(const void *row, size_t n, int8_t *w, float *wl, float *wo) {
+    const uint8_t *b = row;
+    (void)wo;
+    for (size_t i = 0; i < n / 256; i++, b += 210) {
+        const uint8_t *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        float d = kvqi_eng_h2f(kvqi_eng_rd16(b + 208));
+        for (int half = 0; half < 2; half++, ql += 64, qh += 32, sc += 8, w += 128) {
+            for (int l = 0; l < 32; l++) {
+                w[l] = (int8_t)(((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) - 32);
+                w[l + 32] = (int8_t)(((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32);
+                w[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                w[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+            }
+            for (int g = 0; g < 8; g++, wl += 4)
+                for (int j = 0; j < 4; j++) wl[j] = d * (float)sc[g];
+        }
+    }
+    return 0;
+}
+
+static void gemm_q8_scalar(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t n_tok, float *y, size_t y_stride) {
+    size_t n = tl->n, nb = n / 32;
+    for (size_t t = 0; t < n_tok; t++) {
+        const int8_t *q = a->q + t * a->q_stride;
+        const float *d = a->d + t * a->ds_stride, *s = a->s + t * a->ds_stride;
+        for (size_t r = 0; r < tl->n_rows; r++) {
+            const int8_t *w = tl->w + r * n;
+            const float *wl = tl->wl + r * (n / 4);
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (size_t b = 0; b < nb; b++)
+                for (int j = 0; j < 8; j++) {
+                    const int8_t *wj = w + 32 * b + 4 * j, *qj = q + 32 * b + 4 * j;
+                    int32_t isum = wj[0] * qj[0] + wj[1] * qj[1] + wj[2] * qj[2] + wj[3] * qj[3];
+                    acc[j] = fmaf(wl[8 * b + j] * d[b], (float)isum, acc[j]);
+                }
+            float v = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+            if (tl->wo) {
+                float off = 0;
+                for (size_t b = 0; b < nb; b++) off = fmaf(tl->wo[4 * b + r], s[b], off);
+                v += off;
+            }
+            y[t * y_stride + r] = v;
+        }
+    }
+}
+
 static void gemm4_f32_scalar(const float *w, size_t n, const float *x, size_t n_tok, float *y, size_t y_stride) {
     for (size_t t = 0; t < n_tok; t++)
         for (size_t r = 0; r < 4; r++) y[t * y_stride + r] = dot_f32_scalar(w + r * n, x + t * n, n);
@@ -404,6 +526,13 @@ void kvqi_engine_kernels_scalar(kvqi_engine_kernels *k) {
     k->dot_q8[KVQI_T_Q4_0] = dot_q8_q4_0_scalar;
     k->dot_q8[KVQI_T_Q4_1] = dot_q8_q4_1_scalar;
     k->dot_q8[KVQI_T_Q8_0] = dot_q8_q8_0_scalar;
+    k->gemm_q8 = gemm_q8_scalar;
+    k->unpack_q8[KVQI_T_Q4_0] = unpack_q4_0_scalar;
+    k->unpack_q8[KVQI_T_Q4_1] = unpack_q4_1_scalar;
+    k->unpack_q8[KVQI_T_Q5_0] = unpack_q5_0_scalar;
+    k->unpack_q8[KVQI_T_Q8_0] = unpack_q8_0_scalar;
+    k->unpack_q8[KVQI_T_Q4_K] = unpack_q4_k_scalar;
+    k->unpack_q8[KVQI_T_Q6_K] = unpack_q6_k_scalar;
     k->row_dot[KVQI_T_F32] = row_dot_f32;
     k->row_dot[KVQI_T_F16] = row_dot_f16;
     k->row_dot[KVQI_T_BF16] = row_dot_bf16;
@@ -426,6 +555,8 @@ kvq_status kvqi_engine_kernels_init(kvq_isa requested, kvqi_engine_kernels *k) {
     kvqi_engine_kernels_scalar(k);
 #if defined(KVQ_HAVE_X86_SIMD)
     if (isa == KVQ_ISA_AVX2 || isa == KVQ_ISA_AVX512) kvqi_engine_kernels_avx2(k);
+    /* vpdpbusd needs AVX512_VNNI besides the AVX-512 the rest of the library asks for */
+    if (isa == KVQ_ISA_AVX512 && __builtin_cpu_supports("avx512vnni")) kvqi_engine_kernels_avx512(k);
 #endif
 #if defined(KVQ_HAVE_NEON)
     if (isa == KVQ_ISA_NEON) kvqi_engine_kernels_neon(k);

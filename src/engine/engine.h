@@ -127,6 +127,8 @@ const kvqi_type_traits *kvqi_type(uint32_t type);
 /* Matrix kernels. Row-major weights W[n_rows][n_cols] of one type;
  * dot of one quantized row with a float vector (n_cols a multiple of the block). */
 typedef float (*kvqi_row_dot_fn)(const void *row, const float *x, size_t n);
+struct kvqi_q8_tile;
+struct kvqi_q8_acts;
 typedef struct kvqi_engine_kernels {
     kvq_isa isa;
     kvqi_row_dot_fn row_dot[KVQI_T_COUNT]; /* NULL: go through to_float + dot */
@@ -142,14 +144,53 @@ typedef struct kvqi_engine_kernels {
     /* Four dequantized rows w[4][n] against n_tok vectors x[n_tok][n]:
      * y[t * y_stride + r] = w[r] . x[t] for r < 4. */
     void (*gemm4_f32)(const float *w, size_t n, const float *x, size_t n_tok, float *y, size_t y_stride);
+    /* Tiled int8 products, as llama.cpp's quantized matrix products (and its "llamafile
+     * sgemm"): a weight row is unpacked once (unpack_q8) to n int8 numbers w, one float
+     * scale per 4 numbers wl[n / 4] and, for types with a block minimum, one offset per
+     * block of 32 written to wo[4 * b] (the return value says whether it did); then
+     * gemm_q8 multiplies up to 4 unpacked rows with n_tok quantized activations.
+     * The result is defined exactly (kvqi_gemm_q8 below) so every ISA gives the same bits. */
+    int (*unpack_q8[KVQI_T_COUNT])(const void *row, size_t n, int8_t *w, float *wl, float *wo);
+    void (*gemm_q8)(const struct kvqi_q8_tile *tile, const struct kvqi_q8_acts *a, size_t n_tok, float *y,
+                    size_t y_stride);
+    /* One token (generation): n_rows (1..4) rows at row, row + row_bytes, ... straight
+     * from their blocks, y[r] for r < n_rows; the same bits as unpack_q8 then gemm_q8
+     * (NULL: go through those). */
+    void (*gemv_q8[KVQI_T_COUNT])(const void *row, size_t row_bytes, size_t n_rows, size_t n,
+                                  const struct kvqi_q8_acts *a, float *y);
 } kvqi_engine_kernels;
 
-/* Fill k with the kernels of an ISA (AUTO: the best here; AVX-512 runs the AVX2 ones). */
+/* Activations quantized by quantize_q8: token t's codes at q + t * q_stride, its block
+ * scales and sums at d, s + t * ds_stride. */
+typedef struct kvqi_q8_acts {
+    const int8_t *q;
+    const float *d, *s;
+    size_t q_stride, ds_stride;
+} kvqi_q8_acts;
+
+/* n_rows (1..4) unpacked rows of length n (a multiple of 32): row r's numbers at
+ * w + r * n, its lane scales at wl + r * (n / 4), its block offsets at wo[4 * b + r]
+ * (wo NULL: none). For row r and token t, with lane j of block b covering numbers
+ * 32 b + 4 j .. 32 b + 4 j + 3 and isum the exact integer sum of w * q over those four:
+ *   acc[j] = fma(wl[8 b + j] * d[b], (float)isum, acc[j])      (blocks in order, acc = 0)
+ *   y = ((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) + (acc3 + acc7))
+ *   y += off, off = fma(wo[4 b + r], s[b], off) over the blocks in order (when wo)
+ * y lands at y[t * y_stride + r]. */
+typedef struct kvqi_q8_tile {
+    const int8_t *w;
+    const float *wl, *wo;
+    size_t n, n_rows;
+} kvqi_q8_tile;
+
+/* Fill k with the kernels of an ISA (AUTO: the best here; AVX-512 runs the AVX2 ones but
+ * for the int8 tile product, which uses VNNI where the CPU has it). */
 kvq_status kvqi_engine_kernels_init(kvq_isa requested, kvqi_engine_kernels *k);
 /* Scalar references (tests compare the SIMD ones against them). */
 void kvqi_engine_kernels_scalar(kvqi_engine_kernels *k);
 #if defined(KVQ_HAVE_X86_SIMD)
 void kvqi_engine_kernels_avx2(kvqi_engine_kernels *k);
+/* AVX-512 VL + VNNI: the AVX2 table with the int8 tile product in vpdpbusd */
+void kvqi_engine_kernels_avx512(kvqi_engine_kernels *k);
 #endif
 #if defined(KVQ_HAVE_NEON)
 void kvqi_engine_kernels_neon(kvqi_engine_kernels *k);

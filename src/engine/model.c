@@ -416,6 +416,9 @@ KVQ_API kvq_status kvq_detokenize(const kvq_model *model, const int32_t *tokens,
 typedef struct thread_scratch {
     float *row;    /* four dequantized weight rows of up to max(n_embd, n_ff, q_dim) */
     float *scores; /* attention scores: n_ctx */
+    /* four weight rows unpacked for the int8 tile product: numbers, lane scales, offsets */
+    int8_t *wq;
+    float *wl, *wo;
 } thread_scratch;
 
 struct kvq_context {
@@ -431,6 +434,9 @@ struct kvq_context {
     float *x, *xn, *q, *k, *v, *att, *gate, *up;
     float *rope_freq;           /* [n_rot / 2] */
     float *rope_freq_swa;       /* [n_rot / 2]: sliding-window layers' (gemma3) */
+    /* cos and sin of each batch position's angles, computed once per eval for all layers
+     * and heads: [n_batch][n_rot / 2], and the sliding-window layers' */
+    float *rope_cos, *rope_sin, *rope_cos_swa, *rope_sin_swa;
     /* exact float KV: [layer][n_ctx][kv_dim] */
     float *k_cache, *v_cache;
     /* layer l's rows start at slot_off[l] * kv_dim and hold kv_slots[l] positions: n_ctx, or
@@ -438,7 +444,7 @@ struct kvq_context {
      * p % kv_slots: the window of a batch's first query and the batch itself) */
     size_t *slot_off, *kv_slots;
     kvq_cache **caches;         /* one per layer, NULL entries when exact */
-    /* int8 activations of up to MATMUL_DEQUANT_MIN_TOKENS tokens: [t][row_max] */
+    /* int8 activations of up to n_batch tokens: [t][row_max] */
     int8_t *qx;
     float *qx_d, *qx_s;
     /* sampler scratch */
@@ -463,6 +469,9 @@ KVQ_API void kvq_context_free(kvq_context *c) {
         for (unsigned i = 0; i < c->n_slots; i++) {
             kvqi_free(c->scratch[i].row);
             kvqi_free(c->scratch[i].scores);
+            kvqi_free(c->scratch[i].wq);
+            kvqi_free(c->scratch[i].wl);
+            kvqi_free(c->scratch[i].wo);
         }
     free(c->scratch);
     if (c->caches)
@@ -470,7 +479,8 @@ KVQ_API void kvq_context_free(kvq_context *c) {
     free(c->caches);
     kvq_threadpool_free(c->pool);
     float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up,
-                     c->rope_freq, c->rope_freq_swa, c->k_cache, c->v_cache};
+                     c->rope_freq, c->rope_freq_swa, c->k_cache, c->v_cache,
+                     c->rope_cos, c->rope_sin, c->rope_cos_swa, c->rope_sin_swa};
     free(c->slot_off);
     free(c->kv_slots);
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kvqi_free(bufs[i]);
@@ -537,6 +547,10 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
     c->up = alloc2(B, I->n_ff, &st);
     c->rope_freq = alloc2(1, model->n_rot / 2, &st);
     c->rope_freq_swa = alloc2(1, model->n_rot / 2, &st);
+    c->rope_cos = alloc2(B, model->n_rot / 2 + 1, &st);
+    c->rope_sin = alloc2(B, model->n_rot / 2 + 1, &st);
+    c->rope_cos_swa = alloc2(B, model->n_rot / 2 + 1, &st);
+    c->rope_sin_swa = alloc2(B, model->n_rot / 2 + 1, &st);
     if (!p.cache) {
         size_t total = 0;
         c->slot_off = calloc(I->n_layers, sizeof *c->slot_off);
@@ -552,10 +566,10 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
         c->k_cache = alloc2(total, kv_dim, &st);
         c->v_cache = alloc2(total, kv_dim, &st);
     }
-    c->qx_d = alloc2(MATMUL_DEQUANT_MIN_TOKENS, row_max / 32 + 1, &st);
-    c->qx_s = alloc2(MATMUL_DEQUANT_MIN_TOKENS, row_max / 32 + 1, &st);
+    c->qx_d = alloc2(B, row_max / 32 + 1, &st);
+    c->qx_s = alloc2(B, row_max / 32 + 1, &st);
     if (!st) {
-        c->qx = kvqi_alloc_array(MATMUL_DEQUANT_MIN_TOKENS, row_max);
+        c->qx = kvqi_alloc_array(B, row_max);
         c->probs = kvqi_alloc_array(I->n_vocab, sizeof *c->probs);
         if (!c->qx) st = KVQ_ERR_NOMEM;
         c->scratch = calloc(c->n_slots, sizeof *c->scratch);
@@ -564,6 +578,14 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
     for (unsigned i = 0; !st && i < c->n_slots; i++) {
         c->scratch[i].row = alloc2(4, row_max, &st);
         c->scratch[i].scores = alloc2(1, p.n_ctx, &st);
+        c->scratch[i].wl = alloc2(1, row_max, &st); /* 4 rows x row_max / 4 */
+        c->scratch[i].wo = alloc2(4, row_max / 32 + 1, &st);
+        if (!st && !(c->scratch[i].wq = kvqi_alloc_array(4, row_max))) st = KVQ_ERR_NOMEM;
+        if (!st) { /* rows past a short tile's last are read, never stored: keep them defined */
+            memset(c->scratch[i].wq, 0, 4 * row_max);
+            memset(c->scratch[i].wl, 0, row_max * sizeof(float));
+            memset(c->scratch[i].wo, 0, 4 * (row_max / 32 + 1) * sizeof(float));
+        }
     }
     if (st) goto fail;
     for (uint32_t i = 0; i < model->n_rot / 2; i++) {
@@ -702,12 +724,24 @@ static void matmul_task(void *arg, size_t task, unsigned thread) {
     size_t n_in = (size_t)w->ne[0];
     size_t r0 = (task - P->first_task) * MATMUL_ROWS, r1 = KVQI_MIN(r0 + MATMUL_ROWS, (size_t)w->n_rows);
     if (P->int8) {
+        /* unpack four rows once, then take them through every token */
         size_t stride = act_stride(&c->model->info), nb = stride / 32 + 1;
-        for (size_t t = 0; t < j->n_tok; t++) {
-            const int8_t *q = c->qx + t * stride;
-            const float *d = c->qx_d + t * nb, *s = c->qx_s + t * nb;
-            for (size_t r = r0; r < r1; r++)
-                P->y[t * P->y_stride + r] = c->kern.dot_q8[w->type](w->data + r * w->row_bytes, q, d, s, n_in);
+        thread_scratch *ts = &c->scratch[thread];
+        kvqi_q8_acts a = {c->qx, c->qx_d, c->qx_s, stride, nb};
+        if (j->n_tok == 1 && c->kern.gemv_q8[w->type]) { /* generation: straight from the blocks */
+            for (size_t r = r0; r < r1; r += 4)
+                c->kern.gemv_q8[w->type](w->data + r * w->row_bytes, w->row_bytes, KVQI_MIN((size_t)4, r1 - r), n_in,
+                                         &a, P->y + r);
+            return;
+        }
+        for (size_t r = r0; r < r1; r += 4) {
+            kvqi_q8_tile tl = {ts->wq, ts->wl, NULL, n_in, KVQI_MIN((size_t)4, r1 - r)};
+            int has_off = 0;
+            for (size_t k = 0; k < tl.n_rows; k++)
+                has_off = c->kern.unpack_q8[w->type](w->data + (r + k) * w->row_bytes, n_in, ts->wq + k * n_in,
+                                                     ts->wl + k * (n_in / 4), ts->wo + k);
+            if (has_off) tl.wo = ts->wo;
+            c->kern.gemm_q8(&tl, &a, j->n_tok, P->y + r, P->y_stride);
         }
         return;
     }
@@ -748,7 +782,7 @@ static void matmul_multi(kvq_context *c, const float *x, size_t n_tok, size_t n_
         P->y = y[i];
         P->y_stride = y_stride[i];
         P->first_task = n_tasks;
-        P->int8 = !c->params.float_activations && n_tok < MATMUL_DEQUANT_MIN_TOKENS && c->kern.dot_q8[w[i]->type];
+        P->int8 = !c->params.float_activations && c->kern.unpack_q8[w[i]->type] && w[i]->ne[0] % 32 == 0;
         any_int8 |= P->int8;
         n_tasks += ((size_t)w[i]->n_rows + MATMUL_ROWS - 1) / MATMUL_ROWS;
     }
@@ -782,14 +816,24 @@ static void rmsnorm(float *out, const float *x, const float *w, size_t n, float 
     for (size_t i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
-static void rope(const kvq_context *c, const float *freq, float *vec, uint32_t n_heads, size_t pos) {
+/* the angles of n_tok positions from pos0 on */
+static void rope_table(const kvq_context *c, const float *freq, size_t pos0, size_t n_tok, float *cs, float *sn) {
+    uint32_t half = c->model->n_rot / 2;
+    for (size_t t = 0; t < n_tok; t++)
+        for (uint32_t i = 0; i < half; i++) {
+            double theta = (double)(pos0 + t) * freq[i];
+            cs[t * half + i] = (float)cos(theta);
+            sn[t * half + i] = (float)sin(theta);
+        }
+}
+
+static void rope(const kvq_context *c, const float *cos_t, const float *sin_t, float *vec, uint32_t n_heads) {
     const kvq_model *m = c->model;
     uint32_t hd = m->info.head_dim, half = m->n_rot / 2;
     for (uint32_t h = 0; h < n_heads; h++) {
         float *v = vec + (size_t)h * hd;
         for (uint32_t i = 0; i < half; i++) {
-            double theta = (double)pos * freq[i];
-            float cs = (float)cos(theta), sn = (float)sin(theta);
+            float cs = cos_t[i], sn = sin_t[i];
             uint32_t a = m->info.rope_neox ? i : 2 * i, b = m->info.rope_neox ? i + half : 2 * i + 1;
             float x0 = v[a], x1 = v[b];
             v[a] = x0 * cs - x1 * sn;
@@ -892,9 +936,12 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
         float scale = sqrtf((float)E);
         for (size_t i = 0; i < n * E; i++) c->x[i] *= scale;
     }
+    rope_table(c, c->rope_freq, c->n_past, n, c->rope_cos, c->rope_sin);
+    if (m->gemma) rope_table(c, c->rope_freq_swa, c->n_past, n, c->rope_cos_swa, c->rope_sin_swa);
     for (uint32_t l = 0; l < I->n_layers; l++) {
         const layer_weights *L = &m->layers[l];
-        const float *freq = L->swa ? c->rope_freq_swa : c->rope_freq;
+        const float *rc = L->swa ? c->rope_cos_swa : c->rope_cos, *rs = L->swa ? c->rope_sin_swa : c->rope_sin;
+        size_t half = m->n_rot / 2;
         for (size_t t = 0; t < n; t++) rmsnorm(c->xn + t * E, c->x + t * E, L->attn_norm, E, I->norm_eps);
         {
             const kvqi_gguf_tensor *w[3] = {L->wq, L->wk, L->wv};
@@ -911,8 +958,8 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
                 rmsnorm(c->k + i * hd, c->k + i * hd, L->k_norm, hd, I->norm_eps);
         }
         for (size_t t = 0; t < n; t++) {
-            rope(c, freq, c->q + t * q_dim, I->n_heads, c->n_past + t);
-            rope(c, freq, c->k + t * kv_dim, I->n_kv_heads, c->n_past + t);
+            rope(c, rc + t * half, rs + t * half, c->q + t * q_dim, I->n_heads);
+            rope(c, rc + t * half, rs + t * half, c->k + t * kv_dim, I->n_kv_heads);
         }
         kvq_status st = attention(c, l, n);
         if (st) return st;
@@ -929,11 +976,12 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
             matmul_multi(c, c->xn, n, 2, w, y, stride);
         }
         if (m->gemma) {
-            /* GeGLU with GELU's tanh approximation */
+            /* GeGLU with GELU's tanh approximation, 0.5 (1 + tanh u) written as the
+             * logistic of 2u: one expf instead of tanhf, the same function */
             for (size_t i = 0; i < n * F; i++) {
                 float g = c->gate[i];
                 float u = 0.7978845608028654f * (g + 0.044715f * g * g * g);
-                c->gate[i] = 0.5f * g * (1.0f + tanhf(u)) * c->up[i];
+                c->gate[i] = g / (1.0f + expf(-2.0f * u)) * c->up[i];
             }
         } else {
             for (size_t i = 0; i < n * F; i++) {

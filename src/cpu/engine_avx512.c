@@ -1,0 +1,275 @@
+/*
+ * engine_avx512.c - the GGUF engine's int8 tile product with AVX-512 VNNI: unpacked weight
+ * rows times quantized activations, 4 rows x 4 tokens per pass so each loaded block feeds
+ * four vpdpbusd, as llama.cpp's "llamafile sgemm" tiles its quantized products. 256-bit
+ * vectors: Zen 4 splits 512-bit ones in two anyway, and the lanes then match the
+ * reference's. Bit-identical to the scalar reference in engine/dequant.c (tests compare).
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "engine/engine.h"
+
+/* (i + i+4), then (j + j+2), then 0 + 1: the reference's order */
+static inline float hsum8_ordered(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* vpdpbusd multiplies unsigned by signed bytes: q + 128 (q xor 0x80) against w gives
+ * sum(q w) + 128 sum(w), and the accumulator starts at -128 sum(w), once per row block. */
+static inline __attribute__((always_inline)) void tile_vnni(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t t0,
+                                                             const int TT, float *y, size_t y_stride) {
+    const __m256i bias = _mm256_set1_epi8((char)0x80);
+    size_t n = tl->n, nb = n / 32, nl = n / 4;
+    __m256 acc[4][4];
+    __m128 off[4];
+    _Pragma("GCC unroll 4")
+    for (int r = 0; r < 4; r++)
+        _Pragma("GCC unroll 4")
+        for (int t = 0; t < TT; t++) acc[r][t] = _mm256_setzero_ps();
+    _Pragma("GCC unroll 4")
+    for (int t = 0; t < TT; t++) off[t] = _mm_setzero_ps();
+    const int8_t *q[4];
+    const float *d[4], *s[4];
+    _Pragma("GCC unroll 4")
+    for (int t = 0; t < TT; t++) {
+        q[t] = a->q + (t0 + t) * a->q_stride;
+        d[t] = a->d + (t0 + t) * a->ds_stride;
+        s[t] = a->s + (t0 + t) * a->ds_stride;
+    }
+    for (size_t b = 0; b < nb; b++) {
+        __m256i qv[4];
+        __m256 dv[4];
+        _Pragma("GCC unroll 4")
+        for (int t = 0; t < TT; t++) {
+            qv[t] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q[t] + 32 * b)), bias);
+            dv[t] = _mm256_set1_ps(d[t][b]);
+        }
+        _Pragma("GCC unroll 4")
+        for (int r = 0; r < 4; r++) {
+            __m256i w = _mm256_loadu_si256((const __m256i *)(tl->w + r * n + 32 * b));
+            __m256i corr = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), bias, w));
+            __m256 lv = _mm256_loadu_ps(tl->wl + r * nl + 8 * b);
+            _Pragma("GCC unroll 4")
+            for (int t = 0; t < TT; t++) {
+                __m256 f = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, qv[t], w));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(lv, dv[t]), f, acc[r][t]);
+            }
+        }
+        if (tl->wo) {
+            __m128 wo = _mm_loadu_ps(tl->wo + 4 * b);
+            _Pragma("GCC unroll 4")
+            for (int t = 0; t < TT; t++) off[t] = _mm_fmadd_ps(wo, _mm_set1_ps(s[t][b]), off[t]);
+        }
+    }
+    _Pragma("GCC unroll 4")
+    for (int t = 0; t < TT; t++) {
+        float o[4];
+        _mm_storeu_ps(o, off[t]);
+        for (size_t r = 0; r < tl->n_rows; r++) {
+            float v = hsum8_ordered(acc[r][t]);
+            if (tl->wo) v += o[r];
+            y[(t0 + t) * y_stride + r] = v;
+        }
+    }
+}
+
+static void gemm_q8_avx512(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t n_tok, float *y, size_t y_stride) {
+    size_t t = 0;
+    for (; t + 4 <= n_tok; t += 4) tile_vnni(tl, a, t, 4, y, y_stride);
+    for (; t + 2 <= n_tok; t += 2) tile_vnni(tl, a, t, 2, y, y_stride);
+    for (; t < n_tok; t++) tile_vnni(tl, a, t, 1, y, y_stride);
+}
+
+/* ------------------------------------------------ one token, from the blocks */
+
+static inline float h2f(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* 16 bytes of nibbles to 32 bytes in element order (low nibbles 0..15, high 16..31):
+ * the bytes in both halves, the upper half shifted by 4, then masked */
+static inline __m256i q4_nibbles(const uint8_t *qs) {
+    __m256i q = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    q = _mm256_srlv_epi64(q, _mm256_setr_epi64x(0, 0, 4, 4));
+    return _mm256_and_si256(q, _mm256_set1_epi8(0x0f));
+}
+
+/* The numbers of block b of a row as signed bytes, its scale and (Q4_1) its minimum:
+ * exactly what the unpack functions store. */
+#define BLOCK_Q4_0(p, w, sc, mn) do { w = _mm256_sub_epi8(q4_nibbles((p) + 2), _mm256_set1_epi8(8)); sc = h2f(p); } while (0)
+#define BLOCK_Q4_1(p, w, sc, mn) do { w = q4_nibbles((p) + 4); sc = h2f(p); mn = h2f((p) + 2); } while (0)
+/* Q5_0: the nibble minus 16 where the fifth bit is clear, in one masked subtraction */
+#define BLOCK_Q5_0(p, w, sc, mn)                                                                   \
+    do {                                                                                           \
+        uint32_t qh_;                                                                              \
+        memcpy(&qh_, (p) + 2, 4);                                                                  \
+        __m256i nib_ = q4_nibbles((p) + 6);                                                        \
+        w = _mm256_mask_sub_epi8(nib_, (__mmask32)~qh_, nib_, _mm256_set1_epi8(16));              \
+        sc = h2f(p);                                                                               \
+    } while (0)
+#define BLOCK_Q8_0(p, w, sc, mn) do { w = _mm256_loadu_si256((const __m256i *)((p) + 2)); sc = h2f(p); } while (0)
+
+/* 4 rows x 1 token: the tile product's sums in the same order (acc per lane over the
+ * blocks, then the 8-lane tree, then the row's offset chain) */
+#define GEMV_Q8(NAME, BSIZE, BLOCK, HAS_MIN)                                                          \
+    static void NAME(const void *row, size_t row_bytes, size_t n_rows, size_t n, const kvqi_q8_acts *a, float *y) { \
+        const __m256i bias = _mm256_set1_epi8((char)0x80);                                           \
+        const uint8_t *base = row;                                                                    \
+        const uint8_t *rp[4];                                                                         \
+        for (size_t r = 0; r < 4; r++) rp[r] = base + (r < n_rows ? r : 0) * row_bytes;               \
+        __m256 acc[4];                                                                                \
+        float off[4] = {0, 0, 0, 0};                                                                  \
+        for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();                                    \
+        for (size_t b = 0; b < n / 32; b++) {                                                         \
+            __m256i xu = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a->q + 32 * b)), bias); \
+            float dx = a->d[b];                                                                       \
+            _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {                                    \
+                const uint8_t *p = rp[r] + b * (BSIZE);                                               \
+                /* 24 rows ahead: four interleaved row streams defeat the hardware prefetcher */ \
+                _mm_prefetch((const char *)(p + 24 * row_bytes), _MM_HINT_T0);                          \
+                __m256i w;                                                                            \
+                float sc, mn = 0;                                                                     \
+                BLOCK(p, w, sc, mn);                                                                  \
+                (void)mn;                                                                             \
+                __m256i corr = _mm256_sub_epi32(_mm256_setzero_si256(),                              \
+                                                _mm256_dpbusd_epi32(_mm256_setzero_si256(), bias, w)); \
+                __m256 f = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, xu, w));                     \
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(sc * dx), f, acc[r]);                         \
+                if (HAS_MIN) off[r] = fmaf(mn, a->s[b], off[r]);                                      \
+            }                                                                                         \
+        }                                                                                             \
+        for (size_t r = 0; r < n_rows; r++) {                                                         \
+            float v = hsum8_ordered(acc[r]);                                                          \
+            if (HAS_MIN) v += off[r];                                                                 \
+            y[r] = v;                                                                                 \
+        }                                                                                             \
+    }
+
+GEMV_Q8(gemv_q4_0, 18, BLOCK_Q4_0, 0)
+GEMV_Q8(gemv_q4_1, 20, BLOCK_Q4_1, 1)
+GEMV_Q8(gemv_q5_0, 22, BLOCK_Q5_0, 0)
+GEMV_Q8(gemv_q8_0, 34, BLOCK_Q8_0, 0)
+
+/* K-quants: a super-block of 256 is 8 blocks of 32 with their own scales */
+
+static inline void k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+/* one block's step of the tile product for one row: the same operations in the same order */
+static inline __m256 step(__m256 acc, __m256i w, __m256i xu, __m256 scale) {
+    const __m256i bias = _mm256_set1_epi8((char)0x80);
+    __m256i corr = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), bias, w));
+    return _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, xu, w)), acc);
+}
+
+static inline __m256i load_xu(const kvqi_q8_acts *a, size_t b) {
+    return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a->q + 32 * b)), _mm256_set1_epi8((char)0x80));
+}
+
+static void gemv_q4_k(const void *row, size_t row_bytes, size_t n_rows, size_t n, const kvqi_q8_acts *a, float *y) {
+    const uint8_t *base = row;
+    const uint8_t *rp[4];
+    for (size_t r = 0; r < 4; r++) rp[r] = base + (r < n_rows ? r : 0) * row_bytes;
+    __m256 acc[4];
+    float off[4] = {0, 0, 0, 0};
+    for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (size_t i = 0; i < n / 256; i++) {
+        float scl[4][8], mo[4][8];
+        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
+            const uint8_t *p = rp[r] + i * 144;
+            _mm_prefetch((const char *)(p + 24 * row_bytes), _MM_HINT_T0);
+            _mm_prefetch((const char *)(p + 24 * row_bytes + 64), _MM_HINT_T0);
+            _mm_prefetch((const char *)(p + 24 * row_bytes + 128), _MM_HINT_T0);
+            float d = h2f(p), dmin = h2f(p + 2);
+            for (int j = 0; j < 8; j++) {
+                uint8_t sc, m;
+                k_scale_min(j, p + 4, &sc, &m);
+                scl[r][j] = d * (float)sc;
+                mo[r][j] = -(dmin * (float)m);
+            }
+        }
+        for (int jj = 0; jj < 4; jj++) {
+            size_t b = 8 * i + 2 * jj;
+            __m256i x0 = load_xu(a, b), x1 = load_xu(a, b + 1);
+            float d0 = a->d[b], d1 = a->d[b + 1], s0 = a->s[b], s1 = a->s[b + 1];
+            _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(rp[r] + i * 144 + 16 + 32 * jj));
+                acc[r] = step(acc[r], _mm256_and_si256(q, m4), x0, _mm256_set1_ps(scl[r][2 * jj] * d0));
+                off[r] = fmaf(mo[r][2 * jj], s0, off[r]);
+                acc[r] = step(acc[r], _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), x1,
+                              _mm256_set1_ps(scl[r][2 * jj + 1] * d1));
+                off[r] = fmaf(mo[r][2 * jj + 1], s1, off[r]);
+            }
+        }
+    }
+    for (size_t r = 0; r < n_rows; r++) y[r] = hsum8_ordered(acc[r]) + off[r];
+}
+
+static void gemv_q6_k(const void *row, size_t row_bytes, size_t n_rows, size_t n, const kvqi_q8_acts *a, float *y) {
+    const uint8_t *base = row;
+    const uint8_t *rp[4];
+    for (size_t r = 0; r < 4; r++) rp[r] = base + (r < n_rows ? r : 0) * row_bytes;
+    __m256 acc[4];
+    for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), k32 = _mm256_set1_epi8(32);
+    for (size_t i = 0; i < n / 256; i++) {
+        for (int half = 0; half < 2; half++) {
+            size_t b = 8 * i + 4 * half;
+            __m256i xu[4];
+            __m256 dx[4];
+            for (int k = 0; k < 4; k++) {
+                xu[k] = load_xu(a, b + k);
+                dx[k] = _mm256_set1_ps(a->d[b + k]);
+            }
+            _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
+                const uint8_t *p = rp[r] + i * 210;
+                if (half == 0)
+                    for (int c = 0; c < 4; c++) _mm_prefetch((const char *)(p + 24 * row_bytes + 64 * c), _MM_HINT_T0);
+                const uint8_t *ql = p + 64 * half, *qh = p + 128 + 32 * half;
+                const int8_t *sc = (const int8_t *)(p + 192) + 8 * half;
+                float d = h2f(p + 208);
+                __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+                __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+                __m256i w[4];
+                w[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+                w[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+                w[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30));
+                w[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                       _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+                for (int k = 0; k < 4; k++) {
+                    /* lanes 0-3 take the scale of numbers 0..15, lanes 4-7 of 16..31 */
+                    __m256 wl = _mm256_set_m128(_mm_set1_ps(d * (float)sc[2 * k + 1]), _mm_set1_ps(d * (float)sc[2 * k]));
+                    acc[r] = step(acc[r], _mm256_sub_epi8(w[k], k32), xu[k], _mm256_mul_ps(wl, dx[k]));
+                }
+            }
+        }
+    }
+    for (size_t r = 0; r < n_rows; r++) y[r] = hsum8_ordered(acc[r]);
+}
+
+void kvqi_engine_kernels_avx512(kvqi_engine_kernels *k) {
+    kvqi_engine_kernels_avx2(k);
+    k->isa = KVQ_ISA_AVX512;
+    k->gemm_q8 = gemm_q8_avx512;
+    k->gemv_q8[KVQI_T_Q4_0] = gemv_q4_0;
+    k->gemv_q8[KVQI_T_Q4_1] = gemv_q4_1;
+    k->gemv_q8[KVQI_T_Q5_0] = gemv_q5_0;
+    k->gemv_q8[KVQI_T_Q8_0] = gemv_q8_0;
+    k->gemv_q8[KVQI_T_Q4_K] = gemv_q4_k;
+    k->gemv_q8[KVQI_T_Q6_K] = gemv_q6_k;
+}
