@@ -707,7 +707,11 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
     kvq_quantizer *kq, *vq;
     kvq_config kc = cfg.key, vc = cfg.value;
     kc.dim = vc.dim = D->dim;
-    if (kvq_quantizer_create(&kc, &kq) == KVQ_OK) {
+    if (kc.method == KVQ_METHOD_CHANNEL) {
+        /* cache keys per channel over a chunk: bits per code plus an fp16 minimum and step
+         * per channel and chunk (the per-vector quantizer's size would mislead) */
+        r->key_bits = (double)kc.bits + 32.0 / (cfg.chunk_tokens ? cfg.chunk_tokens : 64);
+    } else if (kvq_quantizer_create(&kc, &kq) == KVQ_OK) {
         r->key_bits = 8.0 * (double)kvq_code_size(kq) / D->dim;
         kvq_quantizer_free(kq);
     }
@@ -719,9 +723,9 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
     int cos_ok;
     size_t n_vec = n * D->n_kv < 8192 ? n * D->n_kv : 8192;
     r->key_cosine = key_cosine(&kc, D->layers[0].k, n_vec, D->dim, &cos_ok);
-    /* comm_vq codes keys before RoPE at their positions: the position-blind cosine above
-     * would measure something else */
-    if (!cos_ok || kc.method == KVQ_METHOD_COMM_VQ) r->key_cosine = NAN;
+    /* comm_vq codes keys before RoPE at their positions, channel keys over a chunk of
+     * tokens: the one-vector-at-a-time cosine above would measure something else */
+    if (!cos_ok || kc.method == KVQ_METHOD_COMM_VQ || kc.method == KVQ_METHOD_CHANNEL) r->key_cosine = NAN;
     kvq_cache_tokens_fit(&cfg, D->n_fit_layers, BUDGET_BYTES, &r->fit_tokens);
     kvq_bench_calib_cleanup(&bc);
     r->ok = 1;
