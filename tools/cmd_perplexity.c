@@ -41,6 +41,8 @@ static int ppl_usage(FILE *f) {
             "  --outliers N       key channels per head kept in fp16 (default 0; also --cache-outliers)\n"
             "  --sink N           first tokens kept exact, the attention sinks, 0..1024 (default 0; also --cache-sink)\n"
             "  -t, --threads N    threads, 0..1024 (default 0 = one per CPU)\n"
+            "  --float-activations  float32 activations in every matrix product (the numerical\n"
+            "                     reference; by default they are int8, as llama.cpp's)\n"
             "  --kl               also compare every scored token's distribution with fp16's (the\n"
             "                     first config when fp16 is not among them): mean KL(fp16 || config)\n"
             "                     and how often both pick the same top token (llama.cpp's --kl-divergence)\n"
@@ -143,7 +145,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
     const char *plans[PPL_MAX_CONFIGS];
     long n_ctx = 512, max_chunks = 0, threads = 0, window = 0, outliers = 0, sink = 0;
     const char *ctk = NULL, *ctv = NULL;
-    int json = 0, want_kl = 0;
+    int json = 0, want_kl = 0, float_act = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -156,6 +158,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
         else if (TAKES("--chunks")) { LONG_IN(0, 100000000, &max_chunks); }
         else if (TAKES("-t") || TAKES("--threads")) { LONG_IN(0, 1024, &threads); }
         else if (!strcmp(a, "--kl")) want_kl = 1;
+        else if (!strcmp(a, "--float-activations")) float_act = 1;
         else if (TAKES("--window") || TAKES("--cache-window")) { LONG_IN(0, 65536, &window); }
         else if (TAKES("--outliers") || TAKES("--cache-outliers")) { LONG_IN(0, 4096, &outliers); }
         else if (TAKES("--sink") || TAKES("--cache-sink")) { LONG_IN(0, 1024, &sink); }
@@ -288,6 +291,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
         kvq_context_params_init(&p);
         p.n_ctx = (uint32_t)n_ctx;
         p.n_batch = PPL_BATCH;
+        p.float_activations = float_act;
         p.n_threads = (uint32_t)threads;
         int exact = !strcmp(kspec, "f32") && !strcmp(vspec, "f32");
         if (!exact) {

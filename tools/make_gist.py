@@ -15,15 +15,13 @@ brute force, ties by id. Seeded: the same files every run.
 
 usage: python3 tools/make_gist.py --images DIR -o data/vectors-gist [--n 60000] [--nq 1000]
 """
-import argparse
-import glob
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_sift import ground_truth, write_vecs  # noqa: E402
+from make_sift import ground_truth, photo_args, photo_patches, write_vecs  # noqa: E402
 
 try:
     from PIL import Image
@@ -100,28 +98,9 @@ def descriptors(img, stride, rng):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", required=True, help="directory searched for .png/.jpg photos")
-    ap.add_argument("-o", "--out", default="data/vectors-gist")
-    ap.add_argument("--n", type=int, default=60000, help="base vectors")
-    ap.add_argument("--nq", type=int, default=1000, help="queries")
-    ap.add_argument("--seed", type=int, default=1234)
-    a = ap.parse_args()
-    paths = sorted(p for p in glob.glob(os.path.join(a.images, "**", "*"), recursive=True)
-                   if p.lower().endswith((".png", ".jpg", ".jpeg")) and "/data/" in p
-                   and os.path.getsize(p) > 40000)
-    if not paths:
-        sys.exit(f"make_gist.py: no photographs under {a.images}")
+    a = photo_args("make_gist.py", "data/vectors-gist", 60000)
     rng = np.random.default_rng(a.seed)
-    raw = []
-    for p in paths:
-        for scale in (1.0, 0.7, 0.5):
-            d = descriptors(rgb(p, scale), 8, rng)
-            energy = d.sum(1)
-            d = d[energy > np.percentile(energy, 20)] if len(d) else d  # drop flat patches
-            raw.append(d.astype(np.float32))
-        print(f"  {os.path.basename(p)}: {sum(len(r) for r in raw)} patches so far", file=sys.stderr)
-    raw = np.concatenate(raw)
+    paths, raw = photo_patches("make_gist.py", a.images, rgb, descriptors, 8, rng)
     total = a.n + a.nq
     if len(raw) < total:
         sys.exit(f"make_gist.py: only {len(raw)} patches, want {total}")

@@ -117,29 +117,40 @@ def ground_truth(base, query, k, metric):
     return gt
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def photo_args(prog, out, n):
+    """The command line both set builders take: --images, -o, --n, --nq, --seed."""
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     ap.add_argument("--images", required=True, help="directory searched for .png/.jpg photos")
-    ap.add_argument("-o", "--out", default="data/vectors-sift")
-    ap.add_argument("--n", type=int, default=120000, help="base vectors")
+    ap.add_argument("-o", "--out", default=out)
+    ap.add_argument("--n", type=int, default=n, help="base vectors")
     ap.add_argument("--nq", type=int, default=1000, help="queries")
     ap.add_argument("--seed", type=int, default=1234)
-    a = ap.parse_args()
-    paths = sorted(p for p in glob.glob(os.path.join(a.images, "**", "*"), recursive=True)
+    return ap.parse_args()
+
+
+def photo_patches(prog, images, load, describe, stride, rng):
+    """Every photograph under images at three scales, cut into descriptors; the flattest
+    fifth of each image's patches dropped. Returns (paths, patches)."""
+    paths = sorted(p for p in glob.glob(os.path.join(images, "**", "*"), recursive=True)
                    if p.lower().endswith((".png", ".jpg", ".jpeg")) and "/data/" in p
                    and os.path.getsize(p) > 40000)
     if not paths:
-        sys.exit(f"make_sift.py: no photographs under {a.images}")
-    rng = np.random.default_rng(a.seed)
+        sys.exit(f"{prog}: no photographs under {images}")
     raw = []
     for p in paths:
         for scale in (1.0, 0.7, 0.5):
-            d = descriptors(grey(p, scale), 4, rng)
+            d = describe(load(p, scale), stride, rng)
             energy = d.sum(1)
             d = d[energy > np.percentile(energy, 20)] if len(d) else d  # drop flat patches
-            raw.append(d)
+            raw.append(d.astype(np.float32))
         print(f"  {os.path.basename(p)}: {sum(len(r) for r in raw)} patches so far", file=sys.stderr)
-    raw = np.concatenate(raw)
+    return paths, np.concatenate(raw)
+
+
+def main():
+    a = photo_args("make_sift.py", "data/vectors-sift", 120000)
+    rng = np.random.default_rng(a.seed)
+    paths, raw = photo_patches("make_sift.py", a.images, grey, descriptors, 4, rng)
     total = a.n + a.nq
     if len(raw) < total:
         sys.exit(f"make_sift.py: only {len(raw)} patches, want {total}")
