@@ -135,7 +135,9 @@ TEST(channel_cache_keys_within_half_step) {
                     /* the ring holds keys minus the head's mean (tokens past the probe) */
                     for (uint32_t i = j / 32 * 32; i < j / 32 * 32 + 32; i++)
                         amax = fmaxf(amax, fabsf(row[i] - (ch * C + t >= 32 ? mu[i] : 0.0f)));
-                    uint32_t code = b ? kvqi_chan_code_at(blk + c->chan_off[g * dim + j] + t / 64 * 8 * b, b,
+                    size_t at = 4 * dim; /* channel j's codes: after the ranges and channels < j */
+                    for (uint32_t i = 0; i < j; i++) at += C * c->chan_bits[g * dim + i] / 8;
+                    uint32_t code = b ? kvqi_chan_code_at(blk + at + t / 64 * 8 * b, b,
                                                           (uint32_t)(t % 64))
                                       : 0;
                     float y = (b ? lo + step * (float)code : lo) + mu[j]; /* coded centered */
@@ -287,7 +289,6 @@ TEST(channel_cache_refuses_what_it_cannot_do) {
 TEST(channel_score_kernels_match_scalar) {
     const uint32_t dim = 64;
     uint8_t bits[64];
-    uint32_t off[64];
     uint8_t block[4 * 64 + 64 * 8 * 16];
     float q[7 * 64], ref[7 * 64], got[7 * 64], w1[9 * 64], w2[9 * 64];
     kvqi_rng r;
@@ -301,20 +302,15 @@ TEST(channel_score_kernels_match_scalar) {
     const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512, KVQ_ISA_NEON};
     int compared = 0;
     for (size_t C = 64; C <= 128; C += 64) {
-        size_t at = 4 * dim;
-        for (uint32_t j = 0; j < dim; j++) {
-            bits[j] = (uint8_t)(kvqi_rng_next(&r) % 9);
-            off[j] = (uint32_t)at;
-            at += C * bits[j] / 8;
-        }
+        for (uint32_t j = 0; j < dim; j++) bits[j] = (uint8_t)(kvqi_rng_next(&r) % 9);
         for (size_t in = 0; in < C; in += 13)
             for (uint32_t G = 1; G <= 7; G += 3) {
                 size_t n = 64 - in % 64; /* one group of 64 */
-                kvqi_cache_kernels_scalar.chan_score(block, off, bits, dim, C, q, G, in, n, ref, 64, w1);
+                kvqi_cache_kernels_scalar.chan_score(block, bits, dim, C, q, G, in, n, ref, 64, w1);
                 for (size_t k = 0; k < 3; k++) {
                     if (!kvq_isa_available(isas[k])) continue;
                     const kvqi_cache_kernels *K = kvqi_cache_kernels_for(isas[k]);
-                    K->chan_score(block, off, bits, dim, C, q, G, in, n, got, 64, w2);
+                    K->chan_score(block, bits, dim, C, q, G, in, n, got, 64, w2);
                     for (uint32_t h = 0; h < G; h++)
                         CHECKF(memcmp(got + h * 64, ref + h * 64, n * sizeof(float)) == 0,
                                "isa %d C %zu in %zu G %u head %u differs", (int)isas[k], C, in, G, h);

@@ -930,19 +930,35 @@ static kvq_status encode_tokens(kvq_cache *c, const row_source *src, size_t pos,
 static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, size_t end,
                                size_t valid_lo) {
     size_t C = c->cfg.chunk_tokens;
+    uint32_t dim = c->dim;
+    /* enc_buf (8 rows): the row being read, then each channel's minimum and maximum */
+    float *row = c->enc_buf, *lo = row + dim, *hi = lo + dim;
     for (; pos < end; pos += C) {
         uint8_t *ch = c->chunks[pos / C];
         size_t lo_t = valid_lo > pos ? KVQI_MIN(valid_lo - pos, C) : 0;
         for (uint32_t g = 0; g < c->n_kv; g++) {
-            for (size_t t = lo_t; t < C; t++) {
-                float *dst = c->chan_buf + t * c->dim;
-                fetch_row(c, src, pos + t, g, 0, dst);
-                if (c->key_mean) {
-                    const float *mu = c->key_mean + (size_t)g * c->dim;
-                    for (uint32_t j = 0; j < c->dim; j++) dst[j] -= mu[j];
-                }
+            const float *mu = c->key_mean ? c->key_mean + (size_t)g * dim : NULL;
+            uint8_t *block = ch + (size_t)g * C * c->key.code_size;
+            for (uint32_t j = 0; j < dim; j++) {
+                lo[j] = INFINITY;
+                hi[j] = -INFINITY;
             }
-            kvqi_chan_encode(c, g, c->chan_buf, lo_t, C, ch + (size_t)g * C * c->key.code_size);
+            for (int pass = 0; pass < 2; pass++) {
+                for (size_t t = lo_t; t < C; t++) {
+                    fetch_row(c, src, pos + t, g, 0, row);
+                    if (mu)
+                        for (uint32_t j = 0; j < dim; j++) row[j] -= mu[j];
+                    if (pass == 0) {
+                        for (uint32_t j = 0; j < dim; j++) {
+                            lo[j] = fminf(lo[j], row[j]);
+                            hi[j] = fmaxf(hi[j], row[j]);
+                        }
+                    } else {
+                        kvqi_chan_put_row(c, g, row, t, block);
+                    }
+                }
+                if (pass == 0) kvqi_chan_ranges(c, g, lo, hi, block);
+            }
         }
     }
 }
@@ -1102,6 +1118,9 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     m->overhead = sizeof *c + (uint64_t)c->chunk_table_cap * sizeof(uint8_t *) +
                   (uint64_t)KVQI_ENCODE_ROWS * c->dim * sizeof(float) +
                   (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each);
+    if (c->chan_bits) /* channel keys: bits per channel */
+        m->overhead += (uint64_t)c->n_kv * c->dim;
+    if (c->ring_q) m->shared += kvq_shared_size(c->ring_q);
     if (c->rope_freq) /* position-aware keys: the frequencies and one call's positions */
         m->overhead += (uint64_t)c->dim / 2 * sizeof(double) +
                        (uint64_t)c->cfg.chunk_tokens * sizeof(int32_t);

@@ -121,11 +121,8 @@ struct kvq_cache {
      * fp16, or q8_0 rows (ring_q) with channel keys, whose ring outlasts the window */
     size_t ring, ring_head;
     kvq_quantizer *ring_q;
-    /* channel keys (chan.c): bits per channel [n_kv][dim], each channel's byte offset in
-     * a head's chunk block [n_kv][dim], and one head's chunk of rows to code [C][dim] */
+    /* channel keys (chan.c): bits per channel [n_kv][dim] */
     uint8_t *chan_bits;
-    uint32_t *chan_off;
-    float *chan_buf;
 };
 
 /* chan.c */
@@ -133,8 +130,8 @@ size_t kvqi_chan_block_bytes(uint32_t dim, uint32_t bits, size_t C);
 kvq_status kvqi_chan_init(kvq_cache *c);
 void kvqi_chan_free(kvq_cache *c);
 void kvqi_chan_allocate(kvq_cache *c, const float *stage);
-void kvqi_chan_encode(const kvq_cache *c, uint32_t g, const float *rows, size_t lo_t, size_t hi_t,
-                      uint8_t *block);
+void kvqi_chan_ranges(const kvq_cache *c, uint32_t g, const float *lo, const float *hi, uint8_t *block);
+void kvqi_chan_put_row(const kvq_cache *c, uint32_t g, const float *row, size_t t, uint8_t *block);
 void kvqi_chan_score(const kvq_cache *c, const float *q, uint32_t G, uint32_t g, const uint8_t *chunk,
                      size_t in, size_t nb, float *scores, size_t ld, float *w);
 

@@ -7,8 +7,8 @@
  * bits follow their spread over the probe tokens (more bits where the range is wide;
  * a channel that does not move gets none and is its chunk midpoint), `bits` on average.
  *
- * A head's block in a chunk: lo[dim] fp16, step[dim] fp16, then from byte offset off[j]
- * channel j's codes, 64 tokens at a time in bits[j] * 8 bytes (split fields of 4, 2 and
+ * A head's block in a chunk: lo[dim] fp16, step[dim] fp16, then channel after channel
+ * its codes, 64 tokens at a time in bits[j] * 8 bytes (split fields of 4, 2 and
  * 1 bits: cpu/cache_kernels.h). A chunk is coded once all its tokens are in: until then
  * they wait in the ring (q8_0 rows).
  */
@@ -35,19 +35,13 @@ kvq_status kvqi_chan_init(kvq_cache *c) {
     size_t block = kvqi_chan_block_bytes(c->dim, c->cfg.key.bits, C);
     c->key.code_size = (block + C - 1) / C;
     c->chan_bits = kvqi_calloc_array((size_t)c->n_kv * dim, 1);
-    c->chan_off = kvqi_calloc_array((size_t)c->n_kv * dim, sizeof(uint32_t));
-    c->chan_buf = kvqi_alloc_array(C * dim, sizeof(float));
-    if (!c->chan_bits || !c->chan_off || !c->chan_buf) return KVQ_ERR_NOMEM;
+    if (!c->chan_bits) return KVQ_ERR_NOMEM;
     return KVQ_OK;
 }
 
 void kvqi_chan_free(kvq_cache *c) {
     kvqi_free(c->chan_bits);
-    kvqi_free(c->chan_off);
-    kvqi_free(c->chan_buf);
     c->chan_bits = NULL;
-    c->chan_off = NULL;
-    c->chan_buf = NULL;
 }
 
 /* Bits per channel from the probe: greedy, one bit at a time to the channel whose
@@ -55,8 +49,7 @@ void kvqi_chan_free(kvq_cache *c) {
  * channel. Same probe, same bits, on every machine (doubles, fixed order). */
 void kvqi_chan_allocate(kvq_cache *c, const float *stage) {
     uint32_t dim = c->dim, total = c->cfg.key.bits * dim;
-    size_t C = c->cfg.chunk_tokens;
-    double *w = (double *)(void *)c->chan_buf; /* free until the first chunk is coded */
+    double *w = (double *)(void *)c->enc_buf; /* 8 * dim floats of scratch */
     for (uint32_t g = 0; g < c->n_kv; g++) {
         uint8_t *b = c->chan_bits + (size_t)g * dim;
         for (uint32_t j = 0; j < dim; j++) {
@@ -84,48 +77,41 @@ void kvqi_chan_allocate(kvq_cache *c, const float *stage) {
             if (best == UINT32_MAX) break;
             b[best]++;
         }
-        uint32_t *off = c->chan_off + (size_t)g * dim;
-        size_t at = (size_t)4 * dim;
-        for (uint32_t j = 0; j < dim; j++) {
-            off[j] = (uint32_t)at;
-            at += C * b[j] / 8;
-        }
     }
 }
 
-/* One head's chunk: rows [C][dim] (centered already when the cache centers keys); rows
- * outside [lo_t, hi_t) are never read (sinks, tokens a sliding window dropped): they
- * neither widen a range nor get a meaningful code. */
-void kvqi_chan_encode(const kvq_cache *c, uint32_t g, const float *rows, size_t lo_t, size_t hi_t,
-                      uint8_t *block) {
+/* One head's chunk block in two passes over its rows (so no chunk of rows is held):
+ * ranges from each channel's minimum and maximum over the tokens that count (sinks and
+ * tokens a sliding window dropped do not: they are never read), then each token's codes. */
+void kvqi_chan_ranges(const kvq_cache *c, uint32_t g, const float *lo, const float *hi, uint8_t *block) {
     uint32_t dim = c->dim;
-    size_t C = c->cfg.chunk_tokens;
     const uint8_t *bits = c->chan_bits + (size_t)g * dim;
-    const uint32_t *off = c->chan_off + (size_t)g * dim;
-    memset(block, 0, kvqi_chan_block_bytes(dim, c->cfg.key.bits, C));
+    memset(block, 0, kvqi_chan_block_bytes(dim, c->cfg.key.bits, c->cfg.chunk_tokens));
     for (uint32_t j = 0; j < dim; j++) {
-        float lo = 0.0f, hi = 0.0f;
-        if (lo_t < hi_t) {
-            lo = hi = rows[lo_t * dim + j];
-            for (size_t t = lo_t + 1; t < hi_t; t++) {
-                lo = fminf(lo, rows[t * dim + j]);
-                hi = fmaxf(hi, rows[t * dim + j]);
-            }
-        }
+        float l = lo[j] <= hi[j] ? lo[j] : 0.0f, h = lo[j] <= hi[j] ? hi[j] : 0.0f;
         uint16_t lo_h, step_h;
         if (bits[j] == 0) { /* the midpoint, no codes */
-            lo_h = kvqi_fp32_to_fp16(0.5f * (lo + hi));
+            lo_h = kvqi_fp32_to_fp16(0.5f * (l + h));
             step_h = 0;
         } else {
-            kvqi_channel_range(lo, hi, bits[j], &lo_h, &step_h);
+            kvqi_channel_range(l, h, bits[j], &lo_h, &step_h);
         }
         memcpy(block + 2 * (size_t)j, &lo_h, 2);
         memcpy(block + 2 * ((size_t)dim + j), &step_h, 2);
+    }
+}
+
+void kvqi_chan_put_row(const kvq_cache *c, uint32_t g, const float *row, size_t t, uint8_t *block) {
+    uint32_t dim = c->dim;
+    const uint8_t *bits = c->chan_bits + (size_t)g * dim;
+    size_t C = c->cfg.chunk_tokens, at = (size_t)4 * dim; /* channel j's codes: after channels < j */
+    for (uint32_t j = 0; j < dim; at += C * bits[j] / 8, j++) {
         if (bits[j] == 0) continue;
-        float l = kvqi_fp16_to_fp32(lo_h), s = kvqi_fp16_to_fp32(step_h);
-        for (size_t t = lo_t; t < hi_t; t++)
-            kvqi_chan_code_put(block + off[j] + (t / 64) * 8 * (size_t)bits[j], bits[j], (uint32_t)(t % 64),
-                               kvqi_channel_code(rows[t * dim + j], l, s, bits[j]));
+        uint16_t lo_h, step_h;
+        memcpy(&lo_h, block + 2 * (size_t)j, 2);
+        memcpy(&step_h, block + 2 * ((size_t)dim + j), 2);
+        uint32_t code = kvqi_channel_code(row[j], kvqi_fp16_to_fp32(lo_h), kvqi_fp16_to_fp32(step_h), bits[j]);
+        kvqi_chan_code_put(block + at + (t / 64) * 8 * (size_t)bits[j], bits[j], (uint32_t)(t % 64), code);
     }
 }
 
@@ -136,6 +122,6 @@ void kvqi_chan_score(const kvq_cache *c, const float *q, uint32_t G, uint32_t g,
                      size_t in, size_t nb, float *scores, size_t ld, float *w) {
     uint32_t dim = c->dim;
     size_t C = c->cfg.chunk_tokens;
-    c->kern->chan_score(chunk + (size_t)g * C * c->key.code_size, c->chan_off + (size_t)g * dim,
-                        c->chan_bits + (size_t)g * dim, dim, C, q, G, in, nb, scores, ld, w);
+    c->kern->chan_score(chunk + (size_t)g * C * c->key.code_size, c->chan_bits + (size_t)g * dim, dim, C, q, G, in,
+                        nb, scores, ld, w);
 }

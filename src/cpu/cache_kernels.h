@@ -161,7 +161,8 @@ typedef struct kvqi_cache_kernels {
                         uint32_t G, const uint8_t *k, size_t n, int accumulate, float *scores,
                         size_t ld);
     /* Channel keys (cache/chan.c), one head's chunk block of C tokens (C % 64 == 0):
-     * lo[dim] and step[dim] in fp16, then from block + off[j] channel j's codes, 64
+     * lo[dim] and step[dim] in fp16, then channel after channel its codes (channel j
+     * from byte 4 dim + sum over i < j of C bits[i] / 8), 64
      * tokens at a time in bits[j] * 8 bytes as split fields (kvqi_chan_fields). For
      * tokens t in [in, in + n) inside one group of 64 (in % 64 + n <= 64) and query
      * h < G (q: [G][dim], dim % 16 == 0): scores[h * ld + t - in] = bias_h, then channel
@@ -169,13 +170,13 @@ typedef struct kvqi_cache_kernels {
      * sums fmaf(q_j, lo_j, .) into 16 lanes (lane j % 16) folded in halves (8, 4, 2, 1).
      * w: (G + 2) * dim floats of scratch; ld >= 64. Exact float operations in a fixed
      * order: every ISA gives the same bits. */
-    void (*chan_score)(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
+    void (*chan_score)(const uint8_t *block, const uint8_t *bits, uint32_t dim,
                        size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
                        size_t ld, float *w);
 } kvqi_cache_kernels;
 
 /* chan_*.c */
-void kvqi_chan_score_scalar(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
+void kvqi_chan_score_scalar(const uint8_t *block, const uint8_t *bits, uint32_t dim,
                             size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
                             size_t ld, float *w);
 /* A channel's b-bit codes of 64 tokens as fields of 4, 2 and 1 bits, low bits first
@@ -211,10 +212,10 @@ void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size
 float kvqi_cache_rot_weights_i16(const kvqi_rot_layout *L, const float *w, const uint8_t *v,
                                  size_t n, int16_t *wq);
 #if defined(KVQ_HAVE_X86_SIMD)
-void kvqi_chan_score_avx2(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
+void kvqi_chan_score_avx2(const uint8_t *block, const uint8_t *bits, uint32_t dim,
                           size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
                           size_t ld, float *w);
-void kvqi_chan_score_avx512(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
+void kvqi_chan_score_avx512(const uint8_t *block, const uint8_t *bits, uint32_t dim,
                             size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
                             size_t ld, float *w);
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k);

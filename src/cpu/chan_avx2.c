@@ -7,10 +7,9 @@
 
 #include "cpu/cache_kernels.h"
 
-void kvqi_chan_score_avx2(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
+void kvqi_chan_score_avx2(const uint8_t *block, const uint8_t *bits, uint32_t dim,
                           size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
                           size_t ld, float *w) {
-    (void)C;
     float *lo = w + (size_t)G * dim, *step = lo + dim;
     for (uint32_t j = 0; j < 2 * dim; j += 8)
         _mm256_storeu_ps(lo + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(block + 2 * (size_t)j))));
@@ -35,10 +34,11 @@ void kvqi_chan_score_avx2(const uint8_t *block, const uint32_t *off, const uint8
     /* codes of the group's 64 tokens as floats (the lanes past n ignored: ld >= 64) */
     size_t l0 = in % 64;
     float u[64 + 8];
-    for (uint32_t j = 0; j < dim; j++) {
+    size_t at = (size_t)4 * dim; /* channel j's codes: after the ranges and channels < j */
+    for (uint32_t j = 0; j < dim; at += C * bits[j] / 8, j++) {
         uint32_t b = bits[j];
         if (b == 0) continue;
-        const uint8_t *g = block + off[j] + (in / 64) * 8 * (size_t)b;
+        const uint8_t *g = block + at + (in / 64) * 8 * (size_t)b;
         for (size_t t = 0; t < n; t++) u[t] = (float)kvqi_chan_code_at(g, b, (uint32_t)(l0 + t));
         for (size_t t = n; t < 64; t++) u[t] = 0.0f;
         for (uint32_t h = 0; h < G; h++) {

@@ -95,15 +95,16 @@ static inline __attribute__((always_inline)) void decode64(const uint8_t *g, uin
         _mm512_storeu_ps(out + h * 64 + 48, a##h##3);                                               \
     }
 #define CHAN_HEADS(GH)                                                                                  \
-    static void heads_##GH(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim, \
+    static void heads_##GH(const uint8_t *block, size_t C, const uint8_t *bits, uint32_t dim,            \
                            size_t group, const float *w, const float *bias, float *out) {               \
         const unsigned gh = GH;                                                                         \
         CHAN_LOAD(0) CHAN_LOAD(1) CHAN_LOAD(2) CHAN_LOAD(3)                                             \
-        for (uint32_t j = 0; j < dim; j++) {                                                            \
+        size_t at = (size_t)4 * dim; /* channel j's codes: after the ranges and channels < j */         \
+        for (uint32_t j = 0; j < dim; at += C * bits[j] / 8, j++) {                                     \
             uint32_t b = bits[j];                                                                       \
             if (b == 0) continue;                                                                       \
             __m512i u[4];                                                                               \
-            decode64(block + off[j] + group * 8 * b, b, u);                                             \
+            decode64(block + at + group * 8 * b, b, u);                                                 \
             __m512 f0 = _mm512_cvtepi32_ps(u[0]), f1 = _mm512_cvtepi32_ps(u[1]);                        \
             __m512 f2 = _mm512_cvtepi32_ps(u[2]), f3 = _mm512_cvtepi32_ps(u[3]);                        \
             CHAN_FMA(0) CHAN_FMA(1) CHAN_FMA(2) CHAN_FMA(3)                                             \
@@ -115,10 +116,9 @@ CHAN_HEADS(2)
 CHAN_HEADS(3)
 CHAN_HEADS(4)
 
-void kvqi_chan_score_avx512(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
+void kvqi_chan_score_avx512(const uint8_t *block, const uint8_t *bits, uint32_t dim,
                             size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
                             size_t ld, float *w) {
-    (void)C;
     float *lo = w + (size_t)G * dim, *step = lo + dim;
     for (uint32_t j = 0; j < 2 * dim; j += 16)
         _mm512_storeu_ps(lo + j, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * (size_t)j))));
@@ -142,10 +142,10 @@ void kvqi_chan_score_avx512(const uint8_t *block, const uint32_t *off, const uin
         const float *wh = w + (size_t)h0 * dim;
         if (whole && ld != 64) out = tmp;
         switch (gh) {
-        case 1: heads_1(block, off, bits, dim, in / 64, wh, bias, out); break;
-        case 2: heads_2(block, off, bits, dim, in / 64, wh, bias, out); break;
-        case 3: heads_3(block, off, bits, dim, in / 64, wh, bias, out); break;
-        default: heads_4(block, off, bits, dim, in / 64, wh, bias, out); break;
+        case 1: heads_1(block, C, bits, dim, in / 64, wh, bias, out); break;
+        case 2: heads_2(block, C, bits, dim, in / 64, wh, bias, out); break;
+        case 3: heads_3(block, C, bits, dim, in / 64, wh, bias, out); break;
+        default: heads_4(block, C, bits, dim, in / 64, wh, bias, out); break;
         }
         if (out == tmp)
             for (uint32_t h = 0; h < gh; h++) memcpy(scores + (h0 + h) * ld, tmp + h * 64 + l0, n * sizeof(float));

@@ -57,16 +57,16 @@ static void prepare(const uint8_t *block, uint32_t dim, const float *q, uint32_t
     }
 }
 
-void kvqi_chan_score_scalar(const uint8_t *block, const uint32_t *off, const uint8_t *bits, uint32_t dim,
+void kvqi_chan_score_scalar(const uint8_t *block, const uint8_t *bits, uint32_t dim,
                             size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
                             size_t ld, float *w) {
-    KVQI_UNUSED(C);
     prepare(block, dim, q, G, n, scores, ld, w);
     float u[64];
-    for (uint32_t j = 0; j < dim; j++) {
+    size_t at = (size_t)4 * dim; /* channel j's codes: after the ranges and channels < j */
+    for (uint32_t j = 0; j < dim; at += C * bits[j] / 8, j++) {
         uint32_t b = bits[j];
         if (b == 0) continue;
-        const uint8_t *group = block + off[j] + (in / 64) * 8 * (size_t)b;
+        const uint8_t *group = block + at + (in / 64) * 8 * (size_t)b;
         for (size_t t = 0; t < n; t++) u[t] = (float)kvqi_chan_code_at(group, b, (uint32_t)((in + t) % 64));
         for (uint32_t h = 0; h < G; h++) {
             float wj = w[(size_t)h * dim + j], *sc = scores + h * ld;
