@@ -247,3 +247,30 @@ TEST(chat_cli_two_turns_keep_the_cache) {
              kvqt_cli_path());
     CHECK(system(cmd) != 0);
 }
+
+/* Chat samples with generate's filters: top-k 1 at any temperature is greedy decoding,
+ * and a repeat penalty is taken (it used to be refused with --chat). */
+TEST(chat_takes_the_sampling_filters) {
+    const char *dir = kvqt_tmpdir(kvqt_);
+    REQUIRE(dir);
+    char cmd[1024], a[4096] = "", b[4096] = "", path[512];
+    const char *variants[] = {"--temp 0", "--temp 0.9 --top-k 1 -s 7"};
+    char *outs[] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd, "%s generate -m " TINY " --chat --chat-template chatml -p Hi -n 12 --threads 1 "
+                 "--quiet %s > %s/out%d.txt 2> /dev/null < /dev/null", kvqt_cli_path(), variants[i], dir, i);
+        CHECK(system(cmd) == 0);
+        snprintf(path, sizeof path, "%s/out%d.txt", dir, i);
+        FILE *f = fopen(path, "r");
+        REQUIRE(f);
+        size_t got = fread(outs[i], 1, 4095, f);
+        outs[i][got] = 0;
+        fclose(f);
+    }
+    CHECKF(a[0] && !strcmp(a, b), "top-k 1 '%s' differs from greedy '%s'", b, a);
+    snprintf(cmd, sizeof cmd, "%s generate -m " TINY " --chat --chat-template chatml -p Hi -n 8 --threads 1 --quiet "
+             "--repeat-penalty 1.5 --repeat-last-n 16 --min-p 0.05 > /dev/null 2>&1 < /dev/null", kvqt_cli_path());
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "%s generate -m " TINY " --chat -p Hi --json > /dev/null 2>&1 < /dev/null", kvqt_cli_path());
+    CHECK(system(cmd) != 0);
+}

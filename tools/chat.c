@@ -172,11 +172,27 @@ static int turn(chat_state *s, const char *user, int number, size_t n_batch) {
     if (append_answer(s, "", 0)) return kvq_cli_fail("generate", "chat", KVQ_ERR_NOMEM);
     long produced = 0;
     int full = 0;
+    kvq_sampler_params sp;
+    kvq_sampler_params_init(&sp);
+    sp.temperature = o->temperature;
+    sp.top_p = o->top_p;
+    sp.top_k = o->top_k;
+    sp.min_p = o->min_p;
+    sp.repeat_penalty = o->repeat_penalty > 0.0f ? o->repeat_penalty : 1.0f;
+    int32_t recent[4096];
+    size_t n_recent = 0, last_n = o->repeat_last_n < 4096 ? o->repeat_last_n : 4096;
     while (produced < o->max_tokens) {
         int32_t tok;
-        if ((st = kvq_sample(s->ctx, s->logits, o->temperature, o->top_p, &tok)))
+        sp.recent = recent + (n_recent > last_n ? n_recent - last_n : 0);
+        sp.n_recent = n_recent < last_n ? n_recent : last_n;
+        if ((st = kvq_sample_ext(s->ctx, s->logits, &sp, &tok)))
             return kvq_cli_fail("generate", "sample", st);
         if (is_stop(s, tok)) break;
+        if (n_recent == 4096) { /* keep the newest half */
+            memmove(recent, recent + 2048, 2048 * sizeof *recent);
+            n_recent = 2048;
+        }
+        recent[n_recent++] = tok;
         char piece[256];
         size_t plen;
         if (kvq_token_to_piece(s->model, tok, piece, sizeof piece, &plen) == KVQ_OK) {

@@ -15,6 +15,11 @@ typedef struct kvq_cli_chat_opts {
     size_t n_batch;            /* the context's batch (most tokens per eval) */
     float temperature, top_p;
     int no_bos, quiet;
+    /* kvq_sample_ext's filters; the repeat penalty looks back on the last
+     * repeat_last_n tokens of the answer being written (at most 4096) */
+    uint32_t top_k;
+    float min_p, repeat_penalty;
+    size_t repeat_last_n;
 } kvq_cli_chat_opts;
 
 /* Runs the conversation on ctx (fresh) and returns the exit code. Each user turn is a

@@ -59,8 +59,9 @@ static int gen_usage(FILE *f) {
             "  --chat, -cnv       chat with the model's chat template: each line of stdin is a user\n"
             "                     turn, answered until an end-of-turn token or -n tokens; the KV cache\n"
             "                     keeps the conversation, so only each new turn is evaluated; with -p,\n"
-            "                     that one turn is answered and the program exits (sampling: --temp\n"
-            "                     and --top-p; --top-k, --min-p, --repeat-penalty and --json not yet)\n"
+            "                     that one turn is answered and the program exits (sampling: --temp,\n"
+            "                     --top-p, --top-k, --min-p and --repeat-penalty over the answer's last\n"
+            "                     --repeat-last-n tokens; --json not yet)\n"
             "  --system, -sys TEXT  system prompt for --chat (Gemma: joined to the first user turn)\n"
             "  --chat-template NAME  chatml, llama3, llama2, mistral, gemma or phi3 instead of the\n"
             "                     model's own (default: the GGUF's tokenizer.chat_template)\n"
@@ -202,9 +203,8 @@ int kvq_cmd_generate(int argc, char **argv) {
         return 1;
     }
     if (!model_path || (!prompt && !prompt_file && !chat)) return gen_usage(stderr);
-    if (chat && (top_k || min_p > 0 || repeat_penalty != 1.0 || json)) {
-        fprintf(stderr, "kvq generate: --chat samples with --temp and --top-p only (no --top-k, --min-p, "
-                        "--repeat-penalty or --json yet)\n");
+    if (chat && json) {
+        fprintf(stderr, "kvq generate: --chat streams text; --json is not available with it yet\n");
         return 1;
     }
     if (whole) {
@@ -324,7 +324,8 @@ context:;
     }
     if (chat) {
         kvq_cli_chat_opts co = {system_prompt, chat_template, prompt, n_gen, p.n_batch < p.n_ctx ? p.n_batch : p.n_ctx,
-                                (float)temp, (float)top_p, no_bos, quiet};
+                                (float)temp, (float)top_p, no_bos, quiet, (uint32_t)top_k, (float)min_p,
+                                (float)repeat_penalty, (size_t)last_n};
         rc = kvq_cli_chat(model, ctx, &co, stdin);
         goto done;
     }
