@@ -17,8 +17,8 @@
 static const kvq_cache_preset presets[] = {
     {"q4", "channel:bits=4", "mse:bits=4", 8, 1, 0, 0, 4.46,
      "4-bit per-channel keys, 4-bit rotated values (4.375 bits a number), first token and newest 8+ exact", 0},
-    {"q3", "channel:bits=3", "mse:bits=2", 8, 1, 0, 0, 2.98,
-     "3-bit per-channel keys, 2-bit rotated values (2.875 bits a number), first token and newest 8+ exact", 0},
+    {"q3", "channel:bits=3", "mse:bits=2", 8, 1, 0, 0, 2.95,
+     "3-bit per-channel keys over 128-token chunks, 2-bit rotated values (2.75 bits a number)", 128},
     {"q2", "channel:bits=2", "mse:bits=2", 8, 1, 0, 0, 2.47,
      "2-bit per-channel keys over 128-token chunks, 2-bit values (2.25 bits a number)", 128},
 };
