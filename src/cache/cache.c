@@ -889,10 +889,12 @@ static kvq_status encode_tokens(kvq_cache *c, const row_source *src, size_t pos,
     while (n > 0) {
         size_t in_chunk = pos % C, cnt = KVQI_MIN(KVQI_MIN(n, C - in_chunk), (size_t)KVQI_ENCODE_ROWS);
         uint8_t *ch = c->chunks[pos / C];
+        /* channel keys are coded a whole chunk at a time (encode_chan_chunks): values only */
+        int keys = c->key.path != KVQI_PATH_CHAN;
         for (uint32_t g = 0; g < c->n_kv; g++) {
             const uint8_t *mask = c->n_out ? c->outlier_mask + (size_t)g * c->dim : NULL;
             const uint16_t *idx = c->n_out ? c->outlier_idx + (size_t)g * c->n_out : NULL;
-            for (size_t t = 0; t < cnt; t++) {
+            for (size_t t = 0; t < cnt && keys; t++) {
                 float *dst = c->enc_buf + t * c->dim;
                 fetch_row(c, src, pos + t, g, 0, dst);
                 if (mask) {
@@ -906,9 +908,8 @@ static kvq_status encode_tokens(kvq_cache *c, const row_source *src, size_t pos,
                     for (uint32_t j = 0; j < c->dim; j++) dst[j] -= mu[j];
                 }
             }
-            kvq_status st = KVQ_OK;
-            if (c->key.path != KVQI_PATH_CHAN) /* channel keys: whole chunks, below */
-                st = kvqi_cache_encode_keys(c, c->enc_buf, pos, cnt, ch + ((size_t)g * C + in_chunk) * ks);
+            kvq_status st = keys ? kvqi_cache_encode_keys(c, c->enc_buf, pos, cnt, ch + ((size_t)g * C + in_chunk) * ks)
+                                 : KVQ_OK;
             if (st != KVQ_OK) return st;
             for (uint32_t o = 0; o < c->n_out; o++) /* channel-major: a block is contiguous */
                 memcpy(ch + c->off_outliers + (((size_t)g * c->n_out + o) * C + in_chunk) * 2,

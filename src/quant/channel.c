@@ -49,24 +49,6 @@ uint32_t kvqi_channel_code(float x, float lo, float step, uint32_t bits) {
     return v <= 0.0f ? 0u : v >= top ? (uint32_t)top : (uint32_t)v;
 }
 
-void kvqi_bits_put(uint8_t *dst, size_t bit, uint32_t bits, uint32_t v) {
-    for (uint32_t b = 0; b < bits; b++, bit++) {
-        uint8_t m = (uint8_t)(1u << (bit & 7));
-        if ((v >> b) & 1u)
-            dst[bit >> 3] |= m;
-        else
-            dst[bit >> 3] &= (uint8_t)~m;
-    }
-}
-
-uint32_t kvqi_bits_get(const uint8_t *src, size_t bit, uint32_t bits) {
-    /* at most 8 bits spanning at most two bytes; the second only when needed */
-    size_t i = bit >> 3;
-    uint32_t sh = (uint32_t)(bit & 7), v = src[i];
-    if (sh + bits > 8) v |= (uint32_t)src[i + 1] << 8;
-    return (v >> sh) & ((1u << bits) - 1u);
-}
-
 static kvq_status channel_encode(const kvq_quantizer *q, const float *x, size_t n, uint8_t *codes) {
     uint32_t d = q->cfg.dim, bits = q->cfg.bits;
     for (size_t i = 0; i < n; i++) {
@@ -82,9 +64,9 @@ static kvq_status channel_encode(const kvq_quantizer *q, const float *x, size_t 
         memcpy(c, &lo_h, 2);
         memcpy(c + 2, &step_h, 2);
         float l = kvqi_fp16_to_fp32(lo_h), s = kvqi_fp16_to_fp32(step_h);
-        memset(c + 4, 0, (size_t)d * bits / 8);
-        for (uint32_t j = 0; j < d; j++)
-            kvqi_bits_put(c + 4, (size_t)j * bits, bits, kvqi_channel_code(v[j], l, s, bits));
+        uint8_t idx[KVQI_QUANT_MAX_DIM];
+        for (uint32_t j = 0; j < d; j++) idx[j] = (uint8_t)kvqi_channel_code(v[j], l, s, bits);
+        kvqi_pack_bits(idx, d, bits, c + 4);
     }
     return KVQ_OK;
 }
@@ -97,8 +79,9 @@ static kvq_status channel_decode(const kvq_quantizer *q, const uint8_t *codes, s
         memcpy(&lo_h, c, 2);
         memcpy(&step_h, c + 2, 2);
         float l = kvqi_fp16_to_fp32(lo_h), s = kvqi_fp16_to_fp32(step_h);
-        for (uint32_t j = 0; j < d; j++)
-            x[i * d + j] = l + s * (float)kvqi_bits_get(c + 4, (size_t)j * bits, bits);
+        uint8_t idx[KVQI_QUANT_MAX_DIM];
+        kvqi_unpack_bits(c + 4, d, bits, idx);
+        for (uint32_t j = 0; j < d; j++) x[i * d + j] = l + s * (float)idx[j];
     }
     return KVQ_OK;
 }
@@ -114,8 +97,10 @@ static kvq_status channel_score(const kvq_quantizer *q, const float *query, cons
         uint16_t lo_h, step_h;
         memcpy(&lo_h, c, 2);
         memcpy(&step_h, c + 2, 2);
+        uint8_t idx[KVQI_QUANT_MAX_DIM];
+        kvqi_unpack_bits(c + 4, d, bits, idx);
         double acc = 0.0;
-        for (uint32_t j = 0; j < d; j++) acc += (double)query[j] * kvqi_bits_get(c + 4, (size_t)j * bits, bits);
+        for (uint32_t j = 0; j < d; j++) acc += (double)query[j] * idx[j];
         scores[i] = (float)(kvqi_fp16_to_fp32(lo_h) * qsum + kvqi_fp16_to_fp32(step_h) * acc);
     }
     return KVQ_OK;

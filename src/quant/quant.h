@@ -101,11 +101,9 @@ extern const kvqi_method kvqi_method_channel;
 
 /* channel.c: the asymmetric uniform code shared with the cache's per-channel keys.
  * range: fp16 minimum and step (rounded up) of [lo, hi] in 2^bits - 1 steps; code: the
- * nearest level, clamped; bits_put/get: `bits` (1..8) bits at a bit offset, LSB first. */
+ * nearest level, clamped. */
 void kvqi_channel_range(float lo, float hi, uint32_t bits, uint16_t *lo_h, uint16_t *step_h);
 uint32_t kvqi_channel_code(float x, float lo, float step, uint32_t bits);
-void kvqi_bits_put(uint8_t *dst, size_t bit, uint32_t bits, uint32_t v);
-uint32_t kvqi_bits_get(const uint8_t *src, size_t bit, uint32_t bits);
 
 /* artifact.c: calibrated methods' artifacts (kvq_config.artifact, files written by
  * kvq_quantizer_save). check: the header is a kvq quantizer of cfg's method, dim and code
