@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,6 +80,39 @@ int kvqt_run_cli(kvqt_ctx *t, const char *args, char *err, size_t err_size) {
         }
     }
     return rc != -1 && WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+/* Causal GQA attention in double: q [nq][H][dim], k/v [n][n_kv][dim]. */
+void kvqt_ref_attend(const float *q, const float *k, const float *v, size_t n, uint32_t n_kv,
+                     uint32_t H, uint32_t dim, size_t nq, float scale, float *out) {
+    uint32_t G = H / n_kv;
+    double *s = malloc(n * sizeof(double));
+    for (size_t i = 0; i < nq; i++) {
+        size_t visible = n - nq + i + 1;
+        for (uint32_t h = 0; h < H; h++) {
+            uint32_t g = h / G;
+            const float *qh = q + (i * H + h) * dim;
+            double m = -1e300, l = 0.0;
+            for (size_t t = 0; t < visible; t++) {
+                const float *kt = k + (t * n_kv + g) * dim;
+                double d = 0.0;
+                for (uint32_t j = 0; j < dim; j++) d += (double)qh[j] * kt[j];
+                s[t] = d * scale;
+                if (s[t] > m) m = s[t];
+            }
+            for (size_t t = 0; t < visible; t++) {
+                s[t] = exp(s[t] - m);
+                l += s[t];
+            }
+            float *o = out + (i * H + h) * dim;
+            for (uint32_t j = 0; j < dim; j++) {
+                double a = 0.0;
+                for (size_t t = 0; t < visible; t++) a += s[t] * v[(t * n_kv + g) * dim + j];
+                o[j] = (float)(a / l);
+            }
+        }
+    }
+    free(s);
 }
 
 int kvqt_write_fox_text(const char *path) {

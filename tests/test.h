@@ -34,6 +34,10 @@ const char *kvqt_tmpdir(kvqt_ctx *t);
 int kvqt_run_cli(kvqt_ctx *t, const char *args, char *err, size_t err_size);
 /* Writes forty sentences of the tiny models' vocabulary to path; 0 on failure. */
 int kvqt_write_fox_text(const char *path);
+/* Causal GQA attention in double: q [nq][H][dim], k/v [n][n_kv][dim]; query i sees the
+ * first n - nq + i + 1 tokens. out [nq][H][dim]. */
+void kvqt_ref_attend(const float *q, const float *k, const float *v, size_t n, uint32_t n_kv,
+                     uint32_t H, uint32_t dim, size_t nq, float scale, float *out);
 
 #define TEST(name) void kvq_test_##name(kvqt_ctx *kvqt_)
 

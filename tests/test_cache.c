@@ -24,39 +24,6 @@ static float *make_kv(size_t n, uint32_t n_kv, uint32_t dim, uint64_t seed, uint
     return x;
 }
 
-/* Causal GQA attention in double: q [nq][H][dim], k/v [n][n_kv][dim]. */
-static void ref_attend(const float *q, const float *k, const float *v, size_t n, uint32_t n_kv,
-                       uint32_t H, uint32_t dim, size_t nq, float scale, float *out) {
-    uint32_t G = H / n_kv;
-    double *s = malloc(n * sizeof(double));
-    for (size_t i = 0; i < nq; i++) {
-        size_t visible = n - nq + i + 1;
-        for (uint32_t h = 0; h < H; h++) {
-            uint32_t g = h / G;
-            const float *qh = q + (i * H + h) * dim;
-            double m = -1e300, l = 0.0;
-            for (size_t t = 0; t < visible; t++) {
-                const float *kt = k + (t * n_kv + g) * dim;
-                double d = 0.0;
-                for (uint32_t j = 0; j < dim; j++) d += (double)qh[j] * kt[j];
-                s[t] = d * scale;
-                if (s[t] > m) m = s[t];
-            }
-            for (size_t t = 0; t < visible; t++) {
-                s[t] = exp(s[t] - m);
-                l += s[t];
-            }
-            float *o = out + (i * H + h) * dim;
-            for (uint32_t j = 0; j < dim; j++) {
-                double a = 0.0;
-                for (size_t t = 0; t < visible; t++) a += s[t] * v[(t * n_kv + g) * dim + j];
-                o[j] = (float)(a / l);
-            }
-        }
-    }
-    free(s);
-}
-
 /* Rounds to the nearest fp16 value: the exact window and sinks hold fp16 copies. */
 static void round_fp16(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(x[i]));
@@ -108,7 +75,7 @@ TEST(cache_fp16_matches_fp32_reference) {
     float *ref = malloc(nq * H * dim * sizeof(float)), *out = malloc(nq * H * dim * sizeof(float));
     REQUIRE(k && v && q && ref && out);
     float scale = 1.0f / sqrtf((float)dim);
-    ref_attend(q, k, v, n, n_kv, H, dim, nq, scale, ref);
+    kvqt_ref_attend(q, k, v, n, n_kv, H, dim, nq, scale, ref);
     static const uint32_t chunks[] = {64, 7, 256};
     for (size_t ci = 0; ci < 3; ci++) {
         kvq_cache *c;
@@ -132,7 +99,7 @@ TEST(cache_fp16_matches_fp32_reference) {
         memcpy(k1 + t * dim, k + t * dim, dim * sizeof(float));
         memcpy(v1 + t * dim, v + t * dim, dim * sizeof(float));
     }
-    ref_attend(q, k1, v1, n, 1, H, dim, nq, scale, ref1);
+    kvqt_ref_attend(q, k1, v1, n, 1, H, dim, nq, scale, ref1);
     kvq_cache *c;
     REQUIRE_OK(make_cache("fp16", "fp16", 1, dim, 0, 0, 0, &c));
     REQUIRE_OK(kvq_cache_append(c, k1, v1, n));
@@ -152,7 +119,7 @@ TEST(cache_error_falls_with_bits) {
     /* queries aligned with some keys, so attention is peaked as in real models */
     for (uint32_t h = 0; h < H; h++)
         for (uint32_t j = 0; j < dim; j++) q[h * dim + j] += 2.0f * k[(37 * h * n_kv) * dim + j];
-    ref_attend(q, k, v, n, n_kv, H, dim, nq, 1.0f / sqrtf((float)dim), ref);
+    kvqt_ref_attend(q, k, v, n, n_kv, H, dim, nq, 1.0f / sqrtf((float)dim), ref);
     static const char *families[][5] = {
         {"q4_0", "q8_0", "fp16", NULL},
         {"mse:bits=1", "mse:bits=2", "mse:bits=3", "mse:bits=4", NULL},
@@ -224,7 +191,7 @@ TEST(cache_window_keeps_newest_exact) {
         }
     }
     float scale = 1.0f / sqrtf((float)dim);
-    ref_attend(q, kd, vd, n, n_kv, H, dim, nq, scale, ref);
+    kvqt_ref_attend(q, kd, vd, n, n_kv, H, dim, nq, scale, ref);
     REQUIRE_OK(kvq_cache_attend(c, q, H, nq, scale, NULL, out));
     double e = rel_err(out, ref, nq * H * dim);
     CHECKF(e < 2e-4, "mixed exact/decoded reference: relative error %.3g", e);
@@ -233,12 +200,12 @@ TEST(cache_window_keeps_newest_exact) {
     REQUIRE(qs);
     for (uint32_t h = 0; h < H; h++)
         for (uint32_t j = 0; j < dim; j++) qs[h * dim + j] = 40.0f * k[((n - 1) * n_kv + h / 2) * dim + j];
-    ref_attend(qs, k, v, n, n_kv, H, dim, 1, scale, ref);
+    kvqt_ref_attend(qs, k, v, n, n_kv, H, dim, 1, scale, ref);
     REQUIRE_OK(kvq_cache_attend(c, qs, H, 1, scale, NULL, out));
     e = rel_err(out, ref, H * dim);
     CHECKF(e < 1e-5, "peaked on the newest token: relative error %.3g", e);
     /* and the window lowers the error against exact attention */
-    ref_attend(q, k, v, n, n_kv, H, dim, nq, scale, ref);
+    kvqt_ref_attend(q, k, v, n, n_kv, H, dim, nq, scale, ref);
     double with = config_error("mse:bits=2", "mse:bits=2", 64, 0, k, v, q, ref, n, n_kv, H, dim, nq);
     double without = config_error("mse:bits=2", "mse:bits=2", 0, 0, k, v, q, ref, n, n_kv, H, dim, nq);
     CHECKF(with >= 0 && with < without, "window 64: %.4g, none: %.4g", with, without);
@@ -253,7 +220,7 @@ TEST(cache_outliers_reduce_error) {
     float *k = make_kv(n, n_kv, dim, 31, 4, 12.0f), *v = make_kv(n, n_kv, dim, 32, 0, 1);
     float *q = make_kv(nq, H, dim, 33, 0, 1), *ref = malloc(nq * H * dim * sizeof(float));
     REQUIRE(k && v && q && ref);
-    ref_attend(q, k, v, n, n_kv, H, dim, nq, 1.0f / sqrtf((float)dim), ref);
+    kvqt_ref_attend(q, k, v, n, n_kv, H, dim, nq, 1.0f / sqrtf((float)dim), ref);
     static const char *specs[] = {"mse:bits=2", "q4_0", "mse:bits=4"};
     for (size_t i = 0; i < 3; i++) {
         double plain = config_error(specs[i], "fp16", 0, 0, k, v, q, ref, n, n_kv, H, dim, nq);
@@ -1145,7 +1112,7 @@ TEST(cache_sink_tokens_exact) {
     REQUIRE(k && v && q && ref && out);
     round_fp16(k, n * n_kv * dim);
     round_fp16(v, n * n_kv * dim);
-    ref_attend(q, k, v, n, n_kv, H, dim, nq, 0.125f, ref);
+    kvqt_ref_attend(q, k, v, n, n_kv, H, dim, nq, 0.125f, ref);
     kvq_threadpool *pool;
     REQUIRE_OK(kvq_threadpool_create(4, &pool));
     kvq_cache_config cfg;
@@ -1172,7 +1139,7 @@ TEST(cache_sink_tokens_exact) {
         for (uint32_t h = 0; h < H; h++)
             for (uint32_t j = 0; j < dim; j++)
                 k[(h / 3) * dim + j] += 2.0f * q[(i * H + h) * dim + j];
-    ref_attend(q, k, v, n, n_kv, H, dim, nq, 0.125f, ref);
+    kvqt_ref_attend(q, k, v, n, n_kv, H, dim, nq, 0.125f, ref);
     double err[2];
     for (int with = 0; with < 2; with++) {
         cfg.n_sink = with ? 1 : 0;
@@ -1200,7 +1167,7 @@ TEST(cache_centered_keys_cut_error) {
     REQUIRE(k && v && q && ref && out);
     for (size_t i = 0; i < n * n_kv; i++)
         for (uint32_t j = 0; j < 4; j++) k[i * dim + j] += 8.0f;
-    ref_attend(q, k, v, n, n_kv, H, dim, nq, 0.125f, ref);
+    kvqt_ref_attend(q, k, v, n, n_kv, H, dim, nq, 0.125f, ref);
     double err[2];
     for (int center = 0; center < 2; center++) {
         kvq_cache_config cfg;
@@ -1292,7 +1259,7 @@ TEST(cache_window_grows_with_the_context) {
     /* every token still in the window: fp16, no codes, the ring in powers of two */
     CHECK(m.key_codes == 0 && m.value_codes == 0);
     CHECK(m.window == (uint64_t)2 * 128 * n_kv * dim * sizeof(uint16_t));
-    ref_attend(q, k, v, n, n_kv, H, dim, 1, 0.125f, ref);
+    kvqt_ref_attend(q, k, v, n, n_kv, H, dim, 1, 0.125f, ref);
     REQUIRE_OK(kvq_cache_attend(c, q, H, 1, 0.125f, NULL, out));
     CHECKF(rel_err(out, ref, H * dim) < 1e-5, "all in the window: %.3g", rel_err(out, ref, H * dim));
     uint64_t fit = 0;
@@ -1334,7 +1301,7 @@ TEST(cache_sliding_window) {
             /* reference: each query over its own last SW positions */
             for (size_t i = 0; i < nb; i++) {
                 size_t p = have - nb + i, lo = p + 1 > SW ? p + 1 - SW : 0;
-                ref_attend(q + p * H * dim, k + lo * n_kv * dim, v + lo * n_kv * dim, p + 1 - lo, n_kv, H, dim,
+                kvqt_ref_attend(q + p * H * dim, k + lo * n_kv * dim, v + lo * n_kv * dim, p + 1 - lo, n_kv, H, dim,
                            1, 0.125f, ref + i * H * dim);
             }
             double e = rel_err(out, ref, nb * H * dim);

@@ -155,29 +155,6 @@ TEST(channel_cache_keys_within_half_step) {
     free(k), free(v);
 }
 
-static void ref_attend1(const float *q, const float *k, const float *v, size_t n, uint32_t n_kv, uint32_t H,
-                        uint32_t dim, float scale, float *out) {
-    uint32_t G = H / n_kv;
-    double *s = malloc(n * sizeof(double));
-    for (uint32_t h = 0; h < H; h++) {
-        uint32_t g = h / G;
-        double m = -1e300, l = 0.0;
-        for (size_t t = 0; t < n; t++) {
-            double d = 0.0;
-            for (uint32_t j = 0; j < dim; j++) d += (double)q[h * dim + j] * k[(t * n_kv + g) * dim + j];
-            s[t] = d * scale;
-            if (s[t] > m) m = s[t];
-        }
-        for (size_t t = 0; t < n; t++) l += (s[t] = exp(s[t] - m));
-        for (uint32_t j = 0; j < dim; j++) {
-            double a = 0.0;
-            for (size_t t = 0; t < n; t++) a += s[t] * v[(t * n_kv + g) * dim + j];
-            out[h * dim + j] = (float)(a / l);
-        }
-    }
-    free(s);
-}
-
 static double attend_err(const char *spec, const float *k, const float *v, const float *q, size_t n,
                          uint32_t n_kv, uint32_t H, uint32_t dim, const float *ref) {
     kvq_cache_config cfg;
@@ -221,7 +198,7 @@ TEST(channel_cache_attention_beats_rotated_keys) {
         k[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(k[i]));
         v[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(v[i]));
     }
-    ref_attend1(q, k, v, n, n_kv, H, dim, 1.0f / 8.0f, ref);
+    kvqt_ref_attend(q, k, v, n, n_kv, H, dim, 1, 1.0f / 8.0f, ref);
     double ech = attend_err("channel:bits=4+fp16@sink=1", k, v, q, n, n_kv, H, dim, ref);
     /* the same exact tokens for both: channel keys hold 300 - 256 = 44 in the ring */
     double emse = attend_err("mse:bits=4+fp16@sink=1,center=1,window=44", k, v, q, n, n_kv, H, dim, ref);
@@ -376,8 +353,8 @@ TEST(channel_cache_sliding_window) {
         REQUIRE_OK(kvq_cache_attend(c, q + (have - nb) * H * dim, H, nb, 0.125f, NULL, out));
         for (size_t i = 0; i < nb; i++) {
             size_t p = have - nb + i, lo = p + 1 > SW ? p + 1 - SW : 0;
-            ref_attend1(q + p * H * dim, k + lo * n_kv * dim, v + lo * n_kv * dim, p + 1 - lo, n_kv, H, dim,
-                        0.125f, ref + i * H * dim);
+            kvqt_ref_attend(q + p * H * dim, k + lo * n_kv * dim, v + lo * n_kv * dim, p + 1 - lo, n_kv, H, dim, 1,
+                            0.125f, ref + i * H * dim);
         }
         double num = 0.0, den = 0.0;
         for (size_t i = 0; i < nb * H * dim; i++) {
