@@ -93,7 +93,8 @@ static float *rope_like(size_t n, uint32_t n_kv, uint32_t dim, uint64_t seed) {
 }
 
 /* Per head of every whole chunk: each coded key within half a step of its channel's
- * range over the chunk's tokens (sinks left out), bits summing to bits * dim. */
+ * range over the chunk's tokens (sinks left out), bits summing to bits * dim; channels
+ * of 1-2 bits on their least-squares grid, with less squared error than min-max's. */
 TEST(channel_cache_keys_within_half_step) {
     const uint32_t n_kv = 2, dim = 64, C = 64;
     const size_t n = 200;
@@ -113,7 +114,8 @@ TEST(channel_cache_keys_within_half_step) {
         /* the fastest-turning channel spans more than a persistent one: more bits */
         CHECK(c->chan_bits[g * dim + dim / 2] > c->chan_bits[g * dim]);
     }
-    double worst = 0.0;
+    double worst = 0.0, sse_fit = 0.0, sse_minmax = 0.0;
+    uint32_t fitted = 0;
     for (size_t ch = 0; ch * C < c->n_coded; ch++)
         for (uint32_t g = 0; g < n_kv; g++) {
             const uint8_t *blk = c->chunks[ch] + (size_t)g * C * c->key.code_size;
@@ -129,6 +131,13 @@ TEST(channel_cache_keys_within_half_step) {
                     mn = fminf(mn, x);
                     mx = fmaxf(mx, x);
                 }
+                /* channels of 1-2 bits: the least-squares grid (kvqi_chan_fit), whose
+                 * squared error is checked against the minimum-maximum grid's */
+                int fit = b >= 1 && b <= KVQI_CHAN_REFINE_BITS;
+                uint16_t mm_lo_h = 0, mm_st_h = 0;
+                if (fit) kvqi_channel_range(mn - c->key_mean[g * dim + j], mx - c->key_mean[g * dim + j], b, &mm_lo_h, &mm_st_h);
+                double e_fit = 0.0, e_mm = 0.0, e_q8 = 0.0;
+                fitted += fit;
                 for (size_t t = ch ? 0 : 1; t < C; t++) {
                     const float *row = k + ((ch * C + t) * n_kv + g) * dim, *mu = c->key_mean + g * dim;
                     float x = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(row[j])), amax = 0.0f;
@@ -145,12 +154,28 @@ TEST(channel_cache_keys_within_half_step) {
                     /* the ring's q8_0 copy (half its step: amax / 254 of the token's block
                      * of 32, on the value and on the range), then fp16 minimum and step */
                     bound += 3.0 * amax / 254.0 + 2e-3 * (fabsf(mx) + fabsf(mn)) + 1e-6;
+                    if (fit) {
+                        float l = kvqi_fp16_to_fp32(mm_lo_h), s = kvqi_fp16_to_fp32(mm_st_h), xc = x - mu[j];
+                        float ym = l + s * (float)kvqi_channel_code(xc, l, s, b);
+                        e_fit += (double)(x - y) * (x - y);
+                        e_mm += (double)(xc - ym) * (xc - ym);
+                        e_q8 += (double)amax * amax / (254.0 * 254.0);
+                        continue;
+                    }
                     double e = fabs(x - y) / bound;
                     if (e > worst) worst = e;
                 }
+                /* per channel: never worse than min-max beyond the ring's q8_0 noise (the
+                 * fit sees the ring's rows, whose half step may rival a small channel) */
+                CHECKF(sqrt(e_fit) <= sqrt(1.05 * e_mm) + 2.0 * sqrt(e_q8) + 1e-3 * (mx - mn) * sqrt((double)C),
+                       "chunk %zu head %u channel %u: %g > %g", ch, g, j, e_fit, e_mm);
+                sse_fit += e_fit;
+                sse_minmax += e_mm;
             }
         }
     CHECKF(worst <= 1.0, "worst error %.3f of the bound", worst);
+    CHECK(fitted > 0);
+    CHECKF(sse_fit < 0.8 * sse_minmax, "fitted grids: squared error %g, min-max %g", sse_fit, sse_minmax);
     kvq_cache_free(c);
     free(k), free(v);
 }

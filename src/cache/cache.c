@@ -932,8 +932,9 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
                                size_t valid_lo) {
     size_t C = c->cfg.chunk_tokens;
     uint32_t dim = c->dim;
-    /* enc_buf (8 rows): the row being read, then each channel's minimum and maximum */
-    float *row = c->enc_buf, *lo = row + dim, *hi = lo + dim;
+    /* enc_buf (8 rows): the row being read, then each channel's minimum and maximum,
+     * and in their place the sums of a refinement (4 rows) */
+    float *row = c->enc_buf, *lo = row + dim, *hi = lo + dim, *acc = lo;
     for (; pos < end; pos += C) {
         uint8_t *ch = c->chunks[pos / C];
         size_t lo_t = valid_lo > pos ? KVQI_MIN(valid_lo - pos, C) : 0;
@@ -944,7 +945,11 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
                 lo[j] = INFINITY;
                 hi[j] = -INFINITY;
             }
-            for (int pass = 0; pass < 2; pass++) {
+            /* pass 0: minimum and maximum; then KVQI_CHAN_REFINE least-squares
+             * refinements of the ranges; the last pass writes the codes */
+            for (int pass = 0; pass < 2 + KVQI_CHAN_REFINE; pass++) {
+                int refine = pass > 0 && pass <= KVQI_CHAN_REFINE;
+                if (refine) memset(acc, 0, (size_t)4 * dim * sizeof(float));
                 for (size_t t = lo_t; t < C; t++) {
                     fetch_row(c, src, pos + t, g, 0, row);
                     if (mu)
@@ -954,11 +959,14 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
                             lo[j] = fminf(lo[j], row[j]);
                             hi[j] = fmaxf(hi[j], row[j]);
                         }
+                    } else if (refine) {
+                        kvqi_chan_accumulate(c, g, row, block, acc);
                     } else {
                         kvqi_chan_put_row(c, g, row, t, block);
                     }
                 }
                 if (pass == 0) kvqi_chan_ranges(c, g, lo, hi, block);
+                else if (refine) kvqi_chan_fit(c, g, acc, C - lo_t, block);
             }
         }
     }

@@ -14,6 +14,10 @@
 #define KVQI_OUTLIER_PROBE_TOKENS 32u
 /* Rows handed to the quantizer per encode call (bounds the encode buffer). */
 #define KVQI_ENCODE_ROWS 8u
+/* least-squares refinements of a channel-key chunk's ranges, for channels of at most
+ * KVQI_CHAN_REFINE_BITS bits (chan.c, kvqi_chan_fit) */
+#define KVQI_CHAN_REFINE 3
+#define KVQI_CHAN_REFINE_BITS 2u
 /* Tokens per softmax block inside a chunk: scores for G heads, one rescale per block. */
 #define KVQI_ATTEND_BLOCK KVQI_MAX_BLOCK_TOKENS
 
@@ -131,6 +135,8 @@ kvq_status kvqi_chan_init(kvq_cache *c);
 void kvqi_chan_free(kvq_cache *c);
 void kvqi_chan_allocate(kvq_cache *c, const float *stage);
 void kvqi_chan_ranges(const kvq_cache *c, uint32_t g, const float *lo, const float *hi, uint8_t *block);
+void kvqi_chan_accumulate(const kvq_cache *c, uint32_t g, const float *row, const uint8_t *block, float *acc);
+void kvqi_chan_fit(const kvq_cache *c, uint32_t g, const float *acc, size_t n, uint8_t *block);
 void kvqi_chan_put_row(const kvq_cache *c, uint32_t g, const float *row, size_t t, uint8_t *block);
 void kvqi_chan_score(const kvq_cache *c, const float *q, uint32_t G, uint32_t g, const uint8_t *chunk,
                      size_t in, size_t nb, float *scores, size_t ld, float *w);
