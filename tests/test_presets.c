@@ -101,16 +101,6 @@ static void first_sentence(const char *text, char *out, size_t cap) {
     out[i] = 0;
 }
 
-/* Words (space-separated) that two texts share from their start. */
-static int common_words(const char *a, const char *b) {
-    int words = 0;
-    size_t i = 0;
-    for (; a[i] && a[i] == b[i]; i++)
-        if (a[i] == ' ') words++;
-    if (!a[i] && !b[i]) words++;
-    return words;
-}
-
 static int generate_answer(const char *dir, const char *question, const char *cache, char *out, size_t cap) {
     char path[512], cmd[2048];
     snprintf(path, sizeof path, "%s/prompt.txt", dir);
@@ -121,7 +111,7 @@ static int generate_answer(const char *dir, const char *question, const char *ca
     fprintf(f, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
                "Face<|im_end|>\n<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n", question);
     fclose(f);
-    snprintf(cmd, sizeof cmd, "%s generate -m " SMOLLM2 " -p \"$(cat %s)\" -n 32 --threads 2 --quiet %s%s "
+    snprintf(cmd, sizeof cmd, "%s generate -m " SMOLLM2 " -p \"$(cat %s)\" -n 32 --threads 2 --quiet --float-activations %s%s "
              "> %s/answer.txt 2> /dev/null", kvqt_cli_path(), path, cache ? "--cache-preset " : "",
              cache ? cache : "", dir);
     if (system(cmd) != 0) return -1;
@@ -180,23 +170,19 @@ TEST(presets_real_model_q4) {
     CHECKF(q4->kl < 0.008 && q4->top1 > 92.0, "q4 KL %.4f, top-1 %.1f %%", q4->kl, q4->top1);
     CHECKF(q4->bits > 4.375 && q4->bits <= 5.1, "q4 holds %.2f bits per number", q4->bits);
 
-    /* greedy answers: the q4 preset's first sentence against fp16's. Recorded (bench/
-     * RESULTS.md): identical in 0 of 5 at 2 threads, the same first 7 or more words in 4
-     * of 5 (the fifth, fp16's own answer, derails after one word) */
+    /* greedy answers with float activations: the q4 preset's first sentence is fp16's,
+     * on all five (recorded in bench/RESULTS.md: the same 32 tokens on all five, q3 and q2
+     * too). With the default int8 activations greedy text is chaotic at this size: exact
+     * f32 KV already leaves fp16's answer on two of the five, the way q4 does. */
     static const char *questions[] = {"What is the capital of France?", "How many legs does a spider have?",
                                       "What color is the sky on a clear day?",
                                       "Name the largest planet in the solar system.", "What do bees make?"};
-    int close = 0;
     for (size_t i = 0; i < 5; i++) {
         char a[512], b[512];
         REQUIRE(generate_answer(dir, questions[i], NULL, a, sizeof a) == 0);
         REQUIRE(generate_answer(dir, questions[i], "q4", b, sizeof b) == 0);
-        CHECKF(a[0] && b[0], "empty answer to '%s'", questions[i]);
-        int words = common_words(a, b);
-        if (words >= 5) close++;
-        else fprintf(stderr, "    q4 differs early on '%s': fp16 '%s', q4 '%s'\n", questions[i], a, b);
+        CHECKF(a[0] && strcmp(a, b) == 0, "'%s': fp16 '%s', q4 '%s'", questions[i], a, b);
     }
-    CHECKF(close >= 4, "q4 keeps fp16's first 5 words in %d of 5 answers", close);
 }
 
 /* Memory held by a preset's cache on a SmolLM2-shaped layer (3 KV heads x 64, 9 query
