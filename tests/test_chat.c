@@ -271,6 +271,82 @@ TEST(chat_takes_the_sampling_filters) {
     snprintf(cmd, sizeof cmd, "%s generate -m " TINY " --chat --chat-template chatml -p Hi -n 8 --threads 1 --quiet "
              "--repeat-penalty 1.5 --repeat-last-n 16 --min-p 0.05 > /dev/null 2>&1 < /dev/null", kvqt_cli_path());
     CHECK(system(cmd) == 0);
-    snprintf(cmd, sizeof cmd, "%s generate -m " TINY " --chat -p Hi --json > /dev/null 2>&1 < /dev/null", kvqt_cli_path());
-    CHECK(system(cmd) != 0);
+}
+
+/* Whether the JSON string at j (past its opening quote) spells the bytes of plain, as
+ * the CLI's writer escapes them (\ufffd for a byte that is not UTF-8). */
+static int json_spells(const char *j, const char *plain) {
+    const unsigned char *p = (const unsigned char *)plain;
+    while (*j && *j != '"') {
+        if (*j != '\\') {
+            if ((unsigned char)*j++ != *p++) return 0;
+            continue;
+        }
+        char e = j[1];
+        if (e == 'u') {
+            unsigned v = 0;
+            if (sscanf(j + 2, "%4x", &v) != 1) return 0;
+            if (v == 0xfffd ? *p < 0x80 : v != *p) return 0;
+            p++;
+            j += 6;
+            continue;
+        }
+        int c = e == 'n' ? '\n' : e == 't' ? '\t' : e == 'r' ? '\r' : e;
+        if (*p++ != c) return 0;
+        j += 2;
+    }
+    return *j == '"' && *p == 0;
+}
+
+/* --chat --json: one JSON object per turn, one per line, whose text is the streamed
+ * answer of the same greedy run and whose counts follow the conversation. */
+TEST(chat_json_lines_per_turn) {
+    const char *dir = kvqt_tmpdir(kvqt_);
+    REQUIRE(dir);
+    char cmd[1024], path[512], text[4096] = "", line[8192];
+    snprintf(path, sizeof path, "%s/turns.txt", dir);
+    FILE *f = fopen(path, "w");
+    REQUIRE(f);
+    fputs("Hello \"there\"\nAgain\n", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s generate -m " TINY " --chat --chat-template chatml -n 6 --threads 1 --quiet "
+             "< %s > %s/plain.txt 2> /dev/null", kvqt_cli_path(), path, dir);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "%s generate -m " TINY " --chat --chat-template chatml -n 6 --threads 1 --quiet --json "
+             "< %s > %s/json.txt 2> /dev/null", kvqt_cli_path(), path, dir);
+    CHECK(system(cmd) == 0);
+    snprintf(path, sizeof path, "%s/plain.txt", dir);
+    f = fopen(path, "r");
+    REQUIRE(f);
+    size_t got = fread(text, 1, sizeof text - 1, f);
+    text[got] = 0;
+    fclose(f);
+    char *nl = strchr(text, '\n'); /* the first turn's answer */
+    REQUIRE(nl);
+    *nl = 0;
+    snprintf(path, sizeof path, "%s/json.txt", dir);
+    f = fopen(path, "r");
+    REQUIRE(f);
+    int objects = 0;
+    long ctx_prev = 0;
+    while (fgets(line, sizeof line, f)) {
+        objects++;
+        size_t n = strlen(line);
+        CHECKF(line[0] == '{' && n > 2 && line[n - 2] == '}' && line[n - 1] == '\n', "not one object a line: %s", line);
+        char key[32];
+        snprintf(key, sizeof key, "\"turn\": %d,", objects);
+        CHECKF(strstr(line, key) != NULL, "turn %d missing: %s", objects, line);
+        if (objects == 1) CHECK(strstr(line, "\"user\": \"Hello \\\"there\\\"\"") != NULL);
+        const char *t = strstr(line, "\"text\": \"");
+        REQUIRE(t);
+        if (objects == 1) CHECKF(json_spells(t + 9, text), "json text %.60s vs streamed '%s'", t + 9, text);
+        const char *c = strstr(line, "\"context_tokens\": ");
+        const char *g = strstr(line, "\"generated_tokens\": ");
+        REQUIRE(c && g && strstr(line, "\"kv_total_bytes\": "));
+        long ctx = atol(c + 18), gen = atol(g + 20);
+        CHECK(gen >= 0 && gen <= 6 && ctx > ctx_prev + gen);
+        ctx_prev = ctx;
+    }
+    fclose(f);
+    CHECK(objects == 2);
 }

@@ -4,10 +4,18 @@
  * llama.cpp's conversation mode does). An answer ends at EOS or an end-of-turn token. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "chat.h"
 #include "cli.h"
+#include "json_out.h"
+
+static double seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 /* end-of-turn tokens of the common templates; each counts when the vocabulary spells it
  * as one token */
@@ -159,6 +167,7 @@ static int turn(chat_state *s, const char *user, int number, size_t n_batch) {
     char *text = render(s, 1, &len);
     if (!text) return 1;
     size_t prompt_len = len, n_eval = 0;
+    double t0 = seconds();
     int add_bos = s->cached_len == 0 && !o->no_bos ? -1 : 0;
     kvq_status st = s->cached_len <= len ? eval_text(s, text + s->cached_len, add_bos, n_batch, &n_eval)
                                          : KVQ_ERR_STATE;
@@ -171,7 +180,8 @@ static int turn(chat_state *s, const char *user, int number, size_t n_batch) {
     s->answer_len = 0;
     if (append_answer(s, "", 0)) return kvq_cli_fail("generate", "chat", KVQ_ERR_NOMEM);
     long produced = 0;
-    int full = 0;
+    int full = 0, stopped = 0;
+    double t1 = seconds();
     kvq_sampler_params sp;
     kvq_sampler_params_init(&sp);
     sp.temperature = o->temperature;
@@ -187,7 +197,10 @@ static int turn(chat_state *s, const char *user, int number, size_t n_batch) {
         sp.n_recent = n_recent < last_n ? n_recent : last_n;
         if ((st = kvq_sample_ext(s->ctx, s->logits, &sp, &tok)))
             return kvq_cli_fail("generate", "sample", st);
-        if (is_stop(s, tok)) break;
+        if (is_stop(s, tok)) {
+            stopped = 1;
+            break;
+        }
         if (n_recent == 4096) { /* keep the newest half */
             memmove(recent, recent + 2048, 2048 * sizeof *recent);
             n_recent = 2048;
@@ -196,8 +209,10 @@ static int turn(chat_state *s, const char *user, int number, size_t n_batch) {
         char piece[256];
         size_t plen;
         if (kvq_token_to_piece(s->model, tok, piece, sizeof piece, &plen) == KVQ_OK) {
-            fwrite(piece, 1, plen, stdout);
-            fflush(stdout);
+            if (!o->json) {
+                fwrite(piece, 1, plen, stdout);
+                fflush(stdout);
+            }
             if (append_answer(s, piece, plen)) return kvq_cli_fail("generate", "chat", KVQ_ERR_NOMEM);
         }
         produced++;
@@ -208,10 +223,35 @@ static int turn(chat_state *s, const char *user, int number, size_t n_batch) {
             break;
         }
     }
-    fputc('\n', stdout);
-    fflush(stdout);
+    double t2 = seconds();
     size_t ctx_len = 0;
     kvq_context_length(s->ctx, &ctx_len);
+    if (o->json) {
+        kvq_cache_memory_info mem;
+        uint64_t kv_fp16 = 0;
+        int have_mem = kvq_context_kv_memory(s->ctx, &mem, &kv_fp16) == KVQ_OK;
+        printf("{\"turn\": %d, \"user\": ", number);
+        kvq_json_string(stdout, user);
+        fputs(", \"text\": ", stdout);
+        kvq_json_string_n(stdout, s->answer, s->answer_len);
+        printf(", \"prompt_tokens\": %zu, \"generated_tokens\": %ld, \"context_tokens\": %zu, \"stopped\": \"%s\"",
+               n_eval, produced, ctx_len, stopped ? "eos" : full ? "context" : "length");
+        fputs(", \"prompt_seconds\": ", stdout);
+        kvq_json_number(stdout, t1 - t0);
+        fputs(", \"generation_seconds\": ", stdout);
+        kvq_json_number(stdout, t2 - t1);
+        fputs(", \"generation_tokens_per_second\": ", stdout);
+        kvq_json_number(stdout, t2 > t1 ? (double)produced / (t2 - t1) : 0.0);
+        if (have_mem)
+            printf(", \"kv_tokens\": %llu, \"kv_code_bytes\": %llu, \"kv_fp16_bytes\": %llu, \"kv_total_bytes\": %llu",
+                   (unsigned long long)mem.n_tokens,
+                   (unsigned long long)(mem.key_codes + mem.value_codes + mem.window + mem.outliers),
+                   (unsigned long long)kv_fp16, (unsigned long long)mem.total);
+        fputs("}\n", stdout);
+    } else {
+        fputc('\n', stdout);
+    }
+    fflush(stdout);
     if (!o->quiet)
         fprintf(stderr, "kvq generate: turn %d: %zu prompt tokens evaluated, %ld generated, context %zu tokens\n",
                 number, n_eval, produced, ctx_len);

@@ -20,10 +20,13 @@ typedef struct kvq_cli_chat_opts {
     uint32_t top_k;
     float min_p, repeat_penalty;
     size_t repeat_last_n;
+    int json; /* one JSON object per turn on stdout (JSON Lines) instead of the streamed text */
 } kvq_cli_chat_opts;
 
 /* Runs the conversation on ctx (fresh) and returns the exit code. Each user turn is a
- * line of `in`; answers stream to stdout; per-turn token counts go to stderr unless quiet. */
+ * line of `in`; answers stream to stdout (or, with json, each turn is one line holding a
+ * JSON object: turn, user, text, token counts, seconds, why it stopped, KV bytes); per-turn
+ * token counts go to stderr unless quiet. */
 int kvq_cli_chat(kvq_model *model, kvq_context *ctx, const kvq_cli_chat_opts *opts, FILE *in);
 
 #endif

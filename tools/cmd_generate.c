@@ -55,13 +55,14 @@ static int gen_usage(FILE *f) {
             "                     numerical reference: by default they are int8, as llama.cpp's)\n"
             "  --quiet            print only the generated text\n"
             "  --json             print one JSON object on stdout instead of the text: the text,\n"
-            "                     token counts, timings, tokens/s and KV cache bytes\n"
+            "                     token counts, timings, tokens/s and KV cache bytes (with --chat,\n"
+            "                     one object per turn, each on its own line)\n"
             "  --chat, -cnv       chat with the model's chat template: each line of stdin is a user\n"
             "                     turn, answered until an end-of-turn token or -n tokens; the KV cache\n"
             "                     keeps the conversation, so only each new turn is evaluated; with -p,\n"
             "                     that one turn is answered and the program exits (sampling: --temp,\n"
             "                     --top-p, --top-k, --min-p and --repeat-penalty over the answer's last\n"
-            "                     --repeat-last-n tokens; --json not yet)\n"
+            "                     --repeat-last-n tokens)\n"
             "  --system, -sys TEXT  system prompt for --chat (Gemma: joined to the first user turn)\n"
             "  --chat-template NAME  chatml, llama3, llama2, mistral, gemma or phi3 instead of the\n"
             "                     model's own (default: the GGUF's tokenizer.chat_template)\n"
@@ -203,10 +204,6 @@ int kvq_cmd_generate(int argc, char **argv) {
         return 1;
     }
     if (!model_path || (!prompt && !prompt_file && !chat)) return gen_usage(stderr);
-    if (chat && json) {
-        fprintf(stderr, "kvq generate: --chat streams text; --json is not available with it yet\n");
-        return 1;
-    }
     if (whole) {
         if (k_given || vspec || plan) {
             fprintf(stderr, "kvq generate: --cache-preset/--cache replace --cache-k, --cache-v and --cache-plan\n");
@@ -325,7 +322,7 @@ context:;
     if (chat) {
         kvq_cli_chat_opts co = {system_prompt, chat_template, prompt, n_gen, p.n_batch < p.n_ctx ? p.n_batch : p.n_ctx,
                                 (float)temp, (float)top_p, no_bos, quiet, (uint32_t)top_k, (float)min_p,
-                                (float)repeat_penalty, (size_t)last_n};
+                                (float)repeat_penalty, (size_t)last_n, json};
         rc = kvq_cli_chat(model, ctx, &co, stdin);
         goto done;
     }
