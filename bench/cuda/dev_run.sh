@@ -28,14 +28,6 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
 fi
 ./build/bench_attn --pair "$PAIRS" >"$OUT/bench.txt" 2>&1
 stamp "bench done"
-if [ -n "${VARIANT:-}" ]; then
-  rm -f build/src/cuda/attend_mma.o
-  NVCC_APPEND_FLAGS="$VARIANT" make -j"$NPROC" >>"$OUT/build.log" 2>&1 && bench_bin build/bench_attn_v >>"$OUT/build.log" 2>&1 &&
-    ./build/bench_attn_v --pair "${VPAIRS:-$PAIRS}" >"$OUT/bench_variant.txt" 2>&1
-  stamp "variant ($VARIANT) done"
-  rm -f build/src/cuda/attend_mma.o
-  make -j"$NPROC" >>"$OUT/build.log" 2>&1
-fi
 if [ "${NCU:-0}" = 1 ]; then
   NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   timeout 150 "$NCU_BIN" --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
@@ -44,6 +36,12 @@ if [ "${NCU:-0}" = 1 ]; then
     ./build/bench_attn --profile "${NCU_KEY:-turboquant_rvq:bits=1,residuals=2}" "${NCU_VALUE:-turboquant_mse:bits=2}" \
     >"$OUT/ncu.txt" 2>&1
   stamp "ncu done"
+fi
+if [ -n "${VARIANT:-}" ]; then
+  rm -f build/src/cuda/attend_mma.o
+  NVCC_APPEND_FLAGS="$VARIANT" make -j"$NPROC" >>"$OUT/build.log" 2>&1 && bench_bin build/bench_attn_v >>"$OUT/build.log" 2>&1 &&
+    ./build/bench_attn_v --pair "${VPAIRS:-$PAIRS}" >"$OUT/bench_variant.txt" 2>&1
+  stamp "variant ($VARIANT) done"
 fi
 if [ "${SDPA:-0}" = 1 ]; then
   PYTHONUNBUFFERED=1 timeout 200 python3 bench/cuda/sdpa.py --flash >"$OUT/sdpa.txt" 2>&1
