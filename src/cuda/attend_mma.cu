@@ -384,7 +384,6 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
  * growing maximum rescales the int32 accumulators by a right shift.
  * ====================================================================================== */
 #define BT 32     /* tokens per warp step */
-#define NST 3     /* cp.async stages per warp */
 #define VCS2 34   /* mse 2-bit code at dim 128: fp16 norm + 32 bytes */
 #define BITS_MAX_CHUNK 262144
 #ifndef BITS_MIN_BLOCKS
@@ -398,7 +397,12 @@ template <int KIND, int R> struct bits_cfg {
         KALIGNED = (KCS & 3) == 0 && (PLANE0 & 3) == 0,
         KT = BT * KCS + 16, /* + read-ahead pad of ld_word */
         VT = BT * VCS2 + 16,
-        ST = KT + VT
+        ST = KT + VT,
+        /* tiles in flight per warp (2, or 1 where 4 warps x 4 stages would pass 46 KiB of
+         * static shared memory: rvq with 3-4 passes); stages = LA + the tile being scored +
+         * the tile whose values run */
+        LA = MMA_WARPS * 4 * ST + 4608 <= 46 * 1024 ? 2 : 1,
+        NST = LA + 2
     };
 };
 
@@ -416,7 +420,7 @@ __device__ __forceinline__ void imma_u8u8(int c[4], unsigned a0, unsigned a1, un
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
-__device__ __forceinline__ void cp_wait_n() { asm volatile("cp.async.wait_group %0;\n" ::"n"(NST - 2) : "memory"); }
+template <int N> __device__ __forceinline__ void cp_wait_group() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 /* 2^e for -126 <= e <= 127 */
 __device__ __forceinline__ float pow2i(int e) { return __int_as_float((127 + e) << 23); }
@@ -476,18 +480,51 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_k
     typedef bits_cfg<KIND, R> C;
     constexpr int key_kind = KIND, kcs = C::KCS, plane0 = C::PLANE0;
     constexpr bool k_aligned = C::KALIGNED;
+    constexpr int LA = C::LA, NST = C::NST;
     __shared__ __align__(16) uint8_t s_buf[MMA_WARPS * NST * C::ST];
-    __shared__ __align__(16) unsigned short s_w[MMA_WARPS][4][BT];
+    __shared__ __align__(16) unsigned short s_w[MMA_WARPS][2][4][BT]; /* weights, by tile parity */
     __shared__ float s_q[4][128];
     __shared__ int s_ex[4], s_kq[4];
+    __shared__ unsigned s_qb[4][132];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, tq = lane & 3;
     const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int seq = b / a.q_per_seq;
     const int G = a.group;
 
+    const float c_first = key_kind == KEY_RABITQ ? 1.0f : a.kp->cen[1];
+    const float c_rest = a.kp->cen2[1];
+
+    const int len = a.seq_lens[seq];
+    const int t0 = split * a.chunk, t1 = min(len, t0 + a.chunk);
+
+    uint8_t *wbuf = s_buf + warp * NST * C::ST;
+    const int step = BT * MMA_WARPS;
+    int ti = t0 + BT * warp; /* next tile to copy */
+    int pn0 = 0, pn1 = 0;    /* its pages */
+    if (ti < t1) {
+        pn0 = kvqc_page(a, seq, ti);
+        pn1 = ti + 16 < t1 ? kvqc_page(a, seq, ti + 16) : pn0;
+    }
+    /* copy the next tile into stage st (pages read one tile ahead) */
+    auto issue = [&](int st) {
+        if (ti < t1) {
+            bits_issue<kcs>(wbuf + st * C::ST, wbuf + st * C::ST + C::KT, a, kvqc_row_at(a, pn0, h, ti),
+                            kvqc_row_at(a, pn1, h, ti + 16), min(16, t1 - ti), max(0, min(16, t1 - ti - 16)), lane);
+            ti += step;
+            if (ti < t1) {
+                pn0 = kvqc_page(a, seq, ti);
+                pn1 = ti + 16 < t1 ? kvqc_page(a, seq, ti + 16) : pn0;
+            }
+        }
+        cp_commit();
+    };
+#pragma unroll
+    for (int s = 0; s < LA; s++) issue(s); /* the first copies fly during the setup */
     kvqc_block_query(a, b, h, s_q); /* ends with __syncthreads */
-    /* per head: exponent e with |q| < 2^(e + 21), and Kq = sum_d 2^(d & 7) Q_d */
+    /* per head: exponent e with |q| < 2^(e + 21), Kq = sum_d 2^(d & 7) Q_d, and the bytes
+     * (H, M, L) of 2 Q_d = 65536 H + 256 M + L (each signed) in s_qb (one word per 32 dims
+     * of padding: the fragment reads below hit distinct banks) */
     {
         float mx = 0.0f;
         if (warp < G)
@@ -495,11 +532,18 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_k
         mx = kvqc_warp_max(mx);
         const int ex = mx > 0.0f ? max(ilogbf(mx) + 1 - 21, -100) : 0;
         int kq = 0;
-        if (warp < G)
-            for (int e = 0; e < 4; e++) {
-                const int d = lane + 32 * e;
-                kq += q_fixed(s_q[warp][d], ex, d) * (1 << (d & 7));
-            }
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int d = lane + 32 * e;
+            const int q = warp < G ? q_fixed(s_q[warp][d], ex, d) : 0;
+            kq += q * (1 << (d & 7));
+            const int v = 2 * q;
+            const int lo = (int)(signed char)(v & 0xFF);
+            const int r1v = (v - lo) >> 8;
+            const int mid = (int)(signed char)(r1v & 0xFF);
+            const int hi = (r1v - mid) >> 8;
+            s_qb[warp][d + (d >> 5)] = ((unsigned)hi & 0xFFu) | (((unsigned)mid & 0xFFu) << 8) | (((unsigned)lo & 0xFFu) << 16);
+        }
 #pragma unroll
         for (int o = 16; o >= 1; o >>= 1) kq += __shfl_xor_sync(KVQC_FULL, kq, o);
         if (lane == 0) {
@@ -513,83 +557,75 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_k
      * (H, M), n-tile 1 = (L, 0). Values 2 Q (the factor 2 of s = 2 bit - 1). */
     unsigned kb[4][2][2];
     {
-        const int hb = g >> 1, ex = s_ex[hb];
+        const unsigned *qrow = s_qb[g >> 1];
+        const unsigned p0 = (g & 1) ? 0x51u : 0x40u; /* byte M (odd g) or H of two words */
 #pragma unroll
         for (int i = 0; i < 4; i++)
 #pragma unroll
             for (int hf = 0; hf < 2; hf++) {
-                unsigned r0 = 0, r1 = 0;
+                unsigned x[4];
 #pragma unroll
                 for (int s = 0; s < 4; s++) {
                     const int d = 32 * tq + 8 * s + 2 * i + hf;
-                    const int v = hb < G ? 2 * q_fixed(s_q[hb][d], ex, d) : 0;
-                    const int lo = (int)(signed char)(v & 0xFF);
-                    const int r1v = (v - lo) >> 8;
-                    const int mid = (int)(signed char)(r1v & 0xFF);
-                    const int hi = (r1v - mid) >> 8;
-                    const int x0 = (g & 1) ? mid : hi, x1 = (g & 1) ? 0 : lo;
-                    r0 |= ((unsigned)x0 & 0xFFu) << (8 * s);
-                    r1 |= ((unsigned)x1 & 0xFFu) << (8 * s);
+                    x[s] = qrow[d + tq]; /* d >> 5 == tq */
                 }
-                kb[i][0][hf] = r0;
-                kb[i][1][hf] = r1;
+                kb[i][0][hf] = __byte_perm(__byte_perm(x[0], x[1], p0), __byte_perm(x[2], x[3], p0), 0x5410);
+                kb[i][1][hf] = (g & 1) ? 0u
+                                       : __byte_perm(__byte_perm(x[0], x[1], 0x62), __byte_perm(x[2], x[3], 0x62), 0x5410);
             }
     }
     const int kq_h = tq < G ? s_kq[tq] : 0;
     const float sig = pow2i(tq < G ? s_ex[tq] : 0);
-    const float c_first = key_kind == KEY_RABITQ ? 1.0f : a.kp->cen[1];
-    const float c_rest = a.kp->cen2[1];
     const float key_mul = (key_kind == KEY_MSE1 ? 1.0f : a.kf.inv_sqrt_d) * sig;
-
-    const int len = a.seq_lens[seq];
-    const int t0 = split * a.chunk, t1 = min(len, t0 + a.chunk);
-
     int vacc[16][4], wacc[4] = {0, 0, 0, 0};
 #pragma unroll
     for (int mt = 0; mt < 16; mt++) vacc[mt][0] = vacc[mt][1] = vacc[mt][2] = vacc[mt][3] = 0;
     float m = -INFINITY, l = 0.0f;
 
-    uint8_t *wbuf = s_buf + warp * NST * C::ST;
-    const int step = BT * MMA_WARPS;
-    int ti = t0 + BT * warp; /* next tile to copy */
-    int pn0 = 0, pn1 = 0;    /* its pages */
-    if (ti < t1) {
-        pn0 = kvqc_page(a, seq, ti);
-        pn1 = ti + 16 < t1 ? kvqc_page(a, seq, ti + 16) : pn0;
-    }
+    /* values of the tile in stage vst with the weights of s_w[par]: word g (dims 16 g ..
+     * 16 g + 15) of tokens 4 tq + s and 16 + 4 tq + s, byte-transposed so byte s of
+     * T[grp][j] is byte j of token 16 grp + 4 tq + s; m-tile mt: rows g / g + 8 = bit 0 /
+     * bit 1 of dim 16 g + mt (code mt & 3 of byte mt >> 2) */
+    auto values = [&](int vst, int par) {
+        const uint8_t *sv = wbuf + vst * C::ST + C::KT;
+        const unsigned sel = (g & 1) ? 0x6420u : 0x7531u;
+        const uint2 u0 = *(const uint2 *)&s_w[warp][par][g >> 1][4 * tq];
+        const uint2 u1 = *(const uint2 *)&s_w[warp][par][g >> 1][16 + 4 * tq];
+        const unsigned vb0 = __byte_perm(u0.x, u0.y, sel), vb1 = __byte_perm(u1.x, u1.y, sel);
+        unsigned T[2][4];
 #pragma unroll
-    for (int s = 0; s < NST - 1; s++) {
-        if (ti < t1) {
-            bits_issue<kcs>(wbuf + s * C::ST, wbuf + s * C::ST + C::KT, a, kvqc_row_at(a, pn0, h, ti),
-                       kvqc_row_at(a, pn1, h, ti + 16), min(16, t1 - ti), max(0, min(16, t1 - ti - 16)), lane);
-            ti += step;
-            if (ti < t1) {
-                pn0 = kvqc_page(a, seq, ti);
-                pn1 = ti + 16 < t1 ? kvqc_page(a, seq, ti + 16) : pn0;
-            }
+        for (int grp = 0; grp < 2; grp++) {
+            const int o0 = (16 * grp + 4 * tq) * VCS2 + 2 + 4 * g; /* = 2 mod 4 */
+            const unsigned A0 = *(const unsigned *)(sv + o0 - 2), A1 = *(const unsigned *)(sv + o0 + 2);
+            const unsigned B1 = *(const unsigned *)(sv + o0 + VCS2);
+            const unsigned C0 = *(const unsigned *)(sv + o0 + 2 * VCS2 - 2);
+            const unsigned C1 = *(const unsigned *)(sv + o0 + 2 * VCS2 + 2);
+            const unsigned D1 = *(const unsigned *)(sv + o0 + 3 * VCS2);
+            const unsigned X0 = __byte_perm(A0, B1, 0x5342), X1 = __byte_perm(A1, B1, 0x7160);
+            const unsigned Y0 = __byte_perm(C0, D1, 0x5342), Y1 = __byte_perm(C1, D1, 0x7160);
+            T[grp][0] = __byte_perm(X0, Y0, 0x5410);
+            T[grp][1] = __byte_perm(X0, Y0, 0x7632);
+            T[grp][2] = __byte_perm(X1, Y1, 0x5410);
+            T[grp][3] = __byte_perm(X1, Y1, 0x7632);
         }
-        cp_commit();
-    }
-    int stage = 0;
-    for (int tt = t0 + BT * warp; tt < t1; tt += step) {
-        cp_wait_n();
+#pragma unroll
+        for (int mt = 0; mt < 16; mt++) {
+            const unsigned m0 = 0x01010101u << (2 * (mt & 3)), m1 = m0 << 1;
+            const int j = mt >> 2;
+            imma_u8u8(vacc[mt], T[0][j] & m0, T[0][j] & m1, T[1][j] & m0, T[1][j] & m1, vb0, vb1);
+        }
+        const unsigned ones = g == 0 ? 0x01010101u : 0u; /* row 0: sum of the weights */
+        imma_u8u8(wacc, ones, 0u, ones, 0u, vb0, vb1);
+    };
+
+    /* tile i: its scores and weights at step i, its values at step i + 1 (they overlap the
+     * next tile's scores and softmax); LA tiles in flight, NST = LA + 2 stages */
+    int stage = 0, it = 0;
+    for (int tt = t0 + BT * warp; tt < t1; tt += step, it++) {
+        cp_wait_group<LA - 1>();
         __syncwarp();
-        {
-            const int is = stage == 0 ? NST - 1 : stage - 1; /* the stage read last step */
-            if (ti < t1) {
-                bits_issue<kcs>(wbuf + is * C::ST, wbuf + is * C::ST + C::KT, a, kvqc_row_at(a, pn0, h, ti),
-                           kvqc_row_at(a, pn1, h, ti + 16), min(16, t1 - ti), max(0, min(16, t1 - ti - 16)),
-                           lane);
-                ti += step;
-                if (ti < t1) {
-                    pn0 = kvqc_page(a, seq, ti);
-                    pn1 = ti + 16 < t1 ? kvqc_page(a, seq, ti + 16) : pn0;
-                }
-            }
-            cp_commit();
-        }
+        issue(stage + LA < NST ? stage + LA : stage + LA - NST);
         const uint8_t *sk = wbuf + stage * C::ST, *sv = sk + C::KT;
-        stage = stage == NST - 1 ? 0 : stage + 1;
 
         /* ---- scores of tokens 16 mt + g (+ 8) for head tq: sc[2 mt], sc[2 mt + 1] */
         float sc[4];
@@ -628,15 +664,17 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_k
             sc[2 * mt] = tt + 16 * mt + g < t1 ? s_lo * n_lo : -INFINITY;
             sc[2 * mt + 1] = tt + 16 * mt + g + 8 < t1 ? s_hi * n_hi : -INFINITY;
         }
-
-        /* ---- online softmax of head tq; weights w = exp2(s + log2 |v| - m) <= 1 */
-        float lv[4], tmax = -INFINITY;
+        float nv[4], tmax = -INFINITY; /* value norms; the maximum of s + log2 |v| */
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const int tok = 16 * (k >> 1) + g + 8 * (k & 1);
-            lv[k] = lg2_ftz(ld_h(sv, tok * VCS2)); /* -inf for a zero norm */
-            tmax = fmaxf(tmax, sc[k] + fmaxf(lv[k], -30.0f));
+            nv[k] = ld_h(sv, tok * VCS2);
+            tmax = fmaxf(tmax, sc[k] + fmaxf(lg2_ftz(nv[k]), -30.0f));
         }
+        /* ---- values of the previous tile, with weights against the current reference */
+        if (it > 0) values(stage == 0 ? NST - 1 : stage - 1, (it - 1) & 1);
+
+        /* ---- online softmax of head tq; weights w = exp2(s + log2 |v| - m) <= 1 */
         tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 4));
         tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 8));
         tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 16));
@@ -664,50 +702,16 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_k
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const int tok = 16 * (k >> 1) + g + 8 * (k & 1);
-            l += ex2_ftz(sc[k] - m);
-            const float w = ex2_ftz(sc[k] + lv[k] - m);
-            /* round(w * 65535) in the low 16 bits (w <= 1) */
-            s_w[warp][tq][tok] = (unsigned short)__float_as_uint(fmaf(w, 65535.0f, 12582912.0f));
+            const float p = ex2_ftz(sc[k] - m), w = p * nv[k];
+            l += p;
+            /* round(w * 65535) in the low 16 bits (w <= 1 up to the rounding of lg2, ex2) */
+            s_w[warp][it & 1][tq][tok] = (unsigned short)__float_as_uint(fmaf(w, 65535.0f, 12582912.0f));
         }
+        stage = stage == NST - 1 ? 0 : stage + 1;
+    }
+    if (it > 0) {
         __syncwarp();
-        unsigned vb0, vb1;
-        {
-            const unsigned sel = (g & 1) ? 0x6420u : 0x7531u;
-            const uint2 u0 = *(const uint2 *)&s_w[warp][g >> 1][4 * tq];
-            const uint2 u1 = *(const uint2 *)&s_w[warp][g >> 1][16 + 4 * tq];
-            vb0 = __byte_perm(u0.x, u0.y, sel);
-            vb1 = __byte_perm(u1.x, u1.y, sel);
-        }
-
-        /* ---- values: word g (dims 16 g .. 16 g + 15) of tokens 4 tq + s and 16 + 4 tq + s,
-         * byte-transposed so byte s of T[grp][j] is byte j of token (16 grp + 4 tq + s) */
-        unsigned T[2][4];
-#pragma unroll
-        for (int grp = 0; grp < 2; grp++) {
-            const int o0 = (16 * grp + 4 * tq) * VCS2 + 2 + 4 * g; /* = 2 mod 4 */
-            const unsigned A0 = *(const unsigned *)(sv + o0 - 2), A1 = *(const unsigned *)(sv + o0 + 2);
-            const unsigned B1 = *(const unsigned *)(sv + o0 + VCS2);
-            const unsigned C0 = *(const unsigned *)(sv + o0 + 2 * VCS2 - 2);
-            const unsigned C1 = *(const unsigned *)(sv + o0 + 2 * VCS2 + 2);
-            const unsigned D1 = *(const unsigned *)(sv + o0 + 3 * VCS2);
-            const unsigned X0 = __byte_perm(A0, B1, 0x5342), X1 = __byte_perm(A1, B1, 0x7160);
-            const unsigned Y0 = __byte_perm(C0, D1, 0x5342), Y1 = __byte_perm(C1, D1, 0x7160);
-            T[grp][0] = __byte_perm(X0, Y0, 0x5410);
-            T[grp][1] = __byte_perm(X0, Y0, 0x7632);
-            T[grp][2] = __byte_perm(X1, Y1, 0x5410);
-            T[grp][3] = __byte_perm(X1, Y1, 0x7632);
-        }
-        /* m-tile mt: rows g / g + 8 = bit 0 / bit 1 of dim 16 g + mt (code mt & 3 of byte mt >> 2) */
-#pragma unroll
-        for (int mt = 0; mt < 16; mt++) {
-            const unsigned m0 = 0x01010101u << (2 * (mt & 3)), m1 = m0 << 1;
-            const int j = mt >> 2;
-            imma_u8u8(vacc[mt], T[0][j] & m0, T[0][j] & m1, T[1][j] & m0, T[1][j] & m1, vb0, vb1);
-        }
-        {
-            const unsigned ones = g == 0 ? 0x01010101u : 0u; /* row 0: sum of the weights */
-            imma_u8u8(wacc, ones, 0u, ones, 0u, vb0, vb1);
-        }
+        values(stage == 0 ? NST - 1 : stage - 1, (it - 1) & 1);
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
 
