@@ -1,8 +1,10 @@
 /*
  * attend_mma.cu - tensor-core decode attention for 1-bit keys (turboquant_rvq with one
  * bit per pass, 1-bit RaBitQ, 1-bit turboquant_mse) and 2- or 4-bit turboquant_mse
- * values, head_dim 128, up to 4 query heads per KV head. Each warp streams tiles of 16
- * tokens (cp.async, double-buffered) and runs mma.m16n8k16 twice per tile:
+ * values, head_dim 128, up to 4 query heads per KV head. Two kernels: attend_bits_kernel
+ * (below, 2-bit values with a symmetric codebook: integer mma on and-masked code bytes)
+ * and attend_mma_kernel (4-bit values), which streams tiles of 16 tokens per warp
+ * (cp.async, double-buffered) and runs mma.m16n8k16 twice per tile:
  *   scores  S^T = K Q^T:  A = sign planes as +-1 halves (exact), B = the rotated query
  *           split into fp16 high and low parts (columns 2h, 2h+1), fp32 accumulation;
  *   values  O^T += V^T P^T: A = codebook entries rounded to fp16, B = softmax weights
