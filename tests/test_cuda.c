@@ -178,6 +178,9 @@ static const attn_case k_attn_cases[] = {
     {"q8_0", "q4_0"},
     {"q4_0", "fp16"},
     {"fp16", "q8_0"},
+    /* the integer tensor-core kernel's other key formats */
+    {"turboquant_mse:bits=1", "turboquant_mse:bits=2"},
+    {"turboquant_rvq:bits=1,residuals=3", "turboquant_mse:bits=2"},
 };
 
 static void attend_case(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint32_t n_kv,

@@ -4,7 +4,7 @@
  * compressed KV at Llama-3.1-8B decode shapes (32 query heads, 8 KV heads, dim 128)
  * for batch 1/8/32 and context 4k/32k/128k. CUDA events, warm-up, medians; each timed
  * sample replays a captured graph of REPS calls. One line per figure, machine-readable.
- * Usage: bench_attn [--quick]
+ * Usage: bench_attn [--quick | --pair NAME[,NAME...] | --profile [KEY VALUE]]
  */
 #include <cuda_runtime.h>
 #include <math.h>
@@ -363,6 +363,19 @@ static void bench_prefill(const pair *pr, uint32_t B, uint32_t L, uint32_t n_new
     kvq_quantizer_free(vq);
 }
 
+/* 1 when name is one of the comma-separated entries of list */
+static int in_list(const char *list, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        size_t k = e ? (size_t)(e - p) : strlen(p);
+        if (k == n && strncmp(p, name, n) == 0) return 1;
+        if (!e) break;
+        p = e + 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     /* --profile: one encode and one attention call (b=8, 32k, rvq1x2/mse2) for ncu */
@@ -491,7 +504,7 @@ int main(int argc, char **argv) {
     size_t free_b = 0, total_b = 0;
     for (size_t pi = 0; pi < sizeof pairs / sizeof *pairs; pi++) {
         if (quick && pi >= 4) break;
-        if (only_pair && strcmp(only_pair, pairs[pi].name) != 0) continue;
+        if (only_pair && !in_list(only_pair, pairs[pi].name)) continue;
         kvq_quantizer *kq = NULL, *vq = NULL;
         kvq_cuda_quantizer *ckq = make_cq(pairs[pi].key, &kq, 1);
         kvq_cuda_quantizer *cvq = make_cq(pairs[pi].value, &vq, 2);

@@ -5,7 +5,7 @@ each forced (sdpa_kernel raises if it cannot run), at the shapes bench_attn uses
 Grouped-query decode is run as the 4 query heads of a group sharing their KV head
 (query [B, 8, 4, 128] against KV [B, 8, L, 128]), the layout FlashAttention decodes.
 Each sample replays a CUDA graph of REPS calls, timed with CUDA events; medians.
-Prints one SDPA line per shape (bytes = fp16 K + V read)."""
+Prints one SDPA line per shape (bytes = fp16 K + V read). --flash: FlashAttention only."""
 import sys
 
 import torch
@@ -42,6 +42,9 @@ def time_graph(fn):
 
 def main():
     quick = "--quick" in sys.argv
+    backends = (("flash", SDPBackend.FLASH_ATTENTION),)
+    if "--flash" not in sys.argv:
+        backends += (("efficient", SDPBackend.EFFICIENT_ATTENTION),)
     dev = torch.cuda.get_device_name(0)
     print(f"SDPA_DEVICE {dev} torch={torch.__version__}", flush=True)
     g = N_Q // N_KV
@@ -75,8 +78,7 @@ def main():
             else:
                 err = float("nan")
             bytes_ = 2 * b * N_KV * L * D * 2 + 2 * b * N_Q * D * 2
-            for name, backend in (("flash", SDPBackend.FLASH_ATTENTION),
-                                  ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+            for name, backend in backends:
                 try:
                     ms = time_graph(make_run(backend))
                 except RuntimeError as e:  # the backend refused the shape

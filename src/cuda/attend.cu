@@ -365,14 +365,21 @@ static void plan(const kvq_cuda_quantizer *kq, const kvq_cuda_quantizer *vq,
         if (per_sm < 1) per_sm = 1;
     }
     size_t slots = (size_t)kq->n_sm * per_sm;
+    /* the integer tensor-core kernel bounds its chunk (exact int32 sums) */
+    size_t min_split = 1;
+    if (use_mma(kq, vq, d, c)) {
+        size_t mc = (size_t)kvqc_mma_max_chunk(&kq->p, &vq->p);
+        if (mc) min_split = (max_len + mc - 1) / mc;
+    }
     /* chunks of at least KVQC_CHUNK_MIN tokens: below that, a block's fixed costs (query
      * fragments, first tile latency, its share of the merge) outweigh its work */
     size_t max_split = (max_len + KVQC_CHUNK_MIN - 1) / KVQC_CHUNK_MIN;
     size_t limit = 4 * ((slots + base - 1) / base) + 1;
     if (limit > max_split) limit = max_split;
+    if (limit < min_split) limit = min_split;
     double best_eff = -1.0;
     size_t best_c = (max_len + KVQC_CHUNK_ALIGN - 1) / KVQC_CHUNK_ALIGN * KVQC_CHUNK_ALIGN;
-    for (size_t s = 1; s <= limit; s++) {
+    for (size_t s = min_split; s <= limit; s++) {
         size_t cc = (max_len + s - 1) / s;
         cc = (cc + KVQC_CHUNK_ALIGN - 1) / KVQC_CHUNK_ALIGN * KVQC_CHUNK_ALIGN;
         size_t ns = (max_len + cc - 1) / cc, ctas = base * ns;

@@ -51,6 +51,8 @@ static __device__ __forceinline__ size_t kvqc_row(const kvqc_attn_args &a, int s
 int kvqc_mma_supports(const kvqc_params *kp, const kvqc_params *vp, int group);
 /* Resident blocks per multiprocessor of the kernel kvqc_launch_mma would run. */
 int kvqc_mma_blocks_per_sm(const kvqc_params *kp, const kvqc_params *vp);
+/* Longest chunk (tokens per block) the tensor-core kernel takes; 0: no limit. */
+int kvqc_mma_max_chunk(const kvqc_params *kp, const kvqc_params *vp);
 cudaError_t kvqc_launch_mma(const kvqc_params *kp, const kvqc_params *vp,
                             const kvqc_attn_args *a, dim3 grid, cudaStream_t s);
 

@@ -1,8 +1,10 @@
 /*
  * attend_mma.cu - tensor-core decode attention for 1-bit keys (turboquant_rvq with one
  * bit per pass, 1-bit RaBitQ, 1-bit turboquant_mse) and 2- or 4-bit turboquant_mse
- * values, head_dim 128, up to 4 query heads per KV head. Each warp streams tiles of 16
- * tokens (cp.async, double-buffered) and runs mma.m16n8k16 twice per tile:
+ * values, head_dim 128, up to 4 query heads per KV head. Two kernels: attend_bits_kernel
+ * (below, 2-bit values with a symmetric codebook: integer mma on and-masked code bytes)
+ * and attend_mma_kernel (4-bit values), which streams tiles of 16 tokens per warp
+ * (cp.async, double-buffered) and runs mma.m16n8k16 twice per tile:
  *   scores  S^T = K Q^T:  A = sign planes as +-1 halves (exact), B = the rotated query
  *           split into fp16 high and low parts (columns 2h, 2h+1), fp32 accumulation;
  *   values  O^T += V^T P^T: A = codebook entries rounded to fp16, B = softmax weights
@@ -364,6 +366,384 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
     kvqc_merge_warps(&s_part[0][0][0], MMA_WARPS, 4 * 130, 130, G, 128, a, b, h, split);
 }
 
+
+/* ======================================================================================
+ * Integer tensor-core kernel: 1-bit keys with 2-bit values whose codebook is symmetric
+ * (c0 = -c3, c1 = -c2, the Lloyd-Max levels). Both products run mma.m16n8k32 on 8-bit
+ * integers, so the sign planes and 2-bit codes become mma operands by ONE and-mask per
+ * register of four elements (no fp16 conversion):
+ *   scores: A = key plane word & (0x01010101 << p), bytes {0, 2^p} for the dims at bit p
+ *           of each byte; B = the query in 24-bit fixed point divided by 2^p, as three
+ *           signed bytes (columns H, M, L of each head): the int32 sums recombine exactly
+ *           (H << 16) + (M << 8) + L, the accumulator of L starting at -sum 2^p Q so the
+ *           result is sum q s for the signs s = 2 bit - 1.
+ *   values: a 2-bit code is c0 + beta b0 + gamma b1 (exact for a symmetric codebook), so
+ *           V^T P^T splits into bit planes: A = value bytes of four tokens (a byte
+ *           transpose by prmt) & (0x01010101 << p), rows = (dim, bit); B = the softmax
+ *           weights times the value norm in 16-bit fixed point (hi, lo byte columns).
+ *           Scales 2^-p, beta, gamma and c0 * sum w apply once per split, after the loop.
+ * The weights are exp2(s + log2 |v| - m) <= 1 against an integer reference m, so a
+ * growing maximum rescales the int32 accumulators by a right shift.
+ * ====================================================================================== */
+#define BT 32     /* tokens per warp step */
+#define VCS2 34   /* mse 2-bit code at dim 128: fp16 norm + 32 bytes */
+#define BITS_MAX_CHUNK 262144
+#ifndef BITS_MIN_BLOCKS
+#define BITS_MIN_BLOCKS 3
+#endif /* int32 value sums stay exact up to 65536 tokens per warp */
+
+template <int KIND, int R> struct bits_cfg {
+    enum {
+        KCS = KIND == KEY_RVQ ? 18 * R : KIND == KEY_RABITQ ? 20 : 18, /* key code size */
+        PLANE0 = KIND == KEY_RVQ ? 2 * R : KIND == KEY_RABITQ ? 4 : 2,  /* first sign plane */
+        KALIGNED = (KCS & 3) == 0 && (PLANE0 & 3) == 0,
+        KT = BT * KCS + 16, /* + read-ahead pad of ld_word */
+        VT = BT * VCS2 + 16,
+        ST = KT + VT,
+        /* tiles in flight per warp (2, or 1 where 4 warps x 4 stages would pass 46 KiB of
+         * static shared memory: rvq with 3-4 passes); stages = LA + the tile being scored +
+         * the tile whose values run */
+        LA = MMA_WARPS * 4 * ST + 4608 <= 46 * 1024 ? 2 : 1,
+        NST = LA + 2
+    };
+};
+
+__device__ __forceinline__ void imma_u8s8(int c[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                          unsigned b0, unsigned b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void imma_u8u8(int c[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                          unsigned b0, unsigned b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.u8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+template <int N> __device__ __forceinline__ void cp_wait_group() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+/* 2^e for -126 <= e <= 127 */
+__device__ __forceinline__ float pow2i(int e) { return __int_as_float((127 + e) << 23); }
+/* The query entry of dim d in fixed point: round(q / 2^(e + (d & 7))). */
+__device__ __forceinline__ int q_fixed(float q, int e, int d) { return __float2int_rn(q * pow2i(-(e + (d & 7)))); }
+__device__ __forceinline__ float ex2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float lg2_ftz(float x) {
+    float y;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* Copy the two 16-token halves of a 32-token tile (each inside one page) into a stage;
+ * n0, n1 valid tokens (the rest zero-filled). */
+template <int kcs>
+__device__ __forceinline__ void bits_issue(uint8_t *dk, uint8_t *dv, const kvqc_attn_args &a,
+                                           size_t r0, size_t r1, int n0, int n1, int lane) {
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int n = half ? n1 : n0;
+        const size_t r = half ? r1 : r0;
+        uint8_t *sk = dk + half * 16 * kcs, *sv = dv + half * 16 * VCS2;
+        if (n == 16) {
+            const uint8_t *gk = a.k_codes + r * kcs, *gv = a.v_codes + r * VCS2;
+#pragma unroll
+            for (int i = 0; i < (kcs + 31) / 32; i++) {
+                const int c = lane + 32 * i;
+                if (kcs % 32 == 0 || c < kcs) cp_async16(sk + 16 * c, gk + 16 * c, 16);
+            }
+#pragma unroll
+            for (int i = 0; i < (VCS2 + 31) / 32; i++) {
+                const int c = lane + 32 * i;
+                if (c < VCS2) cp_async16(sv + 16 * c, gv + 16 * c, 16);
+            }
+        } else {
+            const uint8_t *gk = n > 0 ? a.k_codes + r * kcs : a.k_codes;
+            const uint8_t *gv = n > 0 ? a.v_codes + r * VCS2 : a.v_codes;
+            const int kvalid = n * kcs, vvalid = n * VCS2;
+            for (int c = lane; c < kcs; c += 32) {
+                int nb = min(max(kvalid - 16 * c, 0), 16);
+                cp_async16(sk + 16 * c, nb > 0 ? gk + 16 * c : gk, nb);
+            }
+            for (int c = lane; c < VCS2; c += 32) {
+                int nb = min(max(vvalid - 16 * c, 0), 16);
+                cp_async16(sv + 16 * c, nb > 0 ? gv + 16 * c : gv, nb);
+            }
+        }
+    }
+}
+
+template <int KIND, int R>
+__global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_kernel(kvqc_attn_args a, int) {
+    typedef bits_cfg<KIND, R> C;
+    constexpr int key_kind = KIND, kcs = C::KCS, plane0 = C::PLANE0;
+    constexpr bool k_aligned = C::KALIGNED;
+    constexpr int LA = C::LA, NST = C::NST;
+    __shared__ __align__(16) uint8_t s_buf[MMA_WARPS * NST * C::ST];
+    __shared__ __align__(16) unsigned short s_w[MMA_WARPS][2][4][BT]; /* weights, by tile parity */
+    __shared__ float s_q[4][128];
+    __shared__ int s_ex[4], s_kq[4];
+    __shared__ unsigned s_qb[4][132];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, tq = lane & 3;
+    const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int seq = b / a.q_per_seq;
+    const int G = a.group;
+
+    const float c_first = key_kind == KEY_RABITQ ? 1.0f : a.kp->cen[1];
+    const float c_rest = a.kp->cen2[1];
+
+    const int len = a.seq_lens[seq];
+    const int t0 = split * a.chunk, t1 = min(len, t0 + a.chunk);
+
+    uint8_t *wbuf = s_buf + warp * NST * C::ST;
+    const int step = BT * MMA_WARPS;
+    int ti = t0 + BT * warp; /* next tile to copy */
+    int pn0 = 0, pn1 = 0;    /* its pages */
+    if (ti < t1) {
+        pn0 = kvqc_page(a, seq, ti);
+        pn1 = ti + 16 < t1 ? kvqc_page(a, seq, ti + 16) : pn0;
+    }
+    /* copy the next tile into stage st (pages read one tile ahead) */
+    auto issue = [&](int st) {
+        if (ti < t1) {
+            bits_issue<kcs>(wbuf + st * C::ST, wbuf + st * C::ST + C::KT, a, kvqc_row_at(a, pn0, h, ti),
+                            kvqc_row_at(a, pn1, h, ti + 16), min(16, t1 - ti), max(0, min(16, t1 - ti - 16)), lane);
+            ti += step;
+            if (ti < t1) {
+                pn0 = kvqc_page(a, seq, ti);
+                pn1 = ti + 16 < t1 ? kvqc_page(a, seq, ti + 16) : pn0;
+            }
+        }
+        cp_commit();
+    };
+#pragma unroll
+    for (int s = 0; s < LA; s++) issue(s); /* the first copies fly during the setup */
+    kvqc_block_query(a, b, h, s_q); /* ends with __syncthreads */
+    /* per head: exponent e with |q| < 2^(e + 21), Kq = sum_d 2^(d & 7) Q_d, and the bytes
+     * (H, M, L) of 2 Q_d = 65536 H + 256 M + L (each signed) in s_qb (one word per 32 dims
+     * of padding: the fragment reads below hit distinct banks) */
+    {
+        float mx = 0.0f;
+        if (warp < G)
+            for (int e = 0; e < 4; e++) mx = fmaxf(mx, fabsf(s_q[warp][lane + 32 * e]));
+        mx = kvqc_warp_max(mx);
+        const int ex = mx > 0.0f ? max(ilogbf(mx) + 1 - 21, -100) : 0;
+        int kq = 0;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int d = lane + 32 * e;
+            const int q = warp < G ? q_fixed(s_q[warp][d], ex, d) : 0;
+            kq += q * (1 << (d & 7));
+            const int v = 2 * q;
+            const int lo = (int)(signed char)(v & 0xFF);
+            const int r1v = (v - lo) >> 8;
+            const int mid = (int)(signed char)(r1v & 0xFF);
+            const int hi = (r1v - mid) >> 8;
+            s_qb[warp][d + (d >> 5)] = ((unsigned)hi & 0xFFu) | (((unsigned)mid & 0xFFu) << 8) | (((unsigned)lo & 0xFFu) << 16);
+        }
+#pragma unroll
+        for (int o = 16; o >= 1; o >>= 1) kq += __shfl_xor_sync(KVQC_FULL, kq, o);
+        if (lane == 0) {
+            s_ex[warp] = ex;
+            s_kq[warp] = kq;
+        }
+    }
+    __syncthreads();
+    /* B fragments of the query, k-step i: b0 holds dims 32 tq + 8 s + 2 i (bit 2i of byte s
+     * of plane word tq), b1 dims + 1 (bit 2i + 1); n-tile 0 columns (2 head, 2 head + 1) =
+     * (H, M), n-tile 1 = (L, 0). Values 2 Q (the factor 2 of s = 2 bit - 1). */
+    unsigned kb[4][2][2];
+    {
+        const unsigned *qrow = s_qb[g >> 1];
+        const unsigned p0 = (g & 1) ? 0x51u : 0x40u; /* byte M (odd g) or H of two words */
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                unsigned x[4];
+#pragma unroll
+                for (int s = 0; s < 4; s++) {
+                    const int d = 32 * tq + 8 * s + 2 * i + hf;
+                    x[s] = qrow[d + tq]; /* d >> 5 == tq */
+                }
+                kb[i][0][hf] = __byte_perm(__byte_perm(x[0], x[1], p0), __byte_perm(x[2], x[3], p0), 0x5410);
+                kb[i][1][hf] = (g & 1) ? 0u
+                                       : __byte_perm(__byte_perm(x[0], x[1], 0x62), __byte_perm(x[2], x[3], 0x62), 0x5410);
+            }
+    }
+    const int kq_h = tq < G ? s_kq[tq] : 0;
+    const float sig = pow2i(tq < G ? s_ex[tq] : 0);
+    const float key_mul = (key_kind == KEY_MSE1 ? 1.0f : a.kf.inv_sqrt_d) * sig;
+    int vacc[16][4], wacc[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int mt = 0; mt < 16; mt++) vacc[mt][0] = vacc[mt][1] = vacc[mt][2] = vacc[mt][3] = 0;
+    float m = -INFINITY, l = 0.0f;
+
+    /* values of the tile in stage vst with the weights of s_w[par]: word g (dims 16 g ..
+     * 16 g + 15) of tokens 4 tq + s and 16 + 4 tq + s, byte-transposed so byte s of
+     * T[grp][j] is byte j of token 16 grp + 4 tq + s; m-tile mt: rows g / g + 8 = bit 0 /
+     * bit 1 of dim 16 g + mt (code mt & 3 of byte mt >> 2) */
+    auto values = [&](int vst, int par) {
+        const uint8_t *sv = wbuf + vst * C::ST + C::KT;
+        const unsigned sel = (g & 1) ? 0x6420u : 0x7531u;
+        const uint2 u0 = *(const uint2 *)&s_w[warp][par][g >> 1][4 * tq];
+        const uint2 u1 = *(const uint2 *)&s_w[warp][par][g >> 1][16 + 4 * tq];
+        const unsigned vb0 = __byte_perm(u0.x, u0.y, sel), vb1 = __byte_perm(u1.x, u1.y, sel);
+        unsigned T[2][4];
+#pragma unroll
+        for (int grp = 0; grp < 2; grp++) {
+            const int o0 = (16 * grp + 4 * tq) * VCS2 + 2 + 4 * g; /* = 2 mod 4 */
+            const unsigned A0 = *(const unsigned *)(sv + o0 - 2), A1 = *(const unsigned *)(sv + o0 + 2);
+            const unsigned B1 = *(const unsigned *)(sv + o0 + VCS2);
+            const unsigned C0 = *(const unsigned *)(sv + o0 + 2 * VCS2 - 2);
+            const unsigned C1 = *(const unsigned *)(sv + o0 + 2 * VCS2 + 2);
+            const unsigned D1 = *(const unsigned *)(sv + o0 + 3 * VCS2);
+            const unsigned X0 = __byte_perm(A0, B1, 0x5342), X1 = __byte_perm(A1, B1, 0x7160);
+            const unsigned Y0 = __byte_perm(C0, D1, 0x5342), Y1 = __byte_perm(C1, D1, 0x7160);
+            T[grp][0] = __byte_perm(X0, Y0, 0x5410);
+            T[grp][1] = __byte_perm(X0, Y0, 0x7632);
+            T[grp][2] = __byte_perm(X1, Y1, 0x5410);
+            T[grp][3] = __byte_perm(X1, Y1, 0x7632);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 16; mt++) {
+            const unsigned m0 = 0x01010101u << (2 * (mt & 3)), m1 = m0 << 1;
+            const int j = mt >> 2;
+            imma_u8u8(vacc[mt], T[0][j] & m0, T[0][j] & m1, T[1][j] & m0, T[1][j] & m1, vb0, vb1);
+        }
+        const unsigned ones = g == 0 ? 0x01010101u : 0u; /* row 0: sum of the weights */
+        imma_u8u8(wacc, ones, 0u, ones, 0u, vb0, vb1);
+    };
+
+    /* tile i: its scores and weights at step i, its values at step i + 1 (they overlap the
+     * next tile's scores and softmax); LA tiles in flight, NST = LA + 2 stages */
+    int stage = 0, it = 0;
+    for (int tt = t0 + BT * warp; tt < t1; tt += step, it++) {
+        cp_wait_group<LA - 1>();
+        __syncwarp();
+        issue(stage + LA < NST ? stage + LA : stage + LA - NST);
+        const uint8_t *sk = wbuf + stage * C::ST, *sv = sk + C::KT;
+
+        /* ---- scores of tokens 16 mt + g (+ 8) for head tq: sc[2 mt], sc[2 mt + 1] */
+        float sc[4];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) {
+            const int ko_lo = (16 * mt + g) * kcs, ko_hi = ko_lo + 8 * kcs;
+            float s_lo = 0.0f, s_hi = 0.0f;
+#pragma unroll
+            for (int st = 0; st < R; st++) {
+                const int wo = plane0 + 16 * st + 4 * tq;
+                const unsigned wl = k_aligned ? *(const unsigned *)(sk + ko_lo + wo) : ld_word(sk, ko_lo + wo);
+                const unsigned wh = k_aligned ? *(const unsigned *)(sk + ko_hi + wo) : ld_word(sk, ko_hi + wo);
+                int c0[4] = {0, 0, 0, 0}, c1[4] = {-kq_h, 0, -kq_h, 0};
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const unsigned m0 = 0x01010101u << (2 * i), m1 = m0 << 1;
+                    const unsigned a0 = wl & m0, a1 = wh & m0, a2 = wl & m1, a3 = wh & m1;
+                    imma_u8s8(c0, a0, a1, a2, a3, kb[i][0][0], kb[i][0][1]);
+                    imma_u8s8(c1, a0, a1, a2, a3, kb[i][1][0], kb[i][1][1]);
+                }
+                const int y_lo = (int)(((unsigned)c0[0] << 16) + ((unsigned)c0[1] << 8) + (unsigned)c1[0]);
+                const int y_hi = (int)(((unsigned)c0[2] << 16) + ((unsigned)c0[3] << 8) + (unsigned)c1[2]);
+                float cl = c_first, ch = c_first;
+                if (key_kind == KEY_RVQ && st > 0) {
+                    cl = c_rest * ld_h(sk, ko_lo + 2 * st);
+                    ch = c_rest * ld_h(sk, ko_hi + 2 * st);
+                }
+                s_lo = fmaf(cl, (float)y_lo, s_lo);
+                s_hi = fmaf(ch, (float)y_hi, s_hi);
+            }
+            float n_lo = ld_h(sk, ko_lo) * key_mul, n_hi = ld_h(sk, ko_hi) * key_mul;
+            if (key_kind == KEY_RABITQ) {
+                n_lo = __fdividef(n_lo, ld_h(sk, ko_lo + 2));
+                n_hi = __fdividef(n_hi, ld_h(sk, ko_hi + 2));
+            }
+            sc[2 * mt] = tt + 16 * mt + g < t1 ? s_lo * n_lo : -INFINITY;
+            sc[2 * mt + 1] = tt + 16 * mt + g + 8 < t1 ? s_hi * n_hi : -INFINITY;
+        }
+        float nv[4], tmax = -INFINITY; /* value norms; the maximum of s + log2 |v| */
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int tok = 16 * (k >> 1) + g + 8 * (k & 1);
+            nv[k] = ld_h(sv, tok * VCS2);
+            tmax = fmaxf(tmax, sc[k] + fmaxf(lg2_ftz(nv[k]), -30.0f));
+        }
+        /* ---- values of the previous tile, with weights against the current reference */
+        if (it > 0) values(stage == 0 ? NST - 1 : stage - 1, (it - 1) & 1);
+
+        /* ---- online softmax of head tq; weights w = exp2(s + log2 |v| - m) <= 1 */
+        tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 4));
+        tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 8));
+        tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 16));
+        if (__any_sync(KVQC_FULL, tmax > m)) {
+            const float mn = tmax > m ? ceilf(tmax) : m;
+            if (mn > m) {
+                if (m != -INFINITY) {
+                    const int k = min((int)(mn - m), 31);
+                    l *= exp2f(m - mn);
+#pragma unroll
+                    for (int mt = 0; mt < 16; mt++) {
+                        vacc[mt][0] >>= k;
+                        vacc[mt][1] >>= k;
+                        vacc[mt][2] >>= k;
+                        vacc[mt][3] >>= k;
+                    }
+                    wacc[0] >>= k;
+                    wacc[1] >>= k;
+                    wacc[2] >>= k;
+                    wacc[3] >>= k;
+                }
+                m = mn;
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int tok = 16 * (k >> 1) + g + 8 * (k & 1);
+            const float p = ex2_ftz(sc[k] - m), w = p * nv[k];
+            l += p;
+            /* round(w * 65535) in the low 16 bits (w <= 1 up to the rounding of lg2, ex2) */
+            s_w[warp][it & 1][tq][tok] = (unsigned short)__float_as_uint(fmaf(w, 65535.0f, 12582912.0f));
+        }
+        stage = stage == NST - 1 ? 0 : stage + 1;
+    }
+    if (it > 0) {
+        __syncwarp();
+        values(stage == 0 ? NST - 1 : stage - 1, (it - 1) & 1);
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+
+    /* ---- per-warp results: head tq, dim 16 g + mt */
+    l += __shfl_xor_sync(KVQC_FULL, l, 4);
+    l += __shfl_xor_sync(KVQC_FULL, l, 8);
+    l += __shfl_xor_sync(KVQC_FULL, l, 16);
+    const float wsum = __shfl_sync(KVQC_FULL, 256.0f * (float)wacc[0] + (float)wacc[1], tq);
+    const float cb0 = a.vp->cen[0], beta = a.vp->cen[1] - cb0, gamma = a.vp->cen[2] - cb0;
+    const float inv = 1.0f / 65535.0f;
+    __syncthreads(); /* every warp is done with its stages: s_part reuses them */
+    float *s_part = (float *)s_buf;
+    if (tq < G) {
+        float *dst = s_part + (warp * 4 + tq) * 130;
+#pragma unroll
+        for (int mt = 0; mt < 16; mt++) {
+            const float f0 = 1.0f / (float)(1 << (2 * (mt & 3))), f1 = 0.5f * f0;
+            const float s0 = (256.0f * (float)vacc[mt][0] + (float)vacc[mt][1]) * f0;
+            const float s1 = (256.0f * (float)vacc[mt][2] + (float)vacc[mt][3]) * f1;
+            dst[16 * g + mt] = (cb0 * wsum + beta * s0 + gamma * s1) * inv;
+        }
+        if (g == 0) {
+            dst[128] = m;
+            dst[129] = l;
+        }
+    }
+    __syncthreads();
+    kvqc_merge_warps(s_part, MMA_WARPS, 4 * 130, 130, G, 128, a, b, h, split);
+}
+
 static int key_kind_of(const kvqc_params *kp) {
     if (kp->kind == KVQC_RVQ && kp->bits == 1) return KEY_RVQ;
     if (kp->kind == KVQC_RABITQ) return KEY_RABITQ;
@@ -383,13 +763,32 @@ int kvqc_mma_supports(const kvqc_params *kp, const kvqc_params *vp, int group) {
 
 typedef void (*mma_kernel_fn)(kvqc_attn_args, int);
 
+/* 2-bit values take the integer kernel when their codebook is symmetric (a code is then
+ * affine in its two bits); the Lloyd-Max levels are built symmetric (src/core/lloydmax.c). */
+static int bits_path(const kvqc_params *vp) {
+    return vp->bits == 2 && vp->cen[0] == -vp->cen[3] && vp->cen[1] == -vp->cen[2];
+}
+
 static mma_kernel_fn pick(const kvqc_params *kp, const kvqc_params *vp) {
     int R = key_kind_of(kp) == KEY_RVQ ? kp->residuals : 1;
+    static const mma_kernel_fn kb[4] = {attend_bits_kernel<KEY_RVQ, 1>, attend_bits_kernel<KEY_RVQ, 2>,
+                                        attend_bits_kernel<KEY_RVQ, 3>, attend_bits_kernel<KEY_RVQ, 4>};
     static const mma_kernel_fn k2[4] = {attend_mma_kernel<2, 1>, attend_mma_kernel<2, 2>,
                                         attend_mma_kernel<2, 3>, attend_mma_kernel<2, 4>};
     static const mma_kernel_fn k4[4] = {attend_mma_kernel<4, 1>, attend_mma_kernel<4, 2>,
                                         attend_mma_kernel<4, 3>, attend_mma_kernel<4, 4>};
+    if (bits_path(vp)) {
+        int kk = key_kind_of(kp);
+        if (kk == KEY_RABITQ) return attend_bits_kernel<KEY_RABITQ, 1>;
+        if (kk == KEY_MSE1) return attend_bits_kernel<KEY_MSE1, 1>;
+        return kb[R - 1];
+    }
     return vp->bits == 2 ? k2[R - 1] : k4[R - 1];
+}
+
+int kvqc_mma_max_chunk(const kvqc_params *kp, const kvqc_params *vp) {
+    (void)kp;
+    return bits_path(vp) ? BITS_MAX_CHUNK : 0;
 }
 
 int kvqc_mma_blocks_per_sm(const kvqc_params *kp, const kvqc_params *vp) {

@@ -1,0 +1,82 @@
+#!/bin/sh
+# dev_run.sh - one device call for the compressed-KV tensor-core kernels: build, the GPU
+# tests, build/bench_attn on the compressed pairs, optionally a variant build of
+# attend_mma.o (VARIANT="-D...": its flags through NVCC_APPEND_FLAGS), SDPA-flash on the
+# same shapes (SDPA=1) and one Nsight Compute profile at batch 8, 32k (NCU=1).
+# Logs under $OUT (else build/dev-run); a short summary is printed last.
+set -u
+OUT=${OUT:-build/dev-run}
+PAIRS=${PAIRS:-rvq1x2/mse2,rabitq1/mse2,rvq1x2/mse4}
+mkdir -p "$OUT"
+NPROC=$(nproc 2>/dev/null || echo 4)
+CUDA_HOME=$(dirname "$(dirname "$(command -v nvcc)")")
+t0=$(date +%s)
+stamp() { echo "[$(($(date +%s) - t0)) s] $*"; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem --format=csv,noheader | tee "$OUT/env.txt"
+bench_bin() {
+  cc -std=c11 -O2 -Wall -Wextra -Werror -D_DEFAULT_SOURCE -Iinclude -I"$CUDA_HOME/include" \
+    bench/cuda/bench_attn.c build/libkvq.a -L"$CUDA_HOME/lib64" -Wl,-rpath,"$CUDA_HOME/lib64" \
+    -lcudart -lm -pthread -o "$1"
+}
+make -j"$NPROC" >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+bench_bin build/bench_attn >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+stamp "build done"
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  make -j"$NPROC" test TESTS=cuda_ >"$OUT/tests.log" 2>&1
+  stamp "tests: $(grep -E 'passed|failed' "$OUT/tests.log" | tail -2 | tr '\n' ' ')"
+  grep -E "FAIL|error|relative" "$OUT/tests.log" | head -20
+fi
+./build/bench_attn --pair "$PAIRS" >"$OUT/bench.txt" 2>&1
+stamp "bench done"
+if [ "${NCU:-0}" = 1 ]; then
+  NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  timeout 150 "$NCU_BIN" --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section Occupancy --section WarpStateStats --section LaunchStats --section InstructionStats \
+    --section ComputeWorkloadAnalysis -k regex:attend_bits -c 1 \
+    ./build/bench_attn --profile "${NCU_KEY:-turboquant_rvq:bits=1,residuals=2}" "${NCU_VALUE:-turboquant_mse:bits=2}" \
+    >"$OUT/ncu.txt" 2>&1
+  stamp "ncu done"
+fi
+if [ -n "${VARIANT:-}" ]; then
+  rm -f build/src/cuda/attend_mma.o
+  NVCC_APPEND_FLAGS="$VARIANT" make -j"$NPROC" >>"$OUT/build.log" 2>&1 && bench_bin build/bench_attn_v >>"$OUT/build.log" 2>&1 &&
+    ./build/bench_attn_v --pair "${VPAIRS:-$PAIRS}" >"$OUT/bench_variant.txt" 2>&1
+  stamp "variant ($VARIANT) done"
+fi
+if [ "${SDPA:-0}" = 1 ]; then
+  PYTHONUNBUFFERED=1 timeout 200 python3 bench/cuda/sdpa.py --flash >"$OUT/sdpa.txt" 2>&1
+  stamp "sdpa done"
+fi
+python3 - "$OUT" <<'PY'
+import os, re, sys
+out = sys.argv[1]
+kv = lambda l: dict(re.findall(r"(\w+)=(\S+)", l))
+sdpa = {}
+if os.path.exists(f"{out}/sdpa.txt"):
+    for l in open(f"{out}/sdpa.txt"):
+        if l.startswith("SDPA ") and "us=" in l:
+            d = kv(l)
+            sdpa[(d["backend"], d["batch"], d["ctx"])] = float(d["us"])
+for name in ("bench.txt", "bench_variant.txt"):
+    p = f"{out}/{name}"
+    if not os.path.exists(p):
+        continue
+    print("==", name)
+    for l in open(p):
+        if l.startswith("COPY"):
+            print(f"copy {float(kv(l)['GBps']):.0f} GB/s")
+        elif l.startswith("ATTN") and "us=" in l:
+            d = kv(l)
+            f = sdpa.get(("flash", d["batch"], d["ctx"]))
+            vs = f"{f / float(d['us']):6.2f}" if f else "     -"
+            print(f"{d['pair']:<14}{d['batch']:>4}{d['ctx']:>8}{float(d['us']):>10.1f}{float(d['GBps']):>8.0f}"
+                  f"{float(d['pct_copy']):>7.1f}{vs}")
+        elif "rror" in l:
+            print(l.rstrip())
+if os.path.exists(f"{out}/ncu.txt"):
+    for l in open(f"{out}/ncu.txt"):
+        if re.search(r"Duration|DRAM Throughput|Compute \(SM\) Th|Issue Slots Busy|Achieved Occupancy|"
+                     r"Registers Per|Executed Ipc A|No Eligible|Memory Throughput|Executed Instructions  |"
+                     r"Theoretical Occupancy|Block Limit", l):
+            print(l.rstrip())
+PY
