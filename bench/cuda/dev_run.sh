@@ -6,7 +6,7 @@
 # Logs under $OUT (else build/dev-run); a short summary is printed last.
 set -u
 OUT=${OUT:-build/dev-run}
-PAIRS=${PAIRS:-rvq1x2/mse2,rabitq1/mse2,rvq1x2/mse4}
+PAIRS=${PAIRS:-rvq1x2/mse2,rabitq1/mse2,rvq1x2/mse4,rabitq1/mse4}
 mkdir -p "$OUT"
 NPROC=$(nproc 2>/dev/null || echo 4)
 CUDA_HOME=$(dirname "$(dirname "$(command -v nvcc)")")
