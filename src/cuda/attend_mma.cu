@@ -389,6 +389,9 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
 #define VCS2 34   /* mse 2-bit code at dim 128: fp16 norm + 32 bytes */
 #define VCS4 66   /* mse 4-bit code at dim 128: fp16 norm + 64 bytes */
 #define BITS_MAX_CHUNK 262144
+#ifndef BITS_KSPLIT
+#define BITS_KSPLIT 1 /* 4-bit values: table halves in the k dimension, not OR-ed */
+#endif
 #ifndef BITS_DYN
 #define BITS_DYN 0
 #endif
@@ -669,8 +672,21 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_k
         for (int j = 0; j < 8; j++) {
             const unsigned s0 = S[0][j][0], s1 = S[0][j][1], s2 = S[1][j][0], s3 = S[1][j][1];
             const unsigned x0 = s0 ^ 0x8888u, x1 = s1 ^ 0x8888u, x2 = s2 ^ 0x8888u, x3 = s3 ^ 0x8888u;
-            imma_u8u8(vacc[j], lut(tH, s0, x0), lut(tH, s1, x1), lut(tH, s2, x2), lut(tH, s3, x3), vb0, vb1);
-            imma_u8u8(vacc[8 + j], lut(tL, s0, x0), lut(tL, s1, x1), lut(tL, s2, x2), lut(tL, s3, x3), vb0, vb1);
+            if (BITS_KSPLIT) {
+                /* the two table halves as the two k halves of one mma (same tokens, same
+                 * weights in b0 and b1): 16 tokens per mma, no OR */
+                imma_u8u8(vacc[j], prmt_sx(tH[0], tH[1], s0), prmt_sx(tH[0], tH[1], s1),
+                          prmt_sx(tH[2], tH[3], x0), prmt_sx(tH[2], tH[3], x1), vb0, vb0);
+                imma_u8u8(vacc[j], prmt_sx(tH[0], tH[1], s2), prmt_sx(tH[0], tH[1], s3),
+                          prmt_sx(tH[2], tH[3], x2), prmt_sx(tH[2], tH[3], x3), vb1, vb1);
+                imma_u8u8(vacc[8 + j], prmt_sx(tL[0], tL[1], s0), prmt_sx(tL[0], tL[1], s1),
+                          prmt_sx(tL[2], tL[3], x0), prmt_sx(tL[2], tL[3], x1), vb0, vb0);
+                imma_u8u8(vacc[8 + j], prmt_sx(tL[0], tL[1], s2), prmt_sx(tL[0], tL[1], s3),
+                          prmt_sx(tL[2], tL[3], x2), prmt_sx(tL[2], tL[3], x3), vb1, vb1);
+            } else {
+                imma_u8u8(vacc[j], lut(tH, s0, x0), lut(tH, s1, x1), lut(tH, s2, x2), lut(tH, s3, x3), vb0, vb1);
+                imma_u8u8(vacc[8 + j], lut(tL, s0, x0), lut(tL, s1, x1), lut(tL, s2, x2), lut(tL, s3, x3), vb0, vb1);
+            }
         }
     };
     /* values of the tile in stage vst with the weights of s_w[par]: word g (dims 16 g ..
