@@ -388,7 +388,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
 #define BT 32     /* tokens per warp step */
 #define VCS2 34   /* mse 2-bit code at dim 128: fp16 norm + 32 bytes */
 #define VCS4 66   /* mse 4-bit code at dim 128: fp16 norm + 64 bytes */
-#define BITS_MAX_CHUNK 262144
+#define BITS_MAX_CHUNK 262144 /* int32 value sums stay exact up to 65536 tokens per warp */
 #ifndef BITS_KSPLIT
 #define BITS_KSPLIT 1 /* 4-bit values: table halves in the k dimension, not OR-ed */
 #endif
@@ -397,7 +397,13 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
 #endif
 #ifndef BITS_MIN_BLOCKS
 #define BITS_MIN_BLOCKS 3
-#endif /* int32 value sums stay exact up to 65536 tokens per warp */
+#endif
+#ifndef BITS_MIN_BLOCKS2
+#define BITS_MIN_BLOCKS2 BITS_MIN_BLOCKS /* resident blocks per SM, 2-bit values */
+#endif
+#ifndef BITS_MIN_BLOCKS4
+#define BITS_MIN_BLOCKS4 BITS_MIN_BLOCKS /* 4-bit values */
+#endif
 
 template <int KIND, int R, int VB> struct bits_cfg {
     enum {
@@ -496,7 +502,7 @@ __device__ __forceinline__ void bits_issue(uint8_t *dk, uint8_t *dv, const kvqc_
 }
 
 template <int KIND, int R, int VB>
-__global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_kernel(kvqc_attn_args a, int) {
+__global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : BITS_MIN_BLOCKS2) attend_bits_kernel(kvqc_attn_args a, int) {
     typedef bits_cfg<KIND, R, VB> C;
     constexpr int VCS = C::VCS;
     constexpr int key_kind = KIND, kcs = C::KCS, plane0 = C::PLANE0;
