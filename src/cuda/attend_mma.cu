@@ -2,8 +2,10 @@
  * attend_mma.cu - tensor-core decode attention for 1-bit keys (turboquant_rvq with one
  * bit per pass, 1-bit RaBitQ, 1-bit turboquant_mse) and 2- or 4-bit turboquant_mse
  * values, head_dim 128, up to 4 query heads per KV head. Two kernels: attend_bits_kernel
- * (below, 2-bit values with a symmetric codebook: integer mma on and-masked code bytes)
- * and attend_mma_kernel (4-bit values), which streams tiles of 16 tokens per warp
+ * (below: integer mma; 2-bit values with a symmetric codebook as and-masked code bytes,
+ * 4-bit values through a prmt table of 14-bit levels) and attend_mma_kernel (4-bit values
+ * behind rvq keys of 3-4 passes, 2-bit values with an asymmetric codebook), which streams
+ * tiles of 16 tokens per warp
  * (cp.async, double-buffered) and runs mma.m16n8k16 twice per tile:
  *   scores  S^T = K Q^T:  A = sign planes as +-1 halves (exact), B = the rotated query
  *           split into fp16 high and low parts (columns 2h, 2h+1), fp32 accumulation;
@@ -369,7 +371,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
 
 /* ======================================================================================
  * Integer tensor-core kernel: 1-bit keys with 2-bit values whose codebook is symmetric
- * (c0 = -c3, c1 = -c2, the Lloyd-Max levels). Both products run mma.m16n8k32 on 8-bit
+ * (c0 = -c3, c1 = -c2, the Lloyd-Max levels) or 4-bit values (any codebook; see values4). Both products run mma.m16n8k32 on 8-bit
  * integers, so the sign planes and 2-bit codes become mma operands by ONE and-mask per
  * register of four elements (no fp16 conversion):
  *   scores: A = key plane word & (0x01010101 << p), bytes {0, 2^p} for the dims at bit p
