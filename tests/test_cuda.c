@@ -181,6 +181,11 @@ static const attn_case k_attn_cases[] = {
     /* the integer tensor-core kernel's other key formats */
     {"turboquant_mse:bits=1", "turboquant_mse:bits=2"},
     {"turboquant_rvq:bits=1,residuals=3", "turboquant_mse:bits=2"},
+    /* 4-bit values on the integer kernel (table lookup) behind every key format it takes;
+     * rvq with 3 passes keeps 4-bit values on the fp16 kernel */
+    {"rabitq:bits=1", "turboquant_mse:bits=4"},
+    {"turboquant_rvq:bits=1,residuals=1", "turboquant_mse:bits=4"},
+    {"turboquant_rvq:bits=1,residuals=3", "turboquant_mse:bits=4"},
 };
 
 static void attend_case(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint32_t n_kv,
@@ -305,6 +310,8 @@ static void body_cuda_attend_shapes_and_query_types(kvqt_ctx *kvqt_) {
     attend_case(kvqt_, &k_attn_cases[1], 128, 1, 8, lens, 4, 400, KVQ_CUDA_BF16, 0);
     attend_case(kvqt_, &k_attn_cases[2], 128, 2, 3, lens, 4, 400, KVQ_CUDA_F32, 0);
     attend_case(kvqt_, &k_attn_cases[3], 128, 4, 2, lens, 4, 400, KVQ_CUDA_F16, 0);
+    attend_case(kvqt_, &k_attn_cases[14], 128, 3, 1, lens, 4, 400, KVQ_CUDA_BF16, 0);
+    attend_case(kvqt_, &k_attn_cases[15], 128, 2, 3, lens, 4, 401, KVQ_CUDA_F32, 0);
     attend_case(kvqt_, &k_attn_cases[0], 128, 2, 4, lens, 4, 401, KVQ_CUDA_F32, 0);
     attend_case(kvqt_, &k_attn_cases[0], 64, 2, 4, lens, 4, 400, KVQ_CUDA_F32, 0);
     attend_case(kvqt_, &k_attn_cases[6], 256, 2, 2, lens, 4, 400, KVQ_CUDA_F32, 0);

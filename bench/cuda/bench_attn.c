@@ -497,6 +497,7 @@ int main(int argc, char **argv) {
         {"rabitq1/mse2", "rabitq:bits=1", "turboquant_mse:bits=2", 0},
         {"rvq1x2/mse4", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=4", 0},
         {"q8_0/q4_0", "q8_0", "q4_0", 0},
+        {"rabitq1/mse4", "rabitq:bits=1", "turboquant_mse:bits=4", 0},
     };
     const uint32_t batches[] = {1, 8, 32};
     const uint32_t ctxs[] = {4096, 32768, 131072};

@@ -3,10 +3,12 @@
 # tests, build/bench_attn on the compressed pairs, optionally a variant build of
 # attend_mma.o (VARIANT="-D...": its flags through NVCC_APPEND_FLAGS), SDPA-flash on the
 # same shapes (SDPA=1) and one Nsight Compute profile at batch 8, 32k (NCU=1).
+# VARIANT2: a second variant build (bench_variant2.txt); VTESTS=1 runs the GPU tests on
+# the first variant too (tests_variant.log).
 # Logs under $OUT (else build/dev-run); a short summary is printed last.
 set -u
 OUT=${OUT:-build/dev-run}
-PAIRS=${PAIRS:-rvq1x2/mse2,rabitq1/mse2,rvq1x2/mse4}
+PAIRS=${PAIRS:-rvq1x2/mse2,rabitq1/mse2,rvq1x2/mse4,rabitq1/mse4}
 mkdir -p "$OUT"
 NPROC=$(nproc 2>/dev/null || echo 4)
 CUDA_HOME=$(dirname "$(dirname "$(command -v nvcc)")")
@@ -37,12 +39,20 @@ if [ "${NCU:-0}" = 1 ]; then
     >"$OUT/ncu.txt" 2>&1
   stamp "ncu done"
 fi
-if [ -n "${VARIANT:-}" ]; then
+vi=0
+for V in "${VARIANT:-}" "${VARIANT2:-}"; do
+  vi=$((vi + 1))
+  [ -n "$V" ] || continue
+  sfx=$([ $vi = 1 ] && echo "" || echo $vi)
   rm -f build/src/cuda/attend_mma.o
-  NVCC_APPEND_FLAGS="$VARIANT" make -j"$NPROC" >>"$OUT/build.log" 2>&1 && bench_bin build/bench_attn_v >>"$OUT/build.log" 2>&1 &&
-    ./build/bench_attn_v --pair "${VPAIRS:-$PAIRS}" >"$OUT/bench_variant.txt" 2>&1
-  stamp "variant ($VARIANT) done"
-fi
+  NVCC_APPEND_FLAGS="$V" make -j"$NPROC" >>"$OUT/build.log" 2>&1 && bench_bin build/bench_attn_v >>"$OUT/build.log" 2>&1 &&
+    ./build/bench_attn_v --pair "${VPAIRS:-$PAIRS}" >"$OUT/bench_variant$sfx.txt" 2>&1
+  if [ $vi = 1 ] && [ "${VTESTS:-0}" = 1 ]; then
+    NVCC_APPEND_FLAGS="$V" make -j"$NPROC" test TESTS=cuda_ >"$OUT/tests_variant.log" 2>&1
+    stamp "variant tests: $(grep -E 'passed|failed' "$OUT/tests_variant.log" | tail -1)"
+  fi
+  stamp "variant ($V) done"
+done
 if [ "${SDPA:-0}" = 1 ]; then
   PYTHONUNBUFFERED=1 timeout 200 python3 bench/cuda/sdpa.py --flash >"$OUT/sdpa.txt" 2>&1
   stamp "sdpa done"
@@ -57,7 +67,7 @@ if os.path.exists(f"{out}/sdpa.txt"):
         if l.startswith("SDPA ") and "us=" in l:
             d = kv(l)
             sdpa[(d["backend"], d["batch"], d["ctx"])] = float(d["us"])
-for name in ("bench.txt", "bench_variant.txt"):
+for name in ("bench.txt", "bench_variant.txt", "bench_variant2.txt"):
     p = f"{out}/{name}"
     if not os.path.exists(p):
         continue

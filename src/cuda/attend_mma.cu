@@ -2,8 +2,10 @@
  * attend_mma.cu - tensor-core decode attention for 1-bit keys (turboquant_rvq with one
  * bit per pass, 1-bit RaBitQ, 1-bit turboquant_mse) and 2- or 4-bit turboquant_mse
  * values, head_dim 128, up to 4 query heads per KV head. Two kernels: attend_bits_kernel
- * (below, 2-bit values with a symmetric codebook: integer mma on and-masked code bytes)
- * and attend_mma_kernel (4-bit values), which streams tiles of 16 tokens per warp
+ * (below: integer mma; 2-bit values with a symmetric codebook as and-masked code bytes,
+ * 4-bit values through a prmt table of 14-bit levels) and attend_mma_kernel (4-bit values
+ * behind rvq keys of 3-4 passes, 2-bit values with an asymmetric codebook), which streams
+ * tiles of 16 tokens per warp
  * (cp.async, double-buffered) and runs mma.m16n8k16 twice per tile:
  *   scores  S^T = K Q^T:  A = sign planes as +-1 halves (exact), B = the rotated query
  *           split into fp16 high and low parts (columns 2h, 2h+1), fp32 accumulation;
@@ -369,7 +371,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
 
 /* ======================================================================================
  * Integer tensor-core kernel: 1-bit keys with 2-bit values whose codebook is symmetric
- * (c0 = -c3, c1 = -c2, the Lloyd-Max levels). Both products run mma.m16n8k32 on 8-bit
+ * (c0 = -c3, c1 = -c2, the Lloyd-Max levels) or 4-bit values (any codebook; see values4). Both products run mma.m16n8k32 on 8-bit
  * integers, so the sign planes and 2-bit codes become mma operands by ONE and-mask per
  * register of four elements (no fp16 conversion):
  *   scores: A = key plane word & (0x01010101 << p), bytes {0, 2^p} for the dims at bit p
@@ -387,24 +389,41 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
  * ====================================================================================== */
 #define BT 32     /* tokens per warp step */
 #define VCS2 34   /* mse 2-bit code at dim 128: fp16 norm + 32 bytes */
-#define BITS_MAX_CHUNK 262144
+#define VCS4 66   /* mse 4-bit code at dim 128: fp16 norm + 64 bytes */
+#define BITS_MAX_CHUNK 262144 /* int32 value sums stay exact up to 65536 tokens per warp */
+#ifndef BITS_KSPLIT
+#define BITS_KSPLIT 1 /* 4-bit values: table halves in the k dimension, not OR-ed */
+#endif
+#ifndef BITS_DYN
+#define BITS_DYN 0
+#endif
 #ifndef BITS_MIN_BLOCKS
 #define BITS_MIN_BLOCKS 3
-#endif /* int32 value sums stay exact up to 65536 tokens per warp */
+#endif
+#ifndef BITS_MIN_BLOCKS2
+#define BITS_MIN_BLOCKS2 BITS_MIN_BLOCKS /* resident blocks per SM, 2-bit values */
+#endif
+#ifndef BITS_MIN_BLOCKS4
+#define BITS_MIN_BLOCKS4 BITS_MIN_BLOCKS /* 4-bit values */
+#endif
 
-template <int KIND, int R> struct bits_cfg {
+template <int KIND, int R, int VB> struct bits_cfg {
     enum {
+        VCS = VB == 2 ? VCS2 : VCS4,
         KCS = KIND == KEY_RVQ ? 18 * R : KIND == KEY_RABITQ ? 20 : 18, /* key code size */
         PLANE0 = KIND == KEY_RVQ ? 2 * R : KIND == KEY_RABITQ ? 4 : 2,  /* first sign plane */
         KALIGNED = (KCS & 3) == 0 && (PLANE0 & 3) == 0,
         KT = BT * KCS + 16, /* + read-ahead pad of ld_word */
-        VT = BT * VCS2 + 16,
+        VT = BT * VCS + 16,
         ST = KT + VT,
+        /* the stages in dynamic shared memory (4-bit values, BITS_DYN): 2 tiles in flight */
+        DYN = BITS_DYN && VB == 4,
         /* tiles in flight per warp (2, or 1 where 4 warps x 4 stages would pass 46 KiB of
-         * static shared memory: rvq with 3-4 passes); stages = LA + the tile being scored +
-         * the tile whose values run */
-        LA = MMA_WARPS * 4 * ST + 4608 <= 46 * 1024 ? 2 : 1,
-        NST = LA + 2
+         * static shared memory: rvq with 3-4 passes, 4-bit values); stages = LA + the tile
+         * being scored + the tile whose values run */
+        LA = DYN || MMA_WARPS * 4 * ST + 4608 <= 46 * 1024 ? 2 : 1,
+        NST = LA + 2,
+        BUF = MMA_WARPS * NST * ST /* stage bytes of a block */
     };
 };
 
@@ -421,6 +440,13 @@ __device__ __forceinline__ void imma_u8u8(int c[4], unsigned a0, unsigned a1, un
         "{%0,%1,%2,%3};\n"
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+/* prmt with the selector's sign-replicate bits honoured (bit 3 of a nibble: the selected
+ * byte's sign over all 8 bits) */
+__device__ __forceinline__ unsigned prmt_sx(unsigned x, unsigned y, unsigned s) {
+    unsigned d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(x), "r"(y), "r"(s));
+    return d;
 }
 template <int N> __device__ __forceinline__ void cp_wait_group() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
@@ -441,35 +467,35 @@ __device__ __forceinline__ float lg2_ftz(float x) {
 
 /* Copy the two 16-token halves of a 32-token tile (each inside one page) into a stage;
  * n0, n1 valid tokens (the rest zero-filled). */
-template <int kcs>
+template <int kcs, int VCS>
 __device__ __forceinline__ void bits_issue(uint8_t *dk, uint8_t *dv, const kvqc_attn_args &a,
                                            size_t r0, size_t r1, int n0, int n1, int lane) {
 #pragma unroll
     for (int half = 0; half < 2; half++) {
         const int n = half ? n1 : n0;
         const size_t r = half ? r1 : r0;
-        uint8_t *sk = dk + half * 16 * kcs, *sv = dv + half * 16 * VCS2;
+        uint8_t *sk = dk + half * 16 * kcs, *sv = dv + half * 16 * VCS;
         if (n == 16) {
-            const uint8_t *gk = a.k_codes + r * kcs, *gv = a.v_codes + r * VCS2;
+            const uint8_t *gk = a.k_codes + r * kcs, *gv = a.v_codes + r * VCS;
 #pragma unroll
             for (int i = 0; i < (kcs + 31) / 32; i++) {
                 const int c = lane + 32 * i;
                 if (kcs % 32 == 0 || c < kcs) cp_async16(sk + 16 * c, gk + 16 * c, 16);
             }
 #pragma unroll
-            for (int i = 0; i < (VCS2 + 31) / 32; i++) {
+            for (int i = 0; i < (VCS + 31) / 32; i++) {
                 const int c = lane + 32 * i;
-                if (c < VCS2) cp_async16(sv + 16 * c, gv + 16 * c, 16);
+                if (c < VCS) cp_async16(sv + 16 * c, gv + 16 * c, 16);
             }
         } else {
             const uint8_t *gk = n > 0 ? a.k_codes + r * kcs : a.k_codes;
-            const uint8_t *gv = n > 0 ? a.v_codes + r * VCS2 : a.v_codes;
-            const int kvalid = n * kcs, vvalid = n * VCS2;
+            const uint8_t *gv = n > 0 ? a.v_codes + r * VCS : a.v_codes;
+            const int kvalid = n * kcs, vvalid = n * VCS;
             for (int c = lane; c < kcs; c += 32) {
                 int nb = min(max(kvalid - 16 * c, 0), 16);
                 cp_async16(sk + 16 * c, nb > 0 ? gk + 16 * c : gk, nb);
             }
-            for (int c = lane; c < VCS2; c += 32) {
+            for (int c = lane; c < VCS; c += 32) {
                 int nb = min(max(vvalid - 16 * c, 0), 16);
                 cp_async16(sv + 16 * c, nb > 0 ? gv + 16 * c : gv, nb);
             }
@@ -477,13 +503,16 @@ __device__ __forceinline__ void bits_issue(uint8_t *dk, uint8_t *dv, const kvqc_
     }
 }
 
-template <int KIND, int R>
-__global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_kernel(kvqc_attn_args a, int) {
-    typedef bits_cfg<KIND, R> C;
+template <int KIND, int R, int VB>
+__global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : BITS_MIN_BLOCKS2) attend_bits_kernel(kvqc_attn_args a, int) {
+    typedef bits_cfg<KIND, R, VB> C;
+    constexpr int VCS = C::VCS;
     constexpr int key_kind = KIND, kcs = C::KCS, plane0 = C::PLANE0;
     constexpr bool k_aligned = C::KALIGNED;
     constexpr int LA = C::LA, NST = C::NST;
-    __shared__ __align__(16) uint8_t s_buf[MMA_WARPS * NST * C::ST];
+    __shared__ __align__(16) uint8_t s_stat[C::DYN ? 16 : C::BUF];
+    extern __shared__ __align__(16) uint8_t s_dyn[];
+    uint8_t *const s_buf = C::DYN ? s_dyn : s_stat;
     __shared__ __align__(16) unsigned short s_w[MMA_WARPS][2][4][BT]; /* weights, by tile parity */
     __shared__ float s_q[4][128];
     __shared__ int s_ex[4], s_kq[4];
@@ -511,7 +540,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_k
     /* copy the next tile into stage st (pages read one tile ahead) */
     auto issue = [&](int st) {
         if (ti < t1) {
-            bits_issue<kcs>(wbuf + st * C::ST, wbuf + st * C::ST + C::KT, a, kvqc_row_at(a, pn0, h, ti),
+            bits_issue<kcs, VCS>(wbuf + st * C::ST, wbuf + st * C::ST + C::KT, a, kvqc_row_at(a, pn0, h, ti),
                             kvqc_row_at(a, pn1, h, ti + 16), min(16, t1 - ti), max(0, min(16, t1 - ti - 16)), lane);
             ti += step;
             if (ti < t1) {
@@ -584,6 +613,90 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_k
     for (int mt = 0; mt < 16; mt++) vacc[mt][0] = vacc[mt][1] = vacc[mt][2] = vacc[mt][3] = 0;
     float m = -INFINITY, l = 0.0f;
 
+    /* 4-bit values: a code indexes a 16-entry table of 14-bit levels V = 128 H + L
+     * (c ~ mid + hs (2 V - 16383)), looked up bytewise by prmt in two planes H, L of 7 bits
+     * each: prmt(tab[0..7], sel) gives the entry for codes 0..7 and, through the selector's
+     * sign-replicate bit (bit 3 of a code), 0 for codes 8..15; prmt(tab[8..15], sel ^ 0x8888)
+     * the converse, so their OR is the entry (every table byte is below 128). */
+    unsigned tH[4] = {0u, 0u, 0u, 0u}, tL[4] = {0u, 0u, 0u, 0u};
+    float v_mid = 0.0f, v_hs = 0.0f;
+    if (VB == 4) {
+        float lo = a.vp->cen[0], hi = a.vp->cen[0];
+#pragma unroll
+        for (int i = 1; i < 16; i++) {
+            lo = fminf(lo, a.vp->cen[i]);
+            hi = fmaxf(hi, a.vp->cen[i]);
+        }
+        const float step = (hi - lo) / 16383.0f;
+        v_mid = 0.5f * (lo + hi);
+        v_hs = 0.5f * step;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            int v = step > 0.0f ? __float2int_rn((a.vp->cen[i] - lo) / step) : 8192;
+            v = min(max(v, 0), 16383);
+            tH[i >> 2] |= (unsigned)(v >> 7) << (8 * (i & 3));
+            tL[i >> 2] |= (unsigned)(v & 127) << (8 * (i & 3));
+        }
+    }
+    auto lut = [&](const unsigned t[4], unsigned s, unsigned sx) {
+        return prmt_sx(t[0], t[1], s) | prmt_sx(t[2], t[3], sx);
+    };
+    /* word g of a 4-bit row holds dims 16 g .. 16 g + 15 (byte j: dims 16 g + 2 j in the low
+     * nibble, + 1 in the high nibble); rows g / g + 8 of m-tile j are those two dims, the H
+     * plane accumulates in vacc[j], the L plane in vacc[8 + j]; k = tokens 4 tq + s and
+     * 16 + 4 tq + s as for 2-bit values */
+    auto values4 = [&](const uint8_t *sv, unsigned vb0, unsigned vb1) {
+        unsigned S[2][8][2]; /* selectors: [grp][byte j][low / high nibble] (low 16 bits) */
+#pragma unroll
+        for (int grp = 0; grp < 2; grp++) {
+            const int o0 = (16 * grp + 4 * tq) * VCS + 2 + 8 * g; /* = 2 mod 4 */
+            const unsigned A0 = *(const unsigned *)(sv + o0 - 2), A1 = *(const unsigned *)(sv + o0 + 2);
+            const unsigned A2 = *(const unsigned *)(sv + o0 + 6);
+            const unsigned B1 = *(const unsigned *)(sv + o0 + VCS), B2 = *(const unsigned *)(sv + o0 + VCS + 4);
+            const unsigned C0 = *(const unsigned *)(sv + o0 + 2 * VCS - 2);
+            const unsigned C1 = *(const unsigned *)(sv + o0 + 2 * VCS + 2);
+            const unsigned C2 = *(const unsigned *)(sv + o0 + 2 * VCS + 6);
+            const unsigned D1 = *(const unsigned *)(sv + o0 + 3 * VCS);
+            const unsigned D2 = *(const unsigned *)(sv + o0 + 3 * VCS + 4);
+            /* X[p] = bytes 2p, 2p + 1 of tokens 0, 1: [t0 b2p, t1 b2p, t0 b2p+1, t1 b2p+1]; Y: 2, 3 */
+            const unsigned X[4] = {__byte_perm(A0, B1, 0x5342), __byte_perm(A1, B1, 0x7160),
+                                   __byte_perm(A1, B2, 0x5342), __byte_perm(A2, B2, 0x7160)};
+            const unsigned Y[4] = {__byte_perm(C0, D1, 0x5342), __byte_perm(C1, D1, 0x7160),
+                                   __byte_perm(C1, D2, 0x5342), __byte_perm(C2, D2, 0x7160)};
+#pragma unroll
+            for (int p = 0; p < 4; p++) {
+                const unsigned Z = __byte_perm(X[p], Y[p], 0x6240); /* t0, t2 of bytes 2p, 2p + 1 */
+                const unsigned W = __byte_perm(X[p], Y[p], 0x7351); /* t1, t3 */
+                /* nibbles (t0, t1, t2, t3) of one dim: low nibbles, then high nibbles */
+                const unsigned sl = (Z & 0x0F0F0F0Fu) | ((W << 4) & 0xF0F0F0F0u);
+                const unsigned sh = ((Z >> 4) & 0x0F0F0F0Fu) | (W & 0xF0F0F0F0u);
+                S[grp][2 * p][0] = sl;
+                S[grp][2 * p][1] = sh;
+                S[grp][2 * p + 1][0] = sl >> 16;
+                S[grp][2 * p + 1][1] = sh >> 16;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const unsigned s0 = S[0][j][0], s1 = S[0][j][1], s2 = S[1][j][0], s3 = S[1][j][1];
+            const unsigned x0 = s0 ^ 0x8888u, x1 = s1 ^ 0x8888u, x2 = s2 ^ 0x8888u, x3 = s3 ^ 0x8888u;
+            if (BITS_KSPLIT) {
+                /* the two table halves as the two k halves of one mma (same tokens, same
+                 * weights in b0 and b1): 16 tokens per mma, no OR */
+                imma_u8u8(vacc[j], prmt_sx(tH[0], tH[1], s0), prmt_sx(tH[0], tH[1], s1),
+                          prmt_sx(tH[2], tH[3], x0), prmt_sx(tH[2], tH[3], x1), vb0, vb0);
+                imma_u8u8(vacc[j], prmt_sx(tH[0], tH[1], s2), prmt_sx(tH[0], tH[1], s3),
+                          prmt_sx(tH[2], tH[3], x2), prmt_sx(tH[2], tH[3], x3), vb1, vb1);
+                imma_u8u8(vacc[8 + j], prmt_sx(tL[0], tL[1], s0), prmt_sx(tL[0], tL[1], s1),
+                          prmt_sx(tL[2], tL[3], x0), prmt_sx(tL[2], tL[3], x1), vb0, vb0);
+                imma_u8u8(vacc[8 + j], prmt_sx(tL[0], tL[1], s2), prmt_sx(tL[0], tL[1], s3),
+                          prmt_sx(tL[2], tL[3], x2), prmt_sx(tL[2], tL[3], x3), vb1, vb1);
+            } else {
+                imma_u8u8(vacc[j], lut(tH, s0, x0), lut(tH, s1, x1), lut(tH, s2, x2), lut(tH, s3, x3), vb0, vb1);
+                imma_u8u8(vacc[8 + j], lut(tL, s0, x0), lut(tL, s1, x1), lut(tL, s2, x2), lut(tL, s3, x3), vb0, vb1);
+            }
+        }
+    };
     /* values of the tile in stage vst with the weights of s_w[par]: word g (dims 16 g ..
      * 16 g + 15) of tokens 4 tq + s and 16 + 4 tq + s, byte-transposed so byte s of
      * T[grp][j] is byte j of token 16 grp + 4 tq + s; m-tile mt: rows g / g + 8 = bit 0 /
@@ -594,15 +707,18 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_k
         const uint2 u0 = *(const uint2 *)&s_w[warp][par][g >> 1][4 * tq];
         const uint2 u1 = *(const uint2 *)&s_w[warp][par][g >> 1][16 + 4 * tq];
         const unsigned vb0 = __byte_perm(u0.x, u0.y, sel), vb1 = __byte_perm(u1.x, u1.y, sel);
+        if (VB == 4) {
+            values4(sv, vb0, vb1);
+        } else {
         unsigned T[2][4];
 #pragma unroll
         for (int grp = 0; grp < 2; grp++) {
-            const int o0 = (16 * grp + 4 * tq) * VCS2 + 2 + 4 * g; /* = 2 mod 4 */
+            const int o0 = (16 * grp + 4 * tq) * VCS + 2 + 4 * g; /* = 2 mod 4 */
             const unsigned A0 = *(const unsigned *)(sv + o0 - 2), A1 = *(const unsigned *)(sv + o0 + 2);
-            const unsigned B1 = *(const unsigned *)(sv + o0 + VCS2);
-            const unsigned C0 = *(const unsigned *)(sv + o0 + 2 * VCS2 - 2);
-            const unsigned C1 = *(const unsigned *)(sv + o0 + 2 * VCS2 + 2);
-            const unsigned D1 = *(const unsigned *)(sv + o0 + 3 * VCS2);
+            const unsigned B1 = *(const unsigned *)(sv + o0 + VCS);
+            const unsigned C0 = *(const unsigned *)(sv + o0 + 2 * VCS - 2);
+            const unsigned C1 = *(const unsigned *)(sv + o0 + 2 * VCS + 2);
+            const unsigned D1 = *(const unsigned *)(sv + o0 + 3 * VCS);
             const unsigned X0 = __byte_perm(A0, B1, 0x5342), X1 = __byte_perm(A1, B1, 0x7160);
             const unsigned Y0 = __byte_perm(C0, D1, 0x5342), Y1 = __byte_perm(C1, D1, 0x7160);
             T[grp][0] = __byte_perm(X0, Y0, 0x5410);
@@ -615,6 +731,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_k
             const unsigned m0 = 0x01010101u << (2 * (mt & 3)), m1 = m0 << 1;
             const int j = mt >> 2;
             imma_u8u8(vacc[mt], T[0][j] & m0, T[0][j] & m1, T[1][j] & m0, T[1][j] & m1, vb0, vb1);
+        }
         }
         const unsigned ones = g == 0 ? 0x01010101u : 0u; /* row 0: sum of the weights */
         imma_u8u8(wacc, ones, 0u, ones, 0u, vb0, vb1);
@@ -670,7 +787,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_k
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const int tok = 16 * (k >> 1) + g + 8 * (k & 1);
-            nv[k] = ld_h(sv, tok * VCS2);
+            nv[k] = ld_h(sv, tok * VCS);
             tmax = fmaxf(tmax, sc[k] + fmaxf(lg2_ftz(nv[k]), -30.0f));
         }
         /* ---- values of the previous tile, with weights against the current reference */
@@ -722,18 +839,34 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, BITS_MIN_BLOCKS) attend_bits_k
     l += __shfl_xor_sync(KVQC_FULL, l, 8);
     l += __shfl_xor_sync(KVQC_FULL, l, 16);
     const float wsum = __shfl_sync(KVQC_FULL, 256.0f * (float)wacc[0] + (float)wacc[1], tq);
+    const int w_hi = __shfl_sync(KVQC_FULL, wacc[0], tq), w_lo = __shfl_sync(KVQC_FULL, wacc[1], tq);
     const float cb0 = a.vp->cen[0], beta = a.vp->cen[1] - cb0, gamma = a.vp->cen[2] - cb0;
     const float inv = 1.0f / 65535.0f;
     __syncthreads(); /* every warp is done with its stages: s_part reuses them */
     float *s_part = (float *)s_buf;
     if (tq < G) {
         float *dst = s_part + (warp * 4 + tq) * 130;
+        if (VB == 4) {
+            /* sum w c = mid W + hs (2 (128 S_H + S_L) - 16383 W), exact in 64-bit integers */
+            const long long W = 256LL * w_hi + w_lo;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    const long long sH = 256LL * vacc[j][2 * r] + vacc[j][2 * r + 1];
+                    const long long sL = 256LL * vacc[8 + j][2 * r] + vacc[8 + j][2 * r + 1];
+                    const long long x = 2 * (128 * sH + sL) - 16383 * W;
+                    dst[16 * g + 2 * j + r] = (v_mid * wsum + v_hs * (float)x) * inv;
+                }
+            }
+        } else {
 #pragma unroll
         for (int mt = 0; mt < 16; mt++) {
             const float f0 = 1.0f / (float)(1 << (2 * (mt & 3))), f1 = 0.5f * f0;
             const float s0 = (256.0f * (float)vacc[mt][0] + (float)vacc[mt][1]) * f0;
             const float s1 = (256.0f * (float)vacc[mt][2] + (float)vacc[mt][3]) * f1;
             dst[16 * g + mt] = (cb0 * wsum + beta * s0 + gamma * s1) * inv;
+        }
         }
         if (g == 0) {
             dst[128] = m;
@@ -763,37 +896,69 @@ int kvqc_mma_supports(const kvqc_params *kp, const kvqc_params *vp, int group) {
 
 typedef void (*mma_kernel_fn)(kvqc_attn_args, int);
 
+/* dynamic shared memory of the integer kernel for these formats (0: static only) */
+template <int KIND, int R, int VB> static size_t bits_dyn_bytes() {
+    typedef bits_cfg<KIND, R, VB> C;
+    return C::DYN ? (size_t)C::BUF : 0;
+}
+
 /* 2-bit values take the integer kernel when their codebook is symmetric (a code is then
- * affine in its two bits); the Lloyd-Max levels are built symmetric (src/core/lloydmax.c). */
-static int bits_path(const kvqc_params *vp) {
+ * affine in its two bits); the Lloyd-Max levels are built symmetric (src/core/lloydmax.c).
+ * 4-bit values take it with any codebook (table lookup), except behind rvq keys of 3-4
+ * passes, whose stages would not fit the static shared memory. */
+static int bits_path(const kvqc_params *kp, const kvqc_params *vp) {
+    if (vp->bits == 4) return !(key_kind_of(kp) == KEY_RVQ && kp->residuals > 2);
     return vp->bits == 2 && vp->cen[0] == -vp->cen[3] && vp->cen[1] == -vp->cen[2];
 }
 
 static mma_kernel_fn pick(const kvqc_params *kp, const kvqc_params *vp) {
     int R = key_kind_of(kp) == KEY_RVQ ? kp->residuals : 1;
-    static const mma_kernel_fn kb[4] = {attend_bits_kernel<KEY_RVQ, 1>, attend_bits_kernel<KEY_RVQ, 2>,
-                                        attend_bits_kernel<KEY_RVQ, 3>, attend_bits_kernel<KEY_RVQ, 4>};
+    static const mma_kernel_fn kb[4] = {attend_bits_kernel<KEY_RVQ, 1, 2>, attend_bits_kernel<KEY_RVQ, 2, 2>,
+                                        attend_bits_kernel<KEY_RVQ, 3, 2>, attend_bits_kernel<KEY_RVQ, 4, 2>};
     static const mma_kernel_fn k2[4] = {attend_mma_kernel<2, 1>, attend_mma_kernel<2, 2>,
                                         attend_mma_kernel<2, 3>, attend_mma_kernel<2, 4>};
     static const mma_kernel_fn k4[4] = {attend_mma_kernel<4, 1>, attend_mma_kernel<4, 2>,
                                         attend_mma_kernel<4, 3>, attend_mma_kernel<4, 4>};
-    if (bits_path(vp)) {
+    if (bits_path(kp, vp)) {
         int kk = key_kind_of(kp);
-        if (kk == KEY_RABITQ) return attend_bits_kernel<KEY_RABITQ, 1>;
-        if (kk == KEY_MSE1) return attend_bits_kernel<KEY_MSE1, 1>;
+        if (vp->bits == 4) {
+            if (kk == KEY_RABITQ) return attend_bits_kernel<KEY_RABITQ, 1, 4>;
+            if (kk == KEY_MSE1) return attend_bits_kernel<KEY_MSE1, 1, 4>;
+            return R == 1 ? attend_bits_kernel<KEY_RVQ, 1, 4> : attend_bits_kernel<KEY_RVQ, 2, 4>;
+        }
+        if (kk == KEY_RABITQ) return attend_bits_kernel<KEY_RABITQ, 1, 2>;
+        if (kk == KEY_MSE1) return attend_bits_kernel<KEY_MSE1, 1, 2>;
         return kb[R - 1];
     }
     return vp->bits == 2 ? k2[R - 1] : k4[R - 1];
 }
 
+static size_t dyn_of(const kvqc_params *kp, const kvqc_params *vp) {
+    if (!bits_path(kp, vp) || vp->bits != 4) return 0;
+    int kk = key_kind_of(kp);
+    if (kk == KEY_RABITQ) return bits_dyn_bytes<KEY_RABITQ, 1, 4>();
+    if (kk == KEY_MSE1) return bits_dyn_bytes<KEY_MSE1, 1, 4>();
+    return kp->residuals == 1 ? bits_dyn_bytes<KEY_RVQ, 1, 4>() : bits_dyn_bytes<KEY_RVQ, 2, 4>();
+}
+
+/* the kernel for these formats, allowed its dynamic shared memory */
+static cudaError_t prepare(const kvqc_params *kp, const kvqc_params *vp, mma_kernel_fn *fn, size_t *dyn) {
+    *fn = pick(kp, vp);
+    *dyn = dyn_of(kp, vp);
+    if (*dyn == 0) return cudaSuccess;
+    return cudaFuncSetAttribute(*fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)*dyn);
+}
+
 int kvqc_mma_max_chunk(const kvqc_params *kp, const kvqc_params *vp) {
-    (void)kp;
-    return bits_path(vp) ? BITS_MAX_CHUNK : 0;
+    return bits_path(kp, vp) ? BITS_MAX_CHUNK : 0;
 }
 
 int kvqc_mma_blocks_per_sm(const kvqc_params *kp, const kvqc_params *vp) {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, pick(kp, vp), MMA_WARPS * 32, 0) != cudaSuccess) {
+    mma_kernel_fn fn;
+    size_t dyn;
+    if (prepare(kp, vp, &fn, &dyn) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fn, MMA_WARPS * 32, dyn) != cudaSuccess) {
         cudaGetLastError();
         return 1;
     }
@@ -802,6 +967,10 @@ int kvqc_mma_blocks_per_sm(const kvqc_params *kp, const kvqc_params *vp) {
 
 cudaError_t kvqc_launch_mma(const kvqc_params *kp, const kvqc_params *vp,
                             const kvqc_attn_args *a, dim3 grid, cudaStream_t s) {
-    pick(kp, vp)<<<grid, MMA_WARPS * 32, 0, s>>>(*a, key_kind_of(kp));
+    mma_kernel_fn fn;
+    size_t dyn;
+    cudaError_t e = prepare(kp, vp, &fn, &dyn);
+    if (e != cudaSuccess) return e;
+    fn<<<grid, MMA_WARPS * 32, dyn, s>>>(*a, key_kind_of(kp));
     return cudaGetLastError();
 }
