@@ -78,6 +78,35 @@ static void lb_sift_down(lb_key *h, uint32_t n, uint32_t i) {
     h[i] = it;
 }
 
+/* Reorder a[0..n) so that its `want` smallest keys (by lb_less) come first, in any
+ * order (quickselect, median-of-three pivots; deterministic). */
+static void select_smallest(lb_key *a, uint32_t n, uint32_t want) {
+    uint32_t lo = 0, hi = n; /* the boundary `want` lies in [lo, hi) */
+    while (want > lo && want < hi && hi - lo > 1) {
+        lb_key x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1], piv;
+        if (lb_less(x, y)) piv = lb_less(y, z) ? y : (lb_less(x, z) ? z : x);
+        else piv = lb_less(x, z) ? x : (lb_less(y, z) ? z : y);
+        uint32_t i = lo, j = hi - 1; /* three-way: < piv | == piv | > piv */
+        uint32_t lt = lo;
+        for (i = lo; i <= j;) {
+            if (lb_less(a[i], piv)) {
+                lb_key t = a[i]; a[i] = a[lt]; a[lt] = t;
+                lt++, i++;
+            } else if (lb_less(piv, a[i])) {
+                lb_key t = a[i]; a[i] = a[j]; a[j] = t;
+                if (j == 0) break;
+                j--;
+            } else {
+                i++;
+            }
+        }
+        /* [lo, lt) < piv, [lt, i) == piv, [i, hi) > piv */
+        if (want <= lt) hi = lt;
+        else if (want <= i) return;
+        else lo = i;
+    }
+}
+
 /* <v, q> for the extended code values v of vector pos of L, read packed in place. */
 static inline float ex_dot(const kvq_index *ix, const kvqi_ivf_list *L, uint32_t pos, const float *q) {
     return ix->kern->dot_packed(L->ex_codes + (size_t)pos * ix->ex_row, ix->cfg.bits, q, ix->d_pad);
@@ -282,20 +311,24 @@ static uint32_t probe(const kvq_index *ix, const float *zq, uint32_t np, heap_it
     uint32_t m = n;
     float scale = (float)(PROBE_BUCKETS - 1) / (mx - mn);
     if (np < n && mn < mx && scale > 0.0f && scale < INFINITY) {
-        /* bucket(x) is monotone in x: bucket PROBE_BUCKETS takes the infinities */
-#define BUCKET(x) ((x) < INFINITY ? (uint32_t)fminf((float)(PROBE_BUCKETS - 1), ((x) - mn) * scale) \
-                                   : PROBE_BUCKETS)
-        uint32_t count[PROBE_BUCKETS + 1] = {0};
-        for (uint32_t c = 0; c < n; c++) count[BUCKET(all[c].d)]++;
+        /* bucket(x) is monotone in x: bucket PROBE_BUCKETS takes the infinities; each
+         * centroid's bucket is kept (in probe_i, filled only at the end) for the compaction */
+        uint32_t count[PROBE_BUCKETS + 1] = {0}, *bk = probe_i;
+        for (uint32_t c = 0; c < n; c++) {
+            float x = all[c].d, f = (x - mn) * scale;
+            uint32_t b = f < (float)(PROBE_BUCKETS - 1) ? (uint32_t)f : PROBE_BUCKETS - 1;
+            b = x < INFINITY ? b : PROBE_BUCKETS;
+            bk[c] = b;
+            count[b]++;
+        }
         uint32_t last = 0, cum = count[0];
         while (cum < np) cum += count[++last];
         m = 0;
         for (uint32_t c = 0; c < n; c++) { /* compact in place: m <= c */
             heap_item it = all[c];
             all[m] = it;
-            m += BUCKET(it.d) <= last;
+            m += bk[c] <= last;
         }
-#undef BUCKET
     }
     sort_items(all, m);
     for (uint32_t i = 0; i < np; i++) {
@@ -451,7 +484,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                     continue;
                 }
                 if (exact_scan) { /* measured at the end of the list */
-                    prefetch_bytes(row_ptr(ix, L->rows[b0 + v]), row_bytes);
+                    if (n_res == k) prefetch_bytes(row_ptr(ix, L->rows[b0 + v]), row_bytes);
                     continue;
                 }
                 float ub = dist[v] + err[v];
@@ -474,7 +507,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 if (cd.dist - cd.err >= tau) continue;
                 s.cands[m++] = cd;
                 if (exact_scan) {
-                    prefetch_bytes(row_ptr(ix, cd.row), row_bytes);
+                    if (n_res == k) prefetch_bytes(row_ptr(ix, cd.row), row_bytes);
                     continue;
                 }
                 float ub = cd.dist + cd.err;
@@ -486,7 +519,42 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             n_cand = m;
         }
         if (exact_scan) { /* the list's survivors, exactly; their rows fetched meanwhile */
-            for (uint32_t i = first; i < n_cand; i++) {
+            uint32_t i = first;
+            if (n_res < k && n_cand > first) {
+                /* no threshold yet (the first list): by increasing lower bound until k
+                 * are measured, then the rest against the threshold, in heap order */
+                lb_key *hp = s.keys;
+                uint32_t m = 0;
+                for (uint32_t j = first; j < n_cand; j++)
+                    hp[m++] = (lb_key){s.cands[j].dist - s.cands[j].err, j};
+                /* the (k - n_res) smallest lower bounds to the front, measured together */
+                uint32_t want = k - n_res < m ? k - n_res : m;
+                select_smallest(hp, m, want);
+                for (uint32_t j = 0; j < want; j++) prefetch_bytes(row_ptr(ix, s.cands[hp[j].row].row), row_bytes);
+                for (uint32_t j = 0; j < want; j++) {
+                    const cand *cd = &s.cands[hp[j].row];
+                    float dist = exact_dist(ix, cd->row, qx, l2x);
+#ifdef KVQ_INDEX_STATS
+                    st_exact++;
+#endif
+                    heap_push(s.res, &n_res, k, (heap_item){dist == dist ? dist : INFINITY, ix->ids[cd->row]});
+                }
+                if (n_res == k) tau = exact_to_est(ix, s.res[0].d);
+                for (uint32_t j = want; j < m; j++) /* the rest: fetch those still in */
+                    if (hp[j].lb < tau) prefetch_bytes(row_ptr(ix, s.cands[hp[j].row].row), row_bytes);
+                for (uint32_t j = want; j < m; j++) {
+                    const cand *cd = &s.cands[hp[j].row];
+                    if (cd->dist - cd->err >= tau) continue;
+                    float dist = exact_dist(ix, cd->row, qx, l2x);
+#ifdef KVQ_INDEX_STATS
+                    st_exact++;
+#endif
+                    heap_push(s.res, &n_res, k, (heap_item){dist == dist ? dist : INFINITY, ix->ids[cd->row]});
+                    if (n_res == k) tau = exact_to_est(ix, s.res[0].d);
+                }
+                i = n_cand; /* all seen */
+            }
+            for (; i < n_cand; i++) {
                 const cand *cd = &s.cands[i];
                 if (cd->dist - cd->err >= tau) continue; /* tau shrank since */
                 float dist = exact_dist(ix, cd->row, qx, l2x);
