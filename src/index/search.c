@@ -50,6 +50,14 @@ static void heap_push(heap_item *h, uint32_t *n, uint32_t cap, heap_item it) {
     h[i] = it;
 }
 
+/* An exact distance into the result heap; the id (a random read) only when it can enter. */
+static inline void push_result(const kvq_index *ix, heap_item *h, uint32_t *n, uint32_t k, float dist,
+                               uint32_t row) {
+    if (dist != dist) dist = INFINITY;
+    if (*n == k && dist > h[0].d) return;
+    heap_push(h, n, k, (heap_item){dist, ix->ids[row]});
+}
+
 static int cmp_item(const void *a, const void *b) {
     heap_item x = *(const heap_item *)a, y = *(const heap_item *)b;
     return worse(x, y) ? 1 : (worse(y, x) ? -1 : 0);
@@ -141,6 +149,12 @@ static void prefetch_list_head(const kvq_index *ix, const kvqi_ivf_list *L) {
 static const char *row_ptr(const kvq_index *ix, uint32_t row) {
     return ix->reorder_f32 ? (const char *)(ix->reorder_f32 + (size_t)row * ix->dim)
                            : (const char *)(ix->reorder_f16 + (size_t)row * ix->dim);
+}
+
+/* Start fetching a stored row and its id (read when the row enters the results). */
+static inline void prefetch_row(const kvq_index *ix, uint32_t row, size_t row_bytes) {
+    prefetch_bytes(row_ptr(ix, row), row_bytes);
+    __builtin_prefetch(ix->ids + row);
 }
 
 static inline int passes(const kvq_index_filter *f, int64_t id) {
@@ -484,7 +498,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                     continue;
                 }
                 if (exact_scan) { /* measured at the end of the list */
-                    if (n_res == k) prefetch_bytes(row_ptr(ix, L->rows[b0 + v]), row_bytes);
+                    if (n_res == k) prefetch_row(ix, L->rows[b0 + v], row_bytes);
                     continue;
                 }
                 float ub = dist[v] + err[v];
@@ -507,7 +521,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 if (cd.dist - cd.err >= tau) continue;
                 s.cands[m++] = cd;
                 if (exact_scan) {
-                    if (n_res == k) prefetch_bytes(row_ptr(ix, cd.row), row_bytes);
+                    if (n_res == k) prefetch_row(ix, cd.row, row_bytes);
                     continue;
                 }
                 float ub = cd.dist + cd.err;
@@ -530,18 +544,18 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 /* the (k - n_res) smallest lower bounds to the front, measured together */
                 uint32_t want = k - n_res < m ? k - n_res : m;
                 select_smallest(hp, m, want);
-                for (uint32_t j = 0; j < want; j++) prefetch_bytes(row_ptr(ix, s.cands[hp[j].row].row), row_bytes);
+                for (uint32_t j = 0; j < want; j++) prefetch_row(ix, s.cands[hp[j].row].row, row_bytes);
                 for (uint32_t j = 0; j < want; j++) {
                     const cand *cd = &s.cands[hp[j].row];
                     float dist = exact_dist(ix, cd->row, qx, l2x);
 #ifdef KVQ_INDEX_STATS
                     st_exact++;
 #endif
-                    heap_push(s.res, &n_res, k, (heap_item){dist == dist ? dist : INFINITY, ix->ids[cd->row]});
+                    push_result(ix, s.res, &n_res, k, dist, cd->row);
                 }
                 if (n_res == k) tau = exact_to_est(ix, s.res[0].d);
                 for (uint32_t j = want; j < m; j++) /* the rest: fetch those still in */
-                    if (hp[j].lb < tau) prefetch_bytes(row_ptr(ix, s.cands[hp[j].row].row), row_bytes);
+                    if (hp[j].lb < tau) prefetch_row(ix, s.cands[hp[j].row].row, row_bytes);
                 for (uint32_t j = want; j < m; j++) {
                     const cand *cd = &s.cands[hp[j].row];
                     if (cd->dist - cd->err >= tau) continue;
@@ -549,7 +563,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
 #ifdef KVQ_INDEX_STATS
                     st_exact++;
 #endif
-                    heap_push(s.res, &n_res, k, (heap_item){dist == dist ? dist : INFINITY, ix->ids[cd->row]});
+                    push_result(ix, s.res, &n_res, k, dist, cd->row);
                     if (n_res == k) tau = exact_to_est(ix, s.res[0].d);
                 }
                 i = n_cand; /* all seen */
@@ -561,7 +575,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
 #ifdef KVQ_INDEX_STATS
                 st_exact++;
 #endif
-                heap_push(s.res, &n_res, k, (heap_item){dist == dist ? dist : INFINITY, ix->ids[cd->row]});
+                push_result(ix, s.res, &n_res, k, dist, cd->row);
                 if (n_res == k) tau = exact_to_est(ix, s.res[0].d);
             }
 #ifdef KVQ_INDEX_STATS
@@ -621,7 +635,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
         uint32_t rh = 0, rn = 0, n_exact = 0, left = m;
         while (rn < AHEAD && left) {
             ring[(rh + rn++) % AHEAD] = hp[0];
-            prefetch_bytes(row_ptr(ix, hp[0].row), row_bytes);
+            prefetch_row(ix, hp[0].row, row_bytes);
             hp[0] = hp[--left];
             lb_sift_down(hp, left, 0);
         }
@@ -631,7 +645,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             rn--;
             if (left) {
                 ring[(rh + rn++) % AHEAD] = hp[0];
-                prefetch_bytes(row_ptr(ix, hp[0].row), row_bytes);
+                prefetch_row(ix, hp[0].row, row_bytes);
                 hp[0] = hp[--left];
                 lb_sift_down(hp, left, 0);
             }
@@ -643,14 +657,14 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
 #ifdef KVQ_INDEX_STATS
             st_exact++;
 #endif
-            heap_push(s.res, &n_res, k, (heap_item){dist == dist ? dist : INFINITY, ix->ids[row]});
+            push_result(ix, s.res, &n_res, k, dist, row);
         }
     } else {
         for (uint32_t i = 0; i < n_cand; i++) {
             const cand *cd = &s.cands[i];
             uint32_t row = cd->row;
             float dist = est_to_exact(ix, cd->dist);
-            heap_push(s.res, &n_res, k, (heap_item){dist == dist ? dist : INFINITY, ix->ids[row]});
+            push_result(ix, s.res, &n_res, k, dist, row);
         }
     }
 #ifdef KVQ_INDEX_STATS
