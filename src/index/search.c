@@ -389,6 +389,10 @@ static inline float est_to_exact(const kvq_index *ix, float d) {
     return kvqi_cos_l2(ix) ? 0.5f * d - 1.0f : d;
 }
 
+#ifdef KVQ_INDEX_STATS
+static uint64_t st_cand, st_q, st_exact; /* counts for tuning; not thread-safe */
+#endif
+
 static void search_one(void *vctx, size_t qi, unsigned thread) {
     const search_ctx *ctx = vctx;
     const kvq_index *ix = ctx->ix;
@@ -412,9 +416,6 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     const int exact_scan = ix->cfg.reorder != KVQ_REORDER_NONE && !full && !ctx->rerank && prune_1bit;
     const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
     const uint32_t k = ctx->k;
-#ifdef KVQ_INDEX_STATS
-    static uint64_t st_cand, st_q, st_exact;
-#endif
     const size_t row_bytes = (size_t)ix->dim * (ix->reorder_f32 ? sizeof(float) : sizeof(uint16_t));
     uint32_t n_res = 0;
 
@@ -533,49 +534,44 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             n_cand = m;
         }
         if (exact_scan) { /* the list's survivors, exactly; their rows fetched meanwhile */
-            uint32_t i = first;
-            if (n_res < k && n_cand > first) {
-                /* no threshold yet (the first list): by increasing lower bound until k
-                 * are measured, then the rest against the threshold, in heap order */
-                lb_key *hp = s.keys;
-                uint32_t m = 0;
-                for (uint32_t j = first; j < n_cand; j++)
-                    hp[m++] = (lb_key){s.cands[j].dist - s.cands[j].err, j};
-                /* the (k - n_res) smallest lower bounds to the front, measured together */
-                uint32_t want = k - n_res < m ? k - n_res : m;
-                select_smallest(hp, m, want);
-                for (uint32_t j = 0; j < want; j++) prefetch_row(ix, s.cands[hp[j].row].row, row_bytes);
-                for (uint32_t j = 0; j < want; j++) {
-                    const cand *cd = &s.cands[hp[j].row];
-                    float dist = exact_dist(ix, cd->row, qx, l2x);
+            lb_key *hp = s.keys;
+            uint32_t m = 0, j0 = 0;
+            for (uint32_t j = first; j < n_cand; j++)
+                hp[m++] = (lb_key){s.cands[j].dist - s.cands[j].err, j};
+            if (n_res < k && m) {
+                /* no threshold yet (the first list): the (k - n_res) smallest lower
+                 * bounds first, fetched and measured together */
+                j0 = k - n_res < m ? k - n_res : m;
+                select_smallest(hp, m, j0);
+                for (uint32_t j = 0; j < j0; j++) prefetch_row(ix, s.cands[hp[j].row].row, row_bytes);
+                for (uint32_t j = 0; j < j0; j++) {
+                    const uint32_t row = s.cands[hp[j].row].row;
 #ifdef KVQ_INDEX_STATS
                     st_exact++;
 #endif
-                    push_result(ix, s.res, &n_res, k, dist, cd->row);
+                    push_result(ix, s.res, &n_res, k, exact_dist(ix, row, qx, l2x), row);
                 }
                 if (n_res == k) tau = exact_to_est(ix, s.res[0].d);
-                for (uint32_t j = want; j < m; j++) /* the rest: fetch those still in */
-                    if (hp[j].lb < tau) prefetch_row(ix, s.cands[hp[j].row].row, row_bytes);
-                for (uint32_t j = want; j < m; j++) {
-                    const cand *cd = &s.cands[hp[j].row];
-                    if (cd->dist - cd->err >= tau) continue;
-                    float dist = exact_dist(ix, cd->row, qx, l2x);
-#ifdef KVQ_INDEX_STATS
-                    st_exact++;
-#endif
-                    push_result(ix, s.res, &n_res, k, dist, cd->row);
-                    if (n_res == k) tau = exact_to_est(ix, s.res[0].d);
-                }
-                i = n_cand; /* all seen */
             }
-            for (; i < n_cand; i++) {
-                const cand *cd = &s.cands[i];
-                if (cd->dist - cd->err >= tau) continue; /* tau shrank since */
-                float dist = exact_dist(ix, cd->row, qx, l2x);
+            /* the rest below the threshold, by increasing lower bound: the threshold
+             * falls fastest, and the walk stops at the first bound above it */
+            uint32_t r = j0;
+            for (uint32_t j = j0; j < m; j++)
+                if (hp[j].lb < tau) hp[r++] = hp[j];
+            for (uint32_t j = j0 + 1; j < r; j++) {
+                lb_key it = hp[j];
+                uint32_t t = j;
+                for (; t > j0 && lb_less(it, hp[t - 1]); t--) hp[t] = hp[t - 1];
+                hp[t] = it;
+            }
+            if (j0) /* the first list's rows were not fetched as they survived */
+                for (uint32_t j = j0; j < r; j++) prefetch_row(ix, s.cands[hp[j].row].row, row_bytes);
+            for (uint32_t j = j0; j < r && hp[j].lb < tau; j++) {
+                const uint32_t row = s.cands[hp[j].row].row;
 #ifdef KVQ_INDEX_STATS
                 st_exact++;
 #endif
-                push_result(ix, s.res, &n_res, k, dist, cd->row);
+                push_result(ix, s.res, &n_res, k, exact_dist(ix, row, qx, l2x), row);
                 if (n_res == k) tau = exact_to_est(ix, s.res[0].d);
             }
 #ifdef KVQ_INDEX_STATS
