@@ -393,6 +393,30 @@ static inline float est_to_exact(const kvq_index *ix, float d) {
 static uint64_t st_cand, st_q, st_exact; /* counts for tuning; not thread-safe */
 #endif
 
+/* Before the threshold exists (the first list): the (k - n_res) candidates of
+ * [first, end) with the smallest lower bounds are fetched and measured together, and
+ * marked measured (err = -inf: their bound can pass no threshold again). */
+static void measure_first(const kvq_index *ix, scratch *s, uint32_t first, uint32_t end,
+                          const float *qx, int l2x, uint32_t k, uint32_t *n_res, float *tau,
+                          size_t row_bytes) {
+    lb_key *hp = s->keys;
+    uint32_t m = 0;
+    for (uint32_t j = first; j < end; j++)
+        if (s->cands[j].err > -INFINITY) hp[m++] = (lb_key){s->cands[j].dist - s->cands[j].err, j};
+    uint32_t want = k - *n_res < m ? k - *n_res : m;
+    select_smallest(hp, m, want);
+    for (uint32_t j = 0; j < want; j++) prefetch_row(ix, s->cands[hp[j].row].row, row_bytes);
+    for (uint32_t j = 0; j < want; j++) {
+        cand *cd = &s->cands[hp[j].row];
+#ifdef KVQ_INDEX_STATS
+        st_exact++;
+#endif
+        push_result(ix, s->res, n_res, k, exact_dist(ix, cd->row, qx, l2x), cd->row);
+        cd->err = -INFINITY;
+    }
+    if (*n_res == k) *tau = exact_to_est(ix, s->res[0].d);
+}
+
 static void search_one(void *vctx, size_t qi, unsigned thread) {
     const search_ctx *ctx = vctx;
     const kvq_index *ix = ctx->ix;
@@ -447,6 +471,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
         if (q4) build_lut4(ix, &s, &lq);
         else build_lutf(ix, &s, &lq);
         const uint32_t first = n_cand;
+        const int had_tau = n_res == k; /* survivors' rows fetched as they survive */
         const float ex_scale = alpha * ctx->eps0 * lq.qnorm;
         const float ferr_scale = alpha * ctx->eps0 * lq.qnorm, qerr_scale = alpha * ctx->eps0 * (q4 ? lq.qerr : 0.0f);
         const size_t block_bytes = (size_t)ix->n_groups * 16;
@@ -509,6 +534,11 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 }
             }
         }
+        if (exact_scan && inline_ex && n_res < k && n_cand > first)
+            /* no threshold yet (the first list): its k smallest 1-bit lower bounds are
+             * measured first, so that the extended dots below already have one (else
+             * every vector of the first list got a dot) */
+            measure_first(ix, &s, first, n_cand, qx, l2x, k, &n_res, &tau, row_bytes);
         if (inline_ex) { /* the list's 1-bit survivors, their codes fetched meanwhile */
             uint32_t m = first;
             for (uint32_t i = first; i < n_cand; i++) {
@@ -534,39 +564,24 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             n_cand = m;
         }
         if (exact_scan) { /* the list's survivors, exactly; their rows fetched meanwhile */
-            lb_key *hp = s.keys;
-            uint32_t m = 0, j0 = 0;
-            for (uint32_t j = first; j < n_cand; j++)
-                hp[m++] = (lb_key){s.cands[j].dist - s.cands[j].err, j};
-            if (n_res < k && m) {
-                /* no threshold yet (the first list): the (k - n_res) smallest lower
-                 * bounds first, fetched and measured together */
-                j0 = k - n_res < m ? k - n_res : m;
-                select_smallest(hp, m, j0);
-                for (uint32_t j = 0; j < j0; j++) prefetch_row(ix, s.cands[hp[j].row].row, row_bytes);
-                for (uint32_t j = 0; j < j0; j++) {
-                    const uint32_t row = s.cands[hp[j].row].row;
-#ifdef KVQ_INDEX_STATS
-                    st_exact++;
-#endif
-                    push_result(ix, s.res, &n_res, k, exact_dist(ix, row, qx, l2x), row);
-                }
-                if (n_res == k) tau = exact_to_est(ix, s.res[0].d);
-            }
+            if (n_res < k) measure_first(ix, &s, first, n_cand, qx, l2x, k, &n_res, &tau, row_bytes);
             /* the rest below the threshold, by increasing lower bound: the threshold
              * falls fastest, and the walk stops at the first bound above it */
-            uint32_t r = j0;
-            for (uint32_t j = j0; j < m; j++)
-                if (hp[j].lb < tau) hp[r++] = hp[j];
-            for (uint32_t j = j0 + 1; j < r; j++) {
+            lb_key *hp = s.keys;
+            uint32_t r = 0;
+            for (uint32_t j = first; j < n_cand; j++) {
+                float lb = s.cands[j].dist - s.cands[j].err;
+                if (lb < tau) hp[r++] = (lb_key){lb, j};
+            }
+            for (uint32_t j = 1; j < r; j++) {
                 lb_key it = hp[j];
                 uint32_t t = j;
-                for (; t > j0 && lb_less(it, hp[t - 1]); t--) hp[t] = hp[t - 1];
+                for (; t > 0 && lb_less(it, hp[t - 1]); t--) hp[t] = hp[t - 1];
                 hp[t] = it;
             }
-            if (j0) /* the first list's rows were not fetched as they survived */
-                for (uint32_t j = j0; j < r; j++) prefetch_row(ix, s.cands[hp[j].row].row, row_bytes);
-            for (uint32_t j = j0; j < r && hp[j].lb < tau; j++) {
+            if (!had_tau) /* rows not fetched as they survived */
+                for (uint32_t j = 0; j < r; j++) prefetch_row(ix, s.cands[hp[j].row].row, row_bytes);
+            for (uint32_t j = 0; j < r && hp[j].lb < tau; j++) {
                 const uint32_t row = s.cands[hp[j].row].row;
 #ifdef KVQ_INDEX_STATS
                 st_exact++;
