@@ -1004,11 +1004,95 @@ TEST(index_loads_format_v1) {
     REQUIRE(read_file(path, &v2, &size));
     uint32_t version;
     memcpy(&version, v2 + 8, 4);
-    CHECK(version == 2 && size < 76248); /* packed: smaller than the v1 file */
+    CHECK(version == 3 && size < 76248); /* packed: smaller than the v1 file */
     free(v2);
     kvq_index_free(ix);
     kvq_index_free(again);
     free(x);
+}
+
+/* Cosine is estimated as l2 between unit vectors (format 3: f_add = ||r||^2); a format-2
+ * cosine index (f_add = 0, estimated as ip) still searches right and is saved as format 2. */
+TEST(index_cosine_l2_estimates_and_format2) {
+    const uint32_t d = 48, k = 10;
+    const size_t n = 1200, nq = 16;
+    float *x = make_data(n, d, 8, 91), *q = make_data(nq, d, 8, 92);
+    REQUIRE(x && q);
+    for (size_t i = 0; i < n; i++) /* uneven norms: cosine ranks unlike ip */
+        for (uint32_t j = 0; j < d; j++) x[i * d + j] *= 0.5f + (float)(i % 5) * 0.5f;
+    int64_t gt[16 * 10], ids[16 * 10], ids2[16 * 10];
+    float dist[16 * 10], dist2[16 * 10];
+    brute_force(KVQ_METRIC_COSINE, x, n, q, nq, d, k, gt);
+    kvq_index_config cfg;
+    kvq_index_config_init(&cfg, d);
+    cfg.metric = KVQ_METRIC_COSINE;
+    cfg.nlist = 8;
+    for (int bits = 1; bits <= 4; bits += 3) {
+        cfg.bits = (uint32_t)bits;
+        cfg.split = bits > 1;
+        kvq_index *ix = build(&cfg, x, n);
+        REQUIRE(ix);
+        CHECK(ix->cos_l2 == 1);
+        /* residual norms kept, as for l2 */
+        int nonzero = 0;
+        for (uint32_t c = 0; c < ix->nlist; c++)
+            for (uint32_t i = 0; i < ix->lists[c].n; i++) nonzero += ix->lists[c].f_add[i] > 0.0f;
+        CHECK(nonzero > (int)(n / 2));
+        /* the estimates are cosine distances (-<q, x> of the unit vectors) within the bound */
+        float *est = malloc(n * sizeof(float)), *err = malloc(n * sizeof(float));
+        int64_t *eid = malloc(n * sizeof(int64_t));
+        REQUIRE(est && err && eid);
+        REQUIRE_OK(kvqi_index_estimate_all(ix, q, bits > 1, 2.6f, est, err, eid));
+        size_t out = 0;
+        for (size_t i = 0; i < n; i++) {
+            double t = dist_of(KVQ_METRIC_COSINE, x + (size_t)eid[i] * d, q, d);
+            out += fabs(t - est[i]) > err[i] + 1e-4;
+        }
+        CHECKF(out <= n / 50, "bits %d: %zu of %zu cosine estimates outside their bound", bits, out, n);
+        free(est);
+        free(err);
+        free(eid);
+        /* bound-driven search: recall, and exact distances reported */
+        kvq_index_search_params p;
+        kvq_index_search_params_init(&p);
+        p.nprobe = cfg.nlist;
+        REQUIRE_OK(kvq_index_search(ix, q, nq, k, &p, ids, dist));
+        double r = recall(ids, gt, nq, k);
+        CHECKF(r >= 0.97, "bits %d: cosine recall %.3f", bits, r);
+        double worst = 0.0;
+        for (size_t i = 0; i < nq * k; i++) {
+            double t = dist_of(KVQ_METRIC_COSINE, x + (size_t)ids[i] * d, q + (i / k) * d, d);
+            worst = fmax(worst, fabs(t - dist[i]));
+        }
+        CHECKF(worst < 1e-5, "bits %d: reported distances off by %.2g", bits, worst);
+
+        /* the same lists as a format-2 file holds them */
+        ix->cos_l2 = 0;
+        for (uint32_t c = 0; c < ix->nlist; c++)
+            for (uint32_t i = 0; i < ix->lists[c].n; i++) ix->lists[c].f_add[i] = 0.0f;
+        REQUIRE_OK(kvq_index_search(ix, q, nq, k, &p, ids, dist));
+        r = recall(ids, gt, nq, k);
+        CHECKF(r >= 0.97, "bits %d: format-2 cosine recall %.3f", bits, r);
+        char path[1024];
+        snprintf(path, sizeof path, "%s/cos2.kvqi", kvqt_tmpdir(kvqt_));
+        REQUIRE_OK(kvq_index_save(ix, path));
+        uint8_t *buf;
+        size_t size;
+        REQUIRE(read_file(path, &buf, &size));
+        uint32_t version;
+        memcpy(&version, buf + 8, 4);
+        CHECK(version == 2);
+        free(buf);
+        kvq_index *again = NULL;
+        REQUIRE_OK(kvq_index_load(path, &again));
+        CHECK(again->cos_l2 == 0);
+        REQUIRE_OK(kvq_index_search(again, q, nq, k, &p, ids2, dist2));
+        CHECK(memcmp(ids, ids2, sizeof ids) == 0 && memcmp(dist, dist2, sizeof dist) == 0);
+        kvq_index_free(again);
+        kvq_index_free(ix);
+    }
+    free(x);
+    free(q);
 }
 
 /* Brute force over the rows whose id (row + id0) passes keep (NULL = all): top-k ids. */

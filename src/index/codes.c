@@ -147,7 +147,7 @@ void kvqi_encode_into_list(const kvq_index *ix, kvqi_ivf_list *l, uint32_t pos,
         s1 += fabs((double)r[i]);
     }
     double norm = sqrt(n2), sqrt_dm1 = sqrt(d > 1 ? (double)(d - 1) : 1.0);
-    l->f_add[pos] = ix->cfg.metric == KVQ_METRIC_L2 ? (float)n2 : 0.0f;
+    l->f_add[pos] = kvqi_coded_l2(ix) ? (float)n2 : 0.0f;
     l->f_pop[pos] = (float)pop;
     l->rows[pos] = 0;
     if (s1 <= 0.0) { /* the vector is its centroid: every estimate is exact */

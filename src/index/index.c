@@ -79,6 +79,7 @@ kvq_status kvqi_index_new(const kvq_index_config *cfg, int init_rotation, kvq_in
     kvq_index *ix = calloc(1, sizeof *ix);
     if (!ix) return KVQ_ERR_NOMEM;
     ix->cfg = *cfg;
+    ix->cos_l2 = 1;
     if (!ix->cfg.train_iters) ix->cfg.train_iters = 12;
     if (!ix->cfg.max_train_points) {
         uint64_t m = 40ull * cfg->nlist;

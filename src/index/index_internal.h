@@ -41,6 +41,8 @@ struct kvq_index {
     uint32_t n_groups; /* d_pad / 4 */
     uint32_t ex_row;   /* bytes of one packed extended code: d_pad * bits / 8 */
     int trained;
+    int cos_l2;        /* cosine coded as l2 between unit vectors: f_add = ||r||^2, residual
+                          estimates against q - c (format 3); 0: as ip (format 2 files) */
     const kvqi_index_kernels *kern;
     kvq_threadpool *pool; /* the caller's, for train and add (NULL: calling thread) */
     int mapped;           /* ids, reorder store and list arrays point into a read-only
@@ -66,6 +68,16 @@ struct kvq_index {
     float *reorder_f32;    /* [cap_rows][dim] (cosine: normalized) */
     uint16_t *reorder_f16; /* [cap_rows][dim] */
 };
+
+/* Cosine estimated as l2 between the unit vectors (||q - x||^2 = 2 - 2 <q, x>): the
+ * residual's estimate and bound then scale with ||q - c||, not ||q||. */
+static inline int kvqi_cos_l2(const kvq_index *ix) {
+    return ix->cfg.metric == KVQ_METRIC_COSINE && ix->cos_l2;
+}
+/* The coded space's estimates are squared l2 distances (l2, and cosine above). */
+static inline int kvqi_coded_l2(const kvq_index *ix) {
+    return ix->cfg.metric == KVQ_METRIC_L2 || kvqi_cos_l2(ix);
+}
 
 /* index.c */
 kvq_status kvqi_index_validate_config(const kvq_index_config *cfg);

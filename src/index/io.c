@@ -19,8 +19,11 @@
 /* 2: extended codes packed at b bits per coordinate; every array starts at a multiple
  * of 64 bytes (zero padding) and a list's factor arrays cover its whole 32-vector blocks
  * (zeros past its size), so that a mapped file serves the search in place. 1 (a byte per
- * coordinate, no padding) still loads: its codes are packed on the way in. */
-#define FORMAT_VERSION 2u
+ * coordinate, no padding) still loads: its codes are packed on the way in.
+ * 3: the same layout; under cosine the lists keep ||r||^2 in f_add and are estimated as
+ * l2 between unit vectors (2 kept 0 there and still loads, estimated as ip; such an
+ * index is saved as 2 again). */
+#define FORMAT_VERSION 3u
 #define ALIGN 64u
 
 uint32_t kvqi_crc32(uint32_t crc, const void *buf, size_t n) {
@@ -87,7 +90,7 @@ static void put_config(writer *w, const kvq_index_config *c) {
 
 static void put_body(writer *w, const kvq_index *ix) {
     put(w, MAGIC, 8);
-    put_u32(w, FORMAT_VERSION);
+    put_u32(w, ix->cfg.metric == KVQ_METRIC_COSINE && !ix->cos_l2 ? 2u : FORMAT_VERSION);
     put_config(w, &ix->cfg);
     put_u32(w, (uint32_t)ix->trained);
     put_u64(w, ix->n);
@@ -270,6 +273,7 @@ static kvq_status load_body(reader *r, kvq_index **out) {
     kvq_status st = kvqi_index_new(&cfg, 0, &ix);
     if (st != KVQ_OK) return st == KVQ_ERR_NOMEM ? st : KVQ_ERR_FORMAT;
     ix->cfg = cfg;
+    ix->cos_l2 = version >= 3;
     ix->mapped = r->map; /* from here on kvq_index_free leaves borrowed arrays alone */
     st = KVQ_ERR_FORMAT;
     int t;
