@@ -322,7 +322,7 @@ TEST(channel_planes_round_trip) {
             uint32_t cover[128] = {0}, n_pad = 0;
             for (uint32_t p = 0; p < L.n_planes; p++) {
                 uint32_t wd = L.width[p], j = (uint32_t)L.chan[p];
-                if (L.mul[p] == 0.0f) {
+                if (L.width[p] == 0) {
                     n_pad++;
                     continue;
                 }
@@ -402,8 +402,7 @@ TEST(channel_score_kernels_match_scalar) {
 }
 
 /* The integer score against the exact score of the decoded keys (in doubles): within
- * the documented bound, half a weight step times each plane's distance from its mean
- * (planes read shifted by their group's shift), sum_p scale / 2 * |plane_p - mean_p|,
+ * the documented bound, half a weight step times each code, sum_j scale / 2 * code_j,
  * plus float rounding. */
 TEST(channel_score_within_bound) {
     const uint32_t dim = 128;
@@ -439,9 +438,7 @@ TEST(channel_score_within_bound) {
                     exact += (double)q[h * dim + j] * k;
                     mag += fabs((double)q[h * dim + j] * k);
                 }
-                for (uint32_t p = 0; p < L.n_planes; p++)
-                    bound += 0.5 * scale *
-                             fabs((double)(kvqi_chan_plane_at(&L, block + 4 * dim, p, t) << L.gshift[p / 4]) - L.mean[p]);
+                for (uint32_t j = 0; j < dim; j++) bound += 0.5 * scale * kvqi_chan_code_at(&L, block, j, t);
                 double err = fabs(sc[h * 64 + t] - exact), lim = bound + 1e-5 * mag;
                 if (err / lim > worst) worst = err / lim;
                 rel += err / (mag > 0 ? mag : 1.0);

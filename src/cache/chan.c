@@ -178,7 +178,7 @@ void kvqi_chan_put_row(const kvq_cache *c, uint32_t g, const float *row, size_t 
     uint32_t last = UINT32_MAX, code = 0;
     for (uint32_t p = 0; p < L->n_planes; p++) {
         uint32_t j = (uint32_t)L->chan[p];
-        if (L->mul[p] == 0.0f) continue; /* padding */
+        if (!L->width[p]) continue; /* padding */
         if (j != last) {
             uint16_t lo_h, step_h;
             memcpy(&lo_h, block + 2 * (size_t)j, 2);

@@ -97,22 +97,21 @@ void kvqi_cache_sign_lut(const float *z, uint32_t m, float *lut);
  * token l at byte 64 (l / 32) + 4 (l % 16) + p % 4, bits 4 ((l / 16) % 2); width 2, byte
  * 4 (l % 16) + p % 4, bits 2 (l / 16); width 1, byte 4 (l % 8) + p % 4, bit l / 8. So one
  * load and a shift and mask give 16 (or 8) tokens' four planes as bytes 4 t + i, which
- * multiply-add instructions on unsigned bytes consume directly. */
+ * multiply-add instructions consume directly. */
 typedef struct kvqi_chan_layout {
     uint32_t dim;
     uint32_t n4, n2, n1;     /* groups of four planes of 4, 2 and 1 bits, in that order */
     uint32_t n_planes;       /* 4 (n4 + n2 + n1) */
     uint32_t n_padded;       /* n_planes rounded up to 16: the arrays' length */
     uint32_t unit_bytes;     /* 128 n4 + 64 n2 + 32 n1 */
-    float wmax;              /* the largest weight: 32767, less where sum_j (2^bits[j] - 1)
-                              * of them could overflow an int32 sum */
+    float wmax;              /* the largest weight times 2^shift: 32640, less where the int32
+                              * sums of sum_j (2^bits[j] - 1) codes could overflow */
     const int32_t *chan;     /* plane p's channel (padding: 0) */
-    const float *mul;        /* 2^(shift - its group's shift) (padding: 0) */
-    const float *mean;       /* (2^width - 1) / 2 * 2^(group's shift) (padding: 0) */
-    const float *top;        /* [dim] channel j's largest mul (0 without bits) */
     const uint8_t *shift;    /* plane p holds bits [shift, shift + width) of the code */
-    const uint8_t *width;
-    const uint8_t *gshift;   /* [n_planes / 4] a group's planes are read shifted left by this */
+    const uint8_t *width;    /* 4, 2, 1 (padding: 0) */
+    const float *top;        /* [dim] channel j's largest 2^shift (0 without bits) */
+    const uint16_t *pair_chan;  /* chan in the weights' pair order (kvqi_chan_weights_ref) */
+    const uint16_t *pair_shift; /* shift in that order (padding: 16) */
 } kvqi_chan_layout;
 
 /* The accum kernels take at most this many tokens per call (the attend block). */
@@ -193,7 +192,7 @@ typedef struct kvqi_cache_kernels {
     /* Channel keys (cache/chan.c), one head's chunk block (kvqi_chan_layout): for tokens
      * t in [in, in + n) inside one unit of 64 (in % 64 + n <= 64) and query h < G (q:
      * [G][dim]): scores[h * ld + t - in] = fmaf((float)acc_h(t), scale_h, bias_h), where
-     * acc_h(t) = sum_p W_h[p] (plane_p(t) << gshift) in int32 and W_h, scale_h, bias_h are
+     * acc_h(t) = sum_p W_h[p] plane_p(t) in int32 and W_h, scale_h, bias_h are
      * kvqi_chan_weights_ref's. w: (G + 2) * dim floats of scratch; ld >= 64. Integer sums
      * and the reference's float operations: every ISA gives the same bits. */
     void (*chan_score)(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
@@ -215,12 +214,11 @@ uint32_t kvqi_chan_plane_at(const kvqi_chan_layout *L, const uint8_t *unit, uint
 void kvqi_chan_plane_put(const kvqi_chan_layout *L, uint8_t *unit, uint32_t p, uint32_t l, uint32_t v);
 uint32_t kvqi_chan_code_at(const kvqi_chan_layout *L, const uint8_t *block, uint32_t j, size_t t);
 /* The query side of chan_score for one head q[dim], the reference every ISA
- * reproduces: v_p = (q_j step_j) mul_p for plane p of channel j; scale = max_p |v_p| /
- * wmax; W[p'] = rint(v_p / scale) as int16 (with 1 / scale = wmax / max), stored in
- * pairs: p' = 4 (p / 4) + {0, 2, 1, 3}[p % 4] (planes 0 and 2 of a group, then 1 and 3);
- * bias = sum_j q_j lo_j (fmaf into 16 lanes j % 16, folded 8, 4, 2, 1) + sum_p (v_p -
- * W_p scale) mean_p (the same, lanes p % 16), which centres each plane's weight error on
- * its mean value. wf: dim floats of scratch. */
+ * reproduces: w_j = q_j step_j, max = max_j |w_j| top_j, scale = max / wmax, channel
+ * weights W_j = rint(w_j * (wmax / max)) and plane weights W[p'] = W_j 2^shift_p as int16
+ * (so acc = sum_j W_j code_j), stored in pairs: p' = 4 (p / 4) + {0, 2, 1, 3}[p % 4]
+ * (planes 0 and 2 of a group, then 1 and 3); bias = sum_j q_j lo_j (fmaf into 16 lanes
+ * j % 16, folded 8, 4, 2, 1). wf: dim floats of scratch. */
 void kvqi_chan_weights_ref(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, float *scale,
                            float *bias, float *wf);
 /* Query heads a chan_score kernel weighs at once (1..4): as many as fit in its scratch

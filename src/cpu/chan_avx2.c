@@ -41,26 +41,22 @@ void kvqi_chan_score_avx2(const uint8_t *block, const kvqi_chan_layout *L, const
     }
             __m128i s4 = _mm_cvtsi32_si128((int)(4 * ((m / 2) % 2))), s2 = _mm_cvtsi32_si128((int)(2 * (m / 2)));
             __m128i s1 = _mm_cvtsi32_si128((int)m);
-            const uint8_t *gs = L->gshift;
-            /* planes as bytes shifted left by their group's shift (at most 255) */
-#define SH(v) _mm256_sll_epi16(v, _mm_cvtsi32_si128(*gs++))
             for (uint32_t g = 0; g < L->n4; g++) {
                 __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(unit + 128 * (size_t)g + 64 * (m / 4) +
                                                                                  32 * (m % 2)));
-                __m256i v = SH(_mm256_and_si256(_mm256_srl_epi16(x, s4), m4));
+                __m256i v = _mm256_and_si256(_mm256_srl_epi16(x, s4), m4);
                 CHAN_DOT(v)
             }
             for (uint32_t g = 0; g < L->n2; g++) {
                 __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(u2 + 64 * (size_t)g + 32 * (m % 2)));
-                __m256i v = SH(_mm256_and_si256(_mm256_srl_epi16(x, s2), m2));
+                __m256i v = _mm256_and_si256(_mm256_srl_epi16(x, s2), m2);
                 CHAN_DOT(v)
             }
             for (uint32_t g = 0; g < L->n1; g++) {
                 __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(u1 + 32 * (size_t)g));
-                __m256i v = SH(_mm256_and_si256(_mm256_srl_epi16(x, s1), m1));
+                __m256i v = _mm256_and_si256(_mm256_srl_epi16(x, s1), m1);
                 CHAN_DOT(v)
             }
-#undef SH
 #undef CHAN_DOT
             for (uint32_t h = 0; h < gh; h++)
                 _mm256_storeu_ps(tmp + h * 64 + 8 * m, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[h]), _mm256_set1_ps(scale[h]),

@@ -20,7 +20,8 @@ static float fold16(__m512 v) {
     return _mm_cvtss_f32(d);
 }
 
-/* kvqi_chan_weights_ref, lane for lane. */
+/* kvqi_chan_weights_ref, lane for lane: the channels' weights in channel order, then
+ * permuted into the planes' pair order 32 at a time and shifted. */
 static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, float *scale,
                     float *bias, float *wf) {
     uint32_t dim = L->dim, P = L->n_padded;
@@ -36,22 +37,29 @@ static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float
         vmx = _mm512_max_ps(vmx, _mm512_mul_ps(_mm512_and_ps(wv, absmask), _mm512_loadu_ps(L->top + j)));
     }
     float mx = _mm512_reduce_max_ps(vmx);
-    float s = mx / L->wmax, inv = mx > 0.0f ? L->wmax / mx : 0.0f;
-    __m512 sv = _mm512_set1_ps(s), iv = _mm512_set1_ps(inv), corr = _mm512_setzero_ps();
-    /* int16 words of each group of four as planes 0, 2, 1, 3 */
-    const __m256i pairs = _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15, 0, 1, 4, 5, 2, 3, 6, 7,
-                                           8, 9, 12, 13, 10, 11, 14, 15);
-    for (uint32_t p = 0; p < P; p += 16) {
-        __m512i idx = _mm512_loadu_si512((const void *)(L->chan + p));
-        __m512 v = _mm512_mul_ps(_mm512_i32gather_ps(idx, wf, 4), _mm512_loadu_ps(L->mul + p));
-        __m512i k = _mm512_cvtps_epi32(_mm512_mul_ps(v, iv));
-        _mm256_storeu_si256((__m256i *)(void *)(W + p), _mm256_shuffle_epi8(_mm512_cvtsepi32_epi16(k), pairs));
-        __m512 d = _mm512_sub_ps(v, _mm512_mul_ps(_mm512_cvtepi32_ps(k), sv));
-        corr = _mm512_fmadd_ps(d, _mm512_loadu_ps(L->mean + p), corr);
+    float inv = mx > 0.0f ? L->wmax / mx : 0.0f;
+    /* the channels' weights as int16 over their floats (each block read before written) */
+    int16_t *wc = (int16_t *)(void *)wf;
+    __m512 iv = _mm512_set1_ps(inv);
+    for (uint32_t j = 0; j < dim; j += 16) {
+        __m256i k = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wf + j), iv)));
+        _mm256_storeu_si256((__m256i *)(void *)(wc + j), k);
     }
-    *scale = s;
-    float b = fold16(part);
-    *bias = b + fold16(corr);
+    for (uint32_t p = 0; p < P; p += 32) {
+        __m512i idx = _mm512_loadu_si512((const void *)(L->pair_chan + p));
+        __m512i r = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)wc), idx,
+                                              _mm512_loadu_si512((const void *)(wc + 32)));
+        for (uint32_t k = 1; 64 * k < dim; k++) {
+            __mmask32 m = _mm512_cmpeq_epi16_mask(_mm512_srli_epi16(idx, 6), _mm512_set1_epi16((short)k));
+            r = _mm512_mask_mov_epi16(r, m, _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)(wc + 64 * k)), idx,
+                                                                      _mm512_loadu_si512((const void *)(wc + 64 * k + 32))));
+        }
+        r = _mm512_sllv_epi16(r, _mm512_loadu_si512((const void *)(L->pair_shift + p)));
+        if (P - p >= 32) _mm512_storeu_si512((void *)(W + p), r);
+        else _mm256_storeu_si256((__m256i *)(void *)(W + p), _mm512_castsi512_si256(r));
+    }
+    *scale = mx / L->wmax;
+    *bias = fold16(part);
 }
 
 #define CHAN_ACC(h) __m512i a##h##0 = z, a##h##1 = z, a##h##2 = z, a##h##3 = z;
@@ -90,35 +98,29 @@ heads(const uint8_t *unit, const kvqi_chan_layout *L, const int16_t *W, uint32_t
     const __m512i m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(3), m1 = _mm512_set1_epi8(1);
     CHAN_ACC(0) CHAN_ACC(1) CHAN_ACC(2) CHAN_ACC(3)
     const int16_t *wp = W;
-    const uint8_t *g = unit, *gs = L->gshift;
-    /* each plane's value shifted left by its group's shift (at most 255) */
-#define SH(v) _mm512_sll_epi16(v, e)
+    const uint8_t *g = unit;
     for (uint32_t i = 0; i < L->n4; i++, g += 128) {
-        __m128i e = _mm_cvtsi32_si128(*gs++);
         __m512i x0 = _mm512_loadu_si512((const void *)g), x1 = _mm512_loadu_si512((const void *)(g + 64));
-        __m512i v0 = SH(_mm512_and_si512(x0, m4)), v1 = SH(_mm512_and_si512(_mm512_srli_epi16(x0, 4), m4));
-        __m512i v2 = SH(_mm512_and_si512(x1, m4)), v3 = SH(_mm512_and_si512(_mm512_srli_epi16(x1, 4), m4));
+        __m512i v0 = _mm512_and_si512(x0, m4), v1 = _mm512_and_si512(_mm512_srli_epi16(x0, 4), m4);
+        __m512i v2 = _mm512_and_si512(x1, m4), v3 = _mm512_and_si512(_mm512_srli_epi16(x1, 4), m4);
         CHAN_DOTS
     }
     for (uint32_t i = 0; i < L->n2; i++, g += 64) {
-        __m128i e = _mm_cvtsi32_si128(*gs++);
         __m512i x = _mm512_loadu_si512((const void *)g);
-        __m512i v0 = SH(_mm512_and_si512(x, m2)), v1 = SH(_mm512_and_si512(_mm512_srli_epi16(x, 2), m2));
-        __m512i v2 = SH(_mm512_and_si512(_mm512_srli_epi16(x, 4), m2));
-        __m512i v3 = SH(_mm512_and_si512(_mm512_srli_epi16(x, 6), m2));
+        __m512i v0 = _mm512_and_si512(x, m2), v1 = _mm512_and_si512(_mm512_srli_epi16(x, 2), m2);
+        __m512i v2 = _mm512_and_si512(_mm512_srli_epi16(x, 4), m2);
+        __m512i v3 = _mm512_and_si512(_mm512_srli_epi16(x, 6), m2);
         CHAN_DOTS
     }
     for (uint32_t i = 0; i < L->n1; i++, g += 32) {
-        __m128i e = _mm_cvtsi32_si128(*gs++);
         /* bytes of tokens 0-7 of each 16 in the low half, 8-15 (the next bit) in the high */
         __m256i y = _mm256_loadu_si256((const __m256i *)(const void *)g);
         __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(y), _mm256_srli_epi16(y, 1), 1);
-        __m512i v0 = SH(_mm512_and_si512(x, m1)), v1 = SH(_mm512_and_si512(_mm512_srli_epi16(x, 2), m1));
-        __m512i v2 = SH(_mm512_and_si512(_mm512_srli_epi16(x, 4), m1));
-        __m512i v3 = SH(_mm512_and_si512(_mm512_srli_epi16(x, 6), m1));
+        __m512i v0 = _mm512_and_si512(x, m1), v1 = _mm512_and_si512(_mm512_srli_epi16(x, 2), m1);
+        __m512i v2 = _mm512_and_si512(_mm512_srli_epi16(x, 4), m1);
+        __m512i v3 = _mm512_and_si512(_mm512_srli_epi16(x, 6), m1);
         CHAN_DOTS
     }
-#undef SH
     CHAN_OUT(0) CHAN_OUT(1) CHAN_OUT(2) CHAN_OUT(3)
 }
 

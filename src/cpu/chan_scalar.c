@@ -1,7 +1,7 @@
 /*
  * chan_scalar.c - channel keys' plane layout (cache_kernels.h) and the reference of
- * their score kernel: int16 weights per plane and query head, integer sums of weights
- * times plane values (shifted by their group's shift), one float multiply-add per token
+ * their score kernel: int16 weights per channel and query head (times 2^shift per
+ * plane), integer sums of weights times plane values, one float multiply-add per token
  * for the scale and the bias.
  */
 #include <limits.h>
@@ -15,14 +15,14 @@ static uint32_t padded_cap(uint32_t dim) { return (3 * dim + 9 + 15) & ~15u; }
 
 size_t kvqi_chan_layout_bytes(uint32_t dim) {
     size_t cap = padded_cap(dim);
-    /* chan, mul, mean, the builder's list; top; shift, width, group shift */
-    return cap * (4 * sizeof(float) + 3) + (size_t)dim * sizeof(float);
+    /* chan, the builder's list; top; pair_chan, pair_shift; shift, width */
+    return cap * (2 * sizeof(int32_t) + 2 * sizeof(uint16_t) + 2) + (size_t)dim * sizeof(float);
 }
 
-/* One width's planes, sorted by shift (stable): the channels' own in channel order
- * (list[i] = j << 8 | shift), then those split from the wider width (pend, each into
- * two of this width, the low one first). The first 4 n_groups go to planes base..;
- * the rest wait in out_pend to be split in turn. */
+/* One width's planes: the channels' own in channel order (list[i] = j << 8 | shift),
+ * then those split from the wider width (pend, each into two of this width, the low one
+ * first). The first 4 n_groups go to planes base..; the rest wait in out_pend to be
+ * split in turn. */
 static uint32_t place(kvqi_chan_layout *L, uint32_t *list, uint32_t n, const uint32_t *pend, uint32_t n_pend,
                       uint32_t width, uint32_t base, uint32_t n_groups, uint32_t *out_pend) {
     int32_t *chan = (int32_t *)(uintptr_t)L->chan;
@@ -31,19 +31,16 @@ static uint32_t place(kvqi_chan_layout *L, uint32_t *list, uint32_t n, const uin
         list[n++] = pend[i];
         list[n++] = pend[i] + width; /* shift + width */
     }
-    uint32_t k = 0, n_out = 0;
-    for (uint32_t sh = 0; sh < 8; sh++)
-        for (uint32_t i = 0; i < n; i++) {
-            if ((list[i] & 255u) != sh) continue;
-            if (k < 4 * n_groups) {
-                chan[base + k] = (int32_t)(list[i] >> 8);
-                shift[base + k] = (uint8_t)sh;
-                wd[base + k] = (uint8_t)width;
-            } else {
-                out_pend[n_out++] = list[i];
-            }
-            k++;
+    uint32_t n_out = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        if (k < 4 * n_groups) {
+            chan[base + k] = (int32_t)(list[k] >> 8);
+            shift[base + k] = (uint8_t)(list[k] & 255u);
+            wd[base + k] = (uint8_t)width;
+        } else {
+            out_pend[n_out++] = list[k];
         }
+    }
     return n_out;
 }
 
@@ -51,13 +48,12 @@ void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t d
     uint32_t cap = padded_cap(dim);
     memset(mem, 0, kvqi_chan_layout_bytes(dim));
     int32_t *chan = (int32_t *)mem;
-    float *mul = (float *)(void *)(chan + cap), *mean = mul + cap;
-    uint32_t *list = (uint32_t *)(void *)(mean + cap);
+    uint32_t *list = (uint32_t *)(void *)(chan + cap);
     float *top = (float *)(void *)(list + cap);
-    uint8_t *shift = (uint8_t *)(void *)(top + dim), *width = shift + cap, *gshift = width + cap;
-    L->chan = chan, L->mul = mul, L->mean = mean, L->top = top;
-    L->shift = shift, L->width = width, L->gshift = gshift;
-    for (uint32_t p = 0; p < cap; p++) width[p] = 1;
+    uint16_t *pair_chan = (uint16_t *)(void *)(top + dim), *pair_shift = pair_chan + cap;
+    uint8_t *shift = (uint8_t *)(void *)(pair_shift + cap), *width = shift + cap;
+    L->chan = chan, L->top = top, L->shift = shift, L->width = width;
+    L->pair_chan = pair_chan, L->pair_shift = pair_shift;
     /* planes of each width: 4 (b >= 4; b = 8 twice), 2 (b = 2, 3, 6, 7), 1 (b odd) */
     uint32_t c4 = 0, c2 = 0, c1 = 0;
     for (uint32_t j = 0; j < dim; j++) {
@@ -88,21 +84,17 @@ void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t d
     L->n_planes = 4 * (n4 + n2 + n1);
     L->n_padded = (L->n_planes + 15) & ~15u;
     L->unit_bytes = 128 * n4 + 64 * n2 + 32 * n1;
+    /* |W_j| top_j <= wmax + 0.51 top_j fits int16 (top_j <= 128); the sums sum_j W_j
+     * code_j fit int32 */
     uint64_t codes = 1;
     for (uint32_t j = 0; j < dim; j++) codes += (1u << bits[j]) - 1u;
-    L->wmax = (float)(codes * 32767u > INT32_MAX ? INT32_MAX / codes : 32767u);
-    /* padding: the last 1-bit group's planes past the real ones (weight 0) */
-    uint32_t real = 4 * (n4 + n2) + c1 + 2 * r2;
-    for (uint32_t g = 0; g < L->n_planes / 4; g++) {
-        uint32_t gs = 7;
-        for (uint32_t p = 4 * g; p < 4 * g + 4; p++)
-            if (p < real && shift[p] < gs) gs = shift[p];
-        gshift[g] = (uint8_t)(gs == 7 ? 0 : gs);
-        for (uint32_t p = 4 * g; p < 4 * g + 4 && p < real; p++) {
-            mul[p] = ldexpf(1.0f, (int)(shift[p] - gshift[g]));
-            mean[p] = ldexpf(0.5f * (float)((1u << width[p]) - 1u), (int)gshift[g]);
-            if (mul[p] > top[chan[p]]) top[chan[p]] = mul[p];
-        }
+    L->wmax = (float)(codes * 32640u > INT32_MAX ? INT32_MAX / codes : 32640u);
+    static const uint8_t pair[4] = {0, 2, 1, 3};
+    for (uint32_t p = 0; p < L->n_padded; p++) {
+        uint32_t q = 4 * (p / 4) + pair[p % 4];
+        pair_chan[q] = (uint16_t)chan[p];
+        pair_shift[q] = width[p] ? shift[p] : 16; /* padding: weight 0 */
+        if (width[p] && ldexpf(1.0f, shift[p]) > top[chan[p]]) top[chan[p]] = ldexpf(1.0f, shift[p]);
     }
 }
 
@@ -140,7 +132,7 @@ uint32_t kvqi_chan_code_at(const kvqi_chan_layout *L, const uint8_t *block, uint
     const uint8_t *unit = block + 4 * (size_t)L->dim + (t / 64) * L->unit_bytes;
     uint32_t code = 0;
     for (uint32_t p = 0; p < L->n_planes; p++)
-        if (L->mul[p] != 0.0f && L->chan[p] == (int32_t)j)
+        if (L->width[p] && L->chan[p] == (int32_t)j)
             code |= kvqi_chan_plane_at(L, unit, p, (uint32_t)(t % 64)) << L->shift[p];
     return code;
 }
@@ -154,7 +146,7 @@ static float fold16(float *part) {
 void kvqi_chan_weights_ref(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, float *scale,
                            float *bias, float *wf) {
     uint32_t dim = L->dim, P = L->n_padded;
-    float part[16] = {0}, corr[16] = {0}, mx = 0.0f;
+    float part[16] = {0}, mx = 0.0f;
     for (uint32_t j = 0; j < dim; j++) {
         uint16_t lo, st;
         memcpy(&lo, block + 2 * (size_t)j, 2);
@@ -163,19 +155,14 @@ void kvqi_chan_weights_ref(const uint8_t *block, const kvqi_chan_layout *L, cons
         wf[j] = q[j] * kvqi_fp16_to_fp32(st);
         mx = fmaxf(mx, fabsf(wf[j]) * L->top[j]);
     }
-    float s = mx / L->wmax, inv = mx > 0.0f ? L->wmax / mx : 0.0f;
-    static const uint8_t pair[4] = {0, 2, 1, 3};
+    float inv = mx > 0.0f ? L->wmax / mx : 0.0f;
     for (uint32_t p = 0; p < P; p++) {
-        float v = wf[L->chan[p]] * L->mul[p];
-        long k = lrintf(v * inv);
+        long k = lrintf(wf[L->pair_chan[p]] * inv);
         k = k > 32767 ? 32767 : k < -32767 ? -32767 : k;
-        W[4 * (p / 4) + pair[p % 4]] = (int16_t)k;
-        float d = v - (float)k * s;
-        corr[p % 16] = fmaf(d, L->mean[p], corr[p % 16]);
+        W[p] = (int16_t)(L->pair_shift[p] < 16 ? k * (1l << L->pair_shift[p]) : 0);
     }
-    *scale = s;
-    float b = fold16(part);
-    *bias = b + fold16(corr);
+    *scale = mx / L->wmax;
+    *bias = fold16(part);
 }
 
 uint32_t kvqi_chan_heads_at_once(const kvqi_chan_layout *L, uint32_t G) {
@@ -198,7 +185,7 @@ void kvqi_chan_score_scalar(const uint8_t *block, const kvqi_chan_layout *L, con
         for (uint32_t p = 0; p < L->n_planes; p += 4)
             for (uint32_t l = l0; l < l0 + n; l++) {
                 int32_t v[4];
-                for (uint32_t i = 0; i < 4; i++) v[i] = (int32_t)(kvqi_chan_plane_at(L, unit, p + i, l) << L->gshift[p / 4]);
+                for (uint32_t i = 0; i < 4; i++) v[i] = (int32_t)kvqi_chan_plane_at(L, unit, p + i, l);
                 for (uint32_t h = 0; h < gh; h++) {
                     const int16_t *Wh = W + (size_t)h * P + p; /* planes 0, 2, 1, 3 */
                     acc[h][l] += Wh[0] * v[0] + Wh[1] * v[2] + Wh[2] * v[1] + Wh[3] * v[3];
