@@ -63,23 +63,20 @@ static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float
 }
 
 #define CHAN_ACC(h) __m512i a##h##0 = z, a##h##1 = z, a##h##2 = z, a##h##3 = z;
-#define CHAN_DOT(h)                                                                                 \
+/* subblock k (tokens 16k .. 16k + 15) of the group: v holds each token's four planes as
+ * bytes; planes 0 and 2 are the low bytes of its two words, 1 and 3 the high bytes */
+#define CHAN_DOT(h, k)                                                                              \
     if (gh > h) {                                                                                   \
         int32_t x2[2];                                                                              \
         memcpy(x2, wp + (size_t)h * P, 8);                                                          \
-        __m512i we = _mm512_set1_epi32(x2[0]), wo = _mm512_set1_epi32(x2[1]);                      \
-        a##h##0 = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(a##h##0, e0, we), o0, wo);                \
-        a##h##1 = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(a##h##1, e1, we), o1, wo);                \
-        a##h##2 = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(a##h##2, e2, we), o2, wo);                \
-        a##h##3 = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(a##h##3, e3, we), o3, wo);                \
+        a##h##k = _mm512_dpwssd_epi32(a##h##k, ev, _mm512_set1_epi32(x2[0]));                       \
+        a##h##k = _mm512_dpwssd_epi32(a##h##k, od, _mm512_set1_epi32(x2[1]));                       \
     }
-/* each token's planes 0 and 2 (low bytes of its two words), 1 and 3 (high bytes) */
-#define CHAN_DOTS                                                                                   \
-    __m512i e0 = _mm512_and_si512(v0, lo8), o0 = _mm512_srli_epi16(v0, 8);                         \
-    __m512i e1 = _mm512_and_si512(v1, lo8), o1 = _mm512_srli_epi16(v1, 8);                         \
-    __m512i e2 = _mm512_and_si512(v2, lo8), o2 = _mm512_srli_epi16(v2, 8);                         \
-    __m512i e3 = _mm512_and_si512(v3, lo8), o3 = _mm512_srli_epi16(v3, 8);                         \
-    CHAN_DOT(0) CHAN_DOT(1) CHAN_DOT(2) CHAN_DOT(3) wp += 4;
+#define CHAN_SUB(k, v)                                                                              \
+    {                                                                                               \
+        __m512i vv = (v), ev = _mm512_and_si512(vv, lo8), od = _mm512_srli_epi16(vv, 8);            \
+        CHAN_DOT(0, k) CHAN_DOT(1, k) CHAN_DOT(2, k) CHAN_DOT(3, k)                                 \
+    }
 #define CHAN_OUT(h)                                                                                 \
     if (gh > h) {                                                                                   \
         __m512 sv = _mm512_set1_ps(scale[h]), bv = _mm512_set1_ps(bias[h]);                         \
@@ -99,27 +96,28 @@ heads(const uint8_t *unit, const kvqi_chan_layout *L, const int16_t *W, uint32_t
     CHAN_ACC(0) CHAN_ACC(1) CHAN_ACC(2) CHAN_ACC(3)
     const int16_t *wp = W;
     const uint8_t *g = unit;
-    for (uint32_t i = 0; i < L->n4; i++, g += 128) {
+    for (uint32_t i = 0; i < L->n4; i++, g += 128, wp += 4) {
         __m512i x0 = _mm512_loadu_si512((const void *)g), x1 = _mm512_loadu_si512((const void *)(g + 64));
-        __m512i v0 = _mm512_and_si512(x0, m4), v1 = _mm512_and_si512(_mm512_srli_epi16(x0, 4), m4);
-        __m512i v2 = _mm512_and_si512(x1, m4), v3 = _mm512_and_si512(_mm512_srli_epi16(x1, 4), m4);
-        CHAN_DOTS
+        CHAN_SUB(0, _mm512_and_si512(x0, m4))
+        CHAN_SUB(1, _mm512_and_si512(_mm512_srli_epi16(x0, 4), m4))
+        CHAN_SUB(2, _mm512_and_si512(x1, m4))
+        CHAN_SUB(3, _mm512_and_si512(_mm512_srli_epi16(x1, 4), m4))
     }
-    for (uint32_t i = 0; i < L->n2; i++, g += 64) {
+    for (uint32_t i = 0; i < L->n2; i++, g += 64, wp += 4) {
         __m512i x = _mm512_loadu_si512((const void *)g);
-        __m512i v0 = _mm512_and_si512(x, m2), v1 = _mm512_and_si512(_mm512_srli_epi16(x, 2), m2);
-        __m512i v2 = _mm512_and_si512(_mm512_srli_epi16(x, 4), m2);
-        __m512i v3 = _mm512_and_si512(_mm512_srli_epi16(x, 6), m2);
-        CHAN_DOTS
+        CHAN_SUB(0, _mm512_and_si512(x, m2))
+        CHAN_SUB(1, _mm512_and_si512(_mm512_srli_epi16(x, 2), m2))
+        CHAN_SUB(2, _mm512_and_si512(_mm512_srli_epi16(x, 4), m2))
+        CHAN_SUB(3, _mm512_and_si512(_mm512_srli_epi16(x, 6), m2))
     }
-    for (uint32_t i = 0; i < L->n1; i++, g += 32) {
+    for (uint32_t i = 0; i < L->n1; i++, g += 32, wp += 4) {
         /* bytes of tokens 0-7 of each 16 in the low half, 8-15 (the next bit) in the high */
         __m256i y = _mm256_loadu_si256((const __m256i *)(const void *)g);
         __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(y), _mm256_srli_epi16(y, 1), 1);
-        __m512i v0 = _mm512_and_si512(x, m1), v1 = _mm512_and_si512(_mm512_srli_epi16(x, 2), m1);
-        __m512i v2 = _mm512_and_si512(_mm512_srli_epi16(x, 4), m1);
-        __m512i v3 = _mm512_and_si512(_mm512_srli_epi16(x, 6), m1);
-        CHAN_DOTS
+        CHAN_SUB(0, _mm512_and_si512(x, m1))
+        CHAN_SUB(1, _mm512_and_si512(_mm512_srli_epi16(x, 2), m1))
+        CHAN_SUB(2, _mm512_and_si512(_mm512_srli_epi16(x, 4), m1))
+        CHAN_SUB(3, _mm512_and_si512(_mm512_srli_epi16(x, 6), m1))
     }
     CHAN_OUT(0) CHAN_OUT(1) CHAN_OUT(2) CHAN_OUT(3)
 }
