@@ -9,11 +9,11 @@
  *
  * A head's block in a chunk: lo[dim] fp16, step[dim] fp16, then per 64 tokens one unit
  * of bits * dim * 8 bytes: the codes cut into planes of 4, 2 and 1 bits, four planes of
- * one width to a group laid out for byte multiply-adds (kvqi_chan_layout,
+ * one width to a group laid out for integer multiply-adds (kvqi_chan_layout,
  * cpu/cache_kernels.h). The score of token t, sum_j q_j lo_j + sum_j q_j step_j code_j(t),
- * is an integer dot product of the planes with int8 weights per chunk and query head,
- * scaled, plus the bias. A chunk is coded once all its tokens are in: until then they
- * wait in the ring (q8_0 rows).
+ * is an integer dot product of the planes with int16 weights per chunk and query head
+ * (q_j step_j on a common scale, times 2^shift per plane), scaled, plus the bias. A chunk
+ * is coded once all its tokens are in: until then they wait in the ring (q8_0 rows).
  */
 #include <math.h>
 #include <string.h>

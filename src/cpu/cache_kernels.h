@@ -224,6 +224,7 @@ void kvqi_chan_weights_ref(const uint8_t *block, const kvqi_chan_layout *L, cons
 /* Query heads a chan_score kernel weighs at once (1..4): as many as fit in its scratch
  * next to dim floats. */
 uint32_t kvqi_chan_heads_at_once(const kvqi_chan_layout *L, uint32_t G);
+
 /* Kernels for a resolved ISA; ISAs without their own version fall back per entry. */
 const kvqi_cache_kernels *kvqi_cache_kernels_for(kvq_isa resolved);
 

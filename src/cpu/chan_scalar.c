@@ -88,7 +88,7 @@ void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t d
      * code_j fit int32 */
     uint64_t codes = 1;
     for (uint32_t j = 0; j < dim; j++) codes += (1u << bits[j]) - 1u;
-    L->wmax = (float)(codes * 32640u > INT32_MAX ? INT32_MAX / codes : 32640u);
+    L->wmax = (float)(codes * 32641u > INT32_MAX ? INT32_MAX / codes - 1 : 32640u);
     static const uint8_t pair[4] = {0, 2, 1, 3};
     for (uint32_t p = 0; p < L->n_padded; p++) {
         uint32_t q = 4 * (p / 4) + pair[p % 4];
