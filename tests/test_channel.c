@@ -365,20 +365,22 @@ static void random_block(kvqi_rng *r, const kvqi_chan_layout *L, uint8_t *block,
 
 /* Every ISA's score kernel gives the scalar reference's bits: random codes, bits 0..8
  * per channel, two units, spans starting and ending anywhere in a unit, 1..9 heads
- * (both sides of every group of four). */
+ * (both sides of every group of four), heads of 64 and of 288 channels (past the
+ * AVX-512 kernel's 256 for weighing four heads at once). */
 TEST(channel_score_kernels_match_scalar) {
-    const uint32_t dim = 64;
-    uint8_t bits[64];
+    uint8_t bits[288];
     kvqi_chan_layout L;
-    void *mem = malloc(kvqi_chan_layout_bytes(dim));
-    uint8_t *block = malloc(4 * dim + 2 * 64 * dim);
-    float q[9 * 64], ref[9 * 64], got[9 * 64], w1[11 * 64], w2[11 * 64];
-    REQUIRE(mem && block);
+    void *mem = malloc(kvqi_chan_layout_bytes(288));
+    uint8_t *block = malloc(4 * 288 + 2 * 64 * 288);
+    float *q = malloc(9 * 288 * sizeof(float)), *w1 = malloc(11 * 288 * sizeof(float));
+    float *w2 = malloc(11 * 288 * sizeof(float)), ref[9 * 64], got[9 * 64];
+    REQUIRE(mem && block && q && w1 && w2);
     kvqi_rng r;
     kvqi_rng_seed(&r, 41);
     const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512, KVQ_ISA_NEON};
     int compared = 0;
-    for (int rep = 0; rep < 6; rep++) {
+    for (int rep = 0; rep < 8; rep++) {
+        uint32_t dim = rep < 6 ? 64 : 288;
         random_layout(&r, dim, bits, &L, mem);
         random_block(&r, &L, block, 4 * dim + 2 * (size_t)L.unit_bytes);
         for (uint32_t i = 0; i < 9 * dim; i++) q[i] = (float)kvqi_rng_normal(&r) * (rep % 2 ? 1.0f : 1e-3f);
@@ -397,7 +399,7 @@ TEST(channel_score_kernels_match_scalar) {
                 }
             }
     }
-    free(mem), free(block);
+    free(mem), free(block), free(q), free(w1), free(w2);
     if (!compared) SKIP("no SIMD ISA on this CPU");
 }
 

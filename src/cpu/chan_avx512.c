@@ -62,6 +62,58 @@ static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float
     *bias = fold16(part);
 }
 
+/* weights() for gh heads at once where dim <= 256: the same operations per head, the
+ * minima, steps, plane indices and masks shared, the heads' chains interleaved. */
+static void weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t gh, int16_t *W,
+                          float *scale, float *bias) {
+    uint32_t dim = L->dim, P = L->n_padded;
+    float wf[4][256];
+    int16_t wc[4][256 + 64];
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    __m512 part[4], vmx[4];
+    for (uint32_t h = 0; h < gh; h++) part[h] = vmx[h] = _mm512_setzero_ps();
+    for (uint32_t j = 0; j < dim; j += 16) {
+        __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * (size_t)j)));
+        __m512 st = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * ((size_t)dim + j))));
+        __m512 top = _mm512_loadu_ps(L->top + j);
+        for (uint32_t h = 0; h < gh; h++) {
+            __m512 qv = _mm512_loadu_ps(q + (size_t)h * dim + j);
+            part[h] = _mm512_fmadd_ps(qv, lo, part[h]);
+            __m512 wv = _mm512_mul_ps(qv, st);
+            _mm512_storeu_ps(wf[h] + j, wv);
+            vmx[h] = _mm512_max_ps(vmx[h], _mm512_mul_ps(_mm512_and_ps(wv, absmask), top));
+        }
+    }
+    for (uint32_t h = 0; h < gh; h++) {
+        float mx = _mm512_reduce_max_ps(vmx[h]);
+        __m512 iv = _mm512_set1_ps(mx > 0.0f ? L->wmax / mx : 0.0f);
+        for (uint32_t j = 0; j < dim; j += 16)
+            _mm256_storeu_si256((__m256i *)(void *)(wc[h] + j),
+                                _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wf[h] + j), iv))));
+        scale[h] = mx / L->wmax;
+        bias[h] = fold16(part[h]);
+    }
+    for (uint32_t p = 0; p < P; p += 32) {
+        __m512i idx = _mm512_loadu_si512((const void *)(L->pair_chan + p));
+        __m512i sh = _mm512_loadu_si512((const void *)(L->pair_shift + p));
+        __mmask32 m[4];
+        for (uint32_t k = 1; 64 * k < dim; k++)
+            m[k] = _mm512_cmpeq_epi16_mask(_mm512_srli_epi16(idx, 6), _mm512_set1_epi16((short)k));
+        for (uint32_t h = 0; h < gh; h++) {
+            const int16_t *c = wc[h];
+            __m512i r = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)c), idx,
+                                                  _mm512_loadu_si512((const void *)(c + 32)));
+            for (uint32_t k = 1; 64 * k < dim; k++)
+                r = _mm512_mask_mov_epi16(r, m[k], _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)(c + 64 * k)), idx,
+                                                                             _mm512_loadu_si512((const void *)(c + 64 * k + 32))));
+            r = _mm512_sllv_epi16(r, sh);
+            int16_t *Wh = W + (size_t)h * P;
+            if (P - p >= 32) _mm512_storeu_si512((void *)(Wh + p), r);
+            else _mm256_storeu_si256((__m256i *)(void *)(Wh + p), _mm512_castsi512_si256(r));
+        }
+    }
+}
+
 #define CHAN_ACC(h) __m512i a##h##0 = z, a##h##1 = z, a##h##2 = z, a##h##3 = z;
 /* subblock k (tokens 16k .. 16k + 15) of the group: v holds each token's four planes as
  * bytes; planes 0 and 2 are the low bytes of its two words, 1 and 3 the high bytes */
@@ -147,8 +199,11 @@ void kvqi_chan_score_avx512(const uint8_t *block, const kvqi_chan_layout *L, con
     float tmp[4 * 64];
     for (uint32_t h0 = 0; h0 < G; h0 += at_once) {
         uint32_t gh = G - h0 < at_once ? G - h0 : at_once;
-        for (uint32_t h = 0; h < gh; h++)
-            weights(block, L, q + (size_t)(h0 + h) * L->dim, W + (size_t)h * P, &scale[h], &bias[h], wf);
+        if (L->dim <= 256)
+            weights_heads(block, L, q + (size_t)h0 * L->dim, gh, W, scale, bias);
+        else
+            for (uint32_t h = 0; h < gh; h++)
+                weights(block, L, q + (size_t)(h0 + h) * L->dim, W + (size_t)h * P, &scale[h], &bias[h], wf);
         /* the whole unit straight into the rows when it is asked for whole */
         int whole = l0 == 0 && n == 64 && ld == 64;
         float *out = whole ? scores + h0 * ld : tmp;
