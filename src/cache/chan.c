@@ -7,10 +7,13 @@
  * bits follow their spread over the probe tokens (more bits where the range is wide;
  * a channel that does not move gets none and is its chunk midpoint), `bits` on average.
  *
- * A head's block in a chunk: lo[dim] fp16, step[dim] fp16, then channel after channel
- * its codes, 64 tokens at a time in bits[j] * 8 bytes (split fields of 4, 2 and
- * 1 bits: cpu/cache_kernels.h). A chunk is coded once all its tokens are in: until then
- * they wait in the ring (q8_0 rows).
+ * A head's block in a chunk: lo[dim] fp16, step[dim] fp16, then per 64 tokens one unit
+ * of bits * dim * 8 bytes: the codes cut into planes of 4, 2 and 1 bits, four planes of
+ * one width to a group laid out for integer multiply-adds (kvqi_chan_layout,
+ * cpu/cache_kernels.h). The score of token t, sum_j q_j lo_j + sum_j q_j step_j code_j(t),
+ * is an integer dot product of the planes with int16 weights per chunk and query head
+ * (q_j step_j on a common scale, times 2^shift per plane), scaled, plus the bias. A chunk
+ * is coded once all its tokens are in: until then they wait in the ring (q8_0 rows).
  */
 #include <math.h>
 #include <string.h>
@@ -22,8 +25,19 @@ size_t kvqi_chan_block_bytes(uint32_t dim, uint32_t bits, size_t C) {
     return (size_t)4 * dim + C * dim * bits / 8;
 }
 
+/* chan_bits holds [n_kv][dim] bits, then per head a kvqi_chan_layout and its arrays. */
+static size_t layouts_at(const kvq_cache *c) { return ((size_t)c->n_kv * c->dim + 63) & ~(size_t)63; }
+
+static size_t layout_stride(const kvq_cache *c) {
+    return ((sizeof(kvqi_chan_layout) + 63) & ~(size_t)63) + ((kvqi_chan_layout_bytes(c->dim) + 63) & ~(size_t)63);
+}
+
+static const kvqi_chan_layout *layout_of(const kvq_cache *c, uint32_t g) {
+    return (const kvqi_chan_layout *)(const void *)(c->chan_bits + layouts_at(c) + g * layout_stride(c));
+}
+
 kvq_status kvqi_chan_init(kvq_cache *c) {
-    size_t C = c->cfg.chunk_tokens, dim = c->dim;
+    size_t C = c->cfg.chunk_tokens;
     if (C % 64 != 0) {
         kvqi_set_msg(NULL, 0, "cache: channel keys need chunk_tokens a multiple of 64 (got %zu)", C);
         return KVQ_ERR_UNSUPPORTED;
@@ -34,7 +48,9 @@ kvq_status kvqi_chan_init(kvq_cache *c) {
     }
     size_t block = kvqi_chan_block_bytes(c->dim, c->cfg.key.bits, C);
     c->key.code_size = (block + C - 1) / C;
-    c->chan_bits = kvqi_calloc_array((size_t)c->n_kv * dim, 1);
+    /* the bits per channel, then each head's plane layout (built with the bits) */
+    size_t bytes = layouts_at(c) + (size_t)c->n_kv * layout_stride(c);
+    c->chan_bits = kvqi_calloc_array(bytes, 1);
     if (!c->chan_bits) return KVQ_ERR_NOMEM;
     return KVQ_OK;
 }
@@ -77,6 +93,8 @@ void kvqi_chan_allocate(kvq_cache *c, const float *stage) {
             if (best == UINT32_MAX) break;
             b[best]++;
         }
+        kvqi_chan_layout *L = (kvqi_chan_layout *)(void *)(c->chan_bits + layouts_at(c) + g * layout_stride(c));
+        kvqi_chan_layout_build(L, b, dim, (uint8_t *)L + ((sizeof *L + 63) & ~(size_t)63));
     }
 }
 
@@ -152,27 +170,32 @@ void kvqi_chan_accumulate(const kvq_cache *c, uint32_t g, const float *row, cons
     }
 }
 
+/* Token t's codes into its unit, plane by plane (the block starts zeroed). */
 void kvqi_chan_put_row(const kvq_cache *c, uint32_t g, const float *row, size_t t, uint8_t *block) {
     uint32_t dim = c->dim;
-    const uint8_t *bits = c->chan_bits + (size_t)g * dim;
-    size_t C = c->cfg.chunk_tokens, at = (size_t)4 * dim; /* channel j's codes: after channels < j */
-    for (uint32_t j = 0; j < dim; at += C * bits[j] / 8, j++) {
-        if (bits[j] == 0) continue;
-        uint16_t lo_h, step_h;
-        memcpy(&lo_h, block + 2 * (size_t)j, 2);
-        memcpy(&step_h, block + 2 * ((size_t)dim + j), 2);
-        uint32_t code = kvqi_channel_code(row[j], kvqi_fp16_to_fp32(lo_h), kvqi_fp16_to_fp32(step_h), bits[j]);
-        kvqi_chan_code_put(block + at + (t / 64) * 8 * (size_t)bits[j], bits[j], (uint32_t)(t % 64), code);
+    const kvqi_chan_layout *L = layout_of(c, g);
+    uint8_t *unit = block + (size_t)4 * dim + (t / 64) * L->unit_bytes;
+    uint32_t last = UINT32_MAX, code = 0;
+    for (uint32_t p = 0; p < L->n_planes; p++) {
+        uint32_t j = (uint32_t)L->chan[p];
+        if (!L->width[p]) continue; /* padding */
+        if (j != last) {
+            uint16_t lo_h, step_h;
+            memcpy(&lo_h, block + 2 * (size_t)j, 2);
+            memcpy(&step_h, block + 2 * ((size_t)dim + j), 2);
+            code = kvqi_channel_code(row[j], kvqi_fp16_to_fp32(lo_h), kvqi_fp16_to_fp32(step_h),
+                                     c->chan_bits[(size_t)g * dim + j]);
+            last = j;
+        }
+        kvqi_chan_plane_put(L, unit, p, (uint32_t)(t % 64), code >> L->shift[p]);
     }
 }
 
 /* Scores of tokens [in, in + nb) of head g's chunk block for G queries (natural order,
- * scale applied): sum_j q_j lo_j once, then the kernel adds (q_j step_j) code_j(t) channel
- * by channel. w: G * dim floats of scratch. */
+ * scale applied): the kernel's integer form (cpu/cache_kernels.h, chan_score). w: (G + 2)
+ * * dim floats of scratch. */
 void kvqi_chan_score(const kvq_cache *c, const float *q, uint32_t G, uint32_t g, const uint8_t *chunk,
                      size_t in, size_t nb, float *scores, size_t ld, float *w) {
-    uint32_t dim = c->dim;
     size_t C = c->cfg.chunk_tokens;
-    c->kern->chan_score(chunk + (size_t)g * C * c->key.code_size, c->chan_bits + (size_t)g * dim, dim, C, q, G, in,
-                        nb, scores, ld, w);
+    c->kern->chan_score(chunk + (size_t)g * C * c->key.code_size, layout_of(c, g), q, G, in, nb, scores, ld, w);
 }

@@ -85,6 +85,35 @@ typedef struct kvqi_sign_layout {
 /* lut [m/8][256] for one query's projection z[m] (the reference every kernel reads). */
 void kvqi_cache_sign_lut(const float *z, uint32_t m, float *lut);
 
+/* Channel keys' codes of one head (cache/chan.c): each channel's b-bit code is cut into
+ * planes of 4, 2 and 1 bits, narrowest at the bottom (b = 1: 1; 2: 2; 3: 1 + 2; 4: 4;
+ * 5: 1 + 4; 6: 2 + 4; 7: 1 + 2 + 4; 8: 4 + 4). Planes of one width go four to a group,
+ * in channel order; the last 4-bit planes that do not fill a group become two 2-bit
+ * planes each, then the last 2-bit planes that do not fill one two 1-bit planes each, so
+ * the 1-bit planes fill whole groups whenever sum_j bits[j] % 4 == 0 (else the last is
+ * padded with empty planes). A chunk block is lo[dim] and step[dim] in fp16, then per 64
+ * tokens one unit: the groups of 4 bits (128 bytes each), of 2 bits (64), of 1 bit (32),
+ * 8 sum_j bits[j] bytes in all. Plane p is byte p % 4 of its group's token slots: width 4,
+ * token l at byte 64 (l / 32) + 4 (l % 16) + p % 4, bits 4 ((l / 16) % 2); width 2, byte
+ * 4 (l % 16) + p % 4, bits 2 (l / 16); width 1, byte 4 (l % 8) + p % 4, bit l / 8. So one
+ * load and a shift and mask give 16 (or 8) tokens' four planes as bytes 4 t + i, which
+ * multiply-add instructions consume directly. */
+typedef struct kvqi_chan_layout {
+    uint32_t dim;
+    uint32_t n4, n2, n1;     /* groups of four planes of 4, 2 and 1 bits, in that order */
+    uint32_t n_planes;       /* 4 (n4 + n2 + n1) */
+    uint32_t n_padded;       /* n_planes rounded up to 16: the arrays' length */
+    uint32_t unit_bytes;     /* 128 n4 + 64 n2 + 32 n1 */
+    float wmax;              /* the largest weight times 2^shift: 32640, less where the int32
+                              * sums of sum_j (2^bits[j] - 1) codes could overflow */
+    const int32_t *chan;     /* plane p's channel (padding: 0) */
+    const uint8_t *shift;    /* plane p holds bits [shift, shift + width) of the code */
+    const uint8_t *width;    /* 4, 2, 1 (padding: 0) */
+    const float *top;        /* [dim] channel j's largest 2^shift (0 without bits) */
+    const uint16_t *pair_chan;  /* chan in the weights' pair order (kvqi_chan_weights_ref) */
+    const uint16_t *pair_shift; /* shift in that order (padding: 16) */
+} kvqi_chan_layout;
+
 /* The accum kernels take at most this many tokens per call (the attend block). */
 #define KVQI_MAX_BLOCK_TOKENS 64u
 
@@ -160,32 +189,41 @@ typedef struct kvqi_cache_kernels {
     void (*score_signs)(const kvqi_sign_layout *L, const float *lut, const float *zsum,
                         uint32_t G, const uint8_t *k, size_t n, int accumulate, float *scores,
                         size_t ld);
-    /* Channel keys (cache/chan.c), one head's chunk block of C tokens (C % 64 == 0):
-     * lo[dim] and step[dim] in fp16, then channel after channel its codes (channel j
-     * from byte 4 dim + sum over i < j of C bits[i] / 8), 64
-     * tokens at a time in bits[j] * 8 bytes as split fields (kvqi_chan_fields). For
-     * tokens t in [in, in + n) inside one group of 64 (in % 64 + n <= 64) and query
-     * h < G (q: [G][dim], dim % 16 == 0): scores[h * ld + t - in] = bias_h, then channel
-     * by channel in ascending order fmaf(q_j * step_j, code_j(t), that), where bias_h
-     * sums fmaf(q_j, lo_j, .) into 16 lanes (lane j % 16) folded in halves (8, 4, 2, 1).
-     * w: (G + 2) * dim floats of scratch; ld >= 64. Exact float operations in a fixed
-     * order: every ISA gives the same bits. */
-    void (*chan_score)(const uint8_t *block, const uint8_t *bits, uint32_t dim,
-                       size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
-                       size_t ld, float *w);
+    /* Channel keys (cache/chan.c), one head's chunk block (kvqi_chan_layout): for tokens
+     * t in [in, in + n) inside one unit of 64 (in % 64 + n <= 64) and query h < G (q:
+     * [G][dim]): scores[h * ld + t - in] = fmaf((float)acc_h(t), scale_h, bias_h), where
+     * acc_h(t) = sum_p W_h[p] plane_p(t) in int32 and W_h, scale_h, bias_h are
+     * kvqi_chan_weights_ref's. w: (G + 2) * dim floats of scratch; ld >= 64. Integer sums
+     * and the reference's float operations: every ISA gives the same bits. */
+    void (*chan_score)(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
+                       size_t n, float *scores, size_t ld, float *w);
 } kvqi_cache_kernels;
 
 /* chan_*.c */
-void kvqi_chan_score_scalar(const uint8_t *block, const uint8_t *bits, uint32_t dim,
-                            size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
-                            size_t ld, float *w);
-/* A channel's b-bit codes of 64 tokens as fields of 4, 2 and 1 bits, low bits first
- * (kvqi_chan_fields[b], 0-terminated), each field 8 * width bytes: width 4: byte i holds
- * token i (low nibble) and token i + 32 (high); width 2: byte i holds tokens i + 16k at
- * bits 2k; width 1: token t at bit t. Every width unpacks with a few byte operations. */
-extern const uint8_t kvqi_chan_fields[9][4];
-uint32_t kvqi_chan_code_at(const uint8_t *group, uint32_t bits, uint32_t l);
-void kvqi_chan_code_put(uint8_t *group, uint32_t bits, uint32_t l, uint32_t code);
+void kvqi_chan_score_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
+                            size_t n, float *scores, size_t ld, float *w);
+/* Bytes of the arrays of one head's layout (kvqi_chan_layout_build's mem). */
+size_t kvqi_chan_layout_bytes(uint32_t dim);
+/* The layout of a head whose channel j has bits[j] (0..8) bits, arrays in mem
+ * (kvqi_chan_layout_bytes(dim), 4-byte aligned); dim % 16 == 0. */
+void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t dim, void *mem);
+/* Plane p's value (width bits) of token l < 64 in a unit, and its setting (OR: the unit
+ * starts zeroed); a channel's code from its planes, token t of the block (64-token units
+ * after the ranges). */
+uint32_t kvqi_chan_plane_at(const kvqi_chan_layout *L, const uint8_t *unit, uint32_t p, uint32_t l);
+void kvqi_chan_plane_put(const kvqi_chan_layout *L, uint8_t *unit, uint32_t p, uint32_t l, uint32_t v);
+uint32_t kvqi_chan_code_at(const kvqi_chan_layout *L, const uint8_t *block, uint32_t j, size_t t);
+/* The query side of chan_score for one head q[dim], the reference every ISA
+ * reproduces: w_j = q_j step_j, max = max_j |w_j| top_j, scale = max / wmax, channel
+ * weights W_j = rint(w_j * (wmax / max)) and plane weights W[p'] = W_j 2^shift_p as int16
+ * (so acc = sum_j W_j code_j), stored in pairs: p' = 4 (p / 4) + {0, 2, 1, 3}[p % 4]
+ * (planes 0 and 2 of a group, then 1 and 3); bias = sum_j q_j lo_j (fmaf into 16 lanes
+ * j % 16, folded 8, 4, 2, 1). wf: dim floats of scratch. */
+void kvqi_chan_weights_ref(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, float *scale,
+                           float *bias, float *wf);
+/* Query heads a chan_score kernel weighs at once (1..4): as many as fit in its scratch
+ * next to dim floats. */
+uint32_t kvqi_chan_heads_at_once(const kvqi_chan_layout *L, uint32_t G);
 
 /* Kernels for a resolved ISA; ISAs without their own version fall back per entry. */
 const kvqi_cache_kernels *kvqi_cache_kernels_for(kvq_isa resolved);
@@ -212,12 +250,10 @@ void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size
 float kvqi_cache_rot_weights_i16(const kvqi_rot_layout *L, const float *w, const uint8_t *v,
                                  size_t n, int16_t *wq);
 #if defined(KVQ_HAVE_X86_SIMD)
-void kvqi_chan_score_avx2(const uint8_t *block, const uint8_t *bits, uint32_t dim,
-                          size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
-                          size_t ld, float *w);
-void kvqi_chan_score_avx512(const uint8_t *block, const uint8_t *bits, uint32_t dim,
-                            size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
-                            size_t ld, float *w);
+void kvqi_chan_score_avx2(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
+                          size_t n, float *scores, size_t ld, float *w);
+void kvqi_chan_score_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
+                            size_t n, float *scores, size_t ld, float *w);
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k);
 void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k);
 #endif

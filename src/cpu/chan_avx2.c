@@ -1,51 +1,67 @@
 /*
- * chan_avx2.c - channel keys' score kernel, eight tokens a register: codes unpacked
- * by the reference's routine, then the same fused multiply-adds in the same order as
- * the scalar reference.
+ * chan_avx2.c - channel keys' score kernel, eight tokens a register: the reference's
+ * weights (kvqi_chan_weights_ref), each group's four planes of 8 tokens as bytes from
+ * one load, shift and mask, their 16-bit halves (planes 0 and 2, 1 and 3 of a token)
+ * multiplied with the int16 weight pairs by vpmaddwd; the same final multiply-add.
  */
 #include <immintrin.h>
 
 #include "cpu/cache_kernels.h"
 
-void kvqi_chan_score_avx2(const uint8_t *block, const uint8_t *bits, uint32_t dim,
-                          size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
-                          size_t ld, float *w) {
-    float *lo = w + (size_t)G * dim, *step = lo + dim;
-    for (uint32_t j = 0; j < 2 * dim; j += 8)
-        _mm256_storeu_ps(lo + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(block + 2 * (size_t)j))));
-    for (uint32_t h = 0; h < G; h++) {
-        const float *qh = q + (size_t)h * dim;
-        /* 16 lanes as two registers: lanes 0-7 and 8-15 */
-        __m256 p0 = _mm256_setzero_ps(), p1 = _mm256_setzero_ps();
-        for (uint32_t j = 0; j < dim; j += 16) {
-            __m256 q0 = _mm256_loadu_ps(qh + j), q1 = _mm256_loadu_ps(qh + j + 8);
-            p0 = _mm256_fmadd_ps(q0, _mm256_loadu_ps(lo + j), p0);
-            p1 = _mm256_fmadd_ps(q1, _mm256_loadu_ps(lo + j + 8), p1);
-            _mm256_storeu_ps(w + (size_t)h * dim + j, _mm256_mul_ps(q0, _mm256_loadu_ps(step + j)));
-            _mm256_storeu_ps(w + (size_t)h * dim + j + 8, _mm256_mul_ps(q1, _mm256_loadu_ps(step + j + 8)));
-        }
-        __m256 a = _mm256_add_ps(p0, p1); /* lanes i + 8 */
-        __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-        __m128 d = _mm_add_ss(c, _mm_shuffle_ps(c, c, 1));
-        __m256 bias = _mm256_set1_ps(_mm_cvtss_f32(d));
-        for (int i = 0; i < 8; i++) _mm256_storeu_ps(scores + h * ld + 8 * i, bias);
-    }
-    /* codes of the group's 64 tokens as floats (the lanes past n ignored: ld >= 64) */
+void kvqi_chan_score_avx2(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
+                          size_t n, float *scores, size_t ld, float *w) {
+    uint32_t P = L->n_padded, at_once = kvqi_chan_heads_at_once(L, G);
+    int16_t *W = (int16_t *)(void *)w;
+    float *wf = w + ((size_t)G + 1) * L->dim, scale[4], bias[4];
+    const uint8_t *unit = block + 4 * (size_t)L->dim + (in / 64) * L->unit_bytes;
+    const uint8_t *u2 = unit + 128 * (size_t)L->n4, *u1 = u2 + 64 * (size_t)L->n2;
+    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
+    const __m256i lo8 = _mm256_set1_epi16(255);
     size_t l0 = in % 64;
-    float u[64 + 8];
-    size_t at = (size_t)4 * dim; /* channel j's codes: after the ranges and channels < j */
-    for (uint32_t j = 0; j < dim; at += C * bits[j] / 8, j++) {
-        uint32_t b = bits[j];
-        if (b == 0) continue;
-        const uint8_t *g = block + at + (in / 64) * 8 * (size_t)b;
-        for (size_t t = 0; t < n; t++) u[t] = (float)kvqi_chan_code_at(g, b, (uint32_t)(l0 + t));
-        for (size_t t = n; t < 64; t++) u[t] = 0.0f;
-        for (uint32_t h = 0; h < G; h++) {
-            __m256 wj = _mm256_set1_ps(w[(size_t)h * dim + j]);
-            float *sc = scores + h * ld;
-            for (int i = 0; i < 8; i++)
-                _mm256_storeu_ps(sc + 8 * i, _mm256_fmadd_ps(wj, _mm256_loadu_ps(u + 8 * i), _mm256_loadu_ps(sc + 8 * i)));
+    float tmp[4 * 64];
+    for (uint32_t h0 = 0; h0 < G; h0 += at_once) {
+        uint32_t gh = G - h0 < at_once ? G - h0 : at_once;
+        for (uint32_t h = 0; h < gh; h++)
+            kvqi_chan_weights_ref(block, L, q + (size_t)(h0 + h) * L->dim, W + (size_t)h * P, &scale[h], &bias[h], wf);
+        for (uint32_t m = (uint32_t)(l0 / 8); m * 8 < l0 + n; m++) { /* tokens 8m .. 8m + 7 */
+            __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                              _mm256_setzero_si256()};
+            const int16_t *wp = W;
+#define CHAN_DOT(v)                                                                                     \
+    {                                                                                                   \
+        __m256i ev = _mm256_and_si256(v, lo8), od = _mm256_srli_epi16(v, 8);                           \
+        for (uint32_t h = 0; h < gh; h++) {                                                             \
+            int32_t we, wo;                                                                             \
+            memcpy(&we, wp + (size_t)h * P, 4);                                                         \
+            memcpy(&wo, wp + (size_t)h * P + 2, 4);                                                     \
+            acc[h] = _mm256_add_epi32(acc[h], _mm256_add_epi32(_mm256_madd_epi16(ev, _mm256_set1_epi32(we)), \
+                                                               _mm256_madd_epi16(od, _mm256_set1_epi32(wo)))); \
+        }                                                                                               \
+        wp += 4;                                                                                        \
+    }
+            __m128i s4 = _mm_cvtsi32_si128((int)(4 * ((m / 2) % 2))), s2 = _mm_cvtsi32_si128((int)(2 * (m / 2)));
+            __m128i s1 = _mm_cvtsi32_si128((int)m);
+            for (uint32_t g = 0; g < L->n4; g++) {
+                __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(unit + 128 * (size_t)g + 64 * (m / 4) +
+                                                                                 32 * (m % 2)));
+                __m256i v = _mm256_and_si256(_mm256_srl_epi16(x, s4), m4);
+                CHAN_DOT(v)
+            }
+            for (uint32_t g = 0; g < L->n2; g++) {
+                __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(u2 + 64 * (size_t)g + 32 * (m % 2)));
+                __m256i v = _mm256_and_si256(_mm256_srl_epi16(x, s2), m2);
+                CHAN_DOT(v)
+            }
+            for (uint32_t g = 0; g < L->n1; g++) {
+                __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(u1 + 32 * (size_t)g));
+                __m256i v = _mm256_and_si256(_mm256_srl_epi16(x, s1), m1);
+                CHAN_DOT(v)
+            }
+#undef CHAN_DOT
+            for (uint32_t h = 0; h < gh; h++)
+                _mm256_storeu_ps(tmp + h * 64 + 8 * m, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[h]), _mm256_set1_ps(scale[h]),
+                                                                       _mm256_set1_ps(bias[h])));
         }
+        for (uint32_t h = 0; h < gh; h++) memcpy(scores + (h0 + h) * ld, tmp + h * 64 + l0, n * sizeof(float));
     }
 }

@@ -1,8 +1,10 @@
 /*
- * chan_avx512.c - channel keys' score kernel: 64 tokens in four registers, each code
- * built from its bit-planes with masked adds, query heads four at a time kept in
- * registers across the channels. Same fused multiply-adds in the same order as the
- * scalar reference.
+ * chan_avx512.c - channel keys' score kernel (cache_kernels.h): the reference's weights
+ * with 16 lanes (the same operations lane for lane), then 64 tokens in four registers of
+ * 16 int32 sums per query head, heads four at a time: each group of four planes gives 16
+ * tokens' planes as bytes from one load, shift and mask, and two vpdpwssd add their
+ * products with the group's int16 weights (planes 0 and 2 from the low bytes of a token's
+ * words, 1 and 3 from the high). CPUs without VNNI take the AVX2 kernel.
  */
 #include <string.h>
 #include <immintrin.h>
@@ -18,136 +20,200 @@ static float fold16(__m512 v) {
     return _mm_cvtss_f32(d);
 }
 
-/* Fields of a channel's 64 codes (cache_kernels.h), as four registers of 16 int32. */
-static inline __attribute__((always_inline)) void field4(const uint8_t *g, __m512i v[4]) {
-    const __m256i m4 = _mm256_set1_epi8(15);
-    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)g);
-    __m256i lo = _mm256_and_si256(x, m4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-    v[0] = _mm512_cvtepu8_epi32(_mm256_castsi256_si128(lo));
-    v[1] = _mm512_cvtepu8_epi32(_mm256_extracti128_si256(lo, 1));
-    v[2] = _mm512_cvtepu8_epi32(_mm256_castsi256_si128(hi));
-    v[3] = _mm512_cvtepu8_epi32(_mm256_extracti128_si256(hi, 1));
+/* kvqi_chan_weights_ref, lane for lane: the channels' weights in channel order, then
+ * permuted into the planes' pair order 32 at a time and shifted. */
+static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, float *scale,
+                    float *bias, float *wf) {
+    uint32_t dim = L->dim, P = L->n_padded;
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    __m512 part = _mm512_setzero_ps(), vmx = _mm512_setzero_ps();
+    for (uint32_t j = 0; j < dim; j += 16) {
+        __m512 qv = _mm512_loadu_ps(q + j);
+        __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * (size_t)j)));
+        __m512 st = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * ((size_t)dim + j))));
+        part = _mm512_fmadd_ps(qv, lo, part);
+        __m512 wv = _mm512_mul_ps(qv, st);
+        _mm512_storeu_ps(wf + j, wv);
+        vmx = _mm512_max_ps(vmx, _mm512_mul_ps(_mm512_and_ps(wv, absmask), _mm512_loadu_ps(L->top + j)));
+    }
+    float mx = _mm512_reduce_max_ps(vmx);
+    float inv = mx > 0.0f ? L->wmax / mx : 0.0f;
+    /* the channels' weights as int16 over their floats (each block read before written) */
+    int16_t *wc = (int16_t *)(void *)wf;
+    __m512 iv = _mm512_set1_ps(inv);
+    for (uint32_t j = 0; j < dim; j += 16) {
+        __m256i k = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wf + j), iv)));
+        _mm256_storeu_si256((__m256i *)(void *)(wc + j), k);
+    }
+    for (uint32_t p = 0; p < P; p += 32) {
+        __m512i idx = _mm512_loadu_si512((const void *)(L->pair_chan + p));
+        __m512i r = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)wc), idx,
+                                              _mm512_loadu_si512((const void *)(wc + 32)));
+        for (uint32_t k = 1; 64 * k < dim; k++) {
+            __mmask32 m = _mm512_cmpeq_epi16_mask(_mm512_srli_epi16(idx, 6), _mm512_set1_epi16((short)k));
+            r = _mm512_mask_mov_epi16(r, m, _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)(wc + 64 * k)), idx,
+                                                                      _mm512_loadu_si512((const void *)(wc + 64 * k + 32))));
+        }
+        r = _mm512_sllv_epi16(r, _mm512_loadu_si512((const void *)(L->pair_shift + p)));
+        if (P - p >= 32) _mm512_storeu_si512((void *)(W + p), r);
+        else _mm256_storeu_si256((__m256i *)(void *)(W + p), _mm512_castsi512_si256(r));
+    }
+    *scale = mx / L->wmax;
+    *bias = fold16(part);
 }
 
-static inline __attribute__((always_inline)) void field2(const uint8_t *g, __m512i v[4]) {
-    const __m128i m2 = _mm_set1_epi8(3);
-    __m128i x = _mm_loadu_si128((const __m128i *)(const void *)g);
-    v[0] = _mm512_cvtepu8_epi32(_mm_and_si128(x, m2));
-    v[1] = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(x, 2), m2));
-    v[2] = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(x, 4), m2));
-    v[3] = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(x, 6), m2));
-}
-
-static inline __attribute__((always_inline)) void field1(const uint8_t *g, __m512i v[4]) {
-    uint64_t x;
-    memcpy(&x, g, 8);
-    const __m512i one = _mm512_set1_epi32(1);
-    for (int i = 0; i < 4; i++) v[i] = _mm512_maskz_mov_epi32((__mmask16)(x >> (16 * i)), one);
-}
-
-/* u += 2^s at the tokens whose bit is set: a 1-bit field above lower ones */
-static inline __attribute__((always_inline)) void add1(const uint8_t *g, __m512i u[4], int s) {
-    uint64_t x;
-    memcpy(&x, g, 8);
-    const __m512i p = _mm512_set1_epi32(1 << s);
-    for (int i = 0; i < 4; i++) u[i] = _mm512_mask_add_epi32(u[i], (__mmask16)(x >> (16 * i)), u[i], p);
-}
-
-/* u |= v << s */
-static inline __attribute__((always_inline)) void put(__m512i u[4], const __m512i v[4], int s) {
-    for (int i = 0; i < 4; i++) u[i] = _mm512_or_si512(u[i], _mm512_slli_epi32(v[i], (unsigned)s));
-}
-
-/* A channel's 64 codes of one group, each width's fields unpacked in line. */
-static inline __attribute__((always_inline)) void decode64(const uint8_t *g, uint32_t bits, __m512i u[4]) {
-    __m512i v[4];
-    switch (bits) {
-    case 1: field1(g, u); break;
-    case 2: field2(g, u); break;
-    case 3: field2(g, u), add1(g + 16, u, 2); break;
-    case 4: field4(g, u); break;
-    case 5: field4(g, u), add1(g + 32, u, 4); break;
-    case 6: field4(g, u), field2(g + 32, v), put(u, v, 4); break;
-    case 7: field4(g, u), field2(g + 32, v), put(u, v, 4), add1(g + 48, u, 6); break;
-    default: field4(g, u), field4(g + 32, v), put(u, v, 4); break;
+/* weights() for gh heads at once where dim <= 256: the same operations per head, the
+ * minima, steps, plane indices and masks shared, the heads' chains interleaved. */
+static void weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t gh, int16_t *W,
+                          float *scale, float *bias) {
+    uint32_t dim = L->dim, P = L->n_padded;
+    float wf[4][256];
+    int16_t wc[4][256 + 64];
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    __m512 part[4], vmx[4];
+    for (uint32_t h = 0; h < gh; h++) part[h] = vmx[h] = _mm512_setzero_ps();
+    for (uint32_t j = 0; j < dim; j += 16) {
+        __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * (size_t)j)));
+        __m512 st = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * ((size_t)dim + j))));
+        __m512 top = _mm512_loadu_ps(L->top + j);
+        for (uint32_t h = 0; h < gh; h++) {
+            __m512 qv = _mm512_loadu_ps(q + (size_t)h * dim + j);
+            part[h] = _mm512_fmadd_ps(qv, lo, part[h]);
+            __m512 wv = _mm512_mul_ps(qv, st);
+            _mm512_storeu_ps(wf[h] + j, wv);
+            vmx[h] = _mm512_max_ps(vmx[h], _mm512_mul_ps(_mm512_and_ps(wv, absmask), top));
+        }
+    }
+    for (uint32_t h = 0; h < gh; h++) {
+        float mx = _mm512_reduce_max_ps(vmx[h]);
+        __m512 iv = _mm512_set1_ps(mx > 0.0f ? L->wmax / mx : 0.0f);
+        for (uint32_t j = 0; j < dim; j += 16)
+            _mm256_storeu_si256((__m256i *)(void *)(wc[h] + j),
+                                _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wf[h] + j), iv))));
+        scale[h] = mx / L->wmax;
+        bias[h] = fold16(part[h]);
+    }
+    for (uint32_t p = 0; p < P; p += 32) {
+        __m512i idx = _mm512_loadu_si512((const void *)(L->pair_chan + p));
+        __m512i sh = _mm512_loadu_si512((const void *)(L->pair_shift + p));
+        __mmask32 m[4];
+        for (uint32_t k = 1; 64 * k < dim; k++)
+            m[k] = _mm512_cmpeq_epi16_mask(_mm512_srli_epi16(idx, 6), _mm512_set1_epi16((short)k));
+        for (uint32_t h = 0; h < gh; h++) {
+            const int16_t *c = wc[h];
+            __m512i r = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)c), idx,
+                                                  _mm512_loadu_si512((const void *)(c + 32)));
+            for (uint32_t k = 1; 64 * k < dim; k++)
+                r = _mm512_mask_mov_epi16(r, m[k], _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)(c + 64 * k)), idx,
+                                                                             _mm512_loadu_si512((const void *)(c + 64 * k + 32))));
+            r = _mm512_sllv_epi16(r, sh);
+            int16_t *Wh = W + (size_t)h * P;
+            if (P - p >= 32) _mm512_storeu_si512((void *)(Wh + p), r);
+            else _mm256_storeu_si256((__m256i *)(void *)(Wh + p), _mm512_castsi512_si256(r));
+        }
     }
 }
 
-/* GH query heads (1..4) kept in registers across the channels: sixteen named
- * accumulators, the unused ones removed by the compiler for each GH. Tokens: the whole
- * group of 64 (lane t = token t of the group). */
-#define CHAN_FMA(h)                                                                                 \
+#define CHAN_ACC(h) __m512i a##h##0 = z, a##h##1 = z, a##h##2 = z, a##h##3 = z;
+/* subblock k (tokens 16k .. 16k + 15) of the group: v holds each token's four planes as
+ * bytes; planes 0 and 2 are the low bytes of its two words, 1 and 3 the high bytes */
+#define CHAN_DOT(h, k)                                                                              \
     if (gh > h) {                                                                                   \
-        __m512 wj = _mm512_set1_ps(w[(size_t)h * dim + j]);                                         \
-        a##h##0 = _mm512_fmadd_ps(wj, f0, a##h##0);                                                 \
-        a##h##1 = _mm512_fmadd_ps(wj, f1, a##h##1);                                                 \
-        a##h##2 = _mm512_fmadd_ps(wj, f2, a##h##2);                                                 \
-        a##h##3 = _mm512_fmadd_ps(wj, f3, a##h##3);                                                 \
+        int32_t x2[2];                                                                              \
+        memcpy(x2, wp + (size_t)h * P, 8);                                                          \
+        a##h##k = _mm512_dpwssd_epi32(a##h##k, ev, _mm512_set1_epi32(x2[0]));                       \
+        a##h##k = _mm512_dpwssd_epi32(a##h##k, od, _mm512_set1_epi32(x2[1]));                       \
     }
-#define CHAN_LOAD(h)                                                                                \
-    __m512 a##h##0 = _mm512_setzero_ps(), a##h##1 = a##h##0, a##h##2 = a##h##0, a##h##3 = a##h##0;  \
-    if (gh > h) a##h##0 = a##h##1 = a##h##2 = a##h##3 = _mm512_set1_ps(bias[h]);
-#define CHAN_STORE(h)                                                                               \
+#define CHAN_SUB(k, v)                                                                              \
+    {                                                                                               \
+        __m512i vv = (v), ev = _mm512_and_si512(vv, lo8), od = _mm512_srli_epi16(vv, 8);            \
+        CHAN_DOT(0, k) CHAN_DOT(1, k) CHAN_DOT(2, k) CHAN_DOT(3, k)                                 \
+    }
+#define CHAN_OUT(h)                                                                                 \
     if (gh > h) {                                                                                   \
-        _mm512_storeu_ps(out + h * 64, a##h##0);                                                    \
-        _mm512_storeu_ps(out + h * 64 + 16, a##h##1);                                               \
-        _mm512_storeu_ps(out + h * 64 + 32, a##h##2);                                               \
-        _mm512_storeu_ps(out + h * 64 + 48, a##h##3);                                               \
+        __m512 sv = _mm512_set1_ps(scale[h]), bv = _mm512_set1_ps(bias[h]);                         \
+        _mm512_storeu_ps(out + h * 64, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a##h##0), sv, bv));       \
+        _mm512_storeu_ps(out + h * 64 + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a##h##1), sv, bv));  \
+        _mm512_storeu_ps(out + h * 64 + 32, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a##h##2), sv, bv));  \
+        _mm512_storeu_ps(out + h * 64 + 48, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a##h##3), sv, bv));  \
     }
-#define CHAN_HEADS(GH)                                                                                  \
-    static void heads_##GH(const uint8_t *block, size_t C, const uint8_t *bits, uint32_t dim,            \
-                           size_t group, const float *w, const float *bias, float *out) {               \
-        const unsigned gh = GH;                                                                         \
-        CHAN_LOAD(0) CHAN_LOAD(1) CHAN_LOAD(2) CHAN_LOAD(3)                                             \
-        size_t at = (size_t)4 * dim; /* channel j's codes: after the ranges and channels < j */         \
-        for (uint32_t j = 0; j < dim; at += C * bits[j] / 8, j++) {                                     \
-            uint32_t b = bits[j];                                                                       \
-            if (b == 0) continue;                                                                       \
-            __m512i u[4];                                                                               \
-            decode64(block + at + group * 8 * b, b, u);                                                 \
-            __m512 f0 = _mm512_cvtepi32_ps(u[0]), f1 = _mm512_cvtepi32_ps(u[1]);                        \
-            __m512 f2 = _mm512_cvtepi32_ps(u[2]), f3 = _mm512_cvtepi32_ps(u[3]);                        \
-            CHAN_FMA(0) CHAN_FMA(1) CHAN_FMA(2) CHAN_FMA(3)                                             \
-        }                                                                                               \
-        CHAN_STORE(0) CHAN_STORE(1) CHAN_STORE(2) CHAN_STORE(3)                                         \
+
+/* gh (1..4) heads' scores of the unit's 64 tokens into out[h * 64 + l]; W: the first
+ * head's weights, P apart. */
+static inline __attribute__((always_inline, target("avx512vnni"))) void
+heads(const uint8_t *unit, const kvqi_chan_layout *L, const int16_t *W, uint32_t P, const float *scale,
+      const float *bias, float *out, const unsigned gh) {
+    const __m512i z = _mm512_setzero_si512(), lo8 = _mm512_set1_epi16(255);
+    const __m512i m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(3), m1 = _mm512_set1_epi8(1);
+    CHAN_ACC(0) CHAN_ACC(1) CHAN_ACC(2) CHAN_ACC(3)
+    const int16_t *wp = W;
+    const uint8_t *g = unit;
+    for (uint32_t i = 0; i < L->n4; i++, g += 128, wp += 4) {
+        __m512i x0 = _mm512_loadu_si512((const void *)g), x1 = _mm512_loadu_si512((const void *)(g + 64));
+        CHAN_SUB(0, _mm512_and_si512(x0, m4))
+        CHAN_SUB(1, _mm512_and_si512(_mm512_srli_epi16(x0, 4), m4))
+        CHAN_SUB(2, _mm512_and_si512(x1, m4))
+        CHAN_SUB(3, _mm512_and_si512(_mm512_srli_epi16(x1, 4), m4))
+    }
+    for (uint32_t i = 0; i < L->n2; i++, g += 64, wp += 4) {
+        __m512i x = _mm512_loadu_si512((const void *)g);
+        CHAN_SUB(0, _mm512_and_si512(x, m2))
+        CHAN_SUB(1, _mm512_and_si512(_mm512_srli_epi16(x, 2), m2))
+        CHAN_SUB(2, _mm512_and_si512(_mm512_srli_epi16(x, 4), m2))
+        CHAN_SUB(3, _mm512_and_si512(_mm512_srli_epi16(x, 6), m2))
+    }
+    for (uint32_t i = 0; i < L->n1; i++, g += 32, wp += 4) {
+        /* bytes of tokens 0-7 of each 16 in the low half, 8-15 (the next bit) in the high */
+        __m256i y = _mm256_loadu_si256((const __m256i *)(const void *)g);
+        __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(y), _mm256_srli_epi16(y, 1), 1);
+        CHAN_SUB(0, _mm512_and_si512(x, m1))
+        CHAN_SUB(1, _mm512_and_si512(_mm512_srli_epi16(x, 2), m1))
+        CHAN_SUB(2, _mm512_and_si512(_mm512_srli_epi16(x, 4), m1))
+        CHAN_SUB(3, _mm512_and_si512(_mm512_srli_epi16(x, 6), m1))
+    }
+    CHAN_OUT(0) CHAN_OUT(1) CHAN_OUT(2) CHAN_OUT(3)
+}
+
+#define CHAN_HEADS(GH)                                                                              \
+    __attribute__((target("avx512vnni"))) static void heads_##GH(                                   \
+        const uint8_t *unit, const kvqi_chan_layout *L, const int16_t *W, uint32_t P, const float *scale, \
+        const float *bias, float *out) {                                                            \
+        heads(unit, L, W, P, scale, bias, out, GH);                                                 \
     }
 CHAN_HEADS(1)
 CHAN_HEADS(2)
 CHAN_HEADS(3)
 CHAN_HEADS(4)
 
-void kvqi_chan_score_avx512(const uint8_t *block, const uint8_t *bits, uint32_t dim,
-                            size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
-                            size_t ld, float *w) {
-    float *lo = w + (size_t)G * dim, *step = lo + dim;
-    for (uint32_t j = 0; j < 2 * dim; j += 16)
-        _mm512_storeu_ps(lo + j, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * (size_t)j))));
-    for (uint32_t h0 = 0; h0 < G; h0 += 4) {
-        uint32_t gh = G - h0 < 4 ? G - h0 : 4;
-        float bias[4], tmp[4 * 64];
-        for (uint32_t h = 0; h < gh; h++) {
-            const float *qh = q + (size_t)(h0 + h) * dim;
-            __m512 part = _mm512_setzero_ps();
-            for (uint32_t j = 0; j < dim; j += 16) {
-                __m512 qv = _mm512_loadu_ps(qh + j);
-                part = _mm512_fmadd_ps(qv, _mm512_loadu_ps(lo + j), part);
-                _mm512_storeu_ps(w + (size_t)(h0 + h) * dim + j, _mm512_mul_ps(qv, _mm512_loadu_ps(step + j)));
-            }
-            bias[h] = fold16(part);
-        }
-        /* the whole group straight into the rows when it is asked for whole */
-        size_t l0 = in % 64;
-        int whole = l0 == 0 && n == 64;
+void kvqi_chan_score_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
+                            size_t n, float *scores, size_t ld, float *w) {
+    if (!__builtin_cpu_supports("avx512vnni")) {
+        kvqi_chan_score_avx2(block, L, q, G, in, n, scores, ld, w);
+        return;
+    }
+    uint32_t P = L->n_padded, at_once = kvqi_chan_heads_at_once(L, G);
+    int16_t *W = (int16_t *)(void *)w;
+    float *wf = w + ((size_t)G + 1) * L->dim, scale[4], bias[4];
+    const uint8_t *unit = block + 4 * (size_t)L->dim + (in / 64) * L->unit_bytes;
+    size_t l0 = in % 64;
+    float tmp[4 * 64];
+    for (uint32_t h0 = 0; h0 < G; h0 += at_once) {
+        uint32_t gh = G - h0 < at_once ? G - h0 : at_once;
+        if (L->dim <= 256)
+            weights_heads(block, L, q + (size_t)h0 * L->dim, gh, W, scale, bias);
+        else
+            for (uint32_t h = 0; h < gh; h++)
+                weights(block, L, q + (size_t)(h0 + h) * L->dim, W + (size_t)h * P, &scale[h], &bias[h], wf);
+        /* the whole unit straight into the rows when it is asked for whole */
+        int whole = l0 == 0 && n == 64 && ld == 64;
         float *out = whole ? scores + h0 * ld : tmp;
-        const float *wh = w + (size_t)h0 * dim;
-        if (whole && ld != 64) out = tmp;
         switch (gh) {
-        case 1: heads_1(block, C, bits, dim, in / 64, wh, bias, out); break;
-        case 2: heads_2(block, C, bits, dim, in / 64, wh, bias, out); break;
-        case 3: heads_3(block, C, bits, dim, in / 64, wh, bias, out); break;
-        default: heads_4(block, C, bits, dim, in / 64, wh, bias, out); break;
+        case 1: heads_1(unit, L, W, P, scale, bias, out); break;
+        case 2: heads_2(unit, L, W, P, scale, bias, out); break;
+        case 3: heads_3(unit, L, W, P, scale, bias, out); break;
+        default: heads_4(unit, L, W, P, scale, bias, out); break;
         }
-        if (out == tmp)
+        if (!whole)
             for (uint32_t h = 0; h < gh; h++) memcpy(scores + (h0 + h) * ld, tmp + h * 64 + l0, n * sizeof(float));
     }
 }

@@ -1,81 +1,198 @@
 /*
- * chan_scalar.c - the reference of the channel keys' score kernel (cache_kernels.h):
- * codes from their split fields, one fused multiply-add per token and channel.
+ * chan_scalar.c - channel keys' plane layout (cache_kernels.h) and the reference of
+ * their score kernel: int16 weights per channel and query head (times 2^shift per
+ * plane), integer sums of weights times plane values, one float multiply-add per token
+ * for the scale and the bias.
  */
+#include <limits.h>
 #include <math.h>
 
 #include "core/core.h"
 #include "cpu/cache_kernels.h"
 
-const uint8_t kvqi_chan_fields[9][4] = {{0}, {1, 0}, {2, 0}, {2, 1, 0}, {4, 0},
-                                        {4, 1, 0}, {4, 2, 0}, {4, 2, 1, 0}, {4, 4, 0}};
+/* planes before splits: at most 3 per channel; splits and padding at most 9 more */
+static uint32_t padded_cap(uint32_t dim) { return (3 * dim + 9 + 15) & ~15u; }
 
-uint32_t kvqi_chan_code_at(const uint8_t *group, uint32_t bits, uint32_t l) {
-    uint32_t code = 0, shift = 0;
-    for (const uint8_t *f = kvqi_chan_fields[bits]; *f; f++) {
-        uint32_t v;
-        if (*f == 4) v = l < 32 ? group[l] & 15u : group[l - 32] >> 4;
-        else if (*f == 2) v = (group[l % 16] >> (2 * (l / 16))) & 3u;
-        else v = (group[l / 8] >> (l % 8)) & 1u;
-        code |= v << shift;
-        shift += *f;
-        group += 8 * (size_t)*f;
+size_t kvqi_chan_layout_bytes(uint32_t dim) {
+    size_t cap = padded_cap(dim);
+    /* chan, the builder's list; top; pair_chan, pair_shift; shift, width */
+    return cap * (2 * sizeof(int32_t) + 2 * sizeof(uint16_t) + 2) + (size_t)dim * sizeof(float);
+}
+
+/* One width's planes: the channels' own in channel order (list[i] = j << 8 | shift),
+ * then those split from the wider width (pend, each into two of this width, the low one
+ * first). The first 4 n_groups go to planes base..; the rest wait in out_pend to be
+ * split in turn. */
+static uint32_t place(kvqi_chan_layout *L, uint32_t *list, uint32_t n, const uint32_t *pend, uint32_t n_pend,
+                      uint32_t width, uint32_t base, uint32_t n_groups, uint32_t *out_pend) {
+    int32_t *chan = (int32_t *)(uintptr_t)L->chan;
+    uint8_t *shift = (uint8_t *)(uintptr_t)L->shift, *wd = (uint8_t *)(uintptr_t)L->width;
+    for (uint32_t i = 0; i < n_pend; i++) {
+        list[n++] = pend[i];
+        list[n++] = pend[i] + width; /* shift + width */
     }
+    uint32_t n_out = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        if (k < 4 * n_groups) {
+            chan[base + k] = (int32_t)(list[k] >> 8);
+            shift[base + k] = (uint8_t)(list[k] & 255u);
+            wd[base + k] = (uint8_t)width;
+        } else {
+            out_pend[n_out++] = list[k];
+        }
+    }
+    return n_out;
+}
+
+void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t dim, void *mem) {
+    uint32_t cap = padded_cap(dim);
+    memset(mem, 0, kvqi_chan_layout_bytes(dim));
+    int32_t *chan = (int32_t *)mem;
+    uint32_t *list = (uint32_t *)(void *)(chan + cap);
+    float *top = (float *)(void *)(list + cap);
+    uint16_t *pair_chan = (uint16_t *)(void *)(top + dim), *pair_shift = pair_chan + cap;
+    uint8_t *shift = (uint8_t *)(void *)(pair_shift + cap), *width = shift + cap;
+    L->chan = chan, L->top = top, L->shift = shift, L->width = width;
+    L->pair_chan = pair_chan, L->pair_shift = pair_shift;
+    /* planes of each width: 4 (b >= 4; b = 8 twice), 2 (b = 2, 3, 6, 7), 1 (b odd) */
+    uint32_t c4 = 0, c2 = 0, c1 = 0;
+    for (uint32_t j = 0; j < dim; j++) {
+        uint32_t b = bits[j];
+        c4 += (b >= 4) + (b == 8);
+        c2 += (b & 2u) != 0;
+        c1 += b & 1u;
+    }
+    uint32_t n4 = c4 / 4, r4 = c4 % 4, n2 = (c2 + 2 * r4) / 4, r2 = (c2 + 2 * r4) % 4;
+    uint32_t n1 = (c1 + 2 * r2 + 3) / 4;
+    uint32_t pend4[3], pend2[3], n = 0;
+    for (uint32_t j = 0; j < dim; j++) {
+        uint32_t b = bits[j];
+        if (b == 8) list[n++] = j << 8, list[n++] = j << 8 | 4u;
+        else if (b >= 4) list[n++] = j << 8 | (b & 3u);
+    }
+    place(L, list, n, NULL, 0, 4, 0, n4, pend4);
+    n = 0;
+    for (uint32_t j = 0; j < dim; j++)
+        if (bits[j] & 2u) list[n++] = j << 8 | (bits[j] & 1u);
+    place(L, list, n, pend4, r4, 2, 4 * n4, n2, pend2);
+    n = 0;
+    for (uint32_t j = 0; j < dim; j++)
+        if (bits[j] & 1u) list[n++] = j << 8;
+    place(L, list, n, pend2, r2, 1, 4 * (n4 + n2), n1, NULL);
+    L->dim = dim;
+    L->n4 = n4, L->n2 = n2, L->n1 = n1;
+    L->n_planes = 4 * (n4 + n2 + n1);
+    L->n_padded = (L->n_planes + 15) & ~15u;
+    L->unit_bytes = 128 * n4 + 64 * n2 + 32 * n1;
+    /* |W_j| top_j <= wmax + 0.51 top_j fits int16 (top_j <= 128); the sums sum_j W_j
+     * code_j fit int32 */
+    uint64_t codes = 1;
+    for (uint32_t j = 0; j < dim; j++) codes += (1u << bits[j]) - 1u;
+    L->wmax = (float)(codes * 32641u > INT32_MAX ? INT32_MAX / codes - 1 : 32640u);
+    static const uint8_t pair[4] = {0, 2, 1, 3};
+    for (uint32_t p = 0; p < L->n_padded; p++) {
+        uint32_t q = 4 * (p / 4) + pair[p % 4];
+        pair_chan[q] = (uint16_t)chan[p];
+        pair_shift[q] = width[p] ? shift[p] : 16; /* padding: weight 0 */
+        if (width[p] && ldexpf(1.0f, shift[p]) > top[chan[p]]) top[chan[p]] = ldexpf(1.0f, shift[p]);
+    }
+}
+
+/* Byte and bit of plane p's value for token l of a unit; returns the mask. */
+static uint32_t locate(const kvqi_chan_layout *L, uint32_t p, uint32_t l, size_t *byte, uint32_t *sh) {
+    uint32_t g = p / 4, i = p % 4;
+    if (g < L->n4) {
+        *byte = 128 * (size_t)g + 64 * (l / 32) + 4 * (l % 16) + i;
+        *sh = 4 * ((l / 16) % 2);
+        return 15;
+    }
+    if (g < L->n4 + L->n2) {
+        *byte = 128 * (size_t)L->n4 + 64 * (size_t)(g - L->n4) + 4 * (l % 16) + i;
+        *sh = 2 * (l / 16);
+        return 3;
+    }
+    *byte = 128 * (size_t)L->n4 + 64 * (size_t)L->n2 + 32 * (size_t)(g - L->n4 - L->n2) + 4 * (l % 8) + i;
+    *sh = l / 8;
+    return 1;
+}
+
+uint32_t kvqi_chan_plane_at(const kvqi_chan_layout *L, const uint8_t *unit, uint32_t p, uint32_t l) {
+    size_t byte;
+    uint32_t sh, mask = locate(L, p, l, &byte, &sh);
+    return ((uint32_t)unit[byte] >> sh) & mask;
+}
+
+void kvqi_chan_plane_put(const kvqi_chan_layout *L, uint8_t *unit, uint32_t p, uint32_t l, uint32_t v) {
+    size_t byte;
+    uint32_t sh, mask = locate(L, p, l, &byte, &sh);
+    unit[byte] |= (uint8_t)((v & mask) << sh);
+}
+
+uint32_t kvqi_chan_code_at(const kvqi_chan_layout *L, const uint8_t *block, uint32_t j, size_t t) {
+    const uint8_t *unit = block + 4 * (size_t)L->dim + (t / 64) * L->unit_bytes;
+    uint32_t code = 0;
+    for (uint32_t p = 0; p < L->n_planes; p++)
+        if (L->width[p] && L->chan[p] == (int32_t)j)
+            code |= kvqi_chan_plane_at(L, unit, p, (uint32_t)(t % 64)) << L->shift[p];
     return code;
 }
 
-void kvqi_chan_code_put(uint8_t *group, uint32_t bits, uint32_t l, uint32_t code) {
-    for (const uint8_t *f = kvqi_chan_fields[bits]; *f; f++) {
-        uint32_t v = code & ((1u << *f) - 1u);
-        code >>= *f;
-        if (*f == 4) group[l % 32] |= (uint8_t)(v << (l < 32 ? 0 : 4));
-        else if (*f == 2) group[l % 16] |= (uint8_t)(v << (2 * (l / 16)));
-        else group[l / 8] |= (uint8_t)(v << (l % 8));
-        group += 8 * (size_t)*f;
-    }
+static float fold16(float *part) {
+    for (uint32_t half = 8; half >= 1; half /= 2)
+        for (uint32_t i = 0; i < half; i++) part[i] += part[i + half];
+    return part[0];
 }
 
-/* The chunk's minima and steps to floats, q * step into w, and every row's bias. */
-static void prepare(const uint8_t *block, uint32_t dim, const float *q, uint32_t G, size_t n, float *scores,
-                    size_t ld, float *w) {
-    float *lo = w + (size_t)G * dim, *step = lo + dim;
-    for (uint32_t j = 0; j < 2 * dim; j++) {
-        uint16_t h;
-        memcpy(&h, block + 2 * (size_t)j, 2);
-        lo[j] = kvqi_fp16_to_fp32(h); /* lo[dim + j] is step[j] */
+void kvqi_chan_weights_ref(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, float *scale,
+                           float *bias, float *wf) {
+    uint32_t dim = L->dim, P = L->n_padded;
+    float part[16] = {0}, mx = 0.0f;
+    for (uint32_t j = 0; j < dim; j++) {
+        uint16_t lo, st;
+        memcpy(&lo, block + 2 * (size_t)j, 2);
+        memcpy(&st, block + 2 * ((size_t)dim + j), 2);
+        part[j % 16] = fmaf(q[j], kvqi_fp16_to_fp32(lo), part[j % 16]);
+        wf[j] = q[j] * kvqi_fp16_to_fp32(st);
+        mx = fmaxf(mx, fabsf(wf[j]) * L->top[j]);
     }
-    for (uint32_t h = 0; h < G; h++) {
-        const float *qh = q + (size_t)h * dim;
-        float part[16] = {0};
-        for (uint32_t j = 0; j < dim; j++) {
-            part[j % 16] = fmaf(qh[j], lo[j], part[j % 16]);
-            w[(size_t)h * dim + j] = qh[j] * step[j];
-        }
-        for (uint32_t half = 8; half >= 1; half /= 2)
-            for (uint32_t i = 0; i < half; i++) part[i] += part[i + half];
-        for (size_t t = 0; t < n; t++) scores[h * ld + t] = part[0];
+    float inv = mx > 0.0f ? L->wmax / mx : 0.0f;
+    for (uint32_t p = 0; p < P; p++) {
+        long k = lrintf(wf[L->pair_chan[p]] * inv);
+        k = k > 32767 ? 32767 : k < -32767 ? -32767 : k;
+        W[p] = (int16_t)(L->pair_shift[p] < 16 ? k * (1l << L->pair_shift[p]) : 0);
     }
+    *scale = mx / L->wmax;
+    *bias = fold16(part);
 }
 
-void kvqi_chan_score_scalar(const uint8_t *block, const uint8_t *bits, uint32_t dim,
-                            size_t C, const float *q, uint32_t G, size_t in, size_t n, float *scores,
-                            size_t ld, float *w) {
-    prepare(block, dim, q, G, n, scores, ld, w);
-    float u[64];
-    size_t at = (size_t)4 * dim; /* channel j's codes: after the ranges and channels < j */
-    for (uint32_t j = 0; j < dim; at += C * bits[j] / 8, j++) {
-        uint32_t b = bits[j];
-        if (b == 0) continue;
-        const uint8_t *group = block + at + (in / 64) * 8 * (size_t)b;
-        for (size_t t = 0; t < n; t++) u[t] = (float)kvqi_chan_code_at(group, b, (uint32_t)((in + t) % 64));
-        for (uint32_t h = 0; h < G; h++) {
-            float wj = w[(size_t)h * dim + j], *sc = scores + h * ld;
-            for (size_t t = 0; t < n; t++) sc[t] = fmaf(wj, u[t], sc[t]);
-        }
-    }
+uint32_t kvqi_chan_heads_at_once(const kvqi_chan_layout *L, uint32_t G) {
+    /* (G + 2) dim floats: dim for wf, the rest for int16 weights of n_padded */
+    size_t room = ((size_t)G + 1) * L->dim * sizeof(float) / (2 * (size_t)L->n_padded);
+    return (uint32_t)(room < 4 ? room : 4);
 }
 
-void kvqi_chan_prepare(const uint8_t *block, uint32_t dim, const float *q, uint32_t G, size_t n, float *scores,
-                       size_t ld, float *w) {
-    prepare(block, dim, q, G, n, scores, ld, w);
+void kvqi_chan_score_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
+                            size_t n, float *scores, size_t ld, float *w) {
+    uint32_t P = L->n_padded, l0 = (uint32_t)(in % 64), at_once = kvqi_chan_heads_at_once(L, G);
+    int16_t *W = (int16_t *)(void *)w;
+    float *wf = w + ((size_t)G + 1) * L->dim, scale[4], bias[4];
+    const uint8_t *unit = block + 4 * (size_t)L->dim + (in / 64) * L->unit_bytes;
+    for (uint32_t h0 = 0; h0 < G; h0 += at_once) {
+        uint32_t gh = G - h0 < at_once ? G - h0 : at_once;
+        for (uint32_t h = 0; h < gh; h++)
+            kvqi_chan_weights_ref(block, L, q + (size_t)(h0 + h) * L->dim, W + (size_t)h * P, &scale[h], &bias[h], wf);
+        int32_t acc[4][64] = {{0}};
+        for (uint32_t p = 0; p < L->n_planes; p += 4)
+            for (uint32_t l = l0; l < l0 + n; l++) {
+                int32_t v[4];
+                for (uint32_t i = 0; i < 4; i++) v[i] = (int32_t)kvqi_chan_plane_at(L, unit, p + i, l);
+                for (uint32_t h = 0; h < gh; h++) {
+                    const int16_t *Wh = W + (size_t)h * P + p; /* planes 0, 2, 1, 3 */
+                    acc[h][l] += Wh[0] * v[0] + Wh[1] * v[2] + Wh[2] * v[1] + Wh[3] * v[3];
+                }
+            }
+        for (uint32_t h = 0; h < gh; h++)
+            for (size_t t = 0; t < n; t++)
+                scores[(h0 + h) * ld + t] = fmaf((float)acc[h][l0 + t], scale[h], bias[h]);
+    }
 }
