@@ -187,8 +187,8 @@ TEST(presets_real_model_q4) {
 }
 
 /* Memory held by a preset's cache on a SmolLM2-shaped layer (3 KV heads x 64, 9 query
- * heads, attended on a pool): below fp16 from 64 tokens on, and within 10 % of the codes
- * (window and sinks included) at 4096. */
+ * heads, attended on a pool): below fp16 from 64 tokens on (but q4 from 72 to 95), and
+ * within 10 % of the codes (window and sinks included) at 4096. */
 TEST(presets_memory_below_fp16) {
     const uint32_t n_kv = 3, dim = 64, H = 9;
     const size_t n = 4096;
@@ -209,14 +209,19 @@ TEST(presets_memory_below_fp16) {
         kvq_cache *c;
         REQUIRE_OK(kvq_cache_create(&cfg, &c));
         size_t have = 0;
-        for (size_t step = 64; step <= n; step *= 4) {
+        /* every 8 tokens up to 512 (the ring filling, the first chunks coded), then 1024,
+         * 2048, 4096 */
+        for (size_t step = 64; step <= n; step = step < 512 ? step + 8 : 2 * step) {
             REQUIRE_OK(kvq_cache_append(c, k + have * n_kv * dim, v + have * n_kv * dim, step - have));
             have = step;
             REQUIRE_OK(kvq_cache_attend(c, q, H, 1, 0.125f, pool, out));
             kvq_cache_memory_info m;
             REQUIRE_OK(kvq_cache_memory(c, &m));
             uint64_t fp16 = (uint64_t)2 * have * n_kv * dim * 2;
-            CHECKF(m.total < fp16, "%s at %zu tokens holds %llu bytes, fp16 %llu", name, have,
+            /* q4's first chunk is coded at 72 tokens while its 72-slot ring is full: until
+             * 96 tokens it holds up to 1.3x fp16 (bench/RESULTS.md) */
+            int q4_gap = !strcmp(name, "q4") && have > 64 && have < 96;
+            CHECKF(q4_gap || m.total < fp16, "%s at %zu tokens holds %llu bytes, fp16 %llu", name, have,
                    (unsigned long long)m.total, (unsigned long long)fp16);
             if (have == n) {
                 uint64_t grows = m.key_codes + m.value_codes + m.window + m.outliers;

@@ -981,9 +981,11 @@ static void rows_to_fp16(uint16_t *dst, const float *src, size_t n) {
 static kvq_status grow_window(kvq_cache *c, size_t tokens) {
     size_t R = c->ring, want = KVQI_MIN(tokens, R);
     if (want <= c->win_cap) return KVQ_OK;
-    size_t cap = c->win_cap ? c->win_cap : 16;
-    while (cap < want) cap *= 2;
-    cap = KVQI_MIN(cap, R);
+    /* 16 slots at a time up to 256, then by a quarter, in whole 16s: a doubled ring would
+     * hold up to twice a short context's bytes, and an unbounded window still grows
+     * geometrically */
+    size_t step = c->win_cap < 256 ? 16 : c->win_cap / 4;
+    size_t cap = KVQI_MIN((KVQI_MAX(want, c->win_cap + step) + 15) / 16 * 16, R);
     size_t row = (size_t)c->n_kv * c->ring_head, bytes;
     if (kvqi_mul_size(row, cap, &bytes) != KVQ_OK) return KVQ_ERR_OVERFLOW;
     uint8_t *k = kvqi_alloc_array(bytes, 1);
@@ -1048,6 +1050,7 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     if (coded_end > c->n_coded) {
         if ((st = ensure_chunks(c, coded_end)) != KVQ_OK) return st;
         if (!c->coded) fix_probe(c);
+        if (chan && (st = kvqi_chan_layouts(c)) != KVQ_OK) return st;
         row_source src = {k, v, c->n_tokens};
         if ((st = encode_tokens(c, &src, c->n_coded, coded_end - c->n_coded)) != KVQ_OK) return st;
         if (chan) encode_chan_chunks(c, &src, c->n_coded, coded_end, KVQI_MAX((size_t)c->cfg.n_sink, lo));
@@ -1127,8 +1130,8 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     m->overhead = sizeof *c + (uint64_t)c->chunk_table_cap * sizeof(uint8_t *) +
                   (uint64_t)KVQI_ENCODE_ROWS * c->dim * sizeof(float) +
                   (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each);
-    if (c->chan_bits) /* channel keys: bits per channel */
-        m->overhead += (uint64_t)c->n_kv * c->dim;
+    if (c->chan_bits) /* channel keys: bits per channel and the plane layouts */
+        m->overhead += (uint64_t)kvqi_chan_held_bytes(c);
     if (c->ring_q) m->shared += kvq_shared_size(c->ring_q);
     if (c->rope_freq) /* position-aware keys: the frequencies and one call's positions */
         m->overhead += (uint64_t)c->dim / 2 * sizeof(double) +

@@ -127,12 +127,18 @@ struct kvq_cache {
     kvq_quantizer *ring_q;
     /* channel keys (chan.c): bits per channel [n_kv][dim] */
     uint8_t *chan_bits;
+    /* and each head's plane layout from them, made when the first chunk is coded */
+    uint8_t *chan_layouts;
 };
 
 /* chan.c */
 size_t kvqi_chan_block_bytes(uint32_t dim, uint32_t bits, size_t C);
 kvq_status kvqi_chan_init(kvq_cache *c);
 void kvqi_chan_free(kvq_cache *c);
+/* bytes of chan_bits: the bits per channel and each head's plane layout */
+size_t kvqi_chan_held_bytes(const kvq_cache *c);
+/* allocates and builds the plane layouts if not yet done (KVQ_ERR_NOMEM) */
+kvq_status kvqi_chan_layouts(kvq_cache *c);
 void kvqi_chan_allocate(kvq_cache *c, const float *stage);
 void kvqi_chan_ranges(const kvq_cache *c, uint32_t g, const float *lo, const float *hi, uint8_t *block);
 void kvqi_chan_accumulate(const kvq_cache *c, uint32_t g, const float *row, const uint8_t *block, float *acc);

@@ -25,15 +25,36 @@ size_t kvqi_chan_block_bytes(uint32_t dim, uint32_t bits, size_t C) {
     return (size_t)4 * dim + C * dim * bits / 8;
 }
 
-/* chan_bits holds [n_kv][dim] bits, then per head a kvqi_chan_layout and its arrays. */
-static size_t layouts_at(const kvq_cache *c) { return ((size_t)c->n_kv * c->dim + 63) & ~(size_t)63; }
+/* chan_bits holds [n_kv][dim] bits; chan_layouts, once the first chunk is coded, per
+ * head a kvqi_chan_layout and its arrays (a few KB a head: a cache of one short context
+ * never codes a chunk, and holds less than fp16). */
 
 static size_t layout_stride(const kvq_cache *c) {
     return ((sizeof(kvqi_chan_layout) + 63) & ~(size_t)63) + ((kvqi_chan_layout_bytes(c->dim) + 63) & ~(size_t)63);
 }
 
 static const kvqi_chan_layout *layout_of(const kvq_cache *c, uint32_t g) {
-    return (const kvqi_chan_layout *)(const void *)(c->chan_bits + layouts_at(c) + g * layout_stride(c));
+    return (const kvqi_chan_layout *)(const void *)(c->chan_layouts + g * layout_stride(c));
+}
+
+size_t kvqi_chan_held_bytes(const kvq_cache *c) {
+    return (size_t)c->n_kv * c->dim + (c->chan_layouts ? (size_t)c->n_kv * layout_stride(c) : 0);
+}
+
+static void build_layouts(kvq_cache *c) {
+    for (uint32_t g = 0; g < c->n_kv; g++) {
+        kvqi_chan_layout *L = (kvqi_chan_layout *)(void *)(c->chan_layouts + g * layout_stride(c));
+        kvqi_chan_layout_build(L, c->chan_bits + (size_t)g * c->dim, c->dim,
+                               (uint8_t *)L + ((sizeof *L + 63) & ~(size_t)63));
+    }
+}
+
+kvq_status kvqi_chan_layouts(kvq_cache *c) {
+    if (c->chan_layouts) return KVQ_OK;
+    c->chan_layouts = kvqi_alloc_array((size_t)c->n_kv, layout_stride(c));
+    if (!c->chan_layouts) return KVQ_ERR_NOMEM;
+    build_layouts(c);
+    return KVQ_OK;
 }
 
 kvq_status kvqi_chan_init(kvq_cache *c) {
@@ -49,15 +70,16 @@ kvq_status kvqi_chan_init(kvq_cache *c) {
     size_t block = kvqi_chan_block_bytes(c->dim, c->cfg.key.bits, C);
     c->key.code_size = (block + C - 1) / C;
     /* the bits per channel, then each head's plane layout (built with the bits) */
-    size_t bytes = layouts_at(c) + (size_t)c->n_kv * layout_stride(c);
-    c->chan_bits = kvqi_calloc_array(bytes, 1);
+    c->chan_bits = kvqi_calloc_array((size_t)c->n_kv * c->dim, 1);
     if (!c->chan_bits) return KVQ_ERR_NOMEM;
     return KVQ_OK;
 }
 
 void kvqi_chan_free(kvq_cache *c) {
     kvqi_free(c->chan_bits);
+    kvqi_free(c->chan_layouts);
     c->chan_bits = NULL;
+    c->chan_layouts = NULL;
 }
 
 /* Bits per channel from the probe: greedy, one bit at a time to the channel whose
@@ -93,9 +115,8 @@ void kvqi_chan_allocate(kvq_cache *c, const float *stage) {
             if (best == UINT32_MAX) break;
             b[best]++;
         }
-        kvqi_chan_layout *L = (kvqi_chan_layout *)(void *)(c->chan_bits + layouts_at(c) + g * layout_stride(c));
-        kvqi_chan_layout_build(L, b, dim, (uint8_t *)L + ((sizeof *L + 63) & ~(size_t)63));
     }
+    if (c->chan_layouts) build_layouts(c); /* a new probe after a reset: new bits */
 }
 
 /* One head's chunk block in two passes over its rows (so no chunk of rows is held):

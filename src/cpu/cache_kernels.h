@@ -106,7 +106,7 @@ typedef struct kvqi_chan_layout {
     uint32_t unit_bytes;     /* 128 n4 + 64 n2 + 32 n1 */
     float wmax;              /* the largest weight times 2^shift: 32640, less where the int32
                               * sums of sum_j (2^bits[j] - 1) codes could overflow */
-    const int32_t *chan;     /* plane p's channel (padding: 0) */
+    const uint16_t *chan;    /* plane p's channel (padding: 0) */
     const uint8_t *shift;    /* plane p holds bits [shift, shift + width) of the code */
     const uint8_t *width;    /* 4, 2, 1 (padding: 0) */
     const float *top;        /* [dim] channel j's largest 2^shift (0 without bits) */

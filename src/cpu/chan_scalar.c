@@ -15,8 +15,8 @@ static uint32_t padded_cap(uint32_t dim) { return (3 * dim + 9 + 15) & ~15u; }
 
 size_t kvqi_chan_layout_bytes(uint32_t dim) {
     size_t cap = padded_cap(dim);
-    /* chan, the builder's list; top; pair_chan, pair_shift; shift, width */
-    return cap * (2 * sizeof(int32_t) + 2 * sizeof(uint16_t) + 2) + (size_t)dim * sizeof(float);
+    /* top; pair_chan, pair_shift (the builder's list before them); chan; shift, width */
+    return cap * (3 * sizeof(uint16_t) + 2) + (size_t)dim * sizeof(float);
 }
 
 /* One width's planes: the channels' own in channel order (list[i] = j << 8 | shift),
@@ -25,7 +25,7 @@ size_t kvqi_chan_layout_bytes(uint32_t dim) {
  * split in turn. */
 static uint32_t place(kvqi_chan_layout *L, uint32_t *list, uint32_t n, const uint32_t *pend, uint32_t n_pend,
                       uint32_t width, uint32_t base, uint32_t n_groups, uint32_t *out_pend) {
-    int32_t *chan = (int32_t *)(uintptr_t)L->chan;
+    uint16_t *chan = (uint16_t *)(uintptr_t)L->chan;
     uint8_t *shift = (uint8_t *)(uintptr_t)L->shift, *wd = (uint8_t *)(uintptr_t)L->width;
     for (uint32_t i = 0; i < n_pend; i++) {
         list[n++] = pend[i];
@@ -34,7 +34,7 @@ static uint32_t place(kvqi_chan_layout *L, uint32_t *list, uint32_t n, const uin
     uint32_t n_out = 0;
     for (uint32_t k = 0; k < n; k++) {
         if (k < 4 * n_groups) {
-            chan[base + k] = (int32_t)(list[k] >> 8);
+            chan[base + k] = (uint16_t)(list[k] >> 8);
             shift[base + k] = (uint8_t)(list[k] & 255u);
             wd[base + k] = (uint8_t)width;
         } else {
@@ -47,11 +47,12 @@ static uint32_t place(kvqi_chan_layout *L, uint32_t *list, uint32_t n, const uin
 void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t dim, void *mem) {
     uint32_t cap = padded_cap(dim);
     memset(mem, 0, kvqi_chan_layout_bytes(dim));
-    int32_t *chan = (int32_t *)mem;
-    uint32_t *list = (uint32_t *)(void *)(chan + cap);
-    float *top = (float *)(void *)(list + cap);
+    float *top = (float *)mem;
     uint16_t *pair_chan = (uint16_t *)(void *)(top + dim), *pair_shift = pair_chan + cap;
-    uint8_t *shift = (uint8_t *)(void *)(pair_shift + cap), *width = shift + cap;
+    /* the list of one width's planes lives where the pairs go last (cap words) */
+    uint32_t *list = (uint32_t *)(void *)pair_chan;
+    uint16_t *chan = pair_shift + cap;
+    uint8_t *shift = (uint8_t *)(void *)(chan + cap), *width = shift + cap;
     L->chan = chan, L->top = top, L->shift = shift, L->width = width;
     L->pair_chan = pair_chan, L->pair_shift = pair_shift;
     /* planes of each width: 4 (b >= 4; b = 8 twice), 2 (b = 2, 3, 6, 7), 1 (b odd) */
@@ -96,6 +97,9 @@ void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t d
         pair_shift[q] = width[p] ? shift[p] : 16; /* padding: weight 0 */
         if (width[p] && ldexpf(1.0f, shift[p]) > top[chan[p]]) top[chan[p]] = ldexpf(1.0f, shift[p]);
     }
+    /* past the planes: zero, as before the list used them (the kernels read whole vectors) */
+    memset(pair_chan + L->n_padded, 0, (cap - L->n_padded) * sizeof *pair_chan);
+    memset(pair_shift + L->n_padded, 0, (cap - L->n_padded) * sizeof *pair_shift);
 }
 
 /* Byte and bit of plane p's value for token l of a unit; returns the mask. */
@@ -132,7 +136,7 @@ uint32_t kvqi_chan_code_at(const kvqi_chan_layout *L, const uint8_t *block, uint
     const uint8_t *unit = block + 4 * (size_t)L->dim + (t / 64) * L->unit_bytes;
     uint32_t code = 0;
     for (uint32_t p = 0; p < L->n_planes; p++)
-        if (L->width[p] && L->chan[p] == (int32_t)j)
+        if (L->width[p] && L->chan[p] == j)
             code |= kvqi_chan_plane_at(L, unit, p, (uint32_t)(t % 64)) << L->shift[p];
     return code;
 }
