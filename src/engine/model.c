@@ -810,10 +810,20 @@ static void matmul(kvq_context *c, const kvqi_gguf_tensor *w, const float *x, si
 }
 
 static void rmsnorm(float *out, const float *x, const float *w, size_t n, float eps) {
-    double ss = 0;
-    for (size_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    /* four running sums (element i in sum i % 4), joined as (0 + 1) + (2 + 3): one chain
+     * of dependent double additions was 3-4 % of a Gemma prompt's time */
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += (double)x[i] * x[i];
+        s1 += (double)x[i + 1] * x[i + 1];
+        s2 += (double)x[i + 2] * x[i + 2];
+        s3 += (double)x[i + 3] * x[i + 3];
+    }
+    for (; i < n; i++) s0 += (double)x[i] * x[i];
+    double ss = (s0 + s1) + (s2 + s3);
     float scale = (float)(1.0 / sqrt(ss / (double)n + eps));
-    for (size_t i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+    for (i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
 /* the angles of n_tok positions from pos0 on */
