@@ -165,8 +165,9 @@ static inline __m256i kcorr(__m256i x, int k) {
             float dx = a->d[b];                                                                       \
             _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {                                    \
                 const uint8_t *p = rp[r] + b * (BSIZE);                                               \
-                /* 24 rows ahead: four interleaved row streams defeat the hardware prefetcher */ \
-                _mm_prefetch((const char *)(p + 24 * row_bytes), _MM_HINT_T0);                          \
+                /* 24 rows ahead (four interleaved row streams defeat the hardware       \
+                 * prefetcher), non-temporal: a token reads each weight once */           \
+                _mm_prefetch((const char *)(p + 24 * row_bytes), _MM_HINT_NTA);                          \
                 __m256i w;                                                                            \
                 float sc, mn = 0;                                                                     \
                 BLOCK(p, w, sc, mn);                                                                  \
@@ -226,9 +227,9 @@ static void gemv_q4_k(const void *row, size_t row_bytes, size_t n_rows, size_t n
         float scl[4][8], mo[4][8];
         _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
             const uint8_t *p = rp[r] + i * 144;
-            _mm_prefetch((const char *)(p + 24 * row_bytes), _MM_HINT_T0);
-            _mm_prefetch((const char *)(p + 24 * row_bytes + 64), _MM_HINT_T0);
-            _mm_prefetch((const char *)(p + 24 * row_bytes + 128), _MM_HINT_T0);
+            _mm_prefetch((const char *)(p + 24 * row_bytes), _MM_HINT_NTA);
+            _mm_prefetch((const char *)(p + 24 * row_bytes + 64), _MM_HINT_NTA);
+            _mm_prefetch((const char *)(p + 24 * row_bytes + 128), _MM_HINT_NTA);
             float d = h2f(p), dmin = h2f(p + 2);
             for (int j = 0; j < 8; j++) {
                 uint8_t sc, m;
@@ -275,7 +276,7 @@ static void gemv_q6_k(const void *row, size_t row_bytes, size_t n_rows, size_t n
             _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
                 const uint8_t *p = rp[r] + i * 210;
                 if (half == 0)
-                    for (int c = 0; c < 4; c++) _mm_prefetch((const char *)(p + 24 * row_bytes + 64 * c), _MM_HINT_T0);
+                    for (int c = 0; c < 4; c++) _mm_prefetch((const char *)(p + 24 * row_bytes + 64 * c), _MM_HINT_NTA);
                 const uint8_t *ql = p + 64 * half, *qh = p + 128 + 32 * half;
                 const int8_t *sc = (const int8_t *)(p + 192) + 8 * half;
                 float d = h2f(p + 208);
