@@ -892,6 +892,51 @@ TEST(engine_gemma_chat_template) {
     kvq_model_free(m);
 }
 
+/* The gated activation: every ISA gives the scalar reference's bits (lengths with and
+ * without a tail, large and special inputs), and the reference is SiLU / GELU-tanh times
+ * up to float accuracy. */
+TEST(engine_glu_bit_identical_to_scalar_and_accurate) {
+    enum { N = 1037 };
+    static float g[N], up[N], y_ref[N], y_isa[N];
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 2718);
+    for (size_t i = 0; i < N; i++) {
+        g[i] = (float)kvqi_rng_normal(&r) * (i % 7 == 0 ? 30.0f : 3.0f);
+        up[i] = (float)kvqi_rng_normal(&r);
+    }
+    g[0] = 0.0f, g[1] = -0.0f, g[2] = 200.0f, g[3] = -200.0f, g[4] = INFINITY, g[5] = 1e-30f, g[6] = -60.0f;
+    g[7] = NAN;
+    kvqi_engine_kernels S, K;
+    kvqi_engine_kernels_scalar(&S);
+    REQUIRE(S.glu);
+    for (int gelu = 0; gelu <= 1; gelu++) {
+        memcpy(y_ref, g, sizeof g);
+        S.glu(y_ref, up, N, gelu);
+        for (size_t i = 0; i < N; i++) {
+            if (!isfinite(g[i])) continue;
+            double x = g[i], u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+            /* 0.5 (1 + tanh u) = 1 / (1 + exp(-2u)), without tanh's cancellation near -1 */
+            double want = (gelu ? x / (1.0 + exp(-2.0 * u)) : x / (1.0 + exp(-x))) * up[i];
+            /* z = 2u (or x) in float: an error of |z| 2^-24 in z is that much relative in e^-|z| */
+            double z = gelu ? 2.0 * u : x;
+            CHECKF(fabs(y_ref[i] - want) <= 1e-6 * (1.0 + fabs(z)) * fabs(want) + 1e-30, "gelu %d g %g: %g vs %g", gelu, g[i],
+                   y_ref[i], want);
+        }
+        CHECK(isnan(y_ref[7]));
+        CHECK(y_ref[4] == (up[4] > 0 ? INFINITY : -INFINITY));
+        for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_NEON; isa++) {
+            if (!kvq_isa_available((kvq_isa)isa)) continue;
+            REQUIRE_OK(kvqi_engine_kernels_init((kvq_isa)isa, &K));
+            for (size_t n = N - 8; n <= N; n++) {
+                memcpy(y_isa, g, sizeof g);
+                K.glu(y_isa, up, n, gelu);
+                CHECKF(!memcmp(y_ref, y_isa, n * sizeof(float)), "%s glu (gelu %d, n %zu) differs from the reference",
+                       kvqi_isa_name(K.isa), gelu, n);
+            }
+        }
+    }
+}
+
 /* Random blocks of a type with finite scales in the places ggml's layouts keep them. */
 static void fill_type_row(uint8_t *row, uint32_t type, size_t n, kvqi_rng *r) {
     const kvqi_type_traits *tt = kvqi_type(type);

@@ -22,7 +22,8 @@ static inline float hsum8_ordered(__m256 v) {
 /* vpdpbusd multiplies unsigned by signed bytes: q + 128 (q xor 0x80) against w gives
  * sum(q w) + 128 sum(w), and the accumulator starts at -128 sum(w), once per row block. */
 static inline __attribute__((always_inline)) void tile_vnni(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t t0,
-                                                             const int TT, float *y, size_t y_stride) {
+                                                             const int TT, const __m256i *corr_rb, float *y,
+                                                             size_t y_stride) {
     const __m256i bias = _mm256_set1_epi8((char)0x80);
     size_t n = tl->n, nb = n / 32, nl = n / 4;
     __m256 acc[4][4];
@@ -52,7 +53,9 @@ static inline __attribute__((always_inline)) void tile_vnni(const kvqi_q8_tile *
         _Pragma("GCC unroll 4")
         for (int r = 0; r < 4; r++) {
             __m256i w = _mm256_loadu_si256((const __m256i *)(tl->w + r * n + 32 * b));
-            __m256i corr = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), bias, w));
+            __m256i corr = corr_rb ? _mm256_loadu_si256(corr_rb + r * nb + b)
+                                   : _mm256_sub_epi32(_mm256_setzero_si256(),
+                                                      _mm256_dpbusd_epi32(_mm256_setzero_si256(), bias, w));
             __m256 lv = _mm256_loadu_ps(tl->wl + r * nl + 8 * b);
             _Pragma("GCC unroll 4")
             for (int t = 0; t < TT; t++) {
@@ -78,11 +81,27 @@ static inline __attribute__((always_inline)) void tile_vnni(const kvqi_q8_tile *
     }
 }
 
+/* Rows of up to this many numbers get their corrections (-128 times each lane's weight
+ * sum) computed once for all tokens, on the stack (4 * n bytes); longer ones per pass. */
+#define TILE_CORR_MAX 8192
+
 static void gemm_q8_avx512(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t n_tok, float *y, size_t y_stride) {
-    size_t t = 0;
-    for (; t + 4 <= n_tok; t += 4) tile_vnni(tl, a, t, 4, y, y_stride);
-    for (; t + 2 <= n_tok; t += 2) tile_vnni(tl, a, t, 2, y, y_stride);
-    for (; t < n_tok; t++) tile_vnni(tl, a, t, 1, y, y_stride);
+    size_t t = 0, nb = tl->n / 32;
+    __m256i corr[4 * (TILE_CORR_MAX / 32)];
+    const __m256i *cp = NULL;
+    if (n_tok > 1 && tl->n <= TILE_CORR_MAX) {
+        const __m256i bias = _mm256_set1_epi8((char)0x80);
+        for (size_t r = 0; r < 4; r++)
+            for (size_t b = 0; b < nb; b++) {
+                __m256i w = _mm256_loadu_si256((const __m256i *)(tl->w + r * tl->n + 32 * b));
+                corr[r * nb + b] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), bias, w));
+            }
+        cp = corr;
+    }
+    for (; t + 4 <= n_tok; t += 4) tile_vnni(tl, a, t, 4, cp, y, y_stride);
+    for (; t + 2 <= n_tok; t += 2) tile_vnni(tl, a, t, 2, cp, y, y_stride);
+    for (; t < n_tok; t++) tile_vnni(tl, a, t, 1, cp, y, y_stride);
 }
 
 /* ------------------------------------------------ one token, from the blocks */
@@ -101,26 +120,37 @@ static inline __m256i q4_nibbles(const uint8_t *qs) {
     return _mm256_and_si256(q, _mm256_set1_epi8(0x0f));
 }
 
-/* The numbers of block b of a row as signed bytes, its scale and (Q4_1) its minimum:
- * exactly what the unpack functions store. */
-#define BLOCK_Q4_0(p, w, sc, mn) do { w = _mm256_sub_epi8(q4_nibbles((p) + 2), _mm256_set1_epi8(8)); sc = h2f(p); } while (0)
+/* The numbers of block b of a row, its scale and (Q4_1) its minimum: exactly what the
+ * unpack functions store, but for the small types as unsigned bytes u = w + K (K = 8 for
+ * Q4_0, 16 for Q5_0, 0 for Q4_1), which vpdpbusd takes as they are: sum(u x) - K sum(x)
+ * is sum(w x) exactly, and K sum(x) per lane is one vpdpbusd per block for all rows
+ * (kcorr below) instead of one per row. Q8_0 stays signed (w = u - 128 would need the
+ * same work per row as its own correction). */
+#define BLOCK_Q4_0(p, w, sc, mn) do { w = q4_nibbles((p) + 2); sc = h2f(p); } while (0)
 #define BLOCK_Q4_1(p, w, sc, mn) do { w = q4_nibbles((p) + 4); sc = h2f(p); mn = h2f((p) + 2); } while (0)
-/* Q5_0: the nibble minus 16 where the fifth bit is clear, in one masked subtraction */
+/* Q5_0: the nibble plus 16 where the fifth bit is set, in one masked addition */
 #define BLOCK_Q5_0(p, w, sc, mn)                                                                   \
     do {                                                                                           \
         uint32_t qh_;                                                                              \
         memcpy(&qh_, (p) + 2, 4);                                                                  \
         __m256i nib_ = q4_nibbles((p) + 6);                                                        \
-        w = _mm256_mask_sub_epi8(nib_, (__mmask32)~qh_, nib_, _mm256_set1_epi8(16));              \
+        w = _mm256_mask_add_epi8(nib_, (__mmask32)qh_, nib_, _mm256_set1_epi8(16));               \
         sc = h2f(p);                                                                               \
     } while (0)
 #define BLOCK_Q8_0(p, w, sc, mn) do { w = _mm256_loadu_si256((const __m256i *)((p) + 2)); sc = h2f(p); } while (0)
 
+/* -K times the sum of each lane's four activation codes (x signed, K = 0..127) */
+static inline __m256i kcorr(__m256i x, int k) {
+    if (!k) return _mm256_setzero_si256();
+    return _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)k), x));
+}
+
 /* 4 rows x 1 token: the tile product's sums in the same order (acc per lane over the
  * blocks, then the 8-lane tree, then the row's offset chain) */
-#define GEMV_Q8(NAME, BSIZE, BLOCK, HAS_MIN)                                                          \
+#define GEMV_Q8(NAME, BSIZE, BLOCK, HAS_MIN, K)                                                       \
     static void NAME(const void *row, size_t row_bytes, size_t n_rows, size_t n, const kvqi_q8_acts *a, float *y) { \
         const __m256i bias = _mm256_set1_epi8((char)0x80);                                           \
+        (void)bias;                                                                                   \
         const uint8_t *base = row;                                                                    \
         const uint8_t *rp[4];                                                                         \
         for (size_t r = 0; r < 4; r++) rp[r] = base + (r < n_rows ? r : 0) * row_bytes;               \
@@ -128,19 +158,25 @@ static inline __m256i q4_nibbles(const uint8_t *qs) {
         float off[4] = {0, 0, 0, 0};                                                                  \
         for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();                                    \
         for (size_t b = 0; b < n / 32; b++) {                                                         \
-            __m256i xu = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a->q + 32 * b)), bias); \
+            __m256i xs = _mm256_loadu_si256((const __m256i *)(a->q + 32 * b));                       \
+            /* signed weights (K < 0): x + 128 unsigned, corrected per row; else kcorr */         \
+            __m256i xu = (K) < 0 ? _mm256_xor_si256(xs, bias) : xs;                                  \
+            __m256i kc = (K) < 0 ? _mm256_setzero_si256() : kcorr(xs, (K));                          \
             float dx = a->d[b];                                                                       \
             _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {                                    \
                 const uint8_t *p = rp[r] + b * (BSIZE);                                               \
-                /* 24 rows ahead: four interleaved row streams defeat the hardware prefetcher */ \
-                _mm_prefetch((const char *)(p + 24 * row_bytes), _MM_HINT_T0);                          \
+                /* 24 rows ahead (four interleaved row streams defeat the hardware       \
+                 * prefetcher), non-temporal: a token reads each weight once */           \
+                _mm_prefetch((const char *)(p + 24 * row_bytes), _MM_HINT_NTA);                          \
                 __m256i w;                                                                            \
                 float sc, mn = 0;                                                                     \
                 BLOCK(p, w, sc, mn);                                                                  \
                 (void)mn;                                                                             \
-                __m256i corr = _mm256_sub_epi32(_mm256_setzero_si256(),                              \
-                                                _mm256_dpbusd_epi32(_mm256_setzero_si256(), bias, w)); \
-                __m256 f = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, xu, w));                     \
+                __m256i corr = (K) < 0 ? _mm256_sub_epi32(_mm256_setzero_si256(),                    \
+                                                          _mm256_dpbusd_epi32(_mm256_setzero_si256(), bias, w)) \
+                                       : kc;                                                          \
+                __m256 f = (K) < 0 ? _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, xu, w))            \
+                                   : _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, w, xs));           \
                 acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(sc * dx), f, acc[r]);                         \
                 if (HAS_MIN) off[r] = fmaf(mn, a->s[b], off[r]);                                      \
             }                                                                                         \
@@ -152,10 +188,10 @@ static inline __m256i q4_nibbles(const uint8_t *qs) {
         }                                                                                             \
     }
 
-GEMV_Q8(gemv_q4_0, 18, BLOCK_Q4_0, 0)
-GEMV_Q8(gemv_q4_1, 20, BLOCK_Q4_1, 1)
-GEMV_Q8(gemv_q5_0, 22, BLOCK_Q5_0, 0)
-GEMV_Q8(gemv_q8_0, 34, BLOCK_Q8_0, 0)
+GEMV_Q8(gemv_q4_0, 18, BLOCK_Q4_0, 0, 8)
+GEMV_Q8(gemv_q4_1, 20, BLOCK_Q4_1, 1, 0)
+GEMV_Q8(gemv_q5_0, 22, BLOCK_Q5_0, 0, 16)
+GEMV_Q8(gemv_q8_0, 34, BLOCK_Q8_0, 0, -1)
 
 /* K-quants: a super-block of 256 is 8 blocks of 32 with their own scales */
 
@@ -169,15 +205,14 @@ static inline void k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
     }
 }
 
-/* one block's step of the tile product for one row: the same operations in the same order */
-static inline __m256 step(__m256 acc, __m256i w, __m256i xu, __m256 scale) {
-    const __m256i bias = _mm256_set1_epi8((char)0x80);
-    __m256i corr = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), bias, w));
-    return _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, xu, w)), acc);
+/* one block's step of the tile product for one row, the same operations in the same
+ * order: u = w + K unsigned, x signed, kc = kcorr(x, K), so the integer sum is exact */
+static inline __m256 step(__m256 acc, __m256i u, __m256i x, __m256i kc, __m256 scale) {
+    return _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(kc, u, x)), acc);
 }
 
-static inline __m256i load_xu(const kvqi_q8_acts *a, size_t b) {
-    return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a->q + 32 * b)), _mm256_set1_epi8((char)0x80));
+static inline __m256i load_x(const kvqi_q8_acts *a, size_t b) {
+    return _mm256_loadu_si256((const __m256i *)(a->q + 32 * b));
 }
 
 static void gemv_q4_k(const void *row, size_t row_bytes, size_t n_rows, size_t n, const kvqi_q8_acts *a, float *y) {
@@ -192,9 +227,9 @@ static void gemv_q4_k(const void *row, size_t row_bytes, size_t n_rows, size_t n
         float scl[4][8], mo[4][8];
         _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
             const uint8_t *p = rp[r] + i * 144;
-            _mm_prefetch((const char *)(p + 24 * row_bytes), _MM_HINT_T0);
-            _mm_prefetch((const char *)(p + 24 * row_bytes + 64), _MM_HINT_T0);
-            _mm_prefetch((const char *)(p + 24 * row_bytes + 128), _MM_HINT_T0);
+            _mm_prefetch((const char *)(p + 24 * row_bytes), _MM_HINT_NTA);
+            _mm_prefetch((const char *)(p + 24 * row_bytes + 64), _MM_HINT_NTA);
+            _mm_prefetch((const char *)(p + 24 * row_bytes + 128), _MM_HINT_NTA);
             float d = h2f(p), dmin = h2f(p + 2);
             for (int j = 0; j < 8; j++) {
                 uint8_t sc, m;
@@ -205,13 +240,14 @@ static void gemv_q4_k(const void *row, size_t row_bytes, size_t n_rows, size_t n
         }
         for (int jj = 0; jj < 4; jj++) {
             size_t b = 8 * i + 2 * jj;
-            __m256i x0 = load_xu(a, b), x1 = load_xu(a, b + 1);
+            __m256i x0 = load_x(a, b), x1 = load_x(a, b + 1);
+            const __m256i z = _mm256_setzero_si256();
             float d0 = a->d[b], d1 = a->d[b + 1], s0 = a->s[b], s1 = a->s[b + 1];
             _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
                 __m256i q = _mm256_loadu_si256((const __m256i *)(rp[r] + i * 144 + 16 + 32 * jj));
-                acc[r] = step(acc[r], _mm256_and_si256(q, m4), x0, _mm256_set1_ps(scl[r][2 * jj] * d0));
+                acc[r] = step(acc[r], _mm256_and_si256(q, m4), x0, z, _mm256_set1_ps(scl[r][2 * jj] * d0));
                 off[r] = fmaf(mo[r][2 * jj], s0, off[r]);
-                acc[r] = step(acc[r], _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), x1,
+                acc[r] = step(acc[r], _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), x1, z,
                               _mm256_set1_ps(scl[r][2 * jj + 1] * d1));
                 off[r] = fmaf(mo[r][2 * jj + 1], s1, off[r]);
             }
@@ -226,20 +262,21 @@ static void gemv_q6_k(const void *row, size_t row_bytes, size_t n_rows, size_t n
     for (size_t r = 0; r < 4; r++) rp[r] = base + (r < n_rows ? r : 0) * row_bytes;
     __m256 acc[4];
     for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), k32 = _mm256_set1_epi8(32);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
     for (size_t i = 0; i < n / 256; i++) {
         for (int half = 0; half < 2; half++) {
             size_t b = 8 * i + 4 * half;
-            __m256i xu[4];
+            __m256i xs[4], kc[4];
             __m256 dx[4];
             for (int k = 0; k < 4; k++) {
-                xu[k] = load_xu(a, b + k);
+                xs[k] = load_x(a, b + k);
+                kc[k] = kcorr(xs[k], 32); /* the numbers are u - 32, u in 0..63 */
                 dx[k] = _mm256_set1_ps(a->d[b + k]);
             }
             _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
                 const uint8_t *p = rp[r] + i * 210;
                 if (half == 0)
-                    for (int c = 0; c < 4; c++) _mm_prefetch((const char *)(p + 24 * row_bytes + 64 * c), _MM_HINT_T0);
+                    for (int c = 0; c < 4; c++) _mm_prefetch((const char *)(p + 24 * row_bytes + 64 * c), _MM_HINT_NTA);
                 const uint8_t *ql = p + 64 * half, *qh = p + 128 + 32 * half;
                 const int8_t *sc = (const int8_t *)(p + 192) + 8 * half;
                 float d = h2f(p + 208);
@@ -254,7 +291,7 @@ static void gemv_q6_k(const void *row, size_t row_bytes, size_t n_rows, size_t n
                 for (int k = 0; k < 4; k++) {
                     /* lanes 0-3 take the scale of numbers 0..15, lanes 4-7 of 16..31 */
                     __m256 wl = _mm256_set_m128(_mm_set1_ps(d * (float)sc[2 * k + 1]), _mm_set1_ps(d * (float)sc[2 * k]));
-                    acc[r] = step(acc[r], _mm256_sub_epi8(w[k], k32), xu[k], _mm256_mul_ps(wl, dx[k]));
+                    acc[r] = step(acc[r], w[k], xs[k], kc[k], _mm256_mul_ps(wl, dx[k]));
                 }
             }
         }

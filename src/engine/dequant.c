@@ -516,6 +516,10 @@ static void axpy_f32_scalar(float *y, const float *x, float a, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+static void glu_scalar(float *gate, const float *up, size_t n, int gelu) {
+    for (size_t i = 0; i < n; i++) gate[i] = kvqi_glu_one(gate[i], up[i], gelu);
+}
+
 void kvqi_engine_kernels_scalar(kvqi_engine_kernels *k) {
     memset(k, 0, sizeof *k);
     k->isa = KVQ_ISA_SCALAR;
@@ -527,6 +531,7 @@ void kvqi_engine_kernels_scalar(kvqi_engine_kernels *k) {
     k->dot_q8[KVQI_T_Q4_1] = dot_q8_q4_1_scalar;
     k->dot_q8[KVQI_T_Q8_0] = dot_q8_q8_0_scalar;
     k->gemm_q8 = gemm_q8_scalar;
+    k->glu = glu_scalar;
     k->unpack_q8[KVQI_T_Q4_0] = unpack_q4_0_scalar;
     k->unpack_q8[KVQI_T_Q4_1] = unpack_q4_1_scalar;
     k->unpack_q8[KVQI_T_Q5_0] = unpack_q5_0_scalar;

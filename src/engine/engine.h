@@ -6,6 +6,7 @@
 #ifndef KVQ_ENGINE_H
 #define KVQ_ENGINE_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -158,7 +159,44 @@ typedef struct kvqi_engine_kernels {
      * (NULL: go through those). */
     void (*gemv_q8[KVQI_T_COUNT])(const void *row, size_t row_bytes, size_t n_rows, size_t n,
                                   const struct kvqi_q8_acts *a, float *y);
+    /* The gated feed-forward's activation, gate[i] = kvqi_glu_one(gate[i], up[i], gelu)
+     * for i < n: the same bits on every ISA. */
+    void (*glu)(float *gate, const float *up, size_t n, int gelu);
 } kvqi_engine_kernels;
+
+/* exp(x) for x <= 0 (0 below -87 and for NaN): i = ceil(x log2(e) - 1/2), r = x - i ln2
+ * in two fused steps, e^r by its degree-6 Taylor polynomial in fused multiply-adds, times
+ * 2^i; relative error about 2e-7. The cache's softmax uses the same reduction. */
+static inline float kvqi_eng_exp_neg(float x) {
+    if (!(x >= -87.0f)) return 0.0f;
+    float fi = ceilf(x * 1.44269504088896341f - 0.5f);
+    float r = fmaf(-fi, 0.693145751953125f, x);
+    r = fmaf(-fi, 1.428606765330187e-06f, r);
+    float p = 1.3888889e-3f;
+    p = fmaf(p, r, 8.3333333e-3f);
+    p = fmaf(p, r, 4.1666668e-2f);
+    p = fmaf(p, r, 1.6666667e-1f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    union {
+        float f;
+        int32_t i;
+    } bits;
+    bits.i = ((int32_t)fi + 127) << 23;
+    return p * bits.f;
+}
+
+/* One gated activation: g sigmoid(z) up, with z = g (SiLU, SwiGLU) or, gelu != 0, GELU's
+ * tanh form 0.5 (1 + tanh u) = sigmoid(2 u), u = sqrt(2/pi) (g + 0.044715 g^3) (GeGLU).
+ * sigmoid(z) = 1 / (1 + e) for z >= 0 and e / (1 + e) below, e = exp(-|z|), so the
+ * exponential never overflows. */
+static inline float kvqi_glu_one(float g, float up, int gelu) {
+    float z = gelu ? 1.5957691216057308f * (g + 0.044715f * g * g * g) : g;
+    float e = kvqi_eng_exp_neg(-fabsf(z));
+    float sg = (z >= 0.0f ? 1.0f : e) / (1.0f + e);
+    return g * sg * up;
+}
 
 /* Activations quantized by quantize_q8: token t's codes at q + t * q_stride, its block
  * scales and sums at d, s + t * ds_stride. */
