@@ -57,36 +57,4 @@ if [ "${SDPA:-0}" = 1 ]; then
   PYTHONUNBUFFERED=1 timeout 200 python3 bench/cuda/sdpa.py --flash >"$OUT/sdpa.txt" 2>&1
   stamp "sdpa done"
 fi
-python3 - "$OUT" <<'PY'
-import os, re, sys
-out = sys.argv[1]
-kv = lambda l: dict(re.findall(r"(\w+)=(\S+)", l))
-sdpa = {}
-if os.path.exists(f"{out}/sdpa.txt"):
-    for l in open(f"{out}/sdpa.txt"):
-        if l.startswith("SDPA ") and "us=" in l:
-            d = kv(l)
-            sdpa[(d["backend"], d["batch"], d["ctx"])] = float(d["us"])
-for name in ("bench.txt", "bench_variant.txt", "bench_variant2.txt"):
-    p = f"{out}/{name}"
-    if not os.path.exists(p):
-        continue
-    print("==", name)
-    for l in open(p):
-        if l.startswith("COPY"):
-            print(f"copy {float(kv(l)['GBps']):.0f} GB/s")
-        elif l.startswith("ATTN") and "us=" in l:
-            d = kv(l)
-            f = sdpa.get(("flash", d["batch"], d["ctx"]))
-            vs = f"{f / float(d['us']):6.2f}" if f else "     -"
-            print(f"{d['pair']:<14}{d['batch']:>4}{d['ctx']:>8}{float(d['us']):>10.1f}{float(d['GBps']):>8.0f}"
-                  f"{float(d['pct_copy']):>7.1f}{vs}")
-        elif "rror" in l:
-            print(l.rstrip())
-if os.path.exists(f"{out}/ncu.txt"):
-    for l in open(f"{out}/ncu.txt"):
-        if re.search(r"Duration|DRAM Throughput|Compute \(SM\) Th|Issue Slots Busy|Achieved Occupancy|"
-                     r"Registers Per|Executed Ipc A|No Eligible|Memory Throughput|Executed Instructions  |"
-                     r"Theoretical Occupancy|Block Limit", l):
-            print(l.rstrip())
-PY
+python3 bench/cuda/summary.py dev "$OUT"

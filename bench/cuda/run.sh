@@ -54,39 +54,4 @@ if [ "${SKIP_SDPA:-0}" != 1 ]; then
   echo "sdpa done $(date -u +%H:%M:%S)"; tail -2 "$OUT/sdpa.txt"
 fi
 
-python3 - "$OUT" <<'PY'
-import os, re, sys
-out = sys.argv[1]
-def kv(line):
-    return dict(re.findall(r"(\w+)=(\S+)", line))
-bench = open(f"{out}/bench_attn.txt").read().splitlines()
-ours = [kv(l) for l in bench if l.startswith("ATTN") and "us=" in l]
-sdpa = {}
-if os.path.exists(f"{out}/sdpa.txt"):
-    for l in open(f"{out}/sdpa.txt"):
-        if l.startswith("SDPA ") and "us=" in l:
-            d = kv(l)
-            sdpa[(d["backend"], d["batch"], d["ctx"])] = float(d["us"])
-copy = [kv(l) for l in bench if l.startswith("COPY")]
-lines = []
-if copy:
-    lines.append(f"copy ceiling {float(copy[0]['GBps']):.0f} GB/s")
-for l in bench:
-    if l.startswith("ENCODE ") or l.startswith("ENCODE_WARP"):
-        d = kv(l)
-        tag = " (warp/vector)" if l.startswith("ENCODE_WARP") else ""
-        lines.append(f"encode {d['method'] + tag:<48} {float(d['GBps']):7.0f} GB/s {float(d['pct_copy']):5.1f}% of copy")
-nan = float("nan")
-lines.append(f"{'pair':<14}{'batch':>6}{'ctx':>8}{'us':>10}{'GB/s':>8}{'%copy':>7}{'flash us':>10}{'eff us':>10}{'vs flash':>9}{'vs eff':>8}")
-for d in ours:
-    f = sdpa.get(("flash", d["batch"], d["ctx"]), nan)
-    e = sdpa.get(("efficient", d["batch"], d["ctx"]), nan)
-    u = float(d["us"])
-    lines.append(f"{d['pair']:<14}{d['batch']:>6}{d['ctx']:>8}{u:>10.1f}{float(d['GBps']):>8.0f}"
-                 f"{float(d['pct_copy']):>7.1f}{f:>10.1f}{e:>10.1f}{f / u:>9.2f}{e / u:>8.2f}")
-for l in bench:
-    if l.startswith("PAGED") or l.startswith("PREFILL"):
-        lines.append(l)
-open(f"{out}/summary.txt", "w").write("\n".join(lines) + "\n")
-print("\n".join(lines))
-PY
+python3 bench/cuda/summary.py run "$OUT"
