@@ -264,3 +264,40 @@ TEST(presets_bench_reads_against_the_ceiling) {
     fclose(f);
     CHECK(rows == 2);
 }
+
+/* kvq bench takes a preset's options as every other command does (the library's parser):
+ * a chunk given after '@' changes the keys' bits, a bad option is named, not run. */
+TEST(presets_bench_takes_cache_options) {
+    const char *dir = kvqt_tmpdir(kvqt_);
+    REQUIRE(dir);
+    char cmd[1024], path[512], line[4096];
+    snprintf(cmd, sizeof cmd, "%s bench --quick --tokens 256 --methods 'q4@chunk=128' --json > %s/b.json 2> /dev/null",
+             kvqt_cli_path(), dir);
+    CHECK(system(cmd) == 0);
+    snprintf(path, sizeof path, "%s/b.json", dir);
+    FILE *f = fopen(path, "r");
+    REQUIRE(f);
+    int rows = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *kb = strstr(line, "\"key_bits\":");
+        if (!kb) continue;
+        /* 4 bits plus an fp16 minimum and step per channel over 128 tokens */
+        CHECKF(fabs(atof(kb + 11) - 4.25) < 1e-9, "%s", line);
+        rows++;
+    }
+    fclose(f);
+    CHECK(rows == 1);
+    const char *bad[] = {"q4@windw=16", "q4@window=abc", "q4@center=2", "q4@chunk=5000"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(cmd, sizeof cmd, "%s bench --quick --tokens 256 --methods '%s' > /dev/null 2> %s/err.txt",
+                 kvqt_cli_path(), bad[i], dir);
+        CHECKF(system(cmd) != 0, "%s ran", bad[i]);
+        snprintf(path, sizeof path, "%s/err.txt", dir);
+        f = fopen(path, "r");
+        REQUIRE(f);
+        size_t got = fread(line, 1, sizeof line - 1, f);
+        line[got] = 0;
+        fclose(f);
+        CHECKF(strstr(line, "cache option") != NULL, "%s: %s", bad[i], line);
+    }
+}

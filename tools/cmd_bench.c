@@ -397,21 +397,18 @@ typedef struct method_spec {
     size_t calibrate; /* --calibrate: tokens the calibrated methods learn from (0 = none) */
 } method_spec;
 
-/* "window=N,outliers=N,sink=N" in any order; 0 on anything else */
-static int parse_cache_opts(char *s, method_spec *m) {
-    for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
-        char *eq = strchr(tok, '='), *end;
-        if (!eq || eq[1] < '0' || eq[1] > '9') return 0;
-        long x = strtol(eq + 1, &end, 10);
-        if (*end || x < 0 || x > (1L << 22)) return 0;
-        *eq = 0;
-        if (!strcmp(tok, "window")) m->window = x;
-        else if (!strcmp(tok, "outliers")) m->outliers = x;
-        else if (!strcmp(tok, "sink")) m->sink = x;
-        else if (!strcmp(tok, "center") && x <= 1) m->center = x;
-        else if (!strcmp(tok, "chunk")) m->chunk = x;
-        else return 0;
-    }
+/* The cache options after '@' (kvq_cache_options_parse: window, sink, outliers, center,
+ * chunk); those given override the preset's and the command line's. 0 and a message in
+ * err on a bad one. */
+static int parse_cache_opts(const char *s, method_spec *m, char *err, size_t errn) {
+    kvq_cache_config c;
+    memset(&c, 0xff, sizeof c); /* UINT32_MAX: not given */
+    if (kvq_cache_options_parse(s, &c, err, errn) != KVQ_OK) return 0;
+    if (c.window != UINT32_MAX) m->window = c.window;
+    if (c.n_outliers != UINT32_MAX) m->outliers = c.n_outliers;
+    if (c.n_sink != UINT32_MAX) m->sink = c.n_sink;
+    if (c.center_keys != UINT32_MAX) m->center = c.center_keys;
+    if (c.chunk_tokens != UINT32_MAX) m->chunk = c.chunk_tokens;
     return 1;
 }
 
@@ -473,8 +470,9 @@ static int parse_methods(const char *list, method_spec *out, int max, char *err,
             strcat(joined[i], pr->value_spec);
         }
         if (at) {
-            if (!parse_cache_opts(opts, &out[i])) {
-                snprintf(err, errn, "bad cache options in '%.200s' (want @window=N,outliers=N,sink=N,center=0|1)", joined[i]);
+            char why[200] = "";
+            if (!parse_cache_opts(opts, &out[i], why, sizeof why)) {
+                snprintf(err, errn, "'%.200s@%.200s': %s", joined[i], opts, why);
                 return -1;
             }
         }
