@@ -6,16 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "bench_calibrate.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 int kvq_bench_is_calibrated(const kvq_config *qc) {
     return qc->method == KVQ_METHOD_VECINFER || qc->method == KVQ_METHOD_SPECTRAL ||
@@ -55,10 +49,10 @@ kvq_status kvq_bench_calibrate(kvq_bench_calib *bc, kvq_config *qc, const float 
     kvq_config c = *qc;
     c.dim = dim;
     kvq_quantizer *q = NULL;
-    double t0 = now_s();
+    double t0 = kvq_cli_now_s();
     kvq_status st = kvq_quantizer_create(&c, &q);
     if (st == KVQ_OK) st = kvq_quantizer_fit(q, x, n_rows);
-    bc->fit_s += now_s() - t0;
+    bc->fit_s += kvq_cli_now_s() - t0;
     char path[700];
     snprintf(path, sizeof path, "%s/%s.safetensors", bc->dir, tag);
     if (st == KVQ_OK) st = kvq_quantizer_save(q, path);

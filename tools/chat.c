@@ -4,18 +4,11 @@
  * llama.cpp's conversation mode does). An answer ends at EOS or an end-of-turn token. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "chat.h"
 #include "cli.h"
 #include "json_out.h"
-
-static double seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* end-of-turn tokens of the common templates; each counts when the vocabulary spells it
  * as one token */
@@ -167,7 +160,7 @@ static int turn(chat_state *s, const char *user, int number, size_t n_batch) {
     char *text = render(s, 1, &len);
     if (!text) return 1;
     size_t prompt_len = len, n_eval = 0;
-    double t0 = seconds();
+    double t0 = kvq_cli_now_s();
     int add_bos = s->cached_len == 0 && !o->no_bos ? -1 : 0;
     kvq_status st = s->cached_len <= len ? eval_text(s, text + s->cached_len, add_bos, n_batch, &n_eval)
                                          : KVQ_ERR_STATE;
@@ -181,7 +174,7 @@ static int turn(chat_state *s, const char *user, int number, size_t n_batch) {
     if (append_answer(s, "", 0)) return kvq_cli_fail("generate", "chat", KVQ_ERR_NOMEM);
     long produced = 0;
     int full = 0, stopped = 0;
-    double t1 = seconds();
+    double t1 = kvq_cli_now_s();
     kvq_sampler_params sp;
     kvq_sampler_params_init(&sp);
     sp.temperature = o->temperature;
@@ -223,7 +216,7 @@ static int turn(chat_state *s, const char *user, int number, size_t n_batch) {
             break;
         }
     }
-    double t2 = seconds();
+    double t2 = kvq_cli_now_s();
     size_t ctx_len = 0;
     kvq_context_length(s->ctx, &ctx_len);
     if (o->json) {

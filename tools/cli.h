@@ -33,4 +33,7 @@ KVQ_CLI_WEAK int kvq_cmd_serve(int argc, char **argv);
  * return 1 (callers clear the last error before the call that failed). */
 int kvq_cli_fail(const char *cmd, const char *what, kvq_status st);
 
+/* Seconds on the monotonic clock (differences only), for the commands' timings. */
+double kvq_cli_now_s(void);
+
 #endif

@@ -76,12 +76,6 @@ static void usage(FILE *f) {
             "  --help           this text\n");
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* CPU time of the whole process (every thread): steadier than wall time on shared CPUs */
 static double cpu_s(void) {
     struct timespec ts;
@@ -566,7 +560,7 @@ static double read_ceiling(size_t bytes, unsigned threads) {
     volatile uint64_t sink = 0;
     for (int pass = 0; pass < 3; pass++) {
         size_t per = n / threads / 8 * 8;
-        double t0 = now_s();
+        double t0 = kvq_cli_now_s();
         unsigned started = 0;
         for (unsigned t = 0; t < threads; t++) {
             jobs[t].p = buf + t * per;
@@ -576,7 +570,7 @@ static double read_ceiling(size_t bytes, unsigned threads) {
         }
         read_slice(&jobs[0]);
         for (unsigned t = 1; t < started; t++) pthread_join(th[t], NULL);
-        double dt = now_s() - t0;
+        double dt = kvq_cli_now_s() - t0;
         for (unsigned t = 0; t < started; t++) sink ^= jobs[t].sum;
         double gbs = dt > 0 ? (double)(per * started * sizeof(uint64_t)) / dt * 1e-9 : 0;
         if (gbs > best) best = gbs;
@@ -638,9 +632,9 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
          * cache, so the exact window holds its own most recent tokens */
         size_t have = 0, row = (size_t)D->n_kv * D->dim, qrow = (size_t)D->n_q * D->dim;
         for (size_t i = 0; i < nq && st == KVQ_OK; i++) {
-            double t0 = now_s();
+            double t0 = kvq_cli_now_s();
             st = kvq_cache_append(c, L->k + have * row, L->v + have * row, D->qpos[i] + 1 - have);
-            t_enc += now_s() - t0;
+            t_enc += kvq_cli_now_s() - t0;
             have = D->qpos[i] + 1;
             if (st == KVQ_OK)
                 st = kvq_cache_attend(c, L->q + i * qrow, D->n_q, 1, scale, pool, out + i * qrow);
@@ -664,9 +658,9 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
         double times[64], cpu[64];
         const float *q_last = L->q + (nq - 1) * D->n_q * D->dim;
         for (int i = 0; i < reps; i++) {
-            double a = now_s(), ac = cpu_s();
+            double a = kvq_cli_now_s(), ac = cpu_s();
             kvq_cache_attend(c, q_last, D->n_q, 1, scale, pool, out);
-            times[i] = now_s() - a;
+            times[i] = kvq_cli_now_s() - a;
             cpu[i] = cpu_s() - ac;
         }
         qsort(times, (size_t)reps, sizeof times[0], cmp_double);

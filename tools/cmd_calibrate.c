@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "args.h"
 #include "cli.h"
@@ -49,12 +48,6 @@ static int cal_usage(FILE *f) {
             "  --target B         average bits per layer (default 1.5)\n"
             "Progress goes to stderr; a summary (time, quality, sizes) to stdout.\n");
     return f == stderr ? 1 : 0;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 /* ------------------------------------------------------------- key capture */
@@ -277,7 +270,7 @@ static int ratequant(const cal_opts *o, kvq_model *model, const kvq_model_info *
         fprintf(stderr, "kvq calibrate: key spec '%s': %s: %s\n", kspec, kvq_strerror(st), msg);
         goto done;
     }
-    double t0 = now_s();
+    double t0 = kvq_cli_now_s();
     for (uint32_t l = 0; l < L; l++) per[l] = exact;
     fprintf(stderr, "kvq calibrate: ratequant: %zu tokens, %u layers, probe %s on one layer at a time\n",
             n, L, kspec);
@@ -297,7 +290,7 @@ static int ratequant(const cal_opts *o, kvq_model *model, const kvq_model_info *
         goto done;
     }
     if ((st = kvq_ratequant_save(o->out, o->key_spec, sens, bits, L, o->target))) goto done;
-    double probe_s = now_s() - t0;
+    double probe_s = kvq_cli_now_s() - t0;
     /* the plan against the same total spread without the sensitivities (equal weights: the
      * extra bits go to the first layers) */
     double kl_plan = 0, kl_flat = 0;
@@ -412,9 +405,9 @@ static int fit_method(const cal_opts *o, const kvq_model_info *info, float *rows
     if (!quiet)
         fprintf(stderr, "kvq calibrate: fitting %s on %zu rows of %u (%zu held out)...\n", spec, n_fit, dim,
                 n_test);
-    double t0 = now_s();
+    double t0 = kvq_cli_now_s();
     st = kvq_quantizer_fit(q, rows, n_fit);
-    double fit_s = now_s() - t0;
+    double fit_s = kvq_cli_now_s() - t0;
     if (st) {
         kvq_quantizer_free(q);
         return kvq_cli_fail("calibrate", "fit", st);
@@ -635,14 +628,14 @@ int kvq_cmd_calibrate(int argc, char **argv) {
     }
     fprintf(stderr, "kvq calibrate: %s reads %zu tokens of %s; capturing keys of %s\n", o.model, n_tok, o.text,
             o.layer < 0 ? "every layer" : "one layer");
-    double t0 = now_s();
+    double t0 = kvq_cli_now_s();
     st = run_text(model, &info, tokens, n_tok, NULL, observe, &cap, o.threads, NULL);
     if (st || cap.failed) {
         kvq_cli_fail("calibrate", "model run", st ? st : KVQ_ERR_NOMEM);
         goto done;
     }
     fprintf(stderr, "kvq calibrate: %zu key rows (%u kv heads x %zu tokens%s) in %.2f s\n", cap.n_rows,
-            info.n_kv_heads, n_tok, o.layer < 0 ? " x layers" : "", now_s() - t0);
+            info.n_kv_heads, n_tok, o.layer < 0 ? " x layers" : "", kvq_cli_now_s() - t0);
     if (o.save_keys && (st = kvq_tensor_write_f32(o.save_keys, "keys", cap.rows, cap.n_rows, info.head_dim))) {
         kvq_cli_fail("calibrate", o.save_keys, st);
         goto done;

@@ -7,7 +7,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <time.h>
 
 #include "args.h"
 #include "cache_configs.h"
@@ -134,12 +133,6 @@ static int text_append(text_buf *b, const char *s, size_t n) {
     b->len += n;
     b->p[b->len] = 0;
     return 0;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 int kvq_cmd_generate(int argc, char **argv) {
@@ -347,7 +340,7 @@ context:;
     }
     memcpy(history, tokens, n_prompt * sizeof *tokens);
     size_t n_history = n_prompt;
-    double t0 = now_s();
+    double t0 = kvq_cli_now_s();
     for (size_t i = 0; i < n_prompt; i += p.n_batch) {
         size_t n = n_prompt - i < p.n_batch ? n_prompt - i : p.n_batch;
         if ((st = kvq_context_eval(ctx, tokens + i, n, i + n == n_prompt ? logits : NULL, 0))) {
@@ -355,7 +348,7 @@ context:;
             goto done;
         }
     }
-    double t1 = now_s();
+    double t1 = kvq_cli_now_s();
     long produced = 0;
     for (; produced < n_gen; produced++) {
         int32_t tok;
@@ -383,7 +376,7 @@ context:;
             goto done;
         }
     }
-    double t2 = now_s();
+    double t2 = kvq_cli_now_s();
     kvq_cache_memory_info mem;
     uint64_t kv_fp16 = 0;
     kvq_context_kv_memory(ctx, &mem, &kv_fp16);

@@ -14,12 +14,6 @@
 #include "cli.h"
 #include "json_out.h"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* ------------------------------------------------------------ vector files */
 
 static const char *ext_of(const char *path) {
@@ -384,7 +378,7 @@ static int cmd_build(int argc, char **argv) {
     }
     kvq_index *ix = NULL;
     kvq_threadpool *pool = NULL;
-    double t0 = now_s();
+    double t0 = kvq_cli_now_s();
     double c0 = (double)clock() / CLOCKS_PER_SEC;
     kvq_status st = kvq_index_create(&cfg, &ix);
     if (st == KVQ_OK && threads > 1 && (st = kvq_threadpool_create(threads, &pool)) == KVQ_OK)
@@ -400,9 +394,9 @@ static int cmd_build(int argc, char **argv) {
         kvq_threadpool_free(pool);
         return kvq_cli_fail("index build", "train", st);
     }
-    double t1 = now_s();
+    double t1 = kvq_cli_now_s();
     st = kvq_index_add(ix, x, n, NULL);
-    double t2 = now_s(), cpu = (double)clock() / CLOCKS_PER_SEC - c0;
+    double t2 = kvq_cli_now_s(), cpu = (double)clock() / CLOCKS_PER_SEC - c0;
     free(x);
     kvq_index_set_pool(ix, NULL);
     kvq_threadpool_free(pool);
@@ -592,13 +586,13 @@ static int cmd_search(int argc, char **argv) {
         for (uint32_t t = 0; t < n_nprobe; t++) {
             p.nprobe = nprobes[t];
             size_t total = 0;
-            double t0 = now_s();
+            double t0 = kvq_cli_now_s();
             for (size_t i = 0; i < nq && st == KVQ_OK; i++) {
                 size_t found = 0;
                 st = kvq_index_range_search(ix, q + i * dim, radius, &p, &filt, rid, NULL, (size_t)count, &found);
                 total += found;
             }
-            double dt = now_s() - t0;
+            double dt = kvq_cli_now_s() - t0;
             if (st != KVQ_OK) {
                 free(rid);
                 rc = kvq_cli_fail("index search", "range search", st);
@@ -616,9 +610,9 @@ static int cmd_search(int argc, char **argv) {
         p.nprobe = nprobes[t];
         double dt = INFINITY;
         for (uint32_t r = 0; r < repeat; r++) {
-            double t0 = now_s();
+            double t0 = kvq_cli_now_s();
             st = kvq_index_search_filtered(ix, q, nq, k, &p, &filt, ids, NULL);
-            double t1 = now_s() - t0;
+            double t1 = kvq_cli_now_s() - t0;
             if (st != KVQ_OK) {
                 rc = kvq_cli_fail("index search", "search", st);
                 goto done;
@@ -807,12 +801,12 @@ static int cmd_add(int argc, char **argv) {
         rc = kvq_cli_fail("index add", "threads", st);
         goto done;
     }
-    double t0 = now_s();
+    double t0 = kvq_cli_now_s();
     if ((st = kvq_index_add(ix, x, n, ids)) != KVQ_OK) {
         rc = kvq_cli_fail("index add", "add", st);
         goto done;
     }
-    double t1 = now_s();
+    double t1 = kvq_cli_now_s();
     kvq_index_set_pool(ix, NULL);
     if ((st = kvq_index_save(ix, out ? out : xpath)) != KVQ_OK) {
         rc = kvq_cli_fail("index add", out ? out : xpath, st);

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "args.h"
 #include "cache_configs.h"
@@ -51,12 +50,6 @@ static int ppl_usage(FILE *f) {
             "  q4@window=32, mse:bits=4+mse:bits=3@sink=1,center=1 (docs/METHODS.md)\n"
             "Prints one line per config: perplexity, its difference from fp16, KV bits per number.\n");
     return f == stderr ? 1 : 0;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 /* Split "fp16,q8_0,turboquant_rvq:bits=1,residuals=2" into specs: a piece that starts
@@ -339,7 +332,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
             int c = o == 0 ? ref : (o <= ref ? o - 1 : o); /* the reference first */
             ppl_result *r = &res[c];
             if (!r->ctx) continue;
-            double t0 = now_s();
+            double t0 = kvq_cli_now_s();
             kvq_context_reset(r->ctx);
             st = KVQ_OK;
             for (size_t i = 0; i < (size_t)n_ctx && !st; i += PPL_BATCH) {
@@ -381,7 +374,7 @@ int kvq_cmd_perplexity(int argc, char **argv) {
                     }
                 }
             }
-            r->seconds += now_s() - t0;
+            r->seconds += kvq_cli_now_s() - t0;
             if (st) {
                 fprintf(stderr, "\nkvq perplexity: config '%s': %s\n", specs[c], kvq_strerror(st));
                 kvq_context_free(r->ctx);

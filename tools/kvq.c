@@ -1,6 +1,7 @@
 /* kvq.c - the command-line tool's entry point: dispatches to tools/cmd_*.c. */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 
@@ -20,6 +21,12 @@ int kvq_cli_fail(const char *cmd, const char *what, kvq_status st) {
     const char *why = kvq_last_error();
     fprintf(stderr, "kvq %s: %s: %s%s%s\n", cmd, what, kvq_strerror(st), why[0] ? ": " : "", why);
     return 1;
+}
+
+double kvq_cli_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static int usage(FILE *f) {

@@ -51,12 +51,6 @@ static void on_signal(int sig) {
     g_stop = 1;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void count(server *sv, uint64_t *counter) {
     pthread_mutex_lock(&sv->mu);
     (*counter)++;
@@ -407,7 +401,7 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *ur
     if (!cs) {
         cs = calloc(1, sizeof *cs);
         if (!cs) return MHD_NO;
-        cs->t_start = now_s();
+        cs->t_start = kvq_cli_now_s();
         *con_cls = cs;
         count(sv, &sv->requests);
         if (sv->api_key && strcmp(url, "/health") != 0) {
@@ -426,7 +420,7 @@ static MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *ur
         return MHD_YES;
     }
     if (*upload_data_size) {
-        if (now_s() - cs->t_start > sv->read_timeout) return MHD_NO; /* a client too slow to send */
+        if (kvq_cli_now_s() - cs->t_start > sv->read_timeout) return MHD_NO; /* a client too slow to send */
         size_t n = *upload_data_size;
         *upload_data_size = 0;
         if (cs->too_big || cs->len + n > sv->max_body) {
@@ -694,8 +688,8 @@ int kvq_cmd_serve(int argc, char **argv) {
             sv.model_id, host, bound, n_slots, sp.n_ctx, kspec, whole ? "" : "/", whole ? "" : vspec, m0.budget_conversations, m0.fixed_bytes,
             api_key ? ", API key required" : "");
     fflush(stderr);
-    double t0 = now_s();
-    while (!g_stop && !(exit_after > 0 && now_s() - t0 >= exit_after)) {
+    double t0 = kvq_cli_now_s();
+    while (!g_stop && !(exit_after > 0 && kvq_cli_now_s() - t0 >= exit_after)) {
         struct timespec ts = {0, 100 * 1000000L};
         nanosleep(&ts, NULL);
     }

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../cli.h"
 #include "serve.h"
 
 #define CHUNK_TOKENS 64 /* the caches grow in chunks of 64 tokens: reservations round up */
@@ -52,12 +53,6 @@ struct serve_sched {
     serve_metrics m;
 };
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* ------------------------------------------------------------------ jobs */
 
 serve_job *serve_job_new(void) {
@@ -66,7 +61,7 @@ serve_job *serve_job_new(void) {
     pthread_mutex_init(&j->mu, NULL);
     pthread_cond_init(&j->cv, NULL);
     j->refs = 1;
-    j->t_submit = now_s();
+    j->t_submit = kvq_cli_now_s();
     return j;
 }
 
@@ -119,7 +114,7 @@ static int job_append(serve_job *j, const char *piece, size_t n) {
     j->text_len += n;
     j->text[j->text_len] = 0;
     j->n_generated++;
-    if (j->t_first == 0) j->t_first = now_s();
+    if (j->t_first == 0) j->t_first = kvq_cli_now_s();
     size_t hold = 0;
     for (size_t s = 0; s < j->n_stop; s++) {
         size_t sl = strlen(j->stop[s]);
@@ -395,11 +390,11 @@ static void *sched_main(void *arg) {
             continue;
         }
         pthread_mutex_unlock(&S->mu);
-        double t0 = now_s();
+        double t0 = kvq_cli_now_s();
         uint64_t generated = 0;
         for (uint32_t i = 0; i < S->p.n_slots; i++)
             if (S->slots[i].job) generated += (uint64_t)step(S, &S->slots[i]);
-        double dt = now_s() - t0;
+        double dt = kvq_cli_now_s() - t0;
         pthread_mutex_lock(&S->mu);
         S->m.busy_seconds += dt;
         if (generated) S->m.gen_seconds += dt;
@@ -416,7 +411,7 @@ static void *sched_main(void *arg) {
             serve_job_release(s->job);
             s->job = NULL;
             s->phase = SLOT_FREE;
-            s->last_used = now_s();
+            s->last_used = kvq_cli_now_s();
             s->held_bytes = bytes_for(S, round_chunk(s->n_hist));
         }
         update_memory(S);
