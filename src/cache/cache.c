@@ -946,9 +946,11 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
                 hi[j] = -INFINITY;
             }
             /* pass 0: minimum and maximum; then KVQI_CHAN_REFINE least-squares
-             * refinements of the ranges; the last pass writes the codes */
-            for (int pass = 0; pass < 2 + KVQI_CHAN_REFINE; pass++) {
-                int refine = pass > 0 && pass <= KVQI_CHAN_REFINE;
+             * refinements of the ranges (none for a head without 1-2-bit channels);
+             * the last pass writes the codes */
+            int n_refine = kvqi_chan_refines(c, g) ? KVQI_CHAN_REFINE : 0;
+            for (int pass = 0; pass < 2 + n_refine; pass++) {
+                int refine = pass > 0 && pass <= n_refine;
                 if (refine) memset(acc, 0, (size_t)4 * dim * sizeof(float));
                 for (size_t t = lo_t; t < C; t++) {
                     fetch_row(c, src, pos + t, g, 0, row);

@@ -135,12 +135,14 @@ struct kvq_cache {
 size_t kvqi_chan_block_bytes(uint32_t dim, uint32_t bits, size_t C);
 kvq_status kvqi_chan_init(kvq_cache *c);
 void kvqi_chan_free(kvq_cache *c);
-/* bytes of chan_bits: the bits per channel and each head's plane layout */
+/* bytes held for channel keys besides the codes: the bits per channel and, once made,
+ * each head's plane layout */
 size_t kvqi_chan_held_bytes(const kvq_cache *c);
 /* allocates and builds the plane layouts if not yet done (KVQ_ERR_NOMEM) */
 kvq_status kvqi_chan_layouts(kvq_cache *c);
 void kvqi_chan_allocate(kvq_cache *c, const float *stage);
 void kvqi_chan_ranges(const kvq_cache *c, uint32_t g, const float *lo, const float *hi, uint8_t *block);
+int kvqi_chan_refines(const kvq_cache *c, uint32_t g);
 void kvqi_chan_accumulate(const kvq_cache *c, uint32_t g, const float *row, const uint8_t *block, float *acc);
 void kvqi_chan_fit(const kvq_cache *c, uint32_t g, const float *acc, size_t n, uint8_t *block);
 void kvqi_chan_put_row(const kvq_cache *c, uint32_t g, const float *row, size_t t, uint8_t *block);

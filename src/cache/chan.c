@@ -33,8 +33,17 @@ static size_t layout_stride(const kvq_cache *c) {
     return ((sizeof(kvqi_chan_layout) + 63) & ~(size_t)63) + ((kvqi_chan_layout_bytes(c->dim) + 63) & ~(size_t)63);
 }
 
-static const kvqi_chan_layout *layout_of(const kvq_cache *c, uint32_t g) {
-    return (const kvqi_chan_layout *)(const void *)(c->chan_layouts + g * layout_stride(c));
+static kvqi_chan_layout *layout_of(const kvq_cache *c, uint32_t g) {
+    return (kvqi_chan_layout *)(void *)(c->chan_layouts + g * layout_stride(c));
+}
+
+/* Channel j's coded minimum and step in a head's chunk block (fp16, as floats). */
+static void range_of(const uint8_t *block, uint32_t dim, uint32_t j, float *lo, float *step) {
+    uint16_t lo_h, step_h;
+    memcpy(&lo_h, block + 2 * (size_t)j, 2);
+    memcpy(&step_h, block + 2 * ((size_t)dim + j), 2);
+    *lo = kvqi_fp16_to_fp32(lo_h);
+    *step = kvqi_fp16_to_fp32(step_h);
 }
 
 size_t kvqi_chan_held_bytes(const kvq_cache *c) {
@@ -43,7 +52,7 @@ size_t kvqi_chan_held_bytes(const kvq_cache *c) {
 
 static void build_layouts(kvq_cache *c) {
     for (uint32_t g = 0; g < c->n_kv; g++) {
-        kvqi_chan_layout *L = (kvqi_chan_layout *)(void *)(c->chan_layouts + g * layout_stride(c));
+        kvqi_chan_layout *L = layout_of(c, g);
         kvqi_chan_layout_build(L, c->chan_bits + (size_t)g * c->dim, c->dim,
                                (uint8_t *)L + ((sizeof *L + 63) & ~(size_t)63));
     }
@@ -69,7 +78,6 @@ kvq_status kvqi_chan_init(kvq_cache *c) {
     }
     size_t block = kvqi_chan_block_bytes(c->dim, c->cfg.key.bits, C);
     c->key.code_size = (block + C - 1) / C;
-    /* the bits per channel, then each head's plane layout (built with the bits) */
     c->chan_bits = kvqi_calloc_array((size_t)c->n_kv * c->dim, 1);
     if (!c->chan_bits) return KVQ_ERR_NOMEM;
     return KVQ_OK;
@@ -119,9 +127,10 @@ void kvqi_chan_allocate(kvq_cache *c, const float *stage) {
     if (c->chan_layouts) build_layouts(c); /* a new probe after a reset: new bits */
 }
 
-/* One head's chunk block in two passes over its rows (so no chunk of rows is held):
+/* A head's chunk block is coded in passes over its rows (so no chunk of rows is held):
  * ranges from each channel's minimum and maximum over the tokens that count (sinks and
- * tokens a sliding window dropped do not: they are never read), then each token's codes. */
+ * tokens a sliding window dropped do not: they are never read), refinements of the 1-2-bit
+ * channels' ranges (kvqi_chan_fit), then each token's codes. Here: the first ranges. */
 void kvqi_chan_ranges(const kvq_cache *c, uint32_t g, const float *lo, const float *hi, uint8_t *block) {
     uint32_t dim = c->dim;
     const uint8_t *bits = c->chan_bits + (size_t)g * dim;
@@ -173,16 +182,24 @@ void kvqi_chan_fit(const kvq_cache *c, uint32_t g, const float *acc, size_t n, u
     }
 }
 
+/* Whether head g has channels whose ranges kvqi_chan_fit refines (1 to
+ * KVQI_CHAN_REFINE_BITS bits): without, the refinement passes are skipped. */
+int kvqi_chan_refines(const kvq_cache *c, uint32_t g) {
+    const uint8_t *bits = c->chan_bits + (size_t)g * c->dim;
+    for (uint32_t j = 0; j < c->dim; j++)
+        if (bits[j] >= 1 && bits[j] <= KVQI_CHAN_REFINE_BITS) return 1;
+    return 0;
+}
+
 /* Adds one row to the sums kvqi_chan_fit reads, under the block's present ranges. */
 void kvqi_chan_accumulate(const kvq_cache *c, uint32_t g, const float *row, const uint8_t *block, float *acc) {
     uint32_t dim = c->dim;
     const uint8_t *bits = c->chan_bits + (size_t)g * dim;
     for (uint32_t j = 0; j < dim; j++) {
         if (bits[j] == 0 || bits[j] > KVQI_CHAN_REFINE_BITS) continue;
-        uint16_t lo_h, step_h;
-        memcpy(&lo_h, block + 2 * (size_t)j, 2);
-        memcpy(&step_h, block + 2 * ((size_t)dim + j), 2);
-        float k = (float)kvqi_channel_code(row[j], kvqi_fp16_to_fp32(lo_h), kvqi_fp16_to_fp32(step_h), bits[j]);
+        float lo, step;
+        range_of(block, dim, j, &lo, &step);
+        float k = (float)kvqi_channel_code(row[j], lo, step, bits[j]);
         float x = row[j], *a = acc + 4 * (size_t)j;
         a[0] += k;
         a[1] += k * k;
@@ -201,11 +218,9 @@ void kvqi_chan_put_row(const kvq_cache *c, uint32_t g, const float *row, size_t 
         uint32_t j = (uint32_t)L->chan[p];
         if (!L->width[p]) continue; /* padding */
         if (j != last) {
-            uint16_t lo_h, step_h;
-            memcpy(&lo_h, block + 2 * (size_t)j, 2);
-            memcpy(&step_h, block + 2 * ((size_t)dim + j), 2);
-            code = kvqi_channel_code(row[j], kvqi_fp16_to_fp32(lo_h), kvqi_fp16_to_fp32(step_h),
-                                     c->chan_bits[(size_t)g * dim + j]);
+            float lo, step;
+            range_of(block, dim, j, &lo, &step);
+            code = kvqi_channel_code(row[j], lo, step, c->chan_bits[(size_t)g * dim + j]);
             last = j;
         }
         kvqi_chan_plane_put(L, unit, p, (uint32_t)(t % 64), code >> L->shift[p]);
