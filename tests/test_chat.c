@@ -303,20 +303,16 @@ static int json_spells(const char *j, const char *plain) {
 TEST(chat_json_lines_per_turn) {
     const char *dir = kvqt_tmpdir(kvqt_);
     REQUIRE(dir);
-    char cmd[1024], path[512], text[4096] = "", line[8192];
+    char args[1024], path[512], out[512], text[4096] = "", line[8192];
     snprintf(path, sizeof path, "%s/turns.txt", dir);
+    snprintf(out, sizeof out, "%s/out.txt", dir); /* kvqt_run_cli's stdout */
     FILE *f = fopen(path, "w");
     REQUIRE(f);
     fputs("Hello \"there\"\nAgain\n", f);
     fclose(f);
-    snprintf(cmd, sizeof cmd, "%s generate -m " TINY " --chat --chat-template chatml -n 6 --threads 1 --quiet "
-             "< %s > %s/plain.txt 2> /dev/null", kvqt_cli_path(), path, dir);
-    CHECK(system(cmd) == 0);
-    snprintf(cmd, sizeof cmd, "%s generate -m " TINY " --chat --chat-template chatml -n 6 --threads 1 --quiet --json "
-             "< %s > %s/json.txt 2> /dev/null", kvqt_cli_path(), path, dir);
-    CHECK(system(cmd) == 0);
-    snprintf(path, sizeof path, "%s/plain.txt", dir);
-    f = fopen(path, "r");
+    snprintf(args, sizeof args, "generate -m " TINY " --chat --chat-template chatml -n 6 --threads 1 --quiet < %s", path);
+    CHECK(kvqt_run_cli(kvqt_, args, NULL, 0) == 0);
+    f = fopen(out, "r");
     REQUIRE(f);
     size_t got = fread(text, 1, sizeof text - 1, f);
     text[got] = 0;
@@ -324,8 +320,10 @@ TEST(chat_json_lines_per_turn) {
     char *nl = strchr(text, '\n'); /* the first turn's answer */
     REQUIRE(nl);
     *nl = 0;
-    snprintf(path, sizeof path, "%s/json.txt", dir);
-    f = fopen(path, "r");
+    snprintf(args, sizeof args, "generate -m " TINY " --chat --chat-template chatml -n 6 --threads 1 --quiet --json < %s",
+             path);
+    CHECK(kvqt_run_cli(kvqt_, args, NULL, 0) == 0);
+    f = fopen(out, "r");
     REQUIRE(f);
     int objects = 0;
     long ctx_prev = 0;

@@ -270,11 +270,9 @@ TEST(presets_bench_reads_against_the_ceiling) {
 TEST(presets_bench_takes_cache_options) {
     const char *dir = kvqt_tmpdir(kvqt_);
     REQUIRE(dir);
-    char cmd[1024], path[512], line[4096];
-    snprintf(cmd, sizeof cmd, "%s bench --quick --tokens 256 --methods 'q4@chunk=128' --json > %s/b.json 2> /dev/null",
-             kvqt_cli_path(), dir);
-    CHECK(system(cmd) == 0);
-    snprintf(path, sizeof path, "%s/b.json", dir);
+    char args[256], path[512], line[4096];
+    CHECK(kvqt_run_cli(kvqt_, "bench --quick --tokens 256 --methods 'q4@chunk=128' --json", NULL, 0) == 0);
+    snprintf(path, sizeof path, "%s/out.txt", dir); /* kvqt_run_cli's stdout */
     FILE *f = fopen(path, "r");
     REQUIRE(f);
     int rows = 0;
@@ -289,15 +287,8 @@ TEST(presets_bench_takes_cache_options) {
     CHECK(rows == 1);
     const char *bad[] = {"q4@windw=16", "q4@window=abc", "q4@center=2", "q4@chunk=5000"};
     for (int i = 0; i < 4; i++) {
-        snprintf(cmd, sizeof cmd, "%s bench --quick --tokens 256 --methods '%s' > /dev/null 2> %s/err.txt",
-                 kvqt_cli_path(), bad[i], dir);
-        CHECKF(system(cmd) != 0, "%s ran", bad[i]);
-        snprintf(path, sizeof path, "%s/err.txt", dir);
-        f = fopen(path, "r");
-        REQUIRE(f);
-        size_t got = fread(line, 1, sizeof line - 1, f);
-        line[got] = 0;
-        fclose(f);
+        snprintf(args, sizeof args, "bench --quick --tokens 256 --methods '%s'", bad[i]);
+        CHECKF(kvqt_run_cli(kvqt_, args, line, sizeof line) != 0, "%s ran", bad[i]);
         CHECKF(strstr(line, "cache option") != NULL, "%s: %s", bad[i], line);
     }
 }
