@@ -358,25 +358,7 @@ static void axpy_rows(const float *M, const float *x, uint32_t rows, uint32_t di
     }
 }
 
-/* ----------------------------------------------------------------- exp */
-
-static inline __m256 exp_neg8(__m256 x) {
-    __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
-    __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
-    __m256 fi = _mm256_round_ps(_mm256_sub_ps(t, _mm256_set1_ps(0.5f)),
-                                _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(fi, _mm256_set1_ps(KVQI_EXP_LN2_HI), x);
-    r = _mm256_fnmadd_ps(fi, _mm256_set1_ps(KVQI_EXP_LN2_LO), r);
-    __m256 p = _mm256_set1_ps(KVQI_EXP_C6);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVQI_EXP_C5));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVQI_EXP_C4));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVQI_EXP_C3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVQI_EXP_C2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fi), _mm256_set1_epi32(127)), 23);
-    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
-}
+/* ------------------------------------------------ softmax (kvqi_exp_neg8: exp_neg.h) */
 
 static float max_of(const float *s, size_t n) {
     __m256 m = _mm256_set1_ps(-INFINITY);
@@ -394,7 +376,7 @@ static float exp_sum(float *s, size_t n, float m) {
     __m256 mv = _mm256_set1_ps(m), sum = _mm256_setzero_ps();
     size_t t = 0;
     for (; t + 8 <= n; t += 8) {
-        __m256 e = exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(s + t), mv));
+        __m256 e = kvqi_exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(s + t), mv));
         _mm256_storeu_ps(s + t, e);
         sum = _mm256_add_ps(sum, e);
     }
@@ -404,7 +386,7 @@ static float exp_sum(float *s, size_t n, float m) {
         float pad[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
                         -INFINITY, -INFINITY, -INFINITY, -INFINITY}, e8[8];
         memcpy(pad, s + t, (n - t) * sizeof(float));
-        __m256 e = exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(pad), mv));
+        __m256 e = kvqi_exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(pad), mv));
         _mm256_storeu_ps(e8, e);
         memcpy(s + t, e8, (n - t) * sizeof(float));
         sum = _mm256_add_ps(sum, e);

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu/exp_neg.h"
 #include "kvq.h"
 
 /* Rotated scalar code: x = norm * R^T u with u_r = sum_p s_p * centroids[p][index_p(r)]
@@ -260,34 +261,5 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k);
 #if defined(KVQ_HAVE_NEON)
 void kvqi_cache_kernels_fill_neon(kvqi_cache_kernels *k);
 #endif
-
-/* exp(x) for x <= 0: i = ceil(x log2(e) - 1/2), r = x - i ln2 in two steps (Cody-Waite,
- * |r| <= ln2/2), e^r by its degree-6 Taylor polynomial, times 2^i. Relative error about
- * 2e-7. Every ISA uses this reduction and these coefficients; below -87 it returns 0
- * (the softmax weight underflows anyway). */
-#define KVQI_EXP_LN2_HI 0.693145751953125f
-#define KVQI_EXP_LN2_LO 1.428606765330187e-06f
-#define KVQI_EXP_C6 1.3888889e-3f
-#define KVQI_EXP_C5 8.3333333e-3f
-#define KVQI_EXP_C4 4.1666668e-2f
-#define KVQI_EXP_C3 1.6666667e-1f
-#define KVQI_EXP_C2 0.5f
-static inline float kvqi_exp_neg(float x) {
-    if (!(x >= -87.0f)) return 0.0f;
-    float u = x * 1.44269504088896341f - 0.5f;
-    float fi = (float)(int32_t)u; /* u <= 0: truncation is ceil */
-    float r = x - fi * KVQI_EXP_LN2_HI;
-    r = r - fi * KVQI_EXP_LN2_LO;
-    float p = KVQI_EXP_C6;
-    p = p * r + KVQI_EXP_C5;
-    p = p * r + KVQI_EXP_C4;
-    p = p * r + KVQI_EXP_C3;
-    p = p * r + KVQI_EXP_C2;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union { float f; int32_t i; } bits;
-    bits.i = ((int32_t)fi + 127) << 23;
-    return p * bits.f;
-}
 
 #endif /* KVQ_CACHE_KERNELS_H */

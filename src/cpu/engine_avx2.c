@@ -495,25 +495,6 @@ static void gemm_q8_avx2(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t n
 
 /* ------------------------------------------------ gated activation */
 
-/* kvqi_eng_exp_neg on 8 lanes: the same operations (fused where it fuses) */
-static inline __m256 exp_neg8(__m256 x) {
-    __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
-    __m256 fi = _mm256_round_ps(_mm256_sub_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                              _mm256_set1_ps(0.5f)),
-                                _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(fi, _mm256_set1_ps(0.693145751953125f), x);
-    r = _mm256_fnmadd_ps(fi, _mm256_set1_ps(1.428606765330187e-06f), r);
-    __m256 p = _mm256_set1_ps(1.3888889e-3f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3333333e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1666668e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666667e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fi), _mm256_set1_epi32(127)), 23);
-    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
-}
-
 static void glu_avx2(float *gate, const float *up, size_t n, int gelu) {
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -524,7 +505,7 @@ static void glu_avx2(float *gate, const float *up, size_t n, int gelu) {
             __m256 c = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), g), g), g);
             z = _mm256_mul_ps(_mm256_set1_ps(1.5957691216057308f), _mm256_add_ps(g, c));
         }
-        __m256 e = exp_neg8(_mm256_or_ps(z, sign)); /* -|z| */
+        __m256 e = kvqi_exp_neg8(_mm256_or_ps(z, sign)); /* -|z| */
         __m256 num = _mm256_blendv_ps(e, one, _mm256_cmp_ps(z, zero, _CMP_GE_OQ));
         __m256 sg = _mm256_div_ps(num, _mm256_add_ps(one, e));
         _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_mul_ps(g, sg), _mm256_loadu_ps(up + i)));

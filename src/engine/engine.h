@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "core/core.h"
+#include "cpu/exp_neg.h"
 
 /* ------------------------------------------------------------------ GGUF */
 
@@ -164,36 +165,13 @@ typedef struct kvqi_engine_kernels {
     void (*glu)(float *gate, const float *up, size_t n, int gelu);
 } kvqi_engine_kernels;
 
-/* exp(x) for x <= 0 (0 below -87 and for NaN): i = ceil(x log2(e) - 1/2), r = x - i ln2
- * in two fused steps, e^r by its degree-6 Taylor polynomial in fused multiply-adds, times
- * 2^i; relative error about 2e-7. The cache's softmax uses the same reduction. */
-static inline float kvqi_eng_exp_neg(float x) {
-    if (!(x >= -87.0f)) return 0.0f;
-    float fi = ceilf(x * 1.44269504088896341f - 0.5f);
-    float r = fmaf(-fi, 0.693145751953125f, x);
-    r = fmaf(-fi, 1.428606765330187e-06f, r);
-    float p = 1.3888889e-3f;
-    p = fmaf(p, r, 8.3333333e-3f);
-    p = fmaf(p, r, 4.1666668e-2f);
-    p = fmaf(p, r, 1.6666667e-1f);
-    p = fmaf(p, r, 0.5f);
-    p = fmaf(p, r, 1.0f);
-    p = fmaf(p, r, 1.0f);
-    union {
-        float f;
-        int32_t i;
-    } bits;
-    bits.i = ((int32_t)fi + 127) << 23;
-    return p * bits.f;
-}
-
 /* One gated activation: g sigmoid(z) up, with z = g (SiLU, SwiGLU) or, gelu != 0, GELU's
  * tanh form 0.5 (1 + tanh u) = sigmoid(2 u), u = sqrt(2/pi) (g + 0.044715 g^3) (GeGLU).
  * sigmoid(z) = 1 / (1 + e) for z >= 0 and e / (1 + e) below, e = exp(-|z|), so the
  * exponential never overflows. */
 static inline float kvqi_glu_one(float g, float up, int gelu) {
     float z = gelu ? 1.5957691216057308f * (g + 0.044715f * g * g * g) : g;
-    float e = kvqi_eng_exp_neg(-fabsf(z));
+    float e = kvqi_exp_neg_fma(-fabsf(z));
     float sg = (z >= 0.0f ? 1.0f : e) / (1.0f + e);
     return g * sg * up;
 }
