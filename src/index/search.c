@@ -389,10 +389,6 @@ static inline float est_to_exact(const kvq_index *ix, float d) {
     return kvqi_cos_l2(ix) ? 0.5f * d - 1.0f : d;
 }
 
-#ifdef KVQ_INDEX_STATS
-static uint64_t st_cand, st_q, st_exact; /* counts for tuning; not thread-safe */
-#endif
-
 /* Before the threshold exists (the first list): the (k - n_res) candidates of
  * [first, end) with the smallest lower bounds are fetched and measured together, and
  * marked measured (err = -inf: their bound can pass no threshold again). */
@@ -408,9 +404,6 @@ static void measure_first(const kvq_index *ix, scratch *s, uint32_t first, uint3
     for (uint32_t j = 0; j < want; j++) prefetch_row(ix, s->cands[hp[j].row].row, row_bytes);
     for (uint32_t j = 0; j < want; j++) {
         cand *cd = &s->cands[hp[j].row];
-#ifdef KVQ_INDEX_STATS
-        st_exact++;
-#endif
         push_result(ix, s->res, n_res, k, exact_dist(ix, cd->row, qx, l2x), cd->row);
         cd->err = -INFINITY;
     }
@@ -583,15 +576,9 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 for (uint32_t j = 0; j < r; j++) prefetch_row(ix, s.cands[hp[j].row].row, row_bytes);
             for (uint32_t j = 0; j < r && hp[j].lb < tau; j++) {
                 const uint32_t row = s.cands[hp[j].row].row;
-#ifdef KVQ_INDEX_STATS
-                st_exact++;
-#endif
                 push_result(ix, s.res, &n_res, k, exact_dist(ix, row, qx, l2x), row);
                 if (n_res == k) tau = exact_to_est(ix, s.res[0].d);
             }
-#ifdef KVQ_INDEX_STATS
-            st_cand += n_cand - first;
-#endif
             n_cand = first;
         }
     }
@@ -623,10 +610,6 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
         tau = n_ub == k && s.ubheap[0].d < tau_1bit ? s.ubheap[0].d : tau_1bit;
     }
 
-#ifdef KVQ_INDEX_STATS
-    st_cand += n_cand;
-    st_q++;
-#endif
     if (exact_scan) {
         /* the results are in s.res already */
     } else if (ix->cfg.reorder != KVQ_REORDER_NONE) {
@@ -665,9 +648,6 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             uint32_t row = cd.row;
             float dist = exact_dist(ix, row, qx, l2x);
             n_exact++;
-#ifdef KVQ_INDEX_STATS
-            st_exact++;
-#endif
             push_result(ix, s.res, &n_res, k, dist, row);
         }
     } else {
@@ -678,10 +658,6 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             push_result(ix, s.res, &n_res, k, dist, row);
         }
     }
-#ifdef KVQ_INDEX_STATS
-    if (st_q % 1000 == 0)
-        fprintf(stderr, "cand/q %.1f exact/q %.1f\n", (double)st_cand / st_q, (double)st_exact / st_q);
-#endif
     sort_items(s.res, n_res);
     int64_t *oi = ctx->out_ids + qi * k;
     float *od = ctx->out_dists ? ctx->out_dists + qi * k : NULL;
