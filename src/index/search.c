@@ -5,7 +5,6 @@
  * (arXiv 2409.09913), then rerank exactly only those whose lower bound can still
  * enter the top k. */
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
