@@ -372,9 +372,11 @@ TEST(channel_score_kernels_match_scalar) {
     kvqi_chan_layout L;
     void *mem = malloc(kvqi_chan_layout_bytes(288));
     uint8_t *block = malloc(4 * 288 + 2 * 64 * 288);
-    float *q = malloc(9 * 288 * sizeof(float)), *w1 = malloc(11 * 288 * sizeof(float));
-    float *w2 = malloc(11 * 288 * sizeof(float)), ref[9 * 64], got[9 * 64];
-    REQUIRE(mem && block && q && w1 && w2);
+    float *q = malloc(9 * 288 * sizeof(float)), *wf = malloc(288 * sizeof(float)), ref[9 * 64], got[9 * 64];
+    size_t wn = 9 * (size_t)kvqi_chan_planes_cap(288);
+    int16_t *W1 = malloc(wn * sizeof(int16_t)), *W2 = malloc(wn * sizeof(int16_t));
+    float sc1[9], sc2[9], b1[9], b2[9];
+    REQUIRE(mem && block && q && wf && W1 && W2);
     kvqi_rng r;
     kvqi_rng_seed(&r, 41);
     const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512, KVQ_ISA_NEON};
@@ -384,22 +386,32 @@ TEST(channel_score_kernels_match_scalar) {
         random_layout(&r, dim, bits, &L, mem);
         random_block(&r, &L, block, 4 * dim + 2 * (size_t)L.unit_bytes);
         for (uint32_t i = 0; i < 9 * dim; i++) q[i] = (float)kvqi_rng_normal(&r) * (rep % 2 ? 1.0f : 1e-3f);
-        for (size_t in = 0; in < 128; in += 13)
-            for (uint32_t G = 1; G <= 9; G++) {
+        for (uint32_t G = 1; G <= 9; G++) {
+            kvqi_cache_kernels_scalar.chan_weights(block, &L, q, G, W1, sc1, b1, wf);
+            for (size_t k = 0; k < 3; k++) {
+                if (!kvq_isa_available(isas[k])) continue;
+                const kvqi_cache_kernels *K = kvqi_cache_kernels_for(isas[k]);
+                K->chan_weights(block, &L, q, G, W2, sc2, b2, wf);
+                CHECKF(memcmp(W1, W2, (size_t)G * L.n_padded * sizeof(int16_t)) == 0 &&
+                           memcmp(sc1, sc2, G * sizeof(float)) == 0 && memcmp(b1, b2, G * sizeof(float)) == 0,
+                       "isa %d rep %d G %u: weights differ", (int)isas[k], rep, G);
+            }
+            for (size_t in = 0; in < 128; in += 13) {
                 size_t room = 64 - in % 64, n = (in + G) % 3 ? room : 1 + (in * 7 + G) % room;
-                kvqi_cache_kernels_scalar.chan_score(block, &L, q, G, in, n, ref, 64, w1);
+                kvqi_cache_kernels_scalar.chan_dot(block, &L, W1, sc1, b1, G, in, n, ref, 64);
                 for (size_t k = 0; k < 3; k++) {
                     if (!kvq_isa_available(isas[k])) continue;
                     const kvqi_cache_kernels *K = kvqi_cache_kernels_for(isas[k]);
-                    K->chan_score(block, &L, q, G, in, n, got, 64, w2);
+                    K->chan_dot(block, &L, W1, sc1, b1, G, in, n, got, 64);
                     for (uint32_t h = 0; h < G; h++)
                         CHECKF(memcmp(got + h * 64, ref + h * 64, n * sizeof(float)) == 0,
                                "isa %d rep %d in %zu n %zu G %u head %u differs", (int)isas[k], rep, in, n, G, h);
                     compared++;
                 }
             }
+        }
     }
-    free(mem), free(block), free(q), free(w1), free(w2);
+    free(mem), free(block), free(q), free(wf), free(W1), free(W2);
     if (!compared) SKIP("no SIMD ISA on this CPU");
 }
 
@@ -412,7 +424,8 @@ TEST(channel_score_within_bound) {
     kvqi_chan_layout L;
     void *mem = malloc(kvqi_chan_layout_bytes(dim));
     uint8_t *block = malloc(4 * dim + 64 * 8 * dim);
-    float q[4 * 128], sc[4 * 64], w[6 * 128];
+    float q[4 * 128], sc[4 * 64], w[128], scl[4], bia[4];
+    int16_t Wall[4 * 3 * 128 + 64];
     REQUIRE(mem && block);
     kvqi_rng r;
     kvqi_rng_seed(&r, 43);
@@ -423,13 +436,11 @@ TEST(channel_score_within_bound) {
         /* a few large channels, as keys and queries of RoPE models have */
         for (uint32_t i = 0; i < 4 * dim; i++) q[i] = (float)kvqi_rng_normal(&r) * (i % 17 ? 1.0f : 8.0f);
         const uint32_t G = 4;
-        kvqi_cache_kernels_scalar.chan_score(block, &L, q, G, 0, 64, sc, 64, w);
+        REQUIRE(G * L.n_padded <= sizeof Wall / sizeof Wall[0]);
+        kvqi_cache_kernels_scalar.chan_weights(block, &L, q, G, Wall, scl, bia, w);
+        kvqi_cache_kernels_scalar.chan_dot(block, &L, Wall, scl, bia, G, 0, 64, sc, 64);
         for (uint32_t h = 0; h < G; h++) {
-            float scale, bias;
-            int16_t *W = malloc(2 * L.n_padded);
-            REQUIRE(W);
-            kvqi_chan_weights_ref(block, &L, q + h * dim, W, &scale, &bias, w);
-            free(W);
+            float scale = scl[h];
             for (uint32_t t = 0; t < 64; t++) {
                 double exact = 0.0, mag = 0.0, bound = 0.0;
                 for (uint32_t j = 0; j < dim; j++) {

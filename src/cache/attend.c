@@ -42,10 +42,11 @@ static size_t vdec_floats(const kvq_cache *c) {
     return (need + 15) & ~(size_t)15;
 }
 
-/* kspan: the generic key path's scores of a whole chunk span; channel keys' q * step */
+/* kspan: the generic key path's scores of a whole chunk span; channel keys' weights of the
+ * current chunk (kvqi_chan_weighed) */
 static size_t span_floats(const kvq_cache *c, uint32_t G) {
     if (c->key.path == KVQI_PATH_GENERIC) return (size_t)G * c->cfg.chunk_tokens;
-    if (c->key.path == KVQI_PATH_CHAN) return ((size_t)(G + 2) * c->dim + 15) & ~(size_t)15;
+    if (c->key.path == KVQI_PATH_CHAN) return (kvqi_chan_scratch_floats(c->dim, G) + 15) & ~(size_t)15;
     return 0;
 }
 
@@ -158,9 +159,27 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->lut = s->kbias + ((G + 15) & ~(size_t)15);
 }
 
+/* <q, mean> back on the scores of centered keys. */
+static void add_bias(kvqi_attend_scratch *s, uint32_t G, size_t nb) {
+    size_t B = KVQI_ATTEND_BLOCK;
+    for (uint32_t h = 0; h < G; h++) {
+        float *sc = s->scores + h * B, b = s->kbias[h];
+        for (size_t t = 0; t < nb; t++) sc[t] += b;
+    }
+}
+
+/* Channel keys: the weights of head g's block of a chunk for the G query heads, the
+ * query's <q, mean> folded into their bias. */
+static void chan_weigh(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, uint32_t g, const uint8_t *chunk) {
+    kvqi_chan_weighed w;
+    kvqi_chan_scratch(s->kspan, c->dim, G, &w);
+    kvqi_chan_weigh(c, s->q, G, g, chunk, &w);
+    for (uint32_t h = 0; h < G; h++) w.bias[h] += s->kbias[h];
+}
+
 /* Scores of one block of coded tokens (the query carries the scale), outlier channels
  * added. */
-static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32_t G,
+static void score_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G,
                         uint32_t g, const uint8_t *chunk, size_t in, size_t nb) {
     size_t C = c->cfg.chunk_tokens, B = KVQI_ATTEND_BLOCK;
     const kvqi_side *K = &c->key;
@@ -185,9 +204,12 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
         else
             c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
         break;
-    case KVQI_PATH_CHAN:
-        kvqi_chan_score(c, s->q, G, g, chunk, in, nb, s->scores, B, s->kspan);
-        break;
+    case KVQI_PATH_CHAN: { /* weighed at the chunk's first block, <q, mean> in the bias */
+        kvqi_chan_weighed w;
+        kvqi_chan_scratch(s->kspan, c->dim, G, &w);
+        kvqi_chan_dot(c, G, g, chunk, in, nb, &w, s->scores, B);
+        return;
+    }
     case KVQI_PATH_SIGNS:
         /* turboquant_prod: the mse part first, the residual's signs added */
         if (K->signs_mse) c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
@@ -202,9 +224,7 @@ static void score_coded(const kvq_cache *c, const kvqi_attend_scratch *s, uint32
             memcpy(s->scores + h * B, s->kspan + h * C + in, nb * sizeof(float));
         break;
     }
-    if (c->key_mean)
-        for (uint32_t h = 0; h < G; h++)
-            for (size_t t = 0; t < nb; t++) s->scores[h * B + t] += s->kbias[h];
+    if (c->key_mean) add_bias(s, G, nb);
     if (c->n_out)
         c->kern->outlier_add((const uint16_t *)(chunk + c->off_outliers +
                                                 ((size_t)g * c->n_out * C + in) * 2),
@@ -449,9 +469,7 @@ static void ring_q8_block(attend_ctx *A, const task_view *T, kvqi_attend_scratch
     uint32_t d = c->dim, G = T->Gt;
     size_t B = KVQI_ATTEND_BLOCK, stride = (size_t)c->n_kv * c->ring_head;
     c->kern->score_q8_0(s->q_raw, G, d, k, stride, nb, s->scores, B);
-    if (centered) /* <q, mean> back, as for coded keys */
-        for (uint32_t h = 0; h < G; h++)
-            for (size_t t = 0; t < nb; t++) s->scores[h * B + t] += s->kbias[h];
+    if (centered) add_bias(s, G, nb); /* <q, mean> back, as for coded keys */
     mask_block(A, s, T->first_visible, T->nqb, t0, nb);
     softmax_block(c, s, G, nb);
     c->kern->accum_q8_0(s->scores, B, G, d, v, stride, nb, s->acc_x);
@@ -484,6 +502,7 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
         prefetch_block(c, g, t0 + nb, coded_stop);
         if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == coded_start))
             score_span(c, s, G, g, chunk, in, KVQI_MIN(coded_stop - t0, C - in), &A->status);
+        if (c->key.path == KVQI_PATH_CHAN && (in == 0 || t0 == coded_start)) chan_weigh(c, s, G, g, chunk);
         score_coded(c, s, G, g, chunk, in, nb);
         mask_block(A, s, T->first_visible, T->nqb, t0, nb);
         softmax_block(c, s, G, nb);

@@ -146,8 +146,18 @@ int kvqi_chan_refines(const kvq_cache *c, uint32_t g);
 void kvqi_chan_accumulate(const kvq_cache *c, uint32_t g, const float *row, const uint8_t *block, float *acc);
 void kvqi_chan_fit(const kvq_cache *c, uint32_t g, const float *acc, size_t n, uint8_t *block);
 void kvqi_chan_put_row(const kvq_cache *c, uint32_t g, const float *row, size_t t, uint8_t *block);
-void kvqi_chan_score(const kvq_cache *c, const float *q, uint32_t G, uint32_t g, const uint8_t *chunk,
-                     size_t in, size_t nb, float *scores, size_t ld, float *w);
+/* A chunk's channel-key weights for G query heads, computed once per chunk block and used
+ * by every unit of it; carved from kvqi_chan_scratch_floats(dim, G) floats. */
+typedef struct kvqi_chan_weighed {
+    int16_t *W;
+    float *scale, *bias, *wf;
+} kvqi_chan_weighed;
+size_t kvqi_chan_scratch_floats(uint32_t dim, uint32_t G);
+void kvqi_chan_scratch(float *w, uint32_t dim, uint32_t G, kvqi_chan_weighed *out);
+void kvqi_chan_weigh(const kvq_cache *c, const float *q, uint32_t G, uint32_t g, const uint8_t *chunk,
+                     const kvqi_chan_weighed *w);
+void kvqi_chan_dot(const kvq_cache *c, uint32_t G, uint32_t g, const uint8_t *chunk, size_t in, size_t nb,
+                   const kvqi_chan_weighed *w, float *scores, size_t ld);
 
 kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_heads,
                                   size_t n_queries, float scale, kvq_threadpool *pool,

@@ -227,11 +227,34 @@ void kvqi_chan_put_row(const kvq_cache *c, uint32_t g, const float *row, size_t 
     }
 }
 
-/* Scores of tokens [in, in + nb) of head g's chunk block for G queries (natural order,
- * scale applied): the kernel's integer form (cpu/cache_kernels.h, chan_score). w: (G + 2)
- * * dim floats of scratch. */
-void kvqi_chan_score(const kvq_cache *c, const float *q, uint32_t G, uint32_t g, const uint8_t *chunk,
-                     size_t in, size_t nb, float *scores, size_t ld, float *w) {
+/* The chan scratch of G query heads (kvqi_chan_weigh): W (int16, G planes caps), scale[G],
+ * bias[G], then dim floats for the kernels. */
+static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+size_t kvqi_chan_scratch_floats(uint32_t dim, uint32_t G) {
+    return round16(((size_t)G * kvqi_chan_planes_cap(dim) + 1) / 2) + 2 * round16(G) + dim;
+}
+
+void kvqi_chan_scratch(float *w, uint32_t dim, uint32_t G, kvqi_chan_weighed *out) {
+    out->W = (int16_t *)(void *)w;
+    out->scale = w + round16(((size_t)G * kvqi_chan_planes_cap(dim) + 1) / 2);
+    out->bias = out->scale + round16(G);
+    out->wf = out->bias + round16(G);
+}
+
+/* G query heads' weights for head g's block of a chunk (cpu/cache_kernels.h, chan_weights). */
+void kvqi_chan_weigh(const kvq_cache *c, const float *q, uint32_t G, uint32_t g, const uint8_t *chunk,
+                     const kvqi_chan_weighed *w) {
     size_t C = c->cfg.chunk_tokens;
-    c->kern->chan_score(chunk + (size_t)g * C * c->key.code_size, layout_of(c, g), q, G, in, nb, scores, ld, w);
+    c->kern->chan_weights(chunk + (size_t)g * C * c->key.code_size, layout_of(c, g), q, G, w->W, w->scale, w->bias,
+                          w->wf);
+}
+
+/* Scores of tokens [in, in + nb) of head g's chunk block (one 64-token unit) from those
+ * weights (natural order; the query carried the softmax scale). */
+void kvqi_chan_dot(const kvq_cache *c, uint32_t G, uint32_t g, const uint8_t *chunk, size_t in, size_t nb,
+                   const kvqi_chan_weighed *w, float *scores, size_t ld) {
+    size_t C = c->cfg.chunk_tokens;
+    c->kern->chan_dot(chunk + (size_t)g * C * c->key.code_size, layout_of(c, g), w->W, w->scale, w->bias, G, in, nb,
+                      scores, ld);
 }

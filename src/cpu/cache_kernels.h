@@ -190,19 +190,25 @@ typedef struct kvqi_cache_kernels {
     void (*score_signs)(const kvqi_sign_layout *L, const float *lut, const float *zsum,
                         uint32_t G, const uint8_t *k, size_t n, int accumulate, float *scores,
                         size_t ld);
-    /* Channel keys (cache/chan.c), one head's chunk block (kvqi_chan_layout): for tokens
-     * t in [in, in + n) inside one unit of 64 (in % 64 + n <= 64) and query h < G (q:
-     * [G][dim]): scores[h * ld + t - in] = fmaf((float)acc_h(t), scale_h, bias_h), where
-     * acc_h(t) = sum_p W_h[p] plane_p(t) in int32 and W_h, scale_h, bias_h are
-     * kvqi_chan_weights_ref's. w: (G + 2) * dim floats of scratch; ld >= 64. Integer sums
-     * and the reference's float operations: every ISA gives the same bits. */
-    void (*chan_score)(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
-                       size_t n, float *scores, size_t ld, float *w);
+    /* Channel keys (cache/chan.c), one head's chunk block (kvqi_chan_layout), in two steps
+     * so that one chunk's weights serve all its units. chan_weights: G query heads' (q:
+     * [G][dim]) int16 weights W[h * n_padded + p], scale[h] and bias[h], each head as
+     * kvqi_chan_weights_ref gives them (wf: dim floats of scratch). chan_dot: tokens t in
+     * [in, in + n) inside one unit of 64 (in % 64 + n <= 64), scores[h * ld + t - in] =
+     * fmaf((float)acc_h(t), scale[h], bias[h]) with acc_h(t) = sum_p W_h[p] plane_p(t) in
+     * int32. Integer sums and the reference's float operations: every ISA gives the same
+     * bits. */
+    void (*chan_weights)(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
+                         int16_t *W, float *scale, float *bias, float *wf);
+    void (*chan_dot)(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
+                     const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
 } kvqi_cache_kernels;
 
 /* chan_*.c */
-void kvqi_chan_score_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
-                            size_t n, float *scores, size_t ld, float *w);
+void kvqi_chan_weights_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
+                              int16_t *W, float *scale, float *bias, float *wf);
+void kvqi_chan_dot_scalar(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
+                          const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
 /* Bytes of the arrays of one head's layout (kvqi_chan_layout_build's mem). */
 size_t kvqi_chan_layout_bytes(uint32_t dim);
 /* The layout of a head whose channel j has bits[j] (0..8) bits, arrays in mem
@@ -222,9 +228,8 @@ uint32_t kvqi_chan_code_at(const kvqi_chan_layout *L, const uint8_t *block, uint
  * j % 16, folded 8, 4, 2, 1). wf: dim floats of scratch. */
 void kvqi_chan_weights_ref(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, float *scale,
                            float *bias, float *wf);
-/* Query heads a chan_score kernel weighs at once (1..4): as many as fit in its scratch
- * next to dim floats. */
-uint32_t kvqi_chan_heads_at_once(const kvqi_chan_layout *L, uint32_t G);
+/* The most planes a head of dim channels can have (n_padded <= this). */
+uint32_t kvqi_chan_planes_cap(uint32_t dim);
 
 /* Kernels for a resolved ISA; ISAs without their own version fall back per entry. */
 const kvqi_cache_kernels *kvqi_cache_kernels_for(kvq_isa resolved);
@@ -251,10 +256,12 @@ void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size
 float kvqi_cache_rot_weights_i16(const kvqi_rot_layout *L, const float *w, const uint8_t *v,
                                  size_t n, int16_t *wq);
 #if defined(KVQ_HAVE_X86_SIMD)
-void kvqi_chan_score_avx2(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
-                          size_t n, float *scores, size_t ld, float *w);
-void kvqi_chan_score_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
-                            size_t n, float *scores, size_t ld, float *w);
+void kvqi_chan_dot_avx2(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
+                        const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
+void kvqi_chan_weights_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
+                              int16_t *W, float *scale, float *bias, float *wf);
+void kvqi_chan_dot_avx512(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
+                          const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k);
 void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k);
 #endif

@@ -321,7 +321,7 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
     accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, NULL, NULL, NULL, 0, outlier_add, axpy_rows, exp_sum,
-    max_of,         score_signs, kvqi_chan_score_scalar,
+    max_of,         score_signs, kvqi_chan_weights_scalar, kvqi_chan_dot_scalar,
 };
 
 static kvqi_cache_kernels g_avx2, g_avx512, g_neon;
@@ -335,13 +335,14 @@ static void build_tables(void) {
     if (kvq_isa_available(KVQ_ISA_AVX2)) {
         g_avx2.isa = KVQ_ISA_AVX2;
         kvqi_cache_kernels_fill_avx2(&g_avx2);
-        g_avx2.chan_score = kvqi_chan_score_avx2;
+        g_avx2.chan_dot = kvqi_chan_dot_avx2;
     }
     if (kvq_isa_available(KVQ_ISA_AVX512)) {
         g_avx512 = g_avx2;
         g_avx512.isa = KVQ_ISA_AVX512;
         kvqi_cache_kernels_fill_avx512(&g_avx512);
-        g_avx512.chan_score = kvqi_chan_score_avx512;
+        g_avx512.chan_weights = kvqi_chan_weights_avx512;
+        g_avx512.chan_dot = kvqi_chan_dot_avx512;
     }
 #endif
     g_neon = kvqi_cache_kernels_scalar;

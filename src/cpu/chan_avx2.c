@@ -1,6 +1,6 @@
 /*
- * chan_avx2.c - channel keys' score kernel, eight tokens a register: the reference's
- * weights (kvqi_chan_weights_ref), each group's four planes of 8 tokens as bytes from
+ * chan_avx2.c - channel keys' dot kernel, eight tokens a register (the weights are the
+ * reference's, kvqi_chan_weights_scalar): each group's four planes of 8 tokens as bytes from
  * one load, shift and mask, their 16-bit halves (planes 0 and 2, 1 and 3 of a token)
  * multiplied with the int16 weight pairs by vpmaddwd; the same final multiply-add.
  */
@@ -8,25 +8,22 @@
 
 #include "cpu/cache_kernels.h"
 
-void kvqi_chan_score_avx2(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
-                          size_t n, float *scores, size_t ld, float *w) {
-    uint32_t P = L->n_padded, at_once = kvqi_chan_heads_at_once(L, G);
-    int16_t *W = (int16_t *)(void *)w;
-    float *wf = w + ((size_t)G + 1) * L->dim, scale[4], bias[4];
+void kvqi_chan_dot_avx2(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
+                        const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld) {
+    uint32_t P = L->n_padded;
     const uint8_t *unit = block + 4 * (size_t)L->dim + (in / 64) * L->unit_bytes;
     const uint8_t *u2 = unit + 128 * (size_t)L->n4, *u1 = u2 + 64 * (size_t)L->n2;
     const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
     const __m256i lo8 = _mm256_set1_epi16(255);
     size_t l0 = in % 64;
     float tmp[4 * 64];
-    for (uint32_t h0 = 0; h0 < G; h0 += at_once) {
-        uint32_t gh = G - h0 < at_once ? G - h0 : at_once;
-        for (uint32_t h = 0; h < gh; h++)
-            kvqi_chan_weights_ref(block, L, q + (size_t)(h0 + h) * L->dim, W + (size_t)h * P, &scale[h], &bias[h], wf);
+    for (uint32_t h0 = 0; h0 < G; h0 += 4) {
+        uint32_t gh = G - h0 < 4 ? G - h0 : 4;
+        const int16_t *Wg = W + (size_t)h0 * P;
         for (uint32_t m = (uint32_t)(l0 / 8); m * 8 < l0 + n; m++) { /* tokens 8m .. 8m + 7 */
             __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
                               _mm256_setzero_si256()};
-            const int16_t *wp = W;
+            const int16_t *wp = Wg;
 #define CHAN_DOT(v)                                                                                     \
     {                                                                                                   \
         __m256i ev = _mm256_and_si256(v, lo8), od = _mm256_srli_epi16(v, 8);                           \
@@ -59,8 +56,8 @@ void kvqi_chan_score_avx2(const uint8_t *block, const kvqi_chan_layout *L, const
             }
 #undef CHAN_DOT
             for (uint32_t h = 0; h < gh; h++)
-                _mm256_storeu_ps(tmp + h * 64 + 8 * m, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[h]), _mm256_set1_ps(scale[h]),
-                                                                       _mm256_set1_ps(bias[h])));
+                _mm256_storeu_ps(tmp + h * 64 + 8 * m, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[h]), _mm256_set1_ps(scale[h0 + h]),
+                                                                       _mm256_set1_ps(bias[h0 + h])));
         }
         for (uint32_t h = 0; h < gh; h++) memcpy(scores + (h0 + h) * ld, tmp + h * 64 + l0, n * sizeof(float));
     }

@@ -1,6 +1,6 @@
 /*
- * chan_avx512.c - channel keys' score kernel (cache_kernels.h): the reference's weights
- * with 16 lanes (the same operations lane for lane), then 64 tokens in four registers of
+ * chan_avx512.c - channel keys' weights and dot kernels (cache_kernels.h): the reference's
+ * weights with 16 lanes (the same operations lane for lane), then 64 tokens in four registers of
  * 16 int32 sums per query head, heads four at a time: each group of four planes gives 16
  * tokens' planes as bytes from one load, shift and mask, and two vpdpwssd add their
  * products with the group's int16 weights (planes 0 and 2 from the low bytes of a token's
@@ -185,33 +185,40 @@ CHAN_HEADS(2)
 CHAN_HEADS(3)
 CHAN_HEADS(4)
 
-void kvqi_chan_score_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
-                            size_t n, float *scores, size_t ld, float *w) {
+void kvqi_chan_weights_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
+                              int16_t *W, float *scale, float *bias, float *wf) {
+    uint32_t P = L->n_padded;
+    for (uint32_t h0 = 0; h0 < G; h0 += 4) {
+        uint32_t gh = G - h0 < 4 ? G - h0 : 4;
+        if (L->dim <= 256)
+            weights_heads(block, L, q + (size_t)h0 * L->dim, gh, W + (size_t)h0 * P, scale + h0, bias + h0);
+        else
+            for (uint32_t h = h0; h < h0 + gh; h++)
+                weights(block, L, q + (size_t)h * L->dim, W + (size_t)h * P, &scale[h], &bias[h], wf);
+    }
+}
+
+void kvqi_chan_dot_avx512(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
+                          const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld) {
     if (!__builtin_cpu_supports("avx512vnni")) {
-        kvqi_chan_score_avx2(block, L, q, G, in, n, scores, ld, w);
+        kvqi_chan_dot_avx2(block, L, W, scale, bias, G, in, n, scores, ld);
         return;
     }
-    uint32_t P = L->n_padded, at_once = kvqi_chan_heads_at_once(L, G);
-    int16_t *W = (int16_t *)(void *)w;
-    float *wf = w + ((size_t)G + 1) * L->dim, scale[4], bias[4];
+    uint32_t P = L->n_padded;
     const uint8_t *unit = block + 4 * (size_t)L->dim + (in / 64) * L->unit_bytes;
     size_t l0 = in % 64;
+    /* the whole unit straight into the rows when it is asked for whole */
+    int whole = l0 == 0 && n == 64 && ld == 64;
     float tmp[4 * 64];
-    for (uint32_t h0 = 0; h0 < G; h0 += at_once) {
-        uint32_t gh = G - h0 < at_once ? G - h0 : at_once;
-        if (L->dim <= 256)
-            weights_heads(block, L, q + (size_t)h0 * L->dim, gh, W, scale, bias);
-        else
-            for (uint32_t h = 0; h < gh; h++)
-                weights(block, L, q + (size_t)(h0 + h) * L->dim, W + (size_t)h * P, &scale[h], &bias[h], wf);
-        /* the whole unit straight into the rows when it is asked for whole */
-        int whole = l0 == 0 && n == 64 && ld == 64;
+    for (uint32_t h0 = 0; h0 < G; h0 += 4) {
+        uint32_t gh = G - h0 < 4 ? G - h0 : 4;
+        const int16_t *Wg = W + (size_t)h0 * P;
         float *out = whole ? scores + h0 * ld : tmp;
         switch (gh) {
-        case 1: heads_1(unit, L, W, P, scale, bias, out); break;
-        case 2: heads_2(unit, L, W, P, scale, bias, out); break;
-        case 3: heads_3(unit, L, W, P, scale, bias, out); break;
-        default: heads_4(unit, L, W, P, scale, bias, out); break;
+        case 1: heads_1(unit, L, Wg, P, scale + h0, bias + h0, out); break;
+        case 2: heads_2(unit, L, Wg, P, scale + h0, bias + h0, out); break;
+        case 3: heads_3(unit, L, Wg, P, scale + h0, bias + h0, out); break;
+        default: heads_4(unit, L, Wg, P, scale + h0, bias + h0, out); break;
         }
         if (!whole)
             for (uint32_t h = 0; h < gh; h++) memcpy(scores + (h0 + h) * ld, tmp + h * 64 + l0, n * sizeof(float));

@@ -13,6 +13,8 @@
 /* planes before splits: at most 3 per channel; splits and padding at most 9 more */
 static uint32_t padded_cap(uint32_t dim) { return (3 * dim + 9 + 15) & ~15u; }
 
+uint32_t kvqi_chan_planes_cap(uint32_t dim) { return padded_cap(dim); }
+
 size_t kvqi_chan_layout_bytes(uint32_t dim) {
     size_t cap = padded_cap(dim);
     /* top; pair_chan, pair_shift (the builder's list before them); chan; shift, width */
@@ -169,34 +171,26 @@ void kvqi_chan_weights_ref(const uint8_t *block, const kvqi_chan_layout *L, cons
     *bias = fold16(part);
 }
 
-uint32_t kvqi_chan_heads_at_once(const kvqi_chan_layout *L, uint32_t G) {
-    /* (G + 2) dim floats: dim for wf, the rest for int16 weights of n_padded */
-    size_t room = ((size_t)G + 1) * L->dim * sizeof(float) / (2 * (size_t)L->n_padded);
-    return (uint32_t)(room < 4 ? room : 4);
+void kvqi_chan_weights_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
+                              int16_t *W, float *scale, float *bias, float *wf) {
+    for (uint32_t h = 0; h < G; h++)
+        kvqi_chan_weights_ref(block, L, q + (size_t)h * L->dim, W + (size_t)h * L->n_padded, &scale[h], &bias[h], wf);
 }
 
-void kvqi_chan_score_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G, size_t in,
-                            size_t n, float *scores, size_t ld, float *w) {
-    uint32_t P = L->n_padded, l0 = (uint32_t)(in % 64), at_once = kvqi_chan_heads_at_once(L, G);
-    int16_t *W = (int16_t *)(void *)w;
-    float *wf = w + ((size_t)G + 1) * L->dim, scale[4], bias[4];
+void kvqi_chan_dot_scalar(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
+                          const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld) {
+    uint32_t P = L->n_padded, l0 = (uint32_t)(in % 64);
     const uint8_t *unit = block + 4 * (size_t)L->dim + (in / 64) * L->unit_bytes;
-    for (uint32_t h0 = 0; h0 < G; h0 += at_once) {
-        uint32_t gh = G - h0 < at_once ? G - h0 : at_once;
-        for (uint32_t h = 0; h < gh; h++)
-            kvqi_chan_weights_ref(block, L, q + (size_t)(h0 + h) * L->dim, W + (size_t)h * P, &scale[h], &bias[h], wf);
-        int32_t acc[4][64] = {{0}};
-        for (uint32_t p = 0; p < L->n_planes; p += 4)
-            for (uint32_t l = l0; l < l0 + n; l++) {
+    for (uint32_t h = 0; h < G; h++) {
+        const int16_t *Wh = W + (size_t)h * P;
+        for (uint32_t l = l0; l < l0 + n; l++) {
+            int32_t acc = 0;
+            for (uint32_t p = 0; p < L->n_planes; p += 4) { /* weights in pairs: planes 0, 2, 1, 3 */
                 int32_t v[4];
                 for (uint32_t i = 0; i < 4; i++) v[i] = (int32_t)kvqi_chan_plane_at(L, unit, p + i, l);
-                for (uint32_t h = 0; h < gh; h++) {
-                    const int16_t *Wh = W + (size_t)h * P + p; /* planes 0, 2, 1, 3 */
-                    acc[h][l] += Wh[0] * v[0] + Wh[1] * v[2] + Wh[2] * v[1] + Wh[3] * v[3];
-                }
+                acc += Wh[p] * v[0] + Wh[p + 1] * v[2] + Wh[p + 2] * v[1] + Wh[p + 3] * v[3];
             }
-        for (uint32_t h = 0; h < gh; h++)
-            for (size_t t = 0; t < n; t++)
-                scores[(h0 + h) * ld + t] = fmaf((float)acc[h][l0 + t], scale[h], bias[h]);
+            scores[h * ld + l - l0] = fmaf((float)acc, scale[h], bias[h]);
+        }
     }
 }
