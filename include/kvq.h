@@ -249,8 +249,9 @@ typedef struct kvq_cache kvq_cache;
 /* Exact bytes held by a cache. total == codes + window + outliers + shared + overhead.
  * key_codes / value_codes are code_size x n_kv_heads x tokens once tokens are encoded;
  * with outlier channels the first 32 tokens stay exact (staged, counted in outliers)
- * until the channels are chosen from them. The arena grows in whole chunks: the unused
- * tail of the last chunk is overhead. */
+ * until the channels are chosen from them. The arena grows in slabs of whole chunks (a
+ * sixteenth of the chunks held, up to 1024 tokens; each head's codes contiguous across a
+ * slab): the unused tail of the last slab is overhead. */
 typedef struct kvq_cache_memory_info {
     uint64_t key_codes;      /* per-token key codes (norms, scales included) */
     uint64_t value_codes;    /* per-token value codes */

@@ -186,13 +186,13 @@ TEST(calib_cache_comm_vq_attend_equals_decode_at_attention) {
             CHECK(c->n_coded == NTOK - (extras ? 8 : 0)); /* the window's tokens are not coded */
             for (size_t t = 0; t < c->n_coded; t++)
                 for (uint32_t g = 0; g < NKV; g++)
-                    if (memcmp(c->chunks[t / CHUNK] + ((size_t)g * CHUNK + t % CHUNK) * cs,
+                    if (memcmp(kvqi_chunk_keys(c, t / CHUNK, g) + (t % CHUNK) * cs,
                                codes + (t * NKV + g) * cs, cs))
                         same = 0;
             CHECKF(same, "%s extras=%d: cache codes differ from encode_at at the token positions", ropes[r], extras);
             /* and they carry the position: decode without one (stored) lands on the reference */
             float y[D];
-            REQUIRE_OK(kvq_decode(kq, c->chunks[NTOK / CHUNK - 1] + ((size_t)1 * CHUNK + 3) * cs, 1, y));
+            REQUIRE_OK(kvq_decode(kq, kvqi_chunk_keys(c, NTOK / CHUNK - 1, 1) + 3 * cs, 1, y));
             CHECK(rel_err(y, kref + ((size_t)((NTOK / CHUNK - 1) * CHUNK + 3) * NKV + 1) * D, D) < 1e-5);
             kvq_cache_memory_info mem;
             REQUIRE_OK(kvq_cache_memory(c, &mem));

@@ -124,7 +124,7 @@ TEST(channel_cache_keys_within_half_step) {
     uint32_t fitted = 0;
     for (size_t ch = 0; ch * C < c->n_coded; ch++)
         for (uint32_t g = 0; g < n_kv; g++) {
-            const uint8_t *blk = c->chunks[ch] + (size_t)g * C * c->key.code_size;
+            const uint8_t *blk = kvqi_chunk_keys(c, ch, g);
             for (uint32_t j = 0; j < dim; j++) {
                 uint16_t lo_h, st_h;
                 memcpy(&lo_h, blk + 2 * j, 2);
@@ -260,7 +260,10 @@ TEST(channel_cache_batching_invisible) {
     }
     CHECK(a->n_coded == b->n_coded && a->n_coded == (n - 5) / 64 * 64);
     for (size_t ch = 0; ch * 64 < a->n_coded; ch++)
-        CHECKF(memcmp(a->chunks[ch], b->chunks[ch], a->chunk_bytes) == 0, "chunk %zu differs", ch);
+        for (uint32_t g = 0; g < n_kv; g++)
+            CHECKF(memcmp(kvqi_chunk_keys(a, ch, g), kvqi_chunk_keys(b, ch, g), 64 * a->key.code_size) == 0 &&
+                       memcmp(kvqi_chunk_values(a, ch, g), kvqi_chunk_values(b, ch, g), 64 * a->value.code_size) == 0,
+                   "chunk %zu head %u differs", ch, g);
     REQUIRE_OK(kvq_cache_attend(a, q, H, 3, 0.125f, NULL, o1));
     REQUIRE_OK(kvq_cache_attend(b, q, H, 3, 0.125f, NULL, o2));
     CHECK(memcmp(o1, o2, 3 * (size_t)H * dim * sizeof(float)) == 0);

@@ -170,20 +170,20 @@ static void add_bias(kvqi_attend_scratch *s, uint32_t G, size_t nb) {
 
 /* Channel keys: the weights of head g's block of a chunk for the G query heads, the
  * query's <q, mean> folded into their bias. */
-static void chan_weigh(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, uint32_t g, const uint8_t *chunk) {
+static void chan_weigh(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, uint32_t g, size_t ci) {
     kvqi_chan_weighed w;
     kvqi_chan_scratch(s->kspan, c->dim, G, &w);
-    kvqi_chan_weigh(c, s->q, G, g, chunk, &w);
+    kvqi_chan_weigh(c, s->q, G, g, kvqi_chunk_keys(c, ci, g), &w);
     for (uint32_t h = 0; h < G; h++) w.bias[h] += s->kbias[h];
 }
 
 /* Scores of one block of coded tokens (the query carries the scale), outlier channels
  * added. */
 static void score_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G,
-                        uint32_t g, const uint8_t *chunk, size_t in, size_t nb) {
+                        uint32_t g, size_t ci, size_t in, size_t nb) {
     size_t C = c->cfg.chunk_tokens, B = KVQI_ATTEND_BLOCK;
     const kvqi_side *K = &c->key;
-    const uint8_t *codes = chunk + ((size_t)g * C + in) * K->code_size;
+    const uint8_t *codes = kvqi_chunk_keys(c, ci, g) + in * K->code_size;
     switch (K->path) {
     case KVQI_PATH_F16:
         c->kern->score_f16(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
@@ -207,7 +207,7 @@ static void score_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G,
     case KVQI_PATH_CHAN: { /* weighed at the chunk's first block, <q, mean> in the bias */
         kvqi_chan_weighed w;
         kvqi_chan_scratch(s->kspan, c->dim, G, &w);
-        kvqi_chan_dot(c, G, g, chunk, in, nb, &w, s->scores, B);
+        kvqi_chan_dot(c, G, g, kvqi_chunk_keys(c, ci, g), in, nb, &w, s->scores, B);
         return;
     }
     case KVQI_PATH_SIGNS:
@@ -226,18 +226,17 @@ static void score_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G,
     }
     if (c->key_mean) add_bias(s, G, nb);
     if (c->n_out)
-        c->kern->outlier_add((const uint16_t *)(chunk + c->off_outliers +
-                                                ((size_t)g * c->n_out * C + in) * 2),
-                             C, s->q_out, G, c->n_out, nb, s->scores, B);
+        c->kern->outlier_add((const uint16_t *)(void *)(kvqi_chunk_outliers(c, ci, g) + in * 2), C, s->q_out, G,
+                             c->n_out, nb, s->scores, B);
 }
 
 /* Generic keys: kvq_score over tokens [in, in + n) of a chunk for every head at once,
  * so a method's per-call query preparation is paid once per chunk, not per block. */
 static void score_span(const kvq_cache *c, const kvqi_attend_scratch *s, uint32_t G,
-                       uint32_t g, const uint8_t *chunk, size_t in, size_t n,
+                       uint32_t g, size_t ci, size_t in, size_t n,
                        atomic_int *status) {
     size_t C = c->cfg.chunk_tokens;
-    const uint8_t *codes = chunk + ((size_t)g * C + in) * c->key.code_size;
+    const uint8_t *codes = kvqi_chunk_keys(c, ci, g) + in * c->key.code_size;
     for (uint32_t h = 0; h < G; h++) {
         kvq_status st =
             kvq_score(c->key.quant, s->q + (size_t)h * c->dim, codes, n, s->kspan + h * C + in);
@@ -276,10 +275,10 @@ static void softmax_block(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G
 }
 
 static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, uint32_t g,
-                        const uint8_t *chunk, size_t in, size_t nb, atomic_int *status) {
-    size_t C = c->cfg.chunk_tokens, B = KVQI_ATTEND_BLOCK;
+                        size_t ci, size_t in, size_t nb, atomic_int *status) {
+    size_t B = KVQI_ATTEND_BLOCK;
     const kvqi_side *V = &c->value;
-    const uint8_t *codes = chunk + c->off_value + ((size_t)g * C + in) * V->code_size;
+    const uint8_t *codes = kvqi_chunk_values(c, ci, g) + in * V->code_size;
     switch (V->path) {
     case KVQI_PATH_F16:
         c->kern->accum_f16(s->scores, B, G, c->dim, codes, V->code_size, nb, s->acc);
@@ -317,9 +316,8 @@ static void prefetch_block(const kvq_cache *c, uint32_t g, size_t t0, size_t end
     if (t0 >= end) return;
     size_t C = c->cfg.chunk_tokens, in = t0 % C;
     size_t nb = KVQI_MIN((size_t)KVQI_ATTEND_BLOCK, KVQI_MIN(end - t0, C - in));
-    const uint8_t *chunk = c->chunks[t0 / C];
-    const uint8_t *k = chunk + ((size_t)g * C + in) * c->key.code_size;
-    const uint8_t *v = chunk + c->off_value + ((size_t)g * C + in) * c->value.code_size;
+    const uint8_t *k = kvqi_chunk_keys(c, t0 / C, g) + in * c->key.code_size;
+    const uint8_t *v = kvqi_chunk_values(c, t0 / C, g) + in * c->value.code_size;
     size_t kb = nb * c->key.code_size, vb = nb * c->value.code_size;
     for (size_t o = 0; o < kb; o += 64) __builtin_prefetch(k + o);
     for (size_t o = 0; o < vb; o += 64) __builtin_prefetch(v + o);
@@ -498,15 +496,15 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
     for (size_t t0 = coded_start; t0 < coded_stop;) {
         size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_stop - t0, C - in));
         if (c->key.path == KVQI_PATH_CHAN) nb = KVQI_MIN(nb, 64 - in % 64); /* one code group */
-        const uint8_t *chunk = c->chunks[t0 / C];
+        size_t ci = t0 / C;
         prefetch_block(c, g, t0 + nb, coded_stop);
         if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == coded_start))
-            score_span(c, s, G, g, chunk, in, KVQI_MIN(coded_stop - t0, C - in), &A->status);
-        if (c->key.path == KVQI_PATH_CHAN && (in == 0 || t0 == coded_start)) chan_weigh(c, s, G, g, chunk);
-        score_coded(c, s, G, g, chunk, in, nb);
+            score_span(c, s, G, g, ci, in, KVQI_MIN(coded_stop - t0, C - in), &A->status);
+        if (c->key.path == KVQI_PATH_CHAN && (in == 0 || t0 == coded_start)) chan_weigh(c, s, G, g, ci);
+        score_coded(c, s, G, g, ci, in, nb);
         mask_block(A, s, T->first_visible, T->nqb, t0, nb);
         softmax_block(c, s, G, nb);
-        accum_coded(c, s, G, g, chunk, in, nb, &A->status);
+        accum_coded(c, s, G, g, ci, in, nb, &A->status);
         t0 += nb;
     }
     size_t exact_stop = KVQI_MIN(T->visible, t_end), R = c->ring;

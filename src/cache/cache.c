@@ -543,9 +543,32 @@ static void side_free(kvqi_side *s) {
 }
 
 static void free_chunks(kvq_cache *c) {
-    for (size_t i = 0; i < c->n_chunks; i++) kvqi_free(c->chunks[i]);
+    for (size_t i = 0; i < c->n_chunks; i++) kvqi_free(c->chunks[i].slab);
     c->n_chunks = 0;
     c->first_chunk = 0;
+    c->arena_bytes = 0;
+}
+
+/* Chunks in the next slab when `live` chunks are held: a sixteenth of them (the unused
+ * tail of the last slab stays within 1/16 of the codes), at most 1024 tokens, and with a
+ * sliding window at most a quarter of it (a slab is freed only when all of it has left). */
+static size_t span_for(size_t C, size_t SW, size_t live) {
+    size_t cap = 1024 / C;
+    if (SW && cap > SW / (4 * C)) cap = SW / (4 * C);
+    size_t span = live / 16;
+    if (span > cap) span = cap;
+    return span ? span : 1;
+}
+
+static size_t slab_span(const kvq_cache *c, size_t live) {
+    return span_for(c->cfg.chunk_tokens, c->cfg.sliding_window, live);
+}
+
+/* Chunks allocated, in whole slabs, once n are needed (no sliding window). */
+static uint64_t slab_chunks(size_t C, uint64_t n) {
+    uint64_t have = 0;
+    while (have < n) have += span_for(C, 0, (size_t)have);
+    return have;
 }
 
 /* Sliding window: the lowest position a query of an append starting at `first_new` can
@@ -555,8 +578,13 @@ static size_t slide(kvq_cache *c, size_t first_new) {
     if (!SW || first_new + 1 <= SW) return 0;
     size_t lo = first_new + 1 - SW, C = c->cfg.chunk_tokens;
     while (c->first_chunk < c->n_chunks && (c->first_chunk + 1) * C <= lo) {
-        kvqi_free(c->chunks[c->first_chunk]);
-        c->chunks[c->first_chunk++] = NULL;
+        kvqi_chunk *h = &c->chunks[c->first_chunk++];
+        if (h->index + 1 == h->span) { /* the slab's last chunk: the whole slab goes */
+            kvqi_chunk *first = h - h->index;
+            kvqi_free(first->slab);
+            c->arena_bytes -= (uint64_t)h->span * c->chunk_bytes;
+            memset(first, 0, (size_t)h->span * sizeof *first);
+        }
     }
     return lo;
 }
@@ -641,8 +669,8 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
     if ((st = kvqi_mul_size(per_head, c->n_kv, &per_token)) != KVQ_OK) goto fail;
     if ((st = kvqi_mul_size(per_token, C, &chunk_bytes)) != KVQ_OK) goto fail;
     c->chunk_bytes = chunk_bytes;
-    c->off_value = C * c->n_kv * c->key.code_size;
-    c->off_outliers = c->off_value + C * c->n_kv * c->value.code_size;
+    /* slabs of up to 1024 tokens: their bytes must fit size_t */
+    if ((st = kvqi_mul_size(chunk_bytes, 1024 / C + 1, &per_token)) != KVQ_OK) goto fail;
 
     if ((st = rotation_to_fp16(&c->key, c->dim)) != KVQ_OK) goto fail;
     if ((st = rotation_to_fp16(&c->value, c->dim)) != KVQ_OK) goto fail;
@@ -724,27 +752,43 @@ static kvq_status ensure_chunks(kvq_cache *c, size_t n_tokens) {
     size_t C = c->cfg.chunk_tokens;
     size_t need = n_tokens / C + (n_tokens % C != 0);
     if (need <= c->n_chunks) return KVQ_OK;
-    if (need > c->chunk_table_cap) {
+    /* room for a whole slab past need */
+    size_t room = need + 1024 / C + 1;
+    if (room > c->chunk_table_cap) {
         size_t cap = c->chunk_table_cap ? c->chunk_table_cap : 8;
-        while (cap < need) {
+        while (cap < room) {
             if (cap > SIZE_MAX / 2) return KVQ_ERR_OVERFLOW;
             cap *= 2;
         }
-        uint8_t **t = kvqi_calloc_array(cap, sizeof *t);
+        kvqi_chunk *t = kvqi_calloc_array(cap, sizeof *t);
         if (!t) return KVQ_ERR_NOMEM;
         if (c->n_chunks) memcpy(t, c->chunks, c->n_chunks * sizeof *t);
         kvqi_free(c->chunks);
         c->chunks = t;
         c->chunk_table_cap = cap;
     }
+    size_t ks = c->key.code_size, vs = c->value.code_size, os = (size_t)c->n_out * sizeof(uint16_t);
     while (c->n_chunks < need) {
-        if (c->n_chunks < c->first_chunk) { /* freed by the sliding window, never read */
-            c->chunks[c->n_chunks++] = NULL;
+        if (c->n_chunks < c->first_chunk) { /* dropped by the sliding window, never read */
+            memset(&c->chunks[c->n_chunks++], 0, sizeof *c->chunks);
             continue;
         }
-        uint8_t *ch = kvqi_alloc_array(c->chunk_bytes, 1);
-        if (!ch) return KVQ_ERR_NOMEM;
-        c->chunks[c->n_chunks++] = ch;
+        size_t span = slab_span(c, c->n_chunks - c->first_chunk);
+        uint8_t *slab = kvqi_alloc_array(span, c->chunk_bytes);
+        if (!slab) return KVQ_ERR_NOMEM;
+        /* head-major: keys of every head, then values, then outliers */
+        uint8_t *v0 = slab + c->n_kv * span * C * ks, *o0 = v0 + c->n_kv * span * C * vs;
+        for (size_t j = 0; j < span; j++) {
+            kvqi_chunk *h = &c->chunks[c->n_chunks + j];
+            h->k = slab + j * C * ks;
+            h->v = v0 + j * C * vs;
+            h->o = o0 + j * C * os;
+            h->slab = j ? NULL : slab;
+            h->span = (uint32_t)span;
+            h->index = (uint32_t)j;
+        }
+        c->n_chunks += span;
+        c->arena_bytes += (uint64_t)span * c->chunk_bytes;
     }
     return KVQ_OK;
 }
@@ -888,7 +932,7 @@ static kvq_status encode_tokens(kvq_cache *c, const row_source *src, size_t pos,
     size_t ks = c->key.code_size, vs = c->value.code_size;
     while (n > 0) {
         size_t in_chunk = pos % C, cnt = KVQI_MIN(KVQI_MIN(n, C - in_chunk), (size_t)KVQI_ENCODE_ROWS);
-        uint8_t *ch = c->chunks[pos / C];
+        size_t ci = pos / C;
         /* channel keys are coded a whole chunk at a time (encode_chan_chunks): values only */
         int keys = c->key.path != KVQI_PATH_CHAN;
         for (uint32_t g = 0; g < c->n_kv; g++) {
@@ -908,15 +952,15 @@ static kvq_status encode_tokens(kvq_cache *c, const row_source *src, size_t pos,
                     for (uint32_t j = 0; j < c->dim; j++) dst[j] -= mu[j];
                 }
             }
-            kvq_status st = keys ? kvqi_cache_encode_keys(c, c->enc_buf, pos, cnt, ch + ((size_t)g * C + in_chunk) * ks)
-                                 : KVQ_OK;
+            kvq_status st =
+                keys ? kvqi_cache_encode_keys(c, c->enc_buf, pos, cnt, kvqi_chunk_keys(c, ci, g) + in_chunk * ks)
+                     : KVQ_OK;
             if (st != KVQ_OK) return st;
             for (uint32_t o = 0; o < c->n_out; o++) /* channel-major: a block is contiguous */
-                memcpy(ch + c->off_outliers + (((size_t)g * c->n_out + o) * C + in_chunk) * 2,
+                memcpy(kvqi_chunk_outliers(c, ci, g) + ((size_t)o * C + in_chunk) * 2,
                        c->out_buf + (size_t)o * KVQI_ENCODE_ROWS, cnt * 2);
             for (size_t t = 0; t < cnt; t++) fetch_row(c, src, pos + t, g, 1, c->enc_buf + t * c->dim);
-            st = kvq_encode(c->value.quant, c->enc_buf, cnt,
-                            ch + c->off_value + ((size_t)g * C + in_chunk) * vs);
+            st = kvq_encode(c->value.quant, c->enc_buf, cnt, kvqi_chunk_values(c, ci, g) + in_chunk * vs);
             if (st != KVQ_OK) return st;
         }
         pos += cnt;
@@ -936,11 +980,10 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
      * and in their place the sums of a refinement (4 rows) */
     float *row = c->enc_buf, *lo = row + dim, *hi = lo + dim, *acc = lo;
     for (; pos < end; pos += C) {
-        uint8_t *ch = c->chunks[pos / C];
         size_t lo_t = valid_lo > pos ? KVQI_MIN(valid_lo - pos, C) : 0;
         for (uint32_t g = 0; g < c->n_kv; g++) {
             const float *mu = c->key_mean ? c->key_mean + (size_t)g * dim : NULL;
-            uint8_t *block = ch + (size_t)g * C * c->key.code_size;
+            uint8_t *block = kvqi_chunk_keys(c, pos / C, g);
             for (uint32_t j = 0; j < dim; j++) {
                 lo[j] = INFINITY;
                 hi[j] = -INFINITY;
@@ -1129,7 +1172,7 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     }
     /* the sign keys' projection read back */
     if (c->key.proj) m->shared += (uint64_t)c->key.signs.m * c->dim * sizeof(float);
-    m->overhead = sizeof *c + (uint64_t)c->chunk_table_cap * sizeof(uint8_t *) +
+    m->overhead = sizeof *c + (uint64_t)c->chunk_table_cap * sizeof(kvqi_chunk) +
                   (uint64_t)KVQI_ENCODE_ROWS * c->dim * sizeof(float) +
                   (uint64_t)c->n_scratch * (sizeof(kvqi_attend_scratch) + c->scratch_bytes_each);
     if (c->chan_bits) /* channel keys: bits per channel and the plane layouts */
@@ -1151,9 +1194,9 @@ KVQ_API kvq_status kvq_cache_memory(const kvq_cache *c, kvq_cache_memory_info *m
     m->value_codes = coded * c->n_kv * c->value.code_size;
     uint64_t outlier_values = coded * c->n_kv * c->n_out * sizeof(uint16_t);
     m->outliers += outlier_values;
-    /* arena bytes not (yet) holding codes: the tail of the last chunk */
-    uint64_t arena = (uint64_t)(c->n_chunks - KVQI_MIN(c->first_chunk, c->n_chunks)) * c->chunk_bytes;
-    m->overhead += arena - (m->key_codes + m->value_codes + outlier_values);
+    /* arena bytes not (yet, or no longer) holding codes: the tail of the last slab, the
+     * chunks of a slab the sliding window has partly left */
+    m->overhead += c->arena_bytes - (m->key_codes + m->value_codes + outlier_values);
     m->n_tokens = c->n_tokens;
     m->total = m->key_codes + m->value_codes + m->window + m->outliers + m->shared + m->overhead;
     return KVQ_OK;
@@ -1178,12 +1221,12 @@ KVQ_API kvq_status kvq_cache_tokens_fit(const kvq_cache_config *cfg, uint32_t n_
     kvq_cache_free(c);
     uint64_t per_layer = budget_bytes / n_layers;
     if (per_layer <= fixed) return KVQ_OK;
-    /* whole chunks plus a chunk table that doubles from 8 entries */
+    /* whole slabs of chunks plus a chunk table that doubles from 8 entries */
     uint64_t lo = 0, hi = (per_layer - fixed) / chunk + 1;
     while (lo < hi) {
-        uint64_t mid = lo + (hi - lo + 1) / 2, cap = 8;
-        while (cap < mid) cap *= 2;
-        if (fixed + mid * chunk + cap * sizeof(uint8_t *) <= per_layer) lo = mid;
+        uint64_t mid = lo + (hi - lo + 1) / 2, cap = 8, have = slab_chunks(C, mid);
+        while (cap < mid + 1024 / C + 1) cap *= 2;
+        if (fixed + have * chunk + cap * sizeof(kvqi_chunk) <= per_layer) lo = mid;
         else hi = mid - 1;
     }
     uint64_t tokens = lo * C + W;

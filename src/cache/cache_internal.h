@@ -21,6 +21,14 @@
 /* Tokens per softmax block inside a chunk: scores for G heads, one rescale per block. */
 #define KVQI_ATTEND_BLOCK KVQI_MAX_BLOCK_TOKENS
 
+/* One chunk of the arena (kvq_cache.chunks): where head 0's codes of its tokens start. */
+typedef struct kvqi_chunk {
+    uint8_t *k, *v, *o; /* keys, values, outlier channels */
+    uint8_t *slab;      /* the slab's allocation, on its first chunk only */
+    uint32_t span;      /* chunks in its slab: head g's codes are g * span * C tokens on */
+    uint32_t index;     /* its place in the slab */
+} kvqi_chunk;
+
 /* How a side of the cache (keys or values) is scored / decoded at attention time. */
 typedef enum kvqi_code_path {
     KVQI_PATH_GENERIC = 0, /* kvq_score / kvq_decode through the quantizer */
@@ -80,13 +88,18 @@ struct kvq_cache {
     int coded;       /* 1 once the probe has fixed outlier channels and the key mean
                         (at once when neither is asked for); tokens are coded from then */
 
-    /* arena: chunk c holds tokens [c*C, (c+1)*C): key codes [head][C][key.code_size],
-     * then value codes [head][C][value.code_size], then outliers [head][n_out][C] fp16 */
-    uint8_t **chunks;
-    size_t n_chunks, chunk_table_cap;
-    size_t first_chunk; /* sliding window: chunks below this one are freed (NULL) */
+    /* arena: chunk c holds tokens [c*C, (c+1)*C); chunks are allocated in slabs of
+     * `span` chunks laid out head-major, so one head's codes run on for span * C tokens:
+     * key codes [head][span][C][key.code_size], then value codes [head][span][C]
+     * [value.code_size], then outliers [head][span][n_out][C] fp16 (kvqi_chunk_keys,
+     * _values, _outliers address them) */
+    kvqi_chunk *chunks;
+    size_t n_chunks, chunk_table_cap; /* n_chunks: allocated, whole slabs */
+    size_t first_chunk; /* sliding window: chunks below this one are dropped (a slab is
+                           freed once all its chunks are) */
     size_t last_append; /* position of the first token of the last append */
-    size_t chunk_bytes, off_value, off_outliers;
+    size_t chunk_bytes;  /* one chunk's codes, every head */
+    uint64_t arena_bytes; /* slabs held */
 
     /* tokens [0, n_coded) have codes in the arena; the rest are exact: in the stage
      * until the probe is full, then in the window ring (n_coded = n_tokens - window) */
@@ -131,6 +144,21 @@ struct kvq_cache {
     uint8_t *chan_layouts;
 };
 
+/* Head g's codes of chunk ci (C tokens of them, contiguous; the next chunk of its slab
+ * follows): keys, values, and the outlier channels ([n_out][C] fp16). */
+static inline uint8_t *kvqi_chunk_keys(const kvq_cache *c, size_t ci, uint32_t g) {
+    const kvqi_chunk *h = &c->chunks[ci];
+    return h->k + (size_t)g * h->span * c->cfg.chunk_tokens * c->key.code_size;
+}
+static inline uint8_t *kvqi_chunk_values(const kvq_cache *c, size_t ci, uint32_t g) {
+    const kvqi_chunk *h = &c->chunks[ci];
+    return h->v + (size_t)g * h->span * c->cfg.chunk_tokens * c->value.code_size;
+}
+static inline uint8_t *kvqi_chunk_outliers(const kvq_cache *c, size_t ci, uint32_t g) {
+    const kvqi_chunk *h = &c->chunks[ci];
+    return h->o + (size_t)g * h->span * c->n_out * c->cfg.chunk_tokens * sizeof(uint16_t);
+}
+
 /* chan.c */
 size_t kvqi_chan_block_bytes(uint32_t dim, uint32_t bits, size_t C);
 kvq_status kvqi_chan_init(kvq_cache *c);
@@ -154,9 +182,9 @@ typedef struct kvqi_chan_weighed {
 } kvqi_chan_weighed;
 size_t kvqi_chan_scratch_floats(uint32_t dim, uint32_t G);
 void kvqi_chan_scratch(float *w, uint32_t dim, uint32_t G, kvqi_chan_weighed *out);
-void kvqi_chan_weigh(const kvq_cache *c, const float *q, uint32_t G, uint32_t g, const uint8_t *chunk,
+void kvqi_chan_weigh(const kvq_cache *c, const float *q, uint32_t G, uint32_t g, const uint8_t *block,
                      const kvqi_chan_weighed *w);
-void kvqi_chan_dot(const kvq_cache *c, uint32_t G, uint32_t g, const uint8_t *chunk, size_t in, size_t nb,
+void kvqi_chan_dot(const kvq_cache *c, uint32_t G, uint32_t g, const uint8_t *block, size_t in, size_t nb,
                    const kvqi_chan_weighed *w, float *scores, size_t ld);
 
 kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_heads,

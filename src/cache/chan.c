@@ -242,19 +242,16 @@ void kvqi_chan_scratch(float *w, uint32_t dim, uint32_t G, kvqi_chan_weighed *ou
     out->wf = out->bias + round16(G);
 }
 
-/* G query heads' weights for head g's block of a chunk (cpu/cache_kernels.h, chan_weights). */
-void kvqi_chan_weigh(const kvq_cache *c, const float *q, uint32_t G, uint32_t g, const uint8_t *chunk,
+/* G query heads' weights for head g's block of a chunk (kvqi_chunk_keys; cpu/cache_kernels.h,
+ * chan_weights). */
+void kvqi_chan_weigh(const kvq_cache *c, const float *q, uint32_t G, uint32_t g, const uint8_t *block,
                      const kvqi_chan_weighed *w) {
-    size_t C = c->cfg.chunk_tokens;
-    c->kern->chan_weights(chunk + (size_t)g * C * c->key.code_size, layout_of(c, g), q, G, w->W, w->scale, w->bias,
-                          w->wf);
+    c->kern->chan_weights(block, layout_of(c, g), q, G, w->W, w->scale, w->bias, w->wf);
 }
 
 /* Scores of tokens [in, in + nb) of head g's chunk block (one 64-token unit) from those
  * weights (natural order; the query carried the softmax scale). */
-void kvqi_chan_dot(const kvq_cache *c, uint32_t G, uint32_t g, const uint8_t *chunk, size_t in, size_t nb,
+void kvqi_chan_dot(const kvq_cache *c, uint32_t G, uint32_t g, const uint8_t *block, size_t in, size_t nb,
                    const kvqi_chan_weighed *w, float *scores, size_t ld) {
-    size_t C = c->cfg.chunk_tokens;
-    c->kern->chan_dot(chunk + (size_t)g * C * c->key.code_size, layout_of(c, g), w->W, w->scale, w->bias, G, in, nb,
-                      scores, ld);
+    c->kern->chan_dot(block, layout_of(c, g), w->W, w->scale, w->bias, G, in, nb, scores, ld);
 }
