@@ -1375,3 +1375,52 @@ TEST(cache_slabs_contiguous_and_bounded) {
     }
     free(k), free(v);
 }
+
+/* The layers of a cache set hold one copy of a rotation they read back alike: the first
+ * layer owns it, the others borrow it (not counted), and each attends exactly as a cache
+ * made alone; a layer of another rotation keeps its own. */
+TEST(cache_set_layers_share_rotations) {
+    const uint32_t n_kv = 2, dim = 64, H = 4, L = 4;
+    kvq_cache_config cfg[4];
+    for (uint32_t l = 0; l < L; l++)
+        REQUIRE_OK(kvq_cache_config_parse(l == 3 ? "mse:bits=4,seed=7+mse:bits=2,seed=7" : l == 2 ? "q4" : "mse:bits=4+mse:bits=2",
+                                          n_kv, dim, &cfg[l], NULL, 0));
+    kvq_cache_set *set;
+    REQUIRE_OK(kvq_cache_set_create(L, cfg, &set));
+    kvq_cache *alone[4];
+    for (uint32_t l = 0; l < L; l++) REQUIRE_OK(kvq_cache_create(&cfg[l], &alone[l]));
+    size_t n = 300;
+    float *k = malloc(n * n_kv * dim * sizeof(float)), *v = malloc(n * n_kv * dim * sizeof(float));
+    float q[4 * 64], o1[4 * 64], o2[4 * 64];
+    REQUIRE(k && v);
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 77);
+    for (size_t i = 0; i < n * n_kv * dim; i++) k[i] = (float)kvqi_rng_normal(&r), v[i] = (float)kvqi_rng_normal(&r);
+    for (uint32_t i = 0; i < H * dim; i++) q[i] = (float)kvqi_rng_normal(&r);
+    uint64_t shared_alone = 0;
+    kvq_cache *first;
+    REQUIRE_OK(kvq_cache_set_layer(set, 0, &first));
+    for (uint32_t l = 0; l < L; l++) {
+        kvq_cache *c;
+        REQUIRE_OK(kvq_cache_set_layer(set, l, &c));
+        REQUIRE_OK(kvq_cache_append(c, k, v, n));
+        REQUIRE_OK(kvq_cache_append(alone[l], k, v, n));
+        REQUIRE_OK(kvq_cache_attend(c, q, H, 1, 0.125f, NULL, o1));
+        REQUIRE_OK(kvq_cache_attend(alone[l], q, H, 1, 0.125f, NULL, o2));
+        CHECKF(memcmp(o1, o2, sizeof o1) == 0, "layer %u attends differently in the set", l);
+        kvq_cache_memory_info m;
+        REQUIRE_OK(kvq_cache_memory(alone[l], &m));
+        shared_alone += m.shared;
+        /* layer 1 reads back layer 0's matrices: borrowed; layer 3 (another seed) its own */
+        if (l == 1) CHECK(c->key.rotation_borrowed && c->key.rotation_h == first->key.rotation_h);
+        if (l == 3) CHECK(!c->key.rotation_borrowed);
+    }
+    kvq_cache_memory_info all;
+    REQUIRE_OK(kvq_cache_set_memory(set, &all));
+    /* one 64 x 64 fp16 matrix less: layer 1's (layer 2's values too where they match) */
+    CHECKF(all.shared + 64 * 64 * 2 <= shared_alone, "set %llu, alone %llu", (unsigned long long)all.shared,
+           (unsigned long long)shared_alone);
+    for (uint32_t l = 0; l < L; l++) kvq_cache_free(alone[l]);
+    kvq_cache_set_free(set);
+    free(k), free(v);
+}

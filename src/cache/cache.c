@@ -622,7 +622,34 @@ KVQ_API void kvq_cache_free(kvq_cache *c) {
     kvqi_free(c);
 }
 
+/* A side's read-back rotation replaced by an identical one of the donor cache (either of
+ * its sides), borrowed: not owned, not counted. */
+static void borrow_rotation(kvqi_side *s, const kvq_cache *donor, uint32_t dim) {
+    if (!donor || s->path != KVQI_PATH_ROT || donor->dim != dim) return;
+    size_t n = (size_t)dim * dim;
+    const kvqi_side *cand[2] = {&donor->key, &donor->value};
+    for (int i = 0; i < 2; i++) {
+        const kvqi_side *d = cand[i];
+        if (d->path != KVQI_PATH_ROT) continue;
+        int same = (s->rotation_h && d->rotation_h && !memcmp(s->rotation_h, d->rotation_h, n * sizeof(uint16_t))) ||
+                   (s->rotation && d->rotation && !memcmp(s->rotation, d->rotation, n * sizeof(float)));
+        if (!same) continue;
+        if (!s->rotation_borrowed) {
+            kvqi_free(s->rotation);
+            kvqi_free(s->rotation_h);
+        }
+        s->rotation = d->rotation;
+        s->rotation_h = d->rotation_h;
+        s->rotation_borrowed = 1;
+        return;
+    }
+}
+
 KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out) {
+    return kvqi_cache_create_shared(cfg, NULL, out);
+}
+
+kvq_status kvqi_cache_create_shared(const kvq_cache_config *cfg, const kvq_cache *donor, kvq_cache **out) {
     if (!out) return KVQ_ERR_INVALID_ARG;
     *out = NULL;
     kvq_status st = validate_config(cfg);
@@ -674,6 +701,9 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
 
     if ((st = rotation_to_fp16(&c->key, c->dim)) != KVQ_OK) goto fail;
     if ((st = rotation_to_fp16(&c->value, c->dim)) != KVQ_OK) goto fail;
+    /* the layers of one context or cache set read back the same matrices: one copy */
+    borrow_rotation(&c->key, donor, c->dim);
+    borrow_rotation(&c->value, donor, c->dim);
     /* keys and values with the same rotation (same method and seed, any bits) share one
      * copy: compared as stored, so fp16 copies read back at different bits match */
     if (c->key.path == KVQI_PATH_ROT && c->value.path == KVQI_PATH_ROT) {
@@ -683,9 +713,11 @@ KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out
             same = !memcmp(c->key.rotation_h, c->value.rotation_h, n * sizeof(uint16_t));
         else if (c->key.rotation && c->value.rotation)
             same = !memcmp(c->key.rotation, c->value.rotation, n * sizeof(float));
-        if (same) {
-            kvqi_free(c->value.rotation);
-            kvqi_free(c->value.rotation_h);
+        if (same && c->value.rotation != c->key.rotation) {
+            if (!c->value.rotation_borrowed) {
+                kvqi_free(c->value.rotation);
+                kvqi_free(c->value.rotation_h);
+            }
             c->value.rotation = c->key.rotation;
             c->value.rotation_h = c->key.rotation_h;
             c->value.rotation_borrowed = 1;
@@ -1166,7 +1198,7 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     if (c->value.lane) m->shared += (uint64_t)c->dim * sizeof(uint16_t);
     for (int side = 0; side < 2; side++) {
         const kvqi_side *S = side ? &c->value : &c->key;
-        if (side && S->rotation_borrowed) continue;
+        if (S->rotation_borrowed) continue; /* counted where it is owned */
         if (S->rotation) m->shared += (uint64_t)c->dim * c->dim * sizeof(float);
         if (S->rotation_h) m->shared += (uint64_t)c->dim * c->dim * sizeof(uint16_t);
     }
@@ -1244,8 +1276,8 @@ struct kvq_cache_set {
 
 KVQ_API void kvq_cache_set_free(kvq_cache_set *s) {
     if (!s) return;
-    if (s->layers)
-        for (uint32_t i = 0; i < s->n_layers; i++) kvq_cache_free(s->layers[i]);
+    if (s->layers) /* the first layer last: the others borrow its rotations */
+        for (uint32_t i = s->n_layers; i-- > 0;) kvq_cache_free(s->layers[i]);
     kvqi_free(s->layers);
     kvqi_free(s);
 }
@@ -1264,7 +1296,7 @@ KVQ_API kvq_status kvq_cache_set_create(uint32_t n_layers, const kvq_cache_confi
     }
     s->n_layers = n_layers;
     for (uint32_t i = 0; i < n_layers; i++) {
-        kvq_status st = kvq_cache_create(&per_layer[i], &s->layers[i]);
+        kvq_status st = kvqi_cache_create_shared(&per_layer[i], i ? s->layers[0] : NULL, &s->layers[i]);
         if (st != KVQ_OK) {
             kvq_cache_set_free(s);
             return st;

@@ -52,8 +52,9 @@ typedef struct kvqi_side {
     uint16_t *rotation_h;    /* PATH_ROT: the same matrix in fp16 when every entry is an
                                 fp16 number (randomized Hadamard at dim 4^k: +-2^-k);
                                 `rotation` is NULL then */
-    int rotation_borrowed;   /* values: the keys' matrix, identical (whatever the bits),
-                                not owned */
+    int rotation_borrowed;   /* the matrix is the keys' (values, whatever the bits) or
+                                another cache's (kvqi_cache_create_shared), identical: not
+                                owned, not counted */
     kvqi_sign_layout signs;  /* PATH_SIGNS */
     float *proj;             /* PATH_SIGNS: m x dim, z = proj q */
     int signs_mse;           /* PATH_SIGNS: an mse part in `rot` (turboquant_prod) too */
@@ -186,6 +187,11 @@ void kvqi_chan_weigh(const kvq_cache *c, const float *q, uint32_t G, uint32_t g,
                      const kvqi_chan_weighed *w);
 void kvqi_chan_dot(const kvq_cache *c, uint32_t G, uint32_t g, const uint8_t *block, size_t in, size_t nb,
                    const kvqi_chan_weighed *w, float *scores, size_t ld);
+
+/* kvq_cache_create whose read-back rotations, where identical to one of donor's, are
+ * donor's (borrowed): donor must outlive the cache. The layers of a context or cache set
+ * share the first layer's. */
+kvq_status kvqi_cache_create_shared(const kvq_cache_config *cfg, const kvq_cache *donor, kvq_cache **out);
 
 kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_heads,
                                   size_t n_queries, float scale, kvq_threadpool *pool,

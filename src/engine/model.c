@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cache/cache_internal.h"
 #include "engine/engine.h"
 
 typedef struct layer_weights {
@@ -475,7 +476,8 @@ KVQ_API void kvq_context_free(kvq_context *c) {
         }
     free(c->scratch);
     if (c->caches)
-        for (uint32_t l = 0; l < c->model->info.n_layers; l++) kvq_cache_free(c->caches[l]);
+        for (uint32_t l = c->model->info.n_layers; l-- > 0;) /* layer 0 last: the others borrow its rotations */
+            kvq_cache_free(c->caches[l]);
     free(c->caches);
     kvq_threadpool_free(c->pool);
     float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up,
@@ -624,7 +626,7 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
                 st = KVQ_ERR_INVALID_ARG;
                 goto fail;
             }
-            if ((st = kvq_cache_create(&cc, &c->caches[l]))) goto fail;
+            if ((st = kvqi_cache_create_shared(&cc, l ? c->caches[0] : NULL, &c->caches[l]))) goto fail;
         }
     }
     *out = c;
