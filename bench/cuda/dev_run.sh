@@ -6,6 +6,7 @@
 # VARIANT2: a second variant build (bench_variant2.txt); VTESTS=1 runs the GPU tests on
 # the first variant too (tests_variant.log). NCU_SRC=1: a per-instruction profile of the
 # default build (ncu_source.csv.gz: SASS with execution counts and stall samples).
+# PAGED=1: the pairs over 16-, 32- and 64-token pages too (bench_attn --paged).
 # Logs under $OUT (else build/dev-run); a short summary is printed last.
 set -u
 OUT=${OUT:-build/dev-run}
@@ -29,7 +30,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   stamp "tests: $(grep -E 'passed|failed' "$OUT/tests.log" | tail -2 | tr '\n' ' ')"
   grep -E "FAIL|error|relative" "$OUT/tests.log" | head -20
 fi
-./build/bench_attn --pair "$PAIRS" >"$OUT/bench.txt" 2>&1
+./build/bench_attn --pair "$PAIRS" ${PAGED:+--paged} >"$OUT/bench.txt" 2>&1
 stamp "bench done"
 if [ "${NCU:-0}" = 1 ]; then
   NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
@@ -60,7 +61,7 @@ for V in "${VARIANT:-}" "${VARIANT2:-}"; do
   sfx=$([ $vi = 1 ] && echo "" || echo $vi)
   rm -f build/src/cuda/attend_mma.o
   NVCC_APPEND_FLAGS="$V" make -j"$NPROC" >>"$OUT/build.log" 2>&1 && bench_bin build/bench_attn_v >>"$OUT/build.log" 2>&1 &&
-    ./build/bench_attn_v --pair "${VPAIRS:-$PAIRS}" >"$OUT/bench_variant$sfx.txt" 2>&1
+    ./build/bench_attn_v --pair "${VPAIRS:-$PAIRS}" ${PAGED:+--paged} >"$OUT/bench_variant$sfx.txt" 2>&1
   if [ $vi = 1 ] && [ "${VTESTS:-0}" = 1 ]; then
     NVCC_APPEND_FLAGS="$V" make -j"$NPROC" test TESTS=cuda_ >"$OUT/tests_variant.log" 2>&1
     stamp "variant tests: $(grep -E 'passed|failed' "$OUT/tests_variant.log" | tail -1)"

@@ -401,7 +401,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
 #define BITS_MIN_BLOCKS 3
 #endif
 #ifndef BITS_RUN
-#define BITS_RUN 1 /* contiguous layout: whole tiles copied from running pointers */
+#define BITS_RUN 1 /* whole 32-token tiles copied as one run (contiguous, pages of 32k tokens) */
 #endif
 #ifndef BITS_PROBE
 #define BITS_PROBE 0 /* timing probes, wrong results: 1 leaves the value mma out, 2 the score mma */
@@ -538,22 +538,27 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
     uint8_t *wbuf = s_buf + warp * NST * C::ST;
     const int step = BT * MMA_WARPS;
     int ti = t0 + BT * warp; /* next tile to copy */
-    /* contiguous layout: a whole tile is one run of 32 rows, copied from running pointers
-     * (per lane, 16 bytes apart); paged layout or a tile past the end: the two halves with
-     * their pages, read one tile ahead */
+    /* a whole tile is one run of 32 rows in the contiguous layout (copied from running
+     * pointers, per lane 16 bytes apart) and in pages of a multiple of 32 tokens (one row
+     * product per tile); other page sizes and a tile past the end: the two 16-token halves
+     * with their pages. Pages are read one tile ahead. */
     const bool contig = BITS_RUN && a.page_table == nullptr;
-    const size_t row0 = ((size_t)seq * a.n_kv_heads + h) * (size_t)a.page_size + (size_t)ti;
-    const uint8_t *gk_run = a.k_codes + row0 * kcs + 16 * lane, *gv_run = a.v_codes + row0 * VCS + 16 * lane;
+    const bool page32 = BITS_RUN && !contig && (a.page_size & 31) == 0, whole = contig || page32;
     int pn0 = seq, pn1 = seq; /* its pages */
+    size_t row0 = ((size_t)seq * a.n_kv_heads + h) * (size_t)a.page_size + (size_t)ti;
     if (!contig && ti < t1) {
         pn0 = kvqc_page(a, seq, ti);
-        pn1 = ti + 16 < t1 ? kvqc_page(a, seq, ti + 16) : pn0;
+        pn1 = ti + 16 < t1 && !page32 ? kvqc_page(a, seq, ti + 16) : pn0;
+        row0 = kvqc_row_at(a, pn0, h, ti);
     }
+    /* the tile's first rows, this lane's 16 bytes (the page's, for pages of 32k tokens,
+     * set when the page is read) */
+    const uint8_t *gk_run = a.k_codes + row0 * kcs + 16 * lane, *gv_run = a.v_codes + row0 * VCS + 16 * lane;
     /* copy the next tile into stage st */
     auto issue = [&](int st) {
         if (ti < t1) {
             uint8_t *dk = wbuf + st * C::ST + 16 * lane, *dv = dk + C::KT;
-            if (contig && ti + BT <= t1) {
+            if (whole && ti + BT <= t1) {
 #pragma unroll
                 for (int i = 0; i < (2 * kcs + 31) / 32; i++)
                     if ((2 * kcs) % 32 == 0 || lane + 32 * i < 2 * kcs) cp_async16(dk + 512 * i, gk_run + 512 * i, 16);
@@ -569,7 +574,12 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
             gv_run += step * VCS;
             if (!contig && ti < t1) {
                 pn0 = kvqc_page(a, seq, ti);
-                pn1 = ti + 16 < t1 ? kvqc_page(a, seq, ti + 16) : pn0;
+                pn1 = ti + 16 < t1 && !page32 ? kvqc_page(a, seq, ti + 16) : pn0;
+                if (page32) {
+                    const size_t r = kvqc_row_at(a, pn0, h, ti);
+                    gk_run = a.k_codes + r * kcs + 16 * lane;
+                    gv_run = a.v_codes + r * VCS + 16 * lane;
+                }
             }
         }
         cp_commit();
