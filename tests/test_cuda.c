@@ -188,9 +188,11 @@ static const attn_case k_attn_cases[] = {
     {"turboquant_rvq:bits=1,residuals=3", "turboquant_mse:bits=4"},
 };
 
-static void attend_case(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint32_t n_kv,
-                        uint32_t group, const int32_t *lens, uint32_t batch, uint32_t capacity,
-                        kvq_cuda_dtype qdt, uint32_t flags) {
+/* poison: the rows past each sequence's length hold codes whose norms are inf (values) and
+ * NaN (keys), every other byte 0xFF; the result must not depend on them. */
+static void attend_case_ex(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint32_t n_kv,
+                           uint32_t group, const int32_t *lens, uint32_t batch, uint32_t capacity,
+                           kvq_cuda_dtype qdt, uint32_t flags, int poison) {
     const uint32_t nq = n_kv * group;
     kvq_config kc, vc;
     char msg[160];
@@ -220,6 +222,14 @@ static void attend_case(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint32_
     REQUIRE_OK(kvq_encode(kq, x, rows, kcodes));
     for (size_t i = 0; i < rows * d; i++) x[i] = (float)kvqi_rng_normal(&r);
     REQUIRE_OK(kvq_encode(vq, x, rows, vcodes));
+    if (poison)
+        for (size_t row = 0; row < rows; row++) {
+            if (row % capacity < (size_t)lens[row / capacity / n_kv]) continue;
+            memset(kcodes + row * kcs, 0xFF, kcs);
+            memset(vcodes + row * vcs, 0xFF, vcs);
+            vcodes[row * vcs] = 0x00; /* fp16 +inf, little-endian */
+            vcodes[row * vcs + 1] = 0x7C;
+        }
     /* queries large enough that the softmax is far from uniform */
     for (size_t i = 0; i < (size_t)batch * nq * d; i++) qh[i] = 2.5f * (float)kvqi_rng_normal(&r);
     round_to(qh, (size_t)batch * nq * d, qdt, qin);
@@ -294,6 +304,12 @@ static void attend_case(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint32_
     kvq_quantizer_free(vq);
 }
 
+static void attend_case(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint32_t n_kv,
+                        uint32_t group, const int32_t *lens, uint32_t batch, uint32_t capacity,
+                        kvq_cuda_dtype qdt, uint32_t flags) {
+    attend_case_ex(kvqt_, c, d, n_kv, group, lens, batch, capacity, qdt, flags, 0);
+}
+
 static void body_cuda_attend_matches_cpu_reference(kvqt_ctx *kvqt_) {
     const int32_t lens[3] = {2500, 1, 1003};
     for (size_t i = 0; i < sizeof k_attn_cases / sizeof *k_attn_cases; i++) {
@@ -320,6 +336,15 @@ static void body_cuda_attend_shapes_and_query_types(kvqt_ctx *kvqt_) {
     attend_case(kvqt_, &k_attn_cases[6], 128, 3, 1, lens, 4, 416, KVQ_CUDA_BF16, 0);
     attend_case(kvqt_, &k_attn_cases[7], 128, 2, 3, lens, 4, 416, KVQ_CUDA_F32, 0);
     attend_case(kvqt_, &k_attn_cases[9], 128, 4, 2, lens, 4, 416, KVQ_CUDA_F16, 0);
+}
+
+/* The tensor-core kernels may read whole 16-token blocks past a sequence's end (inside its
+ * capacity); rows there hold inf / NaN norms and 0xFF codes and must change nothing. */
+static void body_cuda_attend_ignores_rows_past_length(kvqt_ctx *kvqt_) {
+    const int32_t lens[4] = {37, 5, 250, 16};
+    static const size_t cases[] = {0, 1, 2, 3, 8, 12, 13, 14, 15};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        attend_case_ex(kvqt_, &k_attn_cases[cases[i]], 128, 2, 4, lens, 4, 256, KVQ_CUDA_F32, 0, 1);
 }
 
 static void body_cuda_rejects_bad_arguments(kvqt_ctx *kvqt_) {
@@ -849,6 +874,13 @@ TEST(cuda_attend_shapes_and_query_types) {
     if (!have_gpu()) SKIP("no CUDA device");
 #ifdef KVQ_HAVE_CUDA
     body_cuda_attend_shapes_and_query_types(kvqt_);
+#endif
+}
+
+TEST(cuda_attend_ignores_rows_past_length) {
+    if (!have_gpu()) SKIP("no CUDA device");
+#ifdef KVQ_HAVE_CUDA
+    body_cuda_attend_ignores_rows_past_length(kvqt_);
 #endif
 }
 

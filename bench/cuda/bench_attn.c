@@ -4,7 +4,8 @@
  * compressed KV at Llama-3.1-8B decode shapes (32 query heads, 8 KV heads, dim 128)
  * for batch 1/8/32 and context 4k/32k/128k. CUDA events, warm-up, medians; each timed
  * sample replays a captured graph of REPS calls. One line per figure, machine-readable.
- * Usage: bench_attn [--quick | --pair NAME[,NAME...] | --profile [KEY VALUE]]
+ * Usage: bench_attn [--quick | --pair NAME[,NAME...] [--paged] | --profile [KEY VALUE]]
+ * (--paged: those pairs over shuffled pools of 16-, 32- and 64-token pages too)
  */
 #include <cuda_runtime.h>
 #include <math.h>
@@ -384,6 +385,7 @@ int main(int argc, char **argv) {
     const char *prof_key = profile && argc > 3 ? argv[2] : "turboquant_rvq:bits=1,residuals=2";
     const char *prof_value = profile && argc > 3 ? argv[3] : "turboquant_mse:bits=2";
     const char *only_pair = argc > 2 && strcmp(argv[1], "--pair") == 0 ? argv[2] : NULL;
+    const int pair_paged = only_pair && argc > 3 && strcmp(argv[3], "--paged") == 0;
     int n_dev = 0;
     if (kvq_cuda_available(&n_dev) != KVQ_OK) {
         fprintf(stderr, "no CUDA device\n");
@@ -576,6 +578,13 @@ int main(int argc, char **argv) {
             bench_paged(pr, 32, 32768, 64, 1, stage, stage_rows, copy_gbs, s);
         }
         for (size_t pi = 0; pi < 4; pi++) bench_prefill(&pairs[pi], 1, 32768, 64, stage, stage_rows, copy_gbs, s);
+    }
+    if (pair_paged) {
+        const uint32_t page_sizes[] = {16, 32, 64};
+        for (size_t pi = 0; pi < sizeof pairs / sizeof *pairs; pi++) {
+            if (!in_list(only_pair, pairs[pi].name)) continue;
+            for (size_t k = 0; k < 3; k++) bench_paged(&pairs[pi], 32, 32768, page_sizes[k], 0, stage, stage_rows, copy_gbs, s);
+        }
     }
     CK(cudaFree(stage));
     CK(cudaStreamDestroy(s));

@@ -4,7 +4,9 @@
 # attend_mma.o (VARIANT="-D...": its flags through NVCC_APPEND_FLAGS), SDPA-flash on the
 # same shapes (SDPA=1) and one Nsight Compute profile at batch 8, 32k (NCU=1).
 # VARIANT2: a second variant build (bench_variant2.txt); VTESTS=1 runs the GPU tests on
-# the first variant too (tests_variant.log).
+# the first variant too (tests_variant.log). NCU_SRC=1: a per-instruction profile of the
+# default build (ncu_source.csv.gz: SASS with execution counts and stall samples).
+# PAGED=1: the pairs over 16-, 32- and 64-token pages too (bench_attn --paged).
 # Logs under $OUT (else build/dev-run); a short summary is printed last.
 set -u
 OUT=${OUT:-build/dev-run}
@@ -28,7 +30,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   stamp "tests: $(grep -E 'passed|failed' "$OUT/tests.log" | tail -2 | tr '\n' ' ')"
   grep -E "FAIL|error|relative" "$OUT/tests.log" | head -20
 fi
-./build/bench_attn --pair "$PAIRS" >"$OUT/bench.txt" 2>&1
+./build/bench_attn --pair "$PAIRS" ${PAGED:+--paged} >"$OUT/bench.txt" 2>&1
 stamp "bench done"
 if [ "${NCU:-0}" = 1 ]; then
   NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
@@ -39,6 +41,19 @@ if [ "${NCU:-0}" = 1 ]; then
     >"$OUT/ncu.txt" 2>&1
   stamp "ncu done"
 fi
+if [ "${NCU_SRC:-0}" = 1 ]; then
+  # per-instruction execution counts and stall samples of the default build (SASS), the
+  # opcode mix, and the kernel's SASS: ncu_source.csv.gz, sass.txt.gz
+  NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  timeout 150 "$NCU_BIN" --clock-control none --section SourceCounters --section WarpStateStats \
+    --section InstructionStats -k regex:attend_bits -c 1 -f -o build/ncu_src \
+    ./build/bench_attn --profile "${NCU_KEY:-turboquant_rvq:bits=1,residuals=2}" "${NCU_VALUE:-turboquant_mse:bits=2}" \
+    >"$OUT/ncu_src.log" 2>&1
+  "$NCU_BIN" -i build/ncu_src.ncu-rep --page source --csv --print-source sass 2>&1 | gzip >"$OUT/ncu_source.csv.gz"
+  "$NCU_BIN" -i build/ncu_src.ncu-rep --page details --print-details all >>"$OUT/ncu_src.log" 2>&1
+  cuobjdump -sass build/src/cuda/attend_mma.o 2>&1 | gzip >"$OUT/sass.txt.gz"
+  stamp "ncu source done"
+fi
 vi=0
 for V in "${VARIANT:-}" "${VARIANT2:-}"; do
   vi=$((vi + 1))
@@ -46,7 +61,7 @@ for V in "${VARIANT:-}" "${VARIANT2:-}"; do
   sfx=$([ $vi = 1 ] && echo "" || echo $vi)
   rm -f build/src/cuda/attend_mma.o
   NVCC_APPEND_FLAGS="$V" make -j"$NPROC" >>"$OUT/build.log" 2>&1 && bench_bin build/bench_attn_v >>"$OUT/build.log" 2>&1 &&
-    ./build/bench_attn_v --pair "${VPAIRS:-$PAIRS}" >"$OUT/bench_variant$sfx.txt" 2>&1
+    ./build/bench_attn_v --pair "${VPAIRS:-$PAIRS}" ${PAGED:+--paged} >"$OUT/bench_variant$sfx.txt" 2>&1
   if [ $vi = 1 ] && [ "${VTESTS:-0}" = 1 ]; then
     NVCC_APPEND_FLAGS="$V" make -j"$NPROC" test TESTS=cuda_ >"$OUT/tests_variant.log" 2>&1
     stamp "variant tests: $(grep -E 'passed|failed' "$OUT/tests_variant.log" | tail -1)"

@@ -77,6 +77,10 @@ def dev_summary(out):
                 vs = f"{f / float(d['us']):6.2f}" if f else "     -"
                 print(f"{d['pair']:<14}{d['batch']:>4}{d['ctx']:>8}{float(d['us']):>10.1f}"
                       f"{float(d['GBps']):>8.0f}{float(d['pct_copy']):>7.1f}{vs}")
+            elif l.startswith("PAGED") and "us=" in l:
+                d = kv(l)
+                print(f"{d['pair']:<14}{d['batch']:>4}{d['ctx']:>8}{float(d['us']):>10.1f}"
+                      f"{float(d['GBps']):>8.0f}{float(d['pct_copy']):>7.1f}  page {d['page']}")
             elif "rror" in l:
                 print(l.rstrip())
     if os.path.exists(f"{out}/ncu.txt"):

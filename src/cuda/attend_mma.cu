@@ -400,6 +400,12 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
 #ifndef BITS_MIN_BLOCKS
 #define BITS_MIN_BLOCKS 3
 #endif
+#ifndef BITS_RUN
+#define BITS_RUN 1 /* whole 32-token tiles copied as one run (contiguous, pages of 32k tokens) */
+#endif
+#ifndef BITS_PROBE
+#define BITS_PROBE 0 /* timing probes, wrong results: 1 leaves the value mma out, 2 the score mma */
+#endif
 #ifndef BITS_MIN_BLOCKS2
 #define BITS_MIN_BLOCKS2 BITS_MIN_BLOCKS /* resident blocks per SM, 2-bit values */
 #endif
@@ -532,20 +538,48 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
     uint8_t *wbuf = s_buf + warp * NST * C::ST;
     const int step = BT * MMA_WARPS;
     int ti = t0 + BT * warp; /* next tile to copy */
-    int pn0 = 0, pn1 = 0;    /* its pages */
-    if (ti < t1) {
+    /* a whole tile is one run of 32 rows in the contiguous layout (copied from running
+     * pointers, per lane 16 bytes apart) and in pages of a multiple of 32 tokens (one row
+     * product per tile); other page sizes and a tile past the end: the two 16-token halves
+     * with their pages. Pages are read one tile ahead. */
+    const bool contig = BITS_RUN && a.page_table == nullptr;
+    const bool page32 = BITS_RUN && !contig && (a.page_size & 31) == 0, whole = contig || page32;
+    int pn0 = seq, pn1 = seq; /* its pages */
+    size_t row0 = ((size_t)seq * a.n_kv_heads + h) * (size_t)a.page_size + (size_t)ti;
+    if (!contig && ti < t1) {
         pn0 = kvqc_page(a, seq, ti);
-        pn1 = ti + 16 < t1 ? kvqc_page(a, seq, ti + 16) : pn0;
+        pn1 = ti + 16 < t1 && !page32 ? kvqc_page(a, seq, ti + 16) : pn0;
+        row0 = kvqc_row_at(a, pn0, h, ti);
     }
-    /* copy the next tile into stage st (pages read one tile ahead) */
+    /* the tile's first rows, this lane's 16 bytes (the page's, for pages of 32k tokens,
+     * set when the page is read) */
+    const uint8_t *gk_run = a.k_codes + row0 * kcs + 16 * lane, *gv_run = a.v_codes + row0 * VCS + 16 * lane;
+    /* copy the next tile into stage st */
     auto issue = [&](int st) {
         if (ti < t1) {
-            bits_issue<kcs, VCS>(wbuf + st * C::ST, wbuf + st * C::ST + C::KT, a, kvqc_row_at(a, pn0, h, ti),
-                            kvqc_row_at(a, pn1, h, ti + 16), min(16, t1 - ti), max(0, min(16, t1 - ti - 16)), lane);
+            uint8_t *dk = wbuf + st * C::ST + 16 * lane, *dv = dk + C::KT;
+            if (whole && ti + BT <= t1) {
+#pragma unroll
+                for (int i = 0; i < (2 * kcs + 31) / 32; i++)
+                    if ((2 * kcs) % 32 == 0 || lane + 32 * i < 2 * kcs) cp_async16(dk + 512 * i, gk_run + 512 * i, 16);
+#pragma unroll
+                for (int i = 0; i < (2 * VCS + 31) / 32; i++)
+                    if ((2 * VCS) % 32 == 0 || lane + 32 * i < 2 * VCS) cp_async16(dv + 512 * i, gv_run + 512 * i, 16);
+            } else {
+                bits_issue<kcs, VCS>(wbuf + st * C::ST, wbuf + st * C::ST + C::KT, a, kvqc_row_at(a, pn0, h, ti),
+                                     kvqc_row_at(a, pn1, h, ti + 16), min(16, t1 - ti), max(0, min(16, t1 - ti - 16)), lane);
+            }
             ti += step;
-            if (ti < t1) {
+            gk_run += step * kcs;
+            gv_run += step * VCS;
+            if (!contig && ti < t1) {
                 pn0 = kvqc_page(a, seq, ti);
-                pn1 = ti + 16 < t1 ? kvqc_page(a, seq, ti + 16) : pn0;
+                pn1 = ti + 16 < t1 && !page32 ? kvqc_page(a, seq, ti + 16) : pn0;
+                if (page32) {
+                    const size_t r = kvqc_row_at(a, pn0, h, ti);
+                    gk_run = a.k_codes + r * kcs + 16 * lane;
+                    gv_run = a.v_codes + r * VCS + 16 * lane;
+                }
             }
         }
         cp_commit();
@@ -702,6 +736,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
      * T[grp][j] is byte j of token 16 grp + 4 tq + s; m-tile mt: rows g / g + 8 = bit 0 /
      * bit 1 of dim 16 g + mt (code mt & 3 of byte mt >> 2) */
     auto values = [&](int vst, int par) {
+        if (BITS_PROBE == 1) return;
         const uint8_t *sv = wbuf + vst * C::ST + C::KT;
         const unsigned sel = (g & 1) ? 0x6420u : 0x7531u;
         const uint2 u0 = *(const uint2 *)&s_w[warp][par][g >> 1][4 * tq];
@@ -759,7 +794,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
                 const unsigned wh = k_aligned ? *(const unsigned *)(sk + ko_hi + wo) : ld_word(sk, ko_hi + wo);
                 int c0[4] = {0, 0, 0, 0}, c1[4] = {-kq_h, 0, -kq_h, 0};
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
+                for (int i = 0; i < (BITS_PROBE == 2 ? 0 : 4); i++) {
                     const unsigned m0 = 0x01010101u << (2 * i), m1 = m0 << 1;
                     const unsigned a0 = wl & m0, a1 = wh & m0, a2 = wl & m1, a3 = wh & m1;
                     imma_u8s8(c0, a0, a1, a2, a3, kb[i][0][0], kb[i][0][1]);
