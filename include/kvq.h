@@ -317,12 +317,15 @@ KVQ_API kvq_status kvq_cache_attend(kvq_cache *cache, const float *q, uint32_t n
                                     float *out);
 KVQ_API kvq_status kvq_cache_memory(const kvq_cache *cache, kvq_cache_memory_info *info);
 /* How many tokens of context fit in budget_bytes for n_layers caches of this config
- * (whole chunks; attend's per-thread scratch, tens of KB, is not counted). */
+ * (whole slabs of chunks, each layer with its own rotation: a bound for a cache set or
+ * context, whose layers share it; attend's per-thread scratch, tens of KB, is not
+ * counted). */
 KVQ_API kvq_status kvq_cache_tokens_fit(const kvq_cache_config *cfg, uint32_t n_layers,
                                         uint64_t budget_bytes, uint64_t *n_tokens);
 
 /* One cache per layer of a model, each with its own config (layers may use different
- * methods and bits: per_layer[n_layers]). */
+ * methods and bits: per_layer[n_layers]). Layers whose quantizers read back the same
+ * rotation (same method, dim and seed) hold one copy of it, the first layer's. */
 typedef struct kvq_cache_set kvq_cache_set;
 KVQ_API kvq_status kvq_cache_set_create(uint32_t n_layers, const kvq_cache_config *per_layer,
                                         kvq_cache_set **out);
