@@ -97,6 +97,16 @@ SERVE_LIBS := $(shell pkg-config --libs $(SERVE_PKGS))
 $(BUILD)/tools/serve/%.o: CPPFLAGS_ALL += $(SERVE_CFLAGS)
 endif
 TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/%.o)
+
+# The build's configuration (compiler, flags, CUDA on or off) in $(BUILD)/config.stamp,
+# rewritten only when it changes: every object depends on it, so a make with other
+# flags (NO_CUDA=1, OPT=..., as a check run inside `make test-asan` inherits) rebuilds
+# instead of linking objects of two configurations into one library.
+CONFIG_STAMP := $(BUILD)/config.stamp
+CONFIG_NOW := $(strip $(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) $(LDFLAGS) NVCC=$(NVCC) $(NVCCFLAGS))
+ifneq ($(strip $(shell cat $(CONFIG_STAMP) 2>/dev/null)),$(CONFIG_NOW))
+$(shell mkdir -p $(BUILD) && printf '%s\n' '$(CONFIG_NOW)' > $(CONFIG_STAMP))
+endif
 TEST_SRC := $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 BENCH_SRC := $(wildcard bench/*.c)
@@ -128,28 +138,28 @@ help:
 	@echo "make model      the SmolLM2-135M GGUF into models/; make gemma: Gemma-3-270M; make data: the text"
 	@echo "make clean      remove $(BUILD)/"
 
-$(BUILD)/%.o: %.c
+$(BUILD)/%.o: %.c $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
 
-$(BUILD)/%_avx2.o: %_avx2.c
+$(BUILD)/%_avx2.o: %_avx2.c $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) $(AVX2_FLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/%_avx512.o: %_avx512.c
+$(BUILD)/%_avx512.o: %_avx512.c $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) $(AVX512_FLAGS) -MMD -MP -c $< -o $@
 
 # the engine's int8 tile product also needs VNNI (checked at run time before use)
-$(BUILD)/src/cpu/engine_avx512.o: src/cpu/engine_avx512.c
+$(BUILD)/src/cpu/engine_avx512.o: src/cpu/engine_avx512.c $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) $(AVX512_FLAGS) -mavx512vnni -MMD -MP -c $< -o $@
 
-$(BUILD)/%_neon.o: %_neon.c
+$(BUILD)/%_neon.o: %_neon.c $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) $(NEON_FLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/%.o: %.cu
+$(BUILD)/%.o: %.cu $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
