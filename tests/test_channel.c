@@ -1,7 +1,8 @@
 /* test_channel.c - the channel method: the per-vector code's half-step bound, cache keys
  * coded per channel over chunks (half a step of each channel's own range, bits spent by
  * spread), attention against a double reference and against rotated keys on keys with
- * persistent and turning channels, batching invariance, and the configs it refuses. */
+ * persistent and turning channels, batching invariance, the configs it refuses, and bits
+ * fixed from the first chunk's ranges. */
 #include <stdlib.h>
 
 #include "cache/cache_internal.h"
