@@ -1,7 +1,8 @@
 /* test_channel.c - the channel method: the per-vector code's half-step bound, cache keys
  * coded per channel over chunks (half a step of each channel's own range, bits spent by
  * spread), attention against a double reference and against rotated keys on keys with
- * persistent and turning channels, batching invariance, and the configs it refuses. */
+ * persistent and turning channels, batching invariance, the configs it refuses, and bits
+ * fixed from the first chunk's ranges. */
 #include <stdlib.h>
 
 #include "cache/cache_internal.h"
@@ -522,4 +523,48 @@ TEST(channel_cache_sliding_window) {
            (unsigned long long)m.key_codes);
     kvq_cache_free(c);
     free(k), free(v), free(q), free(ref), free(out);
+}
+
+/* Bits follow each channel's range over the first chunk, not only over the 32-token
+ * probe: a channel that holds still for the probe and then moves (a slow RoPE channel
+ * seen at one phase) gets the bits its chunk range asks for; one that never moves gets
+ * none. Same bits whether the tokens come at once or one at a time. */
+TEST(channel_cache_bits_from_first_chunk) {
+    const uint32_t n_kv = 1, dim = 64, C = 64;
+    const size_t n = 2 * C + 8;
+    float *k = malloc(n * dim * sizeof(float)), *v = malloc(n * dim * sizeof(float));
+    REQUIRE(k && v);
+    for (size_t t = 0; t < n; t++)
+        for (uint32_t j = 0; j < dim; j++) {
+            float x;
+            if (j == 0) x = t < 32 ? 1.0f : 1.0f + 4.0f * (float)(t - 32) / 31.0f; /* still, then moves */
+            else if (j == 1) x = 2.0f * (float)sin(0.7 * (double)t);                 /* moves throughout */
+            else if (j == 2) x = 3.0f;                                               /* never moves */
+            else x = 0.5f * (float)sin(0.3 * (double)t + j);
+            k[t * dim + j] = t == 0 ? 8.0f * x : x;
+            v[t * dim + j] = 0.1f * (float)j;
+        }
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_parse("channel:bits=2+fp16@sink=1,window=8,chunk=64", n_kv, dim, &cfg, NULL, 0));
+    kvq_cache *a, *b;
+    REQUIRE_OK(kvq_cache_create(&cfg, &a));
+    REQUIRE_OK(kvq_cache_create(&cfg, &b));
+    REQUIRE_OK(kvq_cache_append(a, k, v, n));
+    for (size_t t = 0; t < n; t++) REQUIRE_OK(kvq_cache_append(b, k + t * dim, v + t * dim, 1));
+    CHECK(a->n_coded >= C && b->n_coded == a->n_coded);
+    uint32_t sum = 0;
+    for (uint32_t j = 0; j < dim; j++) sum += a->chan_bits[j];
+    CHECK(sum == 2 * dim);
+    CHECKF(a->chan_bits[0] >= 2, "channel still over the probe: %u bits", a->chan_bits[0]);
+    CHECK(a->chan_bits[1] >= 2);
+    CHECK(a->chan_bits[2] == 0);
+    CHECK(memcmp(a->chan_bits, b->chan_bits, dim) == 0);
+    /* after a reset the bits come from the new first chunk */
+    REQUIRE_OK(kvq_cache_reset(a));
+    for (size_t t = 0; t < n; t++) k[t * dim] = 1.0f;
+    REQUIRE_OK(kvq_cache_append(a, k, v, n));
+    CHECK(a->chan_bits[0] == 0);
+    kvq_cache_free(a);
+    kvq_cache_free(b);
+    free(k), free(v);
 }

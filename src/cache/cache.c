@@ -767,6 +767,7 @@ KVQ_API kvq_status kvq_cache_reset(kvq_cache *c) {
     free_chunks(c);
     c->n_tokens = 0;
     c->n_coded = 0;
+    c->chan_fixed = 0;
     c->coded = c->n_out == 0 && !c->cfg.center_keys && c->key.path != KVQI_PATH_CHAN;
     if (c->outlier_mask) memset(c->outlier_mask, 0, (size_t)c->n_kv * c->dim);
     return KVQ_OK;
@@ -878,7 +879,6 @@ static void choose_means(kvq_cache *c) {
 static void fix_probe(kvq_cache *c) {
     if (c->n_out) choose_outliers(c);
     choose_means(c);
-    if (c->key.path == KVQI_PATH_CHAN) kvqi_chan_allocate(c, c->stage_k);
     c->coded = 1;
 }
 
@@ -1049,6 +1049,37 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
     }
 }
 
+/* Channel keys' bits, once, before the first chunk is coded: from each channel's range
+ * over the first chunk's tokens 1..C-1 (token 0 is the attention sink, unlike the rest),
+ * read as they will be coded (ring copies). A 32-token probe sees a slow RoPE channel at
+ * one phase only; over a chunk it turns further, and its range there is the one the
+ * codes must cover. Tokens 0..C-1 are still in the ring or the append: nothing is coded
+ * before chunk 0 is full and the ring holds window + C tokens (only a sliding window no
+ * longer than the exact window can skip chunk 0 before then, and then no query reads a
+ * code). */
+static void chan_fix_bits(kvq_cache *c, const row_source *src) {
+    size_t C = c->cfg.chunk_tokens;
+    uint32_t dim = c->dim;
+    float *row = c->enc_buf, *lo = row + dim, *hi = lo + dim;
+    double *w = (double *)(void *)(hi + dim); /* dim doubles: 2 dim floats of the 8 */
+    for (uint32_t g = 0; g < c->n_kv; g++) {
+        for (uint32_t j = 0; j < dim; j++) {
+            lo[j] = INFINITY;
+            hi[j] = -INFINITY;
+        }
+        for (size_t t = 1; t < C; t++) {
+            fetch_row(c, src, t, g, 0, row);
+            for (uint32_t j = 0; j < dim; j++) {
+                lo[j] = fminf(lo[j], row[j]);
+                hi[j] = fmaxf(hi[j], row[j]);
+            }
+        }
+        kvqi_chan_allocate(c, g, lo, hi, w);
+    }
+    kvqi_chan_relayout(c);
+    c->chan_fixed = 1;
+}
+
 static void rows_to_fp16(uint16_t *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = kvqi_fp32_to_fp16(src[i]);
 }
@@ -1127,8 +1158,9 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     if (coded_end > c->n_coded) {
         if ((st = ensure_chunks(c, coded_end)) != KVQ_OK) return st;
         if (!c->coded) fix_probe(c);
-        if (chan && (st = kvqi_chan_layouts(c)) != KVQ_OK) return st;
         row_source src = {k, v, c->n_tokens};
+        if (chan && !c->chan_fixed) chan_fix_bits(c, &src);
+        if (chan && (st = kvqi_chan_layouts(c)) != KVQ_OK) return st;
         if ((st = encode_tokens(c, &src, c->n_coded, coded_end - c->n_coded)) != KVQ_OK) return st;
         if (chan) encode_chan_chunks(c, &src, c->n_coded, coded_end, KVQI_MAX((size_t)c->cfg.n_sink, lo));
         c->n_coded = coded_end;

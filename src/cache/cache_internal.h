@@ -139,8 +139,10 @@ struct kvq_cache {
      * fp16, or q8_0 rows (ring_q) with channel keys, whose ring outlasts the window */
     size_t ring, ring_head;
     kvq_quantizer *ring_q;
-    /* channel keys (chan.c): bits per channel [n_kv][dim] */
+    /* channel keys (chan.c): bits per channel [n_kv][dim], fixed from the first chunk
+     * when it is coded (chan_fixed: 1 from then until a reset) */
     uint8_t *chan_bits;
+    int chan_fixed;
     /* and each head's plane layout from them, made when the first chunk is coded */
     uint8_t *chan_layouts;
 };
@@ -169,7 +171,9 @@ void kvqi_chan_free(kvq_cache *c);
 size_t kvqi_chan_held_bytes(const kvq_cache *c);
 /* allocates and builds the plane layouts if not yet done (KVQ_ERR_NOMEM) */
 kvq_status kvqi_chan_layouts(kvq_cache *c);
-void kvqi_chan_allocate(kvq_cache *c, const float *stage);
+/* head g's bits from its channels' ranges over the first chunk (w: dim doubles) */
+void kvqi_chan_allocate(kvq_cache *c, uint32_t g, const float *lo, const float *hi, double *w);
+void kvqi_chan_relayout(kvq_cache *c);
 void kvqi_chan_ranges(const kvq_cache *c, uint32_t g, const float *lo, const float *hi, uint8_t *block);
 int kvqi_chan_refines(const kvq_cache *c, uint32_t g);
 void kvqi_chan_accumulate(const kvq_cache *c, uint32_t g, const float *row, const uint8_t *block, float *acc);

@@ -4,8 +4,9 @@
  * and step, and each token stores round((x - min) / step). Keys of RoPE models keep
  * their large channels nearly constant over a chunk and their fast-turning channels
  * bounded, so a per-channel range is far tighter than a per-token one. The channels'
- * bits follow their spread over the probe tokens (more bits where the range is wide;
- * a channel that does not move gets none and is its chunk midpoint), `bits` on average.
+ * bits follow their spread over the first chunk's tokens (more bits where the range is
+ * wide; a channel that does not move gets none and is its chunk midpoint), `bits` on
+ * average.
  *
  * A head's block in a chunk: lo[dim] fp16, step[dim] fp16, then per 64 tokens one unit
  * of bits * dim * 8 bytes: the codes cut into planes of 4, 2 and 1 bits, four planes of
@@ -90,41 +91,37 @@ void kvqi_chan_free(kvq_cache *c) {
     c->chan_layouts = NULL;
 }
 
-/* Bits per channel from the probe: greedy, one bit at a time to the channel whose
- * squared range times 4^-bits (its error) is largest, up to 8; ties to the lower
- * channel. Same probe, same bits, on every machine (doubles, fixed order). */
-void kvqi_chan_allocate(kvq_cache *c, const float *stage) {
+/* Bits per channel of head g from each channel's range [lo, hi] over the first chunk:
+ * greedy, one bit at a time to the channel whose squared range times 4^-bits (its error)
+ * is largest, up to 8; ties to the lower channel. w: dim doubles of scratch. Same ranges,
+ * same bits, on every machine (doubles, fixed order). */
+void kvqi_chan_allocate(kvq_cache *c, uint32_t g, const float *lo, const float *hi, double *w) {
     uint32_t dim = c->dim, total = c->cfg.key.bits * dim;
-    double *w = (double *)(void *)c->enc_buf; /* 8 * dim floats of scratch */
-    for (uint32_t g = 0; g < c->n_kv; g++) {
-        uint8_t *b = c->chan_bits + (size_t)g * dim;
-        for (uint32_t j = 0; j < dim; j++) {
-            /* the first token is the attention sink, unlike the rest */
-            float lo = INFINITY, hi = -INFINITY;
-            for (uint32_t t = 1; t < KVQI_OUTLIER_PROBE_TOKENS; t++) {
-                float x = stage[((size_t)t * c->n_kv + g) * dim + j];
-                lo = fminf(lo, x);
-                hi = fmaxf(hi, x);
-            }
-            w[j] = (double)(hi - lo) * (double)(hi - lo);
-            b[j] = 0;
-        }
-        for (uint32_t n = 0; n < total; n++) {
-            uint32_t best = UINT32_MAX;
-            double best_e = -1.0;
-            for (uint32_t j = 0; j < dim; j++) {
-                if (b[j] >= 8) continue;
-                double e = ldexp(w[j], -2 * (int)b[j]);
-                if (e > best_e) {
-                    best_e = e;
-                    best = j;
-                }
-            }
-            if (best == UINT32_MAX) break;
-            b[best]++;
-        }
+    uint8_t *b = c->chan_bits + (size_t)g * dim;
+    for (uint32_t j = 0; j < dim; j++) {
+        double r = lo[j] <= hi[j] ? (double)hi[j] - (double)lo[j] : 0.0;
+        w[j] = r * r;
+        b[j] = 0;
     }
-    if (c->chan_layouts) build_layouts(c); /* a new probe after a reset: new bits */
+    for (uint32_t n = 0; n < total; n++) {
+        uint32_t best = UINT32_MAX;
+        double best_e = -1.0;
+        for (uint32_t j = 0; j < dim; j++) {
+            if (b[j] >= 8) continue;
+            double e = ldexp(w[j], -2 * (int)b[j]);
+            if (e > best_e) {
+                best_e = e;
+                best = j;
+            }
+        }
+        if (best == UINT32_MAX) break;
+        b[best]++;
+    }
+}
+
+/* The plane layouts again from new bits (after a reset: the layouts were made already). */
+void kvqi_chan_relayout(kvq_cache *c) {
+    if (c->chan_layouts) build_layouts(c);
 }
 
 /* A head's chunk block is coded in passes over its rows (so no chunk of rows is held):
