@@ -49,11 +49,12 @@ TEST(install_pkgconfig_and_cmake_builds_run) {
     if (host[0] && strcmp(host, self) != 0) SKIP("running under emulation: the host's tools would check the host's build");
     /* The suite itself may run inside `make test-asan` or `make test-arm64`: drop the
      * variables a parent make exports so the script installs the plain native build,
-     * not the sanitizer or cross build it was started from. */
+     * not the sanitizer or cross build it was started from (with NO_CUDA it would also
+     * re-link build/'s libraries without the CUDA objects that build compiled for). */
     const char *log = kvqt_tmpdir(kvqt_);
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
-             "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u MAKEOVERRIDES -u CC -u BUILD -u SAN "
+             "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u MAKEOVERRIDES -u CC -u BUILD -u SAN -u OPT -u NO_CUDA "
              "scripts/check-install.sh >%s/out.txt 2>&1",
              log);
     int rc = system(cmd);
