@@ -49,8 +49,8 @@ TEST(install_pkgconfig_and_cmake_builds_run) {
     if (host[0] && strcmp(host, self) != 0) SKIP("running under emulation: the host's tools would check the host's build");
     /* The suite itself may run inside `make test-asan` or `make test-arm64`: drop the
      * variables a parent make exports so the script installs the plain native build,
-     * not the sanitizer or cross build it was started from (with NO_CUDA it would also
-     * re-link build/'s libraries without the CUDA objects that build compiled for). */
+     * not the sanitizer or cross build it was started from (its OPT and NO_CUDA would
+     * make build/ rebuild in that configuration: build/config.stamp). */
     const char *log = kvqt_tmpdir(kvqt_);
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
