@@ -70,8 +70,8 @@ static void weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const
     float wf[4][256];
     int16_t wc[4][256 + 64];
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-    __m512 part[4], vmx[4];
-    for (uint32_t h = 0; h < gh; h++) part[h] = vmx[h] = _mm512_setzero_ps();
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 part[4] = {zero, zero, zero, zero}, vmx[4] = {zero, zero, zero, zero};
     for (uint32_t j = 0; j < dim; j += 16) {
         __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * (size_t)j)));
         __m512 st = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * ((size_t)dim + j))));
