@@ -220,7 +220,7 @@ void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t d
 uint32_t kvqi_chan_plane_at(const kvqi_chan_layout *L, const uint8_t *unit, uint32_t p, uint32_t l);
 void kvqi_chan_plane_put(const kvqi_chan_layout *L, uint8_t *unit, uint32_t p, uint32_t l, uint32_t v);
 uint32_t kvqi_chan_code_at(const kvqi_chan_layout *L, const uint8_t *block, uint32_t j, size_t t);
-/* The query side of chan_score for one head q[dim], the reference every ISA
+/* The query side of chan_dot (chan_weights) for one head q[dim], the reference every ISA
  * reproduces: w_j = q_j step_j, max = max_j |w_j| top_j, scale = max / wmax, channel
  * weights W_j = rint(w_j * (wmax / max)) and plane weights W[p'] = W_j 2^shift_p as int16
  * (so acc = sum_j W_j code_j), stored in pairs: p' = 4 (p / 4) + {0, 2, 1, 3}[p % 4]
