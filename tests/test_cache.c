@@ -1414,6 +1414,8 @@ TEST(cache_set_layers_share_rotations) {
         /* layer 1 reads back layer 0's matrices: borrowed; layer 3 (another seed) its own */
         if (l == 1) CHECK(c->key.rotation_borrowed && c->key.rotation_h == first->key.rotation_h);
         if (l == 3) CHECK(!c->key.rotation_borrowed);
+        /* and within a cache, values read back as the keys' rotation use the keys' copy */
+        if (l == 0) CHECK(c->value.rotation_borrowed && c->value.rotation_h == c->key.rotation_h);
     }
     kvq_cache_memory_info all;
     REQUIRE_OK(kvq_cache_set_memory(set, &all));

@@ -552,8 +552,13 @@ static void free_chunks(kvq_cache *c) {
 /* Chunks in the next slab when `live` chunks are held: a sixteenth of them (the unused
  * tail of the last slab stays within 1/16 of the codes), at most 1024 tokens, and with a
  * sliding window at most a quarter of it (a slab is freed only when all of it has left). */
+#define SLAB_MAX_TOKENS 1024
+
+/* The most chunks a slab holds (past the chunk table's n_chunks, room for this many). */
+static size_t slab_max_chunks(size_t C) { return SLAB_MAX_TOKENS / C + 1; }
+
 static size_t span_for(size_t C, size_t SW, size_t live) {
-    size_t cap = 1024 / C;
+    size_t cap = SLAB_MAX_TOKENS / C;
     if (SW && cap > SW / (4 * C)) cap = SW / (4 * C);
     size_t span = live / 16;
     if (span > cap) span = cap;
@@ -622,27 +627,29 @@ KVQ_API void kvq_cache_free(kvq_cache *c) {
     kvqi_free(c);
 }
 
-/* A side's read-back rotation replaced by an identical one of the donor cache (either of
- * its sides), borrowed: not owned, not counted. */
-static void borrow_rotation(kvqi_side *s, const kvq_cache *donor, uint32_t dim) {
-    if (!donor || s->path != KVQI_PATH_ROT || donor->dim != dim) return;
+/* Side s takes side d's read-back rotation (borrowed: not owned, not counted) when both
+ * rotate and the matrices are identical as stored (fp16 copies read back at different bits
+ * match); returns whether s now uses d's. */
+static int share_rotation(kvqi_side *s, const kvqi_side *d, uint32_t dim) {
+    if (s->path != KVQI_PATH_ROT || d->path != KVQI_PATH_ROT) return 0;
+    if (s->rotation == d->rotation && s->rotation_h == d->rotation_h) return 1;
     size_t n = (size_t)dim * dim;
-    const kvqi_side *cand[2] = {&donor->key, &donor->value};
-    for (int i = 0; i < 2; i++) {
-        const kvqi_side *d = cand[i];
-        if (d->path != KVQI_PATH_ROT) continue;
-        int same = (s->rotation_h && d->rotation_h && !memcmp(s->rotation_h, d->rotation_h, n * sizeof(uint16_t))) ||
-                   (s->rotation && d->rotation && !memcmp(s->rotation, d->rotation, n * sizeof(float)));
-        if (!same) continue;
-        if (!s->rotation_borrowed) {
-            kvqi_free(s->rotation);
-            kvqi_free(s->rotation_h);
-        }
-        s->rotation = d->rotation;
-        s->rotation_h = d->rotation_h;
-        s->rotation_borrowed = 1;
-        return;
+    int same = (s->rotation_h && d->rotation_h && !memcmp(s->rotation_h, d->rotation_h, n * sizeof(uint16_t))) ||
+               (s->rotation && d->rotation && !memcmp(s->rotation, d->rotation, n * sizeof(float)));
+    if (!same) return 0;
+    if (!s->rotation_borrowed) {
+        kvqi_free(s->rotation);
+        kvqi_free(s->rotation_h);
     }
+    s->rotation = d->rotation;
+    s->rotation_h = d->rotation_h;
+    s->rotation_borrowed = 1;
+    return 1;
+}
+
+/* A side's rotation from the donor cache (either of its sides) where identical. */
+static void borrow_rotation(kvqi_side *s, const kvq_cache *donor, uint32_t dim) {
+    if (donor && donor->dim == dim && !share_rotation(s, &donor->key, dim)) share_rotation(s, &donor->value, dim);
 }
 
 KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out) {
@@ -696,8 +703,9 @@ kvq_status kvqi_cache_create_shared(const kvq_cache_config *cfg, const kvq_cache
     if ((st = kvqi_mul_size(per_head, c->n_kv, &per_token)) != KVQ_OK) goto fail;
     if ((st = kvqi_mul_size(per_token, C, &chunk_bytes)) != KVQ_OK) goto fail;
     c->chunk_bytes = chunk_bytes;
-    /* slabs of up to 1024 tokens: their bytes must fit size_t */
-    if ((st = kvqi_mul_size(chunk_bytes, 1024 / C + 1, &per_token)) != KVQ_OK) goto fail;
+    /* slabs of up to SLAB_MAX_TOKENS tokens: their bytes must fit size_t */
+    size_t slab_bytes;
+    if ((st = kvqi_mul_size(chunk_bytes, slab_max_chunks(C), &slab_bytes)) != KVQ_OK) goto fail;
 
     if ((st = rotation_to_fp16(&c->key, c->dim)) != KVQ_OK) goto fail;
     if ((st = rotation_to_fp16(&c->value, c->dim)) != KVQ_OK) goto fail;
@@ -705,24 +713,8 @@ kvq_status kvqi_cache_create_shared(const kvq_cache_config *cfg, const kvq_cache
     borrow_rotation(&c->key, donor, c->dim);
     borrow_rotation(&c->value, donor, c->dim);
     /* keys and values with the same rotation (same method and seed, any bits) share one
-     * copy: compared as stored, so fp16 copies read back at different bits match */
-    if (c->key.path == KVQI_PATH_ROT && c->value.path == KVQI_PATH_ROT) {
-        size_t n = (size_t)c->dim * c->dim;
-        int same = 0;
-        if (c->key.rotation_h && c->value.rotation_h)
-            same = !memcmp(c->key.rotation_h, c->value.rotation_h, n * sizeof(uint16_t));
-        else if (c->key.rotation && c->value.rotation)
-            same = !memcmp(c->key.rotation, c->value.rotation, n * sizeof(float));
-        if (same && c->value.rotation != c->key.rotation) {
-            if (!c->value.rotation_borrowed) {
-                kvqi_free(c->value.rotation);
-                kvqi_free(c->value.rotation_h);
-            }
-            c->value.rotation = c->key.rotation;
-            c->value.rotation_h = c->key.rotation_h;
-            c->value.rotation_borrowed = 1;
-        }
-    }
+     * copy */
+    share_rotation(&c->value, &c->key, c->dim);
     if (c->cfg.n_sink > 0) {
         size_t w;
         if ((st = kvqi_mul_size(row, c->cfg.n_sink, &w)) != KVQ_OK) goto fail;
@@ -786,7 +778,7 @@ static kvq_status ensure_chunks(kvq_cache *c, size_t n_tokens) {
     size_t need = n_tokens / C + (n_tokens % C != 0);
     if (need <= c->n_chunks) return KVQ_OK;
     /* room for a whole slab past need */
-    size_t room = need + 1024 / C + 1;
+    size_t room = need + slab_max_chunks(C);
     if (room > c->chunk_table_cap) {
         size_t cap = c->chunk_table_cap ? c->chunk_table_cap : 8;
         while (cap < room) {
@@ -1001,6 +993,21 @@ static kvq_status encode_tokens(kvq_cache *c, const row_source *src, size_t pos,
     return KVQ_OK;
 }
 
+/* Each channel's range over rows: emptied, then widened by one row. */
+static void range_empty(float *lo, float *hi, uint32_t dim) {
+    for (uint32_t j = 0; j < dim; j++) {
+        lo[j] = INFINITY;
+        hi[j] = -INFINITY;
+    }
+}
+
+static void range_widen(float *lo, float *hi, const float *row, uint32_t dim) {
+    for (uint32_t j = 0; j < dim; j++) {
+        lo[j] = fminf(lo[j], row[j]);
+        hi[j] = fmaxf(hi[j], row[j]);
+    }
+}
+
 /* Channel keys of the whole chunks in [pos, end) (chunk-aligned), every head; tokens
  * below valid_lo (sinks, tokens a sliding window dropped) are never read and do not
  * count in a channel's range. */
@@ -1016,10 +1023,7 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
         for (uint32_t g = 0; g < c->n_kv; g++) {
             const float *mu = c->key_mean ? c->key_mean + (size_t)g * dim : NULL;
             uint8_t *block = kvqi_chunk_keys(c, pos / C, g);
-            for (uint32_t j = 0; j < dim; j++) {
-                lo[j] = INFINITY;
-                hi[j] = -INFINITY;
-            }
+            range_empty(lo, hi, dim);
             /* pass 0: minimum and maximum; then KVQI_CHAN_REFINE least-squares
              * refinements of the ranges (none for a head without 1-2-bit channels);
              * the last pass writes the codes */
@@ -1032,10 +1036,7 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
                     if (mu)
                         for (uint32_t j = 0; j < dim; j++) row[j] -= mu[j];
                     if (pass == 0) {
-                        for (uint32_t j = 0; j < dim; j++) {
-                            lo[j] = fminf(lo[j], row[j]);
-                            hi[j] = fmaxf(hi[j], row[j]);
-                        }
+                        range_widen(lo, hi, row, dim);
                     } else if (refine) {
                         kvqi_chan_accumulate(c, g, row, block, acc);
                     } else {
@@ -1063,16 +1064,10 @@ static void chan_fix_bits(kvq_cache *c, const row_source *src) {
     float *row = c->enc_buf, *lo = row + dim, *hi = lo + dim;
     double *w = (double *)(void *)(hi + dim); /* dim doubles: 2 dim floats of the 8 */
     for (uint32_t g = 0; g < c->n_kv; g++) {
-        for (uint32_t j = 0; j < dim; j++) {
-            lo[j] = INFINITY;
-            hi[j] = -INFINITY;
-        }
+        range_empty(lo, hi, dim);
         for (size_t t = 1; t < C; t++) {
             fetch_row(c, src, t, g, 0, row);
-            for (uint32_t j = 0; j < dim; j++) {
-                lo[j] = fminf(lo[j], row[j]);
-                hi[j] = fmaxf(hi[j], row[j]);
-            }
+            range_widen(lo, hi, row, dim);
         }
         kvqi_chan_allocate(c, g, lo, hi, w);
     }
@@ -1289,7 +1284,7 @@ KVQ_API kvq_status kvq_cache_tokens_fit(const kvq_cache_config *cfg, uint32_t n_
     uint64_t lo = 0, hi = (per_layer - fixed) / chunk + 1;
     while (lo < hi) {
         uint64_t mid = lo + (hi - lo + 1) / 2, cap = 8, have = slab_chunks(C, mid);
-        while (cap < mid + 1024 / C + 1) cap *= 2;
+        while (cap < mid + slab_max_chunks(C)) cap *= 2;
         if (fixed + have * chunk + cap * sizeof(kvqi_chunk) <= per_layer) lo = mid;
         else hi = mid - 1;
     }
