@@ -24,6 +24,8 @@
  *   - kvq_threadpool: runs one job at a time: two calls sharing a pool must not overlap.
  *   - kvq_model: read-only once loaded (tokenize, metadata, any number of contexts).
  *   - kvq_context: one call at a time (eval, sample, reset, length, kv_memory).
+ *   - kvq_batch: one decode at a time; the contexts a decode is given are in use for
+ *     its whole length (no other call on them meanwhile, nor in a second decode).
  *   - kvq_cuda_quantizer: read-only once created; encode/attend calls only enqueue work
  *     on the caller's stream (buffers passed in belong to the caller).
  */
@@ -683,6 +685,39 @@ KVQ_API kvq_status kvq_sample_ext(kvq_context *ctx, const float *logits,
  * key_codes/value_codes of 4 bytes a number), and what fp16 keys and values would take. */
 KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *ctx, kvq_cache_memory_info *info,
                                          uint64_t *fp16_bytes);
+
+/* Batched decoding: one token for each of n contexts of the same model in one pass.
+ * Every weight matrix is read once for all n rows (the int8 tile products of a prompt),
+ * norms and the feed-forward run over the n rows together, and each row attends over
+ * its own context's cache at its own position (contexts may differ in length and in
+ * cache config). Each row's logits and each context's state afterwards are those that
+ * kvq_context_eval of that one token on that context alone gives, bit for bit: every
+ * product is computed row by row in the same order however many rows share it.
+ * The batch holds the activations and scratch for max_seqs rows (sized at create,
+ * nothing is allocated per token) and its own thread pool for the products; each
+ * context's attention runs with that context's own pool. */
+typedef struct kvq_batch kvq_batch;
+
+typedef struct kvq_batch_params {
+    uint32_t n_threads;     /* threads for the matrix products (0 = one per online CPU) */
+    int float_activations;  /* as kvq_context_params: contexts decoded together must have
+                               the same setting (else KVQ_ERR_MISMATCH) */
+} kvq_batch_params;
+
+KVQ_API kvq_status kvq_batch_params_init(kvq_batch_params *params);
+/* KVQ_ERR_INVALID_ARG for max_seqs 0 or above 65536. params NULL: the defaults. */
+KVQ_API kvq_status kvq_batch_create(const kvq_model *model, uint32_t max_seqs,
+                                    const kvq_batch_params *params, kvq_batch **out);
+KVQ_API void kvq_batch_free(kvq_batch *batch);
+/* Evaluates tokens[i] at the next position of ctxs[i] for i < n and advances each
+ * context by one position; logits (may be NULL) receives n rows of n_vocab floats, row i
+ * for ctxs[i]. Checked before anything runs, leaving every context as it was:
+ * KVQ_ERR_INVALID_ARG for n = 0 or n > max_seqs, a NULL context, one context twice or a
+ * token outside the vocabulary; KVQ_ERR_MISMATCH for a context of another model or of
+ * other float_activations; KVQ_ERR_CAPACITY when a context is full. After any other
+ * error the contexts' caches may hold part of the step: kvq_context_reset them. */
+KVQ_API kvq_status kvq_batch_decode(kvq_batch *batch, kvq_context *const *ctxs,
+                                    const int32_t *tokens, size_t n, float *logits);
 
 /* -------------------------------------------------------------------- cuda */
 /* Encode and fused decode attention on an NVIDIA GPU (sm_90 and PTX for later parts).

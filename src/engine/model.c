@@ -450,6 +450,9 @@ struct kvq_context {
     float *qx_d, *qx_s;
     /* sampler scratch */
     struct prob_idx *probs;
+    /* 1 (a batch's rows): float products run token by token as one token alone would,
+     * so a row's results never depend on the rows beside it */
+    int rowwise;
 };
 
 typedef struct prob_idx {
@@ -716,6 +719,30 @@ static size_t act_stride(const kvq_model_info *I) {
     return KVQI_MAX(KVQI_MAX((size_t)I->n_embd, (size_t)I->n_ff), (size_t)I->n_heads * I->head_dim);
 }
 
+/* rows r0..r1 of a float product: y[t * y_stride + r] = W[r] . x[t] */
+static void matmul_float_rows(kvq_context *c, const kvqi_gguf_tensor *w, const float *x, size_t n_tok, float *y,
+                              size_t y_stride, size_t r0, size_t r1, unsigned thread) {
+    size_t n_in = (size_t)w->ne[0];
+    kvqi_row_dot_fn row_dot = c->kern.row_dot[w->type];
+    if (n_tok < MATMUL_DEQUANT_MIN_TOKENS && row_dot) {
+        for (size_t t = 0; t < n_tok; t++)
+            for (size_t r = r0; r < r1; r++) y[t * y_stride + r] = row_dot(w->data + r * w->row_bytes, x + t * n_in, n_in);
+        return;
+    }
+    /* many tokens: dequantize rows once (four at a time) and reuse them for all tokens */
+    float *rows = c->scratch[thread].row;
+    void (*to_float)(const void *, float *, size_t) = c->kern.to_float[w->type];
+    size_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        for (size_t k = 0; k < 4; k++) to_float(w->data + (r + k) * w->row_bytes, rows + k * n_in, n_in);
+        c->kern.gemm4_f32(rows, n_in, x, n_tok, y + r, y_stride);
+    }
+    for (; r < r1; r++) {
+        to_float(w->data + r * w->row_bytes, rows, n_in);
+        for (size_t t = 0; t < n_tok; t++) y[t * y_stride + r] = c->kern.dot_f32(rows, x + t * n_in, n_in);
+    }
+}
+
 static void matmul_task(void *arg, size_t task, unsigned thread) {
     matmul_job *j = arg;
     kvq_context *c = j->c;
@@ -747,25 +774,12 @@ static void matmul_task(void *arg, size_t task, unsigned thread) {
         }
         return;
     }
-    kvqi_row_dot_fn row_dot = c->kern.row_dot[w->type];
-    if (j->n_tok < MATMUL_DEQUANT_MIN_TOKENS && row_dot) {
+    if (c->rowwise) { /* each token as if alone: the kernels below group tokens */
         for (size_t t = 0; t < j->n_tok; t++)
-            for (size_t r = r0; r < r1; r++)
-                P->y[t * P->y_stride + r] = row_dot(w->data + r * w->row_bytes, j->x + t * n_in, n_in);
+            matmul_float_rows(c, w, j->x + t * n_in, 1, P->y + t * P->y_stride, P->y_stride, r0, r1, thread);
         return;
     }
-    /* many tokens: dequantize rows once (four at a time) and reuse them for all tokens */
-    float *rows = c->scratch[thread].row;
-    void (*to_float)(const void *, float *, size_t) = c->kern.to_float[w->type];
-    size_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        for (size_t k = 0; k < 4; k++) to_float(w->data + (r + k) * w->row_bytes, rows + k * n_in, n_in);
-        c->kern.gemm4_f32(rows, n_in, j->x, j->n_tok, P->y + r, P->y_stride);
-    }
-    for (; r < r1; r++) {
-        to_float(w->data + r * w->row_bytes, rows, n_in);
-        for (size_t t = 0; t < j->n_tok; t++) P->y[t * P->y_stride + r] = c->kern.dot_f32(rows, j->x + t * n_in, n_in);
-    }
+    matmul_float_rows(c, w, j->x, j->n_tok, P->y, P->y_stride, r0, r1, thread);
 }
 
 /* y_i[t][r] = W_i[r] . x[t] for n_parts weights of the same row length */
@@ -930,17 +944,27 @@ static void add_bias(float *y, const float *b, size_t n_tok, size_t n) {
         for (size_t i = 0; i < n; i++) y[t * n + i] += b[i];
 }
 
-KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_t n, float *logits,
-                                    int all_logits) {
-    if (!c || !tokens || n == 0) return KVQ_ERR_INVALID_ARG;
-    if (n > c->params.n_batch) return KVQ_ERR_INVALID_ARG;
-    if (c->n_past + n > c->params.n_ctx) return KVQ_ERR_CAPACITY;
+/* Each row attends alone in its own context's cache at that context's position (a
+ * batch's rows): the very call kvq_context_eval of one token makes. */
+static kvq_status attention_rows(kvq_context *b, uint32_t layer, size_t n, kvq_context *const *seqs) {
+    const kvq_model_info *I = &b->model->info;
+    size_t q_dim = (size_t)I->n_heads * I->head_dim, kv_dim = (size_t)I->n_kv_heads * I->head_dim;
+    for (size_t i = 0; i < n; i++) {
+        kvq_context *c = seqs[i];
+        memcpy(c->q, b->q + i * q_dim, q_dim * sizeof(float));
+        memcpy(c->k, b->k + i * kv_dim, kv_dim * sizeof(float));
+        memcpy(c->v, b->v + i * kv_dim, kv_dim * sizeof(float));
+        kvq_status st = attention(c, layer, 1);
+        if (st) return st;
+        memcpy(b->att + i * q_dim, c->att, q_dim * sizeof(float));
+    }
+    return KVQ_OK;
+}
+
+/* The token rows' embeddings into c->x. */
+static void embed(kvq_context *c, const int32_t *tokens, size_t n) {
     const kvq_model *m = c->model;
-    const kvq_model_info *I = &m->info;
-    size_t E = I->n_embd, hd = I->head_dim;
-    size_t q_dim = (size_t)I->n_heads * hd, kv_dim = (size_t)I->n_kv_heads * hd, F = I->n_ff;
-    for (size_t t = 0; t < n; t++)
-        if (tokens[t] < 0 || (uint32_t)tokens[t] >= I->n_vocab) return KVQ_ERR_INVALID_ARG;
+    size_t E = m->info.n_embd;
     const kvqi_type_traits *et = kvqi_type(m->tok_embd->type);
     for (size_t t = 0; t < n; t++)
         et->to_float(m->tok_embd->data + (size_t)tokens[t] * m->tok_embd->row_bytes, c->x + t * E, E);
@@ -948,8 +972,15 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
         float scale = sqrtf((float)E);
         for (size_t i = 0; i < n * E; i++) c->x[i] *= scale;
     }
-    rope_table(c, c->rope_freq, c->n_past, n, c->rope_cos, c->rope_sin);
-    if (m->gemma) rope_table(c, c->rope_freq_swa, c->n_past, n, c->rope_cos_swa, c->rope_sin_swa);
+}
+
+/* Every layer over c's n rows (c->x in and out; the rope tables filled): the rows attend
+ * in c's own cache as consecutive positions, or with seqs, row i in seqs[i]'s. */
+static kvq_status run_layers(kvq_context *c, size_t n, kvq_context *const *seqs) {
+    const kvq_model *m = c->model;
+    const kvq_model_info *I = &m->info;
+    size_t E = I->n_embd, hd = I->head_dim;
+    size_t q_dim = (size_t)I->n_heads * hd, kv_dim = (size_t)I->n_kv_heads * hd, F = I->n_ff;
     for (uint32_t l = 0; l < I->n_layers; l++) {
         const layer_weights *L = &m->layers[l];
         const float *rc = L->swa ? c->rope_cos_swa : c->rope_cos, *rs = L->swa ? c->rope_sin_swa : c->rope_sin;
@@ -973,7 +1004,7 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
             rope(c, rc + t * half, rs + t * half, c->q + t * q_dim, I->n_heads);
             rope(c, rc + t * half, rs + t * half, c->k + t * kv_dim, I->n_kv_heads);
         }
-        kvq_status st = attention(c, l, n);
+        kvq_status st = seqs ? attention_rows(c, l, n, seqs) : attention(c, l, n);
         if (st) return st;
         /* the output projection lands in xn, then joins the residual stream */
         matmul(c, L->wo, c->att, n, c->xn, E);
@@ -1004,15 +1035,119 @@ KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_
             for (size_t t = 0; t < n; t++) rmsnorm(c->xn + t * E, c->xn + t * E, L->post_ffn_norm, E, I->norm_eps);
         for (size_t i = 0; i < n * E; i++) c->x[i] += c->xn[i];
     }
-    c->n_past += n;
-    if (!logits) return KVQ_OK;
-    size_t first = all_logits ? 0 : n - 1, n_out = n - first;
-    for (size_t t = first; t < n; t++) rmsnorm(c->xn + (t - first) * E, c->x + t * E, m->output_norm, E, I->norm_eps);
+    return KVQ_OK;
+}
+
+/* Logits of rows first..first+n_out-1 of c->x. */
+static void output_logits(kvq_context *c, size_t first, size_t n_out, float *logits) {
+    const kvq_model *m = c->model;
+    const kvq_model_info *I = &m->info;
+    size_t E = I->n_embd;
+    for (size_t t = 0; t < n_out; t++) rmsnorm(c->xn + t * E, c->x + (first + t) * E, m->output_norm, E, I->norm_eps);
     matmul(c, m->output, c->xn, n_out, logits, I->n_vocab);
     if (m->logit_softcap > 0) {
         float cap = m->logit_softcap;
         for (size_t i = 0; i < n_out * I->n_vocab; i++) logits[i] = cap * tanhf(logits[i] / cap);
     }
+}
+
+KVQ_API kvq_status kvq_context_eval(kvq_context *c, const int32_t *tokens, size_t n, float *logits,
+                                    int all_logits) {
+    if (!c || !tokens || n == 0) return KVQ_ERR_INVALID_ARG;
+    if (n > c->params.n_batch) return KVQ_ERR_INVALID_ARG;
+    if (c->n_past + n > c->params.n_ctx) return KVQ_ERR_CAPACITY;
+    const kvq_model *m = c->model;
+    const kvq_model_info *I = &m->info;
+    for (size_t t = 0; t < n; t++)
+        if (tokens[t] < 0 || (uint32_t)tokens[t] >= I->n_vocab) return KVQ_ERR_INVALID_ARG;
+    embed(c, tokens, n);
+    rope_table(c, c->rope_freq, c->n_past, n, c->rope_cos, c->rope_sin);
+    if (m->gemma) rope_table(c, c->rope_freq_swa, c->n_past, n, c->rope_cos_swa, c->rope_sin_swa);
+    kvq_status st = run_layers(c, n, NULL);
+    if (st) return st;
+    c->n_past += n;
+    if (!logits) return KVQ_OK;
+    size_t first = all_logits ? 0 : n - 1;
+    output_logits(c, first, n - first, logits);
+    return KVQ_OK;
+}
+
+/* ------------------------------------------------------------ batch */
+
+struct kvq_batch {
+    kvq_context *w; /* its activations, product scratch and pool serve the rows */
+    uint32_t max_seqs;
+};
+
+KVQ_API kvq_status kvq_batch_params_init(kvq_batch_params *p) {
+    if (!p) return KVQ_ERR_INVALID_ARG;
+    memset(p, 0, sizeof *p);
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_batch_create(const kvq_model *model, uint32_t max_seqs, const kvq_batch_params *params,
+                                    kvq_batch **out) {
+    if (!model || !out) return KVQ_ERR_INVALID_ARG;
+    *out = NULL;
+    if (max_seqs == 0 || max_seqs > 65536) return KVQ_ERR_INVALID_ARG;
+    kvq_batch_params bp;
+    if (params) bp = *params;
+    else kvq_batch_params_init(&bp);
+    kvq_batch *b = calloc(1, sizeof *b);
+    if (!b) return KVQ_ERR_NOMEM;
+    /* a context of max_seqs rows whose own cache is never used (the rows attend in
+     * theirs): n_ctx = max_seqs keeps its float KV as small as its activations */
+    kvq_context_params cp;
+    kvq_context_params_init(&cp);
+    cp.n_ctx = max_seqs;
+    cp.n_batch = max_seqs;
+    cp.n_threads = bp.n_threads;
+    cp.float_activations = bp.float_activations;
+    kvq_status st = kvq_context_create(model, &cp, &b->w);
+    if (st) {
+        free(b);
+        return st;
+    }
+    b->w->rowwise = 1;
+    b->max_seqs = max_seqs;
+    *out = b;
+    return KVQ_OK;
+}
+
+KVQ_API void kvq_batch_free(kvq_batch *b) {
+    if (!b) return;
+    kvq_context_free(b->w);
+    free(b);
+}
+
+KVQ_API kvq_status kvq_batch_decode(kvq_batch *b, kvq_context *const *ctxs, const int32_t *tokens, size_t n,
+                                    float *logits) {
+    if (!b || !ctxs || !tokens || n == 0 || n > b->max_seqs) return KVQ_ERR_INVALID_ARG;
+    kvq_context *w = b->w;
+    const kvq_model *m = w->model;
+    const kvq_model_info *I = &m->info;
+    for (size_t i = 0; i < n; i++) {
+        const kvq_context *c = ctxs[i];
+        if (!c || tokens[i] < 0 || (uint32_t)tokens[i] >= I->n_vocab) return KVQ_ERR_INVALID_ARG;
+        for (size_t k = 0; k < i; k++)
+            if (ctxs[k] == c) return KVQ_ERR_INVALID_ARG;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const kvq_context *c = ctxs[i];
+        if (c->model != m || c->params.float_activations != w->params.float_activations) return KVQ_ERR_MISMATCH;
+        if (c->n_past + 1 > c->params.n_ctx) return KVQ_ERR_CAPACITY;
+    }
+    embed(w, tokens, n);
+    size_t half = m->n_rot / 2;
+    for (size_t i = 0; i < n; i++) {
+        rope_table(w, w->rope_freq, ctxs[i]->n_past, 1, w->rope_cos + i * half, w->rope_sin + i * half);
+        if (m->gemma)
+            rope_table(w, w->rope_freq_swa, ctxs[i]->n_past, 1, w->rope_cos_swa + i * half, w->rope_sin_swa + i * half);
+    }
+    kvq_status st = run_layers(w, n, ctxs);
+    if (st) return st;
+    for (size_t i = 0; i < n; i++) ctxs[i]->n_past++;
+    if (logits) output_logits(w, 0, n, logits);
     return KVQ_OK;
 }
 
