@@ -549,7 +549,7 @@ TEST(cache_simd_kernels_match_scalar) {
                             L.scale_offset[p] = 2 * p;
                             L.index_offset[p] = 2 * passes + p * ib;
                             for (uint32_t i = 0; i < (1u << bits); i++)
-                                L.centroids[p][i] = ((float)i * 0.3f - 1.0f) / (float)(p + 1);
+                                KVQI_ROT_CENT(&L, p)[i] = ((float)i * 0.3f - 1.0f) / (float)(p + 1);
                         }
                         L.code_size = 2 * passes + passes * ib + 3; /* odd stride on purpose */
                         for (size_t t = 0; t < N; t++)
@@ -645,8 +645,8 @@ TEST(cache_simd_kernels_match_scalar) {
                     for (uint32_t p = 0; p < passes; p++) {
                         L.scale_offset[p] = 2 * p;
                         L.index_offset[p] = 2 * passes + p * (dim / 8);
-                        L.centroids[p][0] = -0.7f / (float)(p + 1);
-                        L.centroids[p][1] = 0.9f / (float)(p + 1);
+                        KVQI_ROT_CENT(&L, p)[0] = -0.7f / (float)(p + 1);
+                        KVQI_ROT_CENT(&L, p)[1] = 0.9f / (float)(p + 1);
                     }
                     L.code_size = 2 * passes + passes * dim / 8 + 3;
                     kvqi_rng r;
@@ -724,7 +724,7 @@ TEST(cache_simd_kernels_match_scalar) {
                            bits, dim, G, nv);
                     /* and within the rounding of the weights and centroids of the float sum */
                     kvqi_rot_layout F = L;
-                    for (int i = 0; i < 16; i++) F.centroids[0][i] = (float)(L.cent_u8[i] - 128) * L.cent_scale;
+                    for (int i = 0; i < 16; i++) KVQI_ROT_CENT(&F, 0)[i] = (float)(L.cent_u8[i] - 128) * L.cent_scale;
                     float *a_f = a_ref; /* the reference result, now compared in natural order */
                     static float a_float[6 * 256];
                     memset(a_float, 0, sizeof a_float);

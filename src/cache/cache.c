@@ -105,10 +105,10 @@ static void decode_known(kvqi_code_path path, const kvqi_rot_layout *rot, const 
         float norm = fp16_at(code + rot->norm_offset);
         for (uint32_t i = 0; i < dim; i++) x[i] = 0.0f;
         for (uint32_t r = 0; r < dim; r++) {
-            float u = rot->centroids[0][rot_index_at(code + rot->index_offset[0], rot->bits, r)];
+            float u = KVQI_ROT_CENT(rot, 0)[rot_index_at(code + rot->index_offset[0], rot->bits, r)];
             for (uint32_t p = 1; p < rot->n_pass; p++)
                 u += fp16_at(code + rot->scale_offset[p]) *
-                     rot->centroids[p][rot_index_at(code + rot->index_offset[p], rot->bits, r)];
+                     KVQI_ROT_CENT(rot, p)[rot_index_at(code + rot->index_offset[p], rot->bits, r)];
             /* x = R^T u: row r of R scaled by u_r */
             for (uint32_t i = 0; i < dim; i++) x[i] += rotation[(size_t)r * dim + i] * u * norm;
         }
@@ -136,20 +136,20 @@ static int rot_layout_for(const kvq_config *qc, size_t code_size, kvqi_rot_layou
     float thr[255];
     if (qc->method == KVQ_METHOD_TURBOQUANT_MSE) {
         if (code_size != 2 + idx_bytes) return 0;
-        if (kvqi_lloyd_max(KVQI_DIST_BETA, (double)d, b, L->centroids[0], thr, &mse) != KVQ_OK)
+        if (kvqi_lloyd_max(KVQI_DIST_BETA, (double)d, b, KVQI_ROT_CENT(L, 0), thr, &mse) != KVQ_OK)
             return 0;
         L->n_pass = 1;
         L->index_offset[0] = 2;
         if (b >= 2 && b <= 4) {
             /* 8-bit centroids for the integer key path: symmetric scale, offset 128 */
             float cmax = 0.0f;
-            for (uint32_t i = 0; i < (1u << b); i++) cmax = fmaxf(cmax, fabsf(L->centroids[0][i]));
+            for (uint32_t i = 0; i < (1u << b); i++) cmax = fmaxf(cmax, fabsf(KVQI_ROT_CENT(L, 0)[i]));
             if (cmax > 0.0f) {
                 L->has_u8 = 1;
                 L->cent_scale = cmax / 127.0f;
                 memset(L->cent_u8, 128, sizeof L->cent_u8);
                 for (uint32_t i = 0; i < (1u << b); i++)
-                    L->cent_u8[i] = (uint8_t)(128 + (int)lrintf(L->centroids[0][i] / L->cent_scale));
+                    L->cent_u8[i] = (uint8_t)(128 + (int)lrintf(KVQI_ROT_CENT(L, 0)[i] / L->cent_scale));
             }
         }
         return 1;
@@ -159,7 +159,7 @@ static int rot_layout_for(const kvq_config *qc, size_t code_size, kvqi_rot_layou
         if (b > 4 || R < 1 || R > KVQI_ROT_MAX_PASSES || code_size != 2 * R + R * idx_bytes)
             return 0;
         float lap[256];
-        if (kvqi_lloyd_max(KVQI_DIST_GAUSSIAN, 0.0, b, L->centroids[0], thr, &mse) != KVQ_OK ||
+        if (kvqi_lloyd_max(KVQI_DIST_GAUSSIAN, 0.0, b, KVQI_ROT_CENT(L, 0), thr, &mse) != KVQ_OK ||
             kvqi_lloyd_max(KVQI_DIST_LAPLACE, 0.0, b, lap, thr, &mse) != KVQ_OK)
             return 0;
         float inv_sqrt_d = 1.0f / sqrtf((float)d);
@@ -168,9 +168,9 @@ static int rot_layout_for(const kvq_config *qc, size_t code_size, kvqi_rot_layou
             L->scale_offset[p] = p ? 2 * p : 0;
             L->index_offset[p] = (uint32_t)(2 * R + p * idx_bytes);
             for (uint32_t i = 0; i < (1u << b); i++)
-                L->centroids[p][i] = (p ? lap[i] : L->centroids[0][i]) * (p ? inv_sqrt_d : 1.0f);
+                KVQI_ROT_CENT(L, p)[i] = (p ? lap[i] : KVQI_ROT_CENT(L, 0)[i]) * (p ? inv_sqrt_d : 1.0f);
         }
-        for (uint32_t i = 0; i < (1u << b); i++) L->centroids[0][i] *= inv_sqrt_d;
+        for (uint32_t i = 0; i < (1u << b); i++) KVQI_ROT_CENT(L, 0)[i] *= inv_sqrt_d;
         return 1;
     }
     return 0;
@@ -189,12 +189,12 @@ static uint32_t nearest_zero(const float *c, uint32_t k) {
 
 static kvq_status extract_rotation(kvqi_side *s, uint32_t dim) {
     const kvqi_rot_layout *L = &s->rot;
-    uint32_t k = 1u << L->bits, lo = nearest_zero(L->centroids[0], k), hi = lo;
+    uint32_t k = 1u << L->bits, lo = nearest_zero(KVQI_ROT_CENT(L, 0), k), hi = lo;
     for (uint32_t i = 0; i < k; i++)
-        if (fabsf(L->centroids[0][i] - L->centroids[0][lo]) >
-            fabsf(L->centroids[0][hi] - L->centroids[0][lo]))
+        if (fabsf(KVQI_ROT_CENT(L, 0)[i] - KVQI_ROT_CENT(L, 0)[lo]) >
+            fabsf(KVQI_ROT_CENT(L, 0)[hi] - KVQI_ROT_CENT(L, 0)[lo]))
             hi = i;
-    float delta = L->centroids[0][hi] - L->centroids[0][lo];
+    float delta = KVQI_ROT_CENT(L, 0)[hi] - KVQI_ROT_CENT(L, 0)[lo];
     if (!(delta != 0.0f)) return KVQ_ERR_STATE;
     size_t cs = s->code_size, batch = 32;
     uint8_t *codes = kvqi_calloc_array(batch + 1, cs);
@@ -210,7 +210,7 @@ static kvq_status extract_rotation(kvqi_side *s, uint32_t dim) {
     memcpy(base + L->norm_offset, &one, 2);
     for (uint32_t p = 0; p < L->n_pass; p++) {
         if (p) memcpy(base + L->scale_offset[p], &one, 2);
-        uint32_t z = p ? nearest_zero(L->centroids[p], k) : lo;
+        uint32_t z = p ? nearest_zero(KVQI_ROT_CENT(L, p), k) : lo;
         for (uint32_t r = 0; r < dim; r++) rot_set_index(base + L->index_offset[p], L->bits, r, z);
     }
     kvq_status st = kvq_decode(s->quant, base, 1, dec + batch * dim);
@@ -554,7 +554,7 @@ static void free_chunks(kvq_cache *c) {
  * sliding window at most a quarter of it (a slab is freed only when all of it has left). */
 #define SLAB_MAX_TOKENS 1024
 
-/* The most chunks a slab holds (past the chunk table's n_chunks, room for this many). */
+/* The most chunks a slab holds. */
 static size_t slab_max_chunks(size_t C) { return SLAB_MAX_TOKENS / C + 1; }
 
 static size_t span_for(size_t C, size_t SW, size_t live) {
@@ -777,8 +777,9 @@ static kvq_status ensure_chunks(kvq_cache *c, size_t n_tokens) {
     size_t C = c->cfg.chunk_tokens;
     size_t need = n_tokens / C + (n_tokens % C != 0);
     if (need <= c->n_chunks) return KVQ_OK;
-    /* room for a whole slab past need */
-    size_t room = need + slab_max_chunks(C);
+    /* room for a whole slab past need (spans grow with the chunks held: none is longer
+     * than the one for need) */
+    size_t room = need + slab_span(c, need > c->first_chunk ? need - c->first_chunk : 0);
     if (room > c->chunk_table_cap) {
         size_t cap = c->chunk_table_cap ? c->chunk_table_cap : 8;
         while (cap < room) {
@@ -1284,7 +1285,7 @@ KVQ_API kvq_status kvq_cache_tokens_fit(const kvq_cache_config *cfg, uint32_t n_
     uint64_t lo = 0, hi = (per_layer - fixed) / chunk + 1;
     while (lo < hi) {
         uint64_t mid = lo + (hi - lo + 1) / 2, cap = 8, have = slab_chunks(C, mid);
-        while (cap < mid + slab_max_chunks(C)) cap *= 2;
+        while (cap < mid + span_for(C, 0, (size_t)mid)) cap *= 2;
         if (fixed + have * chunk + cap * sizeof(kvqi_chunk) <= per_layer) lo = mid;
         else hi = mid - 1;
     }

@@ -12,8 +12,10 @@
  * they stay exact in a staging buffer, so the choice does not depend on how the tokens
  * were split into append calls. */
 #define KVQI_OUTLIER_PROBE_TOKENS 32u
-/* Rows handed to the quantizer per encode call (bounds the encode buffer). */
-#define KVQI_ENCODE_ROWS 8u
+/* Rows handed to the quantizer per encode call: the encode buffer holds this many rows,
+ * held by every layer for the cache's life, so few; at least 5 (the channel keys' bits
+ * take a row, two ranges and dim doubles of it). */
+#define KVQI_ENCODE_ROWS 5u
 /* least-squares refinements of a channel-key chunk's ranges, for channels of at most
  * KVQI_CHAN_REFINE_BITS bits (chan.c, kvqi_chan_fit) */
 #define KVQI_CHAN_REFINE 3
@@ -145,6 +147,7 @@ struct kvq_cache {
     int chan_fixed;
     /* and each head's plane layout from them, made when the first chunk is coded */
     uint8_t *chan_layouts;
+    size_t chan_layout_stride; /* bytes per head in chan_layouts */
 };
 
 /* Head g's codes of chunk ci (C tokens of them, contiguous; the next chunk of its slab

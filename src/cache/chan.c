@@ -30,12 +30,10 @@ size_t kvqi_chan_block_bytes(uint32_t dim, uint32_t bits, size_t C) {
  * head a kvqi_chan_layout and its arrays (a few KB a head: a cache of one short context
  * never codes a chunk, and holds less than fp16). */
 
-static size_t layout_stride(const kvq_cache *c) {
-    return ((sizeof(kvqi_chan_layout) + 63) & ~(size_t)63) + ((kvqi_chan_layout_bytes(c->dim) + 63) & ~(size_t)63);
-}
+#define LAYOUT_HEADER (((sizeof(kvqi_chan_layout) + 63) & ~(size_t)63))
 
 static kvqi_chan_layout *layout_of(const kvq_cache *c, uint32_t g) {
-    return (kvqi_chan_layout *)(void *)(c->chan_layouts + g * layout_stride(c));
+    return (kvqi_chan_layout *)(void *)(c->chan_layouts + g * c->chan_layout_stride);
 }
 
 /* Channel j's coded minimum and step in a head's chunk block (fp16, as floats). */
@@ -48,22 +46,34 @@ static void range_of(const uint8_t *block, uint32_t dim, uint32_t j, float *lo, 
 }
 
 size_t kvqi_chan_held_bytes(const kvq_cache *c) {
-    return (size_t)c->n_kv * c->dim + (c->chan_layouts ? (size_t)c->n_kv * layout_stride(c) : 0);
+    return (size_t)c->n_kv * c->dim + (c->chan_layouts ? (size_t)c->n_kv * c->chan_layout_stride : 0);
 }
 
-static void build_layouts(kvq_cache *c) {
-    for (uint32_t g = 0; g < c->n_kv; g++) {
-        kvqi_chan_layout *L = layout_of(c, g);
-        kvqi_chan_layout_build(L, c->chan_bits + (size_t)g * c->dim, c->dim,
-                               (uint8_t *)L + ((sizeof *L + 63) & ~(size_t)63));
-    }
-}
-
+/* Each head's layout is built in a worst-case buffer, then packed to the planes it has
+ * (a 4-bit head of 64 channels: about half the worst case), all heads at the stride of
+ * the largest. Once per cache, when the first chunk is coded. */
 kvq_status kvqi_chan_layouts(kvq_cache *c) {
     if (c->chan_layouts) return KVQ_OK;
-    c->chan_layouts = kvqi_alloc_array((size_t)c->n_kv, layout_stride(c));
-    if (!c->chan_layouts) return KVQ_ERR_NOMEM;
-    build_layouts(c);
+    uint8_t *tmp = kvqi_alloc_array(1, kvqi_chan_layout_bytes(c->dim));
+    if (!tmp) return KVQ_ERR_NOMEM;
+    kvqi_chan_layout L;
+    size_t need = 0;
+    for (uint32_t g = 0; g < c->n_kv; g++) {
+        kvqi_chan_layout_build(&L, c->chan_bits + (size_t)g * c->dim, c->dim, tmp);
+        need = KVQI_MAX(need, kvqi_chan_layout_pack(&L, NULL, NULL));
+    }
+    c->chan_layout_stride = LAYOUT_HEADER + ((need + 63) & ~(size_t)63);
+    c->chan_layouts = kvqi_alloc_array((size_t)c->n_kv, c->chan_layout_stride);
+    if (!c->chan_layouts) {
+        kvqi_free(tmp);
+        return KVQ_ERR_NOMEM;
+    }
+    for (uint32_t g = 0; g < c->n_kv; g++) {
+        kvqi_chan_layout_build(&L, c->chan_bits + (size_t)g * c->dim, c->dim, tmp);
+        kvqi_chan_layout *D = layout_of(c, g);
+        kvqi_chan_layout_pack(&L, D, (uint8_t *)D + LAYOUT_HEADER);
+    }
+    kvqi_free(tmp);
     return KVQ_OK;
 }
 
@@ -119,9 +129,11 @@ void kvqi_chan_allocate(kvq_cache *c, uint32_t g, const float *lo, const float *
     }
 }
 
-/* The plane layouts again from new bits (after a reset: the layouts were made already). */
+/* New bits (after a reset): the layouts are made again, at their new size, before the
+ * first chunk is coded. */
 void kvqi_chan_relayout(kvq_cache *c) {
-    if (c->chan_layouts) build_layouts(c);
+    kvqi_free(c->chan_layouts);
+    c->chan_layouts = NULL;
 }
 
 /* A head's chunk block is coded in passes over its rows (so no chunk of rows is held):

@@ -150,10 +150,10 @@ typedef struct rot_tabs {
 
 static void load_tabs(const kvqi_rot_layout *L, rot_tabs *T) {
     for (uint32_t p = 0; p < L->n_pass; p++) {
-        T->lo[p] = _mm256_loadu_ps(L->centroids[p]);
-        T->hi[p] = _mm256_loadu_ps(L->centroids[p] + 8);
-        T->c0[p] = _mm256_set1_ps(L->centroids[p][0]);
-        T->c1[p] = _mm256_set1_ps(L->centroids[p][1]);
+        T->lo[p] = _mm256_loadu_ps(KVQI_ROT_CENT(L, p));
+        T->hi[p] = _mm256_loadu_ps(KVQI_ROT_CENT(L, p) + 8);
+        T->c0[p] = _mm256_set1_ps(KVQI_ROT_CENT(L, p)[0]);
+        T->c1[p] = _mm256_set1_ps(KVQI_ROT_CENT(L, p)[1]);
     }
 }
 
@@ -212,8 +212,8 @@ static inline void dec_pass(const kvqi_rot_layout *L, const rot_tabs *T, uint32_
     default: {
         __m256i i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(idx + 16 * g)));
         __m256i i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(idx + 16 * g + 8)));
-        *x0 = _mm256_i32gather_ps(L->centroids[p], i0, 4);
-        *x1 = _mm256_i32gather_ps(L->centroids[p], i1, 4);
+        *x0 = _mm256_i32gather_ps(KVQI_ROT_CENT(L, p), i0, 4);
+        *x1 = _mm256_i32gather_ps(KVQI_ROT_CENT(L, p), i1, 4);
         break;
     }
     }

@@ -199,9 +199,9 @@ typedef struct rot_regs {
 
 KVQI_INLINE void load_regs(const kvqi_rot_layout *L, rot_regs *T, const uint32_t NP) {
     for (uint32_t p = 0; p < NP; p++) {
-        T->tab[p] = _mm512_loadu_ps(L->centroids[p]);
-        T->c0[p] = _mm512_set1_ps(L->centroids[p][0]);
-        T->c1[p] = _mm512_set1_ps(L->centroids[p][1]);
+        T->tab[p] = _mm512_loadu_ps(KVQI_ROT_CENT(L, p));
+        T->c0[p] = _mm512_set1_ps(KVQI_ROT_CENT(L, p)[0]);
+        T->c1[p] = _mm512_set1_ps(KVQI_ROT_CENT(L, p)[1]);
     }
 }
 
@@ -250,10 +250,10 @@ KVQI_INLINE void dec_pass(const uint32_t BITS, const rot_regs *T, uint32_t p, co
 KVQI_INLINE void dec_rot(const uint32_t BITS, const uint32_t NP, const kvqi_rot_layout *L,
                          const rot_regs *T, const uint8_t *code, const __m512 *sp, uint32_t b,
                          __m512 *x0, __m512 *x1) {
-    dec_pass(BITS, T, 0, L->centroids[0], code + L->index_offset[0], b, x0, x1);
+    dec_pass(BITS, T, 0, KVQI_ROT_CENT(L, 0), code + L->index_offset[0], b, x0, x1);
     for (uint32_t p = 1; p < NP; p++) {
         __m512 y0, y1;
-        dec_pass(BITS, T, p, L->centroids[p], code + L->index_offset[p], b, &y0, &y1);
+        dec_pass(BITS, T, p, KVQI_ROT_CENT(L, p), code + L->index_offset[p], b, &y0, &y1);
         *x0 = _mm512_fmadd_ps(sp[p], y0, *x0);
         *x1 = _mm512_fmadd_ps(sp[p], y1, *x1);
     }
@@ -694,8 +694,8 @@ score_rot1_i8(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale, c
                                            fp16_scalar(c1 + so), fp16_scalar(c0 + so));
                     sp = _mm512_permutexvar_ps(lane_tok, _mm512_castps128_ps512(s4));
                 }
-                __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(L->centroids[p][0]), vqf),
-                                         _mm512_mul_ps(_mm512_set1_ps(L->centroids[p][1] - L->centroids[p][0]), S));
+                __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(KVQI_ROT_CENT(L, p)[0]), vqf),
+                                         _mm512_mul_ps(_mm512_set1_ps(KVQI_ROT_CENT(L, p)[1] - KVQI_ROT_CENT(L, p)[0]), S));
                 acc = _mm512_add_ps(acc, _mm512_mul_ps(sp, v));
             }
             const uint8_t *nb = k + L->norm_offset;

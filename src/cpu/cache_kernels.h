@@ -15,7 +15,7 @@
 #include "cpu/exp_neg.h"
 #include "kvq.h"
 
-/* Rotated scalar code: x = norm * R^T u with u_r = sum_p s_p * centroids[p][index_p(r)]
+/* Rotated scalar code: x = norm * R^T u with u_r = sum_p s_p * KVQI_ROT_CENT(L, p)[index_p(r)]
  * over n_pass passes of b-bit indices (turboquant_mse: one pass; turboquant_rvq: a
  * Gaussian pass then Laplacian residual passes). norm is fp16 at norm_offset; s_0 = 1 and
  * s_p (p > 0) is fp16 at scale_offset[p]; pass p's indices are an LSB-first bit stream at
@@ -31,13 +31,16 @@ typedef struct kvqi_rot_layout {
     uint32_t norm_offset;
     uint32_t scale_offset[KVQI_ROT_MAX_PASSES]; /* [0] unused */
     uint32_t index_offset[KVQI_ROT_MAX_PASSES];
-    float centroids[KVQI_ROT_MAX_PASSES][256];
+    /* pass p's 2^bits centroids at KVQI_ROT_CENT(L, p) = cent + 16 p (entries past 2^bits
+     * zero); 8 bits (one pass): cent[0..255] */
+    float cent[256];
     /* 2-, 3- and 4-bit one-pass codes scored in integers:
-     * centroids[0][i] ~ (cent_u8[i] - 128) * cent_scale (entries past 2^bits unused) */
+     * KVQI_ROT_CENT(L, 0)[i] ~ (cent_u8[i] - 128) * cent_scale (entries past 2^bits unused) */
     int has_u8;
     uint8_t cent_u8[16];
     float cent_scale;
 } kvqi_rot_layout;
+#define KVQI_ROT_CENT(L, p) ((L)->cent + 16 * (size_t)(p))
 
 /* The integer key path's query: the coordinate that byte byte_pos of the int8 query
  * pairs with, in the order the kernels unpack 128 coordinates into two 64-byte vectors.
@@ -214,6 +217,9 @@ size_t kvqi_chan_layout_bytes(uint32_t dim);
 /* The layout of a head whose channel j has bits[j] (0..8) bits, arrays in mem
  * (kvqi_chan_layout_bytes(dim), 4-byte aligned); dim % 16 == 0. */
 void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t dim, void *mem);
+/* The built layout L with arrays only as long as its planes need (n_padded + 16 each),
+ * copied to dst and mem; returns the bytes of mem (mem NULL: only those). */
+size_t kvqi_chan_layout_pack(const kvqi_chan_layout *L, kvqi_chan_layout *dst, void *mem);
 /* Plane p's value (width bits) of token l < 64 in a unit, and its setting (OR: the unit
  * starts zeroed); a channel's code from its planes, token t of the block (64-token units
  * after the ranges). */

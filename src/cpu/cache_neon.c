@@ -166,11 +166,11 @@ static inline void dec_rot(const kvqi_rot_layout *L, const uint8_t *code, const 
     uint8_t ix[16];
     float c[16];
     pass_indices(L->bits, code + L->index_offset[0], g, ix);
-    for (int j = 0; j < 16; j++) c[j] = L->centroids[0][ix[j]];
+    for (int j = 0; j < 16; j++) c[j] = KVQI_ROT_CENT(L, 0)[ix[j]];
     for (int i = 0; i < 4; i++) x[i] = vld1q_f32(c + 4 * i);
     for (uint32_t p = 1; p < L->n_pass; p++) {
         pass_indices(L->bits, code + L->index_offset[p], g, ix);
-        for (int j = 0; j < 16; j++) c[j] = L->centroids[p][ix[j]];
+        for (int j = 0; j < 16; j++) c[j] = KVQI_ROT_CENT(L, p)[ix[j]];
         float32x4_t s = vdupq_n_f32(sp[p]);
         for (int i = 0; i < 4; i++) x[i] = vfmaq_f32(x[i], s, vld1q_f32(c + 4 * i));
     }

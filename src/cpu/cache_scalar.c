@@ -128,10 +128,10 @@ static void accum_q4_0(const float *w, size_t ld, uint32_t G, uint32_t dim, cons
 static void rot_lanes(const kvqi_rot_layout *L, const uint8_t *code, float *u) {
     for (uint32_t p = 0; p < L->dim; p++) {
         uint32_t r = kvqi_rot_lane_coordinate(L->bits, p);
-        float x = L->centroids[0][rot_index(code + L->index_offset[0], L->bits, r)];
+        float x = KVQI_ROT_CENT(L, 0)[rot_index(code + L->index_offset[0], L->bits, r)];
         for (uint32_t k = 1; k < L->n_pass; k++)
             x += fp16_at(code + L->scale_offset[k]) *
-                 L->centroids[k][rot_index(code + L->index_offset[k], L->bits, r)];
+                 KVQI_ROT_CENT(L, k)[rot_index(code + L->index_offset[k], L->bits, r)];
         u[p] = x;
     }
 }
@@ -233,8 +233,8 @@ void kvqi_cache_score_rot1_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, co
                 for (uint32_t r = 0; r < L->dim; r++)
                     if (bits[r / 8] >> (r % 8) & 1) S += q8[(size_t)h * L->dim + r];
                 float sp = p ? fp16_at(code + L->scale_offset[p]) : 1.0f;
-                float d = L->centroids[p][1] - L->centroids[p][0];
-                float v = L->centroids[p][0] * qf + d * (float)S;
+                float d = KVQI_ROT_CENT(L, p)[1] - KVQI_ROT_CENT(L, p)[0];
+                float v = KVQI_ROT_CENT(L, p)[0] * qf + d * (float)S;
                 acc = acc + sp * v;
             }
             scores[h * ld + t] = acc * qscale[h] * norm;

@@ -104,6 +104,30 @@ void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t d
     memset(pair_shift + L->n_padded, 0, (cap - L->n_padded) * sizeof *pair_shift);
 }
 
+/* A built layout's arrays copied to mem with n_padded + 16 entries each (the kernels read
+ * 32 entries from a multiple of 16) instead of the worst case; dst gets the layout with
+ * its arrays there. Returns the bytes; mem NULL: only those. */
+size_t kvqi_chan_layout_pack(const kvqi_chan_layout *L, kvqi_chan_layout *dst, void *mem) {
+    size_t n = (size_t)L->n_padded + 16, dim = L->dim;
+    size_t bytes = dim * sizeof(float) + n * (3 * sizeof(uint16_t) + 2);
+    if (!mem) return bytes;
+    size_t m = KVQI_MIN(n, (size_t)padded_cap(L->dim));
+    memset(mem, 0, bytes);
+    float *top = (float *)mem;
+    uint16_t *pair_chan = (uint16_t *)(void *)(top + dim), *pair_shift = pair_chan + n, *chan = pair_shift + n;
+    uint8_t *shift = (uint8_t *)(void *)(chan + n), *width = shift + n;
+    memcpy(top, L->top, dim * sizeof(float));
+    memcpy(pair_chan, L->pair_chan, m * sizeof(uint16_t));
+    memcpy(pair_shift, L->pair_shift, m * sizeof(uint16_t));
+    memcpy(chan, L->chan, m * sizeof(uint16_t));
+    memcpy(shift, L->shift, m);
+    memcpy(width, L->width, m);
+    *dst = *L;
+    dst->top = top, dst->pair_chan = pair_chan, dst->pair_shift = pair_shift;
+    dst->chan = chan, dst->shift = shift, dst->width = width;
+    return bytes;
+}
+
 /* Byte and bit of plane p's value for token l of a unit; returns the mask. */
 static uint32_t locate(const kvqi_chan_layout *L, uint32_t p, uint32_t l, size_t *byte, uint32_t *sh) {
     uint32_t g = p / 4, i = p % 4;

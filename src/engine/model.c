@@ -535,8 +535,10 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
             long n = sysconf(_SC_NPROCESSORS_ONLN);
             nt = n > 0 ? (unsigned)n : 1;
         }
-        /* the pool counts the calling thread */
-        if (nt > 1 && (st = kvq_threadpool_create(nt, &c->pool))) goto fail;
+        /* the pool counts the calling thread; one thread gets a pool too (it runs every
+         * task inline) so that the layers' caches share its attend scratch instead of
+         * each keeping its own (tens of KB a layer) */
+        if ((st = kvq_threadpool_create(nt, &c->pool))) goto fail;
         c->n_slots = c->pool ? kvq_threadpool_size(c->pool) : 1;
     }
     size_t B = p.n_batch;
