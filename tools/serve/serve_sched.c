@@ -1,7 +1,9 @@
 /* serve_sched.c - the slot scheduler: SLOTS inference contexts, each with its own
  * compressed KV cache, stepped by one thread. Each iteration admits queued requests into
- * free slots (between steps), evaluates one prompt chunk or one decoded token for every
- * busy slot, and lets finished requests leave: continuous batching at the step level.
+ * free slots (between steps), evaluates one prompt chunk for every slot still reading its
+ * prompt, samples a token for every generating slot, then decodes all those tokens in
+ * one batched pass (kvq_batch_decode: the weights read once for every slot), and lets
+ * finished requests leave: continuous batching.
  * A slot keeps its tokens after a request, so a conversation that comes back with its
  * history evaluates only the new suffix. A KV budget in tokens (kvq_cache_tokens_fit)
  * covers every slot's reservation (prompt + max_tokens) and the idle slots' kept
@@ -37,6 +39,11 @@ struct serve_sched {
     serve_sched_params p;
     kvq_model_info info;
     slot *slots;
+    kvq_batch *batch;     /* one decode step for all generating slots */
+    kvq_context **b_ctx;  /* [n_slots]: this step's rows */
+    slot **b_slot;
+    int32_t *b_tok;
+    float *b_logits;      /* [n_slots][n_vocab] */
     int32_t stops[8];
     size_t n_stops;
     uint64_t budget;      /* KV bytes over all slots (UINT64_MAX: none) */
@@ -301,8 +308,19 @@ static void admit(serve_sched *S) {
     }
 }
 
-/* One step of one busy slot; returns 1 if it generated a token. */
-static int step(serve_sched *S, slot *s) {
+static void slot_failed(slot *s, kvq_status st) {
+    char why[160];
+    snprintf(why, sizeof why, "evaluation failed: %s", kvq_strerror(st));
+    job_finish(s->job, SERVE_FAILED, why);
+    kvq_context_reset(s->ctx);
+    s->n_hist = 0;
+}
+
+/* One step of one busy slot up to its decode: a prompt chunk, or the sampling of its next
+ * token, which it sets in *decode (-1: nothing to decode, the request ended or is still
+ * reading its prompt). Returns 1 if it generated a token. */
+static int step(serve_sched *S, slot *s, int32_t *decode) {
+    *decode = -1;
     serve_job *j = s->job;
     pthread_mutex_lock(&j->mu);
     int cancelled = j->cancel;
@@ -345,16 +363,37 @@ static int step(serve_sched *S, slot *s) {
         job_finish(j, SERVE_LENGTH, NULL);
         return 1;
     }
-    if ((st = kvq_context_eval(s->ctx, &tok, 1, s->logits, 0))) goto failed;
-    s->hist[s->n_hist++] = tok;
+    *decode = tok;
     return 1;
-failed:;
-    char why[160];
-    snprintf(why, sizeof why, "evaluation failed: %s", kvq_strerror(st));
-    job_finish(j, SERVE_FAILED, why);
-    kvq_context_reset(s->ctx);
-    s->n_hist = 0;
+failed:
+    slot_failed(s, st);
     return 0;
+}
+
+/* Decodes the tokens the generating slots sampled, all in one batched pass. */
+static void decode_step(serve_sched *S, size_t n) {
+    if (n == 0) return;
+    size_t V = S->info.n_vocab;
+    kvq_status st = kvq_batch_decode(S->batch, S->b_ctx, S->b_tok, n, S->b_logits);
+    if (st == KVQ_ERR_INVALID_ARG || st == KVQ_ERR_MISMATCH || st == KVQ_ERR_CAPACITY) {
+        /* refused before anything ran: each slot alone, so that only the one at fault fails */
+        for (size_t i = 0; i < n; i++) {
+            slot *s = S->b_slot[i];
+            kvq_status si = kvq_context_eval(s->ctx, &S->b_tok[i], 1, s->logits, 0);
+            if (si) slot_failed(s, si);
+            else s->hist[s->n_hist++] = S->b_tok[i];
+        }
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        slot *s = S->b_slot[i];
+        if (st) { /* the caches may hold part of the step */
+            slot_failed(s, st);
+            continue;
+        }
+        memcpy(s->logits, S->b_logits + i * V, V * sizeof *s->logits);
+        s->hist[s->n_hist++] = S->b_tok[i];
+    }
 }
 
 static void update_memory(serve_sched *S) {
@@ -392,8 +431,18 @@ static void *sched_main(void *arg) {
         pthread_mutex_unlock(&S->mu);
         double t0 = kvq_cli_now_s();
         uint64_t generated = 0;
-        for (uint32_t i = 0; i < S->p.n_slots; i++)
-            if (S->slots[i].job) generated += (uint64_t)step(S, &S->slots[i]);
+        size_t n_dec = 0;
+        for (uint32_t i = 0; i < S->p.n_slots; i++) {
+            slot *s = &S->slots[i];
+            int32_t tok;
+            if (!s->job) continue;
+            generated += (uint64_t)step(S, s, &tok);
+            if (tok < 0) continue;
+            S->b_ctx[n_dec] = s->ctx;
+            S->b_slot[n_dec] = s;
+            S->b_tok[n_dec++] = tok;
+        }
+        decode_step(S, n_dec);
         double dt = kvq_cli_now_s() - t0;
         pthread_mutex_lock(&S->mu);
         S->m.busy_seconds += dt;
@@ -483,7 +532,22 @@ int serve_sched_create(const serve_sched_params *p, serve_sched **out, char *msg
     find_stops(S);
     S->queue = calloc(p->max_queue ? p->max_queue : 1, sizeof *S->queue);
     S->slots = calloc(p->n_slots, sizeof *S->slots);
-    if (!S->queue || !S->slots) goto nomem;
+    S->b_ctx = calloc(p->n_slots, sizeof *S->b_ctx);
+    S->b_slot = calloc(p->n_slots, sizeof *S->b_slot);
+    S->b_tok = calloc(p->n_slots, sizeof *S->b_tok);
+    S->b_logits = malloc((size_t)p->n_slots * S->info.n_vocab * sizeof *S->b_logits);
+    if (!S->queue || !S->slots || !S->b_ctx || !S->b_slot || !S->b_tok || !S->b_logits) goto nomem;
+    {
+        kvq_batch_params bp;
+        kvq_batch_params_init(&bp);
+        bp.n_threads = p->n_threads;
+        kvq_status st = kvq_batch_create(p->model, p->n_slots, &bp, &S->batch);
+        if (st) {
+            snprintf(msg, msg_size, "batch of %u slots: %s", p->n_slots, kvq_strerror(st));
+            serve_sched_free(S);
+            return -1;
+        }
+    }
     S->seed_counter = 0x5eed;
     S->budget = p->kv_budget ? p->kv_budget : UINT64_MAX;
     for (uint32_t i = 0; i < p->n_slots; i++) {
@@ -597,6 +661,11 @@ void serve_sched_free(serve_sched *S) {
     }
     free(S->slots);
     free(S->queue);
+    kvq_batch_free(S->batch);
+    free(S->b_ctx);
+    free(S->b_slot);
+    free(S->b_tok);
+    free(S->b_logits);
     pthread_mutex_destroy(&S->mu);
     pthread_cond_destroy(&S->cv);
     free(S);
