@@ -25,7 +25,10 @@ typedef struct slot {
     kvq_context *ctx;
     int32_t *hist; /* tokens evaluated in ctx, in order */
     size_t n_hist;
-    float *logits, *probs;
+    float *own_logits;    /* [n_vocab]: a prompt's last token's, or a lone decode's */
+    const float *logits;  /* the next token's: own_logits, or its row of the last batched decode
+                             (valid until the next decode, after every slot has sampled) */
+    float *probs;
     int32_t *order;
     serve_job *job;
     slot_phase phase;
@@ -334,7 +337,8 @@ static int step(serve_sched *S, slot *s, int32_t *decode) {
         size_t n = j->n_tokens - s->prompt_pos;
         if (n > S->p.n_batch) n = S->p.n_batch;
         int last = s->prompt_pos + n == j->n_tokens;
-        if ((st = kvq_context_eval(s->ctx, j->tokens + s->prompt_pos, n, last ? s->logits : NULL, 0))) goto failed;
+        s->logits = s->own_logits;
+        if ((st = kvq_context_eval(s->ctx, j->tokens + s->prompt_pos, n, last ? s->own_logits : NULL, 0))) goto failed;
         memcpy(s->hist + s->n_hist, j->tokens + s->prompt_pos, n * sizeof *s->hist);
         s->n_hist += n;
         s->prompt_pos += n;
@@ -379,7 +383,8 @@ static void decode_step(serve_sched *S, size_t n) {
         /* refused before anything ran: each slot alone, so that only the one at fault fails */
         for (size_t i = 0; i < n; i++) {
             slot *s = S->b_slot[i];
-            kvq_status si = kvq_context_eval(s->ctx, &S->b_tok[i], 1, s->logits, 0);
+            s->logits = s->own_logits;
+            kvq_status si = kvq_context_eval(s->ctx, &S->b_tok[i], 1, s->own_logits, 0);
             if (si) slot_failed(s, si);
             else s->hist[s->n_hist++] = S->b_tok[i];
         }
@@ -391,7 +396,7 @@ static void decode_step(serve_sched *S, size_t n) {
             slot_failed(s, st);
             continue;
         }
-        memcpy(s->logits, S->b_logits + i * V, V * sizeof *s->logits);
+        s->logits = S->b_logits + i * V;
         s->hist[s->n_hist++] = S->b_tok[i];
     }
 }
@@ -566,10 +571,10 @@ int serve_sched_create(const serve_sched_params *p, serve_sched **out, char *msg
             return -1;
         }
         s->hist = malloc((size_t)p->n_ctx * sizeof *s->hist);
-        s->logits = malloc((size_t)S->info.n_vocab * sizeof *s->logits);
+        s->logits = s->own_logits = malloc((size_t)S->info.n_vocab * sizeof *s->own_logits);
         s->probs = malloc((size_t)S->info.n_vocab * sizeof *s->probs);
         s->order = malloc((size_t)S->info.n_vocab * sizeof *s->order);
-        if (!s->hist || !s->logits || !s->probs || !s->order) goto nomem;
+        if (!s->hist || !s->own_logits || !s->probs || !s->order) goto nomem;
     }
     /* what an empty slot holds; then the longest request and the full-context
      * conversations the budget allows next to the other slots' fixed part */
@@ -655,7 +660,7 @@ void serve_sched_free(serve_sched *S) {
         slot *s = &S->slots[i];
         kvq_context_free(s->ctx);
         free(s->hist);
-        free(s->logits);
+        free(s->own_logits);
         free(s->probs);
         free(s->order);
     }
