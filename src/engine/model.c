@@ -508,8 +508,10 @@ static float *alloc2(size_t a, size_t b, kvq_status *st) {
     return p;
 }
 
-KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_params *params,
-                                      kvq_context **out) {
+/* rows_only: a batch's rows (activations and product scratch, no KV store of its own:
+ * the rows attend in their contexts' caches) */
+static kvq_status context_create(const kvq_model *model, const kvq_context_params *params, int rows_only,
+                                 kvq_context **out) {
     if (!model || !out) return KVQ_ERR_INVALID_ARG;
     *out = NULL;
     kvq_context_params p;
@@ -558,7 +560,7 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
     c->rope_sin = alloc2(B, model->n_rot / 2 + 1, &st);
     c->rope_cos_swa = alloc2(B, model->n_rot / 2 + 1, &st);
     c->rope_sin_swa = alloc2(B, model->n_rot / 2 + 1, &st);
-    if (!p.cache) {
+    if (!p.cache && !rows_only) {
         size_t total = 0;
         c->slot_off = calloc(I->n_layers, sizeof *c->slot_off);
         c->kv_slots = calloc(I->n_layers, sizeof *c->kv_slots);
@@ -601,7 +603,7 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
         c->rope_freq[i] = (float)f;
         c->rope_freq_swa[i] = (float)pow((double)model->rope_base_swa, -2.0 * i / (double)model->n_rot);
     }
-    if (params && params->cache) {
+    if (params && params->cache && !rows_only) {
         c->caches = calloc(I->n_layers, sizeof *c->caches);
         if (!c->caches) {
             st = KVQ_ERR_NOMEM;
@@ -639,6 +641,11 @@ KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_
 fail:
     kvq_context_free(c);
     return st;
+}
+
+KVQ_API kvq_status kvq_context_create(const kvq_model *model, const kvq_context_params *params,
+                                      kvq_context **out) {
+    return context_create(model, params, 0, out);
 }
 
 KVQ_API kvq_status kvq_context_reset(kvq_context *c) {
@@ -1097,15 +1104,14 @@ KVQ_API kvq_status kvq_batch_create(const kvq_model *model, uint32_t max_seqs, c
     else kvq_batch_params_init(&bp);
     kvq_batch *b = calloc(1, sizeof *b);
     if (!b) return KVQ_ERR_NOMEM;
-    /* a context of max_seqs rows whose own cache is never used (the rows attend in
-     * theirs): n_ctx = max_seqs keeps its float KV as small as its activations */
+    /* a context of max_seqs rows without a KV store (the rows attend in theirs) */
     kvq_context_params cp;
     kvq_context_params_init(&cp);
     cp.n_ctx = max_seqs;
     cp.n_batch = max_seqs;
     cp.n_threads = bp.n_threads;
     cp.float_activations = bp.float_activations;
-    kvq_status st = kvq_context_create(model, &cp, &b->w);
+    kvq_status st = context_create(model, &cp, 1, &b->w);
     if (st) {
         free(b);
         return st;
