@@ -275,6 +275,7 @@ def test_concurrent_conversations_lose_nothing(server):
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(repr(e))
 
+    before = server.metrics()
     threads = [threading.Thread(target=run, args=(p,)) for p in prompts]
     for t in threads:
         t.start()
@@ -282,6 +283,8 @@ def test_concurrent_conversations_lose_nothing(server):
         t.join(timeout=120)
     assert not errors, errors
     assert results == alone, "each conversation answers as it would alone (2 slots, 6 clients)"
+    rows = server.metrics()["kvq_decode_rows_total"] - before["kvq_decode_rows_total"]
+    assert rows == 6 * 9, "10 tokens a reply: the last is sampled without a decode after it"
 
 
 def test_prefix_reuse(server):

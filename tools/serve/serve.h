@@ -89,6 +89,7 @@ typedef struct serve_sched serve_sched;
 
 typedef struct serve_metrics {
     uint64_t tokens_generated, prompt_tokens, prompt_tokens_reused, requests_done, requests_cancelled;
+    uint64_t decode_steps, decode_rows; /* batched decodes run, and the slots' tokens they took */
     double busy_seconds, gen_seconds;
     uint64_t kv_bytes, kv_fp16_bytes, kv_budget, reserved_bytes, fixed_bytes;
     uint64_t budget_tokens;        /* the longest prompt + max_tokens one request may have */

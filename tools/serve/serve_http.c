@@ -348,9 +348,9 @@ static MHD_Result handle_metrics(server *sv, struct MHD_Connection *c) {
     pthread_mutex_lock(&sv->mu);
     uint64_t requests = sv->requests, busy = sv->rejected_busy, bad = sv->rejected_bad, auth = sv->rejected_auth;
     pthread_mutex_unlock(&sv->mu);
-    char *t = malloc(4096);
+    char *t = malloc(6144);
     if (!t) return send_error(c, 500, "out of memory", NULL);
-    snprintf(t, 4096,
+    snprintf(t, 6144,
              "# HELP kvq_requests_total HTTP requests received.\n# TYPE kvq_requests_total counter\n"
              "kvq_requests_total %" PRIu64 "\n"
              "# HELP kvq_requests_rejected_total Requests refused, by reason.\n# TYPE kvq_requests_rejected_total counter\n"
@@ -366,6 +366,10 @@ static MHD_Result handle_metrics(server *sv, struct MHD_Connection *c) {
              "kvq_prompt_tokens_total %" PRIu64 "\n"
              "# HELP kvq_prompt_tokens_reused_total Prompt tokens found in a slot's cache (not evaluated again).\n"
              "# TYPE kvq_prompt_tokens_reused_total counter\nkvq_prompt_tokens_reused_total %" PRIu64 "\n"
+             "# HELP kvq_decode_steps_total Batched decoding steps (one pass over the weights each).\n"
+             "# TYPE kvq_decode_steps_total counter\nkvq_decode_steps_total %" PRIu64 "\n"
+             "# HELP kvq_decode_rows_total Tokens those steps decoded, one per generating slot.\n"
+             "# TYPE kvq_decode_rows_total counter\nkvq_decode_rows_total %" PRIu64 "\n"
              "# HELP kvq_tokens_per_second Generated tokens per second of decoding steps, all slots together.\n"
              "# TYPE kvq_tokens_per_second gauge\nkvq_tokens_per_second %.3f\n"
              "# HELP kvq_kv_bytes Bytes the compressed KV caches of all slots hold.\n# TYPE kvq_kv_bytes gauge\n"
@@ -387,7 +391,7 @@ static MHD_Result handle_metrics(server *sv, struct MHD_Connection *c) {
              "# HELP kvq_queue_length Requests waiting for a slot or KV budget.\n# TYPE kvq_queue_length gauge\n"
              "kvq_queue_length %u\n",
              requests, busy, bad, auth, m.requests_done, m.requests_cancelled, m.tokens_generated, m.prompt_tokens,
-             m.prompt_tokens_reused, m.gen_seconds > 0 ? (double)m.tokens_generated / m.gen_seconds : 0.0, m.kv_bytes,
+             m.prompt_tokens_reused, m.decode_steps, m.decode_rows, m.gen_seconds > 0 ? (double)m.tokens_generated / m.gen_seconds : 0.0, m.kv_bytes,
              m.kv_fp16_bytes, m.kv_budget, m.budget_tokens, m.budget_conversations, m.reserved_bytes, m.fixed_bytes, m.slots_busy, m.slots_total,
              m.queue_length);
     return send_text(c, 200, "text/plain; version=0.0.4", t);

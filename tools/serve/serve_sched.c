@@ -453,6 +453,10 @@ static void *sched_main(void *arg) {
         S->m.busy_seconds += dt;
         if (generated) S->m.gen_seconds += dt;
         S->m.tokens_generated += generated;
+        if (n_dec) {
+            S->m.decode_steps++;
+            S->m.decode_rows += n_dec;
+        }
         for (uint32_t i = 0; i < S->p.n_slots; i++) {
             slot *s = &S->slots[i];
             if (!s->job) continue;
