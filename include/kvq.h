@@ -86,7 +86,8 @@ KVQ_API const char *kvq_version_string(void);
 KVQ_API const char *kvq_cpu_isa(void);
 
 /* Instruction sets a quantizer may be pinned to (tests compare them; users keep AUTO).
- * KVQ_FORCE_SCALAR=1 in the environment makes AUTO resolve to SCALAR. */
+ * KVQ_FORCE_SCALAR=1 in the environment makes AUTO resolve to SCALAR; KVQ_FORCE_AVX2=1
+ * makes an AVX-512 CPU resolve to AVX2. */
 typedef enum kvq_isa {
     KVQ_ISA_AUTO = 0,
     KVQ_ISA_SCALAR = 1,

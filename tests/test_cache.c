@@ -539,7 +539,9 @@ TEST(cache_simd_kernels_match_scalar) {
                         uint32_t bits = bitss[bi];
                         if (dim % (bits == 2 ? 64 : 32)) continue;
                         kvqi_rot_layout L;
+                        static float cent8[256];
                         memset(&L, 0, sizeof L);
+                        if (bits == 8) L.cent8 = cent8;
                         L.dim = dim;
                         L.bits = bits;
                         L.n_pass = passes;
@@ -841,7 +843,7 @@ TEST(cache_fused_paths_match_generic) {
                                   "mse:bits=1", "mse:bits=2", "mse:bits=3",
                                   "mse:bits=4", "mse:bits=8", "turboquant_rvq:bits=1,residuals=2",
                                   "turboquant_rvq:bits=3,residuals=3", "qjl", "rabitq:bits=1",
-                                  "prod:bits=3"};
+                                  "prod:bits=3", "mse:bits=4,rotate=dense"};
     int fused = 0;
     for (size_t s = 0; s < sizeof specs / sizeof specs[0]; s++) {
         kvq_cache *c;
@@ -849,6 +851,15 @@ TEST(cache_fused_paths_match_generic) {
         REQUIRE_OK(kvq_cache_append(c, k, v, n));
         REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.09f, NULL, o1));
         fused += c->key.path != KVQI_PATH_GENERIC;
+        /* a randomized Hadamard is applied as a transform, a dense rotation as its matrix */
+        for (int side = 0; side < 2; side++) {
+            const kvqi_side *S = side ? &c->value : &c->key;
+            if (S->path != KVQI_PATH_ROT) continue;
+            int dense = strstr(specs[s], "dense") != NULL;
+            CHECKF(dense ? !S->had && S->rotation : S->had && !S->rotation && !S->rotation_h,
+                   "%s: side %d: transform %d, matrix %d", specs[s], side, S->had != NULL,
+                   S->rotation || S->rotation_h);
+        }
         /* the integer key path rounds the query and the centroids to 8 bits: about 1 % on
          * the scores; every float path agrees to rounding */
         int int8_keys = (c->key.path == KVQI_PATH_ROT && dim % 128 == 0 &&
@@ -1376,14 +1387,15 @@ TEST(cache_slabs_contiguous_and_bounded) {
     free(k), free(v);
 }
 
-/* The layers of a cache set hold one copy of a rotation they read back alike: the first
- * layer owns it, the others borrow it (not counted), and each attends exactly as a cache
- * made alone; a layer of another rotation keeps its own. */
+/* The layers of a cache set hold one copy of a dense rotation they read back alike: the
+ * first layer owns it, the others borrow it (not counted), and each attends exactly as a
+ * cache made alone; a layer of another rotation keeps its own. (Randomized Hadamard
+ * rotations hold no matrix: attend applies the quantizer's transform.) */
 TEST(cache_set_layers_share_rotations) {
     const uint32_t n_kv = 2, dim = 64, H = 4, L = 4;
     kvq_cache_config cfg[4];
     for (uint32_t l = 0; l < L; l++)
-        REQUIRE_OK(kvq_cache_config_parse(l == 3 ? "mse:bits=4,seed=7+mse:bits=2,seed=7" : l == 2 ? "q4" : "mse:bits=4+mse:bits=2",
+        REQUIRE_OK(kvq_cache_config_parse(l == 3 ? "mse:bits=4,seed=7,rotate=dense" : l == 2 ? "q4" : "mse:bits=4,rotate=dense",
                                           n_kv, dim, &cfg[l], NULL, 0));
     kvq_cache_set *set;
     REQUIRE_OK(kvq_cache_set_create(L, cfg, &set));
@@ -1412,15 +1424,15 @@ TEST(cache_set_layers_share_rotations) {
         REQUIRE_OK(kvq_cache_memory(alone[l], &m));
         shared_alone += m.shared;
         /* layer 1 reads back layer 0's matrices: borrowed; layer 3 (another seed) its own */
-        if (l == 1) CHECK(c->key.rotation_borrowed && c->key.rotation_h == first->key.rotation_h);
+        if (l == 1) CHECK(c->key.rotation_borrowed && c->key.rotation == first->key.rotation);
         if (l == 3) CHECK(!c->key.rotation_borrowed);
         /* and within a cache, values read back as the keys' rotation use the keys' copy */
-        if (l == 0) CHECK(c->value.rotation_borrowed && c->value.rotation_h == c->key.rotation_h);
+        if (l == 0) CHECK(c->value.rotation_borrowed && c->value.rotation == c->key.rotation);
     }
     kvq_cache_memory_info all;
     REQUIRE_OK(kvq_cache_set_memory(set, &all));
-    /* one 64 x 64 fp16 matrix less: layer 1's (layer 2's values too where they match) */
-    CHECKF(all.shared + 64 * 64 * 2 <= shared_alone, "set %llu, alone %llu", (unsigned long long)all.shared,
+    /* one 64 x 64 fp32 matrix less: layer 1's */
+    CHECKF(all.shared + 64 * 64 * 4 <= shared_alone, "set %llu, alone %llu", (unsigned long long)all.shared,
            (unsigned long long)shared_alone);
     for (uint32_t l = 0; l < L; l++) kvq_cache_free(alone[l]);
     kvq_cache_set_free(set);

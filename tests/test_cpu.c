@@ -1,5 +1,7 @@
 /* test_cpu.c - dispatch and base kernels: every ISA matches the scalar reference. */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/core.h"
 #include "cpu/cpu.h"
@@ -16,6 +18,23 @@ TEST(cpu_isa_resolves) {
     CHECK(kvq_isa_available(isa));
     CHECK(kvq_isa_available(KVQ_ISA_SCALAR));
     CHECK(strcmp(kvq_cpu_isa(), kvqi_isa_name(isa)) == 0);
+}
+
+/* KVQ_FORCE_AVX2=1 and KVQ_FORCE_SCALAR=1 steer AUTO in a new process (detection runs
+ * once): the CLI names the kernels it resolved to. */
+TEST(cpu_isa_forced_by_environment) {
+    static const struct { const char *env, *want; int needs_avx2; } cases[] = {
+        {"KVQ_FORCE_SCALAR=1", "(kernels: scalar)", 0}, {"KVQ_FORCE_AVX2=1", "(kernels: avx2)", 1}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (cases[i].needs_avx2 && !kvq_isa_available(KVQ_ISA_AVX2)) continue;
+        char cmd[1024], line[256] = {0};
+        snprintf(cmd, sizeof cmd, "%s %s --version", cases[i].env, kvqt_cli_path());
+        FILE *p = popen(cmd, "r");
+        REQUIRE(p);
+        if (!fgets(line, sizeof line, p)) line[0] = 0;
+        CHECK(pclose(p) == 0);
+        CHECKF(strstr(line, cases[i].want) != NULL, "%s: '%s'", cases[i].env, line);
+    }
 }
 
 TEST(cpu_simd_fwht_dot_match_scalar) {

@@ -338,6 +338,17 @@ static void body_cuda_attend_shapes_and_query_types(kvqt_ctx *kvqt_) {
     attend_case(kvqt_, &k_attn_cases[9], 128, 4, 2, lens, 4, 416, KVQ_CUDA_F16, 0);
 }
 
+/* Many (sequence, kv head) pairs of a couple of thousand tokens: the grid fills the device
+ * with few splits, so a block streams a chunk of 500-700 tokens (8-11 tiles per warp
+ * through the copy stages) and most sequences end inside a tile. */
+static void body_cuda_attend_long_chunks(kvqt_ctx *kvqt_) {
+    int32_t lens[16];
+    for (int b = 0; b < 16; b++) lens[b] = 2048 - (b * 149) % 700;
+    static const size_t cases[] = {7, 8, 9}; /* q4_0/q4_0, fp16/fp16, q8_0/q4_0 */
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        attend_case(kvqt_, &k_attn_cases[cases[i]], 128, 8, 2, lens, 16, 2048, KVQ_CUDA_F16, 0);
+}
+
 /* The tensor-core kernels may read whole 16-token blocks past a sequence's end (inside its
  * capacity); rows there hold inf / NaN norms and 0xFF codes and must change nothing. */
 static void body_cuda_attend_ignores_rows_past_length(kvqt_ctx *kvqt_) {
@@ -874,6 +885,13 @@ TEST(cuda_attend_shapes_and_query_types) {
     if (!have_gpu()) SKIP("no CUDA device");
 #ifdef KVQ_HAVE_CUDA
     body_cuda_attend_shapes_and_query_types(kvqt_);
+#endif
+}
+
+TEST(cuda_attend_long_chunks) {
+    if (!have_gpu()) SKIP("no CUDA device");
+#ifdef KVQ_HAVE_CUDA
+    body_cuda_attend_long_chunks(kvqt_);
 #endif
 }
 

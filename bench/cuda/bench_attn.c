@@ -4,8 +4,10 @@
  * compressed KV at Llama-3.1-8B decode shapes (32 query heads, 8 KV heads, dim 128)
  * for batch 1/8/32 and context 4k/32k/128k. CUDA events, warm-up, medians; each timed
  * sample replays a captured graph of REPS calls. One line per figure, machine-readable.
- * Usage: bench_attn [--quick | --pair NAME[,NAME...] [--paged] | --profile [KEY VALUE]]
- * (--paged: those pairs over shuffled pools of 16-, 32- and 64-token pages too)
+ * Usage: bench_attn [--quick | --pair NAME[,NAME...] [--paged] | --profile [KEY VALUE [BATCH CTX]]]
+ *                   [--batches N,N,...] [--ctxs N,N,...]
+ * (--paged: those pairs over shuffled pools of 16-, 32- and 64-token pages too;
+ *  --batches / --ctxs: the attention shapes, of batch 1/8/32 and context 4k/32k/128k)
  */
 #include <cuda_runtime.h>
 #include <math.h>
@@ -384,6 +386,17 @@ int main(int argc, char **argv) {
     /* --profile KEY VALUE: that pair instead of rvq1x2/mse2; --pair NAME: one pair only */
     const char *prof_key = profile && argc > 3 ? argv[2] : "turboquant_rvq:bits=1,residuals=2";
     const char *prof_value = profile && argc > 3 ? argv[3] : "turboquant_mse:bits=2";
+    const uint32_t prof_batch = profile && argc > 5 ? (uint32_t)atoi(argv[4]) : 8;
+    const uint32_t prof_ctx = profile && argc > 5 ? (uint32_t)atoi(argv[5]) : 32768;
+    const char *only_batches = NULL, *only_ctxs = NULL;
+    for (int i = 1; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "--batches") == 0) only_batches = argv[i + 1];
+        if (strcmp(argv[i], "--ctxs") == 0) only_ctxs = argv[i + 1];
+    }
+    if (profile && (prof_batch < 1 || prof_batch > 64 || prof_ctx < 16 || prof_ctx > (1u << 20))) {
+        fprintf(stderr, "--profile: batch 1..64, context 16..1M\n");
+        return 1;
+    }
     const char *only_pair = argc > 2 && strcmp(argv[1], "--pair") == 0 ? argv[2] : NULL;
     const int pair_paged = only_pair && argc > 3 && strcmp(argv[3], "--paged") == 0;
     int n_dev = 0;
@@ -399,8 +412,9 @@ int main(int argc, char **argv) {
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
 
     if (profile) {
-        const size_t rows = (size_t)8 * 8 * 32768;
-        void *stage = random_fp16_rows(rows * 128 / 8, 7);
+        const size_t rows = (size_t)prof_batch * 8 * prof_ctx;
+        const size_t stage_rows = rows < ((size_t)1 << 18) ? rows : rows / 8;
+        void *stage = random_fp16_rows(stage_rows * 128, 7);
         kvq_quantizer *kq = NULL, *vq = NULL;
         kvq_cuda_quantizer *ckq = make_cq(prof_key, &kq, 1);
         kvq_cuda_quantizer *cvq = make_cq(prof_value, &vq, 2);
@@ -409,31 +423,31 @@ int main(int argc, char **argv) {
         memset(&ac, 0, sizeof ac);
         ac.kq = ckq;
         ac.vq = cvq;
-        ac.desc.batch = 8;
+        ac.desc.batch = prof_batch;
         ac.desc.n_q_heads = 32;
         ac.desc.n_kv_heads = 8;
         ac.desc.head_dim = 128;
-        ac.desc.capacity = 32768;
-        ac.desc.max_len = 32768;
+        ac.desc.capacity = prof_ctx;
+        ac.desc.max_len = prof_ctx;
         ac.desc.scale = 1.0f / sqrtf(128.0f);
         ac.desc.q_dtype = KVQ_CUDA_F16;
         uint8_t *kc = NULL, *vc = NULL;
         CK(cudaMalloc((void **)&kc, rows * kcs));
         CK(cudaMalloc((void **)&vc, rows * vcs));
-        fill_codes(ckq, stage, rows / 8, kc, rows, kcs, s);
-        fill_codes(cvq, stage, rows / 8, vc, rows, vcs, s);
-        int32_t lens_h[8];
-        for (int b = 0; b < 8; b++) lens_h[b] = 32768;
+        fill_codes(ckq, stage, stage_rows, kc, rows, kcs, s);
+        fill_codes(cvq, stage, stage_rows, vc, rows, vcs, s);
+        int32_t lens_h[64];
+        for (uint32_t b = 0; b < prof_batch; b++) lens_h[b] = (int32_t)prof_ctx;
         int32_t *lens_d = NULL;
-        CK(cudaMalloc((void **)&lens_d, sizeof lens_h));
-        CK(cudaMemcpy(lens_d, lens_h, sizeof lens_h, cudaMemcpyHostToDevice));
+        CK(cudaMalloc((void **)&lens_d, prof_batch * sizeof(int32_t)));
+        CK(cudaMemcpy(lens_d, lens_h, prof_batch * sizeof(int32_t), cudaMemcpyHostToDevice));
         ac.k = kc;
         ac.v = vc;
         ac.q = stage;
         ac.lens = lens_d;
         KK(kvq_cuda_attend_workspace(ckq, cvq, &ac.desc, &ac.ws_bytes));
         CK(cudaMalloc(&ac.ws, ac.ws_bytes));
-        CK(cudaMalloc((void **)&ac.out, (size_t)8 * 32 * 128 * sizeof(float)));
+        CK(cudaMalloc((void **)&ac.out, (size_t)prof_batch * 32 * 128 * sizeof(float)));
         run_attn(&ac, s);
         CK(cudaStreamSynchronize(s));
         printf("PROFILE done\n");
@@ -500,6 +514,7 @@ int main(int argc, char **argv) {
         {"rvq1x2/mse4", "turboquant_rvq:bits=1,residuals=2", "turboquant_mse:bits=4", 0},
         {"q8_0/q4_0", "q8_0", "q4_0", 0},
         {"rabitq1/mse4", "rabitq:bits=1", "turboquant_mse:bits=4", 0},
+        {"q4_0/fp16", "q4_0", "fp16", 0},
     };
     const uint32_t batches[] = {1, 8, 32};
     const uint32_t ctxs[] = {4096, 32768, 131072};
@@ -515,6 +530,11 @@ int main(int argc, char **argv) {
         for (size_t bi = 0; bi < 3; bi++)
             for (size_t ci = 0; ci < 3; ci++) {
                 uint32_t B = batches[bi], L = ctxs[ci];
+                char num[16];
+                snprintf(num, sizeof num, "%u", B);
+                if (only_batches && !in_list(only_batches, num)) continue;
+                snprintf(num, sizeof num, "%u", L);
+                if (only_ctxs && !in_list(only_ctxs, num)) continue;
                 size_t rows = (size_t)B * n_kv * L;
                 CK(cudaMemGetInfo(&free_b, &total_b));
                 if (rows * (kcs + vcs) + ((size_t)1 << 30) > free_b) {

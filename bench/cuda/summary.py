@@ -58,12 +58,12 @@ def run_summary(out):
 
 NCU_KEYS = (r"Duration|DRAM Throughput|Compute \(SM\) Th|Issue Slots Busy|Achieved Occupancy|"
             r"Registers Per|Executed Ipc A|No Eligible|Memory Throughput|Executed Instructions  |"
-            r"Theoretical Occupancy|Block Limit")
+            r"Theoretical Occupancy|Block Limit|Context \d+, Stream|Warp Cycles Per Issued|One or More Eligible")
 
 
 def dev_summary(out):
     sdpa = read_sdpa(out)
-    for name in ("bench.txt", "bench_variant.txt", "bench_variant2.txt"):
+    for name in ["bench.txt", "bench_variant.txt"] + [f"bench_variant{i}.txt" for i in range(2, 7)]:
         path = f"{out}/{name}"
         if not os.path.exists(path):
             continue

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "cache/cache_internal.h"
+#include "quant/quant.h"
 
 /* Below this many multiply-adds an attend runs on the calling thread. */
 #define KVQI_ATTEND_SERIAL_MACS ((size_t)1 << 20)
@@ -402,7 +403,9 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
         if (c->key.path == KVQI_PATH_ROT) {
             /* the rotated query: coordinate r = <row r of R, x>, then in lane order */
             float *nat = tmp + d; /* vdec holds at least 2 d floats */
-            if (c->key.rotation_h)
+            if (c->key.had)
+                kvqi_rotation_apply(c->key.had, tmp, nat, c->kern->isa);
+            else if (c->key.rotation_h)
                 c->kern->score_f16(tmp, 1, d, (const uint8_t *)c->key.rotation_h, d * sizeof(uint16_t), d, nat, d);
             else
                 c->kern->score_f32(tmp, 1, d, (const uint8_t *)c->key.rotation, d * sizeof(float), d, nat, d);
@@ -545,7 +548,10 @@ static void finish_task(const attend_ctx *A, const task_view *T, kvqi_attend_scr
                 for (uint32_t p = 0; p < d; p++) nat[kvqi_rot_v16_coordinate(c->value.rot.bits, p)] = acc[p];
             else
                 for (uint32_t p = 0; p < d; p++) nat[c->value.lane[p]] = acc[p];
-            if (c->value.rotation_h)
+            if (c->value.had) {
+                kvqi_rotation_inverse(c->value.had, nat, nat, c->kern->isa);
+                for (uint32_t j = 0; j < d; j++) ax[j] += nat[j];
+            } else if (c->value.rotation_h)
                 for (uint32_t r0 = 0; r0 < d; r0 += KVQI_MAX_BLOCK_TOKENS)
                     c->kern->accum_f16(nat + r0, d, 1, d, (const uint8_t *)(c->value.rotation_h + (size_t)r0 * d),
                                        d * sizeof(uint16_t), KVQI_MIN((size_t)KVQI_MAX_BLOCK_TOKENS, (size_t)(d - r0)),

@@ -9,6 +9,7 @@
 
 #include "cache/cache_internal.h"
 #include "cpu/cpu.h"
+#include "quant/quant.h"
 
 #define DEFAULT_CHUNK_TOKENS 64u
 #define MAX_CHUNK_TOKENS (1u << 16)
@@ -127,6 +128,7 @@ static int rot_layout_for(const kvq_config *qc, size_t code_size, kvqi_rot_layou
     uint32_t d = qc->dim, b = qc->bits;
     if (!(b >= 1 && b <= 4) && b != 8) return 0;
     if (d % (b == 2 ? 64 : 32)) return 0;
+    kvqi_free(L->cent8); /* a layout made before for this side */
     memset(L, 0, sizeof *L);
     L->dim = d;
     L->bits = b;
@@ -136,6 +138,7 @@ static int rot_layout_for(const kvq_config *qc, size_t code_size, kvqi_rot_layou
     float thr[255];
     if (qc->method == KVQ_METHOD_TURBOQUANT_MSE) {
         if (code_size != 2 + idx_bytes) return 0;
+        if (b == 8 && !(L->cent8 = kvqi_calloc_array(256, sizeof(float)))) return 0;
         if (kvqi_lloyd_max(KVQI_DIST_BETA, (double)d, b, KVQI_ROT_CENT(L, 0), thr, &mse) != KVQ_OK)
             return 0;
         L->n_pass = 1;
@@ -393,6 +396,48 @@ static kvq_status try_signs(kvqi_side *s, const kvq_config *qc, uint32_t dim) {
     return KVQ_OK;
 }
 
+/* A rotated side whose quantizer rotates by a randomized Hadamard: when its transform
+ * and inverse reproduce the matrix read back (to 1e-5 of the largest coordinate on probe
+ * vectors), attend applies the transform itself (dim log dim operations, no dim x dim
+ * matrix held) and the matrix is dropped. */
+static kvq_status structured_rotation(kvqi_side *s, uint32_t dim) {
+    const kvqi_rotation *R = &s->quant->rot;
+    if (s->path != KVQI_PATH_ROT || !s->rotation || R->kind != KVQI_ROT_HADAMARD || R->dim != dim)
+        return KVQ_OK;
+    enum { N_PROBE = 3 };
+    float *x = kvqi_alloc_array((size_t)3 * N_PROBE * dim, sizeof(float));
+    if (!x) return KVQ_ERR_NOMEM;
+    float *fast = x + (size_t)N_PROBE * dim, *dense = fast + (size_t)N_PROBE * dim;
+    probe_vectors(x, dim, N_PROBE);
+    int same = 1;
+    for (int inverse = 0; inverse < 2 && same; inverse++) {
+        for (uint32_t i = 0; i < N_PROBE; i++) {
+            const float *xi = x + (size_t)i * dim;
+            float *f = fast + (size_t)i * dim, *d = dense + (size_t)i * dim;
+            if (inverse) kvqi_rotation_inverse(R, xi, f, s->quant->isa);
+            else kvqi_rotation_apply(R, xi, f, s->quant->isa);
+            for (uint32_t r = 0; r < dim; r++) {
+                double acc = 0.0;
+                for (uint32_t j = 0; j < dim; j++)
+                    acc += inverse ? (double)s->rotation[(size_t)j * dim + r] * xi[j]
+                                   : (double)s->rotation[(size_t)r * dim + j] * xi[j];
+                d[r] = (float)acc;
+            }
+        }
+        float amax = 0.0f;
+        for (size_t i = 0; i < (size_t)N_PROBE * dim; i++) amax = fmaxf(amax, fabsf(dense[i]));
+        for (size_t i = 0; i < (size_t)N_PROBE * dim && same; i++)
+            if (!(fabsf(fast[i] - dense[i]) <= 1e-5f * amax)) same = 0;
+    }
+    kvqi_free(x);
+    if (same) {
+        s->had = R;
+        kvqi_free(s->rotation);
+        s->rotation = NULL;
+    }
+    return KVQ_OK;
+}
+
 /* Picks a fused path when the quantizer's codes are in a layout the kernels know, and
  * proves it: probe vectors encoded by the quantizer must decode the same (to float
  * rounding) through the layout as through kvq_decode. Anything else stays generic. */
@@ -472,6 +517,7 @@ static kvq_status choose_path(kvqi_side *s, uint32_t dim, int is_key) {
         if (!s->lane) st = KVQ_ERR_NOMEM;
         for (uint32_t p = 0; p < dim && s->lane; p++)
             s->lane[p] = (uint16_t)kvqi_rot_lane_coordinate(s->rot.bits, p);
+        if (st == KVQ_OK) st = structured_rotation(s, dim);
     }
     kvqi_free(x);
     kvqi_free(codes);
@@ -539,6 +585,7 @@ static void side_free(kvqi_side *s) {
     }
     kvqi_free(s->lane);
     kvqi_free(s->proj);
+    kvqi_free(s->rot.cent8);
     memset(s, 0, sizeof *s);
 }
 
@@ -632,6 +679,7 @@ KVQ_API void kvq_cache_free(kvq_cache *c) {
  * match); returns whether s now uses d's. */
 static int share_rotation(kvqi_side *s, const kvqi_side *d, uint32_t dim) {
     if (s->path != KVQI_PATH_ROT || d->path != KVQI_PATH_ROT) return 0;
+    if (s->had || d->had) return 0; /* no matrix to share */
     if (s->rotation == d->rotation && s->rotation_h == d->rotation_h) return 1;
     size_t n = (size_t)dim * dim;
     int same = (s->rotation_h && d->rotation_h && !memcmp(s->rotation_h, d->rotation_h, n * sizeof(uint16_t))) ||
@@ -1223,6 +1271,8 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     /* the rotations read back for the fused path (one when keys and values share it) and
      * their lane orders */
     if (c->key.lane) m->shared += (uint64_t)c->dim * sizeof(uint16_t);
+    if (c->key.rot.cent8) m->shared += 256 * sizeof(float);
+    if (c->value.rot.cent8) m->shared += 256 * sizeof(float);
     if (c->value.lane) m->shared += (uint64_t)c->dim * sizeof(uint16_t);
     for (int side = 0; side < 2; side++) {
         const kvqi_side *S = side ? &c->value : &c->key;

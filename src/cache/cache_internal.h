@@ -54,6 +54,9 @@ typedef struct kvqi_side {
     uint16_t *rotation_h;    /* PATH_ROT: the same matrix in fp16 when every entry is an
                                 fp16 number (randomized Hadamard at dim 4^k: +-2^-k);
                                 `rotation` is NULL then */
+    const struct kvqi_rotation *had; /* PATH_ROT: the quantizer's own randomized Hadamard,
+                                applied in O(dim log dim) (rotation, rotation_h NULL): set
+                                when it reproduces the matrix read back */
     int rotation_borrowed;   /* the matrix is the keys' (values, whatever the bits) or
                                 another cache's (kvqi_cache_create_shared), identical: not
                                 owned, not counted */

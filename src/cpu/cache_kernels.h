@@ -32,15 +32,16 @@ typedef struct kvqi_rot_layout {
     uint32_t scale_offset[KVQI_ROT_MAX_PASSES]; /* [0] unused */
     uint32_t index_offset[KVQI_ROT_MAX_PASSES];
     /* pass p's 2^bits centroids at KVQI_ROT_CENT(L, p) = cent + 16 p (entries past 2^bits
-     * zero); 8 bits (one pass): cent[0..255] */
-    float cent[256];
+     * zero); 8 bits (one pass): the 256 at cent8 (allocated, owned by the layout's side) */
+    float cent[KVQI_ROT_MAX_PASSES * 16];
+    float *cent8;
     /* 2-, 3- and 4-bit one-pass codes scored in integers:
      * KVQI_ROT_CENT(L, 0)[i] ~ (cent_u8[i] - 128) * cent_scale (entries past 2^bits unused) */
     int has_u8;
     uint8_t cent_u8[16];
     float cent_scale;
 } kvqi_rot_layout;
-#define KVQI_ROT_CENT(L, p) ((L)->cent + 16 * (size_t)(p))
+#define KVQI_ROT_CENT(L, p) ((L)->cent8 ? (L)->cent8 : (L)->cent + 16 * (size_t)(p))
 
 /* The integer key path's query: the coordinate that byte byte_pos of the int8 query
  * pairs with, in the order the kernels unpack 128 coordinates into two 64-byte vectors.

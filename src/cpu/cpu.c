@@ -51,6 +51,11 @@ static void detect(void) {
 #endif
     const char *fs = getenv("KVQ_FORCE_SCALAR");
     f.force_scalar = fs && fs[0] && strcmp(fs, "0") != 0;
+    /* KVQ_FORCE_AVX2=1: an AVX-512 CPU taken as AVX2 only (AUTO resolves to AVX2), to run
+     * and time the AVX2 kernels where both exist */
+    const char *fa = getenv("KVQ_FORCE_AVX2");
+    if (fa && fa[0] && strcmp(fa, "0") != 0)
+        f.avx512f = f.avx512dq = f.avx512bw = f.avx512vl = f.avx512vpopcntdq = 0;
     g_features = f;
 }
 

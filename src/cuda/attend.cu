@@ -202,6 +202,10 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attend_simt_kernel(kvqc_attn_a
 /* ---------------------------------------------------------- merge pass */
 
 #define COMBINE_THREADS 128
+/* 1: every thread computes every split's weight for its own coordinate (the former merge) */
+#ifndef KVQ_COMBINE_PER_THREAD
+#define KVQ_COMBINE_PER_THREAD 0
+#endif
 
 /* One block per (query row, query head): the splits' maxima in parallel, then thread i
  * sums coordinate i over the splits (coalesced), then one warp rotates back. Slots past
@@ -214,6 +218,9 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const kvqc_par
                                                                   int n_q_heads, float *out) {
     __shared__ float s_red[COMBINE_THREADS / 32];
     __shared__ float s_out[32 * E];
+#if !KVQ_COMBINE_PER_THREAD
+    __shared__ __align__(16) float s_w[COMBINE_THREADS];
+#endif
     const int D = 32 * E, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int hq = blockIdx.x, b = blockIdx.y;
     size_t row = (size_t)b * n_q_heads + hq;
@@ -224,6 +231,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const kvqc_par
     const int n_used = used + (n_slots - n_split);
     /* slot of the u-th used partial */
 #define SLOT(u) ((u) < used ? (u) : n_split + (u) - used)
+#if KVQ_COMBINE_PER_THREAD
     float M = -INFINITY;
     for (int u = tid; u < n_used; u += COMBINE_THREADS) M = fmaxf(M, p[SLOT(u) * (D + 2) + D]);
     M = kvqc_warp_max(M);
@@ -246,6 +254,88 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const kvqc_par
         }
         s_out[i] = L > 0.0f ? acc / L : 0.0f;
     }
+#else
+    /* Thread u holds split u's max and sum (the first COMBINE_THREADS splits stay in
+     * registers); its weight exp2(max - M) goes to shared memory once, and every thread
+     * sums its coordinates over the splits in order with U loads in flight (decode: the
+     * splits are consecutive slots, read at fixed offsets from one pointer). The sum of
+     * weights is a block reduction. An empty split stores acc = sum = 0 and max = -inf
+     * (weight exp2(-inf) = 0). */
+    constexpr int NI = (32 * E + COMBINE_THREADS - 1) / COMBINE_THREADS, U = 32;
+    float m_own = -INFINITY, l_own = 0.0f;
+    if (tid < n_used) {
+        const float *ps = p + SLOT(tid) * (D + 2);
+        m_own = ps[D];
+        l_own = ps[D + 1];
+    }
+    float M = m_own;
+    for (int u = tid + COMBINE_THREADS; u < n_used; u += COMBINE_THREADS) M = fmaxf(M, p[SLOT(u) * (D + 2) + D]);
+    M = kvqc_warp_max(M);
+    if (lane == 0) s_red[warp] = M;
+    __syncthreads();
+    M = s_red[0];
+    for (int w = 1; w < COMBINE_THREADS / 32; w++) M = fmaxf(M, s_red[w]);
+    float acc[NI], L = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NI; j++) acc[j] = 0.0f;
+    const bool direct = n_slots == n_split; /* decode: slot u is split u */
+    if (M != -INFINITY) { /* the same in every thread: the barriers below are uniform */
+        for (int u0 = 0; u0 < n_used; u0 += COMBINE_THREADS) {
+            const int nu = min(COMBINE_THREADS, n_used - u0);
+            __syncthreads();
+            float w = 0.0f; /* past nu: 0, times x = 0 below */
+            if (tid < nu) {
+                float mu = m_own, lu = l_own;
+                if (u0 > 0) {
+                    const float *ps = p + SLOT(u0 + tid) * (D + 2);
+                    mu = ps[D];
+                    lu = ps[D + 1];
+                }
+                w = exp2f(mu - M);
+                L += lu * w;
+            }
+            s_w[tid] = w;
+            __syncthreads();
+            for (int k0 = 0; k0 < nu; k0 += U) {
+#pragma unroll
+                for (int j = 0; j < NI; j++) {
+                    const int i = tid + j * COMBINE_THREADS;
+                    if (NI * COMBINE_THREADS > D && i >= D) break;
+                    float x[U];
+                    if (direct && k0 + U <= nu) {
+                        const float *pk = p + (size_t)(u0 + k0) * (D + 2) + i;
+#pragma unroll
+                        for (int k = 0; k < U; k++) x[k] = pk[k * (D + 2)];
+                    } else {
+#pragma unroll
+                        for (int k = 0; k < U; k++)
+                            x[k] = k0 + k < nu ? p[SLOT(u0 + k0 + k) * (D + 2) + i] : 0.0f;
+                    }
+                    const float4 *w4 = (const float4 *)(s_w + k0);
+#pragma unroll
+                    for (int k = 0; k < U; k += 4) {
+                        const float4 w = w4[k / 4];
+                        acc[j] += x[k] * w.x;
+                        acc[j] += x[k + 1] * w.y;
+                        acc[j] += x[k + 2] * w.z;
+                        acc[j] += x[k + 3] * w.w;
+                    }
+                }
+            }
+        }
+    }
+    L = kvqc_warp_sum(L);
+    __syncthreads();
+    if (lane == 0) s_red[warp] = L;
+    __syncthreads();
+    L = s_red[0];
+    for (int w = 1; w < COMBINE_THREADS / 32; w++) L += s_red[w];
+#pragma unroll
+    for (int j = 0; j < NI; j++) {
+        const int i = tid + j * COMBINE_THREADS;
+        if (i < D) s_out[i] = L > 0.0f ? acc[j] / L : 0.0f;
+    }
+#endif
 #undef SLOT
     __syncthreads();
     if (warp != 0) return;

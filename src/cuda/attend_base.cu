@@ -23,13 +23,33 @@
 #define TILE 16  /* tokens per warp step */
 #define FP16_ROW 272 /* 256 bytes + 16: ldmatrix rows land on distinct banks */
 
+/* Tuning knobs, measured on an H200 (bench/cuda/h200-2026-12-04-base.txt; the defaults
+ * were fastest or within run-to-run noise): tiles in flight per warp (cp.async stages:
+ * 3-4 were up to 15 % slower than 2, the loop being issue-bound rather than waiting on
+ * its copies); resident blocks per SM the kernels are compiled for (__launch_bounds__,
+ * where shared memory allows that many: 5-6, i.e. 80-92 registers for the q4_0 pair,
+ * were up to 30 % slower than the compiler's 4 blocks); 1: the first copies are issued
+ * before the query is read and transformed (no faster, up to 13 % slower at batch 1). */
+#ifndef KVQ_BASE_STAGES_FP16
+#define KVQ_BASE_STAGES_FP16 2
+#endif
+#ifndef KVQ_BASE_STAGES_Q
+#define KVQ_BASE_STAGES_Q 2
+#endif
+#ifndef KVQ_BASE_MIN_BLOCKS
+#define KVQ_BASE_MIN_BLOCKS 1
+#endif
+#ifndef KVQ_BASE_EARLY_COPY
+#define KVQ_BASE_EARLY_COPY 0
+#endif
+
 __device__ __forceinline__ void b_cp16(void *dst, const void *src, int src_bytes) {
     unsigned s = (unsigned)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(src_bytes)
                  : "memory");
 }
 __device__ __forceinline__ void b_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void b_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void b_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 __device__ __forceinline__ void b_mma(float c[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                                       unsigned b0, unsigned b1) {
@@ -64,13 +84,24 @@ __device__ __forceinline__ unsigned short b_split(float x, int part) {
     unsigned short hi = b_f2h(x);
     return part ? b_f2h(x - b_h2f(hi)) : hi;
 }
-/* A 32-bit little-endian word at any even byte offset of shared memory. */
-__device__ __forceinline__ unsigned b_word(const uint8_t *base, int off) {
-    const unsigned *w = (const unsigned *)(base + (off & ~3));
-    return __funnelshift_r(w[0], w[1], (off & 3) * 8);
+/* The 32-bit little-endian word at byte base + a4 + c of shared memory, with a4 a multiple
+ * of 4 and c an even compile-time constant: one load when c is word-aligned, else two and
+ * a funnel shift. */
+__device__ __forceinline__ unsigned b_word_c(const uint8_t *base, int a4, int c) {
+    const unsigned *w = (const unsigned *)(base + a4 + (c & ~3));
+    if ((c & 3) == 0) return w[0];
+    return __funnelshift_r(w[0], w[1], (c & 3) * 8);
 }
 __device__ __forceinline__ float b_ldh(const uint8_t *base, int off) {
     return b_h2f(*(const unsigned short *)(base + off));
+}
+/* (x & mask) | bits in one LOP3: written as C, the compiler emits an AND and an OR (two
+ * immediates do not fit one instruction; here one constant is kept in a register). */
+template <unsigned MASK, unsigned BITS>
+__device__ __forceinline__ unsigned b_andor(unsigned x) {
+    unsigned r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(x), "n"(MASK), "n"(BITS));
+    return r;
 }
 /* half2 minus (c, c): exact for the small integers built below */
 __device__ __forceinline__ unsigned b_hsub(unsigned x, unsigned cc) {
@@ -140,71 +171,107 @@ __device__ __forceinline__ int vdim(int mt, int g, int r) {
     return 32 * (mt >> 1) + 2 * g + (mt & 1) + 16 * r;
 }
 
+/* Stages and the resident blocks the kernel is compiled for: pairs with an fp16 side use
+ * the fp16 settings. */
+template <int KF, int VF> struct cfg_t {
+    enum {
+        FP = KF == KVQC_FP16 || VF == KVQC_FP16,
+        STAGES = FP ? KVQ_BASE_STAGES_FP16 : KVQ_BASE_STAGES_Q,
+        /* dynamic + static shared memory + the 1 KB the SM reserves per block */
+        SMEM = BW * STAGES * TILE * (fmt_t<KF>::ROW + fmt_t<VF>::ROW) + 16 + 2048 + 1024,
+        BY_SMEM = 227 * 1024 / SMEM,
+        MINB = BY_SMEM < KVQ_BASE_MIN_BLOCKS ? (BY_SMEM > 0 ? BY_SMEM : 1) : KVQ_BASE_MIN_BLOCKS
+    };
+};
+
+/* The query heads of kv head h as B fragments (fp16 high and low parts). */
+template <int KF>
+__device__ __forceinline__ void query_frags(const kvqc_attn_args &a, int z, int h, int g, int tq,
+                                            float (*s_q)[128], unsigned qb[8][2]) {
+    const int G = a.group;
+    kvqc_block_query(a, z, h, s_q);
+    const int head = g >> 1, part = g & 1;
+    const float *qrow = s_q[head < G ? head : 0];
+#pragma unroll
+    for (int ks = 0; ks < 8; ks++) {
+        /* q4_0 keys: the high-nibble k-steps hold 16 (n - 8) */
+        const float f = KF == KVQC_Q4_0 && (ks & 1) ? 0.0625f : 1.0f;
+        if (head < G) {
+            qb[ks][0] = b_pack(b_split(qrow[qdim<KF>(ks, tq, 0)] * f, part), b_split(qrow[qdim<KF>(ks, tq, 1)] * f, part));
+            qb[ks][1] = b_pack(b_split(qrow[qdim<KF>(ks, tq, 2)] * f, part), b_split(qrow[qdim<KF>(ks, tq, 3)] * f, part));
+        } else {
+            qb[ks][0] = qb[ks][1] = 0u;
+        }
+    }
+}
+
 template <int KF, int VF>
-__global__ void __launch_bounds__(BW * 32) attend_base_kernel(kvqc_attn_args a) {
+__global__ void __launch_bounds__(BW * 32, (cfg_t<KF, VF>::MINB)) attend_base_kernel(kvqc_attn_args a) {
     constexpr int KROW = fmt_t<KF>::ROW, VROW = fmt_t<VF>::ROW;
     constexpr int KCS = fmt_t<KF>::CS, VCS = fmt_t<VF>::CS;
     constexpr int KT = TILE * KROW, VT = TILE * VROW;
+    constexpr int S = cfg_t<KF, VF>::STAGES, STEP = TILE * BW;
+    static_assert(S >= 2, "at least two copy stages");
     extern __shared__ __align__(16) uint8_t smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, tq = lane & 3;
-    uint8_t *s_k = smem + warp * 2 * (KT + VT);
-    uint8_t *s_v = s_k + 2 * KT;
+    uint8_t *s_k = smem + warp * S * (KT + VT);
+    uint8_t *s_v = s_k + S * KT;
     /* after the loop each warp's [4][130] partial reuses its own tile buffers */
     float *s_part = (float *)smem;
     const int split = blockIdx.x, h = blockIdx.y, z = blockIdx.z;
     const int seq = z / a.q_per_seq;
     const int G = a.group;
-
-    __shared__ float s_q[4][128];
-    kvqc_block_query(a, z, h, s_q);
-    unsigned qb[8][2];
-    {
-        const int head = g >> 1, part = g & 1;
-        const float *qrow = s_q[head < G ? head : 0];
-#pragma unroll
-        for (int ks = 0; ks < 8; ks++) {
-            /* q4_0 keys: the high-nibble k-steps hold 16 (n - 8) */
-            const float f = KF == KVQC_Q4_0 && (ks & 1) ? 0.0625f : 1.0f;
-            if (head < G) {
-                qb[ks][0] = b_pack(b_split(qrow[qdim<KF>(ks, tq, 0)] * f, part), b_split(qrow[qdim<KF>(ks, tq, 1)] * f, part));
-                qb[ks][1] = b_pack(b_split(qrow[qdim<KF>(ks, tq, 2)] * f, part), b_split(qrow[qdim<KF>(ks, tq, 3)] * f, part));
-            } else {
-                qb[ks][0] = qb[ks][1] = 0u;
-            }
-        }
-    }
-
     const int len = a.seq_lens[seq];
     const int t0 = split * a.chunk, t1 = min(len, t0 + a.chunk);
+
+    __shared__ float s_q[4][128];
+    unsigned qb[8][2];
+    if (!KVQ_BASE_EARLY_COPY) query_frags<KF>(a, z, h, g, tq, s_q, qb);
 
     float acc[8][4];
 #pragma unroll
     for (int mt = 0; mt < 8; mt++) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
     float m = -INFINITY, l = 0.0f;
 
+    /* the first S - 1 tiles are put in flight; rows of the contiguous layout are
+     * row_base + t (no page lookups, no per-tile products) */
+    const bool paged = a.page_table != nullptr;
+    const size_t row_base = ((size_t)seq * a.n_kv_heads + h) * (size_t)a.page_size;
     int tt = t0 + TILE * warp;
-    int buf = 0;
-    /* page-table entries are read one step ahead of the copies that need them */
-    int page_next = tt + TILE * BW < t1 ? kvqc_page(a, seq, tt + TILE * BW) : 0;
-    if (tt < t1) {
-        size_t r0 = kvqc_row(a, seq, h, tt);
-        load_tile<KF>(s_k, a.k_codes + r0 * KCS, min(TILE, t1 - tt), lane);
-        load_tile<VF>(s_v, a.v_codes + r0 * VCS, min(TILE, t1 - tt), lane);
+    {
+        int pg[S - 1];
+#pragma unroll
+        for (int i = 0; i < S - 1; i++) pg[i] = paged && tt + i * STEP < t1 ? kvqc_page(a, seq, tt + i * STEP) : 0;
+#pragma unroll
+        for (int i = 0; i < S - 1; i++) {
+            const int ti = tt + i * STEP;
+            if (ti < t1) {
+                size_t r0 = paged ? kvqc_row_at(a, pg[i], h, ti) : row_base + ti;
+                load_tile<KF>(s_k + i * KT, a.k_codes + r0 * KCS, min(TILE, t1 - ti), lane);
+                load_tile<VF>(s_v + i * VT, a.v_codes + r0 * VCS, min(TILE, t1 - ti), lane);
+            }
+            b_commit();
+        }
     }
-    b_commit();
-    for (; tt < t1; tt += TILE * BW, buf ^= 1) {
-        int nt = tt + TILE * BW;
-        if (nt < t1) {
-            size_t r1 = kvqc_row_at(a, page_next, h, nt);
-            load_tile<KF>(s_k + (buf ^ 1) * KT, a.k_codes + r1 * KCS, min(TILE, t1 - nt), lane);
-            load_tile<VF>(s_v + (buf ^ 1) * VT, a.v_codes + r1 * VCS, min(TILE, t1 - nt), lane);
-            if (nt + TILE * BW < t1) page_next = kvqc_page(a, seq, nt + TILE * BW);
+    if (KVQ_BASE_EARLY_COPY) query_frags<KF>(a, z, h, g, tq, s_q, qb);
+    /* ti: the next tile to copy, into slot sw; page-table entries are read one step ahead */
+    int ti = tt + (S - 1) * STEP, sw = S - 1, sr = 0;
+    int page_next = paged && ti < t1 ? kvqc_page(a, seq, ti) : 0;
+    for (; tt < t1; tt += STEP) {
+        if (ti < t1) {
+            size_t r1 = paged ? kvqc_row_at(a, page_next, h, ti) : row_base + ti;
+            load_tile<KF>(s_k + sw * KT, a.k_codes + r1 * KCS, min(TILE, t1 - ti), lane);
+            load_tile<VF>(s_v + sw * VT, a.v_codes + r1 * VCS, min(TILE, t1 - ti), lane);
+            if (paged && ti + STEP < t1) page_next = kvqc_page(a, seq, ti + STEP);
         }
         b_commit();
-        b_wait1();
+        ti += STEP;
+        sw = sw + 1 == S ? 0 : sw + 1;
+        b_wait<S - 1>();
         __syncwarp();
-        const uint8_t *sk = s_k + buf * KT, *sv = s_v + buf * VT;
+        const uint8_t *sk = s_k + sr * KT, *sv = s_v + sr * VT;
+        sr = sr + 1 == S ? 0 : sr + 1;
 
         /* ---- scores of tokens g and g + 8 for head tq */
         float s_lo = 0.0f, s_hi = 0.0f;
@@ -230,8 +297,8 @@ __global__ void __launch_bounds__(BW * 32) attend_base_kernel(kvqc_attn_args a) 
                     const unsigned C = 0x64646464u, OFF = 0x64806480u; /* 1152, 1152 */
 #pragma unroll
                     for (int hf = 0; hf < 2; hf++) {
-                        unsigned wl = b_word(sk, ko_lo + bo + 2 + 8 * tq + 4 * hf) ^ 0x80808080u;
-                        unsigned wh = b_word(sk, ko_hi + bo + 2 + 8 * tq + 4 * hf) ^ 0x80808080u;
+                        unsigned wl = b_word_c(sk, ko_lo + 8 * tq, bo + 2 + 4 * hf) ^ 0x80808080u;
+                        unsigned wh = b_word_c(sk, ko_hi + 8 * tq, bo + 2 + 4 * hf) ^ 0x80808080u;
                         a0[hf] = b_hsub(__byte_perm(wl, C, 0x4140), OFF);
                         a2[hf] = b_hsub(__byte_perm(wl, C, 0x4342), OFF);
                         a1[hf] = b_hsub(__byte_perm(wh, C, 0x4140), OFF);
@@ -240,17 +307,17 @@ __global__ void __launch_bounds__(BW * 32) attend_base_kernel(kvqc_attn_args a) 
                 } else {
                     /* low nibbles: 1024 + n - 1032; high nibbles in place: 1024 + 16 n - 1152 =
                      * 16 (n - 8), the query of those k-steps being divided by 16 */
-                    const unsigned E = 0x64006400u;
-                    const unsigned M[2] = {0x000F000Fu, 0x00F000F0u}, OFF[2] = {0x64086408u, 0x64806480u};
-                    const unsigned wl = b_word(sk, ko_lo + bo + 2 + 4 * tq), wl8 = wl >> 8;
-                    const unsigned wh = b_word(sk, ko_hi + bo + 2 + 4 * tq), wh8 = wh >> 8;
-#pragma unroll
-                    for (int hf = 0; hf < 2; hf++) {
-                        a0[hf] = b_hsub((wl & M[hf]) | E, OFF[hf]);
-                        a2[hf] = b_hsub((wl8 & M[hf]) | E, OFF[hf]);
-                        a1[hf] = b_hsub((wh & M[hf]) | E, OFF[hf]);
-                        a3[hf] = b_hsub((wh8 & M[hf]) | E, OFF[hf]);
-                    }
+                    const unsigned OFF[2] = {0x64086408u, 0x64806480u};
+                    const unsigned wl = b_word_c(sk, ko_lo + 4 * tq, bo + 2), wl8 = wl >> 8;
+                    const unsigned wh = b_word_c(sk, ko_hi + 4 * tq, bo + 2), wh8 = wh >> 8;
+                    a0[0] = b_hsub(b_andor<0x000F000Fu, 0x64006400u>(wl), OFF[0]);
+                    a2[0] = b_hsub(b_andor<0x000F000Fu, 0x64006400u>(wl8), OFF[0]);
+                    a1[0] = b_hsub(b_andor<0x000F000Fu, 0x64006400u>(wh), OFF[0]);
+                    a3[0] = b_hsub(b_andor<0x000F000Fu, 0x64006400u>(wh8), OFF[0]);
+                    a0[1] = b_hsub(b_andor<0x00F000F0u, 0x64006400u>(wl), OFF[1]);
+                    a2[1] = b_hsub(b_andor<0x00F000F0u, 0x64006400u>(wl8), OFF[1]);
+                    a1[1] = b_hsub(b_andor<0x00F000F0u, 0x64006400u>(wh), OFF[1]);
+                    a3[1] = b_hsub(b_andor<0x00F000F0u, 0x64006400u>(wh8), OFF[1]);
                 }
 #pragma unroll
                 for (int hf = 0; hf < 2; hf++)
@@ -314,9 +381,8 @@ __global__ void __launch_bounds__(BW * 32) attend_base_kernel(kvqc_attn_args a) 
                 unsigned fa[2][4]; /* [mt & 1][a0..a3] */
                 if (VF == KVQC_Q8_0) {
                     const unsigned C = 0x64646464u, OFF = 0x64806480u;
-                    const int o = bo + 2 + 4 * g;
-                    unsigned w0 = b_word(sv, T0 * VROW + o), w1 = b_word(sv, T1 * VROW + o);
-                    unsigned w8 = b_word(sv, T8 * VROW + o), w9 = b_word(sv, T9 * VROW + o);
+                    unsigned w0 = b_word_c(sv, T0 * VROW + 4 * g, bo + 2), w1 = b_word_c(sv, T1 * VROW + 4 * g, bo + 2);
+                    unsigned w8 = b_word_c(sv, T8 * VROW + 4 * g, bo + 2), w9 = b_word_c(sv, T9 * VROW + 4 * g, bo + 2);
                     unsigned y01 = __byte_perm(w0, w1, 0x5140) ^ 0x80808080u; /* dims 0,1 of both */
                     unsigned y23 = __byte_perm(w0, w1, 0x7362) ^ 0x80808080u;
                     unsigned z01 = __byte_perm(w8, w9, 0x5140) ^ 0x80808080u;
@@ -330,21 +396,25 @@ __global__ void __launch_bounds__(BW * 32) attend_base_kernel(kvqc_attn_args a) 
                     fa[1][2] = b_hsub(__byte_perm(z23, C, 0x4140), OFF);
                     fa[1][3] = b_hsub(__byte_perm(z23, C, 0x4342), OFF);
                 } else {
-                    const unsigned M = 0x000F000Fu, E = 0x64006400u, OFF = 0x64086408u;
+                    const unsigned OFF = 0x64086408u;
                     const int o = bo + 2 + 2 * g;
                     unsigned h0 = *(const unsigned short *)(sv + T0 * VROW + o);
                     unsigned h1 = *(const unsigned short *)(sv + T1 * VROW + o);
                     unsigned h8 = *(const unsigned short *)(sv + T8 * VROW + o);
                     unsigned h9 = *(const unsigned short *)(sv + T9 * VROW + o);
                     unsigned y = __byte_perm(h0, h1, 0x5410), zz = __byte_perm(h8, h9, 0x5410);
-                    fa[0][0] = b_hsub((y & M) | E, OFF);
-                    fa[0][1] = b_hsub(((y >> 4) & M) | E, OFF);
-                    fa[0][2] = b_hsub((zz & M) | E, OFF);
-                    fa[0][3] = b_hsub(((zz >> 4) & M) | E, OFF);
-                    fa[1][0] = b_hsub(((y >> 8) & M) | E, OFF);
-                    fa[1][1] = b_hsub(((y >> 12) & M) | E, OFF);
-                    fa[1][2] = b_hsub(((zz >> 8) & M) | E, OFF);
-                    fa[1][3] = b_hsub(((zz >> 12) & M) | E, OFF);
+                    /* high nibbles in place: bits 4-7 under exponent 2^6 (ulp 1/16) read
+                     * 64 + n, so one shift per pair of bytes instead of three */
+                    const unsigned OFFH = 0x54805480u; /* 72 */
+                    const unsigned y8 = y >> 8, z8 = zz >> 8;
+                    fa[0][0] = b_hsub(b_andor<0x000F000Fu, 0x64006400u>(y), OFF);
+                    fa[0][1] = b_hsub(b_andor<0x00F000F0u, 0x54005400u>(y), OFFH);
+                    fa[0][2] = b_hsub(b_andor<0x000F000Fu, 0x64006400u>(zz), OFF);
+                    fa[0][3] = b_hsub(b_andor<0x00F000F0u, 0x54005400u>(zz), OFFH);
+                    fa[1][0] = b_hsub(b_andor<0x000F000Fu, 0x64006400u>(y8), OFF);
+                    fa[1][1] = b_hsub(b_andor<0x00F000F0u, 0x54005400u>(y8), OFFH);
+                    fa[1][2] = b_hsub(b_andor<0x000F000Fu, 0x64006400u>(z8), OFF);
+                    fa[1][3] = b_hsub(b_andor<0x00F000F0u, 0x54005400u>(z8), OFFH);
                 }
 #pragma unroll
                 for (int j = 0; j < 2; j++)
@@ -360,7 +430,8 @@ __global__ void __launch_bounds__(BW * 32) attend_base_kernel(kvqc_attn_args a) 
     l += __shfl_xor_sync(KVQC_FULL, l, 16);
     asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncwarp();
-    constexpr int WSTRIDE = 2 * (KT + VT) / 4; /* floats between warps' regions */
+    constexpr int WSTRIDE = S * (KT + VT) / 4; /* floats between warps' regions */
+    static_assert(WSTRIDE >= 4 * 130, "a warp's tile buffers hold its partial");
     if (tq < G) {
         float *dst = s_part + warp * WSTRIDE + tq * 130;
 #pragma unroll
@@ -398,9 +469,13 @@ static const base_fn k_base[3][3] = {
 };
 static const int k_row[3] = {FP16_ROW, 136, 72};
 
+static int base_stages(int ki, int vi) {
+    return ki == 0 || vi == 0 ? KVQ_BASE_STAGES_FP16 : KVQ_BASE_STAGES_Q;
+}
+
 static size_t base_smem(int ki, int vi) {
-    /* + 16: b_word reads the word after an aligned one it does not need */
-    return (size_t)BW * 2 * TILE * (k_row[ki] + k_row[vi]) + 16;
+    /* + 16: b_word_c reads the word after an aligned one it does not need */
+    return (size_t)BW * base_stages(ki, vi) * TILE * (k_row[ki] + k_row[vi]) + 16;
 }
 
 cudaError_t kvqc_base_prepare(void) {
