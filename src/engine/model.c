@@ -775,6 +775,12 @@ static void matmul_task(void *arg, size_t task, unsigned thread) {
         for (size_t r = r0; r < r1; r += 4) {
             kvqi_q8_tile tl = {ts->wq, ts->wl, NULL, n_in, KVQI_MIN((size_t)4, r1 - r)};
             int has_off = 0;
+            /* the next four rows travel from memory while these meet the tokens */
+            if (r + 4 < r1) {
+                const uint8_t *nx = w->data + (r + 4) * w->row_bytes;
+                size_t bytes = KVQI_MIN((size_t)4, r1 - r - 4) * w->row_bytes;
+                for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(nx + o, 0, 0);
+            }
             for (size_t k = 0; k < tl.n_rows; k++)
                 has_off = c->kern.unpack_q8[w->type](w->data + (r + k) * w->row_bytes, n_in, ts->wq + k * n_in,
                                                      ts->wl + k * (n_in / 4), ts->wo + k);
