@@ -187,56 +187,58 @@ TEST(presets_real_model_q4) {
     }
 }
 
-/* Memory held by a preset's caches for a SmolLM2-shaped model (30 layers of 3 KV heads x
- * 64, 9 query heads, attended on a pool; the layers share their rotation, as a context's
- * do): below fp16 from 64 tokens on, and within 10 % of the codes (window and sinks
- * included) at 4096. One layer alone still holds its own rotation (8 KB at dim 64), more
- * than fp16 right after q4's first chunk is coded. */
+/* Memory held by a preset's caches for a model of SmolLM2's shape (30 layers of 3 KV heads
+ * x 64, 9 query heads) and of Gemma-3-270M's (18 layers of 1 KV head x 256, 4 query heads),
+ * attended on a pool, the layers sharing what they read back alike as a context's do: below
+ * fp16 from 64 tokens on, and within 10 % of the codes (window and sinks included) at 4096. */
 TEST(presets_memory_below_fp16) {
-    const uint32_t n_kv = 3, dim = 64, H = 9, L = 30;
+    static const struct { uint32_t n_kv, dim, H, L; } shapes[] = {{3, 64, 9, 30}, {1, 256, 4, 18}};
     const size_t n = 4096;
-    float *k = malloc(n * n_kv * dim * sizeof(float)), *v = malloc(n * n_kv * dim * sizeof(float));
-    float *q = malloc(H * dim * sizeof(float)), *out = malloc(H * dim * sizeof(float));
-    kvq_cache_config *cfg = malloc(L * sizeof *cfg);
-    REQUIRE(k && v && q && out && cfg);
-    for (size_t i = 0; i < n * n_kv * dim; i++) {
-        k[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f + (i % dim < 2 ? 3.0f : 0.0f);
-        v[i] = (float)((i * 40503u) % 1000) / 500.0f - 1.0f;
-    }
-    for (size_t i = 0; i < H * dim; i++) q[i] = (float)(i % 17) / 17.0f - 0.5f;
     kvq_threadpool *pool;
     REQUIRE_OK(kvq_threadpool_create(2, &pool));
-    for (size_t i = 0; kvq_cache_preset_at(i); i++) {
-        const char *name = kvq_cache_preset_at(i)->name;
-        for (uint32_t l = 0; l < L; l++) REQUIRE_OK(kvq_cache_config_parse(name, n_kv, dim, &cfg[l], NULL, 0));
-        kvq_cache_set *set;
-        REQUIRE_OK(kvq_cache_set_create(L, cfg, &set));
-        size_t have = 0;
-        /* every 8 tokens up to 512 (the ring filling, the first chunks coded), then 1024,
-         * 2048, 4096 */
-        for (size_t step = 64; step <= n; step = step < 512 ? step + 8 : 2 * step) {
-            for (uint32_t l = 0; l < L; l++) {
-                kvq_cache *c;
-                REQUIRE_OK(kvq_cache_set_layer(set, l, &c));
-                REQUIRE_OK(kvq_cache_append(c, k + have * n_kv * dim, v + have * n_kv * dim, step - have));
-                REQUIRE_OK(kvq_cache_attend(c, q, H, 1, 0.125f, pool, out));
-            }
-            have = step;
-            kvq_cache_memory_info m;
-            REQUIRE_OK(kvq_cache_set_memory(set, &m));
-            uint64_t fp16 = (uint64_t)L * 2 * have * n_kv * dim * 2;
-            CHECKF(m.total < fp16, "%s at %zu tokens holds %llu bytes, fp16 %llu", name, have,
-                   (unsigned long long)m.total, (unsigned long long)fp16);
-            if (have == n) {
-                uint64_t grows = m.key_codes + m.value_codes + m.window + m.outliers;
-                CHECKF(m.total <= grows + grows / 10, "%s at %zu tokens: %llu held for %llu of codes", name,
-                       have, (unsigned long long)m.total, (unsigned long long)grows);
-            }
+    for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
+        const uint32_t n_kv = shapes[sh].n_kv, dim = shapes[sh].dim, H = shapes[sh].H, L = shapes[sh].L;
+        float *k = malloc(n * n_kv * dim * sizeof(float)), *v = malloc(n * n_kv * dim * sizeof(float));
+        float *q = malloc(H * dim * sizeof(float)), *out = malloc(H * dim * sizeof(float));
+        kvq_cache_config *cfg = malloc(L * sizeof *cfg);
+        REQUIRE(k && v && q && out && cfg);
+        for (size_t i = 0; i < n * n_kv * dim; i++) {
+            k[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f + (i % dim < 2 ? 3.0f : 0.0f);
+            v[i] = (float)((i * 40503u) % 1000) / 500.0f - 1.0f;
         }
-        kvq_cache_set_free(set);
+        for (size_t i = 0; i < H * dim; i++) q[i] = (float)(i % 17) / 17.0f - 0.5f;
+        for (size_t i = 0; kvq_cache_preset_at(i); i++) {
+            const char *name = kvq_cache_preset_at(i)->name;
+            for (uint32_t l = 0; l < L; l++) REQUIRE_OK(kvq_cache_config_parse(name, n_kv, dim, &cfg[l], NULL, 0));
+            kvq_cache_set *set;
+            REQUIRE_OK(kvq_cache_set_create(L, cfg, &set));
+            size_t have = 0;
+            /* every 8 tokens up to 512 (the ring filling, the first chunks coded), then
+             * 1024, 2048, 4096 */
+            for (size_t step = 64; step <= n; step = step < 512 ? step + 8 : 2 * step) {
+                for (uint32_t l = 0; l < L; l++) {
+                    kvq_cache *c;
+                    REQUIRE_OK(kvq_cache_set_layer(set, l, &c));
+                    REQUIRE_OK(kvq_cache_append(c, k + have * n_kv * dim, v + have * n_kv * dim, step - have));
+                    REQUIRE_OK(kvq_cache_attend(c, q, H, 1, 0.125f, pool, out));
+                }
+                have = step;
+                kvq_cache_memory_info m;
+                REQUIRE_OK(kvq_cache_set_memory(set, &m));
+                uint64_t fp16 = (uint64_t)L * 2 * have * n_kv * dim * 2;
+                CHECKF(m.total < fp16, "%s, %u x %u: %zu tokens hold %llu bytes, fp16 %llu", name, n_kv, dim,
+                       have, (unsigned long long)m.total, (unsigned long long)fp16);
+                if (have == n) {
+                    uint64_t grows = m.key_codes + m.value_codes + m.window + m.outliers;
+                    CHECKF(m.total <= grows + grows / 10, "%s, %u x %u: %zu tokens: %llu held for %llu of codes",
+                           name, n_kv, dim, have, (unsigned long long)m.total, (unsigned long long)grows);
+                }
+            }
+            kvq_cache_set_free(set);
+        }
+        free(k), free(v), free(q), free(out), free(cfg);
     }
     kvq_threadpool_free(pool);
-    free(k), free(v), free(q), free(out), free(cfg);
 }
 
 /* kvq bench takes presets and prints every attend figure beside the read ceiling it
