@@ -309,6 +309,108 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
     }
 }
 
+/* ------------------------------------------- integer paths (vpmaddwd, exact sums) */
+
+#define I16_INLINE static inline __attribute__((always_inline))
+
+/* 32 centroid bytes (cent_u8 through a 16-entry pshufb table) of byte positions
+ * 32 j .. 32 j + 31 of block b in the kvqi_rot_i8_coordinate order. 4 bits: the low
+ * nibbles of the block's 64 bytes, then the high ones; 2 bits: its 32 bytes shifted by 0,
+ * 4, 2, 6. */
+I16_INLINE __m256i cent_bytes(const unsigned BITS, const uint8_t *idx, uint32_t b, uint32_t j, __m256i tab) {
+    if (BITS == 4) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(idx + 64 * (size_t)b + 32 * (j % 2)));
+        if (j / 2) x = _mm256_srli_epi16(x, 4);
+        return _mm256_shuffle_epi8(tab, _mm256_and_si256(x, _mm256_set1_epi8(15)));
+    }
+    static const uint8_t sh2[4] = {0, 4, 2, 6};
+    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(idx + 32 * (size_t)b));
+    x = _mm256_srl_epi16(x, _mm_cvtsi32_si128(sh2[j]));
+    return _mm256_shuffle_epi8(tab, _mm256_and_si256(x, _mm256_set1_epi8(3)));
+}
+
+/* Integer key scores, gh (1..4) heads of one group: the int8 query widened once to int16
+ * in the words' order of the centroid bytes' zero extension (vpunpck{l,h}bw within lanes),
+ * then per token and 32 positions two vpmaddwd and two vpaddd per head; the exact sums
+ * of the reference, then its float steps. */
+#define I8_MAX_DIM 1024u
+I16_INLINE void score_i8_heads(const unsigned BITS, const unsigned gh, const kvqi_rot_layout *L, const int8_t *q8,
+                               const float *qscale, const int32_t *qsum, const uint8_t *k, size_t n, float *scores,
+                               size_t ld) {
+    uint32_t dim = L->dim, nblk = dim / 128;
+    size_t cs = L->code_size;
+    int16_t q16[4][I8_MAX_DIM];
+    const __m256i z = _mm256_setzero_si256();
+    for (unsigned h = 0; h < gh; h++)
+        for (uint32_t j = 0; j < dim; j += 32) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(q8 + (size_t)h * dim + j));
+            __m256i sg = _mm256_cmpgt_epi8(z, q);
+            _mm256_storeu_si256((__m256i *)(void *)(q16[h] + j), _mm256_unpacklo_epi8(q, sg));
+            _mm256_storeu_si256((__m256i *)(void *)(q16[h] + j + 16), _mm256_unpackhi_epi8(q, sg));
+        }
+    const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)L->cent_u8));
+    float scl[4] = {0};
+    int32_t qsi[4] = {0};
+    for (unsigned h = 0; h < gh; h++) scl[h] = qscale[h], qsi[h] = qsum[h];
+    const __m128i vqsum = _mm_loadu_si128((const __m128i *)(const void *)qsi);
+    const __m128 vscale = _mm_loadu_ps(scl);
+    const uint8_t *idx0 = k + L->index_offset[0];
+    for (size_t t = 0; t < n; t++) {
+        const uint8_t *idx = idx0 + t * cs;
+        __m256i a0 = z, a1 = z, a2 = z, a3 = z;
+        for (uint32_t b = 0; b < nblk; b++)
+            for (uint32_t j = 0; j < 4; j++) {
+                __m256i c = cent_bytes(BITS, idx, b, j, tab);
+                __m256i cl = _mm256_unpacklo_epi8(c, z), ch = _mm256_unpackhi_epi8(c, z);
+                size_t o = 128 * (size_t)b + 32 * j;
+#define I8_HEAD(h, a)                                                                                     \
+    if (gh > h)                                                                                           \
+        a = _mm256_add_epi32(                                                                             \
+            a, _mm256_add_epi32(_mm256_madd_epi16(cl, _mm256_loadu_si256((const __m256i *)(const void *)(q16[h] + o))), \
+                                _mm256_madd_epi16(ch, _mm256_loadu_si256((const __m256i *)(const void *)(q16[h] + o + 16)))));
+                I8_HEAD(0, a0) I8_HEAD(1, a1) I8_HEAD(2, a2) I8_HEAD(3, a3)
+#undef I8_HEAD
+            }
+        /* lane h: head h's sum */
+        __m256i s01 = _mm256_hadd_epi32(a0, a1), s23 = _mm256_hadd_epi32(a2, a3);
+        __m256i s = _mm256_hadd_epi32(s01, s23);
+        __m128i r = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        __m128 f = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(_mm_sub_epi32(r, vqsum)), vscale),
+                              _mm_set1_ps(fp16_scalar(k + t * cs + L->norm_offset)));
+        float out[4];
+        _mm_storeu_ps(out, f);
+        for (unsigned h = 0; h < gh; h++) scores[h * ld + t] = out[h];
+    }
+}
+
+#define SCORE_I8(BITS, GH)                                                                                \
+    static void score_i8_##BITS##_##GH(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,   \
+                                       const int32_t *qsum, const uint8_t *k, size_t n, float *scores,   \
+                                       size_t ld) {                                                      \
+        score_i8_heads(BITS, GH, L, q8, qscale, qsum, k, n, scores, ld);                                  \
+    }
+SCORE_I8(2, 1) SCORE_I8(2, 2) SCORE_I8(2, 3) SCORE_I8(2, 4)
+SCORE_I8(4, 1) SCORE_I8(4, 2) SCORE_I8(4, 3) SCORE_I8(4, 4)
+typedef void (*score_i8_fn)(const kvqi_rot_layout *, const int8_t *, const float *, const int32_t *, const uint8_t *,
+                            size_t, float *, size_t);
+static const score_i8_fn score_i8_table[2][4] = {
+    {score_i8_2_1, score_i8_2_2, score_i8_2_3, score_i8_2_4},
+    {score_i8_4_1, score_i8_4_2, score_i8_4_3, score_i8_4_4},
+};
+
+static void score_rot_i8(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale, const int32_t *qsum,
+                         uint32_t G, const uint8_t *k, size_t n, float *scores, size_t ld) {
+    if ((L->bits != 2 && L->bits != 4) || L->dim % 128 || L->dim > I8_MAX_DIM) {
+        kvqi_cache_score_rot_i8_ref(L, q8, qscale, qsum, G, k, n, scores, ld);
+        return;
+    }
+    for (uint32_t h0 = 0; h0 < G; h0 += 4) {
+        uint32_t gh = G - h0 < 4 ? G - h0 : 4;
+        score_i8_table[L->bits / 4][gh - 1](L, q8 + (size_t)h0 * L->dim, qscale + h0, qsum + h0, k, n,
+                                            scores + h0 * ld, ld);
+    }
+}
+
 /* outlier channels: sixteen (eight) tokens of one channel per conversion */
 static void outlier_add(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
                         uint32_t n_out, size_t n, float *scores, size_t ld) {
@@ -451,4 +553,6 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->exp_sum = exp_sum;
     k->max_of = max_of;
     k->score_signs = score_signs;
+    k->score_rot_i8 = score_rot_i8;
+    k->rot_i8_bits = 1u << 2 | 1u << 4;
 }
