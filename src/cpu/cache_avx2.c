@@ -357,6 +357,8 @@ I16_INLINE void score_i8_heads(const unsigned BITS, const unsigned gh, const kvq
     const uint8_t *idx0 = k + L->index_offset[0];
     for (size_t t = 0; t < n; t++) {
         const uint8_t *idx = idx0 + t * cs;
+        _mm_prefetch((const char *)(k + (n + t) * cs), _MM_HINT_T0);
+        _mm_prefetch((const char *)(k + (n + t) * cs + cs - 1), _MM_HINT_T0);
         __m256i a0 = z, a1 = z, a2 = z, a3 = z;
         for (uint32_t b = 0; b < nblk; b++)
             for (uint32_t j = 0; j < 4; j++) {
@@ -408,6 +410,141 @@ static void score_rot_i8(const kvqi_rot_layout *L, const int8_t *q8, const float
         uint32_t gh = G - h0 < 4 ? G - h0 : 4;
         score_i8_table[L->bits / 4][gh - 1](L, q8 + (size_t)h0 * L->dim, qscale + h0, qsum + h0, k, n,
                                             scores + h0 * ld, ld);
+    }
+}
+
+/* One head's 16-bit weights as kvqi_cache_rot_weights_i16 computes them (the same
+ * products, maximum and rounding), eight tokens per step; wq zero past n (to a multiple
+ * of 8). Returns the scale before cent_scale (0: nothing to add). */
+static float weights_i16(const float *w, const float *norms, size_t n, int16_t *wq) {
+    __m256 wn[KVQI_MAX_BLOCK_TOKENS / 8], mx = _mm256_setzero_ps();
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    size_t nv = (n + 7) / 8;
+    for (size_t i = 0; i < nv; i++) {
+        __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - 8 * i)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        wn[i] = _mm256_mul_ps(_mm256_maskload_ps(w + 8 * i, live), _mm256_loadu_ps(norms + 8 * i));
+        mx = _mm256_max_ps(mx, _mm256_and_ps(wn[i], absmask));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    float m = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    if (!(m > 0.0f) || !(m <= 3.0e38f)) return 0.0f;
+    __m256 inv = _mm256_set1_ps(32767.0f / m);
+    for (size_t i = 0; i < nv; i++) {
+        __m256i k = _mm256_cvtps_epi32(_mm256_mul_ps(wn[i], inv));
+        __m128i p = _mm_packs_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1));
+        _mm_storeu_si128((__m128i *)(void *)(wq + 8 * i), p);
+    }
+    return m * (1.0f / 32767.0f);
+}
+
+/* Integer value sums, gh (1..4) heads of one group: two tokens per step, their centroid
+ * bytes (unsigned) interleaved and zero-extended so each int32 lane holds one position of
+ * both, one vpmaddwd with the pair of 16-bit weights and one vpaddd per 8 positions and
+ * head; 128 * the sum of a head's weights taken off at the end (so the sums are the
+ * reference's over cent_u8 - 128). Tiles of 16 positions (8 + 8 of one 32-byte unpacking)
+ * keep the gh x 2 accumulators in registers; lanes to the kvqi_rot_v16_coordinate order
+ * by one 128-bit permute. */
+I16_INLINE void accum_i16_heads(const unsigned BITS, const unsigned gh, const kvqi_rot_layout *L, const float *w,
+                                size_t ld, const uint8_t *v, size_t n, float *acc) {
+    uint32_t dim = L->dim, nblk = dim / 128;
+    size_t cs = L->code_size;
+    float norms[KVQI_MAX_BLOCK_TOKENS];
+    int16_t wq[4][KVQI_MAX_BLOCK_TOKENS];
+    int32_t wp[4][KVQI_MAX_BLOCK_TOKENS / 2];
+    float scale[4];
+    int32_t corr[4];
+    for (size_t t = 0; t < n; t++) {
+        norms[t] = fp16_scalar(v + t * cs + L->norm_offset);
+        /* the next block's codes (the chunk's next tokens) on their way while this one runs */
+        _mm_prefetch((const char *)(v + (n + t) * cs), _MM_HINT_T0);
+        _mm_prefetch((const char *)(v + (n + t) * cs + cs - 1), _MM_HINT_T0);
+    }
+    for (size_t t = n; t < KVQI_MAX_BLOCK_TOKENS; t++) norms[t] = 0.0f;
+    int any = 0;
+    for (unsigned h = 0; h < gh; h++) {
+        memset(wq[h], 0, sizeof wq[h]);
+        scale[h] = weights_i16(w + h * ld, norms, n, wq[h]) * L->cent_scale;
+        int32_t sw = 0;
+        for (size_t t = 0; t < n; t++) sw += wq[h][t];
+        corr[h] = 128 * sw;
+        any |= scale[h] != 0.0f;
+    }
+    if (!any) return;
+    /* token pairs: t in the low 16 bits, t + 1 in the high (zero past n) */
+    memcpy(wp, wq, sizeof wp);
+    const __m256i z = _mm256_setzero_si256();
+    const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)L->cent_u8));
+    const uint8_t *idx0 = v + L->index_offset[0];
+    size_t np = (n + 1) / 2;
+    __m256i pairs[KVQI_MAX_BLOCK_TOKENS / 2][8];
+    for (uint32_t b = 0; b < nblk; b++) {
+        /* the block's centroid bytes of each token pair, interleaved: pairs[t / 2][2 j + u]
+         * holds byte positions 32 j + 8 u + {0..7, 16..23} of tokens t and t + 1 */
+        for (size_t i = 0; i < np; i++) {
+            const uint8_t *ca = idx0 + 2 * i * cs, *cb = 2 * i + 1 < n ? ca + cs : ca;
+            for (uint32_t j = 0; j < 4; j++) {
+                __m256i xa = cent_bytes(BITS, ca, b, j, tab), xb = cent_bytes(BITS, cb, b, j, tab);
+                pairs[i][2 * j] = _mm256_unpacklo_epi8(xa, xb);
+                pairs[i][2 * j + 1] = _mm256_unpackhi_epi8(xa, xb);
+            }
+        }
+        for (uint32_t j = 0; j < 4; j++)     /* byte positions 32 j .. 32 j + 31 of the block */
+            for (uint32_t u = 0; u < 2; u++) { /* their bytes 0-7, 16-23 (u = 0) or 8-15, 24-31 */
+                __m256i r00 = z, r01 = z, r10 = z, r11 = z, r20 = z, r21 = z, r30 = z, r31 = z;
+                for (size_t i = 0; i < np; i++) {
+                    __m256i x = pairs[i][2 * j + u];
+                    __m256i c0 = _mm256_unpacklo_epi8(x, z), c1 = _mm256_unpackhi_epi8(x, z);
+#define I16_HEAD(h, ra, rb)                                                                               \
+    if (gh > h) {                                                                                         \
+        __m256i wv = _mm256_set1_epi32(wp[h][i]);                                                         \
+        ra = _mm256_add_epi32(ra, _mm256_madd_epi16(c0, wv));                                             \
+        rb = _mm256_add_epi32(rb, _mm256_madd_epi16(c1, wv));                                             \
+    }
+                    I16_HEAD(0, r00, r01) I16_HEAD(1, r10, r11) I16_HEAD(2, r20, r21) I16_HEAD(3, r30, r31)
+#undef I16_HEAD
+                }
+                /* r?0: byte positions 8u + {0..3, 16..19}, r?1: 8u + {4..7, 20..23} of the 32;
+                 * the half's 16-lane vector m = j % 2 + 2 u (kvqi_rot_v16_coordinate) */
+                size_t off = 128 * (size_t)b + 64 * (j / 2) + 16 * (j % 2 + 2 * u);
+                __m256i rr[4][2] = {{r00, r01}, {r10, r11}, {r20, r21}, {r30, r31}};
+                for (unsigned h = 0; h < gh; h++) {
+                    if (scale[h] == 0.0f) continue;
+                    __m256 sc = _mm256_set1_ps(scale[h]);
+                    __m256i cv = _mm256_set1_epi32(corr[h]);
+                    __m256i s0 = _mm256_sub_epi32(rr[h][0], cv), s1 = _mm256_sub_epi32(rr[h][1], cv);
+                    float *p = acc + (size_t)h * dim + off;
+                    __m256 lo = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0, s1, 0x20));
+                    __m256 hi = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0, s1, 0x31));
+                    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), _mm256_mul_ps(lo, sc)));
+                    _mm256_storeu_ps(p + 8, _mm256_add_ps(_mm256_loadu_ps(p + 8), _mm256_mul_ps(hi, sc)));
+                }
+            }
+    }
+}
+
+#define ACCUM_I16(BITS, GH)                                                                               \
+    static void accum_i16_##BITS##_##GH(const kvqi_rot_layout *L, const float *w, size_t ld, const uint8_t *v, \
+                                        size_t n, float *acc) {                                          \
+        accum_i16_heads(BITS, GH, L, w, ld, v, n, acc);                                                   \
+    }
+ACCUM_I16(2, 1) ACCUM_I16(2, 2) ACCUM_I16(2, 3) ACCUM_I16(2, 4)
+ACCUM_I16(4, 1) ACCUM_I16(4, 2) ACCUM_I16(4, 3) ACCUM_I16(4, 4)
+typedef void (*accum_i16_fn)(const kvqi_rot_layout *, const float *, size_t, const uint8_t *, size_t, float *);
+static const accum_i16_fn accum_i16_table[2][4] = {
+    {accum_i16_2_1, accum_i16_2_2, accum_i16_2_3, accum_i16_2_4},
+    {accum_i16_4_1, accum_i16_4_2, accum_i16_4_3, accum_i16_4_4},
+};
+
+static void accum_rot_i16(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G, const uint8_t *v,
+                          size_t n, float *acc) {
+    if ((L->bits != 2 && L->bits != 4) || L->dim % 128 || n > KVQI_MAX_BLOCK_TOKENS) {
+        kvqi_cache_accum_rot_i16_ref(L, w, ld, G, v, n, acc);
+        return;
+    }
+    for (uint32_t h0 = 0; h0 < G; h0 += 4) {
+        uint32_t gh = G - h0 < 4 ? G - h0 : 4;
+        accum_i16_table[L->bits / 4][gh - 1](L, w + h0 * ld, ld, v, n, acc + (size_t)h0 * L->dim);
     }
 }
 
@@ -555,4 +692,6 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->score_signs = score_signs;
     k->score_rot_i8 = score_rot_i8;
     k->rot_i8_bits = 1u << 2 | 1u << 4;
+    k->accum_rot_i16 = accum_rot_i16;
+    k->rot_v16_bits = 1u << 2 | 1u << 4;
 }
