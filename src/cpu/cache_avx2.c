@@ -361,6 +361,7 @@ I16_INLINE void score_i8_heads(const unsigned BITS, const unsigned gh, const kvq
         _mm_prefetch((const char *)(k + (n + t) * cs + cs - 1), _MM_HINT_T0);
         __m256i a0 = z, a1 = z, a2 = z, a3 = z;
         for (uint32_t b = 0; b < nblk; b++)
+#pragma GCC unroll 4
             for (uint32_t j = 0; j < 4; j++) {
                 __m256i c = cent_bytes(BITS, idx, b, j, tab);
                 __m256i cl = _mm256_unpacklo_epi8(c, z), ch = _mm256_unpackhi_epi8(c, z);
@@ -483,6 +484,7 @@ I16_INLINE void accum_i16_heads(const unsigned BITS, const unsigned gh, const kv
          * holds byte positions 32 j + 8 u + {0..7, 16..23} of tokens t and t + 1 */
         for (size_t i = 0; i < np; i++) {
             const uint8_t *ca = idx0 + 2 * i * cs, *cb = 2 * i + 1 < n ? ca + cs : ca;
+#pragma GCC unroll 4
             for (uint32_t j = 0; j < 4; j++) {
                 __m256i xa = cent_bytes(BITS, ca, b, j, tab), xb = cent_bytes(BITS, cb, b, j, tab);
                 pairs[i][2 * j] = _mm256_unpacklo_epi8(xa, xb);
