@@ -316,8 +316,30 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
 /* 32 centroid bytes (cent_u8 through a 16-entry pshufb table) of byte positions
  * 32 j .. 32 j + 31 of block b in the kvqi_rot_i8_coordinate order. 4 bits: the low
  * nibbles of the block's 64 bytes, then the high ones; 2 bits: its 32 bytes shifted by 0,
- * 4, 2, 6. */
+ * 4, 2, 6; 3 bits: coordinates 32 j .. 32 j + 31 from bytes 12 j .. 12 j + 11. */
 I16_INLINE __m256i cent_bytes(const unsigned BITS, const uint8_t *idx, uint32_t b, uint32_t j, __m256i tab) {
+    if (BITS == 3) {
+        /* natural order, 12 bytes: 16 loaded (the last 32 of a block's 48 from 4 bytes
+         * earlier) into both lanes; each 16-bit lane takes the byte of its index's first
+         * bit (and the next where the index straddles two), vpmullw by 2^(8 - s) and a
+         * shift by 8 move bits s..s+2 to the bottom; lanes hold positions 0-7 | 16-23 (w0)
+         * and 8-15 | 24-31 (w1), so vpackuswb gives 0..31 in order */
+        const uint32_t back = j == 3 ? 4 : 0;
+        __m256i src = _mm256_broadcastsi128_si256(
+            _mm_loadu_si128((const __m128i *)(const void *)(idx + 48 * (size_t)b + 12 * j - back)));
+        __m256i k0 = _mm256_setr_epi8(0, -128, 0, -128, 0, 1, 1, -128, 1, -128, 1, 2, 2, -128, 2, -128, 6, -128, 6,
+                                      -128, 6, 7, 7, -128, 7, -128, 7, 8, 8, -128, 8, -128);
+        __m256i k1 = _mm256_setr_epi8(3, -128, 3, -128, 3, 4, 4, -128, 4, -128, 4, 5, 5, -128, 5, -128, 9, -128, 9,
+                                      -128, 9, 10, 10, -128, 10, -128, 10, 11, 11, -128, 11, -128);
+        if (back) { /* the high bit of the empty entries stays set */
+            k0 = _mm256_add_epi8(k0, _mm256_set1_epi8((char)back));
+            k1 = _mm256_add_epi8(k1, _mm256_set1_epi8((char)back));
+        }
+        const __m256i mul = _mm256_setr_epi16(256, 32, 4, 128, 16, 2, 64, 8, 256, 32, 4, 128, 16, 2, 64, 8);
+        __m256i w0 = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(src, k0), mul), 8);
+        __m256i w1 = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(src, k1), mul), 8);
+        return _mm256_shuffle_epi8(tab, _mm256_and_si256(_mm256_packus_epi16(w0, w1), _mm256_set1_epi8(7)));
+    }
     if (BITS == 4) {
         __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(idx + 64 * (size_t)b + 32 * (j % 2)));
         if (j / 2) x = _mm256_srli_epi16(x, 4);
@@ -393,23 +415,25 @@ I16_INLINE void score_i8_heads(const unsigned BITS, const unsigned gh, const kvq
         score_i8_heads(BITS, GH, L, q8, qscale, qsum, k, n, scores, ld);                                  \
     }
 SCORE_I8(2, 1) SCORE_I8(2, 2) SCORE_I8(2, 3) SCORE_I8(2, 4)
+SCORE_I8(3, 1) SCORE_I8(3, 2) SCORE_I8(3, 3) SCORE_I8(3, 4)
 SCORE_I8(4, 1) SCORE_I8(4, 2) SCORE_I8(4, 3) SCORE_I8(4, 4)
 typedef void (*score_i8_fn)(const kvqi_rot_layout *, const int8_t *, const float *, const int32_t *, const uint8_t *,
                             size_t, float *, size_t);
-static const score_i8_fn score_i8_table[2][4] = {
+static const score_i8_fn score_i8_table[3][4] = {
     {score_i8_2_1, score_i8_2_2, score_i8_2_3, score_i8_2_4},
+    {score_i8_3_1, score_i8_3_2, score_i8_3_3, score_i8_3_4},
     {score_i8_4_1, score_i8_4_2, score_i8_4_3, score_i8_4_4},
 };
 
 static void score_rot_i8(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale, const int32_t *qsum,
                          uint32_t G, const uint8_t *k, size_t n, float *scores, size_t ld) {
-    if ((L->bits != 2 && L->bits != 4) || L->dim % 128 || L->dim > I8_MAX_DIM) {
+    if (L->bits < 2 || L->bits > 4 || L->dim % 128 || L->dim > I8_MAX_DIM) {
         kvqi_cache_score_rot_i8_ref(L, q8, qscale, qsum, G, k, n, scores, ld);
         return;
     }
     for (uint32_t h0 = 0; h0 < G; h0 += 4) {
         uint32_t gh = G - h0 < 4 ? G - h0 : 4;
-        score_i8_table[L->bits / 4][gh - 1](L, q8 + (size_t)h0 * L->dim, qscale + h0, qsum + h0, k, n,
+        score_i8_table[L->bits - 2][gh - 1](L, q8 + (size_t)h0 * L->dim, qscale + h0, qsum + h0, k, n,
                                             scores + h0 * ld, ld);
     }
 }
@@ -531,22 +555,24 @@ I16_INLINE void accum_i16_heads(const unsigned BITS, const unsigned gh, const kv
         accum_i16_heads(BITS, GH, L, w, ld, v, n, acc);                                                   \
     }
 ACCUM_I16(2, 1) ACCUM_I16(2, 2) ACCUM_I16(2, 3) ACCUM_I16(2, 4)
+ACCUM_I16(3, 1) ACCUM_I16(3, 2) ACCUM_I16(3, 3) ACCUM_I16(3, 4)
 ACCUM_I16(4, 1) ACCUM_I16(4, 2) ACCUM_I16(4, 3) ACCUM_I16(4, 4)
 typedef void (*accum_i16_fn)(const kvqi_rot_layout *, const float *, size_t, const uint8_t *, size_t, float *);
-static const accum_i16_fn accum_i16_table[2][4] = {
+static const accum_i16_fn accum_i16_table[3][4] = {
     {accum_i16_2_1, accum_i16_2_2, accum_i16_2_3, accum_i16_2_4},
+    {accum_i16_3_1, accum_i16_3_2, accum_i16_3_3, accum_i16_3_4},
     {accum_i16_4_1, accum_i16_4_2, accum_i16_4_3, accum_i16_4_4},
 };
 
 static void accum_rot_i16(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G, const uint8_t *v,
                           size_t n, float *acc) {
-    if ((L->bits != 2 && L->bits != 4) || L->dim % 128 || n > KVQI_MAX_BLOCK_TOKENS) {
+    if (L->bits < 2 || L->bits > 4 || L->dim % 128 || n > KVQI_MAX_BLOCK_TOKENS) {
         kvqi_cache_accum_rot_i16_ref(L, w, ld, G, v, n, acc);
         return;
     }
     for (uint32_t h0 = 0; h0 < G; h0 += 4) {
         uint32_t gh = G - h0 < 4 ? G - h0 : 4;
-        accum_i16_table[L->bits / 4][gh - 1](L, w + h0 * ld, ld, v, n, acc + (size_t)h0 * L->dim);
+        accum_i16_table[L->bits - 2][gh - 1](L, w + h0 * ld, ld, v, n, acc + (size_t)h0 * L->dim);
     }
 }
 
@@ -693,7 +719,7 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->max_of = max_of;
     k->score_signs = score_signs;
     k->score_rot_i8 = score_rot_i8;
-    k->rot_i8_bits = 1u << 2 | 1u << 4;
+    k->rot_i8_bits = 1u << 2 | 1u << 3 | 1u << 4;
     k->accum_rot_i16 = accum_rot_i16;
-    k->rot_v16_bits = 1u << 2 | 1u << 4;
+    k->rot_v16_bits = 1u << 2 | 1u << 3 | 1u << 4;
 }
