@@ -46,9 +46,19 @@ static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float
         __m256i k = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(wf + j), iv));
         _mm256_storeu_si256((__m256i *)(void *)(kc + j), _mm256_max_epi32(_mm256_min_epi32(k, hi), lo));
     }
-    /* times 2^shift, kept to 16 bits (shift 16: padding, 0) */
-    for (uint32_t p = 0; p < P; p++)
-        W[p] = (int16_t)(uint16_t)((uint32_t)kc[L->pair_chan[p]] << L->pair_shift[p]);
+    /* picked per plane (a gather), times 2^shift, kept to 16 bits (shift 16: padding, 0) */
+    const __m256i m16 = _mm256_set1_epi32(0xffff);
+    uint32_t p = 0;
+    for (; p + 16 <= P; p += 16) {
+        __m256i i0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(L->pair_chan + p)));
+        __m256i i1 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(L->pair_chan + p + 8)));
+        __m256i s0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(L->pair_shift + p)));
+        __m256i s1 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(L->pair_shift + p + 8)));
+        __m256i g0 = _mm256_and_si256(_mm256_sllv_epi32(_mm256_i32gather_epi32((const int *)kc, i0, 4), s0), m16);
+        __m256i g1 = _mm256_and_si256(_mm256_sllv_epi32(_mm256_i32gather_epi32((const int *)kc, i1, 4), s1), m16);
+        _mm256_storeu_si256((__m256i *)(void *)(W + p), _mm256_permute4x64_epi64(_mm256_packus_epi32(g0, g1), 0xd8));
+    }
+    for (; p < P; p++) W[p] = (int16_t)(uint16_t)((uint32_t)kc[L->pair_chan[p]] << L->pair_shift[p]);
     *scale = mx / L->wmax;
     /* the 16 lanes folded 8, 4, 2, 1 */
     __m256 f8 = _mm256_add_ps(p0, p1);
