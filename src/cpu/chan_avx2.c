@@ -111,7 +111,14 @@ CHAN_INLINE void octets(const uint8_t *unit, const kvqi_chan_layout *L, const in
     CHAN_ACC(0) CHAN_ACC(1) CHAN_ACC(2) CHAN_ACC(3)
     const int16_t *wp = W;
     const uint8_t *g = unit + 64 * (A / 4) + 32 * (A % 2);
+    /* the first pass fetches what follows the unit (the next chunk's block when a chunk is
+     * one unit) on its way: one unit and a block head further on */
+    const size_t ahead = L->unit_bytes + 4 * (size_t)L->dim;
     for (uint32_t i = 0; i < L->n4; i++, g += 128, wp += 4) {
+        if (A == 0) {
+            _mm_prefetch((const char *)(g + ahead), _MM_HINT_T0);
+            _mm_prefetch((const char *)(g + ahead + 64), _MM_HINT_T0);
+        }
         __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)g);
         CHAN_GROUP(_mm256_and_si256(x, m4), _mm256_and_si256(_mm256_srli_epi16(x, 8), m4),
                    _mm256_and_si256(_mm256_srli_epi16(x, 4), m4), _mm256_srli_epi16(x, 12))
@@ -119,6 +126,7 @@ CHAN_INLINE void octets(const uint8_t *unit, const kvqi_chan_layout *L, const in
     /* 2 bits: octet A at shift 4 (A / 4), A + 2 two bits above */
     g = unit + 128 * (size_t)L->n4 + 32 * (A % 2);
     for (uint32_t i = 0; i < L->n2; i++, g += 64, wp += 4) {
+        if (A == 0) _mm_prefetch((const char *)(g + ahead), _MM_HINT_T0);
         __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)g);
         if (A / 4) x = _mm256_srli_epi16(x, 4);
         CHAN_GROUP(_mm256_and_si256(x, m2), _mm256_and_si256(_mm256_srli_epi16(x, 8), m2),
@@ -127,6 +135,7 @@ CHAN_INLINE void octets(const uint8_t *unit, const kvqi_chan_layout *L, const in
     /* 1 bit: octet l's bit l */
     g = unit + 128 * (size_t)L->n4 + 64 * (size_t)L->n2;
     for (uint32_t i = 0; i < L->n1; i++, g += 32, wp += 4) {
+        if (A == 0 && i % 2 == 0) _mm_prefetch((const char *)(g + ahead), _MM_HINT_T0);
         __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)g);
         if (A) x = _mm256_srli_epi16(x, A);
         CHAN_GROUP(_mm256_and_si256(x, m1), _mm256_and_si256(_mm256_srli_epi16(x, 8), m1),
@@ -165,6 +174,8 @@ void kvqi_chan_dot_avx2(const uint8_t *block, const kvqi_chan_layout *L, const i
     /* the whole unit straight into the rows when it is asked for whole */
     int whole = l0 == 0 && n == 64;
     float tmp[4 * 64];
+    /* the head (minima and steps) of what follows the unit, as the first pass does its unit */
+    for (size_t o = 0; o < 4 * (size_t)L->dim; o += 64) _mm_prefetch((const char *)(unit + L->unit_bytes + o), _MM_HINT_T0);
     for (uint32_t h0 = 0; h0 < G; h0 += 4) {
         uint32_t gh = G - h0 < 4 ? G - h0 : 4;
         const int16_t *Wg = W + (size_t)h0 * P;
