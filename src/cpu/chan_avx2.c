@@ -15,10 +15,11 @@
 
 #define CHAN_INLINE static inline __attribute__((always_inline))
 
-/* kvqi_chan_weights_ref of one head q[dim] */
-static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, float *scale,
-                    float *bias, float *wf) {
-    uint32_t dim = L->dim, P = L->n_padded;
+/* kvqi_chan_weights_ref of one head q[dim] up to the channels' weights: kc[j] = W_j
+ * (rounded and clamped, int32), scale and bias; wf: dim floats of scratch (may be kc). */
+static void channel_weights(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int32_t *kc,
+                            float *scale, float *bias, float *wf) {
+    uint32_t dim = L->dim;
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 p0 = _mm256_setzero_ps(), p1 = p0, m0 = p0, m1 = p0;
     for (uint32_t j = 0; j < dim; j += 16) {
@@ -38,27 +39,12 @@ static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     float mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
     float inv = mx > 0.0f ? L->wmax / mx : 0.0f;
-    /* the channels' weights rounded and clamped, as int32 over their floats */
-    int32_t *kc = (int32_t *)(void *)wf;
     const __m256 iv = _mm256_set1_ps(inv);
     const __m256i hi = _mm256_set1_epi32(32767), lo = _mm256_set1_epi32(-32767);
     for (uint32_t j = 0; j < dim; j += 8) {
         __m256i k = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(wf + j), iv));
         _mm256_storeu_si256((__m256i *)(void *)(kc + j), _mm256_max_epi32(_mm256_min_epi32(k, hi), lo));
     }
-    /* picked per plane (a gather), times 2^shift, kept to 16 bits (shift 16: padding, 0) */
-    const __m256i m16 = _mm256_set1_epi32(0xffff);
-    uint32_t p = 0;
-    for (; p + 16 <= P; p += 16) {
-        __m256i i0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(L->pair_chan + p)));
-        __m256i i1 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(L->pair_chan + p + 8)));
-        __m256i s0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(L->pair_shift + p)));
-        __m256i s1 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(L->pair_shift + p + 8)));
-        __m256i g0 = _mm256_and_si256(_mm256_sllv_epi32(_mm256_i32gather_epi32((const int *)kc, i0, 4), s0), m16);
-        __m256i g1 = _mm256_and_si256(_mm256_sllv_epi32(_mm256_i32gather_epi32((const int *)kc, i1, 4), s1), m16);
-        _mm256_storeu_si256((__m256i *)(void *)(W + p), _mm256_permute4x64_epi64(_mm256_packus_epi32(g0, g1), 0xd8));
-    }
-    for (; p < P; p++) W[p] = (int16_t)(uint16_t)((uint32_t)kc[L->pair_chan[p]] << L->pair_shift[p]);
     *scale = mx / L->wmax;
     /* the 16 lanes folded 8, 4, 2, 1 */
     __m256 f8 = _mm256_add_ps(p0, p1);
@@ -67,10 +53,65 @@ static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float
     *bias = _mm_cvtss_f32(_mm_add_ss(f2, _mm_shuffle_ps(f2, f2, 1)));
 }
 
+/* 2^shift per 16-bit half of each of 8 planes' int32 lanes (shift 16, padding: 0) */
+static inline __m256i plane_mul(const uint16_t *shift) {
+    __m256i s = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)shift));
+    __m256i m = _mm256_and_si256(_mm256_sllv_epi32(_mm256_set1_epi32(1), s), _mm256_set1_epi32(0xffff));
+    return _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
+}
+
+/* The plane weights W[p] = W_{chan p} 2^shift_p kept to 16 bits, of two heads at once:
+ * kc2[j] holds head a's W_j in its low 16 bits and head b's in the high, so one gather
+ * picks eight planes of both, and vpmullw by 2^shift shifts each half (Wb NULL: head a
+ * only). */
+static void plane_weights(const kvqi_chan_layout *L, const int32_t *kc2, int16_t *Wa, int16_t *Wb) {
+    uint32_t P = L->n_padded;
+    const __m256i m16 = _mm256_set1_epi32(0xffff);
+    uint32_t p = 0;
+    for (; p + 16 <= P; p += 16) {
+        __m256i i0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(L->pair_chan + p)));
+        __m256i i1 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(L->pair_chan + p + 8)));
+        __m256i g0 = _mm256_mullo_epi16(_mm256_i32gather_epi32((const int *)kc2, i0, 4), plane_mul(L->pair_shift + p));
+        __m256i g1 = _mm256_mullo_epi16(_mm256_i32gather_epi32((const int *)kc2, i1, 4), plane_mul(L->pair_shift + p + 8));
+        __m256i a = _mm256_packus_epi32(_mm256_and_si256(g0, m16), _mm256_and_si256(g1, m16));
+        _mm256_storeu_si256((__m256i *)(void *)(Wa + p), _mm256_permute4x64_epi64(a, 0xd8));
+        if (Wb) {
+            __m256i b = _mm256_packus_epi32(_mm256_srli_epi32(g0, 16), _mm256_srli_epi32(g1, 16));
+            _mm256_storeu_si256((__m256i *)(void *)(Wb + p), _mm256_permute4x64_epi64(b, 0xd8));
+        }
+    }
+    for (; p < P; p++) {
+        uint32_t sh = L->pair_shift[p];
+        Wa[p] = (int16_t)(uint16_t)((uint32_t)kc2[L->pair_chan[p]] << sh);
+        if (Wb) Wb[p] = (int16_t)(uint16_t)(((uint32_t)kc2[L->pair_chan[p]] >> 16) << sh);
+    }
+}
+
+/* kvqi_chan_weights_ref per head, heads two at a time through plane_weights where dim
+ * fits the stack's arrays */
+#define CHAN_PAIR_DIM 512u
 void kvqi_chan_weights_avx2(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
                             int16_t *W, float *scale, float *bias, float *wf) {
-    for (uint32_t h = 0; h < G; h++)
-        weights(block, L, q + (size_t)h * L->dim, W + (size_t)h * L->n_padded, &scale[h], &bias[h], wf);
+    uint32_t dim = L->dim, P = L->n_padded, h = 0;
+    if (dim <= CHAN_PAIR_DIM) {
+        int32_t ka[CHAN_PAIR_DIM], kb[CHAN_PAIR_DIM];
+        for (; h + 2 <= G; h += 2) {
+            channel_weights(block, L, q + (size_t)h * dim, ka, &scale[h], &bias[h], wf);
+            channel_weights(block, L, q + (size_t)(h + 1) * dim, kb, &scale[h + 1], &bias[h + 1], wf);
+            for (uint32_t j = 0; j < dim; j += 8) {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(ka + j));
+                __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)(kb + j));
+                a = _mm256_or_si256(_mm256_and_si256(a, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(b, 16));
+                _mm256_storeu_si256((__m256i *)(void *)(ka + j), a);
+            }
+            plane_weights(L, ka, W + (size_t)h * P, W + (size_t)(h + 1) * P);
+        }
+    }
+    for (; h < G; h++) {
+        int32_t *kc = (int32_t *)(void *)wf;
+        channel_weights(block, L, q + (size_t)h * dim, kc, &scale[h], &bias[h], wf);
+        plane_weights(L, kc, W + (size_t)h * P, NULL);
+    }
 }
 
 /* the int32 at w (a weight pair) in all lanes */
