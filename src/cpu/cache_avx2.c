@@ -377,13 +377,13 @@ I16_INLINE void score_i8_heads(const unsigned BITS, const unsigned gh, const kvq
     const __m128i vqsum = _mm_loadu_si128((const __m128i *)(const void *)qsi);
     const __m128 vscale = _mm_loadu_ps(scl);
     const uint8_t *idx0 = k + L->index_offset[0];
+    float out[KVQI_MAX_BLOCK_TOKENS][4];
     for (size_t t = 0; t < n; t++) {
         const uint8_t *idx = idx0 + t * cs;
         _mm_prefetch((const char *)(k + (n + t) * cs), _MM_HINT_T0);
         _mm_prefetch((const char *)(k + (n + t) * cs + cs - 1), _MM_HINT_T0);
         __m256i a0 = z, a1 = z, a2 = z, a3 = z;
         for (uint32_t b = 0; b < nblk; b++)
-#pragma GCC unroll 4
             for (uint32_t j = 0; j < 4; j++) {
                 __m256i c = cent_bytes(BITS, idx, b, j, tab);
                 __m256i cl = _mm256_unpacklo_epi8(c, z), ch = _mm256_unpackhi_epi8(c, z);
@@ -402,10 +402,25 @@ I16_INLINE void score_i8_heads(const unsigned BITS, const unsigned gh, const kvq
         __m128i r = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
         __m128 f = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(_mm_sub_epi32(r, vqsum)), vscale),
                               _mm_set1_ps(fp16_scalar(k + t * cs + L->norm_offset)));
-        float out[4];
-        _mm_storeu_ps(out, f);
-        for (unsigned h = 0; h < gh; h++) scores[h * ld + t] = out[h];
+        _mm_storeu_ps(out[t], f);
     }
+    /* [token][head] to the heads' rows, eight tokens at a time: a 4 x 4 transpose in each
+     * 128-bit lane of tokens t and t + 4 */
+    size_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        __m256 r0 = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(out[t])), _mm_loadu_ps(out[t + 4]), 1);
+        __m256 r1 = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(out[t + 1])), _mm_loadu_ps(out[t + 5]), 1);
+        __m256 r2 = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(out[t + 2])), _mm_loadu_ps(out[t + 6]), 1);
+        __m256 r3 = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(out[t + 3])), _mm_loadu_ps(out[t + 7]), 1);
+        __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1);
+        __m256 u2 = _mm256_unpacklo_ps(r2, r3), u3 = _mm256_unpackhi_ps(r2, r3);
+        _mm256_storeu_ps(scores + t, _mm256_shuffle_ps(u0, u2, 0x44));
+        if (gh > 1) _mm256_storeu_ps(scores + ld + t, _mm256_shuffle_ps(u0, u2, 0xee));
+        if (gh > 2) _mm256_storeu_ps(scores + 2 * ld + t, _mm256_shuffle_ps(u1, u3, 0x44));
+        if (gh > 3) _mm256_storeu_ps(scores + 3 * ld + t, _mm256_shuffle_ps(u1, u3, 0xee));
+    }
+    for (; t < n; t++)
+        for (unsigned h = 0; h < gh; h++) scores[h * ld + t] = out[t][h];
 }
 
 #define SCORE_I8(BITS, GH)                                                                                \
@@ -431,10 +446,14 @@ static void score_rot_i8(const kvqi_rot_layout *L, const int8_t *q8, const float
         kvqi_cache_score_rot_i8_ref(L, q8, qscale, qsum, G, k, n, scores, ld);
         return;
     }
-    for (uint32_t h0 = 0; h0 < G; h0 += 4) {
-        uint32_t gh = G - h0 < 4 ? G - h0 : 4;
-        score_i8_table[L->bits - 2][gh - 1](L, q8 + (size_t)h0 * L->dim, qscale + h0, qsum + h0, k, n,
-                                            scores + h0 * ld, ld);
+    /* up to KVQI_MAX_BLOCK_TOKENS tokens a call of the kernel (its staging) */
+    for (size_t t0 = 0; t0 < n; t0 += KVQI_MAX_BLOCK_TOKENS) {
+        size_t nt = n - t0 < KVQI_MAX_BLOCK_TOKENS ? n - t0 : KVQI_MAX_BLOCK_TOKENS;
+        for (uint32_t h0 = 0; h0 < G; h0 += 4) {
+            uint32_t gh = G - h0 < 4 ? G - h0 : 4;
+            score_i8_table[L->bits - 2][gh - 1](L, q8 + (size_t)h0 * L->dim, qscale + h0, qsum + h0,
+                                                k + t0 * L->code_size, nt, scores + h0 * ld + t0, ld);
+        }
     }
 }
 
