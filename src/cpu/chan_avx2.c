@@ -1,13 +1,14 @@
 /*
  * chan_avx2.c - channel keys' weights and dot kernels (cache_kernels.h). The weights:
  * kvqi_chan_weights_ref with 8 lanes (the same operations lane for lane, the 16 bias
- * lanes as two vectors), the plane weights picked and shifted per plane. The dot: a unit's 64 tokens in four passes of two octets (8 tokens)
- * each, the octets that one 32-byte load of a 4-bit group holds (its two nibbles): pass
- * a takes octets a and a + 2 for a = 0, 1, 4, 5. Per group, the two octets' four planes
- * come as 16-bit words (planes 0 and 2 of a token in the even words, 1 and 3 in the odd,
- * each by one shift and mask), multiplied with the int16 weight pairs by vpmaddwd and
- * added in int32 registers, one per octet and query head, up to four heads per pass; the
- * same final multiply-add as the reference.
+ * lanes as two vectors), then the plane weights of two heads per gather. The dot: a
+ * unit's 64 tokens in four passes of two octets (8 tokens) each, the octets that one
+ * 32-byte load of a 4-bit group holds (its two nibbles): pass a takes octets a and a + 2
+ * for a = 0, 1, 4, 5. Per group, the two octets' four planes come as 16-bit words
+ * (planes 0 and 2 of a token in the even words, 1 and 3 in the odd, each by one shift
+ * and mask), multiplied with the int16 weight pairs by vpmaddwd and added in int32
+ * registers, one per octet and query head, up to four heads per pass; the same final
+ * multiply-add as the reference.
  */
 #include <immintrin.h>
 
