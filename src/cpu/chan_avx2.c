@@ -214,7 +214,7 @@ void kvqi_chan_dot_avx2(const uint8_t *block, const kvqi_chan_layout *L, const i
     const uint8_t *unit = block + 4 * (size_t)L->dim + (in / 64) * L->unit_bytes;
     size_t l0 = in % 64;
     /* the whole unit straight into the rows when it is asked for whole */
-    int whole = l0 == 0 && n == 64;
+    int whole = l0 == 0 && n == 64 && ld >= 64;
     float tmp[4 * 64];
     /* the head (minima and steps) of what follows the unit, as the first pass does its unit */
     for (size_t o = 0; o < 4 * (size_t)L->dim; o += 64) _mm_prefetch((const char *)(unit + L->unit_bytes + o), _MM_HINT_T0);
