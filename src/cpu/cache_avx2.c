@@ -309,6 +309,292 @@ static void accum_rot(const kvqi_rot_layout *L, const float *w, size_t ld, uint3
     }
 }
 
+/* ------------------------------------------- integer paths (vpmaddwd, exact sums) */
+
+#define I16_INLINE static inline __attribute__((always_inline))
+
+/* 32 centroid bytes (cent_u8 through a 16-entry pshufb table) of byte positions
+ * 32 j .. 32 j + 31 of block b in the kvqi_rot_i8_coordinate order. 4 bits: the low
+ * nibbles of the block's 64 bytes, then the high ones; 2 bits: its 32 bytes shifted by 0,
+ * 4, 2, 6; 3 bits: coordinates 32 j .. 32 j + 31 from bytes 12 j .. 12 j + 11. */
+I16_INLINE __m256i cent_bytes(const unsigned BITS, const uint8_t *idx, uint32_t b, uint32_t j, __m256i tab) {
+    if (BITS == 3) {
+        /* natural order, 12 bytes: 16 loaded (the last 32 of a block's 48 from 4 bytes
+         * earlier) into both lanes; each 16-bit lane takes the byte of its index's first
+         * bit (and the next where the index straddles two), vpmullw by 2^(8 - s) and a
+         * shift by 8 move bits s..s+2 to the bottom; lanes hold positions 0-7 | 16-23 (w0)
+         * and 8-15 | 24-31 (w1), so vpackuswb gives 0..31 in order */
+        const uint32_t back = j == 3 ? 4 : 0;
+        __m256i src = _mm256_broadcastsi128_si256(
+            _mm_loadu_si128((const __m128i *)(const void *)(idx + 48 * (size_t)b + 12 * j - back)));
+        __m256i k0 = _mm256_setr_epi8(0, -128, 0, -128, 0, 1, 1, -128, 1, -128, 1, 2, 2, -128, 2, -128, 6, -128, 6,
+                                      -128, 6, 7, 7, -128, 7, -128, 7, 8, 8, -128, 8, -128);
+        __m256i k1 = _mm256_setr_epi8(3, -128, 3, -128, 3, 4, 4, -128, 4, -128, 4, 5, 5, -128, 5, -128, 9, -128, 9,
+                                      -128, 9, 10, 10, -128, 10, -128, 10, 11, 11, -128, 11, -128);
+        if (back) { /* the high bit of the empty entries stays set */
+            k0 = _mm256_add_epi8(k0, _mm256_set1_epi8((char)back));
+            k1 = _mm256_add_epi8(k1, _mm256_set1_epi8((char)back));
+        }
+        const __m256i mul = _mm256_setr_epi16(256, 32, 4, 128, 16, 2, 64, 8, 256, 32, 4, 128, 16, 2, 64, 8);
+        __m256i w0 = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(src, k0), mul), 8);
+        __m256i w1 = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(src, k1), mul), 8);
+        return _mm256_shuffle_epi8(tab, _mm256_and_si256(_mm256_packus_epi16(w0, w1), _mm256_set1_epi8(7)));
+    }
+    if (BITS == 4) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(idx + 64 * (size_t)b + 32 * (j % 2)));
+        if (j / 2) x = _mm256_srli_epi16(x, 4);
+        return _mm256_shuffle_epi8(tab, _mm256_and_si256(x, _mm256_set1_epi8(15)));
+    }
+    static const uint8_t sh2[4] = {0, 4, 2, 6};
+    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(idx + 32 * (size_t)b));
+    x = _mm256_srl_epi16(x, _mm_cvtsi32_si128(sh2[j]));
+    return _mm256_shuffle_epi8(tab, _mm256_and_si256(x, _mm256_set1_epi8(3)));
+}
+
+/* Integer key scores, gh (1..4) heads of one group: the int8 query widened once to int16
+ * in the words' order of the centroid bytes' zero extension (vpunpck{l,h}bw within lanes),
+ * then per token and 32 positions two vpmaddwd and two vpaddd per head; the exact sums
+ * of the reference, then its float steps. */
+#define I8_MAX_DIM 1024u
+I16_INLINE void score_i8_heads(const unsigned BITS, const unsigned gh, const kvqi_rot_layout *L, const int8_t *q8,
+                               const float *qscale, const int32_t *qsum, const uint8_t *k, size_t n, float *scores,
+                               size_t ld) {
+    uint32_t dim = L->dim, nblk = dim / 128;
+    size_t cs = L->code_size;
+    int16_t q16[4][I8_MAX_DIM];
+    const __m256i z = _mm256_setzero_si256();
+    for (unsigned h = 0; h < gh; h++)
+        for (uint32_t j = 0; j < dim; j += 32) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(q8 + (size_t)h * dim + j));
+            __m256i sg = _mm256_cmpgt_epi8(z, q);
+            _mm256_storeu_si256((__m256i *)(void *)(q16[h] + j), _mm256_unpacklo_epi8(q, sg));
+            _mm256_storeu_si256((__m256i *)(void *)(q16[h] + j + 16), _mm256_unpackhi_epi8(q, sg));
+        }
+    const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)L->cent_u8));
+    float scl[4] = {0};
+    int32_t qsi[4] = {0};
+    for (unsigned h = 0; h < gh; h++) scl[h] = qscale[h], qsi[h] = qsum[h];
+    const __m128i vqsum = _mm_loadu_si128((const __m128i *)(const void *)qsi);
+    const __m128 vscale = _mm_loadu_ps(scl);
+    const uint8_t *idx0 = k + L->index_offset[0];
+    float out[KVQI_MAX_BLOCK_TOKENS][4];
+    for (size_t t = 0; t < n; t++) {
+        const uint8_t *idx = idx0 + t * cs;
+        _mm_prefetch((const char *)(k + (n + t) * cs), _MM_HINT_T0);
+        _mm_prefetch((const char *)(k + (n + t) * cs + cs - 1), _MM_HINT_T0);
+        __m256i a0 = z, a1 = z, a2 = z, a3 = z;
+        for (uint32_t b = 0; b < nblk; b++)
+            for (uint32_t j = 0; j < 4; j++) {
+                __m256i c = cent_bytes(BITS, idx, b, j, tab);
+                __m256i cl = _mm256_unpacklo_epi8(c, z), ch = _mm256_unpackhi_epi8(c, z);
+                size_t o = 128 * (size_t)b + 32 * j;
+#define I8_HEAD(h, a)                                                                                     \
+    if (gh > h)                                                                                           \
+        a = _mm256_add_epi32(                                                                             \
+            a, _mm256_add_epi32(_mm256_madd_epi16(cl, _mm256_loadu_si256((const __m256i *)(const void *)(q16[h] + o))), \
+                                _mm256_madd_epi16(ch, _mm256_loadu_si256((const __m256i *)(const void *)(q16[h] + o + 16)))));
+                I8_HEAD(0, a0) I8_HEAD(1, a1) I8_HEAD(2, a2) I8_HEAD(3, a3)
+#undef I8_HEAD
+            }
+        /* lane h: head h's sum */
+        __m256i s01 = _mm256_hadd_epi32(a0, a1), s23 = _mm256_hadd_epi32(a2, a3);
+        __m256i s = _mm256_hadd_epi32(s01, s23);
+        __m128i r = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        __m128 f = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(_mm_sub_epi32(r, vqsum)), vscale),
+                              _mm_set1_ps(fp16_scalar(k + t * cs + L->norm_offset)));
+        _mm_storeu_ps(out[t], f);
+    }
+    /* [token][head] to the heads' rows, eight tokens at a time: a 4 x 4 transpose in each
+     * 128-bit lane of tokens t and t + 4 */
+    size_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        __m256 r0 = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(out[t])), _mm_loadu_ps(out[t + 4]), 1);
+        __m256 r1 = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(out[t + 1])), _mm_loadu_ps(out[t + 5]), 1);
+        __m256 r2 = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(out[t + 2])), _mm_loadu_ps(out[t + 6]), 1);
+        __m256 r3 = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(out[t + 3])), _mm_loadu_ps(out[t + 7]), 1);
+        __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1);
+        __m256 u2 = _mm256_unpacklo_ps(r2, r3), u3 = _mm256_unpackhi_ps(r2, r3);
+        _mm256_storeu_ps(scores + t, _mm256_shuffle_ps(u0, u2, 0x44));
+        if (gh > 1) _mm256_storeu_ps(scores + ld + t, _mm256_shuffle_ps(u0, u2, 0xee));
+        if (gh > 2) _mm256_storeu_ps(scores + 2 * ld + t, _mm256_shuffle_ps(u1, u3, 0x44));
+        if (gh > 3) _mm256_storeu_ps(scores + 3 * ld + t, _mm256_shuffle_ps(u1, u3, 0xee));
+    }
+    for (; t < n; t++)
+        for (unsigned h = 0; h < gh; h++) scores[h * ld + t] = out[t][h];
+}
+
+#define SCORE_I8(BITS, GH)                                                                                \
+    static void score_i8_##BITS##_##GH(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,   \
+                                       const int32_t *qsum, const uint8_t *k, size_t n, float *scores,   \
+                                       size_t ld) {                                                      \
+        score_i8_heads(BITS, GH, L, q8, qscale, qsum, k, n, scores, ld);                                  \
+    }
+SCORE_I8(2, 1) SCORE_I8(2, 2) SCORE_I8(2, 3) SCORE_I8(2, 4)
+SCORE_I8(3, 1) SCORE_I8(3, 2) SCORE_I8(3, 3) SCORE_I8(3, 4)
+SCORE_I8(4, 1) SCORE_I8(4, 2) SCORE_I8(4, 3) SCORE_I8(4, 4)
+typedef void (*score_i8_fn)(const kvqi_rot_layout *, const int8_t *, const float *, const int32_t *, const uint8_t *,
+                            size_t, float *, size_t);
+static const score_i8_fn score_i8_table[3][4] = {
+    {score_i8_2_1, score_i8_2_2, score_i8_2_3, score_i8_2_4},
+    {score_i8_3_1, score_i8_3_2, score_i8_3_3, score_i8_3_4},
+    {score_i8_4_1, score_i8_4_2, score_i8_4_3, score_i8_4_4},
+};
+
+static void score_rot_i8(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale, const int32_t *qsum,
+                         uint32_t G, const uint8_t *k, size_t n, float *scores, size_t ld) {
+    if (L->bits < 2 || L->bits > 4 || L->dim % 128 || L->dim > I8_MAX_DIM) {
+        kvqi_cache_score_rot_i8_ref(L, q8, qscale, qsum, G, k, n, scores, ld);
+        return;
+    }
+    /* up to KVQI_MAX_BLOCK_TOKENS tokens a call of the kernel (its staging) */
+    for (size_t t0 = 0; t0 < n; t0 += KVQI_MAX_BLOCK_TOKENS) {
+        size_t nt = n - t0 < KVQI_MAX_BLOCK_TOKENS ? n - t0 : KVQI_MAX_BLOCK_TOKENS;
+        for (uint32_t h0 = 0; h0 < G; h0 += 4) {
+            uint32_t gh = G - h0 < 4 ? G - h0 : 4;
+            score_i8_table[L->bits - 2][gh - 1](L, q8 + (size_t)h0 * L->dim, qscale + h0, qsum + h0,
+                                                k + t0 * L->code_size, nt, scores + h0 * ld + t0, ld);
+        }
+    }
+}
+
+/* One head's 16-bit weights as kvqi_cache_rot_weights_i16 computes them (the same
+ * products, maximum and rounding), eight tokens per step; wq zero past n (to a multiple
+ * of 8). Returns the scale before cent_scale (0: nothing to add). */
+static float weights_i16(const float *w, const float *norms, size_t n, int16_t *wq) {
+    __m256 wn[KVQI_MAX_BLOCK_TOKENS / 8], mx = _mm256_setzero_ps();
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    size_t nv = (n + 7) / 8;
+    for (size_t i = 0; i < nv; i++) {
+        __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - 8 * i)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        wn[i] = _mm256_mul_ps(_mm256_maskload_ps(w + 8 * i, live), _mm256_loadu_ps(norms + 8 * i));
+        mx = _mm256_max_ps(mx, _mm256_and_ps(wn[i], absmask));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    float m = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    if (!(m > 0.0f) || !(m <= 3.0e38f)) return 0.0f;
+    __m256 inv = _mm256_set1_ps(32767.0f / m);
+    for (size_t i = 0; i < nv; i++) {
+        __m256i k = _mm256_cvtps_epi32(_mm256_mul_ps(wn[i], inv));
+        __m128i p = _mm_packs_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1));
+        _mm_storeu_si128((__m128i *)(void *)(wq + 8 * i), p);
+    }
+    return m * (1.0f / 32767.0f);
+}
+
+/* Integer value sums, gh (1..4) heads of one group: two tokens per step, their centroid
+ * bytes (unsigned) interleaved and zero-extended so each int32 lane holds one position of
+ * both, one vpmaddwd with the pair of 16-bit weights and one vpaddd per 8 positions and
+ * head; 128 * the sum of a head's weights taken off at the end (so the sums are the
+ * reference's over cent_u8 - 128). Tiles of 16 positions (8 + 8 of one 32-byte unpacking)
+ * keep the gh x 2 accumulators in registers; lanes to the kvqi_rot_v16_coordinate order
+ * by one 128-bit permute. */
+I16_INLINE void accum_i16_heads(const unsigned BITS, const unsigned gh, const kvqi_rot_layout *L, const float *w,
+                                size_t ld, const uint8_t *v, size_t n, float *acc) {
+    uint32_t dim = L->dim, nblk = dim / 128;
+    size_t cs = L->code_size;
+    float norms[KVQI_MAX_BLOCK_TOKENS];
+    int16_t wq[4][KVQI_MAX_BLOCK_TOKENS];
+    int32_t wp[4][KVQI_MAX_BLOCK_TOKENS / 2];
+    float scale[4];
+    int32_t corr[4];
+    for (size_t t = 0; t < n; t++) {
+        norms[t] = fp16_scalar(v + t * cs + L->norm_offset);
+        /* the next block's codes (the chunk's next tokens) on their way while this one runs */
+        _mm_prefetch((const char *)(v + (n + t) * cs), _MM_HINT_T0);
+        _mm_prefetch((const char *)(v + (n + t) * cs + cs - 1), _MM_HINT_T0);
+    }
+    for (size_t t = n; t < KVQI_MAX_BLOCK_TOKENS; t++) norms[t] = 0.0f;
+    int any = 0;
+    for (unsigned h = 0; h < gh; h++) {
+        memset(wq[h], 0, sizeof wq[h]);
+        scale[h] = weights_i16(w + h * ld, norms, n, wq[h]) * L->cent_scale;
+        int32_t sw = 0;
+        for (size_t t = 0; t < n; t++) sw += wq[h][t];
+        corr[h] = 128 * sw;
+        any |= scale[h] != 0.0f;
+    }
+    if (!any) return;
+    /* token pairs: t in the low 16 bits, t + 1 in the high (zero past n) */
+    memcpy(wp, wq, sizeof wp);
+    const __m256i z = _mm256_setzero_si256();
+    const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)L->cent_u8));
+    const uint8_t *idx0 = v + L->index_offset[0];
+    size_t np = (n + 1) / 2;
+    __m256i pairs[KVQI_MAX_BLOCK_TOKENS / 2][8];
+    for (uint32_t b = 0; b < nblk; b++) {
+        /* the block's centroid bytes of each token pair, interleaved: pairs[t / 2][2 j + u]
+         * holds byte positions 32 j + 8 u + {0..7, 16..23} of tokens t and t + 1 */
+        for (size_t i = 0; i < np; i++) {
+            const uint8_t *ca = idx0 + 2 * i * cs, *cb = 2 * i + 1 < n ? ca + cs : ca;
+#pragma GCC unroll 4
+            for (uint32_t j = 0; j < 4; j++) {
+                __m256i xa = cent_bytes(BITS, ca, b, j, tab), xb = cent_bytes(BITS, cb, b, j, tab);
+                pairs[i][2 * j] = _mm256_unpacklo_epi8(xa, xb);
+                pairs[i][2 * j + 1] = _mm256_unpackhi_epi8(xa, xb);
+            }
+        }
+        for (uint32_t j = 0; j < 4; j++)     /* byte positions 32 j .. 32 j + 31 of the block */
+            for (uint32_t u = 0; u < 2; u++) { /* their bytes 0-7, 16-23 (u = 0) or 8-15, 24-31 */
+                __m256i r00 = z, r01 = z, r10 = z, r11 = z, r20 = z, r21 = z, r30 = z, r31 = z;
+                for (size_t i = 0; i < np; i++) {
+                    __m256i x = pairs[i][2 * j + u];
+                    __m256i c0 = _mm256_unpacklo_epi8(x, z), c1 = _mm256_unpackhi_epi8(x, z);
+#define I16_HEAD(h, ra, rb)                                                                               \
+    if (gh > h) {                                                                                         \
+        __m256i wv = _mm256_set1_epi32(wp[h][i]);                                                         \
+        ra = _mm256_add_epi32(ra, _mm256_madd_epi16(c0, wv));                                             \
+        rb = _mm256_add_epi32(rb, _mm256_madd_epi16(c1, wv));                                             \
+    }
+                    I16_HEAD(0, r00, r01) I16_HEAD(1, r10, r11) I16_HEAD(2, r20, r21) I16_HEAD(3, r30, r31)
+#undef I16_HEAD
+                }
+                /* r?0: byte positions 8u + {0..3, 16..19}, r?1: 8u + {4..7, 20..23} of the 32;
+                 * the half's 16-lane vector m = j % 2 + 2 u (kvqi_rot_v16_coordinate) */
+                size_t off = 128 * (size_t)b + 64 * (j / 2) + 16 * (j % 2 + 2 * u);
+                __m256i rr[4][2] = {{r00, r01}, {r10, r11}, {r20, r21}, {r30, r31}};
+                for (unsigned h = 0; h < gh; h++) {
+                    if (scale[h] == 0.0f) continue;
+                    __m256 sc = _mm256_set1_ps(scale[h]);
+                    __m256i cv = _mm256_set1_epi32(corr[h]);
+                    __m256i s0 = _mm256_sub_epi32(rr[h][0], cv), s1 = _mm256_sub_epi32(rr[h][1], cv);
+                    float *p = acc + (size_t)h * dim + off;
+                    __m256 lo = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0, s1, 0x20));
+                    __m256 hi = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(s0, s1, 0x31));
+                    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), _mm256_mul_ps(lo, sc)));
+                    _mm256_storeu_ps(p + 8, _mm256_add_ps(_mm256_loadu_ps(p + 8), _mm256_mul_ps(hi, sc)));
+                }
+            }
+    }
+}
+
+#define ACCUM_I16(BITS, GH)                                                                               \
+    static void accum_i16_##BITS##_##GH(const kvqi_rot_layout *L, const float *w, size_t ld, const uint8_t *v, \
+                                        size_t n, float *acc) {                                          \
+        accum_i16_heads(BITS, GH, L, w, ld, v, n, acc);                                                   \
+    }
+ACCUM_I16(2, 1) ACCUM_I16(2, 2) ACCUM_I16(2, 3) ACCUM_I16(2, 4)
+ACCUM_I16(3, 1) ACCUM_I16(3, 2) ACCUM_I16(3, 3) ACCUM_I16(3, 4)
+ACCUM_I16(4, 1) ACCUM_I16(4, 2) ACCUM_I16(4, 3) ACCUM_I16(4, 4)
+typedef void (*accum_i16_fn)(const kvqi_rot_layout *, const float *, size_t, const uint8_t *, size_t, float *);
+static const accum_i16_fn accum_i16_table[3][4] = {
+    {accum_i16_2_1, accum_i16_2_2, accum_i16_2_3, accum_i16_2_4},
+    {accum_i16_3_1, accum_i16_3_2, accum_i16_3_3, accum_i16_3_4},
+    {accum_i16_4_1, accum_i16_4_2, accum_i16_4_3, accum_i16_4_4},
+};
+
+static void accum_rot_i16(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G, const uint8_t *v,
+                          size_t n, float *acc) {
+    if (L->bits < 2 || L->bits > 4 || L->dim % 128 || n > KVQI_MAX_BLOCK_TOKENS) {
+        kvqi_cache_accum_rot_i16_ref(L, w, ld, G, v, n, acc);
+        return;
+    }
+    for (uint32_t h0 = 0; h0 < G; h0 += 4) {
+        uint32_t gh = G - h0 < 4 ? G - h0 : 4;
+        accum_i16_table[L->bits - 2][gh - 1](L, w + h0 * ld, ld, v, n, acc + (size_t)h0 * L->dim);
+    }
+}
+
 /* outlier channels: sixteen (eight) tokens of one channel per conversion */
 static void outlier_add(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
                         uint32_t n_out, size_t n, float *scores, size_t ld) {
@@ -451,4 +737,8 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->exp_sum = exp_sum;
     k->max_of = max_of;
     k->score_signs = score_signs;
+    k->score_rot_i8 = score_rot_i8;
+    k->rot_i8_bits = 1u << 2 | 1u << 3 | 1u << 4;
+    k->accum_rot_i16 = accum_rot_i16;
+    k->rot_v16_bits = 1u << 2 | 1u << 3 | 1u << 4;
 }

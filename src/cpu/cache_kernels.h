@@ -263,6 +263,8 @@ void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size
 float kvqi_cache_rot_weights_i16(const kvqi_rot_layout *L, const float *w, const uint8_t *v,
                                  size_t n, int16_t *wq);
 #if defined(KVQ_HAVE_X86_SIMD)
+void kvqi_chan_weights_avx2(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
+                            int16_t *W, float *scale, float *bias, float *wf);
 void kvqi_chan_dot_avx2(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
                         const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
 void kvqi_chan_weights_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,

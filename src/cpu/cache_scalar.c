@@ -335,6 +335,7 @@ static void build_tables(void) {
     if (kvq_isa_available(KVQ_ISA_AVX2)) {
         g_avx2.isa = KVQ_ISA_AVX2;
         kvqi_cache_kernels_fill_avx2(&g_avx2);
+        g_avx2.chan_weights = kvqi_chan_weights_avx2;
         g_avx2.chan_dot = kvqi_chan_dot_avx2;
     }
     if (kvq_isa_available(KVQ_ISA_AVX512)) {

@@ -1,64 +1,235 @@
 /*
- * chan_avx2.c - channel keys' dot kernel, eight tokens a register (the weights are the
- * reference's, kvqi_chan_weights_scalar): each group's four planes of 8 tokens as bytes from
- * one load, shift and mask, their 16-bit halves (planes 0 and 2, 1 and 3 of a token)
- * multiplied with the int16 weight pairs by vpmaddwd; the same final multiply-add.
+ * chan_avx2.c - channel keys' weights and dot kernels (cache_kernels.h). The weights:
+ * kvqi_chan_weights_ref with 8 lanes (the same operations lane for lane, the 16 bias
+ * lanes as two vectors), then the plane weights of two heads per gather. The dot: a
+ * unit's 64 tokens in four passes of two octets (8 tokens) each, the octets that one
+ * 32-byte load of a 4-bit group holds (its two nibbles): pass a takes octets a and a + 2
+ * for a = 0, 1, 4, 5. Per group, the two octets' four planes come as 16-bit words
+ * (planes 0 and 2 of a token in the even words, 1 and 3 in the odd, each by one shift
+ * and mask), multiplied with the int16 weight pairs by vpmaddwd and added in int32
+ * registers, one per octet and query head, up to four heads per pass; the same final
+ * multiply-add as the reference.
  */
 #include <immintrin.h>
 
 #include "cpu/cache_kernels.h"
 
+#define CHAN_INLINE static inline __attribute__((always_inline))
+
+/* kvqi_chan_weights_ref of one head q[dim] up to the channels' weights: kc[j] = W_j
+ * (rounded and clamped, int32), scale and bias; wf: dim floats of scratch (may be kc). */
+static void channel_weights(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int32_t *kc,
+                            float *scale, float *bias, float *wf) {
+    uint32_t dim = L->dim;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 p0 = _mm256_setzero_ps(), p1 = p0, m0 = p0, m1 = p0;
+    for (uint32_t j = 0; j < dim; j += 16) {
+        const uint8_t *lo = block + 2 * (size_t)j, *st = block + 2 * ((size_t)dim + j);
+        __m256 q0 = _mm256_loadu_ps(q + j), q1 = _mm256_loadu_ps(q + j + 8);
+        p0 = _mm256_fmadd_ps(q0, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)lo)), p0);
+        p1 = _mm256_fmadd_ps(q1, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(lo + 16))), p1);
+        __m256 w0 = _mm256_mul_ps(q0, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)st)));
+        __m256 w1 = _mm256_mul_ps(q1, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(st + 16))));
+        _mm256_storeu_ps(wf + j, w0);
+        _mm256_storeu_ps(wf + j + 8, w1);
+        m0 = _mm256_max_ps(m0, _mm256_mul_ps(_mm256_and_ps(w0, absmask), _mm256_loadu_ps(L->top + j)));
+        m1 = _mm256_max_ps(m1, _mm256_mul_ps(_mm256_and_ps(w1, absmask), _mm256_loadu_ps(L->top + j + 8)));
+    }
+    __m256 m8 = _mm256_max_ps(m0, m1);
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    float mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    float inv = mx > 0.0f ? L->wmax / mx : 0.0f;
+    const __m256 iv = _mm256_set1_ps(inv);
+    const __m256i hi = _mm256_set1_epi32(32767), lo = _mm256_set1_epi32(-32767);
+    for (uint32_t j = 0; j < dim; j += 8) {
+        __m256i k = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(wf + j), iv));
+        _mm256_storeu_si256((__m256i *)(void *)(kc + j), _mm256_max_epi32(_mm256_min_epi32(k, hi), lo));
+    }
+    *scale = mx / L->wmax;
+    /* the 16 lanes folded 8, 4, 2, 1 */
+    __m256 f8 = _mm256_add_ps(p0, p1);
+    __m128 f4 = _mm_add_ps(_mm256_castps256_ps128(f8), _mm256_extractf128_ps(f8, 1));
+    __m128 f2 = _mm_add_ps(f4, _mm_movehl_ps(f4, f4));
+    *bias = _mm_cvtss_f32(_mm_add_ss(f2, _mm_shuffle_ps(f2, f2, 1)));
+}
+
+/* 2^shift per 16-bit half of each of 8 planes' int32 lanes (shift 16, padding: 0) */
+static inline __m256i plane_mul(const uint16_t *shift) {
+    __m256i s = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)shift));
+    __m256i m = _mm256_and_si256(_mm256_sllv_epi32(_mm256_set1_epi32(1), s), _mm256_set1_epi32(0xffff));
+    return _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
+}
+
+/* The plane weights W[p] = W_{chan p} 2^shift_p kept to 16 bits, of two heads at once:
+ * kc2[j] holds head a's W_j in its low 16 bits and head b's in the high, so one gather
+ * picks eight planes of both, and vpmullw by 2^shift shifts each half (Wb NULL: head a
+ * only). */
+static void plane_weights(const kvqi_chan_layout *L, const int32_t *kc2, int16_t *Wa, int16_t *Wb) {
+    uint32_t P = L->n_padded;
+    const __m256i m16 = _mm256_set1_epi32(0xffff);
+    uint32_t p = 0;
+    for (; p + 16 <= P; p += 16) {
+        __m256i i0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(L->pair_chan + p)));
+        __m256i i1 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(L->pair_chan + p + 8)));
+        __m256i g0 = _mm256_mullo_epi16(_mm256_i32gather_epi32((const int *)kc2, i0, 4), plane_mul(L->pair_shift + p));
+        __m256i g1 = _mm256_mullo_epi16(_mm256_i32gather_epi32((const int *)kc2, i1, 4), plane_mul(L->pair_shift + p + 8));
+        __m256i a = _mm256_packus_epi32(_mm256_and_si256(g0, m16), _mm256_and_si256(g1, m16));
+        _mm256_storeu_si256((__m256i *)(void *)(Wa + p), _mm256_permute4x64_epi64(a, 0xd8));
+        if (Wb) {
+            __m256i b = _mm256_packus_epi32(_mm256_srli_epi32(g0, 16), _mm256_srli_epi32(g1, 16));
+            _mm256_storeu_si256((__m256i *)(void *)(Wb + p), _mm256_permute4x64_epi64(b, 0xd8));
+        }
+    }
+    for (; p < P; p++) {
+        uint32_t sh = L->pair_shift[p];
+        Wa[p] = (int16_t)(uint16_t)((uint32_t)kc2[L->pair_chan[p]] << sh);
+        if (Wb) Wb[p] = (int16_t)(uint16_t)(((uint32_t)kc2[L->pair_chan[p]] >> 16) << sh);
+    }
+}
+
+/* kvqi_chan_weights_ref per head, heads two at a time through plane_weights where dim
+ * fits the stack's arrays */
+#define CHAN_PAIR_DIM 512u
+void kvqi_chan_weights_avx2(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
+                            int16_t *W, float *scale, float *bias, float *wf) {
+    uint32_t dim = L->dim, P = L->n_padded, h = 0;
+    if (dim <= CHAN_PAIR_DIM) {
+        int32_t ka[CHAN_PAIR_DIM], kb[CHAN_PAIR_DIM];
+        for (; h + 2 <= G; h += 2) {
+            channel_weights(block, L, q + (size_t)h * dim, ka, &scale[h], &bias[h], wf);
+            channel_weights(block, L, q + (size_t)(h + 1) * dim, kb, &scale[h + 1], &bias[h + 1], wf);
+            for (uint32_t j = 0; j < dim; j += 8) {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(ka + j));
+                __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)(kb + j));
+                a = _mm256_or_si256(_mm256_and_si256(a, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(b, 16));
+                _mm256_storeu_si256((__m256i *)(void *)(ka + j), a);
+            }
+            plane_weights(L, ka, W + (size_t)h * P, W + (size_t)(h + 1) * P);
+        }
+    }
+    for (; h < G; h++) {
+        int32_t *kc = (int32_t *)(void *)wf;
+        channel_weights(block, L, q + (size_t)h * dim, kc, &scale[h], &bias[h], wf);
+        plane_weights(L, kc, W + (size_t)h * P, NULL);
+    }
+}
+
+/* the int32 at w (a weight pair) in all lanes */
+CHAN_INLINE __m256i pair_at(const int16_t *w) {
+    int32_t x;
+    memcpy(&x, w, 4);
+    return _mm256_set1_epi32(x);
+}
+
+#define CHAN_ACC(h) __m256i a##h = z, b##h = z;
+/* acc += the products of a token octet's even (e) and odd (o) words with head h's pairs */
+#define CHAN_DOT(h, acc, e, o)                                                                        \
+    if (gh > h) {                                                                                     \
+        __m256i pe = _mm256_madd_epi16(e, pair_at(wp + (size_t)(h) * P));                             \
+        acc = _mm256_add_epi32(acc, _mm256_add_epi32(pe, _mm256_madd_epi16(o, pair_at(wp + (size_t)(h) * P + 2)))); \
+    }
+/* one group: octet A's words (even ea, odd oa) into a0..a3, then octet A + 2's into b0..b3 */
+#define CHAN_GROUP(EA, OA, EB, OB)                                                                    \
+    {                                                                                                 \
+        __m256i ea = (EA), oa = (OA);                                                                 \
+        CHAN_DOT(0, a0, ea, oa) CHAN_DOT(1, a1, ea, oa) CHAN_DOT(2, a2, ea, oa) CHAN_DOT(3, a3, ea, oa) \
+        __m256i eb = (EB), ob = (OB);                                                                 \
+        CHAN_DOT(0, b0, eb, ob) CHAN_DOT(1, b1, eb, ob) CHAN_DOT(2, b2, eb, ob) CHAN_DOT(3, b3, eb, ob) \
+    }
+#define CHAN_OUT(h)                                                                                   \
+    if (gh > h) {                                                                                     \
+        __m256 sv = _mm256_set1_ps(scale[h]), bv = _mm256_set1_ps(bias[h]);                           \
+        _mm256_storeu_ps(out + (h) * ldo + 8 * A, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a##h), sv, bv)); \
+        _mm256_storeu_ps(out + (h) * ldo + 8 * A + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(b##h), sv, bv)); \
+    }
+
+/* Octets A and A + 2 (A = 0, 1, 4, 5) of gh (1..4) heads into out[h * ldo + l]. */
+CHAN_INLINE void octets(const uint8_t *unit, const kvqi_chan_layout *L, const int16_t *W, uint32_t P,
+                        const float *scale, const float *bias, float *out, size_t ldo, const unsigned gh,
+                        const unsigned A) {
+    const __m256i z = _mm256_setzero_si256(), m4 = _mm256_set1_epi16(15), m2 = _mm256_set1_epi16(3),
+                  m1 = _mm256_set1_epi16(1);
+    CHAN_ACC(0) CHAN_ACC(1) CHAN_ACC(2) CHAN_ACC(3)
+    const int16_t *wp = W;
+    const uint8_t *g = unit + 64 * (A / 4) + 32 * (A % 2);
+    /* the first pass fetches what follows the unit (the next chunk's block when a chunk is
+     * one unit) on its way: one unit and a block head further on */
+    const size_t ahead = L->unit_bytes + 4 * (size_t)L->dim;
+    for (uint32_t i = 0; i < L->n4; i++, g += 128, wp += 4) {
+        if (A == 0) {
+            _mm_prefetch((const char *)(g + ahead), _MM_HINT_T0);
+            _mm_prefetch((const char *)(g + ahead + 64), _MM_HINT_T0);
+        }
+        __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)g);
+        CHAN_GROUP(_mm256_and_si256(x, m4), _mm256_and_si256(_mm256_srli_epi16(x, 8), m4),
+                   _mm256_and_si256(_mm256_srli_epi16(x, 4), m4), _mm256_srli_epi16(x, 12))
+    }
+    /* 2 bits: octet A at shift 4 (A / 4), A + 2 two bits above */
+    g = unit + 128 * (size_t)L->n4 + 32 * (A % 2);
+    for (uint32_t i = 0; i < L->n2; i++, g += 64, wp += 4) {
+        if (A == 0) _mm_prefetch((const char *)(g + ahead), _MM_HINT_T0);
+        __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)g);
+        if (A / 4) x = _mm256_srli_epi16(x, 4);
+        CHAN_GROUP(_mm256_and_si256(x, m2), _mm256_and_si256(_mm256_srli_epi16(x, 8), m2),
+                   _mm256_and_si256(_mm256_srli_epi16(x, 2), m2), _mm256_and_si256(_mm256_srli_epi16(x, 10), m2))
+    }
+    /* 1 bit: octet l's bit l */
+    g = unit + 128 * (size_t)L->n4 + 64 * (size_t)L->n2;
+    for (uint32_t i = 0; i < L->n1; i++, g += 32, wp += 4) {
+        if (A == 0 && i % 2 == 0) _mm_prefetch((const char *)(g + ahead), _MM_HINT_T0);
+        __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)g);
+        if (A) x = _mm256_srli_epi16(x, A);
+        CHAN_GROUP(_mm256_and_si256(x, m1), _mm256_and_si256(_mm256_srli_epi16(x, 8), m1),
+                   _mm256_and_si256(_mm256_srli_epi16(x, 2), m1), _mm256_and_si256(_mm256_srli_epi16(x, 10), m1))
+    }
+    CHAN_OUT(0) CHAN_OUT(1) CHAN_OUT(2) CHAN_OUT(3)
+}
+
+/* pass A of gh heads, one function per (heads, pass) */
+#define CHAN_PASS(GH, A)                                                                              \
+    static void pass_##GH##_##A(const uint8_t *unit, const kvqi_chan_layout *L, const int16_t *W, uint32_t P, \
+                                const float *scale, const float *bias, float *out, size_t ldo) {     \
+        octets(unit, L, W, P, scale, bias, out, ldo, GH, A);                                          \
+    }
+#define CHAN_PASSES(GH) CHAN_PASS(GH, 0) CHAN_PASS(GH, 1) CHAN_PASS(GH, 4) CHAN_PASS(GH, 5)
+CHAN_PASSES(1)
+CHAN_PASSES(2)
+CHAN_PASSES(3)
+CHAN_PASSES(4)
+
+typedef void (*pass_fn)(const uint8_t *, const kvqi_chan_layout *, const int16_t *, uint32_t, const float *,
+                        const float *, float *, size_t);
+static const pass_fn passes[4][4] = {
+    {pass_1_0, pass_1_1, pass_1_4, pass_1_5},
+    {pass_2_0, pass_2_1, pass_2_4, pass_2_5},
+    {pass_3_0, pass_3_1, pass_3_4, pass_3_5},
+    {pass_4_0, pass_4_1, pass_4_4, pass_4_5},
+};
+
 void kvqi_chan_dot_avx2(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
                         const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld) {
+    static const uint32_t first[4] = {0, 1, 4, 5};
     uint32_t P = L->n_padded;
     const uint8_t *unit = block + 4 * (size_t)L->dim + (in / 64) * L->unit_bytes;
-    const uint8_t *u2 = unit + 128 * (size_t)L->n4, *u1 = u2 + 64 * (size_t)L->n2;
-    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
-    const __m256i lo8 = _mm256_set1_epi16(255);
     size_t l0 = in % 64;
+    /* the whole unit straight into the rows when it is asked for whole */
+    int whole = l0 == 0 && n == 64 && ld >= 64;
     float tmp[4 * 64];
+    /* the head (minima and steps) of what follows the unit, as the first pass does its unit */
+    for (size_t o = 0; o < 4 * (size_t)L->dim; o += 64) _mm_prefetch((const char *)(unit + L->unit_bytes + o), _MM_HINT_T0);
     for (uint32_t h0 = 0; h0 < G; h0 += 4) {
         uint32_t gh = G - h0 < 4 ? G - h0 : 4;
         const int16_t *Wg = W + (size_t)h0 * P;
-        for (uint32_t m = (uint32_t)(l0 / 8); m * 8 < l0 + n; m++) { /* tokens 8m .. 8m + 7 */
-            __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-                              _mm256_setzero_si256()};
-            const int16_t *wp = Wg;
-#define CHAN_DOT(v)                                                                                     \
-    {                                                                                                   \
-        __m256i ev = _mm256_and_si256(v, lo8), od = _mm256_srli_epi16(v, 8);                           \
-        for (uint32_t h = 0; h < gh; h++) {                                                             \
-            int32_t we, wo;                                                                             \
-            memcpy(&we, wp + (size_t)h * P, 4);                                                         \
-            memcpy(&wo, wp + (size_t)h * P + 2, 4);                                                     \
-            acc[h] = _mm256_add_epi32(acc[h], _mm256_add_epi32(_mm256_madd_epi16(ev, _mm256_set1_epi32(we)), \
-                                                               _mm256_madd_epi16(od, _mm256_set1_epi32(wo)))); \
-        }                                                                                               \
-        wp += 4;                                                                                        \
-    }
-            __m128i s4 = _mm_cvtsi32_si128((int)(4 * ((m / 2) % 2))), s2 = _mm_cvtsi32_si128((int)(2 * (m / 2)));
-            __m128i s1 = _mm_cvtsi32_si128((int)m);
-            for (uint32_t g = 0; g < L->n4; g++) {
-                __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(unit + 128 * (size_t)g + 64 * (m / 4) +
-                                                                                 32 * (m % 2)));
-                __m256i v = _mm256_and_si256(_mm256_srl_epi16(x, s4), m4);
-                CHAN_DOT(v)
-            }
-            for (uint32_t g = 0; g < L->n2; g++) {
-                __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(u2 + 64 * (size_t)g + 32 * (m % 2)));
-                __m256i v = _mm256_and_si256(_mm256_srl_epi16(x, s2), m2);
-                CHAN_DOT(v)
-            }
-            for (uint32_t g = 0; g < L->n1; g++) {
-                __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(u1 + 32 * (size_t)g));
-                __m256i v = _mm256_and_si256(_mm256_srl_epi16(x, s1), m1);
-                CHAN_DOT(v)
-            }
-#undef CHAN_DOT
-            for (uint32_t h = 0; h < gh; h++)
-                _mm256_storeu_ps(tmp + h * 64 + 8 * m, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[h]), _mm256_set1_ps(scale[h0 + h]),
-                                                                       _mm256_set1_ps(bias[h0 + h])));
+        float *out = whole ? scores + h0 * ld : tmp;
+        size_t ldo = whole ? ld : 64;
+        for (uint32_t k = 0; k < 4; k++) {
+            uint32_t a = first[k];
+            /* tokens 8a .. 8a + 7 and 8a + 16 .. 8a + 23: skip a pass that has none asked */
+            int need = (8 * a < l0 + n && 8 * a + 8 > l0) || (8 * a + 16 < l0 + n && 8 * a + 24 > l0);
+            if (need) passes[gh - 1][k](unit, L, Wg, P, scale + h0, bias + h0, out, ldo);
         }
-        for (uint32_t h = 0; h < gh; h++) memcpy(scores + (h0 + h) * ld, tmp + h * 64 + l0, n * sizeof(float));
+        if (!whole)
+            for (uint32_t h = 0; h < gh; h++) memcpy(scores + (h0 + h) * ld, tmp + h * 64 + l0, n * sizeof(float));
     }
 }
