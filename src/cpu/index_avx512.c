@@ -144,6 +144,66 @@ static void probe16_avx512(const float *ct, const float *q, uint32_t d, int ip, 
     _mm512_storeu_ps(out, sum);
 }
 
+static inline __m512 probe_term_x(__m512 x, const float *q, uint32_t j, int ip) {
+    __m512 qj = _mm512_set1_ps(q[j]);
+    if (ip) return _mm512_mul_ps(x, qj);
+    __m512 t = _mm512_sub_ps(x, qj);
+    return _mm512_mul_ps(t, t);
+}
+
+/* Four queries at once, each with probe16's four partial sums: every coordinate row of
+ * the 16 centroids is loaded once for the four. */
+static void probe16_x4_avx512(const float *ct, const float *q, size_t qs, uint32_t d, int ip,
+                              float *out) {
+    const float *q0 = q, *q1 = q + qs, *q2 = q + 2 * qs, *q3 = q + 3 * qs;
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+    __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+    __m512 a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+#define STEP(p, j, x)                                    \
+    do {                                                 \
+        a0##p = _mm512_add_ps(a0##p, probe_term_x(x, q0, j, ip)); \
+        a1##p = _mm512_add_ps(a1##p, probe_term_x(x, q1, j, ip)); \
+        a2##p = _mm512_add_ps(a2##p, probe_term_x(x, q2, j, ip)); \
+        a3##p = _mm512_add_ps(a3##p, probe_term_x(x, q3, j, ip)); \
+    } while (0)
+    uint32_t j = 0;
+    for (; j + 4 <= d; j += 4) {
+        __m512 x0 = _mm512_loadu_ps(ct + (size_t)j * 16), x1 = _mm512_loadu_ps(ct + (size_t)(j + 1) * 16);
+        __m512 x2 = _mm512_loadu_ps(ct + (size_t)(j + 2) * 16), x3 = _mm512_loadu_ps(ct + (size_t)(j + 3) * 16);
+        STEP(0, j, x0);
+        STEP(1, j + 1, x1);
+        STEP(2, j + 2, x2);
+        STEP(3, j + 3, x3);
+    }
+    if (j < d) STEP(0, j, _mm512_loadu_ps(ct + (size_t)j * 16));
+    if (j + 1 < d) STEP(1, j + 1, _mm512_loadu_ps(ct + (size_t)(j + 1) * 16));
+    if (j + 2 < d) STEP(2, j + 2, _mm512_loadu_ps(ct + (size_t)(j + 2) * 16));
+#undef STEP
+    __m512 s0 = _mm512_add_ps(_mm512_add_ps(a00, a01), _mm512_add_ps(a02, a03));
+    __m512 s1 = _mm512_add_ps(_mm512_add_ps(a10, a11), _mm512_add_ps(a12, a13));
+    __m512 s2 = _mm512_add_ps(_mm512_add_ps(a20, a21), _mm512_add_ps(a22, a23));
+    __m512 s3 = _mm512_add_ps(_mm512_add_ps(a30, a31), _mm512_add_ps(a32, a33));
+    if (ip) {
+        const __m512 z = _mm512_setzero_ps();
+        s0 = _mm512_sub_ps(z, s0);
+        s1 = _mm512_sub_ps(z, s1);
+        s2 = _mm512_sub_ps(z, s2);
+        s3 = _mm512_sub_ps(z, s3);
+    }
+    _mm512_storeu_ps(out, s0);
+    _mm512_storeu_ps(out + 16, s1);
+    _mm512_storeu_ps(out + 32, s2);
+    _mm512_storeu_ps(out + 48, s3);
+}
+
+static void probe16_multi_avx512(const float *ct, const float *q, size_t q_stride, uint32_t nq,
+                                 uint32_t d, int ip, float *out) {
+    uint32_t b = 0;
+    for (; b + 4 <= nq; b += 4) probe16_x4_avx512(ct, q + b * q_stride, q_stride, d, ip, out + 16 * b);
+    for (; b < nq; b++) probe16_avx512(ct, q + b * q_stride, d, ip, out + 16 * b);
+}
+
 static inline float hsum16(__m512 acc) {
     __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc),
                               _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
@@ -245,5 +305,5 @@ static float dot_avx512(const float *a, const float *b, size_t n) {
 const kvqi_index_kernels kvqi_index_avx512 = {
     KVQ_ISA_AVX512,        fastscan_avx512, build_lut4_avx512, estimate_block_avx512,
     probe16_avx512,        dot_u8_avx512,         dot_packed_avx512, l2sq_avx512,     l2sq_f16_avx512,   dot_avx512,
-    dot_f16_avx512,
+    dot_f16_avx512,        probe16_multi_avx512,
 };

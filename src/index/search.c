@@ -85,33 +85,60 @@ static void lb_sift_down(lb_key *h, uint32_t n, uint32_t i) {
     h[i] = it;
 }
 
-/* Reorder a[0..n) so that its `want` smallest keys (by lb_less) come first, in any
- * order (quickselect, median-of-three pivots; deterministic). */
-static void select_smallest(lb_key *a, uint32_t n, uint32_t want) {
-    uint32_t lo = 0, hi = n; /* the boundary `want` lies in [lo, hi) */
-    while (want > lo && want < hi && hi - lo > 1) {
-        lb_key x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1], piv;
-        if (lb_less(x, y)) piv = lb_less(y, z) ? y : (lb_less(x, z) ? z : x);
-        else piv = lb_less(x, z) ? x : (lb_less(y, z) ? z : y);
-        uint32_t i = lo, j = hi - 1; /* three-way: < piv | == piv | > piv */
-        uint32_t lt = lo;
-        for (i = lo; i <= j;) {
-            if (lb_less(a[i], piv)) {
-                lb_key t = a[i]; a[i] = a[lt]; a[lt] = t;
-                lt++, i++;
-            } else if (lb_less(piv, a[i])) {
-                lb_key t = a[i]; a[i] = a[j]; a[j] = t;
-                if (j == 0) break;
-                j--;
-            } else {
-                i++;
-            }
-        }
-        /* [lo, lt) < piv, [lt, i) == piv, [i, hi) > piv */
-        if (want <= lt) hi = lt;
-        else if (want <= i) return;
-        else lo = i;
+/* An integer key ordered as (distance, index): a smaller distance first, ties by the
+ * smaller index; -0 counts as +0 and NaN as +inf. One compare, no branch on the float. */
+static inline uint64_t dkey(float x, uint32_t i) {
+    x = x == x ? x + 0.0f : INFINITY;
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u ^= (uint32_t)((int32_t)u >> 31) | 0x80000000u;
+    return (uint64_t)u << 32 | i;
+}
+static inline float dkey_dist(uint64_t key) {
+    uint32_t u = (uint32_t)(key >> 32);
+    u ^= ~(uint32_t)((int32_t)u >> 31) | 0x80000000u;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static void sort_keys(uint64_t *a, uint32_t n) {
+    for (uint32_t i = 1; i < n; i++) {
+        uint64_t it = a[i];
+        uint32_t j = i;
+        for (; j > 0 && it < a[j - 1]; j--) a[j] = a[j - 1];
+        a[j] = it;
     }
+}
+
+/* Reorder a[0..n) so that its `want` smallest keys come first, in any order: quickselect
+ * with a median-of-three pivot and a branch-free partition (keys are distinct: each
+ * carries its own index). */
+static void select_keys(uint64_t *a, uint32_t n, uint32_t want) {
+    uint32_t lo = 0, hi = n;
+    if (want == 0 || want >= n) return;
+    while (hi - lo > 16) {
+        uint64_t x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1];
+        uint64_t mn = x < y ? x : y, mx = x < y ? y : x;
+        uint64_t piv = z < mn ? mn : (z > mx ? mx : z);
+        uint32_t st = lo;
+        for (uint32_t i = lo; i < hi; i++) { /* [lo, st) < piv <= [st, i) */
+            uint64_t t = a[i];
+            a[i] = a[st];
+            a[st] = t;
+            st += t < piv;
+        }
+        if (st == lo) break; /* only with repeated keys: sort what is left */
+        if (want == st) return;
+        if (want < st) hi = st;
+        else lo = st;
+    }
+    sort_keys(a + lo, hi - lo);
+}
+
+static int cmp_key(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : (x > y ? 1 : 0);
 }
 
 /* <v, q> for the extended code values v of vector pos of L, read packed in place. */
@@ -172,31 +199,39 @@ typedef struct search_ctx {
     int64_t *out_ids;
     float *out_dists;
     unsigned char *scratch;
-    size_t slot_bytes, cand_cap;
+    size_t slot_bytes, cand_cap, n_queries;
+    uint32_t pcap; /* probe buffer per query (probe_cap) */
 } search_ctx;
 
 /* Per-thread scratch, carved from one slot. */
 typedef struct scratch {
-    float *tmp, *zq, *qrot, *qp, *lutf, *ones, *probe_d;
+    float *tmp, *zq; /* the current query's: point into tmpb / zqb */
+    float *tmpb, *zqb; /* [QBLOCK][dim] / [QBLOCK][d_pad]: a block of queries */
+    float *qrot, *qp, *lutf, *ones, *probe_d;
     uint8_t *lut;
     uint32_t *probe_i;
     cand *cands;
     lb_key *keys;
+    uint64_t *ukeys, *pbuf; /* pbuf: [QBLOCK][pcap] centroids kept by the probe (dkey) */
     heap_item *ubheap, *res;
 } scratch;
 
+/* Queries are probed QBLOCK at a time: each 16-centroid block is read once for all of
+ * them (at d = 960 the centroids are 2 MB and the probe of one query waited on memory). */
+#define QBLOCK 8u
+
 static size_t align64(size_t x) { return (x + 63) & ~(size_t)63; }
 
-static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, unsigned char *base,
-                    scratch *s) {
+static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, uint32_t pcap,
+                    unsigned char *base, scratch *s) {
     size_t off = 0;
 #define TAKE(field, type, count)                                      \
     do {                                                              \
         if (s) s->field = (type *)(void *)(base + off);               \
         off += align64((size_t)(count) * sizeof(type));               \
     } while (0)
-    TAKE(tmp, float, ix->dim);
-    TAKE(zq, float, ix->d_pad);
+    TAKE(tmpb, float, (size_t)QBLOCK * align64((size_t)ix->dim * sizeof(float)) / sizeof(float));
+    TAKE(zqb, float, (size_t)QBLOCK * ix->d_pad);
     TAKE(qrot, float, ix->d_pad);
     TAKE(qp, float, ix->d_pad);
     TAKE(lutf, float, (size_t)ix->n_groups * 16);
@@ -206,10 +241,24 @@ static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, unsigned c
     TAKE(probe_i, uint32_t, ix->nlist);
     TAKE(cands, cand, cand_cap);
     TAKE(keys, lb_key, cand_cap);
+    TAKE(ukeys, uint64_t, cand_cap);
+    TAKE(pbuf, uint64_t, (size_t)QBLOCK * pcap);
     TAKE(ubheap, heap_item, k);
     TAKE(res, heap_item, k);
 #undef TAKE
+    if (s) { /* the first query of the block */
+        s->tmp = s->tmpb;
+        s->zq = s->zqb;
+    }
     return off;
+}
+
+/* Floats between two queries' rows of tmpb. */
+static size_t tmp_stride(const kvq_index *ix) { return align64((size_t)ix->dim * sizeof(float)) / sizeof(float); }
+
+static void select_query(const kvq_index *ix, scratch *s, uint32_t b) {
+    s->tmp = s->tmpb + (size_t)b * tmp_stride(ix);
+    s->zq = s->zqb + (size_t)b * ix->d_pad;
 }
 
 /* The query as seen from one list: q' (rotated, minus the rotated centroid for l2),
@@ -301,54 +350,83 @@ static void sort_items(heap_item *a, uint32_t n) {
     }
 }
 
-#define PROBE_BUCKETS 256u
+/* Room per query for the centroids the probe keeps: np and at least as many more, so
+ * that the buffer is cut back to np only now and then; never more than every centroid
+ * (then it is never cut). */
+static uint32_t probe_cap(const kvq_index *ix, uint32_t np) {
+    uint64_t cap = 2ull * np + 64;
+    return cap < (uint64_t)ix->nlist + 16 ? (uint32_t)cap : ix->nlist + 16;
+}
 
-/* The np nearest centroids, nearest first (ties by id). A histogram of the distances
- * finds the bucket that holds the np-th nearest; the items up to that bucket (np and a
- * few more) are sorted. Counting and compacting are branch-light passes: a bounded heap
- * mispredicts on almost every push (it was a tenth of a query at nlist 1024). */
-static uint32_t probe(const kvq_index *ix, const float *zq, uint32_t np, heap_item *all,
-                      uint32_t *probe_i, float *probe_d) {
+/* What the probe of one query keeps: buf[0..m) holds every centroid seen so far that can
+ * still be among its np nearest by (distance, id), since thr is at least the np-th
+ * smallest distance seen. */
+typedef struct probe_sel {
+    uint32_t m;
+    uint64_t thr; /* a dkey */
+} probe_sel;
+
+/* Take the distances of centroids c0..c0+cnt. A centroid behind thr is passed over
+ * without a branch; when the buffer fills up, it is cut to its np nearest and thr
+ * tightens to the np-th. (A histogram of all nlist distances, before, took three passes
+ * over them; a bounded heap mispredicted on almost every push.) */
+static void probe_keep(uint64_t *buf, probe_sel *ps, const float *d16, uint32_t c0, uint32_t cnt,
+                       uint32_t np, uint32_t cap) {
+    uint32_t m = ps->m;
+    const uint64_t thr = ps->thr;
+    for (uint32_t i = 0; i < cnt; i++) {
+        uint64_t key = dkey(d16[i], c0 + i);
+        buf[m] = key;
+        m += key <= thr;
+    }
+    if (m + 16 > cap) {
+        select_keys(buf, m, np);
+        uint64_t t = buf[0];
+        for (uint32_t i = 1; i < np; i++) t = buf[i] > t ? buf[i] : t;
+        m = np;
+        ps->thr = t;
+    }
+    ps->m = m;
+}
+
+/* The probe of nb queries zq[b * stride] at once: the distances to each block of 16
+ * centroids for every query of the block (each pair computed by probe16, so a query's
+ * distances do not depend on the others), then each query keeps what can be among its
+ * np nearest in buf[b * cap ...]. */
+static void probe_multi(const kvq_index *ix, const float *zq, size_t stride, uint32_t nb,
+                        uint32_t np, uint64_t *buf, uint32_t cap, probe_sel *ps) {
     const int ip = ix->cfg.metric != KVQ_METRIC_L2;
     const uint32_t n = ix->nlist;
-    float d16[16], mn = INFINITY, mx = -INFINITY;
+    float d16[QBLOCK * 16];
+    for (uint32_t b = 0; b < nb; b++) ps[b] = (probe_sel){0, UINT64_MAX};
     for (uint32_t c0 = 0; c0 < n; c0 += 16) {
-        ix->kern->probe16(ix->centroids_t + (size_t)(c0 / 16) * ix->d * 16, zq, ix->d, ip, d16);
-        for (uint32_t c = c0; c < c0 + 16 && c < n; c++) { /* NaN sorts last */
-            float x = d16[c - c0] == d16[c - c0] ? d16[c - c0] : INFINITY;
-            all[c] = (heap_item){x, c};
-            if (x < mn) mn = x;
-            if (x > mx && x < INFINITY) mx = x;
-        }
+        const float *ct = ix->centroids_t + (size_t)(c0 / 16) * ix->d * 16;
+        ix->kern->probe16_multi(ct, zq, stride, nb, ix->d, ip, d16);
+        const uint32_t cnt = n - c0 < 16 ? n - c0 : 16;
+        for (uint32_t b = 0; b < nb; b++)
+            probe_keep(buf + (size_t)b * cap, &ps[b], d16 + 16 * b, c0, cnt, np, cap);
     }
-    uint32_t m = n;
-    float scale = (float)(PROBE_BUCKETS - 1) / (mx - mn);
-    if (np < n && mn < mx && scale > 0.0f && scale < INFINITY) {
-        /* bucket(x) is monotone in x: bucket PROBE_BUCKETS takes the infinities; each
-         * centroid's bucket is kept (in probe_i, filled only at the end) for the compaction */
-        uint32_t count[PROBE_BUCKETS + 1] = {0}, *bk = probe_i;
-        for (uint32_t c = 0; c < n; c++) {
-            float x = all[c].d, f = (x - mn) * scale;
-            uint32_t b = f < (float)(PROBE_BUCKETS - 1) ? (uint32_t)f : PROBE_BUCKETS - 1;
-            b = x < INFINITY ? b : PROBE_BUCKETS;
-            bk[c] = b;
-            count[b]++;
-        }
-        uint32_t last = 0, cum = count[0];
-        while (cum < np) cum += count[++last];
-        m = 0;
-        for (uint32_t c = 0; c < n; c++) { /* compact in place: m <= c */
-            heap_item it = all[c];
-            all[m] = it;
-            m += bk[c] <= last;
-        }
-    }
-    sort_items(all, m);
+}
+
+/* The np nearest of what the probe kept, nearest first (ties by id). */
+static uint32_t probe_finish(uint64_t *buf, const probe_sel *ps, uint32_t np, uint32_t *probe_i,
+                             float *probe_d) {
+    select_keys(buf, ps->m, np);
+    if (np > 64) qsort(buf, np, sizeof *buf, cmp_key);
+    else sort_keys(buf, np);
     for (uint32_t i = 0; i < np; i++) {
-        probe_i[i] = (uint32_t)all[i].id;
-        probe_d[i] = all[i].d;
+        probe_i[i] = (uint32_t)buf[i];
+        probe_d[i] = dkey_dist(buf[i]);
     }
     return np;
+}
+
+/* One query's probe (range search, tests). */
+static uint32_t probe(const kvq_index *ix, const float *zq, uint32_t np, uint64_t *buf,
+                      uint32_t *probe_i, float *probe_d) {
+    probe_sel ps;
+    probe_multi(ix, zq, ix->d_pad, 1, np, buf, probe_cap(ix, np), &ps);
+    return probe_finish(buf, &ps, np, probe_i, probe_d);
 }
 
 static void build_lut4(const kvq_index *ix, const scratch *s, list_query *lq) {
@@ -394,27 +472,25 @@ static inline float est_to_exact(const kvq_index *ix, float d) {
 static void measure_first(const kvq_index *ix, scratch *s, uint32_t first, uint32_t end,
                           const float *qx, int l2x, uint32_t k, uint32_t *n_res, float *tau,
                           size_t row_bytes) {
-    lb_key *hp = s->keys;
+    uint64_t *hp = s->ukeys;
     uint32_t m = 0;
     for (uint32_t j = first; j < end; j++)
-        if (s->cands[j].err > -INFINITY) hp[m++] = (lb_key){s->cands[j].dist - s->cands[j].err, j};
+        if (s->cands[j].err > -INFINITY) hp[m++] = dkey(s->cands[j].dist - s->cands[j].err, j);
     uint32_t want = k - *n_res < m ? k - *n_res : m;
-    select_smallest(hp, m, want);
-    for (uint32_t j = 0; j < want; j++) prefetch_row(ix, s->cands[hp[j].row].row, row_bytes);
+    select_keys(hp, m, want);
+    for (uint32_t j = 0; j < want; j++) prefetch_row(ix, s->cands[(uint32_t)hp[j]].row, row_bytes);
     for (uint32_t j = 0; j < want; j++) {
-        cand *cd = &s->cands[hp[j].row];
+        cand *cd = &s->cands[(uint32_t)hp[j]];
         push_result(ix, s->res, n_res, k, exact_dist(ix, cd->row, qx, l2x), cd->row);
         cd->err = -INFINITY;
     }
     if (*n_res == k) *tau = exact_to_est(ix, s->res[0].d);
 }
 
-static void search_one(void *vctx, size_t qi, unsigned thread) {
-    const search_ctx *ctx = vctx;
+/* Query qi, once the probe has put its lists in s.probe_i / s.probe_d (nh of them) and
+ * s.tmp / s.zq hold its coded-space forms. */
+static void search_one(const search_ctx *ctx, scratch s, size_t qi, uint32_t nh) {
     const kvq_index *ix = ctx->ix;
-    scratch s;
-    carve(ix, ctx->k, ctx->cand_cap, ctx->scratch + (size_t)thread * ctx->slot_bytes, &s);
-    for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
     const float *q = ctx->queries + qi * ix->dim;
     const int l2 = kvqi_coded_l2(ix), l2x = ix->cfg.metric == KVQ_METRIC_L2;
     const float alpha = l2 ? 2.0f : 1.0f;
@@ -435,19 +511,13 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     const size_t row_bytes = (size_t)ix->dim * (ix->reorder_f32 ? sizeof(float) : sizeof(uint16_t));
     uint32_t n_res = 0;
 
-    /* the exact-space query (normalized for cosine: to_space leaves it in tmp) */
-    kvqi_index_to_space(ix, q, l2, s.tmp, s.zq);
+    /* the exact-space query (normalized for cosine: to_space left it in tmp) */
     const float *qx = ix->cfg.metric == KVQ_METRIC_COSINE ? s.tmp : q;
     query_consts qc = {0.0f, 0.0f, 0.0f};
     if (!l2 && ix->pca_mean) qc.const_ip = ix->kern->dot(ix->pca_mean, qx, ix->dim);
     kvqi_index_rotate(ix, s.zq, s.qrot);
     qc.qrot_sum = ix->kern->dot(s.qrot, s.ones, ix->d_pad);
     qc.qrot_n2 = ix->kern->dot(s.qrot, s.qrot, ix->d_pad);
-
-    /* the nprobe nearest centroids, nearest first; the candidate area (sized for it)
-     * holds every centroid's distance until the scan starts */
-    uint32_t np = ctx->nprobe < ix->nlist ? ctx->nprobe : ix->nlist;
-    uint32_t nh = probe(ix, s.zq, np, (heap_item *)(void *)s.cands, s.probe_i, s.probe_d);
 
     uint32_t n_cand = 0, n_ub = 0;
     float tau = INFINITY;
@@ -559,22 +629,18 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             if (n_res < k) measure_first(ix, &s, first, n_cand, qx, l2x, k, &n_res, &tau, row_bytes);
             /* the rest below the threshold, by increasing lower bound: the threshold
              * falls fastest, and the walk stops at the first bound above it */
-            lb_key *hp = s.keys;
+            uint64_t *hp = s.ukeys;
             uint32_t r = 0;
             for (uint32_t j = first; j < n_cand; j++) {
                 float lb = s.cands[j].dist - s.cands[j].err;
-                if (lb < tau) hp[r++] = (lb_key){lb, j};
+                if (lb < tau) hp[r++] = dkey(lb, j);
             }
-            for (uint32_t j = 1; j < r; j++) {
-                lb_key it = hp[j];
-                uint32_t t = j;
-                for (; t > 0 && lb_less(it, hp[t - 1]); t--) hp[t] = hp[t - 1];
-                hp[t] = it;
-            }
+            if (r > 64) qsort(hp, r, sizeof *hp, cmp_key);
+            else sort_keys(hp, r);
             if (!had_tau) /* rows not fetched as they survived */
-                for (uint32_t j = 0; j < r; j++) prefetch_row(ix, s.cands[hp[j].row].row, row_bytes);
-            for (uint32_t j = 0; j < r && hp[j].lb < tau; j++) {
-                const uint32_t row = s.cands[hp[j].row].row;
+                for (uint32_t j = 0; j < r; j++) prefetch_row(ix, s.cands[(uint32_t)hp[j]].row, row_bytes);
+            for (uint32_t j = 0; j < r && dkey_dist(hp[j]) < tau; j++) {
+                const uint32_t row = s.cands[(uint32_t)hp[j]].row;
                 push_result(ix, s.res, &n_res, k, exact_dist(ix, row, qx, l2x), row);
                 if (n_res == k) tau = exact_to_est(ix, s.res[0].d);
             }
@@ -666,6 +732,30 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     }
 }
 
+/* Queries QBLOCK * bi ..: coded space, one probe for all of them, then each one's lists. */
+static void search_block(void *vctx, size_t bi, unsigned thread) {
+    const search_ctx *ctx = vctx;
+    const kvq_index *ix = ctx->ix;
+    scratch s;
+    carve(ix, ctx->k, ctx->cand_cap, ctx->pcap, ctx->scratch + (size_t)thread * ctx->slot_bytes, &s);
+    for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
+    const size_t q0 = bi * QBLOCK;
+    const uint32_t nb = ctx->n_queries - q0 < QBLOCK ? (uint32_t)(ctx->n_queries - q0) : QBLOCK;
+    const int l2 = kvqi_coded_l2(ix);
+    for (uint32_t b = 0; b < nb; b++) {
+        select_query(ix, &s, b);
+        kvqi_index_to_space(ix, ctx->queries + (q0 + b) * ix->dim, l2, s.tmp, s.zq);
+    }
+    const uint32_t np = ctx->nprobe < ix->nlist ? ctx->nprobe : ix->nlist;
+    probe_sel ps[QBLOCK];
+    probe_multi(ix, s.zqb, ix->d_pad, nb, np, s.pbuf, ctx->pcap, ps);
+    for (uint32_t b = 0; b < nb; b++) {
+        select_query(ix, &s, b);
+        uint32_t nh = probe_finish(s.pbuf + (size_t)b * ctx->pcap, &ps[b], np, s.probe_i, s.probe_d);
+        search_one(ctx, s, q0 + b, nh);
+    }
+}
+
 KVQ_API kvq_status kvq_index_search(const kvq_index *ix, const float *queries, size_t n_queries,
                                     uint32_t k, const kvq_index_search_params *params,
                                     int64_t *out_ids, float *out_dists) {
@@ -697,8 +787,9 @@ KVQ_API kvq_status kvq_index_search_filtered(const kvq_index *ix, const float *q
 
     if (filter && !filter->id_bitset && !filter->allow) filter = NULL;
     search_ctx ctx = {filter, ix, queries, k, p.nprobe < ix->nlist ? p.nprobe : ix->nlist, p.rerank,
-                      p.eps0, out_ids, out_dists, NULL, 0, 0};
-    /* room for every vector of the nprobe largest lists (and for the probe) */
+                      p.eps0, out_ids, out_dists, NULL, 0, 0, n_queries, 0};
+    ctx.pcap = probe_cap(ix, ctx.nprobe);
+    /* room for every vector of the nprobe largest lists */
     {
         uint32_t np = ctx.nprobe;
         uint64_t sum = 0;
@@ -715,9 +806,7 @@ KVQ_API kvq_status kvq_index_search_filtered(const kvq_index *ix, const float *q
             sum += sizes[t];
         }
         free(sizes);
-        /* the probe keeps one (distance, id) item per centroid there first */
-        uint64_t probe_need = ((uint64_t)ix->nlist * sizeof(heap_item) + sizeof(cand) - 1) / sizeof(cand);
-        ctx.cand_cap = (size_t)(sum > probe_need ? sum : probe_need);
+        ctx.cand_cap = (size_t)(sum > 0 ? sum : 1);
     }
     kvq_threadpool *pool = p.pool, *own = NULL;
     if (!pool && p.n_threads > 1 && n_queries > 1) {
@@ -726,13 +815,13 @@ KVQ_API kvq_status kvq_index_search_filtered(const kvq_index *ix, const float *q
         pool = own;
     }
     unsigned slots = kvq_threadpool_size(pool);
-    ctx.slot_bytes = carve(ix, k, ctx.cand_cap, NULL, NULL);
+    ctx.slot_bytes = carve(ix, k, ctx.cand_cap, ctx.pcap, NULL, NULL);
     ctx.scratch = kvqi_alloc_array(slots, ctx.slot_bytes);
     if (!ctx.scratch) {
         kvq_threadpool_free(own);
         return KVQ_ERR_NOMEM;
     }
-    kvqi_parallel_for(pool, n_queries, search_one, &ctx);
+    kvqi_parallel_for(pool, (n_queries + QBLOCK - 1) / QBLOCK, search_block, &ctx);
     kvqi_free(ctx.scratch);
     kvq_threadpool_free(own);
     return KVQ_OK;
@@ -743,11 +832,11 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
     if (!ix || !q || !est || !err || !ids) return KVQ_ERR_INVALID_ARG;
     if (!ix->trained) return KVQ_ERR_STATE;
     if (use_ex && ix->cfg.bits < 2) return KVQ_ERR_INVALID_ARG;
-    size_t bytes = carve(ix, 1, 1, NULL, NULL);
+    size_t bytes = carve(ix, 1, 1, 1, NULL, NULL);
     unsigned char *base = kvqi_alloc_array(1, bytes);
     if (!base) return KVQ_ERR_NOMEM;
     scratch s;
-    carve(ix, 1, 1, base, &s);
+    carve(ix, 1, 1, 1, base, &s);
     for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
     const int l2 = kvqi_coded_l2(ix);
     const float alpha = l2 ? 2.0f : 1.0f;
@@ -835,12 +924,12 @@ KVQ_API kvq_status kvq_index_range_search(const kvq_index *ix, const float *quer
     if (!(p.eps0 > 0.0f)) return KVQ_ERR_INVALID_ARG;
     if (filter && !filter->id_bitset && !filter->allow) filter = NULL;
     const uint32_t np = p.nprobe < ix->nlist ? p.nprobe : ix->nlist;
-    const size_t probe_need = ((size_t)ix->nlist * sizeof(heap_item) + sizeof(cand) - 1) / sizeof(cand);
-    size_t bytes = carve(ix, 1, probe_need, NULL, NULL);
+    const uint32_t pcap = probe_cap(ix, np);
+    size_t bytes = carve(ix, 1, 1, pcap, NULL, NULL);
     unsigned char *base = kvqi_alloc_array(1, bytes);
     if (!base) return KVQ_ERR_NOMEM;
     scratch s;
-    carve(ix, 1, probe_need, base, &s);
+    carve(ix, 1, 1, pcap, base, &s);
     for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
     const int l2 = kvqi_coded_l2(ix), l2x = ix->cfg.metric == KVQ_METRIC_L2;
     const float alpha = l2 ? 2.0f : 1.0f;
@@ -852,7 +941,7 @@ KVQ_API kvq_status kvq_index_range_search(const kvq_index *ix, const float *quer
     kvqi_index_rotate(ix, s.zq, s.qrot);
     qc.qrot_sum = ix->kern->dot(s.qrot, s.ones, ix->d_pad);
     qc.qrot_n2 = ix->kern->dot(s.qrot, s.qrot, ix->d_pad);
-    uint32_t nh = probe(ix, s.zq, np, (heap_item *)(void *)s.cands, s.probe_i, s.probe_d);
+    uint32_t nh = probe(ix, s.zq, np, s.pbuf, s.probe_i, s.probe_d);
     range_out o = {NULL, 0, 0};
     const float radius_est = exact_to_est(ix, radius);
     kvq_status st = KVQ_OK;
