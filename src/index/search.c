@@ -136,6 +136,20 @@ static void select_keys(uint64_t *a, uint32_t n, uint32_t want) {
     sort_keys(a + lo, hi - lo);
 }
 
+/* Min-heap of keys: move h[i] down to its place among h[0..n). */
+static inline void key_sift_down(uint64_t *h, uint32_t n, uint32_t i) {
+    uint64_t it = h[i];
+    for (;;) {
+        uint32_t l = 2 * i + 1;
+        if (l >= n) break;
+        uint32_t m = l + (l + 1 < n && h[l + 1] < h[l]);
+        if (h[m] >= it) break;
+        h[i] = h[m];
+        i = m;
+    }
+    h[i] = it;
+}
+
 static int cmp_key(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? -1 : (x > y ? 1 : 0);
@@ -290,13 +304,9 @@ static void prepare_list(const kvq_index *ix, uint32_t c, const scratch *s, floa
         if (ix->cfg.metric == KVQ_METRIC_COSINE) {
             /* cosine is probed by <q, c> (0.002-0.003 more recall@10 at equal nprobe
              * than by l2 on the SIFT-like set): ||q'||^2 is measured here */
-            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            for (uint32_t i = 0; i < dp; i++) {
-                float t = s->qrot[i] - cr[i];
-                s->qp[i] = t;
-                acc[i % 4] += t * t;
-            }
-            probe_dist = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+            probe_dist = ix->kern->l2sq(s->qrot, cr, dp);
+            if (need_qp)
+                for (uint32_t i = 0; i < dp; i++) s->qp[i] = s->qrot[i] - cr[i];
         } else if (need_qp) { /* else the 4-bit LUT kernel subtracts on the fly */
             for (uint32_t i = 0; i < dp; i++) s->qp[i] = s->qrot[i] - cr[i];
         }
@@ -635,12 +645,14 @@ static void search_one(const search_ctx *ctx, scratch s, size_t qi, uint32_t nh)
                 float lb = s.cands[j].dist - s.cands[j].err;
                 if (lb < tau) hp[r++] = dkey(lb, j);
             }
-            if (r > 64) qsort(hp, r, sizeof *hp, cmp_key);
-            else sort_keys(hp, r);
             if (!had_tau) /* rows not fetched as they survived */
                 for (uint32_t j = 0; j < r; j++) prefetch_row(ix, s.cands[(uint32_t)hp[j]].row, row_bytes);
-            for (uint32_t j = 0; j < r && dkey_dist(hp[j]) < tau; j++) {
-                const uint32_t row = s.cands[(uint32_t)hp[j]].row;
+            /* a min-heap: the walk usually stops long before the last survivor */
+            for (uint32_t j = r / 2; j-- > 0;) key_sift_down(hp, r, j);
+            while (r && dkey_dist(hp[0]) < tau) {
+                const uint32_t row = s.cands[(uint32_t)hp[0]].row;
+                hp[0] = hp[--r];
+                key_sift_down(hp, r, 0);
                 push_result(ix, s.res, &n_res, k, exact_dist(ix, row, qx, l2x), row);
                 if (n_res == k) tau = exact_to_est(ix, s.res[0].d);
             }
