@@ -6,19 +6,24 @@
 #include "cpu/cpu.h"
 #include "cpu/index_kernels.h"
 
-/* Sum the four 128-bit lanes of 8 u16 counters each into 8 u32 and add to out. */
-static inline void fold_lanes(__m512i acc, uint32_t *out) {
+/* Sum the four 128-bit lanes of 8 u16 counters each into 8 u32. */
+static inline __m256i fold_lanes(__m512i acc) {
     __m512i w = _mm512_add_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(acc)),
                                  _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(acc, 1)));
-    __m256i s = _mm256_add_epi32(_mm512_castsi512_si256(w), _mm512_extracti64x4_epi64(w, 1));
-    __m256i o = _mm256_loadu_si256((const __m256i *)out);
-    _mm256_storeu_si256((__m256i *)out, _mm256_add_epi32(o, s));
+    return _mm256_add_epi32(_mm512_castsi512_si256(w), _mm512_extracti64x4_epi64(w, 1));
+}
+
+static inline __m512i join256(__m256i lo, __m256i hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
 static void fastscan_avx512(const uint8_t *block, const uint8_t *lut, uint32_t n_groups,
                             uint32_t out[KVQI_FS_BLOCK]) {
     const __m512i low4 = _mm512_set1_epi8(0x0f);
-    for (unsigned v = 0; v < KVQI_FS_BLOCK; v++) out[v] = 0;
+    /* the sums stay in registers and leave in two 64-byte stores: the block estimate
+     * reloads them at once, and a load spanning several narrower stores is not
+     * forwarded (it waited for them to reach the cache) */
+    __m512i tot_lo = _mm512_setzero_si512(), tot_hi = _mm512_setzero_si512();
     /* 16-bit counters: a chunk of 1024 groups puts at most 256 * 60 in each (and the
      * even sums, recovered as all - 256 * odd, are exact modulo 2^16). */
     for (uint32_t g0 = 0; g0 < n_groups; g0 += 1024) {
@@ -37,11 +42,11 @@ static void fastscan_avx512(const uint8_t *block, const uint8_t *lut, uint32_t n
         }
         __m512i lo_even = _mm512_sub_epi16(lo_all, _mm512_slli_epi16(lo_odd, 8));
         __m512i hi_even = _mm512_sub_epi16(hi_all, _mm512_slli_epi16(hi_odd, 8));
-        fold_lanes(lo_even, out);
-        fold_lanes(lo_odd, out + 8);
-        fold_lanes(hi_even, out + 16);
-        fold_lanes(hi_odd, out + 24);
+        tot_lo = _mm512_add_epi32(tot_lo, join256(fold_lanes(lo_even), fold_lanes(lo_odd)));
+        tot_hi = _mm512_add_epi32(tot_hi, join256(fold_lanes(hi_even), fold_lanes(hi_odd)));
     }
+    _mm512_storeu_si512((void *)out, tot_lo);
+    _mm512_storeu_si512((void *)(out + 16), tot_hi);
 }
 
 static inline __m512i lane_ctrl(int t) { /* lane L: every byte = 4L + t */

@@ -532,11 +532,13 @@ static void search_one(const search_ctx *ctx, scratch s, size_t qi, uint32_t nh)
     uint32_t n_cand = 0, n_ub = 0;
     float tau = INFINITY;
     list_query lq;
-    uint32_t S[KVQI_FS_BLOCK];
+    _Alignas(64) uint32_t S[KVQI_FS_BLOCK]; /* whole-line stores and loads */
+    prefetch_list_head(ix, &ix->lists[s.probe_i[0]]);
+    if (nh > 1) prefetch_list_head(ix, &ix->lists[s.probe_i[1]]);
     for (uint32_t pi = 0; pi < nh; pi++) {
         uint32_t c = s.probe_i[pi];
         const kvqi_ivf_list *L = &ix->lists[c];
-        if (pi + 1 < nh) prefetch_list_head(ix, &ix->lists[s.probe_i[pi + 1]]);
+        if (pi + 2 < nh) prefetch_list_head(ix, &ix->lists[s.probe_i[pi + 2]]);
         if (L->n == 0) continue;
         const int q4 = ix->cfg.query_bits == 4;
         prepare_list(ix, c, &s, s.probe_d[pi], &qc, !q4 || inline_ex, &lq);
@@ -556,7 +558,7 @@ static void search_one(const search_ctx *ctx, scratch s, size_t qi, uint32_t nh)
                         s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], 0.0f, INFINITY};
                 continue;
             }
-            float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
+            _Alignas(64) float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
             uint32_t keep;
             if (q4) {
                 ix->kern->fastscan(blk, s.lut, ix->n_groups, S);
@@ -860,7 +862,7 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
     qc.qrot_sum = ix->kern->dot(s.qrot, s.ones, ix->d_pad);
     qc.qrot_n2 = ix->kern->dot(s.qrot, s.qrot, ix->d_pad);
     size_t o = 0;
-    uint32_t S[KVQI_FS_BLOCK];
+    _Alignas(64) uint32_t S[KVQI_FS_BLOCK]; /* whole-line stores and loads */
     const float unit = kvqi_cos_l2(ix) ? 0.5f : 1.0f; /* est_to_exact's scale */
     for (uint32_t c = 0; c < ix->nlist; c++) {
         const kvqi_ivf_list *L = &ix->lists[c];
@@ -958,7 +960,7 @@ KVQ_API kvq_status kvq_index_range_search(const kvq_index *ix, const float *quer
     const float radius_est = exact_to_est(ix, radius);
     kvq_status st = KVQ_OK;
     const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
-    uint32_t S[KVQI_FS_BLOCK];
+    _Alignas(64) uint32_t S[KVQI_FS_BLOCK]; /* whole-line stores and loads */
     for (uint32_t pi = 0; pi < nh && st == KVQ_OK; pi++) {
         uint32_t c = s.probe_i[pi];
         const kvqi_ivf_list *L = &ix->lists[c];
@@ -972,7 +974,7 @@ KVQ_API kvq_status kvq_index_range_search(const kvq_index *ix, const float *quer
         for (uint32_t b0 = 0; b0 < L->n && st == KVQ_OK; b0 += KVQI_FS_BLOCK) {
             const uint8_t *blk = L->codes + (size_t)(b0 / KVQI_FS_BLOCK) * ix->n_groups * 16;
             uint32_t nv = L->n - b0 < KVQI_FS_BLOCK ? L->n - b0 : KVQI_FS_BLOCK;
-            float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
+            _Alignas(64) float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
             if (q4) {
                 ix->kern->fastscan(blk, s.lut, ix->n_groups, S);
                 kvqi_block_consts bc = {lq.delta, lq.vmin, lq.sum_q, lq.K, alpha, full ? 0.0f : ferr,
