@@ -167,23 +167,19 @@ static inline void prefetch_bytes(const void *p, size_t n) {
     if (n && ((uintptr_t)c & 63) + (n & 63) > 64) __builtin_prefetch(c + n - 1);
 }
 
-/* The first lines of every array the scan of list L streams through: the hardware
- * prefetcher picks each stream up only after its first misses. */
-static void prefetch_list_head(const kvq_index *ix, const kvqi_ivf_list *L) {
-    if (!L->n) return;
-    size_t blocks = (L->n + KVQI_FS_BLOCK - 1) / KVQI_FS_BLOCK, n = blocks * KVQI_FS_BLOCK;
-    size_t code_bytes = blocks * ix->n_groups * 16;
-    prefetch_bytes(L->codes, code_bytes < 4096 ? code_bytes : 4096);
-    n = n * sizeof(float) < 1024 ? n * sizeof(float) : 1024;
-    prefetch_bytes(L->f_add, n);
-    prefetch_bytes(L->f_rescale, n);
-    prefetch_bytes(L->f_err, n);
-    prefetch_bytes(L->f_pop, n);
-    prefetch_bytes(L->rows, n);
-    if (L->ex_rescale) {
-        __builtin_prefetch(L->ex_rescale);
-        __builtin_prefetch(L->ex_err);
-    }
+/* Block blk of list L (its code and the factors and rows of its 32 vectors), fetched a
+ * block before the scan reaches it: the lists are short (~120 vectors at nlist 1024),
+ * too short for the hardware prefetcher to pick their six streams up, and fetching
+ * whole lists ahead issued more misses than the core keeps in flight. */
+static inline void prefetch_block(const kvq_index *ix, const kvqi_ivf_list *L, uint32_t blk) {
+    const size_t block_bytes = (size_t)ix->n_groups * 16, at = (size_t)blk * KVQI_FS_BLOCK;
+    prefetch_bytes(L->codes + blk * block_bytes, block_bytes < 1024 ? block_bytes : 1024);
+    const size_t fb = KVQI_FS_BLOCK * sizeof(float);
+    prefetch_bytes(L->f_add + at, fb);
+    prefetch_bytes(L->f_rescale + at, fb);
+    prefetch_bytes(L->f_err + at, fb);
+    prefetch_bytes(L->f_pop + at, fb);
+    prefetch_bytes(L->rows + at, fb);
 }
 
 static const char *row_ptr(const kvq_index *ix, uint32_t row) {
@@ -533,12 +529,12 @@ static void search_one(const search_ctx *ctx, scratch s, size_t qi, uint32_t nh)
     float tau = INFINITY;
     list_query lq;
     _Alignas(64) uint32_t S[KVQI_FS_BLOCK]; /* whole-line stores and loads */
-    prefetch_list_head(ix, &ix->lists[s.probe_i[0]]);
-    if (nh > 1) prefetch_list_head(ix, &ix->lists[s.probe_i[1]]);
+    if (nh && ix->lists[s.probe_i[0]].n) prefetch_block(ix, &ix->lists[s.probe_i[0]], 0);
     for (uint32_t pi = 0; pi < nh; pi++) {
         uint32_t c = s.probe_i[pi];
         const kvqi_ivf_list *L = &ix->lists[c];
-        if (pi + 2 < nh) prefetch_list_head(ix, &ix->lists[s.probe_i[pi + 2]]);
+        const kvqi_ivf_list *Ln = pi + 1 < nh ? &ix->lists[s.probe_i[pi + 1]] : NULL;
+        if (Ln && !Ln->n) Ln = NULL;
         if (L->n == 0) continue;
         const int q4 = ix->cfg.query_bits == 4;
         prepare_list(ix, c, &s, s.probe_d[pi], &qc, !q4 || inline_ex, &lq);
@@ -552,6 +548,8 @@ static void search_one(const search_ctx *ctx, scratch s, size_t qi, uint32_t nh)
         for (uint32_t b0 = 0; b0 < L->n; b0 += KVQI_FS_BLOCK) {
             const uint8_t *blk = L->codes + (size_t)(b0 / KVQI_FS_BLOCK) * block_bytes;
             uint32_t nv = L->n - b0 < KVQI_FS_BLOCK ? L->n - b0 : KVQI_FS_BLOCK;
+            if (b0 + KVQI_FS_BLOCK < L->n) prefetch_block(ix, L, b0 / KVQI_FS_BLOCK + 1);
+            else if (Ln) prefetch_block(ix, Ln, 0);
             if (!prune_1bit) { /* every vector goes on to the extended-code stage */
                 for (uint32_t v = 0; v < nv; v++)
                     if (!ctx->filt || passes(ctx->filt, ix->ids[L->rows[b0 + v]]))
