@@ -529,11 +529,16 @@ static void search_one(const search_ctx *ctx, scratch s, size_t qi, uint32_t nh)
     float tau = INFINITY;
     list_query lq;
     _Alignas(64) uint32_t S[KVQI_FS_BLOCK]; /* whole-line stores and loads */
+    /* the probed lists' descriptors (80 KB of them at nlist 1024, read in random order) */
+    for (uint32_t pi = 0; pi < nh; pi++) prefetch_bytes(&ix->lists[s.probe_i[pi]], sizeof(kvqi_ivf_list));
     if (nh && ix->lists[s.probe_i[0]].n) prefetch_block(ix, &ix->lists[s.probe_i[0]], 0);
     for (uint32_t pi = 0; pi < nh; pi++) {
         uint32_t c = s.probe_i[pi];
         const kvqi_ivf_list *L = &ix->lists[c];
         const kvqi_ivf_list *Ln = pi + 1 < nh ? &ix->lists[s.probe_i[pi + 1]] : NULL;
+        if (Ln && kvqi_coded_l2(ix)) /* its rotated centroid, for its q' */
+            prefetch_bytes(ix->centroids_rot + (size_t)s.probe_i[pi + 1] * ix->d_pad,
+                           (size_t)ix->d_pad * sizeof(float));
         if (Ln && !Ln->n) Ln = NULL;
         if (L->n == 0) continue;
         const int q4 = ix->cfg.query_bits == 4;
@@ -593,6 +598,8 @@ static void search_one(const search_ctx *ctx, scratch s, size_t qi, uint32_t nh)
                 s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], dist[v], err[v]};
                 if (inline_ex) { /* its extended estimate waits for the end of the list */
                     prefetch_bytes(L->ex_codes + (size_t)(b0 + v) * ix->ex_row, ix->ex_row);
+                    __builtin_prefetch(L->ex_rescale + b0 + v);
+                    __builtin_prefetch(L->ex_err + b0 + v);
                     continue;
                 }
                 if (exact_scan) { /* measured at the end of the list */
