@@ -591,14 +591,19 @@ TEST(index_probe_picks_nearest_lists_in_query_blocks) {
                 REQUIRE_OK(kvq_index_search(ix, q + i * d, 1, k, &p, one, dist1));
                 CHECKF(memcmp(one, ids + i * k, k * 8) == 0 && memcmp(dist1, dist + i * k, k * 4) == 0,
                        "metric %d nprobe %u query %zu: alone differs from in a block", mi, nps[t], i);
-                /* reference probe: every centroid's distance, sorted by (distance, list) */
+                /* reference probe: every centroid's rank measure (l2: ||c||^2 - 2 <q, c>;
+                 * ip: -<q, c>), sorted by (measure, list) */
                 float dc[112];
                 uint32_t order[112];
                 for (uint32_t c0 = 0; c0 < nlist; c0 += 16) {
                     float o[16];
-                    kvqi_probe16_scalar(ix->centroids_t + (size_t)(c0 / 16) * d * 16, q + i * d, d,
-                                        m != KVQ_METRIC_L2, o);
-                    for (uint32_t c = c0; c < c0 + 16 && c < nlist; c++) dc[c] = o[c - c0];
+                    kvqi_probe16_scalar(ix->centroids_t + (size_t)(c0 / 16) * d * 16, q + i * d, d, 1, o);
+                    for (uint32_t c = c0; c < c0 + 16 && c < nlist; c++) {
+                        float n2 = 0.0f;
+                        for (uint32_t j = 0; j < d; j++)
+                            n2 += ix->centroids[(size_t)c * d + j] * ix->centroids[(size_t)c * d + j];
+                        dc[c] = m == KVQ_METRIC_L2 ? n2 + 2.0f * o[c - c0] : o[c - c0];
+                    }
                 }
                 for (uint32_t c = 0; c < nlist; c++) {
                     uint32_t j = c;

@@ -60,6 +60,7 @@ struct kvq_index {
     float *centroids;     /* [nlist][d] */
     float *centroids_rot; /* [nlist][d_pad] rotated, zero padded */
     float *centroids_rot_sum; /* [nlist] sum of each rotated centroid's coordinates */
+    float *centroids_n2;  /* [nlist] squared norms: the l2 probe ranks by ||c||^2 - 2 <q, c> */
     float *centroids_t;   /* [ceil(nlist/16)][d][16]: transposed for the probe kernel */
     kvqi_ivf_list *lists;
 

@@ -287,8 +287,8 @@ typedef struct query_consts {
     float qrot_n2;   /* its squared norm */
 } query_consts;
 
-/* probe_dist is the query's distance to the centroid as the probe measured it:
- * ||z_q - c||^2 for l2 (= ||q'||^2, the rotation keeps norms), -<c, z_q> for ip. */
+/* probe_dist is -<c, z_q> as the probe measured it (ip); l2 and cosine measure
+ * ||q'||^2 = ||z_q - c||^2 here (the rotation keeps norms). */
 static void prepare_list(const kvq_index *ix, uint32_t c, const scratch *s, float probe_dist,
                          const query_consts *qc, int need_qp, list_query *lq) {
     const uint32_t dp = ix->d_pad;
@@ -297,15 +297,12 @@ static void prepare_list(const kvq_index *ix, uint32_t c, const scratch *s, floa
     if (kvqi_coded_l2(ix)) {
         const float *cr = ix->centroids_rot + (size_t)c * dp;
         lq->sub = cr;
-        if (ix->cfg.metric == KVQ_METRIC_COSINE) {
-            /* cosine is probed by <q, c> (0.002-0.003 more recall@10 at equal nprobe
-             * than by l2 on the SIFT-like set): ||q'||^2 is measured here */
-            probe_dist = ix->kern->l2sq(s->qrot, cr, dp);
-            if (need_qp)
-                for (uint32_t i = 0; i < dp; i++) s->qp[i] = s->qrot[i] - cr[i];
-        } else if (need_qp) { /* else the 4-bit LUT kernel subtracts on the fly */
+        /* ||q'||^2 is measured here: the probe ranked l2 lists by ||c||^2 - 2 <q, c>
+         * and cosine lists by <q, c> (0.002-0.003 more recall@10 at equal nprobe than
+         * by l2 on the SIFT-like set) */
+        probe_dist = ix->kern->l2sq(s->qrot, cr, dp);
+        if (need_qp) /* else the 4-bit LUT kernel subtracts on the fly */
             for (uint32_t i = 0; i < dp; i++) s->qp[i] = s->qrot[i] - cr[i];
-        }
         lq->qp = s->qp;
         n2 = probe_dist;
         lq->K = probe_dist;
@@ -401,14 +398,21 @@ static void probe_keep(uint64_t *buf, probe_sel *ps, const float *d16, uint32_t 
  * np nearest in buf[b * cap ...]. */
 static void probe_multi(const kvq_index *ix, const float *zq, size_t stride, uint32_t nb,
                         uint32_t np, uint64_t *buf, uint32_t cap, probe_sel *ps) {
-    const int ip = ix->cfg.metric != KVQ_METRIC_L2;
+    const int l2 = ix->cfg.metric == KVQ_METRIC_L2;
     const uint32_t n = ix->nlist;
     float d16[QBLOCK * 16];
     for (uint32_t b = 0; b < nb; b++) ps[b] = (probe_sel){0, UINT64_MAX};
     for (uint32_t c0 = 0; c0 < n; c0 += 16) {
         const float *ct = ix->centroids_t + (size_t)(c0 / 16) * ix->d * 16;
-        ix->kern->probe16_multi(ct, zq, stride, nb, ix->d, ip, d16);
+        /* -<c, q> for every metric; l2 ranks by ||c||^2 - 2 <q, c> (||q||^2 is the same
+         * for every list): a multiply and an add per coordinate, where (c - q)^2 took a
+         * subtraction more */
+        ix->kern->probe16_multi(ct, zq, stride, nb, ix->d, 1, d16);
         const uint32_t cnt = n - c0 < 16 ? n - c0 : 16;
+        if (l2)
+            for (uint32_t b = 0; b < nb; b++)
+                for (uint32_t i = 0; i < cnt; i++)
+                    d16[16 * b + i] = ix->centroids_n2[c0 + i] + 2.0f * d16[16 * b + i];
         for (uint32_t b = 0; b < nb; b++)
             probe_keep(buf + (size_t)b * cap, &ps[b], d16 + 16 * b, c0, cnt, np, cap);
     }
