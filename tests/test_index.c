@@ -649,6 +649,41 @@ TEST(index_probe_picks_nearest_lists_in_query_blocks) {
     free(q);
 }
 
+/* Cosine with PCA: the codes live in the projected, centred space, but the exact
+ * distances of the rerank are between the unit vectors themselves. */
+TEST(index_cosine_pca_reranks_unit_vectors) {
+    const uint32_t d = 48, k = 10;
+    const size_t n = 1500, nq = 12;
+    float *x = make_data(n, d, 8, 95), *q = make_data(nq, d, 8, 96);
+    REQUIRE(x && q);
+    for (size_t i = 0; i < n * d; i++) x[i] += 2.0f; /* a mean far from 0 */
+    for (size_t i = 0; i < nq * d; i++) q[i] += 2.0f;
+    int64_t gt[12 * 10], ids[12 * 10];
+    float dist[12 * 10];
+    brute_force(KVQ_METRIC_COSINE, x, n, q, nq, d, k, gt);
+    kvq_index_config cfg;
+    kvq_index_config_init(&cfg, d);
+    cfg.metric = KVQ_METRIC_COSINE;
+    cfg.pca_dim = 24;
+    cfg.nlist = 4;
+    kvq_index *ix = build(&cfg, x, n);
+    REQUIRE(ix);
+    kvq_index_search_params p;
+    kvq_index_search_params_init(&p);
+    p.nprobe = 4;
+    p.eps0 = INFINITY; /* every vector measured exactly */
+    REQUIRE_OK(kvq_index_search(ix, q, nq, k, &p, ids, dist));
+    for (size_t i = 0; i < nq; i++)
+        for (uint32_t a = 0; a < k; a++) {
+            double want = dist_of(KVQ_METRIC_COSINE, x + (size_t)gt[i * k + a] * d, q + i * d, d);
+            CHECKF(fabs(dist[i * k + a] - want) < 1e-4, "query %zu rank %u: distance %g, exact %g", i,
+                   a, dist[i * k + a], want);
+        }
+    kvq_index_free(ix);
+    free(x);
+    free(q);
+}
+
 TEST(index_incremental_add_and_ids) {
     const uint32_t d = 40, k = 5;
     const size_t n = 600, nq = 8;

@@ -141,13 +141,17 @@ KVQ_API void kvq_index_free(kvq_index *ix) {
     free(ix);
 }
 
+void kvqi_index_unit(const kvq_index *ix, const float *x, float *out) {
+    float n2 = ix->kern->dot(x, x, ix->dim);
+    float inv = n2 > 0.0f ? 1.0f / sqrtf(n2) : 0.0f;
+    for (uint32_t i = 0; i < ix->dim; i++) out[i] = x[i] * inv;
+}
+
 void kvqi_index_to_space(const kvq_index *ix, const float *x, int center, float *tmp,
                          float *out) {
     const float *src = x;
     if (ix->cfg.metric == KVQ_METRIC_COSINE) {
-        float n2 = ix->kern->dot(x, x, ix->dim);
-        float inv = n2 > 0.0f ? 1.0f / sqrtf(n2) : 0.0f;
-        for (uint32_t i = 0; i < ix->dim; i++) tmp[i] = x[i] * inv;
+        kvqi_index_unit(ix, x, tmp);
         src = tmp;
     }
     if (!ix->pca_proj) {

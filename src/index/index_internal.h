@@ -90,9 +90,12 @@ kvq_status kvqi_index_alloc_trained(kvq_index *ix);
 /* Rotated centroids and their coordinate sums, from the centroids. */
 void kvqi_index_finish_centroids(kvq_index *ix);
 /* Input vector -> coded space (normalize for cosine, PCA). out[d]; tmp[dim]. For ip,
- * PCA projects without centering (the caller adds <mean, q>). */
+ * PCA projects without centering (the caller adds <mean, q>). Cosine leaves the unit
+ * vector in tmp, except with PCA and center (then tmp holds it minus the mean). */
 void kvqi_index_to_space(const kvq_index *ix, const float *x, int center, float *tmp,
                          float *out);
+/* out[dim] = x / ||x|| (cosine; x = 0 gives 0). */
+void kvqi_index_unit(const kvq_index *ix, const float *x, float *out);
 /* y[d_pad] = rotation(x[d]), zero padded. */
 void kvqi_index_rotate(const kvq_index *ix, const float *x, float *y);
 

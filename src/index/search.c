@@ -767,7 +767,10 @@ static void search_block(void *vctx, size_t bi, unsigned thread) {
     const int l2 = kvqi_coded_l2(ix);
     for (uint32_t b = 0; b < nb; b++) {
         select_query(ix, &s, b);
-        kvqi_index_to_space(ix, ctx->queries + (q0 + b) * ix->dim, l2, s.tmp, s.zq);
+        const float *qb = ctx->queries + (q0 + b) * ix->dim;
+        kvqi_index_to_space(ix, qb, l2, s.tmp, s.zq);
+        /* the rerank's query is the unit vector, which centring for PCA overwrote */
+        if (ix->cfg.metric == KVQ_METRIC_COSINE && ix->pca_proj && l2) kvqi_index_unit(ix, qb, s.tmp);
     }
     const uint32_t np = ctx->nprobe < ix->nlist ? ctx->nprobe : ix->nlist;
     probe_sel ps[QBLOCK];
@@ -864,6 +867,7 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
     const int l2 = kvqi_coded_l2(ix);
     const float alpha = l2 ? 2.0f : 1.0f;
     kvqi_index_to_space(ix, q, l2, s.tmp, s.zq);
+    if (ix->cfg.metric == KVQ_METRIC_COSINE && ix->pca_proj && l2) kvqi_index_unit(ix, q, s.tmp);
     const float *qx = ix->cfg.metric == KVQ_METRIC_COSINE ? s.tmp : q;
     query_consts qc = {0.0f, 0.0f, 0.0f};
     if (!l2 && ix->pca_mean) qc.const_ip = ix->kern->dot(ix->pca_mean, qx, ix->dim);
@@ -958,6 +962,7 @@ KVQ_API kvq_status kvq_index_range_search(const kvq_index *ix, const float *quer
     const float alpha = l2 ? 2.0f : 1.0f;
     const int full = !isfinite(p.eps0), q4 = ix->cfg.query_bits == 4;
     kvqi_index_to_space(ix, query, l2, s.tmp, s.zq);
+    if (ix->cfg.metric == KVQ_METRIC_COSINE && ix->pca_proj && l2) kvqi_index_unit(ix, query, s.tmp);
     const float *qx = ix->cfg.metric == KVQ_METRIC_COSINE ? s.tmp : query;
     query_consts qc = {0.0f, 0.0f, 0.0f};
     if (!l2 && ix->pca_mean) qc.const_ip = ix->kern->dot(ix->pca_mean, qx, ix->dim);
