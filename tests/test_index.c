@@ -587,6 +587,15 @@ TEST(index_probe_picks_nearest_lists_in_query_blocks) {
             p.nprobe = nps[t];
             p.eps0 = INFINITY;
             REQUIRE_OK(kvq_index_search(ix, q, nq, k, &p, ids, dist));
+            { /* three threads: 19 queries go out in smaller blocks, same answers */
+                int64_t ids3[19 * 10];
+                float dist3[19 * 10];
+                p.n_threads = 3;
+                REQUIRE_OK(kvq_index_search(ix, q, nq, k, &p, ids3, dist3));
+                p.n_threads = 0;
+                CHECKF(memcmp(ids3, ids, sizeof ids3) == 0 && memcmp(dist3, dist, sizeof dist3) == 0,
+                       "metric %d nprobe %u: three threads differ", mi, nps[t]);
+            }
             for (size_t i = 0; i < nq; i++) {
                 REQUIRE_OK(kvq_index_search(ix, q + i * d, 1, k, &p, one, dist1));
                 CHECKF(memcmp(one, ids + i * k, k * 8) == 0 && memcmp(dist1, dist + i * k, k * 4) == 0,

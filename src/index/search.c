@@ -210,7 +210,8 @@ typedef struct search_ctx {
     float *out_dists;
     unsigned char *scratch;
     size_t slot_bytes, cand_cap, n_queries;
-    uint32_t pcap; /* probe buffer per query (probe_cap) */
+    uint32_t pcap;   /* probe buffer per query (probe_cap) */
+    uint32_t qblock; /* queries per task, at most QBLOCK */
 } search_ctx;
 
 /* Per-thread scratch, carved from one slot. */
@@ -762,8 +763,8 @@ static void search_block(void *vctx, size_t bi, unsigned thread) {
     scratch s;
     carve(ix, ctx->k, ctx->cand_cap, ctx->pcap, ctx->scratch + (size_t)thread * ctx->slot_bytes, &s);
     for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
-    const size_t q0 = bi * QBLOCK;
-    const uint32_t nb = ctx->n_queries - q0 < QBLOCK ? (uint32_t)(ctx->n_queries - q0) : QBLOCK;
+    const size_t q0 = bi * ctx->qblock;
+    const uint32_t nb = ctx->n_queries - q0 < ctx->qblock ? (uint32_t)(ctx->n_queries - q0) : ctx->qblock;
     const int l2 = kvqi_coded_l2(ix);
     for (uint32_t b = 0; b < nb; b++) {
         select_query(ix, &s, b);
@@ -813,7 +814,7 @@ KVQ_API kvq_status kvq_index_search_filtered(const kvq_index *ix, const float *q
 
     if (filter && !filter->id_bitset && !filter->allow) filter = NULL;
     search_ctx ctx = {filter, ix, queries, k, p.nprobe < ix->nlist ? p.nprobe : ix->nlist, p.rerank,
-                      p.eps0, out_ids, out_dists, NULL, 0, 0, n_queries, 0};
+                      p.eps0, out_ids, out_dists, NULL, 0, 0, n_queries, 0, QBLOCK};
     ctx.pcap = probe_cap(ix, ctx.nprobe);
     /* room for every vector of the nprobe largest lists */
     {
@@ -847,7 +848,10 @@ KVQ_API kvq_status kvq_index_search_filtered(const kvq_index *ix, const float *q
         kvq_threadpool_free(own);
         return KVQ_ERR_NOMEM;
     }
-    kvqi_parallel_for(pool, (n_queries + QBLOCK - 1) / QBLOCK, search_block, &ctx);
+    /* a few queries on several threads: smaller blocks, so that every thread gets some */
+    if (n_queries < (size_t)QBLOCK * slots)
+        ctx.qblock = (uint32_t)((n_queries + slots - 1) / slots);
+    kvqi_parallel_for(pool, (n_queries + ctx.qblock - 1) / ctx.qblock, search_block, &ctx);
     kvqi_free(ctx.scratch);
     kvq_threadpool_free(own);
     return KVQ_OK;
