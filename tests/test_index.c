@@ -443,6 +443,22 @@ TEST(index_simd_matches_scalar) {
                 CHECKF(memcmp(o1, o2, sizeof o1) == 0, "%s probe16 ip=%d d=%u", name, ip, dd);
             }
         }
+        /* several queries at once: each exactly as probe16 alone */
+        for (int ip = 0; ip < 2; ip++) {
+            static float ct[103 * 16], qs[8 * 112], om[8 * 16], o1[16];
+            for (int i = 0; i < 103 * 16; i++) ct[i] = (float)kvqi_rng_normal(&r);
+            for (int i = 0; i < 8 * 112; i++) qs[i] = (float)kvqi_rng_normal(&r);
+            for (uint32_t nq = 1; nq <= 8; nq++)
+                for (uint32_t dd = 98; dd <= 103; dd++) {
+                    memset(om, 0xff, sizeof om);
+                    k->probe16_multi(ct, qs, 112, nq, dd, ip, om);
+                    for (uint32_t b = 0; b < nq; b++) {
+                        kvqi_probe16_scalar(ct, qs + 112 * b, dd, ip, o1);
+                        CHECKF(memcmp(o1, om + 16 * b, sizeof o1) == 0,
+                               "%s probe16_multi ip=%d nq=%u d=%u query %u", name, ip, nq, dd, b);
+                    }
+                }
+        }
         /* block estimates and the keep mask */
         for (int t = 0; t < 20; t++) {
             uint32_t S[32];
@@ -538,6 +554,140 @@ TEST(index_threads_match_single) {
     CHECK(memcmp(i1, i3, nq * k * 8) == 0 && memcmp(d1, d3, nq * k * 4) == 0);
     kvq_threadpool_free(pool);
     free(i1), free(i2), free(i3), free(d1), free(d2), free(d3);
+    kvq_index_free(ix);
+    free(x);
+    free(q);
+}
+
+/* The probe picks the np nearest lists by the probe measure (ties by list number), for
+ * any np, and a query's answer does not depend on the other queries of the call (they
+ * are probed in blocks): with every probed vector reranked, the answer is the exact top
+ * k of the lists a reference probe picks. */
+TEST(index_probe_picks_nearest_lists_in_query_blocks) {
+    const uint32_t d = 40, k = 10, nlist = 100; /* nlist not a multiple of 16 */
+    const size_t n = 3000, nq = 19;             /* nq not a multiple of the block */
+    float *x = make_data(n, d, 24, 91), *q = make_data(nq, d, 24, 92);
+    REQUIRE(x && q);
+    int64_t *ids = malloc(nq * k * 8), *one = malloc(k * 8);
+    float *dist = malloc(nq * k * 4), *dist1 = malloc(k * 4);
+    uint8_t *allowed = malloc(n);
+    REQUIRE(ids && one && dist && dist1 && allowed);
+    for (int mi = 0; mi < 2; mi++) {
+        kvq_metric m = mi ? KVQ_METRIC_IP : KVQ_METRIC_L2;
+        kvq_index_config cfg;
+        kvq_index_config_init(&cfg, d);
+        cfg.metric = m;
+        cfg.nlist = nlist;
+        kvq_index *ix = build(&cfg, x, n);
+        REQUIRE(ix);
+        const uint32_t nps[] = {1, 3, 17, 40, 99, 100};
+        for (size_t t = 0; t < sizeof nps / sizeof nps[0]; t++) {
+            kvq_index_search_params p;
+            kvq_index_search_params_init(&p);
+            p.nprobe = nps[t];
+            p.eps0 = INFINITY;
+            REQUIRE_OK(kvq_index_search(ix, q, nq, k, &p, ids, dist));
+            { /* three threads: 19 queries go out in smaller blocks, same answers */
+                int64_t ids3[19 * 10];
+                float dist3[19 * 10];
+                p.n_threads = 3;
+                REQUIRE_OK(kvq_index_search(ix, q, nq, k, &p, ids3, dist3));
+                p.n_threads = 0;
+                CHECKF(memcmp(ids3, ids, sizeof ids3) == 0 && memcmp(dist3, dist, sizeof dist3) == 0,
+                       "metric %d nprobe %u: three threads differ", mi, nps[t]);
+            }
+            for (size_t i = 0; i < nq; i++) {
+                REQUIRE_OK(kvq_index_search(ix, q + i * d, 1, k, &p, one, dist1));
+                CHECKF(memcmp(one, ids + i * k, k * 8) == 0 && memcmp(dist1, dist + i * k, k * 4) == 0,
+                       "metric %d nprobe %u query %zu: alone differs from in a block", mi, nps[t], i);
+                /* reference probe: every centroid's rank measure (l2: ||c||^2 - 2 <q, c>;
+                 * ip: -<q, c>), sorted by (measure, list) */
+                float dc[112];
+                uint32_t order[112];
+                for (uint32_t c0 = 0; c0 < nlist; c0 += 16) {
+                    float o[16];
+                    kvqi_probe16_scalar(ix->centroids_t + (size_t)(c0 / 16) * d * 16, q + i * d, d, 1, o);
+                    for (uint32_t c = c0; c < c0 + 16 && c < nlist; c++) {
+                        float n2 = 0.0f;
+                        for (uint32_t j = 0; j < d; j++)
+                            n2 += ix->centroids[(size_t)c * d + j] * ix->centroids[(size_t)c * d + j];
+                        dc[c] = m == KVQ_METRIC_L2 ? n2 + 2.0f * o[c - c0] : o[c - c0];
+                    }
+                }
+                for (uint32_t c = 0; c < nlist; c++) {
+                    uint32_t j = c;
+                    for (; j > 0 && dc[order[j - 1]] > dc[c]; j--) order[j] = order[j - 1];
+                    order[j] = c;
+                }
+                memset(allowed, 0, n);
+                for (uint32_t r = 0; r < nps[t]; r++) {
+                    const kvqi_ivf_list *L = &ix->lists[order[r]];
+                    for (uint32_t pos = 0; pos < L->n; pos++) allowed[ix->ids[L->rows[pos]]] = 1;
+                }
+                /* exact top k of those lists, in double */
+                double best[10];
+                uint32_t have = 0;
+                for (size_t j = 0; j < n; j++) {
+                    if (!allowed[j]) continue;
+                    double v = dist_of(m, x + j * d, q + i * d, d);
+                    if (have == k && v >= best[k - 1]) continue;
+                    uint32_t pp = have < k ? have++ : k - 1;
+                    while (pp > 0 && best[pp - 1] > v) best[pp] = best[pp - 1], pp--;
+                    best[pp] = v;
+                }
+                for (uint32_t a = 0; a < k; a++) {
+                    int64_t id = ids[i * k + a];
+                    if (a >= have) { /* the probed lists hold fewer than k */
+                        CHECKF(id == -1, "metric %d nprobe %u query %zu: rank %u beyond the lists",
+                               mi, nps[t], i, a);
+                        continue;
+                    }
+                    CHECKF(id >= 0 && id < (int64_t)n && allowed[id],
+                           "metric %d nprobe %u query %zu: result %lld from a list not probed", mi,
+                           nps[t], i, (long long)id);
+                    CHECKF(fabs(dist[i * k + a] - best[a]) <= 1e-4 * (1.0 + fabs(best[a])),
+                           "metric %d nprobe %u query %zu rank %u: %g, exact %g", mi, nps[t], i, a,
+                           dist[i * k + a], best[a]);
+                }
+            }
+        }
+        kvq_index_free(ix);
+    }
+    free(ids), free(one), free(dist), free(dist1), free(allowed);
+    free(x);
+    free(q);
+}
+
+/* Cosine with PCA: the codes live in the projected, centred space, but the exact
+ * distances of the rerank are between the unit vectors themselves. */
+TEST(index_cosine_pca_reranks_unit_vectors) {
+    const uint32_t d = 48, k = 10;
+    const size_t n = 1500, nq = 12;
+    float *x = make_data(n, d, 8, 95), *q = make_data(nq, d, 8, 96);
+    REQUIRE(x && q);
+    for (size_t i = 0; i < n * d; i++) x[i] += 2.0f; /* a mean far from 0 */
+    for (size_t i = 0; i < nq * d; i++) q[i] += 2.0f;
+    int64_t gt[12 * 10], ids[12 * 10];
+    float dist[12 * 10];
+    brute_force(KVQ_METRIC_COSINE, x, n, q, nq, d, k, gt);
+    kvq_index_config cfg;
+    kvq_index_config_init(&cfg, d);
+    cfg.metric = KVQ_METRIC_COSINE;
+    cfg.pca_dim = 24;
+    cfg.nlist = 4;
+    kvq_index *ix = build(&cfg, x, n);
+    REQUIRE(ix);
+    kvq_index_search_params p;
+    kvq_index_search_params_init(&p);
+    p.nprobe = 4;
+    p.eps0 = INFINITY; /* every vector measured exactly */
+    REQUIRE_OK(kvq_index_search(ix, q, nq, k, &p, ids, dist));
+    for (size_t i = 0; i < nq; i++)
+        for (uint32_t a = 0; a < k; a++) {
+            double want = dist_of(KVQ_METRIC_COSINE, x + (size_t)gt[i * k + a] * d, q + i * d, d);
+            CHECKF(fabs(dist[i * k + a] - want) < 1e-4, "query %zu rank %u: distance %g, exact %g", i,
+                   a, dist[i * k + a], want);
+        }
     kvq_index_free(ix);
     free(x);
     free(q);

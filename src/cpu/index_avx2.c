@@ -300,7 +300,13 @@ static float dot_avx2(const float *a, const float *b, size_t n) {
     return kvqi_base_kernels_for(KVQ_ISA_AVX2)->dot(a, b, n);
 }
 
+static void probe16_multi_avx2(const float *ct, const float *q, size_t q_stride, uint32_t nq,
+                               uint32_t d, int ip, float *out) {
+    for (uint32_t b = 0; b < nq; b++) probe16_avx2(ct, q + b * q_stride, d, ip, out + 16 * b);
+}
+
 const kvqi_index_kernels kvqi_index_avx2 = {
     KVQ_ISA_AVX2,  fastscan_avx2, build_lut4_avx2, estimate_block_avx2, probe16_avx2, dot_u8_avx2,
     dot_packed_avx2, l2sq_avx2,     l2sq_f16_avx2, dot_avx2,        dot_f16_avx2,
+    probe16_multi_avx2,
 };

@@ -6,19 +6,24 @@
 #include "cpu/cpu.h"
 #include "cpu/index_kernels.h"
 
-/* Sum the four 128-bit lanes of 8 u16 counters each into 8 u32 and add to out. */
-static inline void fold_lanes(__m512i acc, uint32_t *out) {
+/* Sum the four 128-bit lanes of 8 u16 counters each into 8 u32. */
+static inline __m256i fold_lanes(__m512i acc) {
     __m512i w = _mm512_add_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(acc)),
                                  _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(acc, 1)));
-    __m256i s = _mm256_add_epi32(_mm512_castsi512_si256(w), _mm512_extracti64x4_epi64(w, 1));
-    __m256i o = _mm256_loadu_si256((const __m256i *)out);
-    _mm256_storeu_si256((__m256i *)out, _mm256_add_epi32(o, s));
+    return _mm256_add_epi32(_mm512_castsi512_si256(w), _mm512_extracti64x4_epi64(w, 1));
+}
+
+static inline __m512i join256(__m256i lo, __m256i hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
 static void fastscan_avx512(const uint8_t *block, const uint8_t *lut, uint32_t n_groups,
                             uint32_t out[KVQI_FS_BLOCK]) {
     const __m512i low4 = _mm512_set1_epi8(0x0f);
-    for (unsigned v = 0; v < KVQI_FS_BLOCK; v++) out[v] = 0;
+    /* the sums stay in registers and leave in two 64-byte stores: the block estimate
+     * reloads them at once, and a load spanning several narrower stores is not
+     * forwarded (it waited for them to reach the cache) */
+    __m512i tot_lo = _mm512_setzero_si512(), tot_hi = _mm512_setzero_si512();
     /* 16-bit counters: a chunk of 1024 groups puts at most 256 * 60 in each (and the
      * even sums, recovered as all - 256 * odd, are exact modulo 2^16). */
     for (uint32_t g0 = 0; g0 < n_groups; g0 += 1024) {
@@ -37,11 +42,11 @@ static void fastscan_avx512(const uint8_t *block, const uint8_t *lut, uint32_t n
         }
         __m512i lo_even = _mm512_sub_epi16(lo_all, _mm512_slli_epi16(lo_odd, 8));
         __m512i hi_even = _mm512_sub_epi16(hi_all, _mm512_slli_epi16(hi_odd, 8));
-        fold_lanes(lo_even, out);
-        fold_lanes(lo_odd, out + 8);
-        fold_lanes(hi_even, out + 16);
-        fold_lanes(hi_odd, out + 24);
+        tot_lo = _mm512_add_epi32(tot_lo, join256(fold_lanes(lo_even), fold_lanes(lo_odd)));
+        tot_hi = _mm512_add_epi32(tot_hi, join256(fold_lanes(hi_even), fold_lanes(hi_odd)));
     }
+    _mm512_storeu_si512((void *)out, tot_lo);
+    _mm512_storeu_si512((void *)(out + 16), tot_hi);
 }
 
 static inline __m512i lane_ctrl(int t) { /* lane L: every byte = 4L + t */
@@ -142,6 +147,66 @@ static void probe16_avx512(const float *ct, const float *q, uint32_t d, int ip, 
     __m512 sum = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
     if (ip) sum = _mm512_sub_ps(_mm512_setzero_ps(), sum);
     _mm512_storeu_ps(out, sum);
+}
+
+static inline __m512 probe_term_x(__m512 x, const float *q, uint32_t j, int ip) {
+    __m512 qj = _mm512_set1_ps(q[j]);
+    if (ip) return _mm512_mul_ps(x, qj);
+    __m512 t = _mm512_sub_ps(x, qj);
+    return _mm512_mul_ps(t, t);
+}
+
+/* Four queries at once, each with probe16's four partial sums: every coordinate row of
+ * the 16 centroids is loaded once for the four. */
+static void probe16_x4_avx512(const float *ct, const float *q, size_t qs, uint32_t d, int ip,
+                              float *out) {
+    const float *q0 = q, *q1 = q + qs, *q2 = q + 2 * qs, *q3 = q + 3 * qs;
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+    __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+    __m512 a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+#define STEP(p, j, x)                                    \
+    do {                                                 \
+        a0##p = _mm512_add_ps(a0##p, probe_term_x(x, q0, j, ip)); \
+        a1##p = _mm512_add_ps(a1##p, probe_term_x(x, q1, j, ip)); \
+        a2##p = _mm512_add_ps(a2##p, probe_term_x(x, q2, j, ip)); \
+        a3##p = _mm512_add_ps(a3##p, probe_term_x(x, q3, j, ip)); \
+    } while (0)
+    uint32_t j = 0;
+    for (; j + 4 <= d; j += 4) {
+        __m512 x0 = _mm512_loadu_ps(ct + (size_t)j * 16), x1 = _mm512_loadu_ps(ct + (size_t)(j + 1) * 16);
+        __m512 x2 = _mm512_loadu_ps(ct + (size_t)(j + 2) * 16), x3 = _mm512_loadu_ps(ct + (size_t)(j + 3) * 16);
+        STEP(0, j, x0);
+        STEP(1, j + 1, x1);
+        STEP(2, j + 2, x2);
+        STEP(3, j + 3, x3);
+    }
+    if (j < d) STEP(0, j, _mm512_loadu_ps(ct + (size_t)j * 16));
+    if (j + 1 < d) STEP(1, j + 1, _mm512_loadu_ps(ct + (size_t)(j + 1) * 16));
+    if (j + 2 < d) STEP(2, j + 2, _mm512_loadu_ps(ct + (size_t)(j + 2) * 16));
+#undef STEP
+    __m512 s0 = _mm512_add_ps(_mm512_add_ps(a00, a01), _mm512_add_ps(a02, a03));
+    __m512 s1 = _mm512_add_ps(_mm512_add_ps(a10, a11), _mm512_add_ps(a12, a13));
+    __m512 s2 = _mm512_add_ps(_mm512_add_ps(a20, a21), _mm512_add_ps(a22, a23));
+    __m512 s3 = _mm512_add_ps(_mm512_add_ps(a30, a31), _mm512_add_ps(a32, a33));
+    if (ip) {
+        const __m512 z = _mm512_setzero_ps();
+        s0 = _mm512_sub_ps(z, s0);
+        s1 = _mm512_sub_ps(z, s1);
+        s2 = _mm512_sub_ps(z, s2);
+        s3 = _mm512_sub_ps(z, s3);
+    }
+    _mm512_storeu_ps(out, s0);
+    _mm512_storeu_ps(out + 16, s1);
+    _mm512_storeu_ps(out + 32, s2);
+    _mm512_storeu_ps(out + 48, s3);
+}
+
+static void probe16_multi_avx512(const float *ct, const float *q, size_t q_stride, uint32_t nq,
+                                 uint32_t d, int ip, float *out) {
+    uint32_t b = 0;
+    for (; b + 4 <= nq; b += 4) probe16_x4_avx512(ct, q + b * q_stride, q_stride, d, ip, out + 16 * b);
+    for (; b < nq; b++) probe16_avx512(ct, q + b * q_stride, d, ip, out + 16 * b);
 }
 
 static inline float hsum16(__m512 acc) {
@@ -245,5 +310,5 @@ static float dot_avx512(const float *a, const float *b, size_t n) {
 const kvqi_index_kernels kvqi_index_avx512 = {
     KVQ_ISA_AVX512,        fastscan_avx512, build_lut4_avx512, estimate_block_avx512,
     probe16_avx512,        dot_u8_avx512,         dot_packed_avx512, l2sq_avx512,     l2sq_f16_avx512,   dot_avx512,
-    dot_f16_avx512,
+    dot_f16_avx512,        probe16_multi_avx512,
 };

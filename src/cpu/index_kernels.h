@@ -70,6 +70,10 @@ typedef struct kvqi_index_kernels {
     /* sum_i a[i] * b[i], canonical order. */
     float (*dot)(const float *a, const float *b, size_t n);
     float (*dot_f16)(const uint16_t *a, const float *b, size_t n);
+    /* probe16 for nq <= 8 queries q + b * q_stride at once: out[b * 16 + c] equals
+     * probe16(ct, q + b * q_stride, d, ip)[c] bit for bit (the centroids are read once). */
+    void (*probe16_multi)(const float *ct, const float *q, size_t q_stride, uint32_t nq, uint32_t d,
+                          int ip, float *out);
 } kvqi_index_kernels;
 
 const kvqi_index_kernels *kvqi_index_kernels_for(kvq_isa resolved);
@@ -83,6 +87,8 @@ uint32_t kvqi_estimate_block_scalar(const uint32_t *S, const float *f_add, const
                                     const float *f_err, const float *f_pop,
                                     const kvqi_block_consts *c, float *dist, float *err);
 void kvqi_probe16_scalar(const float *ct, const float *q, uint32_t d, int ip, float out[16]);
+void kvqi_probe16_multi_scalar(const float *ct, const float *q, size_t q_stride, uint32_t nq,
+                               uint32_t d, int ip, float *out);
 float kvqi_dot_u8_scalar(const uint8_t *code, const float *q, size_t n);
 float kvqi_dot_packed_scalar(const uint8_t *code, unsigned bits, const float *q, size_t n);
 

@@ -232,12 +232,18 @@ static float dot_neon(const float *a, const float *b, size_t n) {
     return kvqi_base_kernels_for(KVQ_ISA_NEON)->dot(a, b, n);
 }
 
+static void probe16_multi_neon(const float *ct, const float *q, size_t q_stride, uint32_t nq,
+                               uint32_t d, int ip, float *out) {
+    for (uint32_t b = 0; b < nq; b++) probe16_neon(ct, q + b * q_stride, d, ip, out + 16 * b);
+}
+
 const kvqi_index_kernels kvqi_index_neon = {
     .isa = KVQ_ISA_NEON,
     .fastscan = fastscan_neon,
     .build_lut4 = build_lut4_neon,
     .estimate_block = estimate_block_neon,
     .probe16 = probe16_neon,
+    .probe16_multi = probe16_multi_neon,
     .dot_u8 = dot_u8_neon,
     .dot_packed = kvqi_dot_packed_scalar, /* the reference: no NEON variant yet */
     .l2sq = l2sq_neon,

@@ -85,6 +85,11 @@ void kvqi_probe16_scalar(const float *ct, const float *q, uint32_t d, int ip, fl
     }
 }
 
+void kvqi_probe16_multi_scalar(const float *ct, const float *q, size_t q_stride, uint32_t nq,
+                               uint32_t d, int ip, float *out) {
+    for (uint32_t b = 0; b < nq; b++) kvqi_probe16_scalar(ct, q + b * q_stride, d, ip, out + 16 * b);
+}
+
 /* The canonical reduction: lane j takes elements j, j+16, ...; then a pairwise fold. */
 #define CANONICAL_SUM(n, TERM)                                                  \
     do {                                                                        \
@@ -140,6 +145,7 @@ static const kvqi_index_kernels k_scalar = {
     kvqi_estimate_block_scalar, kvqi_probe16_scalar, kvqi_dot_u8_scalar, kvqi_dot_packed_scalar,
     kvqi_l2sq_scalar,
     kvqi_l2sq_f16_scalar,   kvqi_dot_scalar,      kvqi_dot_f16_scalar,
+    kvqi_probe16_multi_scalar,
 };
 
 #if defined(KVQ_HAVE_X86_SIMD)

@@ -46,11 +46,15 @@ size_t kvqi_list_bytes(const kvq_index *ix, const kvqi_ivf_list *l) {
     return b;
 }
 
-static kvq_status grow(void **p, size_t count, size_t size) {
+/* Grow an array from old_count to count items, on a 64-byte boundary (realloc gave 16:
+ * a 64-byte code row or factor load then straddled two cache lines). */
+static kvq_status grow(void **p, size_t old_count, size_t count, size_t size) {
     size_t bytes;
     if (kvqi_mul_size(count, size, &bytes) != KVQ_OK) return KVQ_ERR_OVERFLOW;
-    void *q = realloc(*p, bytes ? bytes : 1);
+    void *q = kvqi_alloc_array(count ? count : 1, size ? size : 1);
     if (!q) return KVQ_ERR_NOMEM;
+    if (*p && old_count) memcpy(q, *p, (old_count < count ? old_count : count) * size);
+    kvqi_free(*p);
     *p = q;
     return KVQ_OK;
 }
@@ -64,13 +68,13 @@ kvq_status kvqi_list_reserve(kvq_index *ix, kvqi_ivf_list *l, uint32_t need) {
     size_t block_bytes = (size_t)ix->n_groups * 16;
     size_t old_blocks = l->cap / KVQI_FS_BLOCK, new_blocks = (size_t)cap / KVQI_FS_BLOCK;
     kvq_status st;
-    if ((st = grow((void **)&l->codes, new_blocks, block_bytes)) != KVQ_OK) return st;
+    if ((st = grow((void **)&l->codes, old_blocks, new_blocks, block_bytes)) != KVQ_OK) return st;
     memset(l->codes + old_blocks * block_bytes, 0, (new_blocks - old_blocks) * block_bytes);
-    if ((st = grow((void **)&l->f_add, cap, sizeof(float))) != KVQ_OK ||
-        (st = grow((void **)&l->f_rescale, cap, sizeof(float))) != KVQ_OK ||
-        (st = grow((void **)&l->f_err, cap, sizeof(float))) != KVQ_OK ||
-        (st = grow((void **)&l->f_pop, cap, sizeof(float))) != KVQ_OK ||
-        (st = grow((void **)&l->rows, cap, sizeof(uint32_t))) != KVQ_OK)
+    if ((st = grow((void **)&l->f_add, l->cap, cap, sizeof(float))) != KVQ_OK ||
+        (st = grow((void **)&l->f_rescale, l->cap, cap, sizeof(float))) != KVQ_OK ||
+        (st = grow((void **)&l->f_err, l->cap, cap, sizeof(float))) != KVQ_OK ||
+        (st = grow((void **)&l->f_pop, l->cap, cap, sizeof(float))) != KVQ_OK ||
+        (st = grow((void **)&l->rows, l->cap, cap, sizeof(uint32_t))) != KVQ_OK)
         return st;
     /* block kernels read whole blocks: the slots past n hold zeros, not garbage */
     size_t fresh = (size_t)(cap - l->cap) * sizeof(float);
@@ -79,9 +83,9 @@ kvq_status kvqi_list_reserve(kvq_index *ix, kvqi_ivf_list *l, uint32_t need) {
     memset(l->f_err + l->cap, 0, fresh);
     memset(l->f_pop + l->cap, 0, fresh);
     if (ix->cfg.bits > 1) {
-        if ((st = grow((void **)&l->ex_codes, cap, ix->ex_row)) != KVQ_OK ||
-            (st = grow((void **)&l->ex_rescale, cap, sizeof(float))) != KVQ_OK ||
-            (st = grow((void **)&l->ex_err, cap, sizeof(float))) != KVQ_OK)
+        if ((st = grow((void **)&l->ex_codes, l->cap, cap, ix->ex_row)) != KVQ_OK ||
+            (st = grow((void **)&l->ex_rescale, l->cap, cap, sizeof(float))) != KVQ_OK ||
+            (st = grow((void **)&l->ex_err, l->cap, cap, sizeof(float))) != KVQ_OK)
             return st;
     }
     l->cap = (uint32_t)cap;

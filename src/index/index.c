@@ -108,9 +108,11 @@ kvq_status kvqi_index_alloc_trained(kvq_index *ix) {
     ix->centroids = kvqi_calloc_array((size_t)ix->nlist * ix->d, sizeof(float));
     ix->centroids_rot = kvqi_calloc_array((size_t)ix->nlist * ix->d_pad, sizeof(float));
     ix->centroids_rot_sum = kvqi_calloc_array(ix->nlist, sizeof(float));
+    ix->centroids_n2 = kvqi_calloc_array(ix->nlist, sizeof(float));
     ix->centroids_t = kvqi_calloc_array((size_t)(ix->nlist + 15) / 16 * 16, (size_t)ix->d * sizeof(float));
     ix->lists = calloc(ix->nlist, sizeof *ix->lists);
-    if (!ix->centroids || !ix->centroids_rot || !ix->centroids_rot_sum || !ix->centroids_t ||
+    if (!ix->centroids || !ix->centroids_rot || !ix->centroids_rot_sum || !ix->centroids_n2 ||
+        !ix->centroids_t ||
         !ix->lists)
         return KVQ_ERR_NOMEM;
     return KVQ_OK;
@@ -125,6 +127,7 @@ KVQ_API void kvq_index_free(kvq_index *ix) {
     kvqi_free(ix->centroids);
     kvqi_free(ix->centroids_rot);
     kvqi_free(ix->centroids_rot_sum);
+    kvqi_free(ix->centroids_n2);
     kvqi_free(ix->centroids_t);
     if (ix->lists && !ix->mapped)
         for (uint32_t i = 0; i < ix->nlist; i++) kvqi_list_free(&ix->lists[i]);
@@ -138,13 +141,17 @@ KVQ_API void kvq_index_free(kvq_index *ix) {
     free(ix);
 }
 
+void kvqi_index_unit(const kvq_index *ix, const float *x, float *out) {
+    float n2 = ix->kern->dot(x, x, ix->dim);
+    float inv = n2 > 0.0f ? 1.0f / sqrtf(n2) : 0.0f;
+    for (uint32_t i = 0; i < ix->dim; i++) out[i] = x[i] * inv;
+}
+
 void kvqi_index_to_space(const kvq_index *ix, const float *x, int center, float *tmp,
                          float *out) {
     const float *src = x;
     if (ix->cfg.metric == KVQ_METRIC_COSINE) {
-        float n2 = ix->kern->dot(x, x, ix->dim);
-        float inv = n2 > 0.0f ? 1.0f / sqrtf(n2) : 0.0f;
-        for (uint32_t i = 0; i < ix->dim; i++) tmp[i] = x[i] * inv;
+        kvqi_index_unit(ix, x, tmp);
         src = tmp;
     }
     if (!ix->pca_proj) {
@@ -169,6 +176,9 @@ void kvqi_index_finish_centroids(kvq_index *ix) {
         for (int w = KVQI_DOT_LANES / 2; w >= 1; w >>= 1)
             for (int j = 0; j < w; j++) acc[j] += acc[j + w];
         ix->centroids_rot_sum[c] = acc[0];
+        float n2 = 0.0f; /* in order: the same on every ISA */
+        for (uint32_t j = 0; j < ix->d; j++) n2 += ix->centroids[(size_t)c * ix->d + j] * ix->centroids[(size_t)c * ix->d + j];
+        ix->centroids_n2[c] = n2;
         float *blk = ix->centroids_t + (size_t)(c / 16) * ix->d * 16;
         for (uint32_t j = 0; j < ix->d; j++) blk[(size_t)j * 16 + c % 16] = ix->centroids[(size_t)c * ix->d + j];
     }
@@ -232,7 +242,7 @@ KVQ_API kvq_status kvq_index_size_bytes(const kvq_index *ix, uint64_t *bytes) {
     if (ix->rot_dense) b += (uint64_t)ix->d * ix->d * 4;
     else b += (uint64_t)ix->d * 4 * (ix->had.two_pass ? 2 : 1);
     if (ix->lists) {
-        b += (uint64_t)ix->nlist * (ix->d + ix->d_pad + 1) * 4 + (uint64_t)ix->nlist * sizeof(kvqi_ivf_list);
+        b += (uint64_t)ix->nlist * (ix->d + ix->d_pad + 2) * 4 + (uint64_t)ix->nlist * sizeof(kvqi_ivf_list);
         b += (uint64_t)(ix->nlist + 15) / 16 * 16 * ix->d * 4;
         for (uint32_t i = 0; i < ix->nlist; i++) b += kvqi_list_bytes(ix, &ix->lists[i]);
     }

@@ -60,6 +60,7 @@ struct kvq_index {
     float *centroids;     /* [nlist][d] */
     float *centroids_rot; /* [nlist][d_pad] rotated, zero padded */
     float *centroids_rot_sum; /* [nlist] sum of each rotated centroid's coordinates */
+    float *centroids_n2;  /* [nlist] squared norms: the l2 probe ranks by ||c||^2 - 2 <q, c> */
     float *centroids_t;   /* [ceil(nlist/16)][d][16]: transposed for the probe kernel */
     kvqi_ivf_list *lists;
 
@@ -89,9 +90,12 @@ kvq_status kvqi_index_alloc_trained(kvq_index *ix);
 /* Rotated centroids and their coordinate sums, from the centroids. */
 void kvqi_index_finish_centroids(kvq_index *ix);
 /* Input vector -> coded space (normalize for cosine, PCA). out[d]; tmp[dim]. For ip,
- * PCA projects without centering (the caller adds <mean, q>). */
+ * PCA projects without centering (the caller adds <mean, q>). Cosine leaves the unit
+ * vector in tmp, except with PCA and center (then tmp holds it minus the mean). */
 void kvqi_index_to_space(const kvq_index *ix, const float *x, int center, float *tmp,
                          float *out);
+/* out[dim] = x / ||x|| (cosine; x = 0 gives 0). */
+void kvqi_index_unit(const kvq_index *ix, const float *x, float *out);
 /* y[d_pad] = rotation(x[d]), zero padded. */
 void kvqi_index_rotate(const kvq_index *ix, const float *x, float *y);
 

@@ -255,8 +255,9 @@ done:
         kvqi_free(ix->centroids);
         kvqi_free(ix->centroids_rot);
         kvqi_free(ix->centroids_rot_sum);
+        kvqi_free(ix->centroids_n2);
         kvqi_free(ix->centroids_t);
-        ix->centroids_rot_sum = ix->centroids_t = NULL;
+        ix->centroids_rot_sum = ix->centroids_n2 = ix->centroids_t = NULL;
         free(ix->lists);
         ix->pca_mean = ix->pca_proj = ix->centroids = ix->centroids_rot = NULL;
         ix->lists = NULL;

@@ -85,33 +85,74 @@ static void lb_sift_down(lb_key *h, uint32_t n, uint32_t i) {
     h[i] = it;
 }
 
-/* Reorder a[0..n) so that its `want` smallest keys (by lb_less) come first, in any
- * order (quickselect, median-of-three pivots; deterministic). */
-static void select_smallest(lb_key *a, uint32_t n, uint32_t want) {
-    uint32_t lo = 0, hi = n; /* the boundary `want` lies in [lo, hi) */
-    while (want > lo && want < hi && hi - lo > 1) {
-        lb_key x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1], piv;
-        if (lb_less(x, y)) piv = lb_less(y, z) ? y : (lb_less(x, z) ? z : x);
-        else piv = lb_less(x, z) ? x : (lb_less(y, z) ? z : y);
-        uint32_t i = lo, j = hi - 1; /* three-way: < piv | == piv | > piv */
-        uint32_t lt = lo;
-        for (i = lo; i <= j;) {
-            if (lb_less(a[i], piv)) {
-                lb_key t = a[i]; a[i] = a[lt]; a[lt] = t;
-                lt++, i++;
-            } else if (lb_less(piv, a[i])) {
-                lb_key t = a[i]; a[i] = a[j]; a[j] = t;
-                if (j == 0) break;
-                j--;
-            } else {
-                i++;
-            }
-        }
-        /* [lo, lt) < piv, [lt, i) == piv, [i, hi) > piv */
-        if (want <= lt) hi = lt;
-        else if (want <= i) return;
-        else lo = i;
+/* An integer key ordered as (distance, index): a smaller distance first, ties by the
+ * smaller index; -0 counts as +0 and NaN as +inf. One compare, no branch on the float. */
+static inline uint64_t dkey(float x, uint32_t i) {
+    x = x == x ? x + 0.0f : INFINITY;
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u ^= (uint32_t)((int32_t)u >> 31) | 0x80000000u;
+    return (uint64_t)u << 32 | i;
+}
+static inline float dkey_dist(uint64_t key) {
+    uint32_t u = (uint32_t)(key >> 32);
+    u ^= ~(uint32_t)((int32_t)u >> 31) | 0x80000000u;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static void sort_keys(uint64_t *a, uint32_t n) {
+    for (uint32_t i = 1; i < n; i++) {
+        uint64_t it = a[i];
+        uint32_t j = i;
+        for (; j > 0 && it < a[j - 1]; j--) a[j] = a[j - 1];
+        a[j] = it;
     }
+}
+
+/* Reorder a[0..n) so that its `want` smallest keys come first, in any order: quickselect
+ * with a median-of-three pivot and a branch-free partition (keys are distinct: each
+ * carries its own index). */
+static void select_keys(uint64_t *a, uint32_t n, uint32_t want) {
+    uint32_t lo = 0, hi = n;
+    if (want == 0 || want >= n) return;
+    while (hi - lo > 16) {
+        uint64_t x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1];
+        uint64_t mn = x < y ? x : y, mx = x < y ? y : x;
+        uint64_t piv = z < mn ? mn : (z > mx ? mx : z);
+        uint32_t st = lo;
+        for (uint32_t i = lo; i < hi; i++) { /* [lo, st) < piv <= [st, i) */
+            uint64_t t = a[i];
+            a[i] = a[st];
+            a[st] = t;
+            st += t < piv;
+        }
+        if (st == lo) break; /* only with repeated keys: sort what is left */
+        if (want == st) return;
+        if (want < st) hi = st;
+        else lo = st;
+    }
+    sort_keys(a + lo, hi - lo);
+}
+
+/* Min-heap of keys: move h[i] down to its place among h[0..n). */
+static inline void key_sift_down(uint64_t *h, uint32_t n, uint32_t i) {
+    uint64_t it = h[i];
+    for (;;) {
+        uint32_t l = 2 * i + 1;
+        if (l >= n) break;
+        uint32_t m = l + (l + 1 < n && h[l + 1] < h[l]);
+        if (h[m] >= it) break;
+        h[i] = h[m];
+        i = m;
+    }
+    h[i] = it;
+}
+
+static int cmp_key(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : (x > y ? 1 : 0);
 }
 
 /* <v, q> for the extended code values v of vector pos of L, read packed in place. */
@@ -126,23 +167,19 @@ static inline void prefetch_bytes(const void *p, size_t n) {
     if (n && ((uintptr_t)c & 63) + (n & 63) > 64) __builtin_prefetch(c + n - 1);
 }
 
-/* The first lines of every array the scan of list L streams through: the hardware
- * prefetcher picks each stream up only after its first misses. */
-static void prefetch_list_head(const kvq_index *ix, const kvqi_ivf_list *L) {
-    if (!L->n) return;
-    size_t blocks = (L->n + KVQI_FS_BLOCK - 1) / KVQI_FS_BLOCK, n = blocks * KVQI_FS_BLOCK;
-    size_t code_bytes = blocks * ix->n_groups * 16;
-    prefetch_bytes(L->codes, code_bytes < 4096 ? code_bytes : 4096);
-    n = n * sizeof(float) < 1024 ? n * sizeof(float) : 1024;
-    prefetch_bytes(L->f_add, n);
-    prefetch_bytes(L->f_rescale, n);
-    prefetch_bytes(L->f_err, n);
-    prefetch_bytes(L->f_pop, n);
-    prefetch_bytes(L->rows, n);
-    if (L->ex_rescale) {
-        __builtin_prefetch(L->ex_rescale);
-        __builtin_prefetch(L->ex_err);
-    }
+/* Block blk of list L (its code and the factors and rows of its 32 vectors), fetched a
+ * block before the scan reaches it: the lists are short (~120 vectors at nlist 1024),
+ * too short for the hardware prefetcher to pick their six streams up, and fetching
+ * whole lists ahead issued more misses than the core keeps in flight. */
+static inline void prefetch_block(const kvq_index *ix, const kvqi_ivf_list *L, uint32_t blk) {
+    const size_t block_bytes = (size_t)ix->n_groups * 16, at = (size_t)blk * KVQI_FS_BLOCK;
+    prefetch_bytes(L->codes + blk * block_bytes, block_bytes < 1024 ? block_bytes : 1024);
+    const size_t fb = KVQI_FS_BLOCK * sizeof(float);
+    prefetch_bytes(L->f_add + at, fb);
+    prefetch_bytes(L->f_rescale + at, fb);
+    prefetch_bytes(L->f_err + at, fb);
+    prefetch_bytes(L->f_pop + at, fb);
+    prefetch_bytes(L->rows + at, fb);
 }
 
 static const char *row_ptr(const kvq_index *ix, uint32_t row) {
@@ -172,31 +209,40 @@ typedef struct search_ctx {
     int64_t *out_ids;
     float *out_dists;
     unsigned char *scratch;
-    size_t slot_bytes, cand_cap;
+    size_t slot_bytes, cand_cap, n_queries;
+    uint32_t pcap;   /* probe buffer per query (probe_cap) */
+    uint32_t qblock; /* queries per task, at most QBLOCK */
 } search_ctx;
 
 /* Per-thread scratch, carved from one slot. */
 typedef struct scratch {
-    float *tmp, *zq, *qrot, *qp, *lutf, *ones, *probe_d;
+    float *tmp, *zq; /* the current query's: point into tmpb / zqb */
+    float *tmpb, *zqb; /* [QBLOCK][dim] / [QBLOCK][d_pad]: a block of queries */
+    float *qrot, *qp, *lutf, *ones, *probe_d;
     uint8_t *lut;
     uint32_t *probe_i;
     cand *cands;
     lb_key *keys;
+    uint64_t *ukeys, *pbuf; /* pbuf: [QBLOCK][pcap] centroids kept by the probe (dkey) */
     heap_item *ubheap, *res;
 } scratch;
 
+/* Queries are probed QBLOCK at a time: each 16-centroid block is read once for all of
+ * them (at d = 960 the centroids are 2 MB and the probe of one query waited on memory). */
+#define QBLOCK 8u
+
 static size_t align64(size_t x) { return (x + 63) & ~(size_t)63; }
 
-static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, unsigned char *base,
-                    scratch *s) {
+static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, uint32_t pcap,
+                    unsigned char *base, scratch *s) {
     size_t off = 0;
 #define TAKE(field, type, count)                                      \
     do {                                                              \
         if (s) s->field = (type *)(void *)(base + off);               \
         off += align64((size_t)(count) * sizeof(type));               \
     } while (0)
-    TAKE(tmp, float, ix->dim);
-    TAKE(zq, float, ix->d_pad);
+    TAKE(tmpb, float, (size_t)QBLOCK * align64((size_t)ix->dim * sizeof(float)) / sizeof(float));
+    TAKE(zqb, float, (size_t)QBLOCK * ix->d_pad);
     TAKE(qrot, float, ix->d_pad);
     TAKE(qp, float, ix->d_pad);
     TAKE(lutf, float, (size_t)ix->n_groups * 16);
@@ -206,10 +252,24 @@ static size_t carve(const kvq_index *ix, uint32_t k, size_t cand_cap, unsigned c
     TAKE(probe_i, uint32_t, ix->nlist);
     TAKE(cands, cand, cand_cap);
     TAKE(keys, lb_key, cand_cap);
+    TAKE(ukeys, uint64_t, cand_cap);
+    TAKE(pbuf, uint64_t, (size_t)QBLOCK * pcap);
     TAKE(ubheap, heap_item, k);
     TAKE(res, heap_item, k);
 #undef TAKE
+    if (s) { /* the first query of the block */
+        s->tmp = s->tmpb;
+        s->zq = s->zqb;
+    }
     return off;
+}
+
+/* Floats between two queries' rows of tmpb. */
+static size_t tmp_stride(const kvq_index *ix) { return align64((size_t)ix->dim * sizeof(float)) / sizeof(float); }
+
+static void select_query(const kvq_index *ix, scratch *s, uint32_t b) {
+    s->tmp = s->tmpb + (size_t)b * tmp_stride(ix);
+    s->zq = s->zqb + (size_t)b * ix->d_pad;
 }
 
 /* The query as seen from one list: q' (rotated, minus the rotated centroid for l2),
@@ -228,8 +288,8 @@ typedef struct query_consts {
     float qrot_n2;   /* its squared norm */
 } query_consts;
 
-/* probe_dist is the query's distance to the centroid as the probe measured it:
- * ||z_q - c||^2 for l2 (= ||q'||^2, the rotation keeps norms), -<c, z_q> for ip. */
+/* probe_dist is -<c, z_q> as the probe measured it (ip); l2 and cosine measure
+ * ||q'||^2 = ||z_q - c||^2 here (the rotation keeps norms). */
 static void prepare_list(const kvq_index *ix, uint32_t c, const scratch *s, float probe_dist,
                          const query_consts *qc, int need_qp, list_query *lq) {
     const uint32_t dp = ix->d_pad;
@@ -238,19 +298,12 @@ static void prepare_list(const kvq_index *ix, uint32_t c, const scratch *s, floa
     if (kvqi_coded_l2(ix)) {
         const float *cr = ix->centroids_rot + (size_t)c * dp;
         lq->sub = cr;
-        if (ix->cfg.metric == KVQ_METRIC_COSINE) {
-            /* cosine is probed by <q, c> (0.002-0.003 more recall@10 at equal nprobe
-             * than by l2 on the SIFT-like set): ||q'||^2 is measured here */
-            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            for (uint32_t i = 0; i < dp; i++) {
-                float t = s->qrot[i] - cr[i];
-                s->qp[i] = t;
-                acc[i % 4] += t * t;
-            }
-            probe_dist = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-        } else if (need_qp) { /* else the 4-bit LUT kernel subtracts on the fly */
+        /* ||q'||^2 is measured here: the probe ranked l2 lists by ||c||^2 - 2 <q, c>
+         * and cosine lists by <q, c> (0.002-0.003 more recall@10 at equal nprobe than
+         * by l2 on the SIFT-like set) */
+        probe_dist = ix->kern->l2sq(s->qrot, cr, dp);
+        if (need_qp) /* else the 4-bit LUT kernel subtracts on the fly */
             for (uint32_t i = 0; i < dp; i++) s->qp[i] = s->qrot[i] - cr[i];
-        }
         lq->qp = s->qp;
         n2 = probe_dist;
         lq->K = probe_dist;
@@ -301,54 +354,90 @@ static void sort_items(heap_item *a, uint32_t n) {
     }
 }
 
-#define PROBE_BUCKETS 256u
+/* Room per query for the centroids the probe keeps: np and at least as many more, so
+ * that the buffer is cut back to np only now and then; never more than every centroid
+ * (then it is never cut). */
+static uint32_t probe_cap(const kvq_index *ix, uint32_t np) {
+    uint64_t cap = 2ull * np + 64;
+    return cap < (uint64_t)ix->nlist + 16 ? (uint32_t)cap : ix->nlist + 16;
+}
 
-/* The np nearest centroids, nearest first (ties by id). A histogram of the distances
- * finds the bucket that holds the np-th nearest; the items up to that bucket (np and a
- * few more) are sorted. Counting and compacting are branch-light passes: a bounded heap
- * mispredicts on almost every push (it was a tenth of a query at nlist 1024). */
-static uint32_t probe(const kvq_index *ix, const float *zq, uint32_t np, heap_item *all,
-                      uint32_t *probe_i, float *probe_d) {
-    const int ip = ix->cfg.metric != KVQ_METRIC_L2;
+/* What the probe of one query keeps: buf[0..m) holds every centroid seen so far that can
+ * still be among its np nearest by (distance, id), since thr is at least the np-th
+ * smallest distance seen. */
+typedef struct probe_sel {
+    uint32_t m;
+    uint64_t thr; /* a dkey */
+} probe_sel;
+
+/* Take the distances of centroids c0..c0+cnt. A centroid behind thr is passed over
+ * without a branch; when the buffer fills up, it is cut to its np nearest and thr
+ * tightens to the np-th. (A histogram of all nlist distances, before, took three passes
+ * over them; a bounded heap mispredicted on almost every push.) */
+static void probe_keep(uint64_t *buf, probe_sel *ps, const float *d16, uint32_t c0, uint32_t cnt,
+                       uint32_t np, uint32_t cap) {
+    uint32_t m = ps->m;
+    const uint64_t thr = ps->thr;
+    for (uint32_t i = 0; i < cnt; i++) {
+        uint64_t key = dkey(d16[i], c0 + i);
+        buf[m] = key;
+        m += key <= thr;
+    }
+    if (m + 16 > cap) {
+        select_keys(buf, m, np);
+        uint64_t t = buf[0];
+        for (uint32_t i = 1; i < np; i++) t = buf[i] > t ? buf[i] : t;
+        m = np;
+        ps->thr = t;
+    }
+    ps->m = m;
+}
+
+/* The probe of nb queries zq[b * stride] at once: the distances to each block of 16
+ * centroids for every query of the block (each pair computed by probe16, so a query's
+ * distances do not depend on the others), then each query keeps what can be among its
+ * np nearest in buf[b * cap ...]. */
+static void probe_multi(const kvq_index *ix, const float *zq, size_t stride, uint32_t nb,
+                        uint32_t np, uint64_t *buf, uint32_t cap, probe_sel *ps) {
+    const int l2 = ix->cfg.metric == KVQ_METRIC_L2;
     const uint32_t n = ix->nlist;
-    float d16[16], mn = INFINITY, mx = -INFINITY;
+    float d16[QBLOCK * 16];
+    for (uint32_t b = 0; b < nb; b++) ps[b] = (probe_sel){0, UINT64_MAX};
     for (uint32_t c0 = 0; c0 < n; c0 += 16) {
-        ix->kern->probe16(ix->centroids_t + (size_t)(c0 / 16) * ix->d * 16, zq, ix->d, ip, d16);
-        for (uint32_t c = c0; c < c0 + 16 && c < n; c++) { /* NaN sorts last */
-            float x = d16[c - c0] == d16[c - c0] ? d16[c - c0] : INFINITY;
-            all[c] = (heap_item){x, c};
-            if (x < mn) mn = x;
-            if (x > mx && x < INFINITY) mx = x;
-        }
+        const float *ct = ix->centroids_t + (size_t)(c0 / 16) * ix->d * 16;
+        /* -<c, q> for every metric; l2 ranks by ||c||^2 - 2 <q, c> (||q||^2 is the same
+         * for every list): a multiply and an add per coordinate, where (c - q)^2 took a
+         * subtraction more */
+        ix->kern->probe16_multi(ct, zq, stride, nb, ix->d, 1, d16);
+        const uint32_t cnt = n - c0 < 16 ? n - c0 : 16;
+        if (l2)
+            for (uint32_t b = 0; b < nb; b++)
+                for (uint32_t i = 0; i < cnt; i++)
+                    d16[16 * b + i] = ix->centroids_n2[c0 + i] + 2.0f * d16[16 * b + i];
+        for (uint32_t b = 0; b < nb; b++)
+            probe_keep(buf + (size_t)b * cap, &ps[b], d16 + 16 * b, c0, cnt, np, cap);
     }
-    uint32_t m = n;
-    float scale = (float)(PROBE_BUCKETS - 1) / (mx - mn);
-    if (np < n && mn < mx && scale > 0.0f && scale < INFINITY) {
-        /* bucket(x) is monotone in x: bucket PROBE_BUCKETS takes the infinities; each
-         * centroid's bucket is kept (in probe_i, filled only at the end) for the compaction */
-        uint32_t count[PROBE_BUCKETS + 1] = {0}, *bk = probe_i;
-        for (uint32_t c = 0; c < n; c++) {
-            float x = all[c].d, f = (x - mn) * scale;
-            uint32_t b = f < (float)(PROBE_BUCKETS - 1) ? (uint32_t)f : PROBE_BUCKETS - 1;
-            b = x < INFINITY ? b : PROBE_BUCKETS;
-            bk[c] = b;
-            count[b]++;
-        }
-        uint32_t last = 0, cum = count[0];
-        while (cum < np) cum += count[++last];
-        m = 0;
-        for (uint32_t c = 0; c < n; c++) { /* compact in place: m <= c */
-            heap_item it = all[c];
-            all[m] = it;
-            m += bk[c] <= last;
-        }
-    }
-    sort_items(all, m);
+}
+
+/* The np nearest of what the probe kept, nearest first (ties by id). */
+static uint32_t probe_finish(uint64_t *buf, const probe_sel *ps, uint32_t np, uint32_t *probe_i,
+                             float *probe_d) {
+    select_keys(buf, ps->m, np);
+    if (np > 64) qsort(buf, np, sizeof *buf, cmp_key);
+    else sort_keys(buf, np);
     for (uint32_t i = 0; i < np; i++) {
-        probe_i[i] = (uint32_t)all[i].id;
-        probe_d[i] = all[i].d;
+        probe_i[i] = (uint32_t)buf[i];
+        probe_d[i] = dkey_dist(buf[i]);
     }
     return np;
+}
+
+/* One query's probe (range search, tests). */
+static uint32_t probe(const kvq_index *ix, const float *zq, uint32_t np, uint64_t *buf,
+                      uint32_t *probe_i, float *probe_d) {
+    probe_sel ps;
+    probe_multi(ix, zq, ix->d_pad, 1, np, buf, probe_cap(ix, np), &ps);
+    return probe_finish(buf, &ps, np, probe_i, probe_d);
 }
 
 static void build_lut4(const kvq_index *ix, const scratch *s, list_query *lq) {
@@ -394,27 +483,25 @@ static inline float est_to_exact(const kvq_index *ix, float d) {
 static void measure_first(const kvq_index *ix, scratch *s, uint32_t first, uint32_t end,
                           const float *qx, int l2x, uint32_t k, uint32_t *n_res, float *tau,
                           size_t row_bytes) {
-    lb_key *hp = s->keys;
+    uint64_t *hp = s->ukeys;
     uint32_t m = 0;
     for (uint32_t j = first; j < end; j++)
-        if (s->cands[j].err > -INFINITY) hp[m++] = (lb_key){s->cands[j].dist - s->cands[j].err, j};
+        if (s->cands[j].err > -INFINITY) hp[m++] = dkey(s->cands[j].dist - s->cands[j].err, j);
     uint32_t want = k - *n_res < m ? k - *n_res : m;
-    select_smallest(hp, m, want);
-    for (uint32_t j = 0; j < want; j++) prefetch_row(ix, s->cands[hp[j].row].row, row_bytes);
+    select_keys(hp, m, want);
+    for (uint32_t j = 0; j < want; j++) prefetch_row(ix, s->cands[(uint32_t)hp[j]].row, row_bytes);
     for (uint32_t j = 0; j < want; j++) {
-        cand *cd = &s->cands[hp[j].row];
+        cand *cd = &s->cands[(uint32_t)hp[j]];
         push_result(ix, s->res, n_res, k, exact_dist(ix, cd->row, qx, l2x), cd->row);
         cd->err = -INFINITY;
     }
     if (*n_res == k) *tau = exact_to_est(ix, s->res[0].d);
 }
 
-static void search_one(void *vctx, size_t qi, unsigned thread) {
-    const search_ctx *ctx = vctx;
+/* Query qi, once the probe has put its lists in s.probe_i / s.probe_d (nh of them) and
+ * s.tmp / s.zq hold its coded-space forms. */
+static void search_one(const search_ctx *ctx, scratch s, size_t qi, uint32_t nh) {
     const kvq_index *ix = ctx->ix;
-    scratch s;
-    carve(ix, ctx->k, ctx->cand_cap, ctx->scratch + (size_t)thread * ctx->slot_bytes, &s);
-    for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
     const float *q = ctx->queries + qi * ix->dim;
     const int l2 = kvqi_coded_l2(ix), l2x = ix->cfg.metric == KVQ_METRIC_L2;
     const float alpha = l2 ? 2.0f : 1.0f;
@@ -435,8 +522,7 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     const size_t row_bytes = (size_t)ix->dim * (ix->reorder_f32 ? sizeof(float) : sizeof(uint16_t));
     uint32_t n_res = 0;
 
-    /* the exact-space query (normalized for cosine: to_space leaves it in tmp) */
-    kvqi_index_to_space(ix, q, l2, s.tmp, s.zq);
+    /* the exact-space query (normalized for cosine: to_space left it in tmp) */
     const float *qx = ix->cfg.metric == KVQ_METRIC_COSINE ? s.tmp : q;
     query_consts qc = {0.0f, 0.0f, 0.0f};
     if (!l2 && ix->pca_mean) qc.const_ip = ix->kern->dot(ix->pca_mean, qx, ix->dim);
@@ -444,19 +530,21 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     qc.qrot_sum = ix->kern->dot(s.qrot, s.ones, ix->d_pad);
     qc.qrot_n2 = ix->kern->dot(s.qrot, s.qrot, ix->d_pad);
 
-    /* the nprobe nearest centroids, nearest first; the candidate area (sized for it)
-     * holds every centroid's distance until the scan starts */
-    uint32_t np = ctx->nprobe < ix->nlist ? ctx->nprobe : ix->nlist;
-    uint32_t nh = probe(ix, s.zq, np, (heap_item *)(void *)s.cands, s.probe_i, s.probe_d);
-
     uint32_t n_cand = 0, n_ub = 0;
     float tau = INFINITY;
     list_query lq;
-    uint32_t S[KVQI_FS_BLOCK];
+    _Alignas(64) uint32_t S[KVQI_FS_BLOCK]; /* whole-line stores and loads */
+    /* the probed lists' descriptors (80 KB of them at nlist 1024, read in random order) */
+    for (uint32_t pi = 0; pi < nh; pi++) prefetch_bytes(&ix->lists[s.probe_i[pi]], sizeof(kvqi_ivf_list));
+    if (nh && ix->lists[s.probe_i[0]].n) prefetch_block(ix, &ix->lists[s.probe_i[0]], 0);
     for (uint32_t pi = 0; pi < nh; pi++) {
         uint32_t c = s.probe_i[pi];
         const kvqi_ivf_list *L = &ix->lists[c];
-        if (pi + 1 < nh) prefetch_list_head(ix, &ix->lists[s.probe_i[pi + 1]]);
+        const kvqi_ivf_list *Ln = pi + 1 < nh ? &ix->lists[s.probe_i[pi + 1]] : NULL;
+        if (Ln && kvqi_coded_l2(ix)) /* its rotated centroid, for its q' */
+            prefetch_bytes(ix->centroids_rot + (size_t)s.probe_i[pi + 1] * ix->d_pad,
+                           (size_t)ix->d_pad * sizeof(float));
+        if (Ln && !Ln->n) Ln = NULL;
         if (L->n == 0) continue;
         const int q4 = ix->cfg.query_bits == 4;
         prepare_list(ix, c, &s, s.probe_d[pi], &qc, !q4 || inline_ex, &lq);
@@ -470,13 +558,15 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
         for (uint32_t b0 = 0; b0 < L->n; b0 += KVQI_FS_BLOCK) {
             const uint8_t *blk = L->codes + (size_t)(b0 / KVQI_FS_BLOCK) * block_bytes;
             uint32_t nv = L->n - b0 < KVQI_FS_BLOCK ? L->n - b0 : KVQI_FS_BLOCK;
+            if (b0 + KVQI_FS_BLOCK < L->n) prefetch_block(ix, L, b0 / KVQI_FS_BLOCK + 1);
+            else if (Ln) prefetch_block(ix, Ln, 0);
             if (!prune_1bit) { /* every vector goes on to the extended-code stage */
                 for (uint32_t v = 0; v < nv; v++)
                     if (!ctx->filt || passes(ctx->filt, ix->ids[L->rows[b0 + v]]))
                         s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], 0.0f, INFINITY};
                 continue;
             }
-            float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
+            _Alignas(64) float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
             uint32_t keep;
             if (q4) {
                 ix->kern->fastscan(blk, s.lut, ix->n_groups, S);
@@ -513,6 +603,8 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
                 s.cands[n_cand++] = (cand){c, b0 + v, L->rows[b0 + v], dist[v], err[v]};
                 if (inline_ex) { /* its extended estimate waits for the end of the list */
                     prefetch_bytes(L->ex_codes + (size_t)(b0 + v) * ix->ex_row, ix->ex_row);
+                    __builtin_prefetch(L->ex_rescale + b0 + v);
+                    __builtin_prefetch(L->ex_err + b0 + v);
                     continue;
                 }
                 if (exact_scan) { /* measured at the end of the list */
@@ -559,22 +651,20 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
             if (n_res < k) measure_first(ix, &s, first, n_cand, qx, l2x, k, &n_res, &tau, row_bytes);
             /* the rest below the threshold, by increasing lower bound: the threshold
              * falls fastest, and the walk stops at the first bound above it */
-            lb_key *hp = s.keys;
+            uint64_t *hp = s.ukeys;
             uint32_t r = 0;
             for (uint32_t j = first; j < n_cand; j++) {
                 float lb = s.cands[j].dist - s.cands[j].err;
-                if (lb < tau) hp[r++] = (lb_key){lb, j};
-            }
-            for (uint32_t j = 1; j < r; j++) {
-                lb_key it = hp[j];
-                uint32_t t = j;
-                for (; t > 0 && lb_less(it, hp[t - 1]); t--) hp[t] = hp[t - 1];
-                hp[t] = it;
+                if (lb < tau) hp[r++] = dkey(lb, j);
             }
             if (!had_tau) /* rows not fetched as they survived */
-                for (uint32_t j = 0; j < r; j++) prefetch_row(ix, s.cands[hp[j].row].row, row_bytes);
-            for (uint32_t j = 0; j < r && hp[j].lb < tau; j++) {
-                const uint32_t row = s.cands[hp[j].row].row;
+                for (uint32_t j = 0; j < r; j++) prefetch_row(ix, s.cands[(uint32_t)hp[j]].row, row_bytes);
+            /* a min-heap: the walk usually stops long before the last survivor */
+            for (uint32_t j = r / 2; j-- > 0;) key_sift_down(hp, r, j);
+            while (r && dkey_dist(hp[0]) < tau) {
+                const uint32_t row = s.cands[(uint32_t)hp[0]].row;
+                hp[0] = hp[--r];
+                key_sift_down(hp, r, 0);
                 push_result(ix, s.res, &n_res, k, exact_dist(ix, row, qx, l2x), row);
                 if (n_res == k) tau = exact_to_est(ix, s.res[0].d);
             }
@@ -666,6 +756,33 @@ static void search_one(void *vctx, size_t qi, unsigned thread) {
     }
 }
 
+/* Queries QBLOCK * bi ..: coded space, one probe for all of them, then each one's lists. */
+static void search_block(void *vctx, size_t bi, unsigned thread) {
+    const search_ctx *ctx = vctx;
+    const kvq_index *ix = ctx->ix;
+    scratch s;
+    carve(ix, ctx->k, ctx->cand_cap, ctx->pcap, ctx->scratch + (size_t)thread * ctx->slot_bytes, &s);
+    for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
+    const size_t q0 = bi * ctx->qblock;
+    const uint32_t nb = ctx->n_queries - q0 < ctx->qblock ? (uint32_t)(ctx->n_queries - q0) : ctx->qblock;
+    const int l2 = kvqi_coded_l2(ix);
+    for (uint32_t b = 0; b < nb; b++) {
+        select_query(ix, &s, b);
+        const float *qb = ctx->queries + (q0 + b) * ix->dim;
+        kvqi_index_to_space(ix, qb, l2, s.tmp, s.zq);
+        /* the rerank's query is the unit vector, which centring for PCA overwrote */
+        if (ix->cfg.metric == KVQ_METRIC_COSINE && ix->pca_proj && l2) kvqi_index_unit(ix, qb, s.tmp);
+    }
+    const uint32_t np = ctx->nprobe < ix->nlist ? ctx->nprobe : ix->nlist;
+    probe_sel ps[QBLOCK];
+    probe_multi(ix, s.zqb, ix->d_pad, nb, np, s.pbuf, ctx->pcap, ps);
+    for (uint32_t b = 0; b < nb; b++) {
+        select_query(ix, &s, b);
+        uint32_t nh = probe_finish(s.pbuf + (size_t)b * ctx->pcap, &ps[b], np, s.probe_i, s.probe_d);
+        search_one(ctx, s, q0 + b, nh);
+    }
+}
+
 KVQ_API kvq_status kvq_index_search(const kvq_index *ix, const float *queries, size_t n_queries,
                                     uint32_t k, const kvq_index_search_params *params,
                                     int64_t *out_ids, float *out_dists) {
@@ -697,8 +814,9 @@ KVQ_API kvq_status kvq_index_search_filtered(const kvq_index *ix, const float *q
 
     if (filter && !filter->id_bitset && !filter->allow) filter = NULL;
     search_ctx ctx = {filter, ix, queries, k, p.nprobe < ix->nlist ? p.nprobe : ix->nlist, p.rerank,
-                      p.eps0, out_ids, out_dists, NULL, 0, 0};
-    /* room for every vector of the nprobe largest lists (and for the probe) */
+                      p.eps0, out_ids, out_dists, NULL, 0, 0, n_queries, 0, QBLOCK};
+    ctx.pcap = probe_cap(ix, ctx.nprobe);
+    /* room for every vector of the nprobe largest lists */
     {
         uint32_t np = ctx.nprobe;
         uint64_t sum = 0;
@@ -715,9 +833,7 @@ KVQ_API kvq_status kvq_index_search_filtered(const kvq_index *ix, const float *q
             sum += sizes[t];
         }
         free(sizes);
-        /* the probe keeps one (distance, id) item per centroid there first */
-        uint64_t probe_need = ((uint64_t)ix->nlist * sizeof(heap_item) + sizeof(cand) - 1) / sizeof(cand);
-        ctx.cand_cap = (size_t)(sum > probe_need ? sum : probe_need);
+        ctx.cand_cap = (size_t)(sum > 0 ? sum : 1);
     }
     kvq_threadpool *pool = p.pool, *own = NULL;
     if (!pool && p.n_threads > 1 && n_queries > 1) {
@@ -726,13 +842,16 @@ KVQ_API kvq_status kvq_index_search_filtered(const kvq_index *ix, const float *q
         pool = own;
     }
     unsigned slots = kvq_threadpool_size(pool);
-    ctx.slot_bytes = carve(ix, k, ctx.cand_cap, NULL, NULL);
+    ctx.slot_bytes = carve(ix, k, ctx.cand_cap, ctx.pcap, NULL, NULL);
     ctx.scratch = kvqi_alloc_array(slots, ctx.slot_bytes);
     if (!ctx.scratch) {
         kvq_threadpool_free(own);
         return KVQ_ERR_NOMEM;
     }
-    kvqi_parallel_for(pool, n_queries, search_one, &ctx);
+    /* a few queries on several threads: smaller blocks, so that every thread gets some */
+    if (n_queries < (size_t)QBLOCK * slots)
+        ctx.qblock = (uint32_t)((n_queries + slots - 1) / slots);
+    kvqi_parallel_for(pool, (n_queries + ctx.qblock - 1) / ctx.qblock, search_block, &ctx);
     kvqi_free(ctx.scratch);
     kvq_threadpool_free(own);
     return KVQ_OK;
@@ -743,15 +862,16 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
     if (!ix || !q || !est || !err || !ids) return KVQ_ERR_INVALID_ARG;
     if (!ix->trained) return KVQ_ERR_STATE;
     if (use_ex && ix->cfg.bits < 2) return KVQ_ERR_INVALID_ARG;
-    size_t bytes = carve(ix, 1, 1, NULL, NULL);
+    size_t bytes = carve(ix, 1, 1, 1, NULL, NULL);
     unsigned char *base = kvqi_alloc_array(1, bytes);
     if (!base) return KVQ_ERR_NOMEM;
     scratch s;
-    carve(ix, 1, 1, base, &s);
+    carve(ix, 1, 1, 1, base, &s);
     for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
     const int l2 = kvqi_coded_l2(ix);
     const float alpha = l2 ? 2.0f : 1.0f;
     kvqi_index_to_space(ix, q, l2, s.tmp, s.zq);
+    if (ix->cfg.metric == KVQ_METRIC_COSINE && ix->pca_proj && l2) kvqi_index_unit(ix, q, s.tmp);
     const float *qx = ix->cfg.metric == KVQ_METRIC_COSINE ? s.tmp : q;
     query_consts qc = {0.0f, 0.0f, 0.0f};
     if (!l2 && ix->pca_mean) qc.const_ip = ix->kern->dot(ix->pca_mean, qx, ix->dim);
@@ -759,7 +879,7 @@ kvq_status kvqi_index_estimate_all(const kvq_index *ix, const float *q, int use_
     qc.qrot_sum = ix->kern->dot(s.qrot, s.ones, ix->d_pad);
     qc.qrot_n2 = ix->kern->dot(s.qrot, s.qrot, ix->d_pad);
     size_t o = 0;
-    uint32_t S[KVQI_FS_BLOCK];
+    _Alignas(64) uint32_t S[KVQI_FS_BLOCK]; /* whole-line stores and loads */
     const float unit = kvqi_cos_l2(ix) ? 0.5f : 1.0f; /* est_to_exact's scale */
     for (uint32_t c = 0; c < ix->nlist; c++) {
         const kvqi_ivf_list *L = &ix->lists[c];
@@ -835,29 +955,30 @@ KVQ_API kvq_status kvq_index_range_search(const kvq_index *ix, const float *quer
     if (!(p.eps0 > 0.0f)) return KVQ_ERR_INVALID_ARG;
     if (filter && !filter->id_bitset && !filter->allow) filter = NULL;
     const uint32_t np = p.nprobe < ix->nlist ? p.nprobe : ix->nlist;
-    const size_t probe_need = ((size_t)ix->nlist * sizeof(heap_item) + sizeof(cand) - 1) / sizeof(cand);
-    size_t bytes = carve(ix, 1, probe_need, NULL, NULL);
+    const uint32_t pcap = probe_cap(ix, np);
+    size_t bytes = carve(ix, 1, 1, pcap, NULL, NULL);
     unsigned char *base = kvqi_alloc_array(1, bytes);
     if (!base) return KVQ_ERR_NOMEM;
     scratch s;
-    carve(ix, 1, probe_need, base, &s);
+    carve(ix, 1, 1, pcap, base, &s);
     for (uint32_t i = 0; i < ix->d_pad; i++) s.ones[i] = 1.0f;
     const int l2 = kvqi_coded_l2(ix), l2x = ix->cfg.metric == KVQ_METRIC_L2;
     const float alpha = l2 ? 2.0f : 1.0f;
     const int full = !isfinite(p.eps0), q4 = ix->cfg.query_bits == 4;
     kvqi_index_to_space(ix, query, l2, s.tmp, s.zq);
+    if (ix->cfg.metric == KVQ_METRIC_COSINE && ix->pca_proj && l2) kvqi_index_unit(ix, query, s.tmp);
     const float *qx = ix->cfg.metric == KVQ_METRIC_COSINE ? s.tmp : query;
     query_consts qc = {0.0f, 0.0f, 0.0f};
     if (!l2 && ix->pca_mean) qc.const_ip = ix->kern->dot(ix->pca_mean, qx, ix->dim);
     kvqi_index_rotate(ix, s.zq, s.qrot);
     qc.qrot_sum = ix->kern->dot(s.qrot, s.ones, ix->d_pad);
     qc.qrot_n2 = ix->kern->dot(s.qrot, s.qrot, ix->d_pad);
-    uint32_t nh = probe(ix, s.zq, np, (heap_item *)(void *)s.cands, s.probe_i, s.probe_d);
+    uint32_t nh = probe(ix, s.zq, np, s.pbuf, s.probe_i, s.probe_d);
     range_out o = {NULL, 0, 0};
     const float radius_est = exact_to_est(ix, radius);
     kvq_status st = KVQ_OK;
     const float half = (float)((1u << ix->cfg.bits) - 1u) * 0.5f;
-    uint32_t S[KVQI_FS_BLOCK];
+    _Alignas(64) uint32_t S[KVQI_FS_BLOCK]; /* whole-line stores and loads */
     for (uint32_t pi = 0; pi < nh && st == KVQ_OK; pi++) {
         uint32_t c = s.probe_i[pi];
         const kvqi_ivf_list *L = &ix->lists[c];
@@ -871,7 +992,7 @@ KVQ_API kvq_status kvq_index_range_search(const kvq_index *ix, const float *quer
         for (uint32_t b0 = 0; b0 < L->n && st == KVQ_OK; b0 += KVQI_FS_BLOCK) {
             const uint8_t *blk = L->codes + (size_t)(b0 / KVQI_FS_BLOCK) * ix->n_groups * 16;
             uint32_t nv = L->n - b0 < KVQI_FS_BLOCK ? L->n - b0 : KVQI_FS_BLOCK;
-            float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
+            _Alignas(64) float dist[KVQI_FS_BLOCK], err[KVQI_FS_BLOCK];
             if (q4) {
                 ix->kern->fastscan(blk, s.lut, ix->n_groups, S);
                 kvqi_block_consts bc = {lq.delta, lq.vmin, lq.sum_q, lq.K, alpha, full ? 0.0f : ferr,
