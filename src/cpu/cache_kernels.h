@@ -149,8 +149,9 @@ typedef struct kvqi_cache_kernels {
                       const uint8_t *v, size_t n, float *acc);
     /* Keys of 2-, 3- or 4-bit one-pass rotated codes (has_u8, dim % 128 == 0) in
      * integers: scores = norm * qscale[h] * (sum_j cent_u8[idx_j] * q8[h][j] - qsum[h]),
-     * q8 in the kvqi_rot_i8_coordinate order, qsum[h] = 128 * sum q8[h]. NULL where the
-     * CPU has no 8-bit dot product instruction (the float score_rot is used);
+     * q8 in the kvqi_rot_i8_coordinate order, qsum[h] = 128 * sum q8[h]. AVX-512 VNNI
+     * and AVX2 (vpmaddwd on the query widened to 16 bits) have it; NULL elsewhere (the
+     * float score_rot is used);
      * rot_i8_bits has bit b set for each width b it runs fast (others: the reference). */
     void (*score_rot_i8)(const kvqi_rot_layout *L, const int8_t *q8, const float *qscale,
                          const int32_t *qsum, uint32_t G, const uint8_t *k, size_t n,
@@ -173,8 +174,8 @@ typedef struct kvqi_cache_kernels {
      * integers: per head, wn_t = w[h][t] * norm_t rounded to 16 bits against the block's
      * largest |wn| (kvqi_cache_accum_rot_i16_ref gives the exact steps), summed against
      * cent_u8 - 128 in int32, then acc[h][p] += sum * scale: acc in the
-     * kvqi_rot_v16_coordinate order. NULL where the CPU has no 16-bit dot product;
-     * rot_v16_bits as rot_i8_bits. */
+     * kvqi_rot_v16_coordinate order. AVX-512 VNNI and AVX2 (vpmaddwd) have it; NULL
+     * elsewhere; rot_v16_bits as rot_i8_bits. */
     void (*accum_rot_i16)(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
                           const uint8_t *v, size_t n, float *acc);
     uint32_t rot_v16_bits;
