@@ -188,11 +188,15 @@ static const attn_case k_attn_cases[] = {
     {"turboquant_rvq:bits=1,residuals=3", "turboquant_mse:bits=4"},
 };
 
-/* poison: the rows past each sequence's length hold codes whose norms are inf (values) and
- * NaN (keys), every other byte 0xFF; the result must not depend on them. */
+/* mode ATTN_POISON: the rows past each sequence's length hold codes whose norms are inf
+ * (values) and NaN (keys), every other byte 0xFF; the result must not depend on them.
+ * ATTN_Q_OUTLIER: one query channel 40x the others; ATTN_Q_TINY: queries of ~1e-25 (a
+ * near-uniform softmax; kernels that scale the query to fixed point must not lose it). */
+enum { ATTN_POISON = 1, ATTN_Q_OUTLIER = 2, ATTN_Q_TINY = 4 };
 static void attend_case_ex(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint32_t n_kv,
                            uint32_t group, const int32_t *lens, uint32_t batch, uint32_t capacity,
-                           kvq_cuda_dtype qdt, uint32_t flags, int poison) {
+                           kvq_cuda_dtype qdt, uint32_t flags, int mode) {
+    const int poison = mode & ATTN_POISON;
     const uint32_t nq = n_kv * group;
     kvq_config kc, vc;
     char msg[160];
@@ -231,7 +235,11 @@ static void attend_case_ex(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint
             vcodes[row * vcs + 1] = 0x7C;
         }
     /* queries large enough that the softmax is far from uniform */
-    for (size_t i = 0; i < (size_t)batch * nq * d; i++) qh[i] = 2.5f * (float)kvqi_rng_normal(&r);
+    for (size_t i = 0; i < (size_t)batch * nq * d; i++) {
+        qh[i] = 2.5f * (float)kvqi_rng_normal(&r);
+        if ((mode & ATTN_Q_OUTLIER) && i % d == 5) qh[i] *= 40.0f;
+        if (mode & ATTN_Q_TINY) qh[i] *= 1e-25f;
+    }
     round_to(qh, (size_t)batch * nq * d, qdt, qin);
     kvq_cuda_attn_desc desc;
     memset(&desc, 0, sizeof desc);
@@ -281,8 +289,8 @@ static void attend_case_ex(kvqt_ctx *kvqt_, const attn_case *c, uint32_t d, uint
             double rel = lens[b] == 0 ? sqrt(num) : sqrt(num / (den > 0 ? den : 1e-30));
             if (!(rel <= worst)) worst = rel; /* NaN sticks */
         }
-    CHECKF(worst <= 1e-3, "%s / %s d=%u group=%u flags=%u: worst relative error %.3g", c->key,
-           c->value, d, group, flags, worst);
+    CHECKF(worst <= 1e-3, "%s / %s d=%u group=%u flags=%u mode=%d: worst relative error %.3g", c->key,
+           c->value, d, group, flags, mode, worst);
     cudaFree(dq);
     cudaFree(dk);
     cudaFree(dv);
@@ -355,7 +363,18 @@ static void body_cuda_attend_ignores_rows_past_length(kvqt_ctx *kvqt_) {
     const int32_t lens[4] = {37, 5, 250, 16};
     static const size_t cases[] = {0, 1, 2, 3, 8, 12, 13, 14, 15};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
-        attend_case_ex(kvqt_, &k_attn_cases[cases[i]], 128, 2, 4, lens, 4, 256, KVQ_CUDA_F32, 0, 1);
+        attend_case_ex(kvqt_, &k_attn_cases[cases[i]], 128, 2, 4, lens, 4, 256, KVQ_CUDA_F32, 0, ATTN_POISON);
+}
+
+/* Queries with an outlier channel and queries of ~1e-25 through the tensor-core kernels
+ * (the integer kernel holds the query in 16-bit fixed point against its largest entry). */
+static void body_cuda_attend_query_range(kvqt_ctx *kvqt_) {
+    const int32_t lens[3] = {700, 33, 301};
+    static const size_t cases[] = {0, 1, 2, 3, 12, 13, 14, 15, 8};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        attend_case_ex(kvqt_, &k_attn_cases[cases[i]], 128, 2, 4, lens, 3, 704, KVQ_CUDA_F32, 0, ATTN_Q_OUTLIER);
+        attend_case_ex(kvqt_, &k_attn_cases[cases[i]], 128, 2, 4, lens, 3, 704, KVQ_CUDA_F32, 0, ATTN_Q_TINY);
+    }
 }
 
 static void body_cuda_rejects_bad_arguments(kvqt_ctx *kvqt_) {
@@ -899,6 +918,13 @@ TEST(cuda_attend_ignores_rows_past_length) {
     if (!have_gpu()) SKIP("no CUDA device");
 #ifdef KVQ_HAVE_CUDA
     body_cuda_attend_ignores_rows_past_length(kvqt_);
+#endif
+}
+
+TEST(cuda_attend_query_range) {
+    if (!have_gpu()) SKIP("no CUDA device");
+#ifdef KVQ_HAVE_CUDA
+    body_cuda_attend_query_range(kvqt_);
 #endif
 }
 

@@ -33,6 +33,10 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_b
     unsigned s = (unsigned)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(src_bytes));
 }
+/* the same with a shared-memory address computed once (whole 16-byte chunks) */
+__device__ __forceinline__ void cp_async16_s(unsigned dst, const void *src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
 
@@ -374,11 +378,13 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
  * (c0 = -c3, c1 = -c2, the Lloyd-Max levels) or 4-bit values (any codebook; see values4). Both products run mma.m16n8k32 on 8-bit
  * integers, so the sign planes and 2-bit codes become mma operands by ONE and-mask per
  * register of four elements (no fp16 conversion):
- *   scores: A = key plane word & (0x01010101 << p), bytes {0, 2^p} for the dims at bit p
- *           of each byte; B = the query in 24-bit fixed point divided by 2^p, as three
- *           signed bytes (columns H, M, L of each head): the int32 sums recombine exactly
- *           (H << 16) + (M << 8) + L, the accumulator of L starting at -sum 2^p Q so the
- *           result is sum q s for the signs s = 2 bit - 1.
+ *   scores: A = (key plane word >> 2i) & 0x01010101 (or 0x02020202), bytes {0, 1} (or
+ *           {0, 2}) for the dims at bit 2i (2i + 1) of each byte; B = 2 Q, the query
+ *           scaled to 16-bit fixed point against its largest entry (halved at odd bits),
+ *           as two signed bytes (columns H, L of each head: one n-tile for four heads):
+ *           the int32 sums recombine exactly (H << 8) + L - Kq, Kq = sum 2^(bit & 1) Q, so
+ *           the result is sum q s for the signs s = 2 bit - 1 (BITS_Q16; with BITS_Q16=0
+ *           the former 24-bit query against A bytes {0, 2^p}: columns H, M, L, two n-tiles).
  *   values: a 2-bit code is c0 + beta b0 + gamma b1 (exact for a symmetric codebook), so
  *           V^T P^T splits into bit planes: A = value bytes of four tokens (a byte
  *           transpose by prmt) & (0x01010101 << p), rows = (dim, bit); B = the softmax
@@ -406,8 +412,17 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
 #ifndef BITS_PROBE
 #define BITS_PROBE 0 /* timing probes, wrong results: 1 leaves the value mma out, 2 the score mma */
 #endif
+#ifndef BITS_Q16
+/* 1: the query in 16-bit fixed point (two byte columns per head, one n-tile: half the
+ * score mma) against key bits worth 1 or 2 (bit pairs shifted down); 0: 24 bits against
+ * key bits worth 2^p (three byte columns, two n-tiles) */
+#define BITS_Q16 1
+#endif
 #ifndef BITS_MIN_BLOCKS2
 #define BITS_MIN_BLOCKS2 BITS_MIN_BLOCKS /* resident blocks per SM, 2-bit values */
+#endif
+#ifndef BITS_MIN_BLOCKS_RQ2
+#define BITS_MIN_BLOCKS_RQ2 4 /* rabitq keys with 2-bit values: 128 registers, no spills */
 #endif
 #ifndef BITS_MIN_BLOCKS4
 #define BITS_MIN_BLOCKS4 BITS_MIN_BLOCKS /* 4-bit values */
@@ -460,6 +475,11 @@ template <int N> __device__ __forceinline__ void cp_wait_group() { asm volatile(
 __device__ __forceinline__ float pow2i(int e) { return __int_as_float((127 + e) << 23); }
 /* The query entry of dim d in fixed point: round(q / 2^(e + (d & 7))). */
 __device__ __forceinline__ int q_fixed(float q, int e, int d) { return __float2int_rn(q * pow2i(-(e + (d & 7)))); }
+/* BITS_Q16: round(q sc / 2^(d & 1)) for sc = 16319 / max |q|: |result| <= 16319, so 2 Q
+ * = 256 H + L with signed bytes H, L */
+__device__ __forceinline__ int q_fixed16(float q, float sc, int d) {
+    return min(max(__float2int_rn(q * sc * ((d & 1) ? 0.5f : 1.0f)), -16319), 16319);
+}
 __device__ __forceinline__ float ex2_ftz(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -510,7 +530,7 @@ __device__ __forceinline__ void bits_issue(uint8_t *dk, uint8_t *dv, const kvqc_
 }
 
 template <int KIND, int R, int VB>
-__global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : BITS_MIN_BLOCKS2) attend_bits_kernel(kvqc_attn_args a, int) {
+__global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : KIND == KEY_RABITQ ? BITS_MIN_BLOCKS_RQ2 : BITS_MIN_BLOCKS2) attend_bits_kernel(kvqc_attn_args a, int) {
     typedef bits_cfg<KIND, R, VB> C;
     constexpr int VCS = C::VCS;
     constexpr int key_kind = KIND, kcs = C::KCS, plane0 = C::PLANE0;
@@ -536,6 +556,9 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
     const int t0 = split * a.chunk, t1 = min(len, t0 + a.chunk);
 
     uint8_t *wbuf = s_buf + warp * NST * C::ST;
+    /* this lane's copy destination in the warp's first stage, as a shared-memory address
+     * (the stages follow ST bytes apart) */
+    const unsigned s_lane = (unsigned)__cvta_generic_to_shared(wbuf) + 16u * (unsigned)lane;
     const int step = BT * MMA_WARPS;
     int ti = t0 + BT * warp; /* next tile to copy */
     /* a whole tile is one run of 32 rows in the contiguous layout (copied from running
@@ -554,19 +577,19 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
     /* the tile's first rows, this lane's 16 bytes (the page's, for pages of 32k tokens,
      * set when the page is read) */
     const uint8_t *gk_run = a.k_codes + row0 * kcs + 16 * lane, *gv_run = a.v_codes + row0 * VCS + 16 * lane;
-    /* copy the next tile into stage st */
-    auto issue = [&](int st) {
+    /* copy the next tile into the stage at byte offset so */
+    auto issue = [&](int so) {
         if (ti < t1) {
-            uint8_t *dk = wbuf + st * C::ST + 16 * lane, *dv = dk + C::KT;
             if (whole && ti + BT <= t1) {
+                const unsigned dk = s_lane + (unsigned)so, dv = dk + C::KT;
 #pragma unroll
                 for (int i = 0; i < (2 * kcs + 31) / 32; i++)
-                    if ((2 * kcs) % 32 == 0 || lane + 32 * i < 2 * kcs) cp_async16(dk + 512 * i, gk_run + 512 * i, 16);
+                    if ((2 * kcs) % 32 == 0 || lane + 32 * i < 2 * kcs) cp_async16_s(dk + 512 * i, gk_run + 512 * i);
 #pragma unroll
                 for (int i = 0; i < (2 * VCS + 31) / 32; i++)
-                    if ((2 * VCS) % 32 == 0 || lane + 32 * i < 2 * VCS) cp_async16(dv + 512 * i, gv_run + 512 * i, 16);
+                    if ((2 * VCS) % 32 == 0 || lane + 32 * i < 2 * VCS) cp_async16_s(dv + 512 * i, gv_run + 512 * i);
             } else {
-                bits_issue<kcs, VCS>(wbuf + st * C::ST, wbuf + st * C::ST + C::KT, a, kvqc_row_at(a, pn0, h, ti),
+                bits_issue<kcs, VCS>(wbuf + so, wbuf + so + C::KT, a, kvqc_row_at(a, pn0, h, ti),
                                      kvqc_row_at(a, pn1, h, ti + 16), min(16, t1 - ti), max(0, min(16, t1 - ti - 16)), lane);
             }
             ti += step;
@@ -585,21 +608,36 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
         cp_commit();
     };
 #pragma unroll
-    for (int s = 0; s < LA; s++) issue(s); /* the first copies fly during the setup */
+    for (int s = 0; s < LA; s++) issue(s * C::ST); /* the first copies fly during the setup */
     kvqc_block_query(a, b, h, s_q); /* ends with __syncthreads */
     /* per head: exponent e with |q| < 2^(e + 21), Kq = sum_d 2^(d & 7) Q_d, and the bytes
      * (H, M, L) of 2 Q_d = 65536 H + 256 M + L (each signed) in s_qb (one word per 32 dims
-     * of padding: the fragment reads below hit distinct banks) */
+     * of padding: the fragment reads below hit distinct banks); BITS_Q16: see q_fixed16 */
     {
         float mx = 0.0f;
         if (warp < G)
             for (int e = 0; e < 4; e++) mx = fmaxf(mx, fabsf(s_q[warp][lane + 32 * e]));
         mx = kvqc_warp_max(mx);
-        const int ex = mx > 0.0f ? max(ilogbf(mx) + 1 - 21, -100) : 0;
+        int ex = mx > 0.0f ? max(ilogbf(mx) + 1 - 21, -100) : 0;
+        /* BITS_Q16: the scale sc; s_ex then holds the bits of 1 / sc */
+        const bool q_nz = mx > 1e-30f;
+        const float sc16 = q_nz ? 16319.0f / mx : 1.0f;
+        if (BITS_Q16) ex = __float_as_int(q_nz ? mx / 16319.0f : 1.0f);
         int kq = 0;
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int d = lane + 32 * e;
+            if (BITS_Q16) {
+                /* Q_d = q_d sc / 2^(d & 1), Kq = sum_d 2^(d & 1) Q_d, bytes (H, L) of
+                 * 2 Q_d = 256 H + L in bytes 0, 1 */
+                const int q = warp < G ? q_fixed16(s_q[warp][d], sc16, d) : 0;
+                kq += q << (d & 1);
+                const int v = 2 * q;
+                const int lo = (int)(signed char)(v & 0xFF);
+                const int hi = (v - lo) >> 8;
+                s_qb[warp][d + (d >> 5)] = ((unsigned)hi & 0xFFu) | (((unsigned)lo & 0xFFu) << 8);
+                continue;
+            }
             const int q = warp < G ? q_fixed(s_q[warp][d], ex, d) : 0;
             kq += q * (1 << (d & 7));
             const int v = 2 * q;
@@ -635,12 +673,12 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
                     x[s] = qrow[d + tq]; /* d >> 5 == tq */
                 }
                 kb[i][0][hf] = __byte_perm(__byte_perm(x[0], x[1], p0), __byte_perm(x[2], x[3], p0), 0x5410);
-                kb[i][1][hf] = (g & 1) ? 0u
+                kb[i][1][hf] = BITS_Q16 || (g & 1) ? 0u
                                        : __byte_perm(__byte_perm(x[0], x[1], 0x62), __byte_perm(x[2], x[3], 0x62), 0x5410);
             }
     }
     const int kq_h = tq < G ? s_kq[tq] : 0;
-    const float sig = pow2i(tq < G ? s_ex[tq] : 0);
+    const float sig = BITS_Q16 ? (tq < G ? __int_as_float(s_ex[tq]) : 1.0f) : pow2i(tq < G ? s_ex[tq] : 0);
     const float key_mul = (key_kind == KEY_MSE1 ? 1.0f : a.kf.inv_sqrt_d) * sig;
     int vacc[16][4], wacc[4] = {0, 0, 0, 0};
 #pragma unroll
@@ -735,9 +773,9 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
      * 16 g + 15) of tokens 4 tq + s and 16 + 4 tq + s, byte-transposed so byte s of
      * T[grp][j] is byte j of token 16 grp + 4 tq + s; m-tile mt: rows g / g + 8 = bit 0 /
      * bit 1 of dim 16 g + mt (code mt & 3 of byte mt >> 2) */
-    auto values = [&](int vst, int par) {
+    auto values = [&](int vso, int par) {
         if (BITS_PROBE == 1) return;
-        const uint8_t *sv = wbuf + vst * C::ST + C::KT;
+        const uint8_t *sv = wbuf + vso + C::KT;
         const unsigned sel = (g & 1) ? 0x6420u : 0x7531u;
         const uint2 u0 = *(const uint2 *)&s_w[warp][par][g >> 1][4 * tq];
         const uint2 u1 = *(const uint2 *)&s_w[warp][par][g >> 1][16 + 4 * tq];
@@ -774,12 +812,16 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
 
     /* tile i: its scores and weights at step i, its values at step i + 1 (they overlap the
      * next tile's scores and softmax); LA tiles in flight, NST = LA + 2 stages */
-    int stage = 0, it = 0;
+    /* stages by byte offset: so the tile scored now, so - ST (cyclic) the one whose values
+     * run, so + LA ST the one copied */
+    constexpr int SPAN = NST * C::ST;
+    int so = 0, it = 0;
     for (int tt = t0 + BT * warp; tt < t1; tt += step, it++) {
         cp_wait_group<LA - 1>();
         __syncwarp();
-        issue(stage + LA < NST ? stage + LA : stage + LA - NST);
-        const uint8_t *sk = wbuf + stage * C::ST, *sv = sk + C::KT;
+        issue(so + LA * C::ST < SPAN ? so + LA * C::ST : so + LA * C::ST - SPAN);
+        const uint8_t *sk = wbuf + so, *sv = sk + C::KT;
+        const int rem = t1 - tt; /* valid tokens of the tile (32 or more: all) */
 
         /* ---- scores of tokens 16 mt + g (+ 8) for head tq: sc[2 mt], sc[2 mt + 1] */
         float sc[4];
@@ -793,15 +835,27 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
                 const unsigned wl = k_aligned ? *(const unsigned *)(sk + ko_lo + wo) : ld_word(sk, ko_lo + wo);
                 const unsigned wh = k_aligned ? *(const unsigned *)(sk + ko_hi + wo) : ld_word(sk, ko_hi + wo);
                 int c0[4] = {0, 0, 0, 0}, c1[4] = {-kq_h, 0, -kq_h, 0};
+                if (BITS_Q16) {
+                    /* k-step i: bits 2i, 2i + 1 of each byte, shifted down to worth 1 and 2 */
 #pragma unroll
-                for (int i = 0; i < (BITS_PROBE == 2 ? 0 : 4); i++) {
+                    for (int i = 0; i < (BITS_PROBE == 2 ? 0 : 4); i++) {
+                        const unsigned sl = wl >> (2 * i), sh = wh >> (2 * i);
+                        imma_u8s8(c0, sl & 0x01010101u, sh & 0x01010101u, sl & 0x02020202u, sh & 0x02020202u,
+                                  kb[i][0][0], kb[i][0][1]);
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < (BITS_PROBE == 2 || BITS_Q16 ? 0 : 4); i++) {
                     const unsigned m0 = 0x01010101u << (2 * i), m1 = m0 << 1;
                     const unsigned a0 = wl & m0, a1 = wh & m0, a2 = wl & m1, a3 = wh & m1;
                     imma_u8s8(c0, a0, a1, a2, a3, kb[i][0][0], kb[i][0][1]);
                     imma_u8s8(c1, a0, a1, a2, a3, kb[i][1][0], kb[i][1][1]);
                 }
-                const int y_lo = (int)(((unsigned)c0[0] << 16) + ((unsigned)c0[1] << 8) + (unsigned)c1[0]);
-                const int y_hi = (int)(((unsigned)c0[2] << 16) + ((unsigned)c0[3] << 8) + (unsigned)c1[2]);
+                /* sum 2 Q b - Kq: BITS_Q16 (H << 8) + L, else (H << 16) + (M << 8) + L */
+                const int y_lo = BITS_Q16 ? (int)(((unsigned)c0[0] << 8) + (unsigned)c0[1]) - kq_h
+                                          : (int)(((unsigned)c0[0] << 16) + ((unsigned)c0[1] << 8) + (unsigned)c1[0]);
+                const int y_hi = BITS_Q16 ? (int)(((unsigned)c0[2] << 8) + (unsigned)c0[3]) - kq_h
+                                          : (int)(((unsigned)c0[2] << 16) + ((unsigned)c0[3] << 8) + (unsigned)c1[2]);
                 float cl = c_first, ch = c_first;
                 if (key_kind == KEY_RVQ && st > 0) {
                     cl = c_rest * ld_h(sk, ko_lo + 2 * st);
@@ -815,8 +869,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
                 n_lo = __fdividef(n_lo, ld_h(sk, ko_lo + 2));
                 n_hi = __fdividef(n_hi, ld_h(sk, ko_hi + 2));
             }
-            sc[2 * mt] = tt + 16 * mt + g < t1 ? s_lo * n_lo : -INFINITY;
-            sc[2 * mt + 1] = tt + 16 * mt + g + 8 < t1 ? s_hi * n_hi : -INFINITY;
+            sc[2 * mt] = 16 * mt + g < rem ? s_lo * n_lo : -INFINITY;
+            sc[2 * mt + 1] = 16 * mt + g + 8 < rem ? s_hi * n_hi : -INFINITY;
         }
         float nv[4], tmax = -INFINITY; /* value norms; the maximum of s + log2 |v| */
 #pragma unroll
@@ -826,7 +880,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
             tmax = fmaxf(tmax, sc[k] + fmaxf(lg2_ftz(nv[k]), -30.0f));
         }
         /* ---- values of the previous tile, with weights against the current reference */
-        if (it > 0) values(stage == 0 ? NST - 1 : stage - 1, (it - 1) & 1);
+        if (it > 0) values(so == 0 ? SPAN - C::ST : so - C::ST, (it - 1) & 1);
 
         /* ---- online softmax of head tq; weights w = exp2(s + log2 |v| - m) <= 1 */
         tmax = fmaxf(tmax, __shfl_xor_sync(KVQC_FULL, tmax, 4));
@@ -861,11 +915,11 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, VB == 4 ? BITS_MIN_BLOCKS4 : B
             /* round(w * 65535) in the low 16 bits (w <= 1 up to the rounding of lg2, ex2) */
             s_w[warp][it & 1][tq][tok] = (unsigned short)__float_as_uint(fmaf(w, 65535.0f, 12582912.0f));
         }
-        stage = stage == NST - 1 ? 0 : stage + 1;
+        so = so + C::ST == SPAN ? 0 : so + C::ST;
     }
     if (it > 0) {
         __syncwarp();
-        values(stage == 0 ? NST - 1 : stage - 1, (it - 1) & 1);
+        values(so == 0 ? SPAN - C::ST : so - C::ST, (it - 1) & 1);
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
 
