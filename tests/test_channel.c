@@ -379,7 +379,7 @@ TEST(channel_score_kernels_match_scalar) {
     float *q = malloc(9 * 288 * sizeof(float)), *wf = malloc(288 * sizeof(float)), ref[9 * 64], got[9 * 64];
     size_t wn = 9 * (size_t)kvqi_chan_planes_cap(288);
     int16_t *W1 = malloc(wn * sizeof(int16_t)), *W2 = malloc(wn * sizeof(int16_t));
-    float sc1[18], sc2[18], b1[9], b2[9];
+    float sc1[9], sc2[9], b1[9], b2[9];
     REQUIRE(mem && block && q && wf && W1 && W2);
     kvqi_rng r;
     kvqi_rng_seed(&r, 41);
@@ -397,7 +397,7 @@ TEST(channel_score_kernels_match_scalar) {
                 const kvqi_cache_kernels *K = kvqi_cache_kernels_for(isas[k]);
                 K->chan_weights(block, &L, q, G, W2, sc2, b2, wf);
                 CHECKF(memcmp(W1, W2, (size_t)G * L.n_padded * sizeof(int16_t)) == 0 &&
-                           memcmp(sc1, sc2, 2 * G * sizeof(float)) == 0 && memcmp(b1, b2, G * sizeof(float)) == 0,
+                           memcmp(sc1, sc2, G * sizeof(float)) == 0 && memcmp(b1, b2, G * sizeof(float)) == 0,
                        "isa %d rep %d G %u: weights differ", (int)isas[k], rep, G);
             }
             for (size_t in = 0; in < 128; in += 13) {
@@ -420,16 +420,15 @@ TEST(channel_score_kernels_match_scalar) {
 }
 
 /* The integer score against the exact score of the decoded keys (in doubles): within
- * the documented bound, half a weight step times each plane's value times 2^shift, with
- * the int16 scale for the planes of 4 and 2 bits and the int8 scale for those of 1 bit
- * (sum_p scale_p / 2 * plane_p 2^shift_p), plus float rounding. */
+ * the documented bound, half a weight step times each code, sum_j scale / 2 * code_j,
+ * plus float rounding. */
 TEST(channel_score_within_bound) {
     const uint32_t dim = 128;
     uint8_t bits[128];
     kvqi_chan_layout L;
     void *mem = malloc(kvqi_chan_layout_bytes(dim));
     uint8_t *block = malloc(4 * dim + 64 * 8 * dim);
-    float q[4 * 128], sc[4 * 64], w[128], scl[8], bia[4];
+    float q[4 * 128], sc[4 * 64], w[128], scl[4], bia[4];
     int16_t Wall[4 * 3 * 128 + 64];
     REQUIRE(mem && block);
     kvqi_rng r;
@@ -445,7 +444,7 @@ TEST(channel_score_within_bound) {
         kvqi_cache_kernels_scalar.chan_weights(block, &L, q, G, Wall, scl, bia, w);
         kvqi_cache_kernels_scalar.chan_dot(block, &L, Wall, scl, bia, G, 0, 64, sc, 64);
         for (uint32_t h = 0; h < G; h++) {
-            float scale = scl[h], scale8 = scl[G + h];
+            float scale = scl[h];
             for (uint32_t t = 0; t < 64; t++) {
                 double exact = 0.0, mag = 0.0, bound = 0.0;
                 for (uint32_t j = 0; j < dim; j++) {
@@ -456,11 +455,7 @@ TEST(channel_score_within_bound) {
                     exact += (double)q[h * dim + j] * k;
                     mag += fabs((double)q[h * dim + j] * k);
                 }
-                for (uint32_t p = 0; p < L.n_planes; p++) {
-                    if (!L.width[p]) continue;
-                    double v = ldexp(kvqi_chan_plane_at(&L, block + 4 * dim, p, t), L.shift[p]);
-                    bound += 0.5 * (L.width[p] == 1 ? scale8 : scale) * v;
-                }
+                for (uint32_t j = 0; j < dim; j++) bound += 0.5 * scale * kvqi_chan_code_at(&L, block, j, t);
                 double err = fabs(sc[h * 64 + t] - exact), lim = bound + 1e-5 * mag;
                 if (err / lim > worst) worst = err / lim;
                 rel += err / (mag > 0 ? mag : 1.0);
@@ -468,7 +463,7 @@ TEST(channel_score_within_bound) {
         }
     }
     CHECKF(worst <= 1.0, "error %.3f of the bound", worst);
-    /* and far inside it on average: 15-bit weights (8-bit ones only on the 1-bit planes) */
+    /* and far inside it on average: 15-bit weights */
     CHECKF(rel / (20 * 4 * 64) < 1e-4, "mean relative error %.3g", rel / (20 * 4 * 64));
     free(mem), free(block);
 }

@@ -13,8 +13,7 @@
  * one width to a group laid out for integer multiply-adds (kvqi_chan_layout,
  * cpu/cache_kernels.h). The score of token t, sum_j q_j lo_j + sum_j q_j step_j code_j(t),
  * is an integer dot product of the planes with int16 weights per chunk and query head
- * (q_j step_j on a common scale, times 2^shift per plane; int8 weights on a second scale
- * for the planes of 1 bit), scaled, plus the bias. A chunk
+ * (q_j step_j on a common scale, times 2^shift per plane), scaled, plus the bias. A chunk
  * is coded once all its tokens are in: until then they wait in the ring (q8_0 rows).
  */
 #include <math.h>
@@ -237,19 +236,18 @@ void kvqi_chan_put_row(const kvq_cache *c, uint32_t g, const float *row, size_t 
     }
 }
 
-/* The chan scratch of G query heads (kvqi_chan_weigh): W (int16, G planes caps), scale[2 G]
- * (the int16 planes' scales, then the int8 planes'), bias[G], then dim floats for the
- * kernels. */
+/* The chan scratch of G query heads (kvqi_chan_weigh): W (int16, G planes caps), scale[G],
+ * bias[G], then dim floats for the kernels. */
 static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 
 size_t kvqi_chan_scratch_floats(uint32_t dim, uint32_t G) {
-    return round16(((size_t)G * kvqi_chan_planes_cap(dim) + 1) / 2) + round16(2 * (size_t)G) + round16(G) + dim;
+    return round16(((size_t)G * kvqi_chan_planes_cap(dim) + 1) / 2) + 2 * round16(G) + dim;
 }
 
 void kvqi_chan_scratch(float *w, uint32_t dim, uint32_t G, kvqi_chan_weighed *out) {
     out->W = (int16_t *)(void *)w;
     out->scale = w + round16(((size_t)G * kvqi_chan_planes_cap(dim) + 1) / 2);
-    out->bias = out->scale + round16(2 * (size_t)G);
+    out->bias = out->scale + round16(G);
     out->wf = out->bias + round16(G);
 }
 

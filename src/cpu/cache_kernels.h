@@ -102,10 +102,7 @@ void kvqi_cache_sign_lut(const float *z, uint32_t m, float *lut);
  * token l at byte 64 (l / 32) + 4 (l % 16) + p % 4, bits 4 ((l / 16) % 2); width 2, byte
  * 4 (l % 16) + p % 4, bits 2 (l / 16); width 1, byte 4 (l % 8) + p % 4, bit l / 8. So one
  * load and a shift and mask give 16 (or 8) tokens' four planes as bytes 4 t + i, which
- * multiply-add instructions consume directly. The groups of 4 and 2 bits are scored with
- * int16 weights, those of 1 bit (the low bits of 3- and 5-bit channels, and the splits)
- * with int8 weights under their own scale: one u8 x s8 multiply-add takes a token's four
- * 1-bit planes at once. */
+ * multiply-add instructions consume directly. */
 typedef struct kvqi_chan_layout {
     uint32_t dim;
     uint32_t n4, n2, n1;     /* groups of four planes of 4, 2 and 1 bits, in that order */
@@ -117,9 +114,7 @@ typedef struct kvqi_chan_layout {
     const uint16_t *chan;    /* plane p's channel (padding: 0) */
     const uint8_t *shift;    /* plane p holds bits [shift, shift + width) of the code */
     const uint8_t *width;    /* 4, 2, 1 (padding: 0) */
-    const float *top;        /* [dim] channel j's largest 2^shift of its planes of 4 and 2 bits
-                              * (0 without) */
-    const float *top1;       /* [dim] the same of its planes of 1 bit */
+    const float *top;        /* [dim] channel j's largest 2^shift (0 without bits) */
     const uint16_t *pair_chan;  /* chan in the weights' pair order (kvqi_chan_weights_ref) */
     const uint16_t *pair_shift; /* shift in that order (padding: 16) */
 } kvqi_chan_layout;
@@ -202,14 +197,12 @@ typedef struct kvqi_cache_kernels {
                         size_t ld);
     /* Channel keys (cache/chan.c), one head's chunk block (kvqi_chan_layout), in two steps
      * so that one chunk's weights serve all its units. chan_weights: G query heads' (q:
-     * [G][dim]) weights W[h * n_padded + p] (int16 for the planes of 4 and 2 bits, int8
-     * bytes for those of 1 bit), scale[h] (int16), scale[G + h] (int8) and bias[h], each
-     * head as kvqi_chan_weights_ref gives them (wf: dim floats of scratch). chan_dot:
-     * tokens t in [in, in + n) inside one unit of 64 (in % 64 + n <= 64),
-     * scores[h * ld + t - in] = fmaf((float)acc8_h(t), scale[G + h], fmaf((float)acc_h(t),
-     * scale[h], bias[h])) with acc_h(t) = sum_p W_h[p] plane_p(t) over the planes of 4 and 2
-     * bits and acc8_h(t) the same over the int8 weights of the planes of 1 bit, in int32.
-     * Integer sums and the reference's float operations: every ISA gives the same bits. */
+     * [G][dim]) int16 weights W[h * n_padded + p], scale[h] and bias[h], each head as
+     * kvqi_chan_weights_ref gives them (wf: dim floats of scratch). chan_dot: tokens t in
+     * [in, in + n) inside one unit of 64 (in % 64 + n <= 64), scores[h * ld + t - in] =
+     * fmaf((float)acc_h(t), scale[h], bias[h]) with acc_h(t) = sum_p W_h[p] plane_p(t) in
+     * int32. Integer sums and the reference's float operations: every ISA gives the same
+     * bits. */
     void (*chan_weights)(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
                          int16_t *W, float *scale, float *bias, float *wf);
     void (*chan_dot)(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
@@ -237,19 +230,12 @@ void kvqi_chan_plane_put(const kvqi_chan_layout *L, uint8_t *unit, uint32_t p, u
 uint32_t kvqi_chan_code_at(const kvqi_chan_layout *L, const uint8_t *block, uint32_t j, size_t t);
 /* The query side of chan_dot (chan_weights) for one head q[dim], the reference every ISA
  * reproduces: w_j = q_j step_j, max = max_j |w_j| top_j, scale = max / wmax, channel
- * weights W_j = rint(w_j * (wmax / max)) and, for the planes of 4 and 2 bits
- * (p < P1 = 4 (n4 + n2)), plane weights W[p'] = W_j 2^shift_p as int16 (so acc =
- * sum_j W_j code_j over those planes), stored in pairs: p' = 4 (p / 4) + {0, 2, 1, 3}[p % 4]
- * (planes 0 and 2 of a group, then 1 and 3). The planes of 1 bit: max1 = max_j |w_j| top1_j,
- * scale8 = max1 / 127, int8 weights rint(w_j * 2^shift_p * (127 / max1)) (padding 0) in
- * plane order at the bytes of W[P1..n_padded) (the bytes past the planes zero), written by
- * kvqi_chan_weights8. bias = sum_j q_j lo_j (fmaf into 16 lanes j % 16, folded 8, 4, 2, 1).
- * wf: dim floats of scratch. */
+ * weights W_j = rint(w_j * (wmax / max)) and plane weights W[p'] = W_j 2^shift_p as int16
+ * (so acc = sum_j W_j code_j), stored in pairs: p' = 4 (p / 4) + {0, 2, 1, 3}[p % 4]
+ * (planes 0 and 2 of a group, then 1 and 3); bias = sum_j q_j lo_j (fmaf into 16 lanes
+ * j % 16, folded 8, 4, 2, 1). wf: dim floats of scratch. */
 void kvqi_chan_weights_ref(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, float *scale,
-                           float *scale8, float *bias, float *wf);
-/* The int8 part of that: from wf[j] = w_j and max1, W's bytes past its int16 planes and
- * the returned scale8. */
-float kvqi_chan_weights8(const kvqi_chan_layout *L, const float *wf, float max1, int16_t *W);
+                           float *bias, float *wf);
 /* The most planes a head of dim channels can have (n_padded <= this). */
 uint32_t kvqi_chan_planes_cap(uint32_t dim);
 

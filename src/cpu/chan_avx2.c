@@ -7,11 +7,8 @@
  * for a = 0, 1, 4, 5. Per group, the two octets' four planes come as 16-bit words
  * (planes 0 and 2 of a token in the even words, 1 and 3 in the odd, each by one shift
  * and mask), multiplied with the int16 weight pairs by vpmaddwd and added in int32
- * registers, one per octet and query head, up to four heads per pass, and the sums
- * scaled into the scores. Then the groups of 1 bit: a token's four plane bytes times
- * their int8 weights by vpmaddubsw into int16 sums (at most 128 groups at a time, so
- * they cannot overflow), widened by vpmaddwd, and the second scale: the reference's
- * multiply-adds.
+ * registers, one per octet and query head, up to four heads per pass; the same final
+ * multiply-add as the reference.
  */
 #include <immintrin.h>
 
@@ -19,21 +16,13 @@
 
 #define CHAN_INLINE static inline __attribute__((always_inline))
 
-/* the largest of 8 lanes */
-static float max8(__m256 m8) {
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    return _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
-}
-
 /* kvqi_chan_weights_ref of one head q[dim] up to the channels' weights: kc[j] = W_j
- * (rounded and clamped, int32), scale and bias; the 1-bit planes' int8 weights into W
- * (kvqi_chan_weights8) and scale8; wf: dim floats of scratch (may be kc). */
+ * (rounded and clamped, int32), scale and bias; wf: dim floats of scratch (may be kc). */
 static void channel_weights(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int32_t *kc,
-                            int16_t *W, float *scale, float *scale8, float *bias, float *wf) {
+                            float *scale, float *bias, float *wf) {
     uint32_t dim = L->dim;
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    __m256 p0 = _mm256_setzero_ps(), p1 = p0, m0 = p0, m1 = p0, n0 = p0, n1 = p0;
+    __m256 p0 = _mm256_setzero_ps(), p1 = p0, m0 = p0, m1 = p0;
     for (uint32_t j = 0; j < dim; j += 16) {
         const uint8_t *lo = block + 2 * (size_t)j, *st = block + 2 * ((size_t)dim + j);
         __m256 q0 = _mm256_loadu_ps(q + j), q1 = _mm256_loadu_ps(q + j + 8);
@@ -45,11 +34,11 @@ static void channel_weights(const uint8_t *block, const kvqi_chan_layout *L, con
         _mm256_storeu_ps(wf + j + 8, w1);
         m0 = _mm256_max_ps(m0, _mm256_mul_ps(_mm256_and_ps(w0, absmask), _mm256_loadu_ps(L->top + j)));
         m1 = _mm256_max_ps(m1, _mm256_mul_ps(_mm256_and_ps(w1, absmask), _mm256_loadu_ps(L->top + j + 8)));
-        n0 = _mm256_max_ps(n0, _mm256_mul_ps(_mm256_and_ps(w0, absmask), _mm256_loadu_ps(L->top1 + j)));
-        n1 = _mm256_max_ps(n1, _mm256_mul_ps(_mm256_and_ps(w1, absmask), _mm256_loadu_ps(L->top1 + j + 8)));
     }
-    float mx = max8(_mm256_max_ps(m0, m1));
-    *scale8 = kvqi_chan_weights8(L, wf, max8(_mm256_max_ps(n0, n1)), W);
+    __m256 m8 = _mm256_max_ps(m0, m1);
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    float mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
     float inv = mx > 0.0f ? L->wmax / mx : 0.0f;
     const __m256 iv = _mm256_set1_ps(inv);
     const __m256i hi = _mm256_set1_epi32(32767), lo = _mm256_set1_epi32(-32767);
@@ -72,13 +61,12 @@ static inline __m256i plane_mul(const uint16_t *shift) {
     return _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
 }
 
-/* The plane weights W[p] = W_{chan p} 2^shift_p kept to 16 bits (p < 4 (n4 + n2)), of
- * two heads at once:
+/* The plane weights W[p] = W_{chan p} 2^shift_p kept to 16 bits, of two heads at once:
  * kc2[j] holds head a's W_j in its low 16 bits and head b's in the high, so one gather
  * picks eight planes of both, and vpmullw by 2^shift shifts each half (Wb NULL: head a
  * only). */
 static void plane_weights(const kvqi_chan_layout *L, const int32_t *kc2, int16_t *Wa, int16_t *Wb) {
-    uint32_t P = 4 * (L->n4 + L->n2);
+    uint32_t P = L->n_padded;
     const __m256i m16 = _mm256_set1_epi32(0xffff);
     uint32_t p = 0;
     for (; p + 16 <= P; p += 16) {
@@ -109,9 +97,8 @@ void kvqi_chan_weights_avx2(const uint8_t *block, const kvqi_chan_layout *L, con
     if (dim <= CHAN_PAIR_DIM) {
         int32_t ka[CHAN_PAIR_DIM], kb[CHAN_PAIR_DIM];
         for (; h + 2 <= G; h += 2) {
-            channel_weights(block, L, q + (size_t)h * dim, ka, W + (size_t)h * P, &scale[h], &scale[G + h], &bias[h], wf);
-            channel_weights(block, L, q + (size_t)(h + 1) * dim, kb, W + (size_t)(h + 1) * P, &scale[h + 1],
-                            &scale[G + h + 1], &bias[h + 1], wf);
+            channel_weights(block, L, q + (size_t)h * dim, ka, &scale[h], &bias[h], wf);
+            channel_weights(block, L, q + (size_t)(h + 1) * dim, kb, &scale[h + 1], &bias[h + 1], wf);
             for (uint32_t j = 0; j < dim; j += 8) {
                 __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(ka + j));
                 __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)(kb + j));
@@ -123,7 +110,7 @@ void kvqi_chan_weights_avx2(const uint8_t *block, const kvqi_chan_layout *L, con
     }
     for (; h < G; h++) {
         int32_t *kc = (int32_t *)(void *)wf;
-        channel_weights(block, L, q + (size_t)h * dim, kc, W + (size_t)h * P, &scale[h], &scale[G + h], &bias[h], wf);
+        channel_weights(block, L, q + (size_t)h * dim, kc, &scale[h], &bias[h], wf);
         plane_weights(L, kc, W + (size_t)h * P, NULL);
     }
 }
@@ -156,35 +143,13 @@ CHAN_INLINE __m256i pair_at(const int16_t *w) {
         _mm256_storeu_ps(out + (h) * ldo + 8 * A, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a##h), sv, bv)); \
         _mm256_storeu_ps(out + (h) * ldo + 8 * A + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(b##h), sv, bv)); \
     }
-#define CHAN_ZERO(h) a##h = z, b##h = z;
-#define CHAN_ACC16(h) __m256i c##h = z, d##h = z;
-/* the 1-bit groups: octets A (ea) and A + 2 (eb) of a group times head h's int8 weights */
-#define CHAN_DOT8(h)                                                                                  \
-    if (gh > h) {                                                                                     \
-        int32_t x4;                                                                                   \
-        memcpy(&x4, w8 + (size_t)(h) * 2 * P, 4);                                                     \
-        __m256i wv = _mm256_set1_epi32(x4);                                                           \
-        c##h = _mm256_add_epi16(c##h, _mm256_maddubs_epi16(ea, wv));                                  \
-        d##h = _mm256_add_epi16(d##h, _mm256_maddubs_epi16(eb, wv));                                  \
-    }
-#define CHAN_WIDEN(h)                                                                                 \
-    if (gh > h) {                                                                                     \
-        a##h = _mm256_add_epi32(a##h, _mm256_madd_epi16(c##h, ones));                                 \
-        b##h = _mm256_add_epi32(b##h, _mm256_madd_epi16(d##h, ones));                                 \
-    }
-#define CHAN_OUT8(h)                                                                                  \
-    if (gh > h) {                                                                                     \
-        __m256 sv = _mm256_set1_ps(scale8[h]);                                                        \
-        float *oa = out + (h) * ldo + 8 * A, *ob = oa + 16;                                           \
-        _mm256_storeu_ps(oa, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a##h), sv, _mm256_loadu_ps(oa)));     \
-        _mm256_storeu_ps(ob, _mm256_fmadd_ps(_mm256_cvtepi32_ps(b##h), sv, _mm256_loadu_ps(ob)));     \
-    }
 
 /* Octets A and A + 2 (A = 0, 1, 4, 5) of gh (1..4) heads into out[h * ldo + l]. */
 CHAN_INLINE void octets(const uint8_t *unit, const kvqi_chan_layout *L, const int16_t *W, uint32_t P,
-                        const float *scale, const float *scale8, const float *bias, float *out, size_t ldo,
-                        const unsigned gh, const unsigned A) {
-    const __m256i z = _mm256_setzero_si256(), m4 = _mm256_set1_epi16(15), m2 = _mm256_set1_epi16(3);
+                        const float *scale, const float *bias, float *out, size_t ldo, const unsigned gh,
+                        const unsigned A) {
+    const __m256i z = _mm256_setzero_si256(), m4 = _mm256_set1_epi16(15), m2 = _mm256_set1_epi16(3),
+                  m1 = _mm256_set1_epi16(1);
     CHAN_ACC(0) CHAN_ACC(1) CHAN_ACC(2) CHAN_ACC(3)
     const int16_t *wp = W;
     const uint8_t *g = unit + 64 * (A / 4) + 32 * (A % 2);
@@ -209,34 +174,23 @@ CHAN_INLINE void octets(const uint8_t *unit, const kvqi_chan_layout *L, const in
         CHAN_GROUP(_mm256_and_si256(x, m2), _mm256_and_si256(_mm256_srli_epi16(x, 8), m2),
                    _mm256_and_si256(_mm256_srli_epi16(x, 2), m2), _mm256_and_si256(_mm256_srli_epi16(x, 10), m2))
     }
-    CHAN_OUT(0) CHAN_OUT(1) CHAN_OUT(2) CHAN_OUT(3)
-    if (!L->n1) return;
-    /* 1 bit: octet l's bit l, a token's four planes as its four bytes */
+    /* 1 bit: octet l's bit l */
     g = unit + 128 * (size_t)L->n4 + 64 * (size_t)L->n2;
-    const uint8_t *w8 = (const uint8_t *)(const void *)wp;
-    const __m256i one8 = _mm256_set1_epi8(1), ones = _mm256_set1_epi16(1);
-    CHAN_ZERO(0) CHAN_ZERO(1) CHAN_ZERO(2) CHAN_ZERO(3)
-    for (uint32_t i0 = 0; i0 < L->n1; i0 += 128) {
-        uint32_t i1 = L->n1 - i0 < 128 ? L->n1 : i0 + 128;
-        CHAN_ACC16(0) CHAN_ACC16(1) CHAN_ACC16(2) CHAN_ACC16(3)
-        for (uint32_t i = i0; i < i1; i++, g += 32, w8 += 4) {
-            if (A == 0 && i % 2 == 0) _mm_prefetch((const char *)(g + ahead), _MM_HINT_T0);
-            __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)g);
-            if (A) x = _mm256_srli_epi16(x, A);
-            __m256i ea = _mm256_and_si256(x, one8), eb = _mm256_and_si256(_mm256_srli_epi16(x, 2), one8);
-            CHAN_DOT8(0) CHAN_DOT8(1) CHAN_DOT8(2) CHAN_DOT8(3)
-        }
-        CHAN_WIDEN(0) CHAN_WIDEN(1) CHAN_WIDEN(2) CHAN_WIDEN(3)
+    for (uint32_t i = 0; i < L->n1; i++, g += 32, wp += 4) {
+        if (A == 0 && i % 2 == 0) _mm_prefetch((const char *)(g + ahead), _MM_HINT_T0);
+        __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)g);
+        if (A) x = _mm256_srli_epi16(x, A);
+        CHAN_GROUP(_mm256_and_si256(x, m1), _mm256_and_si256(_mm256_srli_epi16(x, 8), m1),
+                   _mm256_and_si256(_mm256_srli_epi16(x, 2), m1), _mm256_and_si256(_mm256_srli_epi16(x, 10), m1))
     }
-    CHAN_OUT8(0) CHAN_OUT8(1) CHAN_OUT8(2) CHAN_OUT8(3)
+    CHAN_OUT(0) CHAN_OUT(1) CHAN_OUT(2) CHAN_OUT(3)
 }
 
 /* pass A of gh heads, one function per (heads, pass) */
 #define CHAN_PASS(GH, A)                                                                              \
     static void pass_##GH##_##A(const uint8_t *unit, const kvqi_chan_layout *L, const int16_t *W, uint32_t P, \
-                                const float *scale, const float *scale8, const float *bias, float *out, \
-                                size_t ldo) {                                                         \
-        octets(unit, L, W, P, scale, scale8, bias, out, ldo, GH, A);                                  \
+                                const float *scale, const float *bias, float *out, size_t ldo) {     \
+        octets(unit, L, W, P, scale, bias, out, ldo, GH, A);                                          \
     }
 #define CHAN_PASSES(GH) CHAN_PASS(GH, 0) CHAN_PASS(GH, 1) CHAN_PASS(GH, 4) CHAN_PASS(GH, 5)
 CHAN_PASSES(1)
@@ -245,7 +199,7 @@ CHAN_PASSES(3)
 CHAN_PASSES(4)
 
 typedef void (*pass_fn)(const uint8_t *, const kvqi_chan_layout *, const int16_t *, uint32_t, const float *,
-                        const float *, const float *, float *, size_t);
+                        const float *, float *, size_t);
 static const pass_fn passes[4][4] = {
     {pass_1_0, pass_1_1, pass_1_4, pass_1_5},
     {pass_2_0, pass_2_1, pass_2_4, pass_2_5},
@@ -273,7 +227,7 @@ void kvqi_chan_dot_avx2(const uint8_t *block, const kvqi_chan_layout *L, const i
             uint32_t a = first[k];
             /* tokens 8a .. 8a + 7 and 8a + 16 .. 8a + 23: skip a pass that has none asked */
             int need = (8 * a < l0 + n && 8 * a + 8 > l0) || (8 * a + 16 < l0 + n && 8 * a + 24 > l0);
-            if (need) passes[gh - 1][k](unit, L, Wg, P, scale + h0, scale + G + h0, bias + h0, out, ldo);
+            if (need) passes[gh - 1][k](unit, L, Wg, P, scale + h0, bias + h0, out, ldo);
         }
         if (!whole)
             for (uint32_t h = 0; h < gh; h++) memcpy(scores + (h0 + h) * ld, tmp + h * 64 + l0, n * sizeof(float));

@@ -4,9 +4,7 @@
  * 16 int32 sums per query head, heads four at a time: each group of four planes gives 16
  * tokens' planes as bytes from one load, shift and mask, and two vpdpwssd add their
  * products with the group's int16 weights (planes 0 and 2 from the low bytes of a token's
- * words, 1 and 3 from the high). Those sums scaled into the scores, the same registers
- * take the groups of 1 bit: one vpdpbusd of a token's four plane bytes with their int8
- * weights, then the second scale. CPUs without VNNI take the AVX2 kernel.
+ * words, 1 and 3 from the high). CPUs without VNNI take the AVX2 kernel.
  */
 #include <string.h>
 #include <immintrin.h>
@@ -22,39 +20,13 @@ static float fold16(__m512 v) {
     return _mm_cvtss_f32(d);
 }
 
-/* kvqi_chan_weights8 with 16 lanes: the 1-bit planes' channels gathered, times 2^shift,
- * times 127 / max1, rounded and clamped; the bytes past the planes zero. */
-static float weights8(const kvqi_chan_layout *L, const float *wf, float mx1, int16_t *W) {
-    uint32_t p1 = 4 * (L->n4 + L->n2), n = 4 * L->n1, nb = 2 * (L->n_padded - p1);
-    int8_t *W8 = (int8_t *)(void *)(W + p1);
-    const __m512 iv = _mm512_set1_ps(mx1 > 0.0f ? 127.0f / mx1 : 0.0f);
-    const __m512i hi = _mm512_set1_epi32(127), lo = _mm512_set1_epi32(-127);
-    for (uint32_t i = 0; i < nb; i += 16) {
-        __mmask16 st = (__mmask16)(nb - i >= 16 ? 0xffffu : (1u << (nb - i)) - 1u);
-        __m128i r = _mm_setzero_si128();
-        if (i < n) {
-            __mmask16 live = (__mmask16)(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1u);
-            __m512i idx = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, L->chan + p1 + i));
-            __m512i sh = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(live, L->shift + p1 + i));
-            __m512i wd = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(live, L->width + p1 + i));
-            live = _mm512_test_epi32_mask(wd, wd);
-            __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, wf, 4);
-            v = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_cvtepi32_ps(_mm512_sllv_epi32(_mm512_set1_epi32(1), sh))), iv);
-            __m512i k = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(v), hi), lo);
-            r = _mm512_cvtepi32_epi8(_mm512_maskz_mov_epi32(live, k));
-        }
-        _mm_mask_storeu_epi8(W8 + i, st, r);
-    }
-    return mx1 / 127.0f;
-}
-
 /* kvqi_chan_weights_ref, lane for lane: the channels' weights in channel order, then
  * permuted into the planes' pair order 32 at a time and shifted. */
 static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, float *scale,
-                    float *scale8, float *bias, float *wf) {
-    uint32_t dim = L->dim;
+                    float *bias, float *wf) {
+    uint32_t dim = L->dim, P = L->n_padded;
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-    __m512 part = _mm512_setzero_ps(), vmx = _mm512_setzero_ps(), vmx1 = vmx;
+    __m512 part = _mm512_setzero_ps(), vmx = _mm512_setzero_ps();
     for (uint32_t j = 0; j < dim; j += 16) {
         __m512 qv = _mm512_loadu_ps(q + j);
         __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * (size_t)j)));
@@ -63,12 +35,9 @@ static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float
         __m512 wv = _mm512_mul_ps(qv, st);
         _mm512_storeu_ps(wf + j, wv);
         vmx = _mm512_max_ps(vmx, _mm512_mul_ps(_mm512_and_ps(wv, absmask), _mm512_loadu_ps(L->top + j)));
-        vmx1 = _mm512_max_ps(vmx1, _mm512_mul_ps(_mm512_and_ps(wv, absmask), _mm512_loadu_ps(L->top1 + j)));
     }
     float mx = _mm512_reduce_max_ps(vmx);
     float inv = mx > 0.0f ? L->wmax / mx : 0.0f;
-    uint32_t P1 = 4 * (L->n4 + L->n2);
-    *scale8 = weights8(L, wf, _mm512_reduce_max_ps(vmx1), W);
     /* the channels' weights as int16 over their floats (each block read before written) */
     int16_t *wc = (int16_t *)(void *)wf;
     __m512 iv = _mm512_set1_ps(inv);
@@ -76,7 +45,7 @@ static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float
         __m256i k = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wf + j), iv)));
         _mm256_storeu_si256((__m256i *)(void *)(wc + j), k);
     }
-    for (uint32_t p = 0; p < P1; p += 32) {
+    for (uint32_t p = 0; p < P; p += 32) {
         __m512i idx = _mm512_loadu_si512((const void *)(L->pair_chan + p));
         __m512i r = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)wc), idx,
                                               _mm512_loadu_si512((const void *)(wc + 32)));
@@ -86,7 +55,8 @@ static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float
                                                                       _mm512_loadu_si512((const void *)(wc + 64 * k + 32))));
         }
         r = _mm512_sllv_epi16(r, _mm512_loadu_si512((const void *)(L->pair_shift + p)));
-        _mm512_mask_storeu_epi16(W + p, (__mmask32)(P1 - p >= 32 ? 0xffffffffu : (1u << (P1 - p)) - 1u), r);
+        if (P - p >= 32) _mm512_storeu_si512((void *)(W + p), r);
+        else _mm256_storeu_si256((__m256i *)(void *)(W + p), _mm512_castsi512_si256(r));
     }
     *scale = mx / L->wmax;
     *bias = fold16(part);
@@ -95,24 +65,23 @@ static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float
 /* weights() for gh heads at once where dim <= 256: the same operations per head, the
  * minima, steps, plane indices and masks shared, the heads' chains interleaved. */
 static void weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t gh, int16_t *W,
-                          float *scale, float *scale8, float *bias) {
-    uint32_t dim = L->dim, P = L->n_padded, P1 = 4 * (L->n4 + L->n2);
+                          float *scale, float *bias) {
+    uint32_t dim = L->dim, P = L->n_padded;
     float wf[4][256];
     int16_t wc[4][256 + 64];
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     const __m512 zero = _mm512_setzero_ps();
-    __m512 part[4] = {zero, zero, zero, zero}, vmx[4] = {zero, zero, zero, zero}, vmx1[4] = {zero, zero, zero, zero};
+    __m512 part[4] = {zero, zero, zero, zero}, vmx[4] = {zero, zero, zero, zero};
     for (uint32_t j = 0; j < dim; j += 16) {
         __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * (size_t)j)));
         __m512 st = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * ((size_t)dim + j))));
-        __m512 top = _mm512_loadu_ps(L->top + j), top1 = _mm512_loadu_ps(L->top1 + j);
+        __m512 top = _mm512_loadu_ps(L->top + j);
         for (uint32_t h = 0; h < gh; h++) {
             __m512 qv = _mm512_loadu_ps(q + (size_t)h * dim + j);
             part[h] = _mm512_fmadd_ps(qv, lo, part[h]);
             __m512 wv = _mm512_mul_ps(qv, st);
             _mm512_storeu_ps(wf[h] + j, wv);
             vmx[h] = _mm512_max_ps(vmx[h], _mm512_mul_ps(_mm512_and_ps(wv, absmask), top));
-            vmx1[h] = _mm512_max_ps(vmx1[h], _mm512_mul_ps(_mm512_and_ps(wv, absmask), top1));
         }
     }
     for (uint32_t h = 0; h < gh; h++) {
@@ -122,10 +91,9 @@ static void weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const
             _mm256_storeu_si256((__m256i *)(void *)(wc[h] + j),
                                 _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wf[h] + j), iv))));
         scale[h] = mx / L->wmax;
-        scale8[h] = weights8(L, wf[h], _mm512_reduce_max_ps(vmx1[h]), W + (size_t)h * P);
         bias[h] = fold16(part[h]);
     }
-    for (uint32_t p = 0; p < P1; p += 32) {
+    for (uint32_t p = 0; p < P; p += 32) {
         __m512i idx = _mm512_loadu_si512((const void *)(L->pair_chan + p));
         __m512i sh = _mm512_loadu_si512((const void *)(L->pair_shift + p));
         __mmask32 m[4];
@@ -139,7 +107,9 @@ static void weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const
                 r = _mm512_mask_mov_epi16(r, m[k], _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)(c + 64 * k)), idx,
                                                                              _mm512_loadu_si512((const void *)(c + 64 * k + 32))));
             r = _mm512_sllv_epi16(r, sh);
-            _mm512_mask_storeu_epi16(W + (size_t)h * P + p, (__mmask32)(P1 - p >= 32 ? 0xffffffffu : (1u << (P1 - p)) - 1u), r);
+            int16_t *Wh = W + (size_t)h * P;
+            if (P - p >= 32) _mm512_storeu_si512((void *)(Wh + p), r);
+            else _mm256_storeu_si256((__m256i *)(void *)(Wh + p), _mm512_castsi512_si256(r));
         }
     }
 }
@@ -167,33 +137,12 @@ static void weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const
         _mm512_storeu_ps(out + h * 64 + 32, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a##h##2), sv, bv));  \
         _mm512_storeu_ps(out + h * 64 + 48, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a##h##3), sv, bv));  \
     }
-/* the 1-bit groups: a token's four plane bytes (0 or 1) times head h's four int8 weights */
-#define CHAN_DOT8(h, k)                                                                             \
-    if (gh > h) {                                                                                   \
-        int32_t x4;                                                                                 \
-        memcpy(&x4, w8 + (size_t)h * 2 * P, 4);                                                     \
-        a##h##k = _mm512_dpbusd_epi32(a##h##k, vv, _mm512_set1_epi32(x4));                          \
-    }
-#define CHAN_SUB8(k, v)                                                                             \
-    {                                                                                               \
-        __m512i vv = (v);                                                                           \
-        CHAN_DOT8(0, k) CHAN_DOT8(1, k) CHAN_DOT8(2, k) CHAN_DOT8(3, k)                             \
-    }
-#define CHAN_ZERO(h) a##h##0 = z, a##h##1 = z, a##h##2 = z, a##h##3 = z;
-#define CHAN_OUT8K(h, k)                                                                            \
-    _mm512_storeu_ps(out + h * 64 + 16 * k,                                                         \
-                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(a##h##k), sv, _mm512_loadu_ps(out + h * 64 + 16 * k)));
-#define CHAN_OUT8(h)                                                                                \
-    if (gh > h) {                                                                                   \
-        __m512 sv = _mm512_set1_ps(scale8[h]);                                                      \
-        CHAN_OUT8K(h, 0) CHAN_OUT8K(h, 1) CHAN_OUT8K(h, 2) CHAN_OUT8K(h, 3)                         \
-    }
 
 /* gh (1..4) heads' scores of the unit's 64 tokens into out[h * 64 + l]; W: the first
  * head's weights, P apart. */
 static inline __attribute__((always_inline, target("avx512vnni"))) void
 heads(const uint8_t *unit, const kvqi_chan_layout *L, const int16_t *W, uint32_t P, const float *scale,
-      const float *scale8, const float *bias, float *out, const unsigned gh) {
+      const float *bias, float *out, const unsigned gh) {
     const __m512i z = _mm512_setzero_si512(), lo8 = _mm512_set1_epi16(255);
     const __m512i m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(3), m1 = _mm512_set1_epi8(1);
     CHAN_ACC(0) CHAN_ACC(1) CHAN_ACC(2) CHAN_ACC(3)
@@ -213,27 +162,23 @@ heads(const uint8_t *unit, const kvqi_chan_layout *L, const int16_t *W, uint32_t
         CHAN_SUB(2, _mm512_and_si512(_mm512_srli_epi16(x, 4), m2))
         CHAN_SUB(3, _mm512_and_si512(_mm512_srli_epi16(x, 6), m2))
     }
-    CHAN_OUT(0) CHAN_OUT(1) CHAN_OUT(2) CHAN_OUT(3)
-    if (!L->n1) return;
-    CHAN_ZERO(0) CHAN_ZERO(1) CHAN_ZERO(2) CHAN_ZERO(3)
-    const uint8_t *w8 = (const uint8_t *)(const void *)wp;
-    for (uint32_t i = 0; i < L->n1; i++, g += 32, w8 += 4) {
+    for (uint32_t i = 0; i < L->n1; i++, g += 32, wp += 4) {
         /* bytes of tokens 0-7 of each 16 in the low half, 8-15 (the next bit) in the high */
         __m256i y = _mm256_loadu_si256((const __m256i *)(const void *)g);
         __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(y), _mm256_srli_epi16(y, 1), 1);
-        CHAN_SUB8(0, _mm512_and_si512(x, m1))
-        CHAN_SUB8(1, _mm512_and_si512(_mm512_srli_epi16(x, 2), m1))
-        CHAN_SUB8(2, _mm512_and_si512(_mm512_srli_epi16(x, 4), m1))
-        CHAN_SUB8(3, _mm512_and_si512(_mm512_srli_epi16(x, 6), m1))
+        CHAN_SUB(0, _mm512_and_si512(x, m1))
+        CHAN_SUB(1, _mm512_and_si512(_mm512_srli_epi16(x, 2), m1))
+        CHAN_SUB(2, _mm512_and_si512(_mm512_srli_epi16(x, 4), m1))
+        CHAN_SUB(3, _mm512_and_si512(_mm512_srli_epi16(x, 6), m1))
     }
-    CHAN_OUT8(0) CHAN_OUT8(1) CHAN_OUT8(2) CHAN_OUT8(3)
+    CHAN_OUT(0) CHAN_OUT(1) CHAN_OUT(2) CHAN_OUT(3)
 }
 
 #define CHAN_HEADS(GH)                                                                              \
     __attribute__((target("avx512vnni"))) static void heads_##GH(                                   \
         const uint8_t *unit, const kvqi_chan_layout *L, const int16_t *W, uint32_t P, const float *scale, \
-        const float *scale8, const float *bias, float *out) {                                       \
-        heads(unit, L, W, P, scale, scale8, bias, out, GH);                                         \
+        const float *bias, float *out) {                                                            \
+        heads(unit, L, W, P, scale, bias, out, GH);                                                 \
     }
 CHAN_HEADS(1)
 CHAN_HEADS(2)
@@ -246,10 +191,10 @@ void kvqi_chan_weights_avx512(const uint8_t *block, const kvqi_chan_layout *L, c
     for (uint32_t h0 = 0; h0 < G; h0 += 4) {
         uint32_t gh = G - h0 < 4 ? G - h0 : 4;
         if (L->dim <= 256)
-            weights_heads(block, L, q + (size_t)h0 * L->dim, gh, W + (size_t)h0 * P, scale + h0, scale + G + h0, bias + h0);
+            weights_heads(block, L, q + (size_t)h0 * L->dim, gh, W + (size_t)h0 * P, scale + h0, bias + h0);
         else
             for (uint32_t h = h0; h < h0 + gh; h++)
-                weights(block, L, q + (size_t)h * L->dim, W + (size_t)h * P, &scale[h], &scale[G + h], &bias[h], wf);
+                weights(block, L, q + (size_t)h * L->dim, W + (size_t)h * P, &scale[h], &bias[h], wf);
     }
 }
 
@@ -270,10 +215,10 @@ void kvqi_chan_dot_avx512(const uint8_t *block, const kvqi_chan_layout *L, const
         const int16_t *Wg = W + (size_t)h0 * P;
         float *out = whole ? scores + h0 * ld : tmp;
         switch (gh) {
-        case 1: heads_1(unit, L, Wg, P, scale + h0, scale + G + h0, bias + h0, out); break;
-        case 2: heads_2(unit, L, Wg, P, scale + h0, scale + G + h0, bias + h0, out); break;
-        case 3: heads_3(unit, L, Wg, P, scale + h0, scale + G + h0, bias + h0, out); break;
-        default: heads_4(unit, L, Wg, P, scale + h0, scale + G + h0, bias + h0, out); break;
+        case 1: heads_1(unit, L, Wg, P, scale + h0, bias + h0, out); break;
+        case 2: heads_2(unit, L, Wg, P, scale + h0, bias + h0, out); break;
+        case 3: heads_3(unit, L, Wg, P, scale + h0, bias + h0, out); break;
+        default: heads_4(unit, L, Wg, P, scale + h0, bias + h0, out); break;
         }
         if (!whole)
             for (uint32_t h = 0; h < gh; h++) memcpy(scores + (h0 + h) * ld, tmp + h * 64 + l0, n * sizeof(float));

@@ -1,9 +1,8 @@
 /*
  * chan_scalar.c - channel keys' plane layout (cache_kernels.h) and the reference of
  * their score kernel: int16 weights per channel and query head (times 2^shift per
- * plane) for the planes of 4 and 2 bits, int8 weights under their own scale for those of
- * 1 bit, integer sums of weights times plane values, two float multiply-adds per token
- * for the scales and the bias.
+ * plane), integer sums of weights times plane values, one float multiply-add per token
+ * for the scale and the bias.
  */
 #include <limits.h>
 #include <math.h>
@@ -18,8 +17,8 @@ uint32_t kvqi_chan_planes_cap(uint32_t dim) { return padded_cap(dim); }
 
 size_t kvqi_chan_layout_bytes(uint32_t dim) {
     size_t cap = padded_cap(dim);
-    /* top, top1; pair_chan, pair_shift (the builder's list before them); chan; shift, width */
-    return cap * (3 * sizeof(uint16_t) + 2) + 2 * (size_t)dim * sizeof(float);
+    /* top; pair_chan, pair_shift (the builder's list before them); chan; shift, width */
+    return cap * (3 * sizeof(uint16_t) + 2) + (size_t)dim * sizeof(float);
 }
 
 /* One width's planes: the channels' own in channel order (list[i] = j << 8 | shift),
@@ -50,13 +49,13 @@ static uint32_t place(kvqi_chan_layout *L, uint32_t *list, uint32_t n, const uin
 void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t dim, void *mem) {
     uint32_t cap = padded_cap(dim);
     memset(mem, 0, kvqi_chan_layout_bytes(dim));
-    float *top = (float *)mem, *top1 = top + dim;
-    uint16_t *pair_chan = (uint16_t *)(void *)(top1 + dim), *pair_shift = pair_chan + cap;
+    float *top = (float *)mem;
+    uint16_t *pair_chan = (uint16_t *)(void *)(top + dim), *pair_shift = pair_chan + cap;
     /* the list of one width's planes lives where the pairs go last (cap words) */
     uint32_t *list = (uint32_t *)(void *)pair_chan;
     uint16_t *chan = pair_shift + cap;
     uint8_t *shift = (uint8_t *)(void *)(chan + cap), *width = shift + cap;
-    L->chan = chan, L->top = top, L->top1 = top1, L->shift = shift, L->width = width;
+    L->chan = chan, L->top = top, L->shift = shift, L->width = width;
     L->pair_chan = pair_chan, L->pair_shift = pair_shift;
     /* planes of each width: 4 (b >= 4; b = 8 twice), 2 (b = 2, 3, 6, 7), 1 (b odd) */
     uint32_t c4 = 0, c2 = 0, c1 = 0;
@@ -98,8 +97,7 @@ void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t d
         uint32_t q = 4 * (p / 4) + pair[p % 4];
         pair_chan[q] = (uint16_t)chan[p];
         pair_shift[q] = width[p] ? shift[p] : 16; /* padding: weight 0 */
-        float *t = width[p] == 1 ? top1 : top;
-        if (width[p] && ldexpf(1.0f, shift[p]) > t[chan[p]]) t[chan[p]] = ldexpf(1.0f, shift[p]);
+        if (width[p] && ldexpf(1.0f, shift[p]) > top[chan[p]]) top[chan[p]] = ldexpf(1.0f, shift[p]);
     }
     /* past the planes: zero, as before the list used them (the kernels read whole vectors) */
     memset(pair_chan + L->n_padded, 0, (cap - L->n_padded) * sizeof *pair_chan);
@@ -111,22 +109,21 @@ void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t d
  * its arrays there. Returns the bytes; mem NULL: only those. */
 size_t kvqi_chan_layout_pack(const kvqi_chan_layout *L, kvqi_chan_layout *dst, void *mem) {
     size_t n = (size_t)L->n_padded + 16, dim = L->dim;
-    size_t bytes = 2 * dim * sizeof(float) + n * (3 * sizeof(uint16_t) + 2);
+    size_t bytes = dim * sizeof(float) + n * (3 * sizeof(uint16_t) + 2);
     if (!mem) return bytes;
     size_t m = KVQI_MIN(n, (size_t)padded_cap(L->dim));
     memset(mem, 0, bytes);
-    float *top = (float *)mem, *top1 = top + dim;
-    uint16_t *pair_chan = (uint16_t *)(void *)(top1 + dim), *pair_shift = pair_chan + n, *chan = pair_shift + n;
+    float *top = (float *)mem;
+    uint16_t *pair_chan = (uint16_t *)(void *)(top + dim), *pair_shift = pair_chan + n, *chan = pair_shift + n;
     uint8_t *shift = (uint8_t *)(void *)(chan + n), *width = shift + n;
     memcpy(top, L->top, dim * sizeof(float));
-    memcpy(top1, L->top1, dim * sizeof(float));
     memcpy(pair_chan, L->pair_chan, m * sizeof(uint16_t));
     memcpy(pair_shift, L->pair_shift, m * sizeof(uint16_t));
     memcpy(chan, L->chan, m * sizeof(uint16_t));
     memcpy(shift, L->shift, m);
     memcpy(width, L->width, m);
     *dst = *L;
-    dst->top = top, dst->top1 = top1, dst->pair_chan = pair_chan, dst->pair_shift = pair_shift;
+    dst->top = top, dst->pair_chan = pair_chan, dst->pair_shift = pair_shift;
     dst->chan = chan, dst->shift = shift, dst->width = width;
     return bytes;
 }
@@ -176,24 +173,10 @@ static float fold16(float *part) {
     return part[0];
 }
 
-float kvqi_chan_weights8(const kvqi_chan_layout *L, const float *wf, float max1, int16_t *W) {
-    uint32_t p1 = 4 * (L->n4 + L->n2);
-    int8_t *W8 = (int8_t *)(void *)(W + p1);
-    memset(W8, 0, 2 * (size_t)(L->n_padded - p1));
-    float inv = max1 > 0.0f ? 127.0f / max1 : 0.0f;
-    for (uint32_t i = 0; i < 4 * L->n1; i++) {
-        uint32_t p = p1 + i;
-        if (!L->width[p]) continue;
-        long k = lrintf(wf[L->chan[p]] * (float)(1u << L->shift[p]) * inv);
-        W8[i] = (int8_t)(k > 127 ? 127 : k < -127 ? -127 : k);
-    }
-    return max1 / 127.0f;
-}
-
 void kvqi_chan_weights_ref(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, float *scale,
-                           float *scale8, float *bias, float *wf) {
-    uint32_t dim = L->dim, P1 = 4 * (L->n4 + L->n2);
-    float part[16] = {0}, mx = 0.0f, mx1 = 0.0f;
+                           float *bias, float *wf) {
+    uint32_t dim = L->dim, P = L->n_padded;
+    float part[16] = {0}, mx = 0.0f;
     for (uint32_t j = 0; j < dim; j++) {
         uint16_t lo, st;
         memcpy(&lo, block + 2 * (size_t)j, 2);
@@ -201,15 +184,13 @@ void kvqi_chan_weights_ref(const uint8_t *block, const kvqi_chan_layout *L, cons
         part[j % 16] = fmaf(q[j], kvqi_fp16_to_fp32(lo), part[j % 16]);
         wf[j] = q[j] * kvqi_fp16_to_fp32(st);
         mx = fmaxf(mx, fabsf(wf[j]) * L->top[j]);
-        mx1 = fmaxf(mx1, fabsf(wf[j]) * L->top1[j]);
     }
     float inv = mx > 0.0f ? L->wmax / mx : 0.0f;
-    for (uint32_t p = 0; p < P1; p++) {
+    for (uint32_t p = 0; p < P; p++) {
         long k = lrintf(wf[L->pair_chan[p]] * inv);
         k = k > 32767 ? 32767 : k < -32767 ? -32767 : k;
         W[p] = (int16_t)(L->pair_shift[p] < 16 ? k * (1l << L->pair_shift[p]) : 0);
     }
-    *scale8 = kvqi_chan_weights8(L, wf, mx1, W);
     *scale = mx / L->wmax;
     *bias = fold16(part);
 }
@@ -217,26 +198,23 @@ void kvqi_chan_weights_ref(const uint8_t *block, const kvqi_chan_layout *L, cons
 void kvqi_chan_weights_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
                               int16_t *W, float *scale, float *bias, float *wf) {
     for (uint32_t h = 0; h < G; h++)
-        kvqi_chan_weights_ref(block, L, q + (size_t)h * L->dim, W + (size_t)h * L->n_padded, &scale[h], &scale[G + h],
-                              &bias[h], wf);
+        kvqi_chan_weights_ref(block, L, q + (size_t)h * L->dim, W + (size_t)h * L->n_padded, &scale[h], &bias[h], wf);
 }
 
 void kvqi_chan_dot_scalar(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
                           const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld) {
-    uint32_t P = L->n_padded, P1 = 4 * (L->n4 + L->n2), l0 = (uint32_t)(in % 64);
+    uint32_t P = L->n_padded, l0 = (uint32_t)(in % 64);
     const uint8_t *unit = block + 4 * (size_t)L->dim + (in / 64) * L->unit_bytes;
     for (uint32_t h = 0; h < G; h++) {
         const int16_t *Wh = W + (size_t)h * P;
-        const int8_t *W8 = (const int8_t *)(const void *)(Wh + P1);
         for (uint32_t l = l0; l < l0 + n; l++) {
-            int32_t acc = 0, acc8 = 0;
-            for (uint32_t p = 0; p < P1; p += 4) { /* weights in pairs: planes 0, 2, 1, 3 */
+            int32_t acc = 0;
+            for (uint32_t p = 0; p < L->n_planes; p += 4) { /* weights in pairs: planes 0, 2, 1, 3 */
                 int32_t v[4];
                 for (uint32_t i = 0; i < 4; i++) v[i] = (int32_t)kvqi_chan_plane_at(L, unit, p + i, l);
                 acc += Wh[p] * v[0] + Wh[p + 1] * v[2] + Wh[p + 2] * v[1] + Wh[p + 3] * v[3];
             }
-            for (uint32_t i = 0; i < 4 * L->n1; i++) acc8 += W8[i] * (int32_t)kvqi_chan_plane_at(L, unit, P1 + i, l);
-            scores[h * ld + l - l0] = fmaf((float)acc8, scale[G + h], fmaf((float)acc, scale[h], bias[h]));
+            scores[h * ld + l - l0] = fmaf((float)acc, scale[h], bias[h]);
         }
     }
 }
