@@ -63,9 +63,12 @@ static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float
 }
 
 /* weights() for gh heads at once where dim <= 256: the same operations per head, the
- * minima, steps, plane indices and masks shared, the heads' chains interleaved. */
-static void weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t gh, int16_t *W,
-                          float *scale, float *bias) {
+ * minima, steps, plane indices and masks shared, the heads' chains interleaved; one
+ * function per gh, so that the loops over heads unroll and their vectors stay in
+ * registers. */
+static inline __attribute__((always_inline)) void
+weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const float *q, const uint32_t gh, int16_t *W,
+              float *scale, float *bias) {
     uint32_t dim = L->dim, P = L->n_padded;
     float wf[4][256];
     int16_t wc[4][256 + 64];
@@ -113,6 +116,16 @@ static void weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const
         }
     }
 }
+
+#define CHAN_WEIGHTS(GH)                                                                            \
+    static void weights_heads_##GH(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, \
+                                   float *scale, float *bias) {                                     \
+        weights_heads(block, L, q, GH, W, scale, bias);                                             \
+    }
+CHAN_WEIGHTS(1)
+CHAN_WEIGHTS(2)
+CHAN_WEIGHTS(3)
+CHAN_WEIGHTS(4)
 
 #define CHAN_ACC(h) __m512i a##h##0 = z, a##h##1 = z, a##h##2 = z, a##h##3 = z;
 /* subblock k (tokens 16k .. 16k + 15) of the group: v holds each token's four planes as
@@ -190,9 +203,16 @@ void kvqi_chan_weights_avx512(const uint8_t *block, const kvqi_chan_layout *L, c
     uint32_t P = L->n_padded;
     for (uint32_t h0 = 0; h0 < G; h0 += 4) {
         uint32_t gh = G - h0 < 4 ? G - h0 : 4;
-        if (L->dim <= 256)
-            weights_heads(block, L, q + (size_t)h0 * L->dim, gh, W + (size_t)h0 * P, scale + h0, bias + h0);
-        else
+        if (L->dim <= 256) {
+            const float *qg = q + (size_t)h0 * L->dim;
+            int16_t *Wg = W + (size_t)h0 * P;
+            switch (gh) {
+            case 1: weights_heads_1(block, L, qg, Wg, scale + h0, bias + h0); break;
+            case 2: weights_heads_2(block, L, qg, Wg, scale + h0, bias + h0); break;
+            case 3: weights_heads_3(block, L, qg, Wg, scale + h0, bias + h0); break;
+            default: weights_heads_4(block, L, qg, Wg, scale + h0, bias + h0); break;
+            }
+        } else
             for (uint32_t h = h0; h < h0 + gh; h++)
                 weights(block, L, q + (size_t)h * L->dim, W + (size_t)h * P, &scale[h], &bias[h], wf);
     }
