@@ -961,7 +961,6 @@ TEST(cache_fused_paths_match_generic) {
         double e = rel_err(o1, o2, nq * H * dim);
         CHECKF(e < (int8_keys ? 1.5e-2 : qblk_keys ? 1e-2 : int_values ? 5e-3 : 1e-5),
                "%s: fused vs generic %.3g", specs[s], e);
-        if (qblk_keys) printf("  %s keys, int8 query: fused vs generic %.3g\n", specs[s], e);
         kvq_cache_free(c);
     }
     CHECKF(fused == (int)(sizeof specs / sizeof specs[0]), "only %d configs took a fused path",
