@@ -115,17 +115,27 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *
                 ah[h] = ok ? acc + (size_t)(h0 + h) * dim : dummy;                           \
             }                                                                                \
             for (uint32_t g = 0; g < dim / 16; g++) {                                        \
-                __m256 r[8];                                                                 \
-                for (int i = 0; i < 8; i++) r[i] = _mm256_setzero_ps();                      \
+                /* named accumulators: an indexed array of them is kept on the stack */      \
+                __m256 r0 = _mm256_setzero_ps(), r1 = r0, r2 = r0, r3 = r0;                  \
+                __m256 r4 = r0, r5 = r0, r6 = r0, r7 = r0;                                   \
+                const float *w0 = wh[0], *w1 = wh[1], *w2 = wh[2], *w3 = wh[3];              \
                 for (size_t t = 0; t < n; t++) {                                             \
-                    __m256 x0, x1;                                                           \
+                    __m256 x0, x1, wv;                                                       \
                     DEC(v + t * stride, g, &x0, &x1);                                        \
-                    for (int h = 0; h < HG; h++) {                                           \
-                        __m256 wv = _mm256_broadcast_ss(wh[h] + t);                          \
-                        r[2 * h] = _mm256_fmadd_ps(wv, x0, r[2 * h]);                        \
-                        r[2 * h + 1] = _mm256_fmadd_ps(wv, x1, r[2 * h + 1]);                \
-                    }                                                                        \
+                    wv = _mm256_broadcast_ss(w0 + t);                                        \
+                    r0 = _mm256_fmadd_ps(wv, x0, r0);                                        \
+                    r1 = _mm256_fmadd_ps(wv, x1, r1);                                        \
+                    wv = _mm256_broadcast_ss(w1 + t);                                        \
+                    r2 = _mm256_fmadd_ps(wv, x0, r2);                                        \
+                    r3 = _mm256_fmadd_ps(wv, x1, r3);                                        \
+                    wv = _mm256_broadcast_ss(w2 + t);                                        \
+                    r4 = _mm256_fmadd_ps(wv, x0, r4);                                        \
+                    r5 = _mm256_fmadd_ps(wv, x1, r5);                                        \
+                    wv = _mm256_broadcast_ss(w3 + t);                                        \
+                    r6 = _mm256_fmadd_ps(wv, x0, r6);                                        \
+                    r7 = _mm256_fmadd_ps(wv, x1, r7);                                        \
                 }                                                                            \
+                __m256 r[8] = {r0, r1, r2, r3, r4, r5, r6, r7};                              \
                 for (uint32_t h = 0; h < HG; h++) {                                          \
                     if (ah[h] == dummy) continue;                                            \
                     float *p = ah[h] + 16 * g;                                               \
