@@ -88,6 +88,29 @@ static int use_v16(const kvq_cache *c) {
            (c->kern->rot_v16_bits >> c->value.rot.bits & 1u) && c->dim % 128 == 0;
 }
 
+/* The integer path of q8_0 / q4_0 keys: an int8 query against the blocks' bytes. */
+static int use_qblk_i8(const kvq_cache *c) {
+    if (c->dim % 64 || c->dim > KVQI_QBLK_I8_MAX_DIM) return 0;
+    if (c->key.path == KVQI_PATH_Q8_0) return c->kern->score_q8_0_i8 != NULL;
+    if (c->key.path == KVQI_PATH_Q4_0) return c->kern->score_q4_0_i8 != NULL;
+    return 0;
+}
+
+/* int8 query of q8_0 / q4_0 keys: symmetric scale max|q|/127, natural order */
+static void quantize_query_qblk(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t h,
+                                const float *qk) {
+    uint32_t d = c->dim;
+    float qmax = 0.0f;
+    for (uint32_t j = 0; j < d; j++) qmax = fmaxf(qmax, fabsf(qk[j]));
+    float qs = qmax > 0.0f ? qmax / 127.0f : 1.0f;
+    int8_t *q8 = s->q8 + (size_t)h * d;
+    for (uint32_t j = 0; j < d; j++) {
+        int v = (int)lrintf(qk[j] / qs);
+        q8[j] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+    }
+    s->q8_scale[h] = qs;
+}
+
 /* int8 query for the integer path: symmetric scale max|q|/127, in code-byte order */
 static void quantize_query(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t h,
                            const float *q_lanes) {
@@ -190,10 +213,16 @@ static void score_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G,
         c->kern->score_f16(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
         break;
     case KVQI_PATH_Q8_0:
-        c->kern->score_q8_0(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
+        if (use_qblk_i8(c))
+            c->kern->score_q8_0_i8(s->q8, s->q8_scale, G, c->dim, codes, K->code_size, nb, s->scores, B);
+        else
+            c->kern->score_q8_0(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
         break;
     case KVQI_PATH_Q4_0:
-        c->kern->score_q4_0(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
+        if (use_qblk_i8(c))
+            c->kern->score_q4_0_i8(s->q8, s->q8_scale, G, c->dim, codes, K->code_size, nb, s->scores, B);
+        else
+            c->kern->score_q4_0(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
         break;
     case KVQI_PATH_ROT:
         if (use_i8(c))
@@ -442,6 +471,7 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
                 memset(qk, 0, d * sizeof(float));
         } else {
             memcpy(qk, tmp, d * sizeof(float));
+            if (use_qblk_i8(c)) quantize_query_qblk(c, s, v, qk);
         }
         s->m[v] = -INFINITY;
         s->l[v] = 0.0f;

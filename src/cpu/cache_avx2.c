@@ -115,17 +115,27 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *
                 ah[h] = ok ? acc + (size_t)(h0 + h) * dim : dummy;                           \
             }                                                                                \
             for (uint32_t g = 0; g < dim / 16; g++) {                                        \
-                __m256 r[8];                                                                 \
-                for (int i = 0; i < 8; i++) r[i] = _mm256_setzero_ps();                      \
+                /* named accumulators: an indexed array of them is kept on the stack */      \
+                __m256 r0 = _mm256_setzero_ps(), r1 = r0, r2 = r0, r3 = r0;                  \
+                __m256 r4 = r0, r5 = r0, r6 = r0, r7 = r0;                                   \
+                const float *w0 = wh[0], *w1 = wh[1], *w2 = wh[2], *w3 = wh[3];              \
                 for (size_t t = 0; t < n; t++) {                                             \
-                    __m256 x0, x1;                                                           \
+                    __m256 x0, x1, wv;                                                       \
                     DEC(v + t * stride, g, &x0, &x1);                                        \
-                    for (int h = 0; h < HG; h++) {                                           \
-                        __m256 wv = _mm256_broadcast_ss(wh[h] + t);                          \
-                        r[2 * h] = _mm256_fmadd_ps(wv, x0, r[2 * h]);                        \
-                        r[2 * h + 1] = _mm256_fmadd_ps(wv, x1, r[2 * h + 1]);                \
-                    }                                                                        \
+                    wv = _mm256_broadcast_ss(w0 + t);                                        \
+                    r0 = _mm256_fmadd_ps(wv, x0, r0);                                        \
+                    r1 = _mm256_fmadd_ps(wv, x1, r1);                                        \
+                    wv = _mm256_broadcast_ss(w1 + t);                                        \
+                    r2 = _mm256_fmadd_ps(wv, x0, r2);                                        \
+                    r3 = _mm256_fmadd_ps(wv, x1, r3);                                        \
+                    wv = _mm256_broadcast_ss(w2 + t);                                        \
+                    r4 = _mm256_fmadd_ps(wv, x0, r4);                                        \
+                    r5 = _mm256_fmadd_ps(wv, x1, r5);                                        \
+                    wv = _mm256_broadcast_ss(w3 + t);                                        \
+                    r6 = _mm256_fmadd_ps(wv, x0, r6);                                        \
+                    r7 = _mm256_fmadd_ps(wv, x1, r7);                                        \
                 }                                                                            \
+                __m256 r[8] = {r0, r1, r2, r3, r4, r5, r6, r7};                              \
                 for (uint32_t h = 0; h < HG; h++) {                                          \
                     if (ah[h] == dummy) continue;                                            \
                     float *p = ah[h] + 16 * g;                                               \
@@ -721,6 +731,77 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
     }
 }
 
+/* q8_0 / q4_0 keys against the int8 query (kvqi_cache_score_qblk_i8_ref): per block one
+ * ymm of 32 signed key bytes (q4_0: the nibbles minus 8, low ones then high ones), the
+ * products by vpmaddubsw on |k| and the query bytes carrying k's sign (|k| <= 128, so the
+ * pair sums stay within int16), vpmaddwd by ones for the int32 lane sums of four
+ * products; lanes 0-7 of the reference are a pair's first block, 8-15 its second. */
+static inline __m256i qblk_bytes(const int Q4, const uint8_t *blk) {
+    if (!Q4) return _mm256_loadu_si256((const __m256i *)(blk + 2));
+    __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2)), m = _mm_set1_epi8(15);
+    __m256i x = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(v, m)),
+                                        _mm_and_si128(_mm_srli_epi16(v, 4), m), 1);
+    return _mm256_sub_epi8(x, _mm256_set1_epi8(8));
+}
+
+static inline __attribute__((always_inline)) void
+score_qblk_i8_impl(const int Q4, const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
+                   const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
+    if (dim % 64) {
+        kvqi_cache_score_qblk_i8_ref(Q4, q8, qscale, G, dim, k, stride, n, scores, ld);
+        return;
+    }
+    const size_t bs = Q4 ? 18 : 34;
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+        uint32_t hh[HG];
+        for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
+        const int8_t *q0 = q8 + (size_t)hh[0] * dim, *q1 = q8 + (size_t)hh[1] * dim;
+        const int8_t *q2 = q8 + (size_t)hh[2] * dim, *q3 = q8 + (size_t)hh[3] * dim;
+        const __m128 vqs = _mm_set_ps(qscale[hh[3]], qscale[hh[2]], qscale[hh[1]], qscale[hh[0]]);
+        for (size_t t = 0; t < n; t++) {
+            const uint8_t *row = k + t * stride;
+            __m256 l0 = _mm256_setzero_ps(), l1 = l0, l2 = l0, l3 = l0;
+            __m256 u0 = l0, u1 = l0, u2 = l0, u3 = l0;
+            for (uint32_t b = 0; b < dim / 32; b += 2) {
+#define QBLK_BLOCK(B, A0, A1, A2, A3)                                                        \
+    do {                                                                                     \
+        const uint8_t *blk = row + bs * (B);                                                 \
+        __m256i kb = qblk_bytes(Q4, blk), ak = _mm256_abs_epi8(kb);                          \
+        __m256 d = _mm256_set1_ps(fp16_scalar(blk));                                         \
+        size_t o = 32 * (size_t)(B);                                                         \
+        A0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(      \
+                 ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q0 + o)), kb)), ones)), d, A0); \
+        A1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(      \
+                 ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q1 + o)), kb)), ones)), d, A1); \
+        A2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(      \
+                 ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q2 + o)), kb)), ones)), d, A2); \
+        A3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(      \
+                 ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q3 + o)), kb)), ones)), d, A3); \
+    } while (0)
+                QBLK_BLOCK(b, l0, l1, l2, l3);
+                QBLK_BLOCK(b + 1, u0, u1, u2, u3);
+#undef QBLK_BLOCK
+            }
+            float s[4];
+            _mm_storeu_ps(s, _mm_mul_ps(hsum4(_mm256_add_ps(l0, u0), _mm256_add_ps(l1, u1),
+                                              _mm256_add_ps(l2, u2), _mm256_add_ps(l3, u3)),
+                                        vqs));
+            for (uint32_t h = 0; h < HG && h0 + h < G; h++) scores[(h0 + h) * ld + t] = s[h];
+        }
+    }
+}
+
+static void score_q8_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
+                          const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
+    score_qblk_i8_impl(0, q8, qscale, G, dim, k, stride, n, scores, ld);
+}
+
+static void score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
+                          const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
+    score_qblk_i8_impl(1, q8, qscale, G, dim, k, stride, n, scores, ld);
+}
+
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->score_f32 = score_f32;
     k->score_f16 = score_f16;
@@ -741,4 +822,6 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->rot_i8_bits = 1u << 2 | 1u << 3 | 1u << 4;
     k->accum_rot_i16 = accum_rot_i16;
     k->rot_v16_bits = 1u << 2 | 1u << 3 | 1u << 4;
+    k->score_q8_0_i8 = score_q8_0_i8;
+    k->score_q4_0_i8 = score_q4_0_i8;
 }

@@ -628,6 +628,104 @@ score_rot_i8_vbmi(const kvqi_rot_layout *L, const int8_t *q8, const float *qscal
     else score_rot_i8_vnni(L, q8, qscale, qsum, G, k, n, scores, ld);
 }
 
+/* q8_0 / q4_0 keys against the int8 query: per 64 coordinates (two blocks) one vector of
+ * 64 key bytes made unsigned (q8_0: + 128 by the sign bit flipped; q4_0: the nibbles,
+ * low ones of a block then high ones, the natural order), one vpdpbusd per head whose
+ * accumulator starts at -offset * (the lane's four query bytes' sum), so each int32 lane
+ * is the exact signed sum of its four products; then to float, times the lane's block
+ * scale, summed over the row; the fold of kvqi_cache_score_qblk_i8_ref. Two tokens per
+ * pass share the query and correction loads. */
+KVQI_INLINE __attribute__((target("avx512vnni"))) void qblk_load(const int Q4, const uint8_t *row,
+                                                                 uint32_t c, __m512i *x, __m512 *d) {
+    const uint8_t *b0 = row + (size_t)(Q4 ? 18 : 34) * 2 * c, *b1 = b0 + (Q4 ? 18 : 34);
+    uint16_t h0, h1;
+    memcpy(&h0, b0, 2);
+    memcpy(&h1, b1, 2);
+    *d = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)h0)),
+                                                 _mm_set1_epi16((short)h1), 1));
+    if (Q4) {
+        __m512i v = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 2)))),
+            _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b1 + 2))), 1);
+        /* high nibbles in 128-bit lanes 1 and 3: a 16-bit shift by 4 there */
+        const long long s4 = 0x0004000400040004LL;
+        const __m512i sh = _mm512_set_epi64(s4, s4, 0, 0, s4, s4, 0, 0);
+        *x = _mm512_and_si512(_mm512_srlv_epi16(v, sh), _mm512_set1_epi8(15));
+    } else {
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 2))),
+                                       _mm256_loadu_si256((const __m256i *)(b1 + 2)), 1);
+        *x = _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+    }
+}
+
+KVQI_INLINE __attribute__((target("avx512vnni"))) void
+score_qblk_i8_impl(const int Q4, const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
+                   const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
+    if (dim % 64 || dim > KVQI_QBLK_I8_MAX_DIM) {
+        kvqi_cache_score_qblk_i8_ref(Q4, q8, qscale, G, dim, k, stride, n, scores, ld);
+        return;
+    }
+    uint32_t nc = dim / 64;
+    int32_t corr[HG][KVQI_QBLK_I8_MAX_DIM / 4];
+    const __m512i off = _mm512_set1_epi8(Q4 ? 8 : (char)0x80);
+    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+        uint32_t hh[HG];
+        for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
+        const int8_t *q0 = q8 + (size_t)hh[0] * dim, *q1 = q8 + (size_t)hh[1] * dim;
+        const int8_t *q2 = q8 + (size_t)hh[2] * dim, *q3 = q8 + (size_t)hh[3] * dim;
+        for (uint32_t h = 0; h < HG; h++)
+            for (uint32_t c = 0; c < nc; c++) {
+                __m512i sq = _mm512_dpbusd_epi32(_mm512_setzero_si512(), off,
+                                                 _mm512_loadu_si512(q8 + (size_t)hh[h] * dim + 64 * c));
+                _mm512_storeu_si512(corr[h] + 16 * c, _mm512_sub_epi32(_mm512_setzero_si512(), sq));
+            }
+        const __m128 vqs = _mm_set_ps(qscale[hh[3]], qscale[hh[2]], qscale[hh[1]], qscale[hh[0]]);
+        for (size_t t = 0; t < n; t += 2) {
+            const uint8_t *row = k + t * stride;
+            const uint8_t *row1 = t + 1 < n ? row + stride : row;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (uint32_t c = 0; c < nc; c++) {
+                __m512i x, y;
+                __m512 dx, dy;
+                qblk_load(Q4, row, c, &x, &dx);
+                qblk_load(Q4, row1, c, &y, &dy);
+                __m512i p0 = _mm512_loadu_si512(q0 + 64 * c), c0 = _mm512_loadu_si512(corr[0] + 16 * c);
+                __m512i p1 = _mm512_loadu_si512(q1 + 64 * c), c1 = _mm512_loadu_si512(corr[1] + 16 * c);
+                __m512i p2 = _mm512_loadu_si512(q2 + 64 * c), c2 = _mm512_loadu_si512(corr[2] + 16 * c);
+                __m512i p3 = _mm512_loadu_si512(q3 + 64 * c), c3 = _mm512_loadu_si512(corr[3] + 16 * c);
+                a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c0, x, p0)), dx, a0);
+                a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c1, x, p1)), dx, a1);
+                a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c2, x, p2)), dx, a2);
+                a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c3, x, p3)), dx, a3);
+                b0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c0, y, p0)), dy, b0);
+                b1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c1, y, p1)), dy, b1);
+                b2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c2, y, p2)), dy, b2);
+                b3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c3, y, p3)), dy, b3);
+            }
+            float s[8];
+            _mm_storeu_ps(s, _mm_mul_ps(hsum4(a0, a1, a2, a3), vqs));
+            _mm_storeu_ps(s + 4, _mm_mul_ps(hsum4(b0, b1, b2, b3), vqs));
+            for (uint32_t h = 0; h < HG && h0 + h < G; h++) {
+                scores[(h0 + h) * ld + t] = s[h];
+                if (t + 1 < n) scores[(h0 + h) * ld + t + 1] = s[4 + h];
+            }
+        }
+    }
+}
+
+__attribute__((target("avx512vnni"))) static void
+score_q8_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim, const uint8_t *k,
+              size_t stride, size_t n, float *scores, size_t ld) {
+    score_qblk_i8_impl(0, q8, qscale, G, dim, k, stride, n, scores, ld);
+}
+
+__attribute__((target("avx512vnni"))) static void
+score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim, const uint8_t *k,
+              size_t stride, size_t n, float *scores, size_t ld) {
+    score_qblk_i8_impl(1, q8, qscale, G, dim, k, stride, n, scores, ld);
+}
+
 /* 1-bit passes: each pass's 128 bits per block become 0/1 bytes (a masked move of ones)
  * against the int8 query, so S_p of four heads costs 2 vpdpbusd per head and block. */
 __attribute__((target("avx512vnni"))) static inline __m512i
@@ -1033,6 +1131,8 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
         k->rot_v16_bits = k->rot_i8_bits;
         k->score_rot1_i8 = score_rot1_i8;
         k->score_signs_i8 = score_signs_i8;
+        k->score_q8_0_i8 = score_q8_0_i8;
+        k->score_q4_0_i8 = score_q4_0_i8;
     }
     k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;
