@@ -950,8 +950,7 @@ TEST(cache_fused_paths_match_generic) {
                         (c->key.path == KVQI_PATH_SIGNS && c->kern->score_signs_i8 &&
                          c->key.signs.m == dim && dim % 128 == 0);
         /* q8_0 / q4_0 keys in integers: the query rounded to 8 bits */
-        int qblk_keys = dim % 64 == 0 && ((c->key.path == KVQI_PATH_Q8_0 && c->kern->score_q8_0_i8) ||
-                                          (c->key.path == KVQI_PATH_Q4_0 && c->kern->score_q4_0_i8));
+        int qblk_keys = dim % 64 == 0 && c->key.path == KVQI_PATH_Q4_0 && c->kern->score_q4_0_i8;
         /* the integer value path rounds the weights to 16 bits and the centroids to 8 */
         int int_values = c->value.path == KVQI_PATH_ROT && c->value.rot.has_u8 &&
                          c->kern->accum_rot_i16 && (c->kern->rot_v16_bits >> c->value.rot.bits & 1u) &&
