@@ -39,6 +39,16 @@ int kvqt_write_fox_text(const char *path);
 void kvqt_ref_attend(const float *q, const float *k, const float *v, size_t n, uint32_t n_kv,
                      uint32_t H, uint32_t dim, size_t nq, float scale, float *out);
 
+/* KVQT_SANITIZED: built under AddressSanitizer (gcc or clang), where the real models'
+ * long runs are skipped */
+#if defined(__SANITIZE_ADDRESS__)
+#define KVQT_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KVQT_SANITIZED 1
+#endif
+#endif
+
 #define TEST(name) void kvq_test_##name(kvqt_ctx *kvqt_)
 
 #define CHECK(cond)                                                        \

@@ -43,13 +43,6 @@ static int32_t argmax(const float *l, uint32_t n) {
 /* Twin contexts: a[i] decoded in batches, b[i] alone; prompts of different lengths
  * (past the tiny Gemma's 5-token sliding window), then steps with all four, with a
  * subset in another order (one leaves, later joins), and a last token alone on both. */
-#if defined(__SANITIZE_ADDRESS__)
-#define KVQT_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define KVQT_SANITIZED 1
-#endif
-#endif
 
 static void check_batch_equals_alone(kvqt_ctx *kvqt_, const char *path, unsigned batch_threads) {
 #ifdef KVQT_SANITIZED

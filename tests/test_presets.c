@@ -126,13 +126,6 @@ static int generate_answer(const char *dir, const char *question, const char *ca
     return 0;
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define KVQT_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define KVQT_SANITIZED 1
-#endif
-#endif
 
 TEST(presets_real_model_q4) {
 #ifdef KVQT_SANITIZED
