@@ -88,17 +88,17 @@ static int use_v16(const kvq_cache *c) {
            (c->kern->rot_v16_bits >> c->value.rot.bits & 1u) && c->dim % 128 == 0;
 }
 
-/* The integer path of q8_0 / q4_0 keys: an int8 query against the blocks' bytes. */
-/* q4_0 keys only: q8_0 is the near-lossless type, and the int8 query adds more than its
- * own rounding (SmolLM2 8 x 512: KL from fp16 0.0049 -> 0.0056, top-1 96.1 -> 94.6 %,
- * docs/METHODS.md); its kernels stay tested against the reference. */
+/* The integer path of q4_0 keys: an int8 query against the blocks' bytes. Not for q8_0,
+ * the near-lossless type: the int8 query adds more than its own rounding (SmolLM2 8 x
+ * 512: KL from fp16 0.0049 -> 0.0056, top-1 96.1 -> 94.6 %, docs/METHODS.md); the table's
+ * score_q8_0_i8 stays tested against the reference, undispatched. */
 static int use_qblk_i8(const kvq_cache *c) {
     if (c->dim % 64 || c->dim > KVQI_QBLK_I8_MAX_DIM) return 0;
     if (c->key.path == KVQI_PATH_Q4_0) return c->kern->score_q4_0_i8 != NULL;
     return 0;
 }
 
-/* int8 query of q8_0 / q4_0 keys: symmetric scale max|q|/127, natural order */
+/* int8 query of q4_0 keys: symmetric scale max|q|/127, natural order */
 static void quantize_query_qblk(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t h,
                                 const float *qk) {
     uint32_t d = c->dim;
@@ -215,10 +215,7 @@ static void score_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G,
         c->kern->score_f16(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
         break;
     case KVQI_PATH_Q8_0:
-        if (use_qblk_i8(c))
-            c->kern->score_q8_0_i8(s->q8, s->q8_scale, G, c->dim, codes, K->code_size, nb, s->scores, B);
-        else
-            c->kern->score_q8_0(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
+        c->kern->score_q8_0(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
         break;
     case KVQI_PATH_Q4_0:
         if (use_qblk_i8(c))

@@ -1064,7 +1064,7 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
                                size_t valid_lo) {
     size_t C = c->cfg.chunk_tokens;
     uint32_t dim = c->dim;
-    /* enc_buf (8 rows): the row being read, then each channel's minimum and maximum,
+    /* enc_buf (KVQI_ENCODE_ROWS rows): the row being read, then each channel's minimum and maximum,
      * and in their place the sums of a refinement (4 rows) */
     float *row = c->enc_buf, *lo = row + dim, *hi = lo + dim, *acc = lo;
     for (; pos < end; pos += C) {
@@ -1111,7 +1111,7 @@ static void chan_fix_bits(kvq_cache *c, const row_source *src) {
     size_t C = c->cfg.chunk_tokens;
     uint32_t dim = c->dim;
     float *row = c->enc_buf, *lo = row + dim, *hi = lo + dim;
-    double *w = (double *)(void *)(hi + dim); /* dim doubles: 2 dim floats of the 8 */
+    double *w = (double *)(void *)(hi + dim); /* dim doubles: the last 2 dim floats */
     for (uint32_t g = 0; g < c->n_kv; g++) {
         range_empty(lo, hi, dim);
         for (size_t t = 1; t < C; t++) {
@@ -1271,9 +1271,10 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     /* the rotations read back for the fused path (one when keys and values share it) and
      * their lane orders */
     if (c->key.lane) m->shared += (uint64_t)c->dim * sizeof(uint16_t);
+    if (c->value.lane) m->shared += (uint64_t)c->dim * sizeof(uint16_t);
+    /* 8-bit rotated codes' 256 centroids */
     if (c->key.rot.cent8) m->shared += 256 * sizeof(float);
     if (c->value.rot.cent8) m->shared += 256 * sizeof(float);
-    if (c->value.lane) m->shared += (uint64_t)c->dim * sizeof(uint16_t);
     for (int side = 0; side < 2; side++) {
         const kvqi_side *S = side ? &c->value : &c->key;
         if (S->rotation_borrowed) continue; /* counted where it is owned */
