@@ -21,6 +21,12 @@ static unsigned long long read_xcr0(void) {
 }
 #endif
 
+/* An environment switch: set, not empty and not "0". */
+static int env_on(const char *name) {
+    const char *v = getenv(name);
+    return v && v[0] && strcmp(v, "0") != 0;
+}
+
 static void detect(void) {
     kvqi_cpu_features f;
     memset(&f, 0, sizeof f);
@@ -49,13 +55,10 @@ static void detect(void) {
 #if defined(KVQ_HAVE_NEON)
     f.neon = 1;
 #endif
-    const char *fs = getenv("KVQ_FORCE_SCALAR");
-    f.force_scalar = fs && fs[0] && strcmp(fs, "0") != 0;
+    f.force_scalar = env_on("KVQ_FORCE_SCALAR");
     /* KVQ_FORCE_AVX2=1: an AVX-512 CPU taken as AVX2 only (AUTO resolves to AVX2), to run
      * and time the AVX2 kernels where both exist */
-    const char *fa = getenv("KVQ_FORCE_AVX2");
-    if (fa && fa[0] && strcmp(fa, "0") != 0)
-        f.avx512f = f.avx512dq = f.avx512bw = f.avx512vl = f.avx512vpopcntdq = 0;
+    if (env_on("KVQ_FORCE_AVX2")) f.avx512f = f.avx512dq = f.avx512bw = f.avx512vl = f.avx512vpopcntdq = 0;
     g_features = f;
 }
 
