@@ -21,7 +21,8 @@
  *     at once is fine); set_reset, set_memory and set_free touch every layer: alone.
  *   - kvq_index: search, save, count, size_bytes, get_config: concurrent (search makes
  *     its own scratch); train and add: alone, never while a search runs.
- *   - kvq_threadpool: runs one job at a time: two calls sharing a pool must not overlap.
+ *   - kvq_threadpool: runs one job at a time: two calls sharing a pool must not overlap
+ *     (contexts and batches given one pool in their params included).
  *   - kvq_model: read-only once loaded (tokenize, metadata, any number of contexts).
  *   - kvq_context: one call at a time (eval, sample, reset, length, kv_memory).
  *   - kvq_batch: one decode at a time; the contexts a decode is given are in use for
@@ -624,7 +625,11 @@ typedef void (*kvq_query_observer)(void *user, uint32_t layer, size_t pos, const
 typedef struct kvq_context_params {
     uint32_t n_ctx;        /* positions the context holds (0 = min(model ctx_len, 4096)) */
     uint32_t n_batch;      /* most tokens per kvq_context_eval call (0 = 512) */
-    uint32_t n_threads;    /* 0 = one per online CPU */
+    uint32_t n_threads;    /* 0 = one per online CPU; ignored when pool is set */
+    /* NULL: the context makes its own pool of n_threads. Else it borrows this pool (not
+     * freed with the context; it must outlive it): contexts, batches and caches on one
+     * pool share its threads and attend scratch, and must not run at the same time. */
+    kvq_threadpool *pool;
     uint64_t seed;         /* sampler seed */
     /* KV cache per layer: NULL = exact float32 keys and values (the reference);
      * else n_cache_configs configs: 1 (every layer the same) or n_layers. */
@@ -695,12 +700,14 @@ KVQ_API kvq_status kvq_context_kv_memory(const kvq_context *ctx, kvq_cache_memor
  * kvq_context_eval of that one token on that context alone gives, bit for bit: every
  * product is computed row by row in the same order however many rows share it.
  * The batch holds the activations and scratch for max_seqs rows (sized at create,
- * nothing is allocated per token) and its own thread pool for the products; each
- * context's attention runs with that context's own pool. */
+ * nothing is allocated per token) and a thread pool for the products (its own, or one
+ * it borrows); each context's attention runs on that context's pool. */
 typedef struct kvq_batch kvq_batch;
 
 typedef struct kvq_batch_params {
     uint32_t n_threads;     /* threads for the matrix products (0 = one per online CPU) */
+    kvq_threadpool *pool;   /* NULL: its own pool of n_threads; else borrowed, as in
+                               kvq_context_params (the contexts may share it too) */
     int float_activations;  /* as kvq_context_params: contexts decoded together must have
                                the same setting (else KVQ_ERR_MISMATCH) */
 } kvq_batch_params;

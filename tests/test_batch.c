@@ -251,3 +251,70 @@ TEST(batch_rejects_bad_arguments) {
     kvq_model_free(m);
     kvq_model_free(m2);
 }
+
+/* Two contexts and a batch borrowing one pool (kvq_context_params.pool): the same logits,
+ * bit for bit, as twins with pools of their own of the same size, prompts and batched
+ * steps alike; the pool outlives a context freed before it and still serves the others. */
+TEST(batch_contexts_share_one_pool) {
+    kvq_model *m = NULL;
+    REQUIRE_OK(kvq_model_load("tests/data/tiny-llama.gguf", &m, NULL, 0));
+    kvq_model_info I;
+    REQUIRE_OK(kvq_model_get_info(m, &I));
+    const uint32_t V = I.n_vocab;
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_preset(&cfg, "q4", I.n_kv_heads, I.head_dim, NULL, 0));
+    kvq_threadpool *pool = NULL;
+    REQUIRE_OK(kvq_threadpool_create(2, &pool));
+    kvq_context *sh[2] = {0}, *own[2] = {0};
+    kvq_batch *bsh = NULL, *bown = NULL;
+    float *la = malloc(2 * (size_t)V * sizeof(float)), *lb = malloc(2 * (size_t)V * sizeof(float));
+    REQUIRE(la && lb);
+    for (int i = 0; i < 2; i++) {
+        kvq_context_params p;
+        kvq_context_params_init(&p);
+        p.n_ctx = 96;
+        p.n_batch = 48;
+        p.cache = &cfg;
+        p.n_cache_configs = 1;
+        p.n_threads = 2;
+        REQUIRE_OK(kvq_context_create(m, &p, &own[i]));
+        p.n_threads = 7; /* ignored: the pool decides */
+        p.pool = pool;
+        REQUIRE_OK(kvq_context_create(m, &p, &sh[i]));
+        int32_t prompt[40];
+        size_t n = 20 + 20 * (size_t)i;
+        for (size_t t = 0; t < n; t++) prompt[t] = (int32_t)((3 + 11 * t + 57 * (size_t)i) % V);
+        REQUIRE_OK(kvq_context_eval(sh[i], prompt, n, la, 0));
+        REQUIRE_OK(kvq_context_eval(own[i], prompt, n, lb, 0));
+        CHECK(memcmp(la, lb, V * sizeof(float)) == 0);
+    }
+    kvq_batch_params bp;
+    kvq_batch_params_init(&bp);
+    bp.n_threads = 2;
+    REQUIRE_OK(kvq_batch_create(m, 2, &bp, &bown));
+    bp.pool = pool;
+    REQUIRE_OK(kvq_batch_create(m, 2, &bp, &bsh));
+    int32_t tok[2] = {5, 9};
+    size_t differ = 0;
+    for (int s = 0; s < 6; s++) {
+        REQUIRE_OK(kvq_batch_decode(bsh, sh, tok, 2, la));
+        REQUIRE_OK(kvq_batch_decode(bown, own, tok, 2, lb));
+        if (memcmp(la, lb, 2 * (size_t)V * sizeof(float))) differ++;
+        for (int i = 0; i < 2; i++) tok[i] = (int32_t)((tok[i] * 7 + 1 + s) % (int32_t)V);
+    }
+    CHECKF(differ == 0, "%zu of 6 batched steps differ between a shared pool and own pools", differ);
+    kvq_batch_free(bsh);
+    kvq_context_free(sh[0]); /* leaves the pool to sh[1] */
+    REQUIRE_OK(kvq_context_eval(sh[1], &tok[1], 1, la, 0));
+    REQUIRE_OK(kvq_context_eval(own[1], &tok[1], 1, lb, 0));
+    CHECK(memcmp(la, lb, V * sizeof(float)) == 0);
+    CHECK(kvq_threadpool_size(pool) == 2);
+    kvq_context_free(sh[1]);
+    kvq_threadpool_free(pool);
+    kvq_batch_free(bown);
+    kvq_context_free(own[0]);
+    kvq_context_free(own[1]);
+    free(la);
+    free(lb);
+    kvq_model_free(m);
+}

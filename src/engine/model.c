@@ -427,6 +427,7 @@ struct kvq_context {
     kvq_context_params params;
     kvqi_engine_kernels kern;
     kvq_threadpool *pool;
+    int own_pool;               /* 0: borrowed through kvq_context_params.pool */
     unsigned n_slots;           /* threads that may run a task: pool workers + caller */
     thread_scratch *scratch;
     size_t n_past;
@@ -482,7 +483,7 @@ KVQ_API void kvq_context_free(kvq_context *c) {
         for (uint32_t l = c->model->info.n_layers; l-- > 0;) /* layer 0 last: the others borrow its rotations */
             kvq_cache_free(c->caches[l]);
     free(c->caches);
-    kvq_threadpool_free(c->pool);
+    if (c->own_pool) kvq_threadpool_free(c->pool);
     float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->gate, c->up,
                      c->rope_freq, c->rope_freq_swa, c->k_cache, c->v_cache,
                      c->rope_cos, c->rope_sin, c->rope_cos_swa, c->rope_sin_swa};
@@ -540,7 +541,12 @@ static kvq_status context_create(const kvq_model *model, const kvq_context_param
         /* the pool counts the calling thread; one thread gets a pool too (it runs every
          * task inline) so that the layers' caches share its attend scratch instead of
          * each keeping its own (tens of KB a layer) */
-        if ((st = kvq_threadpool_create(nt, &c->pool))) goto fail;
+        if (p.pool) {
+            c->pool = p.pool;
+        } else {
+            if ((st = kvq_threadpool_create(nt, &c->pool))) goto fail;
+            c->own_pool = 1;
+        }
         c->n_slots = c->pool ? kvq_threadpool_size(c->pool) : 1;
     }
     size_t B = p.n_batch;
@@ -1116,6 +1122,7 @@ KVQ_API kvq_status kvq_batch_create(const kvq_model *model, uint32_t max_seqs, c
     cp.n_ctx = max_seqs;
     cp.n_batch = max_seqs;
     cp.n_threads = bp.n_threads;
+    cp.pool = bp.pool;
     cp.float_activations = bp.float_activations;
     kvq_status st = context_create(model, &cp, 1, &b->w);
     if (st) {

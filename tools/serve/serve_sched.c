@@ -42,6 +42,8 @@ struct serve_sched {
     serve_sched_params p;
     kvq_model_info info;
     slot *slots;
+    kvq_threadpool *pool; /* one pool for the batch and every slot: all kvq work runs on
+                             the scheduler's thread, one call at a time */
     kvq_batch *batch;     /* one decode step for all generating slots */
     kvq_context **b_ctx;  /* [n_slots]: this step's rows */
     slot **b_slot;
@@ -547,10 +549,16 @@ int serve_sched_create(const serve_sched_params *p, serve_sched **out, char *msg
     S->b_logits = malloc((size_t)p->n_slots * S->info.n_vocab * sizeof *S->b_logits);
     if (!S->queue || !S->slots || !S->b_ctx || !S->b_slot || !S->b_tok || !S->b_logits) goto nomem;
     {
+        kvq_status st = kvq_threadpool_create(p->n_threads, &S->pool);
+        if (st) {
+            snprintf(msg, msg_size, "thread pool of %u threads: %s", p->n_threads, kvq_strerror(st));
+            serve_sched_free(S);
+            return -1;
+        }
         kvq_batch_params bp;
         kvq_batch_params_init(&bp);
-        bp.n_threads = p->n_threads;
-        kvq_status st = kvq_batch_create(p->model, p->n_slots, &bp, &S->batch);
+        bp.pool = S->pool;
+        st = kvq_batch_create(p->model, p->n_slots, &bp, &S->batch);
         if (st) {
             snprintf(msg, msg_size, "batch of %u slots: %s", p->n_slots, kvq_strerror(st));
             serve_sched_free(S);
@@ -565,7 +573,7 @@ int serve_sched_create(const serve_sched_params *p, serve_sched **out, char *msg
         kvq_context_params_init(&cp);
         cp.n_ctx = p->n_ctx;
         cp.n_batch = p->n_batch;
-        cp.n_threads = p->n_threads;
+        cp.pool = S->pool;
         cp.cache = p->per_layer;
         cp.n_cache_configs = p->per_layer ? S->info.n_layers : 0;
         kvq_status st = kvq_context_create(p->model, &cp, &s->ctx);
@@ -675,6 +683,7 @@ void serve_sched_free(serve_sched *S) {
     free(S->b_slot);
     free(S->b_tok);
     free(S->b_logits);
+    kvq_threadpool_free(S->pool); /* after the contexts and the batch that borrow it */
     pthread_mutex_destroy(&S->mu);
     pthread_cond_destroy(&S->cv);
     free(S);
