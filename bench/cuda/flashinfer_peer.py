@@ -77,9 +77,10 @@ def prebuild(cuda_cores):
             specs.append(_gen_batch_prefill_primary_module("fa2", *args, False))
             if cuda_cores:
                 specs.append(gen_batch_decode_module(*args))
+        ready = sum(1 for sp in specs if sp.aot_path.exists())  # shipped prebuilt: not rebuilt
         t0 = time.time()
         build_jit_specs(specs)
-        print(f"FI_PREBUILD modules={len(specs)} s={time.time() - t0:.1f}", flush=True)
+        print(f"FI_PREBUILD modules={len(specs)} prebuilt={ready} s={time.time() - t0:.1f}", flush=True)
     except Exception as e:  # noqa: BLE001
         print(f"FI_PREBUILD skipped: {type(e).__name__}: {str(e)[-300:]}", flush=True)
 
