@@ -63,6 +63,14 @@ KVQ_API kvq_status kvq_cuda_attend(const kvq_cuda_quantizer *key, const kvq_cuda
     return KVQ_ERR_NO_DEVICE;
 }
 
+KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, kvq_cuda_chan **out) {
+    KVQI_UNUSED(cfg);
+    if (out) *out = NULL;
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API void kvq_cuda_chan_free(kvq_cuda_chan *kc) { KVQI_UNUSED(kc); }
+
 #else
 
 /* ISO C wants at least one declaration in a translation unit. */
