@@ -288,28 +288,49 @@ __device__ __forceinline__ unsigned get_idx(const uint8_t *p, int i, int bits) {
     return v & ((1u << bits) - 1u);
 }
 
+__device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+    unsigned sa = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(src));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+
+/* Per-warp shared memory, in 4-byte words: two stages of one 32-token group (its plane
+ * words, then its 32 value codes), the transposed planes (P / 32 + 1 rows of 32 lanes),
+ * the group's softmax weights [32][GMAX]. */
+static __host__ __device__ __forceinline__ int stage_words(int P, int vcs) { return P + (32 * vcs + 3) / 4; }
+static __host__ __device__ __forceinline__ int warp_words(int P, int vcs) {
+    return 2 * ((stage_words(P, vcs) + 3) & ~3) + (P / 32 + 1) * 32 + 32 * CHAN_GMAX;
+}
+
 /* Dynamic shared memory of the attention kernel, in 4-byte words. */
-static size_t attn_smem_words(int D, int G, int P) {
-    return (size_t)2 * G * D + 2 * CHAN_GMAX + 2 * (size_t)D + 256 + (size_t)CHAN_WARPS * P +
-           (size_t)CHAN_WARPS * G * (D + 2);
+static size_t attn_smem_words(int D, int G, int P, int vcs) {
+    return (size_t)G * D + (size_t)2 * D * CHAN_GMAX + 2 * 2 * CHAN_GMAX + 2 * (size_t)D + 256 +
+           (size_t)CHAN_WARPS * warp_words(P, vcs) + (size_t)CHAN_WARPS * G * (D + 2);
 }
 
 /* Grid (n_split + 1, n_kv, batch): blocks x < n_split score whole coded chunks, block
- * n_split the exact tokens; each stores (acc, max, sum) per query head in its slot. */
+ * n_split the exact tokens; each stores (acc, max, sum) per query head in its slot.
+ * Coded tokens go in steps of 128 (a 32-token group per warp; a step spans one chunk, or
+ * two of 64); a warp copies its next group (plane words, value codes) with cp.async while
+ * it works on this one. A group's 32 x P plane bits are transposed by shuffles so that
+ * lane t holds its token's bits of planes 32r..32r+31 in word r; a channel's code is then
+ * one funnel shift and mask at its plane offset. */
 template <int E>
 __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_args a) {
-    extern __shared__ float smem[];
+    extern __shared__ __align__(16) float smem[];
     const chan_geom &g = a.g;
-    const int D = 32 * E, G = a.G, P = g.bits * D;
-    float *s_q = smem;                  /* [G][D] */
-    float *s_w = s_q + G * D;           /* [G][D] */
-    float *s_bias = s_w + G * D;        /* [GMAX] */
-    float *s_qmu = s_bias + CHAN_GMAX;  /* [GMAX] */
-    float *s_lo = s_qmu + CHAN_GMAX;    /* [D]: lo, then mean */
-    int *s_bo = (int *)(s_lo + D);      /* [D]: bits | offset << 8 */
-    float *s_cen = (float *)(s_bo + D); /* [256] */
-    uint32_t *s_words = (uint32_t *)(s_cen + 256); /* [WARPS][P] */
-    float *s_part = (float *)(s_words + CHAN_WARPS * P); /* [WARPS][G][D + 2] */
+    const int D = 32 * E, G = a.G, P = g.bits * D, NR = P / 32;
+    float *s_q = smem;                              /* [G][D] */
+    float *s_w = s_q + G * D;                       /* [2][D][GMAX]: q_j step_j per chunk */
+    float *s_bias = s_w + 2 * D * CHAN_GMAX;        /* [2][GMAX] */
+    float *s_qmu = s_bias + 2 * CHAN_GMAX;          /* [GMAX] */
+    float *s_lo = s_qmu + 2 * CHAN_GMAX;            /* [D]: mean, then lo */
+    int *s_bo = (int *)(s_lo + D);                  /* [D]: bits | plane offset << 8 */
+    float *s_cen = (float *)(s_bo + D);             /* [256] */
+    uint32_t *s_warp = (uint32_t *)(s_cen + 256);   /* [WARPS][warp_words] */
+    const int vcs = g.vcs, WW = warp_words(P, vcs), SW = (stage_words(P, vcs) + 3) & ~3;
+    float *s_part = (float *)(s_warp + CHAN_WARPS * WW); /* [WARPS][G][D + 2] */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z, row = b * g.n_kv + h;
     int len = a.seq_lens[b];
@@ -331,9 +352,9 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
 #pragma unroll
         for (int e = 0; e < E; e++) acc[gg][e] = 0.0f;
     }
-    const uint8_t *vbase = g.cache + g.values + (size_t)row * g.capacity * g.vcs;
-    const int vbits = a.vbits;
+    bool lane_major = false; /* acc[.][e] holds dim lane + 32e (exact path) or E lane + e */
     if (split < a.n_split) {
+        lane_major = true;
         const uint8_t *hs = g.cache + g.heads + (size_t)row * g.head_bytes;
         const float *mean_p = (const float *)(hs + round16((uint64_t)D));
         const uint16_t *off_p = (const uint16_t *)(hs + round16((uint64_t)D) + 4 * (uint64_t)D);
@@ -348,79 +369,149 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
             sdot = kvqc_warp_sum(sdot);
             if (lane == 0) s_qmu[gg] = sdot;
         }
-        const int c0 = split * a.cps, c1 = min(c0 + a.cps, nc / g.C);
-        uint32_t *my_words = s_words + warp * P;
-        for (int ci = c0; ci < c1; ci++) {
-            const uint8_t *blk = g.cache + g.keys + ((size_t)row * (g.capacity / g.C) + ci) * g.key_block;
-            __syncthreads(); /* the previous chunk's weights are no longer read */
-            for (int j = threadIdx.x; j < D; j += blockDim.x) {
-                float st = h2f(((const uint16_t *)blk)[D + j]);
-                s_lo[j] = h2f(((const uint16_t *)blk)[j]);
-                for (int gg = 0; gg < G; gg++) s_w[gg * D + j] = s_q[gg * D + j] * st;
+        const int C = g.C, t_begin = split * a.cps * C, t_end = min((split + a.cps) * C, nc);
+        const int cpb = g.capacity / C;
+        uint32_t *my = s_warp + warp * WW;
+        uint32_t *s_t = my + 2 * SW;              /* [NR + 1][32] */
+        float *s_p = (float *)(s_t + (NR + 1) * 32); /* [32][GMAX] */
+        if (lane < 32) s_t[NR * 32 + lane] = 0u;
+        const uint8_t *kbase = g.cache + g.keys + (size_t)row * cpb * g.key_block;
+        const uint8_t *vbase = g.cache + g.values + (size_t)row * g.capacity * vcs;
+        /* the copies of group t0 (32 tokens) into stage st */
+        auto issue = [&](int t0, int st) {
+            if (t0 < t_end) {
+                const int ci = t0 / C, grp = (t0 % C) / 32;
+                const uint8_t *wsrc = kbase + (size_t)ci * g.key_block + 4 * (size_t)D + (size_t)grp * P * 4;
+                const uint8_t *vsrc = vbase + (size_t)t0 * vcs;
+                uint8_t *dst = (uint8_t *)(my + st * SW);
+                for (int c = lane; c < P / 4; c += 32) cp_async16(dst + 16 * c, wsrc + 16 * c);
+                uint8_t *vdst = dst + 4 * (size_t)P;
+                for (int c = lane; c < 2 * vcs; c += 32) cp_async16(vdst + 16 * c, vsrc + 16 * c);
+            }
+            cp_commit();
+        };
+        int stage = 0;
+        issue(t_begin + 32 * warp, 0);
+        const int vbits = a.vbits;
+        for (int s0 = t_begin; s0 < t_end; s0 += 128) {
+            /* the weights of the (one or two) chunks of this step */
+            const int cfirst = s0 / C, clast = min(s0 + 127, t_end - 1) / C;
+            __syncthreads();
+            for (int cc = cfirst; cc <= clast; cc++) {
+                const uint16_t *hdr = (const uint16_t *)(kbase + (size_t)cc * g.key_block);
+                float *w = s_w + (cc - cfirst) * D * CHAN_GMAX;
+                for (int j = threadIdx.x; j < D; j += blockDim.x) {
+                    float st = h2f(hdr[D + j]);
+#pragma unroll
+                    for (int gg = 0; gg < CHAN_GMAX; gg++) w[j * CHAN_GMAX + gg] = gg < G ? s_q[gg * D + j] * st : 0.0f;
+                }
+                for (int gg = warp; gg < G; gg += CHAN_WARPS) {
+                    float sdot = 0.0f;
+                    for (int j = lane; j < D; j += 32) sdot += s_q[gg * D + j] * h2f(hdr[j]);
+                    sdot = kvqc_warp_sum(sdot);
+                    if (lane == 0) s_bias[(cc - cfirst) * CHAN_GMAX + gg] = sdot + s_qmu[gg];
+                }
             }
             __syncthreads();
-            for (int gg = warp; gg < G; gg += CHAN_WARPS) {
-                float sdot = 0.0f;
-                for (int j = lane; j < D; j += 32) sdot += s_q[gg * D + j] * s_lo[j];
-                sdot = kvqc_warp_sum(sdot);
-                if (lane == 0) s_bias[gg] = sdot + s_qmu[gg];
-            }
-            __syncthreads();
-            const uint32_t *words = (const uint32_t *)(blk + 4 * (size_t)D);
-            for (int grp = warp; grp < g.C / 32; grp += CHAN_WARPS) {
+            const int t0 = s0 + 32 * warp;
+            issue(t0 + 128, stage ^ 1);
+            cp_wait1();
+            __syncwarp();
+            if (t0 < t_end) {
+                const uint32_t *wst = my + stage * SW;
+                const uint8_t *vst = (const uint8_t *)(wst + P);
+                /* transpose: word r of lane t = bits t of planes 32r..32r+31 */
+                for (int r = 0; r < NR; r++) {
+                    uint32_t v = wst[32 * r + lane];
+#pragma unroll
+                    for (int sh = 16; sh >= 1; sh >>= 1) {
+                        const uint32_t mk = sh == 16 ? 0x0000ffffu : sh == 8 ? 0x00ff00ffu : sh == 4 ? 0x0f0f0f0fu
+                                            : sh == 2 ? 0x33333333u : 0x55555555u;
+                        uint32_t x = __shfl_xor_sync(KVQC_FULL, v, sh);
+                        v = (lane & sh) ? ((v & ~mk) | ((x >> sh) & mk)) : ((v & mk) | ((x << sh) & ~mk));
+                    }
+                    s_t[32 * r + lane] = v;
+                }
                 __syncwarp();
-                for (int i = lane; i < P; i += 32) my_words[i] = words[(size_t)grp * P + i];
-                __syncwarp();
+                const int set = t0 / C - cfirst;
+                const float4 *w4 = (const float4 *)(s_w + set * D * CHAN_GMAX);
                 float sc[CHAN_GMAX];
 #pragma unroll
-                for (int gg = 0; gg < CHAN_GMAX; gg++) sc[gg] = gg < G ? s_bias[gg] : 0.0f;
+                for (int gg = 0; gg < CHAN_GMAX; gg++) sc[gg] = gg < G ? s_bias[set * CHAN_GMAX + gg] : 0.0f;
+#pragma unroll 4
                 for (int j = 0; j < D; j++) {
-                    const int bo = s_bo[j], nb = bo & 255;
-                    const uint32_t *pw = my_words + (bo >> 8);
-                    uint32_t code = 0;
-#pragma unroll
-                    for (int p = 0; p < 8; p++)
-                        if (p < nb) code |= ((pw[p] >> lane) & 1u) << p;
+                    const int bo = s_bo[j], off = bo >> 8;
+                    const uint32_t lo = s_t[(off >> 5) * 32 + lane], hi = s_t[((off >> 5) + 1) * 32 + lane];
+                    const uint32_t code = __funnelshift_r(lo, hi, off & 31) & ((1u << (bo & 255)) - 1u);
                     const float fc = (float)code;
-#pragma unroll
-                    for (int gg = 0; gg < CHAN_GMAX; gg++)
-                        if (gg < G) sc[gg] += s_w[gg * D + j] * fc;
+                    const float4 wa = w4[2 * j];
+                    sc[0] += wa.x * fc;
+                    sc[1] += wa.y * fc;
+                    sc[2] += wa.z * fc;
+                    sc[3] += wa.w * fc;
+                    if (G > 4) {
+                        const float4 wb = w4[2 * j + 1];
+                        sc[4] += wb.x * fc;
+                        sc[5] += wb.y * fc;
+                        sc[6] += wb.z * fc;
+                        sc[7] += wb.w * fc;
+                    }
                 }
-                const int t0 = ci * g.C + grp * 32;
                 const bool valid = t0 + lane >= g.n_sink;
-                float pr[CHAN_GMAX];
 #pragma unroll
                 for (int gg = 0; gg < CHAN_GMAX; gg++) {
-                    pr[gg] = 0.0f;
-                    if (gg >= G) continue;
-                    float s = valid ? sc[gg] : -INFINITY;
-                    float mx = kvqc_warp_max(s);
-                    float mn = fmaxf(m[gg], mx);
-                    if (mn == -INFINITY) continue;
-                    float alpha = exp2f(m[gg] - mn);
-                    float p = valid ? exp2f(s - mn) : 0.0f;
-                    l[gg] = l[gg] * alpha + kvqc_warp_sum(p);
+                    float p = 0.0f;
+                    if (gg < G) {
+                        float sv = valid ? sc[gg] : -INFINITY;
+                        float mx = kvqc_warp_max(sv);
+                        float mn = fmaxf(m[gg], mx);
+                        if (mn != -INFINITY) {
+                            float alpha = exp2f(m[gg] - mn);
+                            p = valid ? exp2f(sv - mn) : 0.0f;
+                            l[gg] = l[gg] * alpha + kvqc_warp_sum(p);
 #pragma unroll
-                    for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
-                    m[gg] = mn;
-                    pr[gg] = p;
+                            for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
+                            m[gg] = mn;
+                        }
+                    }
+                    s_p[lane * CHAN_GMAX + gg] = p;
                 }
+                __syncwarp();
                 for (int tt = 0; tt < 32; tt++) {
-                    const uint8_t *vc = vbase + (size_t)(t0 + tt) * g.vcs;
-                    float norm = h2f(*(const uint16_t *)vc);
+                    const uint8_t *vc = vst + tt * vcs;
+                    const float norm = h2f(*(const uint16_t *)vc);
                     float v[E];
+                    if (vbits == 4 && E == 4) {
+                        const uint32_t u = *(const uint16_t *)(vc + 2 + 2 * lane);
 #pragma unroll
-                    for (int e = 0; e < E; e++) v[e] = s_cen[get_idx(vc + 2, lane + 32 * e, vbits)] * norm;
+                        for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (4 * e)) & 15u] * norm;
+                    } else if (vbits == 2 && E == 4) {
+                        const uint32_t u = vc[2 + lane];
 #pragma unroll
-                    for (int gg = 0; gg < CHAN_GMAX; gg++) {
-                        if (gg >= G) break;
-                        float p = __shfl_sync(KVQC_FULL, pr[gg], tt);
+                        for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (2 * e)) & 3u] * norm;
+                    } else {
 #pragma unroll
-                        for (int e = 0; e < E; e++) acc[gg][e] += p * v[e];
+                        for (int e = 0; e < E; e++) v[e] = s_cen[get_idx(vc + 2, E * lane + e, vbits)] * norm;
+                    }
+                    const float4 pa = *(const float4 *)(s_p + tt * CHAN_GMAX);
+                    const float pp[4] = {pa.x, pa.y, pa.z, pa.w};
+#pragma unroll
+                    for (int gg = 0; gg < 4; gg++)
+#pragma unroll
+                        for (int e = 0; e < E; e++) acc[gg][e] += pp[gg] * v[e];
+                    if (G > 4) {
+                        const float4 pb = *(const float4 *)(s_p + tt * CHAN_GMAX + 4);
+                        const float pq[4] = {pb.x, pb.y, pb.z, pb.w};
+#pragma unroll
+                        for (int gg = 0; gg < 4; gg++)
+#pragma unroll
+                            for (int e = 0; e < E; e++) acc[4 + gg][e] += pq[gg] * v[e];
                     }
                 }
             }
+            stage ^= 1;
         }
+        asm volatile("cp.async.wait_all;\n" ::);
     } else {
         /* the exact tokens: sinks, then the tail from max(n_coded, n_sink) */
         __syncthreads();
@@ -467,7 +558,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
         if (gg >= G) break;
         float *ps = s_part + ((size_t)warp * G + gg) * (D + 2);
 #pragma unroll
-        for (int e = 0; e < E; e++) ps[lane + 32 * e] = acc[gg][e];
+        for (int e = 0; e < E; e++) ps[lane_major ? E * lane + e : lane + 32 * e] = acc[gg][e];
         if (lane == 0) {
             ps[D] = m[gg];
             ps[D + 1] = l[gg];
@@ -583,7 +674,11 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, 
     kc->key_block = 4 * D + C * D * kc->bits / 8;
     kc->vcs = vcs;
     kc->n_sm = kc->vq->n_sm;
-    size_t smem = attn_smem_words((int)D, CHAN_GMAX, (int)(8 * D)) * 4;
+    size_t smem = attn_smem_words((int)D, CHAN_GMAX, (int)(kc->bits * D), (int)vcs) * 4;
+    if (smem > kc->vq->smem_optin) {
+        kvq_cuda_chan_free(kc);
+        return KVQ_ERR_UNSUPPORTED;
+    }
     cudaError_t e = cudaSuccess;
     if (D == 64) e = cudaFuncSetAttribute(chan_attend_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     else if (D == 128) e = cudaFuncSetAttribute(chan_attend_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
@@ -719,7 +814,7 @@ static kvq_status check_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *
 /* Split the coded chunks so the grid fills about two waves of resident blocks. */
 static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, attn_plan *p) {
     const int D = (int)kc->D, G = (int)(d->n_q_heads / d->n_kv_heads);
-    p->smem = attn_smem_words(D, G, (int)(kc->bits * kc->D)) * 4;
+    p->smem = attn_smem_words(D, G, (int)(kc->bits * kc->D), (int)kc->vcs) * 4;
     int per_sm = 1;
     cudaError_t e = D == 64    ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, chan_attend_kernel<2>, 128, p->smem)
                     : D == 128 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, chan_attend_kernel<4>, 128, p->smem)
