@@ -295,42 +295,45 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
 
-/* Per-warp shared memory, in 4-byte words: two stages of one 32-token group (its plane
- * words, then its 32 value codes), the transposed planes (P / 32 + 1 rows of 32 lanes),
- * the group's softmax weights [32][GMAX]. */
-static __host__ __device__ __forceinline__ int stage_words(int P, int vcs) { return P + (32 * vcs + 3) / 4; }
-static __host__ __device__ __forceinline__ int warp_words(int P, int vcs) {
-    return 2 * ((stage_words(P, vcs) + 3) & ~3) + (P / 32 + 1) * 32 + 32 * CHAN_GMAX;
+/* Per-warp shared memory, in 4-byte words: two stages of one 32-token group (its chunk's
+ * minima and steps, its plane words, its 32 value codes), the transposed planes as pairs
+ * of consecutive rows (NR rows of 32 lanes x 2), the group's softmax weights [32][GS],
+ * the chunk's weights q_j step_j [D][GS] (GS: 4 for up to 4 query heads, else 8). */
+static __host__ __device__ __forceinline__ int stage_words(int D, int P, int vcs) {
+    return (D + P + (32 * vcs + 3) / 4 + 3) & ~3;
+}
+static __host__ __device__ __forceinline__ int warp_words(int D, int P, int vcs, int GS) {
+    return 2 * stage_words(D, P, vcs) + (P / 32) * 64 + 32 * GS + D * GS;
 }
 
-/* Dynamic shared memory of the attention kernel, in 4-byte words. */
+/* Dynamic shared memory of the attention kernel, in 4-byte words (the warps' areas hold
+ * the split's partial results at the end). */
 static size_t attn_smem_words(int D, int G, int P, int vcs) {
-    return (size_t)G * D + (size_t)2 * D * CHAN_GMAX + 2 * 2 * CHAN_GMAX + 2 * (size_t)D + 256 +
-           (size_t)CHAN_WARPS * warp_words(P, vcs) + (size_t)CHAN_WARPS * G * (D + 2);
+    const int GS = G <= 4 ? 4 : 8;
+    size_t warps = (size_t)CHAN_WARPS * warp_words(D, P, vcs, GS), part = (size_t)CHAN_WARPS * G * (D + 2);
+    return (size_t)G * D + 4 * (size_t)D + 256 + 2 * CHAN_GMAX + (warps > part ? warps : part);
 }
 
 /* Grid (n_split + 1, n_kv, batch): blocks x < n_split score whole coded chunks, block
  * n_split the exact tokens; each stores (acc, max, sum) per query head in its slot.
- * Coded tokens go in steps of 128 (a 32-token group per warp; a step spans one chunk, or
- * two of 64); a warp copies its next group (plane words, value codes) with cp.async while
- * it works on this one. A group's 32 x P plane bits are transposed by shuffles so that
- * lane t holds its token's bits of planes 32r..32r+31 in word r; a channel's code is then
- * one funnel shift and mask at its plane offset. */
+ * Each warp takes a contiguous quarter of the split's 32-token groups and copies its next
+ * group (chunk header, plane words, value codes) with cp.async while it works on this
+ * one; it computes a chunk's weights q_j step_j and bias <q, mean + lo> itself when the
+ * chunk changes, so warps never wait for each other. A group's 32 x P plane bits are
+ * transposed by shuffles so that lane t holds its token's bits of planes 32r..32r+31 in
+ * word r; a channel's code is then one funnel shift and mask at its plane offset. */
 template <int E>
 __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_args a) {
     extern __shared__ __align__(16) float smem[];
     const chan_geom &g = a.g;
-    const int D = 32 * E, G = a.G, P = g.bits * D, NR = P / 32;
-    float *s_q = smem;                              /* [G][D] */
-    float *s_w = s_q + G * D;                       /* [2][D][GMAX]: q_j step_j per chunk */
-    float *s_bias = s_w + 2 * D * CHAN_GMAX;        /* [2][GMAX] */
-    float *s_qmu = s_bias + 2 * CHAN_GMAX;          /* [GMAX] */
-    float *s_lo = s_qmu + 2 * CHAN_GMAX;            /* [D]: mean, then lo */
-    int *s_bo = (int *)(s_lo + D);                  /* [D]: bits | plane offset << 8 */
-    float *s_cen = (float *)(s_bo + D);             /* [256] */
-    uint32_t *s_warp = (uint32_t *)(s_cen + 256);   /* [WARPS][warp_words] */
-    const int vcs = g.vcs, WW = warp_words(P, vcs), SW = (stage_words(P, vcs) + 3) & ~3;
-    float *s_part = (float *)(s_warp + CHAN_WARPS * WW); /* [WARPS][G][D + 2] */
+    const int D = 32 * E, G = a.G, GS = G <= 4 ? 4 : 8, P = g.bits * D, NR = P / 32;
+    float *s_q = smem;                           /* [G][D] */
+    int4 *s_bm = (int4 *)(s_q + G * D);          /* [D]: s_t pair offset, shift, mask */
+    float *s_cen = (float *)(s_bm + D);          /* [256] */
+    float *s_qmu = s_cen + 256;                  /* [GMAX] (+ pad) */
+    uint32_t *s_warp = (uint32_t *)(s_qmu + 2 * CHAN_GMAX);
+    const int vcs = g.vcs, SW = stage_words(D, P, vcs), WW = warp_words(D, P, vcs, GS);
+    float *s_part = (float *)s_warp; /* [WARPS][G][D + 2], once the warps are done */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z, row = b * g.n_kv + h;
     int len = a.seq_lens[b];
@@ -359,159 +362,162 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
         const float *mean_p = (const float *)(hs + round16((uint64_t)D));
         const uint16_t *off_p = (const uint16_t *)(hs + round16((uint64_t)D) + 4 * (uint64_t)D);
         for (int j = threadIdx.x; j < D; j += blockDim.x) {
-            s_bo[j] = (int)hs[j] | (int)off_p[j] << 8;
-            s_lo[j] = mean_p[j];
+            const int off = off_p[j], nb = hs[j];
+            s_bm[j] = make_int4((off >> 5) * 64, off & 31, (int)((1u << nb) - 1u), 0);
         }
         __syncthreads();
         for (int gg = warp; gg < G; gg += CHAN_WARPS) {
             float sdot = 0.0f;
-            for (int j = lane; j < D; j += 32) sdot += s_q[gg * D + j] * s_lo[j];
+            for (int j = lane; j < D; j += 32) sdot += s_q[gg * D + j] * mean_p[j];
             sdot = kvqc_warp_sum(sdot);
             if (lane == 0) s_qmu[gg] = sdot;
         }
+        __syncthreads();
         const int C = g.C, t_begin = split * a.cps * C, t_end = min((split + a.cps) * C, nc);
+        const int n_groups = max(t_end - t_begin, 0) / 32;
+        const int g_begin = (int)((long long)n_groups * warp / CHAN_WARPS);
+        const int g_end = (int)((long long)n_groups * (warp + 1) / CHAN_WARPS);
         const int cpb = g.capacity / C;
         uint32_t *my = s_warp + warp * WW;
-        uint32_t *s_t = my + 2 * SW;              /* [NR + 1][32] */
-        float *s_p = (float *)(s_t + (NR + 1) * 32); /* [32][GMAX] */
-        if (lane < 32) s_t[NR * 32 + lane] = 0u;
+        uint2 *s_t = (uint2 *)(my + 2 * SW);          /* [NR][32] pairs (row r, row r + 1) */
+        float *s_p = (float *)(s_t + NR * 32);        /* [32][GS] */
+        float *s_w = s_p + 32 * GS;                   /* [D][GS] */
         const uint8_t *kbase = g.cache + g.keys + (size_t)row * cpb * g.key_block;
         const uint8_t *vbase = g.cache + g.values + (size_t)row * g.capacity * vcs;
-        /* the copies of group t0 (32 tokens) into stage st */
-        auto issue = [&](int t0, int st) {
-            if (t0 < t_end) {
-                const int ci = t0 / C, grp = (t0 % C) / 32;
-                const uint8_t *wsrc = kbase + (size_t)ci * g.key_block + 4 * (size_t)D + (size_t)grp * P * 4;
+        auto issue = [&](int gi, int st) {
+            if (gi < g_end) {
+                const int t0 = t_begin + 32 * gi, ci = t0 / C, grp = (t0 % C) / 32;
+                const uint8_t *blk = kbase + (size_t)ci * g.key_block;
+                const uint8_t *wsrc = blk + 4 * (size_t)D + (size_t)grp * P * 4;
                 const uint8_t *vsrc = vbase + (size_t)t0 * vcs;
                 uint8_t *dst = (uint8_t *)(my + st * SW);
-                for (int c = lane; c < P / 4; c += 32) cp_async16(dst + 16 * c, wsrc + 16 * c);
-                uint8_t *vdst = dst + 4 * (size_t)P;
-                for (int c = lane; c < 2 * vcs; c += 32) cp_async16(vdst + 16 * c, vsrc + 16 * c);
+                for (int c = lane; c < D / 4; c += 32) cp_async16(dst + 16 * c, blk + 16 * c);
+                for (int c = lane; c < P / 4; c += 32) cp_async16(dst + 4 * D + 16 * c, wsrc + 16 * c);
+                for (int c = lane; c < 2 * vcs; c += 32) cp_async16(dst + 4 * D + 4 * P + 16 * c, vsrc + 16 * c);
             }
             cp_commit();
         };
-        int stage = 0;
-        issue(t_begin + 32 * warp, 0);
-        const int vbits = a.vbits;
-        for (int s0 = t_begin; s0 < t_end; s0 += 128) {
-            /* the weights of the (one or two) chunks of this step */
-            const int cfirst = s0 / C, clast = min(s0 + 127, t_end - 1) / C;
-            __syncthreads();
-            for (int cc = cfirst; cc <= clast; cc++) {
-                const uint16_t *hdr = (const uint16_t *)(kbase + (size_t)cc * g.key_block);
-                float *w = s_w + (cc - cfirst) * D * CHAN_GMAX;
-                for (int j = threadIdx.x; j < D; j += blockDim.x) {
-                    float st = h2f(hdr[D + j]);
+        int stage = 0, cur = -1;
+        float bias[CHAN_GMAX];
 #pragma unroll
-                    for (int gg = 0; gg < CHAN_GMAX; gg++) w[j * CHAN_GMAX + gg] = gg < G ? s_q[gg * D + j] * st : 0.0f;
-                }
-                for (int gg = warp; gg < G; gg += CHAN_WARPS) {
-                    float sdot = 0.0f;
-                    for (int j = lane; j < D; j += 32) sdot += s_q[gg * D + j] * h2f(hdr[j]);
-                    sdot = kvqc_warp_sum(sdot);
-                    if (lane == 0) s_bias[(cc - cfirst) * CHAN_GMAX + gg] = sdot + s_qmu[gg];
-                }
-            }
-            __syncthreads();
-            const int t0 = s0 + 32 * warp;
-            issue(t0 + 128, stage ^ 1);
+        for (int gg = 0; gg < CHAN_GMAX; gg++) bias[gg] = 0.0f;
+        issue(g_begin, 0);
+        const int vbits = a.vbits;
+        for (int gi = g_begin; gi < g_end; gi++) {
+            issue(gi + 1, stage ^ 1);
             cp_wait1();
             __syncwarp();
-            if (t0 < t_end) {
-                const uint32_t *wst = my + stage * SW;
-                const uint8_t *vst = (const uint8_t *)(wst + P);
-                /* transpose: word r of lane t = bits t of planes 32r..32r+31 */
-                for (int r = 0; r < NR; r++) {
-                    uint32_t v = wst[32 * r + lane];
+            const int t0 = t_begin + 32 * gi, ci = t0 / C;
+            const uint32_t *sst = my + stage * SW;
+            const uint16_t *hdr = (const uint16_t *)sst;
+            const uint32_t *wst = sst + D;
+            const uint8_t *vst = (const uint8_t *)(wst + P);
+            if (ci != cur) { /* this chunk's weights and bias */
+                cur = ci;
+                for (int j = lane; j < D; j += 32) {
+                    const float st = h2f(hdr[D + j]), lo = h2f(hdr[j]);
+                    for (int gg = 0; gg < GS; gg++) s_w[j * GS + gg] = gg < G ? s_q[gg * D + j] * st : 0.0f;
 #pragma unroll
-                    for (int sh = 16; sh >= 1; sh >>= 1) {
-                        const uint32_t mk = sh == 16 ? 0x0000ffffu : sh == 8 ? 0x00ff00ffu : sh == 4 ? 0x0f0f0f0fu
-                                            : sh == 2 ? 0x33333333u : 0x55555555u;
-                        uint32_t x = __shfl_xor_sync(KVQC_FULL, v, sh);
-                        v = (lane & sh) ? ((v & ~mk) | ((x >> sh) & mk)) : ((v & mk) | ((x << sh) & ~mk));
-                    }
-                    s_t[32 * r + lane] = v;
+                    for (int gg = 0; gg < CHAN_GMAX; gg++)
+                        if (gg < G) bias[gg] = (j == lane ? 0.0f : bias[gg]) + s_q[gg * D + j] * lo;
                 }
-                __syncwarp();
-                const int set = t0 / C - cfirst;
-                const float4 *w4 = (const float4 *)(s_w + set * D * CHAN_GMAX);
-                float sc[CHAN_GMAX];
 #pragma unroll
-                for (int gg = 0; gg < CHAN_GMAX; gg++) sc[gg] = gg < G ? s_bias[set * CHAN_GMAX + gg] : 0.0f;
+                for (int gg = 0; gg < CHAN_GMAX; gg++)
+                    if (gg < G) bias[gg] = kvqc_warp_sum(bias[gg]) + s_qmu[gg];
+            }
+            /* transpose: word r of lane t = bits t of planes 32r..32r+31 */
+            uint32_t prev = 0;
+            for (int r = 0; r < NR; r++) {
+                uint32_t v = wst[32 * r + lane];
+#pragma unroll
+                for (int sh = 16; sh >= 1; sh >>= 1) {
+                    const uint32_t mk = sh == 16 ? 0x0000ffffu : sh == 8 ? 0x00ff00ffu : sh == 4 ? 0x0f0f0f0fu
+                                        : sh == 2 ? 0x33333333u : 0x55555555u;
+                    const uint32_t x = __shfl_xor_sync(KVQC_FULL, v, sh);
+                    v = (lane & sh) ? ((v & ~mk) | ((x >> sh) & mk)) : ((v & mk) | ((x << sh) & ~mk));
+                }
+                if (r > 0) s_t[32 * (r - 1) + lane] = make_uint2(prev, v);
+                prev = v;
+            }
+            s_t[32 * (NR - 1) + lane] = make_uint2(prev, 0u);
+            __syncwarp();
+            float sc[CHAN_GMAX];
+#pragma unroll
+            for (int gg = 0; gg < CHAN_GMAX; gg++) sc[gg] = bias[gg];
+            const uint2 *tl = s_t + lane;
 #pragma unroll 4
-                for (int j = 0; j < D; j++) {
-                    const int bo = s_bo[j], off = bo >> 8;
-                    const uint32_t lo = s_t[(off >> 5) * 32 + lane], hi = s_t[((off >> 5) + 1) * 32 + lane];
-                    const uint32_t code = __funnelshift_r(lo, hi, off & 31) & ((1u << (bo & 255)) - 1u);
-                    const float fc = (float)code;
-                    const float4 wa = w4[2 * j];
-                    sc[0] += wa.x * fc;
-                    sc[1] += wa.y * fc;
-                    sc[2] += wa.z * fc;
-                    sc[3] += wa.w * fc;
-                    if (G > 4) {
-                        const float4 wb = w4[2 * j + 1];
-                        sc[4] += wb.x * fc;
-                        sc[5] += wb.y * fc;
-                        sc[6] += wb.z * fc;
-                        sc[7] += wb.w * fc;
-                    }
+            for (int j = 0; j < D; j++) {
+                const int4 bm = s_bm[j];
+                const uint2 pr = tl[bm.x >> 1];
+                const float fc = (float)(__funnelshift_r(pr.x, pr.y, bm.y) & (uint32_t)bm.z);
+                const float4 wa = *(const float4 *)(s_w + j * GS);
+                sc[0] += wa.x * fc;
+                sc[1] += wa.y * fc;
+                sc[2] += wa.z * fc;
+                sc[3] += wa.w * fc;
+                if (GS > 4) {
+                    const float4 wb = *(const float4 *)(s_w + j * GS + 4);
+                    sc[4] += wb.x * fc;
+                    sc[5] += wb.y * fc;
+                    sc[6] += wb.z * fc;
+                    sc[7] += wb.w * fc;
                 }
-                const bool valid = t0 + lane >= g.n_sink;
+            }
+            const bool valid = t0 + lane >= g.n_sink;
+            const float norm = h2f(*(const uint16_t *)(vst + lane * vcs));
 #pragma unroll
-                for (int gg = 0; gg < CHAN_GMAX; gg++) {
-                    float p = 0.0f;
-                    if (gg < G) {
-                        float sv = valid ? sc[gg] : -INFINITY;
-                        float mx = kvqc_warp_max(sv);
-                        float mn = fmaxf(m[gg], mx);
-                        if (mn != -INFINITY) {
-                            float alpha = exp2f(m[gg] - mn);
-                            p = valid ? exp2f(sv - mn) : 0.0f;
-                            l[gg] = l[gg] * alpha + kvqc_warp_sum(p);
+            for (int gg = 0; gg < CHAN_GMAX; gg++) {
+                if (gg >= G) break;
+                float p = 0.0f;
+                const float sv = valid ? sc[gg] : -INFINITY;
+                const float mx = kvqc_warp_max(sv);
+                const float mn = fmaxf(m[gg], mx);
+                if (mn != -INFINITY) {
+                    const float alpha = exp2f(m[gg] - mn);
+                    p = valid ? exp2f(sv - mn) : 0.0f;
+                    l[gg] = l[gg] * alpha + kvqc_warp_sum(p);
 #pragma unroll
-                            for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
-                            m[gg] = mn;
-                        }
-                    }
-                    s_p[lane * CHAN_GMAX + gg] = p;
+                    for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
+                    m[gg] = mn;
                 }
-                __syncwarp();
-                for (int tt = 0; tt < 32; tt++) {
-                    const uint8_t *vc = vst + tt * vcs;
-                    const float norm = h2f(*(const uint16_t *)vc);
-                    float v[E];
-                    if (vbits == 4 && E == 4) {
-                        const uint32_t u = *(const uint16_t *)(vc + 2 + 2 * lane);
+                s_p[lane * GS + gg] = p * norm; /* the value's norm rides on its weight */
+            }
+            __syncwarp();
+            for (int tt = 0; tt < 32; tt++) {
+                const uint8_t *vc = vst + tt * vcs;
+                float v[E];
+                if (vbits == 4 && E == 4) {
+                    const uint32_t u = *(const uint16_t *)(vc + 2 + 2 * lane);
 #pragma unroll
-                        for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (4 * e)) & 15u] * norm;
-                    } else if (vbits == 2 && E == 4) {
-                        const uint32_t u = vc[2 + lane];
+                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (4 * e)) & 15u];
+                } else if (vbits == 2 && E == 4) {
+                    const uint32_t u = vc[2 + lane];
 #pragma unroll
-                        for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (2 * e)) & 3u] * norm;
-                    } else {
+                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (2 * e)) & 3u];
+                } else {
 #pragma unroll
-                        for (int e = 0; e < E; e++) v[e] = s_cen[get_idx(vc + 2, E * lane + e, vbits)] * norm;
-                    }
-                    const float4 pa = *(const float4 *)(s_p + tt * CHAN_GMAX);
-                    const float pp[4] = {pa.x, pa.y, pa.z, pa.w};
+                    for (int e = 0; e < E; e++) v[e] = s_cen[get_idx(vc + 2, E * lane + e, vbits)];
+                }
+                const float4 pa = *(const float4 *)(s_p + tt * GS);
+                const float pp[4] = {pa.x, pa.y, pa.z, pa.w};
+#pragma unroll
+                for (int gg = 0; gg < 4; gg++)
+#pragma unroll
+                    for (int e = 0; e < E; e++) acc[gg][e] += pp[gg] * v[e];
+                if (GS > 4) {
+                    const float4 pb = *(const float4 *)(s_p + tt * GS + 4);
+                    const float pq[4] = {pb.x, pb.y, pb.z, pb.w};
 #pragma unroll
                     for (int gg = 0; gg < 4; gg++)
 #pragma unroll
-                        for (int e = 0; e < E; e++) acc[gg][e] += pp[gg] * v[e];
-                    if (G > 4) {
-                        const float4 pb = *(const float4 *)(s_p + tt * CHAN_GMAX + 4);
-                        const float pq[4] = {pb.x, pb.y, pb.z, pb.w};
-#pragma unroll
-                        for (int gg = 0; gg < 4; gg++)
-#pragma unroll
-                            for (int e = 0; e < E; e++) acc[4 + gg][e] += pq[gg] * v[e];
-                    }
+                        for (int e = 0; e < E; e++) acc[4 + gg][e] += pq[gg] * v[e];
                 }
             }
+            __syncwarp();
             stage ^= 1;
         }
         asm volatile("cp.async.wait_all;\n" ::);
+        __syncthreads(); /* the warps' areas become the partial results */
     } else {
         /* the exact tokens: sinks, then the tail from max(n_coded, n_sink) */
         __syncthreads();
