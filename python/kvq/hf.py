@@ -587,7 +587,12 @@ class _GpuChan:
     Tokens are appended one position at a time (a chunk is coded on the device when it
     leaves the exact window); attention reads sinks, coded chunks and the exact tail."""
 
-    try_create = _GpuCodes.try_create
+    @classmethod
+    def try_create(cls, cfg, batch, device):
+        try:
+            return cls(cfg, batch, device)
+        except (N.KvqError, RuntimeError):
+            return None  # a shape the GPU kernels do not take: the CPU path
 
     def __init__(self, cfg, batch, device):
         why = cuda_refusal(cfg)
