@@ -775,6 +775,9 @@ typedef struct kvq_cuda_attn_desc {
 
 /* Always run the general CUDA-core kernel (tests and benchmarks compare the two). */
 #define KVQ_CUDA_ATTN_GENERIC 1u
+/* kvq_cuda_chan_attend: one block per (sequence, kv head) for all coded chunks (tests
+ * cover the long per-block loop with it; the default splits the context). */
+#define KVQ_CUDA_ATTN_ONE_SPLIT 2u
 
 /* Device scratch an attend call needs (split-K partial results, rotated queries). */
 KVQ_API kvq_status kvq_cuda_attend_workspace(const kvq_cuda_quantizer *key,

@@ -1014,10 +1014,10 @@ static uint32_t gpu_code(const uint8_t *blk, const kvq_cuda_chan_layout *L, uint
 static double chan_attend_check(kvqt_ctx *kvqt_, const kvq_cuda_chan *kc, const kvq_cuda_chan_layout *L,
                                 const kvq_quantizer *vq, const uint8_t *cache_dev, const int32_t *lens,
                                 uint32_t batch, uint32_t n_kv, uint32_t d, uint32_t capacity, uint32_t group,
-                                uint64_t seed) {
+                                uint64_t seed, uint32_t flags) {
     uint32_t nq = n_kv * group, maxlen = 0;
     for (uint32_t b = 0; b < batch; b++) maxlen = lens[b] > (int32_t)maxlen ? (uint32_t)lens[b] : maxlen;
-    kvq_cuda_attn_desc desc = {batch, nq, n_kv, d, capacity, maxlen, 1.0f / sqrtf((float)d), KVQ_CUDA_F32, 0};
+    kvq_cuda_attn_desc desc = {batch, nq, n_kv, d, capacity, maxlen, 1.0f / sqrtf((float)d), KVQ_CUDA_F32, flags};
     size_t ws_bytes = 0;
     if (kvq_cuda_chan_attend_workspace(kc, &desc, &ws_bytes) != KVQ_OK) return INFINITY;
     float *q = malloc((size_t)batch * nq * d * sizeof(float)), *got = malloc((size_t)batch * nq * d * sizeof(float));
@@ -1168,9 +1168,14 @@ static void chan_case(kvqt_ctx *kvqt_, const char *preset, uint32_t d, uint32_t 
         uint32_t len = t + 1;
         if (len == 5 || len == W + C || len == W + C + 1 || len % 97 == 0 || len == maxn) {
             for (uint32_t b = 0; b < batch; b++) lens[b] = len < n_tok[b] ? (int32_t)len : (int32_t)n_tok[b];
-            double e = chan_attend_check(kvqt_, kc, &L, vq, dcache, lens, batch, n_kv, d, capacity, group, len);
-            checks++;
-            if (e > worst) worst = e;
+            /* split over the context, and one block per head (several chunks and groups
+             * per warp, chunk changes inside a warp's range) */
+            for (uint32_t flags = 0; flags <= KVQ_CUDA_ATTN_ONE_SPLIT; flags += KVQ_CUDA_ATTN_ONE_SPLIT) {
+                double e = chan_attend_check(kvqt_, kc, &L, vq, dcache, lens, batch, n_kv, d, capacity, group, len,
+                                             flags);
+                checks++;
+                if (e > worst) worst = e;
+            }
         }
     }
     CU(cudaDeviceSynchronize());

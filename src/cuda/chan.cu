@@ -839,7 +839,10 @@ static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, attn
     if (lo > 65534) lo = 65534;
     p->n_split = 0;
     p->cps = 1;
-    if (chunks > 0) {
+    if (chunks > 0 && (d->flags & KVQ_CUDA_ATTN_ONE_SPLIT)) {
+        p->n_split = 1;
+        p->cps = (int)chunks;
+    } else if (chunks > 0) {
         double best = -1.0;
         for (uint64_t ns = lo; ns <= 4 * lo && ns <= chunks && ns <= 65534; ns++) {
             uint64_t cps = (chunks + ns - 1) / ns, n = (chunks + cps - 1) / cps, blocks = base * n;
