@@ -266,6 +266,9 @@ def test_cuda_presets_run_the_gpu_kernels():
         rel = np.linalg.norm(a - exact, axis=1) / np.linalg.norm(exact, axis=1)
         rel_cpu = np.linalg.norm(b - exact, axis=1) / np.linalg.norm(exact, axis=1)
         gap = np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
-        assert rel.max() < 0.15, (preset, rel.max())
-        assert rel[PROMPT:].mean() < 2 * rel_cpu[PROMPT:].mean() + 0.01, (preset, rel.mean(), rel_cpu.mean())
-        assert gap.max() < 0.05, (preset, gap.max())
+        print("kvq.hf %s on CUDA: logits %.4f from exact (CPU path %.4f), %.4f from the CPU path (max %.4f)"
+              % (preset, rel[PROMPT:].mean(), rel_cpu[PROMPT:].mean(), gap[PROMPT:].mean(), gap.max()))
+        # the same codes: no further from exact than the CPU path, and far closer to it
+        # than either is to exact (the tails differ: fp16 here, q8_0 rows there)
+        assert rel[PROMPT:].mean() < 1.5 * rel_cpu[PROMPT:].mean() + 0.01, (preset, rel.mean(), rel_cpu.mean())
+        assert gap.max() < 0.5 * rel_cpu[PROMPT:].mean(), (preset, gap.max(), rel_cpu.mean())

@@ -817,9 +817,8 @@ static kvq_status check_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *
     return KVQ_OK;
 }
 
-/* Split the coded chunks so the grid fills whole waves of resident blocks: from the
- * fewest splits that fill one wave, the first count whose last wave is at least 90 % full
- * (else the fullest up to four times that count). Splits are whole chunks. */
+/* Split the coded chunks so the grid holds about two waves of resident blocks (whole
+ * chunks per split); KVQ_CUDA_ATTN_ONE_SPLIT: one block per (sequence, kv head). */
 static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, attn_plan *p) {
     const int D = (int)kc->D, G = (int)(d->n_q_heads / d->n_kv_heads);
     p->smem = attn_smem_words(D, G, (int)(kc->bits * kc->D), (int)kc->vcs) * 4;
@@ -833,28 +832,19 @@ static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, attn
     }
     uint64_t len = d->max_len;
     uint64_t chunks = len > kc->W ? (len - kc->W) / kc->C : 0;
-    uint64_t base = (uint64_t)d->batch * d->n_kv_heads, slots = (uint64_t)kc->n_sm * per_sm;
-    uint64_t lo = (slots + base - 1) / base;
-    if (lo > chunks) lo = chunks;
-    if (lo > 65534) lo = 65534;
-    p->n_split = 0;
-    p->cps = 1;
-    if (chunks > 0 && (d->flags & KVQ_CUDA_ATTN_ONE_SPLIT)) {
-        p->n_split = 1;
-        p->cps = (int)chunks;
-    } else if (chunks > 0) {
-        double best = -1.0;
-        for (uint64_t ns = lo; ns <= 4 * lo && ns <= chunks && ns <= 65534; ns++) {
-            uint64_t cps = (chunks + ns - 1) / ns, n = (chunks + cps - 1) / cps, blocks = base * n;
-            uint64_t waves = (blocks + slots - 1) / slots;
-            double eff = (double)blocks / (double)(waves * slots);
-            if (eff > best + 1e-9) {
-                best = eff;
-                p->cps = (int)cps;
-                p->n_split = (int)n;
-            }
-            if (eff >= 0.9) break;
-        }
+    uint64_t base = (uint64_t)d->batch * d->n_kv_heads;
+    uint64_t target = 2 * (uint64_t)kc->n_sm * per_sm;
+    uint64_t ns = (target + base - 1) / base;
+    if (d->flags & KVQ_CUDA_ATTN_ONE_SPLIT) ns = 1;
+    if (ns > chunks) ns = chunks;
+    if (ns > 65534) ns = 65534;
+    if (ns == 0) {
+        p->n_split = 0;
+        p->cps = 1;
+    } else {
+        uint64_t cps = (chunks + ns - 1) / ns;
+        p->cps = (int)cps;
+        p->n_split = (int)((chunks + cps - 1) / cps);
     }
     p->n_slots = p->n_split + 1;
 }
