@@ -23,7 +23,9 @@ On CUDA tensors, layers whose codes the GPU kernels take (codes alone - no exact
 sinks, outlier channels, centering or sliding window - in a method the kernels have;
 cuda_refusal(config) says why not) keep their codes on the device and attend with
 kvq_cuda_attend (one new token per row; a prompt is attended exactly with sdpa while its
-codes are written). Other layers, or without a GPU build or a driver, CUDA tensors go
+codes are written). Layers of the presets (channel keys, mse values) run on
+kvq_cuda_chan with their exact sinks and newest tokens: chunks are coded on the device,
+with the CPU's codes. Other layers, or without a GPU build or a driver, CUDA tensors go
 through the CPU path (copied to the host), with a warning.
 
 Not supported: beam search (reorder), cropping (assisted decoding), and left-padded
