@@ -898,7 +898,8 @@ KVQ_API kvq_status kvq_cuda_chan_append(const kvq_cuda_chan *kc, kvq_cuda_dtype 
 
 /* Decode attention of one query per sequence over [sinks, coded chunks, exact tail],
  * one softmax: desc as kvq_cuda_attend's (n_kv_heads and head_dim the handle's,
- * capacity the buffer's), seq_lens_dev [batch] int32 on the device. */
+ * capacity the buffer's), seq_lens_dev [batch] int32 on the device; cache_dev (and the
+ * append workspace) 16-byte aligned, as cudaMalloc gives. */
 KVQ_API kvq_status kvq_cuda_chan_attend_workspace(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc,
                                                   size_t *bytes);
 KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc,

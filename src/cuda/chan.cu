@@ -867,6 +867,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, cons
     kvq_status st = check_attn(kc, d);
     if (st != KVQ_OK) return st;
     if (!q_dev || !cache_dev || !seq_lens_dev || !workspace_dev || !out_dev) return KVQ_ERR_INVALID_ARG;
+    if ((uintptr_t)cache_dev & 15u) return KVQ_ERR_INVALID_ARG; /* 16-byte copies */
     attn_plan p;
     plan_attn(kc, d, &p);
     size_t need = (size_t)d->batch * d->n_q_heads * p.n_slots * (kc->D + 2) * sizeof(float);
