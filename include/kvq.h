@@ -782,6 +782,9 @@ typedef struct kvq_cuda_attn_desc {
 
 /* Always run the general CUDA-core kernel (tests and benchmarks compare the two). */
 #define KVQ_CUDA_ATTN_GENERIC 1u
+/* kvq_cuda_chan_attend: one block per (sequence, kv head) for all coded chunks (tests
+ * cover the long per-block loop with it; the default splits the context). */
+#define KVQ_CUDA_ATTN_ONE_SPLIT 2u
 
 /* Device scratch an attend call needs (split-K partial results, rotated queries). */
 KVQ_API kvq_status kvq_cuda_attend_workspace(const kvq_cuda_quantizer *key,
@@ -851,6 +854,65 @@ KVQ_API kvq_status kvq_cuda_append(const kvq_cuda_quantizer *cq, kvq_cuda_dtype 
                                    const int32_t *positions_dev, const int32_t *page_table_dev,
                                    uint32_t page_size, uint32_t max_pages, uint8_t *pages_dev,
                                    void *scratch_dev, size_t scratch_bytes, void *stream);
+
+/* Channel keys on the GPU: the presets q4, q3 and q2 (keys method "channel": per-channel
+ * minimum and step over chunks of chunk_tokens tokens, per-channel bits fixed from the
+ * first chunk; values a kvq_cuda_quantizer method). One handle per layer config; the
+ * cache of a batch of sequences lives in one device buffer the caller allocates
+ * (kvq_cuda_chan_layout_of gives its size and regions):
+ *   heads   [batch][n_kv_heads] head_bytes: bits[dim] (uint8), mean[dim] (float32),
+ *           plane offsets[dim] (uint16), fixed when chunk 0 is coded
+ *   keys    [batch][n_kv_heads][capacity / chunk] key_block bytes: minimum[dim] and
+ *           step[dim] (fp16, the CPU's values), then the codes as bit planes, uint32
+ *           words [chunk / 32][bits * dim]: word w, plane offsets[j] + p holds bit p of
+ *           channel j's code for tokens 32w..32w+31 (bit t % 32)
+ *   values  [batch][n_kv_heads][capacity] value codes (kvq_code_size bytes, CPU format)
+ *   exact_k, exact_v [batch][n_kv_heads][exact_rows][dim] fp16: rows 0..n_sink-1 the
+ *           sinks, row n_sink + t % (window + chunk) token t while it is not coded
+ * A key of a coded token decodes to mean + minimum + step * code (channel-wise). Token
+ * t is coded once t < n_coded(len) = (len - window) rounded down to a whole chunk;
+ * attention reads the sinks and tokens n_coded..len-1 exactly (fp16: the CPU holds the
+ * window and the filling chunk as q8_0 rows, and codes the chunk from those rows; the
+ * GPU codes it from the same q8_0 round trip, so codes and values are the CPU's).
+ * Every (sequence, kv head) is independent: a tensor-parallel engine creates the handle
+ * with its local n_kv_heads. head_dim 64, 128 or 256; chunk_tokens a multiple of 64; no
+ * sliding window and no outlier channels. */
+typedef struct kvq_cuda_chan kvq_cuda_chan;
+KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, kvq_cuda_chan **out);
+KVQ_API void kvq_cuda_chan_free(kvq_cuda_chan *kc);
+
+typedef struct kvq_cuda_chan_layout {
+    uint64_t bytes;                      /* the whole buffer */
+    uint64_t heads, keys, values, exact_k, exact_v; /* byte offsets of the regions */
+    uint32_t head_bytes, key_block, value_code, exact_rows;
+    uint32_t chunk_tokens, window, n_sink, bits; /* the config, as the GPU reads it */
+} kvq_cuda_chan_layout;
+/* capacity: tokens per (sequence, kv head), a multiple of chunk_tokens. */
+KVQ_API kvq_status kvq_cuda_chan_layout_of(const kvq_cuda_chan *kc, uint32_t batch, uint32_t capacity,
+                                           kvq_cuda_chan_layout *out);
+
+/* Append one token per sequence at position positions_dev[b] (negative: skipped; a
+ * sequence's tokens arrive in order from 0, one call each): k_dev, v_dev
+ * [batch][n_kv_heads][head_dim] (dtype). When the token completes a chunk to code
+ * (len - window a multiple of chunk_tokens), that chunk's keys are coded (chunk 0 first
+ * fixes the head's mean key and channel bits, as the CPU does); values are coded as
+ * they arrive. A new sequence in a slot needs no reset (position 0 starts it). */
+KVQ_API kvq_status kvq_cuda_chan_append_workspace(const kvq_cuda_chan *kc, uint32_t batch, size_t *bytes);
+KVQ_API kvq_status kvq_cuda_chan_append(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
+                                        const void *v_dev, uint32_t batch, uint32_t capacity,
+                                        const int32_t *positions_dev, void *cache_dev, void *workspace_dev,
+                                        size_t workspace_bytes, void *stream);
+
+/* Decode attention of one query per sequence over [sinks, coded chunks, exact tail],
+ * one softmax: desc as kvq_cuda_attend's (n_kv_heads and head_dim the handle's,
+ * capacity the buffer's), seq_lens_dev [batch] int32 on the device; cache_dev (and the
+ * append workspace) 16-byte aligned, as cudaMalloc gives. */
+KVQ_API kvq_status kvq_cuda_chan_attend_workspace(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc,
+                                                  size_t *bytes);
+KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc,
+                                        const void *q_dev, const void *cache_dev, const int32_t *seq_lens_dev,
+                                        void *workspace_dev, size_t workspace_bytes, float *out_dev,
+                                        void *stream);
 
 #ifdef __cplusplus
 }

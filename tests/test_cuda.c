@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache/cache_internal.h"
 #include "core/core.h"
+#include "cpu/cache_kernels.h"
 #include "kvq.h"
 #include "test.h"
 
@@ -960,5 +962,356 @@ TEST(cuda_paged_rejects_bad_arguments) {
     if (!have_gpu()) SKIP("no CUDA device");
 #ifdef KVQ_HAVE_CUDA
     body_cuda_paged_rejects_bad_arguments(kvqt_);
+#endif
+}
+
+/* ------------------------------------------------------------ channel keys (presets) */
+
+TEST(cuda_chan_without_device_fails_cleanly) {
+    if (have_gpu()) SKIP("a GPU is present: the device tests cover it");
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_preset(&cfg, "q4", 2, 128, NULL, 0));
+    kvq_cuda_chan *kc = (kvq_cuda_chan *)1;
+    CHECK_STATUS(kvq_cuda_chan_create(&cfg, &kc), KVQ_ERR_NO_DEVICE);
+    CHECK(kc == NULL);
+    kvq_cuda_chan_free(NULL);
+}
+
+#ifdef KVQ_HAVE_CUDA
+
+/* RoPE-like keys: a steady offset per channel, a slow or fast turn, a little noise; the
+ * first rows of each head large (an attention sink). Values Gaussian. */
+static void chan_token(uint64_t seed, uint32_t t, uint32_t n_kv, uint32_t d, float *k, float *v) {
+    kvqi_rng r;
+    kvqi_rng_seed(&r, seed * 1000003u + t);
+    for (uint32_t h = 0; h < n_kv; h++)
+        for (uint32_t j = 0; j < d; j++) {
+            double base = ((j * 37 + h * 11) % 17) * 0.4 - 3.0;
+            double amp = 0.2 + (j % 5) * 0.6, freq = pow(10000.0, -(double)(j % (d / 2)) / (d / 2));
+            double x = base + amp * sin(freq * t + h) + 0.15 * kvqi_rng_normal(&r);
+            if (t == 0) x *= 4.0;
+            k[h * d + j] = (float)x;
+            v[h * d + j] = (float)kvqi_rng_normal(&r);
+        }
+}
+
+static uint32_t n_coded_of(uint32_t len, uint32_t W, uint32_t C) { return len > W ? (len - W) / C * C : 0; }
+
+static uint32_t gpu_code(const uint8_t *blk, const kvq_cuda_chan_layout *L, uint32_t d, const uint8_t *bits,
+                         const uint16_t *off, uint32_t j, uint32_t t) {
+    const uint8_t *w = blk + 4 * (size_t)d;
+    uint32_t P = L->bits * d, code = 0;
+    for (uint32_t p = 0; p < bits[j]; p++) {
+        uint32_t word;
+        memcpy(&word, w + 4 * ((size_t)(t / 32) * P + off[j] + p), 4);
+        code |= ((word >> (t % 32)) & 1u) << p;
+    }
+    return code;
+}
+
+/* The double-precision softmax over the GPU cache's decoded keys and values (the codes
+ * the first test holds equal to the CPU's), against the kernel's output. */
+static double chan_attend_check(kvqt_ctx *kvqt_, const kvq_cuda_chan *kc, const kvq_cuda_chan_layout *L,
+                                const kvq_quantizer *vq, const uint8_t *cache_dev, const int32_t *lens,
+                                uint32_t batch, uint32_t n_kv, uint32_t d, uint32_t capacity, uint32_t group,
+                                uint64_t seed, uint32_t flags) {
+    uint32_t nq = n_kv * group, maxlen = 0;
+    for (uint32_t b = 0; b < batch; b++) maxlen = lens[b] > (int32_t)maxlen ? (uint32_t)lens[b] : maxlen;
+    kvq_cuda_attn_desc desc = {batch, nq, n_kv, d, capacity, maxlen, 1.0f / sqrtf((float)d), KVQ_CUDA_F32, flags};
+    size_t ws_bytes = 0;
+    if (kvq_cuda_chan_attend_workspace(kc, &desc, &ws_bytes) != KVQ_OK) return INFINITY;
+    float *q = malloc((size_t)batch * nq * d * sizeof(float)), *got = malloc((size_t)batch * nq * d * sizeof(float));
+    uint8_t *host = malloc(L->bytes);
+    float *vrow = malloc(d * sizeof(float));
+    double *sc = malloc((size_t)capacity * sizeof(double)), *ref = malloc(d * sizeof(double));
+    if (!q || !got || !host || !vrow || !sc || !ref) return INFINITY;
+    kvqi_rng r;
+    kvqi_rng_seed(&r, seed);
+    for (size_t i = 0; i < (size_t)batch * nq * d; i++) q[i] = (float)kvqi_rng_normal(&r) * 0.6f;
+    void *dq = NULL, *dws = NULL, *dout = NULL, *dlen = NULL;
+    double worst = 0.0;
+    if (cudaMalloc(&dq, (size_t)batch * nq * d * 4) != cudaSuccess || cudaMalloc(&dws, ws_bytes) != cudaSuccess ||
+        cudaMalloc(&dout, (size_t)batch * nq * d * 4) != cudaSuccess || cudaMalloc(&dlen, batch * 4) != cudaSuccess)
+        worst = INFINITY;
+    if (worst == 0.0) {
+        cudaMemcpy(dq, q, (size_t)batch * nq * d * 4, cudaMemcpyHostToDevice);
+        cudaMemcpy(dlen, lens, batch * 4, cudaMemcpyHostToDevice);
+        kvq_status st = kvq_cuda_chan_attend(kc, &desc, dq, cache_dev, dlen, dws, ws_bytes, dout, NULL);
+        CHECKF(st == KVQ_OK, "chan attend: %s", kvq_strerror(st));
+        if (cudaDeviceSynchronize() != cudaSuccess) worst = INFINITY;
+        cudaMemcpy(got, dout, (size_t)batch * nq * d * 4, cudaMemcpyDeviceToHost);
+        cudaMemcpy(host, cache_dev, L->bytes, cudaMemcpyDeviceToHost);
+    }
+    const uint32_t C = L->chunk_tokens, W = L->window, S = L->n_sink, R = W + C;
+    for (uint32_t b = 0; b < batch; b++) {
+        uint32_t len = (uint32_t)lens[b], nc = n_coded_of(len, W, C);
+        for (uint32_t h = 0; h < n_kv; h++) {
+            size_t row = (size_t)b * n_kv + h;
+            const uint8_t *hs = host + L->heads + row * L->head_bytes;
+            const float *mean = (const float *)(hs + ((d + 15) & ~15u));
+            const uint16_t *off = (const uint16_t *)(hs + ((d + 15) & ~15u) + 4 * d);
+            const uint16_t *ek = (const uint16_t *)(host + L->exact_k) + row * L->exact_rows * d;
+            const uint16_t *ev = (const uint16_t *)(host + L->exact_v) + row * L->exact_rows * d;
+            for (uint32_t g = 0; g < group; g++) {
+                const float *qq = q + ((size_t)b * nq + h * group + g) * d;
+                double mx = -INFINITY, sum = 0.0;
+                for (uint32_t t = 0; t < len; t++) {
+                    double s = 0.0;
+                    for (uint32_t j = 0; j < d; j++) {
+                        double kj;
+                        if (t < S || t >= nc) {
+                            size_t er = t < S ? t : S + t % R;
+                            kj = kvqi_fp16_to_fp32(ek[er * d + j]);
+                        } else {
+                            const uint8_t *blk = host + L->keys + (row * (capacity / C) + t / C) * L->key_block;
+                            uint16_t lo_h, st_h;
+                            memcpy(&lo_h, blk + 2 * j, 2);
+                            memcpy(&st_h, blk + 2 * (d + j), 2);
+                            kj = (double)mean[j] + kvqi_fp16_to_fp32(lo_h) +
+                                 (double)kvqi_fp16_to_fp32(st_h) * gpu_code(blk, L, d, hs, off, j, t % C);
+                        }
+                        s += (double)qq[j] * kj;
+                    }
+                    sc[t] = s / sqrt((double)d);
+                    if (sc[t] > mx) mx = sc[t];
+                }
+                for (uint32_t j = 0; j < d; j++) ref[j] = 0.0;
+                for (uint32_t t = 0; t < len; t++) {
+                    double p = exp(sc[t] - mx);
+                    sum += p;
+                    if (t < S || t >= nc) {
+                        size_t er = t < S ? t : S + t % R;
+                        for (uint32_t j = 0; j < d; j++) ref[j] += p * kvqi_fp16_to_fp32(ev[er * d + j]);
+                    } else {
+                        (void)kvq_decode(vq, host + L->values + (row * capacity + t) * L->value_code, 1, vrow);
+                        for (uint32_t j = 0; j < d; j++) ref[j] += p * vrow[j];
+                    }
+                }
+                for (uint32_t j = 0; j < d; j++) ref[j] = len ? ref[j] / sum : 0.0;
+                double e = len ? rel_err(got + ((size_t)b * nq + h * group + g) * d, ref, d) : 0.0;
+                if (!len)
+                    for (uint32_t j = 0; j < d; j++) e += fabs(got[((size_t)b * nq + h * group + g) * d + j]);
+                if (e > worst) worst = e;
+            }
+        }
+    }
+    cudaFree(dq);
+    cudaFree(dws);
+    cudaFree(dout);
+    cudaFree(dlen);
+    free(q);
+    free(got);
+    free(host);
+    free(vrow);
+    free(sc);
+    free(ref);
+    return worst;
+}
+
+/* One preset: batch sequences of different lengths appended token by token on the GPU and
+ * to one CPU cache each; the mean key, channel bits, ranges, codes (decoded both ways)
+ * and value codes must be the CPU's, and attention at a few lengths within 1e-3 of the
+ * double reference. */
+static void chan_case(kvqt_ctx *kvqt_, const char *preset, uint32_t d, uint32_t n_kv, uint32_t group,
+                      const uint32_t *n_tok, uint32_t batch, kvq_cuda_dtype dt) {
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_preset(&cfg, preset, n_kv, d, NULL, 0));
+    kvq_cuda_chan *kc = NULL;
+    kvq_status st = kvq_cuda_chan_create(&cfg, &kc);
+    CHECKF(st == KVQ_OK, "%s: %s", preset, kvq_strerror(st));
+    if (st != KVQ_OK) return;
+    uint32_t maxn = 0;
+    for (uint32_t b = 0; b < batch; b++) maxn = n_tok[b] > maxn ? n_tok[b] : maxn;
+    kvq_cuda_chan_layout L;
+    uint32_t C0 = cfg.chunk_tokens ? cfg.chunk_tokens : 64;
+    uint32_t capacity = (maxn + C0 - 1) / C0 * C0;
+    REQUIRE_OK(kvq_cuda_chan_layout_of(kc, batch, capacity, &L));
+    const uint32_t C = L.chunk_tokens, W = L.window;
+    CHECK(C == C0 && W == cfg.window && L.n_sink == cfg.n_sink && L.bits == cfg.key.bits);
+    kvq_config vc = cfg.value;
+    vc.dim = d;
+    kvq_quantizer *vq = NULL;
+    REQUIRE_OK(kvq_quantizer_create(&vc, &vq));
+    kvq_cache **cpu = calloc(batch, sizeof *cpu);
+    REQUIRE(cpu);
+    for (uint32_t b = 0; b < batch; b++) REQUIRE_OK(kvq_cache_create(&cfg, &cpu[b]));
+    size_t ws_bytes = 0, row = (size_t)n_kv * d, esz = dt == KVQ_CUDA_F32 ? 4 : 2;
+    REQUIRE_OK(kvq_cuda_chan_append_workspace(kc, batch, &ws_bytes));
+    void *dcache = NULL, *dws = NULL, *dk = NULL, *dv = NULL, *dpos = NULL;
+    CU(cudaMalloc(&dcache, L.bytes));
+    CU(cudaMemset(dcache, 0, L.bytes));
+    CU(cudaMalloc(&dws, ws_bytes));
+    CU(cudaMalloc(&dk, batch * row * esz));
+    CU(cudaMalloc(&dv, batch * row * esz));
+    CU(cudaMalloc(&dpos, batch * 4));
+    float *k = malloc(batch * row * sizeof(float)), *v = malloc(batch * row * sizeof(float));
+    void *kin = malloc(batch * row * 4), *vin = malloc(batch * row * 4);
+    int32_t *pos = malloc(batch * 4), *lens = malloc(batch * 4);
+    REQUIRE(k && v && kin && vin && pos && lens);
+    double worst = 0.0;
+    int checks = 0;
+    for (uint32_t t = 0; t < maxn; t++) {
+        for (uint32_t b = 0; b < batch; b++) {
+            pos[b] = t < n_tok[b] ? (int32_t)t : -1;
+            chan_token(77 + b, t, n_kv, d, k + b * row, v + b * row);
+        }
+        round_to(k, batch * row, dt, kin);
+        round_to(v, batch * row, dt, vin);
+        for (uint32_t b = 0; b < batch; b++)
+            if (pos[b] >= 0) REQUIRE_OK(kvq_cache_append(cpu[b], k + b * row, v + b * row, 1));
+        CU(cudaMemcpy(dk, kin, batch * row * esz, cudaMemcpyHostToDevice));
+        CU(cudaMemcpy(dv, vin, batch * row * esz, cudaMemcpyHostToDevice));
+        CU(cudaMemcpy(dpos, pos, batch * 4, cudaMemcpyHostToDevice));
+        st = kvq_cuda_chan_append(kc, dt, dk, dv, batch, capacity, dpos, dcache, dws, ws_bytes, NULL);
+        REQUIRE(st == KVQ_OK);
+        /* attention at a few lengths: before the first chunk, at and past chunk edges */
+        uint32_t len = t + 1;
+        if (len == 5 || len == W + C || len == W + C + 1 || len % 97 == 0 || len == maxn) {
+            for (uint32_t b = 0; b < batch; b++) lens[b] = len < n_tok[b] ? (int32_t)len : (int32_t)n_tok[b];
+            /* split over the context, and one block per head (several chunks and groups
+             * per warp, chunk changes inside a warp's range) */
+            for (uint32_t flags = 0; flags <= KVQ_CUDA_ATTN_ONE_SPLIT; flags += KVQ_CUDA_ATTN_ONE_SPLIT) {
+                double e = chan_attend_check(kvqt_, kc, &L, vq, dcache, lens, batch, n_kv, d, capacity, group, len,
+                                             flags);
+                checks++;
+                if (e > worst) worst = e;
+            }
+        }
+    }
+    CU(cudaDeviceSynchronize());
+    CHECKF(worst <= 1e-3, "%s d=%u group=%u: attention %.3g from the double reference (%d checks)", preset, d,
+           group, worst, checks);
+    uint8_t *host = malloc(L.bytes);
+    REQUIRE(host);
+    CU(cudaMemcpy(host, dcache, L.bytes, cudaMemcpyDeviceToHost));
+    size_t bad_bits = 0, bad_mean = 0, bad_range = 0, bad_code = 0, bad_val = 0, bad_dec = 0, n_codes = 0;
+    for (uint32_t b = 0; b < batch; b++) {
+        kvq_cache *c = cpu[b];
+        uint32_t nc = n_coded_of(n_tok[b], W, C);
+        CHECKF(c->n_coded == nc, "%s: CPU coded %zu, GPU %u", preset, c->n_coded, nc);
+        if (c->n_coded != nc || nc == 0) continue;
+        for (uint32_t h = 0; h < n_kv; h++) {
+            size_t r = (size_t)b * n_kv + h;
+            const uint8_t *hs = host + L.heads + r * L.head_bytes;
+            const float *mean = (const float *)(hs + ((d + 15) & ~15u));
+            const uint16_t *off = (const uint16_t *)(hs + ((d + 15) & ~15u) + 4 * d);
+            const kvqi_chan_layout *CL = (const kvqi_chan_layout *)(void *)(c->chan_layouts + h * c->chan_layout_stride);
+            bad_bits += memcmp(hs, c->chan_bits + (size_t)h * d, d) != 0;
+            bad_mean += memcmp(mean, c->key_mean + (size_t)h * d, d * sizeof(float)) != 0;
+            for (uint32_t ci = 0; ci < nc / C; ci++) {
+                const uint8_t *want = kvqi_chunk_keys(c, ci, h);
+                const uint8_t *blk = host + L.keys + (r * (capacity / C) + ci) * L.key_block;
+                bad_range += memcmp(want, blk, 4 * (size_t)d) != 0;
+                for (uint32_t t = ci == 0 ? cfg.n_sink : 0; t < C; t++)
+                    for (uint32_t j = 0; j < d; j++) {
+                        uint32_t a = kvqi_chan_code_at(CL, want, j, t), g = gpu_code(blk, &L, d, hs, off, j, t);
+                        bad_code += a != g;
+                        n_codes++;
+                        /* decoded both ways: mean + minimum + step * code */
+                        uint16_t lo_h, st_h;
+                        memcpy(&lo_h, want + 2 * j, 2);
+                        memcpy(&st_h, want + 2 * (d + j), 2);
+                        float cpu_x = c->key_mean[h * d + j] + kvqi_fp16_to_fp32(lo_h) + kvqi_fp16_to_fp32(st_h) * (float)a;
+                        memcpy(&lo_h, blk + 2 * j, 2);
+                        memcpy(&st_h, blk + 2 * (d + j), 2);
+                        float gpu_x = mean[j] + kvqi_fp16_to_fp32(lo_h) + kvqi_fp16_to_fp32(st_h) * (float)g;
+                        bad_dec += cpu_x != gpu_x;
+                    }
+            }
+            for (uint32_t t = 0; t < nc; t++)
+                bad_val += memcmp(kvqi_chunk_values(c, t / C, h) + (t % C) * c->value.code_size,
+                                  host + L.values + (r * capacity + t) * L.value_code, L.value_code) != 0;
+        }
+    }
+    CHECKF(bad_bits == 0 && bad_mean == 0 && bad_range == 0,
+           "%s d=%u: heads with other bits %zu, other means %zu, chunks with other ranges %zu", preset, d, bad_bits,
+           bad_mean, bad_range);
+    CHECKF(bad_code == 0 && bad_dec == 0 && n_codes > 0, "%s d=%u: %zu of %zu codes differ (%zu decoded)", preset,
+           d, bad_code, n_codes, bad_dec);
+    CHECKF(bad_val == 0, "%s d=%u: %zu value codes differ", preset, d, bad_val);
+    free(host);
+    free(k);
+    free(v);
+    free(kin);
+    free(vin);
+    free(pos);
+    free(lens);
+    cudaFree(dcache);
+    cudaFree(dws);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dpos);
+    for (uint32_t b = 0; b < batch; b++) kvq_cache_free(cpu[b]);
+    free(cpu);
+    kvq_quantizer_free(vq);
+    kvq_cuda_chan_free(kc);
+}
+
+static void body_cuda_chan_matches_cpu(kvqt_ctx *kvqt_) {
+    /* the GPU coder repeats these constants of the CPU method (src/cuda/chan.cu) */
+    CHECK(KVQI_OUTLIER_PROBE_TOKENS == 32 && KVQI_CHAN_REFINE == 3 && KVQI_CHAN_REFINE_BITS == 2u);
+    const uint32_t n3[3] = {8 + 3 * 128 + 5, 8 + 128 + 40, 3};
+    chan_case(kvqt_, "q3", 128, 2, 4, n3, 3, KVQ_CUDA_F32);
+    const uint32_t n2[2] = {8 + 2 * 128 + 77, 8 + 4 * 128};
+    chan_case(kvqt_, "q2", 128, 2, 3, n2, 2, KVQ_CUDA_F16);
+    const uint32_t n4[2] = {8 + 5 * 64 + 1, 8 + 64 + 63};
+    chan_case(kvqt_, "q4", 128, 2, 4, n4, 2, KVQ_CUDA_F32);
+    chan_case(kvqt_, "q4", 64, 3, 3, n4, 2, KVQ_CUDA_BF16);
+}
+
+static void body_cuda_chan_rejects_bad_arguments(kvqt_ctx *kvqt_) {
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_preset(&cfg, "q3", 2, 128, NULL, 0));
+    kvq_cuda_chan *kc = NULL;
+    CHECK_STATUS(kvq_cuda_chan_create(NULL, &kc), KVQ_ERR_INVALID_ARG);
+    kvq_cache_config bad = cfg;
+    bad.sliding_window = 512;
+    CHECK_STATUS(kvq_cuda_chan_create(&bad, &kc), KVQ_ERR_UNSUPPORTED);
+    kvq_cache_config other;
+    REQUIRE_OK(kvq_cache_config_parse("turboquant_mse:bits=4", 2, 128, &other, NULL, 0));
+    CHECK_STATUS(kvq_cuda_chan_create(&other, &kc), KVQ_ERR_UNSUPPORTED);
+    CHECK(kc == NULL);
+    REQUIRE_OK(kvq_cuda_chan_create(&cfg, &kc));
+    kvq_cuda_chan_layout L;
+    CHECK_STATUS(kvq_cuda_chan_layout_of(kc, 2, 1000, &L), KVQ_ERR_INVALID_ARG); /* not whole chunks */
+    CHECK_STATUS(kvq_cuda_chan_layout_of(kc, 0, 1024, &L), KVQ_ERR_INVALID_ARG);
+    REQUIRE_OK(kvq_cuda_chan_layout_of(kc, 2, 1024, &L));
+    CHECK(L.bytes >= L.exact_v + 2ull * 2 * 2 * L.exact_rows * 128);
+    kvq_cuda_attn_desc d = {2, 8, 2, 128, 1024, 1024, 0.1f, KVQ_CUDA_F32, 0};
+    size_t ws = 0;
+    REQUIRE_OK(kvq_cuda_chan_attend_workspace(kc, &d, &ws));
+    kvq_cuda_attn_desc dd = d;
+    dd.n_kv_heads = 4;
+    CHECK_STATUS(kvq_cuda_chan_attend_workspace(kc, &dd, &ws), KVQ_ERR_MISMATCH);
+    dd = d;
+    dd.max_len = 2048;
+    CHECK_STATUS(kvq_cuda_chan_attend_workspace(kc, &dd, &ws), KVQ_ERR_INVALID_ARG);
+    dd = d;
+    dd.n_q_heads = 2 * 9;
+    CHECK_STATUS(kvq_cuda_chan_attend_workspace(kc, &dd, &ws), KVQ_ERR_UNSUPPORTED);
+    void *p = NULL;
+    CU(cudaMalloc(&p, 4096));
+    CHECK_STATUS(kvq_cuda_chan_attend(kc, &d, p, p, (const int32_t *)p, p, 0, (float *)p, NULL), KVQ_ERR_CAPACITY);
+    CHECK_STATUS(kvq_cuda_chan_append(kc, KVQ_CUDA_F32, p, p, 2, 1024, (const int32_t *)p, p, p, 0, NULL),
+                 KVQ_ERR_CAPACITY);
+    CHECK_STATUS(kvq_cuda_chan_append(kc, KVQ_CUDA_F32, p, p, 2, 1000, (const int32_t *)p, p, p, 4096, NULL),
+                 KVQ_ERR_INVALID_ARG);
+    cudaFree(p);
+    kvq_cuda_chan_free(kc);
+}
+
+#endif
+
+TEST(cuda_chan_matches_cpu) {
+    if (!have_gpu()) SKIP("no CUDA device");
+#ifdef KVQ_HAVE_CUDA
+    body_cuda_chan_matches_cpu(kvqt_);
+#endif
+}
+
+TEST(cuda_chan_rejects_bad_arguments) {
+    if (!have_gpu()) SKIP("no CUDA device");
+#ifdef KVQ_HAVE_CUDA
+    body_cuda_chan_rejects_bad_arguments(kvqt_);
 #endif
 }

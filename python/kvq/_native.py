@@ -409,6 +409,36 @@ _cuda_attend = _fn(
 )
 
 
+class _CudaChanLayout(ctypes.Structure):
+    """Mirror of kvq_cuda_chan_layout."""
+
+    _fields_ = [(n, ctypes.c_uint64) for n in ("bytes", "heads", "keys", "values", "exact_k", "exact_v")] + [
+        (n, ctypes.c_uint32)
+        for n in ("head_bytes", "key_block", "value_code", "exact_rows", "chunk_tokens", "window", "n_sink", "bits")
+    ]
+
+
+# Channel keys (the presets) on the GPU: absent from libraries built before them.
+_cuda_chan_create = _optional_fn("kvq_cuda_chan_create", _status, ctypes.POINTER(_CacheConfig), _pvp)
+_cuda_chan_free = _optional_fn("kvq_cuda_chan_free", None, _vp)
+_cuda_chan_layout_of = _optional_fn(
+    "kvq_cuda_chan_layout_of", _status, _vp, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(_CudaChanLayout)
+)
+_cuda_chan_append_workspace = _optional_fn(
+    "kvq_cuda_chan_append_workspace", _status, _vp, ctypes.c_uint32, ctypes.POINTER(_size)
+)
+_cuda_chan_append = _optional_fn(
+    "kvq_cuda_chan_append", _status, _vp, ctypes.c_int, _vp, _vp, ctypes.c_uint32, ctypes.c_uint32, _vp, _vp,
+    _vp, _size, _vp,
+)
+_cuda_chan_attend_workspace = _optional_fn(
+    "kvq_cuda_chan_attend_workspace", _status, _vp, ctypes.POINTER(_CudaAttnDesc), ctypes.POINTER(_size)
+)
+_cuda_chan_attend = _optional_fn(
+    "kvq_cuda_chan_attend", _status, _vp, ctypes.POINTER(_CudaAttnDesc), _vp, _vp, _vp, _vp, _size, _vp, _vp
+)
+
+
 def cuda_devices():
     """How many CUDA devices libkvq can use here (0 without a driver, a GPU, or a build
     with CUDA)."""

@@ -23,7 +23,9 @@ On CUDA tensors, layers whose codes the GPU kernels take (codes alone - no exact
 sinks, outlier channels, centering or sliding window - in a method the kernels have;
 cuda_refusal(config) says why not) keep their codes on the device and attend with
 kvq_cuda_attend (one new token per row; a prompt is attended exactly with sdpa while its
-codes are written). Other layers, or without a GPU build or a driver, CUDA tensors go
+codes are written). Layers of the presets (channel keys, mse values) run on
+kvq_cuda_chan with their exact sinks and newest tokens: chunks are coded on the device,
+with the CPU's codes. Other layers, or without a GPU build or a driver, CUDA tensors go
 through the CPU path (copied to the host), with a warning.
 
 Not supported: beam search (reorder), cropping (assisted decoding), and left-padded
@@ -154,7 +156,8 @@ class KVQLayer(CacheLayerMixin):
         if key_states.is_cuda and self._use_cuda:
             why = cuda_refusal(self._config)
             if why is None:
-                self._gpu = _GpuCodes.try_create(self._config, self.batch_size, key_states.device)
+                gpu_class = _GpuChan if _is_chan(self._config) else _GpuCodes
+                self._gpu = gpu_class.try_create(self._config, self.batch_size, key_states.device)
                 why = None if self._gpu is not None else "the GPU kernels refused this layer's codes"
             if why is not None:
                 _warn_host_path(why)
@@ -405,9 +408,35 @@ _CUDA_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _GPU_METHODS = ("fp16", "q8_0", "q4_0", "turboquant_mse", "turboquant_rvq", "qjl", "rabitq")
 
 
+def _chan_refusal(cfg):
+    """cuda_refusal for channel keys (the presets q4, q3, q2: kvq_cuda_chan)."""
+    why = []
+    if cfg.sliding_window:
+        why.append("sliding-window layers (exact_sliding=True keeps them as exact windows on the GPU)")
+    if cfg.n_outliers:
+        why.append("outlier channels with channel keys (this config sets outliers; add @outliers=0)")
+    vmethod = _spec_of(cfg.value).split(":")[0]
+    if vmethod != "turboquant_mse":
+        why.append("the GPU kernels take turboquant_mse values behind channel keys, not %s" % vmethod)
+    d = int(cfg.head_dim)
+    if d not in (64, 128, 256):
+        why.append("the GPU kernels take head dims 64, 128 and 256, not %d" % d)
+    if not why and (N._cuda_chan_create is None or N.cuda_devices() == 0):
+        why.append("libkvq has no CUDA build or sees no GPU")
+    return "; ".join(why) or None
+
+
+def _is_chan(cfg):
+    return _spec_of(cfg.key).split(":")[0] == "channel"
+
+
 def cuda_refusal(cfg):
     """Why a layer of this kvq_cache_config cannot keep its codes on the GPU (its CUDA
-    tensors then go through the CPU path, copied to the host), or None when it can."""
+    tensors then go through the CPU path, copied to the host), or None when it can.
+    Channel keys (the presets) run with their exact sinks and newest tokens; the other
+    methods keep codes only."""
+    if _is_chan(cfg):
+        return _chan_refusal(cfg)
     why = []
     if cfg.sliding_window:
         why.append("sliding-window layers (exact_sliding=True keeps them as exact windows on the GPU)")
@@ -551,3 +580,133 @@ class _GpuCodes:
         return {"key_codes": kc * n, "value_codes": vc * n, "window": 0, "outliers": 0,
                 "shared": self.kq.shared_size + self.vq.shared_size,
                 "overhead": held - (kc + vc) * n, "total": held + self.kq.shared_size + self.vq.shared_size}
+
+
+class _GpuChan:
+    """A layer of channel keys (the presets q4, q3, q2) on the GPU: one kvq_cuda_chan
+    buffer (kvq_cuda_chan_layout: per-head bits and mean, coded chunks, value codes, the
+    exact sinks and newest tokens in fp16), regrown by a quarter at a time (whole chunks).
+    Tokens are appended one position at a time (a chunk is coded on the device when it
+    leaves the exact window); attention reads sinks, coded chunks and the exact tail."""
+
+    @classmethod
+    def try_create(cls, cfg, batch, device):
+        try:
+            return cls(cfg, batch, device)
+        except (N.KvqError, RuntimeError):
+            return None  # a shape the GPU kernels do not take: the CPU path
+
+    def __init__(self, cfg, batch, device):
+        why = cuda_refusal(cfg)
+        if why is not None:
+            raise RuntimeError(why)
+        self.device = device
+        self.batch, self.n_kv, self.head_dim = batch, int(cfg.n_kv_heads), int(cfg.head_dim)
+        self._cfg = N._CacheConfig()
+        ctypes.memmove(ctypes.byref(self._cfg), ctypes.byref(cfg), ctypes.sizeof(self._cfg))
+        self._h = ctypes.c_void_p()
+        with torch.cuda.device(device):
+            N._check(N._cuda_chan_create(ctypes.byref(self._cfg), ctypes.byref(self._h)), "kvq_cuda_chan_create")
+        self.capacity = 0
+        self.buf = None
+        self.layout = None
+        self.pos = torch.zeros(batch, dtype=torch.int32, device=device)
+        self.seq_lens = torch.zeros(batch, dtype=torch.int32, device=device)
+        need = N._size()
+        N._check(N._cuda_chan_append_workspace(self._h, batch, ctypes.byref(need)), "kvq_cuda_chan_append_workspace")
+        self.append_ws = torch.empty(max(int(need.value), 16), dtype=torch.uint8, device=device)
+        self.workspace = None
+
+    def __del__(self):
+        h = getattr(self, "_h", None)
+        if h is not None and h.value:
+            N._cuda_chan_free(h)
+
+    def _layout(self, cap):
+        L = N._CudaChanLayout()
+        N._check(N._cuda_chan_layout_of(self._h, self.batch, cap, ctypes.byref(L)), "kvq_cuda_chan_layout_of")
+        return L
+
+    def _grow(self, need):
+        if need <= self.capacity:
+            return
+        C = self._layout_chunk()
+        cap = max(need + need // 8, self.capacity + self.capacity // 4, 256)
+        cap = (cap + C - 1) // C * C
+        L = self._layout(cap)
+        buf = torch.zeros(int(L.bytes), dtype=torch.uint8, device=self.device)
+        if self.buf is not None:
+            O, rows = self.layout, self.batch * self.n_kv
+            for a, b, n in ((O.heads, L.heads, rows * O.head_bytes), (O.exact_k, L.exact_k, L.exact_v - L.exact_k),
+                            (O.exact_v, L.exact_v, L.exact_v - L.exact_k)):
+                buf[b : b + n].copy_(self.buf[a : a + n])
+            old_c, new_c = self.capacity // C, cap // C
+            kb, vc = int(L.key_block), int(L.value_code)
+            buf[L.keys : L.keys + rows * new_c * kb].view(rows, new_c, kb)[:, :old_c].copy_(
+                self.buf[O.keys : O.keys + rows * old_c * kb].view(rows, old_c, kb))
+            buf[L.values : L.values + rows * cap * vc].view(rows, cap, vc)[:, : self.capacity].copy_(
+                self.buf[O.values : O.values + rows * self.capacity * vc].view(rows, self.capacity, vc))
+        self.buf, self.layout, self.capacity = buf, L, cap
+
+    def _layout_chunk(self):
+        return int(self._cfg.chunk_tokens) or 64
+
+    def _stream(self):
+        return torch.cuda.current_stream(self.device).cuda_stream
+
+    def append(self, k, v, n_past):
+        n_new = int(k.shape[2])
+        if n_new > 1 and n_past:
+            raise NotImplementedError("kvq.hf: on CUDA, several new tokens at once need an empty cache (the prompt)")
+        self._grow(n_past + n_new)
+        dtype = _CUDA_DTYPES.get(k.dtype)
+        if dtype is None:
+            k, v, dtype = k.float(), v.float(), 0
+        for t in range(n_new):
+            kt, vt = k[:, :, t].contiguous(), v[:, :, t].contiguous()
+            self.pos.fill_(n_past + t)
+            st = N._cuda_chan_append(self._h, dtype, kt.data_ptr(), vt.data_ptr(), self.batch, self.capacity,
+                                     self.pos.data_ptr(), self.buf.data_ptr(), self.append_ws.data_ptr(),
+                                     self.append_ws.numel(), self._stream())
+            N._check(st, "kvq_cuda_chan_append")
+        self.seq_lens.fill_(n_past + n_new)
+        return (k, v) if n_new > 1 else None  # the prompt attends over its exact keys
+
+    def attend(self, query, scaling, n_tokens):
+        if query.shape[2] != 1:
+            raise NotImplementedError("kvq.hf: on CUDA, one new token per step after the prompt")
+        q = query.contiguous()
+        if q.dtype not in _CUDA_DTYPES:
+            q = q.float()
+        desc = N._CudaAttnDesc(
+            batch=self.batch, n_q_heads=q.shape[1], n_kv_heads=self.n_kv, head_dim=self.head_dim,
+            capacity=self.capacity, max_len=n_tokens, scale=scaling, q_dtype=_CUDA_DTYPES[q.dtype], flags=0,
+        )
+        need = N._size()
+        N._check(N._cuda_chan_attend_workspace(self._h, ctypes.byref(desc), ctypes.byref(need)),
+                 "kvq_cuda_chan_attend_workspace")
+        if self.workspace is None or self.workspace.numel() < need.value:
+            self.workspace = torch.empty(max(int(need.value), 1), dtype=torch.uint8, device=self.device)
+        out = torch.empty((self.batch, q.shape[1], self.head_dim), dtype=torch.float32, device=self.device)
+        st = N._cuda_chan_attend(self._h, ctypes.byref(desc), q.data_ptr(), self.buf.data_ptr(),
+                                 self.seq_lens.data_ptr(), self.workspace.data_ptr(), self.workspace.numel(),
+                                 out.data_ptr(), self._stream())
+        N._check(st, "kvq_cuda_chan_attend")
+        return out.to(query.dtype)[:, None]  # [batch, 1, n_q_heads, head_dim]
+
+    def reset(self):
+        self.seq_lens.zero_()
+
+    def memory(self):
+        if self.buf is None:
+            return {"key_codes": 0, "value_codes": 0, "window": 0, "outliers": 0, "shared": 0, "overhead": 0,
+                    "total": 0}
+        L, rows = self.layout, self.batch * self.n_kv
+        n = int(self.seq_lens.max().item())
+        C, W = int(L.chunk_tokens), int(L.window)
+        nc = (n - W) // C * C if n > W else 0
+        key = rows * (nc // C) * int(L.key_block)
+        val = rows * nc * int(L.value_code)
+        window = 2 * (L.exact_v - L.exact_k)
+        return {"key_codes": key, "value_codes": val, "window": int(window), "outliers": 0, "shared": 0,
+                "overhead": int(L.bytes) - key - val - int(window), "total": int(L.bytes)}

@@ -192,8 +192,16 @@ def test_cuda_refusal_names_what_the_gpu_path_lacks():
     alone = KVQCache(model.config, "mse:bits=4+mse:bits=4@window=0,sink=0,center=0").config
     assert cuda_refusal(alone) == (None if on_gpu else no_gpu)
     # a method the GPU kernels lack: named, with its role
-    why = cuda_refusal(KVQCache(model.config, "channel:bits=4+mse:bits=4").config)
-    assert why is not None and "channel keys" in why and "value" not in why.split(";")[0]
+    why = cuda_refusal(KVQCache(model.config, "turboquant_prod:bits=3+mse:bits=4").config)
+    assert why is not None and "turboquant_prod keys" in why and "value" not in why.split(";")[0]
+    # channel keys (the presets) run on the GPU with their window and sinks, not with
+    # values the chan kernels lack
+    big = transformers.LlamaConfig(hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
+                                   num_hidden_layers=1, vocab_size=256)
+    if kvq.presets():
+        assert cuda_refusal(KVQCache(big, "q4").config) == (None if on_gpu else no_gpu)
+    why = cuda_refusal(KVQCache(big, "channel:bits=4+q8_0").config)
+    assert why is not None and "q8_0" in why
     cfg = transformers.Qwen2Config(
         vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=6,
@@ -233,3 +241,34 @@ def test_cuda_layers_run_the_gpu_kernels():
     assert rel[PROMPT:].mean() < 2 * rel_cpu[PROMPT:].mean() + 0.01
     m = gpu.memory()
     assert m["key_codes"] == model.config.num_hidden_layers * 2 * tokens.shape[1] * 34  # 64 * 4 / 8 + norm
+
+
+def test_cuda_presets_run_the_gpu_kernels():
+    """The presets' channel keys on the GPU: chunks coded on the device as the CPU codes
+    them, attention over sinks, coded chunks and the exact tail; logits next to the CPU
+    path's (which holds its tail as q8_0 where the GPU holds fp16)."""
+    if not torch.cuda.is_available() or kvq.cuda_devices() == 0 or not kvq.presets():
+        pytest.skip("no CUDA device for torch and libkvq, or no presets")
+    from kvq.hf import _GpuChan
+
+    model = tiny_llama(seed=21, hidden=256).to("cuda")
+    tokens = greedy(model, prompt(seed=22).to("cuda"), DynamicCache(config=model.config), new=150)
+    exact = step_logits(model, tokens, DynamicCache(config=model.config))
+    for preset in ("q4", "q3"):
+        gpu = KVQCache(model, preset)
+        a = step_logits(model, tokens, gpu)
+        assert all(isinstance(layer._gpu, _GpuChan) for layer in gpu.layers)
+        m = gpu.memory()
+        assert m["key_codes"] > 0 and m["value_codes"] > 0  # chunks were coded on the device
+        cpu = KVQCache(model, preset, use_cuda=False)
+        b = step_logits(model, tokens, cpu)
+        assert all(layer._gpu is None for layer in cpu.layers)
+        rel = np.linalg.norm(a - exact, axis=1) / np.linalg.norm(exact, axis=1)
+        rel_cpu = np.linalg.norm(b - exact, axis=1) / np.linalg.norm(exact, axis=1)
+        gap = np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
+        print("kvq.hf %s on CUDA: logits %.4f from exact (CPU path %.4f), %.4f from the CPU path (max %.4f)"
+              % (preset, rel[PROMPT:].mean(), rel_cpu[PROMPT:].mean(), gap[PROMPT:].mean(), gap.max()))
+        # the same codes: no further from exact than the CPU path, and far closer to it
+        # than either is to exact (the tails differ: fp16 here, q8_0 rows there)
+        assert rel[PROMPT:].mean() < 1.5 * rel_cpu[PROMPT:].mean() + 0.01, (preset, rel.mean(), rel_cpu.mean())
+        assert gap.max() < 0.5 * rel_cpu[PROMPT:].mean(), (preset, gap.max(), rel_cpu.mean())

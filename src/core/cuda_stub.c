@@ -63,6 +63,72 @@ KVQ_API kvq_status kvq_cuda_attend(const kvq_cuda_quantizer *key, const kvq_cuda
     return KVQ_ERR_NO_DEVICE;
 }
 
+KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, kvq_cuda_chan **out) {
+    KVQI_UNUSED(cfg);
+    if (out) *out = NULL;
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API void kvq_cuda_chan_free(kvq_cuda_chan *kc) { KVQI_UNUSED(kc); }
+
+KVQ_API kvq_status kvq_cuda_chan_layout_of(const kvq_cuda_chan *kc, uint32_t batch, uint32_t capacity,
+                                           kvq_cuda_chan_layout *out) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(batch);
+    KVQI_UNUSED(capacity);
+    KVQI_UNUSED(out);
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API kvq_status kvq_cuda_chan_append_workspace(const kvq_cuda_chan *kc, uint32_t batch, size_t *bytes) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(batch);
+    if (bytes) *bytes = 0;
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API kvq_status kvq_cuda_chan_append(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
+                                        const void *v_dev, uint32_t batch, uint32_t capacity,
+                                        const int32_t *positions_dev, void *cache_dev, void *workspace_dev,
+                                        size_t workspace_bytes, void *stream) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(dtype);
+    KVQI_UNUSED(k_dev);
+    KVQI_UNUSED(v_dev);
+    KVQI_UNUSED(batch);
+    KVQI_UNUSED(capacity);
+    KVQI_UNUSED(positions_dev);
+    KVQI_UNUSED(cache_dev);
+    KVQI_UNUSED(workspace_dev);
+    KVQI_UNUSED(workspace_bytes);
+    KVQI_UNUSED(stream);
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API kvq_status kvq_cuda_chan_attend_workspace(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc,
+                                                  size_t *bytes) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(desc);
+    if (bytes) *bytes = 0;
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc,
+                                        const void *q_dev, const void *cache_dev, const int32_t *seq_lens_dev,
+                                        void *workspace_dev, size_t workspace_bytes, float *out_dev,
+                                        void *stream) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(desc);
+    KVQI_UNUSED(q_dev);
+    KVQI_UNUSED(cache_dev);
+    KVQI_UNUSED(seq_lens_dev);
+    KVQI_UNUSED(workspace_dev);
+    KVQI_UNUSED(workspace_bytes);
+    KVQI_UNUSED(out_dev);
+    KVQI_UNUSED(stream);
+    return KVQ_ERR_NO_DEVICE;
+}
+
 #else
 
 /* ISO C wants at least one declaration in a translation unit. */

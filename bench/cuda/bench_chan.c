@@ -1,0 +1,266 @@
+/*
+ * bench_chan.c - GPU decode attention of the cache presets (channel keys, kvq_cuda_chan):
+ * microseconds per call, GB/s of the compressed bytes a call reads (key blocks, value
+ * codes, exact sinks and tail, head state) and % of the device-to-device copy ceiling,
+ * at the shapes of bench_attn and sdpa.py (32 query heads, 8 KV heads, dim 128).
+ * The caches hold synthetic codes (valid fields, random planes): the kernel's work does
+ * not depend on the values. Each figure is the median of 9 samples of a CUDA graph of 10
+ * calls. Usage: bench_chan [--presets q4,q3,q2] [--batches 1,8,32] [--ctxs 32768,131072]
+ */
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvq.h"
+
+#define REPS 10
+#define SAMPLES 9
+#define N_Q 32
+#define N_KV 8
+#define D 128
+
+#define CK(x)                                                                            \
+    do {                                                                                 \
+        cudaError_t e_ = (x);                                                            \
+        if (e_ != cudaSuccess) {                                                         \
+            fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));   \
+            exit(1);                                                                     \
+        }                                                                                \
+    } while (0)
+#define KK(x)                                                                            \
+    do {                                                                                 \
+        kvq_status s_ = (x);                                                             \
+        if (s_ != KVQ_OK) {                                                              \
+            fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, kvq_strerror(s_));         \
+            exit(1);                                                                     \
+        }                                                                                \
+    } while (0)
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef void (*work_fn)(void *ctx, cudaStream_t s);
+
+static float time_graph(work_fn fn, void *ctx, cudaStream_t s) {
+    fn(ctx, s);
+    CK(cudaStreamSynchronize(s));
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    for (int i = 0; i < REPS; i++) fn(ctx, s);
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    CK(cudaGraphLaunch(ge, s));
+    CK(cudaStreamSynchronize(s));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float ms[SAMPLES];
+    for (int i = 0; i < SAMPLES; i++) {
+        CK(cudaEventRecord(e0, s));
+        CK(cudaGraphLaunch(ge, s));
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms[i], e0, e1));
+        ms[i] /= REPS;
+    }
+    qsort(ms, SAMPLES, sizeof(float), cmp_float);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    return ms[SAMPLES / 2];
+}
+
+/* Median milliseconds of REPS plain stream calls (the copy ceiling: a memcpy node in a
+ * graph may run on the copy engines, slower than a stream copy). */
+static float time_plain(work_fn fn, void *ctx, cudaStream_t s) {
+    fn(ctx, s);
+    CK(cudaStreamSynchronize(s));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float ms[SAMPLES];
+    for (int i = 0; i < SAMPLES; i++) {
+        CK(cudaEventRecord(e0, s));
+        for (int r = 0; r < REPS; r++) fn(ctx, s);
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms[i], e0, e1));
+        ms[i] /= REPS;
+    }
+    qsort(ms, SAMPLES, sizeof(float), cmp_float);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return ms[SAMPLES / 2];
+}
+
+typedef struct copy_ctx {
+    void *dst, *src;
+    size_t bytes;
+} copy_ctx;
+
+static void run_copy(void *p, cudaStream_t s) {
+    copy_ctx *c = p;
+    CK(cudaMemcpyAsync(c->dst, c->src, c->bytes, cudaMemcpyDeviceToDevice, s));
+}
+
+typedef struct attn_ctx {
+    kvq_cuda_chan *kc;
+    kvq_cuda_attn_desc d;
+    void *q, *cache, *ws;
+    int32_t *lens;
+    size_t ws_bytes;
+    float *out;
+} attn_ctx;
+
+static void run_attn(void *p, cudaStream_t s) {
+    attn_ctx *c = p;
+    KK(kvq_cuda_chan_attend(c->kc, &c->d, c->q, c->cache, c->lens, c->ws, c->ws_bytes, c->out, s));
+}
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint32_t rnd(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 16);
+}
+
+/* fp16 bits of a small value in [-1, 1) */
+static uint16_t small_half(void) { return (uint16_t)(0x3000u + (rnd() % 0x0c00u)) | (uint16_t)((rnd() & 1u) << 15); }
+
+/* One (sequence, head) slab of `bytes` filled on the host by fill(), copied to every row. */
+static void fill_rows(uint8_t *dev, uint64_t stride, uint64_t rows, uint8_t *host) {
+    for (uint64_t r = 0; r < rows; r++) CK(cudaMemcpy(dev + r * stride, host, stride, cudaMemcpyHostToDevice));
+}
+
+static int parse_list(const char *s, uint32_t *out, int max) {
+    int n = 0;
+    while (*s && n < max) {
+        out[n++] = (uint32_t)strtoul(s, (char **)&s, 10);
+        if (*s == ',') s++;
+    }
+    return n;
+}
+
+int main(int argc, char **argv) {
+    const char *presets = "q4,q3,q2";
+    uint32_t batches[8] = {1, 8, 32}, ctxs[8] = {32768, 131072};
+    int nb = 3, nctx = 2;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--presets")) presets = argv[i + 1];
+        else if (!strcmp(argv[i], "--batches")) nb = parse_list(argv[i + 1], batches, 8);
+        else if (!strcmp(argv[i], "--ctxs")) nctx = parse_list(argv[i + 1], ctxs, 8);
+    }
+    int n_dev = 0;
+    KK(kvq_cuda_available(&n_dev));
+    struct cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    cudaStream_t s;
+    CK(cudaStreamCreate(&s));
+    copy_ctx cc;
+    cc.bytes = (size_t)2 << 30;
+    CK(cudaMalloc(&cc.dst, cc.bytes));
+    CK(cudaMalloc(&cc.src, cc.bytes));
+    CK(cudaMemset(cc.src, 1, cc.bytes));
+    float ms = time_plain(run_copy, &cc, s);
+    double copy_gbs = 2.0 * cc.bytes / (ms * 1e-3) / 1e9;
+    printf("DEVICE %s\nCOPY bytes=%zu GBps=%.1f\n", prop.name, cc.bytes, copy_gbs);
+    CK(cudaFree(cc.dst));
+    CK(cudaFree(cc.src));
+    char list[256];
+    snprintf(list, sizeof list, "%s", presets);
+    for (char *save = NULL, *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
+        kvq_cache_config cfg;
+        KK(kvq_cache_config_preset(&cfg, name, N_KV, D, NULL, 0));
+        kvq_cuda_chan *kc = NULL;
+        KK(kvq_cuda_chan_create(&cfg, &kc));
+        for (int bi = 0; bi < nb; bi++)
+            for (int ci = 0; ci < nctx; ci++) {
+                uint32_t B = batches[bi], ctx = ctxs[ci];
+                kvq_cuda_chan_layout L;
+                uint32_t C = cfg.chunk_tokens ? cfg.chunk_tokens : 64;
+                uint32_t cap = (ctx + C - 1) / C * C;
+                KK(kvq_cuda_chan_layout_of(kc, B, cap, &L));
+                uint8_t *cache = NULL;
+                if (cudaMalloc((void **)&cache, L.bytes) != cudaSuccess) {
+                    printf("CHAN preset=%s batch=%u ctx=%u skipped (%.1f GB)\n", name, B, ctx, L.bytes / 1e9);
+                    cudaGetLastError();
+                    continue;
+                }
+                const uint64_t rows = (uint64_t)B * N_KV, nch = cap / C;
+                /* head state: uniform bits, consecutive planes, small means */
+                uint8_t *host = malloc(nch * L.key_block > (uint64_t)cap * L.value_code ? nch * L.key_block
+                                                                                          : (uint64_t)cap * L.value_code);
+                if (!host) return 1;
+                memset(host, 0, L.head_bytes);
+                for (uint32_t j = 0; j < D; j++) {
+                    host[j] = (uint8_t)L.bits;
+                    float mu = 0.01f * (float)(j % 7);
+                    memcpy(host + D + 4 * j, &mu, 4);
+                    uint16_t off = (uint16_t)(j * L.bits);
+                    memcpy(host + 5 * D + 2 * j, &off, 2);
+                }
+                fill_rows(cache + L.heads, L.head_bytes, rows, host);
+                for (uint64_t c = 0; c < nch; c++) {
+                    uint8_t *blk = host + c * L.key_block;
+                    for (uint32_t j = 0; j < D; j++) {
+                        uint16_t lo = small_half(), st = (uint16_t)(0x2000u + rnd() % 0x800u);
+                        memcpy(blk + 2 * j, &lo, 2);
+                        memcpy(blk + 2 * (D + j), &st, 2);
+                    }
+                    for (uint32_t i = 4 * D; i < L.key_block; i++) blk[i] = (uint8_t)rnd();
+                }
+                fill_rows(cache + L.keys, nch * L.key_block, rows, host);
+                for (uint64_t t = 0; t < cap; t++) {
+                    uint8_t *vc = host + t * L.value_code;
+                    uint16_t norm = 0x3c00u; /* 1.0 */
+                    memcpy(vc, &norm, 2);
+                    for (uint32_t i = 2; i < L.value_code; i++) vc[i] = (uint8_t)rnd();
+                }
+                fill_rows(cache + L.values, (uint64_t)cap * L.value_code, rows, host);
+                for (uint64_t i = 0; i < (uint64_t)L.exact_rows * D; i++) ((uint16_t *)host)[i] = small_half();
+                fill_rows(cache + L.exact_k, (uint64_t)L.exact_rows * D * 2, rows, host);
+                fill_rows(cache + L.exact_v, (uint64_t)L.exact_rows * D * 2, rows, host);
+                free(host);
+                attn_ctx a;
+                memset(&a, 0, sizeof a);
+                a.kc = kc;
+                kvq_cuda_attn_desc d = {B, N_Q, N_KV, D, cap, ctx, 0.08838834764831845f, KVQ_CUDA_F16, 0};
+                a.d = d;
+                a.cache = cache;
+                KK(kvq_cuda_chan_attend_workspace(kc, &d, &a.ws_bytes));
+                CK(cudaMalloc(&a.ws, a.ws_bytes));
+                CK(cudaMalloc(&a.q, (size_t)B * N_Q * D * 2));
+                CK(cudaMemset(a.q, 0x31, (size_t)B * N_Q * D * 2));
+                CK(cudaMalloc((void **)&a.out, (size_t)B * N_Q * D * 4));
+                CK(cudaMalloc((void **)&a.lens, B * 4));
+                int32_t *lens = malloc(B * 4);
+                for (uint32_t b = 0; b < B; b++) lens[b] = (int32_t)ctx;
+                CK(cudaMemcpy(a.lens, lens, B * 4, cudaMemcpyHostToDevice));
+                free(lens);
+                float t_ms = time_graph(run_attn, &a, s);
+                uint64_t nc = ctx > L.window ? (ctx - L.window) / C * C : 0, tail = ctx - (nc > L.n_sink ? nc : L.n_sink);
+                double bytes = (double)rows * ((double)(nc / C) * L.key_block + (double)nc * L.value_code +
+                                               (double)(L.n_sink + tail) * 4 * D + L.head_bytes);
+                double gbs = bytes / (t_ms * 1e-3) / 1e9;
+                double fp16 = (double)rows * ctx * 4.0 * D;
+                printf("CHAN preset=%s batch=%u ctx=%u chunk=%u bytes=%.0f fp16_bytes=%.0f us=%.2f GBps=%.1f "
+                       "pct_copy=%.1f\n",
+                       name, B, ctx, C, bytes, fp16, t_ms * 1e3, gbs, 100.0 * gbs / copy_gbs);
+                fflush(stdout);
+                cudaFree(a.ws);
+                cudaFree(a.q);
+                cudaFree(a.out);
+                cudaFree(a.lens);
+                cudaFree(cache);
+            }
+        kvq_cuda_chan_free(kc);
+    }
+    return 0;
+}

@@ -1,0 +1,909 @@
+/*
+ * chan.cu - channel keys on the GPU (the cache presets q4, q3, q2; cache/chan.c is the
+ * CPU method, after KIVI, arXiv 2402.02750): each key channel's values over a chunk of
+ * tokens share an fp16 minimum and step, with per-channel bits fixed from the first
+ * chunk; values are any kvq_cuda_quantizer's turboquant_mse codes.
+ *
+ * Coding repeats the CPU's float operations one rounding at a time (__fadd_rn, __fmul_rn,
+ * IEEE divisions, no FMA contraction) on the same rows the CPU codes from: the exact
+ * tokens are held as fp16 here, and a chunk is coded from their q8_0 round trip (minus
+ * the head's mean key beyond the probe tokens), which is what the CPU's q8_0 ring holds.
+ * So the mean, the bits, the ranges (with the least-squares refinements of 1-2-bit
+ * channels) and every code equal the CPU's. One block per (sequence, kv head), one thread
+ * per channel; a warp is one q8_0 block of 32 channels.
+ *
+ * Attention: split-K over whole chunks plus one block per (sequence, kv head) for the
+ * exact tokens (sinks and the uncoded tail); one merge pass. A coded chunk's score is
+ * <q, mean + lo> + sum_j (q_j step_j) code_j: the weights q_j step_j once per chunk and
+ * query head, then a lane per token reads its codes from the chunk's bit planes (staged
+ * per warp in shared memory) and sums the weighted codes. Values are accumulated in their
+ * rotated domain and rotated back once in the merge.
+ */
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda_internal.h"
+#include "cuda/warp_math.cuh"
+
+#define LOG2E 1.4426950408889634f
+/* as cache/cache_internal.h: probe tokens (the mean key), refinement passes, their bits */
+#define CHAN_PROBE 32
+#define CHAN_REFINE 3
+#define CHAN_REFINE_BITS 2
+#define CHAN_GMAX 8
+#define CHAN_WARPS 4
+
+struct kvq_cuda_chan {
+    kvq_cache_config cfg;
+    kvq_cuda_quantizer *vq;
+    uint32_t D, C, W, n_sink, bits, R, exact_rows, head_bytes, key_block, vcs;
+    int n_sm;
+};
+
+static __host__ __device__ __forceinline__ uint64_t round16(uint64_t n) { return (n + 15) & ~(uint64_t)15; }
+
+/* ------------------------------------------------------------- device helpers */
+
+/* The CPU's q8_0 round trip of one value; the warp holds one block of 32. */
+__device__ __forceinline__ float q8_round_trip(float x) {
+    float amax = kvqc_warp_max(fabsf(x));
+    float d = __fdiv_rn(amax, 127.0f);
+    float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+    float r = roundf(__fmul_rn(x, id));
+    int q = (int)(int8_t)(int)r;
+    return __fmul_rn((float)q, __half2float(__float2half_rn(d)));
+}
+
+/* A key as the CPU's ring returns it (centered in q8_0 beyond the probe tokens). */
+__device__ __forceinline__ float key_ring(float h, float mu, int pos) {
+    bool c = pos >= CHAN_PROBE;
+    float y = q8_round_trip(c ? __fsub_rn(h, mu) : h);
+    return c ? __fadd_rn(y, mu) : y;
+}
+
+__device__ __forceinline__ uint32_t chan_code(float x, float lo, float step, int bits) {
+    if (!(step > 0.0f)) return 0u;
+    float v = rintf(__fdiv_rn(__fsub_rn(x, lo), step));
+    float top = (float)((1u << bits) - 1u);
+    return v <= 0.0f ? 0u : v >= top ? (uint32_t)top : (uint32_t)v;
+}
+
+__device__ __forceinline__ uint16_t f2h(float f) { return __half_as_ushort(__float2half_rn(f)); }
+__device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+__device__ __forceinline__ int n_coded(int len, int W, int C) { return len > W ? (len - W) / C * C : 0; }
+
+typedef struct chan_geom {
+    uint8_t *cache;
+    uint64_t heads, keys, values, exact_k, exact_v;
+    int D, C, W, n_sink, R, exact_rows, head_bytes, key_block, vcs, capacity, bits, n_kv;
+} chan_geom;
+
+/* ------------------------------------------------------------- append: ring */
+
+/* One block per (sequence, kv head), a thread per channel: the token's fp16 rows into the
+ * ring (and the sinks), and its value's q8_0 round trip into x (the value encoder's input,
+ * as the CPU encodes values from its ring). */
+__global__ void chan_ring_kernel(chan_geom g, int dtype, const void *k, const void *v, const int32_t *positions,
+                                 float *x) {
+    const int row = blockIdx.x, b = row / g.n_kv, j = threadIdx.x;
+    const int pos = positions[b];
+    if (pos < 0 || pos >= g.capacity) return;
+    __half kh = __float2half_rn(kvqc_load_one(k, dtype, (size_t)row * g.D + j));
+    __half vh = __float2half_rn(kvqc_load_one(v, dtype, (size_t)row * g.D + j));
+    __half *ek = (__half *)(g.cache + g.exact_k) + (size_t)row * g.exact_rows * g.D;
+    __half *ev = (__half *)(g.cache + g.exact_v) + (size_t)row * g.exact_rows * g.D;
+    size_t slot = (size_t)(g.n_sink + pos % g.R) * g.D + j;
+    ek[slot] = kh;
+    ev[slot] = vh;
+    if (pos < g.n_sink) {
+        ek[(size_t)pos * g.D + j] = kh;
+        ev[(size_t)pos * g.D + j] = vh;
+    }
+    x[(size_t)row * g.D + j] = q8_round_trip(__half2float(vh));
+}
+
+/* ------------------------------------------------------------- append: coding */
+
+__device__ __forceinline__ float ring_key(const chan_geom &g, const __half *ek, int pos, int j) {
+    return __half2float(ek[(size_t)(g.n_sink + pos % g.R) * g.D + j]);
+}
+
+/* One block per (sequence, kv head), a thread per channel: when this token completes a
+ * chunk to code, code it (chunk 0: the mean key and the channels' bits first). */
+__global__ void chan_code_kernel(chan_geom g, const int32_t *positions) {
+    __shared__ double s_w[256];
+    __shared__ int s_b[256];
+    const int row = blockIdx.x, b = row / g.n_kv, j = threadIdx.x, lane = j & 31, warp = j >> 5;
+    const int pos = positions[b];
+    if (pos < 0 || pos >= g.capacity) return;
+    const int nc = n_coded(pos + 1, g.W, g.C);
+    if (nc == n_coded(pos, g.W, g.C) || nc == 0) return;
+    const int D = g.D, C = g.C, s0 = nc - C, ci = s0 / C;
+    uint8_t *hs = g.cache + g.heads + (size_t)row * g.head_bytes;
+    uint8_t *bits_p = hs;
+    float *mean_p = (float *)(hs + round16((uint64_t)D));
+    uint16_t *off_p = (uint16_t *)(hs + round16((uint64_t)D) + 4 * (uint64_t)D);
+    const __half *ek = (const __half *)(g.cache + g.exact_k) + (size_t)row * g.exact_rows * D;
+    float mu;
+    int nb;
+    if (ci == 0) {
+        /* the mean key over probe tokens 1..31 (the CPU's double sum in order) */
+        double acc = 0.0;
+        for (int t = 1; t < CHAN_PROBE; t++) acc = __dadd_rn(acc, (double)ring_key(g, ek, t, j));
+        mu = __double2float_rn(__ddiv_rn(acc, (double)(CHAN_PROBE - 1)));
+        mean_p[j] = mu;
+        /* bits from each channel's range over tokens 1..C-1 as the ring returns them */
+        float lo = INFINITY, hi = -INFINITY;
+        for (int t = 1; t < C; t++) {
+            float r = key_ring(ring_key(g, ek, t, j), mu, t);
+            lo = fminf(lo, r);
+            hi = fmaxf(hi, r);
+        }
+        double r = lo <= hi ? __dsub_rn((double)hi, (double)lo) : 0.0;
+        s_w[j] = __dmul_rn(r, r);
+        s_b[j] = 0;
+        __syncthreads();
+        if (warp == 0) { /* greedy: a bit to the largest range^2 4^-bits, ties to the lower channel */
+            const int total = g.bits * D;
+            for (int n = 0; n < total; n++) {
+                double be = -1.0;
+                int bj = 0x7fffffff;
+                for (int jj = lane; jj < D; jj += 32) {
+                    if (s_b[jj] >= 8) continue;
+                    double e = ldexp(s_w[jj], -2 * s_b[jj]);
+                    if (e > be) {
+                        be = e;
+                        bj = jj;
+                    }
+                }
+#pragma unroll
+                for (int o = 16; o >= 1; o >>= 1) {
+                    double oe = __shfl_xor_sync(KVQC_FULL, be, o);
+                    int oj = __shfl_xor_sync(KVQC_FULL, bj, o);
+                    if (oe > be || (oe == be && oj < bj)) {
+                        be = oe;
+                        bj = oj;
+                    }
+                }
+                if (bj == 0x7fffffff) break;
+                if (lane == (bj & 31)) s_b[bj]++;
+                __syncwarp();
+            }
+        }
+        __syncthreads();
+        nb = s_b[j];
+        bits_p[j] = (uint8_t)nb;
+        if (j == 0) {
+            int o = 0;
+            for (int i = 0; i < D; i++) {
+                off_p[i] = (uint16_t)o;
+                o += s_b[i];
+            }
+        }
+    } else {
+        mu = mean_p[j];
+        nb = bits_p[j];
+    }
+    __syncthreads(); /* offsets written (chunk 0) */
+    const int off = off_p[j];
+    const int lo_t = g.n_sink > s0 ? min(g.n_sink - s0, C) : 0;
+    /* the rows, as encode_chan_chunks reads them: ring round trip minus the mean */
+#define ROW(t) __fsub_rn(key_ring(ring_key(g, ek, s0 + (t), j), mu, s0 + (t)), mu)
+    float lo = INFINITY, hi = -INFINITY;
+    for (int t = lo_t; t < C; t++) {
+        float x = ROW(t);
+        lo = fminf(lo, x);
+        hi = fmaxf(hi, x);
+    }
+    uint16_t lo_h, step_h;
+    {
+        float l = lo <= hi ? lo : 0.0f, h = lo <= hi ? hi : 0.0f;
+        if (nb == 0) {
+            lo_h = f2h(__fmul_rn(0.5f, __fadd_rn(l, h)));
+            step_h = 0;
+        } else {
+            float levels = (float)((1u << nb) - 1u);
+            lo_h = f2h(l);
+            float lf = h2f(lo_h);
+            float step = h > lf ? __fdiv_rn(__fsub_rn(h, lf), levels) : 0.0f;
+            uint16_t s = f2h(step);
+            if (h2f(s) < step && s < 0x7bffu) s++;
+            step_h = s;
+        }
+    }
+    const bool mine = nb >= 1 && nb <= CHAN_REFINE_BITS;
+    const int n_refine = __syncthreads_or(mine) ? CHAN_REFINE : 0;
+    const int n = C - lo_t;
+    for (int it = 0; it < n_refine; it++) {
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+        const float lf = h2f(lo_h), sf = h2f(step_h);
+        for (int t = lo_t; t < C; t++) {
+            float x = ROW(t);
+            float k = (float)chan_code(x, lf, sf, nb);
+            a0 = __fadd_rn(a0, k);
+            a1 = __fadd_rn(a1, __fmul_rn(k, k));
+            a2 = __fadd_rn(a2, x);
+            a3 = __fadd_rn(a3, __fmul_rn(x, k));
+        }
+        if (!mine || n < 2) continue;
+        const double A0 = a0, A1 = a1, A2 = a2, A3 = a3, dn = (double)n;
+        double den = __dsub_rn(__dmul_rn(dn, A1), __dmul_rn(A0, A0));
+        if (!(den > 0.0)) continue;
+        double step = __ddiv_rn(__dsub_rn(__dmul_rn(dn, A3), __dmul_rn(A0, A2)), den);
+        double l0 = __ddiv_rn(__dsub_rn(A2, __dmul_rn(step, A0)), dn);
+        if (!(step > 0.0) || !(fabs(l0) < 65504.0)) continue;
+        uint16_t lh = f2h(__double2float_rn(l0));
+        double l = (double)h2f(lh);
+        step = __ddiv_rn(__dsub_rn(A3, __dmul_rn(l, A0)), A1);
+        if (!(step > 0.0) || !(step < 65504.0)) continue;
+        uint16_t sh = f2h(__double2float_rn(step));
+        if (sh == 0) continue;
+        lo_h = lh;
+        step_h = sh;
+    }
+    uint8_t *blk = g.cache + g.keys + ((size_t)row * (g.capacity / C) + ci) * g.key_block;
+    ((uint16_t *)blk)[j] = lo_h;
+    ((uint16_t *)blk)[D + j] = step_h;
+    uint32_t *words = (uint32_t *)(blk + 4 * (size_t)D);
+    const int P = g.bits * D;
+    const float lf = h2f(lo_h), sf = h2f(step_h);
+    for (int w0 = 0; w0 < C; w0 += 32) {
+        uint32_t pl[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int t = w0; t < w0 + 32; t++) {
+            float x = ROW(t);
+            uint32_t code = t >= lo_t ? chan_code(x, lf, sf, nb) : 0u;
+#pragma unroll
+            for (int p = 0; p < 8; p++) pl[p] |= ((code >> p) & 1u) << (t & 31);
+        }
+#pragma unroll
+        for (int p = 0; p < 8; p++)
+            if (p < nb) words[(size_t)(w0 / 32) * P + off + p] = pl[p];
+    }
+#undef ROW
+}
+
+/* ------------------------------------------------------------- attention */
+
+typedef struct chan_attn_args {
+    chan_geom g;
+    const kvqc_params *vp;
+    int vbits;
+    const int32_t *seq_lens;
+    const void *q;
+    int q_dtype;
+    float q_scale;
+    float *partial; /* [batch][n_q_heads][n_slots][D + 2] */
+    int n_q_heads, G, cps, n_split, n_slots;
+} chan_attn_args;
+
+__device__ __forceinline__ unsigned get_idx(const uint8_t *p, int i, int bits) {
+    int bit = i * bits, byte = bit >> 3, shift = bit & 7;
+    unsigned v = (unsigned)p[byte] >> shift;
+    if (shift + bits > 8) v |= (unsigned)p[byte + 1] << (8 - shift);
+    return v & ((1u << bits) - 1u);
+}
+
+__device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+    unsigned sa = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(src));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+
+/* Per-warp shared memory, in 4-byte words: two stages of one 32-token group (its chunk's
+ * minima and steps, its plane words, its 32 value codes), the transposed planes as pairs
+ * of consecutive rows (NR rows of 32 lanes x 2), the group's softmax weights [32][GS],
+ * the chunk's weights q_j step_j [D][GS] (GS: 4 for up to 4 query heads, else 8). */
+static __host__ __device__ __forceinline__ int stage_words(int D, int P, int vcs) {
+    return (D + P + (32 * vcs + 3) / 4 + 3) & ~3;
+}
+static __host__ __device__ __forceinline__ int warp_words(int D, int P, int vcs, int GS) {
+    return 2 * stage_words(D, P, vcs) + (P / 32) * 64 + 32 * GS + D * GS;
+}
+
+/* Dynamic shared memory of the attention kernel, in 4-byte words (the warps' areas hold
+ * the split's partial results at the end). */
+static size_t attn_smem_words(int D, int G, int P, int vcs) {
+    const int GS = G <= 4 ? 4 : 8;
+    size_t warps = (size_t)CHAN_WARPS * warp_words(D, P, vcs, GS), part = (size_t)CHAN_WARPS * G * (D + 2);
+    return (size_t)G * D + 4 * (size_t)D + 256 + 2 * CHAN_GMAX + (warps > part ? warps : part);
+}
+
+/* Grid (n_split + 1, n_kv, batch): blocks x < n_split score whole coded chunks, block
+ * n_split the exact tokens; each stores (acc, max, sum) per query head in its slot.
+ * Each warp takes a contiguous quarter of the split's 32-token groups and copies its next
+ * group (chunk header, plane words, value codes) with cp.async while it works on this
+ * one; it computes a chunk's weights q_j step_j and bias <q, mean + lo> itself when the
+ * chunk changes, so warps never wait for each other. A group's 32 x P plane bits are
+ * transposed by shuffles so that lane t holds its token's bits of planes 32r..32r+31 in
+ * word r; a channel's code is then one funnel shift and mask at its plane offset. */
+template <int E>
+__global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_args a) {
+    extern __shared__ __align__(16) float smem[];
+    const chan_geom &g = a.g;
+    const int D = 32 * E, G = a.G, GS = G <= 4 ? 4 : 8, P = g.bits * D, NR = P / 32;
+    float *s_q = smem;                           /* [G][D] */
+    int4 *s_bm = (int4 *)(s_q + G * D);          /* [D]: s_t pair offset, shift, mask */
+    float *s_cen = (float *)(s_bm + D);          /* [256] */
+    float *s_qmu = s_cen + 256;                  /* [GMAX] (+ pad) */
+    uint32_t *s_warp = (uint32_t *)(s_qmu + 2 * CHAN_GMAX);
+    const int vcs = g.vcs, SW = stage_words(D, P, vcs), WW = warp_words(D, P, vcs, GS);
+    float *s_part = (float *)s_warp; /* [WARPS][G][D + 2], once the warps are done */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z, row = b * g.n_kv + h;
+    int len = a.seq_lens[b];
+    if (len > g.capacity) len = g.capacity;
+    if (len < 0) len = 0;
+    const int nc = n_coded(len, g.W, g.C);
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) s_cen[i] = a.vp->cen[i];
+    for (int gg = warp; gg < G; gg += CHAN_WARPS) {
+        float v[E];
+        kvqc_load_row<E>(a.q, a.q_dtype, (size_t)b * a.n_q_heads + (size_t)h * G + gg, lane, v);
+#pragma unroll
+        for (int e = 0; e < E; e++) s_q[gg * D + lane + 32 * e] = v[e] * a.q_scale;
+    }
+    float acc[CHAN_GMAX][E], m[CHAN_GMAX], l[CHAN_GMAX];
+#pragma unroll
+    for (int gg = 0; gg < CHAN_GMAX; gg++) {
+        m[gg] = -INFINITY;
+        l[gg] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < E; e++) acc[gg][e] = 0.0f;
+    }
+    bool lane_major = false; /* acc[.][e] holds dim lane + 32e (exact path) or E lane + e */
+    if (split < a.n_split) {
+        lane_major = true;
+        const uint8_t *hs = g.cache + g.heads + (size_t)row * g.head_bytes;
+        const float *mean_p = (const float *)(hs + round16((uint64_t)D));
+        const uint16_t *off_p = (const uint16_t *)(hs + round16((uint64_t)D) + 4 * (uint64_t)D);
+        for (int j = threadIdx.x; j < D; j += blockDim.x) {
+            const int off = off_p[j], nb = hs[j];
+            s_bm[j] = make_int4((off >> 5) * 64, off & 31, (int)((1u << nb) - 1u), 0);
+        }
+        __syncthreads();
+        for (int gg = warp; gg < G; gg += CHAN_WARPS) {
+            float sdot = 0.0f;
+            for (int j = lane; j < D; j += 32) sdot += s_q[gg * D + j] * mean_p[j];
+            sdot = kvqc_warp_sum(sdot);
+            if (lane == 0) s_qmu[gg] = sdot;
+        }
+        __syncthreads();
+        const int C = g.C, t_begin = split * a.cps * C, t_end = min((split + a.cps) * C, nc);
+        const int n_groups = max(t_end - t_begin, 0) / 32;
+        const int g_begin = (int)((long long)n_groups * warp / CHAN_WARPS);
+        const int g_end = (int)((long long)n_groups * (warp + 1) / CHAN_WARPS);
+        const int cpb = g.capacity / C;
+        uint32_t *my = s_warp + warp * WW;
+        uint2 *s_t = (uint2 *)(my + 2 * SW);          /* [NR][32] pairs (row r, row r + 1) */
+        float *s_p = (float *)(s_t + NR * 32);        /* [32][GS] */
+        float *s_w = s_p + 32 * GS;                   /* [D][GS] */
+        const uint8_t *kbase = g.cache + g.keys + (size_t)row * cpb * g.key_block;
+        const uint8_t *vbase = g.cache + g.values + (size_t)row * g.capacity * vcs;
+        auto issue = [&](int gi, int st) {
+            if (gi < g_end) {
+                const int t0 = t_begin + 32 * gi, ci = t0 / C, grp = (t0 % C) / 32;
+                const uint8_t *blk = kbase + (size_t)ci * g.key_block;
+                const uint8_t *wsrc = blk + 4 * (size_t)D + (size_t)grp * P * 4;
+                const uint8_t *vsrc = vbase + (size_t)t0 * vcs;
+                uint8_t *dst = (uint8_t *)(my + st * SW);
+                for (int c = lane; c < D / 4; c += 32) cp_async16(dst + 16 * c, blk + 16 * c);
+                for (int c = lane; c < P / 4; c += 32) cp_async16(dst + 4 * D + 16 * c, wsrc + 16 * c);
+                for (int c = lane; c < 2 * vcs; c += 32) cp_async16(dst + 4 * D + 4 * P + 16 * c, vsrc + 16 * c);
+            }
+            cp_commit();
+        };
+        int stage = 0, cur = -1;
+        float bias[CHAN_GMAX];
+#pragma unroll
+        for (int gg = 0; gg < CHAN_GMAX; gg++) bias[gg] = 0.0f;
+        issue(g_begin, 0);
+        const int vbits = a.vbits;
+        for (int gi = g_begin; gi < g_end; gi++) {
+            issue(gi + 1, stage ^ 1);
+            cp_wait1();
+            __syncwarp();
+            const int t0 = t_begin + 32 * gi, ci = t0 / C;
+            const uint32_t *sst = my + stage * SW;
+            const uint16_t *hdr = (const uint16_t *)sst;
+            const uint32_t *wst = sst + D;
+            const uint8_t *vst = (const uint8_t *)(wst + P);
+            if (ci != cur) { /* this chunk's weights and bias */
+                cur = ci;
+                for (int j = lane; j < D; j += 32) {
+                    const float st = h2f(hdr[D + j]), lo = h2f(hdr[j]);
+                    for (int gg = 0; gg < GS; gg++) s_w[j * GS + gg] = gg < G ? s_q[gg * D + j] * st : 0.0f;
+#pragma unroll
+                    for (int gg = 0; gg < CHAN_GMAX; gg++)
+                        if (gg < G) bias[gg] = (j == lane ? 0.0f : bias[gg]) + s_q[gg * D + j] * lo;
+                }
+#pragma unroll
+                for (int gg = 0; gg < CHAN_GMAX; gg++)
+                    if (gg < G) bias[gg] = kvqc_warp_sum(bias[gg]) + s_qmu[gg];
+            }
+            /* transpose: word r of lane t = bits t of planes 32r..32r+31 */
+            uint32_t prev = 0;
+            for (int r = 0; r < NR; r++) {
+                uint32_t v = wst[32 * r + lane];
+#pragma unroll
+                for (int sh = 16; sh >= 1; sh >>= 1) {
+                    const uint32_t mk = sh == 16 ? 0x0000ffffu : sh == 8 ? 0x00ff00ffu : sh == 4 ? 0x0f0f0f0fu
+                                        : sh == 2 ? 0x33333333u : 0x55555555u;
+                    const uint32_t x = __shfl_xor_sync(KVQC_FULL, v, sh);
+                    v = (lane & sh) ? ((v & ~mk) | ((x >> sh) & mk)) : ((v & mk) | ((x << sh) & ~mk));
+                }
+                if (r > 0) s_t[32 * (r - 1) + lane] = make_uint2(prev, v);
+                prev = v;
+            }
+            s_t[32 * (NR - 1) + lane] = make_uint2(prev, 0u);
+            __syncwarp();
+            float sc[CHAN_GMAX];
+#pragma unroll
+            for (int gg = 0; gg < CHAN_GMAX; gg++) sc[gg] = bias[gg];
+            const uint2 *tl = s_t + lane;
+#pragma unroll 4
+            for (int j = 0; j < D; j++) {
+                const int4 bm = s_bm[j];
+                const uint2 pr = tl[bm.x >> 1];
+                const float fc = (float)(__funnelshift_r(pr.x, pr.y, bm.y) & (uint32_t)bm.z);
+                const float4 wa = *(const float4 *)(s_w + j * GS);
+                sc[0] += wa.x * fc;
+                sc[1] += wa.y * fc;
+                sc[2] += wa.z * fc;
+                sc[3] += wa.w * fc;
+                if (GS > 4) {
+                    const float4 wb = *(const float4 *)(s_w + j * GS + 4);
+                    sc[4] += wb.x * fc;
+                    sc[5] += wb.y * fc;
+                    sc[6] += wb.z * fc;
+                    sc[7] += wb.w * fc;
+                }
+            }
+            const bool valid = t0 + lane >= g.n_sink;
+            const float norm = h2f(*(const uint16_t *)(vst + lane * vcs));
+#pragma unroll
+            for (int gg = 0; gg < CHAN_GMAX; gg++) {
+                if (gg >= G) break;
+                float p = 0.0f;
+                const float sv = valid ? sc[gg] : -INFINITY;
+                const float mx = kvqc_warp_max(sv);
+                const float mn = fmaxf(m[gg], mx);
+                if (mn != -INFINITY) {
+                    const float alpha = exp2f(m[gg] - mn);
+                    p = valid ? exp2f(sv - mn) : 0.0f;
+                    l[gg] = l[gg] * alpha + kvqc_warp_sum(p);
+#pragma unroll
+                    for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
+                    m[gg] = mn;
+                }
+                s_p[lane * GS + gg] = p * norm; /* the value's norm rides on its weight */
+            }
+            __syncwarp();
+            for (int tt = 0; tt < 32; tt++) {
+                const uint8_t *vc = vst + tt * vcs;
+                float v[E];
+                if (vbits == 4 && E == 4) {
+                    const uint32_t u = *(const uint16_t *)(vc + 2 + 2 * lane);
+#pragma unroll
+                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (4 * e)) & 15u];
+                } else if (vbits == 2 && E == 4) {
+                    const uint32_t u = vc[2 + lane];
+#pragma unroll
+                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (2 * e)) & 3u];
+                } else {
+#pragma unroll
+                    for (int e = 0; e < E; e++) v[e] = s_cen[get_idx(vc + 2, E * lane + e, vbits)];
+                }
+                const float4 pa = *(const float4 *)(s_p + tt * GS);
+                const float pp[4] = {pa.x, pa.y, pa.z, pa.w};
+#pragma unroll
+                for (int gg = 0; gg < 4; gg++)
+#pragma unroll
+                    for (int e = 0; e < E; e++) acc[gg][e] += pp[gg] * v[e];
+                if (GS > 4) {
+                    const float4 pb = *(const float4 *)(s_p + tt * GS + 4);
+                    const float pq[4] = {pb.x, pb.y, pb.z, pb.w};
+#pragma unroll
+                    for (int gg = 0; gg < 4; gg++)
+#pragma unroll
+                        for (int e = 0; e < E; e++) acc[4 + gg][e] += pq[gg] * v[e];
+                }
+            }
+            __syncwarp();
+            stage ^= 1;
+        }
+        asm volatile("cp.async.wait_all;\n" ::);
+        __syncthreads(); /* the warps' areas become the partial results */
+    } else {
+        /* the exact tokens: sinks, then the tail from max(n_coded, n_sink) */
+        __syncthreads();
+        const __half *ek = (const __half *)(g.cache + g.exact_k) + (size_t)row * g.exact_rows * D;
+        const __half *ev = (const __half *)(g.cache + g.exact_v) + (size_t)row * g.exact_rows * D;
+        const int ns = min(g.n_sink, len), tail0 = max(nc, g.n_sink), n_ex = ns + max(len - tail0, 0);
+        for (int i = warp; i < n_ex; i += CHAN_WARPS) {
+            const int r = i < ns ? i : g.n_sink + (tail0 + i - ns) % g.R;
+            float k[E], v[E];
+#pragma unroll
+            for (int e = 0; e < E; e++) {
+                k[e] = __half2float(ek[(size_t)r * D + lane + 32 * e]);
+                v[e] = __half2float(ev[(size_t)r * D + lane + 32 * e]);
+            }
+#pragma unroll
+            for (int gg = 0; gg < CHAN_GMAX; gg++) {
+                if (gg >= G) break;
+                float sdot = 0.0f;
+#pragma unroll
+                for (int e = 0; e < E; e++) sdot += s_q[gg * D + lane + 32 * e] * k[e];
+                sdot = kvqc_warp_sum(sdot);
+                float mn = fmaxf(m[gg], sdot);
+                float alpha = exp2f(m[gg] - mn), p = exp2f(sdot - mn);
+                l[gg] = l[gg] * alpha + p;
+#pragma unroll
+                for (int e = 0; e < E; e++) acc[gg][e] = acc[gg][e] * alpha + p * v[e];
+                m[gg] = mn;
+            }
+        }
+        if (a.vp->rotate) { /* into the values' rotated domain (linear: once) */
+#pragma unroll
+            for (int gg = 0; gg < CHAN_GMAX; gg++) {
+                if (gg >= G) break;
+                kvqc_apply_signs<E>(acc[gg], a.vp->sign_bits, lane);
+                kvqc_fwht<E>(acc[gg], lane);
+#pragma unroll
+                for (int e = 0; e < E; e++) acc[gg][e] *= a.vp->had_scale;
+            }
+        }
+    }
+    /* the warps' states into one per query head */
+#pragma unroll
+    for (int gg = 0; gg < CHAN_GMAX; gg++) {
+        if (gg >= G) break;
+        float *ps = s_part + ((size_t)warp * G + gg) * (D + 2);
+#pragma unroll
+        for (int e = 0; e < E; e++) ps[lane_major ? E * lane + e : lane + 32 * e] = acc[gg][e];
+        if (lane == 0) {
+            ps[D] = m[gg];
+            ps[D + 1] = l[gg];
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * (D + 2); i += blockDim.x) {
+        const int gg = i / (D + 2), c = i % (D + 2);
+        float M = -INFINITY;
+        for (int w = 0; w < CHAN_WARPS; w++) M = fmaxf(M, s_part[((size_t)w * G + gg) * (D + 2) + D]);
+        float r = 0.0f;
+        if (c == D) {
+            r = M;
+        } else if (M != -INFINITY) {
+            for (int w = 0; w < CHAN_WARPS; w++) {
+                const float *ps = s_part + ((size_t)w * G + gg) * (D + 2);
+                if (ps[D] != -INFINITY) r += ps[c] * exp2f(ps[D] - M);
+            }
+        }
+        size_t qrow = (size_t)b * a.n_q_heads + (size_t)h * G + gg;
+        a.partial[(qrow * a.n_slots + split) * (D + 2) + c] = r;
+    }
+}
+
+/* One block per (query head, sequence): the slots merged, then rotated back. */
+template <int E>
+__global__ void __launch_bounds__(128) chan_combine_kernel(const kvqc_params *vp, const float *partial, int n_slots,
+                                                           int n_q_heads, float *out) {
+    __shared__ float s_red[4];
+    __shared__ float s_out[32 * E];
+    const int D = 32 * E, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const size_t row = (size_t)blockIdx.y * n_q_heads + blockIdx.x;
+    const float *p = partial + row * n_slots * (D + 2);
+    float M = -INFINITY;
+    for (int u = tid; u < n_slots; u += blockDim.x) M = fmaxf(M, p[(size_t)u * (D + 2) + D]);
+    M = kvqc_warp_max(M);
+    if (lane == 0) s_red[warp] = M;
+    __syncthreads();
+    M = fmaxf(fmaxf(s_red[0], s_red[1]), fmaxf(s_red[2], s_red[3]));
+    for (int i = tid; i < D; i += blockDim.x) {
+        float acc = 0.0f, L = 0.0f;
+        if (M != -INFINITY) {
+            for (int u = 0; u < n_slots; u++) {
+                const float *ps = p + (size_t)u * (D + 2);
+                float w = exp2f(ps[D] - M);
+                acc += ps[i] * w;
+                L += ps[D + 1] * w;
+            }
+        }
+        s_out[i] = L > 0.0f ? acc / L : 0.0f;
+    }
+    __syncthreads();
+    if (warp != 0) return;
+    float v[E];
+#pragma unroll
+    for (int e = 0; e < E; e++) v[e] = s_out[lane + 32 * e];
+    if (vp->rotate) {
+        kvqc_fwht<E>(v, lane);
+#pragma unroll
+        for (int e = 0; e < E; e++) v[e] *= vp->had_scale;
+        kvqc_apply_signs<E>(v, vp->sign_bits, lane);
+    }
+#pragma unroll
+    for (int e = 0; e < E; e++) out[row * D + lane + 32 * e] = v[e];
+}
+
+/* ------------------------------------------------------------- host side */
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, kvq_cuda_chan **out) {
+    if (!out) return KVQ_ERR_INVALID_ARG;
+    *out = NULL;
+    if (!cfg) return KVQ_ERR_INVALID_ARG;
+    int n_dev = 0;
+    kvq_status st = kvq_cuda_available(&n_dev);
+    if (st != KVQ_OK) return st;
+    uint32_t D = cfg->head_dim, C = cfg->chunk_tokens ? cfg->chunk_tokens : 64;
+    if (cfg->key.method != KVQ_METHOD_CHANNEL || cfg->value.method != KVQ_METHOD_TURBOQUANT_MSE)
+        return KVQ_ERR_UNSUPPORTED;
+    if (D != 64 && D != 128 && D != 256) return KVQ_ERR_UNSUPPORTED;
+    if (cfg->key.bits < 1 || cfg->key.bits > 8 || C % 64 != 0 || C > 4096) return KVQ_ERR_UNSUPPORTED;
+    if (cfg->sliding_window || cfg->n_outliers || cfg->n_kv_heads == 0 || cfg->n_kv_heads > 65535)
+        return KVQ_ERR_UNSUPPORTED;
+    if (cfg->window > (1u << 20) || cfg->n_sink > 1024) return KVQ_ERR_UNSUPPORTED;
+    kvq_config vc = cfg->value;
+    vc.dim = D;
+    kvq_quantizer *vq = NULL;
+    if ((st = kvq_quantizer_create(&vc, &vq)) != KVQ_OK) return st;
+    kvq_cuda_chan *kc = (kvq_cuda_chan *)calloc(1, sizeof *kc);
+    if (!kc) {
+        kvq_quantizer_free(vq);
+        return KVQ_ERR_NOMEM;
+    }
+    st = kvq_cuda_quantizer_create(vq, &kc->vq);
+    uint32_t vcs = (uint32_t)kvq_code_size(vq);
+    kvq_quantizer_free(vq);
+    if (st != KVQ_OK) {
+        free(kc);
+        return st;
+    }
+    if (kc->vq->p.kind != KVQC_MSE || kc->vq->p.bits > 8) {
+        kvq_cuda_chan_free(kc);
+        return KVQ_ERR_UNSUPPORTED;
+    }
+    kc->cfg = *cfg;
+    kc->D = D;
+    kc->C = C;
+    kc->W = cfg->window;
+    kc->n_sink = cfg->n_sink;
+    kc->bits = cfg->key.bits;
+    kc->R = kc->W + C;
+    kc->exact_rows = kc->n_sink + kc->R;
+    kc->head_bytes = (uint32_t)round16(round16(D) + 6 * (uint64_t)D);
+    kc->key_block = 4 * D + C * D * kc->bits / 8;
+    kc->vcs = vcs;
+    kc->n_sm = kc->vq->n_sm;
+    size_t smem = attn_smem_words((int)D, CHAN_GMAX, (int)(kc->bits * D), (int)vcs) * 4;
+    if (smem > kc->vq->smem_optin) {
+        kvq_cuda_chan_free(kc);
+        return KVQ_ERR_UNSUPPORTED;
+    }
+    cudaError_t e = cudaSuccess;
+    if (D == 64) e = cudaFuncSetAttribute(chan_attend_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    else if (D == 128) e = cudaFuncSetAttribute(chan_attend_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    else e = cudaFuncSetAttribute(chan_attend_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        kvq_cuda_chan_free(kc);
+        return kvqc_status(e);
+    }
+    *out = kc;
+    return KVQ_OK;
+}
+
+extern "C" KVQ_API void kvq_cuda_chan_free(kvq_cuda_chan *kc) {
+    if (!kc) return;
+    kvq_cuda_quantizer_free(kc->vq);
+    free(kc);
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_layout_of(const kvq_cuda_chan *kc, uint32_t batch, uint32_t capacity,
+                                                      kvq_cuda_chan_layout *o) {
+    if (!kc || !o || batch == 0 || capacity == 0 || capacity % kc->C != 0) return KVQ_ERR_INVALID_ARG;
+    if (capacity > (uint32_t)INT32_MAX) return KVQ_ERR_UNSUPPORTED;
+    memset(o, 0, sizeof *o);
+    const uint64_t rows = (uint64_t)batch * kc->cfg.n_kv_heads;
+    uint64_t at = 0;
+    o->heads = at;
+    at = round16(at + rows * kc->head_bytes);
+    o->keys = at;
+    at = round16(at + rows * (capacity / kc->C) * (uint64_t)kc->key_block);
+    o->values = at;
+    at = round16(at + rows * capacity * (uint64_t)kc->vcs);
+    o->exact_k = at;
+    at = round16(at + rows * kc->exact_rows * (uint64_t)kc->D * 2);
+    o->exact_v = at;
+    at = round16(at + rows * kc->exact_rows * (uint64_t)kc->D * 2);
+    o->bytes = at;
+    o->head_bytes = kc->head_bytes;
+    o->key_block = kc->key_block;
+    o->value_code = kc->vcs;
+    o->exact_rows = kc->exact_rows;
+    o->chunk_tokens = kc->C;
+    o->window = kc->W;
+    o->n_sink = kc->n_sink;
+    o->bits = kc->bits;
+    return KVQ_OK;
+}
+
+static chan_geom geom_of(const kvq_cuda_chan *kc, const kvq_cuda_chan_layout *L, void *cache, uint32_t capacity) {
+    chan_geom g;
+    g.cache = (uint8_t *)cache;
+    g.heads = L->heads;
+    g.keys = L->keys;
+    g.values = L->values;
+    g.exact_k = L->exact_k;
+    g.exact_v = L->exact_v;
+    g.D = (int)kc->D;
+    g.C = (int)kc->C;
+    g.W = (int)kc->W;
+    g.n_sink = (int)kc->n_sink;
+    g.R = (int)kc->R;
+    g.exact_rows = (int)kc->exact_rows;
+    g.head_bytes = (int)kc->head_bytes;
+    g.key_block = (int)kc->key_block;
+    g.vcs = (int)kc->vcs;
+    g.capacity = (int)capacity;
+    g.bits = (int)kc->bits;
+    g.n_kv = (int)kc->cfg.n_kv_heads;
+    return g;
+}
+
+/* Append workspace: the values' round trips (fp32) and their codes. */
+static size_t append_ws(const kvq_cuda_chan *kc, uint32_t batch, size_t *codes_at) {
+    size_t rows = (size_t)batch * kc->cfg.n_kv_heads;
+    *codes_at = (size_t)round16((uint64_t)rows * kc->D * 4);
+    return *codes_at + rows * kc->vcs;
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_append_workspace(const kvq_cuda_chan *kc, uint32_t batch,
+                                                             size_t *bytes) {
+    if (!kc || !bytes || batch == 0) return KVQ_ERR_INVALID_ARG;
+    size_t at;
+    *bytes = append_ws(kc, batch, &at);
+    return KVQ_OK;
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_append(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
+                                                   const void *v_dev, uint32_t batch, uint32_t capacity,
+                                                   const int32_t *positions_dev, void *cache_dev,
+                                                   void *workspace_dev, size_t workspace_bytes, void *stream) {
+    if (!kc || !k_dev || !v_dev || !positions_dev || !cache_dev || !workspace_dev) return KVQ_ERR_INVALID_ARG;
+    if (dtype != KVQ_CUDA_F32 && dtype != KVQ_CUDA_F16 && dtype != KVQ_CUDA_BF16) return KVQ_ERR_INVALID_ARG;
+    kvq_cuda_chan_layout L;
+    kvq_status st = kvq_cuda_chan_layout_of(kc, batch, capacity, &L);
+    if (st != KVQ_OK) return st;
+    if ((uint64_t)batch * kc->cfg.n_kv_heads > (uint64_t)INT32_MAX / 4) return KVQ_ERR_UNSUPPORTED;
+    size_t codes_at, need = append_ws(kc, batch, &codes_at);
+    if (workspace_bytes < need) return KVQ_ERR_CAPACITY;
+    if (((uintptr_t)cache_dev & 15u) || ((uintptr_t)workspace_dev & 15u)) return KVQ_ERR_INVALID_ARG;
+    cudaStream_t s = (cudaStream_t)stream;
+    chan_geom g = geom_of(kc, &L, cache_dev, capacity);
+    const unsigned rows = batch * kc->cfg.n_kv_heads;
+    float *x = (float *)workspace_dev;
+    chan_ring_kernel<<<rows, kc->D, 0, s>>>(g, (int)dtype, k_dev, v_dev, positions_dev, x);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return kvqc_status(e);
+    st = kvq_cuda_append(kc->vq, KVQ_CUDA_F32, x, batch, kc->cfg.n_kv_heads, positions_dev, NULL, capacity, 1,
+                         (uint8_t *)cache_dev + L.values, (uint8_t *)workspace_dev + codes_at,
+                         need - codes_at, stream);
+    if (st != KVQ_OK) return st;
+    chan_code_kernel<<<rows, kc->D, 0, s>>>(g, positions_dev);
+    return kvqc_status(cudaGetLastError());
+}
+
+typedef struct attn_plan {
+    int n_split, cps, n_slots;
+    size_t smem;
+} attn_plan;
+
+static kvq_status check_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d) {
+    if (!kc || !d) return KVQ_ERR_INVALID_ARG;
+    if (d->batch == 0 || d->n_q_heads == 0 || d->capacity == 0 || d->max_len > d->capacity) return KVQ_ERR_INVALID_ARG;
+    if (d->n_kv_heads != kc->cfg.n_kv_heads || d->head_dim != kc->D) return KVQ_ERR_MISMATCH;
+    if (d->n_q_heads % d->n_kv_heads != 0 || d->capacity % kc->C != 0) return KVQ_ERR_INVALID_ARG;
+    if (d->q_dtype != KVQ_CUDA_F32 && d->q_dtype != KVQ_CUDA_F16 && d->q_dtype != KVQ_CUDA_BF16)
+        return KVQ_ERR_INVALID_ARG;
+    if (d->n_q_heads / d->n_kv_heads > CHAN_GMAX) return KVQ_ERR_UNSUPPORTED;
+    if (d->batch > 65535 || d->n_kv_heads > 65535 || d->n_q_heads > 65535) return KVQ_ERR_UNSUPPORTED;
+    if (d->capacity > (uint32_t)INT32_MAX) return KVQ_ERR_UNSUPPORTED;
+    return KVQ_OK;
+}
+
+/* Split the coded chunks so the grid holds about two waves of resident blocks (whole
+ * chunks per split); KVQ_CUDA_ATTN_ONE_SPLIT: one block per (sequence, kv head). */
+static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, attn_plan *p) {
+    const int D = (int)kc->D, G = (int)(d->n_q_heads / d->n_kv_heads);
+    p->smem = attn_smem_words(D, G, (int)(kc->bits * kc->D), (int)kc->vcs) * 4;
+    int per_sm = 1;
+    cudaError_t e = D == 64    ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, chan_attend_kernel<2>, 128, p->smem)
+                    : D == 128 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, chan_attend_kernel<4>, 128, p->smem)
+                               : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, chan_attend_kernel<8>, 128, p->smem);
+    if (e != cudaSuccess || per_sm < 1) {
+        cudaGetLastError();
+        per_sm = 1;
+    }
+    uint64_t len = d->max_len;
+    uint64_t chunks = len > kc->W ? (len - kc->W) / kc->C : 0;
+    uint64_t base = (uint64_t)d->batch * d->n_kv_heads;
+    uint64_t target = 2 * (uint64_t)kc->n_sm * per_sm;
+    uint64_t ns = (target + base - 1) / base;
+    if (d->flags & KVQ_CUDA_ATTN_ONE_SPLIT) ns = 1;
+    if (ns > chunks) ns = chunks;
+    if (ns > 65534) ns = 65534;
+    if (ns == 0) {
+        p->n_split = 0;
+        p->cps = 1;
+    } else {
+        uint64_t cps = (chunks + ns - 1) / ns;
+        p->cps = (int)cps;
+        p->n_split = (int)((chunks + cps - 1) / cps);
+    }
+    p->n_slots = p->n_split + 1;
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_attend_workspace(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
+                                                             size_t *bytes) {
+    if (!bytes) return KVQ_ERR_INVALID_ARG;
+    kvq_status st = check_attn(kc, d);
+    if (st != KVQ_OK) return st;
+    attn_plan p;
+    plan_attn(kc, d, &p);
+    *bytes = (size_t)d->batch * d->n_q_heads * p.n_slots * (kc->D + 2) * sizeof(float);
+    return KVQ_OK;
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
+                                                   const void *q_dev, const void *cache_dev,
+                                                   const int32_t *seq_lens_dev, void *workspace_dev,
+                                                   size_t workspace_bytes, float *out_dev, void *stream) {
+    kvq_status st = check_attn(kc, d);
+    if (st != KVQ_OK) return st;
+    if (!q_dev || !cache_dev || !seq_lens_dev || !workspace_dev || !out_dev) return KVQ_ERR_INVALID_ARG;
+    if ((uintptr_t)cache_dev & 15u) return KVQ_ERR_INVALID_ARG; /* 16-byte copies */
+    attn_plan p;
+    plan_attn(kc, d, &p);
+    size_t need = (size_t)d->batch * d->n_q_heads * p.n_slots * (kc->D + 2) * sizeof(float);
+    if (workspace_bytes < need) return KVQ_ERR_CAPACITY;
+    kvq_cuda_chan_layout L;
+    if ((st = kvq_cuda_chan_layout_of(kc, d->batch, d->capacity, &L)) != KVQ_OK) return st;
+    chan_attn_args a;
+    memset(&a, 0, sizeof a);
+    a.g = geom_of(kc, &L, (void *)cache_dev, d->capacity);
+    a.vp = kc->vq->p_dev;
+    a.vbits = kc->vq->p.bits;
+    a.seq_lens = seq_lens_dev;
+    a.q = q_dev;
+    a.q_dtype = (int)d->q_dtype;
+    a.q_scale = d->scale * LOG2E;
+    a.partial = (float *)workspace_dev;
+    a.n_q_heads = (int)d->n_q_heads;
+    a.G = (int)(d->n_q_heads / d->n_kv_heads);
+    a.cps = p.cps;
+    a.n_split = p.n_split;
+    a.n_slots = p.n_slots;
+    cudaStream_t s = (cudaStream_t)stream;
+    dim3 grid((unsigned)p.n_slots, d->n_kv_heads, d->batch), rows(d->n_q_heads, d->batch);
+    switch (kc->D) {
+    case 64:
+        chan_attend_kernel<2><<<grid, 128, p.smem, s>>>(a);
+        chan_combine_kernel<2><<<rows, 128, 0, s>>>(kc->vq->p_dev, a.partial, p.n_slots, a.n_q_heads, out_dev);
+        break;
+    case 128:
+        chan_attend_kernel<4><<<grid, 128, p.smem, s>>>(a);
+        chan_combine_kernel<4><<<rows, 128, 0, s>>>(kc->vq->p_dev, a.partial, p.n_slots, a.n_q_heads, out_dev);
+        break;
+    default:
+        chan_attend_kernel<8><<<grid, 128, p.smem, s>>>(a);
+        chan_combine_kernel<8><<<rows, 128, 0, s>>>(kc->vq->p_dev, a.partial, p.n_slots, a.n_q_heads, out_dev);
+        break;
+    }
+    return kvqc_status(cudaGetLastError());
+}
