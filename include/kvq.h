@@ -273,7 +273,9 @@ KVQ_API kvq_status kvq_cache_config_init(kvq_cache_config *cfg, uint32_t n_kv_he
 /* A whole cache config from one string, as the CLI, the Python package and the server
  * take it: a preset name ("q4", "q3", "q2"), or KSPEC[+VSPEC] (values as keys when no
  * '+'), either followed by "@" and cache options: window=N, sink=N, outliers=N,
- * center=0|1 (comma-separated, decimal). "q4@window=64", "mse:bits=4+mse:bits=2@sink=1". */
+ * center=0|1 (comma-separated, decimal). "q4@window=64", "mse:bits=4+mse:bits=2@sink=1".
+ * A preset gives the layers outside its per-layer plan; kvq_cache_config_parse_layer
+ * gives each layer of a model its own. */
 KVQ_API kvq_status kvq_cache_config_parse(const char *spec, uint32_t n_kv_heads, uint32_t head_dim,
                                           kvq_cache_config *cfg, char *msg, size_t msg_size);
 /* Applies "window=N,sink=N,outliers=N,center=0|1" to cfg. */
@@ -290,15 +292,36 @@ typedef struct kvq_cache_preset {
     double bits;            /* bits per cached number at 4096 tokens, all parts counted */
     const char *summary;    /* one line for --help */
     uint32_t chunk_tokens;  /* as in kvq_cache_config (0 = the default, 64) */
+    /* Per-layer plan, from the layer count alone: for an n-layer model, sixth s of the
+     * layers is the n / 6 layers (rounded down) from layer s * n / 6. The layers of the
+     * sixths whose bit is set in plan_key_sixths code keys with plan_key_spec instead of
+     * key_spec (values: plan_value_sixths, plan_value_spec); 0: none. Each plan spec is
+     * one bit more than the base, so a plan of k sixths adds at most k / 12 bit per
+     * cached number on average. */
+    const char *plan_key_spec, *plan_value_spec;
+    uint32_t plan_key_sixths, plan_value_sixths;
 } kvq_cache_preset;
 /* Preset i (0, 1, ...) and NULL past the last; by name, NULL if unknown. */
 KVQ_API const kvq_cache_preset *kvq_cache_preset_at(size_t i);
 KVQ_API const kvq_cache_preset *kvq_cache_preset_get(const char *name);
 KVQ_API const char *kvq_cache_preset_name(size_t i);
-/* cfg from a preset for a layer shape; KVQ_ERR_PARSE (msg lists the names) if unknown. */
+/* cfg from a preset for a layer shape, the layers outside its plan; KVQ_ERR_PARSE (msg
+ * lists the names) if unknown. */
 KVQ_API kvq_status kvq_cache_config_preset(kvq_cache_config *cfg, const char *preset,
                                            uint32_t n_kv_heads, uint32_t head_dim, char *msg,
                                            size_t msg_size);
+/* Layer `layer` of an n_layers-layer model: the preset's per-layer plan applied
+ * (n_layers 0: as kvq_cache_config_preset; layer >= n_layers > 0: KVQ_ERR_INVALID_ARG). */
+KVQ_API kvq_status kvq_cache_config_preset_layer(kvq_cache_config *cfg, const char *preset,
+                                                 uint32_t n_kv_heads, uint32_t head_dim,
+                                                 uint32_t layer, uint32_t n_layers, char *msg,
+                                                 size_t msg_size);
+/* kvq_cache_config_parse for layer `layer` of n_layers: a preset resolves its per-layer
+ * plan (n_layers 0: as kvq_cache_config_parse, every preset layer outside the plan). */
+KVQ_API kvq_status kvq_cache_config_parse_layer(const char *spec, uint32_t n_kv_heads,
+                                                uint32_t head_dim, uint32_t layer,
+                                                uint32_t n_layers, kvq_cache_config *cfg,
+                                                char *msg, size_t msg_size);
 KVQ_API kvq_status kvq_cache_create(const kvq_cache_config *cfg, kvq_cache **out);
 KVQ_API void kvq_cache_free(kvq_cache *cache);
 KVQ_API kvq_status kvq_cache_reset(kvq_cache *cache);

@@ -90,7 +90,8 @@ kvq_status kvq_cli_cache_configs(const kvq_model_info *info, const char *kspec, 
             snprintf(msg, msg_size, "a spec has a stray '%%' (a layer is %%d or %%02d) or is too long");
             return KVQ_ERR_PARSE;
         }
-        st = kvq_cache_config_parse(ls, info->n_kv_heads, info->head_dim, cc, why, sizeof why);
+        st = kvq_cache_config_parse_layer(ls, info->n_kv_heads, info->head_dim, l, info->n_layers, cc, why,
+                                          sizeof why);
         if (st == KVQ_OK) set_rope(info, &cc->key);
         /* options given on the command line win over a preset's (0: the spec's own) */
         if (window) cc->window = window;

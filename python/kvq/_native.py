@@ -367,6 +367,19 @@ _cache_config_parse = _optional_fn(
     ctypes.c_char_p,
     _size,
 )
+# A preset's per-layer plan (layer, n_layers): absent from libraries built before it.
+_cache_config_parse_layer = _optional_fn(
+    "kvq_cache_config_parse_layer",
+    _status,
+    ctypes.c_char_p,
+    ctypes.c_uint32,
+    ctypes.c_uint32,
+    ctypes.c_uint32,
+    ctypes.c_uint32,
+    ctypes.POINTER(_CacheConfig),
+    ctypes.c_char_p,
+    _size,
+)
 
 
 class _CudaAttnDesc(ctypes.Structure):

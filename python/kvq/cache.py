@@ -39,12 +39,16 @@ def cache_config(
     center_keys=None,
     spec=None,
     sliding_window=None,
+    layer=None,
+    n_layers=None,
 ):
     """A kvq_cache_config (the ctypes mirror) from one of: spec, a whole cache spec as
     the CLI's --cache takes it ("q4", "q4@window=64", "mse:bits=4+mse:bits=2@sink=1");
     preset, a preset name; or key_spec and value_spec config strings (defaults:
     DEFAULT_KEY_SPEC, DEFAULT_VALUE_SPEC). Any of the other arguments given overrides the
-    value the spec, preset or library default set."""
+    value the spec, preset or library default set. layer and n_layers (both or neither):
+    the config of that layer of an n_layers-layer model, a preset's per-layer plan
+    applied (without them, a preset's layers outside its plan)."""
     n_kv_heads, head_dim = int(n_kv_heads), int(head_dim)
     if n_kv_heads <= 0 or head_dim <= 0:
         raise ValueError("n_kv_heads and head_dim must be positive")
@@ -53,7 +57,22 @@ def cache_config(
     given = [x for x in (spec, preset) if x is not None]
     if len(given) > 1 or (given and (key_spec is not None or value_spec is not None)):
         raise ValueError("give one of spec, preset, or key_spec/value_spec")
-    if spec is not None:
+    if (layer is None) != (n_layers is None):
+        raise ValueError("give both layer and n_layers, or neither")
+    if layer is not None:
+        layer, n_layers = int(layer), int(n_layers)
+        if not 0 <= layer < n_layers < 2**32:
+            raise ValueError("layer must be in [0, n_layers)")
+        if N._cache_config_parse_layer is None:
+            layer = None  # a library without per-layer plans: every layer alike
+        elif preset is not None:
+            spec, preset = str(preset), None
+    if spec is not None and layer is not None:
+        st = N._cache_config_parse_layer(
+            str(spec).encode(), n_kv_heads, head_dim, layer, n_layers, ctypes.byref(cfg), msg, len(msg)
+        )
+        _check(st, "kvq_cache_config_parse_layer(%r)" % spec, msg.value.decode(errors="replace"))
+    elif spec is not None:
         if N._cache_config_parse is None:
             raise ValueError("this libkvq (%s) takes no cache spec strings" % N.library_path)
         st = N._cache_config_parse(

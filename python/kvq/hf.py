@@ -305,14 +305,20 @@ class KVQCache(Cache):
         self.pool = None if n_threads == 1 else ThreadPool(n_threads)
         layer_types, layer_kwargs = layer_types_and_kwargs(text)
         layers = []
-        for kind, kw in zip(layer_types, layer_kwargs):
+        n_layers = len(layer_types)
+        for li, (kind, kw) in enumerate(zip(layer_types, layer_kwargs)):
+            # a preset's per-layer plan (some layers a bit more): each layer its own config
+            lcfg = cache_config(n_kv, head_dim, preset=preset, key_spec=key_spec, value_spec=value_spec,
+                                window=window, n_sink=n_sink, n_outliers=n_outliers,
+                                center_keys=center_keys, spec=spec, layer=li,
+                                n_layers=n_layers) if spec is not None or preset is not None else cfg
             if kind == "full_attention":
-                layers.append(KVQLayer(cfg, pool=self.pool, use_cuda=use_cuda))
+                layers.append(KVQLayer(lcfg, pool=self.pool, use_cuda=use_cuda))
             elif kind == "sliding_attention" and not exact_sliding:
                 # the C cache's sliding window: a query at p sees p-W+1..p, as transformers'
                 # sliding mask, and chunks no later query can see are freed
                 local = N._CacheConfig()
-                ctypes.memmove(ctypes.byref(local), ctypes.byref(cfg), ctypes.sizeof(local))
+                ctypes.memmove(ctypes.byref(local), ctypes.byref(lcfg), ctypes.sizeof(local))
                 local.sliding_window = int(kw["sliding_window"])
                 layers.append(KVQLayer(local, pool=self.pool, use_cuda=use_cuda))
             else:

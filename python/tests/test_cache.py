@@ -141,7 +141,7 @@ def test_presets_build_caches_like_the_cli():
     assert "q4" in names
     cache = kvq.Cache(2, 64, preset="q4")
     rng = np.random.default_rng(1)
-    # q4's keys are coded a 64-token chunk at a time, once it has left the 8-token window
+    # q4's keys are coded a 128-token chunk at a time, once it has left the 8-token window
     cache.append(rng.standard_normal((200, 2, 64)), rng.standard_normal((200, 2, 64)))
     assert len(cache) == 200 and cache.memory()["key_codes"] > 0
     assert cache.memory()["total"] < 2 * 200 * 2 * 64 * 2  # below fp16
@@ -158,6 +158,33 @@ def test_presets_build_caches_like_the_cli():
     assert p.key_spec == kvq.Cache(2, 64, spec="q4").key_spec and p.key_spec.startswith("channel")
     with pytest.raises(kvq.KvqError):
         kvq.Cache(2, 64, spec="q4@window=x")
+
+
+def test_preset_layer_plans_resolve_as_in_the_library():
+    if not kvq.presets() or kvq._native._cache_config_parse_layer is None:
+        pytest.skip("this libkvq has no per-layer preset plans")
+    for name in kvq.presets():
+        base = kvq.cache_config(3, 64, preset=name)
+        plan = [kvq.cache_config(3, 64, preset=name, layer=l, n_layers=30) for l in range(30)]
+        # the same layers from a spec with options, and from the C table's sixths
+        spec = [kvq.cache_config(3, 64, spec=name + "@window=16", layer=l, n_layers=30) for l in range(30)]
+        assert [c.key.bits for c in spec] == [c.key.bits for c in plan]
+        assert all(c.window == 16 for c in spec)
+        more_k = [l for l in range(30) if plan[l].key.bits == base.key.bits + 1]
+        more_v = [l for l in range(30) if plan[l].value.bits == base.value.bits + 1]
+        assert all(plan[l].key.bits == base.key.bits for l in range(30) if l not in more_k)
+        assert all(plan[l].value.bits == base.value.bits for l in range(30) if l not in more_v)
+        if name == "q3":  # keys of the second sixth, values of the fourth and fifth
+            assert more_k == list(range(5, 10)) and more_v == list(range(15, 25))
+        if name == "q4":  # keys of the second, fourth and fifth sixths
+            assert more_k == list(range(5, 10)) + list(range(15, 25)) and more_v == []
+        # at most a quarter bit a number more on average: one bit on one side of a layer
+        # is half a bit a number there
+        assert 0.5 * (len(more_k) + len(more_v)) / 30 <= 0.25
+    with pytest.raises(ValueError):
+        kvq.cache_config(3, 64, preset="q4", layer=30, n_layers=30)
+    with pytest.raises(ValueError):
+        kvq.cache_config(3, 64, preset="q4", layer=1)
 
 
 def test_threads_sharing_a_cache_give_the_serial_result():

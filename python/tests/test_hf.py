@@ -147,8 +147,14 @@ def test_exact_window_and_presets():
     if kvq.presets():
         c = KVQCache(model, "q4")
         assert c.spec == "q4" and "bits=4" in c.key_spec
-        greedy(model, ids, c, new=80)  # past the first 64-token chunk and the exact newest 8
+        greedy(model, ids, c, new=150)  # past the first 128-token chunk and the exact newest 8
         assert c.memory()["key_codes"] > 0
+        # the preset's per-layer plan, as the CLI resolves it: on 6 layers, one more key
+        # bit in layer 1 and one more value bit in layers 3 and 4
+        six = KVQCache(tiny_llama(seed=9, layers=6), "q3")
+        kb = [layer._config.key.bits for layer in six.layers]
+        vb = [layer._config.value.bits for layer in six.layers]
+        assert kb == [3, 4, 3, 3, 3, 3] and vb == [2, 2, 2, 3, 3, 2]
         with pytest.raises(kvq.KvqError):
             KVQCache(model, preset="no_such_preset")
         # the CLI's cache strings: KSPEC+VSPEC@options; window 64 keeps this text exact

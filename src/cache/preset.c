@@ -8,19 +8,29 @@
 
 #include "cache/cache_internal.h"
 
-/* Chosen on SmolLM2-135M (head_dim 64, 3 KV heads: a hard case) by perplexity and KL
- * from fp16 over 8 chunks of 512 and 2 of 2048 tokens (bench/RESULTS.md, "Cache
- * presets"): the best measured config whose codes cost at most 4.5, 3.0 and 2.25 bits
- * per cached number. Keys per channel over each chunk (KIVI), values rotated per token;
- * the first token exact, and the newest 8 plus the chunk still filling held as q8_0
- * rows until their chunk is coded. `bits` counts everything at 4096 tokens. */
+/* Chosen on SmolLM2-135M (head_dim 64, 3 KV heads: a hard case) and Gemma-3-270M by
+ * perplexity and KL from fp16 over 8 chunks of 512 and 2 of 2048 tokens: the best
+ * measured config whose codes cost at most 4.5, 3.0 and 2.25 bits per cached number.
+ * Keys per channel over each 128-token chunk (KIVI), values rotated per token; the first
+ * token exact, and the newest 8 plus the chunk still filling held as q8_0 rows until
+ * their chunk is coded. q4 and q3 spend their spare bits by layer, a quarter bit a number
+ * on average (measured per sixth of the layers on both models: docs/METHODS.md,
+ * "Presets"): q3 gives one bit more to the keys of the second sixth and to the values of
+ * the fourth and fifth, q4 to the keys of those three sixths. `bits` counts everything
+ * that grows with the context at 4096 tokens on SmolLM2's shape. */
+#define PLAN_KEYS (1u << 1)
+#define PLAN_VALUES (1u << 3 | 1u << 4)
+#define PLAN_KEYS4 (1u << 1 | 1u << 3 | 1u << 4) /* 5-bit rotated values have no fused kernel */
 static const kvq_cache_preset presets[] = {
-    {"q4", "channel:bits=4", "mse:bits=4", 8, 1, 0, 0, 4.46,
-     "4-bit per-channel keys, 4-bit rotated values (4.375 bits a number), first token and newest 8+ exact", 0},
-    {"q3", "channel:bits=3", "mse:bits=2", 8, 1, 0, 0, 2.95,
-     "3-bit per-channel keys over 128-token chunks, 2-bit rotated values (2.75 bits a number)", 128},
+    {"q4", "channel:bits=4", "mse:bits=4", 8, 1, 0, 0, 4.65,
+     "4-bit rotated values, 4-bit per-channel keys, 5-bit in half the layers (4.5 bits a number)", 128,
+     "channel:bits=5", NULL, PLAN_KEYS4, 0},
+    {"q3", "channel:bits=3", "mse:bits=2", 8, 1, 0, 0, 3.19,
+     "3-bit per-channel keys, 2-bit rotated values, a bit more in half the layers (3.0 bits a number)",
+     128, "channel:bits=4", "mse:bits=3", PLAN_KEYS, PLAN_VALUES},
     {"q2", "channel:bits=2", "mse:bits=2", 8, 1, 0, 0, 2.47,
-     "2-bit per-channel keys over 128-token chunks, 2-bit values (2.25 bits a number)", 128},
+     "2-bit per-channel keys over 128-token chunks, 2-bit values (2.25 bits a number)", 128, NULL, NULL, 0,
+     0},
 };
 
 KVQ_API const kvq_cache_preset *kvq_cache_preset_at(size_t i) {
@@ -39,17 +49,32 @@ KVQ_API const kvq_cache_preset *kvq_cache_preset_get(const char *name) {
     return NULL;
 }
 
-KVQ_API kvq_status kvq_cache_config_preset(kvq_cache_config *cfg, const char *preset,
-                                           uint32_t n_kv_heads, uint32_t head_dim, char *msg,
-                                           size_t msg_size) {
-    if (!cfg || !preset) return KVQ_ERR_INVALID_ARG;
+/* 1 if layer l of n lies in a sixth whose bit is set: sixth s is the n / 6 layers
+ * (rounded down, so a plan never takes more than its share) from layer s * n / 6. */
+static int in_plan(uint32_t sixths, uint32_t l, uint32_t n) {
+    uint64_t per = n / 6;
+    for (uint32_t s = 0; s < 6; s++) {
+        uint64_t from = (uint64_t)s * n / 6;
+        if ((sixths >> s & 1u) && l >= from && l < from + per) return 1;
+    }
+    return 0;
+}
+
+KVQ_API kvq_status kvq_cache_config_preset_layer(kvq_cache_config *cfg, const char *preset,
+                                                 uint32_t n_kv_heads, uint32_t head_dim,
+                                                 uint32_t layer, uint32_t n_layers, char *msg,
+                                                 size_t msg_size) {
+    if (!cfg || !preset || (n_layers && layer >= n_layers)) return KVQ_ERR_INVALID_ARG;
     const kvq_cache_preset *p = kvq_cache_preset_get(preset);
     if (!p) {
         kvqi_set_msg(msg, msg_size, "unknown cache preset '%s' (q4, q3, q2)", preset);
         return KVQ_ERR_PARSE;
     }
-    kvq_status st = kvq_cache_config_init(cfg, n_kv_heads, head_dim, p->key_spec, p->value_spec,
-                                          msg, msg_size);
+    const char *kspec = p->key_spec, *vspec = p->value_spec;
+    if (n_layers && p->plan_key_spec && in_plan(p->plan_key_sixths, layer, n_layers)) kspec = p->plan_key_spec;
+    if (n_layers && p->plan_value_spec && in_plan(p->plan_value_sixths, layer, n_layers))
+        vspec = p->plan_value_spec;
+    kvq_status st = kvq_cache_config_init(cfg, n_kv_heads, head_dim, kspec, vspec, msg, msg_size);
     if (st != KVQ_OK) return st;
     cfg->window = p->window;
     cfg->n_sink = p->n_sink;
@@ -57,6 +82,12 @@ KVQ_API kvq_status kvq_cache_config_preset(kvq_cache_config *cfg, const char *pr
     cfg->center_keys = p->center_keys;
     cfg->chunk_tokens = p->chunk_tokens;
     return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_cache_config_preset(kvq_cache_config *cfg, const char *preset,
+                                           uint32_t n_kv_heads, uint32_t head_dim, char *msg,
+                                           size_t msg_size) {
+    return kvq_cache_config_preset_layer(cfg, preset, n_kv_heads, head_dim, 0, 0, msg, msg_size);
 }
 
 /* A decimal count in [0, max]: digits only, no sign, no base prefix. */
@@ -115,7 +146,14 @@ KVQ_API kvq_status kvq_cache_options_parse(const char *options, kvq_cache_config
 
 KVQ_API kvq_status kvq_cache_config_parse(const char *spec, uint32_t n_kv_heads, uint32_t head_dim,
                                           kvq_cache_config *cfg, char *msg, size_t msg_size) {
-    if (!spec || !cfg) return KVQ_ERR_INVALID_ARG;
+    return kvq_cache_config_parse_layer(spec, n_kv_heads, head_dim, 0, 0, cfg, msg, msg_size);
+}
+
+KVQ_API kvq_status kvq_cache_config_parse_layer(const char *spec, uint32_t n_kv_heads,
+                                                uint32_t head_dim, uint32_t layer,
+                                                uint32_t n_layers, kvq_cache_config *cfg,
+                                                char *msg, size_t msg_size) {
+    if (!spec || !cfg || (n_layers && layer >= n_layers)) return KVQ_ERR_INVALID_ARG;
     char buf[2048];
     size_t len = strlen(spec);
     if (len >= sizeof buf) {
@@ -127,7 +165,7 @@ KVQ_API kvq_status kvq_cache_config_parse(const char *spec, uint32_t n_kv_heads,
     if (opts) *opts++ = 0;
     kvq_status st;
     if (kvq_cache_preset_get(buf)) {
-        st = kvq_cache_config_preset(cfg, buf, n_kv_heads, head_dim, msg, msg_size);
+        st = kvq_cache_config_preset_layer(cfg, buf, n_kv_heads, head_dim, layer, n_layers, msg, msg_size);
     } else {
         char *plus = strchr(buf, '+');
         const char *vspec = buf;
