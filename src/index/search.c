@@ -160,8 +160,13 @@ static inline float ex_dot(const kvq_index *ix, const kvqi_ivf_list *L, uint32_t
     return ix->kern->dot_packed(L->ex_codes + (size_t)pos * ix->ex_row, ix->cfg.bits, q, ix->d_pad);
 }
 
+/* The prefetch helpers are always inlined: to the compiler a prefetch has no effect, so
+ * GCC 12 (-O2) took a separate copy of prefetch_bytes for a function without effects
+ * and deleted every call to it; none of the prefetches below was issued. */
+#define PREFETCH_INLINE static inline __attribute__((always_inline))
+
 /* Start fetching [p, p + n) (n small: a code row or a reorder row). */
-static inline void prefetch_bytes(const void *p, size_t n) {
+PREFETCH_INLINE void prefetch_bytes(const void *p, size_t n) {
     const char *c = p;
     for (size_t o = 0; o < n; o += 64) __builtin_prefetch(c + o);
     if (n && ((uintptr_t)c & 63) + (n & 63) > 64) __builtin_prefetch(c + n - 1);
@@ -171,7 +176,7 @@ static inline void prefetch_bytes(const void *p, size_t n) {
  * block before the scan reaches it: the lists are short (~120 vectors at nlist 1024),
  * too short for the hardware prefetcher to pick their six streams up, and fetching
  * whole lists ahead issued more misses than the core keeps in flight. */
-static inline void prefetch_block(const kvq_index *ix, const kvqi_ivf_list *L, uint32_t blk) {
+PREFETCH_INLINE void prefetch_block(const kvq_index *ix, const kvqi_ivf_list *L, uint32_t blk) {
     const size_t block_bytes = (size_t)ix->n_groups * 16, at = (size_t)blk * KVQI_FS_BLOCK;
     prefetch_bytes(L->codes + blk * block_bytes, block_bytes < 1024 ? block_bytes : 1024);
     const size_t fb = KVQI_FS_BLOCK * sizeof(float);
@@ -188,7 +193,7 @@ static const char *row_ptr(const kvq_index *ix, uint32_t row) {
 }
 
 /* Start fetching a stored row and its id (read when the row enters the results). */
-static inline void prefetch_row(const kvq_index *ix, uint32_t row, size_t row_bytes) {
+PREFETCH_INLINE void prefetch_row(const kvq_index *ix, uint32_t row, size_t row_bytes) {
     prefetch_bytes(row_ptr(ix, row), row_bytes);
     __builtin_prefetch(ix->ids + row);
 }
