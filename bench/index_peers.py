@@ -260,6 +260,10 @@ def main():
     if "kvq" in only:
         lib = kvq_library(a.kvq)
         bench_kvq(a, rows, lib, xq, "bits=1 q4 fp32-reorder", nl, nprobes, tmp.name)
+        # half the bytes a reranked row: lossless where the coordinates are small integers
+        # (the SIFT-like l2 set's are below 2048), else rounded to fp16
+        bench_kvq(a, rows, lib, xq, "bits=1 q4 fp16-reorder", nl + ["--reorder", "fp16"], nprobes,
+                  tmp.name)
         bench_kvq(a, rows, lib, xq, "bits=4 split q4 fp16-reorder",
                   nl + ["--bits", "4", "--split", "--reorder", "fp16"], nprobes, tmp.name)
         bench_kvq(a, rows, lib, xq, "bits=8 split q4 no-reorder",
