@@ -338,20 +338,6 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
     }
 }
 
-/* Asks for the next block's key and value codes while this one is computed: the codes
- * of one head are contiguous only within a chunk, so the hardware prefetcher loses the
- * stream at every chunk boundary. */
-static void prefetch_block(const kvq_cache *c, uint32_t g, size_t t0, size_t end) {
-    if (t0 >= end) return;
-    size_t C = c->cfg.chunk_tokens, in = t0 % C;
-    size_t nb = KVQI_MIN((size_t)KVQI_ATTEND_BLOCK, KVQI_MIN(end - t0, C - in));
-    const uint8_t *k = kvqi_chunk_keys(c, t0 / C, g) + in * c->key.code_size;
-    const uint8_t *v = kvqi_chunk_values(c, t0 / C, g) + in * c->value.code_size;
-    size_t kb = nb * c->key.code_size, vb = nb * c->value.code_size;
-    for (size_t o = 0; o < kb; o += 64) __builtin_prefetch(k + o);
-    for (size_t o = 0; o < vb; o += 64) __builtin_prefetch(v + o);
-}
-
 /* Scores of tokens a query of the block may not see yet (causal), or no longer (sliding
  * window), become -inf. */
 static void mask_block(const attend_ctx *A, kvqi_attend_scratch *s, size_t first_visible_end,
@@ -529,7 +515,9 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
         size_t in = t0 % C, nb = KVQI_MIN(B, KVQI_MIN(coded_stop - t0, C - in));
         if (c->key.path == KVQI_PATH_CHAN) nb = KVQI_MIN(nb, 64 - in % 64); /* one code group */
         size_t ci = t0 / C;
-        prefetch_block(c, g, t0 + nb, coded_stop);
+        /* no software prefetch: a slab keeps a head's codes contiguous and the hardware
+         * prefetcher follows them; asking for the next block ahead measured slower for
+         * fp16, q8_0 and channel keys (bench/RESULTS.md, "CPU attention: software prefetch") */
         if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == coded_start))
             score_span(c, s, G, g, ci, in, KVQI_MIN(coded_stop - t0, C - in), &A->status);
         if (c->key.path == KVQI_PATH_CHAN && (in == 0 || t0 == coded_start)) chan_weigh(c, s, G, g, ci);
