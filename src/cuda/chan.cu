@@ -322,11 +322,34 @@ static size_t attn_smem_words(int D, int G, int P, int vcs) {
  * chunk changes, so warps never wait for each other. A group's 32 x P plane bits are
  * transposed by shuffles so that lane t holds its token's bits of planes 32r..32r+31 in
  * word r; a channel's code is then one funnel shift and mask at its plane offset. */
-template <int E>
+/* One step of the 32 x 32 bit transpose for N independent words (interleaved so their
+ * shuffles overlap): after the five steps word r of lane t holds bit t of the 32 lanes'
+ * words r. */
+template <int N>
+__device__ __forceinline__ void transpose_words(uint32_t (&v)[N], int lane) {
+#pragma unroll
+    for (int sh = 16; sh >= 1; sh >>= 1) {
+        const uint32_t mk = sh == 16 ? 0x0000ffffu : sh == 8 ? 0x00ff00ffu : sh == 4 ? 0x0f0f0f0fu
+                            : sh == 2 ? 0x33333333u : 0x55555555u;
+        uint32_t x[N];
+#pragma unroll
+        for (int i = 0; i < N; i++) x[i] = __shfl_xor_sync(KVQC_FULL, v[i], sh);
+#pragma unroll
+        for (int i = 0; i < N; i++)
+            v[i] = (lane & sh) ? ((v[i] & ~mk) | ((x[i] >> sh) & mk)) : ((v[i] & mk) | ((x[i] << sh) & ~mk));
+    }
+}
+
+/* A code of at most 23 bits as a float, exactly: its bits in the mantissa of 2^23. */
+__device__ __forceinline__ float code_float(uint32_t bits, uint32_t mask) {
+    return __int_as_float((int)((bits & mask) | 0x4b000000u)) - 8388608.0f;
+}
+
+template <int E, int GS>
 __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_args a) {
     extern __shared__ __align__(16) float smem[];
     const chan_geom &g = a.g;
-    const int D = 32 * E, G = a.G, GS = G <= 4 ? 4 : 8, P = g.bits * D, NR = P / 32;
+    const int D = 32 * E, G = a.G, P = g.bits * D, NR = P / 32;
     float *s_q = smem;                           /* [G][D] */
     int4 *s_bm = (int4 *)(s_q + G * D);          /* [D]: s_t pair offset, shift, mask */
     float *s_cen = (float *)(s_bm + D);          /* [256] */
@@ -425,19 +448,26 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
                 for (int gg = 0; gg < CHAN_GMAX; gg++)
                     if (gg < G) bias[gg] = kvqc_warp_sum(bias[gg]) + s_qmu[gg];
             }
-            /* transpose: word r of lane t = bits t of planes 32r..32r+31 */
+            /* transpose: word r of lane t = bits t of planes 32r..32r+31 (NR is even:
+             * bits * E words; four or two words at a time) */
             uint32_t prev = 0;
-            for (int r = 0; r < NR; r++) {
-                uint32_t v = wst[32 * r + lane];
+            int r = 0;
+            for (; r + 4 <= NR; r += 4) {
+                uint32_t v[4];
 #pragma unroll
-                for (int sh = 16; sh >= 1; sh >>= 1) {
-                    const uint32_t mk = sh == 16 ? 0x0000ffffu : sh == 8 ? 0x00ff00ffu : sh == 4 ? 0x0f0f0f0fu
-                                        : sh == 2 ? 0x33333333u : 0x55555555u;
-                    const uint32_t x = __shfl_xor_sync(KVQC_FULL, v, sh);
-                    v = (lane & sh) ? ((v & ~mk) | ((x >> sh) & mk)) : ((v & mk) | ((x << sh) & ~mk));
-                }
-                if (r > 0) s_t[32 * (r - 1) + lane] = make_uint2(prev, v);
-                prev = v;
+                for (int i = 0; i < 4; i++) v[i] = wst[32 * (r + i) + lane];
+                transpose_words<4>(v, lane);
+                if (r > 0) s_t[32 * (r - 1) + lane] = make_uint2(prev, v[0]);
+#pragma unroll
+                for (int i = 0; i < 3; i++) s_t[32 * (r + i) + lane] = make_uint2(v[i], v[i + 1]);
+                prev = v[3];
+            }
+            for (; r < NR; r += 2) {
+                uint32_t v[2] = {wst[32 * r + lane], wst[32 * (r + 1) + lane]};
+                transpose_words<2>(v, lane);
+                if (r > 0) s_t[32 * (r - 1) + lane] = make_uint2(prev, v[0]);
+                s_t[32 * r + lane] = make_uint2(v[0], v[1]);
+                prev = v[1];
             }
             s_t[32 * (NR - 1) + lane] = make_uint2(prev, 0u);
             __syncwarp();
@@ -449,7 +479,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
             for (int j = 0; j < D; j++) {
                 const int4 bm = s_bm[j];
                 const uint2 pr = tl[bm.x >> 1];
-                const float fc = (float)(__funnelshift_r(pr.x, pr.y, bm.y) & (uint32_t)bm.z);
+                const float fc = code_float(__funnelshift_r(pr.x, pr.y, bm.y), (uint32_t)bm.z);
                 const float4 wa = *(const float4 *)(s_w + j * GS);
                 sc[0] += wa.x * fc;
                 sc[1] += wa.y * fc;
@@ -465,53 +495,76 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
             }
             const bool valid = t0 + lane >= g.n_sink;
             const float norm = h2f(*(const uint16_t *)(vst + lane * vcs));
+            /* the online softmax of all GS heads at once (their reductions interleaved; heads
+             * past G score 0 and are never stored) */
+            float sv[GS], red[GS], pv[GS];
 #pragma unroll
-            for (int gg = 0; gg < CHAN_GMAX; gg++) {
-                if (gg >= G) break;
-                float p = 0.0f;
-                const float sv = valid ? sc[gg] : -INFINITY;
-                const float mx = kvqc_warp_max(sv);
-                const float mn = fmaxf(m[gg], mx);
-                if (mn != -INFINITY) {
-                    const float alpha = exp2f(m[gg] - mn);
-                    p = valid ? exp2f(sv - mn) : 0.0f;
-                    l[gg] = l[gg] * alpha + kvqc_warp_sum(p);
+            for (int gg = 0; gg < GS; gg++) red[gg] = sv[gg] = valid ? sc[gg] : -INFINITY;
 #pragma unroll
-                    for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
-                    m[gg] = mn;
-                }
-                s_p[lane * GS + gg] = p * norm; /* the value's norm rides on its weight */
+            for (int o = 16; o >= 1; o >>= 1)
+#pragma unroll
+                for (int gg = 0; gg < GS; gg++) red[gg] = fmaxf(red[gg], __shfl_xor_sync(KVQC_FULL, red[gg], o));
+#pragma unroll
+            for (int gg = 0; gg < GS; gg++) {
+                const float mn = fmaxf(m[gg], red[gg]);
+                const bool live = mn != -INFINITY;
+                const float alpha = live ? exp2f(m[gg] - mn) : 1.0f;
+                pv[gg] = valid && live ? exp2f(sv[gg] - mn) : 0.0f;
+                red[gg] = pv[gg];
+                l[gg] *= alpha;
+#pragma unroll
+                for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
+                m[gg] = mn;
+            }
+#pragma unroll
+            for (int o = 16; o >= 1; o >>= 1)
+#pragma unroll
+                for (int gg = 0; gg < GS; gg++) red[gg] += __shfl_xor_sync(KVQC_FULL, red[gg], o);
+#pragma unroll
+            for (int gg = 0; gg < GS; gg++) {
+                l[gg] += red[gg];
+                s_p[lane * GS + gg] = pv[gg] * norm; /* the value's norm rides on its weight */
             }
             __syncwarp();
-            for (int tt = 0; tt < 32; tt++) {
-                const uint8_t *vc = vst + tt * vcs;
-                float v[E];
-                if (vbits == 4 && E == 4) {
-                    const uint32_t u = *(const uint16_t *)(vc + 2 + 2 * lane);
-#pragma unroll
-                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (4 * e)) & 15u];
-                } else if (vbits == 2 && E == 4) {
-                    const uint32_t u = vc[2 + lane];
-#pragma unroll
-                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (2 * e)) & 3u];
-                } else {
-#pragma unroll
-                    for (int e = 0; e < E; e++) v[e] = s_cen[get_idx(vc + 2, E * lane + e, vbits)];
-                }
-                const float4 pa = *(const float4 *)(s_p + tt * GS);
-                const float pp[4] = {pa.x, pa.y, pa.z, pa.w};
-#pragma unroll
-                for (int gg = 0; gg < 4; gg++)
-#pragma unroll
-                    for (int e = 0; e < E; e++) acc[gg][e] += pp[gg] * v[e];
-                if (GS > 4) {
-                    const float4 pb = *(const float4 *)(s_p + tt * GS + 4);
-                    const float pq[4] = {pb.x, pb.y, pb.z, pb.w};
+            /* values: the token loop once per code width (the width's test outside it) */
+            auto add_values = [&](auto decode) {
+#pragma unroll 2
+                for (int tt = 0; tt < 32; tt++) {
+                    float v[E];
+                    decode(vst + tt * vcs, v);
+                    const float4 pa = *(const float4 *)(s_p + tt * GS);
+                    const float pp[4] = {pa.x, pa.y, pa.z, pa.w};
 #pragma unroll
                     for (int gg = 0; gg < 4; gg++)
 #pragma unroll
-                        for (int e = 0; e < E; e++) acc[4 + gg][e] += pq[gg] * v[e];
+                        for (int e = 0; e < E; e++) acc[gg][e] += pp[gg] * v[e];
+                    if (GS > 4) {
+                        const float4 pb = *(const float4 *)(s_p + tt * GS + 4);
+                        const float pq[4] = {pb.x, pb.y, pb.z, pb.w};
+#pragma unroll
+                        for (int gg = 0; gg < 4; gg++)
+#pragma unroll
+                            for (int e = 0; e < E; e++) acc[4 + gg][e] += pq[gg] * v[e];
+                    }
                 }
+            };
+            if (vbits == 4 && E == 4) {
+                add_values([&](const uint8_t *vc, float(&v)[E]) {
+                    const uint32_t u = *(const uint16_t *)(vc + 2 + 2 * lane);
+#pragma unroll
+                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (4 * e)) & 15u];
+                });
+            } else if (vbits == 2 && E == 4) {
+                add_values([&](const uint8_t *vc, float(&v)[E]) {
+                    const uint32_t u = vc[2 + lane];
+#pragma unroll
+                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (2 * e)) & 3u];
+                });
+            } else {
+                add_values([&](const uint8_t *vc, float(&v)[E]) {
+#pragma unroll
+                    for (int e = 0; e < E; e++) v[e] = s_cen[get_idx(vc + 2, E * lane + e, vbits)];
+                });
             }
             __syncwarp();
             stage ^= 1;
@@ -686,9 +739,17 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, 
         return KVQ_ERR_UNSUPPORTED;
     }
     cudaError_t e = cudaSuccess;
-    if (D == 64) e = cudaFuncSetAttribute(chan_attend_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    else if (D == 128) e = cudaFuncSetAttribute(chan_attend_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    else e = cudaFuncSetAttribute(chan_attend_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    const cudaFuncAttribute at = cudaFuncAttributeMaxDynamicSharedMemorySize;
+    if (D == 64) {
+        e = cudaFuncSetAttribute(chan_attend_kernel<2, 4>, at, (int)smem);
+        if (e == cudaSuccess) e = cudaFuncSetAttribute(chan_attend_kernel<2, 8>, at, (int)smem);
+    } else if (D == 128) {
+        e = cudaFuncSetAttribute(chan_attend_kernel<4, 4>, at, (int)smem);
+        if (e == cudaSuccess) e = cudaFuncSetAttribute(chan_attend_kernel<4, 8>, at, (int)smem);
+    } else {
+        e = cudaFuncSetAttribute(chan_attend_kernel<8, 4>, at, (int)smem);
+        if (e == cudaSuccess) e = cudaFuncSetAttribute(chan_attend_kernel<8, 8>, at, (int)smem);
+    }
     if (e != cudaSuccess) {
         cudaGetLastError();
         kvq_cuda_chan_free(kc);
@@ -823,9 +884,11 @@ static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, attn
     const int D = (int)kc->D, G = (int)(d->n_q_heads / d->n_kv_heads);
     p->smem = attn_smem_words(D, G, (int)(kc->bits * kc->D), (int)kc->vcs) * 4;
     int per_sm = 1;
-    cudaError_t e = D == 64    ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, chan_attend_kernel<2>, 128, p->smem)
-                    : D == 128 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, chan_attend_kernel<4>, 128, p->smem)
-                               : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, chan_attend_kernel<8>, 128, p->smem);
+    const void *fn = G <= 4 ? (D == 64 ? (const void *)chan_attend_kernel<2, 4> : D == 128 ? (const void *)chan_attend_kernel<4, 4>
+                                                                                 : (const void *)chan_attend_kernel<8, 4>)
+                            : (D == 64 ? (const void *)chan_attend_kernel<2, 8> : D == 128 ? (const void *)chan_attend_kernel<4, 8>
+                                                                                 : (const void *)chan_attend_kernel<8, 8>);
+    cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, 128, p->smem);
     if (e != cudaSuccess || per_sm < 1) {
         cudaGetLastError();
         per_sm = 1;
@@ -893,15 +956,18 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, cons
     dim3 grid((unsigned)p.n_slots, d->n_kv_heads, d->batch), rows(d->n_q_heads, d->batch);
     switch (kc->D) {
     case 64:
-        chan_attend_kernel<2><<<grid, 128, p.smem, s>>>(a);
+        if (a.G <= 4) chan_attend_kernel<2, 4><<<grid, 128, p.smem, s>>>(a);
+        else chan_attend_kernel<2, 8><<<grid, 128, p.smem, s>>>(a);
         chan_combine_kernel<2><<<rows, 128, 0, s>>>(kc->vq->p_dev, a.partial, p.n_slots, a.n_q_heads, out_dev);
         break;
     case 128:
-        chan_attend_kernel<4><<<grid, 128, p.smem, s>>>(a);
+        if (a.G <= 4) chan_attend_kernel<4, 4><<<grid, 128, p.smem, s>>>(a);
+        else chan_attend_kernel<4, 8><<<grid, 128, p.smem, s>>>(a);
         chan_combine_kernel<4><<<rows, 128, 0, s>>>(kc->vq->p_dev, a.partial, p.n_slots, a.n_q_heads, out_dev);
         break;
     default:
-        chan_attend_kernel<8><<<grid, 128, p.smem, s>>>(a);
+        if (a.G <= 4) chan_attend_kernel<8, 4><<<grid, 128, p.smem, s>>>(a);
+        else chan_attend_kernel<8, 8><<<grid, 128, p.smem, s>>>(a);
         chan_combine_kernel<8><<<rows, 128, 0, s>>>(kc->vq->p_dev, a.partial, p.n_slots, a.n_q_heads, out_dev);
         break;
     }
