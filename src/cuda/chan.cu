@@ -347,11 +347,11 @@ __device__ __forceinline__ float code_float(uint32_t bits, uint32_t mask) {
  * transposed by shuffles so that lane t holds its token's bits of planes 32r..32r+31 in
  * word r (four words' shuffles interleaved); a channel's code is then one funnel shift
  * and mask at its plane offset, made a float by or-ing it into the mantissa of 2^23 (no
- * integer conversion, a quarter-rate instruction). The online softmax reduces all GS
- * heads' maxima and sums together. GS (4 or 8 weights per channel) is a template
- * parameter, so the score loop has no head-count tests; TP keeps the transposed words in
- * place (one more load per channel, less shared memory: chosen when it fits more blocks
- * on an SM). */
+ * integer-to-float conversion, which runs at a fraction of the FMA rate). The online
+ * softmax reduces all GS heads' maxima and sums together. GS (4 or 8 weights per
+ * channel) is a template parameter, so the score loop has no head-count tests; TP keeps
+ * the transposed words in place (one more load per channel, less shared memory: chosen
+ * when it fits more blocks on an SM). */
 template <int E, int GS, bool TP>
 __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_args a) {
     extern __shared__ __align__(16) float smem[];
