@@ -297,21 +297,45 @@ __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1
 
 /* Per-warp shared memory, in 4-byte words: two stages of one 32-token group (its chunk's
  * minima and steps, its plane words, its 32 value codes), the transposed planes as pairs
- * of consecutive rows (NR rows of 32 lanes x 2), the group's softmax weights [32][GS],
+ * of consecutive rows (NR rows of 32 lanes x 2; none with tp, where they replace the
+ * stage's plane words in place), the group's softmax weights [32][GS],
  * the chunk's weights q_j step_j [D][GS] (GS: 4 for up to 4 query heads, else 8). */
 static __host__ __device__ __forceinline__ int stage_words(int D, int P, int vcs) {
     return (D + P + (32 * vcs + 3) / 4 + 3) & ~3;
 }
-static __host__ __device__ __forceinline__ int warp_words(int D, int P, int vcs, int GS) {
-    return 2 * stage_words(D, P, vcs) + (P / 32) * 64 + 32 * GS + D * GS;
+static __host__ __device__ __forceinline__ int warp_words(int D, int P, int vcs, int GS, bool tp) {
+    return 2 * stage_words(D, P, vcs) + (tp ? 0 : (P / 32) * 64) + 32 * GS + D * GS;
 }
 
 /* Dynamic shared memory of the attention kernel, in 4-byte words (the warps' areas hold
  * the split's partial results at the end). */
-static size_t attn_smem_words(int D, int G, int P, int vcs) {
+static size_t attn_smem_words(int D, int G, int P, int vcs, bool tp) {
     const int GS = G <= 4 ? 4 : 8;
-    size_t warps = (size_t)CHAN_WARPS * warp_words(D, P, vcs, GS), part = (size_t)CHAN_WARPS * G * (D + 2);
+    size_t warps = (size_t)CHAN_WARPS * warp_words(D, P, vcs, GS, tp), part = (size_t)CHAN_WARPS * G * (D + 2);
     return (size_t)G * D + 4 * (size_t)D + 256 + 2 * CHAN_GMAX + (warps > part ? warps : part);
+}
+
+/* One step of the 32 x 32 bit transpose for N independent words (interleaved so their
+ * shuffles overlap): after the five steps word r of lane t holds bit t of the 32 lanes'
+ * words r. */
+template <int N>
+__device__ __forceinline__ void transpose_words(uint32_t (&v)[N], int lane) {
+#pragma unroll
+    for (int sh = 16; sh >= 1; sh >>= 1) {
+        const uint32_t mk = sh == 16 ? 0x0000ffffu : sh == 8 ? 0x00ff00ffu : sh == 4 ? 0x0f0f0f0fu
+                            : sh == 2 ? 0x33333333u : 0x55555555u;
+        uint32_t x[N];
+#pragma unroll
+        for (int i = 0; i < N; i++) x[i] = __shfl_xor_sync(KVQC_FULL, v[i], sh);
+#pragma unroll
+        for (int i = 0; i < N; i++)
+            v[i] = (lane & sh) ? ((v[i] & ~mk) | ((x[i] >> sh) & mk)) : ((v[i] & mk) | ((x[i] << sh) & ~mk));
+    }
+}
+
+/* A code of at most 23 bits as a float, exactly: its bits in the mantissa of 2^23. */
+__device__ __forceinline__ float code_float(uint32_t bits, uint32_t mask) {
+    return __int_as_float((int)((bits & mask) | 0x4b000000u)) - 8388608.0f;
 }
 
 /* Grid (n_split + 1, n_kv, batch): blocks x < n_split score whole coded chunks, block
@@ -321,18 +345,24 @@ static size_t attn_smem_words(int D, int G, int P, int vcs) {
  * one; it computes a chunk's weights q_j step_j and bias <q, mean + lo> itself when the
  * chunk changes, so warps never wait for each other. A group's 32 x P plane bits are
  * transposed by shuffles so that lane t holds its token's bits of planes 32r..32r+31 in
- * word r; a channel's code is then one funnel shift and mask at its plane offset. */
-template <int E>
+ * word r (four words' shuffles interleaved); a channel's code is then one funnel shift
+ * and mask at its plane offset, made a float by or-ing it into the mantissa of 2^23 (no
+ * integer-to-float conversion, which runs at a fraction of the FMA rate). The online
+ * softmax reduces all GS heads' maxima and sums together. GS (4 or 8 weights per
+ * channel) is a template parameter, so the score loop has no head-count tests; TP keeps
+ * the transposed words in place (one more load per channel, less shared memory: chosen
+ * when it fits more blocks on an SM). */
+template <int E, int GS, bool TP>
 __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_args a) {
     extern __shared__ __align__(16) float smem[];
     const chan_geom &g = a.g;
-    const int D = 32 * E, G = a.G, GS = G <= 4 ? 4 : 8, P = g.bits * D, NR = P / 32;
+    const int D = 32 * E, G = a.G, P = g.bits * D, NR = P / 32;
     float *s_q = smem;                           /* [G][D] */
-    int4 *s_bm = (int4 *)(s_q + G * D);          /* [D]: s_t pair offset, shift, mask */
+    int4 *s_bm = (int4 *)(s_q + G * D);          /* [D]: transposed word offset, shift, mask */
     float *s_cen = (float *)(s_bm + D);          /* [256] */
     float *s_qmu = s_cen + 256;                  /* [GMAX] (+ pad) */
     uint32_t *s_warp = (uint32_t *)(s_qmu + 2 * CHAN_GMAX);
-    const int vcs = g.vcs, SW = stage_words(D, P, vcs), WW = warp_words(D, P, vcs, GS);
+    const int vcs = g.vcs, SW = stage_words(D, P, vcs), WW = warp_words(D, P, vcs, GS, TP);
     float *s_part = (float *)s_warp; /* [WARPS][G][D + 2], once the warps are done */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z, row = b * g.n_kv + h;
@@ -363,7 +393,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
         const uint16_t *off_p = (const uint16_t *)(hs + round16((uint64_t)D) + 4 * (uint64_t)D);
         for (int j = threadIdx.x; j < D; j += blockDim.x) {
             const int off = off_p[j], nb = hs[j];
-            s_bm[j] = make_int4((off >> 5) * 64, off & 31, (int)((1u << nb) - 1u), 0);
+            s_bm[j] = make_int4((off >> 5) * (TP ? 32 : 64), off & 31, (int)((1u << nb) - 1u), 0);
         }
         __syncthreads();
         for (int gg = warp; gg < G; gg += CHAN_WARPS) {
@@ -379,8 +409,8 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
         const int g_end = (int)((long long)n_groups * (warp + 1) / CHAN_WARPS);
         const int cpb = g.capacity / C;
         uint32_t *my = s_warp + warp * WW;
-        uint2 *s_t = (uint2 *)(my + 2 * SW);          /* [NR][32] pairs (row r, row r + 1) */
-        float *s_p = (float *)(s_t + NR * 32);        /* [32][GS] */
+        uint2 *s_t = (uint2 *)(my + 2 * SW);          /* [NR][32] pairs (row r, row r + 1), unless TP */
+        float *s_p = (float *)(my + 2 * SW + (TP ? 0 : NR * 64)); /* [32][GS] */
         float *s_w = s_p + 32 * GS;                   /* [D][GS] */
         const uint8_t *kbase = g.cache + g.keys + (size_t)row * cpb * g.key_block;
         const uint8_t *vbase = g.cache + g.values + (size_t)row * g.capacity * vcs;
@@ -425,31 +455,59 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
                 for (int gg = 0; gg < CHAN_GMAX; gg++)
                     if (gg < G) bias[gg] = kvqc_warp_sum(bias[gg]) + s_qmu[gg];
             }
-            /* transpose: word r of lane t = bits t of planes 32r..32r+31 */
+            /* transpose: word r of lane t = bits t of planes 32r..32r+31 (NR is even:
+             * bits * E words; four or two words at a time). TP: in place (lane t's word r
+             * stays at 32 r + t, where lane t read it), else as pairs of words (r, r + 1) */
+            uint32_t *wtr = (uint32_t *)wst;
             uint32_t prev = 0;
-            for (int r = 0; r < NR; r++) {
-                uint32_t v = wst[32 * r + lane];
+            int r = 0;
+            for (; r + 4 <= NR; r += 4) {
+                uint32_t v[4];
 #pragma unroll
-                for (int sh = 16; sh >= 1; sh >>= 1) {
-                    const uint32_t mk = sh == 16 ? 0x0000ffffu : sh == 8 ? 0x00ff00ffu : sh == 4 ? 0x0f0f0f0fu
-                                        : sh == 2 ? 0x33333333u : 0x55555555u;
-                    const uint32_t x = __shfl_xor_sync(KVQC_FULL, v, sh);
-                    v = (lane & sh) ? ((v & ~mk) | ((x >> sh) & mk)) : ((v & mk) | ((x << sh) & ~mk));
+                for (int i = 0; i < 4; i++) v[i] = wtr[32 * (r + i) + lane];
+                transpose_words<4>(v, lane);
+                if (TP) {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) wtr[32 * (r + i) + lane] = v[i];
+                } else {
+                    if (r > 0) s_t[32 * (r - 1) + lane] = make_uint2(prev, v[0]);
+#pragma unroll
+                    for (int i = 0; i < 3; i++) s_t[32 * (r + i) + lane] = make_uint2(v[i], v[i + 1]);
+                    prev = v[3];
                 }
-                if (r > 0) s_t[32 * (r - 1) + lane] = make_uint2(prev, v);
-                prev = v;
             }
-            s_t[32 * (NR - 1) + lane] = make_uint2(prev, 0u);
+            for (; r < NR; r += 2) {
+                uint32_t v[2] = {wtr[32 * r + lane], wtr[32 * (r + 1) + lane]};
+                transpose_words<2>(v, lane);
+                if (TP) {
+                    wtr[32 * r + lane] = v[0];
+                    wtr[32 * (r + 1) + lane] = v[1];
+                } else {
+                    if (r > 0) s_t[32 * (r - 1) + lane] = make_uint2(prev, v[0]);
+                    s_t[32 * r + lane] = make_uint2(v[0], v[1]);
+                    prev = v[1];
+                }
+            }
+            if (!TP) s_t[32 * (NR - 1) + lane] = make_uint2(prev, 0u);
             __syncwarp();
             float sc[CHAN_GMAX];
 #pragma unroll
             for (int gg = 0; gg < CHAN_GMAX; gg++) sc[gg] = bias[gg];
             const uint2 *tl = s_t + lane;
+            const uint32_t *tw = wtr + lane; /* TP: word NR (past the planes) only feeds masked-off bits */
 #pragma unroll 4
             for (int j = 0; j < D; j++) {
                 const int4 bm = s_bm[j];
-                const uint2 pr = tl[bm.x >> 1];
-                const float fc = (float)(__funnelshift_r(pr.x, pr.y, bm.y) & (uint32_t)bm.z);
+                uint32_t w0, w1;
+                if (TP) {
+                    w0 = tw[bm.x];
+                    w1 = tw[bm.x + 32];
+                } else {
+                    const uint2 pr = tl[bm.x >> 1];
+                    w0 = pr.x;
+                    w1 = pr.y;
+                }
+                const float fc = code_float(__funnelshift_r(w0, w1, bm.y), (uint32_t)bm.z);
                 const float4 wa = *(const float4 *)(s_w + j * GS);
                 sc[0] += wa.x * fc;
                 sc[1] += wa.y * fc;
@@ -465,53 +523,76 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
             }
             const bool valid = t0 + lane >= g.n_sink;
             const float norm = h2f(*(const uint16_t *)(vst + lane * vcs));
+            /* the online softmax of all GS heads at once (their reductions interleaved; heads
+             * past G score 0 and are never stored) */
+            float sv[GS], red[GS], pv[GS];
 #pragma unroll
-            for (int gg = 0; gg < CHAN_GMAX; gg++) {
-                if (gg >= G) break;
-                float p = 0.0f;
-                const float sv = valid ? sc[gg] : -INFINITY;
-                const float mx = kvqc_warp_max(sv);
-                const float mn = fmaxf(m[gg], mx);
-                if (mn != -INFINITY) {
-                    const float alpha = exp2f(m[gg] - mn);
-                    p = valid ? exp2f(sv - mn) : 0.0f;
-                    l[gg] = l[gg] * alpha + kvqc_warp_sum(p);
+            for (int gg = 0; gg < GS; gg++) red[gg] = sv[gg] = valid ? sc[gg] : -INFINITY;
 #pragma unroll
-                    for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
-                    m[gg] = mn;
-                }
-                s_p[lane * GS + gg] = p * norm; /* the value's norm rides on its weight */
+            for (int o = 16; o >= 1; o >>= 1)
+#pragma unroll
+                for (int gg = 0; gg < GS; gg++) red[gg] = fmaxf(red[gg], __shfl_xor_sync(KVQC_FULL, red[gg], o));
+#pragma unroll
+            for (int gg = 0; gg < GS; gg++) {
+                const float mn = fmaxf(m[gg], red[gg]);
+                const bool live = mn != -INFINITY;
+                const float alpha = live ? exp2f(m[gg] - mn) : 1.0f;
+                pv[gg] = valid && live ? exp2f(sv[gg] - mn) : 0.0f;
+                red[gg] = pv[gg];
+                l[gg] *= alpha;
+#pragma unroll
+                for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
+                m[gg] = mn;
+            }
+#pragma unroll
+            for (int o = 16; o >= 1; o >>= 1)
+#pragma unroll
+                for (int gg = 0; gg < GS; gg++) red[gg] += __shfl_xor_sync(KVQC_FULL, red[gg], o);
+#pragma unroll
+            for (int gg = 0; gg < GS; gg++) {
+                l[gg] += red[gg];
+                s_p[lane * GS + gg] = pv[gg] * norm; /* the value's norm rides on its weight */
             }
             __syncwarp();
-            for (int tt = 0; tt < 32; tt++) {
-                const uint8_t *vc = vst + tt * vcs;
-                float v[E];
-                if (vbits == 4 && E == 4) {
-                    const uint32_t u = *(const uint16_t *)(vc + 2 + 2 * lane);
-#pragma unroll
-                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (4 * e)) & 15u];
-                } else if (vbits == 2 && E == 4) {
-                    const uint32_t u = vc[2 + lane];
-#pragma unroll
-                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (2 * e)) & 3u];
-                } else {
-#pragma unroll
-                    for (int e = 0; e < E; e++) v[e] = s_cen[get_idx(vc + 2, E * lane + e, vbits)];
-                }
-                const float4 pa = *(const float4 *)(s_p + tt * GS);
-                const float pp[4] = {pa.x, pa.y, pa.z, pa.w};
-#pragma unroll
-                for (int gg = 0; gg < 4; gg++)
-#pragma unroll
-                    for (int e = 0; e < E; e++) acc[gg][e] += pp[gg] * v[e];
-                if (GS > 4) {
-                    const float4 pb = *(const float4 *)(s_p + tt * GS + 4);
-                    const float pq[4] = {pb.x, pb.y, pb.z, pb.w};
+            /* values: the token loop once per code width (the width's test outside it) */
+            auto add_values = [&](auto decode) {
+#pragma unroll 2
+                for (int tt = 0; tt < 32; tt++) {
+                    float v[E];
+                    decode(vst + tt * vcs, v);
+                    const float4 pa = *(const float4 *)(s_p + tt * GS);
+                    const float pp[4] = {pa.x, pa.y, pa.z, pa.w};
 #pragma unroll
                     for (int gg = 0; gg < 4; gg++)
 #pragma unroll
-                        for (int e = 0; e < E; e++) acc[4 + gg][e] += pq[gg] * v[e];
+                        for (int e = 0; e < E; e++) acc[gg][e] += pp[gg] * v[e];
+                    if (GS > 4) {
+                        const float4 pb = *(const float4 *)(s_p + tt * GS + 4);
+                        const float pq[4] = {pb.x, pb.y, pb.z, pb.w};
+#pragma unroll
+                        for (int gg = 0; gg < 4; gg++)
+#pragma unroll
+                            for (int e = 0; e < E; e++) acc[4 + gg][e] += pq[gg] * v[e];
+                    }
                 }
+            };
+            if (vbits == 4 && E == 4) {
+                add_values([&](const uint8_t *vc, float(&v)[E]) {
+                    const uint32_t u = *(const uint16_t *)(vc + 2 + 2 * lane);
+#pragma unroll
+                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (4 * e)) & 15u];
+                });
+            } else if (vbits == 2 && E == 4) {
+                add_values([&](const uint8_t *vc, float(&v)[E]) {
+                    const uint32_t u = vc[2 + lane];
+#pragma unroll
+                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (2 * e)) & 3u];
+                });
+            } else {
+                add_values([&](const uint8_t *vc, float(&v)[E]) {
+#pragma unroll
+                    for (int e = 0; e < E; e++) v[e] = s_cen[get_idx(vc + 2, E * lane + e, vbits)];
+                });
             }
             __syncwarp();
             stage ^= 1;
@@ -633,6 +714,22 @@ __global__ void __launch_bounds__(128) chan_combine_kernel(const kvqc_params *vp
 
 /* ------------------------------------------------------------- host side */
 
+typedef void (*chan_attend_fn)(chan_attn_args);
+
+/* The attention kernel for a head dim, query heads per KV head (G) and transposed-plane
+ * layout (tp: in place). */
+static chan_attend_fn attend_kernel_for(uint32_t D, uint32_t G, bool tp) {
+    const bool g4 = G <= 4;
+    if (D == 64)
+        return tp ? (g4 ? chan_attend_kernel<2, 4, true> : chan_attend_kernel<2, 8, true>)
+                  : (g4 ? chan_attend_kernel<2, 4, false> : chan_attend_kernel<2, 8, false>);
+    if (D == 128)
+        return tp ? (g4 ? chan_attend_kernel<4, 4, true> : chan_attend_kernel<4, 8, true>)
+                  : (g4 ? chan_attend_kernel<4, 4, false> : chan_attend_kernel<4, 8, false>);
+    return tp ? (g4 ? chan_attend_kernel<8, 4, true> : chan_attend_kernel<8, 8, true>)
+              : (g4 ? chan_attend_kernel<8, 4, false> : chan_attend_kernel<8, 8, false>);
+}
+
 extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, kvq_cuda_chan **out) {
     if (!out) return KVQ_ERR_INVALID_ARG;
     *out = NULL;
@@ -680,15 +777,15 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, 
     kc->key_block = 4 * D + C * D * kc->bits / 8;
     kc->vcs = vcs;
     kc->n_sm = kc->vq->n_sm;
-    size_t smem = attn_smem_words((int)D, CHAN_GMAX, (int)(kc->bits * D), (int)vcs) * 4;
+    size_t smem = attn_smem_words((int)D, CHAN_GMAX, (int)(kc->bits * D), (int)vcs, false) * 4;
     if (smem > kc->vq->smem_optin) {
         kvq_cuda_chan_free(kc);
         return KVQ_ERR_UNSUPPORTED;
     }
     cudaError_t e = cudaSuccess;
-    if (D == 64) e = cudaFuncSetAttribute(chan_attend_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    else if (D == 128) e = cudaFuncSetAttribute(chan_attend_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    else e = cudaFuncSetAttribute(chan_attend_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    for (int k = 0; k < 4 && e == cudaSuccess; k++)
+        e = cudaFuncSetAttribute((const void *)attend_kernel_for(D, k & 1 ? 8 : 4, k >= 2),
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) {
         cudaGetLastError();
         kvq_cuda_chan_free(kc);
@@ -801,6 +898,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_append(const kvq_cuda_chan *kc, kvq_
 
 typedef struct attn_plan {
     int n_split, cps, n_slots;
+    bool tp;
     size_t smem;
 } attn_plan;
 
@@ -821,15 +919,26 @@ static kvq_status check_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *
  * chunks per split); KVQ_CUDA_ATTN_ONE_SPLIT: one block per (sequence, kv head). */
 static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, attn_plan *p) {
     const int D = (int)kc->D, G = (int)(d->n_q_heads / d->n_kv_heads);
-    p->smem = attn_smem_words(D, G, (int)(kc->bits * kc->D), (int)kc->vcs) * 4;
+    /* the transposed planes in place (one more load per channel) when that fits more
+     * blocks on an SM, else as pairs of words */
     int per_sm = 1;
-    cudaError_t e = D == 64    ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, chan_attend_kernel<2>, 128, p->smem)
-                    : D == 128 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, chan_attend_kernel<4>, 128, p->smem)
-                               : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, chan_attend_kernel<8>, 128, p->smem);
-    if (e != cudaSuccess || per_sm < 1) {
-        cudaGetLastError();
-        per_sm = 1;
+    p->tp = false;
+    for (int tp = 0; tp < 2; tp++) {
+        const size_t smem = attn_smem_words(D, G, (int)(kc->bits * kc->D), (int)kc->vcs, tp != 0) * 4;
+        int n = 0;
+        cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &n, (const void *)attend_kernel_for(kc->D, (uint32_t)G, tp != 0), 128, smem);
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            n = 0;
+        }
+        if (tp == 0 || n > per_sm) {
+            p->smem = smem;
+            p->tp = tp != 0;
+            per_sm = n;
+        }
     }
+    if (per_sm < 1) per_sm = 1;
     uint64_t len = d->max_len;
     uint64_t chunks = len > kc->W ? (len - kc->W) / kc->C : 0;
     uint64_t base = (uint64_t)d->batch * d->n_kv_heads;
@@ -891,17 +1000,15 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, cons
     a.n_slots = p.n_slots;
     cudaStream_t s = (cudaStream_t)stream;
     dim3 grid((unsigned)p.n_slots, d->n_kv_heads, d->batch), rows(d->n_q_heads, d->batch);
+    attend_kernel_for(kc->D, (uint32_t)a.G, p.tp)<<<grid, 128, p.smem, s>>>(a);
     switch (kc->D) {
     case 64:
-        chan_attend_kernel<2><<<grid, 128, p.smem, s>>>(a);
         chan_combine_kernel<2><<<rows, 128, 0, s>>>(kc->vq->p_dev, a.partial, p.n_slots, a.n_q_heads, out_dev);
         break;
     case 128:
-        chan_attend_kernel<4><<<grid, 128, p.smem, s>>>(a);
         chan_combine_kernel<4><<<rows, 128, 0, s>>>(kc->vq->p_dev, a.partial, p.n_slots, a.n_q_heads, out_dev);
         break;
     default:
-        chan_attend_kernel<8><<<grid, 128, p.smem, s>>>(a);
         chan_combine_kernel<8><<<rows, 128, 0, s>>>(kc->vq->p_dev, a.partial, p.n_slots, a.n_q_heads, out_dev);
         break;
     }
