@@ -222,17 +222,19 @@ static uint64_t bytes_for(const serve_sched *S, uint64_t n) {
         return S->cal_b1 + (n > S->cal_n1 ? (n - S->cal_n1) * S->cal_slope : 0);
     if (!S->p.per_layer) {
         b = n * S->info.n_layers * 2ull * S->info.n_kv_heads * S->info.head_dim * 4ull;
-    } else {
-        uint64_t lo = 0, hi = 1u << 20, fit = 0;
-        while (hi < (1ull << 50) &&
-               (kvq_cache_tokens_fit(&S->p.per_layer[0], S->info.n_layers, hi, &fit) != KVQ_OK || fit < n))
-            lo = hi, hi *= 2;
-        while (hi - lo > 1024) {
-            uint64_t mid = lo + (hi - lo) / 2;
-            if (kvq_cache_tokens_fit(&S->p.per_layer[0], S->info.n_layers, mid, &fit) == KVQ_OK && fit >= n) hi = mid;
-            else lo = mid;
+    } else { /* layer by layer: a preset's plan gives layers different bits */
+        b = 0;
+        for (uint32_t l = 0; l < S->info.n_layers; l++) {
+            const kvq_cache_config *cfg = &S->p.per_layer[l];
+            uint64_t lo = 0, hi = 1u << 16, fit = 0;
+            while (hi < (1ull << 50) && (kvq_cache_tokens_fit(cfg, 1, hi, &fit) != KVQ_OK || fit < n)) lo = hi, hi *= 2;
+            while (hi - lo > 256) {
+                uint64_t mid = lo + (hi - lo) / 2;
+                if (kvq_cache_tokens_fit(cfg, 1, mid, &fit) == KVQ_OK && fit >= n) hi = mid;
+                else lo = mid;
+            }
+            b += hi;
         }
-        b = hi;
     }
     return b > S->fixed_bytes ? b : S->fixed_bytes;
 }
