@@ -726,6 +726,102 @@ score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim, c
     score_qblk_i8_impl(1, q8, qscale, G, dim, k, stride, n, scores, ld);
 }
 
+/* q8_0 / q4_0 keys against the int16 query (kvqi_cache_score_qblk_i16_ref): per 64
+ * coordinates (blocks A and B) the keys as two vectors of 16-bit words, [A 0..15 | B 0..15]
+ * and [A 16..31 | B 16..31] (q8_0: each block's bytes sign-extended, the 256-bit halves
+ * regrouped; q4_0: both blocks' 16 bytes side by side, low nibbles then high ones), the
+ * query regrouped alike once per call, and two vpdpwssd per head into an accumulator that
+ * starts at the q4_0 offset's correction (-8 times the lane's four query words): lanes
+ * 0-7 hold block A's exact sums, 8-15 block B's. With dim 128 the four heads' query
+ * (16 vectors) stays in registers across the tokens. */
+KVQI_INLINE __attribute__((target("avx512vnni"))) void qblk16_load(const int Q4, const uint8_t *row,
+                                                                   uint32_t c, __m512i *x1,
+                                                                   __m512i *x2, __m512 *d) {
+    const uint8_t *b0 = row + (size_t)(Q4 ? 18 : 34) * 2 * c, *b1 = b0 + (Q4 ? 18 : 34);
+    uint16_t h0, h1;
+    memcpy(&h0, b0, 2);
+    memcpy(&h1, b1, 2);
+    *d = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)h0)),
+                                                 _mm_set1_epi16((short)h1), 1));
+    if (Q4) {
+        __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 2))),
+                                            _mm_loadu_si128((const __m128i *)(b1 + 2)), 1);
+        __m512i w = _mm512_cvtepu8_epi16(v);
+        const __m512i m = _mm512_set1_epi16(15);
+        *x1 = _mm512_and_si512(w, m);
+        *x2 = _mm512_srli_epi16(w, 4);
+    } else {
+        __m512i a = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b0 + 2)));
+        __m512i b = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b1 + 2)));
+        *x1 = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 1, 0));
+        *x2 = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2));
+    }
+}
+
+KVQI_INLINE __attribute__((target("avx512vnni"))) void
+score_qblk_i16_impl(const int Q4, const uint32_t NC, const int16_t *q16, const float *qscale,
+                    uint32_t G, uint32_t dim, const uint8_t *k, size_t stride, size_t n,
+                    float *scores, size_t ld) {
+    enum { MAXC = KVQI_QBLK_I8_MAX_DIM / 64 };
+    __m512i qv[HG][MAXC][2], corr[HG][MAXC];
+    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+        uint32_t hh[HG];
+        for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
+        for (uint32_t h = 0; h < HG; h++)
+            for (uint32_t c = 0; c < NC; c++) {
+                const int16_t *qp = q16 + (size_t)hh[h] * dim + 64 * c;
+                __m512i a = _mm512_loadu_si512(qp), b = _mm512_loadu_si512(qp + 32);
+                qv[h][c][0] = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 1, 0));
+                qv[h][c][1] = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2));
+                corr[h][c] = _mm512_setzero_si512();
+                if (Q4) { /* -8 (q1 + q2) over the lane's words: (q1 + q2) . -8 in pairs */
+                    __m512i m8 = _mm512_set1_epi16(-8);
+                    corr[h][c] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(corr[h][c], qv[h][c][0], m8),
+                                                     qv[h][c][1], m8);
+                }
+            }
+        const __m128 vqs = _mm_set_ps(qscale[hh[3]], qscale[hh[2]], qscale[hh[1]], qscale[hh[0]]);
+        for (size_t t = 0; t < n; t++) {
+            const uint8_t *row = k + t * stride;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (uint32_t c = 0; c < NC; c++) {
+                __m512i x1, x2;
+                __m512 d;
+                qblk16_load(Q4, row, c, &x1, &x2, &d);
+                a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
+                                         _mm512_dpwssd_epi32(corr[0][c], x1, qv[0][c][0]), x2, qv[0][c][1])),
+                                     d, a0);
+                a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
+                                         _mm512_dpwssd_epi32(corr[1][c], x1, qv[1][c][0]), x2, qv[1][c][1])),
+                                     d, a1);
+                a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
+                                         _mm512_dpwssd_epi32(corr[2][c], x1, qv[2][c][0]), x2, qv[2][c][1])),
+                                     d, a2);
+                a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
+                                         _mm512_dpwssd_epi32(corr[3][c], x1, qv[3][c][0]), x2, qv[3][c][1])),
+                                     d, a3);
+            }
+            float s[4];
+            _mm_storeu_ps(s, _mm_mul_ps(hsum4(a0, a1, a2, a3), vqs));
+            for (uint32_t h = 0; h < HG && h0 + h < G; h++) scores[(h0 + h) * ld + t] = s[h];
+        }
+    }
+}
+
+#define DEFINE_SCORE_I16(NAME, Q4)                                                           \
+    __attribute__((target("avx512vnni"))) static void NAME(                                  \
+        const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim, const uint8_t *k, \
+        size_t stride, size_t n, float *scores, size_t ld) {                                 \
+        if (dim == 128)                                                                      \
+            score_qblk_i16_impl(Q4, 2, q16, qscale, G, dim, k, stride, n, scores, ld);       \
+        else if (dim % 64 == 0 && dim <= KVQI_QBLK_I8_MAX_DIM)                               \
+            score_qblk_i16_impl(Q4, dim / 64, q16, qscale, G, dim, k, stride, n, scores, ld); \
+        else                                                                                 \
+            kvqi_cache_score_qblk_i16_ref(Q4, q16, qscale, G, dim, k, stride, n, scores, ld); \
+    }
+DEFINE_SCORE_I16(score_q8_0_i16, 0)
+DEFINE_SCORE_I16(score_q4_0_i16, 1)
+
 /* 1-bit passes: each pass's 128 bits per block become 0/1 bytes (a masked move of ones)
  * against the int8 query, so S_p of four heads costs 2 vpdpbusd per head and block. */
 __attribute__((target("avx512vnni"))) static inline __m512i
@@ -1133,6 +1229,8 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
         k->score_signs_i8 = score_signs_i8;
         k->score_q8_0_i8 = score_q8_0_i8;
         k->score_q4_0_i8 = score_q4_0_i8;
+        k->score_q8_0_i16 = score_q8_0_i16;
+        k->score_q4_0_i16 = score_q4_0_i16;
     }
     k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;
