@@ -65,7 +65,13 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *
     *x1 = _mm256_mul_ps(_mm256_cvtepi32_ps(v1), d);
 }
 
-#define DEFINE_ROW_KERNELS(NAME, DEC, SCALAR_SCORE, SCALAR_ACCUM)                             \
+/* Sums go over the block in groups of ROW_TG tokens, each group's rows read once for all
+ * 16-coordinate slices while they sit in L1 (a pass per slice over the whole block read
+ * each row in pieces a block apart: slow from memory); a group's sums are parked (part)
+ * and picked up by the next, so each lane is the chain of one pass: the same bits. fp32
+ * and q4_0 rows, and heads wider than ROW_PART, keep one pass (as in cache_avx512.c). */
+#define ROW_PART 512
+#define DEFINE_ROW_KERNELS(NAME, DEC, SCALAR_SCORE, SCALAR_ACCUM, ROW_TG)                     \
     static void score_##NAME(const float *q, uint32_t G, uint32_t dim, const uint8_t *k,     \
                              size_t stride, size_t n, float *scores, size_t ld) {            \
         if (dim % 32) {                                                                      \
@@ -105,6 +111,7 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *
             return;                                                                          \
         }                                                                                    \
         float zero_w[KVQI_MAX_BLOCK_TOKENS], dummy[16];                                      \
+        _Alignas(32) float part[HG][ROW_PART]; /* stored, then reloaded: whole lines */      \
         if (G % HG) memset(zero_w, 0, sizeof zero_w);                                        \
         for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
             const float *wh[HG];                                                             \
@@ -114,12 +121,21 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *
                 wh[h] = ok ? w + (h0 + h) * ld : zero_w;                                     \
                 ah[h] = ok ? acc + (size_t)(h0 + h) * dim : dummy;                           \
             }                                                                                \
+            size_t step = ROW_TG < n && dim <= ROW_PART ? ROW_TG : n;                        \
+            for (size_t tg = 0; tg < n; tg += step)                                          \
             for (uint32_t g = 0; g < dim / 16; g++) {                                        \
                 /* named accumulators: an indexed array of them is kept on the stack */      \
+                size_t te = tg + step < n ? tg + step : n;                                   \
                 __m256 r0 = _mm256_setzero_ps(), r1 = r0, r2 = r0, r3 = r0;                  \
                 __m256 r4 = r0, r5 = r0, r6 = r0, r7 = r0;                                   \
+                if (tg) { /* the earlier groups' sums: one chain per lane, as in one pass */ \
+                    r0 = _mm256_loadu_ps(part[0] + 16 * g), r1 = _mm256_loadu_ps(part[0] + 16 * g + 8); \
+                    r2 = _mm256_loadu_ps(part[1] + 16 * g), r3 = _mm256_loadu_ps(part[1] + 16 * g + 8); \
+                    r4 = _mm256_loadu_ps(part[2] + 16 * g), r5 = _mm256_loadu_ps(part[2] + 16 * g + 8); \
+                    r6 = _mm256_loadu_ps(part[3] + 16 * g), r7 = _mm256_loadu_ps(part[3] + 16 * g + 8); \
+                }                                                                            \
                 const float *w0 = wh[0], *w1 = wh[1], *w2 = wh[2], *w3 = wh[3];              \
-                for (size_t t = 0; t < n; t++) {                                             \
+                for (size_t t = tg; t < te; t++) {                                           \
                     __m256 x0, x1, wv;                                                       \
                     DEC(v + t * stride, g, &x0, &x1);                                        \
                     wv = _mm256_broadcast_ss(w0 + t);                                        \
@@ -137,6 +153,11 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *
                 }                                                                            \
                 __m256 r[8] = {r0, r1, r2, r3, r4, r5, r6, r7};                              \
                 for (uint32_t h = 0; h < HG; h++) {                                          \
+                    if (te < n) { /* parked until the block's last group */                   \
+                        _mm256_storeu_ps(part[h] + 16 * g, r[2 * h]);                        \
+                        _mm256_storeu_ps(part[h] + 16 * g + 8, r[2 * h + 1]);                \
+                        continue;                                                            \
+                    }                                                                        \
                     if (ah[h] == dummy) continue;                                            \
                     float *p = ah[h] + 16 * g;                                               \
                     _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), r[2 * h]));        \
@@ -146,10 +167,10 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *
         }                                                                                    \
     }
 
-DEFINE_ROW_KERNELS(f32, dec_f32, score_f32, accum_f32)
-DEFINE_ROW_KERNELS(f16, dec_f16, score_f16, accum_f16)
-DEFINE_ROW_KERNELS(q8_0, dec_q8_0, score_q8_0, accum_q8_0)
-DEFINE_ROW_KERNELS(q4_0, dec_q4_0, score_q4_0, accum_q4_0)
+DEFINE_ROW_KERNELS(f32, dec_f32, score_f32, accum_f32, KVQI_MAX_BLOCK_TOKENS)
+DEFINE_ROW_KERNELS(f16, dec_f16, score_f16, accum_f16, 16)
+DEFINE_ROW_KERNELS(q8_0, dec_q8_0, score_q8_0, accum_q8_0, 16)
+DEFINE_ROW_KERNELS(q4_0, dec_q4_0, score_q4_0, accum_q4_0, KVQI_MAX_BLOCK_TOKENS)
 
 /* ------------------------------------------------------- rotated codes */
 
