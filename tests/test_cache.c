@@ -913,6 +913,89 @@ TEST(cache_qblk_i8_kernels_match_reference) {
     free(codes), free(q8), free(s_ref), free(s_simd);
 }
 
+/* q8_0 / q4_0 keys against an int16 query: the reference is the dequantized dot product
+ * to float rounding (full-range query words, -128 key bytes, negative block scales), and
+ * every ISA's kernel gives its bits: odd token counts, 1..6 heads, padded rows, dims whose
+ * 64-coordinate count is odd, and one the kernels hand to the reference. */
+TEST(cache_qblk_i16_kernels_match_reference) {
+    enum { N = 61, MAXD = 512, G_MAX = 6 };
+    const size_t B = KVQI_MAX_BLOCK_TOKENS;
+    static const uint32_t dims[] = {64, 128, 192, 256, 512, 96};
+    const size_t stride_max = MAXD / 32 * 34 + 6;
+    uint8_t *codes = malloc(N * stride_max);
+    int16_t *q16 = malloc(G_MAX * MAXD * sizeof(int16_t));
+    float *s_ref = malloc(G_MAX * B * sizeof(float)), *s_simd = malloc(G_MAX * B * sizeof(float));
+    REQUIRE(codes && q16 && s_ref && s_simd);
+    float qsc[G_MAX];
+    int tested = 0, checked = 0;
+    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+        uint32_t dim = dims[di];
+        for (int q4 = 0; q4 < 2; q4++) {
+            size_t stride = (size_t)dim / 32 * (q4 ? 18 : 34) + 6;
+            kvqi_rng r;
+            kvqi_rng_seed(&r, 2500 + dim + 3 * q4);
+            for (size_t i = 0; i < N * stride; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
+            for (size_t t = 0; t < N; t++)
+                for (uint32_t b = 0; b < dim / 32; b++) {
+                    float d = (float)(0.001 + 0.05 * kvqi_rng_uniform(&r)) * ((t + b) % 5 ? 1.0f : -1.0f);
+                    uint16_t h = kvqi_fp32_to_fp16(d);
+                    memcpy(codes + t * stride + b * (q4 ? 18 : 34), &h, 2);
+                }
+            for (size_t i = 0; i < (size_t)G_MAX * dim; i++)
+                q16[i] = (int16_t)((int)(kvqi_rng_next(&r) % 65535) - 32767);
+            q16[0] = 32767, q16[1] = -32767; /* the extremes, against -128 and 127 keys */
+            for (uint32_t h = 0; h < G_MAX; h++) qsc[h] = 1e-5f * (float)(h + 1);
+            kvqi_cache_score_qblk_i16_ref(q4, q16, qsc, G_MAX, dim, codes, stride, N, s_ref, B);
+            for (uint32_t h = 0; h < G_MAX; h++)
+                for (size_t t = 0; t < N; t++) {
+                    double exact = 0.0, mag = 0.0;
+                    for (uint32_t j = 0; j < dim; j++) {
+                        const uint8_t *blk = codes + t * stride + (j / 32) * (q4 ? 18 : 34);
+                        uint16_t hd;
+                        memcpy(&hd, blk, 2);
+                        uint32_t e = j % 32;
+                        int kv = q4 ? (int)((e < 16 ? blk[2 + e] : blk[2 + e - 16] >> 4) & 15) - 8
+                                    : (int)(int8_t)blk[2 + e];
+                        double x = (double)kvqi_fp16_to_fp32(hd) * kv * q16[h * dim + j] * qsc[h];
+                        exact += x;
+                        mag += fabs(x);
+                    }
+                    /* dims that are no multiple of 64: the reference sums nothing; skip */
+                    if (dim % 64) continue;
+                    CHECKF(fabs(s_ref[h * B + t] - exact) <= 1e-6 * mag + 1e-30,
+                           "q%d i16 ref dim %u head %u token %zu: %g vs %g", q4 ? 4 : 8, dim, h, t,
+                           (double)s_ref[h * B + t], exact);
+                    checked++;
+                }
+            for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_NEON; isa++) {
+                if (!kvq_isa_available((kvq_isa)isa)) continue;
+                const kvqi_cache_kernels *K = kvqi_cache_kernels_for((kvq_isa)isa);
+                void (*fn)(const int16_t *, const float *, uint32_t, uint32_t, const uint8_t *, size_t,
+                           size_t, float *, size_t) = q4 ? K->score_q4_0_i16 : K->score_q8_0_i16;
+                if (!fn) continue;
+                for (uint32_t G = 1; G <= G_MAX; G++)
+                    for (size_t n = N; n >= 1; n = n > 2 ? n / 2 : n - 1) {
+                        kvqi_cache_score_qblk_i16_ref(q4, q16, qsc, G, dim, codes, stride, n, s_ref, B);
+                        memset(s_simd, 0xff, G_MAX * B * sizeof(float));
+                        fn(q16, qsc, G, dim, codes, stride, n, s_simd, B);
+                        for (uint32_t h = 0; h < G; h++)
+                            CHECKF(memcmp(s_ref + h * B, s_simd + h * B, n * sizeof(float)) == 0,
+                                   "%s score_q%d_0_i16 dim %u G %u n %zu head %u",
+                                   kvqi_isa_name((kvq_isa)isa), q4 ? 4 : 8, dim, G, n, h);
+                        tested++;
+                    }
+            }
+        }
+    }
+    CHECK(checked > 0);
+#if defined(KVQ_HAVE_X86_SIMD)
+    /* AVX2 and AVX-512 with VNNI have the kernels: they must have run */
+    if (kvq_isa_available(KVQ_ISA_AVX2)) CHECK(tested > 0);
+#endif
+    (void)tested;
+    free(codes), free(q16), free(s_ref), free(s_simd);
+}
+
 TEST(cache_fused_paths_match_generic) {
     const uint32_t n_kv = 2, H = 8, dim = 128;
     const size_t n = 300, nq = 3;
@@ -949,8 +1032,10 @@ TEST(cache_fused_paths_match_generic) {
                           (c->key.rot.bits == 1 && c->kern->score_rot1_i8))) ||
                         (c->key.path == KVQI_PATH_SIGNS && c->kern->score_signs_i8 &&
                          c->key.signs.m == dim && dim % 128 == 0);
-        /* q8_0 / q4_0 keys in integers: the query rounded to 8 bits */
+        /* q4_0 keys in integers: the query rounded to 8 bits; q8_0 keys: to 16 bits (about
+         * 2^-16 of the largest entry per coordinate: far below 1e-3 of the output) */
         int qblk_keys = dim % 64 == 0 && c->key.path == KVQI_PATH_Q4_0 && c->kern->score_q4_0_i8;
+        int qblk16_keys = dim % 64 == 0 && c->key.path == KVQI_PATH_Q8_0 && c->kern->score_q8_0_i16;
         /* the integer value path rounds the weights to 16 bits and the centroids to 8 */
         int int_values = c->value.path == KVQI_PATH_ROT && c->value.rot.has_u8 &&
                          c->kern->accum_rot_i16 && (c->kern->rot_v16_bits >> c->value.rot.bits & 1u) &&
@@ -958,7 +1043,7 @@ TEST(cache_fused_paths_match_generic) {
         c->key.path = c->value.path = KVQI_PATH_GENERIC;
         REQUIRE_OK(kvq_cache_attend(c, q, H, nq, 0.09f, NULL, o2));
         double e = rel_err(o1, o2, nq * H * dim);
-        CHECKF(e < (int8_keys ? 1.5e-2 : qblk_keys ? 1e-2 : int_values ? 5e-3 : 1e-5),
+        CHECKF(e < (int8_keys ? 1.5e-2 : qblk_keys ? 1e-2 : int_values ? 5e-3 : qblk16_keys ? 1e-4 : 1e-5),
                "%s: fused vs generic %.3g", specs[s], e);
         kvq_cache_free(c);
     }

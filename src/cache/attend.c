@@ -55,8 +55,8 @@ static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     size_t d = c->dim, B = KVQI_ATTEND_BLOCK;
     /* the generic key path scores a whole chunk span per kvq_score call */
     size_t span = span_floats(c, G);
-    /* integer key path: G x d int8 query, its scales and sums */
-    size_t i8 = (size_t)G * d / 4 + 2 * G + 16;
+    /* integer key path: G x d int8 (q8_0 keys: int16) query, its scales and sums */
+    size_t i8 = (size_t)G * d / 2 + 2 * G + 16;
     /* sign keys: one table of m/8 x 256 sums per query head, and the sums of z */
     size_t signs = c->key.path == KVQI_PATH_SIGNS ? (size_t)G * (c->key.signs.m / 8) * 256 + G + 16 : 0;
     return 5 * G * d + G * c->n_out + G * B + vdec_floats(c) + 3 * G + d + 32 + span + i8 + signs;
@@ -88,27 +88,41 @@ static int use_v16(const kvq_cache *c) {
            (c->kern->rot_v16_bits >> c->value.rot.bits & 1u) && c->dim % 128 == 0;
 }
 
-/* The integer path of q4_0 keys: an int8 query against the blocks' bytes. Not for q8_0,
- * the near-lossless type: the int8 query adds more than its own rounding (SmolLM2 8 x
- * 512: KL from fp16 0.0049 -> 0.0056, top-1 96.1 -> 94.6 %, docs/METHODS.md); the table's
- * score_q8_0_i8 stays tested against the reference, undispatched. */
-static int use_qblk_i8(const kvq_cache *c) {
-    if (c->dim % 64 || c->dim > KVQI_QBLK_I8_MAX_DIM) return 0;
-    if (c->key.path == KVQI_PATH_Q4_0) return c->kern->score_q4_0_i8 != NULL;
-    return 0;
+/* q8_0 / q4_0 keys in integers: QBLK_I8, an int8 query against the blocks' bytes (q4_0);
+ * QBLK_I16, an int16 query (q8_0: an int8 query adds more error than the near-lossless
+ * type's own rounding, SmolLM2 8 x 512: KL from fp16 0.0049 -> 0.0056, top-1 96.1 ->
+ * 94.6 %, docs/METHODS.md; 16 bits add 2^-16 of max |q|: KL 0.00494 -> 0.00491 at 24 x
+ * 512); 0: float kernels. The table's score_q8_0_i8 and score_q4_0_i16 (1.17x the int8
+ * kernel's time on AVX-512) stay tested against their references, undispatched. */
+enum { QBLK_FLOAT = 0, QBLK_I8 = 1, QBLK_I16 = 2 };
+static int qblk_int(const kvq_cache *c) {
+    if (c->dim % 64 || c->dim > KVQI_QBLK_I8_MAX_DIM) return QBLK_FLOAT;
+    if (c->key.path == KVQI_PATH_Q8_0) return c->kern->score_q8_0_i16 ? QBLK_I16 : QBLK_FLOAT;
+    if (c->key.path == KVQI_PATH_Q4_0) return c->kern->score_q4_0_i8 ? QBLK_I8 : QBLK_FLOAT;
+    return QBLK_FLOAT;
 }
 
-/* int8 query of q4_0 keys: symmetric scale max|q|/127, natural order */
+/* The int16 query of q8_0 keys lives where the int8 one would (room for 2 bytes each). */
+static int16_t *query_q16(const kvqi_attend_scratch *s) { return (int16_t *)(void *)s->q8; }
+
+/* Integer query of q8_0 / q4_0 keys: symmetric scale max|q| / (127 or 32767), natural order */
 static void quantize_query_qblk(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t h,
                                 const float *qk) {
     uint32_t d = c->dim;
+    int wide = qblk_int(c) == QBLK_I16;
+    float top = wide ? 32767.0f : 127.0f;
     float qmax = 0.0f;
     for (uint32_t j = 0; j < d; j++) qmax = fmaxf(qmax, fabsf(qk[j]));
-    float qs = qmax > 0.0f ? qmax / 127.0f : 1.0f;
+    float qs = qmax > 0.0f ? qmax / top : 1.0f;
     int8_t *q8 = s->q8 + (size_t)h * d;
+    int16_t *q16 = query_q16(s) + (size_t)h * d;
     for (uint32_t j = 0; j < d; j++) {
-        int v = (int)lrintf(qk[j] / qs);
-        q8[j] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        float v = rintf(qk[j] / qs);
+        v = v > top ? top : v < -top ? -top : v;
+        if (wide)
+            q16[j] = (int16_t)v;
+        else
+            q8[j] = (int8_t)v;
     }
     s->q8_scale[h] = qs;
 }
@@ -179,8 +193,9 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->q8_scale = s->kspan + span_floats(c, G);
     s->q8_sum = (int32_t *)(void *)(s->q8_scale + G);
     s->q8 = (int8_t *)(void *)(s->q8_sum + G);
-    /* past the int8 query, on a 16-byte boundary (the pads of scratch_floats cover it) */
-    s->zsum = (float *)(void *)(s->q8 + ((G * d + 15) & ~(size_t)15));
+    /* past the int8 (or int16) query, on a 16-byte boundary (the pads of scratch_floats
+     * cover it) */
+    s->zsum = (float *)(void *)(s->q8 + ((2 * G * d + 15) & ~(size_t)15));
     s->kbias = s->zsum + G;
     s->lut = s->kbias + ((G + 15) & ~(size_t)15);
 }
@@ -215,10 +230,14 @@ static void score_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G,
         c->kern->score_f16(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
         break;
     case KVQI_PATH_Q8_0:
-        c->kern->score_q8_0(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
+        if (qblk_int(c) == QBLK_I16)
+            c->kern->score_q8_0_i16(query_q16(s), s->q8_scale, G, c->dim, codes, K->code_size, nb,
+                                    s->scores, B);
+        else
+            c->kern->score_q8_0(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
         break;
     case KVQI_PATH_Q4_0:
-        if (use_qblk_i8(c))
+        if (qblk_int(c) == QBLK_I8)
             c->kern->score_q4_0_i8(s->q8, s->q8_scale, G, c->dim, codes, K->code_size, nb, s->scores, B);
         else
             c->kern->score_q4_0(s->q, G, c->dim, codes, K->code_size, nb, s->scores, B);
@@ -456,7 +475,7 @@ static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend
                 memset(qk, 0, d * sizeof(float));
         } else {
             memcpy(qk, tmp, d * sizeof(float));
-            if (use_qblk_i8(c)) quantize_query_qblk(c, s, v, qk);
+            if (qblk_int(c)) quantize_query_qblk(c, s, v, qk);
         }
         s->m[v] = -INFINITY;
         s->l[v] = 0.0f;

@@ -65,7 +65,13 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *
     *x1 = _mm256_mul_ps(_mm256_cvtepi32_ps(v1), d);
 }
 
-#define DEFINE_ROW_KERNELS(NAME, DEC, SCALAR_SCORE, SCALAR_ACCUM)                             \
+/* Sums go over the block in groups of ROW_TG tokens, each group's rows read once for all
+ * 16-coordinate slices while they sit in L1 (a pass per slice over the whole block read
+ * each row in pieces a block apart: slow from memory); a group's sums are parked (part)
+ * and picked up by the next, so each lane is the chain of one pass: the same bits. fp32
+ * and q4_0 rows, and heads wider than ROW_PART, keep one pass (as in cache_avx512.c). */
+#define ROW_PART 512
+#define DEFINE_ROW_KERNELS(NAME, DEC, SCALAR_SCORE, SCALAR_ACCUM, ROW_TG)                     \
     static void score_##NAME(const float *q, uint32_t G, uint32_t dim, const uint8_t *k,     \
                              size_t stride, size_t n, float *scores, size_t ld) {            \
         if (dim % 32) {                                                                      \
@@ -105,6 +111,7 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *
             return;                                                                          \
         }                                                                                    \
         float zero_w[KVQI_MAX_BLOCK_TOKENS], dummy[16];                                      \
+        _Alignas(32) float part[HG][ROW_PART]; /* stored, then reloaded: whole lines */      \
         if (G % HG) memset(zero_w, 0, sizeof zero_w);                                        \
         for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
             const float *wh[HG];                                                             \
@@ -114,12 +121,21 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *
                 wh[h] = ok ? w + (h0 + h) * ld : zero_w;                                     \
                 ah[h] = ok ? acc + (size_t)(h0 + h) * dim : dummy;                           \
             }                                                                                \
+            size_t step = ROW_TG < n && dim <= ROW_PART ? ROW_TG : n;                        \
+            for (size_t tg = 0; tg < n; tg += step)                                          \
             for (uint32_t g = 0; g < dim / 16; g++) {                                        \
                 /* named accumulators: an indexed array of them is kept on the stack */      \
+                size_t te = tg + step < n ? tg + step : n;                                   \
                 __m256 r0 = _mm256_setzero_ps(), r1 = r0, r2 = r0, r3 = r0;                  \
                 __m256 r4 = r0, r5 = r0, r6 = r0, r7 = r0;                                   \
+                if (tg) { /* the earlier groups' sums: one chain per lane, as in one pass */ \
+                    r0 = _mm256_loadu_ps(part[0] + 16 * g), r1 = _mm256_loadu_ps(part[0] + 16 * g + 8); \
+                    r2 = _mm256_loadu_ps(part[1] + 16 * g), r3 = _mm256_loadu_ps(part[1] + 16 * g + 8); \
+                    r4 = _mm256_loadu_ps(part[2] + 16 * g), r5 = _mm256_loadu_ps(part[2] + 16 * g + 8); \
+                    r6 = _mm256_loadu_ps(part[3] + 16 * g), r7 = _mm256_loadu_ps(part[3] + 16 * g + 8); \
+                }                                                                            \
                 const float *w0 = wh[0], *w1 = wh[1], *w2 = wh[2], *w3 = wh[3];              \
-                for (size_t t = 0; t < n; t++) {                                             \
+                for (size_t t = tg; t < te; t++) {                                           \
                     __m256 x0, x1, wv;                                                       \
                     DEC(v + t * stride, g, &x0, &x1);                                        \
                     wv = _mm256_broadcast_ss(w0 + t);                                        \
@@ -137,6 +153,11 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *
                 }                                                                            \
                 __m256 r[8] = {r0, r1, r2, r3, r4, r5, r6, r7};                              \
                 for (uint32_t h = 0; h < HG; h++) {                                          \
+                    if (te < n) { /* parked until the block's last group */                   \
+                        _mm256_storeu_ps(part[h] + 16 * g, r[2 * h]);                        \
+                        _mm256_storeu_ps(part[h] + 16 * g + 8, r[2 * h + 1]);                \
+                        continue;                                                            \
+                    }                                                                        \
                     if (ah[h] == dummy) continue;                                            \
                     float *p = ah[h] + 16 * g;                                               \
                     _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), r[2 * h]));        \
@@ -146,10 +167,10 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *
         }                                                                                    \
     }
 
-DEFINE_ROW_KERNELS(f32, dec_f32, score_f32, accum_f32)
-DEFINE_ROW_KERNELS(f16, dec_f16, score_f16, accum_f16)
-DEFINE_ROW_KERNELS(q8_0, dec_q8_0, score_q8_0, accum_q8_0)
-DEFINE_ROW_KERNELS(q4_0, dec_q4_0, score_q4_0, accum_q4_0)
+DEFINE_ROW_KERNELS(f32, dec_f32, score_f32, accum_f32, KVQI_MAX_BLOCK_TOKENS)
+DEFINE_ROW_KERNELS(f16, dec_f16, score_f16, accum_f16, 16)
+DEFINE_ROW_KERNELS(q8_0, dec_q8_0, score_q8_0, accum_q8_0, 16)
+DEFINE_ROW_KERNELS(q4_0, dec_q4_0, score_q4_0, accum_q4_0, KVQI_MAX_BLOCK_TOKENS)
 
 /* ------------------------------------------------------- rotated codes */
 
@@ -802,6 +823,89 @@ static void score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uin
     score_qblk_i8_impl(1, q8, qscale, G, dim, k, stride, n, scores, ld);
 }
 
+/* q8_0 / q4_0 keys against the int16 query (kvqi_cache_score_qblk_i16_ref): per block
+ * two ymm of 16-bit words, coordinates 0..15 and 16..31 (q8_0: bytes sign-extended; q4_0:
+ * low and high nibbles), vpmaddwd against the query's words and one vpaddd: lane j holds
+ * the exact sum of coordinates 2j, 2j + 1, 16 + 2j, 17 + 2j; lanes 0-7 of the reference
+ * are a pair's first block (l), 8-15 its second (u). q4_0's offset: the accumulator starts
+ * at -8 times the lane's four query words. */
+static inline __attribute__((always_inline)) void
+score_qblk_i16_impl(const int Q4, const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
+                    const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
+    if (dim % 64 || dim > KVQI_QBLK_I8_MAX_DIM) {
+        kvqi_cache_score_qblk_i16_ref(Q4, q16, qscale, G, dim, k, stride, n, scores, ld);
+        return;
+    }
+    const size_t bs = Q4 ? 18 : 34;
+    int32_t corr[HG][KVQI_QBLK_I8_MAX_DIM / 4];
+    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+        uint32_t hh[HG];
+        for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
+        const int16_t *q0 = q16 + (size_t)hh[0] * dim, *q1 = q16 + (size_t)hh[1] * dim;
+        const int16_t *q2 = q16 + (size_t)hh[2] * dim, *q3 = q16 + (size_t)hh[3] * dim;
+        for (uint32_t h = 0; h < HG; h++)
+            for (uint32_t b = 0; b < dim / 32; b++) {
+                const int16_t *qp = q16 + (size_t)hh[h] * dim + 32 * b;
+                __m256i m8 = _mm256_set1_epi16(Q4 ? -8 : 0);
+                __m256i cv = _mm256_add_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)qp), m8),
+                                              _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(qp + 16)), m8));
+                _mm256_storeu_si256((__m256i *)(corr[h] + 8 * b), cv);
+            }
+        const __m128 vqs = _mm_set_ps(qscale[hh[3]], qscale[hh[2]], qscale[hh[1]], qscale[hh[0]]);
+        for (size_t t = 0; t < n; t++) {
+            const uint8_t *row = k + t * stride;
+            __m256 l0 = _mm256_setzero_ps(), l1 = l0, l2 = l0, l3 = l0;
+            __m256 u0 = l0, u1 = l0, u2 = l0, u3 = l0;
+            for (uint32_t b = 0; b < dim / 32; b += 2) {
+#define QBLK16_BLOCK(B, A0, A1, A2, A3)                                                      \
+    do {                                                                                     \
+        const uint8_t *blk = row + bs * (B);                                                 \
+        __m256i x1, x2;                                                                      \
+        if (Q4) {                                                                            \
+            __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));   \
+            x1 = _mm256_and_si256(w, _mm256_set1_epi16(15));                                 \
+            x2 = _mm256_srli_epi16(w, 4);                                                    \
+        } else {                                                                             \
+            x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));          \
+            x2 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));         \
+        }                                                                                    \
+        __m256 d = _mm256_set1_ps(fp16_scalar(blk));                                         \
+        size_t o = 32 * (size_t)(B);                                                         \
+        A0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(QBLK16_SUM(0, q0)), d, A0);                 \
+        A1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(QBLK16_SUM(1, q1)), d, A1);                 \
+        A2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(QBLK16_SUM(2, q2)), d, A2);                 \
+        A3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(QBLK16_SUM(3, q3)), d, A3);                 \
+    } while (0)
+#define QBLK16_SUM(H, QH)                                                                    \
+    _mm256_add_epi32(                                                                        \
+        _mm256_add_epi32(Q4 ? _mm256_loadu_si256((const __m256i *)(corr[H] + o / 4))      \
+                            : _mm256_setzero_si256(),                                        \
+                         _mm256_madd_epi16(x1, _mm256_loadu_si256((const __m256i *)(QH + o)))), \
+        _mm256_madd_epi16(x2, _mm256_loadu_si256((const __m256i *)(QH + o + 16))))
+                QBLK16_BLOCK(b, l0, l1, l2, l3);
+                QBLK16_BLOCK(b + 1, u0, u1, u2, u3);
+#undef QBLK16_SUM
+#undef QBLK16_BLOCK
+            }
+            float s[4];
+            _mm_storeu_ps(s, _mm_mul_ps(hsum4(_mm256_add_ps(l0, u0), _mm256_add_ps(l1, u1),
+                                              _mm256_add_ps(l2, u2), _mm256_add_ps(l3, u3)),
+                                        vqs));
+            for (uint32_t h = 0; h < HG && h0 + h < G; h++) scores[(h0 + h) * ld + t] = s[h];
+        }
+    }
+}
+
+static void score_q8_0_i16(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
+                           const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
+    score_qblk_i16_impl(0, q16, qscale, G, dim, k, stride, n, scores, ld);
+}
+
+static void score_q4_0_i16(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
+                           const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
+    score_qblk_i16_impl(1, q16, qscale, G, dim, k, stride, n, scores, ld);
+}
+
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->score_f32 = score_f32;
     k->score_f16 = score_f16;
@@ -824,4 +928,6 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->rot_v16_bits = 1u << 2 | 1u << 3 | 1u << 4;
     k->score_q8_0_i8 = score_q8_0_i8;
     k->score_q4_0_i8 = score_q4_0_i8;
+    k->score_q8_0_i16 = score_q8_0_i16;
+    k->score_q4_0_i16 = score_q4_0_i16;
 }
