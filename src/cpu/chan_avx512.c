@@ -151,6 +151,23 @@ CHAN_WEIGHTS(4)
         _mm512_storeu_ps(out + h * 64 + 48, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a##h##3), sv, bv));  \
     }
 
+/* A plane group's 16-token subblock k as bytes 4 t + i: 4 bits (x##0, x##1: the group's
+ * two 64-byte halves), 2 bits (x), 1 bit (x: the 32 bytes, then the same shifted by one,
+ * so that tokens 8-15 of each 16 (the next bit) sit in the high half). */
+#define LOAD4(x, p)                                                                                 \
+    __m512i x##0 = _mm512_loadu_si512((const void *)(p)), x##1 = _mm512_loadu_si512((const void *)((p) + 64));
+#define LOAD2(x, p) __m512i x = _mm512_loadu_si512((const void *)(p));
+#define LOAD1(x, p)                                                                                 \
+    __m512i x;                                                                                      \
+    {                                                                                               \
+        __m256i y_ = _mm256_loadu_si256((const __m256i *)(const void *)(p));                       \
+        x = _mm512_inserti64x4(_mm512_castsi256_si512(y_), _mm256_srli_epi16(y_, 1), 1);           \
+    }
+#define V4(x, k) _mm512_and_si512((k) % 2 ? _mm512_srli_epi16((k) < 2 ? x##0 : x##1, 4) : ((k) < 2 ? x##0 : x##1), m4)
+#define V2(x, k) _mm512_and_si512(_mm512_srli_epi16(x, 2 * (k)), m2)
+#define V1(x, k) _mm512_and_si512(_mm512_srli_epi16(x, 2 * (k)), m1)
+#define OR3(a, b, c) _mm512_or_si512(_mm512_or_si512(a, b), c)
+
 /* gh (1..4) heads' scores of the unit's 64 tokens into out[h * 64 + l]; W: the first
  * head's weights, P apart. */
 static inline __attribute__((always_inline, target("avx512vnni"))) void
@@ -160,29 +177,57 @@ heads(const uint8_t *unit, const kvqi_chan_layout *L, const int16_t *W, uint32_t
     const __m512i m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(3), m1 = _mm512_set1_epi8(1);
     CHAN_ACC(0) CHAN_ACC(1) CHAN_ACC(2) CHAN_ACC(3)
     const int16_t *wp = W;
-    const uint8_t *g = unit;
-    for (uint32_t i = 0; i < L->n4; i++, g += 128, wp += 4) {
-        __m512i x0 = _mm512_loadu_si512((const void *)g), x1 = _mm512_loadu_si512((const void *)(g + 64));
-        CHAN_SUB(0, _mm512_and_si512(x0, m4))
-        CHAN_SUB(1, _mm512_and_si512(_mm512_srli_epi16(x0, 4), m4))
-        CHAN_SUB(2, _mm512_and_si512(x1, m4))
-        CHAN_SUB(3, _mm512_and_si512(_mm512_srli_epi16(x1, 4), m4))
+    const uint8_t *g4 = unit, *g2 = unit + 128 * (size_t)L->n4, *g1 = g2 + 64 * (size_t)L->n2;
+    uint32_t w4, w2, w1;
+    kvqi_chan_whole_groups(L, &w4, &w2, &w1);
+    /* whole groups: each channel's code from its planes, as bytes */
+    for (uint32_t i = 0; i < L->nc[8]; i++, g4 += 256, wp += 4) {
+        LOAD4(a, g4) LOAD4(b, g4 + 128)
+        CHAN_SUB(0, _mm512_or_si512(V4(a, 0), _mm512_slli_epi16(V4(b, 0), 4)))
+        CHAN_SUB(1, _mm512_or_si512(V4(a, 1), _mm512_slli_epi16(V4(b, 1), 4)))
+        CHAN_SUB(2, _mm512_or_si512(V4(a, 2), _mm512_slli_epi16(V4(b, 2), 4)))
+        CHAN_SUB(3, _mm512_or_si512(V4(a, 3), _mm512_slli_epi16(V4(b, 3), 4)))
     }
-    for (uint32_t i = 0; i < L->n2; i++, g += 64, wp += 4) {
-        __m512i x = _mm512_loadu_si512((const void *)g);
-        CHAN_SUB(0, _mm512_and_si512(x, m2))
-        CHAN_SUB(1, _mm512_and_si512(_mm512_srli_epi16(x, 2), m2))
-        CHAN_SUB(2, _mm512_and_si512(_mm512_srli_epi16(x, 4), m2))
-        CHAN_SUB(3, _mm512_and_si512(_mm512_srli_epi16(x, 6), m2))
+    for (uint32_t i = 0; i < L->nc[7]; i++, g4 += 128, g2 += 64, g1 += 32, wp += 4) {
+        LOAD4(a, g4) LOAD2(b, g2) LOAD1(c, g1)
+        CHAN_SUB(0, OR3(_mm512_slli_epi16(V4(a, 0), 3), _mm512_slli_epi16(V2(b, 0), 1), V1(c, 0)))
+        CHAN_SUB(1, OR3(_mm512_slli_epi16(V4(a, 1), 3), _mm512_slli_epi16(V2(b, 1), 1), V1(c, 1)))
+        CHAN_SUB(2, OR3(_mm512_slli_epi16(V4(a, 2), 3), _mm512_slli_epi16(V2(b, 2), 1), V1(c, 2)))
+        CHAN_SUB(3, OR3(_mm512_slli_epi16(V4(a, 3), 3), _mm512_slli_epi16(V2(b, 3), 1), V1(c, 3)))
     }
-    for (uint32_t i = 0; i < L->n1; i++, g += 32, wp += 4) {
-        /* bytes of tokens 0-7 of each 16 in the low half, 8-15 (the next bit) in the high */
-        __m256i y = _mm256_loadu_si256((const __m256i *)(const void *)g);
-        __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(y), _mm256_srli_epi16(y, 1), 1);
-        CHAN_SUB(0, _mm512_and_si512(x, m1))
-        CHAN_SUB(1, _mm512_and_si512(_mm512_srli_epi16(x, 2), m1))
-        CHAN_SUB(2, _mm512_and_si512(_mm512_srli_epi16(x, 4), m1))
-        CHAN_SUB(3, _mm512_and_si512(_mm512_srli_epi16(x, 6), m1))
+    for (uint32_t i = 0; i < L->nc[6]; i++, g4 += 128, g2 += 64, wp += 4) {
+        LOAD4(a, g4) LOAD2(b, g2)
+        CHAN_SUB(0, _mm512_or_si512(_mm512_slli_epi16(V4(a, 0), 2), V2(b, 0)))
+        CHAN_SUB(1, _mm512_or_si512(_mm512_slli_epi16(V4(a, 1), 2), V2(b, 1)))
+        CHAN_SUB(2, _mm512_or_si512(_mm512_slli_epi16(V4(a, 2), 2), V2(b, 2)))
+        CHAN_SUB(3, _mm512_or_si512(_mm512_slli_epi16(V4(a, 3), 2), V2(b, 3)))
+    }
+    for (uint32_t i = 0; i < L->nc[5]; i++, g4 += 128, g1 += 32, wp += 4) {
+        LOAD4(a, g4) LOAD1(c, g1)
+        CHAN_SUB(0, _mm512_or_si512(_mm512_slli_epi16(V4(a, 0), 1), V1(c, 0)))
+        CHAN_SUB(1, _mm512_or_si512(_mm512_slli_epi16(V4(a, 1), 1), V1(c, 1)))
+        CHAN_SUB(2, _mm512_or_si512(_mm512_slli_epi16(V4(a, 2), 1), V1(c, 2)))
+        CHAN_SUB(3, _mm512_or_si512(_mm512_slli_epi16(V4(a, 3), 1), V1(c, 3)))
+    }
+    for (uint32_t i = 0; i < L->nc[3]; i++, g2 += 64, g1 += 32, wp += 4) {
+        LOAD2(b, g2) LOAD1(c, g1)
+        CHAN_SUB(0, _mm512_or_si512(_mm512_slli_epi16(V2(b, 0), 1), V1(c, 0)))
+        CHAN_SUB(1, _mm512_or_si512(_mm512_slli_epi16(V2(b, 1), 1), V1(c, 1)))
+        CHAN_SUB(2, _mm512_or_si512(_mm512_slli_epi16(V2(b, 2), 1), V1(c, 2)))
+        CHAN_SUB(3, _mm512_or_si512(_mm512_slli_epi16(V2(b, 3), 1), V1(c, 3)))
+    }
+    /* the other planes, one group at a time */
+    for (uint32_t i = w4; i < L->n4; i++, g4 += 128, wp += 4) {
+        LOAD4(a, g4)
+        CHAN_SUB(0, V4(a, 0)) CHAN_SUB(1, V4(a, 1)) CHAN_SUB(2, V4(a, 2)) CHAN_SUB(3, V4(a, 3))
+    }
+    for (uint32_t i = w2; i < L->n2; i++, g2 += 64, wp += 4) {
+        LOAD2(b, g2)
+        CHAN_SUB(0, V2(b, 0)) CHAN_SUB(1, V2(b, 1)) CHAN_SUB(2, V2(b, 2)) CHAN_SUB(3, V2(b, 3))
+    }
+    for (uint32_t i = w1; i < L->n1; i++, g1 += 32, wp += 4) {
+        LOAD1(c, g1)
+        CHAN_SUB(0, V1(c, 0)) CHAN_SUB(1, V1(c, 1)) CHAN_SUB(2, V1(c, 2)) CHAN_SUB(3, V1(c, 3))
     }
     CHAN_OUT(0) CHAN_OUT(1) CHAN_OUT(2) CHAN_OUT(3)
 }
