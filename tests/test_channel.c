@@ -405,8 +405,9 @@ static void random_block(kvqi_rng *r, const kvqi_chan_layout *L, uint8_t *block,
 
 /* Every ISA's score kernel gives the scalar reference's bits: random codes, bits 0..8
  * per channel, two units, spans starting and ending anywhere in a unit, 1..9 heads
- * (both sides of every group of four), heads of 64 and of 288 channels (past the
- * AVX-512 kernel's 256 for weighing four heads at once). */
+ * (both sides of every group of four), heads of 64, 128 (two 64-channel tables of the
+ * AVX-512 weights' permutes) and 288 channels (past that kernel's 256 for weighing four
+ * heads at once). */
 TEST(channel_score_kernels_match_scalar) {
     uint8_t bits[288];
     kvqi_chan_layout L;
@@ -422,7 +423,7 @@ TEST(channel_score_kernels_match_scalar) {
     const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512, KVQ_ISA_NEON};
     int compared = 0;
     for (int rep = 0; rep < 8; rep++) {
-        uint32_t dim = rep < 6 ? 64 : 288;
+        uint32_t dim = rep < 4 ? 64 : rep < 6 ? 128 : 288;
         random_layout(&r, dim, bits, &L, mem);
         random_block(&r, &L, block, 4 * dim + 2 * (size_t)L.unit_bytes);
         for (uint32_t i = 0; i < 9 * dim; i++) q[i] = (float)kvqi_rng_normal(&r) * (rep % 2 ? 1.0f : 1e-3f);

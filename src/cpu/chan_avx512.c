@@ -68,11 +68,10 @@ static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float
  * registers. */
 static inline __attribute__((always_inline)) void
 weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const float *q, const uint32_t gh, int16_t *W,
-              float *scale, float *bias) {
+              float *scale, float *bias, const int packed) {
     uint32_t dim = L->dim, P = L->n_padded;
     float wf[4][256];
     int16_t wc[4][256 + 64];
-    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     const __m512 zero = _mm512_setzero_ps();
     __m512 part[4] = {zero, zero, zero, zero}, vmx[4] = {zero, zero, zero, zero};
     for (uint32_t j = 0; j < dim; j += 16) {
@@ -84,30 +83,42 @@ weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const float *q, c
             part[h] = _mm512_fmadd_ps(qv, lo, part[h]);
             __m512 wv = _mm512_mul_ps(qv, st);
             _mm512_storeu_ps(wf[h] + j, wv);
-            vmx[h] = _mm512_max_ps(vmx[h], _mm512_mul_ps(_mm512_and_ps(wv, absmask), top));
+            /* the larger magnitude, sign cleared: max(vmx, |w| top) (top >= 0) */
+            vmx[h] = _mm512_range_ps(vmx[h], _mm512_mul_ps(wv, top), 0x0b);
         }
     }
     for (uint32_t h = 0; h < gh; h++) {
         float mx = _mm512_reduce_max_ps(vmx[h]);
         __m512 iv = _mm512_set1_ps(mx > 0.0f ? L->wmax / mx : 0.0f);
-        for (uint32_t j = 0; j < dim; j += 16)
-            _mm256_storeu_si256((__m256i *)(void *)(wc[h] + j),
-                                _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wf[h] + j), iv))));
+        if (packed) /* 32 channels a step, in vpackssdw's lane order (undone by the index) */
+            for (uint32_t j = 0; j < dim; j += 32)
+                _mm512_storeu_si512((void *)(wc[h] + j),
+                                    _mm512_packs_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wf[h] + j), iv)),
+                                                       _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wf[h] + j + 16), iv))));
+        else
+            for (uint32_t j = 0; j < dim; j += 16)
+                _mm256_storeu_si256((__m256i *)(void *)(wc[h] + j),
+                                    _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wf[h] + j), iv))));
         scale[h] = mx / L->wmax;
         bias[h] = fold16(part[h]);
     }
     for (uint32_t p = 0; p < P; p += 32) {
         __m512i idx = _mm512_loadu_si512((const void *)(L->pair_chan + p));
         __m512i sh = _mm512_loadu_si512((const void *)(L->pair_shift + p));
+        /* packed: channel 32 m + r sits at 32 m + 8 ((r / 4) % 4) + 4 (r / 16) + r % 4 */
+        __m512i pidx = packed ? _mm512_or_si512(_mm512_or_si512(_mm512_andnot_si512(_mm512_set1_epi16(28), idx),
+                                                                _mm512_slli_epi16(_mm512_and_si512(idx, _mm512_set1_epi16(12)), 1)),
+                                                _mm512_srli_epi16(_mm512_and_si512(idx, _mm512_set1_epi16(16)), 2))
+                              : idx;
         __mmask32 m[4];
         for (uint32_t k = 1; 64 * k < dim; k++)
             m[k] = _mm512_cmpeq_epi16_mask(_mm512_srli_epi16(idx, 6), _mm512_set1_epi16((short)k));
         for (uint32_t h = 0; h < gh; h++) {
             const int16_t *c = wc[h];
-            __m512i r = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)c), idx,
+            __m512i r = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)c), pidx,
                                                   _mm512_loadu_si512((const void *)(c + 32)));
             for (uint32_t k = 1; 64 * k < dim; k++)
-                r = _mm512_mask_mov_epi16(r, m[k], _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)(c + 64 * k)), idx,
+                r = _mm512_mask_mov_epi16(r, m[k], _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)(c + 64 * k)), pidx,
                                                                              _mm512_loadu_si512((const void *)(c + 64 * k + 32))));
             r = _mm512_sllv_epi16(r, sh);
             int16_t *Wh = W + (size_t)h * P;
@@ -120,7 +131,7 @@ weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const float *q, c
 #define CHAN_WEIGHTS(GH)                                                                            \
     static void weights_heads_##GH(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, \
                                    float *scale, float *bias) {                                     \
-        weights_heads(block, L, q, GH, W, scale, bias);                                             \
+        weights_heads(block, L, q, GH, W, scale, bias, L->dim % 32 == 0);                           \
     }
 CHAN_WEIGHTS(1)
 CHAN_WEIGHTS(2)
