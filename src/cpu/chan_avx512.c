@@ -283,6 +283,10 @@ void kvqi_chan_dot_avx512(const uint8_t *block, const kvqi_chan_layout *L, const
     uint32_t P = L->n_padded;
     const uint8_t *unit = block + 4 * (size_t)L->dim + (in / 64) * L->unit_bytes;
     size_t l0 = in % 64;
+    /* what follows the unit (the next unit, or the next chunk's block when a chunk is one
+     * unit: a block head and a unit further on), fetched while this one is scored */
+    for (size_t o = 0; o < 4 * (size_t)L->dim + L->unit_bytes; o += 64)
+        _mm_prefetch((const char *)(unit + L->unit_bytes + o), _MM_HINT_T0);
     /* the whole unit straight into the rows when it is asked for whole */
     int whole = l0 == 0 && n == 64 && ld == 64;
     float tmp[4 * 64];
