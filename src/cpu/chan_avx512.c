@@ -78,6 +78,7 @@ weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const float *q, c
         __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * (size_t)j)));
         __m512 st = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * ((size_t)dim + j))));
         __m512 top = _mm512_loadu_ps(L->top + j);
+#pragma GCC unroll 4
         for (uint32_t h = 0; h < gh; h++) {
             __m512 qv = _mm512_loadu_ps(q + (size_t)h * dim + j);
             part[h] = _mm512_fmadd_ps(qv, lo, part[h]);
@@ -87,6 +88,7 @@ weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const float *q, c
             vmx[h] = _mm512_range_ps(vmx[h], _mm512_mul_ps(wv, top), 0x0b);
         }
     }
+#pragma GCC unroll 4
     for (uint32_t h = 0; h < gh; h++) {
         float mx = _mm512_reduce_max_ps(vmx[h]);
         __m512 iv = _mm512_set1_ps(mx > 0.0f ? L->wmax / mx : 0.0f);
@@ -113,6 +115,7 @@ weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const float *q, c
         __mmask32 m[4];
         for (uint32_t k = 1; 64 * k < dim; k++)
             m[k] = _mm512_cmpeq_epi16_mask(_mm512_srli_epi16(idx, 6), _mm512_set1_epi16((short)k));
+#pragma GCC unroll 4
         for (uint32_t h = 0; h < gh; h++) {
             const int16_t *c = wc[h];
             __m512i r = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)c), pidx,
