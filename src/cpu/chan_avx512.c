@@ -2,9 +2,10 @@
  * chan_avx512.c - channel keys' weights and dot kernels (cache_kernels.h): the reference's
  * weights with 16 lanes (the same operations lane for lane), then 64 tokens in four registers of
  * 16 int32 sums per query head, heads four at a time: each group of four planes gives 16
- * tokens' planes as bytes from one load, shift and mask, and two vpdpwssd add their
- * products with the group's int16 weights (planes 0 and 2 from the low bytes of a token's
- * words, 1 and 3 from the high). CPUs without VNNI take the AVX2 kernel.
+ * tokens' planes as bytes from one load, shift and mask (a whole group: its two or three
+ * plane groups' bytes shifted and ORed into the four channels' codes), and two vpdpwssd
+ * add their products with the slot group's int16 weights (slots 0 and 2 from the low
+ * bytes of a token's words, 1 and 3 from the high). CPUs without VNNI take the AVX2 kernel.
  */
 #include <string.h>
 #include <immintrin.h>
