@@ -322,7 +322,16 @@ TEST(channel_planes_round_trip) {
             uint32_t sum = 0;
             for (uint32_t j = 0; j < dim; j++) sum += bits[j];
             CHECKF(L.unit_bytes == 8 * sum, "dim %u: %u bytes for %u bits", dim, L.unit_bytes, sum);
-            CHECK(L.n_planes % 4 == 0 && L.n_padded % 16 == 0 && L.n_padded >= L.n_planes);
+            CHECK(L.n_planes % 4 == 0 && L.n_slots % 4 == 0 && L.n_padded % 16 == 0 && L.n_padded >= L.n_slots &&
+                  L.n_slots <= L.n_planes);
+            /* whole groups: every four channels of 3, 5, 6, 7 or 8 bits */
+            uint32_t count[9] = {0}, whole = 0;
+            for (uint32_t j = 0; j < dim; j++) count[bits[j]]++;
+            for (uint32_t b = 0; b <= 8; b++) {
+                uint32_t want_nc = b == 3 || b >= 5 ? count[b] / 4 : 0;
+                CHECKF(L.nc[b] == want_nc, "dim %u: %u whole groups of %u bits, %u channels", dim, L.nc[b], b, count[b]);
+                whole += L.nc[b];
+            }
             uint32_t cover[128] = {0}, n_pad = 0;
             for (uint32_t p = 0; p < L.n_planes; p++) {
                 uint32_t wd = L.width[p], j = (uint32_t)L.chan[p];
@@ -353,6 +362,33 @@ TEST(channel_planes_round_trip) {
                 for (uint32_t j = 0; j < dim; j++)
                     CHECKF(kvqi_chan_code_at(&L, block, j, t) == want[t * dim + j], "dim %u token %zu channel %u", dim,
                            t, j);
+            /* the slots cover every channel's bits once: weights c_j 2^shift per slot (whole
+             * groups' slots at shift 0) give sum_j c_j code_j exactly, on every ISA */
+            int16_t W[4 * 128 + 16] = {0};
+            int32_t cj[128];
+            for (uint32_t j = 0; j < dim; j++) cj[j] = (int32_t)(kvqi_rng_next(&r) % 61) - 30;
+            uint32_t n_whole_slots = 0;
+            for (uint32_t s = 0; s < L.n_padded; s++) {
+                uint32_t sh = L.pair_shift[s];
+                if (sh < 16) W[s] = (int16_t)(cj[L.pair_chan[s]] * (1 << sh));
+                n_whole_slots += s < 4 * whole && sh == 0;
+            }
+            CHECK(n_whole_slots == 4 * whole);
+            const kvq_isa isas[] = {KVQ_ISA_SCALAR, KVQ_ISA_AVX2, KVQ_ISA_AVX512, KVQ_ISA_NEON};
+            for (size_t k = 0; k < 4; k++) {
+                if (!kvq_isa_available(isas[k])) continue;
+                const kvqi_cache_kernels *K = kvqi_cache_kernels_for(isas[k]);
+                float one = 1.0f, zero = 0.0f, got[64];
+                for (size_t u = 0; u < 2; u++) {
+                    K->chan_dot(block, &L, W, &one, &zero, 1, 64 * u, 64, got, 64);
+                    for (size_t t = 0; t < 64; t++) {
+                        int64_t sum = 0;
+                        for (uint32_t j = 0; j < dim; j++) sum += (int64_t)cj[j] * want[(64 * u + t) * dim + j];
+                        CHECKF(got[t] == (float)sum, "isa %d dim %u token %zu: %g vs %lld", (int)isas[k], dim,
+                               64 * u + t, got[t], (long long)sum);
+                    }
+                }
+            }
             free(block), free(want), free(mem);
         }
 }
@@ -369,8 +405,9 @@ static void random_block(kvqi_rng *r, const kvqi_chan_layout *L, uint8_t *block,
 
 /* Every ISA's score kernel gives the scalar reference's bits: random codes, bits 0..8
  * per channel, two units, spans starting and ending anywhere in a unit, 1..9 heads
- * (both sides of every group of four), heads of 64 and of 288 channels (past the
- * AVX-512 kernel's 256 for weighing four heads at once). */
+ * (both sides of every group of four), heads of 64, 128 (two 64-channel tables of the
+ * AVX-512 weights' permutes) and 288 channels (past that kernel's 256 for weighing four
+ * heads at once). */
 TEST(channel_score_kernels_match_scalar) {
     uint8_t bits[288];
     kvqi_chan_layout L;
@@ -386,7 +423,7 @@ TEST(channel_score_kernels_match_scalar) {
     const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512, KVQ_ISA_NEON};
     int compared = 0;
     for (int rep = 0; rep < 8; rep++) {
-        uint32_t dim = rep < 6 ? 64 : 288;
+        uint32_t dim = rep < 4 ? 64 : rep < 6 ? 128 : 288;
         random_layout(&r, dim, bits, &L, mem);
         random_block(&r, &L, block, 4 * dim + 2 * (size_t)L.unit_bytes);
         for (uint32_t i = 0; i < 9 * dim; i++) q[i] = (float)kvqi_rng_normal(&r) * (rep % 2 ? 1.0f : 1e-3f);

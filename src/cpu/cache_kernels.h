@@ -92,32 +92,50 @@ void kvqi_cache_sign_lut(const float *z, uint32_t m, float *lut);
 
 /* Channel keys' codes of one head (cache/chan.c): each channel's b-bit code is cut into
  * planes of 4, 2 and 1 bits, narrowest at the bottom (b = 1: 1; 2: 2; 3: 1 + 2; 4: 4;
- * 5: 1 + 4; 6: 2 + 4; 7: 1 + 2 + 4; 8: 4 + 4). Planes of one width go four to a group,
- * in channel order; the last 4-bit planes that do not fill a group become two 2-bit
- * planes each, then the last 2-bit planes that do not fill one two 1-bit planes each, so
- * the 1-bit planes fill whole groups whenever sum_j bits[j] % 4 == 0 (else the last is
- * padded with empty planes). A chunk block is lo[dim] and step[dim] in fp16, then per 64
- * tokens one unit: the groups of 4 bits (128 bytes each), of 2 bits (64), of 1 bit (32),
- * 8 sum_j bits[j] bytes in all. Plane p is byte p % 4 of its group's token slots: width 4,
- * token l at byte 64 (l / 32) + 4 (l % 16) + p % 4, bits 4 ((l / 16) % 2); width 2, byte
- * 4 (l % 16) + p % 4, bits 2 (l / 16); width 1, byte 4 (l % 8) + p % 4, bit l / 8. So one
- * load and a shift and mask give 16 (or 8) tokens' four planes as bytes 4 t + i, which
- * multiply-add instructions consume directly. */
+ * 5: 1 + 4; 6: 2 + 4; 7: 1 + 2 + 4; 8: 4 + 4). Planes of one width go four to a group;
+ * a group's four planes are byte p % 4 of its token slots: width 4, token l at byte
+ * 64 (l / 32) + 4 (l % 16) + p % 4, bits 4 ((l / 16) % 2); width 2, byte 4 (l % 16) + p % 4,
+ * bits 2 (l / 16); width 1, byte 4 (l % 8) + p % 4, bit l / 8. So one load and a shift and
+ * mask give 16 (or 8) tokens' four planes as bytes 4 t + i, which multiply-add
+ * instructions consume directly. A chunk block is lo[dim] and step[dim] in fp16, then per
+ * 64 tokens one unit: the groups of 4 bits (128 bytes each), of 2 bits (64), of 1 bit
+ * (32), 8 sum_j bits[j] bytes in all.
+ * Whole codes: of the channels of b = 8, 7, 6, 5 and 3 bits, the first 4 nc[b] in
+ * channel order (nc[b] = their count / 4) go four to a whole group, whose planes are
+ * groups of the same four channels at the head of each width (4 bits: nc[8] groups of
+ * two, the low planes then the high, then nc[7], nc[6], nc[5] groups; 2 bits: nc[7],
+ * nc[6], nc[3]; 1 bit: nc[7], nc[5], nc[3]), so that shifts and ORs of one whole group's
+ * planes give the four channels' whole codes as bytes and one multiply-add serves all
+ * their bits. The other channels' planes follow in channel order per width; the last
+ * 4-bit planes that do not fill a group become two 2-bit planes each, then the last 2-bit
+ * planes that do not fill one two 1-bit planes each, so the 1-bit planes fill whole groups
+ * whenever sum_j bits[j] % 4 == 0 (else the last is padded with empty planes).
+ * The score's slots, four to a slot group: the whole groups' channels (shift 0) in the
+ * order 8, 7, 6, 5, 3, then the other planes (4, 2, 1 bits, shift as the plane's). */
 typedef struct kvqi_chan_layout {
     uint32_t dim;
     uint32_t n4, n2, n1;     /* groups of four planes of 4, 2 and 1 bits, in that order */
     uint32_t n_planes;       /* 4 (n4 + n2 + n1) */
-    uint32_t n_padded;       /* n_planes rounded up to 16: the arrays' length */
+    uint32_t nc[9];          /* whole groups of b bits (b = 3, 5, 6, 7, 8; others 0) */
+    uint32_t n_slots;        /* 4 (sum nc + the groups of planes not in whole groups) */
+    uint32_t n_padded;       /* n_slots rounded up to 16: the weights' length */
     uint32_t unit_bytes;     /* 128 n4 + 64 n2 + 32 n1 */
     float wmax;              /* the largest weight times 2^shift: 32640, less where the int32
                               * sums of sum_j (2^bits[j] - 1) codes could overflow */
     const uint16_t *chan;    /* plane p's channel (padding: 0) */
     const uint8_t *shift;    /* plane p holds bits [shift, shift + width) of the code */
     const uint8_t *width;    /* 4, 2, 1 (padding: 0) */
-    const float *top;        /* [dim] channel j's largest 2^shift (0 without bits) */
-    const uint16_t *pair_chan;  /* chan in the weights' pair order (kvqi_chan_weights_ref) */
-    const uint16_t *pair_shift; /* shift in that order (padding: 16) */
+    const float *top;        /* [dim] channel j's largest 2^shift over its slots (0 without bits) */
+    const uint16_t *pair_chan;  /* slot channels in the weights' pair order (kvqi_chan_weights_ref) */
+    const uint16_t *pair_shift; /* their shifts in that order (padding: 16) */
 } kvqi_chan_layout;
+
+/* Groups of planes of 4, 2 and 1 bits that whole groups take (the rest follow them). */
+static inline void kvqi_chan_whole_groups(const kvqi_chan_layout *L, uint32_t *w4, uint32_t *w2, uint32_t *w1) {
+    *w4 = 2 * L->nc[8] + L->nc[7] + L->nc[6] + L->nc[5];
+    *w2 = L->nc[7] + L->nc[6] + L->nc[3];
+    *w1 = L->nc[7] + L->nc[5] + L->nc[3];
+}
 
 /* The accum kernels take at most this many tokens per call (the attend block). */
 #define KVQI_MAX_BLOCK_TOKENS 64u
@@ -200,8 +218,8 @@ typedef struct kvqi_cache_kernels {
      * [G][dim]) int16 weights W[h * n_padded + p], scale[h] and bias[h], each head as
      * kvqi_chan_weights_ref gives them (wf: dim floats of scratch). chan_dot: tokens t in
      * [in, in + n) inside one unit of 64 (in % 64 + n <= 64), scores[h * ld + t - in] =
-     * fmaf((float)acc_h(t), scale[h], bias[h]) with acc_h(t) = sum_p W_h[p] plane_p(t) in
-     * int32. Integer sums and the reference's float operations: every ISA gives the same
+     * fmaf((float)acc_h(t), scale[h], bias[h]) with acc_h(t) = sum_s W_h[s] slot_s(t) in
+     * int32 (a whole group's slot: its channel's code; else its plane's value). Integer sums and the reference's float operations: every ISA gives the same
      * bits. */
     void (*chan_weights)(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
                          int16_t *W, float *scale, float *bias, float *wf);
@@ -253,7 +271,7 @@ size_t kvqi_chan_layout_bytes(uint32_t dim);
 /* The layout of a head whose channel j has bits[j] (0..8) bits, arrays in mem
  * (kvqi_chan_layout_bytes(dim), 4-byte aligned); dim % 16 == 0. */
 void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t dim, void *mem);
-/* The built layout L with arrays only as long as its planes need (n_padded + 16 each),
+/* The built layout L with arrays only as long as its planes and slots need (16 more each),
  * copied to dst and mem; returns the bytes of mem (mem NULL: only those). */
 size_t kvqi_chan_layout_pack(const kvqi_chan_layout *L, kvqi_chan_layout *dst, void *mem);
 /* Plane p's value (width bits) of token l < 64 in a unit, and its setting (OR: the unit
@@ -264,13 +282,13 @@ void kvqi_chan_plane_put(const kvqi_chan_layout *L, uint8_t *unit, uint32_t p, u
 uint32_t kvqi_chan_code_at(const kvqi_chan_layout *L, const uint8_t *block, uint32_t j, size_t t);
 /* The query side of chan_dot (chan_weights) for one head q[dim], the reference every ISA
  * reproduces: w_j = q_j step_j, max = max_j |w_j| top_j, scale = max / wmax, channel
- * weights W_j = rint(w_j * (wmax / max)) and plane weights W[p'] = W_j 2^shift_p as int16
- * (so acc = sum_j W_j code_j), stored in pairs: p' = 4 (p / 4) + {0, 2, 1, 3}[p % 4]
- * (planes 0 and 2 of a group, then 1 and 3); bias = sum_j q_j lo_j (fmaf into 16 lanes
+ * weights W_j = rint(w_j * (wmax / max)) and slot weights W[s'] = W_j 2^shift_s as int16
+ * (so acc = sum_j W_j code_j), stored in pairs: s' = 4 (s / 4) + {0, 2, 1, 3}[s % 4]
+ * (slots 0 and 2 of a group, then 1 and 3); bias = sum_j q_j lo_j (fmaf into 16 lanes
  * j % 16, folded 8, 4, 2, 1). wf: dim floats of scratch. */
 void kvqi_chan_weights_ref(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, float *scale,
                            float *bias, float *wf);
-/* The most planes a head of dim channels can have (n_padded <= this). */
+/* The most planes a head of dim channels can have (n_padded <= this: slots <= planes). */
 uint32_t kvqi_chan_planes_cap(uint32_t dim);
 
 /* Kernels for a resolved ISA; ISAs without their own version fall back per entry. */

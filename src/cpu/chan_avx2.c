@@ -144,45 +144,85 @@ CHAN_INLINE __m256i pair_at(const int16_t *w) {
         _mm256_storeu_ps(out + (h) * ldo + 8 * A + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(b##h), sv, bv)); \
     }
 
+/* A plane group's words for octets A and A + 2 (pass A), i = 0, 1: the even and odd
+ * words of octet A, 2, 3: those of A + 2. 4 bits (x: the group's 32 bytes of pass A): the
+ * two nibbles; 2 bits (x: its 32 bytes of pass A % 2 shifted by 4 (A / 4)): the octet
+ * A + 2 two bits above; 1 bit (x: the group shifted by A): octet l's bit l. One word
+ * vector at a time, so that few are live (16 registers). */
+CHAN_INLINE __m256i w4(__m256i x, const unsigned i) {
+    const __m256i m = _mm256_set1_epi16(15);
+    return i == 0 ? _mm256_and_si256(x, m)
+           : i == 1 ? _mm256_and_si256(_mm256_srli_epi16(x, 8), m)
+           : i == 2 ? _mm256_and_si256(_mm256_srli_epi16(x, 4), m)
+                    : _mm256_srli_epi16(x, 12);
+}
+CHAN_INLINE __m256i w21(__m256i x, const unsigned i, __m256i m) {
+    return _mm256_and_si256(i == 0 ? x : _mm256_srli_epi16(x, i == 1 ? 8 : i == 2 ? 2 : 10), m);
+}
+#define LD(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
+/* a whole code from the words of its planes: (hi << s) | lo, (hi << s) | (mid << t) | lo */
+#define WHOLE2(hi, s, lo) _mm256_or_si256(_mm256_slli_epi16(hi, s), lo)
+#define WHOLE3(hi, s, mid, t, lo) _mm256_or_si256(_mm256_or_si256(_mm256_slli_epi16(hi, s), _mm256_slli_epi16(mid, t)), lo)
+#define GROUP4(F) CHAN_GROUP(F(0), F(1), F(2), F(3))
+
 /* Octets A and A + 2 (A = 0, 1, 4, 5) of gh (1..4) heads into out[h * ldo + l]. */
 CHAN_INLINE void octets(const uint8_t *unit, const kvqi_chan_layout *L, const int16_t *W, uint32_t P,
                         const float *scale, const float *bias, float *out, size_t ldo, const unsigned gh,
                         const unsigned A) {
-    const __m256i z = _mm256_setzero_si256(), m4 = _mm256_set1_epi16(15), m2 = _mm256_set1_epi16(3),
+    const __m256i z = _mm256_setzero_si256(), m2 = _mm256_set1_epi16(3),
                   m1 = _mm256_set1_epi16(1);
     CHAN_ACC(0) CHAN_ACC(1) CHAN_ACC(2) CHAN_ACC(3)
     const int16_t *wp = W;
-    const uint8_t *g = unit + 64 * (A / 4) + 32 * (A % 2);
-    /* the first pass fetches what follows the unit (the next chunk's block when a chunk is
-     * one unit) on its way: one unit and a block head further on */
-    const size_t ahead = L->unit_bytes + 4 * (size_t)L->dim;
-    for (uint32_t i = 0; i < L->n4; i++, g += 128, wp += 4) {
-        if (A == 0) {
-            _mm_prefetch((const char *)(g + ahead), _MM_HINT_T0);
-            _mm_prefetch((const char *)(g + ahead + 64), _MM_HINT_T0);
-        }
-        __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)g);
-        CHAN_GROUP(_mm256_and_si256(x, m4), _mm256_and_si256(_mm256_srli_epi16(x, 8), m4),
-                   _mm256_and_si256(_mm256_srli_epi16(x, 4), m4), _mm256_srli_epi16(x, 12))
+    const uint8_t *g4 = unit + 64 * (A / 4) + 32 * (A % 2), *g2 = unit + 128 * (size_t)L->n4 + 32 * (A % 2),
+                  *g1 = unit + 128 * (size_t)L->n4 + 64 * (size_t)L->n2;
+    uint32_t w4n, w2n, w1n;
+    kvqi_chan_whole_groups(L, &w4n, &w2n, &w1n);
+    /* whole groups: each channel's code from its planes' words */
+#define X2(p) (A / 4 ? _mm256_srli_epi16(LD(p), 4) : LD(p))
+#define X1(p) (A ? _mm256_srli_epi16(LD(p), A) : LD(p))
+    for (uint32_t i = 0; i < L->nc[8]; i++, g4 += 256, wp += 4) {
+        __m256i lo = LD(g4), hi = LD(g4 + 128);
+#define F8(k) WHOLE2(w4(hi, k), 4, w4(lo, k))
+        GROUP4(F8)
     }
-    /* 2 bits: octet A at shift 4 (A / 4), A + 2 two bits above */
-    g = unit + 128 * (size_t)L->n4 + 32 * (A % 2);
-    for (uint32_t i = 0; i < L->n2; i++, g += 64, wp += 4) {
-        if (A == 0) _mm_prefetch((const char *)(g + ahead), _MM_HINT_T0);
-        __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)g);
-        if (A / 4) x = _mm256_srli_epi16(x, 4);
-        CHAN_GROUP(_mm256_and_si256(x, m2), _mm256_and_si256(_mm256_srli_epi16(x, 8), m2),
-                   _mm256_and_si256(_mm256_srli_epi16(x, 2), m2), _mm256_and_si256(_mm256_srli_epi16(x, 10), m2))
+    for (uint32_t i = 0; i < L->nc[7]; i++, g4 += 128, g2 += 64, g1 += 32, wp += 4) {
+        __m256i x4 = LD(g4), x2 = X2(g2), x1 = X1(g1);
+#define F7(k) WHOLE3(w4(x4, k), 3, w21(x2, k, m2), 1, w21(x1, k, m1))
+        GROUP4(F7)
     }
-    /* 1 bit: octet l's bit l */
-    g = unit + 128 * (size_t)L->n4 + 64 * (size_t)L->n2;
-    for (uint32_t i = 0; i < L->n1; i++, g += 32, wp += 4) {
-        if (A == 0 && i % 2 == 0) _mm_prefetch((const char *)(g + ahead), _MM_HINT_T0);
-        __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)g);
-        if (A) x = _mm256_srli_epi16(x, A);
-        CHAN_GROUP(_mm256_and_si256(x, m1), _mm256_and_si256(_mm256_srli_epi16(x, 8), m1),
-                   _mm256_and_si256(_mm256_srli_epi16(x, 2), m1), _mm256_and_si256(_mm256_srli_epi16(x, 10), m1))
+    for (uint32_t i = 0; i < L->nc[6]; i++, g4 += 128, g2 += 64, wp += 4) {
+        __m256i x4 = LD(g4), x2 = X2(g2);
+#define F6(k) WHOLE2(w4(x4, k), 2, w21(x2, k, m2))
+        GROUP4(F6)
     }
+    for (uint32_t i = 0; i < L->nc[5]; i++, g4 += 128, g1 += 32, wp += 4) {
+        __m256i x4 = LD(g4), x1 = X1(g1);
+#define F5(k) WHOLE2(w4(x4, k), 1, w21(x1, k, m1))
+        GROUP4(F5)
+    }
+    for (uint32_t i = 0; i < L->nc[3]; i++, g2 += 64, g1 += 32, wp += 4) {
+        __m256i x2 = X2(g2), x1 = X1(g1);
+#define F3(k) WHOLE2(w21(x2, k, m2), 1, w21(x1, k, m1))
+        GROUP4(F3)
+    }
+    /* the other planes */
+    for (uint32_t i = w4n; i < L->n4; i++, g4 += 128, wp += 4) {
+        __m256i x4 = LD(g4);
+#define P4(k) w4(x4, k)
+        GROUP4(P4)
+    }
+    for (uint32_t i = w2n; i < L->n2; i++, g2 += 64, wp += 4) {
+        __m256i x2 = X2(g2);
+#define P2(k) w21(x2, k, m2)
+        GROUP4(P2)
+    }
+    for (uint32_t i = w1n; i < L->n1; i++, g1 += 32, wp += 4) {
+        __m256i x1 = X1(g1);
+#define P1(k) w21(x1, k, m1)
+        GROUP4(P1)
+    }
+#undef X2
+#undef X1
     CHAN_OUT(0) CHAN_OUT(1) CHAN_OUT(2) CHAN_OUT(3)
 }
 
@@ -216,8 +256,10 @@ void kvqi_chan_dot_avx2(const uint8_t *block, const kvqi_chan_layout *L, const i
     /* the whole unit straight into the rows when it is asked for whole */
     int whole = l0 == 0 && n == 64 && ld >= 64;
     float tmp[4 * 64];
-    /* the head (minima and steps) of what follows the unit, as the first pass does its unit */
-    for (size_t o = 0; o < 4 * (size_t)L->dim; o += 64) _mm_prefetch((const char *)(unit + L->unit_bytes + o), _MM_HINT_T0);
+    /* what follows the unit (the next unit, or the next chunk's block when a chunk is one
+     * unit): a block head and a unit further on */
+    for (size_t o = 0; o < 4 * (size_t)L->dim + L->unit_bytes; o += 64)
+        _mm_prefetch((const char *)(unit + L->unit_bytes + o), _MM_HINT_T0);
     for (uint32_t h0 = 0; h0 < G; h0 += 4) {
         uint32_t gh = G - h0 < 4 ? G - h0 : 4;
         const int16_t *Wg = W + (size_t)h0 * P;

@@ -2,9 +2,10 @@
  * chan_avx512.c - channel keys' weights and dot kernels (cache_kernels.h): the reference's
  * weights with 16 lanes (the same operations lane for lane), then 64 tokens in four registers of
  * 16 int32 sums per query head, heads four at a time: each group of four planes gives 16
- * tokens' planes as bytes from one load, shift and mask, and two vpdpwssd add their
- * products with the group's int16 weights (planes 0 and 2 from the low bytes of a token's
- * words, 1 and 3 from the high). CPUs without VNNI take the AVX2 kernel.
+ * tokens' planes as bytes from one load, shift and mask (a whole group: its two or three
+ * plane groups' bytes shifted and ORed into the four channels' codes), and two vpdpwssd
+ * add their products with the slot group's int16 weights (slots 0 and 2 from the low
+ * bytes of a token's words, 1 and 3 from the high). CPUs without VNNI take the AVX2 kernel.
  */
 #include <string.h>
 #include <immintrin.h>
@@ -68,46 +69,60 @@ static void weights(const uint8_t *block, const kvqi_chan_layout *L, const float
  * registers. */
 static inline __attribute__((always_inline)) void
 weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const float *q, const uint32_t gh, int16_t *W,
-              float *scale, float *bias) {
+              float *scale, float *bias, const int packed) {
     uint32_t dim = L->dim, P = L->n_padded;
     float wf[4][256];
     int16_t wc[4][256 + 64];
-    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     const __m512 zero = _mm512_setzero_ps();
     __m512 part[4] = {zero, zero, zero, zero}, vmx[4] = {zero, zero, zero, zero};
     for (uint32_t j = 0; j < dim; j += 16) {
         __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * (size_t)j)));
         __m512 st = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * ((size_t)dim + j))));
         __m512 top = _mm512_loadu_ps(L->top + j);
+#pragma GCC unroll 4
         for (uint32_t h = 0; h < gh; h++) {
             __m512 qv = _mm512_loadu_ps(q + (size_t)h * dim + j);
             part[h] = _mm512_fmadd_ps(qv, lo, part[h]);
             __m512 wv = _mm512_mul_ps(qv, st);
             _mm512_storeu_ps(wf[h] + j, wv);
-            vmx[h] = _mm512_max_ps(vmx[h], _mm512_mul_ps(_mm512_and_ps(wv, absmask), top));
+            /* the larger magnitude, sign cleared: max(vmx, |w| top) (top >= 0) */
+            vmx[h] = _mm512_range_ps(vmx[h], _mm512_mul_ps(wv, top), 0x0b);
         }
     }
+#pragma GCC unroll 4
     for (uint32_t h = 0; h < gh; h++) {
         float mx = _mm512_reduce_max_ps(vmx[h]);
         __m512 iv = _mm512_set1_ps(mx > 0.0f ? L->wmax / mx : 0.0f);
-        for (uint32_t j = 0; j < dim; j += 16)
-            _mm256_storeu_si256((__m256i *)(void *)(wc[h] + j),
-                                _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wf[h] + j), iv))));
+        if (packed) /* 32 channels a step, in vpackssdw's lane order (undone by the index) */
+            for (uint32_t j = 0; j < dim; j += 32)
+                _mm512_storeu_si512((void *)(wc[h] + j),
+                                    _mm512_packs_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wf[h] + j), iv)),
+                                                       _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wf[h] + j + 16), iv))));
+        else
+            for (uint32_t j = 0; j < dim; j += 16)
+                _mm256_storeu_si256((__m256i *)(void *)(wc[h] + j),
+                                    _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wf[h] + j), iv))));
         scale[h] = mx / L->wmax;
         bias[h] = fold16(part[h]);
     }
     for (uint32_t p = 0; p < P; p += 32) {
         __m512i idx = _mm512_loadu_si512((const void *)(L->pair_chan + p));
         __m512i sh = _mm512_loadu_si512((const void *)(L->pair_shift + p));
+        /* packed: channel 32 m + r sits at 32 m + 8 ((r / 4) % 4) + 4 (r / 16) + r % 4 */
+        __m512i pidx = packed ? _mm512_or_si512(_mm512_or_si512(_mm512_andnot_si512(_mm512_set1_epi16(28), idx),
+                                                                _mm512_slli_epi16(_mm512_and_si512(idx, _mm512_set1_epi16(12)), 1)),
+                                                _mm512_srli_epi16(_mm512_and_si512(idx, _mm512_set1_epi16(16)), 2))
+                              : idx;
         __mmask32 m[4];
         for (uint32_t k = 1; 64 * k < dim; k++)
             m[k] = _mm512_cmpeq_epi16_mask(_mm512_srli_epi16(idx, 6), _mm512_set1_epi16((short)k));
+#pragma GCC unroll 4
         for (uint32_t h = 0; h < gh; h++) {
             const int16_t *c = wc[h];
-            __m512i r = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)c), idx,
+            __m512i r = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)c), pidx,
                                                   _mm512_loadu_si512((const void *)(c + 32)));
             for (uint32_t k = 1; 64 * k < dim; k++)
-                r = _mm512_mask_mov_epi16(r, m[k], _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)(c + 64 * k)), idx,
+                r = _mm512_mask_mov_epi16(r, m[k], _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)(c + 64 * k)), pidx,
                                                                              _mm512_loadu_si512((const void *)(c + 64 * k + 32))));
             r = _mm512_sllv_epi16(r, sh);
             int16_t *Wh = W + (size_t)h * P;
@@ -120,7 +135,7 @@ weights_heads(const uint8_t *block, const kvqi_chan_layout *L, const float *q, c
 #define CHAN_WEIGHTS(GH)                                                                            \
     static void weights_heads_##GH(const uint8_t *block, const kvqi_chan_layout *L, const float *q, int16_t *W, \
                                    float *scale, float *bias) {                                     \
-        weights_heads(block, L, q, GH, W, scale, bias);                                             \
+        weights_heads(block, L, q, GH, W, scale, bias, L->dim % 32 == 0);                           \
     }
 CHAN_WEIGHTS(1)
 CHAN_WEIGHTS(2)
@@ -151,6 +166,23 @@ CHAN_WEIGHTS(4)
         _mm512_storeu_ps(out + h * 64 + 48, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a##h##3), sv, bv));  \
     }
 
+/* A plane group's 16-token subblock k as bytes 4 t + i: 4 bits (x##0, x##1: the group's
+ * two 64-byte halves), 2 bits (x), 1 bit (x: the 32 bytes, then the same shifted by one,
+ * so that tokens 8-15 of each 16 (the next bit) sit in the high half). */
+#define LOAD4(x, p)                                                                                 \
+    __m512i x##0 = _mm512_loadu_si512((const void *)(p)), x##1 = _mm512_loadu_si512((const void *)((p) + 64));
+#define LOAD2(x, p) __m512i x = _mm512_loadu_si512((const void *)(p));
+#define LOAD1(x, p)                                                                                 \
+    __m512i x;                                                                                      \
+    {                                                                                               \
+        __m256i y_ = _mm256_loadu_si256((const __m256i *)(const void *)(p));                       \
+        x = _mm512_inserti64x4(_mm512_castsi256_si512(y_), _mm256_srli_epi16(y_, 1), 1);           \
+    }
+#define V4(x, k) _mm512_and_si512((k) % 2 ? _mm512_srli_epi16((k) < 2 ? x##0 : x##1, 4) : ((k) < 2 ? x##0 : x##1), m4)
+#define V2(x, k) _mm512_and_si512(_mm512_srli_epi16(x, 2 * (k)), m2)
+#define V1(x, k) _mm512_and_si512(_mm512_srli_epi16(x, 2 * (k)), m1)
+#define OR3(a, b, c) _mm512_or_si512(_mm512_or_si512(a, b), c)
+
 /* gh (1..4) heads' scores of the unit's 64 tokens into out[h * 64 + l]; W: the first
  * head's weights, P apart. */
 static inline __attribute__((always_inline, target("avx512vnni"))) void
@@ -160,29 +192,57 @@ heads(const uint8_t *unit, const kvqi_chan_layout *L, const int16_t *W, uint32_t
     const __m512i m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(3), m1 = _mm512_set1_epi8(1);
     CHAN_ACC(0) CHAN_ACC(1) CHAN_ACC(2) CHAN_ACC(3)
     const int16_t *wp = W;
-    const uint8_t *g = unit;
-    for (uint32_t i = 0; i < L->n4; i++, g += 128, wp += 4) {
-        __m512i x0 = _mm512_loadu_si512((const void *)g), x1 = _mm512_loadu_si512((const void *)(g + 64));
-        CHAN_SUB(0, _mm512_and_si512(x0, m4))
-        CHAN_SUB(1, _mm512_and_si512(_mm512_srli_epi16(x0, 4), m4))
-        CHAN_SUB(2, _mm512_and_si512(x1, m4))
-        CHAN_SUB(3, _mm512_and_si512(_mm512_srli_epi16(x1, 4), m4))
+    const uint8_t *g4 = unit, *g2 = unit + 128 * (size_t)L->n4, *g1 = g2 + 64 * (size_t)L->n2;
+    uint32_t w4, w2, w1;
+    kvqi_chan_whole_groups(L, &w4, &w2, &w1);
+    /* whole groups: each channel's code from its planes, as bytes */
+    for (uint32_t i = 0; i < L->nc[8]; i++, g4 += 256, wp += 4) {
+        LOAD4(a, g4) LOAD4(b, g4 + 128)
+        CHAN_SUB(0, _mm512_or_si512(V4(a, 0), _mm512_slli_epi16(V4(b, 0), 4)))
+        CHAN_SUB(1, _mm512_or_si512(V4(a, 1), _mm512_slli_epi16(V4(b, 1), 4)))
+        CHAN_SUB(2, _mm512_or_si512(V4(a, 2), _mm512_slli_epi16(V4(b, 2), 4)))
+        CHAN_SUB(3, _mm512_or_si512(V4(a, 3), _mm512_slli_epi16(V4(b, 3), 4)))
     }
-    for (uint32_t i = 0; i < L->n2; i++, g += 64, wp += 4) {
-        __m512i x = _mm512_loadu_si512((const void *)g);
-        CHAN_SUB(0, _mm512_and_si512(x, m2))
-        CHAN_SUB(1, _mm512_and_si512(_mm512_srli_epi16(x, 2), m2))
-        CHAN_SUB(2, _mm512_and_si512(_mm512_srli_epi16(x, 4), m2))
-        CHAN_SUB(3, _mm512_and_si512(_mm512_srli_epi16(x, 6), m2))
+    for (uint32_t i = 0; i < L->nc[7]; i++, g4 += 128, g2 += 64, g1 += 32, wp += 4) {
+        LOAD4(a, g4) LOAD2(b, g2) LOAD1(c, g1)
+        CHAN_SUB(0, OR3(_mm512_slli_epi16(V4(a, 0), 3), _mm512_slli_epi16(V2(b, 0), 1), V1(c, 0)))
+        CHAN_SUB(1, OR3(_mm512_slli_epi16(V4(a, 1), 3), _mm512_slli_epi16(V2(b, 1), 1), V1(c, 1)))
+        CHAN_SUB(2, OR3(_mm512_slli_epi16(V4(a, 2), 3), _mm512_slli_epi16(V2(b, 2), 1), V1(c, 2)))
+        CHAN_SUB(3, OR3(_mm512_slli_epi16(V4(a, 3), 3), _mm512_slli_epi16(V2(b, 3), 1), V1(c, 3)))
     }
-    for (uint32_t i = 0; i < L->n1; i++, g += 32, wp += 4) {
-        /* bytes of tokens 0-7 of each 16 in the low half, 8-15 (the next bit) in the high */
-        __m256i y = _mm256_loadu_si256((const __m256i *)(const void *)g);
-        __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(y), _mm256_srli_epi16(y, 1), 1);
-        CHAN_SUB(0, _mm512_and_si512(x, m1))
-        CHAN_SUB(1, _mm512_and_si512(_mm512_srli_epi16(x, 2), m1))
-        CHAN_SUB(2, _mm512_and_si512(_mm512_srli_epi16(x, 4), m1))
-        CHAN_SUB(3, _mm512_and_si512(_mm512_srli_epi16(x, 6), m1))
+    for (uint32_t i = 0; i < L->nc[6]; i++, g4 += 128, g2 += 64, wp += 4) {
+        LOAD4(a, g4) LOAD2(b, g2)
+        CHAN_SUB(0, _mm512_or_si512(_mm512_slli_epi16(V4(a, 0), 2), V2(b, 0)))
+        CHAN_SUB(1, _mm512_or_si512(_mm512_slli_epi16(V4(a, 1), 2), V2(b, 1)))
+        CHAN_SUB(2, _mm512_or_si512(_mm512_slli_epi16(V4(a, 2), 2), V2(b, 2)))
+        CHAN_SUB(3, _mm512_or_si512(_mm512_slli_epi16(V4(a, 3), 2), V2(b, 3)))
+    }
+    for (uint32_t i = 0; i < L->nc[5]; i++, g4 += 128, g1 += 32, wp += 4) {
+        LOAD4(a, g4) LOAD1(c, g1)
+        CHAN_SUB(0, _mm512_or_si512(_mm512_slli_epi16(V4(a, 0), 1), V1(c, 0)))
+        CHAN_SUB(1, _mm512_or_si512(_mm512_slli_epi16(V4(a, 1), 1), V1(c, 1)))
+        CHAN_SUB(2, _mm512_or_si512(_mm512_slli_epi16(V4(a, 2), 1), V1(c, 2)))
+        CHAN_SUB(3, _mm512_or_si512(_mm512_slli_epi16(V4(a, 3), 1), V1(c, 3)))
+    }
+    for (uint32_t i = 0; i < L->nc[3]; i++, g2 += 64, g1 += 32, wp += 4) {
+        LOAD2(b, g2) LOAD1(c, g1)
+        CHAN_SUB(0, _mm512_or_si512(_mm512_slli_epi16(V2(b, 0), 1), V1(c, 0)))
+        CHAN_SUB(1, _mm512_or_si512(_mm512_slli_epi16(V2(b, 1), 1), V1(c, 1)))
+        CHAN_SUB(2, _mm512_or_si512(_mm512_slli_epi16(V2(b, 2), 1), V1(c, 2)))
+        CHAN_SUB(3, _mm512_or_si512(_mm512_slli_epi16(V2(b, 3), 1), V1(c, 3)))
+    }
+    /* the other planes, one group at a time */
+    for (uint32_t i = w4; i < L->n4; i++, g4 += 128, wp += 4) {
+        LOAD4(a, g4)
+        CHAN_SUB(0, V4(a, 0)) CHAN_SUB(1, V4(a, 1)) CHAN_SUB(2, V4(a, 2)) CHAN_SUB(3, V4(a, 3))
+    }
+    for (uint32_t i = w2; i < L->n2; i++, g2 += 64, wp += 4) {
+        LOAD2(b, g2)
+        CHAN_SUB(0, V2(b, 0)) CHAN_SUB(1, V2(b, 1)) CHAN_SUB(2, V2(b, 2)) CHAN_SUB(3, V2(b, 3))
+    }
+    for (uint32_t i = w1; i < L->n1; i++, g1 += 32, wp += 4) {
+        LOAD1(c, g1)
+        CHAN_SUB(0, V1(c, 0)) CHAN_SUB(1, V1(c, 1)) CHAN_SUB(2, V1(c, 2)) CHAN_SUB(3, V1(c, 3))
     }
     CHAN_OUT(0) CHAN_OUT(1) CHAN_OUT(2) CHAN_OUT(3)
 }
@@ -227,6 +287,10 @@ void kvqi_chan_dot_avx512(const uint8_t *block, const kvqi_chan_layout *L, const
     uint32_t P = L->n_padded;
     const uint8_t *unit = block + 4 * (size_t)L->dim + (in / 64) * L->unit_bytes;
     size_t l0 = in % 64;
+    /* what follows the unit (the next unit, or the next chunk's block when a chunk is one
+     * unit: a block head and a unit further on), fetched while this one is scored */
+    for (size_t o = 0; o < 4 * (size_t)L->dim + L->unit_bytes; o += 64)
+        _mm_prefetch((const char *)(unit + L->unit_bytes + o), _MM_HINT_T0);
     /* the whole unit straight into the rows when it is asked for whole */
     int whole = l0 == 0 && n == 64 && ld == 64;
     float tmp[4 * 64];

@@ -46,9 +46,18 @@ static uint32_t place(kvqi_chan_layout *L, uint32_t *list, uint32_t n, const uin
     return n_out;
 }
 
+/* The classes of whole groups in slot order, and each one's planes: 4-bit shifts (up to
+ * two), 2-bit shift and 1-bit shift (none: 255). */
+static const uint8_t whole_bits[5] = {8, 7, 6, 5, 3};
+static const uint8_t whole_planes[9][4] = {
+    [8] = {0, 4, 255, 255}, [7] = {3, 255, 1, 0}, [6] = {2, 255, 0, 255},
+    [5] = {1, 255, 255, 0}, [3] = {255, 255, 1, 0},
+};
+
 void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t dim, void *mem) {
     uint32_t cap = padded_cap(dim);
     memset(mem, 0, kvqi_chan_layout_bytes(dim));
+    memset(L, 0, sizeof *L);
     float *top = (float *)mem;
     uint16_t *pair_chan = (uint16_t *)(void *)(top + dim), *pair_shift = pair_chan + cap;
     /* the list of one width's planes lives where the pairs go last (cap words) */
@@ -58,57 +67,117 @@ void kvqi_chan_layout_build(kvqi_chan_layout *L, const uint8_t *bits, uint32_t d
     L->chan = chan, L->top = top, L->shift = shift, L->width = width;
     L->pair_chan = pair_chan, L->pair_shift = pair_shift;
     /* planes of each width: 4 (b >= 4; b = 8 twice), 2 (b = 2, 3, 6, 7), 1 (b odd) */
-    uint32_t c4 = 0, c2 = 0, c1 = 0;
+    uint32_t c4 = 0, c2 = 0, c1 = 0, count[9] = {0};
     for (uint32_t j = 0; j < dim; j++) {
         uint32_t b = bits[j];
         c4 += (b >= 4) + (b == 8);
         c2 += (b & 2u) != 0;
         c1 += b & 1u;
+        count[b]++;
     }
+    for (uint32_t k = 0; k < 5; k++) L->nc[whole_bits[k]] = count[whole_bits[k]] / 4;
     uint32_t n4 = c4 / 4, r4 = c4 % 4, n2 = (c2 + 2 * r4) / 4, r2 = (c2 + 2 * r4) % 4;
     uint32_t n1 = (c1 + 2 * r2 + 3) / 4;
-    uint32_t pend4[3], pend2[3], n = 0;
+    /* whole[j]: channel j is in a whole group (the first 4 nc[b] of its bits); kept where
+     * top goes last */
+    uint8_t *whole = (uint8_t *)(void *)top;
+    uint32_t seen[9] = {0};
     for (uint32_t j = 0; j < dim; j++) {
         uint32_t b = bits[j];
+        whole[j] = seen[b]++ < 4 * L->nc[b];
+    }
+    /* one width's planes of the whole groups, class by class in slot order: the four
+     * channels of each group (in channel order) at that class's shift of this width */
+    uint32_t n = 0;
+#define WHOLE_PLANES(slot)                                                                     \
+    for (uint32_t k = 0; k < 5; k++) {                                                         \
+        uint32_t b = whole_bits[k], sh = whole_planes[b][slot], left = 4 * L->nc[b], j0 = 0;   \
+        if (sh == 255) continue;                                                               \
+        while (left) { /* the next four channels of b bits */                                  \
+            uint32_t grp[4], got = 0;                                                          \
+            for (uint32_t j = j0; got < 4; j++)                                                \
+                if (bits[j] == b && whole[j]) grp[got++] = j, j0 = j + 1;                      \
+            for (uint32_t i = 0; i < 4; i++) list[n++] = grp[i] << 8 | sh;                     \
+            if (slot == 0 && whole_planes[b][1] != 255)                                        \
+                for (uint32_t i = 0; i < 4; i++) list[n++] = grp[i] << 8 | whole_planes[b][1]; \
+            left -= 4;                                                                         \
+        }                                                                                      \
+    }
+    uint32_t pend4[3], pend2[3];
+    WHOLE_PLANES(0)
+    for (uint32_t j = 0; j < dim; j++) {
+        uint32_t b = bits[j];
+        if (whole[j]) continue;
         if (b == 8) list[n++] = j << 8, list[n++] = j << 8 | 4u;
         else if (b >= 4) list[n++] = j << 8 | (b & 3u);
     }
     place(L, list, n, NULL, 0, 4, 0, n4, pend4);
     n = 0;
+    WHOLE_PLANES(2)
     for (uint32_t j = 0; j < dim; j++)
-        if (bits[j] & 2u) list[n++] = j << 8 | (bits[j] & 1u);
+        if ((bits[j] & 2u) && !whole[j]) list[n++] = j << 8 | (bits[j] & 1u);
     place(L, list, n, pend4, r4, 2, 4 * n4, n2, pend2);
     n = 0;
+    WHOLE_PLANES(3)
     for (uint32_t j = 0; j < dim; j++)
-        if (bits[j] & 1u) list[n++] = j << 8;
+        if ((bits[j] & 1u) && !whole[j]) list[n++] = j << 8;
     place(L, list, n, pend2, r2, 1, 4 * (n4 + n2), n1, NULL);
+#undef WHOLE_PLANES
     L->dim = dim;
     L->n4 = n4, L->n2 = n2, L->n1 = n1;
     L->n_planes = 4 * (n4 + n2 + n1);
-    L->n_padded = (L->n_planes + 15) & ~15u;
     L->unit_bytes = 128 * n4 + 64 * n2 + 32 * n1;
     /* |W_j| top_j <= wmax + 0.51 top_j fits int16 (top_j <= 128); the sums sum_j W_j
      * code_j fit int32 */
     uint64_t codes = 1;
     for (uint32_t j = 0; j < dim; j++) codes += (1u << bits[j]) - 1u;
     L->wmax = (float)(codes * 32641u > INT32_MAX ? INT32_MAX / codes - 1 : 32640u);
+    /* the slots: the whole groups' channels at shift 0 (their first plane group gives
+     * them), then the other planes; slot s of a group of four goes to pair position
+     * {0, 2, 1, 3}[s % 4] */
+    uint32_t w4, w2, w1, ns = 0;
+    kvqi_chan_whole_groups(L, &w4, &w2, &w1);
+    uint32_t g4 = 0, g2 = n4 + L->nc[7] + L->nc[6]; /* the 3-bit groups' 2-bit planes */
     static const uint8_t pair[4] = {0, 2, 1, 3};
-    for (uint32_t p = 0; p < L->n_padded; p++) {
-        uint32_t q = 4 * (p / 4) + pair[p % 4];
-        pair_chan[q] = (uint16_t)chan[p];
-        pair_shift[q] = width[p] ? shift[p] : 16; /* padding: weight 0 */
-        if (width[p] && ldexpf(1.0f, shift[p]) > top[chan[p]]) top[chan[p]] = ldexpf(1.0f, shift[p]);
+    /* the lists and the flags are done with: the pairs and top are written over them */
+    memset(pair_chan, 0, 2 * (size_t)cap * sizeof *pair_chan);
+    memset(top, 0, (size_t)dim * sizeof *top);
+#define SLOT(j, sh)                                                                            \
+    do {                                                                                       \
+        uint32_t q_ = 4 * (ns / 4) + pair[ns % 4];                                             \
+        pair_chan[q_] = (uint16_t)(j);                                                         \
+        pair_shift[q_] = (uint16_t)(sh);                                                       \
+        if ((sh) < 16 && ldexpf(1.0f, (int)(sh)) > top[j]) top[j] = ldexpf(1.0f, (int)(sh));   \
+        ns++;                                                                                  \
+    } while (0)
+    for (uint32_t k = 0; k < 5; k++) {
+        uint32_t b = whole_bits[k];
+        for (uint32_t i = 0; i < L->nc[b]; i++) {
+            uint32_t g = whole_planes[b][0] != 255 ? g4 : g2; /* its first plane group */
+            for (uint32_t t = 0; t < 4; t++) SLOT(chan[4 * g + t], 0u);
+            if (whole_planes[b][0] != 255) g4 += b == 8 ? 2 : 1;
+            else g2++;
+        }
     }
-    /* past the planes: zero, as before the list used them (the kernels read whole vectors) */
-    memset(pair_chan + L->n_padded, 0, (cap - L->n_padded) * sizeof *pair_chan);
-    memset(pair_shift + L->n_padded, 0, (cap - L->n_padded) * sizeof *pair_shift);
+    for (uint32_t g = 0; g < n4 + n2 + n1; g++) {
+        if (g < w4 || (g >= n4 && g < n4 + w2) || (g >= n4 + n2 && g < n4 + n2 + w1)) continue;
+        for (uint32_t t = 0; t < 4; t++) {
+            uint32_t p = 4 * g + t;
+            SLOT(chan[p], width[p] ? (uint32_t)shift[p] : 16u);
+        }
+    }
+#undef SLOT
+    L->n_slots = ns;
+    L->n_padded = (ns + 15) & ~15u;
+    for (; ns < L->n_padded; ns++) pair_shift[4 * (ns / 4) + pair[ns % 4]] = 16; /* padding: weight 0 */
 }
 
-/* A built layout's arrays copied to mem with n_padded + 16 entries each (the kernels read
- * 32 entries from a multiple of 16) instead of the worst case; dst gets the layout with
- * its arrays there. Returns the bytes; mem NULL: only those. */
+/* A built layout's arrays copied to mem with 16 entries past the planes (at least as many
+ * as the slots) each (the kernels read 32 entries from a multiple of 16) instead of the
+ * worst case; dst gets the layout with its arrays there. Returns the bytes; mem NULL:
+ * only those. */
 size_t kvqi_chan_layout_pack(const kvqi_chan_layout *L, kvqi_chan_layout *dst, void *mem) {
-    size_t n = (size_t)L->n_padded + 16, dim = L->dim;
+    size_t n = (((size_t)L->n_planes + 15) & ~(size_t)15) + 16, dim = L->dim;
     size_t bytes = dim * sizeof(float) + n * (3 * sizeof(uint16_t) + 2);
     if (!mem) return bytes;
     size_t m = KVQI_MIN(n, (size_t)padded_cap(L->dim));
@@ -201,6 +270,36 @@ void kvqi_chan_weights_scalar(const uint8_t *block, const kvqi_chan_layout *L, c
         kvqi_chan_weights_ref(block, L, q + (size_t)h * L->dim, W + (size_t)h * L->n_padded, &scale[h], &bias[h], wf);
 }
 
+/* Slot group sg's four values for token l of a unit: a whole group's channels' codes
+ * (its planes shifted and added), else one plane group's values. */
+static void slot_values(const kvqi_chan_layout *L, const uint8_t *unit, uint32_t sg, uint32_t l, int32_t v[4]) {
+    uint32_t w4, w2, w1, g4 = 0, g2 = L->n4, g1 = L->n4 + L->n2;
+    kvqi_chan_whole_groups(L, &w4, &w2, &w1);
+    for (uint32_t k = 0; k < 5; k++) {
+        uint32_t b = whole_bits[k];
+        const uint8_t *pl = whole_planes[b];
+        if (sg < L->nc[b]) { /* group sg of b bits: its plane groups from g4, g2, g1 on */
+            uint32_t gs[4] = {g4 + 2 * sg, g4 + 2 * sg + 1, g2 + sg, g1 + sg};
+            if (b != 8) gs[0] = g4 + sg;
+            for (uint32_t i = 0; i < 4; i++) {
+                v[i] = 0;
+                for (uint32_t m = 0; m < 4; m++)
+                    if (pl[m] != 255) v[i] += (int32_t)(kvqi_chan_plane_at(L, unit, 4 * gs[m] + i, l) << pl[m]);
+            }
+            return;
+        }
+        sg -= L->nc[b];
+        g4 += pl[0] != 255 ? (b == 8 ? 2 : 1) * L->nc[b] : 0;
+        g2 += pl[2] != 255 ? L->nc[b] : 0;
+        g1 += pl[3] != 255 ? L->nc[b] : 0;
+    }
+    /* the other plane groups, in plane order */
+    uint32_t g = sg < L->n4 - w4 ? w4 + sg
+                 : sg < L->n4 - w4 + L->n2 - w2 ? L->n4 + w2 + (sg - (L->n4 - w4))
+                                                 : L->n4 + L->n2 + w1 + (sg - (L->n4 - w4) - (L->n2 - w2));
+    for (uint32_t i = 0; i < 4; i++) v[i] = (int32_t)kvqi_chan_plane_at(L, unit, 4 * g + i, l);
+}
+
 void kvqi_chan_dot_scalar(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
                           const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld) {
     uint32_t P = L->n_padded, l0 = (uint32_t)(in % 64);
@@ -209,10 +308,10 @@ void kvqi_chan_dot_scalar(const uint8_t *block, const kvqi_chan_layout *L, const
         const int16_t *Wh = W + (size_t)h * P;
         for (uint32_t l = l0; l < l0 + n; l++) {
             int32_t acc = 0;
-            for (uint32_t p = 0; p < L->n_planes; p += 4) { /* weights in pairs: planes 0, 2, 1, 3 */
+            for (uint32_t s = 0; s < L->n_slots; s += 4) { /* weights in pairs: slots 0, 2, 1, 3 */
                 int32_t v[4];
-                for (uint32_t i = 0; i < 4; i++) v[i] = (int32_t)kvqi_chan_plane_at(L, unit, p + i, l);
-                acc += Wh[p] * v[0] + Wh[p + 1] * v[2] + Wh[p + 2] * v[1] + Wh[p + 3] * v[3];
+                slot_values(L, unit, s / 4, l, v);
+                acc += Wh[s] * v[0] + Wh[s + 1] * v[2] + Wh[s + 2] * v[1] + Wh[s + 3] * v[3];
             }
             scores[h * ld + l - l0] = fmaf((float)acc, scale[h], bias[h]);
         }
