@@ -15,99 +15,11 @@
 
 #include "kvq.h"
 
-#define REPS 10
-#define SAMPLES 9
+#include "bench_timing.h"
+
 #define N_Q 32
 #define N_KV 8
 #define D 128
-
-#define CK(x)                                                                            \
-    do {                                                                                 \
-        cudaError_t e_ = (x);                                                            \
-        if (e_ != cudaSuccess) {                                                         \
-            fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));   \
-            exit(1);                                                                     \
-        }                                                                                \
-    } while (0)
-#define KK(x)                                                                            \
-    do {                                                                                 \
-        kvq_status s_ = (x);                                                             \
-        if (s_ != KVQ_OK) {                                                              \
-            fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, kvq_strerror(s_));         \
-            exit(1);                                                                     \
-        }                                                                                \
-    } while (0)
-
-static int cmp_float(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return x < y ? -1 : x > y;
-}
-
-typedef void (*work_fn)(void *ctx, cudaStream_t s);
-
-static float time_graph(work_fn fn, void *ctx, cudaStream_t s) {
-    fn(ctx, s);
-    CK(cudaStreamSynchronize(s));
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    for (int i = 0; i < REPS; i++) fn(ctx, s);
-    CK(cudaStreamEndCapture(s, &g));
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    CK(cudaGraphLaunch(ge, s));
-    CK(cudaStreamSynchronize(s));
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    float ms[SAMPLES];
-    for (int i = 0; i < SAMPLES; i++) {
-        CK(cudaEventRecord(e0, s));
-        CK(cudaGraphLaunch(ge, s));
-        CK(cudaEventRecord(e1, s));
-        CK(cudaEventSynchronize(e1));
-        CK(cudaEventElapsedTime(&ms[i], e0, e1));
-        ms[i] /= REPS;
-    }
-    qsort(ms, SAMPLES, sizeof(float), cmp_float);
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    cudaGraphExecDestroy(ge);
-    cudaGraphDestroy(g);
-    return ms[SAMPLES / 2];
-}
-
-/* Median milliseconds of REPS plain stream calls (the copy ceiling: a memcpy node in a
- * graph may run on the copy engines, slower than a stream copy). */
-static float time_plain(work_fn fn, void *ctx, cudaStream_t s) {
-    fn(ctx, s);
-    CK(cudaStreamSynchronize(s));
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    float ms[SAMPLES];
-    for (int i = 0; i < SAMPLES; i++) {
-        CK(cudaEventRecord(e0, s));
-        for (int r = 0; r < REPS; r++) fn(ctx, s);
-        CK(cudaEventRecord(e1, s));
-        CK(cudaEventSynchronize(e1));
-        CK(cudaEventElapsedTime(&ms[i], e0, e1));
-        ms[i] /= REPS;
-    }
-    qsort(ms, SAMPLES, sizeof(float), cmp_float);
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    return ms[SAMPLES / 2];
-}
-
-typedef struct copy_ctx {
-    void *dst, *src;
-    size_t bytes;
-} copy_ctx;
-
-static void run_copy(void *p, cudaStream_t s) {
-    copy_ctx *c = p;
-    CK(cudaMemcpyAsync(c->dst, c->src, c->bytes, cudaMemcpyDeviceToDevice, s));
-}
 
 typedef struct attn_ctx {
     kvq_cuda_chan *kc;
