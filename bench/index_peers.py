@@ -249,8 +249,10 @@ def main():
     if a.metric == "cosine":  # kvq reads the raw file; the peers and the truth see unit vectors
         xb, xq = normalized(xb), normalized(xq)
         gt = exact_gt(xb, xq, a.k, "cosine")
-    else:
+    elif os.path.exists(a.gt):
         gt = read_ivecs(a.gt)[:len(xq)]
+    else:  # a set written without this metric's truth (the GIST-like one has l2 only)
+        gt = exact_gt(xb, xq, a.k, a.metric)
     print(f"{len(xb)} base, {len(xq)} queries, dim {xb.shape[1]}, {a.metric}; {cpu_model()}; "
           f"builds on {a.build_threads} threads, searches on 1", file=sys.stderr)
     nprobes = [int(v) for v in a.nprobes.split(",")]
