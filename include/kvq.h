@@ -27,8 +27,9 @@
  *   - kvq_context: one call at a time (eval, sample, reset, length, kv_memory).
  *   - kvq_batch: one decode at a time; the contexts a decode is given are in use for
  *     its whole length (no other call on them meanwhile, nor in a second decode).
- *   - kvq_cuda_quantizer: read-only once created; encode/attend calls only enqueue work
- *     on the caller's stream (buffers passed in belong to the caller).
+ *   - kvq_cuda_quantizer, kvq_cuda_chan: read-only once created; encode/append/attend
+ *     calls only enqueue work on the caller's stream (buffers passed in belong to the
+ *     caller: two appends into one cache buffer must be ordered by the caller's streams).
  */
 #ifndef KVQ_H
 #define KVQ_H
