@@ -15,10 +15,11 @@ steps (the weights included); "cache" is what the cache object holds at the end
 (KVQCache.memory()["total"]; DynamicCache: its layers' tensors).
 
 Caches: dynamic (DynamicCache), kvq strings. On CUDA a kvq layer runs on the GPU kernels
-only with codes alone, in a method they have (kvq.hf.cuda_refusal says why not), so the
-preset q4 (per-channel keys, exact sink and newest tokens) is skipped there, and
-mse:bits=4+mse:bits=4 (4-bit rotated Lloyd-Max keys and values, no exact parts) is what
-runs; Gemma's sliding layers stay exact windows there (exact_sliding=True). A shape that does not fit, or would end past --budget-s, is
+when they take its config (kvq.hf.cuda_refusal says why not): codes alone in a method
+they have (mse:bits=4+mse:bits=4: 4-bit rotated Lloyd-Max keys and values), or the
+presets (per-channel keys through kvq_cuda_chan, with their exact sink and newest
+tokens; the prompt is appended a token at a time, so their prefill is slow); Gemma's
+sliding layers stay exact windows there (exact_sliding=True). A shape that does not fit, or would end past --budget-s, is
 skipped with the reason printed. One JSON line per measurement, then a markdown table.
 
   python3 bench/hf_gpu.py --json out.jsonl                  # GPU, the full grid
