@@ -927,6 +927,24 @@ KVQ_API kvq_status kvq_cuda_chan_append(const kvq_cuda_chan *kc, kvq_cuda_dtype 
                                         const int32_t *positions_dev, void *cache_dev, void *workspace_dev,
                                         size_t workspace_bytes, void *stream);
 
+/* Append n tokens per sequence at once (a prompt, or a piece of one): sequence b's
+ * tokens take positions positions_dev[b] .. positions_dev[b] + n - 1 (negative: the
+ * sequence is skipped; tokens at or past capacity are dropped), next after what it holds.
+ * Key and value element (b, h, t, j) - sequence, kv head, token, channel - sit at
+ * k_dev + strides[0] * b + strides[1] * h + strides[2] * t + j (v_dev: strides[3..5]),
+ * counted in elements of dtype; strides NULL: both contiguous [batch][n_kv_heads][n]
+ * [head_dim], transformers' [batch, heads, seq, dim]. The cache then holds exactly the
+ * bytes that n kvq_cuda_chan_append calls would have written: every chunk the tokens
+ * complete is coded in one launch (after one that fixes the mean and bits when chunk 0
+ * is among them), values in one. Workspace: kvq_cuda_chan_append_n_workspace for the
+ * same batch and n (or more), 16-byte aligned. */
+KVQ_API kvq_status kvq_cuda_chan_append_n_workspace(const kvq_cuda_chan *kc, uint32_t batch, uint32_t n,
+                                                    size_t *bytes);
+KVQ_API kvq_status kvq_cuda_chan_append_n(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
+                                          const void *v_dev, const uint64_t *strides, uint32_t batch, uint32_t n,
+                                          uint32_t capacity, const int32_t *positions_dev, void *cache_dev,
+                                          void *workspace_dev, size_t workspace_bytes, void *stream);
+
 /* Decode attention of one query per sequence over [sinks, coded chunks, exact tail],
  * one softmax: desc as kvq_cuda_attend's (n_kv_heads and head_dim the handle's,
  * capacity the buffer's), seq_lens_dev [batch] int32 on the device; cache_dev (and the

@@ -105,6 +105,35 @@ KVQ_API kvq_status kvq_cuda_chan_append(const kvq_cuda_chan *kc, kvq_cuda_dtype 
     return KVQ_ERR_NO_DEVICE;
 }
 
+KVQ_API kvq_status kvq_cuda_chan_append_n_workspace(const kvq_cuda_chan *kc, uint32_t batch, uint32_t n,
+                                                    size_t *bytes) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(batch);
+    KVQI_UNUSED(n);
+    if (bytes) *bytes = 0;
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API kvq_status kvq_cuda_chan_append_n(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
+                                          const void *v_dev, const uint64_t *strides, uint32_t batch, uint32_t n,
+                                          uint32_t capacity, const int32_t *positions_dev, void *cache_dev,
+                                          void *workspace_dev, size_t workspace_bytes, void *stream) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(dtype);
+    KVQI_UNUSED(k_dev);
+    KVQI_UNUSED(v_dev);
+    KVQI_UNUSED(strides);
+    KVQI_UNUSED(batch);
+    KVQI_UNUSED(n);
+    KVQI_UNUSED(capacity);
+    KVQI_UNUSED(positions_dev);
+    KVQI_UNUSED(cache_dev);
+    KVQI_UNUSED(workspace_dev);
+    KVQI_UNUSED(workspace_bytes);
+    KVQI_UNUSED(stream);
+    return KVQ_ERR_NO_DEVICE;
+}
+
 KVQ_API kvq_status kvq_cuda_chan_attend_workspace(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc,
                                                   size_t *bytes) {
     KVQI_UNUSED(kc);

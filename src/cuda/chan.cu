@@ -113,34 +113,48 @@ __device__ __forceinline__ float ring_key(const chan_geom &g, const __half *ek, 
     return __half2float(ek[(size_t)(g.n_sink + pos % g.R) * g.D + j]);
 }
 
-/* One block per (sequence, kv head), a thread per channel: when this token completes a
- * chunk to code, code it (chunk 0: the mean key and the channels' bits first). */
-__global__ void chan_code_kernel(chan_geom g, const int32_t *positions) {
-    __shared__ double s_w[256];
-    __shared__ int s_b[256];
-    const int row = blockIdx.x, b = row / g.n_kv, j = threadIdx.x, lane = j & 31, warp = j >> 5;
-    const int pos = positions[b];
-    if (pos < 0 || pos >= g.capacity) return;
-    const int nc = n_coded(pos + 1, g.W, g.C);
-    if (nc == n_coded(pos, g.W, g.C) || nc == 0) return;
-    const int D = g.D, C = g.C, s0 = nc - C, ci = s0 / C;
+/* Where a chunk's keys come from: the ring, and for positions from pos0 on (the tokens of
+ * a multi-token append, not yet in the ring) the caller's input, element (b, h, t, j) at
+ * b * sb + h * sh + t * st + j; k NULL: the ring alone. */
+typedef struct key_src {
+    const void *k;
+    int dtype;
+    long long sb, sh, st;
+} key_src;
+
+/* Token pos's key channel j as the ring holds it (fp16). */
+__device__ __forceinline__ float src_key(const chan_geom &g, const __half *ek, const key_src &src, int b, int h,
+                                         int pos0, int pos, int j) {
+    if (src.k && pos >= pos0)
+        return __half2float(__float2half_rn(kvqc_load_one(
+            src.k, src.dtype, (size_t)(b * src.sb + h * src.sh + (long long)(pos - pos0) * src.st + j))));
+    return ring_key(g, ek, pos, j);
+}
+
+/* Code chunk ci of (sequence, kv head) row, a thread per channel (chunk 0: the mean key
+ * and the channels' bits first; later chunks read them from the head). */
+__device__ void code_chunk(const chan_geom &g, int row, int ci, const key_src &src, int pos0, double *s_w,
+                           int *s_b) {
+    const int b = row / g.n_kv, hd = row % g.n_kv, j = threadIdx.x, lane = j & 31, warp = j >> 5;
+    const int D = g.D, C = g.C, s0 = ci * C;
     uint8_t *hs = g.cache + g.heads + (size_t)row * g.head_bytes;
     uint8_t *bits_p = hs;
     float *mean_p = (float *)(hs + round16((uint64_t)D));
     uint16_t *off_p = (uint16_t *)(hs + round16((uint64_t)D) + 4 * (uint64_t)D);
     const __half *ek = (const __half *)(g.cache + g.exact_k) + (size_t)row * g.exact_rows * D;
+#define KEY(p) src_key(g, ek, src, b, hd, pos0, (p), j)
     float mu;
     int nb;
     if (ci == 0) {
         /* the mean key over probe tokens 1..31 (the CPU's double sum in order) */
         double acc = 0.0;
-        for (int t = 1; t < CHAN_PROBE; t++) acc = __dadd_rn(acc, (double)ring_key(g, ek, t, j));
+        for (int t = 1; t < CHAN_PROBE; t++) acc = __dadd_rn(acc, (double)KEY(t));
         mu = __double2float_rn(__ddiv_rn(acc, (double)(CHAN_PROBE - 1)));
         mean_p[j] = mu;
         /* bits from each channel's range over tokens 1..C-1 as the ring returns them */
         float lo = INFINITY, hi = -INFINITY;
         for (int t = 1; t < C; t++) {
-            float r = key_ring(ring_key(g, ek, t, j), mu, t);
+            float r = key_ring(KEY(t), mu, t);
             lo = fminf(lo, r);
             hi = fmaxf(hi, r);
         }
@@ -193,7 +207,7 @@ __global__ void chan_code_kernel(chan_geom g, const int32_t *positions) {
     const int off = off_p[j];
     const int lo_t = g.n_sink > s0 ? min(g.n_sink - s0, C) : 0;
     /* the rows, as encode_chan_chunks reads them: ring round trip minus the mean */
-#define ROW(t) __fsub_rn(key_ring(ring_key(g, ek, s0 + (t), j), mu, s0 + (t)), mu)
+#define ROW(t) __fsub_rn(key_ring(KEY(s0 + (t)), mu, s0 + (t)), mu)
     float lo = INFINITY, hi = -INFINITY;
     for (int t = lo_t; t < C; t++) {
         float x = ROW(t);
@@ -265,6 +279,86 @@ __global__ void chan_code_kernel(chan_geom g, const int32_t *positions) {
             if (p < nb) words[(size_t)(w0 / 32) * P + off + p] = pl[p];
     }
 #undef ROW
+#undef KEY
+}
+
+/* One block per (sequence, kv head), a thread per channel: when this token completes a
+ * chunk to code, code it (from the ring, which holds the token already). */
+__global__ void chan_code_kernel(chan_geom g, const int32_t *positions) {
+    __shared__ double s_w[256];
+    __shared__ int s_b[256];
+    const int row = blockIdx.x, b = row / g.n_kv;
+    const int pos = positions[b];
+    if (pos < 0 || pos >= g.capacity) return;
+    const int nc = n_coded(pos + 1, g.W, g.C);
+    if (nc == n_coded(pos, g.W, g.C) || nc == 0) return;
+    const key_src none = {NULL, 0, 0, 0, 0};
+    code_chunk(g, row, nc / g.C - 1, none, 0x7fffffff, s_w, s_b);
+}
+
+/* n tokens per sequence from positions[b] (those below the capacity): grid (sequence x kv
+ * head, chunk), a thread per channel. Every chunk the tokens complete is coded, before
+ * the ring takes them (their keys come from the input; older ones from the ring, which
+ * still holds every token of an uncoded chunk). first: the launch that codes chunk 0
+ * (which fixes the head's mean and bits); else the one for the later chunks. */
+__global__ void chan_code_n_kernel(chan_geom g, const int32_t *positions, int n, key_src src, int first) {
+    __shared__ double s_w[256];
+    __shared__ int s_b[256];
+    const int row = blockIdx.x, b = row / g.n_kv;
+    const int pos0 = positions[b];
+    if (pos0 < 0 || pos0 >= g.capacity) return;
+    const int end = (int)min((long long)pos0 + n, (long long)g.capacity);
+    const int c0 = n_coded(pos0, g.W, g.C) / g.C, c1 = n_coded(end, g.W, g.C) / g.C;
+    const int ci = c0 + (int)blockIdx.y;
+    if (ci >= c1 || (first ? ci != 0 : ci == 0)) return;
+    code_chunk(g, row, ci, src, pos0, s_w, s_b);
+}
+
+/* n tokens per sequence: grid (sequence x kv head) x n, a thread per channel. The last
+ * ring-full of the tokens below the capacity go into the ring (earlier ones would be
+ * overwritten there, as one token at a time overwrites them), the sinks into theirs, and
+ * every value's q8_0 round trip into x [row][n][D] (0 for skipped tokens). */
+__global__ void chan_ring_n_kernel(chan_geom g, int dtype, const void *k, const void *v, key_src ks, key_src vs,
+                                   const int32_t *positions, int n, float *x) {
+    const long long blk = blockIdx.x;
+    const int row = (int)(blk / n), t = (int)(blk % n), b = row / g.n_kv, h = row % g.n_kv, j = threadIdx.x;
+    const int pos0 = positions[b];
+    float *xr = x + ((size_t)row * n + t) * g.D;
+    const long long pos = (long long)pos0 + t;
+    if (pos0 < 0 || pos >= g.capacity) {
+        xr[j] = 0.0f;
+        return;
+    }
+    __half kh = __float2half_rn(kvqc_load_one(k, dtype, (size_t)(b * ks.sb + h * ks.sh + t * ks.st + j)));
+    __half vh = __float2half_rn(kvqc_load_one(v, dtype, (size_t)(b * vs.sb + h * vs.sh + t * vs.st + j)));
+    __half *ek = (__half *)(g.cache + g.exact_k) + (size_t)row * g.exact_rows * g.D;
+    __half *ev = (__half *)(g.cache + g.exact_v) + (size_t)row * g.exact_rows * g.D;
+    const long long n_in = min((long long)n, (long long)g.capacity - pos0);
+    if (t >= n_in - g.R) {
+        size_t slot = (size_t)(g.n_sink + (int)(pos % g.R)) * g.D + j;
+        ek[slot] = kh;
+        ev[slot] = vh;
+    }
+    if (pos < g.n_sink) {
+        ek[(size_t)pos * g.D + j] = kh;
+        ev[(size_t)pos * g.D + j] = vh;
+    }
+    xr[j] = q8_round_trip(__half2float(vh));
+}
+
+/* One warp per (row, token): its value code from the scratch rows [row][n] to its slot. */
+__global__ void __launch_bounds__(128) chan_scatter_n_kernel(chan_geom g, const uint8_t *codes,
+                                                             const int32_t *positions, int n, long long n_rows) {
+    const long long r = (long long)blockIdx.x * 4 + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (r >= n_rows) return;
+    const int row = (int)(r / n), t = (int)(r % n), b = row / g.n_kv;
+    const int pos0 = positions[b];
+    const long long pos = (long long)pos0 + t;
+    if (pos0 < 0 || pos >= g.capacity) return;
+    uint8_t *dst = g.cache + g.values + ((size_t)row * g.capacity + (size_t)pos) * g.vcs;
+    const uint8_t *src = codes + (size_t)r * g.vcs;
+    for (int i = lane; i < g.vcs; i += 32) dst[i] = src[i];
 }
 
 /* ------------------------------------------------------------- attention */
@@ -893,6 +987,70 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_append(const kvq_cuda_chan *kc, kvq_
                          need - codes_at, stream);
     if (st != KVQ_OK) return st;
     chan_code_kernel<<<rows, kc->D, 0, s>>>(g, positions_dev);
+    return kvqc_status(cudaGetLastError());
+}
+
+/* Multi-token append workspace: the values' round trips (fp32) and their codes, per
+ * (sequence, kv head, token). */
+static size_t append_n_ws(const kvq_cuda_chan *kc, uint64_t rows_n, size_t *codes_at) {
+    *codes_at = (size_t)round16(rows_n * kc->D * 4);
+    return *codes_at + (size_t)rows_n * kc->vcs;
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_append_n_workspace(const kvq_cuda_chan *kc, uint32_t batch, uint32_t n,
+                                                               size_t *bytes) {
+    if (!kc || !bytes || batch == 0 || n == 0) return KVQ_ERR_INVALID_ARG;
+    size_t at;
+    *bytes = append_n_ws(kc, (uint64_t)batch * kc->cfg.n_kv_heads * n, &at);
+    return KVQ_OK;
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_append_n(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
+                                                     const void *v_dev, const uint64_t *strides, uint32_t batch,
+                                                     uint32_t n, uint32_t capacity, const int32_t *positions_dev,
+                                                     void *cache_dev, void *workspace_dev, size_t workspace_bytes,
+                                                     void *stream) {
+    if (!kc || !k_dev || !v_dev || !positions_dev || !cache_dev || !workspace_dev || n == 0)
+        return KVQ_ERR_INVALID_ARG;
+    if (dtype != KVQ_CUDA_F32 && dtype != KVQ_CUDA_F16 && dtype != KVQ_CUDA_BF16) return KVQ_ERR_INVALID_ARG;
+    kvq_cuda_chan_layout L;
+    kvq_status st = kvq_cuda_chan_layout_of(kc, batch, capacity, &L);
+    if (st != KVQ_OK) return st;
+    const uint64_t rows = (uint64_t)batch * kc->cfg.n_kv_heads, rows_n = rows * n;
+    if (rows_n > (uint64_t)INT32_MAX / 4 || (n + kc->C - 1) / kc->C > 65535)
+        return KVQ_ERR_UNSUPPORTED;
+    uint64_t sd[6];
+    const uint64_t D = kc->D;
+    if (strides) {
+        memcpy(sd, strides, sizeof sd);
+        for (int i = 0; i < 6; i++)
+            if (sd[i] > ((uint64_t)1 << 40)) return KVQ_ERR_INVALID_ARG;
+    } else {
+        sd[0] = sd[3] = (uint64_t)kc->cfg.n_kv_heads * n * D;
+        sd[1] = sd[4] = (uint64_t)n * D;
+        sd[2] = sd[5] = D;
+    }
+    size_t codes_at, need = append_n_ws(kc, rows_n, &codes_at);
+    if (workspace_bytes < need) return KVQ_ERR_CAPACITY;
+    if (((uintptr_t)cache_dev & 15u) || ((uintptr_t)workspace_dev & 15u)) return KVQ_ERR_INVALID_ARG;
+    cudaStream_t s = (cudaStream_t)stream;
+    chan_geom g = geom_of(kc, &L, cache_dev, capacity);
+    key_src ks = {k_dev, (int)dtype, (long long)sd[0], (long long)sd[1], (long long)sd[2]};
+    key_src vs = {v_dev, (int)dtype, (long long)sd[3], (long long)sd[4], (long long)sd[5]};
+    /* chunks first (they read older tokens from the ring, which the new ones overwrite):
+     * chunk 0, then the later ones */
+    const unsigned chunks = (n + kc->C - 1) / kc->C;
+    chan_code_n_kernel<<<dim3((unsigned)rows, 1), kc->D, 0, s>>>(g, positions_dev, (int)n, ks, 1);
+    chan_code_n_kernel<<<dim3((unsigned)rows, chunks), kc->D, 0, s>>>(g, positions_dev, (int)n, ks, 0);
+    float *x = (float *)workspace_dev;
+    chan_ring_n_kernel<<<(unsigned)rows_n, kc->D, 0, s>>>(g, (int)dtype, k_dev, v_dev, ks, vs, positions_dev, (int)n,
+                                                            x);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return kvqc_status(e);
+    uint8_t *codes = (uint8_t *)workspace_dev + codes_at;
+    if ((st = kvq_cuda_encode(kc->vq, KVQ_CUDA_F32, x, (size_t)rows_n, codes, stream)) != KVQ_OK) return st;
+    chan_scatter_n_kernel<<<(unsigned)((rows_n + 3) / 4), 128, 0, s>>>(g, codes, positions_dev, (int)n,
+                                                                     (long long)rows_n);
     return kvqc_status(cudaGetLastError());
 }
 
