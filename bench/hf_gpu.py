@@ -18,9 +18,11 @@ Caches: dynamic (DynamicCache), kvq strings. On CUDA a kvq layer runs on the GPU
 when they take its config (kvq.hf.cuda_refusal says why not): codes alone in a method
 they have (mse:bits=4+mse:bits=4: 4-bit rotated Lloyd-Max keys and values), or the
 presets (per-channel keys through kvq_cuda_chan, with their exact sink and newest
-tokens; the prompt is appended a token at a time, so their prefill is slow); Gemma's
-sliding layers stay exact windows there (exact_sliding=True). A shape that does not fit, or would end past --budget-s, is
-skipped with the reason printed. One JSON line per measurement, then a markdown table.
+tokens; the prompt goes in with one kvq_cuda_chan_append_n call per layer, or per 32 MiB
+piece of workspace; --per-token-append times the earlier path, one append call per
+token and layer); Gemma's sliding layers stay exact windows there (exact_sliding=True).
+A shape that does not fit, or would end past --budget-s, is skipped with the reason
+printed. One JSON line per measurement, then a markdown table.
 
   python3 bench/hf_gpu.py --json out.jsonl                  # GPU, the full grid
   python3 bench/hf_gpu.py --device cpu --quick              # CPU check of the script
@@ -152,6 +154,17 @@ def refusal(model, config, device, exact_sliding):
     return None
 
 
+def per_token_append(on):
+    """Make kvq.hf append a preset's prompt one token per call (the path before
+    kvq_cuda_chan_append_n), or restore the multi-token call."""
+    if on and not hasattr(per_token_append, "saved"):
+        per_token_append.saved = kvq._native._cuda_chan_append_n
+        kvq._native._cuda_chan_append_n = None
+    elif not on and hasattr(per_token_append, "saved"):
+        kvq._native._cuda_chan_append_n = per_token_append.saved
+        del per_token_append.saved
+
+
 def run_one(model, config, ids, new, device, exact_sliding):
     if config == "dynamic":
         model.set_attn_implementation("sdpa")
@@ -206,7 +219,8 @@ def table(rows):
              "prefill / decode | cache MiB | vs dynamic |", "|---|---|---|---|---|---|---|---|---|---|"]
     base = {(r["model"], r["ctx"], r["batch"]): r for r in rows if r["config"] == "dynamic" and "skipped" not in r}
     for r in rows:
-        key = "%s | %d | %d | %s" % (r["model"], r["ctx"], r["batch"], r["config"])
+        label = r["config"] + (" (per-token append)" if r.get("append", "").startswith("per-token") else "")
+        key = "%s | %d | %d | %s" % (r["model"], r["ctx"], r["batch"], label)
         if "skipped" in r:
             lines.append("| %s | skipped: %s |||||| " % (key, r["skipped"][:120]))
             continue
@@ -240,6 +254,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small contexts and batches, few tokens (CPU check)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also append the JSON lines to this file")
+    ap.add_argument("--per-token-append", action="store_true",
+                    help="append the presets' prompts one token per call (the earlier path; its rows say "
+                         "append: per-token)")
     a = ap.parse_args()
     if a.quick:
         a.ctx, a.batch, a.new = "64,160", "1,2", 4
@@ -262,6 +279,11 @@ def main():
            "torch": torch.__version__, "transformers": transformers.__version__, "kvq": kvq.version(),
            "kvq_cuda_devices": kvq.cuda_devices(), "dtype": str(dtype).replace("torch.", ""),
            "new_tokens": a.new, "exact_sliding": exact_sliding}
+    env["append"] = "per-token" if a.per_token_append else "multi-token"
+    if a.per_token_append:
+        per_token_append(True)
+    elif kvq._native._cuda_chan_append_n is None:
+        env["append"] = "per-token (libkvq has no kvq_cuda_chan_append_n)"
     print("hf_gpu: " + json.dumps(env), flush=True)
     out = open(a.json, "a") if a.json else None
 
@@ -309,6 +331,8 @@ def main():
                 for config in configs:
                     r = {"model": name, "source": source, "ctx": ctx, "batch": batch, "config": config,
                          "dtype": env["dtype"], "new_tokens": a.new}
+                    if config != "dynamic":
+                        r["append"] = env["append"]
                     why = broken.get((name, config)) or refusal(model, config, device, exact_sliding)
                     if why is None:
                         t0, c0, b0 = last.get((name, config), (0.0, 1, 1))

@@ -28,7 +28,8 @@ fi
 
 t0=$(date +%s)
 make -j"$NPROC" lib >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-grep -q "KVQ_HAVE_CUDA" "$OUT/build.log" || echo "hf_gpu.sh: libkvq was built WITHOUT CUDA (no nvcc?)"
+# the build's flags (build/config.stamp): an up-to-date library logs no compile line
+grep -q "KVQ_HAVE_CUDA" build/config.stamp 2>/dev/null || echo "hf_gpu.sh: libkvq was built WITHOUT CUDA (no nvcc?)"
 echo "build done in $(( $(date +%s) - t0 )) s"
 export KVQ_LIBRARY="$PWD/build/libkvq.so"
 export PYTHONUNBUFFERED=1

@@ -444,6 +444,14 @@ _cuda_chan_append = _optional_fn(
     "kvq_cuda_chan_append", _status, _vp, ctypes.c_int, _vp, _vp, ctypes.c_uint32, ctypes.c_uint32, _vp, _vp,
     _vp, _size, _vp,
 )
+# Many tokens per sequence in one call (the prompt): absent from libraries built before it.
+_cuda_chan_append_n_workspace = _optional_fn(
+    "kvq_cuda_chan_append_n_workspace", _status, _vp, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(_size)
+)
+_cuda_chan_append_n = _optional_fn(
+    "kvq_cuda_chan_append_n", _status, _vp, ctypes.c_int, _vp, _vp, ctypes.POINTER(ctypes.c_uint64),
+    ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, _vp, _vp, _vp, _size, _vp,
+)
 _cuda_chan_attend_workspace = _optional_fn(
     "kvq_cuda_chan_attend_workspace", _status, _vp, ctypes.POINTER(_CudaAttnDesc), ctypes.POINTER(_size)
 )

@@ -592,8 +592,10 @@ class _GpuChan:
     """A layer of channel keys (the presets q4, q3, q2) on the GPU: one kvq_cuda_chan
     buffer (kvq_cuda_chan_layout: per-head bits and mean, coded chunks, value codes, the
     exact sinks and newest tokens in fp16), regrown by a quarter at a time (whole chunks).
-    Tokens are appended one position at a time (a chunk is coded on the device when it
-    leaves the exact window); attention reads sinks, coded chunks and the exact tail."""
+    A prompt goes in with kvq_cuda_chan_append_n (one call per layer, or per piece of a
+    long prompt), a decode step's token with kvq_cuda_chan_append; a chunk is coded on the
+    device when it leaves the exact window, with the CPU's codes either way. Attention
+    reads sinks, coded chunks and the exact tail."""
 
     @classmethod
     def try_create(cls, cfg, batch, device):
@@ -668,6 +670,10 @@ class _GpuChan:
         dtype = _CUDA_DTYPES.get(k.dtype)
         if dtype is None:
             k, v, dtype = k.float(), v.float(), 0
+        if n_new > 1 and N._cuda_chan_append_n is not None:
+            self._append_n(k, v, n_past, dtype)
+            self.seq_lens.fill_(n_past + n_new)
+            return (k, v)  # the prompt attends over its exact keys
         for t in range(n_new):
             kt, vt = k[:, :, t].contiguous(), v[:, :, t].contiguous()
             self.pos.fill_(n_past + t)
@@ -677,6 +683,38 @@ class _GpuChan:
             N._check(st, "kvq_cuda_chan_append")
         self.seq_lens.fill_(n_past + n_new)
         return (k, v) if n_new > 1 else None  # the prompt attends over its exact keys
+
+    # The most workspace one multi-token append call takes (each token's value round trip
+    # and code for every row): a longer prompt goes in pieces, so a 32k-token prompt of 16
+    # rows needs no half-gigabyte scratch.
+    APPEND_N_BYTES = 32 << 20
+
+    def _append_n(self, k, v, n_past, dtype):
+        """All n tokens of k, v [batch, n_kv, n, dim] (any strides with dim contiguous, as
+        transformers' transposed projections are) through kvq_cuda_chan_append_n: one call
+        per piece of up to APPEND_N_BYTES of workspace."""
+        if k.stride(3) != 1:
+            k = k.contiguous()
+        if v.stride(3) != 1:
+            v = v.contiguous()
+        n_new = int(k.shape[2])
+        one = N._size()
+        N._check(N._cuda_chan_append_n_workspace(self._h, self.batch, 1, ctypes.byref(one)),
+                 "kvq_cuda_chan_append_n_workspace")
+        piece = max(1, min(n_new, self.APPEND_N_BYTES // max(int(one.value), 1)))
+        strides = (ctypes.c_uint64 * 6)(*(int(x) for x in k.stride()[:3] + v.stride()[:3]))
+        for s in range(0, n_new, piece):
+            n = min(piece, n_new - s)
+            need = N._size()
+            N._check(N._cuda_chan_append_n_workspace(self._h, self.batch, n, ctypes.byref(need)),
+                     "kvq_cuda_chan_append_n_workspace")
+            # freed at once: the caching allocator hands it out again in stream order
+            ws = torch.empty(max(int(need.value), 16), dtype=torch.uint8, device=self.device)
+            self.pos.fill_(n_past + s)
+            st = N._cuda_chan_append_n(self._h, dtype, k[:, :, s:].data_ptr(), v[:, :, s:].data_ptr(), strides,
+                                       self.batch, n, self.capacity, self.pos.data_ptr(), self.buf.data_ptr(),
+                                       ws.data_ptr(), ws.numel(), self._stream())
+            N._check(st, "kvq_cuda_chan_append_n")
 
     def attend(self, query, scaling, n_tokens):
         if query.shape[2] != 1:

@@ -279,3 +279,39 @@ def test_cuda_presets_run_the_gpu_kernels():
         # and q4's 136-token ring holds most of these 162 tokens)
         assert rel[PROMPT:].mean() < 1.5 * rel_cpu[PROMPT:].mean() + 0.01, (preset, rel.mean(), rel_cpu.mean())
         assert gap.max() < rel_cpu[PROMPT:].mean(), (preset, gap.max(), rel_cpu.mean())
+
+
+def test_cuda_preset_prompt_in_one_call_writes_the_per_token_bytes(monkeypatch):
+    """A preset's prompt goes into the GPU cache with kvq_cuda_chan_append_n (one call per
+    layer, or per piece of workspace): the device buffers and the generated tokens equal
+    those of one append call per token (whose codes equal the CPU's)."""
+    if not torch.cuda.is_available() or kvq.cuda_devices() == 0 or not kvq.presets():
+        pytest.skip("no CUDA device for torch and libkvq, or no presets")
+    from kvq import _native
+    from kvq.hf import _GpuChan
+
+    if _native._cuda_chan_append_n is None:
+        pytest.skip("libkvq without kvq_cuda_chan_append_n")
+    model = tiny_llama(seed=31, hidden=256).to("cuda")
+    # 300 tokens: two 128-token chunks coded from the prompt, a 136-token ring overwritten
+    ids = prompt(batch=2, n=300, seed=32).to("cuda")
+
+    def run(piece_bytes=None, per_token=False):
+        with monkeypatch.context() as m:
+            if piece_bytes is not None:
+                m.setattr(_GpuChan, "APPEND_N_BYTES", piece_bytes)
+            if per_token:
+                m.setattr(_native, "_cuda_chan_append_n", None)
+            cache = KVQCache(model, "q4")
+            out = greedy(model, ids, cache, new=6)
+        assert all(isinstance(layer._gpu, _GpuChan) for layer in cache.layers)
+        return out, [layer._gpu.buf.cpu() for layer in cache.layers]
+
+    ref_out, ref_bufs = run(per_token=True)
+    # the whole prompt at once, pieces of 17 tokens (2 rows x 2 kv heads x (64 x 4 + 34)
+    # bytes a token), and of one
+    for piece_bytes in (None, 17 * 2 * 2 * (64 * 4 + 34) + 16, 1):
+        out, bufs = run(piece_bytes=piece_bytes)
+        assert torch.equal(out, ref_out), piece_bytes
+        for li, (a, b) in enumerate(zip(bufs, ref_bufs)):
+            assert a.shape == b.shape and torch.equal(a, b), (piece_bytes, li, int((a != b).sum()))
