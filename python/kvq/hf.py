@@ -22,8 +22,9 @@ sliding layers too).
 On CUDA tensors, layers whose codes the GPU kernels take (codes alone - no exact window,
 sinks, outlier channels, centering or sliding window - in a method the kernels have;
 cuda_refusal(config) says why not) keep their codes on the device and attend with
-kvq_cuda_attend (one new token per row; a prompt is attended exactly with sdpa while its
-codes are written). Layers of the presets (channel keys, mse values) run on
+kvq_cuda_attend (one query per row and call: a prompt is attended exactly with sdpa
+while its codes are written; several new tokens on a filled cache are appended and
+attended one at a time, as if fed one per step). Layers of the presets (channel keys, mse values) run on
 kvq_cuda_chan with their exact sinks and newest tokens: chunks are coded on the device,
 with the CPU's codes. Other layers, or without a GPU build or a driver, CUDA tensors go
 through the CPU path (copied to the host), with a warning.
@@ -142,6 +143,7 @@ class KVQLayer(CacheLayerMixin):
         self._codes = None  # CPU: one kvq.Cache, the batch rows' KV heads side by side
         self._gpu = None  # CUDA: _GpuCodes
         self._lock = threading.Lock()
+        self._pending = None  # CUDA: new tokens for attend() to append one at a time
         self.n_tokens = 0
         self.batch_size = None
 
@@ -187,7 +189,13 @@ class KVQLayer(CacheLayerMixin):
             )
         n_new = int(key_states.shape[2])
         with self._lock:
-            if self._gpu is not None:
+            if self._gpu is not None and n_new > 1 and self.n_tokens:
+                # Several new tokens on a filled GPU cache: the GPU kernels attend one query
+                # per sequence, so attend() appends and attends them one at a time (the
+                # causal result, the same as feeding them one per step).
+                self._pending = (key_states, value_states, self.n_tokens)
+                exact = None
+            elif self._gpu is not None:
                 exact = self._gpu.append(key_states, value_states, self.n_tokens)
             else:
                 exact = None
@@ -205,6 +213,16 @@ class KVQLayer(CacheLayerMixin):
         """query [batch, n_q_heads, n_new, head_dim] against everything appended so far;
         returns [batch, n_new, n_q_heads, head_dim] in query's dtype."""
         with self._lock:
+            if self._pending is not None:
+                k, v, n_past = self._pending
+                self._pending = None
+                if query.shape[2] != k.shape[2]:
+                    raise ValueError("kvq.hf: %d queries for %d new tokens" % (query.shape[2], k.shape[2]))
+                outs = []
+                for t in range(k.shape[2]):
+                    self._gpu.append(k[:, :, t : t + 1], v[:, :, t : t + 1], n_past + t)
+                    outs.append(self._gpu.attend(query[:, :, t : t + 1], scaling, n_past + t + 1))
+                return torch.cat(outs, dim=1)
             if self._gpu is not None:
                 return self._gpu.attend(query, scaling, self.n_tokens)
             out = self._codes.attend(_token_major(query), scale=scaling, pool=self._pool)
@@ -226,6 +244,7 @@ class KVQLayer(CacheLayerMixin):
                 self._codes.reset()
             if self._gpu is not None:
                 self._gpu.reset()
+            self._pending = None
             self.n_tokens = 0
 
     def crop(self, tokens_to_remove):

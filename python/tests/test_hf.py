@@ -315,3 +315,30 @@ def test_cuda_preset_prompt_in_one_call_writes_the_per_token_bytes(monkeypatch):
         assert torch.equal(out, ref_out), piece_bytes
         for li, (a, b) in enumerate(zip(bufs, ref_bufs)):
             assert a.shape == b.shape and torch.equal(a, b), (piece_bytes, li, int((a != b).sum()))
+
+
+def test_cuda_several_new_tokens_on_a_filled_cache():
+    """After the prompt, a forward of several tokens at once (a chat turn appended to a
+    kept cache, a draft's check) goes through the GPU caches token by token: the logits
+    equal feeding those tokens one per step, for the presets and for the other codes."""
+    if not torch.cuda.is_available() or kvq.cuda_devices() == 0:
+        pytest.skip("no CUDA device for torch and libkvq")
+    model = tiny_llama(seed=41, hidden=256).to("cuda")
+    tokens = prompt(n=PROMPT + 150, seed=42).to("cuda")
+    specs = ["mse:bits=4+mse:bits=4"] + (["q4"] if kvq.presets() else [])
+    for spec in specs:
+        one = step_logits(model, tokens, KVQCache(model, spec))
+        cache = KVQCache(model, spec)
+        assert all(layer._gpu is not None for layer in cache.layers)
+        with torch.no_grad():
+            out = [model(tokens[:, :PROMPT], use_cache=True, **{CACHE_KW: cache}).logits]
+            # 150 tokens in pieces of 1, 5, 60 and 84: q4's 128-token chunks get coded inside
+            for a, b in ((PROMPT, PROMPT + 1), (PROMPT + 1, PROMPT + 6), (PROMPT + 6, PROMPT + 66),
+                         (PROMPT + 66, PROMPT + 150)):
+                out.append(model(tokens[:, a:b], use_cache=True, **{CACHE_KW: cache}).logits)
+        got = torch.cat(out, dim=1)[0].float().cpu().numpy()
+        assert cache.get_seq_length() == PROMPT + 150
+        # the same appends and attention calls; only the model's other products see
+        # several rows at once
+        rel = np.linalg.norm(got - one, axis=1) / np.linalg.norm(one, axis=1)
+        assert rel.max() < 1e-3, (spec, rel.max())
