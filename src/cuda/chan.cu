@@ -628,15 +628,11 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
                 m[gg] = mn;
             }
         }
-        if (a.vp->rotate) { /* into the values' rotated domain (linear: once) */
+        /* into the values' rotated domain (linear: once) */
 #pragma unroll
-            for (int gg = 0; gg < CHAN_GMAX; gg++) {
-                if (gg >= G) break;
-                kvqc_apply_signs<E>(acc[gg], a.vp->sign_bits, lane);
-                kvqc_fwht<E>(acc[gg], lane);
-#pragma unroll
-                for (int e = 0; e < E; e++) acc[gg][e] *= a.vp->had_scale;
-            }
+        for (int gg = 0; gg < CHAN_GMAX; gg++) {
+            if (gg >= G) break;
+            kvqc_rotate<E>(a.vp, acc[gg], lane);
         }
     }
     /* the warps' states into one per query head */
@@ -702,14 +698,7 @@ __global__ void __launch_bounds__(128) chan_combine_kernel(const kvqc_params *vp
     float v[E];
 #pragma unroll
     for (int e = 0; e < E; e++) v[e] = s_out[lane + 32 * e];
-    if (vp->rotate) {
-        kvqc_fwht<E>(v, lane);
-#pragma unroll
-        for (int e = 0; e < E; e++) v[e] *= vp->had_scale;
-        kvqc_apply_signs<E>(v, vp->sign_bits, lane);
-    }
-#pragma unroll
-    for (int e = 0; e < E; e++) out[row * D + lane + 32 * e] = v[e];
+    kvqc_unrotate_store<E>(vp, v, lane, out + row * D);
 }
 
 /* ------------------------------------------------------------- host side */
