@@ -352,8 +352,11 @@ __device__ __forceinline__ float code_float(uint32_t bits, uint32_t mask) {
  * channel) is a template parameter, so the score loop has no head-count tests; TP keeps
  * the transposed words in place (one more load per channel, less shared memory: chosen
  * when it fits more blocks on an SM). */
+/* Blocks per SM the register budget must allow: the scoring loop's own need (the exact
+ * tokens' path, which holds more in flight, must not raise it). */
+#define CHAN_MIN_BLOCKS(E, GS) ((E) == 8 ? 3 : (E) == 2 && (GS) == 4 ? 5 : 4)
 template <int E, int GS, bool TP>
-__global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_args a) {
+__global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_attend_kernel(chan_attn_args a) {
     extern __shared__ __align__(16) float smem[];
     const chan_geom &g = a.g;
     const int D = 32 * E, G = a.G, P = g.bits * D, NR = P / 32;
@@ -600,33 +603,87 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
         asm volatile("cp.async.wait_all;\n" ::);
         __syncthreads(); /* the warps' areas become the partial results */
     } else {
-        /* the exact tokens: sinks, then the tail from max(n_coded, n_sink) */
+        /* the exact tokens: sinks, then the tail from max(n_coded, n_sink), 32 at a time
+         * per warp: a lane scores its token's fp16 key row (8-byte loads, several in flight) for every query head, one online-softmax step per 32 tokens, then the
+         * 32 value rows are summed with the lanes over the dims */
         __syncthreads();
         const __half *ek = (const __half *)(g.cache + g.exact_k) + (size_t)row * g.exact_rows * D;
         const __half *ev = (const __half *)(g.cache + g.exact_v) + (size_t)row * g.exact_rows * D;
         const int ns = min(g.n_sink, len), tail0 = max(nc, g.n_sink), n_ex = ns + max(len - tail0, 0);
-        for (int i = warp; i < n_ex; i += CHAN_WARPS) {
+        float *s_pe = (float *)(s_warp + warp * WW); /* [32][GS] */
+        for (int i0 = 32 * warp; i0 < n_ex; i0 += 32 * CHAN_WARPS) {
+            const int i = i0 + lane;
+            const bool valid = i < n_ex;
             const int r = i < ns ? i : g.n_sink + (tail0 + i - ns) % g.R;
-            float k[E], v[E];
+            /* four query heads a pass (the scores through shared memory: few registers) */
+#pragma unroll 1
+            for (int h0 = 0; h0 < G; h0 += 4) {
+                float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                if (valid) {
+                    const uint2 *kr = (const uint2 *)(ek + (size_t)r * D);
+#pragma unroll 8
+                    for (int c = 0; c < D / 4; c++) {
+                        const uint2 u = kr[c];
+                        const float2 k0 = __half22float2(*(const __half2 *)&u.x);
+                        const float2 k1 = __half22float2(*(const __half2 *)&u.y);
 #pragma unroll
-            for (int e = 0; e < E; e++) {
-                k[e] = __half2float(ek[(size_t)r * D + lane + 32 * e]);
-                v[e] = __half2float(ev[(size_t)r * D + lane + 32 * e]);
+                        for (int i = 0; i < 4; i++) {
+                            if (h0 + i >= G) break;
+                            const float4 qa = *(const float4 *)(s_q + (h0 + i) * D + 4 * c);
+                            s4[i] += qa.x * k0.x + qa.y * k0.y + qa.z * k1.x + qa.w * k1.y;
+                        }
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    if (h0 + i < GS) s_pe[lane * GS + h0 + i] = s4[i];
             }
+            float sc[GS];
 #pragma unroll
-            for (int gg = 0; gg < CHAN_GMAX; gg++) {
-                if (gg >= G) break;
-                float sdot = 0.0f;
+            for (int gg = 0; gg < GS; gg++) sc[gg] = gg < G ? s_pe[lane * GS + gg] : 0.0f;
+            float red[GS], pv[GS];
 #pragma unroll
-                for (int e = 0; e < E; e++) sdot += s_q[gg * D + lane + 32 * e] * k[e];
-                sdot = kvqc_warp_sum(sdot);
-                float mn = fmaxf(m[gg], sdot);
-                float alpha = exp2f(m[gg] - mn), p = exp2f(sdot - mn);
-                l[gg] = l[gg] * alpha + p;
+            for (int gg = 0; gg < GS; gg++) red[gg] = sc[gg] = valid ? sc[gg] : -INFINITY;
 #pragma unroll
-                for (int e = 0; e < E; e++) acc[gg][e] = acc[gg][e] * alpha + p * v[e];
+            for (int o = 16; o >= 1; o >>= 1)
+#pragma unroll
+                for (int gg = 0; gg < GS; gg++) red[gg] = fmaxf(red[gg], __shfl_xor_sync(KVQC_FULL, red[gg], o));
+#pragma unroll
+            for (int gg = 0; gg < GS; gg++) {
+                const float mn = fmaxf(m[gg], red[gg]); /* finite: lane 0's token is valid */
+                const float alpha = exp2f(m[gg] - mn);
+                pv[gg] = valid ? exp2f(sc[gg] - mn) : 0.0f;
+                red[gg] = pv[gg];
+                l[gg] *= alpha;
+#pragma unroll
+                for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
                 m[gg] = mn;
             }
+#pragma unroll
+            for (int o = 16; o >= 1; o >>= 1)
+#pragma unroll
+                for (int gg = 0; gg < GS; gg++) red[gg] += __shfl_xor_sync(KVQC_FULL, red[gg], o);
+#pragma unroll
+            for (int gg = 0; gg < GS; gg++) {
+                l[gg] += red[gg];
+                s_pe[lane * GS + gg] = pv[gg];
+            }
+            __syncwarp();
+            const int nt = min(32, n_ex - i0);
+#pragma unroll(E == 8 ? 4 : 8)
+            for (int tt = 0; tt < nt; tt++) {
+                const int rr = __shfl_sync(KVQC_FULL, r, tt);
+                float v[E];
+#pragma unroll
+                for (int e = 0; e < E; e++) v[e] = __half2float(ev[(size_t)rr * D + lane + 32 * e]);
+#pragma unroll
+                for (int gg = 0; gg < GS; gg++) {
+                    const float pp = s_pe[tt * GS + gg];
+#pragma unroll
+                    for (int e = 0; e < E; e++) acc[gg][e] += pp * v[e];
+                }
+            }
+            __syncwarp();
         }
         /* into the values' rotated domain (linear: once) */
 #pragma unroll
@@ -634,6 +691,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
             if (gg >= G) break;
             kvqc_rotate<E>(a.vp, acc[gg], lane);
         }
+        __syncthreads(); /* the warps' areas (s_pe) become the partial results */
     }
     /* the warps' states into one per query head */
 #pragma unroll
