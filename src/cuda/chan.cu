@@ -406,7 +406,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
             if (lane == 0) s_qmu[gg] = sdot;
         }
         __syncthreads();
-        const int C = g.C, t_begin = split * a.cps * C, t_end = min((split + a.cps) * C, nc);
+        const int C = g.C, t_begin = split * a.cps * C, t_end = min((split + 1) * a.cps * C, nc);
         const int n_groups = max(t_end - t_begin, 0) / 32;
         const int g_begin = (int)((long long)n_groups * warp / CHAN_WARPS);
         const int g_end = (int)((long long)n_groups * (warp + 1) / CHAN_WARPS);
