@@ -312,13 +312,13 @@ static __host__ __device__ __forceinline__ int warp_words(int D, int P, int vcs,
 static size_t attn_smem_words(int D, int G, int P, int vcs, bool tp) {
     const int GS = G <= 4 ? 4 : 8;
     size_t warps = (size_t)CHAN_WARPS * warp_words(D, P, vcs, GS, tp), part = (size_t)CHAN_WARPS * G * (D + 2);
-    return (size_t)G * D + 4 * (size_t)D + 256 + 2 * CHAN_GMAX + (warps > part ? warps : part);
+    return (size_t)G * D + 4 * (size_t)D + 2 * CHAN_GMAX + (warps > part ? warps : part);
 }
 
 /* One step of the 32 x 32 bit transpose for N independent words (interleaved so their
  * shuffles overlap): after the five steps word r of lane t holds bit t of the 32 lanes'
  * words r. */
-template <int N>
+template <int N, bool ROT>
 __device__ __forceinline__ void transpose_words(uint32_t (&v)[N], int lane) {
 #pragma unroll
     for (int sh = 16; sh >= 1; sh >>= 1) {
@@ -327,9 +327,22 @@ __device__ __forceinline__ void transpose_words(uint32_t (&v)[N], int lane) {
         uint32_t x[N];
 #pragma unroll
         for (int i = 0; i < N; i++) x[i] = __shfl_xor_sync(KVQC_FULL, v[i], sh);
+        if (ROT) {
+            /* the lower lane of a pair keeps its mk bits and takes the partner's shifted
+             * left by sh, the upper keeps ~mk and takes them shifted right: both one
+             * rotation (the bits it wraps around fall in the part the lane keeps) and one
+             * bitwise select, against two shifts, two masks and a select (used with up to
+             * 4 query heads: with 8 its live masks spill at 128 registers) */
+            const bool up = (lane & sh) != 0;
+            const uint32_t keep = up ? ~mk : mk;
+            const int rot = up ? 32 - sh : sh;
 #pragma unroll
-        for (int i = 0; i < N; i++)
-            v[i] = (lane & sh) ? ((v[i] & ~mk) | ((x[i] >> sh) & mk)) : ((v[i] & mk) | ((x[i] << sh) & ~mk));
+            for (int i = 0; i < N; i++) v[i] = (v[i] & keep) | (__funnelshift_l(x[i], x[i], rot) & ~keep);
+        } else {
+#pragma unroll
+            for (int i = 0; i < N; i++)
+                v[i] = (lane & sh) ? ((v[i] & ~mk) | ((x[i] >> sh) & mk)) : ((v[i] & mk) | ((x[i] << sh) & ~mk));
+        }
     }
 }
 
@@ -361,9 +374,9 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     const chan_geom &g = a.g;
     const int D = 32 * E, G = a.G, P = g.bits * D, NR = P / 32;
     float *s_q = smem;                           /* [G][D] */
-    int4 *s_bm = (int4 *)(s_q + G * D);          /* [D]: transposed word offset, shift, mask */
-    float *s_cen = (float *)(s_bm + D);          /* [256] */
-    float *s_qmu = s_cen + 256;                  /* [GMAX] (+ pad) */
+    int4 *s_bm = (int4 *)(s_q + G * D);          /* [D]: transposed word's byte offset, shift, mask */
+    __shared__ float s_cen[256];                 /* value centroids (a fixed address) */
+    float *s_qmu = (float *)(s_bm + D);          /* [GMAX] (+ pad) */
     uint32_t *s_warp = (uint32_t *)(s_qmu + 2 * CHAN_GMAX);
     const int vcs = g.vcs, SW = stage_words(D, P, vcs), WW = warp_words(D, P, vcs, GS, TP);
     float *s_part = (float *)s_warp; /* [WARPS][G][D + 2], once the warps are done */
@@ -396,7 +409,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
         const uint16_t *off_p = (const uint16_t *)(hs + round16((uint64_t)D) + 4 * (uint64_t)D);
         for (int j = threadIdx.x; j < D; j += blockDim.x) {
             const int off = off_p[j], nb = hs[j];
-            s_bm[j] = make_int4((off >> 5) * (TP ? 32 : 64), off & 31, (int)((1u << nb) - 1u), 0);
+            s_bm[j] = make_int4((off >> 5) * (TP ? 128 : 256), off & 31, (int)((1u << nb) - 1u), 0);
         }
         __syncthreads();
         for (int gg = warp; gg < G; gg += CHAN_WARPS) {
@@ -468,7 +481,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                 uint32_t v[4];
 #pragma unroll
                 for (int i = 0; i < 4; i++) v[i] = wtr[32 * (r + i) + lane];
-                transpose_words<4>(v, lane);
+                transpose_words<4, GS == 4>(v, lane);
                 if (TP) {
 #pragma unroll
                     for (int i = 0; i < 4; i++) wtr[32 * (r + i) + lane] = v[i];
@@ -481,7 +494,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
             }
             for (; r < NR; r += 2) {
                 uint32_t v[2] = {wtr[32 * r + lane], wtr[32 * (r + 1) + lane]};
-                transpose_words<2>(v, lane);
+                transpose_words<2, GS == 4>(v, lane);
                 if (TP) {
                     wtr[32 * r + lane] = v[0];
                     wtr[32 * (r + 1) + lane] = v[1];
@@ -503,10 +516,10 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                 const int4 bm = s_bm[j];
                 uint32_t w0, w1;
                 if (TP) {
-                    w0 = tw[bm.x];
-                    w1 = tw[bm.x + 32];
+                    w0 = *(const uint32_t *)((const char *)tw + bm.x);
+                    w1 = *(const uint32_t *)((const char *)tw + bm.x + 128);
                 } else {
-                    const uint2 pr = tl[bm.x >> 1];
+                    const uint2 pr = *(const uint2 *)((const char *)tl + bm.x);
                     w0 = pr.x;
                     w1 = pr.y;
                 }
@@ -581,15 +594,15 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
             };
             if (vbits == 4 && E == 4) {
                 add_values([&](const uint8_t *vc, float(&v)[E]) {
-                    const uint32_t u = *(const uint16_t *)(vc + 2 + 2 * lane);
+                    const uint32_t u = (uint32_t) * (const uint16_t *)(vc + 2 + 2 * lane) << 2; /* bytes */
 #pragma unroll
-                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (4 * e)) & 15u];
+                    for (int e = 0; e < E; e++) v[e] = *(const float *)((const char *)s_cen + ((u >> (4 * e)) & 60u));
                 });
             } else if (vbits == 2 && E == 4) {
                 add_values([&](const uint8_t *vc, float(&v)[E]) {
-                    const uint32_t u = vc[2 + lane];
+                    const uint32_t u = (uint32_t)vc[2 + lane] << 2; /* bytes */
 #pragma unroll
-                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (2 * e)) & 3u];
+                    for (int e = 0; e < E; e++) v[e] = *(const float *)((const char *)s_cen + ((u >> (2 * e)) & 12u));
                 });
             } else {
                 add_values([&](const uint8_t *vc, float(&v)[E]) {
@@ -825,7 +838,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, 
     kc->vcs = vcs;
     kc->n_sm = kc->vq->n_sm;
     size_t smem = attn_smem_words((int)D, CHAN_GMAX, (int)(kc->bits * D), (int)vcs, false) * 4;
-    if (smem > kc->vq->smem_optin) {
+    if (smem + 256 * sizeof(float) > kc->vq->smem_optin) { /* + the static centroid table */
         kvq_cuda_chan_free(kc);
         return KVQ_ERR_UNSUPPORTED;
     }
