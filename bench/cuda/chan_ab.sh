@@ -6,7 +6,11 @@
 # of 9 CUDA graphs of 10 calls), SDPA-flash on the same shapes (bench/cuda/sdpa.py), and
 # optionally one Nsight Compute profile of the new kernel (NCU=1; NCU_ARGS: bench_chan
 # arguments of the profiled shape, default q4 at batch 8, 32k).
-# CTXS / BATCHES / PRESETS: the cells (defaults 4096,32768,131072 / 1,8,32 / q4,q3,q2).
+# CTXS / BATCHES / PRESETS: the cells (defaults 4096,32768,131072 / 1,8,32 / q4,q3,q2);
+# CELLS="ARGS;ARGS..." instead: bench_chan argument sets, run in turn.
+# MID: a third tree (an intermediate step), built and timed once per round (mid*.txt).
+# XTEST_DIR / XTEST: a tree whose `make test TESTS=$XTEST` is run too (xtest.log), say one
+# with a fix reverted, to show the test catches it.
 # Logs under $OUT (else build/chan-ab); the before/after table (CHANSPEED lines) last.
 set -u
 OUT=${OUT:-build/chan-ab}
@@ -25,21 +29,35 @@ bench_bin() { # tree
     "$1/bench/cuda/bench_chan.c" "$1/build/libkvq.a" -L"$CUDA_HOME/lib64" -Wl,-rpath,"$CUDA_HOME/lib64" \
     -lcudart -lm -pthread -o "$1/build/bench_chan"
 }
-(cd "$BASE" && make -j"$((NPROC / 2))" build/libkvq.a >"$OUT/build_base.log" 2>&1) &
-make -j"$((NPROC / 2))" all >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+J=$((NPROC / 4 > 1 ? NPROC / 4 : 1))
+(cd "$BASE" && make -j"$J" build/libkvq.a >"$OUT/build_base.log" 2>&1) &
+[ -n "${MID:-}" ] && (cd "$MID" && make -j"$J" build/libkvq.a >"$OUT/build_mid.log" 2>&1) &
+[ -n "${XTEST_DIR:-}" ] && (cd "$XTEST_DIR" && make -j"$J" all >"$OUT/build_xtest.log" 2>&1) &
+make -j"$J" all >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 wait
 bench_bin . >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 bench_bin "$BASE" >>"$OUT/build_base.log" 2>&1 || { tail -30 "$OUT/build_base.log"; exit 1; }
+[ -n "${MID:-}" ] && { bench_bin "$MID" >>"$OUT/build_mid.log" 2>&1 || { tail -30 "$OUT/build_mid.log"; exit 1; }; }
 stamp "build done"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   make -j"$NPROC" test TESTS=cuda_ >"$OUT/tests.log" 2>&1
   stamp "tests: $(grep -E 'passed|failed' "$OUT/tests.log" | tail -1)"
   grep -E "FAIL|relative" "$OUT/tests.log" | head -20
 fi
-ARGS="--presets $PRESETS --batches $BATCHES --ctxs $CTXS"
+if [ -n "${XTEST_DIR:-}" ]; then
+  (cd "$XTEST_DIR" && make -j"$NPROC" test TESTS="$XTEST") >"$OUT/xtest.log" 2>&1
+  stamp "xtest ($XTEST in $XTEST_DIR): $(grep -E 'passed|failed' "$OUT/xtest.log" | tail -1)"
+  grep -E "FAIL|splits|relative" "$OUT/xtest.log" | head -6
+fi
+CELLS=${CELLS:-"--presets $PRESETS --batches $BATCHES --ctxs $CTXS"}
+run_cells() { # binary log
+  : >"$2"
+  echo "$CELLS" | tr ';' '\n' | while read -r a; do [ -n "$a" ] && "$1" $a >>"$2" 2>&1; done
+}
 for i in 1 2; do
-  "$BASE/build/bench_chan" $ARGS >"$OUT/base$i.txt" 2>&1
-  ./build/bench_chan $ARGS >"$OUT/new$i.txt" 2>&1
+  run_cells "$BASE/build/bench_chan" "$OUT/base$i.txt"
+  run_cells ./build/bench_chan "$OUT/new$i.txt"
+  [ -n "${MID:-}" ] && [ "$i" = 1 ] && run_cells "$MID/build/bench_chan" "$OUT/mid$i.txt"
   stamp "bench round $i done"
 done
 if [ "${SDPA:-1}" = 1 ]; then
@@ -82,6 +100,7 @@ def cells(pattern):
     return best, copy
 base, cb = cells("base*.txt")
 new, cn = cells("new*.txt")
+mid, cm = cells("mid*.txt")
 copy = sorted(cb + cn)[len(cb + cn) // 2] if cb + cn else float("nan")
 sdpa = {}
 if os.path.exists(os.path.join(out, "sdpa.txt")):
@@ -90,11 +109,12 @@ if os.path.exists(os.path.join(out, "sdpa.txt")):
         if m:
             sdpa[(int(m.group(1)), int(m.group(2)))] = float(m.group(3))
 print("# copy ceiling (median of the runs) %.1f GB/s" % copy)
-print("# preset batch ctx base_us new_us GBps pct_copy x_sdpa_base x_sdpa_new speedup")
+print("# preset batch ctx base_us [mid_us] new_us GBps pct_copy x_sdpa_base x_sdpa_new speedup")
 for k in sorted(new, key=lambda k: (["q4", "q3", "q2"].index(k[0]) if k[0] in ("q4", "q3", "q2") else 9, k[1], k[2])):
     us, gbs = new[k]
     b = base.get(k, (float("nan"), 0))[0]
     s = sdpa.get((k[1], k[2]), float("nan"))
-    print("CHANSPEED preset=%s batch=%d ctx=%d base_us=%.2f us=%.2f GBps=%.1f pct_copy=%.1f x_sdpa_base=%.2f x_sdpa=%.2f speedup=%.2f"
-          % (k[0], k[1], k[2], b, us, gbs, 100 * gbs / copy, s / b, s / us, b / us))
+    m = (" mid_us=%.2f" % mid[k][0]) if k in mid else ""
+    print("CHANSPEED preset=%s batch=%d ctx=%d base_us=%.2f%s us=%.2f GBps=%.1f pct_copy=%.1f x_sdpa_base=%.2f x_sdpa=%.2f speedup=%.2f"
+          % (k[0], k[1], k[2], b, m, us, gbs, 100 * gbs / copy, s / b, s / us, b / us))
 EOF
