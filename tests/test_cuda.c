@@ -1300,12 +1300,94 @@ static void body_cuda_chan_rejects_bad_arguments(kvqt_ctx *kvqt_) {
     kvq_cuda_chan_free(kc);
 }
 
+/* Long sequences over many KV heads, so that the split plan gives each block a run of
+ * several chunks (fewer splits than chunks): every chunk of every split must be attended
+ * (a split once stopped at the wrong chunk and the tests, all of one chunk a split, passed).
+ * Coded on the GPU only (cuda_chan_matches_cpu holds the codes to the CPU's); attention
+ * against the double reference, split and one block per head. */
+static void chan_split_case(kvqt_ctx *kvqt_, const char *preset, uint32_t d, uint32_t n_kv, uint32_t group,
+                            const uint32_t n_tok[2]) {
+    const uint32_t batch = 2;
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_preset(&cfg, preset, n_kv, d, NULL, 0));
+    kvq_cuda_chan *kc = NULL;
+    REQUIRE_OK(kvq_cuda_chan_create(&cfg, &kc));
+    const uint32_t maxn = n_tok[0] > n_tok[1] ? n_tok[0] : n_tok[1];
+    const uint32_t C = cfg.chunk_tokens ? cfg.chunk_tokens : 64, capacity = (maxn + C - 1) / C * C;
+    kvq_cuda_chan_layout L;
+    REQUIRE_OK(kvq_cuda_chan_layout_of(kc, batch, capacity, &L));
+    kvq_config vc = cfg.value;
+    vc.dim = d;
+    kvq_quantizer *vq = NULL;
+    REQUIRE_OK(kvq_quantizer_create(&vc, &vq));
+    size_t ws_bytes = 0, row = (size_t)n_kv * d;
+    REQUIRE_OK(kvq_cuda_chan_append_workspace(kc, batch, &ws_bytes));
+    void *dcache = NULL, *dws = NULL, *dk = NULL, *dv = NULL, *dpos = NULL;
+    CU(cudaMalloc(&dcache, L.bytes));
+    CU(cudaMemset(dcache, 0, L.bytes));
+    CU(cudaMalloc(&dws, ws_bytes));
+    CU(cudaMalloc(&dk, batch * row * 4));
+    CU(cudaMalloc(&dv, batch * row * 4));
+    CU(cudaMalloc(&dpos, batch * 4));
+    float *k = malloc(batch * row * sizeof(float)), *v = malloc(batch * row * sizeof(float));
+    int32_t pos[2], lens[2];
+    REQUIRE(k && v);
+    for (uint32_t t = 0; t < maxn; t++) {
+        for (uint32_t b = 0; b < batch; b++) {
+            pos[b] = t < n_tok[b] ? (int32_t)t : -1;
+            chan_token(91 + b, t, n_kv, d, k + b * row, v + b * row);
+        }
+        CU(cudaMemcpy(dk, k, batch * row * 4, cudaMemcpyHostToDevice));
+        CU(cudaMemcpy(dv, v, batch * row * 4, cudaMemcpyHostToDevice));
+        CU(cudaMemcpy(dpos, pos, batch * 4, cudaMemcpyHostToDevice));
+        REQUIRE_OK(kvq_cuda_chan_append(kc, KVQ_CUDA_F32, dk, dv, batch, capacity, dpos, dcache, dws, ws_bytes, NULL));
+    }
+    CU(cudaDeviceSynchronize());
+    for (uint32_t b = 0; b < batch; b++) lens[b] = (int32_t)n_tok[b];
+    /* the plan: fewer splits than the longest sequence's chunks, more than one */
+    const uint32_t nq = n_kv * group, chunks = n_coded_of(maxn, L.window, C) / C;
+    kvq_cuda_attn_desc desc = {batch, nq, n_kv, d, capacity, maxn, 1.0f / sqrtf((float)d), KVQ_CUDA_F32, 0};
+    size_t attn_ws = 0;
+    REQUIRE_OK(kvq_cuda_chan_attend_workspace(kc, &desc, &attn_ws));
+    const size_t n_slots = attn_ws / ((size_t)batch * nq * (d + 2) * sizeof(float));
+    CHECKF(n_slots >= 3 && n_slots - 1 < chunks, "%s d=%u: %zu splits for %u chunks (the case needs 2..chunks-1)",
+           preset, d, n_slots - 1, chunks);
+    for (uint32_t flags = 0; flags <= KVQ_CUDA_ATTN_ONE_SPLIT; flags += KVQ_CUDA_ATTN_ONE_SPLIT) {
+        double e = chan_attend_check(kvqt_, kc, &L, vq, dcache, lens, batch, n_kv, d, capacity, group, 5, flags);
+        CHECKF(e <= 1e-3, "%s d=%u flags=%u: attention %.3g from the double reference (%zu splits, %u chunks)",
+               preset, d, flags, e, n_slots - 1, chunks);
+    }
+    free(k);
+    free(v);
+    cudaFree(dcache);
+    cudaFree(dws);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dpos);
+    kvq_quantizer_free(vq);
+    kvq_cuda_chan_free(kc);
+}
+
+static void body_cuda_chan_splits_cover_every_chunk(kvqt_ctx *kvqt_) {
+    const uint32_t n4[2] = {8 + 40 * 128 + 30, 8 + 17 * 128 + 3};
+    chan_split_case(kvqt_, "q4", 128, 32, 4, n4);
+    const uint32_t n2[2] = {8 + 13 * 128 + 100, 8 + 44 * 128 + 1};
+    chan_split_case(kvqt_, "q2", 64, 48, 3, n2);
+}
+
 #endif
 
 TEST(cuda_chan_matches_cpu) {
     if (!have_gpu()) SKIP("no CUDA device");
 #ifdef KVQ_HAVE_CUDA
     body_cuda_chan_matches_cpu(kvqt_);
+#endif
+}
+
+TEST(cuda_chan_splits_cover_every_chunk) {
+    if (!have_gpu()) SKIP("no CUDA device");
+#ifdef KVQ_HAVE_CUDA
+    body_cuda_chan_splits_cover_every_chunk(kvqt_);
 #endif
 }
 

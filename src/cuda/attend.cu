@@ -342,15 +342,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const kvqc_par
     float v[E];
 #pragma unroll
     for (int e = 0; e < E; e++) v[e] = s_out[lane + 32 * e];
-    if (vp->rotate) {
-        /* Pi^T y: normalised transform (its own inverse), then the signs */
-        kvqc_fwht<E>(v, lane);
-#pragma unroll
-        for (int e = 0; e < E; e++) v[e] *= vp->had_scale;
-        kvqc_apply_signs<E>(v, vp->sign_bits, lane);
-    }
-#pragma unroll
-    for (int e = 0; e < E; e++) out[row * D + lane + 32 * e] = v[e];
+    kvqc_unrotate_store<E>(vp, v, lane, out + row * D);
 }
 
 /* ------------------------------------------------- prefill: exact new tokens */

@@ -406,13 +406,13 @@ static __host__ __device__ __forceinline__ int warp_words(int D, int P, int vcs,
 static size_t attn_smem_words(int D, int G, int P, int vcs, bool tp) {
     const int GS = G <= 4 ? 4 : 8;
     size_t warps = (size_t)CHAN_WARPS * warp_words(D, P, vcs, GS, tp), part = (size_t)CHAN_WARPS * G * (D + 2);
-    return (size_t)G * D + 4 * (size_t)D + 256 + 2 * CHAN_GMAX + (warps > part ? warps : part);
+    return (size_t)G * D + 4 * (size_t)D + 2 * CHAN_GMAX + (warps > part ? warps : part);
 }
 
 /* One step of the 32 x 32 bit transpose for N independent words (interleaved so their
  * shuffles overlap): after the five steps word r of lane t holds bit t of the 32 lanes'
  * words r. */
-template <int N>
+template <int N, bool ROT>
 __device__ __forceinline__ void transpose_words(uint32_t (&v)[N], int lane) {
 #pragma unroll
     for (int sh = 16; sh >= 1; sh >>= 1) {
@@ -421,9 +421,24 @@ __device__ __forceinline__ void transpose_words(uint32_t (&v)[N], int lane) {
         uint32_t x[N];
 #pragma unroll
         for (int i = 0; i < N; i++) x[i] = __shfl_xor_sync(KVQC_FULL, v[i], sh);
+        if (ROT) {
+            /* the lower lane of a pair keeps its mk bits and takes the partner's shifted
+             * left by sh, the upper keeps ~mk and takes them shifted right: both one
+             * rotation (the bits it wraps around fall in the part the lane keeps) and one
+             * bitwise select, against two shifts, two masks and a select (used with up to
+             * 4 query heads and the planes as pairs: with 8 heads its live masks spill at 128
+             * registers, and with the planes in place the compiler then stops keeping several
+             * channels' loads in flight in the score loop, 10 % slower on the H200) */
+            const bool up = (lane & sh) != 0;
+            const uint32_t keep = up ? ~mk : mk;
+            const int rot = up ? 32 - sh : sh;
 #pragma unroll
-        for (int i = 0; i < N; i++)
-            v[i] = (lane & sh) ? ((v[i] & ~mk) | ((x[i] >> sh) & mk)) : ((v[i] & mk) | ((x[i] << sh) & ~mk));
+            for (int i = 0; i < N; i++) v[i] = (v[i] & keep) | (__funnelshift_l(x[i], x[i], rot) & ~keep);
+        } else {
+#pragma unroll
+            for (int i = 0; i < N; i++)
+                v[i] = (lane & sh) ? ((v[i] & ~mk) | ((x[i] >> sh) & mk)) : ((v[i] & mk) | ((x[i] << sh) & ~mk));
+        }
     }
 }
 
@@ -446,15 +461,18 @@ __device__ __forceinline__ float code_float(uint32_t bits, uint32_t mask) {
  * channel) is a template parameter, so the score loop has no head-count tests; TP keeps
  * the transposed words in place (one more load per channel, less shared memory: chosen
  * when it fits more blocks on an SM). */
+/* Blocks per SM the register budget must allow: the scoring loop's own need (the exact
+ * tokens' path, which holds more in flight, must not raise it). */
+#define CHAN_MIN_BLOCKS(E, GS) ((E) == 8 ? 3 : (E) == 2 && (GS) == 4 ? 5 : 4)
 template <int E, int GS, bool TP>
-__global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_args a) {
+__global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_attend_kernel(chan_attn_args a) {
     extern __shared__ __align__(16) float smem[];
     const chan_geom &g = a.g;
     const int D = 32 * E, G = a.G, P = g.bits * D, NR = P / 32;
     float *s_q = smem;                           /* [G][D] */
-    int4 *s_bm = (int4 *)(s_q + G * D);          /* [D]: transposed word offset, shift, mask */
-    float *s_cen = (float *)(s_bm + D);          /* [256] */
-    float *s_qmu = s_cen + 256;                  /* [GMAX] (+ pad) */
+    int4 *s_bm = (int4 *)(s_q + G * D);          /* [D]: transposed word's byte offset, shift, mask */
+    __shared__ float s_cen[256];                 /* value centroids (a fixed address) */
+    float *s_qmu = (float *)(s_bm + D);          /* [GMAX] (+ pad) */
     uint32_t *s_warp = (uint32_t *)(s_qmu + 2 * CHAN_GMAX);
     const int vcs = g.vcs, SW = stage_words(D, P, vcs), WW = warp_words(D, P, vcs, GS, TP);
     float *s_part = (float *)s_warp; /* [WARPS][G][D + 2], once the warps are done */
@@ -487,7 +505,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
         const uint16_t *off_p = (const uint16_t *)(hs + round16((uint64_t)D) + 4 * (uint64_t)D);
         for (int j = threadIdx.x; j < D; j += blockDim.x) {
             const int off = off_p[j], nb = hs[j];
-            s_bm[j] = make_int4((off >> 5) * (TP ? 32 : 64), off & 31, (int)((1u << nb) - 1u), 0);
+            s_bm[j] = make_int4((off >> 5) * (TP ? 128 : 256), off & 31, (int)((1u << nb) - 1u), 0);
         }
         __syncthreads();
         for (int gg = warp; gg < G; gg += CHAN_WARPS) {
@@ -497,7 +515,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
             if (lane == 0) s_qmu[gg] = sdot;
         }
         __syncthreads();
-        const int C = g.C, t_begin = split * a.cps * C, t_end = min((split + a.cps) * C, nc);
+        const int C = g.C, t_begin = split * a.cps * C, t_end = min((split + 1) * a.cps * C, nc);
         const int n_groups = max(t_end - t_begin, 0) / 32;
         const int g_begin = (int)((long long)n_groups * warp / CHAN_WARPS);
         const int g_end = (int)((long long)n_groups * (warp + 1) / CHAN_WARPS);
@@ -559,7 +577,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
                 uint32_t v[4];
 #pragma unroll
                 for (int i = 0; i < 4; i++) v[i] = wtr[32 * (r + i) + lane];
-                transpose_words<4>(v, lane);
+                transpose_words<4, GS == 4 && !TP>(v, lane);
                 if (TP) {
 #pragma unroll
                     for (int i = 0; i < 4; i++) wtr[32 * (r + i) + lane] = v[i];
@@ -572,7 +590,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
             }
             for (; r < NR; r += 2) {
                 uint32_t v[2] = {wtr[32 * r + lane], wtr[32 * (r + 1) + lane]};
-                transpose_words<2>(v, lane);
+                transpose_words<2, GS == 4 && !TP>(v, lane);
                 if (TP) {
                     wtr[32 * r + lane] = v[0];
                     wtr[32 * (r + 1) + lane] = v[1];
@@ -594,10 +612,10 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
                 const int4 bm = s_bm[j];
                 uint32_t w0, w1;
                 if (TP) {
-                    w0 = tw[bm.x];
-                    w1 = tw[bm.x + 32];
+                    w0 = *(const uint32_t *)((const char *)tw + bm.x);
+                    w1 = *(const uint32_t *)((const char *)tw + bm.x + 128);
                 } else {
-                    const uint2 pr = tl[bm.x >> 1];
+                    const uint2 pr = *(const uint2 *)((const char *)tl + bm.x);
                     w0 = pr.x;
                     w1 = pr.y;
                 }
@@ -672,15 +690,15 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
             };
             if (vbits == 4 && E == 4) {
                 add_values([&](const uint8_t *vc, float(&v)[E]) {
-                    const uint32_t u = *(const uint16_t *)(vc + 2 + 2 * lane);
+                    const uint32_t u = (uint32_t) * (const uint16_t *)(vc + 2 + 2 * lane) << 2; /* bytes */
 #pragma unroll
-                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (4 * e)) & 15u];
+                    for (int e = 0; e < E; e++) v[e] = *(const float *)((const char *)s_cen + ((u >> (4 * e)) & 60u));
                 });
             } else if (vbits == 2 && E == 4) {
                 add_values([&](const uint8_t *vc, float(&v)[E]) {
-                    const uint32_t u = vc[2 + lane];
+                    const uint32_t u = (uint32_t)vc[2 + lane] << 2; /* bytes */
 #pragma unroll
-                    for (int e = 0; e < E; e++) v[e] = s_cen[(u >> (2 * e)) & 3u];
+                    for (int e = 0; e < E; e++) v[e] = *(const float *)((const char *)s_cen + ((u >> (2 * e)) & 12u));
                 });
             } else {
                 add_values([&](const uint8_t *vc, float(&v)[E]) {
@@ -694,44 +712,95 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32) chan_attend_kernel(chan_attn_
         asm volatile("cp.async.wait_all;\n" ::);
         __syncthreads(); /* the warps' areas become the partial results */
     } else {
-        /* the exact tokens: sinks, then the tail from max(n_coded, n_sink) */
+        /* the exact tokens: sinks, then the tail from max(n_coded, n_sink), 32 at a time
+         * per warp: a lane scores its token's fp16 key row (8-byte loads, several in flight) for every query head, one online-softmax step per 32 tokens, then the
+         * 32 value rows are summed with the lanes over the dims */
         __syncthreads();
         const __half *ek = (const __half *)(g.cache + g.exact_k) + (size_t)row * g.exact_rows * D;
         const __half *ev = (const __half *)(g.cache + g.exact_v) + (size_t)row * g.exact_rows * D;
         const int ns = min(g.n_sink, len), tail0 = max(nc, g.n_sink), n_ex = ns + max(len - tail0, 0);
-        for (int i = warp; i < n_ex; i += CHAN_WARPS) {
+        float *s_pe = (float *)(s_warp + warp * WW); /* [32][GS] */
+        for (int i0 = 32 * warp; i0 < n_ex; i0 += 32 * CHAN_WARPS) {
+            const int i = i0 + lane;
+            const bool valid = i < n_ex;
             const int r = i < ns ? i : g.n_sink + (tail0 + i - ns) % g.R;
-            float k[E], v[E];
+            /* four query heads a pass (the scores through shared memory: few registers) */
+#pragma unroll 1
+            for (int h0 = 0; h0 < G; h0 += 4) {
+                float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                if (valid) {
+                    const uint2 *kr = (const uint2 *)(ek + (size_t)r * D);
+#pragma unroll 8
+                    for (int c = 0; c < D / 4; c++) {
+                        const uint2 u = kr[c];
+                        const float2 k0 = __half22float2(*(const __half2 *)&u.x);
+                        const float2 k1 = __half22float2(*(const __half2 *)&u.y);
 #pragma unroll
-            for (int e = 0; e < E; e++) {
-                k[e] = __half2float(ek[(size_t)r * D + lane + 32 * e]);
-                v[e] = __half2float(ev[(size_t)r * D + lane + 32 * e]);
+                        for (int i = 0; i < 4; i++) {
+                            if (h0 + i >= G) break;
+                            const float4 qa = *(const float4 *)(s_q + (h0 + i) * D + 4 * c);
+                            s4[i] += qa.x * k0.x + qa.y * k0.y + qa.z * k1.x + qa.w * k1.y;
+                        }
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    if (h0 + i < GS) s_pe[lane * GS + h0 + i] = s4[i];
             }
+            float sc[GS];
 #pragma unroll
-            for (int gg = 0; gg < CHAN_GMAX; gg++) {
-                if (gg >= G) break;
-                float sdot = 0.0f;
+            for (int gg = 0; gg < GS; gg++) sc[gg] = gg < G ? s_pe[lane * GS + gg] : 0.0f;
+            float red[GS], pv[GS];
 #pragma unroll
-                for (int e = 0; e < E; e++) sdot += s_q[gg * D + lane + 32 * e] * k[e];
-                sdot = kvqc_warp_sum(sdot);
-                float mn = fmaxf(m[gg], sdot);
-                float alpha = exp2f(m[gg] - mn), p = exp2f(sdot - mn);
-                l[gg] = l[gg] * alpha + p;
+            for (int gg = 0; gg < GS; gg++) red[gg] = sc[gg] = valid ? sc[gg] : -INFINITY;
 #pragma unroll
-                for (int e = 0; e < E; e++) acc[gg][e] = acc[gg][e] * alpha + p * v[e];
+            for (int o = 16; o >= 1; o >>= 1)
+#pragma unroll
+                for (int gg = 0; gg < GS; gg++) red[gg] = fmaxf(red[gg], __shfl_xor_sync(KVQC_FULL, red[gg], o));
+#pragma unroll
+            for (int gg = 0; gg < GS; gg++) {
+                const float mn = fmaxf(m[gg], red[gg]); /* finite: lane 0's token is valid */
+                const float alpha = exp2f(m[gg] - mn);
+                pv[gg] = valid ? exp2f(sc[gg] - mn) : 0.0f;
+                red[gg] = pv[gg];
+                l[gg] *= alpha;
+#pragma unroll
+                for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
                 m[gg] = mn;
             }
-        }
-        if (a.vp->rotate) { /* into the values' rotated domain (linear: once) */
 #pragma unroll
-            for (int gg = 0; gg < CHAN_GMAX; gg++) {
-                if (gg >= G) break;
-                kvqc_apply_signs<E>(acc[gg], a.vp->sign_bits, lane);
-                kvqc_fwht<E>(acc[gg], lane);
+            for (int o = 16; o >= 1; o >>= 1)
 #pragma unroll
-                for (int e = 0; e < E; e++) acc[gg][e] *= a.vp->had_scale;
+                for (int gg = 0; gg < GS; gg++) red[gg] += __shfl_xor_sync(KVQC_FULL, red[gg], o);
+#pragma unroll
+            for (int gg = 0; gg < GS; gg++) {
+                l[gg] += red[gg];
+                s_pe[lane * GS + gg] = pv[gg];
             }
+            __syncwarp();
+            const int nt = min(32, n_ex - i0);
+#pragma unroll(E == 8 ? 4 : 8)
+            for (int tt = 0; tt < nt; tt++) {
+                const int rr = __shfl_sync(KVQC_FULL, r, tt);
+                float v[E];
+#pragma unroll
+                for (int e = 0; e < E; e++) v[e] = __half2float(ev[(size_t)rr * D + lane + 32 * e]);
+#pragma unroll
+                for (int gg = 0; gg < GS; gg++) {
+                    const float pp = s_pe[tt * GS + gg];
+#pragma unroll
+                    for (int e = 0; e < E; e++) acc[gg][e] += pp * v[e];
+                }
+            }
+            __syncwarp();
         }
+        /* into the values' rotated domain (linear: once) */
+#pragma unroll
+        for (int gg = 0; gg < CHAN_GMAX; gg++) {
+            if (gg >= G) break;
+            kvqc_rotate<E>(a.vp, acc[gg], lane);
+        }
+        __syncthreads(); /* the warps' areas (s_pe) become the partial results */
     }
     /* the warps' states into one per query head */
 #pragma unroll
@@ -796,14 +865,7 @@ __global__ void __launch_bounds__(128) chan_combine_kernel(const kvqc_params *vp
     float v[E];
 #pragma unroll
     for (int e = 0; e < E; e++) v[e] = s_out[lane + 32 * e];
-    if (vp->rotate) {
-        kvqc_fwht<E>(v, lane);
-#pragma unroll
-        for (int e = 0; e < E; e++) v[e] *= vp->had_scale;
-        kvqc_apply_signs<E>(v, vp->sign_bits, lane);
-    }
-#pragma unroll
-    for (int e = 0; e < E; e++) out[row * D + lane + 32 * e] = v[e];
+    kvqc_unrotate_store<E>(vp, v, lane, out + row * D);
 }
 
 /* ------------------------------------------------------------- host side */
@@ -872,7 +934,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, 
     kc->vcs = vcs;
     kc->n_sm = kc->vq->n_sm;
     size_t smem = attn_smem_words((int)D, CHAN_GMAX, (int)(kc->bits * D), (int)vcs, false) * 4;
-    if (smem > kc->vq->smem_optin) {
+    if (smem + 256 * sizeof(float) > kc->vq->smem_optin) { /* + the static centroid table */
         kvq_cuda_chan_free(kc);
         return KVQ_ERR_UNSUPPORTED;
     }

@@ -104,4 +104,29 @@ __device__ __forceinline__ void kvqc_fwht(float v[E], int lane) {
     }
 }
 
+/* Pi x for a warp's vector: the signs, then the normalised transform (the values'
+ * rotated domain, where the attention kernels accumulate). */
+template <int E>
+__device__ __forceinline__ void kvqc_rotate(const kvqc_params *p, float v[E], int lane) {
+    if (!p->rotate) return;
+    kvqc_apply_signs<E>(v, p->sign_bits, lane);
+    kvqc_fwht<E>(v, lane);
+#pragma unroll
+    for (int e = 0; e < E; e++) v[e] *= p->had_scale;
+}
+
+/* Pi^T y for a warp's vector (the normalised transform is its own inverse, then the
+ * signs), stored to out[lane + 32e]: the merge tail of the attention kernels. */
+template <int E>
+__device__ __forceinline__ void kvqc_unrotate_store(const kvqc_params *p, float v[E], int lane, float *out) {
+    if (p->rotate) {
+        kvqc_fwht<E>(v, lane);
+#pragma unroll
+        for (int e = 0; e < E; e++) v[e] *= p->had_scale;
+        kvqc_apply_signs<E>(v, p->sign_bits, lane);
+    }
+#pragma unroll
+    for (int e = 0; e < E; e++) out[lane + 32 * e] = v[e];
+}
+
 #endif /* KVQ_CUDA_WARP_MATH_CUH */
