@@ -329,7 +329,6 @@ def test_cuda_several_new_tokens_on_a_filled_cache():
     for spec in specs:
         one = step_logits(model, tokens, KVQCache(model, spec))
         cache = KVQCache(model, spec)
-        assert all(layer._gpu is not None for layer in cache.layers)
         with torch.no_grad():
             out = [model(tokens[:, :PROMPT], use_cache=True, **{CACHE_KW: cache}).logits]
             # 150 tokens in pieces of 1, 5, 60 and 84: q4's 128-token chunks get coded inside
@@ -337,6 +336,7 @@ def test_cuda_several_new_tokens_on_a_filled_cache():
                          (PROMPT + 66, PROMPT + 150)):
                 out.append(model(tokens[:, a:b], use_cache=True, **{CACHE_KW: cache}).logits)
         got = torch.cat(out, dim=1)[0].float().cpu().numpy()
+        assert all(layer._gpu is not None for layer in cache.layers)
         assert cache.get_seq_length() == PROMPT + 150
         # the same appends and attention calls; only the model's other products see
         # several rows at once
