@@ -92,8 +92,7 @@ static int use_v16(const kvq_cache *c) {
  * QBLK_I16, an int16 query (q8_0: an int8 query adds more error than the near-lossless
  * type's own rounding, SmolLM2 8 x 512: KL from fp16 0.0049 -> 0.0056, top-1 96.1 ->
  * 94.6 %, docs/METHODS.md; 16 bits add 2^-16 of max |q|: KL 0.00494 -> 0.00491 at 24 x
- * 512); 0: float kernels. The table's score_q8_0_i8 and score_q4_0_i16 (1.17x the int8
- * kernel's time on AVX-512) stay tested against their references, undispatched. */
+ * 512); 0: float kernels. */
 enum { QBLK_FLOAT = 0, QBLK_I8 = 1, QBLK_I16 = 2 };
 static int qblk_int(const kvq_cache *c) {
     if (c->dim % 64 || c->dim > KVQI_QBLK_I8_MAX_DIM) return QBLK_FLOAT;

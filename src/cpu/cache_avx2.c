@@ -752,27 +752,25 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
     }
 }
 
-/* q8_0 / q4_0 keys against the int8 query (kvqi_cache_score_qblk_i8_ref): per block one
- * ymm of 32 signed key bytes (q4_0: the nibbles minus 8, low ones then high ones), the
+/* q4_0 keys against the int8 query (kvqi_cache_score_q4_0_i8_ref): per block one ymm of
+ * 32 signed key bytes (the nibbles minus 8, low ones then high ones), the
  * products by vpmaddubsw on |k| and the query bytes carrying k's sign (|k| <= 128, so the
  * pair sums stay within int16), vpmaddwd by ones for the int32 lane sums of four
  * products; lanes 0-7 of the reference are a pair's first block, 8-15 its second. */
-static inline __m256i qblk_bytes(const int Q4, const uint8_t *blk) {
-    if (!Q4) return _mm256_loadu_si256((const __m256i *)(blk + 2));
+static inline __m256i qblk_bytes(const uint8_t *blk) {
     __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2)), m = _mm_set1_epi8(15);
     __m256i x = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(v, m)),
                                         _mm_and_si128(_mm_srli_epi16(v, 4), m), 1);
     return _mm256_sub_epi8(x, _mm256_set1_epi8(8));
 }
 
-static inline __attribute__((always_inline)) void
-score_qblk_i8_impl(const int Q4, const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
-                   const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
+static void score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
+                          const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
     if (dim % 64) {
-        kvqi_cache_score_qblk_i8_ref(Q4, q8, qscale, G, dim, k, stride, n, scores, ld);
+        kvqi_cache_score_q4_0_i8_ref(q8, qscale, G, dim, k, stride, n, scores, ld);
         return;
     }
-    const size_t bs = Q4 ? 18 : 34;
+    const size_t bs = 18;
     const __m256i ones = _mm256_set1_epi16(1);
     for (uint32_t h0 = 0; h0 < G; h0 += HG) {
         uint32_t hh[HG];
@@ -788,7 +786,7 @@ score_qblk_i8_impl(const int Q4, const int8_t *q8, const float *qscale, uint32_t
 #define QBLK_BLOCK(B, A0, A1, A2, A3)                                                        \
     do {                                                                                     \
         const uint8_t *blk = row + bs * (B);                                                 \
-        __m256i kb = qblk_bytes(Q4, blk), ak = _mm256_abs_epi8(kb);                          \
+        __m256i kb = qblk_bytes(blk), ak = _mm256_abs_epi8(kb);                          \
         __m256 d = _mm256_set1_ps(fp16_scalar(blk));                                         \
         size_t o = 32 * (size_t)(B);                                                         \
         A0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(      \
@@ -813,44 +811,23 @@ score_qblk_i8_impl(const int Q4, const int8_t *q8, const float *qscale, uint32_t
     }
 }
 
-static void score_q8_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
-                          const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
-    score_qblk_i8_impl(0, q8, qscale, G, dim, k, stride, n, scores, ld);
-}
-
-static void score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
-                          const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
-    score_qblk_i8_impl(1, q8, qscale, G, dim, k, stride, n, scores, ld);
-}
-
-/* q8_0 / q4_0 keys against the int16 query (kvqi_cache_score_qblk_i16_ref): per block
- * two ymm of 16-bit words, coordinates 0..15 and 16..31 (q8_0: bytes sign-extended; q4_0:
- * low and high nibbles), vpmaddwd against the query's words and one vpaddd: lane j holds
- * the exact sum of coordinates 2j, 2j + 1, 16 + 2j, 17 + 2j; lanes 0-7 of the reference
- * are a pair's first block (l), 8-15 its second (u). q4_0's offset: the accumulator starts
- * at -8 times the lane's four query words. */
-static inline __attribute__((always_inline)) void
-score_qblk_i16_impl(const int Q4, const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
-                    const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
+/* q8_0 keys against the int16 query (kvqi_cache_score_q8_0_i16_ref): per block two ymm
+ * of 16-bit words, coordinates 0..15 and 16..31 (bytes sign-extended), vpmaddwd against
+ * the query's words and one vpaddd: lane j holds the exact sum of coordinates 2j, 2j + 1,
+ * 16 + 2j, 17 + 2j; lanes 0-7 of the reference are a pair's first block (l), 8-15 its
+ * second (u). */
+static void score_q8_0_i16(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
+                           const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
     if (dim % 64 || dim > KVQI_QBLK_I8_MAX_DIM) {
-        kvqi_cache_score_qblk_i16_ref(Q4, q16, qscale, G, dim, k, stride, n, scores, ld);
+        kvqi_cache_score_q8_0_i16_ref(q16, qscale, G, dim, k, stride, n, scores, ld);
         return;
     }
-    const size_t bs = Q4 ? 18 : 34;
-    int32_t corr[HG][KVQI_QBLK_I8_MAX_DIM / 4];
+    const size_t bs = 34;
     for (uint32_t h0 = 0; h0 < G; h0 += HG) {
         uint32_t hh[HG];
         for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
         const int16_t *q0 = q16 + (size_t)hh[0] * dim, *q1 = q16 + (size_t)hh[1] * dim;
         const int16_t *q2 = q16 + (size_t)hh[2] * dim, *q3 = q16 + (size_t)hh[3] * dim;
-        for (uint32_t h = 0; h < HG; h++)
-            for (uint32_t b = 0; b < dim / 32; b++) {
-                const int16_t *qp = q16 + (size_t)hh[h] * dim + 32 * b;
-                __m256i m8 = _mm256_set1_epi16(Q4 ? -8 : 0);
-                __m256i cv = _mm256_add_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)qp), m8),
-                                              _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(qp + 16)), m8));
-                _mm256_storeu_si256((__m256i *)(corr[h] + 8 * b), cv);
-            }
         const __m128 vqs = _mm_set_ps(qscale[hh[3]], qscale[hh[2]], qscale[hh[1]], qscale[hh[0]]);
         for (size_t t = 0; t < n; t++) {
             const uint8_t *row = k + t * stride;
@@ -860,15 +837,8 @@ score_qblk_i16_impl(const int Q4, const int16_t *q16, const float *qscale, uint3
 #define QBLK16_BLOCK(B, A0, A1, A2, A3)                                                      \
     do {                                                                                     \
         const uint8_t *blk = row + bs * (B);                                                 \
-        __m256i x1, x2;                                                                      \
-        if (Q4) {                                                                            \
-            __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));   \
-            x1 = _mm256_and_si256(w, _mm256_set1_epi16(15));                                 \
-            x2 = _mm256_srli_epi16(w, 4);                                                    \
-        } else {                                                                             \
-            x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));          \
-            x2 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));         \
-        }                                                                                    \
+        __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));      \
+        __m256i x2 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));     \
         __m256 d = _mm256_set1_ps(fp16_scalar(blk));                                         \
         size_t o = 32 * (size_t)(B);                                                         \
         A0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(QBLK16_SUM(0, q0)), d, A0);                 \
@@ -877,11 +847,8 @@ score_qblk_i16_impl(const int Q4, const int16_t *q16, const float *qscale, uint3
         A3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(QBLK16_SUM(3, q3)), d, A3);                 \
     } while (0)
 #define QBLK16_SUM(H, QH)                                                                    \
-    _mm256_add_epi32(                                                                        \
-        _mm256_add_epi32(Q4 ? _mm256_loadu_si256((const __m256i *)(corr[H] + o / 4))      \
-                            : _mm256_setzero_si256(),                                        \
-                         _mm256_madd_epi16(x1, _mm256_loadu_si256((const __m256i *)(QH + o)))), \
-        _mm256_madd_epi16(x2, _mm256_loadu_si256((const __m256i *)(QH + o + 16))))
+    _mm256_add_epi32(_mm256_madd_epi16(x1, _mm256_loadu_si256((const __m256i *)(QH + o))),       \
+                     _mm256_madd_epi16(x2, _mm256_loadu_si256((const __m256i *)(QH + o + 16))))
                 QBLK16_BLOCK(b, l0, l1, l2, l3);
                 QBLK16_BLOCK(b + 1, u0, u1, u2, u3);
 #undef QBLK16_SUM
@@ -894,16 +861,6 @@ score_qblk_i16_impl(const int Q4, const int16_t *q16, const float *qscale, uint3
             for (uint32_t h = 0; h < HG && h0 + h < G; h++) scores[(h0 + h) * ld + t] = s[h];
         }
     }
-}
-
-static void score_q8_0_i16(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
-                           const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
-    score_qblk_i16_impl(0, q16, qscale, G, dim, k, stride, n, scores, ld);
-}
-
-static void score_q4_0_i16(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
-                           const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
-    score_qblk_i16_impl(1, q16, qscale, G, dim, k, stride, n, scores, ld);
 }
 
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
@@ -926,8 +883,6 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->rot_i8_bits = 1u << 2 | 1u << 3 | 1u << 4;
     k->accum_rot_i16 = accum_rot_i16;
     k->rot_v16_bits = 1u << 2 | 1u << 3 | 1u << 4;
-    k->score_q8_0_i8 = score_q8_0_i8;
     k->score_q4_0_i8 = score_q4_0_i8;
     k->score_q8_0_i16 = score_q8_0_i16;
-    k->score_q4_0_i16 = score_q4_0_i16;
 }

@@ -667,46 +667,40 @@ score_rot_i8_vbmi(const kvqi_rot_layout *L, const int8_t *q8, const float *qscal
     else score_rot_i8_vnni(L, q8, qscale, qsum, G, k, n, scores, ld);
 }
 
-/* q8_0 / q4_0 keys against the int8 query: per 64 coordinates (two blocks) one vector of
- * 64 key bytes made unsigned (q8_0: + 128 by the sign bit flipped; q4_0: the nibbles,
- * low ones of a block then high ones, the natural order), one vpdpbusd per head whose
- * accumulator starts at -offset * (the lane's four query bytes' sum), so each int32 lane
+/* q4_0 keys against the int8 query: per 64 coordinates (two blocks) one vector of 64 key
+ * bytes, unsigned (the nibbles, low ones of a block then high ones, the natural order),
+ * one vpdpbusd per head whose accumulator starts at -8 * (the lane's four query bytes'
+ * sum), so each int32 lane
  * is the exact signed sum of its four products; then to float, times the lane's block
- * scale, summed over the row; the fold of kvqi_cache_score_qblk_i8_ref. Two tokens per
+ * scale, summed over the row; the fold of kvqi_cache_score_q4_0_i8_ref. Two tokens per
  * pass share the query and correction loads. */
-KVQI_INLINE __attribute__((target("avx512vnni"))) void qblk_load(const int Q4, const uint8_t *row,
-                                                                 uint32_t c, __m512i *x, __m512 *d) {
-    const uint8_t *b0 = row + (size_t)(Q4 ? 18 : 34) * 2 * c, *b1 = b0 + (Q4 ? 18 : 34);
+KVQI_INLINE __attribute__((target("avx512vnni"))) void qblk_load(const uint8_t *row, uint32_t c,
+                                                                 __m512i *x, __m512 *d) {
+    const uint8_t *b0 = row + (size_t)18 * 2 * c, *b1 = b0 + 18;
     uint16_t h0, h1;
     memcpy(&h0, b0, 2);
     memcpy(&h1, b1, 2);
     *d = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)h0)),
                                                  _mm_set1_epi16((short)h1), 1));
-    if (Q4) {
-        __m512i v = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 2)))),
-            _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b1 + 2))), 1);
-        /* high nibbles in 128-bit lanes 1 and 3: a 16-bit shift by 4 there */
-        const long long s4 = 0x0004000400040004LL;
-        const __m512i sh = _mm512_set_epi64(s4, s4, 0, 0, s4, s4, 0, 0);
-        *x = _mm512_and_si512(_mm512_srlv_epi16(v, sh), _mm512_set1_epi8(15));
-    } else {
-        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 2))),
-                                       _mm256_loadu_si256((const __m256i *)(b1 + 2)), 1);
-        *x = _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
-    }
+    __m512i v = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 2)))),
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b1 + 2))), 1);
+    /* high nibbles in 128-bit lanes 1 and 3: a 16-bit shift by 4 there */
+    const long long s4 = 0x0004000400040004LL;
+    const __m512i sh = _mm512_set_epi64(s4, s4, 0, 0, s4, s4, 0, 0);
+    *x = _mm512_and_si512(_mm512_srlv_epi16(v, sh), _mm512_set1_epi8(15));
 }
 
-KVQI_INLINE __attribute__((target("avx512vnni"))) void
-score_qblk_i8_impl(const int Q4, const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
-                   const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
+__attribute__((target("avx512vnni"))) static void
+score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim, const uint8_t *k,
+              size_t stride, size_t n, float *scores, size_t ld) {
     if (dim % 64 || dim > KVQI_QBLK_I8_MAX_DIM) {
-        kvqi_cache_score_qblk_i8_ref(Q4, q8, qscale, G, dim, k, stride, n, scores, ld);
+        kvqi_cache_score_q4_0_i8_ref(q8, qscale, G, dim, k, stride, n, scores, ld);
         return;
     }
     uint32_t nc = dim / 64;
     int32_t corr[HG][KVQI_QBLK_I8_MAX_DIM / 4];
-    const __m512i off = _mm512_set1_epi8(Q4 ? 8 : (char)0x80);
+    const __m512i off = _mm512_set1_epi8(8);
     for (uint32_t h0 = 0; h0 < G; h0 += HG) {
         uint32_t hh[HG];
         for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
@@ -727,8 +721,8 @@ score_qblk_i8_impl(const int Q4, const int8_t *q8, const float *qscale, uint32_t
             for (uint32_t c = 0; c < nc; c++) {
                 __m512i x, y;
                 __m512 dx, dy;
-                qblk_load(Q4, row, c, &x, &dx);
-                qblk_load(Q4, row1, c, &y, &dy);
+                qblk_load(row, c, &x, &dx);
+                qblk_load(row1, c, &y, &dy);
                 __m512i p0 = _mm512_loadu_si512(q0 + 64 * c), c0 = _mm512_loadu_si512(corr[0] + 16 * c);
                 __m512i p1 = _mm512_loadu_si512(q1 + 64 * c), c1 = _mm512_loadu_si512(corr[1] + 16 * c);
                 __m512i p2 = _mm512_loadu_si512(q2 + 64 * c), c2 = _mm512_loadu_si512(corr[2] + 16 * c);
@@ -753,56 +747,33 @@ score_qblk_i8_impl(const int Q4, const int8_t *q8, const float *qscale, uint32_t
     }
 }
 
-__attribute__((target("avx512vnni"))) static void
-score_q8_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim, const uint8_t *k,
-              size_t stride, size_t n, float *scores, size_t ld) {
-    score_qblk_i8_impl(0, q8, qscale, G, dim, k, stride, n, scores, ld);
-}
-
-__attribute__((target("avx512vnni"))) static void
-score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim, const uint8_t *k,
-              size_t stride, size_t n, float *scores, size_t ld) {
-    score_qblk_i8_impl(1, q8, qscale, G, dim, k, stride, n, scores, ld);
-}
-
-/* q8_0 / q4_0 keys against the int16 query (kvqi_cache_score_qblk_i16_ref): per 64
- * coordinates (blocks A and B) the keys as two vectors of 16-bit words, [A 0..15 | B 0..15]
- * and [A 16..31 | B 16..31] (q8_0: each block's bytes sign-extended, the 256-bit halves
- * regrouped; q4_0: both blocks' 16 bytes side by side, low nibbles then high ones), the
- * query regrouped alike once per call, and two vpdpwssd per head into an accumulator that
- * starts at the q4_0 offset's correction (-8 times the lane's four query words): lanes
- * 0-7 hold block A's exact sums, 8-15 block B's. With dim 128 the four heads' query
+/* q8_0 keys against the int16 query (kvqi_cache_score_q8_0_i16_ref): per 64 coordinates
+ * (blocks A and B) the keys as two vectors of 16-bit words, [A 0..15 | B 0..15] and
+ * [A 16..31 | B 16..31] (each block's bytes sign-extended, the 256-bit halves regrouped),
+ * the query regrouped alike once per call, and two vpdpwssd per head: lanes 0-7 hold
+ * block A's exact sums, 8-15 block B's. With dim 128 the four heads' query
  * (16 vectors) stays in registers across the tokens. */
-KVQI_INLINE __attribute__((target("avx512vnni"))) void qblk16_load(const int Q4, const uint8_t *row,
-                                                                   uint32_t c, __m512i *x1,
-                                                                   __m512i *x2, __m512 *d) {
-    const uint8_t *b0 = row + (size_t)(Q4 ? 18 : 34) * 2 * c, *b1 = b0 + (Q4 ? 18 : 34);
+KVQI_INLINE __attribute__((target("avx512vnni"))) void qblk16_load(const uint8_t *row, uint32_t c,
+                                                                   __m512i *x1, __m512i *x2,
+                                                                   __m512 *d) {
+    const uint8_t *b0 = row + (size_t)34 * 2 * c, *b1 = b0 + 34;
     uint16_t h0, h1;
     memcpy(&h0, b0, 2);
     memcpy(&h1, b1, 2);
     *d = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)h0)),
                                                  _mm_set1_epi16((short)h1), 1));
-    if (Q4) {
-        __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 2))),
-                                            _mm_loadu_si128((const __m128i *)(b1 + 2)), 1);
-        __m512i w = _mm512_cvtepu8_epi16(v);
-        const __m512i m = _mm512_set1_epi16(15);
-        *x1 = _mm512_and_si512(w, m);
-        *x2 = _mm512_srli_epi16(w, 4);
-    } else {
-        __m512i a = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b0 + 2)));
-        __m512i b = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b1 + 2)));
-        *x1 = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 1, 0));
-        *x2 = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2));
-    }
+    __m512i a = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b0 + 2)));
+    __m512i b = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b1 + 2)));
+    *x1 = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 1, 0));
+    *x2 = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2));
 }
 
 KVQI_INLINE __attribute__((target("avx512vnni"))) void
-score_qblk_i16_impl(const int Q4, const uint32_t NC, const int16_t *q16, const float *qscale,
+score_qblk_i16_impl(const uint32_t NC, const int16_t *q16, const float *qscale,
                     uint32_t G, uint32_t dim, const uint8_t *k, size_t stride, size_t n,
                     float *scores, size_t ld) {
     enum { MAXC = KVQI_QBLK_I8_MAX_DIM / 64 };
-    __m512i qv[HG][MAXC][2], corr[HG][MAXC];
+    __m512i qv[HG][MAXC][2];
     for (uint32_t h0 = 0; h0 < G; h0 += HG) {
         uint32_t hh[HG];
         for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
@@ -812,12 +783,6 @@ score_qblk_i16_impl(const int Q4, const uint32_t NC, const int16_t *q16, const f
                 __m512i a = _mm512_loadu_si512(qp), b = _mm512_loadu_si512(qp + 32);
                 qv[h][c][0] = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 1, 0));
                 qv[h][c][1] = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2));
-                corr[h][c] = _mm512_setzero_si512();
-                if (Q4) { /* -8 (q1 + q2) over the lane's words: (q1 + q2) . -8 in pairs */
-                    __m512i m8 = _mm512_set1_epi16(-8);
-                    corr[h][c] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(corr[h][c], qv[h][c][0], m8),
-                                                     qv[h][c][1], m8);
-                }
             }
         const __m128 vqs = _mm_set_ps(qscale[hh[3]], qscale[hh[2]], qscale[hh[1]], qscale[hh[0]]);
         for (size_t t = 0; t < n; t++) {
@@ -826,18 +791,18 @@ score_qblk_i16_impl(const int Q4, const uint32_t NC, const int16_t *q16, const f
             for (uint32_t c = 0; c < NC; c++) {
                 __m512i x1, x2;
                 __m512 d;
-                qblk16_load(Q4, row, c, &x1, &x2, &d);
+                qblk16_load(row, c, &x1, &x2, &d);
                 a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(corr[0][c], x1, qv[0][c][0]), x2, qv[0][c][1])),
+                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[0][c][0]), x2, qv[0][c][1])),
                                      d, a0);
                 a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(corr[1][c], x1, qv[1][c][0]), x2, qv[1][c][1])),
+                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[1][c][0]), x2, qv[1][c][1])),
                                      d, a1);
                 a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(corr[2][c], x1, qv[2][c][0]), x2, qv[2][c][1])),
+                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[2][c][0]), x2, qv[2][c][1])),
                                      d, a2);
                 a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(corr[3][c], x1, qv[3][c][0]), x2, qv[3][c][1])),
+                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[3][c][0]), x2, qv[3][c][1])),
                                      d, a3);
             }
             float s[4];
@@ -847,19 +812,16 @@ score_qblk_i16_impl(const int Q4, const uint32_t NC, const int16_t *q16, const f
     }
 }
 
-#define DEFINE_SCORE_I16(NAME, Q4)                                                           \
-    __attribute__((target("avx512vnni"))) static void NAME(                                  \
-        const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim, const uint8_t *k, \
-        size_t stride, size_t n, float *scores, size_t ld) {                                 \
-        if (dim == 128)                                                                      \
-            score_qblk_i16_impl(Q4, 2, q16, qscale, G, dim, k, stride, n, scores, ld);       \
-        else if (dim % 64 == 0 && dim <= KVQI_QBLK_I8_MAX_DIM)                               \
-            score_qblk_i16_impl(Q4, dim / 64, q16, qscale, G, dim, k, stride, n, scores, ld); \
-        else                                                                                 \
-            kvqi_cache_score_qblk_i16_ref(Q4, q16, qscale, G, dim, k, stride, n, scores, ld); \
-    }
-DEFINE_SCORE_I16(score_q8_0_i16, 0)
-DEFINE_SCORE_I16(score_q4_0_i16, 1)
+__attribute__((target("avx512vnni"))) static void
+score_q8_0_i16(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim, const uint8_t *k,
+               size_t stride, size_t n, float *scores, size_t ld) {
+    if (dim == 128)
+        score_qblk_i16_impl(2, q16, qscale, G, dim, k, stride, n, scores, ld);
+    else if (dim % 64 == 0 && dim <= KVQI_QBLK_I8_MAX_DIM)
+        score_qblk_i16_impl(dim / 64, q16, qscale, G, dim, k, stride, n, scores, ld);
+    else
+        kvqi_cache_score_q8_0_i16_ref(q16, qscale, G, dim, k, stride, n, scores, ld);
+}
 
 /* 1-bit passes: each pass's 128 bits per block become 0/1 bytes (a masked move of ones)
  * against the int8 query, so S_p of four heads costs 2 vpdpbusd per head and block. */
@@ -1266,10 +1228,8 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
         k->rot_v16_bits = k->rot_i8_bits;
         k->score_rot1_i8 = score_rot1_i8;
         k->score_signs_i8 = score_signs_i8;
-        k->score_q8_0_i8 = score_q8_0_i8;
         k->score_q4_0_i8 = score_q4_0_i8;
         k->score_q8_0_i16 = score_q8_0_i16;
-        k->score_q4_0_i16 = score_q4_0_i16;
     }
     k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;

@@ -201,9 +201,8 @@ void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, con
     }
 }
 
-void kvqi_cache_score_qblk_i8_ref(int q4, const int8_t *q8, const float *qscale, uint32_t G,
-                                  uint32_t dim, const uint8_t *k, size_t stride, size_t n,
-                                  float *scores, size_t ld) {
+void kvqi_cache_score_q4_0_i8_ref(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
+                                  const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
     for (size_t t = 0; t < n; t++) {
         const uint8_t *row = k + t * stride;
         for (uint32_t h = 0; h < G; h++) {
@@ -212,12 +211,11 @@ void kvqi_cache_score_qblk_i8_ref(int q4, const int8_t *q8, const float *qscale,
             for (uint32_t c = 0; c < dim / 64; c++) {
                 for (uint32_t j = 0; j < 16; j++) {
                     uint32_t b = 2 * c + j / 8;
-                    const uint8_t *blk = row + (q4 ? 18 : 34) * (size_t)b;
+                    const uint8_t *blk = row + 18 * (size_t)b;
                     int32_t P = 0;
                     for (uint32_t i = 0; i < 4; i++) {
                         uint32_t x = 64 * c + 4 * j + i, e = x % 32;
-                        int kv = q4 ? (int)((e < 16 ? blk[2 + e] : blk[2 + e - 16] >> 4) & 15) - 8
-                                    : (int)(int8_t)blk[2 + e];
+                        int kv = (int)((e < 16 ? blk[2 + e] : blk[2 + e - 16] >> 4) & 15) - 8;
                         P += kv * qh[x];
                     }
                     acc[j] = fmaf((float)P, fp16_at(blk), acc[j]);
@@ -231,9 +229,8 @@ void kvqi_cache_score_qblk_i8_ref(int q4, const int8_t *q8, const float *qscale,
     }
 }
 
-void kvqi_cache_score_qblk_i16_ref(int q4, const int16_t *q16, const float *qscale, uint32_t G,
-                                   uint32_t dim, const uint8_t *k, size_t stride, size_t n,
-                                   float *scores, size_t ld) {
+void kvqi_cache_score_q8_0_i16_ref(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
+                                   const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
     for (size_t t = 0; t < n; t++) {
         const uint8_t *row = k + t * stride;
         for (uint32_t h = 0; h < G; h++) {
@@ -242,12 +239,11 @@ void kvqi_cache_score_qblk_i16_ref(int q4, const int16_t *q16, const float *qsca
             for (uint32_t c = 0; c < dim / 64; c++) {
                 for (uint32_t j = 0; j < 16; j++) {
                     uint32_t b = 2 * c + j / 8;
-                    const uint8_t *blk = row + (q4 ? 18 : 34) * (size_t)b;
+                    const uint8_t *blk = row + 34 * (size_t)b;
                     int32_t P = 0;
                     for (uint32_t i = 0; i < 4; i++) {
                         uint32_t e = 16 * (i / 2) + 2 * (j % 8) + i % 2;
-                        int kv = q4 ? (int)((e < 16 ? blk[2 + e] : blk[2 + e - 16] >> 4) & 15) - 8
-                                    : (int)(int8_t)blk[2 + e];
+                        int kv = (int)(int8_t)blk[2 + e];
                         P += kv * qh[32 * b + e];
                     }
                     acc[j] = fmaf((float)P, fp16_at(blk), acc[j]);
@@ -381,7 +377,7 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
     accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, NULL, NULL, NULL, 0, outlier_add, axpy_rows, exp_sum,
-    max_of,         score_signs, kvqi_chan_weights_scalar, kvqi_chan_dot_scalar, NULL, NULL, NULL, NULL,
+    max_of,         score_signs, kvqi_chan_weights_scalar, kvqi_chan_dot_scalar, NULL, NULL,
 };
 
 static kvqi_cache_kernels g_avx2, g_avx512, g_neon;
