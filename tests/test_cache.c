@@ -749,6 +749,51 @@ TEST(cache_simd_kernels_match_scalar) {
                 }
             }
         }
+        /* q4_0 values in integers: exact sums, so bit-identical to the reference; odd and
+         * even token counts, a head whose weights are all zero, a negative weight and block
+         * scale, padded rows; and the reference within the 16-bit weights' rounding of the
+         * float sum */
+        for (uint32_t dim = 32; dim <= 256 && K->accum_q4_0_i16; dim *= 2) {
+            for (uint32_t G = 1; G <= 6; G++) {
+                size_t nv = G % 2 ? N : N - 1, stride = dim / 32 * 18 + 5;
+                kvqi_rng r;
+                kvqi_rng_seed(&r, 1700 + G + dim);
+                for (size_t i = 0; i < (size_t)N * stride; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
+                for (size_t t = 0; t < N; t++)
+                    for (uint32_t b = 0; b < dim / 32; b++) {
+                        float d = (float)(0.001 + 0.05 * kvqi_rng_uniform(&r)) * ((t + b) % 5 ? 1.0f : -1.0f);
+                        uint16_t h = kvqi_fp32_to_fp16(d);
+                        memcpy(codes + t * stride + 18 * b, &h, 2);
+                    }
+                float wv[6 * 64];
+                fill_uniform(wv, 6 * 64, 1800 + G);
+                for (size_t i = 0; i < 6 * 64; i++) wv[i] = fabsf(wv[i]);
+                wv[5] = -wv[5];
+                if (G > 2) memset(wv + 64, 0, 64 * sizeof(float));
+                fill_uniform(a_ref, G * dim, 1900);
+                memcpy(a_simd, a_ref, G * dim * sizeof(float));
+                kvqi_cache_accum_q4_0_i16_ref(wv, 64, G, dim, codes, stride, nv, a_ref);
+                K->accum_q4_0_i16(wv, 64, G, dim, codes, stride, nv, a_simd);
+                CHECKF(memcmp(a_ref, a_simd, G * dim * sizeof(float)) == 0, "%s accum_q4_0_i16 dim %u G %u n %zu",
+                       kvqi_isa_name((kvq_isa)isa), dim, G, nv);
+                static float a_float[6 * 256], a_int[6 * 256];
+                memset(a_float, 0, sizeof a_float);
+                memset(a_int, 0, sizeof a_int);
+                S->accum_q4_0(wv, 64, G, dim, codes, stride, nv, a_float);
+                kvqi_cache_accum_q4_0_i16_ref(wv, 64, G, dim, codes, stride, nv, a_int);
+                for (uint32_t h = 0; h < G; h++) {
+                    double num = 0, den = 0;
+                    for (uint32_t j = 0; j < dim; j++) {
+                        double x = a_int[h * dim + j] - a_float[h * dim + j];
+                        num += x * x;
+                        den += (double)a_float[h * dim + j] * a_float[h * dim + j];
+                    }
+                    CHECKF(num <= 1e-8 * den, "%s accum_q4_0_i16 dim %u head %u off the float sum",
+                           kvqi_isa_name((kvq_isa)isa), dim, h);
+                }
+                tested++;
+            }
+        }
         /* outlier channels */
         for (uint32_t G = 1; G <= 5; G += 2) {
             uint16_t vals[3 * 40];

@@ -333,8 +333,9 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
     case KVQI_PATH_Q8_0:
         c->kern->accum_q8_0(s->scores, B, G, c->dim, codes, V->code_size, nb, s->acc);
         break;
-    case KVQI_PATH_Q4_0:
-        c->kern->accum_q4_0(s->scores, B, G, c->dim, codes, V->code_size, nb, s->acc);
+    case KVQI_PATH_Q4_0: /* in integers where the ISA has it (16-bit weights) */
+        (c->kern->accum_q4_0_i16 ? c->kern->accum_q4_0_i16 : c->kern->accum_q4_0)(s->scores, B, G, c->dim, codes,
+                                                                                 V->code_size, nb, s->acc);
         break;
     case KVQI_PATH_ROT:
         if (use_v16(c))
@@ -539,6 +540,12 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
         if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == coded_start))
             score_span(c, s, G, g, ci, in, KVQI_MIN(coded_stop - t0, C - in), &A->status);
         if (c->key.path == KVQI_PATH_CHAN && (in == 0 || t0 == coded_start)) chan_weigh(c, s, G, g, ci);
+        if (c->value.path == KVQI_PATH_Q4_0 && c->kern->accum_q4_0_i16) {
+            /* the integer q4_0 values read every row's block scales before any sum: their
+             * rows are asked for before the keys are scored, which hides the wait */
+            const char *vr = (const char *)kvqi_chunk_values(c, ci, g) + in * c->value.code_size;
+            for (size_t o = 0; o < nb * c->value.code_size; o += 64) __builtin_prefetch(vr + o, 0, 3);
+        }
         score_coded(c, s, G, g, ci, in, nb);
         mask_block(A, s, T->first_visible, T->nqb, t0, nb);
         softmax_block(c, s, G, nb);

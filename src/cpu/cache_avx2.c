@@ -626,6 +626,83 @@ static void accum_rot_i16(const kvqi_rot_layout *L, const float *w, size_t ld, u
     }
 }
 
+/* q4_0 values in integers (kvqi_cache_accum_q4_0_i16_ref): per block of 32 coordinates,
+ * each head's weights times the tokens' block scales rounded to 16 bits (weights_i16);
+ * two tokens per step, their 16 code bytes interleaved and widened to 16 bits so each
+ * 32-bit lane holds one coordinate of both, and one vpmaddwd and one vpaddd add both
+ * weighted nibbles (four vectors of 8 coordinates: 0-7, 8-15 low nibbles, 16-23, 24-31
+ * high ones); two heads per pass; the -8 offset once per block, as -8 times the rounded
+ * weights' sum. */
+static void accum_q4_0_i16(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                           size_t stride, size_t n, float *acc) {
+    if (dim % 32 || n > KVQI_MAX_BLOCK_TOKENS) {
+        kvqi_cache_accum_q4_0_i16_ref(w, ld, G, dim, v, stride, n, acc);
+        return;
+    }
+    float dsc[KVQI_MAX_BLOCK_TOKENS + 8];
+    int16_t wq[2][KVQI_MAX_BLOCK_TOKENS + 16];
+    int32_t wp[2][KVQI_MAX_BLOCK_TOKENS / 2 + 8];
+    _Static_assert(sizeof wp == sizeof wq, "token pairs alias the weights");
+    const __m256i m15 = _mm256_set1_epi16(15), m8 = _mm256_set1_epi16(-8);
+    for (uint32_t b = 0; b < dim / 32; b++) {
+        const uint8_t *blk = v + 18 * (size_t)b;
+        for (size_t t = 0; t < n; t++) dsc[t] = fp16_scalar(blk + t * stride);
+        for (size_t t = n; t < n + 8; t++) dsc[t] = 0.0f;
+        for (uint32_t h0 = 0; h0 < G; h0 += 2) {
+            float scale[2];
+            int32_t corr[2];
+            for (uint32_t h = 0; h < 2; h++) {
+                memset(wq[h], 0, sizeof wq[h]);
+                scale[h] = h0 + h < G ? weights_i16(w + (h0 + h) * ld, dsc, n, wq[h]) : 0.0f;
+                __m256i s4 = _mm256_setzero_si256();
+                for (int i = 0; i < 4; i++)
+                    s4 = _mm256_add_epi32(s4, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(wq[h] + 16 * i)), m8));
+                __m128i s2 = _mm_add_epi32(_mm256_castsi256_si128(s4), _mm256_extracti128_si256(s4, 1));
+                s2 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, _MM_SHUFFLE(1, 0, 3, 2)));
+                s2 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, _MM_SHUFFLE(2, 3, 0, 1)));
+                corr[h] = _mm_cvtsi128_si32(s2);
+            }
+            if (scale[0] == 0.0f && scale[1] == 0.0f) continue;
+            /* token pairs: t in the low 16 bits, t + 1 in the high (zero past n) */
+            memcpy(wp, wq, sizeof wp);
+            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+            __m256i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (size_t t = 0; t < n; t += 2) {
+                const uint8_t *ra = blk + t * stride + 2, *rb = t + 1 < n ? ra + stride : ra;
+                __m128i x = _mm_loadu_si128((const __m128i *)ra), y = _mm_loadu_si128((const __m128i *)rb);
+                __m256i e0 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x, y));
+                __m256i e1 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x, y));
+                __m256i k0 = _mm256_and_si256(e0, m15), k1 = _mm256_and_si256(e1, m15);
+                __m256i k2 = _mm256_srli_epi16(e0, 4), k3 = _mm256_srli_epi16(e1, 4);
+                __m256i w0 = _mm256_set1_epi32(wp[0][t / 2]), w1 = _mm256_set1_epi32(wp[1][t / 2]);
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(k0, w0));
+                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(k1, w0));
+                a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(k2, w0));
+                a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(k3, w0));
+                b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(k0, w1));
+                b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(k1, w1));
+                b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(k2, w1));
+                b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(k3, w1));
+            }
+#define Q4V_OUT(H, R0, R1, R2, R3)                                                           \
+    do {                                                                                     \
+        if (h0 + (H) < G && scale[H] != 0.0f) {                                              \
+            __m256i cv = _mm256_set1_epi32(corr[H]);                                         \
+            __m256 sc = _mm256_set1_ps(scale[H]);                                            \
+            float *p = acc + (size_t)(h0 + (H)) * dim + 32 * b;                              \
+            __m256i r_[4] = {R0, R1, R2, R3};                                                \
+            for (int m = 0; m < 4; m++)                                                      \
+                _mm256_storeu_ps(p + 8 * m, _mm256_add_ps(_mm256_loadu_ps(p + 8 * m),         \
+                                                          _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(r_[m], cv)), sc))); \
+        }                                                                                    \
+    } while (0)
+            Q4V_OUT(0, a0, a1, a2, a3);
+            Q4V_OUT(1, b0, b1, b2, b3);
+#undef Q4V_OUT
+        }
+    }
+}
+
 /* outlier channels: sixteen (eight) tokens of one channel per conversion */
 static void outlier_add(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
                         uint32_t n_out, size_t n, float *scores, size_t ld) {
@@ -885,4 +962,5 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->rot_v16_bits = 1u << 2 | 1u << 3 | 1u << 4;
     k->score_q4_0_i8 = score_q4_0_i8;
     k->score_q8_0_i16 = score_q8_0_i16;
+    k->accum_q4_0_i16 = accum_q4_0_i16;
 }

@@ -823,6 +823,105 @@ score_q8_0_i16(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim
         kvqi_cache_score_q8_0_i16_ref(q16, qscale, G, dim, k, stride, n, scores, ld);
 }
 
+/* q4_0 values in integers (kvqi_cache_accum_q4_0_i16_ref): per block of 32 coordinates,
+ * each head's weights times the tokens' block scales rounded to 16 bits (weights_i16);
+ * two tokens per step, their 16 code bytes interleaved and widened to 16 bits so each
+ * 32-bit lane holds one coordinate of both (low nibbles: coordinates 0-15, high ones:
+ * 16-31) and one vpdpwssd adds both weighted nibbles: 8 per token pair and block for four
+ * heads, against 32 multiply-adds of the float kernel; the -8 offset once per block, as
+ * -8 times the rounded weights' sum. */
+/* weights_i16's steps (kvqi_cache_accum_q4_0_i16_ref's), and -8 times the rounded weights'
+ * sum in *corr, taken from the registers (a reload of the stored words stalls). */
+static float q4_weights_i16(const float *w, const float *d, size_t n, int16_t *wq, int32_t *corr) {
+    __m512 wn[KVQI_MAX_BLOCK_TOKENS / 16], mx = _mm512_setzero_ps();
+    size_t nv = (n + 15) / 16;
+    *corr = 0;
+    for (size_t i = 0; i < nv; i++) {
+        size_t left = n - 16 * i;
+        __mmask16 k = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+        wn[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + 16 * i), _mm512_loadu_ps(d + 16 * i));
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(wn[i]));
+    }
+    float m = _mm512_reduce_max_ps(mx);
+    if (!(m > 0.0f) || !(m <= 3.0e38f)) return 0.0f;
+    __m512 inv = _mm512_set1_ps(32767.0f / m);
+    __m512i sum = _mm512_setzero_si512();
+    for (size_t i = 0; i < nv; i++) {
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(wn[i], inv));
+        sum = _mm512_add_epi32(sum, q);
+        _mm256_storeu_si256((__m256i *)(wq + 16 * i), _mm512_cvtepi32_epi16(q));
+    }
+    *corr = -8 * _mm512_reduce_add_epi32(sum);
+    return m * (1.0f / 32767.0f);
+}
+__attribute__((target("avx512vnni"))) static void
+accum_q4_0_i16(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v, size_t stride,
+               size_t n, float *acc) {
+    if (dim % 32 || n > KVQI_MAX_BLOCK_TOKENS) {
+        kvqi_cache_accum_q4_0_i16_ref(w, ld, G, dim, v, stride, n, acc);
+        return;
+    }
+    _Alignas(64) uint16_t dh[KVQI_MAX_BLOCK_TOKENS + 16];
+    _Alignas(64) float dsc[KVQI_MAX_BLOCK_TOKENS + 16];
+    _Alignas(64) int16_t wq[HG][KVQI_MAX_BLOCK_TOKENS + 32];
+    int32_t wp[HG][KVQI_MAX_BLOCK_TOKENS / 2 + 16];
+    _Static_assert(sizeof wp == sizeof wq, "token pairs alias the weights");
+    const __m512i m15 = _mm512_set1_epi16(15);
+    size_t nd = (n + 15) / 16;
+    for (uint32_t b = 0; b < dim / 32; b++) {
+        const uint8_t *blk = v + 18 * (size_t)b;
+        for (size_t t = 0; t < n; t++) memcpy(&dh[t], blk + t * stride, 2);
+        for (size_t t = n; t < 16 * nd; t++) dh[t] = 0;
+        for (size_t i = 0; i < nd; i++)
+            _mm512_store_ps(dsc + 16 * i, _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(dh + 16 * i))));
+        for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+            float scale[HG];
+            int32_t corr[HG];
+            int any = 0;
+            for (uint32_t h = 0; h < HG; h++) {
+                memset(wq[h], 0, sizeof wq[h]);
+                scale[h] = h0 + h < G ? q4_weights_i16(w + (h0 + h) * ld, dsc, n, wq[h], &corr[h]) : 0.0f;
+                any |= scale[h] != 0.0f;
+            }
+            if (!any) continue;
+            /* token pairs: t in the low 16 bits, t + 1 in the high (zero past n) */
+            memcpy(wp, wq, sizeof wp);
+            __m512i l0 = _mm512_setzero_si512(), l1 = l0, l2 = l0, l3 = l0;
+            __m512i u0 = l0, u1 = l0, u2 = l0, u3 = l0;
+            for (size_t t = 0; t < n; t += 2) {
+                const uint8_t *ra = blk + t * stride + 2, *rb = t + 1 < n ? ra + stride : ra;
+                __m128i a = _mm_loadu_si128((const __m128i *)ra), c = _mm_loadu_si128((const __m128i *)rb);
+                __m512i x = _mm512_cvtepu8_epi16(
+                    _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi8(a, c)), _mm_unpackhi_epi8(a, c), 1));
+                __m512i xl = _mm512_and_si512(x, m15), xh = _mm512_srli_epi16(x, 4);
+                __m512i w0 = _mm512_set1_epi32(wp[0][t / 2]), w1 = _mm512_set1_epi32(wp[1][t / 2]);
+                __m512i w2 = _mm512_set1_epi32(wp[2][t / 2]), w3 = _mm512_set1_epi32(wp[3][t / 2]);
+                l0 = _mm512_dpwssd_epi32(l0, xl, w0), u0 = _mm512_dpwssd_epi32(u0, xh, w0);
+                l1 = _mm512_dpwssd_epi32(l1, xl, w1), u1 = _mm512_dpwssd_epi32(u1, xh, w1);
+                l2 = _mm512_dpwssd_epi32(l2, xl, w2), u2 = _mm512_dpwssd_epi32(u2, xh, w2);
+                l3 = _mm512_dpwssd_epi32(l3, xl, w3), u3 = _mm512_dpwssd_epi32(u3, xh, w3);
+            }
+#define Q4V_OUT(H, L, U)                                                                     \
+    do {                                                                                     \
+        if (h0 + (H) < G && scale[H] != 0.0f) {                                              \
+            __m512i cv = _mm512_set1_epi32(corr[H]);                                         \
+            __m512 sc = _mm512_set1_ps(scale[H]);                                            \
+            float *p = acc + (size_t)(h0 + (H)) * dim + 32 * b;                              \
+            _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p),                            \
+                                              _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(L, cv)), sc))); \
+            _mm512_storeu_ps(p + 16, _mm512_add_ps(_mm512_loadu_ps(p + 16),                  \
+                                                   _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(U, cv)), sc))); \
+        }                                                                                    \
+    } while (0)
+            Q4V_OUT(0, l0, u0);
+            Q4V_OUT(1, l1, u1);
+            Q4V_OUT(2, l2, u2);
+            Q4V_OUT(3, l3, u3);
+#undef Q4V_OUT
+        }
+    }
+}
+
 /* 1-bit passes: each pass's 128 bits per block become 0/1 bytes (a masked move of ones)
  * against the int8 query, so S_p of four heads costs 2 vpdpbusd per head and block. */
 __attribute__((target("avx512vnni"))) static inline __m512i
@@ -1230,6 +1329,7 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
         k->score_signs_i8 = score_signs_i8;
         k->score_q4_0_i8 = score_q4_0_i8;
         k->score_q8_0_i16 = score_q8_0_i16;
+        k->accum_q4_0_i16 = accum_q4_0_i16;
     }
     k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;

@@ -244,6 +244,14 @@ typedef struct kvqi_cache_kernels {
      * bit for bit on every ISA. NULL: the float score_q8_0 is used. */
     void (*score_q8_0_i16)(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
                            const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld);
+    /* Values of q4_0 blocks (dim % 32 == 0, n <= KVQI_MAX_BLOCK_TOKENS) in integers: per
+     * head and block, wd_t = w[h][t] * d_t (the token's block scale) rounded to 16 bits
+     * against the largest |wd| of the call, summed against the nibbles (0..15) in int32,
+     * minus 8 times the rounded weights' sum, then acc[h][j] += sum * scale in natural
+     * order (kvqi_cache_accum_q4_0_i16_ref: every ISA gives the same bits). NULL: the
+     * float accum_q4_0 is used. */
+    void (*accum_q4_0_i16)(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                           size_t stride, size_t n, float *acc);
 } kvqi_cache_kernels;
 
 /* The widest head the q8_0 / q4_0 integer key kernels take. */
@@ -305,6 +313,9 @@ void kvqi_cache_score_rot1_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, co
 /* Reference of accum_rot_i16 (exact integer sums: SIMD versions match it bit for bit). */
 void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
                                   const uint8_t *v, size_t n, float *acc);
+/* Reference of accum_q4_0_i16 (exact integer sums, the same float steps: bit for bit). */
+void kvqi_cache_accum_q4_0_i16_ref(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                                   size_t stride, size_t n, float *acc);
 /* One head's 16-bit weights of a block: wq[t] = round(w[t] norm_t * 32767 / max |w norm|);
  * returns the scale of the integer sums (0: every weight is zero, nothing to add). */
 float kvqi_cache_rot_weights_i16(const kvqi_rot_layout *L, const float *w, const uint8_t *v,

@@ -331,6 +331,37 @@ void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size
     }
 }
 
+void kvqi_cache_accum_q4_0_i16_ref(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                                   size_t stride, size_t n, float *acc) {
+    float wn[KVQI_MAX_BLOCK_TOKENS];
+    int16_t wq[KVQI_MAX_BLOCK_TOKENS];
+    for (uint32_t b = 0; b < dim / 32; b++) {
+        const uint8_t *blk = v + 18 * (size_t)b;
+        for (uint32_t h = 0; h < G; h++) {
+            float mx = 0.0f;
+            for (size_t t = 0; t < n; t++) {
+                wn[t] = w[h * ld + t] * fp16_at(blk + t * stride);
+                mx = fabsf(wn[t]) > mx ? fabsf(wn[t]) : mx;
+            }
+            if (!(mx > 0.0f) || !(mx <= 3.0e38f)) continue; /* no weight, or not a finite one */
+            float inv = 32767.0f / mx, scale = mx * (1.0f / 32767.0f);
+            int32_t wsum = 0;
+            for (size_t t = 0; t < n; t++) {
+                wq[t] = (int16_t)lrintf(wn[t] * inv);
+                wsum += wq[t];
+            }
+            for (uint32_t j = 0; j < 32; j++) {
+                int32_t sum = -8 * wsum;
+                for (size_t t = 0; t < n; t++) {
+                    uint8_t x = blk[t * stride + 2 + j % 16];
+                    sum += (int32_t)wq[t] * (int32_t)(j < 16 ? x & 15 : x >> 4);
+                }
+                acc[(size_t)h * dim + 32 * b + j] += (float)sum * scale;
+            }
+        }
+    }
+}
+
 static float exp_sum(float *s, size_t n, float m) {
     float sum = 0.0f;
     for (size_t t = 0; t < n; t++) {
@@ -377,7 +408,7 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
     accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, NULL, NULL, NULL, 0, outlier_add, axpy_rows, exp_sum,
-    max_of,         score_signs, kvqi_chan_weights_scalar, kvqi_chan_dot_scalar, NULL, NULL,
+    max_of,         score_signs, kvqi_chan_weights_scalar, kvqi_chan_dot_scalar, NULL, NULL, NULL,
 };
 
 static kvqi_cache_kernels g_avx2, g_avx512, g_neon;
