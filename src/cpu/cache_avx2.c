@@ -830,15 +830,36 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
 }
 
 /* q4_0 keys against the int8 query (kvqi_cache_score_q4_0_i8_ref): per block one ymm of
- * 32 signed key bytes (the nibbles minus 8, low ones then high ones), the
- * products by vpmaddubsw on |k| and the query bytes carrying k's sign (|k| <= 128, so the
- * pair sums stay within int16), vpmaddwd by ones for the int32 lane sums of four
- * products; lanes 0-7 of the reference are a pair's first block, 8-15 its second. */
+ * 32 signed key bytes (the nibbles minus 8, low ones then high ones), the products by
+ * vpmaddubsw on |k| and the query bytes carrying k's sign (|k| <= 128, so the pair sums
+ * stay within int16), vpmaddwd by ones for the int32 sums of four products in natural
+ * order; a block's lanes i and i + 4 (the same code bytes' two nibbles) added give the
+ * reference's lane, two blocks to a ymm (lanes 0-7 and 8-15 of a 128-coordinate step),
+ * then its multiply-add and fold. Two heads per pass. */
 static inline __m256i qblk_bytes(const uint8_t *blk) {
     __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2)), m = _mm_set1_epi8(15);
     __m256i x = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(v, m)),
                                         _mm_and_si128(_mm_srli_epi16(v, 4), m), 1);
     return _mm256_sub_epi8(x, _mm256_set1_epi8(8));
+}
+
+/* int32 sums of four products (natural order) of one block against 32 query bytes */
+static inline __m256i q4k_dot(__m256i kb, __m256i ak, const int8_t *q) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)q), kb)),
+                             _mm256_set1_epi16(1));
+}
+
+/* blocks b and b + 1 (the second absent: zero) into one reference-lane ymm, times scales */
+static inline __m256 q4k_pair(__m256 acc, __m256i va, __m256i vb, __m256 d) {
+    __m256i p = _mm256_add_epi32(_mm256_permute2x128_si256(va, vb, 0x20), _mm256_permute2x128_si256(va, vb, 0x31));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc);
+}
+
+static inline float q4k_fold(__m256 lo, __m256 hi) {
+    __m256 s8 = _mm256_add_ps(lo, hi);
+    __m128 e = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 r = _mm_add_ps(e, _mm_movehl_ps(e, e));
+    return _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));
 }
 
 static void score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
@@ -847,43 +868,34 @@ static void score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uin
         kvqi_cache_score_q4_0_i8_ref(q8, qscale, G, dim, k, stride, n, scores, ld);
         return;
     }
-    const size_t bs = 18;
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
-        uint32_t hh[HG];
-        for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
-        const int8_t *q0 = q8 + (size_t)hh[0] * dim, *q1 = q8 + (size_t)hh[1] * dim;
-        const int8_t *q2 = q8 + (size_t)hh[2] * dim, *q3 = q8 + (size_t)hh[3] * dim;
-        const __m128 vqs = _mm_set_ps(qscale[hh[3]], qscale[hh[2]], qscale[hh[1]], qscale[hh[0]]);
+    uint32_t nb = dim / 32;
+    for (uint32_t h0 = 0; h0 < G; h0 += 2) {
+        uint32_t h1 = h0 + 1 < G ? h0 + 1 : h0;
+        const int8_t *q0 = q8 + (size_t)h0 * dim, *q1 = q8 + (size_t)h1 * dim;
         for (size_t t = 0; t < n; t++) {
             const uint8_t *row = k + t * stride;
-            __m256 l0 = _mm256_setzero_ps(), l1 = l0, l2 = l0, l3 = l0;
-            __m256 u0 = l0, u1 = l0, u2 = l0, u3 = l0;
-            for (uint32_t b = 0; b < dim / 32; b += 2) {
-#define QBLK_BLOCK(B, A0, A1, A2, A3)                                                        \
-    do {                                                                                     \
-        const uint8_t *blk = row + bs * (B);                                                 \
-        __m256i kb = qblk_bytes(blk), ak = _mm256_abs_epi8(kb);                          \
-        __m256 d = _mm256_set1_ps(fp16_scalar(blk));                                         \
-        size_t o = 32 * (size_t)(B);                                                         \
-        A0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(      \
-                 ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q0 + o)), kb)), ones)), d, A0); \
-        A1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(      \
-                 ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q1 + o)), kb)), ones)), d, A1); \
-        A2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(      \
-                 ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q2 + o)), kb)), ones)), d, A2); \
-        A3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(      \
-                 ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q3 + o)), kb)), ones)), d, A3); \
-    } while (0)
-                QBLK_BLOCK(b, l0, l1, l2, l3);
-                QBLK_BLOCK(b + 1, u0, u1, u2, u3);
-#undef QBLK_BLOCK
+            __m256 l0 = _mm256_setzero_ps(), u0 = l0, l1 = l0, u1 = l0;
+            for (uint32_t b = 0; b < nb; b += 4) {
+                for (uint32_t half = 0; half < 2 && b + 2 * half < nb; half++) {
+                    uint32_t ba = b + 2 * half;
+                    const uint8_t *pa = row + 18 * (size_t)ba, *pb = pa + 18;
+                    __m256i ka = qblk_bytes(pa), aa = _mm256_abs_epi8(ka);
+                    __m256i kb = qblk_bytes(pb), ab = _mm256_abs_epi8(kb);
+                    __m256 d = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(fp16_scalar(pa))),
+                                                    _mm_set1_ps(fp16_scalar(pb)), 1);
+                    __m256i a0 = q4k_dot(ka, aa, q0 + 32 * ba), b0 = q4k_dot(kb, ab, q0 + 32 * ba + 32);
+                    __m256i a1 = q4k_dot(ka, aa, q1 + 32 * ba), b1 = q4k_dot(kb, ab, q1 + 32 * ba + 32);
+                    if (half) {
+                        u0 = q4k_pair(u0, a0, b0, d);
+                        u1 = q4k_pair(u1, a1, b1, d);
+                    } else {
+                        l0 = q4k_pair(l0, a0, b0, d);
+                        l1 = q4k_pair(l1, a1, b1, d);
+                    }
+                }
             }
-            float s[4];
-            _mm_storeu_ps(s, _mm_mul_ps(hsum4(_mm256_add_ps(l0, u0), _mm256_add_ps(l1, u1),
-                                              _mm256_add_ps(l2, u2), _mm256_add_ps(l3, u3)),
-                                        vqs));
-            for (uint32_t h = 0; h < HG && h0 + h < G; h++) scores[(h0 + h) * ld + t] = s[h];
+            scores[h0 * ld + t] = q4k_fold(l0, u0) * qscale[h0];
+            if (h0 + 1 < G) scores[(h0 + 1) * ld + t] = q4k_fold(l1, u1) * qscale[h1];
         }
     }
 }

@@ -227,12 +227,13 @@ typedef struct kvqi_cache_kernels {
                      const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
     /* q4_0 keys (dim % 64 == 0, dim <= KVQI_QBLK_I8_MAX_DIM) against an int8 query q8
      * [G][dim] (natural order, scale qscale[h]): integer products, then the block scales in
-     * float. Per 64 coordinates c (two blocks) and lane j < 16, the exact int32 sum P_cj of
-     * the 4 products of coordinates 64 c + 4 j .. + 3; acc_j = fmaf(P_cj, d_(2c + j/8),
-     * acc_j) over c from 0; then s8_j = acc_j + acc_(j+8), the score ((s8_0 + s8_1) + (s8_2
-     * + s8_3)) + ((s8_4 + s8_5) + (s8_6 + s8_7)) times qscale[h]
-     * (kvqi_cache_score_q4_0_i8_ref: every ISA gives the same bits). NULL: the float
-     * score_q4_0 is used. */
+     * float. Per 128 coordinates c (four blocks; the last two absent when dim % 128) and
+     * lane j < 16, block b = 4 c + j / 4 and k = 4 (j % 4): the exact int32 sum P_cj of the
+     * 8 products of the block's code bytes k .. k + 3, both nibbles (coordinates 32 b + k ..
+     * + 3 and 32 b + 16 + k .. + 3); acc_j = fmaf(P_cj, d_b, acc_j) over c from 0; then
+     * e_i = (acc_i + acc_(i+8)) + (acc_(i+4) + acc_(i+12)), the score ((e_0 + e_2) + (e_1 +
+     * e_3)) times qscale[h] (kvqi_cache_score_q4_0_i8_ref: every ISA gives the same bits).
+     * NULL: the float score_q4_0 is used. */
     void (*score_q4_0_i8)(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
                           const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld);
     /* q8_0 keys (dim % 64 == 0, dim <= KVQI_QBLK_I8_MAX_DIM) against an int16 query q16

@@ -208,23 +208,22 @@ void kvqi_cache_score_q4_0_i8_ref(const int8_t *q8, const float *qscale, uint32_
         for (uint32_t h = 0; h < G; h++) {
             const int8_t *qh = q8 + (size_t)h * dim;
             float acc[16] = {0};
-            for (uint32_t c = 0; c < dim / 64; c++) {
+            for (uint32_t c = 0; c < (dim + 127) / 128; c++) {
                 for (uint32_t j = 0; j < 16; j++) {
-                    uint32_t b = 2 * c + j / 8;
+                    uint32_t b = 4 * c + j / 4, k4 = 4 * (j % 4);
+                    if (b >= dim / 32) continue;
                     const uint8_t *blk = row + 18 * (size_t)b;
                     int32_t P = 0;
                     for (uint32_t i = 0; i < 4; i++) {
-                        uint32_t x = 64 * c + 4 * j + i, e = x % 32;
-                        int kv = (int)((e < 16 ? blk[2 + e] : blk[2 + e - 16] >> 4) & 15) - 8;
-                        P += kv * qh[x];
+                        uint8_t x = blk[2 + k4 + i];
+                        P += ((int)(x & 15) - 8) * qh[32 * b + k4 + i] + ((int)(x >> 4) - 8) * qh[32 * b + 16 + k4 + i];
                     }
                     acc[j] = fmaf((float)P, fp16_at(blk), acc[j]);
                 }
             }
-            float s8[8];
-            for (uint32_t j = 0; j < 8; j++) s8[j] = acc[j] + acc[j + 8];
-            float sum = ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7]));
-            scores[h * ld + t] = sum * qscale[h];
+            float e[4];
+            for (uint32_t i = 0; i < 4; i++) e[i] = (acc[i] + acc[i + 8]) + (acc[i + 4] + acc[i + 12]);
+            scores[h * ld + t] = ((e[0] + e[2]) + (e[1] + e[3])) * qscale[h];
         }
     }
 }
