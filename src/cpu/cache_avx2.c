@@ -832,10 +832,9 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
 /* q4_0 keys against the int8 query (kvqi_cache_score_q4_0_i8_ref): per block one ymm of
  * 32 signed key bytes (the nibbles minus 8, low ones then high ones), the products by
  * vpmaddubsw on |k| and the query bytes carrying k's sign (|k| <= 128, so the pair sums
- * stay within int16), vpmaddwd by ones for the int32 sums of four products in natural
- * order; a block's lanes i and i + 4 (the same code bytes' two nibbles) added give the
- * reference's lane, two blocks to a ymm (lanes 0-7 and 8-15 of a 128-coordinate step),
- * then its multiply-add and fold. Two heads per pass. */
+ * stay within int16), vpmaddwd by ones for int32 sums of four products; four blocks'
+ * sums folded by vphaddd to the blocks' exact sums, one conversion and multiply-add by
+ * the four scales. Two heads per pass. */
 static inline __m256i qblk_bytes(const uint8_t *blk) {
     __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2)), m = _mm_set1_epi8(15);
     __m256i x = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(v, m)),
@@ -843,22 +842,20 @@ static inline __m256i qblk_bytes(const uint8_t *blk) {
     return _mm256_sub_epi8(x, _mm256_set1_epi8(8));
 }
 
-/* int32 sums of four products (natural order) of one block against 32 query bytes */
+/* int32 sums of four products of one block against 32 query bytes */
 static inline __m256i q4k_dot(__m256i kb, __m256i ak, const int8_t *q) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)q), kb)),
                              _mm256_set1_epi16(1));
 }
 
-/* blocks b and b + 1 (the second absent: zero) into one reference-lane ymm, times scales */
-static inline __m256 q4k_pair(__m256 acc, __m256i va, __m256i vb, __m256 d) {
-    __m256i p = _mm256_add_epi32(_mm256_permute2x128_si256(va, vb, 0x20), _mm256_permute2x128_si256(va, vb, 0x31));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc);
+/* four blocks' lane sums to their exact sums [P_a, P_b, P_c, P_d] */
+static inline __m128i q4k_sums(__m256i a, __m256i b, __m256i c, __m256i d) {
+    __m256i x = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+    return _mm_add_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
 }
 
-static inline float q4k_fold(__m256 lo, __m256 hi) {
-    __m256 s8 = _mm256_add_ps(lo, hi);
-    __m128 e = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-    __m128 r = _mm_add_ps(e, _mm_movehl_ps(e, e));
+static inline float q4k_fold(__m128 f) {
+    __m128 r = _mm_add_ps(f, _mm_movehl_ps(f, f));
     return _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));
 }
 
@@ -874,28 +871,28 @@ static void score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uin
         const int8_t *q0 = q8 + (size_t)h0 * dim, *q1 = q8 + (size_t)h1 * dim;
         for (size_t t = 0; t < n; t++) {
             const uint8_t *row = k + t * stride;
-            __m256 l0 = _mm256_setzero_ps(), u0 = l0, l1 = l0, u1 = l0;
+            __m128 f0 = _mm_setzero_ps(), f1 = f0;
             for (uint32_t b = 0; b < nb; b += 4) {
-                for (uint32_t half = 0; half < 2 && b + 2 * half < nb; half++) {
-                    uint32_t ba = b + 2 * half;
-                    const uint8_t *pa = row + 18 * (size_t)ba, *pb = pa + 18;
-                    __m256i ka = qblk_bytes(pa), aa = _mm256_abs_epi8(ka);
-                    __m256i kb = qblk_bytes(pb), ab = _mm256_abs_epi8(kb);
-                    __m256 d = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(fp16_scalar(pa))),
-                                                    _mm_set1_ps(fp16_scalar(pb)), 1);
-                    __m256i a0 = q4k_dot(ka, aa, q0 + 32 * ba), b0 = q4k_dot(kb, ab, q0 + 32 * ba + 32);
-                    __m256i a1 = q4k_dot(ka, aa, q1 + 32 * ba), b1 = q4k_dot(kb, ab, q1 + 32 * ba + 32);
-                    if (half) {
-                        u0 = q4k_pair(u0, a0, b0, d);
-                        u1 = q4k_pair(u1, a1, b1, d);
-                    } else {
-                        l0 = q4k_pair(l0, a0, b0, d);
-                        l1 = q4k_pair(l1, a1, b1, d);
+                __m256i s0[4], s1[4];
+                float ds[4];
+                for (uint32_t i = 0; i < 4; i++) {
+                    if (b + i < nb) {
+                        const uint8_t *blk = row + 18 * (size_t)(b + i);
+                        __m256i kb = qblk_bytes(blk), ak = _mm256_abs_epi8(kb);
+                        s0[i] = q4k_dot(kb, ak, q0 + 32 * (b + i));
+                        s1[i] = q4k_dot(kb, ak, q1 + 32 * (b + i));
+                        ds[i] = fp16_scalar(blk);
+                    } else { /* the last two blocks of a head of 64 (mod 128) coordinates */
+                        s0[i] = s1[i] = _mm256_setzero_si256();
+                        ds[i] = 0.0f;
                     }
                 }
+                __m128 d = _mm_loadu_ps(ds);
+                f0 = _mm_fmadd_ps(_mm_cvtepi32_ps(q4k_sums(s0[0], s0[1], s0[2], s0[3])), d, f0);
+                f1 = _mm_fmadd_ps(_mm_cvtepi32_ps(q4k_sums(s1[0], s1[1], s1[2], s1[3])), d, f1);
             }
-            scores[h0 * ld + t] = q4k_fold(l0, u0) * qscale[h0];
-            if (h0 + 1 < G) scores[(h0 + 1) * ld + t] = q4k_fold(l1, u1) * qscale[h1];
+            scores[h0 * ld + t] = q4k_fold(f0) * qscale[h0];
+            if (h0 + 1 < G) scores[(h0 + 1) * ld + t] = q4k_fold(f1) * qscale[h1];
         }
     }
 }

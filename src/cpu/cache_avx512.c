@@ -668,16 +668,16 @@ score_rot_i8_vbmi(const kvqi_rot_layout *L, const int8_t *q8, const float *qscal
 }
 
 /* q4_0 keys against the int8 query (kvqi_cache_score_q4_0_i8_ref), 128 coordinates (four
- * blocks of 18 bytes, all at even offsets) per step: one word permute of the row puts
- * block b's 16 code bytes in 128-bit lane b and another its scale four times in words
- * 4b..4b+3; the low nibbles against the query's coordinates 32 b + 0..15 and the high ones
- * against 32 b + 16..31 in two vpdpbusd per head, whose accumulator starts at -8 times the
- * lane's 8 query bytes, so int32 lane j holds block j / 4's exact sum of 8 products; one
- * conversion and multiply-add by the lane's scale per head. Then four tokens of four
- * heads are folded together, 9 shuffles and adds per token for the reference's order
- * (a row's 16 lanes to 4 per head: (L0 + L2) + (L1 + L3) by 128-bit lanes; four tokens'
- * lanes then paired within each head's 128 bits), instead of a horizontal sum per score. */
-KVQI_INLINE __attribute__((target("avx512vnni"))) __m512 q4k_fold_heads(__m512 a0, __m512 a1, __m512 a2,
+ * blocks of 18 bytes, all at even offsets) per step: one permute of the row puts block b's
+ * 16 code bytes in 128-bit lane b and another its scale four times in words 4b..4b+3; the
+ * low nibbles against the query's coordinates 32 b + 0..15 and the high ones against
+ * 32 b + 16..31 in two vpdpbusd per head, whose accumulator starts at -8 times the lane's
+ * 8 query bytes; the four heads' lanes folded in integers (exact) to one vector of the
+ * blocks' sums, block b's four heads in lane b, so one conversion and one multiply-add by
+ * the scales serve four heads; four tokens' vectors folded over the lanes
+ * ((L0 + L2) + (L1 + L3)), one permute to heads' rows. */
+/* Four vectors' 128-bit lanes summed, (L0 + L2) + (L1 + L3): vector i's sums in lane i. */
+KVQI_INLINE __attribute__((target("avx512vnni"))) __m512 q4k_fold_lanes(__m512 a0, __m512 a1, __m512 a2,
                                                                         __m512 a3) {
     __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, _MM_SHUFFLE(1, 0, 1, 0)),
                               _mm512_shuffle_f32x4(a0, a1, _MM_SHUFFLE(3, 2, 3, 2)));
@@ -687,17 +687,8 @@ KVQI_INLINE __attribute__((target("avx512vnni"))) __m512 q4k_fold_heads(__m512 a
                          _mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-KVQI_INLINE __attribute__((target("avx512vnni"))) __m512 q4k_fold_tokens(__m512 g0, __m512 g1, __m512 g2,
-                                                                         __m512 g3) {
-    __m512 u = _mm512_add_ps(_mm512_unpacklo_ps(g0, g1), _mm512_unpackhi_ps(g0, g1));
-    __m512 v = _mm512_add_ps(_mm512_unpacklo_ps(g2, g3), _mm512_unpackhi_ps(g2, g3));
-    return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(u), _mm512_castps_pd(v))),
-                         _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(u), _mm512_castps_pd(v))));
-}
-
-/* A 128-coordinate step's code bytes, block b's 16 in 128-bit lane b (byte 16 b + m is the
- * row's byte 18 b + 2 + m; r1: the row's bytes 64..71): VBMI's byte permute, else
- * (unused: the word permute of q4k_row serves) the same bytes. */
+/* A step's code bytes, block b's 16 in 128-bit lane b (byte 16 b + m is the row's byte
+ * 18 b + 2 + m; r1: the row's bytes 64..71): VBMI's byte permute, else the word permute. */
 __attribute__((target("avx512vnni,avx512vbmi"))) static inline __m512i q4k_codes_vbmi(__m512i r0, __m512i r1) {
     const __m512i idx = _mm512_set_epi8(
         71, 70, 69, 68, 67, 66, 65, 64, 63, 62, 61, 60, 59, 58, 57, 56, 53, 52, 51, 50, 49, 48, 47,
@@ -711,50 +702,51 @@ __attribute__((target("avx512vnni"))) static inline __m512i q4k_codes_plain(__m5
     return _mm512_permutex2var_epi16(r0, idx, r1);
 }
 
-/* One row's 16 lanes of four heads (acc: running multiply-adds per head), NC chunks of 128
- * coordinates, the last half (two blocks) when HALF. */
-#define DEFINE_Q4K_IMPL(S, TARGET)                                                                            \
-KVQI_INLINE __attribute__((target(TARGET))) __m512 q4k_row_##S(const int VBMI, const uint32_t NC, const int HALF, const uint8_t *row, const __m512i *qlo, \
-        const __m512i *qhi, const __m512i *corr) {                                                             \
+/* One row's blocks' sums times scales, block b's four heads in lane b (NC steps of 128
+ * coordinates, the last half when HALF); then the call over four heads at a time. */
+#define DEFINE_Q4K_IMPL(S, TARGET)                                                                             \
+KVQI_INLINE __attribute__((target(TARGET))) __m512 q4k_row_##S(const uint32_t NC, const int HALF,              \
+                                                                  const uint8_t *row, const __m512i *qlo,      \
+                                                                  const __m512i *qhi, const __m512i *corr) {   \
     const __m512i m0f = _mm512_set1_epi8(15);                                                                  \
-    /* word 8 b + i: the row's word 9 b + 1 + i (code byte pairs); 4 b + i: word 9 b (scale) */                \
     const __m512i idx_q = _mm512_set_epi16(35, 34, 33, 32, 31, 30, 29, 28, 26, 25, 24, 23, 22, 21, 20, 19,     \
                                            17, 16, 15, 14, 13, 12, 11, 10, 8, 7, 6, 5, 4, 3, 2, 1);            \
     const __m512i idx_d = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,                     \
                                            27, 27, 27, 27, 18, 18, 18, 18, 9, 9, 9, 9, 0, 0, 0, 0);            \
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                                \
+    __m512 f = _mm512_setzero_ps();                                                                            \
     for (uint32_t c = 0; c < NC; c++) {                                                                        \
         const uint8_t *p = row + 72 * (size_t)c;                                                               \
         __m512i q, dw;                                                                                         \
-        if (VBMI && !(HALF && c + 1 == NC)) {                                                              \
-            __m512i r0 = _mm512_loadu_si512(p), r1 = _mm512_maskz_loadu_epi8(0xff, p + 64);                   \
-            q = q4k_codes_##S(r0, r1);                                                                     \
-            dw = _mm512_permutexvar_epi16(idx_d, r0);                                                      \
-        } else if (HALF && c + 1 == NC) { /* 36 bytes: two blocks, lanes 2 and 3 zero */                       \
+        if (HALF && c + 1 == NC) { /* 36 bytes: two blocks, lanes 2 and 3 zero */                              \
             __m512i r0 = _mm512_maskz_loadu_epi8(0xfffffffffULL, p);                                           \
             q = _mm512_maskz_permutexvar_epi16(0xffff, idx_q, r0);                                             \
             dw = _mm512_maskz_permutexvar_epi16(0xff, idx_d, r0);                                              \
         } else {                                                                                               \
             __m512i r0 = _mm512_loadu_si512(p), r1 = _mm512_maskz_loadu_epi8(0xff, p + 64);                    \
-            q = _mm512_permutex2var_epi16(r0, idx_q, r1);                                                      \
+            q = q4k_codes_##S(r0, r1);                                                                         \
             dw = _mm512_permutexvar_epi16(idx_d, r0);                                                          \
         }                                                                                                      \
-        __m512 d = _mm512_cvtph_ps(_mm512_castsi512_si256(dw));                                                \
         __m512i lo = _mm512_and_si512(q, m0f), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m0f);            \
         const __m512i *ql = qlo + 4 * c, *qh = qhi + 4 * c, *co = corr + 4 * c;                                \
-        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(co[0], lo, ql[0]), hi, qh[0])), d, a0); \
-        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(co[1], lo, ql[1]), hi, qh[1])), d, a1); \
-        a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(co[2], lo, ql[2]), hi, qh[2])), d, a2); \
-        a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(co[3], lo, ql[3]), hi, qh[3])), d, a3); \
+        __m512i p0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(co[0], lo, ql[0]), hi, qh[0]);                    \
+        __m512i p1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(co[1], lo, ql[1]), hi, qh[1]);                    \
+        __m512i p2 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(co[2], lo, ql[2]), hi, qh[2]);                    \
+        __m512i p3 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(co[3], lo, ql[3]), hi, qh[3]);                    \
+        __m512i u01 = _mm512_add_epi32(_mm512_unpacklo_epi32(p0, p1), _mm512_unpackhi_epi32(p0, p1));          \
+        __m512i u23 = _mm512_add_epi32(_mm512_unpacklo_epi32(p2, p3), _mm512_unpackhi_epi32(p2, p3));          \
+        __m512i sum = _mm512_add_epi32(_mm512_unpacklo_epi64(u01, u23), _mm512_unpackhi_epi64(u01, u23));      \
+        f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_cvtph_ps(_mm512_castsi512_si256(dw)), f);          \
     }                                                                                                          \
-    return q4k_fold_heads(a0, a1, a2, a3);                                                                     \
+    return f;                                                                                                  \
 }                                                                                                              \
-                                                                                                               \
-KVQI_INLINE __attribute__((target(TARGET))) void q4k_impl_##S(const int VBMI, const uint32_t NC, const int HALF, const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim, \
-         const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {                                \
+KVQI_INLINE __attribute__((target(TARGET))) void q4k_impl_##S(const uint32_t NC, const int HALF,               \
+                                                              const int8_t *q8, const float *qscale, uint32_t G, \
+                                                              uint32_t dim, const uint8_t *k, size_t stride,   \
+                                                              size_t n, float *scores, size_t ld) {            \
     enum { MAXC = KVQI_QBLK_I8_MAX_DIM / 128 };                                                                \
     __m512i qlo[MAXC * HG], qhi[MAXC * HG], corr[MAXC * HG];                                                   \
     const __m512i eight = _mm512_set1_epi8(8);                                                                 \
+    const __m512i tr = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);                \
     for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                                                  \
         uint32_t hh[HG];                                                                                       \
         for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;                                    \
@@ -764,13 +756,13 @@ KVQI_INLINE __attribute__((target(TARGET))) void q4k_impl_##S(const int VBMI, co
                 int two = HALF && c + 1 == NC;                                                                 \
                 __m512i lo = _mm512_setzero_si512(), hi = lo;                                                  \
                 for (uint32_t b = 0; b < (two ? 2u : 4u); b++) {                                               \
-                    lo = _mm512_mask_loadu_epi8(lo, 0xffffULL << (16 * b), qp + 32 * b - 16 * b);              \
-                    hi = _mm512_mask_loadu_epi8(hi, 0xffffULL << (16 * b), qp + 32 * b + 16 - 16 * b);         \
+                    lo = _mm512_mask_loadu_epi8(lo, 0xffffULL << (16 * b), qp + 16 * b);                       \
+                    hi = _mm512_mask_loadu_epi8(hi, 0xffffULL << (16 * b), qp + 16 * b + 16);                  \
                 }                                                                                              \
                 qlo[4 * c + h] = lo, qhi[4 * c + h] = hi;                                                      \
                 corr[4 * c + h] = _mm512_sub_epi32(                                                            \
-                    _mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, lo), \
-                                                                eight, hi));                                   \
+                    _mm512_setzero_si512(),                                                                    \
+                    _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, lo), eight, hi));   \
             }                                                                                                  \
         const __m512 vqs = _mm512_setr_ps(qscale[hh[0]], qscale[hh[0]], qscale[hh[0]], qscale[hh[0]],          \
                                           qscale[hh[1]], qscale[hh[1]], qscale[hh[1]], qscale[hh[1]],          \
@@ -780,9 +772,10 @@ KVQI_INLINE __attribute__((target(TARGET))) void q4k_impl_##S(const int VBMI, co
             const uint8_t *r0 = k + t * stride;                                                                \
             const uint8_t *r1 = t + 1 < n ? r0 + stride : r0, *r2 = t + 2 < n ? r0 + 2 * stride : r0;          \
             const uint8_t *r3 = t + 3 < n ? r0 + 3 * stride : r0;                                              \
-            __m512 g0 = q4k_row_##S(VBMI, NC, HALF, r0, qlo, qhi, corr), g1 = q4k_row_##S(VBMI, NC, HALF, r1, qlo, qhi, corr); \
-            __m512 g2 = q4k_row_##S(VBMI, NC, HALF, r2, qlo, qhi, corr), g3 = q4k_row_##S(VBMI, NC, HALF, r3, qlo, qhi, corr); \
-            __m512 out = _mm512_mul_ps(q4k_fold_tokens(g0, g1, g2, g3), vqs);                                  \
+            __m512 g0 = q4k_row_##S(NC, HALF, r0, qlo, qhi, corr), g1 = q4k_row_##S(NC, HALF, r1, qlo, qhi, corr); \
+            __m512 g2 = q4k_row_##S(NC, HALF, r2, qlo, qhi, corr), g3 = q4k_row_##S(NC, HALF, r3, qlo, qhi, corr); \
+            /* token i's heads in 128-bit lane i, then heads' tokens: head h in lane h */                      \
+            __m512 out = _mm512_mul_ps(_mm512_permutexvar_ps(tr, q4k_fold_lanes(g0, g1, g2, g3)), vqs);        \
             __mmask8 live = n - t >= 4 ? (__mmask8)15 : (__mmask8)((1u << (n - t)) - 1u);                      \
             _mm_mask_storeu_ps(scores + (size_t)h0 * ld + t, live, _mm512_castps512_ps128(out));               \
             if (h0 + 1 < G) _mm_mask_storeu_ps(scores + (size_t)(h0 + 1) * ld + t, live, _mm512_extractf32x4_ps(out, 1)); \
@@ -794,23 +787,23 @@ KVQI_INLINE __attribute__((target(TARGET))) void q4k_impl_##S(const int VBMI, co
 DEFINE_Q4K_IMPL(plain, "avx512vnni")
 DEFINE_Q4K_IMPL(vbmi, "avx512vnni,avx512vbmi")
 
-#define DEFINE_Q4K(NAME, S, VBMI, TARGET)                                                      \
-    __attribute__((target(TARGET))) static void NAME(const int8_t *q8, const float *qscale, uint32_t G,  \
-                                                     uint32_t dim, const uint8_t *k, size_t stride,     \
-                                                     size_t n, float *scores, size_t ld) {              \
+#define DEFINE_Q4K(NAME, S, TARGET)                                                          \
+    __attribute__((target(TARGET))) static void NAME(const int8_t *q8, const float *qscale, uint32_t G, \
+                                                     uint32_t dim, const uint8_t *k, size_t stride,    \
+                                                     size_t n, float *scores, size_t ld) {             \
         if (dim == 128)                                                                      \
-            q4k_impl_##S(VBMI, 1, 0, q8, qscale, G, dim, k, stride, n, scores, ld);              \
+            q4k_impl_##S(1, 0, q8, qscale, G, dim, k, stride, n, scores, ld);                \
         else if (dim == 64)                                                                  \
-            q4k_impl_##S(VBMI, 1, 1, q8, qscale, G, dim, k, stride, n, scores, ld);              \
+            q4k_impl_##S(1, 1, q8, qscale, G, dim, k, stride, n, scores, ld);                \
         else if (dim == 256)                                                                 \
-            q4k_impl_##S(VBMI, 2, 0, q8, qscale, G, dim, k, stride, n, scores, ld);              \
+            q4k_impl_##S(2, 0, q8, qscale, G, dim, k, stride, n, scores, ld);                \
         else if (dim % 64 == 0 && dim <= KVQI_QBLK_I8_MAX_DIM)                               \
-            q4k_impl_##S(VBMI, (dim + 127) / 128, dim % 128 != 0, q8, qscale, G, dim, k, stride, n, scores, ld); \
+            q4k_impl_##S((dim + 127) / 128, dim % 128 != 0, q8, qscale, G, dim, k, stride, n, scores, ld); \
         else                                                                                 \
             kvqi_cache_score_q4_0_i8_ref(q8, qscale, G, dim, k, stride, n, scores, ld);      \
     }
-DEFINE_Q4K(score_q4_0_i8, plain, 0, "avx512vnni")
-DEFINE_Q4K(score_q4_0_i8_vbmi, vbmi, 1, "avx512vnni,avx512vbmi")
+DEFINE_Q4K(score_q4_0_i8, plain, "avx512vnni")
+DEFINE_Q4K(score_q4_0_i8_vbmi, vbmi, "avx512vnni,avx512vbmi")
 
 /* q8_0 keys against the int16 query (kvqi_cache_score_q8_0_i16_ref): per 64 coordinates
  * (blocks A and B) the keys as two vectors of 16-bit words, [A 0..15 | B 0..15] and

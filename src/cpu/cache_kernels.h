@@ -226,14 +226,10 @@ typedef struct kvqi_cache_kernels {
     void (*chan_dot)(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
                      const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
     /* q4_0 keys (dim % 64 == 0, dim <= KVQI_QBLK_I8_MAX_DIM) against an int8 query q8
-     * [G][dim] (natural order, scale qscale[h]): integer products, then the block scales in
-     * float. Per 128 coordinates c (four blocks; the last two absent when dim % 128) and
-     * lane j < 16, block b = 4 c + j / 4 and k = 4 (j % 4): the exact int32 sum P_cj of the
-     * 8 products of the block's code bytes k .. k + 3, both nibbles (coordinates 32 b + k ..
-     * + 3 and 32 b + 16 + k .. + 3); acc_j = fmaf(P_cj, d_b, acc_j) over c from 0; then
-     * e_i = (acc_i + acc_(i+8)) + (acc_(i+4) + acc_(i+12)), the score ((e_0 + e_2) + (e_1 +
-     * e_3)) times qscale[h] (kvqi_cache_score_q4_0_i8_ref: every ISA gives the same bits).
-     * NULL: the float score_q4_0 is used. */
+     * [G][dim] (natural order, scale qscale[h]): per block b the exact int32 sum P_b of its
+     * 32 products, acc_(b % 4) = fmaf(P_b, d_b, acc_(b % 4)) over b from 0, the score
+     * ((acc_0 + acc_2) + (acc_1 + acc_3)) times qscale[h] (kvqi_cache_score_q4_0_i8_ref:
+     * every ISA gives the same bits). NULL: the float score_q4_0 is used. */
     void (*score_q4_0_i8)(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
                           const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld);
     /* q8_0 keys (dim % 64 == 0, dim <= KVQI_QBLK_I8_MAX_DIM) against an int16 query q16

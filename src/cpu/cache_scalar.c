@@ -207,23 +207,15 @@ void kvqi_cache_score_q4_0_i8_ref(const int8_t *q8, const float *qscale, uint32_
         const uint8_t *row = k + t * stride;
         for (uint32_t h = 0; h < G; h++) {
             const int8_t *qh = q8 + (size_t)h * dim;
-            float acc[16] = {0};
-            for (uint32_t c = 0; c < (dim + 127) / 128; c++) {
-                for (uint32_t j = 0; j < 16; j++) {
-                    uint32_t b = 4 * c + j / 4, k4 = 4 * (j % 4);
-                    if (b >= dim / 32) continue;
-                    const uint8_t *blk = row + 18 * (size_t)b;
-                    int32_t P = 0;
-                    for (uint32_t i = 0; i < 4; i++) {
-                        uint8_t x = blk[2 + k4 + i];
-                        P += ((int)(x & 15) - 8) * qh[32 * b + k4 + i] + ((int)(x >> 4) - 8) * qh[32 * b + 16 + k4 + i];
-                    }
-                    acc[j] = fmaf((float)P, fp16_at(blk), acc[j]);
-                }
+            float acc[4] = {0};
+            for (uint32_t b = 0; b < dim / 32; b++) {
+                const uint8_t *blk = row + 18 * (size_t)b;
+                int32_t P = 0;
+                for (uint32_t i = 0; i < 16; i++)
+                    P += ((int)(blk[2 + i] & 15) - 8) * qh[32 * b + i] + ((int)(blk[2 + i] >> 4) - 8) * qh[32 * b + 16 + i];
+                acc[b % 4] = fmaf((float)P, fp16_at(blk), acc[b % 4]);
             }
-            float e[4];
-            for (uint32_t i = 0; i < 4; i++) e[i] = (acc[i] + acc[i + 8]) + (acc[i + 4] + acc[i + 12]);
-            scores[h * ld + t] = ((e[0] + e[2]) + (e[1] + e[3])) * qscale[h];
+            scores[h * ld + t] = ((acc[0] + acc[2]) + (acc[1] + acc[3])) * qscale[h];
         }
     }
 }
