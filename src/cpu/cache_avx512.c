@@ -920,30 +920,58 @@ accum_q4_0_i16(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_
         return;
     }
     _Alignas(64) uint16_t dh[KVQI_MAX_BLOCK_TOKENS + 16];
-    _Alignas(64) float dsc[KVQI_MAX_BLOCK_TOKENS + 16];
+    _Alignas(64) float dsc[4][KVQI_MAX_BLOCK_TOKENS + 16];
+    _Alignas(64) uint16_t dq[4 * (KVQI_MAX_BLOCK_TOKENS + 16)];
     _Alignas(64) int16_t wq[HG][KVQI_MAX_BLOCK_TOKENS + 32];
-    int32_t wp[HG][KVQI_MAX_BLOCK_TOKENS / 2 + 16];
-    _Static_assert(sizeof wp == sizeof wq, "token pairs alias the weights");
     const __m512i m15 = _mm512_set1_epi16(15);
     size_t nd = (n + 15) / 16;
+    if (dim == 128) {
+        /* the four scales of a row by one word permute (words 0, 9, 18, 27), rows in
+         * token order; then per 16 tokens two two-source permutes to block order */
+        const __m512i idx4 = _mm512_set_epi64(0, 0, 0, 0, 0, 0, 0, 0x001b001200090000LL);
+        for (size_t t = 0; t < n; t++)
+            _mm_storel_epi64((__m128i *)(void *)(dq + 4 * t),
+                             _mm512_castsi512_si128(_mm512_permutexvar_epi16(idx4, _mm512_loadu_si512(v + t * stride))));
+        memset(dq + 4 * n, 0, 4 * (16 * nd - n) * sizeof dq[0]);
+        __m512i i01 = _mm512_setzero_si512(), i23 = i01;
+        {
+            _Alignas(64) int16_t a[32], c[32];
+            for (int j = 0; j < 16; j++) {
+                int src = j < 8 ? 4 * j : 32 + 4 * (j - 8);
+                a[j] = (int16_t)src, a[16 + j] = (int16_t)(src + 1);
+                c[j] = (int16_t)(src + 2), c[16 + j] = (int16_t)(src + 3);
+            }
+            i01 = _mm512_load_si512(a), i23 = _mm512_load_si512(c);
+        }
+        for (size_t i = 0; i < nd; i++) {
+            __m512i A = _mm512_load_si512(dq + 64 * i), B = _mm512_load_si512(dq + 64 * i + 32);
+            __m512i p01 = _mm512_permutex2var_epi16(A, i01, B), p23 = _mm512_permutex2var_epi16(A, i23, B);
+            _mm512_store_ps(dsc[0] + 16 * i, _mm512_cvtph_ps(_mm512_castsi512_si256(p01)));
+            _mm512_store_ps(dsc[1] + 16 * i, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(p01, 1)));
+            _mm512_store_ps(dsc[2] + 16 * i, _mm512_cvtph_ps(_mm512_castsi512_si256(p23)));
+            _mm512_store_ps(dsc[3] + 16 * i, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(p23, 1)));
+        }
+    }
     for (uint32_t b = 0; b < dim / 32; b++) {
         const uint8_t *blk = v + 18 * (size_t)b;
-        for (size_t t = 0; t < n; t++) memcpy(&dh[t], blk + t * stride, 2);
-        for (size_t t = n; t < 16 * nd; t++) dh[t] = 0;
-        for (size_t i = 0; i < nd; i++)
-            _mm512_store_ps(dsc + 16 * i, _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(dh + 16 * i))));
+        const float *db = dsc[dim == 128 ? b : 0];
+        if (dim != 128) {
+            for (size_t t = 0; t < n; t++) memcpy(&dh[t], blk + t * stride, 2);
+            for (size_t t = n; t < 16 * nd; t++) dh[t] = 0;
+            for (size_t i = 0; i < nd; i++)
+                _mm512_store_ps(dsc[0] + 16 * i, _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(dh + 16 * i))));
+        }
         for (uint32_t h0 = 0; h0 < G; h0 += HG) {
             float scale[HG];
             int32_t corr[HG];
             int any = 0;
             for (uint32_t h = 0; h < HG; h++) {
-                memset(wq[h], 0, sizeof wq[h]);
-                scale[h] = h0 + h < G ? q4_weights_i16(w + (h0 + h) * ld, dsc, n, wq[h], &corr[h]) : 0.0f;
+                /* written to a multiple of 16 tokens (zero past n) unless every weight is zero */
+                scale[h] = h0 + h < G ? q4_weights_i16(w + (h0 + h) * ld, db, n, wq[h], &corr[h]) : 0.0f;
+                if (scale[h] == 0.0f) memset(wq[h], 0, sizeof wq[h]);
                 any |= scale[h] != 0.0f;
             }
             if (!any) continue;
-            /* token pairs: t in the low 16 bits, t + 1 in the high (zero past n) */
-            memcpy(wp, wq, sizeof wp);
             __m512i l0 = _mm512_setzero_si512(), l1 = l0, l2 = l0, l3 = l0;
             __m512i u0 = l0, u1 = l0, u2 = l0, u3 = l0;
             for (size_t t = 0; t < n; t += 2) {
@@ -952,8 +980,12 @@ accum_q4_0_i16(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_
                 __m512i x = _mm512_cvtepu8_epi16(
                     _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi8(a, c)), _mm_unpackhi_epi8(a, c), 1));
                 __m512i xl = _mm512_and_si512(x, m15), xh = _mm512_srli_epi16(x, 4);
-                __m512i w0 = _mm512_set1_epi32(wp[0][t / 2]), w1 = _mm512_set1_epi32(wp[1][t / 2]);
-                __m512i w2 = _mm512_set1_epi32(wp[2][t / 2]), w3 = _mm512_set1_epi32(wp[3][t / 2]);
+                /* token pairs: t in the low 16 bits, t + 1 in the high */
+                int32_t p0, p1, p2, p3;
+                memcpy(&p0, wq[0] + t, 4), memcpy(&p1, wq[1] + t, 4);
+                memcpy(&p2, wq[2] + t, 4), memcpy(&p3, wq[3] + t, 4);
+                __m512i w0 = _mm512_set1_epi32(p0), w1 = _mm512_set1_epi32(p1);
+                __m512i w2 = _mm512_set1_epi32(p2), w3 = _mm512_set1_epi32(p3);
                 l0 = _mm512_dpwssd_epi32(l0, xl, w0), u0 = _mm512_dpwssd_epi32(u0, xh, w0);
                 l1 = _mm512_dpwssd_epi32(l1, xl, w1), u1 = _mm512_dpwssd_epi32(u1, xh, w1);
                 l2 = _mm512_dpwssd_epi32(l2, xl, w2), u2 = _mm512_dpwssd_epi32(u2, xh, w2);
