@@ -832,9 +832,10 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
 /* q4_0 keys against the int8 query (kvqi_cache_score_q4_0_i8_ref): per block one ymm of
  * 32 signed key bytes (the nibbles minus 8, low ones then high ones), the products by
  * vpmaddubsw on |k| and the query bytes carrying k's sign (|k| <= 128, so the pair sums
- * stay within int16), vpmaddwd by ones for int32 sums of four products; four blocks'
- * sums folded by vphaddd to the blocks' exact sums, one conversion and multiply-add by
- * the four scales. Two heads per pass. */
+ * stay within int16), vpmaddwd by ones for int32 sums of four products; pairs of blocks
+ * folded by unpacks and adds to the four blocks' exact sums, one conversion and
+ * multiply-add by the four scales (in registers: a vector loaded over four scalar stores
+ * stalls). Four heads per pass, one decoding of each block. */
 static inline __m256i qblk_bytes(const uint8_t *blk) {
     __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2)), m = _mm_set1_epi8(15);
     __m256i x = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(v, m)),
@@ -848,10 +849,16 @@ static inline __m256i q4k_dot(__m256i kb, __m256i ak, const int8_t *q) {
                              _mm256_set1_epi16(1));
 }
 
-/* four blocks' lane sums to their exact sums [P_a, P_b, P_c, P_d] */
-static inline __m128i q4k_sums(__m256i a, __m256i b, __m256i c, __m256i d) {
-    __m256i x = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
-    return _mm_add_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
+/* Two blocks' int32 lane sums folded to four lanes per 128 bits: [a0 + a2, b0 + b2, a1 + a3,
+ * b1 + b3] (exact). */
+static inline __m256i q4k_pair(__m256i a, __m256i b) {
+    return _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+}
+
+/* Blocks (a, b) and (c, d) so paired to their exact sums [P_a, P_b, P_c, P_d]. */
+static inline __m128i q4k_sums(__m256i ab, __m256i cd) {
+    __m256i z = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+    return _mm_add_epi32(_mm256_castsi256_si128(z), _mm256_extracti128_si256(z, 1));
 }
 
 static inline float q4k_fold(__m128 f) {
@@ -866,33 +873,47 @@ static void score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uin
         return;
     }
     uint32_t nb = dim / 32;
-    for (uint32_t h0 = 0; h0 < G; h0 += 2) {
-        uint32_t h1 = h0 + 1 < G ? h0 + 1 : h0;
-        const int8_t *q0 = q8 + (size_t)h0 * dim, *q1 = q8 + (size_t)h1 * dim;
+    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+        uint32_t hh[HG];
+        for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
+        const int8_t *q0 = q8 + (size_t)hh[0] * dim, *q1 = q8 + (size_t)hh[1] * dim;
+        const int8_t *q2 = q8 + (size_t)hh[2] * dim, *q3 = q8 + (size_t)hh[3] * dim;
         for (size_t t = 0; t < n; t++) {
             const uint8_t *row = k + t * stride;
-            __m128 f0 = _mm_setzero_ps(), f1 = f0;
+            __m128 f0 = _mm_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
             for (uint32_t b = 0; b < nb; b += 4) {
-                __m256i s0[4], s1[4];
-                float ds[4];
-                for (uint32_t i = 0; i < 4; i++) {
-                    if (b + i < nb) {
-                        const uint8_t *blk = row + 18 * (size_t)(b + i);
-                        __m256i kb = qblk_bytes(blk), ak = _mm256_abs_epi8(kb);
-                        s0[i] = q4k_dot(kb, ak, q0 + 32 * (b + i));
-                        s1[i] = q4k_dot(kb, ak, q1 + 32 * (b + i));
-                        ds[i] = fp16_scalar(blk);
-                    } else { /* the last two blocks of a head of 64 (mod 128) coordinates */
-                        s0[i] = s1[i] = _mm256_setzero_si256();
-                        ds[i] = 0.0f;
-                    }
+                /* blocks b..b+3 (the last two absent: zero when nb % 4 == 2), four heads,
+                 * each pair of blocks folded as soon as it is summed */
+                const uint8_t *pa = row + 18 * (size_t)b;
+                uint16_t ha, hb, hc = 0, hd = 0;
+                memcpy(&ha, pa, 2), memcpy(&hb, pa + 18, 2);
+                __m256i ka = qblk_bytes(pa), aa = _mm256_abs_epi8(ka);
+                __m256i kb = qblk_bytes(pa + 18), ab = _mm256_abs_epi8(kb);
+                size_t o = 32 * (size_t)b;
+                __m256i x0 = q4k_pair(q4k_dot(ka, aa, q0 + o), q4k_dot(kb, ab, q0 + o + 32));
+                __m256i x1 = q4k_pair(q4k_dot(ka, aa, q1 + o), q4k_dot(kb, ab, q1 + o + 32));
+                __m256i x2 = q4k_pair(q4k_dot(ka, aa, q2 + o), q4k_dot(kb, ab, q2 + o + 32));
+                __m256i x3 = q4k_pair(q4k_dot(ka, aa, q3 + o), q4k_dot(kb, ab, q3 + o + 32));
+                __m256i y0 = _mm256_setzero_si256(), y1 = y0, y2 = y0, y3 = y0;
+                if (b + 4 <= nb) {
+                    memcpy(&hc, pa + 36, 2), memcpy(&hd, pa + 54, 2);
+                    ka = qblk_bytes(pa + 36), aa = _mm256_abs_epi8(ka);
+                    kb = qblk_bytes(pa + 54), ab = _mm256_abs_epi8(kb);
+                    y0 = q4k_pair(q4k_dot(ka, aa, q0 + o + 64), q4k_dot(kb, ab, q0 + o + 96));
+                    y1 = q4k_pair(q4k_dot(ka, aa, q1 + o + 64), q4k_dot(kb, ab, q1 + o + 96));
+                    y2 = q4k_pair(q4k_dot(ka, aa, q2 + o + 64), q4k_dot(kb, ab, q2 + o + 96));
+                    y3 = q4k_pair(q4k_dot(ka, aa, q3 + o + 64), q4k_dot(kb, ab, q3 + o + 96));
                 }
-                __m128 d = _mm_loadu_ps(ds);
-                f0 = _mm_fmadd_ps(_mm_cvtepi32_ps(q4k_sums(s0[0], s0[1], s0[2], s0[3])), d, f0);
-                f1 = _mm_fmadd_ps(_mm_cvtepi32_ps(q4k_sums(s1[0], s1[1], s1[2], s1[3])), d, f1);
+                __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)ha, (short)hb, (short)hc, (short)hd, 0, 0, 0, 0));
+                f0 = _mm_fmadd_ps(_mm_cvtepi32_ps(q4k_sums(x0, y0)), d, f0);
+                f1 = _mm_fmadd_ps(_mm_cvtepi32_ps(q4k_sums(x1, y1)), d, f1);
+                f2 = _mm_fmadd_ps(_mm_cvtepi32_ps(q4k_sums(x2, y2)), d, f2);
+                f3 = _mm_fmadd_ps(_mm_cvtepi32_ps(q4k_sums(x3, y3)), d, f3);
             }
-            scores[h0 * ld + t] = q4k_fold(f0) * qscale[h0];
-            if (h0 + 1 < G) scores[(h0 + 1) * ld + t] = q4k_fold(f1) * qscale[h1];
+            scores[h0 * ld + t] = q4k_fold(f0) * qscale[hh[0]];
+            if (h0 + 1 < G) scores[(h0 + 1) * ld + t] = q4k_fold(f1) * qscale[hh[1]];
+            if (h0 + 2 < G) scores[(h0 + 2) * ld + t] = q4k_fold(f2) * qscale[hh[2]];
+            if (h0 + 3 < G) scores[(h0 + 3) * ld + t] = q4k_fold(f3) * qscale[hh[3]];
         }
     }
 }
