@@ -540,11 +540,12 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
         if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == coded_start))
             score_span(c, s, G, g, ci, in, KVQI_MIN(coded_stop - t0, C - in), &A->status);
         if (c->key.path == KVQI_PATH_CHAN && (in == 0 || t0 == coded_start)) chan_weigh(c, s, G, g, ci);
-        if ((c->value.path == KVQI_PATH_Q4_0 && c->kern->accum_q4_0_i16) || use_v16(c)) {
-            /* the integer value kernels read every row's scales (q4_0's blocks, rotated
-             * codes' norms) before any sum, the rows' first touch with nothing to hide it:
-             * the rows are asked for before the keys are scored (CPU ms of the 32k step in
-             * one process: q4_0 values 1.04x, mse4 1.05-1.06x, q4 1.04-1.07x, q2 1.17x) */
+        if (use_v16(c)) {
+            /* the integer rotated-value kernel reads every row's norm before any sum, the
+             * rows' first touch with nothing to hide it: the rows are asked for before the
+             * keys are scored (32k step, CPU ms in one process, both orders: mse4/mse4
+             * 1.05-1.06x, q4 1.05-1.14x, q2 1.13-1.24x; q4_0 values, which gather their
+             * scales by permutes first, 0.99-1.01x: not asked) */
             const char *vr = (const char *)kvqi_chunk_values(c, ci, g) + in * c->value.code_size;
             for (size_t o = 0; o < nb * c->value.code_size; o += 64) __builtin_prefetch(vr + o, 0, 3);
         }
