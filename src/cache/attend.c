@@ -92,8 +92,7 @@ static int use_v16(const kvq_cache *c) {
  * QBLK_I16, an int16 query (q8_0: an int8 query adds more error than the near-lossless
  * type's own rounding, SmolLM2 8 x 512: KL from fp16 0.0049 -> 0.0056, top-1 96.1 ->
  * 94.6 %, docs/METHODS.md; 16 bits add 2^-16 of max |q|: KL 0.00494 -> 0.00491 at 24 x
- * 512); 0: float kernels. The table's score_q8_0_i8 and score_q4_0_i16 (1.17x the int8
- * kernel's time on AVX-512) stay tested against their references, undispatched. */
+ * 512); 0: float kernels. */
 enum { QBLK_FLOAT = 0, QBLK_I8 = 1, QBLK_I16 = 2 };
 static int qblk_int(const kvq_cache *c) {
     if (c->dim % 64 || c->dim > KVQI_QBLK_I8_MAX_DIM) return QBLK_FLOAT;
@@ -334,8 +333,9 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
     case KVQI_PATH_Q8_0:
         c->kern->accum_q8_0(s->scores, B, G, c->dim, codes, V->code_size, nb, s->acc);
         break;
-    case KVQI_PATH_Q4_0:
-        c->kern->accum_q4_0(s->scores, B, G, c->dim, codes, V->code_size, nb, s->acc);
+    case KVQI_PATH_Q4_0: /* in integers where the ISA has it (16-bit weights) */
+        (c->kern->accum_q4_0_i16 ? c->kern->accum_q4_0_i16 : c->kern->accum_q4_0)(s->scores, B, G, c->dim, codes,
+                                                                                 V->code_size, nb, s->acc);
         break;
     case KVQI_PATH_ROT:
         if (use_v16(c))
@@ -540,6 +540,15 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
         if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == coded_start))
             score_span(c, s, G, g, ci, in, KVQI_MIN(coded_stop - t0, C - in), &A->status);
         if (c->key.path == KVQI_PATH_CHAN && (in == 0 || t0 == coded_start)) chan_weigh(c, s, G, g, ci);
+        if (use_v16(c)) {
+            /* the integer rotated-value kernel reads every row's norm before any sum, the
+             * rows' first touch with nothing to hide it: the rows are asked for before the
+             * keys are scored (32k step, CPU ms in one process, both orders: mse4/mse4
+             * 1.05-1.06x, q4 1.05-1.14x, q2 1.13-1.24x; q4_0 values, which gather their
+             * scales by permutes first, 0.99-1.01x: not asked) */
+            const char *vr = (const char *)kvqi_chunk_values(c, ci, g) + in * c->value.code_size;
+            for (size_t o = 0; o < nb * c->value.code_size; o += 64) __builtin_prefetch(vr + o, 0, 3);
+        }
         score_coded(c, s, G, g, ci, in, nb);
         mask_block(A, s, T->first_visible, T->nqb, t0, nb);
         softmax_block(c, s, G, nb);

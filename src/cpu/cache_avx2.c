@@ -626,6 +626,83 @@ static void accum_rot_i16(const kvqi_rot_layout *L, const float *w, size_t ld, u
     }
 }
 
+/* q4_0 values in integers (kvqi_cache_accum_q4_0_i16_ref): per block of 32 coordinates,
+ * each head's weights times the tokens' block scales rounded to 16 bits (weights_i16);
+ * two tokens per step, their 16 code bytes interleaved and widened to 16 bits so each
+ * 32-bit lane holds one coordinate of both, and one vpmaddwd and one vpaddd add both
+ * weighted nibbles (four vectors of 8 coordinates: 0-7, 8-15 low nibbles, 16-23, 24-31
+ * high ones); two heads per pass; the -8 offset once per block, as -8 times the rounded
+ * weights' sum. */
+static void accum_q4_0_i16(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                           size_t stride, size_t n, float *acc) {
+    if (dim % 32 || n > KVQI_MAX_BLOCK_TOKENS) {
+        kvqi_cache_accum_q4_0_i16_ref(w, ld, G, dim, v, stride, n, acc);
+        return;
+    }
+    float dsc[KVQI_MAX_BLOCK_TOKENS + 8];
+    int16_t wq[2][KVQI_MAX_BLOCK_TOKENS + 16];
+    int32_t wp[2][KVQI_MAX_BLOCK_TOKENS / 2 + 8];
+    _Static_assert(sizeof wp == sizeof wq, "token pairs alias the weights");
+    const __m256i m15 = _mm256_set1_epi16(15), m8 = _mm256_set1_epi16(-8);
+    for (uint32_t b = 0; b < dim / 32; b++) {
+        const uint8_t *blk = v + 18 * (size_t)b;
+        for (size_t t = 0; t < n; t++) dsc[t] = fp16_scalar(blk + t * stride);
+        for (size_t t = n; t < n + 8; t++) dsc[t] = 0.0f;
+        for (uint32_t h0 = 0; h0 < G; h0 += 2) {
+            float scale[2];
+            int32_t corr[2];
+            for (uint32_t h = 0; h < 2; h++) {
+                memset(wq[h], 0, sizeof wq[h]);
+                scale[h] = h0 + h < G ? weights_i16(w + (h0 + h) * ld, dsc, n, wq[h]) : 0.0f;
+                __m256i s4 = _mm256_setzero_si256();
+                for (int i = 0; i < 4; i++)
+                    s4 = _mm256_add_epi32(s4, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(wq[h] + 16 * i)), m8));
+                __m128i s2 = _mm_add_epi32(_mm256_castsi256_si128(s4), _mm256_extracti128_si256(s4, 1));
+                s2 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, _MM_SHUFFLE(1, 0, 3, 2)));
+                s2 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, _MM_SHUFFLE(2, 3, 0, 1)));
+                corr[h] = _mm_cvtsi128_si32(s2);
+            }
+            if (scale[0] == 0.0f && scale[1] == 0.0f) continue;
+            /* token pairs: t in the low 16 bits, t + 1 in the high (zero past n) */
+            memcpy(wp, wq, sizeof wp);
+            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+            __m256i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (size_t t = 0; t < n; t += 2) {
+                const uint8_t *ra = blk + t * stride + 2, *rb = t + 1 < n ? ra + stride : ra;
+                __m128i x = _mm_loadu_si128((const __m128i *)ra), y = _mm_loadu_si128((const __m128i *)rb);
+                __m256i e0 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x, y));
+                __m256i e1 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x, y));
+                __m256i k0 = _mm256_and_si256(e0, m15), k1 = _mm256_and_si256(e1, m15);
+                __m256i k2 = _mm256_srli_epi16(e0, 4), k3 = _mm256_srli_epi16(e1, 4);
+                __m256i w0 = _mm256_set1_epi32(wp[0][t / 2]), w1 = _mm256_set1_epi32(wp[1][t / 2]);
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(k0, w0));
+                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(k1, w0));
+                a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(k2, w0));
+                a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(k3, w0));
+                b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(k0, w1));
+                b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(k1, w1));
+                b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(k2, w1));
+                b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(k3, w1));
+            }
+#define Q4V_OUT(H, R0, R1, R2, R3)                                                           \
+    do {                                                                                     \
+        if (h0 + (H) < G && scale[H] != 0.0f) {                                              \
+            __m256i cv = _mm256_set1_epi32(corr[H]);                                         \
+            __m256 sc = _mm256_set1_ps(scale[H]);                                            \
+            float *p = acc + (size_t)(h0 + (H)) * dim + 32 * b;                              \
+            __m256i r_[4] = {R0, R1, R2, R3};                                                \
+            for (int m = 0; m < 4; m++)                                                      \
+                _mm256_storeu_ps(p + 8 * m, _mm256_add_ps(_mm256_loadu_ps(p + 8 * m),         \
+                                                          _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(r_[m], cv)), sc))); \
+        }                                                                                    \
+    } while (0)
+            Q4V_OUT(0, a0, a1, a2, a3);
+            Q4V_OUT(1, b0, b1, b2, b3);
+#undef Q4V_OUT
+        }
+    }
+}
+
 /* outlier channels: sixteen (eight) tokens of one channel per conversion */
 static void outlier_add(const uint16_t *vals, size_t stride, const float *q_out, uint32_t G,
                         uint32_t n_out, size_t n, float *scores, size_t ld) {
@@ -752,105 +829,112 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
     }
 }
 
-/* q8_0 / q4_0 keys against the int8 query (kvqi_cache_score_qblk_i8_ref): per block one
- * ymm of 32 signed key bytes (q4_0: the nibbles minus 8, low ones then high ones), the
- * products by vpmaddubsw on |k| and the query bytes carrying k's sign (|k| <= 128, so the
- * pair sums stay within int16), vpmaddwd by ones for the int32 lane sums of four
- * products; lanes 0-7 of the reference are a pair's first block, 8-15 its second. */
-static inline __m256i qblk_bytes(const int Q4, const uint8_t *blk) {
-    if (!Q4) return _mm256_loadu_si256((const __m256i *)(blk + 2));
+/* q4_0 keys against the int8 query (kvqi_cache_score_q4_0_i8_ref): per block one ymm of
+ * 32 signed key bytes (the nibbles minus 8, low ones then high ones), the products by
+ * vpmaddubsw on |k| and the query bytes carrying k's sign (|k| <= 128, so the pair sums
+ * stay within int16), vpmaddwd by ones for int32 sums of four products; pairs of blocks
+ * folded by unpacks and adds to the four blocks' exact sums, one conversion and
+ * multiply-add by the four scales (in registers: a vector loaded over four scalar stores
+ * stalls). Four heads per pass, one decoding of each block. */
+static inline __m256i qblk_bytes(const uint8_t *blk) {
     __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2)), m = _mm_set1_epi8(15);
     __m256i x = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(v, m)),
                                         _mm_and_si128(_mm_srli_epi16(v, 4), m), 1);
     return _mm256_sub_epi8(x, _mm256_set1_epi8(8));
 }
 
-static inline __attribute__((always_inline)) void
-score_qblk_i8_impl(const int Q4, const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
-                   const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
+/* int32 sums of four products of one block against 32 query bytes */
+static inline __m256i q4k_dot(__m256i kb, __m256i ak, const int8_t *q) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)q), kb)),
+                             _mm256_set1_epi16(1));
+}
+
+/* Two blocks' int32 lane sums folded to four lanes per 128 bits: [a0 + a2, b0 + b2, a1 + a3,
+ * b1 + b3] (exact). */
+static inline __m256i q4k_pair(__m256i a, __m256i b) {
+    return _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+}
+
+/* Blocks (a, b) and (c, d) so paired to their exact sums [P_a, P_b, P_c, P_d]. */
+static inline __m128i q4k_sums(__m256i ab, __m256i cd) {
+    __m256i z = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+    return _mm_add_epi32(_mm256_castsi256_si128(z), _mm256_extracti128_si256(z, 1));
+}
+
+static inline float q4k_fold(__m128 f) {
+    __m128 r = _mm_add_ps(f, _mm_movehl_ps(f, f));
+    return _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));
+}
+
+static void score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
+                          const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
     if (dim % 64) {
-        kvqi_cache_score_qblk_i8_ref(Q4, q8, qscale, G, dim, k, stride, n, scores, ld);
+        kvqi_cache_score_q4_0_i8_ref(q8, qscale, G, dim, k, stride, n, scores, ld);
         return;
     }
-    const size_t bs = Q4 ? 18 : 34;
-    const __m256i ones = _mm256_set1_epi16(1);
+    uint32_t nb = dim / 32;
     for (uint32_t h0 = 0; h0 < G; h0 += HG) {
         uint32_t hh[HG];
         for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
         const int8_t *q0 = q8 + (size_t)hh[0] * dim, *q1 = q8 + (size_t)hh[1] * dim;
         const int8_t *q2 = q8 + (size_t)hh[2] * dim, *q3 = q8 + (size_t)hh[3] * dim;
-        const __m128 vqs = _mm_set_ps(qscale[hh[3]], qscale[hh[2]], qscale[hh[1]], qscale[hh[0]]);
         for (size_t t = 0; t < n; t++) {
             const uint8_t *row = k + t * stride;
-            __m256 l0 = _mm256_setzero_ps(), l1 = l0, l2 = l0, l3 = l0;
-            __m256 u0 = l0, u1 = l0, u2 = l0, u3 = l0;
-            for (uint32_t b = 0; b < dim / 32; b += 2) {
-#define QBLK_BLOCK(B, A0, A1, A2, A3)                                                        \
-    do {                                                                                     \
-        const uint8_t *blk = row + bs * (B);                                                 \
-        __m256i kb = qblk_bytes(Q4, blk), ak = _mm256_abs_epi8(kb);                          \
-        __m256 d = _mm256_set1_ps(fp16_scalar(blk));                                         \
-        size_t o = 32 * (size_t)(B);                                                         \
-        A0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(      \
-                 ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q0 + o)), kb)), ones)), d, A0); \
-        A1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(      \
-                 ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q1 + o)), kb)), ones)), d, A1); \
-        A2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(      \
-                 ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q2 + o)), kb)), ones)), d, A2); \
-        A3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(      \
-                 ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q3 + o)), kb)), ones)), d, A3); \
-    } while (0)
-                QBLK_BLOCK(b, l0, l1, l2, l3);
-                QBLK_BLOCK(b + 1, u0, u1, u2, u3);
-#undef QBLK_BLOCK
+            __m128 f0 = _mm_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
+            for (uint32_t b = 0; b < nb; b += 4) {
+                /* blocks b..b+3 (the last two absent: zero when nb % 4 == 2), four heads,
+                 * each pair of blocks folded as soon as it is summed */
+                const uint8_t *pa = row + 18 * (size_t)b;
+                uint16_t ha, hb, hc = 0, hd = 0;
+                memcpy(&ha, pa, 2), memcpy(&hb, pa + 18, 2);
+                __m256i ka = qblk_bytes(pa), aa = _mm256_abs_epi8(ka);
+                __m256i kb = qblk_bytes(pa + 18), ab = _mm256_abs_epi8(kb);
+                size_t o = 32 * (size_t)b;
+                __m256i x0 = q4k_pair(q4k_dot(ka, aa, q0 + o), q4k_dot(kb, ab, q0 + o + 32));
+                __m256i x1 = q4k_pair(q4k_dot(ka, aa, q1 + o), q4k_dot(kb, ab, q1 + o + 32));
+                __m256i x2 = q4k_pair(q4k_dot(ka, aa, q2 + o), q4k_dot(kb, ab, q2 + o + 32));
+                __m256i x3 = q4k_pair(q4k_dot(ka, aa, q3 + o), q4k_dot(kb, ab, q3 + o + 32));
+                __m256i y0 = _mm256_setzero_si256(), y1 = y0, y2 = y0, y3 = y0;
+                if (b + 4 <= nb) {
+                    memcpy(&hc, pa + 36, 2), memcpy(&hd, pa + 54, 2);
+                    ka = qblk_bytes(pa + 36), aa = _mm256_abs_epi8(ka);
+                    kb = qblk_bytes(pa + 54), ab = _mm256_abs_epi8(kb);
+                    y0 = q4k_pair(q4k_dot(ka, aa, q0 + o + 64), q4k_dot(kb, ab, q0 + o + 96));
+                    y1 = q4k_pair(q4k_dot(ka, aa, q1 + o + 64), q4k_dot(kb, ab, q1 + o + 96));
+                    y2 = q4k_pair(q4k_dot(ka, aa, q2 + o + 64), q4k_dot(kb, ab, q2 + o + 96));
+                    y3 = q4k_pair(q4k_dot(ka, aa, q3 + o + 64), q4k_dot(kb, ab, q3 + o + 96));
+                }
+                __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)ha, (short)hb, (short)hc, (short)hd, 0, 0, 0, 0));
+                f0 = _mm_fmadd_ps(_mm_cvtepi32_ps(q4k_sums(x0, y0)), d, f0);
+                f1 = _mm_fmadd_ps(_mm_cvtepi32_ps(q4k_sums(x1, y1)), d, f1);
+                f2 = _mm_fmadd_ps(_mm_cvtepi32_ps(q4k_sums(x2, y2)), d, f2);
+                f3 = _mm_fmadd_ps(_mm_cvtepi32_ps(q4k_sums(x3, y3)), d, f3);
             }
-            float s[4];
-            _mm_storeu_ps(s, _mm_mul_ps(hsum4(_mm256_add_ps(l0, u0), _mm256_add_ps(l1, u1),
-                                              _mm256_add_ps(l2, u2), _mm256_add_ps(l3, u3)),
-                                        vqs));
-            for (uint32_t h = 0; h < HG && h0 + h < G; h++) scores[(h0 + h) * ld + t] = s[h];
+            scores[h0 * ld + t] = q4k_fold(f0) * qscale[hh[0]];
+            if (h0 + 1 < G) scores[(h0 + 1) * ld + t] = q4k_fold(f1) * qscale[hh[1]];
+            if (h0 + 2 < G) scores[(h0 + 2) * ld + t] = q4k_fold(f2) * qscale[hh[2]];
+            if (h0 + 3 < G) scores[(h0 + 3) * ld + t] = q4k_fold(f3) * qscale[hh[3]];
         }
     }
 }
 
-static void score_q8_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
-                          const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
-    score_qblk_i8_impl(0, q8, qscale, G, dim, k, stride, n, scores, ld);
-}
-
-static void score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
-                          const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
-    score_qblk_i8_impl(1, q8, qscale, G, dim, k, stride, n, scores, ld);
-}
-
-/* q8_0 / q4_0 keys against the int16 query (kvqi_cache_score_qblk_i16_ref): per block
- * two ymm of 16-bit words, coordinates 0..15 and 16..31 (q8_0: bytes sign-extended; q4_0:
- * low and high nibbles), vpmaddwd against the query's words and one vpaddd: lane j holds
- * the exact sum of coordinates 2j, 2j + 1, 16 + 2j, 17 + 2j; lanes 0-7 of the reference
- * are a pair's first block (l), 8-15 its second (u). q4_0's offset: the accumulator starts
- * at -8 times the lane's four query words. */
-static inline __attribute__((always_inline)) void
-score_qblk_i16_impl(const int Q4, const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
-                    const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
+/* q8_0 keys against the int16 query (kvqi_cache_score_q8_0_i16_ref): per block two ymm
+ * of 16-bit words, coordinates 0..15 and 16..31 (bytes sign-extended), vpmaddwd against
+ * the query's words and one vpaddd: lane j holds the exact sum of coordinates 2j, 2j + 1,
+ * 16 + 2j, 17 + 2j; lanes 0-7 of the reference are a pair's first block (l), 8-15 its
+ * second (u). */
+static void score_q8_0_i16(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
+                           const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
     if (dim % 64 || dim > KVQI_QBLK_I8_MAX_DIM) {
-        kvqi_cache_score_qblk_i16_ref(Q4, q16, qscale, G, dim, k, stride, n, scores, ld);
+        kvqi_cache_score_q8_0_i16_ref(q16, qscale, G, dim, k, stride, n, scores, ld);
         return;
     }
-    const size_t bs = Q4 ? 18 : 34;
-    int32_t corr[HG][KVQI_QBLK_I8_MAX_DIM / 4];
+    const size_t bs = 34;
     for (uint32_t h0 = 0; h0 < G; h0 += HG) {
         uint32_t hh[HG];
         for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
         const int16_t *q0 = q16 + (size_t)hh[0] * dim, *q1 = q16 + (size_t)hh[1] * dim;
         const int16_t *q2 = q16 + (size_t)hh[2] * dim, *q3 = q16 + (size_t)hh[3] * dim;
-        for (uint32_t h = 0; h < HG; h++)
-            for (uint32_t b = 0; b < dim / 32; b++) {
-                const int16_t *qp = q16 + (size_t)hh[h] * dim + 32 * b;
-                __m256i m8 = _mm256_set1_epi16(Q4 ? -8 : 0);
-                __m256i cv = _mm256_add_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)qp), m8),
-                                              _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(qp + 16)), m8));
-                _mm256_storeu_si256((__m256i *)(corr[h] + 8 * b), cv);
-            }
         const __m128 vqs = _mm_set_ps(qscale[hh[3]], qscale[hh[2]], qscale[hh[1]], qscale[hh[0]]);
         for (size_t t = 0; t < n; t++) {
             const uint8_t *row = k + t * stride;
@@ -860,15 +944,8 @@ score_qblk_i16_impl(const int Q4, const int16_t *q16, const float *qscale, uint3
 #define QBLK16_BLOCK(B, A0, A1, A2, A3)                                                      \
     do {                                                                                     \
         const uint8_t *blk = row + bs * (B);                                                 \
-        __m256i x1, x2;                                                                      \
-        if (Q4) {                                                                            \
-            __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));   \
-            x1 = _mm256_and_si256(w, _mm256_set1_epi16(15));                                 \
-            x2 = _mm256_srli_epi16(w, 4);                                                    \
-        } else {                                                                             \
-            x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));          \
-            x2 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));         \
-        }                                                                                    \
+        __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));      \
+        __m256i x2 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));     \
         __m256 d = _mm256_set1_ps(fp16_scalar(blk));                                         \
         size_t o = 32 * (size_t)(B);                                                         \
         A0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(QBLK16_SUM(0, q0)), d, A0);                 \
@@ -877,11 +954,8 @@ score_qblk_i16_impl(const int Q4, const int16_t *q16, const float *qscale, uint3
         A3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(QBLK16_SUM(3, q3)), d, A3);                 \
     } while (0)
 #define QBLK16_SUM(H, QH)                                                                    \
-    _mm256_add_epi32(                                                                        \
-        _mm256_add_epi32(Q4 ? _mm256_loadu_si256((const __m256i *)(corr[H] + o / 4))      \
-                            : _mm256_setzero_si256(),                                        \
-                         _mm256_madd_epi16(x1, _mm256_loadu_si256((const __m256i *)(QH + o)))), \
-        _mm256_madd_epi16(x2, _mm256_loadu_si256((const __m256i *)(QH + o + 16))))
+    _mm256_add_epi32(_mm256_madd_epi16(x1, _mm256_loadu_si256((const __m256i *)(QH + o))),       \
+                     _mm256_madd_epi16(x2, _mm256_loadu_si256((const __m256i *)(QH + o + 16))))
                 QBLK16_BLOCK(b, l0, l1, l2, l3);
                 QBLK16_BLOCK(b + 1, u0, u1, u2, u3);
 #undef QBLK16_SUM
@@ -894,16 +968,6 @@ score_qblk_i16_impl(const int Q4, const int16_t *q16, const float *qscale, uint3
             for (uint32_t h = 0; h < HG && h0 + h < G; h++) scores[(h0 + h) * ld + t] = s[h];
         }
     }
-}
-
-static void score_q8_0_i16(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
-                           const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
-    score_qblk_i16_impl(0, q16, qscale, G, dim, k, stride, n, scores, ld);
-}
-
-static void score_q4_0_i16(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
-                           const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
-    score_qblk_i16_impl(1, q16, qscale, G, dim, k, stride, n, scores, ld);
 }
 
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
@@ -926,8 +990,7 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->rot_i8_bits = 1u << 2 | 1u << 3 | 1u << 4;
     k->accum_rot_i16 = accum_rot_i16;
     k->rot_v16_bits = 1u << 2 | 1u << 3 | 1u << 4;
-    k->score_q8_0_i8 = score_q8_0_i8;
     k->score_q4_0_i8 = score_q4_0_i8;
     k->score_q8_0_i16 = score_q8_0_i16;
-    k->score_q4_0_i16 = score_q4_0_i16;
+    k->accum_q4_0_i16 = accum_q4_0_i16;
 }

@@ -667,142 +667,171 @@ score_rot_i8_vbmi(const kvqi_rot_layout *L, const int8_t *q8, const float *qscal
     else score_rot_i8_vnni(L, q8, qscale, qsum, G, k, n, scores, ld);
 }
 
-/* q8_0 / q4_0 keys against the int8 query: per 64 coordinates (two blocks) one vector of
- * 64 key bytes made unsigned (q8_0: + 128 by the sign bit flipped; q4_0: the nibbles,
- * low ones of a block then high ones, the natural order), one vpdpbusd per head whose
- * accumulator starts at -offset * (the lane's four query bytes' sum), so each int32 lane
- * is the exact signed sum of its four products; then to float, times the lane's block
- * scale, summed over the row; the fold of kvqi_cache_score_qblk_i8_ref. Two tokens per
- * pass share the query and correction loads. */
-KVQI_INLINE __attribute__((target("avx512vnni"))) void qblk_load(const int Q4, const uint8_t *row,
-                                                                 uint32_t c, __m512i *x, __m512 *d) {
-    const uint8_t *b0 = row + (size_t)(Q4 ? 18 : 34) * 2 * c, *b1 = b0 + (Q4 ? 18 : 34);
-    uint16_t h0, h1;
-    memcpy(&h0, b0, 2);
-    memcpy(&h1, b1, 2);
-    *d = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)h0)),
-                                                 _mm_set1_epi16((short)h1), 1));
-    if (Q4) {
-        __m512i v = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 2)))),
-            _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(b1 + 2))), 1);
-        /* high nibbles in 128-bit lanes 1 and 3: a 16-bit shift by 4 there */
-        const long long s4 = 0x0004000400040004LL;
-        const __m512i sh = _mm512_set_epi64(s4, s4, 0, 0, s4, s4, 0, 0);
-        *x = _mm512_and_si512(_mm512_srlv_epi16(v, sh), _mm512_set1_epi8(15));
-    } else {
-        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 2))),
-                                       _mm256_loadu_si256((const __m256i *)(b1 + 2)), 1);
-        *x = _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+/* q4_0 keys against the int8 query (kvqi_cache_score_q4_0_i8_ref), 128 coordinates (four
+ * blocks of 18 bytes, all at even offsets) per step: one permute of the row puts block b's
+ * 16 code bytes in 128-bit lane b and another its scale four times in words 4b..4b+3; the
+ * low nibbles against the query's coordinates 32 b + 0..15 and the high ones against
+ * 32 b + 16..31 in two vpdpbusd per head, whose accumulator starts at -8 times the lane's
+ * 8 query bytes; the four heads' lanes folded in integers (exact) to one vector of the
+ * blocks' sums, block b's four heads in lane b, so one conversion and one multiply-add by
+ * the scales serve four heads; four tokens' vectors folded over the lanes
+ * ((L0 + L2) + (L1 + L3)), one permute to heads' rows. */
+/* Four vectors' 128-bit lanes summed, (L0 + L2) + (L1 + L3): vector i's sums in lane i. */
+KVQI_INLINE __attribute__((target("avx512vnni"))) __m512 q4k_fold_lanes(__m512 a0, __m512 a1, __m512 a2,
+                                                                        __m512 a3) {
+    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(a0, a1, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(a2, a3, _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* A step's code bytes, block b's 16 in 128-bit lane b (byte 16 b + m is the row's byte
+ * 18 b + 2 + m; r1: the row's bytes 64..71): VBMI's byte permute, else the word permute. */
+__attribute__((target("avx512vnni,avx512vbmi"))) static inline __m512i q4k_codes_vbmi(__m512i r0, __m512i r1) {
+    const __m512i idx = _mm512_set_epi8(
+        71, 70, 69, 68, 67, 66, 65, 64, 63, 62, 61, 60, 59, 58, 57, 56, 53, 52, 51, 50, 49, 48, 47,
+        46, 45, 44, 43, 42, 41, 40, 39, 38, 35, 34, 33, 32, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22,
+        21, 20, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2);
+    return _mm512_permutex2var_epi8(r0, idx, r1);
+}
+__attribute__((target("avx512vnni"))) static inline __m512i q4k_codes_plain(__m512i r0, __m512i r1) {
+    const __m512i idx = _mm512_set_epi16(35, 34, 33, 32, 31, 30, 29, 28, 26, 25, 24, 23, 22, 21, 20, 19,
+                                         17, 16, 15, 14, 13, 12, 11, 10, 8, 7, 6, 5, 4, 3, 2, 1);
+    return _mm512_permutex2var_epi16(r0, idx, r1);
+}
+
+/* One row's blocks' sums times scales, block b's four heads in lane b (NC steps of 128
+ * coordinates, the last half when HALF); then the call over four heads at a time. */
+#define DEFINE_Q4K_IMPL(S, TARGET)                                                                             \
+KVQI_INLINE __attribute__((target(TARGET))) __m512 q4k_row_##S(const uint32_t NC, const int HALF,              \
+                                                                  const uint8_t *row, const __m512i *qlo,      \
+                                                                  const __m512i *qhi, const __m512i *corr) {   \
+    const __m512i m0f = _mm512_set1_epi8(15);                                                                  \
+    const __m512i idx_q = _mm512_set_epi16(35, 34, 33, 32, 31, 30, 29, 28, 26, 25, 24, 23, 22, 21, 20, 19,     \
+                                           17, 16, 15, 14, 13, 12, 11, 10, 8, 7, 6, 5, 4, 3, 2, 1);            \
+    const __m512i idx_d = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,                     \
+                                           27, 27, 27, 27, 18, 18, 18, 18, 9, 9, 9, 9, 0, 0, 0, 0);            \
+    __m512 f = _mm512_setzero_ps();                                                                            \
+    for (uint32_t c = 0; c < NC; c++) {                                                                        \
+        const uint8_t *p = row + 72 * (size_t)c;                                                               \
+        __m512i q, dw;                                                                                         \
+        if (HALF && c + 1 == NC) { /* 36 bytes: two blocks, lanes 2 and 3 zero */                              \
+            __m512i r0 = _mm512_maskz_loadu_epi8(0xfffffffffULL, p);                                           \
+            q = _mm512_maskz_permutexvar_epi16(0xffff, idx_q, r0);                                             \
+            dw = _mm512_maskz_permutexvar_epi16(0xff, idx_d, r0);                                              \
+        } else {                                                                                               \
+            __m512i r0 = _mm512_loadu_si512(p), r1 = _mm512_maskz_loadu_epi8(0xff, p + 64);                    \
+            q = q4k_codes_##S(r0, r1);                                                                         \
+            dw = _mm512_permutexvar_epi16(idx_d, r0);                                                          \
+        }                                                                                                      \
+        __m512i lo = _mm512_and_si512(q, m0f), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m0f);            \
+        const __m512i *ql = qlo + 4 * c, *qh = qhi + 4 * c, *co = corr + 4 * c;                                \
+        __m512i p0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(co[0], lo, ql[0]), hi, qh[0]);                    \
+        __m512i p1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(co[1], lo, ql[1]), hi, qh[1]);                    \
+        __m512i p2 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(co[2], lo, ql[2]), hi, qh[2]);                    \
+        __m512i p3 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(co[3], lo, ql[3]), hi, qh[3]);                    \
+        __m512i u01 = _mm512_add_epi32(_mm512_unpacklo_epi32(p0, p1), _mm512_unpackhi_epi32(p0, p1));          \
+        __m512i u23 = _mm512_add_epi32(_mm512_unpacklo_epi32(p2, p3), _mm512_unpackhi_epi32(p2, p3));          \
+        __m512i sum = _mm512_add_epi32(_mm512_unpacklo_epi64(u01, u23), _mm512_unpackhi_epi64(u01, u23));      \
+        f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_cvtph_ps(_mm512_castsi512_si256(dw)), f);          \
+    }                                                                                                          \
+    return f;                                                                                                  \
+}                                                                                                              \
+KVQI_INLINE __attribute__((target(TARGET))) void q4k_impl_##S(const uint32_t NC, const int HALF,               \
+                                                              const int8_t *q8, const float *qscale, uint32_t G, \
+                                                              uint32_t dim, const uint8_t *k, size_t stride,   \
+                                                              size_t n, float *scores, size_t ld) {            \
+    enum { MAXC = KVQI_QBLK_I8_MAX_DIM / 128 };                                                                \
+    __m512i qlo[MAXC * HG], qhi[MAXC * HG], corr[MAXC * HG];                                                   \
+    const __m512i eight = _mm512_set1_epi8(8);                                                                 \
+    const __m512i tr = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);                \
+    for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                                                  \
+        uint32_t hh[HG];                                                                                       \
+        for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;                                    \
+        for (uint32_t c = 0; c < NC; c++)                                                                      \
+            for (uint32_t h = 0; h < HG; h++) {                                                                \
+                const int8_t *qp = q8 + (size_t)hh[h] * dim + 128 * c;                                         \
+                int two = HALF && c + 1 == NC;                                                                 \
+                __m512i lo = _mm512_setzero_si512(), hi = lo;                                                  \
+                for (uint32_t b = 0; b < (two ? 2u : 4u); b++) {                                               \
+                    lo = _mm512_mask_loadu_epi8(lo, 0xffffULL << (16 * b), qp + 16 * b);                       \
+                    hi = _mm512_mask_loadu_epi8(hi, 0xffffULL << (16 * b), qp + 16 * b + 16);                  \
+                }                                                                                              \
+                qlo[4 * c + h] = lo, qhi[4 * c + h] = hi;                                                      \
+                corr[4 * c + h] = _mm512_sub_epi32(                                                            \
+                    _mm512_setzero_si512(),                                                                    \
+                    _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, lo), eight, hi));   \
+            }                                                                                                  \
+        const __m512 vqs = _mm512_setr_ps(qscale[hh[0]], qscale[hh[0]], qscale[hh[0]], qscale[hh[0]],          \
+                                          qscale[hh[1]], qscale[hh[1]], qscale[hh[1]], qscale[hh[1]],          \
+                                          qscale[hh[2]], qscale[hh[2]], qscale[hh[2]], qscale[hh[2]],          \
+                                          qscale[hh[3]], qscale[hh[3]], qscale[hh[3]], qscale[hh[3]]);         \
+        for (size_t t = 0; t < n; t += 4) {                                                                    \
+            const uint8_t *r0 = k + t * stride;                                                                \
+            const uint8_t *r1 = t + 1 < n ? r0 + stride : r0, *r2 = t + 2 < n ? r0 + 2 * stride : r0;          \
+            const uint8_t *r3 = t + 3 < n ? r0 + 3 * stride : r0;                                              \
+            __m512 g0 = q4k_row_##S(NC, HALF, r0, qlo, qhi, corr), g1 = q4k_row_##S(NC, HALF, r1, qlo, qhi, corr); \
+            __m512 g2 = q4k_row_##S(NC, HALF, r2, qlo, qhi, corr), g3 = q4k_row_##S(NC, HALF, r3, qlo, qhi, corr); \
+            /* token i's heads in 128-bit lane i, then heads' tokens: head h in lane h */                      \
+            __m512 out = _mm512_mul_ps(_mm512_permutexvar_ps(tr, q4k_fold_lanes(g0, g1, g2, g3)), vqs);        \
+            __mmask8 live = n - t >= 4 ? (__mmask8)15 : (__mmask8)((1u << (n - t)) - 1u);                      \
+            _mm_mask_storeu_ps(scores + (size_t)h0 * ld + t, live, _mm512_castps512_ps128(out));               \
+            if (h0 + 1 < G) _mm_mask_storeu_ps(scores + (size_t)(h0 + 1) * ld + t, live, _mm512_extractf32x4_ps(out, 1)); \
+            if (h0 + 2 < G) _mm_mask_storeu_ps(scores + (size_t)(h0 + 2) * ld + t, live, _mm512_extractf32x4_ps(out, 2)); \
+            if (h0 + 3 < G) _mm_mask_storeu_ps(scores + (size_t)(h0 + 3) * ld + t, live, _mm512_extractf32x4_ps(out, 3)); \
+        }                                                                                                      \
+    }                                                                                                          \
+}
+DEFINE_Q4K_IMPL(plain, "avx512vnni")
+DEFINE_Q4K_IMPL(vbmi, "avx512vnni,avx512vbmi")
+
+#define DEFINE_Q4K(NAME, S, TARGET)                                                          \
+    __attribute__((target(TARGET))) static void NAME(const int8_t *q8, const float *qscale, uint32_t G, \
+                                                     uint32_t dim, const uint8_t *k, size_t stride,    \
+                                                     size_t n, float *scores, size_t ld) {             \
+        if (dim == 128)                                                                      \
+            q4k_impl_##S(1, 0, q8, qscale, G, dim, k, stride, n, scores, ld);                \
+        else if (dim == 64)                                                                  \
+            q4k_impl_##S(1, 1, q8, qscale, G, dim, k, stride, n, scores, ld);                \
+        else if (dim == 256)                                                                 \
+            q4k_impl_##S(2, 0, q8, qscale, G, dim, k, stride, n, scores, ld);                \
+        else if (dim % 64 == 0 && dim <= KVQI_QBLK_I8_MAX_DIM)                               \
+            q4k_impl_##S((dim + 127) / 128, dim % 128 != 0, q8, qscale, G, dim, k, stride, n, scores, ld); \
+        else                                                                                 \
+            kvqi_cache_score_q4_0_i8_ref(q8, qscale, G, dim, k, stride, n, scores, ld);      \
     }
-}
+DEFINE_Q4K(score_q4_0_i8, plain, "avx512vnni")
+DEFINE_Q4K(score_q4_0_i8_vbmi, vbmi, "avx512vnni,avx512vbmi")
 
-KVQI_INLINE __attribute__((target("avx512vnni"))) void
-score_qblk_i8_impl(const int Q4, const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
-                   const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
-    if (dim % 64 || dim > KVQI_QBLK_I8_MAX_DIM) {
-        kvqi_cache_score_qblk_i8_ref(Q4, q8, qscale, G, dim, k, stride, n, scores, ld);
-        return;
-    }
-    uint32_t nc = dim / 64;
-    int32_t corr[HG][KVQI_QBLK_I8_MAX_DIM / 4];
-    const __m512i off = _mm512_set1_epi8(Q4 ? 8 : (char)0x80);
-    for (uint32_t h0 = 0; h0 < G; h0 += HG) {
-        uint32_t hh[HG];
-        for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
-        const int8_t *q0 = q8 + (size_t)hh[0] * dim, *q1 = q8 + (size_t)hh[1] * dim;
-        const int8_t *q2 = q8 + (size_t)hh[2] * dim, *q3 = q8 + (size_t)hh[3] * dim;
-        for (uint32_t h = 0; h < HG; h++)
-            for (uint32_t c = 0; c < nc; c++) {
-                __m512i sq = _mm512_dpbusd_epi32(_mm512_setzero_si512(), off,
-                                                 _mm512_loadu_si512(q8 + (size_t)hh[h] * dim + 64 * c));
-                _mm512_storeu_si512(corr[h] + 16 * c, _mm512_sub_epi32(_mm512_setzero_si512(), sq));
-            }
-        const __m128 vqs = _mm_set_ps(qscale[hh[3]], qscale[hh[2]], qscale[hh[1]], qscale[hh[0]]);
-        for (size_t t = 0; t < n; t += 2) {
-            const uint8_t *row = k + t * stride;
-            const uint8_t *row1 = t + 1 < n ? row + stride : row;
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-            for (uint32_t c = 0; c < nc; c++) {
-                __m512i x, y;
-                __m512 dx, dy;
-                qblk_load(Q4, row, c, &x, &dx);
-                qblk_load(Q4, row1, c, &y, &dy);
-                __m512i p0 = _mm512_loadu_si512(q0 + 64 * c), c0 = _mm512_loadu_si512(corr[0] + 16 * c);
-                __m512i p1 = _mm512_loadu_si512(q1 + 64 * c), c1 = _mm512_loadu_si512(corr[1] + 16 * c);
-                __m512i p2 = _mm512_loadu_si512(q2 + 64 * c), c2 = _mm512_loadu_si512(corr[2] + 16 * c);
-                __m512i p3 = _mm512_loadu_si512(q3 + 64 * c), c3 = _mm512_loadu_si512(corr[3] + 16 * c);
-                a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c0, x, p0)), dx, a0);
-                a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c1, x, p1)), dx, a1);
-                a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c2, x, p2)), dx, a2);
-                a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c3, x, p3)), dx, a3);
-                b0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c0, y, p0)), dy, b0);
-                b1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c1, y, p1)), dy, b1);
-                b2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c2, y, p2)), dy, b2);
-                b3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c3, y, p3)), dy, b3);
-            }
-            float s[8];
-            _mm_storeu_ps(s, _mm_mul_ps(hsum4(a0, a1, a2, a3), vqs));
-            _mm_storeu_ps(s + 4, _mm_mul_ps(hsum4(b0, b1, b2, b3), vqs));
-            for (uint32_t h = 0; h < HG && h0 + h < G; h++) {
-                scores[(h0 + h) * ld + t] = s[h];
-                if (t + 1 < n) scores[(h0 + h) * ld + t + 1] = s[4 + h];
-            }
-        }
-    }
-}
-
-__attribute__((target("avx512vnni"))) static void
-score_q8_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim, const uint8_t *k,
-              size_t stride, size_t n, float *scores, size_t ld) {
-    score_qblk_i8_impl(0, q8, qscale, G, dim, k, stride, n, scores, ld);
-}
-
-__attribute__((target("avx512vnni"))) static void
-score_q4_0_i8(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim, const uint8_t *k,
-              size_t stride, size_t n, float *scores, size_t ld) {
-    score_qblk_i8_impl(1, q8, qscale, G, dim, k, stride, n, scores, ld);
-}
-
-/* q8_0 / q4_0 keys against the int16 query (kvqi_cache_score_qblk_i16_ref): per 64
- * coordinates (blocks A and B) the keys as two vectors of 16-bit words, [A 0..15 | B 0..15]
- * and [A 16..31 | B 16..31] (q8_0: each block's bytes sign-extended, the 256-bit halves
- * regrouped; q4_0: both blocks' 16 bytes side by side, low nibbles then high ones), the
- * query regrouped alike once per call, and two vpdpwssd per head into an accumulator that
- * starts at the q4_0 offset's correction (-8 times the lane's four query words): lanes
- * 0-7 hold block A's exact sums, 8-15 block B's. With dim 128 the four heads' query
+/* q8_0 keys against the int16 query (kvqi_cache_score_q8_0_i16_ref): per 64 coordinates
+ * (blocks A and B) the keys as two vectors of 16-bit words, [A 0..15 | B 0..15] and
+ * [A 16..31 | B 16..31] (each block's bytes sign-extended, the 256-bit halves regrouped),
+ * the query regrouped alike once per call, and two vpdpwssd per head: lanes 0-7 hold
+ * block A's exact sums, 8-15 block B's. With dim 128 the four heads' query
  * (16 vectors) stays in registers across the tokens. */
-KVQI_INLINE __attribute__((target("avx512vnni"))) void qblk16_load(const int Q4, const uint8_t *row,
-                                                                   uint32_t c, __m512i *x1,
-                                                                   __m512i *x2, __m512 *d) {
-    const uint8_t *b0 = row + (size_t)(Q4 ? 18 : 34) * 2 * c, *b1 = b0 + (Q4 ? 18 : 34);
+KVQI_INLINE __attribute__((target("avx512vnni"))) void qblk16_load(const uint8_t *row, uint32_t c,
+                                                                   __m512i *x1, __m512i *x2,
+                                                                   __m512 *d) {
+    const uint8_t *b0 = row + (size_t)34 * 2 * c, *b1 = b0 + 34;
     uint16_t h0, h1;
     memcpy(&h0, b0, 2);
     memcpy(&h1, b1, 2);
     *d = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)h0)),
                                                  _mm_set1_epi16((short)h1), 1));
-    if (Q4) {
-        __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 2))),
-                                            _mm_loadu_si128((const __m128i *)(b1 + 2)), 1);
-        __m512i w = _mm512_cvtepu8_epi16(v);
-        const __m512i m = _mm512_set1_epi16(15);
-        *x1 = _mm512_and_si512(w, m);
-        *x2 = _mm512_srli_epi16(w, 4);
-    } else {
-        __m512i a = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b0 + 2)));
-        __m512i b = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b1 + 2)));
-        *x1 = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 1, 0));
-        *x2 = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2));
-    }
+    __m512i a = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b0 + 2)));
+    __m512i b = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b1 + 2)));
+    *x1 = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 1, 0));
+    *x2 = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2));
 }
 
 KVQI_INLINE __attribute__((target("avx512vnni"))) void
-score_qblk_i16_impl(const int Q4, const uint32_t NC, const int16_t *q16, const float *qscale,
+score_qblk_i16_impl(const uint32_t NC, const int16_t *q16, const float *qscale,
                     uint32_t G, uint32_t dim, const uint8_t *k, size_t stride, size_t n,
                     float *scores, size_t ld) {
     enum { MAXC = KVQI_QBLK_I8_MAX_DIM / 64 };
-    __m512i qv[HG][MAXC][2], corr[HG][MAXC];
+    __m512i qv[HG][MAXC][2];
     for (uint32_t h0 = 0; h0 < G; h0 += HG) {
         uint32_t hh[HG];
         for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
@@ -812,12 +841,6 @@ score_qblk_i16_impl(const int Q4, const uint32_t NC, const int16_t *q16, const f
                 __m512i a = _mm512_loadu_si512(qp), b = _mm512_loadu_si512(qp + 32);
                 qv[h][c][0] = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 1, 0));
                 qv[h][c][1] = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2));
-                corr[h][c] = _mm512_setzero_si512();
-                if (Q4) { /* -8 (q1 + q2) over the lane's words: (q1 + q2) . -8 in pairs */
-                    __m512i m8 = _mm512_set1_epi16(-8);
-                    corr[h][c] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(corr[h][c], qv[h][c][0], m8),
-                                                     qv[h][c][1], m8);
-                }
             }
         const __m128 vqs = _mm_set_ps(qscale[hh[3]], qscale[hh[2]], qscale[hh[1]], qscale[hh[0]]);
         for (size_t t = 0; t < n; t++) {
@@ -826,18 +849,18 @@ score_qblk_i16_impl(const int Q4, const uint32_t NC, const int16_t *q16, const f
             for (uint32_t c = 0; c < NC; c++) {
                 __m512i x1, x2;
                 __m512 d;
-                qblk16_load(Q4, row, c, &x1, &x2, &d);
+                qblk16_load(row, c, &x1, &x2, &d);
                 a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(corr[0][c], x1, qv[0][c][0]), x2, qv[0][c][1])),
+                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[0][c][0]), x2, qv[0][c][1])),
                                      d, a0);
                 a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(corr[1][c], x1, qv[1][c][0]), x2, qv[1][c][1])),
+                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[1][c][0]), x2, qv[1][c][1])),
                                      d, a1);
                 a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(corr[2][c], x1, qv[2][c][0]), x2, qv[2][c][1])),
+                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[2][c][0]), x2, qv[2][c][1])),
                                      d, a2);
                 a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(corr[3][c], x1, qv[3][c][0]), x2, qv[3][c][1])),
+                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[3][c][0]), x2, qv[3][c][1])),
                                      d, a3);
             }
             float s[4];
@@ -847,19 +870,147 @@ score_qblk_i16_impl(const int Q4, const uint32_t NC, const int16_t *q16, const f
     }
 }
 
-#define DEFINE_SCORE_I16(NAME, Q4)                                                           \
-    __attribute__((target("avx512vnni"))) static void NAME(                                  \
-        const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim, const uint8_t *k, \
-        size_t stride, size_t n, float *scores, size_t ld) {                                 \
-        if (dim == 128)                                                                      \
-            score_qblk_i16_impl(Q4, 2, q16, qscale, G, dim, k, stride, n, scores, ld);       \
-        else if (dim % 64 == 0 && dim <= KVQI_QBLK_I8_MAX_DIM)                               \
-            score_qblk_i16_impl(Q4, dim / 64, q16, qscale, G, dim, k, stride, n, scores, ld); \
-        else                                                                                 \
-            kvqi_cache_score_qblk_i16_ref(Q4, q16, qscale, G, dim, k, stride, n, scores, ld); \
+__attribute__((target("avx512vnni"))) static void
+score_q8_0_i16(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim, const uint8_t *k,
+               size_t stride, size_t n, float *scores, size_t ld) {
+    if (dim == 128)
+        score_qblk_i16_impl(2, q16, qscale, G, dim, k, stride, n, scores, ld);
+    else if (dim % 64 == 0 && dim <= KVQI_QBLK_I8_MAX_DIM)
+        score_qblk_i16_impl(dim / 64, q16, qscale, G, dim, k, stride, n, scores, ld);
+    else
+        kvqi_cache_score_q8_0_i16_ref(q16, qscale, G, dim, k, stride, n, scores, ld);
+}
+
+/* q4_0 values in integers (kvqi_cache_accum_q4_0_i16_ref): per block of 32 coordinates,
+ * each head's weights times the tokens' block scales rounded to 16 bits (weights_i16);
+ * two tokens per step, their 16 code bytes interleaved and widened to 16 bits so each
+ * 32-bit lane holds one coordinate of both (low nibbles: coordinates 0-15, high ones:
+ * 16-31) and one vpdpwssd adds both weighted nibbles: 8 per token pair and block for four
+ * heads, against 32 multiply-adds of the float kernel; the -8 offset once per block, as
+ * -8 times the rounded weights' sum. */
+/* weights_i16's steps (kvqi_cache_accum_q4_0_i16_ref's), and -8 times the rounded weights'
+ * sum in *corr, taken from the registers (a reload of the stored words stalls). */
+static float q4_weights_i16(const float *w, const float *d, size_t n, int16_t *wq, int32_t *corr) {
+    __m512 wn[KVQI_MAX_BLOCK_TOKENS / 16], mx = _mm512_setzero_ps();
+    size_t nv = (n + 15) / 16;
+    *corr = 0;
+    for (size_t i = 0; i < nv; i++) {
+        size_t left = n - 16 * i;
+        __mmask16 k = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+        wn[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + 16 * i), _mm512_loadu_ps(d + 16 * i));
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(wn[i]));
     }
-DEFINE_SCORE_I16(score_q8_0_i16, 0)
-DEFINE_SCORE_I16(score_q4_0_i16, 1)
+    float m = _mm512_reduce_max_ps(mx);
+    if (!(m > 0.0f) || !(m <= 3.0e38f)) return 0.0f;
+    __m512 inv = _mm512_set1_ps(32767.0f / m);
+    __m512i sum = _mm512_setzero_si512();
+    for (size_t i = 0; i < nv; i++) {
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(wn[i], inv));
+        sum = _mm512_add_epi32(sum, q);
+        _mm256_storeu_si256((__m256i *)(wq + 16 * i), _mm512_cvtepi32_epi16(q));
+    }
+    *corr = -8 * _mm512_reduce_add_epi32(sum);
+    return m * (1.0f / 32767.0f);
+}
+__attribute__((target("avx512vnni"))) static void
+accum_q4_0_i16(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v, size_t stride,
+               size_t n, float *acc) {
+    if (dim % 32 || n > KVQI_MAX_BLOCK_TOKENS) {
+        kvqi_cache_accum_q4_0_i16_ref(w, ld, G, dim, v, stride, n, acc);
+        return;
+    }
+    _Alignas(64) uint16_t dh[KVQI_MAX_BLOCK_TOKENS + 16];
+    _Alignas(64) float dsc[4][KVQI_MAX_BLOCK_TOKENS + 16];
+    _Alignas(64) uint16_t dq[4 * (KVQI_MAX_BLOCK_TOKENS + 16)];
+    _Alignas(64) int16_t wq[HG][KVQI_MAX_BLOCK_TOKENS + 32];
+    const __m512i m15 = _mm512_set1_epi16(15);
+    size_t nd = (n + 15) / 16;
+    if (dim == 128) {
+        /* the four scales of a row by one word permute (words 0, 9, 18, 27), rows in
+         * token order; then per 16 tokens two two-source permutes to block order */
+        const __m512i idx4 = _mm512_set_epi64(0, 0, 0, 0, 0, 0, 0, 0x001b001200090000LL);
+        for (size_t t = 0; t < n; t++)
+            _mm_storel_epi64((__m128i *)(void *)(dq + 4 * t),
+                             _mm512_castsi512_si128(_mm512_permutexvar_epi16(idx4, _mm512_loadu_si512(v + t * stride))));
+        memset(dq + 4 * n, 0, 4 * (16 * nd - n) * sizeof dq[0]);
+        __m512i i01 = _mm512_setzero_si512(), i23 = i01;
+        {
+            _Alignas(64) int16_t a[32], c[32];
+            for (int j = 0; j < 16; j++) {
+                int src = j < 8 ? 4 * j : 32 + 4 * (j - 8);
+                a[j] = (int16_t)src, a[16 + j] = (int16_t)(src + 1);
+                c[j] = (int16_t)(src + 2), c[16 + j] = (int16_t)(src + 3);
+            }
+            i01 = _mm512_load_si512(a), i23 = _mm512_load_si512(c);
+        }
+        for (size_t i = 0; i < nd; i++) {
+            __m512i A = _mm512_load_si512(dq + 64 * i), B = _mm512_load_si512(dq + 64 * i + 32);
+            __m512i p01 = _mm512_permutex2var_epi16(A, i01, B), p23 = _mm512_permutex2var_epi16(A, i23, B);
+            _mm512_store_ps(dsc[0] + 16 * i, _mm512_cvtph_ps(_mm512_castsi512_si256(p01)));
+            _mm512_store_ps(dsc[1] + 16 * i, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(p01, 1)));
+            _mm512_store_ps(dsc[2] + 16 * i, _mm512_cvtph_ps(_mm512_castsi512_si256(p23)));
+            _mm512_store_ps(dsc[3] + 16 * i, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(p23, 1)));
+        }
+    }
+    for (uint32_t b = 0; b < dim / 32; b++) {
+        const uint8_t *blk = v + 18 * (size_t)b;
+        const float *db = dsc[dim == 128 ? b : 0];
+        if (dim != 128) {
+            for (size_t t = 0; t < n; t++) memcpy(&dh[t], blk + t * stride, 2);
+            for (size_t t = n; t < 16 * nd; t++) dh[t] = 0;
+            for (size_t i = 0; i < nd; i++)
+                _mm512_store_ps(dsc[0] + 16 * i, _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(dh + 16 * i))));
+        }
+        for (uint32_t h0 = 0; h0 < G; h0 += HG) {
+            float scale[HG];
+            int32_t corr[HG];
+            int any = 0;
+            for (uint32_t h = 0; h < HG; h++) {
+                /* written to a multiple of 16 tokens (zero past n) unless every weight is zero */
+                scale[h] = h0 + h < G ? q4_weights_i16(w + (h0 + h) * ld, db, n, wq[h], &corr[h]) : 0.0f;
+                if (scale[h] == 0.0f) memset(wq[h], 0, sizeof wq[h]);
+                any |= scale[h] != 0.0f;
+            }
+            if (!any) continue;
+            __m512i l0 = _mm512_setzero_si512(), l1 = l0, l2 = l0, l3 = l0;
+            __m512i u0 = l0, u1 = l0, u2 = l0, u3 = l0;
+            for (size_t t = 0; t < n; t += 2) {
+                const uint8_t *ra = blk + t * stride + 2, *rb = t + 1 < n ? ra + stride : ra;
+                __m128i a = _mm_loadu_si128((const __m128i *)ra), c = _mm_loadu_si128((const __m128i *)rb);
+                __m512i x = _mm512_cvtepu8_epi16(
+                    _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi8(a, c)), _mm_unpackhi_epi8(a, c), 1));
+                __m512i xl = _mm512_and_si512(x, m15), xh = _mm512_srli_epi16(x, 4);
+                /* token pairs: t in the low 16 bits, t + 1 in the high */
+                int32_t p0, p1, p2, p3;
+                memcpy(&p0, wq[0] + t, 4), memcpy(&p1, wq[1] + t, 4);
+                memcpy(&p2, wq[2] + t, 4), memcpy(&p3, wq[3] + t, 4);
+                __m512i w0 = _mm512_set1_epi32(p0), w1 = _mm512_set1_epi32(p1);
+                __m512i w2 = _mm512_set1_epi32(p2), w3 = _mm512_set1_epi32(p3);
+                l0 = _mm512_dpwssd_epi32(l0, xl, w0), u0 = _mm512_dpwssd_epi32(u0, xh, w0);
+                l1 = _mm512_dpwssd_epi32(l1, xl, w1), u1 = _mm512_dpwssd_epi32(u1, xh, w1);
+                l2 = _mm512_dpwssd_epi32(l2, xl, w2), u2 = _mm512_dpwssd_epi32(u2, xh, w2);
+                l3 = _mm512_dpwssd_epi32(l3, xl, w3), u3 = _mm512_dpwssd_epi32(u3, xh, w3);
+            }
+#define Q4V_OUT(H, L, U)                                                                     \
+    do {                                                                                     \
+        if (h0 + (H) < G && scale[H] != 0.0f) {                                              \
+            __m512i cv = _mm512_set1_epi32(corr[H]);                                         \
+            __m512 sc = _mm512_set1_ps(scale[H]);                                            \
+            float *p = acc + (size_t)(h0 + (H)) * dim + 32 * b;                              \
+            _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p),                            \
+                                              _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(L, cv)), sc))); \
+            _mm512_storeu_ps(p + 16, _mm512_add_ps(_mm512_loadu_ps(p + 16),                  \
+                                                   _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(U, cv)), sc))); \
+        }                                                                                    \
+    } while (0)
+            Q4V_OUT(0, l0, u0);
+            Q4V_OUT(1, l1, u1);
+            Q4V_OUT(2, l2, u2);
+            Q4V_OUT(3, l3, u3);
+#undef Q4V_OUT
+        }
+    }
+}
 
 /* 1-bit passes: each pass's 128 bits per block become 0/1 bytes (a masked move of ones)
  * against the int8 query, so S_p of four heads costs 2 vpdpbusd per head and block. */
@@ -1266,10 +1417,9 @@ void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k) {
         k->rot_v16_bits = k->rot_i8_bits;
         k->score_rot1_i8 = score_rot1_i8;
         k->score_signs_i8 = score_signs_i8;
-        k->score_q8_0_i8 = score_q8_0_i8;
-        k->score_q4_0_i8 = score_q4_0_i8;
+        k->score_q4_0_i8 = vbmi ? score_q4_0_i8_vbmi : score_q4_0_i8;
         k->score_q8_0_i16 = score_q8_0_i16;
-        k->score_q4_0_i16 = score_q4_0_i16;
+        k->accum_q4_0_i16 = accum_q4_0_i16;
     }
     k->outlier_add = outlier_add;
     k->axpy_rows = axpy_rows;

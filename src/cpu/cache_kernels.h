@@ -225,41 +225,40 @@ typedef struct kvqi_cache_kernels {
                          int16_t *W, float *scale, float *bias, float *wf);
     void (*chan_dot)(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
                      const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
-    /* q8_0 / q4_0 keys (dim % 64 == 0, dim <= KVQI_QBLK_I8_MAX_DIM) against an int8 query
-     * q8 [G][dim] (natural order, scale qscale[h]): integer products, then the block
-     * scales in float. Per 64 coordinates c (two blocks) and lane j < 16, the exact int32
-     * sum P_cj of the 4 products of coordinates 64 c + 4 j .. + 3; acc_j = fmaf(P_cj,
-     * d_(2c + j/8), acc_j) over c from 0; then s8_j = acc_j + acc_(j+8), the score
-     * ((s8_0 + s8_1) + (s8_2 + s8_3)) + ((s8_4 + s8_5) + (s8_6 + s8_7)) times qscale[h]
-     * (kvqi_cache_score_qblk_i8_ref: every ISA gives the same bits). NULL: the float
-     * score_q8_0 / score_q4_0 are used. */
-    void (*score_q8_0_i8)(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
-                          const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld);
+    /* q4_0 keys (dim % 64 == 0, dim <= KVQI_QBLK_I8_MAX_DIM) against an int8 query q8
+     * [G][dim] (natural order, scale qscale[h]): per block b the exact int32 sum P_b of its
+     * 32 products, acc_(b % 4) = fmaf(P_b, d_b, acc_(b % 4)) over b from 0, the score
+     * ((acc_0 + acc_2) + (acc_1 + acc_3)) times qscale[h] (kvqi_cache_score_q4_0_i8_ref:
+     * every ISA gives the same bits). NULL: the float score_q4_0 is used. */
     void (*score_q4_0_i8)(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
                           const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld);
-    /* q8_0 / q4_0 keys (dim % 64 == 0, dim <= KVQI_QBLK_I8_MAX_DIM) against an int16 query
-     * q16 [G][dim] (natural order, scale qscale[h]: rounding 2^-16 of max |q|, far below
-     * the codes' own): per 64 coordinates c (two blocks) and lane j < 16, the exact int32
-     * sum P_cj of the 4 products of block 2c + j/8's coordinates 2 (j % 8), 2 (j % 8) + 1,
-     * 16 + 2 (j % 8), 17 + 2 (j % 8); then the float steps of score_q8_0_i8 (acc_j =
-     * fmaf(P_cj, d, acc_j), the same fold, times qscale[h]): kvqi_cache_score_qblk_i16_ref,
-     * bit for bit on every ISA. NULL: the float kernels are used. */
+    /* q8_0 keys (dim % 64 == 0, dim <= KVQI_QBLK_I8_MAX_DIM) against an int16 query q16
+     * [G][dim] (natural order, scale qscale[h]: rounding 2^-16 of max |q|, far below the
+     * codes' own): per 64 coordinates c (two blocks) and lane j < 16, the exact int32 sum
+     * P_cj of the 4 products of block 2c + j/8's coordinates 2 (j % 8), 2 (j % 8) + 1,
+     * 16 + 2 (j % 8), 17 + 2 (j % 8); then the float steps of score_q4_0_i8 (acc_j =
+     * fmaf(P_cj, d, acc_j), the same fold, times qscale[h]): kvqi_cache_score_q8_0_i16_ref,
+     * bit for bit on every ISA. NULL: the float score_q8_0 is used. */
     void (*score_q8_0_i16)(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
                            const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld);
-    void (*score_q4_0_i16)(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
-                           const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld);
+    /* Values of q4_0 blocks (dim % 32 == 0, n <= KVQI_MAX_BLOCK_TOKENS) in integers: per
+     * head and block, wd_t = w[h][t] * d_t (the token's block scale) rounded to 16 bits
+     * against the largest |wd| of the call, summed against the nibbles (0..15) in int32,
+     * minus 8 times the rounded weights' sum, then acc[h][j] += sum * scale in natural
+     * order (kvqi_cache_accum_q4_0_i16_ref: every ISA gives the same bits). NULL: the
+     * float accum_q4_0 is used. */
+    void (*accum_q4_0_i16)(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                           size_t stride, size_t n, float *acc);
 } kvqi_cache_kernels;
 
 /* The widest head the q8_0 / q4_0 integer key kernels take. */
 #define KVQI_QBLK_I8_MAX_DIM 512u
-/* Reference of score_q8_0_i8 (q4: 0) and score_q4_0_i8 (q4: 1). */
-void kvqi_cache_score_qblk_i8_ref(int q4, const int8_t *q8, const float *qscale, uint32_t G,
-                                  uint32_t dim, const uint8_t *k, size_t stride, size_t n,
-                                  float *scores, size_t ld);
-/* Reference of score_q8_0_i16 (q4: 0) and score_q4_0_i16 (q4: 1). */
-void kvqi_cache_score_qblk_i16_ref(int q4, const int16_t *q16, const float *qscale, uint32_t G,
-                                   uint32_t dim, const uint8_t *k, size_t stride, size_t n,
-                                   float *scores, size_t ld);
+/* Reference of score_q4_0_i8. */
+void kvqi_cache_score_q4_0_i8_ref(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
+                                  const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld);
+/* Reference of score_q8_0_i16. */
+void kvqi_cache_score_q8_0_i16_ref(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
+                                   const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld);
 
 /* chan_*.c */
 void kvqi_chan_weights_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
@@ -311,6 +310,9 @@ void kvqi_cache_score_rot1_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, co
 /* Reference of accum_rot_i16 (exact integer sums: SIMD versions match it bit for bit). */
 void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
                                   const uint8_t *v, size_t n, float *acc);
+/* Reference of accum_q4_0_i16 (exact integer sums, the same float steps: bit for bit). */
+void kvqi_cache_accum_q4_0_i16_ref(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                                   size_t stride, size_t n, float *acc);
 /* One head's 16-bit weights of a block: wq[t] = round(w[t] norm_t * 32767 / max |w norm|);
  * returns the scale of the integer sums (0: every weight is zero, nothing to add). */
 float kvqi_cache_rot_weights_i16(const kvqi_rot_layout *L, const float *w, const uint8_t *v,

@@ -201,39 +201,27 @@ void kvqi_cache_score_rot_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, con
     }
 }
 
-void kvqi_cache_score_qblk_i8_ref(int q4, const int8_t *q8, const float *qscale, uint32_t G,
-                                  uint32_t dim, const uint8_t *k, size_t stride, size_t n,
-                                  float *scores, size_t ld) {
+void kvqi_cache_score_q4_0_i8_ref(const int8_t *q8, const float *qscale, uint32_t G, uint32_t dim,
+                                  const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
     for (size_t t = 0; t < n; t++) {
         const uint8_t *row = k + t * stride;
         for (uint32_t h = 0; h < G; h++) {
             const int8_t *qh = q8 + (size_t)h * dim;
-            float acc[16] = {0};
-            for (uint32_t c = 0; c < dim / 64; c++) {
-                for (uint32_t j = 0; j < 16; j++) {
-                    uint32_t b = 2 * c + j / 8;
-                    const uint8_t *blk = row + (q4 ? 18 : 34) * (size_t)b;
-                    int32_t P = 0;
-                    for (uint32_t i = 0; i < 4; i++) {
-                        uint32_t x = 64 * c + 4 * j + i, e = x % 32;
-                        int kv = q4 ? (int)((e < 16 ? blk[2 + e] : blk[2 + e - 16] >> 4) & 15) - 8
-                                    : (int)(int8_t)blk[2 + e];
-                        P += kv * qh[x];
-                    }
-                    acc[j] = fmaf((float)P, fp16_at(blk), acc[j]);
-                }
+            float acc[4] = {0};
+            for (uint32_t b = 0; b < dim / 32; b++) {
+                const uint8_t *blk = row + 18 * (size_t)b;
+                int32_t P = 0;
+                for (uint32_t i = 0; i < 16; i++)
+                    P += ((int)(blk[2 + i] & 15) - 8) * qh[32 * b + i] + ((int)(blk[2 + i] >> 4) - 8) * qh[32 * b + 16 + i];
+                acc[b % 4] = fmaf((float)P, fp16_at(blk), acc[b % 4]);
             }
-            float s8[8];
-            for (uint32_t j = 0; j < 8; j++) s8[j] = acc[j] + acc[j + 8];
-            float sum = ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7]));
-            scores[h * ld + t] = sum * qscale[h];
+            scores[h * ld + t] = ((acc[0] + acc[2]) + (acc[1] + acc[3])) * qscale[h];
         }
     }
 }
 
-void kvqi_cache_score_qblk_i16_ref(int q4, const int16_t *q16, const float *qscale, uint32_t G,
-                                   uint32_t dim, const uint8_t *k, size_t stride, size_t n,
-                                   float *scores, size_t ld) {
+void kvqi_cache_score_q8_0_i16_ref(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim,
+                                   const uint8_t *k, size_t stride, size_t n, float *scores, size_t ld) {
     for (size_t t = 0; t < n; t++) {
         const uint8_t *row = k + t * stride;
         for (uint32_t h = 0; h < G; h++) {
@@ -242,12 +230,11 @@ void kvqi_cache_score_qblk_i16_ref(int q4, const int16_t *q16, const float *qsca
             for (uint32_t c = 0; c < dim / 64; c++) {
                 for (uint32_t j = 0; j < 16; j++) {
                     uint32_t b = 2 * c + j / 8;
-                    const uint8_t *blk = row + (q4 ? 18 : 34) * (size_t)b;
+                    const uint8_t *blk = row + 34 * (size_t)b;
                     int32_t P = 0;
                     for (uint32_t i = 0; i < 4; i++) {
                         uint32_t e = 16 * (i / 2) + 2 * (j % 8) + i % 2;
-                        int kv = q4 ? (int)((e < 16 ? blk[2 + e] : blk[2 + e - 16] >> 4) & 15) - 8
-                                    : (int)(int8_t)blk[2 + e];
+                        int kv = (int)(int8_t)blk[2 + e];
                         P += kv * qh[32 * b + e];
                     }
                     acc[j] = fmaf((float)P, fp16_at(blk), acc[j]);
@@ -335,6 +322,37 @@ void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size
     }
 }
 
+void kvqi_cache_accum_q4_0_i16_ref(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
+                                   size_t stride, size_t n, float *acc) {
+    float wn[KVQI_MAX_BLOCK_TOKENS];
+    int16_t wq[KVQI_MAX_BLOCK_TOKENS];
+    for (uint32_t b = 0; b < dim / 32; b++) {
+        const uint8_t *blk = v + 18 * (size_t)b;
+        for (uint32_t h = 0; h < G; h++) {
+            float mx = 0.0f;
+            for (size_t t = 0; t < n; t++) {
+                wn[t] = w[h * ld + t] * fp16_at(blk + t * stride);
+                mx = fabsf(wn[t]) > mx ? fabsf(wn[t]) : mx;
+            }
+            if (!(mx > 0.0f) || !(mx <= 3.0e38f)) continue; /* no weight, or not a finite one */
+            float inv = 32767.0f / mx, scale = mx * (1.0f / 32767.0f);
+            int32_t wsum = 0;
+            for (size_t t = 0; t < n; t++) {
+                wq[t] = (int16_t)lrintf(wn[t] * inv);
+                wsum += wq[t];
+            }
+            for (uint32_t j = 0; j < 32; j++) {
+                int32_t sum = -8 * wsum;
+                for (size_t t = 0; t < n; t++) {
+                    uint8_t x = blk[t * stride + 2 + j % 16];
+                    sum += (int32_t)wq[t] * (int32_t)(j < 16 ? x & 15 : x >> 4);
+                }
+                acc[(size_t)h * dim + 32 * b + j] += (float)sum * scale;
+            }
+        }
+    }
+}
+
 static float exp_sum(float *s, size_t n, float m) {
     float sum = 0.0f;
     for (size_t t = 0; t < n; t++) {
@@ -381,7 +399,7 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
     accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, NULL, NULL, NULL, 0, outlier_add, axpy_rows, exp_sum,
-    max_of,         score_signs, kvqi_chan_weights_scalar, kvqi_chan_dot_scalar, NULL, NULL, NULL, NULL,
+    max_of,         score_signs, kvqi_chan_weights_scalar, kvqi_chan_dot_scalar, NULL, NULL, NULL,
 };
 
 static kvqi_cache_kernels g_avx2, g_avx512, g_neon;
