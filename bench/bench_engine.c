@@ -77,11 +77,17 @@ int main(int argc, char **argv) {
     }
     kvq_model_info info;
     kvq_model_get_info(m, &info);
-    kvq_cache_config cc;
-    if (cache_spec && kvq_cache_config_parse(cache_spec, info.n_kv_heads, info.head_dim, &cc, msg, sizeof msg)) {
-        fprintf(stderr, "bench_engine: %s\n", msg);
-        kvq_model_free(m);
-        return 1;
+    /* one config a layer: a preset's plan gives layers different bits, as kvq generate does */
+    kvq_cache_config *cc = cache_spec ? calloc(info.n_layers, sizeof *cc) : NULL;
+    if (cache_spec && !cc) return 1;
+    for (uint32_t l = 0; cache_spec && l < info.n_layers; l++) {
+        if (kvq_cache_config_parse_layer(cache_spec, info.n_kv_heads, info.head_dim, l, info.n_layers, &cc[l], msg,
+                                         sizeof msg)) {
+            fprintf(stderr, "bench_engine: %s\n", msg);
+            free(cc);
+            kvq_model_free(m);
+            return 1;
+        }
     }
     size_t total = (size_t)(D + P + N);
     int32_t *tok = malloc(total * sizeof *tok);
@@ -101,8 +107,8 @@ int main(int argc, char **argv) {
     p.n_threads = (unsigned)T;
     p.float_activations = float_act;
     if (cache_spec) {
-        p.cache = &cc;
-        p.n_cache_configs = 1;
+        p.cache = cc;
+        p.n_cache_configs = info.n_layers;
     }
     kvq_status st = KVQ_OK;
     /* run 0 warms up (skipped at depth, where filling the context warms up anyway) */
@@ -145,6 +151,7 @@ int main(int argc, char **argv) {
     free(pp_cpu);
     free(tg_wall);
     free(tg_cpu);
+    free(cc);
     kvq_model_free(m);
     return 0;
 }
