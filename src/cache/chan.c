@@ -104,7 +104,10 @@ void kvqi_chan_free(kvq_cache *c) {
 /* Bits per channel of head g from each channel's range [lo, hi] over the first chunk:
  * greedy, one bit at a time to the channel whose squared range times 4^-bits (its error)
  * is largest, up to 8; ties to the lower channel. w: dim doubles of scratch. Same ranges,
- * same bits, on every machine (doubles, fixed order). */
+ * same bits, on every machine (doubles, fixed order). Other powers of the range as the
+ * weight (SmolLM2-135M, 8 x 512, float activations; q3 KL 0.0167 with the square):
+ * 1.5: 0.0174, 2.5: 0.0184, 3: 0.0201; q2 0.0598 (+5.49 %) with the square: 0.0666
+ * (+6.54 %), 0.0576 (+5.91 %), 0.0575 (+5.29 %; top-1 86.7 % against 87.0 %). */
 void kvqi_chan_allocate(kvq_cache *c, uint32_t g, const float *lo, const float *hi, double *w) {
     uint32_t dim = c->dim, total = c->cfg.key.bits * dim;
     uint8_t *b = c->chan_bits + (size_t)g * dim;

@@ -4,6 +4,12 @@
  * code = round((x - min) / step), LSB first. As the keys of a kvq_cache the same code
  * runs per channel over each chunk of tokens instead (cache/chan.c): a channel's minimum
  * and step are shared by the chunk's tokens, and the channels' bits follow their spread.
+ * The levels stay uniform from minimum to maximum: as cache keys, levels at normal
+ * quantiles (KVQuant's non-uniform levels, NF) for the 3- and 4-bit channels raised q3's
+ * KL from fp16 on SmolLM2-135M (8 x 512 tokens, float activations) from 0.0167 to 0.0208;
+ * choosing per chunk and channel whichever grid has the lower squared error, to 0.0193
+ * (Gemma-3-270M 0.0122 either way); levels denser at the extremes (arcsine quantiles),
+ * to 0.0218. Lower squared error did not mean lower KL.
  */
 #include <math.h>
 #include <stdint.h>
