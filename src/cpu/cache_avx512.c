@@ -890,12 +890,58 @@ KVQI_INLINE __attribute__((target("avx512vnni"))) void qblk16_load(const uint8_t
     *x2 = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2));
 }
 
+/* hsum4's sums, the same adds in the same order, for 4 tokens x 4 heads at once: hsum4
+ * adds lanes i and i + 8, then neighbours, then neighbouring pairs, then the two halves;
+ * fold1 does the first for two heads of a token (lanes: head A's 8 sums, head B's),
+ * fold2 the next two for two such vectors (each 128-bit lane: four partial sums), fold4
+ * the last, so lane 4 h + t of the result is hsum4's sum of head h, token t: the scores
+ * bit for bit as one token at a time, without the 4-float round trip through the stack
+ * and scalar stores that had taken about half of the kernel's time in cache. */
+static inline __m512 hsum_fold1(__m512 a, __m512 b) {
+    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+static inline __m512 hsum_fold2(__m512 p, __m512 q) {
+    return _mm512_add_ps(_mm512_shuffle_ps(p, q, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_ps(p, q, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+static inline __m512 hsum_fold4(__m512 t, __m512 u) {
+    return _mm512_add_ps(_mm512_shuffle_f32x4(t, u, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(t, u, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+enum { QBLK16_MAXC = KVQI_QBLK_I8_MAX_DIM / 64 };
+
+/* One token's four head sums (per lane, before hsum4). */
+KVQI_INLINE __attribute__((target("avx512vnni"))) void
+qblk16_token(const uint32_t NC, const uint8_t *row, __m512i qv[HG][QBLK16_MAXC][2], __m512 *o0, __m512 *o1,
+             __m512 *o2, __m512 *o3) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (uint32_t c = 0; c < NC; c++) {
+        __m512i x1, x2;
+        __m512 d;
+        qblk16_load(row, c, &x1, &x2, &d);
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
+                                 _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[0][c][0]), x2, qv[0][c][1])),
+                             d, a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
+                                 _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[1][c][0]), x2, qv[1][c][1])),
+                             d, a1);
+        a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
+                                 _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[2][c][0]), x2, qv[2][c][1])),
+                             d, a2);
+        a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
+                                 _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[3][c][0]), x2, qv[3][c][1])),
+                             d, a3);
+    }
+    *o0 = a0, *o1 = a1, *o2 = a2, *o3 = a3;
+}
+
 KVQI_INLINE __attribute__((target("avx512vnni"))) void
 score_qblk_i16_impl(const uint32_t NC, const int16_t *q16, const float *qscale,
                     uint32_t G, uint32_t dim, const uint8_t *k, size_t stride, size_t n,
                     float *scores, size_t ld) {
-    enum { MAXC = KVQI_QBLK_I8_MAX_DIM / 64 };
-    __m512i qv[HG][MAXC][2];
+    __m512i qv[HG][QBLK16_MAXC][2];
     for (uint32_t h0 = 0; h0 < G; h0 += HG) {
         uint32_t hh[HG];
         for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
@@ -906,30 +952,29 @@ score_qblk_i16_impl(const uint32_t NC, const int16_t *q16, const float *qscale,
                 qv[h][c][0] = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 1, 0));
                 qv[h][c][1] = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2));
             }
-        const __m128 vqs = _mm_set_ps(qscale[hh[3]], qscale[hh[2]], qscale[hh[1]], qscale[hh[0]]);
-        for (size_t t = 0; t < n; t++) {
-            const uint8_t *row = k + t * stride;
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (uint32_t c = 0; c < NC; c++) {
-                __m512i x1, x2;
-                __m512 d;
-                qblk16_load(row, c, &x1, &x2, &d);
-                a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[0][c][0]), x2, qv[0][c][1])),
-                                     d, a0);
-                a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[1][c][0]), x2, qv[1][c][1])),
-                                     d, a1);
-                a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[2][c][0]), x2, qv[2][c][1])),
-                                     d, a2);
-                a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[3][c][0]), x2, qv[3][c][1])),
-                                     d, a3);
+        const __m512 vqs = _mm512_set_ps(qscale[hh[3]], qscale[hh[3]], qscale[hh[3]], qscale[hh[3]],
+                                         qscale[hh[2]], qscale[hh[2]], qscale[hh[2]], qscale[hh[2]],
+                                         qscale[hh[1]], qscale[hh[1]], qscale[hh[1]], qscale[hh[1]],
+                                         qscale[hh[0]], qscale[hh[0]], qscale[hh[0]], qscale[hh[0]]);
+        for (size_t t = 0; t < n; t += 4) {
+            size_t nt = n - t < 4 ? n - t : 4;
+            const uint8_t *r0 = k + t * stride;
+            __m512 lo[4], hi[4]; /* each token's heads 0, 1 and 2, 3 after the first fold */
+            for (size_t i = 0; i < 4; i++) {
+                __m512 a0, a1, a2, a3;
+                qblk16_token(NC, r0 + (i < nt ? i : nt - 1) * stride, qv, &a0, &a1, &a2, &a3);
+                lo[i] = hsum_fold1(a0, a1);
+                hi[i] = hsum_fold1(a2, a3);
             }
-            float s[4];
-            _mm_storeu_ps(s, _mm_mul_ps(hsum4(a0, a1, a2, a3), vqs));
-            for (uint32_t h = 0; h < HG && h0 + h < G; h++) scores[(h0 + h) * ld + t] = s[h];
+            __m512 r = hsum_fold4(hsum_fold2(hsum_fold2(lo[0], lo[1]), hsum_fold2(lo[2], lo[3])),
+                                  hsum_fold2(hsum_fold2(hi[0], hi[1]), hsum_fold2(hi[2], hi[3])));
+            r = _mm512_mul_ps(r, vqs);
+            __mmask8 m = (__mmask8)((1u << nt) - 1u);
+            float *s0 = scores + (size_t)h0 * ld + t;
+            _mm_mask_storeu_ps(s0, m, _mm512_castps512_ps128(r));
+            if (h0 + 1 < G) _mm_mask_storeu_ps(s0 + ld, m, _mm512_extractf32x4_ps(r, 1));
+            if (h0 + 2 < G) _mm_mask_storeu_ps(s0 + 2 * ld, m, _mm512_extractf32x4_ps(r, 2));
+            if (h0 + 3 < G) _mm_mask_storeu_ps(s0 + 3 * ld, m, _mm512_extractf32x4_ps(r, 3));
         }
     }
 }
