@@ -254,29 +254,45 @@ static inline void prefetch_row(const uint8_t *row, size_t bytes) {
                     r22 = _mm512_load_ps(p2 + 32), r23 = _mm512_load_ps(p2 + 48);            \
                     r32 = _mm512_load_ps(p3 + 32), r33 = _mm512_load_ps(p3 + 48);            \
                 }                                                                            \
-                for (size_t t = tg; t < te; t++) {                                           \
-                    __m512 x0, x1, x2 = _mm512_setzero_ps(), x3 = x2;                        \
-                    DEC(v + t * stride, b, &x0, &x1);                                        \
-                    if (two) DEC(v + t * stride, b + 1, &x2, &x3);                           \
-                    __m512 w0 = _mm512_set1_ps(wh[0][t]), w1 = _mm512_set1_ps(wh[1][t]);     \
-                    __m512 w2 = _mm512_set1_ps(wh[2][t]), w3 = _mm512_set1_ps(wh[3][t]);     \
-                    r00 = _mm512_fmadd_ps(w0, x0, r00);                                      \
-                    r01 = _mm512_fmadd_ps(w0, x1, r01);                                      \
-                    r02 = _mm512_fmadd_ps(w0, x2, r02);                                      \
-                    r03 = _mm512_fmadd_ps(w0, x3, r03);                                      \
-                    r10 = _mm512_fmadd_ps(w1, x0, r10);                                      \
-                    r11 = _mm512_fmadd_ps(w1, x1, r11);                                      \
-                    r12 = _mm512_fmadd_ps(w1, x2, r12);                                      \
-                    r13 = _mm512_fmadd_ps(w1, x3, r13);                                      \
-                    r20 = _mm512_fmadd_ps(w2, x0, r20);                                      \
-                    r21 = _mm512_fmadd_ps(w2, x1, r21);                                      \
-                    r22 = _mm512_fmadd_ps(w2, x2, r22);                                      \
-                    r23 = _mm512_fmadd_ps(w2, x3, r23);                                      \
-                    r30 = _mm512_fmadd_ps(w3, x0, r30);                                      \
-                    r31 = _mm512_fmadd_ps(w3, x1, r31);                                      \
-                    r32 = _mm512_fmadd_ps(w3, x2, r32);                                      \
-                    r33 = _mm512_fmadd_ps(w3, x3, r33);                                      \
-                }                                                                            \
+                if (two) /* the branch out of the token loop: in it, GCC parked x0-x2 on the stack */ \
+                    for (size_t t = tg; t < te; t++) {                                       \
+                        __m512 x0, x1, x2, x3;                                               \
+                        DEC(v + t * stride, b, &x0, &x1);                                    \
+                        DEC(v + t * stride, b + 1, &x2, &x3);                                \
+                        __m512 w0 = _mm512_set1_ps(wh[0][t]), w1 = _mm512_set1_ps(wh[1][t]); \
+                        __m512 w2 = _mm512_set1_ps(wh[2][t]), w3 = _mm512_set1_ps(wh[3][t]); \
+                        r00 = _mm512_fmadd_ps(w0, x0, r00);                                  \
+                        r01 = _mm512_fmadd_ps(w0, x1, r01);                                  \
+                        r02 = _mm512_fmadd_ps(w0, x2, r02);                                  \
+                        r03 = _mm512_fmadd_ps(w0, x3, r03);                                  \
+                        r10 = _mm512_fmadd_ps(w1, x0, r10);                                  \
+                        r11 = _mm512_fmadd_ps(w1, x1, r11);                                  \
+                        r12 = _mm512_fmadd_ps(w1, x2, r12);                                  \
+                        r13 = _mm512_fmadd_ps(w1, x3, r13);                                  \
+                        r20 = _mm512_fmadd_ps(w2, x0, r20);                                  \
+                        r21 = _mm512_fmadd_ps(w2, x1, r21);                                  \
+                        r22 = _mm512_fmadd_ps(w2, x2, r22);                                  \
+                        r23 = _mm512_fmadd_ps(w2, x3, r23);                                  \
+                        r30 = _mm512_fmadd_ps(w3, x0, r30);                                  \
+                        r31 = _mm512_fmadd_ps(w3, x1, r31);                                  \
+                        r32 = _mm512_fmadd_ps(w3, x2, r32);                                  \
+                        r33 = _mm512_fmadd_ps(w3, x3, r33);                                  \
+                    }                                                                        \
+                else /* an odd last 32-coordinate slice */                                   \
+                    for (size_t t = tg; t < te; t++) {                                       \
+                        __m512 x0, x1;                                                       \
+                        DEC(v + t * stride, b, &x0, &x1);                                    \
+                        __m512 w0 = _mm512_set1_ps(wh[0][t]), w1 = _mm512_set1_ps(wh[1][t]); \
+                        __m512 w2 = _mm512_set1_ps(wh[2][t]), w3 = _mm512_set1_ps(wh[3][t]); \
+                        r00 = _mm512_fmadd_ps(w0, x0, r00);                                  \
+                        r01 = _mm512_fmadd_ps(w0, x1, r01);                                  \
+                        r10 = _mm512_fmadd_ps(w1, x0, r10);                                  \
+                        r11 = _mm512_fmadd_ps(w1, x1, r11);                                  \
+                        r20 = _mm512_fmadd_ps(w2, x0, r20);                                  \
+                        r21 = _mm512_fmadd_ps(w2, x1, r21);                                  \
+                        r30 = _mm512_fmadd_ps(w3, x0, r30);                                  \
+                        r31 = _mm512_fmadd_ps(w3, x1, r31);                                  \
+                    }                                                                        \
                 ROW_OUT(0, r00, r01, r02, r03);                                              \
                 ROW_OUT(1, r10, r11, r12, r13);                                              \
                 ROW_OUT(2, r20, r21, r22, r23);                                              \
