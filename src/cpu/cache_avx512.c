@@ -31,22 +31,24 @@ static inline float fp16_scalar(const uint8_t *p) {
     return _cvtsh_ss(h);
 }
 
-/* Four vectors of partial sums -> per 128-bit lane, the four vectors' sums over that lane. */
-static inline __m512 fold4_ps(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
-    __m512 a01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
-    __m512 a23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
-    return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a01), _mm512_castps_pd(a23))),
-                         _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a01), _mm512_castps_pd(a23))));
+/* hsum4's sums, the same adds in the same order, for 4 tokens x 4 heads at once: hsum4
+ * adds lanes i and i + 8, then neighbours, then neighbouring pairs, then the two halves;
+ * fold1 does the first for two heads of a token (lanes: head A's 8 sums, head B's),
+ * fold2 the next two for two such vectors (each 128-bit lane: four partial sums), fold4
+ * the last, so lane 4 h + t of the result is hsum4's sum of head h, token t: the scores
+ * bit for bit as one token at a time, without the 4-float round trip through the stack
+ * and scalar stores that had taken about half of the kernel's time in cache. */
+static inline __m512 hsum_fold1(__m512 a, __m512 b) {
+    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
 }
-
-/* Four fold4_ps results -> one vector, lane 4 i + j = the full sum of vector j of fold i. */
-static inline __m512 fold_lanes_ps(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
-    __m512 t01 = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, _MM_SHUFFLE(2, 0, 2, 0)),
-                               _mm512_shuffle_f32x4(v0, v1, _MM_SHUFFLE(3, 1, 3, 1)));
-    __m512 t23 = _mm512_add_ps(_mm512_shuffle_f32x4(v2, v3, _MM_SHUFFLE(2, 0, 2, 0)),
-                               _mm512_shuffle_f32x4(v2, v3, _MM_SHUFFLE(3, 1, 3, 1)));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(t01, t23, _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
+static inline __m512 hsum_fold2(__m512 p, __m512 q) {
+    return _mm512_add_ps(_mm512_shuffle_ps(p, q, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_ps(p, q, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+static inline __m512 hsum_fold4(__m512 t, __m512 u) {
+    return _mm512_add_ps(_mm512_shuffle_f32x4(t, u, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(t, u, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 /* ---------------------------------------------------------- row decoders */
@@ -83,9 +85,12 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
 
 /* Scores: four tokens per pass, so each load of a query slice serves all four (the query
  * loads, not the multiply-adds, bound one token at a time), 4 heads x 4 tokens of
- * accumulators; the 16 sums are folded into one vector (lane 4 h + t) by adds of
- * unpacked and shuffled pairs and stored as 4 floats a head: the horizontal sums and
- * scalar stores of two tokens at a time had been as many instructions as the products.
+ * accumulators, each lane the same chain of multiply-adds as one token at a time; the 16
+ * sums are hsum4's adds in hsum4's order (hsum_fold*), lane 4 h + t, stored as 4 floats
+ * a head: the same bits as before, where the horizontal sums and scalar stores of two
+ * tokens at a time had been as many instructions as the products. (A fold of unpacks
+ * first, other bits by rounding, 1e-7 of the output, turned SmolLM2's greedy answer
+ * under the q4 preset on one of the five test questions: the order was kept.)
  * Sums: two 32-coordinate slices per pass over the block, 4 heads x 4 vectors of
  * accumulators, so each weight is broadcast once per 64 coordinates. */
 /* Rows are asked for KEY_AHEAD rows before the scores read them: four rows at a time
@@ -201,8 +206,11 @@ static inline void prefetch_row(const uint8_t *row, size_t bytes) {
                     a32 = _mm512_fmadd_ps(q3, z1, a32);                                      \
                     a33 = _mm512_fmadd_ps(q3, u1, a33);                                      \
                 }                                                                            \
-                __m512 r = fold_lanes_ps(fold4_ps(a00, a01, a02, a03), fold4_ps(a10, a11, a12, a13), \
-                                         fold4_ps(a20, a21, a22, a23), fold4_ps(a30, a31, a32, a33)); \
+                __m512 r = hsum_fold4(                                                       \
+                    hsum_fold2(hsum_fold2(hsum_fold1(a00, a10), hsum_fold1(a01, a11)),       \
+                               hsum_fold2(hsum_fold1(a02, a12), hsum_fold1(a03, a13))),      \
+                    hsum_fold2(hsum_fold2(hsum_fold1(a20, a30), hsum_fold1(a21, a31)),       \
+                               hsum_fold2(hsum_fold1(a22, a32), hsum_fold1(a23, a33))));     \
                 __mmask8 m = (__mmask8)((1u << nt) - 1u);                                    \
                 float *s0 = scores + (size_t)h0 * ld + t;                                    \
                 _mm_mask_storeu_ps(s0, m, _mm512_castps512_ps128(r));                        \
@@ -904,26 +912,6 @@ KVQI_INLINE __attribute__((target("avx512vnni"))) void qblk16_load(const uint8_t
     __m512i b = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b1 + 2)));
     *x1 = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 1, 0));
     *x2 = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2));
-}
-
-/* hsum4's sums, the same adds in the same order, for 4 tokens x 4 heads at once: hsum4
- * adds lanes i and i + 8, then neighbours, then neighbouring pairs, then the two halves;
- * fold1 does the first for two heads of a token (lanes: head A's 8 sums, head B's),
- * fold2 the next two for two such vectors (each 128-bit lane: four partial sums), fold4
- * the last, so lane 4 h + t of the result is hsum4's sum of head h, token t: the scores
- * bit for bit as one token at a time, without the 4-float round trip through the stack
- * and scalar stores that had taken about half of the kernel's time in cache. */
-static inline __m512 hsum_fold1(__m512 a, __m512 b) {
-    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
-}
-static inline __m512 hsum_fold2(__m512 p, __m512 q) {
-    return _mm512_add_ps(_mm512_shuffle_ps(p, q, _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_ps(p, q, _MM_SHUFFLE(3, 1, 3, 1)));
-}
-static inline __m512 hsum_fold4(__m512 t, __m512 u) {
-    return _mm512_add_ps(_mm512_shuffle_f32x4(t, u, _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(t, u, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 enum { QBLK16_MAXC = KVQI_QBLK_I8_MAX_DIM / 64 };
