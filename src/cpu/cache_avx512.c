@@ -31,6 +31,26 @@ static inline float fp16_scalar(const uint8_t *p) {
     return _cvtsh_ss(h);
 }
 
+/* hsum4's sums, the same adds in the same order, for 4 tokens x 4 heads at once: hsum4
+ * adds lanes i and i + 8, then neighbours, then neighbouring pairs, then the two halves;
+ * fold1 does the first for two heads of a token (lanes: head A's 8 sums, head B's),
+ * fold2 the next two for two such vectors (each 128-bit lane: four partial sums), fold4
+ * the last, so lane 4 h + t of the result is hsum4's sum of head h, token t: the scores
+ * bit for bit as one token at a time, without the 4-float round trip through the stack
+ * and scalar stores that had taken about half of the kernel's time in cache. */
+static inline __m512 hsum_fold1(__m512 a, __m512 b) {
+    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+static inline __m512 hsum_fold2(__m512 p, __m512 q) {
+    return _mm512_add_ps(_mm512_shuffle_ps(p, q, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_ps(p, q, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+static inline __m512 hsum_fold4(__m512 t, __m512 u) {
+    return _mm512_add_ps(_mm512_shuffle_f32x4(t, u, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(t, u, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
 /* ---------------------------------------------------------- row decoders */
 
 /* 32 coordinates starting at block b (32-wide) of one row, into x0 (0..15), x1 (16..31) */
@@ -63,11 +83,30 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
     *x1 = _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d);
 }
 
-/* Scores: two tokens per pass, so each load of a query slice serves both (the query
- * loads, not the multiply-adds, bound one token at a time); each token's sums are the
- * same operations in the same order as one at a time. Sums: two 32-coordinate slices
- * per pass over the block, 4 heads x 4 vectors of accumulators, so each weight is
- * broadcast once per 64 coordinates. */
+/* Scores: four tokens per pass, so each load of a query slice serves all four (the query
+ * loads, not the multiply-adds, bound one token at a time), 4 heads x 4 tokens of
+ * accumulators, each lane the same chain of multiply-adds as one token at a time; the 16
+ * sums are hsum4's adds in hsum4's order (hsum_fold*), lane 4 h + t, stored as 4 floats
+ * a head: the same bits as before, where the horizontal sums and scalar stores of two
+ * tokens at a time had been as many instructions as the products. (A fold of unpacks
+ * first, other bits by rounding, 1e-7 of the output, turned SmolLM2's greedy answer
+ * under the q4 preset on one of the five test questions: the order was kept.)
+ * Sums: two 32-coordinate slices per pass over the block, 4 heads x 4 vectors of
+ * accumulators, so each weight is broadcast once per 64 coordinates. */
+/* Rows are asked for KEY_AHEAD rows before the scores read them: four rows at a time
+ * read their first lines, then their second ones, ..., which the hardware prefetcher
+ * follows worse than one row after the other (fp16 keys, AVX-512, 32k step in one
+ * process: without it 0.85-0.92x the two-token kernel, with it 8 rows on 1.08x, 16 rows
+ * 1.08-1.21x, 32 rows 1.02x; into L2 instead of L1 1.18x). The value sums of fp16 rows
+ * ask for the next group's rows as a group starts (1.19x with both against 1.08x with
+ * the keys' alone); for q8_0 values that measured 0.98-0.99x and is not done. Only a
+ * row's own bytes: rows of the exact window are `stride` apart with other heads between. */
+#define KEY_AHEAD 16
+static inline void prefetch_row(const uint8_t *row, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)row + o, _MM_HINT_T0);
+    _mm_prefetch((const char *)row + bytes - 1, _MM_HINT_T0);
+}
+
 /* Sums go over the block in groups of ROW_TG tokens, each group's rows read once for all
  * coordinate slices while they sit in L1: fp16 and q8_0 rows come from memory, and a pass
  * per slice over the whole block read each row in pieces a block apart, which streams
@@ -95,7 +134,7 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
             }                                                                                \
         }                                                                                    \
     } while (0)
-#define DEFINE_ROW_KERNELS(NAME, DEC, SCALAR_SCORE, SCALAR_ACCUM, ROW_TG)                     \
+#define DEFINE_ROW_KERNELS(NAME, DEC, BLK, SCALAR_SCORE, SCALAR_ACCUM, ROW_TG, V_AHEAD)       \
     static void score_##NAME(const float *q, uint32_t G, uint32_t dim, const uint8_t *k,     \
                              size_t stride, size_t n, float *scores, size_t ld) {            \
         if (dim % 32) {                                                                      \
@@ -104,50 +143,80 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
         }                                                                                    \
         uint32_t nb = dim / 32;                                                              \
         for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
-            const float *qh[HG];                                                             \
-            for (uint32_t h = 0; h < HG; h++)                                                \
-                qh[h] = q + (size_t)(h0 + h < G ? h0 + h : h0) * dim;                        \
-            for (size_t t = 0; t < n; t += 2) {                                              \
-                const uint8_t *row = k + t * stride;                                         \
-                const uint8_t *row1 = t + 1 < n ? row + stride : row;                        \
-                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                  \
-                __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;                                   \
+            const float *q0p = q + (size_t)h0 * dim;                                         \
+            const float *q1p = q + (size_t)(h0 + 1 < G ? h0 + 1 : h0) * dim;                 \
+            const float *q2p = q + (size_t)(h0 + 2 < G ? h0 + 2 : h0) * dim;                 \
+            const float *q3p = q + (size_t)(h0 + 3 < G ? h0 + 3 : h0) * dim;                 \
+            for (size_t t = 0; t < n; t += 4) {                                              \
+                size_t nt = n - t < 4 ? n - t : 4;                                           \
+                const uint8_t *r0 = k + t * stride;                                          \
+                const uint8_t *r1 = r0 + (nt > 1 ? stride : 0);                              \
+                const uint8_t *r2 = r0 + (nt > 2 ? 2 * stride : 0);                          \
+                const uint8_t *r3 = r0 + (nt > 3 ? 3 * stride : 0);                          \
+                for (size_t o = 0; o < 4 * stride; o += stride) /* KEY_AHEAD rows on */     \
+                    prefetch_row(r0 + KEY_AHEAD * stride + o, nb * (BLK));                   \
+                __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;           \
+                __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;                           \
+                __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00;                           \
+                __m512 a30 = a00, a31 = a00, a32 = a00, a33 = a00;                           \
                 for (uint32_t b = 0; b < nb; b++) {                                          \
-                    __m512 x0, x1, y0, y1;                                                   \
-                    DEC(row, b, &x0, &x1);                                                   \
-                    DEC(row1, b, &y0, &y1);                                                  \
-                    __m512 q0 = _mm512_loadu_ps(qh[0] + 32 * b);                             \
-                    __m512 q1 = _mm512_loadu_ps(qh[1] + 32 * b);                             \
-                    __m512 q2 = _mm512_loadu_ps(qh[2] + 32 * b);                             \
-                    __m512 q3 = _mm512_loadu_ps(qh[3] + 32 * b);                             \
-                    a0 = _mm512_fmadd_ps(q0, x0, a0);                                        \
-                    a1 = _mm512_fmadd_ps(q1, x0, a1);                                        \
-                    a2 = _mm512_fmadd_ps(q2, x0, a2);                                        \
-                    a3 = _mm512_fmadd_ps(q3, x0, a3);                                        \
-                    b0 = _mm512_fmadd_ps(q0, y0, b0);                                        \
-                    b1 = _mm512_fmadd_ps(q1, y0, b1);                                        \
-                    b2 = _mm512_fmadd_ps(q2, y0, b2);                                        \
-                    b3 = _mm512_fmadd_ps(q3, y0, b3);                                        \
-                    q0 = _mm512_loadu_ps(qh[0] + 32 * b + 16);                               \
-                    q1 = _mm512_loadu_ps(qh[1] + 32 * b + 16);                               \
-                    q2 = _mm512_loadu_ps(qh[2] + 32 * b + 16);                               \
-                    q3 = _mm512_loadu_ps(qh[3] + 32 * b + 16);                               \
-                    a0 = _mm512_fmadd_ps(q0, x1, a0);                                        \
-                    a1 = _mm512_fmadd_ps(q1, x1, a1);                                        \
-                    a2 = _mm512_fmadd_ps(q2, x1, a2);                                        \
-                    a3 = _mm512_fmadd_ps(q3, x1, a3);                                        \
-                    b0 = _mm512_fmadd_ps(q0, y1, b0);                                        \
-                    b1 = _mm512_fmadd_ps(q1, y1, b1);                                        \
-                    b2 = _mm512_fmadd_ps(q2, y1, b2);                                        \
-                    b3 = _mm512_fmadd_ps(q3, y1, b3);                                        \
+                    __m512 x0, x1, y0, y1, z0, z1, u0, u1;                                   \
+                    DEC(r0, b, &x0, &x1);                                                    \
+                    DEC(r1, b, &y0, &y1);                                                    \
+                    DEC(r2, b, &z0, &z1);                                                    \
+                    DEC(r3, b, &u0, &u1);                                                    \
+                    __m512 q0 = _mm512_loadu_ps(q0p + 32 * b);                               \
+                    a00 = _mm512_fmadd_ps(q0, x0, a00);                                      \
+                    a01 = _mm512_fmadd_ps(q0, y0, a01);                                      \
+                    a02 = _mm512_fmadd_ps(q0, z0, a02);                                      \
+                    a03 = _mm512_fmadd_ps(q0, u0, a03);                                      \
+                    __m512 q1 = _mm512_loadu_ps(q1p + 32 * b);                               \
+                    a10 = _mm512_fmadd_ps(q1, x0, a10);                                      \
+                    a11 = _mm512_fmadd_ps(q1, y0, a11);                                      \
+                    a12 = _mm512_fmadd_ps(q1, z0, a12);                                      \
+                    a13 = _mm512_fmadd_ps(q1, u0, a13);                                      \
+                    __m512 q2 = _mm512_loadu_ps(q2p + 32 * b);                               \
+                    a20 = _mm512_fmadd_ps(q2, x0, a20);                                      \
+                    a21 = _mm512_fmadd_ps(q2, y0, a21);                                      \
+                    a22 = _mm512_fmadd_ps(q2, z0, a22);                                      \
+                    a23 = _mm512_fmadd_ps(q2, u0, a23);                                      \
+                    __m512 q3 = _mm512_loadu_ps(q3p + 32 * b);                               \
+                    a30 = _mm512_fmadd_ps(q3, x0, a30);                                      \
+                    a31 = _mm512_fmadd_ps(q3, y0, a31);                                      \
+                    a32 = _mm512_fmadd_ps(q3, z0, a32);                                      \
+                    a33 = _mm512_fmadd_ps(q3, u0, a33);                                      \
+                    q0 = _mm512_loadu_ps(q0p + 32 * b + 16);                                 \
+                    a00 = _mm512_fmadd_ps(q0, x1, a00);                                      \
+                    a01 = _mm512_fmadd_ps(q0, y1, a01);                                      \
+                    a02 = _mm512_fmadd_ps(q0, z1, a02);                                      \
+                    a03 = _mm512_fmadd_ps(q0, u1, a03);                                      \
+                    q1 = _mm512_loadu_ps(q1p + 32 * b + 16);                                 \
+                    a10 = _mm512_fmadd_ps(q1, x1, a10);                                      \
+                    a11 = _mm512_fmadd_ps(q1, y1, a11);                                      \
+                    a12 = _mm512_fmadd_ps(q1, z1, a12);                                      \
+                    a13 = _mm512_fmadd_ps(q1, u1, a13);                                      \
+                    q2 = _mm512_loadu_ps(q2p + 32 * b + 16);                                 \
+                    a20 = _mm512_fmadd_ps(q2, x1, a20);                                      \
+                    a21 = _mm512_fmadd_ps(q2, y1, a21);                                      \
+                    a22 = _mm512_fmadd_ps(q2, z1, a22);                                      \
+                    a23 = _mm512_fmadd_ps(q2, u1, a23);                                      \
+                    q3 = _mm512_loadu_ps(q3p + 32 * b + 16);                                 \
+                    a30 = _mm512_fmadd_ps(q3, x1, a30);                                      \
+                    a31 = _mm512_fmadd_ps(q3, y1, a31);                                      \
+                    a32 = _mm512_fmadd_ps(q3, z1, a32);                                      \
+                    a33 = _mm512_fmadd_ps(q3, u1, a33);                                      \
                 }                                                                            \
-                float s[8];                                                                  \
-                _mm_storeu_ps(s, hsum4(a0, a1, a2, a3));                                     \
-                _mm_storeu_ps(s + 4, hsum4(b0, b1, b2, b3));                                 \
-                for (uint32_t h = 0; h < HG && h0 + h < G; h++) {                            \
-                    scores[(h0 + h) * ld + t] = s[h];                                        \
-                    if (t + 1 < n) scores[(h0 + h) * ld + t + 1] = s[4 + h];                 \
-                }                                                                            \
+                __m512 r = hsum_fold4(                                                       \
+                    hsum_fold2(hsum_fold2(hsum_fold1(a00, a10), hsum_fold1(a01, a11)),       \
+                               hsum_fold2(hsum_fold1(a02, a12), hsum_fold1(a03, a13))),      \
+                    hsum_fold2(hsum_fold2(hsum_fold1(a20, a30), hsum_fold1(a21, a31)),       \
+                               hsum_fold2(hsum_fold1(a22, a32), hsum_fold1(a23, a33))));     \
+                __mmask8 m = (__mmask8)((1u << nt) - 1u);                                    \
+                float *s0 = scores + (size_t)h0 * ld + t;                                    \
+                _mm_mask_storeu_ps(s0, m, _mm512_castps512_ps128(r));                        \
+                if (h0 + 1 < G) _mm_mask_storeu_ps(s0 + ld, m, _mm512_extractf32x4_ps(r, 1)); \
+                if (h0 + 2 < G) _mm_mask_storeu_ps(s0 + 2 * ld, m, _mm512_extractf32x4_ps(r, 2)); \
+                if (h0 + 3 < G) _mm_mask_storeu_ps(s0 + 3 * ld, m, _mm512_extractf32x4_ps(r, 3)); \
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
@@ -174,6 +243,9 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
             for (uint32_t b = 0; b < dim / 32; b += 2) {                                     \
                 int two = b + 1 < dim / 32;                                                  \
                 size_t te = tg + step < n ? tg + step : n;                                   \
+                if (V_AHEAD && b == 0) /* the next group's rows */                           \
+                    for (size_t t = te; t < te + step; t++)                                  \
+                        prefetch_row(v + t * stride, dim / 32 * (BLK));                      \
                 __m512 r00 = _mm512_setzero_ps(), r01 = r00, r02 = r00, r03 = r00;           \
                 __m512 r10 = r00, r11 = r00, r12 = r00, r13 = r00;                           \
                 __m512 r20 = r00, r21 = r00, r22 = r00, r23 = r00;                           \
@@ -190,29 +262,45 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
                     r22 = _mm512_load_ps(p2 + 32), r23 = _mm512_load_ps(p2 + 48);            \
                     r32 = _mm512_load_ps(p3 + 32), r33 = _mm512_load_ps(p3 + 48);            \
                 }                                                                            \
-                for (size_t t = tg; t < te; t++) {                                           \
-                    __m512 x0, x1, x2 = _mm512_setzero_ps(), x3 = x2;                        \
-                    DEC(v + t * stride, b, &x0, &x1);                                        \
-                    if (two) DEC(v + t * stride, b + 1, &x2, &x3);                           \
-                    __m512 w0 = _mm512_set1_ps(wh[0][t]), w1 = _mm512_set1_ps(wh[1][t]);     \
-                    __m512 w2 = _mm512_set1_ps(wh[2][t]), w3 = _mm512_set1_ps(wh[3][t]);     \
-                    r00 = _mm512_fmadd_ps(w0, x0, r00);                                      \
-                    r01 = _mm512_fmadd_ps(w0, x1, r01);                                      \
-                    r02 = _mm512_fmadd_ps(w0, x2, r02);                                      \
-                    r03 = _mm512_fmadd_ps(w0, x3, r03);                                      \
-                    r10 = _mm512_fmadd_ps(w1, x0, r10);                                      \
-                    r11 = _mm512_fmadd_ps(w1, x1, r11);                                      \
-                    r12 = _mm512_fmadd_ps(w1, x2, r12);                                      \
-                    r13 = _mm512_fmadd_ps(w1, x3, r13);                                      \
-                    r20 = _mm512_fmadd_ps(w2, x0, r20);                                      \
-                    r21 = _mm512_fmadd_ps(w2, x1, r21);                                      \
-                    r22 = _mm512_fmadd_ps(w2, x2, r22);                                      \
-                    r23 = _mm512_fmadd_ps(w2, x3, r23);                                      \
-                    r30 = _mm512_fmadd_ps(w3, x0, r30);                                      \
-                    r31 = _mm512_fmadd_ps(w3, x1, r31);                                      \
-                    r32 = _mm512_fmadd_ps(w3, x2, r32);                                      \
-                    r33 = _mm512_fmadd_ps(w3, x3, r33);                                      \
-                }                                                                            \
+                if (two) /* the branch out of the token loop: in it, GCC parked x0-x2 on the stack */ \
+                    for (size_t t = tg; t < te; t++) {                                       \
+                        __m512 x0, x1, x2, x3;                                               \
+                        DEC(v + t * stride, b, &x0, &x1);                                    \
+                        DEC(v + t * stride, b + 1, &x2, &x3);                                \
+                        __m512 w0 = _mm512_set1_ps(wh[0][t]), w1 = _mm512_set1_ps(wh[1][t]); \
+                        __m512 w2 = _mm512_set1_ps(wh[2][t]), w3 = _mm512_set1_ps(wh[3][t]); \
+                        r00 = _mm512_fmadd_ps(w0, x0, r00);                                  \
+                        r01 = _mm512_fmadd_ps(w0, x1, r01);                                  \
+                        r02 = _mm512_fmadd_ps(w0, x2, r02);                                  \
+                        r03 = _mm512_fmadd_ps(w0, x3, r03);                                  \
+                        r10 = _mm512_fmadd_ps(w1, x0, r10);                                  \
+                        r11 = _mm512_fmadd_ps(w1, x1, r11);                                  \
+                        r12 = _mm512_fmadd_ps(w1, x2, r12);                                  \
+                        r13 = _mm512_fmadd_ps(w1, x3, r13);                                  \
+                        r20 = _mm512_fmadd_ps(w2, x0, r20);                                  \
+                        r21 = _mm512_fmadd_ps(w2, x1, r21);                                  \
+                        r22 = _mm512_fmadd_ps(w2, x2, r22);                                  \
+                        r23 = _mm512_fmadd_ps(w2, x3, r23);                                  \
+                        r30 = _mm512_fmadd_ps(w3, x0, r30);                                  \
+                        r31 = _mm512_fmadd_ps(w3, x1, r31);                                  \
+                        r32 = _mm512_fmadd_ps(w3, x2, r32);                                  \
+                        r33 = _mm512_fmadd_ps(w3, x3, r33);                                  \
+                    }                                                                        \
+                else /* an odd last 32-coordinate slice */                                   \
+                    for (size_t t = tg; t < te; t++) {                                       \
+                        __m512 x0, x1;                                                       \
+                        DEC(v + t * stride, b, &x0, &x1);                                    \
+                        __m512 w0 = _mm512_set1_ps(wh[0][t]), w1 = _mm512_set1_ps(wh[1][t]); \
+                        __m512 w2 = _mm512_set1_ps(wh[2][t]), w3 = _mm512_set1_ps(wh[3][t]); \
+                        r00 = _mm512_fmadd_ps(w0, x0, r00);                                  \
+                        r01 = _mm512_fmadd_ps(w0, x1, r01);                                  \
+                        r10 = _mm512_fmadd_ps(w1, x0, r10);                                  \
+                        r11 = _mm512_fmadd_ps(w1, x1, r11);                                  \
+                        r20 = _mm512_fmadd_ps(w2, x0, r20);                                  \
+                        r21 = _mm512_fmadd_ps(w2, x1, r21);                                  \
+                        r30 = _mm512_fmadd_ps(w3, x0, r30);                                  \
+                        r31 = _mm512_fmadd_ps(w3, x1, r31);                                  \
+                    }                                                                        \
                 ROW_OUT(0, r00, r01, r02, r03);                                              \
                 ROW_OUT(1, r10, r11, r12, r13);                                              \
                 ROW_OUT(2, r20, r21, r22, r23);                                              \
@@ -221,10 +309,10 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t b, __m512 *x0, __m512 *
         }                                                                                    \
     }
 
-DEFINE_ROW_KERNELS(f32, dec_f32, score_f32, accum_f32, KVQI_MAX_BLOCK_TOKENS)
-DEFINE_ROW_KERNELS(f16, dec_f16, score_f16, accum_f16, 16)
-DEFINE_ROW_KERNELS(q8_0, dec_q8_0, score_q8_0, accum_q8_0, 16)
-DEFINE_ROW_KERNELS(q4_0, dec_q4_0, score_q4_0, accum_q4_0, KVQI_MAX_BLOCK_TOKENS)
+DEFINE_ROW_KERNELS(f32, dec_f32, 128, score_f32, accum_f32, KVQI_MAX_BLOCK_TOKENS, 0)
+DEFINE_ROW_KERNELS(f16, dec_f16, 64, score_f16, accum_f16, 16, 1)
+DEFINE_ROW_KERNELS(q8_0, dec_q8_0, 34, score_q8_0, accum_q8_0, 16, 0)
+DEFINE_ROW_KERNELS(q4_0, dec_q4_0, 18, score_q4_0, accum_q4_0, KVQI_MAX_BLOCK_TOKENS, 0)
 
 /* ------------------------------------------------------- rotated codes */
 
@@ -826,12 +914,38 @@ KVQI_INLINE __attribute__((target("avx512vnni"))) void qblk16_load(const uint8_t
     *x2 = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2));
 }
 
+enum { QBLK16_MAXC = KVQI_QBLK_I8_MAX_DIM / 64 };
+
+/* One token's four head sums (per lane, before hsum4). */
+KVQI_INLINE __attribute__((target("avx512vnni"))) void
+qblk16_token(const uint32_t NC, const uint8_t *row, __m512i qv[HG][QBLK16_MAXC][2], __m512 *o0, __m512 *o1,
+             __m512 *o2, __m512 *o3) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (uint32_t c = 0; c < NC; c++) {
+        __m512i x1, x2;
+        __m512 d;
+        qblk16_load(row, c, &x1, &x2, &d);
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
+                                 _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[0][c][0]), x2, qv[0][c][1])),
+                             d, a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
+                                 _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[1][c][0]), x2, qv[1][c][1])),
+                             d, a1);
+        a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
+                                 _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[2][c][0]), x2, qv[2][c][1])),
+                             d, a2);
+        a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
+                                 _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[3][c][0]), x2, qv[3][c][1])),
+                             d, a3);
+    }
+    *o0 = a0, *o1 = a1, *o2 = a2, *o3 = a3;
+}
+
 KVQI_INLINE __attribute__((target("avx512vnni"))) void
 score_qblk_i16_impl(const uint32_t NC, const int16_t *q16, const float *qscale,
                     uint32_t G, uint32_t dim, const uint8_t *k, size_t stride, size_t n,
                     float *scores, size_t ld) {
-    enum { MAXC = KVQI_QBLK_I8_MAX_DIM / 64 };
-    __m512i qv[HG][MAXC][2];
+    __m512i qv[HG][QBLK16_MAXC][2];
     for (uint32_t h0 = 0; h0 < G; h0 += HG) {
         uint32_t hh[HG];
         for (uint32_t h = 0; h < HG; h++) hh[h] = h0 + h < G ? h0 + h : h0;
@@ -842,30 +956,29 @@ score_qblk_i16_impl(const uint32_t NC, const int16_t *q16, const float *qscale,
                 qv[h][c][0] = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 1, 0));
                 qv[h][c][1] = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2));
             }
-        const __m128 vqs = _mm_set_ps(qscale[hh[3]], qscale[hh[2]], qscale[hh[1]], qscale[hh[0]]);
-        for (size_t t = 0; t < n; t++) {
-            const uint8_t *row = k + t * stride;
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (uint32_t c = 0; c < NC; c++) {
-                __m512i x1, x2;
-                __m512 d;
-                qblk16_load(row, c, &x1, &x2, &d);
-                a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[0][c][0]), x2, qv[0][c][1])),
-                                     d, a0);
-                a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[1][c][0]), x2, qv[1][c][1])),
-                                     d, a1);
-                a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[2][c][0]), x2, qv[2][c][1])),
-                                     d, a2);
-                a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
-                                         _mm512_dpwssd_epi32(_mm512_setzero_si512(), x1, qv[3][c][0]), x2, qv[3][c][1])),
-                                     d, a3);
+        const __m512 vqs = _mm512_set_ps(qscale[hh[3]], qscale[hh[3]], qscale[hh[3]], qscale[hh[3]],
+                                         qscale[hh[2]], qscale[hh[2]], qscale[hh[2]], qscale[hh[2]],
+                                         qscale[hh[1]], qscale[hh[1]], qscale[hh[1]], qscale[hh[1]],
+                                         qscale[hh[0]], qscale[hh[0]], qscale[hh[0]], qscale[hh[0]]);
+        for (size_t t = 0; t < n; t += 4) {
+            size_t nt = n - t < 4 ? n - t : 4;
+            const uint8_t *r0 = k + t * stride;
+            __m512 lo[4], hi[4]; /* each token's heads 0, 1 and 2, 3 after the first fold */
+            for (size_t i = 0; i < 4; i++) {
+                __m512 a0, a1, a2, a3;
+                qblk16_token(NC, r0 + (i < nt ? i : nt - 1) * stride, qv, &a0, &a1, &a2, &a3);
+                lo[i] = hsum_fold1(a0, a1);
+                hi[i] = hsum_fold1(a2, a3);
             }
-            float s[4];
-            _mm_storeu_ps(s, _mm_mul_ps(hsum4(a0, a1, a2, a3), vqs));
-            for (uint32_t h = 0; h < HG && h0 + h < G; h++) scores[(h0 + h) * ld + t] = s[h];
+            __m512 r = hsum_fold4(hsum_fold2(hsum_fold2(lo[0], lo[1]), hsum_fold2(lo[2], lo[3])),
+                                  hsum_fold2(hsum_fold2(hi[0], hi[1]), hsum_fold2(hi[2], hi[3])));
+            r = _mm512_mul_ps(r, vqs);
+            __mmask8 m = (__mmask8)((1u << nt) - 1u);
+            float *s0 = scores + (size_t)h0 * ld + t;
+            _mm_mask_storeu_ps(s0, m, _mm512_castps512_ps128(r));
+            if (h0 + 1 < G) _mm_mask_storeu_ps(s0 + ld, m, _mm512_extractf32x4_ps(r, 1));
+            if (h0 + 2 < G) _mm_mask_storeu_ps(s0 + 2 * ld, m, _mm512_extractf32x4_ps(r, 2));
+            if (h0 + 3 < G) _mm_mask_storeu_ps(s0 + 3 * ld, m, _mm512_extractf32x4_ps(r, 3));
         }
     }
 }
