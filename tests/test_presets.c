@@ -170,8 +170,13 @@ TEST(presets_real_model_q4) {
     /* greedy answers with float activations: the q4 preset's first sentence is fp16's,
      * on all five (recorded in bench/RESULTS.md: the same 32 tokens on all five, q3 and q2
      * too). With the default int8 activations greedy text is chaotic at this size: exact
-     * f32 KV already leaves fp16's answer on two of the five, the way q4 does. */
-    static const char *questions[] = {"What is the capital of France?", "How many legs does a spider have?",
+     * f32 KV already leaves fp16's answer on two of the five, the way q4 does. "How many
+     * legs does a spider have?" was one of the five until it showed a near-tie in fp16's
+     * own logits ("lies" / "is" as the seventh token): 8.5-bit q8_0 leaves fp16's answer
+     * there on AVX-512 and AVX2 alike, q4 on AVX2 only (same codes, other float order in
+     * attention); "What is the opposite of hot?" took its place (fp16, q8_0 and q4 give
+     * the same first sentence on both ISAs). */
+    static const char *questions[] = {"What is the capital of France?", "What is the opposite of hot?",
                                       "What color is the sky on a clear day?",
                                       "Name the largest planet in the solar system.", "What do bees make?"};
     for (size_t i = 0; i < 5; i++) {
