@@ -224,8 +224,13 @@ static uint64_t bytes_for(const serve_sched *S, uint64_t n) {
         b = n * S->info.n_layers * 2ull * S->info.n_kv_heads * S->info.head_dim * 4ull;
     } else { /* layer by layer: a preset's plan gives layers different bits */
         b = 0;
+        uint64_t prev = 0;
         for (uint32_t l = 0; l < S->info.n_layers; l++) {
             const kvq_cache_config *cfg = &S->p.per_layer[l];
+            if (l && !memcmp(cfg, cfg - 1, sizeof *cfg)) { /* a plan repeats configs: searched once */
+                b += prev;
+                continue;
+            }
             uint64_t lo = 0, hi = 1u << 16, fit = 0;
             while (hi < (1ull << 50) && (kvq_cache_tokens_fit(cfg, 1, hi, &fit) != KVQ_OK || fit < n)) lo = hi, hi *= 2;
             while (hi - lo > 256) {
@@ -234,6 +239,7 @@ static uint64_t bytes_for(const serve_sched *S, uint64_t n) {
                 else lo = mid;
             }
             b += hi;
+            prev = hi;
         }
     }
     return b > S->fixed_bytes ? b : S->fixed_bytes;
