@@ -77,7 +77,8 @@ static inline void dec_q4_0(const uint8_t *row, uint32_t g, __m256 *x0, __m256 *
  * hsum4 adds folded into one vector (lanes h, 4 + h) in hsum4's order: the same bits.
  * Rows are asked for KEY_AHEAD rows before the scores read them (as in cache_avx512.c),
  * only a row's own bytes: rows of the exact window are `stride` apart with other heads
- * between. The value sums of fp16 rows ask for the next group's rows as a group starts. */
+ * between (the q8_0 16-bit-query scores, one token a pass, ask too: 1.07-1.2x on q8_0/q8_0).
+ * The value sums of fp16 rows ask for the next group's rows as a group starts. */
 #define KEY_AHEAD 16
 static inline void prefetch_row(const uint8_t *row, size_t bytes) {
     for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)row + o, _MM_HINT_T0);
@@ -994,6 +995,7 @@ static void score_q8_0_i16(const int16_t *q16, const float *qscale, uint32_t G, 
         const __m128 vqs = _mm_set_ps(qscale[hh[3]], qscale[hh[2]], qscale[hh[1]], qscale[hh[0]]);
         for (size_t t = 0; t < n; t++) {
             const uint8_t *row = k + t * stride;
+            prefetch_row(row + KEY_AHEAD * stride, dim / 32 * bs);
             __m256 l0 = _mm256_setzero_ps(), l1 = l0, l2 = l0, l3 = l0;
             __m256 u0 = l0, u1 = l0, u2 = l0, u3 = l0;
             for (uint32_t b = 0; b < dim / 32; b += 2) {
