@@ -880,6 +880,64 @@ TEST(cache_threaded_matches_single_thread) {
 /* q4_0 keys against an int8 query: every ISA's kernel gives the reference's bits (exact
  * int32 sums, the same float steps), odd token counts, 1..6 heads, padded rows; the
  * reference is the dot product of the dequantized query and key to float rounding. */
+/* The row scores take tokens in twos or fours per pass; a token's score must be the same
+ * bits whichever neighbours share its pass (each lane one chain of multiply-adds, the
+ * horizontal sums in one order): scores over a block == one token at a time. */
+TEST(cache_row_scores_independent_of_grouping) {
+    enum { N = 23, MAXD = 256, G_MAX = 6 };
+    static const uint32_t dims[] = {32, 64, 128, 256};
+    float *q = malloc(G_MAX * MAXD * sizeof(float)), *s_all = malloc(G_MAX * N * sizeof(float));
+    float *s_one = malloc(G_MAX * sizeof(float)), *f32 = malloc((size_t)N * MAXD * sizeof(float));
+    uint8_t *codes = malloc((size_t)N * MAXD * 2);
+    REQUIRE(q && s_all && s_one && f32 && codes);
+    int tested = 0;
+    for (int isa = KVQ_ISA_SCALAR; isa <= KVQ_ISA_NEON; isa++) {
+        if (!kvq_isa_available((kvq_isa)isa)) continue;
+        const kvqi_cache_kernels *K = kvqi_cache_kernels_for((kvq_isa)isa);
+        typedef void (*score_fn)(const float *, uint32_t, uint32_t, const uint8_t *, size_t, size_t, float *, size_t);
+        score_fn sk[4] = {K->score_f32, K->score_f16, K->score_q8_0, K->score_q4_0};
+        for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+            uint32_t dim = dims[di];
+            for (uint32_t G = 1; G <= G_MAX; G++) {
+                fill_uniform(q, G * dim, 700 + G);
+                fill_uniform(f32, (size_t)N * dim, 800 + dim);
+                for (int lay = 0; lay < 4; lay++) {
+                    size_t stride = lay == 0 ? dim * 4 : lay == 1 ? dim * 2 : lay == 2 ? dim / 32 * 34 : dim / 32 * 18;
+                    const uint8_t *src = lay == 0 ? (const uint8_t *)f32 : codes;
+                    kvqi_rng r;
+                    kvqi_rng_seed(&r, 900 + dim);
+                    for (size_t i = 0; i < (size_t)N * stride && lay; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
+                    for (size_t t = 0; t < N; t++) {
+                        if (lay == 1)
+                            for (uint32_t i = 0; i < dim; i++) {
+                                uint16_t h = kvqi_fp32_to_fp16((float)kvqi_rng_normal(&r));
+                                memcpy(codes + t * stride + 2 * i, &h, 2);
+                            }
+                        for (uint32_t b = 0; lay >= 2 && b < dim / 32; b++) {
+                            uint16_t h = kvqi_fp32_to_fp16(0.01f * (float)(1 + (t + b) % 7));
+                            memcpy(codes + t * stride + b * (lay == 2 ? 34 : 18), &h, 2);
+                        }
+                    }
+                    sk[lay](q, G, dim, src, stride, N, s_all, N);
+                    int same = 1;
+                    for (size_t t = 0; t < N; t++) {
+                        sk[lay](q, G, dim, src + t * stride, stride, 1, s_one, 1);
+                        for (uint32_t h = 0; h < G; h++) same &= memcmp(&s_one[h], &s_all[h * N + t], sizeof(float)) == 0;
+                    }
+                    CHECKF(same, "%s score layout %d dim %u G %u", kvqi_isa_name((kvq_isa)isa), lay, dim, G);
+                    tested++;
+                }
+            }
+        }
+    }
+    CHECK(tested > 0);
+    free(q);
+    free(s_all);
+    free(s_one);
+    free(f32);
+    free(codes);
+}
+
 TEST(cache_q4_0_i8_kernels_match_reference) {
     enum { N = 61, MAXD = 512, G_MAX = 6 };
     const size_t B = KVQI_MAX_BLOCK_TOKENS;
