@@ -938,6 +938,18 @@ TEST(cache_row_scores_independent_of_grouping) {
     free(codes);
 }
 
+/* n rows of q4_0 / q8_0 blocks (block_bytes 18 / 34: an fp16 scale, then the codes) at
+ * stride bytes: random bytes, every block's scale in [0.001, 0.051], one in five negative. */
+static void fill_block_rows(uint8_t *codes, size_t n, size_t stride, uint32_t dim, size_t block_bytes, kvqi_rng *r) {
+    for (size_t i = 0; i < n * stride; i++) codes[i] = (uint8_t)kvqi_rng_next(r);
+    for (size_t t = 0; t < n; t++)
+        for (uint32_t b = 0; b < dim / 32; b++) {
+            float d = (float)(0.001 + 0.05 * kvqi_rng_uniform(r)) * ((t + b) % 5 ? 1.0f : -1.0f);
+            uint16_t h = kvqi_fp32_to_fp16(d);
+            memcpy(codes + t * stride + b * block_bytes, &h, 2);
+        }
+}
+
 TEST(cache_q4_0_i8_kernels_match_reference) {
     enum { N = 61, MAXD = 512, G_MAX = 6 };
     const size_t B = KVQI_MAX_BLOCK_TOKENS;
@@ -954,13 +966,7 @@ TEST(cache_q4_0_i8_kernels_match_reference) {
         size_t stride = (size_t)dim / 32 * 18 + 6; /* rows apart by more than a row */
         kvqi_rng r;
         kvqi_rng_seed(&r, 1503 + dim);
-        for (size_t i = 0; i < N * stride; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
-        for (size_t t = 0; t < N; t++)
-            for (uint32_t b = 0; b < dim / 32; b++) {
-                float d = (float)(0.001 + 0.05 * kvqi_rng_uniform(&r)) * ((t + b) % 5 ? 1.0f : -1.0f);
-                uint16_t h = kvqi_fp32_to_fp16(d);
-                memcpy(codes + t * stride + b * 18, &h, 2);
-            }
+        fill_block_rows(codes, N, stride, dim, 18, &r);
         for (size_t i = 0; i < (size_t)G_MAX * dim; i++) q8[i] = (int8_t)((int)(kvqi_rng_next(&r) % 255) - 127);
         for (uint32_t h = 0; h < G_MAX; h++) qsc[h] = 0.003f * (float)(h + 1);
         kvqi_cache_score_q4_0_i8_ref(q8, qsc, G_MAX, dim, codes, stride, N, s_ref, B);
@@ -1028,13 +1034,7 @@ TEST(cache_q8_0_i16_kernels_match_reference) {
         size_t stride = (size_t)dim / 32 * 34 + 6;
         kvqi_rng r;
         kvqi_rng_seed(&r, 2500 + dim);
-        for (size_t i = 0; i < N * stride; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
-        for (size_t t = 0; t < N; t++)
-            for (uint32_t b = 0; b < dim / 32; b++) {
-                float d = (float)(0.001 + 0.05 * kvqi_rng_uniform(&r)) * ((t + b) % 5 ? 1.0f : -1.0f);
-                uint16_t h = kvqi_fp32_to_fp16(d);
-                memcpy(codes + t * stride + b * 34, &h, 2);
-            }
+        fill_block_rows(codes, N, stride, dim, 34, &r);
         for (size_t i = 0; i < (size_t)G_MAX * dim; i++) q16[i] = (int16_t)((int)(kvqi_rng_next(&r) % 65535) - 32767);
         q16[0] = 32767, q16[1] = -32767; /* the extremes, against -128 and 127 keys */
         for (uint32_t h = 0; h < G_MAX; h++) qsc[h] = 1e-5f * (float)(h + 1);
