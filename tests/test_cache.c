@@ -470,6 +470,18 @@ static int close_arrays(const float *a, const float *b, size_t n, double tol) {
     return 1;
 }
 
+/* n rows of q4_0 / q8_0 blocks (block_bytes 18 / 34: an fp16 scale, then the codes) at
+ * stride bytes: random bytes, every block's scale in [0.001, 0.051], one in five negative. */
+static void fill_block_rows(uint8_t *codes, size_t n, size_t stride, uint32_t dim, size_t block_bytes, kvqi_rng *r) {
+    for (size_t i = 0; i < n * stride; i++) codes[i] = (uint8_t)kvqi_rng_next(r);
+    for (size_t t = 0; t < n; t++)
+        for (uint32_t b = 0; b < dim / 32; b++) {
+            float d = (float)(0.001 + 0.05 * kvqi_rng_uniform(r)) * ((t + b) % 5 ? 1.0f : -1.0f);
+            uint16_t h = kvqi_fp32_to_fp16(d);
+            memcpy(codes + t * stride + b * block_bytes, &h, 2);
+        }
+}
+
 TEST(cache_simd_kernels_match_scalar) {
     enum { N = 61, MAXD = 256, G_MAX = 6 };
     const size_t B = KVQI_MAX_BLOCK_TOKENS;
@@ -758,13 +770,7 @@ TEST(cache_simd_kernels_match_scalar) {
                 size_t nv = G % 2 ? N : N - 1, stride = dim / 32 * 18 + 5;
                 kvqi_rng r;
                 kvqi_rng_seed(&r, 1700 + G + dim);
-                for (size_t i = 0; i < (size_t)N * stride; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
-                for (size_t t = 0; t < N; t++)
-                    for (uint32_t b = 0; b < dim / 32; b++) {
-                        float d = (float)(0.001 + 0.05 * kvqi_rng_uniform(&r)) * ((t + b) % 5 ? 1.0f : -1.0f);
-                        uint16_t h = kvqi_fp32_to_fp16(d);
-                        memcpy(codes + t * stride + 18 * b, &h, 2);
-                    }
+                fill_block_rows(codes, N, stride, dim, 18, &r);
                 float wv[6 * 64];
                 fill_uniform(wv, 6 * 64, 1800 + G);
                 for (size_t i = 0; i < 6 * 64; i++) wv[i] = fabsf(wv[i]);
@@ -936,18 +942,6 @@ TEST(cache_row_scores_independent_of_grouping) {
     free(s_one);
     free(f32);
     free(codes);
-}
-
-/* n rows of q4_0 / q8_0 blocks (block_bytes 18 / 34: an fp16 scale, then the codes) at
- * stride bytes: random bytes, every block's scale in [0.001, 0.051], one in five negative. */
-static void fill_block_rows(uint8_t *codes, size_t n, size_t stride, uint32_t dim, size_t block_bytes, kvqi_rng *r) {
-    for (size_t i = 0; i < n * stride; i++) codes[i] = (uint8_t)kvqi_rng_next(r);
-    for (size_t t = 0; t < n; t++)
-        for (uint32_t b = 0; b < dim / 32; b++) {
-            float d = (float)(0.001 + 0.05 * kvqi_rng_uniform(r)) * ((t + b) % 5 ? 1.0f : -1.0f);
-            uint16_t h = kvqi_fp32_to_fp16(d);
-            memcpy(codes + t * stride + b * block_bytes, &h, 2);
-        }
 }
 
 TEST(cache_q4_0_i8_kernels_match_reference) {
