@@ -493,10 +493,10 @@ def _warn_host_path(why):
                       RuntimeWarning, stacklevel=3)
 
 
-class _GpuCodes:
-    """A layer's codes on the GPU: [batch][n_kv_heads][capacity][code_size] buffers for
-    keys and values (kvq_cuda_attend's layout), grown by a quarter at a time (whole
-    256-token blocks). Only a GPU runs it: python/tests/test_hf.py -k cuda."""
+class _GpuLayer:
+    """What the two GPU layer kinds share: creation that falls back to the CPU path, growth
+    by a quarter at a time, the current stream, and attention of one new token per sequence
+    (KVQLayer feeds several new tokens one at a time) into a float32 output."""
 
     @classmethod
     def try_create(cls, cfg, batch, device):
@@ -504,6 +504,43 @@ class _GpuCodes:
             return cls(cfg, batch, device)
         except (N.KvqError, RuntimeError):
             return None  # a method or shape the GPU kernels do not take: the CPU path
+
+    @staticmethod
+    def _capacity_for(need, old, unit):
+        # an eighth over what is needed, a quarter over the old size, whole units: a prompt
+        # leaves room for the next tokens, and held bytes stay near the codes
+        cap = max(need + need // 8, old + old // 4, 256)
+        return (cap + unit - 1) // unit * unit
+
+    def _stream(self):
+        return torch.cuda.current_stream(self.device).cuda_stream
+
+    def attend(self, query, scaling, n_tokens):
+        if query.shape[2] != 1:
+            raise ValueError("kvq.hf: the GPU kernels attend one new token per sequence")
+        q = query.contiguous()
+        if q.dtype not in _CUDA_DTYPES:
+            q = q.float()
+        desc = N._CudaAttnDesc(
+            batch=self.batch, n_q_heads=q.shape[1], n_kv_heads=self.n_kv, head_dim=self.head_dim,
+            capacity=self.capacity, max_len=n_tokens, scale=scaling, q_dtype=_CUDA_DTYPES[q.dtype], flags=0,
+        )
+        need = N._size()
+        self._attend_workspace(desc, need)
+        if self.workspace is None or self.workspace.numel() < need.value:
+            self.workspace = torch.empty(max(int(need.value), 1), dtype=torch.uint8, device=self.device)
+        out = torch.empty((self.batch, q.shape[1], self.head_dim), dtype=torch.float32, device=self.device)
+        self._attend(desc, q, out)
+        return out.to(query.dtype)[:, None]  # [batch, 1, n_q_heads, head_dim]
+
+    def reset(self):
+        self.seq_lens.zero_()
+
+
+class _GpuCodes(_GpuLayer):
+    """A layer's codes on the GPU: [batch][n_kv_heads][capacity][code_size] buffers for
+    keys and values (kvq_cuda_attend's layout), grown by a quarter at a time (whole
+    256-token blocks). Only a GPU runs it: python/tests/test_hf.py -k cuda."""
 
     def __init__(self, cfg, batch, device):
         from .quantizer import Quantizer
@@ -534,10 +571,7 @@ class _GpuCodes:
     def _grow(self, need):
         if need <= self.capacity:
             return
-        # an eighth over what is needed, a quarter over the old size, whole 256-token blocks:
-        # a prompt leaves room for the next tokens, and held bytes stay near the codes
-        cap = max(need + need // 8, self.capacity + self.capacity // 4, 256)
-        cap = (cap + 255) // 256 * 256
+        cap = self._capacity_for(need, self.capacity, 256)
         new = []
         for codes, q in ((self.k_codes, self.kq), (self.v_codes, self.vq)):
             buf = torch.empty((self.batch, self.n_kv, cap, q.code_size), dtype=torch.uint8, device=self.device)
@@ -546,9 +580,6 @@ class _GpuCodes:
             new.append(buf)
         self.k_codes, self.v_codes = new
         self.capacity = cap
-
-    def _stream(self):
-        return torch.cuda.current_stream(self.device).cuda_stream
 
     def append(self, k, v, n_past):
         n_new = k.shape[2]
@@ -565,37 +596,17 @@ class _GpuCodes:
             N._check(st, "kvq_cuda_encode")
             codes[:, :, n_past : n_past + n_new].copy_(rows)
         self.seq_lens.fill_(n_past + n_new)
-        if n_new > 1:
-            if n_past:
-                raise NotImplementedError(
-                    "kvq.hf: on CUDA, several new tokens at once need an empty cache (the prompt)")
-            return (k, v)  # the prompt attends over its exact keys
-        return None
+        return (k, v) if n_new > 1 else None  # the prompt attends over its exact keys
 
-    def attend(self, query, scaling, n_tokens):
-        if query.shape[2] != 1:
-            raise NotImplementedError("kvq.hf: on CUDA, one new token per step after the prompt")
-        q = query.contiguous()
-        if q.dtype not in _CUDA_DTYPES:
-            q = q.float()
-        desc = N._CudaAttnDesc(
-            batch=self.batch, n_q_heads=q.shape[1], n_kv_heads=self.n_kv, head_dim=self.head_dim,
-            capacity=self.capacity, max_len=n_tokens, scale=scaling, q_dtype=_CUDA_DTYPES[q.dtype], flags=0,
-        )
-        need = N._size()
+    def _attend_workspace(self, desc, need):
         st = N._cuda_attend_workspace(self._handles[0], self._handles[1], ctypes.byref(desc), ctypes.byref(need))
         N._check(st, "kvq_cuda_attend_workspace")
-        if self.workspace is None or self.workspace.numel() < need.value:
-            self.workspace = torch.empty(max(int(need.value), 1), dtype=torch.uint8, device=self.device)
-        out = torch.empty((self.batch, q.shape[1], self.head_dim), dtype=torch.float32, device=self.device)
+
+    def _attend(self, desc, q, out):
         st = N._cuda_attend(self._handles[0], self._handles[1], ctypes.byref(desc), q.data_ptr(),
                             self.k_codes.data_ptr(), self.v_codes.data_ptr(), self.seq_lens.data_ptr(),
                             self.workspace.data_ptr(), self.workspace.numel(), out.data_ptr(), self._stream())
         N._check(st, "kvq_cuda_attend")
-        return out.to(query.dtype)[:, None]  # [batch, 1, n_q_heads, head_dim]
-
-    def reset(self):
-        self.seq_lens.zero_()
 
     def memory(self):
         kc = self.kq.code_size * self.batch * self.n_kv
@@ -607,7 +618,7 @@ class _GpuCodes:
                 "overhead": held - (kc + vc) * n, "total": held + self.kq.shared_size + self.vq.shared_size}
 
 
-class _GpuChan:
+class _GpuChan(_GpuLayer):
     """A layer of channel keys (the presets q4, q3, q2) on the GPU: one kvq_cuda_chan
     buffer (kvq_cuda_chan_layout: per-head bits and mean, coded chunks, value codes, the
     exact sinks and newest tokens in fp16), regrown by a quarter at a time (whole chunks).
@@ -615,13 +626,6 @@ class _GpuChan:
     long prompt), a decode step's token with kvq_cuda_chan_append; a chunk is coded on the
     device when it leaves the exact window, with the CPU's codes either way. Attention
     reads sinks, coded chunks and the exact tail."""
-
-    @classmethod
-    def try_create(cls, cfg, batch, device):
-        try:
-            return cls(cfg, batch, device)
-        except (N.KvqError, RuntimeError):
-            return None  # a shape the GPU kernels do not take: the CPU path
 
     def __init__(self, cfg, batch, device):
         why = cuda_refusal(cfg)
@@ -658,8 +662,7 @@ class _GpuChan:
         if need <= self.capacity:
             return
         C = self._layout_chunk()
-        cap = max(need + need // 8, self.capacity + self.capacity // 4, 256)
-        cap = (cap + C - 1) // C * C
+        cap = self._capacity_for(need, self.capacity, C)
         L = self._layout(cap)
         buf = torch.zeros(int(L.bytes), dtype=torch.uint8, device=self.device)
         if self.buf is not None:
@@ -678,13 +681,8 @@ class _GpuChan:
     def _layout_chunk(self):
         return int(self._cfg.chunk_tokens) or 64
 
-    def _stream(self):
-        return torch.cuda.current_stream(self.device).cuda_stream
-
     def append(self, k, v, n_past):
         n_new = int(k.shape[2])
-        if n_new > 1 and n_past:
-            raise NotImplementedError("kvq.hf: on CUDA, several new tokens at once need an empty cache (the prompt)")
         self._grow(n_past + n_new)
         dtype = _CUDA_DTYPES.get(k.dtype)
         if dtype is None:
@@ -735,30 +733,15 @@ class _GpuChan:
                                        ws.data_ptr(), ws.numel(), self._stream())
             N._check(st, "kvq_cuda_chan_append_n")
 
-    def attend(self, query, scaling, n_tokens):
-        if query.shape[2] != 1:
-            raise NotImplementedError("kvq.hf: on CUDA, one new token per step after the prompt")
-        q = query.contiguous()
-        if q.dtype not in _CUDA_DTYPES:
-            q = q.float()
-        desc = N._CudaAttnDesc(
-            batch=self.batch, n_q_heads=q.shape[1], n_kv_heads=self.n_kv, head_dim=self.head_dim,
-            capacity=self.capacity, max_len=n_tokens, scale=scaling, q_dtype=_CUDA_DTYPES[q.dtype], flags=0,
-        )
-        need = N._size()
+    def _attend_workspace(self, desc, need):
         N._check(N._cuda_chan_attend_workspace(self._h, ctypes.byref(desc), ctypes.byref(need)),
                  "kvq_cuda_chan_attend_workspace")
-        if self.workspace is None or self.workspace.numel() < need.value:
-            self.workspace = torch.empty(max(int(need.value), 1), dtype=torch.uint8, device=self.device)
-        out = torch.empty((self.batch, q.shape[1], self.head_dim), dtype=torch.float32, device=self.device)
+
+    def _attend(self, desc, q, out):
         st = N._cuda_chan_attend(self._h, ctypes.byref(desc), q.data_ptr(), self.buf.data_ptr(),
                                  self.seq_lens.data_ptr(), self.workspace.data_ptr(), self.workspace.numel(),
                                  out.data_ptr(), self._stream())
         N._check(st, "kvq_cuda_chan_attend")
-        return out.to(query.dtype)[:, None]  # [batch, 1, n_q_heads, head_dim]
-
-    def reset(self):
-        self.seq_lens.zero_()
 
     def memory(self):
         if self.buf is None:
