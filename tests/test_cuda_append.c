@@ -253,34 +253,42 @@ static void body_cuda_chan_append_n_rejects_bad_arguments(kvqt_ctx *kvqt_) {
     CU(cudaMalloc((void **)&p, big));
     CU(cudaMemset(p, 0, big));
     const int32_t *pos = (const int32_t *)p;
-    CHECK_STATUS(kvq_cuda_chan_append_n(NULL, KVQ_CUDA_F32, p, p, NULL, 2, 8, 1024, pos, p, p, ws, NULL),
-                 KVQ_ERR_INVALID_ARG);
-    CHECK_STATUS(kvq_cuda_chan_append_n(kc, KVQ_CUDA_F32, NULL, p, NULL, 2, 8, 1024, pos, p, p, ws, NULL),
-                 KVQ_ERR_INVALID_ARG);
-    CHECK_STATUS(kvq_cuda_chan_append_n(kc, KVQ_CUDA_F32, p, NULL, NULL, 2, 8, 1024, pos, p, p, ws, NULL),
-                 KVQ_ERR_INVALID_ARG);
-    CHECK_STATUS(kvq_cuda_chan_append_n(kc, KVQ_CUDA_F32, p, p, NULL, 2, 8, 1024, NULL, p, p, ws, NULL),
-                 KVQ_ERR_INVALID_ARG);
-    CHECK_STATUS(kvq_cuda_chan_append_n(kc, KVQ_CUDA_F32, p, p, NULL, 2, 8, 1024, pos, NULL, p, ws, NULL),
-                 KVQ_ERR_INVALID_ARG);
-    CHECK_STATUS(kvq_cuda_chan_append_n(kc, KVQ_CUDA_F32, p, p, NULL, 2, 8, 1024, pos, p, NULL, ws, NULL),
-                 KVQ_ERR_INVALID_ARG);
-    CHECK_STATUS(kvq_cuda_chan_append_n(kc, KVQ_CUDA_F32, p, p, NULL, 2, 0, 1024, pos, p, p, ws, NULL),
-                 KVQ_ERR_INVALID_ARG);
-    CHECK_STATUS(kvq_cuda_chan_append_n(kc, KVQ_CUDA_F32, p, p, NULL, 0, 8, 1024, pos, p, p, ws, NULL),
-                 KVQ_ERR_INVALID_ARG);
-    CHECK_STATUS(kvq_cuda_chan_append_n(kc, (kvq_cuda_dtype)7, p, p, NULL, 2, 8, 1024, pos, p, p, ws, NULL),
-                 KVQ_ERR_INVALID_ARG);
-    /* capacity not whole chunks, workspace for fewer tokens, a misaligned cache */
-    CHECK_STATUS(kvq_cuda_chan_append_n(kc, KVQ_CUDA_F32, p, p, NULL, 2, 8, 1000, pos, p, p, ws, NULL),
-                 KVQ_ERR_INVALID_ARG);
-    CHECK_STATUS(kvq_cuda_chan_append_n(kc, KVQ_CUDA_F32, p, p, NULL, 2, 16, 1024, pos, p, p, ws, NULL),
-                 KVQ_ERR_CAPACITY);
-    CHECK_STATUS(kvq_cuda_chan_append_n(kc, KVQ_CUDA_F32, p, p, NULL, 2, 8, 1024, pos, p + 8, p, ws, NULL),
-                 KVQ_ERR_INVALID_ARG);
     const uint64_t huge[6] = {1ull << 50, 0, 0, 0, 0, 0};
-    CHECK_STATUS(kvq_cuda_chan_append_n(kc, KVQ_CUDA_F32, p, p, huge, 2, 8, 1024, pos, p, p, ws, NULL),
-                 KVQ_ERR_INVALID_ARG);
+    /* one refused call a row: a NULL handle or pointer, no tokens or sequences, an unknown
+     * input type, capacity not whole chunks, workspace for fewer tokens, a misaligned cache,
+     * a stride past any buffer */
+    const struct {
+        kvq_cuda_chan *kc;
+        kvq_cuda_dtype dtype;
+        const void *k, *v;
+        const uint64_t *strides;
+        uint32_t batch, n, capacity;
+        const int32_t *pos;
+        void *cache, *ws;
+        kvq_status want;
+    } bad[] = {
+        {NULL, KVQ_CUDA_F32, p, p, NULL, 2, 8, 1024, pos, p, p, KVQ_ERR_INVALID_ARG},
+        {kc, KVQ_CUDA_F32, NULL, p, NULL, 2, 8, 1024, pos, p, p, KVQ_ERR_INVALID_ARG},
+        {kc, KVQ_CUDA_F32, p, NULL, NULL, 2, 8, 1024, pos, p, p, KVQ_ERR_INVALID_ARG},
+        {kc, KVQ_CUDA_F32, p, p, NULL, 2, 8, 1024, NULL, p, p, KVQ_ERR_INVALID_ARG},
+        {kc, KVQ_CUDA_F32, p, p, NULL, 2, 8, 1024, pos, NULL, p, KVQ_ERR_INVALID_ARG},
+        {kc, KVQ_CUDA_F32, p, p, NULL, 2, 8, 1024, pos, p, NULL, KVQ_ERR_INVALID_ARG},
+        {kc, KVQ_CUDA_F32, p, p, NULL, 2, 0, 1024, pos, p, p, KVQ_ERR_INVALID_ARG},
+        {kc, KVQ_CUDA_F32, p, p, NULL, 0, 8, 1024, pos, p, p, KVQ_ERR_INVALID_ARG},
+        {kc, (kvq_cuda_dtype)7, p, p, NULL, 2, 8, 1024, pos, p, p, KVQ_ERR_INVALID_ARG},
+        {kc, KVQ_CUDA_F32, p, p, NULL, 2, 8, 1000, pos, p, p, KVQ_ERR_INVALID_ARG},
+        {kc, KVQ_CUDA_F32, p, p, NULL, 2, 16, 1024, pos, p, p, KVQ_ERR_CAPACITY},
+        {kc, KVQ_CUDA_F32, p, p, NULL, 2, 8, 1024, pos, p + 8, p, KVQ_ERR_INVALID_ARG},
+        {kc, KVQ_CUDA_F32, p, p, huge, 2, 8, 1024, pos, p, p, KVQ_ERR_INVALID_ARG},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        kvq_status st = kvq_cuda_chan_append_n(bad[i].kc, bad[i].dtype, bad[i].k, bad[i].v, bad[i].strides,
+                                               bad[i].batch, bad[i].n, bad[i].capacity, bad[i].pos,
+                                               bad[i].cache, bad[i].ws, ws, NULL);
+        if (st != bad[i].want)
+            kvqt_fail(kvqt_, __FILE__, __LINE__, "refused call %zu -> %s, want %s", i, kvq_strerror(st),
+                      kvq_strerror(bad[i].want));
+    }
     /* nothing was enqueued by the refused calls; a valid one with every sequence skipped
      * (positions -1) leaves the buffer as it was */
     int32_t skip[2] = {-1, -1};
