@@ -92,32 +92,39 @@ static void put_trimmed(out_buf *o, const char *s) {
 /* Every family below is written from its Hugging Face template (the file named beside
  * it), the opening bos_token left out. */
 
+/* Families that wrap every message the same way: before + role + after_role + content
+ * (trimmed or not) + after_content; the generation prompt is gen. */
+typedef struct role_wrap {
+    const char *before, *after_role, *after_content, *gen;
+    int trim;
+} role_wrap;
+
 /* HuggingFaceTB/SmolLM2-*-Instruct, Qwen/Qwen2-*-Instruct: each message as
  * '<|im_start|>' + role + '\n' + content + '<|im_end|>' + '\n'; generation prompt
  * '<|im_start|>assistant\n'. (Their templates add a default system message when the
  * first message is not one; as llama.cpp, nothing is added here.) */
-static void render_chatml(out_buf *o, const kvq_chat_message *m, size_t n, int add_assistant) {
-    for (size_t i = 0; i < n; i++) {
-        put(o, "<|im_start|>");
-        put(o, m[i].role);
-        put(o, "\n");
-        put(o, m[i].content);
-        put(o, "<|im_end|>\n");
-    }
-    if (add_assistant) put(o, "<|im_start|>assistant\n");
-}
+static const role_wrap wrap_chatml = {"<|im_start|>", "\n", "<|im_end|>\n", "<|im_start|>assistant\n", 0};
 
 /* meta-llama/Meta-Llama-3-8B-Instruct: '<|start_header_id|>' + role + '<|end_header_id|>\n\n'
  * + content | trim + '<|eot_id|>'; generation prompt '<|start_header_id|>assistant<|end_header_id|>\n\n'. */
-static void render_llama3(out_buf *o, const kvq_chat_message *m, size_t n, int add_assistant) {
+static const role_wrap wrap_llama3 = {"<|start_header_id|>", "<|end_header_id|>\n\n", "<|eot_id|>",
+                                      "<|start_header_id|>assistant<|end_header_id|>\n\n", 1};
+
+/* microsoft/Phi-3.5-mini-instruct: '<|' + role + '|>\n' + content + '<|end|>\n' for
+ * system, user and assistant; generation prompt '<|assistant|>\n'. */
+static const role_wrap wrap_phi3 = {"<|", "|>\n", "<|end|>\n", "<|assistant|>\n", 0};
+
+static void render_wrapped(out_buf *o, const role_wrap *w, const kvq_chat_message *m, size_t n,
+                           int add_assistant) {
     for (size_t i = 0; i < n; i++) {
-        put(o, "<|start_header_id|>");
+        put(o, w->before);
         put(o, m[i].role);
-        put(o, "<|end_header_id|>\n\n");
-        put_trimmed(o, m[i].content);
-        put(o, "<|eot_id|>");
+        put(o, w->after_role);
+        if (w->trim) put_trimmed(o, m[i].content);
+        else put(o, m[i].content);
+        put(o, w->after_content);
     }
-    if (add_assistant) put(o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    if (add_assistant) put(o, w->gen);
 }
 
 /* meta-llama/Llama-2-7b-chat-hf: a leading system message becomes
@@ -199,19 +206,6 @@ static void render_gemma(out_buf *o, const kvq_chat_message *m, size_t n, int ad
     if (add_assistant) put(o, "<start_of_turn>model\n");
 }
 
-/* microsoft/Phi-3.5-mini-instruct: '<|' + role + '|>\n' + content + '<|end|>\n' for
- * system, user and assistant; generation prompt '<|assistant|>\n'. */
-static void render_phi3(out_buf *o, const kvq_chat_message *m, size_t n, int add_assistant) {
-    for (size_t i = 0; i < n; i++) {
-        put(o, "<|");
-        put(o, m[i].role);
-        put(o, "|>\n");
-        put(o, m[i].content);
-        put(o, "<|end|>\n");
-    }
-    if (add_assistant) put(o, "<|assistant|>\n");
-}
-
 KVQ_API kvq_status kvq_chat_format(const kvq_model *model, const char *template_name,
                                    const kvq_chat_message *msgs, size_t n_msgs, int add_assistant,
                                    char *buf, size_t buf_size, size_t *len, char *msg, size_t msg_size) {
@@ -252,12 +246,12 @@ KVQ_API kvq_status kvq_chat_format(const kvq_model *model, const char *template_
     }
     out_buf o = {buf, buf_size, 0};
     switch ((chat_family)family) {
-    case CHAT_CHATML: render_chatml(&o, msgs, n_msgs, add_assistant); break;
-    case CHAT_LLAMA3: render_llama3(&o, msgs, n_msgs, add_assistant); break;
+    case CHAT_CHATML: render_wrapped(&o, &wrap_chatml, msgs, n_msgs, add_assistant); break;
+    case CHAT_LLAMA3: render_wrapped(&o, &wrap_llama3, msgs, n_msgs, add_assistant); break;
     case CHAT_LLAMA2: render_llama2(&o, msgs, n_msgs); break;
     case CHAT_MISTRAL: render_mistral(&o, msgs, n_msgs); break;
     case CHAT_GEMMA: render_gemma(&o, msgs, n_msgs, add_assistant); break;
-    case CHAT_PHI3: render_phi3(&o, msgs, n_msgs, add_assistant); break;
+    case CHAT_PHI3: render_wrapped(&o, &wrap_phi3, msgs, n_msgs, add_assistant); break;
     default: break;
     }
     *len = o.len;
