@@ -1285,6 +1285,15 @@ half_i8_24(const uint32_t BITS, const uint32_t HALF, const uint8_t *idx, uint32_
     return _mm512_shuffle_epi8(tab, _mm512_and_si512(v, m3));
 }
 
+/* half_i8_24's 2-bit case with the half's shifts in one vector (0 and 4, or 2 and 6 per
+ * 256-bit half): the same bytes, one shift, and a loop over both halves without a branch
+ * on the half, so the index bytes come in by one broadcast load. */
+KVQI_INLINE __attribute__((target("avx512vnni"))) __m512i
+half_i8_2s(const uint8_t *idx, uint32_t b, __m512i sh, __m512i tab) {
+    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(idx + 32 * b)));
+    return _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srlv_epi16(v, sh), _mm512_set1_epi8(0x03)));
+}
+
 KVQI_INLINE __attribute__((target("avx512vnni,avx512vbmi"))) __m512i
 half_i8_3(const uint32_t BITS, const uint32_t HALF, const uint8_t *idx, uint32_t b, __m512i tab) {
     (void)BITS;
@@ -1377,6 +1386,10 @@ KVQI_INLINE void weights4_i16(const float *w, size_t ld, uint32_t gh, const __m5
             /* token pairs: t in the low 16 bits, t + 1 in the high (zero past n) */        \
             for (uint32_t b = 0; b < dim / 128; b++) {                                       \
                 for (uint32_t half = 0; half < 2; half++) {                                  \
+                    const __m512i sh2 = _mm512_add_epi16(                                    \
+                        _mm512_set_epi64(0x0004000400040004LL, 0x0004000400040004LL,         \
+                                         0x0004000400040004LL, 0x0004000400040004LL, 0, 0, 0, 0), \
+                        _mm512_set1_epi16((short)(2 * half)));                               \
                     __m512i r00 = _mm512_setzero_si512(), r01 = r00, r02 = r00, r03 = r00;   \
                     __m512i r10 = r00, r11 = r00, r12 = r00, r13 = r00;                      \
                     __m512i r20 = r00, r21 = r00, r22 = r00, r23 = r00;                      \
@@ -1384,7 +1397,10 @@ KVQI_INLINE void weights4_i16(const float *w, size_t ld, uint32_t gh, const __m5
                     for (size_t t = 0; t < n; t += 2) {                                      \
                         const uint8_t *ca = idx0 + t * cs, *cb = t + 1 < n ? ca + cs : ca;    \
                         __m512i xa, xb;                                                      \
-                        if (half) {                                                          \
+                        if (BITS == 2) {                                                     \
+                            xa = half_i8_2s(ca, b, sh2, tab);                                \
+                            xb = half_i8_2s(cb, b, sh2, tab);                                \
+                        } else if (half) {                                                   \
                             xa = half_i8_##SUFFIX(BITS, 1, ca, b, tab);                      \
                             xb = half_i8_##SUFFIX(BITS, 1, cb, b, tab);                      \
                         } else {                                                             \
