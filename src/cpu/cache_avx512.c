@@ -1285,6 +1285,15 @@ half_i8_24(const uint32_t BITS, const uint32_t HALF, const uint8_t *idx, uint32_
     return _mm512_shuffle_epi8(tab, _mm512_and_si512(v, m3));
 }
 
+/* half_i8_24's 2-bit case with the half's shifts in one vector (0 and 4, or 2 and 6 per
+ * 256-bit half): the same bytes, one shift, and a loop over both halves without a branch
+ * on the half, so the index bytes come in by one broadcast load. */
+KVQI_INLINE __attribute__((target("avx512vnni"))) __m512i
+half_i8_2s(const uint8_t *idx, uint32_t b, __m512i sh, __m512i tab) {
+    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(idx + 32 * b)));
+    return _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srlv_epi16(v, sh), _mm512_set1_epi8(0x03)));
+}
+
 KVQI_INLINE __attribute__((target("avx512vnni,avx512vbmi"))) __m512i
 half_i8_3(const uint32_t BITS, const uint32_t HALF, const uint8_t *idx, uint32_t b, __m512i tab) {
     (void)BITS;
@@ -1297,24 +1306,56 @@ half_i8_3(const uint32_t BITS, const uint32_t HALF, const uint8_t *idx, uint32_t
     return _mm512_shuffle_epi8(tab, _mm512_and_si512(x, _mm512_set1_epi8(0x07)));
 }
 
-/* A head's 16-bit weights, as kvqi_cache_rot_weights_i16 computes them (the same
- * products, the same maximum, the same rounding), sixteen tokens per step. */
-static float weights_i16(const float *w, const float *norms, size_t n, int16_t *wq) {
-    __m512 wn[KVQI_MAX_BLOCK_TOKENS / 16], mx = _mm512_setzero_ps();
-    size_t nv = (n + 15) / 16;
+/* The block's row norms, 16 tokens a vector (zero past n): one 4-byte gather at each
+ * norm (a code holds at least 4 bytes from its norm on), the low words as fp16. */
+KVQI_INLINE void rot_norms16(const kvqi_rot_layout *L, const uint8_t *v, size_t n, __m512 *nrm) {
+    size_t cs = L->code_size, nv = (n + 15) / 16;
+    if (L->norm_offset + 4 > cs) {
+        float f[KVQI_MAX_BLOCK_TOKENS];
+        for (size_t t = 0; t < n; t++) f[t] = fp16_scalar(v + t * cs + L->norm_offset);
+        for (size_t i = 0; i < nv; i++) {
+            size_t left = n - 16 * i;
+            nrm[i] = _mm512_maskz_loadu_ps(left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u), f + 16 * i);
+        }
+        return;
+    }
+    const __m512i off = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                           _mm512_set1_epi32((int)cs));
     for (size_t i = 0; i < nv; i++) {
         size_t left = n - 16 * i;
         __mmask16 k = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
-        wn[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + 16 * i), _mm512_loadu_ps(norms + 16 * i));
-        mx = _mm512_max_ps(mx, _mm512_abs_ps(wn[i]));
+        __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, off, v + L->norm_offset + 16 * i * cs, 1);
+        nrm[i] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
     }
-    float m = _mm512_reduce_max_ps(mx);
-    if (!(m > 0.0f) || !(m <= 3.0e38f)) return 0.0f;
-    __m512 inv = _mm512_set1_ps(32767.0f / m);
-    for (size_t i = 0; i < nv; i++)
-        _mm256_storeu_si256((__m256i *)(wq + 16 * i),
-                            _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(wn[i], inv))));
-    return m * (1.0f / 32767.0f);
+}
+
+/* weights_i16 for HG heads at once from the norms' vectors (the same products, maximum
+ * and rounding: kvqi_cache_rot_weights_i16), the heads' chains side by side; wq[h]
+ * written to a multiple of 16 tokens (zero past n, and for a head with no weight or
+ * past G). */
+KVQI_INLINE void weights4_i16(const float *w, size_t ld, uint32_t gh, const __m512 *nrm, size_t n,
+                              int16_t wq[HG][KVQI_MAX_BLOCK_TOKENS + 32], float *scale) {
+    __m512 wn[HG][KVQI_MAX_BLOCK_TOKENS / 16], mx[HG];
+    size_t nv = (n + 15) / 16;
+    for (uint32_t h = 0; h < HG; h++) {
+        mx[h] = _mm512_setzero_ps();
+        for (size_t i = 0; i < nv; i++) {
+            size_t left = n - 16 * i;
+            __mmask16 k = h < gh ? (left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u)) : 0;
+            wn[h][i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + h * ld + 16 * i), nrm[i]);
+            mx[h] = _mm512_max_ps(mx[h], _mm512_abs_ps(wn[h][i]));
+        }
+    }
+    for (uint32_t h = 0; h < HG; h++) {
+        float m = _mm512_reduce_max_ps(mx[h]);
+        int ok = m > 0.0f && m <= 3.0e38f;
+        __m512 inv = _mm512_set1_ps(ok ? 32767.0f / m : 0.0f);
+        for (size_t i = 0; i < nv; i++)
+            _mm256_store_si256((__m256i *)(void *)(wq[h] + 16 * i),
+                               _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(wn[h][i], inv))));
+        _mm256_store_si256((__m256i *)(void *)(wq[h] + 16 * nv), _mm256_setzero_si256());
+        scale[h] = ok ? m * (1.0f / 32767.0f) : 0.0f;
+    }
 }
 
 /* Two tokens per step: their centroid bytes interleaved and widened to 16 bits, so each
@@ -1330,25 +1371,25 @@ static float weights_i16(const float *w, const float *norms, size_t n, int16_t *
             _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)L->cent_u8)),            \
             _mm512_set1_epi8((char)0x80));                                                   \
         const uint8_t *idx0 = v + L->index_offset[0];                                        \
-        float norms[KVQI_MAX_BLOCK_TOKENS + 16];                                             \
-        int16_t wq[HG][KVQI_MAX_BLOCK_TOKENS + 16];                                          \
-        int32_t wp[HG][KVQI_MAX_BLOCK_TOKENS / 2 + 8];                                       \
-        for (size_t t = 0; t < n; t++) norms[t] = fp16_scalar(v + t * cs + L->norm_offset); \
-        for (size_t t = n; t < n + 16; t++) norms[t] = 0.0f;                                 \
+        __m512 nrm[KVQI_MAX_BLOCK_TOKENS / 16];                                              \
+        _Alignas(64) int16_t wq[HG][KVQI_MAX_BLOCK_TOKENS + 32];                             \
+        rot_norms16(L, v, n, nrm);                                                           \
         for (uint32_t h0 = 0; h0 < G; h0 += HG) {                                            \
             float scale[HG];                                                                 \
             int any = 0;                                                                     \
+            weights4_i16(w + h0 * ld, ld, G - h0 < HG ? G - h0 : HG, nrm, n, wq, scale);     \
             for (uint32_t h = 0; h < HG; h++) {                                              \
-                memset(wq[h], 0, sizeof wq[h]);                                              \
-                scale[h] = h0 + h < G ? weights_i16(w + (h0 + h) * ld, norms, n, wq[h]) : 0.0f; \
                 scale[h] *= L->cent_scale;                                                   \
                 any |= scale[h] != 0.0f;                                                     \
             }                                                                                \
             if (!any) continue;                                                              \
             /* token pairs: t in the low 16 bits, t + 1 in the high (zero past n) */        \
-            memcpy(wp, wq, sizeof wp);                                                       \
             for (uint32_t b = 0; b < dim / 128; b++) {                                       \
                 for (uint32_t half = 0; half < 2; half++) {                                  \
+                    const __m512i sh2 = _mm512_add_epi16(                                    \
+                        _mm512_set_epi64(0x0004000400040004LL, 0x0004000400040004LL,         \
+                                         0x0004000400040004LL, 0x0004000400040004LL, 0, 0, 0, 0), \
+                        _mm512_set1_epi16((short)(2 * half)));                               \
                     __m512i r00 = _mm512_setzero_si512(), r01 = r00, r02 = r00, r03 = r00;   \
                     __m512i r10 = r00, r11 = r00, r12 = r00, r13 = r00;                      \
                     __m512i r20 = r00, r21 = r00, r22 = r00, r23 = r00;                      \
@@ -1356,7 +1397,10 @@ static float weights_i16(const float *w, const float *norms, size_t n, int16_t *
                     for (size_t t = 0; t < n; t += 2) {                                      \
                         const uint8_t *ca = idx0 + t * cs, *cb = t + 1 < n ? ca + cs : ca;    \
                         __m512i xa, xb;                                                      \
-                        if (half) {                                                          \
+                        if (BITS == 2) {                                                     \
+                            xa = half_i8_2s(ca, b, sh2, tab);                                \
+                            xb = half_i8_2s(cb, b, sh2, tab);                                \
+                        } else if (half) {                                                   \
                             xa = half_i8_##SUFFIX(BITS, 1, ca, b, tab);                      \
                             xb = half_i8_##SUFFIX(BITS, 1, cb, b, tab);                      \
                         } else {                                                             \
@@ -1368,10 +1412,11 @@ static float weights_i16(const float *w, const float *norms, size_t n, int16_t *
                         __m512i c1 = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(lo, 1)); \
                         __m512i c2 = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(hi));       \
                         __m512i c3 = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(hi, 1)); \
-                        __m512i w0 = _mm512_set1_epi32(wp[0][t / 2]);                        \
-                        __m512i w1 = _mm512_set1_epi32(wp[1][t / 2]);                        \
-                        __m512i w2 = _mm512_set1_epi32(wp[2][t / 2]);                        \
-                        __m512i w3 = _mm512_set1_epi32(wp[3][t / 2]);                        \
+                        int32_t p0, p1, p2, p3;                                              \
+                        memcpy(&p0, wq[0] + t, 4), memcpy(&p1, wq[1] + t, 4);                \
+                        memcpy(&p2, wq[2] + t, 4), memcpy(&p3, wq[3] + t, 4);                \
+                        __m512i w0 = _mm512_set1_epi32(p0), w1 = _mm512_set1_epi32(p1);      \
+                        __m512i w2 = _mm512_set1_epi32(p2), w3 = _mm512_set1_epi32(p3);      \
                         r00 = _mm512_dpwssd_epi32(r00, c0, w0);                              \
                         r01 = _mm512_dpwssd_epi32(r01, c1, w0);                              \
                         r02 = _mm512_dpwssd_epi32(r02, c2, w0);                              \
