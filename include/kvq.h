@@ -129,6 +129,7 @@ typedef enum kvq_method {
     KVQ_METHOD_COMM_VQ,         /* calibrated: RoPE-commutative additive VQ */
     KVQ_METHOD_CHANNEL,         /* KIVI's asymmetric uniform code: per vector (min, step,
                                    b-bit codes); as cache keys per channel over each chunk */
+    KVQ_METHOD_VQ,              /* rotation + 4-d codebook of 256 (2 bits a coordinate) + norm */
     KVQ_METHOD_COUNT
 } kvq_method;
 
