@@ -1,11 +1,12 @@
 /* test_quant_vq.c - the vq method's kernels (src/cpu/vq_*.c): the nearest-centroid
  * search and the value accumulation of every ISA against the scalar reference, bit for
- * bit. */
+ * bit; and the cache's fused vq value path against attention over kvq_decode'd values. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache/cache_internal.h"
 #include "core/core.h"
 #include "cpu/vq_kernels.h"
 #include "quant/quant.h"
@@ -85,4 +86,67 @@ TEST(quant_vq_kernels_match_scalar) {
                 }
     }
     CHECK(checked >= 54);
+}
+
+/* The fused path is taken for Hadamard-rotated vq values and gives attention over the
+ * decoded values: softmax(scale q.k) against keys stored in fp16, values from a quantizer
+ * of the same config (the same codes), to float rounding, on every ISA. */
+TEST(quant_vq_cache_fused_matches_decode) {
+    enum { T = 300, NKV = 2, NQ = 6, DMAX = 128 };
+    static float k[T * NKV * DMAX], v[T * NKV * DMAX], vd[T * DMAX], q[NQ * DMAX], out[NQ * DMAX];
+    static uint8_t codes[T * (2 + DMAX / 4)];
+    static double sc[T];
+    static const uint32_t dims[] = {64, 128};
+    for (int isa = KVQ_ISA_SCALAR; isa <= KVQ_ISA_NEON; isa++) {
+        if (!kvq_isa_available((kvq_isa)isa)) continue;
+        for (int di = 0; di < 2; di++) {
+            uint32_t d = dims[di];
+            kvqi_rng r;
+            kvqi_rng_seed(&r, 99 + d);
+            for (size_t t = 0; t < T; t++) {
+                normal(k + t * NKV * d, NKV * d, 1.0f, &r);
+                normal(v + t * NKV * d, NKV * d, (float)(0.2 + 3.0 * kvqi_rng_uniform(&r)), &r);
+            }
+            normal(q, NQ * d, 0.4f, &r);
+            kvq_cache_config cfg;
+            REQUIRE_OK(kvq_cache_config_init(&cfg, NKV, d, "fp16", "vq:seed=5", NULL, 0));
+            cfg.key.isa = cfg.value.isa = (kvq_isa)isa;
+            kvq_cache *c;
+            REQUIRE_OK(kvq_cache_create(&cfg, &c));
+            CHECKF(c->value.path == KVQI_PATH_VQ, "%s d=%u: value path %d", kvqi_isa_name((kvq_isa)isa), d,
+                   (int)c->value.path);
+            REQUIRE_OK(kvq_cache_append(c, k, v, T));
+            float scale = 1.0f / sqrtf((float)d);
+            REQUIRE_OK(kvq_cache_attend(c, q, NQ, 1, scale, NULL, out));
+            kvq_quantizer *vq;
+            REQUIRE_OK(kvq_quantizer_create(&cfg.value, &vq));
+            double worst = 0, amax = 0;
+            for (uint32_t h = 0; h < NQ; h++) {
+                uint32_t g = h / (NQ / NKV);
+                for (size_t t = 0; t < T; t++) memcpy(vd + t * d, v + (t * NKV + g) * d, d * sizeof(float));
+                REQUIRE_OK(kvq_encode(vq, vd, T, codes));
+                REQUIRE_OK(kvq_decode(vq, codes, T, vd));
+                double m = -INFINITY, l = 0;
+                for (size_t t = 0; t < T; t++) {
+                    double s = 0;
+                    for (uint32_t j = 0; j < d; j++)
+                        s += (double)q[h * d + j] * kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(k[(t * NKV + g) * d + j]));
+                    sc[t] = s * scale;
+                    m = fmax(m, sc[t]);
+                }
+                for (size_t t = 0; t < T; t++) l += sc[t] = exp(sc[t] - m);
+                for (uint32_t j = 0; j < d; j++) {
+                    double o = 0;
+                    for (size_t t = 0; t < T; t++) o += sc[t] * vd[t * d + j];
+                    o /= l;
+                    amax = fmax(amax, fabs(o));
+                    worst = fmax(worst, fabs(o - out[h * d + j]));
+                }
+            }
+            CHECKF(worst <= 1e-4 * amax, "%s d=%u: fused vs decoded %.3g (max %.3g)", kvqi_isa_name((kvq_isa)isa), d,
+                   worst, amax);
+            kvq_quantizer_free(vq);
+            kvq_cache_free(c);
+        }
+    }
 }
