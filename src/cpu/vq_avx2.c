@@ -1,7 +1,7 @@
 /*
  * vq_avx2.c - AVX2 value accumulation of vq codes (reference: vq_scalar.c): two
  * centroids a ymm, the accumulators of four heads held in registers 16 coordinates at a
- * time across the block's tokens; multiply then add, as the reference (the same bits); and
+ * time across the block's tokens; fused multiply-adds, as the reference (the same bits); and
  * the nearest-centroid search, 8 centroids a step.
  */
 #include <immintrin.h>
@@ -46,8 +46,8 @@ void kvqi_vq_accum_avx2(const float *cent, uint32_t dim, const float *w, size_t 
 #define HEAD(i)                                                                                             \
     do {                                                                                                    \
         __m256 wt = _mm256_set1_ps(wp[i][t] * norm[t]);                                                     \
-        a##i##0 = _mm256_add_ps(a##i##0, _mm256_mul_ps(wt, c0));                                            \
-        a##i##1 = _mm256_add_ps(a##i##1, _mm256_mul_ps(wt, c1));                                            \
+        a##i##0 = _mm256_fmadd_ps(wt, c0, a##i##0);                                            \
+        a##i##1 = _mm256_fmadd_ps(wt, c1, a##i##1);                                            \
     } while (0)
                     HEAD(0);
                     HEAD(1);
@@ -65,7 +65,7 @@ void kvqi_vq_accum_avx2(const float *cent, uint32_t dim, const float *w, size_t 
                 for (size_t t = 0; t < nt; t++) {
                     const uint8_t *idx = v + (t0 + t) * code_size + 2 + j0 / 4;
                     __m256 wt = _mm256_set1_ps(wp[h - h0][t] * norm[t]);
-                    _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_mul_ps(wt, pair(cent, idx))));
+                    _mm256_storeu_ps(a, _mm256_fmadd_ps(wt, pair(cent, idx), _mm256_loadu_ps(a)));
                 }
             }
         }

@@ -1,7 +1,8 @@
 /*
  * vq_avx512.c - AVX-512 value accumulation of vq codes (reference: vq_scalar.c): four
- * centroids a zmm, the accumulator of one head held in registers 128 (or 64) coordinates
- * at a time across the block's tokens; multiply then add, as the reference (the same bits).
+ * centroids a zmm, the accumulators of four heads held in registers 64 coordinates at a
+ * time across the block's tokens; fused multiply-adds, as the reference (the same bits);
+ * and the nearest-centroid search, 16 centroids a step.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -53,10 +54,10 @@ void kvqi_vq_accum_avx512(const float *cent, uint32_t dim, const float *w, size_
 #define HEAD(i)                                                                                             \
     do {                                                                                                    \
         __m512 wt = _mm512_set1_ps(wp[i][t] * norm[t]);                                                     \
-        a##i##0 = _mm512_add_ps(a##i##0, _mm512_mul_ps(wt, c0));                                            \
-        a##i##1 = _mm512_add_ps(a##i##1, _mm512_mul_ps(wt, c1));                                            \
-        a##i##2 = _mm512_add_ps(a##i##2, _mm512_mul_ps(wt, c2));                                            \
-        a##i##3 = _mm512_add_ps(a##i##3, _mm512_mul_ps(wt, c3));                                            \
+        a##i##0 = _mm512_fmadd_ps(wt, c0, a##i##0);                                            \
+        a##i##1 = _mm512_fmadd_ps(wt, c1, a##i##1);                                            \
+        a##i##2 = _mm512_fmadd_ps(wt, c2, a##i##2);                                            \
+        a##i##3 = _mm512_fmadd_ps(wt, c3, a##i##3);                                            \
     } while (0)
                     HEAD(0);
                     HEAD(1);
@@ -79,8 +80,7 @@ void kvqi_vq_accum_avx512(const float *cent, uint32_t dim, const float *w, size_
                     const uint8_t *idx = v + (t0 + t) * code_size + 2 + j0 / 4;
                     __m512 wt = _mm512_set1_ps(wp[h - h0][t] * norm[t]);
                     for (uint32_t j = 0; j0 + j < dim; j += 16)
-                        _mm512_storeu_ps(a + j, _mm512_add_ps(_mm512_loadu_ps(a + j),
-                                                              _mm512_mul_ps(wt, quad(cent, idx + j / 4))));
+                        _mm512_storeu_ps(a + j, _mm512_fmadd_ps(wt, quad(cent, idx + j / 4), _mm512_loadu_ps(a + j)));
                 }
             }
         }

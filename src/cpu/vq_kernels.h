@@ -2,8 +2,8 @@
  * vq_kernels.h - the value accumulation of the vq method's codes (src/quant/vq.c) in the
  * rotated domain, for the cache's fused attention: a code is [fp16 norm][one byte per
  * four coordinates], a byte indexing a 256 x 4 table of centroids (the codebook already
- * divided by sqrt(dim)). Every version adds the same products in the same order as the
- * scalar reference (no fused multiply-add): the same bits on every ISA.
+ * divided by sqrt(dim)). Every version does the same fused multiply-adds (fmaf, one
+ * rounding each) in the same order as the scalar reference: the same bits on every ISA.
  */
 #ifndef KVQ_VQ_KERNELS_H
 #define KVQ_VQ_KERNELS_H
@@ -13,8 +13,9 @@
 
 #include "kvq.h"
 
-/* acc[h][j] += (w[h * ld + t] * norm_t) * cent[4 * v_t[2 + j / 4] + j % 4] for h < G,
- * j < dim, t < n, tokens in order; v_t = v + t * code_size, norm_t its fp16 norm. */
+/* acc[h][j] = fmaf(w[h * ld + t] * norm_t, cent[4 * v_t[2 + j / 4] + j % 4], acc[h][j])
+ * for h < G, j < dim, t < n, tokens in order; v_t = v + t * code_size, norm_t its fp16
+ * norm. */
 typedef void (*kvqi_vq_accum_fn)(const float *cent, uint32_t dim, const float *w, size_t ld,
                                  uint32_t G, const uint8_t *v, size_t code_size, size_t n,
                                  float *acc);

@@ -20,7 +20,7 @@ void kvqi_vq_accum_scalar(const float *cent, uint32_t dim, const float *w, size_
             float wt = w[h * ld + t] * kvqi_fp16_to_fp32(nh);
             for (uint32_t g = 0; g < dim / 4; g++) {
                 const float *c = cent + 4 * (size_t)code[2 + g];
-                for (uint32_t i = 0; i < 4; i++) a[4 * g + i] += wt * c[i];
+                for (uint32_t i = 0; i < 4; i++) a[4 * g + i] = fmaf(wt, c[i], a[4 * g + i]);
             }
         }
     }
