@@ -353,3 +353,29 @@ TEST(presets_layer_plan_within_budget) {
             }
     }
 }
+
+/* PRESET+VSPEC: the preset's keys, options and plan, with VSPEC for the values the plan
+ * leaves at the base spec; the plan's value layers keep theirs. */
+TEST(presets_with_other_values) {
+    char msg[200];
+    for (size_t i = 0; kvq_cache_preset_at(i); i++) {
+        const kvq_cache_preset *p = kvq_cache_preset_at(i);
+        char spec[64];
+        snprintf(spec, sizeof spec, "%s+vq@window=4", p->name);
+        for (uint32_t l = 0; l < 30; l++) {
+            kvq_cache_config base, cfg;
+            REQUIRE_OK(kvq_cache_config_parse_layer(p->name, 3, 64, l, 30, &base, NULL, 0));
+            CHECKF(kvq_cache_config_parse_layer(spec, 3, 64, l, 30, &cfg, msg, sizeof msg) == KVQ_OK, "%s: %s", spec,
+                   msg);
+            CHECK(!memcmp(&cfg.key, &base.key, sizeof cfg.key) && cfg.window == 4 && cfg.n_sink == base.n_sink &&
+                  cfg.chunk_tokens == base.chunk_tokens);
+            int planned = p->plan_value_spec && cfg.value.bits != 2;
+            if (planned)
+                CHECK(!memcmp(&cfg.value, &base.value, sizeof cfg.value));
+            else
+                CHECKF(cfg.value.method == KVQ_METHOD_VQ && cfg.value.bits == 2, "%s layer %u", spec, l);
+        }
+    }
+    kvq_cache_config cfg;
+    CHECK_STATUS(kvq_cache_config_parse_layer("q3+nosuch", 3, 64, 0, 30, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
+}

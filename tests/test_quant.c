@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "core/core.h"
+#include "quant/quant.h"
 #include "test.h"
 
 /* Every data-oblivious method, with the settings the tests cover. */
@@ -32,6 +33,8 @@ static const char *const k_specs[] = {
     "rabitq:bits=4",
     "rabitq:bits=8,split=1",
     "rabitq:bits=3,query_bits=4",
+    "vq",
+    "vq:bits=2,rotate=dense,seed=3",
 };
 #define N_SPECS (sizeof k_specs / sizeof k_specs[0])
 
@@ -473,6 +476,74 @@ TEST(quant_mse_unit_vector_distortion) {
         fflush(stdout);
         kvq_quantizer_free(q);
     }
+}
+
+/* The 4-d codebook against the scalar 2-bit code, same bits, same unit vectors: at
+ * d = 64 and 128 the rotated coordinates are close to N(0, 1/d), where the codebook's
+ * error per coordinate is 0.096 / d (tools/make_vq_codebook.py) and Lloyd-Max's 0.1175 / d. */
+TEST(quant_vq_unit_vector_distortion) {
+    enum { N = 2000, DMAX = 128 };
+    static float x[N * DMAX], y[N * DMAX];
+    static uint8_t codes[N * (2 + DMAX / 4)];
+    static const uint32_t dims[] = {64, 128};
+    for (size_t di = 0; di < 2; di++) {
+        uint32_t D = dims[di];
+        gaussian(x, (size_t)N * D, 2025 + D);
+        for (int i = 0; i < N; i++) {
+            float *xi = x + (size_t)i * D;
+            double n = sqrt(dotd(xi, xi, D));
+            for (uint32_t j = 0; j < D; j++) xi[j] = (float)(xi[j] / n);
+        }
+        double mse[2];
+        static const char *const specs[] = {"mse:bits=2,seed=6", "vq:seed=6"};
+        for (int m = 0; m < 2; m++) {
+            kvq_quantizer *q;
+            REQUIRE_OK(make(specs[m], D, KVQ_ISA_AUTO, &q));
+            CHECK(kvq_code_size(q) == 2 + D / 4);
+            REQUIRE_OK(kvq_encode(q, x, N, codes));
+            REQUIRE_OK(kvq_decode(q, codes, N, y));
+            double e = 0;
+            for (size_t i = 0; i < (size_t)N * D; i++) e += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+            mse[m] = e / N;
+            kvq_quantizer_free(q);
+        }
+        printf("    d=%u unit-vector MSE: mse:bits=2 %.5f, vq %.5f (%.3fx)\n", D, mse[0], mse[1],
+               mse[0] / mse[1]);
+        fflush(stdout);
+        CHECKF(fabs(mse[0] - 0.1175) <= 0.05 * 0.1175, "d=%u: scalar MSE %.5f", D, mse[0]);
+        CHECKF(fabs(mse[1] - 0.0962) <= 0.05 * 0.0962, "d=%u: vq MSE %.5f, want 0.096", D, mse[1]);
+        CHECKF(mse[1] < 0.86 * mse[0], "d=%u: vq %.5f not 14 %% below scalar %.5f", D, mse[1], mse[0]);
+    }
+}
+
+/* Each index is the nearest centroid (the first of equals), and on N(0, 1) samples the
+ * codebook keeps the error it was fitted for. */
+TEST(quant_vq_codebook_nearest) {
+    const float *cb = kvqi_vq_codebook();
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 77);
+    double err = 0;
+    enum { N = 20000 };
+    for (int i = 0; i < N; i++) {
+        float v[4];
+        for (int j = 0; j < 4; j++) v[j] = (float)kvqi_rng_normal(&r);
+        uint32_t k = kvqi_vq_nearest(v);
+        REQUIRE(k < 256);
+        double best = 0;
+        for (int j = 0; j < 4; j++) best += ((double)v[j] - cb[k * 4 + j]) * ((double)v[j] - cb[k * 4 + j]);
+        for (uint32_t o = 0; o < 256; o++) {
+            double dd = 0;
+            for (int j = 0; j < 4; j++) dd += ((double)v[j] - cb[o * 4 + j]) * ((double)v[j] - cb[o * 4 + j]);
+            CHECKF(dd >= best * (1 - 1e-6), "sample %d: centroid %u nearer than %u", i, o, k);
+            if (dd < best * (1 - 1e-6)) return;
+        }
+        err += best;
+    }
+    err /= 4.0 * N;
+    printf("    vq codebook: %.5f per coordinate on N(0, 1)\n", err);
+    CHECKF(err > 0.090 && err < 0.0985, "codebook error %.5f per coordinate", err);
+    /* the same vector gives the same index twice; a centroid is its own nearest */
+    for (uint32_t k = 0; k < 256; k++) CHECK(kvqi_vq_nearest(cb + 4 * k) == k);
 }
 
 /* ------------------------------------------------------------- RaBitQ IVF */

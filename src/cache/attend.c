@@ -343,6 +343,9 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
         else
             c->kern->accum_rot(&V->rot, s->scores, B, G, codes, nb, s->acc);
         break;
+    case KVQI_PATH_VQ:
+        V->vq_accum(V->vq_cent, c->dim, s->scores, B, G, codes, V->code_size, nb, s->acc);
+        break;
     default: {
         kvq_status st = kvq_decode(V->quant, codes, nb, s->vdec);
         if (st != KVQ_OK) {
@@ -603,6 +606,10 @@ static void finish_task(const attend_ctx *A, const task_view *T, kvqi_attend_scr
                                        ax);
             else
                 c->kern->axpy_rows(c->value.rotation, nat, d, d, ax);
+        } else if (c->value.path == KVQI_PATH_VQ) {
+            float *nat = s->vdec; /* R^T acc: the rotated sum in natural order */
+            kvqi_rotation_inverse(c->value.had, s->acc + (size_t)v * d, nat, c->kern->isa);
+            for (uint32_t j = 0; j < d; j++) ax[j] += nat[j];
         } else
             for (uint32_t j = 0; j < d; j++) ax[j] += s->acc[(size_t)v * d + j];
         float inv = s->l[v] > 0.0f ? 1.0f / s->l[v] : 0.0f;

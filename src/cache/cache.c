@@ -438,6 +438,20 @@ static kvq_status structured_rotation(kvqi_side *s, uint32_t dim) {
     return KVQ_OK;
 }
 
+/* vq values behind a randomized Hadamard: weighted sums of centroids in the rotated
+ * domain, one inverse transform per output row (attend.c). */
+static kvq_status vq_path(kvqi_side *s, uint32_t dim) {
+    s->vq_cent = kvqi_alloc_array(256 * 4, sizeof(float));
+    if (!s->vq_cent) return KVQ_ERR_NOMEM;
+    const float *cb = kvqi_vq_codebook();
+    float inv_sd = 1.0f / sqrtf((float)dim);
+    for (uint32_t i = 0; i < 256 * 4; i++) s->vq_cent[i] = cb[i] * inv_sd;
+    s->vq_accum = kvqi_vq_accum_for(s->quant->isa, dim);
+    s->had = &s->quant->rot;
+    s->path = KVQI_PATH_VQ;
+    return KVQ_OK;
+}
+
 /* Picks a fused path when the quantizer's codes are in a layout the kernels know, and
  * proves it: probe vectors encoded by the quantizer must decode the same (to float
  * rounding) through the layout as through kvq_decode. Anything else stays generic. */
@@ -450,6 +464,9 @@ static kvq_status choose_path(kvqi_side *s, uint32_t dim, int is_key) {
         s->path = KVQI_PATH_CHAN; /* chan.c sets the code size */
         return KVQ_OK;
     }
+    if (!is_key && qc.method == KVQ_METHOD_VQ && s->quant->rot.kind == KVQI_ROT_HADAMARD &&
+        s->quant->rot.dim == dim && s->code_size == 2 + (size_t)dim / 4)
+        return vq_path(s, dim);
     kvqi_code_path want = KVQI_PATH_GENERIC;
     if (dim % 32 == 0) {
         if (qc.method == KVQ_METHOD_FP16 && s->code_size == 2 * (size_t)dim) want = KVQI_PATH_F16;
@@ -586,6 +603,7 @@ static void side_free(kvqi_side *s) {
     kvqi_free(s->lane);
     kvqi_free(s->proj);
     kvqi_free(s->rot.cent8);
+    kvqi_free(s->vq_cent);
     memset(s, 0, sizeof *s);
 }
 
@@ -1275,6 +1293,7 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     /* 8-bit rotated codes' 256 centroids */
     if (c->key.rot.cent8) m->shared += 256 * sizeof(float);
     if (c->value.rot.cent8) m->shared += 256 * sizeof(float);
+    if (c->value.vq_cent) m->shared += 256 * 4 * sizeof(float);
     for (int side = 0; side < 2; side++) {
         const kvqi_side *S = side ? &c->value : &c->key;
         if (S->rotation_borrowed) continue; /* counted where it is owned */

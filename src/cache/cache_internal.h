@@ -7,6 +7,7 @@
 
 #include "core/core.h"
 #include "cpu/cache_kernels.h"
+#include "cpu/vq_kernels.h"
 
 /* Tokens whose key magnitudes pick the outlier channels. Until that many have arrived
  * they stay exact in a staging buffer, so the choice does not depend on how the tokens
@@ -39,7 +40,8 @@ typedef enum kvqi_code_path {
     KVQI_PATH_Q4_0,
     KVQI_PATH_ROT, /* rotated scalar code: work in the rotated domain */
     KVQI_PATH_SIGNS, /* keys: 1-bit sign codes (qjl, rabitq 1-bit, turboquant_prod) */
-    KVQI_PATH_CHAN   /* keys: per-channel ranges over each chunk (method channel, chan.c) */
+    KVQI_PATH_CHAN,  /* keys: per-channel ranges over each chunk (method channel, chan.c) */
+    KVQI_PATH_VQ     /* values: vq's 4-d codes summed in the rotated domain (vq_kernels.h) */
 } kvqi_code_path;
 
 typedef struct kvqi_side {
@@ -63,6 +65,9 @@ typedef struct kvqi_side {
     kvqi_sign_layout signs;  /* PATH_SIGNS */
     float *proj;             /* PATH_SIGNS: m x dim, z = proj q */
     int signs_mse;           /* PATH_SIGNS: an mse part in `rot` (turboquant_prod) too */
+    float *vq_cent;          /* PATH_VQ: the codebook divided by sqrt(dim), 256 x 4 (`had`
+                                is the quantizer's own Hadamard, applied once per output) */
+    kvqi_vq_accum_fn vq_accum; /* PATH_VQ */
 } kvqi_side;
 
 /* Per-thread scratch of attend, sized once for the cache's shape. */

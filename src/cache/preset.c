@@ -164,16 +164,17 @@ KVQ_API kvq_status kvq_cache_config_parse_layer(const char *spec, uint32_t n_kv_
     char *opts = strchr(buf, '@');
     if (opts) *opts++ = 0;
     kvq_status st;
-    if (kvq_cache_preset_get(buf)) {
+    char *plus = strchr(buf, '+');
+    if (plus) *plus = 0;
+    const kvq_cache_preset *p = kvq_cache_preset_get(buf);
+    if (p) {
         st = kvq_cache_config_preset_layer(cfg, buf, n_kv_heads, head_dim, layer, n_layers, msg, msg_size);
+        /* PRESET+VSPEC: the preset with VSPEC for the values its plan leaves at the base spec */
+        int planned = n_layers && p->plan_value_spec && in_plan(p->plan_value_sixths, layer, n_layers);
+        if (st == KVQ_OK && plus && !planned)
+            st = kvq_config_parse(plus + 1, head_dim, &cfg->value, msg, msg_size);
     } else {
-        char *plus = strchr(buf, '+');
-        const char *vspec = buf;
-        if (plus) {
-            *plus = 0;
-            vspec = plus + 1;
-        }
-        st = kvq_cache_config_init(cfg, n_kv_heads, head_dim, buf, vspec, msg, msg_size);
+        st = kvq_cache_config_init(cfg, n_kv_heads, head_dim, buf, plus ? plus + 1 : buf, msg, msg_size);
     }
     if (st != KVQ_OK || !opts) return st;
     return kvq_cache_options_parse(opts, cfg, msg, msg_size);

@@ -32,6 +32,7 @@ static const method_name k_names[] = {
     {"spectral", KVQ_METHOD_SPECTRAL},
     {"comm_vq", KVQ_METHOD_COMM_VQ},
     {"channel", KVQ_METHOD_CHANNEL},
+    {"vq", KVQ_METHOD_VQ},
     {"mse", KVQ_METHOD_TURBOQUANT_MSE},
     {"prod", KVQ_METHOD_TURBOQUANT_PROD},
     {"rvq", KVQ_METHOD_TURBOQUANT_RVQ},
@@ -82,6 +83,7 @@ static unsigned method_keys(kvq_method m) {
     case KVQ_METHOD_VECINFER: return K_BITS | K_SUB_DIM | K_SEED | K_ARTIFACT | K_ISA;
     case KVQ_METHOD_SPECTRAL: return K_BITS | K_SEED | K_ARTIFACT | K_ISA;
     case KVQ_METHOD_CHANNEL: return K_BITS | K_ISA;
+    case KVQ_METHOD_VQ: return K_BITS | K_ROTATE | K_SEED | K_ISA;
     case KVQ_METHOD_COMM_VQ:
         return K_BITS | K_N_CODEBOOKS | K_SEED | K_ROPE_BASE | K_ROPE | K_ARTIFACT | K_ISA;
     default: return 0;
@@ -91,7 +93,7 @@ static unsigned method_keys(kvq_method m) {
 static int method_rotates(kvq_method m) {
     return m == KVQ_METHOD_TURBOQUANT_MSE || m == KVQ_METHOD_TURBOQUANT_PROD ||
            m == KVQ_METHOD_TURBOQUANT_RVQ || m == KVQ_METHOD_POLARQUANT ||
-           m == KVQ_METHOD_RABITQ;
+           m == KVQ_METHOD_RABITQ || m == KVQ_METHOD_VQ;
 }
 
 void kvqi_config_resolve(kvq_config *c) {
@@ -134,6 +136,9 @@ void kvqi_config_resolve(kvq_config *c) {
         break;
     case KVQ_METHOD_CHANNEL:
         if (!c->bits) c->bits = 4;
+        break;
+    case KVQ_METHOD_VQ:
+        if (!c->bits) c->bits = 2;
         break;
     case KVQ_METHOD_COMM_VQ:
         if (!c->bits) c->bits = 8;

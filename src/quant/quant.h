@@ -97,7 +97,12 @@ extern const kvqi_method kvqi_method_fp16, kvqi_method_q8_0, kvqi_method_q4_0,
     kvqi_method_turboquant_mse, kvqi_method_turboquant_prod, kvqi_method_turboquant_rvq,
     kvqi_method_qjl, kvqi_method_polarquant, kvqi_method_rabitq;
 extern const kvqi_method kvqi_method_vecinfer, kvqi_method_spectral, kvqi_method_comm_vq;
-extern const kvqi_method kvqi_method_channel;
+extern const kvqi_method kvqi_method_channel, kvqi_method_vq;
+
+/* vq.c: the 4-d codebook (256 x 4 floats, for coordinates of unit variance) and the index
+ * of the centroid nearest v[0..3] (the first of equals; the same on every ISA). */
+const float *kvqi_vq_codebook(void);
+uint32_t kvqi_vq_nearest(const float *v);
 
 /* channel.c: the asymmetric uniform code shared with the cache's per-channel keys.
  * range: fp16 minimum and step (rounded up) of [lo, hi] in 2^bits - 1 steps; code: the

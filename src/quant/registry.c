@@ -9,7 +9,7 @@ static const kvqi_method *const k_methods[] = {
     &kvqi_method_turboquant_mse, &kvqi_method_turboquant_prod, &kvqi_method_turboquant_rvq,
     &kvqi_method_qjl,            &kvqi_method_polarquant,     &kvqi_method_rabitq,
     &kvqi_method_vecinfer,       &kvqi_method_spectral,       &kvqi_method_comm_vq,
-    &kvqi_method_channel,
+    &kvqi_method_channel,        &kvqi_method_vq,
 };
 
 const kvqi_method *kvqi_method_find(kvq_method method) {

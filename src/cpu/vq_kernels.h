@@ -1,0 +1,48 @@
+/*
+ * vq_kernels.h - the value accumulation of the vq method's codes (src/quant/vq.c) in the
+ * rotated domain, for the cache's fused attention: a code is [fp16 norm][one byte per
+ * four coordinates], a byte indexing a 256 x 4 table of centroids (the codebook already
+ * divided by sqrt(dim)). Every version does the same fused multiply-adds (fmaf, one
+ * rounding each) in the same order as the scalar reference: the same bits on every ISA.
+ */
+#ifndef KVQ_VQ_KERNELS_H
+#define KVQ_VQ_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvq.h"
+
+/* acc[h][j] = fmaf(w[h * ld + t] * norm_t, cent[4 * v_t[2 + j / 4] + j % 4], acc[h][j])
+ * for h < G, j < dim, t < n, tokens in order; v_t = v + t * code_size, norm_t its fp16
+ * norm. */
+typedef void (*kvqi_vq_accum_fn)(const float *cent, uint32_t dim, const float *w, size_t ld,
+                                 uint32_t G, const uint8_t *v, size_t code_size, size_t n,
+                                 float *acc);
+
+void kvqi_vq_accum_scalar(const float *cent, uint32_t dim, const float *w, size_t ld, uint32_t G,
+                          const uint8_t *v, size_t code_size, size_t n, float *acc);
+#if defined(KVQ_HAVE_X86_SIMD)
+/* dim % 8 == 0 (AVX2), dim % 16 == 0 (AVX-512) */
+void kvqi_vq_accum_avx2(const float *cent, uint32_t dim, const float *w, size_t ld, uint32_t G,
+                        const uint8_t *v, size_t code_size, size_t n, float *acc);
+void kvqi_vq_accum_avx512(const float *cent, uint32_t dim, const float *w, size_t ld, uint32_t G,
+                          const uint8_t *v, size_t code_size, size_t n, float *acc);
+#endif
+
+/* The fastest version for a resolved ISA and dim (dim % 4 == 0). */
+kvqi_vq_accum_fn kvqi_vq_accum_for(kvq_isa resolved, uint32_t dim);
+
+/* out[g] = index of the centroid nearest v[4g..4g+3] for g < n_groups: the smallest
+ * (v0-c0)^2 + (v1-c1)^2 + ((v2-c2)^2 + (v3-c3)^2) summed as (e0 e0 + e1 e1) + (e2 e2 +
+ * e3 e3), the first of equals (index 0 when every distance is NaN). soa is the codebook
+ * by coordinate: soa[i * 256 + k] = centroid k's coordinate i. */
+typedef void (*kvqi_vq_nearest_fn)(const float *soa, const float *v, uint32_t n_groups, uint8_t *out);
+void kvqi_vq_nearest_scalar(const float *soa, const float *v, uint32_t n_groups, uint8_t *out);
+#if defined(KVQ_HAVE_X86_SIMD)
+void kvqi_vq_nearest_avx2(const float *soa, const float *v, uint32_t n_groups, uint8_t *out);
+void kvqi_vq_nearest_avx512(const float *soa, const float *v, uint32_t n_groups, uint8_t *out);
+#endif
+kvqi_vq_nearest_fn kvqi_vq_nearest_for(kvq_isa resolved);
+
+#endif /* KVQ_VQ_KERNELS_H */
