@@ -35,6 +35,7 @@ static const char *default_methods[] = {
     "turboquant_rvq:bits=1/mse:bits=2",
     "turboquant_rvq:bits=2/mse:bits=4",
     "rabitq:bits=1/mse:bits=4",
+    "mse:bits=4/vq",
     "qjl/mse:bits=2",
     "prod:bits=3/mse:bits=2",
     "polar/mse:bits=4",
