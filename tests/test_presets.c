@@ -73,6 +73,13 @@ TEST(presets_cli_perplexity_kl_and_generate) {
     snprintf(cmd, sizeof cmd, "%s generate -m " TINY " -p 'The quick brown fox' -n 4 --threads 1 "
              "--cache 'mse:bits=4+q8_0@center=1,sink=1' > /dev/null 2>&1", kvqt_cli_path());
     CHECK(system(cmd) == 0);
+    /* both sides named without options, and a preset's keys with other values */
+    const char *whole[] = {"mse:bits=4+mse:bits=2", "q4+vq"};
+    for (size_t i = 0; i < sizeof whole / sizeof whole[0]; i++) {
+        snprintf(cmd, sizeof cmd, "%s generate -m " TINY " -p 'The quick brown fox' -n 4 --threads 1 "
+                 "--cache '%s' > /dev/null 2>&1", kvqt_cli_path(), whole[i]);
+        CHECKF(system(cmd) == 0, "--cache %s refused", whole[i]);
+    }
     /* an unknown preset, a bad option, and a preset with --cache-k are refused with a reason */
     const char *bad[] = {"--cache-preset q9", "--cache-preset q4@window=x", "--cache-preset q4 --cache-k fp16"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

@@ -50,13 +50,12 @@ static void set_rope(const kvq_model_info *info, kvq_config *k) {
     k->rope_pairing = info->rope_neox ? KVQ_ROPE_NEOX : KVQ_ROPE_INTERLEAVED;
 }
 
-/* A whole cache spec (a preset, or anything with cache options after '@') stands alone;
- * otherwise keys and values are joined as KSPEC+VSPEC. */
+/* A whole cache spec (a preset, both sides named as KSPEC+VSPEC or PRESET+VSPEC, or
+ * anything with cache options after '@') stands alone; otherwise keys and values are
+ * joined as KSPEC+VSPEC. */
 static int is_whole_spec(const char *spec) {
-    if (strchr(spec, '@')) return 1;
-    return kvq_cache_preset_get(spec) != NULL;
+    return strchr(spec, '@') || strchr(spec, '+') || kvq_cache_preset_get(spec) != NULL;
 }
-
 /* A whole spec with a calibrated artifact and no '+' would have kvq_cache_config_parse
  * apply the key artifact to values too (values as keys): refused, values must be named. */
 static int kspec_needs_vspec(const char *spec) {

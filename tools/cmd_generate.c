@@ -411,12 +411,16 @@ context:;
     }
     fflush(stdout);
     if (!quiet) {
+        /* a whole spec (--cache, --cache-preset) names both sides itself */
+        char label[1200];
+        if (whole) snprintf(label, sizeof label, "%s", whole);
+        else snprintf(label, sizeof label, "%s / %s", plan ? "plan" : kspec, vspec);
         fprintf(stderr,
                 "kvq generate: prompt %zu tokens %.2f s (%.1f tok/s), generation %ld tokens %.2f s (%.1f tok/s)\n"
-                "kvq generate: KV cache %s / %s: %" PRIu64 " bytes of codes for %" PRIu64 " tokens vs %" PRIu64
+                "kvq generate: KV cache %s: %" PRIu64 " bytes of codes for %" PRIu64 " tokens vs %" PRIu64
                 " as fp16 (%.2fx smaller); %" PRIu64 " bytes held in all\n",
                 n_prompt, tp, tp > 0 ? (double)n_prompt / tp : 0.0, produced, tg,
-                tg > 0 ? (double)produced / tg : 0.0, plan ? "plan" : kspec, vspec, per_token, mem.n_tokens, kv_fp16,
+                tg > 0 ? (double)produced / tg : 0.0, label, per_token, mem.n_tokens, kv_fp16,
                 per_token ? (double)kv_fp16 / (double)per_token : 0.0, mem.total);
     }
     rc = 0;
