@@ -415,13 +415,17 @@ context:;
         char label[1200];
         if (whole) snprintf(label, sizeof label, "%s", whole);
         else snprintf(label, sizeof label, "%s / %s", plan ? "plan" : kspec, vspec);
+        /* codes plus the exact window and sinks: a fixed ring outweighs fp16 on a short text */
+        int smaller = per_token <= kv_fp16;
+        double ratio = smaller ? (per_token ? (double)kv_fp16 / (double)per_token : 0.0)
+                               : (kv_fp16 ? (double)per_token / (double)kv_fp16 : 0.0);
         fprintf(stderr,
                 "kvq generate: prompt %zu tokens %.2f s (%.1f tok/s), generation %ld tokens %.2f s (%.1f tok/s)\n"
-                "kvq generate: KV cache %s: %" PRIu64 " bytes of codes for %" PRIu64 " tokens vs %" PRIu64
-                " as fp16 (%.2fx smaller); %" PRIu64 " bytes held in all\n",
+                "kvq generate: KV cache %s: %" PRIu64 " bytes of codes and exact window for %" PRIu64
+                " tokens vs %" PRIu64 " as fp16 (%.2fx %s); %" PRIu64 " bytes held in all\n",
                 n_prompt, tp, tp > 0 ? (double)n_prompt / tp : 0.0, produced, tg,
-                tg > 0 ? (double)produced / tg : 0.0, label, per_token, mem.n_tokens, kv_fp16,
-                per_token ? (double)kv_fp16 / (double)per_token : 0.0, mem.total);
+                tg > 0 ? (double)produced / tg : 0.0, label, per_token, mem.n_tokens, kv_fp16, ratio,
+                smaller ? "smaller" : "larger", mem.total);
     }
     rc = 0;
     for (size_t l = 0; dump_dir && l < dump.n_layers; l++) {
