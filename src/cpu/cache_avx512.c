@@ -38,6 +38,11 @@ static inline float fp16_scalar(const uint8_t *p) {
  * the last, so lane 4 h + t of the result is hsum4's sum of head h, token t: the scores
  * bit for bit as one token at a time, without the 4-float round trip through the stack
  * and scalar stores that had taken about half of the kernel's time in cache. */
+/* The lanes of a 16-token vector that hold tokens, `left` of them from its first on. */
+static inline __mmask16 first16(size_t left) {
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+}
+
 static inline __m512 hsum_fold1(__m512 a, __m512 b) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
                          _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
@@ -1001,15 +1006,14 @@ score_q8_0_i16(const int16_t *q16, const float *qscale, uint32_t G, uint32_t dim
  * 16-31) and one vpdpwssd adds both weighted nibbles: 8 per token pair and block for four
  * heads, against 32 multiply-adds of the float kernel; the -8 offset once per block, as
  * -8 times the rounded weights' sum. */
-/* weights_i16's steps (kvqi_cache_accum_q4_0_i16_ref's), and -8 times the rounded weights'
+/* weights4_i16's steps for one head (kvqi_cache_accum_q4_0_i16_ref's), and -8 times the rounded weights'
  * sum in *corr, taken from the registers (a reload of the stored words stalls). */
 static float q4_weights_i16(const float *w, const float *d, size_t n, int16_t *wq, int32_t *corr) {
     __m512 wn[KVQI_MAX_BLOCK_TOKENS / 16], mx = _mm512_setzero_ps();
     size_t nv = (n + 15) / 16;
     *corr = 0;
     for (size_t i = 0; i < nv; i++) {
-        size_t left = n - 16 * i;
-        __mmask16 k = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+        __mmask16 k = first16(n - 16 * i);
         wn[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + 16 * i), _mm512_loadu_ps(d + 16 * i));
         mx = _mm512_max_ps(mx, _mm512_abs_ps(wn[i]));
     }
@@ -1314,16 +1318,14 @@ KVQI_INLINE void rot_norms16(const kvqi_rot_layout *L, const uint8_t *v, size_t 
         float f[KVQI_MAX_BLOCK_TOKENS];
         for (size_t t = 0; t < n; t++) f[t] = fp16_scalar(v + t * cs + L->norm_offset);
         for (size_t i = 0; i < nv; i++) {
-            size_t left = n - 16 * i;
-            nrm[i] = _mm512_maskz_loadu_ps(left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u), f + 16 * i);
+            nrm[i] = _mm512_maskz_loadu_ps(first16(n - 16 * i), f + 16 * i);
         }
         return;
     }
     const __m512i off = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                            _mm512_set1_epi32((int)cs));
     for (size_t i = 0; i < nv; i++) {
-        size_t left = n - 16 * i;
-        __mmask16 k = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+        __mmask16 k = first16(n - 16 * i);
         __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, off, v + L->norm_offset + 16 * i * cs, 1);
         nrm[i] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
     }
@@ -1340,8 +1342,7 @@ KVQI_INLINE void weights4_i16(const float *w, size_t ld, uint32_t gh, const __m5
     for (uint32_t h = 0; h < HG; h++) {
         mx[h] = _mm512_setzero_ps();
         for (size_t i = 0; i < nv; i++) {
-            size_t left = n - 16 * i;
-            __mmask16 k = h < gh ? (left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u)) : 0;
+            __mmask16 k = h < gh ? first16(n - 16 * i) : 0;
             wn[h][i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + h * ld + 16 * i), nrm[i]);
             mx[h] = _mm512_max_ps(mx[h], _mm512_abs_ps(wn[h][i]));
         }
