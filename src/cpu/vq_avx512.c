@@ -22,11 +22,10 @@ static inline __m512 quad(const float *cent, const uint8_t *idx) {
  * centroids are gathered once for the four, 64 coordinates a pass (16 accumulators). */
 void kvqi_vq_accum_avx512(const float *cent, uint32_t dim, const float *w, size_t ld, uint32_t G,
                           const uint8_t *v, size_t code_size, size_t n, float *acc) {
-    float norm[256]; /* up to 256 tokens a pass (the attend block is 64) */
-    static const float zero_w[256];
+    float norm[KVQI_VQ_PASS]; /* the attend block is 64 tokens */
     float spare[64] = {0};
-    for (size_t t0 = 0; t0 < n; t0 += 256) {
-        size_t nt = n - t0 < 256 ? n - t0 : 256;
+    for (size_t t0 = 0; t0 < n; t0 += KVQI_VQ_PASS) {
+        size_t nt = n - t0 < KVQI_VQ_PASS ? n - t0 : KVQI_VQ_PASS;
         for (size_t t = 0; t < nt; t++) {
             uint16_t nh;
             memcpy(&nh, v + (t0 + t) * code_size, 2);
@@ -34,7 +33,7 @@ void kvqi_vq_accum_avx512(const float *cent, uint32_t dim, const float *w, size_
         }
         for (uint32_t h0 = 0; h0 < G; h0 += 4) {
             const float *wp[4];
-            for (uint32_t i = 0; i < 4; i++) wp[i] = h0 + i < G ? w + (h0 + i) * ld + t0 : zero_w;
+            kvqi_vq_rows(w, ld, G, h0, t0, wp);
             uint32_t j0 = 0;
             for (; j0 + 64 <= dim; j0 += 64) {
                 float *ap[4];

@@ -30,6 +30,16 @@ void kvqi_vq_accum_avx512(const float *cent, uint32_t dim, const float *w, size_
                           const uint8_t *v, size_t code_size, size_t n, float *acc);
 #endif
 
+/* The SIMD versions walk the tokens in passes of up to KVQI_VQ_PASS (each pass's norms
+ * converted once) and the heads four at a time: */
+#define KVQI_VQ_PASS 256u
+/* heads h0 .. h0 + 3's weight rows from token t0, a head past G reading zeros. */
+static inline void kvqi_vq_rows(const float *w, size_t ld, uint32_t G, uint32_t h0, size_t t0,
+                                const float *rows[4]) {
+    static const float zero_w[KVQI_VQ_PASS];
+    for (uint32_t i = 0; i < 4; i++) rows[i] = h0 + i < G ? w + (h0 + i) * ld + t0 : zero_w;
+}
+
 /* The fastest version for a resolved ISA and dim (dim % 4 == 0). */
 kvqi_vq_accum_fn kvqi_vq_accum_for(kvq_isa resolved, uint32_t dim);
 
