@@ -278,8 +278,7 @@ KVQ_API kvq_status kvq_cache_config_init(kvq_cache_config *cfg, uint32_t n_kv_he
  * center=0|1 (comma-separated, decimal). "q4@window=64", "mse:bits=4+mse:bits=2@sink=1".
  * A preset gives the layers outside its per-layer plan; kvq_cache_config_parse_layer
  * gives each layer of a model its own. PRESET+VSPEC: the preset with VSPEC for the values
- * its plan leaves at the base spec ("q3+vq@chunk=128": the CLI wants an '@' to read it
- * whole). */
+ * its plan leaves at the base spec ("q3+vq", "q3+vq@chunk=128"). */
 KVQ_API kvq_status kvq_cache_config_parse(const char *spec, uint32_t n_kv_heads, uint32_t head_dim,
                                           kvq_cache_config *cfg, char *msg, size_t msg_size);
 /* Applies "window=N,sink=N,outliers=N,center=0|1" to cfg. */
