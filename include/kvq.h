@@ -333,6 +333,17 @@ KVQ_API kvq_status kvq_cache_length(const kvq_cache *cache, size_t *n_tokens);
  * k or v: KVQ_ERR_INVALID_ARG, nothing appended. */
 KVQ_API kvq_status kvq_cache_append(kvq_cache *cache, const float *k, const float *v,
                                     size_t n_tokens);
+/* Channel keys (`channel:` key specs, the presets): the queries of the tokens about to be
+ * appended, q: [n_queries][n_q_heads][head_dim] as kvq_cache_attend takes them. Until
+ * the first chunk is coded the cache sums each key channel's squared queries (per KV
+ * head, its query heads together); the chunk's bits then go by range times that mean
+ * square rather than by range alone (a score's error is sum_j q_j e_j), so channels the
+ * queries barely read get fewer bits (docs/METHODS.md, "channel"). Optional: without it
+ * the bits follow the ranges. An engine calls it before each kvq_cache_append with the
+ * same tokens' queries; once the bits are fixed, and for other key methods, it does
+ * nothing. A NaN or infinite entry: KVQ_ERR_INVALID_ARG, nothing summed. */
+KVQ_API kvq_status kvq_cache_observe_queries(kvq_cache *cache, const float *q, uint32_t n_q_heads,
+                                             size_t n_queries);
 /* Causal grouped-query attention of n_queries new positions against the cache.
  * q: [n_queries][n_q_heads][head_dim]; out: same shape. Query i sits at position
  * length - n_queries + i and sees tokens 0..that position. n_q_heads must be a

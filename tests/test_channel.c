@@ -2,7 +2,7 @@
  * coded per channel over chunks (half a step of each channel's own range, bits spent by
  * spread), attention against a double reference and against rotated keys on keys with
  * persistent and turning channels, batching invariance, the configs it refuses, and bits
- * fixed from the first chunk's ranges. */
+ * fixed from the first chunk's ranges weighed by the queries observed. */
 #include <stdlib.h>
 
 #include "cache/cache_internal.h"
@@ -604,4 +604,94 @@ TEST(channel_cache_bits_from_first_chunk) {
     kvq_cache_free(a);
     kvq_cache_free(b);
     free(k), free(v);
+}
+
+/* Observed queries weigh the bits: keys whose channels all span the same range, queries
+ * that read the first 16 channels 30x harder than the rest. Those channels get more bits
+ * than with the ranges alone, and the attention of such queries is more accurate; the
+ * bits do not depend on how the queries were split into calls; a reset forgets them;
+ * once the bits are fixed, and for other key methods, observing changes nothing; bad
+ * arguments are refused with nothing summed. */
+TEST(channel_cache_bits_follow_queries) {
+    const uint32_t n_kv = 2, H = 4, dim = 64, NQ = 24;
+    const size_t n = 300;
+    float *k = malloc(n * n_kv * dim * sizeof(float)), *v = malloc(n * n_kv * dim * sizeof(float));
+    float *q = malloc((size_t)NQ * H * dim * sizeof(float)), *ref = malloc((size_t)H * dim * sizeof(float));
+    float *out = malloc((size_t)H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref && out);
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 41);
+    for (size_t i = 0; i < n * n_kv * dim; i++) {
+        k[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16((float)kvqi_rng_normal(&r)));
+        v[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16((float)kvqi_rng_normal(&r)));
+    }
+    for (size_t i = 0; i < (size_t)NQ * H * dim; i++)
+        q[i] = (float)kvqi_rng_normal(&r) * (i % dim < 16 ? 1.5f : 0.05f);
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_parse("channel:bits=2+fp16@sink=1,window=8,chunk=64", n_kv, dim, &cfg, NULL, 0));
+    kvq_cache *plain, *seen, *split;
+    REQUIRE_OK(kvq_cache_create(&cfg, &plain));
+    REQUIRE_OK(kvq_cache_create(&cfg, &seen));
+    REQUIRE_OK(kvq_cache_create(&cfg, &split));
+    REQUIRE_OK(kvq_cache_observe_queries(seen, q, H, NQ));
+    for (uint32_t i = 0; i < NQ; i += 8) REQUIRE_OK(kvq_cache_observe_queries(split, q + (size_t)i * H * dim, H, 8));
+    REQUIRE_OK(kvq_cache_append(plain, k, v, n));
+    REQUIRE_OK(kvq_cache_append(seen, k, v, n));
+    for (size_t t = 0; t < n; t++) REQUIRE_OK(kvq_cache_append(split, k + t * n_kv * dim, v + t * n_kv * dim, 1));
+    REQUIRE(plain->chan_fixed && seen->chan_fixed && split->chan_fixed);
+    CHECK(memcmp(seen->chan_bits, split->chan_bits, (size_t)n_kv * dim) == 0);
+    for (uint32_t g = 0; g < n_kv; g++) {
+        uint32_t read_p = 0, read_s = 0, sum = 0;
+        for (uint32_t j = 0; j < dim; j++) {
+            sum += seen->chan_bits[g * dim + j];
+            if (j < 16) read_p += plain->chan_bits[g * dim + j], read_s += seen->chan_bits[g * dim + j];
+        }
+        CHECK(sum == 2 * dim);
+        CHECKF(read_s >= read_p + 32, "head %u: the read channels got %u bits with queries, %u without", g,
+               read_s, read_p);
+    }
+    /* the last query against the whole context, exact (fp16 rows) vs each cache */
+    const float *ql = q + (size_t)(NQ - 1) * H * dim;
+    kvqt_ref_attend(ql, k, v, n, n_kv, H, dim, 1, 1.0f / 8.0f, ref);
+    double err[2];
+    kvq_cache *cs[2] = {plain, seen};
+    for (int i = 0; i < 2; i++) {
+        REQUIRE_OK(kvq_cache_attend(cs[i], ql, H, 1, 1.0f / 8.0f, NULL, out));
+        double num = 0.0, den = 0.0;
+        for (size_t x = 0; x < (size_t)H * dim; x++) {
+            num += ((double)out[x] - ref[x]) * ((double)out[x] - ref[x]);
+            den += (double)ref[x] * ref[x];
+        }
+        err[i] = sqrt(num / den);
+    }
+    CHECKF(err[1] < 0.6 * err[0], "relative attention error %.4f with queries, %.4f without", err[1], err[0]);
+    /* fixed: observing no longer changes the sums (or anything) */
+    double sum0 = seen->chan_qsum[0];
+    REQUIRE_OK(kvq_cache_observe_queries(seen, q, H, 1));
+    CHECK(seen->chan_qsum[0] == sum0);
+    /* a reset forgets the queries: the same keys give the plain bits */
+    REQUIRE_OK(kvq_cache_reset(seen));
+    REQUIRE_OK(kvq_cache_append(seen, k, v, n));
+    CHECK(memcmp(seen->chan_bits, plain->chan_bits, (size_t)n_kv * dim) == 0);
+    /* refused: nothing summed */
+    REQUIRE_OK(kvq_cache_reset(seen));
+    CHECK_STATUS(kvq_cache_observe_queries(NULL, q, H, 1), KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cache_observe_queries(seen, NULL, H, 1), KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cache_observe_queries(seen, q, 3, 1), KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cache_observe_queries(seen, q, 0, 1), KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cache_observe_queries(seen, q, H, 0), KVQ_ERR_INVALID_ARG);
+    q[5] = NAN;
+    CHECK_STATUS(kvq_cache_observe_queries(seen, q, H, 1), KVQ_ERR_INVALID_ARG);
+    for (uint32_t j = 0; j < n_kv * dim; j++) CHECK(seen->chan_qsum[j] == 0.0);
+    /* other key methods: accepted, nothing to weigh */
+    kvq_cache *rot;
+    REQUIRE_OK(kvq_cache_config_parse("mse:bits=4", n_kv, dim, &cfg, NULL, 0));
+    REQUIRE_OK(kvq_cache_create(&cfg, &rot));
+    q[5] = 0.0f;
+    CHECK_OK(kvq_cache_observe_queries(rot, q, H, 2));
+    kvq_cache_free(rot);
+    kvq_cache_free(plain);
+    kvq_cache_free(seen);
+    kvq_cache_free(split);
+    free(k), free(v), free(q), free(ref), free(out);
 }

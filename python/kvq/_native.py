@@ -196,6 +196,7 @@ _cache_free = _fn("kvq_cache_free", None, _vp)
 _cache_reset = _fn("kvq_cache_reset", _status, _vp)
 _cache_length = _fn("kvq_cache_length", _status, _vp, ctypes.POINTER(_size))
 _cache_append = _fn("kvq_cache_append", _status, _vp, _f32p, _f32p, _size)
+_cache_observe_queries = _fn("kvq_cache_observe_queries", _status, _vp, _f32p, ctypes.c_uint32, _size)
 _cache_attend = _fn(
     "kvq_cache_attend", _status, _vp, _f32p, ctypes.c_uint32, _size, ctypes.c_float, _vp, _f32p
 )

@@ -232,6 +232,37 @@ class Cache:
             with self._guard.exclusive():
                 _check(N._cache_append(self._handle(), _fp(ka), _fp(va), nk), "kvq_cache_append")
 
+    def observe_queries(self, q):
+        """Channel keys (the presets): the queries of the tokens about to be appended, in
+        attend()'s shapes. Until the first chunk is coded they weigh each key channel's
+        bits (range times the queries' mean square); afterwards, and for other key
+        methods, a no-op."""
+        qa, _ = N._as_float32(q)
+        if qa.ndim == 4:
+            if qa.shape[0] != 1:
+                raise ValueError("observe_queries: a kvq.Cache holds one sequence; got batch %d" % qa.shape[0])
+            qa = qa[0].transpose(1, 0, 2)
+        if qa.ndim == 2:
+            qa = qa[None]
+        if qa.ndim != 3 or qa.shape[2] != self.head_dim:
+            raise ValueError(
+                "observe_queries: q must have shape (n_queries, n_q_heads, %d), got %s"
+                % (self.head_dim, np.shape(q))
+            )
+        qa = np.ascontiguousarray(qa, dtype=np.float32)
+        n_queries, n_q_heads = qa.shape[0], qa.shape[1]
+        if n_q_heads == 0 or n_q_heads % self.n_kv_heads:
+            raise ValueError(
+                "observe_queries: n_q_heads (%d) must be a positive multiple of n_kv_heads (%d)"
+                % (n_q_heads, self.n_kv_heads)
+            )
+        if n_queries:
+            with self._guard.exclusive():
+                _check(
+                    N._cache_observe_queries(self._handle(), _fp(qa), n_q_heads, n_queries),
+                    "kvq_cache_observe_queries",
+                )
+
     def attend(self, q, scale=None, pool=None):
         """Causal attention of the newest positions: q of shape
         (n_queries, n_q_heads, head_dim) (or (n_q_heads, head_dim) for one, or

@@ -144,6 +144,9 @@ class KVQLayer(CacheLayerMixin):
         self._gpu = None  # CUDA: _GpuCodes
         self._lock = threading.Lock()
         self._pending = None  # CUDA: new tokens for attend() to append one at a time
+        # CPU: new tokens for attend() to append after their queries are observed (channel
+        # keys weigh their bits by them; kvq_cache_observe_queries)
+        self._pending_cpu = None
         self.n_tokens = 0
         self.batch_size = None
 
@@ -199,7 +202,8 @@ class KVQLayer(CacheLayerMixin):
                 exact = self._gpu.append(key_states, value_states, self.n_tokens)
             else:
                 exact = None
-                self._codes.append(_token_major(key_states), _token_major(value_states))
+                self._flush_cpu(None)
+                self._pending_cpu = (_token_major(key_states), _token_major(value_states))
             self.n_tokens += n_new
         # Placeholders: the attention function finds the layer through them.
         k = key_states.new_empty((self.batch_size, self.n_kv_heads, 0, self.head_dim))
@@ -225,9 +229,22 @@ class KVQLayer(CacheLayerMixin):
                 return torch.cat(outs, dim=1)
             if self._gpu is not None:
                 return self._gpu.attend(query, scaling, self.n_tokens)
-            out = self._codes.attend(_token_major(query), scale=scaling, pool=self._pool)
+            q = _token_major(query)
+            self._flush_cpu(q)
+            out = self._codes.attend(q, scale=scaling, pool=self._pool)
         b, hq, n, d = query.shape
         return out.reshape(n, b, hq, d).permute(1, 0, 2, 3).contiguous()
+
+    def _flush_cpu(self, q):
+        """Appends the tokens update() left for attend(), after their queries q (when
+        there is one a token) are observed."""
+        if self._pending_cpu is None:
+            return
+        k, v = self._pending_cpu
+        self._pending_cpu = None
+        if q is not None and q.shape[0] == k.shape[0]:
+            self._codes.observe_queries(q)
+        self._codes.append(k, v)
 
     def get_mask_sizes(self, query_length):
         return self.n_tokens + query_length, 0
@@ -245,6 +262,7 @@ class KVQLayer(CacheLayerMixin):
             if self._gpu is not None:
                 self._gpu.reset()
             self._pending = None
+            self._pending_cpu = None
             self.n_tokens = 0
 
     def crop(self, tokens_to_remove):

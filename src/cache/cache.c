@@ -826,6 +826,7 @@ KVQ_API kvq_status kvq_cache_reset(kvq_cache *c) {
     c->n_tokens = 0;
     c->n_coded = 0;
     c->chan_fixed = 0;
+    if (c->chan_qsum) memset(c->chan_qsum, 0, (size_t)c->n_kv * c->dim * sizeof(double));
     c->coded = c->n_out == 0 && !c->cfg.center_keys && c->key.path != KVQI_PATH_CHAN;
     if (c->outlier_mask) memset(c->outlier_mask, 0, (size_t)c->n_kv * c->dim);
     return KVQ_OK;
@@ -1250,6 +1251,19 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
         kvqi_free(c->stage_v);
         c->stage_k = c->stage_v = NULL;
     }
+    return KVQ_OK;
+}
+
+KVQ_API kvq_status kvq_cache_observe_queries(kvq_cache *c, const float *q, uint32_t n_q_heads,
+                                             size_t n_queries) {
+    if (!c || !q || n_q_heads == 0 || n_queries == 0 || n_q_heads % c->n_kv != 0)
+        return KVQ_ERR_INVALID_ARG;
+    size_t n;
+    if (kvqi_mul_size((size_t)n_q_heads * c->dim, n_queries, &n) != KVQ_OK) return KVQ_ERR_OVERFLOW;
+    if (c->key.path != KVQI_PATH_CHAN || c->chan_fixed) return KVQ_OK;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(q[i])) return KVQ_ERR_INVALID_ARG;
+    kvqi_chan_observe(c, q, n_q_heads, n_queries);
     return KVQ_OK;
 }
 

@@ -153,6 +153,9 @@ struct kvq_cache {
      * when it is coded (chan_fixed: 1 from then until a reset) */
     uint8_t *chan_bits;
     int chan_fixed;
+    /* and each channel's sum of squared queries [n_kv][dim] over the queries observed
+     * until then (kvq_cache_observe_queries), which weighs the bits; 0 when none was */
+    double *chan_qsum;
     /* and each head's plane layout from them, made when the first chunk is coded */
     uint8_t *chan_layouts;
     size_t chan_layout_stride; /* bytes per head in chan_layouts */
@@ -177,6 +180,7 @@ static inline uint8_t *kvqi_chunk_outliers(const kvq_cache *c, size_t ci, uint32
 size_t kvqi_chan_block_bytes(uint32_t dim, uint32_t bits, size_t C);
 kvq_status kvqi_chan_init(kvq_cache *c);
 void kvqi_chan_free(kvq_cache *c);
+void kvqi_chan_observe(kvq_cache *c, const float *q, uint32_t n_q_heads, size_t n_queries);
 /* bytes held for channel keys besides the codes: the bits per channel and, once made,
  * each head's plane layout */
 size_t kvqi_chan_held_bytes(const kvq_cache *c);

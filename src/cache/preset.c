@@ -15,19 +15,18 @@
  * token exact, and the newest 8 plus the chunk still filling held as q8_0 rows until
  * their chunk is coded. q4 and q3 spend their spare bits by layer, a quarter bit a number
  * on average (measured per sixth of the layers on both models: docs/METHODS.md,
- * "Presets"): q3 gives one bit more to the keys of the second sixth and to the values of
- * the fourth and fifth, q4 to the keys of those three sixths. `bits` counts everything
- * that grows with the context at 4096 tokens on SmolLM2's shape. */
-#define PLAN_KEYS (1u << 1)
-#define PLAN_VALUES (1u << 3 | 1u << 4)
+ * "Presets"): q3 gives one bit more to the values of the first, fourth and fifth sixths,
+ * q4 to the keys of the second, fourth and fifth. `bits` counts everything that grows
+ * with the context at 4096 tokens on SmolLM2's shape. */
+#define PLAN_VALUES3 (1u << 0 | 1u << 3 | 1u << 4)
 #define PLAN_KEYS4 (1u << 1 | 1u << 3 | 1u << 4) /* 5-bit rotated values have no fused kernel */
 static const kvq_cache_preset presets[] = {
     {"q4", "channel:bits=4", "mse:bits=4", 8, 1, 0, 0, 4.65,
      "4-bit rotated values, 4-bit per-channel keys, 5-bit in half the layers (4.5 bits a number)", 128,
      "channel:bits=5", NULL, PLAN_KEYS4, 0},
     {"q3", "channel:bits=3", "mse:bits=2", 8, 1, 0, 0, 3.19,
-     "3-bit per-channel keys, 2-bit rotated values, a bit more in half the layers (3.0 bits a number)",
-     128, "channel:bits=4", "mse:bits=3", PLAN_KEYS, PLAN_VALUES},
+     "3-bit per-channel keys, 2-bit rotated values, 3-bit in half the layers (3.0 bits a number)",
+     128, NULL, "mse:bits=3", 0, PLAN_VALUES3},
     {"q2", "channel:bits=2", "mse:bits=2", 8, 1, 0, 0, 2.47,
      "2-bit per-channel keys over 128-token chunks, 2-bit values (2.25 bits a number)", 128, NULL, NULL, 0,
      0},
@@ -169,10 +168,12 @@ KVQ_API kvq_status kvq_cache_config_parse_layer(const char *spec, uint32_t n_kv_
     const kvq_cache_preset *p = kvq_cache_preset_get(buf);
     if (p) {
         st = kvq_cache_config_preset_layer(cfg, buf, n_kv_heads, head_dim, layer, n_layers, msg, msg_size);
-        /* PRESET+VSPEC: the preset with VSPEC for the values its plan leaves at the base spec */
+        /* PRESET+VSPEC: the preset with VSPEC for the values its plan leaves at the base
+         * spec (checked on every layer, so a bad VSPEC fails the same on all) */
         int planned = n_layers && p->plan_value_spec && in_plan(p->plan_value_sixths, layer, n_layers);
-        if (st == KVQ_OK && plus && !planned)
-            st = kvq_config_parse(plus + 1, head_dim, &cfg->value, msg, msg_size);
+        kvq_config vspec;
+        if (st == KVQ_OK && plus) st = kvq_config_parse(plus + 1, head_dim, &vspec, msg, msg_size);
+        if (st == KVQ_OK && plus && !planned) cfg->value = vspec;
     } else {
         st = kvq_cache_config_init(cfg, n_kv_heads, head_dim, buf, plus ? plus + 1 : buf, msg, msg_size);
     }

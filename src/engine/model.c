@@ -938,7 +938,9 @@ static kvq_status attention(kvq_context *c, uint32_t layer, size_t n_tok) {
     kvq_threadpool *pool = work >= MATMUL_SERIAL_MACS ? c->pool : NULL;
     size_t window = c->model->layers[layer].swa ? c->model->n_swa : 0;
     if (c->caches) { /* the cache decides itself when its work is too short for the pool */
-        kvq_status st = kvq_cache_append(c->caches[layer], c->k, c->v, n_tok);
+        /* the queries weigh channel keys' bits (until the first chunk is coded) */
+        kvq_status st = kvq_cache_observe_queries(c->caches[layer], c->q, I->n_heads, n_tok);
+        if (st == KVQ_OK) st = kvq_cache_append(c->caches[layer], c->k, c->v, n_tok);
         if (st) return st;
         return kvq_cache_attend(c->caches[layer], c->q, I->n_heads, n_tok, c->model->attn_scale, c->pool,
                                 c->att);
