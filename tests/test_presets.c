@@ -114,10 +114,22 @@ static int generate_answer(const char *dir, const char *question, const char *ca
     snprintf(path, sizeof path, "%s/prompt.txt", dir);
     FILE *f = fopen(path, "w");
     if (!f) return -1;
-    /* SmolLM2's chat template with its default system prompt: the answer starts past the
-     * cache's 32-token probe, so the compressed codes are in play */
+    /* SmolLM2's chat template with its default system prompt, lengthened to about 200
+     * tokens: the presets code a 128-token chunk once the newest 8 tokens have left it, so
+     * the answer (from token ~206 on) reads coded keys and values for tokens 1-127 (the
+     * short default prompt, ~45 tokens, stayed in the exact q8_0 ring) */
     fprintf(f, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
-               "Face<|im_end|>\n<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n", question);
+               "Face. You answer questions about the world clearly and briefly. When a user asks a "
+               "question, you give the answer first, in one plain sentence, and then add a short "
+               "explanation if it helps. You do not make things up: if you are not sure, you say so. "
+               "You are polite and patient, and you never use rude words. You write in English unless "
+               "the user writes in another language. You keep lists short, you avoid long paragraphs, "
+               "and you do not repeat the question back to the user. You may use simple examples from "
+               "everyday life, such as cooking, gardening, the weather, animals, sports or travel, to "
+               "make an idea easier to follow. Numbers are written as digits. Units are metric unless "
+               "the user asks otherwise. If the question is about science, you explain the idea behind "
+               "the answer in words a child could follow.<|im_end|>\n<|im_start|>user\n%s<|im_end|>\n"
+               "<|im_start|>assistant\n", question);
     fclose(f);
     snprintf(cmd, sizeof cmd, "%s generate -m " SMOLLM2 " -p \"$(cat %s)\" -n 32 --threads 2 --quiet --float-activations %s%s "
              "> %s/answer.txt 2> /dev/null", kvqt_cli_path(), path, cache ? "--cache-preset " : "",
@@ -165,8 +177,9 @@ TEST(presets_real_model_q4) {
     const ppl_row *q4 = row_named(rows, n, "q4");
     REQUIRE(q4);
     /* recorded (this command, 2026-12-05, bits weighed by the queries): -0.10 %, KL
-     * 0.0052, top-1 93.9 % (2026-12-04, by range alone: +0.54 %, 0.0059, 95.7 %), 5.66 bits held at this context: 4.5 a number in codes (4.25, 5.25 in the
-     * keys of half the layers), plus the first token and the newest 8 to 135 tokens
+     * 0.0052, top-1 93.9 % (2026-12-04, by range alone: +0.54 %, 0.0059, 95.7 %), 5.66
+     * bits held at this context: 4.5 a number in codes (4.25, 5.25 in the keys of half
+     * the layers), plus the first token and the newest 8 to 135 tokens
      * exact (q8_0) while their 128-token chunk fills. KL's floor here is about 0.004
      * (exact f32 KV against fp16 KV under int8 activations, bench/RESULTS.md); the
      * presets before channel keys read 0.048, q4 without its plan 0.0075 */
@@ -175,17 +188,17 @@ TEST(presets_real_model_q4) {
     CHECKF(q4->bits > 4.5 && q4->bits <= 5.8, "q4 holds %.2f bits per number", q4->bits);
 
     /* greedy answers with float activations: the q4 preset's first sentence is fp16's,
-     * on all five (recorded in bench/RESULTS.md: the same 32 tokens on all five, q3 and q2
-     * too). With the default int8 activations greedy text is chaotic at this size: exact
-     * f32 KV already leaves fp16's answer on two of the five, the way q4 does. "How many
-     * legs does a spider have?" was one of the five until it showed a near-tie in fp16's
-     * own logits ("lies" / "is" as the seventh token): 8.5-bit q8_0 leaves fp16's answer
-     * there on AVX-512 and AVX2 alike, q4 on AVX2 only (same codes, other float order in
-     * attention); "What is the opposite of hot?" took its place (fp16, q8_0 and q4 give
-     * the same first sentence on both ISAs). */
+     * on all five, with the AVX-512 and AVX2 kernels alike (2026-12-05: all 32 tokens for
+     * q4 and q3; q2 on four, "What gas do plants take in from the air?" in other words).
+     * With the default int8 activations greedy text is chaotic at this size: exact f32 KV
+     * already leaves fp16's answer on some prompts. Left out for near-ties: "What is the
+     * largest ocean on Earth?" (q4 on AVX2 goes on past "Pacific Ocean" with a comma),
+     * "What color is the sky on a clear day?" (q4 and q3 leave fp16's description when
+     * the prompt ends in a newline), "How many legs does a spider have?" (a near-tie in
+     * fp16's own logits on the short prompt). */
     static const char *questions[] = {"What is the capital of France?", "What is the opposite of hot?",
-                                      "What color is the sky on a clear day?",
-                                      "Name the largest planet in the solar system.", "What do bees make?"};
+                                      "What do bees make?", "How many days are in a week?",
+                                      "What gas do plants take in from the air?"};
     for (size_t i = 0; i < 5; i++) {
         char a[512], b[512];
         REQUIRE(generate_answer(dir, questions[i], NULL, a, sizeof a) == 0);
