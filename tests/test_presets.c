@@ -48,13 +48,18 @@ TEST(presets_cli_perplexity_kl_and_generate) {
     fclose(f);
     snprintf(cmd, sizeof cmd,
              "%s perplexity -m " TINY " -f %s --ctx 256 --chunks 2 --threads 1 --kl "
-             "--configs q4,fp16,q8_0,mse:bits=2+mse:bits=2@center=1 > %s/ppl.txt 2> /dev/null",
+             "--configs q4,fp16,q8_0,mse:bits=2+mse:bits=2@center=1,q4+vq,q4+vq@sink=1 > %s/ppl.txt 2> /dev/null",
              kvqt_cli_path(), path, dir);
     CHECK(system(cmd) == 0);
     snprintf(path, sizeof path, "%s/ppl.txt", dir);
     ppl_row rows[8];
     int n = read_ppl_rows(path, rows, 8);
-    REQUIRE(n == 4);
+    REQUIRE(n == 6);
+    /* PRESET+VSPEC is read whole with or without options: vq values, not q4's (the list
+     * once split it at '+' and kept the preset alone) */
+    const ppl_row *pv = row_named(rows, n, "q4+vq"), *pvo = row_named(rows, n, "q4+vq@sink=1");
+    REQUIRE(pv && pvo);
+    CHECKF(pv->ppl == pvo->ppl && pv->kl == pvo->kl, "q4+vq %g, q4+vq@sink=1 %g", pv->ppl, pvo->ppl);
     const ppl_row *fp16 = row_named(rows, n, "fp16"), *q8 = row_named(rows, n, "q8_0");
     const ppl_row *q4 = row_named(rows, n, "q4"), *m2 = row_named(rows, n, "mse:bits=2+mse:bits=2@center=1");
     REQUIRE(fp16 && q8 && q4 && m2);
@@ -66,6 +71,7 @@ TEST(presets_cli_perplexity_kl_and_generate) {
     CHECK(q4->top1 <= 100.0 && m2->top1 < 100.0 && m2->top1 > 0.0);
     CHECKF(q4->bits > 4.0 && q4->bits <= 4.5 + 64.0 * 12.0 / 128.0, "q4 bits %g", q4->bits);
     CHECK(fabs(q4->delta_pct - 100.0 * (q4->ppl / fp16->ppl - 1.0)) < 0.01);
+    CHECKF(pv->ppl != q4->ppl || pv->kl != q4->kl, "q4+vq read as q4 (%g)", q4->ppl);
 
     snprintf(cmd, sizeof cmd, "%s generate -m " TINY " -p 'The quick brown fox' -n 40 --threads 1 "
              "--cache-preset q4 > %s/gen.txt 2>&1", kvqt_cli_path(), dir);
