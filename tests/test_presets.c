@@ -325,6 +325,37 @@ TEST(presets_bench_takes_cache_options) {
     }
 }
 
+/* kvq bench on dumped KV shows the cache every token's query before its key, as the
+ * engine does: the channel-key presets run on a tiny model's dump (300 tokens: a coded
+ * chunk) and report an attention error below the same keys' 2-bit one. */
+TEST(presets_bench_on_dumped_kv) {
+    const char *dir = kvqt_tmpdir(kvqt_);
+    REQUIRE(dir);
+    char cmd[2048], path[512], line[4096];
+    snprintf(path, sizeof path, "%s/text.txt", dir);
+    FILE *f = fopen(path, "w");
+    REQUIRE(f);
+    for (int i = 0; i < 40; i++) fprintf(f, "The quick brown fox jumps over the lazy dog %d times. ", i);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s generate -m " TINY " -p \"$(cat %s)\" -n 1 --threads 1 --quiet --dump-kv %s/kv "
+             "> /dev/null 2>&1", kvqt_cli_path(), path, dir);
+    REQUIRE(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "%s bench --kv %s/kv --threads 1 --queries 2 --methods 'q4;q2' --json > %s/b.json "
+             "2> /dev/null", kvqt_cli_path(), dir, dir);
+    CHECK(system(cmd) == 0);
+    snprintf(path, sizeof path, "%s/b.json", dir);
+    f = fopen(path, "r");
+    REQUIRE(f);
+    double err[2] = {-1, -1};
+    int rows = 0;
+    while (fgets(line, sizeof line, f) && rows < 2) {
+        const char *e = strstr(line, "\"attn_rel_err\":");
+        if (e) err[rows++] = atof(e + 15);
+    }
+    fclose(f);
+    CHECKF(rows == 2 && err[0] > 0 && err[0] < err[1], "attention error q4 %g, q2 %g", err[0], err[1]);
+}
+
 /* A preset's per-layer plan comes from the layer count alone: every plan layer is the base
  * config with one more bit on the keys or the values (same method, options and chunk),
  * a plan sixth never takes more than a sixth of the layers, so the mean bits in codes

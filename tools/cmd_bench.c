@@ -56,7 +56,9 @@ static void usage(FILE *f) {
             "                   a pair may carry its own cache options: mse:bits=2/mse:bits=2@window=20,outliers=2,sink=4,center=1;\n"
             "                   a preset name (q4, q3, q2) stands for its pair and options\n"
             "  --kv DIR         real keys, values and queries written by kvq generate --dump-kv\n"
-            "                   (DIR/{keys,values,queries}_LL.npy) instead of synthetic KV\n"
+            "                   (DIR/{keys,values,queries}_LL.npy) instead of synthetic KV; each\n"
+            "                   token's query is shown to the cache before its key, as the engine\n"
+            "                   does (channel keys weigh their bits by them)\n"
             "  --layers LIST    with --kv: 'all' (default) or layer numbers, e.g. 0,7,15,29\n"
             "  --tokens N       context length (default 4096; 1024 with --quick; with --kv, the\n"
             "                   first N tokens of the dump, default all)\n"
@@ -150,6 +152,8 @@ static void make_kv(size_t n, size_t nq, const size_t *qpos, uint64_t seed, floa
 typedef struct kv_layer {
     uint32_t id;
     float *k, *v, *q, *ref;
+    float *q_all; /* --kv: every token's queries [n][n_q][dim], shown to the cache before
+                     its tokens are appended, as the engine does (NULL for synthetic KV) */
 } kv_layer;
 
 typedef struct kv_data {
@@ -356,14 +360,16 @@ static int load_real_kv(const char *dir, const uint32_t *ids, uint32_t n_ids, si
             snprintf(err, errn, "out of memory");
             return -1;
         }
+        /* the queries at the measured positions apart; all of them stay for the cache */
         size_t qrow = (size_t)D->n_q * D->dim;
-        for (size_t j = 0; j < D->nq; j++)
-            memmove(L->q + j * qrow, L->q + D->qpos[j] * qrow, qrow * sizeof(float));
+        L->q_all = L->q;
+        L->q = malloc(D->nq * qrow * sizeof(float));
         L->ref = malloc(D->nq * qrow * sizeof(float));
-        if (!L->ref) {
+        if (!L->q || !L->ref) {
             snprintf(err, errn, "out of memory");
             return -1;
         }
+        for (size_t j = 0; j < D->nq; j++) memcpy(L->q + j * qrow, L->q_all + D->qpos[j] * qrow, qrow * sizeof(float));
     }
     D->n_fit_layers = n_found; /* the model's layers, for the ctx@8GiB column */
     return 0;
@@ -374,6 +380,7 @@ static void free_kv(kv_data *D) {
         free(D->layers[i].k);
         free(D->layers[i].v);
         free(D->layers[i].q);
+        free(D->layers[i].q_all);
         free(D->layers[i].ref);
     }
     free(D->layers);
@@ -633,6 +640,9 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
          * cache, so the exact window holds its own most recent tokens */
         size_t have = 0, row = (size_t)D->n_kv * D->dim, qrow = (size_t)D->n_q * D->dim;
         for (size_t i = 0; i < nq && st == KVQ_OK; i++) {
+            /* channel keys weigh their bits by the queries seen before chunk 0 is coded */
+            if (L->q_all) st = kvq_cache_observe_queries(c, L->q_all + have * qrow, D->n_q, D->qpos[i] + 1 - have);
+            if (st != KVQ_OK) break;
             double t0 = kvq_cli_now_s();
             st = kvq_cache_append(c, L->k + have * row, L->v + have * row, D->qpos[i] + 1 - have);
             t_enc += kvq_cli_now_s() - t0;
