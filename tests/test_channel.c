@@ -647,7 +647,7 @@ TEST(channel_cache_bits_follow_queries) {
             if (j < 16) read_p += plain->chan_bits[g * dim + j], read_s += seen->chan_bits[g * dim + j];
         }
         CHECK(sum == 2 * dim);
-        CHECKF(read_s >= read_p + 32, "head %u: the read channels got %u bits with queries, %u without", g,
+        CHECKF(read_s >= read_p + 24, "head %u: the read channels got %u bits with queries, %u without", g,
                read_s, read_p);
     }
     /* the last query against the whole context, exact (fp16 rows) vs each cache */
@@ -665,10 +665,10 @@ TEST(channel_cache_bits_follow_queries) {
         err[i] = sqrt(num / den);
     }
     CHECKF(err[1] < 0.6 * err[0], "relative attention error %.4f with queries, %.4f without", err[1], err[0]);
-    /* fixed: observing no longer changes the sums (or anything) */
-    double sum0 = seen->chan_qsum[0];
+    /* fixed: the sums are gone, and observing keeps nothing */
+    CHECK(seen->chan_qsum == NULL);
     REQUIRE_OK(kvq_cache_observe_queries(seen, q, H, 1));
-    CHECK(seen->chan_qsum[0] == sum0);
+    CHECK(seen->chan_qsum == NULL);
     /* a reset forgets the queries: the same keys give the plain bits */
     REQUIRE_OK(kvq_cache_reset(seen));
     REQUIRE_OK(kvq_cache_append(seen, k, v, n));
@@ -682,7 +682,7 @@ TEST(channel_cache_bits_follow_queries) {
     CHECK_STATUS(kvq_cache_observe_queries(seen, q, H, 0), KVQ_ERR_INVALID_ARG);
     q[5] = NAN;
     CHECK_STATUS(kvq_cache_observe_queries(seen, q, H, 1), KVQ_ERR_INVALID_ARG);
-    for (uint32_t j = 0; j < n_kv * dim; j++) CHECK(seen->chan_qsum[j] == 0.0);
+    CHECK(seen->chan_qsum == NULL);
     /* other key methods: accepted, nothing to weigh */
     kvq_cache *rot;
     REQUIRE_OK(kvq_cache_config_parse("mse:bits=4", n_kv, dim, &cfg, NULL, 0));

@@ -826,7 +826,7 @@ KVQ_API kvq_status kvq_cache_reset(kvq_cache *c) {
     c->n_tokens = 0;
     c->n_coded = 0;
     c->chan_fixed = 0;
-    if (c->chan_qsum) memset(c->chan_qsum, 0, (size_t)c->n_kv * c->dim * sizeof(double));
+    kvqi_chan_forget_queries(c);
     c->coded = c->n_out == 0 && !c->cfg.center_keys && c->key.path != KVQI_PATH_CHAN;
     if (c->outlier_mask) memset(c->outlier_mask, 0, (size_t)c->n_kv * c->dim);
     return KVQ_OK;
@@ -1139,6 +1139,7 @@ static void chan_fix_bits(kvq_cache *c, const row_source *src) {
         }
         kvqi_chan_allocate(c, g, lo, hi, w);
     }
+    kvqi_chan_forget_queries(c);
     kvqi_chan_relayout(c);
     c->chan_fixed = 1;
 }
@@ -1263,8 +1264,7 @@ KVQ_API kvq_status kvq_cache_observe_queries(kvq_cache *c, const float *q, uint3
     if (c->key.path != KVQI_PATH_CHAN || c->chan_fixed) return KVQ_OK;
     for (size_t i = 0; i < n; i++)
         if (!isfinite(q[i])) return KVQ_ERR_INVALID_ARG;
-    kvqi_chan_observe(c, q, n_q_heads, n_queries);
-    return KVQ_OK;
+    return kvqi_chan_observe(c, q, n_q_heads, n_queries);
 }
 
 KVQ_API kvq_status kvq_cache_attend(kvq_cache *c, const float *q, uint32_t n_q_heads,

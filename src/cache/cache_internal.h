@@ -154,7 +154,8 @@ struct kvq_cache {
     uint8_t *chan_bits;
     int chan_fixed;
     /* and each channel's sum of squared queries [n_kv][dim] over the queries observed
-     * until then (kvq_cache_observe_queries), which weighs the bits; 0 when none was */
+     * until then (kvq_cache_observe_queries), which weighs the bits: allocated by the
+     * first observation, freed when the bits are fixed (NULL: none observed) */
     double *chan_qsum;
     /* and each head's plane layout from them, made when the first chunk is coded */
     uint8_t *chan_layouts;
@@ -180,7 +181,8 @@ static inline uint8_t *kvqi_chunk_outliers(const kvq_cache *c, size_t ci, uint32
 size_t kvqi_chan_block_bytes(uint32_t dim, uint32_t bits, size_t C);
 kvq_status kvqi_chan_init(kvq_cache *c);
 void kvqi_chan_free(kvq_cache *c);
-void kvqi_chan_observe(kvq_cache *c, const float *q, uint32_t n_q_heads, size_t n_queries);
+kvq_status kvqi_chan_observe(kvq_cache *c, const float *q, uint32_t n_q_heads, size_t n_queries);
+void kvqi_chan_forget_queries(kvq_cache *c);
 /* bytes held for channel keys besides the codes: the bits per channel and, once made,
  * each head's plane layout */
 size_t kvqi_chan_held_bytes(const kvq_cache *c);

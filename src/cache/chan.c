@@ -46,7 +46,7 @@ static void range_of(const uint8_t *block, uint32_t dim, uint32_t j, float *lo, 
 }
 
 size_t kvqi_chan_held_bytes(const kvq_cache *c) {
-    return (size_t)c->n_kv * c->dim * (1 + sizeof(double)) +
+    return (size_t)c->n_kv * c->dim * (1 + (c->chan_qsum ? sizeof(double) : 0)) +
            (c->chan_layouts ? (size_t)c->n_kv * c->chan_layout_stride : 0);
 }
 
@@ -91,8 +91,7 @@ kvq_status kvqi_chan_init(kvq_cache *c) {
     size_t block = kvqi_chan_block_bytes(c->dim, c->cfg.key.bits, C);
     c->key.code_size = (block + C - 1) / C;
     c->chan_bits = kvqi_calloc_array((size_t)c->n_kv * c->dim, 1);
-    c->chan_qsum = kvqi_calloc_array((size_t)c->n_kv * c->dim, sizeof(double));
-    if (!c->chan_bits || !c->chan_qsum) return KVQ_ERR_NOMEM;
+    if (!c->chan_bits) return KVQ_ERR_NOMEM;
     return KVQ_OK;
 }
 
@@ -108,29 +107,32 @@ void kvqi_chan_free(kvq_cache *c) {
 /* Bits per channel of head g from each channel's range [lo, hi] over the first chunk:
  * greedy, one bit at a time to the channel whose error is largest, up to 8; ties to the
  * lower channel. A channel's error is its squared range times 4^-bits (its squared
- * step), times the mean square of the queries observed on it (kvq_cache_observe_queries)
- * when there were any: a score's error is sum_j q_j e_j, of variance sum_j q_j^2 step_j^2
- * / 12, so the bits go where the queries read. The query weight has a floor of 2^-10 of
- * the head's mean, so a channel the observed queries left alone still competes by its
- * range. w: dim doubles of scratch. Same ranges and queries, same bits, on every machine
- * (doubles, fixed order). Other powers of the range as the weight (SmolLM2-135M, 8 x 512,
- * float activations, without queries; q3 KL 0.0167 with the square): 1.5: 0.0174, 2.5:
- * 0.0184, 3: 0.0201; q2 0.0598 (+5.49 %) with the square: 0.0666 (+6.54 %), 0.0576
- * (+5.91 %), 0.0575 (+5.29 %; top-1 86.7 % against 87.0 %). The queries' weight per RoPE
- * pair (the two channels' mean) instead of per channel gave the same KL within noise on
- * both models (q3: 0.01404 against 0.01405 on SmolLM2, 0.0104 against 0.0102 on Gemma)
- * and would need the model's pairing; their square root less than the square for q3. */
+ * step), times the root mean square of the queries observed on it
+ * (kvq_cache_observe_queries) when there were any. A score's error is sum_j q_j e_j, of
+ * variance sum_j q_j^2 step_j^2 / 12, which the mean square itself would minimize if the
+ * observed queries were those to come; they are the first chunk's (136 when a cache is
+ * fed token by token), and the square root hedges: decoding token by token (SmolLM2, 4 x
+ * 512, float activations) the mean square lowered q3's KL from 0.0126 to 0.0106 but
+ * raised q2's from 0.0451 to 0.0464, the root 0.0105 and 0.0379 (power 3/4: 0.0104,
+ * 0.0434; the mean square with a floor of a quarter of the mean: 0.0103, 0.0439; half
+ * mean square, half the mean: 0.0106, 0.0397). The query weight has a floor of 2^-10 of
+ * the head's mean square, so a channel the observed queries left alone still competes
+ * by its range. w: dim doubles of scratch. Same ranges and queries, same bits, on every
+ * machine (doubles, fixed order, IEEE square root). Other powers of the range as the
+ * weight (SmolLM2-135M, 8 x 512, float activations, without queries; q3 KL 0.0167 with
+ * the square): 1.5: 0.0174, 2.5: 0.0184, 3: 0.0201; q2 0.0598 (+5.49 %) with the square:
+ * 0.0666 (+6.54 %), 0.0576 (+5.91 %), 0.0575 (+5.29 %; top-1 86.7 % against 87.0 %). */
 void kvqi_chan_allocate(kvq_cache *c, uint32_t g, const float *lo, const float *hi, double *w) {
     uint32_t dim = c->dim, total = c->cfg.key.bits * dim;
     uint8_t *b = c->chan_bits + (size_t)g * dim;
-    const double *qs = c->chan_qsum + (size_t)g * dim;
+    const double *qs = c->chan_qsum ? c->chan_qsum + (size_t)g * dim : NULL;
     double qtot = 0.0;
-    for (uint32_t j = 0; j < dim; j++) qtot += qs[j];
+    for (uint32_t j = 0; qs && j < dim; j++) qtot += qs[j];
     double floor_q = ldexp(qtot / dim, -10);
     for (uint32_t j = 0; j < dim; j++) {
         double r = lo[j] <= hi[j] ? (double)hi[j] - (double)lo[j] : 0.0;
         w[j] = r * r;
-        if (qtot > 0.0) w[j] *= qs[j] > floor_q ? qs[j] : floor_q;
+        if (qtot > 0.0) w[j] *= sqrt(qs[j] > floor_q ? qs[j] : floor_q);
         b[j] = 0;
     }
     for (uint32_t n = 0; n < total; n++) {
@@ -150,9 +152,12 @@ void kvqi_chan_allocate(kvq_cache *c, uint32_t g, const float *lo, const float *
 }
 
 /* Queries' squares summed per KV head and channel (the head's query heads together), in
- * query order, until the bits are fixed. */
-void kvqi_chan_observe(kvq_cache *c, const float *q, uint32_t n_q_heads, size_t n_queries) {
-    if (c->chan_fixed) return;
+ * query order, until the bits are fixed; the sums are allocated by the first call and
+ * freed once the bits are fixed (kvqi_chan_forget_queries). */
+kvq_status kvqi_chan_observe(kvq_cache *c, const float *q, uint32_t n_q_heads, size_t n_queries) {
+    if (c->chan_fixed) return KVQ_OK;
+    if (!c->chan_qsum && !(c->chan_qsum = kvqi_calloc_array((size_t)c->n_kv * c->dim, sizeof(double))))
+        return KVQ_ERR_NOMEM;
     uint32_t dim = c->dim, G = n_q_heads / c->n_kv;
     for (size_t t = 0; t < n_queries; t++)
         for (uint32_t h = 0; h < n_q_heads; h++) {
@@ -160,6 +165,12 @@ void kvqi_chan_observe(kvq_cache *c, const float *q, uint32_t n_q_heads, size_t 
             double *s = c->chan_qsum + (size_t)(h / G) * dim;
             for (uint32_t j = 0; j < dim; j++) s[j] += (double)x[j] * (double)x[j];
         }
+    return KVQ_OK;
+}
+
+void kvqi_chan_forget_queries(kvq_cache *c) {
+    kvqi_free(c->chan_qsum);
+    c->chan_qsum = NULL;
 }
 
 /* New bits (after a reset): the layouts are made again, at their new size, before the
