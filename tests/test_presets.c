@@ -333,10 +333,7 @@ TEST(presets_bench_on_dumped_kv) {
     REQUIRE(dir);
     char cmd[2048], path[512], line[4096];
     snprintf(path, sizeof path, "%s/text.txt", dir);
-    FILE *f = fopen(path, "w");
-    REQUIRE(f);
-    for (int i = 0; i < 40; i++) fprintf(f, "The quick brown fox jumps over the lazy dog %d times. ", i);
-    fclose(f);
+    REQUIRE(kvqt_write_fox_text(path));
     snprintf(cmd, sizeof cmd, "%s generate -m " TINY " -p \"$(cat %s)\" -n 1 --threads 1 --quiet --dump-kv %s/kv "
              "> /dev/null 2>&1", kvqt_cli_path(), path, dir);
     REQUIRE(system(cmd) == 0);
@@ -344,7 +341,7 @@ TEST(presets_bench_on_dumped_kv) {
              "2> /dev/null", kvqt_cli_path(), dir, dir);
     CHECK(system(cmd) == 0);
     snprintf(path, sizeof path, "%s/b.json", dir);
-    f = fopen(path, "r");
+    FILE *f = fopen(path, "r");
     REQUIRE(f);
     double err[2] = {-1, -1};
     int rows = 0;
