@@ -134,7 +134,7 @@ class KVQLayer(CacheLayerMixin):
     is_croppable = False
     is_compileable = False
 
-    def __init__(self, config, pool=None, use_cuda=True, **kwargs):
+    def __init__(self, config, pool=None, use_cuda=True, observe_queries=True, **kwargs):
         super().__init__()
         self._config = config  # a kvq_cache_config for this layer's shape
         self.is_sliding = bool(config.sliding_window)
@@ -147,6 +147,7 @@ class KVQLayer(CacheLayerMixin):
         # CPU: new tokens for attend() to append after their queries are observed (channel
         # keys weigh their bits by them; kvq_cache_observe_queries)
         self._pending_cpu = None
+        self._observe = observe_queries
         self.n_tokens = 0
         self.batch_size = None
 
@@ -242,7 +243,7 @@ class KVQLayer(CacheLayerMixin):
             return
         k, v = self._pending_cpu
         self._pending_cpu = None
-        if q is not None and q.shape[0] == k.shape[0]:
+        if self._observe and q is not None and q.shape[0] == k.shape[0]:
             self._codes.observe_queries(q)
         self._codes.append(k, v)
 
@@ -311,7 +312,9 @@ class KVQCache(Cache):
     override what the spec sets. n_threads: the CPU attention's thread
     pool (0: one per CPU, 1: the calling thread only). use_cuda: run CUDA tensors on the
     GPU kernels where they apply. exact_sliding: keep sliding-window layers as
-    transformers' exact windows instead of kvq codes."""
+    transformers' exact windows instead of kvq codes. observe_queries: on the CPU path,
+    show channel keys each step's queries before its keys (they weigh the channels' bits,
+    as the CLI's engine does; the GPU path codes bits from the keys' ranges alone)."""
 
     def __init__(
         self,
@@ -327,6 +330,7 @@ class KVQCache(Cache):
         n_threads=0,
         use_cuda=True,
         exact_sliding=False,
+        observe_queries=True,
     ):
         config = getattr(model_or_config, "config", model_or_config)
         text, n_kv, head_dim = _model_dims(config)
@@ -350,14 +354,14 @@ class KVQCache(Cache):
                                 center_keys=center_keys, spec=spec, layer=li,
                                 n_layers=n_layers) if spec is not None or preset is not None else cfg
             if kind == "full_attention":
-                layers.append(KVQLayer(lcfg, pool=self.pool, use_cuda=use_cuda))
+                layers.append(KVQLayer(lcfg, pool=self.pool, use_cuda=use_cuda, observe_queries=observe_queries))
             elif kind == "sliding_attention" and not exact_sliding:
                 # the C cache's sliding window: a query at p sees p-W+1..p, as transformers'
                 # sliding mask, and chunks no later query can see are freed
                 local = N._CacheConfig()
                 ctypes.memmove(ctypes.byref(local), ctypes.byref(lcfg), ctypes.sizeof(local))
                 local.sliding_window = int(kw["sliding_window"])
-                layers.append(KVQLayer(local, pool=self.pool, use_cuda=use_cuda))
+                layers.append(KVQLayer(local, pool=self.pool, use_cuda=use_cuda, observe_queries=observe_queries))
             else:
                 layers.append(DYNAMIC_LAYER_TYPE_MAPPING[kind](**kw))
         super().__init__(layers=layers)

@@ -149,12 +149,21 @@ def test_exact_window_and_presets():
         assert c.spec == "q4" and "bits=4" in c.key_spec
         greedy(model, ids, c, new=150)  # past the first 128-token chunk and the exact newest 8
         assert c.memory()["key_codes"] > 0
-        # the preset's per-layer plan, as the CLI resolves it: on 6 layers, one more key
-        # bit in layer 1 and one more value bit in layers 3 and 4
+        # the preset's per-layer plan, as the CLI resolves it: on 6 layers, one more value
+        # bit in layers 0, 3 and 4
         six = KVQCache(tiny_llama(seed=9, layers=6), "q3")
         kb = [layer._config.key.bits for layer in six.layers]
         vb = [layer._config.value.bits for layer in six.layers]
-        assert kb == [3, 4, 3, 3, 3, 3] and vb == [2, 2, 2, 3, 3, 2]
+        assert kb == [3, 3, 3, 3, 3, 3] and vb == [3, 2, 2, 3, 3, 2]
+        # channel keys see each step's queries on the CPU path (they weigh the channels'
+        # bits): other codes than without, the same closeness to the exact logits
+        tokens = greedy(model, ids, DynamicCache(config=model.config), new=150)
+        exact = step_logits(model, tokens, DynamicCache(config=model.config))
+        seen = step_logits(model, tokens, KVQCache(model, "q2", use_cuda=False))
+        blind = step_logits(model, tokens, KVQCache(model, "q2", use_cuda=False, observe_queries=False))
+        assert not np.array_equal(seen, blind)
+        err = [np.linalg.norm(x - exact) / np.linalg.norm(exact) for x in (seen, blind)]
+        assert err[0] < 1.5 * err[1] + 1e-3, err
         with pytest.raises(kvq.KvqError):
             KVQCache(model, preset="no_such_preset")
         # the CLI's cache strings: KSPEC+VSPEC@options; window 64 keeps this text exact
@@ -266,7 +275,8 @@ def test_cuda_presets_run_the_gpu_kernels():
         assert all(isinstance(layer._gpu, _GpuChan) for layer in gpu.layers)
         m = gpu.memory()
         assert m["key_codes"] > 0 and m["value_codes"] > 0  # chunks were coded on the device
-        cpu = KVQCache(model, preset, use_cuda=False)
+        # the GPU codes its channels' bits from the keys' ranges alone: the CPU path the same
+        cpu = KVQCache(model, preset, use_cuda=False, observe_queries=False)
         b = step_logits(model, tokens, cpu)
         assert all(layer._gpu is None for layer in cpu.layers)
         rel = np.linalg.norm(a - exact, axis=1) / np.linalg.norm(exact, axis=1)
