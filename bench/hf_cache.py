@@ -5,7 +5,9 @@ past is what attention reads), bytes held by the cache at the end, and decode sp
 
 Peers, same run: DynamicCache (exact), QuantizedCache with the quanto backend (int4,
 int2; PyPI optimum-quanto) and hqq (PyPI hqq) when importable, fp8 where the torch
-build has it. Needs torch, transformers >= 5, gguf.
+build has it. Needs torch, transformers >= 5, gguf. --kl adds KL from DynamicCache and
+top-1 agreement; a kvq config ending in /blind ("q2/blind") hides the queries from its
+channel keys (bits from the keys' ranges alone, as the GPU path codes them).
 
   python3 bench/hf_cache.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
       --text data/fortunes-science.txt --ctx 512 --rows 4 --json out.json
@@ -78,24 +80,35 @@ def make_caches(model, names, threads=0):
             out[name] = lambda b=backend, o=opts: QuantizedCache(backend=b, config=cfg, **o)
         elif name == "fp8":
             out[name] = lambda: QuantizedCache(backend="fp8", config=cfg)
+        elif name.endswith("/blind"):  # kvq with its queries hidden from the channel keys
+            out[name] = lambda s=name[: -len("/blind")]: KVQCache(model, s, n_threads=threads, observe_queries=False)
         else:  # a kvq cache string: preset or KSPEC[+VSPEC][@options]
             out[name] = lambda s=name: KVQCache(model, s, n_threads=threads)
     return out
 
 
-def decode_nll(model, rows, cache):
+def decode_nll(model, rows, cache, ref=None, keep=False):
     """Mean negative log-likelihood of tokens 1.. of each row, the first token as the
-    prompt and every later one fed alone through the cache."""
-    nll, n = 0.0, 0
+    prompt and every later one fed alone through the cache. With ref (the exact cache's
+    log-probabilities, kept as float16 [steps][rows][vocab] when keep is set): also the
+    mean KL(ref || this) and how often both put the same token first."""
+    nll, n, kl, same = 0.0, 0, 0.0, 0
+    kept = []
     with torch.no_grad():
         logits = model(rows[:, :1], use_cache=True, **{KW: cache}).logits[:, -1]
         for t in range(1, rows.shape[1]):
             lp = torch.log_softmax(logits.float(), dim=-1)
             nll -= lp.gather(1, rows[:, t : t + 1]).sum().item()
             n += rows.shape[0]
+            if keep:
+                kept.append(lp.half())
+            if ref is not None:
+                r = ref[t - 1].float()
+                kl += (r.exp() * (r - lp)).sum().item()
+                same += (r.argmax(-1) == lp.argmax(-1)).sum().item()
             if t + 1 < rows.shape[1]:
                 logits = model(rows[:, t : t + 1], use_cache=True, **{KW: cache}).logits[:, -1]
-    return nll / n
+    return nll / n, (kl / n, 100.0 * same / n) if ref is not None else None, kept
 
 
 def decode_speed(model, make, prompt_len, new, ids):
@@ -123,6 +136,9 @@ def main():
     ap.add_argument("--speed-new", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads and kvq's attention pool (0: their defaults, one per CPU)")
+    ap.add_argument("--kl", action="store_true",
+                    help="also KL from DynamicCache and top-1 agreement (run 'dynamic' first; "
+                    "keeps its log-probabilities, rows x ctx x vocab float16)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     if a.threads:
@@ -148,6 +164,7 @@ def main():
     makers = make_caches(model, [c for c in a.configs.split(",") if c], a.threads)
     results = []
     base = None
+    ref = None  # the exact cache's log-probabilities, with --kl
     for name, make in makers.items():
         try:
             cache = make()
@@ -156,7 +173,9 @@ def main():
             continue
         c0 = time.process_time()
         try:
-            nll = decode_nll(model, rows, cache)
+            nll, agree, kept = decode_nll(model, rows, cache, ref=ref, keep=a.kl and name == "dynamic")
+            if kept:
+                ref = kept
         except Exception as e:
             print("%-16s failed: %s" % (name, str(e).splitlines()[0][:100]))
             continue
@@ -169,10 +188,13 @@ def main():
              "bits_per_number": 16.0 * held / fp16_bytes, "cpu_s": cpu}
         if isinstance(cache, KVQCache):
             r["spec"] = cache.key_spec + " / " + cache.value_spec
+        if agree is not None:
+            r["kl"], r["top1_pct"] = agree
         results.append(r)
-        print("%-16s ppl %8.3f  %s  held %9d B = %5.2f bits/number  (cpu %.0f s)"
+        print("%-16s ppl %8.3f  %s  held %9d B = %5.2f bits/number%s  (cpu %.0f s)"
               % (name, ppl, "(+%5.2f %%)" % (100 * (ppl / base - 1)) if base else "           ",
-                 held, r["bits_per_number"], cpu))
+                 held, r["bits_per_number"],
+                 "  KL %.5f top-1 %.2f %%" % agree if agree is not None else "", cpu))
 
     speed = []
     for name in [c for c in a.speed.split(",") if c]:
