@@ -215,8 +215,9 @@ TEST(presets_real_model_q4) {
 
 /* Memory held by a preset's caches for a model of SmolLM2's shape (30 layers of 3 KV heads
  * x 64, 9 query heads) and of Gemma-3-270M's (18 layers of 1 KV head x 256, 4 query heads),
- * attended on a pool, the layers sharing what they read back alike as a context's do: below
- * fp16 from 64 tokens on, and within 10 % of the codes (window and sinks included) at 4096. */
+ * shown queries and attended on a pool as the engine does, the layers sharing what they
+ * read back alike as a context's do: below fp16 from 64 tokens on, and within 10 % of the
+ * codes (window and sinks included) at 4096. */
 TEST(presets_memory_below_fp16) {
     static const struct { uint32_t n_kv, dim, H, L; } shapes[] = {{3, 64, 9, 30}, {1, 256, 4, 18}};
     const size_t n = 4096;
@@ -246,6 +247,9 @@ TEST(presets_memory_below_fp16) {
                 for (uint32_t l = 0; l < L; l++) {
                     kvq_cache *c;
                     REQUIRE_OK(kvq_cache_set_layer(set, l, &c));
+                    /* as the engine: queries shown first (their sums are held until the
+                     * first chunk's bits are fixed) */
+                    REQUIRE_OK(kvq_cache_observe_queries(c, q, H, 1));
                     REQUIRE_OK(kvq_cache_append(c, k + have * n_kv * dim, v + have * n_kv * dim, step - have));
                     REQUIRE_OK(kvq_cache_attend(c, q, H, 1, 0.125f, pool, out));
                 }
