@@ -232,30 +232,39 @@ class Cache:
             with self._guard.exclusive():
                 _check(N._cache_append(self._handle(), _fp(ka), _fp(va), nk), "kvq_cache_append")
 
-    def observe_queries(self, q):
-        """Channel keys (the presets): the queries of the tokens about to be appended, in
-        attend()'s shapes. Until the first chunk is coded they weigh each key channel's
-        bits (range times the queries' mean square); afterwards, and for other key
-        methods, a no-op."""
-        qa, _ = N._as_float32(q)
-        if qa.ndim == 4:
+    def _queries(self, q, what):
+        """q as attend() takes it: (n_queries, n_q_heads, head_dim), (n_q_heads, head_dim)
+        for one, or [1, n_q_heads, n_queries, head_dim]. Returns the C-contiguous float32
+        (n_queries, n_q_heads, head_dim) array, the function that turns a result back into
+        q's kind, and whether q was the 4-D layout or a single query."""
+        qa, back = N._as_float32(q)
+        hf_layout = qa.ndim == 4
+        if hf_layout:
             if qa.shape[0] != 1:
-                raise ValueError("observe_queries: a kvq.Cache holds one sequence; got batch %d" % qa.shape[0])
-            qa = qa[0].transpose(1, 0, 2)
-        if qa.ndim == 2:
+                raise ValueError("%s: a kvq.Cache holds one sequence; got batch %d" % (what, qa.shape[0]))
+            qa = np.ascontiguousarray(qa[0].transpose(1, 0, 2))
+        single = qa.ndim == 2
+        if single:
             qa = qa[None]
         if qa.ndim != 3 or qa.shape[2] != self.head_dim:
             raise ValueError(
-                "observe_queries: q must have shape (n_queries, n_q_heads, %d), got %s"
-                % (self.head_dim, np.shape(q))
+                "%s: q must have shape (n_queries, n_q_heads, %d), got %s" % (what, self.head_dim, np.shape(q))
             )
-        qa = np.ascontiguousarray(qa, dtype=np.float32)
-        n_queries, n_q_heads = qa.shape[0], qa.shape[1]
+        n_q_heads = qa.shape[1]
         if n_q_heads == 0 or n_q_heads % self.n_kv_heads:
             raise ValueError(
-                "observe_queries: n_q_heads (%d) must be a positive multiple of n_kv_heads (%d)"
-                % (n_q_heads, self.n_kv_heads)
+                "%s: n_q_heads (%d) must be a positive multiple of n_kv_heads (%d)"
+                % (what, n_q_heads, self.n_kv_heads)
             )
+        return qa, back, hf_layout, single
+
+    def observe_queries(self, q):
+        """Channel keys (the presets): the queries of the tokens about to be appended, in
+        attend()'s shapes. Until the first chunk is coded they weigh each key channel's
+        bits (range times the queries' root mean square); afterwards, and for other key
+        methods, a no-op."""
+        qa, _, _, _ = self._queries(q, "observe_queries")
+        n_queries, n_q_heads = qa.shape[0], qa.shape[1]
         if n_queries:
             with self._guard.exclusive():
                 _check(
@@ -269,26 +278,8 @@ class Cache:
         [1, n_q_heads, n_queries, head_dim]), n_q_heads a multiple of n_kv_heads; returns
         the output in q's shape (and kind). scale defaults to 1/sqrt(head_dim); pool is an
         optional ThreadPool."""
-        qa, back = N._as_float32(q)
-        hf_layout = qa.ndim == 4
-        if hf_layout:
-            if qa.shape[0] != 1:
-                raise ValueError("attend: a kvq.Cache holds one sequence; got batch %d" % qa.shape[0])
-            qa = np.ascontiguousarray(qa[0].transpose(1, 0, 2))
-        single = qa.ndim == 2
-        if single:
-            qa = qa[None]
-        if qa.ndim != 3 or qa.shape[2] != self.head_dim:
-            raise ValueError(
-                "attend: q must have shape (n_queries, n_q_heads, %d), got %s"
-                % (self.head_dim, np.shape(q))
-            )
+        qa, back, hf_layout, single = self._queries(q, "attend")
         n_queries, n_q_heads = qa.shape[0], qa.shape[1]
-        if n_q_heads == 0 or n_q_heads % self.n_kv_heads:
-            raise ValueError(
-                "attend: n_q_heads (%d) must be a positive multiple of n_kv_heads (%d)"
-                % (n_q_heads, self.n_kv_heads)
-            )
         if scale is None:
             scale = 1.0 / np.sqrt(self.head_dim)
         out = np.empty_like(qa)
