@@ -336,9 +336,10 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *cache, const float *k, const floa
 /* Channel keys (`channel:` key specs, the presets): the queries of the tokens about to be
  * appended, q: [n_queries][n_q_heads][head_dim] as kvq_cache_attend takes them. Until
  * the first chunk is coded the cache sums each key channel's squared queries (per KV
- * head, its query heads together); the chunk's bits then go by range times that mean
- * square rather than by range alone (a score's error is sum_j q_j e_j), so channels the
- * queries barely read get fewer bits (docs/METHODS.md, "channel"). Optional: without it
+ * head, its query heads together); the chunk's bits then go by range times the root of
+ * that mean square rather than by range alone (a score's error is sum_j q_j e_j), so
+ * channels the queries barely read get fewer bits (docs/METHODS.md, "channel"). The sums
+ * are held only until then. Optional: without it
  * the bits follow the ranges. An engine calls it before each kvq_cache_append with the
  * same tokens' queries; once the bits are fixed, and for other key methods, it does
  * nothing. A NaN or infinite entry: KVQ_ERR_INVALID_ARG, nothing summed. */

@@ -293,10 +293,9 @@ int kvq_cmd_perplexity(int argc, char **argv) {
             if ((!plan && kvq_cli_check_layer_set("perplexity", kspec, info.n_layers)) ||
                 (strcmp(vspec, kspec) && kvq_cli_check_layer_set("perplexity", vspec, info.n_layers)))
                 continue;
-            /* a spec with '+' is read whole (KSPEC+VSPEC, PRESET+VSPEC): split, a preset's
-             * name alone would stand for the whole cache and drop VSPEC */
-            const char *whole = plus ? specs[c] : kspec;
-            if ((st = kvq_cli_cache_configs(&info, plan ? NULL : whole, vspec, plan, (uint32_t)window,
+            /* the spec as given, read whole (KSPEC+VSPEC, PRESET+VSPEC): its keys' side alone
+             * would be a preset's name standing for the whole cache, VSPEC dropped */
+            if ((st = kvq_cli_cache_configs(&info, plan ? NULL : specs[c], vspec, plan, (uint32_t)window,
                                             (uint32_t)outliers, (uint32_t)sink, per_layer, msg, sizeof msg))) {
                 fprintf(stderr, "kvq perplexity: config '%s': %s%s%s\n", specs[c], kvq_strerror(st),
                         msg[0] ? ": " : "", msg);
