@@ -6,7 +6,6 @@
  */
 #include <immintrin.h>
 #include <math.h>
-#include <string.h>
 
 #include "cpu/vq_kernels.h"
 
@@ -23,18 +22,14 @@ void kvqi_vq_accum_avx2(const float *cent, uint32_t dim, const float *w, size_t 
     float spare[16] = {0};
     for (size_t t0 = 0; t0 < n; t0 += KVQI_VQ_PASS) {
         size_t nt = n - t0 < KVQI_VQ_PASS ? n - t0 : KVQI_VQ_PASS;
-        for (size_t t = 0; t < nt; t++) {
-            uint16_t nh;
-            memcpy(&nh, v + (t0 + t) * code_size, 2);
-            norm[t] = _cvtsh_ss(nh);
-        }
+        kvqi_vq_norms(v, code_size, t0, nt, norm);
         for (uint32_t h0 = 0; h0 < G; h0 += 4) {
             const float *wp[4];
             kvqi_vq_rows(w, ld, G, h0, t0, wp);
             uint32_t j0 = 0;
             for (; j0 + 16 <= dim; j0 += 16) {
                 float *ap[4];
-                for (uint32_t i = 0; i < 4; i++) ap[i] = h0 + i < G ? acc + (size_t)(h0 + i) * dim + j0 : spare;
+                kvqi_vq_accs(acc, dim, G, h0, j0, spare, ap);
                 __m256 a00 = _mm256_loadu_ps(ap[0]), a01 = _mm256_loadu_ps(ap[0] + 8);
                 __m256 a10 = _mm256_loadu_ps(ap[1]), a11 = _mm256_loadu_ps(ap[1] + 8);
                 __m256 a20 = _mm256_loadu_ps(ap[2]), a21 = _mm256_loadu_ps(ap[2] + 8);

@@ -10,7 +10,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
+#include "core/core.h"
 #include "kvq.h"
 
 /* acc[h][j] = fmaf(w[h * ld + t] * norm_t, cent[4 * v_t[2 + j / 4] + j % 4], acc[h][j])
@@ -38,6 +40,20 @@ static inline void kvqi_vq_rows(const float *w, size_t ld, uint32_t G, uint32_t 
                                 const float *rows[4]) {
     static const float zero_w[KVQI_VQ_PASS];
     for (uint32_t i = 0; i < 4; i++) rows[i] = h0 + i < G ? w + (h0 + i) * ld + t0 : zero_w;
+}
+
+/* the fp16 norms of tokens t0 .. t0 + nt - 1 (nt <= KVQI_VQ_PASS) as floats */
+static inline void kvqi_vq_norms(const uint8_t *v, size_t code_size, size_t t0, size_t nt, float *norm) {
+    for (size_t t = 0; t < nt; t++) {
+        uint16_t nh;
+        memcpy(&nh, v + (t0 + t) * code_size, 2);
+        norm[t] = kvqi_fp16_to_fp32(nh);
+    }
+}
+/* heads h0 .. h0 + 3's accumulators from coordinate j0, a head past G writing to spare. */
+static inline void kvqi_vq_accs(float *acc, uint32_t dim, uint32_t G, uint32_t h0, uint32_t j0, float *spare,
+                                float *accs[4]) {
+    for (uint32_t i = 0; i < 4; i++) accs[i] = h0 + i < G ? acc + (size_t)(h0 + i) * dim + j0 : spare;
 }
 
 /* The fastest version for a resolved ISA and dim (dim % 4 == 0). */
