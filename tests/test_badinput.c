@@ -183,6 +183,15 @@ TEST(badinput_config_values_decimal_only) {
     CHECK(c.method == KVQ_METHOD_FP16);
     REQUIRE_OK(kvq_config_parse("rabitq:eps0=2.5", 128, &c, msg, sizeof msg));
     CHECK(c.eps0 == 2.5f);
+    /* a cache spec with a side missing says so (it once read "unknown method ''") */
+    static const char *const halves[] = {"q2+", "+q2", "mse:bits=4+", " + mse:bits=2"};
+    kvq_cache_config cc;
+    for (size_t i = 0; i < sizeof halves / sizeof halves[0]; i++) {
+        msg[0] = 0;
+        CHECKF(kvq_cache_config_parse(halves[i], 2, 64, &cc, msg, sizeof msg) == KVQ_ERR_PARSE, "'%s' accepted",
+               halves[i]);
+        CHECKF(strstr(msg, "empty method name") != NULL, "'%s': %s", halves[i], msg);
+    }
 }
 
 /* --------------------------------------------------------- regular files */

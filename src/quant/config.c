@@ -344,6 +344,11 @@ KVQ_API kvq_status kvq_config_parse(const char *spec, uint32_t dim, kvq_config *
     kvq_method method = KVQ_METHOD_NONE;
     for (size_t i = 0; i < sizeof k_names / sizeof k_names[0]; i++)
         if (strcmp(name, k_names[i].name) == 0) method = k_names[i].method;
+    if (method == KVQ_METHOD_NONE && !*name) {
+        kvqi_set_msg(msg, msg_size, "config: empty method name (a spec is METHOD[:key=value,...]; "
+                     "a cache spec KEYS+VALUES needs both sides)");
+        return KVQ_ERR_PARSE;
+    }
     if (method == KVQ_METHOD_NONE) {
         kvqi_set_msg(msg, msg_size, "config: unknown method '%s'", name);
         return KVQ_ERR_PARSE;
