@@ -372,7 +372,7 @@ typedef struct chan_attn_args {
     int q_dtype;
     float q_scale;
     float *partial; /* [batch][n_q_heads][n_slots][D + 2] */
-    int n_q_heads, G, cps, n_split, n_slots;
+    int n_q_heads, G, cps, n_split, n_slots; /* slots n_split..n_slots-1: the exact tokens */
 } chan_attn_args;
 
 __device__ __forceinline__ unsigned get_idx(const uint8_t *p, int i, int bits) {
@@ -447,8 +447,8 @@ __device__ __forceinline__ float code_float(uint32_t bits, uint32_t mask) {
     return __int_as_float((int)((bits & mask) | 0x4b000000u)) - 8388608.0f;
 }
 
-/* Grid (n_split + 1, n_kv, batch): blocks x < n_split score whole coded chunks, block
- * n_split the exact tokens; each stores (acc, max, sum) per query head in its slot.
+/* Grid (n_slots, n_kv, batch): blocks x < n_split score whole coded chunks, blocks from
+ * n_split on the exact tokens; each stores (acc, max, sum) per query head in its slot.
  * Each warp takes a contiguous quarter of the split's 32-token groups and copies its next
  * group (chunk header, plane words, value codes) with cp.async while it works on this
  * one; it computes a chunk's weights q_j step_j and bias <q, mean + lo> itself when the
@@ -482,6 +482,33 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     if (len > g.capacity) len = g.capacity;
     if (len < 0) len = 0;
     const int nc = n_coded(len, g.W, g.C);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::); /* the merge may be scheduled (it waits for us) */
+#endif
+    /* a coded split's warp range and its first group's copy, issued before anything else
+     * (the prologue's loads then wait with it, not before it) */
+    const int C = g.C, t_begin = split * a.cps * C, t_end = min((split + 1) * a.cps * C, nc);
+    const int n_groups = split < a.n_split ? max(t_end - t_begin, 0) / 32 : 0;
+    const int g_begin = (int)((long long)n_groups * warp / CHAN_WARPS);
+    const int g_end = (int)((long long)n_groups * (warp + 1) / CHAN_WARPS);
+    const int cpb = g.capacity / C;
+    uint32_t *my = s_warp + warp * WW;
+    const uint8_t *kbase = g.cache + g.keys + (size_t)row * cpb * g.key_block;
+    const uint8_t *vbase = g.cache + g.values + (size_t)row * g.capacity * vcs;
+    auto issue = [&](int gi, int st) {
+        if (gi < g_end) {
+            const int t0 = t_begin + 32 * gi, ci = t0 / C, grp = (t0 % C) / 32;
+            const uint8_t *blk = kbase + (size_t)ci * g.key_block;
+            const uint8_t *wsrc = blk + 4 * (size_t)D + (size_t)grp * P * 4;
+            const uint8_t *vsrc = vbase + (size_t)t0 * vcs;
+            uint8_t *dst = (uint8_t *)(my + st * SW);
+            for (int c = lane; c < D / 4; c += 32) cp_async16(dst + 16 * c, blk + 16 * c);
+            for (int c = lane; c < P / 4; c += 32) cp_async16(dst + 4 * D + 16 * c, wsrc + 16 * c);
+            for (int c = lane; c < 2 * vcs; c += 32) cp_async16(dst + 4 * D + 4 * P + 16 * c, vsrc + 16 * c);
+        }
+        cp_commit();
+    };
+    if (split < a.n_split) issue(g_begin, 0);
     for (int i = threadIdx.x; i < 256; i += blockDim.x) s_cen[i] = a.vp->cen[i];
     for (int gg = warp; gg < G; gg += CHAN_WARPS) {
         float v[E];
@@ -515,35 +542,13 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
             if (lane == 0) s_qmu[gg] = sdot;
         }
         __syncthreads();
-        const int C = g.C, t_begin = split * a.cps * C, t_end = min((split + 1) * a.cps * C, nc);
-        const int n_groups = max(t_end - t_begin, 0) / 32;
-        const int g_begin = (int)((long long)n_groups * warp / CHAN_WARPS);
-        const int g_end = (int)((long long)n_groups * (warp + 1) / CHAN_WARPS);
-        const int cpb = g.capacity / C;
-        uint32_t *my = s_warp + warp * WW;
         uint2 *s_t = (uint2 *)(my + 2 * SW);          /* [NR][32] pairs (row r, row r + 1), unless TP */
         float *s_p = (float *)(my + 2 * SW + (TP ? 0 : NR * 64)); /* [32][GS] */
         float *s_w = s_p + 32 * GS;                   /* [D][GS] */
-        const uint8_t *kbase = g.cache + g.keys + (size_t)row * cpb * g.key_block;
-        const uint8_t *vbase = g.cache + g.values + (size_t)row * g.capacity * vcs;
-        auto issue = [&](int gi, int st) {
-            if (gi < g_end) {
-                const int t0 = t_begin + 32 * gi, ci = t0 / C, grp = (t0 % C) / 32;
-                const uint8_t *blk = kbase + (size_t)ci * g.key_block;
-                const uint8_t *wsrc = blk + 4 * (size_t)D + (size_t)grp * P * 4;
-                const uint8_t *vsrc = vbase + (size_t)t0 * vcs;
-                uint8_t *dst = (uint8_t *)(my + st * SW);
-                for (int c = lane; c < D / 4; c += 32) cp_async16(dst + 16 * c, blk + 16 * c);
-                for (int c = lane; c < P / 4; c += 32) cp_async16(dst + 4 * D + 16 * c, wsrc + 16 * c);
-                for (int c = lane; c < 2 * vcs; c += 32) cp_async16(dst + 4 * D + 4 * P + 16 * c, vsrc + 16 * c);
-            }
-            cp_commit();
-        };
         int stage = 0, cur = -1;
         float bias[CHAN_GMAX];
 #pragma unroll
         for (int gg = 0; gg < CHAN_GMAX; gg++) bias[gg] = 0.0f;
-        issue(g_begin, 0);
         const int vbits = a.vbits;
         for (int gi = g_begin; gi < g_end; gi++) {
             issue(gi + 1, stage ^ 1);
@@ -720,7 +725,8 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
         const __half *ev = (const __half *)(g.cache + g.exact_v) + (size_t)row * g.exact_rows * D;
         const int ns = min(g.n_sink, len), tail0 = max(nc, g.n_sink), n_ex = ns + max(len - tail0, 0);
         float *s_pe = (float *)(s_warp + warp * WW); /* [32][GS] */
-        for (int i0 = 32 * warp; i0 < n_ex; i0 += 32 * CHAN_WARPS) {
+        const int xe = split - a.n_split, n_xe = a.n_slots - a.n_split; /* this exact block, of n_xe */
+        for (int i0 = 32 * (warp + CHAN_WARPS * xe); i0 < n_ex; i0 += 32 * CHAN_WARPS * n_xe) {
             const int i = i0 + lane;
             const bool valid = i < n_ex;
             const int r = i < ns ? i : g.n_sink + (tail0 + i - ns) % g.R;
@@ -842,6 +848,9 @@ __global__ void __launch_bounds__(128) chan_combine_kernel(const kvqc_params *vp
     const int D = 32 * E, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const size_t row = (size_t)blockIdx.y * n_q_heads + blockIdx.x;
     const float *p = partial + row * n_slots * (D + 2);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory"); /* launched early: the slots once written */
+#endif
     float M = -INFINITY;
     for (int u = tid; u < n_slots; u += blockDim.x) M = fmaxf(M, p[(size_t)u * (D + 2) + D]);
     M = kvqc_warp_max(M);
@@ -1117,7 +1126,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_append_n(const kvq_cuda_chan *kc, kv
 }
 
 typedef struct attn_plan {
-    int n_split, cps, n_slots;
+    int n_split, cps, n_slots; /* n_slots - n_split blocks for the exact tokens */
     bool tp;
     size_t smem;
 } attn_plan;
@@ -1175,7 +1184,9 @@ static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, attn
         p->cps = (int)cps;
         p->n_split = (int)((chunks + cps - 1) / cps);
     }
-    p->n_slots = p->n_split + 1;
+    /* the exact tokens (sinks, window and the filling chunk: up to n_sink + W + C) a round
+     * of 32 a warp: over two blocks when one would take more than one round a warp */
+    p->n_slots = p->n_split + (kc->n_sink + kc->R > 32 * CHAN_WARPS ? 2 : 1);
 }
 
 extern "C" KVQ_API kvq_status kvq_cuda_chan_attend_workspace(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
@@ -1221,16 +1232,28 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, cons
     cudaStream_t s = (cudaStream_t)stream;
     dim3 grid((unsigned)p.n_slots, d->n_kv_heads, d->batch), rows(d->n_q_heads, d->batch);
     attend_kernel_for(kc->D, (uint32_t)a.G, p.tp)<<<grid, 128, p.smem, s>>>(a);
-    switch (kc->D) {
-    case 64:
-        chan_combine_kernel<2><<<rows, 128, 0, s>>>(kc->vq->p_dev, a.partial, p.n_slots, a.n_q_heads, out_dev);
-        break;
-    case 128:
-        chan_combine_kernel<4><<<rows, 128, 0, s>>>(kc->vq->p_dev, a.partial, p.n_slots, a.n_q_heads, out_dev);
-        break;
-    default:
-        chan_combine_kernel<8><<<rows, 128, 0, s>>>(kc->vq->p_dev, a.partial, p.n_slots, a.n_q_heads, out_dev);
-        break;
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return kvqc_status(e);
+    /* the merge as a programmatic dependent launch: scheduled while the attention's last
+     * blocks run, it waits for their slots (griddepcontrol.wait) */
+    void (*combine)(const kvqc_params *, const float *, int, int, float *) =
+        kc->D == 64 ? chan_combine_kernel<2> : kc->D == 128 ? chan_combine_kernel<4> : chan_combine_kernel<8>;
+    cudaLaunchConfig_t lc;
+    memset(&lc, 0, sizeof lc);
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    lc.gridDim = rows;
+    lc.blockDim = dim3(128);
+    lc.stream = s;
+    lc.attrs = at;
+    lc.numAttrs = 1;
+    const kvqc_params *vp = kc->vq->p_dev;
+    const float *part = a.partial;
+    e = cudaLaunchKernelEx(&lc, combine, vp, part, p.n_slots, a.n_q_heads, out_dev);
+    if (e != cudaSuccess) { /* no programmatic launch here: an ordinary one */
+        cudaGetLastError();
+        combine<<<rows, 128, 0, s>>>(vp, part, p.n_slots, a.n_q_heads, out_dev);
     }
     return kvqc_status(cudaGetLastError());
 }
