@@ -36,6 +36,11 @@
 #define CHAN_REFINE_BITS 2
 #define CHAN_GMAX 8
 #define CHAN_WARPS 4
+#ifndef CHAN_MMA
+/* 1: up to 4 query heads per KV head score on the tensor cores (integer mma over the
+ * bit planes, below chan_attend_kernel's comment); 0: the CUDA-core score loop only */
+#define CHAN_MMA 0
+#endif
 
 struct kvq_cuda_chan {
     kvq_cache_config cfg;
@@ -392,30 +397,34 @@ __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1
 /* Per-warp shared memory, in 4-byte words: two stages of one 32-token group (its chunk's
  * minima and steps, its plane words, its 32 value codes), the transposed planes as pairs
  * of consecutive rows (NR rows of 32 lanes x 2; none with tp, where they replace the
- * stage's plane words in place), the group's softmax weights [32][GS],
+ * stage's plane words in place; with the tensor-core scores the same area holds the
+ * chunk's B fragments, NR x 32 lanes x 2 words), the group's softmax weights [32][GS],
  * the chunk's weights q_j step_j [D][GS] (GS: 4 for up to 4 query heads, else 8). */
+static constexpr __host__ __device__ bool chan_mma(int GS) { return CHAN_MMA && GS == 4; }
 static __host__ __device__ __forceinline__ int stage_words(int D, int P, int vcs) {
     return (D + P + (32 * vcs + 3) / 4 + 3) & ~3;
 }
 static __host__ __device__ __forceinline__ int warp_words(int D, int P, int vcs, int GS, bool tp) {
-    return 2 * stage_words(D, P, vcs) + (tp ? 0 : (P / 32) * 64) + 32 * GS + D * GS;
+    return 2 * stage_words(D, P, vcs) + (tp && !chan_mma(GS) ? 0 : (P / 32) * 64) + 32 * GS + D * GS;
 }
 
 /* Dynamic shared memory of the attention kernel, in 4-byte words (the warps' areas hold
- * the split's partial results at the end). */
+ * the split's partial results at the end; the tensor-core scores add a plane table of P
+ * words to the block's area). */
 static size_t attn_smem_words(int D, int G, int P, int vcs, bool tp) {
     const int GS = G <= 4 ? 4 : 8;
     size_t warps = (size_t)CHAN_WARPS * warp_words(D, P, vcs, GS, tp), part = (size_t)CHAN_WARPS * G * (D + 2);
-    return (size_t)G * D + 4 * (size_t)D + 2 * CHAN_GMAX + (warps > part ? warps : part);
+    return (size_t)G * D + 4 * (size_t)D + (chan_mma(GS) ? (size_t)P : 0) + 2 * CHAN_GMAX +
+           (warps > part ? warps : part);
 }
 
 /* One step of the 32 x 32 bit transpose for N independent words (interleaved so their
  * shuffles overlap): after the five steps word r of lane t holds bit t of the 32 lanes'
  * words r. */
-template <int N, bool ROT>
+template <int N, bool ROT, int LAST = 1>
 __device__ __forceinline__ void transpose_words(uint32_t (&v)[N], int lane) {
 #pragma unroll
-    for (int sh = 16; sh >= 1; sh >>= 1) {
+    for (int sh = 16; sh >= LAST; sh >>= 1) {
         const uint32_t mk = sh == 16 ? 0x0000ffffu : sh == 8 ? 0x00ff00ffu : sh == 4 ? 0x0f0f0f0fu
                             : sh == 2 ? 0x33333333u : 0x55555555u;
         uint32_t x[N];
@@ -447,6 +456,29 @@ __device__ __forceinline__ float code_float(uint32_t bits, uint32_t mask) {
     return __int_as_float((int)((bits & mask) | 0x4b000000u)) - 8388608.0f;
 }
 
+__device__ __forceinline__ void chan_imma(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint2 b) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b.x), "r"(b.y));
+}
+
+/* One k-step of the tensor-core scores, 32 planes: lane l loaded plane word 32 kt + l
+ * (bit t = token t) and ran the first three steps of the bit transpose (lane bits 4, 3, 2
+ * exchanged with word bits 4, 3, 2). Lane L = 4 r + q then holds tokens 4 r + {0..3}
+ * (token bits 0, 1 at word bits 0, 1) of the planes l = q + 4 {0..7} (l's bits 2, 3, 4 at
+ * word bits 2, 3, 4): byte b of (v >> e) & 0x01010101 is plane l = 16 (b >> 1) + 8 (b & 1)
+ * + 4 (e >> 2) + q, token 4 r + (e & 3). As m16n8k32 A fragments (u8 0 or 1): M-tile m
+ * rows r and r + 8 are tokens 4 r + 2 m and 4 r + 2 m + 1, k = 16 c + 4 q + b is plane
+ * 16 (b >> 1) + 8 (b & 1) + 4 c + q; so the B fragment of lane L holds, for column L >> 2
+ * (head L >> 3, high or low byte), plane 8 i + (L & 3) in byte i of b0 and plane
+ * 8 i + 4 + (L & 3) in byte i of b1. */
+__device__ __forceinline__ void chan_mma_step(int (&c0)[4], int (&c1)[4], uint32_t v, uint2 b) {
+    chan_imma(c0, v & 0x01010101u, (v >> 1) & 0x01010101u, (v >> 4) & 0x01010101u, (v >> 5) & 0x01010101u, b);
+    chan_imma(c1, (v >> 2) & 0x01010101u, (v >> 3) & 0x01010101u, (v >> 6) & 0x01010101u, (v >> 7) & 0x01010101u,
+              b);
+}
+
 /* Grid (n_slots, n_kv, batch): blocks x < n_split score whole coded chunks, blocks from
  * n_split on the exact tokens; each stores (acc, max, sum) per query head in its slot.
  * Each warp takes a contiguous quarter of the split's 32-token groups and copies its next
@@ -470,9 +502,11 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     const chan_geom &g = a.g;
     const int D = 32 * E, G = a.G, P = g.bits * D, NR = P / 32;
     float *s_q = smem;                           /* [G][D] */
+    constexpr bool MMA = chan_mma(GS);
     int4 *s_bm = (int4 *)(s_q + G * D);          /* [D]: transposed word's byte offset, shift, mask */
     __shared__ float s_cen[256];                 /* value centroids (a fixed address) */
-    float *s_qmu = (float *)(s_bm + D);          /* [GMAX] (+ pad) */
+    uint32_t *s_pl = (uint32_t *)(s_bm + D);     /* MMA: [P] plane -> 2^bit as float bits | channel */
+    float *s_qmu = (float *)(s_pl + (MMA ? P : 0)); /* [GMAX] (+ pad) */
     uint32_t *s_warp = (uint32_t *)(s_qmu + 2 * CHAN_GMAX);
     const int vcs = g.vcs, SW = stage_words(D, P, vcs), WW = warp_words(D, P, vcs, GS, TP);
     float *s_part = (float *)s_warp; /* [WARPS][G][D + 2], once the warps are done */
@@ -534,6 +568,14 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
             const int off = off_p[j], nb = hs[j];
             s_bm[j] = make_int4((off >> 5) * (TP ? 128 : 256), off & 31, (int)((1u << nb) - 1u), 0);
         }
+        if (MMA) { /* plane off_j + p of channel j: 2^p (float bits, low mantissa bits clear) | j */
+            for (int i = threadIdx.x; i < P; i += blockDim.x) s_pl[i] = 0u; /* planes of no channel: 0 */
+            __syncthreads();
+            for (int j = threadIdx.x; j < D; j += blockDim.x) {
+                const int off = off_p[j], nb = hs[j];
+                for (int p = 0; p < nb && off + p < P; p++) s_pl[off + p] = ((uint32_t)(127 + p) << 23) | (uint32_t)j;
+            }
+        }
         __syncthreads();
         for (int gg = warp; gg < G; gg += CHAN_WARPS) {
             float sdot = 0.0f;
@@ -543,12 +585,15 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
         }
         __syncthreads();
         uint2 *s_t = (uint2 *)(my + 2 * SW);          /* [NR][32] pairs (row r, row r + 1), unless TP */
-        float *s_p = (float *)(my + 2 * SW + (TP ? 0 : NR * 64)); /* [32][GS] */
+        float *s_p = (float *)(my + 2 * SW + (TP && !MMA ? 0 : NR * 64)); /* [32][GS] */
         float *s_w = s_p + 32 * GS;                   /* [D][GS] */
+        uint8_t *s_bt = (uint8_t *)s_t;               /* MMA: [NR][32 lanes][b0, b1] */
         int stage = 0, cur = -1;
-        float bias[CHAN_GMAX];
+        float bias[CHAN_GMAX], sinv[4];
 #pragma unroll
         for (int gg = 0; gg < CHAN_GMAX; gg++) bias[gg] = 0.0f;
+#pragma unroll
+        for (int gg = 0; gg < 4; gg++) sinv[gg] = 0.0f;
         const int vbits = a.vbits;
         for (int gi = g_begin; gi < g_end; gi++) {
             issue(gi + 1, stage ^ 1);
@@ -571,71 +616,166 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
 #pragma unroll
                 for (int gg = 0; gg < CHAN_GMAX; gg++)
                     if (gg < G) bias[gg] = kvqc_warp_sum(bias[gg]) + s_qmu[gg];
-            }
-            /* transpose: word r of lane t = bits t of planes 32r..32r+31 (NR is even:
-             * bits * E words; four or two words at a time). TP: in place (lane t's word r
-             * stays at 32 r + t, where lane t read it), else as pairs of words (r, r + 1) */
-            uint32_t *wtr = (uint32_t *)wst;
-            uint32_t prev = 0;
-            int r = 0;
-            for (; r + 4 <= NR; r += 4) {
-                uint32_t v[4];
+                if constexpr (MMA) {
+                    /* the plane weights q_j step_j 2^p in 16-bit fixed point per head, against
+                     * the largest (|W| <= 32639: high byte (W + 128) >> 8 and low byte W & 255
+                     * both signed), as B fragments in s_bt */
+                    float amax[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                    for (int j = lane; j < D; j += 32) {
+                        const float top = (float)((s_bm[j].z + 1) >> 1); /* 2^(bits - 1); 0: no bits */
+                        const float4 w = *(const float4 *)(s_w + 4 * j);
+                        amax[0] = fmaxf(amax[0], fabsf(w.x) * top);
+                        amax[1] = fmaxf(amax[1], fabsf(w.y) * top);
+                        amax[2] = fmaxf(amax[2], fabsf(w.z) * top);
+                        amax[3] = fmaxf(amax[3], fabsf(w.w) * top);
+                    }
 #pragma unroll
-                for (int i = 0; i < 4; i++) v[i] = wtr[32 * (r + i) + lane];
-                transpose_words<4, GS == 4 && !TP>(v, lane);
-                if (TP) {
+                    for (int o = 16; o >= 1; o >>= 1)
 #pragma unroll
-                    for (int i = 0; i < 4; i++) wtr[32 * (r + i) + lane] = v[i];
-                } else {
-                    if (r > 0) s_t[32 * (r - 1) + lane] = make_uint2(prev, v[0]);
+                        for (int gg = 0; gg < 4; gg++) amax[gg] = fmaxf(amax[gg], __shfl_xor_sync(KVQC_FULL, amax[gg], o));
+                    float fs[4];
 #pragma unroll
-                    for (int i = 0; i < 3; i++) s_t[32 * (r + i) + lane] = make_uint2(v[i], v[i + 1]);
-                    prev = v[3];
+                    for (int gg = 0; gg < 4; gg++) {
+                        const bool nz = amax[gg] > 1e-30f;
+                        fs[gg] = nz ? 32639.0f / amax[gg] : 0.0f;
+                        sinv[gg] = nz ? amax[gg] / 32639.0f : 0.0f;
+                    }
+                    for (int j = lane; j < D; j += 32) {
+                        float4 w = *(const float4 *)(s_w + 4 * j);
+                        w.x *= fs[0];
+                        w.y *= fs[1];
+                        w.z *= fs[2];
+                        w.w *= fs[3];
+                        *(float4 *)(s_w + 4 * j) = w;
+                    }
+                    __syncwarp();
+                    /* lane l: plane 32 kt + l, to lanes 8 g + (l & 3) (high byte) and
+                     * 8 g + 4 + (l & 3) (low), word (l >> 2) & 1, byte l >> 3 */
+                    uint8_t *dst = s_bt + 8 * (lane & 3) + 4 * ((lane >> 2) & 1) + (lane >> 3);
+                    for (int kt = 0; kt < NR; kt++) {
+                        const uint32_t pe = s_pl[32 * kt + lane];
+                        const float p2 = __uint_as_float(pe & 0xff800000u);
+                        const float4 u = *(const float4 *)(s_w + 4 * (pe & 0x7fffffu));
+                        const float uu[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+                        for (int gg = 0; gg < 4; gg++) {
+                            /* round(u 2^p) in the low bits of 1.5 * 2^23 + u 2^p */
+                            const int bits = __float_as_int(fmaf(uu[gg], p2, 12582912.0f));
+                            dst[256 * kt + 64 * gg] = (uint8_t)((bits - 0x4b3fff80) >> 8);
+                            dst[256 * kt + 64 * gg + 32] = (uint8_t)bits;
+                        }
+                    }
+                    __syncwarp();
                 }
             }
-            for (; r < NR; r += 2) {
-                uint32_t v[2] = {wtr[32 * r + lane], wtr[32 * (r + 1) + lane]};
-                transpose_words<2, GS == 4 && !TP>(v, lane);
-                if (TP) {
-                    wtr[32 * r + lane] = v[0];
-                    wtr[32 * (r + 1) + lane] = v[1];
-                } else {
-                    if (r > 0) s_t[32 * (r - 1) + lane] = make_uint2(prev, v[0]);
-                    s_t[32 * r + lane] = make_uint2(v[0], v[1]);
-                    prev = v[1];
-                }
-            }
-            if (!TP) s_t[32 * (NR - 1) + lane] = make_uint2(prev, 0u);
-            __syncwarp();
             float sc[CHAN_GMAX];
 #pragma unroll
             for (int gg = 0; gg < CHAN_GMAX; gg++) sc[gg] = bias[gg];
-            const uint2 *tl = s_t + lane;
-            const uint32_t *tw = wtr + lane; /* TP: word NR (past the planes) only feeds masked-off bits */
-#pragma unroll 4
-            for (int j = 0; j < D; j++) {
-                const int4 bm = s_bm[j];
-                uint32_t w0, w1;
-                if (TP) {
-                    w0 = *(const uint32_t *)((const char *)tw + bm.x);
-                    w1 = *(const uint32_t *)((const char *)tw + bm.x + 128);
-                } else {
-                    const uint2 pr = *(const uint2 *)((const char *)tl + bm.x);
-                    w0 = pr.x;
-                    w1 = pr.y;
+            if constexpr (MMA) {
+                /* the scores on the tensor cores: A = the group's plane bits (32 tokens x P
+                 * planes, u8 0 / 1), B = the chunk's plane weights (s_bt), two M-tiles of 16
+                 * tokens, int32 sums of the high and low bytes per head */
+                int c0[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
+                const uint2 *btl = (const uint2 *)s_bt + lane;
+                int r = 0;
+                for (; r + 4 <= NR; r += 4) {
+                    uint32_t v[4];
+#pragma unroll
+                    for (int i = 0; i < 4; i++) v[i] = wst[32 * (r + i) + lane];
+                    transpose_words<4, true, 4>(v, lane);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) chan_mma_step(c0, c1, v[i], btl[32 * (r + i)]);
                 }
-                const float fc = code_float(__funnelshift_r(w0, w1, bm.y), (uint32_t)bm.z);
-                const float4 wa = *(const float4 *)(s_w + j * GS);
-                sc[0] += wa.x * fc;
-                sc[1] += wa.y * fc;
-                sc[2] += wa.z * fc;
-                sc[3] += wa.w * fc;
-                if (GS > 4) {
-                    const float4 wb = *(const float4 *)(s_w + j * GS + 4);
-                    sc[4] += wb.x * fc;
-                    sc[5] += wb.y * fc;
-                    sc[6] += wb.z * fc;
-                    sc[7] += wb.w * fc;
+                for (; r < NR; r += 2) {
+                    uint32_t v[2] = {wst[32 * r + lane], wst[32 * (r + 1) + lane]};
+                    transpose_words<2, true, 4>(v, lane);
+                    chan_mma_step(c0, c1, v[0], btl[32 * r]);
+                    chan_mma_step(c0, c1, v[1], btl[32 * (r + 1)]);
+                }
+                /* lane 4 r + q: head q of tokens 4 r .. 4 r + 3 (M-tile m, row +8: token
+                 * 4 r + 2 m + 1), through s_p to a lane per token */
+                const int q = lane & 3;
+                float bq = bias[0], iq = sinv[0];
+#pragma unroll
+                for (int gg = 1; gg < 4; gg++)
+                    if (q == gg) {
+                        bq = bias[gg];
+                        iq = sinv[gg];
+                    }
+                float *sp = s_p + 16 * (lane >> 2) + q;
+                sp[0] = fmaf((float)(c0[0] * 256 + c0[1]), iq, bq);
+                sp[4] = fmaf((float)(c0[2] * 256 + c0[3]), iq, bq);
+                sp[8] = fmaf((float)(c1[0] * 256 + c1[1]), iq, bq);
+                sp[12] = fmaf((float)(c1[2] * 256 + c1[3]), iq, bq);
+                __syncwarp();
+                const float4 s4 = *(const float4 *)(s_p + 4 * lane);
+                sc[0] = s4.x;
+                sc[1] = s4.y;
+                sc[2] = s4.z;
+                sc[3] = s4.w;
+            } else {
+                /* transpose: word r of lane t = bits t of planes 32r..32r+31 (NR is even:
+                 * bits * E words; four or two words at a time). TP: in place (lane t's word r
+                 * stays at 32 r + t, where lane t read it), else as pairs of words (r, r + 1) */
+                uint32_t *wtr = (uint32_t *)wst;
+                uint32_t prev = 0;
+                int r = 0;
+                for (; r + 4 <= NR; r += 4) {
+                    uint32_t v[4];
+#pragma unroll
+                    for (int i = 0; i < 4; i++) v[i] = wtr[32 * (r + i) + lane];
+                    transpose_words<4, GS == 4 && !TP>(v, lane);
+                    if (TP) {
+#pragma unroll
+                        for (int i = 0; i < 4; i++) wtr[32 * (r + i) + lane] = v[i];
+                    } else {
+                        if (r > 0) s_t[32 * (r - 1) + lane] = make_uint2(prev, v[0]);
+#pragma unroll
+                        for (int i = 0; i < 3; i++) s_t[32 * (r + i) + lane] = make_uint2(v[i], v[i + 1]);
+                        prev = v[3];
+                    }
+                }
+                for (; r < NR; r += 2) {
+                    uint32_t v[2] = {wtr[32 * r + lane], wtr[32 * (r + 1) + lane]};
+                    transpose_words<2, GS == 4 && !TP>(v, lane);
+                    if (TP) {
+                        wtr[32 * r + lane] = v[0];
+                        wtr[32 * (r + 1) + lane] = v[1];
+                    } else {
+                        if (r > 0) s_t[32 * (r - 1) + lane] = make_uint2(prev, v[0]);
+                        s_t[32 * r + lane] = make_uint2(v[0], v[1]);
+                        prev = v[1];
+                    }
+                }
+                if (!TP) s_t[32 * (NR - 1) + lane] = make_uint2(prev, 0u);
+                __syncwarp();
+                const uint2 *tl = s_t + lane;
+                const uint32_t *tw = wtr + lane; /* TP: word NR (past the planes) only feeds masked-off bits */
+#pragma unroll 4
+                for (int j = 0; j < D; j++) {
+                    const int4 bm = s_bm[j];
+                    uint32_t w0, w1;
+                    if (TP) {
+                        w0 = *(const uint32_t *)((const char *)tw + bm.x);
+                        w1 = *(const uint32_t *)((const char *)tw + bm.x + 128);
+                    } else {
+                        const uint2 pr = *(const uint2 *)((const char *)tl + bm.x);
+                        w0 = pr.x;
+                        w1 = pr.y;
+                    }
+                    const float fc = code_float(__funnelshift_r(w0, w1, bm.y), (uint32_t)bm.z);
+                    const float4 wa = *(const float4 *)(s_w + j * GS);
+                    sc[0] += wa.x * fc;
+                    sc[1] += wa.y * fc;
+                    sc[2] += wa.z * fc;
+                    sc[3] += wa.w * fc;
+                    if (GS > 4) {
+                        const float4 wb = *(const float4 *)(s_w + j * GS + 4);
+                        sc[4] += wb.x * fc;
+                        sc[5] += wb.y * fc;
+                        sc[6] += wb.z * fc;
+                        sc[7] += wb.w * fc;
+                    }
                 }
             }
             const bool valid = t0 + lane >= g.n_sink;
