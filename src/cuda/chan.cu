@@ -979,35 +979,78 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     }
 }
 
-/* One block per (query head, sequence): the slots merged, then rotated back. */
+/* One block per (query head, sequence): the slots merged, then rotated back. Thread u
+ * holds slot u's maximum and sum; its weight exp2(max - M) goes to shared memory once, and
+ * thread i sums coordinate i over the slots with CHAN_COMBINE_U loads in flight (as
+ * attend.cu's merge). An empty slot stores acc = sum = 0 and max = -inf (weight 0). */
+#define CHAN_COMBINE_U 16
 template <int E>
 __global__ void __launch_bounds__(128) chan_combine_kernel(const kvqc_params *vp, const float *partial, int n_slots,
                                                            int n_q_heads, float *out) {
     __shared__ float s_red[4];
     __shared__ float s_out[32 * E];
+    __shared__ __align__(16) float s_w[128];
     const int D = 32 * E, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const size_t row = (size_t)blockIdx.y * n_q_heads + blockIdx.x;
     const float *p = partial + row * n_slots * (D + 2);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory"); /* launched early: the slots once written */
 #endif
-    float M = -INFINITY;
-    for (int u = tid; u < n_slots; u += blockDim.x) M = fmaxf(M, p[(size_t)u * (D + 2) + D]);
+    constexpr int NI = (32 * E + 127) / 128, U = CHAN_COMBINE_U;
+    float m_own = -INFINITY, l_own = 0.0f;
+    if (tid < n_slots) {
+        m_own = p[(size_t)tid * (D + 2) + D];
+        l_own = p[(size_t)tid * (D + 2) + D + 1];
+    }
+    float M = m_own;
+    for (int u = tid + 128; u < n_slots; u += 128) M = fmaxf(M, p[(size_t)u * (D + 2) + D]);
     M = kvqc_warp_max(M);
     if (lane == 0) s_red[warp] = M;
     __syncthreads();
     M = fmaxf(fmaxf(s_red[0], s_red[1]), fmaxf(s_red[2], s_red[3]));
-    for (int i = tid; i < D; i += blockDim.x) {
-        float acc = 0.0f, L = 0.0f;
-        if (M != -INFINITY) {
-            for (int u = 0; u < n_slots; u++) {
-                const float *ps = p + (size_t)u * (D + 2);
-                float w = exp2f(ps[D] - M);
-                acc += ps[i] * w;
-                L += ps[D + 1] * w;
+    float acc[NI], L = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NI; j++) acc[j] = 0.0f;
+    if (M != -INFINITY) { /* the same in every thread: the barriers below are uniform */
+        for (int u0 = 0; u0 < n_slots; u0 += 128) {
+            const int nu = min(128, n_slots - u0);
+            __syncthreads();
+            float w = 0.0f; /* past nu: 0 */
+            if (tid < nu) {
+                float mu = m_own, lu = l_own;
+                if (u0 > 0) {
+                    mu = p[(size_t)(u0 + tid) * (D + 2) + D];
+                    lu = p[(size_t)(u0 + tid) * (D + 2) + D + 1];
+                }
+                w = exp2f(mu - M);
+                L += lu * w;
+            }
+            s_w[tid] = w;
+            __syncthreads();
+            for (int k0 = 0; k0 < nu; k0 += U) {
+#pragma unroll
+                for (int j = 0; j < NI; j++) {
+                    const int i = tid + 128 * j;
+                    if (NI * 128 > D && i >= D) break;
+                    const float *pk = p + (size_t)(u0 + k0) * (D + 2) + i;
+                    float x[U];
+#pragma unroll
+                    for (int k = 0; k < U; k++) x[k] = k0 + k < nu ? pk[(size_t)k * (D + 2)] : 0.0f;
+#pragma unroll
+                    for (int k = 0; k < U; k++) acc[j] += x[k] * s_w[k0 + k];
+                }
             }
         }
-        s_out[i] = L > 0.0f ? acc / L : 0.0f;
+    }
+    L = kvqc_warp_sum(L);
+    __syncthreads();
+    if (lane == 0) s_red[warp] = L;
+    __syncthreads();
+    L = (s_red[0] + s_red[1]) + (s_red[2] + s_red[3]);
+#pragma unroll
+    for (int j = 0; j < NI; j++) {
+        const int i = tid + 128 * j;
+        if (i < D) s_out[i] = L > 0.0f ? acc[j] / L : 0.0f;
     }
     __syncthreads();
     if (warp != 0) return;
