@@ -8,7 +8,9 @@
 # arguments of the profiled shape, default q4 at batch 8, 32k).
 # CTXS / BATCHES / PRESETS: the cells (defaults 4096,32768,131072 / 1,8,32 / q4,q3,q2);
 # CELLS="ARGS;ARGS..." instead: bench_chan argument sets, run in turn.
-# MID: a third tree (an intermediate step), built and timed once per round (mid*.txt).
+# MID: a third tree (an intermediate step), built and timed once per round (mid*.txt);
+# MID_FLAGS: nvcc flags of that build (NVCC_APPEND_FLAGS, say -DCHAN_MMA=1); MID_TESTS=1:
+# its `make test TESTS=cuda_` too (mid_tests.log), and its bench in both rounds.
 # XTEST_DIR / XTEST: a tree whose `make test TESTS=$XTEST` is run too (xtest.log), say one
 # with a fix reverted, to show the test catches it.
 # Logs under $OUT (else build/chan-ab); the before/after table (CHANSPEED lines) last.
@@ -31,7 +33,8 @@ bench_bin() { # tree
 }
 J=$((NPROC / 4 > 1 ? NPROC / 4 : 1))
 (cd "$BASE" && make -j"$J" build/libkvq.a >"$OUT/build_base.log" 2>&1) &
-[ -n "${MID:-}" ] && (cd "$MID" && make -j"$J" build/libkvq.a >"$OUT/build_mid.log" 2>&1) &
+[ -n "${MID:-}" ] && (cd "$MID" && NVCC_APPEND_FLAGS="${MID_FLAGS:-}" make -j"$J" \
+  $([ "${MID_TESTS:-0}" = 1 ] && echo all || echo build/libkvq.a) >"$OUT/build_mid.log" 2>&1) &
 [ -n "${XTEST_DIR:-}" ] && (cd "$XTEST_DIR" && make -j"$J" all >"$OUT/build_xtest.log" 2>&1) &
 make -j"$J" all >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 wait
@@ -43,6 +46,11 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   make -j"$NPROC" test TESTS=cuda_ >"$OUT/tests.log" 2>&1
   stamp "tests: $(grep -E 'passed|failed' "$OUT/tests.log" | tail -1)"
   grep -E "FAIL|relative" "$OUT/tests.log" | head -20
+fi
+if [ -n "${MID:-}" ] && [ "${MID_TESTS:-0}" = 1 ]; then
+  (cd "$MID" && NVCC_APPEND_FLAGS="${MID_FLAGS:-}" make -j"$NPROC" test TESTS=cuda_) >"$OUT/mid_tests.log" 2>&1
+  stamp "mid tests (${MID_FLAGS:-}): $(grep -E 'passed|failed' "$OUT/mid_tests.log" | tail -1)"
+  grep -E "FAIL|relative" "$OUT/mid_tests.log" | head -20
 fi
 if [ -n "${XTEST_DIR:-}" ]; then
   (cd "$XTEST_DIR" && make -j"$NPROC" test TESTS="$XTEST") >"$OUT/xtest.log" 2>&1
@@ -57,7 +65,7 @@ run_cells() { # binary log
 for i in 1 2; do
   run_cells "$BASE/build/bench_chan" "$OUT/base$i.txt"
   run_cells ./build/bench_chan "$OUT/new$i.txt"
-  [ -n "${MID:-}" ] && [ "$i" = 1 ] && run_cells "$MID/build/bench_chan" "$OUT/mid$i.txt"
+  [ -n "${MID:-}" ] && { [ "$i" = 1 ] || [ "${MID_TESTS:-0}" = 1 ]; } && run_cells "$MID/build/bench_chan" "$OUT/mid$i.txt"
   stamp "bench round $i done"
 done
 if [ "${SDPA:-1}" = 1 ]; then
