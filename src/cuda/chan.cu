@@ -1344,7 +1344,9 @@ static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, attn
             cudaGetLastError();
             n = 0;
         }
-        if (tp == 0 || n > per_sm) {
+        /* (the tensor-core scores use one layout either way: the in-place build, which
+         * keeps its registers without spills) */
+        if (tp == 0 || n > per_sm || (chan_mma(G <= 4 ? 4 : 8) && n == per_sm)) {
             p->smem = smem;
             p->tp = tp != 0;
             per_sm = n;
