@@ -632,7 +632,8 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
 #pragma unroll
                     for (int o = 16; o >= 1; o >>= 1)
 #pragma unroll
-                        for (int gg = 0; gg < 4; gg++) amax[gg] = fmaxf(amax[gg], __shfl_xor_sync(KVQC_FULL, amax[gg], o));
+                        for (int gg = 0; gg < 4; gg++)
+                            amax[gg] = fmaxf(amax[gg], __shfl_xor_sync(KVQC_FULL, amax[gg], o));
                     float fs[4];
 #pragma unroll
                     for (int gg = 0; gg < 4; gg++) {
