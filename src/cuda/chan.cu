@@ -12,12 +12,14 @@
  * channels) and every code equal the CPU's. One block per (sequence, kv head), one thread
  * per channel; a warp is one q8_0 block of 32 channels.
  *
- * Attention: split-K over whole chunks plus one block per (sequence, kv head) for the
+ * Attention: split-K over whole chunks plus one or two blocks per (sequence, kv head) for the
  * exact tokens (sinks and the uncoded tail); one merge pass. A coded chunk's score is
  * <q, mean + lo> + sum_j (q_j step_j) code_j: the weights q_j step_j once per chunk and
  * query head, then a lane per token reads its codes from the chunk's bit planes (staged
- * per warp in shared memory) and sums the weighted codes. Values are accumulated in their
- * rotated domain and rotated back once in the merge.
+ * per warp in shared memory) and sums the weighted codes (CHAN_MMA=1, up to 4 query
+ * heads: the plane bits times per-plane weights on the tensor cores, chan_mma_step).
+ * Values are accumulated in their rotated domain and rotated back once in the merge, a
+ * programmatic dependent launch.
  */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -38,7 +40,8 @@
 #define CHAN_WARPS 4
 #ifndef CHAN_MMA
 /* 1: up to 4 query heads per KV head score on the tensor cores (integer mma over the
- * bit planes, below chan_attend_kernel's comment); 0: the CUDA-core score loop only */
+ * bit planes, chan_mma_step; bench/cuda/chan_mma_layout.py models its fragments); 0: the
+ * CUDA-core score loop only */
 #define CHAN_MMA 0
 #endif
 
