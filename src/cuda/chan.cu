@@ -508,6 +508,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     constexpr bool MMA = chan_mma(GS);
     int4 *s_bm = (int4 *)(s_q + G * D);          /* [D]: transposed word's byte offset, shift, mask */
     __shared__ float s_cen[256];                 /* value centroids (a fixed address) */
+    __shared__ float2 s_pair[E == 4 ? 256 : 1];  /* E = 4, 4- / 2-bit values: two dims' centroids */
     uint32_t *s_pl = (uint32_t *)(s_bm + D);     /* MMA: [P] plane -> 2^bit as float bits | channel */
     float *s_qmu = (float *)(s_pl + (MMA ? P : 0)); /* [GMAX] (+ pad) */
     uint32_t *s_warp = (uint32_t *)(s_qmu + 2 * CHAN_GMAX);
@@ -546,7 +547,12 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
         cp_commit();
     };
     if (split < a.n_split) issue(g_begin, 0);
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) s_cen[i] = a.vp->cen[i];
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+        s_cen[i] = a.vp->cen[i];
+        /* 4-bit values: a code byte (two dims), 2-bit: a nibble (entries 0..15) */
+        const int vsh = a.vbits == 4 ? 4 : 2, vmk = (1 << vsh) - 1;
+        if (E == 4) s_pair[i] = make_float2(a.vp->cen[i & vmk], a.vp->cen[(i >> vsh) & vmk]);
+    }
     for (int gg = warp; gg < G; gg += CHAN_WARPS) {
         float v[E];
         kvqc_load_row<E>(a.q, a.q_dtype, (size_t)b * a.n_q_heads + (size_t)h * G + gg, lane, v);
@@ -837,17 +843,27 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                     }
                 }
             };
-            if (vbits == 4 && E == 4) {
+            /* E = 4: a lane's four dims are two bytes (4-bit codes) or one (2-bit), decoded
+             * as two centroid pairs (s_pair, looked up by byte offset) */
+            if (E == 4 && vbits == 4) {
                 add_values([&](const uint8_t *vc, float(&v)[E]) {
-                    const uint32_t u = (uint32_t) * (const uint16_t *)(vc + 2 + 2 * lane) << 2; /* bytes */
-#pragma unroll
-                    for (int e = 0; e < E; e++) v[e] = *(const float *)((const char *)s_cen + ((u >> (4 * e)) & 60u));
+                    const uint32_t c = *(const uint16_t *)(vc + 2 + 2 * lane);
+                    const float2 p0 = *(const float2 *)((const char *)s_pair + ((c << 3) & 0x7f8u));
+                    const float2 p1 = *(const float2 *)((const char *)s_pair + ((c >> 5) & 0x7f8u));
+                    v[0] = p0.x;
+                    v[1 % E] = p0.y;
+                    v[2 % E] = p1.x;
+                    v[3 % E] = p1.y;
                 });
-            } else if (vbits == 2 && E == 4) {
+            } else if (E == 4 && vbits == 2) {
                 add_values([&](const uint8_t *vc, float(&v)[E]) {
-                    const uint32_t u = (uint32_t)vc[2 + lane] << 2; /* bytes */
-#pragma unroll
-                    for (int e = 0; e < E; e++) v[e] = *(const float *)((const char *)s_cen + ((u >> (2 * e)) & 12u));
+                    const uint32_t c = vc[2 + lane];
+                    const float2 p0 = *(const float2 *)((const char *)s_pair + ((c << 3) & 0x78u));
+                    const float2 p1 = *(const float2 *)((const char *)s_pair + ((c >> 1) & 0x78u));
+                    v[0] = p0.x;
+                    v[1 % E] = p0.y;
+                    v[2 % E] = p1.x;
+                    v[3 % E] = p1.y;
                 });
             } else {
                 add_values([&](const uint8_t *vc, float(&v)[E]) {
@@ -1130,7 +1146,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, 
     kc->vcs = vcs;
     kc->n_sm = kc->vq->n_sm;
     size_t smem = attn_smem_words((int)D, CHAN_GMAX, (int)(kc->bits * D), (int)vcs, false) * 4;
-    if (smem + 256 * sizeof(float) > kc->vq->smem_optin) { /* + the static centroid table */
+    if (smem + 256 * (sizeof(float) + 2 * sizeof(float)) > kc->vq->smem_optin) { /* + the static centroid tables */
         kvq_cuda_chan_free(kc);
         return KVQ_ERR_UNSUPPORTED;
     }
