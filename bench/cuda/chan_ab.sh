@@ -5,7 +5,8 @@
 # alternated (base, new, base, new: each cell the better of two runs, each run a median
 # of 9 CUDA graphs of 10 calls), SDPA-flash on the same shapes (bench/cuda/sdpa.py), and
 # optionally one Nsight Compute profile of the new kernel (NCU=1; NCU_ARGS: bench_chan
-# arguments of the profiled shape, default q4 at batch 8, 32k).
+# arguments of the profiled shape, default q4 at batch 8, 32k; NCU_TREE: the tree whose
+# build is profiled, default this one, say "$MID").
 # CTXS / BATCHES / PRESETS: the cells (defaults 4096,32768,131072 / 1,8,32 / q4,q3,q2);
 # CELLS="ARGS;ARGS..." instead: bench_chan argument sets, run in turn.
 # MID: a third tree (an intermediate step), built and timed once per round (mid*.txt);
@@ -77,15 +78,15 @@ if [ "${NCU:-0}" = 1 ]; then
   timeout 150 "$NCU_BIN" --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
     --section MemoryWorkloadAnalysis_Tables --section Occupancy --section WarpStateStats --section LaunchStats \
     --section InstructionStats --section ComputeWorkloadAnalysis --section SchedulerStats \
-    -k "regex:chan_attend" -c 1 ./build/bench_chan ${NCU_ARGS:---presets q4 --batches 8 --ctxs 32768} \
+    -k "regex:chan_attend" -c 1 "${NCU_TREE:-.}/build/bench_chan" ${NCU_ARGS:---presets q4 --batches 8 --ctxs 32768} \
     >"$OUT/ncu.txt" 2>&1
   stamp "ncu done"
   # per-instruction execution counts and stall samples (SASS) of the same launch, and the SASS
   timeout 150 "$NCU_BIN" --clock-control none --section SourceCounters --section WarpStateStats \
-    -k "regex:chan_attend" -c 1 -f -o build/ncu_src ./build/bench_chan ${NCU_ARGS:---presets q4 --batches 8 --ctxs 32768} \
+    -k "regex:chan_attend" -c 1 -f -o build/ncu_src "${NCU_TREE:-.}/build/bench_chan" ${NCU_ARGS:---presets q4 --batches 8 --ctxs 32768} \
     >"$OUT/ncu_src.log" 2>&1
   "$NCU_BIN" -i build/ncu_src.ncu-rep --page source --csv --print-source sass 2>&1 | gzip >"$OUT/ncu_source.csv.gz"
-  cuobjdump -sass build/src/cuda/chan.o 2>&1 | gzip >"$OUT/sass.txt.gz"
+  cuobjdump -sass "${NCU_TREE:-.}/build/src/cuda/chan.o" 2>&1 | gzip >"$OUT/sass.txt.gz"
   stamp "ncu source done"
   grep -E "Duration|DRAM Throughput|Compute \(SM\) Th|Issue Slots Busy|Achieved Occupancy|Registers Per|Executed Ipc A|No Eligible|Shared Memory|Theoretical Occ|Block Limit" "$OUT/ncu.txt" | head -30
 fi
