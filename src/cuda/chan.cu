@@ -546,18 +546,54 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
         }
         cp_commit();
     };
-    if (split < a.n_split) issue(g_begin, 0);
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-        s_cen[i] = a.vp->cen[i];
-        /* 4-bit values: a code byte (two dims), 2-bit: a nibble (entries 0..15) */
-        const int vsh = a.vbits == 4 ? 4 : 2, vmk = (1 << vsh) - 1;
-        if (E == 4) s_pair[i] = make_float2(a.vp->cen[i & vmk], a.vp->cen[(i >> vsh) & vmk]);
-    }
-    for (int gg = warp; gg < G; gg += CHAN_WARPS) {
-        float v[E];
-        kvqc_load_row<E>(a.q, a.q_dtype, (size_t)b * a.n_q_heads + (size_t)h * G + gg, lane, v);
+    const bool coded = split < a.n_split;
+    if (coded) issue(g_begin, 0);
+    /* the prologue's global loads (centroids, the query, the head state) all in flight
+     * at once, then their shared-memory stores */
+    const uint8_t *hs = g.cache + g.heads + (size_t)row * g.head_bytes;
+    const float *mean_p = (const float *)(hs + round16((uint64_t)D));
+    const uint16_t *off_p = (const uint16_t *)(hs + round16((uint64_t)D) + 4 * (uint64_t)D);
+    const int vsh = a.vbits == 4 ? 4 : 2, vmk = (1 << vsh) - 1; /* s_pair: a 4-bit code byte, a 2-bit nibble */
+    float cen_r[2], pair_r[2][2], q_r[2][E], mu_r[E];
+    int off_r[2] = {0, 0}, nb_r[2] = {0, 0};
 #pragma unroll
-        for (int e = 0; e < E; e++) s_q[gg * D + lane + 32 * e] = v[e] * a.q_scale;
+    for (int k = 0; k < 2; k++) { /* 256 entries, 128 threads */
+        const int i = threadIdx.x + CHAN_WARPS * 32 * k;
+        cen_r[k] = a.vp->cen[i];
+        if (E == 4) {
+            pair_r[k][0] = a.vp->cen[i & vmk];
+            pair_r[k][1] = a.vp->cen[(i >> vsh) & vmk];
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 2; k++) { /* query heads warp and warp + 4 */
+        const int gg = warp + CHAN_WARPS * k;
+        if (gg < G) kvqc_load_row<E>(a.q, a.q_dtype, (size_t)b * a.n_q_heads + (size_t)h * G + gg, lane, q_r[k]);
+    }
+    if (coded) {
+#pragma unroll
+        for (int e = 0; e < E; e++) mu_r[e] = mean_p[lane + 32 * e];
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            const int j = threadIdx.x + CHAN_WARPS * 32 * k;
+            if (j < D) {
+                off_r[k] = off_p[j];
+                nb_r[k] = hs[j];
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        const int i = threadIdx.x + CHAN_WARPS * 32 * k;
+        s_cen[i] = cen_r[k];
+        if (E == 4) s_pair[i] = make_float2(pair_r[k][0], pair_r[k][1]);
+    }
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        const int gg = warp + CHAN_WARPS * k;
+        if (gg < G)
+#pragma unroll
+            for (int e = 0; e < E; e++) s_q[gg * D + lane + 32 * e] = q_r[k][e] * a.q_scale;
     }
     float acc[CHAN_GMAX][E], m[CHAN_GMAX], l[CHAN_GMAX];
 #pragma unroll
@@ -568,27 +604,29 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
         for (int e = 0; e < E; e++) acc[gg][e] = 0.0f;
     }
     bool lane_major = false; /* acc[.][e] holds dim lane + 32e (exact path) or E lane + e */
-    if (split < a.n_split) {
+    if (coded) {
         lane_major = true;
-        const uint8_t *hs = g.cache + g.heads + (size_t)row * g.head_bytes;
-        const float *mean_p = (const float *)(hs + round16((uint64_t)D));
-        const uint16_t *off_p = (const uint16_t *)(hs + round16((uint64_t)D) + 4 * (uint64_t)D);
-        for (int j = threadIdx.x; j < D; j += blockDim.x) {
-            const int off = off_p[j], nb = hs[j];
-            s_bm[j] = make_int4((off >> 5) * (TP ? 128 : 256), off & 31, (int)((1u << nb) - 1u), 0);
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            const int j = threadIdx.x + CHAN_WARPS * 32 * k, off = off_r[k], nb = nb_r[k];
+            if (j < D) s_bm[j] = make_int4((off >> 5) * (TP ? 128 : 256), off & 31, (int)((1u << nb) - 1u), 0);
         }
         if (MMA) { /* plane off_j + p of channel j: 2^p (float bits, low mantissa bits clear) | j */
             for (int i = threadIdx.x; i < P; i += blockDim.x) s_pl[i] = 0u; /* planes of no channel: 0 */
             __syncthreads();
-            for (int j = threadIdx.x; j < D; j += blockDim.x) {
-                const int off = off_p[j], nb = hs[j];
-                for (int p = 0; p < nb && off + p < P; p++) s_pl[off + p] = ((uint32_t)(127 + p) << 23) | (uint32_t)j;
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                const int j = threadIdx.x + CHAN_WARPS * 32 * k, off = off_r[k], nb = nb_r[k];
+                if (j < D)
+                    for (int p = 0; p < nb && off + p < P; p++)
+                        s_pl[off + p] = ((uint32_t)(127 + p) << 23) | (uint32_t)j;
             }
         }
         __syncthreads();
         for (int gg = warp; gg < G; gg += CHAN_WARPS) {
             float sdot = 0.0f;
-            for (int j = lane; j < D; j += 32) sdot += s_q[gg * D + j] * mean_p[j];
+#pragma unroll
+            for (int e = 0; e < E; e++) sdot += s_q[gg * D + lane + 32 * e] * mu_r[e];
             sdot = kvqc_warp_sum(sdot);
             if (lane == 0) s_qmu[gg] = sdot;
         }
