@@ -1257,6 +1257,10 @@ static void body_cuda_chan_matches_cpu(kvqt_ctx *kvqt_) {
     const uint32_t n4[2] = {8 + 5 * 64 + 1, 8 + 64 + 63};
     chan_case(kvqt_, "q4", 128, 2, 4, n4, 2, KVQ_CUDA_F32);
     chan_case(kvqt_, "q4", 64, 3, 3, n4, 2, KVQ_CUDA_BF16);
+    /* six and eight query heads per KV head: the kernels with eight weights a channel */
+    const uint32_t n8[2] = {8 + 3 * 128 + 30, 8 + 128 + 7};
+    chan_case(kvqt_, "q4", 128, 1, 8, n8, 2, KVQ_CUDA_F16);
+    chan_case(kvqt_, "q2", 64, 2, 6, n8, 2, KVQ_CUDA_F32);
 }
 
 static void body_cuda_chan_rejects_bad_arguments(kvqt_ctx *kvqt_) {
