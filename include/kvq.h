@@ -899,7 +899,8 @@ KVQ_API kvq_status kvq_cuda_append(const kvq_cuda_quantizer *cq, kvq_cuda_dtype 
  * cache of a batch of sequences lives in one device buffer the caller allocates
  * (kvq_cuda_chan_layout_of gives its size and regions):
  *   heads   [batch][n_kv_heads] head_bytes: bits[dim] (uint8), mean[dim] (float32),
- *           plane offsets[dim] (uint16), fixed when chunk 0 is coded
+ *           plane offsets[dim] (uint16), fixed when chunk 0 is coded; then the observed
+ *           queries' sums (kvq_cuda_chan_observe_queries)
  *   keys    [batch][n_kv_heads][capacity / chunk] key_block bytes: minimum[dim] and
  *           step[dim] (fp16, the CPU's values), then the codes as bit planes, uint32
  *           words [chunk / 32][bits * dim]: word w, plane offsets[j] + p holds bit p of
@@ -958,6 +959,23 @@ KVQ_API kvq_status kvq_cuda_chan_append_n(const kvq_cuda_chan *kc, kvq_cuda_dtyp
                                           const void *v_dev, const uint64_t *strides, uint32_t batch, uint32_t n,
                                           uint32_t capacity, const int32_t *positions_dev, void *cache_dev,
                                           void *workspace_dev, size_t workspace_bytes, void *stream);
+
+/* The queries of the tokens about to be appended (kvq_cache_observe_queries on the GPU):
+ * call it before each append with the same positions_dev and n (1 before
+ * kvq_cuda_chan_append). Until a sequence's chunk 0 is coded, each channel's squared
+ * queries are summed per (sequence, kv head), and chunk 0 then spends the key bits by
+ * them as the CPU does (same sums, same bits, same codes as a CPU cache shown the same
+ * queries). The sums start at position 0 and must follow on from there (n queries at
+ * once may precede n single-token appends): a sequence with a gap, or unobserved from
+ * its start, gets bits from ranges alone; after chunk 0 the call does nothing. Query element (b, h, t, j) - sequence, query head,
+ * token, channel - at q_dev + strides[0] * b + strides[1] * h + strides[2] * t + j in
+ * elements of dtype; strides NULL: contiguous [batch][n_q_heads][n][head_dim] (for n = 1
+ * the layout kvq_cuda_chan_attend reads). n_q_heads a multiple of n_kv_heads; non-finite
+ * elements are skipped. */
+KVQ_API kvq_status kvq_cuda_chan_observe_queries(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *q_dev,
+                                                 const uint64_t *strides, uint32_t batch, uint32_t n_q_heads,
+                                                 uint32_t n, uint32_t capacity, const int32_t *positions_dev,
+                                                 void *cache_dev, void *stream);
 
 /* Decode attention of one query per sequence over [sinks, coded chunks, exact tail],
  * one softmax: desc as kvq_cuda_attend's (n_kv_heads and head_dim the handle's,

@@ -1112,8 +1112,23 @@ static double chan_attend_check(kvqt_ctx *kvqt_, const kvq_cuda_chan *kc, const 
  * to one CPU cache each; the mean key, channel bits, ranges, codes (decoded both ways)
  * and value codes must be the CPU's, and attention at a few lengths within 1e-3 of the
  * double reference. */
+/* Queries of token t: a few channels of each head 6-12x the others, so that their
+ * weight moves the key bits. */
+static void chan_queries(uint64_t seed, uint32_t t, uint32_t nq, uint32_t d, float *q) {
+    kvqi_rng r;
+    kvqi_rng_seed(&r, seed * 7919u + t);
+    for (uint32_t h = 0; h < nq; h++)
+        for (uint32_t j = 0; j < d; j++) {
+            double s = (j * 5 + h / 2) % 11 == 3 ? 6.0 : 0.5 + (j % 3) * 0.25;
+            q[h * d + j] = (float)(s * kvqi_rng_normal(&r));
+        }
+}
+
+/* observe: queries shown before each append, to the CPU caches and the GPU alike, except
+ * sequence 1, whose position-0 query the GPU does not see (a gap: the GPU then codes
+ * from ranges alone, as a CPU cache shown no queries). */
 static void chan_case(kvqt_ctx *kvqt_, const char *preset, uint32_t d, uint32_t n_kv, uint32_t group,
-                      const uint32_t *n_tok, uint32_t batch, kvq_cuda_dtype dt) {
+                      const uint32_t *n_tok, uint32_t batch, kvq_cuda_dtype dt, int observe) {
     kvq_cache_config cfg;
     REQUIRE_OK(kvq_cache_config_preset(&cfg, preset, n_kv, d, NULL, 0));
     kvq_cuda_chan *kc = NULL;
@@ -1135,7 +1150,14 @@ static void chan_case(kvqt_ctx *kvqt_, const char *preset, uint32_t d, uint32_t 
     kvq_cache **cpu = calloc(batch, sizeof *cpu);
     REQUIRE(cpu);
     for (uint32_t b = 0; b < batch; b++) REQUIRE_OK(kvq_cache_create(&cfg, &cpu[b]));
+    kvq_cache *blind = NULL; /* sequence 0 shown no queries: the queries must move some bits */
+    if (observe) REQUIRE_OK(kvq_cache_create(&cfg, &blind));
     size_t ws_bytes = 0, row = (size_t)n_kv * d, esz = dt == KVQ_CUDA_F32 ? 4 : 2;
+    const size_t qrow = (size_t)n_kv * group * d;
+    float *q = malloc(batch * qrow * sizeof(float));
+    void *qin = malloc(batch * qrow * 4), *dq = NULL;
+    REQUIRE(q && qin);
+    CU(cudaMalloc(&dq, batch * qrow * esz));
     REQUIRE_OK(kvq_cuda_chan_append_workspace(kc, batch, &ws_bytes));
     void *dcache = NULL, *dws = NULL, *dk = NULL, *dv = NULL, *dpos = NULL;
     CU(cudaMalloc(&dcache, L.bytes));
@@ -1157,11 +1179,26 @@ static void chan_case(kvqt_ctx *kvqt_, const char *preset, uint32_t d, uint32_t 
         }
         round_to(k, batch * row, dt, kin);
         round_to(v, batch * row, dt, vin);
+        CU(cudaMemcpy(dpos, pos, batch * 4, cudaMemcpyHostToDevice));
+        if (observe) {
+            for (uint32_t b = 0; b < batch; b++) chan_queries(55 + b, t, n_kv * group, d, q + b * qrow);
+            round_to(q, batch * qrow, dt, qin);
+            for (uint32_t b = 0; b < batch; b++)
+                if (pos[b] >= 0 && b != 1) REQUIRE_OK(kvq_cache_observe_queries(cpu[b], q + b * qrow, n_kv * group, 1));
+            if (t == 0 && batch > 1) { /* sequence 1's first query unseen */
+                int32_t p1[2] = {pos[0], -1};
+                CU(cudaMemcpy(dpos, p1, 2 * 4, cudaMemcpyHostToDevice));
+            }
+            CU(cudaMemcpy(dq, qin, batch * qrow * esz, cudaMemcpyHostToDevice));
+            REQUIRE_OK(kvq_cuda_chan_observe_queries(kc, dt, dq, NULL, batch, n_kv * group, 1, capacity, dpos,
+                                                     dcache, NULL));
+            CU(cudaMemcpy(dpos, pos, batch * 4, cudaMemcpyHostToDevice));
+            if (pos[0] >= 0) REQUIRE_OK(kvq_cache_append(blind, k, v, 1));
+        }
         for (uint32_t b = 0; b < batch; b++)
             if (pos[b] >= 0) REQUIRE_OK(kvq_cache_append(cpu[b], k + b * row, v + b * row, 1));
         CU(cudaMemcpy(dk, kin, batch * row * esz, cudaMemcpyHostToDevice));
         CU(cudaMemcpy(dv, vin, batch * row * esz, cudaMemcpyHostToDevice));
-        CU(cudaMemcpy(dpos, pos, batch * 4, cudaMemcpyHostToDevice));
         st = kvq_cuda_chan_append(kc, dt, dk, dv, batch, capacity, dpos, dcache, dws, ws_bytes, NULL);
         REQUIRE(st == KVQ_OK);
         /* attention at a few lengths: before the first chunk, at and past chunk edges */
@@ -1229,6 +1266,14 @@ static void chan_case(kvqt_ctx *kvqt_, const char *preset, uint32_t d, uint32_t 
     CHECKF(bad_code == 0 && bad_dec == 0 && n_codes > 0, "%s d=%u: %zu of %zu codes differ (%zu decoded)", preset,
            d, bad_code, n_codes, bad_dec);
     CHECKF(bad_val == 0, "%s d=%u: %zu value codes differ", preset, d, bad_val);
+    if (blind && blind->chan_fixed && cpu[0]->chan_fixed)
+        CHECKF(memcmp(blind->chan_bits, cpu[0]->chan_bits, (size_t)n_kv * d) != 0,
+               "%s d=%u: the observed queries left every key bit where the ranges alone put it", preset, d);
+    if (observe) CHECK(blind && blind->chan_fixed); /* the case reaches chunk 0 */
+    kvq_cache_free(blind);
+    free(q);
+    free(qin);
+    cudaFree(dq);
     free(host);
     free(k);
     free(v);
@@ -1251,16 +1296,20 @@ static void body_cuda_chan_matches_cpu(kvqt_ctx *kvqt_) {
     /* the GPU coder repeats these constants of the CPU method (src/cuda/chan.cu) */
     CHECK(KVQI_OUTLIER_PROBE_TOKENS == 32 && KVQI_CHAN_REFINE == 3 && KVQI_CHAN_REFINE_BITS == 2u);
     const uint32_t n3[3] = {8 + 3 * 128 + 5, 8 + 128 + 40, 3};
-    chan_case(kvqt_, "q3", 128, 2, 4, n3, 3, KVQ_CUDA_F32);
+    chan_case(kvqt_, "q3", 128, 2, 4, n3, 3, KVQ_CUDA_F32, 0);
     const uint32_t n2[2] = {8 + 2 * 128 + 77, 8 + 4 * 128};
-    chan_case(kvqt_, "q2", 128, 2, 3, n2, 2, KVQ_CUDA_F16);
+    chan_case(kvqt_, "q2", 128, 2, 3, n2, 2, KVQ_CUDA_F16, 0);
     const uint32_t n4[2] = {8 + 5 * 64 + 1, 8 + 64 + 63};
-    chan_case(kvqt_, "q4", 128, 2, 4, n4, 2, KVQ_CUDA_F32);
-    chan_case(kvqt_, "q4", 64, 3, 3, n4, 2, KVQ_CUDA_BF16);
+    chan_case(kvqt_, "q4", 128, 2, 4, n4, 2, KVQ_CUDA_F32, 0);
+    chan_case(kvqt_, "q4", 64, 3, 3, n4, 2, KVQ_CUDA_BF16, 0);
     /* six and eight query heads per KV head: the kernels with eight weights a channel */
     const uint32_t n8[2] = {8 + 3 * 128 + 30, 8 + 128 + 7};
-    chan_case(kvqt_, "q4", 128, 1, 8, n8, 2, KVQ_CUDA_F16);
-    chan_case(kvqt_, "q2", 64, 2, 6, n8, 2, KVQ_CUDA_F32);
+    chan_case(kvqt_, "q4", 128, 1, 8, n8, 2, KVQ_CUDA_F16, 0);
+    chan_case(kvqt_, "q2", 64, 2, 6, n8, 2, KVQ_CUDA_F32, 0);
+    /* queries observed before each append (kvq_cuda_chan_observe_queries): the same bits */
+    chan_case(kvqt_, "q3", 128, 2, 4, n3, 3, KVQ_CUDA_F16, 1);
+    chan_case(kvqt_, "q2", 64, 2, 3, n2, 2, KVQ_CUDA_BF16, 1);
+    chan_case(kvqt_, "q4", 128, 2, 4, n4, 2, KVQ_CUDA_F32, 1);
 }
 
 static void body_cuda_chan_rejects_bad_arguments(kvqt_ctx *kvqt_) {

@@ -453,6 +453,11 @@ _cuda_chan_append_n = _optional_fn(
     "kvq_cuda_chan_append_n", _status, _vp, ctypes.c_int, _vp, _vp, ctypes.POINTER(ctypes.c_uint64),
     ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, _vp, _vp, _vp, _size, _vp,
 )
+# The queries before an append (channel bits weighed by them): absent from older libraries.
+_cuda_chan_observe_queries = _optional_fn(
+    "kvq_cuda_chan_observe_queries", _status, _vp, ctypes.c_int, _vp, ctypes.POINTER(ctypes.c_uint64),
+    ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, _vp, _vp, _vp,
+)
 _cuda_chan_attend_workspace = _optional_fn(
     "kvq_cuda_chan_attend_workspace", _status, _vp, ctypes.POINTER(_CudaAttnDesc), ctypes.POINTER(_size)
 )

@@ -147,6 +147,7 @@ class KVQLayer(CacheLayerMixin):
         # CPU: new tokens for attend() to append after their queries are observed (channel
         # keys weigh their bits by them; kvq_cache_observe_queries)
         self._pending_cpu = None
+        self._pending_gpu = None  # GPU: (keys, values, n_past) waiting for their queries
         self._observe = observe_queries
         self.n_tokens = 0
         self.batch_size = None
@@ -199,6 +200,11 @@ class KVQLayer(CacheLayerMixin):
                 # causal result, the same as feeding them one per step).
                 self._pending = (key_states, value_states, self.n_tokens)
                 exact = None
+            elif self._gpu is not None and self._observe and self._gpu.observing(self.n_tokens):
+                # channel keys before their bits are fixed: the append waits for the
+                # queries (attend(), or flush_gpu() for a prompt that attends exactly)
+                self._pending_gpu = (key_states, value_states, self.n_tokens)
+                exact = (key_states, value_states) if n_new > 1 else None
             elif self._gpu is not None:
                 exact = self._gpu.append(key_states, value_states, self.n_tokens)
             else:
@@ -225,16 +231,35 @@ class KVQLayer(CacheLayerMixin):
                     raise ValueError("kvq.hf: %d queries for %d new tokens" % (query.shape[2], k.shape[2]))
                 outs = []
                 for t in range(k.shape[2]):
+                    if self._observe and self._gpu.observing(n_past + t):
+                        self._gpu.observe(query[:, :, t : t + 1], n_past + t)
                     self._gpu.append(k[:, :, t : t + 1], v[:, :, t : t + 1], n_past + t)
                     outs.append(self._gpu.attend(query[:, :, t : t + 1], scaling, n_past + t + 1))
                 return torch.cat(outs, dim=1)
             if self._gpu is not None:
+                self._flush_gpu(query)
                 return self._gpu.attend(query, scaling, self.n_tokens)
             q = _token_major(query)
             self._flush_cpu(q)
             out = self._codes.attend(q, scale=scaling, pool=self._pool)
         b, hq, n, d = query.shape
         return out.reshape(n, b, hq, d).permute(1, 0, 2, 3).contiguous()
+
+    def flush_gpu(self, query):
+        with self._lock:
+            self._flush_gpu(query)
+
+    def _flush_gpu(self, query):
+        """Appends the tokens update() left on the GPU path, after their queries (query
+        [batch, n_q_heads, n_new, head_dim]) are observed."""
+        if self._pending_gpu is None:
+            return
+        k, v, n_past = self._pending_gpu
+        self._pending_gpu = None
+        if query.shape[2] != k.shape[2]:
+            raise ValueError("kvq.hf: %d queries for %d new tokens" % (query.shape[2], k.shape[2]))
+        self._gpu.observe(query, n_past)
+        self._gpu.append(k, v, n_past)
 
     def _flush_cpu(self, q):
         """Appends the tokens update() left for attend(), after their queries q (when
@@ -264,6 +289,7 @@ class KVQLayer(CacheLayerMixin):
                 self._gpu.reset()
             self._pending = None
             self._pending_cpu = None
+            self._pending_gpu = None
             self.n_tokens = 0
 
     def crop(self, tokens_to_remove):
@@ -312,9 +338,9 @@ class KVQCache(Cache):
     override what the spec sets. n_threads: the CPU attention's thread
     pool (0: one per CPU, 1: the calling thread only). use_cuda: run CUDA tensors on the
     GPU kernels where they apply. exact_sliding: keep sliding-window layers as
-    transformers' exact windows instead of kvq codes. observe_queries: on the CPU path,
-    show channel keys each step's queries before its keys (they weigh the channels' bits,
-    as the CLI's engine does; the GPU path codes bits from the keys' ranges alone)."""
+    transformers' exact windows instead of kvq codes. observe_queries: show channel keys
+    each step's queries before its keys until their bits are fixed (they weigh the
+    channels' bits, as the CLI's engine does; on the CPU and the GPU path alike)."""
 
     def __init__(
         self,
@@ -413,7 +439,9 @@ def kvq_attention_forward(module, query, key, value, attention_mask, dropout=0.0
         scaling = query.shape[-1] ** -0.5
     exact = getattr(key, "_kvq_exact", None)
     if exact is not None:
-        # CUDA prompt: the codes are written; its attention is over the exact new keys.
+        # CUDA prompt: the codes are written (after its queries are observed); its
+        # attention is over the exact new keys.
+        layer.flush_gpu(query)
         k_new, v_new = exact
         return sdpa_attention_forward(module, query, k_new, v_new, None, dropout=0.0,
                                       scaling=scaling, is_causal=query.shape[2] > 1, **kwargs)
@@ -557,6 +585,10 @@ class _GpuLayer:
 
     def reset(self):
         self.seq_lens.zero_()
+
+    def observing(self, n_past):
+        """Whether queries shown before appending at n_past would weigh anything."""
+        return False
 
 
 class _GpuCodes(_GpuLayer):
@@ -702,6 +734,28 @@ class _GpuChan(_GpuLayer):
 
     def _layout_chunk(self):
         return int(self._cfg.chunk_tokens) or 64
+
+    def observing(self, n_past):
+        # until chunk 0 is coded (its bits fixed), with a library that takes queries
+        return N._cuda_chan_observe_queries is not None and n_past < int(self._cfg.window) + self._layout_chunk()
+
+    def observe(self, query, n_past):
+        """Shows the queries [batch, n_q_heads, n, head_dim] of the tokens about to be
+        appended at n_past (kvq_cuda_chan_observe_queries): chunk 0's key bits weigh each
+        channel by them, as the CPU path's do."""
+        if not self.observing(n_past):
+            return
+        n = int(query.shape[2])
+        self._grow(n_past + n)
+        q = query if query.stride(3) == 1 else query.contiguous()
+        dtype = _CUDA_DTYPES.get(q.dtype)
+        if dtype is None:
+            q, dtype = q.float(), 0
+        strides = (ctypes.c_uint64 * 3)(*(int(x) for x in q.stride()[:3]))
+        self.pos.fill_(n_past)
+        st = N._cuda_chan_observe_queries(self._h, dtype, q.data_ptr(), strides, self.batch, int(q.shape[1]), n,
+                                          self.capacity, self.pos.data_ptr(), self.buf.data_ptr(), self._stream())
+        N._check(st, "kvq_cuda_chan_observe_queries")
 
     def append(self, k, v, n_past):
         n_new = int(k.shape[2])

@@ -275,8 +275,8 @@ def test_cuda_presets_run_the_gpu_kernels():
         assert all(isinstance(layer._gpu, _GpuChan) for layer in gpu.layers)
         m = gpu.memory()
         assert m["key_codes"] > 0 and m["value_codes"] > 0  # chunks were coded on the device
-        # the GPU codes its channels' bits from the keys' ranges alone: the CPU path the same
-        cpu = KVQCache(model, preset, use_cuda=False, observe_queries=False)
+        # both paths show the queries to the channels' bits
+        cpu = KVQCache(model, preset, use_cuda=False)
         b = step_logits(model, tokens, cpu)
         assert all(layer._gpu is None for layer in cpu.layers)
         rel = np.linalg.norm(a - exact, axis=1) / np.linalg.norm(exact, axis=1)
@@ -289,6 +289,20 @@ def test_cuda_presets_run_the_gpu_kernels():
         # and q4's 136-token ring holds most of these 162 tokens)
         assert rel[PROMPT:].mean() < 1.5 * rel_cpu[PROMPT:].mean() + 0.01, (preset, rel.mean(), rel_cpu.mean())
         assert gap.max() < rel_cpu[PROMPT:].mean(), (preset, gap.max(), rel_cpu.mean())
+        # the queries moved some channel's bits (kvq_cuda_chan_observe_queries)
+        blind = KVQCache(model, preset, observe_queries=False)
+        step_logits(model, tokens, blind)
+
+        def bits(cache):
+            out = []
+            for layer in cache.layers:
+                g = layer._gpu
+                L, rows, d = g.layout, g.batch * g.n_kv, g.head_dim
+                heads = g.buf[L.heads : L.heads + rows * L.head_bytes].view(rows, L.head_bytes)
+                out.append(heads[:, :d].cpu())
+            return out
+
+        assert any(not torch.equal(a, b) for a, b in zip(bits(gpu), bits(blind))), preset
 
 
 def test_cuda_preset_prompt_in_one_call_writes_the_per_token_bytes(monkeypatch):

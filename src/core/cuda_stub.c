@@ -114,6 +114,24 @@ KVQ_API kvq_status kvq_cuda_chan_append_n_workspace(const kvq_cuda_chan *kc, uin
     return KVQ_ERR_NO_DEVICE;
 }
 
+KVQ_API kvq_status kvq_cuda_chan_observe_queries(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *q_dev,
+                                                 const uint64_t *strides, uint32_t batch, uint32_t n_q_heads,
+                                                 uint32_t n, uint32_t capacity, const int32_t *positions_dev,
+                                                 void *cache_dev, void *stream) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(dtype);
+    KVQI_UNUSED(q_dev);
+    KVQI_UNUSED(strides);
+    KVQI_UNUSED(batch);
+    KVQI_UNUSED(n_q_heads);
+    KVQI_UNUSED(n);
+    KVQI_UNUSED(capacity);
+    KVQI_UNUSED(positions_dev);
+    KVQI_UNUSED(cache_dev);
+    KVQI_UNUSED(stream);
+    return KVQ_ERR_NO_DEVICE;
+}
+
 KVQ_API kvq_status kvq_cuda_chan_append_n(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
                                           const void *v_dev, const uint64_t *strides, uint32_t batch, uint32_t n,
                                           uint32_t capacity, const int32_t *positions_dev, void *cache_dev,

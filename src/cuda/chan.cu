@@ -85,6 +85,11 @@ __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_
 
 __device__ __forceinline__ int n_coded(int len, int W, int C) { return len > W ? (len - W) / C * C : 0; }
 
+/* The head state: bits[D] (uint8, padded to 16), mean[D] (float32), plane offsets[D]
+ * (uint16), then, from qsum_at(D), the observed queries' squared sums[D] (double) and the
+ * position after the last observed query (int64; -1: none usable). */
+static __host__ __device__ __forceinline__ uint64_t qsum_at(uint64_t D) { return round16(round16(D) + 6 * D); }
+
 typedef struct chan_geom {
     uint8_t *cache;
     uint64_t heads, keys, values, exact_k, exact_v;
@@ -139,10 +144,40 @@ __device__ __forceinline__ float src_key(const chan_geom &g, const __half *ek, c
     return ring_key(g, ek, pos, j);
 }
 
+/* Queries of the tokens about to be appended (n per sequence from positions[b]), while
+ * the sequence's chunk 0 is not coded: each channel's squares summed per (sequence, kv
+ * head) in the CPU's order (token, then the head's query heads; squares of floats are
+ * exact in double), so the sums are kvqi_chan_observe's. Position 0 starts the sums; a
+ * later call adds only when it follows the last one (positions[b] is the position after
+ * it), else the sequence's sums are dropped and chunk 0's bits come from ranges alone.
+ * Non-finite elements are skipped (the CPU refuses the call). Query element (b, h, t, j)
+ * at b * sb + h * sh + t * st + j. */
+__global__ void chan_observe_kernel(chan_geom g, int dtype, const void *q, long long sb, long long sh,
+                                    long long st, int G, int n, const int32_t *positions) {
+    const int row = blockIdx.x, b = row / g.n_kv, hd = row % g.n_kv, j = threadIdx.x;
+    const int pos0 = positions[b];
+    if (pos0 < 0 || n_coded(pos0, g.W, g.C) > 0) return;
+    uint8_t *hs = g.cache + g.heads + (size_t)row * g.head_bytes;
+    double *qs = (double *)(hs + qsum_at((uint64_t)g.D));
+    long long *next = (long long *)(qs + g.D);
+    const bool chain = pos0 == 0 || *next == (long long)pos0;
+    if (chain) {
+        double s = pos0 == 0 ? 0.0 : qs[j];
+        for (int t = 0; t < n; t++)
+            for (int h = hd * G; h < hd * G + G; h++) {
+                double x = (double)kvqc_load_one(q, dtype, (size_t)(b * sb + h * sh + (long long)t * st + j));
+                if (isfinite(x)) s = __dadd_rn(s, __dmul_rn(x, x));
+            }
+        qs[j] = s;
+    }
+    __syncthreads(); /* every thread read *next */
+    if (j == 0) *next = chain ? (long long)pos0 + n : -1;
+}
+
 /* Code chunk ci of (sequence, kv head) row, a thread per channel (chunk 0: the mean key
  * and the channels' bits first; later chunks read them from the head). */
-__device__ void code_chunk(const chan_geom &g, int row, int ci, const key_src &src, int pos0, double *s_w,
-                           int *s_b) {
+__device__ void code_chunk(const chan_geom &g, int row, int ci, const key_src &src, int pos0, long long qlen,
+                           double *s_w, int *s_b) {
     const int b = row / g.n_kv, hd = row % g.n_kv, j = threadIdx.x, lane = j & 31, warp = j >> 5;
     const int D = g.D, C = g.C, s0 = ci * C;
     uint8_t *hs = g.cache + g.heads + (size_t)row * g.head_bytes;
@@ -166,11 +201,32 @@ __device__ void code_chunk(const chan_geom &g, int row, int ci, const key_src &s
             lo = fminf(lo, r);
             hi = fmaxf(hi, r);
         }
+        /* each channel's weight, times the root of its observed queries' squares when
+         * they cover every token up to this append, or more (kvqi_chan_allocate) */
+        __shared__ double s_tot;
+        double *qs = (double *)(hs + qsum_at((uint64_t)D));
+        long long *next = (long long *)(qs + D);
+        const bool seen = *next >= qlen;
+        const double qj = seen ? qs[j] : 0.0;
+        s_w[j] = qj;
+        __syncthreads();
+        if (j == 0) {
+            double tot = 0.0;
+            for (int i = 0; i < D; i++) tot = __dadd_rn(tot, s_w[i]);
+            s_tot = tot;
+            *next = -1; /* used: a later sequence in this row starts its own */
+        }
+        __syncthreads();
         double r = lo <= hi ? __dsub_rn((double)hi, (double)lo) : 0.0;
-        s_w[j] = __dmul_rn(r, r);
+        double w = __dmul_rn(r, r);
+        if (s_tot > 0.0) {
+            double fl = ldexp(__ddiv_rn(s_tot, (double)D), -10);
+            w = __dmul_rn(w, __dsqrt_rn(qj > fl ? qj : fl));
+        }
+        s_w[j] = w;
         s_b[j] = 0;
         __syncthreads();
-        if (warp == 0) { /* greedy: a bit to the largest range^2 4^-bits, ties to the lower channel */
+        if (warp == 0) { /* greedy: a bit to the largest weight 4^-bits, ties to the lower channel */
             const int total = g.bits * D;
             for (int n = 0; n < total; n++) {
                 double be = -1.0;
@@ -301,7 +357,7 @@ __global__ void chan_code_kernel(chan_geom g, const int32_t *positions) {
     const int nc = n_coded(pos + 1, g.W, g.C);
     if (nc == n_coded(pos, g.W, g.C) || nc == 0) return;
     const key_src none = {NULL, 0, 0, 0, 0};
-    code_chunk(g, row, nc / g.C - 1, none, 0x7fffffff, s_w, s_b);
+    code_chunk(g, row, nc / g.C - 1, none, 0x7fffffff, (long long)pos + 1, s_w, s_b);
 }
 
 /* n tokens per sequence from positions[b] (those below the capacity): grid (sequence x kv
@@ -319,7 +375,7 @@ __global__ void chan_code_n_kernel(chan_geom g, const int32_t *positions, int n,
     const int c0 = n_coded(pos0, g.W, g.C) / g.C, c1 = n_coded(end, g.W, g.C) / g.C;
     const int ci = c0 + (int)blockIdx.y;
     if (ci >= c1 || (first ? ci != 0 : ci == 0)) return;
-    code_chunk(g, row, ci, src, pos0, s_w, s_b);
+    code_chunk(g, row, ci, src, pos0, (long long)pos0 + n, s_w, s_b);
 }
 
 /* n tokens per sequence: grid (sequence x kv head) x n, a thread per channel. The last
@@ -1179,7 +1235,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, 
     kc->bits = cfg->key.bits;
     kc->R = kc->W + C;
     kc->exact_rows = kc->n_sink + kc->R;
-    kc->head_bytes = (uint32_t)round16(round16(D) + 6 * (uint64_t)D);
+    kc->head_bytes = (uint32_t)round16(qsum_at(D) + 8 * (uint64_t)D + 8);
     kc->key_block = 4 * D + C * D * kc->bits / 8;
     kc->vcs = vcs;
     kc->n_sm = kc->vq->n_sm;
@@ -1363,6 +1419,37 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_append_n(const kvq_cuda_chan *kc, kv
     if ((st = kvq_cuda_encode(kc->vq, KVQ_CUDA_F32, x, (size_t)rows_n, codes, stream)) != KVQ_OK) return st;
     chan_scatter_n_kernel<<<(unsigned)((rows_n + 3) / 4), 128, 0, s>>>(g, codes, positions_dev, (int)n,
                                                                      (long long)rows_n);
+    return kvqc_status(cudaGetLastError());
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_observe_queries(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype,
+                                                           const void *q_dev, const uint64_t *strides, uint32_t batch,
+                                                           uint32_t n_q_heads, uint32_t n, uint32_t capacity,
+                                                           const int32_t *positions_dev, void *cache_dev,
+                                                           void *stream) {
+    if (!kc || !q_dev || !positions_dev || !cache_dev || n == 0 || n_q_heads == 0) return KVQ_ERR_INVALID_ARG;
+    if (dtype != KVQ_CUDA_F32 && dtype != KVQ_CUDA_F16 && dtype != KVQ_CUDA_BF16) return KVQ_ERR_INVALID_ARG;
+    if (n_q_heads % kc->cfg.n_kv_heads != 0) return KVQ_ERR_MISMATCH;
+    kvq_cuda_chan_layout L;
+    kvq_status st = kvq_cuda_chan_layout_of(kc, batch, capacity, &L);
+    if (st != KVQ_OK) return st;
+    const uint64_t rows = (uint64_t)batch * kc->cfg.n_kv_heads, D = kc->D;
+    if (rows > (uint64_t)INT32_MAX || n > (uint32_t)INT32_MAX || n_q_heads > 65535) return KVQ_ERR_UNSUPPORTED;
+    if ((uintptr_t)cache_dev & 15u) return KVQ_ERR_INVALID_ARG;
+    uint64_t sd[3];
+    if (strides) {
+        memcpy(sd, strides, sizeof sd);
+        for (int i = 0; i < 3; i++)
+            if (sd[i] > ((uint64_t)1 << 40)) return KVQ_ERR_INVALID_ARG;
+    } else {
+        sd[0] = (uint64_t)n_q_heads * n * D;
+        sd[1] = (uint64_t)n * D;
+        sd[2] = D;
+    }
+    chan_geom g = geom_of(kc, &L, cache_dev, capacity);
+    chan_observe_kernel<<<(unsigned)rows, kc->D, 0, (cudaStream_t)stream>>>(
+        g, (int)dtype, q_dev, (long long)sd[0], (long long)sd[1], (long long)sd[2],
+        (int)(n_q_heads / kc->cfg.n_kv_heads), (int)n, positions_dev);
     return kvqc_status(cudaGetLastError());
 }
 
