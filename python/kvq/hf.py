@@ -194,6 +194,7 @@ class KVQLayer(CacheLayerMixin):
             )
         n_new = int(key_states.shape[2])
         with self._lock:
+            self._flush_gpu(None)  # an update whose attention never came: append it as is
             if self._gpu is not None and n_new > 1 and self.n_tokens:
                 # Several new tokens on a filled GPU cache: the GPU kernels attend one query
                 # per sequence, so attend() appends and attends them one at a time (the
@@ -251,14 +252,15 @@ class KVQLayer(CacheLayerMixin):
 
     def _flush_gpu(self, query):
         """Appends the tokens update() left on the GPU path, after their queries (query
-        [batch, n_q_heads, n_new, head_dim]) are observed."""
+        [batch, n_q_heads, n_new, head_dim]; None: none) are observed."""
         if self._pending_gpu is None:
             return
         k, v, n_past = self._pending_gpu
         self._pending_gpu = None
-        if query.shape[2] != k.shape[2]:
-            raise ValueError("kvq.hf: %d queries for %d new tokens" % (query.shape[2], k.shape[2]))
-        self._gpu.observe(query, n_past)
+        if query is not None:
+            if query.shape[2] != k.shape[2]:
+                raise ValueError("kvq.hf: %d queries for %d new tokens" % (query.shape[2], k.shape[2]))
+            self._gpu.observe(query, n_past)
         self._gpu.append(k, v, n_past)
 
     def _flush_cpu(self, q):
