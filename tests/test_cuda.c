@@ -974,6 +974,10 @@ TEST(cuda_chan_without_device_fails_cleanly) {
     kvq_cuda_chan *kc = (kvq_cuda_chan *)1;
     CHECK_STATUS(kvq_cuda_chan_create(&cfg, &kc), KVQ_ERR_NO_DEVICE);
     CHECK(kc == NULL);
+    float x = 0.0f;
+    int32_t p = 0;
+    /* no handle can exist: refused (no device without nvcc, no handle with it) */
+    CHECK(kvq_cuda_chan_observe_queries(NULL, KVQ_CUDA_F32, &x, NULL, 1, 8, 1, 128, &p, &x, NULL) != KVQ_OK);
     kvq_cuda_chan_free(NULL);
 }
 
@@ -1348,6 +1352,20 @@ static void body_cuda_chan_rejects_bad_arguments(kvqt_ctx *kvqt_) {
     CHECK_STATUS(kvq_cuda_chan_append(kc, KVQ_CUDA_F32, p, p, 2, 1024, (const int32_t *)p, p, p, 0, NULL),
                  KVQ_ERR_CAPACITY);
     CHECK_STATUS(kvq_cuda_chan_append(kc, KVQ_CUDA_F32, p, p, 2, 1000, (const int32_t *)p, p, p, 4096, NULL),
+                 KVQ_ERR_INVALID_ARG);
+    /* queries: a head count that is no multiple of the KV heads, no queries, a capacity
+     * of no whole chunks, an unknown dtype */
+    CHECK_STATUS(kvq_cuda_chan_observe_queries(kc, KVQ_CUDA_F32, p, NULL, 2, 7, 1, 1024, (const int32_t *)p, p, NULL),
+                 KVQ_ERR_MISMATCH);
+    CHECK_STATUS(kvq_cuda_chan_observe_queries(kc, KVQ_CUDA_F32, NULL, NULL, 2, 8, 1, 1024, (const int32_t *)p, p,
+                                               NULL),
+                 KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cuda_chan_observe_queries(kc, KVQ_CUDA_F32, p, NULL, 2, 8, 0, 1024, (const int32_t *)p, p, NULL),
+                 KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cuda_chan_observe_queries(kc, KVQ_CUDA_F32, p, NULL, 2, 8, 1, 1000, (const int32_t *)p, p, NULL),
+                 KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cuda_chan_observe_queries(kc, (kvq_cuda_dtype)7, p, NULL, 2, 8, 1, 1024, (const int32_t *)p, p,
+                                               NULL),
                  KVQ_ERR_INVALID_ARG);
     cudaFree(p);
     kvq_cuda_chan_free(kc);
