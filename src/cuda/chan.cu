@@ -16,8 +16,9 @@
  * exact tokens (sinks and the uncoded tail); one merge pass. A coded chunk's score is
  * <q, mean + lo> + sum_j (q_j step_j) code_j: the weights q_j step_j once per chunk and
  * query head, then a lane per token reads its codes from the chunk's bit planes (staged
- * per warp in shared memory) and sums the weighted codes (CHAN_MMA=1, up to 4 query
- * heads: the plane bits times per-plane weights on the tensor cores, chan_mma_step).
+ * per warp in shared memory) and sums the weighted codes (up to 4 query heads, the
+ * default CHAN_MMA=1: the plane bits times per-plane weights on the tensor cores,
+ * chan_mma_step).
  * Values are accumulated in their rotated domain and rotated back once in the merge, a
  * programmatic dependent launch.
  */
@@ -39,10 +40,12 @@
 #define CHAN_GMAX 8
 #define CHAN_WARPS 4
 #ifndef CHAN_MMA
-/* 1: up to 4 query heads per KV head score on the tensor cores (integer mma over the
- * bit planes, chan_mma_step; bench/cuda/chan_mma_layout.py models its fragments); 0: the
- * CUDA-core score loop only */
-#define CHAN_MMA 0
+/* 1 (default): up to 4 query heads per KV head score on the tensor cores (integer mma
+ * over the bit planes, chan_mma_step; bench/cuda/chan_mma_layout.py models its
+ * fragments): 1.29-1.88x the CUDA-core score loop on an H200 (q4 / q3 / q2, batch 1-32,
+ * 4k-128k; bench/cuda/h200-2026-12-05-chanmma.txt); 0: the CUDA-core score loop only
+ * (it serves 8 query heads per KV head either way) */
+#define CHAN_MMA 1
 #endif
 
 struct kvq_cuda_chan {
