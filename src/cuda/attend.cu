@@ -284,16 +284,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const kvqc_par
             const int nu = min(COMBINE_THREADS, n_used - u0);
             __syncthreads();
             float w = 0.0f; /* past nu: 0, times x = 0 below */
-            if (tid < nu) {
-                float mu = m_own, lu = l_own;
-                if (u0 > 0) {
-                    const float *ps = p + SLOT(u0 + tid) * (D + 2);
-                    mu = ps[D];
-                    lu = ps[D + 1];
-                }
-                w = exp2f(mu - M);
-                L += lu * w;
-            }
+            if (tid < nu) w = kvqc_slot_weight(u0 > 0 ? p + SLOT(u0 + tid) * (D + 2) : NULL, D, m_own, l_own, M, L);
             s_w[tid] = w;
             __syncthreads();
             for (int k0 = 0; k0 < nu; k0 += U) {

@@ -513,6 +513,17 @@ __device__ __forceinline__ void transpose_words(uint32_t (&v)[N], int lane) {
     }
 }
 
+/* A lane's four value dims from two centroid pairs of s_pair at byte offsets o0, o1. */
+template <int E>
+__device__ __forceinline__ void pair_dims(float (&v)[E], const float2 *s_pair, uint32_t o0, uint32_t o1) {
+    const float2 p0 = *(const float2 *)((const char *)s_pair + o0);
+    const float2 p1 = *(const float2 *)((const char *)s_pair + o1);
+    v[0] = p0.x;
+    v[1 % E] = p0.y;
+    v[2 % E] = p1.x;
+    v[3 % E] = p1.y;
+}
+
 /* A code of at most 23 bits as a float, exactly: its bits in the mantissa of 2^23. */
 __device__ __forceinline__ float code_float(uint32_t bits, uint32_t mask) {
     return __int_as_float((int)((bits & mask) | 0x4b000000u)) - 8388608.0f;
@@ -945,22 +956,12 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
             if (E == 4 && vbits == 4) {
                 add_values([&](const uint8_t *vc, float(&v)[E]) {
                     const uint32_t c = *(const uint16_t *)(vc + 2 + 2 * lane);
-                    const float2 p0 = *(const float2 *)((const char *)s_pair + ((c << 3) & 0x7f8u));
-                    const float2 p1 = *(const float2 *)((const char *)s_pair + ((c >> 5) & 0x7f8u));
-                    v[0] = p0.x;
-                    v[1 % E] = p0.y;
-                    v[2 % E] = p1.x;
-                    v[3 % E] = p1.y;
+                    pair_dims(v, s_pair, (c << 3) & 0x7f8u, (c >> 5) & 0x7f8u);
                 });
             } else if (E == 4 && vbits == 2) {
                 add_values([&](const uint8_t *vc, float(&v)[E]) {
                     const uint32_t c = vc[2 + lane];
-                    const float2 p0 = *(const float2 *)((const char *)s_pair + ((c << 3) & 0x78u));
-                    const float2 p1 = *(const float2 *)((const char *)s_pair + ((c >> 1) & 0x78u));
-                    v[0] = p0.x;
-                    v[1 % E] = p0.y;
-                    v[2 % E] = p1.x;
-                    v[3 % E] = p1.y;
+                    pair_dims(v, s_pair, (c << 3) & 0x78u, (c >> 1) & 0x78u);
                 });
             } else {
                 add_values([&](const uint8_t *vc, float(&v)[E]) {
@@ -1133,15 +1134,7 @@ __global__ void __launch_bounds__(128) chan_combine_kernel(const kvqc_params *vp
             const int nu = min(128, n_slots - u0);
             __syncthreads();
             float w = 0.0f; /* past nu: 0 */
-            if (tid < nu) {
-                float mu = m_own, lu = l_own;
-                if (u0 > 0) {
-                    mu = p[(size_t)(u0 + tid) * (D + 2) + D];
-                    lu = p[(size_t)(u0 + tid) * (D + 2) + D + 1];
-                }
-                w = exp2f(mu - M);
-                L += lu * w;
-            }
+            if (tid < nu) w = kvqc_slot_weight(u0 > 0 ? p + (size_t)(u0 + tid) * (D + 2) : NULL, D, m_own, l_own, M, L);
             s_w[tid] = w;
             __syncthreads();
             for (int k0 = 0; k0 < nu; k0 += U) {

@@ -49,6 +49,16 @@ __device__ __forceinline__ float kvqc_warp_sum(float v) {
     return v;
 }
 
+/* A merge slot's weight against the slots' maximum M: its max and sum at ps[D], ps[D + 1]
+ * (ps NULL: the merging block's own m_own, l_own); its sum, weighed, added to L. */
+__device__ __forceinline__ float kvqc_slot_weight(const float *ps, int D, float m_own, float l_own, float M,
+                                                  float &L) {
+    const float mu = ps ? ps[D] : m_own, lu = ps ? ps[D + 1] : l_own;
+    const float w = exp2f(mu - M);
+    L += lu * w;
+    return w;
+}
+
 /* Lanes 0..15 hold the 16 canonical partial sums: fold j += j+8, j+4, j+2, j+1 and
  * hand lane 0's total to every lane. */
 __device__ __forceinline__ float kvqc_fold16(float acc) {
