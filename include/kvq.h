@@ -967,8 +967,9 @@ KVQ_API kvq_status kvq_cuda_chan_append_n(const kvq_cuda_chan *kc, kvq_cuda_dtyp
  * them as the CPU does (same sums, same bits, same codes as a CPU cache shown the same
  * queries). The sums start at position 0 and must follow on from there (n queries at
  * once may precede n single-token appends): a sequence with a gap, or unobserved from
- * its start, gets bits from ranges alone; after chunk 0 the call does nothing. Query element (b, h, t, j) - sequence, query head,
- * token, channel - at q_dev + strides[0] * b + strides[1] * h + strides[2] * t + j in
+ * its start, gets bits from ranges alone; after chunk 0 the call does nothing. Query
+ * element (b, h, t, j) - sequence, query head, token, channel - at
+ * q_dev + strides[0] * b + strides[1] * h + strides[2] * t + j in
  * elements of dtype; strides NULL: contiguous [batch][n_q_heads][n][head_dim] (for n = 1
  * the layout kvq_cuda_chan_attend reads). n_q_heads a multiple of n_kv_heads; non-finite
  * elements are skipped. */
