@@ -192,6 +192,11 @@ TEST(badinput_config_values_decimal_only) {
                halves[i]);
         CHECKF(strstr(msg, "empty method name") != NULL, "'%s': %s", halves[i], msg);
     }
+    /* '@' with nothing after it (it once read as no options) */
+    CHECK_STATUS(kvq_cache_config_parse("q2@", 2, 64, &cc, msg, sizeof msg), KVQ_ERR_PARSE);
+    CHECK(strstr(msg, "nothing after '@'") != NULL);
+    REQUIRE_OK(kvq_cache_config_parse("q2@sink=2", 2, 64, &cc, msg, sizeof msg));
+    CHECK(cc.n_sink == 2);
 }
 
 /* --------------------------------------------------------- regular files */

@@ -162,6 +162,11 @@ KVQ_API kvq_status kvq_cache_config_parse_layer(const char *spec, uint32_t n_kv_
     memcpy(buf, spec, len + 1);
     char *opts = strchr(buf, '@');
     if (opts) *opts++ = 0;
+    if (opts && !*opts) {
+        kvqi_set_msg(msg, msg_size, "cache spec '%s': nothing after '@' (options are name=value, e.g. @window=64)",
+                     spec);
+        return KVQ_ERR_PARSE;
+    }
     kvq_status st;
     char *plus = strchr(buf, '+');
     if (plus) *plus = 0;
