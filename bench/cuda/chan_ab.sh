@@ -10,7 +10,7 @@
 # CTXS / BATCHES / PRESETS: the cells (defaults 4096,32768,131072 / 1,8,32 / q4,q3,q2);
 # CELLS="ARGS;ARGS..." instead: bench_chan argument sets, run in turn.
 # MID: a third tree (an intermediate step), built and timed once per round (mid*.txt);
-# MID_FLAGS: nvcc flags of that build (NVCC_APPEND_FLAGS, say -DCHAN_MMA=1); MID_TESTS=1:
+# MID_FLAGS: nvcc flags of that build (NVCC_APPEND_FLAGS, say -DCHAN_MMA=0); MID_TESTS=1:
 # its `make test TESTS=cuda_` too (mid_tests.log), and its bench in both rounds.
 # XTEST_DIR / XTEST: a tree whose `make test TESTS=$XTEST` is run too (xtest.log), say one
 # with a fix reverted, to show the test catches it.
