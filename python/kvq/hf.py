@@ -232,7 +232,8 @@ class KVQLayer(CacheLayerMixin):
                     raise ValueError("kvq.hf: %d queries for %d new tokens" % (query.shape[2], k.shape[2]))
                 outs = []
                 for t in range(k.shape[2]):
-                    if self._observe:  # a no-op once the bits are fixed
+                    # only channel layers observe, and only while their bits are open
+                    if self._observe and self._gpu.observing(n_past + t):
                         self._gpu.observe(query[:, :, t : t + 1], n_past + t)
                     self._gpu.append(k[:, :, t : t + 1], v[:, :, t : t + 1], n_past + t)
                     outs.append(self._gpu.attend(query[:, :, t : t + 1], scaling, n_past + t + 1))
