@@ -1131,10 +1131,18 @@ static void chan_queries(uint64_t seed, uint32_t t, uint32_t nq, uint32_t d, flo
 /* observe: queries shown before each append, to the CPU caches and the GPU alike, except
  * sequence 1, whose position-0 query the GPU does not see (a gap: the GPU then codes
  * from ranges alone, as a CPU cache shown no queries). */
-static void chan_case(kvqt_ctx *kvqt_, const char *preset, uint32_t d, uint32_t n_kv, uint32_t group,
-                      const uint32_t *n_tok, uint32_t batch, kvq_cuda_dtype dt, int observe) {
+/* preset: a preset's layer `layer` of n_layers (its plan applied), or a cache spec (with
+ * a '+'). */
+static void chan_case(kvqt_ctx *kvqt_, const char *preset, uint32_t layer, uint32_t n_layers, uint32_t d,
+                      uint32_t n_kv, uint32_t group, const uint32_t *n_tok, uint32_t batch, kvq_cuda_dtype dt,
+                      int observe) {
     kvq_cache_config cfg;
-    REQUIRE_OK(kvq_cache_config_preset(&cfg, preset, n_kv, d, NULL, 0));
+    char msg[200] = "";
+    kvq_status cst = strchr(preset, '+')
+                         ? kvq_cache_config_parse(preset, n_kv, d, &cfg, msg, sizeof msg)
+                         : kvq_cache_config_preset_layer(&cfg, preset, n_kv, d, layer, n_layers, msg, sizeof msg);
+    CHECKF(cst == KVQ_OK, "%s: %s", preset, msg);
+    if (cst != KVQ_OK) return;
     kvq_cuda_chan *kc = NULL;
     kvq_status st = kvq_cuda_chan_create(&cfg, &kc);
     CHECKF(st == KVQ_OK, "%s: %s", preset, kvq_strerror(st));
@@ -1300,20 +1308,30 @@ static void body_cuda_chan_matches_cpu(kvqt_ctx *kvqt_) {
     /* the GPU coder repeats these constants of the CPU method (src/cuda/chan.cu) */
     CHECK(KVQI_OUTLIER_PROBE_TOKENS == 32 && KVQI_CHAN_REFINE == 3 && KVQI_CHAN_REFINE_BITS == 2u);
     const uint32_t n3[3] = {8 + 3 * 128 + 5, 8 + 128 + 40, 3};
-    chan_case(kvqt_, "q3", 128, 2, 4, n3, 3, KVQ_CUDA_F32, 0);
+    chan_case(kvqt_, "q3", 0, 0, 128, 2, 4, n3, 3, KVQ_CUDA_F32, 0);
     const uint32_t n2[2] = {8 + 2 * 128 + 77, 8 + 4 * 128};
-    chan_case(kvqt_, "q2", 128, 2, 3, n2, 2, KVQ_CUDA_F16, 0);
+    chan_case(kvqt_, "q2", 0, 0, 128, 2, 3, n2, 2, KVQ_CUDA_F16, 0);
     const uint32_t n4[2] = {8 + 5 * 64 + 1, 8 + 64 + 63};
-    chan_case(kvqt_, "q4", 128, 2, 4, n4, 2, KVQ_CUDA_F32, 0);
-    chan_case(kvqt_, "q4", 64, 3, 3, n4, 2, KVQ_CUDA_BF16, 0);
+    chan_case(kvqt_, "q4", 0, 0, 128, 2, 4, n4, 2, KVQ_CUDA_F32, 0);
+    chan_case(kvqt_, "q4", 0, 0, 64, 3, 3, n4, 2, KVQ_CUDA_BF16, 0);
     /* six and eight query heads per KV head: the kernels with eight weights a channel */
     const uint32_t n8[2] = {8 + 3 * 128 + 30, 8 + 128 + 7};
-    chan_case(kvqt_, "q4", 128, 1, 8, n8, 2, KVQ_CUDA_F16, 0);
-    chan_case(kvqt_, "q2", 64, 2, 6, n8, 2, KVQ_CUDA_F32, 0);
+    chan_case(kvqt_, "q4", 0, 0, 128, 1, 8, n8, 2, KVQ_CUDA_F16, 0);
+    chan_case(kvqt_, "q2", 0, 0, 64, 2, 6, n8, 2, KVQ_CUDA_F32, 0);
     /* queries observed before each append (kvq_cuda_chan_observe_queries): the same bits */
-    chan_case(kvqt_, "q3", 128, 2, 4, n3, 3, KVQ_CUDA_F16, 1);
-    chan_case(kvqt_, "q2", 64, 2, 3, n2, 2, KVQ_CUDA_BF16, 1);
-    chan_case(kvqt_, "q4", 128, 2, 4, n4, 2, KVQ_CUDA_F32, 1);
+    chan_case(kvqt_, "q3", 0, 0, 128, 2, 4, n3, 3, KVQ_CUDA_F16, 1);
+    chan_case(kvqt_, "q2", 0, 0, 64, 2, 3, n2, 2, KVQ_CUDA_BF16, 1);
+    chan_case(kvqt_, "q4", 0, 0, 128, 2, 4, n4, 2, KVQ_CUDA_F32, 1);
+    /* the plans' layers: q3's 3-bit values (head dims 128, and 64: a lane's codes of a
+     * token at odd byte offsets), q4's 5-bit keys; head dim 256; 1-bit values (the
+     * tensor-core values take 1-4 bits) and 5-bit ones (four query heads in the
+     * eight-weight kernel) */
+    chan_case(kvqt_, "q3", 0, 6, 128, 2, 4, n3, 3, KVQ_CUDA_F16, 1);
+    chan_case(kvqt_, "q3", 0, 6, 64, 3, 2, n2, 2, KVQ_CUDA_BF16, 0);
+    chan_case(kvqt_, "q4", 1, 6, 128, 2, 4, n4, 2, KVQ_CUDA_F32, 0);
+    chan_case(kvqt_, "q4", 0, 0, 256, 1, 4, n4, 2, KVQ_CUDA_F16, 1);
+    chan_case(kvqt_, "q2+mse:bits=1", 0, 0, 128, 2, 4, n2, 2, KVQ_CUDA_F32, 0);
+    chan_case(kvqt_, "q2+mse:bits=5", 0, 0, 64, 2, 4, n4, 2, KVQ_CUDA_F16, 0);
 }
 
 static void body_cuda_chan_rejects_bad_arguments(kvqt_ctx *kvqt_) {

@@ -6,6 +6,7 @@
  * The caches hold synthetic codes (valid fields, random planes): the kernel's work does
  * not depend on the values. Each figure is the median of 9 samples of a CUDA graph of 10
  * calls. Usage: bench_chan [--presets q4,q3,q2] [--batches 1,8,32] [--ctxs 32768,131072]
+ * (--presets takes cache specs too: q3+mse:bits=3)
  */
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -89,7 +90,10 @@ int main(int argc, char **argv) {
     snprintf(list, sizeof list, "%s", presets);
     for (char *save = NULL, *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
         kvq_cache_config cfg;
-        KK(kvq_cache_config_preset(&cfg, name, N_KV, D, NULL, 0));
+        /* a preset (the layers outside its plan) or a spec such as q3+mse:bits=3 (its
+         * plan's 3-bit-value layers) */
+        KK(strchr(name, '+') ? kvq_cache_config_parse(name, N_KV, D, &cfg, NULL, 0)
+                             : kvq_cache_config_preset(&cfg, name, N_KV, D, NULL, 0));
         kvq_cuda_chan *kc = NULL;
         KK(kvq_cuda_chan_create(&cfg, &kc));
         for (int bi = 0; bi < nb; bi++)

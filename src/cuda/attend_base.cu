@@ -51,15 +51,6 @@ __device__ __forceinline__ void b_cp16(void *dst, const void *src, int src_bytes
 __device__ __forceinline__ void b_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void b_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-__device__ __forceinline__ void b_mma(float c[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                      unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 __device__ __forceinline__ void ldsm4(unsigned r[4], const void *p) {
     unsigned s = (unsigned)__cvta_generic_to_shared(p);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -282,7 +273,7 @@ __global__ void __launch_bounds__(BW * 32, (cfg_t<KF, VF>::MINB)) attend_base_ke
             for (int ks = 0; ks < 8; ks++) {
                 unsigned r[4];
                 ldsm4(r, rowp + 32 * ks);
-                b_mma(c[ks & 1], r[0], r[1], r[2], r[3], qb[ks][0], qb[ks][1]);
+                kvqc_mma_f16(c[ks & 1], r[0], r[1], r[2], r[3], qb[ks][0], qb[ks][1]);
             }
             s_lo = (c[0][0] + c[0][1]) + (c[1][0] + c[1][1]);
             s_hi = (c[0][2] + c[0][3]) + (c[1][2] + c[1][3]);
@@ -321,7 +312,7 @@ __global__ void __launch_bounds__(BW * 32, (cfg_t<KF, VF>::MINB)) attend_base_ke
                 }
 #pragma unroll
                 for (int hf = 0; hf < 2; hf++)
-                    b_mma(c, a0[hf], a1[hf], a2[hf], a3[hf], qb[2 * blk + hf][0], qb[2 * blk + hf][1]);
+                    kvqc_mma_f16(c, a0[hf], a1[hf], a2[hf], a3[hf], qb[2 * blk + hf][0], qb[2 * blk + hf][1]);
                 s_lo += b_ldh(sk, ko_lo + bo) * (c[0] + c[1]);
                 s_hi += b_ldh(sk, ko_hi + bo) * (c[2] + c[3]);
             }
@@ -364,7 +355,7 @@ __global__ void __launch_bounds__(BW * 32, (cfg_t<KF, VF>::MINB)) attend_base_ke
             for (int mt = 0; mt < 8; mt++) {
                 unsigned r[4];
                 ldsm4t(r, rowp + 32 * mt);
-                b_mma(acc[mt], r[0], r[1], r[2], r[3], pb0, pb1);
+                kvqc_mma_f16(acc[mt], r[0], r[1], r[2], r[3], pb0, pb1);
             }
         } else {
             /* block scales ride in the A operand: integer * scale rounded to fp16 (under
@@ -418,7 +409,7 @@ __global__ void __launch_bounds__(BW * 32, (cfg_t<KF, VF>::MINB)) attend_base_ke
                 }
 #pragma unroll
                 for (int j = 0; j < 2; j++)
-                    b_mma(acc[2 * bb + j], b_hmul(fa[j][0], d01), b_hmul(fa[j][1], d01), b_hmul(fa[j][2], d89),
+                    kvqc_mma_f16(acc[2 * bb + j], b_hmul(fa[j][0], d01), b_hmul(fa[j][1], d01), b_hmul(fa[j][2], d89),
                           b_hmul(fa[j][3], d89), pb0, pb1);
             }
         }

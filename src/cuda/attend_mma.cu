@@ -40,15 +40,6 @@ __device__ __forceinline__ void cp_async16_s(unsigned dst, const void *src) {
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
 
-__device__ __forceinline__ void mma16816(float c[4], unsigned a0, unsigned a1, unsigned a2,
-                                         unsigned a3, unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 /* Half-word bit position p (8..15) as an fp16 A element: base_p when clear, base_p | bit
  * when set; both finite and distinct. */
 __device__ __forceinline__ unsigned key_base(int p) {
@@ -240,9 +231,9 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
             for (int j = 0; j < 4; j++) {
                 /* even k-step: bit positions tq, tq + 4 (moved up by 8); odd: 8 + tq, 12 + tq */
                 const unsigned sl = wl[j] << 8, sh = wh[j] << 8;
-                mma16816(c[0], key_elem(sl, mask_a, base_a), key_elem(sh, mask_a, base_a),
+                kvqc_mma_f16(c[0], key_elem(sl, mask_a, base_a), key_elem(sh, mask_a, base_a),
                          key_elem(sl, mask_b, base_b), key_elem(sh, mask_b, base_b), qb[2 * j][0], qb[2 * j][1]);
-                mma16816(c[1], key_elem(wl[j], mask_a, base_a), key_elem(wh[j], mask_a, base_a),
+                kvqc_mma_f16(c[1], key_elem(wl[j], mask_a, base_a), key_elem(wh[j], mask_a, base_a),
                          key_elem(wl[j], mask_b, base_b), key_elem(wh[j], mask_b, base_b), qb[2 * j + 1][0],
                          qb[2 * j + 1][1]);
             }
@@ -327,7 +318,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
                 const int k = mt >> 1, f = 2 * (mt & 1), up = 16 * (k & 1), zi = k >> 1;
                 const unsigned s0 = sel[zi][f] >> up, s1 = sel[zi][f + 1] >> up;
                 const unsigned s2 = sel[2 + zi][f] >> up, s3 = sel[2 + zi][f + 1] >> up;
-                mma16816(acc[mt], __byte_perm(th0, th1, s0), __byte_perm(th0, th1, s1),
+                kvqc_mma_f16(acc[mt], __byte_perm(th0, th1, s0), __byte_perm(th0, th1, s1),
                          __byte_perm(th0, th1, s2), __byte_perm(th0, th1, s3), pb0, pb1);
             }
         } else {
@@ -346,7 +337,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
                 unsigned e10 = s_vtab[(w0[wi] >> sb) & 15u], e11 = s_vtab[(w1[wi] >> sb) & 15u];
                 unsigned e80 = s_vtab[(w8[wi] >> sa) & 15u], e81 = s_vtab[(w9[wi] >> sa) & 15u];
                 unsigned e90 = s_vtab[(w8[wi] >> sb) & 15u], e91 = s_vtab[(w9[wi] >> sb) & 15u];
-                mma16816(acc[mt], __byte_perm(e00, e01, 0x5410), __byte_perm(e10, e11, 0x5410),
+                kvqc_mma_f16(acc[mt], __byte_perm(e00, e01, 0x5410), __byte_perm(e10, e11, 0x5410),
                          __byte_perm(e80, e81, 0x5410), __byte_perm(e90, e91, 0x5410), pb0, pb1);
             }
         }

@@ -473,8 +473,7 @@ static __host__ __device__ __forceinline__ int warp_words(int D, int P, int vcs,
 /* Dynamic shared memory of the attention kernel, in 4-byte words (the warps' areas hold
  * the split's partial results at the end; the tensor-core scores add a plane table of P
  * words to the block's area). */
-static size_t attn_smem_words(int D, int G, int P, int vcs, bool tp) {
-    const int GS = G <= 4 ? 4 : 8;
+static size_t attn_smem_words(int D, int G, int GS, int P, int vcs, bool tp) {
     size_t warps = (size_t)CHAN_WARPS * warp_words(D, P, vcs, GS, tp), part = (size_t)CHAN_WARPS * G * (D + 2);
     return (size_t)G * D + 4 * (size_t)D + (chan_mma(GS) ? (size_t)P : 0) + 2 * CHAN_GMAX +
            (warps > part ? warps : part);
@@ -552,6 +551,56 @@ __device__ __forceinline__ void chan_mma_step(int (&c0)[4], int (&c1)[4], uint32
               b);
 }
 
+/* fp16 high parts of x0, x1 (part 0) or the fp16 of what those miss (part 1), as a pair. */
+__device__ __forceinline__ uint32_t split_pair(float x0, float x1, int part) {
+    const uint16_t h0 = f2h(x0), h1 = f2h(x1);
+    return part ? (uint32_t)f2h(x0 - h2f(h0)) | (uint32_t)f2h(x1 - h2f(h1)) << 16 : (uint32_t)h0 | (uint32_t)h1 << 16;
+}
+
+/* A group's values on the tensor cores (the tensor-core kernels, values of 1-4 bits), as
+ * attend_mma.cu: O^T += V^T P^T per 16 dims (m-tile mt) and 16 tokens (k-step s); A = the
+ * tokens' centroids in fp16, B = the softmax weights times the value norms split into
+ * fp16 high and low parts (column 2 head + part: fp32 accuracy for them). Lane 4 g + c
+ * holds A rows g and g + 8 of tile mt, dims 2 p and 2 p + 1 with p = MT g + mt, so its
+ * pairs of a token are MT consecutive codes (2 MT b bits from bit 2 MT b g) and each pair
+ * is one lookup in s_hp (two dims' centroids by their 2b-bit code). C: row g, columns
+ * 2 c, 2 c + 1 (head c, both parts) = dim 2 p; row g + 8 = dim 2 p + 1. */
+template <int MT, int VB>
+__device__ __forceinline__ void chan_values_mma(float (&cv)[MT][4], const uint8_t *vst, int vcs, int lane,
+                                                const uint32_t *s_hp, const uint32_t (&bf)[2][2]) {
+    constexpr int NB = 2 * MT * VB, NW = (NB + 31) / 32, MK = (1 << (2 * VB)) - 1;
+    const int g = lane >> 2, c = lane & 3;
+#pragma unroll 1
+    for (int s = 0; s < 2; s++) {
+        const uint32_t b0 = s ? bf[1][0] : bf[0][0], b1 = s ? bf[1][1] : bf[0][1];
+        uint32_t w[4][NW];
+#pragma unroll
+        for (int u = 0; u < 4; u++) { /* tokens 2c, 2c + 1, 2c + 8, 2c + 9 of the k-step */
+            const uint8_t *pc = vst + (16 * s + 2 * c + (u & 1) + 8 * (u >> 1)) * vcs + 2 + NB / 8 * g;
+            const uint32_t *wa = (const uint32_t *)((uintptr_t)pc & ~(uintptr_t)3);
+            const int sh = 8 * (int)((uintptr_t)pc & 3);
+            uint32_t x[NW + 1];
+#pragma unroll
+            for (int i = 0; i <= NW; i++) x[i] = wa[i];
+#pragma unroll
+            for (int i = 0; i < NW; i++) w[u][i] = __funnelshift_r(x[i], x[i + 1], sh);
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            constexpr int W2 = 2 * VB;
+            const int bit = W2 * mt, wi = bit >> 5, sb = bit & 31;
+            uint32_t h[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const uint32_t x = sb + W2 <= 32 ? w[u][wi] >> sb : __funnelshift_r(w[u][wi], w[u][wi + 1 < NW ? wi + 1 : wi], sb);
+                h[u] = s_hp[x & MK];
+            }
+            kvqc_mma_f16(cv[mt], __byte_perm(h[0], h[1], 0x5410), __byte_perm(h[0], h[1], 0x7632),
+                         __byte_perm(h[2], h[3], 0x5410), __byte_perm(h[2], h[3], 0x7632), b0, b1);
+        }
+    }
+}
+
 /* Grid (n_slots, n_kv, batch): blocks x < n_split score whole coded chunks, blocks from
  * n_split on the exact tokens; each stores (acc, max, sum) per query head in its slot.
  * Each warp takes a contiguous quarter of the split's 32-token groups and copies its next
@@ -578,7 +627,8 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     constexpr bool MMA = chan_mma(GS);
     int4 *s_bm = (int4 *)(s_q + G * D);          /* [D]: transposed word's byte offset, shift, mask */
     __shared__ float s_cen[256];                 /* value centroids (a fixed address) */
-    __shared__ float2 s_pair[E == 4 ? 256 : 1];  /* E = 4, 4- / 2-bit values: two dims' centroids */
+    __shared__ float2 s_pair[E == 4 && !MMA ? 256 : 1]; /* E = 4, 4- / 2-bit values: two dims' centroids */
+    __shared__ uint32_t s_hp[MMA ? 256 : 1];    /* MMA, 1-4-bit values: two dims' centroids in fp16 */
     uint32_t *s_pl = (uint32_t *)(s_bm + D);     /* MMA: [P] plane -> 2^bit as float bits | channel */
     float *s_qmu = (float *)(s_pl + (MMA ? P : 0)); /* [GMAX] (+ pad) */
     uint32_t *s_warp = (uint32_t *)(s_qmu + 2 * CHAN_GMAX);
@@ -623,14 +673,15 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     const uint8_t *hs = g.cache + g.heads + (size_t)row * g.head_bytes;
     const float *mean_p = (const float *)(hs + round16((uint64_t)D));
     const uint16_t *off_p = (const uint16_t *)(hs + round16((uint64_t)D) + 4 * (uint64_t)D);
-    const int vsh = a.vbits == 4 ? 4 : 2, vmk = (1 << vsh) - 1; /* s_pair: a 4-bit code byte, a 2-bit nibble */
+    /* s_pair: a 4-bit code byte, a 2-bit nibble; s_hp: two codes of a.vbits */
+    const int vsh = MMA ? min(a.vbits, 4) : a.vbits == 4 ? 4 : 2, vmk = (1 << vsh) - 1;
     float cen_r[2], pair_r[2][2], q_r[2][E], mu_r[E];
     int off_r[2] = {0, 0}, nb_r[2] = {0, 0};
 #pragma unroll
     for (int k = 0; k < 2; k++) { /* 256 entries, 128 threads */
         const int i = threadIdx.x + CHAN_WARPS * 32 * k;
         cen_r[k] = a.vp->cen[i];
-        if (E == 4) {
+        if (E == 4 || MMA) {
             pair_r[k][0] = a.vp->cen[i & vmk];
             pair_r[k][1] = a.vp->cen[(i >> vsh) & vmk];
         }
@@ -656,7 +707,10 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     for (int k = 0; k < 2; k++) {
         const int i = threadIdx.x + CHAN_WARPS * 32 * k;
         s_cen[i] = cen_r[k];
-        if (E == 4) s_pair[i] = make_float2(pair_r[k][0], pair_r[k][1]);
+        if (MMA)
+            s_hp[i] = (uint32_t)f2h(pair_r[k][0]) | (uint32_t)f2h(pair_r[k][1]) << 16;
+        else if (E == 4)
+            s_pair[i] = make_float2(pair_r[k][0], pair_r[k][1]);
     }
 #pragma unroll
     for (int k = 0; k < 2; k++) {
@@ -674,6 +728,10 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
         for (int e = 0; e < E; e++) acc[gg][e] = 0.0f;
     }
     bool lane_major = false; /* acc[.][e] holds dim lane + 32e (exact path) or E lane + e */
+    constexpr bool vmma = MMA; /* a coded block's values on the tensor cores, in cv (1-4 bits: chan_gs) */
+    float cv[MMA ? 2 * E : 1][4];
+#pragma unroll
+    for (int mt = 0; mt < (MMA ? 2 * E : 1); mt++) cv[mt][0] = cv[mt][1] = cv[mt][2] = cv[mt][3] = 0.0f;
     if (coded) {
         lane_major = true;
 #pragma unroll
@@ -900,7 +958,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
             const float norm = h2f(*(const uint16_t *)(vst + lane * vcs));
             /* the online softmax of all GS heads at once (their reductions interleaved; heads
              * past G score 0 and are never stored) */
-            float sv[GS], red[GS], pv[GS];
+            float sv[GS], red[GS], pv[GS], aq = 1.0f;
 #pragma unroll
             for (int gg = 0; gg < GS; gg++) red[gg] = sv[gg] = valid ? sc[gg] : -INFINITY;
 #pragma unroll
@@ -915,8 +973,10 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                 pv[gg] = valid && live ? exp2f(sv[gg] - mn) : 0.0f;
                 red[gg] = pv[gg];
                 l[gg] *= alpha;
+                if (gg == (lane & 3)) aq = alpha; /* cv's head */
+                if constexpr (!vmma)
 #pragma unroll
-                for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
+                    for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
                 m[gg] = mn;
             }
 #pragma unroll
@@ -929,6 +989,32 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                 s_p[lane * GS + gg] = pv[gg] * norm; /* the value's norm rides on its weight */
             }
             __syncwarp();
+            if constexpr (vmma) {
+                if (__any_sync(KVQC_FULL, aq != 1.0f))
+#pragma unroll
+                    for (int mt = 0; mt < (MMA ? 2 * E : 1); mt++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) cv[mt][i] *= aq;
+                /* B: tokens 16 s + 2 c + {0, 1} (+ 8), column g = 2 head + part */
+                const int c = lane & 3, hh = lane >> 3, part = (lane >> 2) & 1;
+                uint32_t bf[2][2];
+#pragma unroll
+                for (int s = 0; s < 2; s++)
+#pragma unroll
+                    for (int j = 0; j < 2; j++) {
+                        const float *pp = s_p + (16 * s + 2 * c + 8 * j) * GS + hh;
+                        bf[s][j] = split_pair(pp[0], pp[GS], part);
+                    }
+                if constexpr (vmma) {
+                    if (vbits == 4) chan_values_mma<2 * E, 4>(cv, vst, vcs, lane, s_hp, bf);
+                    else if (vbits == 3) chan_values_mma<2 * E, 3>(cv, vst, vcs, lane, s_hp, bf);
+                    else if (vbits == 2) chan_values_mma<2 * E, 2>(cv, vst, vcs, lane, s_hp, bf);
+                    else chan_values_mma<2 * E, 1>(cv, vst, vcs, lane, s_hp, bf);
+                }
+                __syncwarp();
+                stage ^= 1;
+                continue;
+            }
             /* values: the token loop once per code width (the width's test outside it) */
             auto add_values = [&](auto decode) {
 #pragma unroll 2
@@ -953,12 +1039,12 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
             };
             /* E = 4: a lane's four dims are two bytes (4-bit codes) or one (2-bit), decoded
              * as two centroid pairs (s_pair, looked up by byte offset) */
-            if (E == 4 && vbits == 4) {
+            if (!MMA && E == 4 && vbits == 4) {
                 add_values([&](const uint8_t *vc, float(&v)[E]) {
                     const uint32_t c = *(const uint16_t *)(vc + 2 + 2 * lane);
                     pair_dims(v, s_pair, (c << 3) & 0x7f8u, (c >> 5) & 0x7f8u);
                 });
-            } else if (E == 4 && vbits == 2) {
+            } else if (!MMA && E == 4 && vbits == 2) {
                 add_values([&](const uint8_t *vc, float(&v)[E]) {
                     const uint32_t c = vc[2 + lane];
                     pair_dims(v, s_pair, (c << 3) & 0x78u, (c >> 1) & 0x78u);
@@ -1071,8 +1157,17 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     for (int gg = 0; gg < CHAN_GMAX; gg++) {
         if (gg >= G) break;
         float *ps = s_part + ((size_t)warp * G + gg) * (D + 2);
+        if (lane_major && vmma) { /* cv: head lane & 3, dims 2 p, 2 p + 1 (chan_values_mma) */
+            if ((lane & 3) == gg)
 #pragma unroll
-        for (int e = 0; e < E; e++) ps[lane_major ? E * lane + e : lane + 32 * e] = acc[gg][e];
+                for (int mt = 0; mt < (MMA ? 2 * E : 1); mt++) {
+                    const int p = 2 * E * (lane >> 2) + mt;
+                    *(float2 *)(ps + 2 * p) = make_float2(cv[mt][0] + cv[mt][1], cv[mt][2] + cv[mt][3]);
+                }
+        } else {
+#pragma unroll
+            for (int e = 0; e < E; e++) ps[lane_major ? E * lane + e : lane + 32 * e] = acc[gg][e];
+        }
         if (lane == 0) {
             ps[D] = m[gg];
             ps[D + 1] = l[gg];
@@ -1174,10 +1269,14 @@ __global__ void __launch_bounds__(128) chan_combine_kernel(const kvqc_params *vp
 
 typedef void (*chan_attend_fn)(chan_attn_args);
 
-/* The attention kernel for a head dim, query heads per KV head (G) and transposed-plane
- * layout (tp: in place). */
-static chan_attend_fn attend_kernel_for(uint32_t D, uint32_t G, bool tp) {
-    const bool g4 = G <= 4;
+/* Weights a channel in the attention kernel: 4 for up to 4 query heads per KV head (G)
+ * whose values the tensor-core kernel takes (1-4 bits), else 8. */
+static int chan_gs(uint32_t G, uint32_t vbits) { return G <= 4 && (!CHAN_MMA || vbits <= 4) ? 4 : 8; }
+
+/* The attention kernel for a head dim, weights a channel (GS) and transposed-plane layout
+ * (tp: in place). */
+static chan_attend_fn attend_kernel_for(uint32_t D, int GS, bool tp) {
+    const bool g4 = GS == 4;
     if (D == 64)
         return tp ? (g4 ? chan_attend_kernel<2, 4, true> : chan_attend_kernel<2, 8, true>)
                   : (g4 ? chan_attend_kernel<2, 4, false> : chan_attend_kernel<2, 8, false>);
@@ -1235,7 +1334,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, 
     kc->key_block = 4 * D + C * D * kc->bits / 8;
     kc->vcs = vcs;
     kc->n_sm = kc->vq->n_sm;
-    size_t smem = attn_smem_words((int)D, CHAN_GMAX, (int)(kc->bits * D), (int)vcs, false) * 4;
+    size_t smem = attn_smem_words((int)D, CHAN_GMAX, 8, (int)(kc->bits * D), (int)vcs, false) * 4;
     if (smem + 256 * (sizeof(float) + 2 * sizeof(float)) > kc->vq->smem_optin) { /* + the static centroid tables */
         kvq_cuda_chan_free(kc);
         return KVQ_ERR_UNSUPPORTED;
@@ -1452,6 +1551,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_observe_queries(const kvq_cuda_chan 
 typedef struct attn_plan {
     int n_split, cps, n_slots; /* n_slots - n_split blocks for the exact tokens */
     bool tp;
+    int gs; /* weights a channel: chan_gs */
     size_t smem;
 } attn_plan;
 
@@ -1471,23 +1571,24 @@ static kvq_status check_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *
 /* Split the coded chunks so the grid holds about two waves of resident blocks (whole
  * chunks per split); KVQ_CUDA_ATTN_ONE_SPLIT: one block per (sequence, kv head). */
 static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, attn_plan *p) {
-    const int D = (int)kc->D, G = (int)(d->n_q_heads / d->n_kv_heads);
+    const int D = (int)kc->D, G = (int)(d->n_q_heads / d->n_kv_heads), GS = chan_gs(G, kc->vq->p.bits);
+    p->gs = GS;
     /* the transposed planes in place (one more load per channel) when that fits more
      * blocks on an SM, else as pairs of words */
     int per_sm = 1;
     p->tp = false;
     for (int tp = 0; tp < 2; tp++) {
-        const size_t smem = attn_smem_words(D, G, (int)(kc->bits * kc->D), (int)kc->vcs, tp != 0) * 4;
+        const size_t smem = attn_smem_words(D, G, GS, (int)(kc->bits * kc->D), (int)kc->vcs, tp != 0) * 4;
         int n = 0;
         cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-            &n, (const void *)attend_kernel_for(kc->D, (uint32_t)G, tp != 0), 128, smem);
+            &n, (const void *)attend_kernel_for(kc->D, GS, tp != 0), 128, smem);
         if (e != cudaSuccess) {
             cudaGetLastError();
             n = 0;
         }
         /* (the tensor-core scores use one layout either way: the in-place build, which
          * keeps its registers without spills) */
-        if (tp == 0 || n > per_sm || (chan_mma(G <= 4 ? 4 : 8) && n == per_sm)) {
+        if (tp == 0 || n > per_sm || (chan_mma(GS) && n == per_sm)) {
             p->smem = smem;
             p->tp = tp != 0;
             per_sm = n;
@@ -1557,7 +1658,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, cons
     a.n_slots = p.n_slots;
     cudaStream_t s = (cudaStream_t)stream;
     dim3 grid((unsigned)p.n_slots, d->n_kv_heads, d->batch), rows(d->n_q_heads, d->batch);
-    attend_kernel_for(kc->D, (uint32_t)a.G, p.tp)<<<grid, 128, p.smem, s>>>(a);
+    attend_kernel_for(kc->D, p.gs, p.tp)<<<grid, 128, p.smem, s>>>(a);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return kvqc_status(e);
     /* the merge as a programmatic dependent launch: scheduled while the attention's last

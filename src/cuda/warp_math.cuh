@@ -139,4 +139,14 @@ __device__ __forceinline__ void kvqc_unrotate_store(const kvqc_params *p, float 
     for (int e = 0; e < E; e++) out[lane + 32 * e] = v[e];
 }
 
+/* D += A B on the tensor cores: m16n8k16, fp16 A (row) and B (col), fp32 C and D. */
+__device__ __forceinline__ void kvqc_mma_f16(float c[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                             unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
 #endif /* KVQ_CUDA_WARP_MATH_CUH */
