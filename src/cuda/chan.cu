@@ -18,7 +18,7 @@
  * query head, then a lane per token reads its codes from the chunk's bit planes (staged
  * per warp in shared memory) and sums the weighted codes (up to 4 query heads, the
  * default CHAN_MMA=1: the plane bits times per-plane weights on the tensor cores,
- * chan_mma_step).
+ * chan_mma_step, and the values' product too, chan_values_mma).
  * Values are accumulated in their rotated domain and rotated back once in the merge, a
  * programmatic dependent launch.
  */
