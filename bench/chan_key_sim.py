@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""chan_key_sim.py - what-if simulations of the cache's channel keys on dumped real KV.
+
+Reads `kvq generate --dump-kv DIR` output (keys, values, queries after RoPE, float32) and
+codes each head's keys per channel over chunks of --chunk tokens the way the `channel`
+method does, in NumPy and simplified: keys centered on the mean of the first 32 tokens,
+token 0 exact (the sink), each head's bits * dim bits given greedily by the first
+chunk's squared ranges weighted by the square root of the first chunk's queries' mean
+square, 1-2-bit channels fitted by three least-squares refinements, wider ones spanning
+minimum to maximum; values exact. Then attention of the last --queries positions (every
+10th) with the coded keys against the exact ones: mean relative error of the output and
+mean KL of the attention weights. It models no rounding to fp16 and no q8_0 ring, so
+its figures rank variants; the engine's (`kvq perplexity --kl`) are the ones quoted.
+
+--window / --global-every model sliding-window layers (Gemma 3: 512 and 6). Variants: base; `outliers=N` (N tokens a chunk with the largest spread kept exact and
+left out of the ranges); `per_chunk` (bits given again for every chunk by its own
+ranges). Usage:
+  kvq generate -m MODEL -f PROMPT -n 1 --dump-kv DIR
+  python3 bench/chan_key_sim.py DIR [--bits 2,3] [--chunk 128] [--variants base,outliers=2,per_chunk]
+      [--window 512 --global-every 6]
+"""
+import argparse
+import glob
+import os
+
+import numpy as np
+
+
+def fit_grid(x, b, refine):
+    lo, hi = float(x.min()), float(x.max())
+    n = (1 << b) - 1
+    if hi <= lo:
+        return np.full_like(x, (lo + hi) / 2)
+    step = (hi - lo) / n
+    for _ in range(refine):
+        c = np.clip(np.rint((x - lo) / step), 0, n)
+        sol, *_ = np.linalg.lstsq(np.stack([np.ones_like(c), c], 1), x, rcond=None)
+        if sol[1] <= 0:
+            break
+        lo, step = sol
+    return lo + step * np.clip(np.rint((x - lo) / step), 0, n)
+
+
+def allocate(r2, total, w):
+    bits = np.zeros(len(r2), int)
+    wt = r2 * w
+    for _ in range(total):
+        bits[np.argmax(wt * 4.0 ** (-bits) * (bits < 8))] += 1
+    return bits
+
+
+def code_head(K, Q0, B, C, variant):
+    T, d = K.shape
+    out = K.copy()
+    w = np.sqrt(np.maximum((Q0 ** 2).mean(0), 2 ** -10 * (Q0 ** 2).mean()))
+    first = K[1:C]
+    bits0 = allocate((first.max(0) - first.min(0)) ** 2, B * d, w)
+    n_out = int(variant.split("=")[1]) if variant.startswith("outliers=") else 0
+    for c0 in range(0, T - T % C, C):
+        blk = K[c0:c0 + C].copy()
+        keep = np.arange(c0, c0 + C) != 0
+        if n_out:
+            med = np.median(blk[keep], 0)
+            spread = np.percentile(blk[keep], 90, 0) - np.percentile(blk[keep], 10, 0) + 1e-6
+            score = (np.abs(blk - med) / spread).max(1)
+            score[~keep] = -1
+            keep[np.argsort(-score)[:n_out]] = False
+        bits = bits0
+        if variant == "per_chunk":
+            bits = allocate((blk[keep].max(0) - blk[keep].min(0)) ** 2, B * d, w)
+        for j in range(d):
+            x = blk[keep, j]
+            blk[keep, j] = (x.min() + x.max()) / 2 if bits[j] == 0 else fit_grid(x, bits[j], 3 if bits[j] <= 2 else 0)
+        out[c0:c0 + C] = np.where(keep[:, None], blk, K[c0:c0 + C])
+    return out
+
+
+def measure(dump, B, C, variant, n_queries, window=0, global_every=0):
+    errs, kls = [], []
+    for kf in sorted(glob.glob(os.path.join(dump, "keys_*.npy"))):
+        tag = kf[-6:-4]
+        K = np.load(kf)
+        V = np.load(os.path.join(dump, "values_%s.npy" % tag))
+        Q = np.load(os.path.join(dump, "queries_%s.npy" % tag))
+        T, n_kv, d = K.shape
+        G = Q.shape[1] // n_kv
+        Tq = T - T % C
+        layer = int(tag)
+        sliding = window > 0 and not (global_every and (layer + 1) % global_every == 0)
+        for h in range(n_kv):
+            mu = K[:32, h].mean(0)
+            Kq = code_head(K[:, h] - mu, Q[:C, h * G:(h + 1) * G].reshape(-1, d), B, C, variant) + mu
+            for t in range(max(Tq - n_queries, 1), Tq, 10):
+                for g in range(G):
+                    q = Q[t, h * G + g] / np.sqrt(d)
+                    s, sq = K[:t + 1, h] @ q, Kq[:t + 1] @ q
+                    if sliding:  # the layer sees its last `window` positions only
+                        s[: max(t + 1 - window, 0)] = -np.inf
+                        sq[: max(t + 1 - window, 0)] = -np.inf
+                    p = np.exp(s - s.max())
+                    p /= p.sum()
+                    pq = np.exp(sq - sq.max())
+                    pq /= pq.sum()
+                    o, oq = p @ V[:t + 1, h], pq @ V[:t + 1, h]
+                    errs.append(np.linalg.norm(o - oq) / np.linalg.norm(o))
+                    kls.append(float((p * (np.log(p + 1e-30) - np.log(pq + 1e-30))).sum()))
+    return float(np.mean(errs)), float(np.mean(kls))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dump", help="directory written by kvq generate --dump-kv")
+    ap.add_argument("--bits", default="2,3")
+    ap.add_argument("--chunk", type=int, default=128)
+    ap.add_argument("--variants", default="base,outliers=1,outliers=2,outliers=4,per_chunk")
+    ap.add_argument("--queries", type=int, default=200, help="last positions measured (every 10th)")
+    ap.add_argument("--window", type=int, default=0, help="sliding-window layers see this many positions")
+    ap.add_argument("--global-every", type=int, default=0,
+                    help="with --window: layer l is global when (l + 1) %% N == 0 (Gemma 3: 6)")
+    a = ap.parse_args()
+    if not glob.glob(os.path.join(a.dump, "keys_*.npy")):
+        ap.error("%s holds no keys_*.npy (kvq generate --dump-kv writes them)" % a.dump)
+    for B in (int(x) for x in a.bits.split(",")):
+        for v in a.variants.split(","):
+            e, k = measure(a.dump, B, a.chunk, v, a.queries, a.window, a.global_every)
+            print("bits %d %-12s output error %.4f  attention KL %.5f" % (B, v, e, k), flush=True)
+
+
+if __name__ == "__main__":
+    main()
