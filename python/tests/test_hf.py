@@ -366,3 +366,48 @@ def test_cuda_several_new_tokens_on_a_filled_cache():
         # several rows at once
         rel = np.linalg.norm(got - one, axis=1) / np.linalg.norm(one, axis=1)
         assert rel.max() < 1e-3, (spec, rel.max())
+
+
+class _FakeGpu:
+    """Stands in for a GPU layer on the CPU: records calls; observe() only where the layer
+    kind has it (channel keys), as kvq.hf's _GpuChan and _GpuCodes."""
+
+    def __init__(self, chan, open_until):
+        self.calls = []
+        self._open_until = open_until
+        if chan:
+            self.observe = lambda q, n_past: self.calls.append(("observe", int(q.shape[2]), n_past))
+
+    def observing(self, n_past):
+        return hasattr(self, "observe") and n_past < self._open_until
+
+    def append(self, k, v, n_past):
+        self.calls.append(("append", int(k.shape[2]), n_past))
+
+    def attend(self, query, scaling, n_tokens):
+        self.calls.append(("attend", int(query.shape[2]), n_tokens))
+        b, hq, _, d = query.shape
+        return torch.zeros((b, 1, hq, d), dtype=query.dtype)
+
+
+def test_gpu_token_loop_observes_only_where_a_layer_can():
+    """The GPU path's bookkeeping, on the CPU with stand-in layers: several new tokens on a
+    filled cache are appended and attended one at a time, and only a channel-key layer whose
+    bits are still open is shown their queries (a codes layer has no observe(); calling it
+    broke this loop once, and only the GPU test saw it)."""
+    model = tiny_llama()
+    for chan, open_until, want_observed in ((False, 10**9, []), (True, 14, [12, 13]), (True, 0, [])):
+        layer = KVQCache(model, "mse:bits=4+mse:bits=4").layers[0]
+        k = torch.zeros((1, 2, 12, 32))
+        layer.lazy_initialization(k, k)
+        layer._codes, layer._gpu = None, _FakeGpu(chan, open_until)
+        layer.n_tokens = 12
+        kk = torch.zeros((1, 2, 4, 32))
+        layer.update(kk, kk)
+        out = layer.attend(torch.zeros((1, 4, 4, 32)), 1.0)
+        assert out.shape == (1, 4, 4, 32)
+        calls = layer._gpu.calls
+        assert [c for c in calls if c[0] == "append"] == [("append", 1, 12 + t) for t in range(4)]
+        assert [c for c in calls if c[0] == "attend"] == [("attend", 1, 13 + t) for t in range(4)]
+        assert [c[2] for c in calls if c[0] == "observe"] == want_observed, (chan, calls)
+        assert layer.get_seq_length() == 16
