@@ -248,6 +248,11 @@ typedef struct kvq_cache_config {
                                 position p sees p-W+1..p only (Gemma's local layers), and
                                 the cache frees what no later query can see: attend's
                                 queries must then lie within the last append */
+    uint32_t sliding_key_bits;   /* with sliding_window: this many bits more for the keys
+                                    (channel or turboquant_mse; at most 8 in all), and */
+    uint32_t sliding_value_bits; /* for the values (turboquant_mse): such a layer holds at
+                                    most its window, so its bytes stop growing (0 = none;
+                                    no effect without sliding_window) */
 } kvq_cache_config;
 
 typedef struct kvq_cache kvq_cache;
@@ -303,6 +308,8 @@ typedef struct kvq_cache_preset {
      * cached number on average. */
     const char *plan_key_spec, *plan_value_spec;
     uint32_t plan_key_sixths, plan_value_sixths;
+    /* as in kvq_cache_config: bits more for a sliding-window layer's keys and values */
+    uint32_t sliding_key_bits, sliding_value_bits;
 } kvq_cache_preset;
 /* Preset i (0, 1, ...) and NULL past the last; by name, NULL if unknown. */
 KVQ_API const kvq_cache_preset *kvq_cache_preset_at(size_t i);

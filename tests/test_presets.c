@@ -437,3 +437,75 @@ TEST(presets_with_other_values) {
     kvq_cache_config cfg;
     CHECK_STATUS(kvq_cache_config_parse_layer("q3+nosuch", 3, 64, 0, 30, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
 }
+
+/* A sliding-window layer of a preset takes the preset's extra bits (its bytes stop at the
+ * window): the same codes, bytes and attention as that layer configured with those bits
+ * outright; a full layer is untouched; the options and their refusals. */
+TEST(presets_sliding_layers_take_more_bits) {
+    const uint32_t n_kv = 2, dim = 64, H = 4, n = 300, W = 256;
+    float *k = malloc(n * n_kv * dim * sizeof(float)), *v = malloc(n * n_kv * dim * sizeof(float));
+    float *q = malloc(H * dim * sizeof(float)), *o1 = malloc(H * dim * sizeof(float)), *o2 = malloc(H * dim * sizeof(float));
+    REQUIRE(k && v && q && o1 && o2);
+    for (size_t i = 0; i < (size_t)n * n_kv * dim; i++) {
+        k[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f + (i % dim < 2 ? 3.0f : 0.0f);
+        v[i] = (float)((i * 40503u) % 1000) / 500.0f - 1.0f;
+    }
+    for (size_t i = 0; i < H * dim; i++) q[i] = (float)(i % 17) / 17.0f - 0.5f;
+    for (size_t i = 0; kvq_cache_preset_at(i); i++) {
+        const kvq_cache_preset *p = kvq_cache_preset_at(i);
+        CHECKF(p->sliding_key_bits == 1 && p->sliding_value_bits <= 1, "%s", p->name);
+        kvq_cache_config slid, plain, full;
+        REQUIRE_OK(kvq_cache_config_preset(&slid, p->name, n_kv, dim, NULL, 0));
+        full = slid;
+        slid.sliding_window = W;
+        plain = slid; /* the same layer with the bits given outright */
+        plain.key.bits += p->sliding_key_bits;
+        plain.value.bits += p->sliding_value_bits;
+        plain.sliding_key_bits = plain.sliding_value_bits = 0;
+        kvq_cache *a, *b, *c;
+        REQUIRE_OK(kvq_cache_create(&slid, &a));
+        REQUIRE_OK(kvq_cache_create(&plain, &b));
+        REQUIRE_OK(kvq_cache_create(&full, &c));
+        for (uint32_t t = 0; t < n; t++) {
+            kvq_cache *each[3] = {a, b, c};
+            for (int j = 0; j < 3; j++) {
+                REQUIRE_OK(kvq_cache_observe_queries(each[j], q, H, 1));
+                REQUIRE_OK(kvq_cache_append(each[j], k + (size_t)t * n_kv * dim, v + (size_t)t * n_kv * dim, 1));
+            }
+        }
+        REQUIRE_OK(kvq_cache_attend(a, q, H, 1, 0.125f, NULL, o1));
+        REQUIRE_OK(kvq_cache_attend(b, q, H, 1, 0.125f, NULL, o2));
+        CHECKF(memcmp(o1, o2, H * dim * sizeof(float)) == 0, "%s: a sliding layer attends as its bits given outright",
+               p->name);
+        kvq_cache_memory_info ma, mb, mc;
+        REQUIRE_OK(kvq_cache_memory(a, &ma));
+        REQUIRE_OK(kvq_cache_memory(b, &mb));
+        REQUIRE_OK(kvq_cache_memory(c, &mc));
+        CHECK(ma.key_codes == mb.key_codes && ma.value_codes == mb.value_codes && ma.total == mb.total);
+        /* the full layer keeps the preset's bits: fewer key bytes per coded token */
+        CHECKF(mc.key_codes * 1.0 / mc.n_tokens < ma.key_codes * 1.0 / ma.n_tokens, "%s: %llu / %llu against %llu / %llu",
+               p->name, (unsigned long long)mc.key_codes, (unsigned long long)mc.n_tokens,
+               (unsigned long long)ma.key_codes, (unsigned long long)ma.n_tokens);
+        kvq_cache_free(a), kvq_cache_free(b), kvq_cache_free(c);
+    }
+    /* options: the extra bits by name; refused past 7, on methods without those bits, and
+     * where a layer would pass 8 bits */
+    kvq_cache_config cfg;
+    char msg[200];
+    REQUIRE_OK(kvq_cache_config_parse("q2@slide_kbits=2,slide_vbits=0", n_kv, dim, &cfg, msg, sizeof msg));
+    CHECK(cfg.sliding_key_bits == 2 && cfg.sliding_value_bits == 0);
+    CHECK_STATUS(kvq_cache_config_parse("q2@slide_kbits=8", n_kv, dim, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
+    CHECK(strstr(msg, "slide_kbits") != NULL);
+    /* PRESET+VSPEC with values that are not rotated scalar codes: no extra value bits */
+    REQUIRE_OK(kvq_cache_config_parse("q3+q8_0", n_kv, dim, &cfg, msg, sizeof msg));
+    CHECK(cfg.sliding_value_bits == 0 && cfg.sliding_key_bits == 1);
+    kvq_cache *x = NULL;
+    REQUIRE_OK(kvq_cache_config_parse("q4@slide_kbits=5", n_kv, dim, &cfg, msg, sizeof msg));
+    CHECK_STATUS(kvq_cache_create(&cfg, &x), KVQ_ERR_INVALID_ARG); /* 4 + 5 bits */
+    REQUIRE_OK(kvq_cache_config_parse("q8_0+mse:bits=2@slide_kbits=1", n_kv, dim, &cfg, msg, sizeof msg));
+    CHECK_STATUS(kvq_cache_create(&cfg, &x), KVQ_ERR_INVALID_ARG); /* q8_0 keys have no bits to add */
+    REQUIRE_OK(kvq_cache_config_parse("mse:bits=2+q8_0@slide_vbits=1", n_kv, dim, &cfg, msg, sizeof msg));
+    CHECK_STATUS(kvq_cache_create(&cfg, &x), KVQ_ERR_INVALID_ARG);
+    CHECK(x == NULL);
+    free(k), free(v), free(q), free(o1), free(o2);
+}

@@ -94,6 +94,8 @@ class _CacheConfig(ctypes.Structure):
         ("n_sink", ctypes.c_uint32),
         ("center_keys", ctypes.c_uint32),
         ("sliding_window", ctypes.c_uint32),
+        ("sliding_key_bits", ctypes.c_uint32),
+        ("sliding_value_bits", ctypes.c_uint32),
     ]
 
 

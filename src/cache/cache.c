@@ -581,7 +581,29 @@ static kvq_status validate_config(const kvq_cache_config *cfg) {
         kvqi_set_msg(NULL, 0, "cache: chunk_tokens above %u", MAX_CHUNK_TOKENS), st = KVQ_ERR_UNSUPPORTED;
     else if (cfg->n_sink > MAX_SINK_TOKENS)
         kvqi_set_msg(NULL, 0, "cache: at most %u sink tokens", MAX_SINK_TOKENS), st = KVQ_ERR_UNSUPPORTED;
+    else if (cfg->sliding_key_bits && cfg->key.method != KVQ_METHOD_CHANNEL &&
+             cfg->key.method != KVQ_METHOD_TURBOQUANT_MSE)
+        kvqi_set_msg(NULL, 0, "cache: sliding_key_bits (slide_kbits) takes channel or turboquant_mse keys"),
+            st = KVQ_ERR_INVALID_ARG;
+    else if (cfg->sliding_value_bits && cfg->value.method != KVQ_METHOD_TURBOQUANT_MSE)
+        kvqi_set_msg(NULL, 0, "cache: sliding_value_bits (slide_vbits) takes turboquant_mse values"),
+            st = KVQ_ERR_INVALID_ARG;
+    else if ((cfg->sliding_key_bits && (uint64_t)cfg->key.bits + cfg->sliding_key_bits > 8) ||
+             (cfg->sliding_value_bits && (uint64_t)cfg->value.bits + cfg->sliding_value_bits > 8))
+        kvqi_set_msg(NULL, 0, "cache: a sliding layer's keys or values would take more than 8 bits (%u + %u, %u + %u)",
+                     cfg->key.bits, cfg->sliding_key_bits, cfg->value.bits, cfg->sliding_value_bits),
+            st = KVQ_ERR_INVALID_ARG;
     return st;
+}
+
+/* A sliding-window layer holds at most its window, so its bytes stop growing: the config's
+ * extra bits go to its keys and values there (kvq_cache_config.sliding_key_bits). */
+static void apply_sliding_bits(kvq_cache_config *cfg) {
+    if (cfg->sliding_window) {
+        cfg->key.bits += cfg->sliding_key_bits;
+        cfg->value.bits += cfg->sliding_value_bits;
+    }
+    cfg->sliding_key_bits = cfg->sliding_value_bits = 0;
 }
 
 static kvq_status side_create(kvqi_side *s, const kvq_config *qc, uint32_t dim, int is_key) {
@@ -730,6 +752,7 @@ kvq_status kvqi_cache_create_shared(const kvq_cache_config *cfg, const kvq_cache
     kvq_cache *c = kvqi_calloc_array(1, sizeof *c);
     if (!c) return KVQ_ERR_NOMEM;
     c->cfg = *cfg;
+    apply_sliding_bits(&c->cfg);
     if (c->cfg.chunk_tokens == 0) c->cfg.chunk_tokens = DEFAULT_CHUNK_TOKENS;
     c->cfg.key.dim = c->cfg.value.dim = cfg->head_dim;
     c->n_kv = cfg->n_kv_heads;
