@@ -187,6 +187,34 @@ def test_preset_layer_plans_resolve_as_in_the_library():
         kvq.cache_config(3, 64, preset="q4", layer=1)
 
 
+def test_sliding_layers_take_the_presets_extra_bits():
+    """A preset's sliding-window layer codes keys (and q3's, q2's values) one bit wider:
+    the ctypes mirror carries the two fields to the library, and the options set them."""
+    if not kvq.presets():
+        pytest.skip("this libkvq has no cache presets")
+    cfg = kvq.cache_config(2, 64, preset="q3")
+    if not hasattr(cfg, "sliding_key_bits"):
+        pytest.skip("this libkvq's cache config has no sliding-layer bits")
+    assert (cfg.sliding_key_bits, cfg.sliding_value_bits) == (1, 1)
+    off = kvq.cache_config(2, 64, spec="q3@slide_kbits=0,slide_vbits=0")
+    assert (off.sliding_key_bits, off.sliding_value_bits) == (0, 0)
+    rng = np.random.default_rng(3)
+    k, v = rng.standard_normal((300, 2, 64)), rng.standard_normal((300, 2, 64))
+    held = {}
+    for name, spec in (("slid", "q3"), ("off", "q3@slide_kbits=0,slide_vbits=0")):
+        c = kvq.Cache(2, 64, spec=spec, sliding_window=256)
+        c.append(k, v)
+        held[name] = c.memory()
+    # 4-bit keys and 3-bit values against 3 and 2 in the same 300 tokens
+    assert held["slid"]["key_codes"] > held["off"]["key_codes"]
+    assert held["slid"]["value_codes"] > held["off"]["value_codes"]
+    # a full-attention layer: the extra bits do nothing
+    full = [kvq.Cache(2, 64, spec=s) for s in ("q3", "q3@slide_kbits=0,slide_vbits=0")]
+    for c in full:
+        c.append(k, v)
+    assert full[0].memory() == full[1].memory()
+
+
 def test_observed_queries_weigh_channel_key_bits():
     """Queries that read 16 of 64 channels hard: observed before the keys are appended,
     they make a q2 cache's attention for such queries more accurate than the ranges
