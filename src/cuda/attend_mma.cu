@@ -67,11 +67,6 @@ __device__ __forceinline__ float h2f(unsigned short h) { return __half2float(__u
 __device__ __forceinline__ unsigned pack2(unsigned short lo, unsigned short hi) {
     return (unsigned)lo | ((unsigned)hi << 16);
 }
-/* x as fp16 high part (part 0) or the fp16 of what the high part misses (part 1). */
-__device__ __forceinline__ unsigned short split_part(float x, int part) {
-    unsigned short hi = f2h(x);
-    return part ? f2h(x - h2f(hi)) : hi;
-}
 
 /* A 32-bit little-endian word at any even byte offset of shared memory. */
 __device__ __forceinline__ unsigned ld_word(const uint8_t *base, int off) {
@@ -146,8 +141,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
         for (int ks = 0; ks < 8; ks++) {
             int d0 = 32 * (ks >> 1) + 8 * (ks & 1) + tq;
             if (head < G) {
-                qb[ks][0] = pack2(split_part(qrow[d0] * inv_ea, part), split_part(qrow[d0 + 16] * inv_ea, part));
-                qb[ks][1] = pack2(split_part(qrow[d0 + 4] * inv_eb, part), split_part(qrow[d0 + 20] * inv_eb, part));
+                qb[ks][0] = pack2(kvqc_split_half(qrow[d0] * inv_ea, part), kvqc_split_half(qrow[d0 + 16] * inv_ea, part));
+                qb[ks][1] = pack2(kvqc_split_half(qrow[d0 + 4] * inv_eb, part), kvqc_split_half(qrow[d0 + 20] * inv_eb, part));
             } else {
                 qb[ks][0] = qb[ks][1] = 0u;
             }
@@ -291,8 +286,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) attend_mma_kernel(kvqc_attn_ar
         float x0 = __shfl_sync(KVQC_FULL, w_lo, src0), x1 = __shfl_sync(KVQC_FULL, w_lo, src1);
         float y0 = __shfl_sync(KVQC_FULL, w_hi, src0), y1 = __shfl_sync(KVQC_FULL, w_hi, src1);
         const int part = g & 1;
-        unsigned pb0 = pack2(split_part(x0, part), split_part(x1, part));
-        unsigned pb1 = pack2(split_part(y0, part), split_part(y1, part));
+        unsigned pb0 = pack2(kvqc_split_half(x0, part), kvqc_split_half(x1, part));
+        unsigned pb1 = pack2(kvqc_split_half(y0, part), kvqc_split_half(y1, part));
 
         /* ---- values: V^T tile per mt. Row g of tile mt is dim 16g + 2mt, row g + 8 is
          * 16g + 2mt + 1, so a thread's 16 dims of a token share one (2-bit) or two

@@ -551,12 +551,6 @@ __device__ __forceinline__ void chan_mma_step(int (&c0)[4], int (&c1)[4], uint32
               b);
 }
 
-/* fp16 high parts of x0, x1 (part 0) or the fp16 of what those miss (part 1), as a pair. */
-__device__ __forceinline__ uint32_t split_pair(float x0, float x1, int part) {
-    const uint16_t h0 = f2h(x0), h1 = f2h(x1);
-    return part ? (uint32_t)f2h(x0 - h2f(h0)) | (uint32_t)f2h(x1 - h2f(h1)) << 16 : (uint32_t)h0 | (uint32_t)h1 << 16;
-}
-
 /* A group's values on the tensor cores (the tensor-core kernels, values of 1-4 bits), as
  * attend_mma.cu: O^T += V^T P^T per 16 dims (m-tile mt) and 16 tokens (k-step s); A = the
  * tokens' centroids in fp16, B = the softmax weights times the value norms split into
@@ -728,10 +722,11 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
         for (int e = 0; e < E; e++) acc[gg][e] = 0.0f;
     }
     bool lane_major = false; /* acc[.][e] holds dim lane + 32e (exact path) or E lane + e */
-    constexpr bool vmma = MMA; /* a coded block's values on the tensor cores, in cv (1-4 bits: chan_gs) */
-    float cv[MMA ? 2 * E : 1][4];
+    /* MMA: a coded block's values on the tensor cores (1-4 bits: chan_gs), in cv */
+    constexpr int NCV = MMA ? 2 * E : 1;
+    float cv[NCV][4];
 #pragma unroll
-    for (int mt = 0; mt < (MMA ? 2 * E : 1); mt++) cv[mt][0] = cv[mt][1] = cv[mt][2] = cv[mt][3] = 0.0f;
+    for (int mt = 0; mt < NCV; mt++) cv[mt][0] = cv[mt][1] = cv[mt][2] = cv[mt][3] = 0.0f;
     if (coded) {
         lane_major = true;
 #pragma unroll
@@ -974,7 +969,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                 red[gg] = pv[gg];
                 l[gg] *= alpha;
                 if (gg == (lane & 3)) aq = alpha; /* cv's head */
-                if constexpr (!vmma)
+                if constexpr (!MMA)
 #pragma unroll
                     for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
                 m[gg] = mn;
@@ -989,10 +984,10 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                 s_p[lane * GS + gg] = pv[gg] * norm; /* the value's norm rides on its weight */
             }
             __syncwarp();
-            if constexpr (vmma) {
+            if constexpr (MMA) {
                 if (__any_sync(KVQC_FULL, aq != 1.0f))
 #pragma unroll
-                    for (int mt = 0; mt < (MMA ? 2 * E : 1); mt++)
+                    for (int mt = 0; mt < NCV; mt++)
 #pragma unroll
                         for (int i = 0; i < 4; i++) cv[mt][i] *= aq;
                 /* B: tokens 16 s + 2 c + {0, 1} (+ 8), column g = 2 head + part */
@@ -1003,14 +998,12 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
 #pragma unroll
                     for (int j = 0; j < 2; j++) {
                         const float *pp = s_p + (16 * s + 2 * c + 8 * j) * GS + hh;
-                        bf[s][j] = split_pair(pp[0], pp[GS], part);
+                        bf[s][j] = (uint32_t)kvqc_split_half(pp[0], part) | (uint32_t)kvqc_split_half(pp[GS], part) << 16;
                     }
-                if constexpr (vmma) {
-                    if (vbits == 4) chan_values_mma<2 * E, 4>(cv, vst, vcs, lane, s_hp, bf);
-                    else if (vbits == 3) chan_values_mma<2 * E, 3>(cv, vst, vcs, lane, s_hp, bf);
-                    else if (vbits == 2) chan_values_mma<2 * E, 2>(cv, vst, vcs, lane, s_hp, bf);
-                    else chan_values_mma<2 * E, 1>(cv, vst, vcs, lane, s_hp, bf);
-                }
+                if (vbits == 4) chan_values_mma<NCV, 4>(cv, vst, vcs, lane, s_hp, bf);
+                else if (vbits == 3) chan_values_mma<NCV, 3>(cv, vst, vcs, lane, s_hp, bf);
+                else if (vbits == 2) chan_values_mma<NCV, 2>(cv, vst, vcs, lane, s_hp, bf);
+                else chan_values_mma<NCV, 1>(cv, vst, vcs, lane, s_hp, bf);
                 __syncwarp();
                 stage ^= 1;
                 continue;
@@ -1157,10 +1150,10 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     for (int gg = 0; gg < CHAN_GMAX; gg++) {
         if (gg >= G) break;
         float *ps = s_part + ((size_t)warp * G + gg) * (D + 2);
-        if (lane_major && vmma) { /* cv: head lane & 3, dims 2 p, 2 p + 1 (chan_values_mma) */
+        if (lane_major && MMA) { /* cv: head lane & 3, dims 2 p, 2 p + 1 (chan_values_mma) */
             if ((lane & 3) == gg)
 #pragma unroll
-                for (int mt = 0; mt < (MMA ? 2 * E : 1); mt++) {
+                for (int mt = 0; mt < NCV; mt++) {
                     const int p = 2 * E * (lane >> 2) + mt;
                     *(float2 *)(ps + 2 * p) = make_float2(cv[mt][0] + cv[mt][1], cv[mt][2] + cv[mt][3]);
                 }

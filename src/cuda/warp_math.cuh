@@ -139,6 +139,13 @@ __device__ __forceinline__ void kvqc_unrotate_store(const kvqc_params *p, float 
     for (int e = 0; e < E; e++) out[lane + 32 * e] = v[e];
 }
 
+/* x as its fp16 high part (part 0) or the fp16 of what the high part misses (part 1): the
+ * two halves of an fp32 operand split across mma columns. */
+__device__ __forceinline__ unsigned short kvqc_split_half(float x, int part) {
+    const unsigned short hi = __half_as_ushort(__float2half_rn(x));
+    return part ? __half_as_ushort(__float2half_rn(x - __half2float(__ushort_as_half(hi)))) : hi;
+}
+
 /* D += A B on the tensor cores: m16n8k16, fp16 A (row) and B (col), fp32 C and D. */
 __device__ __forceinline__ void kvqc_mma_f16(float c[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                                              unsigned b0, unsigned b1) {
