@@ -499,6 +499,11 @@ TEST(presets_sliding_layers_take_more_bits) {
     /* PRESET+VSPEC with values that are not rotated scalar codes: no extra value bits */
     REQUIRE_OK(kvq_cache_config_parse("q3+q8_0", n_kv, dim, &cfg, msg, sizeof msg));
     CHECK(cfg.sliding_value_bits == 0 && cfg.sliding_key_bits == 1);
+    /* a layer of q3's value plan keeps its own 3-bit rotated values, and their extra bit */
+    REQUIRE_OK(kvq_cache_config_parse_layer("q3+q8_0", n_kv, dim, 0, 6, &cfg, msg, sizeof msg));
+    CHECK(cfg.value.method == KVQ_METHOD_TURBOQUANT_MSE && cfg.value.bits == 3 && cfg.sliding_value_bits == 1);
+    REQUIRE_OK(kvq_cache_config_parse_layer("q3+q8_0", n_kv, dim, 1, 6, &cfg, msg, sizeof msg));
+    CHECK(cfg.value.method == KVQ_METHOD_Q8_0 && cfg.sliding_value_bits == 0);
     kvq_cache *x = NULL;
     REQUIRE_OK(kvq_cache_config_parse("q4@slide_kbits=5", n_kv, dim, &cfg, msg, sizeof msg));
     CHECK_STATUS(kvq_cache_create(&cfg, &x), KVQ_ERR_INVALID_ARG); /* 4 + 5 bits */

@@ -189,8 +189,9 @@ KVQ_API kvq_status kvq_cache_config_parse_layer(const char *spec, uint32_t n_kv_
         kvq_config vspec;
         if (st == KVQ_OK && plus) st = kvq_config_parse(plus + 1, head_dim, &vspec, msg, msg_size);
         if (st == KVQ_OK && plus && !planned) cfg->value = vspec;
-        /* the sliding layers' extra value bit is for the preset's rotated values */
-        if (st == KVQ_OK && plus && vspec.method != KVQ_METHOD_TURBOQUANT_MSE) cfg->sliding_value_bits = 0;
+        /* the sliding layers' extra value bit is for rotated scalar values (the layer's
+         * own, which a plan layer keeps) */
+        if (st == KVQ_OK && cfg->value.method != KVQ_METHOD_TURBOQUANT_MSE) cfg->sliding_value_bits = 0;
     } else {
         st = kvq_cache_config_init(cfg, n_kv_heads, head_dim, buf, plus ? plus + 1 : buf, msg, msg_size);
     }
