@@ -1131,16 +1131,14 @@ static void chan_queries(uint64_t seed, uint32_t t, uint32_t nq, uint32_t d, flo
 /* observe: queries shown before each append, to the CPU caches and the GPU alike, except
  * sequence 1, whose position-0 query the GPU does not see (a gap: the GPU then codes
  * from ranges alone, as a CPU cache shown no queries). */
-/* preset: a preset's layer `layer` of n_layers (its plan applied), or a cache spec (with
- * a '+'). */
+/* preset: a preset or cache spec, layer `layer` of n_layers (a preset's plan applied; 0
+ * layers: outside the plan). */
 static void chan_case(kvqt_ctx *kvqt_, const char *preset, uint32_t layer, uint32_t n_layers, uint32_t d,
                       uint32_t n_kv, uint32_t group, const uint32_t *n_tok, uint32_t batch, kvq_cuda_dtype dt,
                       int observe) {
     kvq_cache_config cfg;
     char msg[200] = "";
-    kvq_status cst = strchr(preset, '+')
-                         ? kvq_cache_config_parse(preset, n_kv, d, &cfg, msg, sizeof msg)
-                         : kvq_cache_config_preset_layer(&cfg, preset, n_kv, d, layer, n_layers, msg, sizeof msg);
+    kvq_status cst = kvq_cache_config_parse_layer(preset, n_kv, d, layer, n_layers, &cfg, msg, sizeof msg);
     CHECKF(cst == KVQ_OK, "%s: %s", preset, msg);
     if (cst != KVQ_OK) return;
     kvq_cuda_chan *kc = NULL;

@@ -92,8 +92,7 @@ int main(int argc, char **argv) {
         kvq_cache_config cfg;
         /* a preset (the layers outside its plan) or a spec such as q3+mse:bits=3 (its
          * plan's 3-bit-value layers) */
-        KK(strchr(name, '+') ? kvq_cache_config_parse(name, N_KV, D, &cfg, NULL, 0)
-                             : kvq_cache_config_preset(&cfg, name, N_KV, D, NULL, 0));
+        KK(kvq_cache_config_parse(name, N_KV, D, &cfg, NULL, 0));
         kvq_cuda_chan *kc = NULL;
         KK(kvq_cuda_chan_create(&cfg, &kc));
         for (int bi = 0; bi < nb; bi++)
