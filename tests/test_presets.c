@@ -292,6 +292,14 @@ TEST(presets_bench_reads_against_the_ceiling) {
         REQUIRE(g && c && p && b);
         double gbs = atof(g + 14), ceil = atof(c + 20), pct = atof(p + 24), bits = atof(b + 7);
         CHECKF(gbs > 0 && ceil > 0 && fabs(pct - 100.0 * gbs / ceil) < 0.01 + 1e-3 * pct, "%s", line);
+        /* the ceiling's loads: the widest vector loads the CPU has (64-bit where none) */
+        const char *w = strstr(line, "\"read_load_bits\":");
+        REQUIRE(w);
+        int lb = atoi(w + 17);
+        CHECKF(lb == 512 ? kvq_isa_available(KVQ_ISA_AVX512)
+                         : lb == 256 ? kvq_isa_available(KVQ_ISA_AVX2) && !kvq_isa_available(KVQ_ISA_AVX512)
+                                     : lb == 64 && !kvq_isa_available(KVQ_ISA_AVX2),
+               "load bits %d", lb);
         /* one layer outside the plan: 4.25 in codes; at 256 tokens the exact ring (8 + up
          * to 128 tokens, q8_0) adds at most 136 / 256 of 8.5 bits */
         if (rows == 0) CHECKF(bits > 4.25 && bits < 4.25 + 136.0 / 256.0 * 8.5, "q4 bits %g", bits);
