@@ -695,3 +695,58 @@ TEST(channel_cache_bits_follow_queries) {
     kvq_cache_free(split);
     free(k), free(v), free(q), free(ref), free(out);
 }
+
+/* Channel keys' codes are the same bytes on every machine and ISA: exact dyadic keys
+ * (no rounding in the input, channels of different spreads and offsets), appended in
+ * uneven pieces, and the FNV-1a hash of every coded chunk's key block (ranges, fitted
+ * 1-2-bit grids, planes) against the hash recorded on x86-64. A changed code format
+ * prints the new hashes with KVQ_GOLDEN_PRINT=1 build/kvq-tests channel_codes_golden. */
+TEST(channel_codes_golden) {
+    static const struct {
+        const char *spec;
+        uint32_t dim;
+        uint64_t hash;
+    } cases[] = {
+        {"q4", 128, 0xf5efb54cab9d8599ull},
+        {"q2", 128, 0x5fc664d34b48b727ull},
+        {"q3", 64, 0x6cf239fc077b501dull},
+        {"channel:bits=2+mse:bits=2@chunk=64,sink=0,window=3", 64, 0x80d600d613f4b83aull},
+    };
+    const uint32_t n_kv = 2;
+    const size_t n = 420;
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        uint32_t dim = cases[ci].dim;
+        float *k = malloc(n * n_kv * dim * sizeof(float)), *v = malloc(n * n_kv * dim * sizeof(float));
+        REQUIRE(k && v);
+        uint64_t s = 20261205u + ci;
+        for (size_t i = 0; i < n * n_kv * dim; i++) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            uint32_t j = (uint32_t)(i % dim);
+            float x = (float)((int32_t)((s >> 32) & 0xfff) - 2048) / 1024.0f; /* [-2, 2) */
+            k[i] = x * (float)(1u << (j % 5)) + (float)(j % 3) - 1.0f;        /* spreads 1..16 */
+            v[i] = x;
+        }
+        kvq_cache_config cfg;
+        REQUIRE_OK(kvq_cache_config_parse(cases[ci].spec, n_kv, dim, &cfg, NULL, 0));
+        kvq_cache *c;
+        REQUIRE_OK(kvq_cache_create(&cfg, &c));
+        for (size_t have = 0, i = 0; have < n; i++) {
+            size_t nb = KVQI_MIN((size_t)(i % 3 == 0 ? 1 : i % 3 == 1 ? 37 : 90), n - have);
+            REQUIRE_OK(kvq_cache_append(c, k + have * n_kv * dim, v + have * n_kv * dim, nb));
+            have += nb;
+        }
+        size_t C = c->cfg.chunk_tokens, bytes = kvqi_chan_block_bytes(dim, c->cfg.key.bits, C);
+        CHECK(c->key.path == KVQI_PATH_CHAN && c->n_coded >= 2 * C);
+        uint64_t h = 0xcbf29ce484222325ull;
+        for (size_t ch = 0; ch * C < c->n_coded; ch++)
+            for (uint32_t g = 0; g < n_kv; g++) {
+                const uint8_t *b = kvqi_chunk_keys(c, ch, g);
+                for (size_t i = 0; i < bytes; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+            }
+        if (getenv("KVQ_GOLDEN_PRINT"))
+            fprintf(stderr, "        {\"%s\", %u, 0x%016llxull},\n", cases[ci].spec, dim, (unsigned long long)h);
+        CHECKF(h == cases[ci].hash, "%s dim %u: codes hash %016llx", cases[ci].spec, dim, (unsigned long long)h);
+        kvq_cache_free(c);
+        free(k), free(v);
+    }
+}
