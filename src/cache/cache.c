@@ -831,7 +831,7 @@ kvq_status kvqi_cache_create_shared(const kvq_cache_config *cfg, const kvq_cache
             goto fail;
         }
     }
-    c->enc_buf = kvqi_alloc_array((size_t)KVQI_ENCODE_ROWS * c->dim, sizeof(float));
+    c->enc_buf = kvqi_alloc_array((size_t)(KVQI_ENCODE_ROWS + 3) * c->dim, sizeof(float));
     if (!c->enc_buf) {
         st = KVQ_ERR_NOMEM;
         goto fail;
@@ -991,17 +991,15 @@ static void ring_write(const kvq_cache *c, const float *x, int values, size_t po
     if (c->ring_q) {
         float h[MAX_DIM];
         const float *mu = ring_shift(c, values, pos, g);
-        for (uint32_t j = 0; j < c->dim; j++) {
-            h[j] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(x[j]));
-            if (mu) h[j] -= mu[j];
-        }
+        c->kern->f16_round(x, h, c->dim);
+        if (mu)
+            for (uint32_t j = 0; j < c->dim; j++) h[j] -= mu[j];
         (void)kvq_encode(c->ring_q, h, 1, dst); /* q8_0 of a checked row cannot fail */
         return;
     }
-    for (uint32_t j = 0; j < c->dim; j++) {
-        uint16_t v = kvqi_fp32_to_fp16(x[j]);
-        memcpy(dst + 2 * (size_t)j, &v, 2);
-    }
+    uint16_t h[MAX_DIM];
+    c->kern->f32_to_f16(x, h, c->dim);
+    memcpy(dst, h, 2 * (size_t)c->dim);
 }
 
 static void ring_read(const kvq_cache *c, const uint8_t *src, int values, size_t pos, uint32_t g, float *x) {
@@ -1012,11 +1010,9 @@ static void ring_read(const kvq_cache *c, const uint8_t *src, int values, size_t
             for (uint32_t j = 0; j < c->dim; j++) x[j] += mu[j];
         return;
     }
-    for (uint32_t j = 0; j < c->dim; j++) {
-        uint16_t v;
-        memcpy(&v, src + 2 * (size_t)j, 2);
-        x[j] = kvqi_fp16_to_fp32(v);
-    }
+    uint16_t h[MAX_DIM];
+    memcpy(h, src, 2 * (size_t)c->dim);
+    c->kern->f16_to_f32(h, x, c->dim);
 }
 
 static void fetch_row(const kvq_cache *c, const row_source *src, size_t pos, uint32_t g,
@@ -1092,10 +1088,13 @@ static void range_empty(float *lo, float *hi, uint32_t dim) {
     }
 }
 
+/* (fminf and fmaxf as glibc gives them, lo at a tie of zeros, in compares the compiler
+ * vectorizes: the rows are finite) */
 static void range_widen(float *lo, float *hi, const float *row, uint32_t dim) {
     for (uint32_t j = 0; j < dim; j++) {
-        lo[j] = fminf(lo[j], row[j]);
-        hi[j] = fmaxf(hi[j], row[j]);
+        float r = row[j];
+        lo[j] = r < lo[j] ? r : lo[j];
+        hi[j] = r > hi[j] ? r : hi[j];
     }
 }
 
@@ -1106,9 +1105,11 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
                                size_t valid_lo) {
     size_t C = c->cfg.chunk_tokens;
     uint32_t dim = c->dim;
-    /* enc_buf (KVQI_ENCODE_ROWS rows): the row being read, then each channel's minimum and maximum,
-     * and in their place the sums of a refinement (4 rows) */
+    /* enc_buf (KVQI_ENCODE_ROWS + 3 rows): the row being read, then each channel's minimum
+     * and maximum, and in their place the sums of a refinement (4 rows); then the block's
+     * ranges as floats */
     float *row = c->enc_buf, *lo = row + dim, *hi = lo + dim, *acc = lo;
+    float *rlo = row + (size_t)KVQI_ENCODE_ROWS * dim, *rstep = rlo + dim, *rtop = rstep + dim;
     for (; pos < end; pos += C) {
         size_t lo_t = valid_lo > pos ? KVQI_MIN(valid_lo - pos, C) : 0;
         for (uint32_t g = 0; g < c->n_kv; g++) {
@@ -1122,6 +1123,7 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
             for (int pass = 0; pass < 2 + n_refine; pass++) {
                 int refine = pass > 0 && pass <= n_refine;
                 if (refine) memset(acc, 0, (size_t)4 * dim * sizeof(float));
+                if (pass > 0) kvqi_chan_ranges_f32(c, g, block, rlo, rstep, rtop);
                 for (size_t t = lo_t; t < C; t++) {
                     fetch_row(c, src, pos + t, g, 0, row);
                     if (mu)
@@ -1129,9 +1131,9 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
                     if (pass == 0) {
                         range_widen(lo, hi, row, dim);
                     } else if (refine) {
-                        kvqi_chan_accumulate(c, g, row, block, acc);
+                        kvqi_chan_accumulate(c, row, rlo, rstep, rtop, acc);
                     } else {
-                        kvqi_chan_put_row(c, g, row, t, block);
+                        kvqi_chan_put_row(c, g, row, rlo, rstep, rtop, t, block);
                     }
                 }
                 if (pass == 0) kvqi_chan_ranges(c, g, lo, hi, block);
@@ -1165,10 +1167,6 @@ static void chan_fix_bits(kvq_cache *c, const row_source *src) {
     kvqi_chan_forget_queries(c);
     kvqi_chan_relayout(c);
     c->chan_fixed = 1;
-}
-
-static void rows_to_fp16(uint16_t *dst, const float *src, size_t n) {
-    for (size_t i = 0; i < n; i++) dst[i] = kvqi_fp32_to_fp16(src[i]);
 }
 
 /* Grows the exact rings to hold `tokens` (at most the ring). Before the ring first wraps
@@ -1226,10 +1224,8 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     if (!ready) {
         /* held at fp16 precision, as every exact token of the cache is */
         size_t take = KVQI_MIN(n_tokens, KVQI_OUTLIER_PROBE_TOKENS - c->n_tokens);
-        for (size_t i = 0; i < take * row; i++) {
-            c->stage_k[c->n_tokens * row + i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(k[i]));
-            c->stage_v[c->n_tokens * row + i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(v[i]));
-        }
+        c->kern->f16_round(k, c->stage_k + c->n_tokens * row, take * row);
+        c->kern->f16_round(v, c->stage_v + c->n_tokens * row, take * row);
         ready = c->n_tokens + take == KVQI_OUTLIER_PROBE_TOKENS;
     }
     /* tokens leaving the window (or every token, without one) are encoded */
@@ -1256,8 +1252,8 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     }
     if (c->n_tokens < c->cfg.n_sink) {
         size_t take = KVQI_MIN(n_tokens, (size_t)c->cfg.n_sink - c->n_tokens);
-        rows_to_fp16(c->sink_k + c->n_tokens * row, k, take * row);
-        rows_to_fp16(c->sink_v + c->n_tokens * row, v, take * row);
+        c->kern->f32_to_f16(k, c->sink_k + c->n_tokens * row, take * row);
+        c->kern->f32_to_f16(v, c->sink_v + c->n_tokens * row, take * row);
     }
     if (R > 0) { /* the newest tokens into the ring, after the evicted ones were encoded */
         for (size_t t = n_tokens > R ? n_tokens - R : 0; t < n_tokens; t++)

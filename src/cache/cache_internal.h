@@ -193,9 +193,12 @@ void kvqi_chan_allocate(kvq_cache *c, uint32_t g, const float *lo, const float *
 void kvqi_chan_relayout(kvq_cache *c);
 void kvqi_chan_ranges(const kvq_cache *c, uint32_t g, const float *lo, const float *hi, uint8_t *block);
 int kvqi_chan_refines(const kvq_cache *c, uint32_t g);
-void kvqi_chan_accumulate(const kvq_cache *c, uint32_t g, const float *row, const uint8_t *block, float *acc);
+void kvqi_chan_ranges_f32(const kvq_cache *c, uint32_t g, const uint8_t *block, float *lo, float *step, float *top);
+void kvqi_chan_accumulate(const kvq_cache *c, const float *row, const float *lo, const float *step, const float *top,
+                          float *acc);
 void kvqi_chan_fit(const kvq_cache *c, uint32_t g, const float *acc, size_t n, uint8_t *block);
-void kvqi_chan_put_row(const kvq_cache *c, uint32_t g, const float *row, size_t t, uint8_t *block);
+void kvqi_chan_put_row(const kvq_cache *c, uint32_t g, const float *row, const float *lo, const float *step,
+                       const float *top, size_t t, uint8_t *block);
 /* A chunk's channel-key weights for G query heads, computed once per chunk block and used
  * by every unit of it; carved from kvqi_chan_scratch_floats(dim, G) floats. */
 typedef struct kvqi_chan_weighed {

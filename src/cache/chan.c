@@ -204,8 +204,9 @@ void kvqi_chan_ranges(const kvq_cache *c, uint32_t g, const float *lo, const flo
 
 /* One refinement of head g's ranges (Lloyd's step for a uniform grid): with every
  * token's code fixed, the lo and step that minimise the channel's squared error are the
- * least-squares line through (code, value); the caller then recodes. acc holds, per
- * channel, the sums of code, code^2, value and value * code over the n tokens that count.
+ * least-squares line through (code, value); the caller then recodes. acc holds the
+ * channels' sums of code, code^2, value and value * code over the n tokens that count,
+ * [4][dim] (kvqi_chan_accumulate).
  * Only channels of at most KVQI_CHAN_REFINE_BITS bits are refined: with 4 levels the
  * minimum-maximum grid spends its steps on the extremes (a Gaussian channel over 128
  * tokens: 0.25 sigma^2 of error, against 0.12 for the clipped grid), while from 3 bits
@@ -217,8 +218,8 @@ void kvqi_chan_fit(const kvq_cache *c, uint32_t g, const float *acc, size_t n, u
     const uint8_t *bits = c->chan_bits + (size_t)g * dim;
     for (uint32_t j = 0; j < dim; j++) {
         if (bits[j] == 0 || bits[j] > KVQI_CHAN_REFINE_BITS || n < 2) continue;
-        const float *f = acc + 4 * (size_t)j; /* sum k, sum k^2, sum x, sum x k */
-        const double a[4] = {f[0], f[1], f[2], f[3]};
+        /* sum k, sum k^2, sum x, sum x k */
+        const double a[4] = {acc[j], acc[dim + j], acc[2 * (size_t)dim + j], acc[3 * (size_t)dim + j]};
         double den = (double)n * a[1] - a[0] * a[0];
         if (!(den > 0.0)) continue;
         double step = ((double)n * a[3] - a[0] * a[2]) / den, lo = (a[2] - step * a[0]) / (double)n;
@@ -244,40 +245,33 @@ int kvqi_chan_refines(const kvq_cache *c, uint32_t g) {
     return 0;
 }
 
-/* Adds one row to the sums kvqi_chan_fit reads, under the block's present ranges. */
-void kvqi_chan_accumulate(const kvq_cache *c, uint32_t g, const float *row, const uint8_t *block, float *acc) {
+/* Head g's ranges in block as floats for the passes below: lo[j], step[j] and top[j] =
+ * 2^bits - 1 (step 0 for a channel without bits). */
+void kvqi_chan_ranges_f32(const kvq_cache *c, uint32_t g, const uint8_t *block, float *lo, float *step, float *top) {
     uint32_t dim = c->dim;
     const uint8_t *bits = c->chan_bits + (size_t)g * dim;
     for (uint32_t j = 0; j < dim; j++) {
-        if (bits[j] == 0 || bits[j] > KVQI_CHAN_REFINE_BITS) continue;
-        float lo, step;
-        range_of(block, dim, j, &lo, &step);
-        float k = (float)kvqi_channel_code(row[j], lo, step, bits[j]);
-        float x = row[j], *a = acc + 4 * (size_t)j;
-        a[0] += k;
-        a[1] += k * k;
-        a[2] += x;
-        a[3] += x * k;
+        range_of(block, dim, j, &lo[j], &step[j]);
+        top[j] = (float)((1u << bits[j]) - 1u);
     }
 }
 
+/* Adds one row to the sums kvqi_chan_fit reads ([4][dim]), under the present ranges
+ * (kvqi_chan_ranges_f32). */
+void kvqi_chan_accumulate(const kvq_cache *c, const float *row, const float *lo, const float *step, const float *top,
+                          float *acc) {
+    c->kern->chan_fit_sums(row, lo, step, top, c->dim, acc);
+}
+
 /* Token t's codes into its unit, plane by plane (the block starts zeroed). */
-void kvqi_chan_put_row(const kvq_cache *c, uint32_t g, const float *row, size_t t, uint8_t *block) {
+void kvqi_chan_put_row(const kvq_cache *c, uint32_t g, const float *row, const float *lo, const float *step,
+                       const float *top, size_t t, uint8_t *block) {
     uint32_t dim = c->dim;
     const kvqi_chan_layout *L = layout_of(c, g);
     uint8_t *unit = block + (size_t)4 * dim + (t / 64) * L->unit_bytes;
-    uint32_t last = UINT32_MAX, code = 0;
-    for (uint32_t p = 0; p < L->n_planes; p++) {
-        uint32_t j = (uint32_t)L->chan[p];
-        if (!L->width[p]) continue; /* padding */
-        if (j != last) {
-            float lo, step;
-            range_of(block, dim, j, &lo, &step);
-            code = kvqi_channel_code(row[j], lo, step, c->chan_bits[(size_t)g * dim + j]);
-            last = j;
-        }
-        kvqi_chan_plane_put(L, unit, p, (uint32_t)(t % 64), code >> L->shift[p]);
-    }
+    uint8_t codes[KVQI_QUANT_MAX_DIM];
+    c->kern->chan_codes(row, lo, step, top, dim, codes);
+    kvqi_chan_put_codes(L, unit, (uint32_t)(t % 64), codes);
 }
 
 /* The chan scratch of G query heads (kvqi_chan_weigh): W (int16, G planes caps), scale[G],

@@ -9,6 +9,7 @@
 #define KVQ_CACHE_KERNELS_H
 
 #include <stddef.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -249,7 +250,30 @@ typedef struct kvqi_cache_kernels {
      * float accum_q4_0 is used. */
     void (*accum_q4_0_i16)(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
                            size_t stride, size_t n, float *acc);
+    /* Channel keys' encoding, one row x of dim channels (dim % 16 == 0) under a chunk's
+     * ranges as floats (lo, step, top = 2^bits - 1): chan_codes writes codes[j] =
+     * kvqi_chan_code(x[j], lo[j], step[j], top[j]); chan_fit_sums adds the row to the sums
+     * of the least-squares refinement, acc[j] += k, acc[dim + j] += k * k, acc[2 dim + j]
+     * += x, acc[3 dim + j] += x * k with k that code as a float (separate products and
+     * sums: every ISA gives the same bits, row after row). */
+    void (*chan_codes)(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                       uint8_t *codes);
+    void (*chan_fit_sums)(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                          float *acc);
+    /* Rows to and from fp16, n numbers: the bits of kvqi_fp32_to_fp16 / kvqi_fp16_to_fp32
+     * (F16C gives them on x86); f16_round: y = the fp16 nearest x, as a float (y may be x). */
+    void (*f32_to_f16)(const float *x, uint16_t *h, size_t n);
+    void (*f16_to_f32)(const uint16_t *h, float *x, size_t n);
+    void (*f16_round)(const float *x, float *y, size_t n);
 } kvqi_cache_kernels;
+
+/* A channel's code: the nearest of the levels lo + i step, i = 0..top, clamped; 0 where
+ * there is no step (a channel without bits). */
+static inline uint32_t kvqi_chan_code(float x, float lo, float step, float top) {
+    if (!(step > 0.0f)) return 0;
+    float v = rintf((x - lo) / step);
+    return v <= 0.0f ? 0u : v >= top ? (uint32_t)top : (uint32_t)v;
+}
 
 /* The widest head the q8_0 / q4_0 integer key kernels take. */
 #define KVQI_QBLK_I8_MAX_DIM 512u
@@ -265,6 +289,10 @@ void kvqi_chan_weights_scalar(const uint8_t *block, const kvqi_chan_layout *L, c
                               int16_t *W, float *scale, float *bias, float *wf);
 void kvqi_chan_dot_scalar(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
                           const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
+void kvqi_chan_codes_scalar(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                            uint8_t *codes);
+void kvqi_chan_fit_sums_scalar(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                               float *acc);
 /* Bytes of the arrays of one head's layout (kvqi_chan_layout_build's mem). */
 size_t kvqi_chan_layout_bytes(uint32_t dim);
 /* The layout of a head whose channel j has bits[j] (0..8) bits, arrays in mem
@@ -279,6 +307,9 @@ size_t kvqi_chan_layout_pack(const kvqi_chan_layout *L, kvqi_chan_layout *dst, v
 uint32_t kvqi_chan_plane_at(const kvqi_chan_layout *L, const uint8_t *unit, uint32_t p, uint32_t l);
 void kvqi_chan_plane_put(const kvqi_chan_layout *L, uint8_t *unit, uint32_t p, uint32_t l, uint32_t v);
 uint32_t kvqi_chan_code_at(const kvqi_chan_layout *L, const uint8_t *block, uint32_t j, size_t t);
+/* Token l's codes (codes[j], channel order) into its unit's planes, as kvqi_chan_plane_put
+ * plane after plane. */
+void kvqi_chan_put_codes(const kvqi_chan_layout *L, uint8_t *unit, uint32_t l, const uint8_t *codes);
 /* The query side of chan_dot (chan_weights) for one head q[dim], the reference every ISA
  * reproduces: w_j = q_j step_j, max = max_j |w_j| top_j, scale = max / wmax, channel
  * weights W_j = rint(w_j * (wmax / max)) and slot weights W[s'] = W_j 2^shift_s as int16
@@ -326,6 +357,14 @@ void kvqi_chan_weights_avx512(const uint8_t *block, const kvqi_chan_layout *L, c
                               int16_t *W, float *scale, float *bias, float *wf);
 void kvqi_chan_dot_avx512(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
                           const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
+void kvqi_chan_codes_avx2(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                          uint8_t *codes);
+void kvqi_chan_fit_sums_avx2(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                             float *acc);
+void kvqi_chan_codes_avx512(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                            uint8_t *codes);
+void kvqi_chan_fit_sums_avx512(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                               float *acc);
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k);
 void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k);
 #endif

@@ -275,3 +275,36 @@ void kvqi_chan_dot_avx2(const uint8_t *block, const kvqi_chan_layout *L, const i
             for (uint32_t h = 0; h < gh; h++) memcpy(scores + (h0 + h) * ld, tmp + h * 64 + l0, n * sizeof(float));
     }
 }
+
+/* kvqi_chan_code, 8 channels at a time (as chan_avx512.c's codes16). */
+static inline __m256 codes8(const float *x, const float *lo, const float *step, const float *top) {
+    __m256 st = _mm256_loadu_ps(step);
+    __m256 v = _mm256_div_ps(_mm256_sub_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(lo)), st);
+    v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_loadu_ps(top));
+    return _mm256_and_ps(v, _mm256_cmp_ps(st, _mm256_setzero_ps(), _CMP_GT_OQ));
+}
+
+void kvqi_chan_codes_avx2(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                          uint8_t *codes) {
+    for (uint32_t j = 0; j < dim; j += 16) {
+        __m256i a = _mm256_cvtps_epi32(codes8(x + j, lo + j, step + j, top + j));
+        __m256i b = _mm256_cvtps_epi32(codes8(x + j + 8, lo + j + 8, step + j + 8, top + j + 8));
+        /* 16 codes of 0..255: words in lane order after the pack's lane interleave */
+        __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), _MM_SHUFFLE(3, 1, 2, 0));
+        __m128i by = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+        _mm_storeu_si128((__m128i *)(void *)(codes + j), by);
+    }
+}
+
+void kvqi_chan_fit_sums_avx2(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                             float *acc) {
+    for (uint32_t j = 0; j < dim; j += 8) {
+        __m256 k = codes8(x + j, lo + j, step + j, top + j), xv = _mm256_loadu_ps(x + j);
+        float *a = acc + j;
+        _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), k));
+        _mm256_storeu_ps(a + dim, _mm256_add_ps(_mm256_loadu_ps(a + dim), _mm256_mul_ps(k, k)));
+        _mm256_storeu_ps(a + 2 * (size_t)dim, _mm256_add_ps(_mm256_loadu_ps(a + 2 * (size_t)dim), xv));
+        _mm256_storeu_ps(a + 3 * (size_t)dim, _mm256_add_ps(_mm256_loadu_ps(a + 3 * (size_t)dim), _mm256_mul_ps(xv, k)));
+    }
+}

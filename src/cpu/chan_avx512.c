@@ -308,3 +308,32 @@ void kvqi_chan_dot_avx512(const uint8_t *block, const kvqi_chan_layout *L, const
             for (uint32_t h = 0; h < gh; h++) memcpy(scores + (h0 + h) * ld, tmp + h * 64 + l0, n * sizeof(float));
     }
 }
+
+/* kvqi_chan_code, 16 channels at a time: the same division and round to nearest even,
+ * clamped by max and min (v <= 0 gives 0, v >= top gives top), 0 where step <= 0. */
+static inline __m512 codes16(const float *x, const float *lo, const float *step, const float *top) {
+    __m512 st = _mm512_loadu_ps(step);
+    __m512 v = _mm512_div_ps(_mm512_sub_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(lo)), st);
+    v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_loadu_ps(top));
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(st, _mm512_setzero_ps(), _CMP_GT_OQ), v);
+}
+
+void kvqi_chan_codes_avx512(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                            uint8_t *codes) {
+    for (uint32_t j = 0; j < dim; j += 16)
+        _mm_storeu_si128((__m128i *)(void *)(codes + j),
+                         _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(codes16(x + j, lo + j, step + j, top + j))));
+}
+
+void kvqi_chan_fit_sums_avx512(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                               float *acc) {
+    for (uint32_t j = 0; j < dim; j += 16) {
+        __m512 k = codes16(x + j, lo + j, step + j, top + j), xv = _mm512_loadu_ps(x + j);
+        float *a = acc + j;
+        _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), k));
+        _mm512_storeu_ps(a + dim, _mm512_add_ps(_mm512_loadu_ps(a + dim), _mm512_mul_ps(k, k)));
+        _mm512_storeu_ps(a + 2 * (size_t)dim, _mm512_add_ps(_mm512_loadu_ps(a + 2 * (size_t)dim), xv));
+        _mm512_storeu_ps(a + 3 * (size_t)dim, _mm512_add_ps(_mm512_loadu_ps(a + 3 * (size_t)dim), _mm512_mul_ps(xv, k)));
+    }
+}

@@ -227,6 +227,12 @@ void kvqi_chan_plane_put(const kvqi_chan_layout *L, uint8_t *unit, uint32_t p, u
     unit[byte] |= (uint8_t)((v & mask) << sh);
 }
 
+void kvqi_chan_put_codes(const kvqi_chan_layout *L, uint8_t *unit, uint32_t l, const uint8_t *codes) {
+    for (uint32_t p = 0; p < L->n_planes; p++)
+        if (L->width[p]) /* else padding */
+            kvqi_chan_plane_put(L, unit, p, l, (uint32_t)codes[L->chan[p]] >> L->shift[p]);
+}
+
 uint32_t kvqi_chan_code_at(const kvqi_chan_layout *L, const uint8_t *block, uint32_t j, size_t t) {
     const uint8_t *unit = block + 4 * (size_t)L->dim + (t / 64) * L->unit_bytes;
     uint32_t code = 0;
@@ -315,5 +321,21 @@ void kvqi_chan_dot_scalar(const uint8_t *block, const kvqi_chan_layout *L, const
             }
             scores[h * ld + l - l0] = fmaf((float)acc, scale[h], bias[h]);
         }
+    }
+}
+
+void kvqi_chan_codes_scalar(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                            uint8_t *codes) {
+    for (uint32_t j = 0; j < dim; j++) codes[j] = (uint8_t)kvqi_chan_code(x[j], lo[j], step[j], top[j]);
+}
+
+void kvqi_chan_fit_sums_scalar(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                               float *acc) {
+    for (uint32_t j = 0; j < dim; j++) {
+        float k = (float)kvqi_chan_code(x[j], lo[j], step[j], top[j]);
+        acc[j] += k;
+        acc[dim + j] += k * k;
+        acc[2 * (size_t)dim + j] += x[j];
+        acc[3 * (size_t)dim + j] += x[j] * k;
     }
 }

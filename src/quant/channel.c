@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "cpu/cache_kernels.h"
 #include "quant/quant.h"
 
 static kvq_status channel_validate(const kvq_config *c, char *why, size_t n) {
@@ -49,10 +50,7 @@ void kvqi_channel_range(float lo, float hi, uint32_t bits, uint16_t *lo_h, uint1
 }
 
 uint32_t kvqi_channel_code(float x, float lo, float step, uint32_t bits) {
-    if (!(step > 0.0f)) return 0;
-    float v = rintf((x - lo) / step);
-    float top = (float)((1u << bits) - 1u);
-    return v <= 0.0f ? 0u : v >= top ? (uint32_t)top : (uint32_t)v;
+    return kvqi_chan_code(x, lo, step, (float)((1u << bits) - 1u));
 }
 
 static kvq_status channel_encode(const kvq_quantizer *q, const float *x, size_t n, uint8_t *codes) {
