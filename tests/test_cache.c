@@ -591,18 +591,22 @@ TEST(cache_simd_kernels_match_scalar) {
         }
         /* the integer paths' orders are permutations of each 128-coordinate block */
         for (uint32_t bits = 2; bits <= 4; bits++) {
-            uint8_t seen_k[256], seen_v[256];
+            uint8_t seen_k[256], seen_v[256], seen_8[256];
             memset(seen_k, 0, sizeof seen_k);
             memset(seen_v, 0, sizeof seen_v);
+            memset(seen_8, 0, sizeof seen_8);
             for (uint32_t p = 0; p < 256; p++) {
                 uint32_t ck = kvqi_rot_i8_coordinate(bits, p), cv = kvqi_rot_v16_coordinate(bits, p);
-                CHECKF(ck / 128 == p / 128 && cv / 128 == p / 128, "bits %u lane %u leaves its block", bits, p);
+                uint32_t c8 = kvqi_rot_v8_coordinate(bits, p);
+                CHECKF(ck / 128 == p / 128 && cv / 128 == p / 128 && c8 / 128 == p / 128,
+                       "bits %u lane %u leaves its block", bits, p);
                 if (ck < 256) seen_k[ck]++;
                 if (cv < 256) seen_v[cv]++;
+                if (c8 < 256) seen_8[c8]++;
             }
             for (uint32_t c = 0; c < 256; c++)
-                CHECKF(seen_k[c] == 1 && seen_v[c] == 1, "bits %u coordinate %u taken %u / %u times", bits, c,
-                       seen_k[c], seen_v[c]);
+                CHECKF(seen_k[c] == 1 && seen_v[c] == 1 && seen_8[c] == 1, "bits %u coordinate %u taken %u / %u / %u times",
+                       bits, c, seen_k[c], seen_v[c], seen_8[c]);
         }
         /* integer key scores: exact sums, so bit-identical to the reference */
         for (uint32_t bits = 2; bits <= 4 && K->score_rot_i8; bits++) {
@@ -755,6 +759,68 @@ TEST(cache_simd_kernels_match_scalar) {
                             den += y * y;
                         }
                         CHECKF(num <= 1e-8 * den, "%s accum_rot_i16 bits %u head %u off the float sum",
+                               kvqi_isa_name((kvq_isa)isa), bits, h);
+                    }
+                    tested++;
+                }
+            }
+        }
+        /* the same with 8-bit weights: bit-identical to its reference (token counts of
+         * every remainder mod 4, a zero head, a negative weight: that head one token at a
+         * time), and within the weights' rounding (1/510 of a block's largest) of the
+         * float sum */
+        for (uint32_t bits = 2; bits <= 4 && K->accum_rot_u8; bits++) {
+            for (uint32_t dim = 128; dim <= 256; dim += 128) {
+                for (uint32_t G = 1; G <= 6; G++) {
+                    size_t nv = N - G % 4;
+                    kvqi_rot_layout L;
+                    memset(&L, 0, sizeof L);
+                    L.dim = dim;
+                    L.bits = bits;
+                    L.n_pass = 1;
+                    L.has_u8 = 1;
+                    L.cent_scale = 0.01f;
+                    L.index_offset[0] = 2;
+                    L.code_size = 2 + dim * bits / 8 + 1;
+                    for (int i = 0; i < 16; i++) L.cent_u8[i] = (uint8_t)(128 + 17 * (i - 8));
+                    kvqi_rng r;
+                    kvqi_rng_seed(&r, 1600 + G + dim + 7 * bits);
+                    for (size_t i = 0; i < (size_t)N * L.code_size; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
+                    for (size_t t = 0; t < N; t++) {
+                        uint16_t h = kvqi_fp32_to_fp16(0.25f + 0.01f * (float)t);
+                        memcpy(codes + t * L.code_size, &h, 2);
+                    }
+                    float wv[6 * 64];
+                    fill_uniform(wv, 6 * 64, 1700 + G);
+                    for (size_t i = 0; i < 6 * 64; i++) wv[i] = fabsf(wv[i]);
+                    wv[3] = -wv[3];
+                    if (G > 2) memset(wv + 64, 0, 64 * sizeof(float));
+                    fill_uniform(a_ref, G * dim, 1500);
+                    memcpy(a_simd, a_ref, G * dim * sizeof(float));
+                    kvqi_cache_accum_rot_u8_ref(&L, wv, 64, G, codes, nv, a_ref);
+                    K->accum_rot_u8(&L, wv, 64, G, codes, nv, a_simd);
+                    CHECKF(memcmp(a_ref, a_simd, G * dim * sizeof(float)) == 0,
+                           "%s accum_rot_u8 bits %u dim %u G %u n %zu", kvqi_isa_name((kvq_isa)isa),
+                           bits, dim, G, nv);
+                    /* and within the rounding of the weights and centroids of the float sum */
+                    kvqi_rot_layout F = L;
+                    for (int i = 0; i < 16; i++) KVQI_ROT_CENT(&F, 0)[i] = (float)(L.cent_u8[i] - 128) * L.cent_scale;
+                    float *a_f = a_ref; /* the reference result, now compared in natural order */
+                    static float a_float[6 * 256];
+                    memset(a_float, 0, sizeof a_float);
+                    S->accum_rot(&F, wv, 64, G, codes, nv, a_float);
+                    fill_uniform(a_simd, G * dim, 1500);
+                    for (uint32_t h = 0; h < G; h++) {
+                        double num = 0, den = 0;
+                        for (uint32_t p = 0; p < dim; p++) {
+                            uint32_t cv = kvqi_rot_v8_coordinate(bits, p);
+                            uint32_t pf = 0;
+                            while (kvqi_rot_lane_coordinate(bits, pf) != cv) pf++;
+                            double x = a_f[h * dim + p] - a_simd[h * dim + p], y = a_float[h * dim + pf];
+                            num += (x - y) * (x - y);
+                            den += y * y;
+                        }
+                        CHECKF(num <= 4e-5 * den, "%s accum_rot_u8 bits %u head %u off the float sum",
                                kvqi_isa_name((kvq_isa)isa), bits, h);
                     }
                     tested++;

@@ -87,6 +87,10 @@ static int use_v16(const kvq_cache *c) {
     return c->value.path == KVQI_PATH_ROT && c->value.rot.has_u8 && c->kern->accum_rot_i16 &&
            (c->kern->rot_v16_bits >> c->value.rot.bits & 1u) && c->dim % 128 == 0;
 }
+/* ... and with 8-bit weights where the ISA has that kernel (half the multiply-adds) */
+static int use_v8(const kvq_cache *c) {
+    return use_v16(c) && c->kern->accum_rot_u8 && (c->kern->rot_v8_bits >> c->value.rot.bits & 1u);
+}
 
 /* q8_0 / q4_0 keys in integers: QBLK_I8, an int8 query against the blocks' bytes (q4_0);
  * QBLK_I16, an int16 query (q8_0: an int8 query adds more error than the near-lossless
@@ -338,7 +342,9 @@ static void accum_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G, 
                                                                                  V->code_size, nb, s->acc);
         break;
     case KVQI_PATH_ROT:
-        if (use_v16(c))
+        if (use_v8(c))
+            c->kern->accum_rot_u8(&V->rot, s->scores, B, G, codes, nb, s->acc);
+        else if (use_v16(c))
             c->kern->accum_rot_i16(&V->rot, s->scores, B, G, codes, nb, s->acc);
         else
             c->kern->accum_rot(&V->rot, s->scores, B, G, codes, nb, s->acc);
@@ -592,7 +598,9 @@ static void finish_task(const attend_ctx *A, const task_view *T, kvqi_attend_scr
             /* R^T acc = sum_r acc_r (row r of R), acc taken out of lane order first */
             float *nat = s->vdec;
             const float *acc = s->acc + (size_t)v * d;
-            if (use_v16(c))
+            if (use_v8(c))
+                for (uint32_t p = 0; p < d; p++) nat[kvqi_rot_v8_coordinate(c->value.rot.bits, p)] = acc[p];
+            else if (use_v16(c))
                 for (uint32_t p = 0; p < d; p++) nat[kvqi_rot_v16_coordinate(c->value.rot.bits, p)] = acc[p];
             else
                 for (uint32_t p = 0; p < d; p++) nat[c->value.lane[p]] = acc[p];

@@ -322,6 +322,43 @@ void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size
     }
 }
 
+float kvqi_cache_rot_weights_u8(const kvqi_rot_layout *L, const float *w, const uint8_t *v, size_t n,
+                                int16_t *wq) {
+    float wn[KVQI_MAX_BLOCK_TOKENS], mx = 0.0f;
+    for (size_t t = 0; t < n; t++) {
+        wn[t] = w[t] * fp16_at(v + t * L->code_size + L->norm_offset);
+        mx = fabsf(wn[t]) > mx ? fabsf(wn[t]) : mx;
+    }
+    if (!(mx > 0.0f) || !(mx <= 3.0e38f)) { /* no weight, or not a finite one */
+        memset(wq, 0, n * sizeof *wq);
+        return 0.0f;
+    }
+    float inv = 255.0f / mx;
+    for (size_t t = 0; t < n; t++) wq[t] = (int16_t)lrintf(wn[t] * inv);
+    return mx * (1.0f / 255.0f) * L->cent_scale;
+}
+
+void kvqi_cache_accum_rot_u8_head(const kvqi_rot_layout *L, const int16_t *wq, float scale, const uint8_t *v,
+                                  size_t n, float *acc) {
+    const uint8_t *idx = v + L->index_offset[0];
+    for (uint32_t p = 0; p < L->dim; p++) {
+        uint32_t r = kvqi_rot_v8_coordinate(L->bits, p);
+        int32_t sum = 0;
+        for (size_t t = 0; t < n; t++)
+            sum += (int32_t)wq[t] * ((int32_t)L->cent_u8[rot_index(idx + t * L->code_size, L->bits, r)] - 128);
+        acc[p] += (float)sum * scale;
+    }
+}
+
+void kvqi_cache_accum_rot_u8_ref(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                                 const uint8_t *v, size_t n, float *acc) {
+    int16_t wq[KVQI_MAX_BLOCK_TOKENS];
+    for (uint32_t h = 0; h < G; h++) {
+        float scale = kvqi_cache_rot_weights_u8(L, w + h * ld, v, n, wq);
+        if (scale != 0.0f) kvqi_cache_accum_rot_u8_head(L, wq, scale, v, n, acc + (size_t)h * L->dim);
+    }
+}
+
 void kvqi_cache_accum_q4_0_i16_ref(const float *w, size_t ld, uint32_t G, uint32_t dim, const uint8_t *v,
                                    size_t stride, size_t n, float *acc) {
     float wn[KVQI_MAX_BLOCK_TOKENS];
@@ -410,7 +447,7 @@ const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
     accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, NULL, NULL, NULL, 0, outlier_add, axpy_rows, exp_sum,
     max_of,         score_signs, kvqi_chan_weights_scalar, kvqi_chan_dot_scalar, NULL, NULL, NULL,
-    kvqi_chan_codes_scalar, kvqi_chan_fit_sums_scalar, f32_to_f16, f16_to_f32, f16_round,
+    kvqi_chan_codes_scalar, kvqi_chan_fit_sums_scalar, f32_to_f16, f16_to_f32, f16_round, NULL, 0,
 };
 
 static kvqi_cache_kernels g_avx2, g_avx512, g_neon;
