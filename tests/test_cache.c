@@ -472,6 +472,82 @@ static int close_arrays(const float *a, const float *b, size_t n, double tol) {
 
 /* n rows of q4_0 / q8_0 blocks (block_bytes 18 / 34: an fp16 scale, then the codes) at
  * stride bytes: random bytes, every block's scale in [0.001, 0.051], one in five negative. */
+/* A one-pass rotated layout with byte centroids (the integer kernels' input): an fp16
+ * norm, then the indices, then a spare byte. */
+static kvqi_rot_layout int_rot_layout(uint32_t dim, uint32_t bits) {
+    kvqi_rot_layout L;
+    memset(&L, 0, sizeof L);
+    L.dim = dim;
+    L.bits = bits;
+    L.n_pass = 1;
+    L.has_u8 = 1;
+    L.cent_scale = 0.01f;
+    L.index_offset[0] = 2;
+    L.code_size = 2 + dim * bits / 8 + 1;
+    for (int i = 0; i < 16; i++) L.cent_u8[i] = (uint8_t)(128 + 17 * (i - 8));
+    return L;
+}
+
+typedef void (*int_values_fn)(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
+                              const uint8_t *v, size_t n, float *acc);
+
+/* An integer value kernel against its reference (bit for bit) and against the float sum
+ * of the scalar set (num <= tol den per head, in natural order), 2-4 bits, dims 128 and
+ * 256, 1-6 heads, token counts N - G % parity; returns the cases compared. */
+static int int_values_match(kvqt_ctx *kvqt_, kvq_isa isa, const char *name, int_values_fn ref, int_values_fn simd,
+                            uint32_t (*order)(uint32_t, uint32_t), size_t parity, double tol, uint64_t seed,
+                            uint8_t *codes, float *a_ref, float *a_simd) {
+    enum { N = 61 };
+    int tested = 0;
+    for (uint32_t bits = 2; bits <= 4; bits++) {
+        for (uint32_t dim = 128; dim <= 256; dim += 128) {
+            for (uint32_t G = 1; G <= 6; G++) {
+                size_t nv = N - G % parity;
+                kvqi_rot_layout L = int_rot_layout(dim, bits);
+                kvqi_rng r;
+                kvqi_rng_seed(&r, seed + G + dim + 7 * bits);
+                for (size_t i = 0; i < (size_t)N * L.code_size; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
+                for (size_t t = 0; t < N; t++) {
+                    uint16_t h = kvqi_fp32_to_fp16(0.25f + 0.01f * (float)t);
+                    memcpy(codes + t * L.code_size, &h, 2);
+                }
+                float wv[6 * 64];
+                fill_uniform(wv, 6 * 64, seed + 100 + G);
+                for (size_t i = 0; i < 6 * 64; i++) wv[i] = fabsf(wv[i]);
+                wv[3] = -wv[3];
+                if (G > 2) memset(wv + 64, 0, 64 * sizeof(float));
+                fill_uniform(a_ref, G * dim, 1500);
+                memcpy(a_simd, a_ref, G * dim * sizeof(float));
+                ref(&L, wv, 64, G, codes, nv, a_ref);
+                simd(&L, wv, 64, G, codes, nv, a_simd);
+                CHECKF(memcmp(a_ref, a_simd, G * dim * sizeof(float)) == 0, "%s %s bits %u dim %u G %u n %zu",
+                       kvqi_isa_name(isa), name, bits, dim, G, nv);
+                /* and within the rounding of the weights and centroids of the float sum */
+                kvqi_rot_layout F = L;
+                for (int i = 0; i < 16; i++) KVQI_ROT_CENT(&F, 0)[i] = (float)(L.cent_u8[i] - 128) * L.cent_scale;
+                static float a_float[6 * 256];
+                memset(a_float, 0, sizeof a_float);
+                kvqi_cache_kernels_scalar.accum_rot(&F, wv, 64, G, codes, nv, a_float);
+                fill_uniform(a_simd, G * dim, 1500);
+                for (uint32_t h = 0; h < G; h++) {
+                    double num = 0, den = 0;
+                    for (uint32_t p = 0; p < dim; p++) {
+                        uint32_t cv = order(bits, p), pf = 0;
+                        while (kvqi_rot_lane_coordinate(bits, pf) != cv) pf++;
+                        double x = a_ref[h * dim + p] - a_simd[h * dim + p], y = a_float[h * dim + pf];
+                        num += (x - y) * (x - y);
+                        den += y * y;
+                    }
+                    CHECKF(num <= tol * den, "%s %s bits %u head %u off the float sum", kvqi_isa_name(isa), name,
+                           bits, h);
+                }
+                tested++;
+            }
+        }
+    }
+    return tested;
+}
+
 static void fill_block_rows(uint8_t *codes, size_t n, size_t stride, uint32_t dim, size_t block_bytes, kvqi_rng *r) {
     for (size_t i = 0; i < n * stride; i++) codes[i] = (uint8_t)kvqi_rng_next(r);
     for (size_t t = 0; t < n; t++)
@@ -612,16 +688,7 @@ TEST(cache_simd_kernels_match_scalar) {
         for (uint32_t bits = 2; bits <= 4 && K->score_rot_i8; bits++) {
             for (uint32_t dim = 128; dim <= 256; dim += 128) {
                 for (uint32_t G = 1; G <= 6; G++) {
-                    kvqi_rot_layout L;
-                    memset(&L, 0, sizeof L);
-                    L.dim = dim;
-                    L.bits = bits;
-                    L.n_pass = 1;
-                    L.has_u8 = 1;
-                    L.cent_scale = 0.01f;
-                    L.index_offset[0] = 2;
-                    L.code_size = 2 + dim * bits / 8 + 1;
-                    for (int i = 0; i < 16; i++) L.cent_u8[i] = (uint8_t)(128 + 17 * (i - 8));
+                    kvqi_rot_layout L = int_rot_layout(dim, bits);
                     kvqi_rng r;
                     kvqi_rng_seed(&r, 1200 + G + dim + 7 * bits);
                     for (size_t i = 0; i < (size_t)N * L.code_size; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
@@ -706,127 +773,18 @@ TEST(cache_simd_kernels_match_scalar) {
             }
         }
         /* integer value sums: exact, so bit-identical to the reference; blocks of every
-         * parity, a head whose weights are all zero, a negative weight */
-        for (uint32_t bits = 2; bits <= 4 && K->accum_rot_i16; bits++) {
-            for (uint32_t dim = 128; dim <= 256; dim += 128) {
-                for (uint32_t G = 1; G <= 6; G++) {
-                    size_t nv = G % 2 ? N : N - 1;
-                    kvqi_rot_layout L;
-                    memset(&L, 0, sizeof L);
-                    L.dim = dim;
-                    L.bits = bits;
-                    L.n_pass = 1;
-                    L.has_u8 = 1;
-                    L.cent_scale = 0.01f;
-                    L.index_offset[0] = 2;
-                    L.code_size = 2 + dim * bits / 8 + 1;
-                    for (int i = 0; i < 16; i++) L.cent_u8[i] = (uint8_t)(128 + 17 * (i - 8));
-                    kvqi_rng r;
-                    kvqi_rng_seed(&r, 1300 + G + dim + 7 * bits);
-                    for (size_t i = 0; i < (size_t)N * L.code_size; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
-                    for (size_t t = 0; t < N; t++) {
-                        uint16_t h = kvqi_fp32_to_fp16(0.25f + 0.01f * (float)t);
-                        memcpy(codes + t * L.code_size, &h, 2);
-                    }
-                    float wv[6 * 64];
-                    fill_uniform(wv, 6 * 64, 1400 + G);
-                    for (size_t i = 0; i < 6 * 64; i++) wv[i] = fabsf(wv[i]);
-                    wv[3] = -wv[3];
-                    if (G > 2) memset(wv + 64, 0, 64 * sizeof(float));
-                    fill_uniform(a_ref, G * dim, 1500);
-                    memcpy(a_simd, a_ref, G * dim * sizeof(float));
-                    kvqi_cache_accum_rot_i16_ref(&L, wv, 64, G, codes, nv, a_ref);
-                    K->accum_rot_i16(&L, wv, 64, G, codes, nv, a_simd);
-                    CHECKF(memcmp(a_ref, a_simd, G * dim * sizeof(float)) == 0,
-                           "%s accum_rot_i16 bits %u dim %u G %u n %zu", kvqi_isa_name((kvq_isa)isa),
-                           bits, dim, G, nv);
-                    /* and within the rounding of the weights and centroids of the float sum */
-                    kvqi_rot_layout F = L;
-                    for (int i = 0; i < 16; i++) KVQI_ROT_CENT(&F, 0)[i] = (float)(L.cent_u8[i] - 128) * L.cent_scale;
-                    float *a_f = a_ref; /* the reference result, now compared in natural order */
-                    static float a_float[6 * 256];
-                    memset(a_float, 0, sizeof a_float);
-                    S->accum_rot(&F, wv, 64, G, codes, nv, a_float);
-                    fill_uniform(a_simd, G * dim, 1500);
-                    for (uint32_t h = 0; h < G; h++) {
-                        double num = 0, den = 0;
-                        for (uint32_t p = 0; p < dim; p++) {
-                            uint32_t cv = kvqi_rot_v16_coordinate(bits, p);
-                            uint32_t pf = 0;
-                            while (kvqi_rot_lane_coordinate(bits, pf) != cv) pf++;
-                            double x = a_f[h * dim + p] - a_simd[h * dim + p], y = a_float[h * dim + pf];
-                            num += (x - y) * (x - y);
-                            den += y * y;
-                        }
-                        CHECKF(num <= 1e-8 * den, "%s accum_rot_i16 bits %u head %u off the float sum",
-                               kvqi_isa_name((kvq_isa)isa), bits, h);
-                    }
-                    tested++;
-                }
-            }
-        }
-        /* the same with 8-bit weights: bit-identical to its reference (token counts of
-         * every remainder mod 4, a zero head, a negative weight: that head one token at a
-         * time), and within the weights' rounding (1/510 of a block's largest) of the
-         * float sum */
-        for (uint32_t bits = 2; bits <= 4 && K->accum_rot_u8; bits++) {
-            for (uint32_t dim = 128; dim <= 256; dim += 128) {
-                for (uint32_t G = 1; G <= 6; G++) {
-                    size_t nv = N - G % 4;
-                    kvqi_rot_layout L;
-                    memset(&L, 0, sizeof L);
-                    L.dim = dim;
-                    L.bits = bits;
-                    L.n_pass = 1;
-                    L.has_u8 = 1;
-                    L.cent_scale = 0.01f;
-                    L.index_offset[0] = 2;
-                    L.code_size = 2 + dim * bits / 8 + 1;
-                    for (int i = 0; i < 16; i++) L.cent_u8[i] = (uint8_t)(128 + 17 * (i - 8));
-                    kvqi_rng r;
-                    kvqi_rng_seed(&r, 1600 + G + dim + 7 * bits);
-                    for (size_t i = 0; i < (size_t)N * L.code_size; i++) codes[i] = (uint8_t)kvqi_rng_next(&r);
-                    for (size_t t = 0; t < N; t++) {
-                        uint16_t h = kvqi_fp32_to_fp16(0.25f + 0.01f * (float)t);
-                        memcpy(codes + t * L.code_size, &h, 2);
-                    }
-                    float wv[6 * 64];
-                    fill_uniform(wv, 6 * 64, 1700 + G);
-                    for (size_t i = 0; i < 6 * 64; i++) wv[i] = fabsf(wv[i]);
-                    wv[3] = -wv[3];
-                    if (G > 2) memset(wv + 64, 0, 64 * sizeof(float));
-                    fill_uniform(a_ref, G * dim, 1500);
-                    memcpy(a_simd, a_ref, G * dim * sizeof(float));
-                    kvqi_cache_accum_rot_u8_ref(&L, wv, 64, G, codes, nv, a_ref);
-                    K->accum_rot_u8(&L, wv, 64, G, codes, nv, a_simd);
-                    CHECKF(memcmp(a_ref, a_simd, G * dim * sizeof(float)) == 0,
-                           "%s accum_rot_u8 bits %u dim %u G %u n %zu", kvqi_isa_name((kvq_isa)isa),
-                           bits, dim, G, nv);
-                    /* and within the rounding of the weights and centroids of the float sum */
-                    kvqi_rot_layout F = L;
-                    for (int i = 0; i < 16; i++) KVQI_ROT_CENT(&F, 0)[i] = (float)(L.cent_u8[i] - 128) * L.cent_scale;
-                    float *a_f = a_ref; /* the reference result, now compared in natural order */
-                    static float a_float[6 * 256];
-                    memset(a_float, 0, sizeof a_float);
-                    S->accum_rot(&F, wv, 64, G, codes, nv, a_float);
-                    fill_uniform(a_simd, G * dim, 1500);
-                    for (uint32_t h = 0; h < G; h++) {
-                        double num = 0, den = 0;
-                        for (uint32_t p = 0; p < dim; p++) {
-                            uint32_t cv = kvqi_rot_v8_coordinate(bits, p);
-                            uint32_t pf = 0;
-                            while (kvqi_rot_lane_coordinate(bits, pf) != cv) pf++;
-                            double x = a_f[h * dim + p] - a_simd[h * dim + p], y = a_float[h * dim + pf];
-                            num += (x - y) * (x - y);
-                            den += y * y;
-                        }
-                        CHECKF(num <= 4e-5 * den, "%s accum_rot_u8 bits %u head %u off the float sum",
-                               kvqi_isa_name((kvq_isa)isa), bits, h);
-                    }
-                    tested++;
-                }
-            }
-        }
+         * parity, a head whose weights are all zero, a negative weight; and within the
+         * weights' rounding of the float sum (16 bits: 2^-16 of a block's largest; 8 bits,
+         * token counts of every remainder mod 4: 1/510, a negative-weight head one token
+         * at a time) */
+        if (K->accum_rot_i16)
+            tested += int_values_match(kvqt_, (kvq_isa)isa, "accum_rot_i16", kvqi_cache_accum_rot_i16_ref,
+                                       K->accum_rot_i16, kvqi_rot_v16_coordinate, 2, 1e-8, 1300, codes, a_ref,
+                                       a_simd);
+        if (K->accum_rot_u8)
+            tested += int_values_match(kvqt_, (kvq_isa)isa, "accum_rot_u8", kvqi_cache_accum_rot_u8_ref,
+                                       K->accum_rot_u8, kvqi_rot_v8_coordinate, 4, 4e-5, 1600, codes, a_ref,
+                                       a_simd);
         /* q4_0 values in integers: exact sums, so bit-identical to the reference; odd and
          * even token counts, a head whose weights are all zero, a negative weight and block
          * scale, padded rows; and the reference within the 16-bit weights' rounding of the

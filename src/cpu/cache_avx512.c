@@ -1298,6 +1298,13 @@ half_i8_2s(const uint8_t *idx, uint32_t b, __m512i sh, __m512i tab) {
     return _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srlv_epi16(v, sh), _mm512_set1_epi8(0x03)));
 }
 
+/* half_i8_2s's shifts for one half: 0 and 4 (half 0) or 2 and 6 per 256-bit half. */
+KVQI_INLINE __m512i half_shifts2(uint32_t half) {
+    return _mm512_add_epi16(_mm512_set_epi64(0x0004000400040004LL, 0x0004000400040004LL, 0x0004000400040004LL,
+                                             0x0004000400040004LL, 0, 0, 0, 0),
+                            _mm512_set1_epi16((short)(2 * half)));
+}
+
 KVQI_INLINE __attribute__((target("avx512vnni,avx512vbmi"))) __m512i
 half_i8_3(const uint32_t BITS, const uint32_t HALF, const uint8_t *idx, uint32_t b, __m512i tab) {
     (void)BITS;
@@ -1331,24 +1338,34 @@ KVQI_INLINE void rot_norms16(const kvqi_rot_layout *L, const uint8_t *v, size_t 
     }
 }
 
+/* The weights times the norms of HG heads (zero past n and past gh), wn[h] in 16-token
+ * vectors, and each head's largest |wn| in m[h]. */
+KVQI_INLINE void weights4_wn(const float *w, size_t ld, uint32_t gh, const __m512 *nrm, size_t n,
+                             __m512 wn[HG][KVQI_MAX_BLOCK_TOKENS / 16], float *m) {
+    size_t nv = (n + 15) / 16;
+    for (uint32_t h = 0; h < HG; h++) {
+        __m512 mx = _mm512_setzero_ps();
+        for (size_t i = 0; i < nv; i++) {
+            __mmask16 k = h < gh ? first16(n - 16 * i) : 0;
+            wn[h][i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + h * ld + 16 * i), nrm[i]);
+            mx = _mm512_max_ps(mx, _mm512_abs_ps(wn[h][i]));
+        }
+        m[h] = _mm512_reduce_max_ps(mx);
+    }
+}
+
 /* weights_i16 for HG heads at once from the norms' vectors (the same products, maximum
  * and rounding: kvqi_cache_rot_weights_i16), the heads' chains side by side; wq[h]
  * written to a multiple of 16 tokens (zero past n, and for a head with no weight or
  * past G). */
 KVQI_INLINE void weights4_i16(const float *w, size_t ld, uint32_t gh, const __m512 *nrm, size_t n,
                               int16_t wq[HG][KVQI_MAX_BLOCK_TOKENS + 32], float *scale) {
-    __m512 wn[HG][KVQI_MAX_BLOCK_TOKENS / 16], mx[HG];
+    __m512 wn[HG][KVQI_MAX_BLOCK_TOKENS / 16];
+    float mh[HG];
     size_t nv = (n + 15) / 16;
+    weights4_wn(w, ld, gh, nrm, n, wn, mh);
     for (uint32_t h = 0; h < HG; h++) {
-        mx[h] = _mm512_setzero_ps();
-        for (size_t i = 0; i < nv; i++) {
-            __mmask16 k = h < gh ? first16(n - 16 * i) : 0;
-            wn[h][i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + h * ld + 16 * i), nrm[i]);
-            mx[h] = _mm512_max_ps(mx[h], _mm512_abs_ps(wn[h][i]));
-        }
-    }
-    for (uint32_t h = 0; h < HG; h++) {
-        float m = _mm512_reduce_max_ps(mx[h]);
+        float m = mh[h];
         int ok = m > 0.0f && m <= 3.0e38f;
         __m512 inv = _mm512_set1_ps(ok ? 32767.0f / m : 0.0f);
         for (size_t i = 0; i < nv; i++)
@@ -1356,6 +1373,20 @@ KVQI_INLINE void weights4_i16(const float *w, size_t ld, uint32_t gh, const __m5
                                _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(wn[h][i], inv))));
         _mm256_store_si256((__m256i *)(void *)(wq[h] + 16 * nv), _mm256_setzero_si256());
         scale[h] = ok ? m * (1.0f / 32767.0f) : 0.0f;
+    }
+}
+
+/* A pass's 64 int32 sums of each of gh heads (head h's row at p + h dim) added to the
+ * accumulator times the head's scale; heads without weight (or skipped) untouched. */
+KVQI_INLINE void rot_sums_out(float *p, uint32_t dim, uint32_t gh, const float *scale, const int *skip,
+                              __m512i r[HG][4]) {
+    for (uint32_t h = 0; h < gh; h++) {
+        if (scale[h] == 0.0f || (skip && skip[h])) continue;
+        __m512 sc = _mm512_set1_ps(scale[h]);
+        float *ph = p + (size_t)h * dim;
+        for (int m = 0; m < 4; m++)
+            _mm512_storeu_ps(ph + 16 * m,
+                             _mm512_add_ps(_mm512_loadu_ps(ph + 16 * m), _mm512_mul_ps(_mm512_cvtepi32_ps(r[h][m]), sc)));
     }
 }
 
@@ -1387,10 +1418,7 @@ KVQI_INLINE void weights4_i16(const float *w, size_t ld, uint32_t gh, const __m5
             /* token pairs: t in the low 16 bits, t + 1 in the high (zero past n) */        \
             for (uint32_t b = 0; b < dim / 128; b++) {                                       \
                 for (uint32_t half = 0; half < 2; half++) {                                  \
-                    const __m512i sh2 = _mm512_add_epi16(                                    \
-                        _mm512_set_epi64(0x0004000400040004LL, 0x0004000400040004LL,         \
-                                         0x0004000400040004LL, 0x0004000400040004LL, 0, 0, 0, 0), \
-                        _mm512_set1_epi16((short)(2 * half)));                               \
+                    const __m512i sh2 = half_shifts2(half);                                  \
                     __m512i r00 = _mm512_setzero_si512(), r01 = r00, r02 = r00, r03 = r00;   \
                     __m512i r10 = r00, r11 = r00, r12 = r00, r13 = r00;                      \
                     __m512i r20 = r00, r21 = r00, r22 = r00, r23 = r00;                      \
@@ -1437,15 +1465,8 @@ KVQI_INLINE void weights4_i16(const float *w, size_t ld, uint32_t gh, const __m5
                     }                                                                        \
                     __m512i r[HG][4] = {{r00, r01, r02, r03}, {r10, r11, r12, r13},          \
                                         {r20, r21, r22, r23}, {r30, r31, r32, r33}};         \
-                    for (uint32_t h = 0; h < HG && h0 + h < G; h++) {                        \
-                        if (scale[h] == 0.0f) continue;                                      \
-                        __m512 sc = _mm512_set1_ps(scale[h]);                                \
-                        float *p = acc + (size_t)(h0 + h) * dim + 128 * b + 64 * half;       \
-                        for (int m = 0; m < 4; m++)                                          \
-                            _mm512_storeu_ps(p + 16 * m,                                     \
-                                             _mm512_add_ps(_mm512_loadu_ps(p + 16 * m),      \
-                                                           _mm512_mul_ps(_mm512_cvtepi32_ps(r[h][m]), sc))); \
-                    }                                                                        \
+                    rot_sums_out(acc + (size_t)h0 * dim + 128 * b + 64 * half, dim,          \
+                                 G - h0 < HG ? G - h0 : HG, scale, NULL, r);                \
                 }                                                                            \
             }                                                                                \
         }                                                                                    \
@@ -1460,18 +1481,12 @@ DEFINE_ACCUM_I16(3, "avx512vnni,avx512vbmi")
 KVQI_INLINE void weights4_u8(const float *w, size_t ld, uint32_t gh, const __m512 *nrm, size_t n,
                              uint8_t wq[HG][KVQI_MAX_BLOCK_TOKENS + 64], int16_t wneg[HG][KVQI_MAX_BLOCK_TOKENS],
                              float *scale, int *neg) {
-    __m512 wn[HG][KVQI_MAX_BLOCK_TOKENS / 16], mx[HG];
+    __m512 wn[HG][KVQI_MAX_BLOCK_TOKENS / 16];
+    float mh[HG];
     size_t nv = (n + 15) / 16;
+    weights4_wn(w, ld, gh, nrm, n, wn, mh);
     for (uint32_t h = 0; h < HG; h++) {
-        mx[h] = _mm512_setzero_ps();
-        for (size_t i = 0; i < nv; i++) {
-            __mmask16 k = h < gh ? first16(n - 16 * i) : 0;
-            wn[h][i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + h * ld + 16 * i), nrm[i]);
-            mx[h] = _mm512_max_ps(mx[h], _mm512_abs_ps(wn[h][i]));
-        }
-    }
-    for (uint32_t h = 0; h < HG; h++) {
-        float m = _mm512_reduce_max_ps(mx[h]);
+        float m = mh[h];
         int ok = m > 0.0f && m <= 3.0e38f;
         __m512 inv = _mm512_set1_ps(ok ? 255.0f / m : 0.0f);
         __m512i q[KVQI_MAX_BLOCK_TOKENS / 16];
@@ -1523,10 +1538,7 @@ KVQI_INLINE void weights4_u8(const float *w, size_t ld, uint32_t gh, const __m51
             if (!any) continue;                                                              \
             for (uint32_t b = 0; b < dim / 128; b++) {                                       \
                 for (uint32_t half = 0; half < 2; half++) {                                  \
-                    const __m512i sh2 = _mm512_add_epi16(                                    \
-                        _mm512_set_epi64(0x0004000400040004LL, 0x0004000400040004LL,         \
-                                         0x0004000400040004LL, 0x0004000400040004LL, 0, 0, 0, 0), \
-                        _mm512_set1_epi16((short)(2 * half)));                               \
+                    const __m512i sh2 = half_shifts2(half);                                  \
                     __m512i r00 = _mm512_setzero_si512(), r01 = r00, r02 = r00, r03 = r00;   \
                     __m512i r10 = r00, r11 = r00, r12 = r00, r13 = r00;                      \
                     __m512i r20 = r00, r21 = r00, r22 = r00, r23 = r00;                      \
@@ -1580,15 +1592,7 @@ KVQI_INLINE void weights4_u8(const float *w, size_t ld, uint32_t gh, const __m51
                     }                                                                        \
                     __m512i r[HG][4] = {{r00, r01, r02, r03}, {r10, r11, r12, r13},          \
                                         {r20, r21, r22, r23}, {r30, r31, r32, r33}};         \
-                    for (uint32_t h = 0; h < gh; h++) {                                      \
-                        if (scale[h] == 0.0f || neg[h]) continue;                            \
-                        __m512 sc = _mm512_set1_ps(scale[h]);                                \
-                        float *p = acc + (size_t)(h0 + h) * dim + 128 * b + 64 * half;       \
-                        for (int m = 0; m < 4; m++)                                          \
-                            _mm512_storeu_ps(p + 16 * m,                                     \
-                                             _mm512_add_ps(_mm512_loadu_ps(p + 16 * m),      \
-                                                           _mm512_mul_ps(_mm512_cvtepi32_ps(r[h][m]), sc))); \
-                    }                                                                        \
+                    rot_sums_out(acc + (size_t)h0 * dim + 128 * b + 64 * half, dim, gh, scale, neg, r); \
                 }                                                                            \
             }                                                                                \
         }                                                                                    \

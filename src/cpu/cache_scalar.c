@@ -289,8 +289,9 @@ void kvqi_cache_score_rot1_i8_ref(const kvqi_rot_layout *L, const int8_t *q8, co
     }
 }
 
-float kvqi_cache_rot_weights_i16(const kvqi_rot_layout *L, const float *w, const uint8_t *v,
-                                 size_t n, int16_t *wq) {
+/* One head's weights of a block rounded against its largest |w norm| to +-top. */
+static float rot_weights(const kvqi_rot_layout *L, const float *w, const uint8_t *v, size_t n, float top,
+                         int16_t *wq) {
     float wn[KVQI_MAX_BLOCK_TOKENS], mx = 0.0f;
     for (size_t t = 0; t < n; t++) {
         wn[t] = w[t] * fp16_at(v + t * L->code_size + L->norm_offset);
@@ -300,9 +301,14 @@ float kvqi_cache_rot_weights_i16(const kvqi_rot_layout *L, const float *w, const
         memset(wq, 0, n * sizeof *wq);
         return 0.0f;
     }
-    float inv = 32767.0f / mx;
+    float inv = top / mx;
     for (size_t t = 0; t < n; t++) wq[t] = (int16_t)lrintf(wn[t] * inv);
-    return mx * (1.0f / 32767.0f) * L->cent_scale;
+    return mx * (1.0f / top) * L->cent_scale;
+}
+
+float kvqi_cache_rot_weights_i16(const kvqi_rot_layout *L, const float *w, const uint8_t *v,
+                                 size_t n, int16_t *wq) {
+    return rot_weights(L, w, v, n, 32767.0f, wq);
 }
 
 void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size_t ld, uint32_t G,
@@ -324,18 +330,7 @@ void kvqi_cache_accum_rot_i16_ref(const kvqi_rot_layout *L, const float *w, size
 
 float kvqi_cache_rot_weights_u8(const kvqi_rot_layout *L, const float *w, const uint8_t *v, size_t n,
                                 int16_t *wq) {
-    float wn[KVQI_MAX_BLOCK_TOKENS], mx = 0.0f;
-    for (size_t t = 0; t < n; t++) {
-        wn[t] = w[t] * fp16_at(v + t * L->code_size + L->norm_offset);
-        mx = fabsf(wn[t]) > mx ? fabsf(wn[t]) : mx;
-    }
-    if (!(mx > 0.0f) || !(mx <= 3.0e38f)) { /* no weight, or not a finite one */
-        memset(wq, 0, n * sizeof *wq);
-        return 0.0f;
-    }
-    float inv = 255.0f / mx;
-    for (size_t t = 0; t < n; t++) wq[t] = (int16_t)lrintf(wn[t] * inv);
-    return mx * (1.0f / 255.0f) * L->cent_scale;
+    return rot_weights(L, w, v, n, 255.0f, wq);
 }
 
 void kvqi_cache_accum_rot_u8_head(const kvqi_rot_layout *L, const int16_t *wq, float scale, const uint8_t *v,
