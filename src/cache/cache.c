@@ -9,6 +9,7 @@
 
 #include "cache/cache_internal.h"
 #include "cpu/cpu.h"
+#include "cpu/quant_kernels.h"
 #include "quant/quant.h"
 
 #define DEFAULT_CHUNK_TOKENS 64u
@@ -987,18 +988,35 @@ static const float *ring_shift(const kvq_cache *c, int values, size_t pos, uint3
     return c->key_mean + (size_t)g * c->dim;
 }
 
+/* Rows through fp16 with the quantizers' dispatched conversions (F16C on x86, FCVT on
+ * AArch64: kvqi_fp32_to_fp16's bits): to fp16, from fp16, and y = the fp16 nearest x. */
+static void to_fp16(const kvq_cache *c, const float *x, size_t n, uint16_t *h) {
+    kvqi_quant_kernels_for(c->kern->isa)->fp16_from_f32(x, n, h);
+}
+static void from_fp16(const kvq_cache *c, const uint16_t *h, size_t n, float *x) {
+    kvqi_quant_kernels_for(c->kern->isa)->fp16_to_f32(h, n, x);
+}
+static void round_fp16(const kvq_cache *c, const float *x, size_t n, float *y) {
+    uint16_t h[MAX_DIM];
+    for (size_t i = 0; i < n; i += MAX_DIM) {
+        size_t m = KVQI_MIN(n - i, (size_t)MAX_DIM);
+        to_fp16(c, x + i, m, h);
+        from_fp16(c, h, m, y + i);
+    }
+}
+
 static void ring_write(const kvq_cache *c, const float *x, int values, size_t pos, uint32_t g, uint8_t *dst) {
     if (c->ring_q) {
         float h[MAX_DIM];
         const float *mu = ring_shift(c, values, pos, g);
-        c->kern->f16_round(x, h, c->dim);
+        round_fp16(c, x, c->dim, h);
         if (mu)
             for (uint32_t j = 0; j < c->dim; j++) h[j] -= mu[j];
         (void)kvq_encode(c->ring_q, h, 1, dst); /* q8_0 of a checked row cannot fail */
         return;
     }
     uint16_t h[MAX_DIM];
-    c->kern->f32_to_f16(x, h, c->dim);
+    to_fp16(c, x, c->dim, h);
     memcpy(dst, h, 2 * (size_t)c->dim);
 }
 
@@ -1012,7 +1030,7 @@ static void ring_read(const kvq_cache *c, const uint8_t *src, int values, size_t
     }
     uint16_t h[MAX_DIM];
     memcpy(h, src, 2 * (size_t)c->dim);
-    c->kern->f16_to_f32(h, x, c->dim);
+    from_fp16(c, h, c->dim, x);
 }
 
 static void fetch_row(const kvq_cache *c, const row_source *src, size_t pos, uint32_t g,
@@ -1224,8 +1242,8 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     if (!ready) {
         /* held at fp16 precision, as every exact token of the cache is */
         size_t take = KVQI_MIN(n_tokens, KVQI_OUTLIER_PROBE_TOKENS - c->n_tokens);
-        c->kern->f16_round(k, c->stage_k + c->n_tokens * row, take * row);
-        c->kern->f16_round(v, c->stage_v + c->n_tokens * row, take * row);
+        round_fp16(c, k, take * row, c->stage_k + c->n_tokens * row);
+        round_fp16(c, v, take * row, c->stage_v + c->n_tokens * row);
         ready = c->n_tokens + take == KVQI_OUTLIER_PROBE_TOKENS;
     }
     /* tokens leaving the window (or every token, without one) are encoded */
@@ -1252,8 +1270,8 @@ KVQ_API kvq_status kvq_cache_append(kvq_cache *c, const float *k, const float *v
     }
     if (c->n_tokens < c->cfg.n_sink) {
         size_t take = KVQI_MIN(n_tokens, (size_t)c->cfg.n_sink - c->n_tokens);
-        c->kern->f32_to_f16(k, c->sink_k + c->n_tokens * row, take * row);
-        c->kern->f32_to_f16(v, c->sink_v + c->n_tokens * row, take * row);
+        to_fp16(c, k, take * row, c->sink_k + c->n_tokens * row);
+        to_fp16(c, v, take * row, c->sink_v + c->n_tokens * row);
     }
     if (R > 0) { /* the newest tokens into the ring, after the evicted ones were encoded */
         for (size_t t = n_tokens > R ? n_tokens - R : 0; t < n_tokens; t++)

@@ -7,7 +7,6 @@
 #include <math.h>
 #include <string.h>
 
-#include "core/core.h"
 #include "cpu/cache_kernels.h"
 
 #define HG 4
@@ -1031,30 +1030,7 @@ static void score_q8_0_i16(const int16_t *q16, const float *qscale, uint32_t G, 
     }
 }
 
-/* Rows to and from fp16 with F16C (round to nearest even: kvqi_fp32_to_fp16's bits). */
-static void f32_to_f16(const float *x, uint16_t *h, size_t n) {
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(void *)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
-    for (; i < n; i++) h[i] = kvqi_fp32_to_fp16(x[i]);
-}
-static void f16_to_f32(const uint16_t *h, float *x, size_t n) {
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(h + i))));
-    for (; i < n; i++) x[i] = kvqi_fp16_to_fp32(h[i]);
-}
-static void f16_round(const float *x, float *y, size_t n) {
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
-    for (; i < n; i++) y[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(x[i]));
-}
-
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
-    k->f32_to_f16 = f32_to_f16;
-    k->f16_to_f32 = f16_to_f32;
-    k->f16_round = f16_round;
     k->score_f32 = score_f32;
     k->score_f16 = score_f16;
     k->score_q8_0 = score_q8_0;

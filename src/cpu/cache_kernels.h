@@ -268,11 +268,6 @@ typedef struct kvqi_cache_kernels {
                        uint8_t *codes);
     void (*chan_fit_sums)(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
                           float *acc);
-    /* Rows to and from fp16, n numbers: the bits of kvqi_fp32_to_fp16 / kvqi_fp16_to_fp32
-     * (F16C gives them on x86); f16_round: y = the fp16 nearest x, as a float (y may be x). */
-    void (*f32_to_f16)(const float *x, uint16_t *h, size_t n);
-    void (*f16_to_f32)(const uint16_t *h, float *x, size_t n);
-    void (*f16_round)(const float *x, float *y, size_t n);
     /* Values of accum_rot_i16's codes with the weights rounded to 8 bits: wn_t = w[h][t] *
      * norm_t against the block's largest |wn|, wq_t = rint(255 wn_t / max) (-255..255;
      * softmax weights give 0..255), summed against cent_u8 - 128 in int32, acc[h][p] +=

@@ -428,21 +428,11 @@ static void score_signs(const kvqi_sign_layout *L, const float *lut, const float
     }
 }
 
-static void f32_to_f16(const float *x, uint16_t *h, size_t n) {
-    for (size_t i = 0; i < n; i++) h[i] = kvqi_fp32_to_fp16(x[i]);
-}
-static void f16_to_f32(const uint16_t *h, float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) x[i] = kvqi_fp16_to_fp32(h[i]);
-}
-static void f16_round(const float *x, float *y, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(x[i]));
-}
-
 const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
     accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, NULL, NULL, NULL, 0, outlier_add, axpy_rows, exp_sum,
     max_of,         score_signs, kvqi_chan_weights_scalar, kvqi_chan_dot_scalar, NULL, NULL, NULL,
-    kvqi_chan_codes_scalar, kvqi_chan_fit_sums_scalar, f32_to_f16, f16_to_f32, f16_round, NULL, 0,
+    kvqi_chan_codes_scalar, kvqi_chan_fit_sums_scalar, NULL, 0,
 };
 
 static kvqi_cache_kernels g_avx2, g_avx512, g_neon;
