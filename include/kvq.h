@@ -995,6 +995,19 @@ KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, const kvq_cuda_
                                         const void *q_dev, const void *cache_dev, const int32_t *seq_lens_dev,
                                         void *workspace_dev, size_t workspace_bytes, float *out_dev,
                                         void *stream);
+/* Prefill over the presets' cache: n_new new tokens per sequence after its seq_lens[b]
+ * cached ones, causal. Query row b * n_new + i (q_dev: [batch][n_new][n_q_heads][head_dim]
+ * in desc->q_dtype) attends to the whole cache of sequence b (sinks, coded chunks, exact
+ * tail) and to its new tokens 0..i, given exactly (k_new_dev, v_new_dev: [batch][n_new]
+ * [n_kv_heads][head_dim] in desc->q_dtype), in one softmax; out_dev: [batch][n_new]
+ * [n_q_heads][head_dim] fp32. The cache is only read: append the new tokens afterwards
+ * (kvq_cuda_chan_append_n). batch * n_new <= 65535. */
+KVQ_API kvq_status kvq_cuda_chan_prefill_workspace(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc,
+                                                   uint32_t n_new, size_t *bytes);
+KVQ_API kvq_status kvq_cuda_chan_prefill(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc, uint32_t n_new,
+                                         const void *q_dev, const void *k_new_dev, const void *v_new_dev,
+                                         const void *cache_dev, const int32_t *seq_lens_dev, void *workspace_dev,
+                                         size_t workspace_bytes, float *out_dev, void *stream);
 
 #ifdef __cplusplus
 }

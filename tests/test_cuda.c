@@ -978,6 +978,9 @@ TEST(cuda_chan_without_device_fails_cleanly) {
     int32_t p = 0;
     /* no handle can exist: refused (no device without nvcc, no handle with it) */
     CHECK(kvq_cuda_chan_observe_queries(NULL, KVQ_CUDA_F32, &x, NULL, 1, 8, 1, 128, &p, &x, NULL) != KVQ_OK);
+    size_t ws = 1;
+    CHECK(kvq_cuda_chan_prefill_workspace(NULL, NULL, 1, &ws) != KVQ_OK);
+    CHECK(kvq_cuda_chan_prefill(NULL, NULL, 1, &x, &x, &x, &x, &p, &x, 0, &x, NULL) != KVQ_OK);
     kvq_cuda_chan_free(NULL);
 }
 
@@ -1014,40 +1017,55 @@ static uint32_t gpu_code(const uint8_t *blk, const kvq_cuda_chan_layout *L, uint
 }
 
 /* The double-precision softmax over the GPU cache's decoded keys and values (the codes
- * the first test holds equal to the CPU's), against the kernel's output. */
+ * the first test holds equal to the CPU's), against the kernel's output. n_new > 0: a
+ * prefill of n_new random new tokens a sequence (exact, fp32), query row b * n_new + i
+ * over the cache and new tokens 0..i. */
 static double chan_attend_check(kvqt_ctx *kvqt_, const kvq_cuda_chan *kc, const kvq_cuda_chan_layout *L,
                                 const kvq_quantizer *vq, const uint8_t *cache_dev, const int32_t *lens,
                                 uint32_t batch, uint32_t n_kv, uint32_t d, uint32_t capacity, uint32_t group,
-                                uint64_t seed, uint32_t flags) {
-    uint32_t nq = n_kv * group, maxlen = 0;
+                                uint64_t seed, uint32_t flags, uint32_t n_new) {
+    uint32_t nq = n_kv * group, maxlen = 0, qps = n_new ? n_new : 1;
     for (uint32_t b = 0; b < batch; b++) maxlen = lens[b] > (int32_t)maxlen ? (uint32_t)lens[b] : maxlen;
     kvq_cuda_attn_desc desc = {batch, nq, n_kv, d, capacity, maxlen, 1.0f / sqrtf((float)d), KVQ_CUDA_F32, flags};
-    size_t ws_bytes = 0;
-    if (kvq_cuda_chan_attend_workspace(kc, &desc, &ws_bytes) != KVQ_OK) return INFINITY;
-    float *q = malloc((size_t)batch * nq * d * sizeof(float)), *got = malloc((size_t)batch * nq * d * sizeof(float));
+    size_t ws_bytes = 0, nrow = (size_t)batch * qps, nkv = (size_t)batch * n_new * n_kv * d;
+    if ((n_new ? kvq_cuda_chan_prefill_workspace(kc, &desc, n_new, &ws_bytes)
+               : kvq_cuda_chan_attend_workspace(kc, &desc, &ws_bytes)) != KVQ_OK)
+        return INFINITY;
+    float *q = malloc(nrow * nq * d * sizeof(float)), *got = malloc(nrow * nq * d * sizeof(float));
+    float *knew = malloc((nkv + 1) * sizeof(float)), *vnew = malloc((nkv + 1) * sizeof(float));
     uint8_t *host = malloc(L->bytes);
     float *vrow = malloc(d * sizeof(float));
-    double *sc = malloc((size_t)capacity * sizeof(double)), *ref = malloc(d * sizeof(double));
-    if (!q || !got || !host || !vrow || !sc || !ref) return INFINITY;
+    double *sc = malloc(((size_t)capacity + qps) * sizeof(double)), *ref = malloc(d * sizeof(double));
+    if (!q || !got || !knew || !vnew || !host || !vrow || !sc || !ref) return INFINITY;
     kvqi_rng r;
     kvqi_rng_seed(&r, seed);
-    for (size_t i = 0; i < (size_t)batch * nq * d; i++) q[i] = (float)kvqi_rng_normal(&r) * 0.6f;
-    void *dq = NULL, *dws = NULL, *dout = NULL, *dlen = NULL;
+    for (size_t i = 0; i < nrow * nq * d; i++) q[i] = (float)kvqi_rng_normal(&r) * 0.6f;
+    for (size_t i = 0; i < nkv; i++) { /* keys about the cached ones' size, so both parts weigh */
+        knew[i] = (float)kvqi_rng_normal(&r) * 2.5f;
+        vnew[i] = (float)kvqi_rng_normal(&r);
+    }
+    void *dq = NULL, *dws = NULL, *dout = NULL, *dlen = NULL, *dk = NULL, *dv = NULL;
     double worst = 0.0;
-    if (cudaMalloc(&dq, (size_t)batch * nq * d * 4) != cudaSuccess || cudaMalloc(&dws, ws_bytes) != cudaSuccess ||
-        cudaMalloc(&dout, (size_t)batch * nq * d * 4) != cudaSuccess || cudaMalloc(&dlen, batch * 4) != cudaSuccess)
+    if (cudaMalloc(&dq, nrow * nq * d * 4) != cudaSuccess || cudaMalloc(&dws, ws_bytes) != cudaSuccess ||
+        cudaMalloc(&dout, nrow * nq * d * 4) != cudaSuccess || cudaMalloc(&dlen, batch * 4) != cudaSuccess ||
+        cudaMalloc(&dk, (nkv + 1) * 4) != cudaSuccess || cudaMalloc(&dv, (nkv + 1) * 4) != cudaSuccess)
         worst = INFINITY;
     if (worst == 0.0) {
-        cudaMemcpy(dq, q, (size_t)batch * nq * d * 4, cudaMemcpyHostToDevice);
+        cudaMemcpy(dq, q, nrow * nq * d * 4, cudaMemcpyHostToDevice);
         cudaMemcpy(dlen, lens, batch * 4, cudaMemcpyHostToDevice);
-        kvq_status st = kvq_cuda_chan_attend(kc, &desc, dq, cache_dev, dlen, dws, ws_bytes, dout, NULL);
-        CHECKF(st == KVQ_OK, "chan attend: %s", kvq_strerror(st));
+        cudaMemcpy(dk, knew, nkv * 4, cudaMemcpyHostToDevice);
+        cudaMemcpy(dv, vnew, nkv * 4, cudaMemcpyHostToDevice);
+        kvq_status st = n_new ? kvq_cuda_chan_prefill(kc, &desc, n_new, dq, dk, dv, cache_dev, dlen, dws, ws_bytes,
+                                                      dout, NULL)
+                              : kvq_cuda_chan_attend(kc, &desc, dq, cache_dev, dlen, dws, ws_bytes, dout, NULL);
+        CHECKF(st == KVQ_OK, "chan %s: %s", n_new ? "prefill" : "attend", kvq_strerror(st));
         if (cudaDeviceSynchronize() != cudaSuccess) worst = INFINITY;
-        cudaMemcpy(got, dout, (size_t)batch * nq * d * 4, cudaMemcpyDeviceToHost);
+        cudaMemcpy(got, dout, nrow * nq * d * 4, cudaMemcpyDeviceToHost);
         cudaMemcpy(host, cache_dev, L->bytes, cudaMemcpyDeviceToHost);
     }
     const uint32_t C = L->chunk_tokens, W = L->window, S = L->n_sink, R = W + C;
-    for (uint32_t b = 0; b < batch; b++) {
+    for (size_t z = 0; z < nrow; z++) {
+        uint32_t b = (uint32_t)(z / qps), i_new = n_new ? (uint32_t)(z % qps) + 1 : 0; /* new tokens seen */
         uint32_t len = (uint32_t)lens[b], nc = n_coded_of(len, W, C);
         for (uint32_t h = 0; h < n_kv; h++) {
             size_t row = (size_t)b * n_kv + h;
@@ -1057,7 +1075,7 @@ static double chan_attend_check(kvqt_ctx *kvqt_, const kvq_cuda_chan *kc, const 
             const uint16_t *ek = (const uint16_t *)(host + L->exact_k) + row * L->exact_rows * d;
             const uint16_t *ev = (const uint16_t *)(host + L->exact_v) + row * L->exact_rows * d;
             for (uint32_t g = 0; g < group; g++) {
-                const float *qq = q + ((size_t)b * nq + h * group + g) * d;
+                const float *qq = q + (z * nq + h * group + g) * d;
                 double mx = -INFINITY, sum = 0.0;
                 for (uint32_t t = 0; t < len; t++) {
                     double s = 0.0;
@@ -1079,6 +1097,13 @@ static double chan_attend_check(kvqt_ctx *kvqt_, const kvq_cuda_chan *kc, const 
                     sc[t] = s / sqrt((double)d);
                     if (sc[t] > mx) mx = sc[t];
                 }
+                for (uint32_t t = 0; t < i_new; t++) { /* the new tokens, exact */
+                    const float *kk = knew + (((size_t)b * n_new + t) * n_kv + h) * d;
+                    double s = 0.0;
+                    for (uint32_t j = 0; j < d; j++) s += (double)qq[j] * kk[j];
+                    sc[len + t] = s / sqrt((double)d);
+                    if (sc[len + t] > mx) mx = sc[len + t];
+                }
                 for (uint32_t j = 0; j < d; j++) ref[j] = 0.0;
                 for (uint32_t t = 0; t < len; t++) {
                     double p = exp(sc[t] - mx);
@@ -1091,10 +1116,17 @@ static double chan_attend_check(kvqt_ctx *kvqt_, const kvq_cuda_chan *kc, const 
                         for (uint32_t j = 0; j < d; j++) ref[j] += p * vrow[j];
                     }
                 }
-                for (uint32_t j = 0; j < d; j++) ref[j] = len ? ref[j] / sum : 0.0;
-                double e = len ? rel_err(got + ((size_t)b * nq + h * group + g) * d, ref, d) : 0.0;
-                if (!len)
-                    for (uint32_t j = 0; j < d; j++) e += fabs(got[((size_t)b * nq + h * group + g) * d + j]);
+                for (uint32_t t = 0; t < i_new; t++) {
+                    double p = exp(sc[len + t] - mx);
+                    sum += p;
+                    const float *vv = vnew + (((size_t)b * n_new + t) * n_kv + h) * d;
+                    for (uint32_t j = 0; j < d; j++) ref[j] += p * vv[j];
+                }
+                const uint32_t seen = len + i_new;
+                for (uint32_t j = 0; j < d; j++) ref[j] = seen ? ref[j] / sum : 0.0;
+                double e = seen ? rel_err(got + (z * nq + h * group + g) * d, ref, d) : 0.0;
+                if (!seen)
+                    for (uint32_t j = 0; j < d; j++) e += fabs(got[(z * nq + h * group + g) * d + j]);
                 if (e > worst) worst = e;
             }
         }
@@ -1103,8 +1135,12 @@ static double chan_attend_check(kvqt_ctx *kvqt_, const kvq_cuda_chan *kc, const 
     cudaFree(dws);
     cudaFree(dout);
     cudaFree(dlen);
+    cudaFree(dk);
+    cudaFree(dv);
     free(q);
     free(got);
+    free(knew);
+    free(vnew);
     free(host);
     free(vrow);
     free(sc);
@@ -1180,7 +1216,7 @@ static void chan_case(kvqt_ctx *kvqt_, const char *preset, uint32_t layer, uint3
     void *kin = malloc(batch * row * 4), *vin = malloc(batch * row * 4);
     int32_t *pos = malloc(batch * 4), *lens = malloc(batch * 4);
     REQUIRE(k && v && kin && vin && pos && lens);
-    double worst = 0.0;
+    double worst = 0.0, worst_pf = 0.0;
     int checks = 0;
     for (uint32_t t = 0; t < maxn; t++) {
         for (uint32_t b = 0; b < batch; b++) {
@@ -1219,15 +1255,23 @@ static void chan_case(kvqt_ctx *kvqt_, const char *preset, uint32_t layer, uint3
              * per warp, chunk changes inside a warp's range) */
             for (uint32_t flags = 0; flags <= KVQ_CUDA_ATTN_ONE_SPLIT; flags += KVQ_CUDA_ATTN_ONE_SPLIT) {
                 double e = chan_attend_check(kvqt_, kc, &L, vq, dcache, lens, batch, n_kv, d, capacity, group, len,
-                                             flags);
+                                             flags, 0);
                 checks++;
                 if (e > worst) worst = e;
+            }
+            /* prefill over the same cache: 1 and 7 new tokens a sequence */
+            for (uint32_t n_new = 1; n_new <= 7; n_new += 6) {
+                double e = chan_attend_check(kvqt_, kc, &L, vq, dcache, lens, batch, n_kv, d, capacity, group,
+                                             len + 1000, 0, n_new);
+                checks++;
+                if (e > worst_pf) worst_pf = e;
             }
         }
     }
     CU(cudaDeviceSynchronize());
     CHECKF(worst <= 1e-3, "%s d=%u group=%u: attention %.3g from the double reference (%d checks)", preset, d,
            group, worst, checks);
+    CHECKF(worst_pf <= 1e-3, "%s d=%u group=%u: prefill %.3g from the double reference", preset, d, group, worst_pf);
     uint8_t *host = malloc(L.bytes);
     REQUIRE(host);
     CU(cudaMemcpy(host, dcache, L.bytes, cudaMemcpyDeviceToHost));
@@ -1365,6 +1409,19 @@ static void body_cuda_chan_rejects_bad_arguments(kvqt_ctx *kvqt_) {
     void *p = NULL;
     CU(cudaMalloc(&p, 4096));
     CHECK_STATUS(kvq_cuda_chan_attend(kc, &d, p, p, (const int32_t *)p, p, 0, (float *)p, NULL), KVQ_ERR_CAPACITY);
+    /* prefill: no new tokens, no new keys, more query rows than a grid holds, a workspace
+     * sized for decode (one slot a row fewer) */
+    size_t wsp = 0;
+    CHECK_STATUS(kvq_cuda_chan_prefill_workspace(kc, &d, 0, &wsp), KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cuda_chan_prefill_workspace(kc, &d, 40000, &wsp), KVQ_ERR_UNSUPPORTED);
+    REQUIRE_OK(kvq_cuda_chan_prefill_workspace(kc, &d, 1, &wsp));
+    CHECK(wsp > ws);
+    CHECK_STATUS(kvq_cuda_chan_prefill(kc, &d, 0, p, p, p, p, (const int32_t *)p, p, wsp, (float *)p, NULL),
+                 KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cuda_chan_prefill(kc, &d, 1, p, NULL, p, p, (const int32_t *)p, p, wsp, (float *)p, NULL),
+                 KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cuda_chan_prefill(kc, &d, 1, p, p, p, p, (const int32_t *)p, p, ws, (float *)p, NULL),
+                 KVQ_ERR_CAPACITY);
     CHECK_STATUS(kvq_cuda_chan_append(kc, KVQ_CUDA_F32, p, p, 2, 1024, (const int32_t *)p, p, p, 0, NULL),
                  KVQ_ERR_CAPACITY);
     CHECK_STATUS(kvq_cuda_chan_append(kc, KVQ_CUDA_F32, p, p, 2, 1000, (const int32_t *)p, p, p, 4096, NULL),
@@ -1440,7 +1497,7 @@ static void chan_split_case(kvqt_ctx *kvqt_, const char *preset, uint32_t d, uin
     CHECKF(n_slots >= 3 && n_slots - 1 < chunks, "%s d=%u: %zu splits for %u chunks (the case needs 2..chunks-1)",
            preset, d, n_slots - 1, chunks);
     for (uint32_t flags = 0; flags <= KVQ_CUDA_ATTN_ONE_SPLIT; flags += KVQ_CUDA_ATTN_ONE_SPLIT) {
-        double e = chan_attend_check(kvqt_, kc, &L, vq, dcache, lens, batch, n_kv, d, capacity, group, 5, flags);
+        double e = chan_attend_check(kvqt_, kc, &L, vq, dcache, lens, batch, n_kv, d, capacity, group, 5, flags, 0);
         CHECKF(e <= 1e-3, "%s d=%u flags=%u: attention %.3g from the double reference (%zu splits, %u chunks)",
                preset, d, flags, e, n_slots - 1, chunks);
     }

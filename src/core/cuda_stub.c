@@ -176,6 +176,34 @@ KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, const kvq_cuda_
     return KVQ_ERR_NO_DEVICE;
 }
 
+KVQ_API kvq_status kvq_cuda_chan_prefill_workspace(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc,
+                                                   uint32_t n_new, size_t *bytes) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(desc);
+    KVQI_UNUSED(n_new);
+    if (bytes) *bytes = 0;
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API kvq_status kvq_cuda_chan_prefill(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc, uint32_t n_new,
+                                         const void *q_dev, const void *k_new_dev, const void *v_new_dev,
+                                         const void *cache_dev, const int32_t *seq_lens_dev, void *workspace_dev,
+                                         size_t workspace_bytes, float *out_dev, void *stream) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(desc);
+    KVQI_UNUSED(n_new);
+    KVQI_UNUSED(q_dev);
+    KVQI_UNUSED(k_new_dev);
+    KVQI_UNUSED(v_new_dev);
+    KVQI_UNUSED(cache_dev);
+    KVQI_UNUSED(seq_lens_dev);
+    KVQI_UNUSED(workspace_dev);
+    KVQI_UNUSED(workspace_bytes);
+    KVQI_UNUSED(out_dev);
+    KVQI_UNUSED(stream);
+    return KVQ_ERR_NO_DEVICE;
+}
+
 #else
 
 /* ISO C wants at least one declaration in a translation unit. */

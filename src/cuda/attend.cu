@@ -391,6 +391,25 @@ __global__ void __launch_bounds__(32) exact_kernel(const kvqc_params *vp, int dt
     }
 }
 
+cudaError_t kvqc_launch_exact(const kvqc_params *vp, int D, int dtype, const void *q, const void *k_new,
+                              const void *v_new, int n_new, int n_q_heads, int n_kv_heads, int group,
+                              float scale, float *partial, int n_slots, int slot, unsigned n_rows,
+                              cudaStream_t s) {
+    dim3 rows((unsigned)n_q_heads, n_rows);
+    if (D == 64)
+        exact_kernel<2><<<rows, 32, 0, s>>>(vp, dtype, q, k_new, v_new, n_new, n_q_heads, n_kv_heads, group, scale,
+                                            partial, n_slots, slot);
+    else if (D == 128)
+        exact_kernel<4><<<rows, 32, 0, s>>>(vp, dtype, q, k_new, v_new, n_new, n_q_heads, n_kv_heads, group, scale,
+                                            partial, n_slots, slot);
+    else if (D == 256)
+        exact_kernel<8><<<rows, 32, 0, s>>>(vp, dtype, q, k_new, v_new, n_new, n_q_heads, n_kv_heads, group, scale,
+                                            partial, n_slots, slot);
+    else
+        return cudaErrorInvalidValue;
+    return cudaGetLastError();
+}
+
 /* ---------------------------------------------------------- host side */
 
 /* What one call attends over: the page pool, its table (NULL: contiguous, one page per

@@ -438,8 +438,10 @@ typedef struct chan_attn_args {
     const void *q;
     int q_dtype;
     float q_scale;
-    float *partial; /* [batch][n_q_heads][n_slots][D + 2] */
+    float *partial; /* [batch * q_per_seq][n_q_heads][slot_stride][D + 2] */
     int n_q_heads, G, cps, n_split, n_slots; /* slots n_split..n_slots-1: the exact tokens */
+    int q_per_seq; /* query rows a sequence: 1 (decode), n_new (prefill: row z of sequence z / n_new) */
+    int slot_stride; /* slots a row in partial: n_slots, prefill one more (the new tokens') */
 } chan_attn_args;
 
 __device__ __forceinline__ unsigned get_idx(const uint8_t *p, int i, int bits) {
@@ -629,7 +631,8 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     const int vcs = g.vcs, SW = stage_words(D, P, vcs), WW = warp_words(D, P, vcs, GS, TP);
     float *s_part = (float *)s_warp; /* [WARPS][G][D + 2], once the warps are done */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z, row = b * g.n_kv + h;
+    /* z: the query row (decode: the sequence), b: the sequence whose cache it reads */
+    const int split = blockIdx.x, h = blockIdx.y, z = blockIdx.z, b = z / a.q_per_seq, row = b * g.n_kv + h;
     int len = a.seq_lens[b];
     if (len > g.capacity) len = g.capacity;
     if (len < 0) len = 0;
@@ -683,7 +686,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
 #pragma unroll
     for (int k = 0; k < 2; k++) { /* query heads warp and warp + 4 */
         const int gg = warp + CHAN_WARPS * k;
-        if (gg < G) kvqc_load_row<E>(a.q, a.q_dtype, (size_t)b * a.n_q_heads + (size_t)h * G + gg, lane, q_r[k]);
+        if (gg < G) kvqc_load_row<E>(a.q, a.q_dtype, (size_t)z * a.n_q_heads + (size_t)h * G + gg, lane, q_r[k]);
     }
     if (coded) {
 #pragma unroll
@@ -1180,8 +1183,8 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                 if (ps[D] != -INFINITY) r += ps[c] * exp2f(ps[D] - M);
             }
         }
-        size_t qrow = (size_t)b * a.n_q_heads + (size_t)h * G + gg;
-        a.partial[(qrow * a.n_slots + split) * (D + 2) + c] = r;
+        size_t qrow = (size_t)z * a.n_q_heads + (size_t)h * G + gg;
+        a.partial[(qrow * a.slot_stride + split) * (D + 2) + c] = r;
     }
 }
 
@@ -1563,7 +1566,7 @@ static kvq_status check_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *
 
 /* Split the coded chunks so the grid holds about two waves of resident blocks (whole
  * chunks per split); KVQ_CUDA_ATTN_ONE_SPLIT: one block per (sequence, kv head). */
-static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, attn_plan *p) {
+static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, uint32_t q_per_seq, attn_plan *p) {
     const int D = (int)kc->D, G = (int)(d->n_q_heads / d->n_kv_heads), GS = chan_gs(G, kc->vq->p.bits);
     p->gs = GS;
     /* the transposed planes in place (one more load per channel) when that fits more
@@ -1590,7 +1593,7 @@ static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, attn
     if (per_sm < 1) per_sm = 1;
     uint64_t len = d->max_len;
     uint64_t chunks = len > kc->W ? (len - kc->W) / kc->C : 0;
-    uint64_t base = (uint64_t)d->batch * d->n_kv_heads;
+    uint64_t base = (uint64_t)d->batch * q_per_seq * d->n_kv_heads;
     uint64_t target = 2 * (uint64_t)kc->n_sm * per_sm;
     uint64_t ns = (target + base - 1) / base;
     if (d->flags & KVQ_CUDA_ATTN_ONE_SPLIT) ns = 1;
@@ -1609,28 +1612,56 @@ static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, attn
     p->n_slots = p->n_split + (kc->n_sink + kc->R > 32 * CHAN_WARPS ? 2 : 1);
 }
 
+/* Workspace floats of a call with q_per_seq query rows a sequence (prefill: one more slot
+ * a row, the new tokens'); 0 on overflow. */
+static size_t chan_ws_bytes(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, uint32_t q_per_seq, int prefill,
+                            const attn_plan *p) {
+    uint64_t rows = (uint64_t)d->batch * q_per_seq * d->n_q_heads, per = (uint64_t)(p->n_slots + prefill) * (kc->D + 2);
+    if (rows > SIZE_MAX / sizeof(float) / per) return 0;
+    return (size_t)(rows * per * sizeof(float));
+}
+
 extern "C" KVQ_API kvq_status kvq_cuda_chan_attend_workspace(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
                                                              size_t *bytes) {
     if (!bytes) return KVQ_ERR_INVALID_ARG;
     kvq_status st = check_attn(kc, d);
     if (st != KVQ_OK) return st;
     attn_plan p;
-    plan_attn(kc, d, &p);
-    *bytes = (size_t)d->batch * d->n_q_heads * p.n_slots * (kc->D + 2) * sizeof(float);
-    return KVQ_OK;
+    plan_attn(kc, d, 1, &p);
+    *bytes = chan_ws_bytes(kc, d, 1, 0, &p);
+    return *bytes ? KVQ_OK : KVQ_ERR_OVERFLOW;
 }
 
-extern "C" KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
-                                                   const void *q_dev, const void *cache_dev,
-                                                   const int32_t *seq_lens_dev, void *workspace_dev,
-                                                   size_t workspace_bytes, float *out_dev, void *stream) {
+extern "C" KVQ_API kvq_status kvq_cuda_chan_prefill_workspace(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
+                                                              uint32_t n_new, size_t *bytes) {
+    if (!bytes || n_new == 0) return KVQ_ERR_INVALID_ARG;
+    kvq_status st = check_attn(kc, d);
+    if (st != KVQ_OK) return st;
+    if ((uint64_t)d->batch * n_new > 65535) return KVQ_ERR_UNSUPPORTED;
+    attn_plan p;
+    plan_attn(kc, d, n_new, &p);
+    *bytes = chan_ws_bytes(kc, d, n_new, 1, &p);
+    return *bytes ? KVQ_OK : KVQ_ERR_OVERFLOW;
+}
+
+/* Decode (n_new 0: one query row a sequence) or prefill (n_new rows a sequence over the
+ * same cache, and the new tokens exactly as one more slot) */
+static kvq_status chan_run(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, uint32_t n_new, const void *q_dev,
+                           const void *k_new_dev, const void *v_new_dev, const void *cache_dev,
+                           const int32_t *seq_lens_dev, void *workspace_dev, size_t workspace_bytes, float *out_dev,
+                           void *stream) {
     kvq_status st = check_attn(kc, d);
     if (st != KVQ_OK) return st;
     if (!q_dev || !cache_dev || !seq_lens_dev || !workspace_dev || !out_dev) return KVQ_ERR_INVALID_ARG;
+    if (n_new && (!k_new_dev || !v_new_dev)) return KVQ_ERR_INVALID_ARG;
     if ((uintptr_t)cache_dev & 15u) return KVQ_ERR_INVALID_ARG; /* 16-byte copies */
+    const uint32_t qps = n_new ? n_new : 1;
+    const int prefill = n_new != 0;
+    if ((uint64_t)d->batch * qps > 65535) return KVQ_ERR_UNSUPPORTED;
     attn_plan p;
-    plan_attn(kc, d, &p);
-    size_t need = (size_t)d->batch * d->n_q_heads * p.n_slots * (kc->D + 2) * sizeof(float);
+    plan_attn(kc, d, qps, &p);
+    size_t need = chan_ws_bytes(kc, d, qps, prefill, &p);
+    if (need == 0) return KVQ_ERR_OVERFLOW;
     if (workspace_bytes < need) return KVQ_ERR_CAPACITY;
     kvq_cuda_chan_layout L;
     if ((st = kvq_cuda_chan_layout_of(kc, d->batch, d->capacity, &L)) != KVQ_OK) return st;
@@ -1649,15 +1680,27 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, cons
     a.cps = p.cps;
     a.n_split = p.n_split;
     a.n_slots = p.n_slots;
+    a.slot_stride = p.n_slots + prefill;
+    a.q_per_seq = (int)qps;
     cudaStream_t s = (cudaStream_t)stream;
-    dim3 grid((unsigned)p.n_slots, d->n_kv_heads, d->batch), rows(d->n_q_heads, d->batch);
+    dim3 grid((unsigned)p.n_slots, d->n_kv_heads, d->batch * qps), rows(d->n_q_heads, d->batch * qps);
     attend_kernel_for(kc->D, p.gs, p.tp)<<<grid, 128, p.smem, s>>>(a);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return kvqc_status(e);
-    /* the merge as a programmatic dependent launch: scheduled while the attention's last
-     * blocks run, it waits for their slots (griddepcontrol.wait) */
     void (*combine)(const kvqc_params *, const float *, int, int, float *) =
         kc->D == 64 ? chan_combine_kernel<2> : kc->D == 128 ? chan_combine_kernel<4> : chan_combine_kernel<8>;
+    const kvqc_params *vp = kc->vq->p_dev;
+    const float *part = a.partial;
+    if (prefill) { /* the new tokens' slot, then an ordinary merge */
+        e = kvqc_launch_exact(vp, (int)kc->D, (int)d->q_dtype, q_dev, k_new_dev, v_new_dev, (int)n_new,
+                              (int)d->n_q_heads, (int)d->n_kv_heads, a.G, d->scale, a.partial, a.slot_stride,
+                              p.n_slots, d->batch * qps, s);
+        if (e != cudaSuccess) return kvqc_status(e);
+        combine<<<rows, 128, 0, s>>>(vp, part, a.slot_stride, a.n_q_heads, out_dev);
+        return kvqc_status(cudaGetLastError());
+    }
+    /* the merge as a programmatic dependent launch: scheduled while the attention's last
+     * blocks run, it waits for their slots (griddepcontrol.wait) */
     cudaLaunchConfig_t lc;
     memset(&lc, 0, sizeof lc);
     cudaLaunchAttribute at[1];
@@ -1668,12 +1711,28 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, cons
     lc.stream = s;
     lc.attrs = at;
     lc.numAttrs = 1;
-    const kvqc_params *vp = kc->vq->p_dev;
-    const float *part = a.partial;
-    e = cudaLaunchKernelEx(&lc, combine, vp, part, p.n_slots, a.n_q_heads, out_dev);
+    e = cudaLaunchKernelEx(&lc, combine, vp, part, a.n_slots, a.n_q_heads, out_dev);
     if (e != cudaSuccess) { /* no programmatic launch here: an ordinary one */
         cudaGetLastError();
-        combine<<<rows, 128, 0, s>>>(vp, part, p.n_slots, a.n_q_heads, out_dev);
+        combine<<<rows, 128, 0, s>>>(vp, part, a.n_slots, a.n_q_heads, out_dev);
     }
     return kvqc_status(cudaGetLastError());
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
+                                                   const void *q_dev, const void *cache_dev,
+                                                   const int32_t *seq_lens_dev, void *workspace_dev,
+                                                   size_t workspace_bytes, float *out_dev, void *stream) {
+    return chan_run(kc, d, 0, q_dev, NULL, NULL, cache_dev, seq_lens_dev, workspace_dev, workspace_bytes, out_dev,
+                    stream);
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_prefill(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
+                                                    uint32_t n_new, const void *q_dev, const void *k_new_dev,
+                                                    const void *v_new_dev, const void *cache_dev,
+                                                    const int32_t *seq_lens_dev, void *workspace_dev,
+                                                    size_t workspace_bytes, float *out_dev, void *stream) {
+    if (n_new == 0) return KVQ_ERR_INVALID_ARG;
+    return chan_run(kc, d, n_new, q_dev, k_new_dev, v_new_dev, cache_dev, seq_lens_dev, workspace_dev,
+                    workspace_bytes, out_dev, stream);
 }

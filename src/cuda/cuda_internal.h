@@ -74,4 +74,13 @@ static inline kvq_status kvqc_status(cudaError_t e) {
 int kvqc_encode_rows(const kvqc_params *p, int dtype, const void *x, size_t n_rows, uint8_t *codes,
                      cudaStream_t s, int n_sm, cudaError_t *err);
 
+/* Prefill's exact part (attend.cu): query row z = b * n_new + i (n_rows of them, each of
+ * n_q_heads heads) over the new tokens 0..i of sequence b, exactly (q, k_new, v_new in
+ * dtype), its sums moved to vp's rotated domain and stored as partial slot `slot` of
+ * n_slots ([row][head][n_slots][D + 2]: acc, max in log2 units, sum). D: 64, 128, 256. */
+cudaError_t kvqc_launch_exact(const kvqc_params *vp, int D, int dtype, const void *q, const void *k_new,
+                              const void *v_new, int n_new, int n_q_heads, int n_kv_heads, int group,
+                              float scale, float *partial, int n_slots, int slot, unsigned n_rows,
+                              cudaStream_t s);
+
 #endif /* KVQ_CUDA_INTERNAL_H */
