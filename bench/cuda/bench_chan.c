@@ -6,7 +6,8 @@
  * The caches hold synthetic codes (valid fields, random planes): the kernel's work does
  * not depend on the values. Each figure is the median of 9 samples of a CUDA graph of 10
  * calls. Usage: bench_chan [--presets q4,q3,q2] [--batches 1,8,32] [--ctxs 32768,131072]
- * (--presets takes cache specs too: q3+mse:bits=3)
+ * [--prefill N] (--presets takes cache specs too: q3+mse:bits=3; --prefill: also time
+ * kvq_cuda_chan_prefill of N new tokens a sequence over the same cache, PREFILL lines)
  */
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -34,6 +35,19 @@ typedef struct attn_ctx {
 static void run_attn(void *p, cudaStream_t s) {
     attn_ctx *c = p;
     KK(kvq_cuda_chan_attend(c->kc, &c->d, c->q, c->cache, c->lens, c->ws, c->ws_bytes, c->out, s));
+}
+
+typedef struct prefill_ctx {
+    attn_ctx *a;
+    uint32_t n_new;
+    void *k_new, *v_new;
+} prefill_ctx;
+
+static void run_prefill(void *p, cudaStream_t s) {
+    prefill_ctx *c = p;
+    attn_ctx *a = c->a;
+    KK(kvq_cuda_chan_prefill(a->kc, &a->d, c->n_new, a->q, c->k_new, c->v_new, a->cache, a->lens, a->ws, a->ws_bytes,
+                             a->out, s));
 }
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -65,8 +79,10 @@ int main(int argc, char **argv) {
     const char *presets = "q4,q3,q2";
     uint32_t batches[8] = {1, 8, 32}, ctxs[8] = {32768, 131072};
     int nb = 3, nctx = 2;
+    uint32_t n_new = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--presets")) presets = argv[i + 1];
+        else if (!strcmp(argv[i], "--prefill")) n_new = (uint32_t)strtoul(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--batches")) nb = parse_list(argv[i + 1], batches, 8);
         else if (!strcmp(argv[i], "--ctxs")) nctx = parse_list(argv[i + 1], ctxs, 8);
     }
@@ -169,6 +185,29 @@ int main(int argc, char **argv) {
                        "pct_copy=%.1f\n",
                        name, B, ctx, C, bytes, fp16, t_ms * 1e3, gbs, 100.0 * gbs / copy_gbs);
                 fflush(stdout);
+                if (n_new && (uint64_t)B * n_new <= 65535) {
+                    /* the same cache, n_new query rows a sequence and the new tokens */
+                    prefill_ctx pc = {&a, n_new, NULL, NULL};
+                    const size_t nq = (size_t)B * n_new * N_Q * D, nkv = (size_t)B * n_new * N_KV * D;
+                    cudaFree(a.ws);
+                    cudaFree(a.q);
+                    cudaFree(a.out);
+                    KK(kvq_cuda_chan_prefill_workspace(kc, &d, n_new, &a.ws_bytes));
+                    CK(cudaMalloc(&a.ws, a.ws_bytes));
+                    CK(cudaMalloc(&a.q, nq * 2));
+                    CK(cudaMemset(a.q, 0x31, nq * 2));
+                    CK(cudaMalloc((void **)&a.out, nq * 4));
+                    CK(cudaMalloc(&pc.k_new, nkv * 2));
+                    CK(cudaMalloc(&pc.v_new, nkv * 2));
+                    CK(cudaMemset(pc.k_new, 0x30, nkv * 2));
+                    CK(cudaMemset(pc.v_new, 0x2f, nkv * 2));
+                    float p_ms = time_graph(run_prefill, &pc, s);
+                    printf("PREFILL preset=%s batch=%u ctx=%u n_new=%u us=%.2f us_per_new=%.2f x_decode=%.2f\n", name, B,
+                           ctx, n_new, p_ms * 1e3, p_ms * 1e3 / n_new, p_ms / t_ms);
+                    fflush(stdout);
+                    cudaFree(pc.k_new);
+                    cudaFree(pc.v_new);
+                }
                 cudaFree(a.ws);
                 cudaFree(a.q);
                 cudaFree(a.out);
