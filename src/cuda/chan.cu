@@ -725,9 +725,10 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
         for (int e = 0; e < E; e++) acc[gg][e] = 0.0f;
     }
     bool lane_major = false; /* acc[.][e] holds dim lane + 32e (exact path) or E lane + e */
-    /* MMA: a coded block's values on the tensor cores (1-4 bits: chan_gs), in cv */
+    /* MMA: a coded block's values on the tensor cores (1-4 bits: chan_gs), in cv, with
+     * head lane & 3's running maximum and sum */
     constexpr int NCV = MMA ? 2 * E : 1;
-    float cv[NCV][4];
+    float cv[NCV][4], mq = -INFINITY, lq = 0.0f;
 #pragma unroll
     for (int mt = 0; mt < NCV; mt++) cv[mt][0] = cv[mt][1] = cv[mt][2] = cv[mt][3] = 0.0f;
     if (coded) {
@@ -867,8 +868,9 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                     chan_mma_step(c0, c1, v[1], btl[32 * (r + 1)]);
                 }
                 /* lane 4 r + q: head q of tokens 4 r .. 4 r + 3 (M-tile m, row +8: token
-                 * 4 r + 2 m + 1), through s_p to a lane per token */
-                const int q = lane & 3;
+                 * 4 r + 2 m + 1). The online softmax in this layout: a head's 8 lanes
+                 * reduce its maximum and sum in three shuffles each, all heads at once */
+                const int q = lane & 3, r4 = 4 * (lane >> 2);
                 float bq = bias[0], iq = sinv[0];
 #pragma unroll
                 for (int gg = 1; gg < 4; gg++)
@@ -876,17 +878,54 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                         bq = bias[gg];
                         iq = sinv[gg];
                     }
-                float *sp = s_p + 16 * (lane >> 2) + q;
-                sp[0] = fmaf((float)(c0[0] * 256 + c0[1]), iq, bq);
-                sp[4] = fmaf((float)(c0[2] * 256 + c0[3]), iq, bq);
-                sp[8] = fmaf((float)(c1[0] * 256 + c1[1]), iq, bq);
-                sp[12] = fmaf((float)(c1[2] * 256 + c1[3]), iq, bq);
+                float sk[4] = {fmaf((float)(c0[0] * 256 + c0[1]), iq, bq), fmaf((float)(c0[2] * 256 + c0[3]), iq, bq),
+                               fmaf((float)(c1[0] * 256 + c1[1]), iq, bq), fmaf((float)(c1[2] * 256 + c1[3]), iq, bq)};
+                float mx = -INFINITY;
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    if (t0 + r4 + k < g.n_sink) sk[k] = -INFINITY; /* a sink: held exact */
+                    mx = fmaxf(mx, sk[k]);
+                }
+#pragma unroll
+                for (int o = 4; o <= 16; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(KVQC_FULL, mx, o));
+                const float mn = fmaxf(mq, mx);
+                const bool live = mn != -INFINITY;
+                const float alpha = live ? exp2f(mq - mn) : 1.0f;
+                float pk[4];
+#pragma unroll
+                for (int k = 0; k < 4; k++) pk[k] = live ? exp2f(sk[k] - mn) : 0.0f;
+                float ps = (pk[0] + pk[1]) + (pk[2] + pk[3]);
+#pragma unroll
+                for (int o = 4; o <= 16; o <<= 1) ps += __shfl_xor_sync(KVQC_FULL, ps, o);
+                lq = lq * alpha + ps;
+                mq = mn;
+#pragma unroll
+                for (int k = 0; k < 4; k++) /* the value's norm rides on its weight */
+                    s_p[(r4 + k) * GS + q] = pk[k] * h2f(*(const uint16_t *)(vst + (r4 + k) * vcs));
                 __syncwarp();
-                const float4 s4 = *(const float4 *)(s_p + 4 * lane);
-                sc[0] = s4.x;
-                sc[1] = s4.y;
-                sc[2] = s4.z;
-                sc[3] = s4.w;
+                /* the values (lane l's accumulators are head l & 3's, as its softmax state) */
+                if (__any_sync(KVQC_FULL, alpha != 1.0f))
+#pragma unroll
+                    for (int mt = 0; mt < NCV; mt++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) cv[mt][i] *= alpha;
+                /* B: tokens 16 s + 2 c + {0, 1} (+ 8), column g = 2 head + part */
+                const int c = lane & 3, hh = lane >> 3, part = (lane >> 2) & 1;
+                uint32_t bf[2][2];
+#pragma unroll
+                for (int s = 0; s < 2; s++)
+#pragma unroll
+                    for (int jj = 0; jj < 2; jj++) {
+                        const float *pp = s_p + (16 * s + 2 * c + 8 * jj) * GS + hh;
+                        bf[s][jj] = (uint32_t)kvqc_split_half(pp[0], part) | (uint32_t)kvqc_split_half(pp[GS], part) << 16;
+                    }
+                if (vbits == 4) chan_values_mma<NCV, 4>(cv, vst, vcs, lane, s_hp, bf);
+                else if (vbits == 3) chan_values_mma<NCV, 3>(cv, vst, vcs, lane, s_hp, bf);
+                else if (vbits == 2) chan_values_mma<NCV, 2>(cv, vst, vcs, lane, s_hp, bf);
+                else chan_values_mma<NCV, 1>(cv, vst, vcs, lane, s_hp, bf);
+                __syncwarp();
+                stage ^= 1;
+                continue;
             } else {
                 /* transpose: word r of lane t = bits t of planes 32r..32r+31 (NR is even:
                  * bits * E words; four or two words at a time). TP: in place (lane t's word r
@@ -956,7 +995,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
             const float norm = h2f(*(const uint16_t *)(vst + lane * vcs));
             /* the online softmax of all GS heads at once (their reductions interleaved; heads
              * past G score 0 and are never stored) */
-            float sv[GS], red[GS], pv[GS], aq = 1.0f;
+            float sv[GS], red[GS], pv[GS];
 #pragma unroll
             for (int gg = 0; gg < GS; gg++) red[gg] = sv[gg] = valid ? sc[gg] : -INFINITY;
 #pragma unroll
@@ -971,10 +1010,8 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                 pv[gg] = valid && live ? exp2f(sv[gg] - mn) : 0.0f;
                 red[gg] = pv[gg];
                 l[gg] *= alpha;
-                if (gg == (lane & 3)) aq = alpha; /* cv's head */
-                if constexpr (!MMA)
 #pragma unroll
-                    for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
+                for (int e = 0; e < E; e++) acc[gg][e] *= alpha;
                 m[gg] = mn;
             }
 #pragma unroll
@@ -987,30 +1024,6 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                 s_p[lane * GS + gg] = pv[gg] * norm; /* the value's norm rides on its weight */
             }
             __syncwarp();
-            if constexpr (MMA) {
-                if (__any_sync(KVQC_FULL, aq != 1.0f))
-#pragma unroll
-                    for (int mt = 0; mt < NCV; mt++)
-#pragma unroll
-                        for (int i = 0; i < 4; i++) cv[mt][i] *= aq;
-                /* B: tokens 16 s + 2 c + {0, 1} (+ 8), column g = 2 head + part */
-                const int c = lane & 3, hh = lane >> 3, part = (lane >> 2) & 1;
-                uint32_t bf[2][2];
-#pragma unroll
-                for (int s = 0; s < 2; s++)
-#pragma unroll
-                    for (int j = 0; j < 2; j++) {
-                        const float *pp = s_p + (16 * s + 2 * c + 8 * j) * GS + hh;
-                        bf[s][j] = (uint32_t)kvqc_split_half(pp[0], part) | (uint32_t)kvqc_split_half(pp[GS], part) << 16;
-                    }
-                if (vbits == 4) chan_values_mma<NCV, 4>(cv, vst, vcs, lane, s_hp, bf);
-                else if (vbits == 3) chan_values_mma<NCV, 3>(cv, vst, vcs, lane, s_hp, bf);
-                else if (vbits == 2) chan_values_mma<NCV, 2>(cv, vst, vcs, lane, s_hp, bf);
-                else chan_values_mma<NCV, 1>(cv, vst, vcs, lane, s_hp, bf);
-                __syncwarp();
-                stage ^= 1;
-                continue;
-            }
             /* values: the token loop once per code width (the width's test outside it) */
             auto add_values = [&](auto decode) {
 #pragma unroll 2
@@ -1154,19 +1167,24 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
         if (gg >= G) break;
         float *ps = s_part + ((size_t)warp * G + gg) * (D + 2);
         if (lane_major && MMA) { /* cv: head lane & 3, dims 2 p, 2 p + 1 (chan_values_mma) */
-            if ((lane & 3) == gg)
+            if ((lane & 3) == gg) {
 #pragma unroll
                 for (int mt = 0; mt < NCV; mt++) {
                     const int p = 2 * E * (lane >> 2) + mt;
                     *(float2 *)(ps + 2 * p) = make_float2(cv[mt][0] + cv[mt][1], cv[mt][2] + cv[mt][3]);
                 }
+                if (lane == gg) {
+                    ps[D] = mq;
+                    ps[D + 1] = lq;
+                }
+            }
         } else {
 #pragma unroll
             for (int e = 0; e < E; e++) ps[lane_major ? E * lane + e : lane + 32 * e] = acc[gg][e];
-        }
-        if (lane == 0) {
-            ps[D] = m[gg];
-            ps[D + 1] = l[gg];
+            if (lane == 0) {
+                ps[D] = m[gg];
+                ps[D + 1] = l[gg];
+            }
         }
     }
     __syncthreads();
