@@ -231,7 +231,7 @@ static inline __m256i kcorr(__m256i x, int k) {
         const uint8_t *rp[4];                                                                         \
         for (size_t r = 0; r < 4; r++) rp[r] = base + (r < n_rows ? r : 0) * row_bytes;               \
         __m256 acc[4];                                                                                \
-        float off[4] = {0, 0, 0, 0};                                                                  \
+        __m128 off = _mm_setzero_ps(); /* row r's offset chain in lane r */                          \
         for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();                                    \
         for (size_t b = 0; b < n / 32; b++) {                                                         \
             __m256i xs = _mm256_loadu_si256((const __m256i *)(a->q + 32 * b));                       \
@@ -239,6 +239,18 @@ static inline __m256i kcorr(__m256i x, int k) {
             __m256i xu = (K) < 0 ? _mm256_xor_si256(xs, bias) : xs;                                  \
             __m256i kc = (K) < 0 ? _mm256_setzero_si256() : kcorr(xs, (K));                          \
             float dx = a->d[b];                                                                       \
+            /* the four rows' block scales (and Q4_1 minimums: the two halves after the   \
+             * scale) converted at once, each scale times dx as one float product, as     \
+             * the reference's sc * dx */                                                 \
+            uint32_t hw0, hw1, hw2, hw3;                                                              \
+            memcpy(&hw0, rp[0] + b * (BSIZE), 4), memcpy(&hw1, rp[1] + b * (BSIZE), 4);               \
+            memcpy(&hw2, rp[2] + b * (BSIZE), 4), memcpy(&hw3, rp[3] + b * (BSIZE), 4);               \
+            const __m256 hf = _mm256_cvtph_ps(_mm_setr_epi32((int)hw0, (int)hw1, (int)hw2, (int)hw3)); \
+            const __m256 sdx = _mm256_mul_ps(hf, _mm256_set1_ps(dx));                                 \
+            if (HAS_MIN)                                                                              \
+                off = _mm_fmadd_ps(_mm256_castps256_ps128(_mm256_permutevar8x32_ps(                   \
+                                       hf, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7))),               \
+                                   _mm_set1_ps(a->s[b]), off);                                        \
             _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {                                    \
                 const uint8_t *p = rp[r] + b * (BSIZE);                                               \
                 /* 24 rows ahead (four interleaved row streams defeat the hardware       \
@@ -247,19 +259,21 @@ static inline __m256i kcorr(__m256i x, int k) {
                 __m256i w;                                                                            \
                 float sc, mn = 0;                                                                     \
                 BLOCK(p, w, sc, mn);                                                                  \
+                (void)sc;                                                                             \
                 (void)mn;                                                                             \
                 __m256i corr = (K) < 0 ? _mm256_sub_epi32(_mm256_setzero_si256(),                    \
                                                           _mm256_dpbusd_epi32(_mm256_setzero_si256(), bias, w)) \
                                        : kc;                                                          \
                 __m256 f = (K) < 0 ? _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, xu, w))            \
                                    : _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(corr, w, xs));           \
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(sc * dx), f, acc[r]);                         \
-                if (HAS_MIN) off[r] = fmaf(mn, a->s[b], off[r]);                                      \
+                acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(sdx, _mm256_set1_epi32(2 * r)), f, acc[r]); \
             }                                                                                         \
         }                                                                                             \
+        float o[4];                                                                                   \
+        _mm_storeu_ps(o, off);                                                                        \
         for (size_t r = 0; r < n_rows; r++) {                                                         \
             float v = hsum8_ordered(acc[r]);                                                          \
-            if (HAS_MIN) v += off[r];                                                                 \
+            if (HAS_MIN) v += o[r];                                                                   \
             y[r] = v;                                                                                 \
         }                                                                                             \
     }
