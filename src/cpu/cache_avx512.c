@@ -1317,6 +1317,43 @@ half_i8_3(const uint32_t BITS, const uint32_t HALF, const uint8_t *idx, uint32_t
     return _mm512_shuffle_epi8(tab, _mm512_and_si512(x, _mm512_set1_epi8(0x07)));
 }
 
+/* The centroid bytes as the signed table the half loaders look up (cent_u8 - 128). */
+KVQI_INLINE __m512i rot_tab_i8(const kvqi_rot_layout *L) {
+    return _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)L->cent_u8)),
+                            _mm512_set1_epi8((char)0x80));
+}
+
+/* One token's half of block b for the value kernels: 2-bit codes by half_i8_2s with the
+ * half's shifts sh2, other widths by the suffix's half loader (HALF a constant there). */
+#define DEFINE_HALF_X(SUFFIX, TARGET)                                                        \
+    KVQI_INLINE __attribute__((target(TARGET))) __m512i half_x_##SUFFIX(                     \
+        const uint32_t BITS, uint32_t half, const uint8_t *c, uint32_t b, __m512i sh2, __m512i tab) { \
+        if (BITS == 2) return half_i8_2s(c, b, sh2, tab);                                    \
+        return half ? half_i8_##SUFFIX(BITS, 1, c, b, tab) : half_i8_##SUFFIX(BITS, 0, c, b, tab); \
+    }
+DEFINE_HALF_X(24, "avx512vnni")
+DEFINE_HALF_X(3, "avx512vnni,avx512vbmi")
+
+/* The value kernels' inner step: the four heads' 32-bit weight words at token t (wq[h] +
+ * t) broadcast, and DP(r, c, w) into the 16 accumulators r00..r33 of the coordinates'
+ * vectors c0..c3 (names of the caller's). */
+#define ROT_DOT16(DP)                                                                        \
+    do {                                                                                     \
+        int32_t p0_, p1_, p2_, p3_;                                                          \
+        memcpy(&p0_, wq[0] + t, 4), memcpy(&p1_, wq[1] + t, 4);                              \
+        memcpy(&p2_, wq[2] + t, 4), memcpy(&p3_, wq[3] + t, 4);                              \
+        __m512i w0_ = _mm512_set1_epi32(p0_), w1_ = _mm512_set1_epi32(p1_);                  \
+        __m512i w2_ = _mm512_set1_epi32(p2_), w3_ = _mm512_set1_epi32(p3_);                  \
+        r00 = DP(r00, c0, w0_), r01 = DP(r01, c1, w0_), r02 = DP(r02, c2, w0_), r03 = DP(r03, c3, w0_); \
+        r10 = DP(r10, c0, w1_), r11 = DP(r11, c1, w1_), r12 = DP(r12, c2, w1_), r13 = DP(r13, c3, w1_); \
+        r20 = DP(r20, c0, w2_), r21 = DP(r21, c1, w2_), r22 = DP(r22, c2, w2_), r23 = DP(r23, c3, w2_); \
+        r30 = DP(r30, c0, w3_), r31 = DP(r31, c1, w3_), r32 = DP(r32, c2, w3_), r33 = DP(r33, c3, w3_); \
+    } while (0)
+/* 16-bit words of two tokens against 16-bit weight pairs; unsigned 8-bit weights of four
+ * tokens against their signed centroid bytes */
+#define DP_I16(r, c, w) _mm512_dpwssd_epi32(r, c, w)
+#define DP_U8(r, c, w) _mm512_dpbusd_epi32(r, w, c)
+
 /* The block's row norms, 16 tokens a vector (zero past n): one 4-byte gather at each
  * norm (a code holds at least 4 bytes from its norm on), the low words as fp16. */
 KVQI_INLINE void rot_norms16(const kvqi_rot_layout *L, const uint8_t *v, size_t n, __m512 *nrm) {
@@ -1399,9 +1436,7 @@ KVQI_INLINE void rot_sums_out(float *p, uint32_t dim, uint32_t gh, const float *
         const uint8_t *v, size_t n, float *acc) {                                            \
         uint32_t dim = L->dim;                                                               \
         size_t cs = L->code_size;                                                            \
-        const __m512i tab = _mm512_xor_si512(                                                \
-            _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)L->cent_u8)),            \
-            _mm512_set1_epi8((char)0x80));                                                   \
+        const __m512i tab = rot_tab_i8(L);                                                   \
         const uint8_t *idx0 = v + L->index_offset[0];                                        \
         __m512 nrm[KVQI_MAX_BLOCK_TOKENS / 16];                                              \
         _Alignas(64) int16_t wq[HG][KVQI_MAX_BLOCK_TOKENS + 32];                             \
@@ -1425,43 +1460,14 @@ KVQI_INLINE void rot_sums_out(float *p, uint32_t dim, uint32_t gh, const float *
                     __m512i r30 = r00, r31 = r00, r32 = r00, r33 = r00;                      \
                     for (size_t t = 0; t < n; t += 2) {                                      \
                         const uint8_t *ca = idx0 + t * cs, *cb = t + 1 < n ? ca + cs : ca;    \
-                        __m512i xa, xb;                                                      \
-                        if (BITS == 2) {                                                     \
-                            xa = half_i8_2s(ca, b, sh2, tab);                                \
-                            xb = half_i8_2s(cb, b, sh2, tab);                                \
-                        } else if (half) {                                                   \
-                            xa = half_i8_##SUFFIX(BITS, 1, ca, b, tab);                      \
-                            xb = half_i8_##SUFFIX(BITS, 1, cb, b, tab);                      \
-                        } else {                                                             \
-                            xa = half_i8_##SUFFIX(BITS, 0, ca, b, tab);                      \
-                            xb = half_i8_##SUFFIX(BITS, 0, cb, b, tab);                      \
-                        }                                                                    \
+                        __m512i xa = half_x_##SUFFIX(BITS, half, ca, b, sh2, tab);           \
+                        __m512i xb = half_x_##SUFFIX(BITS, half, cb, b, sh2, tab);           \
                         __m512i lo = _mm512_unpacklo_epi8(xa, xb), hi = _mm512_unpackhi_epi8(xa, xb); \
                         __m512i c0 = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo));       \
                         __m512i c1 = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(lo, 1)); \
                         __m512i c2 = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(hi));       \
                         __m512i c3 = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(hi, 1)); \
-                        int32_t p0, p1, p2, p3;                                              \
-                        memcpy(&p0, wq[0] + t, 4), memcpy(&p1, wq[1] + t, 4);                \
-                        memcpy(&p2, wq[2] + t, 4), memcpy(&p3, wq[3] + t, 4);                \
-                        __m512i w0 = _mm512_set1_epi32(p0), w1 = _mm512_set1_epi32(p1);      \
-                        __m512i w2 = _mm512_set1_epi32(p2), w3 = _mm512_set1_epi32(p3);      \
-                        r00 = _mm512_dpwssd_epi32(r00, c0, w0);                              \
-                        r01 = _mm512_dpwssd_epi32(r01, c1, w0);                              \
-                        r02 = _mm512_dpwssd_epi32(r02, c2, w0);                              \
-                        r03 = _mm512_dpwssd_epi32(r03, c3, w0);                              \
-                        r10 = _mm512_dpwssd_epi32(r10, c0, w1);                              \
-                        r11 = _mm512_dpwssd_epi32(r11, c1, w1);                              \
-                        r12 = _mm512_dpwssd_epi32(r12, c2, w1);                              \
-                        r13 = _mm512_dpwssd_epi32(r13, c3, w1);                              \
-                        r20 = _mm512_dpwssd_epi32(r20, c0, w2);                              \
-                        r21 = _mm512_dpwssd_epi32(r21, c1, w2);                              \
-                        r22 = _mm512_dpwssd_epi32(r22, c2, w2);                              \
-                        r23 = _mm512_dpwssd_epi32(r23, c3, w2);                              \
-                        r30 = _mm512_dpwssd_epi32(r30, c0, w3);                              \
-                        r31 = _mm512_dpwssd_epi32(r31, c1, w3);                              \
-                        r32 = _mm512_dpwssd_epi32(r32, c2, w3);                              \
-                        r33 = _mm512_dpwssd_epi32(r33, c3, w3);                              \
+                        ROT_DOT16(DP_I16);                                                   \
                     }                                                                        \
                     __m512i r[HG][4] = {{r00, r01, r02, r03}, {r10, r11, r12, r13},          \
                                         {r20, r21, r22, r23}, {r30, r31, r32, r33}};         \
@@ -1516,9 +1522,7 @@ KVQI_INLINE void weights4_u8(const float *w, size_t ld, uint32_t gh, const __m51
         const uint8_t *v, size_t n, float *acc) {                                            \
         uint32_t dim = L->dim;                                                               \
         size_t cs = L->code_size;                                                            \
-        const __m512i tab = _mm512_xor_si512(                                                \
-            _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)L->cent_u8)),            \
-            _mm512_set1_epi8((char)0x80));                                                   \
+        const __m512i tab = rot_tab_i8(L);                                                   \
         const uint8_t *idx0 = v + L->index_offset[0];                                        \
         __m512 nrm[KVQI_MAX_BLOCK_TOKENS / 16];                                              \
         _Alignas(64) uint8_t wq[HG][KVQI_MAX_BLOCK_TOKENS + 64];                             \
@@ -1549,46 +1553,15 @@ KVQI_INLINE void weights4_u8(const float *w, size_t ld, uint32_t gh, const __m51
                         const uint8_t *cb = t + 1 < n ? ca + cs : ca;                        \
                         const uint8_t *cc = t + 2 < n ? ca + 2 * cs : cb;                    \
                         const uint8_t *cd = t + 3 < n ? ca + 3 * cs : cc;                    \
-                        __m512i xa, xb, xc, xd;                                              \
-                        if (BITS == 2) {                                                     \
-                            xa = half_i8_2s(ca, b, sh2, tab), xb = half_i8_2s(cb, b, sh2, tab); \
-                            xc = half_i8_2s(cc, b, sh2, tab), xd = half_i8_2s(cd, b, sh2, tab); \
-                        } else if (half) {                                                   \
-                            xa = half_i8_##SUFFIX(BITS, 1, ca, b, tab);                      \
-                            xb = half_i8_##SUFFIX(BITS, 1, cb, b, tab);                      \
-                            xc = half_i8_##SUFFIX(BITS, 1, cc, b, tab);                      \
-                            xd = half_i8_##SUFFIX(BITS, 1, cd, b, tab);                      \
-                        } else {                                                             \
-                            xa = half_i8_##SUFFIX(BITS, 0, ca, b, tab);                      \
-                            xb = half_i8_##SUFFIX(BITS, 0, cb, b, tab);                      \
-                            xc = half_i8_##SUFFIX(BITS, 0, cc, b, tab);                      \
-                            xd = half_i8_##SUFFIX(BITS, 0, cd, b, tab);                      \
-                        }                                                                    \
+                        __m512i xa = half_x_##SUFFIX(BITS, half, ca, b, sh2, tab);           \
+                        __m512i xb = half_x_##SUFFIX(BITS, half, cb, b, sh2, tab);           \
+                        __m512i xc = half_x_##SUFFIX(BITS, half, cc, b, sh2, tab);           \
+                        __m512i xd = half_x_##SUFFIX(BITS, half, cd, b, sh2, tab);           \
                         __m512i ablo = _mm512_unpacklo_epi8(xa, xb), abhi = _mm512_unpackhi_epi8(xa, xb); \
                         __m512i cdlo = _mm512_unpacklo_epi8(xc, xd), cdhi = _mm512_unpackhi_epi8(xc, xd); \
                         __m512i c0 = _mm512_unpacklo_epi16(ablo, cdlo), c1 = _mm512_unpackhi_epi16(ablo, cdlo); \
                         __m512i c2 = _mm512_unpacklo_epi16(abhi, cdhi), c3 = _mm512_unpackhi_epi16(abhi, cdhi); \
-                        int32_t p0, p1, p2, p3;                                              \
-                        memcpy(&p0, wq[0] + t, 4), memcpy(&p1, wq[1] + t, 4);                \
-                        memcpy(&p2, wq[2] + t, 4), memcpy(&p3, wq[3] + t, 4);                \
-                        __m512i w0 = _mm512_set1_epi32(p0), w1 = _mm512_set1_epi32(p1);      \
-                        __m512i w2 = _mm512_set1_epi32(p2), w3 = _mm512_set1_epi32(p3);      \
-                        r00 = _mm512_dpbusd_epi32(r00, w0, c0);                              \
-                        r01 = _mm512_dpbusd_epi32(r01, w0, c1);                              \
-                        r02 = _mm512_dpbusd_epi32(r02, w0, c2);                              \
-                        r03 = _mm512_dpbusd_epi32(r03, w0, c3);                              \
-                        r10 = _mm512_dpbusd_epi32(r10, w1, c0);                              \
-                        r11 = _mm512_dpbusd_epi32(r11, w1, c1);                              \
-                        r12 = _mm512_dpbusd_epi32(r12, w1, c2);                              \
-                        r13 = _mm512_dpbusd_epi32(r13, w1, c3);                              \
-                        r20 = _mm512_dpbusd_epi32(r20, w2, c0);                              \
-                        r21 = _mm512_dpbusd_epi32(r21, w2, c1);                              \
-                        r22 = _mm512_dpbusd_epi32(r22, w2, c2);                              \
-                        r23 = _mm512_dpbusd_epi32(r23, w2, c3);                              \
-                        r30 = _mm512_dpbusd_epi32(r30, w3, c0);                              \
-                        r31 = _mm512_dpbusd_epi32(r31, w3, c1);                              \
-                        r32 = _mm512_dpbusd_epi32(r32, w3, c2);                              \
-                        r33 = _mm512_dpbusd_epi32(r33, w3, c3);                              \
+                        ROT_DOT16(DP_U8);                                                    \
                     }                                                                        \
                     __m512i r[HG][4] = {{r00, r01, r02, r03}, {r10, r11, r12, r13},          \
                                         {r20, r21, r22, r23}, {r30, r31, r32, r33}};         \
