@@ -560,10 +560,9 @@ static cudaError_t launch_all(const kvq_cuda_quantizer *kq, const kvq_cuda_quant
     }
     if (e != cudaSuccess) return e;
     if (c->prefill) {
-        exact_kernel<E><<<rows, 32, 0, s>>>(vq->p_dev, (int)d->q_dtype, q, x->k_new, x->v_new,
-                                            (int)c->q_per_seq, (int)d->n_q_heads, (int)d->n_kv_heads,
-                                            a->group, d->scale, a->partial, a->n_slots, a->n_split);
-        e = cudaGetLastError();
+        e = kvqc_launch_exact(vq->p_dev, 32 * E, (int)d->q_dtype, q, x->k_new, x->v_new, (int)c->q_per_seq,
+                              (int)d->n_q_heads, (int)d->n_kv_heads, a->group, d->scale, a->partial, a->n_slots,
+                              a->n_split, n_rows, s);
         if (e != cudaSuccess) return e;
     }
     combine_kernel<E><<<rows, COMBINE_THREADS, 0, s>>>(vq->p_dev, a->partial, a->n_split, a->n_slots,
