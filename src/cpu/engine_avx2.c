@@ -444,12 +444,7 @@ static inline __attribute__((always_inline)) void tile_avx2(const kvqi_q8_tile *
     for (int t = 0; t < TT; t++) off[t] = _mm_setzero_ps();
     const int8_t *q[2];
     const float *d[2], *s[2];
-    _Pragma("GCC unroll 4")
-    for (int t = 0; t < TT; t++) {
-        q[t] = a->q + (t0 + t) * a->q_stride;
-        d[t] = a->d + (t0 + t) * a->ds_stride;
-        s[t] = a->s + (t0 + t) * a->ds_stride;
-    }
+    kvqi_q8_acts_rows(a, t0, TT, q, d, s);
     for (size_t b = 0; b < nb; b++) {
         __m256i qv[2];
         __m256 dv[2];

@@ -23,7 +23,9 @@ static inline float hsum8_ordered(__m256 v) {
 }
 
 /* vpdpbusd multiplies unsigned by signed bytes: q + 128 (q xor 0x80) against w gives
- * sum(q w) + 128 sum(w), and the accumulator starts at -128 sum(w), once per row block. */
+ * sum(q w) + 128 sum(w), and the accumulator starts at -128 sum(w), once per row block.
+ * TT tokens in 256-bit vectors; gemm_q8 runs it for a last odd token (tile_vnni512 takes
+ * pairs), and it is the layout tile_vnni512 repeats lane for lane. */
 static inline __attribute__((always_inline)) void tile_vnni(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t t0,
                                                              const int TT, const __m256i *corr_rb, float *y,
                                                              size_t y_stride) {
@@ -39,12 +41,7 @@ static inline __attribute__((always_inline)) void tile_vnni(const kvqi_q8_tile *
     for (int t = 0; t < TT; t++) off[t] = _mm_setzero_ps();
     const int8_t *q[4];
     const float *d[4], *s[4];
-    _Pragma("GCC unroll 4")
-    for (int t = 0; t < TT; t++) {
-        q[t] = a->q + (t0 + t) * a->q_stride;
-        d[t] = a->d + (t0 + t) * a->ds_stride;
-        s[t] = a->s + (t0 + t) * a->ds_stride;
-    }
+    kvqi_q8_acts_rows(a, t0, TT, q, d, s);
     for (size_t b = 0; b < nb; b++) {
         __m256i qv[4];
         __m256 dv[4];
@@ -103,12 +100,7 @@ static inline __attribute__((always_inline)) void tile_vnni512(const kvqi_q8_til
     for (int t = 0; t < 2 * NP; t++) off[t] = _mm_setzero_ps();
     const int8_t *q[4];
     const float *d[4], *s[4];
-    _Pragma("GCC unroll 4")
-    for (int t = 0; t < 2 * NP; t++) {
-        q[t] = a->q + (t0 + t) * a->q_stride;
-        d[t] = a->d + (t0 + t) * a->ds_stride;
-        s[t] = a->s + (t0 + t) * a->ds_stride;
-    }
+    kvqi_q8_acts_rows(a, t0, 2 * NP, q, d, s);
     for (size_t b = 0; b < nb; b++) {
         __m512i qv[2];
         __m512 dv[2];
@@ -170,13 +162,8 @@ static void gemm_q8_avx512(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t
             }
         cp = corr;
     }
-#ifndef KVQ_GEMM_256 /* -DKVQ_GEMM_256: the 256-bit tiles for every token count (A/B builds) */
     for (; t + 4 <= n_tok; t += 4) tile_vnni512(tl, a, t, 2, cp, y, y_stride);
     for (; t + 2 <= n_tok; t += 2) tile_vnni512(tl, a, t, 1, cp, y, y_stride);
-#else
-    for (; t + 4 <= n_tok; t += 4) tile_vnni(tl, a, t, 4, cp, y, y_stride);
-    for (; t + 2 <= n_tok; t += 2) tile_vnni(tl, a, t, 2, cp, y, y_stride);
-#endif
     for (; t < n_tok; t++) tile_vnni(tl, a, t, 1, cp, y, y_stride);
 }
 

@@ -184,6 +184,18 @@ typedef struct kvqi_q8_acts {
     size_t q_stride, ds_stride;
 } kvqi_q8_acts;
 
+/* Tokens t0 .. t0 + nt - 1 of a: their codes, block scales and sums (the tile kernels'). */
+static inline __attribute__((always_inline)) void kvqi_q8_acts_rows(const kvqi_q8_acts *a, size_t t0, int nt,
+                                                                     const int8_t **q, const float **d,
+                                                                     const float **s) {
+    _Pragma("GCC unroll 4")
+    for (int t = 0; t < nt; t++) {
+        q[t] = a->q + (t0 + t) * a->q_stride;
+        d[t] = a->d + (t0 + t) * a->ds_stride;
+        s[t] = a->s + (t0 + t) * a->ds_stride;
+    }
+}
+
 /* n_rows (1..4) unpacked rows of length n (a multiple of 32): row r's numbers at
  * w + r * n, its lane scales at wl + r * (n / 4), its block offsets at wo[4 * b + r]
  * (wo NULL: none). For row r and token t, with lane j of block b covering numbers
