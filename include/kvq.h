@@ -1009,6 +1009,39 @@ KVQ_API kvq_status kvq_cuda_chan_prefill(const kvq_cuda_chan *kc, const kvq_cuda
                                          const void *cache_dev, const int32_t *seq_lens_dev, void *workspace_dev,
                                          size_t workspace_bytes, float *out_dev, void *stream);
 
+/* Paged presets: the coded chunks in pages of one chunk (kvq_cuda_pages with page_size =
+ * chunk_tokens; chunk c of sequence b in page page_table_dev[b * max_pages + c]). Page p
+ * holds, for every kv head h, the chunk's key block at
+ *   k_pages_dev + (p * n_kv_heads + h) * key_block
+ * and its value codes at
+ *   v_pages_dev + ((p * n_kv_heads + h) * chunk_tokens + slot) * value_code
+ * (kvq_cuda_append's paged layout). Each sequence's head state and exact rows stay in
+ * cache_dev, laid out by kvq_cuda_chan_layout_paged (its keys and values regions are
+ * empty); a sequence holds max_pages * chunk_tokens tokens, which desc->capacity must
+ * state for the attend and prefill calls (and their workspace functions, which take the
+ * same desc). Page ids are not checked on the device. observe_queries reads only the head
+ * state: call it with capacity = max_pages * chunk_tokens and the paged cache_dev. The
+ * codes written and the attention computed are those of the contiguous calls. */
+KVQ_API kvq_status kvq_cuda_chan_layout_paged(const kvq_cuda_chan *kc, uint32_t batch, kvq_cuda_chan_layout *out);
+KVQ_API kvq_status kvq_cuda_chan_append_paged(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
+                                              const void *v_dev, uint32_t batch, const kvq_cuda_pages *pages,
+                                              const int32_t *positions_dev, void *cache_dev, void *workspace_dev,
+                                              size_t workspace_bytes, void *stream);
+KVQ_API kvq_status kvq_cuda_chan_append_n_paged(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
+                                                const void *v_dev, const uint64_t *strides, uint32_t batch,
+                                                uint32_t n, const kvq_cuda_pages *pages,
+                                                const int32_t *positions_dev, void *cache_dev, void *workspace_dev,
+                                                size_t workspace_bytes, void *stream);
+KVQ_API kvq_status kvq_cuda_chan_attend_paged(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc,
+                                              const kvq_cuda_pages *pages, const void *q_dev, const void *cache_dev,
+                                              const int32_t *seq_lens_dev, void *workspace_dev,
+                                              size_t workspace_bytes, float *out_dev, void *stream);
+KVQ_API kvq_status kvq_cuda_chan_prefill_paged(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc,
+                                               const kvq_cuda_pages *pages, uint32_t n_new, const void *q_dev,
+                                               const void *k_new_dev, const void *v_new_dev, const void *cache_dev,
+                                               const int32_t *seq_lens_dev, void *workspace_dev,
+                                               size_t workspace_bytes, float *out_dev, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1519,6 +1519,220 @@ static void body_cuda_chan_splits_cover_every_chunk(kvqt_ctx *kvqt_) {
     chan_split_case(kvqt_, "q2", 64, 48, 3, n2);
 }
 
+/* The paged calls against the contiguous ones on the same tokens: a prompt piece through
+ * append_n, then one token at a time, sequences of three lengths, pages given in a
+ * shuffled order from a pool with spare pages. The head states, exact rows, key blocks
+ * and value codes must be the same bytes, and attention and prefill the same bits (one
+ * kernel, the same plan: only the addresses differ). */
+static void chan_paged_case(kvqt_ctx *kvqt_, const char *preset, uint32_t d, uint32_t n_kv, uint32_t group,
+                            kvq_cuda_dtype dt) {
+    kvq_cache_config cfg;
+    REQUIRE_OK(kvq_cache_config_parse_layer(preset, n_kv, d, 0, 0, &cfg, NULL, 0));
+    kvq_cuda_chan *kc = NULL;
+    REQUIRE_OK(kvq_cuda_chan_create(&cfg, &kc));
+    kvq_cuda_chan_layout Lc, Lp;
+    const uint32_t C = cfg.chunk_tokens, W = cfg.window, batch = 3;
+    const uint32_t n_tok[3] = {3 * C + W + 17, C + W + 5, 2 * C + W + 1}, n0 = C + W + 3;
+    const uint32_t max_pages = (3 * C + W + 17 + C - 1) / C, capacity = max_pages * C;
+    REQUIRE_OK(kvq_cuda_chan_layout_of(kc, batch, capacity, &Lc));
+    REQUIRE_OK(kvq_cuda_chan_layout_paged(kc, batch, &Lp));
+    CHECK(Lp.values == Lp.keys && Lp.exact_k == Lp.values && Lp.bytes < Lc.bytes);
+    const size_t n_pages = (size_t)batch * max_pages + 3, kpage = (size_t)n_kv * Lc.key_block,
+                 vpage = (size_t)n_kv * C * Lc.value_code;
+    int32_t *table = malloc((size_t)batch * max_pages * 4);
+    uint32_t *perm = malloc(n_pages * 4);
+    REQUIRE(table && perm);
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 4242 + d);
+    for (uint32_t i = 0; i < n_pages; i++) perm[i] = i;
+    for (uint32_t i = (uint32_t)n_pages - 1; i > 0; i--) { /* Fisher-Yates */
+        uint32_t j = (uint32_t)(kvqi_rng_next(&r) % (i + 1)), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (size_t i = 0; i < (size_t)batch * max_pages; i++) table[i] = (int32_t)perm[i];
+    uint8_t *cc = NULL, *cp = NULL, *kpool = NULL, *vpool = NULL;
+    int32_t *dtable = NULL, *dpos = NULL;
+    CU(cudaMalloc((void **)&cc, Lc.bytes));
+    CU(cudaMalloc((void **)&cp, Lp.bytes));
+    CU(cudaMalloc((void **)&kpool, n_pages * kpage));
+    CU(cudaMalloc((void **)&vpool, n_pages * vpage));
+    CU(cudaMemset(cc, 0, Lc.bytes));
+    CU(cudaMemset(cp, 0, Lp.bytes));
+    CU(cudaMemset(kpool, 0, n_pages * kpage));
+    CU(cudaMemset(vpool, 0, n_pages * vpage));
+    CU(cudaMalloc((void **)&dtable, (size_t)batch * max_pages * 4));
+    CU(cudaMemcpy(dtable, table, (size_t)batch * max_pages * 4, cudaMemcpyHostToDevice));
+    CU(cudaMalloc((void **)&dpos, batch * 4));
+    kvq_cuda_pages pg = {kpool, vpool, dtable, C, max_pages};
+    const size_t row = (size_t)n_kv * d, esz = dt == KVQ_CUDA_F32 ? 4 : 2;
+    size_t ws1 = 0, wsn = 0;
+    REQUIRE_OK(kvq_cuda_chan_append_workspace(kc, batch, &ws1));
+    REQUIRE_OK(kvq_cuda_chan_append_n_workspace(kc, batch, n0, &wsn));
+    void *dws = NULL, *dk = NULL, *dv = NULL;
+    CU(cudaMalloc(&dws, ws1 > wsn ? ws1 : wsn));
+    CU(cudaMalloc(&dk, batch * row * n0 * esz));
+    CU(cudaMalloc(&dv, batch * row * n0 * esz));
+    float *k = malloc(batch * row * n0 * sizeof(float)), *v = malloc(batch * row * n0 * sizeof(float));
+    void *kin = malloc(batch * row * n0 * 4), *vin = malloc(batch * row * n0 * 4);
+    int32_t pos[3];
+    REQUIRE(k && v && kin && vin);
+    /* the prompt piece: [batch][n_kv][n0][d] */
+    float *kt = malloc(row * sizeof(float)), *vt = malloc(row * sizeof(float));
+    REQUIRE(kt && vt);
+    for (uint32_t b = 0; b < batch; b++)
+        for (uint32_t t = 0; t < n0; t++) {
+            chan_token(300 + b, t, n_kv, d, kt, vt);
+            for (uint32_t h = 0; h < n_kv; h++) {
+                memcpy(k + (((size_t)b * n_kv + h) * n0 + t) * d, kt + (size_t)h * d, d * sizeof(float));
+                memcpy(v + (((size_t)b * n_kv + h) * n0 + t) * d, vt + (size_t)h * d, d * sizeof(float));
+            }
+        }
+    round_to(k, batch * row * n0, dt, kin);
+    round_to(v, batch * row * n0, dt, vin);
+    CU(cudaMemcpy(dk, kin, batch * row * n0 * esz, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(dv, vin, batch * row * n0 * esz, cudaMemcpyHostToDevice));
+    for (uint32_t b = 0; b < batch; b++) pos[b] = 0;
+    CU(cudaMemcpy(dpos, pos, batch * 4, cudaMemcpyHostToDevice));
+    REQUIRE_OK(kvq_cuda_chan_append_n(kc, dt, dk, dv, NULL, batch, n0, capacity, dpos, cc, dws, wsn, NULL));
+    REQUIRE_OK(kvq_cuda_chan_append_n_paged(kc, dt, dk, dv, NULL, batch, n0, &pg, dpos, cp, dws, wsn, NULL));
+    for (uint32_t t = n0; t < n_tok[0]; t++) {
+        for (uint32_t b = 0; b < batch; b++) {
+            pos[b] = t < n_tok[b] ? (int32_t)t : -1;
+            chan_token(300 + b, t, n_kv, d, k + b * row, v + b * row);
+        }
+        round_to(k, batch * row, dt, kin);
+        round_to(v, batch * row, dt, vin);
+        CU(cudaMemcpy(dk, kin, batch * row * esz, cudaMemcpyHostToDevice));
+        CU(cudaMemcpy(dv, vin, batch * row * esz, cudaMemcpyHostToDevice));
+        CU(cudaMemcpy(dpos, pos, batch * 4, cudaMemcpyHostToDevice));
+        REQUIRE_OK(kvq_cuda_chan_append(kc, dt, dk, dv, batch, capacity, dpos, cc, dws, ws1, NULL));
+        REQUIRE_OK(kvq_cuda_chan_append_paged(kc, dt, dk, dv, batch, &pg, dpos, cp, dws, ws1, NULL));
+    }
+    CU(cudaDeviceSynchronize());
+    /* the bytes: head states and exact rows region by region, key blocks and value codes
+     * chunk by chunk through the table */
+    uint8_t *hc = malloc(Lc.bytes), *hp = malloc(Lp.bytes), *hk = malloc(n_pages * kpage), *hv = malloc(n_pages * vpage);
+    REQUIRE(hc && hp && hk && hv);
+    CU(cudaMemcpy(hc, cc, Lc.bytes, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(hp, cp, Lp.bytes, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(hk, kpool, n_pages * kpage, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(hv, vpool, n_pages * vpage, cudaMemcpyDeviceToHost));
+    const size_t rows = (size_t)batch * n_kv, ex = rows * Lc.exact_rows * d * 2;
+    CHECKF(memcmp(hc + Lc.heads, hp + Lp.heads, rows * Lc.head_bytes) == 0, "%s d=%u: paged head states differ",
+           preset, d);
+    CHECKF(memcmp(hc + Lc.exact_k, hp + Lp.exact_k, ex) == 0 && memcmp(hc + Lc.exact_v, hp + Lp.exact_v, ex) == 0,
+           "%s d=%u: paged exact rows differ", preset, d);
+    size_t bad_k = 0, bad_v = 0, n_blocks = 0;
+    for (uint32_t b = 0; b < batch; b++)
+        for (uint32_t h = 0; h < n_kv; h++) {
+            const size_t rr = (size_t)b * n_kv + h;
+            for (uint32_t ci = 0; ci < n_coded_of(n_tok[b], W, C) / C; ci++, n_blocks++)
+                bad_k += memcmp(hc + Lc.keys + (rr * max_pages + ci) * Lc.key_block,
+                                hk + ((size_t)table[b * max_pages + ci] * n_kv + h) * Lc.key_block, Lc.key_block) != 0;
+            for (uint32_t t = 0; t < n_tok[b]; t++)
+                bad_v += memcmp(hc + Lc.values + (rr * capacity + t) * Lc.value_code,
+                                hv + (((size_t)table[b * max_pages + t / C] * n_kv + h) * C + t % C) * Lc.value_code,
+                                Lc.value_code) != 0;
+        }
+    CHECKF(n_blocks > 0 && bad_k == 0 && bad_v == 0, "%s d=%u: %zu of %zu key blocks, %zu value codes differ",
+           preset, d, bad_k, n_blocks, bad_v);
+    /* attention and a 3-token prefill, both ways */
+    const uint32_t nq = n_kv * group, n_new = 3;
+    kvq_cuda_attn_desc desc = {batch, nq, n_kv, d, capacity, n_tok[0], 1.0f / sqrtf((float)d), KVQ_CUDA_F32, 0};
+    size_t wa = 0, wp = 0;
+    REQUIRE_OK(kvq_cuda_chan_attend_workspace(kc, &desc, &wa));
+    REQUIRE_OK(kvq_cuda_chan_prefill_workspace(kc, &desc, n_new, &wp));
+    const size_t qn = (size_t)batch * n_new * nq * d, kn = (size_t)batch * n_new * row;
+    float *q = malloc(qn * 4), *kn_h = malloc(kn * 4), *o1 = malloc(qn * 4), *o2 = malloc(qn * 4);
+    REQUIRE(q && kn_h && o1 && o2);
+    for (size_t i = 0; i < qn; i++) q[i] = (float)kvqi_rng_normal(&r) * 0.6f;
+    for (size_t i = 0; i < kn; i++) kn_h[i] = (float)kvqi_rng_normal(&r);
+    void *dq = NULL, *dkn = NULL, *dwa = NULL, *dout = NULL;
+    int32_t *dlen = NULL;
+    CU(cudaMalloc(&dq, qn * 4));
+    CU(cudaMalloc(&dkn, kn * 4));
+    CU(cudaMalloc(&dwa, wa > wp ? wa : wp));
+    CU(cudaMalloc(&dout, qn * 4));
+    CU(cudaMalloc((void **)&dlen, batch * 4));
+    CU(cudaMemcpy(dq, q, qn * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(dkn, kn_h, kn * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(dlen, n_tok, batch * 4, cudaMemcpyHostToDevice));
+    for (int pf = 0; pf < 2; pf++) {
+        const size_t on = pf ? qn : (size_t)batch * nq * d;
+        if (pf)
+            REQUIRE_OK(kvq_cuda_chan_prefill(kc, &desc, n_new, dq, dkn, dkn, cc, dlen, dwa, wp, (float *)dout, NULL));
+        else
+            REQUIRE_OK(kvq_cuda_chan_attend(kc, &desc, dq, cc, dlen, dwa, wa, (float *)dout, NULL));
+        CU(cudaMemcpy(o1, dout, on * 4, cudaMemcpyDeviceToHost));
+        CU(cudaMemset(dout, 0, on * 4));
+        if (pf)
+            REQUIRE_OK(kvq_cuda_chan_prefill_paged(kc, &desc, &pg, n_new, dq, dkn, dkn, cp, dlen, dwa, wp,
+                                                   (float *)dout, NULL));
+        else
+            REQUIRE_OK(kvq_cuda_chan_attend_paged(kc, &desc, &pg, dq, cp, dlen, dwa, wa, (float *)dout, NULL));
+        CU(cudaMemcpy(o2, dout, on * 4, cudaMemcpyDeviceToHost));
+        double mag = 0.0;
+        for (size_t i = 0; i < on; i++) mag += fabs(o1[i]);
+        CHECKF(mag > 0.0 && memcmp(o1, o2, on * 4) == 0, "%s d=%u: paged %s differs from contiguous", preset, d,
+               pf ? "prefill" : "attention");
+    }
+    /* bad arguments: a page size other than the chunk, no table, a capacity that is not
+     * max_pages chunks, no pages */
+    kvq_cuda_pages bad = pg;
+    bad.page_size = C / 2;
+    CHECK_STATUS(kvq_cuda_chan_attend_paged(kc, &desc, &bad, dq, cp, dlen, dwa, wa, (float *)dout, NULL),
+                 KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cuda_chan_append_paged(kc, dt, dk, dv, batch, &bad, dpos, cp, dws, ws1, NULL), KVQ_ERR_INVALID_ARG);
+    bad = pg;
+    bad.page_table_dev = NULL;
+    CHECK_STATUS(kvq_cuda_chan_append_n_paged(kc, dt, dk, dv, NULL, batch, 1, &bad, dpos, cp, dws, wsn, NULL),
+                 KVQ_ERR_INVALID_ARG);
+    kvq_cuda_attn_desc d2 = desc;
+    d2.capacity = capacity + C;
+    CHECK_STATUS(kvq_cuda_chan_attend_paged(kc, &d2, &pg, dq, cp, dlen, dwa, wa, (float *)dout, NULL),
+                 KVQ_ERR_INVALID_ARG);
+    CHECK_STATUS(kvq_cuda_chan_prefill_paged(kc, &desc, NULL, n_new, dq, dkn, dkn, cp, dlen, dwa, wp, (float *)dout,
+                                             NULL),
+                 KVQ_ERR_INVALID_ARG);
+    free(q);
+    free(kn_h);
+    free(o1);
+    free(o2);
+    free(hc);
+    free(hp);
+    free(hk);
+    free(hv);
+    free(k);
+    free(v);
+    free(kin);
+    free(vin);
+    free(kt);
+    free(vt);
+    free(table);
+    free(perm);
+    cudaFree(dq);
+    cudaFree(dkn);
+    cudaFree(dwa);
+    cudaFree(dout);
+    cudaFree(dlen);
+    cudaFree(dws);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(cc);
+    cudaFree(cp);
+    cudaFree(kpool);
+    cudaFree(vpool);
+    cudaFree(dtable);
+    cudaFree(dpos);
+    kvq_cuda_chan_free(kc);
+}
+
+static void body_cuda_chan_paged_matches_contiguous(kvqt_ctx *kvqt_) {
+    chan_paged_case(kvqt_, "q3", 128, 2, 4, KVQ_CUDA_F16);
+    chan_paged_case(kvqt_, "q4", 64, 3, 2, KVQ_CUDA_F32);
+}
+
 #endif
 
 TEST(cuda_chan_matches_cpu) {
@@ -1532,6 +1746,13 @@ TEST(cuda_chan_splits_cover_every_chunk) {
     if (!have_gpu()) SKIP("no CUDA device");
 #ifdef KVQ_HAVE_CUDA
     body_cuda_chan_splits_cover_every_chunk(kvqt_);
+#endif
+}
+
+TEST(cuda_chan_paged_matches_contiguous) {
+    if (!have_gpu()) SKIP("no CUDA device");
+#ifdef KVQ_HAVE_CUDA
+    body_cuda_chan_paged_matches_contiguous(kvqt_);
 #endif
 }
 

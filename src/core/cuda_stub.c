@@ -204,6 +204,90 @@ KVQ_API kvq_status kvq_cuda_chan_prefill(const kvq_cuda_chan *kc, const kvq_cuda
     return KVQ_ERR_NO_DEVICE;
 }
 
+KVQ_API kvq_status kvq_cuda_chan_layout_paged(const kvq_cuda_chan *kc, uint32_t batch, kvq_cuda_chan_layout *out) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(batch);
+    KVQI_UNUSED(out);
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API kvq_status kvq_cuda_chan_append_paged(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
+                                              const void *v_dev, uint32_t batch, const kvq_cuda_pages *pages,
+                                              const int32_t *positions_dev, void *cache_dev, void *workspace_dev,
+                                              size_t workspace_bytes, void *stream) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(dtype);
+    KVQI_UNUSED(k_dev);
+    KVQI_UNUSED(v_dev);
+    KVQI_UNUSED(batch);
+    KVQI_UNUSED(pages);
+    KVQI_UNUSED(positions_dev);
+    KVQI_UNUSED(cache_dev);
+    KVQI_UNUSED(workspace_dev);
+    KVQI_UNUSED(workspace_bytes);
+    KVQI_UNUSED(stream);
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API kvq_status kvq_cuda_chan_append_n_paged(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
+                                                const void *v_dev, const uint64_t *strides, uint32_t batch,
+                                                uint32_t n, const kvq_cuda_pages *pages,
+                                                const int32_t *positions_dev, void *cache_dev, void *workspace_dev,
+                                                size_t workspace_bytes, void *stream) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(dtype);
+    KVQI_UNUSED(k_dev);
+    KVQI_UNUSED(v_dev);
+    KVQI_UNUSED(strides);
+    KVQI_UNUSED(batch);
+    KVQI_UNUSED(n);
+    KVQI_UNUSED(pages);
+    KVQI_UNUSED(positions_dev);
+    KVQI_UNUSED(cache_dev);
+    KVQI_UNUSED(workspace_dev);
+    KVQI_UNUSED(workspace_bytes);
+    KVQI_UNUSED(stream);
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API kvq_status kvq_cuda_chan_attend_paged(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc,
+                                              const kvq_cuda_pages *pages, const void *q_dev, const void *cache_dev,
+                                              const int32_t *seq_lens_dev, void *workspace_dev,
+                                              size_t workspace_bytes, float *out_dev, void *stream) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(desc);
+    KVQI_UNUSED(pages);
+    KVQI_UNUSED(q_dev);
+    KVQI_UNUSED(cache_dev);
+    KVQI_UNUSED(seq_lens_dev);
+    KVQI_UNUSED(workspace_dev);
+    KVQI_UNUSED(workspace_bytes);
+    KVQI_UNUSED(out_dev);
+    KVQI_UNUSED(stream);
+    return KVQ_ERR_NO_DEVICE;
+}
+
+KVQ_API kvq_status kvq_cuda_chan_prefill_paged(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *desc,
+                                               const kvq_cuda_pages *pages, uint32_t n_new, const void *q_dev,
+                                               const void *k_new_dev, const void *v_new_dev, const void *cache_dev,
+                                               const int32_t *seq_lens_dev, void *workspace_dev,
+                                               size_t workspace_bytes, float *out_dev, void *stream) {
+    KVQI_UNUSED(kc);
+    KVQI_UNUSED(desc);
+    KVQI_UNUSED(pages);
+    KVQI_UNUSED(n_new);
+    KVQI_UNUSED(q_dev);
+    KVQI_UNUSED(k_new_dev);
+    KVQI_UNUSED(v_new_dev);
+    KVQI_UNUSED(cache_dev);
+    KVQI_UNUSED(seq_lens_dev);
+    KVQI_UNUSED(workspace_dev);
+    KVQI_UNUSED(workspace_bytes);
+    KVQI_UNUSED(out_dev);
+    KVQI_UNUSED(stream);
+    return KVQ_ERR_NO_DEVICE;
+}
+
 #else
 
 /* ISO C wants at least one declaration in a translation unit. */

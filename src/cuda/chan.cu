@@ -97,7 +97,34 @@ typedef struct chan_geom {
     uint8_t *cache;
     uint64_t heads, keys, values, exact_k, exact_v;
     int D, C, W, n_sink, R, exact_rows, head_bytes, key_block, vcs, capacity, bits, n_kv;
+    /* paged (ptab != NULL): chunk ci of sequence b in page ptab[b * max_pages + ci]; its
+     * key block at kpool + (page * n_kv + h) * key_block, its values at vpool + ((page *
+     * n_kv + h) * C + slot) * vcs (kvq_cuda_pages with page_size = C) */
+    const int32_t *ptab;
+    uint8_t *kpool, *vpool;
+    int max_pages;
 } chan_geom;
+
+/* Chunk ci's key block of (sequence, kv head) row. */
+__device__ __forceinline__ uint8_t *chan_key_block(const chan_geom &g, int row, int ci) {
+    if (g.ptab) {
+        const int b = row / g.n_kv, h = row % g.n_kv;
+        const size_t page = (size_t)g.ptab[(size_t)b * g.max_pages + ci];
+        return g.kpool + (page * g.n_kv + h) * g.key_block;
+    }
+    return g.cache + g.keys + ((size_t)row * (g.capacity / g.C) + ci) * g.key_block;
+}
+
+/* Token t's value code of row (the rows of a 32-token group are consecutive: a chunk is a
+ * multiple of 64 tokens and sits in one page). */
+__device__ __forceinline__ uint8_t *chan_value_row(const chan_geom &g, int row, long long t) {
+    if (g.ptab) {
+        const int b = row / g.n_kv, h = row % g.n_kv;
+        const size_t page = (size_t)g.ptab[(size_t)b * g.max_pages + (int)(t / g.C)];
+        return g.vpool + ((page * g.n_kv + h) * g.C + (size_t)(t % g.C)) * g.vcs;
+    }
+    return g.cache + g.values + ((size_t)row * g.capacity + (size_t)t) * g.vcs;
+}
 
 /* ------------------------------------------------------------- append: ring */
 
@@ -327,7 +354,7 @@ __device__ void code_chunk(const chan_geom &g, int row, int ci, const key_src &s
         lo_h = lh;
         step_h = sh;
     }
-    uint8_t *blk = g.cache + g.keys + ((size_t)row * (g.capacity / C) + ci) * g.key_block;
+    uint8_t *blk = chan_key_block(g, row, ci);
     ((uint16_t *)blk)[j] = lo_h;
     ((uint16_t *)blk)[D + j] = step_h;
     uint32_t *words = (uint32_t *)(blk + 4 * (size_t)D);
@@ -423,7 +450,7 @@ __global__ void __launch_bounds__(128) chan_scatter_n_kernel(chan_geom g, const 
     const int pos0 = positions[b];
     const long long pos = (long long)pos0 + t;
     if (pos0 < 0 || pos >= g.capacity) return;
-    uint8_t *dst = g.cache + g.values + ((size_t)row * g.capacity + (size_t)pos) * g.vcs;
+    uint8_t *dst = chan_value_row(g, row, pos);
     const uint8_t *src = codes + (size_t)r * g.vcs;
     for (int i = lane; i < g.vcs; i += 32) dst[i] = src[i];
 }
@@ -646,16 +673,13 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     const int n_groups = split < a.n_split ? max(t_end - t_begin, 0) / 32 : 0;
     const int g_begin = (int)((long long)n_groups * warp / CHAN_WARPS);
     const int g_end = (int)((long long)n_groups * (warp + 1) / CHAN_WARPS);
-    const int cpb = g.capacity / C;
     uint32_t *my = s_warp + warp * WW;
-    const uint8_t *kbase = g.cache + g.keys + (size_t)row * cpb * g.key_block;
-    const uint8_t *vbase = g.cache + g.values + (size_t)row * g.capacity * vcs;
     auto issue = [&](int gi, int st) {
         if (gi < g_end) {
             const int t0 = t_begin + 32 * gi, ci = t0 / C, grp = (t0 % C) / 32;
-            const uint8_t *blk = kbase + (size_t)ci * g.key_block;
+            const uint8_t *blk = chan_key_block(g, row, ci);
             const uint8_t *wsrc = blk + 4 * (size_t)D + (size_t)grp * P * 4;
-            const uint8_t *vsrc = vbase + (size_t)t0 * vcs;
+            const uint8_t *vsrc = chan_value_row(g, row, t0);
             uint8_t *dst = (uint8_t *)(my + st * SW);
             for (int c = lane; c < D / 4; c += 32) cp_async16(dst + 16 * c, blk + 16 * c);
             for (int c = lane; c < P / 4; c += 32) cp_async16(dst + 4 * D + 16 * c, wsrc + 16 * c);
@@ -1372,19 +1396,20 @@ extern "C" KVQ_API void kvq_cuda_chan_free(kvq_cuda_chan *kc) {
     free(kc);
 }
 
-extern "C" KVQ_API kvq_status kvq_cuda_chan_layout_of(const kvq_cuda_chan *kc, uint32_t batch, uint32_t capacity,
-                                                      kvq_cuda_chan_layout *o) {
+/* paged: the coded chunks live in pages, so the keys and values regions are empty */
+static kvq_status layout_impl(const kvq_cuda_chan *kc, uint32_t batch, uint32_t capacity, bool paged,
+                              kvq_cuda_chan_layout *o) {
     if (!kc || !o || batch == 0 || capacity == 0 || capacity % kc->C != 0) return KVQ_ERR_INVALID_ARG;
     if (capacity > (uint32_t)INT32_MAX) return KVQ_ERR_UNSUPPORTED;
     memset(o, 0, sizeof *o);
-    const uint64_t rows = (uint64_t)batch * kc->cfg.n_kv_heads;
+    const uint64_t rows = (uint64_t)batch * kc->cfg.n_kv_heads, held = paged ? 0 : capacity;
     uint64_t at = 0;
     o->heads = at;
     at = round16(at + rows * kc->head_bytes);
     o->keys = at;
-    at = round16(at + rows * (capacity / kc->C) * (uint64_t)kc->key_block);
+    at = round16(at + rows * (held / kc->C) * (uint64_t)kc->key_block);
     o->values = at;
-    at = round16(at + rows * capacity * (uint64_t)kc->vcs);
+    at = round16(at + rows * held * (uint64_t)kc->vcs);
     o->exact_k = at;
     at = round16(at + rows * kc->exact_rows * (uint64_t)kc->D * 2);
     o->exact_v = at;
@@ -1401,8 +1426,40 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_layout_of(const kvq_cuda_chan *kc, u
     return KVQ_OK;
 }
 
-static chan_geom geom_of(const kvq_cuda_chan *kc, const kvq_cuda_chan_layout *L, void *cache, uint32_t capacity) {
+extern "C" KVQ_API kvq_status kvq_cuda_chan_layout_of(const kvq_cuda_chan *kc, uint32_t batch, uint32_t capacity,
+                                                      kvq_cuda_chan_layout *o) {
+    return layout_impl(kc, batch, capacity, false, o);
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_layout_paged(const kvq_cuda_chan *kc, uint32_t batch,
+                                                         kvq_cuda_chan_layout *o) {
+    return layout_impl(kc, batch, kc ? kc->C : 1, true, o);
+}
+
+/* A call's shape: the per-sequence buffer's layout and the tokens a sequence can hold
+ * (contiguous: capacity; paged: max_pages whole chunks). */
+static kvq_status chan_shape(const kvq_cuda_chan *kc, uint32_t batch, uint32_t capacity, const kvq_cuda_pages *pg,
+                             kvq_cuda_chan_layout *L, uint32_t *cap) {
+    if (!pg) {
+        *cap = capacity;
+        return layout_impl(kc, batch, capacity, false, L);
+    }
+    if (!kc || !pg->k_pages_dev || !pg->v_pages_dev || !pg->page_table_dev || pg->max_pages == 0)
+        return KVQ_ERR_INVALID_ARG;
+    if (pg->page_size != kc->C) return KVQ_ERR_INVALID_ARG;
+    if (((uintptr_t)pg->k_pages_dev & 15u) || ((uintptr_t)pg->v_pages_dev & 15u)) return KVQ_ERR_INVALID_ARG;
+    if ((uint64_t)pg->max_pages * kc->C > (uint64_t)INT32_MAX) return KVQ_ERR_UNSUPPORTED;
+    *cap = pg->max_pages * kc->C;
+    return layout_impl(kc, batch, kc->C, true, L);
+}
+
+static chan_geom geom_of(const kvq_cuda_chan *kc, const kvq_cuda_chan_layout *L, void *cache, uint32_t capacity,
+                         const kvq_cuda_pages *pg = NULL) {
     chan_geom g;
+    g.ptab = pg ? pg->page_table_dev : NULL;
+    g.kpool = pg ? (uint8_t *)pg->k_pages_dev : NULL;
+    g.vpool = pg ? (uint8_t *)pg->v_pages_dev : NULL;
+    g.max_pages = pg ? (int)pg->max_pages : 1;
     g.cache = (uint8_t *)cache;
     g.heads = L->heads;
     g.keys = L->keys;
@@ -1439,32 +1496,58 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_append_workspace(const kvq_cuda_chan
     return KVQ_OK;
 }
 
-extern "C" KVQ_API kvq_status kvq_cuda_chan_append(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
-                                                   const void *v_dev, uint32_t batch, uint32_t capacity,
-                                                   const int32_t *positions_dev, void *cache_dev,
-                                                   void *workspace_dev, size_t workspace_bytes, void *stream) {
+static kvq_status chan_append_impl(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
+                                   const void *v_dev, uint32_t batch, uint32_t capacity_in, const kvq_cuda_pages *pg,
+                                   const int32_t *positions_dev, void *cache_dev, void *workspace_dev,
+                                   size_t workspace_bytes, void *stream) {
     if (!kc || !k_dev || !v_dev || !positions_dev || !cache_dev || !workspace_dev) return KVQ_ERR_INVALID_ARG;
     if (dtype != KVQ_CUDA_F32 && dtype != KVQ_CUDA_F16 && dtype != KVQ_CUDA_BF16) return KVQ_ERR_INVALID_ARG;
     kvq_cuda_chan_layout L;
-    kvq_status st = kvq_cuda_chan_layout_of(kc, batch, capacity, &L);
+    uint32_t capacity = 0;
+    kvq_status st = chan_shape(kc, batch, capacity_in, pg, &L, &capacity);
     if (st != KVQ_OK) return st;
     if ((uint64_t)batch * kc->cfg.n_kv_heads > (uint64_t)INT32_MAX / 4) return KVQ_ERR_UNSUPPORTED;
     size_t codes_at, need = append_ws(kc, batch, &codes_at);
     if (workspace_bytes < need) return KVQ_ERR_CAPACITY;
     if (((uintptr_t)cache_dev & 15u) || ((uintptr_t)workspace_dev & 15u)) return KVQ_ERR_INVALID_ARG;
     cudaStream_t s = (cudaStream_t)stream;
-    chan_geom g = geom_of(kc, &L, cache_dev, capacity);
+    chan_geom g = geom_of(kc, &L, cache_dev, capacity, pg);
     const unsigned rows = batch * kc->cfg.n_kv_heads;
     float *x = (float *)workspace_dev;
     chan_ring_kernel<<<rows, kc->D, 0, s>>>(g, (int)dtype, k_dev, v_dev, positions_dev, x);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return kvqc_status(e);
-    st = kvq_cuda_append(kc->vq, KVQ_CUDA_F32, x, batch, kc->cfg.n_kv_heads, positions_dev, NULL, capacity, 1,
-                         (uint8_t *)cache_dev + L.values, (uint8_t *)workspace_dev + codes_at,
-                         need - codes_at, stream);
+    /* the values with the general append: one page a sequence (contiguous) or the pages of
+     * chunk_tokens tokens, which is kvq_cuda_append's paged layout */
+    if (pg)
+        st = kvq_cuda_append(kc->vq, KVQ_CUDA_F32, x, batch, kc->cfg.n_kv_heads, positions_dev, pg->page_table_dev,
+                             kc->C, pg->max_pages, (uint8_t *)pg->v_pages_dev, (uint8_t *)workspace_dev + codes_at,
+                             need - codes_at, stream);
+    else
+        st = kvq_cuda_append(kc->vq, KVQ_CUDA_F32, x, batch, kc->cfg.n_kv_heads, positions_dev, NULL, capacity, 1,
+                             (uint8_t *)cache_dev + L.values, (uint8_t *)workspace_dev + codes_at, need - codes_at,
+                             stream);
     if (st != KVQ_OK) return st;
     chan_code_kernel<<<rows, kc->D, 0, s>>>(g, positions_dev);
     return kvqc_status(cudaGetLastError());
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_append(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
+                                                   const void *v_dev, uint32_t batch, uint32_t capacity,
+                                                   const int32_t *positions_dev, void *cache_dev,
+                                                   void *workspace_dev, size_t workspace_bytes, void *stream) {
+    return chan_append_impl(kc, dtype, k_dev, v_dev, batch, capacity, NULL, positions_dev, cache_dev, workspace_dev,
+                            workspace_bytes, stream);
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_append_paged(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype,
+                                                         const void *k_dev, const void *v_dev, uint32_t batch,
+                                                         const kvq_cuda_pages *pages, const int32_t *positions_dev,
+                                                         void *cache_dev, void *workspace_dev,
+                                                         size_t workspace_bytes, void *stream) {
+    if (!pages) return KVQ_ERR_INVALID_ARG;
+    return chan_append_impl(kc, dtype, k_dev, v_dev, batch, 0, pages, positions_dev, cache_dev, workspace_dev,
+                            workspace_bytes, stream);
 }
 
 /* Multi-token append workspace: the values' round trips (fp32) and their codes, per
@@ -1482,16 +1565,16 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_append_n_workspace(const kvq_cuda_ch
     return KVQ_OK;
 }
 
-extern "C" KVQ_API kvq_status kvq_cuda_chan_append_n(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
-                                                     const void *v_dev, const uint64_t *strides, uint32_t batch,
-                                                     uint32_t n, uint32_t capacity, const int32_t *positions_dev,
-                                                     void *cache_dev, void *workspace_dev, size_t workspace_bytes,
-                                                     void *stream) {
+static kvq_status chan_append_n_impl(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
+                                     const void *v_dev, const uint64_t *strides, uint32_t batch, uint32_t n,
+                                     uint32_t capacity_in, const kvq_cuda_pages *pg, const int32_t *positions_dev,
+                                     void *cache_dev, void *workspace_dev, size_t workspace_bytes, void *stream) {
     if (!kc || !k_dev || !v_dev || !positions_dev || !cache_dev || !workspace_dev || n == 0)
         return KVQ_ERR_INVALID_ARG;
     if (dtype != KVQ_CUDA_F32 && dtype != KVQ_CUDA_F16 && dtype != KVQ_CUDA_BF16) return KVQ_ERR_INVALID_ARG;
     kvq_cuda_chan_layout L;
-    kvq_status st = kvq_cuda_chan_layout_of(kc, batch, capacity, &L);
+    uint32_t capacity = 0;
+    kvq_status st = chan_shape(kc, batch, capacity_in, pg, &L, &capacity);
     if (st != KVQ_OK) return st;
     const uint64_t rows = (uint64_t)batch * kc->cfg.n_kv_heads, rows_n = rows * n;
     if (rows_n > (uint64_t)INT32_MAX / 4 || (n + kc->C - 1) / kc->C > 65535)
@@ -1511,7 +1594,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_append_n(const kvq_cuda_chan *kc, kv
     if (workspace_bytes < need) return KVQ_ERR_CAPACITY;
     if (((uintptr_t)cache_dev & 15u) || ((uintptr_t)workspace_dev & 15u)) return KVQ_ERR_INVALID_ARG;
     cudaStream_t s = (cudaStream_t)stream;
-    chan_geom g = geom_of(kc, &L, cache_dev, capacity);
+    chan_geom g = geom_of(kc, &L, cache_dev, capacity, pg);
     key_src ks = {k_dev, (int)dtype, (long long)sd[0], (long long)sd[1], (long long)sd[2]};
     key_src vs = {v_dev, (int)dtype, (long long)sd[3], (long long)sd[4], (long long)sd[5]};
     /* chunks first (they read older tokens from the ring, which the new ones overwrite):
@@ -1529,6 +1612,26 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_append_n(const kvq_cuda_chan *kc, kv
     chan_scatter_n_kernel<<<(unsigned)((rows_n + 3) / 4), 128, 0, s>>>(g, codes, positions_dev, (int)n,
                                                                      (long long)rows_n);
     return kvqc_status(cudaGetLastError());
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_append_n(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype, const void *k_dev,
+                                                     const void *v_dev, const uint64_t *strides, uint32_t batch,
+                                                     uint32_t n, uint32_t capacity, const int32_t *positions_dev,
+                                                     void *cache_dev, void *workspace_dev, size_t workspace_bytes,
+                                                     void *stream) {
+    return chan_append_n_impl(kc, dtype, k_dev, v_dev, strides, batch, n, capacity, NULL, positions_dev, cache_dev,
+                              workspace_dev, workspace_bytes, stream);
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_append_n_paged(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype,
+                                                           const void *k_dev, const void *v_dev,
+                                                           const uint64_t *strides, uint32_t batch, uint32_t n,
+                                                           const kvq_cuda_pages *pages, const int32_t *positions_dev,
+                                                           void *cache_dev, void *workspace_dev,
+                                                           size_t workspace_bytes, void *stream) {
+    if (!pages) return KVQ_ERR_INVALID_ARG;
+    return chan_append_n_impl(kc, dtype, k_dev, v_dev, strides, batch, n, 0, pages, positions_dev, cache_dev,
+                              workspace_dev, workspace_bytes, stream);
 }
 
 extern "C" KVQ_API kvq_status kvq_cuda_chan_observe_queries(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype,
@@ -1664,10 +1767,15 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_prefill_workspace(const kvq_cuda_cha
 
 /* Decode (n_new 0: one query row a sequence) or prefill (n_new rows a sequence over the
  * same cache, and the new tokens exactly as one more slot) */
-static kvq_status chan_run(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, uint32_t n_new, const void *q_dev,
-                           const void *k_new_dev, const void *v_new_dev, const void *cache_dev,
-                           const int32_t *seq_lens_dev, void *workspace_dev, size_t workspace_bytes, float *out_dev,
-                           void *stream) {
+static kvq_status chan_run(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d_in, const kvq_cuda_pages *pg,
+                           uint32_t n_new, const void *q_dev, const void *k_new_dev, const void *v_new_dev,
+                           const void *cache_dev, const int32_t *seq_lens_dev, void *workspace_dev,
+                           size_t workspace_bytes, float *out_dev, void *stream) {
+    if (!kc || !d_in) return KVQ_ERR_INVALID_ARG;
+    const kvq_cuda_attn_desc *d = d_in;
+    /* paged: a sequence holds max_pages chunks, which desc->capacity states (the
+     * workspace functions read the same desc) */
+    if (pg && (uint64_t)pg->max_pages * kc->C != d->capacity) return KVQ_ERR_INVALID_ARG;
     kvq_status st = check_attn(kc, d);
     if (st != KVQ_OK) return st;
     if (!q_dev || !cache_dev || !seq_lens_dev || !workspace_dev || !out_dev) return KVQ_ERR_INVALID_ARG;
@@ -1682,10 +1790,11 @@ static kvq_status chan_run(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
     if (need == 0) return KVQ_ERR_OVERFLOW;
     if (workspace_bytes < need) return KVQ_ERR_CAPACITY;
     kvq_cuda_chan_layout L;
-    if ((st = kvq_cuda_chan_layout_of(kc, d->batch, d->capacity, &L)) != KVQ_OK) return st;
+    uint32_t cap = 0;
+    if ((st = chan_shape(kc, d->batch, d->capacity, pg, &L, &cap)) != KVQ_OK) return st;
     chan_attn_args a;
     memset(&a, 0, sizeof a);
-    a.g = geom_of(kc, &L, (void *)cache_dev, d->capacity);
+    a.g = geom_of(kc, &L, (void *)cache_dev, cap, pg);
     a.vp = kc->vq->p_dev;
     a.vbits = kc->vq->p.bits;
     a.seq_lens = seq_lens_dev;
@@ -1741,8 +1850,18 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_attend(const kvq_cuda_chan *kc, cons
                                                    const void *q_dev, const void *cache_dev,
                                                    const int32_t *seq_lens_dev, void *workspace_dev,
                                                    size_t workspace_bytes, float *out_dev, void *stream) {
-    return chan_run(kc, d, 0, q_dev, NULL, NULL, cache_dev, seq_lens_dev, workspace_dev, workspace_bytes, out_dev,
-                    stream);
+    return chan_run(kc, d, NULL, 0, q_dev, NULL, NULL, cache_dev, seq_lens_dev, workspace_dev, workspace_bytes,
+                    out_dev, stream);
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_attend_paged(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
+                                                         const kvq_cuda_pages *pages, const void *q_dev,
+                                                         const void *cache_dev, const int32_t *seq_lens_dev,
+                                                         void *workspace_dev, size_t workspace_bytes, float *out_dev,
+                                                         void *stream) {
+    if (!pages) return KVQ_ERR_INVALID_ARG;
+    return chan_run(kc, d, pages, 0, q_dev, NULL, NULL, cache_dev, seq_lens_dev, workspace_dev, workspace_bytes,
+                    out_dev, stream);
 }
 
 extern "C" KVQ_API kvq_status kvq_cuda_chan_prefill(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
@@ -1751,6 +1870,17 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_prefill(const kvq_cuda_chan *kc, con
                                                     const int32_t *seq_lens_dev, void *workspace_dev,
                                                     size_t workspace_bytes, float *out_dev, void *stream) {
     if (n_new == 0) return KVQ_ERR_INVALID_ARG;
-    return chan_run(kc, d, n_new, q_dev, k_new_dev, v_new_dev, cache_dev, seq_lens_dev, workspace_dev,
+    return chan_run(kc, d, NULL, n_new, q_dev, k_new_dev, v_new_dev, cache_dev, seq_lens_dev, workspace_dev,
+                    workspace_bytes, out_dev, stream);
+}
+
+extern "C" KVQ_API kvq_status kvq_cuda_chan_prefill_paged(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
+                                                          const kvq_cuda_pages *pages, uint32_t n_new,
+                                                          const void *q_dev, const void *k_new_dev,
+                                                          const void *v_new_dev, const void *cache_dev,
+                                                          const int32_t *seq_lens_dev, void *workspace_dev,
+                                                          size_t workspace_bytes, float *out_dev, void *stream) {
+    if (!pages || n_new == 0) return KVQ_ERR_INVALID_ARG;
+    return chan_run(kc, d, pages, n_new, q_dev, k_new_dev, v_new_dev, cache_dev, seq_lens_dev, workspace_dev,
                     workspace_bytes, out_dev, stream);
 }
