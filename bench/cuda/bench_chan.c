@@ -6,8 +6,10 @@
  * The caches hold synthetic codes (valid fields, random planes): the kernel's work does
  * not depend on the values. Each figure is the median of 9 samples of a CUDA graph of 10
  * calls. Usage: bench_chan [--presets q4,q3,q2] [--batches 1,8,32] [--ctxs 32768,131072]
- * [--prefill N] (--presets takes cache specs too: q3+mse:bits=3; --prefill: also time
- * kvq_cuda_chan_prefill of N new tokens a sequence over the same cache, PREFILL lines)
+ * [--prefill N] [--paged 1] (--presets takes cache specs too: q3+mse:bits=3; --prefill: also
+ * time kvq_cuda_chan_prefill of N new tokens a sequence over the same cache, PREFILL lines;
+ * --paged 1: also the same cache copied into pages of one chunk, handed out in a shuffled
+ * order, through kvq_cuda_chan_attend_paged, CHANPAGED lines)
  */
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -35,6 +37,18 @@ typedef struct attn_ctx {
 static void run_attn(void *p, cudaStream_t s) {
     attn_ctx *c = p;
     KK(kvq_cuda_chan_attend(c->kc, &c->d, c->q, c->cache, c->lens, c->ws, c->ws_bytes, c->out, s));
+}
+
+typedef struct paged_ctx {
+    attn_ctx *a;
+    kvq_cuda_pages pg;
+    void *cache;
+} paged_ctx;
+
+static void run_paged(void *p, cudaStream_t s) {
+    paged_ctx *c = p;
+    attn_ctx *a = c->a;
+    KK(kvq_cuda_chan_attend_paged(a->kc, &a->d, &c->pg, a->q, c->cache, a->lens, a->ws, a->ws_bytes, a->out, s));
 }
 
 typedef struct prefill_ctx {
@@ -79,8 +93,9 @@ int main(int argc, char **argv) {
     const char *presets = "q4,q3,q2";
     uint32_t batches[8] = {1, 8, 32}, ctxs[8] = {32768, 131072};
     int nb = 3, nctx = 2;
-    uint32_t n_new = 0;
+    uint32_t n_new = 0, paged = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--paged")) paged = (uint32_t)strtoul(argv[i + 1], NULL, 10);
         if (!strcmp(argv[i], "--presets")) presets = argv[i + 1];
         else if (!strcmp(argv[i], "--prefill")) n_new = (uint32_t)strtoul(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--batches")) nb = parse_list(argv[i + 1], batches, 8);
@@ -185,6 +200,59 @@ int main(int argc, char **argv) {
                        "pct_copy=%.1f\n",
                        name, B, ctx, C, bytes, fp16, t_ms * 1e3, gbs, 100.0 * gbs / copy_gbs);
                 fflush(stdout);
+                if (paged) {
+                    /* the same bytes in pages: chunk c of sequence b to page perm[b * nch + c] */
+                    kvq_cuda_chan_layout Lp;
+                    KK(kvq_cuda_chan_layout_paged(kc, B, &Lp));
+                    const size_t n_pages = (size_t)B * nch, kb = L.key_block, vb = (size_t)C * L.value_code;
+                    paged_ctx pc;
+                    memset(&pc, 0, sizeof pc);
+                    pc.a = &a;
+                    uint8_t *kpool = NULL, *vpool = NULL;
+                    int32_t *table = malloc(n_pages * 4), *dtable = NULL;
+                    if (!table) return 1;
+                    if (cudaMalloc((void **)&kpool, n_pages * N_KV * kb) != cudaSuccess ||
+                        cudaMalloc((void **)&vpool, n_pages * N_KV * vb) != cudaSuccess ||
+                        cudaMalloc(&pc.cache, Lp.bytes) != cudaSuccess) {
+                        printf("CHANPAGED preset=%s batch=%u ctx=%u skipped\n", name, B, ctx);
+                        cudaGetLastError();
+                    } else {
+                        for (size_t i = 0; i < n_pages; i++) table[i] = (int32_t)i;
+                        for (size_t i = n_pages - 1; i > 0; i--) {
+                            size_t j = rnd() % (i + 1);
+                            int32_t t = table[i];
+                            table[i] = table[j];
+                            table[j] = t;
+                        }
+                        CK(cudaMalloc((void **)&dtable, n_pages * 4));
+                        CK(cudaMemcpy(dtable, table, n_pages * 4, cudaMemcpyHostToDevice));
+                        for (uint32_t b = 0; b < B; b++)
+                            for (uint64_t c = 0; c < nch; c++) {
+                                const size_t pgid = (size_t)table[b * nch + c];
+                                CK(cudaMemcpy2D(kpool + pgid * N_KV * kb, kb, cache + L.keys + ((size_t)b * N_KV * nch + c) * kb,
+                                                nch * kb, kb, N_KV, cudaMemcpyDeviceToDevice));
+                                CK(cudaMemcpy2D(vpool + pgid * N_KV * vb, vb,
+                                                cache + L.values + ((size_t)b * N_KV * cap + c * C) * L.value_code,
+                                                (size_t)cap * L.value_code, vb, N_KV, cudaMemcpyDeviceToDevice));
+                            }
+                        const size_t ex = (size_t)rows * L.exact_rows * D * 2;
+                        CK(cudaMemcpy((uint8_t *)pc.cache + Lp.heads, cache + L.heads, (size_t)rows * L.head_bytes,
+                                      cudaMemcpyDeviceToDevice));
+                        CK(cudaMemcpy((uint8_t *)pc.cache + Lp.exact_k, cache + L.exact_k, ex, cudaMemcpyDeviceToDevice));
+                        CK(cudaMemcpy((uint8_t *)pc.cache + Lp.exact_v, cache + L.exact_v, ex, cudaMemcpyDeviceToDevice));
+                        kvq_cuda_pages pg = {kpool, vpool, dtable, C, (uint32_t)nch};
+                        pc.pg = pg;
+                        float p_ms = time_graph(run_paged, &pc, s);
+                        printf("CHANPAGED preset=%s batch=%u ctx=%u page=%u us=%.2f GBps=%.1f x_contiguous=%.3f\n", name, B,
+                               ctx, C, p_ms * 1e3, bytes / (p_ms * 1e-3) / 1e9, p_ms / t_ms);
+                        fflush(stdout);
+                    }
+                    cudaFree(kpool);
+                    cudaFree(vpool);
+                    cudaFree(pc.cache);
+                    cudaFree(dtable);
+                    free(table);
+                }
                 if (n_new && (uint64_t)B * n_new <= 65535) {
                     /* the same cache, n_new query rows a sequence and the new tokens */
                     prefill_ctx pc = {&a, n_new, NULL, NULL};
