@@ -97,33 +97,42 @@ typedef struct chan_geom {
     uint8_t *cache;
     uint64_t heads, keys, values, exact_k, exact_v;
     int D, C, W, n_sink, R, exact_rows, head_bytes, key_block, vcs, capacity, bits, n_kv;
-    /* paged (ptab != NULL): chunk ci of sequence b in page ptab[b * max_pages + ci]; its
-     * key block at kpool + (page * n_kv + h) * key_block, its values at vpool + ((page *
-     * n_kv + h) * C + slot) * vcs (kvq_cuda_pages with page_size = C) */
+    /* where a row's chunks are: chunk ci of (sequence b, kv head h) is number pc = ptab ?
+     * ptab[b * max_pages + ci] : ci from the row's base, its key block at kbase + pc *
+     * kstep, its token ci * C + s's value code at vbase + pc * vstep + s * vcs. Contiguous:
+     * the row's own regions (kstep a key block, vstep C codes); paged (kvq_cuda_pages with
+     * page_size = C): page pc of the pools kpool / vpool, whose pages hold all kv heads */
     const int32_t *ptab;
     uint8_t *kpool, *vpool;
     int max_pages;
+    int kstep, vstep;
 } chan_geom;
 
-/* Chunk ci's key block of (sequence, kv head) row. */
-__device__ __forceinline__ uint8_t *chan_key_block(const chan_geom &g, int row, int ci) {
-    if (g.ptab) {
-        const int b = row / g.n_kv, h = row % g.n_kv;
-        const size_t page = (size_t)g.ptab[(size_t)b * g.max_pages + ci];
-        return g.kpool + (page * g.n_kv + h) * g.key_block;
-    }
-    return g.cache + g.keys + ((size_t)row * (g.capacity / g.C) + ci) * g.key_block;
+/* A row's first chunk (number 0 from its base): key block and value code. */
+struct chan_rowp {
+    uint8_t *k, *v;
+};
+__device__ __forceinline__ chan_rowp chan_row(const chan_geom &g, int b, int h) {
+    if (g.ptab) return {g.kpool + (size_t)h * g.key_block, g.vpool + (size_t)h * g.C * g.vcs};
+    const size_t row = (size_t)b * g.n_kv + h;
+    return {g.cache + g.keys + row * (g.capacity / g.C) * g.key_block, g.cache + g.values + row * g.capacity * g.vcs};
 }
 
-/* Token t's value code of row (the rows of a 32-token group are consecutive: a chunk is a
- * multiple of 64 tokens and sits in one page). */
-__device__ __forceinline__ uint8_t *chan_value_row(const chan_geom &g, int row, long long t) {
-    if (g.ptab) {
-        const int b = row / g.n_kv, h = row % g.n_kv;
-        const size_t page = (size_t)g.ptab[(size_t)b * g.max_pages + (int)(t / g.C)];
-        return g.vpool + ((page * g.n_kv + h) * g.C + (size_t)(t % g.C)) * g.vcs;
-    }
-    return g.cache + g.values + ((size_t)row * g.capacity + (size_t)t) * g.vcs;
+/* Chunk ci's number from the row's base (its page, paged). */
+__device__ __forceinline__ size_t chan_chunk(const chan_geom &g, int b, int ci) {
+    return g.ptab ? (size_t)__ldg(g.ptab + (size_t)b * g.max_pages + ci) : (size_t)ci;
+}
+
+/* Chunk ci's key block of (sequence b, kv head h). */
+__device__ __forceinline__ uint8_t *chan_key_block(const chan_geom &g, int b, int h, int ci) {
+    return chan_row(g, b, h).k + chan_chunk(g, b, ci) * g.kstep;
+}
+
+/* Token t's value code of (b, h) (the codes of a 32-token group are consecutive: a chunk
+ * is a multiple of 64 tokens and sits in one page). */
+__device__ __forceinline__ uint8_t *chan_value_row(const chan_geom &g, int b, int h, int t) {
+    const int ci = t / g.C;
+    return chan_row(g, b, h).v + chan_chunk(g, b, ci) * g.vstep + (size_t)(t - ci * g.C) * g.vcs;
 }
 
 /* ------------------------------------------------------------- append: ring */
@@ -354,7 +363,7 @@ __device__ void code_chunk(const chan_geom &g, int row, int ci, const key_src &s
         lo_h = lh;
         step_h = sh;
     }
-    uint8_t *blk = chan_key_block(g, row, ci);
+    uint8_t *blk = chan_key_block(g, row / g.n_kv, row % g.n_kv, ci);
     ((uint16_t *)blk)[j] = lo_h;
     ((uint16_t *)blk)[D + j] = step_h;
     uint32_t *words = (uint32_t *)(blk + 4 * (size_t)D);
@@ -450,7 +459,7 @@ __global__ void __launch_bounds__(128) chan_scatter_n_kernel(chan_geom g, const 
     const int pos0 = positions[b];
     const long long pos = (long long)pos0 + t;
     if (pos0 < 0 || pos >= g.capacity) return;
-    uint8_t *dst = chan_value_row(g, row, pos);
+    uint8_t *dst = chan_value_row(g, b, row % g.n_kv, (int)pos);
     const uint8_t *src = codes + (size_t)r * g.vcs;
     for (int i = lane; i < g.vcs; i += 32) dst[i] = src[i];
 }
@@ -641,7 +650,7 @@ __device__ __forceinline__ void chan_values_mma(float (&cv)[MT][4], const uint8_
 /* Blocks per SM the register budget must allow: the scoring loop's own need (the exact
  * tokens' path, which holds more in flight, must not raise it). */
 #define CHAN_MIN_BLOCKS(E, GS) ((E) == 8 ? 3 : (E) == 2 && (GS) == 4 ? 5 : 4)
-template <int E, int GS, bool TP>
+template <int E, int GS, bool TP, bool PG>
 __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_attend_kernel(chan_attn_args a) {
     extern __shared__ __align__(16) float smem[];
     const chan_geom &g = a.g;
@@ -674,12 +683,14 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     const int g_begin = (int)((long long)n_groups * warp / CHAN_WARPS);
     const int g_end = (int)((long long)n_groups * (warp + 1) / CHAN_WARPS);
     uint32_t *my = s_warp + warp * WW;
+    const chan_rowp rp = chan_row(g, b, h);
     auto issue = [&](int gi, int st) {
         if (gi < g_end) {
             const int t0 = t_begin + 32 * gi, ci = t0 / C, grp = (t0 % C) / 32;
-            const uint8_t *blk = chan_key_block(g, row, ci);
+            const size_t pc = PG ? chan_chunk(g, b, ci) : (size_t)ci; /* (PG: g.ptab != NULL) */
+            const uint8_t *blk = rp.k + pc * g.kstep;
             const uint8_t *wsrc = blk + 4 * (size_t)D + (size_t)grp * P * 4;
-            const uint8_t *vsrc = chan_value_row(g, row, t0);
+            const uint8_t *vsrc = rp.v + pc * g.vstep + (size_t)(grp * 32) * vcs;
             uint8_t *dst = (uint8_t *)(my + st * SW);
             for (int c = lane; c < D / 4; c += 32) cp_async16(dst + 16 * c, blk + 16 * c);
             for (int c = lane; c < P / 4; c += 32) cp_async16(dst + 4 * D + 16 * c, wsrc + 16 * c);
@@ -1311,18 +1322,21 @@ typedef void (*chan_attend_fn)(chan_attn_args);
  * whose values the tensor-core kernel takes (1-4 bits), else 8. */
 static int chan_gs(uint32_t G, uint32_t vbits) { return G <= 4 && (!CHAN_MMA || vbits <= 4) ? 4 : 8; }
 
-/* The attention kernel for a head dim, weights a channel (GS) and transposed-plane layout
- * (tp: in place). */
-static chan_attend_fn attend_kernel_for(uint32_t D, int GS, bool tp) {
+/* The attention kernel for a head dim, weights a channel (GS), transposed-plane layout
+ * (tp: in place) and chunk lookup (pg: through the page table). */
+template <bool PG> static chan_attend_fn attend_kernel_pg(uint32_t D, int GS, bool tp) {
     const bool g4 = GS == 4;
     if (D == 64)
-        return tp ? (g4 ? chan_attend_kernel<2, 4, true> : chan_attend_kernel<2, 8, true>)
-                  : (g4 ? chan_attend_kernel<2, 4, false> : chan_attend_kernel<2, 8, false>);
+        return tp ? (g4 ? chan_attend_kernel<2, 4, true, PG> : chan_attend_kernel<2, 8, true, PG>)
+                  : (g4 ? chan_attend_kernel<2, 4, false, PG> : chan_attend_kernel<2, 8, false, PG>);
     if (D == 128)
-        return tp ? (g4 ? chan_attend_kernel<4, 4, true> : chan_attend_kernel<4, 8, true>)
-                  : (g4 ? chan_attend_kernel<4, 4, false> : chan_attend_kernel<4, 8, false>);
-    return tp ? (g4 ? chan_attend_kernel<8, 4, true> : chan_attend_kernel<8, 8, true>)
-              : (g4 ? chan_attend_kernel<8, 4, false> : chan_attend_kernel<8, 8, false>);
+        return tp ? (g4 ? chan_attend_kernel<4, 4, true, PG> : chan_attend_kernel<4, 8, true, PG>)
+                  : (g4 ? chan_attend_kernel<4, 4, false, PG> : chan_attend_kernel<4, 8, false, PG>);
+    return tp ? (g4 ? chan_attend_kernel<8, 4, true, PG> : chan_attend_kernel<8, 8, true, PG>)
+              : (g4 ? chan_attend_kernel<8, 4, false, PG> : chan_attend_kernel<8, 8, false, PG>);
+}
+static chan_attend_fn attend_kernel_for(uint32_t D, int GS, bool tp, bool pg = false) {
+    return pg ? attend_kernel_pg<true>(D, GS, tp) : attend_kernel_pg<false>(D, GS, tp);
 }
 
 extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, kvq_cuda_chan **out) {
@@ -1378,8 +1392,8 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, 
         return KVQ_ERR_UNSUPPORTED;
     }
     cudaError_t e = cudaSuccess;
-    for (int k = 0; k < 4 && e == cudaSuccess; k++)
-        e = cudaFuncSetAttribute((const void *)attend_kernel_for(D, k & 1 ? 8 : 4, k >= 2),
+    for (int k = 0; k < 8 && e == cudaSuccess; k++)
+        e = cudaFuncSetAttribute((const void *)attend_kernel_for(D, k & 1 ? 8 : 4, k & 2, k >= 4),
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) {
         cudaGetLastError();
@@ -1476,6 +1490,8 @@ static chan_geom geom_of(const kvq_cuda_chan *kc, const kvq_cuda_chan_layout *L,
     g.key_block = (int)kc->key_block;
     g.vcs = (int)kc->vcs;
     g.capacity = (int)capacity;
+    g.kstep = (int)((pg ? kc->cfg.n_kv_heads : 1) * kc->key_block);
+    g.vstep = (int)((pg ? kc->cfg.n_kv_heads : 1) * kc->C * kc->vcs);
     g.bits = (int)kc->bits;
     g.n_kv = (int)kc->cfg.n_kv_heads;
     return g;
@@ -1811,7 +1827,7 @@ static kvq_status chan_run(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d_
     a.q_per_seq = (int)qps;
     cudaStream_t s = (cudaStream_t)stream;
     dim3 grid((unsigned)p.n_slots, d->n_kv_heads, d->batch * qps), rows(d->n_q_heads, d->batch * qps);
-    attend_kernel_for(kc->D, p.gs, p.tp)<<<grid, 128, p.smem, s>>>(a);
+    attend_kernel_for(kc->D, p.gs, p.tp, pg != NULL)<<<grid, 128, p.smem, s>>>(a);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return kvqc_status(e);
     void (*combine)(const kvqc_params *, const float *, int, int, float *) =
