@@ -910,8 +910,11 @@ KVQ_API kvq_status kvq_cuda_append(const kvq_cuda_quantizer *cq, kvq_cuda_dtype 
  *           queries' sums (kvq_cuda_chan_observe_queries)
  *   keys    [batch][n_kv_heads][capacity / chunk] key_block bytes: minimum[dim] and
  *           step[dim] (fp16, the CPU's values), then the codes as bit planes, uint32
- *           words [chunk / 32][bits * dim]: word w, plane offsets[j] + p holds bit p of
- *           channel j's code for tokens 32w..32w+31 (bit t % 32)
+ *           words [chunk / 32][bits * dim / 32][32]: plane k = offsets[j] + p (bit p of
+ *           channel j's code) of token t in group t / 32, run k / 32, word (k & 3) |
+ *           (t & 28), bit (t & 3) | (k & 28) (t, k here modulo 32: a run of 32 planes x
+ *           32 tokens with bits 2-4 of plane and token swapped, the layout the tensor
+ *           cores' fragments take)
  *   values  [batch][n_kv_heads][capacity] value codes (kvq_code_size bytes, CPU format)
  *   exact_k, exact_v [batch][n_kv_heads][exact_rows][dim] fp16: rows 0..n_sink-1 the
  *           sinks, row n_sink + t % (window + chunk) token t while it is not coded

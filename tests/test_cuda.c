@@ -1009,9 +1009,11 @@ static uint32_t gpu_code(const uint8_t *blk, const kvq_cuda_chan_layout *L, uint
     const uint8_t *w = blk + 4 * (size_t)d;
     uint32_t P = L->bits * d, code = 0;
     for (uint32_t p = 0; p < bits[j]; p++) {
-        uint32_t word;
-        memcpy(&word, w + 4 * ((size_t)(t / 32) * P + off[j] + p), 4);
-        code |= ((word >> (t % 32)) & 1u) << p;
+        /* plane k = off[j] + p in its run of 32 (the first three transpose steps done at
+         * coding): word (k & ~31) + ((k & 3) | (t & 28)), bit (t & 3) | (k & 28) */
+        uint32_t word, k = off[j] + p, tt = t % 32;
+        memcpy(&word, w + 4 * ((size_t)(t / 32) * P + (k & ~31u) + ((k & 3u) | (tt & 28u))), 4);
+        code |= ((word >> ((tt & 3u) | (k & 28u))) & 1u) << p;
     }
     return code;
 }

@@ -213,6 +213,41 @@ __global__ void chan_observe_kernel(chan_geom g, int dtype, const void *q, long 
     if (j == 0) *next = chain ? (long long)pos0 + n : -1;
 }
 
+/* Steps FIRST .. LAST of the 32 x 32 bit transpose for N independent words (interleaved
+ * so their shuffles overlap): after all five (16, 8, 4, 2, 1) word r of lane t holds bit
+ * t of the 32 lanes' words r. Step sh swaps bit sh of the lane with bit sh of the bit
+ * index where they differ: after steps 16, 8, 4 bit b of lane l holds what was bit
+ * (b & 3) | (l & 28) of lane (l & 3) | (b & 28). */
+template <int N, bool ROT, int LAST = 1, int FIRST = 16>
+__device__ __forceinline__ void transpose_words(uint32_t (&v)[N], int lane) {
+#pragma unroll
+    for (int sh = FIRST; sh >= LAST; sh >>= 1) {
+        const uint32_t mk = sh == 16 ? 0x0000ffffu : sh == 8 ? 0x00ff00ffu : sh == 4 ? 0x0f0f0f0fu
+                            : sh == 2 ? 0x33333333u : 0x55555555u;
+        uint32_t x[N];
+#pragma unroll
+        for (int i = 0; i < N; i++) x[i] = __shfl_xor_sync(KVQC_FULL, v[i], sh);
+        if (ROT) {
+            /* the lower lane of a pair keeps its mk bits and takes the partner's shifted
+             * left by sh, the upper keeps ~mk and takes them shifted right: both one
+             * rotation (the bits it wraps around fall in the part the lane keeps) and one
+             * bitwise select, against two shifts, two masks and a select (used with up to
+             * 4 query heads and the planes as pairs: with 8 heads its live masks spill at 128
+             * registers, and with the planes in place the compiler then stops keeping several
+             * channels' loads in flight in the score loop, 10 % slower on the H200) */
+            const bool up = (lane & sh) != 0;
+            const uint32_t keep = up ? ~mk : mk;
+            const int rot = up ? 32 - sh : sh;
+#pragma unroll
+            for (int i = 0; i < N; i++) v[i] = (v[i] & keep) | (__funnelshift_l(x[i], x[i], rot) & ~keep);
+        } else {
+#pragma unroll
+            for (int i = 0; i < N; i++)
+                v[i] = (lane & sh) ? ((v[i] & ~mk) | ((x[i] >> sh) & mk)) : ((v[i] & mk) | ((x[i] << sh) & ~mk));
+        }
+    }
+}
+
 /* Code chunk ci of (sequence, kv head) row, a thread per channel (chunk 0: the mean key
  * and the channels' bits first; later chunks read them from the head). */
 __device__ void code_chunk(const chan_geom &g, int row, int ci, const key_src &src, int pos0, long long qlen,
@@ -381,6 +416,15 @@ __device__ void code_chunk(const chan_geom &g, int row, int ci, const key_src &s
         for (int p = 0; p < 8; p++)
             if (p < nb) words[(size_t)(w0 / 32) * P + off + p] = pl[p];
     }
+    /* the words as the attention kernel reads them: in each run of 32 (32 planes x 32
+     * tokens) the transpose's first three steps, done once here instead of at every read
+     * (bit b of word l holds plane (l & 3) | (b & 28), token (b & 3) | (l & 28)) */
+    __syncthreads();
+    for (int rr = warp; rr < (C / 32) * (P / 32); rr += (int)(blockDim.x >> 5)) {
+        uint32_t v[1] = {words[32 * (size_t)rr + lane]};
+        transpose_words<1, false, 4>(v, lane);
+        words[32 * (size_t)rr + lane] = v[0];
+    }
 #undef ROW
 #undef KEY
 }
@@ -515,39 +559,6 @@ static size_t attn_smem_words(int D, int G, int GS, int P, int vcs, bool tp) {
     size_t warps = (size_t)CHAN_WARPS * warp_words(D, P, vcs, GS, tp), part = (size_t)CHAN_WARPS * G * (D + 2);
     return (size_t)G * D + 4 * (size_t)D + (chan_mma(GS) ? (size_t)P : 0) + 2 * CHAN_GMAX +
            (warps > part ? warps : part);
-}
-
-/* One step of the 32 x 32 bit transpose for N independent words (interleaved so their
- * shuffles overlap): after the five steps word r of lane t holds bit t of the 32 lanes'
- * words r. */
-template <int N, bool ROT, int LAST = 1>
-__device__ __forceinline__ void transpose_words(uint32_t (&v)[N], int lane) {
-#pragma unroll
-    for (int sh = 16; sh >= LAST; sh >>= 1) {
-        const uint32_t mk = sh == 16 ? 0x0000ffffu : sh == 8 ? 0x00ff00ffu : sh == 4 ? 0x0f0f0f0fu
-                            : sh == 2 ? 0x33333333u : 0x55555555u;
-        uint32_t x[N];
-#pragma unroll
-        for (int i = 0; i < N; i++) x[i] = __shfl_xor_sync(KVQC_FULL, v[i], sh);
-        if (ROT) {
-            /* the lower lane of a pair keeps its mk bits and takes the partner's shifted
-             * left by sh, the upper keeps ~mk and takes them shifted right: both one
-             * rotation (the bits it wraps around fall in the part the lane keeps) and one
-             * bitwise select, against two shifts, two masks and a select (used with up to
-             * 4 query heads and the planes as pairs: with 8 heads its live masks spill at 128
-             * registers, and with the planes in place the compiler then stops keeping several
-             * channels' loads in flight in the score loop, 10 % slower on the H200) */
-            const bool up = (lane & sh) != 0;
-            const uint32_t keep = up ? ~mk : mk;
-            const int rot = up ? 32 - sh : sh;
-#pragma unroll
-            for (int i = 0; i < N; i++) v[i] = (v[i] & keep) | (__funnelshift_l(x[i], x[i], rot) & ~keep);
-        } else {
-#pragma unroll
-            for (int i = 0; i < N; i++)
-                v[i] = (lane & sh) ? ((v[i] & ~mk) | ((x[i] >> sh) & mk)) : ((v[i] & mk) | ((x[i] << sh) & ~mk));
-        }
-    }
 }
 
 /* A lane's four value dims from two centroid pairs of s_pair at byte offsets o0, o1. */
@@ -892,13 +903,11 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                     uint32_t v[4];
 #pragma unroll
                     for (int i = 0; i < 4; i++) v[i] = wst[32 * (r + i) + lane];
-                    transpose_words<4, true, 4>(v, lane);
 #pragma unroll
                     for (int i = 0; i < 4; i++) chan_mma_step(c0, c1, v[i], btl[32 * (r + i)]);
                 }
                 for (; r < NR; r += 2) {
                     uint32_t v[2] = {wst[32 * r + lane], wst[32 * (r + 1) + lane]};
-                    transpose_words<2, true, 4>(v, lane);
                     chan_mma_step(c0, c1, v[0], btl[32 * r]);
                     chan_mma_step(c0, c1, v[1], btl[32 * (r + 1)]);
                 }
@@ -972,7 +981,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                     uint32_t v[4];
 #pragma unroll
                     for (int i = 0; i < 4; i++) v[i] = wtr[32 * (r + i) + lane];
-                    transpose_words<4, GS == 4 && !TP>(v, lane);
+                    transpose_words<4, GS == 4 && !TP, 1, 2>(v, lane);
                     if (TP) {
 #pragma unroll
                         for (int i = 0; i < 4; i++) wtr[32 * (r + i) + lane] = v[i];
@@ -985,7 +994,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                 }
                 for (; r < NR; r += 2) {
                     uint32_t v[2] = {wtr[32 * r + lane], wtr[32 * (r + 1) + lane]};
-                    transpose_words<2, GS == 4 && !TP>(v, lane);
+                    transpose_words<2, GS == 4 && !TP, 1, 2>(v, lane);
                     if (TP) {
                         wtr[32 * r + lane] = v[0];
                         wtr[32 * (r + 1) + lane] = v[1];
