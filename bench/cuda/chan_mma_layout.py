@@ -1,7 +1,8 @@
 """chan_mma_layout.py - a NumPy model of chan_attend_kernel's tensor-core scores
 (src/cuda/chan.cu built with CHAN_MMA=1) for one 32-token group: the plane table, the
 per-head 16-bit weights as B bytes (the kernel's offsets, 1.5 * 2^23 rounding and high /
-low split), the three transpose steps by shuffles, the m16n8k32 A / B / C fragment
+low split), the three transpose steps (done by the coder: the stored words, checked
+against the closed form that the test's reader uses), the m16n8k32 A / B / C fragment
 layouts of the PTX manual, and the scores through s_p, against codes @ (q * step) in
 float64. It checks the layout without a GPU; prints the largest score error per case.
 Usage: python3 bench/cuda/chan_mma_layout.py"""
@@ -61,6 +62,11 @@ for trial in range(6):
                 y = ((x[L] << rot) | (x[L] >> (32 - rot))) & 0xffffffff
                 nv.append((v[L] & keep) | (y & ~keep & 0xffffffff))
             v = nv
+        # the stored layout in closed form: bit b of word l is plane (l & 3) | (b & 28)'s
+        # bit (b & 3) | (l & 28) (bits 2-4 of plane and token swapped)
+        vc = [sum(((words[32 * kt + ((l & 3) | (b & 28))] >> ((b & 3) | (l & 28))) & 1) << b
+                  for b in range(32)) for l in range(32)]
+        assert vc == v, "stored layout differs from the three transpose steps"
         # mma per m: A[row][k], B[k][n]
         for m in range(2):
             A = np.zeros((16, 32), int); B = np.zeros((32, 8), int)
