@@ -14,7 +14,13 @@ its figures rank variants; the engine's (`kvq perplexity --kl`) are the ones quo
 
 --window / --global-every model sliding-window layers (Gemma 3: 512 and 6). Variants: base; `outliers=N` (N tokens a chunk with the largest spread kept exact and
 left out of the ranges); `per_chunk` (bits given again for every chunk by its own
-ranges). Usage:
+ranges); `gptq[=SPAN]` (each token's channels rounded in turn on the same grids, every
+rounding error carried onto the channels not yet rounded so that the score error under
+the queries' second moment H is least, GPTQ's update; H from the queries of the SPAN
+positions up to the chunk's end, all of them without SPAN; GPTQ_DAMP in the environment:
+H's diagonal damping, default 0.01 of its mean); `gptq_diag` (the same with H's diagonal
+only: equal to base, a check); `gptq_oracle` (H from the measured queries themselves: a
+bound, not causal). Usage:
   kvq generate -m MODEL -f PROMPT -n 1 --dump-kv DIR
   python3 bench/chan_key_sim.py DIR [--bits 2,3] [--chunk 128] [--variants base,outliers=2,per_chunk]
       [--window 512 --global-every 6]
@@ -41,6 +47,42 @@ def fit_grid(x, b, refine):
     return lo + step * np.clip(np.rint((x - lo) / step), 0, n)
 
 
+def fit_lohi(x, b, refine):
+    """fit_grid's minimum and step (step 0: one level at the midpoint)."""
+    lo, hi = float(x.min()), float(x.max())
+    n = (1 << b) - 1
+    if hi <= lo or b == 0:
+        return (lo + hi) / 2, 0.0, 0
+    step = (hi - lo) / n
+    for _ in range(refine):
+        c = np.clip(np.rint((x - lo) / step), 0, n)
+        sol, *_ = np.linalg.lstsq(np.stack([np.ones_like(c), c], 1), x, rcond=None)
+        if sol[1] <= 0:
+            break
+        lo, step = sol
+    return lo, step, n
+
+
+def gptq_round(X, lo, step, n, H):
+    """Each row of X on the channels' grids, channel after channel, every rounding error
+    carried onto the channels not yet rounded so that (x^ - x)^T H (x^ - x) is least
+    (GPTQ's order-one update with H the queries' second moment)."""
+    d = H.shape[0]
+    Hd = H + np.eye(d) * (float(os.environ.get("GPTQ_DAMP", "0.01")) * np.mean(np.diag(H)))
+    U = np.linalg.cholesky(np.linalg.inv(Hd)).T  # H^-1 = U^T U, U upper
+    X = X.copy()
+    out = np.empty_like(X)
+    for j in range(d):
+        if n[j] == 0:
+            q = np.full(X.shape[0], lo[j])
+        else:
+            q = lo[j] + step[j] * np.clip(np.rint((X[:, j] - lo[j]) / step[j]), 0, n[j])
+        out[:, j] = q
+        e = (X[:, j] - q) / U[j, j]
+        X[:, j + 1:] -= np.outer(e, U[j, j + 1:])
+    return out
+
+
 def allocate(r2, total, w):
     bits = np.zeros(len(r2), int)
     wt = r2 * w
@@ -49,7 +91,7 @@ def allocate(r2, total, w):
     return bits
 
 
-def code_head(K, Q0, B, C, variant):
+def code_head(K, Q0, B, C, variant, QH):
     T, d = K.shape
     out = K.copy()
     w = np.sqrt(np.maximum((Q0 ** 2).mean(0), 2 ** -10 * (Q0 ** 2).mean()))
@@ -66,6 +108,21 @@ def code_head(K, Q0, B, C, variant):
             score[~keep] = -1
             keep[np.argsort(-score)[:n_out]] = False
         bits = bits0
+        if variant.startswith("gptq"):
+            if variant == "gptq_oracle":
+                Hq = QH
+            else:  # the queries seen when the chunk is coded: up to its end
+                span = int(variant.split("=")[1]) if "=" in variant else 1 << 30
+                Hq = QH[max(c0 + C - span, 0) * (len(QH) // T):(c0 + C) * (len(QH) // T)]
+            H = (Hq.T @ Hq) / len(Hq)
+            if variant == "gptq_diag":
+                H = np.diag(np.diag(H))
+            fits = [fit_lohi(blk[keep, j], bits[j], 3 if bits[j] <= 2 else 0) for j in range(d)]
+            lo = np.array([f[0] for f in fits]); st = np.array([f[1] for f in fits])
+            nn = np.array([f[2] for f in fits])
+            blk[keep] = gptq_round(blk[keep], lo, st, nn, H)
+            out[c0:c0 + C] = np.where(keep[:, None], blk, K[c0:c0 + C])
+            continue
         if variant == "per_chunk":
             bits = allocate((blk[keep].max(0) - blk[keep].min(0)) ** 2, B * d, w)
         for j in range(d):
@@ -89,7 +146,9 @@ def measure(dump, B, C, variant, n_queries, window=0, global_every=0):
         sliding = window > 0 and not (global_every and (layer + 1) % global_every == 0)
         for h in range(n_kv):
             mu = K[:32, h].mean(0)
-            Kq = code_head(K[:, h] - mu, Q[:C, h * G:(h + 1) * G].reshape(-1, d), B, C, variant) + mu
+            Qh = Q[:, h * G:(h + 1) * G]
+            QH = Qh[max(Tq - n_queries, 1):Tq] if variant == "gptq_oracle" else Qh
+            Kq = code_head(K[:, h] - mu, Qh[:C].reshape(-1, d), B, C, variant, QH.reshape(-1, d)) + mu
             for t in range(max(Tq - n_queries, 1), Tq, 10):
                 for g in range(G):
                     q = Q[t, h * G + g] / np.sqrt(d)
