@@ -619,9 +619,11 @@ __device__ __forceinline__ void chan_values_mma(float (&cv)[MT][4], const uint8_
         uint32_t w[4][NW];
 #pragma unroll
         for (int u = 0; u < 4; u++) { /* tokens 2c, 2c + 1, 2c + 8, 2c + 9 of the k-step */
-            const uint8_t *pc = vst + (16 * s + 2 * c + (u & 1) + 8 * (u >> 1)) * vcs + 2 + NB / 8 * g;
-            const uint32_t *wa = (const uint32_t *)((uintptr_t)pc & ~(uintptr_t)3);
-            const int sh = 8 * (int)((uintptr_t)pc & 3);
+            /* (vst is 4-byte aligned: the offset's low bits are the shift; the pointer
+             * stays one into vst, so the loads stay shared-memory loads, not generic) */
+            const int off = (16 * s + 2 * c + (u & 1) + 8 * (u >> 1)) * vcs + 2 + NB / 8 * g;
+            const uint32_t *wa = (const uint32_t *)(vst + (off & ~3));
+            const int sh = 8 * (off & 3);
             uint32_t x[NW + 1];
 #pragma unroll
             for (int i = 0; i <= NW; i++) x[i] = wa[i];
