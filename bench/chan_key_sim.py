@@ -32,21 +32,6 @@ import os
 import numpy as np
 
 
-def fit_grid(x, b, refine):
-    lo, hi = float(x.min()), float(x.max())
-    n = (1 << b) - 1
-    if hi <= lo:
-        return np.full_like(x, (lo + hi) / 2)
-    step = (hi - lo) / n
-    for _ in range(refine):
-        c = np.clip(np.rint((x - lo) / step), 0, n)
-        sol, *_ = np.linalg.lstsq(np.stack([np.ones_like(c), c], 1), x, rcond=None)
-        if sol[1] <= 0:
-            break
-        lo, step = sol
-    return lo + step * np.clip(np.rint((x - lo) / step), 0, n)
-
-
 def fit_lohi(x, b, refine):
     """fit_grid's minimum and step (step 0: one level at the midpoint)."""
     lo, hi = float(x.min()), float(x.max())
@@ -61,6 +46,15 @@ def fit_lohi(x, b, refine):
             break
         lo, step = sol
     return lo, step, n
+
+
+def fit_grid(x, b, refine):
+    """x on b-bit levels from its minimum to its maximum, the range refitted by least
+    squares `refine` times."""
+    lo, step, n = fit_lohi(x, b, refine)
+    if n == 0:
+        return np.full_like(x, lo)
+    return lo + step * np.clip(np.rint((x - lo) / step), 0, n)
 
 
 def gptq_round(X, lo, step, n, H):
