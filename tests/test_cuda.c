@@ -483,20 +483,25 @@ static void kv_fixture_free(kv_fixture *f) {
     kvq_quantizer_free(f->vq);
 }
 
+/* perm[0..n-1]: 0..n-1 in a shuffled order (Fisher-Yates, draws from r). */
+static void shuffled_pages(uint32_t *perm, uint32_t n, kvqi_rng *r) {
+    for (uint32_t i = 0; i < n; i++) perm[i] = i;
+    for (uint32_t i = n - 1; i > 0; i--) {
+        uint32_t j = (uint32_t)(kvqi_rng_next(r) % (i + 1));
+        uint32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+}
+
 /* Spread a contiguous cache over a pool of pages in a shuffled order. pool_*: host, sized
  * n_pages pages; table [batch][max_pages]. */
 static void to_pages(const kv_fixture *f, uint32_t page_size, uint32_t max_pages, uint32_t n_pages,
                      int32_t *table, uint8_t *pool_k, uint8_t *pool_v, uint64_t seed) {
     uint32_t *perm = malloc(n_pages * sizeof(uint32_t));
-    for (uint32_t i = 0; i < n_pages; i++) perm[i] = i;
     kvqi_rng r;
     kvqi_rng_seed(&r, seed);
-    for (uint32_t i = n_pages - 1; i > 0; i--) {
-        uint32_t j = (uint32_t)(kvqi_rng_next(&r) % (i + 1));
-        uint32_t t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
+    shuffled_pages(perm, n_pages, &r);
     memset(pool_k, 0x5A, (size_t)n_pages * f->n_kv * page_size * f->kcs);
     memset(pool_v, 0x5A, (size_t)n_pages * f->n_kv * page_size * f->vcs);
     for (uint32_t b = 0; b < f->batch; b++)
@@ -1546,12 +1551,7 @@ static void chan_paged_case(kvqt_ctx *kvqt_, const char *preset, uint32_t d, uin
     REQUIRE(table && perm);
     kvqi_rng r;
     kvqi_rng_seed(&r, 4242 + d);
-    for (uint32_t i = 0; i < n_pages; i++) perm[i] = i;
-    for (uint32_t i = (uint32_t)n_pages - 1; i > 0; i--) { /* Fisher-Yates */
-        uint32_t j = (uint32_t)(kvqi_rng_next(&r) % (i + 1)), t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
+    shuffled_pages(perm, (uint32_t)n_pages, &r);
     for (size_t i = 0; i < (size_t)batch * max_pages; i++) table[i] = (int32_t)perm[i];
     uint8_t *cc = NULL, *cp = NULL, *kpool = NULL, *vpool = NULL;
     int32_t *dtable = NULL, *dpos = NULL;
