@@ -96,7 +96,7 @@ int main(int argc, char **argv) {
     uint32_t n_new = 0, paged = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--paged")) paged = (uint32_t)strtoul(argv[i + 1], NULL, 10);
-        if (!strcmp(argv[i], "--presets")) presets = argv[i + 1];
+        else if (!strcmp(argv[i], "--presets")) presets = argv[i + 1];
         else if (!strcmp(argv[i], "--prefill")) n_new = (uint32_t)strtoul(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--batches")) nb = parse_list(argv[i + 1], batches, 8);
         else if (!strcmp(argv[i], "--ctxs")) nctx = parse_list(argv[i + 1], ctxs, 8);

@@ -1546,14 +1546,10 @@ static kvq_status chan_append_impl(const kvq_cuda_chan *kc, kvq_cuda_dtype dtype
     if (e != cudaSuccess) return kvqc_status(e);
     /* the values with the general append: one page a sequence (contiguous) or the pages of
      * chunk_tokens tokens, which is kvq_cuda_append's paged layout */
-    if (pg)
-        st = kvq_cuda_append(kc->vq, KVQ_CUDA_F32, x, batch, kc->cfg.n_kv_heads, positions_dev, pg->page_table_dev,
-                             kc->C, pg->max_pages, (uint8_t *)pg->v_pages_dev, (uint8_t *)workspace_dev + codes_at,
-                             need - codes_at, stream);
-    else
-        st = kvq_cuda_append(kc->vq, KVQ_CUDA_F32, x, batch, kc->cfg.n_kv_heads, positions_dev, NULL, capacity, 1,
-                             (uint8_t *)cache_dev + L.values, (uint8_t *)workspace_dev + codes_at, need - codes_at,
-                             stream);
+    st = kvq_cuda_append(kc->vq, KVQ_CUDA_F32, x, batch, kc->cfg.n_kv_heads, positions_dev,
+                         pg ? pg->page_table_dev : NULL, pg ? kc->C : capacity, pg ? pg->max_pages : 1,
+                         pg ? (uint8_t *)pg->v_pages_dev : (uint8_t *)cache_dev + L.values,
+                         (uint8_t *)workspace_dev + codes_at, need - codes_at, stream);
     if (st != KVQ_OK) return st;
     chan_code_kernel<<<rows, kc->D, 0, s>>>(g, positions_dev);
     return kvqc_status(cudaGetLastError());
@@ -1794,12 +1790,11 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_prefill_workspace(const kvq_cuda_cha
 
 /* Decode (n_new 0: one query row a sequence) or prefill (n_new rows a sequence over the
  * same cache, and the new tokens exactly as one more slot) */
-static kvq_status chan_run(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d_in, const kvq_cuda_pages *pg,
+static kvq_status chan_run(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, const kvq_cuda_pages *pg,
                            uint32_t n_new, const void *q_dev, const void *k_new_dev, const void *v_new_dev,
                            const void *cache_dev, const int32_t *seq_lens_dev, void *workspace_dev,
                            size_t workspace_bytes, float *out_dev, void *stream) {
-    if (!kc || !d_in) return KVQ_ERR_INVALID_ARG;
-    const kvq_cuda_attn_desc *d = d_in;
+    if (!kc || !d) return KVQ_ERR_INVALID_ARG;
     /* paged: a sequence holds max_pages chunks, which desc->capacity states (the
      * workspace functions read the same desc) */
     if (pg && (uint64_t)pg->max_pages * kc->C != d->capacity) return KVQ_ERR_INVALID_ARG;
