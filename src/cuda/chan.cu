@@ -39,6 +39,13 @@
 #define CHAN_REFINE_BITS 2
 #define CHAN_GMAX 8
 #define CHAN_WARPS 4
+#ifndef CHAN_QT
+/* 1 (default): the tensor-core scores build a chunk's B fragments from the query heads of
+ * each channel held once a block (QT, chan_attend_kernel): 1.00-1.12x on q4 / q3 / q2 and
+ * 1.18-1.27x on q4's 5-bit layers at batch 8-32 (H100, bench/cuda/h100-2026-12-05-qt.txt);
+ * 0: through per-warp chunk weights, as before */
+#define CHAN_QT 1
+#endif
 #ifndef CHAN_MMA
 /* 1 (default): up to 4 query heads per KV head score on the tensor cores (integer mma
  * over the bit planes, chan_mma_step; bench/cuda/chan_mma_layout.py models its
@@ -543,22 +550,25 @@ __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1
  * of consecutive rows (NR rows of 32 lanes x 2; none with tp, where they replace the
  * stage's plane words in place; with the tensor-core scores the same area holds the
  * chunk's B fragments, NR x 32 lanes x 2 words), the group's softmax weights [32][GS],
- * the chunk's weights q_j step_j [D][GS] (GS: 4 for up to 4 query heads, else 8). */
+ * the chunk's weights q_j step_j [D][GS] (GS: 4 for up to 4 query heads, else 8; none for
+ * the tensor-core scores with tp, which build the B fragments from the query heads of
+ * channel j, held once a block as [D][4], and the step). */
 static constexpr __host__ __device__ bool chan_mma(int GS) { return CHAN_MMA && GS == 4; }
 static __host__ __device__ __forceinline__ int stage_words(int D, int P, int vcs) {
     return (D + P + (32 * vcs + 3) / 4 + 3) & ~3;
 }
 static __host__ __device__ __forceinline__ int warp_words(int D, int P, int vcs, int GS, bool tp) {
-    return 2 * stage_words(D, P, vcs) + (tp && !chan_mma(GS) ? 0 : (P / 32) * 64) + 32 * GS + D * GS;
+    return 2 * stage_words(D, P, vcs) + (tp && !chan_mma(GS) ? 0 : (P / 32) * 64) + 32 * GS +
+           (tp && chan_mma(GS) ? 0 : D * GS);
 }
 
 /* Dynamic shared memory of the attention kernel, in 4-byte words (the warps' areas hold
  * the split's partial results at the end; the tensor-core scores add a plane table of P
- * words to the block's area). */
+ * words to the block's area, and with tp the query heads by channel, [D][4]). */
 static size_t attn_smem_words(int D, int G, int GS, int P, int vcs, bool tp) {
     size_t warps = (size_t)CHAN_WARPS * warp_words(D, P, vcs, GS, tp), part = (size_t)CHAN_WARPS * G * (D + 2);
     return (size_t)G * D + 4 * (size_t)D + (chan_mma(GS) ? (size_t)P : 0) + 2 * CHAN_GMAX +
-           (warps > part ? warps : part);
+           (chan_mma(GS) && tp ? 4 * (size_t)D : 0) + (warps > part ? warps : part);
 }
 
 /* A lane's four value dims from two centroid pairs of s_pair at byte offsets o0, o1. */
@@ -659,7 +669,10 @@ __device__ __forceinline__ void chan_values_mma(float (&cv)[MT][4], const uint8_
  * softmax reduces all GS heads' maxima and sums together. GS (4 or 8 weights per
  * channel) is a template parameter, so the score loop has no head-count tests; TP keeps
  * the transposed words in place (one more load per channel, less shared memory: chosen
- * when it fits more blocks on an SM). */
+ * when it fits more blocks on an SM). With the tensor-core scores TP means QT instead:
+ * no per-warp chunk weights [D][GS]; the B fragments are built from the query heads of
+ * each channel (s_qt, once a block) and the chunk's steps, 6 KB less a block (q4's 5-bit
+ * layers: 3 blocks an SM instead of 2) and a shorter chunk set-up. */
 /* Blocks per SM the register budget must allow: the scoring loop's own need (the exact
  * tokens' path, which holds more in flight, must not raise it). */
 #define CHAN_MIN_BLOCKS(E, GS) ((E) == 8 ? 3 : (E) == 2 && (GS) == 4 ? 5 : 4)
@@ -676,7 +689,11 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     __shared__ uint32_t s_hp[MMA ? 256 : 1];    /* MMA, 1-4-bit values: two dims' centroids in fp16 */
     uint32_t *s_pl = (uint32_t *)(s_bm + D);     /* MMA: [P] plane -> 2^bit as float bits | channel */
     float *s_qmu = (float *)(s_pl + (MMA ? P : 0)); /* [GMAX] (+ pad) */
-    uint32_t *s_warp = (uint32_t *)(s_qmu + 2 * CHAN_GMAX);
+    /* QT (tensor-core scores with TP): no per-warp chunk weights; the B fragments come
+     * from the query heads of each channel (s_qt, [D] x 4) and the chunk's steps */
+    constexpr bool QT = MMA && TP;
+    float4 *s_qt = (float4 *)(s_qmu + 2 * CHAN_GMAX);
+    uint32_t *s_warp = (uint32_t *)(s_qmu + 2 * CHAN_GMAX + (QT ? 4 * D : 0));
     const int vcs = g.vcs, SW = stage_words(D, P, vcs), WW = warp_words(D, P, vcs, GS, TP);
     float *s_part = (float *)s_warp; /* [WARPS][G][D + 2], once the warps are done */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -764,6 +781,10 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
 #pragma unroll
             for (int e = 0; e < E; e++) s_q[gg * D + lane + 32 * e] = q_r[k][e] * a.q_scale;
     }
+    if constexpr (QT) /* warp w: head w of every channel (0 past the G heads) */
+#pragma unroll
+        for (int e = 0; e < E; e++)
+            ((float *)s_qt)[4 * (lane + 32 * e) + warp] = warp < G ? q_r[0][e] * a.q_scale : 0.0f;
     float acc[CHAN_GMAX][E], m[CHAN_GMAX], l[CHAN_GMAX];
 #pragma unroll
     for (int gg = 0; gg < CHAN_GMAX; gg++) {
@@ -808,7 +829,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
         __syncthreads();
         uint2 *s_t = (uint2 *)(my + 2 * SW);          /* [NR][32] pairs (row r, row r + 1), unless TP */
         float *s_p = (float *)(my + 2 * SW + (TP && !MMA ? 0 : NR * 64)); /* [32][GS] */
-        float *s_w = s_p + 32 * GS;                   /* [D][GS] */
+        float *s_w = s_p + 32 * GS;                   /* [D][GS] (not with QT) */
         uint8_t *s_bt = (uint8_t *)s_t;               /* MMA: [NR][32 lanes][b0, b1] */
         int stage = 0, cur = -1;
         float bias[CHAN_GMAX], sinv[4];
@@ -828,9 +849,19 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
             const uint8_t *vst = (const uint8_t *)(wst + P);
             if (ci != cur) { /* this chunk's weights and bias */
                 cur = ci;
+                float amax[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* QT: max |q_j step_j| 2^(bits_j - 1) a head */
                 for (int j = lane; j < D; j += 32) {
                     const float st = h2f(hdr[D + j]), lo = h2f(hdr[j]);
-                    for (int gg = 0; gg < GS; gg++) s_w[j * GS + gg] = gg < G ? s_q[gg * D + j] * st : 0.0f;
+                    if constexpr (QT) {
+                        const float4 qj = s_qt[j];
+                        const float top = (float)((s_bm[j].z + 1) >> 1); /* 2^(bits - 1); 0: no bits */
+                        amax[0] = fmaxf(amax[0], fabsf(qj.x * st) * top);
+                        amax[1] = fmaxf(amax[1], fabsf(qj.y * st) * top);
+                        amax[2] = fmaxf(amax[2], fabsf(qj.z * st) * top);
+                        amax[3] = fmaxf(amax[3], fabsf(qj.w * st) * top);
+                    } else {
+                        for (int gg = 0; gg < GS; gg++) s_w[j * GS + gg] = gg < G ? s_q[gg * D + j] * st : 0.0f;
+                    }
 #pragma unroll
                     for (int gg = 0; gg < CHAN_GMAX; gg++)
                         if (gg < G) bias[gg] = (j == lane ? 0.0f : bias[gg]) + s_q[gg * D + j] * lo;
@@ -842,8 +873,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                     /* the plane weights q_j step_j 2^p in 16-bit fixed point per head, against
                      * the largest (|W| <= 32639: high byte (W + 128) >> 8 and low byte W & 255
                      * both signed), as B fragments in s_bt */
-                    float amax[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                    for (int j = lane; j < D; j += 32) {
+                    for (int j = lane; j < D && !QT; j += 32) {
                         const float top = (float)((s_bm[j].z + 1) >> 1); /* 2^(bits - 1); 0: no bits */
                         const float4 w = *(const float4 *)(s_w + 4 * j);
                         amax[0] = fmaxf(amax[0], fabsf(w.x) * top);
@@ -863,7 +893,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                         fs[gg] = nz ? 32639.0f / amax[gg] : 0.0f;
                         sinv[gg] = nz ? amax[gg] / 32639.0f : 0.0f;
                     }
-                    for (int j = lane; j < D; j += 32) {
+                    for (int j = lane; j < D && !QT; j += 32) {
                         float4 w = *(const float4 *)(s_w + 4 * j);
                         w.x *= fs[0];
                         w.y *= fs[1];
@@ -878,8 +908,22 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                     for (int kt = 0; kt < NR; kt++) {
                         const uint32_t pe = s_pl[32 * kt + lane];
                         const float p2 = __uint_as_float(pe & 0xff800000u);
-                        const float4 u = *(const float4 *)(s_w + 4 * (pe & 0x7fffffu));
-                        const float uu[4] = {u.x, u.y, u.z, u.w};
+                        float uu[4];
+                        if constexpr (QT) { /* (q_j step_j) fs, as the s_w path rounds it */
+                            const int j = (int)(pe & 0x7fffffu);
+                            const float4 qj = s_qt[j];
+                            const float st = h2f(hdr[D + j]);
+                            uu[0] = (qj.x * st) * fs[0];
+                            uu[1] = (qj.y * st) * fs[1];
+                            uu[2] = (qj.z * st) * fs[2];
+                            uu[3] = (qj.w * st) * fs[3];
+                        } else {
+                            const float4 u = *(const float4 *)(s_w + 4 * (pe & 0x7fffffu));
+                            uu[0] = u.x;
+                            uu[1] = u.y;
+                            uu[2] = u.z;
+                            uu[3] = u.w;
+                        }
 #pragma unroll
                         for (int gg = 0; gg < 4; gg++) {
                             /* round(u 2^p) in the low bits of 1.5 * 2^23 + u 2^p */
@@ -1718,6 +1762,7 @@ static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, uint
     int per_sm = 1;
     p->tp = false;
     for (int tp = 0; tp < 2; tp++) {
+        if (tp && chan_mma(GS) && !CHAN_QT) break;
         const size_t smem = attn_smem_words(D, G, GS, (int)(kc->bits * kc->D), (int)kc->vcs, tp != 0) * 4;
         int n = 0;
         cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
@@ -1726,8 +1771,9 @@ static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, uint
             cudaGetLastError();
             n = 0;
         }
-        /* (the tensor-core scores use one layout either way: the in-place build, which
-         * keeps its registers without spills) */
+        /* (the tensor-core scores take QT whenever it fits as many blocks: built without
+         * the per-warp weights, the chunk's set-up is shorter; CHAN_QT=0 at build time
+         * keeps the per-warp weights, for comparison) */
         if (tp == 0 || n > per_sm || (chan_mma(GS) && n == per_sm)) {
             p->smem = smem;
             p->tp = tp != 0;
