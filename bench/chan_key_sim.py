@@ -20,10 +20,15 @@ the queries' second moment H is least, GPTQ's update; H from the queries of the 
 positions up to the chunk's end, all of them without SPAN; GPTQ_DAMP in the environment:
 H's diagonal damping, default 0.01 of its mean); `gptq_diag` (the same with H's diagonal
 only: equal to base, a check); `gptq_oracle` (H from the measured queries themselves: a
-bound, not causal). Usage:
+bound, not causal); `prerope` (KVQuant's pre-RoPE keys: each head's keys turned back by
+their position's RoPE angles, coded per channel there, centered on the mean of the first
+32 pre-RoPE keys, the bits weighted by the query energy of each RoPE pair, then turned
+again; `prerope=N`: only the N fastest RoPE pairs so, the others after RoPE as in base):
+needs --rope-base, --rope-neox for pairs (i, i + d/2), --rope-base-swa for Gemma's
+sliding-window layers). Usage:
   kvq generate -m MODEL -f PROMPT -n 1 --dump-kv DIR
   python3 bench/chan_key_sim.py DIR [--bits 2,3] [--chunk 128] [--variants base,outliers=2,per_chunk]
-      [--window 512 --global-every 6]
+      [--window 512 --global-every 6] [--rope-base 100000 [--rope-neox] [--rope-base-swa 10000]]
 """
 import argparse
 import glob
@@ -77,6 +82,22 @@ def gptq_round(X, lo, step, n, H):
     return out
 
 
+def rope(K, base, neox, inverse=False, n_pairs=None):
+    """K (T x d, row t at position t) turned by RoPE's angles t base^(-2i/d) in the pairs
+    (2i, 2i + 1), or (i, i + d/2) with neox; inverse: turned back; n_pairs: only the
+    n_pairs fastest pairs (i < n_pairs) turned."""
+    T, d = K.shape
+    half = d // 2
+    i = np.arange(half)
+    th = np.arange(T)[:, None] * (base ** (-2.0 * i / d) * (i < (half if n_pairs is None else n_pairs)))[None, :]
+    c, s = np.cos(th), np.sin(th) * (-1.0 if inverse else 1.0)
+    a, b = (i, i + half) if neox else (2 * i, 2 * i + 1)
+    out = K.copy()
+    out[:, a] = K[:, a] * c - K[:, b] * s
+    out[:, b] = K[:, a] * s + K[:, b] * c
+    return out
+
+
 def allocate(r2, total, w):
     bits = np.zeros(len(r2), int)
     wt = r2 * w
@@ -126,7 +147,8 @@ def code_head(K, Q0, B, C, variant, QH):
     return out
 
 
-def measure(dump, B, C, variant, n_queries, window=0, global_every=0):
+def measure(dump, B, C, variant, n_queries, window=0, global_every=0, rope_base=0.0, rope_neox=False,
+            rope_base_swa=0.0):
     errs, kls = [], []
     for kf in sorted(glob.glob(os.path.join(dump, "keys_*.npy"))):
         tag = kf[-6:-4]
@@ -137,12 +159,26 @@ def measure(dump, B, C, variant, n_queries, window=0, global_every=0):
         G = Q.shape[1] // n_kv
         Tq = T - T % C
         layer = int(tag)
-        sliding = window > 0 and not (global_every and (layer + 1) % global_every == 0)
+        local = bool(global_every) and (layer + 1) % global_every != 0  # Gemma 3's sliding-window layers
+        sliding = window > 0 and (local or not global_every)
         for h in range(n_kv):
             mu = K[:32, h].mean(0)
             Qh = Q[:, h * G:(h + 1) * G]
             QH = Qh[max(Tq - n_queries, 1):Tq] if variant == "gptq_oracle" else Qh
-            Kq = code_head(K[:, h] - mu, Qh[:C].reshape(-1, d), B, C, variant, QH.reshape(-1, d)) + mu
+            if variant.startswith("prerope"):
+                npairs = int(variant.split("=")[1]) if "=" in variant else None
+                base = rope_base_swa if local and rope_base_swa > 0 else rope_base
+                P = rope(K[:, h].astype(np.float64), base, rope_neox, inverse=True, n_pairs=npairs)
+                mp = P[:32].mean(0)
+                # a pair's query energy, shared by its two channels (the rotation mixes them)
+                q2 = (Qh[:C].reshape(-1, d) ** 2).mean(0)
+                half = d // 2
+                a, b = (np.arange(half), np.arange(half) + half) if rope_neox else (np.arange(0, d, 2), np.arange(1, d, 2))
+                q2[a] = q2[b] = (q2[a] + q2[b]) / 2
+                Q0 = np.broadcast_to(np.sqrt(q2), (1, d))
+                Kq = rope(code_head(P - mp, Q0, B, C, "base", None) + mp, base, rope_neox, n_pairs=npairs)
+            else:
+                Kq = code_head(K[:, h] - mu, Qh[:C].reshape(-1, d), B, C, variant, QH.reshape(-1, d)) + mu
             for t in range(max(Tq - n_queries, 1), Tq, 10):
                 for g in range(G):
                     q = Q[t, h * G + g] / np.sqrt(d)
@@ -170,12 +206,18 @@ def main():
     ap.add_argument("--window", type=int, default=0, help="sliding-window layers see this many positions")
     ap.add_argument("--global-every", type=int, default=0,
                     help="with --window: layer l is global when (l + 1) %% N == 0 (Gemma 3: 6)")
+    ap.add_argument("--rope-base", type=float, default=0.0, help="prerope: the model's RoPE base")
+    ap.add_argument("--rope-base-swa", type=float, default=0.0, help="prerope: the sliding-window layers' base")
+    ap.add_argument("--rope-neox", action="store_true", help="prerope: pairs (i, i + d/2) instead of (2i, 2i + 1)")
     a = ap.parse_args()
+    if any(v.startswith("prerope") for v in a.variants.split(",")) and not a.rope_base > 0:
+        ap.error("the prerope variant needs --rope-base")
     if not glob.glob(os.path.join(a.dump, "keys_*.npy")):
         ap.error("%s holds no keys_*.npy (kvq generate --dump-kv writes them)" % a.dump)
     for B in (int(x) for x in a.bits.split(",")):
         for v in a.variants.split(","):
-            e, k = measure(a.dump, B, a.chunk, v, a.queries, a.window, a.global_every)
+            e, k = measure(a.dump, B, a.chunk, v, a.queries, a.window, a.global_every, a.rope_base, a.rope_neox,
+                           a.rope_base_swa)
             print("bits %d %-12s output error %.4f  attention KL %.5f" % (B, v, e, k), flush=True)
 
 
