@@ -82,6 +82,12 @@ def gptq_round(X, lo, step, n, H):
     return out
 
 
+def rope_pairs(d, neox):
+    """The channels a and b of RoPE pair i (i = 0: the fastest)."""
+    i = np.arange(d // 2)
+    return (i, i + d // 2) if neox else (2 * i, 2 * i + 1)
+
+
 def rope(K, base, neox, inverse=False, n_pairs=None):
     """K (T x d, row t at position t) turned by RoPE's angles t base^(-2i/d) in the pairs
     (2i, 2i + 1), or (i, i + d/2) with neox; inverse: turned back; n_pairs: only the
@@ -91,7 +97,7 @@ def rope(K, base, neox, inverse=False, n_pairs=None):
     i = np.arange(half)
     th = np.arange(T)[:, None] * (base ** (-2.0 * i / d) * (i < (half if n_pairs is None else n_pairs)))[None, :]
     c, s = np.cos(th), np.sin(th) * (-1.0 if inverse else 1.0)
-    a, b = (i, i + half) if neox else (2 * i, 2 * i + 1)
+    a, b = rope_pairs(d, neox)
     out = K.copy()
     out[:, a] = K[:, a] * c - K[:, b] * s
     out[:, b] = K[:, a] * s + K[:, b] * c
@@ -172,8 +178,7 @@ def measure(dump, B, C, variant, n_queries, window=0, global_every=0, rope_base=
                 mp = P[:32].mean(0)
                 # a pair's query energy, shared by its two channels (the rotation mixes them)
                 q2 = (Qh[:C].reshape(-1, d) ** 2).mean(0)
-                half = d // 2
-                a, b = (np.arange(half), np.arange(half) + half) if rope_neox else (np.arange(0, d, 2), np.arange(1, d, 2))
+                a, b = rope_pairs(d, rope_neox)
                 q2[a] = q2[b] = (q2[a] + q2[b]) / 2
                 Q0 = np.broadcast_to(np.sqrt(q2), (1, d))
                 Kq = rope(code_head(P - mp, Q0, B, C, "base", None) + mp, base, rope_neox, n_pairs=npairs)

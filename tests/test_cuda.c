@@ -1381,8 +1381,9 @@ static void body_cuda_chan_matches_cpu(kvqt_ctx *kvqt_) {
     chan_case(kvqt_, "q4", 0, 0, 256, 1, 4, n4, 2, KVQ_CUDA_F16, 1);
     chan_case(kvqt_, "q2+mse:bits=1", 0, 0, 128, 2, 4, n2, 2, KVQ_CUDA_F32, 0);
     chan_case(kvqt_, "q2+mse:bits=5", 0, 0, 64, 2, 4, n4, 2, KVQ_CUDA_F16, 0);
-    /* chunks of 64 and 192 tokens (not whole rounds of four 32-token groups: each warp
-     * builds its own B fragments) and of 256 (two rounds a chunk: one build for both) */
+    /* chunks of 64, 192 and 256 tokens (the presets take 128): a warp's 32-token groups
+     * meet a new chunk, and build its B fragments from the query by channel, at other
+     * groups */
     chan_case(kvqt_, "q4@chunk=64", 0, 0, 128, 2, 4, n4, 2, KVQ_CUDA_F16, 0);
     chan_case(kvqt_, "q2@chunk=192", 0, 0, 128, 2, 4, n3, 3, KVQ_CUDA_F32, 1);
     const uint32_t n5[2] = {8 + 3 * 256 + 9, 8 + 256 + 100};
