@@ -46,6 +46,12 @@
  * 0: through per-warp chunk weights, as before */
 #define CHAN_QT 1
 #endif
+#ifndef CHAN_SV
+/* 1 (default): where the plan has a split take more than one chunk and it fits more
+ * blocks an SM, the QT kernel with one buffer of value codes a warp (QS, plan_attn);
+ * 0: never; 2: wherever it fits (the tests' build that covers it on every case) */
+#define CHAN_SV 1
+#endif
 #ifndef CHAN_MMA
 /* 1 (default): up to 4 query heads per KV head score on the tensor cores (integer mma
  * over the bit planes, chan_mma_step; bench/cuda/chan_mma_layout.py models its
@@ -544,6 +550,7 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+__device__ __forceinline__ void cp_wait2() { asm volatile("cp.async.wait_group 2;\n" ::); }
 
 /* Per-warp shared memory, in 4-byte words: two stages of one 32-token group (its chunk's
  * minima and steps, its plane words, its 32 value codes), the transposed planes as pairs
@@ -557,7 +564,12 @@ static constexpr __host__ __device__ bool chan_mma(int GS) { return CHAN_MMA && 
 static __host__ __device__ __forceinline__ int stage_words(int D, int P, int vcs) {
     return (D + P + (32 * vcs + 3) / 4 + 3) & ~3;
 }
-static __host__ __device__ __forceinline__ int warp_words(int D, int P, int vcs, int GS, bool tp) {
+/* QT with sv (QS): two stages of the chunk's minima and steps and the group's plane
+ * words, one buffer of its value codes (copied while the scores are computed) */
+static __host__ __device__ __forceinline__ int kstage_words(int D, int P) { return (D + P + 3) & ~3; }
+static __host__ __device__ __forceinline__ int vbuf_words(int vcs) { return ((32 * vcs + 3) / 4 + 3) & ~3; }
+static __host__ __device__ __forceinline__ int warp_words(int D, int P, int vcs, int GS, bool tp, bool sv) {
+    if (tp && chan_mma(GS) && sv) return 2 * kstage_words(D, P) + vbuf_words(vcs) + (P / 32) * 64 + 32 * GS;
     return 2 * stage_words(D, P, vcs) + (tp && !chan_mma(GS) ? 0 : (P / 32) * 64) + 32 * GS +
            (tp && chan_mma(GS) ? 0 : D * GS);
 }
@@ -565,10 +577,11 @@ static __host__ __device__ __forceinline__ int warp_words(int D, int P, int vcs,
 /* Dynamic shared memory of the attention kernel, in 4-byte words (the warps' areas hold
  * the split's partial results at the end; the tensor-core scores add a plane table of P
  * words to the block's area, and with tp the query heads by channel, [D][4]). */
-static size_t attn_smem_words(int D, int G, int GS, int P, int vcs, bool tp) {
-    size_t warps = (size_t)CHAN_WARPS * warp_words(D, P, vcs, GS, tp), part = (size_t)CHAN_WARPS * G * (D + 2);
-    return (size_t)G * D + 4 * (size_t)D + (chan_mma(GS) ? (size_t)P : 0) + 2 * CHAN_GMAX +
-           (chan_mma(GS) && tp ? 4 * (size_t)D : 0) + (warps > part ? warps : part);
+static size_t attn_smem_words(int D, int G, int GS, int P, int vcs, bool tp, bool sv) {
+    size_t warps = (size_t)CHAN_WARPS * warp_words(D, P, vcs, GS, tp, sv), part = (size_t)CHAN_WARPS * G * (D + 2);
+    const bool qt = chan_mma(GS) && tp, qs = qt && sv; /* (s_qt; with sv s_top [D] instead of s_bm [D] x 4) */
+    return (size_t)G * D + (qs ? 1 : 4) * (size_t)D + (chan_mma(GS) ? (size_t)P : 0) + 2 * CHAN_GMAX +
+           (qt ? 4 * (size_t)D : 0) + (warps > part ? warps : part);
 }
 
 /* A lane's four value dims from two centroid pairs of s_pair at byte offsets o0, o1. */
@@ -672,29 +685,35 @@ __device__ __forceinline__ void chan_values_mma(float (&cv)[MT][4], const uint8_
  * when it fits more blocks on an SM). With the tensor-core scores TP means QT instead:
  * no per-warp chunk weights [D][GS]; the B fragments are built from the query heads of
  * each channel (s_qt, once a block) and the chunk's steps, 6 KB less a block (q4's 5-bit
- * layers: 3 blocks an SM instead of 2) and a shorter chunk set-up. */
+ * layers: 3 blocks an SM instead of 2) and a shorter chunk set-up. SV (with QT: QS) keeps
+ * one buffer of value codes a warp, copied while the scores are computed, instead of one
+ * a stage (q4: 4 blocks an SM instead of 3; plan_attn says where it pays). */
 /* Blocks per SM the register budget must allow: the scoring loop's own need (the exact
  * tokens' path, which holds more in flight, must not raise it). */
 #define CHAN_MIN_BLOCKS(E, GS) ((E) == 8 ? 3 : (E) == 2 && (GS) == 4 ? 5 : 4)
-template <int E, int GS, bool TP, bool PG>
+template <int E, int GS, bool TP, bool PG, bool SV>
 __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_attend_kernel(chan_attn_args a) {
     extern __shared__ __align__(16) float smem[];
     const chan_geom &g = a.g;
     const int D = 32 * E, G = a.G, P = g.bits * D, NR = P / 32;
     float *s_q = smem;                           /* [G][D] */
     constexpr bool MMA = chan_mma(GS);
-    int4 *s_bm = (int4 *)(s_q + G * D);          /* [D]: transposed word's byte offset, shift, mask */
+    /* QT (tensor-core scores with TP): no per-warp chunk weights; the B fragments come
+     * from the query heads of each channel (s_qt, [D] x 4) and the chunk's steps. QS (QT
+     * with SV): one buffer of value codes a warp instead of one a stage, and each
+     * channel's 2^(bits - 1) in s_top instead of s_bm's four words */
+    constexpr bool QT = MMA && TP, QS = QT && SV;
+    uint32_t *s_bmw = (uint32_t *)(s_q + G * D);
+    int4 *s_bm = (int4 *)s_bmw;                  /* [D]: transposed word's byte offset, shift, mask */
+    float *s_top = (float *)s_bmw;               /* QS: [D] 2^(bits - 1) (0: no bits) */
     __shared__ float s_cen[256];                 /* value centroids (a fixed address) */
     __shared__ float2 s_pair[E == 4 && !MMA ? 256 : 1]; /* E = 4, 4- / 2-bit values: two dims' centroids */
     __shared__ uint32_t s_hp[MMA ? 256 : 1];    /* MMA, 1-4-bit values: two dims' centroids in fp16 */
-    uint32_t *s_pl = (uint32_t *)(s_bm + D);     /* MMA: [P] plane -> 2^bit as float bits | channel */
+    uint32_t *s_pl = s_bmw + (QS ? D : 4 * D);   /* MMA: [P] plane -> 2^bit as float bits | channel */
     float *s_qmu = (float *)(s_pl + (MMA ? P : 0)); /* [GMAX] (+ pad) */
-    /* QT (tensor-core scores with TP): no per-warp chunk weights; the B fragments come
-     * from the query heads of each channel (s_qt, [D] x 4) and the chunk's steps */
-    constexpr bool QT = MMA && TP;
     float4 *s_qt = (float4 *)(s_qmu + 2 * CHAN_GMAX);
     uint32_t *s_warp = (uint32_t *)(s_qmu + 2 * CHAN_GMAX + (QT ? 4 * D : 0));
-    const int vcs = g.vcs, SW = stage_words(D, P, vcs), WW = warp_words(D, P, vcs, GS, TP);
+    const int vcs = g.vcs, SW = QS ? kstage_words(D, P) : stage_words(D, P, vcs), WW = warp_words(D, P, vcs, GS, TP, SV);
     float *s_part = (float *)s_warp; /* [WARPS][G][D + 2], once the warps are done */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     /* z: the query row (decode: the sequence), b: the sequence whose cache it reads */
@@ -724,12 +743,24 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
             uint8_t *dst = (uint8_t *)(my + st * SW);
             for (int c = lane; c < D / 4; c += 32) cp_async16(dst + 16 * c, blk + 16 * c);
             for (int c = lane; c < P / 4; c += 32) cp_async16(dst + 4 * D + 16 * c, wsrc + 16 * c);
-            for (int c = lane; c < 2 * vcs; c += 32) cp_async16(dst + 4 * D + 4 * P + 16 * c, vsrc + 16 * c);
+            if (!QS) /* (QS: issue_v) */
+                for (int c = lane; c < 2 * vcs; c += 32) cp_async16(dst + 4 * D + 4 * P + 16 * c, vsrc + 16 * c);
+        }
+        cp_commit();
+    };
+    auto issue_v = [&](int gi) { /* QS: group gi's value codes into the warp's one buffer */
+        if (gi < g_end) {
+            const int t0 = t_begin + 32 * gi, ci = t0 / C, grp = (t0 % C) / 32;
+            const size_t pc = PG ? chan_chunk(g, b, ci) : (size_t)ci;
+            const uint8_t *vsrc = rp.v + pc * g.vstep + (size_t)(grp * 32) * vcs;
+            uint8_t *dst = (uint8_t *)(my + 2 * SW);
+            for (int c = lane; c < 2 * vcs; c += 32) cp_async16(dst + 16 * c, vsrc + 16 * c);
         }
         cp_commit();
     };
     const bool coded = split < a.n_split;
     if (coded) issue(g_begin, 0);
+    if (coded && QS) issue_v(g_begin); /* (the later groups' values: in the loop) */
     /* the prologue's global loads (centroids, the query, the head state) all in flight
      * at once, then their shared-memory stores */
     const uint8_t *hs = g.cache + g.heads + (size_t)row * g.head_bytes;
@@ -805,7 +836,8 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
 #pragma unroll
         for (int k = 0; k < 2; k++) {
             const int j = threadIdx.x + CHAN_WARPS * 32 * k, off = off_r[k], nb = nb_r[k];
-            if (j < D) s_bm[j] = make_int4((off >> 5) * (TP ? 128 : 256), off & 31, (int)((1u << nb) - 1u), 0);
+            if (j < D && QS) s_top[j] = (float)(1u << nb >> 1);
+            else if (j < D) s_bm[j] = make_int4((off >> 5) * (TP ? 128 : 256), off & 31, (int)((1u << nb) - 1u), 0);
         }
         if (MMA) { /* plane off_j + p of channel j: 2^p (float bits, low mantissa bits clear) | j */
             for (int i = threadIdx.x; i < P; i += blockDim.x) s_pl[i] = 0u; /* planes of no channel: 0 */
@@ -827,8 +859,9 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
             if (lane == 0) s_qmu[gg] = sdot;
         }
         __syncthreads();
-        uint2 *s_t = (uint2 *)(my + 2 * SW);          /* [NR][32] pairs (row r, row r + 1), unless TP */
-        float *s_p = (float *)(my + 2 * SW + (TP && !MMA ? 0 : NR * 64)); /* [32][GS] */
+        uint32_t *wrk = my + 2 * SW + (QS ? vbuf_words(vcs) : 0);
+        uint2 *s_t = (uint2 *)wrk;                    /* [NR][32] pairs (row r, row r + 1), unless TP */
+        float *s_p = (float *)(wrk + (TP && !MMA ? 0 : NR * 64)); /* [32][GS] */
         float *s_w = s_p + 32 * GS;                   /* [D][GS] (not with QT) */
         uint8_t *s_bt = (uint8_t *)s_t;               /* MMA: [NR][32 lanes][b0, b1] */
         int stage = 0, cur = -1;
@@ -839,14 +872,20 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
         for (int gg = 0; gg < 4; gg++) sinv[gg] = 0.0f;
         const int vbits = a.vbits;
         for (int gi = g_begin; gi < g_end; gi++) {
-            issue(gi + 1, stage ^ 1);
-            cp_wait1();
+            if constexpr (QS) { /* commits: K(gi) earlier, then V(gi), K(gi + 1): K(gi) is in */
+                if (gi > g_begin) issue_v(gi); /* (the first with the prologue, after K(gi)) */
+                issue(gi + 1, stage ^ 1);
+                cp_wait2();
+            } else {
+                issue(gi + 1, stage ^ 1);
+                cp_wait1();
+            }
             __syncwarp();
             const int t0 = t_begin + 32 * gi, ci = t0 / C;
             const uint32_t *sst = my + stage * SW;
             const uint16_t *hdr = (const uint16_t *)sst;
             const uint32_t *wst = sst + D;
-            const uint8_t *vst = (const uint8_t *)(wst + P);
+            const uint8_t *vst = QS ? (const uint8_t *)(my + 2 * SW) : (const uint8_t *)(wst + P);
             if (ci != cur) { /* this chunk's weights and bias */
                 cur = ci;
                 float amax[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* QT: max |q_j step_j| 2^(bits_j - 1) a head */
@@ -854,7 +893,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                     const float st = h2f(hdr[D + j]), lo = h2f(hdr[j]);
                     if constexpr (QT) {
                         const float4 qj = s_qt[j];
-                        const float top = (float)((s_bm[j].z + 1) >> 1); /* 2^(bits - 1); 0: no bits */
+                        const float top = QS ? s_top[j] : (float)((s_bm[j].z + 1) >> 1); /* 2^(bits - 1); 0: no bits */
                         amax[0] = fmaxf(amax[0], fabsf(qj.x * st) * top);
                         amax[1] = fmaxf(amax[1], fabsf(qj.y * st) * top);
                         amax[2] = fmaxf(amax[2], fabsf(qj.z * st) * top);
@@ -989,6 +1028,10 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                 for (int o = 4; o <= 16; o <<= 1) ps += __shfl_xor_sync(KVQC_FULL, ps, o);
                 lq = lq * alpha + ps;
                 mq = mn;
+                if constexpr (QS) { /* V(gi) in too (K(gi + 1) may still be on its way) */
+                    cp_wait1();
+                    __syncwarp();
+                }
 #pragma unroll
                 for (int k = 0; k < 4; k++) /* the value's norm rides on its weight */
                     s_p[(r4 + k) * GS + q] = pk[k] * h2f(*(const uint16_t *)(vst + (r4 + k) * vcs));
@@ -1379,19 +1422,18 @@ static int chan_gs(uint32_t G, uint32_t vbits) { return G <= 4 && (!CHAN_MMA || 
 
 /* The attention kernel for a head dim, weights a channel (GS), transposed-plane layout
  * (tp: in place) and chunk lookup (pg: through the page table). */
-template <bool PG> static chan_attend_fn attend_kernel_pg(uint32_t D, int GS, bool tp) {
-    const bool g4 = GS == 4;
-    if (D == 64)
-        return tp ? (g4 ? chan_attend_kernel<2, 4, true, PG> : chan_attend_kernel<2, 8, true, PG>)
-                  : (g4 ? chan_attend_kernel<2, 4, false, PG> : chan_attend_kernel<2, 8, false, PG>);
-    if (D == 128)
-        return tp ? (g4 ? chan_attend_kernel<4, 4, true, PG> : chan_attend_kernel<4, 8, true, PG>)
-                  : (g4 ? chan_attend_kernel<4, 4, false, PG> : chan_attend_kernel<4, 8, false, PG>);
-    return tp ? (g4 ? chan_attend_kernel<8, 4, true, PG> : chan_attend_kernel<8, 8, true, PG>)
-              : (g4 ? chan_attend_kernel<8, 4, false, PG> : chan_attend_kernel<8, 8, false, PG>);
+template <int E, bool PG> static chan_attend_fn attend_kernel_e(int GS, bool tp, bool sv) {
+    if (tp && GS == 4 && sv && chan_mma(4)) return chan_attend_kernel<E, 4, true, PG, true>;
+    return tp ? (GS == 4 ? chan_attend_kernel<E, 4, true, PG, false> : chan_attend_kernel<E, 8, true, PG, false>)
+              : (GS == 4 ? chan_attend_kernel<E, 4, false, PG, false> : chan_attend_kernel<E, 8, false, PG, false>);
 }
-static chan_attend_fn attend_kernel_for(uint32_t D, int GS, bool tp, bool pg = false) {
-    return pg ? attend_kernel_pg<true>(D, GS, tp) : attend_kernel_pg<false>(D, GS, tp);
+/* (sv: one value buffer a warp, QS; only with the tensor-core scores and tp) */
+template <bool PG> static chan_attend_fn attend_kernel_pg(uint32_t D, int GS, bool tp, bool sv) {
+    return D == 64 ? attend_kernel_e<2, PG>(GS, tp, sv) : D == 128 ? attend_kernel_e<4, PG>(GS, tp, sv)
+                                                               : attend_kernel_e<8, PG>(GS, tp, sv);
+}
+static chan_attend_fn attend_kernel_for(uint32_t D, int GS, bool tp, bool pg = false, bool sv = false) {
+    return pg ? attend_kernel_pg<true>(D, GS, tp, sv) : attend_kernel_pg<false>(D, GS, tp, sv);
 }
 
 extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, kvq_cuda_chan **out) {
@@ -1441,14 +1483,14 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, 
     kc->key_block = 4 * D + C * D * kc->bits / 8;
     kc->vcs = vcs;
     kc->n_sm = kc->vq->n_sm;
-    size_t smem = attn_smem_words((int)D, CHAN_GMAX, 8, (int)(kc->bits * D), (int)vcs, false) * 4;
+    size_t smem = attn_smem_words((int)D, CHAN_GMAX, 8, (int)(kc->bits * D), (int)vcs, false, false) * 4;
     if (smem + 256 * (sizeof(float) + 2 * sizeof(float)) > kc->vq->smem_optin) { /* + the static centroid tables */
         kvq_cuda_chan_free(kc);
         return KVQ_ERR_UNSUPPORTED;
     }
     cudaError_t e = cudaSuccess;
-    for (int k = 0; k < 8 && e == cudaSuccess; k++)
-        e = cudaFuncSetAttribute((const void *)attend_kernel_for(D, k & 1 ? 8 : 4, k & 2, k >= 4),
+    for (int k = 0; k < 12 && e == cudaSuccess; k++) /* (k 8-11: the sv kernels, which need less) */
+        e = cudaFuncSetAttribute((const void *)attend_kernel_for(D, k & 1 ? 8 : 4, k & 2 || k >= 8, (k & 4) != 0, k >= 8),
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) {
         cudaGetLastError();
@@ -1734,7 +1776,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_observe_queries(const kvq_cuda_chan 
 
 typedef struct attn_plan {
     int n_split, cps, n_slots; /* n_slots - n_split blocks for the exact tokens */
-    bool tp;
+    bool tp, sv; /* sv: one value buffer a warp (QS) */
     int gs; /* weights a channel: chan_gs */
     size_t smem;
 } attn_plan;
@@ -1752,35 +1794,19 @@ static kvq_status check_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *
     return KVQ_OK;
 }
 
-/* Split the coded chunks so the grid holds about two waves of resident blocks (whole
- * chunks per split); KVQ_CUDA_ATTN_ONE_SPLIT: one block per (sequence, kv head). */
-static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, uint32_t q_per_seq, attn_plan *p) {
-    const int D = (int)kc->D, G = (int)(d->n_q_heads / d->n_kv_heads), GS = chan_gs(G, kc->vq->p.bits);
-    p->gs = GS;
-    /* the transposed planes in place (one more load per channel) when that fits more
-     * blocks on an SM, else as pairs of words */
-    int per_sm = 1;
-    p->tp = false;
-    for (int tp = 0; tp < 2; tp++) {
-        if (tp && chan_mma(GS) && !CHAN_QT) break;
-        const size_t smem = attn_smem_words(D, G, GS, (int)(kc->bits * kc->D), (int)kc->vcs, tp != 0) * 4;
-        int n = 0;
-        cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-            &n, (const void *)attend_kernel_for(kc->D, GS, tp != 0), 128, smem);
-        if (e != cudaSuccess) {
-            cudaGetLastError();
-            n = 0;
-        }
-        /* (the tensor-core scores take QT whenever it fits as many blocks: built without
-         * the per-warp weights, the chunk's set-up is shorter; CHAN_QT=0 at build time
-         * keeps the per-warp weights, for comparison) */
-        if (tp == 0 || n > per_sm || (chan_mma(GS) && n == per_sm)) {
-            p->smem = smem;
-            p->tp = tp != 0;
-            per_sm = n;
-        }
+static int blocks_per_sm(chan_attend_fn f, size_t smem) {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, (const void *)f, 128, smem) != cudaSuccess) {
+        cudaGetLastError();
+        n = 0;
     }
-    if (per_sm < 1) per_sm = 1;
+    return n;
+}
+
+/* Split the coded chunks so the grid holds about two waves of per_sm resident blocks
+ * (whole chunks per split); KVQ_CUDA_ATTN_ONE_SPLIT: one block per (sequence, kv head). */
+static void split_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, uint32_t q_per_seq, int per_sm,
+                       attn_plan *p) {
     uint64_t len = d->max_len;
     uint64_t chunks = len > kc->W ? (len - kc->W) / kc->C : 0;
     uint64_t base = (uint64_t)d->batch * q_per_seq * d->n_kv_heads;
@@ -1796,6 +1822,47 @@ static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, uint
         uint64_t cps = (chunks + ns - 1) / ns;
         p->cps = (int)cps;
         p->n_split = (int)((chunks + cps - 1) / cps);
+    }
+}
+
+/* The kernel variant (tp, sv), its shared memory and the split of the chunks. */
+static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, uint32_t q_per_seq, attn_plan *p) {
+    const int D = (int)kc->D, G = (int)(d->n_q_heads / d->n_kv_heads), GS = chan_gs(G, kc->vq->p.bits);
+    p->gs = GS;
+    /* the transposed planes in place (one more load per channel) when that fits more
+     * blocks on an SM, else as pairs of words */
+    int per_sm = 1;
+    p->tp = false;
+    for (int tp = 0; tp < 2; tp++) {
+        if (tp && chan_mma(GS) && !CHAN_QT) break;
+        const size_t smem = attn_smem_words(D, G, GS, (int)(kc->bits * kc->D), (int)kc->vcs, tp != 0, false) * 4;
+        const int n = blocks_per_sm(attend_kernel_for(kc->D, GS, tp != 0), smem);
+        /* (the tensor-core scores take QT whenever it fits as many blocks: built without
+         * the per-warp weights, the chunk's set-up is shorter; CHAN_QT=0 at build time
+         * keeps the per-warp weights, for comparison) */
+        if (tp == 0 || n > per_sm || (chan_mma(GS) && n == per_sm)) {
+            p->smem = smem;
+            p->tp = tp != 0;
+            per_sm = n;
+        }
+    }
+    if (per_sm < 1) per_sm = 1;
+    split_attn(kc, d, q_per_seq, per_sm, p);
+    /* QS when it fits more blocks an SM and a split still takes more than one chunk: its
+     * values' copy waits behind the scores, which only pays where more blocks hide it
+     * (q4: 4 blocks an SM instead of 3, 1.04-1.11x at 32k-128k; at one chunk a split,
+     * batch 1 at 4k, 0.90x) */
+    p->sv = false;
+    if (CHAN_SV && p->tp && chan_mma(GS)) {
+        const size_t smem = attn_smem_words(D, G, GS, (int)(kc->bits * kc->D), (int)kc->vcs, true, true) * 4;
+        const int n = blocks_per_sm(attend_kernel_for(kc->D, GS, true, false, true), smem);
+        attn_plan q = *p;
+        if (n > per_sm || (CHAN_SV == 2 && n > 0)) split_attn(kc, d, q_per_seq, n, &q);
+        if ((n > per_sm && q.cps > 1) || (CHAN_SV == 2 && n > 0)) {
+            *p = q;
+            p->sv = true;
+            p->smem = smem;
+        }
     }
     /* the exact tokens (sinks, window and the filling chunk: up to n_sink + W + C) a round
      * of 32 a warp: over two blocks when one would take more than one round a warp */
@@ -1879,7 +1946,7 @@ static kvq_status chan_run(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
     a.q_per_seq = (int)qps;
     cudaStream_t s = (cudaStream_t)stream;
     dim3 grid((unsigned)p.n_slots, d->n_kv_heads, d->batch * qps), rows(d->n_q_heads, d->batch * qps);
-    attend_kernel_for(kc->D, p.gs, p.tp, pg != NULL)<<<grid, 128, p.smem, s>>>(a);
+    attend_kernel_for(kc->D, p.gs, p.tp, pg != NULL, p.sv)<<<grid, 128, p.smem, s>>>(a);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return kvqc_status(e);
     void (*combine)(const kvqc_params *, const float *, int, int, float *) =
