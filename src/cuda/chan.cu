@@ -732,16 +732,26 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     const int g_begin = (int)((long long)n_groups * warp / CHAN_WARPS);
     const int g_end = (int)((long long)n_groups * (warp + 1) / CHAN_WARPS);
     uint32_t *my = s_warp + warp * WW;
+    /* group gi's chunk and place in it without a division a group: t_begin is whole
+     * chunks (split * cps), a chunk C / 32 groups (a shift and a mask where that is a
+     * power of two, as for every chunk size the presets take) */
+    const int gpc = C / 32, c_first = split * a.cps, lg = __ffs(gpc) - 1;
+    const bool gp2 = (gpc & (gpc - 1)) == 0;
+    auto chunk_of = [&](int gi) { return c_first + (gp2 ? gi >> lg : gi / gpc); };
+    auto group_of = [&](int gi) { return gp2 ? gi & (gpc - 1) : gi % gpc; };
     const chan_rowp rp = chan_row(g, b, h);
     auto issue = [&](int gi, int st) {
         if (gi < g_end) {
-            const int t0 = t_begin + 32 * gi, ci = t0 / C, grp = (t0 % C) / 32;
+            const int ci = chunk_of(gi), grp = group_of(gi);
             const size_t pc = PG ? chan_chunk(g, b, ci) : (size_t)ci; /* (PG: g.ptab != NULL) */
             const uint8_t *blk = rp.k + pc * g.kstep;
             const uint8_t *wsrc = blk + 4 * (size_t)D + (size_t)grp * P * 4;
             const uint8_t *vsrc = rp.v + pc * g.vstep + (size_t)(grp * 32) * vcs;
             uint8_t *dst = (uint8_t *)(my + st * SW);
-            for (int c = lane; c < D / 4; c += 32) cp_async16(dst + 16 * c, blk + 16 * c);
+            /* the chunk's minima and steps: only the chunk set-up reads them, at the warp's
+             * first group and at each chunk's first */
+            if (gi == g_begin || grp == 0)
+                for (int c = lane; c < D / 4; c += 32) cp_async16(dst + 16 * c, blk + 16 * c);
             for (int c = lane; c < P / 4; c += 32) cp_async16(dst + 4 * D + 16 * c, wsrc + 16 * c);
             if (!QS) /* (QS: issue_v) */
                 for (int c = lane; c < 2 * vcs; c += 32) cp_async16(dst + 4 * D + 4 * P + 16 * c, vsrc + 16 * c);
@@ -750,7 +760,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
     };
     auto issue_v = [&](int gi) { /* QS: group gi's value codes into the warp's one buffer */
         if (gi < g_end) {
-            const int t0 = t_begin + 32 * gi, ci = t0 / C, grp = (t0 % C) / 32;
+            const int ci = chunk_of(gi), grp = group_of(gi);
             const size_t pc = PG ? chan_chunk(g, b, ci) : (size_t)ci;
             const uint8_t *vsrc = rp.v + pc * g.vstep + (size_t)(grp * 32) * vcs;
             uint8_t *dst = (uint8_t *)(my + 2 * SW);
@@ -881,7 +891,7 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                 cp_wait1();
             }
             __syncwarp();
-            const int t0 = t_begin + 32 * gi, ci = t0 / C;
+            const int t0 = t_begin + 32 * gi, ci = chunk_of(gi);
             const uint32_t *sst = my + stage * SW;
             const uint16_t *hdr = (const uint16_t *)sst;
             const uint32_t *wst = sst + D;
@@ -902,11 +912,11 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
                         for (int gg = 0; gg < GS; gg++) s_w[j * GS + gg] = gg < G ? s_q[gg * D + j] * st : 0.0f;
                     }
 #pragma unroll
-                    for (int gg = 0; gg < CHAN_GMAX; gg++)
+                    for (int gg = 0; gg < GS; gg++) /* (G <= GS: chan_gs) */
                         if (gg < G) bias[gg] = (j == lane ? 0.0f : bias[gg]) + s_q[gg * D + j] * lo;
                 }
 #pragma unroll
-                for (int gg = 0; gg < CHAN_GMAX; gg++)
+                for (int gg = 0; gg < GS; gg++)
                     if (gg < G) bias[gg] = kvqc_warp_sum(bias[gg]) + s_qmu[gg];
                 if constexpr (MMA) {
                     /* the plane weights q_j step_j 2^p in 16-bit fixed point per head, against
