@@ -153,8 +153,9 @@ typedef struct kvq_config {
     float eps0;            /* rabitq: confidence parameter of the error bound (default 1.9) */
     uint32_t sub_dim;      /* vecinfer: sub-vector length (default 8) */
     uint32_t n_codebooks;  /* comm_vq: additive codebooks (default 4) */
-    float rope_base;       /* comm_vq: RoPE frequency base theta (default 10000) */
-    uint32_t rope_pairing; /* comm_vq: KVQ_ROPE_INTERLEAVED (default) or KVQ_ROPE_NEOX */
+    float rope_base;       /* comm_vq: RoPE frequency base theta (default 10000); channel
+                            * cache keys: > 0 codes them before RoPE (default 0: after) */
+    uint32_t rope_pairing; /* comm_vq, channel: KVQ_ROPE_INTERLEAVED (default) or KVQ_ROPE_NEOX */
     kvq_isa isa;           /* KVQ_ISA_AUTO unless pinning for tests */
     char artifact[512];    /* calibrated methods: safetensors artifact to load ("" = none) */
 } kvq_config;

@@ -798,3 +798,150 @@ TEST(channel_encode_kernels_match_scalar) {
     }
     if (!compared) SKIP("no SIMD ISA on this CPU");
 }
+
+/* ------------------------------------------------------------ before RoPE */
+
+/* RoPE of pair i by angle p theta_i (theta_i = base^(-2 i / dim)), NeoX or interleaved. */
+static void rope_row(float *x, uint32_t dim, double p, double base, int neox) {
+    for (uint32_t i = 0; i < dim / 2; i++) {
+        uint32_t a = neox ? i : 2 * i, b = neox ? i + dim / 2 : 2 * i + 1;
+        double th = p * pow(base, -2.0 * i / dim), c = cos(th), s = sin(th), xa = x[a], xb = x[b];
+        x[a] = (float)(xa * c - xb * s);
+        x[b] = (float)(xa * s + xb * c);
+    }
+}
+
+/* The score kernel of keys before RoPE: every ISA gives the scalar reference's bits
+ * (random layouts of 0..8 bits a channel, spans anywhere in two units, 1..9 heads, both
+ * pairings, heads of 64, 128 and 288 channels: past the AVX-512 kernel's 256), and the
+ * reference is the score of the decoded key turned by its offset's angle (in doubles). */
+TEST(channel_prerope_kernels_match_scalar) {
+    enum { MAXD = 288, C = 128 };
+    uint8_t bits[MAXD];
+    kvqi_chan_layout L;
+    void *mem = malloc(kvqi_chan_layout_bytes(MAXD));
+    uint8_t *block = malloc(4 * MAXD + 2 * 64 * MAXD);
+    float *q = malloc(9 * MAXD * sizeof(float)), *cs = malloc(MAXD / 2 * C * sizeof(float)),
+          *sn = malloc(MAXD / 2 * C * sizeof(float)), lo[MAXD], step[MAXD], ref[9 * 64], got[9 * 64];
+    REQUIRE(mem && block && q && cs && sn);
+    kvqi_rng r;
+    kvqi_rng_seed(&r, 77);
+    const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512, KVQ_ISA_NEON};
+    int compared = 0;
+    double worst = 0.0;
+    for (int rep = 0; rep < 6; rep++) {
+        uint32_t dim = rep < 2 ? 64 : rep < 4 ? 128 : 288;
+        int neox = rep % 2;
+        random_layout(&r, dim, bits, &L, mem);
+        random_block(&r, &L, block, 4 * dim + 2 * (size_t)L.unit_bytes);
+        for (uint32_t j = 0; j < dim; j++) {
+            lo[j] = (float)kvqi_rng_normal(&r) * 4.0f;
+            step[j] = (float)fabs(kvqi_rng_normal(&r)) * 0.1f;
+        }
+        for (uint32_t i = 0; i < dim / 2; i++)
+            for (uint32_t u = 0; u < C; u++) {
+                double th = u * pow(10000.0, -2.0 * i / dim);
+                cs[i * C + u] = (float)cos(th);
+                sn[i * C + u] = (float)sin(th);
+            }
+        for (uint32_t i = 0; i < 9 * dim; i++) q[i] = (float)kvqi_rng_normal(&r);
+        for (uint32_t G = 1; G <= 9; G += 2)
+            for (size_t in = 0; in < 128; in += 21) {
+                size_t room = 64 - in % 64, n = (in + G) % 3 ? room : 1 + (in * 7 + G) % room;
+                kvqi_cache_kernels_scalar.chan_prerope_scores(block, &L, lo, step, q, G, cs, sn, C, in - in % 64, neox, in, n, ref, 64);
+                /* the reference against the decoded keys, turned in doubles */
+                for (size_t t = 0; t < n; t++) {
+                    size_t tok = in + t, u = tok; /* (the block is one chunk of 128) */
+                    double k[MAXD], kt[MAXD];
+                    for (uint32_t j = 0; j < dim; j++) k[j] = lo[j] + (double)step[j] * kvqi_chan_code_at(&L, block, j, tok);
+                    for (uint32_t i = 0; i < dim / 2; i++) {
+                        uint32_t a = neox ? i : 2 * i, b = neox ? i + dim / 2 : 2 * i + 1;
+                        double c = cs[i * C + u], s = sn[i * C + u];
+                        kt[a] = k[a] * c - k[b] * s;
+                        kt[b] = k[a] * s + k[b] * c;
+                    }
+                    for (uint32_t h = 0; h < G; h++) {
+                        double want = 0.0, mag = 0.0;
+                        for (uint32_t j = 0; j < dim; j++) {
+                            want += (double)q[h * dim + j] * kt[j];
+                            mag += fabs((double)q[h * dim + j] * kt[j]);
+                        }
+                        double e = fabs(ref[h * 64 + t] - want) / (mag + 1e-30);
+                        if (e > worst) worst = e;
+                    }
+                }
+                for (size_t k = 0; k < 3; k++) {
+                    if (!kvq_isa_available(isas[k])) continue;
+                    const kvqi_cache_kernels *K = kvqi_cache_kernels_for(isas[k]);
+                    memset(got, 0, sizeof got);
+                    K->chan_prerope_scores(block, &L, lo, step, q, G, cs, sn, C, in - in % 64, neox, in, n, got, 64);
+                    for (uint32_t h = 0; h < G; h++)
+                        CHECKF(memcmp(got + h * 64, ref + h * 64, n * sizeof(float)) == 0,
+                               "isa %d rep %d in %zu n %zu G %u head %u differs", (int)isas[k], rep, in, n, G, h);
+                    compared++;
+                }
+            }
+    }
+    CHECKF(worst < 1e-5, "scalar kernel against the decoded keys turned in doubles: %.3g of the terms' sum", worst);
+    free(mem), free(block), free(q), free(cs), free(sn);
+    if (!compared) SKIP("no SIMD ISA on this CPU");
+}
+
+/* Keys whose channels hold steady offsets before RoPE (as real keys' outlier channels
+ * do), turned by RoPE at their positions: coded after RoPE, a fast pair's offset sweeps
+ * both its channels' ranges; coded before RoPE (rope_base), each channel keeps its narrow
+ * range. The attention error against exact attention is far lower, at 8 bits near zero
+ * (the turn back and the scores' turn agree with the model's RoPE, both pairings), and
+ * bad combinations are refused. */
+TEST(channel_cache_keys_before_rope) {
+    const uint32_t n_kv = 2, H = 8, dim = 64;
+    const size_t n = 1040;
+    float *k = malloc(n * n_kv * dim * sizeof(float)), *v = malloc(n * n_kv * dim * sizeof(float));
+    float *q = malloc((size_t)H * dim * sizeof(float)), *ref = malloc((size_t)H * dim * sizeof(float));
+    REQUIRE(k && v && q && ref);
+    for (int neox = 0; neox < 2; neox++) {
+        kvqi_rng r;
+        kvqi_rng_seed(&r, 91 + (uint64_t)neox);
+        for (size_t t = 0; t < n; t++)
+            for (uint32_t g = 0; g < n_kv; g++) {
+                float *x = k + (t * n_kv + g) * dim;
+                for (uint32_t j = 0; j < dim; j++) {
+                    double off = j % 4 == 1 ? 4.0 * (1.0 + g) * (j % 8 == 1 ? -1.0 : 1.0) : 0.0;
+                    x[j] = (float)(off + 0.3 * kvqi_rng_normal(&r));
+                    v[(t * n_kv + g) * dim + j] = (float)kvqi_rng_normal(&r);
+                }
+                rope_row(x, dim, (double)t, 10000.0, neox);
+            }
+        for (uint32_t i = 0; i < H * dim; i++) q[i] = (float)kvqi_rng_normal(&r) * 0.3f;
+        for (uint32_t h = 0; h < H; h++) rope_row(q + h * dim, dim, (double)n, 10000.0, neox);
+        for (size_t i = 0; i < n * n_kv * dim; i++) { /* the exact tokens are held at fp16 */
+            k[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(k[i]));
+            v[i] = kvqi_fp16_to_fp32(kvqi_fp32_to_fp16(v[i]));
+        }
+        kvqt_ref_attend(q, k, v, n, n_kv, H, dim, 1, 1.0f / 8.0f, ref);
+        const char *pair = neox ? "neox" : "interleaved";
+        char s_after[160], s_before[160], s_eight[160];
+        snprintf(s_after, sizeof s_after, "channel:bits=2+fp16@sink=1,window=8,chunk=128");
+        snprintf(s_before, sizeof s_before, "channel:bits=2,rope_base=10000,rope=%s+fp16@sink=1,window=8,chunk=128", pair);
+        snprintf(s_eight, sizeof s_eight, "channel:bits=8,rope_base=10000,rope=%s+fp16@sink=1,window=8,chunk=128", pair);
+        double after = attend_err(s_after, k, v, q, n, n_kv, H, dim, ref);
+        double before = attend_err(s_before, k, v, q, n, n_kv, H, dim, ref);
+        double eight = attend_err(s_eight, k, v, q, n, n_kv, H, dim, ref);
+        /* the channel format's own floor (fp16 minima and steps, integer weights): the
+         * same at 8 bits after RoPE */
+        double eight_after = attend_err("channel:bits=8+fp16@sink=1,window=8,chunk=128", k, v, q, n, n_kv, H, dim, ref);
+        CHECKF(after > 0 && before >= 0 && eight >= 0 && eight_after > 0, "%s: attend failed (%g %g %g %g)", pair, after,
+               before, eight, eight_after);
+        CHECKF(before < 0.8 * after, "%s: 2-bit keys before RoPE %.4f, after %.4f", pair, before, after);
+        CHECKF(eight < 1.1 * eight_after, "%s: 8-bit keys before RoPE %.5f, after %.5f", pair, eight, eight_after);
+    }
+    kvq_cache_config cfg;
+    kvq_cache *c = NULL;
+    REQUIRE_OK(kvq_cache_config_parse("channel:bits=2,rope_base=10000+fp16@center=1", 2, 64, &cfg, NULL, 0));
+    CHECK_STATUS(kvq_cache_create(&cfg, &c), KVQ_ERR_UNSUPPORTED);
+    CHECK(c == NULL && strstr(kvq_last_error(), "RoPE") != NULL);
+    char msg[128];
+    CHECK_STATUS(kvq_cache_config_parse("channel:bits=2,rope_base=-1+fp16", 2, 64, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
+    CHECK_STATUS(kvq_cache_config_parse("channel:bits=2,rope=sideways+fp16", 2, 64, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
+    free(k), free(v), free(q), free(ref);
+}

@@ -59,6 +59,9 @@ static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     size_t i8 = (size_t)G * d / 2 + 2 * G + 16;
     /* sign keys: one table of m/8 x 256 sums per query head, and the sums of z */
     size_t signs = c->key.path == KVQI_PATH_SIGNS ? (size_t)G * (c->key.signs.m / 8) * 256 + G + 16 : 0;
+    /* channel keys before RoPE: the turned query [G][dim], lo/step/top [3][dim], the start
+     * angles (dim doubles) */
+    signs += c->pre_freq ? (size_t)G * d + 3 * d + 2 * d + 32 : 0;
     return 5 * G * d + G * c->n_out + G * B + vdec_floats(c) + 3 * G + d + 32 + span + i8 + signs;
 }
 
@@ -201,6 +204,10 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->zsum = (float *)(void *)(s->q8 + ((2 * G * d + 15) & ~(size_t)15));
     s->kbias = s->zsum + G;
     s->lut = s->kbias + ((G + 15) & ~(size_t)15);
+    s->pre_ci = s->pre_qci = SIZE_MAX;
+    s->pre_q = c->pre_freq ? s->lut : NULL; /* (the sign keys' table: another path) */
+    s->pre_rng = c->pre_freq ? s->lut + (size_t)G * d : NULL;
+    s->pre_cs = c->pre_freq ? (double *)(void *)(s->lut + (((size_t)G * d + 3 * d + 15) & ~(size_t)15)) : NULL;
 }
 
 /* <q, mean> back on the scores of centered keys. */
@@ -258,6 +265,39 @@ static void score_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G,
     case KVQI_PATH_CHAN: { /* weighed at the chunk's first block, <q, mean> in the bias */
         kvqi_chan_weighed w;
         kvqi_chan_scratch(s->kspan, c->dim, G, &w);
+        if (c->pre_freq) { /* keys before RoPE: the query turned back to the chunk's start,
+                            * each key turned by its offset in the chunk (cache/positions.c) */
+            uint32_t d = c->dim, half = d / 2;
+            double *cs2 = s->pre_cs;
+            if (s->pre_ci != ci) { /* the start angles: one turn by C theta from the chunk before */
+                if (s->pre_ci != SIZE_MAX && s->pre_ci + 1 == ci) {
+                    for (uint32_t j = 0; j < half; j++) {
+                        double cC = c->pre_step[2 * j], sC = c->pre_step[2 * j + 1];
+                        double c0 = cs2[2 * j], s0 = cs2[2 * j + 1];
+                        cs2[2 * j] = c0 * cC - s0 * sC;
+                        cs2[2 * j + 1] = s0 * cC + c0 * sC;
+                    }
+                } else {
+                    kvqi_pre_angles(c, ci, cs2);
+                }
+                s->pre_ci = ci;
+            }
+            if (s->pre_qci != ci) { /* each head turned back by the start angle */
+                s->pre_qci = ci;
+                for (uint32_t h = 0; h < G; h++) {
+                    const float *qh = s->q + (size_t)h * d;
+                    float *o = s->pre_q + (size_t)h * d;
+                    for (uint32_t j = 0; j < half; j++) {
+                        uint32_t a = c->pre_neox ? j : 2 * j, b = c->pre_neox ? j + half : 2 * j + 1;
+                        double qa = qh[a], qb = qh[b], cc = cs2[2 * j], ss = cs2[2 * j + 1];
+                        o[a] = (float)(qa * cc + qb * ss);
+                        o[b] = (float)(qb * cc - qa * ss);
+                    }
+                }
+            }
+            kvqi_chan_pre_scores(c, g, kvqi_chunk_keys(c, ci, g), in, nb, s->pre_q, G, s->pre_rng, s->scores, B);
+            return;
+        }
         kvqi_chan_dot(c, G, g, kvqi_chunk_keys(c, ci, g), in, nb, &w, s->scores, B);
         return;
     }
@@ -421,6 +461,7 @@ static size_t partial_floats(const kvq_cache *c, uint32_t Gt) {
 static void prepare_queries(const attend_ctx *A, const task_view *T, kvqi_attend_scratch *s) {
     kvq_cache *c = A->c;
     uint32_t d = c->dim;
+    s->pre_ci = s->pre_qci = SIZE_MAX; /* (keys before RoPE: a new query to turn) */
     for (uint32_t v = 0; v < T->Gt; v++) {
         /* the softmax scale rides on the query: every score comes out scaled */
         size_t qi = v / A->G, h = v % A->G;
@@ -548,7 +589,7 @@ static void attend_range(attend_ctx *A, const task_view *T, kvqi_attend_scratch 
          * fp16, q8_0 and channel keys (bench/RESULTS.md, "CPU attention: software prefetch") */
         if (c->key.path == KVQI_PATH_GENERIC && (in == 0 || t0 == coded_start))
             score_span(c, s, G, g, ci, in, KVQI_MIN(coded_stop - t0, C - in), &A->status);
-        if (c->key.path == KVQI_PATH_CHAN && (in == 0 || t0 == coded_start)) chan_weigh(c, s, G, g, ci);
+        if (c->key.path == KVQI_PATH_CHAN && !c->pre_freq && (in == 0 || t0 == coded_start)) chan_weigh(c, s, G, g, ci);
         if (use_v16(c)) {
             /* the integer rotated-value kernel reads every row's norm before any sum, the
              * rows' first touch with nothing to hide it: the rows are asked for before the

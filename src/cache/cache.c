@@ -586,6 +586,10 @@ static kvq_status validate_config(const kvq_cache_config *cfg) {
              cfg->key.method != KVQ_METHOD_TURBOQUANT_MSE)
         kvqi_set_msg(NULL, 0, "cache: sliding_key_bits (slide_kbits) takes channel or turboquant_mse keys"),
             st = KVQ_ERR_INVALID_ARG;
+    else if (cfg->key.method == KVQ_METHOD_CHANNEL && cfg->key.rope_base > 0.0f &&
+             (cfg->center_keys || cfg->n_outliers || cfg->head_dim % 2))
+        kvqi_set_msg(NULL, 0, "cache: channel keys before RoPE (rope_base) take no center or outliers option"),
+            st = KVQ_ERR_UNSUPPORTED;
     else if (cfg->sliding_value_bits && cfg->value.method != KVQ_METHOD_TURBOQUANT_MSE)
         kvqi_set_msg(NULL, 0, "cache: sliding_value_bits (slide_vbits) takes turboquant_mse values"),
             st = KVQ_ERR_INVALID_ARG;
@@ -1130,8 +1134,10 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
     float *rlo = row + (size_t)KVQI_ENCODE_ROWS * dim, *rstep = rlo + dim, *rtop = rstep + dim;
     for (; pos < end; pos += C) {
         size_t lo_t = valid_lo > pos ? KVQI_MIN(valid_lo - pos, C) : 0;
+        if (c->pre_freq) kvqi_pre_angles(c, pos / C, c->pre_enc); /* keys before RoPE */
         for (uint32_t g = 0; g < c->n_kv; g++) {
-            const float *mu = c->key_mean ? c->key_mean + (size_t)g * dim : NULL;
+            /* (keys before RoPE are coded as they are: the mean is of keys after it) */
+            const float *mu = c->key_mean && !c->pre_freq ? c->key_mean + (size_t)g * dim : NULL;
             uint8_t *block = kvqi_chunk_keys(c, pos / C, g);
             range_empty(lo, hi, dim);
             /* pass 0: minimum and maximum; then KVQI_CHAN_REFINE least-squares
@@ -1144,6 +1150,7 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
                 if (pass > 0) kvqi_chan_ranges_f32(c, g, block, rlo, rstep, rtop);
                 for (size_t t = lo_t; t < C; t++) {
                     fetch_row(c, src, pos + t, g, 0, row);
+                    if (c->pre_freq) kvqi_pre_turn_back(c, row, c->pre_enc, t);
                     if (mu)
                         for (uint32_t j = 0; j < dim; j++) row[j] -= mu[j];
                     if (pass == 0) {
@@ -1174,10 +1181,12 @@ static void chan_fix_bits(kvq_cache *c, const row_source *src) {
     uint32_t dim = c->dim;
     float *row = c->enc_buf, *lo = row + dim, *hi = lo + dim;
     double *w = (double *)(void *)(hi + dim); /* dim doubles: the last 2 dim floats */
+    if (c->pre_freq) kvqi_pre_angles(c, 0, c->pre_enc);
     for (uint32_t g = 0; g < c->n_kv; g++) {
         range_empty(lo, hi, dim);
         for (size_t t = 1; t < C; t++) {
             fetch_row(c, src, t, g, 0, row);
+            if (c->pre_freq) kvqi_pre_turn_back(c, row, c->pre_enc, t);
             range_widen(lo, hi, row, dim);
         }
         kvqi_chan_allocate(c, g, lo, hi, w);

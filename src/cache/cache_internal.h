@@ -87,6 +87,11 @@ typedef struct kvqi_attend_scratch {
     float *lut;    /* [G][m/8][256] sign keys: the query's table */
     float *zsum;   /* [G] */
     float *kbias;  /* [G] centered keys: <q, key mean> added to every coded score */
+    /* channel keys before RoPE: the chunk whose start angles pre_cs holds and the chunk
+     * the turned query pre_q ([G][dim]) was made for (SIZE_MAX: none) */
+    size_t pre_ci, pre_qci;
+    double *pre_cs; /* [dim / 2][2] cos, sin of that chunk's start angles */
+    float *pre_q, *pre_rng; /* pre_rng: [3][dim] the chunk's lo, step, top */
 } kvqi_attend_scratch;
 
 struct kvq_cache {
@@ -141,6 +146,12 @@ struct kvq_cache {
     /* position-aware keys (comm_vq, positions.c): RoPE frequencies to undo, pairing,
      * and the positions of one encode call (NULL for position-free methods) */
     double *rope_freq;
+    /* channel keys coded before RoPE (key rope_base > 0): the pairs' frequencies, cos and
+     * sin of C theta ([dim / 2][2]), of u theta for each chunk offset u ([pair][C]), the
+     * encoder's chunk start angles ([dim / 2][2]), the pairing */
+    double *pre_freq, *pre_step, *pre_enc;
+    float *pre_cos, *pre_sin;
+    int pre_neox;
     int rope_neox;
     int32_t *pos_buf;
 
@@ -194,6 +205,8 @@ void kvqi_chan_relayout(kvq_cache *c);
 void kvqi_chan_ranges(const kvq_cache *c, uint32_t g, const float *lo, const float *hi, uint8_t *block);
 int kvqi_chan_refines(const kvq_cache *c, uint32_t g);
 void kvqi_chan_ranges_f32(const kvq_cache *c, uint32_t g, const uint8_t *block, float *lo, float *step, float *top);
+void kvqi_chan_pre_scores(const kvq_cache *c, uint32_t g, const uint8_t *block, size_t in, size_t nb, const float *qt,
+                          uint32_t G, float *rng, float *scores, size_t ld);
 void kvqi_chan_accumulate(const kvq_cache *c, const float *row, const float *lo, const float *step, const float *top,
                           float *acc);
 void kvqi_chan_fit(const kvq_cache *c, uint32_t g, const float *acc, size_t n, uint8_t *block);
@@ -224,6 +237,8 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
 /* positions.c: keys of position-aware methods arrive after RoPE and are encoded before
  * it, at their token positions. encode_keys may overwrite rows (n x dim scratch). */
 kvq_status kvqi_cache_positions_init(kvq_cache *c);
+void kvqi_pre_angles(const kvq_cache *c, size_t ci, double *cs);
+void kvqi_pre_turn_back(const kvq_cache *c, float *x, const double *cs, size_t u);
 void kvqi_cache_positions_free(kvq_cache *c);
 kvq_status kvqi_cache_encode_keys(kvq_cache *c, float *rows, size_t pos, size_t n,
                                   uint8_t *codes);

@@ -14,6 +14,27 @@ kvq_status kvqi_cache_positions_init(kvq_cache *c) {
     kvq_config qc;
     kvq_status st = kvq_quantizer_config(c->key.quant, &qc);
     if (st != KVQ_OK) return st;
+    if (qc.method == KVQ_METHOD_CHANNEL && qc.rope_base > 0.0f) { /* channel keys before RoPE */
+        size_t C = c->cfg.chunk_tokens, half = c->dim / 2;
+        c->pre_freq = kvqi_alloc_array(half, sizeof(double));
+        c->pre_cos = kvqi_alloc_array(C * half, sizeof(float));
+        c->pre_sin = kvqi_alloc_array(C * half, sizeof(float));
+        c->pre_step = kvqi_alloc_array(2 * half, sizeof(double));
+        c->pre_enc = kvqi_alloc_array(2 * half, sizeof(double));
+        if (!c->pre_freq || !c->pre_cos || !c->pre_sin || !c->pre_step || !c->pre_enc) return KVQ_ERR_NOMEM;
+        for (size_t j = 0; j < half; j++) c->pre_freq[j] = pow((double)qc.rope_base, -2.0 * (double)j / c->dim);
+        c->pre_neox = qc.rope_pairing == KVQ_ROPE_NEOX;
+        for (size_t j = 0; j < half; j++) {
+            c->pre_step[2 * j] = cos((double)C * c->pre_freq[j]);
+            c->pre_step[2 * j + 1] = sin((double)C * c->pre_freq[j]);
+        }
+        for (size_t j = 0; j < half; j++)
+            for (size_t u = 0; u < C; u++) {
+                c->pre_cos[j * C + u] = (float)cos((double)u * c->pre_freq[j]);
+                c->pre_sin[j * C + u] = (float)sin((double)u * c->pre_freq[j]);
+            }
+        return KVQ_OK;
+    }
     if (qc.method != KVQ_METHOD_COMM_VQ) return KVQ_OK;
     uint32_t half = c->dim / 2;
     c->rope_freq = kvqi_alloc_array(half, sizeof(double));
@@ -31,6 +52,38 @@ void kvqi_cache_positions_free(kvq_cache *c) {
     kvqi_free(c->pos_buf);
     c->rope_freq = NULL;
     c->pos_buf = NULL;
+    kvqi_free(c->pre_freq);
+    kvqi_free(c->pre_cos);
+    kvqi_free(c->pre_sin);
+    kvqi_free(c->pre_step);
+    kvqi_free(c->pre_enc);
+    c->pre_freq = c->pre_step = c->pre_enc = NULL;
+    c->pre_cos = c->pre_sin = NULL;
+}
+
+/* Channel keys before RoPE: cs[2 j], cs[2 j + 1] = cos, sin of chunk ci's start angle
+ * (ci C theta_j) for every pair j. */
+void kvqi_pre_angles(const kvq_cache *c, size_t ci, double *cs) {
+    double p = (double)ci * (double)c->cfg.chunk_tokens;
+    for (uint32_t j = 0; j < c->dim / 2; j++) {
+        cs[2 * j] = cos(p * c->pre_freq[j]);
+        cs[2 * j + 1] = sin(p * c->pre_freq[j]);
+    }
+}
+
+/* Row x of the token at offset u of a chunk whose start angles are cs (kvqi_pre_angles)
+ * turned back by its angle in each pair: the key before RoPE. */
+void kvqi_pre_turn_back(const kvq_cache *c, float *x, const double *cs, size_t u) {
+    uint32_t half = c->dim / 2;
+    size_t C = c->cfg.chunk_tokens;
+    for (uint32_t j = 0; j < half; j++) {
+        uint32_t a = c->pre_neox ? j : 2 * j, b = c->pre_neox ? j + half : 2 * j + 1;
+        double cu = c->pre_cos[j * C + u], su = c->pre_sin[j * C + u];
+        double co = cs[2 * j] * cu - cs[2 * j + 1] * su, si = cs[2 * j + 1] * cu + cs[2 * j] * su;
+        double xa = x[a], xb = x[b];
+        x[a] = (float)(xa * co + xb * si);
+        x[b] = (float)(xb * co - xa * si);
+    }
 }
 
 kvq_status kvqi_cache_encode_keys(kvq_cache *c, float *rows, size_t pos, size_t n,

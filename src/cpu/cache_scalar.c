@@ -432,7 +432,7 @@ const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     KVQ_ISA_SCALAR, score_f32,  score_f16,  score_q8_0, score_q4_0, score_rot,
     accum_f32,      accum_f16,  accum_q8_0, accum_q4_0, accum_rot,  NULL, 0, NULL, NULL, NULL, 0, outlier_add, axpy_rows, exp_sum,
     max_of,         score_signs, kvqi_chan_weights_scalar, kvqi_chan_dot_scalar, NULL, NULL, NULL,
-    kvqi_chan_codes_scalar, kvqi_chan_fit_sums_scalar, NULL, 0,
+    kvqi_chan_codes_scalar, kvqi_chan_fit_sums_scalar, NULL, 0, kvqi_chan_prerope_scores_scalar,
 };
 
 static kvqi_cache_kernels g_avx2, g_avx512, g_neon;
@@ -459,6 +459,7 @@ static void build_tables(void) {
         g_avx512.chan_dot = kvqi_chan_dot_avx512;
         g_avx512.chan_codes = kvqi_chan_codes_avx512;
         g_avx512.chan_fit_sums = kvqi_chan_fit_sums_avx512;
+        g_avx512.chan_prerope_scores = kvqi_chan_prerope_scores_avx512;
     }
 #endif
     g_neon = kvqi_cache_kernels_scalar;

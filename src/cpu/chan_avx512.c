@@ -337,3 +337,124 @@ void kvqi_chan_fit_sums_avx512(const float *x, const float *lo, const float *ste
         _mm512_storeu_ps(a + 3 * (size_t)dim, _mm512_add_ps(_mm512_loadu_ps(a + 3 * (size_t)dim), _mm512_mul_ps(xv, k)));
     }
 }
+
+/* ------------------------------------------------------- keys before RoPE */
+
+/* chan_prerope_scores (cache_kernels.h), 16 tokens a pass in the lanes: each plane's 16
+ * values by a shift and mask of its group's load, made float and multiply-added into its
+ * channel's key (kf, in L1), then per RoPE pair the two keys turned by the offsets' angles
+ * and dotted with four heads at a time (their sums in registers); the reference's
+ * operations lane for lane. Heads past G in the last four read a zero query. */
+#define PRE_MAX_DIM 256
+typedef struct pre_op {
+    uint16_t grp, lane, chan, first;
+    float sc;
+} pre_op;
+
+static const float pre_zero[PRE_MAX_DIM];
+
+static inline void pre_pairs4(const __m512 *kf, const float *q0, const float *q1, const float *q2, const float *q3,
+                              uint32_t dim, int neox, const float *cs0, const float *sn0, size_t C, __m512 *acc) {
+    uint32_t half = dim / 2;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (uint32_t i = 0; i < half; i++) {
+        uint32_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        __m512 xa = kf[a], xb = kf[b];
+        __m512 c = _mm512_loadu_ps(cs0 + i * C), s = _mm512_loadu_ps(sn0 + i * C);
+        __m512 ka = _mm512_fmsub_ps(xa, c, _mm512_mul_ps(xb, s));
+        __m512 kb = _mm512_fmadd_ps(xa, s, _mm512_mul_ps(xb, c));
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(q0[a]), ka, a0);
+        b0 = _mm512_fmadd_ps(_mm512_set1_ps(q0[b]), kb, b0);
+        a1 = _mm512_fmadd_ps(_mm512_set1_ps(q1[a]), ka, a1);
+        b1 = _mm512_fmadd_ps(_mm512_set1_ps(q1[b]), kb, b1);
+        a2 = _mm512_fmadd_ps(_mm512_set1_ps(q2[a]), ka, a2);
+        b2 = _mm512_fmadd_ps(_mm512_set1_ps(q2[b]), kb, b2);
+        a3 = _mm512_fmadd_ps(_mm512_set1_ps(q3[a]), ka, a3);
+        b3 = _mm512_fmadd_ps(_mm512_set1_ps(q3[b]), kb, b3);
+    }
+    acc[0] = _mm512_add_ps(a0, b0);
+    acc[1] = _mm512_add_ps(a1, b1);
+    acc[2] = _mm512_add_ps(a2, b2);
+    acc[3] = _mm512_add_ps(a3, b3);
+}
+
+void kvqi_chan_prerope_scores_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *lo,
+                                     const float *step, const float *qt, uint32_t G, const float *cs, const float *sn,
+                                     size_t C, size_t u0, int neox, size_t in, size_t n, float *scores, size_t ld) {
+    uint32_t dim = L->dim, l0 = (uint32_t)(in % 64);
+    /* the offsets' table is read 16 at a time from u0 + 16 k: within the chunk */
+    if (dim > PRE_MAX_DIM || C % 16 != 0 || u0 % 64 != 0) {
+        kvqi_chan_prerope_scores_scalar(block, L, lo, step, qt, G, cs, sn, C, u0, neox, in, n, scores, ld);
+        return;
+    }
+    const uint8_t *unit = block + 4 * (size_t)dim + (in / 64) * L->unit_bytes;
+    pre_op ops[3 * PRE_MAX_DIM];
+    uint16_t bare[PRE_MAX_DIM];
+    uint8_t seen[PRE_MAX_DIM];
+    uint32_t nops = 0, nbare = 0;
+    memset(seen, 0, dim);
+    for (uint32_t p = 0; p < L->n_planes; p++) {
+        if (!L->width[p]) continue;
+        uint32_t j = L->chan[p];
+        ops[nops].grp = (uint16_t)(p / 4);
+        ops[nops].lane = (uint16_t)(p % 4);
+        ops[nops].chan = (uint16_t)j;
+        ops[nops].first = !seen[j];
+        ops[nops].sc = step[j] * (float)(1u << L->shift[p]);
+        seen[j] = 1;
+        nops++;
+    }
+    for (uint32_t j = 0; j < dim; j++)
+        if (!seen[j]) bare[nbare++] = (uint16_t)j;
+    __m512 kf[PRE_MAX_DIM];
+    __m512i V[3 * PRE_MAX_DIM / 4];
+    const __m512i ff = _mm512_set1_epi32(0xff);
+    const uint32_t ng = L->n4 + L->n2 + L->n1;
+    for (uint32_t k = l0 / 16; 16 * k < l0 + n; k++) {
+        for (uint32_t gi = 0; gi < ng; gi++) { /* token 16 k + lane's four planes as bytes */
+            if (gi < L->n4) {
+                __m512i x = _mm512_loadu_si512(unit + 128 * (size_t)gi + 64 * (k / 2));
+                V[gi] = _mm512_and_si512(_mm512_srli_epi16(x, 4 * (k % 2)), _mm512_set1_epi8(15));
+            } else if (gi < L->n4 + L->n2) {
+                __m512i x = _mm512_loadu_si512(unit + 128 * (size_t)L->n4 + 64 * (size_t)(gi - L->n4));
+                V[gi] = _mm512_and_si512(_mm512_srl_epi16(x, _mm_cvtsi32_si128((int)(2 * k))), _mm512_set1_epi8(3));
+            } else { /* tokens 0-7 of the 16 from bit 2 k, 8-15 from bit 2 k + 1 */
+                __m256i A = _mm256_loadu_si256((const __m256i *)(const void *)(unit + 128 * (size_t)L->n4 +
+                                                                              64 * (size_t)L->n2 +
+                                                                              32 * (size_t)(gi - L->n4 - L->n2)));
+                __m512i A2 = _mm512_inserti64x4(_mm512_castsi256_si512(A), A, 1);
+                __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * k)), _mm256_set1_epi16((short)(2 * k + 1)), 1);
+                V[gi] = _mm512_and_si512(_mm512_srlv_epi16(A2, sh), _mm512_set1_epi8(1));
+            }
+        }
+        for (uint32_t i = 0; i < nbare; i++) kf[bare[i]] = _mm512_set1_ps(lo[bare[i]]);
+        for (uint32_t o = 0; o < nops; o++) {
+            const pre_op *op = &ops[o];
+            __m512 v = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(V[op->grp], 8 * op->lane), ff));
+            __m512 base = op->first ? _mm512_set1_ps(lo[op->chan]) : kf[op->chan];
+            kf[op->chan] = _mm512_fmadd_ps(v, _mm512_set1_ps(op->sc), base);
+        }
+        /* tokens 16 k + lane within [l0, l0 + n) to scores[h][16 k + lane - l0] */
+        uint32_t first = 16 * k, lo_t = first < l0 ? l0 : first;
+        uint32_t hi_t = first + 16 < l0 + n ? first + 16 : l0 + (uint32_t)n;
+        __mmask16 m = (__mmask16)((1u << (hi_t - first)) - 1u);
+        const float *cs0 = cs + u0 + first, *sn0 = sn + u0 + first;
+        for (uint32_t h0 = 0; h0 < G; h0 += 4) {
+            __m512 acc[4];
+            uint32_t gh = G - h0 < 4 ? G - h0 : 4;
+            const float *q = qt + (size_t)h0 * dim;
+            pre_pairs4(kf, q, gh > 1 ? q + dim : pre_zero, gh > 2 ? q + 2 * dim : pre_zero,
+                       gh > 3 ? q + 3 * dim : pre_zero, dim, neox, cs0, sn0, C, acc);
+            for (uint32_t h = 0; h < gh; h++) {
+                float *row = scores + (size_t)(h0 + h) * ld;
+                if (first >= l0) {
+                    _mm512_mask_storeu_ps(row + (first - l0), m, acc[h]);
+                } else { /* the call starts inside these 16 */
+                    _Alignas(64) float tmp[16];
+                    _mm512_store_ps(tmp, acc[h]);
+                    for (uint32_t t = lo_t; t < hi_t; t++) row[t - l0] = tmp[t - first];
+                }
+            }
+        }
+    }
+}

@@ -6,9 +6,11 @@
  */
 #include <limits.h>
 #include <math.h>
+#include <string.h>
 
 #include "core/core.h"
 #include "cpu/cache_kernels.h"
+#include "quant/quant.h"
 
 /* planes before splits: at most 3 per channel; splits and padding at most 9 more */
 static uint32_t padded_cap(uint32_t dim) { return (3 * dim + 9 + 15) & ~15u; }
@@ -337,5 +339,47 @@ void kvqi_chan_fit_sums_scalar(const float *x, const float *lo, const float *ste
         acc[dim + j] += k * k;
         acc[2 * (size_t)dim + j] += x[j];
         acc[3 * (size_t)dim + j] += x[j] * k;
+    }
+}
+
+/* Channel keys coded before RoPE (cache_kernels.h, chan_prerope_scores): each token's
+ * keys from its planes in plane order, its RoPE pairs turned by its offset's angle, then
+ * the heads' sums, in the order every ISA takes. */
+void kvqi_chan_prerope_scores_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *lo,
+                                     const float *step, const float *qt, uint32_t G, const float *cs, const float *sn,
+                                     size_t C, size_t u0, int neox, size_t in, size_t n, float *scores, size_t ld) {
+    uint32_t dim = L->dim, half = dim / 2, l0 = (uint32_t)(in % 64);
+    const uint8_t *unit = block + 4 * (size_t)dim + (in / 64) * L->unit_bytes;
+    float k[KVQI_QUANT_MAX_DIM], kt[KVQI_QUANT_MAX_DIM];
+    uint8_t seen[KVQI_QUANT_MAX_DIM];
+    for (size_t t = 0; t < n; t++) {
+        uint32_t l = l0 + (uint32_t)t;
+        size_t u = u0 + l;
+        memset(seen, 0, dim);
+        for (uint32_t p = 0; p < L->n_planes; p++) {
+            if (!L->width[p]) continue;
+            uint32_t j = L->chan[p];
+            float v = (float)kvqi_chan_plane_at(L, unit, p, l), sc = step[j] * (float)(1u << L->shift[p]);
+            k[j] = fmaf(v, sc, seen[j] ? k[j] : lo[j]);
+            seen[j] = 1;
+        }
+        for (uint32_t j = 0; j < dim; j++)
+            if (!seen[j]) k[j] = lo[j];
+        for (uint32_t i = 0; i < half; i++) {
+            uint32_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+            float c = cs[i * C + u], s = sn[i * C + u];
+            kt[a] = fmaf(k[a], c, -(k[b] * s));
+            kt[b] = fmaf(k[a], s, k[b] * c);
+        }
+        for (uint32_t h = 0; h < G; h++) {
+            const float *q = qt + (size_t)h * dim;
+            float A = 0.0f, B = 0.0f;
+            for (uint32_t i = 0; i < half; i++) {
+                uint32_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+                A = fmaf(q[a], kt[a], A);
+                B = fmaf(q[b], kt[b], B);
+            }
+            scores[h * ld + t] = A + B;
+        }
     }
 }

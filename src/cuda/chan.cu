@@ -1456,6 +1456,7 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, 
     uint32_t D = cfg->head_dim, C = cfg->chunk_tokens ? cfg->chunk_tokens : 64;
     if (cfg->key.method != KVQ_METHOD_CHANNEL || cfg->value.method != KVQ_METHOD_TURBOQUANT_MSE)
         return KVQ_ERR_UNSUPPORTED;
+    if (cfg->key.rope_base > 0.0f) return KVQ_ERR_UNSUPPORTED; /* keys before RoPE: the CPU cache only */
     if (D != 64 && D != 128 && D != 256) return KVQ_ERR_UNSUPPORTED;
     if (cfg->key.bits < 1 || cfg->key.bits > 8 || C % 64 != 0 || C > 4096) return KVQ_ERR_UNSUPPORTED;
     if (cfg->sliding_window || cfg->n_outliers || cfg->n_kv_heads == 0 || cfg->n_kv_heads > 65535)

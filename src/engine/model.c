@@ -621,10 +621,12 @@ static kvq_status context_create(const kvq_model *model, const kvq_context_param
                 st = KVQ_ERR_MISMATCH;
                 goto fail;
             }
-            if (cc.key.method == KVQ_METHOD_COMM_VQ) {
-                /* codes live before RoPE: the cache undoes the model's own RoPE, which it
-                 * can only do for plain RoPE over the whole head */
+            if (cc.key.method == KVQ_METHOD_COMM_VQ || (cc.key.method == KVQ_METHOD_CHANNEL && cc.key.rope_base > 0.0f)) {
+                /* codes live before RoPE (comm_vq; channel keys given a rope_base): the
+                 * cache undoes the model's own RoPE, which it can only do for plain RoPE
+                 * over the whole head; the model's base and pairing replace the spec's */
                 if (I->rope_scale != 1.0f || model->rope_freq_factors || model->n_rot != I->head_dim) {
+                    kvqi_set_msg(NULL, 0, "cache: keys before RoPE need plain RoPE over the whole head (layer %u)", l);
                     st = KVQ_ERR_UNSUPPORTED;
                     goto fail;
                 }

@@ -82,7 +82,7 @@ static unsigned method_keys(kvq_method m) {
         return K_BITS | K_ROTATE | K_SEED | K_QUERY_BITS | K_SPLIT | K_NLIST | K_EPS0 | K_ISA;
     case KVQ_METHOD_VECINFER: return K_BITS | K_SUB_DIM | K_SEED | K_ARTIFACT | K_ISA;
     case KVQ_METHOD_SPECTRAL: return K_BITS | K_SEED | K_ARTIFACT | K_ISA;
-    case KVQ_METHOD_CHANNEL: return K_BITS | K_ISA;
+    case KVQ_METHOD_CHANNEL: return K_BITS | K_ROPE_BASE | K_ROPE | K_ISA;
     case KVQ_METHOD_VQ: return K_BITS | K_ROTATE | K_SEED | K_ISA;
     case KVQ_METHOD_COMM_VQ:
         return K_BITS | K_N_CODEBOOKS | K_SEED | K_ROPE_BASE | K_ROPE | K_ARTIFACT | K_ISA;
