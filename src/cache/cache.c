@@ -1371,6 +1371,10 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     if (c->rope_freq) /* position-aware keys: the frequencies and one call's positions */
         m->overhead += (uint64_t)c->dim / 2 * sizeof(double) +
                        (uint64_t)c->cfg.chunk_tokens * sizeof(int32_t);
+    if (c->pre_freq) /* keys before RoPE: frequencies, C theta and a chunk's start angles (double);
+                      * the offsets' cos and sin (float) */
+        m->overhead += (uint64_t)c->dim / 2 * 5 * sizeof(double) +
+                       (uint64_t)c->dim * c->cfg.chunk_tokens * sizeof(float);
 }
 
 KVQ_API kvq_status kvq_cache_memory(const kvq_cache *c, kvq_cache_memory_info *m) {
