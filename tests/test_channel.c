@@ -943,5 +943,15 @@ TEST(channel_cache_keys_before_rope) {
     char msg[128];
     CHECK_STATUS(kvq_cache_config_parse("channel:bits=2,rope_base=-1+fp16", 2, 64, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
     CHECK_STATUS(kvq_cache_config_parse("channel:bits=2,rope=sideways+fp16", 2, 64, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
+    /* a preset's keys before RoPE through the cache options */
+    REQUIRE_OK(kvq_cache_config_parse("q2@rope_base=500000,rope=neox", 2, 64, &cfg, msg, sizeof msg));
+    CHECK(cfg.key.method == KVQ_METHOD_CHANNEL && cfg.key.rope_base == 500000.0f && cfg.key.rope_pairing == KVQ_ROPE_NEOX);
+    REQUIRE_OK(kvq_cache_config_parse("q2", 2, 64, &cfg, msg, sizeof msg));
+    CHECK(cfg.key.rope_base == 0.0f);
+    CHECK_STATUS(kvq_cache_config_parse("mse:bits=2@rope_base=10000", 2, 64, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
+    CHECK(strstr(msg, "channel") != NULL);
+    CHECK_STATUS(kvq_cache_config_parse("q2@rope=sideways", 2, 64, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
+    CHECK_STATUS(kvq_cache_config_parse("q2@rope_base=0x10", 2, 64, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
+    CHECK_STATUS(kvq_cache_config_parse("q2@rope_base=-5", 2, 64, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
     free(k), free(v), free(q), free(ref);
 }

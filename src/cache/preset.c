@@ -3,6 +3,8 @@
  * key spec, value spec, window, sinks, outliers, key centering, bits) shared by the CLI,
  * the Python package and the server. docs/METHODS.md cites the measurement behind each.
  */
+#include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -129,6 +131,31 @@ KVQ_API kvq_status kvq_cache_options_parse(const char *options, kvq_cache_config
         const char *val = eq + 1;
         uint32_t v;
         uint32_t *field = NULL, max = 0;
+        /* channel keys before RoPE (docs/METHODS.md): the keys' rope_base and rope, as the
+         * key spec's own options give them, for a preset too ("q2@rope_base=10000") */
+        if (!strcmp(item, "rope_base") || !strcmp(item, "rope")) {
+            if (cfg->key.method != KVQ_METHOD_CHANNEL) {
+                kvqi_set_msg(msg, msg_size, "cache option '%s' takes channel keys", item);
+                return KVQ_ERR_PARSE;
+            }
+            if (!strcmp(item, "rope")) {
+                if (strcmp(val, "neox") && strcmp(val, "interleaved")) {
+                    kvqi_set_msg(msg, msg_size, "cache option 'rope': '%s' is not interleaved|neox", val);
+                    return KVQ_ERR_PARSE;
+                }
+                cfg->key.rope_pairing = !strcmp(val, "neox") ? KVQ_ROPE_NEOX : KVQ_ROPE_INTERLEAVED;
+                continue;
+            }
+            char *end;
+            errno = 0;
+            float f = strtof(val, &end);
+            if (!*val || *end || errno || !(f > 0.0f) || !isfinite(f) || strpbrk(val, "xX \t\n\r\f\v")) {
+                kvqi_set_msg(msg, msg_size, "cache option 'rope_base': '%s' is not a positive number", val);
+                return KVQ_ERR_PARSE;
+            }
+            cfg->key.rope_base = f;
+            continue;
+        }
         if (!strcmp(item, "window")) field = &cfg->window, max = 1u << 20;
         else if (!strcmp(item, "sink")) field = &cfg->n_sink, max = 1024;
         else if (!strcmp(item, "outliers")) field = &cfg->n_outliers, max = 4095;
@@ -139,7 +166,7 @@ KVQ_API kvq_status kvq_cache_options_parse(const char *options, kvq_cache_config
         else {
             kvqi_set_msg(msg, msg_size,
                          "unknown cache option '%s' (window, sink, outliers, center, chunk, slide_kbits, "
-                         "slide_vbits)",
+                         "slide_vbits, rope_base, rope)",
                          item);
             return KVQ_ERR_PARSE;
         }
