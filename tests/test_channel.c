@@ -834,9 +834,12 @@ TEST(channel_prerope_kernels_match_scalar) {
         int neox = rep % 2;
         random_layout(&r, dim, bits, &L, mem);
         random_block(&r, &L, block, 4 * dim + 2 * (size_t)L.unit_bytes);
-        for (uint32_t j = 0; j < dim; j++) {
-            lo[j] = (float)kvqi_rng_normal(&r) * 4.0f;
-            step[j] = (float)fabs(kvqi_rng_normal(&r)) * 0.1f;
+        for (uint32_t j = 0; j < dim; j++) { /* the header's minima and steps (random_block) */
+            uint16_t a, b;
+            memcpy(&a, block + 2 * (size_t)j, 2);
+            memcpy(&b, block + 2 * ((size_t)dim + j), 2);
+            lo[j] = kvqi_fp16_to_fp32(a);
+            step[j] = kvqi_fp16_to_fp32(b);
         }
         for (uint32_t i = 0; i < dim / 2; i++)
             for (uint32_t u = 0; u < C; u++) {
@@ -848,7 +851,7 @@ TEST(channel_prerope_kernels_match_scalar) {
         for (uint32_t G = 1; G <= 9; G += 2)
             for (size_t in = 0; in < 128; in += 21) {
                 size_t room = 64 - in % 64, n = (in + G) % 3 ? room : 1 + (in * 7 + G) % room;
-                kvqi_cache_kernels_scalar.chan_prerope_scores(block, &L, lo, step, q, G, cs, sn, C, in - in % 64, neox, in, n, ref, 64);
+                kvqi_cache_kernels_scalar.chan_prerope_scores(block, &L, q, G, cs, sn, C, in - in % 64, neox, in, n, ref, 64);
                 /* the reference against the decoded keys, turned in doubles */
                 for (size_t t = 0; t < n; t++) {
                     size_t tok = in + t, u = tok; /* (the block is one chunk of 128) */
@@ -874,7 +877,7 @@ TEST(channel_prerope_kernels_match_scalar) {
                     if (!kvq_isa_available(isas[k])) continue;
                     const kvqi_cache_kernels *K = kvqi_cache_kernels_for(isas[k]);
                     memset(got, 0, sizeof got);
-                    K->chan_prerope_scores(block, &L, lo, step, q, G, cs, sn, C, in - in % 64, neox, in, n, got, 64);
+                    K->chan_prerope_scores(block, &L, q, G, cs, sn, C, in - in % 64, neox, in, n, got, 64);
                     for (uint32_t h = 0; h < G; h++)
                         CHECKF(memcmp(got + h * 64, ref + h * 64, n * sizeof(float)) == 0,
                                "isa %d rep %d in %zu n %zu G %u head %u differs", (int)isas[k], rep, in, n, G, h);

@@ -59,9 +59,8 @@ static size_t scratch_floats(const kvq_cache *c, uint32_t G) {
     size_t i8 = (size_t)G * d / 2 + 2 * G + 16;
     /* sign keys: one table of m/8 x 256 sums per query head, and the sums of z */
     size_t signs = c->key.path == KVQI_PATH_SIGNS ? (size_t)G * (c->key.signs.m / 8) * 256 + G + 16 : 0;
-    /* channel keys before RoPE: the turned query [G][dim], lo/step/top [3][dim], the start
-     * angles (dim doubles) */
-    signs += c->pre_freq ? (size_t)G * d + 3 * d + 2 * d + 32 : 0;
+    /* channel keys before RoPE: the turned query [G][dim], the start angles (dim doubles) */
+    signs += c->pre_freq ? (size_t)G * d + 2 * d + 32 : 0;
     return 5 * G * d + G * c->n_out + G * B + vdec_floats(c) + 3 * G + d + 32 + span + i8 + signs;
 }
 
@@ -206,8 +205,7 @@ static void carve(kvqi_attend_scratch *s, const kvq_cache *c, uint32_t G) {
     s->lut = s->kbias + ((G + 15) & ~(size_t)15);
     s->pre_ci = s->pre_qci = SIZE_MAX;
     s->pre_q = c->pre_freq ? s->lut : NULL; /* (the sign keys' table: another path) */
-    s->pre_rng = c->pre_freq ? s->lut + (size_t)G * d : NULL;
-    s->pre_cs = c->pre_freq ? (double *)(void *)(s->lut + (((size_t)G * d + 3 * d + 15) & ~(size_t)15)) : NULL;
+    s->pre_cs = c->pre_freq ? (double *)(void *)(s->lut + (((size_t)G * d + 15) & ~(size_t)15)) : NULL;
 }
 
 /* <q, mean> back on the scores of centered keys. */
@@ -295,7 +293,7 @@ static void score_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G,
                     }
                 }
             }
-            kvqi_chan_pre_scores(c, g, kvqi_chunk_keys(c, ci, g), in, nb, s->pre_q, G, s->pre_rng, s->scores, B);
+            kvqi_chan_pre_scores(c, g, kvqi_chunk_keys(c, ci, g), in, nb, s->pre_q, G, s->scores, B);
             return;
         }
         kvqi_chan_dot(c, G, g, kvqi_chunk_keys(c, ci, g), in, nb, &w, s->scores, B);

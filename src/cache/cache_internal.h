@@ -91,7 +91,7 @@ typedef struct kvqi_attend_scratch {
      * the turned query pre_q ([G][dim]) was made for (SIZE_MAX: none) */
     size_t pre_ci, pre_qci;
     double *pre_cs; /* [dim / 2][2] cos, sin of that chunk's start angles */
-    float *pre_q, *pre_rng; /* pre_rng: [3][dim] the chunk's lo, step, top */
+    float *pre_q;
 } kvqi_attend_scratch;
 
 struct kvq_cache {
@@ -206,7 +206,7 @@ void kvqi_chan_ranges(const kvq_cache *c, uint32_t g, const float *lo, const flo
 int kvqi_chan_refines(const kvq_cache *c, uint32_t g);
 void kvqi_chan_ranges_f32(const kvq_cache *c, uint32_t g, const uint8_t *block, float *lo, float *step, float *top);
 void kvqi_chan_pre_scores(const kvq_cache *c, uint32_t g, const uint8_t *block, size_t in, size_t nb, const float *qt,
-                          uint32_t G, float *rng, float *scores, size_t ld);
+                          uint32_t G, float *scores, size_t ld);
 void kvqi_chan_accumulate(const kvq_cache *c, const float *row, const float *lo, const float *step, const float *top,
                           float *acc);
 void kvqi_chan_fit(const kvq_cache *c, uint32_t g, const float *acc, size_t n, uint8_t *block);

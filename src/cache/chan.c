@@ -257,14 +257,11 @@ void kvqi_chan_ranges_f32(const kvq_cache *c, uint32_t g, const uint8_t *block, 
 }
 
 /* Keys coded before RoPE (cache/positions.c): scores of tokens [in, in + nb) of head g's
- * chunk block (one unit of 64) against qt, G heads turned back to the chunk's start
- * (rng: 3 dim floats of scratch). */
+ * chunk block (one unit of 64) against qt, G heads turned back to the chunk's start. */
 void kvqi_chan_pre_scores(const kvq_cache *c, uint32_t g, const uint8_t *block, size_t in, size_t nb, const float *qt,
-                          uint32_t G, float *rng, float *scores, size_t ld) {
-    uint32_t dim = c->dim;
-    kvqi_chan_ranges_f32(c, g, block, rng, rng + dim, rng + 2 * dim);
-    c->kern->chan_prerope_scores(block, layout_of(c, g), rng, rng + dim, qt, G, c->pre_cos, c->pre_sin,
-                                 c->cfg.chunk_tokens, in - in % 64, c->pre_neox, in, nb, scores, ld);
+                          uint32_t G, float *scores, size_t ld) {
+    c->kern->chan_prerope_scores(block, layout_of(c, g), qt, G, c->pre_cos, c->pre_sin, c->cfg.chunk_tokens,
+                                 in - in % 64, c->pre_neox, in, nb, scores, ld);
 }
 
 /* Adds one row to the sums kvqi_chan_fit reads ([4][dim]), under the present ranges

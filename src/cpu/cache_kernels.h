@@ -281,16 +281,17 @@ typedef struct kvqi_cache_kernels {
     uint32_t rot_v8_bits;
     /* Channel keys coded before RoPE (cache/positions.c): tokens t in [in, in + n) of one
      * unit of 64 (in % 64 + n <= 64) whose first token sits at offset u0 of its chunk.
-     * Each key k_j = lo[j] + sum over channel j's planes p, in plane order, of (step[j]
+     * With lo[j], step[j] the block's fp16 minima and steps as floats, each key k_j =
+     * lo[j] + sum over channel j's planes p, in plane order, of (step[j]
      * 2^shift_p) v_p(t) (fmaf, the first from lo[j]); each RoPE pair i (channels a = i, b =
      * i + dim / 2 with neox, else 2 i, 2 i + 1) turned by its offset's angle, c = cs[i C +
      * u], s = sn[i C + u] with u = u0 + t % 64: ka = fmaf(k_a, c, -(k_b s)), kb = fmaf(k_a,
      * s, k_b c); per head h sums over the pairs in order A_h = fmaf(qt_h[a], ka, A_h), B_h =
      * fmaf(qt_h[b], kb, B_h) from 0, scores[h * ld + t - in] = A_h + B_h (qt: [G][dim], the
      * queries turned back to the chunk's start). Every ISA gives the same bits. */
-    void (*chan_prerope_scores)(const uint8_t *block, const kvqi_chan_layout *L, const float *lo, const float *step,
-                                const float *qt, uint32_t G, const float *cs, const float *sn, size_t C, size_t u0,
-                                int neox, size_t in, size_t n, float *scores, size_t ld);
+    void (*chan_prerope_scores)(const uint8_t *block, const kvqi_chan_layout *L, const float *qt, uint32_t G,
+                                const float *cs, const float *sn, size_t C, size_t u0, int neox, size_t in, size_t n,
+                                float *scores, size_t ld);
 } kvqi_cache_kernels;
 
 /* A channel's code: the nearest of the levels lo + i step, i = 0..top, clamped; 0 where
@@ -313,9 +314,9 @@ void kvqi_cache_score_q8_0_i16_ref(const int16_t *q16, const float *qscale, uint
 /* chan_*.c */
 void kvqi_chan_weights_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
                               int16_t *W, float *scale, float *bias, float *wf);
-void kvqi_chan_prerope_scores_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *lo,
-                                     const float *step, const float *qt, uint32_t G, const float *cs, const float *sn,
-                                     size_t C, size_t u0, int neox, size_t in, size_t n, float *scores, size_t ld);
+void kvqi_chan_prerope_scores_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *qt, uint32_t G,
+                                     const float *cs, const float *sn, size_t C, size_t u0, int neox, size_t in,
+                                     size_t n, float *scores, size_t ld);
 void kvqi_chan_dot_scalar(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
                           const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
 void kvqi_chan_codes_scalar(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
@@ -393,9 +394,9 @@ void kvqi_chan_dot_avx2(const uint8_t *block, const kvqi_chan_layout *L, const i
                         const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
 void kvqi_chan_weights_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
                               int16_t *W, float *scale, float *bias, float *wf);
-void kvqi_chan_prerope_scores_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *lo,
-                                     const float *step, const float *qt, uint32_t G, const float *cs, const float *sn,
-                                     size_t C, size_t u0, int neox, size_t in, size_t n, float *scores, size_t ld);
+void kvqi_chan_prerope_scores_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *qt, uint32_t G,
+                                     const float *cs, const float *sn, size_t C, size_t u0, int neox, size_t in,
+                                     size_t n, float *scores, size_t ld);
 void kvqi_chan_dot_avx512(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
                           const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
 void kvqi_chan_codes_avx2(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,

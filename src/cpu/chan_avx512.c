@@ -378,14 +378,20 @@ static inline void pre_pairs4(const __m512 *kf, const float *q0, const float *q1
     acc[3] = _mm512_add_ps(a3, b3);
 }
 
-void kvqi_chan_prerope_scores_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *lo,
-                                     const float *step, const float *qt, uint32_t G, const float *cs, const float *sn,
-                                     size_t C, size_t u0, int neox, size_t in, size_t n, float *scores, size_t ld) {
+void kvqi_chan_prerope_scores_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *qt, uint32_t G,
+                                     const float *cs, const float *sn, size_t C, size_t u0, int neox, size_t in,
+                                     size_t n, float *scores, size_t ld) {
     uint32_t dim = L->dim, l0 = (uint32_t)(in % 64);
     /* the offsets' table is read 16 at a time from u0 + 16 k: within the chunk */
-    if (dim > PRE_MAX_DIM || C % 16 != 0 || u0 % 64 != 0) {
-        kvqi_chan_prerope_scores_scalar(block, L, lo, step, qt, G, cs, sn, C, u0, neox, in, n, scores, ld);
+    if (dim > PRE_MAX_DIM || dim % 16 != 0 || C % 16 != 0 || u0 % 64 != 0) {
+        kvqi_chan_prerope_scores_scalar(block, L, qt, G, cs, sn, C, u0, neox, in, n, scores, ld);
         return;
+    }
+    float lo[PRE_MAX_DIM], step[PRE_MAX_DIM]; /* the block's fp16 minima and steps (exact) */
+    for (uint32_t j = 0; j < dim; j += 16) {
+        _mm512_storeu_ps(lo + j, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(block + 2 * (size_t)j))));
+        _mm512_storeu_ps(step + j, _mm512_cvtph_ps(_mm256_loadu_si256(
+                                       (const __m256i *)(const void *)(block + 2 * ((size_t)dim + j)))));
     }
     const uint8_t *unit = block + 4 * (size_t)dim + (in / 64) * L->unit_bytes;
     pre_op ops[3 * PRE_MAX_DIM];

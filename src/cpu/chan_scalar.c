@@ -345,13 +345,20 @@ void kvqi_chan_fit_sums_scalar(const float *x, const float *lo, const float *ste
 /* Channel keys coded before RoPE (cache_kernels.h, chan_prerope_scores): each token's
  * keys from its planes in plane order, its RoPE pairs turned by its offset's angle, then
  * the heads' sums, in the order every ISA takes. */
-void kvqi_chan_prerope_scores_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *lo,
-                                     const float *step, const float *qt, uint32_t G, const float *cs, const float *sn,
-                                     size_t C, size_t u0, int neox, size_t in, size_t n, float *scores, size_t ld) {
+void kvqi_chan_prerope_scores_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *qt, uint32_t G,
+                                     const float *cs, const float *sn, size_t C, size_t u0, int neox, size_t in,
+                                     size_t n, float *scores, size_t ld) {
     uint32_t dim = L->dim, half = dim / 2, l0 = (uint32_t)(in % 64);
     const uint8_t *unit = block + 4 * (size_t)dim + (in / 64) * L->unit_bytes;
-    float k[KVQI_QUANT_MAX_DIM], kt[KVQI_QUANT_MAX_DIM];
+    float k[KVQI_QUANT_MAX_DIM], kt[KVQI_QUANT_MAX_DIM], lo[KVQI_QUANT_MAX_DIM], step[KVQI_QUANT_MAX_DIM];
     uint8_t seen[KVQI_QUANT_MAX_DIM];
+    for (uint32_t j = 0; j < dim; j++) { /* the block's fp16 minima, then steps */
+        uint16_t a, b;
+        memcpy(&a, block + 2 * (size_t)j, 2);
+        memcpy(&b, block + 2 * ((size_t)dim + j), 2);
+        lo[j] = kvqi_fp16_to_fp32(a);
+        step[j] = kvqi_fp16_to_fp32(b);
+    }
     for (size_t t = 0; t < n; t++) {
         uint32_t l = l0 + (uint32_t)t;
         size_t u = u0 + l;
