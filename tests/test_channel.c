@@ -956,5 +956,35 @@ TEST(channel_cache_keys_before_rope) {
     CHECK_STATUS(kvq_cache_config_parse("q2@rope=sideways", 2, 64, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
     CHECK_STATUS(kvq_cache_config_parse("q2@rope_base=0x10", 2, 64, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
     CHECK_STATUS(kvq_cache_config_parse("q2@rope_base=-5", 2, 64, &cfg, msg, sizeof msg), KVQ_ERR_PARSE);
+    /* the layers of a model hold one copy of the angle tables (another base: its own),
+     * and a layer on borrowed tables answers as one on its own */
+    {
+        kvq_cache *l0, *l1, *l2, *solo;
+        kvq_cache_config c2;
+        REQUIRE_OK(kvq_cache_config_parse("q2@rope_base=10000,rope=neox", n_kv, dim, &cfg, msg, sizeof msg));
+        REQUIRE_OK(kvq_cache_config_parse("q2@rope_base=500000,rope=neox", n_kv, dim, &c2, msg, sizeof msg));
+        REQUIRE_OK(kvqi_cache_create_shared(&cfg, NULL, &l0));
+        REQUIRE_OK(kvqi_cache_create_shared(&cfg, l0, &l1));
+        REQUIRE_OK(kvqi_cache_create_shared(&c2, l0, &l2));
+        REQUIRE_OK(kvq_cache_create(&cfg, &solo));
+        CHECK(l1->pre_borrowed && l1->pre_cos == l0->pre_cos && l1->pre_enc != l0->pre_enc);
+        CHECK(!l2->pre_borrowed && l2->pre_cos != l0->pre_cos && !solo->pre_borrowed);
+        kvq_cache_memory_info m0, m1;
+        REQUIRE_OK(kvq_cache_memory(l0, &m0));
+        REQUIRE_OK(kvq_cache_memory(l1, &m1));
+        CHECKF(m0.overhead - m1.overhead == (uint64_t)dim / 2 * 3 * sizeof(double) + (uint64_t)dim * 128 * sizeof(float),
+               "overhead %llu against %llu", (unsigned long long)m0.overhead, (unsigned long long)m1.overhead);
+        float *o1 = malloc((size_t)H * dim * sizeof(float)), *o2 = malloc((size_t)H * dim * sizeof(float));
+        REQUIRE(o1 && o2);
+        for (size_t t = 0; t < 300; t++) {
+            REQUIRE_OK(kvq_cache_append(l1, k + t * n_kv * dim, v + t * n_kv * dim, 1));
+            REQUIRE_OK(kvq_cache_append(solo, k + t * n_kv * dim, v + t * n_kv * dim, 1));
+        }
+        REQUIRE_OK(kvq_cache_attend(l1, q, H, 1, 0.125f, NULL, o1));
+        REQUIRE_OK(kvq_cache_attend(solo, q, H, 1, 0.125f, NULL, o2));
+        CHECK(memcmp(o1, o2, (size_t)H * dim * sizeof(float)) == 0);
+        free(o1), free(o2);
+        kvq_cache_free(l2), kvq_cache_free(l1), kvq_cache_free(solo), kvq_cache_free(l0);
+    }
     free(k), free(v), free(q), free(ref);
 }

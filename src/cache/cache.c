@@ -806,6 +806,7 @@ kvq_status kvqi_cache_create_shared(const kvq_cache_config *cfg, const kvq_cache
     /* the layers of one context or cache set read back the same matrices: one copy */
     borrow_rotation(&c->key, donor, c->dim);
     borrow_rotation(&c->value, donor, c->dim);
+    kvqi_pre_share(c, donor);
     /* keys and values with the same rotation (same method and seed, any bits) share one
      * copy */
     share_rotation(&c->value, &c->key, c->dim);
@@ -1371,10 +1372,12 @@ static void fixed_parts(const kvq_cache *c, kvq_cache_memory_info *m) {
     if (c->rope_freq) /* position-aware keys: the frequencies and one call's positions */
         m->overhead += (uint64_t)c->dim / 2 * sizeof(double) +
                        (uint64_t)c->cfg.chunk_tokens * sizeof(int32_t);
-    if (c->pre_freq) /* keys before RoPE: frequencies, C theta and a chunk's start angles (double);
-                      * the offsets' cos and sin (float) */
-        m->overhead += (uint64_t)c->dim / 2 * 5 * sizeof(double) +
-                       (uint64_t)c->dim * c->cfg.chunk_tokens * sizeof(float);
+    if (c->pre_freq) /* keys before RoPE: a chunk's start angles; unless the donor layer's,
+                      * frequencies and C theta (double), the offsets' cos and sin (float) */
+        m->overhead += (uint64_t)c->dim / 2 * 2 * sizeof(double) +
+                       (c->pre_borrowed ? 0
+                                        : (uint64_t)c->dim / 2 * 3 * sizeof(double) +
+                                              (uint64_t)c->dim * c->cfg.chunk_tokens * sizeof(float));
 }
 
 KVQ_API kvq_status kvq_cache_memory(const kvq_cache *c, kvq_cache_memory_info *m) {

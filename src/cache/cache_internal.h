@@ -151,7 +151,7 @@ struct kvq_cache {
      * encoder's chunk start angles ([dim / 2][2]), the pairing */
     double *pre_freq, *pre_step, *pre_enc;
     float *pre_cos, *pre_sin;
-    int pre_neox;
+    int pre_neox, pre_borrowed; /* borrowed: all but pre_enc are the donor layer's */
     int rope_neox;
     int32_t *pos_buf;
 
@@ -238,6 +238,7 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
  * it, at their token positions. encode_keys may overwrite rows (n x dim scratch). */
 kvq_status kvqi_cache_positions_init(kvq_cache *c);
 void kvqi_pre_angles(const kvq_cache *c, size_t ci, double *cs);
+void kvqi_pre_share(kvq_cache *c, const kvq_cache *donor);
 void kvqi_pre_turn_back(const kvq_cache *c, float *x, const double *cs, size_t u);
 void kvqi_cache_positions_free(kvq_cache *c);
 kvq_status kvqi_cache_encode_keys(kvq_cache *c, float *rows, size_t pos, size_t n,

@@ -52,13 +52,35 @@ void kvqi_cache_positions_free(kvq_cache *c) {
     kvqi_free(c->pos_buf);
     c->rope_freq = NULL;
     c->pos_buf = NULL;
+    if (!c->pre_borrowed) {
+        kvqi_free(c->pre_freq);
+        kvqi_free(c->pre_cos);
+        kvqi_free(c->pre_sin);
+        kvqi_free(c->pre_step);
+    }
+    kvqi_free(c->pre_enc);
+    c->pre_freq = c->pre_step = c->pre_enc = NULL;
+    c->pre_cos = c->pre_sin = NULL;
+    c->pre_borrowed = 0;
+}
+
+/* Keys before RoPE: the donor layer's tables where they are the same (frequencies, head
+ * dim and chunk: the pairing only changes which channels a pair reads), so the layers
+ * of a model hold one copy (the encoder's chunk angles stay each layer's own). */
+void kvqi_pre_share(kvq_cache *c, const kvq_cache *donor) {
+    if (!c->pre_freq || !donor || !donor->pre_freq || c->pre_borrowed || donor->dim != c->dim ||
+        donor->cfg.chunk_tokens != c->cfg.chunk_tokens ||
+        memcmp(donor->pre_freq, c->pre_freq, c->dim / 2 * sizeof(double)) != 0)
+        return;
     kvqi_free(c->pre_freq);
     kvqi_free(c->pre_cos);
     kvqi_free(c->pre_sin);
     kvqi_free(c->pre_step);
-    kvqi_free(c->pre_enc);
-    c->pre_freq = c->pre_step = c->pre_enc = NULL;
-    c->pre_cos = c->pre_sin = NULL;
+    c->pre_freq = donor->pre_freq;
+    c->pre_cos = donor->pre_cos;
+    c->pre_sin = donor->pre_sin;
+    c->pre_step = donor->pre_step;
+    c->pre_borrowed = 1;
 }
 
 /* Channel keys before RoPE: cs[2 j], cs[2 j + 1] = cos, sin of chunk ci's start angle
