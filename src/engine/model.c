@@ -642,6 +642,10 @@ static kvq_status context_create(const kvq_model *model, const kvq_context_param
                 goto fail;
             }
             if ((st = kvqi_cache_create_shared(&cc, l ? c->caches[0] : NULL, &c->caches[l]))) goto fail;
+            /* keys before RoPE: the angle tables of any earlier layer with the same RoPE
+             * (Gemma's global layers share theirs, its sliding ones layer 0's) */
+            for (uint32_t j = 1; j < l && c->caches[l]->pre_freq && !c->caches[l]->pre_borrowed; j++)
+                kvqi_pre_share(c->caches[l], c->caches[j]);
         }
     }
     *out = c;
