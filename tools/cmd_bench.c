@@ -55,8 +55,9 @@ static void usage(FILE *f) {
             "                   used for both), e.g. fp16/fp16,turboquant_rvq:bits=1,residuals=2/mse:bits=2;\n"
             "                   a pair may carry its own cache options: mse:bits=2/mse:bits=2@window=20,outliers=2,sink=4,center=1;\n"
             "                   a preset name (q4, q3, q2) stands for its pair and options;\n"
-            "                   channel keys before RoPE: channel:bits=2,rope_base=500000,rope=neox\n"
-            "                   (the synthetic keys' RoPE; with --kv, the dumped model's)\n"
+            "                   channel keys before RoPE: channel:bits=2,rope_base=1 or q2@rope_base=1\n"
+            "                   (synthetic KV takes its own RoPE, base 500000 NeoX; with --kv give\n"
+            "                   the dumped model's base and rope=neox|interleaved)\n"
             "  --kv DIR         real keys, values and queries written by kvq generate --dump-kv\n"
             "                   (DIR/{keys,values,queries}_LL.npy) instead of synthetic KV; each\n"
             "                   token's query is shown to the cache before its key, as the engine\n"
@@ -399,6 +400,8 @@ typedef struct method_spec {
     char key[256], value[256];
     long window, outliers, sink, center, chunk;
     size_t calibrate; /* --calibrate: tokens the calibrated methods learn from (0 = none) */
+    float rope_base;  /* @rope_base=: channel keys before RoPE (0: not given) */
+    long rope;        /* @rope=: KVQ_ROPE_NEOX or KVQ_ROPE_INTERLEAVED (-1: not given) */
 } method_spec;
 
 /* The cache options after '@' (kvq_cache_options_parse: window, sink, outliers, center,
@@ -407,7 +410,11 @@ typedef struct method_spec {
 static int parse_cache_opts(const char *s, method_spec *m, char *err, size_t errn) {
     kvq_cache_config c;
     memset(&c, 0xff, sizeof c); /* UINT32_MAX: not given */
+    c.key.method = KVQ_METHOD_CHANNEL; /* (rope_base and rope: checked against the keys later) */
+    c.key.rope_base = 0.0f;
     if (kvq_cache_options_parse(s, &c, err, errn) != KVQ_OK) return 0;
+    if (c.key.rope_base > 0.0f) m->rope_base = c.key.rope_base;
+    if (c.key.rope_pairing != UINT32_MAX) m->rope = (long)c.key.rope_pairing;
     if (c.window != UINT32_MAX) m->window = c.window;
     if (c.n_outliers != UINT32_MAX) m->outliers = c.n_outliers;
     if (c.n_sink != UINT32_MAX) m->sink = c.n_sink;
@@ -456,6 +463,8 @@ static int parse_methods(const char *list, method_spec *out, int max, char *err,
         out[i].window = out[i].outliers = out[i].sink = -1;
         out[i].center = 0;
         out[i].chunk = 0;
+        out[i].rope_base = 0.0f;
+        out[i].rope = -1;
         char *at = strchr(joined[i], '@'), opts[512] = "";
         if (at) {
             *at = 0;
@@ -492,6 +501,15 @@ static int parse_methods(const char *list, method_spec *out, int max, char *err,
         }
         strcpy(out[i].key, ks);
         strcpy(out[i].value, vs);
+        if (out[i].rope_base > 0.0f || out[i].rope >= 0) { /* shown with the key spec */
+            char extra[64] = "";
+            if (out[i].rope_base > 0.0f) snprintf(extra, sizeof extra, "rope_base=%.9g", (double)out[i].rope_base);
+            if (out[i].rope >= 0)
+                snprintf(extra + strlen(extra), sizeof extra - strlen(extra), "%srope=%s", *extra ? "," : "",
+                         out[i].rope == KVQ_ROPE_NEOX ? "neox" : "interleaved");
+            size_t l = strlen(out[i].key);
+            snprintf(out[i].key + l, sizeof out[i].key - l, "%s%s", strchr(out[i].key, ':') ? "," : ":", extra);
+        }
     }
     return n;
 }
@@ -665,6 +683,20 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
     cfg.n_sink = n_sink;
     cfg.center_keys = (uint32_t)m->center;
     if (m->chunk) cfg.chunk_tokens = (uint32_t)m->chunk;
+    if (m->rope_base > 0.0f || m->rope >= 0) { /* the cache options' keys before RoPE */
+        if (cfg.key.method != KVQ_METHOD_CHANNEL) {
+            snprintf(r->error, sizeof r->error, "rope_base and rope take channel keys");
+            return;
+        }
+        if (m->rope_base > 0.0f) cfg.key.rope_base = m->rope_base;
+        if (m->rope >= 0) cfg.key.rope_pairing = (uint32_t)m->rope;
+    }
+    /* channel keys before RoPE on synthetic KV: the data's own RoPE (base 500000, NeoX
+     * pairs) replaces the spec's, as the engine takes the model's */
+    if (cfg.key.method == KVQ_METHOD_CHANNEL && cfg.key.rope_base > 0.0f && D->n_layers && !D->layers[0].q_all) {
+        cfg.key.rope_base = 500000.0f;
+        cfg.key.rope_pairing = KVQ_ROPE_NEOX;
+    }
     float *out = malloc(out_floats * sizeof(float));
     if (!out) {
         snprintf(r->error, sizeof r->error, "%s", kvq_strerror(KVQ_ERR_NOMEM));
