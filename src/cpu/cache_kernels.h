@@ -394,6 +394,9 @@ void kvqi_chan_dot_avx2(const uint8_t *block, const kvqi_chan_layout *L, const i
                         const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
 void kvqi_chan_weights_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
                               int16_t *W, float *scale, float *bias, float *wf);
+void kvqi_chan_prerope_scores_avx2(const uint8_t *block, const kvqi_chan_layout *L, const float *qt, uint32_t G,
+                                   const float *cs, const float *sn, size_t C, size_t u0, int neox, size_t in, size_t n,
+                                   float *scores, size_t ld);
 void kvqi_chan_prerope_scores_avx512(const uint8_t *block, const kvqi_chan_layout *L, const float *qt, uint32_t G,
                                      const float *cs, const float *sn, size_t C, size_t u0, int neox, size_t in,
                                      size_t n, float *scores, size_t ld);

@@ -450,6 +450,7 @@ static void build_tables(void) {
         g_avx2.chan_dot = kvqi_chan_dot_avx2;
         g_avx2.chan_codes = kvqi_chan_codes_avx2;
         g_avx2.chan_fit_sums = kvqi_chan_fit_sums_avx2;
+        g_avx2.chan_prerope_scores = kvqi_chan_prerope_scores_avx2;
     }
     if (kvq_isa_available(KVQ_ISA_AVX512)) {
         g_avx512 = g_avx2;

@@ -308,3 +308,125 @@ void kvqi_chan_fit_sums_avx2(const float *x, const float *lo, const float *step,
         _mm256_storeu_ps(a + 3 * (size_t)dim, _mm256_add_ps(_mm256_loadu_ps(a + 3 * (size_t)dim), _mm256_mul_ps(xv, k)));
     }
 }
+
+/* ------------------------------------------------------- keys before RoPE */
+
+/* chan_prerope_scores (cache_kernels.h), 8 tokens (an octet) a pass in the lanes: each
+ * plane's 8 values by a shift and mask of its group's 32-byte load (octet m of a unit:
+ * 4-bit groups at 64 (m / 4) + 32 (m % 2), nibble (m / 2) % 2; 2-bit groups at 32 (m % 2),
+ * bits 2 (m / 2); 1-bit groups whole, bit m), made float and multiply-added into its
+ * channel's key, then per RoPE pair the two keys turned by the offsets' angles and dotted
+ * with four heads at a time; the reference's operations lane for lane. */
+#define PRE2_MAX_DIM 256
+typedef struct pre2_op {
+    uint16_t grp, lane, chan, first;
+    float sc;
+} pre2_op;
+
+static const float pre2_zero[PRE2_MAX_DIM];
+
+CHAN_INLINE void pre2_pairs4(const __m256 *kf, const float *q0, const float *q1, const float *q2, const float *q3,
+                             uint32_t dim, int neox, const float *cs0, const float *sn0, size_t C, __m256 *acc) {
+    uint32_t half = dim / 2;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (uint32_t i = 0; i < half; i++) {
+        uint32_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        __m256 xa = kf[a], xb = kf[b];
+        __m256 c = _mm256_loadu_ps(cs0 + i * C), s = _mm256_loadu_ps(sn0 + i * C);
+        __m256 ka = _mm256_fmsub_ps(xa, c, _mm256_mul_ps(xb, s));
+        __m256 kb = _mm256_fmadd_ps(xa, s, _mm256_mul_ps(xb, c));
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(q0[a]), ka, a0);
+        b0 = _mm256_fmadd_ps(_mm256_set1_ps(q0[b]), kb, b0);
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(q1[a]), ka, a1);
+        b1 = _mm256_fmadd_ps(_mm256_set1_ps(q1[b]), kb, b1);
+        a2 = _mm256_fmadd_ps(_mm256_set1_ps(q2[a]), ka, a2);
+        b2 = _mm256_fmadd_ps(_mm256_set1_ps(q2[b]), kb, b2);
+        a3 = _mm256_fmadd_ps(_mm256_set1_ps(q3[a]), ka, a3);
+        b3 = _mm256_fmadd_ps(_mm256_set1_ps(q3[b]), kb, b3);
+    }
+    acc[0] = _mm256_add_ps(a0, b0);
+    acc[1] = _mm256_add_ps(a1, b1);
+    acc[2] = _mm256_add_ps(a2, b2);
+    acc[3] = _mm256_add_ps(a3, b3);
+}
+
+void kvqi_chan_prerope_scores_avx2(const uint8_t *block, const kvqi_chan_layout *L, const float *qt, uint32_t G,
+                                   const float *cs, const float *sn, size_t C, size_t u0, int neox, size_t in, size_t n,
+                                   float *scores, size_t ld) {
+    uint32_t dim = L->dim, l0 = (uint32_t)(in % 64);
+    if (dim > PRE2_MAX_DIM || dim % 8 != 0 || C % 8 != 0 || u0 % 64 != 0) {
+        kvqi_chan_prerope_scores_scalar(block, L, qt, G, cs, sn, C, u0, neox, in, n, scores, ld);
+        return;
+    }
+    float lo[PRE2_MAX_DIM], step[PRE2_MAX_DIM]; /* the block's fp16 minima and steps (exact) */
+    for (uint32_t j = 0; j < dim; j += 8) {
+        _mm256_storeu_ps(lo + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(block + 2 * (size_t)j))));
+        _mm256_storeu_ps(step + j, _mm256_cvtph_ps(_mm_loadu_si128(
+                                       (const __m128i *)(const void *)(block + 2 * ((size_t)dim + j)))));
+    }
+    const uint8_t *unit = block + 4 * (size_t)dim + (in / 64) * L->unit_bytes;
+    pre2_op ops[3 * PRE2_MAX_DIM];
+    uint16_t bare[PRE2_MAX_DIM];
+    uint8_t seen[PRE2_MAX_DIM] = {0};
+    uint32_t nops = 0, nbare = 0;
+    for (uint32_t p = 0; p < L->n_planes; p++) {
+        if (!L->width[p]) continue;
+        uint32_t j = L->chan[p];
+        ops[nops].grp = (uint16_t)(p / 4);
+        ops[nops].lane = (uint16_t)(p % 4);
+        ops[nops].chan = (uint16_t)j;
+        ops[nops].first = !seen[j];
+        ops[nops].sc = step[j] * (float)(1u << L->shift[p]);
+        seen[j] = 1;
+        nops++;
+    }
+    for (uint32_t j = 0; j < dim; j++)
+        if (!seen[j]) bare[nbare++] = (uint16_t)j;
+    __m256 kf[PRE2_MAX_DIM];
+    __m256i V[3 * PRE2_MAX_DIM / 4];
+    const __m256i ff = _mm256_set1_epi32(0xff);
+    const uint32_t ng = L->n4 + L->n2 + L->n1;
+    for (uint32_t m = l0 / 8; 8 * m < l0 + n; m++) {
+        for (uint32_t gi = 0; gi < ng; gi++) { /* token 8 m + lane's four planes as bytes */
+            if (gi < L->n4) {
+                __m256i x = _mm256_loadu_si256(
+                    (const __m256i *)(const void *)(unit + 128 * (size_t)gi + 64 * (m / 4) + 32 * (m % 2)));
+                V[gi] = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128((int)(4 * ((m / 2) % 2)))),
+                                         _mm256_set1_epi8(15));
+            } else if (gi < L->n4 + L->n2) {
+                __m256i x = _mm256_loadu_si256(
+                    (const __m256i *)(const void *)(unit + 128 * (size_t)L->n4 + 64 * (size_t)(gi - L->n4) + 32 * (m % 2)));
+                V[gi] = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128((int)(2 * (m / 2)))), _mm256_set1_epi8(3));
+            } else {
+                __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(unit + 128 * (size_t)L->n4 +
+                                                                              64 * (size_t)L->n2 +
+                                                                              32 * (size_t)(gi - L->n4 - L->n2)));
+                V[gi] = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128((int)m)), _mm256_set1_epi8(1));
+            }
+        }
+        for (uint32_t i = 0; i < nbare; i++) kf[bare[i]] = _mm256_set1_ps(lo[bare[i]]);
+        for (uint32_t o = 0; o < nops; o++) {
+            const pre2_op *op = &ops[o];
+            __m256 v = _mm256_cvtepi32_ps(
+                _mm256_and_si256(_mm256_srl_epi32(V[op->grp], _mm_cvtsi32_si128(8 * op->lane)), ff));
+            __m256 base = op->first ? _mm256_set1_ps(lo[op->chan]) : kf[op->chan];
+            kf[op->chan] = _mm256_fmadd_ps(v, _mm256_set1_ps(op->sc), base);
+        }
+        /* tokens 8 m + lane within [l0, l0 + n) to scores[h][8 m + lane - l0] */
+        uint32_t first = 8 * m, lo_t = first < l0 ? l0 : first;
+        uint32_t hi_t = first + 8 < l0 + n ? first + 8 : l0 + (uint32_t)n;
+        const float *cs0 = cs + u0 + first, *sn0 = sn + u0 + first;
+        for (uint32_t h0 = 0; h0 < G; h0 += 4) {
+            __m256 acc[4];
+            uint32_t gh = G - h0 < 4 ? G - h0 : 4;
+            const float *q = qt + (size_t)h0 * dim;
+            pre2_pairs4(kf, q, gh > 1 ? q + dim : pre2_zero, gh > 2 ? q + 2 * dim : pre2_zero,
+                        gh > 3 ? q + 3 * dim : pre2_zero, dim, neox, cs0, sn0, C, acc);
+            for (uint32_t h = 0; h < gh; h++) {
+                float tmp[8], *row = scores + (size_t)(h0 + h) * ld;
+                _mm256_storeu_ps(tmp, acc[h]);
+                for (uint32_t t = lo_t; t < hi_t; t++) row[t - l0] = tmp[t - first];
+            }
+        }
+    }
+}
