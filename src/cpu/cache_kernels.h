@@ -314,6 +314,15 @@ void kvqi_cache_score_q8_0_i16_ref(const int16_t *q16, const float *qscale, uint
 /* chan_*.c */
 void kvqi_chan_weights_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
                               int16_t *W, float *scale, float *bias, float *wf);
+/* The SIMD kernels of chan_prerope_scores: a layout's planes in plane order (group, byte
+ * lane, channel, whether it is the channel's first, step 2^shift) and the channels
+ * without bits (bare[*n_bare]); returns the plane count. */
+typedef struct kvqi_pre_op {
+    uint16_t grp, lane, chan, first;
+    float sc;
+} kvqi_pre_op;
+uint32_t kvqi_chan_pre_ops(const kvqi_chan_layout *L, const float *step, kvqi_pre_op *ops, uint16_t *bare,
+                           uint32_t *n_bare);
 void kvqi_chan_prerope_scores_scalar(const uint8_t *block, const kvqi_chan_layout *L, const float *qt, uint32_t G,
                                      const float *cs, const float *sn, size_t C, size_t u0, int neox, size_t in,
                                      size_t n, float *scores, size_t ld);

@@ -318,11 +318,6 @@ void kvqi_chan_fit_sums_avx2(const float *x, const float *lo, const float *step,
  * channel's key, then per RoPE pair the two keys turned by the offsets' angles and dotted
  * with four heads at a time; the reference's operations lane for lane. */
 #define PRE2_MAX_DIM 256
-typedef struct pre2_op {
-    uint16_t grp, lane, chan, first;
-    float sc;
-} pre2_op;
-
 static const float pre2_zero[PRE2_MAX_DIM];
 
 CHAN_INLINE void pre2_pairs4(const __m256 *kf, const float *q0, const float *q1, const float *q2, const float *q3,
@@ -365,23 +360,9 @@ void kvqi_chan_prerope_scores_avx2(const uint8_t *block, const kvqi_chan_layout 
                                        (const __m128i *)(const void *)(block + 2 * ((size_t)dim + j)))));
     }
     const uint8_t *unit = block + 4 * (size_t)dim + (in / 64) * L->unit_bytes;
-    pre2_op ops[3 * PRE2_MAX_DIM];
+    kvqi_pre_op ops[3 * PRE2_MAX_DIM];
     uint16_t bare[PRE2_MAX_DIM];
-    uint8_t seen[PRE2_MAX_DIM] = {0};
-    uint32_t nops = 0, nbare = 0;
-    for (uint32_t p = 0; p < L->n_planes; p++) {
-        if (!L->width[p]) continue;
-        uint32_t j = L->chan[p];
-        ops[nops].grp = (uint16_t)(p / 4);
-        ops[nops].lane = (uint16_t)(p % 4);
-        ops[nops].chan = (uint16_t)j;
-        ops[nops].first = !seen[j];
-        ops[nops].sc = step[j] * (float)(1u << L->shift[p]);
-        seen[j] = 1;
-        nops++;
-    }
-    for (uint32_t j = 0; j < dim; j++)
-        if (!seen[j]) bare[nbare++] = (uint16_t)j;
+    uint32_t nbare = 0, nops = kvqi_chan_pre_ops(L, step, ops, bare, &nbare);
     __m256 kf[PRE2_MAX_DIM];
     __m256i V[3 * PRE2_MAX_DIM / 4];
     const __m256i ff = _mm256_set1_epi32(0xff);
@@ -406,7 +387,7 @@ void kvqi_chan_prerope_scores_avx2(const uint8_t *block, const kvqi_chan_layout 
         }
         for (uint32_t i = 0; i < nbare; i++) kf[bare[i]] = _mm256_set1_ps(lo[bare[i]]);
         for (uint32_t o = 0; o < nops; o++) {
-            const pre2_op *op = &ops[o];
+            const kvqi_pre_op *op = &ops[o];
             __m256 v = _mm256_cvtepi32_ps(
                 _mm256_and_si256(_mm256_srl_epi32(V[op->grp], _mm_cvtsi32_si128(8 * op->lane)), ff));
             __m256 base = op->first ? _mm256_set1_ps(lo[op->chan]) : kf[op->chan];

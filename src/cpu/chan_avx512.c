@@ -346,11 +346,6 @@ void kvqi_chan_fit_sums_avx512(const float *x, const float *lo, const float *ste
  * and dotted with four heads at a time (their sums in registers); the reference's
  * operations lane for lane. Heads past G in the last four read a zero query. */
 #define PRE_MAX_DIM 256
-typedef struct pre_op {
-    uint16_t grp, lane, chan, first;
-    float sc;
-} pre_op;
-
 static const float pre_zero[PRE_MAX_DIM];
 
 static inline void pre_pairs4(const __m512 *kf, const float *q0, const float *q1, const float *q2, const float *q3,
@@ -394,24 +389,9 @@ void kvqi_chan_prerope_scores_avx512(const uint8_t *block, const kvqi_chan_layou
                                        (const __m256i *)(const void *)(block + 2 * ((size_t)dim + j)))));
     }
     const uint8_t *unit = block + 4 * (size_t)dim + (in / 64) * L->unit_bytes;
-    pre_op ops[3 * PRE_MAX_DIM];
+    kvqi_pre_op ops[3 * PRE_MAX_DIM];
     uint16_t bare[PRE_MAX_DIM];
-    uint8_t seen[PRE_MAX_DIM];
-    uint32_t nops = 0, nbare = 0;
-    memset(seen, 0, dim);
-    for (uint32_t p = 0; p < L->n_planes; p++) {
-        if (!L->width[p]) continue;
-        uint32_t j = L->chan[p];
-        ops[nops].grp = (uint16_t)(p / 4);
-        ops[nops].lane = (uint16_t)(p % 4);
-        ops[nops].chan = (uint16_t)j;
-        ops[nops].first = !seen[j];
-        ops[nops].sc = step[j] * (float)(1u << L->shift[p]);
-        seen[j] = 1;
-        nops++;
-    }
-    for (uint32_t j = 0; j < dim; j++)
-        if (!seen[j]) bare[nbare++] = (uint16_t)j;
+    uint32_t nbare = 0, nops = kvqi_chan_pre_ops(L, step, ops, bare, &nbare);
     __m512 kf[PRE_MAX_DIM];
     __m512i V[3 * PRE_MAX_DIM / 4];
     const __m512i ff = _mm512_set1_epi32(0xff);
@@ -435,7 +415,7 @@ void kvqi_chan_prerope_scores_avx512(const uint8_t *block, const kvqi_chan_layou
         }
         for (uint32_t i = 0; i < nbare; i++) kf[bare[i]] = _mm512_set1_ps(lo[bare[i]]);
         for (uint32_t o = 0; o < nops; o++) {
-            const pre_op *op = &ops[o];
+            const kvqi_pre_op *op = &ops[o];
             __m512 v = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(V[op->grp], 8 * op->lane), ff));
             __m512 base = op->first ? _mm512_set1_ps(lo[op->chan]) : kf[op->chan];
             kf[op->chan] = _mm512_fmadd_ps(v, _mm512_set1_ps(op->sc), base);

@@ -390,3 +390,25 @@ void kvqi_chan_prerope_scores_scalar(const uint8_t *block, const kvqi_chan_layou
         }
     }
 }
+
+uint32_t kvqi_chan_pre_ops(const kvqi_chan_layout *L, const float *step, kvqi_pre_op *ops, uint16_t *bare,
+                           uint32_t *n_bare) {
+    uint8_t seen[KVQI_QUANT_MAX_DIM];
+    uint32_t n = 0, nb = 0;
+    memset(seen, 0, L->dim);
+    for (uint32_t p = 0; p < L->n_planes; p++) {
+        if (!L->width[p]) continue;
+        uint32_t j = L->chan[p];
+        ops[n].grp = (uint16_t)(p / 4);
+        ops[n].lane = (uint16_t)(p % 4);
+        ops[n].chan = (uint16_t)j;
+        ops[n].first = !seen[j];
+        ops[n].sc = step[j] * (float)(1u << L->shift[p]);
+        seen[j] = 1;
+        n++;
+    }
+    for (uint32_t j = 0; j < L->dim; j++)
+        if (!seen[j]) bare[nb++] = (uint16_t)j;
+    *n_bare = nb;
+    return n;
+}
