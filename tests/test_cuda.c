@@ -1740,6 +1740,9 @@ static void chan_paged_case(kvqt_ctx *kvqt_, const char *preset, uint32_t d, uin
 static void body_cuda_chan_paged_matches_contiguous(kvqt_ctx *kvqt_) {
     chan_paged_case(kvqt_, "q3", 128, 2, 4, KVQ_CUDA_F16);
     chan_paged_case(kvqt_, "q4", 64, 3, 2, KVQ_CUDA_F32);
+    /* q4 at head_dim 128: its one-value-buffer kernel needs more than 48 KB of shared
+     * memory, so the paged variant too must be allowed it (the CHAN_SV=2 build takes it) */
+    chan_paged_case(kvqt_, "q4", 128, 2, 4, KVQ_CUDA_F16);
 }
 
 #endif

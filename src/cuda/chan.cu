@@ -1500,9 +1500,11 @@ extern "C" KVQ_API kvq_status kvq_cuda_chan_create(const kvq_cache_config *cfg, 
         return KVQ_ERR_UNSUPPORTED;
     }
     cudaError_t e = cudaSuccess;
-    for (int k = 0; k < 12 && e == cudaSuccess; k++) /* (k 8-11: the sv kernels, which need less) */
-        e = cudaFuncSetAttribute((const void *)attend_kernel_for(D, k & 1 ? 8 : 4, k & 2 || k >= 8, (k & 4) != 0, k >= 8),
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    /* every variant, contiguous and paged: GS 4 / 8 x tp 0 / 1, then the sv kernel (v 4) */
+    for (int pg = 0; pg < 2 && e == cudaSuccess; pg++)
+        for (int v = 0; v < 5 && e == cudaSuccess; v++)
+            e = cudaFuncSetAttribute((const void *)attend_kernel_for(D, v & 1 ? 8 : 4, v >= 2, pg != 0, v == 4),
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) {
         cudaGetLastError();
         kvq_cuda_chan_free(kc);
@@ -1867,12 +1869,15 @@ static void plan_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, uint
     if (CHAN_SV && p->tp && chan_mma(GS)) {
         const size_t smem = attn_smem_words(D, G, GS, (int)(kc->bits * kc->D), (int)kc->vcs, true, true) * 4;
         const int n = blocks_per_sm(attend_kernel_for(kc->D, GS, true, false, true), smem);
-        attn_plan q = *p;
-        if (n > per_sm || (CHAN_SV == 2 && n > 0)) split_attn(kc, d, q_per_seq, n, &q);
-        if ((n > per_sm && q.cps > 1) || (CHAN_SV == 2 && n > 0)) {
-            *p = q;
-            p->sv = true;
-            p->smem = smem;
+        const bool forced = CHAN_SV == 2 && n > 0;
+        if (n > per_sm || forced) {
+            attn_plan q = *p;
+            split_attn(kc, d, q_per_seq, n, &q);
+            if (q.cps > 1 || forced) {
+                *p = q;
+                p->sv = true;
+                p->smem = smem;
+            }
         }
     }
     /* the exact tokens (sinks, window and the filling chunk: up to n_sink + W + C) a round
