@@ -400,8 +400,8 @@ typedef struct method_spec {
     char key[256], value[256];
     long window, outliers, sink, center, chunk;
     size_t calibrate; /* --calibrate: tokens the calibrated methods learn from (0 = none) */
-    float rope_base;  /* @rope_base=: channel keys before RoPE (0: not given) */
-    long rope;        /* @rope=: KVQ_ROPE_NEOX or KVQ_ROPE_INTERLEAVED (-1: not given) */
+    float rope_base;  /* @rope_base=: channel keys before RoPE (0: not given; joins the key spec) */
+    long rope;        /* @rope=: KVQ_ROPE_NEOX or KVQ_ROPE_INTERLEAVED (-1: not given; as well) */
 } method_spec;
 
 /* The cache options after '@' (kvq_cache_options_parse: window, sink, outliers, center,
@@ -410,7 +410,7 @@ typedef struct method_spec {
 static int parse_cache_opts(const char *s, method_spec *m, char *err, size_t errn) {
     kvq_cache_config c;
     memset(&c, 0xff, sizeof c); /* UINT32_MAX: not given */
-    c.key.method = KVQ_METHOD_CHANNEL; /* (rope_base and rope: checked against the keys later) */
+    c.key.method = KVQ_METHOD_CHANNEL; /* (rope_base and rope join the key spec: its parse checks them) */
     c.key.rope_base = 0.0f;
     if (kvq_cache_options_parse(s, &c, err, errn) != KVQ_OK) return 0;
     if (c.key.rope_base > 0.0f) m->rope_base = c.key.rope_base;
@@ -683,14 +683,6 @@ static void run_method(const method_spec *m, const kv_data *D, uint32_t window, 
     cfg.n_sink = n_sink;
     cfg.center_keys = (uint32_t)m->center;
     if (m->chunk) cfg.chunk_tokens = (uint32_t)m->chunk;
-    if (m->rope_base > 0.0f || m->rope >= 0) { /* the cache options' keys before RoPE */
-        if (cfg.key.method != KVQ_METHOD_CHANNEL) {
-            snprintf(r->error, sizeof r->error, "rope_base and rope take channel keys");
-            return;
-        }
-        if (m->rope_base > 0.0f) cfg.key.rope_base = m->rope_base;
-        if (m->rope >= 0) cfg.key.rope_pairing = (uint32_t)m->rope;
-    }
     /* channel keys before RoPE on synthetic KV: the data's own RoPE (base 500000, NeoX
      * pairs) replaces the spec's, as the engine takes the model's */
     if (cfg.key.method == KVQ_METHOD_CHANNEL && cfg.key.rope_base > 0.0f && D->n_layers && !D->layers[0].q_all) {

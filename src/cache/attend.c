@@ -261,23 +261,12 @@ static void score_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G,
             c->kern->score_rot(&K->rot, s->q, G, codes, nb, s->scores, B);
         break;
     case KVQI_PATH_CHAN: { /* weighed at the chunk's first block, <q, mean> in the bias */
-        kvqi_chan_weighed w;
-        kvqi_chan_scratch(s->kspan, c->dim, G, &w);
         if (c->pre_freq) { /* keys before RoPE: the query turned back to the chunk's start,
                             * each key turned by its offset in the chunk (cache/positions.c) */
             uint32_t d = c->dim, half = d / 2;
             double *cs2 = s->pre_cs;
-            if (s->pre_ci != ci) { /* the start angles: one turn by C theta from the chunk before */
-                if (s->pre_ci != SIZE_MAX && s->pre_ci + 1 == ci) {
-                    for (uint32_t j = 0; j < half; j++) {
-                        double cC = c->pre_step[2 * j], sC = c->pre_step[2 * j + 1];
-                        double c0 = cs2[2 * j], s0 = cs2[2 * j + 1];
-                        cs2[2 * j] = c0 * cC - s0 * sC;
-                        cs2[2 * j + 1] = s0 * cC + c0 * sC;
-                    }
-                } else {
-                    kvqi_pre_angles(c, ci, cs2);
-                }
+            if (s->pre_ci != ci) { /* the start angles (one turn from the chunk before) */
+                kvqi_pre_angles(c, ci, s->pre_ci, cs2);
                 s->pre_ci = ci;
             }
             if (s->pre_qci != ci) { /* each head turned back by the start angle */
@@ -296,6 +285,8 @@ static void score_coded(const kvq_cache *c, kvqi_attend_scratch *s, uint32_t G,
             kvqi_chan_pre_scores(c, g, kvqi_chunk_keys(c, ci, g), in, nb, s->pre_q, G, s->scores, B);
             return;
         }
+        kvqi_chan_weighed w;
+        kvqi_chan_scratch(s->kspan, c->dim, G, &w);
         kvqi_chan_dot(c, G, g, kvqi_chunk_keys(c, ci, g), in, nb, &w, s->scores, B);
         return;
     }

@@ -587,7 +587,7 @@ static kvq_status validate_config(const kvq_cache_config *cfg) {
         kvqi_set_msg(NULL, 0, "cache: sliding_key_bits (slide_kbits) takes channel or turboquant_mse keys"),
             st = KVQ_ERR_INVALID_ARG;
     else if (cfg->key.method == KVQ_METHOD_CHANNEL && cfg->key.rope_base > 0.0f &&
-             (cfg->center_keys || cfg->n_outliers || cfg->head_dim % 2))
+             (cfg->center_keys || cfg->n_outliers))
         kvqi_set_msg(NULL, 0, "cache: channel keys before RoPE (rope_base) take no center or outliers option"),
             st = KVQ_ERR_UNSUPPORTED;
     else if (cfg->sliding_value_bits && cfg->value.method != KVQ_METHOD_TURBOQUANT_MSE)
@@ -1135,7 +1135,7 @@ static void encode_chan_chunks(kvq_cache *c, const row_source *src, size_t pos, 
     float *rlo = row + (size_t)KVQI_ENCODE_ROWS * dim, *rstep = rlo + dim, *rtop = rstep + dim;
     for (; pos < end; pos += C) {
         size_t lo_t = valid_lo > pos ? KVQI_MIN(valid_lo - pos, C) : 0;
-        if (c->pre_freq) kvqi_pre_angles(c, pos / C, c->pre_enc); /* keys before RoPE */
+        if (c->pre_freq) kvqi_pre_angles(c, pos / C, SIZE_MAX, c->pre_enc); /* keys before RoPE */
         for (uint32_t g = 0; g < c->n_kv; g++) {
             /* (keys before RoPE are coded as they are: the mean is of keys after it) */
             const float *mu = c->key_mean && !c->pre_freq ? c->key_mean + (size_t)g * dim : NULL;
@@ -1182,7 +1182,7 @@ static void chan_fix_bits(kvq_cache *c, const row_source *src) {
     uint32_t dim = c->dim;
     float *row = c->enc_buf, *lo = row + dim, *hi = lo + dim;
     double *w = (double *)(void *)(hi + dim); /* dim doubles: the last 2 dim floats */
-    if (c->pre_freq) kvqi_pre_angles(c, 0, c->pre_enc);
+    if (c->pre_freq) kvqi_pre_angles(c, 0, SIZE_MAX, c->pre_enc);
     for (uint32_t g = 0; g < c->n_kv; g++) {
         range_empty(lo, hi, dim);
         for (size_t t = 1; t < C; t++) {

@@ -237,7 +237,7 @@ kvq_status kvqi_cache_attend_impl(kvq_cache *c, const float *q, uint32_t n_q_hea
 /* positions.c: keys of position-aware methods arrive after RoPE and are encoded before
  * it, at their token positions. encode_keys may overwrite rows (n x dim scratch). */
 kvq_status kvqi_cache_positions_init(kvq_cache *c);
-void kvqi_pre_angles(const kvq_cache *c, size_t ci, double *cs);
+void kvqi_pre_angles(const kvq_cache *c, size_t ci, size_t prev, double *cs);
 void kvqi_pre_share(kvq_cache *c, const kvq_cache *donor);
 void kvqi_pre_turn_back(const kvq_cache *c, float *x, const double *cs, size_t u);
 void kvqi_cache_positions_free(kvq_cache *c);

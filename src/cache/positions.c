@@ -6,6 +6,7 @@
  * position, and <RoPE_-p q, RoPE_-p k> = <q, k> for any frequencies used on both sides.
  */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "cache/cache_internal.h"
@@ -84,8 +85,17 @@ void kvqi_pre_share(kvq_cache *c, const kvq_cache *donor) {
 }
 
 /* Channel keys before RoPE: cs[2 j], cs[2 j + 1] = cos, sin of chunk ci's start angle
- * (ci C theta_j) for every pair j. */
-void kvqi_pre_angles(const kvq_cache *c, size_t ci, double *cs) {
+ * (ci C theta_j) for every pair j; where cs holds chunk prev = ci - 1's, by one turn of C
+ * theta (in double), else by sincos (prev SIZE_MAX: nothing held). */
+void kvqi_pre_angles(const kvq_cache *c, size_t ci, size_t prev, double *cs) {
+    if (prev != SIZE_MAX && prev + 1 == ci) {
+        for (uint32_t j = 0; j < c->dim / 2; j++) {
+            double cC = c->pre_step[2 * j], sC = c->pre_step[2 * j + 1], c0 = cs[2 * j], s0 = cs[2 * j + 1];
+            cs[2 * j] = c0 * cC - s0 * sC;
+            cs[2 * j + 1] = s0 * cC + c0 * sC;
+        }
+        return;
+    }
     double p = (double)ci * (double)c->cfg.chunk_tokens;
     for (uint32_t j = 0; j < c->dim / 2; j++) {
         cs[2 * j] = cos(p * c->pre_freq[j]);

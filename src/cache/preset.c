@@ -3,12 +3,11 @@
  * key spec, value spec, window, sinks, outliers, key centering, bits) shared by the CLI,
  * the Python package and the server. docs/METHODS.md cites the measurement behind each.
  */
-#include <errno.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cache/cache_internal.h"
+#include "quant/quant.h"
 
 /* Chosen on SmolLM2-135M (head_dim 64, 3 KV heads: a hard case) and Gemma-3-270M by
  * perplexity and KL from fp16 over 8 chunks of 512 and 2 of 2048 tokens: the best
@@ -138,22 +137,8 @@ KVQ_API kvq_status kvq_cache_options_parse(const char *options, kvq_cache_config
                 kvqi_set_msg(msg, msg_size, "cache option '%s' takes channel keys", item);
                 return KVQ_ERR_PARSE;
             }
-            if (!strcmp(item, "rope")) {
-                if (strcmp(val, "neox") && strcmp(val, "interleaved")) {
-                    kvqi_set_msg(msg, msg_size, "cache option 'rope': '%s' is not interleaved|neox", val);
-                    return KVQ_ERR_PARSE;
-                }
-                cfg->key.rope_pairing = !strcmp(val, "neox") ? KVQ_ROPE_NEOX : KVQ_ROPE_INTERLEAVED;
-                continue;
-            }
-            char *end;
-            errno = 0;
-            float f = strtof(val, &end);
-            if (!*val || *end || errno || !(f > 0.0f) || !isfinite(f) || strpbrk(val, "xX \t\n\r\f\v")) {
-                kvqi_set_msg(msg, msg_size, "cache option 'rope_base': '%s' is not a positive number", val);
-                return KVQ_ERR_PARSE;
-            }
-            cfg->key.rope_base = f;
+            kvq_status st = kvqi_config_set_key(&cfg->key, item, val, msg, msg_size);
+            if (st != KVQ_OK) return st;
             continue;
         }
         if (!strcmp(item, "window")) field = &cfg->window, max = 1u << 20;

@@ -314,6 +314,20 @@ static kvq_status set_key(kvq_config *c, unsigned bit, const char *key, const ch
     return KVQ_ERR_PARSE;
 }
 
+kvq_status kvqi_config_set_key(kvq_config *cfg, const char *key, const char *val, char *msg, size_t msg_size) {
+    const char *canon = kvq_method_name(cfg->method);
+    for (size_t i = 0; i < sizeof k_keys / sizeof k_keys[0]; i++)
+        if (strcmp(key, k_keys[i].name) == 0) {
+            if (!(method_keys(cfg->method) & k_keys[i].bit)) {
+                kvqi_set_msg(msg, msg_size, "%s: key '%s' does not apply to this method", canon ? canon : "config", key);
+                return KVQ_ERR_PARSE;
+            }
+            return set_key(cfg, k_keys[i].bit, key, val, msg, msg_size);
+        }
+    kvqi_set_msg(msg, msg_size, "%s: unknown key '%s'", canon ? canon : "config", key);
+    return KVQ_ERR_PARSE;
+}
+
 /* keys whose value is a name or a path, where surrounding spaces are only layout */
 static int def_is_string(const char *key) {
     return !strcmp(key, "artifact") || !strcmp(key, "rotate") || !strcmp(key, "rope") || !strcmp(key, "isa");

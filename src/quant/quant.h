@@ -120,6 +120,9 @@ kvq_status kvqi_artifact_open(const kvq_config *cfg, kvqi_st_file **f, uint64_t 
 
 /* config.c: fill the method's defaults into zero fields. */
 void kvqi_config_resolve(kvq_config *cfg);
+/* One key=value of kvq_config_parse applied to cfg (its method must take the key), for
+ * the options that stand beside a spec (the cache options' rope_base and rope). */
+kvq_status kvqi_config_set_key(kvq_config *cfg, const char *key, const char *val, char *msg, size_t msg_size);
 /* The rotation a config asks for (after resolve). */
 int kvqi_config_rotation(const kvq_config *cfg);
 
