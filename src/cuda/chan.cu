@@ -46,6 +46,17 @@
  * 0: through per-warp chunk weights, as before */
 #define CHAN_QT 1
 #endif
+#ifndef CHAN_WAVES10
+/* the split's target grid in tenths of a wave of resident blocks, and the most splits a
+ * (sequence, KV head) takes (split_attn) */
+#define CHAN_WAVES10 40
+#endif
+#ifndef CHAN_SPLIT_MAX
+#define CHAN_SPLIT_MAX 64
+#endif
+#ifndef CHAN_SPLIT_MIN_CHUNKS
+#define CHAN_SPLIT_MIN_CHUNKS 8
+#endif
 #ifndef CHAN_SV
 /* 1 (default): where the plan has a split take more than one chunk and it fits more
  * blocks an SM, the QT kernel with one buffer of value codes a warp (QS, plan_attn);
@@ -1350,17 +1361,25 @@ __global__ void __launch_bounds__(CHAN_WARPS * 32, CHAN_MIN_BLOCKS(E, GS)) chan_
 }
 
 /* One block per (query head, sequence): the slots merged, then rotated back. Thread u
- * holds slot u's maximum and sum; its weight exp2(max - M) goes to shared memory once, and
- * thread i sums coordinate i over the slots with CHAN_COMBINE_U loads in flight (as
- * attend.cu's merge). An empty slot stores acc = sum = 0 and max = -inf (weight 0). */
+ * holds slot u's maximum and sum; its weight exp2(max - M) goes to shared memory once.
+ * The block's NG groups of 128 threads take turns of CHAN_COMBINE_U slots (group g the
+ * turns g, g + NG, ...): thread i of a group sums coordinate i over its slots with
+ * CHAN_COMBINE_U loads in flight (as attend.cu's merge), and group 0 adds the other
+ * groups' sums in order (NG > 1: more loads in flight where a few rows merge many slots,
+ * batch 1). An empty slot stores acc = sum = 0 and max = -inf (weight 0). */
 #define CHAN_COMBINE_U 16
-template <int E>
-__global__ void __launch_bounds__(128) chan_combine_kernel(const kvqc_params *vp, const float *partial, int n_slots,
-                                                           int n_q_heads, float *out) {
-    __shared__ float s_red[4];
+#ifndef CHAN_COMBINE_NG
+#define CHAN_COMBINE_NG 4
+#endif
+template <int E, int NG>
+__global__ void __launch_bounds__(128 * NG) chan_combine_kernel(const kvqc_params *vp, const float *partial, int n_slots,
+                                                                int n_q_heads, float *out) {
+    constexpr int T = 128 * NG, NW = 4 * NG;
+    __shared__ float s_red[NW];
     __shared__ float s_out[32 * E];
-    __shared__ __align__(16) float s_w[128];
-    const int D = 32 * E, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    __shared__ float s_part[NG > 1 ? NG - 1 : 1][32 * E];
+    __shared__ __align__(16) float s_w[T];
+    const int D = 32 * E, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, grp = tid >> 7, ci = tid & 127;
     const size_t row = (size_t)blockIdx.y * n_q_heads + blockIdx.x;
     const float *p = partial + row * n_slots * (D + 2);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -1373,26 +1392,28 @@ __global__ void __launch_bounds__(128) chan_combine_kernel(const kvqc_params *vp
         l_own = p[(size_t)tid * (D + 2) + D + 1];
     }
     float M = m_own;
-    for (int u = tid + 128; u < n_slots; u += 128) M = fmaxf(M, p[(size_t)u * (D + 2) + D]);
+    for (int u = tid + T; u < n_slots; u += T) M = fmaxf(M, p[(size_t)u * (D + 2) + D]);
     M = kvqc_warp_max(M);
     if (lane == 0) s_red[warp] = M;
     __syncthreads();
-    M = fmaxf(fmaxf(s_red[0], s_red[1]), fmaxf(s_red[2], s_red[3]));
+    M = s_red[0];
+#pragma unroll
+    for (int k = 1; k < NW; k++) M = fmaxf(M, s_red[k]);
     float acc[NI], L = 0.0f;
 #pragma unroll
     for (int j = 0; j < NI; j++) acc[j] = 0.0f;
     if (M != -INFINITY) { /* the same in every thread: the barriers below are uniform */
-        for (int u0 = 0; u0 < n_slots; u0 += 128) {
-            const int nu = min(128, n_slots - u0);
+        for (int u0 = 0; u0 < n_slots; u0 += T) {
+            const int nu = min(T, n_slots - u0);
             __syncthreads();
             float w = 0.0f; /* past nu: 0 */
             if (tid < nu) w = kvqc_slot_weight(u0 > 0 ? p + (size_t)(u0 + tid) * (D + 2) : NULL, D, m_own, l_own, M, L);
             s_w[tid] = w;
             __syncthreads();
-            for (int k0 = 0; k0 < nu; k0 += U) {
+            for (int k0 = U * grp; k0 < nu; k0 += U * NG) {
 #pragma unroll
                 for (int j = 0; j < NI; j++) {
-                    const int i = tid + 128 * j;
+                    const int i = ci + 128 * j;
                     if (NI * 128 > D && i >= D) break;
                     const float *pk = p + (size_t)(u0 + k0) * (D + 2) + i;
                     float x[U];
@@ -1407,13 +1428,27 @@ __global__ void __launch_bounds__(128) chan_combine_kernel(const kvqc_params *vp
     L = kvqc_warp_sum(L);
     __syncthreads();
     if (lane == 0) s_red[warp] = L;
+    if (NG > 1 && grp > 0)
+#pragma unroll
+        for (int j = 0; j < NI; j++) {
+            const int i = ci + 128 * j;
+            if (i < D) s_part[grp - 1][i] = acc[j];
+        }
     __syncthreads();
     L = (s_red[0] + s_red[1]) + (s_red[2] + s_red[3]);
 #pragma unroll
-    for (int j = 0; j < NI; j++) {
-        const int i = tid + 128 * j;
-        if (i < D) s_out[i] = L > 0.0f ? acc[j] / L : 0.0f;
-    }
+    for (int k = 4; k < NW; k++) L += s_red[k];
+    if (grp == 0)
+#pragma unroll
+        for (int j = 0; j < NI; j++) {
+            const int i = ci + 128 * j;
+            if (i < D) {
+                float a = acc[j];
+#pragma unroll
+                for (int g = 1; g < NG; g++) a += s_part[g - 1][i];
+                s_out[i] = L > 0.0f ? a / L : 0.0f;
+            }
+        }
     __syncthreads();
     if (warp != 0) return;
     float v[E];
@@ -1816,15 +1851,24 @@ static int blocks_per_sm(chan_attend_fn f, size_t smem) {
     return n;
 }
 
-/* Split the coded chunks so the grid holds about two waves of per_sm resident blocks
- * (whole chunks per split); KVQ_CUDA_ATTN_ONE_SPLIT: one block per (sequence, kv head). */
+/* Split the coded chunks (whole chunks a split) so the grid holds about four waves of
+ * per_sm resident blocks (batch 8 at 128k: 1.14x two waves), but no split of fewer than
+ * CHAN_SPLIT_MIN_CHUNKS chunks unless that leaves less than one wave (batch 4 at 32k:
+ * 32 splits of 8 chunks 1.03x 64 of 4), and at most CHAN_SPLIT_MAX splits a (sequence,
+ * KV head): past that, at batch 1, the splits' fixed costs and the merge's loads outweigh
+ * the balance (32k: 64 splits of 4 chunks 1.45x 132 of 2);
+ * KVQ_CUDA_ATTN_ONE_SPLIT: one block per (sequence, kv head). */
 static void split_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, uint32_t q_per_seq, int per_sm,
                        attn_plan *p) {
     uint64_t len = d->max_len;
     uint64_t chunks = len > kc->W ? (len - kc->W) / kc->C : 0;
     uint64_t base = (uint64_t)d->batch * q_per_seq * d->n_kv_heads;
-    uint64_t target = 2 * (uint64_t)kc->n_sm * per_sm;
+    uint64_t wave = (uint64_t)kc->n_sm * per_sm, target = wave * CHAN_WAVES10 / 10;
     uint64_t ns = (target + base - 1) / base;
+    uint64_t floor_ns = (chunks + CHAN_SPLIT_MIN_CHUNKS - 1) / CHAN_SPLIT_MIN_CHUNKS, one_wave = wave / base;
+    if (floor_ns < one_wave) floor_ns = one_wave;
+    if (ns > floor_ns) ns = floor_ns;
+    if (ns > CHAN_SPLIT_MAX) ns = CHAN_SPLIT_MAX;
     if (d->flags & KVQ_CUDA_ATTN_ONE_SPLIT) ns = 1;
     if (ns > chunks) ns = chunks;
     if (ns > 65534) ns = 65534;
@@ -1966,7 +2010,9 @@ static kvq_status chan_run(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return kvqc_status(e);
     void (*combine)(const kvqc_params *, const float *, int, int, float *) =
-        kc->D == 64 ? chan_combine_kernel<2> : kc->D == 128 ? chan_combine_kernel<4> : chan_combine_kernel<8>;
+        kc->D == 64    ? chan_combine_kernel<2, CHAN_COMBINE_NG>
+        : kc->D == 128 ? chan_combine_kernel<4, CHAN_COMBINE_NG>
+                       : chan_combine_kernel<8, CHAN_COMBINE_NG>;
     const kvqc_params *vp = kc->vq->p_dev;
     const float *part = a.partial;
     if (prefill) { /* the new tokens' slot, then an ordinary merge */
@@ -1974,7 +2020,7 @@ static kvq_status chan_run(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
                               (int)d->n_q_heads, (int)d->n_kv_heads, a.G, d->scale, a.partial, a.slot_stride,
                               p.n_slots, d->batch * qps, s);
         if (e != cudaSuccess) return kvqc_status(e);
-        combine<<<rows, 128, 0, s>>>(vp, part, a.slot_stride, a.n_q_heads, out_dev);
+        combine<<<rows, 128 * CHAN_COMBINE_NG, 0, s>>>(vp, part, a.slot_stride, a.n_q_heads, out_dev);
         return kvqc_status(cudaGetLastError());
     }
     /* the merge as a programmatic dependent launch: scheduled while the attention's last
@@ -1985,14 +2031,14 @@ static kvq_status chan_run(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d,
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
     lc.gridDim = rows;
-    lc.blockDim = dim3(128);
+    lc.blockDim = dim3(128 * CHAN_COMBINE_NG);
     lc.stream = s;
     lc.attrs = at;
     lc.numAttrs = 1;
     e = cudaLaunchKernelEx(&lc, combine, vp, part, a.n_slots, a.n_q_heads, out_dev);
     if (e != cudaSuccess) { /* no programmatic launch here: an ordinary one */
         cudaGetLastError();
-        combine<<<rows, 128, 0, s>>>(vp, part, a.n_slots, a.n_q_heads, out_dev);
+        combine<<<rows, 128 * CHAN_COMBINE_NG, 0, s>>>(vp, part, a.n_slots, a.n_q_heads, out_dev);
     }
     return kvqc_status(cudaGetLastError());
 }
