@@ -25,7 +25,11 @@ their position's RoPE angles, coded per channel there, centered on the mean of t
 32 pre-RoPE keys, the bits weighted by the query energy of each RoPE pair, then turned
 again; `prerope=N`: only the N fastest RoPE pairs so, the others after RoPE as in base):
 needs --rope-base, --rope-neox for pairs (i, i + d/2), --rope-base-swa for Gemma's
-sliding-window layers). Usage:
+sliding-window layers); `spin[=N]` (a mean before RoPE, each chunk's, of the N fastest
+pairs or all, turned to every position and taken off the keys, the rest coded after RoPE
+as base and the turned mean added back exactly: the fast integer scores plus one
+sinusoid sum a token); `spinfix[=N]` (the same with one mean, the first 32 keys', for the
+whole context). Usage:
   kvq generate -m MODEL -f PROMPT -n 1 --dump-kv DIR
   python3 bench/chan_key_sim.py DIR [--bits 2,3] [--chunk 128] [--variants base,outliers=2,per_chunk]
       [--window 512 --global-every 6] [--rope-base 100000 [--rope-neox] [--rope-base-swa 10000]]
@@ -182,6 +186,26 @@ def measure(dump, B, C, variant, n_queries, window=0, global_every=0, rope_base=
                 q2[a] = q2[b] = (q2[a] + q2[b]) / 2
                 Q0 = np.broadcast_to(np.sqrt(q2), (1, d))
                 Kq = rope(code_head(P - mp, Q0, B, C, "base", None) + mp, base, rope_neox, n_pairs=npairs)
+            elif variant.startswith("spin"):
+                # each chunk's mean before RoPE (of the N fastest pairs; all without N),
+                # turned to every position and taken off; the rest coded after RoPE as base
+                npairs = int(variant.split("=")[1]) if "=" in variant else d // 2
+                base = rope_base_swa if local and rope_base_swa > 0 else rope_base
+                P = rope(K[:, h].astype(np.float64), base, rope_neox, inverse=True)
+                a, b = rope_pairs(d, rope_neox)
+                sel = np.zeros(d, bool)
+                sel[a[:npairs]] = sel[b[:npairs]] = True
+                M = np.zeros_like(P)
+                if variant.startswith("spinfix"):  # one mean: the first 32 keys'
+                    M[:, sel] = P[1:33, sel].mean(0)
+                for c0 in range(0, T, C) if not variant.startswith("spinfix") else ():
+                    lo_ = max(c0, 1)
+                    if lo_ < min(c0 + C, T):
+                        M[c0:c0 + C, sel] = P[lo_:c0 + C, sel].mean(0)
+                S = rope(M, base, rope_neox)
+                R = K[:, h] - S
+                mr = R[:32].mean(0)
+                Kq = code_head(R - mr, Qh[:C].reshape(-1, d), B, C, "base", None) + mr + S
             else:
                 Kq = code_head(K[:, h] - mu, Qh[:C].reshape(-1, d), B, C, variant, QH.reshape(-1, d)) + mu
             for t in range(max(Tq - n_queries, 1), Tq, 10):
@@ -215,7 +239,7 @@ def main():
     ap.add_argument("--rope-base-swa", type=float, default=0.0, help="prerope: the sliding-window layers' base")
     ap.add_argument("--rope-neox", action="store_true", help="prerope: pairs (i, i + d/2) instead of (2i, 2i + 1)")
     a = ap.parse_args()
-    if any(v.startswith("prerope") for v in a.variants.split(",")) and not a.rope_base > 0:
+    if any(v.startswith(("prerope", "spin")) for v in a.variants.split(",")) and not a.rope_base > 0:
         ap.error("the prerope variant needs --rope-base")
     if not glob.glob(os.path.join(a.dump, "keys_*.npy")):
         ap.error("%s holds no keys_*.npy (kvq generate --dump-kv writes them)" % a.dump)
