@@ -53,6 +53,14 @@ LIB_SRC := $(filter-out $(AVX_SRC) $(NEON_SRC),$(ALL_LIB_SRC))
 ifeq ($(ARCH),x86_64)
 LIB_SRC += $(AVX_SRC)
 CPPFLAGS_ALL += -DKVQ_HAVE_X86_SIMD=1
+# the cache's AVX2 kernels built a second time with AVX-VNNI (vpdpwssd on 256 bits, the
+# same integer sums), taken at run time where the CPU has it and AVX-512 is absent or
+# forced off; skipped where the compiler lacks -mavxvnni
+AVXVNNI_SRC := src/cpu/cache_avx2.c src/cpu/chan_avx2.c
+ifneq ($(shell $(CC) -mavxvnni -E -x c /dev/null >/dev/null 2>&1 && echo 1),)
+AVXVNNI_OBJ := $(AVXVNNI_SRC:%_avx2.c=$(BUILD)/%_avx2_vnni.o)
+CPPFLAGS_ALL += -DKVQ_HAVE_AVXVNNI=1
+endif
 endif
 ifeq ($(ARCH),aarch64)
 LIB_SRC += $(NEON_SRC)
@@ -81,7 +89,7 @@ LDLIBS_ALL += $(CUDART_LIBS)
 endif
 endif
 
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CUDA_OBJ)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(AVXVNNI_OBJ) $(CUDA_OBJ)
 TOOL_SRC := $(wildcard tools/*.c)
 # `kvq serve` (tools/serve/) needs libmicrohttpd and cJSON (Debian libmicrohttpd-dev,
 # libcjson-dev; scripts/deps.sh): found by pkg-config, else the command says it is not
@@ -145,6 +153,10 @@ $(BUILD)/%.o: %.c $(CONFIG_STAMP)
 $(BUILD)/%_avx2.o: %_avx2.c $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) $(AVX2_FLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/%_avx2_vnni.o: %_avx2.c $(CONFIG_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) $(AVX2_FLAGS) -mavxvnni -DKVQ_AVXVNNI=1 -MMD -MP -c $< -o $@
 
 $(BUILD)/%_avx512.o: %_avx512.c $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)

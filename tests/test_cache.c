@@ -569,9 +569,11 @@ TEST(cache_simd_kernels_match_scalar) {
     REQUIRE(q && w && codes && s_ref && s_simd && a_ref && a_simd);
     const kvqi_cache_kernels *S = &kvqi_cache_kernels_scalar;
     int tested = 0;
-    for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_NEON; isa++) {
-        if (!kvq_isa_available((kvq_isa)isa)) continue;
-        const kvqi_cache_kernels *K = kvqi_cache_kernels_for((kvq_isa)isa);
+    const kvqi_cache_kernels *ksets[8];
+    size_t n_ksets = kvqi_cache_kernel_sets(ksets, 8); /* scalar first */
+    for (size_t ks = 1; ks < n_ksets; ks++) {
+        const kvqi_cache_kernels *K = ksets[ks];
+        int isa = (int)K->isa;
         for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
             uint32_t dim = dims[di];
             for (uint32_t G = 1; G <= G_MAX; G++) {
@@ -913,6 +915,32 @@ TEST(cache_threaded_matches_single_thread) {
 /* The row scores take tokens in twos or fours per pass; a token's score must be the same
  * bits whichever neighbours share its pass (each lane one chain of multiply-adds, the
  * horizontal sums in one order): scores over a block == one token at a time. */
+/* Where the CPU has AVX-VNNI, the AVX2 entry is that build of the AVX2 kernels and the
+ * plain build is in the kernel sets too, so the tests above check both against the
+ * reference; KVQ_NO_AVXVNNI=1 (read at start-up) leaves the plain one alone. */
+TEST(cache_avxvnni_build_among_kernel_sets) {
+    const kvqi_cache_kernels *ksets[8];
+    size_t n = kvqi_cache_kernel_sets(ksets, 8);
+    REQUIRE(n >= 1 && n <= 8 && ksets[0] == &kvqi_cache_kernels_scalar);
+    size_t n_avx2 = 0;
+    for (size_t i = 0; i < n; i++) n_avx2 += ksets[i]->isa == KVQ_ISA_AVX2;
+#if defined(KVQ_HAVE_AVXVNNI)
+    if (kvq_isa_available(KVQ_ISA_AVX2) && kvqi_cpu()->avxvnni) {
+        CHECK(n_avx2 == 2);
+        const kvqi_cache_kernels *a = NULL, *b = NULL;
+        for (size_t i = 0; i < n; i++)
+            if (ksets[i]->isa == KVQ_ISA_AVX2) *(a ? &b : &a) = ksets[i];
+        REQUIRE(a && b);
+        CHECK(a == kvqi_cache_kernels_for(KVQ_ISA_AVX2)); /* the AVX-VNNI build serves */
+        CHECK(a->chan_dot != b->chan_dot && a->accum_rot_i16 != b->accum_rot_i16 &&
+              a->score_q8_0_i16 != b->score_q8_0_i16);
+        return;
+    }
+#endif
+    CHECK(n_avx2 == (kvq_isa_available(KVQ_ISA_AVX2) ? 1u : 0u));
+    SKIP("no AVX-VNNI build or CPU here");
+}
+
 TEST(cache_row_scores_independent_of_grouping) {
     enum { N = 23, MAXD = 256, G_MAX = 6 };
     static const uint32_t dims[] = {32, 64, 128, 256};
@@ -921,9 +949,11 @@ TEST(cache_row_scores_independent_of_grouping) {
     uint8_t *codes = malloc((size_t)N * MAXD * 2);
     REQUIRE(q && s_all && s_one && f32 && codes);
     int tested = 0;
-    for (int isa = KVQ_ISA_SCALAR; isa <= KVQ_ISA_NEON; isa++) {
-        if (!kvq_isa_available((kvq_isa)isa)) continue;
-        const kvqi_cache_kernels *K = kvqi_cache_kernels_for((kvq_isa)isa);
+    const kvqi_cache_kernels *ksets[8];
+    size_t n_ksets = kvqi_cache_kernel_sets(ksets, 8); /* scalar first */
+    for (size_t ks = 0; ks < n_ksets; ks++) {
+        const kvqi_cache_kernels *K = ksets[ks];
+        int isa = (int)K->isa;
         typedef void (*score_fn)(const float *, uint32_t, uint32_t, const uint8_t *, size_t, size_t, float *, size_t);
         score_fn sk[4] = {K->score_f32, K->score_f16, K->score_q8_0, K->score_q4_0};
         for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
@@ -1006,9 +1036,11 @@ TEST(cache_q4_0_i8_kernels_match_reference) {
                        "q4_0 ref dim %u head %u token %zu: %g vs %g", dim, h, t, (double)s_ref[h * B + t], exact);
                 checked++;
             }
-        for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_NEON; isa++) {
-            if (!kvq_isa_available((kvq_isa)isa)) continue;
-            const kvqi_cache_kernels *K = kvqi_cache_kernels_for((kvq_isa)isa);
+        const kvqi_cache_kernels *ksets[8];
+        size_t n_ksets = kvqi_cache_kernel_sets(ksets, 8); /* scalar first */
+        for (size_t ks = 1; ks < n_ksets; ks++) {
+            const kvqi_cache_kernels *K = ksets[ks];
+            int isa = (int)K->isa;
             if (!K->score_q4_0_i8) continue;
             for (uint32_t G = 1; G <= G_MAX; G++)
                 for (size_t n = N; n >= 1; n = n > 2 ? n / 2 : n - 1) {
@@ -1075,9 +1107,11 @@ TEST(cache_q8_0_i16_kernels_match_reference) {
                        exact);
                 checked++;
             }
-        for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_NEON; isa++) {
-            if (!kvq_isa_available((kvq_isa)isa)) continue;
-            const kvqi_cache_kernels *K = kvqi_cache_kernels_for((kvq_isa)isa);
+        const kvqi_cache_kernels *ksets[8];
+        size_t n_ksets = kvqi_cache_kernel_sets(ksets, 8); /* scalar first */
+        for (size_t ks = 1; ks < n_ksets; ks++) {
+            const kvqi_cache_kernels *K = ksets[ks];
+            int isa = (int)K->isa;
             if (!K->score_q8_0_i16) continue;
             for (uint32_t G = 1; G <= G_MAX; G++)
                 for (size_t n = N; n >= 1; n = n > 2 ? n / 2 : n - 1) {
@@ -1259,9 +1293,11 @@ TEST(cache_sign_kernels_match_scalar) {
                     CHECKF(fabs(s_ref[h * ld + t] - want) <= 1e-5 * (1.0 + fabs(want) + 0.37 * f * m),
                            "m %u h %u t %zu: %g vs %g", m, h, t, s_ref[h * ld + t], want);
                 }
-            for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_NEON; isa++) {
-                if (!kvq_isa_available((kvq_isa)isa)) continue;
-                const kvqi_cache_kernels *K = kvqi_cache_kernels_for((kvq_isa)isa);
+            const kvqi_cache_kernels *ksets[8];
+            size_t n_ksets = kvqi_cache_kernel_sets(ksets, 8); /* scalar first */
+            for (size_t ks = 1; ks < n_ksets; ks++) {
+                const kvqi_cache_kernels *K = ksets[ks];
+                int isa = (int)K->isa;
                 for (size_t i = 0; i < G * ld; i++) s_simd[i] = acc ? (float)i * 0.01f : -7.0f;
                 K->score_signs(&L, lut, zsum, G, codes, N, acc, s_simd, ld);
                 CHECKF(memcmp(s_ref, s_simd, G * ld * sizeof(float)) == 0,

@@ -374,17 +374,17 @@ TEST(channel_planes_round_trip) {
                 n_whole_slots += s < 4 * whole && sh == 0;
             }
             CHECK(n_whole_slots == 4 * whole);
-            const kvq_isa isas[] = {KVQ_ISA_SCALAR, KVQ_ISA_AVX2, KVQ_ISA_AVX512, KVQ_ISA_NEON};
-            for (size_t k = 0; k < 4; k++) {
-                if (!kvq_isa_available(isas[k])) continue;
-                const kvqi_cache_kernels *K = kvqi_cache_kernels_for(isas[k]);
+            const kvqi_cache_kernels *sets[8];
+            const size_t n_sets = kvqi_cache_kernel_sets(sets, 8); /* scalar first */
+            for (size_t k = 0; k < n_sets; k++) {
+                const kvqi_cache_kernels *K = sets[k];
                 float one = 1.0f, zero = 0.0f, got[64];
                 for (size_t u = 0; u < 2; u++) {
                     K->chan_dot(block, &L, W, &one, &zero, 1, 64 * u, 64, got, 64);
                     for (size_t t = 0; t < 64; t++) {
                         int64_t sum = 0;
                         for (uint32_t j = 0; j < dim; j++) sum += (int64_t)cj[j] * want[(64 * u + t) * dim + j];
-                        CHECKF(got[t] == (float)sum, "isa %d dim %u token %zu: %g vs %lld", (int)isas[k], dim,
+                        CHECKF(got[t] == (float)sum, "isa %d dim %u token %zu: %g vs %lld", (int)K->isa, dim,
                                64 * u + t, got[t], (long long)sum);
                     }
                 }
@@ -420,7 +420,8 @@ TEST(channel_score_kernels_match_scalar) {
     REQUIRE(mem && block && q && wf && W1 && W2);
     kvqi_rng r;
     kvqi_rng_seed(&r, 41);
-    const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512, KVQ_ISA_NEON};
+    const kvqi_cache_kernels *sets[8];
+    const size_t n_sets = kvqi_cache_kernel_sets(sets, 8); /* scalar first: sets[1..] */
     int compared = 0;
     for (int rep = 0; rep < 8; rep++) {
         uint32_t dim = rep < 4 ? 64 : rep < 6 ? 128 : 288;
@@ -429,24 +430,22 @@ TEST(channel_score_kernels_match_scalar) {
         for (uint32_t i = 0; i < 9 * dim; i++) q[i] = (float)kvqi_rng_normal(&r) * (rep % 2 ? 1.0f : 1e-3f);
         for (uint32_t G = 1; G <= 9; G++) {
             kvqi_cache_kernels_scalar.chan_weights(block, &L, q, G, W1, sc1, b1, wf);
-            for (size_t k = 0; k < 3; k++) {
-                if (!kvq_isa_available(isas[k])) continue;
-                const kvqi_cache_kernels *K = kvqi_cache_kernels_for(isas[k]);
+            for (size_t k = 1; k < n_sets; k++) {
+                const kvqi_cache_kernels *K = sets[k];
                 K->chan_weights(block, &L, q, G, W2, sc2, b2, wf);
                 CHECKF(memcmp(W1, W2, (size_t)G * L.n_padded * sizeof(int16_t)) == 0 &&
                            memcmp(sc1, sc2, G * sizeof(float)) == 0 && memcmp(b1, b2, G * sizeof(float)) == 0,
-                       "isa %d rep %d G %u: weights differ", (int)isas[k], rep, G);
+                       "isa %d rep %d G %u: weights differ", (int)K->isa, rep, G);
             }
             for (size_t in = 0; in < 128; in += 13) {
                 size_t room = 64 - in % 64, n = (in + G) % 3 ? room : 1 + (in * 7 + G) % room;
                 kvqi_cache_kernels_scalar.chan_dot(block, &L, W1, sc1, b1, G, in, n, ref, 64);
-                for (size_t k = 0; k < 3; k++) {
-                    if (!kvq_isa_available(isas[k])) continue;
-                    const kvqi_cache_kernels *K = kvqi_cache_kernels_for(isas[k]);
+                for (size_t k = 1; k < n_sets; k++) {
+                    const kvqi_cache_kernels *K = sets[k];
                     K->chan_dot(block, &L, W1, sc1, b1, G, in, n, got, 64);
                     for (uint32_t h = 0; h < G; h++)
                         CHECKF(memcmp(got + h * 64, ref + h * 64, n * sizeof(float)) == 0,
-                               "isa %d rep %d in %zu n %zu G %u head %u differs", (int)isas[k], rep, in, n, G, h);
+                               "isa %d rep %d in %zu n %zu G %u head %u differs", (int)K->isa, rep, in, n, G, h);
                     compared++;
                 }
             }
@@ -761,7 +760,8 @@ TEST(channel_encode_kernels_match_scalar) {
     uint8_t c1[D], c2[D];
     kvqi_rng r;
     kvqi_rng_seed(&r, 77);
-    const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512, KVQ_ISA_NEON};
+    const kvqi_cache_kernels *sets[8];
+    const size_t n_sets = kvqi_cache_kernel_sets(sets, 8); /* scalar first: sets[1..] */
     int compared = 0;
     for (int rep = 0; rep < 200; rep++) {
         uint32_t dim = rep % 3 == 0 ? 64 : rep % 3 == 1 ? 128 : D;
@@ -779,14 +779,13 @@ TEST(channel_encode_kernels_match_scalar) {
         for (uint32_t i = 0; i < 4 * dim; i++) a1[i] = a2[i] = (float)(i % 7) * 0.25f;
         kvqi_cache_kernels_scalar.chan_codes(x, lo, step, top, dim, c1);
         kvqi_cache_kernels_scalar.chan_fit_sums(x, lo, step, top, dim, a1);
-        for (size_t k = 0; k < 3; k++) {
-            if (!kvq_isa_available(isas[k])) continue;
-            const kvqi_cache_kernels *K = kvqi_cache_kernels_for(isas[k]);
+        for (size_t k = 1; k < n_sets; k++) {
+            const kvqi_cache_kernels *K = sets[k];
             for (uint32_t i = 0; i < 4 * dim; i++) a2[i] = (float)(i % 7) * 0.25f;
             K->chan_codes(x, lo, step, top, dim, c2);
             K->chan_fit_sums(x, lo, step, top, dim, a2);
             CHECKF(memcmp(c1, c2, dim) == 0 && memcmp(a1, a2, 4 * dim * sizeof(float)) == 0,
-                   "isa %d rep %d: codes or sums differ", (int)isas[k], rep);
+                   "isa %d rep %d: codes or sums differ", (int)K->isa, rep);
             compared++;
         }
         /* the scalar codes are kvqi_channel_code's */
@@ -826,7 +825,8 @@ TEST(channel_prerope_kernels_match_scalar) {
     REQUIRE(mem && block && q && cs && sn);
     kvqi_rng r;
     kvqi_rng_seed(&r, 77);
-    const kvq_isa isas[] = {KVQ_ISA_AVX2, KVQ_ISA_AVX512, KVQ_ISA_NEON};
+    const kvqi_cache_kernels *sets[8];
+    const size_t n_sets = kvqi_cache_kernel_sets(sets, 8); /* scalar first: sets[1..] */
     int compared = 0;
     double worst = 0.0;
     for (int rep = 0; rep < 6; rep++) {
@@ -873,14 +873,13 @@ TEST(channel_prerope_kernels_match_scalar) {
                         if (e > worst) worst = e;
                     }
                 }
-                for (size_t k = 0; k < 3; k++) {
-                    if (!kvq_isa_available(isas[k])) continue;
-                    const kvqi_cache_kernels *K = kvqi_cache_kernels_for(isas[k]);
+                for (size_t k = 1; k < n_sets; k++) {
+                    const kvqi_cache_kernels *K = sets[k];
                     memset(got, 0, sizeof got);
                     K->chan_prerope_scores(block, &L, q, G, cs, sn, C, in - in % 64, neox, in, n, got, 64);
                     for (uint32_t h = 0; h < G; h++)
                         CHECKF(memcmp(got + h * 64, ref + h * 64, n * sizeof(float)) == 0,
-                               "isa %d rep %d in %zu n %zu G %u head %u differs", (int)isas[k], rep, in, n, G, h);
+                               "isa %d rep %d in %zu n %zu G %u head %u differs", (int)K->isa, rep, in, n, G, h);
                     compared++;
                 }
             }

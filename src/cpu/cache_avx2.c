@@ -480,9 +480,8 @@ I16_INLINE void score_i8_heads(const unsigned BITS, const unsigned gh, const kvq
                 size_t o = 128 * (size_t)b + 32 * j;
 #define I8_HEAD(h, a)                                                                                     \
     if (gh > h)                                                                                           \
-        a = _mm256_add_epi32(                                                                             \
-            a, _mm256_add_epi32(_mm256_madd_epi16(cl, _mm256_loadu_si256((const __m256i *)(const void *)(q16[h] + o))), \
-                                _mm256_madd_epi16(ch, _mm256_loadu_si256((const __m256i *)(const void *)(q16[h] + o + 16)))));
+        a = KVQI_DP16(KVQI_DP16(a, cl, _mm256_loadu_si256((const __m256i *)(const void *)(q16[h] + o))), ch, \
+                      _mm256_loadu_si256((const __m256i *)(const void *)(q16[h] + o + 16)));
                 I8_HEAD(0, a0) I8_HEAD(1, a1) I8_HEAD(2, a2) I8_HEAD(3, a3)
 #undef I8_HEAD
             }
@@ -633,8 +632,8 @@ I16_INLINE void accum_i16_heads(const unsigned BITS, const unsigned gh, const kv
 #define I16_HEAD(h, ra, rb)                                                                               \
     if (gh > h) {                                                                                         \
         __m256i wv = _mm256_set1_epi32(wp[h][i]);                                                         \
-        ra = _mm256_add_epi32(ra, _mm256_madd_epi16(c0, wv));                                             \
-        rb = _mm256_add_epi32(rb, _mm256_madd_epi16(c1, wv));                                             \
+        ra = KVQI_DP16(ra, c0, wv);                                                                       \
+        rb = KVQI_DP16(rb, c1, wv);                                                                       \
     }
                     I16_HEAD(0, r00, r01) I16_HEAD(1, r10, r11) I16_HEAD(2, r20, r21) I16_HEAD(3, r30, r31)
 #undef I16_HEAD
@@ -734,14 +733,14 @@ static void accum_q4_0_i16(const float *w, size_t ld, uint32_t G, uint32_t dim, 
                 __m256i k0 = _mm256_and_si256(e0, m15), k1 = _mm256_and_si256(e1, m15);
                 __m256i k2 = _mm256_srli_epi16(e0, 4), k3 = _mm256_srli_epi16(e1, 4);
                 __m256i w0 = _mm256_set1_epi32(wp[0][t / 2]), w1 = _mm256_set1_epi32(wp[1][t / 2]);
-                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(k0, w0));
-                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(k1, w0));
-                a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(k2, w0));
-                a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(k3, w0));
-                b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(k0, w1));
-                b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(k1, w1));
-                b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(k2, w1));
-                b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(k3, w1));
+                a0 = KVQI_DP16(a0, k0, w0);
+                a1 = KVQI_DP16(a1, k1, w0);
+                a2 = KVQI_DP16(a2, k2, w0);
+                a3 = KVQI_DP16(a3, k3, w0);
+                b0 = KVQI_DP16(b0, k0, w1);
+                b1 = KVQI_DP16(b1, k1, w1);
+                b2 = KVQI_DP16(b2, k2, w1);
+                b3 = KVQI_DP16(b3, k3, w1);
             }
 #define Q4V_OUT(H, R0, R1, R2, R3)                                                           \
     do {                                                                                     \
@@ -904,8 +903,7 @@ static inline __m256i qblk_bytes(const uint8_t *blk) {
 
 /* int32 sums of four products of one block against 32 query bytes */
 static inline __m256i q4k_dot(__m256i kb, __m256i ak, const int8_t *q) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)q), kb)),
-                             _mm256_set1_epi16(1));
+    return KVQI_DOT4_U8S8(ak, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)q), kb));
 }
 
 /* Two blocks' int32 lane sums folded to four lanes per 128 bits: [a0 + a2, b0 + b2, a1 + a3,
@@ -1014,8 +1012,8 @@ static void score_q8_0_i16(const int16_t *q16, const float *qscale, uint32_t G, 
         A3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(QBLK16_SUM(3, q3)), d, A3);                 \
     } while (0)
 #define QBLK16_SUM(H, QH)                                                                    \
-    _mm256_add_epi32(_mm256_madd_epi16(x1, _mm256_loadu_si256((const __m256i *)(QH + o))),       \
-                     _mm256_madd_epi16(x2, _mm256_loadu_si256((const __m256i *)(QH + o + 16))))
+    KVQI_DP16(_mm256_madd_epi16(x1, _mm256_loadu_si256((const __m256i *)(QH + o))), x2,                 \
+              _mm256_loadu_si256((const __m256i *)(QH + o + 16)))
                 QBLK16_BLOCK(b, l0, l1, l2, l3);
                 QBLK16_BLOCK(b + 1, u0, u1, u2, u3);
 #undef QBLK16_SUM

@@ -16,6 +16,26 @@
 #include "cpu/exp_neg.h"
 #include "kvq.h"
 
+/* The AVX-VNNI build of an AVX2 file (KVQ_AVXVNNI, Makefile): the same code under its own
+ * names, each vpmaddwd + vpaddd pair one 256-bit vpdpwssd (KVQI_DP16: the same int32
+ * sums, so the same bits); taken where the CPU has AVX-VNNI (Intel since Alder Lake, AMD
+ * since Zen 5) and no AVX-512 kernel is used. */
+#if defined(KVQ_AVXVNNI)
+#define kvqi_cache_kernels_fill_avx2 kvqi_cache_kernels_fill_avxvnni
+#define kvqi_chan_weights_avx2 kvqi_chan_weights_avxvnni
+#define kvqi_chan_dot_avx2 kvqi_chan_dot_avxvnni
+#define kvqi_chan_codes_avx2 kvqi_chan_codes_avxvnni
+#define kvqi_chan_fit_sums_avx2 kvqi_chan_fit_sums_avxvnni
+#define kvqi_chan_prerope_scores_avx2 kvqi_chan_prerope_scores_avxvnni
+#define KVQI_DP16(acc, a, b) _mm256_dpwssd_avx_epi32((acc), (a), (b))
+#define KVQI_DOT4_U8S8(a, b) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), (a), (b))
+#else
+#define KVQI_DP16(acc, a, b) _mm256_add_epi32((acc), _mm256_madd_epi16((a), (b)))
+/* int32 sums of four unsigned x signed byte products, for operands whose pair sums stay
+ * within int16 (vpmaddubsw saturates them; vpdpbusd does not) */
+#define KVQI_DOT4_U8S8(a, b) _mm256_madd_epi16(_mm256_maddubs_epi16((a), (b)), _mm256_set1_epi16(1))
+#endif
+
 /* Rotated scalar code: x = norm * R^T u with u_r = sum_p s_p * KVQI_ROT_CENT(L, p)[index_p(r)]
  * over n_pass passes of b-bit indices (turboquant_mse: one pass; turboquant_rvq: a
  * Gaussian pass then Laplacian residual passes). norm is fp16 at norm_offset; s_0 = 1 and
@@ -360,8 +380,13 @@ void kvqi_chan_weights_ref(const uint8_t *block, const kvqi_chan_layout *L, cons
 /* The most planes a head of dim channels can have (n_padded <= this: slots <= planes). */
 uint32_t kvqi_chan_planes_cap(uint32_t dim);
 
-/* Kernels for a resolved ISA; ISAs without their own version fall back per entry. */
+/* Kernels for a resolved ISA; ISAs without their own version fall back per entry. AVX2
+ * is the AVX-VNNI build of the AVX2 kernels where the CPU has it (KVQ_NO_AVXVNNI=1: not). */
 const kvqi_cache_kernels *kvqi_cache_kernels_for(kvq_isa resolved);
+/* Every kernel set this CPU runs, for tests: the scalar set, then each ISA's, and the
+ * plain AVX2 build too where the AVX2 entry is its AVX-VNNI build; returns the count
+ * (at most max written). */
+size_t kvqi_cache_kernel_sets(const kvqi_cache_kernels **out, size_t max);
 
 /* The scalar set (tests compare the others against it). */
 extern const kvqi_cache_kernels kvqi_cache_kernels_scalar;
@@ -421,6 +446,20 @@ void kvqi_chan_fit_sums_avx512(const float *x, const float *lo, const float *ste
                                float *acc);
 void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k);
 void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k);
+#endif
+#if defined(KVQ_HAVE_AVXVNNI)
+void kvqi_chan_weights_avxvnni(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
+                               int16_t *W, float *scale, float *bias, float *wf);
+void kvqi_chan_dot_avxvnni(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
+                           const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
+void kvqi_chan_prerope_scores_avxvnni(const uint8_t *block, const kvqi_chan_layout *L, const float *qt, uint32_t G,
+                                      const float *cs, const float *sn, size_t C, size_t u0, int neox, size_t in,
+                                      size_t n, float *scores, size_t ld);
+void kvqi_chan_codes_avxvnni(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                             uint8_t *codes);
+void kvqi_chan_fit_sums_avxvnni(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
+                                float *acc);
+void kvqi_cache_kernels_fill_avxvnni(kvqi_cache_kernels *k);
 #endif
 #if defined(KVQ_HAVE_NEON)
 void kvqi_cache_kernels_fill_neon(kvqi_cache_kernels *k);

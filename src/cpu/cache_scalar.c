@@ -435,7 +435,8 @@ const kvqi_cache_kernels kvqi_cache_kernels_scalar = {
     kvqi_chan_codes_scalar, kvqi_chan_fit_sums_scalar, NULL, 0, kvqi_chan_prerope_scores_scalar,
 };
 
-static kvqi_cache_kernels g_avx2, g_avx512, g_neon;
+static kvqi_cache_kernels g_avx2, g_avx2vnni, g_avx512, g_neon;
+static int g_vnni; /* g_avx2vnni filled: what the AVX2 entry (and AVX-512's fallbacks) take */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void build_tables(void) {
@@ -451,9 +452,21 @@ static void build_tables(void) {
         g_avx2.chan_codes = kvqi_chan_codes_avx2;
         g_avx2.chan_fit_sums = kvqi_chan_fit_sums_avx2;
         g_avx2.chan_prerope_scores = kvqi_chan_prerope_scores_avx2;
+#if defined(KVQ_HAVE_AVXVNNI)
+        if (kvqi_cpu()->avxvnni) {
+            g_avx2vnni = g_avx2;
+            kvqi_cache_kernels_fill_avxvnni(&g_avx2vnni);
+            g_avx2vnni.chan_weights = kvqi_chan_weights_avxvnni;
+            g_avx2vnni.chan_dot = kvqi_chan_dot_avxvnni;
+            g_avx2vnni.chan_codes = kvqi_chan_codes_avxvnni;
+            g_avx2vnni.chan_fit_sums = kvqi_chan_fit_sums_avxvnni;
+            g_avx2vnni.chan_prerope_scores = kvqi_chan_prerope_scores_avxvnni;
+            g_vnni = 1;
+        }
+#endif
     }
     if (kvq_isa_available(KVQ_ISA_AVX512)) {
-        g_avx512 = g_avx2;
+        g_avx512 = g_vnni ? g_avx2vnni : g_avx2;
         g_avx512.isa = KVQ_ISA_AVX512;
         kvqi_cache_kernels_fill_avx512(&g_avx512);
         g_avx512.chan_weights = kvqi_chan_weights_avx512;
@@ -474,10 +487,24 @@ const kvqi_cache_kernels *kvqi_cache_kernels_for(kvq_isa resolved) {
     pthread_once(&g_once, build_tables);
 #if defined(KVQ_HAVE_X86_SIMD)
     if (resolved == KVQ_ISA_AVX512) return &g_avx512;
-    if (resolved == KVQ_ISA_AVX2) return &g_avx2;
+    if (resolved == KVQ_ISA_AVX2) return g_vnni ? &g_avx2vnni : &g_avx2;
 #endif
 #if defined(KVQ_HAVE_NEON)
     if (resolved == KVQ_ISA_NEON) return &g_neon;
 #endif
     return &kvqi_cache_kernels_scalar;
+}
+
+size_t kvqi_cache_kernel_sets(const kvqi_cache_kernels **out, size_t max) {
+    const kvqi_cache_kernels *all[5];
+    size_t n = 0;
+    pthread_once(&g_once, build_tables);
+    all[n++] = &kvqi_cache_kernels_scalar;
+    for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_NEON; isa++)
+        if (kvq_isa_available((kvq_isa)isa)) all[n++] = kvqi_cache_kernels_for((kvq_isa)isa);
+#if defined(KVQ_HAVE_X86_SIMD)
+    if (g_vnni && kvq_isa_available(KVQ_ISA_AVX2)) all[n++] = &g_avx2;
+#endif
+    for (size_t i = 0; i < n && i < max; i++) out[i] = all[i];
+    return n;
 }

@@ -126,8 +126,7 @@ CHAN_INLINE __m256i pair_at(const int16_t *w) {
 /* acc += the products of a token octet's even (e) and odd (o) words with head h's pairs */
 #define CHAN_DOT(h, acc, e, o)                                                                        \
     if (gh > h) {                                                                                     \
-        __m256i pe = _mm256_madd_epi16(e, pair_at(wp + (size_t)(h) * P));                             \
-        acc = _mm256_add_epi32(acc, _mm256_add_epi32(pe, _mm256_madd_epi16(o, pair_at(wp + (size_t)(h) * P + 2)))); \
+        acc = KVQI_DP16(KVQI_DP16(acc, e, pair_at(wp + (size_t)(h) * P)), o, pair_at(wp + (size_t)(h) * P + 2)); \
     }
 /* one group: octet A's words (even ea, odd oa) into a0..a3, then octet A + 2's into b0..b3 */
 #define CHAN_GROUP(EA, OA, EB, OB)                                                                    \

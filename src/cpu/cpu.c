@@ -48,6 +48,12 @@ static void detect(void) {
             f.avx512bw = zmm_ok && ((b >> 30) & 1);
             f.avx512vl = zmm_ok && ((b >> 31) & 1);
             f.avx512vpopcntdq = zmm_ok && ((c >> 14) & 1);
+            __cpuid_count(7, 0, a, b, c, d);
+            unsigned int max_sub = a;
+            if (max_sub >= 1) {
+                __cpuid_count(7, 1, a, b, c, d);
+                f.avxvnni = ymm_ok && ((a >> 4) & 1);
+            }
         }
         if (!ymm_ok) f.fma = f.f16c = 0;
     }
@@ -59,6 +65,8 @@ static void detect(void) {
     /* KVQ_FORCE_AVX2=1: an AVX-512 CPU taken as AVX2 only (AUTO resolves to AVX2), to run
      * and time the AVX2 kernels where both exist */
     if (env_on("KVQ_FORCE_AVX2")) f.avx512f = f.avx512dq = f.avx512bw = f.avx512vl = f.avx512vpopcntdq = 0;
+    /* KVQ_NO_AVXVNNI=1: the AVX2 kernels without their AVX-VNNI builds (the same bits) */
+    if (env_on("KVQ_NO_AVXVNNI")) f.avxvnni = 0;
     g_features = f;
 }
 

@@ -15,6 +15,7 @@
 typedef struct kvqi_cpu_features {
     int avx2, fma, f16c;
     int avx512f, avx512bw, avx512vl, avx512dq, avx512vpopcntdq;
+    int avxvnni; /* 256-bit VEX vpdpwssd / vpdpbusd (AVX-VNNI); 0 with KVQ_NO_AVXVNNI=1 */
     int neon;
     int force_scalar; /* KVQ_FORCE_SCALAR=1 at start-up */
 } kvqi_cpu_features;
