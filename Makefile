@@ -53,10 +53,10 @@ LIB_SRC := $(filter-out $(AVX_SRC) $(NEON_SRC),$(ALL_LIB_SRC))
 ifeq ($(ARCH),x86_64)
 LIB_SRC += $(AVX_SRC)
 CPPFLAGS_ALL += -DKVQ_HAVE_X86_SIMD=1
-# the cache's AVX2 kernels built a second time with AVX-VNNI (vpdpwssd on 256 bits, the
-# same integer sums), taken at run time where the CPU has it and AVX-512 is absent or
-# forced off; skipped where the compiler lacks -mavxvnni
-AVXVNNI_SRC := src/cpu/cache_avx2.c src/cpu/chan_avx2.c
+# the cache's and the engine's AVX2 kernels built a second time with AVX-VNNI (vpdpwssd
+# and vpdpbusd on 256 bits, the same integer sums), taken at run time where the CPU has
+# it; skipped where the compiler lacks -mavxvnni
+AVXVNNI_SRC := src/cpu/cache_avx2.c src/cpu/chan_avx2.c src/cpu/engine_avx2.c
 ifneq ($(shell $(CC) -mavxvnni -E -x c /dev/null >/dev/null 2>&1 && echo 1),)
 AVXVNNI_OBJ := $(AVXVNNI_SRC:%_avx2.c=$(BUILD)/%_avx2_vnni.o)
 CPPFLAGS_ALL += -DKVQ_HAVE_AVXVNNI=1

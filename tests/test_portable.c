@@ -529,16 +529,19 @@ static void check_engine_table(kvqt_ctx *kvqt_, const kvqi_engine_kernels *S, co
 }
 
 TEST(portable_engine_kernels_match_scalar) {
-    kvqi_engine_kernels S, K;
+    kvqi_engine_kernels S, sets[5];
     kvqi_engine_kernels_scalar(&S);
     int tested = 0;
-    for (int isa = KVQ_ISA_AVX2; isa <= KVQ_ISA_AVX512; isa++) {
-        if (!kvq_isa_available((kvq_isa)isa)) continue;
-        REQUIRE_OK(kvqi_engine_kernels_init((kvq_isa)isa, &K));
-        check_engine_table(kvqt_, &S, &K);
+    /* each ISA's table and, where AVX2 takes its AVX-VNNI build, the plain one */
+    size_t n_sets = kvqi_engine_kernel_sets(sets, 5);
+    REQUIRE(n_sets <= 5);
+    for (size_t i = 0; i < n_sets; i++) {
+        if (sets[i].isa != KVQ_ISA_AVX2 && sets[i].isa != KVQ_ISA_AVX512) continue;
+        check_engine_table(kvqt_, &S, &sets[i]);
         tested++;
     }
 #if defined(KVQ_HAVE_NEON)
+    kvqi_engine_kernels K;
     kvqi_engine_kernels_scalar(&K);
     kvqi_engine_kernels_neon(&K);
     check_engine_table(kvqt_, &S, &K);

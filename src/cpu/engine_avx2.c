@@ -6,6 +6,7 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "cpu/x86_dot.h"
 #include "engine/engine.h"
 
 /* round to nearest, ties to even (a macro: clang wants the immediate as a constant) */
@@ -261,8 +262,8 @@ static inline __m256i q4_bytes(const uint8_t *qs) {
 }
 
 static inline __m256 sum_u8_s8(__m256i u, __m256i s) {
-    __m256i p16 = _mm256_maddubs_epi16(u, s); /* |u| <= 15 or 128: no saturation */
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+    /* |u| <= 15 or 128 against |s| <= 127: no pair sum saturates */
+    return _mm256_cvtepi32_ps(KVQI_DOT4_U8S8(u, s));
 }
 
 static float dot_q8_q4_0_avx2(const void *row, const int8_t *q, const float *d, const float *s, size_t n) {
@@ -427,7 +428,7 @@ static inline float hsum8_ordered(__m256 v) { return hsum256(v); }
 /* maddubs wants unsigned x signed: |w| against q with w's sign; |w| <= 128 and
  * |q| <= 127 keep each pair sum within int16 */
 static inline __m256i lane_sums(__m256i aw, __m256i w, __m256i q) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(q, w)), _mm256_set1_epi16(1));
+    return KVQI_DOT4_U8S8(aw, _mm256_sign_epi8(q, w));
 }
 
 /* 4 rows x TT tokens; the compiler keeps the accumulators in registers */

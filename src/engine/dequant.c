@@ -560,6 +560,9 @@ kvq_status kvqi_engine_kernels_init(kvq_isa requested, kvqi_engine_kernels *k) {
     kvqi_engine_kernels_scalar(k);
 #if defined(KVQ_HAVE_X86_SIMD)
     if (isa == KVQ_ISA_AVX2 || isa == KVQ_ISA_AVX512) kvqi_engine_kernels_avx2(k);
+#if defined(KVQ_HAVE_AVXVNNI)
+    if ((isa == KVQ_ISA_AVX2 || isa == KVQ_ISA_AVX512) && kvqi_cpu()->avxvnni) kvqi_engine_kernels_avxvnni(k);
+#endif
     /* vpdpbusd needs AVX512_VNNI besides the AVX-512 the rest of the library asks for */
     if (isa == KVQ_ISA_AVX512 && __builtin_cpu_supports("avx512vnni")) kvqi_engine_kernels_avx512(k);
 #endif
@@ -567,4 +570,23 @@ kvq_status kvqi_engine_kernels_init(kvq_isa requested, kvqi_engine_kernels *k) {
     if (isa == KVQ_ISA_NEON) kvqi_engine_kernels_neon(k);
 #endif
     return KVQ_OK;
+}
+
+size_t kvqi_engine_kernel_sets(kvqi_engine_kernels *out, size_t max) {
+    size_t n = 0;
+    for (int isa = KVQ_ISA_SCALAR; isa <= KVQ_ISA_NEON; isa++) {
+        if (!kvq_isa_available((kvq_isa)isa)) continue;
+        if (n < max && kvqi_engine_kernels_init((kvq_isa)isa, &out[n]) != KVQ_OK) continue;
+        n++;
+    }
+#if defined(KVQ_HAVE_AVXVNNI)
+    if (kvq_isa_available(KVQ_ISA_AVX2) && kvqi_cpu()->avxvnni) {
+        if (n < max) {
+            kvqi_engine_kernels_scalar(&out[n]);
+            kvqi_engine_kernels_avx2(&out[n]);
+        }
+        n++;
+    }
+#endif
+    return n;
 }

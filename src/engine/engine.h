@@ -213,10 +213,18 @@ typedef struct kvqi_q8_tile {
 /* Fill k with the kernels of an ISA (AUTO: the best here; AVX-512 runs the AVX2 ones but
  * for the int8 tile product, which uses VNNI where the CPU has it). */
 kvq_status kvqi_engine_kernels_init(kvq_isa requested, kvqi_engine_kernels *k);
+/* Every table this CPU runs, for tests: each available ISA's (kvqi_engine_kernels_init),
+ * then the plain AVX2 build where AVX2 takes its AVX-VNNI one; returns the count (at
+ * most max filled). */
+size_t kvqi_engine_kernel_sets(kvqi_engine_kernels *out, size_t max);
 /* Scalar references (tests compare the SIMD ones against them). */
 void kvqi_engine_kernels_scalar(kvqi_engine_kernels *k);
 #if defined(KVQ_HAVE_X86_SIMD)
 void kvqi_engine_kernels_avx2(kvqi_engine_kernels *k);
+#if defined(KVQ_HAVE_AVXVNNI)
+/* the AVX2 table's AVX-VNNI build (int8 products in vpdpbusd, the same bits) */
+void kvqi_engine_kernels_avxvnni(kvqi_engine_kernels *k);
+#endif
 /* AVX-512 VL + VNNI: the AVX2 table with the int8 tile product in vpdpbusd */
 void kvqi_engine_kernels_avx512(kvqi_engine_kernels *k);
 #endif
