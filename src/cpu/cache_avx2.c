@@ -1051,4 +1051,10 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k) {
     k->score_q4_0_i8 = score_q4_0_i8;
     k->score_q8_0_i16 = score_q8_0_i16;
     k->accum_q4_0_i16 = accum_q4_0_i16;
+    /* chan_avx2.c's (its AVX-VNNI build's in that build of this file) */
+    k->chan_weights = kvqi_chan_weights_avx2;
+    k->chan_dot = kvqi_chan_dot_avx2;
+    k->chan_codes = kvqi_chan_codes_avx2;
+    k->chan_fit_sums = kvqi_chan_fit_sums_avx2;
+    k->chan_prerope_scores = kvqi_chan_prerope_scores_avx2;
 }

@@ -430,17 +430,7 @@ void kvqi_cache_kernels_fill_avx2(kvqi_cache_kernels *k);
 void kvqi_cache_kernels_fill_avx512(kvqi_cache_kernels *k);
 #endif
 #if defined(KVQ_HAVE_AVXVNNI)
-void kvqi_chan_weights_avxvnni(const uint8_t *block, const kvqi_chan_layout *L, const float *q, uint32_t G,
-                               int16_t *W, float *scale, float *bias, float *wf);
-void kvqi_chan_dot_avxvnni(const uint8_t *block, const kvqi_chan_layout *L, const int16_t *W, const float *scale,
-                           const float *bias, uint32_t G, size_t in, size_t n, float *scores, size_t ld);
-void kvqi_chan_prerope_scores_avxvnni(const uint8_t *block, const kvqi_chan_layout *L, const float *qt, uint32_t G,
-                                      const float *cs, const float *sn, size_t C, size_t u0, int neox, size_t in,
-                                      size_t n, float *scores, size_t ld);
-void kvqi_chan_codes_avxvnni(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
-                             uint8_t *codes);
-void kvqi_chan_fit_sums_avxvnni(const float *x, const float *lo, const float *step, const float *top, uint32_t dim,
-                                float *acc);
+/* the AVX2 fill of the AVX-VNNI build (x86_dot.h) */
 void kvqi_cache_kernels_fill_avxvnni(kvqi_cache_kernels *k);
 #endif
 #if defined(KVQ_HAVE_NEON)

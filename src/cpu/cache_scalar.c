@@ -447,20 +447,10 @@ static void build_tables(void) {
     if (kvq_isa_available(KVQ_ISA_AVX2)) {
         g_avx2.isa = KVQ_ISA_AVX2;
         kvqi_cache_kernels_fill_avx2(&g_avx2);
-        g_avx2.chan_weights = kvqi_chan_weights_avx2;
-        g_avx2.chan_dot = kvqi_chan_dot_avx2;
-        g_avx2.chan_codes = kvqi_chan_codes_avx2;
-        g_avx2.chan_fit_sums = kvqi_chan_fit_sums_avx2;
-        g_avx2.chan_prerope_scores = kvqi_chan_prerope_scores_avx2;
 #if defined(KVQ_HAVE_AVXVNNI)
         if (kvqi_cpu()->avxvnni) {
             g_avx2vnni = g_avx2;
             kvqi_cache_kernels_fill_avxvnni(&g_avx2vnni);
-            g_avx2vnni.chan_weights = kvqi_chan_weights_avxvnni;
-            g_avx2vnni.chan_dot = kvqi_chan_dot_avxvnni;
-            g_avx2vnni.chan_codes = kvqi_chan_codes_avxvnni;
-            g_avx2vnni.chan_fit_sums = kvqi_chan_fit_sums_avxvnni;
-            g_avx2vnni.chan_prerope_scores = kvqi_chan_prerope_scores_avxvnni;
             g_vnni = 1;
         }
 #endif
