@@ -245,6 +245,14 @@ TEST(portable_block_and_rvq_kernels_bit_identical) {
     x[64 + 9] = 5.0f;
     x[96 + 31] = 3e4f; /* the scale stays inside fp16 */
     for (int j = 0; j < 32; j++) x[128 + j] = f32_from_bits(0x00000100u + (uint32_t)j) * (j % 2 ? -1.0f : 1.0f);
+    /* that block's scale is below the normal floats (1 / d would overflow; its fp16 is 0):
+     * codes 0 (q8_0) and 8 (q4_0) by definition, on every ISA and compiler (a conversion
+     * of the overflow to an integer was undefined, and clang's scalar code gave other
+     * bytes than its SIMD kernels) */
+    S->q8_0_encode(x, NB, c_ref);
+    for (int j = 0; j < 34; j++) CHECKF(c_ref[4 * 34 + j] == 0, "q8_0 subnormal-scale block byte %d: %u", j, c_ref[4 * 34 + j]);
+    S->q4_0_encode(x, NB, c_ref);
+    for (int j = 2; j < 18; j++) CHECKF(c_ref[4 * 18 + j] == 0x88, "q4_0 subnormal-scale block byte %d: %u", j, c_ref[4 * 18 + j]);
     for (int t = 0; t < nt; t++) {
         const char *isa = kvqi_isa_name(T[t]->isa);
         S->q8_0_encode(x, NB, c_ref);

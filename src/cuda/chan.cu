@@ -24,6 +24,7 @@
  */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -87,7 +88,7 @@ static __host__ __device__ __forceinline__ uint64_t round16(uint64_t n) { return
 __device__ __forceinline__ float q8_round_trip(float x) {
     float amax = kvqc_warp_max(fabsf(x));
     float d = __fdiv_rn(amax, 127.0f);
-    float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+    float id = fabsf(d) >= FLT_MIN ? __fdiv_rn(1.0f, d) : 0.0f; /* as the CPU: 0 below the normal floats */
     float r = roundf(__fmul_rn(x, id));
     int q = (int)(int8_t)(int)r;
     return __fmul_rn((float)q, __half2float(__float2half_rn(d)));

@@ -10,6 +10,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -233,7 +234,7 @@ __global__ void __launch_bounds__(128, 6) encode_kernel(kvqc_params p, int dtype
             for (int e = 0; e < E; e++) {
                 float amax = kvqc_warp_max(fabsf(v[e]));
                 float d = __fdiv_rn(amax, 127.0f);
-                float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+                float id = fabsf(d) >= FLT_MIN ? __fdiv_rn(1.0f, d) : 0.0f; /* as the CPU: 0 below the normal floats */
                 uint8_t *blk = c + 34 * e;
                 if (lane == 0) store_half(blk, d);
                 blk[2 + lane] = (uint8_t)(int8_t)(int)roundf(__fmul_rn(v[e], id));
@@ -257,7 +258,7 @@ __global__ void __launch_bounds__(128, 6) encode_kernel(kvqc_params p, int dtype
                 }
                 float mx = __shfl_sync(KVQC_FULL, v[e], at);
                 float d = __fdiv_rn(mx, -8.0f);
-                float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+                float id = fabsf(d) >= FLT_MIN ? __fdiv_rn(1.0f, d) : 0.0f; /* as the CPU: 0 below the normal floats */
                 int q = (int)(int8_t)__float2int_rz(__fadd_rn(__fmul_rn(v[e], id), 8.5f));
                 unsigned nib = (unsigned)(q < 15 ? q : 15);
                 unsigned hi = __shfl_down_sync(KVQC_FULL, nib, 16);
