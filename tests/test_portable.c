@@ -491,6 +491,8 @@ static void check_engine_table(kvqt_ctx *kvqt_, const kvqi_engine_kernels *S, co
         w[i] = (float)kvqi_rng_normal(&r);
     }
     x[7] = 0.0f;
+    /* a block of values too small for 127 / max|x| to be a float: codes 0 on every ISA */
+    for (size_t i = 32; i < 64; i++) x[i] = (float)(i % 3) * 1e-38f * (i % 2 ? -1.0f : 1.0f);
     for (size_t i = 0; i < N; i++) h[i] = kvqi_fp32_to_fp16((float)kvqi_rng_normal(&r));
     static const int types[] = {KVQI_T_Q4_0, KVQI_T_Q4_1, KVQI_T_Q8_0};
     for (size_t ti = 0; ti < 3; ti++) {
@@ -506,6 +508,7 @@ static void check_engine_table(kvqt_ctx *kvqt_, const kvqi_engine_kernels *S, co
         CHECKF(memcmp(q_ref, q_simd, N) == 0 && memcmp(d_ref, d_simd, sizeof d_ref) == 0 &&
                    memcmp(s_ref, s_simd, sizeof s_ref) == 0,
                "%s quantize_q8 codes differ", name);
+        for (size_t i = 32; i < 64; i++) CHECKF(q_ref[i] == 0, "quantize_q8 tiny block code %zu: %d", i, q_ref[i]);
         a = S->dot_q8[t](row, q_ref, d_ref, s_ref, N);
         b = K->dot_q8[t](row, q_ref, d_ref, s_ref, N);
         CHECKF(fabsf(a - b) <= 1e-4f * (1.0f + fabsf(a)) + 1e-3f, "%s dot_q8 type %d: %.7g vs %.7g", name, t, b, a);
