@@ -24,8 +24,11 @@ CFLAGS_ALL := -std=c11 $(OPT) -g $(WARN) -fPIC -fvisibility=hidden -pthread $(CF
 LDLIBS_ALL := -lm -pthread $(LDLIBS)
 
 ifeq ($(SAN),1)
-CFLAGS_ALL += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-LDFLAGS += -fsanitize=address,undefined
+# float-cast-overflow is not in `undefined`: a float out of an integer's range converted
+# to it is undefined behaviour in C, and gives other bytes on other compilers and ISAs
+CFLAGS_ALL += -fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer \
+  -fno-sanitize-recover=undefined,float-cast-overflow
+LDFLAGS += -fsanitize=address,undefined,float-cast-overflow
 endif
 ifeq ($(SAN),thread)
 CFLAGS_ALL += -fsanitize=thread -fno-omit-frame-pointer
