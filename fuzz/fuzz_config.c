@@ -18,6 +18,7 @@ static int same_config(const kvq_config *a, const kvq_config *b) {
            a->proj_dim == b->proj_dim && a->query_bits == b->query_bits && a->split == b->split &&
            a->nlist == b->nlist && memcmp(&a->eps0, &b->eps0, sizeof a->eps0) == 0 &&
            a->sub_dim == b->sub_dim && a->n_codebooks == b->n_codebooks && a->isa == b->isa &&
+           memcmp(&a->rope_base, &b->rope_base, sizeof a->rope_base) == 0 && a->rope_pairing == b->rope_pairing &&
            strncmp(a->artifact, b->artifact, sizeof a->artifact) == 0;
 }
 

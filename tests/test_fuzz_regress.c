@@ -127,6 +127,18 @@ TEST(fuzz_seed_corpus_still_valid) {
         int fine = st == KVQ_OK || st == KVQ_ERR_UNSUPPORTED || (strstr(spec, "artifact=") && st == KVQ_ERR_IO);
         CHECKF(fine, "%s: \"%s\": %s (%s)", names[i], spec, kvq_strerror(st), msg);
         parsed += st == KVQ_OK;
+        if (st == KVQ_OK) { /* what parses formats back to a spec that parses to the same text
+                              * (fuzz_config found channel keys formatted with rope_base=0) */
+            char text[1024], text2[1024];
+            kvq_config again;
+            CHECK_OK(kvq_config_format(&cfg, text, sizeof text));
+            kvq_status st2 = kvq_config_parse(text, 128, &again, msg, sizeof msg);
+            CHECKF(st2 == KVQ_OK, "%s: \"%s\" formats as \"%s\", which does not parse: %s", names[i], spec, text, msg);
+            if (st2 == KVQ_OK) {
+                CHECK_OK(kvq_config_format(&again, text2, sizeof text2));
+                CHECKF(!strcmp(text, text2), "%s: \"%s\" -> \"%s\" -> \"%s\"", names[i], spec, text, text2);
+            }
+        }
         free(b);
     }
     CHECKF(parsed >= 20, "only %zu of %zu config seeds parse", parsed, nc);

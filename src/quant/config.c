@@ -158,6 +158,7 @@ void kvqi_config_resolve(kvq_config *c) {
     if (!(keys & K_N_CODEBOOKS)) c->n_codebooks = 0;
     if (!(keys & K_ROPE_BASE)) c->rope_base = 0.0f;
     if (!(keys & K_ROPE)) c->rope_pairing = 0;
+    if (c->method == KVQ_METHOD_CHANNEL && !(c->rope_base > 0.0f)) c->rope_pairing = 0; /* after RoPE: no pairing */
     if (!(keys & K_SEED)) c->seed = 0;
     if (!(keys & K_ARTIFACT)) memset(c->artifact, 0, sizeof c->artifact);
 }
@@ -454,8 +455,10 @@ KVQ_API kvq_status kvq_config_format(const kvq_config *cfg, char *buf, size_t bu
     if ((keys & K_EPS0)) EMIT("eps0=%.9g", (double)c.eps0);
     if ((keys & K_SUB_DIM)) EMIT("sub_dim=%u", c.sub_dim);
     if ((keys & K_N_CODEBOOKS)) EMIT("n_codebooks=%u", c.n_codebooks);
-    if ((keys & K_ROPE_BASE)) EMIT("rope_base=%.9g", (double)c.rope_base);
-    if ((keys & K_ROPE) && c.rope_pairing < 2) EMIT("rope=%s", k_rope_names[c.rope_pairing]);
+    /* (channel keys without a base are coded after RoPE: neither key, which the parser
+     * would refuse as rope_base=0) */
+    if ((keys & K_ROPE_BASE) && c.rope_base > 0.0f) EMIT("rope_base=%.9g", (double)c.rope_base);
+    if ((keys & K_ROPE) && c.rope_base > 0.0f && c.rope_pairing < 2) EMIT("rope=%s", k_rope_names[c.rope_pairing]);
     if ((keys & K_ARTIFACT) && c.artifact[0]) EMIT("artifact=%s", c.artifact);
     if ((keys & K_ISA) && c.isa != KVQ_ISA_AUTO && (unsigned)c.isa < 5)
         EMIT("isa=%s", k_isa_names[c.isa]);
