@@ -145,6 +145,28 @@ TEST(badinput_cli_numbers_refused) {
     }
 }
 
+/* kvq serve's numbers (where this build has the server: else `serve --help` fails) */
+TEST(badinput_cli_serve_numbers_refused) {
+    char err[4096];
+    if (kvqt_run_cli(kvqt_, "serve --help", err, sizeof err) != 0) SKIP("kvq serve not in this build");
+    static const bad_case cases[] = {
+        {"serve -m " TINY " --port 99999", "serve: --port: '99999' is not an integer in [0, 65535]"},
+        {"serve -m " TINY " --port abc", "--port: 'abc' is not an integer"},
+        {"serve -m " TINY " -t 2x", "-t: '2x' is not an integer in [0, 1024]"},
+        {"serve -m " TINY " -np 0", "-np: '0' is not an integer in [1, 256]"},
+        {"serve -m " TINY " --kv-budget nan", "--kv-budget: 'nan' is not a number"},
+        {"serve -m " TINY " --max-body -1", "--max-body: '-1' is not an integer"},
+        {"serve -m " TINY " --timeout 0", "--timeout: '0' is not an integer in [1, 86400]"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = kvqt_run_cli(kvqt_, cases[i].args, err, sizeof err);
+        CHECKF(rc == 1, "kvq %s: exit %d, want 1", cases[i].args, rc);
+        CHECKF(strstr(err, cases[i].expect) != NULL, "kvq %s: stderr '%s', want '%s'", cases[i].args, err,
+               cases[i].expect);
+        CHECKF(one_line(err), "kvq %s: want one line, got '%s'", cases[i].args, err);
+    }
+}
+
 /* Good values around the bad ones still pass: the parser is strict, not stubborn. */
 TEST(badinput_cli_numbers_accepted) {
     char err[4096];

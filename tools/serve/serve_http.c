@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../args.h"
 #include "../cache_configs.h"
 #include "../cli.h"
 #include "serve.h"
@@ -516,7 +517,7 @@ int kvq_cmd_serve(int argc, char **argv) {
     long measure = 512;
     long port = 8080, n_slots = 4, n_ctx = 0, threads = 0, batch = 128, queue = 64, timeout = 30, max_conn = 512;
     double budget_mb = 0, exit_after = 0;
-    unsigned long long max_body = 1 << 20;
+    uint64_t max_body = 1 << 20;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -524,25 +525,25 @@ int kvq_cmd_serve(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) return serve_usage(stdout);
         else if (TAKES("-m") || TAKES("--model")) model_path = v;
         else if (TAKES("--host")) host = v;
-        else if (TAKES("--port")) port = strtol(v, NULL, 10);
-        else if (TAKES("-np") || TAKES("--parallel")) n_slots = strtol(v, NULL, 10);
-        else if (TAKES("-c") || TAKES("--ctx-size")) n_ctx = strtol(v, NULL, 10);
+        else if (TAKES("--port")) { if (kvq_arg_long("serve", a, v, 0, 65535, &port)) return 1; }
+        else if (TAKES("-np") || TAKES("--parallel")) { if (kvq_arg_long("serve", a, v, 1, 256, &n_slots)) return 1; }
+        else if (TAKES("-c") || TAKES("--ctx-size")) { if (kvq_arg_long("serve", a, v, 0, 1000000, &n_ctx)) return 1; }
         else if (TAKES("--cache-preset") || TAKES("--cache")) whole = v;
         else if (TAKES("--cache-k")) kspec = v;
         else if (TAKES("--cache-v")) vspec = v;
-        else if (TAKES("--kv-budget")) budget_mb = strtod(v, NULL);
-        else if (TAKES("--queue")) queue = strtol(v, NULL, 10);
-        else if (TAKES("--kv-measure")) measure = strtol(v, NULL, 10);
+        else if (TAKES("--kv-budget")) { if (kvq_arg_double("serve", a, v, 0, 1e9, &budget_mb)) return 1; }
+        else if (TAKES("--queue")) { if (kvq_arg_long("serve", a, v, 1, 100000, &queue)) return 1; }
+        else if (TAKES("--kv-measure")) { if (kvq_arg_long("serve", a, v, 128, 1000000, &measure)) return 1; }
         else if (TAKES("--api-key")) api_key = v;
         else if (TAKES("--api-key-file")) api_key_file = v;
-        else if (TAKES("-t") || TAKES("--threads")) threads = strtol(v, NULL, 10);
-        else if (TAKES("-b") || TAKES("--batch")) batch = strtol(v, NULL, 10);
+        else if (TAKES("-t") || TAKES("--threads")) { if (kvq_arg_long("serve", a, v, 0, 1024, &threads)) return 1; }
+        else if (TAKES("-b") || TAKES("--batch")) { if (kvq_arg_long("serve", a, v, 1, 4096, &batch)) return 1; }
         else if (TAKES("--chat-template")) chat_template = v;
-        else if (TAKES("--max-body")) max_body = strtoull(v, NULL, 10);
-        else if (TAKES("--timeout")) timeout = strtol(v, NULL, 10);
-        else if (TAKES("--max-connections")) max_conn = strtol(v, NULL, 10);
+        else if (TAKES("--max-body")) { if (kvq_arg_u64("serve", a, v, 1, 1ull << 30, &max_body)) return 1; }
+        else if (TAKES("--timeout")) { if (kvq_arg_long("serve", a, v, 1, 86400, &timeout)) return 1; }
+        else if (TAKES("--max-connections")) { if (kvq_arg_long("serve", a, v, 1, 65536, &max_conn)) return 1; }
         else if (TAKES("--alias")) alias = v;
-        else if (TAKES("--exit-after")) exit_after = strtod(v, NULL);
+        else if (TAKES("--exit-after")) { if (kvq_arg_double("serve", a, v, 0, 1e9, &exit_after)) return 1; }
         else {
             fprintf(stderr, "kvq serve: unknown or incomplete option %s\n", a);
             return serve_usage(stderr);
@@ -550,12 +551,6 @@ int kvq_cmd_serve(int argc, char **argv) {
 #undef TAKES
     }
     if (!model_path) return serve_usage(stderr);
-    if (port < 0 || port > 65535 || n_slots < 1 || n_slots > 256 || n_ctx < 0 || n_ctx > 1000000 || threads < 0 ||
-        threads > 1024 || batch < 1 || batch > 4096 || queue < 1 || queue > 100000 || timeout < 1 || max_conn < 1 ||
-        max_conn > 65536 || !(budget_mb >= 0) || max_body < 1 || max_body > (1ull << 30) || !(exit_after >= 0) || measure < 128 || measure > 1000000) {
-        fprintf(stderr, "kvq serve: a number is out of range\n");
-        return 1;
-    }
     if (whole && (kspec || vspec)) {
         fprintf(stderr, "kvq serve: --cache-preset/--cache replace --cache-k and --cache-v\n");
         return 1;
