@@ -214,6 +214,12 @@ TEST(badinput_config_values_decimal_only) {
                halves[i]);
         CHECKF(strstr(msg, "empty method name") != NULL, "'%s': %s", halves[i], msg);
     }
+    /* a bare word that is neither a preset nor a method names the presets; a bad value
+     * side is still blamed on itself */
+    CHECK_STATUS(kvq_cache_config_parse("q9", 2, 64, &cc, msg, sizeof msg), KVQ_ERR_PARSE);
+    CHECKF(strstr(msg, "'q9' is neither a cache preset (q4, q3, q2) nor a method") != NULL, "%s", msg);
+    CHECK_STATUS(kvq_cache_config_parse("mse+q9", 2, 64, &cc, msg, sizeof msg), KVQ_ERR_PARSE);
+    CHECKF(strstr(msg, "unknown method 'q9'") != NULL, "%s", msg);
     /* '@' with nothing after it (it once read as no options) */
     CHECK_STATUS(kvq_cache_config_parse("q2@", 2, 64, &cc, msg, sizeof msg), KVQ_ERR_PARSE);
     CHECK(strstr(msg, "nothing after '@'") != NULL);

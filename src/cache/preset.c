@@ -206,6 +206,12 @@ KVQ_API kvq_status kvq_cache_config_parse_layer(const char *spec, uint32_t n_kv_
         if (st == KVQ_OK && cfg->value.method != KVQ_METHOD_TURBOQUANT_MSE) cfg->sliding_value_bits = 0;
     } else {
         st = kvq_cache_config_init(cfg, n_kv_heads, head_dim, buf, plus ? plus + 1 : buf, msg, msg_size);
+        /* keys named by a bare word that is neither a preset nor a method: name the
+         * presets too (a user typing q9 meant one) */
+        kvq_config probe;
+        if (st == KVQ_ERR_PARSE && !strchr(buf, ':') && msg && msg_size && strstr(msg, "unknown method") &&
+            kvq_config_parse(buf, head_dim, &probe, NULL, 0) == KVQ_ERR_PARSE)
+            kvqi_set_msg(msg, msg_size, "'%s' is neither a cache preset (q4, q3, q2) nor a method", buf);
     }
     if (st != KVQ_OK || !opts) return st;
     return kvq_cache_options_parse(opts, cfg, msg, msg_size);
