@@ -42,15 +42,14 @@ static void detect(void) {
         int zmm_ok = ymm_ok && (xcr0 & 0xe0) == 0xe0;
         if (__get_cpuid_max(0, NULL) >= 7) {
             __cpuid_count(7, 0, a, b, c, d);
+            unsigned int max_sub = a;
             f.avx2 = ymm_ok && ((b >> 5) & 1);
             f.avx512f = zmm_ok && ((b >> 16) & 1);
             f.avx512dq = zmm_ok && ((b >> 17) & 1);
             f.avx512bw = zmm_ok && ((b >> 30) & 1);
             f.avx512vl = zmm_ok && ((b >> 31) & 1);
             f.avx512vpopcntdq = zmm_ok && ((c >> 14) & 1);
-            __cpuid_count(7, 0, a, b, c, d);
-            unsigned int max_sub = a;
-            if (max_sub >= 1) {
+            if (max_sub >= 1) { /* leaf 7, subleaf 1: EAX bit 4, AVX-VNNI */
                 __cpuid_count(7, 1, a, b, c, d);
                 f.avxvnni = ymm_ok && ((a >> 4) & 1);
             }
