@@ -98,6 +98,18 @@ typedef struct bad_case {
     const char *expect; /* in the one line on stderr */
 } bad_case;
 
+/* Each case exits 1 with its one line on stderr. */
+static void refused(kvqt_ctx *kvqt_, const bad_case *cases, size_t n) {
+    char err[4096];
+    for (size_t i = 0; i < n; i++) {
+        int rc = kvqt_run_cli(kvqt_, cases[i].args, err, sizeof err);
+        CHECKF(rc == 1, "kvq %s: exit %d, want 1", cases[i].args, rc);
+        CHECKF(strstr(err, cases[i].expect) != NULL, "kvq %s: stderr '%s', want '%s'", cases[i].args, err,
+               cases[i].expect);
+        CHECKF(one_line(err), "kvq %s: want one line, got '%s'", cases[i].args, err);
+    }
+}
+
 TEST(badinput_cli_numbers_refused) {
     static const bad_case cases[] = {
         {"generate -m " TINY " -p hi -n abc", "generate: -n: 'abc' is not an integer in [0, 1000000]"},
@@ -135,14 +147,7 @@ TEST(badinput_cli_numbers_refused) {
         {"index search -x x -q y --nprobe 4,abc", "--nprobe: 'abc' is not an integer"},
         {"index search -x x -q y --eps0 nan", "--eps0: 'nan' is not a number"},
     };
-    char err[4096];
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int rc = kvqt_run_cli(kvqt_, cases[i].args, err, sizeof err);
-        CHECKF(rc == 1, "kvq %s: exit %d, want 1", cases[i].args, rc);
-        CHECKF(strstr(err, cases[i].expect) != NULL, "kvq %s: stderr '%s', want '%s'", cases[i].args, err,
-               cases[i].expect);
-        CHECKF(one_line(err), "kvq %s: want one line, got '%s'", cases[i].args, err);
-    }
+    refused(kvqt_, cases, sizeof cases / sizeof cases[0]);
 }
 
 /* kvq serve's numbers (where this build has the server: else `serve --help` fails) */
@@ -158,13 +163,7 @@ TEST(badinput_cli_serve_numbers_refused) {
         {"serve -m " TINY " --max-body -1", "--max-body: '-1' is not an integer"},
         {"serve -m " TINY " --timeout 0", "--timeout: '0' is not an integer in [1, 86400]"},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int rc = kvqt_run_cli(kvqt_, cases[i].args, err, sizeof err);
-        CHECKF(rc == 1, "kvq %s: exit %d, want 1", cases[i].args, rc);
-        CHECKF(strstr(err, cases[i].expect) != NULL, "kvq %s: stderr '%s', want '%s'", cases[i].args, err,
-               cases[i].expect);
-        CHECKF(one_line(err), "kvq %s: want one line, got '%s'", cases[i].args, err);
-    }
+    refused(kvqt_, cases, sizeof cases / sizeof cases[0]);
 }
 
 /* Good values around the bad ones still pass: the parser is strict, not stubborn. */
