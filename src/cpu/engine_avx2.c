@@ -485,11 +485,31 @@ static inline __attribute__((always_inline)) void tile_avx2(const kvqi_q8_tile *
     }
 }
 
+#if defined(KVQ_AVXVNNI)
+/* the AVX-VNNI build: the AVX-512 engine's 256-bit VNNI tile (q + 128 against the
+ * weights, the -128 sum(w) corrections once per call), two tokens a pass (four would
+ * need more than the 16 ymm registers); the same bits */
+#define KVQI_DPBUSD256(acc, u, w) _mm256_dpbusd_avx_epi32((acc), (u), (w))
+#include "cpu/engine_tile_vnni.h"
+
+static void gemm_q8_avx2(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t n_tok, float *y, size_t y_stride) {
+    size_t t = 0;
+    __m256i corr[4 * (TILE_CORR_MAX / 32)];
+    const __m256i *cp = NULL;
+    if (n_tok > 1 && tl->n <= TILE_CORR_MAX) {
+        tile_corrections(tl, corr);
+        cp = corr;
+    }
+    for (; t + 2 <= n_tok; t += 2) tile_vnni(tl, a, t, 2, cp, y, y_stride);
+    for (; t < n_tok; t++) tile_vnni(tl, a, t, 1, cp, y, y_stride);
+}
+#else
 static void gemm_q8_avx2(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t n_tok, float *y, size_t y_stride) {
     size_t t = 0;
     for (; t + 2 <= n_tok; t += 2) tile_avx2(tl, a, t, 2, y, y_stride);
     for (; t < n_tok; t++) tile_avx2(tl, a, t, 1, y, y_stride);
 }
+#endif
 
 /* ------------------------------------------------ gated activation */
 
