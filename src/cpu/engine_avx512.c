@@ -91,11 +91,7 @@ static inline __attribute__((always_inline)) void tile_vnni512(const kvqi_q8_til
 static void gemm_q8_avx512(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t n_tok, float *y, size_t y_stride) {
     size_t t = 0;
     __m256i corr[4 * (TILE_CORR_MAX / 32)];
-    const __m256i *cp = NULL;
-    if (n_tok > 1 && tl->n <= TILE_CORR_MAX) {
-        tile_corrections(tl, corr);
-        cp = corr;
-    }
+    const __m256i *cp = tile_corrections(tl, n_tok, corr);
     for (; t + 4 <= n_tok; t += 4) tile_vnni512(tl, a, t, 2, cp, y, y_stride);
     for (; t + 2 <= n_tok; t += 2) tile_vnni512(tl, a, t, 1, cp, y, y_stride);
     for (; t < n_tok; t++) tile_vnni(tl, a, t, 1, cp, y, y_stride);

@@ -71,8 +71,11 @@ static inline __attribute__((always_inline)) void tile_vnni(const kvqi_q8_tile *
  * sum) computed once for all tokens, on the stack (4 * n bytes); longer ones per pass. */
 #define TILE_CORR_MAX 8192
 
-/* corr[r nb + b] = -128 times the lane sums of row r's block b (the accumulators' start) */
-static inline void tile_corrections(const kvqi_q8_tile *tl, __m256i *corr) {
+/* corr[r nb + b] = -128 times the lane sums of row r's block b (the accumulators' start),
+ * for a call of more than one token on rows of at most TILE_CORR_MAX; else NULL (each
+ * pass computes its own) */
+static inline const __m256i *tile_corrections(const kvqi_q8_tile *tl, size_t n_tok, __m256i *corr) {
+    if (n_tok < 2 || tl->n > TILE_CORR_MAX) return NULL;
     const __m256i bias = _mm256_set1_epi8((char)0x80);
     size_t nb = tl->n / 32;
     for (size_t r = 0; r < 4; r++)
@@ -81,6 +84,7 @@ static inline void tile_corrections(const kvqi_q8_tile *tl, __m256i *corr) {
             corr[r * nb + b] = _mm256_sub_epi32(_mm256_setzero_si256(),
                                                 KVQI_DPBUSD256(_mm256_setzero_si256(), bias, w));
         }
+    return corr;
 }
 
 #endif /* KVQ_ENGINE_TILE_VNNI_H */
