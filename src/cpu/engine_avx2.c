@@ -488,7 +488,8 @@ static inline __attribute__((always_inline)) void tile_avx2(const kvqi_q8_tile *
 #if defined(KVQ_AVXVNNI)
 /* the AVX-VNNI build: the AVX-512 engine's 256-bit VNNI tile (q + 128 against the
  * weights, the -128 sum(w) corrections once per call), two tokens a pass (four would
- * need more than the 16 ymm registers); the same bits */
+ * need more than the 16 ymm registers), and its one-token products from the blocks; the
+ * same bits */
 #define KVQI_DPBUSD256(acc, u, w) _mm256_dpbusd_avx_epi32((acc), (u), (w))
 #include "cpu/engine_tile_vnni.h"
 
@@ -553,4 +554,7 @@ void kvqi_engine_kernels_avx2(kvqi_engine_kernels *k) {
     k->row_dot[KVQI_T_Q4_0] = row_dot_q4_0_avx2;
     k->row_dot[KVQI_T_Q4_1] = row_dot_q4_1_avx2;
     k->row_dot[KVQI_T_Q8_0] = row_dot_q8_0_avx2;
+#if defined(KVQ_AVXVNNI)
+    gemv_vnni_fill(k); /* one token straight from the blocks, as the AVX-512 engine */
+#endif
 }
