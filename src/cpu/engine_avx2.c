@@ -427,6 +427,7 @@ static int unpack_q6_k_avx2(const void *row, size_t n, int8_t *w, float *wl, flo
 /* the 8-lane sum in the order the reference defines: (i + i+4), then (j + j+2), then 0 + 1 */
 static inline float hsum8_ordered(__m256 v) { return hsum256(v); }
 
+#if !defined(KVQ_AVXVNNI) /* (the AVX-VNNI build takes engine_tile_vnni.h's tile) */
 /* maddubs wants unsigned x signed: |w| against q with w's sign; |w| <= 128 and
  * |q| <= 127 keep each pair sum within int16 */
 static inline __m256i lane_sums(__m256i aw, __m256i w, __m256i q) {
@@ -485,7 +486,12 @@ static inline __attribute__((always_inline)) void tile_avx2(const kvqi_q8_tile *
     }
 }
 
-#if defined(KVQ_AVXVNNI)
+static void gemm_q8_avx2(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t n_tok, float *y, size_t y_stride) {
+    size_t t = 0;
+    for (; t + 2 <= n_tok; t += 2) tile_avx2(tl, a, t, 2, y, y_stride);
+    for (; t < n_tok; t++) tile_avx2(tl, a, t, 1, y, y_stride);
+}
+#else
 /* the AVX-VNNI build: the AVX-512 engine's 256-bit VNNI tile (q + 128 against the
  * weights, the -128 sum(w) corrections once per call), two tokens a pass (four would
  * need more than the 16 ymm registers), and its one-token products from the blocks; the
@@ -499,12 +505,6 @@ static void gemm_q8_avx2(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t n
     const __m256i *cp = tile_corrections(tl, n_tok, corr);
     for (; t + 2 <= n_tok; t += 2) tile_vnni(tl, a, t, 2, cp, y, y_stride);
     for (; t < n_tok; t++) tile_vnni(tl, a, t, 1, cp, y, y_stride);
-}
-#else
-static void gemm_q8_avx2(const kvqi_q8_tile *tl, const kvqi_q8_acts *a, size_t n_tok, float *y, size_t y_stride) {
-    size_t t = 0;
-    for (; t + 2 <= n_tok; t += 2) tile_avx2(tl, a, t, 2, y, y_stride);
-    for (; t < n_tok; t++) tile_avx2(tl, a, t, 1, y, y_stride);
 }
 #endif
 
