@@ -3,7 +3,6 @@
  * (Q4_0, Q4_1, Q8_0, F16, F32) times a float vector, unpacking each block in registers.
  * The scalar references are in engine/dequant.c; tests compare the two.
  */
-#include <float.h>
 #include <immintrin.h>
 #include <string.h>
 
@@ -235,8 +234,7 @@ static void quantize_q8_avx2(const float *x, size_t n, int8_t *q, float *d, floa
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
         float amax = _mm_cvtss_f32(m4);
-        float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
-        if (!(inv <= FLT_MAX)) inv = 0.0f; /* amax below 127 / FLT_MAX: codes 0, not the overflow's */
+        float scale = amax / 127.0f, inv = kvqi_q8_act_inv(amax);
         __m256 vi = _mm256_set1_ps(inv);
         __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, vi), ROUND_NEAREST));
         __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, vi), ROUND_NEAREST));

@@ -5,7 +5,6 @@
  * activations (round half to even) against Q4_0/Q4_1/Q8_0 rows in integer multiply-adds.
  * The scalar references are in engine/dequant.c; tests compare the two.
  */
-#include <float.h>
 #include <arm_neon.h>
 #include <string.h>
 
@@ -203,8 +202,7 @@ static void quantize_q8_neon(const float *x, size_t n, int8_t *q, float *d, floa
             m = vmaxnmq_f32(m, vabsq_f32(v[k])); /* fmaxf skips NaN; so does FMAXNM */
         }
         float amax = vmaxnmvq_f32(m);
-        float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
-        if (!(inv <= FLT_MAX)) inv = 0.0f; /* amax below 127 / FLT_MAX: codes 0, not the overflow's */
+        float scale = amax / 127.0f, inv = kvqi_q8_act_inv(amax);
         float32x4_t vi = vdupq_n_f32(inv);
         int32x4_t sum = vdupq_n_s32(0);
         int16x8_t h[4];

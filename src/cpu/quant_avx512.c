@@ -4,7 +4,6 @@
  * canonical 16-lane order, the Hadamard butterflies are the scalar order.
  */
 #include <immintrin.h>
-#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -655,7 +654,7 @@ static void q8_0_encode_avx512(const float *x, uint32_t nb, uint8_t *out) {
         __m512 a = _mm512_loadu_ps(x), c = _mm512_loadu_ps(x + 16);
         float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(a, absmask), _mm512_and_ps(c, absmask)));
         const float d = amax / ((1 << 7) - 1);
-        const float id = fabsf(d) >= FLT_MIN ? 1.0f / d : 0.0f; /* a scale below the normal floats (0 in fp16): codes 0, not what 1 / d overflowing gives */
+        const float id = kvqi_block_inv(d);
         const uint16_t h = kvqi_fp32_to_fp16(d);
         out[0] = (uint8_t)h;
         out[1] = (uint8_t)(h >> 8);
@@ -699,7 +698,7 @@ static void q4_0_encode_avx512(const float *x, uint32_t nb, uint8_t *out) {
                        (uint32_t)_mm512_cmp_ps_mask(ac, _mm512_set1_ps(amax), _CMP_EQ_OQ) << 16;
         const float max = amax > 0.0f ? x[__builtin_ctz(hit)] : 0.0f;
         const float d = max / -8;
-        const float id = fabsf(d) >= FLT_MIN ? 1.0f / d : 0.0f; /* a scale below the normal floats (0 in fp16): codes 0, not what 1 / d overflowing gives */
+        const float id = kvqi_block_inv(d);
         const uint16_t h = kvqi_fp32_to_fp16(d);
         out[0] = (uint8_t)h;
         out[1] = (uint8_t)(h >> 8);

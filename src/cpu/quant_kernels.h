@@ -6,11 +6,18 @@
 #ifndef KVQ_QUANT_KERNELS_H
 #define KVQ_QUANT_KERNELS_H
 
+#include <float.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "core/core.h"
 #include "kvq.h"
+
+/* 1 / d for a q8_0 / q4_0 block's scale d, or 0 when d is below the normal floats (its
+ * fp16 is 0, and 1 / d may overflow to infinity, whose conversion to an integer code is
+ * undefined in C): such a block codes 0 (q4_0: 8) on every ISA and compiler. */
+static inline float kvqi_block_inv(float d) { return fabsf(d) >= FLT_MIN ? 1.0f / d : 0.0f; }
 
 /* Packed indices are LSB-first little-endian bit streams (core's kvqi_pack_bits layout):
  * index i of b bits occupies stream bits [i*b, i*b + b). */

@@ -5,7 +5,6 @@
  * butterflies are the scalar order (base_neon.c). Scores may differ by float rounding.
  */
 #include <arm_neon.h>
-#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -324,7 +323,7 @@ static void q8_0_encode_neon(const float *x, uint32_t nb, uint8_t *out) {
         float amax = block_amax(x);
         if (!(amax == amax)) amax = 0.0f; /* every value NaN: the reference keeps 0 */
         const float d = amax / ((1 << 7) - 1);
-        const float id = fabsf(d) >= FLT_MIN ? 1.0f / d : 0.0f; /* a scale below the normal floats (0 in fp16): codes 0, not what 1 / d overflowing gives */
+        const float id = kvqi_block_inv(d);
         const uint16_t h = kvqi_fp32_to_fp16(d);
         out[0] = (uint8_t)h;
         out[1] = (uint8_t)(h >> 8);
@@ -384,7 +383,7 @@ static void q4_0_encode_neon(const float *x, uint32_t nb, uint8_t *out) {
                     break;
                 }
         const float d = max / -8;
-        const float id = fabsf(d) >= FLT_MIN ? 1.0f / d : 0.0f; /* a scale below the normal floats (0 in fp16): codes 0, not what 1 / d overflowing gives */
+        const float id = kvqi_block_inv(d);
         const uint16_t h = kvqi_fp32_to_fp16(d);
         out[0] = (uint8_t)h;
         out[1] = (uint8_t)(h >> 8);

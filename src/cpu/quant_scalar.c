@@ -2,7 +2,6 @@
  * quant_scalar.c - plain C reference kernels of the quantizers (quant_kernels.h): the
  * definition of the codes every SIMD table must reproduce bit for bit.
  */
-#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -170,7 +169,7 @@ void kvqi_q8_0_encode_scalar(const float *x, uint32_t nb, uint8_t *out) {
             if (v > amax) amax = v;
         }
         const float d = amax / ((1 << 7) - 1);
-        const float id = fabsf(d) >= FLT_MIN ? 1.0f / d : 0.0f; /* a scale below the normal floats (0 in fp16): codes 0, not what 1 / d overflowing gives */
+        const float id = kvqi_block_inv(d);
         const uint16_t h = kvqi_fp32_to_fp16(d);
         out[0] = (uint8_t)h;
         out[1] = (uint8_t)(h >> 8);
@@ -209,7 +208,7 @@ void kvqi_q4_0_encode_scalar(const float *x, uint32_t nb, uint8_t *out) {
             }
         }
         const float d = max / -8;
-        const float id = fabsf(d) >= FLT_MIN ? 1.0f / d : 0.0f; /* a scale below the normal floats (0 in fp16): codes 0, not what 1 / d overflowing gives */
+        const float id = kvqi_block_inv(d);
         const uint16_t h = kvqi_fp32_to_fp16(d);
         out[0] = (uint8_t)h;
         out[1] = (uint8_t)(h >> 8);

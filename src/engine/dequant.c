@@ -3,7 +3,6 @@
  * and the dispatch of row-times-vector kernels. Block layouts follow ggml's
  * ggml-common.h (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q8_1 blocks of 32, K-quants of 256).
  */
-#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -340,8 +339,7 @@ static void quantize_q8_scalar(const float *x, size_t n, int8_t *q, float *d, fl
     for (size_t b = 0; b < n / 32; b++, x += 32, q += 32) {
         float amax = 0;
         for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[i]));
-        float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
-        if (!(inv <= FLT_MAX)) inv = 0.0f; /* amax below 127 / FLT_MAX: codes 0, not the overflow's */
+        float scale = amax / 127.0f, inv = kvqi_q8_act_inv(amax);
         int sum = 0;
         for (int i = 0; i < 32; i++) {
             q[i] = (int8_t)nearbyintf(x[i] * inv); /* round half to even, as the SIMD version */

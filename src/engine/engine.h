@@ -6,6 +6,7 @@
 #ifndef KVQ_ENGINE_H
 #define KVQ_ENGINE_H
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -169,6 +170,14 @@ typedef struct kvqi_engine_kernels {
  * tanh form 0.5 (1 + tanh u) = sigmoid(2 u), u = sqrt(2/pi) (g + 0.044715 g^3) (GeGLU).
  * sigmoid(z) = 1 / (1 + e) for z >= 0 and e / (1 + e) below, e = exp(-|z|), so the
  * exponential never overflows. */
+/* 127 / amax for an int8 activation block, or 0 where that is not a float (amax 0, or
+ * below 127 / FLT_MAX: its conversion to integer codes would be undefined in C): such a
+ * block codes 0 on every ISA. */
+static inline float kvqi_q8_act_inv(float amax) {
+    float inv = amax > 0 ? 127.0f / amax : 0.0f;
+    return inv <= FLT_MAX ? inv : 0.0f;
+}
+
 static inline float kvqi_glu_one(float g, float up, int gelu) {
     float z = gelu ? 1.5957691216057308f * (g + 0.044715f * g * g * g) : g;
     float e = kvqi_exp_neg_fma(-fabsf(z));
