@@ -1866,9 +1866,10 @@ static void split_attn(const kvq_cuda_chan *kc, const kvq_cuda_attn_desc *d, uin
     uint64_t base = (uint64_t)d->batch * q_per_seq * d->n_kv_heads;
     uint64_t wave = (uint64_t)kc->n_sm * per_sm, target = wave * CHAN_WAVES10 / 10;
     uint64_t ns = (target + base - 1) / base;
-    uint64_t floor_ns = (chunks + CHAN_SPLIT_MIN_CHUNKS - 1) / CHAN_SPLIT_MIN_CHUNKS, one_wave = wave / base;
-    if (floor_ns < one_wave) floor_ns = one_wave;
-    if (ns > floor_ns) ns = floor_ns;
+    /* splits of CHAN_SPLIT_MIN_CHUNKS chunks at least, unless fewer splits leave a wave unfilled */
+    uint64_t most = (chunks + CHAN_SPLIT_MIN_CHUNKS - 1) / CHAN_SPLIT_MIN_CHUNKS, one_wave = wave / base;
+    if (most < one_wave) most = one_wave;
+    if (ns > most) ns = most;
     if (ns > CHAN_SPLIT_MAX) ns = CHAN_SPLIT_MAX;
     if (d->flags & KVQ_CUDA_ATTN_ONE_SPLIT) ns = 1;
     if (ns > chunks) ns = chunks;
