@@ -559,10 +559,12 @@ kvq_status kvqi_engine_kernels_init(kvq_isa requested, kvqi_engine_kernels *k) {
     if (st) return st;
     kvqi_engine_kernels_scalar(k);
 #if defined(KVQ_HAVE_X86_SIMD)
-    if (isa == KVQ_ISA_AVX2 || isa == KVQ_ISA_AVX512) kvqi_engine_kernels_avx2(k);
+    if (isa == KVQ_ISA_AVX2 || isa == KVQ_ISA_AVX512) {
+        kvqi_engine_kernels_avx2(k);
 #if defined(KVQ_HAVE_AVXVNNI)
-    if ((isa == KVQ_ISA_AVX2 || isa == KVQ_ISA_AVX512) && kvqi_cpu()->avxvnni) kvqi_engine_kernels_avxvnni(k);
+        if (kvqi_cpu()->avxvnni) kvqi_engine_kernels_avxvnni(k);
 #endif
+    }
     /* vpdpbusd needs AVX512_VNNI besides the AVX-512 the rest of the library asks for */
     if (isa == KVQ_ISA_AVX512 && __builtin_cpu_supports("avx512vnni")) kvqi_engine_kernels_avx512(k);
 #endif
